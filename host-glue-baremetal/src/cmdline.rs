@@ -1,0 +1,152 @@
+//! The kernel command line: `guest_mem=512M loglevel=info vms=2`.
+
+use core::fmt;
+
+/// Log verbosity.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// The default.
+    Info,
+    /// Everything but traces.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// The settings the command line controls.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Config {
+    /// Guest RAM per VM, in bytes.
+    pub guest_mem: u64,
+    /// Log verbosity.
+    pub log_level: LogLevel,
+    /// Number of VMs to run.
+    pub vms: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            guest_mem: 512 << 20,
+            log_level: LogLevel::Info,
+            vms: 1,
+        }
+    }
+}
+
+/// A command-line word that could not be understood.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CmdlineError<'a> {
+    /// A `key=value` with an unknown key.
+    UnknownKey(&'a str),
+    /// A word without `=`.
+    NotKeyValue(&'a str),
+    /// A value that does not parse for its key.
+    BadValue {
+        /// The key.
+        key: &'a str,
+        /// The value.
+        value: &'a str,
+        /// What was expected.
+        expected: &'static str,
+    },
+}
+
+impl fmt::Display for CmdlineError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CmdlineError::UnknownKey(k) => write!(
+                f,
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms)"
+            ),
+            CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
+            CmdlineError::BadValue {
+                key,
+                value,
+                expected,
+            } => write!(f, "{key}={value}: expected {expected}"),
+        }
+    }
+}
+
+/// Parse a size such as `512M`, `2G`, `65536` or `64K`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 20),
+        b'G' | b'g' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().ok()?;
+    n.checked_mul(1u64 << shift)
+}
+
+/// Parse the command line; unknown keys and bad values are errors that name
+/// the word.
+pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
+    let mut config = Config::default();
+    for word in line.split_ascii_whitespace() {
+        let (key, value) = word.split_once('=').ok_or(CmdlineError::NotKeyValue(word))?;
+        let bad = |expected| CmdlineError::BadValue {
+            key,
+            value,
+            expected,
+        };
+        match key {
+            "guest_mem" => {
+                config.guest_mem = parse_size(value)
+                    .filter(|n| *n >= 1 << 20)
+                    .ok_or(bad("a size of at least 1M, such as 512M"))?;
+            }
+            "loglevel" => {
+                config.log_level = match value {
+                    "error" => LogLevel::Error,
+                    "warn" => LogLevel::Warn,
+                    "info" => LogLevel::Info,
+                    "debug" => LogLevel::Debug,
+                    "trace" => LogLevel::Trace,
+                    _ => return Err(bad("error, warn, info, debug or trace")),
+                };
+            }
+            "vms" => {
+                config.vms = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=16).contains(n))
+                    .ok_or(bad("a number from 1 to 16"))?;
+            }
+            _ => return Err(CmdlineError::UnknownKey(key)),
+        }
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_keys() {
+        let c = parse("guest_mem=256M loglevel=debug vms=2").unwrap();
+        assert_eq!(c.guest_mem, 256 << 20);
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert_eq!(c.vms, 2);
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_word() {
+        assert_eq!(parse("foo=1").unwrap_err(), CmdlineError::UnknownKey("foo"));
+        assert_eq!(parse("quiet").unwrap_err(), CmdlineError::NotKeyValue("quiet"));
+        assert!(matches!(
+            parse("guest_mem=12Q").unwrap_err(),
+            CmdlineError::BadValue { key: "guest_mem", value: "12Q", .. }
+        ));
+        assert!(parse("guest_mem=99999999999G").is_err(), "overflow is refused");
+        assert!(parse("vms=0").is_err());
+    }
+}

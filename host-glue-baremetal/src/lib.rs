@@ -1,0 +1,6 @@
+//! `host-glue-baremetal`: the parts of the bare-metal kernel that do not
+//! touch hardware, kept in a library so they are tested on the build host.
+#![no_std]
+#![forbid(unsafe_code)]
+
+pub mod cmdline;

@@ -1,0 +1,556 @@
+//! The device manager: who answers which port and which MMIO range.
+//!
+//! Port dispatch is one table load: a 64 Ki-entry table maps every port to
+//! its claim (the hot path of every I/O exit). MMIO claims are kept sorted
+//! and found by binary search. Overlapping claims are refused with an error
+//! that names both devices. Accesses nobody claimed are *unhooked*: reads
+//! return all-ones, writes are dropped, and both are counted per port (or
+//! per MMIO address) so a user can see what the guest probed.
+
+use super::{Device, DeviceContext, DeviceId, VmRequest};
+use crate::dma::DmaGuard;
+use crate::host::Host;
+use crate::memory::GuestMemory;
+use crate::vm::VmId;
+use alloc::boxed::Box;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use hashbrown::HashMap;
+
+/// Reads and writes of one port range, MMIO range or unhooked address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortCount {
+    /// Guest reads.
+    pub reads: u64,
+    /// Guest writes.
+    pub writes: u64,
+}
+
+/// Why a claim was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimError {
+    /// Some of the ports already belong to a device.
+    PortsInUse {
+        /// First port asked for.
+        first: u16,
+        /// Last port asked for.
+        last: u16,
+        /// The device that asked.
+        device: String,
+        /// The device that holds (some of) them.
+        holder: String,
+        /// The holder's claim, first port.
+        holder_first: u16,
+        /// The holder's claim, last port.
+        holder_last: u16,
+    },
+    /// Part of the MMIO range already belongs to a device.
+    MmioInUse {
+        /// Start of the range asked for.
+        start: u64,
+        /// Length asked for.
+        len: u64,
+        /// The device that asked.
+        device: String,
+        /// The device that holds (part of) it.
+        holder: String,
+        /// The holder's range start.
+        holder_start: u64,
+        /// The holder's range length.
+        holder_len: u64,
+    },
+    /// An empty range, or one that runs past the end of the address space.
+    BadRange {
+        /// Start of the range.
+        start: u64,
+        /// Length.
+        len: u64,
+    },
+    /// The MMIO range is memory (RAM/ROM) in the VM's map.
+    NotAnMmioHole {
+        /// Start of the range.
+        start: u64,
+    },
+    /// The device does not serve this kind of access.
+    Unsupported {
+        /// The device.
+        device: String,
+        /// "port I/O" or "MMIO".
+        what: &'static str,
+    },
+    /// No device with this id, or no such claim to release.
+    NoSuchClaim,
+    /// More than 65535 devices or claims.
+    TooMany,
+}
+
+impl fmt::Display for ClaimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClaimError::PortsInUse {
+                first,
+                last,
+                device,
+                holder,
+                holder_first,
+                holder_last,
+            } => write!(
+                f,
+                "{device} claims ports {first:#x}-{last:#x}, but {holder} holds {holder_first:#x}-{holder_last:#x}"
+            ),
+            ClaimError::MmioInUse {
+                start,
+                len,
+                device,
+                holder,
+                holder_start,
+                holder_len,
+            } => write!(
+                f,
+                "{device} claims MMIO {start:#x}+{len:#x}, but {holder} holds {holder_start:#x}+{holder_len:#x}"
+            ),
+            ClaimError::BadRange { start, len } => write!(f, "bad range {start:#x}+{len:#x}"),
+            ClaimError::NotAnMmioHole { start } => {
+                write!(f, "MMIO claim at {start:#x} overlaps guest RAM or ROM")
+            }
+            ClaimError::Unsupported { device, what } => write!(f, "{device} does not do {what}"),
+            ClaimError::NoSuchClaim => write!(f, "no such device or claim"),
+            ClaimError::TooMany => write!(f, "too many devices or claims"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PortClaim {
+    first: u16,
+    last: u16,
+    device: DeviceId,
+    count: PortCount,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct MmioClaim {
+    start: u64,
+    /// Inclusive, so a claim may end at the top of the address space.
+    last: u64,
+    device: DeviceId,
+    count: PortCount,
+}
+
+/// What a dispatch needs from the VM besides the manager itself.
+pub(crate) struct DispatchEnv<'a> {
+    pub vm: VmId,
+    pub memory: &'a mut GuestMemory,
+    pub host: &'a dyn Host,
+    pub requests: &'a mut Vec<VmRequest>,
+}
+
+/// Routes port and MMIO accesses of one VM to its devices.
+pub struct DeviceManager {
+    devices: Vec<Box<dyn Device>>,
+    /// Port -> index into `port_claims` plus one; zero means unhooked.
+    port_table: Box<[u16; 0x1_0000]>,
+    port_claims: Vec<Option<PortClaim>>,
+    /// Sorted by start, never overlapping.
+    mmio_claims: Vec<MmioClaim>,
+    unhooked_ports: HashMap<u16, PortCount>,
+    unhooked_mmio: HashMap<u64, PortCount>,
+}
+
+impl Default for DeviceManager {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeviceManager {
+    /// A manager with no devices: every access is unhooked.
+    pub fn new() -> Self {
+        let table: Box<[u16]> = vec![0u16; 0x1_0000].into_boxed_slice();
+        let port_table = match table.try_into() {
+            Ok(t) => t,
+            Err(_) => unreachable!("the table has exactly 65536 entries"),
+        };
+        Self {
+            devices: Vec::new(),
+            port_table,
+            port_claims: Vec::new(),
+            mmio_claims: Vec::new(),
+            unhooked_ports: HashMap::new(),
+            unhooked_mmio: HashMap::new(),
+        }
+    }
+
+    /// Add a device. It answers nothing until it claims ports or MMIO.
+    pub fn add(&mut self, device: Box<dyn Device>) -> Result<DeviceId, ClaimError> {
+        let id = u16::try_from(self.devices.len()).map_err(|_| ClaimError::TooMany)?;
+        self.devices.push(device);
+        Ok(DeviceId(id))
+    }
+
+    /// The number of devices.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Whether there are no devices.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// A device's name.
+    pub fn name(&self, id: DeviceId) -> Option<&str> {
+        self.devices.get(id.0 as usize).map(|d| d.name())
+    }
+
+    /// The device with `id`, as its concrete type.
+    pub fn device_mut<T: Device>(&mut self, id: DeviceId) -> Option<&mut T> {
+        let dev: &mut dyn Device = self.devices.get_mut(id.0 as usize)?.as_mut();
+        (dev as &mut dyn core::any::Any).downcast_mut::<T>()
+    }
+
+    /// The device with `id`, as its concrete type.
+    pub fn device<T: Device>(&self, id: DeviceId) -> Option<&T> {
+        let dev: &dyn Device = self.devices.get(id.0 as usize)?.as_ref();
+        (dev as &dyn core::any::Any).downcast_ref::<T>()
+    }
+
+    fn dev_name(&self, id: DeviceId) -> String {
+        self.name(id).unwrap_or("?").to_string()
+    }
+
+    /// Route ports `first ..= first + count - 1` to `device`.
+    pub fn claim_ports(&mut self, device: DeviceId, first: u16, count: u16) -> Result<(), ClaimError> {
+        let bad = ClaimError::BadRange {
+            start: first.into(),
+            len: count.into(),
+        };
+        let last = count
+            .checked_sub(1)
+            .and_then(|n| first.checked_add(n))
+            .ok_or(bad)?;
+        let dev = self
+            .devices
+            .get_mut(device.0 as usize)
+            .ok_or(ClaimError::NoSuchClaim)?;
+        if dev.port_io().is_none() {
+            return Err(ClaimError::Unsupported {
+                device: dev.name().to_string(),
+                what: "port I/O",
+            });
+        }
+        let taken = (first..=last).find_map(|p| match self.port_table[p as usize] {
+            0 => None,
+            i => self.port_claims[i as usize - 1],
+        });
+        if let Some(held) = taken {
+            return Err(ClaimError::PortsInUse {
+                first,
+                last,
+                device: self.dev_name(device),
+                holder: self.dev_name(held.device),
+                holder_first: held.first,
+                holder_last: held.last,
+            });
+        }
+        let claim = PortClaim {
+            first,
+            last,
+            device,
+            count: PortCount::default(),
+        };
+        let index = match self.port_claims.iter().position(Option::is_none) {
+            Some(i) => {
+                self.port_claims[i] = Some(claim);
+                i
+            }
+            None => {
+                self.port_claims.push(Some(claim));
+                self.port_claims.len() - 1
+            }
+        };
+        let entry = u16::try_from(index + 1).map_err(|_| ClaimError::TooMany)?;
+        for p in first..=last {
+            self.port_table[p as usize] = entry;
+        }
+        Ok(())
+    }
+
+    /// Undo a [`DeviceManager::claim_ports`] with the same arguments.
+    pub fn release_ports(&mut self, device: DeviceId, first: u16, count: u16) -> Result<(), ClaimError> {
+        let index = self
+            .port_claims
+            .iter()
+            .position(|c| {
+                c.is_some_and(|c| {
+                    c.device == device && c.first == first && u32::from(c.last) + 1 - u32::from(c.first) == count.into()
+                })
+            })
+            .ok_or(ClaimError::NoSuchClaim)?;
+        let claim = self.port_claims[index].take().ok_or(ClaimError::NoSuchClaim)?;
+        for p in claim.first..=claim.last {
+            self.port_table[p as usize] = 0;
+        }
+        Ok(())
+    }
+
+    /// Route guest-physical `[start, start + len)` to `device`. The caller
+    /// (normally `Vm::claim_mmio`) makes sure the range is an MMIO hole.
+    pub fn claim_mmio(&mut self, device: DeviceId, start: u64, len: u64) -> Result<(), ClaimError> {
+        let last = match len.checked_sub(1).and_then(|l| start.checked_add(l)) {
+            Some(last) => last,
+            None => return Err(ClaimError::BadRange { start, len }),
+        };
+        let dev = self
+            .devices
+            .get_mut(device.0 as usize)
+            .ok_or(ClaimError::NoSuchClaim)?;
+        if dev.mmio().is_none() {
+            return Err(ClaimError::Unsupported {
+                device: dev.name().to_string(),
+                what: "MMIO",
+            });
+        }
+        if let Some(held) = self
+            .mmio_claims
+            .iter()
+            .find(|c| c.start <= last && start <= c.last)
+        {
+            return Err(ClaimError::MmioInUse {
+                start,
+                len,
+                device: self.dev_name(device),
+                holder: self.dev_name(held.device),
+                holder_start: held.start,
+                holder_len: held.last - held.start + 1,
+            });
+        }
+        let at = self.mmio_claims.partition_point(|c| c.start < start);
+        self.mmio_claims.insert(
+            at,
+            MmioClaim {
+                start,
+                last,
+                device,
+                count: PortCount::default(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Undo a [`DeviceManager::claim_mmio`] with the same arguments.
+    pub fn release_mmio(&mut self, device: DeviceId, start: u64, len: u64) -> Result<(), ClaimError> {
+        let index = self
+            .mmio_claims
+            .iter()
+            .position(|c| c.device == device && c.start == start && c.last.wrapping_sub(c.start).wrapping_add(1) == len)
+            .ok_or(ClaimError::NoSuchClaim)?;
+        self.mmio_claims.remove(index);
+        Ok(())
+    }
+
+    /// The device that answers `port`, if any.
+    pub fn port_owner(&self, port: u16) -> Option<DeviceId> {
+        match self.port_table[port as usize] {
+            0 => None,
+            i => self.port_claims[i as usize - 1].map(|c| c.device),
+        }
+    }
+
+    /// The device that answers `gpa`, if any.
+    pub fn mmio_owner(&self, gpa: u64) -> Option<DeviceId> {
+        self.find_mmio(gpa).map(|i| self.mmio_claims[i].device)
+    }
+
+    #[inline]
+    fn find_mmio(&self, gpa: u64) -> Option<usize> {
+        let i = self.mmio_claims.partition_point(|c| c.last < gpa);
+        match self.mmio_claims.get(i) {
+            Some(c) if c.start <= gpa => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Dispatch a port read. Returns the device that answered, or `None`
+    /// when the port is unhooked (then `data` is all-ones).
+    #[inline]
+    pub(crate) fn port_read(&mut self, env: DispatchEnv<'_>, port: u16, data: &mut [u8]) -> Option<DeviceId> {
+        let entry = self.port_table[port as usize];
+        if entry != 0 {
+            if let Some(claim) = self.port_claims[entry as usize - 1].as_mut() {
+                claim.count.reads += 1;
+                let id = claim.device;
+                let mut ctx = context(env, id);
+                if let Some(pio) = self.devices[id.0 as usize].port_io() {
+                    pio.port_read(&mut ctx, port, data);
+                    return Some(id);
+                }
+            }
+        }
+        data.fill(0xff);
+        self.unhooked_ports.entry(port).or_default().reads += 1;
+        None
+    }
+
+    /// Dispatch a port write. Returns the device that took it, or `None`
+    /// when the port is unhooked (then the write is dropped).
+    #[inline]
+    pub(crate) fn port_write(&mut self, env: DispatchEnv<'_>, port: u16, data: &[u8]) -> Option<DeviceId> {
+        let entry = self.port_table[port as usize];
+        if entry != 0 {
+            if let Some(claim) = self.port_claims[entry as usize - 1].as_mut() {
+                claim.count.writes += 1;
+                let id = claim.device;
+                let mut ctx = context(env, id);
+                if let Some(pio) = self.devices[id.0 as usize].port_io() {
+                    pio.port_write(&mut ctx, port, data);
+                    return Some(id);
+                }
+            }
+        }
+        self.unhooked_ports.entry(port).or_default().writes += 1;
+        None
+    }
+
+    /// Dispatch an MMIO read; unclaimed addresses read all-ones.
+    pub(crate) fn mmio_read(&mut self, env: DispatchEnv<'_>, gpa: u64, data: &mut [u8]) -> Option<DeviceId> {
+        if let Some(i) = self.find_mmio(gpa) {
+            let claim = &mut self.mmio_claims[i];
+            claim.count.reads += 1;
+            let id = claim.device;
+            let mut ctx = context(env, id);
+            if let Some(mmio) = self.devices[id.0 as usize].mmio() {
+                mmio.mmio_read(&mut ctx, gpa, data);
+                return Some(id);
+            }
+        }
+        data.fill(0xff);
+        self.unhooked_mmio.entry(gpa).or_default().reads += 1;
+        None
+    }
+
+    /// Dispatch an MMIO write; unclaimed addresses drop it.
+    pub(crate) fn mmio_write(&mut self, env: DispatchEnv<'_>, gpa: u64, data: &[u8]) -> Option<DeviceId> {
+        if let Some(i) = self.find_mmio(gpa) {
+            let claim = &mut self.mmio_claims[i];
+            claim.count.writes += 1;
+            let id = claim.device;
+            let mut ctx = context(env, id);
+            if let Some(mmio) = self.devices[id.0 as usize].mmio() {
+                mmio.mmio_write(&mut ctx, gpa, data);
+                return Some(id);
+            }
+        }
+        self.unhooked_mmio.entry(gpa).or_default().writes += 1;
+        None
+    }
+
+    /// Poll every device with a timer side; returns the earliest deadline
+    /// any of them asked for.
+    pub(crate) fn poll_timers(&mut self, env: DispatchEnv<'_>) -> Option<u64> {
+        let DispatchEnv {
+            vm,
+            memory,
+            host,
+            requests,
+        } = env;
+        let mut next: Option<u64> = None;
+        for (i, dev) in self.devices.iter_mut().enumerate() {
+            if let Some(timer) = dev.timer() {
+                let guard = DmaGuard::new(vm, &mut *memory);
+                let mut ctx = DeviceContext::new(guard, host, &mut *requests, DeviceId(i as u16));
+                if let Some(t) = timer.poll(&mut ctx) {
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                }
+            }
+        }
+        next
+    }
+
+    /// Reset every device to its power-on state. Claims stay as they are.
+    pub fn reset_all(&mut self) {
+        for dev in &mut self.devices {
+            dev.reset();
+        }
+    }
+
+    /// Accesses to an unhooked port so far.
+    pub fn unhooked_port_count(&self, port: u16) -> PortCount {
+        self.unhooked_ports.get(&port).copied().unwrap_or_default()
+    }
+
+    /// Accesses to an unclaimed MMIO address so far.
+    pub fn unhooked_mmio_count(&self, gpa: u64) -> PortCount {
+        self.unhooked_mmio.get(&gpa).copied().unwrap_or_default()
+    }
+
+    /// Accesses to the port claim containing `port` so far.
+    pub fn port_count(&self, port: u16) -> Option<PortCount> {
+        match self.port_table[port as usize] {
+            0 => None,
+            i => self.port_claims[i as usize - 1].map(|c| c.count),
+        }
+    }
+
+    /// A printable report: every claim with its counts, then the unhooked
+    /// ports and MMIO addresses the guest touched, most touched first.
+    pub fn report(&self) -> DeviceReport<'_> {
+        DeviceReport { dm: self }
+    }
+}
+
+fn context<'a>(env: DispatchEnv<'a>, id: DeviceId) -> DeviceContext<'a> {
+    DeviceContext::new(DmaGuard::new(env.vm, env.memory), env.host, env.requests, id)
+}
+
+/// The printable form of [`DeviceManager::report`].
+pub struct DeviceReport<'a> {
+    dm: &'a DeviceManager,
+}
+
+impl fmt::Display for DeviceReport<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dm = self.dm;
+        let mut ports: Vec<&PortClaim> = dm.port_claims.iter().flatten().collect();
+        ports.sort_by_key(|c| core::cmp::Reverse(c.count.reads + c.count.writes));
+        writeln!(f, "port claims:")?;
+        for c in ports {
+            writeln!(
+                f,
+                "  {:#06x}-{:#06x} {:<16} reads {:>10} writes {:>10}",
+                c.first,
+                c.last,
+                dm.dev_name(c.device),
+                c.count.reads,
+                c.count.writes
+            )?;
+        }
+        writeln!(f, "mmio claims:")?;
+        for c in &dm.mmio_claims {
+            writeln!(
+                f,
+                "  {:#014x}-{:#014x} {:<16} reads {:>10} writes {:>10}",
+                c.start,
+                c.last,
+                dm.dev_name(c.device),
+                c.count.reads,
+                c.count.writes
+            )?;
+        }
+        let mut unhooked: Vec<(&u16, &PortCount)> = dm.unhooked_ports.iter().collect();
+        unhooked.sort_by_key(|(p, c)| (core::cmp::Reverse(c.reads + c.writes), **p));
+        writeln!(f, "unhooked ports: {}", unhooked.len())?;
+        for (p, c) in unhooked {
+            writeln!(f, "  {:#06x} reads {:>10} writes {:>10}", p, c.reads, c.writes)?;
+        }
+        let mut unhooked: Vec<(&u64, &PortCount)> = dm.unhooked_mmio.iter().collect();
+        unhooked.sort_by_key(|(a, c)| (core::cmp::Reverse(c.reads + c.writes), **a));
+        writeln!(f, "unhooked mmio: {}", unhooked.len())?;
+        for (a, c) in unhooked {
+            writeln!(f, "  {:#014x} reads {:>10} writes {:>10}", a, c.reads, c.writes)?;
+        }
+        Ok(())
+    }
+}

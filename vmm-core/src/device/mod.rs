@@ -1,0 +1,76 @@
+//! Device models and the device manager that routes guest accesses to them.
+//!
+//! A device is a [`Device`]: it has a name and answers capability queries
+//! ([`Device::port_io`], [`Device::mmio`], [`Device::timer`]) with the part of
+//! itself that serves that kind of access, so the manager asks what a device
+//! can do instead of every device implementing everything. All guest-visible
+//! work happens inside a call that receives a [`DeviceContext`]: the only
+//! door to guest memory (the DMA guard), to time, and to VM-level requests
+//! (reset, power-off, memory remapping, claim changes).
+
+mod context;
+mod manager;
+
+pub use context::{DeviceContext, VmRequest};
+pub(crate) use manager::DispatchEnv;
+pub use manager::{ClaimError, DeviceManager, DeviceReport, PortCount};
+
+use core::any::Any;
+
+/// Identifies a device inside one VM's [`DeviceManager`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct DeviceId(pub u16);
+
+/// A device model.
+///
+/// `Any` lets an embedder or a test get the concrete device back with
+/// [`DeviceManager::device_mut`].
+pub trait Device: Any + Send {
+    /// A short name for logs, statistics and claim errors ("uart0", "pit").
+    fn name(&self) -> &str;
+
+    /// The device's port-I/O side, if it has one.
+    fn port_io(&mut self) -> Option<&mut dyn PortIo> {
+        None
+    }
+
+    /// The device's MMIO side, if it has one.
+    fn mmio(&mut self) -> Option<&mut dyn Mmio> {
+        None
+    }
+
+    /// The device's timer side, if it does work as time passes.
+    fn timer(&mut self) -> Option<&mut dyn Timer> {
+        None
+    }
+
+    /// Return to the power-on state (the VM is being reset).
+    fn reset(&mut self) {}
+}
+
+/// Port-I/O access to a device. `port` is the absolute port number; the
+/// length of `data` is the access size (1, 2 or 4 bytes), little-endian.
+pub trait PortIo {
+    /// The guest reads; fill `data`.
+    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]);
+    /// The guest writes `data`.
+    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]);
+}
+
+/// MMIO access to a device. `gpa` is the absolute guest-physical address;
+/// `data` holds 1 to 64 bytes, little-endian.
+pub trait Mmio {
+    /// The guest reads; fill `data`.
+    fn mmio_read(&mut self, ctx: &mut DeviceContext<'_>, gpa: u64, data: &mut [u8]);
+    /// The guest writes `data`.
+    fn mmio_write(&mut self, ctx: &mut DeviceContext<'_>, gpa: u64, data: &[u8]);
+}
+
+/// Work a device does as time passes (a timer firing, a transfer
+/// completing).
+pub trait Timer {
+    /// Do whatever is due at `ctx.now_ns()`. Returns the next time (a
+    /// `Host::now_ns` value) at which the device wants to be polled, or
+    /// `None` if it has nothing scheduled.
+    fn poll(&mut self, ctx: &mut DeviceContext<'_>) -> Option<u64>;
+}

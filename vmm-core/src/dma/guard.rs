@@ -1,0 +1,176 @@
+//! The DMA guard: devices' only door to guest memory.
+
+use crate::memory::{GuestMemory, MemoryError};
+use crate::vm::VmId;
+use alloc::vec::Vec;
+use core::fmt;
+
+/// Which way data moves in a DMA.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DmaDirection {
+    /// The device writes guest memory (a disk read, a received frame).
+    ToGuest,
+    /// The device reads guest memory (a disk write, a sent frame).
+    FromGuest,
+}
+
+/// One guest-physical range a DMA will touch.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct DmaRange {
+    /// First guest-physical address.
+    pub gpa: u64,
+    /// Length in bytes (non-zero).
+    pub len: u64,
+    /// Direction of the transfer.
+    pub dir: DmaDirection,
+}
+
+impl DmaRange {
+    fn covers(&self, gpa: u64, len: u64, dir: DmaDirection) -> bool {
+        self.dir == dir
+            && gpa >= self.gpa
+            && gpa
+                .checked_add(len)
+                .is_some_and(|end| end <= self.gpa + self.len)
+    }
+}
+
+/// Permission to move data between a device and guest memory: exactly the
+/// ranges of an approved transition, for one VM. Only a
+/// [`crate::dma::CheckedStateMachine`] creates grants.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct DmaGrant {
+    vm: VmId,
+    ranges: Vec<DmaRange>,
+}
+
+impl DmaGrant {
+    pub(crate) fn new(vm: VmId, ranges: Vec<DmaRange>) -> Self {
+        Self { vm, ranges }
+    }
+
+    /// The VM whose memory this grant covers.
+    pub fn vm(&self) -> VmId {
+        self.vm
+    }
+
+    /// The granted ranges.
+    pub fn ranges(&self) -> &[DmaRange] {
+        &self.ranges
+    }
+}
+
+/// Why a DMA access was refused. Nothing was transferred.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DmaError {
+    /// The range is not entirely RAM of this VM.
+    Memory(MemoryError),
+    /// No grant covers this access (wrong range or direction).
+    NotGranted {
+        /// First address of the access.
+        gpa: u64,
+        /// Length of the access.
+        len: u64,
+    },
+    /// The grant belongs to another VM.
+    WrongVm {
+        /// The grant's VM.
+        grant: VmId,
+        /// The VM of this guard.
+        guard: VmId,
+    },
+}
+
+impl From<MemoryError> for DmaError {
+    fn from(e: MemoryError) -> Self {
+        DmaError::Memory(e)
+    }
+}
+
+impl fmt::Display for DmaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DmaError::Memory(e) => write!(f, "DMA refused: {e}"),
+            DmaError::NotGranted { gpa, len } => {
+                write!(f, "DMA refused: no grant covers {gpa:#x}+{len:#x}")
+            }
+            DmaError::WrongVm { grant, guard } => write!(
+                f,
+                "DMA refused: grant of VM {} used in VM {}",
+                grant.0, guard.0
+            ),
+        }
+    }
+}
+
+/// One VM's guest memory as a device may touch it.
+pub struct DmaGuard<'a> {
+    vm: VmId,
+    memory: &'a mut GuestMemory,
+}
+
+impl<'a> DmaGuard<'a> {
+    /// A guard over `memory`, which belongs to `vm`.
+    pub fn new(vm: VmId, memory: &'a mut GuestMemory) -> Self {
+        Self { vm, memory }
+    }
+
+    /// The VM this guard belongs to.
+    pub fn vm(&self) -> VmId {
+        self.vm
+    }
+
+    /// Check that `range` may be the target of a DMA: every byte RAM of this
+    /// VM (never ROM, MMIO, a hole, or beyond the end of RAM).
+    pub fn check_range(&self, range: &DmaRange) -> Result<(), DmaError> {
+        Ok(self.memory.check_ram(range.gpa, range.len)?)
+    }
+
+    /// Read guest RAM the device needs to decide what to do (a PRD table, a
+    /// descriptor ring, an ATAPI packet in memory). Checked like a DMA range;
+    /// refused whole, leaving `buf` untouched, if any byte is not RAM.
+    pub fn inspect(&self, gpa: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.memory.check_ram(gpa, buf.len() as u64)?;
+        Ok(self.memory.read(gpa, buf)?)
+    }
+
+    fn check_grant(&self, grant: &DmaGrant, gpa: u64, len: u64, dir: DmaDirection) -> Result<(), DmaError> {
+        if grant.vm != self.vm {
+            return Err(DmaError::WrongVm {
+                grant: grant.vm,
+                guard: self.vm,
+            });
+        }
+        if !grant.ranges.iter().any(|r| r.covers(gpa, len, dir)) {
+            return Err(DmaError::NotGranted { gpa, len });
+        }
+        // The map may have changed since the grant (firmware shadowing): check
+        // again at transfer time.
+        self.memory.check_ram(gpa, len)?;
+        Ok(())
+    }
+
+    /// Device reads guest memory (direction [`DmaDirection::FromGuest`])
+    /// within `grant`.
+    pub fn read(&self, grant: &DmaGrant, gpa: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.check_grant(grant, gpa, buf.len() as u64, DmaDirection::FromGuest)?;
+        Ok(self.memory.read(gpa, buf)?)
+    }
+
+    /// Device writes guest memory (direction [`DmaDirection::ToGuest`])
+    /// within `grant`. Refused whole, writing nothing, unless every byte is
+    /// granted and RAM of this VM.
+    pub fn write(&mut self, grant: &DmaGrant, gpa: u64, data: &[u8]) -> Result<(), DmaError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.check_grant(grant, gpa, data.len() as u64, DmaDirection::ToGuest)?;
+        Ok(self.memory.write(gpa, data)?)
+    }
+}

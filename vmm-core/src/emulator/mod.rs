@@ -1,0 +1,1 @@
+//! Instruction decoding and emulation for accesses to emulated memory.

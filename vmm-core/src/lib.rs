@@ -1,0 +1,32 @@
+//! `vmm-core`: the heart of a virtual machine monitor, as a `#![no_std]` library.
+//!
+//! An embedding kernel (bare metal, Linux, or a test harness) implements the
+//! small [`host::Host`] trait and builds a [`vm::Vm`] from:
+//!
+//! - a [`memory::GuestMemory`] map of RAM, ROM and MMIO holes,
+//! - a [`device::DeviceManager`] in which device models claim I/O ports and
+//!   MMIO ranges,
+//! - device models that reach guest memory only through the
+//!   [`dma::DmaGuard`], whose grants come from checked state machines
+//!   ([`dma::CheckedStateMachine`]) after Palacios's device monitor model.
+//!
+//! A vCPU backend (SVM, VMX, KVM) turns guest exits into calls such as
+//! [`vm::Vm::port_read`] and [`vm::Vm::mmio_write`]; exit counts live in
+//! [`stats::ExitStats`].
+//!
+//! [`test_host`] provides an in-process host and VM builder with a manual
+//! clock, used by every unit test, integration test, benchmark and fuzzer.
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod device;
+pub mod dma;
+pub mod emulator;
+pub mod host;
+pub mod irq;
+pub mod memory;
+pub mod stats;
+pub mod test_host;
+pub mod vm;

@@ -1,0 +1,849 @@
+//! The guest-physical memory map of one VM.
+//!
+//! Memory comes in *blocks* of host memory ([`HostMemory`]), each either RAM
+//! or ROM. The map lays *regions* over guest-physical addresses; each region
+//! says where the guest's reads go and where its writes go ([`Backing`]).
+//! Usually both go to the same RAM block, but firmware shadowing (the i440FX
+//! PAM registers) needs every combination: read ROM and write RAM, read RAM
+//! and drop writes, and so on. MMIO regions send both to the device manager.
+//! Addresses covered by no region are unmapped.
+//!
+//! Every accessor is bounds-checked; an access that spans regions is split at
+//! region boundaries when every part is memory, and refused whole (no byte
+//! read or written) when any part is MMIO or unmapped. No pointer into host
+//! memory leaves this module: callers get copies, or slices borrowed from the
+//! map for the duration of a call.
+//!
+//! Every change to the layout bumps [`GuestMemory::generation`] so that a
+//! backend can rebuild its nested page tables.
+
+use crate::host::{HostMemory, HostPhysAddr};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::fmt;
+
+/// Identifies a block of host memory added to a [`GuestMemory`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct BlockId(pub u32);
+
+/// Whether a block is RAM (guest-writable when mapped so) or ROM (never
+/// written by the guest; only the host loads it).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BlockKind {
+    /// Read-write memory.
+    Ram,
+    /// Read-only memory: firmware images and option ROMs.
+    Rom,
+}
+
+/// Where one direction (reads or writes) of a region's accesses goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Backing {
+    /// Bytes of `block`, starting at `offset` for the region's first address.
+    Block {
+        /// The block.
+        block: BlockId,
+        /// Offset in the block of the region's first byte.
+        offset: u64,
+    },
+    /// Nothing answers: reads see all-ones, writes are dropped (open bus, or
+    /// a write to ROM).
+    Nothing,
+    /// A device answers: the access goes to the device manager.
+    Mmio,
+}
+
+/// What kind of memory an address is, as a DMA check or a page-table builder
+/// needs to know it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RegionKind {
+    /// Reads and writes both go to the same bytes of a RAM block.
+    Ram,
+    /// Reads go to memory and writes are dropped (ROM, or write-protected
+    /// shadow RAM).
+    ReadOnly,
+    /// Reads and writes go to different places (firmware shadowing while the
+    /// BIOS copies itself): the CPU must trap writes.
+    Split,
+    /// A device's registers (or a hole nothing answers in).
+    Mmio,
+    /// No region covers the address.
+    Unmapped,
+}
+
+/// A region of the map as seen from outside.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RegionInfo {
+    /// First guest-physical address.
+    pub start: u64,
+    /// Length in bytes (never zero).
+    pub len: u64,
+    /// Where reads go.
+    pub read: Backing,
+    /// Where writes go.
+    pub write: Backing,
+    /// The region's kind, derived from `read` and `write`.
+    pub kind: RegionKind,
+}
+
+impl RegionInfo {
+    /// One past the last address.
+    pub fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+/// Errors of the memory map.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MemoryError {
+    /// `start + len` overflows 64 bits, or the length is zero.
+    BadRange {
+        /// First address.
+        start: u64,
+        /// Length.
+        len: u64,
+    },
+    /// A new region would overlap an existing one.
+    Overlap {
+        /// First address of the new region.
+        start: u64,
+        /// First address of the region it overlaps.
+        existing: u64,
+    },
+    /// The access touches an address that is not memory (MMIO or unmapped).
+    NotMemory {
+        /// The first such address.
+        gpa: u64,
+        /// What is there.
+        kind: RegionKind,
+    },
+    /// A DMA range is not entirely RAM of this VM.
+    NotRam {
+        /// The first address that is not RAM.
+        gpa: u64,
+        /// What is there.
+        kind: RegionKind,
+    },
+    /// A backing names a block that does not exist, or the range does not fit
+    /// in it.
+    BadBacking {
+        /// The block.
+        block: BlockId,
+    },
+    /// A write backing names a ROM block.
+    WriteToRom {
+        /// The block.
+        block: BlockId,
+    },
+    /// Too many blocks.
+    TooManyBlocks,
+}
+
+impl fmt::Display for MemoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MemoryError::BadRange { start, len } => {
+                write!(f, "bad guest-physical range {start:#x} + {len:#x}")
+            }
+            MemoryError::Overlap { start, existing } => write!(
+                f,
+                "region at {start:#x} overlaps the region at {existing:#x}"
+            ),
+            MemoryError::NotMemory { gpa, kind } => {
+                write!(f, "guest-physical {gpa:#x} is not memory ({kind:?})")
+            }
+            MemoryError::NotRam { gpa, kind } => {
+                write!(f, "guest-physical {gpa:#x} is not RAM of this VM ({kind:?})")
+            }
+            MemoryError::BadBacking { block } => {
+                write!(f, "backing block {} missing or too small", block.0)
+            }
+            MemoryError::WriteToRom { block } => {
+                write!(f, "block {} is ROM and cannot take writes", block.0)
+            }
+            MemoryError::TooManyBlocks => write!(f, "too many memory blocks"),
+        }
+    }
+}
+
+struct Block {
+    kind: BlockKind,
+    mem: Box<dyn HostMemory>,
+}
+
+#[derive(Clone, Copy)]
+struct Region {
+    start: u64,
+    end: u64,
+    read: Backing,
+    write: Backing,
+}
+
+impl Region {
+    fn info(&self, blocks: &[Block]) -> RegionInfo {
+        RegionInfo {
+            start: self.start,
+            len: self.end - self.start,
+            read: self.read,
+            write: self.write,
+            kind: kind_of(self.read, self.write, blocks),
+        }
+    }
+
+    /// The part `[start, end)` of this region, with block offsets adjusted.
+    fn slice(&self, start: u64, end: u64) -> Region {
+        let shift = |b: Backing| match b {
+            Backing::Block { block, offset } => Backing::Block {
+                block,
+                offset: offset + (start - self.start),
+            },
+            other => other,
+        };
+        Region {
+            start,
+            end,
+            read: shift(self.read),
+            write: shift(self.write),
+        }
+    }
+}
+
+fn kind_of(read: Backing, write: Backing, blocks: &[Block]) -> RegionKind {
+    let ram = |b: BlockId| {
+        blocks
+            .get(b.0 as usize)
+            .is_some_and(|blk| blk.kind == BlockKind::Ram)
+    };
+    match (read, write) {
+        (Backing::Mmio, _) | (_, Backing::Mmio) => RegionKind::Mmio,
+        (Backing::Nothing, Backing::Nothing) => RegionKind::Mmio,
+        (Backing::Block { .. }, Backing::Nothing) => RegionKind::ReadOnly,
+        (Backing::Block { block: rb, offset: ro }, Backing::Block { block: wb, offset: wo })
+            if rb == wb && ro == wo && ram(rb) =>
+        {
+            RegionKind::Ram
+        }
+        _ => RegionKind::Split,
+    }
+}
+
+/// The guest-physical memory map of one VM.
+#[derive(Default)]
+pub struct GuestMemory {
+    blocks: Vec<Block>,
+    /// Sorted by `start`, never overlapping, never empty.
+    regions: Vec<Region>,
+    generation: u64,
+}
+
+impl fmt::Debug for GuestMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.regions()).finish()
+    }
+}
+
+fn range_end(start: u64, len: u64) -> Result<u64, MemoryError> {
+    match start.checked_add(len) {
+        Some(end) if len > 0 => Ok(end),
+        _ => Err(MemoryError::BadRange { start, len }),
+    }
+}
+
+impl GuestMemory {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts layout changes; a backend that caches translations (nested
+    /// page tables) rebuilds them when this moves.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Add a block of host memory without mapping it. Map it with
+    /// [`GuestMemory::map`].
+    pub fn add_block(
+        &mut self,
+        kind: BlockKind,
+        mem: Box<dyn HostMemory>,
+    ) -> Result<BlockId, MemoryError> {
+        let id = u32::try_from(self.blocks.len()).map_err(|_| MemoryError::TooManyBlocks)?;
+        self.blocks.push(Block { kind, mem });
+        Ok(BlockId(id))
+    }
+
+    /// Add `mem` as RAM at `gpa`, covering the whole block.
+    pub fn add_ram(&mut self, gpa: u64, mem: Box<dyn HostMemory>) -> Result<BlockId, MemoryError> {
+        let len = mem.as_slice().len() as u64;
+        range_end(gpa, len)?;
+        self.check_free(gpa, len)?;
+        let id = self.add_block(BlockKind::Ram, mem)?;
+        let at = Backing::Block { block: id, offset: 0 };
+        self.insert(gpa, len, at, at)?;
+        Ok(id)
+    }
+
+    /// Add `mem` as ROM at `gpa`, covering the whole block: reads see the
+    /// block, writes are dropped.
+    pub fn add_rom(&mut self, gpa: u64, mem: Box<dyn HostMemory>) -> Result<BlockId, MemoryError> {
+        let len = mem.as_slice().len() as u64;
+        range_end(gpa, len)?;
+        self.check_free(gpa, len)?;
+        let id = self.add_block(BlockKind::Rom, mem)?;
+        self.insert(
+            gpa,
+            len,
+            Backing::Block { block: id, offset: 0 },
+            Backing::Nothing,
+        )?;
+        Ok(id)
+    }
+
+    /// Declare `[gpa, gpa + len)` an MMIO hole: accesses go to the device
+    /// manager (which answers with a device or as unhooked).
+    pub fn add_mmio(&mut self, gpa: u64, len: u64) -> Result<(), MemoryError> {
+        range_end(gpa, len)?;
+        self.check_free(gpa, len)?;
+        self.insert(gpa, len, Backing::Mmio, Backing::Mmio)
+    }
+
+    /// Map `[gpa, gpa + len)` with the given read and write backings,
+    /// replacing whatever covered those addresses before (regions around are
+    /// cut to fit). This is how firmware shadowing switches 0xC0000-0xFFFFF
+    /// between ROM and RAM, and how a ROM's tail is aliased below 1 MiB.
+    pub fn map(
+        &mut self,
+        gpa: u64,
+        len: u64,
+        read: Backing,
+        write: Backing,
+    ) -> Result<(), MemoryError> {
+        let end = range_end(gpa, len)?;
+        self.check_backing(read, len, false)?;
+        self.check_backing(write, len, true)?;
+        self.carve(gpa, end);
+        self.insert(gpa, len, read, write)
+    }
+
+    /// Remove every region overlapping `[gpa, gpa + len)` (cut to fit), so
+    /// those addresses become unmapped.
+    pub fn unmap(&mut self, gpa: u64, len: u64) -> Result<(), MemoryError> {
+        let end = range_end(gpa, len)?;
+        self.carve(gpa, end);
+        self.generation += 1;
+        Ok(())
+    }
+
+    /// Cut `[gpa, end)` out of the regions, keeping what lies around it.
+    fn carve(&mut self, gpa: u64, end: u64) {
+        let mut kept = Vec::with_capacity(self.regions.len() + 2);
+        for r in &self.regions {
+            if r.end <= gpa || r.start >= end {
+                kept.push(*r);
+                continue;
+            }
+            if r.start < gpa {
+                kept.push(r.slice(r.start, gpa));
+            }
+            if r.end > end {
+                kept.push(r.slice(end, r.end));
+            }
+        }
+        self.regions = kept;
+    }
+
+    fn check_backing(&self, b: Backing, len: u64, write: bool) -> Result<(), MemoryError> {
+        if let Backing::Block { block, offset } = b {
+            let blk = self
+                .blocks
+                .get(block.0 as usize)
+                .ok_or(MemoryError::BadBacking { block })?;
+            let size = blk.mem.as_slice().len() as u64;
+            match offset.checked_add(len) {
+                Some(end) if end <= size => {}
+                _ => return Err(MemoryError::BadBacking { block }),
+            }
+            if write && blk.kind == BlockKind::Rom {
+                return Err(MemoryError::WriteToRom { block });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_free(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
+        let end = gpa + len;
+        match self.regions.iter().find(|r| r.start < end && gpa < r.end) {
+            Some(r) => Err(MemoryError::Overlap {
+                start: gpa,
+                existing: r.start,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn insert(&mut self, gpa: u64, len: u64, read: Backing, write: Backing) -> Result<(), MemoryError> {
+        self.check_free(gpa, len)?;
+        let at = self.regions.partition_point(|r| r.start < gpa);
+        self.regions.insert(
+            at,
+            Region {
+                start: gpa,
+                end: gpa + len,
+                read,
+                write,
+            },
+        );
+        self.generation += 1;
+        Ok(())
+    }
+
+    /// Index of the region containing `gpa`.
+    fn find(&self, gpa: u64) -> Option<usize> {
+        let i = self.regions.partition_point(|r| r.end <= gpa);
+        match self.regions.get(i) {
+            Some(r) if r.start <= gpa => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The region containing `gpa`, if any.
+    pub fn region_at(&self, gpa: u64) -> Option<RegionInfo> {
+        self.find(gpa).map(|i| self.regions[i].info(&self.blocks))
+    }
+
+    /// The kind of memory at `gpa`.
+    pub fn kind_at(&self, gpa: u64) -> RegionKind {
+        self.region_at(gpa).map_or(RegionKind::Unmapped, |r| r.kind)
+    }
+
+    /// All regions, in address order.
+    pub fn regions(&self) -> impl Iterator<Item = RegionInfo> + '_ {
+        self.regions.iter().map(|r| r.info(&self.blocks))
+    }
+
+    /// Total bytes of guest RAM mapped as [`RegionKind::Ram`].
+    pub fn ram_bytes(&self) -> u64 {
+        self.regions()
+            .filter(|r| r.kind == RegionKind::Ram)
+            .map(|r| r.len)
+            .sum()
+    }
+
+    /// The kind of a block.
+    pub fn block_kind(&self, block: BlockId) -> Option<BlockKind> {
+        self.blocks.get(block.0 as usize).map(|b| b.kind)
+    }
+
+    /// Host-physical address of byte `offset` of `block`, where the host
+    /// exposes one.
+    pub fn block_host_phys(&self, block: BlockId, offset: u64) -> Option<HostPhysAddr> {
+        let blk = self.blocks.get(block.0 as usize)?;
+        blk.mem.host_phys(usize::try_from(offset).ok()?)
+    }
+
+    /// Copy `data` into `block` at `offset`: how the host loads a ROM image
+    /// or a kernel. Not subject to the map (works on ROM).
+    pub fn load_block(&mut self, block: BlockId, offset: u64, data: &[u8]) -> Result<(), MemoryError> {
+        let blk = self
+            .blocks
+            .get_mut(block.0 as usize)
+            .ok_or(MemoryError::BadBacking { block })?;
+        let bytes = blk.mem.as_mut_slice();
+        let start = usize::try_from(offset).map_err(|_| MemoryError::BadBacking { block })?;
+        let dst = start
+            .checked_add(data.len())
+            .and_then(|end| bytes.get_mut(start..end))
+            .ok_or(MemoryError::BadBacking { block })?;
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Walk `[gpa, gpa + len)` region by region, calling `f(region, start,
+    /// end)` for each piece. Fails on the first unmapped byte.
+    fn pieces(
+        &self,
+        gpa: u64,
+        len: u64,
+        mut f: impl FnMut(&Region, u64, u64) -> Result<(), MemoryError>,
+    ) -> Result<(), MemoryError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let end = range_end(gpa, len)?;
+        let mut cur = gpa;
+        while cur < end {
+            let i = self.find(cur).ok_or(MemoryError::NotMemory {
+                gpa: cur,
+                kind: RegionKind::Unmapped,
+            })?;
+            let r = &self.regions[i];
+            let piece_end = r.end.min(end);
+            f(r, cur, piece_end)?;
+            cur = piece_end;
+        }
+        Ok(())
+    }
+
+    /// Read guest memory as the CPU would. Fails whole, reading nothing, if
+    /// any byte is MMIO or unmapped (the caller routes those to devices).
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        // Check the whole range first so that a failure leaves `buf` alone.
+        self.check_access(gpa, buf.len() as u64, false)?;
+        let mut done = 0usize;
+        self.pieces(gpa, buf.len() as u64, |r, s, e| {
+            let n = (e - s) as usize;
+            let out = &mut buf[done..done + n];
+            match r.slice(s, e).read {
+                Backing::Block { block, offset } => {
+                    let src = self.block_bytes(block, offset, n)?;
+                    out.copy_from_slice(src);
+                }
+                _ => out.fill(0xff),
+            }
+            done += n;
+            Ok(())
+        })
+    }
+
+    /// Write guest memory as the CPU would: writes to ROM or write-protected
+    /// regions are dropped. Fails whole, writing nothing, if any byte is MMIO
+    /// or unmapped.
+    pub fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
+        self.check_access(gpa, data.len() as u64, true)?;
+        let mut done = 0usize;
+        let mut targets: Vec<(BlockId, u64, usize, usize)> = Vec::new();
+        self.pieces(gpa, data.len() as u64, |r, s, e| {
+            let n = (e - s) as usize;
+            if let Backing::Block { block, offset } = r.slice(s, e).write {
+                targets.push((block, offset, done, n));
+            }
+            done += n;
+            Ok(())
+        })?;
+        for (block, offset, from, n) in targets {
+            let dst = self.block_bytes_mut(block, offset, n)?;
+            dst.copy_from_slice(&data[from..from + n]);
+        }
+        Ok(())
+    }
+
+    /// Fail if any byte of the range is MMIO or unmapped.
+    fn check_access(&self, gpa: u64, len: u64, write: bool) -> Result<(), MemoryError> {
+        self.pieces(gpa, len, |r, s, _| {
+            let b = if write { r.write } else { r.read };
+            if b == Backing::Mmio {
+                return Err(MemoryError::NotMemory {
+                    gpa: s,
+                    kind: RegionKind::Mmio,
+                });
+            }
+            if matches!((r.read, r.write), (Backing::Nothing, Backing::Nothing)) {
+                return Err(MemoryError::NotMemory {
+                    gpa: s,
+                    kind: RegionKind::Mmio,
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// Check that every byte of `[gpa, gpa + len)` is RAM of this VM (reads
+    /// and writes both reach the same RAM bytes): the test every DMA passes
+    /// before it starts. A zero length is refused.
+    pub fn check_ram(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
+        range_end(gpa, len)?;
+        self.pieces(gpa, len, |r, s, _| {
+            let kind = kind_of(r.read, r.write, &self.blocks);
+            if kind == RegionKind::Ram {
+                Ok(())
+            } else {
+                Err(MemoryError::NotRam { gpa: s, kind })
+            }
+        })
+        .map_err(|e| match e {
+            MemoryError::NotMemory { gpa, kind } => MemoryError::NotRam { gpa, kind },
+            other => other,
+        })
+    }
+
+    /// The host-physical pieces behind a RAM range (checked with
+    /// [`GuestMemory::check_ram`] first), for a DMA engine that works with
+    /// host-physical addresses. Each piece is `(address, length)`; pieces
+    /// split where the host's memory is not physically contiguous.
+    pub fn host_phys_ranges(&self, gpa: u64, len: u64) -> Result<Vec<(HostPhysAddr, u64)>, MemoryError> {
+        self.check_ram(gpa, len)?;
+        let mut out: Vec<(HostPhysAddr, u64)> = Vec::new();
+        self.pieces(gpa, len, |r, s, e| {
+            let Backing::Block { block, offset } = r.slice(s, e).read else {
+                return Err(MemoryError::NotRam {
+                    gpa: s,
+                    kind: RegionKind::Mmio,
+                });
+            };
+            // Walk page by page so that a host with scattered pages is right.
+            let mut off = offset;
+            let stop = offset + (e - s);
+            while off < stop {
+                let page_end = ((off | 0xfff) + 1).min(stop);
+                let hpa = self
+                    .block_host_phys(block, off)
+                    .ok_or(MemoryError::BadBacking { block })?;
+                let n = page_end - off;
+                match out.last_mut() {
+                    Some((last, l)) if last.0 + *l == hpa.0 => *l += n,
+                    _ => out.push((hpa, n)),
+                }
+                off = page_end;
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn block_bytes(&self, block: BlockId, offset: u64, n: usize) -> Result<&[u8], MemoryError> {
+        let blk = self
+            .blocks
+            .get(block.0 as usize)
+            .ok_or(MemoryError::BadBacking { block })?;
+        let start = usize::try_from(offset).map_err(|_| MemoryError::BadBacking { block })?;
+        blk.mem
+            .as_slice()
+            .get(start..start.saturating_add(n))
+            .ok_or(MemoryError::BadBacking { block })
+    }
+
+    fn block_bytes_mut(&mut self, block: BlockId, offset: u64, n: usize) -> Result<&mut [u8], MemoryError> {
+        let blk = self
+            .blocks
+            .get_mut(block.0 as usize)
+            .ok_or(MemoryError::BadBacking { block })?;
+        let start = usize::try_from(offset).map_err(|_| MemoryError::BadBacking { block })?;
+        blk.mem
+            .as_mut_slice()
+            .get_mut(start..start.saturating_add(n))
+            .ok_or(MemoryError::BadBacking { block })
+    }
+
+    /// Read a little-endian integer of `N` bytes.
+    fn read_le<const N: usize>(&self, gpa: u64) -> Result<[u8; N], MemoryError> {
+        let mut b = [0u8; N];
+        self.read(gpa, &mut b)?;
+        Ok(b)
+    }
+
+    /// Read a byte.
+    pub fn read_u8(&self, gpa: u64) -> Result<u8, MemoryError> {
+        Ok(self.read_le::<1>(gpa)?[0])
+    }
+    /// Read a little-endian 16-bit value.
+    pub fn read_u16(&self, gpa: u64) -> Result<u16, MemoryError> {
+        Ok(u16::from_le_bytes(self.read_le(gpa)?))
+    }
+    /// Read a little-endian 32-bit value.
+    pub fn read_u32(&self, gpa: u64) -> Result<u32, MemoryError> {
+        Ok(u32::from_le_bytes(self.read_le(gpa)?))
+    }
+    /// Read a little-endian 64-bit value.
+    pub fn read_u64(&self, gpa: u64) -> Result<u64, MemoryError> {
+        Ok(u64::from_le_bytes(self.read_le(gpa)?))
+    }
+    /// Write a byte.
+    pub fn write_u8(&mut self, gpa: u64, v: u8) -> Result<(), MemoryError> {
+        self.write(gpa, &[v])
+    }
+    /// Write a little-endian 16-bit value.
+    pub fn write_u16(&mut self, gpa: u64, v: u16) -> Result<(), MemoryError> {
+        self.write(gpa, &v.to_le_bytes())
+    }
+    /// Write a little-endian 32-bit value.
+    pub fn write_u32(&mut self, gpa: u64, v: u32) -> Result<(), MemoryError> {
+        self.write(gpa, &v.to_le_bytes())
+    }
+    /// Write a little-endian 64-bit value.
+    pub fn write_u64(&mut self, gpa: u64, v: u64) -> Result<(), MemoryError> {
+        self.write(gpa, &v.to_le_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_host::VecMemory;
+
+    fn mem(len: usize) -> Box<dyn HostMemory> {
+        Box::new(VecMemory::new(len))
+    }
+
+    fn pc_like() -> GuestMemory {
+        let mut m = GuestMemory::new();
+        m.add_ram(0, mem(0x10_0000)).unwrap();
+        m.add_mmio(0xfee0_0000, 0x1000).unwrap();
+        let rom = m.add_rom(0xfffe_0000, mem(0x2_0000)).unwrap();
+        m.load_block(rom, 0x1fff0, &[0xea, 0x5b, 0xe0]).unwrap();
+        m
+    }
+
+    #[test]
+    fn overlapping_regions_are_refused() {
+        let mut m = pc_like();
+        assert_eq!(
+            m.add_ram(0x8_0000, mem(0x10_0000)).unwrap_err(),
+            MemoryError::Overlap {
+                start: 0x8_0000,
+                existing: 0
+            }
+        );
+        assert!(matches!(
+            m.add_mmio(0xfee0_0800, 0x100),
+            Err(MemoryError::Overlap { .. })
+        ));
+        assert!(matches!(
+            m.add_mmio(u64::MAX, 2),
+            Err(MemoryError::BadRange { .. })
+        ));
+    }
+
+    #[test]
+    fn integers_round_trip_and_bounds_are_checked() {
+        let mut m = pc_like();
+        m.write_u64(0x1000, 0x1122_3344_5566_7788).unwrap();
+        assert_eq!(m.read_u64(0x1000).unwrap(), 0x1122_3344_5566_7788);
+        assert_eq!(m.read_u16(0x1002).unwrap(), 0x5566);
+        // Straddles the end of RAM into unmapped space: refused, nothing written.
+        let before = m.read_u8(0xf_ffff).unwrap();
+        assert_eq!(
+            m.write_u32(0xf_fffe, 0xdead_beef).unwrap_err(),
+            MemoryError::NotMemory {
+                gpa: 0x10_0000,
+                kind: RegionKind::Unmapped
+            }
+        );
+        assert_eq!(m.read_u8(0xf_ffff).unwrap(), before);
+        assert!(m.read_u32(u64::MAX - 1).is_err());
+        assert!(matches!(
+            m.read_u32(0xfee0_0000),
+            Err(MemoryError::NotMemory {
+                kind: RegionKind::Mmio,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn rom_reads_its_image_and_drops_writes() {
+        let mut m = pc_like();
+        assert_eq!(m.read_u8(0xffff_fff0).unwrap(), 0xea);
+        m.write_u8(0xffff_fff0, 0x90).unwrap();
+        assert_eq!(m.read_u8(0xffff_fff0).unwrap(), 0xea);
+        assert_eq!(m.kind_at(0xffff_fff0), RegionKind::ReadOnly);
+    }
+
+    #[test]
+    fn shadowing_switches_between_rom_and_ram() {
+        let mut m = GuestMemory::new();
+        let ram = m.add_ram(0, mem(0x10_0000)).unwrap();
+        let rom = m.add_rom(0xfffe_0000, mem(0x2_0000)).unwrap();
+        m.load_block(rom, 0x1_0000, b"BIOS").unwrap();
+        let gen0 = m.generation();
+        // Reset state: 0xF0000 reads the ROM, writes are dropped.
+        m.map(
+            0xf_0000,
+            0x1_0000,
+            Backing::Block { block: rom, offset: 0x1_0000 },
+            Backing::Nothing,
+        )
+        .unwrap();
+        assert!(m.generation() > gen0);
+        assert_eq!(m.kind_at(0xf_0000), RegionKind::ReadOnly);
+        let mut b = [0u8; 4];
+        m.read(0xf_0000, &mut b).unwrap();
+        assert_eq!(&b, b"BIOS");
+        // Read ROM, write RAM: the BIOS copies itself down.
+        m.map(
+            0xf_0000,
+            0x1_0000,
+            Backing::Block { block: rom, offset: 0x1_0000 },
+            Backing::Block { block: ram, offset: 0xf_0000 },
+        )
+        .unwrap();
+        assert_eq!(m.kind_at(0xf_0000), RegionKind::Split);
+        m.write(0xf_0000, b"bios").unwrap();
+        m.read(0xf_0000, &mut b).unwrap();
+        assert_eq!(&b, b"BIOS", "reads still see the ROM");
+        // Read and write RAM: the shadow copy is live.
+        let at = Backing::Block { block: ram, offset: 0xf_0000 };
+        m.map(0xf_0000, 0x1_0000, at, at).unwrap();
+        m.read(0xf_0000, &mut b).unwrap();
+        assert_eq!(&b, b"bios");
+        assert_eq!(m.kind_at(0xf_0000), RegionKind::Ram);
+        // Regions around the switched range are intact.
+        assert_eq!(m.kind_at(0xe_ffff), RegionKind::Ram);
+        assert_eq!(m.regions().count(), 2 + 1);
+    }
+
+    #[test]
+    fn rom_cannot_be_a_write_backing() {
+        let mut m = GuestMemory::new();
+        let rom = m.add_rom(0xfffe_0000, mem(0x2_0000)).unwrap();
+        let at = Backing::Block { block: rom, offset: 0 };
+        assert_eq!(
+            m.map(0xe_0000, 0x2_0000, at, at).unwrap_err(),
+            MemoryError::WriteToRom { block: rom }
+        );
+        assert_eq!(
+            m.map(0xe_0000, 0x2_0001, at, Backing::Nothing).unwrap_err(),
+            MemoryError::BadBacking { block: rom }
+        );
+    }
+
+    #[test]
+    fn cross_region_ram_access_is_split() {
+        let mut m = GuestMemory::new();
+        m.add_ram(0, mem(0x1000)).unwrap();
+        m.add_ram(0x1000, mem(0x1000)).unwrap();
+        m.write_u32(0xffe, 0xaabb_ccdd).unwrap();
+        assert_eq!(m.read_u32(0xffe).unwrap(), 0xaabb_ccdd);
+        m.check_ram(0xff0, 0x20).unwrap();
+        let pieces = m.host_phys_ranges(0xff0, 0x20).unwrap();
+        let total: u64 = pieces.iter().map(|p| p.1).sum();
+        assert_eq!(total, 0x20);
+    }
+
+    #[test]
+    fn check_ram_names_the_first_bad_byte() {
+        let m = pc_like();
+        m.check_ram(0, 0x10_0000).unwrap();
+        assert_eq!(
+            m.check_ram(0xf_f000, 0x2000).unwrap_err(),
+            MemoryError::NotRam {
+                gpa: 0x10_0000,
+                kind: RegionKind::Unmapped
+            }
+        );
+        assert_eq!(
+            m.check_ram(0xffff_0000, 4).unwrap_err(),
+            MemoryError::NotRam {
+                gpa: 0xffff_0000,
+                kind: RegionKind::ReadOnly
+            }
+        );
+        assert_eq!(
+            m.check_ram(0xfee0_0000, 4).unwrap_err(),
+            MemoryError::NotRam {
+                gpa: 0xfee0_0000,
+                kind: RegionKind::Mmio
+            }
+        );
+        assert!(m.check_ram(0, 0).is_err(), "empty DMA is refused");
+    }
+
+    #[test]
+    fn unmap_leaves_a_hole() {
+        let mut m = pc_like();
+        m.unmap(0xa_0000, 0x2_0000).unwrap();
+        assert_eq!(m.kind_at(0xa_0000), RegionKind::Unmapped);
+        assert_eq!(m.kind_at(0x9_ffff), RegionKind::Ram);
+        assert_eq!(m.kind_at(0xc_0000), RegionKind::Ram);
+    }
+}

@@ -1,0 +1,156 @@
+//! Exit statistics: how often the guest left the CPU, and why.
+//!
+//! Backends count every exit by [`ExitKind`]; the device manager counts port
+//! and MMIO accesses per claim and per unhooked address (see
+//! `device::DeviceManager::report`). Together they say where the time goes.
+
+use core::fmt;
+
+/// Why a vCPU left the guest. Backends map their hardware exit codes here.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum ExitKind {
+    /// IN/OUT (and their string forms).
+    PortIo,
+    /// An access to MMIO (nested-page fault or emulated access).
+    Mmio,
+    /// CPUID.
+    Cpuid,
+    /// RDMSR/WRMSR.
+    Msr,
+    /// HLT.
+    Hlt,
+    /// A physical interrupt arrived while the guest ran.
+    ExternalInterrupt,
+    /// The guest opened an interrupt window we asked for.
+    InterruptWindow,
+    /// A nested-page fault on memory (not MMIO): ROM writes, map changes.
+    NestedPageFault,
+    /// A guest page fault taken by shadow paging.
+    ShadowPageFault,
+    /// A control-register access.
+    ControlRegister,
+    /// INVLPG.
+    Invlpg,
+    /// An exception intercepted for the VMM.
+    Exception,
+    /// A virtualization instruction executed by the guest.
+    VirtInstruction,
+    /// Triple fault / shutdown.
+    Shutdown,
+    /// The host preempted the guest (time slice).
+    Preemption,
+    /// Anything else.
+    Other,
+}
+
+impl ExitKind {
+    /// Every kind, in display order.
+    pub const ALL: [ExitKind; 16] = [
+        ExitKind::PortIo,
+        ExitKind::Mmio,
+        ExitKind::Cpuid,
+        ExitKind::Msr,
+        ExitKind::Hlt,
+        ExitKind::ExternalInterrupt,
+        ExitKind::InterruptWindow,
+        ExitKind::NestedPageFault,
+        ExitKind::ShadowPageFault,
+        ExitKind::ControlRegister,
+        ExitKind::Invlpg,
+        ExitKind::Exception,
+        ExitKind::VirtInstruction,
+        ExitKind::Shutdown,
+        ExitKind::Preemption,
+        ExitKind::Other,
+    ];
+
+    /// A short lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitKind::PortIo => "port-io",
+            ExitKind::Mmio => "mmio",
+            ExitKind::Cpuid => "cpuid",
+            ExitKind::Msr => "msr",
+            ExitKind::Hlt => "hlt",
+            ExitKind::ExternalInterrupt => "external-interrupt",
+            ExitKind::InterruptWindow => "interrupt-window",
+            ExitKind::NestedPageFault => "nested-page-fault",
+            ExitKind::ShadowPageFault => "shadow-page-fault",
+            ExitKind::ControlRegister => "control-register",
+            ExitKind::Invlpg => "invlpg",
+            ExitKind::Exception => "exception",
+            ExitKind::VirtInstruction => "virt-instruction",
+            ExitKind::Shutdown => "shutdown",
+            ExitKind::Preemption => "preemption",
+            ExitKind::Other => "other",
+        }
+    }
+}
+
+/// Exit counts by kind for one VM.
+#[derive(Clone, Debug, Default)]
+pub struct ExitStats {
+    counts: [u64; ExitKind::ALL.len()],
+}
+
+impl ExitStats {
+    /// Count one exit.
+    #[inline]
+    pub fn record(&mut self, kind: ExitKind) {
+        self.counts[kind as usize] += 1;
+    }
+
+    /// Exits of one kind so far.
+    pub fn count(&self, kind: ExitKind) -> u64 {
+        self.counts[kind as usize]
+    }
+
+    /// All exits so far.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+impl fmt::Display for ExitStats {
+    /// One line per kind that occurred, largest first, with its share.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let total = self.total();
+        writeln!(f, "exits: {total}")?;
+        let mut kinds = ExitKind::ALL;
+        kinds.sort_by_key(|k| core::cmp::Reverse(self.count(*k)));
+        for k in kinds.iter().filter(|k| self.count(**k) > 0) {
+            let n = self.count(*k);
+            writeln!(
+                f,
+                "  {:<20} {:>12} {:>5.1}%",
+                k.name(),
+                n,
+                n as f64 * 100.0 / total as f64
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn counts_and_prints_largest_first() {
+        let mut s = ExitStats::default();
+        s.record(ExitKind::Hlt);
+        for _ in 0..3 {
+            s.record(ExitKind::PortIo);
+        }
+        assert_eq!(s.total(), 4);
+        let text = s.to_string();
+        let io = text.find("port-io").unwrap();
+        let hlt = text.find("hlt").unwrap();
+        assert!(io < hlt, "{text}");
+        assert!(text.contains("75.0%"), "{text}");
+        assert!(!text.contains("cpuid"));
+    }
+}

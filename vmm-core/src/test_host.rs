@@ -1,0 +1,287 @@
+//! An in-process host for tests, benchmarks and fuzzers: no hardware, no OS.
+//!
+//! [`TestHost`] allocates guest memory from the heap, invents host-physical
+//! addresses (disjoint for every block, so that DMA checks between VMs mean
+//! something), and keeps a manual clock that tests advance explicitly, so
+//! timer behaviour is deterministic. [`TestIrqLine`] records what a device
+//! does with its interrupt line. [`TestVmBuilder`] builds a PC-shaped VM in
+//! one expression.
+
+use crate::device::{ClaimError, Device, DeviceId};
+use crate::host::{Host, HostError, HostMemory, HostPhysAddr};
+use crate::irq::IrqLine;
+use crate::memory::{GuestMemory, MemoryError};
+use crate::vm::{Vm, VmId};
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+/// Where the next invented host-physical block starts (4 GiB up, so that it
+/// never looks like a small guest address by accident).
+static NEXT_FAKE_PHYS: AtomicU64 = AtomicU64::new(0x1_0000_0000);
+
+/// Host memory backed by a heap vector, with an invented host-physical base.
+pub struct VecMemory {
+    bytes: Vec<u8>,
+    phys_base: u64,
+}
+
+impl VecMemory {
+    /// `len` zeroed bytes.
+    pub fn new(len: usize) -> Self {
+        // Keep blocks 2 MiB apart and aligned, like a real page allocator.
+        let span = ((len as u64) + 0x1f_ffff) & !0x1f_ffff;
+        let phys_base = NEXT_FAKE_PHYS.fetch_add(span.max(0x20_0000), Ordering::Relaxed);
+        Self {
+            bytes: vec![0; len],
+            phys_base,
+        }
+    }
+
+    /// A block holding a copy of `data`.
+    pub fn from_bytes(data: &[u8]) -> Self {
+        let mut m = Self::new(data.len());
+        m.bytes.copy_from_slice(data);
+        m
+    }
+}
+
+impl HostMemory for VecMemory {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+    fn host_phys(&self, offset: usize) -> Option<HostPhysAddr> {
+        (offset < self.bytes.len()).then(|| HostPhysAddr(self.phys_base + offset as u64))
+    }
+}
+
+/// The in-process host.
+#[derive(Default)]
+pub struct TestHost {
+    now_ns: AtomicU64,
+    allocated: AtomicU64,
+    limit: Option<u64>,
+}
+
+impl TestHost {
+    /// A host with unlimited memory and the clock at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A host that refuses allocations beyond `bytes` in total.
+    pub fn with_memory_limit(bytes: u64) -> Self {
+        Self {
+            limit: Some(bytes),
+            ..Self::default()
+        }
+    }
+
+    /// Move the clock forward.
+    pub fn advance_ns(&self, ns: u64) {
+        self.now_ns.fetch_add(ns, Ordering::SeqCst);
+    }
+
+    /// Set the clock (never backwards).
+    pub fn set_now_ns(&self, ns: u64) {
+        self.now_ns.fetch_max(ns, Ordering::SeqCst);
+    }
+
+    /// Bytes allocated so far.
+    pub fn allocated(&self) -> u64 {
+        self.allocated.load(Ordering::Relaxed)
+    }
+}
+
+impl Host for TestHost {
+    fn alloc_memory(&self, len: usize, align: usize) -> Result<Box<dyn HostMemory>, HostError> {
+        if len == 0 || !align.is_power_of_two() {
+            return Err(HostError::BadRequest { len, align });
+        }
+        let total = self.allocated.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
+        if self.limit.is_some_and(|l| total > l) {
+            self.allocated.fetch_sub(len as u64, Ordering::Relaxed);
+            return Err(HostError::OutOfMemory { len, align });
+        }
+        Ok(Box::new(VecMemory::new(len)))
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.now_ns.load(Ordering::SeqCst)
+    }
+
+    fn idle(&self, deadline_ns: Option<u64>) {
+        // Nothing else runs here: jump the clock to the deadline.
+        if let Some(d) = deadline_ns {
+            self.set_now_ns(d);
+        }
+    }
+}
+
+/// An interrupt line that records its level and counts rising edges.
+#[derive(Default, Debug)]
+pub struct TestIrqLine {
+    level: AtomicBool,
+    rising_edges: AtomicU32,
+}
+
+impl TestIrqLine {
+    /// A new line, low.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The current level.
+    pub fn level(&self) -> bool {
+        self.level.load(Ordering::SeqCst)
+    }
+
+    /// Rising edges so far.
+    pub fn rising_edges(&self) -> u32 {
+        self.rising_edges.load(Ordering::SeqCst)
+    }
+}
+
+impl IrqLine for TestIrqLine {
+    fn set_level(&self, high: bool) {
+        let was = self.level.swap(high, Ordering::SeqCst);
+        if high && !was {
+            self.rising_edges.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Why a test VM could not be built.
+#[derive(Debug)]
+pub enum TestVmError {
+    /// The host refused memory.
+    Host(HostError),
+    /// The memory map refused a region.
+    Memory(MemoryError),
+    /// The device manager refused a claim.
+    Claim(ClaimError),
+}
+
+impl fmt::Display for TestVmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TestVmError::Host(e) => write!(f, "{e}"),
+            TestVmError::Memory(e) => write!(f, "{e}"),
+            TestVmError::Claim(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<HostError> for TestVmError {
+    fn from(e: HostError) -> Self {
+        Self::Host(e)
+    }
+}
+impl From<MemoryError> for TestVmError {
+    fn from(e: MemoryError) -> Self {
+        Self::Memory(e)
+    }
+}
+impl From<ClaimError> for TestVmError {
+    fn from(e: ClaimError) -> Self {
+        Self::Claim(e)
+    }
+}
+
+/// Builds a VM on a [`TestHost`]: RAM from 0, optional ROM and MMIO holes,
+/// devices with their claims.
+pub struct TestVmBuilder {
+    host: Arc<TestHost>,
+    id: VmId,
+    ram: u64,
+    roms: Vec<(u64, Vec<u8>)>,
+    mmio: Vec<(u64, u64)>,
+    devices: Vec<PendingDevice>,
+}
+
+struct PendingDevice {
+    device: Box<dyn Device>,
+    ports: Vec<(u16, u16)>,
+    mmio: Vec<(u64, u64)>,
+}
+
+impl TestVmBuilder {
+    /// A VM `id` on `host` with no RAM yet.
+    pub fn new(host: Arc<TestHost>, id: u32) -> Self {
+        Self {
+            host,
+            id: VmId(id),
+            ram: 0,
+            roms: Vec::new(),
+            mmio: Vec::new(),
+            devices: Vec::new(),
+        }
+    }
+
+    /// `bytes` of RAM at guest-physical 0.
+    pub fn ram(mut self, bytes: u64) -> Self {
+        self.ram = bytes;
+        self
+    }
+
+    /// A ROM holding `image` at `gpa`.
+    pub fn rom(mut self, gpa: u64, image: &[u8]) -> Self {
+        self.roms.push((gpa, image.to_vec()));
+        self
+    }
+
+    /// An MMIO hole.
+    pub fn mmio_hole(mut self, gpa: u64, len: u64) -> Self {
+        self.mmio.push((gpa, len));
+        self
+    }
+
+    /// A device claiming the given `(first, count)` port ranges and
+    /// `(gpa, len)` MMIO ranges. Device ids follow the order of calls,
+    /// starting at 0.
+    pub fn device(mut self, device: impl Device, ports: &[(u16, u16)], mmio: &[(u64, u64)]) -> Self {
+        self.devices.push(PendingDevice {
+            device: Box::new(device),
+            ports: ports.to_vec(),
+            mmio: mmio.to_vec(),
+        });
+        self
+    }
+
+    /// Build the VM.
+    pub fn build(self) -> Result<Vm, TestVmError> {
+        let mut memory = GuestMemory::new();
+        if self.ram > 0 {
+            let len = usize::try_from(self.ram).map_err(|_| HostError::OutOfMemory {
+                len: usize::MAX,
+                align: 4096,
+            })?;
+            memory.add_ram(0, self.host.alloc_memory(len, 4096)?)?;
+        }
+        for (gpa, image) in &self.roms {
+            let mut block = self.host.alloc_memory(image.len().max(1), 4096)?;
+            block.as_mut_slice()[..image.len()].copy_from_slice(image);
+            memory.add_rom(*gpa, block)?;
+        }
+        for (gpa, len) in &self.mmio {
+            memory.add_mmio(*gpa, *len)?;
+        }
+        let mut vm = Vm::new(self.id, self.host, memory);
+        for pending in self.devices {
+            let id: DeviceId = vm.add_device(pending.device)?;
+            for (first, count) in pending.ports {
+                vm.claim_ports(id, first, count)?;
+            }
+            for (gpa, len) in pending.mmio {
+                vm.claim_mmio(id, gpa, len)?;
+            }
+        }
+        Ok(vm)
+    }
+}

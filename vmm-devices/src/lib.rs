@@ -8,3 +8,6 @@
 #![forbid(unsafe_code)]
 
 extern crate alloc;
+
+pub mod block;
+pub mod ide;

@@ -1,0 +1,1 @@
+//! Block backends: where a disk or CD-ROM model gets its sectors.

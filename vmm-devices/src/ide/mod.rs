@@ -1,0 +1,1 @@
+//! The PIIX IDE controller with ATA disks and ATAPI CD-ROMs.

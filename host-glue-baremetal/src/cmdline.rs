@@ -90,7 +90,9 @@ pub fn parse_size(s: &str) -> Option<u64> {
 pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
     let mut config = Config::default();
     for word in line.split_ascii_whitespace() {
-        let (key, value) = word.split_once('=').ok_or(CmdlineError::NotKeyValue(word))?;
+        let (key, value) = word
+            .split_once('=')
+            .ok_or(CmdlineError::NotKeyValue(word))?;
         let bad = |expected| CmdlineError::BadValue {
             key,
             value,
@@ -141,12 +143,22 @@ mod tests {
     #[test]
     fn errors_name_the_word() {
         assert_eq!(parse("foo=1").unwrap_err(), CmdlineError::UnknownKey("foo"));
-        assert_eq!(parse("quiet").unwrap_err(), CmdlineError::NotKeyValue("quiet"));
+        assert_eq!(
+            parse("quiet").unwrap_err(),
+            CmdlineError::NotKeyValue("quiet")
+        );
         assert!(matches!(
             parse("guest_mem=12Q").unwrap_err(),
-            CmdlineError::BadValue { key: "guest_mem", value: "12Q", .. }
+            CmdlineError::BadValue {
+                key: "guest_mem",
+                value: "12Q",
+                ..
+            }
         ));
-        assert!(parse("guest_mem=99999999999G").is_err(), "overflow is refused");
+        assert!(
+            parse("guest_mem=99999999999G").is_err(),
+            "overflow is refused"
+        );
         assert!(parse("vms=0").is_err());
     }
 }

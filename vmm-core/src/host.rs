@@ -64,6 +64,8 @@ pub enum HostError {
     },
 }
 
+impl core::error::Error for HostError {}
+
 impl fmt::Display for HostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -71,7 +73,10 @@ impl fmt::Display for HostError {
                 write!(f, "host out of memory: {len} bytes aligned to {align:#x}")
             }
             HostError::BadRequest { len, align } => {
-                write!(f, "bad host memory request: {len} bytes aligned to {align:#x}")
+                write!(
+                    f,
+                    "bad host memory request: {len} bytes aligned to {align:#x}"
+                )
             }
         }
     }

@@ -139,6 +139,8 @@ pub enum MemoryError {
     TooManyBlocks,
 }
 
+impl core::error::Error for MemoryError {}
+
 impl fmt::Display for MemoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -153,7 +155,10 @@ impl fmt::Display for MemoryError {
                 write!(f, "guest-physical {gpa:#x} is not memory ({kind:?})")
             }
             MemoryError::NotRam { gpa, kind } => {
-                write!(f, "guest-physical {gpa:#x} is not RAM of this VM ({kind:?})")
+                write!(
+                    f,
+                    "guest-physical {gpa:#x} is not RAM of this VM ({kind:?})"
+                )
             }
             MemoryError::BadBacking { block } => {
                 write!(f, "backing block {} missing or too small", block.0)
@@ -218,11 +223,16 @@ fn kind_of(read: Backing, write: Backing, blocks: &[Block]) -> RegionKind {
         (Backing::Mmio, _) | (_, Backing::Mmio) => RegionKind::Mmio,
         (Backing::Nothing, Backing::Nothing) => RegionKind::Mmio,
         (Backing::Block { .. }, Backing::Nothing) => RegionKind::ReadOnly,
-        (Backing::Block { block: rb, offset: ro }, Backing::Block { block: wb, offset: wo })
-            if rb == wb && ro == wo && ram(rb) =>
-        {
-            RegionKind::Ram
-        }
+        (
+            Backing::Block {
+                block: rb,
+                offset: ro,
+            },
+            Backing::Block {
+                block: wb,
+                offset: wo,
+            },
+        ) if rb == wb && ro == wo && ram(rb) => RegionKind::Ram,
         _ => RegionKind::Split,
     }
 }
@@ -279,7 +289,10 @@ impl GuestMemory {
         range_end(gpa, len)?;
         self.check_free(gpa, len)?;
         let id = self.add_block(BlockKind::Ram, mem)?;
-        let at = Backing::Block { block: id, offset: 0 };
+        let at = Backing::Block {
+            block: id,
+            offset: 0,
+        };
         self.insert(gpa, len, at, at)?;
         Ok(id)
     }
@@ -294,7 +307,10 @@ impl GuestMemory {
         self.insert(
             gpa,
             len,
-            Backing::Block { block: id, offset: 0 },
+            Backing::Block {
+                block: id,
+                offset: 0,
+            },
             Backing::Nothing,
         )?;
         Ok(id)
@@ -382,7 +398,13 @@ impl GuestMemory {
         }
     }
 
-    fn insert(&mut self, gpa: u64, len: u64, read: Backing, write: Backing) -> Result<(), MemoryError> {
+    fn insert(
+        &mut self,
+        gpa: u64,
+        len: u64,
+        read: Backing,
+        write: Backing,
+    ) -> Result<(), MemoryError> {
         self.check_free(gpa, len)?;
         let at = self.regions.partition_point(|r| r.start < gpa);
         self.regions.insert(
@@ -444,7 +466,12 @@ impl GuestMemory {
 
     /// Copy `data` into `block` at `offset`: how the host loads a ROM image
     /// or a kernel. Not subject to the map (works on ROM).
-    pub fn load_block(&mut self, block: BlockId, offset: u64, data: &[u8]) -> Result<(), MemoryError> {
+    pub fn load_block(
+        &mut self,
+        block: BlockId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), MemoryError> {
         let blk = self
             .blocks
             .get_mut(block.0 as usize)
@@ -571,7 +598,11 @@ impl GuestMemory {
     /// [`GuestMemory::check_ram`] first), for a DMA engine that works with
     /// host-physical addresses. Each piece is `(address, length)`; pieces
     /// split where the host's memory is not physically contiguous.
-    pub fn host_phys_ranges(&self, gpa: u64, len: u64) -> Result<Vec<(HostPhysAddr, u64)>, MemoryError> {
+    pub fn host_phys_ranges(
+        &self,
+        gpa: u64,
+        len: u64,
+    ) -> Result<Vec<(HostPhysAddr, u64)>, MemoryError> {
         self.check_ram(gpa, len)?;
         let mut out: Vec<(HostPhysAddr, u64)> = Vec::new();
         self.pieces(gpa, len, |r, s, e| {
@@ -613,7 +644,12 @@ impl GuestMemory {
             .ok_or(MemoryError::BadBacking { block })
     }
 
-    fn block_bytes_mut(&mut self, block: BlockId, offset: u64, n: usize) -> Result<&mut [u8], MemoryError> {
+    fn block_bytes_mut(
+        &mut self,
+        block: BlockId,
+        offset: u64,
+        n: usize,
+    ) -> Result<&mut [u8], MemoryError> {
         let blk = self
             .blocks
             .get_mut(block.0 as usize)
@@ -750,7 +786,10 @@ mod tests {
         m.map(
             0xf_0000,
             0x1_0000,
-            Backing::Block { block: rom, offset: 0x1_0000 },
+            Backing::Block {
+                block: rom,
+                offset: 0x1_0000,
+            },
             Backing::Nothing,
         )
         .unwrap();
@@ -763,8 +802,14 @@ mod tests {
         m.map(
             0xf_0000,
             0x1_0000,
-            Backing::Block { block: rom, offset: 0x1_0000 },
-            Backing::Block { block: ram, offset: 0xf_0000 },
+            Backing::Block {
+                block: rom,
+                offset: 0x1_0000,
+            },
+            Backing::Block {
+                block: ram,
+                offset: 0xf_0000,
+            },
         )
         .unwrap();
         assert_eq!(m.kind_at(0xf_0000), RegionKind::Split);
@@ -772,7 +817,10 @@ mod tests {
         m.read(0xf_0000, &mut b).unwrap();
         assert_eq!(&b, b"BIOS", "reads still see the ROM");
         // Read and write RAM: the shadow copy is live.
-        let at = Backing::Block { block: ram, offset: 0xf_0000 };
+        let at = Backing::Block {
+            block: ram,
+            offset: 0xf_0000,
+        };
         m.map(0xf_0000, 0x1_0000, at, at).unwrap();
         m.read(0xf_0000, &mut b).unwrap();
         assert_eq!(&b, b"bios");
@@ -786,7 +834,10 @@ mod tests {
     fn rom_cannot_be_a_write_backing() {
         let mut m = GuestMemory::new();
         let rom = m.add_rom(0xfffe_0000, mem(0x2_0000)).unwrap();
-        let at = Backing::Block { block: rom, offset: 0 };
+        let at = Backing::Block {
+            block: rom,
+            offset: 0,
+        };
         assert_eq!(
             m.map(0xe_0000, 0x2_0000, at, at).unwrap_err(),
             MemoryError::WriteToRom { block: rom }

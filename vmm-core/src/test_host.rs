@@ -168,6 +168,8 @@ pub enum TestVmError {
     Claim(ClaimError),
 }
 
+impl core::error::Error for TestVmError {}
+
 impl fmt::Display for TestVmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -245,7 +247,12 @@ impl TestVmBuilder {
     /// A device claiming the given `(first, count)` port ranges and
     /// `(gpa, len)` MMIO ranges. Device ids follow the order of calls,
     /// starting at 0.
-    pub fn device(mut self, device: impl Device, ports: &[(u16, u16)], mmio: &[(u64, u64)]) -> Self {
+    pub fn device(
+        mut self,
+        device: impl Device,
+        ports: &[(u16, u16)],
+        mmio: &[(u64, u64)],
+    ) -> Self {
         self.devices.push(PendingDevice {
             device: Box::new(device),
             ports: ports.to_vec(),

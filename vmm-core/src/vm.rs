@@ -136,7 +136,12 @@ impl Vm {
     }
 
     /// Route `count` ports from `first` to `device`.
-    pub fn claim_ports(&mut self, device: DeviceId, first: u16, count: u16) -> Result<(), ClaimError> {
+    pub fn claim_ports(
+        &mut self,
+        device: DeviceId,
+        first: u16,
+        count: u16,
+    ) -> Result<(), ClaimError> {
         self.devices.claim_ports(device, first, count)
     }
 
@@ -182,11 +187,7 @@ impl Vm {
     /// The guest read `data.len()` bytes from `port` (an IN exit).
     #[inline]
     pub fn port_read(&mut self, port: u16, data: &mut [u8]) -> Option<DeviceId> {
-        let id = self.devices.port_read(
-            dispatch_env!(self),
-            port,
-            data,
-        );
+        let id = self.devices.port_read(dispatch_env!(self), port, data);
         self.apply_requests(id);
         id
     }
@@ -194,33 +195,21 @@ impl Vm {
     /// The guest wrote `data` to `port` (an OUT exit).
     #[inline]
     pub fn port_write(&mut self, port: u16, data: &[u8]) -> Option<DeviceId> {
-        let id = self.devices.port_write(
-            dispatch_env!(self),
-            port,
-            data,
-        );
+        let id = self.devices.port_write(dispatch_env!(self), port, data);
         self.apply_requests(id);
         id
     }
 
     /// The guest read MMIO at `gpa` (after decoding the faulting access).
     pub fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> Option<DeviceId> {
-        let id = self.devices.mmio_read(
-            dispatch_env!(self),
-            gpa,
-            data,
-        );
+        let id = self.devices.mmio_read(dispatch_env!(self), gpa, data);
         self.apply_requests(id);
         id
     }
 
     /// The guest wrote MMIO at `gpa`.
     pub fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> Option<DeviceId> {
-        let id = self.devices.mmio_write(
-            dispatch_env!(self),
-            gpa,
-            data,
-        );
+        let id = self.devices.mmio_write(dispatch_env!(self), gpa, data);
         self.apply_requests(id);
         id
     }
@@ -245,15 +234,32 @@ impl Vm {
     /// Let devices with timers do what is due now; returns the earliest time
     /// any of them wants to be polled again.
     pub fn poll_timers(&mut self) -> Option<u64> {
-        let next = self.devices.poll_timers(dispatch_env!(self));
-        self.apply_requests(None);
+        let mut next: Option<u64> = None;
+        // One device at a time, so that what a timer asks for (a PCI bus
+        // claiming ports at power-on) is applied as that device's request.
+        for i in 0..self.devices.len() {
+            let id = DeviceId(i as u16);
+            let due = self.devices.poll_timer(dispatch_env!(self), id);
+            self.apply_requests(Some(id));
+            if let Some(t) = due {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
         next
     }
 
+    /// Apply what the device just asked for. Almost always there is nothing:
+    /// the check is inlined into the exit path, the work is not.
+    #[inline(always)]
     fn apply_requests(&mut self, device: Option<DeviceId>) {
-        if self.requests.is_empty() {
-            return;
+        if !self.requests.is_empty() {
+            self.apply_pending(device);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn apply_pending(&mut self, device: Option<DeviceId>) {
         let requests = core::mem::take(&mut self.requests);
         for request in requests {
             self.apply(device, request);
@@ -280,7 +286,15 @@ impl Vm {
                 self.stop.get_or_insert(reason);
                 Ok(())
             }
-            (VmRequest::MapMemory { gpa, len, read, write }, _) => self
+            (
+                VmRequest::MapMemory {
+                    gpa,
+                    len,
+                    read,
+                    write,
+                },
+                _,
+            ) => self
                 .memory
                 .map(gpa, len, read, write)
                 .map_err(|e| alloc::format!("{e}")),
@@ -292,9 +306,9 @@ impl Vm {
                 .devices
                 .release_ports(d, first, count)
                 .map_err(|e| alloc::format!("{e}")),
-            (VmRequest::ClaimMmio { gpa, len }, Some(d)) => {
-                self.claim_mmio(d, gpa, len).map_err(|e| alloc::format!("{e}"))
-            }
+            (VmRequest::ClaimMmio { gpa, len }, Some(d)) => self
+                .claim_mmio(d, gpa, len)
+                .map_err(|e| alloc::format!("{e}")),
             (VmRequest::ReleaseMmio { gpa, len }, Some(d)) => self
                 .devices
                 .release_mmio(d, gpa, len)

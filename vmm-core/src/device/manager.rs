@@ -86,6 +86,8 @@ pub enum ClaimError {
     TooMany,
 }
 
+impl core::error::Error for ClaimError {}
+
 impl fmt::Display for ClaimError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -222,7 +224,12 @@ impl DeviceManager {
     }
 
     /// Route ports `first ..= first + count - 1` to `device`.
-    pub fn claim_ports(&mut self, device: DeviceId, first: u16, count: u16) -> Result<(), ClaimError> {
+    pub fn claim_ports(
+        &mut self,
+        device: DeviceId,
+        first: u16,
+        count: u16,
+    ) -> Result<(), ClaimError> {
         let bad = ClaimError::BadRange {
             start: first.into(),
             len: count.into(),
@@ -279,17 +286,26 @@ impl DeviceManager {
     }
 
     /// Undo a [`DeviceManager::claim_ports`] with the same arguments.
-    pub fn release_ports(&mut self, device: DeviceId, first: u16, count: u16) -> Result<(), ClaimError> {
+    pub fn release_ports(
+        &mut self,
+        device: DeviceId,
+        first: u16,
+        count: u16,
+    ) -> Result<(), ClaimError> {
         let index = self
             .port_claims
             .iter()
             .position(|c| {
                 c.is_some_and(|c| {
-                    c.device == device && c.first == first && u32::from(c.last) + 1 - u32::from(c.first) == count.into()
+                    c.device == device
+                        && c.first == first
+                        && u32::from(c.last) + 1 - u32::from(c.first) == count.into()
                 })
             })
             .ok_or(ClaimError::NoSuchClaim)?;
-        let claim = self.port_claims[index].take().ok_or(ClaimError::NoSuchClaim)?;
+        let claim = self.port_claims[index]
+            .take()
+            .ok_or(ClaimError::NoSuchClaim)?;
         for p in claim.first..=claim.last {
             self.port_table[p as usize] = 0;
         }
@@ -341,11 +357,20 @@ impl DeviceManager {
     }
 
     /// Undo a [`DeviceManager::claim_mmio`] with the same arguments.
-    pub fn release_mmio(&mut self, device: DeviceId, start: u64, len: u64) -> Result<(), ClaimError> {
+    pub fn release_mmio(
+        &mut self,
+        device: DeviceId,
+        start: u64,
+        len: u64,
+    ) -> Result<(), ClaimError> {
         let index = self
             .mmio_claims
             .iter()
-            .position(|c| c.device == device && c.start == start && c.last.wrapping_sub(c.start).wrapping_add(1) == len)
+            .position(|c| {
+                c.device == device
+                    && c.start == start
+                    && c.last.wrapping_sub(c.start).wrapping_add(1) == len
+            })
             .ok_or(ClaimError::NoSuchClaim)?;
         self.mmio_claims.remove(index);
         Ok(())
@@ -376,7 +401,12 @@ impl DeviceManager {
     /// Dispatch a port read. Returns the device that answered, or `None`
     /// when the port is unhooked (then `data` is all-ones).
     #[inline]
-    pub(crate) fn port_read(&mut self, env: DispatchEnv<'_>, port: u16, data: &mut [u8]) -> Option<DeviceId> {
+    pub(crate) fn port_read(
+        &mut self,
+        env: DispatchEnv<'_>,
+        port: u16,
+        data: &mut [u8],
+    ) -> Option<DeviceId> {
         let entry = self.port_table[port as usize];
         if entry != 0 {
             if let Some(claim) = self.port_claims[entry as usize - 1].as_mut() {
@@ -397,7 +427,12 @@ impl DeviceManager {
     /// Dispatch a port write. Returns the device that took it, or `None`
     /// when the port is unhooked (then the write is dropped).
     #[inline]
-    pub(crate) fn port_write(&mut self, env: DispatchEnv<'_>, port: u16, data: &[u8]) -> Option<DeviceId> {
+    pub(crate) fn port_write(
+        &mut self,
+        env: DispatchEnv<'_>,
+        port: u16,
+        data: &[u8],
+    ) -> Option<DeviceId> {
         let entry = self.port_table[port as usize];
         if entry != 0 {
             if let Some(claim) = self.port_claims[entry as usize - 1].as_mut() {
@@ -415,7 +450,12 @@ impl DeviceManager {
     }
 
     /// Dispatch an MMIO read; unclaimed addresses read all-ones.
-    pub(crate) fn mmio_read(&mut self, env: DispatchEnv<'_>, gpa: u64, data: &mut [u8]) -> Option<DeviceId> {
+    pub(crate) fn mmio_read(
+        &mut self,
+        env: DispatchEnv<'_>,
+        gpa: u64,
+        data: &mut [u8],
+    ) -> Option<DeviceId> {
         if let Some(i) = self.find_mmio(gpa) {
             let claim = &mut self.mmio_claims[i];
             claim.count.reads += 1;
@@ -432,7 +472,12 @@ impl DeviceManager {
     }
 
     /// Dispatch an MMIO write; unclaimed addresses drop it.
-    pub(crate) fn mmio_write(&mut self, env: DispatchEnv<'_>, gpa: u64, data: &[u8]) -> Option<DeviceId> {
+    pub(crate) fn mmio_write(
+        &mut self,
+        env: DispatchEnv<'_>,
+        gpa: u64,
+        data: &[u8],
+    ) -> Option<DeviceId> {
         if let Some(i) = self.find_mmio(gpa) {
             let claim = &mut self.mmio_claims[i];
             claim.count.writes += 1;
@@ -447,26 +492,13 @@ impl DeviceManager {
         None
     }
 
-    /// Poll every device with a timer side; returns the earliest deadline
-    /// any of them asked for.
-    pub(crate) fn poll_timers(&mut self, env: DispatchEnv<'_>) -> Option<u64> {
-        let DispatchEnv {
-            vm,
-            memory,
-            host,
-            requests,
-        } = env;
-        let mut next: Option<u64> = None;
-        for (i, dev) in self.devices.iter_mut().enumerate() {
-            if let Some(timer) = dev.timer() {
-                let guard = DmaGuard::new(vm, &mut *memory);
-                let mut ctx = DeviceContext::new(guard, host, &mut *requests, DeviceId(i as u16));
-                if let Some(t) = timer.poll(&mut ctx) {
-                    next = Some(next.map_or(t, |n| n.min(t)));
-                }
-            }
-        }
-        next
+    /// Poll the timer side of device `id` alone (if it has one), so that the
+    /// caller can apply its requests as coming from that device.
+    pub(crate) fn poll_timer(&mut self, env: DispatchEnv<'_>, id: DeviceId) -> Option<u64> {
+        let dev = self.devices.get_mut(id.0 as usize)?;
+        let timer = dev.timer()?;
+        let mut ctx = context(env, id);
+        timer.poll(&mut ctx)
     }
 
     /// Reset every device to its power-on state. Claims stay as they are.
@@ -502,7 +534,12 @@ impl DeviceManager {
 }
 
 fn context<'a>(env: DispatchEnv<'a>, id: DeviceId) -> DeviceContext<'a> {
-    DeviceContext::new(DmaGuard::new(env.vm, env.memory), env.host, env.requests, id)
+    DeviceContext::new(
+        DmaGuard::new(env.vm, env.memory),
+        env.host,
+        env.requests,
+        id,
+    )
 }
 
 /// The printable form of [`DeviceManager::report`].
@@ -543,13 +580,21 @@ impl fmt::Display for DeviceReport<'_> {
         unhooked.sort_by_key(|(p, c)| (core::cmp::Reverse(c.reads + c.writes), **p));
         writeln!(f, "unhooked ports: {}", unhooked.len())?;
         for (p, c) in unhooked {
-            writeln!(f, "  {:#06x} reads {:>10} writes {:>10}", p, c.reads, c.writes)?;
+            writeln!(
+                f,
+                "  {:#06x} reads {:>10} writes {:>10}",
+                p, c.reads, c.writes
+            )?;
         }
         let mut unhooked: Vec<(&u64, &PortCount)> = dm.unhooked_mmio.iter().collect();
         unhooked.sort_by_key(|(a, c)| (core::cmp::Reverse(c.reads + c.writes), **a));
         writeln!(f, "unhooked mmio: {}", unhooked.len())?;
         for (a, c) in unhooked {
-            writeln!(f, "  {:#014x} reads {:>10} writes {:>10}", a, c.reads, c.writes)?;
+            writeln!(
+                f,
+                "  {:#014x} reads {:>10} writes {:>10}",
+                a, c.reads, c.writes
+            )?;
         }
         Ok(())
     }

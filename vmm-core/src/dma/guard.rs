@@ -87,6 +87,8 @@ impl From<MemoryError> for DmaError {
     }
 }
 
+impl core::error::Error for DmaError {}
+
 impl fmt::Display for DmaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -137,7 +139,13 @@ impl<'a> DmaGuard<'a> {
         Ok(self.memory.read(gpa, buf)?)
     }
 
-    fn check_grant(&self, grant: &DmaGrant, gpa: u64, len: u64, dir: DmaDirection) -> Result<(), DmaError> {
+    fn check_grant(
+        &self,
+        grant: &DmaGrant,
+        gpa: u64,
+        len: u64,
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
         if grant.vm != self.vm {
             return Err(DmaError::WrongVm {
                 grant: grant.vm,

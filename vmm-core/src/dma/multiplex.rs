@@ -33,6 +33,8 @@ pub enum MuxError {
     NotReusable,
 }
 
+impl core::error::Error for MuxError {}
+
 impl fmt::Display for MuxError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -59,6 +59,8 @@ pub struct Denial<S> {
     pub reason: DenyReason,
 }
 
+impl<S: fmt::Debug> core::error::Error for Denial<S> {}
+
 impl<S: fmt::Debug> fmt::Display for Denial<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "transition {:?} -> {:?} denied: ", self.from, self.to)?;

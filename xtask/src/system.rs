@@ -1,0 +1,133 @@
+//! Running commands and installing Debian packages.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// An xtask failure: one line that says what went wrong and what to do.
+#[derive(Debug)]
+pub struct Error(String);
+
+impl Error {
+    /// An error with this message.
+    pub fn msg(m: impl Into<String>) -> Self {
+        Self(m.into())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Result of an xtask step.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// The shared build directory (respects CARGO_TARGET_DIR).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// A `cargo` command in the workspace root, with the toolchain of
+/// rust-toolchain.toml.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    // The outer `cargo xtask` sets these for itself; they must not leak into
+    // builds for other toolchains (the nightly fuzz build).
+    c.env_remove("RUSTUP_TOOLCHAIN");
+    c
+}
+
+/// Run `cmd`, streaming its output; fail with `what` if it fails.
+pub fn step(cmd: &mut Command, what: &str) -> Result<()> {
+    eprintln!("xtask: {what}");
+    let status = cmd
+        .status()
+        .map_err(|e| Error::msg(format!("{what}: cannot start {:?}: {e}", cmd.get_program())))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::msg(format!("{what} failed ({status})")))
+    }
+}
+
+/// Run `cmd` and return its stdout; fail with `what` if it fails.
+pub fn output(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| Error::msg(format!("{what}: cannot start {:?}: {e}", cmd.get_program())))?;
+    if !out.status.success() {
+        return Err(Error::msg(format!("{what} failed ({})", out.status)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether a program is on PATH.
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u"), "id -u").is_ok_and(|s| s.trim() == "0")
+}
+
+/// Whether a Debian package is installed.
+pub fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// `apt-get update`, once per xtask run.
+pub fn apt_update() -> Result<()> {
+    static DONE: OnceLock<bool> = OnceLock::new();
+    if DONE.get().is_some() {
+        return Ok(());
+    }
+    step(
+        Command::new("apt-get").args(["update", "-q"]),
+        "apt-get update",
+    )?;
+    let _ = DONE.set(true);
+    Ok(())
+}
+
+/// Make sure these Debian packages are installed: install them as root, or
+/// say exactly what to run.
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !is_root() {
+        return Err(Error::msg(format!(
+            "missing Debian packages; run: sudo apt-get update && sudo apt-get install -y {list}"
+        )));
+    }
+    apt_update()?;
+    let mut cmd = Command::new("apt-get");
+    cmd.args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    step(&mut cmd, &format!("apt-get install {list}"))
+}

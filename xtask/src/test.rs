@@ -1,0 +1,141 @@
+//! `cargo xtask test`: everything CI checks, in the order that fails fastest.
+
+use crate::system::{self, ensure_packages, step, Error, Result};
+use crate::{fuzz, images};
+use clap::Args;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+/// `cargo xtask test [--slow] [--fuzz-seconds N] [--no-fuzz]`.
+#[derive(Args)]
+pub struct TestArgs {
+    /// Also run the slow suites (long guest boots).
+    #[arg(long)]
+    slow: bool,
+    /// Seconds of fuzzing per target in the smoke run.
+    #[arg(long, default_value_t = 10)]
+    fuzz_seconds: u64,
+    /// Skip the fuzz smoke run.
+    #[arg(long)]
+    no_fuzz: bool,
+}
+
+/// The crates that must build without std, for bare metal.
+const NO_STD: [&str; 4] = ["vmm-core", "vmm-devices", "vmm-bios", "host-glue-baremetal"];
+
+/// Totals of the "test result:" lines of a cargo test run.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    fn add(&mut self, line: &str) {
+        // "test result: ok. 9 passed; 0 failed; 1 ignored; 0 measured; ..."
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let n: u64 = n.parse().unwrap_or(0);
+            match kind {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Entry point.
+pub fn run(args: TestArgs) -> Result<()> {
+    // Tools the tests drive: xorriso makes ISO images for the storage tests.
+    ensure_packages(&["xorriso"])?;
+
+    step(
+        system::cargo().args(["fmt", "--all", "--", "--check"]),
+        "cargo fmt --check",
+    )?;
+    step(
+        system::cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+        "cargo clippy (build host)",
+    )?;
+    let mut no_std = system::cargo();
+    no_std.args(["clippy", "--target", "x86_64-unknown-none"]);
+    for p in NO_STD {
+        no_std.args(["-p", p]);
+    }
+    no_std.args(["--", "-D", "warnings"]);
+    step(
+        &mut no_std,
+        "no_std build and clippy for x86_64-unknown-none",
+    )?;
+
+    let imgs = images::fetch()?;
+
+    // Tests marked #[ignore] need the images fetched above; run them all.
+    eprintln!("xtask: cargo test (workspace, including image-backed tests)");
+    let mut cmd = system::cargo();
+    cmd.args([
+        "test",
+        "--workspace",
+        "--no-fail-fast",
+        "--",
+        "--include-ignored",
+    ])
+    .stdout(Stdio::piped());
+    for (k, v) in imgs.env() {
+        cmd.env(k, v);
+    }
+    if args.slow {
+        cmd.env("VMM_SLOW_TESTS", "1");
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::msg(format!("cannot start cargo test: {e}")))?;
+    let mut totals = Totals::default();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(std::io::Result::ok) {
+            println!("{line}");
+            totals.add(&line);
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Error::msg(format!("cargo test: {e}")))?;
+
+    let mut fuzzed = 0;
+    if !args.no_fuzz && status.success() {
+        fuzz::build_all()?;
+        for target in fuzz::targets()? {
+            fuzz::fuzz(&target, args.fuzz_seconds)?;
+            fuzzed += 1;
+        }
+    }
+
+    println!(
+        "xtask: {} tests passed, {} failed, {} of them image-backed or ignored by plain cargo test; {} fuzz targets smoke-run for {} s each",
+        totals.passed, totals.failed, totals.ignored, fuzzed, args.fuzz_seconds
+    );
+    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+    if !status.success() || totals.failed > 0 {
+        return Err(Error::msg("tests failed"));
+    }
+    if totals.passed == 0 {
+        return Err(Error::msg("no test ran"));
+    }
+    Ok(())
+}

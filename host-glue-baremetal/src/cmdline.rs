@@ -17,9 +17,20 @@ pub enum LogLevel {
     Trace,
 }
 
+/// A fault the kernel provokes on purpose, to show its handlers work.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SelfTest {
+    /// Execute `ud2` (an invalid-opcode exception in the host).
+    Exception,
+    /// Panic in Rust code.
+    Panic,
+}
+
 /// The settings the command line controls.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Config {
+    /// A fault to provoke after boot, if any.
+    pub selftest: Option<SelfTest>,
     /// Guest RAM per VM, in bytes.
     pub guest_mem: u64,
     /// Log verbosity.
@@ -31,6 +42,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            selftest: None,
             guest_mem: 512 << 20,
             log_level: LogLevel::Info,
             vms: 1,
@@ -61,7 +73,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -121,6 +133,13 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     .filter(|n| (1..=16).contains(n))
                     .ok_or(bad("a number from 1 to 16"))?;
             }
+            "selftest" => {
+                config.selftest = Some(match value {
+                    "exception" => SelfTest::Exception,
+                    "panic" => SelfTest::Panic,
+                    _ => return Err(bad("exception or panic")),
+                });
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -160,5 +179,10 @@ mod tests {
             "overflow is refused"
         );
         assert!(parse("vms=0").is_err());
+        assert_eq!(
+            parse("selftest=panic").unwrap().selftest,
+            Some(SelfTest::Panic)
+        );
+        assert!(parse("selftest=reboot").is_err());
     }
 }

@@ -2,14 +2,9 @@
 //! needs (Debian packages through apt when run as root, toolchain targets
 //! through rust-toolchain.toml) or stops with one line saying what to do.
 
-mod bench;
-mod fuzz;
-mod images;
-mod system;
-mod test;
-
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+use xtask::{bench, fuzz, images, kernel, test};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, test, run and benchmark the VMM")]
@@ -28,8 +23,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Fetch the test images (Debian kernel, SeaBIOS) into target/images.
     Images,
-    /// Boot the default Linux CD image under the VMM.
-    Run,
+    /// Boot the bare-metal VMM host under QEMU (TCG with SVM and nested
+    /// paging), streaming its console.
+    Run(kernel::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,10 +35,7 @@ fn main() -> ExitCode {
         Command::Fuzz(args) => fuzz::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Images => images::fetch().map(|imgs| imgs.print()),
-        Command::Run => Err(system::Error::msg(
-            "booting Linux needs the SVM backend and the bare-metal host (issue 7), which are not \
-             built yet; `cargo run -p vmm-examples --bin embed-minimal` shows the library at work",
-        )),
+        Command::Run(args) => kernel::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

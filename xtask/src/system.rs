@@ -64,14 +64,19 @@ pub fn step(cmd: &mut Command, what: &str) -> Result<()> {
     }
 }
 
-/// Run `cmd` and return its stdout; fail with `what` if it fails.
+/// Run `cmd` and return its stdout; fail with `what` and the command's
+/// stderr if it fails.
 pub fn output(cmd: &mut Command, what: &str) -> Result<String> {
     let out = cmd
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .output()
         .map_err(|e| Error::msg(format!("{what}: cannot start {:?}: {e}", cmd.get_program())))?;
     if !out.status.success() {
-        return Err(Error::msg(format!("{what} failed ({})", out.status)));
+        return Err(Error::msg(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -130,4 +135,35 @@ pub fn ensure_packages(packages: &[&str]) -> Result<()> {
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive");
     step(&mut cmd, &format!("apt-get install {list}"))
+}
+
+/// Make sure the bare-metal target's standard library is installed (a
+/// toolchain that was already installed does not always pick up targets
+/// from rust-toolchain.toml).
+pub fn ensure_rust_target() -> Result<()> {
+    let libdir = output(
+        cargo_rustc().args([
+            "--print",
+            "target-libdir",
+            "--target",
+            "x86_64-unknown-none",
+        ]),
+        "rustc --print target-libdir",
+    )?;
+    if Path::new(libdir.trim()).is_dir() {
+        return Ok(());
+    }
+    step(
+        Command::new("rustup")
+            .args(["target", "add", "x86_64-unknown-none"])
+            .current_dir(root()),
+        "rustup target add x86_64-unknown-none",
+    )
+}
+
+/// `rustc` of the workspace toolchain.
+fn cargo_rustc() -> Command {
+    let mut c = Command::new("rustc");
+    c.current_dir(root()).env_remove("RUSTUP_TOOLCHAIN");
+    c
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: everything CI checks, in the order that fails fastest.
 
 use crate::system::{self, ensure_packages, step, Error, Result};
-use crate::{fuzz, images};
+use crate::{fuzz, images, kernel, qemu};
 use clap::Args;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -55,8 +55,11 @@ impl Totals {
 
 /// Entry point.
 pub fn run(args: TestArgs) -> Result<()> {
-    // Tools the tests drive: xorriso makes ISO images for the storage tests.
+    // Tools the tests drive: xorriso makes ISO images for the storage tests;
+    // QEMU 10 (from bookworm-backports) and GRUB boot the bare-metal host.
     ensure_packages(&["xorriso"])?;
+    system::ensure_rust_target()?;
+    qemu::ensure()?;
 
     step(
         system::cargo().args(["fmt", "--all", "--", "--check"]),
@@ -85,6 +88,8 @@ pub fn run(args: TestArgs) -> Result<()> {
     )?;
 
     let imgs = images::fetch()?;
+    let kernel_elf = kernel::build()?;
+    qemu::ensure_iso_tools()?;
 
     // Tests marked #[ignore] need the images fetched above; run them all.
     eprintln!("xtask: cargo test (workspace, including image-backed tests)");
@@ -100,6 +105,7 @@ pub fn run(args: TestArgs) -> Result<()> {
     for (k, v) in imgs.env() {
         cmd.env(k, v);
     }
+    cmd.env("VMM_TEST_KERNEL", &kernel_elf);
     if args.slow {
         cmd.env("VMM_SLOW_TESTS", "1");
     }

@@ -1,0 +1,124 @@
+//! From GRUB to Rust: the multiboot2 header, and the 32-bit entry that
+//! builds identity page tables for the low 4 GiB, enters long mode and
+//! calls `kmain(magic, info)`.
+
+use core::arch::global_asm;
+
+// The multiboot2 header (no optional tags: GRUB loads our ELF segments and
+// enters `_start32` with EAX = magic, EBX = boot information, paging off).
+global_asm!(
+    r#"
+    .section .multiboot2, "a"
+    .balign 8
+mb2_header:
+    .long 0xe85250d6
+    .long 0
+    .long mb2_header_end - mb2_header
+    .long -(0xe85250d6 + (mb2_header_end - mb2_header))
+    .balign 8
+    .short 0
+    .short 0
+    .long 8
+mb2_header_end:
+"#
+);
+
+// 32-bit entry: page tables, long mode, stack, Rust.
+global_asm!(
+    r#"
+    .section .boot32, "ax"
+    .code32
+    .global _start32
+_start32:
+    cli
+    cld
+    mov edi, eax
+    mov esi, ebx
+
+    /* PML4[0] -> PDPT; PDPT[0..4] -> 4 page directories of 2 MiB pages. */
+    mov eax, offset boot_pdpt
+    or eax, 3
+    mov [boot_pml4], eax
+    xor ecx, ecx
+1:
+    mov eax, ecx
+    shl eax, 12
+    add eax, offset boot_pd
+    or eax, 3
+    mov [boot_pdpt + ecx * 8], eax
+    inc ecx
+    cmp ecx, 4
+    jne 1b
+    xor ecx, ecx
+2:
+    mov eax, ecx
+    shl eax, 21
+    or eax, 0x83
+    mov [boot_pd + ecx * 8], eax
+    /* high half of the entry: bits 32+ of the 2 MiB frame */
+    mov eax, ecx
+    shr eax, 11
+    mov [boot_pd + ecx * 8 + 4], eax
+    inc ecx
+    cmp ecx, 2048
+    jne 2b
+
+    mov eax, offset boot_pml4
+    mov cr3, eax
+    mov eax, cr4
+    or eax, 0x20            /* PAE */
+    mov cr4, eax
+    mov ecx, 0xC0000080     /* EFER */
+    rdmsr
+    or eax, 0x100           /* LME */
+    wrmsr
+    mov eax, cr0
+    or eax, 0x80000001      /* PG | PE */
+    mov cr0, eax
+    lgdt [boot_gdt_ptr]
+    /* ljmp 0x08:start64, encoded by hand (jmp ptr16:32) */
+    .byte 0xea
+    .long start64
+    .short 0x08
+
+    .code64
+start64:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    xor eax, eax
+    mov fs, ax
+    mov gs, ax
+    lea rsp, [rip + boot_stack_top]
+    xor ebp, ebp
+    mov edi, edi
+    mov esi, esi
+    call kmain
+3:
+    hlt
+    jmp 3b
+
+    .section .rodata
+    .balign 16
+boot_gdt:
+    .quad 0
+    .quad 0x00af9a000000ffff    /* 0x08: 64-bit code */
+    .quad 0x00cf92000000ffff    /* 0x10: data */
+boot_gdt_ptr:
+    .short boot_gdt_ptr - boot_gdt - 1
+    .quad boot_gdt
+
+    .section .bss
+    .balign 4096
+boot_pml4:
+    .skip 4096
+boot_pdpt:
+    .skip 4096
+boot_pd:
+    .skip 4096 * 4
+boot_stack:
+    .skip 1024 * 256
+boot_stack_top:
+"#
+);

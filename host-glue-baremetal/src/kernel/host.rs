@@ -1,0 +1,74 @@
+//! `vmm_core::host::Host` on bare metal: memory from the kernel heap (which
+//! is identity-mapped, so a block's virtual address is its physical
+//! address), time from the TSC, idling by spinning.
+
+use alloc::alloc::{alloc_zeroed, dealloc, Layout};
+use alloc::boxed::Box;
+use core::ptr::NonNull;
+use vmm_core::host::{Host, HostError, HostMemory, HostPhysAddr};
+
+/// A zeroed block of the kernel heap.
+pub struct HeapBlock {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: the block is owned exclusively by this value; moving it to another
+// thread moves that ownership.
+unsafe impl Send for HeapBlock {}
+
+impl HostMemory for HeapBlock {
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` points at `layout.size()` initialised (zeroed) bytes
+        // owned by this block for its whole life; the shared borrow of self
+        // prevents mutation through `as_mut_slice` meanwhile.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes this the only borrow.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+
+    fn host_phys(&self, offset: usize) -> Option<HostPhysAddr> {
+        // The heap lies in the identity-mapped low 4 GiB.
+        (offset < self.layout.size())
+            .then(|| HostPhysAddr(self.ptr.as_ptr() as u64 + offset as u64))
+    }
+}
+
+impl Drop for HeapBlock {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from `alloc_zeroed` with exactly `layout`, and
+        // is freed once, here.
+        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// The bare-metal host.
+pub struct BareMetalHost;
+
+impl Host for BareMetalHost {
+    fn alloc_memory(&self, len: usize, align: usize) -> Result<Box<dyn HostMemory>, HostError> {
+        let layout = Layout::from_size_align(len, align.max(4096))
+            .ok()
+            .filter(|l| l.size() > 0)
+            .ok_or(HostError::BadRequest { len, align })?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).ok_or(HostError::OutOfMemory { len, align })?;
+        Ok(Box::new(HeapBlock { ptr, layout }))
+    }
+
+    fn now_ns(&self) -> u64 {
+        super::time::now_ns()
+    }
+
+    fn idle(&self, deadline_ns: Option<u64>) {
+        if let Some(d) = deadline_ns {
+            while super::time::now_ns() < d {
+                core::hint::spin_loop();
+            }
+        }
+    }
+}

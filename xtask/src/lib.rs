@@ -1,0 +1,11 @@
+//! The project's automation, as a library: `cargo xtask` (src/main.rs) is
+//! its command line, and the integration tests in `xtask/tests/` use it to
+//! build and boot the bare-metal host under QEMU.
+
+pub mod bench;
+pub mod fuzz;
+pub mod images;
+pub mod kernel;
+pub mod qemu;
+pub mod system;
+pub mod test;

@@ -1,0 +1,131 @@
+//! QEMU 10 from Debian's bookworm-backports (bookworm's 7.2 mishandles
+//! interrupts around VMRUN), and the command line that boots the host.
+
+use crate::system::{self, ensure_packages, output, step, Error, Result};
+use std::path::Path;
+use std::process::Command;
+
+const SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
+
+fn major_version() -> Option<u32> {
+    let v = output(
+        Command::new("qemu-system-x86_64").arg("--version"),
+        "qemu-system-x86_64 --version",
+    )
+    .ok()?;
+    // "QEMU emulator version 10.0.2 (Debian ...)"
+    v.split_whitespace().nth(3)?.split('.').next()?.parse().ok()
+}
+
+/// Make sure `qemu-system-x86_64` is version 10 or later: install it from
+/// bookworm-backports (enabling the suite in the existing sources file,
+/// without naming any mirror) or say exactly what to do.
+pub fn ensure() -> Result<()> {
+    if major_version().is_some_and(|v| v >= 10) {
+        return Ok(());
+    }
+    let sources = std::fs::read_to_string(SOURCES).map_err(|e| {
+        Error::msg(format!(
+            "QEMU 10 is needed from bookworm-backports, but {SOURCES} cannot be read ({e}); \
+             install qemu-system-x86 version 10 or later"
+        ))
+    })?;
+    if !sources.contains("bookworm-backports") {
+        let patched: String = sources
+            .lines()
+            .map(|l| {
+                if l.starts_with("Suites:") && l.split_whitespace().any(|w| w == "bookworm") {
+                    format!("{l} bookworm-backports\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(SOURCES, patched).map_err(|e| {
+            Error::msg(format!(
+                "cannot enable bookworm-backports in {SOURCES} ({e}); as root, append \
+                 bookworm-backports to its 'Suites: bookworm ...' line, then run \
+                 apt-get update && apt-get install -y -t bookworm-backports qemu-system-x86"
+            ))
+        })?;
+        eprintln!("xtask: enabled bookworm-backports in {SOURCES}");
+    }
+    step(
+        Command::new("apt-get").args(["update", "-q"]),
+        "apt-get update",
+    )?;
+    step(
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "-t",
+                "bookworm-backports",
+                "qemu-system-x86",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install -t bookworm-backports qemu-system-x86",
+    )?;
+    match major_version() {
+        Some(v) if v >= 10 => Ok(()),
+        v => Err(Error::msg(format!(
+            "qemu-system-x86_64 is version {v:?} after installing from bookworm-backports; version 10 or later is needed"
+        ))),
+    }
+}
+
+/// What the host's QEMU exit status means (isa-debug-exit: `(code << 1) | 1`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Outcome {
+    /// The host reported success (status 33).
+    Success,
+    /// The host reported a failure (status 35).
+    Failure,
+    /// QEMU ended some other way (killed, timed out, crashed): the status.
+    Other(Option<i32>),
+}
+
+impl Outcome {
+    /// Interpret QEMU's exit status.
+    pub fn from_status(code: Option<i32>) -> Self {
+        match code {
+            Some(33) => Outcome::Success,
+            Some(35) => Outcome::Failure,
+            other => Outcome::Other(other),
+        }
+    }
+}
+
+/// The QEMU command that boots `iso` on an SVM-capable TCG CPU with nested
+/// paging, console on stdio, and the exit device.
+pub fn command(iso: &Path, memory_mib: u64) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-accel", "tcg", "-cpu", "qemu64,+svm,+npt", "-smp", "1"])
+        .args(["-m", &format!("{memory_mib}M")])
+        .args([
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-monitor",
+            "none",
+        ])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+        .arg("-cdrom")
+        .arg(iso);
+    c
+}
+
+/// Packages for building a GRUB rescue ISO.
+pub fn ensure_iso_tools() -> Result<()> {
+    ensure_packages(&["grub-pc-bin", "grub-common", "mtools", "xorriso"])?;
+    if !system::have("grub-mkrescue") {
+        return Err(Error::msg(
+            "grub-mkrescue is missing although grub-common is installed",
+        ));
+    }
+    Ok(())
+}

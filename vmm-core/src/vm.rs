@@ -47,6 +47,16 @@ pub enum StopReason {
     },
     /// The host stopped the VM.
     HostRequest,
+    /// The guest halted where nothing can wake it: interrupts disabled, or
+    /// no interrupt source left.
+    Halted {
+        /// RIP after the HLT.
+        rip: u64,
+        /// Whether interrupts were enabled.
+        interrupts_enabled: bool,
+    },
+    /// The vCPU backend failed (VM entry refused, unknown exit).
+    Backend(String),
 }
 
 impl fmt::Display for StopReason {
@@ -58,6 +68,19 @@ impl fmt::Display for StopReason {
                 write!(f, "device {device} failed: {detail}")
             }
             StopReason::HostRequest => write!(f, "stopped by the host"),
+            StopReason::Halted {
+                rip,
+                interrupts_enabled,
+            } => write!(
+                f,
+                "guest halted at {rip:#x} with interrupts {} and nothing to wake it",
+                if *interrupts_enabled {
+                    "enabled"
+                } else {
+                    "disabled"
+                }
+            ),
+            StopReason::Backend(detail) => write!(f, "vCPU backend: {detail}"),
         }
     }
 }

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 /// `cargo xtask run` options.
 #[derive(Args)]
 pub struct RunArgs {
+    /// Guest programs to run, one VM each (names of
+    /// host-glue-baremetal/guests/*.asm).
+    #[arg(long, value_delimiter = ',', default_value = "hello")]
+    guests: Vec<String>,
     /// Guest RAM per VM (e.g. 512M).
     #[arg(long, default_value = "512M")]
     memory: String,
-    /// Number of VMs.
-    #[arg(long, default_value_t = 1)]
-    vms: u32,
     /// Extra words for the kernel command line (e.g. loglevel=debug).
     #[arg(long, default_value = "")]
     cmdline: String,
@@ -48,8 +49,63 @@ pub fn build() -> Result<PathBuf> {
     }
 }
 
-/// Make a GRUB rescue ISO at `out` that boots `kernel` with `cmdline`.
-pub fn iso(kernel: &Path, cmdline: &str, out: &Path) -> Result<()> {
+/// A guest program: its name (the boot module's command line) and its
+/// assembled image.
+#[derive(Clone, Debug)]
+pub struct GuestImage {
+    /// Name, e.g. `hello`.
+    pub name: String,
+    /// The flat binary.
+    pub path: PathBuf,
+}
+
+/// Assemble every guest program in `host-glue-baremetal/guests/` with nasm
+/// into `target/guests/`.
+pub fn guests() -> Result<Vec<GuestImage>> {
+    system::ensure_packages(&["nasm"])?;
+    let src = system::root().join("host-glue-baremetal/guests");
+    let out_dir = system::target_dir().join("guests");
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| Error::msg(format!("{}: {e}", out_dir.display())))?;
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(&src)
+        .map_err(|e| Error::msg(format!("{}: {e}", src.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "asm"))
+        .collect();
+    sources.sort();
+    let mut images = Vec::new();
+    for source in sources {
+        let name = source
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = out_dir.join(format!("{name}.bin"));
+        output(
+            Command::new("nasm")
+                .args(["-f", "bin", "-o"])
+                .arg(&path)
+                .arg(&source),
+            &format!("nasm {}", source.display()),
+        )?;
+        images.push(GuestImage { name, path });
+    }
+    Ok(images)
+}
+
+/// The guest images named, in order, from `dir` (where [`guests`] put them).
+pub fn named_guests(dir: &Path, names: &[&str]) -> Vec<GuestImage> {
+    names
+        .iter()
+        .map(|n| GuestImage {
+            name: (*n).to_string(),
+            path: dir.join(format!("{n}.bin")),
+        })
+        .collect()
+}
+
+/// Make a GRUB rescue ISO at `out` that boots `kernel` with `cmdline` and
+/// the `guests` as boot modules (VM i runs guest i).
+pub fn iso(kernel: &Path, cmdline: &str, guests: &[GuestImage], out: &Path) -> Result<()> {
     qemu::ensure_iso_tools()?;
     let tree = out.with_extension("tree");
     let _ = std::fs::remove_dir_all(&tree);
@@ -57,10 +113,17 @@ pub fn iso(kernel: &Path, cmdline: &str, out: &Path) -> Result<()> {
     std::fs::create_dir_all(&grub).map_err(|e| Error::msg(format!("{}: {e}", grub.display())))?;
     std::fs::copy(kernel, tree.join("boot/vmm.elf"))
         .map_err(|e| Error::msg(format!("copy {}: {e}", kernel.display())))?;
+    let mut modules = String::new();
+    for (i, g) in guests.iter().enumerate() {
+        let file = format!("guest{i}.bin");
+        std::fs::copy(&g.path, tree.join("boot").join(&file))
+            .map_err(|e| Error::msg(format!("copy {}: {e}", g.path.display())))?;
+        modules.push_str(&format!("  module2 /boot/{file} {}\n", g.name));
+    }
     let cfg = format!(
         "set timeout=0\nset default=0\nserial --unit=0 --speed=115200\n\
          terminal_input serial\nterminal_output serial\n\
-         menuentry \"vmm\" {{\n  multiboot2 /boot/vmm.elf {cmdline}\n  boot\n}}\n"
+         menuentry \"vmm\" {{\n  multiboot2 /boot/vmm.elf {cmdline}\n{modules}  boot\n}}\n"
     );
     std::fs::write(grub.join("grub.cfg"), cfg).map_err(|e| Error::msg(format!("grub.cfg: {e}")))?;
     output(
@@ -76,13 +139,14 @@ pub fn iso(kernel: &Path, cmdline: &str, out: &Path) -> Result<()> {
 pub fn boot_and_capture(
     kernel: &Path,
     cmdline: &str,
+    guests: &[GuestImage],
     memory_mib: u64,
     timeout: Duration,
 ) -> Result<(Outcome, String)> {
     let dir = std::env::temp_dir().join(format!("vmm-boot-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::msg(format!("{}: {e}", dir.display())))?;
     let iso_path = dir.join("host.iso");
-    iso(kernel, cmdline, &iso_path)?;
+    iso(kernel, cmdline, guests, &iso_path)?;
     let mut child = qemu::command(&iso_path, memory_mib)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -148,13 +212,20 @@ fn parse_mib(s: &str) -> Option<u64> {
 pub fn run(args: RunArgs) -> Result<()> {
     qemu::ensure()?;
     let elf = build()?;
+    let available = guests()?;
+    let mut chosen = Vec::new();
+    for name in &args.guests {
+        let g = available.iter().find(|g| &g.name == name).ok_or_else(|| {
+            let known: Vec<&str> = available.iter().map(|g| g.name.as_str()).collect();
+            Error::msg(format!("no guest '{name}'; known: {}", known.join(", ")))
+        })?;
+        chosen.push(g.clone());
+    }
+    let vms = chosen.len() as u32;
     let iso_path = system::target_dir().join("vmm-host.iso");
-    let cmdline = format!(
-        "guest_mem={} vms={} {}",
-        args.memory, args.vms, args.cmdline
-    );
-    iso(&elf, cmdline.trim(), &iso_path)?;
-    let mem = host_memory_mib(&args.memory, args.vms)?;
+    let cmdline = format!("guest_mem={} vms={vms} {}", args.memory, args.cmdline);
+    iso(&elf, cmdline.trim(), &chosen, &iso_path)?;
+    let mem = host_memory_mib(&args.memory, vms)?;
     eprintln!(
         "xtask: booting {} under QEMU TCG (SVM + NPT)",
         iso_path.display()

@@ -89,6 +89,7 @@ pub fn run(args: TestArgs) -> Result<()> {
 
     let imgs = images::fetch()?;
     let kernel_elf = kernel::build()?;
+    let guest_images = kernel::guests()?;
     qemu::ensure_iso_tools()?;
 
     // Tests marked #[ignore] need the images fetched above; run them all.
@@ -106,6 +107,9 @@ pub fn run(args: TestArgs) -> Result<()> {
         cmd.env(k, v);
     }
     cmd.env("VMM_TEST_KERNEL", &kernel_elf);
+    if let Some(dir) = guest_images.first().and_then(|g| g.path.parent()) {
+        cmd.env("VMM_TEST_GUESTS", dir);
+    }
     if args.slow {
         cmd.env("VMM_SLOW_TESTS", "1");
     }

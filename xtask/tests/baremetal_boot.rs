@@ -1,58 +1,108 @@
 //! The bare-metal host under QEMU TCG (SVM + nested paging): it boots from
-//! GRUB, embeds vmm-core, reports what it built, and ends QEMU with a status
-//! that says how things went. Its exception handler and panic handler print
-//! what a developer needs.
+//! GRUB, runs guest programs in VMs time-sliced on one CPU, reports each
+//! VM's stop reason and exit statistics, and ends QEMU with a status that
+//! says whether every guest powered off. Its exception and panic handlers
+//! print what a developer needs.
 //!
-//! `cargo xtask test` builds the kernel and sets `VMM_TEST_KERNEL`.
+//! `cargo xtask test` builds the kernel and the guests and sets
+//! `VMM_TEST_KERNEL` and `VMM_TEST_GUESTS`.
 
 use std::path::PathBuf;
 use std::time::Duration;
-use xtask::kernel::boot_and_capture;
+use xtask::kernel::{boot_and_capture, named_guests, GuestImage};
 use xtask::qemu::Outcome;
 
+fn env_path(var: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os(var).unwrap_or_else(|| {
+        panic!("{var} is not set: run these tests through `cargo xtask test`, which builds what they boot")
+    }))
+}
+
 fn kernel() -> PathBuf {
-    PathBuf::from(std::env::var_os("VMM_TEST_KERNEL").expect(
-        "VMM_TEST_KERNEL is not set: run these tests through `cargo xtask test`, which builds the kernel",
-    ))
+    env_path("VMM_TEST_KERNEL")
+}
+
+fn guests(names: &[&str]) -> Vec<GuestImage> {
+    named_guests(&env_path("VMM_TEST_GUESTS"), names)
 }
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
+fn boot(cmdline: &str, names: &[&str], mem: u64) -> (Outcome, String) {
+    boot_and_capture(&kernel(), cmdline, &guests(names), mem, TIMEOUT).unwrap()
+}
+
 #[test]
 #[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
-fn host_boots_and_builds_its_vms() {
-    let (outcome, console) =
-        boot_and_capture(&kernel(), "guest_mem=64M vms=2", 512, TIMEOUT).unwrap();
-    assert!(console.contains("vmm bare-metal host"), "{console}");
+fn a_guest_runs_under_svm_prints_and_powers_off() {
+    let (outcome, console) = boot("guest_mem=32M vms=1", &["hello"], 256);
     assert!(
         console.contains("CPU: SVM yes, nested paging yes"),
         "{console}"
     );
-    assert!(console.contains("VM 0: 64 MiB of RAM"), "{console}");
-    assert!(console.contains("VM 1: 64 MiB of RAM"), "{console}");
-    assert!(console.contains("vmm: bring-up complete"), "{console}");
+    assert!(
+        console.contains("[vm 0] hello from a guest under SVM"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 0 (hello): guest powered off"),
+        "{console}"
+    );
+    assert!(
+        console.contains("0x03f8-0x03ff com1             reads          0 writes         30"),
+        "{console}"
+    );
+    assert!(console.contains("every guest powered off"), "{console}");
     assert_eq!(outcome, Outcome::Success, "{console}");
 }
 
 #[test]
 #[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
+fn a_triple_fault_stops_only_its_vm() {
+    let (outcome, console) = boot("guest_mem=32M vms=2", &["triple_fault", "hello"], 256);
+    assert!(
+        console.contains("[vm 0] about to triple fault"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 0 (triple_fault): guest triple fault"),
+        "{console}"
+    );
+    assert!(
+        console.contains("shutdown                        1"),
+        "{console}"
+    );
+    // The other VM ran to completion.
+    assert!(
+        console.contains("[vm 1] hello from a guest under SVM"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 1 (hello): guest powered off"),
+        "{console}"
+    );
+    assert!(console.contains("not every guest powered off"), "{console}");
+    assert_eq!(outcome, Outcome::Failure, "{console}");
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
 fn a_host_exception_prints_registers_and_a_backtrace() {
-    let (outcome, console) =
-        boot_and_capture(&kernel(), "selftest=exception", 256, TIMEOUT).unwrap();
+    let (outcome, console) = boot("selftest=exception", &["hello"], 256);
     assert!(
         console.contains("host exception #UD invalid opcode (vector 6"),
         "{console}"
     );
     assert!(console.contains("rax 0x"), "{console}");
     assert!(console.contains("backtrace"), "{console}");
-    assert!(!console.contains("bring-up complete"), "{console}");
+    assert!(!console.contains("[vm 0]"), "{console}");
     assert_eq!(outcome, Outcome::Failure, "{console}");
 }
 
 #[test]
 #[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
 fn a_host_panic_is_reported() {
-    let (outcome, console) = boot_and_capture(&kernel(), "selftest=panic", 256, TIMEOUT).unwrap();
+    let (outcome, console) = boot("selftest=panic", &["hello"], 256);
     assert!(console.contains("host panic:"), "{console}");
     assert!(
         console.contains("selftest: panic requested on the command line"),
@@ -64,7 +114,7 @@ fn a_host_panic_is_reported() {
 #[test]
 #[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
 fn a_bad_command_line_names_the_word() {
-    let (outcome, console) = boot_and_capture(&kernel(), "vms=0", 256, TIMEOUT).unwrap();
+    let (outcome, console) = boot("vms=0", &["hello"], 256);
     assert!(
         console.contains("vmm: fatal: vms=0: expected a number from 1 to 16"),
         "{console}"
@@ -75,9 +125,20 @@ fn a_bad_command_line_names_the_word() {
 #[test]
 #[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
 fn guest_memory_the_host_cannot_give_is_refused() {
-    let (outcome, console) = boot_and_capture(&kernel(), "guest_mem=2G", 256, TIMEOUT).unwrap();
+    let (outcome, console) = boot("guest_mem=2G", &["hello"], 256);
     assert!(
-        console.contains("vmm: fatal: VM 0: guest RAM: host out of memory"),
+        console.contains("vmm: fatal: VM 0 (hello): guest RAM: host out of memory"),
+        "{console}"
+    );
+    assert_eq!(outcome, Outcome::Failure, "{console}");
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
+fn no_guest_image_is_a_clear_error() {
+    let (outcome, console) = boot_and_capture(&kernel(), "vms=1", &[], 256, TIMEOUT).unwrap();
+    assert!(
+        console.contains("vmm: fatal: no guest image: pass one as a boot module"),
         "{console}"
     );
     assert_eq!(outcome, Outcome::Failure, "{console}");

@@ -2,6 +2,8 @@
 //! VMs it hosts.
 
 mod boot;
+mod console;
+mod guest;
 mod heap;
 mod host;
 mod interrupts;
@@ -11,6 +13,7 @@ mod qemu;
 pub mod serial;
 mod time;
 
+use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::panic::PanicInfo;
@@ -18,8 +21,9 @@ use host_glue_baremetal::cmdline::{self, LogLevel, SelfTest};
 use multiboot2::{BootInformation, BootInformationHeader};
 use qemu::ExitCode;
 use vmm_core::host::Host;
-use vmm_core::memory::GuestMemory;
-use vmm_core::vm::{Vm, VmId};
+use vmm_core::svm::{Svm, SvmVcpu};
+use vmm_core::vcpu::{self, RunOutcome, Slice};
+use vmm_core::vm::{StopReason, Vm};
 
 const MULTIBOOT2_MAGIC: u32 = 0x36d7_6289;
 
@@ -107,39 +111,100 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     log::info!("CPU: SVM {}, nested paging {}", yes(svm), yes(npt));
 
     let host: Arc<dyn Host> = Arc::new(host::BareMetalHost);
-    let mut vms = Vec::new();
+
+    // Guest images arrive as boot modules; VM i runs module i (the last
+    // module serves the VMs beyond the number of modules).
+    let images: Vec<(&str, &'static [u8])> = boot
+        .module_tags()
+        .map(|m| {
+            let len = (m.end_address() - m.start_address()) as usize;
+            // SAFETY: GRUB loaded the module at [start, end), in memory that
+            // is identity-mapped and that the heap leaves alone (see
+            // `heap::init`); nothing writes it while the kernel runs.
+            let bytes = unsafe {
+                core::slice::from_raw_parts(m.start_address() as usize as *const u8, len)
+            };
+            (m.cmdline().unwrap_or("?"), bytes)
+        })
+        .collect();
+    if images.is_empty() {
+        fail(format_args!(
+            "no guest image: pass one as a boot module (module2 in grub.cfg)"
+        ));
+    }
+    let svm = match Svm::enable(&*host) {
+        Ok(s) => s,
+        Err(e) => fail(format_args!("cannot use SVM: {e}")),
+    };
+    log::info!("SVM enabled: {:?}", svm.features());
+
+    let mut guests = Vec::new();
     for i in 0..config.vms {
-        let mut memory = GuestMemory::new();
-        let ram = match host.alloc_memory(config.guest_mem as usize, 2 << 20) {
-            Ok(r) => r,
-            Err(e) => fail(format_args!("VM {i}: guest RAM: {e}")),
+        let (name, image) = images[(i as usize).min(images.len() - 1)];
+        let vm = match guest::build(host.clone(), i, config.guest_mem, image) {
+            Ok(vm) => vm,
+            Err(e) => fail(format_args!("VM {i} ({name}): {e}")),
         };
-        if let Err(e) = memory.add_ram(0, ram) {
-            fail(format_args!("VM {i}: {e}"));
-        }
-        let vm = Vm::new(VmId(i), host.clone(), memory);
+        let vcpu = match SvmVcpu::new(&svm, &vm, i + 1) {
+            Ok(v) => v,
+            Err(e) => fail(format_args!("VM {i}: vCPU: {e}")),
+        };
         log::info!(
-            "VM {i}: {} MiB of RAM at host-physical {:#x}",
-            vm.memory().ram_bytes() >> 20,
-            vm.memory()
-                .regions()
-                .next()
-                .and_then(|r| match r.read {
-                    vmm_core::memory::Backing::Block { block, offset } => {
-                        vm.memory().block_host_phys(block, offset)
-                    }
-                    _ => None,
-                })
-                .map_or(0, |p| p.0)
+            "VM {i}: guest '{name}', {} MiB of RAM",
+            vm.memory().ram_bytes() >> 20
         );
-        vms.push(vm);
+        guests.push(Guest {
+            name,
+            vm,
+            vcpu,
+            stopped: None,
+        });
     }
-    // The SVM backend that runs these VMs arrives with issue 7.
-    for vm in &vms {
-        kprintln!("vm {}: built, not run (no vCPU backend yet)", vm.id().0);
+
+    // Round-robin time slices of 10 ms (or 10000 exits) until every VM stops.
+    while guests.iter().any(|g| g.stopped.is_none()) {
+        for g in guests.iter_mut().filter(|g| g.stopped.is_none()) {
+            let slice = Slice {
+                max_exits: 10_000,
+                until_ns: Some(time::now_ns() + 10_000_000),
+            };
+            if let RunOutcome::Stopped(reason) = vcpu::run(&mut g.vcpu, &mut g.vm, slice) {
+                log::info!("VM {} stopped: {reason}", g.vm.id().0);
+                g.stopped = Some(reason);
+            }
+        }
     }
-    kprintln!("vmm: bring-up complete");
-    qemu::exit(ExitCode::Success)
+
+    let mut all_well = true;
+    for g in &guests {
+        let reason = g.stopped.as_ref().map_or(String::new(), |r| r.to_string());
+        let well = g.stopped == Some(StopReason::PowerOff);
+        all_well &= well;
+        kprintln!("vm {} ({}): {}", g.vm.id().0, g.name, reason);
+        kprint!("{}", g.vm.stats());
+        kprint!("{}", g.vm.devices().report());
+    }
+    kprintln!(
+        "vmm: all VMs stopped; {}",
+        if all_well {
+            "every guest powered off"
+        } else {
+            "not every guest powered off"
+        }
+    );
+    qemu::exit(if all_well {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    })
+}
+
+/// One VM and its vCPU.
+struct Guest<'a> {
+    name: &'a str,
+    vm: Vm,
+    vcpu: SvmVcpu,
+    stopped: Option<StopReason>,
 }
 
 fn yes(b: bool) -> &'static str {

@@ -1,0 +1,338 @@
+//! Nested page tables (AMD NPT, Intel EPT) built from a VM's memory map.
+//!
+//! One builder serves both: the table shape (four levels of 512 entries) is
+//! the same, only the entry bits differ ([`EntryFormat`]). The policy:
+//!
+//! - RAM is mapped read-write; ROM, write-protected shadow RAM and regions
+//!   whose reads and writes go to different places are mapped read-only, so
+//!   writes fault and the VMM carries them out;
+//! - MMIO and unmapped addresses are not mapped, so accesses fault into the
+//!   instruction emulator and the device manager;
+//! - a 2 MiB page is used wherever an aligned 2 MiB of guest addresses lies
+//!   in one region with the same access and its host memory is physically
+//!   contiguous and 2 MiB-aligned; 4 KiB pages elsewhere.
+//!
+//! Tables live in host memory blocks (so the hardware can read them by
+//! host-physical address); the builder writes them as plain bytes.
+
+use crate::host::{Host, HostError, HostMemory, HostPhysAddr};
+use crate::memory::{Backing, GuestMemory, RegionKind};
+use alloc::boxed::Box;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+
+const PAGE: u64 = 0x1000;
+const LARGE: u64 = 0x20_0000;
+const NONE: u32 = u32::MAX;
+
+/// How a nested-paging flavour encodes its entries.
+pub trait EntryFormat {
+    /// A non-leaf entry pointing at the table at `table`.
+    fn table(table: u64) -> u64;
+    /// A leaf entry mapping `frame` (a 4 KiB or, with `large`, 2 MiB frame).
+    fn leaf(frame: u64, writable: bool, large: bool) -> u64;
+}
+
+/// AMD NPT: the host's long-mode page format; nested walks are user
+/// accesses, so every entry has U/S set.
+pub struct Npt;
+
+impl EntryFormat for Npt {
+    fn table(table: u64) -> u64 {
+        table | 0b111 // P | RW | US
+    }
+    fn leaf(frame: u64, writable: bool, large: bool) -> u64 {
+        let mut e = frame | 0b101; // P | US
+        if writable {
+            e |= 0b10;
+        }
+        if large {
+            e |= 1 << 7;
+        }
+        e
+    }
+}
+
+/// Why the tables could not be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NestedPagingError {
+    /// The host refused memory for a table.
+    Host(HostError),
+    /// A memory block has no host-physical address (a host that cannot run
+    /// hardware-assisted guests, or a bug).
+    NoHostPhys {
+        /// The guest-physical address.
+        gpa: u64,
+    },
+    /// A guest-physical address beyond the 48 bits four levels can map.
+    TooHigh {
+        /// The guest-physical address.
+        gpa: u64,
+    },
+}
+
+impl core::error::Error for NestedPagingError {}
+
+impl fmt::Display for NestedPagingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NestedPagingError::Host(e) => write!(f, "nested page table: {e}"),
+            NestedPagingError::NoHostPhys { gpa } => {
+                write!(f, "guest memory at {gpa:#x} has no host-physical address")
+            }
+            NestedPagingError::TooHigh { gpa } => {
+                write!(f, "guest-physical {gpa:#x} is beyond 48 bits")
+            }
+        }
+    }
+}
+
+struct Table {
+    mem: Box<dyn HostMemory>,
+    phys: u64,
+    /// Index of the child table behind each entry, or `NONE`.
+    children: Box<[u32]>,
+}
+
+/// Statistics of one build.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mappings {
+    /// 2 MiB leaves.
+    pub large_pages: u64,
+    /// 4 KiB leaves.
+    pub small_pages: u64,
+    /// Tables allocated (including the root).
+    pub tables: u64,
+}
+
+/// A four-level nested page table for one memory map.
+pub struct NestedTables<F: EntryFormat> {
+    tables: Vec<Table>,
+    generation: u64,
+    mappings: Mappings,
+    _format: core::marker::PhantomData<F>,
+}
+
+/// What one guest page maps to.
+#[derive(Clone, Copy)]
+struct Target {
+    phys: u64,
+    writable: bool,
+}
+
+impl<F: EntryFormat> NestedTables<F> {
+    /// Build the tables for `memory` as it is now.
+    pub fn build(host: &dyn Host, memory: &GuestMemory) -> Result<Self, NestedPagingError> {
+        let mut me = Self {
+            tables: Vec::new(),
+            generation: memory.generation(),
+            mappings: Mappings::default(),
+            _format: core::marker::PhantomData,
+        };
+        me.new_table(host)?;
+        for region in memory.regions() {
+            let writable = match region.kind {
+                RegionKind::Ram => true,
+                RegionKind::ReadOnly | RegionKind::Split => false,
+                RegionKind::Mmio | RegionKind::Unmapped => continue,
+            };
+            let Backing::Block { block, offset } = region.read else {
+                continue;
+            };
+            let phys_of = |gpa: u64| {
+                memory
+                    .block_host_phys(block, offset + (gpa - region.start))
+                    .map(|p| p.0)
+                    .ok_or(NestedPagingError::NoHostPhys { gpa })
+            };
+            // Only whole pages can be mapped; the partial pages at the ends
+            // of an unaligned region stay unmapped and fault to the VMM,
+            // which carries the access out exactly.
+            let mut gpa = (region.start + PAGE - 1) & !(PAGE - 1);
+            let end = region.end() & !(PAGE - 1);
+            while gpa < end {
+                if gpa >= 1 << 48 {
+                    return Err(NestedPagingError::TooHigh { gpa });
+                }
+                let start_phys = phys_of(gpa)?;
+                let large = gpa % LARGE == 0
+                    && end - gpa >= LARGE
+                    && start_phys % LARGE == 0
+                    && (1..LARGE / PAGE)
+                        .all(|i| phys_of(gpa + i * PAGE).is_ok_and(|p| p == start_phys + i * PAGE));
+                let target = Target {
+                    phys: start_phys,
+                    writable,
+                };
+                if large {
+                    me.map(host, gpa, target, true)?;
+                    gpa += LARGE;
+                } else {
+                    me.map(host, gpa, target, false)?;
+                    gpa += PAGE;
+                }
+            }
+        }
+        Ok(me)
+    }
+
+    fn new_table(&mut self, host: &dyn Host) -> Result<u32, NestedPagingError> {
+        let mem = host
+            .alloc_memory(PAGE as usize, PAGE as usize)
+            .map_err(NestedPagingError::Host)?;
+        let phys = mem
+            .host_phys(0)
+            .ok_or(NestedPagingError::NoHostPhys { gpa: 0 })?
+            .0;
+        self.tables.push(Table {
+            mem,
+            phys,
+            children: vec![NONE; 512].into_boxed_slice(),
+        });
+        self.mappings.tables += 1;
+        Ok((self.tables.len() - 1) as u32)
+    }
+
+    fn write_entry(&mut self, table: u32, index: usize, value: u64) {
+        let bytes = self.tables[table as usize].mem.as_mut_slice();
+        bytes[index * 8..index * 8 + 8].copy_from_slice(&value.to_le_bytes());
+    }
+
+    fn map(
+        &mut self,
+        host: &dyn Host,
+        gpa: u64,
+        target: Target,
+        large: bool,
+    ) -> Result<(), NestedPagingError> {
+        let leaf_level = if large { 1 } else { 0 };
+        let mut table = 0u32;
+        for level in (leaf_level + 1..=3).rev() {
+            let index = ((gpa >> (12 + 9 * level)) & 0x1ff) as usize;
+            let child = self.tables[table as usize].children[index];
+            table = if child == NONE {
+                let new = self.new_table(host)?;
+                let phys = self.tables[new as usize].phys;
+                self.write_entry(table, index, F::table(phys));
+                self.tables[table as usize].children[index] = new;
+                new
+            } else {
+                child
+            };
+        }
+        let index = ((gpa >> (12 + 9 * leaf_level)) & 0x1ff) as usize;
+        self.write_entry(table, index, F::leaf(target.phys, target.writable, large));
+        if large {
+            self.mappings.large_pages += 1;
+        } else {
+            self.mappings.small_pages += 1;
+        }
+        Ok(())
+    }
+
+    /// The root table's host-physical address (N_CR3 / EPTP).
+    pub fn root(&self) -> HostPhysAddr {
+        HostPhysAddr(self.tables[0].phys)
+    }
+
+    /// The memory-map generation these tables reflect.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// What the build mapped.
+    pub fn mappings(&self) -> Mappings {
+        self.mappings
+    }
+
+    /// Look `gpa` up the way the hardware would: the host-physical address
+    /// and whether it is writable, or `None` if not mapped. For tests and
+    /// diagnostics.
+    pub fn translate(&self, gpa: u64) -> Option<(HostPhysAddr, bool)> {
+        let mut table = 0u32;
+        for level in (0..=3).rev() {
+            let index = ((gpa >> (12 + 9 * level)) & 0x1ff) as usize;
+            let bytes = self.tables[table as usize].mem.as_slice();
+            let mut e = [0u8; 8];
+            e.copy_from_slice(&bytes[index * 8..index * 8 + 8]);
+            let entry = u64::from_le_bytes(e);
+            if entry & 1 == 0 {
+                return None;
+            }
+            let large = level == 1 && entry & (1 << 7) != 0;
+            if level == 0 || large {
+                let size = if large { LARGE } else { PAGE };
+                let frame = entry & 0x000f_ffff_ffff_f000 & !(size - 1);
+                return Some((HostPhysAddr(frame + (gpa & (size - 1))), entry & 2 != 0));
+            }
+            table = self.tables[table as usize].children[index];
+            if table == NONE {
+                return None;
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::Backing;
+    use crate::test_host::TestHost;
+
+    #[test]
+    fn ram_rom_and_mmio_are_mapped_by_policy() {
+        let host = TestHost::new();
+        let mut m = GuestMemory::new();
+        let ram = m
+            .add_ram(0, host.alloc_memory(0x80_0000, 0x20_0000).unwrap())
+            .unwrap();
+        let rom = m
+            .add_rom(0xfffe_0000, host.alloc_memory(0x2_0000, 4096).unwrap())
+            .unwrap();
+        m.add_mmio(0xfee0_0000, 0x1000).unwrap();
+        // The BIOS's last 64 KiB read from ROM at 0xf0000; VGA hole unmapped.
+        m.map(
+            0xf_0000,
+            0x1_0000,
+            Backing::Block {
+                block: rom,
+                offset: 0x1_0000,
+            },
+            Backing::Nothing,
+        )
+        .unwrap();
+        m.unmap(0xa_0000, 0x2_0000).unwrap();
+        let t = NestedTables::<Npt>::build(&host, &m).unwrap();
+        let ram_phys = |gpa: u64| m.block_host_phys(ram, gpa).unwrap().0;
+
+        // RAM: writable, at the right host address, 2 MiB pages above the
+        // first 2 MiB (which the holes split into 4 KiB pages).
+        assert_eq!(
+            t.translate(0x1234),
+            Some((HostPhysAddr(ram_phys(0x1234)), true))
+        );
+        assert_eq!(
+            t.translate(0x40_0123),
+            Some((HostPhysAddr(ram_phys(0x40_0123)), true))
+        );
+        assert_eq!(t.mappings().large_pages, 3, "{:?}", t.mappings());
+        // Holes and MMIO: not mapped.
+        assert_eq!(t.translate(0xa_0000), None);
+        assert_eq!(t.translate(0xfee0_0010), None);
+        assert_eq!(t.translate(0x80_0000), None, "past the end of RAM");
+        // ROM and its alias: read-only, at the ROM's bytes.
+        let rom_phys = m.block_host_phys(rom, 0x1_fff0).unwrap();
+        assert_eq!(t.translate(0xffff_fff0), Some((rom_phys, false)));
+        assert_eq!(t.translate(0xf_fff0), Some((rom_phys, false)));
+        assert_eq!(t.generation(), m.generation());
+    }
+
+    #[test]
+    fn npt_entries_carry_user_and_large_bits() {
+        assert_eq!(Npt::leaf(0x20_0000, true, true), 0x20_0000 | 0x87);
+        assert_eq!(Npt::leaf(0x1000, false, false), 0x1000 | 0x5);
+        assert_eq!(Npt::table(0x5000), 0x5007);
+    }
+}

@@ -1,0 +1,212 @@
+//! The SVM instructions and MSRs: the only code in vmm-core that needs
+//! `unsafe`, because it hands physical addresses to the CPU. Callable only
+//! at ring 0 on a CPU with SVM (the bare-metal host checks first).
+
+use core::arch::global_asm;
+
+/// The guest registers VMRUN does not save in the VMCB (RAX and RSP are
+/// there). Field order is fixed: the assembly below uses the offsets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestGprs {
+    /// RBX (offset 0).
+    pub rbx: u64,
+    /// RCX (8).
+    pub rcx: u64,
+    /// RDX (16).
+    pub rdx: u64,
+    /// RSI (24).
+    pub rsi: u64,
+    /// RDI (32).
+    pub rdi: u64,
+    /// RBP (40).
+    pub rbp: u64,
+    /// R8..R15 (48..104).
+    pub r: [u64; 8],
+}
+
+// vmm_svm_vmrun(vmcb_pa: u64 [rdi], gprs: *mut GuestGprs [rsi])
+//
+// Saves the host's callee-saved registers, loads the guest's, runs the guest
+// with VMLOAD/VMRUN/VMSAVE under CLGI, stores the guest's registers back and
+// returns. RAX and RSP of the guest live in the VMCB; the host's RSP comes
+// back from the host save area.
+global_asm!(
+    r#"
+    .section .text.vmm_svm_vmrun, "ax"
+    .global vmm_svm_vmrun
+vmm_svm_vmrun:
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push r15
+    push rsi
+    push rdi
+    mov rax, rdi
+    mov rbx, [rsi + 0]
+    mov rcx, [rsi + 8]
+    mov rdx, [rsi + 16]
+    mov rdi, [rsi + 32]
+    mov rbp, [rsi + 40]
+    mov r8,  [rsi + 48]
+    mov r9,  [rsi + 56]
+    mov r10, [rsi + 64]
+    mov r11, [rsi + 72]
+    mov r12, [rsi + 80]
+    mov r13, [rsi + 88]
+    mov r14, [rsi + 96]
+    mov r15, [rsi + 104]
+    mov rsi, [rsi + 24]
+    clgi
+    vmload rax
+    vmrun rax
+    vmsave rax
+    push rsi
+    mov rsi, [rsp + 16]
+    mov [rsi + 0], rbx
+    mov [rsi + 8], rcx
+    mov [rsi + 16], rdx
+    mov [rsi + 32], rdi
+    mov [rsi + 40], rbp
+    mov [rsi + 48], r8
+    mov [rsi + 56], r9
+    mov [rsi + 64], r10
+    mov [rsi + 72], r11
+    mov [rsi + 80], r12
+    mov [rsi + 88], r13
+    mov [rsi + 96], r14
+    mov [rsi + 104], r15
+    pop rax
+    mov [rsi + 24], rax
+    stgi
+    add rsp, 16
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+    ret
+"#
+);
+
+extern "C" {
+    fn vmm_svm_vmrun(vmcb_pa: u64, gprs: *mut GuestGprs);
+}
+
+/// Run the guest described by the VMCB at `vmcb_pa` until it exits.
+///
+/// # Safety
+///
+/// SVM must be enabled on this CPU (EFER.SVME, VM_HSAVE_PA), `vmcb_pa` must
+/// be the host-physical address of a 4 KiB-aligned VMCB owned by the caller
+/// whose nested page tables, I/O and MSR permission maps map only memory of
+/// this VM, and interrupts must be disabled in the host.
+pub unsafe fn vmrun(vmcb_pa: u64, gprs: &mut GuestGprs) {
+    // SAFETY: the caller guarantees the VMCB and SVM state; the assembly
+    // restores every callee-saved register and the stack before returning.
+    unsafe { vmm_svm_vmrun(vmcb_pa, gprs) }
+}
+
+/// Read an MSR.
+///
+/// # Safety
+///
+/// Ring 0 only; `msr` must exist on this CPU.
+pub unsafe fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the caller guarantees ring 0 and an existing MSR; RDMSR
+    // touches no memory.
+    unsafe {
+        core::arch::asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack))
+    };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Write an MSR.
+///
+/// # Safety
+///
+/// Ring 0 only; writing `value` to `msr` must not break the host (the
+/// callers here only set EFER.SVME and VM_HSAVE_PA).
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: the caller guarantees ring 0 and a harmless value.
+    unsafe {
+        core::arch::asm!(
+            "wrmsr",
+            in("ecx") msr,
+            in("eax") value as u32,
+            in("edx") (value >> 32) as u32,
+            options(nostack)
+        )
+    };
+}
+
+/// Read XMM register `index` (0-15) of the CPU. The bare-metal host never
+/// uses SSE itself, so after #VMEXIT these hold the guest's values.
+pub fn read_xmm(index: usize) -> u128 {
+    let mut v = [0u8; 16];
+    macro_rules! read {
+        ($reg:literal) => {
+            // SAFETY: MOVDQU stores the register into the 16-byte local.
+            unsafe {
+                core::arch::asm!(concat!("movdqu [{0}], ", $reg), in(reg) v.as_mut_ptr(), options(nostack))
+            }
+        };
+    }
+    match index {
+        0 => read!("xmm0"),
+        1 => read!("xmm1"),
+        2 => read!("xmm2"),
+        3 => read!("xmm3"),
+        4 => read!("xmm4"),
+        5 => read!("xmm5"),
+        6 => read!("xmm6"),
+        7 => read!("xmm7"),
+        8 => read!("xmm8"),
+        9 => read!("xmm9"),
+        10 => read!("xmm10"),
+        11 => read!("xmm11"),
+        12 => read!("xmm12"),
+        13 => read!("xmm13"),
+        14 => read!("xmm14"),
+        15 => read!("xmm15"),
+        _ => {}
+    }
+    u128::from_le_bytes(v)
+}
+
+/// Write XMM register `index` (0-15) of the CPU (the guest's, see
+/// [`read_xmm`]).
+pub fn write_xmm(index: usize, value: u128) {
+    let v = value.to_le_bytes();
+    macro_rules! write {
+        ($reg:literal) => {
+            // SAFETY: MOVDQU loads the register from the 16-byte local.
+            unsafe {
+                core::arch::asm!(concat!("movdqu ", $reg, ", [{0}]"), in(reg) v.as_ptr(), options(nostack, readonly))
+            }
+        };
+    }
+    match index {
+        0 => write!("xmm0"),
+        1 => write!("xmm1"),
+        2 => write!("xmm2"),
+        3 => write!("xmm3"),
+        4 => write!("xmm4"),
+        5 => write!("xmm5"),
+        6 => write!("xmm6"),
+        7 => write!("xmm7"),
+        8 => write!("xmm8"),
+        9 => write!("xmm9"),
+        10 => write!("xmm10"),
+        11 => write!("xmm11"),
+        12 => write!("xmm12"),
+        13 => write!("xmm13"),
+        14 => write!("xmm14"),
+        15 => write!("xmm15"),
+        _ => {}
+    }
+}

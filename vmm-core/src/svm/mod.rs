@@ -1,0 +1,459 @@
+//! AMD SVM: enabling it on a CPU, and a vCPU backend with nested paging.
+//!
+//! [`Svm::enable`] checks CPUID and VM_CR, sets EFER.SVME and the host save
+//! area. [`SvmVcpu`] owns a VMCB (starting in the reset state, CS:IP =
+//! F000:FFF0), nested page tables built from the VM's memory map (rebuilt
+//! when the map changes), and I/O and MSR permission maps that intercept
+//! everything, so no guest access reaches real hardware. Exits are decoded
+//! into [`Exit`]s for the shared exit loop ([`crate::vcpu::run`]).
+//!
+//! Without NRIP save (QEMU's TCG has none) the next RIP comes from
+//! EXITINFO2 for I/O and from the fixed instruction lengths of CPUID (2),
+//! HLT (1) and RDMSR/WRMSR (2).
+
+mod instructions;
+mod vmcb;
+
+pub use instructions::GuestGprs;
+pub use vmcb::{offset, Vmcb};
+
+use crate::emulator::{CpuState, Segment, SegmentRegister, RFLAGS_IF};
+use crate::host::{Host, HostError, HostMemory};
+use crate::nested_paging::{NestedTables, Npt};
+use crate::paging::ControlRegisters;
+use crate::vcpu::{Event, Exit, ExitError, VcpuBackend};
+use crate::vm::Vm;
+use alloc::boxed::Box;
+use alloc::format;
+use core::fmt;
+
+/// EFER.SVME.
+pub const EFER_SVME: u64 = 1 << 12;
+const MSR_EFER: u32 = 0xc000_0080;
+const MSR_VM_CR: u32 = 0xc001_0114;
+const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
+const VM_CR_SVMDIS: u64 = 1 << 4;
+
+/// Why SVM cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SvmError {
+    /// CPUID says the CPU has no SVM.
+    NotSupported,
+    /// The CPU has no nested paging.
+    NoNestedPaging,
+    /// SVM is disabled by firmware (VM_CR.SVMDIS).
+    DisabledByFirmware,
+    /// The host refused memory.
+    Host(HostError),
+    /// A host page has no physical address.
+    NoHostPhys,
+}
+
+impl core::error::Error for SvmError {}
+
+impl fmt::Display for SvmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SvmError::NotSupported => write!(f, "the CPU has no SVM"),
+            SvmError::NoNestedPaging => write!(f, "the CPU's SVM has no nested paging"),
+            SvmError::DisabledByFirmware => write!(f, "SVM is disabled by firmware (VM_CR.SVMDIS)"),
+            SvmError::Host(e) => write!(f, "{e}"),
+            SvmError::NoHostPhys => write!(f, "host memory without a physical address"),
+        }
+    }
+}
+
+/// Optional SVM features of this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SvmFeatures {
+    /// The CPU saves the next RIP in the VMCB on exits.
+    pub nrip_save: bool,
+    /// Number of ASIDs.
+    pub asids: u32,
+}
+
+/// SVM enabled on the current CPU. Keeps the host save area alive.
+pub struct Svm {
+    _hsave: Box<dyn HostMemory>,
+    features: SvmFeatures,
+}
+
+fn phys_of(m: &dyn HostMemory) -> Result<u64, SvmError> {
+    m.host_phys(0).map(|p| p.0).ok_or(SvmError::NoHostPhys)
+}
+
+impl Svm {
+    /// Check the CPU, set EFER.SVME and VM_HSAVE_PA. Ring 0 only; call once
+    /// per CPU.
+    pub fn enable(host: &dyn Host) -> Result<Self, SvmError> {
+        let ext = core::arch::x86_64::__cpuid(0x8000_0001);
+        if ext.ecx & (1 << 2) == 0 {
+            return Err(SvmError::NotSupported);
+        }
+        let svm = core::arch::x86_64::__cpuid(0x8000_000a);
+        if svm.edx & 1 == 0 {
+            return Err(SvmError::NoNestedPaging);
+        }
+        // SAFETY: CPUID reported SVM, so VM_CR exists; reading it has no
+        // side effect.
+        if unsafe { instructions::rdmsr(MSR_VM_CR) } & VM_CR_SVMDIS != 0 {
+            return Err(SvmError::DisabledByFirmware);
+        }
+        let hsave = host.alloc_memory(4096, 4096).map_err(SvmError::Host)?;
+        let hsave_pa = phys_of(hsave.as_ref())?;
+        // SAFETY: SVM exists and is not disabled; setting EFER.SVME only
+        // makes the SVM instructions available, and VM_HSAVE_PA points at a
+        // page this object owns for as long as SVM is used.
+        unsafe {
+            let efer = instructions::rdmsr(MSR_EFER);
+            instructions::wrmsr(MSR_EFER, efer | EFER_SVME);
+            instructions::wrmsr(MSR_VM_HSAVE_PA, hsave_pa);
+        }
+        Ok(Self {
+            _hsave: hsave,
+            features: SvmFeatures {
+                nrip_save: svm.edx & (1 << 3) != 0,
+                asids: svm.ebx,
+            },
+        })
+    }
+
+    /// The optional features found.
+    pub fn features(&self) -> SvmFeatures {
+        self.features
+    }
+}
+
+// Intercept bits (APM vol. 2, table B-1).
+const INTERCEPT_INTR: u32 = 1 << 0;
+const INTERCEPT_NMI: u32 = 1 << 1;
+const INTERCEPT_VINTR: u32 = 1 << 4;
+const INTERCEPT_CPUID: u32 = 1 << 18;
+const INTERCEPT_HLT: u32 = 1 << 24;
+const INTERCEPT_INVLPGA: u32 = 1 << 26;
+const INTERCEPT_IOIO: u32 = 1 << 27;
+const INTERCEPT_MSR: u32 = 1 << 28;
+const INTERCEPT_SHUTDOWN: u32 = 1 << 31;
+/// VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT.
+const INTERCEPT_SVM_INSTRUCTIONS: u32 = 0x7f;
+
+// Exit codes.
+const EXIT_INTR: u64 = 0x60;
+const EXIT_NMI: u64 = 0x61;
+const EXIT_VINTR: u64 = 0x64;
+const EXIT_CPUID: u64 = 0x72;
+const EXIT_HLT: u64 = 0x78;
+const EXIT_INVLPGA: u64 = 0x7a;
+const EXIT_IOIO: u64 = 0x7b;
+const EXIT_MSR: u64 = 0x7c;
+const EXIT_SHUTDOWN: u64 = 0x7f;
+const EXIT_VMRUN: u64 = 0x80;
+const EXIT_SKINIT: u64 = 0x86;
+const EXIT_NPF: u64 = 0x400;
+const EXIT_INVALID: u64 = u64::MAX;
+
+/// One vCPU on SVM with nested paging.
+pub struct SvmVcpu {
+    vmcb: Vmcb,
+    gprs: GuestGprs,
+    npt: Option<NestedTables<Npt>>,
+    _iopm: Box<dyn HostMemory>,
+    _msrpm: Box<dyn HostMemory>,
+    features: SvmFeatures,
+    asid: u32,
+}
+
+impl SvmVcpu {
+    /// A vCPU of `vm` in the reset state. `asid` must be non-zero and
+    /// different for every vCPU that runs on this CPU.
+    pub fn new(svm: &Svm, vm: &Vm, asid: u32) -> Result<Self, SvmError> {
+        let host = vm.host();
+        let page = host.alloc_memory(4096, 4096).map_err(SvmError::Host)?;
+        let vmcb = Vmcb::new(page);
+        vmcb.phys().ok_or(SvmError::NoHostPhys)?;
+        // Intercept every port and every MSR: unclaimed ports still exit,
+        // so nothing reaches real hardware.
+        let mut iopm = host.alloc_memory(3 * 4096, 4096).map_err(SvmError::Host)?;
+        iopm.as_mut_slice().fill(0xff);
+        let mut msrpm = host.alloc_memory(2 * 4096, 4096).map_err(SvmError::Host)?;
+        msrpm.as_mut_slice().fill(0xff);
+        let iopm_pa = phys_of(iopm.as_ref())?;
+        let msrpm_pa = phys_of(msrpm.as_ref())?;
+        let mut me = Self {
+            vmcb,
+            gprs: GuestGprs::default(),
+            npt: None,
+            _iopm: iopm,
+            _msrpm: msrpm,
+            features: svm.features(),
+            asid: asid.max(1),
+        };
+        me.vmcb.write_u64(offset::IOPM_BASE, iopm_pa);
+        me.vmcb.write_u64(offset::MSRPM_BASE, msrpm_pa);
+        me.vmcb.write_u32(
+            offset::INTERCEPT_MISC1,
+            INTERCEPT_INTR
+                | INTERCEPT_NMI
+                | INTERCEPT_CPUID
+                | INTERCEPT_HLT
+                | INTERCEPT_INVLPGA
+                | INTERCEPT_IOIO
+                | INTERCEPT_MSR
+                | INTERCEPT_SHUTDOWN,
+        );
+        me.vmcb
+            .write_u32(offset::INTERCEPT_MISC2, INTERCEPT_SVM_INSTRUCTIONS);
+        me.vmcb.write_u32(offset::ASID, me.asid);
+        // V_INTR_MASKING: the host's RFLAGS.IF, not the guest's, masks
+        // physical interrupts while the guest runs.
+        me.vmcb.write_u64(offset::V_INTR, 1 << 24);
+        me.vmcb.write_u64(offset::NP_ENABLE, 1);
+        me.reset();
+        Ok(me)
+    }
+
+    /// Rebuild the nested page tables if the memory map changed.
+    fn sync_nested_tables(&mut self, vm: &Vm) -> Result<(), ExitError> {
+        let current = self.npt.as_ref().map(|t| t.generation());
+        if current == Some(vm.memory().generation()) {
+            return Ok(());
+        }
+        let tables = NestedTables::<Npt>::build(vm.host(), vm.memory()).map_err(|e| {
+            ExitError::EntryFailed {
+                detail: format!("{e}"),
+            }
+        })?;
+        self.vmcb.write_u64(offset::N_CR3, tables.root().0);
+        // Flush this ASID's TLB entries: the old translations are stale.
+        self.vmcb.write_u8(offset::TLB_CONTROL, 3);
+        self.npt = Some(tables);
+        Ok(())
+    }
+
+    fn next_rip(&self, length: u64) -> u64 {
+        if self.features.nrip_save {
+            self.vmcb.read_u64(offset::NEXT_RIP)
+        } else {
+            self.vmcb.read_u64(offset::RIP).wrapping_add(length)
+        }
+    }
+
+    fn decode_exit(&mut self, vm: &Vm) -> Exit {
+        let code = self.vmcb.read_u64(offset::EXIT_CODE);
+        let info1 = self.vmcb.read_u64(offset::EXIT_INFO1);
+        let info2 = self.vmcb.read_u64(offset::EXIT_INFO2);
+        // An event whose delivery the exit interrupted must be delivered
+        // again on the next entry.
+        let int_info = self.vmcb.read_u64(offset::EXIT_INT_INFO);
+        if int_info & (1 << 31) != 0 {
+            self.vmcb.write_u64(offset::EVENT_INJ, int_info);
+        }
+        match code {
+            EXIT_IOIO => {
+                let port = (info1 >> 16) as u16;
+                let string_or_rep = info1 & (0b1100) != 0;
+                if string_or_rep {
+                    return Exit::Emulate { gpa: None };
+                }
+                let size = match (info1 >> 4) & 0b111 {
+                    0b001 => 1,
+                    0b010 => 2,
+                    _ => 4,
+                };
+                Exit::PortIo {
+                    port,
+                    size,
+                    write: info1 & 1 == 0,
+                    next_rip: info2,
+                }
+            }
+            EXIT_NPF if vm.memory().kind_at(info2) == crate::memory::RegionKind::Ram => {
+                // The tables say "not RAM" where the map says RAM: they were
+                // built before the map last changed (handled by `run`), or
+                // they are wrong, which must not go unnoticed.
+                Exit::Error(ExitError::Unhandled {
+                    code,
+                    detail: format!("nested page fault on RAM at {info2:#x}, error {info1:#x}"),
+                })
+            }
+            EXIT_NPF => Exit::Emulate { gpa: Some(info2) },
+            EXIT_CPUID => Exit::Cpuid {
+                next_rip: self.next_rip(2),
+            },
+            EXIT_HLT => Exit::Hlt {
+                next_rip: self.next_rip(1),
+            },
+            EXIT_MSR => Exit::Msr {
+                write: info1 & 1 != 0,
+                next_rip: self.next_rip(2),
+            },
+            EXIT_INTR | EXIT_NMI => Exit::ExternalInterrupt,
+            EXIT_VINTR => Exit::InterruptWindow,
+            EXIT_SHUTDOWN => Exit::Shutdown,
+            EXIT_INVLPGA | EXIT_VMRUN..=EXIT_SKINIT => Exit::VirtInstruction,
+            EXIT_INVALID | 0xffff_ffff => Exit::Error(ExitError::EntryFailed {
+                detail: format!(
+                    "VMRUN refused the VMCB (exit code {code:#x}); CR0 {:#x} CR4 {:#x} EFER {:#x} CS {:?}",
+                    self.vmcb.read_u64(offset::CR0),
+                    self.vmcb.read_u64(offset::CR4),
+                    self.vmcb.read_u64(offset::EFER),
+                    self.vmcb.segment(Segment::Cs)
+                ),
+            }),
+            other => Exit::Error(ExitError::Unhandled {
+                code: other,
+                detail: format!(
+                    "info1 {info1:#x} info2 {info2:#x} rip {:#x}",
+                    self.vmcb.read_u64(offset::RIP)
+                ),
+            }),
+        }
+    }
+}
+
+impl CpuState for SvmVcpu {
+    fn gpr(&self, index: usize) -> u64 {
+        let g = &self.gprs;
+        match index {
+            0 => self.vmcb.read_u64(offset::RAX),
+            1 => g.rcx,
+            2 => g.rdx,
+            3 => g.rbx,
+            4 => self.vmcb.read_u64(offset::RSP),
+            5 => g.rbp,
+            6 => g.rsi,
+            7 => g.rdi,
+            8..=15 => g.r[index - 8],
+            _ => 0,
+        }
+    }
+    fn set_gpr(&mut self, index: usize, value: u64) {
+        let g = &mut self.gprs;
+        match index {
+            0 => self.vmcb.write_u64(offset::RAX, value),
+            1 => g.rcx = value,
+            2 => g.rdx = value,
+            3 => g.rbx = value,
+            4 => self.vmcb.write_u64(offset::RSP, value),
+            5 => g.rbp = value,
+            6 => g.rsi = value,
+            7 => g.rdi = value,
+            8..=15 => g.r[index - 8] = value,
+            _ => {}
+        }
+    }
+    fn rip(&self) -> u64 {
+        self.vmcb.read_u64(offset::RIP)
+    }
+    fn set_rip(&mut self, value: u64) {
+        self.vmcb.write_u64(offset::RIP, value);
+        // Moving past an instruction ends its interrupt shadow.
+        self.vmcb.write_u64(offset::INTERRUPT_SHADOW, 0);
+    }
+    fn rflags(&self) -> u64 {
+        self.vmcb.read_u64(offset::RFLAGS)
+    }
+    fn set_rflags(&mut self, value: u64) {
+        self.vmcb.write_u64(offset::RFLAGS, value);
+    }
+    fn segment(&self, segment: Segment) -> SegmentRegister {
+        self.vmcb.segment(segment)
+    }
+    fn control(&self) -> ControlRegisters {
+        ControlRegisters {
+            cr0: self.vmcb.read_u64(offset::CR0),
+            cr3: self.vmcb.read_u64(offset::CR3),
+            cr4: self.vmcb.read_u64(offset::CR4),
+            efer: self.vmcb.read_u64(offset::EFER) & !EFER_SVME,
+        }
+    }
+    fn xmm(&self, index: usize) -> u128 {
+        instructions::read_xmm(index)
+    }
+    fn set_xmm(&mut self, index: usize, value: u128) {
+        instructions::write_xmm(index, value)
+    }
+    fn cpl(&self) -> u8 {
+        self.vmcb.read_u8(offset::CPL)
+    }
+}
+
+impl VcpuBackend for SvmVcpu {
+    fn run(&mut self, vm: &mut Vm) -> Exit {
+        if let Err(e) = self.sync_nested_tables(vm) {
+            return Exit::Error(e);
+        }
+        let Some(pa) = self.vmcb.phys() else {
+            return Exit::Error(ExitError::OutOfMemory);
+        };
+        // Clean bits are not used: the CPU reloads everything every time.
+        self.vmcb.write_u32(offset::CLEAN_BITS, 0);
+        // SAFETY: SVM was enabled by `Svm::enable` (required to build this
+        // vCPU); the VMCB is ours, its nested tables map only this VM's
+        // memory, its permission maps intercept every port and MSR, and the
+        // bare-metal host runs with interrupts disabled.
+        unsafe { instructions::vmrun(pa, &mut self.gprs) };
+        self.vmcb.write_u8(offset::TLB_CONTROL, 0);
+        self.vmcb.write_u64(offset::EVENT_INJ, 0);
+        let exit = self.decode_exit(vm);
+        if exit == Exit::InterruptWindow {
+            self.request_interrupt_window(false);
+        }
+        exit
+    }
+
+    fn inject(&mut self, event: Event) -> bool {
+        if self.vmcb.read_u64(offset::EVENT_INJ) & (1 << 31) != 0 {
+            return false;
+        }
+        let value = match event {
+            Event::Exception(e) => {
+                let mut v = u64::from(e.vector()) | (3 << 8) | (1 << 31);
+                if let Some(code) = e.error_code() {
+                    v |= (1 << 11) | (u64::from(code) << 32);
+                }
+                if let crate::emulator::Exception::PageFault(pf) = e {
+                    self.vmcb.write_u64(offset::CR2, pf.address);
+                }
+                v
+            }
+            Event::Interrupt(vector) => u64::from(vector) | (1 << 31),
+            Event::Nmi => 2 | (2 << 8) | (1 << 31),
+        };
+        self.vmcb.write_u64(offset::EVENT_INJ, value);
+        true
+    }
+
+    fn interrupts_open(&self) -> bool {
+        self.rflags() & RFLAGS_IF != 0
+            && self.vmcb.read_u64(offset::INTERRUPT_SHADOW) & 1 == 0
+            && self.vmcb.read_u64(offset::EVENT_INJ) & (1 << 31) == 0
+    }
+
+    fn reset(&mut self) {
+        self.vmcb.set_reset_state();
+        // After RESET, EDX holds the processor signature.
+        self.gprs = GuestGprs {
+            rdx: core::arch::x86_64::__cpuid(1).eax.into(),
+            ..GuestGprs::default()
+        };
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        let mut misc = self.vmcb.read_u32(offset::INTERCEPT_MISC1);
+        let mut v_intr = self.vmcb.read_u64(offset::V_INTR);
+        // V_IRQ (bit 8) with priority 0xf and V_IGN_TPR: the guest "sees"
+        // a virtual interrupt as soon as it can take one, which exits.
+        const V_IRQ: u64 = 1 << 8;
+        const V_PRIO_IGN_TPR: u64 = (0xf << 16) | (1 << 20);
+        if on {
+            misc |= INTERCEPT_VINTR;
+            v_intr |= V_IRQ | V_PRIO_IGN_TPR;
+        } else {
+            misc &= !INTERCEPT_VINTR;
+            v_intr &= !(V_IRQ | V_PRIO_IGN_TPR);
+        }
+        self.vmcb.write_u32(offset::INTERCEPT_MISC1, misc);
+        self.vmcb.write_u64(offset::V_INTR, v_intr);
+    }
+}

@@ -1,0 +1,55 @@
+//! Virtual CPUs: the backend trait that SVM, VMX and KVM implement, the
+//! exits they report, and the exit handling written once above them.
+//!
+//! A backend runs the guest until it exits and describes the exit as an
+//! [`Exit`]; [`run`] turns exits into calls on the [`Vm`] (port I/O, MMIO
+//! through the emulator, CPUID, HLT) and into events injected back into the
+//! guest, until the VM stops or its time slice ends.
+
+mod cpuid;
+mod exit;
+mod run_loop;
+
+pub use cpuid::{guest_cpuid, CpuidResult, HYPERVISOR_VENDOR};
+pub use exit::{Exit, ExitError};
+pub use run_loop::{run, RunOutcome, Slice};
+
+use crate::emulator::{CpuState, Exception};
+use crate::vm::Vm;
+
+/// An event to deliver to the guest at the next entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A CPU exception, with its error code where it has one.
+    Exception(Exception),
+    /// An external interrupt with this vector.
+    Interrupt(u8),
+    /// A non-maskable interrupt.
+    Nmi,
+}
+
+/// A vCPU as the exit handling sees it: the guest's registers (through the
+/// emulator's [`CpuState`]) and the means to enter the guest and to deliver
+/// events to it.
+pub trait VcpuBackend: CpuState {
+    /// Enter the guest and run it until it exits. The VM is passed so the
+    /// backend can refresh its view of the memory map (nested page tables)
+    /// when the map's generation moves.
+    fn run(&mut self, vm: &mut Vm) -> Exit;
+
+    /// Deliver `event` at the next entry. Returns `false` if an event is
+    /// already pending (the caller keeps its event for later).
+    fn inject(&mut self, event: Event) -> bool;
+
+    /// Whether the guest can take an external interrupt now (RFLAGS.IF set,
+    /// no interrupt shadow, no event pending).
+    fn interrupts_open(&self) -> bool;
+
+    /// Put the vCPU back into its power-on state (CS:IP = F000:FFF0): the VM
+    /// is being reset.
+    fn reset(&mut self);
+
+    /// Ask for an [`Exit::InterruptWindow`] as soon as the guest can take an
+    /// external interrupt (or stop asking).
+    fn request_interrupt_window(&mut self, on: bool);
+}

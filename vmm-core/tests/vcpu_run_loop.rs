@@ -1,0 +1,340 @@
+//! The exit loop, driven by a scripted backend: each exit a real backend
+//! reports must turn into what the guest would see on hardware.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use vmm_core::device::{Device, DeviceContext, Mmio, PortIo, VmRequest};
+use vmm_core::emulator::{
+    CpuState, Exception, RegisterFile, Segment, SegmentRegister, RFLAGS_FIXED, RFLAGS_IF,
+};
+use vmm_core::paging::ControlRegisters;
+use vmm_core::test_host::{TestHost, TestVmBuilder};
+use vmm_core::vcpu::{run, Event, Exit, ExitError, RunOutcome, Slice, VcpuBackend};
+use vmm_core::vm::{StopReason, Vm};
+
+/// A backend that replays a script of exits.
+struct Scripted {
+    regs: RegisterFile,
+    exits: VecDeque<Exit>,
+    injected: Vec<Event>,
+    resets: u32,
+}
+
+impl Scripted {
+    fn new(exits: Vec<Exit>) -> Self {
+        Self {
+            regs: RegisterFile::real_mode(),
+            exits: exits.into(),
+            injected: Vec::new(),
+            resets: 0,
+        }
+    }
+}
+
+impl CpuState for Scripted {
+    fn gpr(&self, i: usize) -> u64 {
+        self.regs.gpr(i)
+    }
+    fn set_gpr(&mut self, i: usize, v: u64) {
+        self.regs.set_gpr(i, v)
+    }
+    fn rip(&self) -> u64 {
+        self.regs.rip
+    }
+    fn set_rip(&mut self, v: u64) {
+        self.regs.rip = v
+    }
+    fn rflags(&self) -> u64 {
+        self.regs.rflags
+    }
+    fn set_rflags(&mut self, v: u64) {
+        self.regs.rflags = v
+    }
+    fn segment(&self, s: Segment) -> SegmentRegister {
+        self.regs.segment(s)
+    }
+    fn control(&self) -> ControlRegisters {
+        self.regs.control
+    }
+    fn xmm(&self, i: usize) -> u128 {
+        self.regs.xmm(i)
+    }
+    fn set_xmm(&mut self, i: usize, v: u128) {
+        self.regs.set_xmm(i, v)
+    }
+}
+
+impl VcpuBackend for Scripted {
+    fn run(&mut self, _vm: &mut Vm) -> Exit {
+        self.exits.pop_front().unwrap_or(Exit::Preempted)
+    }
+    fn inject(&mut self, event: Event) -> bool {
+        self.injected.push(event);
+        true
+    }
+    fn interrupts_open(&self) -> bool {
+        self.regs.rflags & RFLAGS_IF != 0
+    }
+    fn reset(&mut self) {
+        self.resets += 1;
+        self.regs = RegisterFile::real_mode();
+    }
+    fn request_interrupt_window(&mut self, _on: bool) {}
+}
+
+/// A device with one port and one MMIO register; port 0x92 write requests
+/// a reset.
+#[derive(Default)]
+struct Probe {
+    last_out: Vec<u8>,
+    mmio_writes: Vec<(u64, Vec<u8>)>,
+    resets: u32,
+}
+
+impl Device for Probe {
+    fn name(&self) -> &str {
+        "probe"
+    }
+    fn port_io(&mut self) -> Option<&mut dyn PortIo> {
+        Some(self)
+    }
+    fn mmio(&mut self) -> Option<&mut dyn Mmio> {
+        Some(self)
+    }
+    fn reset(&mut self) {
+        self.resets += 1;
+    }
+}
+
+impl PortIo for Probe {
+    fn port_read(&mut self, _: &mut DeviceContext<'_>, _: u16, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = 0xa0 + i as u8;
+        }
+    }
+    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+        self.last_out = data.to_vec();
+        if port == 0x92 {
+            ctx.request(VmRequest::Reset);
+        }
+    }
+}
+
+impl Mmio for Probe {
+    fn mmio_read(&mut self, _: &mut DeviceContext<'_>, _: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn mmio_write(&mut self, _: &mut DeviceContext<'_>, gpa: u64, data: &[u8]) {
+        self.mmio_writes.push((gpa, data.to_vec()));
+    }
+}
+
+fn vm() -> Vm {
+    TestVmBuilder::new(Arc::new(TestHost::new()), 1)
+        .ram(0x10_0000)
+        .device(
+            Probe::default(),
+            &[(0x80, 1), (0x92, 1)],
+            &[(0xfee0_0000, 0x1000)],
+        )
+        .build()
+        .unwrap()
+}
+
+fn probe(vm: &Vm) -> &Probe {
+    vm.devices()
+        .device::<Probe>(vmm_core::device::DeviceId(0))
+        .unwrap()
+}
+
+#[test]
+fn port_io_reaches_the_device_and_in_merges_into_rax() {
+    let mut vm = vm();
+    let mut cpu = Scripted::new(vec![
+        Exit::PortIo {
+            port: 0x80,
+            size: 1,
+            write: true,
+            next_rip: 0x102,
+        },
+        Exit::PortIo {
+            port: 0x80,
+            size: 1,
+            write: false,
+            next_rip: 0x104,
+        },
+        Exit::PortIo {
+            port: 0x80,
+            size: 2,
+            write: false,
+            next_rip: 0x106,
+        },
+        Exit::Shutdown,
+    ]);
+    cpu.regs.gprs[0] = 0x1122_3344_5566_7788;
+    let outcome = run(&mut cpu, &mut vm, Slice::UNBOUNDED);
+    assert_eq!(probe(&vm).last_out, vec![0x88], "OUT sends AL");
+    // IN AL then IN AX: the rest of RAX is kept.
+    assert_eq!(cpu.regs.gprs[0], 0x1122_3344_5566_a1a0);
+    assert_eq!(cpu.regs.rip, 0x106);
+    assert_eq!(outcome, RunOutcome::Stopped(StopReason::TripleFault));
+    assert_eq!(vm.stats().count(vmm_core::stats::ExitKind::PortIo), 3);
+    assert_eq!(vm.stats().count(vmm_core::stats::ExitKind::Shutdown), 1);
+}
+
+#[test]
+fn in_eax_zero_extends() {
+    let mut vm = vm();
+    let mut cpu = Scripted::new(vec![
+        Exit::PortIo {
+            port: 0x80,
+            size: 4,
+            write: false,
+            next_rip: 2,
+        },
+        Exit::Shutdown,
+    ]);
+    cpu.regs.gprs[0] = u64::MAX;
+    run(&mut cpu, &mut vm, Slice::UNBOUNDED);
+    assert_eq!(cpu.regs.gprs[0], 0xa3a2_a1a0);
+}
+
+#[test]
+fn mmio_goes_through_the_emulator_to_the_device() {
+    let mut vm = vm();
+    // mov [edi], al at 0x1000, flat 32-bit protected mode.
+    vm.memory_mut().write(0x1000, &[0x88, 0x07]).unwrap();
+    let mut cpu = Scripted::new(vec![
+        Exit::Emulate {
+            gpa: Some(0xfee0_0010),
+        },
+        Exit::Shutdown,
+    ]);
+    cpu.regs = RegisterFile::protected_flat32();
+    cpu.regs.rip = 0x1000;
+    cpu.regs.gprs[0] = 0x5a;
+    cpu.regs.gprs[7] = 0xfee0_0010;
+    run(&mut cpu, &mut vm, Slice::UNBOUNDED);
+    assert_eq!(probe(&vm).mmio_writes, vec![(0xfee0_0010, vec![0x5a])]);
+    assert_eq!(cpu.regs.rip, 0x1002);
+}
+
+#[test]
+fn an_unsupported_instruction_stops_the_vm_with_its_bytes_mode_and_rip() {
+    let mut vm = vm();
+    // CPUID is not a memory access: if an MMIO fault ever pointed at it,
+    // the emulator cannot carry it out and the VM must stop, saying what.
+    vm.memory_mut().write(0x1000, &[0x0f, 0xa2]).unwrap();
+    let mut cpu = Scripted::new(vec![Exit::Emulate {
+        gpa: Some(0xfee0_0000),
+    }]);
+    cpu.regs.rip = 0x1000;
+    let RunOutcome::Stopped(reason) = run(&mut cpu, &mut vm, Slice::UNBOUNDED) else {
+        panic!("the VM must stop")
+    };
+    let text = reason.to_string();
+    assert!(text.contains("0f a2"), "{text}");
+    assert!(text.contains("real mode"), "{text}");
+    assert!(text.contains("0x1000"), "{text}");
+}
+
+#[test]
+fn cpuid_answers_with_the_guest_view() {
+    let mut vm = vm();
+    let mut cpu = Scripted::new(vec![Exit::Cpuid { next_rip: 0x10 }, Exit::Shutdown]);
+    cpu.regs.gprs[0] = 0x4000_0000;
+    run(&mut cpu, &mut vm, Slice::UNBOUNDED);
+    assert_eq!(cpu.regs.gprs[0], 0x4000_0000);
+    assert_eq!(cpu.regs.gprs[3], u64::from(u32::from_le_bytes(*b"VmmC")));
+    assert_eq!(cpu.regs.rip, 0x10);
+}
+
+#[test]
+fn hlt_with_interrupts_disabled_stops_the_vm_with_a_clear_reason() {
+    let mut vm = vm();
+    let mut cpu = Scripted::new(vec![Exit::Hlt { next_rip: 0x201 }]);
+    cpu.regs.rflags = RFLAGS_FIXED;
+    let outcome = run(&mut cpu, &mut vm, Slice::UNBOUNDED);
+    let RunOutcome::Stopped(reason) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        reason,
+        StopReason::Halted {
+            rip: 0x201,
+            interrupts_enabled: false
+        }
+    );
+    assert_eq!(
+        reason.to_string(),
+        "guest halted at 0x201 with interrupts disabled and nothing to wake it"
+    );
+}
+
+#[test]
+fn virtualization_instructions_and_unknown_msrs_fault_in_the_guest() {
+    let mut vm = vm();
+    let mut cpu = Scripted::new(vec![
+        Exit::VirtInstruction,
+        Exit::Msr {
+            write: false,
+            next_rip: 2,
+        },
+        Exit::Shutdown,
+    ]);
+    run(&mut cpu, &mut vm, Slice::UNBOUNDED);
+    assert_eq!(
+        cpu.injected,
+        vec![
+            Event::Exception(Exception::InvalidOpcode),
+            Event::Exception(Exception::GeneralProtection(0)),
+        ]
+    );
+    assert_eq!(cpu.regs.rip, 0, "a faulting instruction does not retire");
+}
+
+#[test]
+fn a_reset_request_resets_the_vcpu_and_the_devices() {
+    let mut vm = vm();
+    let mut cpu = Scripted::new(vec![
+        Exit::PortIo {
+            port: 0x92,
+            size: 1,
+            write: true,
+            next_rip: 0x50,
+        },
+        Exit::Shutdown,
+    ]);
+    run(&mut cpu, &mut vm, Slice::UNBOUNDED);
+    assert_eq!(cpu.resets, 1);
+    assert_eq!(probe(&vm).resets, 1);
+}
+
+#[test]
+fn a_backend_error_stops_the_vm_and_a_slice_ends_on_preemption() {
+    let mut vm = vm();
+    let mut cpu = Scripted::new(vec![Exit::Preempted]);
+    assert_eq!(
+        run(&mut cpu, &mut vm, Slice::UNBOUNDED),
+        RunOutcome::SliceEnded
+    );
+    let mut cpu = Scripted::new(vec![Exit::Error(ExitError::EntryFailed {
+        detail: "EFER.SVME clear".into(),
+    })]);
+    let outcome = run(&mut cpu, &mut vm, Slice::UNBOUNDED);
+    assert_eq!(
+        outcome,
+        RunOutcome::Stopped(StopReason::Backend(
+            "VM entry failed: EFER.SVME clear".into()
+        ))
+    );
+    // A bounded slice returns after its exits.
+    let mut vm2 = self::vm();
+    let mut cpu = Scripted::new(vec![Exit::ExternalInterrupt; 5]);
+    let slice = Slice {
+        max_exits: 3,
+        until_ns: None,
+    };
+    assert_eq!(run(&mut cpu, &mut vm2, slice), RunOutcome::SliceEnded);
+    assert_eq!(cpu.exits.len(), 2);
+}

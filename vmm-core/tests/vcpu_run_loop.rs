@@ -7,9 +7,12 @@ use vmm_core::device::{Device, DeviceContext, Mmio, PortIo, VmRequest};
 use vmm_core::emulator::{
     CpuState, Exception, RegisterFile, Segment, SegmentRegister, RFLAGS_FIXED, RFLAGS_IF,
 };
+use vmm_core::host::Host;
 use vmm_core::paging::ControlRegisters;
 use vmm_core::test_host::{TestHost, TestVmBuilder};
-use vmm_core::vcpu::{run, Event, Exit, ExitError, RunOutcome, Slice, VcpuBackend};
+use vmm_core::vcpu::{
+    run, Event, Exit, ExitError, InterruptSource, NoInterrupts, RunOutcome, Slice, VcpuBackend,
+};
 use vmm_core::vm::{StopReason, Vm};
 
 /// A backend that replays a script of exits.
@@ -172,7 +175,7 @@ fn port_io_reaches_the_device_and_in_merges_into_rax() {
         Exit::Shutdown,
     ]);
     cpu.regs.gprs[0] = 0x1122_3344_5566_7788;
-    let outcome = run(&mut cpu, &mut vm, Slice::UNBOUNDED);
+    let outcome = run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
     assert_eq!(probe(&vm).last_out, vec![0x88], "OUT sends AL");
     // IN AL then IN AX: the rest of RAX is kept.
     assert_eq!(cpu.regs.gprs[0], 0x1122_3344_5566_a1a0);
@@ -195,7 +198,7 @@ fn in_eax_zero_extends() {
         Exit::Shutdown,
     ]);
     cpu.regs.gprs[0] = u64::MAX;
-    run(&mut cpu, &mut vm, Slice::UNBOUNDED);
+    run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
     assert_eq!(cpu.regs.gprs[0], 0xa3a2_a1a0);
 }
 
@@ -214,7 +217,7 @@ fn mmio_goes_through_the_emulator_to_the_device() {
     cpu.regs.rip = 0x1000;
     cpu.regs.gprs[0] = 0x5a;
     cpu.regs.gprs[7] = 0xfee0_0010;
-    run(&mut cpu, &mut vm, Slice::UNBOUNDED);
+    run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
     assert_eq!(probe(&vm).mmio_writes, vec![(0xfee0_0010, vec![0x5a])]);
     assert_eq!(cpu.regs.rip, 0x1002);
 }
@@ -229,7 +232,8 @@ fn an_unsupported_instruction_stops_the_vm_with_its_bytes_mode_and_rip() {
         gpa: Some(0xfee0_0000),
     }]);
     cpu.regs.rip = 0x1000;
-    let RunOutcome::Stopped(reason) = run(&mut cpu, &mut vm, Slice::UNBOUNDED) else {
+    let RunOutcome::Stopped(reason) = run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED)
+    else {
         panic!("the VM must stop")
     };
     let text = reason.to_string();
@@ -243,7 +247,7 @@ fn cpuid_answers_with_the_guest_view() {
     let mut vm = vm();
     let mut cpu = Scripted::new(vec![Exit::Cpuid { next_rip: 0x10 }, Exit::Shutdown]);
     cpu.regs.gprs[0] = 0x4000_0000;
-    run(&mut cpu, &mut vm, Slice::UNBOUNDED);
+    run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
     assert_eq!(cpu.regs.gprs[0], 0x4000_0000);
     assert_eq!(cpu.regs.gprs[3], u64::from(u32::from_le_bytes(*b"VmmC")));
     assert_eq!(cpu.regs.rip, 0x10);
@@ -254,7 +258,7 @@ fn hlt_with_interrupts_disabled_stops_the_vm_with_a_clear_reason() {
     let mut vm = vm();
     let mut cpu = Scripted::new(vec![Exit::Hlt { next_rip: 0x201 }]);
     cpu.regs.rflags = RFLAGS_FIXED;
-    let outcome = run(&mut cpu, &mut vm, Slice::UNBOUNDED);
+    let outcome = run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
     let RunOutcome::Stopped(reason) = outcome else {
         panic!("{outcome:?}")
     };
@@ -282,7 +286,7 @@ fn virtualization_instructions_and_unknown_msrs_fault_in_the_guest() {
         },
         Exit::Shutdown,
     ]);
-    run(&mut cpu, &mut vm, Slice::UNBOUNDED);
+    run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
     assert_eq!(
         cpu.injected,
         vec![
@@ -305,7 +309,7 @@ fn a_reset_request_resets_the_vcpu_and_the_devices() {
         },
         Exit::Shutdown,
     ]);
-    run(&mut cpu, &mut vm, Slice::UNBOUNDED);
+    run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
     assert_eq!(cpu.resets, 1);
     assert_eq!(probe(&vm).resets, 1);
 }
@@ -315,13 +319,13 @@ fn a_backend_error_stops_the_vm_and_a_slice_ends_on_preemption() {
     let mut vm = vm();
     let mut cpu = Scripted::new(vec![Exit::Preempted]);
     assert_eq!(
-        run(&mut cpu, &mut vm, Slice::UNBOUNDED),
+        run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED),
         RunOutcome::SliceEnded
     );
     let mut cpu = Scripted::new(vec![Exit::Error(ExitError::EntryFailed {
         detail: "EFER.SVME clear".into(),
     })]);
-    let outcome = run(&mut cpu, &mut vm, Slice::UNBOUNDED);
+    let outcome = run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
     assert_eq!(
         outcome,
         RunOutcome::Stopped(StopReason::Backend(
@@ -335,6 +339,186 @@ fn a_backend_error_stops_the_vm_and_a_slice_ends_on_preemption() {
         max_exits: 3,
         until_ns: None,
     };
-    assert_eq!(run(&mut cpu, &mut vm2, slice), RunOutcome::SliceEnded);
+    assert_eq!(
+        run(&mut cpu, &mut vm2, &NoInterrupts, slice),
+        RunOutcome::SliceEnded
+    );
     assert_eq!(cpu.exits.len(), 2);
+}
+
+/// An interrupt controller double: one vector waiting, or none.
+struct OneInterrupt {
+    vector: std::cell::Cell<Option<u8>>,
+}
+
+impl InterruptSource for OneInterrupt {
+    fn pending(&self) -> bool {
+        self.vector.get().is_some()
+    }
+    fn acknowledge(&self) -> Option<u8> {
+        self.vector.take()
+    }
+    fn take_nmi(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn a_pending_interrupt_is_injected_when_the_guest_can_take_it() {
+    let mut vm = vm();
+    let irq = OneInterrupt {
+        vector: Some(0x30).into(),
+    };
+    // Interrupts disabled: the loop asks for a window instead of injecting.
+    let mut cpu = Scripted::new(vec![Exit::InterruptWindow, Exit::Shutdown]);
+    cpu.regs.rflags = RFLAGS_FIXED;
+    run(
+        &mut cpu,
+        &mut vm,
+        &irq,
+        Slice {
+            max_exits: 1,
+            until_ns: None,
+        },
+    );
+    assert!(cpu.injected.is_empty());
+    assert!(irq.pending());
+    // The guest enables interrupts: the vector goes in, once.
+    cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_IF;
+    run(&mut cpu, &mut vm, &irq, Slice::UNBOUNDED);
+    assert_eq!(cpu.injected, vec![Event::Interrupt(0x30)]);
+    assert!(!irq.pending());
+}
+
+/// A timer that fires once at `at_ns` and raises a flag the interrupt
+/// source reads.
+struct OneShot {
+    at_ns: u64,
+    fired: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Device for OneShot {
+    fn name(&self) -> &str {
+        "one-shot"
+    }
+    fn timer(&mut self) -> Option<&mut dyn vmm_core::device::Timer> {
+        Some(self)
+    }
+}
+
+impl vmm_core::device::Timer for OneShot {
+    fn poll(&mut self, ctx: &mut DeviceContext<'_>) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        if self.fired.load(Ordering::SeqCst) {
+            return None;
+        }
+        if ctx.now_ns() >= self.at_ns {
+            self.fired.store(true, Ordering::SeqCst);
+            None
+        } else {
+            Some(self.at_ns)
+        }
+    }
+}
+
+struct FlagInterrupt {
+    fired: Arc<std::sync::atomic::AtomicBool>,
+    taken: std::cell::Cell<bool>,
+}
+
+impl InterruptSource for FlagInterrupt {
+    fn pending(&self) -> bool {
+        self.fired.load(std::sync::atomic::Ordering::SeqCst) && !self.taken.get()
+    }
+    fn acknowledge(&self) -> Option<u8> {
+        self.pending().then(|| {
+            self.taken.set(true);
+            0x20
+        })
+    }
+    fn take_nmi(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn hlt_sleeps_until_a_timer_interrupt_and_then_retires() {
+    let host = Arc::new(TestHost::new());
+    let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut vm = TestVmBuilder::new(host.clone(), 1)
+        .ram(0x10_0000)
+        .device(
+            OneShot {
+                at_ns: 5_000_000,
+                fired: fired.clone(),
+            },
+            &[],
+            &[],
+        )
+        .build()
+        .unwrap();
+    let irq = FlagInterrupt {
+        fired,
+        taken: false.into(),
+    };
+    let mut cpu = Scripted::new(vec![Exit::Hlt { next_rip: 0x101 }, Exit::Shutdown]);
+    cpu.regs.rip = 0x100;
+    cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_IF;
+    let outcome = run(&mut cpu, &mut vm, &irq, Slice::UNBOUNDED);
+    assert_eq!(outcome, RunOutcome::Stopped(StopReason::TripleFault));
+    // The vCPU slept until the timer (the test host's clock jumps there),
+    // HLT retired, and the interrupt returns to the instruction after it.
+    assert_eq!(host.now_ns(), 5_000_000);
+    assert_eq!(cpu.regs.rip, 0x101);
+    assert_eq!(cpu.injected, vec![Event::Interrupt(0x20)]);
+}
+
+#[test]
+fn hlt_with_nothing_to_wake_it_stops_the_vm() {
+    let mut vm = vm();
+    let mut cpu = Scripted::new(vec![Exit::Hlt { next_rip: 0x101 }]);
+    cpu.regs.rip = 0x100;
+    cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_IF;
+    let outcome = run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
+    assert_eq!(
+        outcome,
+        RunOutcome::Stopped(StopReason::Halted {
+            rip: 0x101,
+            interrupts_enabled: true
+        })
+    );
+}
+
+#[test]
+fn a_halted_vcpu_stays_halted_across_slices() {
+    let host = Arc::new(TestHost::new());
+    let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut vm = TestVmBuilder::new(host.clone(), 1)
+        .ram(0x10_0000)
+        .device(
+            OneShot {
+                at_ns: 50_000_000,
+                fired: fired.clone(),
+            },
+            &[],
+            &[],
+        )
+        .build()
+        .unwrap();
+    let irq = FlagInterrupt {
+        fired,
+        taken: false.into(),
+    };
+    let mut cpu = Scripted::new(vec![Exit::Hlt { next_rip: 0x101 }]);
+    cpu.regs.rip = 0x100;
+    cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_IF;
+    let slice = Slice {
+        max_exits: 100,
+        until_ns: Some(10_000_000),
+    };
+    assert_eq!(run(&mut cpu, &mut vm, &irq, slice), RunOutcome::SliceEnded);
+    // The slice ended before the timer: RIP is still on the HLT.
+    assert_eq!(cpu.regs.rip, 0x100);
+    assert_eq!(host.now_ns(), 10_000_000);
+    assert!(cpu.injected.is_empty());
 }

@@ -22,7 +22,7 @@ use multiboot2::{BootInformation, BootInformationHeader};
 use qemu::ExitCode;
 use vmm_core::host::Host;
 use vmm_core::svm::{Svm, SvmVcpu};
-use vmm_core::vcpu::{self, RunOutcome, Slice};
+use vmm_core::vcpu::{self, NoInterrupts, RunOutcome, Slice};
 use vmm_core::vm::{StopReason, Vm};
 
 const MULTIBOOT2_MAGIC: u32 = 0x36d7_6289;
@@ -168,7 +168,9 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 max_exits: 10_000,
                 until_ns: Some(time::now_ns() + 10_000_000),
             };
-            if let RunOutcome::Stopped(reason) = vcpu::run(&mut g.vcpu, &mut g.vm, slice) {
+            if let RunOutcome::Stopped(reason) =
+                vcpu::run(&mut g.vcpu, &mut g.vm, &NoInterrupts, slice)
+            {
                 log::info!("VM {} stopped: {reason}", g.vm.id().0);
                 g.stopped = Some(reason);
             }

@@ -14,6 +14,21 @@ pub use cpuid::{guest_cpuid, CpuidResult, HYPERVISOR_VENDOR};
 pub use exit::{Exit, ExitError};
 pub use run_loop::{run, RunOutcome, Slice};
 
+/// No interrupt controller: for guests that never take interrupts.
+pub struct NoInterrupts;
+
+impl InterruptSource for NoInterrupts {
+    fn pending(&self) -> bool {
+        false
+    }
+    fn acknowledge(&self) -> Option<u8> {
+        None
+    }
+    fn take_nmi(&self) -> bool {
+        false
+    }
+}
+
 use crate::emulator::{CpuState, Exception};
 use crate::vm::Vm;
 
@@ -26,6 +41,19 @@ pub enum Event {
     Interrupt(u8),
     /// A non-maskable interrupt.
     Nmi,
+}
+
+/// The interrupt controllers as one vCPU sees them (a PIC, a local APIC
+/// fed by an IOAPIC, or a test double): the exit loop asks before every
+/// entry and injects what is pending when the guest can take it.
+pub trait InterruptSource {
+    /// Whether an external interrupt is waiting for this vCPU.
+    fn pending(&self) -> bool;
+    /// Take the highest-priority pending interrupt (the INTA cycle): its
+    /// vector, now in service; `None` if it went away meanwhile.
+    fn acknowledge(&self) -> Option<u8>;
+    /// Take a pending NMI.
+    fn take_nmi(&self) -> bool;
 }
 
 /// A vCPU as the exit handling sees it: the guest's registers (through the

@@ -1,7 +1,7 @@
 //! The exit loop: the one place where exits become device accesses,
 //! emulation, CPUID answers and injected events, for every backend.
 
-use super::{guest_cpuid, Event, Exit, VcpuBackend};
+use super::{guest_cpuid, Event, Exit, InterruptSource, VcpuBackend};
 use crate::emulator::{EmulateError, Emulator, Exception, RFLAGS_IF};
 use crate::vm::{StopReason, Vm};
 use alloc::string::ToString;
@@ -48,18 +48,75 @@ fn merge_in(rax: u64, value: u32, size: u8) -> u64 {
     }
 }
 
-/// Run `vcpu` in `vm` until the VM stops or `slice` ends.
-pub fn run<B: VcpuBackend>(vcpu: &mut B, vm: &mut Vm, slice: Slice) -> RunOutcome {
+/// Deliver what `interrupts` has pending, or ask to hear when the guest can
+/// take it.
+fn deliver<B: VcpuBackend>(vcpu: &mut B, interrupts: &dyn InterruptSource) {
+    if interrupts.take_nmi() && !vcpu.inject(Event::Nmi) {
+        log::warn!("NMI dropped: another event was pending");
+    }
+    if !interrupts.pending() {
+        return;
+    }
+    if vcpu.interrupts_open() {
+        if let Some(vector) = interrupts.acknowledge() {
+            vcpu.inject(Event::Interrupt(vector));
+        }
+    } else {
+        vcpu.request_interrupt_window(true);
+    }
+}
+
+/// Run `vcpu` in `vm`, with `interrupts` as its interrupt controllers, until
+/// the VM stops or `slice` ends.
+pub fn run<B: VcpuBackend>(
+    vcpu: &mut B,
+    vm: &mut Vm,
+    interrupts: &dyn InterruptSource,
+    slice: Slice,
+) -> RunOutcome {
     let emulator = Emulator::default();
-    for _ in 0..slice.max_exits {
+    // Where a halted vCPU resumes once an interrupt wakes it.
+    let mut halted: Option<u64> = None;
+    for round in 0..slice.max_exits {
         if let Some(reason) = vm.stop_reason() {
             return RunOutcome::Stopped(reason.clone());
+        }
+        if round > 0 && slice.until_ns.is_some_and(|t| vm.host().now_ns() >= t) {
+            return RunOutcome::SliceEnded;
         }
         if vm.take_reset_request() {
             log::info!("VM {}: reset", vm.id().0);
             vm.devices_mut().reset_all();
             vcpu.reset();
+            halted = None;
         }
+        let deadline = vm.poll_timers();
+        if let Some(next_rip) = halted {
+            if interrupts.pending() {
+                // HLT completes: the interrupt returns to the next instruction.
+                vcpu.set_rip(next_rip);
+                halted = None;
+            } else if deadline.is_none() {
+                // Nothing can ever wake this vCPU: on hardware it would sleep
+                // forever. Stop the VM and say why.
+                vm.stop(StopReason::Halted {
+                    rip: next_rip,
+                    interrupts_enabled: true,
+                });
+                continue;
+            } else {
+                // Sleep until the next timer or the end of the slice. If the
+                // slice ends first, RIP is still on the HLT, so the next
+                // slice halts again at once.
+                let wake = match (deadline, slice.until_ns) {
+                    (Some(d), Some(u)) => Some(d.min(u)),
+                    (d, u) => d.or(u),
+                };
+                vm.host().idle(wake);
+                continue;
+            }
+        }
+        deliver(vcpu, interrupts);
         let exit = vcpu.run(vm);
         vm.stats_mut().record(exit.kind());
         match exit {
@@ -103,18 +160,15 @@ pub fn run<B: VcpuBackend>(vcpu: &mut B, vm: &mut Vm, slice: Slice) -> RunOutcom
                 vcpu.set_rip(next_rip);
             }
             Exit::Hlt { next_rip } => {
-                vcpu.set_rip(next_rip);
-                let interrupts_enabled = vcpu.rflags() & RFLAGS_IF != 0;
-                let deadline = vm.poll_timers();
-                if !interrupts_enabled || deadline.is_none() {
-                    // Nothing can ever wake this vCPU: on hardware it would
-                    // sleep forever. Stop the VM and say why.
+                if vcpu.rflags() & RFLAGS_IF == 0 {
+                    // Interrupts disabled: only an NMI could wake it, and
+                    // nothing here sends one. Stop and say why.
                     vm.stop(StopReason::Halted {
                         rip: next_rip,
-                        interrupts_enabled,
+                        interrupts_enabled: false,
                     });
                 } else {
-                    vm.host().idle(deadline);
+                    halted = Some(next_rip);
                 }
             }
             Exit::Msr { .. } => {
@@ -130,9 +184,6 @@ pub fn run<B: VcpuBackend>(vcpu: &mut B, vm: &mut Vm, slice: Slice) -> RunOutcom
             Exit::Shutdown => vm.stop(StopReason::TripleFault),
             Exit::Preempted => return RunOutcome::SliceEnded,
             Exit::Error(e) => vm.stop(StopReason::Backend(e.to_string())),
-        }
-        if slice.until_ns.is_some_and(|t| vm.host().now_ns() >= t) {
-            return RunOutcome::SliceEnded;
         }
     }
     match vm.stop_reason() {

@@ -11,7 +11,8 @@ use vmm_core::host::Host;
 use vmm_core::paging::ControlRegisters;
 use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_core::vcpu::{
-    run, Event, Exit, ExitError, InterruptSource, NoInterrupts, RunOutcome, Slice, VcpuBackend,
+    run, Event, Exit, ExitError, InterruptSource, MsrFile, NoInterrupts, RunOutcome, Slice,
+    VcpuBackend,
 };
 use vmm_core::vm::{StopReason, Vm};
 
@@ -77,6 +78,16 @@ impl VcpuBackend for Scripted {
     }
     fn interrupts_open(&self) -> bool {
         self.regs.rflags & RFLAGS_IF != 0
+    }
+    fn backend_msr(&self, msr: u32) -> Option<u64> {
+        (msr == vmm_core::vcpu::MSR_EFER).then_some(self.regs.control.efer)
+    }
+    fn set_backend_msr(&mut self, msr: u32, value: u64) -> bool {
+        if msr != vmm_core::vcpu::MSR_EFER || value & !0xd01 != 0 {
+            return false;
+        }
+        self.regs.control.efer = value;
+        true
     }
     fn reset(&mut self) {
         self.resets += 1;
@@ -175,7 +186,13 @@ fn port_io_reaches_the_device_and_in_merges_into_rax() {
         Exit::Shutdown,
     ]);
     cpu.regs.gprs[0] = 0x1122_3344_5566_7788;
-    let outcome = run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
+    let outcome = run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
     assert_eq!(probe(&vm).last_out, vec![0x88], "OUT sends AL");
     // IN AL then IN AX: the rest of RAX is kept.
     assert_eq!(cpu.regs.gprs[0], 0x1122_3344_5566_a1a0);
@@ -198,7 +215,13 @@ fn in_eax_zero_extends() {
         Exit::Shutdown,
     ]);
     cpu.regs.gprs[0] = u64::MAX;
-    run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
+    run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
     assert_eq!(cpu.regs.gprs[0], 0xa3a2_a1a0);
 }
 
@@ -217,7 +240,13 @@ fn mmio_goes_through_the_emulator_to_the_device() {
     cpu.regs.rip = 0x1000;
     cpu.regs.gprs[0] = 0x5a;
     cpu.regs.gprs[7] = 0xfee0_0010;
-    run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
+    run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
     assert_eq!(probe(&vm).mmio_writes, vec![(0xfee0_0010, vec![0x5a])]);
     assert_eq!(cpu.regs.rip, 0x1002);
 }
@@ -232,8 +261,13 @@ fn an_unsupported_instruction_stops_the_vm_with_its_bytes_mode_and_rip() {
         gpa: Some(0xfee0_0000),
     }]);
     cpu.regs.rip = 0x1000;
-    let RunOutcome::Stopped(reason) = run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED)
-    else {
+    let RunOutcome::Stopped(reason) = run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    ) else {
         panic!("the VM must stop")
     };
     let text = reason.to_string();
@@ -247,7 +281,13 @@ fn cpuid_answers_with_the_guest_view() {
     let mut vm = vm();
     let mut cpu = Scripted::new(vec![Exit::Cpuid { next_rip: 0x10 }, Exit::Shutdown]);
     cpu.regs.gprs[0] = 0x4000_0000;
-    run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
+    run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
     assert_eq!(cpu.regs.gprs[0], 0x4000_0000);
     assert_eq!(cpu.regs.gprs[3], u64::from(u32::from_le_bytes(*b"VmmC")));
     assert_eq!(cpu.regs.rip, 0x10);
@@ -258,7 +298,13 @@ fn hlt_with_interrupts_disabled_stops_the_vm_with_a_clear_reason() {
     let mut vm = vm();
     let mut cpu = Scripted::new(vec![Exit::Hlt { next_rip: 0x201 }]);
     cpu.regs.rflags = RFLAGS_FIXED;
-    let outcome = run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
+    let outcome = run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
     let RunOutcome::Stopped(reason) = outcome else {
         panic!("{outcome:?}")
     };
@@ -276,6 +322,89 @@ fn hlt_with_interrupts_disabled_stops_the_vm_with_a_clear_reason() {
 }
 
 #[test]
+fn msrs_are_emulated_or_fault_like_hardware() {
+    let mut vm = vm();
+    let mut cpu = Scripted::new(vec![
+        // WRMSR EFER = LME|SCE, then RDMSR EFER, then RDMSR APIC_BASE.
+        Exit::Msr {
+            write: true,
+            next_rip: 2,
+        },
+        Exit::Msr {
+            write: false,
+            next_rip: 4,
+        },
+    ]);
+    cpu.regs.gprs[1] = 0xc000_0080;
+    cpu.regs.gprs[0] = 0x101;
+    cpu.regs.gprs[2] = 0;
+    let mut msrs = MsrFile::default();
+    run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut msrs,
+        Slice {
+            max_exits: 1,
+            until_ns: None,
+        },
+    );
+    assert_eq!(cpu.regs.control.efer, 0x101);
+    cpu.regs.gprs[0] = 0;
+    run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut msrs,
+        Slice {
+            max_exits: 1,
+            until_ns: None,
+        },
+    );
+    assert_eq!((cpu.regs.gprs[0], cpu.regs.gprs[2]), (0x101, 0));
+    assert_eq!(cpu.regs.rip, 4);
+    // APIC base: the xAPIC at 0xfee00000, enabled, BSP.
+    let mut cpu2 = Scripted::new(vec![
+        Exit::Msr {
+            write: false,
+            next_rip: 2,
+        },
+        Exit::Shutdown,
+    ]);
+    cpu2.regs.gprs[1] = 0x1b;
+    run(
+        &mut cpu2,
+        &mut self::vm(),
+        &NoInterrupts,
+        &mut msrs,
+        Slice::UNBOUNDED,
+    );
+    assert_eq!(cpu2.regs.gprs[0], 0xfee0_0900);
+    // Reserved EFER bits fault, and nothing changes.
+    let mut cpu3 = Scripted::new(vec![
+        Exit::Msr {
+            write: true,
+            next_rip: 2,
+        },
+        Exit::Shutdown,
+    ]);
+    cpu3.regs.gprs[1] = 0xc000_0080;
+    cpu3.regs.gprs[0] = 1 << 3;
+    run(
+        &mut cpu3,
+        &mut self::vm(),
+        &NoInterrupts,
+        &mut msrs,
+        Slice::UNBOUNDED,
+    );
+    assert_eq!(
+        cpu3.injected,
+        vec![Event::Exception(Exception::GeneralProtection(0))]
+    );
+    assert_eq!(cpu3.regs.rip, 0);
+}
+
+#[test]
 fn virtualization_instructions_and_unknown_msrs_fault_in_the_guest() {
     let mut vm = vm();
     let mut cpu = Scripted::new(vec![
@@ -286,7 +415,13 @@ fn virtualization_instructions_and_unknown_msrs_fault_in_the_guest() {
         },
         Exit::Shutdown,
     ]);
-    run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
+    run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
     assert_eq!(
         cpu.injected,
         vec![
@@ -309,7 +444,13 @@ fn a_reset_request_resets_the_vcpu_and_the_devices() {
         },
         Exit::Shutdown,
     ]);
-    run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
+    run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
     assert_eq!(cpu.resets, 1);
     assert_eq!(probe(&vm).resets, 1);
 }
@@ -319,13 +460,25 @@ fn a_backend_error_stops_the_vm_and_a_slice_ends_on_preemption() {
     let mut vm = vm();
     let mut cpu = Scripted::new(vec![Exit::Preempted]);
     assert_eq!(
-        run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED),
+        run(
+            &mut cpu,
+            &mut vm,
+            &NoInterrupts,
+            &mut MsrFile::default(),
+            Slice::UNBOUNDED
+        ),
         RunOutcome::SliceEnded
     );
     let mut cpu = Scripted::new(vec![Exit::Error(ExitError::EntryFailed {
         detail: "EFER.SVME clear".into(),
     })]);
-    let outcome = run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
+    let outcome = run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
     assert_eq!(
         outcome,
         RunOutcome::Stopped(StopReason::Backend(
@@ -340,7 +493,13 @@ fn a_backend_error_stops_the_vm_and_a_slice_ends_on_preemption() {
         until_ns: None,
     };
     assert_eq!(
-        run(&mut cpu, &mut vm2, &NoInterrupts, slice),
+        run(
+            &mut cpu,
+            &mut vm2,
+            &NoInterrupts,
+            &mut MsrFile::default(),
+            slice
+        ),
         RunOutcome::SliceEnded
     );
     assert_eq!(cpu.exits.len(), 2);
@@ -376,6 +535,7 @@ fn a_pending_interrupt_is_injected_when_the_guest_can_take_it() {
         &mut cpu,
         &mut vm,
         &irq,
+        &mut MsrFile::default(),
         Slice {
             max_exits: 1,
             until_ns: None,
@@ -385,7 +545,13 @@ fn a_pending_interrupt_is_injected_when_the_guest_can_take_it() {
     assert!(irq.pending());
     // The guest enables interrupts: the vector goes in, once.
     cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_IF;
-    run(&mut cpu, &mut vm, &irq, Slice::UNBOUNDED);
+    run(
+        &mut cpu,
+        &mut vm,
+        &irq,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
     assert_eq!(cpu.injected, vec![Event::Interrupt(0x30)]);
     assert!(!irq.pending());
 }
@@ -464,7 +630,13 @@ fn hlt_sleeps_until_a_timer_interrupt_and_then_retires() {
     let mut cpu = Scripted::new(vec![Exit::Hlt { next_rip: 0x101 }, Exit::Shutdown]);
     cpu.regs.rip = 0x100;
     cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_IF;
-    let outcome = run(&mut cpu, &mut vm, &irq, Slice::UNBOUNDED);
+    let outcome = run(
+        &mut cpu,
+        &mut vm,
+        &irq,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
     assert_eq!(outcome, RunOutcome::Stopped(StopReason::TripleFault));
     // The vCPU slept until the timer (the test host's clock jumps there),
     // HLT retired, and the interrupt returns to the instruction after it.
@@ -479,7 +651,13 @@ fn hlt_with_nothing_to_wake_it_stops_the_vm() {
     let mut cpu = Scripted::new(vec![Exit::Hlt { next_rip: 0x101 }]);
     cpu.regs.rip = 0x100;
     cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_IF;
-    let outcome = run(&mut cpu, &mut vm, &NoInterrupts, Slice::UNBOUNDED);
+    let outcome = run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
     assert_eq!(
         outcome,
         RunOutcome::Stopped(StopReason::Halted {
@@ -516,7 +694,10 @@ fn a_halted_vcpu_stays_halted_across_slices() {
         max_exits: 100,
         until_ns: Some(10_000_000),
     };
-    assert_eq!(run(&mut cpu, &mut vm, &irq, slice), RunOutcome::SliceEnded);
+    assert_eq!(
+        run(&mut cpu, &mut vm, &irq, &mut MsrFile::default(), slice),
+        RunOutcome::SliceEnded
+    );
     // The slice ended before the timer: RIP is still on the HLT.
     assert_eq!(cpu.regs.rip, 0x100);
     assert_eq!(host.now_ns(), 10_000_000);

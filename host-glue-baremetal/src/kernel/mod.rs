@@ -22,7 +22,7 @@ use multiboot2::{BootInformation, BootInformationHeader};
 use qemu::ExitCode;
 use vmm_core::host::Host;
 use vmm_core::svm::{Svm, SvmVcpu};
-use vmm_core::vcpu::{self, NoInterrupts, RunOutcome, Slice};
+use vmm_core::vcpu::{self, MsrFile, NoInterrupts, RunOutcome, Slice};
 use vmm_core::vm::{StopReason, Vm};
 
 const MULTIBOOT2_MAGIC: u32 = 0x36d7_6289;
@@ -157,6 +157,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             name,
             vm,
             vcpu,
+            msrs: MsrFile::default(),
             stopped: None,
         });
     }
@@ -169,7 +170,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 until_ns: Some(time::now_ns() + 10_000_000),
             };
             if let RunOutcome::Stopped(reason) =
-                vcpu::run(&mut g.vcpu, &mut g.vm, &NoInterrupts, slice)
+                vcpu::run(&mut g.vcpu, &mut g.vm, &NoInterrupts, &mut g.msrs, slice)
             {
                 log::info!("VM {} stopped: {reason}", g.vm.id().0);
                 g.stopped = Some(reason);
@@ -206,6 +207,7 @@ struct Guest<'a> {
     name: &'a str,
     vm: Vm,
     vcpu: SvmVcpu,
+    msrs: MsrFile,
     stopped: Option<StopReason>,
 }
 

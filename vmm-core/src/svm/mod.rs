@@ -152,6 +152,25 @@ const EXIT_SKINIT: u64 = 0x86;
 const EXIT_NPF: u64 = 0x400;
 const EXIT_INVALID: u64 = u64::MAX;
 
+/// Clear the read and write intercept bits of `msr` in an MSR permission
+/// map (two bits per MSR in three 8 KiB-MSR ranges, APM vol. 2 15.11).
+fn pass_msr_through(map: &mut [u8], msr: u32) {
+    let (range_base, range_offset) = match msr {
+        0..=0x1fff => (0, 0),
+        0xc000_0000..=0xc000_1fff => (0xc000_0000, 0x800),
+        0xc001_0000..=0xc001_1fff => (0xc001_0000, 0x1000),
+        _ => return,
+    };
+    let bit = (msr - range_base) as usize * 2;
+    if let Some(byte) = map.get_mut(range_offset + bit / 8) {
+        *byte &= !(0b11 << (bit % 8));
+    }
+}
+
+/// EFER bits a guest may set: SCE, LME, NXE, FFXSR (LMA is the CPU's).
+const EFER_GUEST_WRITABLE: u64 = (1 << 0) | (1 << 8) | (1 << 11) | (1 << 14);
+const EFER_LMA: u64 = 1 << 10;
+
 /// One vCPU on SVM with nested paging.
 pub struct SvmVcpu {
     vmcb: Vmcb,
@@ -177,6 +196,9 @@ impl SvmVcpu {
         iopm.as_mut_slice().fill(0xff);
         let mut msrpm = host.alloc_memory(2 * 4096, 4096).map_err(SvmError::Host)?;
         msrpm.as_mut_slice().fill(0xff);
+        for msr in crate::vcpu::PASS_THROUGH {
+            pass_msr_through(msrpm.as_mut_slice(), msr);
+        }
         let iopm_pa = phys_of(iopm.as_ref())?;
         let msrpm_pa = phys_of(msrpm.as_ref())?;
         let mut me = Self {
@@ -430,6 +452,28 @@ impl VcpuBackend for SvmVcpu {
             && self.vmcb.read_u64(offset::EVENT_INJ) & (1 << 31) == 0
     }
 
+    fn backend_msr(&self, msr: u32) -> Option<u64> {
+        match msr {
+            crate::vcpu::MSR_EFER => Some(self.vmcb.read_u64(offset::EFER) & !EFER_SVME),
+            _ => None,
+        }
+    }
+
+    fn set_backend_msr(&mut self, msr: u32, value: u64) -> bool {
+        match msr {
+            crate::vcpu::MSR_EFER => {
+                if value & !(EFER_GUEST_WRITABLE | EFER_LMA) != 0 {
+                    return false;
+                }
+                let lma = self.vmcb.read_u64(offset::EFER) & EFER_LMA;
+                let efer = (value & EFER_GUEST_WRITABLE) | lma | EFER_SVME;
+                self.vmcb.write_u64(offset::EFER, efer);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn reset(&mut self) {
         self.vmcb.set_reset_state();
         // After RESET, EDX holds the processor signature.
@@ -455,5 +499,23 @@ impl VcpuBackend for SvmVcpu {
         }
         self.vmcb.write_u32(offset::INTERCEPT_MISC1, misc);
         self.vmcb.write_u64(offset::V_INTR, v_intr);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msr_permission_map_bits_follow_the_apm_layout() {
+        let mut map = [0xffu8; 0x2000];
+        pass_msr_through(&mut map, 0x174); // SYSENTER_CS: bits 0x2e8, 0x2e9
+        assert_eq!(map[0x2e8 / 8], 0xfc);
+        pass_msr_through(&mut map, 0xc000_0082); // LSTAR: bits 0x104-0x105 of 0x800
+        assert_eq!(map[0x820], 0xcf);
+        pass_msr_through(&mut map, 0xc001_0000);
+        assert_eq!(map[0x1000], 0xfc);
+        pass_msr_through(&mut map, 0x4000_0000); // outside the map: ignored
+        assert_eq!(map.iter().filter(|b| **b != 0xff).count(), 3);
     }
 }

@@ -36,6 +36,8 @@ const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_ECX_X2APIC: u32 = 1 << 21;
 /// Leaf 1 ECX: TSC deadline timer.
 const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// Leaf 1 / 0x8000_0001 EDX: MTRRs (the guest has none; MTRRCAP reads 0).
+const EDX_MTRR: u32 = 1 << 12;
 /// Leaf 0x8000_0001 ECX: SVM.
 const EXT1_ECX_SVM: u32 = 1 << 2;
 
@@ -70,11 +72,15 @@ pub fn guest_cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
                 1 => {
                     r.ecx &= !(LEAF1_ECX_VMX | LEAF1_ECX_X2APIC | LEAF1_ECX_TSC_DEADLINE);
                     r.ecx |= LEAF1_ECX_HYPERVISOR;
+                    r.edx &= !EDX_MTRR;
                     // One logical processor, APIC ID 0.
                     r.ebx &= 0x0000_ffff;
                     r.ebx |= 1 << 16;
                 }
-                0x8000_0001 => r.ecx &= !EXT1_ECX_SVM,
+                0x8000_0001 => {
+                    r.ecx &= !EXT1_ECX_SVM;
+                    r.edx &= !EDX_MTRR;
+                }
                 // SVM feature leaf: nothing to report.
                 0x8000_000a => r = CpuidResult::default(),
                 _ => {}

@@ -8,10 +8,12 @@
 
 mod cpuid;
 mod exit;
+mod msr;
 mod run_loop;
 
 pub use cpuid::{guest_cpuid, CpuidResult, HYPERVISOR_VENDOR};
 pub use exit::{Exit, ExitError};
+pub use msr::{MsrFile, MSR_APIC_BASE, MSR_EFER, MSR_TSC, PASS_THROUGH};
 pub use run_loop::{run, RunOutcome, Slice};
 
 /// No interrupt controller: for guests that never take interrupts.
@@ -72,6 +74,15 @@ pub trait VcpuBackend: CpuState {
     /// Whether the guest can take an external interrupt now (RFLAGS.IF set,
     /// no interrupt shadow, no event pending).
     fn interrupts_open(&self) -> bool;
+
+    /// RDMSR of an MSR the backend keeps in its guest state (EFER, and on
+    /// backends that intercept them the MSRs of [`PASS_THROUGH`]); `None`
+    /// if the backend has no such MSR (the guest gets #GP).
+    fn backend_msr(&self, msr: u32) -> Option<u64>;
+
+    /// WRMSR of such an MSR; `false` if the backend has no such MSR or the
+    /// value is invalid (the guest gets #GP).
+    fn set_backend_msr(&mut self, msr: u32, value: u64) -> bool;
 
     /// Put the vCPU back into its power-on state (CS:IP = F000:FFF0): the VM
     /// is being reset.

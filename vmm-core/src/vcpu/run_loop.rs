@@ -1,7 +1,7 @@
 //! The exit loop: the one place where exits become device accesses,
 //! emulation, CPUID answers and injected events, for every backend.
 
-use super::{guest_cpuid, Event, Exit, InterruptSource, VcpuBackend};
+use super::{guest_cpuid, Event, Exit, InterruptSource, MsrFile, VcpuBackend};
 use crate::emulator::{EmulateError, Emulator, Exception, RFLAGS_IF};
 use crate::vm::{StopReason, Vm};
 use alloc::string::ToString;
@@ -66,12 +66,13 @@ fn deliver<B: VcpuBackend>(vcpu: &mut B, interrupts: &dyn InterruptSource) {
     }
 }
 
-/// Run `vcpu` in `vm`, with `interrupts` as its interrupt controllers, until
-/// the VM stops or `slice` ends.
+/// Run `vcpu` in `vm`, with `interrupts` as its interrupt controllers and
+/// `msrs` as its emulated MSRs, until the VM stops or `slice` ends.
 pub fn run<B: VcpuBackend>(
     vcpu: &mut B,
     vm: &mut Vm,
     interrupts: &dyn InterruptSource,
+    msrs: &mut MsrFile,
     slice: Slice,
 ) -> RunOutcome {
     let emulator = Emulator::default();
@@ -171,10 +172,26 @@ pub fn run<B: VcpuBackend>(
                     halted = Some(next_rip);
                 }
             }
-            Exit::Msr { .. } => {
-                // No MSR is emulated yet: the guest gets what hardware gives
-                // for an MSR it does not have.
-                vcpu.inject(Event::Exception(Exception::GeneralProtection(0)));
+            Exit::Msr { write, next_rip } => {
+                let msr = vcpu.gpr(RCX) as u32;
+                let ok = if write {
+                    let value = (vcpu.gpr(RDX) << 32) | (vcpu.gpr(RAX) & 0xffff_ffff);
+                    msrs.write(vcpu, msr, value)
+                } else {
+                    match msrs.read(vcpu, msr) {
+                        Some(v) => {
+                            vcpu.set_gpr(RAX, v & 0xffff_ffff);
+                            vcpu.set_gpr(RDX, v >> 32);
+                            true
+                        }
+                        None => false,
+                    }
+                };
+                if ok {
+                    vcpu.set_rip(next_rip);
+                } else {
+                    vcpu.inject(Event::Exception(Exception::GeneralProtection(0)));
+                }
             }
             Exit::ExternalInterrupt => {}
             Exit::InterruptWindow => vcpu.request_interrupt_window(false),

@@ -26,19 +26,30 @@ pub struct RunArgs {
 
 /// Build the kernel (release profile, with debug info) and return its ELF.
 pub fn build() -> Result<PathBuf> {
+    build_profile(true)
+}
+
+/// Build the kernel in the release profile (`release`, with line tables) or
+/// the dev profile (unoptimised, full debug info, for gdb).
+pub fn build_profile(release: bool) -> Result<PathBuf> {
     system::ensure_rust_target()?;
-    step(
-        system::cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "host-glue-baremetal",
-            "--target",
-            "x86_64-unknown-none",
-        ]),
-        "build the bare-metal host",
-    )?;
-    let elf = system::target_dir().join("x86_64-unknown-none/release/host-glue-baremetal");
+    let mut cmd = system::cargo();
+    cmd.args([
+        "build",
+        "-p",
+        "host-glue-baremetal",
+        "--target",
+        "x86_64-unknown-none",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    step(&mut cmd, "build the bare-metal host")?;
+    let profile = if release { "release" } else { "debug" };
+    let elf = system::target_dir()
+        .join("x86_64-unknown-none")
+        .join(profile)
+        .join("host-glue-baremetal");
     if elf.is_file() {
         Ok(elf)
     } else {

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod fuzz;
+pub mod gdb;
 pub mod images;
 pub mod kernel;
 pub mod qemu;

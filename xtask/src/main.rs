@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use xtask::{bench, fuzz, images, kernel, test};
+use xtask::{bench, fuzz, gdb, images, kernel, test};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, test, run and benchmark the VMM")]
@@ -26,6 +26,9 @@ enum Command {
     /// Boot the bare-metal VMM host under QEMU (TCG with SVM and nested
     /// paging), streaming its console.
     Run(kernel::RunArgs),
+    /// Debug the bare-metal host at source level: QEMU paused with its gdb
+    /// stub, gdb with the host's symbols, stopped in the exit handler.
+    Gdb(gdb::GdbArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Images => images::fetch().map(|imgs| imgs.print()),
         Command::Run(args) => kernel::run(args),
+        Command::Gdb(args) => gdb::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

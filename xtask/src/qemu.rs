@@ -101,6 +101,12 @@ impl Outcome {
 /// The QEMU command that boots `iso` on an SVM-capable TCG CPU with nested
 /// paging, console on stdio, and the exit device.
 pub fn command(iso: &Path, memory_mib: u64) -> Command {
+    command_with_serial(iso, memory_mib, "stdio")
+}
+
+/// [`command`] with the console sent to `serial` (a QEMU chardev such as
+/// `stdio` or `file:PATH`).
+pub fn command_with_serial(iso: &Path, memory_mib: u64, serial: &str) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
     c.args(["-accel", "tcg", "-cpu", "qemu64,+svm,+npt", "-smp", "1"])
         .args(["-m", &format!("{memory_mib}M")])
@@ -108,7 +114,7 @@ pub fn command(iso: &Path, memory_mib: u64) -> Command {
             "-display",
             "none",
             "-serial",
-            "stdio",
+            serial,
             "-no-reboot",
             "-monitor",
             "none",

@@ -90,6 +90,8 @@ pub fn run(args: TestArgs) -> Result<()> {
     let imgs = images::fetch()?;
     let kernel_elf = kernel::build()?;
     let guest_images = kernel::guests()?;
+    let debug_kernel = kernel::build_profile(false)?;
+    ensure_packages(&["gdb"])?;
     qemu::ensure_iso_tools()?;
 
     // Tests marked #[ignore] need the images fetched above; run them all.
@@ -107,6 +109,7 @@ pub fn run(args: TestArgs) -> Result<()> {
         cmd.env(k, v);
     }
     cmd.env("VMM_TEST_KERNEL", &kernel_elf);
+    cmd.env("VMM_TEST_KERNEL_DEBUG", &debug_kernel);
     if let Some(dir) = guest_images.first().and_then(|g| g.path.parent()) {
         cmd.env("VMM_TEST_GUESTS", dir);
     }

@@ -93,6 +93,8 @@ pub fn guests() -> Result<Vec<GuestImage>> {
         let path = out_dir.join(format!("{name}.bin"));
         output(
             Command::new("nasm")
+                .arg("-i")
+                .arg(format!("{}/", src.display()))
                 .args(["-f", "bin", "-o"])
                 .arg(&path)
                 .arg(&source),

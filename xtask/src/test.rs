@@ -9,7 +9,7 @@ use std::process::Stdio;
 /// `cargo xtask test [--slow] [--fuzz-seconds N] [--no-fuzz]`.
 #[derive(Args)]
 pub struct TestArgs {
-    /// Also run the slow suites (long guest boots).
+    /// Also run the slow suites (tests named `slow_*`: long guest runs).
     #[arg(long)]
     slow: bool,
     /// Seconds of fuzzing per target in the smoke run.
@@ -105,6 +105,10 @@ pub fn run(args: TestArgs) -> Result<()> {
         "--include-ignored",
     ])
     .stdout(Stdio::piped());
+    // Tests named slow_* run only with --slow (they report as filtered out).
+    if !args.slow {
+        cmd.args(["--skip", "slow_"]);
+    }
     for (k, v) in imgs.env() {
         cmd.env(k, v);
     }
@@ -112,9 +116,6 @@ pub fn run(args: TestArgs) -> Result<()> {
     cmd.env("VMM_TEST_KERNEL_DEBUG", &debug_kernel);
     if let Some(dir) = guest_images.first().and_then(|g| g.path.parent()) {
         cmd.env("VMM_TEST_GUESTS", dir);
-    }
-    if args.slow {
-        cmd.env("VMM_SLOW_TESTS", "1");
     }
     let mut child = cmd
         .spawn()

@@ -143,3 +143,97 @@ fn no_guest_image_is_a_clear_error() {
     );
     assert_eq!(outcome, Outcome::Failure, "{console}");
 }
+
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
+fn svm_instructions_in_the_guest_raise_ud_in_the_guest() {
+    let (outcome, console) = boot("guest_mem=32M vms=2", &["svm_instructions", "hello"], 256);
+    // VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA.
+    assert!(
+        console.contains("[vm 0] SVM instructions raised #UD 8 times in protected mode"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 0 (svm_instructions): guest powered off"),
+        "{console}"
+    );
+    assert!(
+        console.contains("virt-instruction                8"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 1 (hello): guest powered off"),
+        "{console}"
+    );
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
+fn every_port_at_every_size_is_answered_and_the_host_goes_on() {
+    let (outcome, console) = boot_and_capture(
+        &kernel(),
+        "guest_mem=32M vms=2",
+        &guests(&["port_sweep", "hello"]),
+        256,
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    assert!(console.contains("[vm 0] port sweep done"), "{console}");
+    assert!(
+        console.contains("vm 0 (port_sweep): guest powered off"),
+        "{console}"
+    );
+    // Every port but COM1's and the ACPI block's is unhooked and was probed.
+    assert!(console.contains("unhooked ports: 65464"), "{console}");
+    assert!(console.contains("... and 65432 more"), "{console}");
+    assert!(
+        console.contains("vm 1 (hello): guest powered off"),
+        "{console}"
+    );
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
+fn an_unsupported_instruction_on_mmio_stops_only_its_vm_and_says_what() {
+    let (outcome, console) = boot("guest_mem=32M vms=2", &["mmio_unsupported", "hello"], 256);
+    assert!(console.contains("[vm 0] x87 load from MMIO"), "{console}");
+    assert!(
+        console.contains("vm 0 (mmio_unsupported): device instruction emulator failed: unsupported instruction [26 d9 06 10 00] in real mode at rip 0x22"),
+        "{console}"
+    );
+    assert!(
+        !console.contains("let an unsupported MMIO instruction through"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 1 (hello): guest powered off"),
+        "{console}"
+    );
+    assert_eq!(outcome, Outcome::Failure, "{console}");
+}
+
+/// Slow suite (`cargo xtask test --slow`): about 17 million port exits.
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test --slow"]
+fn slow_every_byte_value_to_every_port() {
+    let (outcome, console) = boot_and_capture(
+        &kernel(),
+        "guest_mem=32M vms=2",
+        &guests(&["port_sweep_full", "hello"]),
+        256,
+        Duration::from_secs(3 * 3600),
+    )
+    .unwrap();
+    assert!(console.contains("[vm 0] port sweep done"), "{console}");
+    assert!(
+        console.contains("vm 0 (port_sweep_full): guest powered off"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 1 (hello): guest powered off"),
+        "{console}"
+    );
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}

@@ -527,7 +527,8 @@ impl DeviceManager {
     }
 
     /// A printable report: every claim with its counts, then the unhooked
-    /// ports and MMIO addresses the guest touched, most touched first.
+    /// ports and MMIO addresses the guest touched, most touched first (the
+    /// first [`REPORT_UNHOOKED`] of each, and how many more).
     pub fn report(&self) -> DeviceReport<'_> {
         DeviceReport { dm: self }
     }
@@ -541,6 +542,10 @@ fn context<'a>(env: DispatchEnv<'a>, id: DeviceId) -> DeviceContext<'a> {
         id,
     )
 }
+
+/// How many unhooked ports (and MMIO addresses) a report lists, most
+/// touched first; the rest are counted.
+pub const REPORT_UNHOOKED: usize = 32;
 
 /// The printable form of [`DeviceManager::report`].
 pub struct DeviceReport<'a> {
@@ -579,22 +584,28 @@ impl fmt::Display for DeviceReport<'_> {
         let mut unhooked: Vec<(&u16, &PortCount)> = dm.unhooked_ports.iter().collect();
         unhooked.sort_by_key(|(p, c)| (core::cmp::Reverse(c.reads + c.writes), **p));
         writeln!(f, "unhooked ports: {}", unhooked.len())?;
-        for (p, c) in unhooked {
+        for (p, c) in unhooked.iter().take(REPORT_UNHOOKED) {
             writeln!(
                 f,
                 "  {:#06x} reads {:>10} writes {:>10}",
                 p, c.reads, c.writes
             )?;
         }
+        if unhooked.len() > REPORT_UNHOOKED {
+            writeln!(f, "  ... and {} more", unhooked.len() - REPORT_UNHOOKED)?;
+        }
         let mut unhooked: Vec<(&u64, &PortCount)> = dm.unhooked_mmio.iter().collect();
         unhooked.sort_by_key(|(a, c)| (core::cmp::Reverse(c.reads + c.writes), **a));
         writeln!(f, "unhooked mmio: {}", unhooked.len())?;
-        for (a, c) in unhooked {
+        for (a, c) in unhooked.iter().take(REPORT_UNHOOKED) {
             writeln!(
                 f,
                 "  {:#014x} reads {:>10} writes {:>10}",
                 a, c.reads, c.writes
             )?;
+        }
+        if unhooked.len() > REPORT_UNHOOKED {
+            writeln!(f, "  ... and {} more", unhooked.len() - REPORT_UNHOOKED)?;
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ mod manager;
 
 pub use context::{DeviceContext, VmRequest};
 pub(crate) use manager::DispatchEnv;
-pub use manager::{ClaimError, DeviceManager, DeviceReport, PortCount};
+pub use manager::{ClaimError, DeviceManager, DeviceReport, PortCount, REPORT_UNHOOKED};
 
 use core::any::Any;
 

@@ -237,3 +237,44 @@ fn slow_every_byte_value_to_every_port() {
     );
     assert_eq!(outcome, Outcome::Success, "{console}");
 }
+
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
+fn dma_aimed_outside_guest_ram_is_refused_and_writes_nothing() {
+    let (outcome, console) = boot("guest_mem=32M vms=2", &["dma_attack", "hello"], 256);
+    for line in [
+        "[vm 0] dma to rom: refused",
+        "[vm 0] dma to the vga hole: refused",
+        "[vm 0] dma past the end of ram: refused",
+    ] {
+        assert!(console.contains(line), "{line}: {console}");
+    }
+    // The host says which transition it denied and why.
+    assert!(
+        console.contains("ide-primary-dma (VM 0): transition PrdProgrammed -> Running denied: DMA refused: guest-physical 0xf0000 is not RAM of this VM (ReadOnly)"),
+        "{console}"
+    );
+    assert!(
+        console.contains("guest-physical 0x10000000 is not RAM of this VM (Unmapped)"),
+        "{console}"
+    );
+    // A DMA into RAM still works, and nothing landed where it was refused.
+    assert!(console.contains("[vm 0] dma to ram: done"), "{console}");
+    assert!(
+        console.contains("[vm 0] ram holds the disk sector"),
+        "{console}"
+    );
+    assert!(
+        console.contains("[vm 0] the vga hole still reads all-ones"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 0 (dma_attack): guest powered off"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 1 (hello): guest powered off"),
+        "{console}"
+    );
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}

@@ -1,20 +1,26 @@
 //! Building one VM for a guest image: RAM, the image as firmware ROM, and
-//! the devices a small guest uses (COM1, ACPI power management).
+//! the devices a small guest uses (COM1, ACPI power management, and an IDE
+//! controller with a 1 MiB scratch disk whose first sector starts "DISK").
 
 use super::console::GuestConsole;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
+use alloc::vec;
 use vmm_core::host::Host;
 use vmm_core::irq::UnconnectedLine;
 use vmm_core::memory::{Backing, GuestMemory};
 use vmm_core::vm::{Vm, VmId};
 use vmm_devices::acpi_pm::{AcpiPm, PM_BLOCK_LEN};
+use vmm_devices::block::{MemoryImage, DISK_SECTOR_SIZE};
+use vmm_devices::ide::{Drive, IdeSlot, LegacyIde};
 use vmm_devices::uart::{Uart, COM1};
 
 /// Where the ACPI PM block sits (as QEMU's PIIX4 puts it).
 pub const PM_BASE: u16 = 0xb000;
+/// Where the IDE bus-master block sits.
+pub const BUS_MASTER_BASE: u16 = 0xc000;
 
 /// Build VM `id` with `ram` bytes of RAM running `image` as its firmware.
 pub fn build(host: Arc<dyn Host>, id: u32, ram: u64, image: &[u8]) -> Result<Vm, String> {
@@ -68,5 +74,25 @@ pub fn build(host: Arc<dyn Host>, id: u32, ram: u64, image: &[u8]) -> Result<Vm,
         .map_err(|e| format!("{e}"))?;
     vm.claim_ports(pm, PM_BASE, PM_BLOCK_LEN)
         .map_err(|e| format!("{e}"))?;
+
+    let mut sectors = vec![0u8; 1 << 20];
+    sectors[..4].copy_from_slice(b"DISK");
+    let disk = MemoryImage::writable("scratch disk", sectors, DISK_SECTOR_SIZE)
+        .map_err(|e| format!("{e}"))?;
+    let drive = Drive::disk(Box::new(disk)).map_err(|e| format!("{e:?}"))?;
+    let mut ide = LegacyIde::new(
+        Box::new(UnconnectedLine),
+        Box::new(UnconnectedLine),
+        Some(BUS_MASTER_BASE),
+    );
+    ide.controller_mut()
+        .attach(IdeSlot::PrimaryMaster, drive)
+        .map_err(|e| format!("{e:?}"))?;
+    let claims = ide.port_claims();
+    let ide = vm.add_device(Box::new(ide)).map_err(|e| format!("{e}"))?;
+    for (first, count) in claims {
+        vm.claim_ports(ide, first, count)
+            .map_err(|e| format!("{e}"))?;
+    }
     Ok(vm)
 }

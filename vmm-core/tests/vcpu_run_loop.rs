@@ -274,6 +274,7 @@ fn an_unsupported_instruction_stops_the_vm_with_its_bytes_mode_and_rip() {
     assert!(text.contains("0f a2"), "{text}");
     assert!(text.contains("real mode"), "{text}");
     assert!(text.contains("0x1000"), "{text}");
+    assert!(text.contains("touching 0xfee00000 (Mmio)"), "{text}");
 }
 
 #[test]

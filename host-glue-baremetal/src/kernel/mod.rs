@@ -7,12 +7,14 @@ mod guest;
 mod heap;
 mod host;
 mod interrupts;
+mod pc;
 mod port_io;
 mod qemu;
 #[macro_use]
 pub mod serial;
 mod time;
 
+use alloc::boxed::Box;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -20,9 +22,10 @@ use core::panic::PanicInfo;
 use host_glue_baremetal::cmdline::{self, LogLevel, SelfTest};
 use multiboot2::{BootInformation, BootInformationHeader};
 use qemu::ExitCode;
+use vmm_core::emulator::{CpuState, Segment};
 use vmm_core::host::Host;
 use vmm_core::svm::{Svm, SvmVcpu};
-use vmm_core::vcpu::{self, MsrFile, NoInterrupts, RunOutcome, Slice};
+use vmm_core::vcpu::{self, InterruptSource, MsrFile, NoInterrupts, RunOutcome, Slice};
 use vmm_core::vm::{StopReason, Vm};
 
 const MULTIBOOT2_MAGIC: u32 = 0x36d7_6289;
@@ -138,12 +141,34 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     };
     log::info!("SVM enabled: {:?}", svm.features());
 
+    // A module named "bios" makes every VM a PC running that firmware, with
+    // the module named "cdrom" in its CD-ROM drive; otherwise each VM runs a
+    // guest program as its firmware.
+    let find = |name: &str| images.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
+    let pc_bios = find("bios");
+    let programs: Vec<(&str, &'static [u8])> = images
+        .iter()
+        .copied()
+        .filter(|(n, _)| *n != "bios" && *n != "cdrom")
+        .collect();
+    if pc_bios.is_none() && programs.is_empty() {
+        fail(format_args!("no guest program among the boot modules"));
+    }
+
     let mut guests = Vec::new();
     for i in 0..config.vms {
-        let (name, image) = images[(i as usize).min(images.len() - 1)];
-        let vm = match guest::build(host.clone(), i, config.guest_mem, image) {
-            Ok(vm) => vm,
-            Err(e) => fail(format_args!("VM {i} ({name}): {e}")),
+        let (name, vm, interrupts): (&str, Vm, Box<dyn InterruptSource>) = match pc_bios {
+            Some(bios) => match pc::build(host.clone(), i, config.guest_mem, bios, find("cdrom")) {
+                Ok((vm, irq)) => ("pc", vm, Box::new(irq)),
+                Err(e) => fail(format_args!("VM {i} (pc): {e}")),
+            },
+            None => {
+                let (name, image) = programs[(i as usize).min(programs.len() - 1)];
+                match guest::build(host.clone(), i, config.guest_mem, image) {
+                    Ok(vm) => (name, vm, Box::new(NoInterrupts)),
+                    Err(e) => fail(format_args!("VM {i} ({name}): {e}")),
+                }
+            }
         };
         let vcpu = match SvmVcpu::new(&svm, &vm, i + 1) {
             Ok(v) => v,
@@ -157,12 +182,15 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             name,
             vm,
             vcpu,
+            interrupts,
             msrs: MsrFile::default(),
             stopped: None,
         });
     }
 
     // Round-robin time slices of 10 ms (or 10000 exits) until every VM stops.
+    // At loglevel=debug a heartbeat shows where each VM is once a second.
+    let mut next_heartbeat = time::now_ns() + 1_000_000_000;
     while guests.iter().any(|g| g.stopped.is_none()) {
         for g in guests.iter_mut().filter(|g| g.stopped.is_none()) {
             let slice = Slice {
@@ -170,10 +198,29 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 until_ns: Some(time::now_ns() + 10_000_000),
             };
             if let RunOutcome::Stopped(reason) =
-                vcpu::run(&mut g.vcpu, &mut g.vm, &NoInterrupts, &mut g.msrs, slice)
+                vcpu::run(&mut g.vcpu, &mut g.vm, &*g.interrupts, &mut g.msrs, slice)
             {
                 log::info!("VM {} stopped: {reason}", g.vm.id().0);
                 g.stopped = Some(reason);
+            }
+        }
+        if log::log_enabled!(log::Level::Debug) && time::now_ns() >= next_heartbeat {
+            next_heartbeat = time::now_ns() + 1_000_000_000;
+            for g in guests.iter().filter(|g| g.stopped.is_none()) {
+                let cs = g.vcpu.segment(Segment::Cs);
+                log::debug!(
+                    "VM {}: cs {:#x} (base {:#x}) rip {:#x}, rflags {:#x}, {}",
+                    g.vm.id().0,
+                    cs.selector,
+                    cs.base,
+                    g.vcpu.rip(),
+                    g.vcpu.rflags(),
+                    g.vm.stats().to_string().replace('\n', " ")
+                );
+                let report = g.vm.devices().report().to_string();
+                for line in report.lines().skip(1).take(3) {
+                    log::debug!("VM {}: {}", g.vm.id().0, line.trim());
+                }
             }
         }
     }
@@ -207,6 +254,7 @@ struct Guest<'a> {
     name: &'a str,
     vm: Vm,
     vcpu: SvmVcpu,
+    interrupts: Box<dyn InterruptSource>,
     msrs: MsrFile,
     stopped: Option<StopReason>,
 }

@@ -139,16 +139,24 @@ pub fn run<B: VcpuBackend>(
                 }
                 vcpu.set_rip(next_rip);
             }
-            Exit::Emulate { .. } => match emulator.emulate(vcpu, vm) {
+            Exit::Emulate { gpa } => match emulator.emulate(vcpu, vm) {
                 Ok(_) => {}
                 Err(EmulateError::Exception(e)) => {
                     vcpu.inject(Event::Exception(e));
                 }
                 Err(EmulateError::LockContended) => {}
                 Err(other) => {
-                    let reason = other
+                    let mut reason = other
                         .stop_reason()
                         .unwrap_or(StopReason::Backend(other.to_string()));
+                    // Say what the guest touched: the address that faulted
+                    // and what the memory map has there.
+                    if let (Some(gpa), StopReason::DeviceFailure { detail, .. }) =
+                        (gpa, &mut reason)
+                    {
+                        let kind = vm.memory().kind_at(gpa);
+                        detail.push_str(&alloc::format!(", touching {gpa:#x} ({kind:?})"));
+                    }
                     vm.stop(reason);
                 }
             },

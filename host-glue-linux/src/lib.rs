@@ -5,6 +5,8 @@
 //! clock, idling by sleeping. The KVM vCPU backend and the `vmm` command
 //! build on it.
 
+pub mod block_file;
+
 use std::time::{Duration, Instant};
 use vmm_core::host::{Host, HostError, HostMemory, HostPhysAddr};
 

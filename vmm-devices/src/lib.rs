@@ -9,5 +9,20 @@
 
 extern crate alloc;
 
+pub mod a20;
+pub mod acpi_pm;
 pub mod block;
+pub mod debug_console;
+pub mod i8042;
 pub mod ide;
+pub mod interrupts;
+pub mod ioapic;
+pub mod lapic;
+pub mod pci;
+pub mod pic;
+pub mod pit;
+pub mod platform;
+pub mod post_code;
+pub mod rtc;
+pub mod system_control;
+pub mod uart;

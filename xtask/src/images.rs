@@ -12,6 +12,8 @@ pub struct Images {
     pub vmlinuz: PathBuf,
     /// SeaBIOS as Debian ships it.
     pub seabios: PathBuf,
+    /// The default Linux CD image (see xtask/assets/linux-cd).
+    pub linux_iso: PathBuf,
 }
 
 impl Images {
@@ -19,13 +21,15 @@ impl Images {
     pub fn print(&self) {
         println!("vmlinuz: {}", self.vmlinuz.display());
         println!("seabios: {}", self.seabios.display());
+        println!("linux cd: {}", self.linux_iso.display());
     }
 
     /// The environment variables tests read to find the images.
-    pub fn env(&self) -> [(&'static str, PathBuf); 2] {
+    pub fn env(&self) -> [(&'static str, PathBuf); 3] {
         [
             ("VMM_TEST_VMLINUZ", self.vmlinuz.clone()),
             ("VMM_TEST_SEABIOS", self.seabios.clone()),
+            ("VMM_TEST_LINUX_ISO", self.linux_iso.clone()),
         ]
     }
 }
@@ -114,5 +118,102 @@ pub fn fetch() -> Result<Images> {
         })?;
         let _ = std::fs::remove_dir_all(&work);
     }
-    Ok(Images { vmlinuz, seabios })
+    let linux_iso = linux_cd(&dir, &vmlinuz)?;
+    Ok(Images {
+        vmlinuz,
+        seabios,
+        linux_iso,
+    })
+}
+
+/// Build the default Linux CD (cached): the Debian kernel, a busybox
+/// initramfs with our init, ISOLINUX on the serial console.
+fn linux_cd(dir: &std::path::Path, vmlinuz: &std::path::Path) -> Result<PathBuf> {
+    let iso = dir.join("linux.iso");
+    let assets = system::root().join("xtask/assets/linux-cd");
+    let newest_input = ["init", "isolinux.cfg"]
+        .iter()
+        .filter_map(|f| {
+            std::fs::metadata(assets.join(f))
+                .and_then(|m| m.modified())
+                .ok()
+        })
+        .chain(std::fs::metadata(vmlinuz).and_then(|m| m.modified()).ok())
+        .max();
+    let built = std::fs::metadata(&iso).and_then(|m| m.modified()).ok();
+    if built.is_some() && built >= newest_input {
+        return Ok(iso);
+    }
+    ensure_packages(&[
+        "busybox-static",
+        "isolinux",
+        "syslinux-common",
+        "xorriso",
+        "cpio",
+    ])?;
+    let work = dir.join("linux-cd");
+    let _ = std::fs::remove_dir_all(&work);
+    let root = work.join("initramfs");
+    let tree = work.join("iso");
+    let io = |what: &str, e: std::io::Error| Error::msg(format!("{what}: {e}"));
+    for d in ["bin", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(root.join(d)).map_err(|e| io("initramfs", e))?;
+    }
+    for d in ["boot", "isolinux"] {
+        std::fs::create_dir_all(tree.join(d)).map_err(|e| io("iso tree", e))?;
+    }
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::copy(from, to)
+            .map(|_| ())
+            .map_err(|e| Error::msg(format!("copy {} to {}: {e}", from.display(), to.display())))
+    };
+    copy(
+        std::path::Path::new("/bin/busybox"),
+        &root.join("bin/busybox"),
+    )?;
+    copy(&assets.join("init"), &root.join("init"))?;
+    step(
+        Command::new("chmod").arg("755").arg(root.join("init")),
+        "chmod init",
+    )?;
+    step(
+        Command::new("sh")
+            .arg("-c")
+            .arg("find . | cpio -o -H newc --quiet | gzip -9 > \"$0\"")
+            .arg(tree.join("boot/initrd.gz"))
+            .current_dir(&root),
+        "pack the initramfs",
+    )?;
+    copy(vmlinuz, &tree.join("boot/vmlinuz"))?;
+    copy(
+        std::path::Path::new("/usr/lib/ISOLINUX/isolinux.bin"),
+        &tree.join("isolinux/isolinux.bin"),
+    )?;
+    copy(
+        std::path::Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
+        &tree.join("isolinux/ldlinux.c32"),
+    )?;
+    copy(
+        &assets.join("isolinux.cfg"),
+        &tree.join("isolinux/isolinux.cfg"),
+    )?;
+    output(
+        Command::new("xorriso")
+            .args(["-as", "mkisofs", "-quiet", "-o"])
+            .arg(&iso)
+            .args([
+                "-b",
+                "isolinux/isolinux.bin",
+                "-c",
+                "isolinux/boot.cat",
+                "-no-emul-boot",
+                "-boot-load-size",
+                "4",
+                "-boot-info-table",
+            ])
+            .arg(&tree),
+        "xorriso (the Linux CD)",
+    )?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(iso)
 }

@@ -12,9 +12,16 @@ use std::time::{Duration, Instant};
 /// `cargo xtask run` options.
 #[derive(Args)]
 pub struct RunArgs {
-    /// Guest programs to run, one VM each (names of
+    /// The CD image to boot (default: the Linux CD `cargo xtask images`
+    /// builds from Debian packages).
+    #[arg(long)]
+    iso: Option<PathBuf>,
+    /// Number of VMs, each a PC booting the CD.
+    #[arg(long, default_value_t = 1)]
+    vms: u32,
+    /// Instead of PCs, run these guest programs, one VM each (names of
     /// host-glue-baremetal/guests/*.asm).
-    #[arg(long, value_delimiter = ',', default_value = "hello")]
+    #[arg(long, value_delimiter = ',')]
     guests: Vec<String>,
     /// Guest RAM per VM (e.g. 512M).
     #[arg(long, default_value = "512M")]
@@ -225,20 +232,48 @@ fn parse_mib(s: &str) -> Option<u64> {
 pub fn run(args: RunArgs) -> Result<()> {
     qemu::ensure()?;
     let elf = build()?;
-    let available = guests()?;
-    let mut chosen = Vec::new();
-    for name in &args.guests {
-        let g = available.iter().find(|g| &g.name == name).ok_or_else(|| {
-            let known: Vec<&str> = available.iter().map(|g| g.name.as_str()).collect();
-            Error::msg(format!("no guest '{name}'; known: {}", known.join(", ")))
-        })?;
-        chosen.push(g.clone());
-    }
-    let vms = chosen.len() as u32;
+    let (modules, vms, extra_mib) = if args.guests.is_empty() {
+        // The main job: PCs with SeaBIOS booting the CD.
+        let images = crate::images::fetch()?;
+        let iso_file = args.iso.clone().unwrap_or(images.linux_iso);
+        let size = std::fs::metadata(&iso_file)
+            .map_err(|e| Error::msg(format!("CD image {}: {e}", iso_file.display())))?
+            .len();
+        if size == 0 || size % 2048 != 0 {
+            return Err(Error::msg(format!(
+                "CD image {}: {size} bytes is not a non-empty multiple of 2048-byte sectors",
+                iso_file.display()
+            )));
+        }
+        let modules = vec![
+            GuestImage {
+                name: "bios".into(),
+                path: images.seabios,
+            },
+            GuestImage {
+                name: "cdrom".into(),
+                path: iso_file,
+            },
+        ];
+        // Each VM copies the CD into its own drive.
+        (modules, args.vms, (size >> 20) * u64::from(args.vms + 1))
+    } else {
+        let available = guests()?;
+        let mut chosen = Vec::new();
+        for name in &args.guests {
+            let g = available.iter().find(|g| &g.name == name).ok_or_else(|| {
+                let known: Vec<&str> = available.iter().map(|g| g.name.as_str()).collect();
+                Error::msg(format!("no guest '{name}'; known: {}", known.join(", ")))
+            })?;
+            chosen.push(g.clone());
+        }
+        let vms = chosen.len() as u32;
+        (chosen, vms, 0)
+    };
     let iso_path = system::target_dir().join("vmm-host.iso");
     let cmdline = format!("guest_mem={} vms={vms} {}", args.memory, args.cmdline);
-    iso(&elf, cmdline.trim(), &chosen, &iso_path)?;
-    let mem = host_memory_mib(&args.memory, vms)?;
+    iso(&elf, cmdline.trim(), &modules, &iso_path)?;
+    let mem = host_memory_mib(&args.memory, vms)? + extra_mib;
     eprintln!(
         "xtask: booting {} under QEMU TCG (SVM + NPT)",
         iso_path.display()

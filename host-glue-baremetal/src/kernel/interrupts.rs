@@ -1,6 +1,7 @@
 //! The host's IDT: every CPU exception prints the registers and a
-//! frame-pointer backtrace on the console and ends the run as a failure.
-//! (The host takes no device interrupts yet; guests' interrupts are virtual.)
+//! frame-pointer backtrace on the console and ends the run as a failure;
+//! the host timer (vector 0x20) is counted and acknowledged. Guests'
+//! interrupts are virtual and never come through here.
 
 use super::qemu::{self, ExitCode};
 use core::arch::global_asm;
@@ -22,6 +23,34 @@ isr_\n:
     push \n
     jmp isr_common
     .endr
+
+    // The host timer (vector 0x20): save the caller-saved registers, count
+    // and acknowledge, return. Spurious APIC interrupts (0xff) need no EOI.
+    .global isr_timer
+isr_timer:
+    push rax
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    call host_timer_interrupt
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+    .global isr_spurious
+isr_spurious:
+    iretq
 
 isr_common:
     push rax
@@ -83,6 +112,8 @@ pub struct TrapFrame {
 
 extern "C" {
     static isr_table: [u64; 32];
+    fn isr_timer();
+    fn isr_spurious();
 }
 
 #[derive(Clone, Copy, Default)]
@@ -103,7 +134,7 @@ struct IdtPointer {
     base: u64,
 }
 
-static IDT: Once<[IdtEntry; 32]> = Once::new();
+static IDT: Once<[IdtEntry; 256]> = Once::new();
 
 const NAMES: [&str; 32] = [
     "#DE divide error",
@@ -143,25 +174,27 @@ const NAMES: [&str; 32] = [
 /// Load the IDT.
 pub fn init() {
     let idt = IDT.call_once(|| {
-        let mut idt = [IdtEntry::default(); 32];
-        for (i, entry) in idt.iter_mut().enumerate() {
+        let gate = |handler: u64| IdtEntry {
+            offset_low: handler as u16,
+            selector: 0x08,
+            ist: 0,
+            attributes: 0x8e, // present, ring 0, interrupt gate
+            offset_mid: (handler >> 16) as u16,
+            offset_high: (handler >> 32) as u32,
+            reserved: 0,
+        };
+        let mut idt = [IdtEntry::default(); 256];
+        for (i, entry) in idt.iter_mut().take(32).enumerate() {
             // SAFETY: `isr_table` is a read-only table of 32 addresses
             // emitted by the assembly above; reading it is always valid.
-            let handler = unsafe { isr_table[i] };
-            *entry = IdtEntry {
-                offset_low: handler as u16,
-                selector: 0x08,
-                ist: 0,
-                attributes: 0x8e, // present, ring 0, interrupt gate
-                offset_mid: (handler >> 16) as u16,
-                offset_high: (handler >> 32) as u32,
-                reserved: 0,
-            };
+            *entry = gate(unsafe { isr_table[i] });
         }
+        idt[usize::from(super::apic::TIMER_VECTOR)] = gate(isr_timer as *const () as u64);
+        idt[usize::from(super::apic::SPURIOUS_VECTOR)] = gate(isr_spurious as *const () as u64);
         idt
     });
     let pointer = IdtPointer {
-        limit: (core::mem::size_of::<[IdtEntry; 32]>() - 1) as u16,
+        limit: (core::mem::size_of::<[IdtEntry; 256]>() - 1) as u16,
         base: idt.as_ptr() as u64,
     };
     // SAFETY: the IDT is a `'static` table of valid gates whose handlers are

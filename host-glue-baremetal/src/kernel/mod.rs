@@ -1,6 +1,7 @@
 //! The bare-metal kernel: boot, console, exceptions, heap, time, and the
 //! VMs it hosts.
 
+mod apic;
 mod boot;
 mod console;
 mod guest;
@@ -86,6 +87,10 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     log::info!("heap: {} MiB at {:#x}", heap.size >> 20, heap.start);
     let tsc_hz = time::calibrate();
     log::info!("TSC: {} MHz", tsc_hz / 1_000_000);
+    // A 1 ms host tick: a guest that never exits on its own is interrupted
+    // (INTR intercept), so its virtual timers fire and VMs take turns.
+    let apic_hz = apic::start_timer(1_000_000);
+    log::info!("host APIC timer: {} MHz, 1 ms period", apic_hz / 1_000_000);
     for m in boot.module_tags() {
         log::info!(
             "module '{}': {} KiB at {:#x}",

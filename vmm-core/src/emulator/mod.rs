@@ -1,1 +1,171 @@
 //! Instruction decoding and emulation for accesses to emulated memory.
+//!
+//! When the guest touches MMIO (a nested-paging violation), faults under
+//! shadow paging, or runs a string port instruction, the backend hands the
+//! vCPU to [`Emulator::emulate`]: it fetches the instruction at CS:RIP
+//! through the guest's segmentation and page tables (the shared
+//! [`crate::paging::Walker`]), decodes it with iced-x86 in whatever mode the
+//! vCPU is in, and carries it out against guest memory and devices.
+//!
+//! The emulator is generic over two small traits, so tests and fuzzers plug
+//! in mocks: [`CpuState`] (registers, segments, control registers) and
+//! [`GuestBus`] (guest-physical memory that may be MMIO, and I/O ports).
+//! [`crate::vm::Vm`] implements [`GuestBus`], routing memory to RAM or to
+//! the device manager and ports to port devices.
+//!
+//! Faults the guest must see come back as [`Exception`]s for the backend to
+//! inject (#PF with its error code and CR2, #GP, #SS, #UD, #NM, #AC);
+//! instructions the emulator does not implement come back as
+//! [`EmulateError::Unsupported`] with the bytes, mode and RIP, for the VM to
+//! stop with. Nothing a guest does makes it panic.
+//!
+//! AVX (VEX-encoded) moves need the vCPU to expose YMM state and XCR0
+//! through [`CpuState`]; otherwise they are reported as unsupported.
+//!
+//! Limits, by design or not yet done: EVEX (AVX-512) and MMX forms are
+//! reported as unsupported; the I/O permission bitmap is not consulted for
+//! INS/OUTS (VMX and SVM check it before the exit); a single-step trap
+//! (RFLAGS.TF) after an emulated instruction is left to the backend, which
+//! sees TF in the state; far pointers, segment-register loads, control
+//! registers and control transfers are not emulated.
+//!
+//! ```
+//! use vmm_core::emulator::{Completion, Emulator, RegisterFile};
+//! use vmm_core::test_host::{TestHost, TestVmBuilder};
+//! use std::sync::Arc;
+//!
+//! // A real-mode guest with `mov [bx], al` (88 07) at 0x1000.
+//! let mut vm = TestVmBuilder::new(Arc::new(TestHost::new()), 0).ram(0x10000).build().unwrap();
+//! vm.memory_mut().write(0x1000, &[0x88, 0x07]).unwrap();
+//! let mut cpu = RegisterFile::real_mode();
+//! cpu.rip = 0x1000;
+//! cpu.gprs[0] = 0x5a; // AL
+//! cpu.gprs[3] = 0x2000; // BX
+//! let done = Emulator::default().emulate(&mut cpu, &mut vm).unwrap();
+//! assert_eq!(done, Completion::Retired);
+//! assert_eq!(cpu.rip, 0x1002);
+//! assert_eq!(vm.memory().read_u8(0x2000).unwrap(), 0x5a);
+//! ```
+
+mod access;
+mod alu;
+mod cpu;
+mod decode;
+mod error;
+mod execute;
+mod operand;
+mod string;
+mod vector;
+mod vm_bus;
+
+pub use cpu::{
+    BusError, CpuMode, CpuState, GuestBus, RegisterFile, Segment, SegmentRegister, RFLAGS_AC,
+    RFLAGS_AF, RFLAGS_CF, RFLAGS_DF, RFLAGS_FIXED, RFLAGS_IF, RFLAGS_IOPL, RFLAGS_OF, RFLAGS_PF,
+    RFLAGS_RF, RFLAGS_SF, RFLAGS_STATUS, RFLAGS_TF, RFLAGS_VM, RFLAGS_ZF,
+};
+pub use error::{EmulateError, Exception, InstructionBytes};
+pub use execute::undefined_flags;
+
+use access::Context;
+use string::StringOutcome;
+
+/// How an emulation call ended, when the guest takes no exception.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// The instruction completed and RIP points past it.
+    Retired,
+    /// A REP instruction reached the per-call iteration bound: RCX, RSI
+    /// and RDI reflect the iterations done and RIP still points at the
+    /// instruction, so the guest resumes it (after any pending interrupt).
+    Paused,
+}
+
+/// The emulator's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Emulator {
+    /// The most REP iterations one call performs before returning
+    /// [`Completion::Paused`] (at least one is always done).
+    pub max_rep_iterations: u64,
+    /// The guest's MAXPHYADDR, for reserved-bit checks in page tables.
+    pub max_phys_bits: u8,
+}
+
+impl Default for Emulator {
+    fn default() -> Self {
+        Self {
+            max_rep_iterations: 1024,
+            max_phys_bits: 46,
+        }
+    }
+}
+
+/// How many times a locked instruction is retried after losing a race.
+const LOCK_RETRIES: u32 = 8;
+
+impl Emulator {
+    /// Fetch, decode and execute the instruction at CS:RIP.
+    pub fn emulate<S: CpuState, B: GuestBus>(
+        &self,
+        state: &mut S,
+        bus: &mut B,
+    ) -> Result<Completion, EmulateError> {
+        self.emulate_with_bytes(state, bus, &[])
+    }
+
+    /// Like [`Emulator::emulate`], but decode from `bytes` when they hold
+    /// the whole instruction (the bytes an SVM decode assist or KVM hands
+    /// over); otherwise fetch from guest memory.
+    pub fn emulate_with_bytes<S: CpuState, B: GuestBus>(
+        &self,
+        state: &mut S,
+        bus: &mut B,
+        bytes: &[u8],
+    ) -> Result<Completion, EmulateError> {
+        let mut ctx = Context::new(state, bus, self.max_phys_bits);
+        let rip = ctx.state.rip();
+        let given = if bytes.is_empty() {
+            None
+        } else {
+            decode::decode_given(ctx.mode, rip, bytes).ok().flatten()
+        };
+        let d = match given {
+            Some(d) => d,
+            None => decode::fetch(&mut ctx)?,
+        };
+        let mut tries = 0;
+        loop {
+            match self.run(&mut ctx, &d) {
+                Err(EmulateError::LockContended) if tries < LOCK_RETRIES => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn run<S: CpuState, B: GuestBus>(
+        &self,
+        ctx: &mut Context<'_, S, B>,
+        d: &decode::Decoded,
+    ) -> Result<Completion, EmulateError> {
+        match ctx.string(d, self.max_rep_iterations)? {
+            StringOutcome::Paused => return Ok(Completion::Paused),
+            StringOutcome::Done => {}
+            StringOutcome::NotString => {
+                if !ctx.execute(d)? {
+                    return Err(ctx.unsupported(d));
+                }
+            }
+        }
+        let next = match ctx.mode.bitness() {
+            64 => d.instr.next_ip(),
+            _ if d.instr.code_size() == iced_x86::CodeSize::Code16 => d.instr.next_ip() & 0xffff,
+            _ => d.instr.next_ip() & 0xffff_ffff,
+        };
+        ctx.state.set_rip(next);
+        // A completed instruction clears RF, as hardware does.
+        let flags = ctx.state.rflags();
+        if flags & RFLAGS_RF != 0 {
+            ctx.state.set_rflags(flags & !RFLAGS_RF);
+        }
+        Ok(Completion::Retired)
+    }
+}

@@ -31,6 +31,11 @@ pub struct GuestGprs {
 // with VMLOAD/VMRUN/VMSAVE under CLGI, stores the guest's registers back and
 // returns. RAX and RSP of the guest live in the VMCB; the host's RSP comes
 // back from the host save area.
+//
+// Physical interrupts: the host's IF is set at VMRUN (with GIF clear, so
+// nothing is taken before the guest runs). With V_INTR_MASKING that IF lets
+// a physical interrupt end the guest's run (INTR intercept); after the exit,
+// STGI lets the host take it through its IDT, then IF is cleared again.
 global_asm!(
     r#"
     .section .text.vmm_svm_vmrun, "ax"
@@ -60,6 +65,7 @@ vmm_svm_vmrun:
     mov r15, [rsi + 104]
     mov rsi, [rsi + 24]
     clgi
+    sti
     vmload rax
     vmrun rax
     vmsave rax
@@ -81,6 +87,7 @@ vmm_svm_vmrun:
     pop rax
     mov [rsi + 24], rax
     stgi
+    cli
     add rsp, 16
     pop r15
     pop r14
@@ -103,7 +110,9 @@ extern "C" {
 /// SVM must be enabled on this CPU (EFER.SVME, VM_HSAVE_PA), `vmcb_pa` must
 /// be the host-physical address of a 4 KiB-aligned VMCB owned by the caller
 /// whose nested page tables, I/O and MSR permission maps map only memory of
-/// this VM, and interrupts must be disabled in the host.
+/// this VM. Interrupts are enabled around the guest's run and taken by the
+/// host after it, so the host's IDT must handle every interrupt the host has
+/// unmasked; they are disabled again on return.
 pub unsafe fn vmrun(vmcb_pa: u64, gprs: &mut GuestGprs) {
     // SAFETY: the caller guarantees the VMCB and SVM state; the assembly
     // restores every callee-saved register and the stack before returning.

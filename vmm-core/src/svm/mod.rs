@@ -412,8 +412,8 @@ impl VcpuBackend for SvmVcpu {
         self.vmcb.write_u32(offset::CLEAN_BITS, 0);
         // SAFETY: SVM was enabled by `Svm::enable` (required to build this
         // vCPU); the VMCB is ours, its nested tables map only this VM's
-        // memory, its permission maps intercept every port and MSR, and the
-        // bare-metal host runs with interrupts disabled.
+        // memory, its permission maps intercept every port and MSR; the host
+        // handles the interrupts it unmasks (see `instructions::vmrun`).
         unsafe { instructions::vmrun(pa, &mut self.gprs) };
         self.vmcb.write_u8(offset::TLB_CONTROL, 0);
         self.vmcb.write_u64(offset::EVENT_INJ, 0);

@@ -1,0 +1,217 @@
+//! Fuzz the instruction emulator: arbitrary instruction bytes, CPU mode,
+//! control registers (paging mode, WP, SMEP, SMAP, NX, PKE, AM), segment
+//! registers, general and XMM registers, flags, and guest memory holding
+//! page tables the fuzzer also controls.
+//!
+//! Invariants: no panic; every emulation call finishes within a bounded
+//! number of bus accesses; every physical access is inside the given guest
+//! memory or the MMIO window and never crosses a 4 KiB page; a port access
+//! is 1, 2 or 4 bytes; an exception is one the architecture defines with a
+//! consistent error code; RIP moves only when the instruction retires.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use vmm_core::emulator::{
+    BusError, Completion, EmulateError, Emulator, Exception, GuestBus, RegisterFile, Segment,
+    SegmentRegister,
+};
+use vmm_core::paging::*;
+
+const RAM: usize = 0x10000;
+const MMIO: u64 = 0xfee0_0000;
+const MMIO_LEN: u64 = 0x2000;
+
+#[derive(Arbitrary, Debug)]
+struct Seg {
+    selector: u16,
+    base: u32,
+    limit: u32,
+    attributes: u16,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    /// 0 real, 1 16-bit protected, 2 32-bit protected, 3 compatibility,
+    /// 4+ 64-bit; with bits for the paging mode.
+    mode: u8,
+    control_bits: u16,
+    cr3: u16,
+    cpl: u8,
+    rflags: u32,
+    rip: u16,
+    gprs: [u64; 16],
+    xmm: [u64; 4],
+    segments: [Seg; 6],
+    rep_bound: u8,
+    pkru: u32,
+    code: [u8; 16],
+    /// (page-aligned offset, bytes) patches of guest memory: page tables,
+    /// data.
+    patches: Vec<(u16, Vec<u8>)>,
+    /// Pick 64-bit-friendly defaults for the segments instead of raw ones.
+    flat: bool,
+}
+
+struct Bus {
+    ram: Vec<u8>,
+    accesses: u64,
+}
+
+impl Bus {
+    fn check(&mut self, gpa: u64, len: usize) -> Result<Option<usize>, BusError> {
+        self.accesses += 1;
+        assert!((1..=32).contains(&len), "access of {len} bytes");
+        let end = gpa
+            .checked_add(len as u64 - 1)
+            .expect("access wraps the address space");
+        assert_eq!(gpa >> 12, end >> 12, "access {gpa:#x}+{len} crosses a page");
+        if end < RAM as u64 {
+            Ok(Some(gpa as usize))
+        } else if gpa >= MMIO && end < MMIO + MMIO_LEN {
+            Ok(None)
+        } else {
+            Err(BusError::Memory { gpa })
+        }
+    }
+}
+
+impl GuestBus for Bus {
+    fn read_physical(&mut self, gpa: u64, data: &mut [u8]) -> Result<(), BusError> {
+        match self.check(gpa, data.len())? {
+            Some(at) => data.copy_from_slice(&self.ram[at..at + data.len()]),
+            None => data.fill(0x5a),
+        }
+        Ok(())
+    }
+    fn write_physical(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
+        if let Some(at) = self.check(gpa, data.len())? {
+            self.ram[at..at + data.len()].copy_from_slice(data);
+        }
+        Ok(())
+    }
+    fn io_read(&mut self, _port: u16, data: &mut [u8]) -> Result<(), BusError> {
+        self.accesses += 1;
+        assert!(matches!(data.len(), 1 | 2 | 4));
+        data.fill(0xa5);
+        Ok(())
+    }
+    fn io_write(&mut self, _port: u16, data: &[u8]) -> Result<(), BusError> {
+        self.accesses += 1;
+        assert!(matches!(data.len(), 1 | 2 | 4));
+        Ok(())
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let mut bus = Bus {
+        ram: vec![0; RAM],
+        accesses: 0,
+    };
+    for (at, bytes) in &input.patches {
+        let at = usize::from(*at);
+        let n = bytes.len().min(RAM - at);
+        bus.ram[at..at + n].copy_from_slice(&bytes[..n]);
+    }
+    let rip = u64::from(input.rip);
+    let code_at = (input.rip as usize).min(RAM - 16);
+    bus.ram[code_at..code_at + 16].copy_from_slice(&input.code);
+
+    let mut cpu = RegisterFile::default();
+    cpu.gprs = input.gprs;
+    for (i, x) in input.xmm.iter().enumerate() {
+        cpu.xmm[i] = u128::from(*x) << 64 | u128::from(!*x);
+        cpu.ymm_upper[i] = u128::from(x.rotate_left(7));
+    }
+    cpu.rflags = u64::from(input.rflags) | 2;
+    cpu.rip = rip;
+    cpu.pkru = input.pkru;
+    let bits = u64::from(input.control_bits);
+    let mut cr0 = 0;
+    let mut cr4 = 0;
+    let mut efer = 0;
+    let pick = |bit: u32, value: u64| if bits >> bit & 1 != 0 { value } else { 0 };
+    cr0 |= pick(0, CR0_WP) | pick(1, CR0_AM) | pick(2, CR0_TS) | pick(3, CR0_EM);
+    cr4 |= pick(4, CR4_PSE)
+        | pick(5, CR4_SMEP)
+        | pick(6, CR4_SMAP)
+        | pick(7, CR4_PKE)
+        | pick(8, CR4_OSFXSR);
+    efer |= pick(9, EFER_NXE);
+    cr4 |= pick(13, CR4_OSXSAVE);
+    cpu.xcr0 = if bits >> 14 & 1 != 0 { 7 } else { 3 };
+    let paging = bits >> 10 & 1 != 0;
+    let mode = input.mode % 5;
+    if mode > 0 {
+        cr0 |= CR0_PE;
+    }
+    if mode >= 3 {
+        cr0 |= CR0_PG;
+        cr4 |= CR4_PAE | pick(11, CR4_LA57);
+        efer |= EFER_LME | EFER_LMA;
+    } else if mode > 0 && paging {
+        cr0 |= CR0_PG;
+        cr4 |= pick(12, CR4_PAE);
+    }
+    cpu.control = ControlRegisters {
+        cr0,
+        cr3: u64::from(input.cr3) & !0xfff,
+        cr4,
+        efer,
+    };
+    for (i, s) in input.segments.iter().enumerate() {
+        cpu.segments[i] = if input.flat {
+            let mut attr = if i == Segment::Cs as usize {
+                SegmentRegister::CODE
+            } else {
+                SegmentRegister::DATA
+            };
+            attr |= (u16::from(input.cpl & 3)) << 5;
+            attr |= match mode {
+                0 | 1 => 0,
+                2 => SegmentRegister::DB,
+                3 if s.attributes & 1 != 0 => SegmentRegister::DB,
+                3 => 0,
+                _ if i == Segment::Cs as usize => SegmentRegister::LONG,
+                _ => 0,
+            };
+            let limit = if mode < 2 { 0xffff } else { u32::MAX };
+            SegmentRegister::new(s.selector, u64::from(s.base) & 0xffff0, limit, attr)
+        } else {
+            SegmentRegister::new(s.selector, u64::from(s.base), s.limit, s.attributes)
+        };
+    }
+    let emulator = Emulator {
+        max_rep_iterations: u64::from(input.rep_bound % 32) + 1,
+        ..Emulator::default()
+    };
+    for _ in 0..3 {
+        let before = cpu.clone();
+        bus.accesses = 0;
+        let result = emulator.emulate(&mut cpu, &mut bus);
+        // Bounded work: fetch and page walks plus a bounded number of
+        // iterations, each with at most a few accesses.
+        assert!(
+            bus.accesses <= 200 + 64 * emulator.max_rep_iterations,
+            "{} bus accesses",
+            bus.accesses
+        );
+        match result {
+            Ok(Completion::Retired) => {}
+            Ok(Completion::Paused) => assert_eq!(cpu.rip, before.rip, "a paused REP moved RIP"),
+            Err(EmulateError::Exception(e)) => {
+                assert_eq!(cpu.rip, before.rip, "a fault moved RIP");
+                if let Exception::PageFault(pf) = e {
+                    assert_eq!(pf.error_code & !0x3f, 0);
+                }
+                let _ = (e.vector(), e.error_code(), e.to_string());
+                break;
+            }
+            Err(e) => {
+                assert_eq!(cpu.rip, before.rip);
+                let _ = e.to_string();
+                break;
+            }
+        }
+    }
+});

@@ -1,0 +1,270 @@
+//! The QEMU firmware configuration interface (fw_cfg) on x86 I/O ports, as
+//! SeaBIOS drives it.
+//!
+//! - Port 0x510 (16-bit write): select an item; the read offset restarts at
+//!   zero.
+//! - Port 0x511 (byte reads): the selected item's bytes, one per read;
+//!   zeros past its end (and for an unknown key). Writes are ignored.
+//! - Ports 0x514-0x51b (DMA, when enabled): reads give the signature
+//!   "QEMU CFG"; a 32-bit write to 0x514 sets the high half of a descriptor
+//!   address, one to 0x518 the low half and starts the transfer (see
+//!   [`dma`]).
+//!
+//! SeaBIOS detects the interface by reading "QEMU" from item 0, reads the
+//! ID (bit 1: use DMA), then the file directory, and loads files by name.
+
+pub mod dma;
+mod store;
+
+pub use store::{keys, FwCfgBuilder, FwCfgError, MAX_FILE_NAME};
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use dma::{
+    DmaDescriptor, FwCfgDmaModel, FwCfgDmaState, CTL_ERROR, CTL_READ, CTL_SELECT, CTL_SKIP,
+    CTL_WRITE,
+};
+use vmm_core::device::{Device, DeviceContext, PortIo};
+use vmm_core::dma::{CheckedStateMachine, DmaDirection, DmaRange};
+
+/// The selector port.
+pub const PORT_SELECTOR: u16 = 0x510;
+/// The data port.
+pub const PORT_DATA: u16 = 0x511;
+/// The DMA address register (high half at +0, low half at +4).
+pub const PORT_DMA: u16 = 0x514;
+/// Ports from [`PORT_SELECTOR`] the traditional interface claims.
+pub const SELECTOR_DATA_PORTS: u16 = 2;
+/// Ports from [`PORT_DMA`] the DMA interface claims.
+pub const DMA_PORTS: u16 = 8;
+
+/// What reading the DMA address ports returns.
+const DMA_SIGNATURE: &[u8; 8] = b"QEMU CFG";
+
+/// A fw_cfg device.
+pub struct FwCfg {
+    items: BTreeMap<u16, Vec<u8>>,
+    dma_enabled: bool,
+    selected: u16,
+    offset: u64,
+    dma_high: u32,
+    dma: CheckedStateMachine<FwCfgDmaModel>,
+    dma_transfers: u64,
+}
+
+impl FwCfg {
+    /// A device serving what `builder` holds.
+    pub fn new(builder: FwCfgBuilder) -> Self {
+        let (items, dma_enabled) = builder.build_items();
+        Self {
+            items,
+            dma_enabled,
+            selected: keys::SIGNATURE,
+            offset: 0,
+            dma_high: 0,
+            dma: CheckedStateMachine::new(FwCfgDmaModel, FwCfgDmaState::Idle),
+            dma_transfers: 0,
+        }
+    }
+
+    /// The port ranges to claim, as `(first, count)`.
+    pub fn port_ranges(&self) -> Vec<(u16, u16)> {
+        let mut v = alloc::vec![(PORT_SELECTOR, SELECTOR_DATA_PORTS)];
+        if self.dma_enabled {
+            v.push((PORT_DMA, DMA_PORTS));
+        }
+        v
+    }
+
+    /// The bytes of item `key`, if it exists.
+    pub fn item(&self, key: u16) -> Option<&[u8]> {
+        self.items.get(&key).map(|v| v.as_slice())
+    }
+
+    /// DMA transfers started so far.
+    pub fn dma_transfers(&self) -> u64 {
+        self.dma_transfers
+    }
+
+    /// DMA transitions the checker denied so far.
+    pub fn dma_denials(&self) -> u64 {
+        self.dma.denials()
+    }
+
+    fn select(&mut self, key: u16) {
+        self.selected = key & !keys::WRITE_FLAG;
+        self.offset = 0;
+    }
+
+    fn current(&self) -> &[u8] {
+        self.items.get(&self.selected).map_or(&[], |v| v.as_slice())
+    }
+
+    fn read_data_byte(&mut self) -> u8 {
+        let b = usize::try_from(self.offset)
+            .ok()
+            .and_then(|o| self.current().get(o).copied())
+            .unwrap_or(0);
+        self.offset = self.offset.saturating_add(1);
+        b
+    }
+
+    /// Run the DMA descriptor at `desc_gpa`.
+    fn run_dma(&mut self, ctx: &mut DeviceContext<'_>, desc_gpa: u64) {
+        self.dma_transfers += 1;
+        let mut raw = [0u8; 16];
+        if let Err(e) = ctx.dma.inspect(desc_gpa, &mut raw) {
+            // Nowhere to report the error: the descriptor is not RAM.
+            log::warn!("fw_cfg: DMA descriptor at {desc_gpa:#x} refused: {e}");
+            return;
+        }
+        let d = DmaDescriptor::from_bytes(&raw);
+        if d.control & CTL_SELECT != 0 {
+            self.select((d.control >> 16) as u16);
+        }
+        let status = DmaRange {
+            gpa: desc_gpa,
+            len: 4,
+            dir: DmaDirection::ToGuest,
+        };
+        let ok = if d.control & CTL_READ != 0 {
+            self.dma_read(ctx, &d, status)
+        } else if d.control & CTL_WRITE != 0 {
+            false
+        } else {
+            if d.control & CTL_SKIP != 0 {
+                self.offset = self.offset.saturating_add(u64::from(d.length));
+            }
+            self.dma
+                .request(FwCfgDmaState::Completing, &[status], &ctx.dma)
+                .is_ok()
+        };
+        if ok {
+            if let Some(grant) = self.dma.grant() {
+                let _ = ctx.dma.write(grant, desc_gpa, &0u32.to_be_bytes());
+            }
+        } else if self
+            .dma
+            .request(FwCfgDmaState::Failing, &[status], &ctx.dma)
+            .is_ok()
+        {
+            if let Some(grant) = self.dma.grant() {
+                let _ = ctx.dma.write(grant, desc_gpa, &CTL_ERROR.to_be_bytes());
+            }
+        }
+        let _ = self.dma.request(FwCfgDmaState::Idle, &[], &ctx.dma);
+    }
+
+    /// A DMA read of `d.length` bytes of the selected item; false on error.
+    fn dma_read(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        d: &DmaDescriptor,
+        status: DmaRange,
+    ) -> bool {
+        let len = u64::from(d.length);
+        let mut plan = alloc::vec![status];
+        if len > 0 {
+            plan.insert(
+                0,
+                DmaRange {
+                    gpa: d.address,
+                    len,
+                    dir: DmaDirection::ToGuest,
+                },
+            );
+        }
+        if self
+            .dma
+            .request(FwCfgDmaState::Transferring, &plan, &ctx.dma)
+            .is_err()
+        {
+            return false;
+        }
+        let Some(grant) = self.dma.grant() else {
+            return false;
+        };
+        let data = self
+            .items
+            .get(&self.selected)
+            .map_or(&[][..], |v| v.as_slice());
+        let mut chunk = [0u8; 4096];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(chunk.len() as u64) as usize;
+            let buf = &mut chunk[..n];
+            buf.fill(0);
+            let from = self.offset.saturating_add(done);
+            if let Ok(from) = usize::try_from(from) {
+                if let Some(src) = data.get(from..) {
+                    let m = src.len().min(n);
+                    buf[..m].copy_from_slice(&src[..m]);
+                }
+            }
+            // In range: the plan covering `d.address + len` was approved.
+            if ctx.dma.write(grant, d.address + done, buf).is_err() {
+                return false;
+            }
+            done += n as u64;
+        }
+        self.offset = self.offset.saturating_add(len);
+        true
+    }
+}
+
+impl Device for FwCfg {
+    fn name(&self) -> &str {
+        "fw_cfg"
+    }
+
+    fn port_io(&mut self) -> Option<&mut dyn PortIo> {
+        Some(self)
+    }
+
+    fn reset(&mut self) {
+        self.select(keys::SIGNATURE);
+        self.dma_high = 0;
+        self.dma.reset_to(FwCfgDmaState::Idle);
+    }
+}
+
+impl PortIo for FwCfg {
+    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
+        match port {
+            PORT_DATA => {
+                for b in data.iter_mut() {
+                    *b = self.read_data_byte();
+                }
+            }
+            p if self.dma_enabled && (PORT_DMA..PORT_DMA + DMA_PORTS).contains(&p) => {
+                let start = usize::from(p - PORT_DMA);
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = DMA_SIGNATURE.get(start + i).copied().unwrap_or(0);
+                }
+            }
+            _ => data.fill(0),
+        }
+    }
+
+    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+        match (port, data.len()) {
+            (PORT_SELECTOR, 1) => self.select(u16::from(data[0])),
+            (PORT_SELECTOR, _) if data.len() >= 2 => {
+                self.select(u16::from_le_bytes([data[0], data[1]]))
+            }
+            // The guest stores the big-endian address with `outl`: the port
+            // sees its bytes in memory order.
+            (p, 4) if self.dma_enabled && p == PORT_DMA => {
+                self.dma_high = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+            }
+            (p, 4) if self.dma_enabled && p == PORT_DMA + 4 => {
+                let low = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+                let gpa = (u64::from(self.dma_high) << 32) | u64::from(low);
+                self.dma_high = 0;
+                self.run_dma(ctx, gpa);
+            }
+            // Data-port writes and odd-sized DMA accesses are ignored.
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The path of every guest access the emulator makes: segmentation (base,
+//! limit, rights, canonical form), alignment checking, paging through the
+//! shared walker, then the physical access on the bus, split at page
+//! boundaries with both halves translated before either is touched.
+
+use super::cpu::{BusError, CpuMode, CpuState, GuestBus, Segment, SegmentRegister, RFLAGS_AC};
+use super::error::{EmulateError, Exception};
+use crate::paging::{
+    Access, AccessKind, ControlRegisters, PageTableMemory, PagingMode, WalkError, Walker, CR0_AM,
+    CR4_LA57, PAGE_SIZE,
+};
+
+/// The page tables, read and updated through the bus.
+struct BusTables<'b, B: GuestBus>(&'b mut B);
+
+impl<B: GuestBus> PageTableMemory for BusTables<'_, B> {
+    fn read_u32(&mut self, gpa: u64) -> Option<u32> {
+        let mut b = [0u8; 4];
+        self.0.read_physical(gpa, &mut b).ok()?;
+        Some(u32::from_le_bytes(b))
+    }
+    fn read_u64(&mut self, gpa: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.0.read_physical(gpa, &mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+    fn write_u32(&mut self, gpa: u64, value: u32) -> bool {
+        self.0.write_physical(gpa, &value.to_le_bytes()).is_ok()
+    }
+    fn write_u64(&mut self, gpa: u64, value: u64) -> bool {
+        self.0.write_physical(gpa, &value.to_le_bytes()).is_ok()
+    }
+}
+
+/// The guest-physical location of an access: one piece, or two when it
+/// crosses a page boundary.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PhysRange {
+    first: u64,
+    first_len: usize,
+    second: u64,
+    len: usize,
+}
+
+impl PhysRange {
+    /// The pieces as (gpa, start, end) within the access.
+    fn pieces(&self) -> [(u64, usize, usize); 2] {
+        let first_len = self.first_len.min(self.len);
+        [
+            (self.first, 0, first_len),
+            (self.second, first_len, self.len),
+        ]
+    }
+
+    /// The whole access lies in one page.
+    pub(crate) fn single(&self) -> Option<u64> {
+        (self.first_len >= self.len).then_some(self.first)
+    }
+}
+
+/// One instruction's view of the vCPU and the machine.
+pub(crate) struct Context<'a, S: CpuState, B: GuestBus> {
+    pub state: &'a mut S,
+    pub bus: &'a mut B,
+    pub mode: CpuMode,
+    pub control: ControlRegisters,
+    pub cpl: u8,
+    walker: Walker,
+    /// Translations made during this instruction (a REP instruction walks
+    /// each page once, as a hardware TLB would).
+    tlb: [Option<TlbEntry>; TLB_ENTRIES],
+    tlb_next: usize,
+}
+
+const TLB_ENTRIES: usize = 4;
+
+/// A cached translation: linear page, physical page, and the access it
+/// was made for (a write translation also serves reads; dirty bits need a
+/// write walk).
+#[derive(Clone, Copy, Debug)]
+struct TlbEntry {
+    page: u64,
+    frame: u64,
+    kind: AccessKind,
+}
+
+impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
+    pub fn new(state: &'a mut S, bus: &'a mut B, max_phys_bits: u8) -> Self {
+        let control = state.control();
+        let cs = state.segment(Segment::Cs);
+        let mode = CpuMode::of(&control, state.rflags(), &cs);
+        let cpl = state.cpl() & 3;
+        let walker = Walker {
+            control,
+            max_phys_bits,
+            pkru: state.pkru(),
+        };
+        Self {
+            state,
+            bus,
+            mode,
+            control,
+            cpl,
+            walker,
+            tlb: [None; TLB_ENTRIES],
+            tlb_next: 0,
+        }
+    }
+
+    fn segment_fault(seg: Segment) -> Exception {
+        if seg == Segment::Ss {
+            Exception::StackFault(0)
+        } else {
+            Exception::GeneralProtection(0)
+        }
+    }
+
+    /// Whether `la` is canonical for the current paging mode.
+    fn canonical(&self, la: u64) -> bool {
+        let bits = if self.control.cr4 & CR4_LA57 != 0 {
+            57
+        } else {
+            48
+        };
+        let shift = 64 - bits;
+        ((la << shift) as i64 >> shift) as u64 == la
+    }
+
+    /// The linear address of `size` bytes at `seg:offset`, after the
+    /// segment checks of the current mode. `offset` is already truncated to
+    /// the address size.
+    pub fn linear(
+        &self,
+        seg: Segment,
+        offset: u64,
+        size: usize,
+        kind: AccessKind,
+    ) -> Result<u64, Exception> {
+        let sr = self.state.segment(seg);
+        let last_off = (size as u64).saturating_sub(1);
+        if self.mode == CpuMode::Long64 {
+            let base = if matches!(seg, Segment::Fs | Segment::Gs) {
+                sr.base
+            } else {
+                0
+            };
+            let la = base.wrapping_add(offset);
+            let last = la.wrapping_add(last_off);
+            if !self.canonical(la) || !self.canonical(last) {
+                return Err(Self::segment_fault(seg));
+            }
+            return Ok(la);
+        }
+        self.check_segment(seg, &sr, offset, last_off, kind)?;
+        Ok(sr.base.wrapping_add(offset) & 0xffff_ffff)
+    }
+
+    fn check_segment(
+        &self,
+        seg: Segment,
+        sr: &SegmentRegister,
+        offset: u64,
+        last_off: u64,
+        kind: AccessKind,
+    ) -> Result<(), Exception> {
+        let fault = Self::segment_fault(seg);
+        let last = offset.checked_add(last_off).ok_or(fault)?;
+        let ty = sr.segment_type();
+        if self.mode.protected() {
+            if !sr.present() || !sr.is_code_or_data() {
+                return Err(fault);
+            }
+            match kind {
+                AccessKind::Write if sr.is_code() || ty & 2 == 0 => return Err(fault),
+                AccessKind::Read if sr.is_code() && ty & 2 == 0 => return Err(fault),
+                _ => {}
+            }
+            if !sr.is_code() && ty & 4 != 0 {
+                // Expand-down: valid offsets lie above the limit.
+                let upper = if sr.default_big() {
+                    0xffff_ffff
+                } else {
+                    0xffff
+                };
+                if offset <= u64::from(sr.limit) || last > upper {
+                    return Err(fault);
+                }
+                return Ok(());
+            }
+        }
+        if last > u64::from(sr.limit) {
+            return Err(fault);
+        }
+        Ok(())
+    }
+
+    /// Translate a linear address; page faults become guest exceptions.
+    fn translate(&mut self, la: u64, kind: AccessKind) -> Result<u64, EmulateError> {
+        if self.walker.mode() == PagingMode::Disabled {
+            return Ok(la);
+        }
+        let page = la >> 12;
+        let offset = la & (PAGE_SIZE - 1);
+        let hit = self.tlb.iter().flatten().find(|e| {
+            e.page == page
+                && (e.kind == kind || (kind == AccessKind::Read && e.kind == AccessKind::Write))
+        });
+        if let Some(e) = hit {
+            return Ok(e.frame | offset);
+        }
+        let access = Access {
+            kind,
+            cpl: self.cpl,
+            implicit_supervisor: false,
+            ac: self.state.rflags() & RFLAGS_AC != 0,
+        };
+        match self.walker.translate(&mut BusTables(self.bus), la, access) {
+            Ok(t) => {
+                let frame = t.gpa & !(PAGE_SIZE - 1);
+                if let Some(slot) = self.tlb.get_mut(self.tlb_next % TLB_ENTRIES) {
+                    *slot = Some(TlbEntry { page, frame, kind });
+                }
+                self.tlb_next = self.tlb_next.wrapping_add(1);
+                Ok(t.gpa)
+            }
+            Err(WalkError::PageFault(pf)) => Err(Exception::PageFault(pf).into()),
+            Err(WalkError::TableUnreachable { gpa }) => Err(BusError::Memory { gpa }.into()),
+        }
+    }
+
+    /// Translate `len` bytes at linear `la`, both pages when it crosses.
+    pub fn translate_range(
+        &mut self,
+        la: u64,
+        len: usize,
+        kind: AccessKind,
+    ) -> Result<PhysRange, EmulateError> {
+        let in_page = (PAGE_SIZE - (la & (PAGE_SIZE - 1))) as usize;
+        let first = self.translate(la, kind)?;
+        let (first_len, second) = if len > in_page {
+            let next = if self.mode == CpuMode::Long64 {
+                la.wrapping_add(in_page as u64)
+            } else {
+                la.wrapping_add(in_page as u64) & 0xffff_ffff
+            };
+            (in_page, self.translate(next, kind)?)
+        } else {
+            (len, 0)
+        };
+        Ok(PhysRange {
+            first,
+            first_len,
+            second,
+            len,
+        })
+    }
+
+    /// Segment, alignment and paging checks for a data access of `size`
+    /// bytes at `seg:offset`; returns where it goes.
+    pub fn prepare(
+        &mut self,
+        seg: Segment,
+        offset: u64,
+        size: usize,
+        kind: AccessKind,
+    ) -> Result<PhysRange, EmulateError> {
+        let la = self.linear(seg, offset, size, kind)?;
+        if matches!(size, 2 | 4 | 8 | 16)
+            && la & (size as u64 - 1) != 0
+            && self.cpl == 3
+            && self.control.cr0 & CR0_AM != 0
+            && self.state.rflags() & RFLAGS_AC != 0
+        {
+            return Err(Exception::AlignmentCheck.into());
+        }
+        self.translate_range(la, size, kind)
+    }
+
+    /// Read through a prepared range.
+    pub fn bus_read(&mut self, range: &PhysRange, buf: &mut [u8]) -> Result<(), EmulateError> {
+        for (gpa, start, end) in range.pieces() {
+            if let Some(part) = buf.get_mut(start..end) {
+                if !part.is_empty() {
+                    self.bus.read_physical(gpa, part)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Write through a prepared range.
+    pub fn bus_write(&mut self, range: &PhysRange, data: &[u8]) -> Result<(), EmulateError> {
+        for (gpa, start, end) in range.pieces() {
+            if let Some(part) = data.get(start..end) {
+                if !part.is_empty() {
+                    self.bus.write_physical(gpa, part)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Read `size` (at most 8) bytes at `seg:offset` as a little-endian value.
+    pub fn read_value(
+        &mut self,
+        seg: Segment,
+        offset: u64,
+        size: usize,
+    ) -> Result<u64, EmulateError> {
+        let range = self.prepare(seg, offset, size, AccessKind::Read)?;
+        self.read_prepared(&range, size)
+    }
+
+    /// Read a value through a prepared range.
+    pub fn read_prepared(&mut self, range: &PhysRange, size: usize) -> Result<u64, EmulateError> {
+        let mut b = [0u8; 8];
+        let n = size.min(8);
+        self.bus_read(range, &mut b[..n])?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Write the low `size` (at most 8) bytes of `value` through a prepared range.
+    pub fn write_prepared(
+        &mut self,
+        range: &PhysRange,
+        value: u64,
+        size: usize,
+    ) -> Result<(), EmulateError> {
+        let b = value.to_le_bytes();
+        self.bus_write(range, &b[..size.min(8)])
+    }
+
+    /// Write the low `size` (at most 8) bytes of `value` at `seg:offset`.
+    pub fn write_value(
+        &mut self,
+        seg: Segment,
+        offset: u64,
+        size: usize,
+        value: u64,
+    ) -> Result<(), EmulateError> {
+        let range = self.prepare(seg, offset, size, AccessKind::Write)?;
+        self.write_prepared(&range, value, size)
+    }
+}

@@ -1,0 +1,291 @@
+//! The string instructions (MOVS, STOS, LODS, CMPS, SCAS, INS, OUTS) with
+//! REP/REPE/REPNE, in both directions and every address size. A REP
+//! instruction runs at most a bounded number of iterations per call; RCX,
+//! RSI and RDI are updated after every iteration exactly as hardware does,
+//! so a fault or a pause leaves the guest able to resume.
+
+use super::access::Context;
+use super::alu::{self, AluOp};
+use super::cpu::{CpuState, GuestBus, Segment, RFLAGS_DF, RFLAGS_ZF};
+use super::decode::Decoded;
+use super::error::EmulateError;
+use super::operand::address_mask;
+use crate::paging::{AccessKind, PAGE_SIZE};
+use iced_x86::{Mnemonic, OpKind};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StringOp {
+    Movs,
+    Stos,
+    Lods,
+    Cmps,
+    Scas,
+    Ins,
+    Outs,
+}
+
+/// What a call to [`Context::string`] did.
+pub(crate) enum StringOutcome {
+    /// Not a string instruction.
+    NotString,
+    /// Finished: advance RIP.
+    Done,
+    /// The iteration bound was reached: leave RIP on the instruction.
+    Paused,
+}
+
+fn classify(d: &Decoded) -> Option<(StringOp, usize)> {
+    use Mnemonic as M;
+    let m = d.instr.mnemonic();
+    let (op, size) = match m {
+        M::Movsb => (StringOp::Movs, 1),
+        M::Movsw => (StringOp::Movs, 2),
+        M::Movsd => (StringOp::Movs, 4),
+        M::Movsq => (StringOp::Movs, 8),
+        M::Stosb => (StringOp::Stos, 1),
+        M::Stosw => (StringOp::Stos, 2),
+        M::Stosd => (StringOp::Stos, 4),
+        M::Stosq => (StringOp::Stos, 8),
+        M::Lodsb => (StringOp::Lods, 1),
+        M::Lodsw => (StringOp::Lods, 2),
+        M::Lodsd => (StringOp::Lods, 4),
+        M::Lodsq => (StringOp::Lods, 8),
+        M::Cmpsb => (StringOp::Cmps, 1),
+        M::Cmpsw => (StringOp::Cmps, 2),
+        M::Cmpsd => (StringOp::Cmps, 4),
+        M::Cmpsq => (StringOp::Cmps, 8),
+        M::Scasb => (StringOp::Scas, 1),
+        M::Scasw => (StringOp::Scas, 2),
+        M::Scasd => (StringOp::Scas, 4),
+        M::Scasq => (StringOp::Scas, 8),
+        M::Insb => (StringOp::Ins, 1),
+        M::Insw => (StringOp::Ins, 2),
+        M::Insd => (StringOp::Ins, 4),
+        M::Outsb => (StringOp::Outs, 1),
+        M::Outsw => (StringOp::Outs, 2),
+        M::Outsd => (StringOp::Outs, 4),
+        _ => return None,
+    };
+    // MOVSD and CMPSD are also SSE mnemonics: the string forms have
+    // string memory operands.
+    let is_string_operand = |k: OpKind| {
+        matches!(
+            k,
+            OpKind::MemorySegSI
+                | OpKind::MemorySegESI
+                | OpKind::MemorySegRSI
+                | OpKind::MemoryESDI
+                | OpKind::MemoryESEDI
+                | OpKind::MemoryESRDI
+        )
+    };
+    let count = d.instr.op_count();
+    let any = (0..count).any(|n| is_string_operand(d.instr.op_kind(n)));
+    any.then_some((op, size))
+}
+
+impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
+    /// Run a string instruction for at most `max_iterations` iterations.
+    pub fn string(
+        &mut self,
+        d: &Decoded,
+        max_iterations: u64,
+    ) -> Result<StringOutcome, EmulateError> {
+        let Some((op, size)) = classify(d) else {
+            return Ok(StringOutcome::NotString);
+        };
+        let asize = d.address_size;
+        let amask = address_mask(asize);
+        let repe = d.instr.has_repe_prefix();
+        let repne = d.instr.has_repne_prefix();
+        let rep = repe || repne;
+        let src_seg = self.memory_segment(d);
+        let port = self.state.gpr(2) as u16;
+        let mut done = 0u64;
+        loop {
+            if rep && self.state.gpr(1) & amask == 0 {
+                return Ok(StringOutcome::Done);
+            }
+            if rep && done >= max_iterations.max(1) {
+                return Ok(StringOutcome::Paused);
+            }
+            if rep && matches!(op, StringOp::Movs | StringOp::Stos) {
+                let count = self.state.gpr(1) & amask;
+                let budget = max_iterations.max(1) - done;
+                let n = self.page_run(op, size, asize, src_seg, count.min(budget))?;
+                if n > 0 {
+                    done += n;
+                    continue;
+                }
+            }
+            let step = if self.state.rflags() & RFLAGS_DF != 0 {
+                (size as u64).wrapping_neg()
+            } else {
+                size as u64
+            };
+            let rsi = self.state.gpr(6) & amask;
+            let rdi = self.state.gpr(7) & amask;
+            let (mut uses_si, mut uses_di) = (false, false);
+            match op {
+                StringOp::Movs => {
+                    let v = self.read_value(src_seg, rsi, size)?;
+                    self.write_value(Segment::Es, rdi, size, v)?;
+                    (uses_si, uses_di) = (true, true);
+                }
+                StringOp::Stos => {
+                    let v = self.read_gpr(0, size, false);
+                    self.write_value(Segment::Es, rdi, size, v)?;
+                    uses_di = true;
+                }
+                StringOp::Lods => {
+                    let v = self.read_value(src_seg, rsi, size)?;
+                    self.write_gpr(0, size, false, v);
+                    uses_si = true;
+                }
+                StringOp::Cmps | StringOp::Scas => {
+                    let a = if op == StringOp::Cmps {
+                        uses_si = true;
+                        self.read_value(src_seg, rsi, size)?
+                    } else {
+                        self.read_gpr(0, size, false)
+                    };
+                    let b = self.read_value(Segment::Es, rdi, size)?;
+                    uses_di = true;
+                    let (_, f) = alu::binary(AluOp::Sub, a, b, 0, size);
+                    let flags = alu::merge_status(self.state.rflags(), f);
+                    self.state.set_rflags(flags);
+                }
+                StringOp::Ins => {
+                    // The destination is checked before the port is read.
+                    let range = self.prepare(Segment::Es, rdi, size, AccessKind::Write)?;
+                    let mut b = [0u8; 4];
+                    let b = &mut b[..size.min(4)];
+                    self.bus.io_read(port, b)?;
+                    self.bus_write(&range, b)?;
+                    uses_di = true;
+                }
+                StringOp::Outs => {
+                    let v = self.read_value(src_seg, rsi, size)?;
+                    let b = v.to_le_bytes();
+                    self.bus.io_write(port, &b[..size.min(4)])?;
+                    uses_si = true;
+                }
+            }
+            if uses_si {
+                self.write_gpr_asize(6, asize, rsi.wrapping_add(step) & amask);
+            }
+            if uses_di {
+                self.write_gpr_asize(7, asize, rdi.wrapping_add(step) & amask);
+            }
+            done += 1;
+            if !rep {
+                return Ok(StringOutcome::Done);
+            }
+            let count = (self.state.gpr(1) & amask).wrapping_sub(1) & amask;
+            self.write_gpr_asize(1, asize, count);
+            if matches!(op, StringOp::Cmps | StringOp::Scas) {
+                let zf = self.state.rflags() & RFLAGS_ZF != 0;
+                if (repe && !zf) || (repne && zf) {
+                    return Ok(StringOutcome::Done);
+                }
+            }
+        }
+    }
+
+    /// A run of REP MOVS/STOS iterations whose elements all lie inside one
+    /// page on each side: checked and translated once (first and last
+    /// element), then moved element by element with the same accesses the
+    /// one-at-a-time path makes. Returns the iterations done; 0 means "take
+    /// the one-at-a-time path", which also raises any fault at the exact
+    /// iteration hardware would.
+    fn page_run(
+        &mut self,
+        op: StringOp,
+        size: usize,
+        asize: u32,
+        src_seg: Segment,
+        max: u64,
+    ) -> Result<u64, EmulateError> {
+        if max < 2 {
+            return Ok(0);
+        }
+        let amask = address_mask(asize);
+        let down = self.state.rflags() & RFLAGS_DF != 0;
+        let size64 = size as u64;
+        let rsi = self.state.gpr(6) & amask;
+        let rdi = self.state.gpr(7) & amask;
+        // Elements from `off` onwards that stay inside the address size and
+        // inside the page of the first element.
+        let room = |ctx: &Self, seg: Segment, off: u64, kind: AccessKind| -> u64 {
+            let Ok(la) = ctx.linear(seg, off, size, kind) else {
+                return 0;
+            };
+            let in_page = la & (PAGE_SIZE - 1);
+            if in_page + size64 > PAGE_SIZE {
+                return 0;
+            }
+            // The first element itself must not wrap the address size.
+            let avail = amask - off;
+            if avail < size64 - 1 {
+                return 0;
+            }
+            if down {
+                (in_page / size64 + 1).min(off / size64 + 1)
+            } else {
+                ((PAGE_SIZE - in_page) / size64).min((avail - (size64 - 1)) / size64 + 1)
+            }
+        };
+        let mut n = max.min(room(self, Segment::Es, rdi, AccessKind::Write));
+        if op == StringOp::Movs {
+            n = n.min(room(self, src_seg, rsi, AccessKind::Read));
+        }
+        if n < 2 {
+            return Ok(0);
+        }
+        let span = (n - 1) * size64;
+        let last = |off: u64| if down { off - span } else { off + span };
+        let range = |ctx: &mut Self, seg: Segment, off: u64, kind: AccessKind| -> Option<u64> {
+            let first = ctx.prepare(seg, off, size, kind).ok()?.single()?;
+            ctx.prepare(seg, last(off), size, kind).ok()?.single()?;
+            Some(first)
+        };
+        let Some(dst) = range(self, Segment::Es, rdi, AccessKind::Write) else {
+            return Ok(0);
+        };
+        let src = if op == StringOp::Movs {
+            match range(self, src_seg, rsi, AccessKind::Read) {
+                Some(src) => Some(src),
+                None => return Ok(0),
+            }
+        } else {
+            None
+        };
+        let value = self.read_gpr(0, size, false).to_le_bytes();
+        let mut buf = [0u8; 8];
+        let buf = &mut buf[..size.min(8)];
+        for i in 0..n {
+            let delta = i * size64;
+            let at = |base: u64| if down { base - delta } else { base + delta };
+            match src {
+                Some(src) => self.bus.read_physical(at(src), buf)?,
+                None => buf.copy_from_slice(&value[..buf.len()]),
+            }
+            self.bus.write_physical(at(dst), buf)?;
+        }
+        let moved = n * size64;
+        let advance = |off: u64| {
+            (if down {
+                off.wrapping_sub(moved)
+            } else {
+                off.wrapping_add(moved)
+            }) & amask
+        };
+        if op == StringOp::Movs {
+            self.write_gpr_asize(6, asize, advance(rsi));
+        }
+        self.write_gpr_asize(7, asize, advance(rdi));
+        let count = (self.state.gpr(1) & amask).wrapping_sub(n) & amask;
+        self.write_gpr_asize(1, asize, count);
+        Ok(n)
+    }
+}

@@ -1,0 +1,213 @@
+//! One drive on an IDE channel: what it is (ATA disk or ATAPI CD-ROM), the
+//! image behind it, and the per-drive state commands change (status, error,
+//! transfer modes, CHS translation, multiple count, ATAPI sense and tray).
+
+use super::atapi::Sense;
+use super::taskfile::{STATUS_DRDY, STATUS_DSC};
+use crate::block::{BlockBackend, CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
+use alloc::boxed::Box;
+use core::fmt;
+
+/// What kind of drive sits in a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriveKind {
+    /// An ATA hard disk (512-byte sectors).
+    Disk,
+    /// An ATAPI CD-ROM drive (2048-byte sectors, removable medium).
+    Cdrom,
+}
+
+/// Why a drive could not be built or attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttachError {
+    /// The image's sector size does not suit the drive.
+    SectorSize {
+        /// The image's name.
+        image: alloc::string::String,
+        /// Its sector size.
+        got: usize,
+        /// What the drive needs.
+        needed: usize,
+    },
+    /// A drive already sits in that slot.
+    SlotTaken {
+        /// The slot.
+        slot: super::IdeSlot,
+    },
+}
+
+impl fmt::Display for AttachError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttachError::SectorSize { image, got, needed } => write!(
+                f,
+                "image {image} has {got}-byte sectors, the drive needs {needed}-byte sectors"
+            ),
+            AttachError::SlotTaken { slot } => write!(f, "a drive already sits at {slot:?}"),
+        }
+    }
+}
+
+/// Transfer mode chosen with SET FEATURES (subcommand 03h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TransferMode {
+    /// PIO mode n (default PIO is 0).
+    Pio(u8),
+    /// Multiword DMA mode n.
+    MultiwordDma(u8),
+    /// Ultra DMA mode n.
+    UltraDma(u8),
+}
+
+/// Highest multiword DMA mode the drives report.
+pub(crate) const MAX_MWDMA: u8 = 2;
+/// Highest Ultra DMA mode the drives report.
+pub(crate) const MAX_UDMA: u8 = 5;
+/// Highest PIO mode the drives report.
+pub(crate) const MAX_PIO: u8 = 4;
+/// Most sectors per block READ/WRITE MULTIPLE accept.
+pub(crate) const MAX_MULTIPLE: u8 = 16;
+
+/// A drive: build one with [`Drive::disk`] or [`Drive::cdrom`] and attach
+/// it with [`super::IdeController::attach`].
+pub struct Drive {
+    pub(crate) kind: DriveKind,
+    pub(crate) backend: Option<Box<dyn BlockBackend>>,
+    pub(crate) status: u8,
+    pub(crate) error: u8,
+    pub(crate) mode: TransferMode,
+    pub(crate) write_cache: bool,
+    /// Sectors per DRQ block of READ/WRITE MULTIPLE; 0 until SET MULTIPLE.
+    pub(crate) multiple: u8,
+    /// Current CHS translation (INITIALIZE DEVICE PARAMETERS).
+    pub(crate) heads: u8,
+    pub(crate) sectors_per_track: u8,
+    // ATAPI state.
+    pub(crate) sense: Sense,
+    pub(crate) tray_open: bool,
+    pub(crate) locked: bool,
+    pub(crate) media_event: bool,
+}
+
+impl fmt::Debug for Drive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Drive")
+            .field("kind", &self.kind)
+            .field("image", &self.backend.as_ref().map(|b| b.name()))
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+impl Drive {
+    fn new(kind: DriveKind, backend: Option<Box<dyn BlockBackend>>) -> Self {
+        let mut d = Self {
+            kind,
+            backend,
+            status: 0,
+            error: 0,
+            mode: TransferMode::Pio(0),
+            write_cache: true,
+            multiple: 0,
+            heads: 16,
+            sectors_per_track: 63,
+            sense: Sense::NONE,
+            tray_open: false,
+            locked: false,
+            media_event: false,
+        };
+        d.power_on();
+        d
+    }
+
+    /// An ATA disk over `image` (512-byte sectors).
+    pub fn disk(image: Box<dyn BlockBackend>) -> Result<Self, AttachError> {
+        if image.sector_size() != DISK_SECTOR_SIZE {
+            return Err(AttachError::SectorSize {
+                image: image.name().into(),
+                got: image.sector_size(),
+                needed: DISK_SECTOR_SIZE,
+            });
+        }
+        Ok(Self::new(DriveKind::Disk, Some(image)))
+    }
+
+    /// An ATAPI CD-ROM drive holding `medium` (2048-byte sectors), or empty.
+    pub fn cdrom(medium: Option<Box<dyn BlockBackend>>) -> Result<Self, AttachError> {
+        if let Some(m) = &medium {
+            if m.sector_size() != CD_SECTOR_SIZE {
+                return Err(AttachError::SectorSize {
+                    image: m.name().into(),
+                    got: m.sector_size(),
+                    needed: CD_SECTOR_SIZE,
+                });
+            }
+        }
+        let has_medium = medium.is_some();
+        let mut d = Self::new(DriveKind::Cdrom, medium);
+        d.media_event = has_medium;
+        Ok(d)
+    }
+
+    /// What this drive is.
+    pub fn kind(&self) -> DriveKind {
+        self.kind
+    }
+
+    /// The image behind the drive (the medium, for a CD-ROM).
+    pub fn backend(&self) -> Option<&dyn BlockBackend> {
+        self.backend.as_deref()
+    }
+
+    /// Whether a readable medium is present (always, for a disk).
+    pub fn has_medium(&self) -> bool {
+        self.backend.is_some() && !self.tray_open
+    }
+
+    /// Sectors of the medium, 0 without one.
+    pub(crate) fn sectors(&self) -> u64 {
+        self.backend.as_ref().map_or(0, |b| b.sector_count())
+    }
+
+    pub(crate) fn is_atapi(&self) -> bool {
+        self.kind == DriveKind::Cdrom
+    }
+
+    /// The default CHS geometry: cylinders for 16 heads and 63 sectors per
+    /// track, at most 16383.
+    pub(crate) fn default_cylinders(&self) -> u16 {
+        (self.sectors() / (16 * 63)).clamp(1, 16383) as u16
+    }
+
+    /// Cylinders of the current translation.
+    pub(crate) fn current_cylinders(&self) -> u16 {
+        let per_cyl = u64::from(self.heads) * u64::from(self.sectors_per_track);
+        if per_cyl == 0 {
+            return 0;
+        }
+        (self.sectors() / per_cyl).min(65535) as u16
+    }
+
+    /// Ready state after power-on, hardware or software reset. ATAPI drives
+    /// clear DRDY until their first command.
+    pub(crate) fn power_on(&mut self) {
+        self.status = if self.is_atapi() {
+            0
+        } else {
+            STATUS_DRDY | STATUS_DSC
+        };
+        self.error = 0x01;
+    }
+
+    /// Full power-on state (VM reset): modes and translation too.
+    pub(crate) fn hard_reset(&mut self) {
+        self.power_on();
+        self.mode = TransferMode::Pio(0);
+        self.write_cache = true;
+        self.multiple = 0;
+        self.heads = 16;
+        self.sectors_per_track = 63;
+        self.sense = Sense::NONE;
+        self.locked = false;
+    }
+}

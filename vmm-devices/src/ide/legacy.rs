@@ -1,0 +1,111 @@
+//! The IDE controller on the fixed ISA ports, without PCI: what a platform
+//! without a PCI bus (or a test) attaches.
+
+use super::controller::{IdeChannel, IdeController};
+use super::*;
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use vmm_core::device::{Device, DeviceContext, PortIo};
+use vmm_core::irq::IrqLine;
+
+/// The controller at 0x1f0/0x3f6 and 0x170/0x376, with its bus-master
+/// block at `bus_master_base` (16 ports) if there is one.
+#[derive(Debug)]
+pub struct LegacyIde {
+    controller: IdeController,
+    bus_master_base: Option<u16>,
+}
+
+impl LegacyIde {
+    /// A controller with no drives.
+    pub fn new(
+        primary_irq: Box<dyn IrqLine>,
+        secondary_irq: Box<dyn IrqLine>,
+        bus_master_base: Option<u16>,
+    ) -> Self {
+        Self {
+            controller: IdeController::new(primary_irq, secondary_irq),
+            bus_master_base,
+        }
+    }
+
+    /// The controller (to attach drives, inspect the DMA engines).
+    pub fn controller(&self) -> &IdeController {
+        &self.controller
+    }
+
+    /// The controller, mutably.
+    pub fn controller_mut(&mut self) -> &mut IdeController {
+        &mut self.controller
+    }
+
+    /// The `(first, count)` port ranges to claim for this device.
+    pub fn port_claims(&self) -> Vec<(u16, u16)> {
+        let mut v = alloc::vec![
+            (PRIMARY_COMMAND_PORT, 8),
+            (PRIMARY_CONTROL_PORT, 1),
+            (SECONDARY_COMMAND_PORT, 8),
+            (SECONDARY_CONTROL_PORT, 1),
+        ];
+        if let Some(base) = self.bus_master_base {
+            v.push((base, BUS_MASTER_PORTS));
+        }
+        v
+    }
+
+    fn bus_master_offset(&self, port: u16) -> Option<u16> {
+        let base = self.bus_master_base?;
+        port.checked_sub(base).filter(|o| *o < BUS_MASTER_PORTS)
+    }
+}
+
+fn command_block(port: u16) -> Option<(IdeChannel, u16)> {
+    match port {
+        0x1f0..=0x1f7 => Some((IdeChannel::Primary, port - PRIMARY_COMMAND_PORT)),
+        0x170..=0x177 => Some((IdeChannel::Secondary, port - SECONDARY_COMMAND_PORT)),
+        _ => None,
+    }
+}
+
+impl PortIo for LegacyIde {
+    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
+        if let Some((ch, off)) = command_block(port) {
+            self.controller.read_command(ch, off, data);
+        } else if port == PRIMARY_CONTROL_PORT {
+            self.controller.read_control(IdeChannel::Primary, 0, data);
+        } else if port == SECONDARY_CONTROL_PORT {
+            self.controller.read_control(IdeChannel::Secondary, 0, data);
+        } else if let Some(off) = self.bus_master_offset(port) {
+            self.controller.read_bus_master(off, data);
+        } else {
+            data.fill(0xff);
+        }
+    }
+
+    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+        if let Some((ch, off)) = command_block(port) {
+            self.controller.write_command(ctx, ch, off, data);
+        } else if port == PRIMARY_CONTROL_PORT {
+            self.controller.write_control(IdeChannel::Primary, 0, data);
+        } else if port == SECONDARY_CONTROL_PORT {
+            self.controller
+                .write_control(IdeChannel::Secondary, 0, data);
+        } else if let Some(off) = self.bus_master_offset(port) {
+            self.controller.write_bus_master(ctx, off, data);
+        }
+    }
+}
+
+impl Device for LegacyIde {
+    fn name(&self) -> &str {
+        "ide"
+    }
+
+    fn port_io(&mut self) -> Option<&mut dyn PortIo> {
+        Some(self)
+    }
+
+    fn reset(&mut self) {
+        self.controller.reset();
+    }
+}

@@ -1,0 +1,163 @@
+//! Interrupt wiring of a PC: ISA IRQ lines that reach both the 8259 PIC
+//! pair and the IOAPIC, and the vCPU's side, which asks whether an interrupt
+//! is pending, which vector, and acknowledges it.
+//!
+//! ISA IRQ `n` drives PIC input `n` and IOAPIC input `n`, except IRQ 0,
+//! which reaches IOAPIC input 2 (the interrupt source override every PC
+//! firmware describes in its MADT). Several devices may share one IRQ: each
+//! [`IsaInterrupts::line`] is its own source and the IRQ is high while any
+//! source is.
+//!
+//! Lock order: PIRQ router, then PIC or IOAPIC, then local APIC; no path
+//! takes them the other way round.
+
+use crate::ioapic::IoApicCore;
+use crate::lapic::LapicCore;
+use crate::pic::PicPair;
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use spin::Mutex;
+use vmm_core::irq::IrqLine;
+
+/// The IOAPIC input an ISA IRQ reaches.
+pub fn isa_irq_to_gsi(irq: u8) -> u8 {
+    if irq == 0 {
+        2
+    } else {
+        irq
+    }
+}
+
+/// The ISA interrupt lines of a PC.
+#[derive(Debug)]
+pub struct IsaInterrupts {
+    pic: Arc<PicPair>,
+    ioapic: Option<Arc<IoApicCore>>,
+    /// Per IRQ, one bit per source that asserts it.
+    sources: [AtomicU32; 16],
+    /// Per IRQ, sources handed out.
+    next_source: [AtomicU8; 16],
+    /// Serialises level changes so PIC and IOAPIC see them in one order.
+    lock: Mutex<()>,
+}
+
+impl IsaInterrupts {
+    /// Lines feeding `pic` and, when there is one, `ioapic`.
+    pub fn new(pic: Arc<PicPair>, ioapic: Option<Arc<IoApicCore>>) -> Arc<Self> {
+        Arc::new(Self {
+            pic,
+            ioapic,
+            sources: Default::default(),
+            next_source: Default::default(),
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// A new source on ISA IRQ `irq` (0-15; larger values are taken modulo
+    /// 16). At most 32 sources are told apart per IRQ; more share the last.
+    pub fn line(self: &Arc<Self>, irq: u8) -> Arc<dyn IrqLine> {
+        let irq = irq & 0xf;
+        let source = self.next_source[usize::from(irq)]
+            .fetch_add(1, Ordering::Relaxed)
+            .min(31);
+        Arc::new(IsaLine {
+            router: self.clone(),
+            irq,
+            bit: 1 << source,
+        })
+    }
+
+    /// Whether ISA IRQ `irq` is high now.
+    pub fn level(&self, irq: u8) -> bool {
+        self.sources[usize::from(irq & 0xf)].load(Ordering::SeqCst) != 0
+    }
+
+    fn set_source(&self, irq: u8, bit: u32, high: bool) {
+        let _guard = self.lock.lock();
+        let slot = &self.sources[usize::from(irq)];
+        let before = if high {
+            slot.fetch_or(bit, Ordering::SeqCst)
+        } else {
+            slot.fetch_and(!bit, Ordering::SeqCst)
+        };
+        let after = slot.load(Ordering::SeqCst);
+        // A source that pulses while others hold the line high makes no edge.
+        if (before != 0) == (after != 0) {
+            return;
+        }
+        let level = after != 0;
+        self.pic.set_irq(irq, level);
+        if let Some(io) = &self.ioapic {
+            io.set_pin(isa_irq_to_gsi(irq), level);
+        }
+    }
+}
+
+struct IsaLine {
+    router: Arc<IsaInterrupts>,
+    irq: u8,
+    bit: u32,
+}
+
+impl IrqLine for IsaLine {
+    fn set_level(&self, high: bool) {
+        self.router.set_source(self.irq, self.bit, high);
+    }
+}
+
+/// What a vCPU backend asks before entering the guest: is an interrupt
+/// pending, which vector, and take it. The local APIC's own interrupts come
+/// first; the PIC's reach the CPU while the local APIC passes ExtINT
+/// (disabled, or LINT0 in ExtINT mode, the power-on state of the BSP).
+#[derive(Clone, Debug)]
+pub struct CpuInterrupts {
+    lapic: Arc<LapicCore>,
+    pic: Arc<PicPair>,
+}
+
+impl CpuInterrupts {
+    /// The interrupt inputs of the vCPU with local APIC `lapic`.
+    pub fn new(lapic: Arc<LapicCore>, pic: Arc<PicPair>) -> Self {
+        Self { lapic, pic }
+    }
+
+    /// The vector that [`CpuInterrupts::acknowledge`] would return now, if
+    /// any (for backends that inject at the next interrupt window).
+    pub fn pending(&self) -> Option<u8> {
+        if let Some(v) = self.lapic.deliverable() {
+            return Some(v);
+        }
+        if self.lapic.accepts_pic() && self.pic.interrupt_pending() {
+            return self.pic.peek_vector();
+        }
+        None
+    }
+
+    /// The CPU takes the interrupt (it has IF set and no interrupt shadow):
+    /// the vector to inject. Moves the vector into service at the
+    /// controller that sent it.
+    pub fn acknowledge(&self) -> Option<u8> {
+        if let Some(v) = self.lapic.acknowledge() {
+            return Some(v);
+        }
+        if self.lapic.accepts_pic() && self.pic.interrupt_pending() {
+            return Some(self.pic.acknowledge());
+        }
+        None
+    }
+
+    /// Take a pending NMI (sent by the IOAPIC or an IPI).
+    pub fn take_nmi(&self) -> bool {
+        self.lapic.take_nmi()
+    }
+
+    /// The local APIC.
+    pub fn lapic(&self) -> &Arc<LapicCore> {
+        &self.lapic
+    }
+
+    /// The PIC pair.
+    pub fn pic(&self) -> &Arc<PicPair> {
+        &self.pic
+    }
+}

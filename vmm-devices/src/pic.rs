@@ -1,0 +1,424 @@
+//! The 8259A programmable interrupt controller pair of a PC: master at
+//! 0x20/0x21 (IRQ 0-7), slave at 0xa0/0xa1 (IRQ 8-15) cascaded on master
+//! input 2, and the edge/level control registers (ELCR) at 0x4d0/0x4d1.
+//!
+//! Modelled from the datasheet: ICW1-ICW4 initialisation, OCW1 (mask),
+//! OCW2 (non-specific, specific and rotating EOI, set priority, rotate in
+//! auto-EOI), OCW3 (read IRR/ISR, poll, special mask), auto-EOI, special
+//! fully nested mode, and the spurious IRQ 7/15 a PIC answers when a request
+//! went away before the acknowledge.
+//!
+//! The state lives in a [`PicPair`] shared between the [`Pic`] device (the
+//! guest's ports), the interrupt lines that devices drive, and the vCPU side
+//! that asks for and acknowledges the interrupt.
+
+use alloc::sync::Arc;
+use spin::Mutex;
+use vmm_core::device::{Device, DeviceContext, PortIo};
+use vmm_core::irq::IrqLine;
+
+/// Master command/data ports.
+pub const MASTER_PORTS: (u16, u16) = (0x20, 2);
+/// Slave command/data ports.
+pub const SLAVE_PORTS: (u16, u16) = (0xa0, 2);
+/// Edge/level control registers.
+pub const ELCR_PORTS: (u16, u16) = (0x4d0, 2);
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Chip {
+    irr: u8,
+    isr: u8,
+    imr: u8,
+    /// Input levels last seen (for edge detection).
+    level: u8,
+    /// Which ICW comes next (0: initialised, 2-4: expecting ICWn).
+    init_step: u8,
+    icw1: u8,
+    vector_base: u8,
+    auto_eoi: bool,
+    rotate_on_auto_eoi: bool,
+    special_fully_nested: bool,
+    special_mask: bool,
+    read_isr: bool,
+    poll: bool,
+    /// The IRQ with the lowest priority is `lowest + 7`; the highest is
+    /// `lowest_priority + 1` (rotation).
+    priority_base: u8,
+    elcr: u8,
+    elcr_mask: u8,
+}
+
+impl Chip {
+    fn new(elcr_mask: u8) -> Self {
+        Self {
+            elcr_mask,
+            ..Self::default()
+        }
+    }
+
+    fn level_triggered(&self, mask: u8) -> bool {
+        self.icw1 & 0x08 != 0 || self.elcr & mask != 0
+    }
+
+    fn set_input(&mut self, irq: u8, high: bool) {
+        let mask = 1u8 << (irq & 7);
+        if self.level_triggered(mask) {
+            if high {
+                self.irr |= mask;
+            } else {
+                self.irr &= !mask;
+            }
+        } else if high && self.level & mask == 0 {
+            self.irr |= mask;
+        }
+        if high {
+            self.level |= mask;
+        } else {
+            self.level &= !mask;
+        }
+    }
+
+    /// Steps from the highest priority to the first set bit of `bits`;
+    /// 8 when none is set.
+    fn priority_of(&self, bits: u8) -> u8 {
+        (0..8)
+            .find(|p| bits & (1 << ((p + self.priority_base) & 7)) != 0)
+            .unwrap_or(8)
+    }
+
+    /// The IRQ this chip would signal now, if any.
+    fn pending(&self, is_master: bool) -> Option<u8> {
+        let request = self.irr & !self.imr;
+        let p = self.priority_of(request);
+        if p == 8 {
+            return None;
+        }
+        let mut in_service = self.isr;
+        if self.special_mask {
+            in_service &= !self.imr;
+        }
+        if is_master && self.special_fully_nested {
+            in_service &= !(1 << 2);
+        }
+        (p < self.priority_of(in_service)).then_some((p + self.priority_base) & 7)
+    }
+
+    /// The acknowledge cycle for `irq`.
+    fn acknowledge(&mut self, irq: u8) {
+        let mask = 1u8 << irq;
+        if !self.level_triggered(mask) {
+            self.irr &= !mask;
+        }
+        if self.auto_eoi {
+            if self.rotate_on_auto_eoi {
+                self.priority_base = (irq + 1) & 7;
+            }
+        } else {
+            self.isr |= mask;
+        }
+    }
+
+    fn write_command(&mut self, v: u8) {
+        if v & 0x10 != 0 {
+            // ICW1: clears the mask, requests, priorities and special
+            // modes. Input levels are kept, so an edge input that is high
+            // must go low and high again to request.
+            *self = Self {
+                icw1: v,
+                init_step: 2,
+                elcr: self.elcr,
+                elcr_mask: self.elcr_mask,
+                level: self.level,
+                ..Self::default()
+            };
+        } else if v & 0x08 != 0 {
+            // OCW3.
+            if v & 0x04 != 0 {
+                self.poll = true;
+            }
+            if v & 0x02 != 0 {
+                self.read_isr = v & 0x01 != 0;
+            }
+            if v & 0x40 != 0 {
+                self.special_mask = v & 0x20 != 0;
+            }
+        } else {
+            // OCW2.
+            let irq = v & 7;
+            match v >> 5 {
+                0b000 => self.rotate_on_auto_eoi = false,
+                0b100 => self.rotate_on_auto_eoi = true,
+                0b001 | 0b101 => {
+                    let p = self.priority_of(self.isr);
+                    if p != 8 {
+                        let served = (p + self.priority_base) & 7;
+                        self.isr &= !(1 << served);
+                        if v >> 5 == 0b101 {
+                            self.priority_base = (served + 1) & 7;
+                        }
+                    }
+                }
+                0b011 => self.isr &= !(1 << irq),
+                0b111 => {
+                    self.isr &= !(1 << irq);
+                    self.priority_base = (irq + 1) & 7;
+                }
+                0b110 => self.priority_base = (irq + 1) & 7,
+                _ => {}
+            }
+        }
+    }
+
+    fn write_data(&mut self, v: u8) {
+        match self.init_step {
+            2 => {
+                self.vector_base = v & 0xf8;
+                self.init_step = if self.icw1 & 0x02 == 0 {
+                    3
+                } else if self.icw1 & 0x01 != 0 {
+                    4
+                } else {
+                    0
+                };
+            }
+            3 => self.init_step = if self.icw1 & 0x01 != 0 { 4 } else { 0 },
+            4 => {
+                self.auto_eoi = v & 0x02 != 0;
+                self.special_fully_nested = v & 0x10 != 0;
+                self.init_step = 0;
+            }
+            _ => self.imr = v,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Chips {
+    master: Chip,
+    slave: Chip,
+}
+
+impl Chips {
+    /// Carry the slave's output to master input 2.
+    fn cascade(&mut self) {
+        let out = self.slave.pending(false).is_some();
+        self.master.set_input(2, out);
+    }
+
+    /// A read of the command port in poll mode: acknowledges like INTA.
+    fn poll_read(&mut self, slave: bool) -> u8 {
+        let chip = if slave {
+            &mut self.slave
+        } else {
+            &mut self.master
+        };
+        chip.poll = false;
+        let v = match chip.pending(!slave) {
+            Some(irq) => {
+                chip.acknowledge(irq);
+                0x80 | irq
+            }
+            None => 0,
+        };
+        self.cascade();
+        v
+    }
+}
+
+/// The shared state of the PIC pair.
+#[derive(Debug)]
+pub struct PicPair {
+    chips: Mutex<Chips>,
+}
+
+impl PicPair {
+    /// A pair in its power-on state, shared.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            chips: Mutex::new(Chips {
+                master: Chip::new(0xf8),
+                slave: Chip::new(0xde),
+            }),
+        })
+    }
+
+    /// Drive ISA IRQ `irq` (0-15; 2 is the cascade and ignored) to `high`.
+    pub fn set_irq(&self, irq: u8, high: bool) {
+        let mut c = self.chips.lock();
+        match irq {
+            0 | 1 | 3..=7 => c.master.set_input(irq, high),
+            8..=15 => {
+                c.slave.set_input(irq - 8, high);
+                c.cascade();
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the master's INTR output is high.
+    pub fn interrupt_pending(&self) -> bool {
+        self.chips.lock().master.pending(true).is_some()
+    }
+
+    /// The vector [`PicPair::acknowledge`] would return now, without
+    /// acknowledging anything.
+    pub fn peek_vector(&self) -> Option<u8> {
+        let c = self.chips.lock();
+        let irq = c.master.pending(true)?;
+        Some(if irq == 2 {
+            let s = c.slave.pending(false).unwrap_or(7);
+            c.slave.vector_base.wrapping_add(s)
+        } else {
+            c.master.vector_base.wrapping_add(irq)
+        })
+    }
+
+    /// The interrupt acknowledge (INTA) cycle: the vector the CPU receives.
+    /// When no request is pending any more (it went away after INTR was
+    /// seen), the master answers with the spurious vector of IRQ 7, and
+    /// the slave with that of IRQ 15, without setting any in-service bit.
+    pub fn acknowledge(&self) -> u8 {
+        let mut c = self.chips.lock();
+        let Some(irq) = c.master.pending(true) else {
+            return c.master.vector_base.wrapping_add(7);
+        };
+        c.master.acknowledge(irq);
+        let vector = if irq == 2 {
+            match c.slave.pending(false) {
+                Some(s) => {
+                    c.slave.acknowledge(s);
+                    c.slave.vector_base.wrapping_add(s)
+                }
+                None => c.slave.vector_base.wrapping_add(7),
+            }
+        } else {
+            c.master.vector_base.wrapping_add(irq)
+        };
+        c.cascade();
+        vector
+    }
+
+    /// An interrupt line for ISA IRQ `irq` that drives only this PIC (for
+    /// platforms without an IOAPIC; see `interrupts::IsaInterrupts` for the
+    /// usual wiring).
+    pub fn line(self: &Arc<Self>, irq: u8) -> Arc<dyn IrqLine> {
+        Arc::new(PicLine {
+            pic: self.clone(),
+            irq,
+        })
+    }
+
+    fn reset(&self) {
+        let mut c = self.chips.lock();
+        let (ml, sl) = (c.master.level, c.slave.level);
+        c.master = Chip::new(0xf8);
+        c.slave = Chip::new(0xde);
+        // Inputs keep their levels across a reset; nothing is latched.
+        c.master.level = ml;
+        c.slave.level = sl;
+    }
+}
+
+struct PicLine {
+    pic: Arc<PicPair>,
+    irq: u8,
+}
+
+impl IrqLine for PicLine {
+    fn set_level(&self, high: bool) {
+        self.pic.set_irq(self.irq, high);
+    }
+}
+
+/// The guest's view of the PIC pair: claim [`MASTER_PORTS`],
+/// [`SLAVE_PORTS`] and [`ELCR_PORTS`].
+#[derive(Debug)]
+pub struct Pic {
+    pair: Arc<PicPair>,
+}
+
+impl Pic {
+    /// The device for `pair`.
+    pub fn new(pair: Arc<PicPair>) -> Self {
+        Self { pair }
+    }
+
+    /// The shared state.
+    pub fn pair(&self) -> &Arc<PicPair> {
+        &self.pair
+    }
+
+    fn read_port(&self, port: u16) -> u8 {
+        let mut c = self.pair.chips.lock();
+        match port {
+            0x20 | 0xa0 => {
+                let slave = port == 0xa0;
+                let chip = if slave { &c.slave } else { &c.master };
+                if chip.poll {
+                    c.poll_read(slave)
+                } else if chip.read_isr {
+                    chip.isr
+                } else {
+                    chip.irr
+                }
+            }
+            0x21 => c.master.imr,
+            0xa1 => c.slave.imr,
+            0x4d0 => c.master.elcr,
+            0x4d1 => c.slave.elcr,
+            _ => 0xff,
+        }
+    }
+
+    fn write_port(&self, port: u16, v: u8) {
+        let mut c = self.pair.chips.lock();
+        match port {
+            0x20 => c.master.write_command(v),
+            0x21 => c.master.write_data(v),
+            0xa0 => c.slave.write_command(v),
+            0xa1 => c.slave.write_data(v),
+            0x4d0 => c.master.elcr = v & c.master.elcr_mask,
+            0x4d1 => c.slave.elcr = v & c.slave.elcr_mask,
+            _ => {}
+        }
+        // A level-triggered input that is high requests again; an edge one
+        // whose level is high stays as it is.
+        let chips = &mut *c;
+        for chip in [&mut chips.master, &mut chips.slave] {
+            let lvl = chip.level;
+            for irq in 0..8 {
+                let m = 1u8 << irq;
+                if chip.level_triggered(m) {
+                    chip.irr = (chip.irr & !m) | (lvl & m);
+                }
+            }
+        }
+        c.cascade();
+    }
+}
+
+impl PortIo for Pic {
+    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
+        for (i, d) in data.iter_mut().enumerate() {
+            *d = self.read_port(port.wrapping_add(i as u16));
+        }
+    }
+
+    fn port_write(&mut self, _ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+        for (i, d) in data.iter().enumerate() {
+            self.write_port(port.wrapping_add(i as u16), *d);
+        }
+    }
+}
+
+impl Device for Pic {
+    fn name(&self) -> &str {
+        "pic"
+    }
+    fn port_io(&mut self) -> Option<&mut dyn PortIo> {
+        Some(self)
+    }
+    fn reset(&mut self) {
+        self.pair.reset();
+    }
+}

@@ -1,0 +1,56 @@
+//! System control port A (0x92, "fast A20 and reset"): bit 0 written as 1
+//! resets the machine, bit 1 is the A20 gate.
+
+use crate::a20::A20Gate;
+use vmm_core::device::{Device, DeviceContext, PortIo, VmRequest};
+
+/// The port.
+pub const SYSTEM_CONTROL_PORT: u16 = 0x92;
+
+/// Port 0x92. Claim one port at [`SYSTEM_CONTROL_PORT`].
+#[derive(Debug)]
+pub struct SystemControlA {
+    a20: A20Gate,
+    /// Bits other than reset and A20, kept for read-back.
+    other: u8,
+}
+
+impl SystemControlA {
+    /// The port, driving `a20` (share it with the keyboard controller).
+    pub fn new(a20: A20Gate) -> Self {
+        Self { a20, other: 0 }
+    }
+}
+
+impl PortIo for SystemControlA {
+    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, _port: u16, data: &mut [u8]) {
+        data.fill(0xff);
+        if let Some(b) = data.first_mut() {
+            *b = self.other | u8::from(self.a20.enabled()) << 1;
+        }
+    }
+
+    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, _port: u16, data: &[u8]) {
+        let Some(&v) = data.first() else {
+            return;
+        };
+        self.a20.set(v & 0x02 != 0);
+        self.other = v & 0xfc;
+        if v & 0x01 != 0 {
+            ctx.request(VmRequest::Reset);
+        }
+    }
+}
+
+impl Device for SystemControlA {
+    fn name(&self) -> &str {
+        "port92"
+    }
+    fn port_io(&mut self) -> Option<&mut dyn PortIo> {
+        Some(self)
+    }
+    fn reset(&mut self) {
+        self.a20.set(false);
+        self.other = 0;
+    }
+}

@@ -1,0 +1,70 @@
+//! The headline: an unmodified Debian Linux boots from a CD image through
+//! SeaBIOS and ISOLINUX under the VMM's SVM backend with nested paging, in
+//! the bare-metal host under QEMU TCG, reaches user space and powers off
+//! through ACPI, and the host reports that the VM powered off.
+//!
+//! `cargo xtask test` builds the kernel and the CD image and sets
+//! `VMM_TEST_KERNEL`, `VMM_TEST_SEABIOS` and `VMM_TEST_LINUX_ISO`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+use xtask::kernel::{boot_and_capture, GuestImage};
+use xtask::qemu::Outcome;
+
+fn env_path(var: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os(var).unwrap_or_else(|| {
+        panic!("{var} is not set: run these tests through `cargo xtask test`, which builds what they boot")
+    }))
+}
+
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
+fn linux_boots_from_the_cd_to_user_space_and_powers_off() {
+    let modules = [
+        GuestImage {
+            name: "bios".into(),
+            path: env_path("VMM_TEST_SEABIOS"),
+        },
+        GuestImage {
+            name: "cdrom".into(),
+            path: env_path("VMM_TEST_LINUX_ISO"),
+        },
+    ];
+    let (outcome, console) = boot_and_capture(
+        &env_path("VMM_TEST_KERNEL"),
+        "guest_mem=256M vms=1",
+        &modules,
+        1024,
+        Duration::from_secs(900),
+    )
+    .unwrap();
+    // Firmware and boot loader.
+    assert!(console.contains("[vm 0] SeaBIOS (version"), "{console}");
+    assert!(console.contains("Booting from DVD/CD..."), "{console}");
+    assert!(console.contains("ISOLINUX 6.04"), "{console}");
+    // The kernel's version line, and user space.
+    assert!(console.contains("] Linux version 6.1.0-"), "{console}");
+    assert!(
+        console.contains("-cloud-amd64 (debian-kernel@lists.debian.org)"),
+        "{console}"
+    );
+    assert!(
+        console.contains("[vm 0] uname: Linux (none) 6.1.0-"),
+        "{console}"
+    );
+    assert!(
+        console.contains("[vm 0] VMM-CD-INIT-MARKER: user space reached"),
+        "{console}"
+    );
+    // A clean ACPI power-off, seen by the guest and by the host.
+    assert!(console.contains("reboot: Power down"), "{console}");
+    assert!(
+        console.contains("vm 0 (pc): guest powered off"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vmm: all VMs stopped; every guest powered off"),
+        "{console}"
+    );
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}

@@ -760,3 +760,74 @@ fn protected_mode_with_32_bit_paging_and_pae() {
         })))
     );
 }
+
+/// A VM with 1 MiB of RAM and a 64 KiB ROM at 0xf0000 (as firmware leaves
+/// the BIOS segment write-protected).
+fn vm_with_rom_at_f0000() -> Vm {
+    let host = Arc::new(TestHost::new());
+    let mut vm = TestVmBuilder::new(host, 0)
+        .ram(0xf_0000)
+        .rom(0xf_0000, &[0x5a; 0x1_0000])
+        .build()
+        .unwrap();
+    vm.memory_mut().write(0x1000, &[0x60, 0x61]).unwrap(); // pusha; popa
+    vm
+}
+
+#[test]
+fn pusha_popa_round_trip_in_ram() {
+    let mut vm = vm_with_rom_at_f0000();
+    let mut cpu = RegisterFile::real_mode();
+    cpu.rip = 0x1000;
+    cpu.gprs = [
+        0x1111, 0x2222, 0x3333, 0x4444, 0x8000, 0x6666, 0x7777, 0x8888, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    assert_eq!(
+        Emulator::default().emulate(&mut cpu, &mut vm),
+        Ok(Completion::Retired)
+    );
+    assert_eq!(cpu.gprs[4], 0x8000 - 16);
+    // Lowest address: DI, SI, BP, SP (as it was), BX, DX, CX, AX.
+    let mut stack = [0u8; 16];
+    vm.memory().read(0x8000 - 16, &mut stack).unwrap();
+    let words: Vec<u16> = stack
+        .chunks(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    assert_eq!(
+        words,
+        vec![0x8888, 0x7777, 0x6666, 0x8000, 0x4444, 0x3333, 0x2222, 0x1111]
+    );
+    cpu.gprs = [0; 16];
+    cpu.gprs[4] = 0x8000 - 16;
+    assert_eq!(
+        Emulator::default().emulate(&mut cpu, &mut vm),
+        Ok(Completion::Retired)
+    );
+    assert_eq!(
+        &cpu.gprs[..8],
+        &[0x1111, 0x2222, 0x3333, 0x4444, 0x8000, 0x6666, 0x7777, 0x8888],
+        "POPA restores all but SP, which moves past the frame"
+    );
+    assert_eq!(cpu.rip, 0x1002);
+}
+
+#[test]
+fn pushad_onto_a_stack_in_rom_drops_the_writes_and_moves_esp() {
+    // What ISOLINUX does with a stack at 0x100000 once SeaBIOS has made the
+    // BIOS segment read-only: on hardware the writes are lost, the
+    // instruction completes.
+    let mut vm = vm_with_rom_at_f0000();
+    let mut cpu = RegisterFile::protected_flat32();
+    cpu.rip = 0x1000;
+    cpu.gprs[0] = 0xdead_beef;
+    cpu.gprs[4] = 0x10_0000;
+    assert_eq!(
+        Emulator::default().emulate(&mut cpu, &mut vm),
+        Ok(Completion::Retired)
+    );
+    assert_eq!(cpu.gprs[4], 0x10_0000 - 32);
+    let mut rom = [0u8; 32];
+    vm.memory().read(0x10_0000 - 32, &mut rom).unwrap();
+    assert_eq!(rom, [0x5a; 32], "ROM unchanged");
+}

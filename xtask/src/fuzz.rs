@@ -77,7 +77,7 @@ pub fn build_all() -> Result<()> {
             .args(["fuzz", "build", "--target-dir"])
             .arg(fuzz_target_dir())
             .current_dir(system::root().join("fuzz"))
-            .env_remove("RUSTUP_TOOLCHAIN"),
+            .env("RUSTUP_TOOLCHAIN", "nightly"),
         "cargo fuzz build (all targets)",
     )
 }
@@ -100,7 +100,7 @@ pub fn fuzz(target: &str, seconds: u64) -> Result<()> {
             .arg(format!("-max_total_time={seconds}"))
             .arg("-print_final_stats=1")
             .current_dir(system::root().join("fuzz"))
-            .env_remove("RUSTUP_TOOLCHAIN"),
+            .env("RUSTUP_TOOLCHAIN", "nightly"),
         &format!("fuzz {target} for {seconds} s"),
     )
 }

@@ -45,9 +45,11 @@ pub fn target_dir() -> PathBuf {
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
-    // The outer `cargo xtask` sets these for itself; they must not leak into
-    // builds for other toolchains (the nightly fuzz build).
-    c.env_remove("RUSTUP_TOOLCHAIN");
+    // RUSTUP_TOOLCHAIN, set by the rustup proxy that started `cargo xtask`
+    // from rust-toolchain.toml, is inherited on purpose: without it rustup
+    // picks the toolchain from each rustc's working directory, and some
+    // crates ship a `rust-toolchain` file of their own (x86 asks for
+    // nightly, which has no bare-metal target).
     c
 }
 
@@ -164,6 +166,6 @@ pub fn ensure_rust_target() -> Result<()> {
 /// `rustc` of the workspace toolchain.
 fn cargo_rustc() -> Command {
     let mut c = Command::new("rustc");
-    c.current_dir(root()).env_remove("RUSTUP_TOOLCHAIN");
+    c.current_dir(root());
     c
 }

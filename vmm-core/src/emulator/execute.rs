@@ -189,6 +189,10 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             }
             Mnemonic::Push => self.push(d)?,
             Mnemonic::Pop => self.pop(d)?,
+            Mnemonic::Pusha => self.push_all(2)?,
+            Mnemonic::Pushad => self.push_all(4)?,
+            Mnemonic::Popa => self.pop_all(2)?,
+            Mnemonic::Popad => self.pop_all(4)?,
             Mnemonic::Movd
             | Mnemonic::Movq
             | Mnemonic::Movdqa
@@ -398,6 +402,50 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
         let ss = self.stack_size();
         let sp = self.read_gpr(4, ss, false).wrapping_sub(size as u64) & alu::mask(ss);
         self.write_value(Segment::Ss, sp, size, v)?;
+        self.write_gpr(4, ss, false, sp);
+        Ok(())
+    }
+
+    /// PUSHA/PUSHAD (operand `size` 2 or 4): AX, CX, DX, BX, the original
+    /// SP, BP, SI, DI, lowest address last. Firmware and boot loaders do
+    /// this with stacks that run into write-protected BIOS memory, where the
+    /// writes are dropped as on hardware. (The decoder reports #UD for these
+    /// in 64-bit mode.)
+    fn push_all(&mut self, size: usize) -> Result<(), EmulateError> {
+        let ss = self.stack_size();
+        let mut sp = self.read_gpr(4, ss, false);
+        let original_sp = self.read_gpr(4, size, false);
+        // RAX, RCX, RDX, RBX, (SP), RBP, RSI, RDI.
+        for reg in 0..8usize {
+            let v = if reg == 4 {
+                original_sp
+            } else {
+                self.read_gpr(reg, size, false)
+            };
+            sp = sp.wrapping_sub(size as u64) & alu::mask(ss);
+            self.write_value(Segment::Ss, sp, size, v)?;
+        }
+        self.write_gpr(4, ss, false, sp);
+        Ok(())
+    }
+
+    /// POPA/POPAD: DI, SI, BP, (SP discarded), BX, DX, CX, AX; registers
+    /// change only if every read succeeds.
+    fn pop_all(&mut self, size: usize) -> Result<(), EmulateError> {
+        let ss = self.stack_size();
+        let mut sp = self.read_gpr(4, ss, false);
+        let mut values = [0u64; 8];
+        for v in values.iter_mut() {
+            *v = self.read_value(Segment::Ss, sp, size)?;
+            sp = sp.wrapping_add(size as u64) & alu::mask(ss);
+        }
+        // values[0] is DI (register 7) ... values[7] is AX (register 0).
+        for (i, v) in values.iter().enumerate() {
+            let reg = 7 - i;
+            if reg != 4 {
+                self.write_gpr(reg, size, false, *v);
+            }
+        }
         self.write_gpr(4, ss, false, sp);
         Ok(())
     }

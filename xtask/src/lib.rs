@@ -3,6 +3,7 @@
 //! build and boot the bare-metal host under QEMU.
 
 pub mod bench;
+pub mod boot_bench;
 pub mod fuzz;
 pub mod gdb;
 pub mod images;

@@ -1,0 +1,130 @@
+//! `cargo xtask bench boot`: the default Linux CD booted to its init marker
+//! under the VMM (bare-metal host, QEMU TCG with SVM and NPT) and under
+//! plain QEMU TCG (same QEMU, same ISO, no VMM), in one run, with their
+//! ratio and the VMM's exits by kind, so the next optimisation is obvious.
+
+use crate::kernel::{self, GuestImage};
+use crate::qemu;
+use crate::system::{self, Error, Result};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const MARKER: &str = "VMM-CD-INIT-MARKER: user space reached";
+const TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Run `cmd`, time until a console line contains `MARKER`, and return that
+/// time and every line printed until QEMU exits.
+fn time_to_marker(mut cmd: Command) -> Result<(Duration, Vec<String>)> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| Error::msg(format!("cannot start qemu-system-x86_64: {e}")))?;
+    let start = Instant::now();
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::msg("no QEMU console"))?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(std::io::Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let mut marker = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                if marker.is_none() && line.contains(MARKER) {
+                    marker = Some(start.elapsed());
+                }
+                lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            break;
+        }
+    }
+    let _ = child.wait();
+    let t = marker.ok_or_else(|| {
+        Error::msg(format!(
+            "the guest never printed its marker; last lines:\n{}",
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        ))
+    })?;
+    Ok((t, lines))
+}
+
+fn plain_qemu(iso: &Path) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-accel", "tcg", "-cpu", "qemu64", "-smp", "1", "-m", "256M"])
+        .args([
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-monitor",
+            "none",
+        ])
+        .arg("-cdrom")
+        .arg(iso);
+    c
+}
+
+/// Entry point.
+pub fn run() -> Result<()> {
+    qemu::ensure()?;
+    let images = crate::images::fetch()?;
+    let elf = kernel::build()?;
+    let host_iso = system::target_dir().join("vmm-bench-boot.iso");
+    let modules = [
+        GuestImage {
+            name: "bios".into(),
+            path: images.seabios.clone(),
+        },
+        GuestImage {
+            name: "cdrom".into(),
+            path: images.linux_iso.clone(),
+        },
+    ];
+    kernel::iso(&elf, "guest_mem=256M vms=1", &modules, &host_iso)?;
+
+    eprintln!("xtask: booting the CD under plain QEMU TCG");
+    let (plain, _) = time_to_marker(plain_qemu(&images.linux_iso))?;
+    eprintln!("xtask: booting the CD under the VMM (bare-metal host in QEMU TCG, SVM + NPT)");
+    let (vmm, lines) = time_to_marker(qemu::command(&host_iso, 1024))?;
+
+    println!("boot to the init marker, {}:", images.linux_iso.display());
+    println!("  plain QEMU TCG          {:>8.2} s", plain.as_secs_f64());
+    println!("  VMM (SVM + NPT in TCG)  {:>8.2} s", vmm.as_secs_f64());
+    println!(
+        "  ratio                   {:>8.2}x (target: 1.5x)",
+        vmm.as_secs_f64() / plain.as_secs_f64()
+    );
+    // The host prints the VM's exits and device report after it stops.
+    let report: Vec<&String> = lines
+        .iter()
+        .skip_while(|l| !l.starts_with("vm 0 ("))
+        .take_while(|l| !l.starts_with("vmm: all VMs stopped"))
+        .collect();
+    if report.is_empty() {
+        println!("(the host printed no exit statistics)");
+    } else {
+        println!("where the VMM's exits went:");
+        for l in report {
+            println!("  {l}");
+        }
+    }
+    Ok(())
+}

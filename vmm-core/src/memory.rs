@@ -538,19 +538,23 @@ impl GuestMemory {
     /// or unmapped.
     pub fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
         self.check_access(gpa, data.len() as u64, true)?;
-        let mut done = 0usize;
-        let mut targets: Vec<(BlockId, u64, usize, usize)> = Vec::new();
-        self.pieces(gpa, data.len() as u64, |r, s, e| {
-            let n = (e - s) as usize;
-            if let Backing::Block { block, offset } = r.slice(s, e).write {
-                targets.push((block, offset, done, n));
+        // The whole range is memory (checked above): copy piece by piece.
+        let end = gpa + data.len() as u64;
+        let (mut cur, mut done) = (gpa, 0usize);
+        while cur < end {
+            let i = self.find(cur).ok_or(MemoryError::NotMemory {
+                gpa: cur,
+                kind: RegionKind::Unmapped,
+            })?;
+            let region = self.regions[i];
+            let piece_end = region.end.min(end);
+            let n = (piece_end - cur) as usize;
+            if let Backing::Block { block, offset } = region.slice(cur, piece_end).write {
+                self.block_bytes_mut(block, offset, n)?
+                    .copy_from_slice(&data[done..done + n]);
             }
             done += n;
-            Ok(())
-        })?;
-        for (block, offset, from, n) in targets {
-            let dst = self.block_bytes_mut(block, offset, n)?;
-            dst.copy_from_slice(&data[from..from + n]);
+            cur = piece_end;
         }
         Ok(())
     }

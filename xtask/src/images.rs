@@ -42,26 +42,25 @@ pub fn dir() -> PathBuf {
 /// The exact name of the kernel package behind `linux-image-cloud-amd64`
 /// (naming it exactly avoids downloading every kernel).
 fn kernel_package() -> Result<String> {
-    let find = || -> Result<Option<String>> {
+    let find = || {
         let deps = output(
             Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]),
             "apt-cache depends linux-image-cloud-amd64",
         )
         .unwrap_or_default();
-        Ok(deps
-            .lines()
+        deps.lines()
             .filter_map(|l| l.trim().strip_prefix("Depends: "))
             .find(|p| {
                 p.starts_with("linux-image-")
                     && p.as_bytes().get(12).is_some_and(u8::is_ascii_digit)
             })
-            .map(str::to_string))
+            .map(str::to_string)
     };
-    if let Some(p) = find()? {
+    if let Some(p) = find() {
         return Ok(p);
     }
     system::apt_update()?;
-    find()?.ok_or_else(|| {
+    find().ok_or_else(|| {
         Error::msg("apt-cache knows no linux-image-cloud-amd64; check /etc/apt/sources.list.d/debian.sources")
     })
 }

@@ -169,3 +169,11 @@ fn cargo_rustc() -> Command {
     c.current_dir(root());
     c
 }
+
+/// A path the test tooling hands to an integration test in environment
+/// variable `var`; panics with what to run when it is missing (for tests).
+pub fn env_path(var: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os(var).unwrap_or_else(|| {
+        panic!("{var} is not set: run these tests through `cargo xtask test`, which builds what they boot")
+    }))
+}

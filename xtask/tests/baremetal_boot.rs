@@ -11,12 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use xtask::kernel::{boot_and_capture, named_guests, GuestImage};
 use xtask::qemu::Outcome;
-
-fn env_path(var: &str) -> PathBuf {
-    PathBuf::from(std::env::var_os(var).unwrap_or_else(|| {
-        panic!("{var} is not set: run these tests through `cargo xtask test`, which builds what they boot")
-    }))
-}
+use xtask::system::env_path;
 
 fn kernel() -> PathBuf {
     env_path("VMM_TEST_KERNEL")

@@ -6,16 +6,10 @@
 //! `cargo xtask test` builds the kernel and the CD image and sets
 //! `VMM_TEST_KERNEL`, `VMM_TEST_SEABIOS` and `VMM_TEST_LINUX_ISO`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 use xtask::kernel::{boot_and_capture, GuestImage};
 use xtask::qemu::Outcome;
-
-fn env_path(var: &str) -> PathBuf {
-    PathBuf::from(std::env::var_os(var).unwrap_or_else(|| {
-        panic!("{var} is not set: run these tests through `cargo xtask test`, which builds what they boot")
-    }))
-}
+use xtask::system::env_path;
 
 #[test]
 #[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]

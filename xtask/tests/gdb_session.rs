@@ -2,17 +2,11 @@
 //! `cargo xtask gdb` attaches it, stops in the SVM exit handler and its
 //! backtrace names Rust source files and lines.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 use xtask::gdb::{gdb_command, start_paused_qemu};
 use xtask::kernel::{iso, named_guests};
-
-fn env_path(var: &str) -> PathBuf {
-    PathBuf::from(std::env::var_os(var).unwrap_or_else(|| {
-        panic!("{var} is not set: run these tests through `cargo xtask test`, which builds what they boot")
-    }))
-}
+use xtask::system::env_path;
 
 #[test]
 #[ignore = "boots the bare-metal host under QEMU with gdb: run through cargo xtask test"]

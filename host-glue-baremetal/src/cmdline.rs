@@ -26,6 +26,37 @@ pub enum SelfTest {
     Panic,
 }
 
+/// Which virtualization extension runs the VMs (`cpu=`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CpuBackend {
+    /// SVM if the CPU has it (with nested paging), else VMX.
+    Auto,
+    /// AMD SVM.
+    Svm,
+    /// Intel VMX.
+    Vmx,
+}
+
+/// How guest-physical memory is virtualized (`paging=`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PagingChoice {
+    /// Nested paging (NPT/EPT), the default.
+    Nested,
+    /// Shadow page tables (no nested paging used, even if the CPU has it).
+    Shadow,
+}
+
+/// A physical device to pass through to the VMs (`passthrough=`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PassthroughKind {
+    /// The ISA NE2000 at port 0x300 (QEMU `-device ne2k_isa`), shared by
+    /// every VM under the device monitor model.
+    Ne2k,
+    /// The PIIX IDE controller's primary channel (bus-master DMA), with the
+    /// disk QEMU attaches there.
+    Ide,
+}
+
 /// The settings the command line controls.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Config {
@@ -37,6 +68,12 @@ pub struct Config {
     pub log_level: LogLevel,
     /// Number of VMs to run.
     pub vms: u32,
+    /// A physical device passed through to the VMs.
+    pub passthrough: Option<PassthroughKind>,
+    /// The virtualization backend.
+    pub cpu: CpuBackend,
+    /// Nested or shadow paging.
+    pub paging: PagingChoice,
 }
 
 impl Default for Config {
@@ -46,6 +83,9 @@ impl Default for Config {
             guest_mem: 512 << 20,
             log_level: LogLevel::Info,
             vms: 1,
+            passthrough: None,
+            cpu: CpuBackend::Auto,
+            paging: PagingChoice::Nested,
         }
     }
 }
@@ -73,7 +113,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -140,6 +180,29 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     _ => return Err(bad("exception or panic")),
                 });
             }
+            "passthrough" => {
+                config.passthrough = match value {
+                    "ne2k" => Some(PassthroughKind::Ne2k),
+                    "ide" => Some(PassthroughKind::Ide),
+                    "none" => None,
+                    _ => return Err(bad("ne2k, ide or none")),
+                };
+            }
+            "cpu" => {
+                config.cpu = match value {
+                    "auto" => CpuBackend::Auto,
+                    "svm" => CpuBackend::Svm,
+                    "vmx" => CpuBackend::Vmx,
+                    _ => return Err(bad("auto, svm or vmx")),
+                };
+            }
+            "paging" => {
+                config.paging = match value {
+                    "nested" => PagingChoice::Nested,
+                    "shadow" => PagingChoice::Shadow,
+                    _ => return Err(bad("nested or shadow")),
+                };
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -184,5 +247,28 @@ mod tests {
             Some(SelfTest::Panic)
         );
         assert!(parse("selftest=reboot").is_err());
+        assert_eq!(parse("").unwrap().passthrough, None);
+        assert_eq!(
+            parse("passthrough=ne2k").unwrap().passthrough,
+            Some(PassthroughKind::Ne2k)
+        );
+        assert_eq!(
+            parse("passthrough=ide").unwrap().passthrough,
+            Some(PassthroughKind::Ide)
+        );
+        assert!(parse("passthrough=e1000").is_err());
+        assert_eq!(parse("cpu=vmx").unwrap().cpu, CpuBackend::Vmx);
+        assert_eq!(parse("cpu=svm").unwrap().cpu, CpuBackend::Svm);
+        assert_eq!(parse("").unwrap().cpu, CpuBackend::Auto);
+        assert_eq!(parse("").unwrap().paging, PagingChoice::Nested);
+        assert_eq!(parse("paging=shadow").unwrap().paging, PagingChoice::Shadow);
+        assert!(matches!(
+            parse("paging=ept").unwrap_err(),
+            CmdlineError::BadValue { key: "paging", .. }
+        ));
+        assert!(matches!(
+            parse("cpu=arm").unwrap_err(),
+            CmdlineError::BadValue { key: "cpu", .. }
+        ));
     }
 }

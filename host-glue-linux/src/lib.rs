@@ -1,33 +1,24 @@
 //! `host-glue-linux`: `vmm-core` hosted by Linux user space.
 //!
 //! [`LinuxHost`] implements the host trait with the standard library: guest
-//! memory from the heap (zeroed), time from the monotonic
-//! clock, idling by sleeping. The KVM vCPU backend and the `vmm` command
-//! build on it.
+//! memory from anonymous `mmap` (page-aligned, zeroed), time from the
+//! monotonic clock, idling by sleeping. [`kvm`] is a vCPU backend on
+//! `/dev/kvm` that the one exit loop of `vmm_core::vcpu` drives; [`pc`]
+//! builds a PC (SeaBIOS, the chipset, IDE, fw_cfg) and [`runner`] runs it,
+//! which is what the `vmm` command does.
 
 pub mod block_file;
+pub mod config;
+pub mod console;
+pub mod kvm;
+pub mod mmap_memory;
+pub mod pc;
+pub mod runner;
+pub mod size;
 
+use mmap_memory::MmapMemory;
 use std::time::{Duration, Instant};
-use vmm_core::host::{Host, HostError, HostMemory, HostPhysAddr};
-
-/// Zeroed host memory from the global allocator (the KVM backend will map
-/// guest RAM with mmap instead, for page alignment).
-pub struct HeapMemory {
-    bytes: Vec<u8>,
-}
-
-impl HostMemory for HeapMemory {
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes
-    }
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.bytes
-    }
-    /// Linux user space never sees host-physical addresses.
-    fn host_phys(&self, _offset: usize) -> Option<HostPhysAddr> {
-        None
-    }
-}
+use vmm_core::host::{Host, HostError, HostMemory};
 
 /// The Linux host.
 pub struct LinuxHost {
@@ -54,12 +45,9 @@ impl Host for LinuxHost {
         if len == 0 || !align.is_power_of_two() {
             return Err(HostError::BadRequest { len, align });
         }
-        let mut bytes = Vec::new();
-        bytes
-            .try_reserve_exact(len)
-            .map_err(|_| HostError::OutOfMemory { len, align })?;
-        bytes.resize(len, 0);
-        Ok(Box::new(HeapMemory { bytes }))
+        MmapMemory::new(len, align)
+            .map(|m| Box::new(m) as Box<dyn HostMemory>)
+            .ok_or(HostError::OutOfMemory { len, align })
     }
 
     fn now_ns(&self) -> u64 {

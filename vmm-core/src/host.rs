@@ -113,4 +113,29 @@ pub trait Host: Send + Sync {
     /// by a VM that waits for a shared device held by another VM. A host that
     /// time-slices VMs on one CPU may simply return and run the next VM.
     fn idle(&self, deadline_ns: Option<u64>);
+
+    /// The guest about to run must be interrupted (an external-interrupt
+    /// exit) no later than `deadline_ns` (a [`Host::now_ns`] value): the next
+    /// device timer or the end of the VM's time slice. `None`: no deadline,
+    /// but the host should still get the CPU back now and then.
+    ///
+    /// Called by the run loop before every entry. A host with a periodic
+    /// tick fine enough for its guests' timers may ignore it (the default);
+    /// a host with a one-shot timer arms it, and then a guest that runs
+    /// undisturbed takes no timer exits at all.
+    fn preempt_at(&self, deadline_ns: Option<u64>) {
+        let _ = deadline_ns;
+    }
+
+    /// The frequency of the time-stamp counter guests read (the host's TSC,
+    /// which hardware backends let guests read without an exit), in kHz,
+    /// if the host knows it and it is constant.
+    ///
+    /// When known, guests are offered a paravirtual clock (the KVM clock
+    /// interface, see [`crate::vcpu::guest_cpuid_for`]) so that firmware
+    /// and Linux can use the TSC instead of calibrating it against timers
+    /// that exit on every read. The default says "unknown".
+    fn tsc_khz(&self) -> Option<u32> {
+        None
+    }
 }

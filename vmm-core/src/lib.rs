@@ -17,23 +17,27 @@
 //! [`test_host`] provides an in-process host and VM builder with a manual
 //! clock, used by every unit test, integration test, benchmark and fuzzer.
 #![no_std]
-// `unsafe` is denied everywhere but in `svm`, the hardware backend that
-// hands physical addresses to the CPU.
+// `unsafe` is denied everywhere but in `svm` and `vmx`, the hardware
+// backends that hand physical addresses to the CPU.
 #![deny(unsafe_code)]
 
 extern crate alloc;
 
 pub mod device;
 pub mod dma;
+pub mod dmm;
 pub mod emulator;
 pub mod host;
 pub mod irq;
 pub mod memory;
 pub mod nested_paging;
 pub mod paging;
+pub mod shadow_paging;
 pub mod stats;
 #[allow(unsafe_code)]
 pub mod svm;
 pub mod test_host;
 pub mod vcpu;
 pub mod vm;
+#[allow(unsafe_code)]
+pub mod vmx;

@@ -464,6 +464,16 @@ impl GuestMemory {
         blk.mem.host_phys(usize::try_from(offset).ok()?)
     }
 
+    /// All bytes of `block`, borrowed for the duration of the call: for a
+    /// backend whose hypervisor maps guest memory itself (KVM memory slots
+    /// take the block's host address and length). `None` if there is no
+    /// such block.
+    pub fn block_bytes_all_mut(&mut self, block: BlockId) -> Option<&mut [u8]> {
+        self.blocks
+            .get_mut(block.0 as usize)
+            .map(|b| b.mem.as_mut_slice())
+    }
+
     /// Copy `data` into `block` at `offset`: how the host loads a ROM image
     /// or a kernel. Not subject to the map (works on ROM).
     pub fn load_block(
@@ -515,6 +525,12 @@ impl GuestMemory {
     /// Read guest memory as the CPU would. Fails whole, reading nothing, if
     /// any byte is MMIO or unmapped (the caller routes those to devices).
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        // The common case, one lookup: the access lies inside one region
+        // whose reads reach a block (RAM or ROM).
+        if let Some(Backing::Block { block, offset }) = self.single_region(gpa, buf.len(), false) {
+            buf.copy_from_slice(self.block_bytes(block, offset, buf.len())?);
+            return Ok(());
+        }
         // Check the whole range first so that a failure leaves `buf` alone.
         self.check_access(gpa, buf.len() as u64, false)?;
         let mut done = 0usize;
@@ -537,6 +553,13 @@ impl GuestMemory {
     /// regions are dropped. Fails whole, writing nothing, if any byte is MMIO
     /// or unmapped.
     pub fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
+        // The common case, one lookup: inside one region whose writes reach
+        // a block (RAM, or shadow RAM behind a BIOS).
+        if let Some(Backing::Block { block, offset }) = self.single_region(gpa, data.len(), true) {
+            self.block_bytes_mut(block, offset, data.len())?
+                .copy_from_slice(data);
+            return Ok(());
+        }
         self.check_access(gpa, data.len() as u64, true)?;
         // The whole range is memory (checked above): copy piece by piece.
         let end = gpa + data.len() as u64;
@@ -560,6 +583,20 @@ impl GuestMemory {
     }
 
     /// Fail if any byte of the range is MMIO or unmapped.
+    /// The backing that `len` (> 0) bytes at `gpa` reach for reads (or
+    /// writes), if they all lie inside one region; `None` sends the caller
+    /// to the general path.
+    #[inline]
+    fn single_region(&self, gpa: u64, len: usize, write: bool) -> Option<Backing> {
+        let end = gpa.checked_add(len as u64).filter(|_| len > 0)?;
+        let r = &self.regions[self.find(gpa)?];
+        if end > r.end {
+            return None;
+        }
+        let piece = r.slice(gpa, end);
+        Some(if write { piece.write } else { piece.read })
+    }
+
     fn check_access(&self, gpa: u64, len: u64, write: bool) -> Result<(), MemoryError> {
         self.pieces(gpa, len, |r, s, _| {
             let b = if write { r.write } else { r.read };

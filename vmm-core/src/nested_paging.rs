@@ -54,6 +54,31 @@ impl EntryFormat for Npt {
     }
 }
 
+/// Intel EPT: read/write/execute permission bits instead of a present bit,
+/// write-back memory type in every leaf (bits 5:3 = 6), bit 7 for 2 MiB
+/// pages. Guest code runs from RAM and ROM alike, so every leaf allows
+/// execution; ROM leaves lack only W.
+pub struct Ept;
+
+/// EPT memory type write-back, in a leaf's bits 5:3.
+const EPT_WRITE_BACK: u64 = 6 << 3;
+
+impl EntryFormat for Ept {
+    fn table(table: u64) -> u64 {
+        table | 0b111 // R | W | X: the leaves decide
+    }
+    fn leaf(frame: u64, writable: bool, large: bool) -> u64 {
+        let mut e = frame | 0b101 | EPT_WRITE_BACK; // R | X
+        if writable {
+            e |= 0b10;
+        }
+        if large {
+            e |= 1 << 7;
+        }
+        e
+    }
+}
+
 /// Why the tables could not be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NestedPagingError {
@@ -327,6 +352,33 @@ mod tests {
         assert_eq!(t.translate(0xffff_fff0), Some((rom_phys, false)));
         assert_eq!(t.translate(0xf_fff0), Some((rom_phys, false)));
         assert_eq!(t.generation(), m.generation());
+    }
+
+    #[test]
+    fn ept_entries_carry_permissions_memory_type_and_large_bits() {
+        // R | W | X, write-back, 2 MiB.
+        assert_eq!(Ept::leaf(0x20_0000, true, true), 0x20_0000 | 0xb7);
+        // ROM: readable and executable, never writable.
+        assert_eq!(Ept::leaf(0x1000, false, false), 0x1000 | 0x35);
+        assert_eq!(Ept::table(0x5000), 0x5007);
+    }
+
+    #[test]
+    fn ept_tables_follow_the_same_policy_as_npt() {
+        let host = TestHost::new();
+        let mut m = GuestMemory::new();
+        m.add_ram(0, host.alloc_memory(0x40_0000, 0x20_0000).unwrap())
+            .unwrap();
+        let rom = m
+            .add_rom(0xffff_0000, host.alloc_memory(0x1_0000, 4096).unwrap())
+            .unwrap();
+        m.unmap(0xa_0000, 0x2_0000).unwrap();
+        let t = NestedTables::<Ept>::build(&host, &m).unwrap();
+        assert_eq!(t.mappings().large_pages, 1, "{:?}", t.mappings());
+        assert!(t.translate(0x30_0000).is_some_and(|(_, w)| w));
+        assert_eq!(t.translate(0xb_8000), None, "the VGA hole faults");
+        let rom_phys = m.block_host_phys(rom, 0xfff0).unwrap();
+        assert_eq!(t.translate(0xffff_fff0), Some((rom_phys, false)));
     }
 
     #[test]

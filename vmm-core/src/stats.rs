@@ -92,6 +92,8 @@ impl ExitKind {
 #[derive(Clone, Debug, Default)]
 pub struct ExitStats {
     counts: [u64; ExitKind::ALL.len()],
+    handling_ns: [u64; ExitKind::ALL.len()],
+    guest_ns: u64,
 }
 
 impl ExitStats {
@@ -110,6 +112,31 @@ impl ExitStats {
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
     }
+
+    /// Add `ns` of host time spent handling one exit of `kind` (device
+    /// models, emulation, injection: everything between the exit and the
+    /// next entry).
+    #[inline]
+    pub fn add_handling_time(&mut self, kind: ExitKind, ns: u64) {
+        self.handling_ns[kind as usize] += ns;
+    }
+
+    /// Host time spent handling exits of `kind`, in ns.
+    pub fn handling_ns(&self, kind: ExitKind) -> u64 {
+        self.handling_ns[kind as usize]
+    }
+
+    /// Add `ns` from an entry to the exit that ended it: the guest running,
+    /// plus the world switches.
+    #[inline]
+    pub fn add_guest_time(&mut self, ns: u64) {
+        self.guest_ns += ns;
+    }
+
+    /// Time from entries to exits, in ns.
+    pub fn guest_ns(&self) -> u64 {
+        self.guest_ns
+    }
 }
 
 impl fmt::Display for ExitStats {
@@ -119,14 +146,34 @@ impl fmt::Display for ExitStats {
         writeln!(f, "exits: {total}")?;
         let mut kinds = ExitKind::ALL;
         kinds.sort_by_key(|k| core::cmp::Reverse(self.count(*k)));
+        let timed = self.handling_ns.iter().any(|t| *t > 0);
         for k in kinds.iter().filter(|k| self.count(**k) > 0) {
             let n = self.count(*k);
-            writeln!(
+            write!(
                 f,
                 "  {:<20} {:>12} {:>5.1}%",
                 k.name(),
                 n,
                 n as f64 * 100.0 / total as f64
+            )?;
+            if timed {
+                let ns = self.handling_ns(*k);
+                write!(
+                    f,
+                    "   handled in {:>8.1} ms ({:.1} us/exit)",
+                    ns as f64 / 1e6,
+                    ns as f64 / 1e3 / n as f64
+                )?;
+            }
+            writeln!(f)?;
+        }
+        if timed {
+            let handling: u64 = self.handling_ns.iter().sum();
+            writeln!(
+                f,
+                "  time in the guest (incl. world switches) {:.1} ms, handling exits {:.1} ms",
+                self.guest_ns as f64 / 1e6,
+                handling as f64 / 1e6
             )?;
         }
         Ok(())
@@ -152,5 +199,25 @@ mod tests {
         assert!(io < hlt, "{text}");
         assert!(text.contains("75.0%"), "{text}");
         assert!(!text.contains("cpuid"));
+        assert!(!text.contains("handled in"), "no times recorded: {text}");
+    }
+
+    #[test]
+    fn handling_time_is_shown_per_kind_and_per_exit() {
+        let mut s = ExitStats::default();
+        for _ in 0..4 {
+            s.record(ExitKind::PortIo);
+            s.add_handling_time(ExitKind::PortIo, 2_500);
+        }
+        s.add_guest_time(3_000_000);
+        let text = s.to_string();
+        assert!(
+            text.contains("handled in      0.0 ms (2.5 us/exit)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("time in the guest (incl. world switches) 3.0 ms, handling exits 0.0 ms"),
+            "{text}"
+        );
     }
 }

@@ -67,12 +67,22 @@ pub struct TestHost {
     now_ns: AtomicU64,
     allocated: AtomicU64,
     limit: Option<u64>,
+    tsc_khz: Option<u32>,
 }
 
 impl TestHost {
     /// A host with unlimited memory and the clock at zero.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A host that says its TSC runs at `khz` (so guests are offered
+    /// kvmclock).
+    pub fn with_tsc_khz(khz: u32) -> Self {
+        Self {
+            tsc_khz: Some(khz),
+            ..Self::default()
+        }
     }
 
     /// A host that refuses allocations beyond `bytes` in total.
@@ -121,6 +131,10 @@ impl Host for TestHost {
         if let Some(d) = deadline_ns {
             self.set_now_ns(d);
         }
+    }
+
+    fn tsc_khz(&self) -> Option<u32> {
+        self.tsc_khz
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::device::DispatchEnv;
 use crate::device::{ClaimError, Device, DeviceId, DeviceManager, VmRequest};
+use crate::dmm::DirectPorts;
 use crate::host::Host;
 use crate::memory::{GuestMemory, RegionKind};
 use crate::stats::ExitStats;
@@ -96,6 +97,8 @@ pub struct Vm {
     requests: Vec<VmRequest>,
     stop: Option<StopReason>,
     reset_requested: bool,
+    retry_requested: bool,
+    direct_ports: Vec<Arc<DirectPorts>>,
 }
 
 impl Vm {
@@ -110,6 +113,8 @@ impl Vm {
             requests: Vec::new(),
             stop: None,
             reset_requested: false,
+            retry_requested: false,
+            direct_ports: Vec::new(),
         }
     }
 
@@ -131,6 +136,12 @@ impl Vm {
     /// The memory map, for the host to load images and for backends.
     pub fn memory_mut(&mut self) -> &mut GuestMemory {
         &mut self.memory
+    }
+
+    /// The host and the memory map at once, for a backend that allocates
+    /// while it updates guest memory (shadow paging fills).
+    pub fn host_and_memory_mut(&mut self) -> (&dyn Host, &mut GuestMemory) {
+        (&*self.host, &mut self.memory)
     }
 
     /// The device manager.
@@ -210,6 +221,7 @@ impl Vm {
     /// The guest read `data.len()` bytes from `port` (an IN exit).
     #[inline]
     pub fn port_read(&mut self, port: u16, data: &mut [u8]) -> Option<DeviceId> {
+        self.retry_requested = false;
         let id = self.devices.port_read(dispatch_env!(self), port, data);
         self.apply_requests(id);
         id
@@ -218,7 +230,35 @@ impl Vm {
     /// The guest wrote `data` to `port` (an OUT exit).
     #[inline]
     pub fn port_write(&mut self, port: u16, data: &[u8]) -> Option<DeviceId> {
+        self.retry_requested = false;
         let id = self.devices.port_write(dispatch_env!(self), port, data);
+        self.apply_requests(id);
+        id
+    }
+
+    /// The guest ran a string read (REP INS) of `data.len() / size`
+    /// elements of `size` bytes from `port` (the emulator's bulk path).
+    pub fn port_read_string(
+        &mut self,
+        port: u16,
+        size: usize,
+        data: &mut [u8],
+    ) -> Option<DeviceId> {
+        self.retry_requested = false;
+        let id = self
+            .devices
+            .port_read_string(dispatch_env!(self), port, size, data);
+        self.apply_requests(id);
+        id
+    }
+
+    /// The guest ran a string write (REP OUTS) of `data.len() / size`
+    /// elements of `size` bytes to `port`.
+    pub fn port_write_string(&mut self, port: u16, size: usize, data: &[u8]) -> Option<DeviceId> {
+        self.retry_requested = false;
+        let id = self
+            .devices
+            .port_write_string(dispatch_env!(self), port, size, data);
         self.apply_requests(id);
         id
     }
@@ -301,6 +341,10 @@ impl Vm {
                 self.reset_requested = true;
                 Ok(())
             }
+            (VmRequest::Retry, _) => {
+                self.retry_requested = true;
+                Ok(())
+            }
             (VmRequest::PowerOff, _) => {
                 self.stop.get_or_insert(StopReason::PowerOff);
                 Ok(())
@@ -364,5 +408,36 @@ impl Vm {
     /// [`DeviceManager::reset_all`].
     pub fn take_reset_request(&mut self) -> bool {
         core::mem::take(&mut self.reset_requested)
+    }
+
+    /// Whether the last port access asked to be retried
+    /// ([`VmRequest::Retry`]: a shared device is held by another VM); clears
+    /// the flag. The run loop then leaves RIP on the instruction and returns
+    /// to the host's scheduler.
+    pub fn take_retry_request(&mut self) -> bool {
+        core::mem::take(&mut self.retry_requested)
+    }
+
+    /// Let the guest reach the ports `direct` lists without an exit (device
+    /// pass-through, see [`crate::dmm`]). Backends with an I/O permission
+    /// map read [`Vm::direct_ports`] before every entry and rebuild the map
+    /// when [`Vm::direct_ports_generation`] moves.
+    pub fn add_direct_ports(&mut self, direct: Arc<DirectPorts>) {
+        self.direct_ports.push(direct);
+    }
+
+    /// The pass-through port lists of this VM.
+    pub fn direct_ports(&self) -> &[Arc<DirectPorts>] {
+        &self.direct_ports
+    }
+
+    /// A number that changes whenever any pass-through port list of this VM
+    /// changes (zero when there are none).
+    pub fn direct_ports_generation(&self) -> u64 {
+        self.direct_ports
+            .iter()
+            .fold(self.direct_ports.len() as u64, |acc, d| {
+                acc.wrapping_add(d.generation())
+            })
     }
 }

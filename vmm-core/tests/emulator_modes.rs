@@ -482,6 +482,81 @@ fn string_port_io() {
     assert_eq!(rec.take(), vec![Event::In(PORT, 2), Event::In(PORT, 2)]);
 }
 
+/// A FIFO behind one port whose string reads are logged: each element
+/// read returns the next byte of a counter, whichever way it is read.
+#[derive(Clone, Default)]
+struct Fifo {
+    next: Arc<Mutex<u8>>,
+    string_reads: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Device for Fifo {
+    fn name(&self) -> &str {
+        "fifo"
+    }
+    fn port_io(&mut self) -> Option<&mut dyn PortIo> {
+        Some(self)
+    }
+}
+
+impl PortIo for Fifo {
+    fn port_read(&mut self, _: &mut DeviceContext<'_>, _: u16, data: &mut [u8]) {
+        let mut n = self.next.lock().unwrap();
+        for b in data.iter_mut() {
+            *b = *n;
+            *n = n.wrapping_add(1);
+        }
+    }
+    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: u16, _: &[u8]) {}
+    fn port_read_string(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: u16,
+        _size: usize,
+        data: &mut [u8],
+    ) {
+        self.string_reads.lock().unwrap().push(data.len());
+        self.port_read(ctx, port, data);
+    }
+}
+
+#[test]
+fn rep_ins_into_ram_moves_page_runs_in_one_string_access() {
+    const FIFO: u16 = 0x60;
+    let fifo = Fifo::default();
+    let mut vm = TestVmBuilder::new(Arc::new(TestHost::new()), 0)
+        .ram(0x40_0000)
+        .device(fifo.clone(), &[(FIFO, 1)], &[])
+        .build()
+        .unwrap();
+    let mut cpu = long_mode(&mut vm);
+    cpu.rip = 0x1000;
+    let code = asm(64, 0x1000, |a| a.rep().insw());
+    vm.memory_mut().write(0x1000, &code).unwrap();
+    cpu.gprs[2] = u64::from(FIFO);
+    // 2304 words from 256 bytes below a page boundary: runs end at page
+    // boundaries and at the 1024-iteration bound of each call.
+    cpu.gprs[1] = 2304;
+    cpu.gprs[7] = 0x9f00;
+    assert_eq!(run(&mut cpu, &mut vm), Ok(Completion::Paused));
+    assert_eq!(
+        (cpu.gprs[1], cpu.gprs[7], cpu.rip),
+        (1280, 0x9f00 + 2048, 0x1000)
+    );
+    assert_eq!(run(&mut cpu, &mut vm), Ok(Completion::Paused));
+    assert_eq!(run(&mut cpu, &mut vm), Ok(Completion::Retired));
+    assert_eq!((cpu.gprs[1], cpu.gprs[7]), (0, 0x9f00 + 4608));
+    assert_eq!(
+        *fifo.string_reads.lock().unwrap(),
+        vec![256, 1792, 2048, 256, 256],
+        "one string access per page run, none across a page or a pause"
+    );
+    let mut got = vec![0u8; 4608];
+    vm.memory().read(0x9f00, &mut got).unwrap();
+    let want: Vec<u8> = (0..4608u32).map(|i| i as u8).collect();
+    assert_eq!(got, want, "the bytes land in order, as element reads would");
+}
+
 #[test]
 fn port_io_with_dx_and_immediate() {
     let (mut vm, rec) = vm();

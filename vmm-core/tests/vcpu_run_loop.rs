@@ -704,3 +704,90 @@ fn a_halted_vcpu_stays_halted_across_slices() {
     assert_eq!(host.now_ns(), 10_000_000);
     assert!(cpu.injected.is_empty());
 }
+
+/// Run exactly one scripted exit.
+fn step(cpu: &mut Scripted, vm: &mut Vm, msrs: &mut MsrFile) {
+    run(
+        cpu,
+        vm,
+        &NoInterrupts,
+        msrs,
+        Slice {
+            max_exits: 1,
+            until_ns: None,
+        },
+    );
+}
+
+/// kvmclock as SeaBIOS and Linux use it: on a host that knows its TSC
+/// frequency CPUID offers it and a WRMSR of the system-time MSR fills the
+/// record the guest named with its TSC scale; the wall-clock MSR gives the
+/// boot time. On a host that does not, the same WRMSR is #GP.
+#[test]
+fn kvmclock_fills_the_guests_time_records_only_when_offered() {
+    use vmm_core::vcpu::{pvclock_scale, MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_WALL_CLOCK_NEW};
+    let host = Arc::new(TestHost::with_tsc_khz(2_000_000));
+    host.advance_ns(5_000);
+    let mut vm = TestVmBuilder::new(host, 1).ram(0x10_0000).build().unwrap();
+    let mut msrs = MsrFile::with_wall_clock(1_700_000_000);
+    let mut cpu = Scripted::new(vec![
+        Exit::Cpuid { next_rip: 2 },
+        Exit::Msr {
+            write: true,
+            next_rip: 4,
+        },
+        Exit::Msr {
+            write: false,
+            next_rip: 6,
+        },
+        Exit::Msr {
+            write: true,
+            next_rip: 8,
+        },
+    ]);
+    cpu.regs.gprs[0] = 0x4000_0101;
+    step(&mut cpu, &mut vm, &mut msrs);
+    assert_ne!(cpu.regs.gprs[0] & (1 << 3), 0, "CLOCKSOURCE2 offered");
+
+    cpu.regs.gprs[1] = u64::from(MSR_KVM_SYSTEM_TIME_NEW);
+    cpu.regs.gprs[0] = 0x5001;
+    cpu.regs.gprs[2] = 0;
+    step(&mut cpu, &mut vm, &mut msrs);
+    assert_eq!(cpu.regs.rip, 4, "the WRMSR completed");
+    let mem = vm.memory();
+    assert_eq!(mem.read_u32(0x5000).unwrap() & 1, 0, "version even: stable");
+    assert_eq!(
+        mem.read_u64(0x5010).unwrap(),
+        5_000,
+        "system time = host time"
+    );
+    let (mul, shift) = pvclock_scale(2_000_000);
+    assert_eq!(mem.read_u32(0x5018).unwrap(), mul);
+    let mut tail = [0u8; 2];
+    mem.read(0x501c, &mut tail).unwrap();
+    assert_eq!(tail, [shift as u8, 1], "shift, PVCLOCK_TSC_STABLE");
+
+    step(&mut cpu, &mut vm, &mut msrs);
+    assert_eq!(cpu.regs.gprs[0], 0x5001, "RDMSR returns what was written");
+
+    cpu.regs.gprs[1] = u64::from(MSR_KVM_WALL_CLOCK_NEW);
+    cpu.regs.gprs[0] = 0x6000;
+    step(&mut cpu, &mut vm, &mut msrs);
+    assert_eq!(vm.memory().read_u32(0x6004).unwrap(), 1_700_000_000);
+    assert!(cpu.injected.is_empty());
+
+    // A host that does not know its TSC frequency offers nothing.
+    let mut plain = self::vm();
+    let mut cpu = Scripted::new(vec![Exit::Msr {
+        write: true,
+        next_rip: 2,
+    }]);
+    cpu.regs.gprs[1] = u64::from(MSR_KVM_SYSTEM_TIME_NEW);
+    cpu.regs.gprs[0] = 0x5001;
+    step(&mut cpu, &mut plain, &mut MsrFile::default());
+    assert_eq!(
+        cpu.injected,
+        vec![Event::Exception(Exception::GeneralProtection(0))]
+    );
+    assert_eq!(plain.memory().read_u64(0x5010).unwrap(), 0);
+}

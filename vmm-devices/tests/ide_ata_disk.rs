@@ -342,3 +342,34 @@ fn hob_reads_the_previous_lba48_bytes() {
     r.outb(PRIMARY + 1, 0);
     assert_eq!(r.inb(PRIMARY + 3), 1);
 }
+
+/// A string read (what REP INSW becomes) of the data register gives exactly
+/// what the same number of single word reads gives: across DRQ block
+/// boundaries (with the interrupt and status changes between blocks) and
+/// past the end of the transfer, where the register reads all-ones.
+#[test]
+fn string_reads_of_the_data_register_match_single_reads() {
+    let read = |string: bool| {
+        let mut r = disk_rig();
+        r.outb(PRIMARY + 2, 2);
+        r.outb(PRIMARY + 7, 0xc6); // SET MULTIPLE: 2 sectors per block
+        lba28(&mut r, 7, 5);
+        r.outb(PRIMARY + 7, 0xc4); // READ MULTIPLE
+                                   // 5 sectors and 3 words more.
+        let mut out = vec![0u8; 5 * 512 + 6];
+        if string {
+            r.vm.port_read_string(PRIMARY, 2, &mut out);
+        } else {
+            for w in out.chunks_mut(2) {
+                r.vm.port_read(PRIMARY, w);
+            }
+        }
+        (out, r.status(PRIMARY), r.irq14.level())
+    };
+    let (bulk, bulk_status, bulk_irq) = read(true);
+    let (single, single_status, single_irq) = read(false);
+    assert_eq!(tag(&bulk[4 * 512..]), 11, "the fifth sector is LBA 11");
+    assert_eq!(&bulk[5 * 512..], &[0xff; 6], "past the transfer: all-ones");
+    assert!(bulk == single, "string and single reads differ");
+    assert_eq!((bulk_status, bulk_irq), (single_status, single_irq));
+}

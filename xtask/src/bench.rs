@@ -11,7 +11,9 @@ use std::process::Command;
 #[derive(Args)]
 pub struct BenchArgs {
     /// The benchmark: a file `benches/NAME.rs` in one of the crates, or
-    /// `boot` (the Linux CD under the VMM against plain QEMU).
+    /// `boot` (the Linux CD under the VMM against plain QEMU), or `paging`
+    /// (the CD under shadow against nested paging), or `kvm` (port-I/O
+    /// exits per second under `vmm` against QEMU with KVM).
     name: String,
     /// Skip the callgrind instruction counts.
     #[arg(long)]
@@ -91,6 +93,12 @@ fn instructions(bin: &PathBuf, case: &str, iters: u64) -> Result<u64> {
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.name == "boot" {
         return crate::boot_bench::run();
+    }
+    if args.name == "paging" {
+        return crate::paging_bench::run();
+    }
+    if args.name == "kvm" {
+        return crate::kvm_bench::run();
     }
     let pkg = package_of(&args.name)?;
     run_cmd_bench(&pkg, &args.name)?;

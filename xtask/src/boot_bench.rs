@@ -5,7 +5,7 @@
 
 use crate::kernel::{self, GuestImage};
 use crate::qemu;
-use crate::system::{self, Error, Result};
+use crate::system::{Error, Result};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -87,7 +87,6 @@ pub fn run() -> Result<()> {
     qemu::ensure()?;
     let images = crate::images::fetch()?;
     let elf = kernel::build()?;
-    let host_iso = system::target_dir().join("vmm-bench-boot.iso");
     let modules = [
         GuestImage {
             name: "bios".into(),
@@ -98,12 +97,16 @@ pub fn run() -> Result<()> {
             path: images.linux_iso.clone(),
         },
     ];
-    kernel::iso(&elf, "guest_mem=256M vms=1", &modules, &host_iso)?;
 
     eprintln!("xtask: booting the CD under plain QEMU TCG");
     let (plain, _) = time_to_marker(plain_qemu(&images.linux_iso))?;
     eprintln!("xtask: booting the CD under the VMM (bare-metal host in QEMU TCG, SVM + NPT)");
-    let (vmm, lines) = time_to_marker(qemu::command(&host_iso, 1024))?;
+    let (vmm, lines) = time_to_marker(qemu::direct_command(
+        &elf,
+        "guest_mem=256M vms=1",
+        &modules,
+        512,
+    )?)?;
 
     println!("boot to the init marker, {}:", images.linux_iso.display());
     println!("  plain QEMU TCG          {:>8.2} s", plain.as_secs_f64());

@@ -6,7 +6,6 @@ use clap::Args;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// `cargo xtask run` options.
@@ -29,6 +28,38 @@ pub struct RunArgs {
     /// Extra words for the kernel command line (e.g. loglevel=debug).
     #[arg(long, default_value = "")]
     cmdline: String,
+    /// Run the host under Bochs (an Intel CPU with VMX and EPT) instead of
+    /// QEMU.
+    #[arg(long)]
+    bochs: bool,
+    /// How the VMM virtualizes guest memory: nested paging (NPT) or shadow
+    /// page tables (NPT left unused).
+    #[arg(long, value_enum, default_value_t = Paging::Nested)]
+    paging: Paging,
+    /// Pass a real QEMU device through to the VMs under the device monitor
+    /// model (`ne2k`: an ISA NE2000 on a loopback UDP network whose peer
+    /// answers the guests; without --guests, runs ne2k_ping0,ne2k_ping1).
+    #[arg(long, value_enum)]
+    passthrough: Option<crate::passthrough::Scenario>,
+}
+
+/// Nested or shadow paging (`--paging`), passed to the host as `paging=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Paging {
+    /// Nested page tables (NPT).
+    Nested,
+    /// Shadow page tables.
+    Shadow,
+}
+
+impl Paging {
+    /// The host command-line word.
+    pub fn cmdline(self) -> &'static str {
+        match self {
+            Paging::Nested => "paging=nested",
+            Paging::Shadow => "paging=shadow",
+        }
+    }
 }
 
 /// Build the kernel (release profile, with debug info) and return its ELF.
@@ -163,11 +194,21 @@ pub fn boot_and_capture(
     memory_mib: u64,
     timeout: Duration,
 ) -> Result<(Outcome, String)> {
-    let dir = std::env::temp_dir().join(format!("vmm-boot-{}-{}", std::process::id(), unique()));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::msg(format!("{}: {e}", dir.display())))?;
-    let iso_path = dir.join("host.iso");
-    iso(kernel, cmdline, guests, &iso_path)?;
-    let mut child = qemu::command(&iso_path, memory_mib)
+    boot_and_capture_with(kernel, cmdline, guests, memory_mib, timeout, &[])
+}
+
+/// [`boot_and_capture`] with `extra` QEMU arguments (devices to pass
+/// through, their back ends).
+pub fn boot_and_capture_with(
+    kernel: &Path,
+    cmdline: &str,
+    guests: &[GuestImage],
+    memory_mib: u64,
+    timeout: Duration,
+    extra: &[String],
+) -> Result<(Outcome, String)> {
+    let mut child = qemu::direct_command(kernel, cmdline, guests, memory_mib)?
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -195,17 +236,11 @@ pub fn boot_and_capture(
     if let Some(mut err) = child.stderr.take() {
         let _ = err.read_to_string(&mut console);
     }
-    let _ = std::fs::remove_dir_all(&dir);
     let outcome = match status {
         Some(s) => Outcome::from_status(s.code()),
         None => Outcome::Other(None),
     };
     Ok((outcome, console))
-}
-
-fn unique() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// QEMU memory for a run: the guests plus room for the host.
@@ -230,8 +265,22 @@ fn parse_mib(s: &str) -> Option<u64> {
 
 /// `cargo xtask run`.
 pub fn run(args: RunArgs) -> Result<()> {
-    qemu::ensure()?;
+    if args.bochs {
+        crate::bochs::ensure()?;
+    } else {
+        qemu::ensure()?;
+    }
     let elf = build()?;
+    let mut args = args;
+    if let Some(scenario) = args.passthrough {
+        if args.guests.is_empty() {
+            args.guests = scenario
+                .default_guests()
+                .iter()
+                .map(|g| g.to_string())
+                .collect();
+        }
+    }
     let (modules, vms, extra_mib) = if args.guests.is_empty() {
         // The main job: PCs with SeaBIOS booting the CD.
         let images = crate::images::fetch()?;
@@ -271,16 +320,41 @@ pub fn run(args: RunArgs) -> Result<()> {
         (chosen, vms, 0)
     };
     let iso_path = system::target_dir().join("vmm-host.iso");
-    let cmdline = format!("guest_mem={} vms={vms} {}", args.memory, args.cmdline);
-    iso(&elf, cmdline.trim(), &modules, &iso_path)?;
-    let mem = host_memory_mib(&args.memory, vms)? + extra_mib;
-    eprintln!(
-        "xtask: booting {} under QEMU TCG (SVM + NPT)",
-        iso_path.display()
+    let cmdline = format!(
+        "guest_mem={} vms={vms} {} {} {}",
+        args.memory,
+        args.paging.cmdline(),
+        args.passthrough.map_or("", |s| s.cmdline()),
+        args.cmdline
     );
-    let status = qemu::command(&iso_path, mem)
+    let mem = host_memory_mib(&args.memory, vms)? + extra_mib;
+    if args.bochs {
+        iso(&elf, cmdline.trim(), &modules, &iso_path)?;
+        return crate::bochs::run(&iso_path, mem);
+    }
+    eprintln!(
+        "xtask: booting {} under QEMU TCG (SVM, {:?} paging)",
+        elf.display(),
+        args.paging
+    );
+    let setup = match args.passthrough {
+        Some(s) => Some(crate::passthrough::Setup::start(s, &system::target_dir())?),
+        None => None,
+    };
+    let status = qemu::direct_command(&elf, cmdline.trim(), &modules, mem)?
+        .args(setup.as_ref().map_or(&[][..], |s| s.qemu_args()))
         .status()
         .map_err(|e| Error::msg(format!("cannot start qemu-system-x86_64: {e}")))?;
+    if let Some(peer) = setup.as_ref().and_then(|s| s.peer()) {
+        eprintln!(
+            "xtask: the network peer saw {} frames (pcap: {}):",
+            peer.seen().len(),
+            peer.pcap().display()
+        );
+        for f in peer.seen() {
+            eprintln!("  {}", f.text);
+        }
+    }
     match Outcome::from_status(status.code()) {
         Outcome::Success => Ok(()),
         Outcome::Failure => Err(Error::msg(

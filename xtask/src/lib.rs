@@ -3,11 +3,15 @@
 //! build and boot the bare-metal host under QEMU.
 
 pub mod bench;
+pub mod bochs;
 pub mod boot_bench;
 pub mod fuzz;
 pub mod gdb;
 pub mod images;
 pub mod kernel;
+pub mod kvm_bench;
+pub mod paging_bench;
+pub mod passthrough;
 pub mod qemu;
 pub mod system;
 pub mod test;

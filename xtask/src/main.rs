@@ -24,7 +24,8 @@ enum Command {
     /// Fetch the test images (Debian kernel, SeaBIOS) into target/images.
     Images,
     /// Boot the bare-metal VMM host under QEMU (TCG with SVM and nested
-    /// paging), streaming its console.
+    /// paging), or with --bochs under Bochs (VMX with EPT), streaming its
+    /// console.
     Run(kernel::RunArgs),
     /// Debug the bare-metal host at source level: QEMU paused with its gdb
     /// stub, gdb with the host's symbols, stopped in the exit handler.

@@ -91,6 +91,8 @@ pub fn run(args: TestArgs) -> Result<()> {
     let debug_kernel = kernel::build_profile(false)?;
     ensure_packages(&["gdb"])?;
     qemu::ensure_iso_tools()?;
+    // Bochs runs the VMX backend (tests/guest_suite.rs, tests/bochs_linux.rs).
+    crate::bochs::ensure()?;
 
     // Tests marked #[ignore] need the images fetched above; run them all.
     eprintln!("xtask: cargo test (workspace, including image-backed tests)");
@@ -110,6 +112,8 @@ pub fn run(args: TestArgs) -> Result<()> {
     for (k, v) in imgs.env() {
         cmd.env(k, v);
     }
+    // The Linux host's `vmm` binary for the KVM tests (tests/kvm_*.rs).
+    cmd.env("VMM_TEST_VMM", crate::kvm_bench::build_vmm()?);
     cmd.env("VMM_TEST_KERNEL", &kernel_elf);
     cmd.env("VMM_TEST_KERNEL_DEBUG", &debug_kernel);
     if let Some(dir) = guest_images.first().and_then(|g| g.path.parent()) {

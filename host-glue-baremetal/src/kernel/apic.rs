@@ -1,8 +1,10 @@
-//! The host's own timer: the local APIC timer, periodic, so that a guest
-//! that never exits (a busy loop on the TSC) is still interrupted and the
-//! VMM gets the CPU back to deliver the guest's timer interrupts and to
-//! switch VMs. The legacy 8259 PICs are masked: the host takes no device
-//! interrupts.
+//! The host's own timer: the local APIC timer in one-shot mode, armed
+//! before every guest entry for the next moment the VMM needs the CPU back
+//! (the next guest device timer, the end of the VM's time slice, at most
+//! [`MAX_WAIT_NS`] away), so that a guest that never exits (a busy loop on
+//! the TSC) is still interrupted, its virtual timers fire on time, and VMs
+//! take turns, without the exits a fixed fine-grained tick would cost. The
+//! legacy 8259 PICs are masked: the host takes no device interrupts.
 
 use super::port_io::outb;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +25,14 @@ const REG_DIVIDE: u64 = 0x3e0;
 /// Host timer interrupts taken so far.
 pub static TICKS: AtomicU64 = AtomicU64::new(0);
 
+/// The longest the host lets a guest run without taking the CPU back.
+pub const MAX_WAIT_NS: u64 = 10_000_000;
+
+/// The timer's frequency in Hz (0 until [`start_timer`]).
+static TIMER_HZ: AtomicU64 = AtomicU64::new(0);
+/// The `now_ns` time the timer is armed for (0: not armed).
+static ARMED_FOR: AtomicU64 = AtomicU64::new(0);
+
 fn write(reg: u64, value: u32) {
     // SAFETY: the local APIC's registers sit at 0xFEE00000, which the boot
     // page tables identity-map; a 32-bit aligned store is how they are
@@ -35,10 +45,10 @@ fn read(reg: u64) -> u32 {
     unsafe { core::ptr::read_volatile((LAPIC_BASE + reg) as *const u32) }
 }
 
-/// Mask both 8259 PICs, enable the local APIC and start its timer firing
-/// every `period_ns` (calibrated against the TSC clock). Returns the timer
-/// frequency in Hz.
-pub fn start_timer(period_ns: u64) -> u64 {
+/// Mask both 8259 PICs, enable the local APIC, measure its timer against
+/// the TSC clock and leave it in one-shot mode, armed [`MAX_WAIT_NS`]
+/// ahead. Returns the timer frequency in Hz.
+pub fn start_timer() -> u64 {
     outb(0x21, 0xff);
     outb(0xa1, 0xff);
     write(REG_SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
@@ -51,16 +61,39 @@ pub fn start_timer(period_ns: u64) -> u64 {
         core::hint::spin_loop();
     }
     let elapsed = u32::MAX - read(REG_CURRENT_COUNT);
-    let hz = u64::from(elapsed) * 100;
-    let count = (hz.saturating_mul(period_ns) / 1_000_000_000).clamp(1, u64::from(u32::MAX));
-    write(REG_LVT_TIMER, (1 << 17) | u32::from(TIMER_VECTOR)); // periodic
-    write(REG_INITIAL_COUNT, count as u32);
+    let hz = (u64::from(elapsed) * 100).max(1);
+    TIMER_HZ.store(hz, Ordering::Relaxed);
+    write(REG_LVT_TIMER, u32::from(TIMER_VECTOR)); // one-shot, unmasked
+    arm(None);
     hz
+}
+
+/// Make the timer fire at `deadline_ns` (a `time::now_ns` value), or
+/// [`MAX_WAIT_NS`] from now if that is sooner or there is no deadline.
+/// Re-arming for the moment it is already armed for costs nothing.
+pub fn arm(deadline_ns: Option<u64>) {
+    let hz = TIMER_HZ.load(Ordering::Relaxed);
+    if hz == 0 {
+        return;
+    }
+    let now = super::time::now_ns();
+    let latest = now + MAX_WAIT_NS;
+    let at = deadline_ns.map_or(latest, |d| d.min(latest));
+    let armed = ARMED_FOR.load(Ordering::Relaxed);
+    if armed != 0 && armed > now && armed <= at {
+        // It fires first anyway; the exit it causes re-arms.
+        return;
+    }
+    let ns = at.saturating_sub(now);
+    let count = (u128::from(hz) * u128::from(ns) / 1_000_000_000).clamp(1, u128::from(u32::MAX));
+    ARMED_FOR.store(at, Ordering::Relaxed);
+    write(REG_INITIAL_COUNT, count as u32);
 }
 
 /// Called by the timer interrupt stub: count and acknowledge.
 #[no_mangle]
 extern "C" fn host_timer_interrupt() {
     TICKS.fetch_add(1, Ordering::Relaxed);
+    ARMED_FOR.store(0, Ordering::Relaxed);
     write(REG_EOI, 0);
 }

@@ -1,6 +1,7 @@
-//! From GRUB to Rust: the multiboot2 header, and the 32-bit entry that
-//! builds identity page tables for the low 4 GiB, enters long mode and
-//! calls `kmain(magic, info)`.
+//! From the boot loader to Rust: the multiboot2 header (GRUB), the
+//! multiboot1 header (QEMU's `-kernel`), and the 32-bit entry that builds
+//! identity page tables for the low 4 GiB, enters long mode and calls
+//! `kmain(magic, info)`.
 
 use core::arch::global_asm;
 
@@ -20,6 +21,28 @@ mb2_header:
     .short 0
     .long 8
 mb2_header_end:
+"#
+);
+
+// The multiboot1 header, for QEMU's `-kernel`, which loads multiboot1
+// kernels only and ELF images only if they are 32-bit: the "a.out kludge"
+// (flag 16) gives the load addresses, so QEMU copies the image as it lies
+// in the file (the linker script keeps file offsets and addresses in step)
+// and clears the BSS. Flags 0 and 1: modules page-aligned, memory map
+// wanted. Entered like multiboot2, with EAX = 0x2BADB002.
+global_asm!(
+    r#"
+    .section .multiboot1, "a"
+    .balign 4
+mb1_header:
+    .long 0x1badb002
+    .long 0x00010003
+    .long -(0x1badb002 + 0x00010003)
+    .long mb1_header
+    .long __kernel_start
+    .long __load_end
+    .long __kernel_end
+    .long _start32
 "#
 );
 

@@ -3,6 +3,7 @@
 //! controller with a 1 MiB scratch disk whose first sector starts "DISK").
 
 use super::console::GuestConsole;
+use super::pc::PcInterrupts;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
@@ -15,6 +16,10 @@ use vmm_core::vm::{Vm, VmId};
 use vmm_devices::acpi_pm::{AcpiPm, PM_BLOCK_LEN};
 use vmm_devices::block::{MemoryImage, DISK_SECTOR_SIZE};
 use vmm_devices::ide::{Drive, IdeSlot, LegacyIde};
+use vmm_devices::interrupts::{CpuInterrupts, IsaInterrupts};
+use vmm_devices::lapic::LapicCore;
+use vmm_devices::pic::{Pic, PicPair, ELCR_PORTS, MASTER_PORTS, SLAVE_PORTS};
+use vmm_devices::pit::{Pit, PIT_PORTS, PORT_B};
 use vmm_devices::uart::{Uart, COM1};
 
 /// Where the ACPI PM block sits (as QEMU's PIIX4 puts it).
@@ -95,4 +100,36 @@ pub fn build(host: Arc<dyn Host>, id: u32, ram: u64, image: &[u8]) -> Result<Vm,
             .map_err(|e| format!("{e}"))?;
     }
     Ok(vm)
+}
+
+/// Build VM `id` as [`build`] does, plus a PC's timer interrupt path: the
+/// 8259 PIC pair and the 8254 PIT on IRQ 0 (for guest programs named
+/// `irq_*`, which take hardware interrupts).
+pub fn build_with_timer(
+    host: Arc<dyn Host>,
+    id: u32,
+    ram: u64,
+    image: &[u8],
+) -> Result<(Vm, PcInterrupts), String> {
+    let mut vm = build(host, id, ram, image)?;
+    let pic = PicPair::new();
+    let isa = IsaInterrupts::new(pic.clone(), None);
+    let dev = vm
+        .add_device(Box::new(Pic::new(pic.clone())))
+        .map_err(|e| format!("{e}"))?;
+    for (first, count) in [MASTER_PORTS, SLAVE_PORTS, ELCR_PORTS] {
+        vm.claim_ports(dev, first, count)
+            .map_err(|e| format!("{e}"))?;
+    }
+    let pit = vm
+        .add_device(Box::new(Pit::new(isa.line(0))))
+        .map_err(|e| format!("{e}"))?;
+    for (first, count) in [PIT_PORTS, PORT_B] {
+        vm.claim_ports(pit, first, count)
+            .map_err(|e| format!("{e}"))?;
+    }
+    Ok((
+        vm,
+        PcInterrupts(CpuInterrupts::new(LapicCore::new_bsp(), pic)),
+    ))
 }

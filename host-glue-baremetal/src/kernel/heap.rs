@@ -1,9 +1,9 @@
-//! The kernel heap: the largest free RAM area GRUB reports below 4 GiB
-//! (where the boot page tables map memory 1:1), minus the kernel image, the
-//! boot information and the boot modules.
+//! The kernel heap: the largest free RAM area the boot loader reports below
+//! 4 GiB (where the boot page tables map memory 1:1), minus the kernel
+//! image, the boot information and the boot modules.
 
+use super::boot_info::BootInfo;
 use linked_list_allocator::LockedHeap;
-use multiboot2::{BootInformation, MemoryAreaType};
 
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
@@ -15,8 +15,6 @@ extern "C" {
 /// Why there is no heap.
 #[derive(Debug)]
 pub enum HeapError {
-    /// GRUB gave no memory map.
-    NoMemoryMap,
     /// No free area of at least 16 MiB below 4 GiB.
     NoFreeArea,
 }
@@ -30,22 +28,17 @@ pub struct HeapRange {
 }
 
 /// Give the heap the largest free area.
-pub fn init(boot: &BootInformation<'_>) -> Result<HeapRange, HeapError> {
-    let map = boot.memory_map_tag().ok_or(HeapError::NoMemoryMap)?;
+pub fn init(boot: &BootInfo) -> Result<HeapRange, HeapError> {
     // Nothing below the end of what is already in use may be handed out.
     // Only the linker symbol's address is taken, never its value.
     let kernel_end = core::ptr::addr_of!(__kernel_end) as u64;
-    let mut busy_end = kernel_end.max(boot.end_address() as u64);
-    for m in boot.module_tags() {
-        busy_end = busy_end.max(u64::from(m.end_address()));
-    }
+    let busy_end = kernel_end.max(boot.loader_end);
     let busy_end = (busy_end + 0xfff) & !0xfff;
     let limit = 0xffff_f000u64; // identity-mapped by the boot page tables
-    let best = map
-        .memory_areas()
+    let best = boot
+        .free_areas()
         .iter()
-        .filter(|a| a.typ() == MemoryAreaType::Available)
-        .map(|a| (a.start_address().max(busy_end), a.end_address().min(limit)))
+        .map(|&(start, end)| (start.max(busy_end), end.min(limit)))
         .filter(|(s, e)| e > s)
         .max_by_key(|(s, e)| e - s)
         .ok_or(HeapError::NoFreeArea)?;

@@ -191,6 +191,16 @@ pub fn init() {
         }
         idt[usize::from(super::apic::TIMER_VECTOR)] = gate(isr_timer as *const () as u64);
         idt[usize::from(super::apic::SPURIOUS_VECTOR)] = gate(isr_spurious as *const () as u64);
+        // The 8259s as a passed-through device's interrupts reach the host
+        // (see `passthrough`): the master's lines (masked; a spurious IRQ 7
+        // needs no EOI) and the slave's, where the card's line is.
+        let pic = usize::from(super::passthrough::PIC_BASE);
+        for entry in &mut idt[pic..pic + 8] {
+            *entry = gate(isr_spurious as *const () as u64);
+        }
+        for entry in &mut idt[pic + 8..pic + 16] {
+            *entry = gate(super::passthrough::irq_entry());
+        }
         idt
     });
     let pointer = IdtPointer {

@@ -2,12 +2,15 @@
 //! VMs it hosts.
 
 mod apic;
+mod backend;
 mod boot;
+mod boot_info;
 mod console;
 mod guest;
 mod heap;
 mod host;
 mod interrupts;
+mod passthrough;
 mod pc;
 mod port_io;
 mod qemu;
@@ -20,16 +23,12 @@ use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::panic::PanicInfo;
-use host_glue_baremetal::cmdline::{self, LogLevel, SelfTest};
-use multiboot2::{BootInformation, BootInformationHeader};
+use host_glue_baremetal::cmdline::{self, LogLevel, PagingChoice, SelfTest};
 use qemu::ExitCode;
-use vmm_core::emulator::{CpuState, Segment};
+use vmm_core::emulator::Segment;
 use vmm_core::host::Host;
-use vmm_core::svm::{Svm, SvmVcpu};
-use vmm_core::vcpu::{self, InterruptSource, MsrFile, NoInterrupts, RunOutcome, Slice};
+use vmm_core::vcpu::{InterruptSource, MsrFile, NoInterrupts, RunOutcome, Slice};
 use vmm_core::vm::{StopReason, Vm};
-
-const MULTIBOOT2_MAGIC: u32 = 0x36d7_6289;
 
 fn level_filter(l: LogLevel) -> log::LevelFilter {
     match l {
@@ -47,7 +46,7 @@ fn fail(what: core::fmt::Arguments<'_>) -> ! {
     qemu::exit(ExitCode::Failure)
 }
 
-/// Called by the boot code in long mode with the multiboot2 magic and the
+/// Called by the boot code in long mode with the multiboot magic and the
 /// physical address of the boot information.
 #[no_mangle]
 extern "C" fn kmain(magic: u32, info: u64) -> ! {
@@ -57,22 +56,14 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     interrupts::init();
     kprintln!("vmm bare-metal host {}", env!("CARGO_PKG_VERSION"));
 
-    if magic != MULTIBOOT2_MAGIC {
-        fail(format_args!(
-            "not booted by a multiboot2 loader (magic {magic:#x})"
-        ));
-    }
-    // SAFETY: the magic says a multiboot2 loader put its boot information at
-    // `info`, in memory that is identity-mapped and that nothing overwrites
-    // (the heap is placed above it).
-    let boot = match unsafe { BootInformation::load(info as *const BootInformationHeader) } {
+    // SAFETY: `magic` and `info` are what the loader passed; its information
+    // is identity-mapped and nothing has been allocated over it yet (the
+    // heap is placed above it).
+    let boot = match unsafe { boot_info::load(magic, info) } {
         Ok(b) => b,
-        Err(e) => fail(format_args!("bad multiboot2 information: {e:?}")),
+        Err(e) => fail(format_args!("{e}")),
     };
-    let line = boot
-        .command_line_tag()
-        .and_then(|t| t.cmdline().ok())
-        .unwrap_or("");
+    let line = boot.cmdline;
     let config = match cmdline::parse(line) {
         Ok(c) => c,
         Err(e) => fail(format_args!("{e}")),
@@ -87,16 +78,18 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     log::info!("heap: {} MiB at {:#x}", heap.size >> 20, heap.start);
     let tsc_hz = time::calibrate();
     log::info!("TSC: {} MHz", tsc_hz / 1_000_000);
-    // A 1 ms host tick: a guest that never exits on its own is interrupted
-    // (INTR intercept), so its virtual timers fire and VMs take turns.
-    let apic_hz = apic::start_timer(1_000_000);
-    log::info!("host APIC timer: {} MHz, 1 ms period", apic_hz / 1_000_000);
-    for m in boot.module_tags() {
+    // The host timer, one-shot, armed before each entry for the next guest
+    // timer or the end of the slice (INTR intercept), so a guest that never
+    // exits on its own is still interrupted and VMs take turns.
+    let apic_hz = apic::start_timer();
+    log::info!("host APIC timer: {} MHz, one-shot", apic_hz / 1_000_000);
+    log::info!("booted by a {} loader", boot.protocol);
+    for m in boot.modules() {
         log::info!(
             "module '{}': {} KiB at {:#x}",
-            m.cmdline().unwrap_or("?"),
-            m.module_size() / 1024,
-            m.start_address()
+            m.name,
+            m.bytes.len() / 1024,
+            m.bytes.as_ptr() as usize
         );
     }
 
@@ -117,34 +110,22 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         .is_some_and(|f| f.has_svm());
     let npt = cpuid.get_svm_info().is_some_and(|s| s.has_nested_paging());
     log::info!("CPU: SVM {}, nested paging {}", yes(svm), yes(npt));
+    log::info!("CPU: VMX {}", yes(backend::detect().vmx));
 
     let host: Arc<dyn Host> = Arc::new(host::BareMetalHost);
 
     // Guest images arrive as boot modules; VM i runs module i (the last
     // module serves the VMs beyond the number of modules).
-    let images: Vec<(&str, &'static [u8])> = boot
-        .module_tags()
-        .map(|m| {
-            let len = (m.end_address() - m.start_address()) as usize;
-            // SAFETY: GRUB loaded the module at [start, end), in memory that
-            // is identity-mapped and that the heap leaves alone (see
-            // `heap::init`); nothing writes it while the kernel runs.
-            let bytes = unsafe {
-                core::slice::from_raw_parts(m.start_address() as usize as *const u8, len)
-            };
-            (m.cmdline().unwrap_or("?"), bytes)
-        })
-        .collect();
+    let images: Vec<(&str, &'static [u8])> = boot.modules().map(|m| (m.name, m.bytes)).collect();
     if images.is_empty() {
         fail(format_args!(
             "no guest image: pass one as a boot module (module2 in grub.cfg)"
         ));
     }
-    let svm = match Svm::enable(&*host) {
-        Ok(s) => s,
-        Err(e) => fail(format_args!("cannot use SVM: {e}")),
+    let backend = match backend::enable(config.cpu, &*host) {
+        Ok(b) => b,
+        Err(e) => fail(format_args!("{e}")),
     };
-    log::info!("SVM enabled: {:?}", svm.features());
 
     // A module named "bios" makes every VM a PC running that firmware, with
     // the module named "cdrom" in its CD-ROM drive; otherwise each VM runs a
@@ -160,35 +141,60 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         fail(format_args!("no guest program among the boot modules"));
     }
 
+    // A physical device shared by the VMs under the device monitor model.
+    let shared_device = config.passthrough.map(|kind| {
+        passthrough::Passthrough::setup(kind).unwrap_or_else(|e| fail(format_args!("{e}")))
+    });
     let mut guests = Vec::new();
     for i in 0..config.vms {
-        let (name, vm, interrupts): (&str, Vm, Box<dyn InterruptSource>) = match pc_bios {
+        let (name, mut vm, interrupts): (&str, Vm, Box<dyn InterruptSource>) = match pc_bios {
             Some(bios) => match pc::build(host.clone(), i, config.guest_mem, bios, find("cdrom")) {
                 Ok((vm, irq)) => ("pc", vm, Box::new(irq)),
                 Err(e) => fail(format_args!("VM {i} (pc): {e}")),
             },
             None => {
                 let (name, image) = programs[(i as usize).min(programs.len() - 1)];
-                match guest::build(host.clone(), i, config.guest_mem, image) {
-                    Ok(vm) => (name, vm, Box::new(NoInterrupts)),
-                    Err(e) => fail(format_args!("VM {i} ({name}): {e}")),
+                if name.starts_with("irq_") {
+                    match guest::build_with_timer(host.clone(), i, config.guest_mem, image) {
+                        Ok((vm, irq)) => (name, vm, Box::new(irq)),
+                        Err(e) => fail(format_args!("VM {i} ({name}): {e}")),
+                    }
+                } else {
+                    match guest::build(host.clone(), i, config.guest_mem, image) {
+                        Ok(vm) => (name, vm, Box::new(NoInterrupts)),
+                        Err(e) => fail(format_args!("VM {i} ({name}): {e}")),
+                    }
                 }
             }
         };
-        let vcpu = match SvmVcpu::new(&svm, &vm, i + 1) {
+        let interrupts = match &shared_device {
+            Some(device) => match device.attach(&mut vm) {
+                // A guest program has no interrupt controller: it gets the
+                // card's interrupt as a vector of its own.
+                Ok(line) if pc_bios.is_none() => line,
+                Ok(_) => interrupts,
+                Err(e) => fail(format_args!("VM {i}: passthrough: {e}")),
+            },
+            None => interrupts,
+        };
+        let vcpu = match match config.paging {
+            PagingChoice::Nested => backend.vcpu(&vm, i + 1),
+            PagingChoice::Shadow => backend.shadow_vcpu(&vm, i + 1),
+        } {
             Ok(v) => v,
             Err(e) => fail(format_args!("VM {i}: vCPU: {e}")),
         };
         log::info!(
-            "VM {i}: guest '{name}', {} MiB of RAM",
-            vm.memory().ram_bytes() >> 20
+            "VM {i}: guest '{name}', {} MiB of RAM, on {}",
+            vm.memory().ram_bytes() >> 20,
+            backend.name()
         );
         guests.push(Guest {
             name,
             vm,
             vcpu,
             interrupts,
-            msrs: MsrFile::default(),
+            msrs: MsrFile::with_wall_clock(pc::RTC_EPOCH as u64),
             stopped: None,
         });
     }
@@ -198,14 +204,20 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     let mut next_heartbeat = time::now_ns() + 1_000_000_000;
     while guests.iter().any(|g| g.stopped.is_none()) {
         for g in guests.iter_mut().filter(|g| g.stopped.is_none()) {
+            if let Some(device) = &shared_device {
+                device.service_interrupts();
+            }
             let slice = Slice {
                 max_exits: 10_000,
                 until_ns: Some(time::now_ns() + 10_000_000),
             };
             if let RunOutcome::Stopped(reason) =
-                vcpu::run(&mut g.vcpu, &mut g.vm, &*g.interrupts, &mut g.msrs, slice)
+                g.vcpu.run(&mut g.vm, &*g.interrupts, &mut g.msrs, slice)
             {
                 log::info!("VM {} stopped: {reason}", g.vm.id().0);
+                if let Some(device) = &shared_device {
+                    device.guest_stopped(&g.vm);
+                }
                 g.stopped = Some(reason);
             }
         }
@@ -237,7 +249,13 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         all_well &= well;
         kprintln!("vm {} ({}): {}", g.vm.id().0, g.name, reason);
         kprint!("{}", g.vm.stats());
+        if let Some(shadow) = g.vcpu.shadow_stats() {
+            kprintln!("{shadow}");
+        }
         kprint!("{}", g.vm.devices().report());
+        if let Some(line) = shared_device.as_ref().and_then(|d| d.report(&g.vm)) {
+            kprintln!("{line}");
+        }
     }
     kprintln!(
         "vmm: all VMs stopped; {}",
@@ -258,7 +276,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
 struct Guest<'a> {
     name: &'a str,
     vm: Vm,
-    vcpu: SvmVcpu,
+    vcpu: backend::Vcpu,
     interrupts: Box<dyn InterruptSource>,
     msrs: MsrFile,
     stopped: Option<StopReason>,

@@ -25,7 +25,7 @@ use vmm_devices::rtc::BootDevice;
 
 /// The RTC's idea of "now" when the host clock reads zero: 2026-01-01
 /// 00:00 UTC (the bare-metal host has no wall clock of its own yet).
-const RTC_EPOCH: i64 = 1_767_225_600;
+pub const RTC_EPOCH: i64 = 1_767_225_600;
 
 /// Where QEMU's PIIX4 puts the ACPI PM block, and our FADT says so too.
 const ACPI_PM_BASE: u16 = 0x600;

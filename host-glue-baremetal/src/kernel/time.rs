@@ -6,6 +6,7 @@ use spin::Once;
 struct Clock {
     tsc_hz: u64,
     tsc0: u64,
+    measured: bool,
 }
 
 static CLOCK: Once<Clock> = Once::new();
@@ -31,16 +32,17 @@ pub fn calibrate() -> u64 {
         while inb(0x61) & 0x20 == 0 && spins < 50_000_000 {
             spins += 1;
         }
-        let tsc_hz = match (rdtsc() - start) * 100 {
-            hz if spins < 50_000_000 && hz > 0 => hz,
+        let (tsc_hz, measured) = match (rdtsc() - start) * 100 {
+            hz if spins < 50_000_000 && hz > 0 => (hz, true),
             _ => {
                 log::warn!("PIT calibration failed; assuming a 1 GHz TSC");
-                1_000_000_000
+                (1_000_000_000, false)
             }
         };
         Clock {
             tsc_hz,
             tsc0: rdtsc(),
+            measured,
         }
     });
     clock.tsc_hz
@@ -51,4 +53,14 @@ pub fn now_ns() -> u64 {
     let Some(c) = CLOCK.get() else { return 0 };
     let ticks = rdtsc().saturating_sub(c.tsc0);
     (u128::from(ticks) * 1_000_000_000 / u128::from(c.tsc_hz)) as u64
+}
+
+/// The TSC frequency in kHz, if calibration measured it. The host's clock
+/// (and so every guest timer) already assumes the TSC ticks at a constant
+/// rate, as it does on every x86 CPU with an invariant TSC and under QEMU.
+pub fn tsc_khz() -> Option<u32> {
+    let c = CLOCK.get()?;
+    c.measured
+        .then(|| u32::try_from(c.tsc_hz / 1000).ok())
+        .flatten()
 }

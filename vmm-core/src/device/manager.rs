@@ -449,6 +449,59 @@ impl DeviceManager {
         None
     }
 
+    /// Dispatch a string read (REP INS) of `data.len() / size` elements;
+    /// counted as that many reads.
+    pub(crate) fn port_read_string(
+        &mut self,
+        env: DispatchEnv<'_>,
+        port: u16,
+        size: usize,
+        data: &mut [u8],
+    ) -> Option<DeviceId> {
+        let elements = (data.len() / size.max(1)) as u64;
+        let entry = self.port_table[port as usize];
+        if entry != 0 {
+            if let Some(claim) = self.port_claims[entry as usize - 1].as_mut() {
+                claim.count.reads += elements;
+                let id = claim.device;
+                let mut ctx = context(env, id);
+                if let Some(pio) = self.devices[id.0 as usize].port_io() {
+                    pio.port_read_string(&mut ctx, port, size, data);
+                    return Some(id);
+                }
+            }
+        }
+        data.fill(0xff);
+        self.unhooked_ports.entry(port).or_default().reads += elements;
+        None
+    }
+
+    /// Dispatch a string write (REP OUTS) of `data.len() / size` elements;
+    /// counted as that many writes.
+    pub(crate) fn port_write_string(
+        &mut self,
+        env: DispatchEnv<'_>,
+        port: u16,
+        size: usize,
+        data: &[u8],
+    ) -> Option<DeviceId> {
+        let elements = (data.len() / size.max(1)) as u64;
+        let entry = self.port_table[port as usize];
+        if entry != 0 {
+            if let Some(claim) = self.port_claims[entry as usize - 1].as_mut() {
+                claim.count.writes += elements;
+                let id = claim.device;
+                let mut ctx = context(env, id);
+                if let Some(pio) = self.devices[id.0 as usize].port_io() {
+                    pio.port_write_string(&mut ctx, port, size, data);
+                    return Some(id);
+                }
+            }
+        }
+        self.unhooked_ports.entry(port).or_default().writes += elements;
+        None
+    }
+
     /// Dispatch an MMIO read; unclaimed addresses read all-ones.
     pub(crate) fn mmio_read(
         &mut self,

@@ -55,6 +55,38 @@ pub trait PortIo {
     fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]);
     /// The guest writes `data`.
     fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]);
+
+    /// A string read (REP INS): `data.len() / size` consecutive reads of
+    /// `size` bytes (1, 2 or 4) from `port`, in order. The default reads
+    /// element by element; a device with a FIFO behind the port (an IDE data
+    /// register) overrides it to move whole blocks at once, with the same
+    /// result.
+    fn port_read_string(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: u16,
+        size: usize,
+        data: &mut [u8],
+    ) {
+        for element in data.chunks_mut(size.max(1)) {
+            self.port_read(ctx, port, element);
+        }
+    }
+
+    /// A string write (REP OUTS): `data.len() / size` consecutive writes of
+    /// `size` bytes to `port`, in order. The default writes element by
+    /// element.
+    fn port_write_string(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: u16,
+        size: usize,
+        data: &[u8],
+    ) {
+        for element in data.chunks(size.max(1)) {
+            self.port_write(ctx, port, element);
+        }
+    }
 }
 
 /// MMIO access to a device. `gpa` is the absolute guest-physical address;

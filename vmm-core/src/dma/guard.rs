@@ -1,5 +1,6 @@
 //! The DMA guard: devices' only door to guest memory.
 
+use crate::host::HostPhysAddr;
 use crate::memory::{GuestMemory, MemoryError};
 use crate::vm::VmId;
 use alloc::vec::Vec;
@@ -159,6 +160,20 @@ impl<'a> DmaGuard<'a> {
         // again at transfer time.
         self.memory.check_ram(gpa, len)?;
         Ok(())
+    }
+
+    /// The host-physical pieces behind `range`, for a physical device that
+    /// will do the transfer itself (device pass-through without an IOMMU).
+    /// The range must be covered by `grant` (so only an approved transition
+    /// yields addresses) and must still be RAM of this VM; each piece is
+    /// `(address, length)`.
+    pub fn host_phys_ranges(
+        &self,
+        grant: &DmaGrant,
+        range: &DmaRange,
+    ) -> Result<Vec<(HostPhysAddr, u64)>, DmaError> {
+        self.check_grant(grant, range.gpa, range.len, range.dir)?;
+        Ok(self.memory.host_phys_ranges(range.gpa, range.len)?)
     }
 
     /// Device reads guest memory (direction [`DmaDirection::FromGuest`])

@@ -312,6 +312,29 @@ pub trait GuestBus {
     fn io_read(&mut self, port: u16, data: &mut [u8]) -> Result<(), BusError>;
     /// Write `data` (1, 2 or 4 bytes) to `port`.
     fn io_write(&mut self, port: u16, data: &[u8]) -> Result<(), BusError>;
+    /// A string read (REP INS): `data.len() / size` reads of `size` bytes
+    /// from `port`, in order. The default reads element by element.
+    fn io_read_string(&mut self, port: u16, size: usize, data: &mut [u8]) -> Result<(), BusError> {
+        for element in data.chunks_mut(size.max(1)) {
+            self.io_read(port, element)?;
+        }
+        Ok(())
+    }
+    /// A string write (REP OUTS): `data.len() / size` writes of `size`
+    /// bytes to `port`, in order. The default writes element by element.
+    fn io_write_string(&mut self, port: u16, size: usize, data: &[u8]) -> Result<(), BusError> {
+        for element in data.chunks(size.max(1)) {
+            self.io_write(port, element)?;
+        }
+        Ok(())
+    }
+    /// Whether `len` bytes at `gpa` are all plain RAM, so that the
+    /// emulator may move a string instruction's data in one piece. The
+    /// default says no (every access then goes element by element).
+    fn is_ram(&self, gpa: u64, len: usize) -> bool {
+        let _ = (gpa, len);
+        false
+    }
 }
 
 /// A plain copy of the register state, implementing [`CpuState`].

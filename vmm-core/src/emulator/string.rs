@@ -109,10 +109,15 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             if rep && done >= max_iterations.max(1) {
                 return Ok(StringOutcome::Paused);
             }
-            if rep && matches!(op, StringOp::Movs | StringOp::Stos) {
+            if rep && op != StringOp::Lods && op != StringOp::Cmps && op != StringOp::Scas {
                 let count = self.state.gpr(1) & amask;
                 let budget = max_iterations.max(1) - done;
-                let n = self.page_run(op, size, asize, src_seg, count.min(budget))?;
+                let n = match op {
+                    StringOp::Ins | StringOp::Outs => {
+                        self.port_run(op, size, asize, src_seg, port, count.min(budget))?
+                    }
+                    _ => self.page_run(op, size, asize, src_seg, count.min(budget))?,
+                };
                 if n > 0 {
                     done += n;
                     continue;
@@ -192,6 +197,101 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
         }
     }
 
+    /// How many elements from `seg:off` onwards stay inside the address
+    /// size and inside the page of the first element, in the direction
+    /// RFLAGS.DF says; 0 when the first element cannot be translated.
+    fn page_room(&self, seg: Segment, off: u64, size: usize, asize: u32, kind: AccessKind) -> u64 {
+        let amask = address_mask(asize);
+        let down = self.state.rflags() & RFLAGS_DF != 0;
+        let size64 = size as u64;
+        let Ok(la) = self.linear(seg, off, size, kind) else {
+            return 0;
+        };
+        let in_page = la & (PAGE_SIZE - 1);
+        if in_page + size64 > PAGE_SIZE {
+            return 0;
+        }
+        // The first element itself must not wrap the address size.
+        let avail = amask - off;
+        if avail < size64 - 1 {
+            return 0;
+        }
+        if down {
+            (in_page / size64 + 1).min(off / size64 + 1)
+        } else {
+            ((PAGE_SIZE - in_page) / size64).min((avail - (size64 - 1)) / size64 + 1)
+        }
+    }
+
+    /// A run of REP INS/OUTS iterations (upwards, DF clear) whose memory
+    /// side lies inside one page of RAM: checked and translated once (first
+    /// and last element, before the port is touched), then the port moves
+    /// all elements in one string access and memory in one copy. The device
+    /// sees the same sequence of element accesses as the one-at-a-time
+    /// path. Returns the iterations done; 0 means "take the one-at-a-time
+    /// path" (DF set, MMIO, a page or address-size boundary, or a fault,
+    /// which that path raises at the exact iteration).
+    fn port_run(
+        &mut self,
+        op: StringOp,
+        size: usize,
+        asize: u32,
+        src_seg: Segment,
+        port: u16,
+        max: u64,
+    ) -> Result<u64, EmulateError> {
+        if max < 2 || self.state.rflags() & RFLAGS_DF != 0 {
+            return Ok(0);
+        }
+        let amask = address_mask(asize);
+        let (seg, reg, kind) = match op {
+            StringOp::Ins => (Segment::Es, 7, AccessKind::Write),
+            StringOp::Outs => (src_seg, 6, AccessKind::Read),
+            _ => return Ok(0),
+        };
+        let off = self.state.gpr(reg) & amask;
+        let n = max.min(self.page_room(seg, off, size, asize, kind));
+        if n < 2 {
+            return Ok(0);
+        }
+        let size64 = size as u64;
+        let span = (n - 1) * size64;
+        let Some(first) = self
+            .prepare(seg, off, size, kind)
+            .ok()
+            .and_then(|r| r.single())
+        else {
+            return Ok(0);
+        };
+        if self
+            .prepare(seg, off + span, size, kind)
+            .ok()
+            .and_then(|r| r.single())
+            .is_none()
+        {
+            return Ok(0);
+        }
+        let bytes = (n * size64) as usize;
+        if !self.bus.is_ram(first, bytes) {
+            return Ok(0);
+        }
+        let mut buf = [0u8; PAGE_SIZE as usize];
+        let Some(buf) = buf.get_mut(..bytes) else {
+            return Ok(0);
+        };
+        if op == StringOp::Ins {
+            self.bus.io_read_string(port, size, buf)?;
+            self.bus.write_physical(first, buf)?;
+        } else {
+            self.bus.read_physical(first, buf)?;
+            self.bus.io_write_string(port, size, buf)?;
+        }
+        self.write_gpr_asize(reg, asize, off.wrapping_add(bytes as u64) & amask);
+        let count = (self.state.gpr(1) & amask).wrapping_sub(n) & amask;
+        self.write_gpr_asize(1, asize, count);
+        Ok(n)
+    }
+
     /// A run of REP MOVS/STOS iterations whose elements all lie inside one
     /// page on each side: checked and translated once (first and last
     /// element), then moved element by element with the same accesses the
@@ -214,30 +314,9 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
         let size64 = size as u64;
         let rsi = self.state.gpr(6) & amask;
         let rdi = self.state.gpr(7) & amask;
-        // Elements from `off` onwards that stay inside the address size and
-        // inside the page of the first element.
-        let room = |ctx: &Self, seg: Segment, off: u64, kind: AccessKind| -> u64 {
-            let Ok(la) = ctx.linear(seg, off, size, kind) else {
-                return 0;
-            };
-            let in_page = la & (PAGE_SIZE - 1);
-            if in_page + size64 > PAGE_SIZE {
-                return 0;
-            }
-            // The first element itself must not wrap the address size.
-            let avail = amask - off;
-            if avail < size64 - 1 {
-                return 0;
-            }
-            if down {
-                (in_page / size64 + 1).min(off / size64 + 1)
-            } else {
-                ((PAGE_SIZE - in_page) / size64).min((avail - (size64 - 1)) / size64 + 1)
-            }
-        };
-        let mut n = max.min(room(self, Segment::Es, rdi, AccessKind::Write));
+        let mut n = max.min(self.page_room(Segment::Es, rdi, size, asize, AccessKind::Write));
         if op == StringOp::Movs {
-            n = n.min(room(self, src_seg, rsi, AccessKind::Read));
+            n = n.min(self.page_room(src_seg, rsi, size, asize, AccessKind::Read));
         }
         if n < 2 {
             return Ok(0);

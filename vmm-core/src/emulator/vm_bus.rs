@@ -27,4 +27,18 @@ impl GuestBus for Vm {
         self.port_write(port, data);
         Ok(())
     }
+
+    fn io_read_string(&mut self, port: u16, size: usize, data: &mut [u8]) -> Result<(), BusError> {
+        self.port_read_string(port, size, data);
+        Ok(())
+    }
+
+    fn io_write_string(&mut self, port: u16, size: usize, data: &[u8]) -> Result<(), BusError> {
+        self.port_write_string(port, size, data);
+        Ok(())
+    }
+
+    fn is_ram(&self, gpa: u64, len: usize) -> bool {
+        self.memory().check_ram(gpa, len as u64).is_ok()
+    }
 }

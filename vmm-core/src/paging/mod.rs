@@ -177,6 +177,34 @@ pub struct Translation {
     pub executable: bool,
 }
 
+/// One paging-structure entry a walk read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracedEntry {
+    /// The entry's guest-physical address.
+    pub gpa: u64,
+    /// An 8-byte entry (PAE, 4-level, 5-level); 4 bytes otherwise.
+    pub wide: bool,
+    /// The entry's value after the walk (accessed and dirty bits set).
+    pub value: u64,
+}
+
+/// The entries a successful walk used, top level first, and what it left
+/// in the leaf (see [`Walker::translate_traced`]). Empty when paging is off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalkTrace {
+    entries: [TracedEntry; 5],
+    len: usize,
+    /// The leaf entry's dirty bit after the walk's own update.
+    pub leaf_dirty: bool,
+}
+
+impl WalkTrace {
+    /// The entries, top level first.
+    pub fn entries(&self) -> &[TracedEntry] {
+        self.entries.get(..self.len).unwrap_or(&[])
+    }
+}
+
 /// A page fault the guest must receive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageFault {
@@ -317,6 +345,18 @@ impl Walker {
         linear: u64,
         access: Access,
     ) -> Result<Translation, WalkError> {
+        self.translate_traced(mem, linear, access).map(|(t, _)| t)
+    }
+
+    /// Like [`Walker::translate`], and also say which paging-structure
+    /// entries the walk used and the leaf's final dirty bit: what shadow
+    /// paging needs to keep its entries coherent with the guest's.
+    pub fn translate_traced<M: PageTableMemory + ?Sized>(
+        &self,
+        mem: &mut M,
+        linear: u64,
+        access: Access,
+    ) -> Result<(Translation, WalkTrace), WalkError> {
         let mode = self.mode();
         let fault = |extra: u32| {
             WalkError::PageFault(PageFault {
@@ -325,19 +365,24 @@ impl Walker {
             })
         };
         let mut visited = [Visited::default(); 5];
+        // PAE PDPTEs have no accessed bit, so they are not in `visited`.
+        let mut pdpte_at: Option<(u64, u64)> = None;
         let mut nvisited = 0usize;
         let mut writable = true;
         let mut user = true;
         let mut executable = true;
         let (gpa, page_size, leaf) = match mode {
             PagingMode::Disabled => {
-                return Ok(Translation {
-                    gpa: linear,
-                    page_size: PAGE_SIZE,
-                    writable: true,
-                    user: true,
-                    executable: true,
-                })
+                return Ok((
+                    Translation {
+                        gpa: linear,
+                        page_size: PAGE_SIZE,
+                        writable: true,
+                        user: true,
+                        executable: true,
+                    },
+                    WalkTrace::default(),
+                ))
             }
             PagingMode::Bits32 => {
                 let la = linear & 0xffff_ffff;
@@ -420,6 +465,7 @@ impl Walker {
                         if pdpte & PTE_P == 0 {
                             return Err(fault(0));
                         }
+                        pdpte_at = Some((pdpte_gpa, pdpte));
                         // PDPTEs reserve bits 2:1, 8:5, 63 and 62:MAXPHYADDR.
                         let reserved = 0x1e6 | PTE_XD | 0x7ff0_0000_0000_0000 | rsvd_phys;
                         if pdpte & reserved != 0 {
@@ -481,10 +527,30 @@ impl Walker {
 
         // The access is allowed: set accessed bits on the way, dirty on the
         // leaf for a write.
+        let mut trace = WalkTrace::default();
+        if let Some((gpa, value)) = pdpte_at {
+            trace.entries[0] = TracedEntry {
+                gpa,
+                wide: true,
+                value,
+            };
+            trace.len = 1;
+        }
         for v in visited.iter().take(nvisited) {
             let mut new = v.value | PTE_A;
             if v.leaf && access.kind == AccessKind::Write {
                 new |= PTE_D;
+            }
+            if let Some(slot) = trace.entries.get_mut(trace.len) {
+                *slot = TracedEntry {
+                    gpa: v.gpa,
+                    wide: v.wide,
+                    value: new,
+                };
+                trace.len += 1;
+            }
+            if v.leaf {
+                trace.leaf_dirty = new & PTE_D != 0;
             }
             if new != v.value {
                 let ok = if v.wide {
@@ -497,13 +563,16 @@ impl Walker {
                 }
             }
         }
-        Ok(Translation {
-            gpa,
-            page_size,
-            writable,
-            user,
-            executable,
-        })
+        Ok((
+            Translation {
+                gpa,
+                page_size,
+                writable,
+                user,
+                executable,
+            },
+            trace,
+        ))
     }
 
     /// The protection checks, given the combined rights of the walk.

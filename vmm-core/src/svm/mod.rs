@@ -12,9 +12,13 @@
 //! HLT (1) and RDMSR/WRMSR (2).
 
 mod instructions;
+mod shadow;
 mod vmcb;
 
 pub use instructions::GuestGprs;
+// The XMM accessors serve every hardware backend: the host never uses SSE,
+// so after an exit the registers hold the guest's values.
+pub use instructions::{read_xmm, write_xmm};
 pub use vmcb::{offset, Vmcb};
 
 use crate::emulator::{CpuState, Segment, SegmentRegister, RFLAGS_IF};
@@ -171,15 +175,20 @@ fn pass_msr_through(map: &mut [u8], msr: u32) {
 const EFER_GUEST_WRITABLE: u64 = (1 << 0) | (1 << 8) | (1 << 11) | (1 << 14);
 const EFER_LMA: u64 = 1 << 10;
 
-/// One vCPU on SVM with nested paging.
+/// One vCPU on SVM, with nested paging ([`SvmVcpu::new`]) or shadow paging
+/// ([`SvmVcpu::new_shadow`]).
 pub struct SvmVcpu {
     vmcb: Vmcb,
     gprs: GuestGprs,
     npt: Option<NestedTables<Npt>>,
-    _iopm: Box<dyn HostMemory>,
+    iopm: Box<dyn HostMemory>,
+    /// `Vm::direct_ports_generation` the I/O permission map was built for.
+    iopm_generation: u64,
     _msrpm: Box<dyn HostMemory>,
     features: SvmFeatures,
     asid: u32,
+    /// Shadow paging state, when nested paging is not used.
+    shadow: Option<shadow::ShadowState>,
 }
 
 impl SvmVcpu {
@@ -205,10 +214,12 @@ impl SvmVcpu {
             vmcb,
             gprs: GuestGprs::default(),
             npt: None,
-            _iopm: iopm,
+            iopm,
+            iopm_generation: 0,
             _msrpm: msrpm,
             features: svm.features(),
             asid: asid.max(1),
+            shadow: None,
         };
         me.vmcb.write_u64(offset::IOPM_BASE, iopm_pa);
         me.vmcb.write_u64(offset::MSRPM_BASE, msrpm_pa);
@@ -226,6 +237,11 @@ impl SvmVcpu {
         me.vmcb
             .write_u32(offset::INTERCEPT_MISC2, INTERCEPT_SVM_INSTRUCTIONS);
         me.vmcb.write_u32(offset::ASID, me.asid);
+        // The guest's TSC starts at zero, as after power-on.
+        me.vmcb.write_u64(
+            offset::TSC_OFFSET,
+            crate::vcpu::msr_host_tsc().wrapping_neg(),
+        );
         // V_INTR_MASKING: the host's RFLAGS.IF, not the guest's, masks
         // physical interrupts while the guest runs.
         me.vmcb.write_u64(offset::V_INTR, 1 << 24);
@@ -250,6 +266,29 @@ impl SvmVcpu {
         self.vmcb.write_u8(offset::TLB_CONTROL, 3);
         self.npt = Some(tables);
         Ok(())
+    }
+
+    /// Rebuild the I/O permission map if the VM's pass-through ports
+    /// changed: every port exits except those a device monitor lets through
+    /// (see `crate::dmm`).
+    fn sync_io_permissions(&mut self, vm: &Vm) {
+        let generation = vm.direct_ports_generation();
+        if generation == self.iopm_generation {
+            return;
+        }
+        let map = self.iopm.as_mut_slice();
+        map.fill(0xff);
+        for direct in vm.direct_ports() {
+            for (first, count) in direct.ranges() {
+                for port in (u32::from(first)..u32::from(first) + u32::from(count)).take(0x1_0000) {
+                    let port = port as usize;
+                    if let Some(byte) = map.get_mut(port / 8) {
+                        *byte &= !(1 << (port % 8));
+                    }
+                }
+            }
+        }
+        self.iopm_generation = generation;
     }
 
     fn next_rip(&self, length: u64) -> u64 {
@@ -382,6 +421,9 @@ impl CpuState for SvmVcpu {
         self.vmcb.segment(segment)
     }
     fn control(&self) -> ControlRegisters {
+        if let Some(guest) = self.shadow_control() {
+            return guest;
+        }
         ControlRegisters {
             cr0: self.vmcb.read_u64(offset::CR0),
             cr3: self.vmcb.read_u64(offset::CR3),
@@ -402,7 +444,13 @@ impl CpuState for SvmVcpu {
 
 impl VcpuBackend for SvmVcpu {
     fn run(&mut self, vm: &mut Vm) -> Exit {
-        if let Err(e) = self.sync_nested_tables(vm) {
+        self.sync_io_permissions(vm);
+        let paging = if self.shadow.is_some() {
+            self.shadow_enter(vm)
+        } else {
+            self.sync_nested_tables(vm)
+        };
+        if let Err(e) = paging {
             return Exit::Error(e);
         }
         let Some(pa) = self.vmcb.phys() else {
@@ -412,12 +460,17 @@ impl VcpuBackend for SvmVcpu {
         self.vmcb.write_u32(offset::CLEAN_BITS, 0);
         // SAFETY: SVM was enabled by `Svm::enable` (required to build this
         // vCPU); the VMCB is ours, its nested tables map only this VM's
-        // memory, its permission maps intercept every port and MSR; the host
+        // memory, its permission maps intercept every MSR and every port but
+        // the unhooked ports of a device passed through to this VM (which
+        // the host gave to it, see `crate::dmm`); the host
         // handles the interrupts it unmasks (see `instructions::vmrun`).
         unsafe { instructions::vmrun(pa, &mut self.gprs) };
         self.vmcb.write_u8(offset::TLB_CONTROL, 0);
         self.vmcb.write_u64(offset::EVENT_INJ, 0);
-        let exit = self.decode_exit(vm);
+        let exit = match self.shadow_exit(vm) {
+            Some(exit) => exit,
+            None => self.decode_exit(vm),
+        };
         if exit == Exit::InterruptWindow {
             self.request_interrupt_window(false);
         }
@@ -436,6 +489,7 @@ impl VcpuBackend for SvmVcpu {
                 }
                 if let crate::emulator::Exception::PageFault(pf) = e {
                     self.vmcb.write_u64(offset::CR2, pf.address);
+                    self.shadow_note_cr2(pf.address);
                 }
                 v
             }
@@ -454,7 +508,10 @@ impl VcpuBackend for SvmVcpu {
 
     fn backend_msr(&self, msr: u32) -> Option<u64> {
         match msr {
-            crate::vcpu::MSR_EFER => Some(self.vmcb.read_u64(offset::EFER) & !EFER_SVME),
+            crate::vcpu::MSR_EFER => Some(
+                self.shadow_efer()
+                    .unwrap_or(self.vmcb.read_u64(offset::EFER) & !EFER_SVME),
+            ),
             _ => None,
         }
     }
@@ -464,6 +521,9 @@ impl VcpuBackend for SvmVcpu {
             crate::vcpu::MSR_EFER => {
                 if value & !(EFER_GUEST_WRITABLE | EFER_LMA) != 0 {
                     return false;
+                }
+                if self.shadow.is_some() {
+                    return self.shadow_set_efer(value, EFER_GUEST_WRITABLE);
                 }
                 let lma = self.vmcb.read_u64(offset::EFER) & EFER_LMA;
                 let efer = (value & EFER_GUEST_WRITABLE) | lma | EFER_SVME;
@@ -476,11 +536,23 @@ impl VcpuBackend for SvmVcpu {
 
     fn reset(&mut self) {
         self.vmcb.set_reset_state();
+        // RESET zeroes the TSC.
+        self.set_tsc_offset(crate::vcpu::msr_host_tsc().wrapping_neg());
+        self.shadow_reset();
         // After RESET, EDX holds the processor signature.
         self.gprs = GuestGprs {
             rdx: core::arch::x86_64::__cpuid(1).eax.into(),
             ..GuestGprs::default()
         };
+    }
+
+    fn tsc_offset(&self) -> u64 {
+        self.vmcb.read_u64(offset::TSC_OFFSET)
+    }
+
+    fn set_tsc_offset(&mut self, offset: u64) -> bool {
+        self.vmcb.write_u64(offset::TSC_OFFSET, offset);
+        true
     }
 
     fn request_interrupt_window(&mut self, on: bool) {
@@ -499,6 +571,48 @@ impl VcpuBackend for SvmVcpu {
         }
         self.vmcb.write_u32(offset::INTERCEPT_MISC1, misc);
         self.vmcb.write_u64(offset::V_INTR, v_intr);
+    }
+
+    fn shadow_page_fault(
+        &mut self,
+        vm: &mut Vm,
+        fault: crate::shadow_paging::GuestFault,
+    ) -> Result<crate::shadow_paging::FaultOutcome, crate::shadow_paging::ShadowError> {
+        self.shadow_fault(vm, fault)
+    }
+
+    fn write_control_register(
+        &mut self,
+        vm: &mut Vm,
+        cr: u8,
+        value: u64,
+    ) -> Result<(), crate::emulator::Exception> {
+        self.shadow_write_cr(vm, cr, value)
+    }
+
+    fn read_control_register(&self, cr: u8) -> Option<u64> {
+        let c = self.control();
+        match cr {
+            0 => Some(c.cr0),
+            2 => Some(self.vmcb.read_u64(offset::CR2)),
+            3 => Some(c.cr3),
+            4 => Some(c.cr4),
+            // CR8 is the TPR: V_TPR, bits 3:0 of V_INTR.
+            8 => Some(self.vmcb.read_u64(offset::V_INTR) & 0xf),
+            _ => None,
+        }
+    }
+
+    fn invalidate_page(&mut self, linear: u64) {
+        self.shadow_invlpg(linear);
+    }
+
+    fn tracks_guest_writes(&self) -> bool {
+        self.shadow.is_some()
+    }
+
+    fn guest_wrote(&mut self, gpa: u64, len: u64) {
+        self.shadow_guest_wrote(gpa, len);
     }
 }
 

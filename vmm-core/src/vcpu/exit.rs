@@ -26,6 +26,12 @@ pub enum Exit {
         /// The guest-physical address that faulted, if any.
         gpa: Option<u64>,
     },
+    /// A port or MMIO access that the backend completes itself at the next
+    /// entry (KVM: the data travels in the `kvm_run` page and string I/O
+    /// comes with a count). The exit loop carries it out against the
+    /// devices, exchanging the bytes through [`super::VcpuBackend::access_data`];
+    /// registers and RIP are the backend's business.
+    DeviceAccess(DeviceAccess),
     /// CPUID; the guest resumes at `next_rip`.
     Cpuid {
         /// The instruction after CPUID.
@@ -51,6 +57,30 @@ pub enum Exit {
     /// A virtualization instruction the guest may not use (VMRUN, VMMCALL,
     /// VMLAUNCH, ...): the guest gets #UD.
     VirtInstruction,
+    /// A page fault the backend intercepted because it shadows the guest's
+    /// page tables: the exit loop has the backend's shadow pager fill,
+    /// reflect or emulate it (see `crate::shadow_paging`).
+    PageFault {
+        /// The faulting linear address.
+        address: u64,
+        /// The hardware error code.
+        error_code: u32,
+    },
+    /// An intercepted control-register access (shadow paging intercepts
+    /// CR0, CR3 and CR4); the guest resumes at `next_rip`.
+    ControlRegister {
+        /// What the instruction does.
+        access: ControlAccess,
+        /// The instruction after it.
+        next_rip: u64,
+    },
+    /// An intercepted INVLPG; the guest resumes at `next_rip`.
+    Invlpg {
+        /// The linear address to invalidate.
+        linear: u64,
+        /// The instruction after it.
+        next_rip: u64,
+    },
     /// The guest triple-faulted.
     Shutdown,
     /// The backend's time slice ran out.
@@ -65,6 +95,11 @@ impl Exit {
     pub fn kind(&self) -> ExitKind {
         match self {
             Exit::PortIo { .. } => ExitKind::PortIo,
+            Exit::DeviceAccess(DeviceAccess {
+                target: AccessTarget::Port(_),
+                ..
+            }) => ExitKind::PortIo,
+            Exit::DeviceAccess(_) => ExitKind::Mmio,
             Exit::Emulate { gpa: Some(_) } => ExitKind::Mmio,
             Exit::Emulate { gpa: None } => ExitKind::PortIo,
             Exit::Cpuid { .. } => ExitKind::Cpuid,
@@ -73,11 +108,59 @@ impl Exit {
             Exit::ExternalInterrupt => ExitKind::ExternalInterrupt,
             Exit::InterruptWindow => ExitKind::InterruptWindow,
             Exit::VirtInstruction => ExitKind::VirtInstruction,
+            Exit::PageFault { .. } => ExitKind::ShadowPageFault,
+            Exit::ControlRegister { .. } => ExitKind::ControlRegister,
+            Exit::Invlpg { .. } => ExitKind::Invlpg,
             Exit::Shutdown => ExitKind::Shutdown,
             Exit::Preempted => ExitKind::Preemption,
             Exit::Error(_) => ExitKind::Other,
         }
     }
+}
+
+/// A control-register access, as an intercept reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlAccess {
+    /// Write `value` to CR`cr` (MOV to CR; CLTS and LMSW arrive as CR0
+    /// writes of the resulting value).
+    Write {
+        /// The control register number.
+        cr: u8,
+        /// The new value.
+        value: u64,
+    },
+    /// Read CR`cr` into general-purpose register `gpr` (0 = RAX).
+    Read {
+        /// The control register number.
+        cr: u8,
+        /// The destination register.
+        gpr: usize,
+    },
+}
+
+/// Where a [`DeviceAccess`] goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessTarget {
+    /// An I/O port.
+    Port(u16),
+    /// A guest-physical address that is not plain RAM for the backend (MMIO,
+    /// a hole, a write to ROM or to write-protected shadow RAM).
+    Memory(u64),
+}
+
+/// A device access the backend completes itself: `count` accesses of
+/// `size` bytes each (string I/O repeats the port; memory accesses have a
+/// count of 1), with the bytes in [`super::VcpuBackend::access_data`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceAccess {
+    /// The port or address.
+    pub target: AccessTarget,
+    /// Bytes per access (1, 2, 4, or up to 8 for memory).
+    pub size: u8,
+    /// Number of accesses.
+    pub count: u32,
+    /// A write (OUT, store) rather than a read.
+    pub write: bool,
 }
 
 /// A backend failure that stops the VM.

@@ -11,9 +11,16 @@ mod exit;
 mod msr;
 mod run_loop;
 
-pub use cpuid::{guest_cpuid, CpuidResult, HYPERVISOR_VENDOR};
-pub use exit::{Exit, ExitError};
-pub use msr::{MsrFile, MSR_APIC_BASE, MSR_EFER, MSR_TSC, PASS_THROUGH};
+pub use cpuid::{
+    guest_cpuid, guest_cpuid_for, CpuidResult, HYPERVISOR_VENDOR, KVM_FEATURE_CLOCKSOURCE2,
+    KVM_FEATURE_CLOCKSOURCE_STABLE_BIT, KVM_FEATURE_NOP_IO_DELAY, KVM_LEAF_BASE,
+};
+pub use exit::{AccessTarget, ControlAccess, DeviceAccess, Exit, ExitError};
+pub(crate) use msr::host_tsc as msr_host_tsc;
+pub use msr::{
+    pvclock_scale, MsrFile, MSR_APIC_BASE, MSR_EFER, MSR_KVM_SYSTEM_TIME_NEW,
+    MSR_KVM_WALL_CLOCK_NEW, MSR_TSC, PASS_THROUGH,
+};
 pub use run_loop::{run, RunOutcome, Slice};
 
 /// No interrupt controller: for guests that never take interrupts.
@@ -88,7 +95,85 @@ pub trait VcpuBackend: CpuState {
     /// is being reset.
     fn reset(&mut self);
 
+    /// The bytes of the last [`Exit::DeviceAccess`]: `size * count` bytes,
+    /// holding what the guest wrote, or to be filled with what it reads (the
+    /// backend hands them to the guest at the next entry). Backends that
+    /// never report that exit keep the default, which is empty.
+    fn access_data(&mut self) -> &mut [u8] {
+        &mut []
+    }
+
     /// Ask for an [`Exit::InterruptWindow`] as soon as the guest can take an
     /// external interrupt (or stop asking).
     fn request_interrupt_window(&mut self, on: bool);
+
+    /// What the backend adds to the host's TSC to give the guest's
+    /// (RDTSC in the guest reads host TSC + this, wrapping). Backends
+    /// without TSC offsetting leave the default, 0.
+    fn tsc_offset(&self) -> u64 {
+        0
+    }
+
+    /// Set that offset (a guest WRMSR to the TSC, or a reset); `false` if
+    /// the backend cannot offset the TSC.
+    fn set_tsc_offset(&mut self, offset: u64) -> bool {
+        let _ = offset;
+        false
+    }
+
+    /// Shadow paging: resolve the guest #PF of an [`Exit::PageFault`]. A
+    /// backend that does not shadow the guest's tables keeps the default:
+    /// the fault is the guest's own.
+    fn shadow_page_fault(
+        &mut self,
+        vm: &mut Vm,
+        fault: crate::shadow_paging::GuestFault,
+    ) -> Result<crate::shadow_paging::FaultOutcome, crate::shadow_paging::ShadowError> {
+        let _ = vm;
+        Ok(crate::shadow_paging::FaultOutcome::Reflect(
+            crate::paging::PageFault {
+                address: fault.address,
+                error_code: fault.error_code,
+            },
+        ))
+    }
+
+    /// Write a control register the backend intercepts (an
+    /// [`Exit::ControlRegister`]); the exception the guest gets if the value
+    /// is invalid. The default refuses every write with #GP(0).
+    fn write_control_register(&mut self, vm: &mut Vm, cr: u8, value: u64) -> Result<(), Exception> {
+        let _ = (vm, cr, value);
+        Err(Exception::GeneralProtection(0))
+    }
+
+    /// Read a control register for an intercepted MOV from CR (an
+    /// [`Exit::ControlRegister`]); `None` for a register that does not
+    /// exist (the guest gets #UD). The default answers CR0, CR3 and CR4
+    /// from [`CpuState::control`].
+    fn read_control_register(&self, cr: u8) -> Option<u64> {
+        let c = self.control();
+        match cr {
+            0 => Some(c.cr0),
+            3 => Some(c.cr3),
+            4 => Some(c.cr4),
+            _ => None,
+        }
+    }
+
+    /// INVLPG of `linear` (an [`Exit::Invlpg`]). The default does nothing.
+    fn invalidate_page(&mut self, linear: u64) {
+        let _ = linear;
+    }
+
+    /// Whether the backend needs to hear of guest-memory writes the exit
+    /// loop makes on the guest's behalf (emulated instructions), through
+    /// [`VcpuBackend::guest_wrote`]: shadow paging does.
+    fn tracks_guest_writes(&self) -> bool {
+        false
+    }
+
+    /// An emulated instruction wrote `len` bytes at guest-physical `gpa`.
+    fn guest_wrote(&mut self, gpa: u64, len: u64) {
+        let _ = (gpa, len);
+    }
 }

@@ -5,8 +5,15 @@
 //! through. The rest exit and land here: EFER goes to the backend (which
 //! hides what the guest must not see), a few platform MSRs are emulated,
 //! and any other MSR raises #GP, as hardware does for an MSR it lacks.
+//!
+//! The TSC is offset per vCPU (it starts near zero when the vCPU is
+//! created or reset, and a WRMSR moves it) where the backend can offset it.
+//! On hosts that know their TSC frequency the kvmclock MSRs are emulated
+//! (see [`super::guest_cpuid_for`]): the guest names a page of its RAM, and
+//! we write there the scale that turns its TSC into nanoseconds.
 
 use super::VcpuBackend;
+use crate::vm::Vm;
 use hashbrown::HashSet;
 
 /// IA32_TIME_STAMP_COUNTER.
@@ -21,6 +28,33 @@ pub const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 pub const MSR_EFER: u32 = 0xc000_0080;
 /// AMD VM_CR.
 pub const MSR_VM_CR: u32 = 0xc001_0114;
+/// kvmclock: where the guest wants the wall clock at boot.
+pub const MSR_KVM_WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
+/// kvmclock: where the guest wants its vCPU time information (bit 0
+/// enables).
+pub const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
+
+/// The pvclock flag saying the TSC is stable across vCPUs and time.
+const PVCLOCK_TSC_STABLE: u8 = 1;
+
+/// The kvmclock scale for a TSC of `tsc_khz`: `(mul, shift)` such that
+/// nanoseconds = ((tsc delta shifted left by `shift`, or right by
+/// `-shift`) * `mul`) >> 32, with `mul` in [2^31, 2^32) for the best
+/// precision.
+pub fn pvclock_scale(tsc_khz: u32) -> (u32, i8) {
+    let mut num: u128 = 1_000_000; // ns per ms
+    let mut den = u128::from(tsc_khz.max(1)); // ticks per ms
+    let mut shift: i8 = 0;
+    while num >= den {
+        den <<= 1;
+        shift += 1;
+    }
+    while num * 2 < den {
+        num <<= 1;
+        shift -= 1;
+    }
+    (((num << 32) / den) as u32, shift)
+}
 
 /// MSRs a backend passes through without an exit (the hardware saves and
 /// restores them with the guest state).
@@ -38,6 +72,14 @@ pub const PASS_THROUGH: [u32; 11] = [
     0xc000_0102, // KERNEL_GS_BASE
 ];
 
+/// IA32_MISC_ENABLE (Intel): Linux reads it on Intel CPUs before it has
+/// an IDT (verify_cpu clears XD-disable), so it must not #GP.
+pub const MSR_MISC_ENABLE: u32 = 0x1a0;
+
+/// What IA32_MISC_ENABLE reads: fast strings on, BTS and PEBS unavailable,
+/// XD not disabled, CPUID not limited.
+const MISC_ENABLE_VALUE: u64 = 1 | (1 << 11) | (1 << 12);
+
 /// The APIC base the guest sees: the xAPIC at 0xFEE00000, enabled, this is
 /// the bootstrap processor.
 const APIC_BASE_VALUE: u64 = 0xfee0_0000 | (1 << 11) | (1 << 8);
@@ -47,9 +89,22 @@ const APIC_BASE_VALUE: u64 = 0xfee0_0000 | (1 << 11) | (1 << 8);
 pub struct MsrFile {
     mtrr_def_type: u64,
     reported: HashSet<u32>,
+    wall_clock_at_host_zero: u64,
+    kvm_wall_clock: u64,
+    kvm_system_time: u64,
 }
 
 impl MsrFile {
+    /// MSRs for a guest whose wall clock read `unix_seconds` when the
+    /// host's clock (`Host::now_ns`) read zero: what kvmclock reports as
+    /// the boot time. Give the same epoch as the guest's RTC.
+    pub fn with_wall_clock(unix_seconds: u64) -> Self {
+        Self {
+            wall_clock_at_host_zero: unix_seconds,
+            ..Self::default()
+        }
+    }
+
     fn unknown(&mut self, msr: u32, what: &str) {
         if self.reported.len() < 256 && self.reported.insert(msr) {
             log::warn!("guest {what} of unknown MSR {msr:#x}: #GP");
@@ -60,11 +115,14 @@ impl MsrFile {
     pub fn read<B: VcpuBackend>(&mut self, vcpu: &B, msr: u32) -> Option<u64> {
         match msr {
             MSR_EFER => vcpu.backend_msr(msr),
-            MSR_TSC => Some(host_tsc()),
+            MSR_TSC => Some(host_tsc().wrapping_add(vcpu.tsc_offset())),
+            MSR_KVM_WALL_CLOCK_NEW => Some(self.kvm_wall_clock),
+            MSR_KVM_SYSTEM_TIME_NEW => Some(self.kvm_system_time),
             MSR_APIC_BASE => Some(APIC_BASE_VALUE),
             // No MTRRs (CPUID says so too), default type write-back.
             MSR_MTRRCAP => Some(0),
             MSR_MTRR_DEF_TYPE => Some(self.mtrr_def_type),
+            MSR_MISC_ENABLE => Some(MISC_ENABLE_VALUE),
             // SVM is disabled, as far as the guest can tell.
             MSR_VM_CR => Some(1 << 4),
             _ => {
@@ -77,14 +135,44 @@ impl MsrFile {
         }
     }
 
-    /// WRMSR: `false` for #GP.
-    pub fn write<B: VcpuBackend>(&mut self, vcpu: &mut B, msr: u32, value: u64) -> bool {
+    /// WRMSR: `false` for #GP. `vm` is the guest's, for the MSRs that make
+    /// the VMM write into guest RAM (kvmclock).
+    pub fn write<B: VcpuBackend>(
+        &mut self,
+        vcpu: &mut B,
+        vm: &mut Vm,
+        msr: u32,
+        value: u64,
+    ) -> bool {
         match msr {
             MSR_EFER => vcpu.set_backend_msr(msr, value),
-            // Writing the TSC or the APIC base to what they are is harmless;
-            // moving them is not supported and faults.
-            MSR_TSC => true,
+            // Moving the TSC moves the offset; a backend that cannot offset
+            // accepts only the value it already has (harmless).
+            MSR_TSC => {
+                let offset = value.wrapping_sub(host_tsc());
+                vcpu.set_tsc_offset(offset) || value == host_tsc().wrapping_add(vcpu.tsc_offset())
+            }
+            MSR_KVM_WALL_CLOCK_NEW | MSR_KVM_SYSTEM_TIME_NEW => {
+                let Some(tsc_khz) = vm.host().tsc_khz() else {
+                    // Not offered (CPUID says so): #GP like any unknown MSR.
+                    self.unknown(msr, "write");
+                    return false;
+                };
+                if msr == MSR_KVM_WALL_CLOCK_NEW {
+                    self.kvm_wall_clock = value;
+                    self.write_wall_clock(vm, value);
+                } else {
+                    self.kvm_system_time = value;
+                    if value & 1 != 0 {
+                        write_system_time(vcpu, vm, value & !1, tsc_khz);
+                    }
+                }
+                true
+            }
             MSR_APIC_BASE => value == APIC_BASE_VALUE,
+            // Writing back what it reads is harmless; changing it is not
+            // supported.
+            MSR_MISC_ENABLE => value == MISC_ENABLE_VALUE,
             MSR_MTRR_DEF_TYPE => {
                 // Type in bits 7:0, FE bit 10, E bit 11; the rest reserved.
                 if value & !0xcff != 0 {
@@ -104,7 +192,44 @@ impl MsrFile {
     }
 }
 
-fn host_tsc() -> u64 {
+impl MsrFile {
+    /// Write `struct pvclock_wall_clock` (version, seconds, nanoseconds:
+    /// the wall-clock time when the kvmclock read zero) at `gpa`. A guest
+    /// that names memory that is not its RAM gets nothing written, as KVM
+    /// does.
+    fn write_wall_clock(&self, vm: &mut Vm, gpa: u64) {
+        let mut rec = [0u8; 12];
+        rec[0..4].copy_from_slice(&2u32.to_le_bytes());
+        let secs = u32::try_from(self.wall_clock_at_host_zero).unwrap_or(u32::MAX);
+        rec[4..8].copy_from_slice(&secs.to_le_bytes());
+        if vm.memory_mut().write(gpa, &rec).is_err() {
+            log::debug!("kvmclock wall clock at {gpa:#x}: not RAM, nothing written");
+        }
+    }
+}
+
+/// Write `struct pvclock_vcpu_time_info` at `gpa`: the guest's TSC now,
+/// the host time now (ns), and the scale from TSC ticks to ns, flagged
+/// stable. The TSC runs at a constant rate and time is read from it, so
+/// one write stays valid.
+fn write_system_time<B: VcpuBackend>(vcpu: &B, vm: &mut Vm, gpa: u64, tsc_khz: u32) {
+    let (mul, shift) = pvclock_scale(tsc_khz);
+    let now_ns = vm.host().now_ns();
+    let tsc = host_tsc().wrapping_add(vcpu.tsc_offset());
+    let mut rec = [0u8; 32];
+    rec[0..4].copy_from_slice(&2u32.to_le_bytes()); // version: even = stable
+    rec[8..16].copy_from_slice(&tsc.to_le_bytes());
+    rec[16..24].copy_from_slice(&now_ns.to_le_bytes());
+    rec[24..28].copy_from_slice(&mul.to_le_bytes());
+    rec[28] = shift as u8;
+    rec[29] = PVCLOCK_TSC_STABLE;
+    if vm.memory_mut().write(gpa, &rec).is_err() {
+        log::debug!("kvmclock time info at {gpa:#x}: not RAM, nothing written");
+    }
+}
+
+/// The host's time-stamp counter.
+pub(crate) fn host_tsc() -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
         // `_rdtsc` only reads the time-stamp counter.
@@ -118,5 +243,39 @@ fn host_tsc() -> u64 {
     #[cfg(not(target_arch = "x86_64"))]
     {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pvclock_scale;
+
+    /// The guest's conversion, as Linux and SeaBIOS do it.
+    fn to_ns(delta: u64, (mul, shift): (u32, i8)) -> u64 {
+        let d = if shift < 0 {
+            delta >> -shift
+        } else {
+            delta << shift
+        };
+        ((u128::from(d) * u128::from(mul)) >> 32) as u64
+    }
+
+    #[test]
+    fn the_scale_turns_one_second_of_ticks_into_one_second() {
+        for khz in [
+            1_000, 999_999, 1_000_000, 2_510_000, 3_579, 4_000_000, 5_000_000,
+        ] {
+            let scale = pvclock_scale(khz);
+            assert!(
+                scale.0 >= 1 << 31,
+                "{khz} kHz: mul {:#x} loses precision",
+                scale.0
+            );
+            let ns = to_ns(u64::from(khz) * 1000, scale);
+            assert!(
+                ns.abs_diff(1_000_000_000) <= 2,
+                "{khz} kHz: 1 s became {ns} ns"
+            );
+        }
     }
 }

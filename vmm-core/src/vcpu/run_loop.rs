@@ -1,8 +1,12 @@
 //! The exit loop: the one place where exits become device accesses,
 //! emulation, CPUID answers and injected events, for every backend.
 
-use super::{guest_cpuid, Event, Exit, InterruptSource, MsrFile, VcpuBackend};
-use crate::emulator::{EmulateError, Emulator, Exception, RFLAGS_IF};
+use super::{
+    guest_cpuid_for, AccessTarget, ControlAccess, DeviceAccess, Event, Exit, InterruptSource,
+    MsrFile, VcpuBackend,
+};
+use crate::emulator::{EmulateError, Emulator, Exception, RFLAGS_AC, RFLAGS_IF};
+use crate::shadow_paging::{FaultOutcome, GuestFault, RecordingBus};
 use crate::vm::{StopReason, Vm};
 use alloc::string::ToString;
 
@@ -66,6 +70,72 @@ fn deliver<B: VcpuBackend>(vcpu: &mut B, interrupts: &dyn InterruptSource) {
     }
 }
 
+/// Carry out a device access that the backend completes itself: each of
+/// the `count` pieces of `size` bytes goes to the port (string I/O repeats
+/// it) or to the address (memory if the map has memory there, else the
+/// device manager). A size the backend cannot mean stops the VM.
+fn device_access<B: VcpuBackend>(vcpu: &mut B, vm: &mut Vm, access: DeviceAccess) {
+    let size = usize::from(access.size);
+    let data = vcpu.access_data();
+    let expected = usize::try_from(access.count)
+        .ok()
+        .and_then(|c| c.checked_mul(size));
+    if !(1..=8).contains(&size) || expected != Some(data.len()) {
+        vm.stop(StopReason::Backend(alloc::format!(
+            "device access {access:?} with {} bytes of data",
+            data.len()
+        )));
+        return;
+    }
+    for piece in data.chunks_exact_mut(size) {
+        match (access.target, access.write) {
+            (AccessTarget::Port(port), true) => {
+                vm.port_write(port, piece);
+            }
+            (AccessTarget::Port(port), false) => {
+                vm.port_read(port, piece);
+            }
+            (AccessTarget::Memory(gpa), true) => vm.guest_write(gpa, piece),
+            (AccessTarget::Memory(gpa), false) => vm.guest_read(gpa, piece),
+        }
+    }
+}
+
+/// Emulate the instruction at RIP against `vm` (MMIO, string I/O, a write
+/// to a shadowed page table). A backend that tracks guest writes hears of
+/// every byte the instruction wrote.
+fn emulate<B: VcpuBackend>(vcpu: &mut B, vm: &mut Vm, emulator: &Emulator, gpa: Option<u64>) {
+    let result = if vcpu.tracks_guest_writes() {
+        let mut bus = RecordingBus::new(vm);
+        let result = emulator.emulate(vcpu, &mut bus);
+        for (gpa, len) in bus.into_writes() {
+            vcpu.guest_wrote(gpa, len);
+        }
+        result
+    } else {
+        emulator.emulate(vcpu, vm)
+    };
+    match result {
+        Ok(_) => {}
+        Err(EmulateError::Exception(e)) => {
+            vcpu.inject(Event::Exception(e));
+        }
+        Err(EmulateError::LockContended) => {}
+        Err(other) => {
+            let mut reason = other
+                .stop_reason()
+                .unwrap_or(StopReason::Backend(other.to_string()));
+            // Say what the guest touched: the address that faulted and what
+            // the memory map has there.
+            if let (Some(gpa), StopReason::DeviceFailure { detail, .. }) = (gpa, &mut reason) {
+                let kind = vm.memory().kind_at(gpa);
+                detail.push_str(&alloc::format!(", touching {gpa:#x} ({kind:?})"));
+            }
+            vm.stop(reason);
+        }
+    }
+}
+
 /// Run `vcpu` in `vm`, with `interrupts` as its interrupt controllers and
 /// `msrs` as its emulated MSRs, until the VM stops or `slice` ends.
 pub fn run<B: VcpuBackend>(
@@ -118,8 +188,20 @@ pub fn run<B: VcpuBackend>(
             }
         }
         deliver(vcpu, interrupts);
+        // The guest must be back by the next device timer and by the end of
+        // the slice, so both can be honoured.
+        let wake = match (deadline, slice.until_ns) {
+            (Some(d), Some(u)) => Some(d.min(u)),
+            (d, u) => d.or(u),
+        };
+        vm.host().preempt_at(wake);
+        let entered = vm.host().now_ns();
         let exit = vcpu.run(vm);
-        vm.stats_mut().record(exit.kind());
+        let exited = vm.host().now_ns();
+        let kind = exit.kind();
+        vm.stats_mut().record(kind);
+        vm.stats_mut()
+            .add_guest_time(exited.saturating_sub(entered));
         match exit {
             Exit::PortIo {
                 port,
@@ -129,39 +211,77 @@ pub fn run<B: VcpuBackend>(
             } => {
                 let n = usize::from(size.clamp(1, 4));
                 let mut buf = [0u8; 4];
-                if write {
+                let retry = if write {
                     buf = (vcpu.gpr(RAX) as u32).to_le_bytes();
                     vm.port_write(port, &buf[..n]);
+                    vm.take_retry_request()
                 } else {
                     vm.port_read(port, &mut buf[..n]);
-                    let v = u32::from_le_bytes(buf);
-                    vcpu.set_gpr(RAX, merge_in(vcpu.gpr(RAX), v, size));
+                    let retry = vm.take_retry_request();
+                    if !retry {
+                        let v = u32::from_le_bytes(buf);
+                        vcpu.set_gpr(RAX, merge_in(vcpu.gpr(RAX), v, size));
+                    }
+                    retry
+                };
+                if retry {
+                    // A shared device is held by another VM: leave RIP on
+                    // the IN/OUT and let other VMs run; it executes again.
+                    return RunOutcome::SliceEnded;
                 }
                 vcpu.set_rip(next_rip);
             }
-            Exit::Emulate { gpa } => match emulator.emulate(vcpu, vm) {
-                Ok(_) => {}
-                Err(EmulateError::Exception(e)) => {
-                    vcpu.inject(Event::Exception(e));
-                }
-                Err(EmulateError::LockContended) => {}
-                Err(other) => {
-                    let mut reason = other
-                        .stop_reason()
-                        .unwrap_or(StopReason::Backend(other.to_string()));
-                    // Say what the guest touched: the address that faulted
-                    // and what the memory map has there.
-                    if let (Some(gpa), StopReason::DeviceFailure { detail, .. }) =
-                        (gpa, &mut reason)
-                    {
-                        let kind = vm.memory().kind_at(gpa);
-                        detail.push_str(&alloc::format!(", touching {gpa:#x} ({kind:?})"));
+            Exit::DeviceAccess(access) => device_access(vcpu, vm, access),
+            Exit::Emulate { gpa } => emulate(vcpu, vm, &emulator, gpa),
+            Exit::PageFault {
+                address,
+                error_code,
+            } => {
+                let fault = GuestFault {
+                    address,
+                    error_code,
+                    ac: vcpu.rflags() & RFLAGS_AC != 0,
+                };
+                match vcpu.shadow_page_fault(vm, fault) {
+                    Ok(FaultOutcome::Filled) => {}
+                    Ok(FaultOutcome::Reflect(pf)) => {
+                        if !vcpu.inject(Event::Exception(Exception::PageFault(pf))) {
+                            log::warn!("#PF at {address:#x} not injected: an event was pending");
+                        }
                     }
-                    vm.stop(reason);
+                    Ok(FaultOutcome::Emulate { gpa }) => emulate(vcpu, vm, &emulator, Some(gpa)),
+                    Err(e) => vm.stop(StopReason::Backend(alloc::format!("shadow paging: {e}"))),
                 }
+            }
+            Exit::ControlRegister { access, next_rip } => match access {
+                ControlAccess::Write { cr, value } => {
+                    match vcpu.write_control_register(vm, cr, value) {
+                        Ok(()) => vcpu.set_rip(next_rip),
+                        Err(e) => {
+                            vcpu.inject(Event::Exception(e));
+                        }
+                    }
+                }
+                ControlAccess::Read { cr, gpr } => match vcpu.read_control_register(cr) {
+                    Some(value) => {
+                        vcpu.set_gpr(gpr, value);
+                        vcpu.set_rip(next_rip);
+                    }
+                    None => {
+                        vcpu.inject(Event::Exception(Exception::InvalidOpcode));
+                    }
+                },
             },
+            Exit::Invlpg { linear, next_rip } => {
+                vcpu.invalidate_page(linear);
+                vcpu.set_rip(next_rip);
+            }
             Exit::Cpuid { next_rip } => {
-                let r = guest_cpuid(vcpu.gpr(RAX) as u32, vcpu.gpr(RCX) as u32);
+                let r = guest_cpuid_for(
+                    vcpu.gpr(RAX) as u32,
+                    vcpu.gpr(RCX) as u32,
+                    vm.host().tsc_khz(),
+                );
                 vcpu.set_gpr(RAX, r.eax.into());
                 vcpu.set_gpr(RBX, r.ebx.into());
                 vcpu.set_gpr(RCX, r.ecx.into());
@@ -184,7 +304,7 @@ pub fn run<B: VcpuBackend>(
                 let msr = vcpu.gpr(RCX) as u32;
                 let ok = if write {
                     let value = (vcpu.gpr(RDX) << 32) | (vcpu.gpr(RAX) & 0xffff_ffff);
-                    msrs.write(vcpu, msr, value)
+                    msrs.write(vcpu, vm, msr, value)
                 } else {
                     match msrs.read(vcpu, msr) {
                         Some(v) => {
@@ -210,6 +330,9 @@ pub fn run<B: VcpuBackend>(
             Exit::Preempted => return RunOutcome::SliceEnded,
             Exit::Error(e) => vm.stop(StopReason::Backend(e.to_string())),
         }
+        let handled = vm.host().now_ns();
+        vm.stats_mut()
+            .add_handling_time(kind, handled.saturating_sub(exited));
     }
     match vm.stop_reason() {
         Some(reason) => RunOutcome::Stopped(reason.clone()),

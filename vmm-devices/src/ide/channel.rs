@@ -361,6 +361,32 @@ impl Channel {
         }
     }
 
+    /// The guest reads the data register `out.len() / size` times in a row
+    /// (REP INSW/INSD), each read `size` bytes: whole elements are copied
+    /// from the current block at once; an element that straddles the end
+    /// of a block, or finds no data ready, goes through [`Self::read_data`]
+    /// as a single read would.
+    pub fn read_data_string(&mut self, size: usize, out: &mut [u8]) {
+        let size = size.max(1);
+        let mut rest = out;
+        while !rest.is_empty() {
+            let avail = if matches!(self.phase, Phase::PioIn { .. }) && self.data_ready() {
+                self.buf.len() - self.pos
+            } else {
+                0
+            };
+            let whole = avail.min(rest.len()) / size * size;
+            let take = if whole == 0 {
+                size.min(rest.len())
+            } else {
+                whole
+            };
+            let (head, tail) = rest.split_at_mut(take);
+            self.read_data(head);
+            rest = tail;
+        }
+    }
+
     /// The guest writes the data register.
     pub fn write_data(&mut self, ctx: &mut DeviceContext<'_>, data: &[u8]) {
         if !matches!(self.phase, Phase::PioOut { .. } | Phase::Packet { .. }) || !self.data_ready()

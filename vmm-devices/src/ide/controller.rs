@@ -122,6 +122,12 @@ impl IdeController {
         }
     }
 
+    /// The guest reads the data register of `channel` `data.len() / size`
+    /// times in a row (REP INS), each read `size` bytes.
+    pub fn read_data_string(&mut self, channel: IdeChannel, size: usize, data: &mut [u8]) {
+        self.channel(channel).read_data_string(size, data);
+    }
+
     /// The guest writes the command block at `offset` (0-7).
     pub fn write_command(
         &mut self,

@@ -94,6 +94,23 @@ impl PortIo for LegacyIde {
             self.controller.write_bus_master(ctx, off, data);
         }
     }
+
+    fn port_read_string(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: u16,
+        size: usize,
+        data: &mut [u8],
+    ) {
+        match command_block(port) {
+            Some((ch, 0)) => self.controller.read_data_string(ch, size, data),
+            _ => {
+                for element in data.chunks_mut(size.max(1)) {
+                    self.port_read(ctx, port, element);
+                }
+            }
+        }
+    }
 }
 
 impl Device for LegacyIde {

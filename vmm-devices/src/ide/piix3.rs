@@ -180,6 +180,31 @@ impl PciFunction for Piix3Ide {
         }
     }
 
+    fn io_read_string(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        region: RegionId,
+        offset: u64,
+        size: usize,
+        data: &mut [u8],
+    ) {
+        match (region, offset) {
+            (RegionId::Fixed(FIXED_PRIMARY_COMMAND), 0) => {
+                self.controller
+                    .read_data_string(IdeChannel::Primary, size, data)
+            }
+            (RegionId::Fixed(FIXED_SECONDARY_COMMAND), 0) => {
+                self.controller
+                    .read_data_string(IdeChannel::Secondary, size, data)
+            }
+            _ => {
+                for element in data.chunks_mut(size.max(1)) {
+                    self.io_read(ctx, region, offset, element);
+                }
+            }
+        }
+    }
+
     fn io_write(
         &mut self,
         ctx: &mut DeviceContext<'_>,

@@ -131,6 +131,22 @@ pub trait PciFunction: Any + Send {
         data.fill(0xff);
     }
 
+    /// The guest reads the port at `offset` in I/O region `region`
+    /// `data.len() / size` times in a row (REP INS), `size` bytes each. The
+    /// default reads element by element.
+    fn io_read_string(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        region: RegionId,
+        offset: u64,
+        size: usize,
+        data: &mut [u8],
+    ) {
+        for element in data.chunks_mut(size.max(1)) {
+            self.io_read(ctx, region, offset, element);
+        }
+    }
+
     /// The guest writes ports at `offset` in I/O region `region`.
     fn io_write(
         &mut self,
@@ -536,6 +552,28 @@ impl PortIo for PciBus {
                     self.slots[i].inner.io_write(ctx, id, off, data);
                 }
             }
+        }
+    }
+
+    fn port_read_string(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: u16,
+        size: usize,
+        data: &mut [u8],
+    ) {
+        // Only a function's I/O BAR can hold a FIFO; the bus's own
+        // registers go element by element.
+        if !(0xcf8..=0xcff).contains(&port) {
+            self.ensure_powered(ctx);
+            match self.route(Space::Io, u64::from(port)) {
+                Some((i, id, off)) => self.slots[i].inner.io_read_string(ctx, id, off, size, data),
+                None => data.fill(0xff),
+            }
+            return;
+        }
+        for element in data.chunks_mut(size.max(1)) {
+            self.port_read(ctx, port, element);
         }
     }
 }

@@ -1,0 +1,211 @@
+//! The hardware backend the host runs its VMs on: AMD SVM or Intel VMX,
+//! chosen from CPUID or by `cpu=` on the command line, and the vCPU of
+//! either kind behind one type, so the scheduler and the exit loop do not
+//! care which.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use host_glue_baremetal::cmdline::CpuBackend;
+use vmm_core::emulator::{CpuState, Segment, SegmentRegister};
+use vmm_core::host::Host;
+use vmm_core::shadow_paging::{ShadowConfig, ShadowStats};
+use vmm_core::svm::{Svm, SvmVcpu};
+use vmm_core::vcpu::{self, InterruptSource, MsrFile, RunOutcome, Slice};
+use vmm_core::vm::Vm;
+use vmm_core::vmx::{Vmx, VmxVcpu};
+
+/// Virtualization switched on for this CPU.
+pub enum Backend {
+    /// AMD SVM with nested paging.
+    Svm(Svm),
+    /// Intel VMX with EPT and unrestricted guest.
+    Vmx(Vmx),
+}
+
+/// What CPUID says this CPU has.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuFeatures {
+    /// SVM with nested paging.
+    pub svm: bool,
+    /// VMX.
+    pub vmx: bool,
+}
+
+/// Look at CPUID.
+pub fn detect() -> CpuFeatures {
+    let cpuid = x86::cpuid::CpuId::new();
+    let svm = cpuid
+        .get_extended_processor_and_feature_identifiers()
+        .is_some_and(|f| f.has_svm())
+        && cpuid.get_svm_info().is_some_and(|s| s.has_nested_paging());
+    let vmx = cpuid.get_feature_info().is_some_and(|f| f.has_vmx());
+    CpuFeatures { svm, vmx }
+}
+
+/// Switch on the backend `choice` asks for (`Auto`: SVM if the CPU has it
+/// with nested paging, else VMX).
+pub fn enable(choice: CpuBackend, host: &dyn Host) -> Result<Backend, String> {
+    let features = detect();
+    let use_vmx = match choice {
+        CpuBackend::Svm => false,
+        CpuBackend::Vmx => true,
+        CpuBackend::Auto => !features.svm && features.vmx,
+    };
+    if use_vmx {
+        install_task_register();
+        let vmx = Vmx::enable(host).map_err(|e| format!("cannot use VMX: {e}"))?;
+        log::info!(
+            "VMX enabled: EPT, unrestricted guest{}; controls {:x?}",
+            if vmx.controls().vpid { ", VPID" } else { "" },
+            vmx.controls()
+        );
+        Ok(Backend::Vmx(vmx))
+    } else {
+        let svm = Svm::enable(host).map_err(|e| format!("cannot use SVM: {e}"))?;
+        log::info!("SVM enabled: {:?}", svm.features());
+        Ok(Backend::Svm(svm))
+    }
+}
+
+impl Backend {
+    /// A vCPU for `vm`; `id` (from 1) tags its TLB entries (ASID/VPID).
+    pub fn vcpu(&self, vm: &Vm, id: u32) -> Result<Vcpu, String> {
+        match self {
+            Backend::Svm(svm) => SvmVcpu::new(svm, vm, id)
+                .map(|v| Vcpu::Svm(Box::new(v)))
+                .map_err(|e| format!("{e}")),
+            Backend::Vmx(vmx) => VmxVcpu::new(vmx, vm, id.min(0xffff) as u16)
+                .map(|v| Vcpu::Vmx(Box::new(v)))
+                .map_err(|e| format!("{e}")),
+        }
+    }
+
+    /// A vCPU for `vm` that runs with shadow paging (nested paging off);
+    /// SVM only so far.
+    pub fn shadow_vcpu(&self, vm: &Vm, id: u32) -> Result<Vcpu, String> {
+        match self {
+            Backend::Svm(svm) => SvmVcpu::new_shadow(svm, vm, id, ShadowConfig::default())
+                .map(|v| Vcpu::Svm(Box::new(v)))
+                .map_err(|e| format!("{e}")),
+            Backend::Vmx(_) => Err(String::from("shadow paging is not implemented on VMX yet")),
+        }
+    }
+
+    /// "SVM" or "VMX".
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Svm(_) => "SVM",
+            Backend::Vmx(_) => "VMX",
+        }
+    }
+}
+
+/// A vCPU of either backend.
+pub enum Vcpu {
+    /// On SVM.
+    Svm(Box<SvmVcpu>),
+    /// On VMX.
+    Vmx(Box<VmxVcpu>),
+}
+
+impl Vcpu {
+    /// Run the shared exit loop on this vCPU.
+    pub fn run(
+        &mut self,
+        vm: &mut Vm,
+        interrupts: &dyn InterruptSource,
+        msrs: &mut MsrFile,
+        slice: Slice,
+    ) -> RunOutcome {
+        match self {
+            Vcpu::Svm(v) => vcpu::run(v.as_mut(), vm, interrupts, msrs, slice),
+            Vcpu::Vmx(v) => vcpu::run(v.as_mut(), vm, interrupts, msrs, slice),
+        }
+    }
+
+    /// The shadow pager's counters, if this vCPU uses shadow paging.
+    pub fn shadow_stats(&self) -> Option<ShadowStats> {
+        match self {
+            Vcpu::Svm(v) => v.shadow_stats(),
+            Vcpu::Vmx(_) => None,
+        }
+    }
+
+    /// The guest's RIP.
+    pub fn rip(&self) -> u64 {
+        match self {
+            Vcpu::Svm(v) => v.rip(),
+            Vcpu::Vmx(v) => v.rip(),
+        }
+    }
+
+    /// The guest's RFLAGS.
+    pub fn rflags(&self) -> u64 {
+        match self {
+            Vcpu::Svm(v) => v.rflags(),
+            Vcpu::Vmx(v) => v.rflags(),
+        }
+    }
+
+    /// A guest segment register.
+    pub fn segment(&self, s: Segment) -> SegmentRegister {
+        match self {
+            Vcpu::Svm(v) => v.segment(s),
+            Vcpu::Vmx(v) => v.segment(s),
+        }
+    }
+}
+
+/// A 64-bit TSS: 104 bytes, no I/O bitmap.
+#[repr(C, align(16))]
+struct TaskStateSegment([u32; 26]);
+
+/// The host GDT with a TSS: null, 64-bit code (0x08), data (0x10), and the
+/// 16-byte TSS descriptor (0x18).
+#[repr(C, align(16))]
+struct Gdt([u64; 5]);
+
+const TSS_SELECTOR: u16 = 0x18;
+
+/// Load a GDT with a TSS and the task register: VM exits load TR from the
+/// VMCS, and VM entry refuses a host TR selector of zero. The boot code's
+/// code and data descriptors are kept at the same selectors, so nothing
+/// else changes.
+fn install_task_register() {
+    let tr: u16;
+    // SAFETY: STR only reads the task register.
+    unsafe { core::arch::asm!("str {0:x}", out(reg) tr, options(nomem, nostack)) };
+    if tr != 0 {
+        return;
+    }
+    // Both live for the rest of the run: the CPU reads them.
+    let tss: &'static TaskStateSegment = Box::leak(Box::new(TaskStateSegment([0; 26])));
+    let base = tss as *const TaskStateSegment as u64;
+    let limit = (core::mem::size_of::<TaskStateSegment>() - 1) as u64;
+    // Type 9 (available 64-bit TSS), present.
+    let low = (limit & 0xffff)
+        | ((base & 0xff_ffff) << 16)
+        | (0x89 << 40)
+        | (((limit >> 16) & 0xf) << 48)
+        | (((base >> 24) & 0xff) << 56);
+    let high = base >> 32;
+    let gdt: &'static mut Gdt = Box::leak(Box::new(Gdt([
+        0,
+        0x00af_9a00_0000_ffff,
+        0x00cf_9200_0000_ffff,
+        low,
+        high,
+    ])));
+    let mut pointer = [0u8; 10];
+    pointer[..2].copy_from_slice(&((core::mem::size_of::<Gdt>() - 1) as u16).to_le_bytes());
+    pointer[2..].copy_from_slice(&(gdt as *mut Gdt as u64).to_le_bytes());
+    // SAFETY: the new GDT has the same code and data descriptors at the
+    // same selectors as the boot GDT, so the loaded CS/DS/SS stay valid; it
+    // and the TSS are leaked, so they live as long as the CPU uses them;
+    // LTR marks the descriptor busy in this writable heap memory.
+    unsafe {
+        core::arch::asm!("lgdt [{}]", in(reg) pointer.as_ptr(), options(readonly, nostack));
+        core::arch::asm!("ltr {0:x}", in(reg) TSS_SELECTOR, options(nostack));
+    }
+}

@@ -1,0 +1,179 @@
+//! `vmm`: run a virtual machine on KVM with the vmm-core library.
+//!
+//! ```text
+//! vmm run --cdrom linux.iso                  # SeaBIOS boots the CD, 512 MiB
+//! vmm run --cdrom linux.iso --memory 1G --stats
+//! vmm run --bios guest.bin --serial out.log  # any firmware image
+//! vmm run --config vm.toml
+//! ```
+//!
+//! The exit status is 0 only when the guest powered itself off; 1 when it
+//! stopped otherwise or the machine could not start (one line on stderr
+//! says why); 2 for command-line mistakes; 3 when the user quit (Ctrl-A x).
+
+use clap::{Args, Parser, Subcommand};
+use host_glue_linux::config::{
+    load_config, parse_memory, parse_serial, KernelBoot, KeyStyle, MachineConfig,
+};
+use host_glue_linux::runner;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "vmm", version, about = "Run a virtual machine on KVM")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a PC: SeaBIOS, the i440FX chipset, IDE disk and CD-ROM, COM1.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A machine written down in a TOML file (memory, firmware, images,
+    /// devices, boot order); see the `config` module docs.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["cdrom", "disk", "memory", "bios", "kernel", "serial"])]
+    config: Option<PathBuf>,
+    /// CD image for the CD-ROM drive (IDE secondary master); booted first.
+    #[arg(long, value_name = "IMAGE")]
+    cdrom: Option<PathBuf>,
+    /// Disk image for the hard disk (IDE primary master), read-write.
+    #[arg(long, value_name = "IMAGE")]
+    disk: Option<PathBuf>,
+    /// Guest RAM, e.g. 512M or 1G (16 MiB to 3 GiB) [default: 512M].
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Firmware image [default: /usr/share/seabios/bios-256k.bin].
+    #[arg(long, value_name = "PATH")]
+    bios: Option<PathBuf>,
+    /// Boot this Linux kernel directly (64-bit boot protocol).
+    #[arg(long, value_name = "BZIMAGE")]
+    kernel: Option<PathBuf>,
+    /// Initrd for --kernel.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel.
+    #[arg(long, value_name = "CMDLINE", requires = "kernel")]
+    append: Option<String>,
+    /// Where COM1 goes: `stdio` (the terminal, Ctrl-A x quits) or a file
+    /// [default: stdio].
+    #[arg(long, value_name = "stdio|FILE")]
+    serial: Option<String>,
+    /// Print exit statistics and the device report when the guest stops.
+    #[arg(long)]
+    stats: bool,
+    /// Return to user space for every write to the POST code port 0x80
+    /// instead of letting KVM buffer them (for comparisons).
+    #[arg(long)]
+    no_posted_writes: bool,
+}
+
+/// The machine the flags (or the config file) describe, validated.
+fn machine(args: &RunArgs) -> Result<MachineConfig, String> {
+    if let Some(file) = &args.config {
+        return load_config(file).map_err(|e| e.to_string());
+    }
+    let mut m = MachineConfig::new();
+    if let Some(mem) = &args.memory {
+        m.memory = parse_memory(mem, "--memory").map_err(|e| e.to_string())?;
+    }
+    if let Some(b) = &args.bios {
+        m.bios = b.clone();
+    }
+    m.cdrom = args.cdrom.clone();
+    m.disk = args.disk.clone();
+    if let Some(s) = &args.serial {
+        m.serial = parse_serial(s);
+    }
+    m.kernel = args.kernel.as_ref().map(|k| KernelBoot {
+        image: k.clone(),
+        initrd: args.initrd.clone(),
+        append: args.append.clone().unwrap_or_default(),
+    });
+    m.validate(KeyStyle::Flags).map_err(|e| e.to_string())?;
+    Ok(m)
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let m = match machine(&args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let options = runner::RunOptions {
+        posted_writes: !args.no_posted_writes,
+    };
+    let report = match runner::run(&m, &options) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    eprintln!(
+        "vmm: {} after {:.2} s",
+        report.ending,
+        report.elapsed.as_secs_f64()
+    );
+    if args.stats {
+        eprint!("{}", report.stats);
+        eprintln!(
+            "posted port writes (POST codes buffered by KVM): {}",
+            report.posted_writes
+        );
+        eprintln!(
+            "protected-mode IRETs carried out for KVM: {}",
+            report.assists
+        );
+        eprint!("{}", report.devices);
+    }
+    if report.ending.powered_off() {
+        ExitCode::SUCCESS
+    } else if report.ending == runner::Ending::Quit {
+        ExitCode::from(3)
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `VMM_LOG=info|debug|trace` prints the library's log on stderr.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        eprint!(
+            "[{} {}] {}\r\n",
+            record.level(),
+            record.target(),
+            record.args()
+        );
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLogger = StderrLogger;
+
+fn main() -> ExitCode {
+    let level = match std::env::var("VMM_LOG").as_deref() {
+        Ok("error") => log::LevelFilter::Error,
+        Ok("info") => log::LevelFilter::Info,
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("trace") => log::LevelFilter::Trace,
+        _ => log::LevelFilter::Warn,
+    };
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+    match Cli::parse().command {
+        Command::Run(args) => run(args),
+    }
+}

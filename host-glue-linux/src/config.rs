@@ -1,0 +1,569 @@
+//! What machine to run: from the command line or from a `vm.toml` file, in
+//! one validated form ([`MachineConfig`]).
+//!
+//! A `vm.toml` writes a machine down (as Palacios's XML guest config or a
+//! Jailhouse cell config do):
+//!
+//! ```toml
+//! memory = "512M"
+//! boot = ["cdrom", "disk"]     # boot order
+//!
+//! [firmware]
+//! bios = "/usr/share/seabios/bios-256k.bin"
+//!
+//! [images]
+//! cdrom = "linux.iso"          # relative paths: from the file's folder
+//! disk = "disk.img"
+//!
+//! [devices]
+//! serial = "stdio"             # or a file that receives COM1's output
+//!
+//! [kernel]                     # direct boot instead of the boot order
+//! image = "bzImage"
+//! initrd = "initrd.gz"
+//! append = "console=ttyS0"
+//! ```
+//!
+//! Unknown keys are refused, naming the key; every value is checked, and
+//! every error names the key (or the command-line flag) it is about.
+
+use crate::size::{parse_size, SizeError};
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where Debian's `seabios` package puts SeaBIOS.
+pub const DEFAULT_BIOS: &str = "/usr/share/seabios/bios-256k.bin";
+/// The default RAM size.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+/// The least RAM a PC gets: SeaBIOS and a bootloader need a few MiB.
+pub const MIN_MEMORY: u64 = 16 << 20;
+/// The most: all of it below the PCI hole at 3 GiB.
+pub const MAX_MEMORY: u64 = 3 << 30;
+
+/// A boot device, in boot order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootDevice {
+    /// The CD-ROM drive (IDE secondary master).
+    Cdrom,
+    /// The hard disk (IDE primary master).
+    Disk,
+}
+
+/// Where COM1 goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialTarget {
+    /// The terminal (raw mode, Ctrl-A x quits) or whatever stdin/stdout are.
+    Stdio,
+    /// Output appended to a file; no input.
+    File(PathBuf),
+}
+
+/// A kernel booted directly, without the boot order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelBoot {
+    /// The bzImage.
+    pub image: PathBuf,
+    /// An initrd.
+    pub initrd: Option<PathBuf>,
+    /// The command line.
+    pub append: String,
+}
+
+/// A machine, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachineConfig {
+    /// RAM in bytes.
+    pub memory: u64,
+    /// The firmware image.
+    pub bios: PathBuf,
+    /// A CD image for the CD-ROM drive.
+    pub cdrom: Option<PathBuf>,
+    /// A disk image for the hard disk (read-write).
+    pub disk: Option<PathBuf>,
+    /// Boot order.
+    pub boot: Vec<BootDevice>,
+    /// Direct kernel boot.
+    pub kernel: Option<KernelBoot>,
+    /// COM1.
+    pub serial: SerialTarget,
+}
+
+/// A configuration error, naming what it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    Unreadable {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// The file is not valid TOML for a machine (unknown key, wrong type).
+    Syntax {
+        /// The file.
+        file: PathBuf,
+        /// The parser's message, which names the key and line.
+        detail: String,
+    },
+    /// A value is wrong.
+    Value {
+        /// The key or flag.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A file a key names does not exist.
+    MissingFile {
+        /// The key or flag.
+        key: String,
+        /// The path.
+        path: PathBuf,
+    },
+}
+
+impl std::error::Error for ConfigError {}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Unreadable { file, detail } => {
+                write!(f, "cannot read {}: {detail}", file.display())
+            }
+            ConfigError::Syntax { file, detail } => {
+                let one_line = detail.split_whitespace().collect::<Vec<_>>().join(" ");
+                write!(f, "{}: {one_line}", file.display())
+            }
+            ConfigError::Value { key, problem } => write!(f, "{key}: {problem}"),
+            ConfigError::MissingFile { key, path } => {
+                write!(f, "{key}: {} does not exist", path.display())?;
+                if path == Path::new(DEFAULT_BIOS) {
+                    write!(
+                        f,
+                        " (install Debian's seabios package, or name a BIOS image with --bios)"
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// How the keys of a source are spelt in messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyStyle {
+    /// `vm.toml` keys (`images.cdrom`).
+    File,
+    /// Command-line flags (`--cdrom`).
+    Flags,
+}
+
+impl KeyStyle {
+    fn name(self, file_key: &str, flag: &str) -> String {
+        match self {
+            KeyStyle::File => file_key.to_string(),
+            KeyStyle::Flags => flag.to_string(),
+        }
+    }
+}
+
+/// Parse and check a memory size given under `key`.
+pub fn parse_memory(text: &str, key: &str) -> Result<u64, ConfigError> {
+    let bytes = parse_size(text).map_err(|e: SizeError| ConfigError::Value {
+        key: key.into(),
+        problem: e.to_string(),
+    })?;
+    check_memory(bytes, key)?;
+    Ok(bytes)
+}
+
+fn check_memory(bytes: u64, key: &str) -> Result<(), ConfigError> {
+    if bytes < MIN_MEMORY {
+        return Err(ConfigError::Value {
+            key: key.into(),
+            problem: format!(
+                "{} KiB is too little memory: give at least {} MiB (e.g. 512M)",
+                bytes >> 10,
+                MIN_MEMORY >> 20
+            ),
+        });
+    }
+    if bytes > MAX_MEMORY {
+        return Err(ConfigError::Value {
+            key: key.into(),
+            problem: format!(
+                "{} MiB is more than the {} MiB below the PCI hole this machine supports",
+                bytes >> 20,
+                MAX_MEMORY >> 20
+            ),
+        });
+    }
+    if bytes % (1 << 20) != 0 {
+        return Err(ConfigError::Value {
+            key: key.into(),
+            problem: "give whole MiB".into(),
+        });
+    }
+    Ok(())
+}
+
+impl MachineConfig {
+    /// The defaults: 512 MiB, Debian's SeaBIOS, CD first, COM1 on stdio.
+    pub fn new() -> Self {
+        Self {
+            memory: DEFAULT_MEMORY,
+            bios: PathBuf::from(DEFAULT_BIOS),
+            cdrom: None,
+            disk: None,
+            boot: vec![BootDevice::Cdrom, BootDevice::Disk],
+            kernel: None,
+            serial: SerialTarget::Stdio,
+        }
+    }
+
+    /// Check every file exists and the pieces fit together; errors name the
+    /// key (`style` says how keys are spelt).
+    pub fn validate(&self, style: KeyStyle) -> Result<(), ConfigError> {
+        check_memory(self.memory, &style.name("memory", "--memory"))?;
+        let exists = |p: &Path, key: String| {
+            if p.is_file() {
+                Ok(())
+            } else {
+                Err(ConfigError::MissingFile {
+                    key,
+                    path: p.to_path_buf(),
+                })
+            }
+        };
+        exists(&self.bios, style.name("firmware.bios", "--bios"))?;
+        if let Some(p) = &self.cdrom {
+            exists(p, style.name("images.cdrom", "--cdrom"))?;
+        }
+        if let Some(p) = &self.disk {
+            exists(p, style.name("images.disk", "--disk"))?;
+        }
+        if let Some(k) = &self.kernel {
+            exists(&k.image, style.name("kernel.image", "--kernel"))?;
+            if let Some(p) = &k.initrd {
+                exists(p, style.name("kernel.initrd", "--initrd"))?;
+            }
+        }
+        if let SerialTarget::File(p) = &self.serial {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                return Err(ConfigError::MissingFile {
+                    key: style.name("devices.serial", "--serial"),
+                    path: dir.unwrap_or(Path::new(".")).to_path_buf(),
+                });
+            }
+        }
+        if style == KeyStyle::File {
+            for (i, b) in self.boot.iter().enumerate() {
+                let present = match b {
+                    BootDevice::Cdrom => self.cdrom.is_some(),
+                    BootDevice::Disk => self.disk.is_some(),
+                };
+                if !present {
+                    return Err(ConfigError::Value {
+                        key: format!("boot[{i}]"),
+                        problem: format!(
+                            "boots from the {} but images.{} is not set",
+                            match b {
+                                BootDevice::Cdrom => "CD-ROM",
+                                BootDevice::Disk => "disk",
+                            },
+                            match b {
+                                BootDevice::Cdrom => "cdrom",
+                                BootDevice::Disk => "disk",
+                            }
+                        ),
+                    });
+                }
+            }
+            let mut seen = Vec::new();
+            for (i, b) in self.boot.iter().enumerate() {
+                if seen.contains(b) {
+                    return Err(ConfigError::Value {
+                        key: format!("boot[{i}]"),
+                        problem: format!("{b:?} appears twice"),
+                    });
+                }
+                seen.push(*b);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `vm.toml` as written.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    memory: Option<String>,
+    boot: Option<Vec<BootDevice>>,
+    #[serde(default)]
+    firmware: FirmwareSection,
+    #[serde(default)]
+    images: ImagesSection,
+    #[serde(default)]
+    devices: DevicesSection,
+    kernel: Option<KernelSection>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FirmwareSection {
+    bios: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct ImagesSection {
+    cdrom: Option<PathBuf>,
+    disk: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct DevicesSection {
+    serial: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct KernelSection {
+    image: PathBuf,
+    initrd: Option<PathBuf>,
+    #[serde(default)]
+    append: String,
+}
+
+/// `stdio`, or a file.
+pub fn parse_serial(text: &str) -> SerialTarget {
+    if text == "stdio" {
+        SerialTarget::Stdio
+    } else {
+        SerialTarget::File(PathBuf::from(text))
+    }
+}
+
+/// Parse `vm.toml` text; relative paths are taken from `base`. The result
+/// is not yet validated (see [`MachineConfig::validate`]).
+pub fn parse_config(text: &str, file: &Path, base: &Path) -> Result<MachineConfig, ConfigError> {
+    let f: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        file: file.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+    let mut m = MachineConfig::new();
+    if let Some(mem) = f.memory {
+        m.memory = parse_memory(&mem, "memory")?;
+    }
+    if let Some(b) = f.firmware.bios {
+        m.bios = resolve(b);
+    }
+    m.cdrom = f.images.cdrom.map(resolve);
+    m.disk = f.images.disk.map(resolve);
+    m.boot = match f.boot {
+        Some(b) => b,
+        None => {
+            let mut order = Vec::new();
+            if m.cdrom.is_some() {
+                order.push(BootDevice::Cdrom);
+            }
+            if m.disk.is_some() {
+                order.push(BootDevice::Disk);
+            }
+            order
+        }
+    };
+    if let Some(s) = f.devices.serial {
+        m.serial = match parse_serial(&s) {
+            SerialTarget::File(p) => SerialTarget::File(resolve(p)),
+            stdio => stdio,
+        };
+    }
+    m.kernel = f.kernel.map(|k| KernelBoot {
+        image: resolve(k.image),
+        initrd: k.initrd.map(resolve),
+        append: k.append,
+    });
+    Ok(m)
+}
+
+/// Read, parse and validate a `vm.toml`.
+pub fn load_config(file: &Path) -> Result<MachineConfig, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Unreadable {
+        file: file.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    let m = parse_config(&text, file, base)?;
+    m.validate(KeyStyle::File)?;
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vmm-config-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn parse(text: &str) -> Result<MachineConfig, ConfigError> {
+        parse_config(text, Path::new("vm.toml"), Path::new("/images"))
+    }
+
+    #[test]
+    fn a_full_file_parses_with_relative_paths_from_its_folder() {
+        let m = parse(
+            r#"
+            memory = "1G"
+            boot = ["disk", "cdrom"]
+            [firmware]
+            bios = "/opt/bios.bin"
+            [images]
+            cdrom = "linux.iso"
+            disk = "/var/disk.img"
+            [devices]
+            serial = "console.log"
+            [kernel]
+            image = "bzImage"
+            append = "console=ttyS0"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.memory, 1 << 30);
+        assert_eq!(m.boot, vec![BootDevice::Disk, BootDevice::Cdrom]);
+        assert_eq!(m.bios, PathBuf::from("/opt/bios.bin"));
+        assert_eq!(m.cdrom, Some(PathBuf::from("/images/linux.iso")));
+        assert_eq!(m.disk, Some(PathBuf::from("/var/disk.img")));
+        assert_eq!(
+            m.serial,
+            SerialTarget::File(PathBuf::from("/images/console.log"))
+        );
+        let k = m.kernel.unwrap();
+        assert_eq!(k.image, PathBuf::from("/images/bzImage"));
+        assert_eq!(k.initrd, None);
+        assert_eq!(k.append, "console=ttyS0");
+    }
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out() {
+        let m = parse("[images]\ncdrom = \"/x.iso\"\n").unwrap();
+        assert_eq!(m.memory, DEFAULT_MEMORY);
+        assert_eq!(m.bios, PathBuf::from(DEFAULT_BIOS));
+        assert_eq!(m.boot, vec![BootDevice::Cdrom]);
+        assert_eq!(m.serial, SerialTarget::Stdio);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        for (text, key) in [
+            ("memroy = \"512M\"", "memroy"),
+            ("[images]\ncdrom = \"a\"\nfloppy = \"b\"", "floppy"),
+            ("[devices]\nserial = \"stdio\"\nvga = true", "vga"),
+            ("[firmware]\nbois = \"x\"", "bois"),
+            ("[network]\nnic = 1", "network"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
+            let msg = e.to_string();
+            assert!(msg.contains(key), "{text}: {msg}");
+            assert!(!msg.contains('\n'), "one line: {msg}");
+        }
+    }
+
+    #[test]
+    fn wrong_values_name_their_key() {
+        let e = parse("memory = \"lots\"").unwrap_err();
+        assert!(e.to_string().starts_with("memory: "), "{e}");
+        let e = parse("memory = \"1M\"").unwrap_err();
+        assert!(e.to_string().contains("too little memory"), "{e}");
+        let e = parse("memory = \"8G\"").unwrap_err();
+        assert!(e.to_string().starts_with("memory: "), "{e}");
+        let e = parse("boot = [\"floppy\"]").unwrap_err();
+        assert!(e.to_string().contains("floppy"), "{e}");
+        let e = parse("memory = 512").unwrap_err();
+        assert!(e.to_string().contains("memory"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_missing_files_and_boot_devices_without_images() {
+        let d = dir();
+        let bios = d.join("bios.bin");
+        std::fs::write(&bios, [0u8; 16]).unwrap();
+        let file = d.join("vm.toml");
+        std::fs::write(
+            &file,
+            "[firmware]\nbios = \"bios.bin\"\n[images]\ncdrom = \"gone.iso\"\n",
+        )
+        .unwrap();
+        let e = load_config(&file).unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::MissingFile {
+                key: "images.cdrom".into(),
+                path: d.join("gone.iso"),
+            }
+        );
+        assert!(e.to_string().contains("gone.iso"), "{e}");
+
+        std::fs::write(
+            &file,
+            "boot = [\"cdrom\", \"disk\"]\n[firmware]\nbios = \"bios.bin\"\n[images]\ncdrom = \"bios.bin\"\n",
+        )
+        .unwrap();
+        let e = load_config(&file).unwrap_err();
+        assert_eq!(e.to_string().split(':').next(), Some("boot[1]"), "{e}");
+
+        std::fs::write(&file, "[firmware]\nbios = \"nope.bin\"\n").unwrap();
+        let e = load_config(&file).unwrap_err();
+        assert!(e.to_string().starts_with("firmware.bios: "), "{e}");
+
+        let e = load_config(&d.join("absent.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Unreadable { .. }));
+        assert!(e.to_string().contains("absent.toml"), "{e}");
+
+        let mut m = MachineConfig::new();
+        m.bios = bios.clone();
+        m.cdrom = Some(d.join("missing.iso"));
+        let e = m.validate(KeyStyle::Flags).unwrap_err();
+        assert!(e.to_string().starts_with("--cdrom: "), "{e}");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_missing_default_bios_says_what_to_install() {
+        let e = ConfigError::MissingFile {
+            key: "--bios".into(),
+            path: PathBuf::from(DEFAULT_BIOS),
+        };
+        assert!(e.to_string().contains("seabios package"), "{e}");
+        let e = ConfigError::MissingFile {
+            key: "--bios".into(),
+            path: PathBuf::from("/tmp/other.bin"),
+        };
+        assert!(!e.to_string().contains("seabios package"), "{e}");
+    }
+
+    #[test]
+    fn memory_bounds() {
+        assert_eq!(parse_memory("512M", "--memory"), Ok(512 << 20));
+        assert_eq!(parse_memory("3G", "--memory"), Ok(3 << 30));
+        for bad in ["15M", "4G", "16385K", "x"] {
+            let e = parse_memory(bad, "--memory").unwrap_err();
+            assert!(e.to_string().starts_with("--memory: "), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The guest's serial console on the host: output to the terminal (or a
+//! file), input from the terminal in raw mode, and an escape sequence that
+//! quits, as QEMU's: Ctrl-A x quits, Ctrl-A Ctrl-A sends a Ctrl-A, Ctrl-A h
+//! prints the keys.
+//!
+//! [`RawTerminal`] puts the terminal into raw mode and restores it when
+//! dropped, so every way out of the program that unwinds (a normal return,
+//! an error, a panic) gives the terminal back as it was.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use vmm_devices::uart::CharBackend;
+
+/// The escape key: Ctrl-A.
+pub const ESCAPE: u8 = 0x01;
+
+/// Input waiting for the guest, and the quit request.
+#[derive(Default)]
+pub struct ConsoleInput {
+    bytes: Mutex<VecDeque<u8>>,
+    quit: AtomicBool,
+}
+
+impl ConsoleInput {
+    /// The user asked to quit (Ctrl-A x).
+    pub fn quit_requested(&self) -> bool {
+        self.quit.load(Ordering::Relaxed)
+    }
+
+    fn push(&self, b: u8) {
+        if let Ok(mut q) = self.bytes.lock() {
+            // Bound what a paste can queue while the guest is not reading.
+            if q.len() < 1 << 16 {
+                q.push_back(b);
+            }
+        }
+    }
+
+    fn pop(&self) -> Option<u8> {
+        self.bytes.lock().ok()?.pop_front()
+    }
+}
+
+/// Turns keystrokes into guest input, catching the escape sequences.
+#[derive(Default)]
+pub struct EscapeFilter {
+    after_escape: bool,
+}
+
+/// What one keystroke means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    /// Send this byte to the guest.
+    Guest(u8),
+    /// Nothing yet (the escape key itself).
+    Pending,
+    /// Quit.
+    Quit,
+    /// Show the escape keys.
+    Help,
+}
+
+impl EscapeFilter {
+    /// Feed one byte from the terminal.
+    pub fn feed(&mut self, b: u8) -> Key {
+        if self.after_escape {
+            self.after_escape = false;
+            return match b {
+                b'x' | b'X' => Key::Quit,
+                ESCAPE => Key::Guest(ESCAPE),
+                b'h' | b'H' | b'?' => Key::Help,
+                other => Key::Guest(other),
+            };
+        }
+        if b == ESCAPE {
+            self.after_escape = true;
+            return Key::Pending;
+        }
+        Key::Guest(b)
+    }
+}
+
+/// Read the terminal on a thread of its own, feeding `input`.
+pub fn spawn_stdin_reader(input: Arc<ConsoleInput>) {
+    let _ = std::thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || {
+            let mut filter = EscapeFilter::default();
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = [0u8; 256];
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                for &b in &buf[..n] {
+                    match filter.feed(b) {
+                        Key::Guest(g) => input.push(g),
+                        Key::Pending => {}
+                        Key::Quit => input.quit.store(true, Ordering::Relaxed),
+                        Key::Help => {
+                            eprint!("\r\nvmm: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A\r\n")
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Set by SIGTERM, SIGINT or SIGHUP.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_quit_signal(_signal: libc::c_int) {
+    SIGNALLED.store(true, Ordering::Relaxed);
+}
+
+/// Make SIGTERM, SIGINT and SIGHUP ask the run to end (so the terminal is
+/// restored and statistics printed) instead of killing the process.
+pub fn catch_quit_signals() {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: a zeroed sigaction is "no flags, empty mask"; the handler
+        // only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = core::mem::zeroed();
+            action.sa_sigaction = on_quit_signal as *const () as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, core::ptr::null_mut());
+        }
+    }
+}
+
+/// Whether a quit signal arrived.
+pub fn quit_signalled() -> bool {
+    SIGNALLED.load(Ordering::Relaxed)
+}
+
+/// COM1's host side: output to a writer, input from [`ConsoleInput`].
+pub struct SerialConsole {
+    out: Box<dyn Write + Send>,
+    input: Option<Arc<ConsoleInput>>,
+}
+
+impl SerialConsole {
+    /// Output to `out`; input from `input`, if any.
+    pub fn new(out: Box<dyn Write + Send>, input: Option<Arc<ConsoleInput>>) -> Self {
+        Self { out, input }
+    }
+}
+
+impl CharBackend for SerialConsole {
+    fn write(&mut self, byte: u8) {
+        // Unbuffered: a prompt without a newline must show at once.
+        let _ = self.out.write_all(&[byte]);
+        let _ = self.out.flush();
+    }
+
+    fn read(&mut self) -> Option<u8> {
+        self.input.as_ref()?.pop()
+    }
+}
+
+/// The terminal in raw mode until dropped.
+pub struct RawTerminal {
+    saved: libc::termios,
+}
+
+impl RawTerminal {
+    /// Put stdin's terminal into raw mode; `None` if stdin is not a
+    /// terminal (a pipe, /dev/null) or the mode cannot be set.
+    pub fn enable() -> Option<Self> {
+        // SAFETY: isatty only inspects the descriptor.
+        if unsafe { libc::isatty(libc::STDIN_FILENO) } != 1 {
+            return None;
+        }
+        // SAFETY: termios is plain data; tcgetattr fills it from fd 0 and
+        // its result is checked before the value is used.
+        let mut saved: libc::termios = unsafe { core::mem::zeroed() };
+        // SAFETY: `saved` is a valid termios to write into.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut saved) } != 0 {
+            return None;
+        }
+        let mut raw = saved;
+        // SAFETY: cfmakeraw only edits the struct it is given.
+        unsafe { libc::cfmakeraw(&mut raw) };
+        // Keep output post-processing so the host's own messages (and a
+        // guest's bare line feeds) start at the left margin.
+        raw.c_oflag |= libc::OPOST | libc::ONLCR;
+        // SAFETY: `raw` is a valid termios derived from the current one.
+        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
+            return None;
+        }
+        Some(Self { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: `saved` is the terminal's own earlier state.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctrl_a_x_quits_and_ctrl_a_twice_sends_one() {
+        let mut f = EscapeFilter::default();
+        assert_eq!(f.feed(b'l'), Key::Guest(b'l'));
+        assert_eq!(f.feed(ESCAPE), Key::Pending);
+        assert_eq!(f.feed(ESCAPE), Key::Guest(ESCAPE));
+        assert_eq!(f.feed(b'x'), Key::Guest(b'x'), "x alone is just x");
+        assert_eq!(f.feed(ESCAPE), Key::Pending);
+        assert_eq!(f.feed(b'h'), Key::Help);
+        assert_eq!(f.feed(ESCAPE), Key::Pending);
+        assert_eq!(f.feed(b'x'), Key::Quit);
+    }
+
+    #[test]
+    fn serial_output_reaches_the_writer_and_input_the_guest() {
+        #[derive(Clone, Default)]
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Shared::default();
+        let input = Arc::new(ConsoleInput::default());
+        let mut c = SerialConsole::new(Box::new(out.clone()), Some(input.clone()));
+        for b in b"hi\n" {
+            c.write(*b);
+        }
+        assert_eq!(&out.0.lock().unwrap()[..], b"hi\n");
+        assert_eq!(c.read(), None);
+        input.push(b'a');
+        assert_eq!(c.read(), Some(b'a'));
+        assert!(!input.quit_requested());
+    }
+}

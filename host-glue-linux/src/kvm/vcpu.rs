@@ -1,0 +1,738 @@
+//! One KVM vCPU as a `VcpuBackend`.
+//!
+//! Registers are synchronised lazily: nothing is read from KVM unless the
+//! exit loop asks (HLT reads RFLAGS; a port-I/O round trip reads nothing),
+//! and what it changed is written back once, right before the next entry.
+
+use super::cpuid;
+use super::iret;
+use super::memslots::MemSlots;
+use super::run_page::{self, RunPage};
+use super::KvmError;
+use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
+use std::cell::{Cell, RefCell};
+use std::os::fd::AsRawFd;
+use vmm_bios::entry::EntryState;
+use vmm_core::emulator::{CpuState, Segment, SegmentRegister};
+use vmm_core::paging::ControlRegisters;
+use vmm_core::vcpu::{AccessTarget, DeviceAccess, Event, Exit, ExitError, VcpuBackend};
+use vmm_core::vm::Vm;
+
+/// Where KVM puts the real-mode TSS it needs on Intel (three pages), and
+/// its identity-map page: just below the BIOS, where QEMU puts them too.
+const TSS_ADDRESS: usize = 0xfeff_d000;
+const IDENTITY_MAP_ADDRESS: u64 = 0xfeff_c000;
+
+/// KVM_INTERRUPT = _IOW(KVMIO, 0x86, struct kvm_interrupt), which
+/// `kvm-ioctls` does not wrap (it assumes an in-kernel irqchip).
+const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
+
+/// KVM_INTERNAL_ERROR_EMULATION: KVM's instruction emulator gave up.
+const INTERNAL_ERROR_EMULATION: u32 = 1;
+
+/// Which exit the data of [`VcpuBackend::access_data`] belongs to.
+#[derive(Clone, Copy)]
+struct PendingAccess {
+    offset: usize,
+    len: usize,
+}
+
+/// A KVM virtual CPU and its VM (one vCPU per VM).
+pub struct KvmVcpu {
+    vcpu: VcpuFd,
+    vm: VmFd,
+    run: RunPage,
+    slots: MemSlots,
+    regs: RefCell<Option<kvm_regs>>,
+    regs_dirty: bool,
+    sregs: RefCell<Option<kvm_sregs>>,
+    sregs_dirty: bool,
+    fpu: RefCell<Option<kvm_fpu>>,
+    fpu_dirty: bool,
+    /// A lazy register read failed (errno): reported at the next entry.
+    sync_error: Cell<Option<(&'static str, i32)>>,
+    access: Option<PendingAccess>,
+    /// An event went in since the last exit.
+    injected: bool,
+    /// RFLAGS or the whole state changed since the last exit, so KVM's
+    /// "ready for injection" flag is stale.
+    stale_interrupt_state: bool,
+    power_on: (kvm_regs, kvm_sregs),
+    /// Instructions carried out for KVM (see [`super::iret`]).
+    assists: u64,
+    /// Whether the coalesced-I/O ring is mapped (posted port writes).
+    posted: bool,
+    /// Port writes delivered from that ring.
+    posted_writes: u64,
+}
+
+fn ioctl_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
+    move |e| KvmError::Ioctl {
+        what,
+        errno: e.errno(),
+    }
+}
+
+impl KvmVcpu {
+    /// Open `/dev/kvm`, create a VM with one vCPU in its power-on state
+    /// (CS:IP = F000:FFF0), give it our CPUID, and map `vm`'s memory.
+    pub fn new(vm: &mut Vm) -> Result<Self, KvmError> {
+        let kvm = Kvm::new().map_err(|e| match e.errno() {
+            libc::ENOENT | libc::ENXIO | libc::ENODEV => KvmError::Missing,
+            libc::EACCES | libc::EPERM => KvmError::NoPermission,
+            errno => KvmError::Ioctl {
+                what: "open",
+                errno,
+            },
+        })?;
+        if !kvm.check_extension(Cap::ReadonlyMem) {
+            return Err(KvmError::MissingCapability("read-only memory slots"));
+        }
+        if !kvm.check_extension(Cap::ImmediateExit) {
+            return Err(KvmError::MissingCapability("immediate exit"));
+        }
+        let vm_fd = kvm.create_vm().map_err(ioctl_err("VM creation"))?;
+        vm_fd
+            .set_tss_address(TSS_ADDRESS)
+            .map_err(ioctl_err("TSS address"))?;
+        // Only Intel needs (and has) the identity map; AMD refuses it.
+        let _ = vm_fd.set_identity_map_address(IDENTITY_MAP_ADDRESS);
+        let vcpu = vm_fd.create_vcpu(0).map_err(ioctl_err("vCPU creation"))?;
+        let run_len = kvm.get_vcpu_mmap_size().map_err(ioctl_err("mmap size"))?;
+        let run = RunPage::new(&vcpu, run_len).map_err(|e| KvmError::Ioctl {
+            what: "mapping the run area",
+            errno: e.raw_os_error().unwrap_or(0),
+        })?;
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl_err("supported CPUID"))?;
+        let entries = cpuid::filter(&supported);
+        let table = CpuId::from_entries(&entries).map_err(|_| KvmError::Ioctl {
+            what: "CPUID table",
+            errno: libc::E2BIG,
+        })?;
+        vcpu.set_cpuid2(&table).map_err(ioctl_err("SET_CPUID2"))?;
+        let mut vcpu = vcpu;
+        // Harmless if never used; needed before any port is posted.
+        let _ = vcpu.map_coalesced_mmio_ring();
+        let regs = vcpu.get_regs().map_err(ioctl_err("GET_REGS"))?;
+        let sregs = vcpu.get_sregs().map_err(ioctl_err("GET_SREGS"))?;
+        let mut me = Self {
+            vcpu,
+            vm: vm_fd,
+            run,
+            slots: MemSlots::new(),
+            regs: RefCell::new(None),
+            regs_dirty: false,
+            sregs: RefCell::new(None),
+            sregs_dirty: false,
+            fpu: RefCell::new(None),
+            fpu_dirty: false,
+            sync_error: Cell::new(None),
+            access: None,
+            injected: false,
+            stale_interrupt_state: true,
+            power_on: (regs, sregs),
+            assists: 0,
+            posted: false,
+            posted_writes: 0,
+        };
+        me.slots.sync(&me.vm, vm.memory_mut())?;
+        Ok(me)
+    }
+
+    /// Start in `entry` instead of the reset vector (direct kernel boot):
+    /// registers, control registers, segments and descriptor tables.
+    pub fn set_entry_state(&mut self, entry: &EntryState) {
+        let mut regs = self.regs();
+        let mut sregs = self.sregs();
+        regs.rip = entry.rip;
+        regs.rsp = entry.rsp;
+        regs.rflags = entry.rflags;
+        regs.rax = entry.rax;
+        regs.rbx = entry.rbx;
+        regs.rsi = entry.rsi;
+        sregs.cr0 = entry.cr0;
+        sregs.cr3 = entry.cr3;
+        sregs.cr4 = entry.cr4;
+        sregs.efer = entry.efer;
+        sregs.cs = kvm_segment_of(&entry.cs);
+        let data = kvm_segment_of(&entry.data);
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        sregs.ss = data;
+        sregs.gdt.base = entry.gdt.base;
+        sregs.gdt.limit = entry.gdt.limit;
+        sregs.idt.base = entry.idt.base;
+        sregs.idt.limit = entry.idt.limit;
+        *self.regs.get_mut() = Some(regs);
+        *self.sregs.get_mut() = Some(sregs);
+        self.regs_dirty = true;
+        self.sregs_dirty = true;
+        self.stale_interrupt_state = true;
+    }
+
+    /// How many instructions KVM could not emulate and the backend carried
+    /// out instead.
+    pub fn assists(&self) -> u64 {
+        self.assists
+    }
+
+    /// Let KVM buffer guest writes to ports `first..first + count` instead
+    /// of returning to user space for each (KVM's coalesced PIO): they are
+    /// delivered to the devices, in order, before the next exit is handled.
+    /// Only for ports whose writes have no effect the guest can observe
+    /// before its next exit (the POST code port); reads still exit.
+    pub fn post_port_writes(&mut self, first: u16, count: u16) -> Result<(), KvmError> {
+        if self.vcpu.map_coalesced_mmio_ring().is_err() {
+            return Err(KvmError::MissingCapability("coalesced port I/O"));
+        }
+        self.vm
+            .register_coalesced_mmio(
+                kvm_ioctls::IoEventAddress::Pio(u64::from(first)),
+                u32::from(count),
+            )
+            .map_err(ioctl_err("KVM_REGISTER_COALESCED_MMIO"))?;
+        self.posted = true;
+        Ok(())
+    }
+
+    /// Port writes delivered from KVM's buffer (see
+    /// [`KvmVcpu::post_port_writes`]).
+    pub fn posted_writes(&self) -> u64 {
+        self.posted_writes
+    }
+
+    /// Hand the buffered port writes to the devices, oldest first.
+    fn deliver_posted(&mut self, vm: &mut Vm) {
+        if !self.posted {
+            return;
+        }
+        while let Ok(Some(w)) = self.vcpu.coalesced_mmio_read() {
+            // Only port ranges are ever registered, so every entry is a
+            // port write (the union saying so needs no reading).
+            let len = (w.len as usize).min(w.data.len());
+            if let (Ok(port), Some(data)) = (u16::try_from(w.phys_addr), w.data.get(..len)) {
+                vm.port_write(port, data);
+                self.posted_writes += 1;
+            }
+        }
+    }
+
+    /// The memory slots in place (for tests and diagnostics).
+    pub fn slots(&self) -> &MemSlots {
+        &self.slots
+    }
+
+    fn regs(&self) -> kvm_regs {
+        if let Some(r) = *self.regs.borrow() {
+            return r;
+        }
+        match self.vcpu.get_regs() {
+            Ok(r) => {
+                *self.regs.borrow_mut() = Some(r);
+                r
+            }
+            Err(e) => {
+                self.sync_error.set(Some(("GET_REGS", e.errno())));
+                kvm_regs::default()
+            }
+        }
+    }
+
+    fn regs_mut(&mut self) -> &mut kvm_regs {
+        let r = self.regs();
+        self.regs_dirty = true;
+        self.regs.get_mut().insert(r)
+    }
+
+    fn sregs(&self) -> kvm_sregs {
+        if let Some(s) = *self.sregs.borrow() {
+            return s;
+        }
+        match self.vcpu.get_sregs() {
+            Ok(s) => {
+                *self.sregs.borrow_mut() = Some(s);
+                s
+            }
+            Err(e) => {
+                self.sync_error.set(Some(("GET_SREGS", e.errno())));
+                kvm_sregs::default()
+            }
+        }
+    }
+
+    fn fpu(&self) -> kvm_fpu {
+        if let Some(f) = *self.fpu.borrow() {
+            return f;
+        }
+        match self.vcpu.get_fpu() {
+            Ok(f) => {
+                *self.fpu.borrow_mut() = Some(f);
+                f
+            }
+            Err(e) => {
+                self.sync_error.set(Some(("GET_FPU", e.errno())));
+                kvm_fpu::default()
+            }
+        }
+    }
+
+    /// Write back what the exit loop changed.
+    fn flush(&mut self) -> Result<(), (&'static str, i32)> {
+        if self.regs_dirty {
+            if let Some(r) = *self.regs.get_mut() {
+                self.vcpu
+                    .set_regs(&r)
+                    .map_err(|e| ("SET_REGS", e.errno()))?;
+            }
+            self.regs_dirty = false;
+        }
+        if self.sregs_dirty {
+            if let Some(s) = *self.sregs.get_mut() {
+                self.vcpu
+                    .set_sregs(&s)
+                    .map_err(|e| ("SET_SREGS", e.errno()))?;
+            }
+            self.sregs_dirty = false;
+        }
+        if self.fpu_dirty {
+            if let Some(f) = *self.fpu.get_mut() {
+                self.vcpu.set_fpu(&f).map_err(|e| ("SET_FPU", e.errno()))?;
+            }
+            self.fpu_dirty = false;
+        }
+        Ok(())
+    }
+
+    fn forget_registers(&mut self) {
+        *self.regs.get_mut() = None;
+        *self.sregs.get_mut() = None;
+        *self.fpu.get_mut() = None;
+    }
+
+    /// One KVM_RUN, its exit copied out of the borrow.
+    fn enter(&mut self) -> Raw {
+        self.access = None;
+        let raw = match self.vcpu.run() {
+            Ok(VcpuExit::IoOut(port, _)) => Raw::Io { port, write: true },
+            Ok(VcpuExit::IoIn(port, _)) => Raw::Io { port, write: false },
+            Ok(VcpuExit::MmioRead(gpa, d)) => Raw::Mmio {
+                gpa,
+                len: d.len(),
+                write: false,
+            },
+            Ok(VcpuExit::MmioWrite(gpa, d)) => Raw::Mmio {
+                gpa,
+                len: d.len(),
+                write: true,
+            },
+            Ok(VcpuExit::Hlt) => Raw::Hlt,
+            Ok(VcpuExit::IrqWindowOpen) => Raw::Window,
+            Ok(VcpuExit::Shutdown) => Raw::Shutdown,
+            Ok(VcpuExit::Intr) => Raw::Interrupted,
+            Ok(VcpuExit::FailEntry(reason, _)) => Raw::FailEntry(reason),
+            Ok(VcpuExit::InternalError) => Raw::Internal,
+            Ok(other) => Raw::Other(format!("{other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Raw::Interrupted,
+            Err(e) => Raw::Failed(e.errno()),
+        };
+        self.forget_registers();
+        self.injected = false;
+        self.stale_interrupt_state = false;
+        raw
+    }
+
+    /// Carry out an instruction KVM could not emulate, if it is one the
+    /// backend knows (protected-mode IRET); `true` if the guest can go on.
+    fn assist(&mut self, vm: &Vm) -> bool {
+        let mut regs = self.regs();
+        let mut sregs = self.sregs();
+        match iret::emulate(&mut regs, &mut sregs, vm.memory()) {
+            Ok(()) => {
+                *self.regs.get_mut() = Some(regs);
+                *self.sregs.get_mut() = Some(sregs);
+                self.regs_dirty = true;
+                self.sregs_dirty = true;
+                self.assists += 1;
+                true
+            }
+            Err(why) => {
+                log::debug!("KVM emulation failure not assisted: {why:?}");
+                false
+            }
+        }
+    }
+
+    /// Complete a pending port or MMIO exit without running the guest
+    /// (KVM_RUN with immediate_exit), so that state can be replaced.
+    fn complete_pending_io(&mut self) {
+        self.vcpu.set_kvm_immediate_exit(1);
+        let _ = self.vcpu.run();
+        self.vcpu.set_kvm_immediate_exit(0);
+        self.access = None;
+    }
+
+    fn error(what: &'static str, errno: i32) -> Exit {
+        Exit::Error(ExitError::EntryFailed {
+            detail: format!("KVM {what}: {}", std::io::Error::from_raw_os_error(errno)),
+        })
+    }
+
+    fn inject_exception(&mut self, vector: u8, code: Option<u32>) -> bool {
+        let Ok(mut events) = self.vcpu.get_vcpu_events() else {
+            return false;
+        };
+        if events.exception.injected != 0 || events.exception.pending != 0 {
+            return false;
+        }
+        events.exception.injected = 1;
+        events.exception.nr = vector;
+        events.exception.has_error_code = u8::from(code.is_some());
+        events.exception.error_code = code.unwrap_or(0);
+        self.vcpu.set_vcpu_events(&events).is_ok()
+    }
+}
+
+/// What an exit was, copied out of the borrow `VcpuFd::run` holds.
+enum Raw {
+    Io { port: u16, write: bool },
+    Mmio { gpa: u64, len: usize, write: bool },
+    Hlt,
+    Window,
+    Shutdown,
+    Interrupted,
+    FailEntry(u64),
+    Internal,
+    Other(String),
+    Failed(i32),
+}
+
+impl VcpuBackend for KvmVcpu {
+    fn run(&mut self, vm: &mut Vm) -> Exit {
+        if let Err(e) = self.slots.sync(&self.vm, vm.memory_mut()) {
+            return Exit::Error(ExitError::EntryFailed {
+                detail: e.to_string(),
+            });
+        }
+        if let Some((what, errno)) = self.sync_error.take() {
+            return Self::error(what, errno);
+        }
+        let raw = loop {
+            if let Err((what, errno)) = self.flush() {
+                return Self::error(what, errno);
+            }
+            let raw = self.enter();
+            // Buffered writes are older than this exit: devices see them first.
+            self.deliver_posted(vm);
+            if matches!(raw, Raw::Internal)
+                && self.run.u32_at(run_page::INTERNAL_SUBERROR) == INTERNAL_ERROR_EMULATION
+                && self.assist(vm)
+            {
+                continue;
+            }
+            break raw;
+        };
+        match raw {
+            Raw::Io { port, write } => {
+                let size = self.run.u8_at(run_page::IO_SIZE);
+                let count = self.run.u32_at(run_page::IO_COUNT);
+                let offset = self.run.u64_at(run_page::IO_DATA_OFFSET);
+                self.access = Some(PendingAccess {
+                    offset: usize::try_from(offset).unwrap_or(usize::MAX),
+                    len: usize::from(size).saturating_mul(count as usize),
+                });
+                Exit::DeviceAccess(DeviceAccess {
+                    target: AccessTarget::Port(port),
+                    size,
+                    count,
+                    write,
+                })
+            }
+            Raw::Mmio { gpa, len, write } => {
+                self.access = Some(PendingAccess {
+                    offset: run_page::MMIO_DATA,
+                    len,
+                });
+                Exit::DeviceAccess(DeviceAccess {
+                    target: AccessTarget::Memory(gpa),
+                    size: len as u8,
+                    count: 1,
+                    write,
+                })
+            }
+            // KVM has already stepped over the HLT.
+            Raw::Hlt => {
+                let cs = self.segment(Segment::Cs);
+                log::trace!(
+                    "HLT at {:#x}:{:#x} (CS base {:#x}), CR0 {:#x}, RFLAGS {:#x}",
+                    cs.selector,
+                    self.rip(),
+                    cs.base,
+                    self.control().cr0,
+                    self.rflags()
+                );
+                Exit::Hlt {
+                    next_rip: self.rip(),
+                }
+            }
+            Raw::Window => Exit::InterruptWindow,
+            Raw::Shutdown => Exit::Shutdown,
+            Raw::Interrupted => Exit::ExternalInterrupt,
+            Raw::FailEntry(reason) => Exit::Error(ExitError::EntryFailed {
+                detail: format!("KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x}"),
+            }),
+            Raw::Internal => {
+                let sub = self.run.u32_at(run_page::INTERNAL_SUBERROR);
+                let cs = self.segment(Segment::Cs);
+                let at = cs.base.wrapping_add(self.rip());
+                let mut bytes = [0u8; 15];
+                let code = match vm.memory().read(at, &mut bytes) {
+                    Ok(()) => bytes
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    Err(e) => e.to_string(),
+                };
+                Exit::Error(ExitError::Unhandled {
+                    code: 17,
+                    detail: format!(
+                        "KVM internal error {sub} ({}) at {:#x}:{:#x}, code bytes {code}",
+                        match sub {
+                            1 => "instruction emulation failed",
+                            2 => "exception while delivering an event",
+                            3 => "delivery event",
+                            _ => "other",
+                        },
+                        cs.selector,
+                        self.rip()
+                    ),
+                })
+            }
+            Raw::Other(what) => Exit::Error(ExitError::Unhandled {
+                code: u64::from(self.run.u32_at(run_page::EXIT_REASON)),
+                detail: what,
+            }),
+            Raw::Failed(errno) => Self::error("KVM_RUN", errno),
+        }
+    }
+
+    fn access_data(&mut self) -> &mut [u8] {
+        match self.access {
+            Some(a) => self.run.range_mut(a.offset, a.len).unwrap_or(&mut []),
+            None => &mut [],
+        }
+    }
+
+    fn inject(&mut self, event: Event) -> bool {
+        if self.injected {
+            return false;
+        }
+        let ok = match event {
+            Event::Interrupt(vector) => {
+                let irq = u32::from(vector);
+                // SAFETY: KVM_INTERRUPT reads one `struct kvm_interrupt` (a
+                // u32) from the pointer, which points at `irq` for the
+                // duration of the call; the fd is this vCPU's.
+                let rc = unsafe {
+                    libc::ioctl(self.vcpu.as_raw_fd(), KVM_INTERRUPT, &irq as *const u32)
+                };
+                rc == 0
+            }
+            Event::Nmi => self.vcpu.nmi().is_ok(),
+            Event::Exception(e) => self.inject_exception(e.vector(), e.error_code()),
+        };
+        if ok {
+            self.injected = true;
+        }
+        ok
+    }
+
+    fn interrupts_open(&self) -> bool {
+        !self.injected
+            && !self.stale_interrupt_state
+            && self.run.u8_at(run_page::READY_FOR_INTERRUPT_INJECTION) != 0
+    }
+
+    fn backend_msr(&self, msr: u32) -> Option<u64> {
+        (msr == vmm_core::vcpu::MSR_EFER).then(|| self.sregs().efer)
+    }
+
+    fn set_backend_msr(&mut self, msr: u32, value: u64) -> bool {
+        if msr != vmm_core::vcpu::MSR_EFER {
+            return false;
+        }
+        let mut s = self.sregs();
+        s.efer = value;
+        *self.sregs.get_mut() = Some(s);
+        self.sregs_dirty = true;
+        true
+    }
+
+    fn reset(&mut self) {
+        self.complete_pending_io();
+        self.forget_registers();
+        *self.regs.get_mut() = Some(self.power_on.0);
+        *self.sregs.get_mut() = Some(self.power_on.1);
+        self.regs_dirty = true;
+        self.sregs_dirty = true;
+        if let Ok(mut events) = self.vcpu.get_vcpu_events() {
+            events.exception.injected = 0;
+            events.exception.pending = 0;
+            events.interrupt.injected = 0;
+            events.nmi.injected = 0;
+            events.nmi.pending = 0;
+            let _ = self.vcpu.set_vcpu_events(&events);
+        }
+        self.run.set_u8(run_page::REQUEST_INTERRUPT_WINDOW, 0);
+        self.injected = false;
+        self.stale_interrupt_state = true;
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        self.run
+            .set_u8(run_page::REQUEST_INTERRUPT_WINDOW, u8::from(on));
+    }
+}
+
+/// A segment in the VMCB attribute layout, as KVM holds it.
+fn kvm_segment_of(s: &vmm_bios::entry::Segment) -> kvm_segment {
+    let a = s.attributes;
+    let bit = |n: u16| ((a >> n) & 1) as u8;
+    kvm_segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: (a & 0xf) as u8,
+        present: bit(7),
+        dpl: ((a >> 5) & 3) as u8,
+        db: bit(10),
+        s: bit(4),
+        l: bit(9),
+        g: bit(11),
+        avl: bit(8),
+        unusable: u8::from(bit(7) == 0),
+        padding: 0,
+    }
+}
+
+fn segment_of(s: &kvm_segment) -> SegmentRegister {
+    let present = s.present != 0 && s.unusable == 0;
+    let attributes = u16::from(s.type_ & 0xf)
+        | (u16::from(s.s & 1) << 4)
+        | (u16::from(s.dpl & 3) << 5)
+        | (u16::from(present) << 7)
+        | (u16::from(s.avl & 1) << 8)
+        | (u16::from(s.l & 1) << 9)
+        | (u16::from(s.db & 1) << 10)
+        | (u16::from(s.g & 1) << 11);
+    SegmentRegister::new(s.selector, s.base, s.limit, attributes)
+}
+
+impl CpuState for KvmVcpu {
+    fn gpr(&self, index: usize) -> u64 {
+        let r = self.regs();
+        match index {
+            0 => r.rax,
+            1 => r.rcx,
+            2 => r.rdx,
+            3 => r.rbx,
+            4 => r.rsp,
+            5 => r.rbp,
+            6 => r.rsi,
+            7 => r.rdi,
+            8 => r.r8,
+            9 => r.r9,
+            10 => r.r10,
+            11 => r.r11,
+            12 => r.r12,
+            13 => r.r13,
+            14 => r.r14,
+            15 => r.r15,
+            _ => 0,
+        }
+    }
+
+    fn set_gpr(&mut self, index: usize, value: u64) {
+        let r = self.regs_mut();
+        let slot = match index {
+            0 => &mut r.rax,
+            1 => &mut r.rcx,
+            2 => &mut r.rdx,
+            3 => &mut r.rbx,
+            4 => &mut r.rsp,
+            5 => &mut r.rbp,
+            6 => &mut r.rsi,
+            7 => &mut r.rdi,
+            8 => &mut r.r8,
+            9 => &mut r.r9,
+            10 => &mut r.r10,
+            11 => &mut r.r11,
+            12 => &mut r.r12,
+            13 => &mut r.r13,
+            14 => &mut r.r14,
+            15 => &mut r.r15,
+            _ => return,
+        };
+        *slot = value;
+    }
+
+    fn rip(&self) -> u64 {
+        self.regs().rip
+    }
+
+    fn set_rip(&mut self, value: u64) {
+        self.regs_mut().rip = value;
+    }
+
+    fn rflags(&self) -> u64 {
+        self.regs().rflags
+    }
+
+    fn set_rflags(&mut self, value: u64) {
+        self.regs_mut().rflags = value;
+        self.stale_interrupt_state = true;
+    }
+
+    fn segment(&self, segment: Segment) -> SegmentRegister {
+        let s = self.sregs();
+        segment_of(match segment {
+            Segment::Es => &s.es,
+            Segment::Cs => &s.cs,
+            Segment::Ss => &s.ss,
+            Segment::Ds => &s.ds,
+            Segment::Fs => &s.fs,
+            Segment::Gs => &s.gs,
+        })
+    }
+
+    fn control(&self) -> ControlRegisters {
+        let s = self.sregs();
+        ControlRegisters {
+            cr0: s.cr0,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            efer: s.efer,
+        }
+    }
+
+    fn xmm(&self, index: usize) -> u128 {
+        self.fpu()
+            .xmm
+            .get(index)
+            .map_or(0, |b| u128::from_le_bytes(*b))
+    }
+
+    fn set_xmm(&mut self, index: usize, value: u128) {
+        let mut f = self.fpu();
+        if let Some(x) = f.xmm.get_mut(index) {
+            *x = value.to_le_bytes();
+            *self.fpu.get_mut() = Some(f);
+            self.fpu_dirty = true;
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Running a machine to its end: build the PC, create the KVM vCPU, attach
+//! the console, drive `vmm_core::vcpu::run` in slices until the guest stops
+//! or the user quits, and say how it ended.
+
+use crate::config::{MachineConfig, SerialTarget};
+use crate::console::{
+    catch_quit_signals, quit_signalled, spawn_stdin_reader, ConsoleInput, RawTerminal,
+    SerialConsole,
+};
+use crate::kvm::{self, Kicker, KvmError, KvmVcpu};
+use crate::pc::{self, PcError};
+use crate::LinuxHost;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use vmm_core::host::Host;
+use vmm_core::stats::ExitStats;
+use vmm_core::vcpu::{self, MsrFile, RunOutcome, Slice};
+use vmm_core::vm::StopReason;
+use vmm_devices::post_code::POST_PORT;
+
+/// How often a guest that never exits is interrupted, so that device timers
+/// fire and the quit key is seen.
+const KICK_PERIOD: Duration = Duration::from_millis(1);
+/// The longest stretch the exit loop runs before looking at the quit key.
+const SLICE_NS: u64 = 20_000_000;
+
+/// How to run (what does not describe the machine).
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Let KVM buffer writes to the POST code port 0x80 (coalesced PIO)
+    /// instead of returning to user space for each.
+    pub posted_writes: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            posted_writes: true,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The guest stopped: powered off, or for another reason.
+    Stopped(StopReason),
+    /// The user quit with Ctrl-A x.
+    Quit,
+    /// SIGTERM, SIGINT or SIGHUP.
+    Signalled,
+}
+
+impl Ending {
+    /// Whether the guest powered itself off (the only success).
+    pub fn powered_off(&self) -> bool {
+        *self == Ending::Stopped(StopReason::PowerOff)
+    }
+}
+
+impl fmt::Display for Ending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ending::Stopped(StopReason::PowerOff) => write!(f, "the guest powered off"),
+            Ending::Stopped(r) => write!(f, "the guest stopped: {r}"),
+            Ending::Quit => write!(f, "quit from the console"),
+            Ending::Signalled => write!(f, "ended by a signal"),
+        }
+    }
+}
+
+/// What a finished run reports.
+pub struct Report {
+    /// How it ended.
+    pub ending: Ending,
+    /// Exits by kind.
+    pub stats: ExitStats,
+    /// The device manager's report (claims, access counts, unhooked ports).
+    pub devices: String,
+    /// Wall-clock time the guest ran.
+    pub elapsed: Duration,
+    /// Port writes KVM buffered and the devices received late (POST codes).
+    pub posted_writes: u64,
+    /// Protected-mode IRETs the backend carried out because KVM could not.
+    pub assists: u64,
+}
+
+/// Why a machine could not run.
+#[derive(Debug)]
+pub enum RunError {
+    /// KVM is unusable.
+    Kvm(KvmError),
+    /// The machine could not be built.
+    Pc(PcError),
+    /// The serial output file could not be created.
+    Serial {
+        /// The file.
+        path: String,
+        /// Why.
+        detail: String,
+    },
+    /// The vCPU's kick signal could not be set up.
+    Kick(String),
+}
+
+impl std::error::Error for RunError {}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Kvm(e) => write!(f, "{e}"),
+            RunError::Pc(e) => write!(f, "{e}"),
+            RunError::Serial { path, detail } => write!(f, "serial output {path}: {detail}"),
+            RunError::Kick(e) => write!(f, "vCPU kick signal: {e}"),
+        }
+    }
+}
+
+/// Run `config` until the guest stops or the user quits. With serial on
+/// stdio and a terminal on stdin, the terminal is in raw mode for the run
+/// and restored before this returns, whichever way it returns.
+pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunError> {
+    if !kvm::available() {
+        return Err(RunError::Kvm(KvmError::Missing));
+    }
+    let (com1, input, _raw): (
+        SerialConsole,
+        Option<Arc<ConsoleInput>>,
+        Option<RawTerminal>,
+    ) = match &config.serial {
+        SerialTarget::Stdio => {
+            let input = Arc::new(ConsoleInput::default());
+            let raw = RawTerminal::enable();
+            if raw.is_some() {
+                eprint!("vmm: serial console on this terminal; Ctrl-A x quits\r\n");
+            }
+            spawn_stdin_reader(input.clone());
+            (
+                SerialConsole::new(Box::new(std::io::stdout()), Some(input.clone())),
+                Some(input),
+                raw,
+            )
+        }
+        SerialTarget::File(p) => {
+            let f = std::fs::File::create(p).map_err(|e| RunError::Serial {
+                path: p.display().to_string(),
+                detail: e.to_string(),
+            })?;
+            (SerialConsole::new(Box::new(f), None), None, None)
+        }
+    };
+    catch_quit_signals();
+    let host: Arc<dyn Host> = Arc::new(LinuxHost::new());
+    let pc = pc::build(host.clone(), config, Box::new(com1)).map_err(RunError::Pc)?;
+    let (mut vm, interrupts) = (pc.vm, pc.interrupts);
+    let mut vcpu = KvmVcpu::new(&mut vm).map_err(RunError::Kvm)?;
+    if let Some(entry) = &pc.entry {
+        vcpu.set_entry_state(entry);
+    }
+    if options.posted_writes {
+        // POST codes only go into a history: no need to stop the guest
+        // for each one.
+        vcpu.post_port_writes(POST_PORT, 1).map_err(RunError::Kvm)?;
+    }
+    let period = std::env::var("VMM_KICK_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(KICK_PERIOD, Duration::from_micros);
+    let kicker = Kicker::start(period).map_err(|e| RunError::Kick(e.to_string()))?;
+    let mut msrs = MsrFile::default();
+    let started = std::time::Instant::now();
+    let ending = loop {
+        let slice = Slice {
+            max_exits: u64::MAX,
+            until_ns: Some(host.now_ns().saturating_add(SLICE_NS)),
+        };
+        if let RunOutcome::Stopped(reason) =
+            vcpu::run(&mut vcpu, &mut vm, &interrupts, &mut msrs, slice)
+        {
+            break Ending::Stopped(reason);
+        }
+        if input.as_ref().is_some_and(|i| i.quit_requested()) {
+            break Ending::Quit;
+        }
+        if quit_signalled() {
+            break Ending::Signalled;
+        }
+    };
+    let elapsed = started.elapsed();
+    drop(kicker);
+    let (posted_writes, assists) = (vcpu.posted_writes(), vcpu.assists());
+    drop(vcpu);
+    Ok(Report {
+        ending,
+        stats: vm.stats().clone(),
+        devices: vm.devices().report().to_string(),
+        elapsed,
+        posted_writes,
+        assists,
+    })
+}

@@ -1,0 +1,165 @@
+//! The shadow pager's exit-side costs on the test host: a 4 KiB fill (with
+//! its prefetch of accessed neighbours), a fill inside a 2 MiB guest page,
+//! a reflected fault, an emulated page-table write's invalidation, and a
+//! CR3 switch that hits the cache. Each iteration undoes its effect so the
+//! next one does the same work.
+//!
+//! Protocol: no arguments runs every case and prints `CASE: X ns/op`;
+//! `--list` names the cases; `--case NAME --iters N` runs one.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+use vmm_core::paging::{ControlRegisters, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME};
+use vmm_core::shadow_paging::{GuestFault, ShadowConfig, ShadowPager};
+use vmm_core::test_host::{TestHost, TestVmBuilder};
+use vmm_core::vm::Vm;
+
+const CASES: [&str; 5] = [
+    "fill-4k",
+    "fill-in-2m-page",
+    "reflect",
+    "page-table-write",
+    "cr3-switch-hit",
+];
+
+const PML4: u64 = 0x1000;
+const PT: u64 = 0x4000;
+
+struct Setup {
+    host: Arc<TestHost>,
+    vm: Vm,
+    pager: ShadowPager,
+    control: ControlRegisters,
+}
+
+fn setup() -> Setup {
+    let host = Arc::new(TestHost::new());
+    let mut vm = TestVmBuilder::new(host.clone(), 0)
+        .ram(16 << 20)
+        .build()
+        .expect("test VM");
+    let m = vm.memory_mut();
+    let put = |m: &mut vmm_core::memory::GuestMemory, gpa: u64, v: u64| {
+        m.write_u64(gpa, v).expect("RAM");
+    };
+    put(m, PML4, 0x2000 | 0x27);
+    put(m, 0x7000, 0x2000 | 0x27); // a second address space
+    put(m, 0x2000, 0x3000 | 0x27);
+    put(m, 0x3000, PT | 0x27);
+    put(m, 0x3008, 0x40_0000 | 0xa7); // 2 MiB page
+                                      // PT: every page accessed and dirty, identity + 1 MiB.
+    for i in 0..512u64 {
+        put(m, PT + i * 8, (0x10_0000 + (i << 12)) | 0x67);
+    }
+    put(m, PT + 0x1ff * 8, 0); // not present
+    let control = ControlRegisters {
+        cr0: CR0_PE | CR0_PG | CR0_WP,
+        cr3: PML4,
+        cr4: CR4_PAE,
+        efer: EFER_LME | EFER_LMA,
+    };
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    pager.activate(&*host, &control).expect("root");
+    Setup {
+        host,
+        vm,
+        pager,
+        control,
+    }
+}
+
+fn fault(s: &mut Setup, address: u64, error_code: u32) {
+    let out = s.pager.handle_fault(
+        &*s.host,
+        s.vm.memory_mut(),
+        &s.control,
+        GuestFault {
+            address,
+            error_code,
+            ac: false,
+        },
+    );
+    black_box(out).expect("handled");
+}
+
+fn run(case: &str, iters: u64) {
+    let mut s = setup();
+    match case {
+        "fill-4k" => {
+            for i in 0..iters {
+                let page = 0x40 + (i % 64) * 16;
+                fault(&mut s, page << 12, 0);
+                // Undo: the leaf and its prefetched neighbours.
+                for k in page.saturating_sub(8)..=page + 8 {
+                    s.pager.invlpg(k << 12);
+                }
+            }
+        }
+        "fill-in-2m-page" => {
+            for i in 0..iters {
+                let a = 0x20_0000 + (((i % 32) * 16) << 12);
+                fault(&mut s, a, 0);
+                for k in 0..=16u64 {
+                    s.pager.invlpg(a.saturating_sub(8 << 12) + (k << 12));
+                }
+            }
+        }
+        "reflect" => {
+            for _ in 0..iters {
+                fault(&mut s, 0x1ff << 12, 0);
+            }
+        }
+        "page-table-write" => {
+            for i in 0..iters {
+                let page = 0x80 + (i % 32) * 16;
+                fault(&mut s, page << 12, 0);
+                s.pager.guest_wrote(PT + page * 8, 8);
+            }
+        }
+        "cr3-switch-hit" => {
+            let mut other = s.control;
+            other.cr3 = 0x7000;
+            for i in 0..iters {
+                let c = if i % 2 == 0 { other } else { s.control };
+                black_box(s.pager.activate(&*s.host, &c)).expect("root");
+            }
+        }
+        other => {
+            eprintln!("no case '{other}'; cases: {}", CASES.join(", "));
+            std::process::exit(2);
+        }
+    }
+    black_box(s.pager.stats());
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        for c in CASES {
+            println!("{c}");
+        }
+        return;
+    }
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    if let Some(case) = value("--case") {
+        let iters = value("--iters")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(100_000);
+        run(&case, iters);
+        return;
+    }
+    const N: u64 = 200_000;
+    for case in CASES {
+        run(case, N / 10); // warm up
+        let t = Instant::now();
+        run(case, N);
+        let ns = t.elapsed().as_nanos() as f64 / N as f64;
+        println!("{case}: {ns:.2} ns/op");
+    }
+}

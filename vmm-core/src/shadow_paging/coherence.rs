@@ -1,0 +1,266 @@
+//! What keeps shadow entries coherent with the guest's page tables.
+//!
+//! - **Dependencies**: every fill records, for each guest paging-structure
+//!   entry its walk read, that the filled shadow leaf depends on it. A
+//!   guest write to that entry removes exactly those leaves.
+//! - **Tracked frames**: a guest frame holding at least one such entry is a
+//!   page-table page; every shadow mapping of it is read-only, so guest
+//!   writes to it fault and are emulated (and then invalidate).
+//! - **Writable leaves** (a reverse map): which shadow leaves map a guest
+//!   frame writable, so that when the frame becomes a page-table page
+//!   those mappings are taken away.
+//! - **Flood detection**: a tracked frame written again and again without
+//!   being walked (a freed page table reused as data, or a guest rewriting
+//!   a whole table) stops being tracked: its dependent leaves are removed
+//!   and writes go at full speed until a walk uses it again.
+
+use alloc::vec::Vec;
+use hashbrown::HashMap;
+
+/// Emulated writes to a tracked frame, with no walk through it in between,
+/// after which the frame is no longer tracked.
+pub(super) const FLOOD_WRITES: u32 = 3;
+
+/// A range of shadow mappings in one tree: the linear addresses
+/// `[base, base + (1 << shift))` of the root numbered `root`. A guest entry
+/// at some level covers such a range (a PTE 4 KiB, a 4-level PDE 2 MiB, a
+/// 32-bit PDE 4 MiB, ...); everything the shadow has there was derived
+/// from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Leaf {
+    /// The root's serial number.
+    pub root: u32,
+    /// The first linear address of the range (aligned to its size).
+    pub page: u64,
+    /// log2 of the range's size (12 for one page).
+    pub shift: u8,
+}
+
+/// A tracked guest frame: which of its dependency keys exist, one bit per
+/// key (1024 four-byte positions, each narrow or wide).
+#[derive(Clone, Default)]
+struct Frame {
+    keys: [u64; 32],
+    count: u32,
+    /// Emulated writes since the last walk through the frame.
+    writes: u32,
+}
+
+/// The bit of `key` in its frame's bitmap: (word, bit).
+fn key_bit(key: u64) -> (usize, u64) {
+    let n = (((key & 0xffc) >> 1) | (key & 1)) as usize; // 0..2048
+    (n / 64, 1u64 << (n % 64))
+}
+
+impl Frame {
+    fn insert(&mut self, key: u64) {
+        let (w, b) = key_bit(key);
+        if let Some(word) = self.keys.get_mut(w) {
+            if *word & b == 0 {
+                *word |= b;
+                self.count += 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, key: u64) {
+        let (w, b) = key_bit(key);
+        if let Some(word) = self.keys.get_mut(w) {
+            if *word & b != 0 {
+                *word &= !b;
+                self.count -= 1;
+            }
+        }
+    }
+
+    /// Every key, given the frame's address.
+    fn all(&self, frame: u64) -> impl Iterator<Item = u64> + '_ {
+        self.keys.iter().enumerate().flat_map(move |(w, word)| {
+            (0..64u64)
+                .filter(move |b| word & (1 << b) != 0)
+                .map(move |b| {
+                    let n = w as u64 * 64 + b;
+                    frame | ((n >> 1) << 2) | (n & 1)
+                })
+        })
+    }
+}
+
+/// The dependency key of a guest entry: its address, with bit 0 set for
+/// an 8-byte entry (entries are at least 4-byte aligned).
+pub(super) fn entry_key(gpa: u64, wide: bool) -> u64 {
+    (gpa & !3) | u64::from(wide)
+}
+
+/// The coherence bookkeeping of one pager.
+#[derive(Default)]
+pub(super) struct Coherence {
+    deps: HashMap<u64, Vec<Leaf>>,
+    frames: HashMap<u64, Frame>,
+    writable: HashMap<u64, Vec<Leaf>>,
+}
+
+fn frame_of(gpa: u64) -> u64 {
+    gpa & !0xfff
+}
+
+impl Coherence {
+    /// Record that `leaf` depends on the guest entry with key `entry_gpa`
+    /// (see [`entry_key`]).
+    /// Returns `true` if this made the entry's frame a tracked page-table
+    /// page (the caller must then take away writable mappings of it), and
+    /// whether a new record was added (for the root's own list).
+    pub(super) fn add_dep(&mut self, entry_gpa: u64, leaf: Leaf) -> (bool, bool) {
+        let frame = self.frames.entry(frame_of(entry_gpa)).or_default();
+        frame.writes = 0;
+        let list = self.deps.entry(entry_gpa).or_default();
+        let new_key = list.is_empty();
+        let mut newly_tracked = false;
+        if new_key {
+            newly_tracked = frame.count == 0;
+            frame.insert(entry_gpa);
+        }
+        let added = !list.contains(&leaf);
+        if added {
+            list.push(leaf);
+        }
+        (newly_tracked, added)
+    }
+
+    /// Whether the guest frame holding `gpa` is a tracked page-table page.
+    pub(super) fn is_tracked(&self, gpa: u64) -> bool {
+        self.frames.get(&frame_of(gpa)).is_some_and(|f| f.count > 0)
+    }
+
+    /// Number of tracked page-table frames.
+    pub(super) fn tracked_frames(&self) -> usize {
+        self.frames.values().filter(|f| f.count > 0).count()
+    }
+
+    /// Record that `leaf` maps the guest frame at `gpa` writable; `true`
+    /// if the record is new.
+    pub(super) fn add_writable(&mut self, gpa: u64, leaf: Leaf) -> bool {
+        let list = self.writable.entry(frame_of(gpa)).or_default();
+        let added = !list.contains(&leaf);
+        if added {
+            list.push(leaf);
+        }
+        added
+    }
+
+    /// Whether root `serial` still has a dependency under `key`.
+    pub(super) fn has_dep(&self, key: u64, serial: u32) -> bool {
+        self.deps
+            .get(&key)
+            .is_some_and(|l| l.iter().any(|d| d.root == serial))
+    }
+
+    /// Whether root `serial` still has a writable leaf on `frame`.
+    pub(super) fn has_writable(&self, frame: u64, serial: u32) -> bool {
+        self.writable
+            .get(&frame)
+            .is_some_and(|l| l.iter().any(|d| d.root == serial))
+    }
+
+    /// Take the leaves that (may) map the frame at `gpa` writable.
+    pub(super) fn take_writable(&mut self, gpa: u64) -> Vec<Leaf> {
+        self.writable.remove(&frame_of(gpa)).unwrap_or_default()
+    }
+
+    /// Drop `key` from its frame's list.
+    fn unlist_key(&mut self, key: u64) {
+        let frame = frame_of(key);
+        if let Some(f) = self.frames.get_mut(&frame) {
+            f.remove(key);
+            if f.count == 0 {
+                self.frames.remove(&frame);
+            }
+        }
+    }
+
+    fn remove_key(&mut self, key: u64) -> Vec<Leaf> {
+        let leaves = self.deps.remove(&key).unwrap_or_default();
+        if !leaves.is_empty() {
+            self.unlist_key(key);
+        }
+        leaves
+    }
+
+    /// The guest wrote `[gpa, gpa + len)`: take the leaves that depend on
+    /// entries overlapping it. Entries are 4 or 8 bytes, naturally aligned.
+    pub(super) fn take_written(&mut self, gpa: u64, len: u64, out: &mut Vec<Leaf>) {
+        let Some(end) = gpa.checked_add(len.max(1)) else {
+            return;
+        };
+        let mut narrow = gpa & !3;
+        while narrow < end {
+            out.extend(self.remove_key(entry_key(narrow, false)));
+            narrow += 4;
+        }
+        let mut wide = gpa & !7;
+        while wide < end {
+            out.extend(self.remove_key(entry_key(wide, true)));
+            wide += 8;
+        }
+    }
+
+    /// Count an emulated write to the tracked frame at `gpa`; `true` once
+    /// the frame is flooded.
+    pub(super) fn note_write(&mut self, gpa: u64) -> bool {
+        match self.frames.get_mut(&frame_of(gpa)) {
+            Some(f) if f.count > 0 => {
+                f.writes += 1;
+                f.writes >= FLOOD_WRITES
+            }
+            _ => false,
+        }
+    }
+
+    /// Stop tracking the frame at `gpa`: take every dependent leaf.
+    pub(super) fn take_frame(&mut self, gpa: u64, out: &mut Vec<Leaf>) {
+        let frame = frame_of(gpa);
+        let Some(f) = self.frames.remove(&frame) else {
+            return;
+        };
+        for key in f.all(frame) {
+            out.extend(self.deps.remove(&key).unwrap_or_default());
+        }
+    }
+
+    /// Forget root `serial`: drop its records under `keys` (dependencies)
+    /// and `frames` (writable leaves).
+    pub(super) fn forget_root(&mut self, serial: u32, keys: &[u64], frames: &[u64]) {
+        for key in keys {
+            let now_empty = match self.deps.get_mut(key) {
+                Some(list) => {
+                    list.retain(|l| l.root != serial);
+                    list.is_empty()
+                }
+                None => false,
+            };
+            if now_empty {
+                self.deps.remove(key);
+                self.unlist_key(*key);
+            }
+        }
+        for frame in frames {
+            let now_empty = match self.writable.get_mut(frame) {
+                Some(list) => {
+                    list.retain(|l| l.root != serial);
+                    list.is_empty()
+                }
+                None => false,
+            };
+            if now_empty {
+                self.writable.remove(frame);
+            }
+        }
+    }
+
+    /// Forget everything.
+    pub(super) fn clear(&mut self) {
+        self.deps.clear();
+        self.frames.clear();
+        self.writable.clear();
+    }
+}

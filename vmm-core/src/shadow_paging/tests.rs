@@ -1,0 +1,995 @@
+//! The shadow pager on the test host: guest page tables written into test
+//! RAM, faults fed in as the hardware would report them, and the shadow
+//! entries read back as the hardware would walk them.
+
+use super::*;
+use crate::emulator::{Emulator, RegisterFile};
+use crate::memory::Backing;
+use crate::paging::{CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, PF_PRESENT, PF_RSVD};
+use crate::test_host::{TestHost, TestVmBuilder};
+use crate::vm::Vm;
+use alloc::sync::Arc;
+
+const P: u64 = 1;
+const RW: u64 = 2;
+const US: u64 = 4;
+const A: u64 = 0x20;
+const D: u64 = 0x40;
+const PS: u64 = 0x80;
+const XD: u64 = 1 << 63;
+
+fn vm() -> (Arc<TestHost>, Vm) {
+    let host = Arc::new(TestHost::new());
+    let vm = TestVmBuilder::new(host.clone(), 0)
+        .ram(16 << 20)
+        .mmio_hole(0xfee0_0000, 0x1000)
+        .build()
+        .unwrap();
+    (host, vm)
+}
+
+/// The host-physical address of guest RAM at `gpa`.
+fn host_of(vm: &Vm, gpa: u64) -> u64 {
+    let m = vm.memory();
+    let r = m.region_at(gpa).unwrap();
+    let Backing::Block { block, offset } = r.read else {
+        panic!("not memory at {gpa:#x}");
+    };
+    m.block_host_phys(block, offset + gpa - r.start).unwrap().0
+}
+
+fn put64(vm: &mut Vm, gpa: u64, v: u64) {
+    vm.memory_mut().write_u64(gpa, v).unwrap();
+}
+
+fn get64(vm: &Vm, gpa: u64) -> u64 {
+    vm.memory().read_u64(gpa).unwrap()
+}
+
+fn put32(vm: &mut Vm, gpa: u64, v: u32) {
+    vm.memory_mut().write_u32(gpa, v).unwrap();
+}
+
+fn get32(vm: &Vm, gpa: u64) -> u32 {
+    vm.memory().read_u32(gpa).unwrap()
+}
+
+// 4-level layout: PML4 0x1000, PDPT 0x2000, PD 0x3000, PT 0x4000 (linear
+// 0..2 MiB), PD[1] a 2 MiB page at 0x40_0000 (linear 2..4 MiB).
+const PML4: u64 = 0x1000;
+const PDPT: u64 = 0x2000;
+const PD: u64 = 0x3000;
+const PT: u64 = 0x4000;
+
+fn long_control(cr3: u64) -> ControlRegisters {
+    ControlRegisters {
+        cr0: CR0_PE | CR0_PG | CR0_WP | 0x10,
+        cr3,
+        cr4: CR4_PAE,
+        efer: EFER_LME | EFER_LMA | EFER_NXE,
+    }
+}
+
+fn level4_tables(vm: &mut Vm) -> ControlRegisters {
+    put64(vm, PML4, PDPT | P | RW | US);
+    put64(vm, PDPT, PD | P | RW | US);
+    put64(vm, PD, PT | P | RW | US);
+    put64(vm, PD + 8, 0x40_0000 | P | RW | US | PS);
+    long_control(PML4)
+}
+
+/// PT entry for linear page `index` (linear `index * 4096`).
+fn pte(vm: &mut Vm, index: u64, value: u64) {
+    put64(vm, PT + index * 8, value);
+}
+
+fn fault(address: u64, error_code: u32) -> GuestFault {
+    GuestFault {
+        address,
+        error_code,
+        ac: false,
+    }
+}
+
+struct Fixture {
+    host: Arc<TestHost>,
+    vm: Vm,
+    pager: ShadowPager,
+    control: ControlRegisters,
+}
+
+impl Fixture {
+    fn level4() -> Self {
+        let (host, mut vm) = vm();
+        let control = level4_tables(&mut vm);
+        let mut pager = ShadowPager::new(ShadowConfig::default());
+        pager.activate(&*host, &control).unwrap();
+        Self {
+            host,
+            vm,
+            pager,
+            control,
+        }
+    }
+
+    fn fault(&mut self, address: u64, error_code: u32) -> FaultOutcome {
+        let Self {
+            host,
+            vm,
+            pager,
+            control,
+        } = self;
+        pager
+            .handle_fault(
+                &**host,
+                vm.memory_mut(),
+                control,
+                fault(address, error_code),
+            )
+            .unwrap()
+    }
+
+    fn switch(&mut self, cr3: u64) {
+        self.control.cr3 = cr3;
+        self.pager.activate(&*self.host, &self.control).unwrap();
+    }
+}
+
+#[test]
+fn read_fill_maps_read_only_until_the_first_write_and_sets_accessed_then_dirty() {
+    let mut f = Fixture::level4();
+    pte(&mut f.vm, 0x10, 0x8_0000 | P | RW | US);
+    assert_eq!(f.fault(0x10_123, 0), FaultOutcome::Filled);
+    let host = host_of(&f.vm, 0x8_0000);
+    // Guest: A set on the leaf and every level, D still clear.
+    assert_eq!(get64(&f.vm, PT + 0x80), 0x8_0000 | P | RW | US | A);
+    assert_eq!(get64(&f.vm, PML4) & A, A);
+    assert_eq!(get64(&f.vm, PD) & A, A);
+    // Shadow: present, user, but read-only because D is clear.
+    assert_eq!(f.pager.shadow_entry(0x10_000), Some(host | P | US | A));
+
+    // The first write faults on the read-only shadow entry (P=1, W=1).
+    assert_eq!(
+        f.fault(0x10_008, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Filled
+    );
+    assert_eq!(get64(&f.vm, PT + 0x80), 0x8_0000 | P | RW | US | A | D);
+    assert_eq!(
+        f.pager.shadow_entry(0x10_000),
+        Some(host | P | RW | US | A | D)
+    );
+    let s = f.pager.stats();
+    assert_eq!((s.faults, s.fills, s.reflected), (2, 2, 0));
+}
+
+#[test]
+fn a_read_of_a_dirty_writable_page_maps_it_writable_at_once() {
+    let mut f = Fixture::level4();
+    pte(&mut f.vm, 0x11, 0x9_0000 | P | RW | A | D);
+    assert_eq!(f.fault(0x11_000, 0), FaultOutcome::Filled);
+    let host = host_of(&f.vm, 0x9_0000);
+    // Supervisor-only page: no U/S in the shadow either.
+    assert_eq!(f.pager.shadow_entry(0x11_000), Some(host | P | RW | A | D));
+}
+
+#[test]
+fn reflected_faults_carry_the_exact_error_code_and_address() {
+    let mut f = Fixture::level4();
+    // Not present: P=0, with W and U as the access had them.
+    assert_eq!(
+        f.fault(0x20_010, PF_WRITE | PF_USER),
+        FaultOutcome::Reflect(PageFault {
+            address: 0x20_010,
+            error_code: PF_WRITE | PF_USER
+        })
+    );
+    // User write to a read-only user page: P | W | U.
+    pte(&mut f.vm, 0x21, 0xa_0000 | P | US);
+    assert_eq!(
+        f.fault(0x21_004, PF_WRITE | PF_USER),
+        FaultOutcome::Reflect(PageFault {
+            address: 0x21_004,
+            error_code: PF_PRESENT | PF_WRITE | PF_USER
+        })
+    );
+    // User read of a supervisor page: P | U.
+    pte(&mut f.vm, 0x22, 0xb_0000 | P | RW);
+    assert_eq!(
+        f.fault(0x22_000, PF_USER),
+        FaultOutcome::Reflect(PageFault {
+            address: 0x22_000,
+            error_code: PF_PRESENT | PF_USER
+        })
+    );
+    // Reserved bit (bit 51 with MAXPHYADDR 46): P | RSVD.
+    pte(&mut f.vm, 0x23, 0xc_0000 | P | RW | (1 << 51));
+    assert_eq!(
+        f.fault(0x23_000, 0),
+        FaultOutcome::Reflect(PageFault {
+            address: 0x23_000,
+            error_code: PF_PRESENT | PF_RSVD
+        })
+    );
+    // Fetch from an NX page (EFER.NXE): P | I/D.
+    pte(&mut f.vm, 0x24, 0xd_0000 | P | RW | XD);
+    assert_eq!(
+        f.fault(0x24_000, PF_FETCH),
+        FaultOutcome::Reflect(PageFault {
+            address: 0x24_000,
+            error_code: PF_PRESENT | PF_FETCH
+        })
+    );
+    // Supervisor write to a read-only page with CR0.WP: P | W.
+    pte(&mut f.vm, 0x25, 0xe_0000 | P);
+    assert_eq!(
+        f.fault(0x25_000, PF_WRITE),
+        FaultOutcome::Reflect(PageFault {
+            address: 0x25_000,
+            error_code: PF_PRESENT | PF_WRITE
+        })
+    );
+    // A faulting walk leaves the guest's accessed bits alone.
+    assert_eq!(get64(&f.vm, PT + 0x25 * 8) & A, 0);
+    assert_eq!(f.pager.stats().reflected, 6);
+    assert_eq!(f.pager.stats().fills, 0);
+    assert_eq!(f.pager.shadow_entry(0x21_000), None);
+}
+
+#[test]
+fn nx_pages_are_shadowed_execute_disabled() {
+    let mut f = Fixture::level4();
+    pte(&mut f.vm, 0x26, 0xe_1000 | P | RW | XD | A | D);
+    assert_eq!(f.fault(0x26_000, 0), FaultOutcome::Filled);
+    assert_eq!(f.pager.shadow_entry(0x26_000).unwrap() & XD, XD);
+}
+
+#[test]
+fn mmio_and_rom_writes_go_to_the_emulator_unmapped() {
+    let mut f = Fixture::level4();
+    // The LAPIC page through a 2 MiB... no: a 4 KiB PTE to 0xfee00000.
+    pte(&mut f.vm, 0x30, 0xfee0_0000 | P | RW);
+    assert_eq!(
+        f.fault(0x30_020, PF_WRITE),
+        FaultOutcome::Emulate { gpa: 0xfee0_0020 }
+    );
+    assert_eq!(f.pager.shadow_entry(0x30_000), None);
+    // A hole nothing backs.
+    pte(&mut f.vm, 0x31, 0x4000_0000 | P | RW);
+    assert_eq!(
+        f.fault(0x31_000, 0),
+        FaultOutcome::Emulate { gpa: 0x4000_0000 }
+    );
+    assert_eq!(f.pager.stats().emulated_mmio, 2);
+}
+
+#[test]
+fn rom_is_mapped_read_only_and_writes_to_it_are_emulated() {
+    let host = Arc::new(TestHost::new());
+    let mut vm = TestVmBuilder::new(host.clone(), 0)
+        .ram(16 << 20)
+        .rom(0xfff0_0000, &[0x90; 0x1000])
+        .build()
+        .unwrap();
+    let control = level4_tables(&mut vm);
+    put64(&mut vm, PD + 8 * 3, 0x5000 | P | RW); // linear 6 MiB..8 MiB
+    put64(&mut vm, 0x5000, 0xfff0_0000 | P | RW | A | D);
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    pager.activate(&*host, &control).unwrap();
+    let out = pager
+        .handle_fault(&*host, vm.memory_mut(), &control, fault(0x60_0000, 0))
+        .unwrap();
+    assert_eq!(out, FaultOutcome::Filled);
+    assert_eq!(
+        pager.shadow_entry(0x60_0000).unwrap() & RW,
+        0,
+        "ROM is read-only"
+    );
+    let out = pager
+        .handle_fault(
+            &*host,
+            vm.memory_mut(),
+            &control,
+            fault(0x60_0000, PF_PRESENT | PF_WRITE),
+        )
+        .unwrap();
+    assert_eq!(out, FaultOutcome::Emulate { gpa: 0xfff0_0000 });
+}
+
+#[test]
+fn guest_page_tables_are_write_protected_and_a_write_to_one_invalidates_its_dependents() {
+    let mut f = Fixture::level4();
+    // Linear page 4 maps the PT itself (so the guest can edit it); linear
+    // page 0x10 maps a data page.
+    pte(&mut f.vm, 0x4, PT | P | RW | A | D);
+    pte(&mut f.vm, 0x10, 0x8_0000 | P | RW | A | D);
+    assert_eq!(f.fault(0x10_000, PF_WRITE), FaultOutcome::Filled);
+    assert!(f.pager.shadow_entry(0x10_000).is_some());
+    // The PT page is mapped, but read-only: it is a page table now.
+    assert_eq!(f.fault(0x4_000, 0), FaultOutcome::Filled);
+    assert_eq!(f.pager.shadow_entry(0x4_000).unwrap() & RW, 0);
+    // A write to it goes to the emulator.
+    assert_eq!(
+        f.fault(0x4_080, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Emulate { gpa: PT + 0x80 }
+    );
+    assert_eq!(f.pager.stats().page_table_writes, 1);
+    // The emulator changed PTE 0x10; its shadow leaf goes, the others stay.
+    put64(&mut f.vm, PT + 0x80, 0x9_0000 | P | RW | A | D);
+    f.pager.guest_wrote(PT + 0x80, 8);
+    assert_eq!(f.pager.shadow_entry(0x10_000), None);
+    assert!(f.pager.shadow_entry(0x4_000).is_some());
+    // The next access sees the new translation.
+    assert_eq!(f.fault(0x10_000, 0), FaultOutcome::Filled);
+    let host = host_of(&f.vm, 0x9_0000);
+    assert_eq!(f.pager.shadow_entry(0x10_000).unwrap() & ADDR_MASK, host);
+}
+
+#[test]
+fn a_page_that_becomes_a_page_table_loses_its_writable_mappings() {
+    let (host, mut vm) = vm();
+    let control = level4_tables(&mut vm);
+    // Linear page 5 maps frame 0x6000, writable and dirty.
+    pte(&mut vm, 5, 0x6000 | P | RW | A | D);
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    pager.activate(&*host, &control).unwrap();
+    let go = |pager: &mut ShadowPager, vm: &mut Vm, c: &ControlRegisters, a, e| {
+        pager
+            .handle_fault(&*host, vm.memory_mut(), c, fault(a, e))
+            .unwrap()
+    };
+    assert_eq!(
+        go(&mut pager, &mut vm, &control, 0x5_000, PF_WRITE),
+        FaultOutcome::Filled
+    );
+    assert_eq!(pager.shadow_entry(0x5_000).unwrap() & RW, RW);
+    // Now the guest uses frame 0x6000 as a page table: PD[4] -> 0x6000.
+    put64(&mut vm, PD + 4 * 8, 0x6000 | P | RW | US);
+    put64(&mut vm, 0x6000, 0x7_0000 | P | RW | US);
+    let linear = 4 << 21;
+    assert_eq!(
+        go(&mut pager, &mut vm, &control, linear, 0),
+        FaultOutcome::Filled
+    );
+    // The writable mapping of the new page table is gone.
+    assert_eq!(pager.shadow_entry(0x5_000), None);
+    assert_eq!(pager.tracked_frames(), 5, "PML4, PDPT, PD, PT and 0x6000");
+    // Mapped again, read-only.
+    assert_eq!(
+        go(&mut pager, &mut vm, &control, 0x5_000, PF_WRITE),
+        FaultOutcome::Emulate { gpa: 0x6000 }
+    );
+    assert_eq!(pager.shadow_entry(0x5_000).unwrap() & RW, 0);
+}
+
+#[test]
+fn a_guest_editing_its_own_page_table_through_the_emulator_stays_coherent() {
+    let mut f = Fixture::level4();
+    pte(&mut f.vm, 0x4, PT | P | RW | A | D);
+    pte(&mut f.vm, 0x10, 0x8_0000 | P | RW | A | D);
+    f.fault(0x10_000, 0);
+    f.fault(0x4_000, 0);
+    // The guest runs `mov [rdi], rax` with RDI = linear of PTE 0x10.
+    let code = 0x12_000u64;
+    pte(&mut f.vm, 0x12, 0x2_0000 | P | RW | A | D);
+    f.vm.memory_mut()
+        .write(0x2_0000, &[0x48, 0x89, 0x07])
+        .unwrap();
+    let mut cpu = RegisterFile::long_mode(PML4);
+    cpu.rip = code;
+    cpu.gprs[7] = 0x4_080;
+    cpu.gprs[0] = 0xa_0000 | P | RW | A | D;
+    // Its write faults on the read-only shadow of the page table.
+    let out = f.fault(0x4_080, PF_PRESENT | PF_WRITE);
+    let FaultOutcome::Emulate { gpa } = out else {
+        panic!("{out:?}");
+    };
+    assert_eq!(gpa, PT + 0x80);
+    let mut bus = RecordingBus::new(&mut f.vm);
+    Emulator::default().emulate(&mut cpu, &mut bus).unwrap();
+    let writes = bus.into_writes();
+    for (gpa, len) in &writes {
+        f.pager.guest_wrote(*gpa, *len);
+    }
+    assert!(writes.contains(&(PT + 0x80, 8)), "{writes:x?}");
+    assert_eq!(cpu.rip, code + 3);
+    assert_eq!(get64(&f.vm, PT + 0x80), 0xa_0000 | P | RW | A | D);
+    // The old translation is gone; the next access fills the new one.
+    assert_eq!(f.pager.shadow_entry(0x10_000), None);
+    f.fault(0x10_000, 0);
+    let host = host_of(&f.vm, 0xa_0000);
+    assert_eq!(f.pager.shadow_entry(0x10_000).unwrap() & ADDR_MASK, host);
+}
+
+#[test]
+fn a_page_table_rewritten_over_and_over_stops_being_tracked() {
+    let mut f = Fixture::level4();
+    // Linear 4 MiB maps the PT through a second PT at 0x5000.
+    put64(&mut f.vm, PD + 2 * 8, 0x5000 | P | RW | US);
+    put64(&mut f.vm, 0x5000, PT | P | RW | A | D);
+    pte(&mut f.vm, 0x10, 0x8_0000 | P | RW | A | D);
+    f.fault(0x10_000, 0);
+    assert_eq!(f.pager.tracked_frames(), 4);
+    for i in 0..FLOOD {
+        f.pager.guest_wrote(PT + 0x800 + i * 8, 8);
+    }
+    assert_eq!(f.pager.stats().floods, 1);
+    // Nothing depends on the PT any more: its dependents are gone and a
+    // write to it now maps it writable.
+    assert_eq!(f.pager.shadow_entry(0x10_000), None);
+    assert_eq!(f.fault(0x40_0000, PF_WRITE), FaultOutcome::Filled);
+    assert_eq!(f.pager.shadow_entry(0x40_0000).unwrap() & RW, RW);
+}
+
+const FLOOD: u64 = coherence::FLOOD_WRITES as u64;
+
+#[test]
+fn invlpg_drops_the_leaf() {
+    let mut f = Fixture::level4();
+    pte(&mut f.vm, 0x10, 0x8_0000 | P | RW | A | D);
+    f.fault(0x10_000, 0);
+    assert!(f.pager.shadow_entry(0x10_000).is_some());
+    f.pager.take_tlb_flush();
+    f.pager.invlpg(0x10_abc);
+    assert_eq!(f.pager.shadow_entry(0x10_000), None);
+    assert!(f.pager.take_tlb_flush());
+    assert_eq!(f.pager.stats().invlpgs, 1);
+}
+
+#[test]
+fn cr3_switches_find_cached_trees_still_filled() {
+    let mut f = Fixture::level4();
+    pte(&mut f.vm, 0x10, 0x8_0000 | P | RW | A | D);
+    f.fault(0x10_000, 0);
+    // A second address space sharing the PDPT.
+    put64(&mut f.vm, 0x7000, PDPT | P | RW | US);
+    let root_a = f.pager.root().unwrap().0;
+    f.switch(0x7000);
+    assert_ne!(f.pager.root().unwrap().0, root_a);
+    assert_eq!(
+        f.pager.shadow_entry(0x10_000),
+        None,
+        "new tree starts empty"
+    );
+    f.fault(0x10_000, 0);
+    f.switch(PML4);
+    assert_eq!(f.pager.root().unwrap().0, root_a);
+    assert!(
+        f.pager.shadow_entry(0x10_000).is_some(),
+        "cached tree kept its fill"
+    );
+    let s = f.pager.stats();
+    assert_eq!((s.cache_hits, s.cache_misses, s.roots), (1, 2, 2));
+    // PCID/flag bits in CR3 do not make a different address space.
+    f.switch(PML4 | 0x18);
+    assert_eq!(f.pager.stats().cache_hits, 2);
+    // A write to the shared PT entry invalidates it in both trees.
+    f.pager.guest_wrote(PT + 0x80, 8);
+    assert_eq!(f.pager.shadow_entry(0x10_000), None);
+    f.switch(0x7000);
+    assert_eq!(f.pager.shadow_entry(0x10_000), None);
+}
+
+#[test]
+fn a_small_budget_evicts_the_least_recently_used_root() {
+    let (host, mut vm) = vm();
+    let mut control = level4_tables(&mut vm);
+    pte(&mut vm, 0x10, 0x8_0000 | P | RW | A | D);
+    // 4 PML4s sharing the lower levels; each filled tree needs 4 pages.
+    for i in 0..4u64 {
+        put64(&mut vm, 0x10_0000 + i * 0x1000, PDPT | P | RW | US);
+    }
+    let mut pager = ShadowPager::new(ShadowConfig { budget_pages: 9 });
+    for round in 0..3 {
+        for i in 0..4u64 {
+            control.cr3 = 0x10_0000 + i * 0x1000;
+            pager.activate(&*host, &control).unwrap();
+            let out = pager
+                .handle_fault(&*host, vm.memory_mut(), &control, fault(0x10_000, 0))
+                .unwrap();
+            assert_eq!(out, FaultOutcome::Filled, "round {round} root {i}");
+            assert!(pager.shadow_entry(0x10_000).is_some());
+        }
+    }
+    let s = pager.stats();
+    assert!(pager.pages_allocated() <= 9);
+    assert!(s.evictions >= 8, "{s:?}");
+    assert_eq!(s.roots, 2, "two filled trees fit in nine pages: {s:?}");
+    // The most recent tree survived.
+    control.cr3 = 0x10_3000;
+    pager.activate(&*host, &control).unwrap();
+    assert!(pager.shadow_entry(0x10_000).is_some());
+}
+
+#[test]
+fn a_budget_too_small_for_one_tree_restarts_it_and_still_maps() {
+    let (host, mut vm) = vm();
+    let control = level4_tables(&mut vm);
+    pte(&mut vm, 0x10, 0x8_0000 | P | RW | A | D);
+    put64(&mut vm, PD + 8 * 8, PT | P | RW | US); // linear 16 MiB.. via the same PT
+    put64(&mut vm, PDPT + 8, PD | P | RW | US); // linear 1 GiB.. too
+    let mut pager = ShadowPager::new(ShadowConfig { budget_pages: 4 });
+    pager.activate(&*host, &control).unwrap();
+    for a in [0x10_000u64, (8 << 21) + 0x10_000, 0x4000_0000 + 0x10_000] {
+        let out = pager
+            .handle_fault(&*host, vm.memory_mut(), &control, fault(a, 0))
+            .unwrap();
+        assert_eq!(out, FaultOutcome::Filled, "{a:#x}");
+        assert!(pager.shadow_entry(a).is_some());
+    }
+    assert_eq!(pager.pages_allocated(), 4);
+}
+
+#[test]
+fn large_pages_are_shadowed_four_kib_at_a_time_with_dirty_on_the_large_entry() {
+    let mut f = Fixture::level4();
+    // Linear 2 MiB + 0x3456 lies in the 2 MiB page at 0x40_0000.
+    assert_eq!(f.fault(0x20_3456, 0), FaultOutcome::Filled);
+    let host = host_of(&f.vm, 0x40_3000);
+    assert_eq!(f.pager.shadow_entry(0x20_3000), Some(host | P | US | A));
+    assert_eq!(get64(&f.vm, PD + 8), 0x40_0000 | P | RW | US | PS | A);
+    assert_eq!(
+        f.fault(0x20_3456, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Filled
+    );
+    assert_eq!(get64(&f.vm, PD + 8), 0x40_0000 | P | RW | US | PS | A | D);
+    assert_eq!(f.pager.shadow_entry(0x20_3000).unwrap() & RW, RW);
+    // Another 4 KiB of the same large page, now dirty: writable at once.
+    assert_eq!(f.fault(0x3f_f000, 0), FaultOutcome::Filled);
+    let host = host_of(&f.vm, 0x5f_f000);
+    assert_eq!(
+        f.pager.shadow_entry(0x3f_f000),
+        Some(host | P | RW | US | A | D)
+    );
+}
+
+#[test]
+fn paging_off_maps_guest_physical_identity_in_pae_format() {
+    let (host, mut vm) = vm();
+    let control = ControlRegisters {
+        cr0: 0x10,
+        ..ControlRegisters::default()
+    };
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    let (_, format) = pager.activate(&*host, &control).unwrap();
+    assert_eq!(format, ShadowFormat::Pae);
+    let out = pager
+        .handle_fault(&*host, vm.memory_mut(), &control, fault(0xb_8123, PF_WRITE))
+        .unwrap();
+    assert_eq!(out, FaultOutcome::Filled);
+    let h = host_of(&vm, 0xb_8000);
+    assert_eq!(pager.shadow_entry(0xb_8000), Some(h | P | RW | US | A | D));
+    // PAE PDPTEs carry only P and the address.
+    assert_eq!(pager.top_entries(), 1);
+    let out = pager
+        .handle_fault(&*host, vm.memory_mut(), &control, fault(0xfee0_0300, 0))
+        .unwrap();
+    assert_eq!(out, FaultOutcome::Emulate { gpa: 0xfee0_0300 });
+}
+
+#[test]
+fn bits32_paging_with_4_mib_pages() {
+    use crate::paging::CR4_PSE;
+    let (host, mut vm) = vm();
+    // PD at 0x1000, PT at 0x2000 for linear 0..4 MiB, PDE[1] a 4 MiB page
+    // at 8 MiB.
+    put32(&mut vm, 0x1000, 0x2000 | 0x7);
+    put32(&mut vm, 0x1004, 0x80_0000 | 0x87);
+    put32(&mut vm, 0x2000 + 0x10 * 4, 0x8_0000 | 0x5); // read-only user
+    let control = ControlRegisters {
+        cr0: CR0_PE | CR0_PG | CR0_WP | 0x10,
+        cr3: 0x1000,
+        cr4: CR4_PSE,
+        efer: 0,
+    };
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    assert_eq!(
+        pager.activate(&*host, &control).unwrap().1,
+        ShadowFormat::Pae
+    );
+    let go = |pager: &mut ShadowPager, vm: &mut Vm, a, e| {
+        pager
+            .handle_fault(&*host, vm.memory_mut(), &control, fault(a, e))
+            .unwrap()
+    };
+    assert_eq!(
+        go(&mut pager, &mut vm, 0x10_000, PF_USER),
+        FaultOutcome::Filled
+    );
+    assert_eq!(get32(&vm, 0x2040), 0x8_0000 | 0x25);
+    assert_eq!(get32(&vm, 0x1000) & 0x20, 0x20);
+    // User write to the read-only page: reflected with P | W | U.
+    assert_eq!(
+        go(
+            &mut pager,
+            &mut vm,
+            0x10_000,
+            PF_PRESENT | PF_WRITE | PF_USER
+        ),
+        FaultOutcome::Reflect(PageFault {
+            address: 0x10_000,
+            error_code: PF_PRESENT | PF_WRITE | PF_USER
+        })
+    );
+    // A write into the 4 MiB page sets D in the PDE.
+    assert_eq!(
+        go(&mut pager, &mut vm, 0x52_1000, PF_WRITE),
+        FaultOutcome::Filled
+    );
+    assert_eq!(get32(&vm, 0x1004), 0x80_0000 | 0x87 | 0x60);
+    let h = host_of(&vm, 0x92_1000);
+    assert_eq!(pager.shadow_entry(0x52_1000), Some(h | P | RW | US | A | D));
+    // Writing the 4-byte PDE invalidates what depended on it.
+    pager.guest_wrote(0x1004, 4);
+    assert_eq!(pager.shadow_entry(0x52_1000), None);
+    assert!(pager.shadow_entry(0x10_000).is_some());
+}
+
+#[test]
+fn pae_paging_depends_on_the_pdpte_too() {
+    let (host, mut vm) = vm();
+    // PDPT at 0x1020 (32-byte aligned), PD 0x2000, PT 0x3000; linear
+    // 0x4000_0000 + 0x5000 uses PDPTE[1].
+    put64(&mut vm, 0x1028, 0x2000 | P);
+    put64(&mut vm, 0x2000, 0x3000 | P | RW | US);
+    put64(&mut vm, 0x3000 + 5 * 8, 0xa_0000 | P | RW | US);
+    let control = ControlRegisters {
+        cr0: CR0_PE | CR0_PG | CR0_WP | 0x10,
+        cr3: 0x1020,
+        cr4: CR4_PAE,
+        efer: 0,
+    };
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    pager.activate(&*host, &control).unwrap();
+    let out = pager
+        .handle_fault(
+            &*host,
+            vm.memory_mut(),
+            &control,
+            fault(0x4000_5000, PF_WRITE),
+        )
+        .unwrap();
+    assert_eq!(out, FaultOutcome::Filled);
+    let h = host_of(&vm, 0xa_0000);
+    assert_eq!(
+        pager.shadow_entry(0x4000_5000),
+        Some(h | P | RW | US | A | D)
+    );
+    // Reserved PDPTE bits (RW is reserved in a PAE PDPTE): P | RSVD.
+    put64(&mut vm, 0x1030, 0x2000 | P | RW);
+    let out = pager
+        .handle_fault(&*host, vm.memory_mut(), &control, fault(0x8000_0000, 0))
+        .unwrap();
+    assert_eq!(
+        out,
+        FaultOutcome::Reflect(PageFault {
+            address: 0x8000_0000,
+            error_code: PF_PRESENT | PF_RSVD
+        })
+    );
+    pager.guest_wrote(0x1028, 8);
+    assert_eq!(pager.shadow_entry(0x4000_5000), None);
+}
+
+#[test]
+fn supervisor_writes_with_wp_clear_map_the_page_for_the_supervisor_only() {
+    let mut f = Fixture::level4();
+    f.control.cr0 &= !CR0_WP;
+    f.switch(PML4);
+    pte(&mut f.vm, 0x10, 0x8_0000 | P | US | A | D); // read-only user page
+    assert_eq!(f.fault(0x10_000, PF_WRITE), FaultOutcome::Filled);
+    let e = f.pager.shadow_entry(0x10_000).unwrap();
+    assert_eq!(e & (RW | US), RW);
+    // A user read then refills it user-readable, read-only.
+    assert_eq!(
+        f.fault(0x10_000, PF_PRESENT | PF_USER),
+        FaultOutcome::Filled
+    );
+    assert_eq!(f.pager.shadow_entry(0x10_000).unwrap() & (RW | US), US);
+}
+
+#[test]
+fn a_memory_map_change_flushes_every_tree() {
+    let mut f = Fixture::level4();
+    pte(&mut f.vm, 0x10, 0x8_0000 | P | RW | A | D);
+    f.fault(0x10_000, 0);
+    f.vm.memory_mut().unmap(0x8_0000, 0x1000).unwrap();
+    // Any fault notices the new generation.
+    pte(&mut f.vm, 0x11, 0x9_0000 | P | RW | A | D);
+    f.fault(0x11_000, 0);
+    assert_eq!(f.pager.shadow_entry(0x10_000), None);
+    assert_eq!(f.pager.stats().full_flushes, 1);
+    assert_eq!(
+        f.fault(0x10_000, 0),
+        FaultOutcome::Emulate { gpa: 0x8_0000 }
+    );
+}
+
+#[test]
+fn five_level_paging_is_refused_with_a_reason() {
+    use crate::paging::CR4_LA57;
+    let (host, _vm) = vm();
+    let mut control = long_control(PML4);
+    control.cr4 |= CR4_LA57;
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    let e = pager.activate(&*host, &control).unwrap_err();
+    assert_eq!(e, ShadowError::UnsupportedMode(PagingMode::Level5));
+    assert!(alloc::format!("{e}").contains("Level5"));
+}
+
+mod decode {
+    use super::*;
+    use crate::shadow_paging::{decode_intercepted, Intercepted};
+
+    fn run(cpu: &RegisterFile, vm: &mut Vm, code: &[u8]) -> InterceptedInstruction {
+        vm.memory_mut().write(cpu.rip, code).unwrap();
+        decode_intercepted(cpu, vm.memory_mut()).unwrap()
+    }
+
+    #[test]
+    fn mov_to_and_from_control_registers_clts_lmsw_and_invlpg() {
+        let (_, mut vm) = vm();
+        let mut cpu = RegisterFile::protected_flat32();
+        cpu.rip = 0x8000;
+        cpu.gprs[0] = 0xffff_ffff_8000_0011;
+        // mov cr0, eax
+        let i = run(&cpu, &mut vm, &[0x0f, 0x22, 0xc0]);
+        assert_eq!(
+            i,
+            InterceptedInstruction {
+                kind: Intercepted::MovToCr {
+                    cr: 0,
+                    value: 0x8000_0011
+                },
+                next_rip: 0x8003
+            }
+        );
+        // mov ebx, cr4
+        let i = run(&cpu, &mut vm, &[0x0f, 0x20, 0xe3]);
+        assert_eq!(i.kind, Intercepted::MovFromCr { cr: 4, gpr: 3 });
+        // clts; lmsw ax
+        assert_eq!(run(&cpu, &mut vm, &[0x0f, 0x06]).kind, Intercepted::Clts);
+        assert_eq!(
+            run(&cpu, &mut vm, &[0x0f, 0x01, 0xf0]).kind,
+            Intercepted::Lmsw { value: 0x0011 }
+        );
+        // invlpg [ebx+0x10] with EBX = 0x5000
+        cpu.gprs[3] = 0x5000;
+        let i = run(&cpu, &mut vm, &[0x0f, 0x01, 0x7b, 0x10]);
+        assert_eq!(i.kind, Intercepted::Invlpg { linear: 0x5010 });
+        assert_eq!(i.next_rip, 0x8004);
+        // Not an intercepted instruction: an error naming the bytes.
+        vm.memory_mut().write(0x8000, &[0x90]).unwrap();
+        assert!(decode_intercepted(&cpu, vm.memory_mut()).is_err());
+    }
+
+    #[test]
+    fn sixty_four_bit_forms_read_through_the_guest_page_tables() {
+        let (_, mut vm) = vm();
+        level4_tables(&mut vm);
+        pte(&mut vm, 0x12, 0x2_0000 | P | RW | A | D);
+        let mut cpu = RegisterFile::long_mode(PML4);
+        cpu.rip = 0x12_ff0;
+        cpu.gprs[9] = 0x1234_5000;
+        // mov cr3, r9 at linear 0x12ff0 (guest-physical 0x20ff0)
+        vm.memory_mut()
+            .write(0x2_0ff0, &[0x41, 0x0f, 0x22, 0xd9])
+            .unwrap();
+        let i = decode_intercepted(&cpu, vm.memory_mut()).unwrap();
+        assert_eq!(
+            i.kind,
+            Intercepted::MovToCr {
+                cr: 3,
+                value: 0x1234_5000
+            }
+        );
+        assert_eq!(i.next_rip, 0x12_ff4);
+        // invlpg [rip+0x100]
+        vm.memory_mut()
+            .write(0x2_0ff0, &[0x0f, 0x01, 0x3d, 0x00, 0x01, 0x00, 0x00])
+            .unwrap();
+        let i = decode_intercepted(&cpu, vm.memory_mut()).unwrap();
+        assert_eq!(
+            i.kind,
+            Intercepted::Invlpg {
+                linear: 0x12_ff7 + 0x100
+            }
+        );
+    }
+}
+
+/// A small deterministic generator for the random-operations test.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn random_page_table_edits_faults_and_switches_keep_every_leaf_coherent() {
+    use crate::paging::{PagingMode, CR4_PSE};
+    for seed in 1..=20u64 {
+        let (host, mut vm) = vm();
+        let mut rng = XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        // Tables live in frames 0..4 (only entries 0..8 are ever used);
+        // entries point at frames 0..12 (tables among them), the LAPIC
+        // page, or nowhere, with random flags (mostly present).
+        let entry = |rng: &mut XorShift| -> u64 {
+            let frame = match rng.below(16) {
+                0 => 0xfee0_0000,
+                1 => 0x4000_0000,
+                _ => rng.below(12) << 12,
+            };
+            let mut flags = rng.next() & (RW | US | A | D | PS);
+            if rng.below(8) != 0 {
+                flags |= P;
+            }
+            if rng.below(16) == 0 {
+                flags |= XD;
+            }
+            frame | flags
+        };
+        for frame in 0..12u64 {
+            for i in 0..16 {
+                let e = entry(&mut rng);
+                put64(&mut vm, (frame << 12) + i * 8, e);
+            }
+        }
+        let linears: alloc::vec::Vec<u64> = (0..48)
+            .map(|_| {
+                (rng.below(2) << 39)
+                    | (rng.below(4) << 30)
+                    | (rng.below(2) << 22)
+                    | (rng.below(2) << 21)
+                    | (rng.below(4) << 12)
+            })
+            .collect();
+        let mut pager = ShadowPager::new(ShadowConfig {
+            budget_pages: 4 + rng.below(24) as usize,
+        });
+        let modes = [
+            ControlRegisters {
+                cr0: 0x10,
+                ..ControlRegisters::default()
+            },
+            ControlRegisters {
+                cr0: CR0_PE | CR0_PG | CR0_WP,
+                cr3: 0,
+                cr4: CR4_PSE,
+                efer: 0,
+            },
+            ControlRegisters {
+                cr0: CR0_PE | CR0_PG,
+                cr3: 0,
+                cr4: CR4_PAE,
+                efer: EFER_NXE,
+            },
+            long_control(0),
+        ];
+        let mut control = modes[3];
+        control.cr3 = 0x1000;
+        pager.activate(&*host, &control).unwrap();
+        let mut faults = 0;
+        let mut fills = 0;
+        for step in 0..600 {
+            match rng.below(10) {
+                0..=4 => {
+                    let linear = linears[rng.below(linears.len() as u64) as usize];
+                    let code = (rng.next() as u32) & (PF_WRITE | PF_USER | PF_FETCH);
+                    let out = match pager.handle_fault(
+                        &*host,
+                        vm.memory_mut(),
+                        &control,
+                        fault(linear, code),
+                    ) {
+                        Ok(out) => out,
+                        // A guest table in a hole: the VM would stop.
+                        Err(ShadowError::TableUnreachable { .. }) => continue,
+                        Err(e) => panic!("seed {seed} step {step}: {e}"),
+                    };
+                    faults += 1;
+                    if out == FaultOutcome::Filled {
+                        fills += 1;
+                        assert!(pager.shadow_entry(linear).is_some());
+                    }
+                }
+                5..=7 => {
+                    // The guest (through the emulator) rewrites an entry.
+                    let gpa = (rng.below(4) << 12) + rng.below(8) * 8;
+                    let e = entry(&mut rng);
+                    if rng.below(2) == 0 {
+                        put64(&mut vm, gpa, e);
+                        pager.guest_wrote(gpa, 8);
+                    } else {
+                        let gpa = gpa + 4 * rng.below(2);
+                        put32(&mut vm, gpa, e as u32);
+                        pager.guest_wrote(gpa, 4);
+                    }
+                }
+                8 => {
+                    control = modes[rng.below(4) as usize];
+                    control.cr3 = rng.below(4) << 12;
+                    pager.activate(&*host, &control).unwrap();
+                }
+                _ => pager.invlpg(linears[rng.below(linears.len() as u64) as usize]),
+            }
+            for &l in &linears {
+                if let Err(e) = pager.verify(vm.memory(), &control, l) {
+                    panic!(
+                        "seed {seed} step {step} mode {:?}: {e}",
+                        control.paging_mode()
+                    );
+                }
+            }
+        }
+        assert!(
+            faults > 100 && fills > 0,
+            "seed {seed}: {faults} faults, {fills} fills"
+        );
+        assert!(pager.pages_allocated() <= 28);
+        let _ = PagingMode::Disabled;
+    }
+}
+
+#[test]
+fn neighbours_already_accessed_are_prefetched_and_the_others_are_not() {
+    let mut f = Fixture::level4();
+    // PTEs 0x10..0x14: accessed (0x11 also dirty), 0x14 not accessed.
+    for i in 0x10..0x14u64 {
+        pte(&mut f.vm, i, (0x80 + i) << 12 | P | RW | A);
+    }
+    pte(&mut f.vm, 0x11, (0x80 + 0x11) << 12 | P | RW | A | D);
+    pte(&mut f.vm, 0x14, (0x80 + 0x14) << 12 | P | RW);
+    assert_eq!(f.fault(0x10_000, 0), FaultOutcome::Filled);
+    assert_eq!(f.pager.stats().fills, 1);
+    assert_eq!(f.pager.stats().prefetches, 3);
+    // Prefetched with the rights the guest entries allow now: 0x11 is
+    // dirty (writable), 0x12 is not (read-only until its first write).
+    let h = host_of(&f.vm, 0x91_000);
+    assert_eq!(f.pager.shadow_entry(0x11_000), Some(h | P | RW | A | D));
+    assert_eq!(f.pager.shadow_entry(0x12_000).unwrap() & RW, 0);
+    // Not accessed: not mapped, and its accessed bit still clear.
+    assert_eq!(f.pager.shadow_entry(0x14_000), None);
+    assert_eq!(get64(&f.vm, PT + 0x14 * 8) & A, 0);
+    // A large page: its neighbours come from the same entry.
+    assert_eq!(f.fault(0x20_5000, 0), FaultOutcome::Filled);
+    let h = host_of(&f.vm, 0x40_6000);
+    assert_eq!(f.pager.shadow_entry(0x20_6000), Some(h | P | US | A));
+    // Editing a prefetched entry's PTE invalidates it like any other.
+    f.pager.guest_wrote(PT + 0x11 * 8, 8);
+    assert_eq!(f.pager.shadow_entry(0x11_000), None);
+    assert!(f.pager.shadow_entry(0x12_000).is_some());
+}
+
+#[test]
+fn a_tree_started_over_for_room_keeps_the_new_leafs_dependencies() {
+    // Found by the fuzzer: with a budget of one path, the second fill
+    // restarts the tree, which used to drop the dependencies it had just
+    // recorded, so a later edit of the guest's PTE left the leaf stale.
+    let (host, mut vm) = vm();
+    let control = level4_tables(&mut vm);
+    put64(&mut vm, PML4 + 8, PDPT | P | RW | US | A);
+    pte(&mut vm, 0x10, 0x8_0000 | P | RW | A | D);
+    let mut pager = ShadowPager::new(ShadowConfig { budget_pages: 4 });
+    pager.activate(&*host, &control).unwrap();
+    let other = (1u64 << 39) + 0x10_000;
+    for a in [0x10_000, other] {
+        let out = pager
+            .handle_fault(&*host, vm.memory_mut(), &control, fault(a, 0))
+            .unwrap();
+        assert_eq!(out, FaultOutcome::Filled);
+    }
+    assert!(pager.stats().evictions >= 1, "{:?}", pager.stats());
+    assert!(pager.shadow_entry(other).is_some());
+    put64(&mut vm, PT + 0x80, 0x9_0000 | P | RW | A | D);
+    pager.guest_wrote(PT + 0x80, 8);
+    assert_eq!(pager.shadow_entry(other), None);
+    pager.verify(vm.memory(), &control, other).unwrap();
+}

@@ -1,0 +1,204 @@
+//! `cargo xtask bench paging`: shadow paging against nested paging, in one
+//! run, on the bare-metal host under QEMU TCG (SVM; `paging=shadow` leaves
+//! NPT unused): the default Linux CD booted to its init marker, then a
+//! page-table-heavy workload (the init forks, execs and exits 200
+//! processes), with the shadow pager's counters (faults, fills, reflected
+//! faults, page-table writes, cache hits and misses, evictions).
+//!
+//! The workload runs from a variant of the default CD whose ISOLINUX
+//! command line adds `vmm_workload=forkloop` (the init's switch); the
+//! variant is derived from the cached `linux.iso` with xorriso, so both
+//! runs boot the same kernel and initramfs.
+
+use crate::kernel::{self, GuestImage};
+use crate::qemu;
+use crate::system::{output, Error, Result};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const MARKER: &str = "VMM-CD-INIT-MARKER: user space reached";
+const WORKLOAD_START: &str = "VMM-CD-WORKLOAD: start";
+const WORKLOAD_DONE: &str = "VMM-CD-WORKLOAD: done";
+const TIMEOUT: Duration = Duration::from_secs(1200);
+
+/// Every console line of `cmd` with the time it arrived, until QEMU exits.
+fn timed_lines(mut cmd: Command) -> Result<Vec<(Duration, String)>> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| Error::msg(format!("cannot start qemu-system-x86_64: {e}")))?;
+    let start = Instant::now();
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::msg("no QEMU console"))?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(std::io::Result::ok) {
+            if tx.send((start.elapsed(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => lines.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            break;
+        }
+    }
+    let _ = child.wait();
+    Ok(lines)
+}
+
+/// The default CD with `vmm_workload=forkloop` on the kernel command line
+/// (cached next to it, rebuilt when the CD is newer).
+fn workload_iso(default_iso: &Path) -> Result<PathBuf> {
+    let dir = default_iso
+        .parent()
+        .ok_or_else(|| Error::msg("the CD image has no directory"))?;
+    let iso = dir.join("linux-forkloop.iso");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&iso).is_some() && modified(&iso) >= modified(default_iso) {
+        return Ok(iso);
+    }
+    let cfg_in = crate::system::root().join("xtask/assets/linux-cd/isolinux.cfg");
+    let cfg = std::fs::read_to_string(&cfg_in)
+        .map_err(|e| Error::msg(format!("{}: {e}", cfg_in.display())))?;
+    let mut patched = String::new();
+    for line in cfg.lines() {
+        patched.push_str(line);
+        if line.trim_start().starts_with("APPEND") {
+            patched.push_str(" vmm_workload=forkloop");
+        }
+        patched.push('\n');
+    }
+    let cfg_out = dir.join("isolinux-forkloop.cfg");
+    std::fs::write(&cfg_out, patched)
+        .map_err(|e| Error::msg(format!("{}: {e}", cfg_out.display())))?;
+    let _ = std::fs::remove_file(&iso);
+    output(
+        Command::new("xorriso")
+            .arg("-indev")
+            .arg(default_iso)
+            .arg("-outdev")
+            .arg(&iso)
+            .args(["-boot_image", "any", "replay", "-map"])
+            .arg(&cfg_out)
+            .arg("/isolinux/isolinux.cfg"),
+        "xorriso (the workload CD)",
+    )?;
+    Ok(iso)
+}
+
+/// What one boot measured.
+struct Run {
+    marker: Duration,
+    workload: Duration,
+    lines: Vec<String>,
+}
+
+fn boot(elf: &Path, seabios: &Path, iso: &Path, paging: &str) -> Result<Run> {
+    let modules = [
+        GuestImage {
+            name: "bios".into(),
+            path: seabios.to_path_buf(),
+        },
+        GuestImage {
+            name: "cdrom".into(),
+            path: iso.to_path_buf(),
+        },
+    ];
+    eprintln!("xtask: booting the workload CD under the VMM with {paging} paging");
+    let lines = timed_lines(qemu::direct_command(
+        elf,
+        &format!("guest_mem=256M vms=1 paging={paging}"),
+        &modules,
+        512,
+    )?)?;
+    let at = |what: &str| {
+        lines
+            .iter()
+            .find(|(_, l)| l.contains(what))
+            .map(|(t, _)| *t)
+            .ok_or_else(|| {
+                let tail: Vec<&str> = lines
+                    .iter()
+                    .rev()
+                    .take(20)
+                    .rev()
+                    .map(|(_, l)| l.as_str())
+                    .collect();
+                Error::msg(format!(
+                    "{paging} paging: the guest never printed '{what}'; last lines:\n{}",
+                    tail.join("\n")
+                ))
+            })
+    };
+    let marker = at(MARKER)?;
+    let workload = at(WORKLOAD_DONE)?.saturating_sub(at(WORKLOAD_START)?);
+    Ok(Run {
+        marker,
+        workload,
+        lines: lines.into_iter().map(|(_, l)| l).collect(),
+    })
+}
+
+/// Entry point.
+pub fn run() -> Result<()> {
+    qemu::ensure()?;
+    let images = crate::images::fetch()?;
+    let elf = kernel::build()?;
+    let iso = workload_iso(&images.linux_iso)?;
+    let nested = boot(&elf, &images.seabios, &iso, "nested")?;
+    let shadow = boot(&elf, &images.seabios, &iso, "shadow")?;
+    let ratio = |s: Duration, n: Duration| s.as_secs_f64() / n.as_secs_f64().max(1e-9);
+    println!(
+        "shadow against nested paging (SVM in QEMU TCG), {}:",
+        iso.display()
+    );
+    println!(
+        "  boot to the init marker      nested {:>8.2} s   shadow {:>8.2} s   {:>5.2}x (target: 2x)",
+        nested.marker.as_secs_f64(),
+        shadow.marker.as_secs_f64(),
+        ratio(shadow.marker, nested.marker)
+    );
+    println!(
+        "  fork/exec/exit 200 processes nested {:>8.2} s   shadow {:>8.2} s   {:>5.2}x",
+        nested.workload.as_secs_f64(),
+        shadow.workload.as_secs_f64(),
+        ratio(shadow.workload, nested.workload)
+    );
+    match shadow
+        .lines
+        .iter()
+        .find(|l| l.starts_with("shadow paging:"))
+    {
+        Some(counters) => println!("  whole shadow run: {counters}"),
+        None => println!("  (the host printed no shadow paging counters)"),
+    }
+    for (name, run) in [("nested", &nested), ("shadow", &shadow)] {
+        let exits: Vec<&String> = run
+            .lines
+            .iter()
+            .skip_while(|l| !l.starts_with("exits:"))
+            .take_while(|l| l.starts_with("exits:") || l.starts_with("  "))
+            .take(12)
+            .collect();
+        println!("  {name} paging exits:");
+        for l in exits {
+            println!("    {}", l.trim());
+        }
+    }
+    Ok(())
+}

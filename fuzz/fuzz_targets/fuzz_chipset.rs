@@ -345,9 +345,13 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
                 lapic.set_cr8(u64::from(v));
                 let _ = lapic.cr8();
             }
-            Op::ApicBase(v) => lapic.set_apic_base(v),
+            Op::ApicBase(v) => {
+                lapic.set_apic_base(v);
+                vm.timers_changed();
+            }
             Op::TscDeadline(d) => {
-                lapic.set_tsc_deadline_ns(d.map(|d| host_now(&host) + u64::from(d)))
+                lapic.set_tsc_deadline_ns(d.map(|d| host_now(&host) + u64::from(d)));
+                vm.timers_changed();
             }
             Op::Keys(k) => {
                 if let Some(kbd) = vm.devices_mut().device_mut::<I8042>(i8042_id) {

@@ -99,6 +99,12 @@ pub struct Vm {
     reset_requested: bool,
     retry_requested: bool,
     direct_ports: Vec<Arc<DirectPorts>>,
+    /// Per device: when its timer wants the next poll (`u64::MAX`: never),
+    /// as it last said.
+    timer_due: Vec<u64>,
+    /// Per device: accessed (or changed by the host) since its last poll, so
+    /// its answer may be stale.
+    timer_stale: Vec<bool>,
 }
 
 impl Vm {
@@ -115,6 +121,8 @@ impl Vm {
             reset_requested: false,
             retry_requested: false,
             direct_ports: Vec::new(),
+            timer_due: Vec::new(),
+            timer_stale: Vec::new(),
         }
     }
 
@@ -151,6 +159,9 @@ impl Vm {
 
     /// The device manager, mutably.
     pub fn devices_mut(&mut self) -> &mut DeviceManager {
+        // The host may change any device (reset, reconfigure): ask every
+        // timer again at the next poll.
+        self.timer_stale.fill(true);
         &mut self.devices
     }
 
@@ -223,7 +234,7 @@ impl Vm {
     pub fn port_read(&mut self, port: u16, data: &mut [u8]) -> Option<DeviceId> {
         self.retry_requested = false;
         let id = self.devices.port_read(dispatch_env!(self), port, data);
-        self.apply_requests(id);
+        self.accessed(id);
         id
     }
 
@@ -232,7 +243,7 @@ impl Vm {
     pub fn port_write(&mut self, port: u16, data: &[u8]) -> Option<DeviceId> {
         self.retry_requested = false;
         let id = self.devices.port_write(dispatch_env!(self), port, data);
-        self.apply_requests(id);
+        self.accessed(id);
         id
     }
 
@@ -248,7 +259,7 @@ impl Vm {
         let id = self
             .devices
             .port_read_string(dispatch_env!(self), port, size, data);
-        self.apply_requests(id);
+        self.accessed(id);
         id
     }
 
@@ -259,21 +270,21 @@ impl Vm {
         let id = self
             .devices
             .port_write_string(dispatch_env!(self), port, size, data);
-        self.apply_requests(id);
+        self.accessed(id);
         id
     }
 
     /// The guest read MMIO at `gpa` (after decoding the faulting access).
     pub fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> Option<DeviceId> {
         let id = self.devices.mmio_read(dispatch_env!(self), gpa, data);
-        self.apply_requests(id);
+        self.accessed(id);
         id
     }
 
     /// The guest wrote MMIO at `gpa`.
     pub fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> Option<DeviceId> {
         let id = self.devices.mmio_write(dispatch_env!(self), gpa, data);
-        self.apply_requests(id);
+        self.accessed(id);
         id
     }
 
@@ -297,18 +308,65 @@ impl Vm {
     /// Let devices with timers do what is due now; returns the earliest time
     /// any of them wants to be polled again.
     pub fn poll_timers(&mut self) -> Option<u64> {
-        let mut next: Option<u64> = None;
-        // One device at a time, so that what a timer asks for (a PCI bus
-        // claiming ports at power-on) is applied as that device's request.
-        for i in 0..self.devices.len() {
+        let count = self.devices.len();
+        if self.timer_due.len() != count {
+            // Devices were added: everyone is asked again.
+            self.timer_due.resize(count, 0);
+            self.timer_stale.clear();
+            self.timer_stale.resize(count, true);
+        }
+        // A device is polled when its time has come or when the guest (or
+        // the host) touched it since it last answered; the others' answers
+        // still hold, so an exit that touches no timer device costs a scan
+        // of this array, not a call into every device.
+        let mut now = None;
+        let mut next = u64::MAX;
+        for i in 0..count {
+            let due = self.timer_due[i];
+            let stale = self.timer_stale[i];
+            if !stale {
+                if due == u64::MAX {
+                    continue;
+                }
+                let now = *now.get_or_insert_with(|| self.host.now_ns());
+                if due > now {
+                    next = next.min(due);
+                    continue;
+                }
+            }
+            // One device at a time, so that what a timer asks for (a PCI bus
+            // claiming ports at power-on) is applied as that device's
+            // request.
             let id = DeviceId(i as u16);
-            let due = self.devices.poll_timer(dispatch_env!(self), id);
+            let due = self
+                .devices
+                .poll_timer(dispatch_env!(self), id)
+                .unwrap_or(u64::MAX);
+            self.timer_due[i] = due;
+            self.timer_stale[i] = false;
             self.apply_requests(Some(id));
-            if let Some(t) = due {
-                next = Some(next.map_or(t, |n| n.min(t)));
+            next = next.min(due);
+        }
+        (next != u64::MAX).then_some(next)
+    }
+
+    /// Something changed a device's timer other than a guest access through
+    /// this VM (a backend writing the LAPIC's TSC deadline through a shared
+    /// handle, say): every timer is asked again at the next poll.
+    pub fn timers_changed(&mut self) {
+        self.timer_stale.fill(true);
+    }
+
+    /// After a guest access that reached `device`: its timer must be asked
+    /// again, and what it asked for is applied.
+    #[inline(always)]
+    fn accessed(&mut self, device: Option<DeviceId>) {
+        if let Some(id) = device {
+            if let Some(stale) = self.timer_stale.get_mut(id.0 as usize) {
+                *stale = true;
             }
         }
-        next
+        self.apply_requests(device);
     }
 
     /// Apply what the device just asked for. Almost always there is nothing:

@@ -368,7 +368,9 @@ impl LapicCore {
 
     /// The guest wrote IA32_TSC_DEADLINE; the backend converted the TSC
     /// value to host time (`None` for a write of 0, which disarms). Ignored
-    /// unless the timer LVT is in TSC-deadline mode.
+    /// unless the timer LVT is in TSC-deadline mode. The caller then tells
+    /// the VM (`Vm::timers_changed`), since no guest access reached the
+    /// LAPIC device.
     pub fn set_tsc_deadline_ns(&self, deadline: Option<u64>) {
         let mut r = self.regs.lock();
         if r.timer_mode() == 2 {

@@ -299,6 +299,7 @@ fn timer_tsc_deadline_mode() {
     r.lapic_write(0x380, 10);
     assert_eq!(r.vm.poll_timers(), None);
     r.cpu.lapic().set_tsc_deadline_ns(Some(5000));
+    r.vm.timers_changed();
     assert_eq!(r.vm.poll_timers(), Some(5000));
     r.host.set_now_ns(5000);
     r.vm.poll_timers();

@@ -82,6 +82,16 @@ fn plain_qemu(iso: &Path) -> Command {
     c
 }
 
+/// How many times each boot is timed.
+const ROUNDS: usize = 3;
+
+/// The middle value (of an odd count; the upper middle otherwise).
+fn median(v: &[Duration]) -> Duration {
+    let mut sorted = v.to_vec();
+    sorted.sort();
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+}
+
 /// Entry point.
 pub fn run() -> Result<()> {
     qemu::ensure()?;
@@ -98,22 +108,47 @@ pub fn run() -> Result<()> {
         },
     ];
 
-    eprintln!("xtask: booting the CD under plain QEMU TCG");
-    let (plain, _) = time_to_marker(plain_qemu(&images.linux_iso))?;
-    eprintln!("xtask: booting the CD under the VMM (bare-metal host in QEMU TCG, SVM + NPT)");
-    let (vmm, lines) = time_to_marker(qemu::direct_command(
-        &elf,
-        "guest_mem=256M vms=1",
-        &modules,
-        512,
-    )?)?;
-
-    println!("boot to the init marker, {}:", images.linux_iso.display());
-    println!("  plain QEMU TCG          {:>8.2} s", plain.as_secs_f64());
-    println!("  VMM (SVM + NPT in TCG)  {:>8.2} s", vmm.as_secs_f64());
+    // Timings under TCG on a shared machine move by 20% from run to run:
+    // interleave the two, several times, and compare medians.
+    let mut plain = Vec::new();
+    let mut vmm = Vec::new();
+    let mut lines = Vec::new();
+    for round in 1..=ROUNDS {
+        eprintln!("xtask: round {round}/{ROUNDS}: the CD under plain QEMU TCG");
+        plain.push(time_to_marker(plain_qemu(&images.linux_iso))?.0);
+        eprintln!("xtask: round {round}/{ROUNDS}: the CD under the VMM (bare-metal host in QEMU TCG, SVM + NPT)");
+        let (t, out) = time_to_marker(qemu::direct_command(
+            &elf,
+            "guest_mem=256M vms=1",
+            &modules,
+            512,
+        )?)?;
+        vmm.push(t);
+        lines = out;
+    }
+    let secs = |v: &[Duration]| -> Vec<String> {
+        v.iter()
+            .map(|d| format!("{:.2}", d.as_secs_f64()))
+            .collect()
+    };
+    let (plain_median, vmm_median) = (median(&plain), median(&vmm));
+    println!(
+        "boot to the init marker, {} (median of {ROUNDS} interleaved runs):",
+        images.linux_iso.display()
+    );
+    println!(
+        "  plain QEMU TCG          {:>8.2} s   (runs: {})",
+        plain_median.as_secs_f64(),
+        secs(&plain).join(", ")
+    );
+    println!(
+        "  VMM (SVM + NPT in TCG)  {:>8.2} s   (runs: {})",
+        vmm_median.as_secs_f64(),
+        secs(&vmm).join(", ")
+    );
     println!(
         "  ratio                   {:>8.2}x (target: 1.5x)",
-        vmm.as_secs_f64() / plain.as_secs_f64()
+        vmm_median.as_secs_f64() / plain_median.as_secs_f64()
     );
     // The host prints the VM's exits and device report after it stops.
     let report: Vec<&String> = lines
@@ -124,7 +159,7 @@ pub fn run() -> Result<()> {
     if report.is_empty() {
         println!("(the host printed no exit statistics)");
     } else {
-        println!("where the VMM's exits went:");
+        println!("where the VMM's exits went (last run):");
         for l in report {
             println!("  {l}");
         }

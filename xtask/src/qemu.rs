@@ -127,14 +127,6 @@ pub fn direct_command(
 ) -> Result<Command> {
     let mut list = Vec::new();
     for m in modules {
-        let path = m.path.to_str().filter(|p| !p.contains([',', ' ']));
-        let Some(path) = path else {
-            return Err(Error::msg(format!(
-                "boot module {}: QEMU's -initrd cannot take a path with a comma or a space; \
-                 move the file",
-                m.path.display()
-            )));
-        };
         if !m.path.is_file() {
             return Err(Error::msg(format!(
                 "boot module '{}': {} does not exist",
@@ -142,7 +134,8 @@ pub fn direct_command(
                 m.path.display()
             )));
         }
-        list.push(format!("{path} {}", m.name));
+        let path = initrd_safe_path(&m.path, &m.name)?;
+        list.push(format!("{} {}", path.display(), m.name));
     }
     let mut c = machine(memory_mib, "stdio");
     c.arg("-kernel").arg(kernel).args(["-append", cmdline]);
@@ -150,6 +143,39 @@ pub fn direct_command(
         c.args(["-initrd", &list.join(",")]);
     }
     Ok(c)
+}
+
+/// `path`, or where QEMU's `-initrd` list can name it: the list is split at
+/// commas and each item at its first space, so a path holding either is
+/// reached through a symbolic link in a temporary directory.
+fn initrd_safe_path(path: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let plain = |p: &Path| p.to_str().is_some_and(|s| !s.contains([',', ' ']));
+    if plain(path) {
+        return Ok(path.to_path_buf());
+    }
+    let dir = std::env::temp_dir().join(format!("vmm-modules-{}", std::process::id()));
+    let link = dir.join(format!(
+        "{}.bin",
+        name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    ));
+    let made = std::fs::create_dir_all(&dir).and_then(|()| {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(std::fs::canonicalize(path)?, &link)
+    });
+    match made {
+        Ok(()) if plain(&link) => Ok(link),
+        Ok(()) => Err(Error::msg(format!(
+            "boot module {}: QEMU's -initrd cannot take a path with a comma or a space, \
+             and the temporary directory {} has one too; set TMPDIR to a plain path",
+            path.display(),
+            dir.display()
+        ))),
+        Err(e) => Err(Error::msg(format!(
+            "boot module {}: cannot link it from {} for QEMU's -initrd: {e}",
+            path.display(),
+            dir.display()
+        ))),
+    }
 }
 
 /// QEMU with an SVM-capable TCG CPU with nested paging, the console on
@@ -180,4 +206,38 @@ pub fn ensure_iso_tools() -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_paths_with_commas_or_spaces_reach_qemu_through_a_link() {
+        let dir = std::env::temp_dir().join(format!("vmm qemu,test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bios image.bin");
+        std::fs::write(&file, b"rom").unwrap();
+        let modules = [GuestImage {
+            name: "bios".into(),
+            path: file.clone(),
+        }];
+        let cmd = direct_command(Path::new("/kernel"), "vms=1", &modules, 64).unwrap();
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let list = &args[args.iter().position(|a| a == "-initrd").unwrap() + 1];
+        let (path, name) = list.split_once(' ').unwrap();
+        assert_eq!(name, "bios");
+        assert!(!path.contains(','), "{list}");
+        assert_eq!(std::fs::read(path).unwrap(), b"rom");
+        let missing = [GuestImage {
+            name: "cdrom".into(),
+            path: dir.join("nothing.iso"),
+        }];
+        let err = direct_command(Path::new("/kernel"), "", &missing, 64).unwrap_err();
+        assert!(err.to_string().contains("'cdrom'"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -6,56 +6,21 @@
 use crate::kernel::{self, GuestImage};
 use crate::qemu;
 use crate::system::{Error, Result};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-const MARKER: &str = "VMM-CD-INIT-MARKER: user space reached";
 const TIMEOUT: Duration = Duration::from_secs(900);
 
-/// Run `cmd`, time until a console line contains `MARKER`, and return that
-/// time and every line printed until QEMU exits.
-fn time_to_marker(mut cmd: Command) -> Result<(Duration, Vec<String>)> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| Error::msg(format!("cannot start qemu-system-x86_64: {e}")))?;
-    let start = Instant::now();
-    let out = child
-        .stdout
-        .take()
-        .ok_or_else(|| Error::msg("no QEMU console"))?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(std::io::Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    let mut marker = None;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                if marker.is_none() && line.contains(MARKER) {
-                    marker = Some(start.elapsed());
-                }
-                lines.push(line);
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        if start.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            break;
-        }
-    }
-    let _ = child.wait();
+/// Run `cmd`, time until a console line contains the init marker, and
+/// return that time and every line printed until QEMU exits.
+fn time_to_marker(cmd: Command) -> Result<(Duration, Vec<String>)> {
+    let lines = qemu::timed_console(cmd, TIMEOUT)?;
+    let marker = lines
+        .iter()
+        .find(|(_, l)| l.contains(qemu::INIT_MARKER))
+        .map(|(t, _)| *t);
+    let lines: Vec<String> = lines.into_iter().map(|(_, l)| l).collect();
     let t = marker.ok_or_else(|| {
         Error::msg(format!(
             "the guest never printed its marker; last lines:\n{}",

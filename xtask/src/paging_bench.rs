@@ -13,53 +13,13 @@
 use crate::kernel::{self, GuestImage};
 use crate::qemu;
 use crate::system::{output, Error, Result};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-const MARKER: &str = "VMM-CD-INIT-MARKER: user space reached";
 const WORKLOAD_START: &str = "VMM-CD-WORKLOAD: start";
 const WORKLOAD_DONE: &str = "VMM-CD-WORKLOAD: done";
 const TIMEOUT: Duration = Duration::from_secs(1200);
-
-/// Every console line of `cmd` with the time it arrived, until QEMU exits.
-fn timed_lines(mut cmd: Command) -> Result<Vec<(Duration, String)>> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| Error::msg(format!("cannot start qemu-system-x86_64: {e}")))?;
-    let start = Instant::now();
-    let out = child
-        .stdout
-        .take()
-        .ok_or_else(|| Error::msg("no QEMU console"))?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(std::io::Result::ok) {
-            if tx.send((start.elapsed(), line)).is_err() {
-                break;
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => lines.push(line),
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        if start.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            break;
-        }
-    }
-    let _ = child.wait();
-    Ok(lines)
-}
 
 /// The default CD with `vmm_workload=forkloop` on the kernel command line
 /// (cached next to it, rebuilt when the CD is newer).
@@ -120,12 +80,15 @@ fn boot(elf: &Path, seabios: &Path, iso: &Path, paging: &str) -> Result<Run> {
         },
     ];
     eprintln!("xtask: booting the workload CD under the VMM with {paging} paging");
-    let lines = timed_lines(qemu::direct_command(
-        elf,
-        &format!("guest_mem=256M vms=1 paging={paging}"),
-        &modules,
-        512,
-    )?)?;
+    let lines = qemu::timed_console(
+        qemu::direct_command(
+            elf,
+            &format!("guest_mem=256M vms=1 paging={paging}"),
+            &modules,
+            512,
+        )?,
+        TIMEOUT,
+    )?;
     let at = |what: &str| {
         lines
             .iter()
@@ -145,7 +108,7 @@ fn boot(elf: &Path, seabios: &Path, iso: &Path, paging: &str) -> Result<Run> {
                 ))
             })
     };
-    let marker = at(MARKER)?;
+    let marker = at(qemu::INIT_MARKER)?;
     let workload = at(WORKLOAD_DONE)?.saturating_sub(at(WORKLOAD_START)?);
     Ok(Run {
         marker,

@@ -3,8 +3,11 @@
 
 use crate::kernel::GuestImage;
 use crate::system::{self, ensure_packages, output, step, Error, Result};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 const SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
 
@@ -176,6 +179,48 @@ fn initrd_safe_path(path: &Path, name: &str) -> Result<std::path::PathBuf> {
             dir.display()
         ))),
     }
+}
+
+/// The line the default CD's init prints when user space is reached.
+pub const INIT_MARKER: &str = "VMM-CD-INIT-MARKER: user space reached";
+
+/// Run `cmd` (QEMU with its console on stdout) and return every console
+/// line with the time it arrived, until QEMU exits or `timeout` passes
+/// (then QEMU is killed). For benchmarks, which time what the guest prints.
+pub fn timed_console(mut cmd: Command, timeout: Duration) -> Result<Vec<(Duration, String)>> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| Error::msg(format!("cannot start qemu-system-x86_64: {e}")))?;
+    let start = Instant::now();
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::msg("no QEMU console"))?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(std::io::Result::ok) {
+            if tx.send((start.elapsed(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => lines.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            break;
+        }
+    }
+    let _ = child.wait();
+    Ok(lines)
 }
 
 /// QEMU with an SVM-capable TCG CPU with nested paging, the console on

@@ -162,6 +162,12 @@ pub fn run<B: VcpuBackend>(
             halted = None;
         }
         let deadline = vm.poll_timers();
+        // When the VMM must have the CPU back: the next device timer or the
+        // end of the slice, whichever is first.
+        let wake = match (deadline, slice.until_ns) {
+            (Some(d), Some(u)) => Some(d.min(u)),
+            (d, u) => d.or(u),
+        };
         if let Some(next_rip) = halted {
             if interrupts.pending() {
                 // HLT completes: the interrupt returns to the next instruction.
@@ -179,21 +185,12 @@ pub fn run<B: VcpuBackend>(
                 // Sleep until the next timer or the end of the slice. If the
                 // slice ends first, RIP is still on the HLT, so the next
                 // slice halts again at once.
-                let wake = match (deadline, slice.until_ns) {
-                    (Some(d), Some(u)) => Some(d.min(u)),
-                    (d, u) => d.or(u),
-                };
                 vm.host().idle(wake);
                 continue;
             }
         }
         deliver(vcpu, interrupts);
-        // The guest must be back by the next device timer and by the end of
-        // the slice, so both can be honoured.
-        let wake = match (deadline, slice.until_ns) {
-            (Some(d), Some(u)) => Some(d.min(u)),
-            (d, u) => d.or(u),
-        };
+        // The guest must be back by then, so both can be honoured.
         vm.host().preempt_at(wake);
         let entered = vm.host().now_ns();
         let exit = vcpu.run(vm);

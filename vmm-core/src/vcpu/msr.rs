@@ -115,7 +115,7 @@ impl MsrFile {
     pub fn read<B: VcpuBackend>(&mut self, vcpu: &B, msr: u32) -> Option<u64> {
         match msr {
             MSR_EFER => vcpu.backend_msr(msr),
-            MSR_TSC => Some(host_tsc().wrapping_add(vcpu.tsc_offset())),
+            MSR_TSC => Some(guest_tsc(vcpu)),
             MSR_KVM_WALL_CLOCK_NEW => Some(self.kvm_wall_clock),
             MSR_KVM_SYSTEM_TIME_NEW => Some(self.kvm_system_time),
             MSR_APIC_BASE => Some(APIC_BASE_VALUE),
@@ -150,7 +150,7 @@ impl MsrFile {
             // accepts only the value it already has (harmless).
             MSR_TSC => {
                 let offset = value.wrapping_sub(host_tsc());
-                vcpu.set_tsc_offset(offset) || value == host_tsc().wrapping_add(vcpu.tsc_offset())
+                vcpu.set_tsc_offset(offset) || value == guest_tsc(vcpu)
             }
             MSR_KVM_WALL_CLOCK_NEW | MSR_KVM_SYSTEM_TIME_NEW => {
                 let Some(tsc_khz) = vm.host().tsc_khz() else {
@@ -215,7 +215,7 @@ impl MsrFile {
 fn write_system_time<B: VcpuBackend>(vcpu: &B, vm: &mut Vm, gpa: u64, tsc_khz: u32) {
     let (mul, shift) = pvclock_scale(tsc_khz);
     let now_ns = vm.host().now_ns();
-    let tsc = host_tsc().wrapping_add(vcpu.tsc_offset());
+    let tsc = guest_tsc(vcpu);
     let mut rec = [0u8; 32];
     rec[0..4].copy_from_slice(&2u32.to_le_bytes()); // version: even = stable
     rec[8..16].copy_from_slice(&tsc.to_le_bytes());
@@ -226,6 +226,12 @@ fn write_system_time<B: VcpuBackend>(vcpu: &B, vm: &mut Vm, gpa: u64, tsc_khz: u
     if vm.memory_mut().write(gpa, &rec).is_err() {
         log::debug!("kvmclock time info at {gpa:#x}: not RAM, nothing written");
     }
+}
+
+/// The TSC as the guest of `vcpu` reads it: the host's plus the backend's
+/// offset.
+fn guest_tsc<B: VcpuBackend>(vcpu: &B) -> u64 {
+    host_tsc().wrapping_add(vcpu.tsc_offset())
 }
 
 /// The host's time-stamp counter.

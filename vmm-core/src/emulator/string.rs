@@ -223,6 +223,23 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
         }
     }
 
+    /// The guest-physical address of the element at `seg:first` of a run
+    /// whose other end is the element at `seg:last`, both checked for
+    /// `kind` and each inside one page; `None` sends the caller to the
+    /// one-at-a-time path, which raises any fault at the exact iteration.
+    fn run_start(
+        &mut self,
+        seg: Segment,
+        first: u64,
+        last: u64,
+        size: usize,
+        kind: AccessKind,
+    ) -> Option<u64> {
+        let start = self.prepare(seg, first, size, kind).ok()?.single()?;
+        self.prepare(seg, last, size, kind).ok()?.single()?;
+        Some(start)
+    }
+
     /// A run of REP INS/OUTS iterations (upwards, DF clear) whose memory
     /// side lies inside one page of RAM: checked and translated once (first
     /// and last element, before the port is touched), then the port moves
@@ -255,22 +272,9 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             return Ok(0);
         }
         let size64 = size as u64;
-        let span = (n - 1) * size64;
-        let Some(first) = self
-            .prepare(seg, off, size, kind)
-            .ok()
-            .and_then(|r| r.single())
-        else {
+        let Some(first) = self.run_start(seg, off, off + (n - 1) * size64, size, kind) else {
             return Ok(0);
         };
-        if self
-            .prepare(seg, off + span, size, kind)
-            .ok()
-            .and_then(|r| r.single())
-            .is_none()
-        {
-            return Ok(0);
-        }
         let bytes = (n * size64) as usize;
         if !self.bus.is_ram(first, bytes) {
             return Ok(0);
@@ -323,16 +327,11 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
         }
         let span = (n - 1) * size64;
         let last = |off: u64| if down { off - span } else { off + span };
-        let range = |ctx: &mut Self, seg: Segment, off: u64, kind: AccessKind| -> Option<u64> {
-            let first = ctx.prepare(seg, off, size, kind).ok()?.single()?;
-            ctx.prepare(seg, last(off), size, kind).ok()?.single()?;
-            Some(first)
-        };
-        let Some(dst) = range(self, Segment::Es, rdi, AccessKind::Write) else {
+        let Some(dst) = self.run_start(Segment::Es, rdi, last(rdi), size, AccessKind::Write) else {
             return Ok(0);
         };
         let src = if op == StringOp::Movs {
-            match range(self, src_seg, rsi, AccessKind::Read) {
+            match self.run_start(src_seg, rsi, last(rsi), size, AccessKind::Read) {
                 Some(src) => Some(src),
                 None => return Ok(0),
             }

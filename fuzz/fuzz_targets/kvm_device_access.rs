@@ -9,16 +9,14 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use std::collections::VecDeque;
 use std::sync::Arc;
-use vmm_core::emulator::{CpuState, RegisterFile, Segment, SegmentRegister};
+use vmm_core::emulator::RegisterFile;
 use vmm_core::irq::UnconnectedLine;
-use vmm_core::paging::ControlRegisters;
-use vmm_core::test_host::{TestHost, TestVmBuilder};
+use vmm_core::test_host::{ReplayVcpu, TestHost, TestVmBuilder};
 use vmm_core::vcpu::{
-    run, AccessTarget, DeviceAccess, Event, Exit, MsrFile, NoInterrupts, Slice, VcpuBackend,
+    run, AccessTarget, DeviceAccess, MsrFile, NoInterrupts, Slice,
 };
-use vmm_core::vm::{StopReason, Vm};
+use vmm_core::vm::StopReason;
 use vmm_devices::pic::{Pic, PicPair};
 use vmm_devices::uart::{NullBackend, Uart};
 
@@ -33,74 +31,6 @@ struct Access {
     count: u32,
     write: bool,
     data: Vec<u8>,
-}
-
-struct Replay {
-    regs: RegisterFile,
-    script: VecDeque<(DeviceAccess, Vec<u8>)>,
-    buffer: Vec<u8>,
-}
-
-impl CpuState for Replay {
-    fn gpr(&self, i: usize) -> u64 {
-        self.regs.gpr(i)
-    }
-    fn set_gpr(&mut self, i: usize, v: u64) {
-        self.regs.set_gpr(i, v)
-    }
-    fn rip(&self) -> u64 {
-        self.regs.rip
-    }
-    fn set_rip(&mut self, v: u64) {
-        self.regs.rip = v
-    }
-    fn rflags(&self) -> u64 {
-        self.regs.rflags
-    }
-    fn set_rflags(&mut self, v: u64) {
-        self.regs.rflags = v
-    }
-    fn segment(&self, s: Segment) -> SegmentRegister {
-        self.regs.segment(s)
-    }
-    fn control(&self) -> ControlRegisters {
-        self.regs.control
-    }
-    fn xmm(&self, i: usize) -> u128 {
-        self.regs.xmm(i)
-    }
-    fn set_xmm(&mut self, i: usize, v: u128) {
-        self.regs.set_xmm(i, v)
-    }
-}
-
-impl VcpuBackend for Replay {
-    fn run(&mut self, _vm: &mut Vm) -> Exit {
-        match self.script.pop_front() {
-            Some((a, data)) => {
-                self.buffer = data;
-                Exit::DeviceAccess(a)
-            }
-            None => Exit::Preempted,
-        }
-    }
-    fn access_data(&mut self) -> &mut [u8] {
-        &mut self.buffer
-    }
-    fn inject(&mut self, _: Event) -> bool {
-        true
-    }
-    fn interrupts_open(&self) -> bool {
-        false
-    }
-    fn backend_msr(&self, _: u32) -> Option<u64> {
-        None
-    }
-    fn set_backend_msr(&mut self, _: u32, _: u64) -> bool {
-        false
-    }
-    fn reset(&mut self) {}
-    fn request_interrupt_window(&mut self, _: bool) {}
 }
 
 fuzz_target!(|accesses: Vec<Access>| {
@@ -119,7 +49,7 @@ fuzz_target!(|accesses: Vec<Access>| {
     else {
         return;
     };
-    let script = accesses
+    let script: Vec<(DeviceAccess, Vec<u8>)> = accesses
         .into_iter()
         .take(64)
         .map(|a| {
@@ -141,11 +71,7 @@ fuzz_target!(|accesses: Vec<Access>| {
             )
         })
         .collect();
-    let mut cpu = Replay {
-        regs: RegisterFile::real_mode(),
-        script,
-        buffer: Vec::new(),
-    };
+    let mut cpu = ReplayVcpu::new(RegisterFile::real_mode(), script);
     let _ = run(
         &mut cpu,
         &mut vm,

@@ -8,11 +8,15 @@
 //! one expression.
 
 use crate::device::{ClaimError, Device, DeviceId};
+use crate::emulator::{CpuState, RegisterFile, Segment, SegmentRegister};
 use crate::host::{Host, HostError, HostMemory, HostPhysAddr};
 use crate::irq::IrqLine;
 use crate::memory::{GuestMemory, MemoryError};
+use crate::paging::ControlRegisters;
+use crate::vcpu::{DeviceAccess, Event, Exit, VcpuBackend};
 use crate::vm::{Vm, VmId};
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -305,4 +309,99 @@ impl TestVmBuilder {
         }
         Ok(vm)
     }
+}
+
+/// A vCPU backend for tests and fuzzers that replays device-access exits
+/// (`Exit::DeviceAccess`, as KVM reports them) with their data buffers, in
+/// order, then reports `Exit::Preempted`. What the exit loop left in each
+/// access's buffer is kept in [`ReplayVcpu::completed`]. It takes no
+/// interrupts and has no backend MSRs.
+pub struct ReplayVcpu {
+    /// The registers the exit loop and the emulator see.
+    pub regs: RegisterFile,
+    script: VecDeque<(DeviceAccess, Vec<u8>)>,
+    buffer: Vec<u8>,
+    /// The buffer of every access the loop completed, in order.
+    pub completed: Vec<Vec<u8>>,
+}
+
+impl ReplayVcpu {
+    /// A vCPU with `regs` that will report the accesses of `script`.
+    pub fn new(
+        regs: RegisterFile,
+        script: impl IntoIterator<Item = (DeviceAccess, Vec<u8>)>,
+    ) -> Self {
+        Self {
+            regs,
+            script: script.into_iter().collect(),
+            buffer: Vec::new(),
+            completed: Vec::new(),
+        }
+    }
+}
+
+impl CpuState for ReplayVcpu {
+    fn gpr(&self, i: usize) -> u64 {
+        self.regs.gpr(i)
+    }
+    fn set_gpr(&mut self, i: usize, v: u64) {
+        self.regs.set_gpr(i, v)
+    }
+    fn rip(&self) -> u64 {
+        self.regs.rip
+    }
+    fn set_rip(&mut self, v: u64) {
+        self.regs.rip = v
+    }
+    fn rflags(&self) -> u64 {
+        self.regs.rflags
+    }
+    fn set_rflags(&mut self, v: u64) {
+        self.regs.rflags = v
+    }
+    fn segment(&self, s: Segment) -> SegmentRegister {
+        self.regs.segment(s)
+    }
+    fn control(&self) -> ControlRegisters {
+        self.regs.control
+    }
+    fn xmm(&self, i: usize) -> u128 {
+        self.regs.xmm(i)
+    }
+    fn set_xmm(&mut self, i: usize, v: u128) {
+        self.regs.set_xmm(i, v)
+    }
+}
+
+impl VcpuBackend for ReplayVcpu {
+    fn run(&mut self, _vm: &mut Vm) -> Exit {
+        // The previous access is complete: keep what the loop put there.
+        if !self.buffer.is_empty() {
+            self.completed.push(core::mem::take(&mut self.buffer));
+        }
+        match self.script.pop_front() {
+            Some((access, data)) => {
+                self.buffer = data;
+                Exit::DeviceAccess(access)
+            }
+            None => Exit::Preempted,
+        }
+    }
+    fn access_data(&mut self) -> &mut [u8] {
+        &mut self.buffer
+    }
+    fn inject(&mut self, _event: Event) -> bool {
+        true
+    }
+    fn interrupts_open(&self) -> bool {
+        false
+    }
+    fn backend_msr(&self, _msr: u32) -> Option<u64> {
+        None
+    }
+    fn set_backend_msr(&mut self, _msr: u32, _value: u64) -> bool {
+        false
+    }
+    fn reset(&mut self) {}
+    fn request_interrupt_window(&mut self, _on: bool) {}
 }

@@ -3,93 +3,13 @@
 //! the devices and exchanges the bytes through `VcpuBackend::access_data`,
 //! without touching registers or RIP; a malformed access stops the VM.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use vmm_core::device::{Device, DeviceContext, DeviceId, Mmio, PortIo};
-use vmm_core::emulator::{CpuState, RegisterFile, Segment, SegmentRegister};
-use vmm_core::paging::ControlRegisters;
+use vmm_core::emulator::{CpuState, RegisterFile};
 use vmm_core::stats::ExitKind;
-use vmm_core::test_host::{TestHost, TestVmBuilder};
-use vmm_core::vcpu::{
-    run, AccessTarget, DeviceAccess, Event, Exit, MsrFile, NoInterrupts, RunOutcome, Slice,
-    VcpuBackend,
-};
+use vmm_core::test_host::{ReplayVcpu, TestHost, TestVmBuilder};
+use vmm_core::vcpu::{run, AccessTarget, DeviceAccess, MsrFile, NoInterrupts, RunOutcome, Slice};
 use vmm_core::vm::{StopReason, Vm};
-
-/// A backend replaying device accesses with their data, recording what the
-/// exit loop left in the buffer of each.
-struct Replay {
-    regs: RegisterFile,
-    script: VecDeque<(DeviceAccess, Vec<u8>)>,
-    buffer: Vec<u8>,
-    completed: Vec<Vec<u8>>,
-}
-
-impl CpuState for Replay {
-    fn gpr(&self, i: usize) -> u64 {
-        self.regs.gpr(i)
-    }
-    fn set_gpr(&mut self, i: usize, v: u64) {
-        self.regs.set_gpr(i, v)
-    }
-    fn rip(&self) -> u64 {
-        self.regs.rip
-    }
-    fn set_rip(&mut self, v: u64) {
-        self.regs.rip = v
-    }
-    fn rflags(&self) -> u64 {
-        self.regs.rflags
-    }
-    fn set_rflags(&mut self, v: u64) {
-        self.regs.rflags = v
-    }
-    fn segment(&self, s: Segment) -> SegmentRegister {
-        self.regs.segment(s)
-    }
-    fn control(&self) -> ControlRegisters {
-        self.regs.control
-    }
-    fn xmm(&self, i: usize) -> u128 {
-        self.regs.xmm(i)
-    }
-    fn set_xmm(&mut self, i: usize, v: u128) {
-        self.regs.set_xmm(i, v)
-    }
-}
-
-impl VcpuBackend for Replay {
-    fn run(&mut self, _vm: &mut Vm) -> Exit {
-        // The previous access is complete: keep what the loop put there.
-        if !self.buffer.is_empty() {
-            self.completed.push(std::mem::take(&mut self.buffer));
-        }
-        match self.script.pop_front() {
-            Some((access, data)) => {
-                self.buffer = data;
-                Exit::DeviceAccess(access)
-            }
-            None => Exit::Preempted,
-        }
-    }
-    fn access_data(&mut self) -> &mut [u8] {
-        &mut self.buffer
-    }
-    fn inject(&mut self, _event: Event) -> bool {
-        true
-    }
-    fn interrupts_open(&self) -> bool {
-        false
-    }
-    fn backend_msr(&self, _msr: u32) -> Option<u64> {
-        None
-    }
-    fn set_backend_msr(&mut self, _msr: u32, _value: u64) -> bool {
-        false
-    }
-    fn reset(&mut self) {}
-    fn request_interrupt_window(&mut self, _on: bool) {}
-}
 
 /// Port 0x60 counts up on every read; writes and MMIO writes are logged.
 #[derive(Default)]
@@ -154,9 +74,9 @@ fn machine() -> Vm {
 #[test]
 fn port_string_io_memory_and_mmio_pieces_reach_the_right_places() {
     let mut vm = machine();
-    let mut cpu = Replay {
-        regs: RegisterFile::real_mode(),
-        script: VecDeque::from([
+    let mut cpu = ReplayVcpu::new(
+        RegisterFile::real_mode(),
+        [
             // REP INSW of three words: three reads, in order.
             (access(AccessTarget::Port(0x60), 2, 3, false), vec![0; 6]),
             // OUTSB of two bytes.
@@ -179,10 +99,8 @@ fn port_string_io_memory_and_mmio_pieces_reach_the_right_places() {
                 access(AccessTarget::Memory(0xf_0000), 2, 1, false),
                 vec![0; 2],
             ),
-        ]),
-        buffer: Vec::new(),
-        completed: Vec::new(),
-    };
+        ],
+    );
     let rip = cpu.rip();
     let out = run(
         &mut cpu,
@@ -232,12 +150,7 @@ fn an_access_whose_data_does_not_match_its_shape_stops_the_vm() {
         ),
     ] {
         let mut vm = machine();
-        let mut cpu = Replay {
-            regs: RegisterFile::real_mode(),
-            script: VecDeque::from([(a, data)]),
-            buffer: Vec::new(),
-            completed: Vec::new(),
-        };
+        let mut cpu = ReplayVcpu::new(RegisterFile::real_mode(), [(a, data)]);
         let out = run(
             &mut cpu,
             &mut vm,

@@ -570,6 +570,66 @@ fn unhooked_ports_read_all_ones_drop_writes_and_are_counted() {
     assert_eq!(vm.devices().unhooked_mmio_count(0xfed0_0000).reads, 1);
 }
 
+/// A device that takes 1 µs of host time per access.
+struct Slow(Arc<TestHost>);
+impl Device for Slow {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    fn port_io(&mut self) -> Option<&mut dyn PortIo> {
+        Some(self)
+    }
+}
+impl PortIo for Slow {
+    fn port_read(&mut self, _: &mut DeviceContext<'_>, _: u16, data: &mut [u8]) {
+        self.0.advance_ns(1_000);
+        data.fill(0);
+    }
+    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: u16, _: &[u8]) {
+        self.0.advance_ns(1_000);
+    }
+}
+
+#[test]
+fn claims_count_and_time_their_accesses_across_a_release_and_reclaim() {
+    let host = Arc::new(TestHost::new());
+    let mut vm = TestVmBuilder::new(host.clone(), 1)
+        .ram(RAM)
+        .device(Slow(host.clone()), &[(0x170, 8)], &[])
+        .build()
+        .unwrap();
+    let mut b = [0u8];
+    vm.port_read(0x177, &mut b);
+    vm.port_write(0x170, &[1]);
+    // A PCI guest switches I/O decoding off and on: the same device claims
+    // the same ports again, and the counts go on.
+    vm.devices_mut()
+        .release_ports(DeviceId(0), 0x170, 8)
+        .unwrap();
+    assert_eq!(vm.port_read(0x177, &mut b), None);
+    assert!(vm.devices().report().to_string().contains(
+        "0x0170-0x0177 slow             reads          1 writes          1 in      0.0 ms (released)"
+    ));
+    vm.claim_ports(DeviceId(0), 0x170, 8).unwrap();
+    vm.port_read(0x177, &mut b);
+    let count = vm.devices().port_count(0x170).unwrap();
+    assert_eq!((count.reads, count.writes, count.device_ns), (2, 1, 3_000));
+    let report = vm.devices().report().to_string();
+    assert!(!report.contains("(released)"), "{report}");
+    assert!(
+        report.contains(
+            "0x0170-0x0177 slow             reads          2 writes          1 in      0.0 ms"
+        ),
+        "{report}"
+    );
+    // A claim of other ports starts from zero.
+    vm.devices_mut()
+        .release_ports(DeviceId(0), 0x170, 8)
+        .unwrap();
+    vm.claim_ports(DeviceId(0), 0x1f0, 8).unwrap();
+    assert_eq!(vm.devices().port_count(0x1f0).unwrap().reads, 0);
+}
+
 #[test]
 fn guest_accesses_reach_memory_or_devices() {
     let host = Arc::new(TestHost::new());

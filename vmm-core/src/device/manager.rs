@@ -7,7 +7,7 @@
 //! return all-ones, writes are dropped, and both are counted per port (or
 //! per MMIO address) so a user can see what the guest probed.
 
-use super::{Device, DeviceContext, DeviceId, VmRequest};
+use super::{Device, DeviceContext, DeviceId, Mmio, PortIo, VmRequest};
 use crate::dma::DmaGuard;
 use crate::host::Host;
 use crate::memory::GuestMemory;
@@ -26,6 +26,20 @@ pub struct PortCount {
     pub reads: u64,
     /// Guest writes.
     pub writes: u64,
+    /// Host time spent in the device on them, in nanoseconds (by
+    /// `Host::now_ns`; zero for unhooked accesses).
+    pub device_ns: u64,
+}
+
+impl PortCount {
+    fn add(&mut self, write: bool, elements: u64, ns: u64) {
+        if write {
+            self.writes += elements;
+        } else {
+            self.reads += elements;
+        }
+        self.device_ns += ns;
+    }
 }
 
 /// Why a claim was refused.
@@ -159,7 +173,26 @@ pub struct DeviceManager {
     mmio_claims: Vec<MmioClaim>,
     unhooked_ports: HashMap<u16, PortCount>,
     unhooked_mmio: HashMap<u64, PortCount>,
+    /// Counts of released claims, most recent last, so that a claim taken
+    /// again (a PCI BAR whose decoding the guest switched off and on) goes
+    /// on counting; at most [`RELEASED_KEPT`].
+    released: Vec<ReleasedClaim>,
 }
+
+/// A released claim's counts, kept for when the same device claims the
+/// same range again.
+#[derive(Clone, Copy, Debug)]
+struct ReleasedClaim {
+    device: DeviceId,
+    port: bool,
+    start: u64,
+    last: u64,
+    count: PortCount,
+}
+
+/// How many released claims keep their counts (a guest that moves a BAR
+/// around forever must not grow the host's heap).
+const RELEASED_KEPT: usize = 32;
 
 impl Default for DeviceManager {
     fn default() -> Self {
@@ -182,6 +215,7 @@ impl DeviceManager {
             mmio_claims: Vec::new(),
             unhooked_ports: HashMap::new(),
             unhooked_mmio: HashMap::new(),
+            released: Vec::new(),
         }
     }
 
@@ -266,7 +300,7 @@ impl DeviceManager {
             first,
             last,
             device,
-            count: PortCount::default(),
+            count: self.reclaimed_count(device, true, first.into(), last.into()),
         };
         let index = match self.port_claims.iter().position(Option::is_none) {
             Some(i) => {
@@ -309,6 +343,13 @@ impl DeviceManager {
         for p in claim.first..=claim.last {
             self.port_table[p as usize] = 0;
         }
+        self.keep_released(ReleasedClaim {
+            device,
+            port: true,
+            start: claim.first.into(),
+            last: claim.last.into(),
+            count: claim.count,
+        });
         Ok(())
     }
 
@@ -344,13 +385,14 @@ impl DeviceManager {
             });
         }
         let at = self.mmio_claims.partition_point(|c| c.start < start);
+        let count = self.reclaimed_count(device, false, start, last);
         self.mmio_claims.insert(
             at,
             MmioClaim {
                 start,
                 last,
                 device,
-                count: PortCount::default(),
+                count,
             },
         );
         Ok(())
@@ -372,8 +414,44 @@ impl DeviceManager {
                     && c.last.wrapping_sub(c.start).wrapping_add(1) == len
             })
             .ok_or(ClaimError::NoSuchClaim)?;
-        self.mmio_claims.remove(index);
+        let claim = self.mmio_claims.remove(index);
+        self.keep_released(ReleasedClaim {
+            device,
+            port: false,
+            start: claim.start,
+            last: claim.last,
+            count: claim.count,
+        });
         Ok(())
+    }
+
+    /// Keep a released claim's counts (if it was used at all), dropping
+    /// the oldest kept beyond [`RELEASED_KEPT`].
+    fn keep_released(&mut self, released: ReleasedClaim) {
+        if released.count == PortCount::default() {
+            return;
+        }
+        if self.released.len() >= RELEASED_KEPT {
+            self.released.remove(0);
+        }
+        self.released.push(released);
+    }
+
+    /// The counts a new claim starts from: those of the same device's
+    /// released claim of the same range, if one is kept, else zero.
+    fn reclaimed_count(
+        &mut self,
+        device: DeviceId,
+        port: bool,
+        start: u64,
+        last: u64,
+    ) -> PortCount {
+        match self.released.iter().position(|r| {
+            r.device == device && r.port == port && r.start == start && r.last == last
+        }) {
+            Some(i) => self.released.remove(i).count,
+            None => PortCount::default(),
+        }
     }
 
     /// The device that answers `port`, if any.
@@ -398,6 +476,41 @@ impl DeviceManager {
         }
     }
 
+    /// Hand an access of `elements` elements at `port` to the device that
+    /// claimed it, counting it and timing the device; `None` (and counted
+    /// as unhooked) when nobody claimed the port.
+    #[inline]
+    fn port_access(
+        &mut self,
+        env: DispatchEnv<'_>,
+        port: u16,
+        write: bool,
+        elements: u64,
+        access: impl FnOnce(&mut dyn PortIo, &mut DeviceContext<'_>),
+    ) -> Option<DeviceId> {
+        let entry = self.port_table[port as usize];
+        if let Some(claim) = entry
+            .checked_sub(1)
+            .and_then(|i| self.port_claims[usize::from(i)].as_mut())
+        {
+            let id = claim.device;
+            if let Some(pio) = self.devices[id.0 as usize].port_io() {
+                let host = env.host;
+                let start = host.now_ns();
+                access(pio, &mut context(env, id));
+                claim
+                    .count
+                    .add(write, elements, host.now_ns().saturating_sub(start));
+                return Some(id);
+            }
+        }
+        self.unhooked_ports
+            .entry(port)
+            .or_default()
+            .add(write, elements, 0);
+        None
+    }
+
     /// Dispatch a port read. Returns the device that answered, or `None`
     /// when the port is unhooked (then `data` is all-ones).
     #[inline]
@@ -407,21 +520,13 @@ impl DeviceManager {
         port: u16,
         data: &mut [u8],
     ) -> Option<DeviceId> {
-        let entry = self.port_table[port as usize];
-        if entry != 0 {
-            if let Some(claim) = self.port_claims[entry as usize - 1].as_mut() {
-                claim.count.reads += 1;
-                let id = claim.device;
-                let mut ctx = context(env, id);
-                if let Some(pio) = self.devices[id.0 as usize].port_io() {
-                    pio.port_read(&mut ctx, port, data);
-                    return Some(id);
-                }
-            }
+        let id = self.port_access(env, port, false, 1, |pio, ctx| {
+            pio.port_read(ctx, port, data)
+        });
+        if id.is_none() {
+            data.fill(0xff);
         }
-        data.fill(0xff);
-        self.unhooked_ports.entry(port).or_default().reads += 1;
-        None
+        id
     }
 
     /// Dispatch a port write. Returns the device that took it, or `None`
@@ -433,20 +538,9 @@ impl DeviceManager {
         port: u16,
         data: &[u8],
     ) -> Option<DeviceId> {
-        let entry = self.port_table[port as usize];
-        if entry != 0 {
-            if let Some(claim) = self.port_claims[entry as usize - 1].as_mut() {
-                claim.count.writes += 1;
-                let id = claim.device;
-                let mut ctx = context(env, id);
-                if let Some(pio) = self.devices[id.0 as usize].port_io() {
-                    pio.port_write(&mut ctx, port, data);
-                    return Some(id);
-                }
-            }
-        }
-        self.unhooked_ports.entry(port).or_default().writes += 1;
-        None
+        self.port_access(env, port, true, 1, |pio, ctx| {
+            pio.port_write(ctx, port, data)
+        })
     }
 
     /// Dispatch a string read (REP INS) of `data.len() / size` elements;
@@ -459,21 +553,13 @@ impl DeviceManager {
         data: &mut [u8],
     ) -> Option<DeviceId> {
         let elements = (data.len() / size.max(1)) as u64;
-        let entry = self.port_table[port as usize];
-        if entry != 0 {
-            if let Some(claim) = self.port_claims[entry as usize - 1].as_mut() {
-                claim.count.reads += elements;
-                let id = claim.device;
-                let mut ctx = context(env, id);
-                if let Some(pio) = self.devices[id.0 as usize].port_io() {
-                    pio.port_read_string(&mut ctx, port, size, data);
-                    return Some(id);
-                }
-            }
+        let id = self.port_access(env, port, false, elements, |pio, ctx| {
+            pio.port_read_string(ctx, port, size, data)
+        });
+        if id.is_none() {
+            data.fill(0xff);
         }
-        data.fill(0xff);
-        self.unhooked_ports.entry(port).or_default().reads += elements;
-        None
+        id
     }
 
     /// Dispatch a string write (REP OUTS) of `data.len() / size` elements;
@@ -486,19 +572,35 @@ impl DeviceManager {
         data: &[u8],
     ) -> Option<DeviceId> {
         let elements = (data.len() / size.max(1)) as u64;
-        let entry = self.port_table[port as usize];
-        if entry != 0 {
-            if let Some(claim) = self.port_claims[entry as usize - 1].as_mut() {
-                claim.count.writes += elements;
-                let id = claim.device;
-                let mut ctx = context(env, id);
-                if let Some(pio) = self.devices[id.0 as usize].port_io() {
-                    pio.port_write_string(&mut ctx, port, size, data);
-                    return Some(id);
-                }
+        self.port_access(env, port, true, elements, |pio, ctx| {
+            pio.port_write_string(ctx, port, size, data)
+        })
+    }
+
+    /// Hand an access at `gpa` to the device that claimed it, counting it
+    /// and timing the device; `None` (and counted as unhooked) when nobody
+    /// claimed the address.
+    fn mmio_access(
+        &mut self,
+        env: DispatchEnv<'_>,
+        gpa: u64,
+        write: bool,
+        access: impl FnOnce(&mut dyn Mmio, &mut DeviceContext<'_>),
+    ) -> Option<DeviceId> {
+        if let Some(i) = self.find_mmio(gpa) {
+            let claim = &mut self.mmio_claims[i];
+            let id = claim.device;
+            if let Some(mmio) = self.devices[id.0 as usize].mmio() {
+                let host = env.host;
+                let start = host.now_ns();
+                access(mmio, &mut context(env, id));
+                claim
+                    .count
+                    .add(write, 1, host.now_ns().saturating_sub(start));
+                return Some(id);
             }
         }
-        self.unhooked_ports.entry(port).or_default().writes += elements;
+        self.unhooked_mmio.entry(gpa).or_default().add(write, 1, 0);
         None
     }
 
@@ -509,19 +611,11 @@ impl DeviceManager {
         gpa: u64,
         data: &mut [u8],
     ) -> Option<DeviceId> {
-        if let Some(i) = self.find_mmio(gpa) {
-            let claim = &mut self.mmio_claims[i];
-            claim.count.reads += 1;
-            let id = claim.device;
-            let mut ctx = context(env, id);
-            if let Some(mmio) = self.devices[id.0 as usize].mmio() {
-                mmio.mmio_read(&mut ctx, gpa, data);
-                return Some(id);
-            }
+        let id = self.mmio_access(env, gpa, false, |mmio, ctx| mmio.mmio_read(ctx, gpa, data));
+        if id.is_none() {
+            data.fill(0xff);
         }
-        data.fill(0xff);
-        self.unhooked_mmio.entry(gpa).or_default().reads += 1;
-        None
+        id
     }
 
     /// Dispatch an MMIO write; unclaimed addresses drop it.
@@ -531,18 +625,7 @@ impl DeviceManager {
         gpa: u64,
         data: &[u8],
     ) -> Option<DeviceId> {
-        if let Some(i) = self.find_mmio(gpa) {
-            let claim = &mut self.mmio_claims[i];
-            claim.count.writes += 1;
-            let id = claim.device;
-            let mut ctx = context(env, id);
-            if let Some(mmio) = self.devices[id.0 as usize].mmio() {
-                mmio.mmio_write(&mut ctx, gpa, data);
-                return Some(id);
-            }
-        }
-        self.unhooked_mmio.entry(gpa).or_default().writes += 1;
-        None
+        self.mmio_access(env, gpa, true, |mmio, ctx| mmio.mmio_write(ctx, gpa, data))
     }
 
     /// Poll the timer side of device `id` alone (if it has one), so that the
@@ -608,31 +691,40 @@ pub struct DeviceReport<'a> {
 impl fmt::Display for DeviceReport<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let dm = self.dm;
-        let mut ports: Vec<&PortClaim> = dm.port_claims.iter().flatten().collect();
-        ports.sort_by_key(|c| core::cmp::Reverse(c.count.reads + c.count.writes));
-        writeln!(f, "port claims:")?;
-        for c in ports {
-            writeln!(
-                f,
-                "  {:#06x}-{:#06x} {:<16} reads {:>10} writes {:>10}",
-                c.first,
-                c.last,
-                dm.dev_name(c.device),
-                c.count.reads,
-                c.count.writes
-            )?;
+        // Claims, then released claims nobody took again, busiest first.
+        let mut ports: Vec<(u64, u64, DeviceId, PortCount, &str)> = dm
+            .port_claims
+            .iter()
+            .flatten()
+            .map(|c| (c.first.into(), c.last.into(), c.device, c.count, ""))
+            .collect();
+        let mut mmio: Vec<(u64, u64, DeviceId, PortCount, &str)> = dm
+            .mmio_claims
+            .iter()
+            .map(|c| (c.start, c.last, c.device, c.count, ""))
+            .collect();
+        for r in &dm.released {
+            let list = if r.port { &mut ports } else { &mut mmio };
+            list.push((r.start, r.last, r.device, r.count, " (released)"));
         }
-        writeln!(f, "mmio claims:")?;
-        for c in &dm.mmio_claims {
-            writeln!(
-                f,
-                "  {:#014x}-{:#014x} {:<16} reads {:>10} writes {:>10}",
-                c.start,
-                c.last,
-                dm.dev_name(c.device),
-                c.count.reads,
-                c.count.writes
-            )?;
+        for (title, list, width) in [
+            ("port claims:", &mut ports, 6),
+            ("mmio claims:", &mut mmio, 14),
+        ] {
+            list.sort_by_key(|c| core::cmp::Reverse(c.3.reads + c.3.writes));
+            writeln!(f, "{title}")?;
+            for (start, last, device, count, note) in list.iter() {
+                writeln!(
+                    f,
+                    "  {:#0width$x}-{:#0width$x} {:<16} reads {:>10} writes {:>10} in {:>8.1} ms{note}",
+                    start,
+                    last,
+                    dm.dev_name(*device),
+                    count.reads,
+                    count.writes,
+                    count.device_ns as f64 / 1e6,
+                )?;
+            }
         }
         let mut unhooked: Vec<(&u16, &PortCount)> = dm.unhooked_ports.iter().collect();
         unhooked.sort_by_key(|(p, c)| (core::cmp::Reverse(c.reads + c.writes), **p));

@@ -23,7 +23,7 @@ use vmm_devices::block::BlockBackend;
 use vmm_devices::ide::{Drive, IdeSlot, Piix3Ide};
 use vmm_devices::interrupts::CpuInterrupts;
 use vmm_devices::pci::PciBus;
-use vmm_devices::platform::{PcChipset, PcConfig};
+use vmm_devices::platform::{PcChipset, PcConfig, VGA_GRAPHICS_WINDOW};
 use vmm_devices::rtc;
 use vmm_devices::uart::CharBackend;
 
@@ -150,9 +150,8 @@ pub fn build(
     let ram_id = memory
         .add_ram(0, ram_block)
         .map_err(build_err("guest RAM"))?;
-    // The legacy VGA window: no VGA device, so a hole.
     memory
-        .unmap(0xa_0000, 0x2_0000)
+        .unmap(VGA_GRAPHICS_WINDOW.0, VGA_GRAPHICS_WINDOW.1)
         .map_err(build_err("memory map"))?;
     let bios_map = load_bios(&mut memory, &*host, &bios).map_err(|e| PcError::Read {
         what: "BIOS",
@@ -180,7 +179,7 @@ pub fn build(
             // Direct boot: read-write RAM behind every PAM area.
             pam_power_on: config.kernel.as_ref().map(|_| 3),
             com1,
-            debug_console: Box::new(vmm_devices::uart::NullBackend),
+            debug_console: None,
             rtc_unix_seconds_at_host_zero: unix_now(),
             boot_order,
             cpus: 1,

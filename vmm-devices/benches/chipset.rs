@@ -51,7 +51,7 @@ fn machine() -> Machine {
             bios: None,
             pam_power_on: Some(3),
             com1: Box::new(NullBackend),
-            debug_console: Box::new(NullBackend),
+            debug_console: None,
             rtc_unix_seconds_at_host_zero: 1_700_000_000,
             boot_order: Vec::new(),
             cpus: 1,

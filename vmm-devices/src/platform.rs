@@ -5,7 +5,7 @@
 //! [`PcChipset::install`] adds to a VM: the PIC pair (0x20, 0xa0, 0x4d0),
 //! the PIT with port 0x61 (IRQ 0), the RTC/CMOS (0x70, IRQ 8), COM1
 //! (0x3f8, IRQ 4), the i8042 (0x60/0x64, IRQ 1 and 12), port 0x92, the POST
-//! port 0x80, the debug console (0xe9 and 0x402), the ACPI PM block (SCI on
+//! port 0x80, the debug console (0xe9 and 0x402, when asked for), the ACPI PM block (SCI on
 //! IRQ 9) with SMI command port 0xb2 (at a fixed base, or as the PIIX4 PM
 //! function 00:01.3), the IOAPIC (0xfec00000), the local
 //! APIC (0xfee00000) and PCI bus 0 (0xcf8-0xcff) with the i440FX host
@@ -39,6 +39,14 @@ use vmm_core::irq::IrqLine;
 use vmm_core::memory::BlockId;
 use vmm_core::vm::Vm;
 
+/// The legacy VGA window's graphics part, `0xa0000..0xb8000` as (start,
+/// length), which a PC without a VGA device leaves a hole. The text-mode
+/// part above, `0xb8000..0xc0000`, should stay RAM, as a card's text memory
+/// would: guests read and write the text screen there (a Linux CD boot
+/// touches about 1,000 words of it), and as a hole every access is an
+/// emulated MMIO exit.
+pub const VGA_GRAPHICS_WINDOW: (u64, u64) = (0xa_0000, 0x1_8000);
+
 impl CharBackend for Box<dyn CharBackend> {
     fn write(&mut self, byte: u8) {
         (**self).write(byte);
@@ -64,8 +72,11 @@ pub struct PcConfig {
     pub pam_power_on: Option<u8>,
     /// COM1's host side.
     pub com1: Box<dyn CharBackend>,
-    /// The debug console's host side.
-    pub debug_console: Box<dyn CharBackend>,
+    /// The debug console's host side, or `None` for no debug console. Then
+    /// ports 0xe9 and 0x402 are unhooked and read all-ones, as on a PC (and
+    /// on QEMU without `-debugcon`), so SeaBIOS sees no console there and
+    /// skips its debug log: about 3,000 port writes, each a VM exit.
+    pub debug_console: Option<Box<dyn CharBackend>>,
     /// Unix time when the host clock read 0.
     pub rtc_unix_seconds_at_host_zero: i64,
     /// Boot order for the BIOS.
@@ -210,12 +221,14 @@ impl PcChipset {
             &[],
         )?;
         let post = add(vm, PostCode::new(), &[(POST_PORT, 1)], &[])?;
-        add(
-            vm,
-            DebugConsole::new(config.debug_console),
-            &[(BOCHS_DEBUG_PORT, 1), (QEMU_DEBUG_PORT, 1)],
-            &[],
-        )?;
+        if let Some(backend) = config.debug_console {
+            add(
+                vm,
+                DebugConsole::new(backend),
+                &[(BOCHS_DEBUG_PORT, 1), (QEMU_DEBUG_PORT, 1)],
+                &[],
+            )?;
+        }
         let acpi_pm = if config.acpi_pm_on_pci {
             bus.add(
                 1,

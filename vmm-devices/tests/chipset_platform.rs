@@ -14,11 +14,12 @@ use vmm_devices::uart::BufferBackend;
 const ROM_GPA: u64 = 0xfffe_0000;
 
 fn machine() -> (Vm, Arc<TestHost>, PcChipset, BufferBackend, BufferBackend) {
-    machine_with(false)
+    machine_with(false, true)
 }
 
 fn machine_with(
     acpi_pm_on_pci: bool,
+    debug_console: bool,
 ) -> (Vm, Arc<TestHost>, PcChipset, BufferBackend, BufferBackend) {
     let host = Arc::new(TestHost::new());
     let rom: Vec<u8> = (0..0x2_0000u32).map(|i| (i >> 8) as u8).collect();
@@ -48,7 +49,7 @@ fn machine_with(
             }),
             pam_power_on: None,
             com1: Box::new(serial.clone()),
-            debug_console: Box::new(debug.clone()),
+            debug_console: debug_console.then(|| Box::new(debug.clone()) as _),
             rtc_unix_seconds_at_host_zero: 1_700_000_000,
             boot_order: vec![BootDevice::Cdrom],
             cpus: 1,
@@ -109,6 +110,18 @@ fn serial_and_debug_output_reach_the_host() {
 }
 
 #[test]
+fn without_a_debug_console_seabios_finds_none_and_writes_go_nowhere() {
+    let (mut vm, _, _, _, debug) = machine_with(false, false);
+    // SeaBIOS keeps its debug log on 0x402 only if the port reads 0xe9.
+    let mut b = [0u8];
+    vm.port_read(0x402, &mut b);
+    assert_eq!(b, [0xff]);
+    out(&mut vm, 0x402, b'!');
+    assert_eq!(debug.take_output(), b"");
+    assert_eq!(vm.devices().unhooked_port_count(0x402).writes, 1);
+}
+
+#[test]
 fn bios_shadows_itself_and_powers_off() {
     let (mut vm, _, _, _, _) = machine();
     let mut b = [0u8];
@@ -139,7 +152,7 @@ fn bios_shadows_itself_and_powers_off() {
 
 #[test]
 fn pm_block_as_piix4_function_answers_without_any_pci_access() {
-    let (mut vm, host, chipset, _, _) = machine_with(true);
+    let (mut vm, host, chipset, _, _) = machine_with(true, true);
     // A directly booted kernel reads the PM timer before it probes PCI; the
     // run loop's first timer poll has powered the bus on.
     vm.poll_timers();

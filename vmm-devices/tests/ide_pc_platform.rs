@@ -41,7 +41,7 @@ fn cd_sector_by_dma_interrupts_the_cpu_on_irq15() {
             bios: None,
             pam_power_on: None,
             com1: Box::new(BufferBackend::new()),
-            debug_console: Box::new(BufferBackend::new()),
+            debug_console: None,
             rtc_unix_seconds_at_host_zero: 0,
             boot_order: Vec::new(),
             cpus: 1,

@@ -148,7 +148,14 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     let mut guests = Vec::new();
     for i in 0..config.vms {
         let (name, mut vm, interrupts): (&str, Vm, Box<dyn InterruptSource>) = match pc_bios {
-            Some(bios) => match pc::build(host.clone(), i, config.guest_mem, bios, find("cdrom")) {
+            Some(bios) => match pc::build(
+                host.clone(),
+                i,
+                config.guest_mem,
+                bios,
+                find("cdrom"),
+                config.bios_debug,
+            ) {
                 Ok((vm, irq)) => ("pc", vm, Box::new(irq)),
                 Err(e) => fail(format_args!("VM {i} (pc): {e}")),
             },

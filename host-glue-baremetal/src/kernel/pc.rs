@@ -20,7 +20,7 @@ use vmm_devices::block::{MemoryImage, CD_SECTOR_SIZE};
 use vmm_devices::ide::{Drive, IdeSlot, Piix3Ide};
 use vmm_devices::interrupts::CpuInterrupts;
 use vmm_devices::pci::PciBus;
-use vmm_devices::platform::{PcChipset, PcConfig};
+use vmm_devices::platform::{PcChipset, PcConfig, VGA_GRAPHICS_WINDOW};
 use vmm_devices::rtc::BootDevice;
 
 /// The RTC's idea of "now" when the host clock reads zero: 2026-01-01
@@ -46,13 +46,15 @@ impl InterruptSource for PcInterrupts {
 }
 
 /// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `cdrom` (an ISO
-/// image) in the secondary master drive.
+/// image) in the secondary master drive; with `bios_debug`, the debug
+/// console at 0x402 prints SeaBIOS's debug log.
 pub fn build(
     host: Arc<dyn Host>,
     id: u32,
     ram: u64,
     bios: &[u8],
     cdrom: Option<&[u8]>,
+    bios_debug: bool,
 ) -> Result<(Vm, PcInterrupts), String> {
     if ram > 0xc000_0000 {
         return Err(format!(
@@ -65,9 +67,8 @@ pub fn build(
         .alloc_memory(ram as usize, 2 << 20)
         .map_err(|e| format!("guest RAM: {e}"))?;
     let ram_id = memory.add_ram(0, ram_block).map_err(|e| format!("{e}"))?;
-    // The legacy VGA window: no VGA device, so a hole.
     memory
-        .unmap(0xa_0000, 0x2_0000)
+        .unmap(VGA_GRAPHICS_WINDOW.0, VGA_GRAPHICS_WINDOW.1)
         .map_err(|e| format!("{e}"))?;
     let bios_map = load_bios(&mut memory, &*host, bios).map_err(|e| format!("BIOS image: {e}"))?;
     let mut vm = Vm::new(VmId(id), host, memory);
@@ -83,7 +84,7 @@ pub fn build(
                 .map(|(block, offset)| vmm_devices::pci::i440fx::BiosRom { block, offset }),
             pam_power_on: None,
             com1: Box::new(GuestConsole::new(id)),
-            debug_console: Box::new(GuestConsole::new(id)),
+            debug_console: bios_debug.then(|| Box::new(GuestConsole::new(id)) as _),
             rtc_unix_seconds_at_host_zero: RTC_EPOCH,
             boot_order: vec![BootDevice::Cdrom, BootDevice::HardDisk],
             cpus: 1,

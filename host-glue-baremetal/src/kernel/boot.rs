@@ -88,15 +88,21 @@ _start32:
 
     mov eax, offset boot_pml4
     mov cr3, eax
+    /* CR4.PGE/PSE and CR0.WP as a 64-bit Linux sets them. Besides being
+       what a kernel wants, this matters under QEMU TCG: it flushes its
+       whole TLB and jump cache on every change of CR0.PG/WP/PE or
+       CR4.PGE/PAE/PSE, and VMRUN and #VMEXIT change them whenever host
+       and guest differ. With a Linux guest matching, a world switch pair
+       costs about 30 us instead of 35-45 us. */
     mov eax, cr4
-    or eax, 0x20            /* PAE */
+    or eax, 0xb0            /* PAE | PGE | PSE */
     mov cr4, eax
     mov ecx, 0xC0000080     /* EFER */
     rdmsr
     or eax, 0x100           /* LME */
     wrmsr
     mov eax, cr0
-    or eax, 0x80000001      /* PG | PE */
+    or eax, 0x80010001      /* PG | WP | PE */
     mov cr0, eax
     lgdt [boot_gdt_ptr]
     /* ljmp 0x08:start64, encoded by hand (jmp ptr16:32) */

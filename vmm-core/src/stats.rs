@@ -10,8 +10,10 @@ use core::fmt;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
 pub enum ExitKind {
-    /// IN/OUT (and their string forms).
+    /// IN/OUT.
     PortIo,
+    /// INS/OUTS (string port I/O), carried out by the emulator.
+    StringIo,
     /// An access to MMIO (nested-page fault or emulated access).
     Mmio,
     /// CPUID.
@@ -46,8 +48,9 @@ pub enum ExitKind {
 
 impl ExitKind {
     /// Every kind, in display order.
-    pub const ALL: [ExitKind; 16] = [
+    pub const ALL: [ExitKind; 17] = [
         ExitKind::PortIo,
+        ExitKind::StringIo,
         ExitKind::Mmio,
         ExitKind::Cpuid,
         ExitKind::Msr,
@@ -69,6 +72,7 @@ impl ExitKind {
     pub fn name(self) -> &'static str {
         match self {
             ExitKind::PortIo => "port-io",
+            ExitKind::StringIo => "string-io",
             ExitKind::Mmio => "mmio",
             ExitKind::Cpuid => "cpuid",
             ExitKind::Msr => "msr",

@@ -10,8 +10,8 @@ use iced_x86::code_asm::*;
 use std::sync::{Arc, Mutex};
 use vmm_core::device::{Device, DeviceContext, Mmio, PortIo};
 use vmm_core::emulator::{
-    BusError, Completion, CpuMode, EmulateError, Emulator, Exception, GuestBus, RegisterFile,
-    Segment, SegmentRegister, RFLAGS_AC, RFLAGS_DF,
+    BusError, Completion, CpuMode, EmulateError, Emulator, Exception, GuestBus, PortString,
+    RegisterFile, Segment, SegmentRegister, RFLAGS_AC, RFLAGS_DF,
 };
 use vmm_core::paging::{PageFault, CR0_AM, CR0_TS, PF_FETCH, PF_PRESENT, PF_USER, PF_WRITE};
 use vmm_core::test_host::{TestHost, TestVmBuilder};
@@ -75,7 +75,7 @@ impl PortIo for Recorder {
         let mut n = self.next_in.lock().unwrap();
         for b in data.iter_mut() {
             *n = n.wrapping_add(1);
-            *b = 0x0f + *n;
+            *b = n.wrapping_add(0x0f);
         }
     }
     fn port_write(&mut self, _: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
@@ -555,6 +555,241 @@ fn rep_ins_into_ram_moves_page_runs_in_one_string_access() {
     vm.memory().read(0x9f00, &mut got).unwrap();
     let want: Vec<u8> = (0..4608u32).map(|i| i as u8).collect();
     assert_eq!(got, want, "the bytes land in order, as element reads would");
+}
+
+/// One INS/OUTS case: the CPU, the instruction bytes at 0x1000, and the
+/// particulars an I/O exit reports for it.
+struct PortStringCase {
+    name: &'static str,
+    cpu: RegisterFile,
+    code: &'static [u8],
+    size: u8,
+    address_size: u8,
+    input: bool,
+    rep: bool,
+    /// RCX, RSI and RDI.
+    count: u64,
+    source: u64,
+    destination: u64,
+    down: bool,
+}
+
+#[test]
+fn port_string_from_exit_particulars_matches_decoding_the_instruction() {
+    let real = RegisterFile::real_mode;
+    let flat = RegisterFile::protected_flat32;
+    #[allow(clippy::too_many_arguments)]
+    fn case(
+        name: &'static str,
+        cpu: RegisterFile,
+        code: &'static [u8],
+        size: u8,
+        address_size: u8,
+        input: bool,
+        rep: bool,
+        count: u64,
+        source: u64,
+        destination: u64,
+        down: bool,
+    ) -> PortStringCase {
+        PortStringCase {
+            name,
+            cpu,
+            code,
+            size,
+            address_size,
+            input,
+            rep,
+            count,
+            source,
+            destination,
+            down,
+        }
+    }
+    let mut probe = vm().0;
+    let long = long_mode(&mut probe);
+    let cases = [
+        case(
+            "real rep insw",
+            real(),
+            &[0xf3, 0x6d],
+            2,
+            16,
+            true,
+            true,
+            3,
+            0,
+            0x2000,
+            false,
+        ),
+        case(
+            "real insb",
+            real(),
+            &[0x6c],
+            1,
+            16,
+            true,
+            false,
+            9,
+            0,
+            0xfffe,
+            false,
+        ),
+        case(
+            "real rep insw wrapping di",
+            real(),
+            &[0xf3, 0x6d],
+            2,
+            16,
+            true,
+            true,
+            3,
+            0,
+            0xfffe,
+            false,
+        ),
+        case(
+            "flat32 rep insd over a page end",
+            flat(),
+            &[0xf3, 0x6d],
+            4,
+            32,
+            true,
+            true,
+            5,
+            0,
+            0x3ff8,
+            false,
+        ),
+        case(
+            "flat32 rep insw downwards",
+            flat(),
+            &[0xf3, 0x66, 0x6d],
+            2,
+            32,
+            true,
+            true,
+            4,
+            0,
+            0x2010,
+            true,
+        ),
+        case(
+            "long rep insb past the iteration bound",
+            long.clone(),
+            &[0xf3, 0x6c],
+            1,
+            64,
+            true,
+            true,
+            3000,
+            0,
+            0x2000,
+            false,
+        ),
+        case(
+            "long a32 rep insw",
+            long.clone(),
+            &[0x67, 0xf3, 0x66, 0x6d],
+            2,
+            32,
+            true,
+            true,
+            3,
+            0,
+            0x1_0000_2000,
+            false,
+        ),
+        case(
+            "long rep insw into an unmapped page",
+            long.clone(),
+            &[0xf3, 0x66, 0x6d],
+            2,
+            64,
+            true,
+            true,
+            4,
+            0,
+            0x40_0000 - 2,
+            false,
+        ),
+        case(
+            "long rep insw into MMIO",
+            long.clone(),
+            &[0xf3, 0x66, 0x6d],
+            2,
+            64,
+            true,
+            true,
+            3,
+            0,
+            MMIO,
+            false,
+        ),
+        case(
+            "flat32 rep outsw",
+            flat(),
+            &[0xf3, 0x66, 0x6f],
+            2,
+            32,
+            false,
+            true,
+            4,
+            0x2000,
+            0,
+            false,
+        ),
+    ];
+    for c in cases {
+        let setup = || {
+            let (mut vm, rec) = vm();
+            let mut cpu = c.cpu.clone();
+            if c.cpu.control.cr3 != 0 {
+                cpu = long_mode(&mut vm);
+            }
+            vm.memory_mut().write(0x1000, c.code).unwrap();
+            vm.memory_mut()
+                .write(0x2000, &(0..64u8).collect::<Vec<_>>())
+                .unwrap();
+            cpu.rip = 0x1000;
+            cpu.gprs[1] = c.count;
+            cpu.gprs[2] = u64::from(PORT);
+            cpu.gprs[6] = c.source;
+            cpu.gprs[7] = c.destination;
+            if c.down {
+                cpu.rflags |= RFLAGS_DF;
+            }
+            (vm, rec, cpu)
+        };
+        let (mut vm_a, rec_a, mut cpu_a) = setup();
+        let (mut vm_b, rec_b, mut cpu_b) = setup();
+        let io = PortString {
+            input: c.input,
+            size: c.size,
+            address_size: c.address_size,
+            rep: c.rep,
+            segment: if c.input { Segment::Es } else { Segment::Ds },
+            next_rip: 0x1000 + c.code.len() as u64,
+        };
+        let emulator = Emulator::default();
+        for call in 0..6 {
+            let decoded = emulator.emulate(&mut cpu_a, &mut vm_a);
+            let reported = emulator.emulate_port_string(&mut cpu_b, &mut vm_b, &io);
+            let at = format!("{} (call {call})", c.name);
+            assert_eq!(decoded, reported, "{at}");
+            assert_eq!(cpu_a, cpu_b, "{at}");
+            assert_eq!(rec_a.take(), rec_b.take(), "{at}");
+            let mut ram_a = vec![0u8; 0x1_1000];
+            let mut ram_b = vec![0u8; 0x1_1000];
+            vm_a.memory().read(0, &mut ram_a).unwrap();
+            vm_b.memory().read(0, &mut ram_b).unwrap();
+            assert!(ram_a == ram_b, "{at}: guest memory differs");
+            if decoded != Ok(Completion::Paused) {
+                assert!(call > 0 || c.count <= 1024, "{at}: finished too early");
+                break;
+            }
+        }
+    }
 }
 
 #[test]

@@ -65,6 +65,7 @@ pub use cpu::{
 };
 pub use error::{EmulateError, Exception, InstructionBytes};
 pub use execute::undefined_flags;
+pub use string::PortString;
 
 use access::Context;
 use string::StringOutcome;
@@ -141,6 +142,30 @@ impl Emulator {
         }
     }
 
+    /// Carry out the string port instruction an I/O exit described
+    /// without fetching or decoding it (the exit already says what it is);
+    /// particulars that are not a valid INS/OUTS fall back to
+    /// [`Emulator::emulate`]. The guest sees exactly what decoding would
+    /// give it.
+    pub fn emulate_port_string<S: CpuState, B: GuestBus>(
+        &self,
+        state: &mut S,
+        bus: &mut B,
+        io: &PortString,
+    ) -> Result<Completion, EmulateError> {
+        if !io.is_valid() {
+            return self.emulate(state, bus);
+        }
+        let mut ctx = Context::new(state, bus, self.max_phys_bits);
+        match ctx.port_string(io, self.max_rep_iterations)? {
+            StringOutcome::Paused => Ok(Completion::Paused),
+            StringOutcome::Done | StringOutcome::NotString => {
+                retire(&mut ctx, io.next_rip);
+                Ok(Completion::Retired)
+            }
+        }
+    }
+
     fn run<S: CpuState, B: GuestBus>(
         &self,
         ctx: &mut Context<'_, S, B>,
@@ -160,12 +185,16 @@ impl Emulator {
             _ if d.instr.code_size() == iced_x86::CodeSize::Code16 => d.instr.next_ip() & 0xffff,
             _ => d.instr.next_ip() & 0xffff_ffff,
         };
-        ctx.state.set_rip(next);
-        // A completed instruction clears RF, as hardware does.
-        let flags = ctx.state.rflags();
-        if flags & RFLAGS_RF != 0 {
-            ctx.state.set_rflags(flags & !RFLAGS_RF);
-        }
+        retire(ctx, next);
         Ok(Completion::Retired)
+    }
+}
+
+/// Complete an instruction: RIP to `next`, and RF cleared, as hardware does.
+fn retire<S: CpuState, B: GuestBus>(ctx: &mut Context<'_, S, B>, next: u64) {
+    ctx.state.set_rip(next);
+    let flags = ctx.state.rflags();
+    if flags & RFLAGS_RF != 0 {
+        ctx.state.set_rflags(flags & !RFLAGS_RF);
     }
 }

@@ -84,8 +84,52 @@ fn classify(d: &Decoded) -> Option<(StringOp, usize)> {
     any.then_some((op, size))
 }
 
+/// A string instruction as the emulator carries it out: what a decode
+/// finds, or what a port I/O exit reports.
+#[derive(Clone, Copy)]
+struct StringInstr {
+    op: StringOp,
+    /// Element size in bytes.
+    size: usize,
+    /// Address size in bits.
+    asize: u32,
+    repe: bool,
+    repne: bool,
+    /// The segment of the source operand (DS unless overridden).
+    src_seg: Segment,
+}
+
+/// A string port instruction (INS or OUTS) whose particulars the vCPU
+/// reported with its I/O exit (SVM's EXITINFO1, VMX's exit qualification),
+/// so that it runs without fetching and decoding the instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortString {
+    /// INS (true) or OUTS.
+    pub input: bool,
+    /// Element size: 1, 2 or 4 bytes.
+    pub size: u8,
+    /// Address size: 16, 32 or 64 bits.
+    pub address_size: u8,
+    /// A REP prefix.
+    pub rep: bool,
+    /// The source segment of OUTS (DS unless overridden; INS always
+    /// writes through ES).
+    pub segment: Segment,
+    /// The instruction after this one.
+    pub next_rip: u64,
+}
+
+impl PortString {
+    /// Whether the particulars describe an INS/OUTS at all (sizes a
+    /// backend could not have meant send the emulator to decode instead).
+    pub fn is_valid(&self) -> bool {
+        matches!(self.size, 1 | 2 | 4) && matches!(self.address_size, 16 | 32 | 64)
+    }
+}
+
 impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
-    /// Run a string instruction for at most `max_iterations` iterations.
+    /// Run a decoded string instruction for at most `max_iterations`
+    /// iterations.
     pub fn string(
         &mut self,
         d: &Decoded,
@@ -94,12 +138,55 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
         let Some((op, size)) = classify(d) else {
             return Ok(StringOutcome::NotString);
         };
-        let asize = d.address_size;
+        let instr = StringInstr {
+            op,
+            size,
+            asize: d.address_size,
+            repe: d.instr.has_repe_prefix(),
+            repne: d.instr.has_repne_prefix(),
+            src_seg: self.memory_segment(d),
+        };
+        self.run_string(instr, max_iterations)
+    }
+
+    /// Run the string port instruction an I/O exit described (checked with
+    /// [`PortString::is_valid`]), for at most `max_iterations` iterations.
+    pub fn port_string(
+        &mut self,
+        io: &PortString,
+        max_iterations: u64,
+    ) -> Result<StringOutcome, EmulateError> {
+        let instr = StringInstr {
+            op: if io.input {
+                StringOp::Ins
+            } else {
+                StringOp::Outs
+            },
+            size: io.size.into(),
+            asize: io.address_size.into(),
+            // INS/OUTS take F3 as REP whatever its name, and F2 the same.
+            repe: io.rep,
+            repne: false,
+            src_seg: io.segment,
+        };
+        self.run_string(instr, max_iterations)
+    }
+
+    fn run_string(
+        &mut self,
+        instr: StringInstr,
+        max_iterations: u64,
+    ) -> Result<StringOutcome, EmulateError> {
+        let StringInstr {
+            op,
+            size,
+            asize,
+            repe,
+            repne,
+            src_seg,
+        } = instr;
         let amask = address_mask(asize);
-        let repe = d.instr.has_repe_prefix();
-        let repne = d.instr.has_repne_prefix();
         let rep = repe || repne;
-        let src_seg = self.memory_segment(d);
         let port = self.state.gpr(2) as u16;
         let mut done = 0u64;
         loop {

@@ -310,24 +310,7 @@ impl SvmVcpu {
             self.vmcb.write_u64(offset::EVENT_INJ, int_info);
         }
         match code {
-            EXIT_IOIO => {
-                let port = (info1 >> 16) as u16;
-                let string_or_rep = info1 & (0b1100) != 0;
-                if string_or_rep {
-                    return Exit::Emulate { gpa: None };
-                }
-                let size = match (info1 >> 4) & 0b111 {
-                    0b001 => 1,
-                    0b010 => 2,
-                    _ => 4,
-                };
-                Exit::PortIo {
-                    port,
-                    size,
-                    write: info1 & 1 == 0,
-                    next_rip: info2,
-                }
-            }
+            EXIT_IOIO => io_exit(info1, info2),
             EXIT_NPF if vm.memory().kind_at(info2) == crate::memory::RegionKind::Ram => {
                 // The tables say "not RAM" where the map says RAM: they were
                 // built before the map last changed (handled by `run`), or
@@ -616,9 +599,100 @@ impl VcpuBackend for SvmVcpu {
     }
 }
 
+/// The exit for an IN/OUT intercept: EXITINFO1 describes the instruction
+/// (type, string, REP, size, address size, port), EXITINFO2 holds the
+/// next RIP.
+fn io_exit(info1: u64, info2: u64) -> Exit {
+    let port = (info1 >> 16) as u16;
+    let size = match (info1 >> 4) & 0b111 {
+        0b001 => 1,
+        0b010 => 2,
+        _ => 4,
+    };
+    let input = info1 & 1 != 0;
+    let string = info1 & (1 << 2) != 0;
+    let address_size = match (info1 >> 7) & 0b111 {
+        0b001 => 16,
+        0b010 => 32,
+        0b100 => 64,
+        _ => 0,
+    };
+    if string && input && address_size != 0 {
+        // INS writes through ES whatever the prefixes, so the
+        // exit says all there is to know. (OUTS may carry a
+        // segment override, which only a decode finds.)
+        return Exit::PortString(crate::emulator::PortString {
+            input,
+            size,
+            address_size,
+            rep: info1 & (1 << 3) != 0,
+            segment: crate::emulator::Segment::Es,
+            next_rip: info2,
+        });
+    }
+    if info1 & 0b1100 != 0 {
+        return Exit::Emulate { gpa: None };
+    }
+    Exit::PortIo {
+        port,
+        size,
+        write: info1 & 1 == 0,
+        next_rip: info2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_exits_follow_exitinfo1() {
+        // OUT DX, AL to 0x3f8.
+        assert_eq!(
+            io_exit(0x03f8_0000 | (1 << 4), 0x1001),
+            Exit::PortIo {
+                port: 0x3f8,
+                size: 1,
+                write: true,
+                next_rip: 0x1001
+            }
+        );
+        // IN EAX from 0xcfc.
+        assert_eq!(
+            io_exit(0x0cfc_0000 | (1 << 6) | 1, 7),
+            Exit::PortIo {
+                port: 0xcfc,
+                size: 4,
+                write: false,
+                next_rip: 7
+            }
+        );
+        // REP INSW with 16-bit addressing: carried out from the exit's
+        // particulars.
+        assert_eq!(
+            io_exit(
+                0x0170_0000 | (1 << 7) | (1 << 5) | (1 << 3) | (1 << 2) | 1,
+                9
+            ),
+            Exit::PortString(crate::emulator::PortString {
+                input: true,
+                size: 2,
+                address_size: 16,
+                rep: true,
+                segment: crate::emulator::Segment::Es,
+                next_rip: 9,
+            })
+        );
+        // OUTSB (its segment may be overridden) and REP IN: decoded.
+        assert_eq!(
+            io_exit(0x03f8_0000 | (1 << 8) | (1 << 4) | (1 << 2), 9),
+            Exit::Emulate { gpa: None }
+        );
+        assert_eq!(
+            io_exit(0x03f8_0000 | (1 << 8) | (1 << 4) | (1 << 3) | 1, 9),
+            Exit::Emulate { gpa: None }
+        );
+    }
 
     #[test]
     fn msr_permission_map_bits_follow_the_apm_layout() {

@@ -26,6 +26,9 @@ pub enum Exit {
         /// The guest-physical address that faulted, if any.
         gpa: Option<u64>,
     },
+    /// INS (or OUTS) whose particulars the exit reported: the emulator
+    /// carries it out without fetching and decoding the instruction.
+    PortString(crate::emulator::PortString),
     /// A port or MMIO access that the backend completes itself at the next
     /// entry (KVM: the data travels in the `kvm_run` page and string I/O
     /// comes with a count). The exit loop carries it out against the
@@ -97,11 +100,16 @@ impl Exit {
             Exit::PortIo { .. } => ExitKind::PortIo,
             Exit::DeviceAccess(DeviceAccess {
                 target: AccessTarget::Port(_),
+                count: 1,
                 ..
             }) => ExitKind::PortIo,
+            Exit::DeviceAccess(DeviceAccess {
+                target: AccessTarget::Port(_),
+                ..
+            }) => ExitKind::StringIo,
             Exit::DeviceAccess(_) => ExitKind::Mmio,
             Exit::Emulate { gpa: Some(_) } => ExitKind::Mmio,
-            Exit::Emulate { gpa: None } => ExitKind::PortIo,
+            Exit::Emulate { gpa: None } | Exit::PortString(_) => ExitKind::StringIo,
             Exit::Cpuid { .. } => ExitKind::Cpuid,
             Exit::Hlt { .. } => ExitKind::Hlt,
             Exit::Msr { .. } => ExitKind::Msr,

@@ -5,7 +5,7 @@ use super::{
     guest_cpuid_for, AccessTarget, ControlAccess, DeviceAccess, Event, Exit, InterruptSource,
     MsrFile, VcpuBackend,
 };
-use crate::emulator::{EmulateError, Emulator, Exception, RFLAGS_AC, RFLAGS_IF};
+use crate::emulator::{EmulateError, Emulator, Exception, PortString, RFLAGS_AC, RFLAGS_IF};
 use crate::shadow_paging::{FaultOutcome, GuestFault, RecordingBus};
 use crate::vm::{StopReason, Vm};
 use alloc::string::ToString;
@@ -102,18 +102,31 @@ fn device_access<B: VcpuBackend>(vcpu: &mut B, vm: &mut Vm, access: DeviceAccess
 }
 
 /// Emulate the instruction at RIP against `vm` (MMIO, string I/O, a write
-/// to a shadowed page table). A backend that tracks guest writes hears of
-/// every byte the instruction wrote.
-fn emulate<B: VcpuBackend>(vcpu: &mut B, vm: &mut Vm, emulator: &Emulator, gpa: Option<u64>) {
+/// to a shadowed page table), or the string port instruction the exit
+/// described (`port_string`, no decode needed). A backend that tracks
+/// guest writes hears of every byte the instruction wrote.
+fn emulate<B: VcpuBackend>(
+    vcpu: &mut B,
+    vm: &mut Vm,
+    emulator: &Emulator,
+    gpa: Option<u64>,
+    port_string: Option<&PortString>,
+) {
     let result = if vcpu.tracks_guest_writes() {
         let mut bus = RecordingBus::new(vm);
-        let result = emulator.emulate(vcpu, &mut bus);
+        let result = match port_string {
+            Some(io) => emulator.emulate_port_string(vcpu, &mut bus, io),
+            None => emulator.emulate(vcpu, &mut bus),
+        };
         for (gpa, len) in bus.into_writes() {
             vcpu.guest_wrote(gpa, len);
         }
         result
     } else {
-        emulator.emulate(vcpu, vm)
+        match port_string {
+            Some(io) => emulator.emulate_port_string(vcpu, vm, io),
+            None => emulator.emulate(vcpu, vm),
+        }
     };
     match result {
         Ok(_) => {}
@@ -229,7 +242,8 @@ pub fn run<B: VcpuBackend>(
                 vcpu.set_rip(next_rip);
             }
             Exit::DeviceAccess(access) => device_access(vcpu, vm, access),
-            Exit::Emulate { gpa } => emulate(vcpu, vm, &emulator, gpa),
+            Exit::Emulate { gpa } => emulate(vcpu, vm, &emulator, gpa, None),
+            Exit::PortString(io) => emulate(vcpu, vm, &emulator, None, Some(&io)),
             Exit::PageFault {
                 address,
                 error_code,
@@ -246,7 +260,9 @@ pub fn run<B: VcpuBackend>(
                             log::warn!("#PF at {address:#x} not injected: an event was pending");
                         }
                     }
-                    Ok(FaultOutcome::Emulate { gpa }) => emulate(vcpu, vm, &emulator, Some(gpa)),
+                    Ok(FaultOutcome::Emulate { gpa }) => {
+                        emulate(vcpu, vm, &emulator, Some(gpa), None)
+                    }
                     Err(e) => vm.stop(StopReason::Backend(alloc::format!("shadow paging: {e}"))),
                 }
             }

@@ -48,7 +48,7 @@ fn plain_qemu(iso: &Path) -> Command {
 }
 
 /// How many times each boot is timed.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// The middle value (of an odd count; the upper middle otherwise).
 fn median(v: &[Duration]) -> Duration {

@@ -349,12 +349,14 @@ impl Channel {
 
     /// The guest reads the data register.
     pub fn read_data(&mut self, out: &mut [u8]) {
-        out.fill(0xff);
         if !matches!(self.phase, Phase::PioIn { .. }) || !self.data_ready() {
+            out.fill(0xff);
             return;
         }
         let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        let (data, beyond) = out.split_at_mut(n);
+        data.copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        beyond.fill(0xff);
         self.pos += n;
         if self.pos == self.buf.len() {
             self.load_in_block();

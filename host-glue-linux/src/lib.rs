@@ -2,7 +2,9 @@
 //!
 //! [`LinuxHost`] implements the host trait with the standard library: guest
 //! memory from anonymous `mmap` (page-aligned, zeroed), time from the
-//! monotonic clock, idling by sleeping. [`kvm`] is a vCPU backend on
+//! monotonic clock, idling by sleeping, and (with
+//! [`LinuxHost::with_preemption_timer`]) a timer that takes the CPU back
+//! from a guest when the exit loop asks. [`kvm`] is a vCPU backend on
 //! `/dev/kvm` that the one exit loop of `vmm_core::vcpu` drives; [`pc`]
 //! builds a PC (SeaBIOS, the chipset, IDE, fw_cfg) and [`runner`] runs it,
 //! which is what the `vmm` command does.
@@ -16,6 +18,7 @@ pub mod pc;
 pub mod runner;
 pub mod size;
 
+use kvm::PreemptTimer;
 use mmap_memory::MmapMemory;
 use std::time::{Duration, Instant};
 use vmm_core::host::{Host, HostError, HostMemory};
@@ -23,6 +26,7 @@ use vmm_core::host::{Host, HostError, HostMemory};
 /// The Linux host.
 pub struct LinuxHost {
     origin: Instant,
+    preempt: Option<PreemptTimer>,
 }
 
 impl Default for LinuxHost {
@@ -36,7 +40,16 @@ impl LinuxHost {
     pub fn new() -> Self {
         Self {
             origin: Instant::now(),
+            preempt: None,
         }
+    }
+
+    /// This host, with a timer that kicks the calling thread out of KVM_RUN
+    /// at the moments [`Host::preempt_at`] names (the next device timer,
+    /// the end of a slice); call it on the thread that runs the vCPU.
+    pub fn with_preemption_timer(mut self) -> std::io::Result<Self> {
+        self.preempt = Some(PreemptTimer::for_this_thread()?);
+        Ok(self)
     }
 }
 
@@ -52,6 +65,12 @@ impl Host for LinuxHost {
 
     fn now_ns(&self) -> u64 {
         self.origin.elapsed().as_nanos() as u64
+    }
+
+    fn preempt_at(&self, deadline_ns: Option<u64>) {
+        if let (Some(timer), Some(at)) = (&self.preempt, deadline_ns) {
+            timer.arm(self.now_ns(), at);
+        }
     }
 
     fn idle(&self, deadline_ns: Option<u64>) {

@@ -7,7 +7,7 @@ use crate::console::{
     catch_quit_signals, quit_signalled, spawn_stdin_reader, ConsoleInput, RawTerminal,
     SerialConsole,
 };
-use crate::kvm::{self, Kicker, KvmError, KvmVcpu};
+use crate::kvm::{self, KvmError, KvmVcpu};
 use crate::pc::{self, PcError};
 use crate::LinuxHost;
 use std::fmt;
@@ -19,10 +19,8 @@ use vmm_core::vcpu::{self, MsrFile, RunOutcome, Slice};
 use vmm_core::vm::StopReason;
 use vmm_devices::post_code::POST_PORT;
 
-/// How often a guest that never exits is interrupted, so that device timers
-/// fire and the quit key is seen.
-const KICK_PERIOD: Duration = Duration::from_millis(1);
-/// The longest stretch the exit loop runs before looking at the quit key.
+/// The longest stretch the exit loop runs before looking at the quit key
+/// (a guest that never exits is kicked out at the end of each slice).
 const SLICE_NS: u64 = 20_000_000;
 
 /// How to run (what does not describe the machine).
@@ -100,7 +98,7 @@ pub enum RunError {
         /// Why.
         detail: String,
     },
-    /// The vCPU's kick signal could not be set up.
+    /// The vCPU's preemption timer could not be set up.
     Kick(String),
 }
 
@@ -112,7 +110,7 @@ impl fmt::Display for RunError {
             RunError::Kvm(e) => write!(f, "{e}"),
             RunError::Pc(e) => write!(f, "{e}"),
             RunError::Serial { path, detail } => write!(f, "serial output {path}: {detail}"),
-            RunError::Kick(e) => write!(f, "vCPU kick signal: {e}"),
+            RunError::Kick(e) => write!(f, "vCPU preemption timer: {e}"),
         }
     }
 }
@@ -151,7 +149,11 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         }
     };
     catch_quit_signals();
-    let host: Arc<dyn Host> = Arc::new(LinuxHost::new());
+    let host: Arc<dyn Host> = Arc::new(
+        LinuxHost::new()
+            .with_preemption_timer()
+            .map_err(|e| RunError::Kick(e.to_string()))?,
+    );
     let pc = pc::build(host.clone(), config, Box::new(com1)).map_err(RunError::Pc)?;
     let (mut vm, interrupts) = (pc.vm, pc.interrupts);
     let mut vcpu = KvmVcpu::new(&mut vm).map_err(RunError::Kvm)?;
@@ -163,11 +165,6 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         // for each one.
         vcpu.post_port_writes(POST_PORT, 1).map_err(RunError::Kvm)?;
     }
-    let period = std::env::var("VMM_KICK_US")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(KICK_PERIOD, Duration::from_micros);
-    let kicker = Kicker::start(period).map_err(|e| RunError::Kick(e.to_string()))?;
     let mut msrs = MsrFile::default();
     let started = std::time::Instant::now();
     let ending = loop {
@@ -188,7 +185,6 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         }
     };
     let elapsed = started.elapsed();
-    drop(kicker);
     let (posted_writes, assists) = (vcpu.posted_writes(), vcpu.assists());
     drop(vcpu);
     Ok(Report {

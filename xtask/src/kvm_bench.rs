@@ -42,11 +42,42 @@ pub fn build_vmm() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// CPU time a process has used so far, all its threads together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuTime {
+    /// In user space.
+    pub user: Duration,
+    /// In the kernel (for a VMM, mostly KVM_RUN).
+    pub kernel: Duration,
+}
+
+/// Linux's USER_HZ: the unit of the times in /proc/PID/stat.
+const USER_HZ: u64 = 100;
+
+/// `pid`'s CPU time so far, from /proc/PID/stat (`None` once it is gone).
+pub fn cpu_time(pid: u32) -> Option<CpuTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state, ppid, ... with utime
+    // and stime the 12th and 13th fields.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let ticks = |f: Option<&str>| -> Option<Duration> {
+        let t: u64 = f?.parse().ok()?;
+        Some(Duration::from_millis(t * 1000 / USER_HZ))
+    };
+    Some(CpuTime {
+        user: ticks(fields.next())?,
+        kernel: ticks(fields.next())?,
+    })
+}
+
 /// What a run printed, with the time each stdout line arrived.
 #[derive(Debug, Default)]
 pub struct Capture {
     /// Every stdout line, with its arrival time after the start.
     pub lines: Vec<(Duration, String)>,
+    /// The process's CPU time when each line arrived (parallel to `lines`).
+    pub cpu: Vec<Option<CpuTime>>,
     /// All of stderr.
     pub stderr: String,
     /// The exit status, if the process ended.
@@ -133,6 +164,7 @@ pub fn run_capture(
             Ok((t, line)) => {
                 text.push_str(&line);
                 text.push('\n');
+                cap.cpu.push(cpu_time(child.id()));
                 cap.lines.push((t, line));
                 if stop_sent.is_none() && stop_when(&text) {
                     cap.matched = true;
@@ -164,17 +196,26 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
-/// Exits per second from the marks of a `kvm_out_loop` run: the `out`
-/// instructions between the first and the last mark over the time between
-/// their arrivals (so start-up and shut-down cancel).
-pub fn out_loop_rate(cap: &Capture) -> Result<f64> {
-    let marks: Vec<Duration> = cap
+/// What the marks of a `kvm_out_loop` run say about its `out` exits.
+#[derive(Clone, Copy, Debug)]
+pub struct OutLoopFigures {
+    /// Exits per second between the first and the last mark (so that
+    /// start-up and shut-down cancel).
+    pub rate: f64,
+    /// CPU time per exit over the same span, if /proc could be read.
+    pub cpu_per_exit: Option<CpuTime>,
+}
+
+/// The figures of a `kvm_out_loop` run, from its marks.
+pub fn out_loop_figures(cap: &Capture) -> Result<OutLoopFigures> {
+    let marks: Vec<usize> = cap
         .lines
         .iter()
-        .filter(|(_, l)| l.starts_with("mark "))
-        .map(|(t, _)| *t)
+        .enumerate()
+        .filter(|(_, (_, l))| l.starts_with("mark "))
+        .map(|(i, _)| i)
         .collect();
-    let (Some(first), Some(last)) = (marks.first(), marks.last()) else {
+    let (Some(&first), Some(&last)) = (marks.first(), marks.last()) else {
         return Err(Error::msg(format!(
             "no marks in the guest's output:\n{}\n{}",
             cap.stdout(),
@@ -190,8 +231,20 @@ pub fn out_loop_rate(cap: &Capture) -> Result<f64> {
             cap.stderr
         )));
     }
-    let secs = (*last - *first).as_secs_f64();
-    Ok((OUT_LOOP_COUNT * OUT_LOOP_ROUNDS) as f64 / secs)
+    let exits = (OUT_LOOP_COUNT * OUT_LOOP_ROUNDS) as u32;
+    let secs = (cap.lines[last].0 - cap.lines[first].0).as_secs_f64();
+    let cpu = |i: usize| cap.cpu.get(i).copied().flatten();
+    let cpu_per_exit = match (cpu(first), cpu(last)) {
+        (Some(a), Some(b)) => Some(CpuTime {
+            user: b.user.saturating_sub(a.user) / exits,
+            kernel: b.kernel.saturating_sub(a.kernel) / exits,
+        }),
+        _ => None,
+    };
+    Ok(OutLoopFigures {
+        rate: f64::from(exits) / secs,
+        cpu_per_exit,
+    })
 }
 
 /// The QEMU command for a firmware image under KVM: no default devices but
@@ -255,7 +308,7 @@ pub fn run() -> Result<()> {
         ("kvm-port-io-vmm-every-write", &["--no-posted-writes"]),
         ("kvm-port-io-qemu", &[]),
     ];
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut runs: Vec<Vec<OutLoopFigures>> = vec![Vec::new(); cases.len()];
     for _ in 0..3 {
         for (i, (name, extra)) in cases.iter().enumerate() {
             let cmd = if name.ends_with("qemu") {
@@ -266,27 +319,50 @@ pub fn run() -> Result<()> {
                 c
             };
             let cap = run_capture(cmd, &done, limit)?;
-            let rate = out_loop_rate(&cap).map_err(|e| Error::msg(format!("{name}: {e}")))?;
-            rates[i].push(rate);
+            let figures = out_loop_figures(&cap).map_err(|e| Error::msg(format!("{name}: {e}")))?;
+            runs[i].push(figures);
         }
     }
-    let median: Vec<f64> = rates
+    // The run with the median rate stands for each case.
+    let median: Vec<OutLoopFigures> = runs
         .iter_mut()
         .map(|r| {
-            r.sort_by(f64::total_cmp);
+            r.sort_by(|a, b| a.rate.total_cmp(&b.rate));
             r[r.len() / 2]
         })
         .collect();
-    for ((name, _), rate) in cases.iter().zip(&median) {
-        println!("{name}: {:.0} ns/op ({:.0} exits/s)", 1e9 / rate, rate);
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    for ((name, _), f) in cases.iter().zip(&median) {
+        let cpu = match f.cpu_per_exit {
+            Some(c) => format!(
+                "; CPU per exit: user space {:.2} us, kernel {:.2} us",
+                us(c.user),
+                us(c.kernel)
+            ),
+            None => String::new(),
+        };
+        println!(
+            "{name}: {:.0} ns/op ({:.0} exits/s){cpu}",
+            1e9 / f.rate,
+            f.rate
+        );
     }
     println!(
         "kvm-port-io ratio vmm/qemu: {:.2}x (target 1.5x; vmm lets KVM buffer POST-port writes)",
-        median[0] / median[2]
+        median[0].rate / median[2].rate
     );
     println!(
         "kvm-port-io ratio vmm/qemu, every write a return to user space: {:.2}x",
-        median[1] / median[2]
+        median[1].rate / median[2].rate
     );
+    if let (Some(v), Some(q)) = (median[1].cpu_per_exit, median[2].cpu_per_exit) {
+        println!(
+            "CPU per exit, every write a return to user space: user space vmm {:.2} us, qemu {:.2} us; kernel vmm {:.2} us, qemu {:.2} us (the kernel's KVM_RUN round trip bounds the rate)",
+            us(v.user),
+            us(q.user),
+            us(v.kernel),
+            us(q.kernel)
+        );
+    }
     Ok(())
 }

@@ -16,7 +16,7 @@ mod memslots;
 mod run_page;
 mod vcpu;
 
-pub use kick::Kicker;
+pub use kick::PreemptTimer;
 pub use memslots::{plan as plan_slots, MemSlots, Slot};
 pub use vcpu::KvmVcpu;
 

@@ -10,6 +10,8 @@ use std::os::fd::AsRawFd;
 
 /// `kvm_run.request_interrupt_window` (u8).
 pub const REQUEST_INTERRUPT_WINDOW: usize = 0;
+/// `kvm_run.immediate_exit` (u8).
+pub const IMMEDIATE_EXIT: usize = 1;
 /// `kvm_run.exit_reason` (u32).
 pub const EXIT_REASON: usize = 8;
 /// `kvm_run.ready_for_interrupt_injection` (u8).
@@ -58,6 +60,12 @@ impl RunPage {
             return Err(std::io::Error::last_os_error());
         }
         Ok(Self { ptr: p.cast(), len })
+    }
+
+    /// Where `kvm_run.immediate_exit` is, for the kick signal's handler
+    /// (see `kick::aim_at`).
+    pub fn immediate_exit(&self) -> *mut u8 {
+        self.ptr.wrapping_add(IMMEDIATE_EXIT)
     }
 
     /// The whole area.
@@ -114,6 +122,7 @@ impl RunPage {
 
 impl Drop for RunPage {
     fn drop(&mut self) {
+        super::kick::forget(self.immediate_exit());
         // SAFETY: exactly the mapping made in `new`; no borrow outlives
         // `self`.
         unsafe { libc::munmap(self.ptr.cast(), self.len) };

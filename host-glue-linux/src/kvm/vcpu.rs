@@ -317,7 +317,12 @@ impl KvmVcpu {
     /// One KVM_RUN, its exit copied out of the borrow.
     fn enter(&mut self) -> Raw {
         self.access = None;
-        let raw = match self.vcpu.run() {
+        super::kick::aim_at(self.run.immediate_exit());
+        let result = self.vcpu.run();
+        // A kick that came in or after this run has done its work: the
+        // exit loop polls its timers before the next entry.
+        self.run.set_u8(run_page::IMMEDIATE_EXIT, 0);
+        let raw = match result {
             Ok(VcpuExit::IoOut(port, _)) => Raw::Io { port, write: true },
             Ok(VcpuExit::IoIn(port, _)) => Raw::Io { port, write: false },
             Ok(VcpuExit::MmioRead(gpa, d)) => Raw::Mmio {

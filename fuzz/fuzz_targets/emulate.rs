@@ -1,7 +1,9 @@
 //! Fuzz the instruction emulator: arbitrary instruction bytes, CPU mode,
 //! control registers (paging mode, WP, SMEP, SMAP, NX, PKE, AM), segment
 //! registers, general and XMM registers, flags, and guest memory holding
-//! page tables the fuzzer also controls.
+//! page tables the fuzzer also controls; and string port instructions run
+//! from an I/O exit's particulars (`Emulator::emulate_port_string`), which
+//! may be any values at all.
 //!
 //! Invariants: no panic; every emulation call finishes within a bounded
 //! number of bus accesses; every physical access is inside the given guest
@@ -13,8 +15,8 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use vmm_core::emulator::{
-    BusError, Completion, EmulateError, Emulator, Exception, GuestBus, RegisterFile, Segment,
-    SegmentRegister,
+    BusError, Completion, EmulateError, Emulator, Exception, GuestBus, PortString, RegisterFile,
+    Segment, SegmentRegister,
 };
 use vmm_core::paging::*;
 
@@ -51,6 +53,9 @@ struct Input {
     patches: Vec<(u16, Vec<u8>)>,
     /// Pick 64-bit-friendly defaults for the segments instead of raw ones.
     flat: bool,
+    /// Run a string port instruction from these exit particulars (INS,
+    /// size, address size, REP, segment index) instead of decoding.
+    port_string: Option<(bool, u8, u8, bool, u8)>,
 }
 
 struct Bus {
@@ -188,7 +193,20 @@ fuzz_target!(|input: Input| {
     for _ in 0..3 {
         let before = cpu.clone();
         bus.accesses = 0;
-        let result = emulator.emulate(&mut cpu, &mut bus);
+        let result = match input.port_string {
+            Some((input_, size, address_size, rep, seg)) => {
+                let io = PortString {
+                    input: input_,
+                    size,
+                    address_size,
+                    rep,
+                    segment: Segment::ALL[usize::from(seg) % 6],
+                    next_rip: rip.wrapping_add(2),
+                };
+                emulator.emulate_port_string(&mut cpu, &mut bus, &io)
+            }
+            None => emulator.emulate(&mut cpu, &mut bus),
+        };
         // Bounded work: fetch and page walks plus a bounded number of
         // iterations, each with at most a few accesses.
         assert!(

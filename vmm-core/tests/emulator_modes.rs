@@ -557,206 +557,115 @@ fn rep_ins_into_ram_moves_page_runs_in_one_string_access() {
     assert_eq!(got, want, "the bytes land in order, as element reads would");
 }
 
-/// One INS/OUTS case: the CPU, the instruction bytes at 0x1000, and the
-/// particulars an I/O exit reports for it.
-struct PortStringCase {
-    name: &'static str,
-    cpu: RegisterFile,
-    code: &'static [u8],
-    size: u8,
-    address_size: u8,
-    input: bool,
-    rep: bool,
-    /// RCX, RSI and RDI.
-    count: u64,
-    source: u64,
-    destination: u64,
-    down: bool,
-}
+/// One INS/OUTS case: a name, the CPU, the instruction bytes at 0x1000,
+/// the particulars an I/O exit reports for it (INS, size, address size,
+/// REP), then RCX, RSI, RDI and RFLAGS.DF.
+type PortStringCase = (
+    &'static str,
+    RegisterFile,
+    &'static [u8],
+    (bool, u8, u8, bool),
+    (u64, u64, u64, bool),
+);
 
 #[test]
 fn port_string_from_exit_particulars_matches_decoding_the_instruction() {
     let real = RegisterFile::real_mode;
     let flat = RegisterFile::protected_flat32;
-    #[allow(clippy::too_many_arguments)]
-    fn case(
-        name: &'static str,
-        cpu: RegisterFile,
-        code: &'static [u8],
-        size: u8,
-        address_size: u8,
-        input: bool,
-        rep: bool,
-        count: u64,
-        source: u64,
-        destination: u64,
-        down: bool,
-    ) -> PortStringCase {
-        PortStringCase {
-            name,
-            cpu,
-            code,
-            size,
-            address_size,
-            input,
-            rep,
-            count,
-            source,
-            destination,
-            down,
-        }
-    }
     let mut probe = vm().0;
     let long = long_mode(&mut probe);
-    let cases = [
-        case(
+    let ins = |size, asize| (true, size, asize, true);
+    let cases: [PortStringCase; 10] = [
+        (
             "real rep insw",
             real(),
             &[0xf3, 0x6d],
-            2,
-            16,
-            true,
-            true,
-            3,
-            0,
-            0x2000,
-            false,
+            ins(2, 16),
+            (3, 0, 0x2000, false),
         ),
-        case(
+        (
             "real insb",
             real(),
             &[0x6c],
-            1,
-            16,
-            true,
-            false,
-            9,
-            0,
-            0xfffe,
-            false,
+            (true, 1, 16, false),
+            (9, 0, 0xfffe, false),
         ),
-        case(
+        (
             "real rep insw wrapping di",
             real(),
             &[0xf3, 0x6d],
-            2,
-            16,
-            true,
-            true,
-            3,
-            0,
-            0xfffe,
-            false,
+            ins(2, 16),
+            (3, 0, 0xfffe, false),
         ),
-        case(
+        (
             "flat32 rep insd over a page end",
             flat(),
             &[0xf3, 0x6d],
-            4,
-            32,
-            true,
-            true,
-            5,
-            0,
-            0x3ff8,
-            false,
+            ins(4, 32),
+            (5, 0, 0x3ff8, false),
         ),
-        case(
+        (
             "flat32 rep insw downwards",
             flat(),
             &[0xf3, 0x66, 0x6d],
-            2,
-            32,
-            true,
-            true,
-            4,
-            0,
-            0x2010,
-            true,
+            ins(2, 32),
+            (4, 0, 0x2010, true),
         ),
-        case(
+        (
             "long rep insb past the iteration bound",
             long.clone(),
             &[0xf3, 0x6c],
-            1,
-            64,
-            true,
-            true,
-            3000,
-            0,
-            0x2000,
-            false,
+            ins(1, 64),
+            (3000, 0, 0x2000, false),
         ),
-        case(
+        (
             "long a32 rep insw",
             long.clone(),
             &[0x67, 0xf3, 0x66, 0x6d],
-            2,
-            32,
-            true,
-            true,
-            3,
-            0,
-            0x1_0000_2000,
-            false,
+            ins(2, 32),
+            (3, 0, 0x1_0000_2000, false),
         ),
-        case(
+        (
             "long rep insw into an unmapped page",
             long.clone(),
             &[0xf3, 0x66, 0x6d],
-            2,
-            64,
-            true,
-            true,
-            4,
-            0,
-            0x40_0000 - 2,
-            false,
+            ins(2, 64),
+            (4, 0, 0x40_0000 - 2, false),
         ),
-        case(
+        (
             "long rep insw into MMIO",
             long.clone(),
             &[0xf3, 0x66, 0x6d],
-            2,
-            64,
-            true,
-            true,
-            3,
-            0,
-            MMIO,
-            false,
+            ins(2, 64),
+            (3, 0, MMIO, false),
         ),
-        case(
+        (
             "flat32 rep outsw",
             flat(),
             &[0xf3, 0x66, 0x6f],
-            2,
-            32,
-            false,
-            true,
-            4,
-            0x2000,
-            0,
-            false,
+            (false, 2, 32, true),
+            (4, 0x2000, 0, false),
         ),
     ];
-    for c in cases {
+    for (name, start, code, (input, size, address_size, rep), (count, source, destination, down)) in
+        cases
+    {
         let setup = || {
             let (mut vm, rec) = vm();
-            let mut cpu = c.cpu.clone();
-            if c.cpu.control.cr3 != 0 {
+            let mut cpu = start.clone();
+            if start.control.cr3 != 0 {
                 cpu = long_mode(&mut vm);
             }
-            vm.memory_mut().write(0x1000, c.code).unwrap();
+            vm.memory_mut().write(0x1000, code).unwrap();
             vm.memory_mut()
                 .write(0x2000, &(0..64u8).collect::<Vec<_>>())
                 .unwrap();
             cpu.rip = 0x1000;
-            cpu.gprs[1] = c.count;
+            cpu.gprs[1] = count;
             cpu.gprs[2] = u64::from(PORT);
-            cpu.gprs[6] = c.source;
-            cpu.gprs[7] = c.destination;
-            if c.down {
+            cpu.gprs[6] = source;
+            cpu.gprs[7] = destination;
+            if down {
                 cpu.rflags |= RFLAGS_DF;
             }
             (vm, rec, cpu)
@@ -764,18 +673,18 @@ fn port_string_from_exit_particulars_matches_decoding_the_instruction() {
         let (mut vm_a, rec_a, mut cpu_a) = setup();
         let (mut vm_b, rec_b, mut cpu_b) = setup();
         let io = PortString {
-            input: c.input,
-            size: c.size,
-            address_size: c.address_size,
-            rep: c.rep,
-            segment: if c.input { Segment::Es } else { Segment::Ds },
-            next_rip: 0x1000 + c.code.len() as u64,
+            input,
+            size,
+            address_size,
+            rep,
+            segment: if input { Segment::Es } else { Segment::Ds },
+            next_rip: 0x1000 + code.len() as u64,
         };
         let emulator = Emulator::default();
         for call in 0..6 {
             let decoded = emulator.emulate(&mut cpu_a, &mut vm_a);
             let reported = emulator.emulate_port_string(&mut cpu_b, &mut vm_b, &io);
-            let at = format!("{} (call {call})", c.name);
+            let at = format!("{name} (call {call})");
             assert_eq!(decoded, reported, "{at}");
             assert_eq!(cpu_a, cpu_b, "{at}");
             assert_eq!(rec_a.take(), rec_b.take(), "{at}");
@@ -785,7 +694,7 @@ fn port_string_from_exit_particulars_matches_decoding_the_instruction() {
             vm_b.memory().read(0, &mut ram_b).unwrap();
             assert!(ram_a == ram_b, "{at}: guest memory differs");
             if decoded != Ok(Completion::Paused) {
-                assert!(call > 0 || c.count <= 1024, "{at}: finished too early");
+                assert!(call > 0 || count <= 1024, "{at}: finished too early");
                 break;
             }
         }

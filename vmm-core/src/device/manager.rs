@@ -495,12 +495,8 @@ impl DeviceManager {
         {
             let id = claim.device;
             if let Some(pio) = self.devices[id.0 as usize].port_io() {
-                let host = env.host;
-                let start = host.now_ns();
-                access(pio, &mut context(env, id));
-                claim
-                    .count
-                    .add(write, elements, host.now_ns().saturating_sub(start));
+                let ns = timed(env.host, || access(pio, &mut context(env, id)));
+                claim.count.add(write, elements, ns);
                 return Some(id);
             }
         }
@@ -591,12 +587,8 @@ impl DeviceManager {
             let claim = &mut self.mmio_claims[i];
             let id = claim.device;
             if let Some(mmio) = self.devices[id.0 as usize].mmio() {
-                let host = env.host;
-                let start = host.now_ns();
-                access(mmio, &mut context(env, id));
-                claim
-                    .count
-                    .add(write, 1, host.now_ns().saturating_sub(start));
+                let ns = timed(env.host, || access(mmio, &mut context(env, id)));
+                claim.count.add(write, 1, ns);
                 return Some(id);
             }
         }
@@ -668,6 +660,13 @@ impl DeviceManager {
     pub fn report(&self) -> DeviceReport<'_> {
         DeviceReport { dm: self }
     }
+}
+
+/// Run `f`, and say how long it took by the host's clock.
+fn timed(host: &dyn Host, f: impl FnOnce()) -> u64 {
+    let start = host.now_ns();
+    f();
+    host.now_ns().saturating_sub(start)
 }
 
 fn context<'a>(env: DispatchEnv<'a>, id: DeviceId) -> DeviceContext<'a> {

@@ -8,10 +8,11 @@
 //! Protocol (shared by all bench binaries): no arguments runs every case;
 //! `--list` prints case names; `--case NAME --iters N` runs one case N times.
 
+mod protocol;
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioAddressOffset, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_device::{DeviceMmio, DevicePio};
@@ -246,39 +247,12 @@ fn run(case: &str, iters: u64) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        for c in CASES {
-            println!("{c}");
-        }
-        return;
-    }
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    if let Some(case) = value("--case") {
-        let iters = value("--iters")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(1_000_000);
-        run(&case, iters);
-        return;
-    }
-    println!(
+    let header = format!(
         "{} port ranges, {} MMIO ranges; accesses cycle over {} ports and {} addresses",
         PORT_RANGES.len(),
         mmio_ranges().len(),
         port_pattern().len(),
         mmio_pattern().len()
     );
-    const N: u64 = 5_000_000;
-    for case in CASES {
-        run(case, N / 10); // warm up
-        let t = Instant::now();
-        run(case, N);
-        let ns = t.elapsed().as_nanos() as f64 / N as f64;
-        println!("{case}: {ns:.2} ns/op");
-    }
+    protocol::serve(&CASES, 1_000_000, 5_000_000, Some(header), run);
 }

@@ -11,6 +11,8 @@
 //! `--list` prints the case names; `--case NAME --iters N` runs one case N
 //! times (for callgrind). Other arguments (`--bench`) are ignored.
 
+mod protocol;
+
 use iced_x86::code_asm::*;
 use iced_x86::{Decoder, DecoderOptions, Instruction};
 use std::hint::black_box;
@@ -127,45 +129,37 @@ const CASES: &[Case] = &[
 ];
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        for (name, _, _) in CASES {
-            println!("{name}");
+    match protocol::request() {
+        protocol::Request::List => {
+            for (name, _, _) in CASES {
+                println!("{name}");
+            }
         }
-        return;
-    }
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    if let Some(case) = value("--case") {
-        let iters = value("--iters").and_then(|v| v.parse().ok()).unwrap_or(1);
-        match CASES.iter().find(|(n, _, _)| *n == case) {
+        protocol::Request::One { case, iters } => match CASES.iter().find(|(n, _, _)| *n == case) {
             Some((_, f, _)) => {
-                f(iters);
+                f(iters.unwrap_or(1));
             }
             None => {
                 eprintln!("unknown case {case}");
                 std::process::exit(2);
             }
-        }
-        return;
-    }
-    for (name, f, kind) in CASES {
-        // Warm up, then size the run to about 0.3 s.
-        let probe = f(100).max(1.0);
-        let iters = ((3e8 / probe) as u64).clamp(100, 10_000_000);
-        let ns = f(iters);
-        if *kind == "4k" {
-            let mib_s = 4096.0 / ns * 1e9 / (1024.0 * 1024.0);
-            println!(
-                "{name}: {ns:.1} ns/op ({:.2} ns/byte, {mib_s:.1} MiB/s)",
-                ns / 4096.0
-            );
-        } else {
-            println!("{name}: {ns:.1} ns/op");
+        },
+        protocol::Request::All => {
+            for (name, f, kind) in CASES {
+                // Warm up, then size the run to about 0.3 s.
+                let probe = f(100).max(1.0);
+                let iters = ((3e8 / probe) as u64).clamp(100, 10_000_000);
+                let ns = f(iters);
+                if *kind == "4k" {
+                    let mib_s = 4096.0 / ns * 1e9 / (1024.0 * 1024.0);
+                    println!(
+                        "{name}: {ns:.1} ns/op ({:.2} ns/byte, {mib_s:.1} MiB/s)",
+                        ns / 4096.0
+                    );
+                } else {
+                    println!("{name}: {ns:.1} ns/op");
+                }
+            }
         }
     }
 }

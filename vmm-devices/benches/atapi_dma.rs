@@ -13,8 +13,10 @@
 //! Protocol (shared by all bench binaries): no arguments runs every case;
 //! `--list` prints case names; `--case NAME --iters N` runs one case N times.
 
+#[path = "../../vmm-core/benches/protocol/mod.rs"]
+mod protocol;
+
 use std::sync::Arc;
-use std::time::Instant;
 use vmm_core::irq::UnconnectedLine;
 use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_core::vm::Vm;
@@ -152,39 +154,25 @@ fn run(b: &mut Bench, case: &str, iters: u64) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        for (c, _) in CASES {
-            println!("{c}");
-        }
-        return;
-    }
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
     let mut b = Bench::new();
-    if let Some(case) = value("--case") {
-        let iters = value("--iters")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(1000);
-        run(&mut b, &case, iters);
-        return;
-    }
-    for (case, _) in CASES {
-        // The whole image, after a warm-up of a tenth of it.
-        let iters = u64::from(SECTORS);
-        run(&mut b, case, iters / 10);
-        let t = Instant::now();
-        run(&mut b, case, iters);
-        let secs = t.elapsed().as_secs_f64();
-        let ns = secs * 1e9 / iters as f64;
-        let bytes = iters as f64 * CD_SECTOR_SIZE as f64;
-        println!(
-            "{case}: {ns:.1} ns/op ({:.0} MB/s reading the 64 MiB image)",
-            bytes / secs / 1e6
-        );
+    let mut run = |case: &str, iters: u64| run(&mut b, case, iters);
+    match protocol::request() {
+        protocol::Request::List => {
+            for (c, _) in CASES {
+                println!("{c}");
+            }
+        }
+        protocol::Request::One { case, iters } => run(&case, iters.unwrap_or(1000)),
+        protocol::Request::All => {
+            for (case, _) in CASES {
+                // The whole image, after a warm-up of a tenth of it.
+                let iters = u64::from(SECTORS);
+                let ns = protocol::time(&mut run, case, iters);
+                println!(
+                    "{case}: {ns:.1} ns/op ({:.0} MB/s reading the 64 MiB image)",
+                    CD_SECTOR_SIZE as f64 / ns * 1e3
+                );
+            }
+        }
     }
 }

@@ -8,9 +8,11 @@
 //! case; `--list` prints case names; `--case NAME --iters N` runs one case
 //! N times. Other arguments (such as cargo's `--bench`) are ignored.
 
+#[path = "../../vmm-core/benches/protocol/mod.rs"]
+mod protocol;
+
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Instant;
 use vmm_core::memory::BlockId;
 use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_core::vm::Vm;
@@ -153,32 +155,5 @@ fn run(case: &str, iters: u64) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        for c in CASES {
-            println!("{c}");
-        }
-        return;
-    }
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    if let Some(case) = value("--case") {
-        let iters = value("--iters")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(100_000);
-        run(&case, iters);
-        return;
-    }
-    const N: u64 = 1_000_000;
-    for case in CASES {
-        run(case, N / 10); // warm up
-        let t = Instant::now();
-        run(case, N);
-        let ns = t.elapsed().as_nanos() as f64 / N as f64;
-        println!("{case}: {ns:.2} ns/op");
-    }
+    protocol::serve(&CASES, 100_000, 1_000_000, None, run);
 }

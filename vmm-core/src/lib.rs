@@ -18,7 +18,8 @@
 //! clock, used by every unit test, integration test, benchmark and fuzzer.
 #![no_std]
 // `unsafe` is denied everywhere but in `svm` and `vmx`, the hardware
-// backends that hand physical addresses to the CPU.
+// backends that hand physical addresses to the CPU, and `xstate::switch`,
+// which saves and loads extended register state.
 #![deny(unsafe_code)]
 
 extern crate alloc;
@@ -41,3 +42,5 @@ pub mod vcpu;
 pub mod vm;
 #[allow(unsafe_code)]
 pub mod vmx;
+// Only its `switch` submodule (XSAVE/XRSTOR, XSETBV) uses `unsafe`.
+pub mod xstate;

@@ -16,9 +16,6 @@ mod shadow;
 mod vmcb;
 
 pub use instructions::GuestGprs;
-// The XMM accessors serve every hardware backend: the host never uses SSE,
-// so after an exit the registers hold the guest's values.
-pub use instructions::{read_xmm, write_xmm};
 pub use vmcb::{offset, Vmcb};
 
 use crate::emulator::{CpuState, Segment, SegmentRegister, RFLAGS_IF};
@@ -27,6 +24,7 @@ use crate::nested_paging::{NestedTables, Npt};
 use crate::paging::ControlRegisters;
 use crate::vcpu::{Event, Exit, ExitError, VcpuBackend};
 use crate::vm::Vm;
+use crate::xstate::{ExtendedState, XstateModel};
 use alloc::boxed::Box;
 use alloc::format;
 use core::fmt;
@@ -80,6 +78,7 @@ pub struct SvmFeatures {
 pub struct Svm {
     _hsave: Box<dyn HostMemory>,
     features: SvmFeatures,
+    xstate: XstateModel,
 }
 
 fn phys_of(m: &dyn HostMemory) -> Result<u64, SvmError> {
@@ -105,6 +104,8 @@ impl Svm {
         }
         let hsave = host.alloc_memory(4096, 4096).map_err(SvmError::Host)?;
         let hsave_pa = phys_of(hsave.as_ref())?;
+        // Guests' x87/SSE/AVX state is saved and loaded around every VMRUN.
+        crate::xstate::prepare_host_cpu();
         // SAFETY: SVM exists and is not disabled; setting EFER.SVME only
         // makes the SVM instructions available, and VM_HSAVE_PA points at a
         // page this object owns for as long as SVM is used.
@@ -119,12 +120,18 @@ impl Svm {
                 nrip_save: svm.edx & (1 << 3) != 0,
                 asids: svm.ebx,
             },
+            xstate: XstateModel::detect(),
         })
     }
 
     /// The optional features found.
     pub fn features(&self) -> SvmFeatures {
         self.features
+    }
+
+    /// What guests may keep in extended state on this CPU.
+    pub fn xstate_model(&self) -> &XstateModel {
+        &self.xstate
     }
 }
 
@@ -140,6 +147,8 @@ const INTERCEPT_MSR: u32 = 1 << 28;
 const INTERCEPT_SHUTDOWN: u32 = 1 << 31;
 /// VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT.
 const INTERCEPT_SVM_INSTRUCTIONS: u32 = 0x7f;
+/// XSETBV (second instruction-intercept word): XCR0 is per vCPU.
+const INTERCEPT_XSETBV: u32 = 1 << 13;
 
 // Exit codes.
 const EXIT_INTR: u64 = 0x60;
@@ -153,8 +162,12 @@ const EXIT_MSR: u64 = 0x7c;
 const EXIT_SHUTDOWN: u64 = 0x7f;
 const EXIT_VMRUN: u64 = 0x80;
 const EXIT_SKINIT: u64 = 0x86;
+const EXIT_XSETBV: u64 = 0x8d;
 const EXIT_NPF: u64 = 0x400;
 const EXIT_INVALID: u64 = u64::MAX;
+
+/// Exits `run` handles itself (XSETBV) before it gives up the CPU anyway.
+const MAX_INTERNAL_EXITS: usize = 64;
 
 /// Clear the read and write intercept bits of `msr` in an MSR permission
 /// map (two bits per MSR in three 8 KiB-MSR ranges, APM vol. 2 15.11).
@@ -189,6 +202,8 @@ pub struct SvmVcpu {
     asid: u32,
     /// Shadow paging state, when nested paging is not used.
     shadow: Option<shadow::ShadowState>,
+    /// The guest's x87/SSE/AVX registers and XCR0.
+    xstate: ExtendedState,
 }
 
 impl SvmVcpu {
@@ -220,6 +235,7 @@ impl SvmVcpu {
             features: svm.features(),
             asid: asid.max(1),
             shadow: None,
+            xstate: ExtendedState::new(svm.xstate.clone()),
         };
         me.vmcb.write_u64(offset::IOPM_BASE, iopm_pa);
         me.vmcb.write_u64(offset::MSRPM_BASE, msrpm_pa);
@@ -234,8 +250,10 @@ impl SvmVcpu {
                 | INTERCEPT_MSR
                 | INTERCEPT_SHUTDOWN,
         );
-        me.vmcb
-            .write_u32(offset::INTERCEPT_MISC2, INTERCEPT_SVM_INSTRUCTIONS);
+        me.vmcb.write_u32(
+            offset::INTERCEPT_MISC2,
+            INTERCEPT_SVM_INSTRUCTIONS | INTERCEPT_XSETBV,
+        );
         me.vmcb.write_u32(offset::ASID, me.asid);
         // The guest's TSC starts at zero, as after power-on.
         me.vmcb.write_u64(
@@ -296,6 +314,32 @@ impl SvmVcpu {
             self.vmcb.read_u64(offset::NEXT_RIP)
         } else {
             self.vmcb.read_u64(offset::RIP).wrapping_add(length)
+        }
+    }
+
+    /// XSETBV: #UD without CR4.OSXSAVE, #GP outside CPL 0 or for a value
+    /// the model refuses; otherwise the guest's XCR0 changes and RIP moves
+    /// past the 3-byte instruction.
+    fn xsetbv(&mut self) {
+        // An event the exit interrupted is not possible here (XSETBV is an
+        // instruction), so EXITINTINFO needs no re-injection.
+        let value = (self.gprs.rdx << 32) | (self.gpr(0) & 0xffff_ffff);
+        let index = self.gprs.rcx as u32;
+        let event = if self.control().cr4 & crate::paging::CR4_OSXSAVE == 0 {
+            Some(crate::emulator::Exception::InvalidOpcode)
+        } else if self.cpl() != 0 || !self.xstate.set_xcr(index, value) {
+            Some(crate::emulator::Exception::GeneralProtection(0))
+        } else {
+            None
+        };
+        match event {
+            Some(e) => {
+                self.inject(Event::Exception(e));
+            }
+            None => {
+                let next = self.next_rip(3);
+                self.set_rip(next);
+            }
         }
     }
 
@@ -415,10 +459,19 @@ impl CpuState for SvmVcpu {
         }
     }
     fn xmm(&self, index: usize) -> u128 {
-        instructions::read_xmm(index)
+        self.xstate.xmm(index)
     }
     fn set_xmm(&mut self, index: usize, value: u128) {
-        instructions::write_xmm(index, value)
+        self.xstate.set_xmm(index, value)
+    }
+    fn ymm_upper(&self, index: usize) -> Option<u128> {
+        self.xstate.ymm_upper(index)
+    }
+    fn set_ymm_upper(&mut self, index: usize, value: u128) {
+        self.xstate.set_ymm_upper(index, value)
+    }
+    fn xcr0(&self) -> Option<u64> {
+        Some(self.xstate.xcr0())
     }
     fn cpl(&self) -> u8 {
         self.vmcb.read_u8(offset::CPL)
@@ -439,25 +492,37 @@ impl VcpuBackend for SvmVcpu {
         let Some(pa) = self.vmcb.phys() else {
             return Exit::Error(ExitError::OutOfMemory);
         };
-        // Clean bits are not used: the CPU reloads everything every time.
-        self.vmcb.write_u32(offset::CLEAN_BITS, 0);
-        // SAFETY: SVM was enabled by `Svm::enable` (required to build this
-        // vCPU); the VMCB is ours, its nested tables map only this VM's
-        // memory, its permission maps intercept every MSR and every port but
-        // the unhooked ports of a device passed through to this VM (which
-        // the host gave to it, see `crate::dmm`); the host
-        // handles the interrupts it unmasks (see `instructions::vmrun`).
-        unsafe { instructions::vmrun(pa, &mut self.gprs) };
-        self.vmcb.write_u8(offset::TLB_CONTROL, 0);
-        self.vmcb.write_u64(offset::EVENT_INJ, 0);
-        let exit = match self.shadow_exit(vm) {
-            Some(exit) => exit,
-            None => self.decode_exit(vm),
-        };
-        if exit == Exit::InterruptWindow {
-            self.request_interrupt_window(false);
+        // XSETBV is carried out here and the guest re-entered; anything
+        // else goes to the exit loop.
+        for _ in 0..MAX_INTERNAL_EXITS {
+            // Clean bits are not used: the CPU reloads everything every time.
+            self.vmcb.write_u32(offset::CLEAN_BITS, 0);
+            self.xstate.switch_to_guest();
+            // SAFETY: SVM was enabled by `Svm::enable` (required to build
+            // this vCPU); the VMCB is ours, its nested tables map only this
+            // VM's memory, its permission maps intercept every MSR and every
+            // port but the unhooked ports of a device passed through to
+            // this VM (which the host gave to it, see `crate::dmm`); the
+            // host handles the interrupts it unmasks (see
+            // `instructions::vmrun`).
+            unsafe { instructions::vmrun(pa, &mut self.gprs) };
+            self.xstate.switch_to_host();
+            self.vmcb.write_u8(offset::TLB_CONTROL, 0);
+            self.vmcb.write_u64(offset::EVENT_INJ, 0);
+            if self.vmcb.read_u64(offset::EXIT_CODE) == EXIT_XSETBV {
+                self.xsetbv();
+                continue;
+            }
+            let exit = match self.shadow_exit(vm) {
+                Some(exit) => exit,
+                None => self.decode_exit(vm),
+            };
+            if exit == Exit::InterruptWindow {
+                self.request_interrupt_window(false);
+            }
+            return exit;
         }
-        exit
+        Exit::Preempted
     }
 
     fn inject(&mut self, event: Event) -> bool {
@@ -519,6 +584,7 @@ impl VcpuBackend for SvmVcpu {
 
     fn reset(&mut self) {
         self.vmcb.set_reset_state();
+        self.xstate.reset();
         // RESET zeroes the TSC.
         self.set_tsc_offset(crate::vcpu::msr_host_tsc().wrapping_neg());
         self.shadow_reset();
@@ -527,6 +593,10 @@ impl VcpuBackend for SvmVcpu {
             rdx: core::arch::x86_64::__cpuid(1).eax.into(),
             ..GuestGprs::default()
         };
+    }
+
+    fn extended_state(&self) -> Option<&crate::xstate::ExtendedState> {
+        Some(&self.xstate)
     }
 
     fn tsc_offset(&self) -> u64 {

@@ -95,6 +95,13 @@ pub trait VcpuBackend: CpuState {
     /// is being reset.
     fn reset(&mut self);
 
+    /// The vCPU's x87/SSE/AVX state and XCR0, for a backend that keeps them
+    /// itself (SVM, VMX): CPUID then describes exactly what it saves.
+    /// Backends whose hypervisor does this (KVM) keep the default, `None`.
+    fn extended_state(&self) -> Option<&crate::xstate::ExtendedState> {
+        None
+    }
+
     /// The bytes of the last [`Exit::DeviceAccess`]: `size * count` bytes,
     /// holding what the guest wrote, or to be filled with what it reads (the
     /// backend hands them to the guest at the next entry). Backends that

@@ -295,11 +295,12 @@ pub fn run<B: VcpuBackend>(
                 vcpu.set_rip(next_rip);
             }
             Exit::Cpuid { next_rip } => {
-                let r = guest_cpuid_for(
-                    vcpu.gpr(RAX) as u32,
-                    vcpu.gpr(RCX) as u32,
-                    vm.host().tsc_khz(),
-                );
+                let (leaf, subleaf) = (vcpu.gpr(RAX) as u32, vcpu.gpr(RCX) as u32);
+                let mut r = guest_cpuid_for(leaf, subleaf, vm.host().tsc_khz());
+                if let Some(x) = vcpu.extended_state() {
+                    let osxsave = vcpu.control().cr4 & crate::paging::CR4_OSXSAVE != 0;
+                    x.model().cpuid(leaf, subleaf, &mut r, osxsave, x.xcr0());
+                }
                 vcpu.set_gpr(RAX, r.eax.into());
                 vcpu.set_gpr(RBX, r.ebx.into());
                 vcpu.set_gpr(RCX, r.ecx.into());

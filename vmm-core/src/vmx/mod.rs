@@ -123,6 +123,7 @@ pub struct Vmx {
     _vmxon: Box<dyn HostMemory>,
     caps: CapabilityMsrs,
     controls: Controls,
+    xstate: crate::xstate::XstateModel,
 }
 
 impl Vmx {
@@ -152,27 +153,22 @@ impl Vmx {
         let mut region = host.alloc_memory(4096, 4096).map_err(VmxError::Host)?;
         region.as_mut_slice()[..4].copy_from_slice(&caps.revision().to_le_bytes());
         let pa = phys_of(region.as_ref())?;
-        // XSETBV exits unconditionally and is carried out by the host, which
-        // needs CR4.OSXSAVE for it.
-        let osxsave = if leaf1.ecx & (1 << 26) != 0 {
-            CR4_OSXSAVE
-        } else {
-            0
-        };
-        // SAFETY: the bits set are VMX's fixed-1 bits (NE, VMXE) and
-        // OSXSAVE, all harmless to the host; VMXON gets a region with the
-        // revision ID that this object keeps for as long as VMX is used.
+        // Guests' x87/SSE/AVX state and XCR0 are saved and loaded around
+        // every entry (XSETBV exits unconditionally), which needs
+        // CR4.OSFXSR and CR4.OSXSAVE on the host.
+        crate::xstate::prepare_host_cpu();
+        // SAFETY: the bits set are VMX's fixed-1 bits (NE, VMXE), all
+        // harmless to the host; VMXON gets a region with the revision ID
+        // that this object keeps for as long as VMX is used.
         unsafe {
-            instructions::set_cr0_cr4_bits(
-                caps.cr0_fixed0 & !(CR0_PE | CR0_PG),
-                caps.cr4_fixed0 | osxsave,
-            );
+            instructions::set_cr0_cr4_bits(caps.cr0_fixed0 & !(CR0_PE | CR0_PG), caps.cr4_fixed0);
             instructions::vmxon(pa).map_err(|_| VmxError::VmxonFailed)?;
         }
         Ok(Self {
             _vmxon: region,
             caps,
             controls,
+            xstate: crate::xstate::XstateModel::detect(),
         })
     }
 
@@ -184,6 +180,11 @@ impl Vmx {
     /// The controls every VMCS gets.
     pub fn controls(&self) -> &Controls {
         &self.controls
+    }
+
+    /// What guests may keep in extended state on this CPU.
+    pub fn xstate_model(&self) -> &crate::xstate::XstateModel {
+        &self.xstate
     }
 }
 
@@ -276,7 +277,8 @@ pub struct VmxVcpu {
     cr4: FixedBits,
     ept_caps: u64,
     vpid: u16,
-    xcr0: u64,
+    /// The guest's x87/SSE/AVX registers and XCR0.
+    xstate: crate::xstate::ExtendedState,
 }
 
 /// Set (intercept) or clear the read and write bits of `msr` in a VMX MSR
@@ -382,7 +384,7 @@ impl VmxVcpu {
             cr4: vmx.caps.guest_cr4(),
             ept_caps: vmx.caps.ept_vpid,
             vpid: vpid.max(1),
-            xcr0: 1,
+            xstate: crate::xstate::ExtendedState::new(vmx.xstate.clone()),
         };
         // SAFETY: VMX is on (`vmx` exists); the region is ours, carries the
         // revision ID and is cleared before first use.
@@ -562,20 +564,6 @@ impl VmxVcpu {
         }
         fill_io_bitmaps(self.io_bitmaps.as_mut_slice(), &direct);
         self.io_generation = Some(generation);
-    }
-
-    /// Put XCR0 where this guest left it (XCR0 is not switched by VMX).
-    fn sync_xcr0(&self) {
-        if core::arch::x86_64::__cpuid(1).ecx & (1 << 26) == 0 {
-            return;
-        }
-        // SAFETY: the CPU has XSAVE and `Vmx::enable` set CR4.OSXSAVE, so
-        // XGETBV/XSETBV are available; `xcr0` was validated by `xsetbv`.
-        unsafe {
-            if core::arch::x86_64::_xgetbv(0) != self.xcr0 {
-                core::arch::x86_64::_xsetbv(0, self.xcr0);
-            }
-        }
     }
 
     fn entry_controls(&self) -> u64 {
@@ -773,21 +761,17 @@ impl VmxVcpu {
         }
     }
 
-    /// XSETBV: validate against what the CPU supports, then load it.
+    /// XSETBV: #UD without CR4.OSXSAVE, #GP outside CPL 0 or for a value
+    /// the model refuses; otherwise the guest's XCR0 changes (it is loaded
+    /// at the next entry).
     fn xsetbv(&mut self) {
         let value = (self.gprs.rdx << 32) | (self.gprs.rax & 0xffff_ffff);
-        let leaf = core::arch::x86_64::__cpuid_count(0xd, 0);
-        let supported = u64::from(leaf.eax) | (u64::from(leaf.edx) << 32);
-        let valid = self.gprs.rcx & 0xffff_ffff == 0
-            && value & 1 != 0
-            && value & !supported == 0
-            && (value & 0b100 == 0 || value & 0b10 != 0)
-            && self.cpl() == 0;
-        if valid {
-            self.xcr0 = value;
-            self.skip_instruction();
-        } else {
+        if self.guest_cr4() & CR4_OSXSAVE == 0 {
+            self.inject(Event::Exception(Exception::InvalidOpcode));
+        } else if self.cpl() != 0 || !self.xstate.set_xcr(self.gprs.rcx as u32, value) {
             self.inject(Event::Exception(Exception::GeneralProtection(0)));
+        } else {
+            self.skip_instruction();
         }
     }
 
@@ -1143,10 +1127,19 @@ impl CpuState for VmxVcpu {
         }
     }
     fn xmm(&self, index: usize) -> u128 {
-        crate::svm::read_xmm(index)
+        self.xstate.xmm(index)
     }
     fn set_xmm(&mut self, index: usize, value: u128) {
-        crate::svm::write_xmm(index, value)
+        self.xstate.set_xmm(index, value)
+    }
+    fn ymm_upper(&self, index: usize) -> Option<u128> {
+        self.xstate.ymm_upper(index)
+    }
+    fn set_ymm_upper(&mut self, index: usize, value: u128) {
+        self.xstate.set_ymm_upper(index, value)
+    }
+    fn xcr0(&self) -> Option<u64> {
+        Some(self.xstate.xcr0())
     }
     fn cpl(&self) -> u8 {
         let (_, _, ar, _) = fields::guest_segment(Segment::Ss as u32);
@@ -1162,13 +1155,14 @@ impl VcpuBackend for VmxVcpu {
         self.sync_io_bitmaps(vm);
         for _ in 0..MAX_INTERNAL_EXITS {
             self.load();
-            self.sync_xcr0();
+            self.xstate.switch_to_guest();
             // SAFETY: VMX is on and our VMCS current; its host state is this
             // CPU's, HOST_RIP the exit path of `enter`; its EPT maps only
             // this VM's memory, its I/O bitmaps intercept every port but
             // the VM's pass-through ports and its MSR bitmap only lets
             // through MSRs the VMCS or its MSR areas switch.
             let entered = unsafe { instructions::enter(&mut self.gprs, self.launched) };
+            self.xstate.switch_to_host();
             // A physical interrupt that ended the guest's run is taken now.
             instructions::take_pending_interrupts();
             if let Err(e) = entered {
@@ -1311,7 +1305,7 @@ impl VcpuBackend for VmxVcpu {
         for i in 0..SWITCHED_MSRS.len() {
             self.msr_area.as_mut_slice()[i * 16 + 8..i * 16 + 16].fill(0);
         }
-        self.xcr0 = 1;
+        self.xstate.reset();
         // After RESET, EDX holds the processor signature.
         self.gprs = VmxGprs {
             rdx: core::arch::x86_64::__cpuid(1).eax.into(),
@@ -1321,6 +1315,10 @@ impl VcpuBackend for VmxVcpu {
         self.flush_guest_tlb();
         // The guest's TSC starts near zero, as after a power-on.
         self.set_tsc_offset(crate::vcpu::msr_host_tsc().wrapping_neg());
+    }
+
+    fn extended_state(&self) -> Option<&crate::xstate::ExtendedState> {
+        Some(&self.xstate)
     }
 
     fn tsc_offset(&self) -> u64 {

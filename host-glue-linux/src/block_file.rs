@@ -1,17 +1,61 @@
 //! Block backends over host files: CD images read-only, disk images
-//! read-write, with FLUSH CACHE reaching the file (`fdatasync`) before the
-//! guest sees the command complete.
+//! read-write or read-only, with FLUSH CACHE reaching the file
+//! (`fdatasync`) before the guest sees the command complete.
 //!
 //! Every sector transfer is one positioned read or write (`pread`/`pwrite`)
 //! with no buffering in this process, so a completed write is in the host's
 //! page cache at once and on stable storage after [`BlockBackend::flush`].
+//!
+//! Images are locked while open, with open-file-description locks
+//! (`fcntl(F_OFD_SETLK)`) over the whole file: exclusive for a writable
+//! image, shared for a read-only one, so two `vmm`s cannot write one image
+//! at once (nor read one while another writes it). [`ImageOptions::lock`]
+//! turns this off. A writable image that is not writable (no write
+//! permission for anyone, which root would otherwise ignore, or a host
+//! that refuses to open it for writing) is refused, naming it.
+//!
+//! A failed `fdatasync` is final: the kernel may have dropped the dirty
+//! pages it could not write, and a later `fdatasync` can succeed without
+//! them. So after one fails, every flush and write of the image fails too,
+//! and so does [`ImageSync::sync`].
 
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use vmm_devices::block::{check_image_size, check_transfer, BlockBackend, BlockError, ImageError};
 use vmm_devices::block::{CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
+
+/// EIO: what writes and flushes of an image whose sync failed report.
+const EIO: i32 = 5;
+
+/// How an image file is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageOptions {
+    /// Open it read-only: the guest's writes fail as on a write-protected
+    /// medium, and the lock taken is a shared one.
+    pub read_only: bool,
+    /// Lock it (exclusive if writable, shared if read-only) for as long as
+    /// it is open; `false` is `lock=off`.
+    pub lock: bool,
+}
+
+impl ImageOptions {
+    /// Writable and locked: a disk.
+    pub const WRITABLE: Self = Self {
+        read_only: false,
+        lock: true,
+    };
+    /// Read-only and locked (shared): a CD image, a read-only disk.
+    pub const READ_ONLY: Self = Self {
+        read_only: true,
+        lock: true,
+    };
+}
 
 /// An image file.
 #[derive(Debug)]
@@ -21,6 +65,66 @@ pub struct FileImage {
     sector_size: usize,
     sectors: u64,
     read_only: bool,
+    /// Set when a sync failed; shared with every [`ImageSync`].
+    failed: Arc<AtomicBool>,
+}
+
+/// Why an [`ImageSync::sync`] failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncError {
+    /// The image.
+    pub name: String,
+    /// The host's error number (`EIO` if an earlier sync had failed).
+    pub errno: i32,
+}
+
+impl std::error::Error for SyncError {}
+
+impl std::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "image {}: fdatasync failed ({}); the guest's last writes may be lost",
+            self.name,
+            std::io::Error::from_raw_os_error(self.errno)
+        )
+    }
+}
+
+/// A handle that makes an image's writes durable from outside the device
+/// that owns the image (at power-off, at every orderly exit of `vmm`).
+#[derive(Debug)]
+pub struct ImageSync {
+    name: String,
+    file: File,
+    failed: Arc<AtomicBool>,
+}
+
+impl ImageSync {
+    /// The image's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `fdatasync` the image. Fails if this or any earlier sync of the
+    /// image failed.
+    pub fn sync(&self) -> Result<(), SyncError> {
+        sync_file(&self.file, &self.failed).map_err(|errno| SyncError {
+            name: self.name.clone(),
+            errno,
+        })
+    }
+}
+
+/// `fdatasync`, final on failure (see the module docs).
+fn sync_file(file: &File, failed: &AtomicBool) -> Result<(), i32> {
+    if failed.load(Ordering::SeqCst) {
+        return Err(EIO);
+    }
+    file.sync_data().map_err(|e| {
+        failed.store(true, Ordering::SeqCst);
+        e.raw_os_error().unwrap_or(EIO)
+    })
 }
 
 fn io_code(e: &std::io::Error) -> BlockError {
@@ -29,32 +133,89 @@ fn io_code(e: &std::io::Error) -> BlockError {
     }
 }
 
+/// Take an OFD lock over the whole of `file`: exclusive or shared.
+fn lock(file: &File, name: &str, exclusive: bool) -> Result<(), ImageError> {
+    let request = nix::libc::flock {
+        l_type: if exclusive {
+            nix::libc::F_WRLCK
+        } else {
+            nix::libc::F_RDLCK
+        } as i16,
+        l_whence: nix::libc::SEEK_SET as i16,
+        l_start: 0,
+        // 0: to the end of the file, however it grows.
+        l_len: 0,
+        // Must be 0 for OFD locks.
+        l_pid: 0,
+    };
+    match fcntl(file, FcntlArg::F_OFD_SETLK(&request)) {
+        Ok(_) => Ok(()),
+        Err(Errno::EAGAIN | Errno::EACCES) => Err(ImageError::Locked {
+            name: name.into(),
+            exclusive,
+        }),
+        Err(e) => Err(ImageError::Io {
+            name: name.into(),
+            detail: format!("cannot lock it ({e}); lock=off opens it unlocked"),
+        }),
+    }
+}
+
 impl FileImage {
     /// Open `path` as an image of `sector_size`-byte sectors. Refused, with
     /// an error naming the file, if it is missing, empty, not a regular
-    /// file, or not a whole number of sectors.
-    pub fn open(path: &Path, sector_size: usize, read_only: bool) -> Result<Self, ImageError> {
+    /// file, not a whole number of sectors, locked by someone else, or
+    /// asked for writable but read-only.
+    pub fn open(
+        path: &Path,
+        sector_size: usize,
+        options: ImageOptions,
+    ) -> Result<Self, ImageError> {
         let name = path.display().to_string();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|e| match e.kind() {
-                ErrorKind::NotFound => ImageError::Missing { name: name.clone() },
-                _ => ImageError::Io {
-                    name: name.clone(),
-                    detail: e.to_string(),
-                },
-            })?;
-        let meta = file.metadata().map_err(|e| ImageError::Io {
+        let io = |e: std::io::Error| ImageError::Io {
             name: name.clone(),
             detail: e.to_string(),
-        })?;
+        };
+        let missing_or = |e: std::io::Error| match e.kind() {
+            ErrorKind::NotFound => ImageError::Missing { name: name.clone() },
+            _ => io(e),
+        };
+        if !options.read_only {
+            // Root may open a file nobody may write for writing: a 0444
+            // image says "do not write me".
+            let meta = std::fs::metadata(path).map_err(missing_or)?;
+            if meta.is_file() && meta.permissions().mode() & 0o222 == 0 {
+                return Err(ImageError::WriteProtected {
+                    name,
+                    detail: format!(
+                        "mode {:o} lets nobody write it",
+                        meta.permissions().mode() & 0o7777
+                    ),
+                });
+            }
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!options.read_only)
+            .open(path)
+            .map_err(|e| match Errno::from_raw(e.raw_os_error().unwrap_or(0)) {
+                Errno::EACCES | Errno::EROFS | Errno::EPERM if !options.read_only => {
+                    ImageError::WriteProtected {
+                        name: name.clone(),
+                        detail: format!("cannot open it for writing: {e}"),
+                    }
+                }
+                _ => missing_or(e),
+            })?;
+        let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
             return Err(ImageError::Io {
                 name,
                 detail: "not a regular file".into(),
             });
+        }
+        if options.lock {
+            lock(&file, &name, !options.read_only)?;
         }
         let sectors = check_image_size(&name, meta.len(), sector_size)?;
         Ok(Self {
@@ -62,18 +223,46 @@ impl FileImage {
             file,
             sector_size,
             sectors,
-            read_only,
+            read_only: options.read_only,
+            failed: Arc::new(AtomicBool::new(false)),
         })
     }
 
-    /// A CD image (2048-byte sectors), read-only.
+    /// A CD image (2048-byte sectors), read-only, with a shared lock.
     pub fn cdrom(path: &Path) -> Result<Self, ImageError> {
-        Self::open(path, CD_SECTOR_SIZE, true)
+        Self::open(path, CD_SECTOR_SIZE, ImageOptions::READ_ONLY)
     }
 
-    /// A disk image (512-byte sectors), writable unless `read_only`.
-    pub fn disk(path: &Path, read_only: bool) -> Result<Self, ImageError> {
-        Self::open(path, DISK_SECTOR_SIZE, read_only)
+    /// A CD image opened with `options` (read-only whatever they say).
+    pub fn cdrom_with(path: &Path, options: ImageOptions) -> Result<Self, ImageError> {
+        Self::open(
+            path,
+            CD_SECTOR_SIZE,
+            ImageOptions {
+                read_only: true,
+                ..options
+            },
+        )
+    }
+
+    /// A disk image (512-byte sectors).
+    pub fn disk(path: &Path, options: ImageOptions) -> Result<Self, ImageError> {
+        Self::open(path, DISK_SECTOR_SIZE, options)
+    }
+
+    /// A handle that syncs this image from elsewhere (a duplicate of its
+    /// file descriptor, sharing its failed state). `None` for a read-only
+    /// image, which has nothing to sync, or if the descriptor cannot be
+    /// duplicated.
+    pub fn sync_handle(&self) -> Option<ImageSync> {
+        if self.read_only {
+            return None;
+        }
+        Some(ImageSync {
+            name: self.name.clone(),
+            file: self.file.try_clone().ok()?,
+            failed: self.failed.clone(),
+        })
     }
 }
 
@@ -105,6 +294,9 @@ impl BlockBackend for FileImage {
         if self.read_only {
             return Err(BlockError::ReadOnly);
         }
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(BlockError::Io { code: EIO });
+        }
         let offset = check_transfer(lba, data.len(), self.sector_size, self.sectors)?;
         self.file
             .write_all_at(data, offset)
@@ -115,7 +307,7 @@ impl BlockBackend for FileImage {
         if self.read_only {
             return Ok(());
         }
-        self.file.sync_data().map_err(|e| io_code(&e))
+        sync_file(&self.file, &self.failed).map_err(|code| BlockError::Io { code })
     }
 }
 
@@ -148,7 +340,7 @@ mod tests {
 
         let ragged = temp("ragged.img");
         std::fs::write(&ragged, vec![0u8; 1000]).unwrap();
-        let e = FileImage::disk(&ragged, false).unwrap_err();
+        let e = FileImage::disk(&ragged, ImageOptions::WRITABLE).unwrap_err();
         assert!(matches!(
             e,
             ImageError::NotSectorMultiple {
@@ -160,7 +352,7 @@ mod tests {
         assert!(e.to_string().contains("ragged.img"), "{e}");
         // 1024 bytes is a disk but not a CD image.
         std::fs::write(&ragged, vec![0u8; 1024]).unwrap();
-        assert!(FileImage::disk(&ragged, false).is_ok());
+        assert!(FileImage::disk(&ragged, ImageOptions::WRITABLE).is_ok());
         assert!(matches!(
             FileImage::cdrom(&ragged).unwrap_err(),
             ImageError::NotSectorMultiple { .. }
@@ -188,6 +380,122 @@ mod tests {
         std::fs::remove_file(p).unwrap();
     }
 
+    fn disk_file(name: &str, sectors: usize) -> PathBuf {
+        let p = temp(name);
+        std::fs::write(&p, vec![0u8; sectors * 512]).unwrap();
+        p
+    }
+
+    const UNLOCKED: ImageOptions = ImageOptions {
+        read_only: false,
+        lock: false,
+    };
+
+    #[test]
+    fn a_writable_image_is_locked_against_every_other_opener() {
+        let p = disk_file("locked.img", 8);
+        let first = FileImage::disk(&p, ImageOptions::WRITABLE).unwrap();
+        // OFD locks conflict between open files even in one process, as
+        // between two `vmm`s.
+        let e = FileImage::disk(&p, ImageOptions::WRITABLE).unwrap_err();
+        assert_eq!(
+            e,
+            ImageError::Locked {
+                name: p.display().to_string(),
+                exclusive: true
+            }
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("locked.img") && msg.contains("lock=off"),
+            "{msg}"
+        );
+        let e = FileImage::disk(&p, ImageOptions::READ_ONLY).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ImageError::Locked {
+                    exclusive: false,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = FileImage::cdrom_with(&p, ImageOptions::READ_ONLY).unwrap_err();
+        assert!(matches!(e, ImageError::Locked { .. }), "{e:?}");
+        // lock=off opens it anyway.
+        assert!(FileImage::disk(&p, UNLOCKED).is_ok());
+        // The lock goes with the image.
+        drop(first);
+        assert!(FileImage::disk(&p, ImageOptions::WRITABLE).is_ok());
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn read_only_images_share_their_lock() {
+        let p = disk_file("shared.img", 8);
+        let a = FileImage::disk(&p, ImageOptions::READ_ONLY).unwrap();
+        let b = FileImage::disk(&p, ImageOptions::READ_ONLY).unwrap();
+        let e = FileImage::disk(&p, ImageOptions::WRITABLE).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ImageError::Locked {
+                    exclusive: true,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        drop((a, b));
+        assert!(FileImage::disk(&p, ImageOptions::WRITABLE).is_ok());
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn a_file_nobody_may_write_is_refused_as_a_writable_disk() {
+        use std::os::unix::fs::PermissionsExt;
+        let p = disk_file("ro-mode.img", 8);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).unwrap();
+        // Refused even for root, who could open it for writing.
+        let e = FileImage::disk(&p, ImageOptions::WRITABLE).unwrap_err();
+        assert!(matches!(e, ImageError::WriteProtected { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("ro-mode.img") && msg.contains("444") && msg.contains("readonly=on"),
+            "{msg}"
+        );
+        let mut img = FileImage::disk(&p, ImageOptions::READ_ONLY).unwrap();
+        assert!(img.is_read_only());
+        assert_eq!(img.write(0, &[1; 512]), Err(BlockError::ReadOnly));
+        assert!(img.sync_handle().is_none(), "nothing to sync");
+        assert!(std::fs::read(&p).unwrap().iter().all(|b| *b == 0));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn after_a_failed_sync_every_flush_write_and_sync_fails() {
+        let p = disk_file("failed.img", 8);
+        let mut img = FileImage::disk(&p, ImageOptions::WRITABLE).unwrap();
+        let sync = img.sync_handle().unwrap();
+        img.write(1, &[3; 512]).unwrap();
+        assert_eq!(img.flush(), Ok(()));
+        assert_eq!(sync.sync(), Ok(()));
+        // What a failed fdatasync leaves behind (the failure itself cannot
+        // be provoked on a healthy file system here).
+        img.failed.store(true, Ordering::SeqCst);
+        assert_eq!(img.flush(), Err(BlockError::Io { code: EIO }));
+        assert_eq!(img.write(2, &[4; 512]), Err(BlockError::Io { code: EIO }));
+        let e = sync.sync().unwrap_err();
+        assert_eq!(e.errno, EIO);
+        assert!(e.to_string().contains("failed.img"), "{e}");
+        let mut back = [0u8; 512];
+        img.read(1, &mut back).unwrap();
+        assert_eq!(back, [3; 512], "reads go on");
+        std::fs::remove_file(p).unwrap();
+    }
+
     fn outb(vm: &mut vmm_core::vm::Vm, port: u16, v: u8) {
         vm.port_write(port, &[v]);
     }
@@ -206,7 +514,7 @@ mod tests {
         let p = temp("disk.img");
         std::fs::write(&p, vec![0u8; 64 * 512]).unwrap();
         let mut ide = LegacyIde::new(Box::new(UnconnectedLine), Box::new(UnconnectedLine), None);
-        let image = FileImage::disk(&p, false).unwrap();
+        let image = FileImage::disk(&p, ImageOptions::WRITABLE).unwrap();
         ide.controller_mut()
             .attach(
                 IdeSlot::PrimaryMaster,

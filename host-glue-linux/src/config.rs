@@ -14,6 +14,9 @@
 //! [images]
 //! cdrom = "linux.iso"          # relative paths: from the file's folder
 //! disk = "disk.img"
+//! disk_readonly = false        # true: the guest's writes fail (write-protected)
+//! disk_lock = true             # false: no lock (lock=off), see below
+//! cdrom_lock = true
 //!
 //! [devices]
 //! serial = "stdio"             # or a file that receives COM1's output
@@ -26,6 +29,12 @@
 //!
 //! Unknown keys are refused, naming the key; every value is checked, and
 //! every error names the key (or the command-line flag) it is about.
+//!
+//! Images are locked while the machine runs (exclusively if writable,
+//! shared if read-only) so that two `vmm`s never write one image at once;
+//! the `*_lock = false` keys, or `,lock=off` after an image on the command
+//! line (`--disk disk.img,readonly=on,lock=off`), turn that off. An empty
+//! boot order (`boot = []`) is refused.
 
 use crate::size::{parse_size, SizeError};
 use serde::Deserialize;
@@ -80,8 +89,15 @@ pub struct MachineConfig {
     pub bios: PathBuf,
     /// A CD image for the CD-ROM drive.
     pub cdrom: Option<PathBuf>,
-    /// A disk image for the hard disk (read-write).
+    /// A disk image for the hard disk.
     pub disk: Option<PathBuf>,
+    /// The disk is read-only: the guest's writes fail as on a
+    /// write-protected medium, and the image is opened read-only.
+    pub disk_read_only: bool,
+    /// Lock the disk image while it is open (the default).
+    pub disk_lock: bool,
+    /// Lock the CD image (shared) while it is open (the default).
+    pub cdrom_lock: bool,
     /// Boot order.
     pub boot: Vec<BootDevice>,
     /// Direct kernel boot.
@@ -216,6 +232,9 @@ impl MachineConfig {
             bios: PathBuf::from(DEFAULT_BIOS),
             cdrom: None,
             disk: None,
+            disk_read_only: false,
+            disk_lock: true,
+            cdrom_lock: true,
             boot: vec![BootDevice::Cdrom, BootDevice::Disk],
             kernel: None,
             serial: SerialTarget::Stdio,
@@ -243,6 +262,7 @@ impl MachineConfig {
         if let Some(p) = &self.disk {
             exists(p, style.name("images.disk", "--disk"))?;
         }
+
         if let Some(k) = &self.kernel {
             exists(&k.image, style.name("kernel.image", "--kernel"))?;
             if let Some(p) = &k.initrd {
@@ -328,6 +348,9 @@ struct FirmwareSection {
 struct ImagesSection {
     cdrom: Option<PathBuf>,
     disk: Option<PathBuf>,
+    disk_readonly: Option<bool>,
+    disk_lock: Option<bool>,
+    cdrom_lock: Option<bool>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -343,6 +366,63 @@ struct KernelSection {
     initrd: Option<PathBuf>,
     #[serde(default)]
     append: String,
+}
+
+/// How an image named on the command line is to be opened:
+/// `IMAGE[,readonly=on|off][,lock=on|off]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageArg {
+    /// The image.
+    pub path: PathBuf,
+    /// `readonly=on`.
+    pub read_only: bool,
+    /// `lock=off` clears it.
+    pub lock: bool,
+}
+
+/// Parse `IMAGE[,readonly=on|off][,lock=on|off]` given to `flag`. Options
+/// are taken from the end while they look like `key=value` (so a path may
+/// hold commas); an unknown key or value is refused naming the flag.
+/// `readonly=off` is refused where `writable` is false (a CD).
+pub fn parse_image_arg(text: &str, flag: &str, writable: bool) -> Result<ImageArg, ConfigError> {
+    let mut arg = ImageArg {
+        path: PathBuf::new(),
+        read_only: !writable,
+        lock: true,
+    };
+    let bad = |problem: String| ConfigError::Value {
+        key: flag.into(),
+        problem,
+    };
+    let mut rest = text;
+    while let Some((head, option)) = rest.rsplit_once(',') {
+        let Some((key, value)) = option.split_once('=') else {
+            break;
+        };
+        if key != "readonly" && key != "lock" {
+            return Err(bad(format!(
+                "unknown option '{key}' (known: readonly=on|off, lock=on|off)"
+            )));
+        }
+        let on = match value {
+            "on" => true,
+            "off" => false,
+            _ => return Err(bad(format!("{key}={value}: give {key}=on or {key}=off"))),
+        };
+        if key == "lock" {
+            arg.lock = on;
+        } else if on || writable {
+            arg.read_only = on;
+        } else {
+            return Err(bad("readonly=off: this drive cannot write".into()));
+        }
+        rest = head;
+    }
+    if rest.is_empty() {
+        return Err(bad("no image before the options".into()));
+    }
+    arg.path = PathBuf::from(rest);
+    Ok(arg)
 }
 
 /// `stdio`, or a file.
@@ -371,7 +451,41 @@ pub fn parse_config(text: &str, file: &Path, base: &Path) -> Result<MachineConfi
     }
     m.cdrom = f.images.cdrom.map(resolve);
     m.disk = f.images.disk.map(resolve);
+    for (key, set, image) in [
+        (
+            "images.disk_readonly",
+            f.images.disk_readonly,
+            m.disk.is_some(),
+        ),
+        ("images.disk_lock", f.images.disk_lock, m.disk.is_some()),
+        ("images.cdrom_lock", f.images.cdrom_lock, m.cdrom.is_some()),
+    ] {
+        if set.is_some() && !image {
+            return Err(ConfigError::Value {
+                key: key.into(),
+                problem: format!(
+                    "is set but images.{} is not",
+                    if key.contains("cdrom") {
+                        "cdrom"
+                    } else {
+                        "disk"
+                    }
+                ),
+            });
+        }
+    }
+    m.disk_read_only = f.images.disk_readonly.unwrap_or(false);
+    m.disk_lock = f.images.disk_lock.unwrap_or(true);
+    m.cdrom_lock = f.images.cdrom_lock.unwrap_or(true);
     m.boot = match f.boot {
+        Some(b) if b.is_empty() => {
+            return Err(ConfigError::Value {
+                key: "boot".into(),
+                problem: "the boot order is empty, so nothing would boot: name \"cdrom\" \
+                          or \"disk\" (or leave boot out to boot the images given)"
+                    .into(),
+            })
+        }
         Some(b) => b,
         None => {
             let mut order = Vec::new();
@@ -555,6 +669,64 @@ mod tests {
             path: PathBuf::from("/tmp/other.bin"),
         };
         assert!(!e.to_string().contains("seabios package"), "{e}");
+    }
+
+    #[test]
+    fn image_arguments_take_readonly_and_lock_options() {
+        let a = parse_image_arg("disk.img", "--disk", true).unwrap();
+        assert_eq!(
+            a,
+            ImageArg {
+                path: PathBuf::from("disk.img"),
+                read_only: false,
+                lock: true
+            }
+        );
+        let a = parse_image_arg("a,b.img,readonly=on,lock=off", "--disk", true).unwrap();
+        assert_eq!(a.path, PathBuf::from("a,b.img"));
+        assert!(a.read_only && !a.lock);
+        let a = parse_image_arg("x.iso,lock=off", "--cdrom", false).unwrap();
+        assert!(a.read_only && !a.lock, "a CD is read-only");
+        for (text, flag, writable, needle) in [
+            (
+                "d.img,readonly=yes",
+                "--disk",
+                true,
+                "readonly=on or readonly=off",
+            ),
+            ("d.img,cache=none", "--disk", true, "unknown option 'cache'"),
+            ("x.iso,readonly=off", "--cdrom", false, "cannot write"),
+            (",lock=off", "--disk", true, "no image"),
+        ] {
+            let e = parse_image_arg(text, flag, writable).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.starts_with(&format!("{flag}: ")), "{text}: {msg}");
+            assert!(msg.contains(needle), "{text}: {msg}");
+        }
+    }
+
+    #[test]
+    fn image_options_in_the_file() {
+        let m = parse(
+            "[images]\ndisk = \"d.img\"\ndisk_readonly = true\ndisk_lock = false\ncdrom = \"c.iso\"\ncdrom_lock = false\n",
+        )
+        .unwrap();
+        assert!(m.disk_read_only && !m.disk_lock && !m.cdrom_lock);
+        let m = parse("[images]\ndisk = \"d.img\"\n").unwrap();
+        assert!(!m.disk_read_only && m.disk_lock && m.cdrom_lock, "defaults");
+        let e = parse("[images]\ncdrom = \"c.iso\"\ndisk_readonly = true\n").unwrap_err();
+        assert!(e.to_string().starts_with("images.disk_readonly: "), "{e}");
+        let e = parse("[images]\ndisk = \"d.img\"\ndisk_lock = \"off\"\n").unwrap_err();
+        assert!(e.to_string().contains("disk_lock"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_boot_order_is_refused_naming_the_key() {
+        let e = parse("boot = []\n[images]\ncdrom = \"c.iso\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("boot: "), "{e}");
+        assert!(e.to_string().contains("empty"), "{e}");
+        // Left out, it is the images given (none: a firmware-only machine).
+        assert_eq!(parse("").unwrap().boot, vec![]);
     }
 
     #[test]

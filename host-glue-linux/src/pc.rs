@@ -4,12 +4,14 @@
 //! machine as the bare-metal host's `kernel/pc.rs`, with host files instead
 //! of boot modules.
 
-use crate::block_file::FileImage;
+use crate::block_file::{FileImage, ImageOptions, ImageSync};
 use crate::config::{BootDevice, KernelBoot, MachineConfig};
 use std::fmt;
+use std::io::Read;
+use std::path::Path;
 use std::sync::Arc;
 use vmm_bios::acpi::{AcpiConfig, AcpiTables};
-use vmm_bios::bios_image::load_bios;
+use vmm_bios::bios_image::{load_bios, MAX_IMAGE};
 use vmm_bios::boot_order::{BootOrder, IdeDrive};
 use vmm_bios::entry::EntryState;
 use vmm_bios::fw_cfg::FwCfg;
@@ -59,6 +61,18 @@ pub enum PcError {
         /// Why.
         detail: String,
     },
+    /// A file is larger than what it is for can take; nothing of it was
+    /// read.
+    TooLarge {
+        /// What it is (BIOS, kernel, initrd).
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// Its size in bytes.
+        len: u64,
+        /// The most it may hold, in bytes.
+        limit: u64,
+    },
     /// A part of the machine refused its configuration.
     Build {
         /// The part.
@@ -74,9 +88,58 @@ impl fmt::Display for PcError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PcError::Read { what, path, detail } => write!(f, "{what} {path}: {detail}"),
+            PcError::TooLarge {
+                what,
+                path,
+                len,
+                limit,
+            } => write!(
+                f,
+                "{what} {path}: {len} bytes is more than the {limit} bytes a {what} may have"
+            ),
             PcError::Build { what, detail } => write!(f, "{what}: {detail}"),
         }
     }
+}
+
+/// Read a whole host file of at most `limit` bytes, checking its size
+/// before reading anything: a huge (or sparse) file named by mistake is
+/// refused at once instead of filling the host's memory.
+pub fn read_limited(what: &'static str, path: &Path, limit: u64) -> Result<Vec<u8>, PcError> {
+    let name = || path.display().to_string();
+    let read_err = |e: std::io::Error| PcError::Read {
+        what,
+        path: name(),
+        detail: e.to_string(),
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(PcError::Read {
+            what,
+            path: name(),
+            detail: "not a regular file".into(),
+        });
+    }
+    let too_large = |len: u64| PcError::TooLarge {
+        what,
+        path: name(),
+        len,
+        limit,
+    };
+    if meta.len() > limit {
+        return Err(too_large(meta.len()));
+    }
+    // The file may grow between the check and the read: read no more than
+    // one byte past the limit.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 fn build_err<E: fmt::Display>(what: &'static str) -> impl Fn(E) -> PcError {
@@ -117,6 +180,9 @@ pub struct Pc {
     /// With direct kernel boot: the CPU state the kernel starts in (else
     /// the vCPU starts at the reset vector, in the BIOS).
     pub entry: Option<EntryState>,
+    /// Sync handles of the writable disk images, to make them durable when
+    /// the machine stops.
+    pub disks: Vec<ImageSync>,
 }
 
 /// Build the PC `config` describes, with `com1` as its serial port's host
@@ -128,11 +194,7 @@ pub fn build(
     config: &MachineConfig,
     com1: Box<dyn CharBackend>,
 ) -> Result<Pc, PcError> {
-    let mut bios = std::fs::read(&config.bios).map_err(|e| PcError::Read {
-        what: "BIOS",
-        path: config.bios.display().to_string(),
-        detail: e.to_string(),
-    })?;
+    let mut bios = read_limited("BIOS", &config.bios, MAX_IMAGE as u64)?;
     // The chipset switches the whole 0xE0000-0xFFFFF window between the
     // BIOS and shadow RAM, so it needs an image of at least 128 KiB: pad a
     // smaller one (a 64 KiB test program) at its start, as erased flash.
@@ -199,12 +261,20 @@ pub fn build(
             detail: e.to_string(),
         }
     };
-    let cd_medium =
-        match &config.cdrom {
-            Some(p) => Some(Box::new(FileImage::cdrom(p).map_err(open_err("CD image"))?)
-                as Box<dyn BlockBackend>),
-            None => None,
-        };
+    let mut disks = Vec::new();
+    let cd_medium = match &config.cdrom {
+        Some(p) => Some(Box::new(
+            FileImage::cdrom_with(
+                p,
+                ImageOptions {
+                    read_only: true,
+                    lock: config.cdrom_lock,
+                },
+            )
+            .map_err(open_err("CD image"))?,
+        ) as Box<dyn BlockBackend>),
+        None => None,
+    };
     let cd = Drive::cdrom(cd_medium).map_err(|e| PcError::Build {
         what: "CD-ROM drive",
         detail: format!("{e:?}"),
@@ -216,7 +286,15 @@ pub fn build(
             detail: format!("{e:?}"),
         })?;
     if let Some(p) = &config.disk {
-        let image = FileImage::disk(p, false).map_err(open_err("disk image"))?;
+        let image = FileImage::disk(
+            p,
+            ImageOptions {
+                read_only: config.disk_read_only,
+                lock: config.disk_lock,
+            },
+        )
+        .map_err(open_err("disk image"))?;
+        disks.extend(image.sync_handle());
         let disk = Drive::disk(Box::new(image)).map_err(|e| PcError::Build {
             what: "disk",
             detail: format!("{e:?}"),
@@ -283,22 +361,17 @@ pub fn build(
         vm,
         interrupts: PcInterrupts(chipset.cpu),
         entry,
+        disks,
     })
 }
 
 /// Load a bzImage, initrd, command line and ACPI tables for the 64-bit
 /// boot protocol.
 fn load_kernel(vm: &mut Vm, k: &KernelBoot, ram: u64) -> Result<EntryState, PcError> {
-    let read = |what: &'static str, p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| PcError::Read {
-            what,
-            path: p.display().to_string(),
-            detail: e.to_string(),
-        })
-    };
-    let image = read("kernel", &k.image)?;
+    // Both are loaded into guest RAM: neither can be larger.
+    let image = read_limited("kernel", &k.image, ram)?;
     let initrd = match &k.initrd {
-        Some(p) => Some(read("initrd", p)?),
+        Some(p) => Some(read_limited("initrd", p, ram)?),
         None => None,
     };
     let acpi = AcpiTables::build(&AcpiConfig::for_seabios(1, ram.min(0xc000_0000)));
@@ -317,4 +390,40 @@ fn load_kernel(vm: &mut Vm, k: &KernelBoot, ram: u64) -> Result<EntryState, PcEr
         detail: e.to_string(),
     })?;
     Ok(boot.entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("vmm-pc-{}-{name}", std::process::id()))
+    }
+
+    /// A 64 GiB sparse file is refused from its size alone: the test would
+    /// run out of memory (or take minutes) if it were read.
+    #[test]
+    fn host_files_are_refused_by_size_before_they_are_read() {
+        let p = temp("huge-bios.bin");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(64 << 30).unwrap();
+        let e = read_limited("BIOS", &p, MAX_IMAGE as u64).unwrap_err();
+        assert!(
+            matches!(e, PcError::TooLarge { len, limit, .. } if len == 64 << 30 && limit == MAX_IMAGE as u64),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("huge-bios.bin") && msg.contains("16777216"),
+            "{msg}"
+        );
+        // At the limit it is read.
+        f.set_len(4096).unwrap();
+        assert_eq!(read_limited("initrd", &p, 4096).unwrap().len(), 4096);
+        let e = read_limited("initrd", &p, 4095).unwrap_err();
+        assert!(e.to_string().starts_with("initrd "), "{e}");
+        std::fs::remove_file(&p).unwrap();
+        let e = read_limited("kernel", &p, 1 << 20).unwrap_err();
+        assert!(matches!(e, PcError::Read { .. }), "{e:?}");
+    }
 }

@@ -1,7 +1,9 @@
 //! Running a machine to its end: build the PC, create the KVM vCPU, attach
 //! the console, drive `vmm_core::vcpu::run` in slices until the guest stops
-//! or the user quits, and say how it ended.
+//! or the user quits, make the disk images durable (`fdatasync`), and say
+//! how it ended.
 
+use crate::block_file::{ImageSync, SyncError};
 use crate::config::{MachineConfig, SerialTarget};
 use crate::console::{
     catch_quit_signals, quit_signalled, spawn_stdin_reader, ConsoleInput, RawTerminal,
@@ -82,6 +84,30 @@ pub struct Report {
     pub posted_writes: u64,
     /// Protected-mode IRETs the backend carried out because KVM could not.
     pub assists: u64,
+    /// Disk images whose `fdatasync` failed when the machine stopped (or
+    /// earlier): the guest's last writes to them may be lost. Empty when
+    /// every writable image is durable.
+    pub sync_failures: Vec<SyncError>,
+}
+
+/// The writable disk images of a running machine: synced when it stops,
+/// or (best effort, with a warning on failure) when this is dropped on
+/// any other way out.
+struct DiskSyncs(Vec<ImageSync>);
+
+impl DiskSyncs {
+    /// `fdatasync` every image once; the failures.
+    fn sync_all(&mut self) -> Vec<SyncError> {
+        self.0.drain(..).filter_map(|d| d.sync().err()).collect()
+    }
+}
+
+impl Drop for DiskSyncs {
+    fn drop(&mut self) {
+        for e in self.sync_all() {
+            log::warn!("{e}");
+        }
+    }
 }
 
 /// Why a machine could not run.
@@ -156,6 +182,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     );
     let pc = pc::build(host.clone(), config, Box::new(com1)).map_err(RunError::Pc)?;
     let (mut vm, interrupts) = (pc.vm, pc.interrupts);
+    let mut disks = DiskSyncs(pc.disks);
     let mut vcpu = KvmVcpu::new(&mut vm).map_err(RunError::Kvm)?;
     if let Some(entry) = &pc.entry {
         vcpu.set_entry_state(entry);
@@ -185,6 +212,9 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         }
     };
     let elapsed = started.elapsed();
+    // Whatever the ending (power-off, another stop, quit, a signal): what
+    // the guest wrote is made durable before `vmm` says how it ended.
+    let sync_failures = disks.sync_all();
     let (posted_writes, assists) = (vcpu.posted_writes(), vcpu.assists());
     drop(vcpu);
     Ok(Report {
@@ -194,5 +224,6 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         elapsed,
         posted_writes,
         assists,
+        sync_failures,
     })
 }

@@ -92,6 +92,24 @@ pub enum ImageError {
         /// The sector size asked for.
         sector_size: usize,
     },
+    /// Another user (another `vmm`, usually) holds a lock on the image
+    /// that conflicts with ours: an exclusive one, or a shared one when we
+    /// want to write.
+    Locked {
+        /// The image's name.
+        name: String,
+        /// Whether we asked for an exclusive (write) lock.
+        exclusive: bool,
+    },
+    /// The image was asked for writable, but it is not: no write
+    /// permission for anyone, or the host refused to open it for writing
+    /// (a read-only file system, a permission error).
+    WriteProtected {
+        /// The image's name.
+        name: String,
+        /// Why it is read-only.
+        detail: String,
+    },
     /// The host could not open or inspect the image.
     Io {
         /// The image's name.
@@ -117,6 +135,20 @@ impl fmt::Display for ImageError {
             ImageError::BadSectorSize { name, sector_size } => {
                 write!(f, "image {name}: unsupported sector size {sector_size}")
             }
+            ImageError::Locked { name, exclusive } => write!(
+                f,
+                "image {name}: locked by another process (another vmm?); {} \
+                 (lock=off overrides, at the risk of corrupting it)",
+                if *exclusive {
+                    "it cannot be opened for writing while anyone else has it open"
+                } else {
+                    "someone else has it open for writing"
+                }
+            ),
+            ImageError::WriteProtected { name, detail } => write!(
+                f,
+                "image {name}: read-only ({detail}); attach it with readonly=on"
+            ),
             ImageError::Io { name, detail } => write!(f, "image {name}: {detail}"),
         }
     }

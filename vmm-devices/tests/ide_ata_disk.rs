@@ -311,7 +311,7 @@ fn a_read_only_disk_refuses_writes() {
     lba28(&mut r, 0, 1);
     r.outb(PRIMARY + 7, 0x30);
     assert_eq!(r.status(PRIMARY) & 0x89, 0x01);
-    assert_eq!(r.error(PRIMARY), 0x04);
+    assert_eq!(r.error(PRIMARY), 0x44, "WP and ABRT");
 }
 
 #[test]

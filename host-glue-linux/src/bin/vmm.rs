@@ -7,13 +7,14 @@
 //! vmm run --config vm.toml
 //! ```
 //!
-//! The exit status is 0 only when the guest powered itself off; 1 when it
-//! stopped otherwise or the machine could not start (one line on stderr
+//! The exit status is 0 only when the guest powered itself off (and every
+//! disk image was synced); 1 when it stopped otherwise, a disk image could
+//! not be synced at the end, or the machine could not start (one line on stderr
 //! says why); 2 for command-line mistakes; 3 when the user quit (Ctrl-A x).
 
 use clap::{Args, Parser, Subcommand};
 use host_glue_linux::config::{
-    load_config, parse_memory, parse_serial, KernelBoot, KeyStyle, MachineConfig,
+    load_config, parse_image_arg, parse_memory, parse_serial, KernelBoot, KeyStyle, MachineConfig,
 };
 use host_glue_linux::runner;
 use std::path::PathBuf;
@@ -39,11 +40,15 @@ struct RunArgs {
     #[arg(long, value_name = "FILE", conflicts_with_all = ["cdrom", "disk", "memory", "bios", "kernel", "serial"])]
     config: Option<PathBuf>,
     /// CD image for the CD-ROM drive (IDE secondary master); booted first.
-    #[arg(long, value_name = "IMAGE")]
-    cdrom: Option<PathBuf>,
-    /// Disk image for the hard disk (IDE primary master), read-write.
-    #[arg(long, value_name = "IMAGE")]
-    disk: Option<PathBuf>,
+    /// Locked (shared) while open; `,lock=off` does not lock it.
+    #[arg(long, value_name = "IMAGE[,lock=off]")]
+    cdrom: Option<String>,
+    /// Disk image for the hard disk (IDE primary master), read-write and
+    /// locked exclusively while open. `,readonly=on`: the guest's writes
+    /// fail (write-protected medium) and the lock is shared; `,lock=off`:
+    /// no lock (two writers corrupt the image).
+    #[arg(long, value_name = "IMAGE[,readonly=on][,lock=off]")]
+    disk: Option<String>,
     /// Guest RAM, e.g. 512M or 1G (16 MiB to 3 GiB) [default: 512M].
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
@@ -84,8 +89,17 @@ fn machine(args: &RunArgs) -> Result<MachineConfig, String> {
     if let Some(b) = &args.bios {
         m.bios = b.clone();
     }
-    m.cdrom = args.cdrom.clone();
-    m.disk = args.disk.clone();
+    if let Some(text) = &args.cdrom {
+        let cd = parse_image_arg(text, "--cdrom", false).map_err(|e| e.to_string())?;
+        m.cdrom = Some(cd.path);
+        m.cdrom_lock = cd.lock;
+    }
+    if let Some(text) = &args.disk {
+        let disk = parse_image_arg(text, "--disk", true).map_err(|e| e.to_string())?;
+        m.disk = Some(disk.path);
+        m.disk_read_only = disk.read_only;
+        m.disk_lock = disk.lock;
+    }
     if let Some(s) = &args.serial {
         m.serial = parse_serial(s);
     }
@@ -133,7 +147,12 @@ fn run(args: RunArgs) -> ExitCode {
         );
         eprint!("{}", report.devices);
     }
-    if report.ending.powered_off() {
+    for e in &report.sync_failures {
+        eprintln!("vmm: {e}");
+    }
+    if !report.sync_failures.is_empty() {
+        ExitCode::from(1)
+    } else if report.ending.powered_off() {
         ExitCode::SUCCESS
     } else if report.ending == runner::Ending::Quit {
         ExitCode::from(3)

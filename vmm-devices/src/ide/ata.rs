@@ -200,11 +200,14 @@ impl Channel {
             self.abort();
             return;
         };
-        if self
-            .drive()
-            .is_none_or(|d| d.backend.as_ref().is_none_or(|b| b.is_read_only()))
-        {
-            self.abort();
+        let Some(d) = self.drive() else { return };
+        if d.backend.as_ref().is_none_or(|b| b.is_read_only()) {
+            // A write-protected medium: nothing is written.
+            self.fail(ERROR_WP | ERROR_ABRT);
+            return;
+        }
+        if d.failed {
+            self.device_fault();
             return;
         }
         let Some((lba, count)) = self.address(ext) else {
@@ -217,17 +220,47 @@ impl Channel {
         }
     }
 
-    fn flush(&mut self) {
+    /// FLUSH CACHE: everything written is durable when it completes. A
+    /// failed flush marks the drive failed (see [`Drive::failed`]): the
+    /// data the guest was told is written may be gone, and no later flush
+    /// may say otherwise.
+    ///
+    /// [`Drive::failed`]: super::Drive::failed
+    pub(crate) fn flush(&mut self) {
         let Some(d) = self.drive() else { return };
-        let ok = d.backend.as_mut().is_none_or(|b| b.flush().is_ok());
-        if ok {
+        if d.failed {
+            self.device_fault();
+            return;
+        }
+        let synced = d.backend.as_mut().is_none_or(|b| b.flush().is_ok());
+        if synced {
             self.complete();
         } else {
-            if let Some(d) = self.drive() {
-                d.error = ERROR_ABRT;
-                d.status = STATUS_DRDY | STATUS_DF | STATUS_ERR;
-            }
-            self.raise_irq();
+            d.failed = true;
+            self.device_fault();
         }
+    }
+
+    /// The last data of a disk write is in the image. With the write cache
+    /// off it must be durable before the command completes, so the image
+    /// is flushed first; a failed flush fails the drive.
+    pub(crate) fn write_done(&mut self) {
+        let Some(d) = self.drive() else { return };
+        if d.write_cache {
+            self.complete();
+        } else {
+            self.flush();
+        }
+    }
+
+    /// End the command with a device fault (DF and ERR, ABRT): what a
+    /// failed drive answers to writes and flushes.
+    pub(crate) fn device_fault(&mut self) {
+        self.phase = Phase::Idle;
+        if let Some(d) = self.drive() {
+            d.error = ERROR_ABRT;
+            d.status = STATUS_DRDY | STATUS_DF | STATUS_ERR;
+        }
+        self.raise_irq();
     }
 }

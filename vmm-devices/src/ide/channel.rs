@@ -412,7 +412,7 @@ impl Channel {
                     return;
                 }
                 if sink.remaining() == 0 {
-                    self.complete();
+                    self.write_done();
                     return;
                 }
                 let n = (block as u64).min(sink.remaining()) as usize;
@@ -454,6 +454,7 @@ impl Channel {
             return;
         }
         let phase = core::mem::replace(&mut self.phase, Phase::Idle);
+        let write = matches!(phase, Phase::DmaOut { .. });
         let (atapi, needed, dir) = match &phase {
             Phase::DmaIn { source, atapi } => (*atapi, source.remaining(), DmaDirection::ToGuest),
             Phase::DmaOut { sink } => (false, sink.remaining(), DmaDirection::FromGuest),
@@ -486,6 +487,8 @@ impl Channel {
                 self.bm.finish(&ctx.dma, true, moved);
                 if atapi {
                     self.atapi_done();
+                } else if write {
+                    self.write_done();
                 } else {
                     self.complete();
                 }
@@ -497,6 +500,9 @@ impl Channel {
                         self.atapi_fail(super::atapi::Sense::new(0x03, 0x11, 0))
                     }
                     (true, TransferFault::Dma) => self.dma_failed(true),
+                    // A write the image refused: aborted (UNC is a read's
+                    // error; in a write's error register it means WP).
+                    (false, TransferFault::Medium) if write => self.abort(),
                     (false, TransferFault::Medium) => self.fail(ERROR_UNC),
                     (false, TransferFault::Dma) => self.dma_failed(false),
                 }

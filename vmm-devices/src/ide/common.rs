@@ -1,5 +1,6 @@
 //! Commands ATA disks and ATAPI drives both accept: EXECUTE DEVICE
-//! DIAGNOSTIC, SET FEATURES (transfer modes, write cache), CHECK POWER
+//! DIAGNOSTIC, SET FEATURES (transfer modes, write cache on/off: off
+//! flushes the image first), CHECK POWER
 //! MODE and the idle/standby/sleep family.
 
 use super::channel::Channel;
@@ -50,6 +51,13 @@ impl Channel {
     fn set_features(&mut self) {
         let tf = self.tf[self.active & 1];
         let Some(d) = self.drive() else { return };
+        if tf.features.cur == 0x82 && !d.is_atapi() {
+            // Write cache off: what it held becomes durable now, and every
+            // write from here on before it completes.
+            d.write_cache = false;
+            self.flush();
+            return;
+        }
         let ok = match tf.features.cur {
             0x03 => {
                 let v = tf.count.cur;
@@ -71,10 +79,6 @@ impl Channel {
             }
             0x02 if !d.is_atapi() => {
                 d.write_cache = true;
-                true
-            }
-            0x82 if !d.is_atapi() => {
-                d.write_cache = false;
                 true
             }
             // Read look-ahead on/off, reverting to defaults on/off.

@@ -77,6 +77,11 @@ pub struct Drive {
     pub(crate) error: u8,
     pub(crate) mode: TransferMode,
     pub(crate) write_cache: bool,
+    /// A flush of the image failed: what the guest was told is written may
+    /// be lost, so every later write and flush ends in a device fault.
+    /// Sticky for the drive's life (a reset does not make lost data
+    /// durable; a later successful sync would not either).
+    pub(crate) failed: bool,
     /// Sectors per DRQ block of READ/WRITE MULTIPLE; 0 until SET MULTIPLE.
     pub(crate) multiple: u8,
     /// Current CHS translation (INITIALIZE DEVICE PARAMETERS).
@@ -108,6 +113,7 @@ impl Drive {
             error: 0,
             mode: TransferMode::Pio(0),
             write_cache: true,
+            failed: false,
             multiple: 0,
             heads: 16,
             sectors_per_track: 63,
@@ -157,6 +163,19 @@ impl Drive {
     /// The image behind the drive (the medium, for a CD-ROM).
     pub fn backend(&self) -> Option<&dyn BlockBackend> {
         self.backend.as_deref()
+    }
+
+    /// Whether the guest has the disk's write cache on (SET FEATURES 02h;
+    /// 82h turns it off, and then every write is durable before it
+    /// completes). On after power-on and every VM reset.
+    pub fn write_cache(&self) -> bool {
+        self.write_cache
+    }
+
+    /// Whether a flush of the image failed: the disk then reports a device
+    /// fault for every write and flush, for the rest of its life.
+    pub fn failed(&self) -> bool {
+        self.failed
     }
 
     /// Whether a readable medium is present (always, for a disk).

@@ -21,6 +21,10 @@ pub const ERROR_ABRT: u8 = 0x04;
 pub const ERROR_IDNF: u8 = 0x10;
 /// Error: uncorrectable data error (the medium could not be read).
 pub const ERROR_UNC: u8 = 0x40;
+/// Error of a write command: the medium is write-protected (ATA/ATAPI-7's
+/// WP, the bit reads use for UNC). A write to a read-only disk ends with
+/// `WP | ABRT` and ERR in status: nothing was written.
+pub const ERROR_WP: u8 = 0x40;
 
 /// Device control: interrupts disabled (nIEN).
 pub const CONTROL_NIEN: u8 = 0x02;

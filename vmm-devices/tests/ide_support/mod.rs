@@ -8,7 +8,9 @@ use std::process::Command;
 use std::sync::Arc;
 use vmm_core::test_host::{TestHost, TestIrqLine, TestVmBuilder};
 use vmm_core::vm::Vm;
-use vmm_devices::block::{BlockBackend, MemoryImage, CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
+use vmm_devices::block::{
+    check_transfer, BlockBackend, BlockError, MemoryImage, CD_SECTOR_SIZE, DISK_SECTOR_SIZE,
+};
 use vmm_devices::ide::{Drive, IdeChannel, IdeSlot, LegacyIde};
 
 /// Bus-master register block base used by the tests.
@@ -336,4 +338,99 @@ pub fn make_iso(dir: &Path) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::read(&iso).unwrap()
+}
+
+/// What a [`FaultyDisk`] holds and is told to do, shared with the test.
+#[derive(Default)]
+pub struct FaultState {
+    /// What the guest wrote (the host's page cache).
+    pub volatile: Vec<u8>,
+    /// What a flush made durable (what survives a host crash).
+    pub durable: Vec<u8>,
+    /// Writes fail with EIO while set.
+    pub fail_writes: bool,
+    /// Flushes fail with EIO while set.
+    pub fail_flushes: bool,
+    /// Flushes asked for, failed or not.
+    pub flushes: u32,
+    /// Writes asked for, failed or not.
+    pub writes: u32,
+}
+
+/// A fault-injection disk: writes land in `volatile`, only a successful
+/// flush copies them to `durable`, and writes or flushes fail on command.
+pub struct FaultyDisk {
+    pub state: Arc<std::sync::Mutex<FaultState>>,
+    read_only: bool,
+}
+
+/// EIO, as a Linux host reports a failed write or sync.
+pub const EIO: i32 = 5;
+
+impl FaultyDisk {
+    /// A disk of `sectors` zeroed sectors, and the handle to its state.
+    pub fn new(sectors: usize, read_only: bool) -> (Self, Arc<std::sync::Mutex<FaultState>>) {
+        let bytes = vec![0u8; sectors * DISK_SECTOR_SIZE];
+        let state = Arc::new(std::sync::Mutex::new(FaultState {
+            volatile: bytes.clone(),
+            durable: bytes,
+            ..FaultState::default()
+        }));
+        (
+            Self {
+                state: state.clone(),
+                read_only,
+            },
+            state,
+        )
+    }
+}
+
+impl BlockBackend for FaultyDisk {
+    fn name(&self) -> &str {
+        "faulty.img"
+    }
+    fn sector_size(&self) -> usize {
+        DISK_SECTOR_SIZE
+    }
+    fn sector_count(&self) -> u64 {
+        (self.state.lock().unwrap().volatile.len() / DISK_SECTOR_SIZE) as u64
+    }
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        let s = self.state.lock().unwrap();
+        let at = check_transfer(lba, buf.len(), DISK_SECTOR_SIZE, self.sector_count_of(&s))?;
+        buf.copy_from_slice(&s.volatile[at as usize..at as usize + buf.len()]);
+        Ok(())
+    }
+    fn write(&mut self, lba: u64, data: &[u8]) -> Result<(), BlockError> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        let mut s = self.state.lock().unwrap();
+        s.writes += 1;
+        let at = check_transfer(lba, data.len(), DISK_SECTOR_SIZE, self.sector_count_of(&s))?;
+        if s.fail_writes {
+            return Err(BlockError::Io { code: EIO });
+        }
+        s.volatile[at as usize..at as usize + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), BlockError> {
+        let mut s = self.state.lock().unwrap();
+        s.flushes += 1;
+        if s.fail_flushes {
+            return Err(BlockError::Io { code: EIO });
+        }
+        s.durable = s.volatile.clone();
+        Ok(())
+    }
+}
+
+impl FaultyDisk {
+    fn sector_count_of(&self, s: &FaultState) -> u64 {
+        (s.volatile.len() / DISK_SECTOR_SIZE) as u64
+    }
 }

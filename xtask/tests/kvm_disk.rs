@@ -1,0 +1,137 @@
+//! Disk images under `vmm` (KVM): a guest program (`guests/disk_flush.asm`,
+//! run as the firmware) writes four sectors and flushes them; once it says
+//! the flush completed, `vmm` is SIGKILLed and every acknowledged sector
+//! must be in the image. While it runs, a second `vmm` on the same image
+//! is refused (the image is locked); a `readonly=on` disk makes the guest's
+//! write fail; a 0444 image is refused as a writable disk.
+//!
+//! `cargo xtask test` sets `VMM_TEST_VMM` and `VMM_TEST_GUESTS`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use xtask::kvm_bench::kvm_present;
+use xtask::system::env_path;
+
+fn kvm_or_skip() -> bool {
+    if kvm_present() {
+        return true;
+    }
+    eprintln!("skipped: /dev/kvm absent");
+    false
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vmm-disk-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn image(dir: &Path) -> PathBuf {
+    let p = dir.join("disk.img");
+    std::fs::write(&p, vec![0u8; 64 * 512]).unwrap();
+    p
+}
+
+fn vmm(disk: &str, serial: &Path) -> Command {
+    let mut c = Command::new(env_path("VMM_TEST_VMM"));
+    c.args(["run", "--memory", "16M", "--bios"])
+        .arg(env_path("VMM_TEST_GUESTS").join("disk_flush.bin"))
+        .args(["--disk", disk, "--serial"])
+        .arg(serial)
+        .stdin(Stdio::null());
+    c
+}
+
+/// Wait until `file` holds a line; its text.
+fn wait_for_line(file: &Path, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if text.contains('\n') || start.elapsed() > timeout {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sector `n` (16..20) as the guest wrote it.
+fn written(n: usize) -> Vec<u8> {
+    [b'W', b'0' + (n - 16) as u8].repeat(256)
+}
+
+#[test]
+#[ignore = "runs a guest program under KVM: run through cargo xtask test"]
+fn acknowledged_writes_survive_sigkill_and_a_second_vmm_is_locked_out() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let d = scratch("sigkill");
+    let img = image(&d);
+    let disk = img.display().to_string();
+    let serial = d.join("com1.log");
+    let mut first = vmm(&disk, &serial)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let said = wait_for_line(&serial, Duration::from_secs(60));
+    if said != "flushed\r\n" {
+        let _ = first.kill();
+        panic!("the guest said {said:?}");
+    }
+    // The image is locked while the first one runs: a second writer and a
+    // read-only user are both refused, naming the image.
+    for arg in [disk.clone(), format!("{disk},readonly=on")] {
+        let out = vmm(&arg, &d.join("second.log")).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{arg}: {err}");
+        assert!(
+            err.contains("locked") && err.contains(&disk) && err.lines().count() == 1,
+            "{arg}: {err}"
+        );
+    }
+    // No orderly exit: whatever the guest was told is durable must already
+    // be in the image.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let bytes = std::fs::read(&img).unwrap();
+    for n in 16..20 {
+        assert_eq!(bytes[n * 512..(n + 1) * 512], written(n)[..], "sector {n}");
+    }
+    assert!(bytes[..16 * 512].iter().all(|b| *b == 0));
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+#[ignore = "runs a guest program under KVM: run through cargo xtask test"]
+fn a_read_only_disk_refuses_the_guests_writes_and_a_0444_image_is_not_writable() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let d = scratch("readonly");
+    let img = image(&d);
+    let disk = img.display().to_string();
+    let serial = d.join("com1.log");
+    let mut child = vmm(&format!("{disk},readonly=on"), &serial)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let said = wait_for_line(&serial, Duration::from_secs(60));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(said, "disk error\r\n");
+    assert!(std::fs::read(&img).unwrap().iter().all(|b| *b == 0));
+
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let out = vmm(&disk, &serial).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&disk) && err.contains("read-only") && err.contains("readonly=on"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}

@@ -138,4 +138,25 @@ pub trait Host: Send + Sync {
     fn tsc_khz(&self) -> Option<u32> {
         None
     }
+
+    /// Whether the host's own code uses x87/SSE/AVX registers (or XCR0
+    /// settings of its own) between guest runs. The SVM and VMX backends
+    /// then save and restore the host's extended state around every entry
+    /// (see [`crate::xstate`]); a host built without floating point or
+    /// SIMD (a soft-float kernel) answers `false` and saves those two
+    /// XSAVE/XRSTOR per exit. Guests are isolated from each other either
+    /// way. The default, `true`, is always safe.
+    fn uses_extended_state(&self) -> bool {
+        true
+    }
+
+    /// The index (below 64) of the physical CPU running the caller, for a
+    /// host whose vCPUs do not move between CPUs behind the VMM's back.
+    /// With it, and a host that does not use extended state itself, the
+    /// SVM and VMX backends skip reloading a vCPU's x87/SSE registers that
+    /// are still in that CPU from its last exit. The default, `None`, is
+    /// always safe.
+    fn current_cpu(&self) -> Option<usize> {
+        None
+    }
 }

@@ -58,6 +58,19 @@ pub enum StopReason {
     },
     /// The vCPU backend failed (VM entry refused, unknown exit).
     Backend(String),
+    /// The guest took the same exit at the same RIP, with the same
+    /// registers, this many times in a row without its handling ever
+    /// moving RIP: it would loop for ever (see `vcpu::run`).
+    NoProgress {
+        /// RIP of the exits.
+        rip: u64,
+        /// What kind of exit.
+        exit: crate::stats::ExitKind,
+        /// The guest-physical or linear address the exits named, if any.
+        address: Option<u64>,
+        /// How many in a row.
+        count: u64,
+    },
 }
 
 impl fmt::Display for StopReason {
@@ -82,6 +95,22 @@ impl fmt::Display for StopReason {
                 }
             ),
             StopReason::Backend(detail) => write!(f, "vCPU backend: {detail}"),
+            StopReason::NoProgress {
+                rip,
+                exit,
+                address,
+                count,
+            } => {
+                write!(
+                    f,
+                    "no progress: {count} {} exits in a row at RIP {rip:#x}",
+                    exit.name()
+                )?;
+                if let Some(a) = address {
+                    write!(f, " on {a:#x}")?;
+                }
+                write!(f, " with nothing changing")
+            }
         }
     }
 }
@@ -105,6 +134,9 @@ pub struct Vm {
     /// Per device: accessed (or changed by the host) since its last poll, so
     /// its answer may be stale.
     timer_stale: Vec<bool>,
+    /// The exit loop's count of exits that made no progress; it lives here
+    /// so it outlasts one time slice (the VM has one vCPU).
+    watchdog: crate::vcpu::Watchdog,
 }
 
 impl Vm {
@@ -123,6 +155,7 @@ impl Vm {
             direct_ports: Vec::new(),
             timer_due: Vec::new(),
             timer_stale: Vec::new(),
+            watchdog: crate::vcpu::Watchdog::default(),
         }
     }
 
@@ -173,6 +206,11 @@ impl Vm {
     /// Exit counts, for backends to record into.
     pub fn stats_mut(&mut self) -> &mut ExitStats {
         &mut self.stats
+    }
+
+    /// The exit loop's forward-progress watchdog (see `vcpu::run`).
+    pub fn watchdog_mut(&mut self) -> &mut crate::vcpu::Watchdog {
+        &mut self.watchdog
     }
 
     /// Add a device.

@@ -791,3 +791,156 @@ fn kvmclock_fills_the_guests_time_records_only_when_offered() {
     );
     assert_eq!(plain.memory().read_u64(0x5010).unwrap(), 0);
 }
+
+/// The same exit at the same RIP, its handling never moving the guest on
+/// (here a #PF the backend reflects, whose delivery exits again at once),
+/// stops the VM after `NO_PROGRESS_LIMIT` rounds with the RIP, the kind
+/// and the address named, instead of looping for ever. Exits in between
+/// that do not come from the instruction stream do not hide the loop.
+#[test]
+fn the_same_exit_with_nothing_changing_stops_the_vm_with_a_reason() {
+    let limit = vmm_core::vcpu::NO_PROGRESS_LIMIT as usize;
+    let fault = Exit::PageFault {
+        address: 0xdead_b000,
+        error_code: 0,
+    };
+    let mut script = Vec::new();
+    for i in 0..limit + 10 {
+        script.push(fault.clone());
+        if i % 100 == 0 {
+            script.push(Exit::ExternalInterrupt);
+        }
+    }
+    let mut cpu = Scripted::new(script);
+    cpu.regs.rip = 0x1234;
+    let mut vm = vm();
+    let mut msrs = MsrFile::default();
+    // In time slices of 300 exits, as a host would run it: the count goes
+    // on across them.
+    let slice = Slice {
+        max_exits: 300,
+        until_ns: None,
+    };
+    let mut outcome = RunOutcome::SliceEnded;
+    for _ in 0..limit {
+        outcome = run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, slice);
+        if outcome != RunOutcome::SliceEnded || cpu.exits.is_empty() {
+            break;
+        }
+    }
+    let RunOutcome::Stopped(reason) = outcome else {
+        panic!("still running: {outcome:?}");
+    };
+    assert!(
+        matches!(
+            reason,
+            StopReason::NoProgress {
+                rip: 0x1234,
+                address: Some(0xdead_b000),
+                ..
+            }
+        ),
+        "{reason:?}"
+    );
+    assert_eq!(
+        reason.to_string(),
+        format!(
+            "no progress: {limit} shadow-page-fault exits in a row at RIP 0x1234 on 0xdeadb000 \
+             with nothing changing"
+        )
+    );
+    assert_eq!(cpu.injected.len(), limit);
+}
+
+/// The same instruction faulting again and again is not a loop when
+/// something changes between the faults (here RAX, as a guest's retry
+/// counter would), nor when the handling moves RIP on.
+#[test]
+fn repeated_exits_that_change_state_or_move_on_are_not_stopped() {
+    let limit = vmm_core::vcpu::NO_PROGRESS_LIMIT as usize;
+    struct Counting(Scripted);
+    impl CpuState for Counting {
+        fn gpr(&self, i: usize) -> u64 {
+            self.0.gpr(i)
+        }
+        fn set_gpr(&mut self, i: usize, v: u64) {
+            self.0.set_gpr(i, v)
+        }
+        fn rip(&self) -> u64 {
+            self.0.rip()
+        }
+        fn set_rip(&mut self, v: u64) {
+            self.0.set_rip(v)
+        }
+        fn rflags(&self) -> u64 {
+            self.0.rflags()
+        }
+        fn set_rflags(&mut self, v: u64) {
+            self.0.set_rflags(v)
+        }
+        fn segment(&self, s: Segment) -> SegmentRegister {
+            self.0.segment(s)
+        }
+        fn control(&self) -> ControlRegisters {
+            self.0.control()
+        }
+        fn xmm(&self, i: usize) -> u128 {
+            self.0.xmm(i)
+        }
+        fn set_xmm(&mut self, i: usize, v: u128) {
+            self.0.set_xmm(i, v)
+        }
+    }
+    impl VcpuBackend for Counting {
+        fn run(&mut self, vm: &mut Vm) -> Exit {
+            // The guest's handler bumps RAX before retrying.
+            let rax = self.0.gpr(0);
+            self.0.set_gpr(0, rax + 1);
+            self.0.run(vm)
+        }
+        fn inject(&mut self, event: Event) -> bool {
+            self.0.inject(event)
+        }
+        fn interrupts_open(&self) -> bool {
+            self.0.interrupts_open()
+        }
+        fn backend_msr(&self, msr: u32) -> Option<u64> {
+            self.0.backend_msr(msr)
+        }
+        fn set_backend_msr(&mut self, msr: u32, value: u64) -> bool {
+            self.0.set_backend_msr(msr, value)
+        }
+        fn reset(&mut self) {
+            self.0.reset()
+        }
+        fn request_interrupt_window(&mut self, on: bool) {
+            self.0.request_interrupt_window(on)
+        }
+    }
+    let fault = Exit::PageFault {
+        address: 0xdead_b000,
+        error_code: 0,
+    };
+    let mut cpu = Counting(Scripted::new(vec![fault; limit + 10]));
+    let mut vm = vm();
+    let outcome = run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
+    // The script ran out and the backend preempted: still running.
+    assert_eq!(outcome, RunOutcome::SliceEnded);
+    assert_eq!(vm.stop_reason(), None);
+    // CPUID at one RIP over and over moves RIP each time: never stopped.
+    let mut cpu = Scripted::new(vec![Exit::Cpuid { next_rip: 0x1002 }; limit + 10]);
+    cpu.regs.rip = 0x1000;
+    let mut vm = self::vm();
+    let mut msrs = MsrFile::default();
+    for _ in 0..limit + 10 {
+        cpu.regs.rip = 0x1000;
+        step(&mut cpu, &mut vm, &mut msrs);
+    }
+    assert_eq!(vm.stop_reason(), None);
+}

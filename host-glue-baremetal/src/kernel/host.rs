@@ -115,6 +115,17 @@ impl Host for BareMetalHost {
         super::apic::arm(deadline_ns);
     }
 
+    fn uses_extended_state(&self) -> bool {
+        // Built for x86_64-unknown-none: soft-float, no SSE anywhere in the
+        // kernel, so guests' XSAVE state need not be swapped with its own.
+        false
+    }
+
+    fn current_cpu(&self) -> Option<usize> {
+        // One CPU runs every vCPU.
+        Some(0)
+    }
+
     fn tsc_khz(&self) -> Option<u32> {
         super::time::tsc_khz()
     }

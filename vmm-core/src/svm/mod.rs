@@ -235,7 +235,8 @@ impl SvmVcpu {
             features: svm.features(),
             asid: asid.max(1),
             shadow: None,
-            xstate: ExtendedState::new(svm.xstate.clone()),
+            xstate: ExtendedState::new(svm.xstate.clone())
+                .keep_host_state(host.uses_extended_state()),
         };
         me.vmcb.write_u64(offset::IOPM_BASE, iopm_pa);
         me.vmcb.write_u64(offset::MSRPM_BASE, msrpm_pa);
@@ -341,6 +342,28 @@ impl SvmVcpu {
                 self.set_rip(next);
             }
         }
+    }
+
+    /// A nested page fault while an event was being delivered, on memory
+    /// this VM does not have (the IDT, GDT, stack or their page tables
+    /// point there): re-entering would only fault again, so the delivery
+    /// fails as on hardware (see [`crate::vcpu::delivery_fault`]); with
+    /// `DoubleFault` the #DF is already in EVENTINJ. `None` for any other
+    /// nested page fault.
+    fn undeliverable_event(&mut self, vm: &Vm) -> Option<crate::vcpu::DeliveryFault> {
+        let int_info = self.vmcb.read_u64(offset::EXIT_INT_INFO);
+        let gpa = self.vmcb.read_u64(offset::EXIT_INFO2);
+        if int_info & (1 << 31) == 0 || vm.memory().kind_at(gpa) == crate::memory::RegionKind::Ram {
+            return None;
+        }
+        log::debug!("delivering event {int_info:#x} touched {gpa:#x}, which is not RAM");
+        let outcome = crate::vcpu::delivery_fault(((int_info >> 8) & 7) as u8, int_info as u8);
+        if outcome == crate::vcpu::DeliveryFault::DoubleFault {
+            // #DF with error code 0, in place of the event.
+            self.vmcb
+                .write_u64(offset::EVENT_INJ, 8 | (3 << 8) | (1 << 11) | (1 << 31));
+        }
+        Some(outcome)
     }
 
     fn decode_exit(&mut self, vm: &Vm) -> Exit {
@@ -497,7 +520,7 @@ impl VcpuBackend for SvmVcpu {
         for _ in 0..MAX_INTERNAL_EXITS {
             // Clean bits are not used: the CPU reloads everything every time.
             self.vmcb.write_u32(offset::CLEAN_BITS, 0);
-            self.xstate.switch_to_guest();
+            self.xstate.switch_to_guest(vm.host().current_cpu());
             // SAFETY: SVM was enabled by `Svm::enable` (required to build
             // this vCPU); the VMCB is ours, its nested tables map only this
             // VM's memory, its permission maps intercept every MSR and every
@@ -509,9 +532,21 @@ impl VcpuBackend for SvmVcpu {
             self.xstate.switch_to_host();
             self.vmcb.write_u8(offset::TLB_CONTROL, 0);
             self.vmcb.write_u64(offset::EVENT_INJ, 0);
-            if self.vmcb.read_u64(offset::EXIT_CODE) == EXIT_XSETBV {
-                self.xsetbv();
-                continue;
+            match self.vmcb.read_u64(offset::EXIT_CODE) {
+                EXIT_XSETBV => {
+                    vm.stats_mut().record(crate::stats::ExitKind::Other);
+                    self.xsetbv();
+                    continue;
+                }
+                EXIT_NPF => match self.undeliverable_event(vm) {
+                    Some(crate::vcpu::DeliveryFault::Shutdown) => return Exit::Shutdown,
+                    Some(crate::vcpu::DeliveryFault::DoubleFault) => {
+                        vm.stats_mut().record(crate::stats::ExitKind::Mmio);
+                        continue;
+                    }
+                    None => {}
+                },
+                _ => {}
             }
             let exit = match self.shadow_exit(vm) {
                 Some(exit) => exit,

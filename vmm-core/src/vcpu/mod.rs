@@ -7,14 +7,17 @@
 //! guest, until the VM stops or its time slice ends.
 
 mod cpuid;
+mod delivery;
 mod exit;
 mod msr;
 mod run_loop;
+mod watchdog;
 
 pub use cpuid::{
     guest_cpuid, guest_cpuid_for, CpuidResult, HYPERVISOR_VENDOR, KVM_FEATURE_CLOCKSOURCE2,
     KVM_FEATURE_CLOCKSOURCE_STABLE_BIT, KVM_FEATURE_NOP_IO_DELAY, KVM_LEAF_BASE,
 };
+pub use delivery::{delivery_fault, DeliveryFault};
 pub use exit::{AccessTarget, ControlAccess, DeviceAccess, Exit, ExitError};
 pub(crate) use msr::host_tsc as msr_host_tsc;
 pub use msr::{
@@ -22,6 +25,7 @@ pub use msr::{
     MSR_KVM_WALL_CLOCK_NEW, MSR_TSC, PASS_THROUGH,
 };
 pub use run_loop::{run, RunOutcome, Slice};
+pub use watchdog::{Watchdog, NO_PROGRESS_LIMIT};
 
 /// No interrupt controller: for guests that never take interrupts.
 pub struct NoInterrupts;

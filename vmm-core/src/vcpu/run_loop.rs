@@ -217,6 +217,7 @@ pub fn run<B: VcpuBackend>(
         // From the end of the last handling: the guest, the world switches
         // and the little the loop does before entering.
         vm.stats_mut().add_guest_time(exited.saturating_sub(now));
+        let before = super::watchdog::Watchdog::before(vcpu, &exit, kind);
         match exit {
             Exit::PortIo {
                 port,
@@ -348,6 +349,9 @@ pub fn run<B: VcpuBackend>(
             Exit::Shutdown => vm.stop(StopReason::TripleFault),
             Exit::Preempted => return RunOutcome::SliceEnded,
             Exit::Error(e) => vm.stop(StopReason::Backend(e.to_string())),
+        }
+        if let Some(reason) = vm.watchdog_mut().after(vcpu, before) {
+            vm.stop(reason);
         }
         now = vm.host().now_ns();
         vm.stats_mut()

@@ -384,7 +384,8 @@ impl VmxVcpu {
             cr4: vmx.caps.guest_cr4(),
             ept_caps: vmx.caps.ept_vpid,
             vpid: vpid.max(1),
-            xstate: crate::xstate::ExtendedState::new(vmx.xstate.clone()),
+            xstate: crate::xstate::ExtendedState::new(vmx.xstate.clone())
+                .keep_host_state(vm.host().uses_extended_state()),
         };
         // SAFETY: VMX is on (`vmx` exists); the region is ours, carries the
         // revision ID and is cleared before first use.
@@ -985,19 +986,28 @@ impl VmxVcpu {
             reason::EPT_VIOLATION => {
                 let gpa = self.read(fields::GUEST_PHYSICAL_ADDRESS);
                 let vectoring = self.read(fields::IDT_VECTORING_INFO);
-                if vectoring & INFO_VALID != 0 {
-                    // Delivering an event (IDT, GDT or stack) touched
-                    // something that is not memory: the emulator carries out
-                    // instructions, not event delivery; stop and say so
-                    // rather than run the interrupted instruction twice.
-                    Exit::Error(ExitError::Unhandled {
-                        code: basic.into(),
-                        detail: format!(
-                            "delivering event {vectoring:#x} touched {gpa:#x} ({:?}), \
-                             which is not RAM",
-                            vm.memory().kind_at(gpa)
-                        ),
-                    })
+                if vectoring & INFO_VALID != 0
+                    && vm.memory().kind_at(gpa) != crate::memory::RegionKind::Ram
+                {
+                    // Delivering an event (IDT, GDT, stack or their page
+                    // tables) touched memory this VM does not have:
+                    // re-entering would only exit here again.
+                    log::debug!(
+                        "delivering event {vectoring:#x} touched {gpa:#x}, which is not RAM"
+                    );
+                    let (event_type, vector) = (((vectoring >> 8) & 7) as u8, vectoring as u8);
+                    match crate::vcpu::delivery_fault(event_type, vector) {
+                        crate::vcpu::DeliveryFault::Shutdown => Exit::Shutdown,
+                        crate::vcpu::DeliveryFault::DoubleFault => {
+                            self.write(
+                                fields::ENTRY_INTERRUPTION_INFO,
+                                8 | (3 << 8) | INFO_ERROR_CODE | INFO_VALID,
+                            );
+                            self.write(fields::ENTRY_EXCEPTION_ERROR_CODE, 0);
+                            vm.stats_mut().record(ExitKind::Mmio);
+                            return None;
+                        }
+                    }
                 } else if vm.memory().kind_at(gpa) == crate::memory::RegionKind::Ram {
                     // The tables say "not RAM" where the map says RAM.
                     Exit::Error(ExitError::Unhandled {
@@ -1155,7 +1165,7 @@ impl VcpuBackend for VmxVcpu {
         self.sync_io_bitmaps(vm);
         for _ in 0..MAX_INTERNAL_EXITS {
             self.load();
-            self.xstate.switch_to_guest();
+            self.xstate.switch_to_guest(vm.host().current_cpu());
             // SAFETY: VMX is on and our VMCS current; its host state is this
             // CPU's, HOST_RIP the exit path of `enter`; its EPT maps only
             // this VM's memory, its I/O bitmaps intercept every port but

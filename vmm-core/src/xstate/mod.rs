@@ -365,6 +365,14 @@ pub struct ExtendedState {
     host_xcr0: u64,
     /// The guest's state is in the CPU's registers (between the switches).
     loaded: bool,
+    /// Save and restore the host's own registers (see
+    /// [`crate::host::Host::uses_extended_state`]).
+    keep_host: bool,
+    /// Names this state in the per-CPU record of what is in the registers.
+    token: u64,
+    /// The saved area changed since it was last saved from or loaded into
+    /// the CPU (emulator writes, reset), so the registers are stale.
+    dirty: bool,
 }
 
 impl core::fmt::Debug for ExtendedState {
@@ -390,7 +398,19 @@ impl ExtendedState {
             host_xcr0: XCR0_X87,
             model,
             loaded: false,
+            keep_host: true,
+            token: switch::new_token(),
+            dirty: true,
         }
+    }
+
+    /// Whether the host's own extended state is saved and restored around
+    /// guest runs (the default), or left alone for a host that never uses
+    /// it (the guest's registers then stay in the CPU after an exit, already
+    /// saved, until the next vCPU loads its own over them).
+    pub fn keep_host_state(mut self, keep: bool) -> Self {
+        self.keep_host = keep;
+        self
     }
 
     /// The model the state follows.
@@ -402,6 +422,7 @@ impl ExtendedState {
     pub fn reset(&mut self) {
         self.guest.reset();
         self.guest_xcr0 = XCR0_X87;
+        self.dirty = true;
     }
 
     /// The guest's XCR0.
@@ -458,6 +479,7 @@ impl ExtendedState {
         }
         self.guest
             .write(XMM_OFFSET + 16 * index, &value.to_le_bytes());
+        self.dirty = true;
     }
 
     /// Bits 255:128 of YMM register `index` (< 16), if the model has AVX.
@@ -488,6 +510,7 @@ impl ExtendedState {
         }
         self.guest
             .write(c.offset as usize + 16 * index, &value.to_le_bytes());
+        self.dirty = true;
     }
 
     fn avx_component(&self) -> Option<Component> {

@@ -4,6 +4,19 @@
 
 use super::{Area, ExtendedState};
 use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Per physical CPU (as `Host::current_cpu` numbers them): the token of the
+/// vCPU whose extended state its registers hold since that vCPU's last
+/// exit, or 0.
+static LIVE: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+/// The next token.
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// A token no other `ExtendedState` has.
+pub(super) fn new_token() -> u64 {
+    NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
+}
 
 /// CR4.OSFXSR.
 const CR4_OSFXSR: u64 = 1 << 9;
@@ -117,11 +130,16 @@ impl ExtendedState {
     /// Put the host's extended state aside and load this vCPU's, XCR0
     /// included. Call right before entering the guest, with interrupts
     /// disabled, on a CPU prepared by [`prepare_host_cpu`]; pair with
-    /// [`ExtendedState::switch_to_host`].
-    pub fn switch_to_guest(&mut self) {
+    /// [`ExtendedState::switch_to_host`]. `cpu` is
+    /// [`crate::host::Host::current_cpu`]: where the host does not keep
+    /// its own state and this vCPU's registers are still in that CPU from
+    /// its last exit (no other vCPU loaded since, no emulator write, no
+    /// XCR0 change in between), nothing needs loading.
+    pub fn switch_to_guest(&mut self, cpu: Option<usize>) {
         if self.loaded {
             return;
         }
+        let live = cpu.and_then(|c| LIVE.get(c));
         let xsave = self.model.xsave;
         let mut full = self.model.guest_mask;
         if xsave {
@@ -141,17 +159,37 @@ impl ExtendedState {
                 self.host_mask = full;
             }
         }
+        let xcr0_steady = !xsave || (self.host_xcr0 == full && self.guest_xcr0 == full);
+        if !self.keep_host
+            && !self.dirty
+            && xcr0_steady
+            && live.is_some_and(|l| l.load(Ordering::Relaxed) == self.token)
+        {
+            self.loaded = true;
+            return;
+        }
         // SAFETY: the host CPU was prepared (CR4.OSFXSR/OSXSAVE, TS/EM
         // clear); the host area has room for `full` (checked above), the
         // guest area for the model mask (sized from the same CPUID), and
         // the guest image is valid (see `restore`).
         unsafe {
-            save(&mut self.host, xsave, full);
+            if self.keep_host {
+                save(&mut self.host, xsave, full);
+            }
             restore(&self.guest, xsave, self.model.guest_mask);
             if xsave && self.guest_xcr0 != full {
                 xsetbv0(self.guest_xcr0);
             }
         }
+        if let Some(l) = live {
+            // After the exit the registers keep this vCPU's state only if
+            // the host does not put its own back.
+            l.store(
+                if self.keep_host { 0 } else { self.token },
+                Ordering::Relaxed,
+            );
+        }
+        self.dirty = false;
         self.loaded = true;
     }
 
@@ -175,7 +213,10 @@ impl ExtendedState {
                 xsetbv0(full);
             }
             save(&mut self.guest, xsave, self.model.guest_mask);
-            restore(&self.host, xsave, full);
+            self.dirty = false;
+            if self.keep_host {
+                restore(&self.host, xsave, full);
+            }
             if xsave && self.host_xcr0 != full {
                 xsetbv0(self.host_xcr0);
             }

@@ -11,6 +11,7 @@
 //! EXITINFO2 for I/O and from the fixed instruction lengths of CPUID (2),
 //! HLT (1) and RDMSR/WRMSR (2).
 
+pub mod consistency;
 mod instructions;
 mod shadow;
 mod vmcb;
@@ -184,8 +185,7 @@ fn pass_msr_through(map: &mut [u8], msr: u32) {
     }
 }
 
-/// EFER bits a guest may set: SCE, LME, NXE, FFXSR (LMA is the CPU's).
-const EFER_GUEST_WRITABLE: u64 = (1 << 0) | (1 << 8) | (1 << 11) | (1 << 14);
+/// EFER.LMA (the CPU's; a WRMSR cannot change it).
 const EFER_LMA: u64 = 1 << 10;
 
 /// One vCPU on SVM, with nested paging ([`SvmVcpu::new`]) or shadow paging
@@ -204,6 +204,10 @@ pub struct SvmVcpu {
     shadow: Option<shadow::ShadowState>,
     /// The guest's x87/SSE/AVX registers and XCR0.
     xstate: ExtendedState,
+    /// EFER bits the guest may write (from CPUID).
+    efer_writable: u64,
+    /// The CPU's MAXPHYADDR, for the VMRUN checks.
+    max_phys_bits: u8,
 }
 
 impl SvmVcpu {
@@ -237,6 +241,8 @@ impl SvmVcpu {
             shadow: None,
             xstate: ExtendedState::new(svm.xstate.clone())
                 .keep_host_state(host.uses_extended_state()),
+            efer_writable: consistency::efer_writable(),
+            max_phys_bits: consistency::max_phys_bits(),
         };
         me.vmcb.write_u64(offset::IOPM_BASE, iopm_pa);
         me.vmcb.write_u64(offset::MSRPM_BASE, msrpm_pa);
@@ -341,6 +347,43 @@ impl SvmVcpu {
                 let next = self.next_rip(3);
                 self.set_rip(next);
             }
+        }
+    }
+
+    /// An error exit from a guest that passed the checks when it entered:
+    /// the guest itself made CR0 or CR4 illegal with a MOV the CPU should
+    /// have refused with #GP. Real CPUs do; QEMU's TCG lets CR0.NW without
+    /// CR0.CD (and similar) through, then ends the guest's run as a failed
+    /// VMRUN some instructions later, past the point where the #GP belonged.
+    /// The VM stops naming the rule and the quirk; `None` for any other
+    /// error exit.
+    fn native_illegal_state(&self, entered: &consistency::GuestState) -> Option<Exit> {
+        let now = self.guest_state();
+        let rule = consistency::first_violation(&now)?;
+        if now.cr0 == entered.cr0 && now.cr4 == entered.cr4 {
+            return None;
+        }
+        Some(Exit::Error(ExitError::EntryFailed {
+            detail: format!(
+                "the guest wrote CR0 {:#x} CR4 {:#x} ({rule}) with its own MOV; a real CPU \
+                 raises #GP there, this one (QEMU TCG) ended the guest's run instead",
+                now.cr0, now.cr4
+            ),
+        }))
+    }
+
+    /// The fields VMRUN's consistency checks read.
+    fn guest_state(&self) -> consistency::GuestState {
+        consistency::GuestState {
+            cr0: self.vmcb.read_u64(offset::CR0),
+            cr3: self.vmcb.read_u64(offset::CR3),
+            cr4: self.vmcb.read_u64(offset::CR4),
+            efer: self.vmcb.read_u64(offset::EFER),
+            dr6: self.vmcb.read_u64(offset::DR6),
+            dr7: self.vmcb.read_u64(offset::DR7),
+            cs_attributes: self.vmcb.segment(Segment::Cs).attributes,
+            event_injection: self.vmcb.read_u64(offset::EVENT_INJ),
+            max_phys_bits: self.max_phys_bits,
         }
     }
 
@@ -517,9 +560,19 @@ impl VcpuBackend for SvmVcpu {
         };
         // XSETBV is carried out here and the guest re-entered; anything
         // else goes to the exit loop.
+        let mut refused_before = false;
         for _ in 0..MAX_INTERNAL_EXITS {
             // Clean bits are not used: the CPU reloads everything every time.
             self.vmcb.write_u32(offset::CLEAN_BITS, 0);
+            let entered = self.guest_state();
+            if let Some(rule) = consistency::first_violation(&entered) {
+                // Every path that writes this state checks it first, so
+                // this is a VMM bug: say which rule, rather than let VMRUN
+                // fail with an opaque exit code.
+                return Exit::Error(ExitError::EntryFailed {
+                    detail: format!("the guest state breaks a VMRUN check: {rule}"),
+                });
+            }
             self.xstate.switch_to_guest(vm.host().current_cpu());
             // SAFETY: SVM was enabled by `Svm::enable` (required to build
             // this vCPU); the VMCB is ours, its nested tables map only this
@@ -533,6 +586,29 @@ impl VcpuBackend for SvmVcpu {
             self.vmcb.write_u8(offset::TLB_CONTROL, 0);
             self.vmcb.write_u64(offset::EVENT_INJ, 0);
             match self.vmcb.read_u64(offset::EXIT_CODE) {
+                EXIT_INVALID | 0xffff_ffff => {
+                    if let Some(exit) = self.native_illegal_state(&entered) {
+                        return exit;
+                    }
+                    if !refused_before
+                        && consistency::first_violation(&self.guest_state()).is_none()
+                    {
+                        // The state we entered with passes every check and
+                        // is unchanged: what failed is one of the guest's
+                        // own instructions, which QEMU's TCG ends as a
+                        // failed VMRUN (a MOV to CR4 with a reserved bit)
+                        // where a real CPU raises #GP, leaving RIP on it.
+                        log::debug!(
+                            "the CPU refused the guest's instruction at {:#x}: #GP",
+                            self.rip()
+                        );
+                        self.inject(Event::Exception(
+                            crate::emulator::Exception::GeneralProtection(0),
+                        ));
+                        refused_before = true;
+                        continue;
+                    }
+                }
                 EXIT_XSETBV => {
                     vm.stats_mut().record(crate::stats::ExitKind::Other);
                     self.xsetbv();
@@ -564,21 +640,12 @@ impl VcpuBackend for SvmVcpu {
         if self.vmcb.read_u64(offset::EVENT_INJ) & (1 << 31) != 0 {
             return false;
         }
-        let value = match event {
-            Event::Exception(e) => {
-                let mut v = u64::from(e.vector()) | (3 << 8) | (1 << 31);
-                if let Some(code) = e.error_code() {
-                    v |= (1 << 11) | (u64::from(code) << 32);
-                }
-                if let crate::emulator::Exception::PageFault(pf) = e {
-                    self.vmcb.write_u64(offset::CR2, pf.address);
-                    self.shadow_note_cr2(pf.address);
-                }
-                v
-            }
-            Event::Interrupt(vector) => u64::from(vector) | (1 << 31),
-            Event::Nmi => 2 | (2 << 8) | (1 << 31),
-        };
+        if let Event::Exception(crate::emulator::Exception::PageFault(pf)) = event {
+            self.vmcb.write_u64(offset::CR2, pf.address);
+            self.shadow_note_cr2(pf.address);
+        }
+        let protected = self.control().cr0 & crate::paging::CR0_PE != 0;
+        let value = consistency::event_injection(event, protected);
         self.vmcb.write_u64(offset::EVENT_INJ, value);
         true
     }
@@ -602,16 +669,18 @@ impl VcpuBackend for SvmVcpu {
     fn set_backend_msr(&mut self, msr: u32, value: u64) -> bool {
         match msr {
             crate::vcpu::MSR_EFER => {
-                if value & !(EFER_GUEST_WRITABLE | EFER_LMA) != 0 {
-                    return false;
-                }
                 if self.shadow.is_some() {
-                    return self.shadow_set_efer(value, EFER_GUEST_WRITABLE);
+                    return self.shadow_set_efer(value, self.efer_writable);
                 }
-                let lma = self.vmcb.read_u64(offset::EFER) & EFER_LMA;
-                let efer = (value & EFER_GUEST_WRITABLE) | lma | EFER_SVME;
-                self.vmcb.write_u64(offset::EFER, efer);
-                true
+                let current = self.vmcb.read_u64(offset::EFER);
+                let cr0 = self.vmcb.read_u64(offset::CR0);
+                match consistency::efer_write(current, cr0, value, self.efer_writable, true) {
+                    Ok(efer) => {
+                        self.vmcb.write_u64(offset::EFER, efer);
+                        true
+                    }
+                    Err(_) => false,
+                }
             }
             _ => false,
         }

@@ -415,10 +415,12 @@ impl SvmVcpu {
         let Some(s) = self.shadow.as_mut() else {
             return false;
         };
-        if (value ^ s.efer) & EFER_LME != 0 && s.cr0 & CR0_PG != 0 {
-            return false;
+        match super::consistency::efer_write(s.efer, s.cr0, value, writable, false) {
+            Ok(efer) => {
+                s.efer = efer;
+                true
+            }
+            Err(_) => false,
         }
-        s.efer = (value & writable) | (s.efer & EFER_LMA);
-        true
     }
 }

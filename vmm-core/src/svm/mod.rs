@@ -140,6 +140,7 @@ const INTERCEPT_INTR: u32 = 1 << 0;
 const INTERCEPT_NMI: u32 = 1 << 1;
 const INTERCEPT_VINTR: u32 = 1 << 4;
 const INTERCEPT_CPUID: u32 = 1 << 18;
+const INTERCEPT_IRET: u32 = 1 << 20;
 const INTERCEPT_HLT: u32 = 1 << 24;
 const INTERCEPT_INVLPGA: u32 = 1 << 26;
 const INTERCEPT_IOIO: u32 = 1 << 27;
@@ -155,6 +156,7 @@ const EXIT_INTR: u64 = 0x60;
 const EXIT_NMI: u64 = 0x61;
 const EXIT_VINTR: u64 = 0x64;
 const EXIT_CPUID: u64 = 0x72;
+const EXIT_IRET: u64 = 0x74;
 const EXIT_HLT: u64 = 0x78;
 const EXIT_INVLPGA: u64 = 0x7a;
 const EXIT_IOIO: u64 = 0x7b;
@@ -204,6 +206,13 @@ pub struct SvmVcpu {
     shadow: Option<shadow::ShadowState>,
     /// The guest's x87/SSE/AVX registers and XCR0.
     xstate: ExtendedState,
+    /// An injected NMI's handler has not returned yet: SVM keeps no NMI
+    /// blocking a VMM can read, so the vCPU tracks it (IRET intercepted
+    /// while it is set), as hardware would hold further NMIs.
+    nmi_masked: bool,
+    /// The RIP of an intercepted IRET that ends the NMI handler: NMIs open
+    /// again at the first exit where the guest has moved past it.
+    iret_rip: Option<u64>,
 }
 
 impl SvmVcpu {
@@ -236,6 +245,8 @@ impl SvmVcpu {
             asid: asid.max(1),
             shadow: None,
             xstate: ExtendedState::new(svm.xstate.clone()),
+            nmi_masked: false,
+            iret_rip: None,
         };
         me.vmcb.write_u64(offset::IOPM_BASE, iopm_pa);
         me.vmcb.write_u64(offset::MSRPM_BASE, msrpm_pa);
@@ -341,6 +352,17 @@ impl SvmVcpu {
                 self.set_rip(next);
             }
         }
+    }
+
+    /// Intercept IRET (while an injected NMI's handler runs) or not.
+    fn set_iret_intercept(&mut self, on: bool) {
+        let misc = self.vmcb.read_u32(offset::INTERCEPT_MISC1);
+        let misc = if on {
+            misc | INTERCEPT_IRET
+        } else {
+            misc & !INTERCEPT_IRET
+        };
+        self.vmcb.write_u32(offset::INTERCEPT_MISC1, misc);
     }
 
     fn decode_exit(&mut self, vm: &Vm) -> Exit {
@@ -509,8 +531,21 @@ impl VcpuBackend for SvmVcpu {
             self.xstate.switch_to_host();
             self.vmcb.write_u8(offset::TLB_CONTROL, 0);
             self.vmcb.write_u64(offset::EVENT_INJ, 0);
-            if self.vmcb.read_u64(offset::EXIT_CODE) == EXIT_XSETBV {
+            let code = self.vmcb.read_u64(offset::EXIT_CODE);
+            let rip = self.vmcb.read_u64(offset::RIP);
+            if self.iret_rip.is_some_and(|at| at != rip) {
+                // The NMI handler's IRET has retired.
+                self.nmi_masked = false;
+                self.iret_rip = None;
+            }
+            if code == EXIT_XSETBV {
                 self.xsetbv();
+                continue;
+            }
+            if code == EXIT_IRET {
+                // Let this IRET run; NMIs open once it has.
+                self.iret_rip = Some(rip);
+                self.set_iret_intercept(false);
                 continue;
             }
             let exit = match self.shadow_exit(vm) {
@@ -542,7 +577,12 @@ impl VcpuBackend for SvmVcpu {
                 v
             }
             Event::Interrupt(vector) => u64::from(vector) | (1 << 31),
-            Event::Nmi => 2 | (2 << 8) | (1 << 31),
+            Event::Nmi => {
+                self.nmi_masked = true;
+                self.iret_rip = None;
+                self.set_iret_intercept(true);
+                2 | (2 << 8) | (1 << 31)
+            }
         };
         self.vmcb.write_u64(offset::EVENT_INJ, value);
         true
@@ -552,6 +592,10 @@ impl VcpuBackend for SvmVcpu {
         self.rflags() & RFLAGS_IF != 0
             && self.vmcb.read_u64(offset::INTERRUPT_SHADOW) & 1 == 0
             && self.vmcb.read_u64(offset::EVENT_INJ) & (1 << 31) == 0
+    }
+
+    fn nmis_open(&self) -> bool {
+        !self.nmi_masked && self.vmcb.read_u64(offset::EVENT_INJ) & (1 << 31) == 0
     }
 
     fn backend_msr(&self, msr: u32) -> Option<u64> {
@@ -584,6 +628,9 @@ impl VcpuBackend for SvmVcpu {
 
     fn reset(&mut self) {
         self.vmcb.set_reset_state();
+        self.nmi_masked = false;
+        self.iret_rip = None;
+        self.set_iret_intercept(false);
         self.xstate.reset();
         // RESET zeroes the TSC.
         self.set_tsc_offset(crate::vcpu::msr_host_tsc().wrapping_neg());

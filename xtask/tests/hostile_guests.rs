@@ -91,5 +91,109 @@ fn non_canonical_operands_raise_gp_or_ss_in_the_guest() {
     ];
     check(outcome, &console, "noncanonical", &wanted);
     // The string and MMIO cases went through the VMM's emulator.
-    assert!(console.contains("string-io                       4"), "{console}");
+    assert!(
+        console.contains("string-io                       4"),
+        "{console}"
+    );
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
+fn an_icr_storm_gets_hardware_answers_and_the_other_vm_runs() {
+    let (outcome, console) = boot(&["pc_icr_storm", "hello"]);
+    // Every legal fixed/lowest-priority self-IPI (vectors 16-254, three
+    // shorthands that include this CPU, two destination modes) and every
+    // NMI arrived exactly once; vectors 0-15 never did and set "send
+    // illegal vector" (ESR bit 5).
+    check(
+        outcome,
+        &console,
+        "pc_icr_storm",
+        &["[vm 0] icr storm: 16384 IPIs sent, interrupts taken 2868, nmis 1536, low vectors 0, esr 20"],
+    );
+    // The well-behaved VM finished while the storm was still going.
+    let hello = console.find("vm 1 (hello)").unwrap_or(0);
+    let storm = console.find("[vm 0] icr storm").unwrap_or(0);
+    assert!(
+        console
+            .find("[vm 1] hello from a guest")
+            .unwrap_or(usize::MAX)
+            < storm,
+        "{console}"
+    );
+    assert!(hello > 0, "{console}");
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
+fn fw_cfg_dma_outside_ram_is_refused_with_the_error_bit_and_writes_nothing() {
+    let (outcome, console) = boot(&["pc_fwcfg_dma", "hello"]);
+    let mut wanted = vec![
+        "[vm 0] fw_cfg dma to ram: status 00, canary kept".to_string(),
+        "[vm 0] fw_cfg: ram holds the signature".to_string(),
+        "[vm 0] fw_cfg: done".to_string(),
+    ];
+    for target in [
+        "rom at 0xe0000",
+        "rom below 4 GiB",
+        "the vga hole",
+        "the lapic id register",
+        "the ioapic select register",
+        "the end of ram",
+        "past ram",
+        "above 4 GiB",
+        "a wrapping range",
+        "ram with a 4 GiB length",
+        "a write request",
+    ] {
+        wanted.push(format!(
+            "[vm 0] fw_cfg dma to {target}: status 01, canary kept"
+        ));
+    }
+    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    check(outcome, &console, "pc_fwcfg_dma", &wanted);
+    assert!(!console.contains("CHANGED"), "{console}");
+    assert!(
+        console.contains("fw_cfg: DMA descriptor at 0xe0000 refused"),
+        "{console}"
+    );
+}
+
+/// The rounds `tsc_quiet` reported on `console`.
+fn quiet_rounds(console: &str) -> u64 {
+    console
+        .lines()
+        .find_map(|l| l.split("quiet: ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no quiet line in:\n{console}"))
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
+fn a_pit_storm_leaves_the_vm_next_to_it_its_share_of_the_cpu() {
+    let (outcome, alone) = boot(&["tsc_quiet"]);
+    assert_eq!(outcome, Outcome::Success, "{alone}");
+    let alone = quiet_rounds(&alone);
+    let (outcome, console) = boot(&["irq_pit_storm", "tsc_quiet"]);
+    let next_to_storm = quiet_rounds(&console);
+    println!(
+        "tsc_quiet: {alone} rounds/s alone, {next_to_storm} next to the PIT storm ({:.0}%)",
+        next_to_storm as f64 * 100.0 / alone as f64
+    );
+    // Two VMs share one CPU: the quiet one keeps at least 40%.
+    assert!(next_to_storm * 100 >= alone * 40, "{console}");
+    // The storm VM itself got on: before the PIT's timer was polled at
+    // most every 100 us, its 600 kHz rate left it no time between ticks
+    // and it never reached its end.
+    assert!(console.contains("[vm 0] pit storm: "), "{console}");
+    assert!(
+        console.contains("vm 0 (irq_pit_storm): guest powered off"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 1 (tsc_quiet): guest powered off"),
+        "{console}"
+    );
+    assert_eq!(outcome, Outcome::Success, "{console}");
 }

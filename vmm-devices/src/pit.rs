@@ -507,6 +507,10 @@ impl PortIo for Pit {
     }
 }
 
+/// The shortest time between two timer polls of the PIT (10 kHz): what a
+/// guest asking for its fastest rate (1.19 MHz) gets its IRQ 0 edges at.
+pub const MIN_POLL_NS: u64 = 100_000;
+
 impl Timer for Pit {
     fn poll(&mut self, ctx: &mut DeviceContext<'_>) -> Option<u64> {
         let now = ctx.now_ns();
@@ -514,7 +518,11 @@ impl Timer for Pit {
         let c = &self.counters[0];
         let d = c.elapsed(now)?;
         let next = c.next_rising(d)?;
-        c.tick_time(next).map(|t| t.max(now.saturating_add(1)))
+        // A rate faster than the VMM can switch worlds would leave the
+        // guest no time between ticks: the next look comes at least
+        // MIN_POLL_NS away, and the edges in between count as one pulse.
+        c.tick_time(next)
+            .map(|t| t.max(now.saturating_add(MIN_POLL_NS)))
     }
 }
 

@@ -118,11 +118,12 @@ fn mode1_one_shot_is_triggered_by_the_gate() {
 #[test]
 fn mode2_rate_generator_interrupts_every_period() {
     let mut r = rig();
-    r.program(0, 2, 100);
+    // 200 counts (168 us): above the PIT's minimum poll interval.
+    r.program(0, 2, 200);
     assert!(r.irq0.level(), "OUT idles high");
     for period in 1..=5u64 {
         // Poll just after each period boundary.
-        r.host.set_now_ns(r.host.now_ns() + ns(100));
+        r.host.set_now_ns(r.host.now_ns() + ns(200));
         r.vm.poll_timers();
         // One edge when OUT first went high, then one per period.
         assert_eq!(
@@ -326,4 +327,21 @@ fn mode2_new_count_takes_effect_at_the_end_of_the_period() {
     assert!((499..=500).contains(&c), "new period of 500: {c}");
     r.out(0x43, 0xe2);
     assert_eq!(r.inb(0x40) & 0x40, 0x00, "loaded");
+}
+
+#[test]
+fn the_fastest_rate_gives_at_most_one_edge_per_minimum_poll_interval() {
+    let mut r = rig();
+    // Count 2 in mode 2: about 600 kHz, faster than any world switch.
+    r.program(0, 2, 2);
+    let start = r.host.now_ns();
+    while r.host.now_ns() < start + 1_000_000 {
+        r.host.set_now_ns(r.host.now_ns() + 10_000);
+        r.vm.poll_timers();
+    }
+    let edges = u64::from(r.irq0.rising_edges());
+    // One edge when OUT first went high, then at most one per 100 us
+    // (without the limit: one per 10 us poll).
+    assert_eq!(vmm_devices::pit::MIN_POLL_NS, 100_000);
+    assert!((2..=12).contains(&edges), "{edges} edges in 1 ms");
 }

@@ -129,7 +129,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
 
     // A module named "bios" makes every VM a PC running that firmware, with
     // the module named "cdrom" in its CD-ROM drive; otherwise each VM runs a
-    // guest program as its firmware.
+    // guest program as its firmware (a program named `pc_*` on a whole PC).
     let find = |name: &str| images.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
     let pc_bios = find("bios");
     let programs: Vec<(&str, &'static [u8])> = images
@@ -161,7 +161,14 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             },
             None => {
                 let (name, image) = programs[(i as usize).min(programs.len() - 1)];
-                if name.starts_with("irq_") {
+                if name.starts_with("pc_") {
+                    // A guest program as the firmware of a whole PC
+                    // (interrupt controllers, timers, fw_cfg, ...), no CD.
+                    match pc::build(host.clone(), i, config.guest_mem, image, None, false) {
+                        Ok((vm, irq)) => (name, vm, Box::new(irq)),
+                        Err(e) => fail(format_args!("VM {i} ({name}): {e}")),
+                    }
+                } else if name.starts_with("irq_") {
                     match guest::build_with_timer(host.clone(), i, config.guest_mem, image) {
                         Ok((vm, irq)) => (name, vm, Box::new(irq)),
                         Err(e) => fail(format_args!("VM {i} ({name}): {e}")),

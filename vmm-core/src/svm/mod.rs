@@ -141,6 +141,7 @@ const INTERCEPT_INTR: u32 = 1 << 0;
 const INTERCEPT_NMI: u32 = 1 << 1;
 const INTERCEPT_VINTR: u32 = 1 << 4;
 const INTERCEPT_CPUID: u32 = 1 << 18;
+const INTERCEPT_IRET: u32 = 1 << 20;
 const INTERCEPT_HLT: u32 = 1 << 24;
 const INTERCEPT_INVLPGA: u32 = 1 << 26;
 const INTERCEPT_IOIO: u32 = 1 << 27;
@@ -156,6 +157,7 @@ const EXIT_INTR: u64 = 0x60;
 const EXIT_NMI: u64 = 0x61;
 const EXIT_VINTR: u64 = 0x64;
 const EXIT_CPUID: u64 = 0x72;
+const EXIT_IRET: u64 = 0x74;
 const EXIT_HLT: u64 = 0x78;
 const EXIT_INVLPGA: u64 = 0x7a;
 const EXIT_IOIO: u64 = 0x7b;
@@ -208,6 +210,13 @@ pub struct SvmVcpu {
     efer_writable: u64,
     /// The CPU's MAXPHYADDR, for the VMRUN checks.
     max_phys_bits: u8,
+    /// An injected NMI's handler has not returned yet: SVM keeps no NMI
+    /// blocking a VMM can read, so the vCPU tracks it (IRET intercepted
+    /// while it is set), as hardware would hold further NMIs.
+    nmi_masked: bool,
+    /// The RIP of an intercepted IRET that ends the NMI handler: NMIs open
+    /// again at the first exit where the guest has moved past it.
+    iret_rip: Option<u64>,
 }
 
 impl SvmVcpu {
@@ -243,6 +252,8 @@ impl SvmVcpu {
                 .keep_host_state(host.uses_extended_state()),
             efer_writable: consistency::efer_writable(),
             max_phys_bits: consistency::max_phys_bits(),
+            nmi_masked: false,
+            iret_rip: None,
         };
         me.vmcb.write_u64(offset::IOPM_BASE, iopm_pa);
         me.vmcb.write_u64(offset::MSRPM_BASE, msrpm_pa);
@@ -407,6 +418,17 @@ impl SvmVcpu {
                 .write_u64(offset::EVENT_INJ, 8 | (3 << 8) | (1 << 11) | (1 << 31));
         }
         Some(outcome)
+    }
+
+    /// Intercept IRET (while an injected NMI's handler runs) or not.
+    fn set_iret_intercept(&mut self, on: bool) {
+        let misc = self.vmcb.read_u32(offset::INTERCEPT_MISC1);
+        let misc = if on {
+            misc | INTERCEPT_IRET
+        } else {
+            misc & !INTERCEPT_IRET
+        };
+        self.vmcb.write_u32(offset::INTERCEPT_MISC1, misc);
     }
 
     fn decode_exit(&mut self, vm: &Vm) -> Exit {
@@ -585,7 +607,14 @@ impl VcpuBackend for SvmVcpu {
             self.xstate.switch_to_host();
             self.vmcb.write_u8(offset::TLB_CONTROL, 0);
             self.vmcb.write_u64(offset::EVENT_INJ, 0);
-            match self.vmcb.read_u64(offset::EXIT_CODE) {
+            let code = self.vmcb.read_u64(offset::EXIT_CODE);
+            let rip = self.vmcb.read_u64(offset::RIP);
+            if self.iret_rip.is_some_and(|at| at != rip) {
+                // The NMI handler's IRET has retired.
+                self.nmi_masked = false;
+                self.iret_rip = None;
+            }
+            match code {
                 EXIT_INVALID | 0xffff_ffff => {
                     if let Some(exit) = self.native_illegal_state(&entered) {
                         return exit;
@@ -624,6 +653,12 @@ impl VcpuBackend for SvmVcpu {
                 },
                 _ => {}
             }
+            if code == EXIT_IRET {
+                // Let this IRET run; NMIs open once it has.
+                self.iret_rip = Some(rip);
+                self.set_iret_intercept(false);
+                continue;
+            }
             let exit = match self.shadow_exit(vm) {
                 Some(exit) => exit,
                 None => self.decode_exit(vm),
@@ -644,6 +679,11 @@ impl VcpuBackend for SvmVcpu {
             self.vmcb.write_u64(offset::CR2, pf.address);
             self.shadow_note_cr2(pf.address);
         }
+        if event == Event::Nmi {
+            self.nmi_masked = true;
+            self.iret_rip = None;
+            self.set_iret_intercept(true);
+        }
         let protected = self.control().cr0 & crate::paging::CR0_PE != 0;
         let value = consistency::event_injection(event, protected);
         self.vmcb.write_u64(offset::EVENT_INJ, value);
@@ -654,6 +694,10 @@ impl VcpuBackend for SvmVcpu {
         self.rflags() & RFLAGS_IF != 0
             && self.vmcb.read_u64(offset::INTERRUPT_SHADOW) & 1 == 0
             && self.vmcb.read_u64(offset::EVENT_INJ) & (1 << 31) == 0
+    }
+
+    fn nmis_open(&self) -> bool {
+        !self.nmi_masked && self.vmcb.read_u64(offset::EVENT_INJ) & (1 << 31) == 0
     }
 
     fn backend_msr(&self, msr: u32) -> Option<u64> {
@@ -688,6 +732,9 @@ impl VcpuBackend for SvmVcpu {
 
     fn reset(&mut self) {
         self.vmcb.set_reset_state();
+        self.nmi_masked = false;
+        self.iret_rip = None;
+        self.set_iret_intercept(false);
         self.xstate.reset();
         // RESET zeroes the TSC.
         self.set_tsc_offset(crate::vcpu::msr_host_tsc().wrapping_neg());

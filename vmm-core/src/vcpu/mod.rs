@@ -86,6 +86,14 @@ pub trait VcpuBackend: CpuState {
     /// no interrupt shadow, no event pending).
     fn interrupts_open(&self) -> bool;
 
+    /// Whether the guest can take an NMI now: no event pending and, on
+    /// backends that know, not inside the handler of the last NMI (which
+    /// blocks NMIs until its IRET, as on hardware). An NMI that cannot be
+    /// taken stays pending at its source. The default says yes.
+    fn nmis_open(&self) -> bool {
+        true
+    }
+
     /// RDMSR of an MSR the backend keeps in its guest state (EFER, and on
     /// backends that intercept them the MSRs of [`PASS_THROUGH`]); `None`
     /// if the backend has no such MSR (the guest gets #GP).

@@ -55,7 +55,8 @@ fn merge_in(rax: u64, value: u32, size: u8) -> u64 {
 /// Deliver what `interrupts` has pending, or ask to hear when the guest can
 /// take it.
 fn deliver<B: VcpuBackend>(vcpu: &mut B, interrupts: &dyn InterruptSource) {
-    if interrupts.take_nmi() && !vcpu.inject(Event::Nmi) {
+    // An NMI waits at its source while the guest cannot take one.
+    if vcpu.nmis_open() && interrupts.take_nmi() && !vcpu.inject(Event::Nmi) {
         log::warn!("NMI dropped: another event was pending");
     }
     if !interrupts.pending() {

@@ -253,6 +253,8 @@ const CR4_PCIDE: u64 = 1 << 17;
 
 /// Interruptibility state: blocking by STI and by MOV SS.
 const BLOCKING_STI_MOVSS: u64 = 0b11;
+/// Guest interruptibility: blocking by NMI.
+const BLOCKING_NMI: u64 = 1 << 3;
 /// Interruption-information valid bit.
 const INFO_VALID: u64 = 1 << 31;
 /// Interruption-information "deliver error code" bit.
@@ -1226,6 +1228,13 @@ impl VcpuBackend for VmxVcpu {
     fn interrupts_open(&self) -> bool {
         self.rflags() & RFLAGS_IF != 0
             && self.read(fields::GUEST_INTERRUPTIBILITY) & BLOCKING_STI_MOVSS == 0
+            && self.read(fields::ENTRY_INTERRUPTION_INFO) & INFO_VALID == 0
+    }
+
+    fn nmis_open(&self) -> bool {
+        // Blocking by NMI (bit 3) is the CPU's own while "virtual NMIs" is
+        // off: set by the injection, cleared by the handler's IRET.
+        self.read(fields::GUEST_INTERRUPTIBILITY) & (BLOCKING_NMI | 0b10) == 0
             && self.read(fields::ENTRY_INTERRUPTION_INFO) & INFO_VALID == 0
     }
 

@@ -202,10 +202,20 @@ impl MsrFile {
         rec[0..4].copy_from_slice(&2u32.to_le_bytes());
         let secs = u32::try_from(self.wall_clock_at_host_zero).unwrap_or(u32::MAX);
         rec[4..8].copy_from_slice(&secs.to_le_bytes());
-        if vm.memory_mut().write(gpa, &rec).is_err() {
+        if !write_ram(vm, gpa, &rec) {
             log::debug!("kvmclock wall clock at {gpa:#x}: not RAM, nothing written");
         }
     }
+}
+
+/// Write `data` at `gpa` only if every byte there is RAM of this VM (the
+/// DMA test, [`crate::memory::GuestMemory::check_ram`]); `false`, with
+/// nothing written, otherwise. A plain memory write would drop the bytes
+/// that fall on ROM and land the rest, or land in the shadow RAM behind a
+/// BIOS ROM.
+fn write_ram(vm: &mut Vm, gpa: u64, data: &[u8]) -> bool {
+    vm.memory().check_ram(gpa, data.len() as u64).is_ok()
+        && vm.memory_mut().write(gpa, data).is_ok()
 }
 
 /// Write `struct pvclock_vcpu_time_info` at `gpa`: the guest's TSC now,
@@ -223,7 +233,7 @@ fn write_system_time<B: VcpuBackend>(vcpu: &B, vm: &mut Vm, gpa: u64, tsc_khz: u
     rec[24..28].copy_from_slice(&mul.to_le_bytes());
     rec[28] = shift as u8;
     rec[29] = PVCLOCK_TSC_STABLE;
-    if vm.memory_mut().write(gpa, &rec).is_err() {
+    if !write_ram(vm, gpa, &rec) {
         log::debug!("kvmclock time info at {gpa:#x}: not RAM, nothing written");
     }
 }
@@ -254,7 +264,43 @@ pub(crate) fn host_tsc() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::pvclock_scale;
+    use super::*;
+    use crate::emulator::RegisterFile;
+    use crate::test_host::{ReplayVcpu, TestHost, TestVmBuilder};
+    use alloc::sync::Arc;
+
+    /// Found writing the `msr_cpuid` fuzzer's oracle: a kvmclock record that starts in
+    /// RAM and ends in ROM was half written (the ROM part dropped, the RAM
+    /// part landed). A guest that names memory that is not all RAM gets
+    /// nothing written, as KVM does.
+    #[test]
+    fn kvmclock_records_land_whole_in_ram_or_not_at_all() {
+        let rom = [0xa5u8; 0x1000];
+        let mut vm = TestVmBuilder::new(Arc::new(TestHost::with_tsc_khz(1_000_000)), 1)
+            .ram(0x2_0000)
+            .rom(0x2_0000, &rom)
+            .build()
+            .unwrap();
+        let mut cpu = ReplayVcpu::new(RegisterFile::real_mode(), []);
+        let mut msrs = MsrFile::with_wall_clock(1_700_000_000);
+        // Both records straddle the end of RAM: accepted (the MSR holds
+        // the value), nothing written.
+        for (msr, at) in [
+            (MSR_KVM_SYSTEM_TIME_NEW, 0x2_0000 - 16),
+            (MSR_KVM_WALL_CLOCK_NEW, 0x2_0000 - 8),
+        ] {
+            assert!(msrs.write(&mut cpu, &mut vm, msr, at | 1));
+            let mut after = [0u8; 16];
+            vm.memory().read(0x2_0000 - 16, &mut after).unwrap();
+            assert_eq!(after, [0; 16], "{msr:#x}: RAM below the ROM written");
+            let mut r = [0u8; 16];
+            vm.memory().read(0x2_0000, &mut r).unwrap();
+            assert_eq!(r, [0xa5; 16]);
+        }
+        // Wholly in RAM: written.
+        assert!(msrs.write(&mut cpu, &mut vm, MSR_KVM_SYSTEM_TIME_NEW, 0x1000 | 1));
+        assert_eq!(vm.memory().read_u32(0x1000).unwrap(), 2);
+    }
 
     /// The guest's conversion, as Linux and SeaBIOS do it.
     fn to_ns(delta: u64, (mul, shift): (u32, i8)) -> u64 {

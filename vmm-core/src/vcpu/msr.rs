@@ -111,11 +111,17 @@ impl MsrFile {
         }
     }
 
-    /// RDMSR: the value, or `None` for #GP.
-    pub fn read<B: VcpuBackend>(&mut self, vcpu: &B, msr: u32) -> Option<u64> {
+    /// RDMSR: the value, or `None` for #GP. `vm` is the guest's: the
+    /// kvmclock MSRs exist only where its host knows the TSC frequency.
+    pub fn read<B: VcpuBackend>(&mut self, vcpu: &B, vm: &Vm, msr: u32) -> Option<u64> {
         match msr {
             MSR_EFER => vcpu.backend_msr(msr),
             MSR_TSC => Some(guest_tsc(vcpu)),
+            MSR_KVM_WALL_CLOCK_NEW | MSR_KVM_SYSTEM_TIME_NEW if vm.host().tsc_khz().is_none() => {
+                // Not offered (CPUID says so): #GP, as for a write.
+                self.unknown(msr, "read");
+                None
+            }
             MSR_KVM_WALL_CLOCK_NEW => Some(self.kvm_wall_clock),
             MSR_KVM_SYSTEM_TIME_NEW => Some(self.kvm_system_time),
             MSR_APIC_BASE => Some(APIC_BASE_VALUE),
@@ -300,6 +306,29 @@ mod tests {
         // Wholly in RAM: written.
         assert!(msrs.write(&mut cpu, &mut vm, MSR_KVM_SYSTEM_TIME_NEW, 0x1000 | 1));
         assert_eq!(vm.memory().read_u32(0x1000).unwrap(), 2);
+    }
+
+    /// Found writing the `msr_cpuid` fuzzer's oracle: without a known TSC
+    /// frequency CPUID offers no kvmclock and a WRMSR to its MSRs #GPs, but
+    /// an RDMSR read 0. Both directions #GP now, every time.
+    #[test]
+    fn kvmclock_msrs_do_not_exist_where_kvmclock_is_not_offered() {
+        let mut vm = TestVmBuilder::new(Arc::new(TestHost::new()), 1)
+            .ram(0x1000)
+            .build()
+            .unwrap();
+        let mut cpu = ReplayVcpu::new(RegisterFile::real_mode(), []);
+        let mut msrs = MsrFile::default();
+        for msr in [MSR_KVM_WALL_CLOCK_NEW, MSR_KVM_SYSTEM_TIME_NEW] {
+            for _ in 0..2 {
+                assert_eq!(msrs.read(&cpu, &vm, msr), None, "RDMSR {msr:#x}");
+                assert!(
+                    !msrs.write(&mut cpu, &mut vm, msr, 0x100 | 1),
+                    "WRMSR {msr:#x}"
+                );
+            }
+        }
+        assert_eq!(vm.memory().read_u32(0x100).unwrap(), 0);
     }
 
     /// The guest's conversion, as Linux and SeaBIOS do it.

@@ -135,7 +135,7 @@ fn ioapic_write(vm: &mut Vm, ioapic: &IoApicCore, o: &mut Oracle, offset: u64, d
         let mut sel = [0u8];
         vm.mmio_read(IOAPIC_BASE, &mut sel);
         let r = sel[0];
-        if (0x10..0x40).contains(&r) && r % 2 == 0 {
+        if (0x10..0x40).contains(&r) && r.is_multiple_of(2) {
             let pin = usize::from((r - 0x10) / 2);
             let old = ioapic.redirection(pin).unwrap();
             let v = u32::from_le_bytes(data.try_into().unwrap());

@@ -33,7 +33,13 @@ impl StateModel for Model {
     fn is_reusable(&self, state: u8) -> bool {
         state == 0
     }
-    fn check(&mut self, _: u8, _: u8, plan: &[DmaRange], _: &DmaGuard<'_>) -> Result<(), &'static str> {
+    fn check(
+        &mut self,
+        _: u8,
+        _: u8,
+        plan: &[DmaRange],
+        _: &DmaGuard<'_>,
+    ) -> Result<(), &'static str> {
         if plan.iter().any(|r| r.len > self.max_len) {
             Err("too long")
         } else {
@@ -44,11 +50,27 @@ impl StateModel for Model {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Transition { to: u8, ranges: Vec<(u64, u16, bool)> },
-    Write { gpa: u64, len: u16, byte: u8 },
-    Read { gpa: u64, len: u16 },
-    Inspect { gpa: u64, len: u16 },
-    Remap { gpa: u64, len: u16 },
+    Transition {
+        to: u8,
+        ranges: Vec<(u64, u16, bool)>,
+    },
+    Write {
+        gpa: u64,
+        len: u16,
+        byte: u8,
+    },
+    Read {
+        gpa: u64,
+        len: u16,
+    },
+    Inspect {
+        gpa: u64,
+        len: u16,
+    },
+    Remap {
+        gpa: u64,
+        len: u16,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -60,7 +82,8 @@ struct Input {
 fuzz_target!(|input: Input| {
     let mut mem = GuestMemory::new();
     mem.add_ram(0, Box::new(VecMemory::new(RAM))).unwrap();
-    mem.add_rom(ROM_AT, Box::new(VecMemory::from_bytes(&[0x5a; ROM]))).unwrap();
+    mem.add_rom(ROM_AT, Box::new(VecMemory::from_bytes(&[0x5a; ROM])))
+        .unwrap();
     mem.add_mmio(HOLE_AT, 0x1000).unwrap();
     let mut shadow = vec![0u8; RAM];
     let mut machine = CheckedStateMachine::new(
@@ -78,7 +101,11 @@ fuzz_target!(|input: Input| {
                     .map(|(gpa, len, to_guest)| DmaRange {
                         gpa,
                         len: len.into(),
-                        dir: if to_guest { DmaDirection::ToGuest } else { DmaDirection::FromGuest },
+                        dir: if to_guest {
+                            DmaDirection::ToGuest
+                        } else {
+                            DmaDirection::FromGuest
+                        },
                     })
                     .collect();
                 let before = machine.state();
@@ -101,7 +128,9 @@ fuzz_target!(|input: Input| {
                 if let Some(grant) = grant {
                     if guard.write(&grant, gpa, &data).is_ok() && len > 0 {
                         let covered = grant.ranges().iter().any(|r| {
-                            r.dir == DmaDirection::ToGuest && gpa >= r.gpa && gpa + u64::from(len) <= r.gpa + r.len
+                            r.dir == DmaDirection::ToGuest
+                                && gpa >= r.gpa
+                                && gpa + u64::from(len) <= r.gpa + r.len
                         });
                         assert!(covered, "write outside its grant");
                         shadow[gpa as usize..gpa as usize + usize::from(len)].fill(byte);
@@ -119,7 +148,10 @@ fuzz_target!(|input: Input| {
                 let mut buf = vec![0u8; usize::from(len)];
                 let guard = DmaGuard::new(VmId(1), &mut mem);
                 if guard.inspect(gpa, &mut buf).is_ok() && len > 0 {
-                    assert_eq!(&buf[..], &shadow[gpa as usize..gpa as usize + usize::from(len)]);
+                    assert_eq!(
+                        &buf[..],
+                        &shadow[gpa as usize..gpa as usize + usize::from(len)]
+                    );
                 }
             }
             Op::Remap { gpa, len } => {
@@ -139,6 +171,10 @@ fuzz_target!(|input: Input| {
     for r in ram {
         let mut buf = vec![0u8; r.len as usize];
         mem.read(r.start, &mut buf).unwrap();
-        assert_eq!(&buf[..], &shadow[r.start as usize..r.end() as usize], "RAM region {r:?}");
+        assert_eq!(
+            &buf[..],
+            &shadow[r.start as usize..r.end() as usize],
+            "RAM region {r:?}"
+        );
     }
 });

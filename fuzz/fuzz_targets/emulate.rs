@@ -122,8 +122,10 @@ fuzz_target!(|input: Input| {
     let code_at = (input.rip as usize).min(RAM - 16);
     bus.ram[code_at..code_at + 16].copy_from_slice(&input.code);
 
-    let mut cpu = RegisterFile::default();
-    cpu.gprs = input.gprs;
+    let mut cpu = RegisterFile {
+        gprs: input.gprs,
+        ..Default::default()
+    };
     for (i, x) in input.xmm.iter().enumerate() {
         cpu.xmm[i] = u128::from(*x) << 64 | u128::from(!*x);
         cpu.ymm_upper[i] = u128::from(x.rotate_left(7));

@@ -94,12 +94,20 @@ impl Card {
         if let Some(read) = self.remote {
             let (s, n) = (u32::from(self.rsar), u32::from(self.rbcr));
             let prom = read && s + n <= LAYOUT.prom_len;
-            assert!(n == 0 || Self::in_ram(s, n) || prom, "remote DMA {s:#x}+{n:#x}");
+            assert!(
+                n == 0 || Self::in_ram(s, n) || prom,
+                "remote DMA {s:#x}+{n:#x}"
+            );
         }
     }
     fn check_ring(&self) {
         if self.started && self.rcr & 0x20 == 0 {
-            assert!(self.pstart < self.pstop, "ring {:#x}-{:#x}", self.pstart, self.pstop);
+            assert!(
+                self.pstart < self.pstop,
+                "ring {:#x}-{:#x}",
+                self.pstart,
+                self.pstop
+            );
             let (s, e) = (u32::from(self.pstart) << 8, u32::from(self.pstop) << 8);
             assert!(Self::in_ram(s, e - s), "ring {s:#x}-{e:#x}");
         }
@@ -125,7 +133,10 @@ impl Card {
                 self.check_ring();
                 if v & 4 != 0 {
                     let (s, n) = (u32::from(self.tpsr) << 8, u32::from(self.tbcr));
-                    assert!(n > 0 && n <= 1536 && Self::in_ram(s, n), "transmit {s:#x}+{n:#x}");
+                    assert!(
+                        n > 0 && n <= 1536 && Self::in_ram(s, n),
+                        "transmit {s:#x}+{n:#x}"
+                    );
                 }
             }
             (1, 0) => self.pstart = v,
@@ -153,14 +164,22 @@ fuzz_target!(|ops: Vec<Op>| {
     let host: Arc<dyn Host> = Arc::new(TestHost::new());
     let ne_hw = RecordingPorts::new();
     let ide_hw = RecordingPorts::new();
-    let ne = Dmm::new("ne2k", Box::new(ne_hw.clone()), &[PortWindow::identity(NE, NE2000_PORTS)])
-        .unwrap()
-        .into_shared();
+    let ne = Dmm::new(
+        "ne2k",
+        Box::new(ne_hw.clone()),
+        &[PortWindow::identity(NE, NE2000_PORTS)],
+    )
+    .unwrap()
+    .into_shared();
     let ide = Dmm::new(
         "ide0",
         Box::new(ide_hw.clone()),
         &[
-            PortWindow { guest: BM_GUEST, host: BM_HOST, count: BUS_MASTER_PORTS },
+            PortWindow {
+                guest: BM_GUEST,
+                host: BM_HOST,
+                count: BUS_MASTER_PORTS,
+            },
             PortWindow::identity(0x1f0, 8),
             PortWindow::identity(0x3f6, 1),
         ],
@@ -174,7 +193,9 @@ fuzz_target!(|ops: Vec<Op>| {
         let mut memory = GuestMemory::new();
         memory.add_ram(0, mem(0x2_0000, phys)).unwrap();
         memory.add_mmio(0x2_0000, 0x1000).unwrap();
-        memory.add_rom(0x3_0000, mem(0x1000, phys + 0x100_0000)).unwrap();
+        memory
+            .add_rom(0x3_0000, mem(0x1000, phys + 0x100_0000))
+            .unwrap();
         let ram: Vec<(u64, u64)> = memory
             .regions()
             .filter(|r| r.kind == RegionKind::Ram)
@@ -224,7 +245,14 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut card = Card::default();
     for op in ops.into_iter().take(2000) {
         match op {
-            Op::Port { guest, ide: is_ide, port, write, size, value } => {
+            Op::Port {
+                guest,
+                ide: is_ide,
+                port,
+                write,
+                size,
+                value,
+            } => {
                 let vm = &mut vms[usize::from(guest)];
                 let base = if is_ide {
                     match port % 3 {
@@ -254,7 +282,11 @@ fuzz_target!(|ops: Vec<Op>| {
                     .memory_mut()
                     .write_u32(u64::from(gpa % 0x4_0000), value);
             }
-            Op::Hardware { ide: is_ide, port, value } => {
+            Op::Hardware {
+                ide: is_ide,
+                port,
+                value,
+            } => {
                 if is_ide {
                     ide_hw.set_read(BM_HOST + u16::from(port % 8), value);
                 } else {
@@ -281,9 +313,10 @@ fuzz_target!(|ops: Vec<Op>| {
         }
         // What reached the IDE hardware: a start must come with a table of
         // the holder's RAM.
-        let started = ide_hw.take_events().iter().any(|e| {
-            matches!(*e, PortEvent::Write { port: BM_HOST, value, .. } if value & 1 != 0)
-        });
+        let started = ide_hw
+            .take_events()
+            .iter()
+            .any(|e| matches!(*e, PortEvent::Write { port: BM_HOST, value, .. } if value & 1 != 0));
         if started {
             let d = ide.lock();
             let holder = d.holder().expect("a start without a holder");

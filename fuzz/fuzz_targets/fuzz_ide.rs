@@ -22,10 +22,10 @@ const BM: u16 = 0xc000;
 
 /// Every port the controller answers (and the PCI configuration ports).
 const PORTS: [u16; 42] = [
-    0xcf8, 0xcf9, 0xcfa, 0xcfb, 0xcfc, 0xcfd, 0xcfe, 0xcff,
-    0x1f0, 0x1f1, 0x1f2, 0x1f3, 0x1f4, 0x1f5, 0x1f6, 0x1f7, 0x3f6, 0x170, 0x171, 0x172, 0x173, 0x174, 0x175, 0x176,
-    0x177, 0x376, BM, 0xc001, 0xc002, 0xc003, 0xc004, 0xc005, 0xc006, 0xc007, 0xc008, 0xc009, 0xc00a, 0xc00b,
-    0xc00c, 0xc00d, 0xc00e, 0xc00f,
+    0xcf8, 0xcf9, 0xcfa, 0xcfb, 0xcfc, 0xcfd, 0xcfe, 0xcff, 0x1f0, 0x1f1, 0x1f2, 0x1f3, 0x1f4,
+    0x1f5, 0x1f6, 0x1f7, 0x3f6, 0x170, 0x171, 0x172, 0x173, 0x174, 0x175, 0x176, 0x177, 0x376, BM,
+    0xc001, 0xc002, 0xc003, 0xc004, 0xc005, 0xc006, 0xc007, 0xc008, 0xc009, 0xc00a, 0xc00b, 0xc00c,
+    0xc00d, 0xc00e, 0xc00f,
 ];
 
 #[derive(Arbitrary, Debug)]
@@ -37,13 +37,31 @@ enum Op {
     /// The guest writes its own RAM (PRD tables, buffers).
     Poke { gpa: u32, bytes: Vec<u8> },
     /// A PRD entry in RAM, likely to be used.
-    Prd { at: u16, addr: u32, len: u16, eot: bool },
+    Prd {
+        at: u16,
+        addr: u32,
+        len: u16,
+        eot: bool,
+    },
     /// Task-file registers then a command.
-    Command { secondary: bool, regs: [u8; 6], command: u8 },
+    Command {
+        secondary: bool,
+        regs: [u8; 6],
+        command: u8,
+    },
     /// An ATAPI packet through the data register.
-    Packet { secondary: bool, dma: bool, limit: u16, cdb: [u8; 12] },
+    Packet {
+        secondary: bool,
+        dma: bool,
+        limit: u16,
+        cdb: [u8; 12],
+    },
     /// Program and start the bus master of a channel at a RAM table.
-    Start { secondary: bool, table: u16, to_memory: bool },
+    Start {
+        secondary: bool,
+        table: u16,
+        to_memory: bool,
+    },
     /// Read many data words.
     Drain { secondary: bool, words: u16 },
     /// Write a configuration register of the IDE function (00:01.1).
@@ -62,10 +80,17 @@ fn attach(c: &mut IdeController) -> Option<()> {
     let d0 = MemoryImage::writable("d0", disk.clone(), 512).ok()?;
     let d1 = MemoryImage::read_only("d1", disk, 512).ok()?;
     let cd = MemoryImage::read_only("cd", vec![0x5a; 32 * 2048], 2048).ok()?;
-    c.attach(IdeSlot::PrimaryMaster, Drive::disk(Box::new(d0)).ok()?).ok()?;
-    c.attach(IdeSlot::PrimarySlave, Drive::cdrom(None).ok()?).ok()?;
-    c.attach(IdeSlot::SecondaryMaster, Drive::cdrom(Some(Box::new(cd))).ok()?).ok()?;
-    c.attach(IdeSlot::SecondarySlave, Drive::disk(Box::new(d1)).ok()?).ok()
+    c.attach(IdeSlot::PrimaryMaster, Drive::disk(Box::new(d0)).ok()?)
+        .ok()?;
+    c.attach(IdeSlot::PrimarySlave, Drive::cdrom(None).ok()?)
+        .ok()?;
+    c.attach(
+        IdeSlot::SecondaryMaster,
+        Drive::cdrom(Some(Box::new(cd))).ok()?,
+    )
+    .ok()?;
+    c.attach(IdeSlot::SecondarySlave, Drive::disk(Box::new(d1)).ok()?)
+        .ok()
 }
 
 fuzz_target!(|input: Input| {
@@ -100,7 +125,10 @@ fuzz_target!(|input: Input| {
             }
             Op::Out { port, size, value } => {
                 let n = [1usize, 2, 4][usize::from(size % 3)];
-                vm.port_write(PORTS[usize::from(port) % PORTS.len()], &value.to_le_bytes()[..n]);
+                vm.port_write(
+                    PORTS[usize::from(port) % PORTS.len()],
+                    &value.to_le_bytes()[..n],
+                );
             }
             Op::Poke { gpa, bytes } => {
                 let _ = vm.memory_mut().write(u64::from(gpa) % RAM, &bytes);
@@ -112,14 +140,23 @@ fuzz_target!(|input: Input| {
                 e[7] = if eot { 0x80 } else { 0 };
                 let _ = vm.memory_mut().write(u64::from(at & !7), &e);
             }
-            Op::Command { secondary, regs, command } => {
+            Op::Command {
+                secondary,
+                regs,
+                command,
+            } => {
                 let b = base(secondary);
                 for (i, r) in regs.iter().enumerate() {
                     vm.port_write(b + 1 + i as u16, &[*r]);
                 }
                 vm.port_write(b + 7, &[command]);
             }
-            Op::Packet { secondary, dma, limit, cdb } => {
+            Op::Packet {
+                secondary,
+                dma,
+                limit,
+                cdb,
+            } => {
                 let b = base(secondary);
                 vm.port_write(b + 1, &[u8::from(dma)]);
                 vm.port_write(b + 4, &[limit as u8]);
@@ -129,7 +166,11 @@ fuzz_target!(|input: Input| {
                     vm.port_write(b, w);
                 }
             }
-            Op::Start { secondary, table, to_memory } => {
+            Op::Start {
+                secondary,
+                table,
+                to_memory,
+            } => {
                 let bm = BM + if secondary { 8 } else { 0 };
                 vm.port_write(bm + 4, &u32::from(table).to_le_bytes());
                 vm.port_write(bm + 2, &[6]);

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use vmm_core::emulator::RegisterFile;
 use vmm_core::irq::UnconnectedLine;
 use vmm_core::test_host::{ReplayVcpu, TestHost, TestVmBuilder};
-use vmm_core::vcpu::{
-    run, AccessTarget, DeviceAccess, MsrFile, NoInterrupts, Slice,
-};
+use vmm_core::vcpu::{run, AccessTarget, DeviceAccess, MsrFile, NoInterrupts, Slice};
 use vmm_core::vm::StopReason;
 use vmm_devices::pic::{Pic, PicPair};
 use vmm_devices::uart::{NullBackend, Uart};
@@ -84,7 +82,10 @@ fuzz_target!(|accesses: Vec<Access>| {
     );
     if let Some(reason) = vm.stop_reason() {
         assert!(
-            matches!(reason, StopReason::Backend(_) | StopReason::PowerOff | StopReason::DeviceFailure { .. }),
+            matches!(
+                reason,
+                StopReason::Backend(_) | StopReason::PowerOff | StopReason::DeviceFailure { .. }
+            ),
             "{reason:?}"
         );
     }

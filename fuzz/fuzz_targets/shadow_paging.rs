@@ -21,9 +21,19 @@ enum Op {
     /// A fault at one of the interesting linear addresses.
     Fault { linear: u8, code: u8 },
     /// The guest rewrites entry `index` of table frame `frame`.
-    Write { frame: u8, index: u8, value: u64, narrow: bool },
+    Write {
+        frame: u8,
+        index: u8,
+        value: u64,
+        narrow: bool,
+    },
     /// A CR3 or mode switch.
-    Switch { mode: u8, cr3: u8, wp: bool, nxe: bool },
+    Switch {
+        mode: u8,
+        cr3: u8,
+        wp: bool,
+        nxe: bool,
+    },
     /// INVLPG.
     Invlpg { linear: u8 },
 }
@@ -38,16 +48,33 @@ struct Input {
 /// Linear addresses that use the first entries of every level.
 fn linear(i: u8) -> u64 {
     let i = u64::from(i);
-    ((i & 1) << 39) | ((i >> 1 & 3) << 30) | ((i >> 3 & 1) << 22) | ((i >> 4 & 1) << 21) | ((i >> 5 & 3) << 12)
+    ((i & 1) << 39)
+        | ((i >> 1 & 3) << 30)
+        | ((i >> 3 & 1) << 22)
+        | ((i >> 4 & 1) << 21)
+        | ((i >> 5 & 3) << 12)
 }
 
 fn control(mode: u8, cr3: u64, wp: bool, nxe: bool) -> ControlRegisters {
     let wp = if wp { CR0_WP } else { 0 };
     let nxe = if nxe { EFER_NXE } else { 0 };
     match mode % 4 {
-        0 => ControlRegisters { cr0: 0x10, ..ControlRegisters::default() },
-        1 => ControlRegisters { cr0: CR0_PE | CR0_PG | wp, cr3, cr4: CR4_PSE, efer: 0 },
-        2 => ControlRegisters { cr0: CR0_PE | CR0_PG | wp, cr3, cr4: CR4_PAE, efer: nxe },
+        0 => ControlRegisters {
+            cr0: 0x10,
+            ..ControlRegisters::default()
+        },
+        1 => ControlRegisters {
+            cr0: CR0_PE | CR0_PG | wp,
+            cr3,
+            cr4: CR4_PSE,
+            efer: 0,
+        },
+        2 => ControlRegisters {
+            cr0: CR0_PE | CR0_PG | wp,
+            cr3,
+            cr4: CR4_PAE,
+            efer: nxe,
+        },
         _ => ControlRegisters {
             cr0: CR0_PE | CR0_PG | wp,
             cr3,
@@ -70,7 +97,9 @@ fuzz_target!(|input: Input| {
         vm.memory_mut().write_u64(gpa, *e).unwrap();
     }
     let budget = 4 + usize::from(input.budget % 32);
-    let mut pager = ShadowPager::new(ShadowConfig { budget_pages: budget });
+    let mut pager = ShadowPager::new(ShadowConfig {
+        budget_pages: budget,
+    });
     let mut ctl = control(3, 0, true, true);
     pager.activate(&*host, &ctl).unwrap();
     for op in input.ops.iter().take(256) {
@@ -86,7 +115,12 @@ fuzz_target!(|input: Input| {
                     Err(e) => panic!("{e}"),
                 }
             }
-            Op::Write { frame, index, value, narrow } => {
+            Op::Write {
+                frame,
+                index,
+                value,
+                narrow,
+            } => {
                 let gpa = (u64::from(frame % 8) << 12) + u64::from(index % 16) * 8;
                 if narrow {
                     vm.memory_mut().write_u32(gpa, value as u32).unwrap();

@@ -17,7 +17,8 @@ struct Cli {
 enum Command {
     /// Format check, clippy, no_std builds, every test, and a fuzz smoke run.
     Test(test::TestArgs),
-    /// Run one fuzz target (see `fuzz/Cargo.toml` for the list).
+    /// Run one fuzz target (see `fuzz/Cargo.toml` for the list), or all of
+    /// them with --all, from their seed corpora in fuzz/corpus.
     Fuzz(fuzz::FuzzArgs),
     /// Run a benchmark: ns/op, and instructions/op under callgrind.
     Bench(bench::BenchArgs),

@@ -13,7 +13,7 @@ mod cpuid;
 mod iret;
 mod kick;
 mod memslots;
-mod run_page;
+pub mod run_page;
 mod vcpu;
 
 pub use kick::PreemptTimer;

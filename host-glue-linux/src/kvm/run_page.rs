@@ -31,6 +31,68 @@ pub const MMIO_DATA: usize = UNION + 8;
 /// `internal.suberror` (u32).
 pub const INTERNAL_SUBERROR: usize = UNION;
 
+/// The fields of a port I/O exit, parsed from the bytes of a run area.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoExit {
+    /// Bytes per element (`io.size`).
+    pub size: u8,
+    /// Elements (`io.count`, more than one for string instructions).
+    pub count: u32,
+    /// Where the `size * count` data bytes lie in the area, or `None` when
+    /// `io.data_offset` and the length do not fit in it (the exit loop then
+    /// gets no data buffer and refuses the access).
+    pub data: Option<core::ops::Range<usize>>,
+}
+
+/// Parse a port I/O exit from `area` (the whole run area). Pure: the
+/// `kvm_run_page` fuzzer drives it with arbitrary bytes.
+pub fn parse_io_exit(area: &[u8]) -> IoExit {
+    let size = byte_at(area, IO_SIZE);
+    let count = u32_at(area, IO_COUNT);
+    let offset = u64_at(area, IO_DATA_OFFSET);
+    let len = usize::from(size).saturating_mul(count as usize);
+    IoExit {
+        size,
+        count,
+        data: data_range(
+            area.len(),
+            usize::try_from(offset).unwrap_or(usize::MAX),
+            len,
+        ),
+    }
+}
+
+/// `offset..offset + len` if it lies inside an area of `area_len` bytes.
+pub fn data_range(area_len: usize, offset: usize, len: usize) -> Option<core::ops::Range<usize>> {
+    let end = offset.checked_add(len)?;
+    (end <= area_len).then_some(offset..end)
+}
+
+/// The byte at `offset` of `area` (0 past the end).
+pub fn byte_at(area: &[u8], offset: usize) -> u8 {
+    area.get(offset).copied().unwrap_or(0)
+}
+
+/// The little-endian u32 at `offset` of `area` (0 unless all 4 bytes are
+/// inside).
+pub fn u32_at(area: &[u8], offset: usize) -> u32 {
+    let mut b = [0u8; 4];
+    if let Some(s) = offset.checked_add(4).and_then(|end| area.get(offset..end)) {
+        b.copy_from_slice(s);
+    }
+    u32::from_le_bytes(b)
+}
+
+/// The little-endian u64 at `offset` of `area` (0 unless all 8 bytes are
+/// inside).
+pub fn u64_at(area: &[u8], offset: usize) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(s) = offset.checked_add(8).and_then(|end| area.get(offset..end)) {
+        b.copy_from_slice(s);
+    }
+    u64::from_le_bytes(b)
+}
+
 /// A shared mapping of one vCPU's run area.
 pub struct RunPage {
     ptr: *mut u8,
@@ -85,7 +147,7 @@ impl RunPage {
 
     /// The byte at `offset` (0 past the end).
     pub fn u8_at(&self, offset: usize) -> u8 {
-        self.bytes().get(offset).copied().unwrap_or(0)
+        byte_at(self.bytes(), offset)
     }
 
     /// Set the byte at `offset` (ignored past the end).
@@ -97,26 +159,18 @@ impl RunPage {
 
     /// The little-endian u32 at `offset` (0 past the end).
     pub fn u32_at(&self, offset: usize) -> u32 {
-        let mut b = [0u8; 4];
-        if let Some(s) = self.bytes().get(offset..offset + 4) {
-            b.copy_from_slice(s);
-        }
-        u32::from_le_bytes(b)
+        u32_at(self.bytes(), offset)
     }
 
     /// The little-endian u64 at `offset` (0 past the end).
     pub fn u64_at(&self, offset: usize) -> u64 {
-        let mut b = [0u8; 8];
-        if let Some(s) = self.bytes().get(offset..offset + 8) {
-            b.copy_from_slice(s);
-        }
-        u64::from_le_bytes(b)
+        u64_at(self.bytes(), offset)
     }
 
     /// `len` bytes at `offset`, or `None` if they are not all in the area.
     pub fn range_mut(&mut self, offset: usize, len: usize) -> Option<&mut [u8]> {
-        let end = offset.checked_add(len)?;
-        self.bytes_mut().get_mut(offset..end)
+        let range = data_range(self.len, offset, len)?;
+        self.bytes_mut().get_mut(range)
     }
 }
 

@@ -443,12 +443,13 @@ impl VcpuBackend for KvmVcpu {
         };
         match raw {
             Raw::Io { port, write } => {
-                let size = self.run.u8_at(run_page::IO_SIZE);
-                let count = self.run.u32_at(run_page::IO_COUNT);
-                let offset = self.run.u64_at(run_page::IO_DATA_OFFSET);
+                let io = run_page::parse_io_exit(self.run.bytes());
+                let (size, count) = (io.size, io.count);
+                // Data outside the area: no buffer, the exit loop refuses.
+                let data = io.data.unwrap_or(usize::MAX..usize::MAX);
                 self.access = Some(PendingAccess {
-                    offset: usize::try_from(offset).unwrap_or(usize::MAX),
-                    len: usize::from(size).saturating_mul(count as usize),
+                    offset: data.start,
+                    len: data.len(),
                 });
                 Exit::DeviceAccess(DeviceAccess {
                     target: AccessTarget::Port(port),

@@ -21,6 +21,7 @@ pub use vmcb::{offset, Vmcb};
 
 use crate::emulator::{CpuState, Segment, SegmentRegister, RFLAGS_IF};
 use crate::host::{Host, HostError, HostMemory};
+use crate::memory::GuestMemory;
 use crate::nested_paging::{NestedTables, Npt};
 use crate::paging::ControlRegisters;
 use crate::vcpu::{Event, Exit, ExitError, VcpuBackend};
@@ -328,11 +329,7 @@ impl SvmVcpu {
     }
 
     fn next_rip(&self, length: u64) -> u64 {
-        if self.features.nrip_save {
-            self.vmcb.read_u64(offset::NEXT_RIP)
-        } else {
-            self.vmcb.read_u64(offset::RIP).wrapping_add(length)
-        }
+        next_rip(&self.vmcb, self.features.nrip_save, length)
     }
 
     /// XSETBV: #UD without CR4.OSXSAVE, #GP outside CPL 0 or for a value
@@ -432,58 +429,79 @@ impl SvmVcpu {
     }
 
     fn decode_exit(&mut self, vm: &Vm) -> Exit {
-        let code = self.vmcb.read_u64(offset::EXIT_CODE);
-        let info1 = self.vmcb.read_u64(offset::EXIT_INFO1);
-        let info2 = self.vmcb.read_u64(offset::EXIT_INFO2);
-        // An event whose delivery the exit interrupted must be delivered
-        // again on the next entry.
-        let int_info = self.vmcb.read_u64(offset::EXIT_INT_INFO);
-        if int_info & (1 << 31) != 0 {
-            self.vmcb.write_u64(offset::EVENT_INJ, int_info);
+        decode_exit(&mut self.vmcb, self.features.nrip_save, vm.memory())
+    }
+}
+
+/// The RIP after an intercepted instruction of `length` bytes: the VMCB's
+/// next RIP when the CPU saves it, else the guest RIP plus `length`.
+fn next_rip(vmcb: &Vmcb, nrip_save: bool, length: u64) -> u64 {
+    if nrip_save {
+        vmcb.read_u64(offset::NEXT_RIP)
+    } else {
+        vmcb.read_u64(offset::RIP).wrapping_add(length)
+    }
+}
+
+/// Decode the #VMEXIT recorded in `vmcb` into the backend-neutral [`Exit`]:
+/// EXITCODE, EXITINFO1/2, EXITINTINFO, the next RIP (`nrip_save`: the CPU
+/// saves it) and, for nested page faults, what `memory` has at the faulting
+/// address. An event whose delivery the exit interrupted (EXITINTINFO
+/// valid) is copied to EVENTINJ for re-injection; no other VMCB byte is
+/// written. Touches no hardware: what [`SvmVcpu`] runs after every VMRUN,
+/// and what the `svm_exits` fuzzer drives with arbitrary VMCBs.
+pub fn decode_exit(vmcb: &mut Vmcb, nrip_save: bool, memory: &GuestMemory) -> Exit {
+    let code = vmcb.read_u64(offset::EXIT_CODE);
+    let info1 = vmcb.read_u64(offset::EXIT_INFO1);
+    let info2 = vmcb.read_u64(offset::EXIT_INFO2);
+    // An event whose delivery the exit interrupted must be delivered
+    // again on the next entry.
+    let int_info = vmcb.read_u64(offset::EXIT_INT_INFO);
+    if int_info & (1 << 31) != 0 {
+        vmcb.write_u64(offset::EVENT_INJ, int_info);
+    }
+    match code {
+        EXIT_IOIO => io_exit(info1, info2),
+        EXIT_NPF if memory.kind_at(info2) == crate::memory::RegionKind::Ram => {
+            // The tables say "not RAM" where the map says RAM: they were
+            // built before the map last changed (handled by `run`), or
+            // they are wrong, which must not go unnoticed.
+            Exit::Error(ExitError::Unhandled {
+                code,
+                detail: format!("nested page fault on RAM at {info2:#x}, error {info1:#x}"),
+            })
         }
-        match code {
-            EXIT_IOIO => io_exit(info1, info2),
-            EXIT_NPF if vm.memory().kind_at(info2) == crate::memory::RegionKind::Ram => {
-                // The tables say "not RAM" where the map says RAM: they were
-                // built before the map last changed (handled by `run`), or
-                // they are wrong, which must not go unnoticed.
-                Exit::Error(ExitError::Unhandled {
-                    code,
-                    detail: format!("nested page fault on RAM at {info2:#x}, error {info1:#x}"),
-                })
-            }
-            EXIT_NPF => Exit::Emulate { gpa: Some(info2) },
-            EXIT_CPUID => Exit::Cpuid {
-                next_rip: self.next_rip(2),
-            },
-            EXIT_HLT => Exit::Hlt {
-                next_rip: self.next_rip(1),
-            },
-            EXIT_MSR => Exit::Msr {
-                write: info1 & 1 != 0,
-                next_rip: self.next_rip(2),
-            },
-            EXIT_INTR | EXIT_NMI => Exit::ExternalInterrupt,
-            EXIT_VINTR => Exit::InterruptWindow,
-            EXIT_SHUTDOWN => Exit::Shutdown,
-            EXIT_INVLPGA | EXIT_VMRUN..=EXIT_SKINIT => Exit::VirtInstruction,
-            EXIT_INVALID | 0xffff_ffff => Exit::Error(ExitError::EntryFailed {
-                detail: format!(
-                    "VMRUN refused the VMCB (exit code {code:#x}); CR0 {:#x} CR4 {:#x} EFER {:#x} CS {:?}",
-                    self.vmcb.read_u64(offset::CR0),
-                    self.vmcb.read_u64(offset::CR4),
-                    self.vmcb.read_u64(offset::EFER),
-                    self.vmcb.segment(Segment::Cs)
-                ),
-            }),
-            other => Exit::Error(ExitError::Unhandled {
-                code: other,
-                detail: format!(
-                    "info1 {info1:#x} info2 {info2:#x} rip {:#x}",
-                    self.vmcb.read_u64(offset::RIP)
-                ),
-            }),
-        }
+        EXIT_NPF => Exit::Emulate { gpa: Some(info2) },
+        EXIT_CPUID => Exit::Cpuid {
+            next_rip: next_rip(vmcb, nrip_save, 2),
+        },
+        EXIT_HLT => Exit::Hlt {
+            next_rip: next_rip(vmcb, nrip_save, 1),
+        },
+        EXIT_MSR => Exit::Msr {
+            write: info1 & 1 != 0,
+            next_rip: next_rip(vmcb, nrip_save, 2),
+        },
+        EXIT_INTR | EXIT_NMI => Exit::ExternalInterrupt,
+        EXIT_VINTR => Exit::InterruptWindow,
+        EXIT_SHUTDOWN => Exit::Shutdown,
+        EXIT_INVLPGA | EXIT_VMRUN..=EXIT_SKINIT => Exit::VirtInstruction,
+        EXIT_INVALID | 0xffff_ffff => Exit::Error(ExitError::EntryFailed {
+            detail: format!(
+                "VMRUN refused the VMCB (exit code {code:#x}); CR0 {:#x} CR4 {:#x} EFER {:#x} CS {:?}",
+                vmcb.read_u64(offset::CR0),
+                vmcb.read_u64(offset::CR4),
+                vmcb.read_u64(offset::EFER),
+                vmcb.segment(Segment::Cs)
+            ),
+        }),
+        other => Exit::Error(ExitError::Unhandled {
+            code: other,
+            detail: format!(
+                "info1 {info1:#x} info2 {info2:#x} rip {:#x}",
+                vmcb.read_u64(offset::RIP)
+            ),
+        }),
     }
 }
 
@@ -823,7 +841,7 @@ impl VcpuBackend for SvmVcpu {
 /// The exit for an IN/OUT intercept: EXITINFO1 describes the instruction
 /// (type, string, REP, size, address size, port), EXITINFO2 holds the
 /// next RIP.
-fn io_exit(info1: u64, info2: u64) -> Exit {
+pub fn io_exit(info1: u64, info2: u64) -> Exit {
     let port = (info1 >> 16) as u16;
     let size = match (info1 >> 4) & 0b111 {
         0b001 => 1,

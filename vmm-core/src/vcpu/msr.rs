@@ -111,11 +111,17 @@ impl MsrFile {
         }
     }
 
-    /// RDMSR: the value, or `None` for #GP.
-    pub fn read<B: VcpuBackend>(&mut self, vcpu: &B, msr: u32) -> Option<u64> {
+    /// RDMSR: the value, or `None` for #GP. `vm` is the guest's: the
+    /// kvmclock MSRs exist only where its host knows the TSC frequency.
+    pub fn read<B: VcpuBackend>(&mut self, vcpu: &B, vm: &Vm, msr: u32) -> Option<u64> {
         match msr {
             MSR_EFER => vcpu.backend_msr(msr),
             MSR_TSC => Some(guest_tsc(vcpu)),
+            MSR_KVM_WALL_CLOCK_NEW | MSR_KVM_SYSTEM_TIME_NEW if vm.host().tsc_khz().is_none() => {
+                // Not offered (CPUID says so): #GP, as for a write.
+                self.unknown(msr, "read");
+                None
+            }
             MSR_KVM_WALL_CLOCK_NEW => Some(self.kvm_wall_clock),
             MSR_KVM_SYSTEM_TIME_NEW => Some(self.kvm_system_time),
             MSR_APIC_BASE => Some(APIC_BASE_VALUE),
@@ -202,10 +208,20 @@ impl MsrFile {
         rec[0..4].copy_from_slice(&2u32.to_le_bytes());
         let secs = u32::try_from(self.wall_clock_at_host_zero).unwrap_or(u32::MAX);
         rec[4..8].copy_from_slice(&secs.to_le_bytes());
-        if vm.memory_mut().write(gpa, &rec).is_err() {
+        if !write_ram(vm, gpa, &rec) {
             log::debug!("kvmclock wall clock at {gpa:#x}: not RAM, nothing written");
         }
     }
+}
+
+/// Write `data` at `gpa` only if every byte there is RAM of this VM (the
+/// DMA test, [`crate::memory::GuestMemory::check_ram`]); `false`, with
+/// nothing written, otherwise. A plain memory write would drop the bytes
+/// that fall on ROM and land the rest, or land in the shadow RAM behind a
+/// BIOS ROM.
+fn write_ram(vm: &mut Vm, gpa: u64, data: &[u8]) -> bool {
+    vm.memory().check_ram(gpa, data.len() as u64).is_ok()
+        && vm.memory_mut().write(gpa, data).is_ok()
 }
 
 /// Write `struct pvclock_vcpu_time_info` at `gpa`: the guest's TSC now,
@@ -223,7 +239,7 @@ fn write_system_time<B: VcpuBackend>(vcpu: &B, vm: &mut Vm, gpa: u64, tsc_khz: u
     rec[24..28].copy_from_slice(&mul.to_le_bytes());
     rec[28] = shift as u8;
     rec[29] = PVCLOCK_TSC_STABLE;
-    if vm.memory_mut().write(gpa, &rec).is_err() {
+    if !write_ram(vm, gpa, &rec) {
         log::debug!("kvmclock time info at {gpa:#x}: not RAM, nothing written");
     }
 }
@@ -254,7 +270,66 @@ pub(crate) fn host_tsc() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::pvclock_scale;
+    use super::*;
+    use crate::emulator::RegisterFile;
+    use crate::test_host::{ReplayVcpu, TestHost, TestVmBuilder};
+    use alloc::sync::Arc;
+
+    /// Found writing the `msr_cpuid` fuzzer's oracle: a kvmclock record that starts in
+    /// RAM and ends in ROM was half written (the ROM part dropped, the RAM
+    /// part landed). A guest that names memory that is not all RAM gets
+    /// nothing written, as KVM does.
+    #[test]
+    fn kvmclock_records_land_whole_in_ram_or_not_at_all() {
+        let rom = [0xa5u8; 0x1000];
+        let mut vm = TestVmBuilder::new(Arc::new(TestHost::with_tsc_khz(1_000_000)), 1)
+            .ram(0x2_0000)
+            .rom(0x2_0000, &rom)
+            .build()
+            .unwrap();
+        let mut cpu = ReplayVcpu::new(RegisterFile::real_mode(), []);
+        let mut msrs = MsrFile::with_wall_clock(1_700_000_000);
+        // Both records straddle the end of RAM: accepted (the MSR holds
+        // the value), nothing written.
+        for (msr, at) in [
+            (MSR_KVM_SYSTEM_TIME_NEW, 0x2_0000 - 16),
+            (MSR_KVM_WALL_CLOCK_NEW, 0x2_0000 - 8),
+        ] {
+            assert!(msrs.write(&mut cpu, &mut vm, msr, at | 1));
+            let mut after = [0u8; 16];
+            vm.memory().read(0x2_0000 - 16, &mut after).unwrap();
+            assert_eq!(after, [0; 16], "{msr:#x}: RAM below the ROM written");
+            let mut r = [0u8; 16];
+            vm.memory().read(0x2_0000, &mut r).unwrap();
+            assert_eq!(r, [0xa5; 16]);
+        }
+        // Wholly in RAM: written.
+        assert!(msrs.write(&mut cpu, &mut vm, MSR_KVM_SYSTEM_TIME_NEW, 0x1000 | 1));
+        assert_eq!(vm.memory().read_u32(0x1000).unwrap(), 2);
+    }
+
+    /// Found writing the `msr_cpuid` fuzzer's oracle: without a known TSC
+    /// frequency CPUID offers no kvmclock and a WRMSR to its MSRs #GPs, but
+    /// an RDMSR read 0. Both directions #GP now, every time.
+    #[test]
+    fn kvmclock_msrs_do_not_exist_where_kvmclock_is_not_offered() {
+        let mut vm = TestVmBuilder::new(Arc::new(TestHost::new()), 1)
+            .ram(0x1000)
+            .build()
+            .unwrap();
+        let mut cpu = ReplayVcpu::new(RegisterFile::real_mode(), []);
+        let mut msrs = MsrFile::default();
+        for msr in [MSR_KVM_WALL_CLOCK_NEW, MSR_KVM_SYSTEM_TIME_NEW] {
+            for _ in 0..2 {
+                assert_eq!(msrs.read(&cpu, &vm, msr), None, "RDMSR {msr:#x}");
+                assert!(
+                    !msrs.write(&mut cpu, &mut vm, msr, 0x100 | 1),
+                    "WRMSR {msr:#x}"
+                );
+            }
+        }
+        assert_eq!(vm.memory().read_u32(0x100).unwrap(), 0);
+    }
 
     /// The guest's conversion, as Linux and SeaBIOS do it.
     fn to_ns(delta: u64, (mul, shift): (u32, i8)) -> u64 {

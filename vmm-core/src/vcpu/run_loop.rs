@@ -327,7 +327,7 @@ pub fn run<B: VcpuBackend>(
                     let value = (vcpu.gpr(RDX) << 32) | (vcpu.gpr(RAX) & 0xffff_ffff);
                     msrs.write(vcpu, vm, msr, value)
                 } else {
-                    match msrs.read(vcpu, msr) {
+                    match msrs.read(vcpu, vm, msr) {
                         Some(v) => {
                             vcpu.set_gpr(RAX, v & 0xffff_ffff);
                             vcpu.set_gpr(RDX, v >> 32);

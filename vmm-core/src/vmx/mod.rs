@@ -319,7 +319,7 @@ fn fill_io_bitmaps(maps: &mut [u8], direct: &[(u16, u16)]) {
 /// An I/O instruction exit with qualification `q` (SDM table 28-5: size
 /// minus one in bits 2:0, IN in bit 3, string in bit 4, port in 31:16).
 /// String instructions go to the emulator.
-fn io_exit(q: u64, next_rip: u64) -> Exit {
+pub fn io_exit(q: u64, next_rip: u64) -> Exit {
     if q & (1 << 4) != 0 {
         return Exit::Emulate { gpa: None };
     }
@@ -334,7 +334,7 @@ fn io_exit(q: u64, next_rip: u64) -> Exit {
 /// VMX access rights to the VMCB-style attributes the emulator uses
 /// (type/S/DPL/P in bits 7:0, AVL/L/DB/G in bits 11:8). An unusable
 /// segment reads as not present.
-fn attributes_from_access_rights(ar: u64) -> u16 {
+pub fn attributes_from_access_rights(ar: u64) -> u16 {
     if ar & (1 << 16) != 0 {
         return (ar & 0x7f) as u16 & !0x80;
     }
@@ -342,7 +342,7 @@ fn attributes_from_access_rights(ar: u64) -> u16 {
 }
 
 /// The inverse of [`attributes_from_access_rights`].
-fn access_rights_from_attributes(attributes: u16) -> u64 {
+pub fn access_rights_from_attributes(attributes: u16) -> u64 {
     let a = u64::from(attributes);
     (a & 0xff) | ((a & 0xf00) << 4)
 }

@@ -993,3 +993,134 @@ fn a_tree_started_over_for_room_keeps_the_new_leafs_dependencies() {
     assert_eq!(pager.shadow_entry(other), None);
     pager.verify(vm.memory(), &control, other).unwrap();
 }
+
+/// The `shadow_paging` fuzzer's crash, as its harness runs it: 1 MiB of
+/// RAM, table frame 0 holding `[1, 1]`, a switch to PAE paging with CR3 0
+/// (CR0.WP, EFER.NXE), a supervisor fetch at 0x4000_0000, then a
+/// supervisor read at 0x4020_1000. Both walks go through PDPTE[1] at
+/// guest-physical 8, which the second walk also uses as a PDE and a PTE:
+/// setting its accessed bit there sets bit 5, reserved in a PDPTE. From
+/// then on the guest's tables no longer map 0x4000_0000 (its walk takes a
+/// reserved-bit fault), and the leaf the first fault filled must go.
+#[test]
+fn a_walk_setting_an_accessed_bit_in_a_pae_pdpte_drops_what_depended_on_it() {
+    let host = Arc::new(TestHost::new());
+    let mut vm = TestVmBuilder::new(host.clone(), 0)
+        .ram(1 << 20)
+        .mmio_hole(0xfee0_0000, 0x1000)
+        .build()
+        .unwrap();
+    put64(&mut vm, 0, 1);
+    put64(&mut vm, 8, 1);
+    let mut pager = ShadowPager::new(ShadowConfig { budget_pages: 4 });
+    pager.activate(&*host, &long_control(0)).unwrap();
+    let control = ControlRegisters {
+        cr0: CR0_PE | CR0_PG | CR0_WP,
+        cr3: 0,
+        cr4: CR4_PAE,
+        efer: EFER_NXE,
+    };
+    pager.activate(&*host, &control).unwrap();
+    // Fuzzer op Fault { linear: 2, code: 51 }: error code 51 & 0x17.
+    let out = pager
+        .handle_fault(
+            &*host,
+            vm.memory_mut(),
+            &control,
+            fault(0x4000_0000, PF_PRESENT | PF_WRITE | PF_FETCH),
+        )
+        .unwrap();
+    assert_eq!(out, FaultOutcome::Filled);
+    assert_eq!(
+        pager.shadow_entry(0x4000_0000),
+        Some(host_of(&vm, 0) | P | A)
+    );
+    assert_eq!(pager.verify(vm.memory(), &control, 0x4000_0000), Ok(()));
+    // Fuzzer op Fault { linear: 51, code: 0 }: linear 0x80_4020_1000,
+    // 0x4020_1000 in PAE paging.
+    pager
+        .handle_fault(&*host, vm.memory_mut(), &control, fault(0x80_4020_1000, 0))
+        .unwrap();
+    assert_eq!(get64(&vm, 8), 1 | A, "the walk set A in PDPTE[1]");
+    // The guest's own walk now faults on the reserved bit ...
+    let walker = Walker::new(control);
+    assert_eq!(
+        walker.translate(
+            &mut ReadOnlyTables(vm.memory()),
+            0x4000_0000,
+            Access::new(AccessKind::Read, 0)
+        ),
+        Err(WalkError::PageFault(PageFault {
+            address: 0x4000_0000,
+            error_code: PF_PRESENT | PF_RSVD
+        }))
+    );
+    // ... so the shadow must not map it either.
+    assert_eq!(pager.shadow_entry(0x4000_0000), None);
+    for linear in [0x4000_0000, 0x4020_1000, 0x4000_1000, 0x4020_0000] {
+        assert_eq!(pager.verify(vm.memory(), &control, linear), Ok(()));
+    }
+    // A fault there is now the guest's: a reserved-bit #PF.
+    let out = pager
+        .handle_fault(&*host, vm.memory_mut(), &control, fault(0x4000_0000, 0))
+        .unwrap();
+    assert_eq!(
+        out,
+        FaultOutcome::Reflect(PageFault {
+            address: 0x4000_0000,
+            error_code: PF_PRESENT | PF_RSVD
+        })
+    );
+}
+
+/// The same through another cached tree: a 32-bit walk whose PDE is the
+/// low half of a PAE PDPTE sets the accessed bit, bit 5, reserved in the
+/// PDPTE; the PAE tree's leaves under that PDPTE must go, although the
+/// 32-bit tree is the one in use.
+#[test]
+fn a_32_bit_walk_setting_an_accessed_bit_in_another_trees_pdpte_drops_its_leaves() {
+    use crate::paging::CR4_PSE;
+    let (host, mut vm) = vm();
+    // PAE: PDPT 0x1000, PD 0x2000, PT 0x3000; linear 0x5000 -> 0xa_0000.
+    put64(&mut vm, 0x1000, 0x2000 | P);
+    put64(&mut vm, 0x2000, 0x3000 | P | RW | US | A);
+    put64(&mut vm, 0x3000 + 5 * 8, 0xa_0000 | P | RW | US | A);
+    // 32-bit, CR3 0x1000: PDE[0] is the PDPTE's low half (no A yet), its
+    // page table 0x2000; PTE[5] at 0x2014 (the high half of the PAE
+    // PD[2], unused there) maps 0xb_0000.
+    put32(&mut vm, 0x2014, 0xb_0000 | (P | RW | US | A) as u32);
+    let pae = ControlRegisters {
+        cr0: CR0_PE | CR0_PG | CR0_WP,
+        cr3: 0x1000,
+        cr4: CR4_PAE,
+        efer: 0,
+    };
+    let bits32 = ControlRegisters {
+        cr0: CR0_PE | CR0_PG | CR0_WP,
+        cr3: 0x1000,
+        cr4: CR4_PSE,
+        efer: 0,
+    };
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    pager.activate(&*host, &pae).unwrap();
+    let out = pager
+        .handle_fault(&*host, vm.memory_mut(), &pae, fault(0x5000, 0))
+        .unwrap();
+    assert_eq!(out, FaultOutcome::Filled);
+    assert!(pager.shadow_entry(0x5000).is_some());
+    pager.activate(&*host, &bits32).unwrap();
+    let out = pager
+        .handle_fault(&*host, vm.memory_mut(), &bits32, fault(0x5000, 0))
+        .unwrap();
+    assert_eq!(out, FaultOutcome::Filled);
+    assert_eq!(
+        pager.shadow_entry(0x5000),
+        Some(host_of(&vm, 0xb_0000) | P | A)
+    );
+    assert_eq!(get64(&vm, 0x1000), 0x2000 | P | A);
+    // Back in the PAE address space, the cached tree no longer maps what
+    // the guest's tables refuse.
+    pager.activate(&*host, &pae).unwrap();
+    assert_eq!(pager.shadow_entry(0x5000), None);
+    assert_eq!(pager.verify(vm.memory(), &pae, 0x5000), Ok(()));
+}

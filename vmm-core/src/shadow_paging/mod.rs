@@ -54,7 +54,7 @@ mod table_pool;
 #[cfg(test)]
 mod tests;
 
-pub use instruction::{decode_intercepted, Intercepted, InterceptedInstruction};
+pub use instruction::{decode_intercepted, InterceptError, Intercepted, InterceptedInstruction};
 pub use recording_bus::RecordingBus;
 
 use crate::host::{Host, HostError, HostPhysAddr};

@@ -1124,3 +1124,78 @@ fn a_32_bit_walk_setting_an_accessed_bit_in_another_trees_pdpte_drops_its_leaves
     assert_eq!(pager.shadow_entry(0x5000), None);
     assert_eq!(pager.verify(vm.memory(), &pae, 0x5000), Ok(()));
 }
+
+/// A guest CR3 outside RAM (beyond its end, or on the LAPIC's MMIO page):
+/// no walk can read the tables, so every fault is a typed error naming
+/// the first entry (the run loop stops the VM with it), the same every
+/// time, with nothing mapped; the pager goes on serving other address
+/// spaces. Nothing loops and nothing panics.
+#[test]
+fn a_cr3_outside_ram_stops_with_the_unreadable_entry_and_maps_nothing() {
+    use crate::paging::CR4_PSE;
+    let (host, mut vm) = vm();
+    let good = level4_tables(&mut vm);
+    pte(&mut vm, 5, 0xa_0000 | P | RW);
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    let outside = [0x4000_0000u64, 0xfee0_0000];
+    for cr3 in outside {
+        let modes = [
+            (
+                ControlRegisters {
+                    cr0: CR0_PE | CR0_PG,
+                    cr3,
+                    cr4: CR4_PSE,
+                    efer: 0,
+                },
+                cr3 + 4 * (0x4000_5000 >> 22),
+            ),
+            (
+                ControlRegisters {
+                    cr0: CR0_PE | CR0_PG,
+                    cr3,
+                    cr4: CR4_PAE,
+                    efer: 0,
+                },
+                cr3 + 8,
+            ),
+            (long_control(cr3), cr3),
+        ];
+        for (control, gpa) in modes {
+            pager.activate(&*host, &control).unwrap();
+            for code in [0, PF_WRITE, PF_USER | PF_FETCH] {
+                let out =
+                    pager.handle_fault(&*host, vm.memory_mut(), &control, fault(0x4000_5000, code));
+                assert_eq!(
+                    out,
+                    Err(ShadowError::TableUnreachable { gpa }),
+                    "CR3 {cr3:#x} in {:?}",
+                    control.paging_mode()
+                );
+                assert_eq!(pager.shadow_entry(0x4000_5000), None);
+            }
+            assert_eq!(pager.tracked_frames(), 0);
+            // The instruction decoder cannot fetch there either: an error.
+            let mut cpu = if control.efer & EFER_LMA != 0 {
+                RegisterFile::long_mode(cr3)
+            } else {
+                RegisterFile::protected_flat32()
+            };
+            cpu.control = control;
+            cpu.rip = 0x5000;
+            assert_eq!(
+                crate::shadow_paging::decode_intercepted(&cpu, vm.memory_mut()),
+                Err(InterceptError::Fetch { linear: 0x5000 })
+            );
+        }
+    }
+    // Another address space is still served.
+    pager.activate(&*host, &good).unwrap();
+    let out = pager
+        .handle_fault(&*host, vm.memory_mut(), &good, fault(0x5000, 0))
+        .unwrap();
+    assert_eq!(out, FaultOutcome::Filled);
+    assert_eq!(
+        pager.shadow_entry(0x5000),
+        Some(host_of(&vm, 0xa_0000) | P | A)
+    );
+}

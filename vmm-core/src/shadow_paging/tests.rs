@@ -763,6 +763,44 @@ mod decode {
     }
 
     #[test]
+    fn lmsw_with_a_memory_operand_reads_it_through_segmentation_and_paging() {
+        let (_, mut vm) = vm();
+        // Real mode, DS base 0x1000: lmsw [bx+2] reads 0x1000 + 0x6002.
+        let mut cpu = RegisterFile::real_mode();
+        cpu.segments[crate::emulator::Segment::Ds as usize].base = 0x1000;
+        cpu.rip = 0x8000;
+        cpu.gprs[3] = 0x6000;
+        put32(&mut vm, 0x7000, 0x000b_0000);
+        let i = run(&cpu, &mut vm, &[0x0f, 0x01, 0x77, 0x02]);
+        assert_eq!(i.kind, Intercepted::Lmsw { value: 0x000b });
+        assert_eq!(i.next_rip, 0x8004);
+        // 64-bit mode, through the page tables: lmsw [rip+0x1008] at
+        // linear 0x12ff0 (guest-physical 0x20ff0); the operand at 0x13fff
+        // straddles two pages, guest-physical 0x21fff and 0x30000.
+        level4_tables(&mut vm);
+        pte(&mut vm, 0x12, 0x2_0000 | P | A);
+        pte(&mut vm, 0x13, 0x2_1000 | P | A);
+        pte(&mut vm, 0x14, 0x3_0000 | P | A);
+        let mut cpu = RegisterFile::long_mode(PML4);
+        cpu.rip = 0x12_ff0;
+        vm.memory_mut()
+            .write(0x2_0ff0, &[0x0f, 0x01, 0x35, 0x08, 0x10, 0x00, 0x00])
+            .unwrap();
+        vm.memory_mut().write(0x2_1fff, &[0x34]).unwrap();
+        vm.memory_mut().write(0x3_0000, &[0x12]).unwrap();
+        let i = decode_intercepted(&cpu, vm.memory_mut()).unwrap();
+        assert_eq!(i.kind, Intercepted::Lmsw { value: 0x1234 });
+        assert_eq!(i.next_rip, 0x12_ff7);
+        // Half of the operand on a page the guest does not map: an error
+        // naming the operand.
+        pte(&mut vm, 0x14, 0);
+        assert_eq!(
+            decode_intercepted(&cpu, vm.memory_mut()),
+            Err(InterceptError::Operand { linear: 0x13fff })
+        );
+    }
+
+    #[test]
     fn sixty_four_bit_forms_read_through_the_guest_page_tables() {
         let (_, mut vm) = vm();
         level4_tables(&mut vm);

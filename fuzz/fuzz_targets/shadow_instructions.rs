@@ -276,6 +276,8 @@ fn operand(vm: &vmm_core::vm::Vm, mode: u8, bitness: u32, linear: u64) -> Option
     let mut word = [0u8; 2];
     for (i, byte) in word.iter_mut().enumerate() {
         let at = linear.wrapping_add(i as u64) & if bitness == 64 { u64::MAX } else { 0xffff_ffff };
+        // Long mode maps only the first 2 MiB; a non-canonical address is
+        // #GP (the harness never sets CR4.LA57).
         if mode >= 4 && at >= 2 << 20 {
             return None;
         }

@@ -9,7 +9,7 @@
 
 use crate::emulator::{CpuMode, CpuState, InstructionBytes, Segment};
 use crate::memory::GuestMemory;
-use crate::paging::{Access, AccessKind, Walker};
+use crate::paging::{Access, AccessKind, ControlRegisters, Walker, CR4_LA57};
 use core::fmt;
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
@@ -61,8 +61,10 @@ pub enum InterceptError {
         /// The linear address of the instruction.
         linear: u64,
     },
-    /// The memory operand of an LMSW could not be read (its page is not
-    /// mapped, or not readable guest memory).
+    /// The memory operand of an LMSW could not be read: its address is
+    /// not canonical, its page is not mapped, or it is not readable guest
+    /// memory. (The CPU raises #GP or #PF for these before the intercept,
+    /// so this means the guest's tables changed under the exit.)
     Operand {
         /// The linear address of the operand.
         linear: u64,
@@ -202,6 +204,9 @@ pub fn decode_intercepted<S: CpuState + ?Sized>(
             for (i, byte) in word.iter_mut().enumerate() {
                 let at = linear.wrapping_add(i as u64)
                     & if bitness == 64 { u64::MAX } else { 0xffff_ffff };
+                if bitness == 64 && !canonical(&control, at) {
+                    return Err(InterceptError::Operand { linear });
+                }
                 let read = Access::new(AccessKind::Read, cpu.cpl());
                 let gpa = walker
                     .translate(memory, at, read)
@@ -221,6 +226,12 @@ pub fn decode_intercepted<S: CpuState + ?Sized>(
         _ => return Err(unrecognized),
     };
     Ok(InterceptedInstruction { kind, next_rip })
+}
+
+/// Whether `linear` is canonical (48 bits, 57 with CR4.LA57).
+fn canonical(control: &ControlRegisters, linear: u64) -> bool {
+    let shift = if control.cr4 & CR4_LA57 != 0 { 7 } else { 16 };
+    (((linear << shift) as i64) >> shift) as u64 == linear
 }
 
 /// The linear address of `instr`'s memory operand: base, scaled index and

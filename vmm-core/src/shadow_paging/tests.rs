@@ -791,6 +791,21 @@ mod decode {
         let i = decode_intercepted(&cpu, vm.memory_mut()).unwrap();
         assert_eq!(i.kind, Intercepted::Lmsw { value: 0x1234 });
         assert_eq!(i.next_rip, 0x12_ff7);
+        // A non-canonical operand (its low 48 bits 0x13fff): an error
+        // (the CPU's #GP), not a read of the page it would alias.
+        cpu.gprs[1] = 0x4000_0000_0001_3fff;
+        vm.memory_mut()
+            .write(0x2_0ff0, &[0x0f, 0x01, 0x31])
+            .unwrap();
+        assert_eq!(
+            decode_intercepted(&cpu, vm.memory_mut()),
+            Err(InterceptError::Operand {
+                linear: 0x4000_0000_0001_3fff
+            })
+        );
+        vm.memory_mut()
+            .write(0x2_0ff0, &[0x0f, 0x01, 0x35, 0x08, 0x10, 0x00, 0x00])
+            .unwrap();
         // Half of the operand on a page the guest does not map: an error
         // naming the operand.
         pte(&mut vm, 0x14, 0);

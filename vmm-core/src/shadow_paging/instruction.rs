@@ -241,7 +241,15 @@ fn canonical(control: &ControlRegisters, linear: u64) -> bool {
 fn memory_operand<S: CpuState + ?Sized>(instr: &Instruction, cpu: &S, bitness: u32) -> u64 {
     let base = instr.memory_base();
     let index = instr.memory_index();
-    let mut bits = bitness;
+    // The address size: a base or index register's width, else the
+    // displacement's (2, 4 or 8 bytes for 16-, 32- or 64-bit addressing):
+    // with a 0x67 prefix it is not the code size.
+    let mut bits = match instr.memory_displ_size() {
+        2 => 16,
+        4 => 32,
+        8 => 64,
+        _ => bitness,
+    };
     let mut ea = instr.memory_displacement64();
     if base == Register::RIP || base == Register::EIP {
         // iced resolved the RIP-relative target already.

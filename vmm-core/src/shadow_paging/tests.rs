@@ -757,6 +757,28 @@ mod decode {
         let i = run(&cpu, &mut vm, &[0x0f, 0x01, 0x7b, 0x10]);
         assert_eq!(i.kind, Intercepted::Invlpg { linear: 0x5010 });
         assert_eq!(i.next_rip, 0x8004);
+        // Address-size prefixes with only a displacement: 16-bit
+        // addressing in 32-bit code (invlpg [0x8000], DS base 0x100) ...
+        cpu.segments[crate::emulator::Segment::Ds as usize].base = 0x100;
+        let i = run(&cpu, &mut vm, &[0x67, 0x0f, 0x01, 0x3e, 0x00, 0x80]);
+        assert_eq!(i.kind, Intercepted::Invlpg { linear: 0x8100 });
+        assert_eq!(i.next_rip, 0x8006);
+        // ... and 32-bit addressing in 16-bit code (invlpg [0x8000_0000]).
+        let mut real = RegisterFile::real_mode();
+        real.segments[crate::emulator::Segment::Ds as usize].base = 0x100;
+        real.rip = 0x8000;
+        let i = run(
+            &real,
+            &mut vm,
+            &[0x67, 0x0f, 0x01, 0x3c, 0x25, 0x00, 0x00, 0x00, 0x80],
+        );
+        assert_eq!(
+            i.kind,
+            Intercepted::Invlpg {
+                linear: 0x8000_0100
+            }
+        );
+        cpu.segments[crate::emulator::Segment::Ds as usize].base = 0;
         // Not an intercepted instruction: an error naming the bytes.
         vm.memory_mut().write(0x8000, &[0x90]).unwrap();
         assert!(decode_intercepted(&cpu, vm.memory_mut()).is_err());

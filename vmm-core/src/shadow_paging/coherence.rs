@@ -186,6 +186,31 @@ impl Coherence {
         leaves
     }
 
+    /// Take the leaves recorded under the entry key `key` for which `pick`
+    /// says so, leaving the others (the frame stays tracked while any
+    /// remain). Not a guest write: the flood count does not move.
+    pub(super) fn take_dependents_where(
+        &mut self,
+        key: u64,
+        mut pick: impl FnMut(&Leaf) -> bool,
+        out: &mut Vec<Leaf>,
+    ) {
+        let Some(list) = self.deps.get_mut(&key) else {
+            return;
+        };
+        list.retain(|l| {
+            let take = pick(l);
+            if take {
+                out.push(*l);
+            }
+            !take
+        });
+        if list.is_empty() {
+            self.deps.remove(&key);
+            self.unlist_key(key);
+        }
+    }
+
     /// The guest wrote `[gpa, gpa + len)`: take the leaves that depend on
     /// entries overlapping it. Entries are 4 or 8 bytes, naturally aligned.
     pub(super) fn take_written(&mut self, gpa: u64, len: u64, out: &mut Vec<Leaf>) {

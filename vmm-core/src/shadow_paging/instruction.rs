@@ -1,5 +1,6 @@
 //! The instructions shadow paging intercepts, decoded at the guest's RIP:
-//! MOV to/from CR0/CR3/CR4, CLTS, LMSW and INVLPG.
+//! MOV to/from CR0/CR3/CR4, CLTS, LMSW (a register or a memory operand) and
+//! INVLPG.
 //!
 //! SVM without decode assists (QEMU's TCG has none) reports only *that*
 //! such an instruction ran, not its operands or length; this reads the
@@ -8,9 +9,9 @@
 
 use crate::emulator::{CpuMode, CpuState, InstructionBytes, Segment};
 use crate::memory::GuestMemory;
-use crate::paging::{Access, AccessKind, Walker};
+use crate::paging::{Access, AccessKind, ControlRegisters, Walker, CR4_LA57};
 use core::fmt;
-use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
 /// What an intercepted instruction does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +61,14 @@ pub enum InterceptError {
         /// The linear address of the instruction.
         linear: u64,
     },
+    /// The memory operand of an LMSW could not be read: its address is
+    /// not canonical, its page is not mapped, or it is not readable guest
+    /// memory. (The CPU raises #GP or #PF for these before the intercept,
+    /// so this means the guest's tables changed under the exit.)
+    Operand {
+        /// The linear address of the operand.
+        linear: u64,
+    },
     /// The bytes are not an instruction of the intercepted kinds.
     Unrecognized {
         /// The bytes read.
@@ -76,6 +85,9 @@ impl fmt::Display for InterceptError {
         match self {
             InterceptError::Fetch { linear } => {
                 write!(f, "cannot fetch the intercepted instruction at {linear:#x}")
+            }
+            InterceptError::Operand { linear } => {
+                write!(f, "cannot read the LMSW operand at {linear:#x}")
             }
             InterceptError::Unrecognized { bytes, mode } => write!(
                 f,
@@ -186,48 +198,93 @@ pub fn decode_intercepted<S: CpuState + ?Sized>(
                 value: cpu.gpr(index) as u16,
             }
         }
-        Mnemonic::Invlpg if instr.op0_kind() == OpKind::Memory => {
-            let base = instr.memory_base();
-            let index = instr.memory_index();
-            let mut bits = bitness;
-            let mut ea = instr.memory_displacement64();
-            if base == Register::RIP || base == Register::EIP {
-                // iced resolved the RIP-relative target already.
-                bits = if base == Register::EIP { 32 } else { 64 };
-            } else {
-                if let Some((i, w)) = gpr(base) {
-                    ea = ea.wrapping_add(cpu.gpr(i));
-                    bits = w;
+        Mnemonic::Lmsw if instr.op0_kind() == OpKind::Memory => {
+            let linear = memory_operand(&instr, cpu, bitness);
+            let mut word = [0u8; 2];
+            for (i, byte) in word.iter_mut().enumerate() {
+                let at = linear.wrapping_add(i as u64)
+                    & if bitness == 64 { u64::MAX } else { 0xffff_ffff };
+                if bitness == 64 && !canonical(&control, at) {
+                    return Err(InterceptError::Operand { linear });
                 }
-                if let Some((i, w)) = gpr(index) {
-                    ea = ea.wrapping_add(
-                        cpu.gpr(i)
-                            .wrapping_mul(u64::from(instr.memory_index_scale())),
-                    );
-                    bits = w;
-                }
+                let read = Access::new(AccessKind::Read, cpu.cpl());
+                let gpa = walker
+                    .translate(memory, at, read)
+                    .map_err(|_| InterceptError::Operand { linear })?
+                    .gpa;
+                memory
+                    .read(gpa, core::slice::from_mut(byte))
+                    .map_err(|_| InterceptError::Operand { linear })?;
             }
-            let ea = ea & mask(bits);
-            let segment = match instr.memory_segment() {
-                Register::ES => Segment::Es,
-                Register::CS => Segment::Cs,
-                Register::SS => Segment::Ss,
-                Register::FS => Segment::Fs,
-                Register::GS => Segment::Gs,
-                _ => Segment::Ds,
-            };
-            let seg_base = if bitness == 64 && !matches!(segment, Segment::Fs | Segment::Gs) {
-                0
-            } else {
-                cpu.segment(segment).base
-            };
-            let mut linear = seg_base.wrapping_add(ea);
-            if bitness != 64 {
-                linear &= 0xffff_ffff;
+            Intercepted::Lmsw {
+                value: u16::from_le_bytes(word),
             }
-            Intercepted::Invlpg { linear }
         }
+        Mnemonic::Invlpg if instr.op0_kind() == OpKind::Memory => Intercepted::Invlpg {
+            linear: memory_operand(&instr, cpu, bitness),
+        },
         _ => return Err(unrecognized),
     };
     Ok(InterceptedInstruction { kind, next_rip })
+}
+
+/// Whether `linear` is canonical (48 bits, 57 with CR4.LA57).
+fn canonical(control: &ControlRegisters, linear: u64) -> bool {
+    let shift = if control.cr4 & CR4_LA57 != 0 { 7 } else { 16 };
+    (((linear << shift) as i64) >> shift) as u64 == linear
+}
+
+/// The linear address of `instr`'s memory operand: base, scaled index and
+/// displacement wrapped to the address size (RIP-relative targets as iced
+/// resolved them), plus the segment base (only FS and GS in 64-bit mode),
+/// wrapped to 32 bits outside 64-bit mode.
+fn memory_operand<S: CpuState + ?Sized>(instr: &Instruction, cpu: &S, bitness: u32) -> u64 {
+    let base = instr.memory_base();
+    let index = instr.memory_index();
+    // The address size: a base or index register's width, else the
+    // displacement's (2, 4 or 8 bytes for 16-, 32- or 64-bit addressing):
+    // with a 0x67 prefix it is not the code size.
+    let mut bits = match instr.memory_displ_size() {
+        2 => 16,
+        4 => 32,
+        8 => 64,
+        _ => bitness,
+    };
+    let mut ea = instr.memory_displacement64();
+    if base == Register::RIP || base == Register::EIP {
+        // iced resolved the RIP-relative target already.
+        bits = if base == Register::EIP { 32 } else { 64 };
+    } else {
+        if let Some((i, w)) = gpr(base) {
+            ea = ea.wrapping_add(cpu.gpr(i));
+            bits = w;
+        }
+        if let Some((i, w)) = gpr(index) {
+            ea = ea.wrapping_add(
+                cpu.gpr(i)
+                    .wrapping_mul(u64::from(instr.memory_index_scale())),
+            );
+            bits = w;
+        }
+    }
+    let ea = ea & mask(bits);
+    let segment = match instr.memory_segment() {
+        Register::ES => Segment::Es,
+        Register::CS => Segment::Cs,
+        Register::SS => Segment::Ss,
+        Register::FS => Segment::Fs,
+        Register::GS => Segment::Gs,
+        _ => Segment::Ds,
+    };
+    let seg_base = if bitness == 64 && !matches!(segment, Segment::Fs | Segment::Gs) {
+        0
+    } else {
+        cpu.segment(segment).base
+    };
+    let linear = seg_base.wrapping_add(ea);
+    if bitness == 64 {
+        linear
+    } else {
+        linear & 0xffff_ffff
+    }
 }

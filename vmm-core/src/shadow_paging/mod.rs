@@ -21,7 +21,11 @@
 //! Coherence ([`coherence`]): every guest page-table page a fill walked is
 //! write-protected in every shadow tree; a guest write to it faults, is
 //! emulated, and removes exactly the shadow leaves that depended on the
-//! entries written. Shadow trees therefore never go stale, which is what
+//! entries written. The walks of [`ShadowPager::handle_fault`] write the
+//! guest's tables themselves (accessed and dirty bits); those writes are
+//! watched the same way, for the entries where such bits mean something
+//! else (a PAE PDPTE that is also a lower-level entry: reserved bits).
+//! Shadow trees therefore never go stale, which is what
 //! lets them be **cached across CR3 switches**: each root is keyed by the
 //! guest's CR3 and the paging mode (plus the control bits that change what a
 //! fill produces), in every mode, and switching back to an address space
@@ -50,7 +54,7 @@ mod table_pool;
 #[cfg(test)]
 mod tests;
 
-pub use instruction::{decode_intercepted, Intercepted, InterceptedInstruction};
+pub use instruction::{decode_intercepted, InterceptError, Intercepted, InterceptedInstruction};
 pub use recording_bus::RecordingBus;
 
 use crate::host::{Host, HostError, HostPhysAddr};
@@ -397,6 +401,82 @@ impl PageTableMemory for ReadOnlyTables<'_> {
     }
     fn write_u64(&mut self, _: u64, _: u64) -> bool {
         false
+    }
+}
+
+/// An entry the fault's own walk rewrote (its accessed and dirty updates).
+#[derive(Clone, Copy, Default)]
+struct WalkWrite {
+    gpa: u64,
+    wide: bool,
+    /// The bits that changed (all of them if the old value was unreadable).
+    changed: u64,
+}
+
+/// Guest memory for the fault's walk: passes everything through and
+/// remembers which entries the walk's accessed and dirty updates changed.
+/// Those are writes to the guest's page tables that no emulated
+/// instruction reports, and a page-table entry read elsewhere at another
+/// level (or width) may mean something else by the bits they set.
+struct WatchedTables<'a> {
+    memory: &'a mut GuestMemory,
+    writes: [WalkWrite; 5],
+    len: usize,
+    /// More writes than `writes` holds (a walk makes at most one per
+    /// level): treat everything as changed.
+    overflow: bool,
+}
+
+impl<'a> WatchedTables<'a> {
+    fn new(memory: &'a mut GuestMemory) -> Self {
+        Self {
+            memory,
+            writes: [WalkWrite::default(); 5],
+            len: 0,
+            overflow: false,
+        }
+    }
+
+    fn note(&mut self, gpa: u64, wide: bool, changed: u64) {
+        if changed == 0 {
+            return;
+        }
+        match self.writes.get_mut(self.len) {
+            Some(slot) => {
+                *slot = WalkWrite { gpa, wide, changed };
+                self.len += 1;
+            }
+            None => self.overflow = true,
+        }
+    }
+
+    fn writes(&self) -> &[WalkWrite] {
+        self.writes.get(..self.len).unwrap_or(&[])
+    }
+}
+
+impl PageTableMemory for WatchedTables<'_> {
+    fn read_u32(&mut self, gpa: u64) -> Option<u32> {
+        GuestMemory::read_u32(self.memory, gpa).ok()
+    }
+    fn read_u64(&mut self, gpa: u64) -> Option<u64> {
+        GuestMemory::read_u64(self.memory, gpa).ok()
+    }
+    fn write_u32(&mut self, gpa: u64, value: u32) -> bool {
+        let old = GuestMemory::read_u32(self.memory, gpa).ok();
+        let ok = GuestMemory::write_u32(self.memory, gpa, value).is_ok();
+        if ok {
+            self.note(gpa, false, old.map_or(u64::MAX, |o| u64::from(o ^ value)));
+        }
+        ok
+    }
+    fn write_u64(&mut self, gpa: u64, value: u64) -> bool {
+        let old = GuestMemory::read_u64(self.memory, gpa).ok();
+        let ok = GuestMemory::write_u64(self.memory, gpa, value).is_ok();
+        if ok {
+            self.note(gpa, true, old.map_or(u64::MAX, |o| o ^ value));
+        }
+        ok
     }
 }
 
@@ -815,7 +895,13 @@ impl ShadowPager {
             max_phys_bits: self.max_phys_bits,
             pkru: 0,
         };
-        let (translation, trace) = match walker.translate_traced(memory, linear, access) {
+        let mut tables = WatchedTables::new(memory);
+        let walked = walker.translate_traced(&mut tables, linear, access);
+        // The walk's own accessed and dirty updates are writes to the
+        // guest's tables too: drop whatever they made stale before
+        // anything is filled from this walk.
+        self.walk_wrote(tables.writes(), tables.overflow);
+        let (translation, trace) = match walked {
             Ok(t) => t,
             Err(WalkError::PageFault(pf)) => {
                 self.stats.reflected += 1;
@@ -937,6 +1023,69 @@ impl ShadowPager {
             },
         );
         Ok(FaultOutcome::Filled)
+    }
+
+    /// The fault's walk changed the entries in `writes` (setting accessed
+    /// and dirty bits): remove the shadow mappings derived from an entry
+    /// whose meaning that changed. For an entry read back at the same
+    /// place and width, A and D change nothing a leaf was filled from
+    /// (the shadow only ever grants less before them), except in a PAE
+    /// PDPTE, which has neither: there bits 5 and 6 are reserved, and a
+    /// PDPTE that is also a lower-level entry (a self-referencing table)
+    /// stops being valid. Read through the other width (a 4-byte entry
+    /// that is the upper half of an 8-byte one), they are address bits.
+    /// `overflow`: more writes than were recorded; forget every tree.
+    fn walk_wrote(&mut self, writes: &[WalkWrite], overflow: bool) {
+        if overflow {
+            self.flush_all();
+            return;
+        }
+        const AD: u64 = PTE_A | PTE_D;
+        let mut stale = Vec::new();
+        for w in writes {
+            // Every dependency key this write overlaps, with the bits it
+            // changed as that key's entry holds them.
+            let keys = if w.wide {
+                [
+                    (coherence::entry_key(w.gpa, true), w.changed),
+                    (coherence::entry_key(w.gpa, false), w.changed & 0xffff_ffff),
+                    (coherence::entry_key(w.gpa + 4, false), w.changed >> 32),
+                ]
+            } else {
+                let wide = w.gpa & !7;
+                [
+                    (
+                        coherence::entry_key(wide, true),
+                        w.changed << ((w.gpa - wide) * 8),
+                    ),
+                    (coherence::entry_key(w.gpa, false), w.changed),
+                    (0, 0),
+                ]
+            };
+            for (key, changed) in keys {
+                if changed == 0 {
+                    continue;
+                }
+                let roots = &self.roots;
+                let wide_key = key & 1 != 0;
+                self.coherence.take_dependents_where(
+                    key,
+                    |l| {
+                        changed & !AD != 0
+                            || (wide_key
+                                && l.shift == 30
+                                && roots
+                                    .iter()
+                                    .flatten()
+                                    .any(|r| r.serial == l.root && r.key.mode == PagingMode::Pae))
+                    },
+                    &mut stale,
+                );
+            }
+        }
+        for l in stale {
+            self.zap(l);
+        }
     }
 
     /// Record that the shadow of `linear` in root `slot` depends on every

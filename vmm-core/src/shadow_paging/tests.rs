@@ -757,9 +757,84 @@ mod decode {
         let i = run(&cpu, &mut vm, &[0x0f, 0x01, 0x7b, 0x10]);
         assert_eq!(i.kind, Intercepted::Invlpg { linear: 0x5010 });
         assert_eq!(i.next_rip, 0x8004);
+        // Address-size prefixes with only a displacement: 16-bit
+        // addressing in 32-bit code (invlpg [0x8000], DS base 0x100) ...
+        cpu.segments[crate::emulator::Segment::Ds as usize].base = 0x100;
+        let i = run(&cpu, &mut vm, &[0x67, 0x0f, 0x01, 0x3e, 0x00, 0x80]);
+        assert_eq!(i.kind, Intercepted::Invlpg { linear: 0x8100 });
+        assert_eq!(i.next_rip, 0x8006);
+        // ... and 32-bit addressing in 16-bit code (invlpg [0x8000_0000]).
+        let mut real = RegisterFile::real_mode();
+        real.segments[crate::emulator::Segment::Ds as usize].base = 0x100;
+        real.rip = 0x8000;
+        let i = run(
+            &real,
+            &mut vm,
+            &[0x67, 0x0f, 0x01, 0x3c, 0x25, 0x00, 0x00, 0x00, 0x80],
+        );
+        assert_eq!(
+            i.kind,
+            Intercepted::Invlpg {
+                linear: 0x8000_0100
+            }
+        );
+        cpu.segments[crate::emulator::Segment::Ds as usize].base = 0;
         // Not an intercepted instruction: an error naming the bytes.
         vm.memory_mut().write(0x8000, &[0x90]).unwrap();
         assert!(decode_intercepted(&cpu, vm.memory_mut()).is_err());
+    }
+
+    #[test]
+    fn lmsw_with_a_memory_operand_reads_it_through_segmentation_and_paging() {
+        let (_, mut vm) = vm();
+        // Real mode, DS base 0x1000: lmsw [bx+2] reads 0x1000 + 0x6002.
+        let mut cpu = RegisterFile::real_mode();
+        cpu.segments[crate::emulator::Segment::Ds as usize].base = 0x1000;
+        cpu.rip = 0x8000;
+        cpu.gprs[3] = 0x6000;
+        put32(&mut vm, 0x7000, 0x000b_0000);
+        let i = run(&cpu, &mut vm, &[0x0f, 0x01, 0x77, 0x02]);
+        assert_eq!(i.kind, Intercepted::Lmsw { value: 0x000b });
+        assert_eq!(i.next_rip, 0x8004);
+        // 64-bit mode, through the page tables: lmsw [rip+0x1008] at
+        // linear 0x12ff0 (guest-physical 0x20ff0); the operand at 0x13fff
+        // straddles two pages, guest-physical 0x21fff and 0x30000.
+        level4_tables(&mut vm);
+        pte(&mut vm, 0x12, 0x2_0000 | P | A);
+        pte(&mut vm, 0x13, 0x2_1000 | P | A);
+        pte(&mut vm, 0x14, 0x3_0000 | P | A);
+        let mut cpu = RegisterFile::long_mode(PML4);
+        cpu.rip = 0x12_ff0;
+        vm.memory_mut()
+            .write(0x2_0ff0, &[0x0f, 0x01, 0x35, 0x08, 0x10, 0x00, 0x00])
+            .unwrap();
+        vm.memory_mut().write(0x2_1fff, &[0x34]).unwrap();
+        vm.memory_mut().write(0x3_0000, &[0x12]).unwrap();
+        let i = decode_intercepted(&cpu, vm.memory_mut()).unwrap();
+        assert_eq!(i.kind, Intercepted::Lmsw { value: 0x1234 });
+        assert_eq!(i.next_rip, 0x12_ff7);
+        // A non-canonical operand (its low 48 bits 0x13fff): an error
+        // (the CPU's #GP), not a read of the page it would alias.
+        cpu.gprs[1] = 0x4000_0000_0001_3fff;
+        vm.memory_mut()
+            .write(0x2_0ff0, &[0x0f, 0x01, 0x31])
+            .unwrap();
+        assert_eq!(
+            decode_intercepted(&cpu, vm.memory_mut()),
+            Err(InterceptError::Operand {
+                linear: 0x4000_0000_0001_3fff
+            })
+        );
+        vm.memory_mut()
+            .write(0x2_0ff0, &[0x0f, 0x01, 0x35, 0x08, 0x10, 0x00, 0x00])
+            .unwrap();
+        // Half of the operand on a page the guest does not map: an error
+        // naming the operand.
+        pte(&mut vm, 0x14, 0);
+        assert_eq!(
+            decode_intercepted(&cpu, vm.memory_mut()),
+            Err(InterceptError::Operand { linear: 0x13fff })
+        );
     }
 
     #[test]
@@ -992,4 +1067,210 @@ fn a_tree_started_over_for_room_keeps_the_new_leafs_dependencies() {
     pager.guest_wrote(PT + 0x80, 8);
     assert_eq!(pager.shadow_entry(other), None);
     pager.verify(vm.memory(), &control, other).unwrap();
+}
+
+/// The `shadow_paging` fuzzer's crash, as its harness runs it: 1 MiB of
+/// RAM, table frame 0 holding `[1, 1]`, a switch to PAE paging with CR3 0
+/// (CR0.WP, EFER.NXE), a supervisor fetch at 0x4000_0000, then a
+/// supervisor read at 0x4020_1000. Both walks go through PDPTE[1] at
+/// guest-physical 8, which the second walk also uses as a PDE and a PTE:
+/// setting its accessed bit there sets bit 5, reserved in a PDPTE. From
+/// then on the guest's tables no longer map 0x4000_0000 (its walk takes a
+/// reserved-bit fault), and the leaf the first fault filled must go.
+#[test]
+fn a_walk_setting_an_accessed_bit_in_a_pae_pdpte_drops_what_depended_on_it() {
+    let host = Arc::new(TestHost::new());
+    let mut vm = TestVmBuilder::new(host.clone(), 0)
+        .ram(1 << 20)
+        .mmio_hole(0xfee0_0000, 0x1000)
+        .build()
+        .unwrap();
+    put64(&mut vm, 0, 1);
+    put64(&mut vm, 8, 1);
+    let mut pager = ShadowPager::new(ShadowConfig { budget_pages: 4 });
+    pager.activate(&*host, &long_control(0)).unwrap();
+    let control = ControlRegisters {
+        cr0: CR0_PE | CR0_PG | CR0_WP,
+        cr3: 0,
+        cr4: CR4_PAE,
+        efer: EFER_NXE,
+    };
+    pager.activate(&*host, &control).unwrap();
+    // Fuzzer op Fault { linear: 2, code: 51 }: error code 51 & 0x17.
+    let out = pager
+        .handle_fault(
+            &*host,
+            vm.memory_mut(),
+            &control,
+            fault(0x4000_0000, PF_PRESENT | PF_WRITE | PF_FETCH),
+        )
+        .unwrap();
+    assert_eq!(out, FaultOutcome::Filled);
+    assert_eq!(
+        pager.shadow_entry(0x4000_0000),
+        Some(host_of(&vm, 0) | P | A)
+    );
+    assert_eq!(pager.verify(vm.memory(), &control, 0x4000_0000), Ok(()));
+    // Fuzzer op Fault { linear: 51, code: 0 }: linear 0x80_4020_1000,
+    // 0x4020_1000 in PAE paging.
+    pager
+        .handle_fault(&*host, vm.memory_mut(), &control, fault(0x80_4020_1000, 0))
+        .unwrap();
+    assert_eq!(get64(&vm, 8), 1 | A, "the walk set A in PDPTE[1]");
+    // The guest's own walk now faults on the reserved bit ...
+    let walker = Walker::new(control);
+    assert_eq!(
+        walker.translate(
+            &mut ReadOnlyTables(vm.memory()),
+            0x4000_0000,
+            Access::new(AccessKind::Read, 0)
+        ),
+        Err(WalkError::PageFault(PageFault {
+            address: 0x4000_0000,
+            error_code: PF_PRESENT | PF_RSVD
+        }))
+    );
+    // ... so the shadow must not map it either.
+    assert_eq!(pager.shadow_entry(0x4000_0000), None);
+    for linear in [0x4000_0000, 0x4020_1000, 0x4000_1000, 0x4020_0000] {
+        assert_eq!(pager.verify(vm.memory(), &control, linear), Ok(()));
+    }
+    // A fault there is now the guest's: a reserved-bit #PF.
+    let out = pager
+        .handle_fault(&*host, vm.memory_mut(), &control, fault(0x4000_0000, 0))
+        .unwrap();
+    assert_eq!(
+        out,
+        FaultOutcome::Reflect(PageFault {
+            address: 0x4000_0000,
+            error_code: PF_PRESENT | PF_RSVD
+        })
+    );
+}
+
+/// The same through another cached tree: a 32-bit walk whose PDE is the
+/// low half of a PAE PDPTE sets the accessed bit, bit 5, reserved in the
+/// PDPTE; the PAE tree's leaves under that PDPTE must go, although the
+/// 32-bit tree is the one in use.
+#[test]
+fn a_32_bit_walk_setting_an_accessed_bit_in_another_trees_pdpte_drops_its_leaves() {
+    use crate::paging::CR4_PSE;
+    let (host, mut vm) = vm();
+    // PAE: PDPT 0x1000, PD 0x2000, PT 0x3000; linear 0x5000 -> 0xa_0000.
+    put64(&mut vm, 0x1000, 0x2000 | P);
+    put64(&mut vm, 0x2000, 0x3000 | P | RW | US | A);
+    put64(&mut vm, 0x3000 + 5 * 8, 0xa_0000 | P | RW | US | A);
+    // 32-bit, CR3 0x1000: PDE[0] is the PDPTE's low half (no A yet), its
+    // page table 0x2000; PTE[5] at 0x2014 (the high half of the PAE
+    // PD[2], unused there) maps 0xb_0000.
+    put32(&mut vm, 0x2014, 0xb_0000 | (P | RW | US | A) as u32);
+    let pae = ControlRegisters {
+        cr0: CR0_PE | CR0_PG | CR0_WP,
+        cr3: 0x1000,
+        cr4: CR4_PAE,
+        efer: 0,
+    };
+    let bits32 = ControlRegisters {
+        cr0: CR0_PE | CR0_PG | CR0_WP,
+        cr3: 0x1000,
+        cr4: CR4_PSE,
+        efer: 0,
+    };
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    pager.activate(&*host, &pae).unwrap();
+    let out = pager
+        .handle_fault(&*host, vm.memory_mut(), &pae, fault(0x5000, 0))
+        .unwrap();
+    assert_eq!(out, FaultOutcome::Filled);
+    assert!(pager.shadow_entry(0x5000).is_some());
+    pager.activate(&*host, &bits32).unwrap();
+    let out = pager
+        .handle_fault(&*host, vm.memory_mut(), &bits32, fault(0x5000, 0))
+        .unwrap();
+    assert_eq!(out, FaultOutcome::Filled);
+    assert_eq!(
+        pager.shadow_entry(0x5000),
+        Some(host_of(&vm, 0xb_0000) | P | A)
+    );
+    assert_eq!(get64(&vm, 0x1000), 0x2000 | P | A);
+    // Back in the PAE address space, the cached tree no longer maps what
+    // the guest's tables refuse.
+    pager.activate(&*host, &pae).unwrap();
+    assert_eq!(pager.shadow_entry(0x5000), None);
+    assert_eq!(pager.verify(vm.memory(), &pae, 0x5000), Ok(()));
+}
+
+/// A guest CR3 outside RAM (beyond its end, or on the LAPIC's MMIO page):
+/// no walk can read the tables, so every fault is a typed error naming
+/// the first entry (the run loop stops the VM with it), the same every
+/// time, with nothing mapped; the pager goes on serving other address
+/// spaces. Nothing loops and nothing panics.
+#[test]
+fn a_cr3_outside_ram_stops_with_the_unreadable_entry_and_maps_nothing() {
+    use crate::paging::CR4_PSE;
+    let (host, mut vm) = vm();
+    let good = level4_tables(&mut vm);
+    pte(&mut vm, 5, 0xa_0000 | P | RW);
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    let outside = [0x4000_0000u64, 0xfee0_0000];
+    for cr3 in outside {
+        let modes = [
+            (
+                ControlRegisters {
+                    cr0: CR0_PE | CR0_PG,
+                    cr3,
+                    cr4: CR4_PSE,
+                    efer: 0,
+                },
+                cr3 + 4 * (0x4000_5000 >> 22),
+            ),
+            (
+                ControlRegisters {
+                    cr0: CR0_PE | CR0_PG,
+                    cr3,
+                    cr4: CR4_PAE,
+                    efer: 0,
+                },
+                cr3 + 8,
+            ),
+            (long_control(cr3), cr3),
+        ];
+        for (control, gpa) in modes {
+            pager.activate(&*host, &control).unwrap();
+            for code in [0, PF_WRITE, PF_USER | PF_FETCH] {
+                let out =
+                    pager.handle_fault(&*host, vm.memory_mut(), &control, fault(0x4000_5000, code));
+                assert_eq!(
+                    out,
+                    Err(ShadowError::TableUnreachable { gpa }),
+                    "CR3 {cr3:#x} in {:?}",
+                    control.paging_mode()
+                );
+                assert_eq!(pager.shadow_entry(0x4000_5000), None);
+            }
+            assert_eq!(pager.tracked_frames(), 0);
+            // The instruction decoder cannot fetch there either: an error.
+            let mut cpu = if control.efer & EFER_LMA != 0 {
+                RegisterFile::long_mode(cr3)
+            } else {
+                RegisterFile::protected_flat32()
+            };
+            cpu.control = control;
+            cpu.rip = 0x5000;
+            assert_eq!(
+                crate::shadow_paging::decode_intercepted(&cpu, vm.memory_mut()),
+                Err(InterceptError::Fetch { linear: 0x5000 })
+            );
+        }
+    }
+    // Another address space is still served.
+    pager.activate(&*host, &good).unwrap();
+    let out = pager
+        .handle_fault(&*host, vm.memory_mut(), &good, fault(0x5000, 0))
+        .unwrap();
+    assert_eq!(out, FaultOutcome::Filled);
+    assert_eq!(
+        pager.shadow_entry(0x5000),
+        Some(host_of(&vm, 0xa_0000) | P | A)
+    );
 }

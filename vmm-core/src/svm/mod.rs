@@ -339,21 +339,18 @@ impl SvmVcpu {
         // An event the exit interrupted is not possible here (XSETBV is an
         // instruction), so EXITINTINFO needs no re-injection.
         let value = (self.gprs.rdx << 32) | (self.gpr(0) & 0xffff_ffff);
-        let index = self.gprs.rcx as u32;
-        let event = if self.control().cr4 & crate::paging::CR4_OSXSAVE == 0 {
-            Some(crate::emulator::Exception::InvalidOpcode)
-        } else if self.cpl() != 0 || !self.xstate.set_xcr(index, value) {
-            Some(crate::emulator::Exception::GeneralProtection(0))
-        } else {
-            None
-        };
-        match event {
-            Some(e) => {
-                self.inject(Event::Exception(e));
-            }
-            None => {
+        let osxsave = self.control().cr4 & crate::paging::CR4_OSXSAVE != 0;
+        let cpl = self.cpl();
+        match self
+            .xstate
+            .xsetbv(self.gprs.rcx as u32, value, osxsave, cpl)
+        {
+            Ok(()) => {
                 let next = self.next_rip(3);
                 self.set_rip(next);
+            }
+            Err(e) => {
+                self.inject(Event::Exception(e));
             }
         }
     }

@@ -769,12 +769,16 @@ impl VmxVcpu {
     /// at the next entry).
     fn xsetbv(&mut self) {
         let value = (self.gprs.rdx << 32) | (self.gprs.rax & 0xffff_ffff);
-        if self.guest_cr4() & CR4_OSXSAVE == 0 {
-            self.inject(Event::Exception(Exception::InvalidOpcode));
-        } else if self.cpl() != 0 || !self.xstate.set_xcr(self.gprs.rcx as u32, value) {
-            self.inject(Event::Exception(Exception::GeneralProtection(0)));
-        } else {
-            self.skip_instruction();
+        let osxsave = self.guest_cr4() & CR4_OSXSAVE != 0;
+        let cpl = self.cpl();
+        match self
+            .xstate
+            .xsetbv(self.gprs.rcx as u32, value, osxsave, cpl)
+        {
+            Ok(()) => self.skip_instruction(),
+            Err(e) => {
+                self.inject(Event::Exception(e));
+            }
         }
     }
 

@@ -441,6 +441,28 @@ impl ExtendedState {
         true
     }
 
+    /// XSETBV by the guest, with the checks the CPU makes before it: #UD
+    /// without CR4.OSXSAVE (`osxsave`), #GP(0) outside CPL 0 or where
+    /// [`ExtendedState::set_xcr`] refuses `index` (ECX) or `value`
+    /// (EDX:EAX). `Ok` when XCR0 changed; the caller then moves RIP past
+    /// the instruction, or injects the exception.
+    pub fn xsetbv(
+        &mut self,
+        index: u32,
+        value: u64,
+        osxsave: bool,
+        cpl: u8,
+    ) -> Result<(), crate::emulator::Exception> {
+        use crate::emulator::Exception;
+        if !osxsave {
+            Err(Exception::InvalidOpcode)
+        } else if cpl != 0 || !self.set_xcr(index, value) {
+            Err(Exception::GeneralProtection(0))
+        } else {
+            Ok(())
+        }
+    }
+
     fn xstate_bv(&self) -> u64 {
         if self.model.xsave {
             self.guest.u64_at(XSTATE_BV_OFFSET)

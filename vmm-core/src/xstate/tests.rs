@@ -210,3 +210,25 @@ fn two_vcpus_never_share_an_area() {
     a.set_xmm(0, 0xa1a1);
     assert_eq!(b.xmm(0), 0);
 }
+
+#[test]
+fn xsetbv_checks_osxsave_then_cpl_then_the_value() {
+    use crate::emulator::Exception;
+    let mut state = ExtendedState::new(XstateModel::from_cpuid(cpu(XSAVE, 0x7)));
+    assert_eq!(state.xsetbv(0, 7, false, 0), Err(Exception::InvalidOpcode));
+    assert_eq!(
+        state.xsetbv(0, 7, true, 3),
+        Err(Exception::GeneralProtection(0))
+    );
+    assert_eq!(
+        state.xsetbv(1, 7, true, 0),
+        Err(Exception::GeneralProtection(0))
+    );
+    assert_eq!(
+        state.xsetbv(0, 5, true, 0),
+        Err(Exception::GeneralProtection(0))
+    );
+    assert_eq!(state.xcr0(), 1, "nothing refused changed XCR0");
+    assert_eq!(state.xsetbv(0, 7, true, 0), Ok(()));
+    assert_eq!(state.xcr0(), 7);
+}

@@ -14,34 +14,13 @@
 ; does not refuse CR0.NW without CR0.CD, so they are not tried here.)
 bits 16
 org 0
-
-%define LIN(x) (0xf0000 + (x))
+%include "pm32_entry.inc"
 count    equ 0x500
 skip     equ 0x504
 idt      equ 0x1000
 pd       equ 0x2000
 
-start:
-    jmp 0xf000:main
-main:
-    cli
-    xor ax, ax
-    mov ds, ax
-    mov ss, ax
-    mov sp, 0x7c00
-    cs lgdt [gdt_ptr]
-    mov eax, cr0
-    or al, 1
-    mov cr0, eax
-    jmp dword 0x08:LIN(pm32)
-
-bits 32
-pm32:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov esp, 0x7c00
+    PM32_ENTRY
     ; #GP gate (vector 13) to gp_handler.
     mov eax, LIN(gp_handler)
     mov word [idt + 13 * 8], ax
@@ -151,14 +130,7 @@ print_hex32:
     pop ecx
     ret
 
-    align 8
-gdt:
-    dq 0
-    dq 0x00cf9b000000ffff   ; 0x08: 32-bit code, flat
-    dq 0x00cf93000000ffff   ; 0x10: data, flat
-gdt_ptr:
-    dw gdt_ptr - gdt - 1
-    dd LIN(gdt)
+    PM32_GDT
 idt_ptr:
     dw 256 * 8 - 1
     dd idt
@@ -170,8 +142,4 @@ msg_mid:
 crlf:
     db 13, 10, 0
 
-    times 0xfff0 - ($ - $$) db 0
-bits 16
-reset:
-    jmp start
-    times 0x10000 - ($ - $$) db 0
+    RESET_VECTOR

@@ -9,16 +9,19 @@ use crate::console::{
     catch_quit_signals, quit_signalled, spawn_stdin_reader, ConsoleInput, RawTerminal,
     SerialConsole,
 };
+use crate::host_file::HostFileError;
 use crate::kvm::{self, KvmError, KvmVcpu};
-use crate::pc::{self, PcError};
+use crate::pc;
 use crate::LinuxHost;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use vmm_core::host::Host;
 use vmm_core::stats::ExitStats;
-use vmm_core::vcpu::{self, MsrFile, RunOutcome, Slice};
+use vmm_core::vcpu::{RunOutcome, Slice};
 use vmm_core::vm::StopReason;
+use vmm_devices::block::ImageError;
+use vmm_devices::pc::PcError;
 use vmm_devices::post_code::POST_PORT;
 
 /// The longest stretch the exit loop runs before looking at the quit key
@@ -115,8 +118,18 @@ impl Drop for DiskSyncs {
 pub enum RunError {
     /// KVM is unusable.
     Kvm(KvmError),
-    /// The machine could not be built.
-    Pc(PcError),
+    /// A firmware, kernel or initrd file could not be used.
+    File(HostFileError),
+    /// A CD or disk image could not be used.
+    Image(ImageError),
+    /// The machine refused its description; `file` names the host file
+    /// the problem is in, where there is one.
+    Machine {
+        /// The file (firmware or kernel) the error is about.
+        file: Option<String>,
+        /// What the machine said.
+        error: PcError,
+    },
     /// The serial output file could not be created.
     Serial {
         /// The file.
@@ -134,7 +147,13 @@ impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RunError::Kvm(e) => write!(f, "{e}"),
-            RunError::Pc(e) => write!(f, "{e}"),
+            RunError::File(e) => write!(f, "{e}"),
+            RunError::Image(e) => write!(f, "{e}"),
+            RunError::Machine {
+                file: Some(p),
+                error,
+            } => write!(f, "{p}: {error}"),
+            RunError::Machine { file: None, error } => write!(f, "{error}"),
             RunError::Serial { path, detail } => write!(f, "serial output {path}: {detail}"),
             RunError::Kick(e) => write!(f, "vCPU preemption timer: {e}"),
         }
@@ -180,11 +199,10 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             .with_preemption_timer()
             .map_err(|e| RunError::Kick(e.to_string()))?,
     );
-    let pc = pc::build(host.clone(), config, Box::new(com1)).map_err(RunError::Pc)?;
-    let (mut vm, interrupts) = (pc.vm, pc.interrupts);
-    let mut disks = DiskSyncs(pc.disks);
-    let mut vcpu = KvmVcpu::new(&mut vm).map_err(RunError::Kvm)?;
-    if let Some(entry) = &pc.entry {
+    let (mut pc, syncs) = pc::build(host.clone(), config, Box::new(com1))?;
+    let mut disks = DiskSyncs(syncs);
+    let mut vcpu = KvmVcpu::new(pc.vm_mut()).map_err(RunError::Kvm)?;
+    if let Some(entry) = pc.entry() {
         vcpu.set_entry_state(entry);
     }
     if options.posted_writes {
@@ -192,16 +210,13 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         // for each one.
         vcpu.post_port_writes(POST_PORT, 1).map_err(RunError::Kvm)?;
     }
-    let mut msrs = MsrFile::default();
     let started = std::time::Instant::now();
     let ending = loop {
         let slice = Slice {
             max_exits: u64::MAX,
             until_ns: Some(host.now_ns().saturating_add(SLICE_NS)),
         };
-        if let RunOutcome::Stopped(reason) =
-            vcpu::run(&mut vcpu, &mut vm, &interrupts, &mut msrs, slice)
-        {
+        if let RunOutcome::Stopped(reason) = pc.run(&mut vcpu, slice) {
             break Ending::Stopped(reason);
         }
         if input.as_ref().is_some_and(|i| i.quit_requested()) {
@@ -219,8 +234,8 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     drop(vcpu);
     Ok(Report {
         ending,
-        stats: vm.stats().clone(),
-        devices: vm.devices().report().to_string(),
+        stats: pc.vm().stats().clone(),
+        devices: pc.vm().devices().report().to_string(),
         elapsed,
         posted_writes,
         assists,

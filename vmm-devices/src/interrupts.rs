@@ -161,3 +161,16 @@ impl CpuInterrupts {
         &self.pic
     }
 }
+
+/// The exit loop asks a PC's vCPU interrupts through this.
+impl vmm_core::vcpu::InterruptSource for CpuInterrupts {
+    fn pending(&self) -> bool {
+        CpuInterrupts::pending(self).is_some()
+    }
+    fn acknowledge(&self) -> Option<u8> {
+        CpuInterrupts::acknowledge(self)
+    }
+    fn take_nmi(&self) -> bool {
+        CpuInterrupts::take_nmi(self)
+    }
+}

@@ -18,6 +18,7 @@ pub mod ide;
 pub mod interrupts;
 pub mod ioapic;
 pub mod lapic;
+pub mod pc;
 pub mod pci;
 pub mod pic;
 pub mod pit;

@@ -14,6 +14,7 @@ use vmm_core::svm::{Svm, SvmVcpu};
 use vmm_core::vcpu::{self, InterruptSource, MsrFile, RunOutcome, Slice};
 use vmm_core::vm::Vm;
 use vmm_core::vmx::{Vmx, VmxVcpu};
+use vmm_devices::pc::Pc;
 
 /// Virtualization switched on for this CPU.
 pub enum Backend {
@@ -121,6 +122,14 @@ impl Vcpu {
         match self {
             Vcpu::Svm(v) => vcpu::run(v.as_mut(), vm, interrupts, msrs, slice),
             Vcpu::Vmx(v) => vcpu::run(v.as_mut(), vm, interrupts, msrs, slice),
+        }
+    }
+
+    /// Run `pc` on this vCPU.
+    pub fn run_pc(&mut self, pc: &mut Pc, slice: Slice) -> RunOutcome {
+        match self {
+            Vcpu::Svm(v) => pc.run(v.as_mut(), slice),
+            Vcpu::Vmx(v) => pc.run(v.as_mut(), slice),
         }
     }
 

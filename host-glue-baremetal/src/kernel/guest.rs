@@ -3,7 +3,6 @@
 //! controller with a 1 MiB scratch disk whose first sector starts "DISK").
 
 use super::console::GuestConsole;
-use super::pc::PcInterrupts;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
@@ -110,7 +109,7 @@ pub fn build_with_timer(
     id: u32,
     ram: u64,
     image: &[u8],
-) -> Result<(Vm, PcInterrupts), String> {
+) -> Result<(Vm, CpuInterrupts), String> {
     let mut vm = build(host, id, ram, image)?;
     let pic = PicPair::new();
     let isa = IsaInterrupts::new(pic.clone(), None);
@@ -128,8 +127,5 @@ pub fn build_with_timer(
         vm.claim_ports(pit, first, count)
             .map_err(|e| format!("{e}"))?;
     }
-    Ok((
-        vm,
-        PcInterrupts(CpuInterrupts::new(LapicCore::new_bsp(), pic)),
-    ))
+    Ok((vm, CpuInterrupts::new(LapicCore::new_bsp(), pic)))
 }

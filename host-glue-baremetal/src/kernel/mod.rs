@@ -29,6 +29,7 @@ use vmm_core::emulator::Segment;
 use vmm_core::host::Host;
 use vmm_core::vcpu::{InterruptSource, MsrFile, NoInterrupts, RunOutcome, Slice};
 use vmm_core::vm::{StopReason, Vm};
+use vmm_devices::pc::Pc;
 
 fn level_filter(l: LogLevel) -> log::LevelFilter {
     match l {
@@ -147,7 +148,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     });
     let mut guests = Vec::new();
     for i in 0..config.vms {
-        let (name, mut vm, interrupts): (&str, Vm, Box<dyn InterruptSource>) = match pc_bios {
+        let (name, mut machine): (&str, Machine) = match pc_bios {
             Some(bios) => match pc::build(
                 host.clone(),
                 i,
@@ -156,44 +157,51 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 find("cdrom"),
                 config.bios_debug,
             ) {
-                Ok((vm, irq)) => ("pc", vm, Box::new(irq)),
+                Ok(pc) => ("pc", Machine::Pc(Box::new(pc))),
                 Err(e) => fail(format_args!("VM {i} (pc): {e}")),
             },
             None => {
                 let (name, image) = programs[(i as usize).min(programs.len() - 1)];
-                if name.starts_with("pc_") {
+                let built = if name.starts_with("pc_") {
                     // A guest program as the firmware of a whole PC
                     // (interrupt controllers, timers, fw_cfg, ...), no CD.
-                    match pc::build(host.clone(), i, config.guest_mem, image, None, false) {
-                        Ok((vm, irq)) => (name, vm, Box::new(irq)),
-                        Err(e) => fail(format_args!("VM {i} ({name}): {e}")),
-                    }
+                    pc::build(host.clone(), i, config.guest_mem, image, None, false)
+                        .map(|pc| Machine::Pc(Box::new(pc)))
+                        .map_err(|e| e.to_string())
                 } else if name.starts_with("irq_") {
-                    match guest::build_with_timer(host.clone(), i, config.guest_mem, image) {
-                        Ok((vm, irq)) => (name, vm, Box::new(irq)),
-                        Err(e) => fail(format_args!("VM {i} ({name}): {e}")),
-                    }
+                    guest::build_with_timer(host.clone(), i, config.guest_mem, image).map(
+                        |(vm, irq)| Machine::Program {
+                            vm: Box::new(vm),
+                            interrupts: Box::new(irq),
+                        },
+                    )
                 } else {
-                    match guest::build(host.clone(), i, config.guest_mem, image) {
-                        Ok(vm) => (name, vm, Box::new(NoInterrupts)),
-                        Err(e) => fail(format_args!("VM {i} ({name}): {e}")),
-                    }
+                    guest::build(host.clone(), i, config.guest_mem, image).map(|vm| {
+                        Machine::Program {
+                            vm: Box::new(vm),
+                            interrupts: Box::new(NoInterrupts),
+                        }
+                    })
+                };
+                match built {
+                    Ok(m) => (name, m),
+                    Err(e) => fail(format_args!("VM {i} ({name}): {e}")),
                 }
             }
         };
-        let interrupts = match &shared_device {
-            Some(device) => match device.attach(&mut vm) {
+        if let Some(device) = &shared_device {
+            match (device.attach(machine.vm_mut()), &mut machine) {
                 // A guest program has no interrupt controller: it gets the
                 // card's interrupt as a vector of its own.
-                Ok(line) if pc_bios.is_none() => line,
-                Ok(_) => interrupts,
-                Err(e) => fail(format_args!("VM {i}: passthrough: {e}")),
-            },
-            None => interrupts,
-        };
+                (Ok(line), Machine::Program { interrupts, .. }) => *interrupts = line,
+                (Ok(_), Machine::Pc(_)) => {}
+                (Err(e), _) => fail(format_args!("VM {i}: passthrough: {e}")),
+            }
+        }
+        let vm = machine.vm();
         let vcpu = match match config.paging {
-            PagingChoice::Nested => backend.vcpu(&vm, i + 1),
-            PagingChoice::Shadow => backend.shadow_vcpu(&vm, i + 1),
+            PagingChoice::Nested => backend.vcpu(vm, i + 1),
+            PagingChoice::Shadow => backend.shadow_vcpu(vm, i + 1),
         } {
             Ok(v) => v,
             Err(e) => fail(format_args!("VM {i}: vCPU: {e}")),
@@ -205,9 +213,8 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         );
         guests.push(Guest {
             name,
-            vm,
+            machine,
             vcpu,
-            interrupts,
             msrs: MsrFile::with_wall_clock(pc::RTC_EPOCH as u64),
             stopped: None,
         });
@@ -225,12 +232,16 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 max_exits: 10_000,
                 until_ns: Some(time::now_ns() + 10_000_000),
             };
-            if let RunOutcome::Stopped(reason) =
-                g.vcpu.run(&mut g.vm, &*g.interrupts, &mut g.msrs, slice)
-            {
-                log::info!("VM {} stopped: {reason}", g.vm.id().0);
+            let outcome = match &mut g.machine {
+                Machine::Pc(pc) => g.vcpu.run_pc(pc, slice),
+                Machine::Program { vm, interrupts } => {
+                    g.vcpu.run(vm, &**interrupts, &mut g.msrs, slice)
+                }
+            };
+            if let RunOutcome::Stopped(reason) = outcome {
+                log::info!("VM {} stopped: {reason}", g.machine.vm().id().0);
                 if let Some(device) = &shared_device {
-                    device.guest_stopped(&g.vm);
+                    device.guest_stopped(g.machine.vm());
                 }
                 g.stopped = Some(reason);
             }
@@ -241,16 +252,16 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 let cs = g.vcpu.segment(Segment::Cs);
                 log::debug!(
                     "VM {}: cs {:#x} (base {:#x}) rip {:#x}, rflags {:#x}, {}",
-                    g.vm.id().0,
+                    g.machine.vm().id().0,
                     cs.selector,
                     cs.base,
                     g.vcpu.rip(),
                     g.vcpu.rflags(),
-                    g.vm.stats().to_string().replace('\n', " ")
+                    g.machine.vm().stats().to_string().replace('\n', " ")
                 );
-                let report = g.vm.devices().report().to_string();
+                let report = g.machine.vm().devices().report().to_string();
                 for line in report.lines().skip(1).take(3) {
-                    log::debug!("VM {}: {}", g.vm.id().0, line.trim());
+                    log::debug!("VM {}: {}", g.machine.vm().id().0, line.trim());
                 }
             }
         }
@@ -261,13 +272,16 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         let reason = g.stopped.as_ref().map_or(String::new(), |r| r.to_string());
         let well = g.stopped == Some(StopReason::PowerOff);
         all_well &= well;
-        kprintln!("vm {} ({}): {}", g.vm.id().0, g.name, reason);
-        kprint!("{}", g.vm.stats());
+        kprintln!("vm {} ({}): {}", g.machine.vm().id().0, g.name, reason);
+        kprint!("{}", g.machine.vm().stats());
         if let Some(shadow) = g.vcpu.shadow_stats() {
             kprintln!("{shadow}");
         }
-        kprint!("{}", g.vm.devices().report());
-        if let Some(line) = shared_device.as_ref().and_then(|d| d.report(&g.vm)) {
+        kprint!("{}", g.machine.vm().devices().report());
+        if let Some(line) = shared_device
+            .as_ref()
+            .and_then(|d| d.report(g.machine.vm()))
+        {
             kprintln!("{line}");
         }
     }
@@ -289,11 +303,40 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
 /// One VM and its vCPU.
 struct Guest<'a> {
     name: &'a str,
-    vm: Vm,
+    machine: Machine,
     vcpu: backend::Vcpu,
-    interrupts: Box<dyn InterruptSource>,
+    /// A guest program's MSR file (a PC keeps its own).
     msrs: MsrFile,
     stopped: Option<StopReason>,
+}
+
+/// What a VM is: a whole PC, or a guest program on a few devices.
+enum Machine {
+    /// The library's PC.
+    Pc(Box<Pc>),
+    /// A test program as firmware, with what it needs of a PC.
+    Program {
+        /// The VM.
+        vm: Box<Vm>,
+        /// Where its vCPU's interrupts come from.
+        interrupts: Box<dyn InterruptSource>,
+    },
+}
+
+impl Machine {
+    fn vm(&self) -> &Vm {
+        match self {
+            Machine::Pc(pc) => pc.vm(),
+            Machine::Program { vm, .. } => vm,
+        }
+    }
+
+    fn vm_mut(&mut self) -> &mut Vm {
+        match self {
+            Machine::Pc(pc) => pc.vm_mut(),
+            Machine::Program { vm, .. } => vm,
+        }
+    }
 }
 
 fn yes(b: bool) -> &'static str {

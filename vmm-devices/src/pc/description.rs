@@ -1,0 +1,52 @@
+//! What a PC is built from: one plain description, filled in by the host
+//! from its own sources (files, boot modules, a test's buffers).
+
+use crate::block::BlockBackend;
+use crate::rtc::BootDevice;
+use crate::uart::CharBackend;
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use vmm_core::vm::VmId;
+
+/// A kernel to boot directly with the Linux 64-bit boot protocol, instead
+/// of starting the firmware at the reset vector.
+pub struct DirectBoot<'a> {
+    /// The bzImage.
+    pub image: &'a [u8],
+    /// The initrd (initramfs), if any.
+    pub initrd: Option<&'a [u8]>,
+    /// The kernel command line.
+    pub cmdline: &'a str,
+}
+
+/// Everything that makes one PC: its size, firmware, media and the host
+/// sides of its consoles. The host supplies the parts only it can (memory
+/// comes from the `Host` given to [`super::Pc::build`]); everything else,
+/// from the chipset to fw_cfg, the machine assembles the same way on every
+/// host.
+pub struct PcDescription<'a> {
+    /// The VM's identity (tags its log lines and its TLB entries).
+    pub id: VmId,
+    /// Bytes of guest RAM, at most [`super::MAX_RAM`].
+    pub ram: u64,
+    /// The firmware image (SeaBIOS, or any image with a reset vector in
+    /// its last 16 bytes), mapped below 4 GiB and at 0xE0000.
+    pub firmware: &'a [u8],
+    /// The CD-ROM drive's medium (the secondary master drive is always
+    /// there; `None` is an empty tray).
+    pub cdrom: Option<Box<dyn BlockBackend>>,
+    /// The hard disk (primary master), if any.
+    pub disk: Option<Box<dyn BlockBackend>>,
+    /// Boot order, first tried first; devices without a medium are left
+    /// out of the firmware's list.
+    pub boot: Vec<BootDevice>,
+    /// COM1's host side.
+    pub com1: Box<dyn CharBackend>,
+    /// The debug console's host side (ports 0xe9 and 0x402), if wanted.
+    pub debug_console: Option<Box<dyn CharBackend>>,
+    /// Unix time when the host clock (`Host::now_ns`) read 0: the RTC's and
+    /// the paravirtual wall clock's "now".
+    pub unix_seconds_at_host_zero: i64,
+    /// A kernel to boot directly, if any.
+    pub direct_boot: Option<DirectBoot<'a>>,
+}

@@ -1,0 +1,234 @@
+//! One PC, assembled the same way on every host: RAM with the VGA hole, the
+//! firmware, the i440FX/PIIX chipset ([`crate::platform`]), the PIIX3 IDE
+//! controller at 00:01.1 with a CD-ROM drive and an optional disk, SeaBIOS's
+//! fw_cfg, and (optionally) a kernel booted directly. [`Pc`] owns the VM,
+//! its devices, the vCPU's interrupt inputs and its MSR file, and runs it a
+//! slice at a time on any [`VcpuBackend`].
+//!
+//! A host supplies only what is its own: memory and time (its
+//! [`vmm_core::host::Host`]), the media and console backends, and the
+//! vCPU backend. The machine lives here, beside the devices it wires,
+//! because it is their composition; it depends on `vmm-bios` for the
+//! firmware side (image mapping, fw_cfg, ACPI, the Linux loader).
+
+mod description;
+mod direct_boot;
+mod error;
+mod firmware;
+#[cfg(test)]
+mod tests;
+
+pub use description::{DirectBoot, PcDescription};
+pub use error::PcError;
+pub use firmware::{check as check_firmware, MIN_PAM_IMAGE};
+
+use crate::ide::{Drive, IdeSlot, Piix3Ide};
+use crate::interrupts::CpuInterrupts;
+use crate::pci::i440fx::BiosRom;
+use crate::pci::PciBus;
+use crate::platform::{PcChipset, PcConfig, VGA_GRAPHICS_WINDOW};
+use crate::rtc::BootDevice;
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use vmm_bios::bios_image::load_bios;
+use vmm_bios::boot_order::{BootOrder, IdeDrive};
+use vmm_bios::entry::EntryState;
+use vmm_bios::fw_cfg::FwCfg;
+use vmm_bios::seabios::{seabios_fw_cfg, SeabiosConfig};
+use vmm_core::device::DeviceId;
+use vmm_core::host::Host;
+use vmm_core::memory::{BlockId, GuestMemory};
+use vmm_core::vcpu::{self, MsrFile, RunOutcome, Slice, VcpuBackend};
+use vmm_core::vm::Vm;
+
+/// The least RAM a PC takes: the low 1 MiB and room for the firmware's
+/// own use above it.
+pub const MIN_RAM: u64 = 2 << 20;
+/// The most RAM a PC takes: all of it sits below the PCI hole at 3 GiB.
+pub const MAX_RAM: u64 = 3 << 30;
+
+/// Where QEMU's PIIX4 puts the ACPI PM block; the FADT says the same, and a
+/// guest without a BIOS finds it there from power-on.
+pub const ACPI_PM_BASE: u16 = 0x600;
+
+/// The PCI slot and function of the PIIX3 IDE controller.
+pub const IDE_PCI: (u8, u8) = (1, 1);
+
+/// The CD-ROM drive: secondary master, as on QEMU's PC.
+const CDROM: IdeDrive = IdeDrive {
+    channel: 1,
+    unit: 0,
+    cdrom: true,
+};
+/// The disk: primary master.
+const DISK: IdeDrive = IdeDrive {
+    channel: 0,
+    unit: 0,
+    cdrom: false,
+};
+
+/// A built PC: the VM with every device, ready to run on a vCPU backend.
+pub struct Pc {
+    vm: Vm,
+    interrupts: CpuInterrupts,
+    msrs: MsrFile,
+    entry: Option<EntryState>,
+    chipset: PcChipset,
+    ram_block: BlockId,
+}
+
+impl Pc {
+    /// Build the PC `desc` describes, with guest RAM from `host`.
+    pub fn build(host: Arc<dyn Host>, desc: PcDescription<'_>) -> Result<Self, PcError> {
+        if !(MIN_RAM..=MAX_RAM).contains(&desc.ram) {
+            return Err(PcError::RamSize {
+                bytes: desc.ram,
+                min: MIN_RAM,
+                max: MAX_RAM,
+            });
+        }
+        let mut memory = GuestMemory::new();
+        let ram_block = host
+            .alloc_memory(desc.ram as usize, 2 << 20)
+            .map_err(PcError::Ram)?;
+        let ram_block = memory.add_ram(0, ram_block)?;
+        memory.unmap(VGA_GRAPHICS_WINDOW.0, VGA_GRAPHICS_WINDOW.1)?;
+        let bios = load_bios(&mut memory, &*host, &firmware::padded(desc.firmware))
+            .map_err(PcError::Firmware)?;
+        let mut vm = Vm::new(desc.id, host, memory);
+
+        let has_cdrom = desc.cdrom.is_some();
+        let has_disk = desc.disk.is_some();
+        let chipset = PcChipset::install(
+            &mut vm,
+            PcConfig {
+                ram: ram_block,
+                ram_below_4g: desc.ram,
+                ram_above_4g: 0,
+                bios: bios
+                    .pam_window()
+                    .map(|(block, offset)| BiosRom { block, offset }),
+                pam_power_on: desc.direct_boot.as_ref().map(|_| direct_boot::PAM_RAM),
+                com1: desc.com1,
+                debug_console: desc.debug_console,
+                rtc_unix_seconds_at_host_zero: desc.unix_seconds_at_host_zero,
+                boot_order: desc.boot.clone(),
+                cpus: 1,
+                acpi_pm_base: ACPI_PM_BASE,
+                acpi_pm_on_pci: true,
+            },
+        )?;
+        add_ide(&mut vm, &chipset, desc.cdrom, desc.disk)?;
+
+        let drives = desc
+            .boot
+            .iter()
+            .filter_map(|b| match b {
+                BootDevice::Cdrom if has_cdrom => Some(CDROM),
+                BootDevice::HardDisk if has_disk => Some(DISK),
+                _ => None,
+            })
+            .collect();
+        let order = BootOrder {
+            ide_pci: IDE_PCI,
+            drives,
+        };
+        let fw_cfg = FwCfg::new(seabios_fw_cfg(vm.memory(), &SeabiosConfig::new(1, order))?);
+        let ports = fw_cfg.port_ranges();
+        let dev = vm.add_device(Box::new(fw_cfg))?;
+        for (first, count) in ports {
+            vm.claim_ports(dev, first, count)?;
+        }
+
+        let entry = match &desc.direct_boot {
+            Some(kernel) => Some(direct_boot::load(&mut vm, ram_block, desc.ram, kernel)?),
+            None => None,
+        };
+        let msrs = MsrFile::with_wall_clock(desc.unix_seconds_at_host_zero.max(0) as u64);
+        Ok(Self {
+            vm,
+            interrupts: chipset.cpu.clone(),
+            msrs,
+            entry,
+            chipset,
+            ram_block,
+        })
+    }
+
+    /// Run the PC on `vcpu` for at most `slice`: until it stops (it will
+    /// not run again) or the slice ends (call again to go on).
+    pub fn run<B: VcpuBackend>(&mut self, vcpu: &mut B, slice: Slice) -> RunOutcome {
+        vcpu::run(vcpu, &mut self.vm, &self.interrupts, &mut self.msrs, slice)
+    }
+
+    /// The VM: memory, devices, statistics.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// The VM, to create a vCPU for it or attach more devices (a
+    /// passthrough device, say) before it runs.
+    pub fn vm_mut(&mut self) -> &mut Vm {
+        &mut self.vm
+    }
+
+    /// With direct kernel boot, the CPU state the kernel starts in (the
+    /// host sets its vCPU to it before the first run); otherwise `None`,
+    /// and the vCPU starts at the reset vector, in the firmware.
+    pub fn entry(&self) -> Option<&EntryState> {
+        self.entry.as_ref()
+    }
+
+    /// The vCPU's interrupt inputs (local APIC and PIC).
+    pub fn interrupts(&self) -> &CpuInterrupts {
+        &self.interrupts
+    }
+
+    /// The chipset's handles: ISA and IOAPIC lines, PCI INTx routing, and
+    /// the ids of COM1, the i8042, the PCI bus, the RTC and the POST port.
+    pub fn chipset(&self) -> &PcChipset {
+        &self.chipset
+    }
+
+    /// The guest RAM block (mapped at guest-physical 0).
+    pub fn ram_block(&self) -> BlockId {
+        self.ram_block
+    }
+
+    /// The PCI bus device's id.
+    pub fn pci_bus(&self) -> DeviceId {
+        self.chipset.pci_bus
+    }
+}
+
+/// The PIIX3 IDE function at 00:01.1: the CD-ROM drive (always there, with
+/// `cdrom` as its medium) on the secondary master, `disk` on the primary
+/// master.
+fn add_ide(
+    vm: &mut Vm,
+    chipset: &PcChipset,
+    cdrom: Option<Box<dyn crate::block::BlockBackend>>,
+    disk: Option<Box<dyn crate::block::BlockBackend>>,
+) -> Result<(), PcError> {
+    let mut ide = Piix3Ide::new(
+        Box::new(chipset.isa.line(14)),
+        Box::new(chipset.isa.line(15)),
+    );
+    let drive_err = |drive| move |error| PcError::Drive { drive, error };
+    let cd = Drive::cdrom(cdrom).map_err(drive_err("CD-ROM"))?;
+    ide.controller_mut()
+        .attach(IdeSlot::SecondaryMaster, cd)
+        .map_err(drive_err("CD-ROM"))?;
+    if let Some(image) = disk {
+        let disk = Drive::disk(image).map_err(drive_err("disk"))?;
+        ide.controller_mut()
+            .attach(IdeSlot::PrimaryMaster, disk)
+            .map_err(drive_err("disk"))?;
+    }
+    let bus: Option<&mut PciBus> = vm.devices_mut().device_mut::<PciBus>(chipset.pci_bus);
+    match bus {
+        Some(bus) => bus.add(IDE_PCI.0, IDE_PCI.1, Box::new(ide))?,
+        None => return Err(PcError::MissingPciBus),
+    }
+    Ok(())
+}

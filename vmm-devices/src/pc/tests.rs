@@ -1,0 +1,169 @@
+//! The whole PC built on the test host, and asked through its ports as
+//! firmware would ask it.
+
+use super::*;
+use crate::block::{MemoryImage, CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
+use crate::uart::BufferBackend;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use vmm_core::test_host::TestHost;
+use vmm_core::vm::VmId;
+
+/// A 64 KiB firmware: HLTs, with a far jump at the reset vector.
+fn firmware() -> Vec<u8> {
+    let mut image = vec![0xf4; 64 << 10];
+    let reset = image.len() - 16;
+    image[reset..reset + 5].copy_from_slice(&[0xea, 0x00, 0x00, 0x00, 0xf0]);
+    image
+}
+
+fn describe(fw: &[u8], ram: u64) -> PcDescription<'_> {
+    PcDescription {
+        id: VmId(7),
+        ram,
+        firmware: fw,
+        cdrom: None,
+        disk: None,
+        boot: vec![BootDevice::Cdrom, BootDevice::HardDisk],
+        com1: Box::new(BufferBackend::new()),
+        debug_console: None,
+        unix_seconds_at_host_zero: 1_767_225_600,
+        direct_boot: None,
+    }
+}
+
+fn build(desc: PcDescription<'_>) -> Pc {
+    match Pc::build(Arc::new(TestHost::new()), desc) {
+        Ok(pc) => pc,
+        Err(e) => panic!("the PC was not built: {e}"),
+    }
+}
+
+fn cmos(pc: &mut Pc, index: u8) -> u8 {
+    pc.vm_mut().port_write(0x70, &[index]);
+    let mut v = [0u8];
+    pc.vm_mut().port_read(0x71, &mut v);
+    v[0]
+}
+
+fn pci_read32(pc: &mut Pc, slot: u8, func: u8, reg: u8) -> u32 {
+    let address = 0x8000_0000u32 | u32::from(slot) << 11 | u32::from(func) << 8 | u32::from(reg);
+    pc.vm_mut().port_write(0xcf8, &address.to_le_bytes());
+    let mut v = [0u8; 4];
+    pc.vm_mut().port_read(0xcfc, &mut v);
+    u32::from_le_bytes(v)
+}
+
+/// The bytes of fw_cfg item `key`, read through the selector and data
+/// ports as SeaBIOS's PIO path does.
+fn fw_cfg_item(pc: &mut Pc, key: u16, len: usize) -> Vec<u8> {
+    pc.vm_mut().port_write(0x510, &key.to_le_bytes());
+    let mut out = vec![0u8; len];
+    for b in out.iter_mut() {
+        let mut v = [0u8];
+        pc.vm_mut().port_read(0x511, &mut v);
+        *b = v[0];
+    }
+    out
+}
+
+/// The fw_cfg file `name`, found in the file directory (key 0x19).
+fn fw_cfg_file(pc: &mut Pc, name: &str) -> Option<Vec<u8>> {
+    let count = u32::from_be_bytes(fw_cfg_item(pc, 0x19, 4).try_into().ok()?) as usize;
+    let dir = fw_cfg_item(pc, 0x19, 4 + count * 64);
+    for entry in dir[4..].chunks(64) {
+        let size = u32::from_be_bytes(entry[0..4].try_into().ok()?) as usize;
+        let key = u16::from_be_bytes(entry[4..6].try_into().ok()?);
+        let end = entry[8..].iter().position(|&b| b == 0).unwrap_or(56);
+        if &entry[8..8 + end] == name.as_bytes() {
+            return Some(fw_cfg_item(pc, key, size));
+        }
+    }
+    None
+}
+
+#[test]
+fn firmware_sees_a_whole_pc() {
+    let fw = firmware();
+    let mut pc = build(describe(&fw, 64 << 20));
+    // CMOS 0x34/0x35: RAM above 16 MiB in 64 KiB units.
+    let above_16m = u16::from(cmos(&mut pc, 0x34)) | u16::from(cmos(&mut pc, 0x35)) << 8;
+    assert_eq!(u64::from(above_16m) << 16, (64 - 16) << 20);
+    // The host bridge, the ISA bridge, the IDE function and the PM function.
+    assert_eq!(pci_read32(&mut pc, 0, 0, 0), 0x1237_8086);
+    assert_eq!(pci_read32(&mut pc, 1, 0, 0), 0x7000_8086);
+    assert_eq!(pci_read32(&mut pc, 1, 1, 0), 0x7010_8086);
+    assert_eq!(pci_read32(&mut pc, 1, 3, 0), 0x7113_8086);
+    // fw_cfg answers with its signature and the RAM size.
+    assert_eq!(fw_cfg_item(&mut pc, 0, 4), b"QEMU");
+    // The reset vector is the firmware's, at 0xFFFFFFF0 and 0xFFFF0.
+    let mut top = [0u8; 5];
+    pc.vm_mut().guest_read(0xffff_fff0, &mut top);
+    assert_eq!(top, [0xea, 0x00, 0x00, 0x00, 0xf0]);
+    let mut low = [0u8; 5];
+    pc.vm_mut().guest_read(0xf_fff0, &mut low);
+    assert_eq!(low, top);
+    assert!(
+        pc.entry().is_none(),
+        "no kernel: the vCPU starts in the firmware"
+    );
+}
+
+#[test]
+fn the_boot_order_names_only_drives_with_media() {
+    let fw = firmware();
+    let iso = vec![0u8; 32 * CD_SECTOR_SIZE];
+    let mut desc = describe(&fw, 32 << 20);
+    desc.cdrom = Some(Box::new(
+        MemoryImage::read_only("cd", iso, CD_SECTOR_SIZE).unwrap(),
+    ));
+    let mut pc = build(desc);
+    let order = String::from_utf8(fw_cfg_file(&mut pc, "bootorder").unwrap()).unwrap();
+    assert!(order.contains("/drive@1/disk@0"), "{order}");
+    assert!(!order.contains("/drive@0/"), "no disk, yet: {order}");
+
+    let mut desc = describe(&fw, 32 << 20);
+    desc.boot = vec![BootDevice::HardDisk, BootDevice::Cdrom];
+    desc.disk = Some(Box::new(
+        MemoryImage::writable("disk", vec![0; 64 * DISK_SECTOR_SIZE], DISK_SECTOR_SIZE).unwrap(),
+    ));
+    let mut pc = build(desc);
+    let order = String::from_utf8(fw_cfg_file(&mut pc, "bootorder").unwrap()).unwrap();
+    assert!(
+        order.starts_with("/pci@i0cf8/ide@1,1/drive@0/disk@0"),
+        "{order}"
+    );
+    assert!(
+        !order.contains("/drive@1/"),
+        "the CD tray is empty: {order}"
+    );
+}
+
+#[test]
+fn ram_outside_what_the_pc_takes_is_refused_before_anything_is_allocated() {
+    let fw = firmware();
+    let host = Arc::new(TestHost::new());
+    for ram in [1 << 20, MAX_RAM + (1 << 20)] {
+        let e = Pc::build(host.clone(), describe(&fw, ram)).err().unwrap();
+        assert!(
+            matches!(e, PcError::RamSize { bytes, .. } if bytes == ram),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("3072 MiB"), "{e}");
+    }
+    assert_eq!(host.allocated(), 0);
+}
+
+#[test]
+fn a_firmware_image_without_a_reset_vector_is_refused() {
+    let fw = vec![0u8; 64 << 10];
+    let e = Pc::build(Arc::new(TestHost::new()), describe(&fw, 16 << 20))
+        .err()
+        .unwrap();
+    assert!(matches!(e, PcError::Firmware(_)), "{e:?}");
+    let e = Pc::build(Arc::new(TestHost::new()), describe(&[], 16 << 20))
+        .err()
+        .unwrap();
+    assert!(matches!(e, PcError::Firmware(_)), "{e:?}");
+}

@@ -14,8 +14,8 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
-use vmm_core::dmm::ne2000::{Ne2000Layout, Ne2000Monitor, NE2000_PORTS};
-use vmm_core::dmm::piix_ide::{PiixIdeMonitor, BUS_MASTER_PORTS};
+use vmm_devices::dmm::ne2000::{Ne2000Layout, Ne2000Monitor, NE2000_PORTS};
+use vmm_devices::dmm::piix_ide::{PiixIdeMonitor, BUS_MASTER_PORTS};
 use vmm_core::dmm::{Dmm, PassthroughDevice, PortEvent, PortWindow, RecordingPorts};
 use vmm_core::host::{Host, HostMemory, HostPhysAddr};
 use vmm_core::memory::{GuestMemory, RegionKind};

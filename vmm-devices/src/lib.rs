@@ -13,6 +13,7 @@ pub mod a20;
 pub mod acpi_pm;
 pub mod block;
 pub mod debug_console;
+pub mod dmm;
 pub mod i8042;
 pub mod ide;
 pub mod interrupts;

@@ -23,13 +23,13 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, Ordering};
 use host_glue_baremetal::cmdline::PassthroughKind;
-use vmm_core::dmm::ne2000::{Ne2000Layout, Ne2000Monitor, NE2000_PORTS};
-use vmm_core::dmm::piix_ide::{PiixIdeMonitor, BUS_MASTER_PORTS};
 use vmm_core::dmm::Monitor;
 use vmm_core::dmm::{Dmm, PassthroughDevice, PhysicalPorts, PortWindow, SharedDmm};
 use vmm_core::irq::IrqLine;
 use vmm_core::vcpu::InterruptSource;
 use vmm_core::vm::Vm;
+use vmm_devices::dmm::ne2000::{Ne2000Layout, Ne2000Monitor, NE2000_PORTS};
+use vmm_devices::dmm::piix_ide::{PiixIdeMonitor, BUS_MASTER_PORTS};
 
 /// Where QEMU's `ne2k_isa` sits by default.
 pub const NE2K_BASE: u16 = 0x300;

@@ -27,18 +27,15 @@
 //! Port I/O only: memory-mapped device registers are out of scope, as in the
 //! original model.
 //!
-//! Device models: [`ne2000::Ne2000Monitor`] (ISA NE2000: remote DMA, receive
-//! ring, transmit buffer, all in the card's own memory) and
-//! [`piix_ide::PiixIdeMonitor`] (PIIX IDE bus-master DMA: PRD tables of
-//! physical addresses).
+//! This module is the framework; the monitors of particular devices (the
+//! ISA NE2000 and PIIX IDE bus-master DMA) live with the other device
+//! knowledge, in `vmm-devices` (`vmm_devices::dmm`).
 
 #![forbid(unsafe_code)]
 
 mod direct_ports;
 mod monitor;
-pub mod ne2000;
 mod passthrough;
-pub mod piix_ide;
 mod recording_ports;
 
 pub use direct_ports::DirectPorts;

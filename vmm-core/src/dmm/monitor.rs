@@ -148,7 +148,7 @@ pub struct MonitorIo<'a, 'm> {
 /// One guest's model of a passed-through device: the state machine of the
 /// device as this guest drives it, its checking function, and the hooked
 /// I/O list that goes with the state. Each device type supplies one
-/// ([`super::ne2000::Ne2000Monitor`], [`super::piix_ide::PiixIdeMonitor`]).
+/// (`vmm_devices::dmm` has the NE2000's and the PIIX IDE bus master's).
 ///
 /// A monitor is only called while its guest holds the device.
 pub trait Monitor: Send + 'static {

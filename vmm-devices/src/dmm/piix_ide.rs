@@ -30,12 +30,12 @@
 //! the channel's drives (SRST), which would otherwise wait forever for the
 //! transfer they were told to make.
 
-use super::monitor::{HwPorts, Monitor, MonitorIo};
-use crate::dma::{CheckedStateMachine, DmaDirection, DmaGuard, DmaRange, StateModel};
-use crate::host::HostMemory;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
+use vmm_core::dma::{CheckedStateMachine, DmaDirection, DmaGuard, DmaRange, StateModel};
+use vmm_core::dmm::{HwPorts, Monitor, MonitorIo};
+use vmm_core::host::HostMemory;
 
 /// Ports of one channel's bus-master block.
 pub const BUS_MASTER_PORTS: u16 = 8;

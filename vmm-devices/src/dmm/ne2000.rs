@@ -29,8 +29,8 @@
 //! data port dead (all-ones); a denied transmit reports a transmit error
 //! (ISR.TXE, TSR.ABT), as the card does when a send fails.
 
-use super::monitor::{HwPorts, Monitor, MonitorIo};
-use crate::dma::{CheckedStateMachine, DmaGuard, DmaRange, StateModel};
+use vmm_core::dma::{CheckedStateMachine, DmaGuard, DmaRange, StateModel};
+use vmm_core::dmm::{HwPorts, Monitor, MonitorIo};
 
 /// Ports of an NE2000 (the DP8390 registers, the data port, the reset
 /// port).

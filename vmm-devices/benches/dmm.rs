@@ -8,15 +8,16 @@
 //! Protocol (shared by all bench binaries): no arguments runs every case;
 //! `--list` prints case names; `--case NAME --iters N` runs one case N times.
 
+#[path = "../../vmm-core/benches/protocol/mod.rs"]
 mod protocol;
 
 use std::hint::black_box;
-use vmm_core::dmm::ne2000::{Ne2000Layout, Ne2000Monitor, NE2000_PORTS};
-use vmm_core::dmm::piix_ide::{PiixIdeMonitor, BUS_MASTER_PORTS};
 use vmm_core::dmm::{Dmm, PassthroughDevice, PhysicalPorts, PortWindow};
 use vmm_core::host::{HostMemory, HostPhysAddr};
 use vmm_core::test_host::{TestHost, TestIrqLine, TestVmBuilder};
 use vmm_core::vm::{Vm, VmId};
+use vmm_devices::dmm::ne2000::{Ne2000Layout, Ne2000Monitor, NE2000_PORTS};
+use vmm_devices::dmm::piix_ide::{PiixIdeMonitor, BUS_MASTER_PORTS};
 
 const CASES: [&str; 4] = [
     "ne2k_hooked_isr_read",

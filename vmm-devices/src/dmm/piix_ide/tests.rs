@@ -4,13 +4,13 @@
 //! addresses below 4 GiB.
 
 use super::*;
-use crate::dmm::{Dmm, PassthroughDevice, PortWindow, RecordingPorts, SharedDmm};
-use crate::host::{Host, HostPhysAddr};
-use crate::memory::GuestMemory;
-use crate::test_host::{TestHost, TestIrqLine};
-use crate::vm::{Vm, VmId};
 use alloc::sync::Arc;
 use alloc::vec;
+use vmm_core::dmm::{Dmm, PassthroughDevice, PortWindow, RecordingPorts, SharedDmm};
+use vmm_core::host::{Host, HostPhysAddr};
+use vmm_core::memory::GuestMemory;
+use vmm_core::test_host::{TestHost, TestIrqLine};
+use vmm_core::vm::{Vm, VmId};
 
 /// Host memory at a chosen host-physical address.
 struct PhysMemory {

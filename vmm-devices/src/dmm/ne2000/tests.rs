@@ -3,12 +3,12 @@
 //! Linux `ne`/`8390` drivers), with recorded hardware behind it.
 
 use super::*;
-use crate::dmm::{Dmm, PassthroughDevice, PortEvent, PortWindow, RecordingPorts, SharedDmm};
-use crate::test_host::{TestHost, TestIrqLine, TestVmBuilder};
-use crate::vm::{Vm, VmId};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use vmm_core::dmm::{Dmm, PassthroughDevice, PortEvent, PortWindow, RecordingPorts, SharedDmm};
+use vmm_core::test_host::{TestHost, TestIrqLine, TestVmBuilder};
+use vmm_core::vm::{Vm, VmId};
 
 const BASE: u16 = 0x300;
 

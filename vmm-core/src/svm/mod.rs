@@ -24,7 +24,7 @@ use crate::host::{Host, HostError, HostMemory};
 use crate::memory::GuestMemory;
 use crate::nested_paging::{NestedTables, Npt};
 use crate::paging::ControlRegisters;
-use crate::vcpu::{Event, Exit, ExitError, VcpuBackend};
+use crate::vcpu::{Event, Exit, ExitError, ShadowPagingBackend, VcpuBackend};
 use crate::vm::Vm;
 use crate::xstate::{ExtendedState, XstateModel};
 use alloc::boxed::Box;
@@ -792,46 +792,12 @@ impl VcpuBackend for SvmVcpu {
         self.vmcb.write_u64(offset::V_INTR, v_intr);
     }
 
-    fn shadow_page_fault(
-        &mut self,
-        vm: &mut Vm,
-        fault: crate::shadow_paging::GuestFault,
-    ) -> Result<crate::shadow_paging::FaultOutcome, crate::shadow_paging::ShadowError> {
-        self.shadow_fault(vm, fault)
-    }
-
-    fn write_control_register(
-        &mut self,
-        vm: &mut Vm,
-        cr: u8,
-        value: u64,
-    ) -> Result<(), crate::emulator::Exception> {
-        self.shadow_write_cr(vm, cr, value)
-    }
-
-    fn read_control_register(&self, cr: u8) -> Option<u64> {
-        let c = self.control();
-        match cr {
-            0 => Some(c.cr0),
-            2 => Some(self.vmcb.read_u64(offset::CR2)),
-            3 => Some(c.cr3),
-            4 => Some(c.cr4),
-            // CR8 is the TPR: V_TPR, bits 3:0 of V_INTR.
-            8 => Some(self.vmcb.read_u64(offset::V_INTR) & 0xf),
-            _ => None,
+    fn shadow_paging(&mut self) -> Option<&mut dyn ShadowPagingBackend> {
+        if self.shadow.is_some() {
+            Some(self)
+        } else {
+            None
         }
-    }
-
-    fn invalidate_page(&mut self, linear: u64) {
-        self.shadow_invlpg(linear);
-    }
-
-    fn tracks_guest_writes(&self) -> bool {
-        self.shadow.is_some()
-    }
-
-    fn guest_wrote(&mut self, gpa: u64, len: u64) {
-        self.shadow_guest_wrote(gpa, len);
     }
 }
 

@@ -23,7 +23,7 @@
 #![forbid(unsafe_code)]
 
 use super::{offset, SvmError, SvmVcpu, EFER_LMA, EFER_SVME};
-use crate::emulator::Exception;
+use crate::emulator::{CpuState, Exception};
 use crate::paging::{
     ControlRegisters, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, CR4_PKE, CR4_PSE, CR4_SMAP, CR4_SMEP,
     EFER_LME,
@@ -32,7 +32,7 @@ use crate::shadow_paging::{
     decode_intercepted, FaultOutcome, GuestFault, Intercepted, ShadowConfig, ShadowError,
     ShadowFormat, ShadowPager, ShadowStats,
 };
-use crate::vcpu::{ControlAccess, Exit, ExitError};
+use crate::vcpu::{ControlAccess, Exit, ExitError, ShadowPagingBackend};
 use crate::vm::Vm;
 use alloc::format;
 use alloc::string::ToString;
@@ -137,7 +137,7 @@ impl SvmVcpu {
     }
 
     /// Whether this vCPU runs with shadow paging.
-    pub fn shadow_paging(&self) -> bool {
+    pub fn uses_shadow_paging(&self) -> bool {
         self.shadow.is_some()
     }
 
@@ -422,5 +422,39 @@ impl SvmVcpu {
             }
             Err(_) => false,
         }
+    }
+}
+
+/// The shadow-paging hooks of the exit loop; [`SvmVcpu`] offers them
+/// (through [`crate::vcpu::VcpuBackend::shadow_paging`]) only when it was
+/// made with [`SvmVcpu::new_shadow`].
+impl ShadowPagingBackend for SvmVcpu {
+    fn page_fault(&mut self, vm: &mut Vm, fault: GuestFault) -> Result<FaultOutcome, ShadowError> {
+        self.shadow_fault(vm, fault)
+    }
+
+    fn write_control_register(&mut self, vm: &mut Vm, cr: u8, value: u64) -> Result<(), Exception> {
+        self.shadow_write_cr(vm, cr, value)
+    }
+
+    fn read_control_register(&self, cr: u8) -> Option<u64> {
+        let c = self.control();
+        match cr {
+            0 => Some(c.cr0),
+            2 => Some(self.vmcb.read_u64(offset::CR2)),
+            3 => Some(c.cr3),
+            4 => Some(c.cr4),
+            // CR8 is the TPR: V_TPR, bits 3:0 of V_INTR.
+            8 => Some(self.vmcb.read_u64(offset::V_INTR) & 0xf),
+            _ => None,
+        }
+    }
+
+    fn invalidate_page(&mut self, linear: u64) {
+        self.shadow_invlpg(linear);
+    }
+
+    fn guest_wrote(&mut self, gpa: u64, len: u64) {
+        self.shadow_guest_wrote(gpa, len);
     }
 }

@@ -12,10 +12,12 @@
 //! HLT (1) and RDMSR/WRMSR (2).
 
 pub mod consistency;
+mod exit_code;
 mod instructions;
 mod shadow;
 mod vmcb;
 
+pub use exit_code::ExitCode;
 pub use instructions::GuestGprs;
 pub use vmcb::{offset, Vmcb};
 
@@ -152,23 +154,6 @@ const INTERCEPT_SHUTDOWN: u32 = 1 << 31;
 const INTERCEPT_SVM_INSTRUCTIONS: u32 = 0x7f;
 /// XSETBV (second instruction-intercept word): XCR0 is per vCPU.
 const INTERCEPT_XSETBV: u32 = 1 << 13;
-
-// Exit codes.
-const EXIT_INTR: u64 = 0x60;
-const EXIT_NMI: u64 = 0x61;
-const EXIT_VINTR: u64 = 0x64;
-const EXIT_CPUID: u64 = 0x72;
-const EXIT_IRET: u64 = 0x74;
-const EXIT_HLT: u64 = 0x78;
-const EXIT_INVLPGA: u64 = 0x7a;
-const EXIT_IOIO: u64 = 0x7b;
-const EXIT_MSR: u64 = 0x7c;
-const EXIT_SHUTDOWN: u64 = 0x7f;
-const EXIT_VMRUN: u64 = 0x80;
-const EXIT_SKINIT: u64 = 0x86;
-const EXIT_XSETBV: u64 = 0x8d;
-const EXIT_NPF: u64 = 0x400;
-const EXIT_INVALID: u64 = u64::MAX;
 
 /// Exits `run` handles itself (XSETBV) before it gives up the CPU anyway.
 const MAX_INTERNAL_EXITS: usize = 64;
@@ -457,9 +442,9 @@ pub fn decode_exit(vmcb: &mut Vmcb, nrip_save: bool, memory: &GuestMemory) -> Ex
     if int_info & (1 << 31) != 0 {
         vmcb.write_u64(offset::EVENT_INJ, int_info);
     }
-    match code {
-        EXIT_IOIO => io_exit(info1, info2),
-        EXIT_NPF if memory.kind_at(info2) == crate::memory::RegionKind::Ram => {
+    match ExitCode::from_raw(code) {
+        ExitCode::Ioio => io_exit(info1, info2),
+        ExitCode::Npf if memory.kind_at(info2) == crate::memory::RegionKind::Ram => {
             // The tables say "not RAM" where the map says RAM: they were
             // built before the map last changed (handled by `run`), or
             // they are wrong, which must not go unnoticed.
@@ -468,22 +453,23 @@ pub fn decode_exit(vmcb: &mut Vmcb, nrip_save: bool, memory: &GuestMemory) -> Ex
                 detail: format!("nested page fault on RAM at {info2:#x}, error {info1:#x}"),
             })
         }
-        EXIT_NPF => Exit::Emulate { gpa: Some(info2) },
-        EXIT_CPUID => Exit::Cpuid {
+        ExitCode::Npf => Exit::Emulate { gpa: Some(info2) },
+        ExitCode::Cpuid => Exit::Cpuid {
             next_rip: next_rip(vmcb, nrip_save, 2),
         },
-        EXIT_HLT => Exit::Hlt {
+        ExitCode::Hlt => Exit::Hlt {
             next_rip: next_rip(vmcb, nrip_save, 1),
         },
-        EXIT_MSR => Exit::Msr {
+        ExitCode::Msr => Exit::Msr {
             write: info1 & 1 != 0,
             next_rip: next_rip(vmcb, nrip_save, 2),
         },
-        EXIT_INTR | EXIT_NMI => Exit::ExternalInterrupt,
-        EXIT_VINTR => Exit::InterruptWindow,
-        EXIT_SHUTDOWN => Exit::Shutdown,
-        EXIT_INVLPGA | EXIT_VMRUN..=EXIT_SKINIT => Exit::VirtInstruction,
-        EXIT_INVALID | 0xffff_ffff => Exit::Error(ExitError::EntryFailed {
+        ExitCode::Intr | ExitCode::Nmi => Exit::ExternalInterrupt,
+        ExitCode::Vintr => Exit::InterruptWindow,
+        ExitCode::Shutdown => Exit::Shutdown,
+        ExitCode::Invlpga => Exit::VirtInstruction,
+        c if c.is_svm_instruction() => Exit::VirtInstruction,
+        ExitCode::Invalid => Exit::Error(ExitError::EntryFailed {
             detail: format!(
                 "VMRUN refused the VMCB (exit code {code:#x}); CR0 {:#x} CR4 {:#x} EFER {:#x} CS {:?}",
                 vmcb.read_u64(offset::CR0),
@@ -492,8 +478,8 @@ pub fn decode_exit(vmcb: &mut Vmcb, nrip_save: bool, memory: &GuestMemory) -> Ex
                 vmcb.segment(Segment::Cs)
             ),
         }),
-        other => Exit::Error(ExitError::Unhandled {
-            code: other,
+        _ => Exit::Error(ExitError::Unhandled {
+            code,
             detail: format!(
                 "info1 {info1:#x} info2 {info2:#x} rip {:#x}",
                 vmcb.read_u64(offset::RIP)
@@ -622,7 +608,7 @@ impl VcpuBackend for SvmVcpu {
             self.xstate.switch_to_host();
             self.vmcb.write_u8(offset::TLB_CONTROL, 0);
             self.vmcb.write_u64(offset::EVENT_INJ, 0);
-            let code = self.vmcb.read_u64(offset::EXIT_CODE);
+            let code = ExitCode::from_raw(self.vmcb.read_u64(offset::EXIT_CODE));
             let rip = self.vmcb.read_u64(offset::RIP);
             if self.iret_rip.is_some_and(|at| at != rip) {
                 // The NMI handler's IRET has retired.
@@ -630,7 +616,7 @@ impl VcpuBackend for SvmVcpu {
                 self.iret_rip = None;
             }
             match code {
-                EXIT_INVALID | 0xffff_ffff => {
+                ExitCode::Invalid => {
                     if let Some(exit) = self.native_illegal_state(&entered) {
                         return exit;
                     }
@@ -653,12 +639,12 @@ impl VcpuBackend for SvmVcpu {
                         continue;
                     }
                 }
-                EXIT_XSETBV => {
+                ExitCode::Xsetbv => {
                     vm.stats_mut().record(crate::stats::ExitKind::Other);
                     self.xsetbv();
                     continue;
                 }
-                EXIT_NPF => match self.undeliverable_event(vm) {
+                ExitCode::Npf => match self.undeliverable_event(vm) {
                     Some(crate::vcpu::DeliveryFault::Shutdown) => return Exit::Shutdown,
                     Some(crate::vcpu::DeliveryFault::DoubleFault) => {
                         vm.stats_mut().record(crate::stats::ExitKind::Mmio);
@@ -668,7 +654,7 @@ impl VcpuBackend for SvmVcpu {
                 },
                 _ => {}
             }
-            if code == EXIT_IRET {
+            if code == ExitCode::Iret {
                 // Let this IRET run; NMIs open once it has.
                 self.iret_rip = Some(rip);
                 self.set_iret_intercept(false);

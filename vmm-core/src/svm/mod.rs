@@ -35,7 +35,9 @@ use core::fmt;
 
 /// EFER.SVME.
 pub const EFER_SVME: u64 = 1 << 12;
-const MSR_EFER: u32 = 0xc000_0080;
+const MSR_EFER: u32 = x86::msr::IA32_EFER;
+// AMD's SVM MSRs (APM vol. 2, 15.30), which the `x86` crate does not have:
+// VM_CR and VM_HSAVE_PA (the host save area's physical address).
 const MSR_VM_CR: u32 = 0xc001_0114;
 const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
 const VM_CR_SVMDIS: u64 = 1 << 4;

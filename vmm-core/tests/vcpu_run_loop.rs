@@ -9,10 +9,11 @@ use vmm_core::emulator::{
 };
 use vmm_core::host::Host;
 use vmm_core::paging::ControlRegisters;
+use vmm_core::shadow_paging::{FaultOutcome, GuestFault, ShadowError};
 use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_core::vcpu::{
-    run, Event, Exit, ExitError, InterruptSource, MsrFile, NoInterrupts, RunOutcome, Slice,
-    VcpuBackend,
+    run, ControlAccess, Event, Exit, ExitError, InterruptSource, MsrFile, NoInterrupts, RunOutcome,
+    ShadowPagingBackend, Slice, VcpuBackend,
 };
 use vmm_core::vm::{StopReason, Vm};
 
@@ -943,4 +944,216 @@ fn repeated_exits_that_change_state_or_move_on_are_not_stopped() {
         step(&mut cpu, &mut vm, &mut msrs);
     }
     assert_eq!(vm.stop_reason(), None);
+}
+
+/// What a shadow-paging backend was asked by the exit loop.
+#[derive(Default)]
+struct ShadowHooks {
+    faults: Vec<GuestFault>,
+    cr_writes: Vec<(u8, u64)>,
+    invalidated: Vec<u64>,
+    writes: Vec<(u64, u64)>,
+}
+
+impl ShadowPagingBackend for ShadowHooks {
+    fn page_fault(&mut self, _: &mut Vm, fault: GuestFault) -> Result<FaultOutcome, ShadowError> {
+        self.faults.push(fault);
+        Ok(FaultOutcome::Filled)
+    }
+    fn write_control_register(&mut self, _: &mut Vm, cr: u8, value: u64) -> Result<(), Exception> {
+        self.cr_writes.push((cr, value));
+        Ok(())
+    }
+    fn read_control_register(&self, cr: u8) -> Option<u64> {
+        (cr == 8).then_some(0xa)
+    }
+    fn invalidate_page(&mut self, linear: u64) {
+        self.invalidated.push(linear);
+    }
+    fn guest_wrote(&mut self, gpa: u64, len: u64) {
+        self.writes.push((gpa, len));
+    }
+}
+
+/// A scripted backend with the shadow-paging capability.
+struct Shadowed {
+    cpu: Scripted,
+    hooks: ShadowHooks,
+}
+
+impl CpuState for Shadowed {
+    fn gpr(&self, i: usize) -> u64 {
+        self.cpu.gpr(i)
+    }
+    fn set_gpr(&mut self, i: usize, v: u64) {
+        self.cpu.set_gpr(i, v)
+    }
+    fn rip(&self) -> u64 {
+        self.cpu.rip()
+    }
+    fn set_rip(&mut self, v: u64) {
+        self.cpu.set_rip(v)
+    }
+    fn rflags(&self) -> u64 {
+        self.cpu.rflags()
+    }
+    fn set_rflags(&mut self, v: u64) {
+        self.cpu.set_rflags(v)
+    }
+    fn segment(&self, s: Segment) -> SegmentRegister {
+        self.cpu.segment(s)
+    }
+    fn control(&self) -> ControlRegisters {
+        self.cpu.control()
+    }
+    fn xmm(&self, i: usize) -> u128 {
+        self.cpu.xmm(i)
+    }
+    fn set_xmm(&mut self, i: usize, v: u128) {
+        self.cpu.set_xmm(i, v)
+    }
+}
+
+impl VcpuBackend for Shadowed {
+    fn run(&mut self, vm: &mut Vm) -> Exit {
+        self.cpu.run(vm)
+    }
+    fn inject(&mut self, event: Event) -> bool {
+        self.cpu.inject(event)
+    }
+    fn interrupts_open(&self) -> bool {
+        self.cpu.interrupts_open()
+    }
+    fn backend_msr(&self, msr: u32) -> Option<u64> {
+        self.cpu.backend_msr(msr)
+    }
+    fn set_backend_msr(&mut self, msr: u32, value: u64) -> bool {
+        self.cpu.set_backend_msr(msr, value)
+    }
+    fn reset(&mut self) {
+        self.cpu.reset()
+    }
+    fn request_interrupt_window(&mut self, on: bool) {
+        self.cpu.request_interrupt_window(on)
+    }
+    fn shadow_paging(&mut self) -> Option<&mut dyn ShadowPagingBackend> {
+        Some(&mut self.hooks)
+    }
+}
+
+/// The exits of shadow paging go to the backend's shadow-paging
+/// capability, and so do the writes of emulated instructions.
+#[test]
+fn shadow_paging_exits_go_to_the_backends_capability() {
+    let mut vm = vm();
+    // mov [edi], al at 0x1000, flat 32-bit protected mode, into RAM.
+    vm.memory_mut().write(0x1000, &[0x88, 0x07]).unwrap();
+    let mut cpu = Shadowed {
+        cpu: Scripted::new(vec![
+            Exit::PageFault {
+                address: 0x7000,
+                error_code: 2,
+            },
+            Exit::ControlRegister {
+                access: ControlAccess::Write {
+                    cr: 3,
+                    value: 0x5000,
+                },
+                next_rip: 0x1000,
+            },
+            Exit::ControlRegister {
+                access: ControlAccess::Read { cr: 8, gpr: 3 },
+                next_rip: 0x1000,
+            },
+            Exit::Invlpg {
+                linear: 0x8000,
+                next_rip: 0x1000,
+            },
+            Exit::Emulate { gpa: Some(0x2000) },
+            Exit::Shutdown,
+        ]),
+        hooks: ShadowHooks::default(),
+    };
+    cpu.cpu.regs = RegisterFile::protected_flat32();
+    cpu.cpu.regs.rip = 0x1000;
+    cpu.cpu.regs.gprs[0] = 0x5a;
+    cpu.cpu.regs.gprs[7] = 0x2000;
+    run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
+    assert_eq!(
+        cpu.hooks.faults,
+        vec![GuestFault {
+            address: 0x7000,
+            error_code: 2,
+            ac: false
+        }]
+    );
+    assert_eq!(cpu.hooks.cr_writes, vec![(3, 0x5000)]);
+    assert_eq!(cpu.cpu.regs.gprs[3], 0xa);
+    assert_eq!(cpu.hooks.invalidated, vec![0x8000]);
+    assert_eq!(cpu.hooks.writes, vec![(0x2000, 1)]);
+    assert!(cpu.cpu.injected.is_empty(), "{:?}", cpu.cpu.injected);
+    assert_eq!(cpu.cpu.regs.rip, 0x1002);
+}
+
+/// Without the capability a #PF exit is the guest's own fault, CR writes
+/// are #GP(0), reads answer CR0/CR3/CR4 from the CPU state and #UD for the
+/// rest, and INVLPG only moves RIP on.
+#[test]
+fn without_shadow_paging_those_exits_get_the_defaults() {
+    let mut vm = vm();
+    let mut cpu = Scripted::new(vec![
+        Exit::PageFault {
+            address: 0x7000,
+            error_code: 2,
+        },
+        Exit::ControlRegister {
+            access: ControlAccess::Write {
+                cr: 3,
+                value: 0x5000,
+            },
+            next_rip: 0x1003,
+        },
+        Exit::ControlRegister {
+            access: ControlAccess::Read { cr: 3, gpr: 3 },
+            next_rip: 0x1003,
+        },
+        Exit::ControlRegister {
+            access: ControlAccess::Read { cr: 8, gpr: 3 },
+            next_rip: 0x1006,
+        },
+        Exit::Invlpg {
+            linear: 0x8000,
+            next_rip: 0x1009,
+        },
+        Exit::Shutdown,
+    ]);
+    cpu.regs = RegisterFile::protected_flat32();
+    cpu.regs.control.cr3 = 0x4000;
+    cpu.regs.rip = 0x1000;
+    run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
+    assert_eq!(
+        cpu.injected,
+        vec![
+            Event::Exception(Exception::PageFault(vmm_core::paging::PageFault {
+                address: 0x7000,
+                error_code: 2
+            })),
+            Event::Exception(Exception::GeneralProtection(0)),
+            Event::Exception(Exception::InvalidOpcode),
+        ]
+    );
+    assert_eq!(cpu.regs.gprs[3], 0x4000);
+    assert_eq!(cpu.regs.rip, 0x1009);
 }

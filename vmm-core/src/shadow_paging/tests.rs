@@ -2,10 +2,15 @@
 //! RAM, faults fed in as the hardware would report them, and the shadow
 //! entries read back as the hardware would walk them.
 
+use super::guest_tables::ReadOnlyTables;
 use super::*;
 use crate::emulator::{Emulator, RegisterFile};
 use crate::memory::Backing;
-use crate::paging::{CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, PF_PRESENT, PF_RSVD};
+use crate::paging::{
+    Access, AccessKind, ControlRegisters, PageFault, PagingMode, WalkError, Walker, CR0_PE, CR0_PG,
+    CR0_WP, CR4_PAE, EFER_LMA, EFER_LME, EFER_NXE, PF_FETCH, PF_PRESENT, PF_RSVD, PF_USER,
+    PF_WRITE,
+};
 use crate::test_host::{TestHost, TestVmBuilder};
 use crate::vm::Vm;
 use alloc::sync::Arc;

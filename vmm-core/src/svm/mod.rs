@@ -12,10 +12,12 @@
 //! HLT (1) and RDMSR/WRMSR (2).
 
 pub mod consistency;
+mod exit_code;
 mod instructions;
 mod shadow;
 mod vmcb;
 
+pub use exit_code::ExitCode;
 pub use instructions::GuestGprs;
 pub use vmcb::{offset, Vmcb};
 
@@ -24,7 +26,7 @@ use crate::host::{Host, HostError, HostMemory};
 use crate::memory::GuestMemory;
 use crate::nested_paging::{NestedTables, Npt};
 use crate::paging::ControlRegisters;
-use crate::vcpu::{Event, Exit, ExitError, VcpuBackend};
+use crate::vcpu::{Event, Exit, ExitError, ShadowPagingBackend, VcpuBackend};
 use crate::vm::Vm;
 use crate::xstate::{ExtendedState, XstateModel};
 use alloc::boxed::Box;
@@ -33,7 +35,9 @@ use core::fmt;
 
 /// EFER.SVME.
 pub const EFER_SVME: u64 = 1 << 12;
-const MSR_EFER: u32 = 0xc000_0080;
+const MSR_EFER: u32 = x86::msr::IA32_EFER;
+// AMD's SVM MSRs (APM vol. 2, 15.30), which the `x86` crate does not have:
+// VM_CR and VM_HSAVE_PA (the host save area's physical address).
 const MSR_VM_CR: u32 = 0xc001_0114;
 const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
 const VM_CR_SVMDIS: u64 = 1 << 4;
@@ -152,23 +156,6 @@ const INTERCEPT_SHUTDOWN: u32 = 1 << 31;
 const INTERCEPT_SVM_INSTRUCTIONS: u32 = 0x7f;
 /// XSETBV (second instruction-intercept word): XCR0 is per vCPU.
 const INTERCEPT_XSETBV: u32 = 1 << 13;
-
-// Exit codes.
-const EXIT_INTR: u64 = 0x60;
-const EXIT_NMI: u64 = 0x61;
-const EXIT_VINTR: u64 = 0x64;
-const EXIT_CPUID: u64 = 0x72;
-const EXIT_IRET: u64 = 0x74;
-const EXIT_HLT: u64 = 0x78;
-const EXIT_INVLPGA: u64 = 0x7a;
-const EXIT_IOIO: u64 = 0x7b;
-const EXIT_MSR: u64 = 0x7c;
-const EXIT_SHUTDOWN: u64 = 0x7f;
-const EXIT_VMRUN: u64 = 0x80;
-const EXIT_SKINIT: u64 = 0x86;
-const EXIT_XSETBV: u64 = 0x8d;
-const EXIT_NPF: u64 = 0x400;
-const EXIT_INVALID: u64 = u64::MAX;
 
 /// Exits `run` handles itself (XSETBV) before it gives up the CPU anyway.
 const MAX_INTERNAL_EXITS: usize = 64;
@@ -457,9 +444,9 @@ pub fn decode_exit(vmcb: &mut Vmcb, nrip_save: bool, memory: &GuestMemory) -> Ex
     if int_info & (1 << 31) != 0 {
         vmcb.write_u64(offset::EVENT_INJ, int_info);
     }
-    match code {
-        EXIT_IOIO => io_exit(info1, info2),
-        EXIT_NPF if memory.kind_at(info2) == crate::memory::RegionKind::Ram => {
+    match ExitCode::from_raw(code) {
+        ExitCode::Ioio => io_exit(info1, info2),
+        ExitCode::Npf if memory.kind_at(info2) == crate::memory::RegionKind::Ram => {
             // The tables say "not RAM" where the map says RAM: they were
             // built before the map last changed (handled by `run`), or
             // they are wrong, which must not go unnoticed.
@@ -468,22 +455,23 @@ pub fn decode_exit(vmcb: &mut Vmcb, nrip_save: bool, memory: &GuestMemory) -> Ex
                 detail: format!("nested page fault on RAM at {info2:#x}, error {info1:#x}"),
             })
         }
-        EXIT_NPF => Exit::Emulate { gpa: Some(info2) },
-        EXIT_CPUID => Exit::Cpuid {
+        ExitCode::Npf => Exit::Emulate { gpa: Some(info2) },
+        ExitCode::Cpuid => Exit::Cpuid {
             next_rip: next_rip(vmcb, nrip_save, 2),
         },
-        EXIT_HLT => Exit::Hlt {
+        ExitCode::Hlt => Exit::Hlt {
             next_rip: next_rip(vmcb, nrip_save, 1),
         },
-        EXIT_MSR => Exit::Msr {
+        ExitCode::Msr => Exit::Msr {
             write: info1 & 1 != 0,
             next_rip: next_rip(vmcb, nrip_save, 2),
         },
-        EXIT_INTR | EXIT_NMI => Exit::ExternalInterrupt,
-        EXIT_VINTR => Exit::InterruptWindow,
-        EXIT_SHUTDOWN => Exit::Shutdown,
-        EXIT_INVLPGA | EXIT_VMRUN..=EXIT_SKINIT => Exit::VirtInstruction,
-        EXIT_INVALID | 0xffff_ffff => Exit::Error(ExitError::EntryFailed {
+        ExitCode::Intr | ExitCode::Nmi => Exit::ExternalInterrupt,
+        ExitCode::Vintr => Exit::InterruptWindow,
+        ExitCode::Shutdown => Exit::Shutdown,
+        ExitCode::Invlpga => Exit::VirtInstruction,
+        c if c.is_svm_instruction() => Exit::VirtInstruction,
+        ExitCode::Invalid => Exit::Error(ExitError::EntryFailed {
             detail: format!(
                 "VMRUN refused the VMCB (exit code {code:#x}); CR0 {:#x} CR4 {:#x} EFER {:#x} CS {:?}",
                 vmcb.read_u64(offset::CR0),
@@ -492,8 +480,8 @@ pub fn decode_exit(vmcb: &mut Vmcb, nrip_save: bool, memory: &GuestMemory) -> Ex
                 vmcb.segment(Segment::Cs)
             ),
         }),
-        other => Exit::Error(ExitError::Unhandled {
-            code: other,
+        _ => Exit::Error(ExitError::Unhandled {
+            code,
             detail: format!(
                 "info1 {info1:#x} info2 {info2:#x} rip {:#x}",
                 vmcb.read_u64(offset::RIP)
@@ -622,7 +610,7 @@ impl VcpuBackend for SvmVcpu {
             self.xstate.switch_to_host();
             self.vmcb.write_u8(offset::TLB_CONTROL, 0);
             self.vmcb.write_u64(offset::EVENT_INJ, 0);
-            let code = self.vmcb.read_u64(offset::EXIT_CODE);
+            let code = ExitCode::from_raw(self.vmcb.read_u64(offset::EXIT_CODE));
             let rip = self.vmcb.read_u64(offset::RIP);
             if self.iret_rip.is_some_and(|at| at != rip) {
                 // The NMI handler's IRET has retired.
@@ -630,7 +618,7 @@ impl VcpuBackend for SvmVcpu {
                 self.iret_rip = None;
             }
             match code {
-                EXIT_INVALID | 0xffff_ffff => {
+                ExitCode::Invalid => {
                     if let Some(exit) = self.native_illegal_state(&entered) {
                         return exit;
                     }
@@ -653,12 +641,12 @@ impl VcpuBackend for SvmVcpu {
                         continue;
                     }
                 }
-                EXIT_XSETBV => {
+                ExitCode::Xsetbv => {
                     vm.stats_mut().record(crate::stats::ExitKind::Other);
                     self.xsetbv();
                     continue;
                 }
-                EXIT_NPF => match self.undeliverable_event(vm) {
+                ExitCode::Npf => match self.undeliverable_event(vm) {
                     Some(crate::vcpu::DeliveryFault::Shutdown) => return Exit::Shutdown,
                     Some(crate::vcpu::DeliveryFault::DoubleFault) => {
                         vm.stats_mut().record(crate::stats::ExitKind::Mmio);
@@ -668,7 +656,7 @@ impl VcpuBackend for SvmVcpu {
                 },
                 _ => {}
             }
-            if code == EXIT_IRET {
+            if code == ExitCode::Iret {
                 // Let this IRET run; NMIs open once it has.
                 self.iret_rip = Some(rip);
                 self.set_iret_intercept(false);
@@ -792,46 +780,12 @@ impl VcpuBackend for SvmVcpu {
         self.vmcb.write_u64(offset::V_INTR, v_intr);
     }
 
-    fn shadow_page_fault(
-        &mut self,
-        vm: &mut Vm,
-        fault: crate::shadow_paging::GuestFault,
-    ) -> Result<crate::shadow_paging::FaultOutcome, crate::shadow_paging::ShadowError> {
-        self.shadow_fault(vm, fault)
-    }
-
-    fn write_control_register(
-        &mut self,
-        vm: &mut Vm,
-        cr: u8,
-        value: u64,
-    ) -> Result<(), crate::emulator::Exception> {
-        self.shadow_write_cr(vm, cr, value)
-    }
-
-    fn read_control_register(&self, cr: u8) -> Option<u64> {
-        let c = self.control();
-        match cr {
-            0 => Some(c.cr0),
-            2 => Some(self.vmcb.read_u64(offset::CR2)),
-            3 => Some(c.cr3),
-            4 => Some(c.cr4),
-            // CR8 is the TPR: V_TPR, bits 3:0 of V_INTR.
-            8 => Some(self.vmcb.read_u64(offset::V_INTR) & 0xf),
-            _ => None,
+    fn shadow_paging(&mut self) -> Option<&mut dyn ShadowPagingBackend> {
+        if self.shadow.is_some() {
+            Some(self)
+        } else {
+            None
         }
-    }
-
-    fn invalidate_page(&mut self, linear: u64) {
-        self.shadow_invlpg(linear);
-    }
-
-    fn tracks_guest_writes(&self) -> bool {
-        self.shadow.is_some()
-    }
-
-    fn guest_wrote(&mut self, gpa: u64, len: u64) {
-        self.shadow_guest_wrote(gpa, len);
     }
 }
 

@@ -22,8 +22,8 @@
 
 #![forbid(unsafe_code)]
 
-use super::{offset, SvmError, SvmVcpu, EFER_LMA, EFER_SVME};
-use crate::emulator::Exception;
+use super::{offset, ExitCode, SvmError, SvmVcpu, EFER_LMA, EFER_SVME};
+use crate::emulator::{CpuState, Exception};
 use crate::paging::{
     ControlRegisters, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, CR4_PKE, CR4_PSE, CR4_SMAP, CR4_SMEP,
     EFER_LME,
@@ -32,7 +32,7 @@ use crate::shadow_paging::{
     decode_intercepted, FaultOutcome, GuestFault, Intercepted, ShadowConfig, ShadowError,
     ShadowFormat, ShadowPager, ShadowStats,
 };
-use crate::vcpu::{ControlAccess, Exit, ExitError};
+use crate::vcpu::{ControlAccess, Exit, ExitError, ShadowPagingBackend};
 use crate::vm::Vm;
 use alloc::format;
 use alloc::string::ToString;
@@ -43,10 +43,8 @@ const CR0_NW: u64 = 1 << 29;
 const CR0_CD: u64 = 1 << 30;
 const CR4_PGE: u64 = 1 << 7;
 
-const EXIT_CR0_READ: u64 = 0x00;
-const EXIT_CR15_WRITE: u64 = 0x1f;
-const EXIT_EXCP_PF: u64 = 0x4e;
-const EXIT_INVLPG: u64 = 0x79;
+/// VMEXIT_EXCP_PF: the #PF intercept.
+const EXIT_EXCP_PF: ExitCode = ExitCode::Exception(14);
 const INTERCEPT_INVLPG: u32 = 1 << 25;
 /// Reads (bits 0-15) and writes (bits 16-31) of CR0, CR3 and CR4.
 const INTERCEPT_CR_SHADOW: u32 = (1 << 0) | (1 << 3) | (1 << 4) | (1 << 16) | (1 << 19) | (1 << 20);
@@ -137,7 +135,7 @@ impl SvmVcpu {
     }
 
     /// Whether this vCPU runs with shadow paging.
-    pub fn shadow_paging(&self) -> bool {
+    pub fn uses_shadow_paging(&self) -> bool {
         self.shadow.is_some()
     }
 
@@ -205,10 +203,10 @@ impl SvmVcpu {
     /// `None` for every other exit (and with nested paging).
     pub(super) fn shadow_exit(&mut self, vm: &mut Vm) -> Option<Exit> {
         self.shadow.as_ref()?;
-        let code = self.vmcb.read_u64(offset::EXIT_CODE);
+        let code = ExitCode::from_raw(self.vmcb.read_u64(offset::EXIT_CODE));
         if !matches!(
             code,
-            EXIT_CR0_READ..=EXIT_CR15_WRITE | EXIT_EXCP_PF | EXIT_INVLPG
+            ExitCode::CrRead(_) | ExitCode::CrWrite(_) | EXIT_EXCP_PF | ExitCode::Invlpg
         ) {
             return None;
         }
@@ -254,7 +252,7 @@ impl SvmVcpu {
                 }
             }
             Err(e) => Exit::Error(ExitError::Unhandled {
-                code,
+                code: code.raw(),
                 detail: e.to_string(),
             }),
         })
@@ -422,5 +420,39 @@ impl SvmVcpu {
             }
             Err(_) => false,
         }
+    }
+}
+
+/// The shadow-paging hooks of the exit loop; [`SvmVcpu`] offers them
+/// (through [`crate::vcpu::VcpuBackend::shadow_paging`]) only when it was
+/// made with [`SvmVcpu::new_shadow`].
+impl ShadowPagingBackend for SvmVcpu {
+    fn page_fault(&mut self, vm: &mut Vm, fault: GuestFault) -> Result<FaultOutcome, ShadowError> {
+        self.shadow_fault(vm, fault)
+    }
+
+    fn write_control_register(&mut self, vm: &mut Vm, cr: u8, value: u64) -> Result<(), Exception> {
+        self.shadow_write_cr(vm, cr, value)
+    }
+
+    fn read_control_register(&self, cr: u8) -> Option<u64> {
+        let c = self.control();
+        match cr {
+            0 => Some(c.cr0),
+            2 => Some(self.vmcb.read_u64(offset::CR2)),
+            3 => Some(c.cr3),
+            4 => Some(c.cr4),
+            // CR8 is the TPR: V_TPR, bits 3:0 of V_INTR.
+            8 => Some(self.vmcb.read_u64(offset::V_INTR) & 0xf),
+            _ => None,
+        }
+    }
+
+    fn invalidate_page(&mut self, linear: u64) {
+        self.shadow_invlpg(linear);
+    }
+
+    fn guest_wrote(&mut self, gpa: u64, len: u64) {
+        self.shadow_guest_wrote(gpa, len);
     }
 }

@@ -140,59 +140,44 @@ pub trait VcpuBackend: CpuState {
         false
     }
 
-    /// Shadow paging: resolve the guest #PF of an [`Exit::PageFault`]. A
-    /// backend that does not shadow the guest's tables keeps the default:
-    /// the fault is the guest's own.
-    fn shadow_page_fault(
+    /// The shadow-paging hooks of a backend that shadows the guest's page
+    /// tables ([`ShadowPagingBackend`]), or `None` (the default) for one
+    /// that does not: nested paging, or a hypervisor that does it (KVM).
+    fn shadow_paging(&mut self) -> Option<&mut dyn ShadowPagingBackend> {
+        None
+    }
+}
+
+/// What the exit loop asks of a backend that runs the guest on shadow page
+/// tables: the exits only shadow paging produces ([`Exit::PageFault`],
+/// [`Exit::ControlRegister`], [`Exit::Invlpg`]) are handled through it, and
+/// every guest-memory write the loop makes on the guest's behalf (emulated
+/// instructions) is reported to it.
+///
+/// Without this capability ([`VcpuBackend::shadow_paging`] answers `None`)
+/// the loop treats a #PF exit as the guest's own fault, refuses control
+/// register writes with #GP(0), answers reads of CR0, CR3 and CR4 from
+/// [`CpuState::control`], and ignores INVLPG.
+pub trait ShadowPagingBackend {
+    /// Resolve the guest #PF of an [`Exit::PageFault`]: fill the shadow,
+    /// reflect the fault to the guest, or have the access emulated.
+    fn page_fault(
         &mut self,
         vm: &mut Vm,
         fault: crate::shadow_paging::GuestFault,
-    ) -> Result<crate::shadow_paging::FaultOutcome, crate::shadow_paging::ShadowError> {
-        let _ = vm;
-        Ok(crate::shadow_paging::FaultOutcome::Reflect(
-            crate::paging::PageFault {
-                address: fault.address,
-                error_code: fault.error_code,
-            },
-        ))
-    }
+    ) -> Result<crate::shadow_paging::FaultOutcome, crate::shadow_paging::ShadowError>;
 
-    /// Write a control register the backend intercepts (an
-    /// [`Exit::ControlRegister`]); the exception the guest gets if the value
-    /// is invalid. The default refuses every write with #GP(0).
-    fn write_control_register(&mut self, vm: &mut Vm, cr: u8, value: u64) -> Result<(), Exception> {
-        let _ = (vm, cr, value);
-        Err(Exception::GeneralProtection(0))
-    }
+    /// Write an intercepted control register (an [`Exit::ControlRegister`]);
+    /// the exception the guest gets if the value is invalid.
+    fn write_control_register(&mut self, vm: &mut Vm, cr: u8, value: u64) -> Result<(), Exception>;
 
-    /// Read a control register for an intercepted MOV from CR (an
-    /// [`Exit::ControlRegister`]); `None` for a register that does not
-    /// exist (the guest gets #UD). The default answers CR0, CR3 and CR4
-    /// from [`CpuState::control`].
-    fn read_control_register(&self, cr: u8) -> Option<u64> {
-        let c = self.control();
-        match cr {
-            0 => Some(c.cr0),
-            3 => Some(c.cr3),
-            4 => Some(c.cr4),
-            _ => None,
-        }
-    }
+    /// Read a control register for an intercepted MOV from CR; `None` for a
+    /// register that does not exist (the guest gets #UD).
+    fn read_control_register(&self, cr: u8) -> Option<u64>;
 
-    /// INVLPG of `linear` (an [`Exit::Invlpg`]). The default does nothing.
-    fn invalidate_page(&mut self, linear: u64) {
-        let _ = linear;
-    }
-
-    /// Whether the backend needs to hear of guest-memory writes the exit
-    /// loop makes on the guest's behalf (emulated instructions), through
-    /// [`VcpuBackend::guest_wrote`]: shadow paging does.
-    fn tracks_guest_writes(&self) -> bool {
-        false
-    }
+    /// INVLPG of `linear` (an [`Exit::Invlpg`]).
+    fn invalidate_page(&mut self, linear: u64);
 
     /// An emulated instruction wrote `len` bytes at guest-physical `gpa`.
-    fn guest_wrote(&mut self, gpa: u64, len: u64) {
-        let _ = (gpa, len);
-    }
+    fn guest_wrote(&mut self, gpa: u64, len: u64);
 }

@@ -17,18 +17,19 @@ use crate::vm::Vm;
 use hashbrown::HashSet;
 
 /// IA32_TIME_STAMP_COUNTER.
-pub const MSR_TSC: u32 = 0x10;
+pub const MSR_TSC: u32 = x86::msr::IA32_TIME_STAMP_COUNTER;
 /// IA32_APIC_BASE.
-pub const MSR_APIC_BASE: u32 = 0x1b;
+pub const MSR_APIC_BASE: u32 = x86::msr::IA32_APIC_BASE;
 /// IA32_MTRRCAP.
-pub const MSR_MTRRCAP: u32 = 0xfe;
+pub const MSR_MTRRCAP: u32 = x86::msr::IA32_MTRRCAP;
 /// IA32_MTRR_DEF_TYPE.
-pub const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+pub const MSR_MTRR_DEF_TYPE: u32 = x86::msr::IA32_MTRR_DEF_TYPE;
 /// EFER.
-pub const MSR_EFER: u32 = 0xc000_0080;
-/// AMD VM_CR.
+pub const MSR_EFER: u32 = x86::msr::IA32_EFER;
+/// AMD VM_CR (APM vol. 2, 15.30.1; the `x86` crate has no AMD SVM MSRs).
 pub const MSR_VM_CR: u32 = 0xc001_0114;
-/// kvmclock: where the guest wants the wall clock at boot.
+/// kvmclock: where the guest wants the wall clock at boot (KVM's
+/// paravirtual MSRs are not in the `x86` crate).
 pub const MSR_KVM_WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
 /// kvmclock: where the guest wants its vCPU time information (bit 0
 /// enables).
@@ -59,22 +60,22 @@ pub fn pvclock_scale(tsc_khz: u32) -> (u32, i8) {
 /// MSRs a backend passes through without an exit (the hardware saves and
 /// restores them with the guest state).
 pub const PASS_THROUGH: [u32; 11] = [
-    0x174,       // SYSENTER_CS
-    0x175,       // SYSENTER_ESP
-    0x176,       // SYSENTER_EIP
-    0x277,       // PAT
-    0xc000_0081, // STAR
-    0xc000_0082, // LSTAR
-    0xc000_0083, // CSTAR
-    0xc000_0084, // SFMASK
-    0xc000_0100, // FS_BASE
-    0xc000_0101, // GS_BASE
-    0xc000_0102, // KERNEL_GS_BASE
+    x86::msr::IA32_SYSENTER_CS,
+    x86::msr::IA32_SYSENTER_ESP,
+    x86::msr::IA32_SYSENTER_EIP,
+    x86::msr::IA32_PAT,
+    x86::msr::IA32_STAR,
+    x86::msr::IA32_LSTAR,
+    x86::msr::IA32_CSTAR,
+    x86::msr::IA32_FMASK,
+    x86::msr::IA32_FS_BASE,
+    x86::msr::IA32_GS_BASE,
+    x86::msr::IA32_KERNEL_GSBASE,
 ];
 
 /// IA32_MISC_ENABLE (Intel): Linux reads it on Intel CPUs before it has
 /// an IDT (verify_cpu clears XD-disable), so it must not #GP.
-pub const MSR_MISC_ENABLE: u32 = 0x1a0;
+pub const MSR_MISC_ENABLE: u32 = x86::msr::IA32_MISC_ENABLE;
 
 /// What IA32_MISC_ENABLE reads: fast strings on, BTS and PEBS unavailable,
 /// XD not disabled, CPUID not limited.

@@ -102,6 +102,22 @@ fn device_access<B: VcpuBackend>(vcpu: &mut B, vm: &mut Vm, access: DeviceAccess
     }
 }
 
+/// A control register for an intercepted MOV from CR: the backend's
+/// answer under shadow paging; otherwise CR0, CR3 and CR4 from
+/// [`CpuState::control`] and `None` (#UD) for the rest.
+fn read_control_register<B: VcpuBackend>(vcpu: &mut B, cr: u8) -> Option<u64> {
+    if let Some(shadow) = vcpu.shadow_paging() {
+        return shadow.read_control_register(cr);
+    }
+    let c = vcpu.control();
+    match cr {
+        0 => Some(c.cr0),
+        3 => Some(c.cr3),
+        4 => Some(c.cr4),
+        _ => None,
+    }
+}
+
 /// Emulate the instruction at RIP against `vm` (MMIO, string I/O, a write
 /// to a shadowed page table), or the string port instruction the exit
 /// described (`port_string`, no decode needed). A backend that tracks
@@ -113,14 +129,16 @@ fn emulate<B: VcpuBackend>(
     gpa: Option<u64>,
     port_string: Option<&PortString>,
 ) {
-    let result = if vcpu.tracks_guest_writes() {
+    let result = if vcpu.shadow_paging().is_some() {
         let mut bus = RecordingBus::new(vm);
         let result = match port_string {
             Some(io) => emulator.emulate_port_string(vcpu, &mut bus, io),
             None => emulator.emulate(vcpu, &mut bus),
         };
-        for (gpa, len) in bus.into_writes() {
-            vcpu.guest_wrote(gpa, len);
+        if let Some(shadow) = vcpu.shadow_paging() {
+            for (gpa, len) in bus.into_writes() {
+                shadow.guest_wrote(gpa, len);
+            }
         }
         result
     } else {
@@ -260,7 +278,15 @@ pub fn run<B: VcpuBackend>(
                     error_code,
                     ac: vcpu.rflags() & RFLAGS_AC != 0,
                 };
-                match vcpu.shadow_page_fault(vm, fault) {
+                let outcome = match vcpu.shadow_paging() {
+                    Some(shadow) => shadow.page_fault(vm, fault),
+                    // Without shadow paging the fault is the guest's own.
+                    None => Ok(FaultOutcome::Reflect(crate::paging::PageFault {
+                        address: fault.address,
+                        error_code: fault.error_code,
+                    })),
+                };
+                match outcome {
                     Ok(FaultOutcome::Filled) => {}
                     Ok(FaultOutcome::Reflect(pf)) => {
                         if !vcpu.inject(Event::Exception(Exception::PageFault(pf))) {
@@ -275,14 +301,18 @@ pub fn run<B: VcpuBackend>(
             }
             Exit::ControlRegister { access, next_rip } => match access {
                 ControlAccess::Write { cr, value } => {
-                    match vcpu.write_control_register(vm, cr, value) {
+                    let written = match vcpu.shadow_paging() {
+                        Some(shadow) => shadow.write_control_register(vm, cr, value),
+                        None => Err(Exception::GeneralProtection(0)),
+                    };
+                    match written {
                         Ok(()) => vcpu.set_rip(next_rip),
                         Err(e) => {
                             vcpu.inject(Event::Exception(e));
                         }
                     }
                 }
-                ControlAccess::Read { cr, gpr } => match vcpu.read_control_register(cr) {
+                ControlAccess::Read { cr, gpr } => match read_control_register(vcpu, cr) {
                     Some(value) => {
                         vcpu.set_gpr(gpr, value);
                         vcpu.set_rip(next_rip);
@@ -293,7 +323,9 @@ pub fn run<B: VcpuBackend>(
                 },
             },
             Exit::Invlpg { linear, next_rip } => {
-                vcpu.invalidate_page(linear);
+                if let Some(shadow) = vcpu.shadow_paging() {
+                    shadow.invalidate_page(linear);
+                }
                 vcpu.set_rip(next_rip);
             }
             Exit::Cpuid { next_rip } => {

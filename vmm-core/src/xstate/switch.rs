@@ -26,7 +26,7 @@ const CR4_OSXSAVE: u64 = 1 << 18;
 const CR0_TS_EM: u64 = (1 << 3) | (1 << 2);
 /// EFER.FFXSR: AMD's fast FXSAVE, which skips the XMM registers at CPL 0.
 const EFER_FFXSR: u64 = 1 << 14;
-const MSR_EFER: u32 = 0xc000_0080;
+const MSR_EFER: u32 = x86::msr::IA32_EFER;
 
 /// Make this CPU able to save and restore guests' extended state: CR4.OSFXSR
 /// (and CR4.OSXSAVE where the CPU has XSAVE), CR0.TS and CR0.EM clear, and

@@ -1,0 +1,234 @@
+//! What each fill depended on, and taking away exactly the dependent
+//! shadow entries when the guest writes its tables (by instruction, by a
+//! walk's accessed and dirty bits, or by INVLPG).
+
+use super::coherence::{self, Leaf};
+use super::guest_tables::WalkWrite;
+use super::table_pool::ENTRIES;
+use super::{ShadowPager, COMPACT_AT, PTE_A, PTE_D, PTE_P};
+use crate::paging::{PagingMode, TracedEntry};
+use alloc::vec::Vec;
+
+impl ShadowPager {
+    /// The fault's walk changed the entries in `writes` (setting accessed
+    /// and dirty bits): remove the shadow mappings derived from an entry
+    /// whose meaning that changed. For an entry read back at the same
+    /// place and width, A and D change nothing a leaf was filled from
+    /// (the shadow only ever grants less before them), except in a PAE
+    /// PDPTE, which has neither: there bits 5 and 6 are reserved, and a
+    /// PDPTE that is also a lower-level entry (a self-referencing table)
+    /// stops being valid. Read through the other width (a 4-byte entry
+    /// that is the upper half of an 8-byte one), they are address bits.
+    /// `overflow`: more writes than were recorded; forget every tree.
+    pub(super) fn walk_wrote(&mut self, writes: &[WalkWrite], overflow: bool) {
+        if overflow {
+            self.flush_all();
+            return;
+        }
+        const AD: u64 = PTE_A | PTE_D;
+        let mut stale = Vec::new();
+        for w in writes {
+            // Every dependency key this write overlaps, with the bits it
+            // changed as that key's entry holds them.
+            let keys = if w.wide {
+                [
+                    (coherence::entry_key(w.gpa, true), w.changed),
+                    (coherence::entry_key(w.gpa, false), w.changed & 0xffff_ffff),
+                    (coherence::entry_key(w.gpa + 4, false), w.changed >> 32),
+                ]
+            } else {
+                let wide = w.gpa & !7;
+                [
+                    (
+                        coherence::entry_key(wide, true),
+                        w.changed << ((w.gpa - wide) * 8),
+                    ),
+                    (coherence::entry_key(w.gpa, false), w.changed),
+                    (0, 0),
+                ]
+            };
+            for (key, changed) in keys {
+                if changed == 0 {
+                    continue;
+                }
+                let roots = &self.roots;
+                let wide_key = key & 1 != 0;
+                self.coherence.take_dependents_where(
+                    key,
+                    |l| {
+                        changed & !AD != 0
+                            || (wide_key
+                                && l.shift == 30
+                                && roots
+                                    .iter()
+                                    .flatten()
+                                    .any(|r| r.serial == l.root && r.key.mode == PagingMode::Pae))
+                    },
+                    &mut stale,
+                );
+            }
+        }
+        for l in stale {
+            self.zap(l);
+        }
+    }
+
+    /// Record that the shadow of `linear` in root `slot` depends on every
+    /// guest entry of `trace`, each for the range of addresses it covers;
+    /// take writable mappings away from frames that just became page
+    /// tables.
+    pub(super) fn record_deps(
+        &mut self,
+        slot: usize,
+        serial: u32,
+        mode: PagingMode,
+        trace: &[TracedEntry],
+        linear: u64,
+    ) {
+        let (top, step) = match mode {
+            PagingMode::Bits32 => (22u32, 10u32),
+            PagingMode::Pae => (30, 9),
+            _ => (39, 9),
+        };
+        let mut revoke = Vec::new();
+        for (i, e) in trace.iter().enumerate() {
+            let shift = top.saturating_sub(step * i as u32).max(12);
+            let dep = Leaf {
+                root: serial,
+                page: linear & !((1u64 << shift) - 1),
+                shift: shift as u8,
+            };
+            let key = coherence::entry_key(e.gpa, e.wide);
+            let (newly_tracked, added) = self.coherence.add_dep(key, dep);
+            if added {
+                self.note_dep_key(slot, key);
+            }
+            if newly_tracked {
+                revoke.extend(self.coherence.take_writable(e.gpa));
+            }
+        }
+        for l in revoke {
+            self.zap(l);
+        }
+    }
+
+    /// Remember, for eviction, that root `slot` has a dependency under
+    /// `key`; the list is compacted when it doubles, so a long-lived root
+    /// whose entries are rewritten and refilled again and again stays
+    /// bounded by what it really has.
+    pub(super) fn note_dep_key(&mut self, slot: usize, key: u64) {
+        let Some(r) = self.roots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        r.dep_keys.push(key);
+        if r.dep_keys.len() >= r.dep_keys_limit {
+            let serial = r.serial;
+            let mut keys = core::mem::take(&mut r.dep_keys);
+            keys.sort_unstable();
+            keys.dedup();
+            keys.retain(|k| self.coherence.has_dep(*k, serial));
+            if let Some(r) = self.roots.get_mut(slot).and_then(Option::as_mut) {
+                r.dep_keys_limit = (keys.len() * 2).max(COMPACT_AT);
+                r.dep_keys = keys;
+            }
+        }
+    }
+
+    /// Remember, for eviction, that root `slot` maps `frame` writable
+    /// (compacted like the dependency keys).
+    pub(super) fn note_writable_frame(&mut self, slot: usize, frame: u64) {
+        let Some(r) = self.roots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        r.writable_frames.push(frame);
+        if r.writable_frames.len() >= r.writable_limit {
+            let serial = r.serial;
+            let mut frames = core::mem::take(&mut r.writable_frames);
+            frames.sort_unstable();
+            frames.dedup();
+            frames.retain(|f| self.coherence.has_writable(*f, serial));
+            if let Some(r) = self.roots.get_mut(slot).and_then(Option::as_mut) {
+                r.writable_limit = (frames.len() * 2).max(COMPACT_AT);
+                r.writable_frames = frames;
+            }
+        }
+    }
+
+    /// The guest (through the emulator) wrote `[gpa, gpa + len)`: remove
+    /// the shadow leaves that depended on entries there, and stop tracking
+    /// a page-table page the guest keeps rewriting.
+    pub fn guest_wrote(&mut self, gpa: u64, len: u64) {
+        if !self.coherence.is_tracked(gpa) {
+            return;
+        }
+        let mut leaves = Vec::new();
+        if self.coherence.note_write(gpa) {
+            self.stats.floods += 1;
+            self.coherence.take_frame(gpa, &mut leaves);
+        } else {
+            self.coherence.take_written(gpa, len, &mut leaves);
+        }
+        for l in leaves {
+            self.zap(l);
+        }
+    }
+
+    /// INVLPG: drop the current tree's leaf for `linear`.
+    pub fn invlpg(&mut self, linear: u64) {
+        self.stats.invlpgs += 1;
+        if let Some(slot) = self.current {
+            let mask = self
+                .current_root()
+                .map_or(u64::MAX, |r| r.format.linear_mask());
+            let serial = self.current_root().map_or(0, |r| r.serial);
+            self.zap(Leaf {
+                root: serial,
+                page: linear & mask & !0xfff,
+                shift: 12,
+            });
+            let _ = slot;
+        }
+        self.tlb_flush = true;
+    }
+
+    /// Remove every shadow mapping in the range `leaf` names, if its root
+    /// still exists: leaf entries, or whole subtrees for larger ranges.
+    pub(super) fn zap(&mut self, leaf: Leaf) {
+        let Some(slot) = self
+            .roots
+            .iter()
+            .position(|r| r.as_ref().is_some_and(|r| r.serial == leaf.root))
+        else {
+            return;
+        };
+        let Some((mut table, format)) = self.roots[slot].as_ref().map(|r| (r.top, r.format)) else {
+            return;
+        };
+        let base = leaf.page & format.linear_mask();
+        let shift = u32::from(leaf.shift);
+        let mut level_shift = format.top_shift();
+        loop {
+            let index = ((base >> level_shift) & 0x1ff) as usize;
+            if shift >= level_shift {
+                let count = 1usize << (shift - level_shift).min(9);
+                for i in index..(index + count).min(ENTRIES) {
+                    if self.pool.entry(table, i) & PTE_P != 0 {
+                        self.pool.set_entry(table, i, 0);
+                        self.stats.invalidations += 1;
+                        self.tlb_flush = true;
+                    }
+                    if let Some(child) = self.pool.child(table, i) {
+                        self.pool.clear_child(table, i);
+                        self.release_subtree(child);
+                    }
+                }
+                return;
+            }
+            match self.pool.child(table, index) {
+                Some(child) => table = child,
+                None => return,
+            }
+            level_shift -= 9;
+        }
+    }
+}

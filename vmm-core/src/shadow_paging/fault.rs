@@ -1,0 +1,211 @@
+//! Resolving a shadow page fault: reflect it to the guest, fill a
+//! shadow leaf, or send the access to the emulator.
+
+use super::coherence::Leaf;
+use super::error::ShadowError;
+use super::guest_tables::WatchedTables;
+use super::prefetch::FaultWalk;
+use super::root_key::RootKey;
+use super::{ShadowPager, PTE_A, PTE_D, PTE_P, PTE_RW, PTE_US, PTE_XD};
+use crate::host::Host;
+use crate::memory::{Backing, GuestMemory, RegionKind};
+use crate::paging::{
+    Access, AccessKind, ControlRegisters, PageFault, PagingMode, WalkError, Walker, CR0_WP,
+    PF_FETCH, PF_USER, PF_WRITE,
+};
+
+/// A #PF the hardware reported while the shadow tree was loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestFault {
+    /// The faulting linear address.
+    pub address: u64,
+    /// The hardware error code (`PF_*` bits).
+    pub error_code: u32,
+    /// RFLAGS.AC at the fault (lifts SMAP for supervisor accesses).
+    pub ac: bool,
+}
+
+/// What to do about a shadow page fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultOutcome {
+    /// A shadow entry was filled: run the instruction again.
+    Filled,
+    /// The guest's own tables fault: inject this #PF.
+    Reflect(PageFault),
+    /// The access goes to emulated memory (MMIO, a hole, ROM) or writes a
+    /// guest page table: emulate the instruction, then report its writes
+    /// with [`ShadowPager::guest_wrote`].
+    Emulate {
+        /// The guest-physical address the access translated to.
+        gpa: u64,
+    },
+}
+
+impl ShadowPager {
+    /// Resolve a #PF taken with the shadow tree loaded: fill, reflect, or
+    /// send to the emulator. `control` holds the guest's own registers.
+    pub fn handle_fault(
+        &mut self,
+        host: &dyn Host,
+        memory: &mut GuestMemory,
+        control: &ControlRegisters,
+        fault: GuestFault,
+    ) -> Result<FaultOutcome, ShadowError> {
+        self.stats.faults += 1;
+        self.sync_generation(memory);
+        let key = RootKey::of(control);
+        if self.current_root().map(|r| r.key) != Some(key) {
+            self.activate(host, control)?;
+        }
+        let slot = self.current.ok_or(ShadowError::NoHostPhys)?;
+        let format = key.format()?;
+        let linear = fault.address & format.linear_mask();
+        let kind = if fault.error_code & PF_FETCH != 0 {
+            AccessKind::Execute
+        } else if fault.error_code & PF_WRITE != 0 {
+            AccessKind::Write
+        } else {
+            AccessKind::Read
+        };
+        let user = fault.error_code & PF_USER != 0;
+        let access = Access {
+            kind,
+            cpl: if user { 3 } else { 0 },
+            implicit_supervisor: false,
+            ac: fault.ac,
+        };
+        let walker = Walker {
+            control: *control,
+            max_phys_bits: self.max_phys_bits,
+            pkru: 0,
+        };
+        let mut tables = WatchedTables::new(memory);
+        let walked = walker.translate_traced(&mut tables, linear, access);
+        // The walk's own accessed and dirty updates are writes to the
+        // guest's tables too: drop whatever they made stale before
+        // anything is filled from this walk.
+        self.walk_wrote(tables.writes(), tables.overflow);
+        let (translation, trace) = match walked {
+            Ok(t) => t,
+            Err(WalkError::PageFault(pf)) => {
+                self.stats.reflected += 1;
+                return Ok(FaultOutcome::Reflect(PageFault {
+                    address: fault.address,
+                    error_code: pf.error_code,
+                }));
+            }
+            Err(WalkError::TableUnreachable { gpa }) => {
+                return Err(ShadowError::TableUnreachable { gpa })
+            }
+        };
+        // A PAE PDPTE that is also a lower-level entry of the same walk (a
+        // self-referencing table) may just have had its bit 5, reserved in
+        // a PDPTE, set as an accessed bit. Map nothing on the strength of
+        // what is no longer a valid PDPTE: the next walk decides.
+        if key.mode == PagingMode::Pae {
+            if let Some(pdpte) = trace.entries().first() {
+                if GuestMemory::read_u64(memory, pdpte.gpa).ok() != Some(pdpte.value) {
+                    return Ok(FaultOutcome::Filled);
+                }
+            }
+        }
+        let gpa = if key.mode == PagingMode::Disabled {
+            translation.gpa & 0xffff_ffff
+        } else {
+            translation.gpa
+        };
+        let page = gpa & !0xfff;
+        let emulate = FaultOutcome::Emulate { gpa };
+
+        // What the map has there: only a whole page of one memory region
+        // can be mapped.
+        let Some(region) = memory.region_at(page) else {
+            self.stats.emulated_mmio += 1;
+            return Ok(emulate);
+        };
+        let whole_page = region.start <= page && region.end() >= page + 0x1000;
+        let region_writable = match region.kind {
+            RegionKind::Ram => true,
+            RegionKind::ReadOnly | RegionKind::Split => false,
+            RegionKind::Mmio | RegionKind::Unmapped => {
+                self.stats.emulated_mmio += 1;
+                return Ok(emulate);
+            }
+        };
+        let Backing::Block { block, offset } = region.read else {
+            self.stats.emulated_mmio += 1;
+            return Ok(emulate);
+        };
+        if !whole_page || (kind == AccessKind::Write && !region_writable) {
+            self.stats.emulated_mmio += 1;
+            return Ok(emulate);
+        }
+        let host_page = memory
+            .block_host_phys(block, offset + (page - region.start))
+            .ok_or(ShadowError::NoHostPhys)?
+            .0;
+
+        // Record what this leaf depends on; a frame that just became a page
+        // table loses its writable mappings everywhere.
+        let serial = self.roots[slot].as_ref().map_or(0, |r| r.serial);
+        let leaf = Leaf {
+            root: serial,
+            page: linear & !0xfff,
+            shift: 12,
+        };
+        self.record_deps(slot, serial, key.mode, trace.entries(), linear);
+
+        let page_table = self.coherence.is_tracked(page);
+        if kind == AccessKind::Write && page_table {
+            // A write to one of the guest's page tables: fill read-only (so
+            // reads go on at full speed) and emulate the write.
+            self.stats.page_table_writes += 1;
+        }
+        // With CR0.WP clear a supervisor write may go to a read-only page:
+        // map it writable for the supervisor only; a user access refills.
+        let wp_override = kind == AccessKind::Write
+            && !user
+            && !translation.writable
+            && control.cr0 & CR0_WP == 0
+            && key.mode != PagingMode::Disabled;
+        let dirty = trace.leaf_dirty || key.mode == PagingMode::Disabled;
+        let writable =
+            (translation.writable || wp_override) && dirty && region_writable && !page_table;
+        let mut entry = host_page | PTE_P | PTE_A;
+        if translation.user && !wp_override {
+            entry |= PTE_US;
+        }
+        if writable {
+            entry |= PTE_RW | PTE_D;
+        }
+        if !translation.executable {
+            entry |= PTE_XD;
+        }
+        let restarted = self.set_leaf(host, slot, linear, entry)?;
+        if writable && self.coherence.add_writable(page, leaf) {
+            self.note_writable_frame(slot, page);
+        }
+        if restarted {
+            // The tree was started over to make room, and with it went the
+            // dependencies recorded above: record them again (which takes
+            // the new leaf back if its frame is a page table after all).
+            self.record_deps(slot, serial, key.mode, trace.entries(), linear);
+        }
+        self.stats.fills += 1;
+        if kind == AccessKind::Write && page_table {
+            return Ok(emulate);
+        }
+        self.prefetch(
+            memory,
+            control,
+            slot,
+            FaultWalk {
+                linear,
+                translation: &translation,
+                trace: &trace,
+                gpa,
+            },
+        );
+        Ok(FaultOutcome::Filled)
+    }
+}

@@ -1,0 +1,66 @@
+//! The counters of one pager.
+
+use core::fmt;
+
+/// Counters of one pager, for statistics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShadowStats {
+    /// Shadow page faults handled.
+    pub faults: u64,
+    /// Shadow leaves filled.
+    pub fills: u64,
+    /// Neighbouring leaves filled ahead of a fault (already accessed in the
+    /// guest's tables).
+    pub prefetches: u64,
+    /// Faults reflected into the guest.
+    pub reflected: u64,
+    /// Faults on MMIO, holes or ROM writes, sent to the emulator.
+    pub emulated_mmio: u64,
+    /// Guest writes to its own page tables, emulated.
+    pub page_table_writes: u64,
+    /// Shadow leaves removed because a guest entry they depended on was
+    /// written, or the page became a page table.
+    pub invalidations: u64,
+    /// Tracked page-table frames released after repeated writes.
+    pub floods: u64,
+    /// INVLPGs.
+    pub invlpgs: u64,
+    /// Root activations that found a cached tree.
+    pub cache_hits: u64,
+    /// Root activations that had to start an empty tree.
+    pub cache_misses: u64,
+    /// Roots evicted to stay within the budget.
+    pub evictions: u64,
+    /// Every tree flushed at once (CR4 paging bits, memory map changes).
+    pub full_flushes: u64,
+    /// Pages in use now.
+    pub pages_in_use: u64,
+    /// Cached roots now.
+    pub roots: u64,
+}
+
+impl fmt::Display for ShadowStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "shadow paging: {} faults, {} fills, {} prefetched, {} reflected, {} mmio, \
+             {} page-table writes, {} invalidations, {} floods, {} invlpg, cache {} hits / {} \
+             misses / {} evictions, {} full flushes, {} pages in {} roots",
+            self.faults,
+            self.fills,
+            self.prefetches,
+            self.reflected,
+            self.emulated_mmio,
+            self.page_table_writes,
+            self.invalidations,
+            self.floods,
+            self.invlpgs,
+            self.cache_hits,
+            self.cache_misses,
+            self.evictions,
+            self.full_flushes,
+            self.pages_in_use,
+            self.roots
+        )
+    }
+}

@@ -1,0 +1,132 @@
+//! Shadow tables inside one tree: finding and setting leaves, releasing
+//! subtrees, reading entries back as the hardware walks them.
+
+use super::error::ShadowError;
+use super::table_pool::ENTRIES;
+use super::{ShadowPager, ADDR_MASK, PTE_P, PTE_RW, PTE_US};
+use crate::host::Host;
+
+impl ShadowPager {
+    /// Give back `table` and every table below it.
+    pub(super) fn release_subtree(&mut self, table: u32) {
+        for index in 0..ENTRIES {
+            if let Some(child) = self.pool.child(table, index) {
+                for grand_index in 0..ENTRIES {
+                    if let Some(grand) = self.pool.child(child, grand_index) {
+                        for leaf_index in 0..ENTRIES {
+                            if let Some(leaf) = self.pool.child(grand, leaf_index) {
+                                self.pool.release(leaf);
+                            }
+                        }
+                        self.pool.release(grand);
+                    }
+                }
+                self.pool.release(child);
+            }
+        }
+        self.pool.release(table);
+    }
+
+    /// Write the leaf for `linear` in root `slot`, building the path to it.
+    /// `true` if the tree had to be started over for room (its bookkeeping
+    /// is gone: the caller records the leaf's dependencies again).
+    pub(super) fn set_leaf(
+        &mut self,
+        host: &dyn Host,
+        slot: usize,
+        linear: u64,
+        entry: u64,
+    ) -> Result<bool, ShadowError> {
+        for attempt in 0..2 {
+            match self.leaf_slot(host, slot, linear) {
+                Ok((table, index)) => {
+                    let old = self.pool.entry(table, index);
+                    if old & PTE_P != 0
+                        && (old & ADDR_MASK != entry & ADDR_MASK
+                            || old & !entry & (PTE_RW | PTE_US) != 0)
+                    {
+                        self.tlb_flush = true;
+                    }
+                    self.pool.set_entry(table, index, entry);
+                    return Ok(attempt > 0);
+                }
+                Err(ShadowError::BudgetTooSmall { .. }) if attempt == 0 => {
+                    // Only this root is left: start it over.
+                    self.reset_root(slot);
+                    self.stats.evictions += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ShadowError::BudgetTooSmall {
+            pages: self.pool.allocated(),
+        })
+    }
+
+    /// The (table, index) of the leaf for `linear`, allocating tables on
+    /// the way.
+    fn leaf_slot(
+        &mut self,
+        host: &dyn Host,
+        slot: usize,
+        linear: u64,
+    ) -> Result<(u32, usize), ShadowError> {
+        let (mut table, format) = match self.roots.get(slot).and_then(Option::as_ref) {
+            Some(r) => (r.top, r.format),
+            None => return Err(ShadowError::NoHostPhys),
+        };
+        let mut shift = format.top_shift();
+        while shift > 12 {
+            let index = ((linear >> shift) & 0x1ff) as usize;
+            table = match self.pool.child(table, index) {
+                Some(c) => c,
+                None => {
+                    let new = self.alloc_table(host, Some(slot))?;
+                    let top = shift == format.top_shift();
+                    let phys = self.pool.phys(new);
+                    self.pool
+                        .set_entry(table, index, format.table_entry(phys, top));
+                    self.pool.set_child(table, index, new);
+                    new
+                }
+            };
+            shift -= 9;
+        }
+        Ok((table, ((linear >> 12) & 0x1ff) as usize))
+    }
+
+    /// The leaf entry for `linear` in root `slot` without allocating.
+    pub(super) fn find_leaf(&self, slot: usize, linear: u64) -> Option<(u32, usize)> {
+        let r = self.roots.get(slot)?.as_ref()?;
+        let mut table = r.top;
+        let mut shift = r.format.top_shift();
+        while shift > 12 {
+            table = self
+                .pool
+                .child(table, ((linear >> shift) & 0x1ff) as usize)?;
+            shift -= 9;
+        }
+        Some((table, ((linear >> 12) & 0x1ff) as usize))
+    }
+
+    /// Walk the current shadow tree for `linear` as the hardware would:
+    /// the leaf entry, or `None` if not mapped. For tests and diagnostics.
+    pub fn shadow_entry(&self, linear: u64) -> Option<u64> {
+        let slot = self.current?;
+        let mask = self.current_root()?.format.linear_mask();
+        let (table, index) = self.find_leaf(slot, linear & mask)?;
+        let e = self.pool.entry(table, index);
+        (e & PTE_P != 0).then_some(e)
+    }
+
+    /// Every entry of the current root's top table that is present, for
+    /// diagnostics.
+    pub fn top_entries(&self) -> usize {
+        let Some(r) = self.current_root() else {
+            return 0;
+        };
+        (0..ENTRIES)
+            .filter(|i| self.pool.entry(r.top, *i) & PTE_P != 0)
+            .count()
+    }
+}

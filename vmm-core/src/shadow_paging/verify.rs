@@ -1,0 +1,86 @@
+//! Checking a shadow leaf against the guest's own tables, for tests and
+//! fuzzing.
+
+use super::error::CoherenceError;
+use super::guest_tables::ReadOnlyTables;
+use super::root_key::{RootKey, ShadowFormat};
+use super::{ShadowPager, ADDR_MASK, PTE_RW, PTE_US, PTE_XD};
+use crate::memory::{Backing, GuestMemory, RegionKind};
+use crate::paging::{Access, AccessKind, ControlRegisters, PagingMode, Walker, CR0_WP};
+
+impl ShadowPager {
+    /// Check the current tree's leaf for `linear` against the guest's own
+    /// tables as they are now: a present leaf must map the frame the guest
+    /// maps there, with no right the guest does not give (write only if
+    /// the guest entry is already dirty and the frame is RAM and not a page
+    /// table; user only for user pages; execute only if executable), and
+    /// every guest entry on the way must already be accessed. An absent
+    /// leaf is always coherent. For tests and fuzzing.
+    pub fn verify(
+        &self,
+        memory: &GuestMemory,
+        control: &ControlRegisters,
+        linear: u64,
+    ) -> Result<(), CoherenceError> {
+        let Some(entry) = self.shadow_entry(linear) else {
+            return Ok(());
+        };
+        let key = RootKey::of(control);
+        let mask = key.format().map_or(u64::MAX, ShadowFormat::linear_mask);
+        let linear = linear & mask & !0xfff;
+        let walker = Walker {
+            control: *control,
+            max_phys_bits: self.max_phys_bits,
+            pkru: 0,
+        };
+        let mut tables = ReadOnlyTables(memory);
+        let too_permissive = |what| CoherenceError::TooPermissive { linear, what };
+        let read = walker
+            .translate(&mut tables, linear, Access::new(AccessKind::Read, 0))
+            .map_err(|_| CoherenceError::NotMappedByGuest { linear })?;
+        let gpa = if key.mode == PagingMode::Disabled {
+            read.gpa & 0xffff_ffff
+        } else {
+            read.gpa
+        };
+        let region = memory
+            .region_at(gpa)
+            .ok_or(CoherenceError::NotMappedByGuest { linear })?;
+        let expected = match region.read {
+            Backing::Block { block, offset } => memory
+                .block_host_phys(block, offset + (gpa & !0xfff) - region.start)
+                .map(|p| p.0),
+            _ => None,
+        };
+        if expected != Some(entry & ADDR_MASK) {
+            return Err(CoherenceError::WrongFrame {
+                linear,
+                shadow: entry & ADDR_MASK,
+                guest_gpa: gpa,
+            });
+        }
+        if entry & PTE_RW != 0 {
+            let wp_override = entry & PTE_US == 0 && control.cr0 & CR0_WP == 0;
+            let write = Access::new(AccessKind::Write, 0);
+            if walker.translate(&mut tables, linear, write).is_err() {
+                return Err(too_permissive("writable before the guest entry is dirty"));
+            }
+            if !read.writable && !wp_override {
+                return Err(too_permissive("writable"));
+            }
+            if region.kind != RegionKind::Ram {
+                return Err(too_permissive("writable on memory that is not RAM"));
+            }
+            if self.coherence.is_tracked(gpa) {
+                return Err(too_permissive("writable on a guest page table"));
+            }
+        }
+        if entry & PTE_US != 0 && !read.user {
+            return Err(too_permissive("user-accessible"));
+        }
+        if entry & PTE_XD == 0 && !read.executable {
+            return Err(too_permissive("executable"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,201 @@
+//! [`VcpuBackend`] for [`VmxVcpu`]: entering the guest, and the backend
+//! calls of the shared exit loop.
+
+use super::capabilities::{self, CR0_PG};
+use super::control_registers::{EFER_GUEST_WRITABLE, EFER_LMA, EFER_LME};
+use super::events::INFO_VALID;
+use super::fields;
+use super::guest_state::access_rights_from_attributes;
+use super::instructions::{self, VmxGprs};
+use super::vcpu::SWITCHED_MSRS;
+use super::VmxVcpu;
+use crate::emulator::{Segment, SegmentRegister};
+use crate::vcpu::{Event, Exit, VcpuBackend};
+use crate::vm::Vm;
+
+/// Internal exits in a row before `run` returns to the exit loop anyway.
+const MAX_INTERNAL_EXITS: u32 = 1000;
+
+impl VcpuBackend for VmxVcpu {
+    fn run(&mut self, vm: &mut Vm) -> Exit {
+        if let Err(e) = self.sync_ept(vm) {
+            return Exit::Error(e);
+        }
+        self.sync_io_bitmaps(vm);
+        for _ in 0..MAX_INTERNAL_EXITS {
+            self.load();
+            self.xstate.switch_to_guest(vm.host().current_cpu());
+            // SAFETY: VMX is on and our VMCS current; its host state is this
+            // CPU's, HOST_RIP the exit path of `enter`; its EPT maps only
+            // this VM's memory, its I/O bitmaps intercept every port but
+            // the VM's pass-through ports and its MSR bitmap only lets
+            // through MSRs the VMCS or its MSR areas switch.
+            let entered = unsafe { instructions::enter(&mut self.gprs, self.launched) };
+            self.xstate.switch_to_host();
+            // A physical interrupt that ended the guest's run is taken now.
+            instructions::take_pending_interrupts();
+            if let Err(e) = entered {
+                return self.instruction_failure(e);
+            }
+            self.launched = true;
+            // The event we injected (if any) was delivered or is reported
+            // again through the IDT-vectoring information.
+            // (A failed entry keeps it, for the diagnosis.)
+            let failed_entry = self.read(fields::EXIT_REASON) & (1 << 31) != 0;
+            let pending = self.read(fields::ENTRY_INTERRUPTION_INFO);
+            if pending & INFO_VALID != 0 && !failed_entry {
+                self.write(fields::ENTRY_INTERRUPTION_INFO, 0);
+            }
+            if let Some(exit) = self.decode_exit(vm) {
+                if exit == Exit::InterruptWindow {
+                    self.request_interrupt_window(false);
+                }
+                return exit;
+            }
+        }
+        Exit::Preempted
+    }
+
+    fn inject(&mut self, event: Event) -> bool {
+        self.inject_event(event)
+    }
+
+    fn interrupts_open(&self) -> bool {
+        self.interrupt_can_be_taken()
+    }
+
+    fn nmis_open(&self) -> bool {
+        self.nmi_can_be_taken()
+    }
+
+    fn backend_msr(&self, msr: u32) -> Option<u64> {
+        match msr {
+            crate::vcpu::MSR_EFER => Some(self.read(fields::GUEST_IA32_EFER)),
+            _ => None,
+        }
+    }
+
+    fn set_backend_msr(&mut self, msr: u32, value: u64) -> bool {
+        match msr {
+            crate::vcpu::MSR_EFER => {
+                if value & !(EFER_GUEST_WRITABLE | EFER_LMA) != 0 {
+                    return false;
+                }
+                let current = self.read(fields::GUEST_IA32_EFER);
+                // LME cannot change while paging is on.
+                if self.guest_cr0() & CR0_PG != 0 && (current ^ value) & EFER_LME != 0 {
+                    return false;
+                }
+                let lma = current & EFER_LMA;
+                self.write(fields::GUEST_IA32_EFER, (value & EFER_GUEST_WRITABLE) | lma);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn reset(&mut self) {
+        let ia32e = u64::from(capabilities::entry::IA32E_MODE_GUEST);
+        self.write(fields::ENTRY_CONTROLS, self.entry_controls() & !ia32e);
+        const RESET_CR0: u64 = 0x6000_0010;
+        self.write(fields::CR0_READ_SHADOW, RESET_CR0);
+        self.write(fields::GUEST_CR0, self.cr0.apply(RESET_CR0));
+        self.write(fields::CR4_READ_SHADOW, 0);
+        self.write(fields::GUEST_CR4, self.cr4.apply(0));
+        self.write(fields::GUEST_CR3, 0);
+        self.write(fields::GUEST_IA32_EFER, 0);
+        for s in Segment::ALL {
+            let (sel, limit, ar, base) = fields::guest_segment(s as u32);
+            let (selector, b, attributes) = if s == Segment::Cs {
+                (0xf000, 0xffff_0000, SegmentRegister::CODE)
+            } else {
+                (0, 0, SegmentRegister::DATA)
+            };
+            self.write(sel, selector);
+            self.write(base, b);
+            self.write(limit, 0xffff);
+            self.write(ar, access_rights_from_attributes(attributes));
+        }
+        self.write(fields::GUEST_LDTR_SELECTOR, 0);
+        self.write(fields::GUEST_LDTR_BASE, 0);
+        self.write(fields::GUEST_LDTR_LIMIT, 0xffff);
+        self.write(fields::GUEST_LDTR_ACCESS_RIGHTS, 0x82);
+        self.write(fields::GUEST_TR_SELECTOR, 0);
+        self.write(fields::GUEST_TR_BASE, 0);
+        self.write(fields::GUEST_TR_LIMIT, 0xffff);
+        self.write(fields::GUEST_TR_ACCESS_RIGHTS, 0x8b);
+        self.write(fields::GUEST_GDTR_BASE, 0);
+        self.write(fields::GUEST_GDTR_LIMIT, 0xffff);
+        self.write(fields::GUEST_IDTR_BASE, 0);
+        self.write(fields::GUEST_IDTR_LIMIT, 0xffff);
+        self.write(fields::GUEST_RIP, 0xfff0);
+        self.write(fields::GUEST_RSP, 0);
+        self.write(fields::GUEST_RFLAGS, 2);
+        self.write(fields::GUEST_DR7, 0x400);
+        self.write(fields::GUEST_IA32_DEBUGCTL, 0);
+        self.write(fields::GUEST_INTERRUPTIBILITY, 0);
+        self.write(fields::GUEST_ACTIVITY_STATE, 0);
+        self.write(fields::GUEST_PENDING_DEBUG, 0);
+        self.write(fields::GUEST_SYSENTER_CS, 0);
+        self.write(fields::GUEST_SYSENTER_ESP, 0);
+        self.write(fields::GUEST_SYSENTER_EIP, 0);
+        if self.controls.pat {
+            self.write(fields::GUEST_IA32_PAT, 0x0007_0406_0007_0406);
+        }
+        for i in 0..4 {
+            self.write(fields::GUEST_PDPTE0 + 2 * i, 0);
+        }
+        self.write(fields::ENTRY_INTERRUPTION_INFO, 0);
+        let proc = self.read(fields::PROC_BASED_CONTROLS);
+        self.write(
+            fields::PROC_BASED_CONTROLS,
+            proc & !u64::from(capabilities::proc::INTERRUPT_WINDOW_EXITING),
+        );
+        for i in 0..SWITCHED_MSRS.len() {
+            self.msr_area.as_mut_slice()[i * 16 + 8..i * 16 + 16].fill(0);
+        }
+        self.xstate.reset();
+        // After RESET, EDX holds the processor signature.
+        self.gprs = VmxGprs {
+            rdx: core::arch::x86_64::__cpuid(1).eax.into(),
+            ..VmxGprs::default()
+        };
+        // The guest's own TLB entries are stale.
+        self.flush_guest_tlb();
+        // The guest's TSC starts near zero, as after a power-on.
+        self.set_tsc_offset(crate::vcpu::msr_host_tsc().wrapping_neg());
+    }
+
+    fn extended_state(&self) -> Option<&crate::xstate::ExtendedState> {
+        Some(&self.xstate)
+    }
+
+    fn tsc_offset(&self) -> u64 {
+        if self.controls.proc & capabilities::proc::USE_TSC_OFFSETTING != 0 {
+            self.read(fields::TSC_OFFSET)
+        } else {
+            0
+        }
+    }
+
+    fn set_tsc_offset(&mut self, offset: u64) -> bool {
+        if self.controls.proc & capabilities::proc::USE_TSC_OFFSETTING == 0 {
+            return false;
+        }
+        self.write(fields::TSC_OFFSET, offset);
+        true
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        let proc = self.read(fields::PROC_BASED_CONTROLS);
+        let bit = u64::from(capabilities::proc::INTERRUPT_WINDOW_EXITING);
+        let wanted = if on || !self.controls.interrupt_window_optional {
+            proc | bit
+        } else {
+            proc & !bit
+        };
+        if wanted != proc {
+            self.write(fields::PROC_BASED_CONTROLS, wanted);
+        }
+    }
+}

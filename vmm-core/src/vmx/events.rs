@@ -1,0 +1,86 @@
+//! Event injection: the VM-entry interruption information, the guest's
+//! interruptibility (STI, MOV SS and NMI blocking), and events whose
+//! delivery an exit interrupted, delivered again.
+
+use super::capabilities::CR0_PE;
+use super::fields;
+use super::VmxVcpu;
+use crate::emulator::{CpuState, Exception, RFLAGS_IF};
+use crate::vcpu::Event;
+
+/// Interruptibility state: blocking by STI and by MOV SS.
+pub(super) const BLOCKING_STI_MOVSS: u64 = 0b11;
+/// Guest interruptibility: blocking by NMI.
+const BLOCKING_NMI: u64 = 1 << 3;
+/// Interruption-information valid bit.
+pub(super) const INFO_VALID: u64 = 1 << 31;
+/// Interruption-information "deliver error code" bit.
+pub(super) const INFO_ERROR_CODE: u64 = 1 << 11;
+
+impl VmxVcpu {
+    /// Deliver `event` at the next entry through the VM-entry interruption
+    /// information; `false` if an event is already pending there.
+    pub(super) fn inject_event(&mut self, event: Event) -> bool {
+        if self.read(fields::ENTRY_INTERRUPTION_INFO) & INFO_VALID != 0 {
+            return false;
+        }
+        let info = match event {
+            Event::Exception(e) => {
+                let mut v = u64::from(e.vector()) | (3 << 8) | INFO_VALID;
+                // Real mode delivers no error code (and VM entry refuses one).
+                if let Some(code) = e.error_code() {
+                    if self.guest_cr0() & CR0_PE != 0 {
+                        v |= INFO_ERROR_CODE;
+                        self.write(fields::ENTRY_EXCEPTION_ERROR_CODE, code.into());
+                    }
+                }
+                if let Exception::PageFault(pf) = e {
+                    self.gprs.cr2 = pf.address;
+                }
+                v
+            }
+            Event::Interrupt(vector) => u64::from(vector) | INFO_VALID,
+            Event::Nmi => 2 | (2 << 8) | INFO_VALID,
+        };
+        self.write(fields::ENTRY_INTERRUPTION_INFO, info);
+        true
+    }
+
+    /// RFLAGS.IF set, no STI/MOV SS blocking, no event pending.
+    pub(super) fn interrupt_can_be_taken(&self) -> bool {
+        self.rflags() & RFLAGS_IF != 0
+            && self.read(fields::GUEST_INTERRUPTIBILITY) & BLOCKING_STI_MOVSS == 0
+            && self.read(fields::ENTRY_INTERRUPTION_INFO) & INFO_VALID == 0
+    }
+
+    /// No blocking by NMI or MOV SS, no event pending.
+    pub(super) fn nmi_can_be_taken(&self) -> bool {
+        // Blocking by NMI (bit 3) is the CPU's own while "virtual NMIs" is
+        // off: set by the injection, cleared by the handler's IRET.
+        self.read(fields::GUEST_INTERRUPTIBILITY) & (BLOCKING_NMI | 0b10) == 0
+            && self.read(fields::ENTRY_INTERRUPTION_INFO) & INFO_VALID == 0
+    }
+
+    /// An event whose delivery the exit interrupted is delivered again on
+    /// the next entry.
+    pub(super) fn reinject_vectoring_event(&self) {
+        let info = self.read(fields::IDT_VECTORING_INFO);
+        if info & INFO_VALID == 0 {
+            return;
+        }
+        self.write(fields::ENTRY_INTERRUPTION_INFO, info & (INFO_VALID | 0x7ff));
+        if info & INFO_ERROR_CODE != 0 {
+            self.write(
+                fields::ENTRY_EXCEPTION_ERROR_CODE,
+                self.read(fields::IDT_VECTORING_ERROR_CODE),
+            );
+        }
+        // Software interrupts and exceptions need the instruction length.
+        if matches!((info >> 8) & 7, 4..=6) {
+            self.write(
+                fields::ENTRY_INSTRUCTION_LENGTH,
+                self.read(fields::EXIT_INSTRUCTION_LENGTH),
+            );
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The guest's registers as the emulator sees them ([`CpuState`]), and
+//! VMX access rights converted to and from segment attributes.
+
+use super::events::BLOCKING_STI_MOVSS;
+use super::fields;
+use super::VmxVcpu;
+use crate::emulator::{CpuState, Segment, SegmentRegister};
+use crate::paging::ControlRegisters;
+
+/// VMX access rights to the VMCB-style attributes the emulator uses
+/// (type/S/DPL/P in bits 7:0, AVL/L/DB/G in bits 11:8). An unusable
+/// segment reads as not present.
+pub fn attributes_from_access_rights(ar: u64) -> u16 {
+    if ar & (1 << 16) != 0 {
+        return (ar & 0x7f) as u16 & !0x80;
+    }
+    ((ar & 0xff) | ((ar >> 4) & 0xf00)) as u16
+}
+
+/// The inverse of [`attributes_from_access_rights`].
+pub fn access_rights_from_attributes(attributes: u16) -> u64 {
+    let a = u64::from(attributes);
+    (a & 0xff) | ((a & 0xf00) << 4)
+}
+
+impl CpuState for VmxVcpu {
+    fn gpr(&self, index: usize) -> u64 {
+        let g = &self.gprs;
+        match index {
+            0 => g.rax,
+            1 => g.rcx,
+            2 => g.rdx,
+            3 => g.rbx,
+            4 => self.read(fields::GUEST_RSP),
+            5 => g.rbp,
+            6 => g.rsi,
+            7 => g.rdi,
+            8..=15 => g.r[index - 8],
+            _ => 0,
+        }
+    }
+    fn set_gpr(&mut self, index: usize, value: u64) {
+        let g = &mut self.gprs;
+        match index {
+            0 => g.rax = value,
+            1 => g.rcx = value,
+            2 => g.rdx = value,
+            3 => g.rbx = value,
+            4 => self.write(fields::GUEST_RSP, value),
+            5 => g.rbp = value,
+            6 => g.rsi = value,
+            7 => g.rdi = value,
+            8..=15 => g.r[index - 8] = value,
+            _ => {}
+        }
+    }
+    fn rip(&self) -> u64 {
+        self.read(fields::GUEST_RIP)
+    }
+    fn set_rip(&mut self, value: u64) {
+        self.write(fields::GUEST_RIP, value);
+        // Moving past an instruction ends its STI/MOV SS blocking.
+        let s = self.read(fields::GUEST_INTERRUPTIBILITY);
+        if s & BLOCKING_STI_MOVSS != 0 {
+            self.write(fields::GUEST_INTERRUPTIBILITY, s & !BLOCKING_STI_MOVSS);
+        }
+    }
+    fn rflags(&self) -> u64 {
+        self.read(fields::GUEST_RFLAGS)
+    }
+    fn set_rflags(&mut self, value: u64) {
+        self.write(fields::GUEST_RFLAGS, value);
+    }
+    fn segment(&self, segment: Segment) -> SegmentRegister {
+        let (sel, limit, ar, base) = fields::guest_segment(segment as u32);
+        SegmentRegister::new(
+            self.read(sel) as u16,
+            self.read(base),
+            self.read(limit) as u32,
+            attributes_from_access_rights(self.read(ar)),
+        )
+    }
+    fn control(&self) -> ControlRegisters {
+        ControlRegisters {
+            cr0: self.guest_cr0(),
+            cr3: self.read(fields::GUEST_CR3),
+            cr4: self.guest_cr4(),
+            efer: self.read(fields::GUEST_IA32_EFER),
+        }
+    }
+    fn xmm(&self, index: usize) -> u128 {
+        self.xstate.xmm(index)
+    }
+    fn set_xmm(&mut self, index: usize, value: u128) {
+        self.xstate.set_xmm(index, value)
+    }
+    fn ymm_upper(&self, index: usize) -> Option<u128> {
+        self.xstate.ymm_upper(index)
+    }
+    fn set_ymm_upper(&mut self, index: usize, value: u128) {
+        self.xstate.set_ymm_upper(index, value)
+    }
+    fn xcr0(&self) -> Option<u64> {
+        Some(self.xstate.xcr0())
+    }
+    fn cpl(&self) -> u8 {
+        let (_, _, ar, _) = fields::guest_segment(Segment::Ss as u32);
+        ((self.read(ar) >> 5) & 3) as u8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_rights_convert_both_ways() {
+        // A 64-bit code segment: type b, S, P, L; and a 32-bit flat one
+        // with G and D/B.
+        assert_eq!(attributes_from_access_rights(0x209b), 0x029b);
+        assert_eq!(attributes_from_access_rights(0xc093), 0x0c93);
+        assert_eq!(access_rights_from_attributes(0x0c93), 0xc093);
+        // Unusable: not present, whatever else the field says.
+        assert_eq!(attributes_from_access_rights(0x1_0093) & 0x80, 0);
+    }
+}

@@ -351,7 +351,10 @@ fn save_restore_round_trip() {
     list[0].bytes[1] = 0xff;
     list[0].bytes[2] = 0x03;
     let mut c = vm_with(store());
-    assert!(c.restore_devices(&list).is_err(), "write flag in the selector");
+    assert!(
+        c.restore_devices(&list).is_err(),
+        "write flag in the selector"
+    );
     let mut list = saved.clone();
     list[0].version = 2;
     assert!(vm_with(store()).restore_devices(&list).is_err());

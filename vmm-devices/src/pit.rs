@@ -575,7 +575,9 @@ fn access_from(code: u8) -> Result<Access, StateError> {
         1 => Ok(Access::Lsb),
         2 => Ok(Access::Msb),
         3 => Ok(Access::Word),
-        _ => Err(StateError::Invalid { field: "pit access" }),
+        _ => Err(StateError::Invalid {
+            field: "pit access",
+        }),
     }
 }
 

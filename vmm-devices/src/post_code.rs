@@ -3,8 +3,8 @@
 //! BIOS stopped. Linux also writes here as an I/O delay; that costs nothing.
 
 use alloc::collections::VecDeque;
-use core::fmt;
 use alloc::vec::Vec;
+use core::fmt;
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
 use vmm_core::device::{Device, DeviceContext, PortIo};

@@ -139,9 +139,13 @@ impl Machine {
                     self.host.advance_ns(ns);
                     self.vm.poll_timers();
                 }
-                Ack => seen.push(u64::from(self.chipset.cpu.acknowledge().unwrap_or(0xff)) | 0x1000),
+                Ack => {
+                    seen.push(u64::from(self.chipset.cpu.acknowledge().unwrap_or(0xff)) | 0x1000)
+                }
             }
-            seen.push(u64::from(self.chipset.cpu.pending().map_or(0x1ff, u16::from)));
+            seen.push(u64::from(
+                self.chipset.cpu.pending().map_or(0x1ff, u16::from),
+            ));
             seen.push(u64::from(self.chipset.cpu.take_nmi()));
         }
         seen
@@ -179,7 +183,10 @@ fn round_trip(pm_on_pci: bool, setup: &[Op], probe: &[Op]) -> Vec<SavedDevice> {
     let mut fresh = machine(7_000_000_000, pm_on_pci);
     let seen_a = a.run(probe);
     let seen_b = b.run(probe);
-    assert_eq!(seen_a, seen_b, "the restored machine answers like the saved one");
+    assert_eq!(
+        seen_a, seen_b,
+        "the restored machine answers like the saved one"
+    );
     let seen_fresh = fresh.run(probe);
     assert_ne!(seen_a, seen_fresh, "the probe sees the restored state");
     saved
@@ -207,7 +214,12 @@ fn pic() {
     let mut setup = pic_init();
     // Half-way through a re-initialisation of the slave, special mask on
     // the master, ELCR set, read ISR selected.
-    setup.extend([out(0x4d1, 0x0e), out(0x20, 0x6b), out(0xa0, 0x11), out(0xa1, 0x28)]);
+    setup.extend([
+        out(0x4d1, 0x0e),
+        out(0x20, 0x6b),
+        out(0xa0, 0x11),
+        out(0xa1, 0x28),
+    ]);
     let probe = [
         In(0x20, 1),
         In(0x21, 1),
@@ -500,7 +512,12 @@ fn ide_setup() -> Vec<Op> {
     }
     // Secondary master: an ATAPI REQUEST SENSE after a failed command,
     // with the packet half written.
-    setup.extend([out(0x176, 0xa0), out(0x171, 0), out(0x174, 0xff), out(0x175, 0xff)]);
+    setup.extend([
+        out(0x176, 0xa0),
+        out(0x171, 0),
+        out(0x174, 0xff),
+        out(0x175, 0xff),
+    ]);
     setup.extend([out(0x177, 0xa0)]);
     let bad = [0xffu8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     for w in bad.chunks(2) {
@@ -586,7 +603,10 @@ fn restore_checks_names_and_counts() {
     let names: Vec<&str> = saved.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
-        ["pic", "pit", "rtc", "com1", "i8042", "port92", "post", "acpi-pm", "ioapic", "lapic", "pci"]
+        [
+            "pic", "pit", "rtc", "com1", "i8042", "port92", "post", "acpi-pm", "ioapic", "lapic",
+            "pci"
+        ]
     );
     let mut b = machine(0, false);
     assert!(matches!(

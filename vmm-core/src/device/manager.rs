@@ -653,9 +653,9 @@ impl DeviceManager {
             .get_mut(id.0 as usize)
             .ok_or(StateError::Mismatch { what: "device id" })?;
         let name = dev.name().to_string();
-        let sr = dev
-            .save_restore()
-            .ok_or(StateError::Mismatch { what: "device without state" })?;
+        let sr = dev.save_restore().ok_or(StateError::Mismatch {
+            what: "device without state",
+        })?;
         let version = sr.state_version();
         let bytes = sr.save_state(&mut context(env, id))?;
         Ok(SavedDevice {
@@ -676,9 +676,9 @@ impl DeviceManager {
             .devices
             .get_mut(id.0 as usize)
             .ok_or(StateError::Mismatch { what: "device id" })?;
-        let sr = dev
-            .save_restore()
-            .ok_or(StateError::Mismatch { what: "device without state" })?;
+        let sr = dev.save_restore().ok_or(StateError::Mismatch {
+            what: "device without state",
+        })?;
         sr.restore_state(&mut context(env, id), saved.version, &saved.bytes)
     }
 

@@ -162,7 +162,10 @@ impl fmt::Display for StateError {
                 index,
                 saved,
                 present,
-            } => write!(f, "saved device {index} is {saved}, the machine's is {present}"),
+            } => write!(
+                f,
+                "saved device {index} is {saved}, the machine's is {present}"
+            ),
             StateError::Device { name, error } => write!(f, "{name}: {error}"),
             StateError::Request { name } => {
                 write!(f, "{name}: the VM could not apply the restored state")

@@ -1,5 +1,5 @@
 //! A vCPU's architectural state as versioned plain data, captured and
-//! applied through the backend-neutral traits ([`CpuState`],
+//! applied through the backend-neutral traits ([`crate::emulator::CpuState`],
 //! [`VcpuBackend`]) so that SVM, VMX and KVM vCPUs can be saved.
 //!
 //! Captured: the 16 general registers, RIP, RFLAGS, the six segment
@@ -25,7 +25,7 @@
 
 use super::{MsrFile, MsrFileState, VcpuBackend, PASS_THROUGH};
 use crate::device::save_restore::{self, StateError};
-use crate::emulator::{CpuState, Segment, SegmentRegister};
+use crate::emulator::{Segment, SegmentRegister};
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
@@ -148,8 +148,7 @@ impl VcpuState {
                 field: "mtrr default type",
             });
         }
-        if !vcpu.set_backend_msr(super::MSR_EFER, self.efer) && vcpu.control().efer != self.efer
-        {
+        if !vcpu.set_backend_msr(super::MSR_EFER, self.efer) && vcpu.control().efer != self.efer {
             return Err(StateError::Invalid { field: "efer" });
         }
         for &(msr, value) in &self.backend_msrs {
@@ -198,7 +197,7 @@ impl VcpuState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::RegisterFile;
+    use crate::emulator::{CpuState, RegisterFile};
     use crate::test_host::ReplayVcpu;
 
     #[test]

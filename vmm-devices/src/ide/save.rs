@@ -181,7 +181,10 @@ fn save_sink(s: &SectorSink) -> SinkState {
 }
 
 fn restore_sink(s: SinkState) -> Result<SectorSink, StateError> {
-    check(s.lba <= MAX_LBA && s.left <= MAX_LBA * 4096, "ide write range")?;
+    check(
+        s.lba <= MAX_LBA && s.left <= MAX_LBA * 4096,
+        "ide write range",
+    )?;
     check(s.pending.len() < 2048, "ide write pending bytes")?;
     Ok(SectorSink {
         lba: s.lba,
@@ -278,7 +281,11 @@ impl Channel {
             1 => DmaState::PrdProgrammed,
             2 => DmaState::Done,
             3 => DmaState::Error,
-            _ => return Err(StateError::Invalid { field: "ide dma engine" }),
+            _ => {
+                return Err(StateError::Invalid {
+                    field: "ide dma engine",
+                })
+            }
         };
         check(s.bm.table & 3 == 0, "ide prd table address")?;
         for (slot, saved) in self.drives.iter().zip(&s.drives) {

@@ -340,15 +340,13 @@ impl ConfigSpace {
     /// nothing changed, unless there are 256 and every bit the guest cannot
     /// write (identity, BAR size bits, class) is as in this header; the
     /// status register is exempt (its interrupt bit follows the function).
-    pub fn restore_bytes(
-        &mut self,
-        saved: &[u8],
-    ) -> Result<(), vmm_core::device::StateError> {
-        let saved: [u8; 256] = saved
-            .try_into()
-            .map_err(|_| vmm_core::device::StateError::Invalid {
-                field: "pci config length",
-            })?;
+    pub fn restore_bytes(&mut self, saved: &[u8]) -> Result<(), vmm_core::device::StateError> {
+        let saved: [u8; 256] =
+            saved
+                .try_into()
+                .map_err(|_| vmm_core::device::StateError::Invalid {
+                    field: "pci config length",
+                })?;
         let fixed = (0..256).all(|i| {
             let status = i == usize::from(REG_STATUS) || i == usize::from(REG_STATUS) + 1;
             status || (saved[i] ^ self.bytes[i]) & !(self.write_mask[i] | self.clear_mask[i]) == 0

@@ -120,8 +120,7 @@ impl SaveRestore for Piix4Pm {
         version: u32,
         bytes: &[u8],
     ) -> Result<(), StateError> {
-        let s: Piix4PmState =
-            save_restore::decode_version(version, PIIX4_PM_STATE_VERSION, bytes)?;
+        let s: Piix4PmState = save_restore::decode_version(version, PIIX4_PM_STATE_VERSION, bytes)?;
         let mut config = self.config.clone();
         config.restore_bytes(&s.config)?;
         self.pm.restore_registers(ctx, s.pm_version, &s.pm)?;

@@ -312,3 +312,50 @@ fn builder_refuses_bad_names_and_duplicates() {
         Err(FwCfgError::OptionRom(_))
     ));
 }
+
+/// Save and restore: the selector, the offset in the item and the DMA
+/// address register's high half come back; a fresh fw_cfg answers
+/// differently; hostile states are refused or harmless.
+#[test]
+fn save_restore_round_trip() {
+    let mut a = vm_with(store());
+    select(&mut a, keys::SIGNATURE);
+    let mut skip = [0u8; 2];
+    a.port_read(PORT_DATA, &mut skip[..1]);
+    a.port_read(PORT_DATA, &mut skip[1..]);
+    a.port_write(PORT_DMA, &0x1234u32.to_be_bytes());
+    let saved = a.save_devices().unwrap();
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved[0].name, "fw_cfg");
+    let mut b = vm_with(store());
+    b.restore_devices(&saved).unwrap();
+    let mut fresh = vm_with(store());
+    let probe = |vm: &mut Vm| {
+        let mut got = [0u8; 2];
+        vm.port_read(PORT_DATA, &mut got[..1]);
+        vm.port_read(PORT_DATA, &mut got[1..]);
+        got
+    };
+    let (ra, rb, rf) = (probe(&mut a), probe(&mut b), probe(&mut fresh));
+    assert_eq!(ra, rb);
+    assert_eq!(&ra, b"MU");
+    assert_ne!(ra, rf);
+    let bytes = &saved[0].bytes;
+    for n in 0..bytes.len() {
+        let mut list = saved.clone();
+        list[0].bytes.truncate(n);
+        assert!(vm_with(store()).restore_devices(&list).is_err());
+    }
+    let mut list = saved.clone();
+    list[0].bytes[0] = 0xff;
+    list[0].bytes[1] = 0xff;
+    list[0].bytes[2] = 0x03;
+    let mut c = vm_with(store());
+    assert!(
+        c.restore_devices(&list).is_err(),
+        "write flag in the selector"
+    );
+    let mut list = saved.clone();
+    list[0].version = 2;
+    assert!(vm_with(store()).restore_devices(&list).is_err());
+}

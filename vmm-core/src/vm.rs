@@ -2,7 +2,9 @@
 //! entry points a vCPU backend calls when the guest exits.
 
 use crate::device::DispatchEnv;
-use crate::device::{ClaimError, Device, DeviceId, DeviceManager, VmRequest};
+use crate::device::{
+    ClaimError, Device, DeviceId, DeviceManager, SavedDevice, StateError, VmRequest,
+};
 use crate::dmm::DirectPorts;
 use crate::host::Host;
 use crate::memory::{GuestMemory, RegionKind};
@@ -487,6 +489,63 @@ impl Vm {
             self.stop
                 .get_or_insert(StopReason::DeviceFailure { device, detail });
         }
+    }
+
+    /// Save every device that has the save/restore capability, in device
+    /// order (see [`crate::device::save_restore`]). The guest sees no
+    /// difference.
+    pub fn save_devices(&mut self) -> Result<Vec<SavedDevice>, StateError> {
+        let ids = self.devices.saveable();
+        let mut saved = Vec::with_capacity(ids.len());
+        for (id, _) in ids {
+            saved.push(self.devices.save_device(dispatch_env!(self), id)?);
+        }
+        // Saving asks nothing of the VM; drop anything a device queued.
+        self.requests.clear();
+        Ok(saved)
+    }
+
+    /// Restore what [`Vm::save_devices`] saved into this VM, built like the
+    /// saving one. The devices with the capability must match the list by
+    /// count and, in order, by name; that is checked before any device
+    /// changes. Each device then checks its own state before it changes;
+    /// when one refuses, the devices before it are already restored, so
+    /// the caller discards this VM. What a device asks for (memory map,
+    /// claims) is applied as it is restored.
+    pub fn restore_devices(&mut self, saved: &[SavedDevice]) -> Result<(), StateError> {
+        let ids = self.devices.saveable();
+        if ids.len() != saved.len() {
+            return Err(StateError::DeviceCount {
+                saved: saved.len(),
+                present: ids.len(),
+            });
+        }
+        for (index, ((_, name), s)) in ids.iter().zip(saved).enumerate() {
+            if *name != s.name {
+                return Err(StateError::DeviceName {
+                    index,
+                    saved: s.name.clone(),
+                    present: name.clone(),
+                });
+            }
+        }
+        for ((id, name), s) in ids.into_iter().zip(saved) {
+            let result = self.devices.restore_device(dispatch_env!(self), id, s);
+            if let Err(error) = result {
+                self.requests.clear();
+                return Err(StateError::Device {
+                    name,
+                    error: Box::new(error),
+                });
+            }
+            let stopped = self.stop.is_some();
+            self.apply_requests(Some(id));
+            if !stopped && self.stop.is_some() {
+                return Err(StateError::Request { name });
+            }
+        }
+        self.timers_changed();
+        Ok(())
     }
 
     /// Why the VM stopped, once it has.

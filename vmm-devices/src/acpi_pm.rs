@@ -21,6 +21,9 @@
 //! | 0x0e   | GPE0_EN (16)     |
 
 use alloc::sync::Arc;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
 use vmm_core::device::{Device, DeviceContext, PortIo, Timer, VmRequest};
 use vmm_core::irq::IrqLine;
 
@@ -64,6 +67,10 @@ pub struct AcpiPm {
     sci_at_power_on: bool,
     /// Bit 23 periods of the timer seen so far.
     seen_periods: u64,
+    /// Added (wrapping) to the host clock to give the PM timer's clock:
+    /// zero until a restore, which sets it so the timer goes on from the
+    /// value it had at save.
+    clock_shift: u64,
 }
 
 impl core::fmt::Debug for AcpiPm {
@@ -101,6 +108,7 @@ impl AcpiPm {
             s5_type: 0,
             sci_at_power_on: false,
             seen_periods: 0,
+            clock_shift: 0,
         }
     }
 
@@ -127,6 +135,11 @@ impl AcpiPm {
     pub fn raise_gpe(&mut self, bit: u8) {
         self.gpe_sts |= 1u16.checked_shl(u32::from(bit)).unwrap_or(0);
         self.update_sci();
+    }
+
+    /// The PM timer's clock: the host's, shifted by a restore.
+    fn clock(&self, ctx: &DeviceContext<'_>) -> u64 {
+        ctx.now_ns().wrapping_add(self.clock_shift)
     }
 
     fn update_timer_status(&mut self, now: u64) {
@@ -202,7 +215,7 @@ impl AcpiPm {
     /// wrappers that decode the block themselves, like the PIIX4 PM
     /// function).
     pub fn read_registers(&mut self, ctx: &mut DeviceContext<'_>, offset: u16, data: &mut [u8]) {
-        let now = ctx.now_ns();
+        let now = self.clock(ctx);
         self.update_timer_status(now);
         data.fill(0);
         Self::for_each_half(data.len(), offset, |reg, lane, n, i| {
@@ -218,7 +231,7 @@ impl AcpiPm {
 
     /// The guest writes `data` at `offset` in the block.
     pub fn write_registers(&mut self, ctx: &mut DeviceContext<'_>, offset: u16, data: &[u8]) {
-        let now = ctx.now_ns();
+        let now = self.clock(ctx);
         self.update_timer_status(now);
         Self::for_each_half(data.len(), offset, |reg, lane, n, i| {
             let mut bytes = [0u8; 2];
@@ -274,16 +287,97 @@ impl PortIo for AcpiPm {
 
 impl Timer for AcpiPm {
     fn poll(&mut self, ctx: &mut DeviceContext<'_>) -> Option<u64> {
-        let now = ctx.now_ns();
+        let host_now = ctx.now_ns();
+        let now = self.clock(ctx);
         self.update_timer_status(now);
         self.update_sci();
         if self.pm1_en & PM1_TMR_STS == 0 {
             return None;
         }
-        // The next change of timer bit 23.
-        let next_tick = (self.seen_periods + 1) << 23;
+        // The next change of timer bit 23, on the timer's clock, then as a
+        // host time.
+        let next_tick = self.seen_periods.saturating_add(1).saturating_mul(1 << 23);
         let ns = (u128::from(next_tick) * 1_000_000_000).div_ceil(u128::from(PM_TIMER_HZ));
-        u64::try_from(ns).ok().map(|t| t.max(now.saturating_add(1)))
+        let ahead = u64::try_from(ns).ok()?.saturating_sub(now).max(1);
+        Some(host_now.saturating_add(ahead))
+    }
+}
+
+/// Saved state of the PM block, version [`ACPI_PM_STATE_VERSION`].
+///
+/// The PM timer is saved as the time on its own clock at save
+/// (`clock_ns`); after a restore it goes on from there, whatever the
+/// restoring host's clock reads.
+#[derive(Serialize, Deserialize)]
+struct AcpiPmState {
+    sci_level: bool,
+    pm1_sts: u16,
+    pm1_en: u16,
+    pm1_cnt: u16,
+    gpe_sts: u16,
+    gpe_en: u16,
+    seen_periods: u64,
+    clock_ns: u64,
+}
+
+/// Format version of [`AcpiPm`]'s saved state.
+pub const ACPI_PM_STATE_VERSION: u32 = 1;
+
+impl AcpiPm {
+    /// The guest-visible state, encoded (for the PIIX4 PM function too).
+    pub fn save_registers(&self, ctx: &DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        save_restore::encode(&AcpiPmState {
+            sci_level: self.sci_level,
+            pm1_sts: self.pm1_sts,
+            pm1_en: self.pm1_en,
+            pm1_cnt: self.pm1_cnt,
+            gpe_sts: self.gpe_sts,
+            gpe_en: self.gpe_en,
+            seen_periods: self.seen_periods,
+            clock_ns: self.clock(ctx),
+        })
+    }
+
+    /// Restore what [`AcpiPm::save_registers`] saved; checked first.
+    pub fn restore_registers(
+        &mut self,
+        ctx: &DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let s: AcpiPmState = save_restore::decode_version(version, ACPI_PM_STATE_VERSION, bytes)?;
+        check(s.pm1_sts & !STS_MASK == 0, "pm1 status")?;
+        check(s.pm1_en & !EN_MASK == 0, "pm1 enable")?;
+        check(s.pm1_cnt & !0x1c07 == 0, "pm1 control")?;
+        self.pm1_sts = s.pm1_sts;
+        self.pm1_en = s.pm1_en;
+        self.pm1_cnt = s.pm1_cnt;
+        self.gpe_sts = s.gpe_sts;
+        self.gpe_en = s.gpe_en;
+        self.seen_periods = s.seen_periods;
+        self.clock_shift = s.clock_ns.wrapping_sub(ctx.now_ns());
+        self.sci_level = s.sci_level;
+        self.sci.set_level(s.sci_level);
+        Ok(())
+    }
+}
+
+impl SaveRestore for AcpiPm {
+    fn state_version(&self) -> u32 {
+        ACPI_PM_STATE_VERSION
+    }
+
+    fn save_state(&mut self, ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        self.save_registers(ctx)
+    }
+
+    fn restore_state(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        self.restore_registers(ctx, version, bytes)
     }
 }
 
@@ -295,6 +389,9 @@ impl Device for AcpiPm {
         Some(self)
     }
     fn timer(&mut self) -> Option<&mut dyn Timer> {
+        Some(self)
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
         Some(self)
     }
     fn reset(&mut self) {

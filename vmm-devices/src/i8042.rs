@@ -13,6 +13,9 @@
 use crate::a20::A20Gate;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
 use vmm_core::device::{Device, DeviceContext, PortIo, VmRequest};
 use vmm_core::irq::IrqLine;
 
@@ -40,7 +43,7 @@ const CB_AUX_OFF: u8 = 0x20;
 const ACK: u8 = 0xfa;
 
 /// What the next byte written to port 0x60 is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Pending {
     None,
     /// Controller RAM byte (0 is the command byte).
@@ -385,11 +388,79 @@ impl PortIo for I8042 {
     }
 }
 
+/// Saved state of the i8042, version [`I8042_STATE_VERSION`]: controller
+/// RAM (command byte), the command in progress, the output buffer and the
+/// queue behind it, the keyboard's and mouse's modes, the IRQ levels. The
+/// A20 gate it shares with port 0x92 is saved by
+/// [`crate::system_control::SystemControlA`].
+#[derive(Serialize, Deserialize)]
+struct I8042State {
+    ram: [u8; 32],
+    status_cmd: bool,
+    pending: Pending,
+    queue: Vec<(u8, bool)>,
+    output: Option<(u8, bool)>,
+    scan_set: u8,
+    kbd_scanning: bool,
+    aux_streaming: bool,
+    irq_levels: (bool, bool),
+}
+
+/// Format version of the [`I8042`]'s saved state.
+pub const I8042_STATE_VERSION: u32 = 1;
+
+impl SaveRestore for I8042 {
+    fn state_version(&self) -> u32 {
+        I8042_STATE_VERSION
+    }
+
+    fn save_state(&mut self, _ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        save_restore::encode(&I8042State {
+            ram: self.ram,
+            status_cmd: self.status_cmd,
+            pending: self.pending,
+            queue: self.queue.iter().copied().collect(),
+            output: self.output,
+            scan_set: self.scan_set,
+            kbd_scanning: self.kbd_scanning,
+            aux_streaming: self.aux_streaming,
+            irq_levels: self.irq_levels,
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let s: I8042State = save_restore::decode_version(version, I8042_STATE_VERSION, bytes)?;
+        check(s.queue.len() <= QUEUE_LIMIT, "i8042 queue")?;
+        check((1..=3).contains(&s.scan_set), "i8042 scan set")?;
+        self.ram = s.ram;
+        self.status_cmd = s.status_cmd;
+        self.pending = s.pending;
+        self.queue.clear();
+        self.queue.extend(s.queue.iter().copied());
+        self.output = s.output;
+        self.scan_set = s.scan_set;
+        self.kbd_scanning = s.kbd_scanning;
+        self.aux_streaming = s.aux_streaming;
+        self.irq_levels = s.irq_levels;
+        self.irq1.set_level(s.irq_levels.0);
+        self.irq12.set_level(s.irq_levels.1);
+        Ok(())
+    }
+}
+
 impl Device for I8042 {
     fn name(&self) -> &str {
         "i8042"
     }
     fn port_io(&mut self) -> Option<&mut dyn PortIo> {
+        Some(self)
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
         Some(self)
     }
     fn reset(&mut self) {

@@ -16,7 +16,9 @@
 use crate::lapic::LapicCore;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
 use spin::Mutex;
+use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
 use vmm_core::device::{Device, DeviceContext, Mmio};
 use vmm_core::irq::IrqLine;
 
@@ -289,11 +291,69 @@ impl Mmio for IoApic {
     }
 }
 
+/// Saved state of the IOAPIC, version [`IOAPIC_STATE_VERSION`]: ID,
+/// register select, the redirection table (with remote IRR and delivery
+/// status) and the input levels.
+#[derive(Serialize, Deserialize)]
+struct IoApicState {
+    id: u8,
+    select: u8,
+    redirection: [u64; IOAPIC_PINS],
+    levels: u32,
+}
+
+/// Format version of the [`IoApic`]'s saved state.
+pub const IOAPIC_STATE_VERSION: u32 = 1;
+
+/// The [`IoApic`] device saves the [`IoApicCore`] it shares with the
+/// interrupt lines (which hold no state of their own).
+impl SaveRestore for IoApic {
+    fn state_version(&self) -> u32 {
+        IOAPIC_STATE_VERSION
+    }
+
+    fn save_state(&mut self, _ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        let s = self.core.state.lock();
+        save_restore::encode(&IoApicState {
+            id: s.id,
+            select: s.select,
+            redirection: s.redirection,
+            levels: s.levels,
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let n: IoApicState = save_restore::decode_version(version, IOAPIC_STATE_VERSION, bytes)?;
+        check(n.id <= 0xf, "ioapic id")?;
+        check(n.levels >> IOAPIC_PINS == 0, "ioapic levels")?;
+        check(
+            n.redirection
+                .iter()
+                .all(|e| e & !(WRITABLE | REMOTE_IRR | DELIVERY_PENDING) == 0),
+            "ioapic redirection entry",
+        )?;
+        let mut s = self.core.state.lock();
+        s.id = n.id;
+        s.select = n.select;
+        s.redirection = n.redirection;
+        s.levels = n.levels;
+        Ok(())
+    }
+}
+
 impl Device for IoApic {
     fn name(&self) -> &str {
         "ioapic"
     }
     fn mmio(&mut self) -> Option<&mut dyn Mmio> {
+        Some(self)
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
         Some(self)
     }
     fn reset(&mut self) {

@@ -14,7 +14,10 @@
 
 use crate::ioapic::IoApicCore;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
 use spin::Mutex;
+use vmm_core::device::save_restore::{self, check, RelTime, SaveRestore, StateError};
 use vmm_core::device::{Device, DeviceContext, Mmio, Timer};
 
 /// The default xAPIC MMIO base.
@@ -574,11 +577,114 @@ impl Timer for LocalApic {
     }
 }
 
+/// Saved state of a local APIC, version [`LAPIC_STATE_VERSION`]: every
+/// register including IRR/ISR/TMR, the pending NMI, and the timer (its
+/// start and deadline relative to the clock at save; in TSC-deadline mode
+/// the deadline is the host time the backend set, saved the same way).
+#[derive(Serialize, Deserialize)]
+struct LapicState {
+    id: u8,
+    apic_base: u64,
+    tpr: u8,
+    ldr: u32,
+    dfr: u32,
+    svr: u32,
+    isr: [u32; 8],
+    tmr: [u32; 8],
+    irr: [u32; 8],
+    esr: u32,
+    esr_pending: u32,
+    icr_low: u32,
+    icr_high: u32,
+    lvt: [u32; LVT_COUNT],
+    initial_count: u32,
+    divide: u32,
+    timer_start: RelTime,
+    timer_deadline: Option<RelTime>,
+    nmi_pending: bool,
+}
+
+/// Format version of a [`LocalApic`]'s saved state.
+pub const LAPIC_STATE_VERSION: u32 = 1;
+
+/// The [`LocalApic`] device saves the [`LapicCore`] it shares with the
+/// IOAPIC and the vCPU side.
+impl SaveRestore for LocalApic {
+    fn state_version(&self) -> u32 {
+        LAPIC_STATE_VERSION
+    }
+
+    fn save_state(&mut self, ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        let now = ctx.now_ns();
+        let r = self.core.regs.lock();
+        save_restore::encode(&LapicState {
+            id: r.id,
+            apic_base: r.apic_base,
+            tpr: r.tpr,
+            ldr: r.ldr,
+            dfr: r.dfr,
+            svr: r.svr,
+            isr: r.isr.0,
+            tmr: r.tmr.0,
+            irr: r.irr.0,
+            esr: r.esr,
+            esr_pending: r.esr_pending,
+            icr_low: r.icr_low,
+            icr_high: r.icr_high,
+            lvt: r.lvt,
+            initial_count: r.initial_count,
+            divide: r.divide,
+            timer_start: RelTime::from_host(r.timer_start_ns, now),
+            timer_deadline: r.timer_deadline_ns.map(|t| RelTime::from_host(t, now)),
+            nmi_pending: r.nmi_pending,
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let s: LapicState = save_restore::decode_version(version, LAPIC_STATE_VERSION, bytes)?;
+        let now = ctx.now_ns();
+        let mut r = self.core.regs.lock();
+        check(
+            s.apic_base & !(0xffff_f000 | APIC_BASE_ENABLE | APIC_BASE_BSP) == 0,
+            "apic base",
+        )?;
+        check(s.divide & !0xb == 0, "apic divide")?;
+        r.id = s.id;
+        r.apic_base = s.apic_base;
+        r.tpr = s.tpr;
+        r.ldr = s.ldr;
+        r.dfr = s.dfr;
+        r.svr = s.svr;
+        r.isr = Bits256(s.isr);
+        r.tmr = Bits256(s.tmr);
+        r.irr = Bits256(s.irr);
+        r.esr = s.esr;
+        r.esr_pending = s.esr_pending;
+        r.icr_low = s.icr_low;
+        r.icr_high = s.icr_high;
+        r.lvt = s.lvt;
+        r.initial_count = s.initial_count;
+        r.divide = s.divide;
+        r.timer_start_ns = s.timer_start.to_host(now);
+        r.timer_deadline_ns = s.timer_deadline.map(|t| t.to_host(now));
+        r.nmi_pending = s.nmi_pending;
+        Ok(())
+    }
+}
+
 impl Device for LocalApic {
     fn name(&self) -> &str {
         "lapic"
     }
     fn mmio(&mut self) -> Option<&mut dyn Mmio> {
+        Some(self)
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
         Some(self)
     }
     fn timer(&mut self) -> Option<&mut dyn Timer> {

@@ -13,7 +13,10 @@
 //! that asks for and acknowledges the interrupt.
 
 use alloc::sync::Arc;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
 use spin::Mutex;
+use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
 use vmm_core::device::{Device, DeviceContext, PortIo};
 use vmm_core::irq::IrqLine;
 
@@ -24,7 +27,7 @@ pub const SLAVE_PORTS: (u16, u16) = (0xa0, 2);
 /// Edge/level control registers.
 pub const ELCR_PORTS: (u16, u16) = (0x4d0, 2);
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 struct Chip {
     irr: u8,
     isr: u8,
@@ -411,11 +414,63 @@ impl PortIo for Pic {
     }
 }
 
+/// Saved state of the PIC pair, version [`PIC_STATE_VERSION`]: both
+/// chips' registers, modes, initialisation step and input levels.
+#[derive(Serialize, Deserialize)]
+struct PicState {
+    master: Chip,
+    slave: Chip,
+}
+
+/// Format version of the [`Pic`]'s saved state.
+pub const PIC_STATE_VERSION: u32 = 1;
+
+fn check_chip(c: &Chip, elcr_mask: u8) -> Result<(), StateError> {
+    check(matches!(c.init_step, 0 | 2 | 3 | 4), "pic init step")?;
+    check(c.priority_base < 8, "pic priority")?;
+    check(c.elcr_mask == elcr_mask, "pic elcr mask")?;
+    check(c.elcr & !elcr_mask == 0, "pic elcr")
+}
+
+/// The [`Pic`] device saves the [`PicPair`] it shares with the interrupt
+/// lines and the vCPU side (they hold no state of their own).
+impl SaveRestore for Pic {
+    fn state_version(&self) -> u32 {
+        PIC_STATE_VERSION
+    }
+
+    fn save_state(&mut self, _ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        let c = self.pair.chips.lock();
+        save_restore::encode(&PicState {
+            master: c.master,
+            slave: c.slave,
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let s: PicState = save_restore::decode_version(version, PIC_STATE_VERSION, bytes)?;
+        let mut c = self.pair.chips.lock();
+        check_chip(&s.master, c.master.elcr_mask)?;
+        check_chip(&s.slave, c.slave.elcr_mask)?;
+        c.master = s.master;
+        c.slave = s.slave;
+        Ok(())
+    }
+}
+
 impl Device for Pic {
     fn name(&self) -> &str {
         "pic"
     }
     fn port_io(&mut self) -> Option<&mut dyn PortIo> {
+        Some(self)
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
         Some(self)
     }
     fn reset(&mut self) {

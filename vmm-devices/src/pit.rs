@@ -11,6 +11,9 @@
 //! rising edge of counter 0's output.
 
 use alloc::sync::Arc;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+use vmm_core::device::save_restore::{self, check, RelTime, SaveRestore, StateError};
 use vmm_core::device::{Device, DeviceContext, PortIo, Timer};
 use vmm_core::irq::IrqLine;
 
@@ -526,6 +529,152 @@ impl Timer for Pit {
     }
 }
 
+/// Saved state of one counter; times relative to the clock at save.
+#[derive(Serialize, Deserialize)]
+struct CounterState {
+    mode: u8,
+    bcd: bool,
+    /// 1 LSB, 2 MSB, 3 word.
+    access: u8,
+    reload: u32,
+    start: Option<RelTime>,
+    paused_ticks: Option<u64>,
+    gate: bool,
+    null_count: bool,
+    write_lsb_next: bool,
+    pending_lsb: u8,
+    read_lsb_next: bool,
+    latched: Option<(u16, u8, bool)>,
+    status_latched: Option<u8>,
+    next_reload: Option<(u32, u64)>,
+}
+
+/// Saved state of the PIT, version [`PIT_STATE_VERSION`].
+#[derive(Serialize, Deserialize)]
+struct PitState {
+    counters: [CounterState; 3],
+    speaker: bool,
+    irq_level: bool,
+    seen_ticks: u64,
+    seen_start: Option<RelTime>,
+}
+
+/// Format version of the [`Pit`]'s saved state.
+pub const PIT_STATE_VERSION: u32 = 1;
+
+fn access_code(a: Access) -> u8 {
+    match a {
+        Access::Lsb => 1,
+        Access::Msb => 2,
+        Access::Word => 3,
+    }
+}
+
+fn access_from(code: u8) -> Result<Access, StateError> {
+    match code {
+        1 => Ok(Access::Lsb),
+        2 => Ok(Access::Msb),
+        3 => Ok(Access::Word),
+        _ => Err(StateError::Invalid {
+            field: "pit access",
+        }),
+    }
+}
+
+impl Counter {
+    fn save(&self, now: u64) -> CounterState {
+        CounterState {
+            mode: self.mode,
+            bcd: self.bcd,
+            access: access_code(self.access),
+            reload: self.reload,
+            start: self.start_ns.map(|t| RelTime::from_host(t, now)),
+            paused_ticks: self.paused_ticks,
+            gate: self.gate,
+            null_count: self.null_count,
+            write_lsb_next: self.write_lsb_next,
+            pending_lsb: self.pending_lsb,
+            read_lsb_next: self.read_lsb_next,
+            latched: self.latched.map(|(v, a, l)| (v, access_code(a), l)),
+            status_latched: self.status_latched,
+            next_reload: self.next_reload,
+        }
+    }
+
+    fn restored(s: &CounterState, now: u64) -> Result<Self, StateError> {
+        check(s.mode <= 5, "pit mode")?;
+        check(s.reload <= 0xffff, "pit reload")?;
+        check(
+            s.next_reload.is_none_or(|(c, _)| c <= 0xffff),
+            "pit next reload",
+        )?;
+        let latched = match s.latched {
+            Some((v, a, l)) => Some((v, access_from(a)?, l)),
+            None => None,
+        };
+        Ok(Self {
+            mode: s.mode,
+            bcd: s.bcd,
+            access: access_from(s.access)?,
+            reload: s.reload,
+            start_ns: s.start.map(|t| t.to_host(now)),
+            paused_ticks: s.paused_ticks,
+            gate: s.gate,
+            null_count: s.null_count,
+            write_lsb_next: s.write_lsb_next,
+            pending_lsb: s.pending_lsb,
+            read_lsb_next: s.read_lsb_next,
+            latched,
+            status_latched: s.status_latched,
+            next_reload: s.next_reload,
+        })
+    }
+}
+
+impl SaveRestore for Pit {
+    fn state_version(&self) -> u32 {
+        PIT_STATE_VERSION
+    }
+
+    fn save_state(&mut self, ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        let now = ctx.now_ns();
+        save_restore::encode(&PitState {
+            counters: [
+                self.counters[0].save(now),
+                self.counters[1].save(now),
+                self.counters[2].save(now),
+            ],
+            speaker: self.speaker,
+            irq_level: self.irq_level,
+            seen_ticks: self.seen_ticks,
+            seen_start: self.seen_start.map(|t| RelTime::from_host(t, now)),
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let s: PitState = save_restore::decode_version(version, PIT_STATE_VERSION, bytes)?;
+        let now = ctx.now_ns();
+        let counters = [
+            Counter::restored(&s.counters[0], now)?,
+            Counter::restored(&s.counters[1], now)?,
+            Counter::restored(&s.counters[2], now)?,
+        ];
+        self.counters = counters;
+        self.speaker = s.speaker;
+        self.seen_ticks = s.seen_ticks;
+        self.seen_start = s.seen_start.map(|t| t.to_host(now));
+        // The line is wiring: drive it to the saved level.
+        self.irq_level = s.irq_level;
+        self.irq0.set_level(s.irq_level);
+        Ok(())
+    }
+}
+
 impl Device for Pit {
     fn name(&self) -> &str {
         "pit"
@@ -534,6 +683,9 @@ impl Device for Pit {
         Some(self)
     }
     fn timer(&mut self) -> Option<&mut dyn Timer> {
+        Some(self)
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
         Some(self)
     }
     fn reset(&mut self) {

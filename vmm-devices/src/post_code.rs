@@ -3,7 +3,10 @@
 //! BIOS stopped. Linux also writes here as an I/O delay; that costs nothing.
 
 use alloc::collections::VecDeque;
+use alloc::vec::Vec;
 use core::fmt;
+use serde::{Deserialize, Serialize};
+use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
 use vmm_core::device::{Device, DeviceContext, PortIo};
 
 /// The port.
@@ -71,11 +74,54 @@ impl PortIo for PostCode {
     }
 }
 
+/// Saved state of the POST port, version [`POST_CODE_STATE_VERSION`]:
+/// the guest reads back the last code, and the history and count are what
+/// the host reports.
+#[derive(Serialize, Deserialize)]
+struct PostCodeState {
+    history: Vec<u8>,
+    writes: u64,
+}
+
+/// Format version of [`PostCode`]'s saved state.
+pub const POST_CODE_STATE_VERSION: u32 = 1;
+
+impl SaveRestore for PostCode {
+    fn state_version(&self) -> u32 {
+        POST_CODE_STATE_VERSION
+    }
+
+    fn save_state(&mut self, _ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        save_restore::encode(&PostCodeState {
+            history: self.history.iter().copied().collect(),
+            writes: self.writes,
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let s: PostCodeState =
+            save_restore::decode_version(version, POST_CODE_STATE_VERSION, bytes)?;
+        check(s.history.len() <= POST_HISTORY, "post history")?;
+        self.history.clear();
+        self.history.extend(s.history.iter().copied());
+        self.writes = s.writes;
+        Ok(())
+    }
+}
+
 impl Device for PostCode {
     fn name(&self) -> &str {
         "post"
     }
     fn port_io(&mut self) -> Option<&mut dyn PortIo> {
+        Some(self)
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
         Some(self)
     }
 }

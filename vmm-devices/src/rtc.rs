@@ -15,6 +15,9 @@
 //! count and the boot order in the form SeaBIOS reads it (0x3d, 0x38).
 
 use alloc::sync::Arc;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+use vmm_core::device::save_restore::{self, check, RelTime, SaveRestore, StateError};
 use vmm_core::device::{Device, DeviceContext, PortIo, Timer};
 use vmm_core::irq::IrqLine;
 
@@ -498,6 +501,85 @@ impl Timer for Rtc {
     }
 }
 
+/// Saved state of the RTC and CMOS, version [`RTC_STATE_VERSION`].
+///
+/// The guest's clock is saved as the seconds it read at save
+/// (`clock_secs`) and resumes from there: the time the machine spent saved
+/// does not pass for the guest, as for a paused VM; second boundaries
+/// follow the restoring host's clock.
+#[derive(Serialize, Deserialize)]
+struct RtcState {
+    /// All 128 bytes of CMOS (clock registers 0-9 and 0x32 are computed
+    /// from the clock and not read back).
+    cmos: Vec<u8>,
+    index: u8,
+    nmi_masked: bool,
+    irq_level: bool,
+    /// The running clock at save, in Unix seconds.
+    clock_secs: i64,
+    /// The clock while SET holds it.
+    held: Option<i64>,
+    /// When timer events were last processed.
+    processed: RelTime,
+}
+
+/// Format version of the [`Rtc`]'s saved state.
+pub const RTC_STATE_VERSION: u32 = 1;
+
+impl SaveRestore for Rtc {
+    fn state_version(&self) -> u32 {
+        RTC_STATE_VERSION
+    }
+
+    fn save_state(&mut self, ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        let now = ctx.now_ns();
+        save_restore::encode(&RtcState {
+            cmos: self.cmos.to_vec(),
+            index: self.index,
+            nmi_masked: self.nmi_masked,
+            irq_level: self.irq_level,
+            clock_secs: self.running_secs(now),
+            held: self.held,
+            processed: RelTime::from_host(self.processed_ns, now),
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let s: RtcState = save_restore::decode_version(version, RTC_STATE_VERSION, bytes)?;
+        let cmos: [u8; 128] = s
+            .cmos
+            .as_slice()
+            .try_into()
+            .map_err(|_| StateError::Invalid { field: "rtc cmos" })?;
+        check(s.index < 0x80, "rtc index")?;
+        check(
+            s.clock_secs.unsigned_abs() <= 2 * LIMIT_SECS as u64,
+            "rtc clock",
+        )?;
+        check(
+            s.held.is_none_or(|h| h.unsigned_abs() <= LIMIT_SECS as u64),
+            "rtc held clock",
+        )?;
+        let now = ctx.now_ns();
+        self.cmos = cmos;
+        self.index = s.index;
+        self.nmi_masked = s.nmi_masked;
+        self.held = s.held;
+        self.offset = s
+            .clock_secs
+            .saturating_sub(self.host_epoch.saturating_add((now / NS) as i64));
+        self.processed_ns = s.processed.to_host(now);
+        self.irq_level = s.irq_level;
+        self.irq.set_level(s.irq_level);
+        Ok(())
+    }
+}
+
 impl Device for Rtc {
     fn name(&self) -> &str {
         "rtc"
@@ -506,6 +588,9 @@ impl Device for Rtc {
         Some(self)
     }
     fn timer(&mut self) -> Option<&mut dyn Timer> {
+        Some(self)
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
         Some(self)
     }
     fn reset(&mut self) {

@@ -2,6 +2,9 @@
 //! resets the machine, bit 1 is the A20 gate.
 
 use crate::a20::A20Gate;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
 use vmm_core::device::{Device, DeviceContext, PortIo, VmRequest};
 
 /// The port.
@@ -42,11 +45,53 @@ impl PortIo for SystemControlA {
     }
 }
 
+/// Saved state of port 0x92, version [`SYSTEM_CONTROL_STATE_VERSION`]:
+/// its other bits and the A20 gate, which it saves for the i8042 too (the
+/// gate is shared; this device is its one owner in a saved machine).
+#[derive(Serialize, Deserialize)]
+struct SystemControlState {
+    other: u8,
+    a20: bool,
+}
+
+/// Format version of [`SystemControlA`]'s saved state.
+pub const SYSTEM_CONTROL_STATE_VERSION: u32 = 1;
+
+impl SaveRestore for SystemControlA {
+    fn state_version(&self) -> u32 {
+        SYSTEM_CONTROL_STATE_VERSION
+    }
+
+    fn save_state(&mut self, _ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        save_restore::encode(&SystemControlState {
+            other: self.other,
+            a20: self.a20.enabled(),
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let s: SystemControlState =
+            save_restore::decode_version(version, SYSTEM_CONTROL_STATE_VERSION, bytes)?;
+        check(s.other & 0x03 == 0, "port 0x92 bits")?;
+        self.other = s.other;
+        self.a20.set(s.a20);
+        Ok(())
+    }
+}
+
 impl Device for SystemControlA {
     fn name(&self) -> &str {
         "port92"
     }
     fn port_io(&mut self) -> Option<&mut dyn PortIo> {
+        Some(self)
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
         Some(self)
     }
     fn reset(&mut self) {

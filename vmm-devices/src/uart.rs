@@ -11,7 +11,9 @@
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
 use spin::Mutex;
+use vmm_core::device::save_restore::{self, check, RelTime, SaveRestore, StateError};
 use vmm_core::device::{Device, DeviceContext, PortIo, Timer};
 use vmm_core::irq::IrqLine;
 
@@ -443,6 +445,86 @@ impl<B: CharBackend + 'static> Timer for Uart<B> {
     }
 }
 
+/// Saved state of a UART, version [`UART_STATE_VERSION`]: registers,
+/// the receive FIFO (bytes already taken from the host backend), pending
+/// interrupt conditions. The backend is the restoring machine's.
+#[derive(Serialize, Deserialize)]
+struct UartState {
+    rx: Vec<u8>,
+    ier: u8,
+    lcr: u8,
+    mcr: u8,
+    lsr_errors: u8,
+    msr_deltas: u8,
+    scr: u8,
+    divisor: u16,
+    fifo_enabled: bool,
+    trigger: u8,
+    thre_pending: bool,
+    timeout_pending: bool,
+    last_rx_activity: RelTime,
+    irq_level: bool,
+}
+
+/// Format version of a [`Uart`]'s saved state.
+pub const UART_STATE_VERSION: u32 = 1;
+
+impl<B: CharBackend + 'static> SaveRestore for Uart<B> {
+    fn state_version(&self) -> u32 {
+        UART_STATE_VERSION
+    }
+
+    fn save_state(&mut self, ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        let now = ctx.now_ns();
+        save_restore::encode(&UartState {
+            rx: self.rx.iter().copied().collect(),
+            ier: self.ier,
+            lcr: self.lcr,
+            mcr: self.mcr,
+            lsr_errors: self.lsr_errors,
+            msr_deltas: self.msr_deltas,
+            scr: self.scr,
+            divisor: self.divisor,
+            fifo_enabled: self.fifo_enabled,
+            trigger: self.trigger as u8,
+            thre_pending: self.thre_pending,
+            timeout_pending: self.timeout_pending,
+            last_rx_activity: RelTime::from_host(self.last_rx_activity_ns, now),
+            irq_level: self.irq_level,
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let s: UartState = save_restore::decode_version(version, UART_STATE_VERSION, bytes)?;
+        check(matches!(s.trigger, 1 | 4 | 8 | 14), "uart trigger")?;
+        let capacity = if s.fifo_enabled { FIFO_LEN } else { 1 };
+        check(s.rx.len() <= capacity, "uart receive fifo")?;
+        let now = ctx.now_ns();
+        self.rx.clear();
+        self.rx.extend(s.rx.iter().copied());
+        self.ier = s.ier;
+        self.lcr = s.lcr;
+        self.mcr = s.mcr;
+        self.lsr_errors = s.lsr_errors;
+        self.msr_deltas = s.msr_deltas;
+        self.scr = s.scr;
+        self.divisor = s.divisor;
+        self.fifo_enabled = s.fifo_enabled;
+        self.trigger = usize::from(s.trigger);
+        self.thre_pending = s.thre_pending;
+        self.timeout_pending = s.timeout_pending;
+        self.last_rx_activity_ns = s.last_rx_activity.to_host(now);
+        self.irq_level = s.irq_level;
+        self.irq.set_level(s.irq_level);
+        Ok(())
+    }
+}
+
 impl<B: CharBackend + 'static> Device for Uart<B> {
     fn name(&self) -> &str {
         self.name
@@ -451,6 +533,9 @@ impl<B: CharBackend + 'static> Device for Uart<B> {
         Some(self)
     }
     fn timer(&mut self) -> Option<&mut dyn Timer> {
+        Some(self)
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
         Some(self)
     }
     fn reset(&mut self) {

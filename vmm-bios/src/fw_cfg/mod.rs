@@ -24,6 +24,8 @@ use dma::{
     DmaDescriptor, FwCfgDmaModel, FwCfgDmaState, CTL_ERROR, CTL_READ, CTL_SELECT, CTL_SKIP,
     CTL_WRITE,
 };
+use serde::{Deserialize, Serialize};
+use vmm_core::device::save_restore::{self, SaveRestore, StateError};
 use vmm_core::device::{Device, DeviceContext, PortIo};
 use vmm_core::dma::{CheckedStateMachine, DmaDirection, DmaRange};
 
@@ -212,9 +214,57 @@ impl FwCfg {
     }
 }
 
+/// Saved state of fw_cfg, version [`FW_CFG_STATE_VERSION`]: the selected
+/// item, the read offset in it, and the DMA address register's high half.
+/// The items are the restoring machine's (built from its configuration);
+/// DMA transfers finish inside the port write that starts them, so there
+/// is none in flight.
+#[derive(Serialize, Deserialize)]
+struct FwCfgState {
+    selected: u16,
+    offset: u64,
+    dma_high: u32,
+}
+
+/// Format version of [`FwCfg`]'s saved state.
+pub const FW_CFG_STATE_VERSION: u32 = 1;
+
+impl SaveRestore for FwCfg {
+    fn state_version(&self) -> u32 {
+        FW_CFG_STATE_VERSION
+    }
+
+    fn save_state(&mut self, _ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        save_restore::encode(&FwCfgState {
+            selected: self.selected,
+            offset: self.offset,
+            dma_high: self.dma_high,
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let s: FwCfgState = save_restore::decode_version(version, FW_CFG_STATE_VERSION, bytes)?;
+        save_restore::check(s.selected & keys::WRITE_FLAG == 0, "fw_cfg selector")?;
+        self.selected = s.selected;
+        self.offset = s.offset;
+        self.dma_high = s.dma_high;
+        self.dma.reset_to(FwCfgDmaState::Idle);
+        Ok(())
+    }
+}
+
 impl Device for FwCfg {
     fn name(&self) -> &str {
         "fw_cfg"
+    }
+
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
     }
 
     fn port_io(&mut self) -> Option<&mut dyn PortIo> {

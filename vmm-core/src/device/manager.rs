@@ -7,7 +7,7 @@
 //! return all-ones, writes are dropped, and both are counted per port (or
 //! per MMIO address) so a user can see what the guest probed.
 
-use super::{Device, DeviceContext, DeviceId, Mmio, PortIo, VmRequest};
+use super::{Device, DeviceContext, DeviceId, Mmio, PortIo, SavedDevice, StateError, VmRequest};
 use crate::dma::DmaGuard;
 use crate::host::Host;
 use crate::memory::GuestMemory;
@@ -627,6 +627,59 @@ impl DeviceManager {
         let timer = dev.timer()?;
         let mut ctx = context(env, id);
         timer.poll(&mut ctx)
+    }
+
+    /// The devices that have the save/restore capability, in device order,
+    /// with their names.
+    pub fn saveable(&mut self) -> Vec<(DeviceId, String)> {
+        self.devices
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, d)| {
+                let name = d.name().to_string();
+                d.save_restore().map(|_| (DeviceId(i as u16), name))
+            })
+            .collect()
+    }
+
+    /// Save device `id` (which must have the capability).
+    pub(crate) fn save_device(
+        &mut self,
+        env: DispatchEnv<'_>,
+        id: DeviceId,
+    ) -> Result<SavedDevice, StateError> {
+        let dev = self
+            .devices
+            .get_mut(id.0 as usize)
+            .ok_or(StateError::Mismatch { what: "device id" })?;
+        let name = dev.name().to_string();
+        let sr = dev.save_restore().ok_or(StateError::Mismatch {
+            what: "device without state",
+        })?;
+        let version = sr.state_version();
+        let bytes = sr.save_state(&mut context(env, id))?;
+        Ok(SavedDevice {
+            name,
+            version,
+            bytes,
+        })
+    }
+
+    /// Restore device `id` from `saved` (its name already checked).
+    pub(crate) fn restore_device(
+        &mut self,
+        env: DispatchEnv<'_>,
+        id: DeviceId,
+        saved: &SavedDevice,
+    ) -> Result<(), StateError> {
+        let dev = self
+            .devices
+            .get_mut(id.0 as usize)
+            .ok_or(StateError::Mismatch { what: "device id" })?;
+        let sr = dev.save_restore().ok_or(StateError::Mismatch {
+            what: "device without state",
+        })?;
+        sr.restore_state(&mut context(env, id), saved.version, &saved.bytes)
     }
 
     /// Reset every device to its power-on state. Claims stay as they are.

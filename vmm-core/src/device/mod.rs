@@ -6,14 +6,18 @@
 //! can do instead of every device implementing everything. All guest-visible
 //! work happens inside a call that receives a [`DeviceContext`]: the only
 //! door to guest memory (the DMA guard), to time, and to VM-level requests
-//! (reset, power-off, memory remapping, claim changes).
+//! (reset, power-off, memory remapping, claim changes). A device with
+//! guest-visible state also answers [`Device::save_restore`]
+//! ([`save_restore`]: versioned plain-data state).
 
 mod context;
 mod manager;
+pub mod save_restore;
 
 pub use context::{DeviceContext, VmRequest};
 pub(crate) use manager::DispatchEnv;
 pub use manager::{ClaimError, DeviceManager, DeviceReport, PortCount, REPORT_UNHOOKED};
+pub use save_restore::{SaveRestore, SavedDevice, StateError};
 
 use core::any::Any;
 
@@ -41,6 +45,12 @@ pub trait Device: Any + Send {
 
     /// The device's timer side, if it does work as time passes.
     fn timer(&mut self) -> Option<&mut dyn Timer> {
+        None
+    }
+
+    /// The device's save and restore side, if it has state the guest can
+    /// see (see [`save_restore`]).
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
         None
     }
 

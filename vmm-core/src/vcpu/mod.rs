@@ -11,6 +11,7 @@ mod delivery;
 mod exit;
 mod msr;
 mod run_loop;
+mod state;
 mod watchdog;
 
 pub use cpuid::{
@@ -21,10 +22,11 @@ pub use delivery::{delivery_fault, DeliveryFault};
 pub use exit::{AccessTarget, ControlAccess, DeviceAccess, Exit, ExitError};
 pub(crate) use msr::host_tsc as msr_host_tsc;
 pub use msr::{
-    pvclock_scale, MsrFile, MSR_APIC_BASE, MSR_EFER, MSR_KVM_SYSTEM_TIME_NEW,
+    pvclock_scale, MsrFile, MsrFileState, MSR_APIC_BASE, MSR_EFER, MSR_KVM_SYSTEM_TIME_NEW,
     MSR_KVM_WALL_CLOCK_NEW, MSR_TSC, PASS_THROUGH,
 };
 pub use run_loop::{run, RunOutcome, Slice};
+pub use state::{NotApplied, SegmentState, VcpuState, VCPU_STATE_VERSION};
 pub use watchdog::{Watchdog, NO_PROGRESS_LIMIT};
 
 /// No interrupt controller: for guests that never take interrupts.

@@ -95,6 +95,45 @@ pub struct MsrFile {
     kvm_system_time: u64,
 }
 
+/// The contents of a [`MsrFile`], as plain data (part of
+/// [`super::VcpuState`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MsrFileState {
+    /// IA32_MTRR_DEF_TYPE.
+    pub mtrr_def_type: u64,
+    /// The kvmclock wall-clock epoch (Unix seconds at host time zero).
+    pub wall_clock_at_host_zero: u64,
+    /// MSR_KVM_WALL_CLOCK_NEW as the guest wrote it.
+    pub kvm_wall_clock: u64,
+    /// MSR_KVM_SYSTEM_TIME_NEW as the guest wrote it.
+    pub kvm_system_time: u64,
+}
+
+impl MsrFile {
+    /// The emulated MSRs' values.
+    pub fn state(&self) -> MsrFileState {
+        MsrFileState {
+            mtrr_def_type: self.mtrr_def_type,
+            wall_clock_at_host_zero: self.wall_clock_at_host_zero,
+            kvm_wall_clock: self.kvm_wall_clock,
+            kvm_system_time: self.kvm_system_time,
+        }
+    }
+
+    /// Take saved values back; `false` (nothing changed) for a reserved
+    /// MTRR default type bit.
+    pub fn set_state(&mut self, s: MsrFileState) -> bool {
+        if s.mtrr_def_type & !0xcff != 0 {
+            return false;
+        }
+        self.mtrr_def_type = s.mtrr_def_type;
+        self.wall_clock_at_host_zero = s.wall_clock_at_host_zero;
+        self.kvm_wall_clock = s.kvm_wall_clock;
+        self.kvm_system_time = s.kvm_system_time;
+        true
+    }
+}
+
 impl MsrFile {
     /// MSRs for a guest whose wall clock read `unix_seconds` when the
     /// host's clock (`Host::now_ns`) read zero: what kvmclock reports as

@@ -182,6 +182,11 @@ pub struct BusMasterModel {
 }
 
 impl BusMasterModel {
+    /// Forget the fault of an earlier transfer (a restored engine).
+    pub(super) fn clear_fault(&mut self) {
+        self.last_fault = None;
+    }
+
     fn new(name: &'static str) -> Self {
         Self {
             name,

@@ -52,7 +52,7 @@ pub(crate) struct Channel {
     /// Bounce buffer of DMA transfers (kept between commands).
     dma_scratch: Vec<u8>,
     irq: Box<dyn IrqLine>,
-    irq_pending: bool,
+    pub(super) irq_pending: bool,
     pub bm: BusMaster,
 }
 
@@ -80,7 +80,7 @@ impl Channel {
         self.tf[0].control & CONTROL_NIEN != 0
     }
 
-    fn update_line(&self) {
+    pub(super) fn update_line(&self) {
         self.irq.set_level(self.irq_pending && !self.nien());
     }
 

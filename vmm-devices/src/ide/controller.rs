@@ -24,7 +24,7 @@ pub enum IdeChannel {
 
 /// A two-channel IDE controller with bus-master DMA.
 pub struct IdeController {
-    channels: [Channel; 2],
+    pub(super) channels: [Channel; 2],
 }
 
 impl fmt::Debug for IdeController {

@@ -5,6 +5,7 @@ use super::controller::{IdeChannel, IdeController};
 use super::*;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+use vmm_core::device::save_restore::{SaveRestore, StateError};
 use vmm_core::device::{Device, DeviceContext, PortIo};
 use vmm_core::irq::IrqLine;
 
@@ -113,9 +114,34 @@ impl PortIo for LegacyIde {
     }
 }
 
+/// Saved state: the controller's ([`super::IDE_STATE_VERSION`]); the
+/// ports are configuration.
+impl SaveRestore for LegacyIde {
+    fn state_version(&self) -> u32 {
+        super::IDE_STATE_VERSION
+    }
+
+    fn save_state(&mut self, _ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        self.controller.save_state()
+    }
+
+    fn restore_state(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        self.controller.restore_state(ctx, version, bytes)
+    }
+}
+
 impl Device for LegacyIde {
     fn name(&self) -> &str {
         "ide"
+    }
+
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
     }
 
     fn port_io(&mut self) -> Option<&mut dyn PortIo> {

@@ -37,6 +37,7 @@ mod drive;
 mod identify;
 mod legacy;
 pub mod piix3;
+mod save;
 mod stream;
 pub mod taskfile;
 
@@ -45,6 +46,7 @@ pub use controller::{IdeChannel, IdeController};
 pub use drive::{AttachError, Drive, DriveKind};
 pub use legacy::LegacyIde;
 pub use piix3::Piix3Ide;
+pub use save::IDE_STATE_VERSION;
 
 /// Where a drive sits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,6 +21,7 @@ use crate::pci::{
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
+use vmm_core::device::save_restore::{self, SaveRestore, StateError};
 use vmm_core::device::DeviceContext;
 use vmm_core::irq::IrqLine;
 
@@ -241,5 +242,52 @@ impl PciFunction for Piix3Ide {
         self.config.reset();
         self.controller.reset();
         self.controller.set_bus_mastering_initial(false);
+    }
+
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
+    }
+}
+
+/// Saved state of the PIIX3 IDE function, version
+/// [`PIIX3_IDE_STATE_VERSION`]: configuration space and the controller's
+/// state (with its own version).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Piix3IdeState {
+    config: Vec<u8>,
+    controller_version: u32,
+    controller: Vec<u8>,
+}
+
+/// Format version of the [`Piix3Ide`]'s saved state.
+pub const PIIX3_IDE_STATE_VERSION: u32 = 1;
+
+impl SaveRestore for Piix3Ide {
+    fn state_version(&self) -> u32 {
+        PIIX3_IDE_STATE_VERSION
+    }
+
+    fn save_state(&mut self, _ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        save_restore::encode(&Piix3IdeState {
+            config: self.config.save_bytes(),
+            controller_version: super::IDE_STATE_VERSION,
+            controller: self.controller.save_state()?,
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let s: Piix3IdeState =
+            save_restore::decode_version(version, PIIX3_IDE_STATE_VERSION, bytes)?;
+        let mut config = self.config.clone();
+        config.restore_bytes(&s.config)?;
+        self.controller
+            .restore_state(ctx, s.controller_version, &s.controller)?;
+        self.config = config;
+        Ok(())
     }
 }

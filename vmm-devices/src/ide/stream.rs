@@ -109,9 +109,9 @@ impl Source {
 /// The sectors a data-out phase (a disk write) fills, in pieces of any size.
 #[derive(Debug)]
 pub(crate) struct SectorSink {
-    lba: u64,
-    left: u64,
-    pending: Vec<u8>,
+    pub(super) lba: u64,
+    pub(super) left: u64,
+    pub(super) pending: Vec<u8>,
 }
 
 impl SectorSink {

@@ -64,7 +64,7 @@ pub mod reg {
 }
 
 /// One register with its LBA48 previous value.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Fifo2 {
     pub cur: u8,
     pub hob: u8,
@@ -86,7 +86,7 @@ impl Fifo2 {
 }
 
 /// The shared command-block registers of one channel, plus device control.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TaskFile {
     pub features: Fifo2,
     pub count: Fifo2,

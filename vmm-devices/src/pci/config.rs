@@ -331,6 +331,35 @@ impl ConfigSpace {
         }
     }
 
+    /// The 256 bytes as the guest reads them, for a saved state.
+    pub fn save_bytes(&self) -> Vec<u8> {
+        self.bytes.to_vec()
+    }
+
+    /// Take the bytes of [`ConfigSpace::save_bytes`] back. Refused, with
+    /// nothing changed, unless there are 256 and every bit the guest cannot
+    /// write (identity, BAR size bits, class) is as in this header; the
+    /// status register is exempt (its interrupt bit follows the function).
+    pub fn restore_bytes(&mut self, saved: &[u8]) -> Result<(), vmm_core::device::StateError> {
+        let saved: [u8; 256] =
+            saved
+                .try_into()
+                .map_err(|_| vmm_core::device::StateError::Invalid {
+                    field: "pci config length",
+                })?;
+        let fixed = (0..256).all(|i| {
+            let status = i == usize::from(REG_STATUS) || i == usize::from(REG_STATUS) + 1;
+            status || (saved[i] ^ self.bytes[i]) & !(self.write_mask[i] | self.clear_mask[i]) == 0
+        });
+        if !fixed {
+            return Err(vmm_core::device::StateError::Mismatch {
+                what: "read-only pci config bits",
+            });
+        }
+        self.bytes = saved;
+        Ok(())
+    }
+
     /// The command register.
     pub fn command(&self) -> u16 {
         self.read_u16(REG_COMMAND)

@@ -9,6 +9,8 @@
 //! a `VmRequest::MapMemory` with the matching read and write backings.
 
 use super::{ConfigSpace, PciFunction, PciIds};
+use alloc::vec::Vec;
+use vmm_core::device::save_restore::{self, SaveRestore, StateError};
 use vmm_core::device::{DeviceContext, VmRequest};
 use vmm_core::memory::{Backing, BlockId};
 
@@ -170,9 +172,41 @@ impl I440fx {
     }
 }
 
+/// Format version of the [`I440fx`]'s saved state: its configuration
+/// space (PAM, SMRAM, DRAM registers), encoded as a byte vector.
+pub const I440FX_STATE_VERSION: u32 = 1;
+
+/// On restore the bridge tells the VM the memory map its PAM registers
+/// select, whatever it was told before.
+impl SaveRestore for I440fx {
+    fn state_version(&self) -> u32 {
+        I440FX_STATE_VERSION
+    }
+
+    fn save_state(&mut self, _ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        save_restore::encode(&self.config.save_bytes())
+    }
+
+    fn restore_state(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let config: Vec<u8> = save_restore::decode_version(version, I440FX_STATE_VERSION, bytes)?;
+        self.config.restore_bytes(&config)?;
+        self.applied = [None; 13];
+        self.apply(ctx);
+        Ok(())
+    }
+}
+
 impl PciFunction for I440fx {
     fn name(&self) -> &str {
         "i440fx"
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
     }
     fn config(&self) -> &ConfigSpace {
         &self.config

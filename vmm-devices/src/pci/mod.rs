@@ -63,6 +63,8 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::any::Any;
 use core::fmt;
+use serde::{Deserialize, Serialize};
+use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
 use vmm_core::device::{Device, DeviceContext, Mmio, PortIo, Timer, VmRequest};
 
 /// The configuration address port (dword accesses only).
@@ -190,6 +192,109 @@ pub trait PciFunction: Any + Send {
     /// Return to the power-on state. The default resets the header.
     fn reset(&mut self) {
         self.config_mut().reset();
+    }
+
+    /// The function's save and restore side, if it has state the guest can
+    /// see. The bus saves it inside its own state; the bus re-establishes
+    /// the function's claims after a restore, so a function does not.
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        None
+    }
+}
+
+/// One function's part of the bus's saved state.
+#[derive(Serialize, Deserialize)]
+struct FunctionState {
+    device: u8,
+    function: u8,
+    version: u32,
+    bytes: Vec<u8>,
+}
+
+/// Saved state of the PCI bus, version [`PCI_BUS_STATE_VERSION`]: the
+/// configuration address and reset control registers, and the state of
+/// every function that has one, in slot order.
+#[derive(Serialize, Deserialize)]
+struct PciBusState {
+    address: u32,
+    reset_control: u8,
+    functions: Vec<FunctionState>,
+}
+
+/// Format version of the [`PciBus`]'s saved state.
+pub const PCI_BUS_STATE_VERSION: u32 = 1;
+
+impl SaveRestore for PciBus {
+    fn state_version(&self) -> u32 {
+        PCI_BUS_STATE_VERSION
+    }
+
+    fn save_state(&mut self, ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        let mut functions = Vec::new();
+        for slot in &mut self.slots {
+            if let Some(sr) = slot.inner.save_restore() {
+                functions.push(FunctionState {
+                    device: slot.device,
+                    function: slot.function,
+                    version: sr.state_version(),
+                    bytes: sr.save_state(ctx)?,
+                });
+            }
+        }
+        save_restore::encode(&PciBusState {
+            address: self.address,
+            reset_control: self.reset_control,
+            functions,
+        })
+    }
+
+    /// Every function with state must be where the saved one was; each
+    /// then checks its own state before it changes. The claims of every
+    /// function are then moved to what the restored headers decode.
+    fn restore_state(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let s: PciBusState = save_restore::decode_version(version, PCI_BUS_STATE_VERSION, bytes)?;
+        check(s.address & !0x80ff_fffc == 0, "pci config address")?;
+        check(s.reset_control & !0x0a == 0, "pci reset control")?;
+        let mut with_state = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if slot.inner.save_restore().is_some() {
+                with_state.push((i, slot.device, slot.function));
+            }
+        }
+        if with_state.len() != s.functions.len()
+            || with_state
+                .iter()
+                .zip(&s.functions)
+                .any(|(&(_, d, f), saved)| d != saved.device || f != saved.function)
+        {
+            return Err(StateError::Mismatch {
+                what: "pci functions",
+            });
+        }
+        // Power-on work is replaced by the restored state.
+        self.needs_power_on = false;
+        self.regions_dirty = false;
+        for (&(i, _, _), saved) in with_state.iter().zip(&s.functions) {
+            if let Some(sr) = self.slots[i].inner.save_restore() {
+                sr.restore_state(ctx, saved.version, &saved.bytes)?;
+            }
+        }
+        self.address = s.address;
+        self.reset_control = s.reset_control;
+        for slot in &mut self.slots {
+            for old in core::mem::take(&mut slot.claimed) {
+                ctx.request(release_request(&old));
+            }
+        }
+        for i in 0..self.slots.len() {
+            self.sync_regions(ctx, i);
+        }
+        Ok(())
     }
 }
 
@@ -611,6 +716,9 @@ impl Timer for PciBus {
 impl Device for PciBus {
     fn name(&self) -> &str {
         "pci"
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
     }
     fn port_io(&mut self) -> Option<&mut dyn PortIo> {
         Some(self)

@@ -13,6 +13,7 @@ use super::{ConfigSpace, InterruptPin, PciFunction, PciIds};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use spin::Mutex;
+use vmm_core::device::save_restore::{self, SaveRestore, StateError};
 use vmm_core::device::DeviceContext;
 use vmm_core::irq::IrqLine;
 
@@ -130,6 +131,29 @@ impl PirqRouter {
     }
 }
 
+impl PirqRouter {
+    /// Per PIRQ, the INTx sources asserting it (for a saved state).
+    fn asserted(&self) -> [u64; 4] {
+        self.state.lock().asserted
+    }
+
+    /// Take restored routes and asserted sources, and drive every output
+    /// (the ISA lines and IOAPIC inputs of the restoring machine start
+    /// low) to the level they give.
+    fn restore(&self, routes: [u8; 4], asserted: [u64; 4]) {
+        let mut s = self.state.lock();
+        s.routes = routes.map(|r| r & 0x8f);
+        s.asserted = asserted;
+        s.driven = 0;
+        for (pirq, a) in asserted.iter().enumerate() {
+            if let Some(line) = self.ioapic.get(pirq) {
+                line.set_level(*a != 0);
+            }
+        }
+        self.drive(&mut s);
+    }
+}
+
 /// One function's INTx pin, as handed out by [`PirqRouter::intx_line`].
 struct IntxLine {
     router: Arc<PirqRouter>,
@@ -183,9 +207,51 @@ impl Piix3 {
     }
 }
 
+/// Saved state of the PIIX3 ISA bridge, version
+/// [`PIIX3_STATE_VERSION`]: configuration space (PIRQ routes among it) and,
+/// per PIRQ, the PCI INTx sources asserting it. The [`PirqRouter`] it
+/// shares with the PCI functions' lines is saved here, once.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Piix3State {
+    config: Vec<u8>,
+    asserted: [u64; 4],
+}
+
+/// Format version of the [`Piix3`]'s saved state.
+pub const PIIX3_STATE_VERSION: u32 = 1;
+
+impl SaveRestore for Piix3 {
+    fn state_version(&self) -> u32 {
+        PIIX3_STATE_VERSION
+    }
+
+    fn save_state(&mut self, _ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        save_restore::encode(&Piix3State {
+            config: self.config.save_bytes(),
+            asserted: self.router.asserted(),
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let s: Piix3State = save_restore::decode_version(version, PIIX3_STATE_VERSION, bytes)?;
+        self.config.restore_bytes(&s.config)?;
+        let routes = [0u8, 1, 2, 3].map(|n| self.config.read_u8(REG_PIRQRC + n));
+        self.router.restore(routes, s.asserted);
+        Ok(())
+    }
+}
+
 impl PciFunction for Piix3 {
     fn name(&self) -> &str {
         "piix3"
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
     }
     fn config(&self) -> &ConfigSpace {
         &self.config

@@ -15,6 +15,7 @@ use super::{ConfigSpace, InterruptPin, PciFunction, PciIds, PciRegion, RegionId,
 use crate::acpi_pm::{AcpiPm, PM_BLOCK_LEN, SMI_CMD_PORT};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use vmm_core::device::save_restore::{self, SaveRestore, StateError};
 use vmm_core::device::{Device, DeviceContext, Timer};
 use vmm_core::irq::IrqLine;
 
@@ -85,9 +86,56 @@ impl Piix4Pm {
     }
 }
 
+/// Saved state of the PIIX4 PM function, version
+/// [`PIIX4_PM_STATE_VERSION`]: configuration space, the APM status port and
+/// the PM block's own state (with its version).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Piix4PmState {
+    config: Vec<u8>,
+    apm_status: u8,
+    pm_version: u32,
+    pm: Vec<u8>,
+}
+
+/// Format version of the [`Piix4Pm`]'s saved state.
+pub const PIIX4_PM_STATE_VERSION: u32 = 1;
+
+impl SaveRestore for Piix4Pm {
+    fn state_version(&self) -> u32 {
+        PIIX4_PM_STATE_VERSION
+    }
+
+    fn save_state(&mut self, ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        save_restore::encode(&Piix4PmState {
+            config: self.config.save_bytes(),
+            apm_status: self.apm_status,
+            pm_version: crate::acpi_pm::ACPI_PM_STATE_VERSION,
+            pm: self.pm.save_registers(ctx)?,
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let s: Piix4PmState = save_restore::decode_version(version, PIIX4_PM_STATE_VERSION, bytes)?;
+        let mut config = self.config.clone();
+        config.restore_bytes(&s.config)?;
+        self.pm.restore_registers(ctx, s.pm_version, &s.pm)?;
+        self.config = config;
+        self.apm_status = s.apm_status;
+        Ok(())
+    }
+}
+
 impl PciFunction for Piix4Pm {
     fn name(&self) -> &str {
         "piix4-pm"
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
     }
     fn config(&self) -> &ConfigSpace {
         &self.config

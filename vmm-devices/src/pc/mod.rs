@@ -30,12 +30,13 @@ use crate::platform::{PcChipset, PcConfig, VGA_GRAPHICS_WINDOW};
 use crate::rtc::BootDevice;
 use alloc::boxed::Box;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use vmm_bios::bios_image::load_bios;
 use vmm_bios::boot_order::{BootOrder, IdeDrive};
 use vmm_bios::entry::EntryState;
 use vmm_bios::fw_cfg::FwCfg;
 use vmm_bios::seabios::{seabios_fw_cfg, SeabiosConfig};
-use vmm_core::device::DeviceId;
+use vmm_core::device::{DeviceId, SavedDevice, StateError};
 use vmm_core::host::Host;
 use vmm_core::memory::{BlockId, GuestMemory};
 use vmm_core::vcpu::{self, MsrFile, RunOutcome, Slice, VcpuBackend};
@@ -159,6 +160,30 @@ impl Pc {
     /// not run again) or the slice ends (call again to go on).
     pub fn run<B: VcpuBackend>(&mut self, vcpu: &mut B, slice: Slice) -> RunOutcome {
         vcpu::run(vcpu, &mut self.vm, &self.interrupts, &mut self.msrs, slice)
+    }
+
+    /// Save the state of every device (a snapshot also needs guest RAM and
+    /// the vCPU's state: `vmm_core::vcpu::VcpuState`, with [`Pc::msrs`]).
+    pub fn save_devices(&mut self) -> Result<Vec<SavedDevice>, StateError> {
+        self.vm.save_devices()
+    }
+
+    /// Restore what [`Pc::save_devices`] saved, into this PC built from an
+    /// equal description (its own media and consoles). On an error, devices
+    /// before the one that refused are already restored: throw this PC
+    /// away.
+    pub fn restore_devices(&mut self, saved: &[SavedDevice]) -> Result<(), StateError> {
+        self.vm.restore_devices(saved)
+    }
+
+    /// The vCPU's MSR file (part of its saved state).
+    pub fn msrs(&self) -> &MsrFile {
+        &self.msrs
+    }
+
+    /// The vCPU's MSR file, to restore it.
+    pub fn msrs_mut(&mut self) -> &mut MsrFile {
+        &mut self.msrs
     }
 
     /// The VM: memory, devices, statistics.

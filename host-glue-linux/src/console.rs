@@ -7,6 +7,8 @@
 //! dropped, so every way out of the program that unwinds (a normal return,
 //! an error, a panic) gives the terminal back as it was.
 
+use nix::sys::termios::{self, OutputFlags, SetArg, Termios};
+use nix::unistd::isatty;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,42 +166,31 @@ impl CharBackend for SerialConsole {
 
 /// The terminal in raw mode until dropped.
 pub struct RawTerminal {
-    saved: libc::termios,
+    saved: Termios,
 }
 
 impl RawTerminal {
     /// Put stdin's terminal into raw mode; `None` if stdin is not a
     /// terminal (a pipe, /dev/null) or the mode cannot be set.
     pub fn enable() -> Option<Self> {
-        // SAFETY: isatty only inspects the descriptor.
-        if unsafe { libc::isatty(libc::STDIN_FILENO) } != 1 {
+        let stdin = std::io::stdin();
+        if !isatty(&stdin).unwrap_or(false) {
             return None;
         }
-        // SAFETY: termios is plain data; tcgetattr fills it from fd 0 and
-        // its result is checked before the value is used.
-        let mut saved: libc::termios = unsafe { core::mem::zeroed() };
-        // SAFETY: `saved` is a valid termios to write into.
-        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut saved) } != 0 {
-            return None;
-        }
-        let mut raw = saved;
-        // SAFETY: cfmakeraw only edits the struct it is given.
-        unsafe { libc::cfmakeraw(&mut raw) };
+        let saved = termios::tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
         // Keep output post-processing so the host's own messages (and a
         // guest's bare line feeds) start at the left margin.
-        raw.c_oflag |= libc::OPOST | libc::ONLCR;
-        // SAFETY: `raw` is a valid termios derived from the current one.
-        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
-            return None;
-        }
+        raw.output_flags |= OutputFlags::OPOST | OutputFlags::ONLCR;
+        termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
         Some(Self { saved })
     }
 }
 
 impl Drop for RawTerminal {
     fn drop(&mut self) {
-        // SAFETY: `saved` is the terminal's own earlier state.
-        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved) };
+        let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
     }
 }
 

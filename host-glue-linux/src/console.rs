@@ -9,10 +9,11 @@
 
 use nix::sys::termios::{self, OutputFlags, SetArg, Termios};
 use nix::unistd::isatty;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Once};
 use vmm_devices::uart::CharBackend;
 
 /// The escape key: Ctrl-A.
@@ -112,26 +113,22 @@ pub fn spawn_stdin_reader(input: Arc<ConsoleInput>) {
 }
 
 /// Set by SIGTERM, SIGINT or SIGHUP.
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_quit_signal(_signal: libc::c_int) {
-    SIGNALLED.store(true, Ordering::Relaxed);
-}
+static SIGNALLED: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
 
 /// Make SIGTERM, SIGINT and SIGHUP ask the run to end (so the terminal is
 /// restored and statistics printed) instead of killing the process.
+///
+/// signal-hook's handler only stores to the flag (async-signal-safe) and
+/// restarts interrupted system calls (SA_RESTART), as before.
 pub fn catch_quit_signals() {
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction is "no flags, empty mask"; the handler
-        // only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            let mut action: libc::sigaction = core::mem::zeroed();
-            action.sa_sigaction = on_quit_signal as *const () as usize;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(sig, &action, core::ptr::null_mut());
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
+            if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&SIGNALLED)) {
+                log::warn!("signal {sig} cannot be caught: {e}");
+            }
         }
-    }
+    });
 }
 
 /// Whether a quit signal arrived.
@@ -209,6 +206,15 @@ mod tests {
         assert_eq!(f.feed(b'h'), Key::Help);
         assert_eq!(f.feed(ESCAPE), Key::Pending);
         assert_eq!(f.feed(b'x'), Key::Quit);
+    }
+
+    #[test]
+    fn a_quit_signal_sets_the_flag_instead_of_killing() {
+        catch_quit_signals();
+        catch_quit_signals();
+        assert!(!quit_signalled());
+        signal_hook::low_level::raise(SIGHUP).unwrap();
+        assert!(quit_signalled());
     }
 
     #[test]

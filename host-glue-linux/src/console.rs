@@ -7,10 +7,13 @@
 //! dropped, so every way out of the program that unwinds (a normal return,
 //! an error, a panic) gives the terminal back as it was.
 
+use nix::sys::termios::{self, OutputFlags, SetArg, Termios};
+use nix::unistd::isatty;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Once};
 use vmm_devices::uart::CharBackend;
 
 /// The escape key: Ctrl-A.
@@ -110,26 +113,22 @@ pub fn spawn_stdin_reader(input: Arc<ConsoleInput>) {
 }
 
 /// Set by SIGTERM, SIGINT or SIGHUP.
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_quit_signal(_signal: libc::c_int) {
-    SIGNALLED.store(true, Ordering::Relaxed);
-}
+static SIGNALLED: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
 
 /// Make SIGTERM, SIGINT and SIGHUP ask the run to end (so the terminal is
 /// restored and statistics printed) instead of killing the process.
+///
+/// signal-hook's handler only stores to the flag (async-signal-safe) and
+/// restarts interrupted system calls (SA_RESTART), as before.
 pub fn catch_quit_signals() {
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction is "no flags, empty mask"; the handler
-        // only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            let mut action: libc::sigaction = core::mem::zeroed();
-            action.sa_sigaction = on_quit_signal as *const () as usize;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(sig, &action, core::ptr::null_mut());
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
+            if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&SIGNALLED)) {
+                log::warn!("signal {sig} cannot be caught: {e}");
+            }
         }
-    }
+    });
 }
 
 /// Whether a quit signal arrived.
@@ -164,42 +163,31 @@ impl CharBackend for SerialConsole {
 
 /// The terminal in raw mode until dropped.
 pub struct RawTerminal {
-    saved: libc::termios,
+    saved: Termios,
 }
 
 impl RawTerminal {
     /// Put stdin's terminal into raw mode; `None` if stdin is not a
     /// terminal (a pipe, /dev/null) or the mode cannot be set.
     pub fn enable() -> Option<Self> {
-        // SAFETY: isatty only inspects the descriptor.
-        if unsafe { libc::isatty(libc::STDIN_FILENO) } != 1 {
+        let stdin = std::io::stdin();
+        if !isatty(&stdin).unwrap_or(false) {
             return None;
         }
-        // SAFETY: termios is plain data; tcgetattr fills it from fd 0 and
-        // its result is checked before the value is used.
-        let mut saved: libc::termios = unsafe { core::mem::zeroed() };
-        // SAFETY: `saved` is a valid termios to write into.
-        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut saved) } != 0 {
-            return None;
-        }
-        let mut raw = saved;
-        // SAFETY: cfmakeraw only edits the struct it is given.
-        unsafe { libc::cfmakeraw(&mut raw) };
+        let saved = termios::tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
         // Keep output post-processing so the host's own messages (and a
         // guest's bare line feeds) start at the left margin.
-        raw.c_oflag |= libc::OPOST | libc::ONLCR;
-        // SAFETY: `raw` is a valid termios derived from the current one.
-        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
-            return None;
-        }
+        raw.output_flags |= OutputFlags::OPOST | OutputFlags::ONLCR;
+        termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
         Some(Self { saved })
     }
 }
 
 impl Drop for RawTerminal {
     fn drop(&mut self) {
-        // SAFETY: `saved` is the terminal's own earlier state.
-        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved) };
+        let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
     }
 }
 
@@ -218,6 +206,15 @@ mod tests {
         assert_eq!(f.feed(b'h'), Key::Help);
         assert_eq!(f.feed(ESCAPE), Key::Pending);
         assert_eq!(f.feed(b'x'), Key::Quit);
+    }
+
+    #[test]
+    fn a_quit_signal_sets_the_flag_instead_of_killing() {
+        catch_quit_signals();
+        catch_quit_signals();
+        assert!(!quit_signalled());
+        signal_hook::low_level::raise(SIGHUP).unwrap();
+        assert!(quit_signalled());
     }
 
     #[test]

@@ -11,12 +11,17 @@
 //! disk image was synced); 1 when it stopped otherwise, a disk image could
 //! not be synced at the end, or the machine could not start (one line on stderr
 //! says why); 2 for command-line mistakes; 3 when the user quit (Ctrl-A x).
+//!
+//! The library's log goes to stderr: warnings and errors by default,
+//! `VMM_LOG=error|info|debug|trace` for another level, or `RUST_LOG` with
+//! env_logger's syntax (`RUST_LOG=vmm_core::vcpu=trace`), which wins.
 
 use clap::{Args, Parser, Subcommand};
 use host_glue_linux::config::{
     load_config, parse_image_arg, parse_memory, parse_serial, KernelBoot, KeyStyle, MachineConfig,
 };
 use host_glue_linux::runner;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -161,38 +166,55 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-/// `VMM_LOG=info|debug|trace` prints the library's log on stderr.
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
+/// The log filter when RUST_LOG is not set: the level `VMM_LOG` names
+/// (`error`, `info`, `debug`, `trace`), else `warn`.
+fn default_log_filter(vmm_log: Option<&str>) -> &'static str {
+    match vmm_log {
+        Some("error") => "error",
+        Some("info") => "info",
+        Some("debug") => "debug",
+        Some("trace") => "trace",
+        _ => "warn",
     }
-    fn log(&self, record: &log::Record<'_>) {
-        eprint!(
-            "[{} {}] {}\r\n",
-            record.level(),
-            record.target(),
-            record.args()
-        );
-    }
-    fn flush(&self) {}
 }
 
-static LOGGER: StderrLogger = StderrLogger;
+/// The library's log on stderr through env_logger: `RUST_LOG` (full
+/// env_logger syntax, e.g. `vmm_core=debug,host_glue_linux=trace`) when
+/// set, else `VMM_LOG`'s level. Each line is `[LEVEL target] message`
+/// ending in CR LF, so it starts at the left margin while the terminal
+/// is in raw mode.
+fn init_logging() {
+    let vmm_log = std::env::var("VMM_LOG").ok();
+    let env = env_logger::Env::new().filter_or("RUST_LOG", default_log_filter(vmm_log.as_deref()));
+    let _ = env_logger::Builder::from_env(env)
+        .format(|buf, record| {
+            write!(
+                buf,
+                "[{} {}] {}\r\n",
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        })
+        .try_init();
+}
 
 fn main() -> ExitCode {
-    let level = match std::env::var("VMM_LOG").as_deref() {
-        Ok("error") => log::LevelFilter::Error,
-        Ok("info") => log::LevelFilter::Info,
-        Ok("debug") => log::LevelFilter::Debug,
-        Ok("trace") => log::LevelFilter::Trace,
-        _ => log::LevelFilter::Warn,
-    };
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
-    }
+    init_logging();
     match Cli::parse().command {
         Command::Run(args) => run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_log_filter;
+
+    #[test]
+    fn vmm_log_names_the_default_level_and_anything_else_is_warn() {
+        assert_eq!(default_log_filter(None), "warn");
+        assert_eq!(default_log_filter(Some("debug")), "debug");
+        assert_eq!(default_log_filter(Some("trace")), "trace");
+        assert_eq!(default_log_filter(Some("loud")), "warn");
     }
 }

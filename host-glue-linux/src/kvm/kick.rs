@@ -12,8 +12,15 @@
 //! periodic tick is needed. The backend reports either as an external
 //! interrupt.
 
+use nix::sys::signal::{SaFlags, SigAction, SigEvent, SigHandler, SigSet, SigevNotify, Signal};
+use nix::sys::time::TimeSpec;
+use nix::sys::timer::{Expiration, Timer, TimerSetTimeFlags};
+use nix::time::ClockId;
+use nix::unistd::gettid;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 /// The signal used to kick the vCPU thread out of KVM_RUN.
 pub fn kick_signal() -> libc::c_int {
@@ -56,57 +63,62 @@ extern "C" fn on_kick(_signal: libc::c_int) {
 
 /// Install the handler (without SA_RESTART, so KVM_RUN returns).
 pub fn install_handler() -> std::io::Result<()> {
-    // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value;
-    // the handler only stores one byte (see `on_kick`), so it is
-    // async-signal-safe.
-    let rc = unsafe {
-        let mut action: libc::sigaction = core::mem::zeroed();
-        action.sa_sigaction = on_kick as *const () as usize;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(kick_signal(), &action, core::ptr::null_mut())
-    };
+    // nix builds the action (handler, no flags, empty mask) safely; its
+    // `sigaction` only takes the standard signals of its `Signal` enum,
+    // so the action goes to libc for the real-time kick signal.
+    let action: libc::sigaction = SigAction::new(
+        SigHandler::Handler(on_kick),
+        SaFlags::empty(),
+        SigSet::empty(),
+    )
+    .into();
+    // SAFETY: `action` is a complete sigaction made by nix; the handler
+    // only stores one byte (see `on_kick`), so it is async-signal-safe;
+    // the old action is not asked for (null is allowed).
+    let rc = unsafe { libc::sigaction(kick_signal(), &action, core::ptr::null_mut()) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
 
+/// The kernel timer, movable between threads.
+#[derive(Debug)]
+struct KickTimer(Timer);
+
+// SAFETY: a POSIX timer id names a process-wide kernel object, so
+// timer_settime and timer_delete may be called on it from any thread of
+// the process; nix's `Timer` is only `!Send` because the id is a raw
+// pointer it never dereferences. The mutex around it serialises the calls.
+unsafe impl Send for KickTimer {}
+
 /// A one-shot POSIX timer that sends the kick signal to the thread that
 /// created it.
 #[derive(Debug)]
 pub struct PreemptTimer {
-    id: libc::timer_t,
+    timer: Mutex<KickTimer>,
     /// The host time it is armed for (0: never armed).
     armed_for: AtomicU64,
 }
-
-// SAFETY: the timer id is a kernel handle; timer_settime and timer_delete
-// may be called from any thread of the process.
-unsafe impl Send for PreemptTimer {}
-// SAFETY: as above; `armed_for` is atomic.
-unsafe impl Sync for PreemptTimer {}
 
 impl PreemptTimer {
     /// A timer aimed at the calling thread (the one that will run the
     /// vCPU).
     pub fn for_this_thread() -> std::io::Result<Self> {
         install_handler()?;
-        let mut id: libc::timer_t = core::ptr::null_mut();
-        // SAFETY: a zeroed sigevent is valid; the fields set make it
-        // "signal this thread"; `id` receives the new timer. gettid has
-        // no preconditions.
-        let rc = unsafe {
-            let mut event: libc::sigevent = core::mem::zeroed();
-            event.sigev_notify = libc::SIGEV_THREAD_ID;
-            event.sigev_signo = kick_signal();
-            event.sigev_notify_thread_id = libc::gettid();
-            libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut id)
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        // "Signal this thread". nix's `SigevNotify` names the signal with
+        // its `Signal` enum, which has no real-time signals: the event is
+        // made for a standard one and given the kick signal's number.
+        let event = SigEvent::new(SigevNotify::SigevThreadId {
+            signal: Signal::SIGALRM,
+            thread_id: gettid().as_raw(),
+            si_value: 0,
+        });
+        let mut raw = event.sigevent();
+        raw.sigev_signo = kick_signal();
+        let timer = Timer::new(ClockId::CLOCK_MONOTONIC, SigEvent::from(&raw))?;
         Ok(Self {
-            id,
+            timer: Mutex::new(KickTimer(timer)),
             armed_for: AtomicU64::new(0),
         })
     }
@@ -121,28 +133,42 @@ impl PreemptTimer {
             return;
         }
         let ns = at.saturating_sub(now).max(1);
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: (ns / 1_000_000_000) as libc::time_t,
-                tv_nsec: (ns % 1_000_000_000) as libc::c_long,
-            },
-        };
-        // SAFETY: `id` is this value's live timer; `spec` is a valid
-        // relative one-shot time.
-        let rc = unsafe { libc::timer_settime(self.id, 0, &spec, core::ptr::null_mut()) };
-        if rc == 0 {
+        let when = Expiration::OneShot(TimeSpec::from_duration(Duration::from_nanos(ns)));
+        let mut timer = self.timer.lock().unwrap_or_else(PoisonError::into_inner);
+        if timer.0.set(when, TimerSetTimeFlags::empty()).is_ok() {
             self.armed_for.store(at, Ordering::Relaxed);
         }
     }
 }
 
-impl Drop for PreemptTimer {
-    fn drop(&mut self) {
-        // SAFETY: the timer made in `for_this_thread`, deleted once.
-        unsafe { libc::timer_delete(self.id) };
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU8;
+
+    #[test]
+    fn the_timer_kicks_the_thread_that_made_it() {
+        // An atomic byte stands for `kvm_run.immediate_exit`, so the test
+        // can watch it without a raw read.
+        let immediate_exit = Box::new(AtomicU8::new(0));
+        let target = immediate_exit.as_ptr();
+        let timer = PreemptTimer::for_this_thread().expect("timer_create");
+        aim_at(target);
+        // Armed for 1 ms from "now" = 1: an earlier deadline re-arms, a
+        // later one leaves it.
+        timer.arm(1, 1_000_001);
+        assert_eq!(timer.armed_for.load(Ordering::Relaxed), 1_000_001);
+        timer.arm(1, 5_000_001);
+        assert_eq!(timer.armed_for.load(Ordering::Relaxed), 1_000_001);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while immediate_exit.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        forget(target);
+        assert_eq!(
+            immediate_exit.load(Ordering::Relaxed),
+            1,
+            "no kick within 5 s"
+        );
     }
 }

@@ -1,6 +1,10 @@
 //! ACPI tables for the guest: RSDP, RSDT and XSDT, FADT (+FACS), MADT and a
 //! DSDT, built once from an [`AcpiConfig`], then either handed to SeaBIOS
-//! through fw_cfg or placed in guest memory for a direct boot.
+//! through fw_cfg or placed in guest memory for a direct boot. The DSDT's
+//! AML is encoded with rust-vmm's `acpi_tables`; the fixed tables are
+//! written here, because that crate has no RSDT, no MADT interrupt source
+//! overrides, NMI entries or flags, and only the ACPI 6.5 FADT (see
+//! `docs/ARCHITECTURE.md`).
 //!
 //! # Why the table loader, not the legacy path
 //!
@@ -31,7 +35,6 @@
 //! offset into `etc/acpi/tables`; [`AcpiTables::pointers`] lists them and
 //! [`AcpiTables::checksums`] the checksums to recompute after patching.
 
-pub mod aml;
 pub mod dsdt;
 pub mod fadt;
 pub mod madt;

@@ -1,29 +1,66 @@
-//! Hostile guests on the bare-metal host under QEMU TCG (SVM + nested
-//! paging): programs that abuse the interrupt controllers and the
-//! instruction emulator. Each must get what hardware would give it, the
-//! VMM must neither panic nor stop the VM, and a well-behaved VM next to
-//! it (`hello`) must run to its end.
+//! Hostile guests on the bare-metal host: programs that abuse the
+//! interrupt controllers and the instruction emulator. Each must get what
+//! hardware would give it, the VMM must neither panic nor stop the VM, and
+//! a well-behaved VM next to it (`hello`) must run to its end.
+//!
+//! Every program runs twice: under QEMU TCG (SVM + nested paging), and
+//! under Bochs (VMX + EPT, `corei7_haswell_4770`) in the `slow_*_under_vmx`
+//! variants, which `cargo xtask test` runs with `--slow` (Bochs emulates
+//! the host and its guests instruction by instruction: minutes each). The
+//! same console lines are expected from both: what a guest sees does not
+//! depend on which extension runs it.
 //!
 //! `cargo xtask test` builds the kernel and the guests and sets
-//! `VMM_TEST_KERNEL` and `VMM_TEST_GUESTS`.
+//! `VMM_TEST_KERNEL` and `VMM_TEST_GUESTS`; it installs Bochs.
 
 use std::time::{Duration, Instant};
 use xtask::kernel::{boot_and_capture, named_guests};
 use xtask::qemu::Outcome;
 use xtask::system::env_path;
 
+/// Which virtualization extension runs the VMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cpu {
+    /// QEMU TCG with SVM and nested paging.
+    Svm,
+    /// Bochs with VMX and EPT.
+    Vmx,
+}
+
 /// Boot `names` (one VM each) and return the console; print how long it took.
-fn boot(names: &[&str]) -> (Outcome, String) {
+fn boot(cpu: Cpu, names: &[&str]) -> (Outcome, String) {
+    let kernel = env_path("VMM_TEST_KERNEL");
+    let guests = named_guests(&env_path("VMM_TEST_GUESTS"), names);
+    let which = match cpu {
+        Cpu::Svm => "svm",
+        Cpu::Vmx => "vmx",
+    };
+    let cmdline = format!("cpu={which} guest_mem=16M vms={}", names.len());
     let start = Instant::now();
-    let (outcome, console) = boot_and_capture(
-        &env_path("VMM_TEST_KERNEL"),
-        &format!("guest_mem=16M vms={}", names.len()),
-        &named_guests(&env_path("VMM_TEST_GUESTS"), names),
-        384,
-        Duration::from_secs(180),
-    )
-    .unwrap();
-    println!("{names:?}: {:.1} s", start.elapsed().as_secs_f64());
+    let (outcome, console) = match cpu {
+        Cpu::Svm => {
+            boot_and_capture(&kernel, &cmdline, &guests, 384, Duration::from_secs(180)).unwrap()
+        }
+        Cpu::Vmx => {
+            let run = xtask::bochs::boot_and_capture(
+                &kernel,
+                &cmdline,
+                &guests,
+                384,
+                // The PIT-storm pair takes about 10 minutes on a loaded
+                // machine.
+                Duration::from_secs(1500),
+            )
+            .unwrap();
+            // The VMX backend with EPT ran these VMs.
+            assert!(run.console.contains("VMX enabled: EPT"), "{}", run.console);
+            (run.outcome, run.console)
+        }
+    };
+    println!(
+        "{names:?} under {cpu:?}: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     (outcome, console)
 }
 
@@ -45,10 +82,8 @@ fn check(outcome: Outcome, console: &str, vm0: &str, wanted: &[&str]) {
     assert_eq!(outcome, Outcome::Success, "{console}");
 }
 
-#[test]
-#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
-fn ioapic_delivery_modes_and_illegal_vectors_get_what_hardware_gives() {
-    let (outcome, console) = boot(&["pc_ioapic_modes", "hello"]);
+fn ioapic_modes(cpu: Cpu) {
+    let (outcome, console) = boot(cpu, &["pc_ioapic_modes", "hello"]);
     // Fixed and lowest priority: the legal vector arrives, 0-15 never do
     // and set "received illegal vector" in ESR; NMI mode gives NMIs
     // (before NMI blocking was tracked, the second NMI arrived inside the
@@ -68,10 +103,8 @@ fn ioapic_delivery_modes_and_illegal_vectors_get_what_hardware_gives() {
     check(outcome, &console, "pc_ioapic_modes", &wanted);
 }
 
-#[test]
-#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
-fn non_canonical_operands_raise_gp_or_ss_in_the_guest() {
-    let (outcome, console) = boot(&["noncanonical", "hello"]);
+fn non_canonical(cpu: Cpu) {
+    let (outcome, console) = boot(cpu, &["noncanonical", "hello"]);
     let wanted = [
         "[vm 0] noncanonical movsb from mmio to a non-canonical rdi: #GP(0000) rcx 00",
         "[vm 0] noncanonical movsq from a non-canonical rsi to mmio: #GP(0000) rcx 00",
@@ -82,8 +115,8 @@ fn non_canonical_operands_raise_gp_or_ss_in_the_guest() {
         "[vm 0] noncanonical rep insb to a non-canonical rdi: #GP(0000) rcx 04",
         "[vm 0] noncanonical insw over the canonical boundary: #GP(0000) rcx 01",
         "[vm 0] noncanonical rep outsb from a non-canonical rsi: #GP(0000) rcx 04",
-        "[vm 0] noncanonical rep outsb through a non-canonical fs base: #GP(0000) rcx 04",
-        "[vm 0] noncanonical mov from mmio through a non-canonical gs base: #GP(0000) rcx 00",
+        "[vm 0] noncanonical rep outsb where fs base + rsi is non-canonical: #GP(0000) rcx 04",
+        "[vm 0] noncanonical mov from mmio where gs base + offset is non-canonical: #GP(0000) rcx 00",
         "[vm 0] noncanonical mov to mmio over the canonical boundary: #GP(0000) rcx 00",
         "[vm 0] noncanonical push of mmio to a non-canonical rsp: #SS(0000) rcx 00",
         "[vm 0] noncanonical push of mmio over the canonical boundary: #SS(0000) rcx 00",
@@ -97,14 +130,13 @@ fn non_canonical_operands_raise_gp_or_ss_in_the_guest() {
     );
 }
 
-#[test]
-#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
-fn an_icr_storm_gets_hardware_answers_and_the_other_vm_runs() {
-    let (outcome, console) = boot(&["pc_icr_storm", "hello"]);
+fn icr_storm(cpu: Cpu) {
+    let (outcome, console) = boot(cpu, &["pc_icr_storm", "hello"]);
     // Every legal fixed/lowest-priority self-IPI (vectors 16-254, three
     // shorthands that include this CPU, two destination modes) and every
     // NMI arrived exactly once; vectors 0-15 never did and set "send
-    // illegal vector" (ESR bit 5).
+    // illegal vector" (ESR bit 5). Under VMX without virtual NMIs the
+    // guest's IRET never ended NMI blocking: "nmis 1".
     check(
         outcome,
         &console,
@@ -124,10 +156,8 @@ fn an_icr_storm_gets_hardware_answers_and_the_other_vm_runs() {
     assert!(hello > 0, "{console}");
 }
 
-#[test]
-#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
-fn fw_cfg_dma_outside_ram_is_refused_with_the_error_bit_and_writes_nothing() {
-    let (outcome, console) = boot(&["pc_fwcfg_dma", "hello"]);
+fn fw_cfg_dma(cpu: Cpu) {
+    let (outcome, console) = boot(cpu, &["pc_fwcfg_dma", "hello"]);
     let mut wanted = vec![
         "[vm 0] fw_cfg dma to ram: status 00, canary kept".to_string(),
         "[vm 0] fw_cfg: ram holds the signature".to_string(),
@@ -169,13 +199,11 @@ fn quiet_rounds(console: &str) -> u64 {
         .unwrap_or_else(|| panic!("no quiet line in:\n{console}"))
 }
 
-#[test]
-#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
-fn a_pit_storm_leaves_the_vm_next_to_it_its_share_of_the_cpu() {
-    let (outcome, alone) = boot(&["tsc_quiet"]);
+fn pit_storm(cpu: Cpu) {
+    let (outcome, alone) = boot(cpu, &["tsc_quiet"]);
     assert_eq!(outcome, Outcome::Success, "{alone}");
     let alone = quiet_rounds(&alone);
-    let (outcome, console) = boot(&["irq_pit_storm", "tsc_quiet"]);
+    let (outcome, console) = boot(cpu, &["irq_pit_storm", "tsc_quiet"]);
     let next_to_storm = quiet_rounds(&console);
     println!(
         "tsc_quiet: {alone} rounds/s alone, {next_to_storm} next to the PIT storm ({:.0}%)",
@@ -183,6 +211,16 @@ fn a_pit_storm_leaves_the_vm_next_to_it_its_share_of_the_cpu() {
     );
     // Two VMs share one CPU: the quiet one keeps at least 40%.
     assert!(next_to_storm * 100 >= alone * 40, "{console}");
+    // Under Bochs time is the emulator's own (instructions executed), so
+    // the figure does not move with the load on this machine (about 50%):
+    // the storm must really have run beside the quiet VM. A quiet VM the
+    // host never preempted keeps 100% and measures nothing (that was
+    // Bochs with the quiet guest's IF clear, see tsc_quiet.asm). Under
+    // QEMU the figures are wall-clock time and a loaded machine moves
+    // them by tens of percent either way, so no upper bound there.
+    if cpu == Cpu::Vmx {
+        assert!(next_to_storm * 100 <= alone * 90, "{console}");
+    }
     // The storm VM itself got on: before the PIT's timer was polled at
     // most every 100 us, its 600 kHz rate left it no time between ticks
     // and it never reached its end.
@@ -196,4 +234,64 @@ fn a_pit_storm_leaves_the_vm_next_to_it_its_share_of_the_cpu() {
         "{console}"
     );
     assert_eq!(outcome, Outcome::Success, "{console}");
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
+fn ioapic_delivery_modes_and_illegal_vectors_get_what_hardware_gives() {
+    ioapic_modes(Cpu::Svm);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under Bochs: run through cargo xtask test --slow"]
+fn slow_ioapic_delivery_modes_and_illegal_vectors_get_what_hardware_gives_under_vmx() {
+    ioapic_modes(Cpu::Vmx);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
+fn non_canonical_operands_raise_gp_or_ss_in_the_guest() {
+    non_canonical(Cpu::Svm);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under Bochs: run through cargo xtask test --slow"]
+fn slow_non_canonical_operands_raise_gp_or_ss_in_the_guest_under_vmx() {
+    non_canonical(Cpu::Vmx);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
+fn an_icr_storm_gets_hardware_answers_and_the_other_vm_runs() {
+    icr_storm(Cpu::Svm);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under Bochs: run through cargo xtask test --slow"]
+fn slow_an_icr_storm_gets_hardware_answers_and_the_other_vm_runs_under_vmx() {
+    icr_storm(Cpu::Vmx);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
+fn fw_cfg_dma_outside_ram_is_refused_with_the_error_bit_and_writes_nothing() {
+    fw_cfg_dma(Cpu::Svm);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under Bochs: run through cargo xtask test --slow"]
+fn slow_fw_cfg_dma_outside_ram_is_refused_with_the_error_bit_and_writes_nothing_under_vmx() {
+    fw_cfg_dma(Cpu::Vmx);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
+fn a_pit_storm_leaves_the_vm_next_to_it_its_share_of_the_cpu() {
+    pit_storm(Cpu::Svm);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under Bochs: run through cargo xtask test --slow"]
+fn slow_a_pit_storm_leaves_the_vm_next_to_it_its_share_of_the_cpu_under_vmx() {
+    pit_storm(Cpu::Vmx);
 }

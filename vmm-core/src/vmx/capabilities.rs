@@ -18,6 +18,10 @@ pub mod pin {
     pub const EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
     /// NMI exiting.
     pub const NMI_EXITING: u32 = 1 << 3;
+    /// Virtual NMIs: the CPU tracks "virtual-NMI blocking" for the guest,
+    /// set by injecting an NMI and cleared by the guest's IRET (needs NMI
+    /// exiting).
+    pub const VIRTUAL_NMIS: u32 = 1 << 5;
 }
 
 /// Primary processor-based controls.
@@ -238,10 +242,17 @@ fn adjust(
 impl Controls {
     /// Derive the controls from the capability MSRs.
     pub fn derive(caps: &CapabilityMsrs) -> Result<Self, MissingCapability> {
+        // Virtual NMIs are required: with NMI exiting on and virtual NMIs
+        // off, the guest's IRET does not unblock NMIs (SDM 3C, "Changes to
+        // instruction behavior in VMX non-root operation", IRET), so after
+        // the first injected NMI blocking by NMI would stay set for good
+        // and no second NMI could ever be delivered. With virtual NMIs the
+        // interruptibility state's "blocking by NMI" bit is virtual-NMI
+        // blocking, which the handler's IRET clears, as hardware does.
         let pin = adjust(
             "pin-based",
             caps.pin,
-            pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING,
+            pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING | pin::VIRTUAL_NMIS,
             0,
         )?;
         let proc = adjust(
@@ -392,7 +403,7 @@ mod tests {
         // Pin: bits 1, 2, 4 are default-1 and stay; ours are added.
         assert_eq!(
             c.pin,
-            0x16 | pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING
+            0x16 | pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING | pin::VIRTUAL_NMIS
         );
         // Default-1 bits of the true MSR stay (bits 1, 4-6, 8, 13-16, 26).
         assert_eq!(c.proc & 0x0401_e172, 0x0401_e172);
@@ -430,6 +441,20 @@ mod tests {
             Controls::derive(&caps),
             Err(MissingCapability::Ept { .. })
         ));
+    }
+
+    #[test]
+    fn a_cpu_without_virtual_nmis_is_refused_by_name() {
+        // Without them a guest would get one NMI and never another.
+        let mut caps = haswell();
+        caps.pin &= !(u64::from(pin::VIRTUAL_NMIS) << 32);
+        assert_eq!(
+            Controls::derive(&caps),
+            Err(MissingCapability::Control {
+                group: "pin-based",
+                bits: pin::VIRTUAL_NMIS
+            })
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@ use crate::vcpu::Event;
 
 /// Interruptibility state: blocking by STI and by MOV SS.
 pub(super) const BLOCKING_STI_MOVSS: u64 = 0b11;
-/// Guest interruptibility: blocking by NMI.
+/// Guest interruptibility: blocking by NMI (virtual-NMI blocking, since
+/// the pin controls include virtual NMIs).
 const BLOCKING_NMI: u64 = 1 << 3;
 /// Interruption-information valid bit.
 pub(super) const INFO_VALID: u64 = 1 << 31;
@@ -55,8 +56,10 @@ impl VmxVcpu {
 
     /// No blocking by NMI or MOV SS, no event pending.
     pub(super) fn nmi_can_be_taken(&self) -> bool {
-        // Blocking by NMI (bit 3) is the CPU's own while "virtual NMIs" is
-        // off: set by the injection, cleared by the handler's IRET.
+        // Blocking by NMI (bit 3) is virtual-NMI blocking ("virtual NMIs"
+        // is always on, see `Controls::derive`): set by injecting an NMI,
+        // cleared by the handler's IRET. (Without virtual NMIs, NMI exiting
+        // makes IRET leave the bit alone and only one NMI ever arrived.)
         self.read(fields::GUEST_INTERRUPTIBILITY) & (BLOCKING_NMI | 0b10) == 0
             && self.read(fields::ENTRY_INTERRUPTION_INFO) & INFO_VALID == 0
     }

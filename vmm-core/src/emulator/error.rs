@@ -132,25 +132,6 @@ pub enum EmulateError {
     LockContended,
 }
 
-impl EmulateError {
-    /// What to stop the VM with when the guest cannot be given this error:
-    /// an instruction the emulator does not implement, or a machine
-    /// failure. `None` for an exception (inject it) and for lock contention
-    /// (resume the guest at the same instruction).
-    pub fn stop_reason(&self) -> Option<crate::vm::StopReason> {
-        use alloc::string::ToString;
-        match self {
-            EmulateError::Unsupported { .. } | EmulateError::Bus(_) => {
-                Some(crate::vm::StopReason::DeviceFailure {
-                    device: "instruction emulator".to_string(),
-                    detail: self.to_string(),
-                })
-            }
-            EmulateError::Exception(_) | EmulateError::LockContended => None,
-        }
-    }
-}
-
 impl From<Exception> for EmulateError {
     fn from(e: Exception) -> Self {
         EmulateError::Exception(e)

@@ -10,8 +10,13 @@
 //! The emulator is generic over two small traits, so tests and fuzzers plug
 //! in mocks: [`CpuState`] (registers, segments, control registers) and
 //! [`GuestBus`] (guest-physical memory that may be MMIO, and I/O ports).
-//! [`crate::vm::Vm`] implements [`GuestBus`], routing memory to RAM or to
-//! the device manager and ports to port devices.
+//! The emulator knows nothing of the VM around it: the vCPU layer
+//! (`crate::vcpu`) makes [`crate::vm::Vm`] a [`GuestBus`] and turns
+//! [`EmulateError`]s into the VM's stop reasons.
+//!
+//! The module forbids `unsafe` code: it decodes and carries out
+//! instructions a hostile guest chose, and needs nothing the hardware
+//! alone can do.
 //!
 //! Faults the guest must see come back as [`Exception`]s for the backend to
 //! inject (#PF with its error code and CR2, #GP, #SS, #UD, #NM, #AC);
@@ -46,6 +51,7 @@
 //! assert_eq!(cpu.rip, 0x1002);
 //! assert_eq!(vm.memory().read_u8(0x2000).unwrap(), 0x5a);
 //! ```
+#![forbid(unsafe_code)]
 
 mod access;
 mod alu;
@@ -56,7 +62,6 @@ mod execute;
 mod operand;
 mod string;
 mod vector;
-mod vm_bus;
 
 pub use cpu::{
     BusError, CpuMode, CpuState, GuestBus, RegisterFile, Segment, SegmentRegister, RFLAGS_AC,

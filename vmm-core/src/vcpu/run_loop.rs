@@ -154,8 +154,7 @@ fn emulate<B: VcpuBackend>(
         }
         Err(EmulateError::LockContended) => {}
         Err(other) => {
-            let mut reason = other
-                .stop_reason()
+            let mut reason = super::emulation_stop_reason(&other)
                 .unwrap_or(StopReason::Backend(other.to_string()));
             // Say what the guest touched: the address that faulted and what
             // the memory map has there.

@@ -194,6 +194,31 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
         Ok(())
     }
 
+    /// The guest's MAXPHYADDR.
+    pub fn max_phys_bits(&self) -> u8 {
+        self.walker.max_phys_bits
+    }
+
+    /// Take the page of `la` to be mapped to the frame of `gpa` for
+    /// accesses of `kind` (a write translation also serves reads) for the
+    /// rest of this instruction, as if a walk had found it: a translation
+    /// the hardware reported with the exit. Nothing changes with paging
+    /// off, where no walk happens.
+    pub fn seed_translation(&mut self, la: u64, gpa: u64, kind: AccessKind) {
+        if self.walker.mode() == PagingMode::Disabled || kind == AccessKind::Execute {
+            return;
+        }
+        let entry = TlbEntry {
+            page: la >> 12,
+            frame: gpa & !(PAGE_SIZE - 1),
+            kind,
+        };
+        if let Some(slot) = self.tlb.get_mut(self.tlb_next % TLB_ENTRIES) {
+            *slot = Some(entry);
+        }
+        self.tlb_next = self.tlb_next.wrapping_add(1);
+    }
+
     /// Translate a linear address; page faults become guest exceptions.
     fn translate(&mut self, la: u64, kind: AccessKind) -> Result<u64, EmulateError> {
         if self.walker.mode() == PagingMode::Disabled {

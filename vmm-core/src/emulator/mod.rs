@@ -59,6 +59,7 @@ mod cpu;
 mod decode;
 mod error;
 mod execute;
+mod hints;
 mod operand;
 mod string;
 mod vector;
@@ -70,6 +71,7 @@ pub use cpu::{
 };
 pub use error::{EmulateError, Exception, InstructionBytes};
 pub use execute::undefined_flags;
+pub use hints::{AccessHint, Hints};
 pub use string::PortString;
 
 use access::Context;
@@ -127,17 +129,40 @@ impl Emulator {
         bus: &mut B,
         bytes: &[u8],
     ) -> Result<Completion, EmulateError> {
+        let hints = Hints {
+            access: None,
+            bytes: (!bytes.is_empty()).then(|| InstructionBytes::new(bytes)),
+        };
+        self.emulate_hinted(state, bus, &hints)
+    }
+
+    /// Like [`Emulator::emulate`], with what the hardware reported with
+    /// the exit ([`Hints`]): the instruction is decoded from the given
+    /// bytes when they hold a whole instruction, and the faulting operand's
+    /// page is not walked again when the given address fits it. A hint
+    /// that does not fit is ignored: the emulator then fetches and walks
+    /// as [`Emulator::emulate`] does, so no hint makes it touch memory
+    /// that emulation without it would not.
+    pub fn emulate_hinted<S: CpuState, B: GuestBus>(
+        &self,
+        state: &mut S,
+        bus: &mut B,
+        hints: &Hints,
+    ) -> Result<Completion, EmulateError> {
         let mut ctx = Context::new(state, bus, self.max_phys_bits);
         let rip = ctx.state.rip();
-        let given = if bytes.is_empty() {
-            None
-        } else {
-            decode::decode_given(ctx.mode, rip, bytes).ok().flatten()
-        };
+        let given = hints.bytes.as_ref().and_then(|b| {
+            decode::decode_given(ctx.mode, rip, b.as_slice())
+                .ok()
+                .flatten()
+        });
         let d = match given {
             Some(d) => d,
             None => decode::fetch(&mut ctx)?,
         };
+        if let Some(access) = &hints.access {
+            ctx.apply_access_hint(&d, access);
+        }
         let mut tries = 0;
         loop {
             match self.run(&mut ctx, &d) {

@@ -253,6 +253,47 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
         }
     }
 
+    /// Read `buf.len()` bytes at linear `la` as an implicit supervisor
+    /// access (a descriptor table): paging checks as at CPL 0 whatever the
+    /// CPL, split at a page boundary, not through this instruction's TLB.
+    pub fn read_system(&mut self, la: u64, buf: &mut [u8]) -> Result<(), EmulateError> {
+        let wrap = |a: u64, mode: CpuMode| {
+            if mode == CpuMode::Long64 {
+                a
+            } else {
+                a & 0xffff_ffff
+            }
+        };
+        let mut done = 0;
+        while done < buf.len() {
+            let at = wrap(la.wrapping_add(done as u64), self.mode);
+            let in_page = (PAGE_SIZE - (at & (PAGE_SIZE - 1))) as usize;
+            let n = in_page.min(buf.len() - done);
+            let gpa = if self.walker.mode() == PagingMode::Disabled {
+                at
+            } else {
+                let access = Access {
+                    kind: AccessKind::Read,
+                    cpl: self.cpl,
+                    implicit_supervisor: true,
+                    ac: false,
+                };
+                match self.walker.translate(&mut BusTables(self.bus), at, access) {
+                    Ok(t) => t.gpa,
+                    Err(WalkError::PageFault(pf)) => return Err(Exception::PageFault(pf).into()),
+                    Err(WalkError::TableUnreachable { gpa }) => {
+                        return Err(BusError::Memory { gpa }.into())
+                    }
+                }
+            };
+            if let Some(part) = buf.get_mut(done..done + n) {
+                self.bus.read_physical(gpa, part)?;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
     /// Translate `len` bytes at linear `la`, both pages when it crosses.
     pub fn translate_range(
         &mut self,

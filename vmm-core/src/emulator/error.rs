@@ -20,6 +20,8 @@ pub enum Exception {
     /// #GP with an error code: segment limit or rights, non-canonical
     /// address, misaligned aligned SSE access, instruction too long.
     GeneralProtection(u16),
+    /// #NP with an error code: a segment descriptor that is not present.
+    SegmentNotPresent(u16),
     /// #PF: the faulting address becomes CR2.
     PageFault(PageFault),
     /// #AC(0): a misaligned access at CPL 3 with CR0.AM and RFLAGS.AC.
@@ -32,6 +34,7 @@ impl Exception {
         match self {
             Exception::InvalidOpcode => 6,
             Exception::DeviceNotAvailable => 7,
+            Exception::SegmentNotPresent(_) => 11,
             Exception::StackFault(_) => 12,
             Exception::GeneralProtection(_) => 13,
             Exception::PageFault(_) => 14,
@@ -43,7 +46,9 @@ impl Exception {
     pub fn error_code(&self) -> Option<u32> {
         match self {
             Exception::InvalidOpcode | Exception::DeviceNotAvailable => None,
-            Exception::StackFault(e) | Exception::GeneralProtection(e) => Some(u32::from(*e)),
+            Exception::SegmentNotPresent(e)
+            | Exception::StackFault(e)
+            | Exception::GeneralProtection(e) => Some(u32::from(*e)),
             Exception::PageFault(pf) => Some(pf.error_code),
             Exception::AlignmentCheck => Some(0),
         }
@@ -55,6 +60,7 @@ impl fmt::Display for Exception {
         match self {
             Exception::InvalidOpcode => write!(f, "#UD"),
             Exception::DeviceNotAvailable => write!(f, "#NM"),
+            Exception::SegmentNotPresent(e) => write!(f, "#NP({e:#x})"),
             Exception::StackFault(e) => write!(f, "#SS({e:#x})"),
             Exception::GeneralProtection(e) => write!(f, "#GP({e:#x})"),
             Exception::PageFault(pf) => {

@@ -60,14 +60,16 @@ mod decode;
 mod error;
 mod execute;
 mod hints;
+mod iret;
 mod operand;
 mod string;
 mod vector;
 
 pub use cpu::{
-    BusError, CpuMode, CpuState, GuestBus, RegisterFile, Segment, SegmentRegister, RFLAGS_AC,
-    RFLAGS_AF, RFLAGS_CF, RFLAGS_DF, RFLAGS_FIXED, RFLAGS_IF, RFLAGS_IOPL, RFLAGS_OF, RFLAGS_PF,
-    RFLAGS_RF, RFLAGS_SF, RFLAGS_STATUS, RFLAGS_TF, RFLAGS_VM, RFLAGS_ZF,
+    BusError, CpuMode, CpuState, DescriptorState, DescriptorTable, GuestBus, RegisterFile, Segment,
+    SegmentRegister, RFLAGS_AC, RFLAGS_AF, RFLAGS_CF, RFLAGS_DF, RFLAGS_FIXED, RFLAGS_IF,
+    RFLAGS_IOPL, RFLAGS_OF, RFLAGS_PF, RFLAGS_RF, RFLAGS_SF, RFLAGS_STATUS, RFLAGS_TF, RFLAGS_VM,
+    RFLAGS_ZF,
 };
 pub use error::{EmulateError, Exception, InstructionBytes};
 pub use execute::undefined_flags;

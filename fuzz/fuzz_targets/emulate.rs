@@ -3,7 +3,9 @@
 //! registers, general and XMM registers, flags, and guest memory holding
 //! page tables the fuzzer also controls; and string port instructions run
 //! from an I/O exit's particulars (`Emulator::emulate_port_string`), which
-//! may be any values at all.
+//! may be any values at all; and with hints as an exit gives them
+//! (`Emulator::emulate_hinted`): any guest-physical address, kind and
+//! linear address, and the first bytes of the code, cut anywhere.
 //!
 //! Invariants: no panic; every emulation call finishes within a bounded
 //! number of bus accesses; every physical access is inside the given guest
@@ -15,8 +17,8 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use vmm_core::emulator::{
-    BusError, Completion, EmulateError, Emulator, Exception, GuestBus, PortString, RegisterFile,
-    Segment, SegmentRegister,
+    AccessHint, BusError, Completion, EmulateError, Emulator, Exception, GuestBus, Hints,
+    InstructionBytes, PortString, RegisterFile, Segment, SegmentRegister,
 };
 use vmm_core::paging::*;
 
@@ -56,6 +58,11 @@ struct Input {
     /// Run a string port instruction from these exit particulars (INS,
     /// size, address size, REP, segment index) instead of decoding.
     port_string: Option<(bool, u8, u8, bool, u8)>,
+    /// Hints: the exit's guest-physical address (an offset into RAM or
+    /// the MMIO window, or any value), write, linear address; and how many
+    /// of the code bytes the CPU "fetched".
+    hint: Option<(u8, u64, bool, Option<u64>)>,
+    given_bytes: Option<u8>,
 }
 
 struct Bus {
@@ -188,6 +195,20 @@ fuzz_target!(|input: Input| {
             SegmentRegister::new(s.selector, u64::from(s.base), s.limit, s.attributes)
         };
     }
+    let hints = Hints {
+        access: input.hint.map(|(place, gpa, write, linear)| AccessHint {
+            gpa: match place % 3 {
+                0 => gpa % RAM as u64,
+                1 => MMIO + gpa % MMIO_LEN,
+                _ => gpa,
+            },
+            write,
+            linear,
+        }),
+        bytes: input
+            .given_bytes
+            .map(|n| InstructionBytes::new(&input.code[..usize::from(n % 17)])),
+    };
     let emulator = Emulator {
         max_rep_iterations: u64::from(input.rep_bound % 32) + 1,
         ..Emulator::default()
@@ -207,7 +228,7 @@ fuzz_target!(|input: Input| {
                 };
                 emulator.emulate_port_string(&mut cpu, &mut bus, &io)
             }
-            None => emulator.emulate(&mut cpu, &mut bus),
+            None => emulator.emulate_hinted(&mut cpu, &mut bus, &hints),
         };
         // Bounded work: fetch and page walks plus a bounded number of
         // iterations, each with at most a few accesses.

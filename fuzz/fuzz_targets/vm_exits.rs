@@ -21,7 +21,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
-use vmm_core::emulator::Segment;
+use vmm_core::emulator::{Hints, Segment};
 use vmm_core::memory::RegionKind;
 use vmm_core::svm::{decode_exit, offset, Vmcb};
 use vmm_core::test_host::{TestHost, TestVmBuilder, VecMemory};
@@ -44,6 +44,7 @@ struct Svm {
     rip: u64,
     next_rip: u64,
     nrip_save: bool,
+    decode_assists: bool,
     /// The rest of the page.
     noise: Vec<(u16, u8)>,
 }
@@ -150,7 +151,7 @@ fn svm(i: Svm) {
     let before: Vec<u64> = (0..512).map(|q| vmcb.read_u64(q * 8)).collect();
     let event_inj = vmcb.read_u64(offset::EVENT_INJ);
 
-    let exit = decode_exit(&mut vmcb, i.nrip_save, vm.memory());
+    let exit = decode_exit(&mut vmcb, i.nrip_save, i.decode_assists, vm.memory());
 
     for (q, was) in before.iter().enumerate() {
         if q * 8 != offset::EVENT_INJ {
@@ -200,13 +201,32 @@ fn svm(i: Svm) {
                 assert_eq!(p.segment, Segment::Es);
                 assert_eq!(p.next_rip, info2);
             }
-            Exit::Emulate { gpa: None } => assert_ne!(i.info1 & 0b1100, 0),
+            Exit::Emulate { gpa: None, hints } => {
+                assert_ne!(i.info1 & 0b1100, 0);
+                assert_eq!(hints, Hints::default());
+            }
             other => panic!("IOIO gave {other:?}"),
         },
         0x400 => match exit {
-            Exit::Emulate { gpa } => {
+            Exit::Emulate { gpa, hints } => {
                 assert_eq!(gpa, Some(info2));
                 assert_ne!(vm.memory().kind_at(info2), RegionKind::Ram);
+                // The address only of a data access's final translation;
+                // decode-assist bytes only from a CPU that has them, at
+                // most 15 and as many as the VMCB says.
+                if let Some(a) = hints.access {
+                    assert_eq!(a.gpa, info2);
+                    assert_eq!(i.info1 >> 32 & 3, 1);
+                    assert_eq!(i.info1 & 1 << 4, 0);
+                }
+                match hints.bytes {
+                    Some(b) => {
+                        assert!(i.decode_assists);
+                        let n = usize::from(vmcb.read_u8(0xd0) & 0xf);
+                        assert_eq!(b.as_slice().len(), n);
+                    }
+                    None => assert!(!i.decode_assists || vmcb.read_u8(0xd0) & 0xf == 0),
+                }
             }
             Exit::Error(ExitError::Unhandled { code: 0x400, .. }) => {
                 assert_eq!(vm.memory().kind_at(info2), RegionKind::Ram)
@@ -303,7 +323,7 @@ fn vmx(i: Vmx) {
     }
     let exit = vmm_core::vmx::io_exit(i.qualification, i.next_rip);
     match exit {
-        Exit::Emulate { gpa: None } => assert_ne!(i.qualification & 1 << 4, 0),
+        Exit::Emulate { gpa: None, .. } => assert_ne!(i.qualification & 1 << 4, 0),
         Exit::PortIo {
             port,
             size,

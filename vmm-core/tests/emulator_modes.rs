@@ -15,6 +15,7 @@ use vmm_core::emulator::{
 };
 use vmm_core::paging::{PageFault, CR0_AM, CR0_TS, PF_FETCH, PF_PRESENT, PF_USER, PF_WRITE};
 use vmm_core::test_host::{TestHost, TestVmBuilder};
+use vmm_core::vcpu::emulation_stop_reason;
 use vmm_core::vm::Vm;
 
 const MMIO: u64 = 0xf000_0000;
@@ -793,7 +794,7 @@ fn invalid_and_unsupported_instructions() {
         "unsupported instruction [0f a2] in 64-bit mode at rip 0x1000"
     );
     // The VM stops with that text; the host keeps running.
-    let reason = err.stop_reason().expect("a stop reason");
+    let reason = emulation_stop_reason(&err).expect("a stop reason");
     vm.stop(reason);
     assert_eq!(
         vm.stop_reason().map(|r| r.to_string()).as_deref(),
@@ -801,7 +802,7 @@ fn invalid_and_unsupported_instructions() {
     );
     assert_eq!(Exception::InvalidOpcode.vector(), 6);
     assert_eq!(
-        EmulateError::Exception(Exception::InvalidOpcode).stop_reason(),
+        emulation_stop_reason(&EmulateError::Exception(Exception::InvalidOpcode)),
         None
     );
 }

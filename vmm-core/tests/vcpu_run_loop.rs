@@ -5,7 +5,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use vmm_core::device::{Device, DeviceContext, Mmio, PortIo, VmRequest};
 use vmm_core::emulator::{
-    CpuState, Exception, RegisterFile, Segment, SegmentRegister, RFLAGS_FIXED, RFLAGS_IF,
+    AccessHint, CpuState, Exception, Hints, InstructionBytes, RegisterFile, Segment,
+    SegmentRegister, RFLAGS_FIXED, RFLAGS_IF,
 };
 use vmm_core::host::Host;
 use vmm_core::paging::ControlRegisters;
@@ -231,9 +232,38 @@ fn mmio_goes_through_the_emulator_to_the_device() {
     let mut vm = vm();
     // mov [edi], al at 0x1000, flat 32-bit protected mode.
     vm.memory_mut().write(0x1000, &[0x88, 0x07]).unwrap();
+    let mut cpu = Scripted::new(vec![Exit::emulate(Some(0xfee0_0010)), Exit::Shutdown]);
+    cpu.regs = RegisterFile::protected_flat32();
+    cpu.regs.rip = 0x1000;
+    cpu.regs.gprs[0] = 0x5a;
+    cpu.regs.gprs[7] = 0xfee0_0010;
+    run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
+    assert_eq!(probe(&vm).mmio_writes, vec![(0xfee0_0010, vec![0x5a])]);
+    assert_eq!(cpu.regs.rip, 0x1002);
+}
+
+#[test]
+fn the_exit_hints_reach_the_emulator() {
+    let mut vm = vm();
+    // Guest memory at RIP holds zeros; the bytes the exit reports are
+    // `mov [edi], al`, and the instruction runs from them.
     let mut cpu = Scripted::new(vec![
         Exit::Emulate {
             gpa: Some(0xfee0_0010),
+            hints: Hints {
+                access: Some(AccessHint {
+                    gpa: 0xfee0_0010,
+                    write: true,
+                    linear: None,
+                }),
+                bytes: Some(InstructionBytes::new(&[0x88, 0x07, 0x00])),
+            },
         },
         Exit::Shutdown,
     ]);
@@ -258,9 +288,7 @@ fn an_unsupported_instruction_stops_the_vm_with_its_bytes_mode_and_rip() {
     // CPUID is not a memory access: if an MMIO fault ever pointed at it,
     // the emulator cannot carry it out and the VM must stop, saying what.
     vm.memory_mut().write(0x1000, &[0x0f, 0xa2]).unwrap();
-    let mut cpu = Scripted::new(vec![Exit::Emulate {
-        gpa: Some(0xfee0_0000),
-    }]);
+    let mut cpu = Scripted::new(vec![Exit::emulate(Some(0xfee0_0000))]);
     cpu.regs.rip = 0x1000;
     let RunOutcome::Stopped(reason) = run(
         &mut cpu,
@@ -1069,7 +1097,7 @@ fn shadow_paging_exits_go_to_the_backends_capability() {
                 linear: 0x8000,
                 next_rip: 0x1000,
             },
-            Exit::Emulate { gpa: Some(0x2000) },
+            Exit::emulate(Some(0x2000)),
             Exit::Shutdown,
         ]),
         hooks: ShadowHooks::default(),

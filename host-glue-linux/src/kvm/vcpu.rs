@@ -14,7 +14,9 @@ use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
 use vmm_bios::entry::EntryState;
-use vmm_core::emulator::{CpuState, Segment, SegmentRegister};
+use vmm_core::emulator::{
+    CpuState, DescriptorState, DescriptorTable, EmulateError, Segment, SegmentRegister,
+};
 use vmm_core::paging::ControlRegisters;
 use vmm_core::vcpu::{AccessTarget, DeviceAccess, Event, Exit, ExitError, VcpuBackend};
 use vmm_core::vm::Vm;
@@ -352,21 +354,21 @@ impl KvmVcpu {
     }
 
     /// Carry out an instruction KVM could not emulate, if it is one the
-    /// backend knows (protected-mode IRET); `true` if the guest can go on.
-    fn assist(&mut self, vm: &Vm) -> bool {
-        let mut regs = self.regs();
-        let mut sregs = self.sregs();
-        match iret::emulate(&mut regs, &mut sregs, vm.memory()) {
+    /// backend knows (protected-mode IRET, through the library's
+    /// emulator); `true` if the guest can go on (the IRET retired, or
+    /// raised an exception now injected).
+    fn assist(&mut self, vm: &mut Vm) -> bool {
+        match iret::emulate(self, vm.memory_mut()) {
             Ok(()) => {
-                *self.regs.get_mut() = Some(regs);
-                *self.sregs.get_mut() = Some(sregs);
-                self.regs_dirty = true;
-                self.sregs_dirty = true;
                 self.assists += 1;
                 true
             }
+            Err(EmulateError::Exception(e)) => {
+                self.assists += 1;
+                self.inject_exception(e.vector(), e.error_code())
+            }
             Err(why) => {
-                log::debug!("KVM emulation failure not assisted: {why:?}");
+                log::debug!("KVM emulation failure not assisted: {why}");
                 false
             }
         }
@@ -607,6 +609,29 @@ impl VcpuBackend for KvmVcpu {
 
 /// A segment in the VMCB attribute layout, as KVM holds it.
 fn kvm_segment_of(s: &vmm_bios::entry::Segment) -> kvm_segment {
+    kvm_segment_from(&SegmentRegister::new(
+        s.selector,
+        s.base,
+        s.limit,
+        s.attributes,
+    ))
+}
+
+fn segment_of(s: &kvm_segment) -> SegmentRegister {
+    let present = s.present != 0 && s.unusable == 0;
+    let attributes = u16::from(s.type_ & 0xf)
+        | (u16::from(s.s & 1) << 4)
+        | (u16::from(s.dpl & 3) << 5)
+        | (u16::from(present) << 7)
+        | (u16::from(s.avl & 1) << 8)
+        | (u16::from(s.l & 1) << 9)
+        | (u16::from(s.db & 1) << 10)
+        | (u16::from(s.g & 1) << 11);
+    SegmentRegister::new(s.selector, s.base, s.limit, attributes)
+}
+
+/// KVM's form of a segment register.
+fn kvm_segment_from(s: &SegmentRegister) -> kvm_segment {
     let a = s.attributes;
     let bit = |n: u16| ((a >> n) & 1) as u8;
     kvm_segment {
@@ -626,17 +651,29 @@ fn kvm_segment_of(s: &vmm_bios::entry::Segment) -> kvm_segment {
     }
 }
 
-fn segment_of(s: &kvm_segment) -> SegmentRegister {
-    let present = s.present != 0 && s.unusable == 0;
-    let attributes = u16::from(s.type_ & 0xf)
-        | (u16::from(s.s & 1) << 4)
-        | (u16::from(s.dpl & 3) << 5)
-        | (u16::from(present) << 7)
-        | (u16::from(s.avl & 1) << 8)
-        | (u16::from(s.l & 1) << 9)
-        | (u16::from(s.db & 1) << 10)
-        | (u16::from(s.g & 1) << 11);
-    SegmentRegister::new(s.selector, s.base, s.limit, attributes)
+impl DescriptorState for KvmVcpu {
+    fn gdtr(&self) -> DescriptorTable {
+        let s = self.sregs();
+        DescriptorTable {
+            base: s.gdt.base,
+            limit: s.gdt.limit,
+        }
+    }
+
+    fn set_segment(&mut self, segment: Segment, value: SegmentRegister) {
+        let mut s = self.sregs();
+        let k = kvm_segment_from(&value);
+        match segment {
+            Segment::Es => s.es = k,
+            Segment::Cs => s.cs = k,
+            Segment::Ss => s.ss = k,
+            Segment::Ds => s.ds = k,
+            Segment::Fs => s.fs = k,
+            Segment::Gs => s.gs = k,
+        }
+        *self.sregs.get_mut() = Some(s);
+        self.sregs_dirty = true;
+    }
 }
 
 impl CpuState for KvmVcpu {

@@ -194,6 +194,31 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
         Ok(())
     }
 
+    /// The guest's MAXPHYADDR.
+    pub fn max_phys_bits(&self) -> u8 {
+        self.walker.max_phys_bits
+    }
+
+    /// Take the page of `la` to be mapped to the frame of `gpa` for
+    /// accesses of `kind` (a write translation also serves reads) for the
+    /// rest of this instruction, as if a walk had found it: a translation
+    /// the hardware reported with the exit. Nothing changes with paging
+    /// off, where no walk happens.
+    pub fn seed_translation(&mut self, la: u64, gpa: u64, kind: AccessKind) {
+        if self.walker.mode() == PagingMode::Disabled || kind == AccessKind::Execute {
+            return;
+        }
+        let entry = TlbEntry {
+            page: la >> 12,
+            frame: gpa & !(PAGE_SIZE - 1),
+            kind,
+        };
+        if let Some(slot) = self.tlb.get_mut(self.tlb_next % TLB_ENTRIES) {
+            *slot = Some(entry);
+        }
+        self.tlb_next = self.tlb_next.wrapping_add(1);
+    }
+
     /// Translate a linear address; page faults become guest exceptions.
     fn translate(&mut self, la: u64, kind: AccessKind) -> Result<u64, EmulateError> {
         if self.walker.mode() == PagingMode::Disabled {
@@ -226,6 +251,47 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
             Err(WalkError::PageFault(pf)) => Err(Exception::PageFault(pf).into()),
             Err(WalkError::TableUnreachable { gpa }) => Err(BusError::Memory { gpa }.into()),
         }
+    }
+
+    /// Read `buf.len()` bytes at linear `la` as an implicit supervisor
+    /// access (a descriptor table): paging checks as at CPL 0 whatever the
+    /// CPL, split at a page boundary, not through this instruction's TLB.
+    pub fn read_system(&mut self, la: u64, buf: &mut [u8]) -> Result<(), EmulateError> {
+        let wrap = |a: u64, mode: CpuMode| {
+            if mode == CpuMode::Long64 {
+                a
+            } else {
+                a & 0xffff_ffff
+            }
+        };
+        let mut done = 0;
+        while done < buf.len() {
+            let at = wrap(la.wrapping_add(done as u64), self.mode);
+            let in_page = (PAGE_SIZE - (at & (PAGE_SIZE - 1))) as usize;
+            let n = in_page.min(buf.len() - done);
+            let gpa = if self.walker.mode() == PagingMode::Disabled {
+                at
+            } else {
+                let access = Access {
+                    kind: AccessKind::Read,
+                    cpl: self.cpl,
+                    implicit_supervisor: true,
+                    ac: false,
+                };
+                match self.walker.translate(&mut BusTables(self.bus), at, access) {
+                    Ok(t) => t.gpa,
+                    Err(WalkError::PageFault(pf)) => return Err(Exception::PageFault(pf).into()),
+                    Err(WalkError::TableUnreachable { gpa }) => {
+                        return Err(BusError::Memory { gpa }.into())
+                    }
+                }
+            };
+            if let Some(part) = buf.get_mut(done..done + n) {
+                self.bus.read_physical(gpa, part)?;
+            }
+            done += n;
+        }
+        Ok(())
     }
 
     /// Translate `len` bytes at linear `la`, both pages when it crosses.

@@ -130,6 +130,38 @@ impl SegmentRegister {
     pub fn is_code(&self) -> bool {
         self.segment_type() & 8 != 0
     }
+
+    /// The segment register loaded with `selector` and the 8-byte
+    /// descriptor `raw` from a descriptor table: base, limit scaled by
+    /// G, attributes, and the accessed bit set as a load sets it.
+    pub fn from_descriptor(selector: u16, raw: u64) -> Self {
+        let limit = (raw & 0xffff) | ((raw >> 32) & 0xf_0000);
+        let base = ((raw >> 16) & 0xff_ffff) | ((raw >> 32) & 0xff00_0000);
+        let access = (raw >> 40) & 0xff;
+        let flags = (raw >> 52) & 0xf;
+        let limit = if flags & 8 != 0 {
+            (limit << 12) | 0xfff
+        } else {
+            limit
+        };
+        // Only code and data segments have an accessed bit.
+        let accessed = if access & 0x10 != 0 { 1 } else { 0 };
+        Self {
+            selector,
+            base,
+            limit: limit as u32,
+            attributes: (access | accessed | (flags << 8)) as u16,
+        }
+    }
+}
+
+/// A descriptor-table register (GDTR, IDTR): base and byte limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DescriptorTable {
+    /// The linear base address.
+    pub base: u64,
+    /// The limit (the last valid byte offset).
+    pub limit: u16,
 }
 
 /// The operating mode of the vCPU.
@@ -264,6 +296,16 @@ pub trait CpuState {
     }
 }
 
+/// What an instruction that loads a segment register from a descriptor
+/// table needs beyond [`CpuState`] (the IRET of
+/// [`super::Emulator::emulate_iret`]).
+pub trait DescriptorState: CpuState {
+    /// GDTR.
+    fn gdtr(&self) -> DescriptorTable;
+    /// Load a segment register (selector and hidden part).
+    fn set_segment(&mut self, segment: Segment, value: SegmentRegister);
+}
+
 /// A physical access or port access the machine could not carry out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BusError {
@@ -358,6 +400,8 @@ pub struct RegisterFile {
     pub ymm_upper: [u128; 16],
     /// XCR0.
     pub xcr0: u64,
+    /// GDTR.
+    pub gdtr: DescriptorTable,
 }
 
 impl RegisterFile {
@@ -478,5 +522,14 @@ impl CpuState for RegisterFile {
     }
     fn xcr0(&self) -> Option<u64> {
         Some(self.xcr0)
+    }
+}
+
+impl DescriptorState for RegisterFile {
+    fn gdtr(&self) -> DescriptorTable {
+        self.gdtr
+    }
+    fn set_segment(&mut self, segment: Segment, value: SegmentRegister) {
+        self.segments[segment as usize] = value;
     }
 }

@@ -20,6 +20,8 @@ pub enum Exception {
     /// #GP with an error code: segment limit or rights, non-canonical
     /// address, misaligned aligned SSE access, instruction too long.
     GeneralProtection(u16),
+    /// #NP with an error code: a segment descriptor that is not present.
+    SegmentNotPresent(u16),
     /// #PF: the faulting address becomes CR2.
     PageFault(PageFault),
     /// #AC(0): a misaligned access at CPL 3 with CR0.AM and RFLAGS.AC.
@@ -32,6 +34,7 @@ impl Exception {
         match self {
             Exception::InvalidOpcode => 6,
             Exception::DeviceNotAvailable => 7,
+            Exception::SegmentNotPresent(_) => 11,
             Exception::StackFault(_) => 12,
             Exception::GeneralProtection(_) => 13,
             Exception::PageFault(_) => 14,
@@ -43,7 +46,9 @@ impl Exception {
     pub fn error_code(&self) -> Option<u32> {
         match self {
             Exception::InvalidOpcode | Exception::DeviceNotAvailable => None,
-            Exception::StackFault(e) | Exception::GeneralProtection(e) => Some(u32::from(*e)),
+            Exception::SegmentNotPresent(e)
+            | Exception::StackFault(e)
+            | Exception::GeneralProtection(e) => Some(u32::from(*e)),
             Exception::PageFault(pf) => Some(pf.error_code),
             Exception::AlignmentCheck => Some(0),
         }
@@ -55,6 +60,7 @@ impl fmt::Display for Exception {
         match self {
             Exception::InvalidOpcode => write!(f, "#UD"),
             Exception::DeviceNotAvailable => write!(f, "#NM"),
+            Exception::SegmentNotPresent(e) => write!(f, "#NP({e:#x})"),
             Exception::StackFault(e) => write!(f, "#SS({e:#x})"),
             Exception::GeneralProtection(e) => write!(f, "#GP({e:#x})"),
             Exception::PageFault(pf) => {
@@ -130,25 +136,6 @@ pub enum EmulateError {
     /// bus's `write_locked` reported a change every time). Nothing was
     /// changed: resume the guest at the same instruction.
     LockContended,
-}
-
-impl EmulateError {
-    /// What to stop the VM with when the guest cannot be given this error:
-    /// an instruction the emulator does not implement, or a machine
-    /// failure. `None` for an exception (inject it) and for lock contention
-    /// (resume the guest at the same instruction).
-    pub fn stop_reason(&self) -> Option<crate::vm::StopReason> {
-        use alloc::string::ToString;
-        match self {
-            EmulateError::Unsupported { .. } | EmulateError::Bus(_) => {
-                Some(crate::vm::StopReason::DeviceFailure {
-                    device: "instruction emulator".to_string(),
-                    detail: self.to_string(),
-                })
-            }
-            EmulateError::Exception(_) | EmulateError::LockContended => None,
-        }
-    }
 }
 
 impl From<Exception> for EmulateError {

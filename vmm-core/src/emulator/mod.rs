@@ -10,8 +10,13 @@
 //! The emulator is generic over two small traits, so tests and fuzzers plug
 //! in mocks: [`CpuState`] (registers, segments, control registers) and
 //! [`GuestBus`] (guest-physical memory that may be MMIO, and I/O ports).
-//! [`crate::vm::Vm`] implements [`GuestBus`], routing memory to RAM or to
-//! the device manager and ports to port devices.
+//! The emulator knows nothing of the VM around it: the vCPU layer
+//! (`crate::vcpu`) makes [`crate::vm::Vm`] a [`GuestBus`] and turns
+//! [`EmulateError`]s into the VM's stop reasons.
+//!
+//! The module forbids `unsafe` code: it decodes and carries out
+//! instructions a hostile guest chose, and needs nothing the hardware
+//! alone can do.
 //!
 //! Faults the guest must see come back as [`Exception`]s for the backend to
 //! inject (#PF with its error code and CR2, #GP, #SS, #UD, #NM, #AC);
@@ -46,6 +51,7 @@
 //! assert_eq!(cpu.rip, 0x1002);
 //! assert_eq!(vm.memory().read_u8(0x2000).unwrap(), 0x5a);
 //! ```
+#![forbid(unsafe_code)]
 
 mod access;
 mod alu;
@@ -53,18 +59,21 @@ mod cpu;
 mod decode;
 mod error;
 mod execute;
+mod hints;
+mod iret;
 mod operand;
 mod string;
 mod vector;
-mod vm_bus;
 
 pub use cpu::{
-    BusError, CpuMode, CpuState, GuestBus, RegisterFile, Segment, SegmentRegister, RFLAGS_AC,
-    RFLAGS_AF, RFLAGS_CF, RFLAGS_DF, RFLAGS_FIXED, RFLAGS_IF, RFLAGS_IOPL, RFLAGS_OF, RFLAGS_PF,
-    RFLAGS_RF, RFLAGS_SF, RFLAGS_STATUS, RFLAGS_TF, RFLAGS_VM, RFLAGS_ZF,
+    BusError, CpuMode, CpuState, DescriptorState, DescriptorTable, GuestBus, RegisterFile, Segment,
+    SegmentRegister, RFLAGS_AC, RFLAGS_AF, RFLAGS_CF, RFLAGS_DF, RFLAGS_FIXED, RFLAGS_IF,
+    RFLAGS_IOPL, RFLAGS_OF, RFLAGS_PF, RFLAGS_RF, RFLAGS_SF, RFLAGS_STATUS, RFLAGS_TF, RFLAGS_VM,
+    RFLAGS_ZF,
 };
 pub use error::{EmulateError, Exception, InstructionBytes};
 pub use execute::undefined_flags;
+pub use hints::{AccessHint, Hints};
 pub use string::PortString;
 
 use access::Context;
@@ -122,17 +131,40 @@ impl Emulator {
         bus: &mut B,
         bytes: &[u8],
     ) -> Result<Completion, EmulateError> {
+        let hints = Hints {
+            access: None,
+            bytes: (!bytes.is_empty()).then(|| InstructionBytes::new(bytes)),
+        };
+        self.emulate_hinted(state, bus, &hints)
+    }
+
+    /// Like [`Emulator::emulate`], with what the hardware reported with
+    /// the exit ([`Hints`]): the instruction is decoded from the given
+    /// bytes when they hold a whole instruction, and the faulting operand's
+    /// page is not walked again when the given address fits it. A hint
+    /// that does not fit is ignored: the emulator then fetches and walks
+    /// as [`Emulator::emulate`] does, so no hint makes it touch memory
+    /// that emulation without it would not.
+    pub fn emulate_hinted<S: CpuState, B: GuestBus>(
+        &self,
+        state: &mut S,
+        bus: &mut B,
+        hints: &Hints,
+    ) -> Result<Completion, EmulateError> {
         let mut ctx = Context::new(state, bus, self.max_phys_bits);
         let rip = ctx.state.rip();
-        let given = if bytes.is_empty() {
-            None
-        } else {
-            decode::decode_given(ctx.mode, rip, bytes).ok().flatten()
-        };
+        let given = hints.bytes.as_ref().and_then(|b| {
+            decode::decode_given(ctx.mode, rip, b.as_slice())
+                .ok()
+                .flatten()
+        });
         let d = match given {
             Some(d) => d,
             None => decode::fetch(&mut ctx)?,
         };
+        if let Some(access) = &hints.access {
+            ctx.apply_access_hint(&d, access);
+        }
         let mut tries = 0;
         loop {
             match self.run(&mut ctx, &d) {

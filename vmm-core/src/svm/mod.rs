@@ -21,7 +21,9 @@ pub use exit_code::ExitCode;
 pub use instructions::GuestGprs;
 pub use vmcb::{offset, Vmcb};
 
-use crate::emulator::{CpuState, Segment, SegmentRegister, RFLAGS_IF};
+use crate::emulator::{
+    AccessHint, CpuState, Hints, InstructionBytes, Segment, SegmentRegister, RFLAGS_IF,
+};
 use crate::host::{Host, HostError, HostMemory};
 use crate::memory::GuestMemory;
 use crate::nested_paging::{NestedTables, Npt};
@@ -76,6 +78,9 @@ impl fmt::Display for SvmError {
 pub struct SvmFeatures {
     /// The CPU saves the next RIP in the VMCB on exits.
     pub nrip_save: bool,
+    /// Decode assists: on a nested page fault the VMCB holds the guest
+    /// instruction bytes the CPU fetched.
+    pub decode_assists: bool,
     /// Number of ASIDs.
     pub asids: u32,
 }
@@ -124,6 +129,7 @@ impl Svm {
             _hsave: hsave,
             features: SvmFeatures {
                 nrip_save: svm.edx & (1 << 3) != 0,
+                decode_assists: svm.edx & (1 << 7) != 0,
                 asids: svm.ebx,
             },
             xstate: XstateModel::detect(),
@@ -413,7 +419,12 @@ impl SvmVcpu {
     }
 
     fn decode_exit(&mut self, vm: &Vm) -> Exit {
-        decode_exit(&mut self.vmcb, self.features.nrip_save, vm.memory())
+        decode_exit(
+            &mut self.vmcb,
+            self.features.nrip_save,
+            self.features.decode_assists,
+            vm.memory(),
+        )
     }
 }
 
@@ -430,11 +441,17 @@ fn next_rip(vmcb: &Vmcb, nrip_save: bool, length: u64) -> u64 {
 /// Decode the #VMEXIT recorded in `vmcb` into the backend-neutral [`Exit`]:
 /// EXITCODE, EXITINFO1/2, EXITINTINFO, the next RIP (`nrip_save`: the CPU
 /// saves it) and, for nested page faults, what `memory` has at the faulting
-/// address. An event whose delivery the exit interrupted (EXITINTINFO
+/// address, the final guest-physical address of the access and, with
+/// `decode_assists`, the instruction bytes the CPU fetched. An event whose delivery the exit interrupted (EXITINTINFO
 /// valid) is copied to EVENTINJ for re-injection; no other VMCB byte is
 /// written. Touches no hardware: what [`SvmVcpu`] runs after every VMRUN,
 /// and what the `svm_exits` fuzzer drives with arbitrary VMCBs.
-pub fn decode_exit(vmcb: &mut Vmcb, nrip_save: bool, memory: &GuestMemory) -> Exit {
+pub fn decode_exit(
+    vmcb: &mut Vmcb,
+    nrip_save: bool,
+    decode_assists: bool,
+    memory: &GuestMemory,
+) -> Exit {
     let code = vmcb.read_u64(offset::EXIT_CODE);
     let info1 = vmcb.read_u64(offset::EXIT_INFO1);
     let info2 = vmcb.read_u64(offset::EXIT_INFO2);
@@ -455,7 +472,20 @@ pub fn decode_exit(vmcb: &mut Vmcb, nrip_save: bool, memory: &GuestMemory) -> Ex
                 detail: format!("nested page fault on RAM at {info2:#x}, error {info1:#x}"),
             })
         }
-        ExitCode::Npf => Exit::Emulate { gpa: Some(info2) },
+        ExitCode::Npf => {
+            let fetched = decode_assists.then(|| {
+                let n = usize::from(vmcb.read_u8(offset::INSN_LEN) & 0xf);
+                let mut bytes = [0u8; 15];
+                for (i, b) in bytes.iter_mut().enumerate().take(n) {
+                    *b = vmcb.read_u8(offset::INSN_BYTES + i);
+                }
+                (bytes, n)
+            });
+            Exit::Emulate {
+                gpa: Some(info2),
+                hints: npf_hints(info1, info2, fetched.as_ref().map(|(b, n)| &b[..*n])),
+            }
+        }
         ExitCode::Cpuid => Exit::Cpuid {
             next_rip: next_rip(vmcb, nrip_save, 2),
         },
@@ -789,6 +819,34 @@ impl VcpuBackend for SvmVcpu {
     }
 }
 
+/// EXITINFO1 of a nested page fault: a write access.
+const NPF_WRITE: u64 = 1 << 1;
+/// EXITINFO1: an instruction fetch.
+const NPF_FETCH: u64 = 1 << 4;
+/// EXITINFO1: the fault was on the final guest-physical address of the
+/// access (not on a guest page-table entry).
+const NPF_FINAL: u64 = 1 << 32;
+/// EXITINFO1: the fault was on a guest page-table entry.
+const NPF_TABLE: u64 = 1 << 33;
+
+/// What a nested page fault tells the emulator (EXITINFO1 `info1`,
+/// EXITINFO2 `info2`, and with decode assists the `fetched` instruction
+/// bytes, none when the CPU fetched none): the access's guest-physical
+/// address when the fault was on the final address of a data access (not
+/// on a guest page-table entry, not on an instruction fetch), and the
+/// bytes, at most 15.
+pub fn npf_hints(info1: u64, info2: u64, fetched: Option<&[u8]>) -> Hints {
+    let data_access = info1 & (NPF_FINAL | NPF_TABLE | NPF_FETCH) == NPF_FINAL;
+    Hints {
+        access: data_access.then_some(AccessHint {
+            gpa: info2,
+            write: info1 & NPF_WRITE != 0,
+            linear: None,
+        }),
+        bytes: fetched.filter(|b| !b.is_empty()).map(InstructionBytes::new),
+    }
+}
+
 /// The exit for an IN/OUT intercept: EXITINFO1 describes the instruction
 /// (type, string, REP, size, address size, port), EXITINFO2 holds the
 /// next RIP.
@@ -821,7 +879,7 @@ pub fn io_exit(info1: u64, info2: u64) -> Exit {
         });
     }
     if info1 & 0b1100 != 0 {
-        return Exit::Emulate { gpa: None };
+        return Exit::emulate(None);
     }
     Exit::PortIo {
         port,
@@ -876,12 +934,82 @@ mod tests {
         // OUTSB (its segment may be overridden) and REP IN: decoded.
         assert_eq!(
             io_exit(0x03f8_0000 | (1 << 8) | (1 << 4) | (1 << 2), 9),
-            Exit::Emulate { gpa: None }
+            Exit::emulate(None)
         );
         assert_eq!(
             io_exit(0x03f8_0000 | (1 << 8) | (1 << 4) | (1 << 3) | 1, 9),
-            Exit::Emulate { gpa: None }
+            Exit::emulate(None)
         );
+    }
+
+    #[test]
+    fn nested_page_faults_pass_the_final_address_and_fetched_bytes() {
+        let bytes = [0x89u8, 0x03, 0xcc];
+        // A write to the final address, with decode-assist bytes.
+        let h = npf_hints(NPF_FINAL | NPF_WRITE | 1, 0xfee0_0010, Some(&bytes));
+        assert_eq!(
+            h.access,
+            Some(AccessHint {
+                gpa: 0xfee0_0010,
+                write: true,
+                linear: None
+            })
+        );
+        assert_eq!(h.bytes.map(|b| b.as_slice().to_vec()), Some(bytes.to_vec()));
+        // A read; no bytes fetched.
+        let h = npf_hints(NPF_FINAL, 0xfee0_0010, Some(&[]));
+        assert_eq!(h.access.map(|a| a.write), Some(false));
+        assert_eq!(h.bytes, None);
+        // On a guest page-table entry, on a fetch, or without saying which:
+        // no address.
+        for info1 in [
+            NPF_TABLE,
+            NPF_TABLE | NPF_FINAL,
+            NPF_FINAL | NPF_FETCH,
+            NPF_WRITE,
+        ] {
+            assert_eq!(
+                npf_hints(info1, 0xfee0_0010, None).access,
+                None,
+                "{info1:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn decode_exit_reads_decode_assist_bytes_only_when_the_cpu_has_them() {
+        use crate::host::Host;
+        let host = crate::test_host::TestHost::new();
+        let mut vmcb = Vmcb::new(host.alloc_memory(4096, 4096).unwrap());
+        let memory = GuestMemory::new();
+        vmcb.write_u64(offset::EXIT_CODE, 0x400);
+        vmcb.write_u64(offset::EXIT_INFO1, NPF_FINAL | NPF_WRITE);
+        vmcb.write_u64(offset::EXIT_INFO2, 0xfee0_0010);
+        // A count with garbage above bits 3:0, and more bytes than it says.
+        vmcb.write_u8(offset::INSN_LEN, 0xf2);
+        for i in 0..15 {
+            vmcb.write_u8(offset::INSN_BYTES + i, 0x90 + i as u8);
+        }
+        let Exit::Emulate { gpa, hints } = decode_exit(&mut vmcb, false, true, &memory) else {
+            panic!("not an emulation exit");
+        };
+        assert_eq!(gpa, Some(0xfee0_0010));
+        assert_eq!(hints.access.map(|a| a.gpa), Some(0xfee0_0010));
+        assert_eq!(
+            hints.bytes.map(|b| b.as_slice().to_vec()),
+            Some(alloc::vec![0x90, 0x91])
+        );
+        // Fifteen at most.
+        vmcb.write_u8(offset::INSN_LEN, 0x0f);
+        let Exit::Emulate { hints, .. } = decode_exit(&mut vmcb, false, true, &memory) else {
+            panic!("not an emulation exit");
+        };
+        assert_eq!(hints.bytes.map(|b| b.as_slice().len()), Some(15));
+        // Without decode assists the field means nothing.
+        let Exit::Emulate { hints, .. } = decode_exit(&mut vmcb, false, false, &memory) else {
+            panic!("not an emulation exit");
+        };
+        assert_eq!(hints.bytes, None);
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub mod offset {
     pub const N_CR3: usize = 0x0b0;
     pub const CLEAN_BITS: usize = 0x0c0;
     pub const NEXT_RIP: usize = 0x0c8;
+    /// Decode assists: the number of instruction bytes fetched (bits 3:0).
+    pub const INSN_LEN: usize = 0x0d0;
+    /// Decode assists: the guest instruction bytes (15).
+    pub const INSN_BYTES: usize = 0x0d1;
     pub const ES: usize = 0x400;
     pub const GDTR: usize = 0x460;
     pub const LDTR: usize = 0x470;

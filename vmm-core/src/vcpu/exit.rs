@@ -25,6 +25,12 @@ pub enum Exit {
     Emulate {
         /// The guest-physical address that faulted, if any.
         gpa: Option<u64>,
+        /// What the hardware reported about the instruction (the final
+        /// address of the access that faulted, the bytes it fetched), so
+        /// the emulator need not find it again; empty when the exit gives
+        /// nothing (string I/O, shadow paging, a fault on a guest page
+        /// table).
+        hints: crate::emulator::Hints,
     },
     /// INS (or OUTS) whose particulars the exit reported: the emulator
     /// carries it out without fetching and decoding the instruction.
@@ -94,6 +100,15 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// [`Exit::Emulate`] with nothing known but the faulting address, if
+    /// any: the emulator fetches and walks.
+    pub fn emulate(gpa: Option<u64>) -> Exit {
+        Exit::Emulate {
+            gpa,
+            hints: crate::emulator::Hints::default(),
+        }
+    }
+
     /// The statistics bucket of this exit.
     pub fn kind(&self) -> ExitKind {
         match self {
@@ -108,8 +123,8 @@ impl Exit {
                 ..
             }) => ExitKind::StringIo,
             Exit::DeviceAccess(_) => ExitKind::Mmio,
-            Exit::Emulate { gpa: Some(_) } => ExitKind::Mmio,
-            Exit::Emulate { gpa: None } | Exit::PortString(_) => ExitKind::StringIo,
+            Exit::Emulate { gpa: Some(_), .. } => ExitKind::Mmio,
+            Exit::Emulate { gpa: None, .. } | Exit::PortString(_) => ExitKind::StringIo,
             Exit::Cpuid { .. } => ExitKind::Cpuid,
             Exit::Hlt { .. } => ExitKind::Hlt,
             Exit::Msr { .. } => ExitKind::Msr,

@@ -8,6 +8,7 @@
 
 mod cpuid;
 mod delivery;
+mod emulation;
 mod exit;
 mod msr;
 mod run_loop;
@@ -19,6 +20,7 @@ pub use cpuid::{
     KVM_FEATURE_CLOCKSOURCE_STABLE_BIT, KVM_FEATURE_NOP_IO_DELAY, KVM_LEAF_BASE,
 };
 pub use delivery::{delivery_fault, DeliveryFault};
+pub use emulation::emulation_stop_reason;
 pub use exit::{AccessTarget, ControlAccess, DeviceAccess, Exit, ExitError};
 pub(crate) use msr::host_tsc as msr_host_tsc;
 pub use msr::{

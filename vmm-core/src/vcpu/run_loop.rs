@@ -5,7 +5,7 @@ use super::{
     guest_cpuid_for, AccessTarget, ControlAccess, DeviceAccess, Event, Exit, InterruptSource,
     MsrFile, VcpuBackend,
 };
-use crate::emulator::{EmulateError, Emulator, Exception, PortString, RFLAGS_AC, RFLAGS_IF};
+use crate::emulator::{EmulateError, Emulator, Exception, Hints, PortString, RFLAGS_AC, RFLAGS_IF};
 use crate::shadow_paging::{FaultOutcome, GuestFault, RecordingBus};
 use crate::vm::{StopReason, Vm};
 use alloc::string::ToString;
@@ -119,21 +119,23 @@ fn read_control_register<B: VcpuBackend>(vcpu: &mut B, cr: u8) -> Option<u64> {
 }
 
 /// Emulate the instruction at RIP against `vm` (MMIO, string I/O, a write
-/// to a shadowed page table), or the string port instruction the exit
-/// described (`port_string`, no decode needed). A backend that tracks
-/// guest writes hears of every byte the instruction wrote.
+/// to a shadowed page table) with what the exit reported (`hints`), or the
+/// string port instruction the exit described (`port_string`, no decode
+/// needed). A backend that tracks guest writes hears of every byte the
+/// instruction wrote.
 fn emulate<B: VcpuBackend>(
     vcpu: &mut B,
     vm: &mut Vm,
     emulator: &Emulator,
     gpa: Option<u64>,
+    hints: &Hints,
     port_string: Option<&PortString>,
 ) {
     let result = if vcpu.shadow_paging().is_some() {
         let mut bus = RecordingBus::new(vm);
         let result = match port_string {
             Some(io) => emulator.emulate_port_string(vcpu, &mut bus, io),
-            None => emulator.emulate(vcpu, &mut bus),
+            None => emulator.emulate_hinted(vcpu, &mut bus, hints),
         };
         if let Some(shadow) = vcpu.shadow_paging() {
             for (gpa, len) in bus.into_writes() {
@@ -144,7 +146,7 @@ fn emulate<B: VcpuBackend>(
     } else {
         match port_string {
             Some(io) => emulator.emulate_port_string(vcpu, vm, io),
-            None => emulator.emulate(vcpu, vm),
+            None => emulator.emulate_hinted(vcpu, vm, hints),
         }
     };
     match result {
@@ -154,8 +156,7 @@ fn emulate<B: VcpuBackend>(
         }
         Err(EmulateError::LockContended) => {}
         Err(other) => {
-            let mut reason = other
-                .stop_reason()
+            let mut reason = super::emulation_stop_reason(&other)
                 .unwrap_or(StopReason::Backend(other.to_string()));
             // Say what the guest touched: the address that faulted and what
             // the memory map has there.
@@ -267,8 +268,10 @@ pub fn run<B: VcpuBackend>(
                 vcpu.set_rip(next_rip);
             }
             Exit::DeviceAccess(access) => device_access(vcpu, vm, access),
-            Exit::Emulate { gpa } => emulate(vcpu, vm, &emulator, gpa, None),
-            Exit::PortString(io) => emulate(vcpu, vm, &emulator, None, Some(&io)),
+            Exit::Emulate { gpa, hints } => emulate(vcpu, vm, &emulator, gpa, &hints, None),
+            Exit::PortString(io) => {
+                emulate(vcpu, vm, &emulator, None, &Hints::default(), Some(&io))
+            }
             Exit::PageFault {
                 address,
                 error_code,
@@ -294,7 +297,9 @@ pub fn run<B: VcpuBackend>(
                         }
                     }
                     Ok(FaultOutcome::Emulate { gpa }) => {
-                        emulate(vcpu, vm, &emulator, Some(gpa), None)
+                        // The pager's walk found `gpa`, but the emulator
+                        // walks again: the fault may be the fetch's.
+                        emulate(vcpu, vm, &emulator, Some(gpa), &Hints::default(), None)
                     }
                     Err(e) => vm.stop(StopReason::Backend(alloc::format!("shadow paging: {e}"))),
                 }

@@ -43,7 +43,7 @@ pub struct Watchdog {
 /// The exits the watchdog looks at, with the address they name.
 fn watched(exit: &Exit) -> Option<Option<u64>> {
     match exit {
-        Exit::Emulate { gpa } => Some(*gpa),
+        Exit::Emulate { gpa, .. } => Some(*gpa),
         Exit::PageFault { address, .. } => Some(Some(*address)),
         Exit::PortString(_)
         | Exit::PortIo { .. }

@@ -6,7 +6,7 @@ use super::events::{INFO_ERROR_CODE, INFO_VALID};
 use super::exit_reason::{entry_failure_qualification, exit_reason_name, reason};
 use super::fields;
 use super::VmxVcpu;
-use crate::emulator::CpuState;
+use crate::emulator::{AccessHint, CpuState, Hints};
 use crate::stats::ExitKind;
 use crate::vcpu::{Event, Exit, ExitError, VcpuBackend};
 use crate::vm::Vm;
@@ -21,13 +21,43 @@ const CR4_OSXSAVE: u64 = 1 << 18;
 /// String instructions go to the emulator.
 pub fn io_exit(q: u64, next_rip: u64) -> Exit {
     if q & (1 << 4) != 0 {
-        return Exit::Emulate { gpa: None };
+        return Exit::emulate(None);
     }
     Exit::PortIo {
         port: (q >> 16) as u16,
         size: ((q & 0b111) + 1) as u8,
         write: q & (1 << 3) == 0,
         next_rip,
+    }
+}
+
+/// EPT-violation qualification: a data read.
+const EPT_READ: u64 = 1 << 0;
+/// A data write.
+const EPT_WRITE: u64 = 1 << 1;
+/// An instruction fetch.
+const EPT_FETCH: u64 = 1 << 2;
+/// The guest-linear address field is valid.
+const EPT_LINEAR_VALID: u64 = 1 << 7;
+/// (With bit 7) the access was to the translation of a linear address,
+/// not to a guest paging-structure entry.
+const EPT_TRANSLATED: u64 = 1 << 8;
+
+/// What an EPT violation tells the emulator (qualification `q`,
+/// guest-physical address `gpa`, and the guest-linear address when bit 7
+/// says the field is valid): the access's address when it was a data
+/// access to the translation of a linear address (not a guest
+/// paging-structure entry, not a fetch). VMX fetches no instruction bytes.
+pub fn ept_violation_hints(q: u64, gpa: u64, linear: Option<u64>) -> Hints {
+    let translated = q & (EPT_LINEAR_VALID | EPT_TRANSLATED) == EPT_LINEAR_VALID | EPT_TRANSLATED;
+    let data = q & EPT_FETCH == 0 && q & (EPT_READ | EPT_WRITE) != 0;
+    Hints {
+        access: (translated && data).then_some(AccessHint {
+            gpa,
+            write: q & EPT_WRITE != 0,
+            linear,
+        }),
+        bytes: None,
     }
 }
 
@@ -143,7 +173,12 @@ impl VmxVcpu {
                         detail: format!("EPT violation on RAM at {gpa:#x}, qualification {q:#x}"),
                     })
                 } else {
-                    Exit::Emulate { gpa: Some(gpa) }
+                    let linear = (q & EPT_LINEAR_VALID != 0)
+                        .then(|| self.read(fields::GUEST_LINEAR_ADDRESS));
+                    Exit::Emulate {
+                        gpa: Some(gpa),
+                        hints: ept_violation_hints(q, gpa, linear),
+                    }
                 }
             }
             reason::EPT_MISCONFIG => Exit::Error(ExitError::Unhandled {
@@ -188,6 +223,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ept_violations_pass_the_address_of_translated_data_accesses() {
+        let translated = EPT_LINEAR_VALID | EPT_TRANSLATED;
+        let h = ept_violation_hints(translated | EPT_WRITE, 0xfee0_0010, Some(0x10_0010));
+        assert_eq!(
+            h.access,
+            Some(AccessHint {
+                gpa: 0xfee0_0010,
+                write: true,
+                linear: Some(0x10_0010)
+            })
+        );
+        assert_eq!(h.bytes, None);
+        assert_eq!(
+            ept_violation_hints(translated | EPT_READ, 1, None)
+                .access
+                .map(|a| a.write),
+            Some(false)
+        );
+        // A guest paging-structure entry, no linear address, a fetch.
+        for q in [
+            EPT_LINEAR_VALID | EPT_READ,
+            EPT_READ,
+            EPT_TRANSLATED | EPT_WRITE,
+            translated | EPT_FETCH | EPT_READ,
+            translated,
+        ] {
+            assert_eq!(ept_violation_hints(q, 1, None).access, None, "{q:#x}");
+        }
+    }
+
+    #[test]
     fn io_qualifications_decode_to_port_exits() {
         // OUT DX, AL to 0x3f8.
         assert_eq!(
@@ -212,7 +278,7 @@ mod tests {
         // REP INSW: the emulator's.
         assert_eq!(
             io_exit(0x0170_0000 | (1 << 5) | (1 << 4) | (1 << 3) | 1, 9),
-            Exit::Emulate { gpa: None }
+            Exit::emulate(None)
         );
     }
 }

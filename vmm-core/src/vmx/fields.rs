@@ -29,6 +29,8 @@ pub const ENTRY_MSR_LOAD_ADDR: u32 = control::VMENTRY_MSR_LOAD_ADDR_FULL;
 pub const TSC_OFFSET: u32 = control::TSC_OFFSET_FULL;
 pub const EPT_POINTER: u32 = control::EPTP_FULL;
 pub const GUEST_PHYSICAL_ADDRESS: u32 = ro::GUEST_PHYSICAL_ADDR_FULL;
+// Natural-width read-only field.
+pub const GUEST_LINEAR_ADDRESS: u32 = ro::GUEST_LINEAR_ADDR;
 pub const VMCS_LINK_POINTER: u32 = guest::LINK_PTR_FULL;
 pub const GUEST_IA32_DEBUGCTL: u32 = guest::IA32_DEBUGCTL_FULL;
 pub const GUEST_IA32_PAT: u32 = guest::IA32_PAT_FULL;

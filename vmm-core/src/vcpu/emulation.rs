@@ -1,0 +1,63 @@
+//! What the exit loop adds to the instruction emulator, which knows
+//! nothing of the VM around it: [`GuestBus`] for a [`Vm`] (guest-physical
+//! accesses go to RAM when the whole access is RAM and to the device
+//! manager otherwise, MMIO and holes; port accesses go to port devices;
+//! nothing fails: unclaimed addresses and ports behave as the device
+//! manager defines, reads of all ones, writes dropped, counted), and the
+//! [`StopReason`] for an emulation that cannot go on.
+
+use crate::emulator::{BusError, EmulateError, GuestBus};
+use crate::vm::{StopReason, Vm};
+use alloc::string::ToString;
+
+impl GuestBus for Vm {
+    fn read_physical(&mut self, gpa: u64, data: &mut [u8]) -> Result<(), BusError> {
+        self.guest_read(gpa, data);
+        Ok(())
+    }
+
+    fn write_physical(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
+        self.guest_write(gpa, data);
+        Ok(())
+    }
+
+    fn io_read(&mut self, port: u16, data: &mut [u8]) -> Result<(), BusError> {
+        self.port_read(port, data);
+        Ok(())
+    }
+
+    fn io_write(&mut self, port: u16, data: &[u8]) -> Result<(), BusError> {
+        self.port_write(port, data);
+        Ok(())
+    }
+
+    fn io_read_string(&mut self, port: u16, size: usize, data: &mut [u8]) -> Result<(), BusError> {
+        self.port_read_string(port, size, data);
+        Ok(())
+    }
+
+    fn io_write_string(&mut self, port: u16, size: usize, data: &[u8]) -> Result<(), BusError> {
+        self.port_write_string(port, size, data);
+        Ok(())
+    }
+
+    fn is_ram(&self, gpa: u64, len: usize) -> bool {
+        self.memory().check_ram(gpa, len as u64).is_ok()
+    }
+}
+
+/// What to stop the VM with when the guest cannot be given an emulation
+/// error: an instruction the emulator does not implement, or a machine
+/// failure. `None` for an exception (inject it) and for lock contention
+/// (resume the guest at the same instruction).
+pub fn emulation_stop_reason(error: &EmulateError) -> Option<StopReason> {
+    match error {
+        EmulateError::Unsupported { .. } | EmulateError::Bus(_) => {
+            Some(StopReason::DeviceFailure {
+                device: "instruction emulator".to_string(),
+                detail: error.to_string(),
+            })
+        }
+        EmulateError::Exception(_) | EmulateError::LockContended => None,
+    }
+}

@@ -15,8 +15,9 @@
 //! Everything is cached under `target/kvm-nested/`: `kernel/` (vmlinuz and
 //! the three modules, from the package `linux-image-cloud-amd64` names,
 //! fetched again when that changes), `busybox` (from `busybox-static`,
-//! downloaded, not installed) and `initramfs.cpio.gz` (rebuilt when `vmm`,
-//! a guest, the init or the kernel is newer). A job is a shell script plus
+//! downloaded, not installed) and `initramfs.cpio.gz` (rebuilt when the
+//! path, size or time of `vmm`, a guest, the init, SeaBIOS or the kernel
+//! changes: `initramfs.inputs` lists them). A job is a shell script plus
 //! files: they go into a small uncompressed cpio archive appended to the
 //! cached one for that run only (the kernel unpacks concatenated archives
 //! in turn), so a 16 MiB CD image costs a copy, not a recompression.
@@ -147,6 +148,7 @@ pub fn build() -> Result<Rig> {
 /// programs (`*.bin`) in `guests`. Fetches the kernel package and
 /// busybox-static with `apt-get download` when they are not cached.
 pub fn build_with(vmm: &Path, guests: &Path) -> Result<Rig> {
+    let started = Instant::now();
     ensure_packages(&["cpio", "gzip", "seabios"])?;
     let dir = dir();
     std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
@@ -178,17 +180,38 @@ pub fn build_with(vmm: &Path, guests: &Path) -> Result<Rig> {
         rig.kernel.clone(),
     ];
     inputs.extend(guest_bins.iter().cloned());
-    inputs.extend(MODULES.iter().map(|(m, _)| kernel_dir.join(format!("{m}.ko"))));
-    let newest = inputs.iter().map(|p| modified(p)).max().flatten();
-    if modified(&rig.initramfs).is_some() && modified(&rig.initramfs) >= newest {
+    inputs.extend(
+        MODULES
+            .iter()
+            .map(|(m, _)| kernel_dir.join(format!("{m}.ko"))),
+    );
+    // The cache key: every input's path, size and modification time (a
+    // different `vmm` or guest directory, not only a newer one, rebuilds).
+    let key: String = inputs
+        .iter()
+        .map(|p| {
+            let stamp = modified(p)
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            format!("{} {} {stamp}\n", p.display(), size(p))
+        })
+        .collect();
+    let key_file = dir.join("initramfs.inputs");
+    if rig.initramfs.is_file() && std::fs::read_to_string(&key_file).is_ok_and(|k| k == key) {
+        eprintln!(
+            "xtask: KVM-in-TCG rig cached in {} ({:.1} s to check)",
+            dir.display(),
+            started.elapsed().as_secs_f64()
+        );
         return Ok(rig);
     }
 
-    let started = Instant::now();
     let work = dir.join(format!("initramfs.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let root = work.join("root");
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp"] {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp",
+    ] {
         mkdir(&root.join(d))?;
     }
     copy(&busybox, &root.join("bin/busybox"))?;
@@ -206,7 +229,10 @@ pub fn build_with(vmm: &Path, guests: &Path) -> Result<Rig> {
     for lib in libraries(vmm)? {
         copy(&lib, &root.join(lib.strip_prefix("/").unwrap_or(&lib)))?;
     }
-    copy(&seabios, &root.join(seabios.strip_prefix("/").unwrap_or(&seabios)))?;
+    copy(
+        &seabios,
+        &root.join(seabios.strip_prefix("/").unwrap_or(&seabios)),
+    )?;
     for g in &guest_bins {
         if let Some(name) = g.file_name() {
             copy(g, &root.join("rig/guests").join(name))?;
@@ -222,9 +248,10 @@ pub fn build_with(vmm: &Path, guests: &Path) -> Result<Rig> {
         "pack the KVM-in-TCG rig's initramfs",
     )?;
     std::fs::rename(&packed, &rig.initramfs).map_err(|e| io(&rig.initramfs, e))?;
+    std::fs::write(&key_file, key).map_err(|e| io(&key_file, e))?;
     let _ = std::fs::remove_dir_all(&work);
     eprintln!(
-        "xtask: rig initramfs {} ({:.1} MiB) packed in {:.1} s",
+        "xtask: KVM-in-TCG rig initramfs {} ({:.1} MiB) ready in {:.1} s",
         rig.initramfs.display(),
         size(&rig.initramfs) as f64 / (1 << 20) as f64,
         started.elapsed().as_secs_f64()
@@ -401,8 +428,13 @@ impl Rig {
             .ok_or_else(|| Error::msg("no QEMU console"))?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(out).split(b'\n').map_while(std::io::Result::ok) {
-                let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+            for line in BufReader::new(out)
+                .split(b'\n')
+                .map_while(std::io::Result::ok)
+            {
+                let line = String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_string();
                 if tx.send(line).is_err() {
                     break;
                 }

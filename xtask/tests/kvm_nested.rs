@@ -22,15 +22,19 @@
 //!
 //!   How it fails: a KVM (or a future backend) that let one process's
 //!   vector state reach the other would give the second program the
-//!   first's XMM0 at its next check, so it prints `LEAK in xmm0 after
-//!   round N: holds a1a1a1a1.. (the other VM's)` and no success line: two
-//!   assertions fail. A guest that checked the wrong pattern (say B
-//!   comparing against A's constants: an `OTHER`/`PATTERN` swap in
-//!   fpu_state.inc) fails the same way after round 1, which is how the
-//!   check itself was seen to bite. A run where the two never overlap (one
-//!   finished before the other started) would prove nothing, hence the
-//!   overlap and preemption assertions. Under `qemu64` the CPU has no AVX,
-//!   so the upper YMM halves are not in play ("ymm absent").
+//!   first's registers at its next check, so it prints `LEAK in xmmN after
+//!   round R: holds a1a1a1a1.. (the other VM's)` instead of its success
+//!   line, and the test fails on both. This was seen to bite by hand
+//!   (not kept): B built with an injected "leak" (at round 500 it loads
+//!   A's pattern into XMM7, as a lost switch would) and the guests run
+//!   from that build gave `fpu state vm b: LEAK in xmm7 after round 500:
+//!   holds a1a1a1a1a1a1a1a1 (the other VM's)` and a failed test. A run
+//!   where the two never overlap (one finished before the other started)
+//!   would prove nothing, hence the overlap and preemption assertions
+//!   (about 12 samples together and 400 preemptions each here; `vmm
+//!   --stats` shows them as external-interrupt exits). Under `qemu64` the
+//!   CPU has no AVX, so the upper YMM halves are not in play ("ymm
+//!   absent").
 //!
 //! - The default Linux CD boots to user space under `vmm` with KVM:
 //!   SeaBIOS, ISOLINUX, the kernel, the CD's init marker line and its ACPI
@@ -119,7 +123,7 @@ fn number_after(text: &str, prefix: &str) -> Option<u64> {
 }
 
 /// The section the script printed for `vmm` `tag` (stderr and serial).
-fn section<'a>(job: &'a str, tag: char) -> &'a str {
+fn section(job: &str, tag: char) -> &str {
     let start = job
         .find(&format!("FPU-RIG: vmm {tag} exit status"))
         .unwrap_or(job.len());

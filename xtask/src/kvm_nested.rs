@@ -12,12 +12,13 @@
 //! programs (`/rig/guests/*.bin`) and SeaBIOS (at its Debian path, `vmm`'s
 //! default firmware).
 //!
-//! Everything is cached under `target/kvm-nested/`: `kernel/` (vmlinuz and
-//! the three modules, from the package `linux-image-cloud-amd64` names,
-//! fetched again when that changes), `busybox` (from `busybox-static`,
-//! downloaded, not installed) and `initramfs.cpio.gz` (rebuilt when the
-//! path, size or time of `vmm`, a guest, the init, SeaBIOS or the kernel
-//! changes: `initramfs.inputs` lists them). A job is a shell script plus
+//! Everything is cached under `target/kvm-nested/`: `kernel/` (vmlinuz
+//! and the three modules, from one download of the package
+//! `linux-image-cloud-amd64` names; remove it for a newer kernel),
+//! `busybox` (from `busybox-static`, downloaded, not installed) and
+//! `initramfs.cpio.gz` (rebuilt when `vmm`, a guest, the init, SeaBIOS or
+//! the kernel changes: `initramfs.inputs` lists them with their sizes and
+//! hashes, or times for the two large ones). A job is a shell script plus
 //! files: they go into a small uncompressed cpio archive appended to the
 //! cached one for that run only (the kernel unpacks concatenated archives
 //! in turn), so a 16 MiB CD image costs a copy, not a recompression.
@@ -25,7 +26,8 @@
 //! The vCPU is one (`-smp 1`): two `vmm` processes in a job are
 //! time-sliced on it by the inner Linux, which is what the extended-state
 //! test needs. Under TCG everything is slow: the inner kernel boots in
-//! about 10 s, the default CD under `vmm` takes about a minute more.
+//! about 10 s, the default CD under `vmm` takes 1.5 to 2 minutes more on
+//! a busy 2-core machine.
 
 use crate::system::{self, ensure_packages, step, Error, Result};
 use crate::{images, kernel, kvm_bench, qemu};
@@ -33,7 +35,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// The prefix of the lines the rig's init prints itself.
 pub const MARK: &str = "KVM-NESTED-RIG:";
@@ -185,17 +187,29 @@ pub fn build_with(vmm: &Path, guests: &Path) -> Result<Rig> {
             .iter()
             .map(|(m, _)| kernel_dir.join(format!("{m}.ko"))),
     );
-    // The cache key: every input's path, size and modification time (a
-    // different `vmm` or guest directory, not only a newer one, rebuilds).
-    let key: String = inputs
-        .iter()
-        .map(|p| {
-            let stamp = modified(p)
-                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+    // The cache key: every input's name and size, and a hash of its
+    // contents (small files: guests assembled again to the same bytes do
+    // not rebuild) or its modification time (`vmm` and the kernel, which
+    // are slow to hash in a debug build). A different `vmm` or guest, not
+    // only a newer one, rebuilds.
+    let mut key = String::new();
+    for p in &inputs {
+        let meta = std::fs::metadata(p).map_err(|e| io(p, e))?;
+        let stamp = if meta.len() <= 4 << 20 {
+            let bytes = std::fs::read(p).map_err(|e| io(p, e))?;
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&bytes, &mut h);
+            format!("hash {:016x}", std::hash::Hasher::finish(&h))
+        } else {
+            let t = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_nanos());
-            format!("{} {} {stamp}\n", p.display(), size(p))
-        })
-        .collect();
+            format!("time {t}")
+        };
+        key.push_str(&format!("{} {} {stamp}\n", p.display(), meta.len()));
+    }
     let key_file = dir.join("initramfs.inputs");
     if rig.initramfs.is_file() && std::fs::read_to_string(&key_file).is_ok_and(|k| k == key) {
         eprintln!(
@@ -259,15 +273,14 @@ pub fn build_with(vmm: &Path, guests: &Path) -> Result<Rig> {
     Ok(rig)
 }
 
-/// `target/kvm-nested/kernel`: vmlinuz and the modules, from the kernel
-/// package `linux-image-cloud-amd64` names now (its name is kept in
-/// `package`; a new Debian kernel fetches both again, so they always
-/// match).
+/// `target/kvm-nested/kernel`: vmlinuz and the modules, from one download
+/// of the kernel package `linux-image-cloud-amd64` names (its name is kept
+/// in `package`), so they always match. Remove the directory to fetch a
+/// newer kernel.
 fn kernel_files(dir: &Path) -> Result<PathBuf> {
     let kdir = dir.join("kernel");
-    let package = images::kernel_package()?;
     let stamp = kdir.join("package");
-    let cached = std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == package)
+    let cached = stamp.is_file()
         && kdir.join("vmlinuz").is_file()
         && MODULES
             .iter()
@@ -275,6 +288,7 @@ fn kernel_files(dir: &Path) -> Result<PathBuf> {
     if cached {
         return Ok(kdir);
     }
+    let package = images::kernel_package()?;
     let work = dir.join(format!("kernel-download-{}", std::process::id()));
     let tree = images::download_and_unpack(&package, &work)?;
     let _ = std::fs::remove_dir_all(&kdir);
@@ -578,10 +592,6 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
 fn chmod_x(p: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).map_err(|e| io(p, e))
-}
-
-fn modified(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
 fn size(p: &Path) -> u64 {

@@ -3,7 +3,7 @@
 //! SeaBIOS (`bios-256k.bin`).
 
 use crate::system::{self, ensure_packages, output, step, Error, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Paths of the images the tests use.
@@ -41,7 +41,7 @@ pub fn dir() -> PathBuf {
 
 /// The exact name of the kernel package behind `linux-image-cloud-amd64`
 /// (naming it exactly avoids downloading every kernel).
-fn kernel_package() -> Result<String> {
+pub fn kernel_package() -> Result<String> {
     let find = || {
         let deps = output(
             Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]),
@@ -65,6 +65,53 @@ fn kernel_package() -> Result<String> {
     })
 }
 
+/// Download Debian package `package` (without installing it) into a fresh
+/// `work` directory and unpack it there; returns the unpacked tree
+/// (`work/tree`). The caller removes `work` when done.
+pub fn download_and_unpack(package: &str, work: &Path) -> Result<PathBuf> {
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work)
+        .map_err(|e| Error::msg(format!("cannot create {}: {e}", work.display())))?;
+    step(
+        Command::new("apt-get")
+            .args(["download", package])
+            .current_dir(work),
+        &format!("apt-get download {package}"),
+    )?;
+    let deb = std::fs::read_dir(work)
+        .map_err(|e| Error::msg(format!("{}: {e}", work.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| Error::msg(format!("no .deb in {}", work.display())))?;
+    let tree = work.join("tree");
+    step(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree),
+        &format!("dpkg-deb -x ({package})"),
+    )?;
+    Ok(tree)
+}
+
+/// Download and unpack the kernel package behind `linux-image-cloud-amd64`
+/// into `work` (see [`download_and_unpack`]): `boot/vmlinuz-*` and its
+/// modules under `lib/modules/<version>/`.
+pub fn kernel_tree(work: &Path) -> Result<PathBuf> {
+    let package = kernel_package()?;
+    download_and_unpack(&package, work)
+}
+
+/// The `boot/vmlinuz-*` of an unpacked kernel package.
+pub fn find_vmlinuz(tree: &Path) -> Result<PathBuf> {
+    let boot = tree.join("boot");
+    std::fs::read_dir(&boot)
+        .map_err(|e| Error::msg(format!("{}: {e}", boot.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .ok_or_else(|| Error::msg(format!("no vmlinuz-* in {}", boot.display())))
+}
+
 /// Fetch (or find cached) images.
 pub fn fetch() -> Result<Images> {
     ensure_packages(&["seabios"])?;
@@ -79,35 +126,8 @@ pub fn fetch() -> Result<Images> {
     let vmlinuz = dir.join("vmlinuz");
     if !vmlinuz.is_file() {
         let work = dir.join("kernel-download");
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work)
-            .map_err(|e| Error::msg(format!("cannot create {}: {e}", work.display())))?;
-        let package = kernel_package()?;
-        step(
-            Command::new("apt-get")
-                .args(["download", &package])
-                .current_dir(&work),
-            &format!("apt-get download {package}"),
-        )?;
-        let deb = std::fs::read_dir(&work)
-            .map_err(|e| Error::msg(format!("{}: {e}", work.display())))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|x| x == "deb"))
-            .ok_or_else(|| Error::msg(format!("no .deb in {}", work.display())))?;
-        let tree = work.join("tree");
-        step(
-            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree),
-            "dpkg-deb -x (kernel package)",
-        )?;
-        let boot = tree.join("boot");
-        let kernel = std::fs::read_dir(&boot)
-            .map_err(|e| Error::msg(format!("{}: {e}", boot.display())))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-            })
-            .ok_or_else(|| Error::msg(format!("no vmlinuz-* in {}", boot.display())))?;
+        let tree = kernel_tree(&work)?;
+        let kernel = find_vmlinuz(&tree)?;
         std::fs::copy(&kernel, &vmlinuz).map_err(|e| {
             Error::msg(format!(
                 "copy {} to {}: {e}",

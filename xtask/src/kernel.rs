@@ -41,6 +41,12 @@ pub struct RunArgs {
     /// answers the guests; without --guests, runs ne2k_ping0,ne2k_ping1).
     #[arg(long, value_enum)]
     passthrough: Option<crate::passthrough::Scenario>,
+    /// Instead of the bare-metal host, boot the CD under the Linux host's
+    /// `vmm` with a real KVM: inside a Linux under QEMU TCG (SVM, nested
+    /// paging) that loads KVM (see xtask/src/kvm_nested.rs). Takes
+    /// minutes; --iso and --memory apply.
+    #[arg(long, conflicts_with_all = ["bochs", "guests", "passthrough", "vms"])]
+    kvm_nested: bool,
 }
 
 /// Nested or shadow paging (`--paging`), passed to the host as `paging=`.
@@ -265,6 +271,9 @@ fn parse_mib(s: &str) -> Option<u64> {
 
 /// `cargo xtask run`.
 pub fn run(args: RunArgs) -> Result<()> {
+    if args.kvm_nested {
+        return crate::kvm_nested::run_cd(args.iso, &args.memory);
+    }
     if args.bochs {
         crate::bochs::ensure()?;
     } else {

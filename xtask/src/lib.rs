@@ -10,6 +10,7 @@ pub mod gdb;
 pub mod images;
 pub mod kernel;
 pub mod kvm_bench;
+pub mod kvm_nested;
 pub mod paging_bench;
 pub mod passthrough;
 pub mod qemu;

@@ -26,7 +26,8 @@ enum Command {
     Images,
     /// Boot the bare-metal VMM host under QEMU (TCG with SVM and nested
     /// paging), or with --bochs under Bochs (VMX with EPT), streaming its
-    /// console.
+    /// console; with --kvm-nested, the Linux host's `vmm` with a real KVM
+    /// inside QEMU TCG instead.
     Run(kernel::RunArgs),
     /// Debug the bare-metal host at source level: QEMU paused with its gdb
     /// stub, gdb with the host's symbols, stopped in the exit handler.

@@ -6,7 +6,9 @@
 //! the VM there (SIGTERM: statistics are printed, the terminal restored).
 //!
 //! On a machine with hardware KVM, `VMM_TEST_HW_KVM=1 cargo xtask test`
-//! also boots that CD to its init's marker line and the ACPI power-off.
+//! also boots that CD to its init's marker line and the ACPI power-off;
+//! on this one, `tests/kvm_nested.rs` does so under a real KVM inside QEMU
+//! TCG (`cargo xtask test --slow`).
 //!
 //! `cargo xtask test` builds `vmm` and the CD and sets `VMM_TEST_VMM`,
 //! `VMM_TEST_SEABIOS`, `VMM_TEST_LINUX_ISO` and `VMM_TEST_VMLINUZ`.

@@ -24,7 +24,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, PortIo, Timer, VmRequest};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortIo, Timer, VmRequest};
 use vmm_core::irq::IrqLine;
 
 /// Ports in the block.
@@ -266,22 +266,24 @@ impl AcpiPm {
 }
 
 impl PortIo for AcpiPm {
-    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
+    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) -> IoOutcome {
         if port == SMI_CMD_PORT {
             data.fill(0);
-            return;
+            return IoOutcome::Done;
         }
         self.read_registers(ctx, port.wrapping_sub(self.base), data);
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) -> IoOutcome {
         if port == SMI_CMD_PORT {
             if let Some(&v) = data.first() {
                 self.smi_command(v);
             }
-            return;
+            return IoOutcome::Done;
         }
         self.write_registers(ctx, port.wrapping_sub(self.base), data);
+        IoOutcome::Done
     }
 }
 

@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use spin::Mutex;
 use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, Mmio};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio};
 use vmm_core::irq::IrqLine;
 
 /// The default MMIO base.
@@ -262,7 +262,7 @@ impl IoApic {
 }
 
 impl Mmio for IoApic {
-    fn mmio_read(&mut self, _ctx: &mut DeviceContext<'_>, gpa: u64, data: &mut [u8]) {
+    fn mmio_read(&mut self, _ctx: &mut DeviceContext<'_>, gpa: u64, data: &mut [u8]) -> IoOutcome {
         let off = gpa & 0xff;
         let value = match off & !3 {
             0x00 => u32::from(self.core.state.lock().select),
@@ -273,9 +273,10 @@ impl Mmio for IoApic {
         for (i, d) in data.iter_mut().enumerate() {
             *d = bytes.get((off & 3) as usize + i).copied().unwrap_or(0xff);
         }
+        IoOutcome::Done
     }
 
-    fn mmio_write(&mut self, _ctx: &mut DeviceContext<'_>, gpa: u64, data: &[u8]) {
+    fn mmio_write(&mut self, _ctx: &mut DeviceContext<'_>, gpa: u64, data: &[u8]) -> IoOutcome {
         let off = gpa & 0xff;
         let mut b = [0u8; 4];
         for (d, s) in b.iter_mut().zip(data) {
@@ -288,6 +289,7 @@ impl Mmio for IoApic {
             0x40 => self.core.end_of_interrupt(value as u8),
             _ => {}
         }
+        IoOutcome::Done
     }
 }
 

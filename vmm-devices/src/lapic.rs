@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use spin::Mutex;
 use vmm_core::device::save_restore::{self, check, RelTime, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, Mmio, Timer};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio, Timer};
 
 /// The default xAPIC MMIO base.
 pub const LAPIC_BASE: u64 = 0xfee0_0000;
@@ -534,7 +534,7 @@ impl LocalApic {
 }
 
 impl Mmio for LocalApic {
-    fn mmio_read(&mut self, ctx: &mut DeviceContext<'_>, gpa: u64, data: &mut [u8]) {
+    fn mmio_read(&mut self, ctx: &mut DeviceContext<'_>, gpa: u64, data: &mut [u8]) -> IoOutcome {
         let now = ctx.now_ns();
         let off = (gpa & 0xfff) as u32;
         let value = {
@@ -548,15 +548,16 @@ impl Mmio for LocalApic {
             let at = (off & 0xf) as usize + i;
             *d = bytes.get(at).copied().unwrap_or(0);
         }
+        IoOutcome::Done
     }
 
-    fn mmio_write(&mut self, ctx: &mut DeviceContext<'_>, gpa: u64, data: &[u8]) {
+    fn mmio_write(&mut self, ctx: &mut DeviceContext<'_>, gpa: u64, data: &[u8]) -> IoOutcome {
         let now = ctx.now_ns();
         let off = (gpa & 0xfff) as u32;
         // Registers take aligned 32-bit writes; others are ignored, as the
         // SDM leaves them undefined.
         if off & 0xf != 0 || data.len() < 4 {
-            return;
+            return IoOutcome::Done;
         }
         let value = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
         self.core.regs.lock().run_timer(now);
@@ -565,6 +566,7 @@ impl Mmio for LocalApic {
                 io.end_of_interrupt(v);
             }
         }
+        IoOutcome::Done
     }
 }
 

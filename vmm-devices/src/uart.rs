@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use spin::Mutex;
 use vmm_core::device::save_restore::{self, check, RelTime, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, PortIo, Timer};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortIo, Timer};
 use vmm_core::irq::IrqLine;
 
 /// Ports a UART decodes from its base.
@@ -401,7 +401,7 @@ impl<B: CharBackend + 'static> Uart<B> {
 }
 
 impl<B: CharBackend + 'static> PortIo for Uart<B> {
-    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
+    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) -> IoOutcome {
         let now = ctx.now_ns();
         self.pull_input(now);
         self.check_timeout(now);
@@ -410,9 +410,10 @@ impl<B: CharBackend + 'static> PortIo for Uart<B> {
             *d = self.read_reg(now, (reg + i as u16) & 7);
         }
         self.update_irq();
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) -> IoOutcome {
         let now = ctx.now_ns();
         self.pull_input(now);
         let reg = port.wrapping_sub(self.base) & 7;
@@ -420,6 +421,7 @@ impl<B: CharBackend + 'static> PortIo for Uart<B> {
             self.write_reg(now, (reg + i as u16) & 7, *d);
         }
         self.update_irq();
+        IoOutcome::Done
     }
 }
 

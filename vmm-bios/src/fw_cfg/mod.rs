@@ -26,7 +26,7 @@ use dma::{
 };
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::{self, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, PortIo};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortIo};
 use vmm_core::dma::{CheckedStateMachine, DmaDirection, DmaRange};
 
 /// The selector port.
@@ -279,7 +279,7 @@ impl Device for FwCfg {
 }
 
 impl PortIo for FwCfg {
-    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
+    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) -> IoOutcome {
         match port {
             PORT_DATA => {
                 for b in data.iter_mut() {
@@ -294,9 +294,10 @@ impl PortIo for FwCfg {
             }
             _ => data.fill(0),
         }
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) -> IoOutcome {
         match (port, data.len()) {
             (PORT_SELECTOR, 1) => self.select(u16::from(data[0])),
             (PORT_SELECTOR, _) if data.len() >= 2 => {
@@ -316,5 +317,6 @@ impl PortIo for FwCfg {
             // Data-port writes and odd-sized DMA accesses are ignored.
             _ => {}
         }
+        IoOutcome::Done
     }
 }

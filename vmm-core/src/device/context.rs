@@ -29,11 +29,6 @@ pub enum VmRequest {
         /// Where writes go.
         write: Backing,
     },
-    /// The access cannot complete now (a shared device held by another VM):
-    /// the vCPU does not move past the instruction and gives the CPU away;
-    /// the guest executes the same access again later. Only meaningful from
-    /// a port access.
-    Retry,
     /// Route `count` ports from `first` to the requesting device (a PCI BAR
     /// was programmed).
     ClaimPorts {

@@ -15,9 +15,32 @@ mod manager;
 pub mod save_restore;
 
 pub use context::{DeviceContext, VmRequest};
-pub(crate) use manager::DispatchEnv;
 pub use manager::{ClaimError, DeviceManager, DeviceReport, PortCount, REPORT_UNHOOKED};
+pub(crate) use manager::{DispatchEnv, Dispatched};
 pub use save_restore::{SaveRestore, SavedDevice, StateError};
+
+/// What became of a port or MMIO access: every handler answers with one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum IoOutcome {
+    /// The device carried the access out (a read filled `data`).
+    #[default]
+    Done,
+    /// The device cannot take the access now (a shared pass-through device
+    /// that another VM holds, see `crate::dmm`): nothing happened, and the
+    /// guest must execute the same access again later. The exit loop then
+    /// leaves RIP on the IN/OUT and gives the CPU away. Only single port
+    /// accesses are retried that way; the emulator's string I/O, MMIO and
+    /// the accesses a backend completes itself (KVM) go on as if the
+    /// access had been done (a read keeps what `data` held).
+    Retry,
+}
+
+impl IoOutcome {
+    /// Whether the access has to be executed again.
+    pub fn is_retry(self) -> bool {
+        self == IoOutcome::Retry
+    }
+}
 
 use core::any::Any;
 
@@ -62,40 +85,47 @@ pub trait Device: Any + Send {
 /// length of `data` is the access size (1, 2 or 4 bytes), little-endian.
 pub trait PortIo {
     /// The guest reads; fill `data`.
-    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]);
+    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) -> IoOutcome;
     /// The guest writes `data`.
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]);
+    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) -> IoOutcome;
 
     /// A string read (REP INS): `data.len() / size` consecutive reads of
     /// `size` bytes (1, 2 or 4) from `port`, in order. The default reads
     /// element by element; a device with a FIFO behind the port (an IDE data
     /// register) overrides it to move whole blocks at once, with the same
-    /// result.
+    /// result. An element answered with [`IoOutcome::Retry`] ends the run
+    /// there with that outcome.
     fn port_read_string(
         &mut self,
         ctx: &mut DeviceContext<'_>,
         port: u16,
         size: usize,
         data: &mut [u8],
-    ) {
+    ) -> IoOutcome {
         for element in data.chunks_mut(size.max(1)) {
-            self.port_read(ctx, port, element);
+            if self.port_read(ctx, port, element).is_retry() {
+                return IoOutcome::Retry;
+            }
         }
+        IoOutcome::Done
     }
 
     /// A string write (REP OUTS): `data.len() / size` consecutive writes of
     /// `size` bytes to `port`, in order. The default writes element by
-    /// element.
+    /// element, ending at an element answered with [`IoOutcome::Retry`].
     fn port_write_string(
         &mut self,
         ctx: &mut DeviceContext<'_>,
         port: u16,
         size: usize,
         data: &[u8],
-    ) {
+    ) -> IoOutcome {
         for element in data.chunks(size.max(1)) {
-            self.port_write(ctx, port, element);
+            if self.port_write(ctx, port, element).is_retry() {
+                return IoOutcome::Retry;
+            }
         }
+        IoOutcome::Done
     }
 }
 
@@ -103,9 +133,9 @@ pub trait PortIo {
 /// `data` holds 1 to 64 bytes, little-endian.
 pub trait Mmio {
     /// The guest reads; fill `data`.
-    fn mmio_read(&mut self, ctx: &mut DeviceContext<'_>, gpa: u64, data: &mut [u8]);
+    fn mmio_read(&mut self, ctx: &mut DeviceContext<'_>, gpa: u64, data: &mut [u8]) -> IoOutcome;
     /// The guest writes `data`.
-    fn mmio_write(&mut self, ctx: &mut DeviceContext<'_>, gpa: u64, data: &[u8]);
+    fn mmio_write(&mut self, ctx: &mut DeviceContext<'_>, gpa: u64, data: &[u8]) -> IoOutcome;
 }
 
 /// Work a device does as time passes (a timer firing, a transfer

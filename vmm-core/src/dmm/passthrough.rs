@@ -4,7 +4,7 @@
 
 use super::direct_ports::{runs, DirectPorts};
 use super::monitor::{HwPorts, Monitor, MonitorIo, PhysicalPorts, PortWindow};
-use crate::device::{Device, DeviceContext, PortIo, VmRequest};
+use crate::device::{Device, DeviceContext, IoOutcome, PortIo};
 use crate::dma::{Access, DeviceMultiplexer, DmaGuard};
 use crate::irq::IrqLine;
 use crate::vm::VmId;
@@ -480,25 +480,29 @@ impl<M: Monitor> Device for PassthroughDevice<M> {
 }
 
 impl<M: Monitor> PortIo for PassthroughDevice<M> {
-    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
+    /// [`IoOutcome::Retry`] while another VM holds the device.
+    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) -> IoOutcome {
         let vm = ctx.vm();
         let blocked = self
             .dmm
             .lock()
             .access(vm, &ctx.dma, port, PortAccess::Read(data));
-        if blocked.is_err() {
-            ctx.request(VmRequest::Retry);
+        match blocked {
+            Ok(_) => IoOutcome::Done,
+            Err(_) => IoOutcome::Retry,
         }
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+    /// [`IoOutcome::Retry`] while another VM holds the device.
+    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) -> IoOutcome {
         let vm = ctx.vm();
         let blocked = self
             .dmm
             .lock()
             .access(vm, &ctx.dma, port, PortAccess::Write(data));
-        if blocked.is_err() {
-            ctx.request(VmRequest::Retry);
+        match blocked {
+            Ok(_) => IoOutcome::Done,
+            Err(_) => IoOutcome::Retry,
         }
     }
 }

@@ -6,7 +6,7 @@ use super::*;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use vmm_core::device::save_restore::{SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, PortIo};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortIo};
 use vmm_core::irq::IrqLine;
 
 /// The controller at 0x1f0/0x3f6 and 0x170/0x376, with its bus-master
@@ -69,7 +69,7 @@ fn command_block(port: u16) -> Option<(IdeChannel, u16)> {
 }
 
 impl PortIo for LegacyIde {
-    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
+    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) -> IoOutcome {
         if let Some((ch, off)) = command_block(port) {
             self.controller.read_command(ch, off, data);
         } else if port == PRIMARY_CONTROL_PORT {
@@ -81,9 +81,10 @@ impl PortIo for LegacyIde {
         } else {
             data.fill(0xff);
         }
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) -> IoOutcome {
         if let Some((ch, off)) = command_block(port) {
             self.controller.write_command(ctx, ch, off, data);
         } else if port == PRIMARY_CONTROL_PORT {
@@ -94,6 +95,7 @@ impl PortIo for LegacyIde {
         } else if let Some(off) = self.bus_master_offset(port) {
             self.controller.write_bus_master(ctx, off, data);
         }
+        IoOutcome::Done
     }
 
     fn port_read_string(
@@ -102,7 +104,7 @@ impl PortIo for LegacyIde {
         port: u16,
         size: usize,
         data: &mut [u8],
-    ) {
+    ) -> IoOutcome {
         match command_block(port) {
             Some((ch, 0)) => self.controller.read_data_string(ch, size, data),
             _ => {
@@ -111,6 +113,7 @@ impl PortIo for LegacyIde {
                 }
             }
         }
+        IoOutcome::Done
     }
 }
 

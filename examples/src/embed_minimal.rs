@@ -4,7 +4,7 @@
 //! `cargo run -p vmm-examples --bin embed-minimal`.
 
 use std::sync::Arc;
-use vmm_core::device::{Device, DeviceContext, IoOutcome, PortIo};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo};
 use vmm_core::host::Host;
 use vmm_core::irq::IrqLine;
 use vmm_core::memory::GuestMemory;
@@ -33,7 +33,7 @@ impl PortIo for Mailbox {
     fn port_read(
         &mut self,
         _ctx: &mut DeviceContext<'_>,
-        _port: u16,
+        _port: PortAddress,
         data: &mut [u8],
     ) -> IoOutcome {
         data.fill(0);
@@ -41,7 +41,12 @@ impl PortIo for Mailbox {
         self.irq.set_level(false);
         IoOutcome::Done
     }
-    fn port_write(&mut self, _ctx: &mut DeviceContext<'_>, _port: u16, data: &[u8]) -> IoOutcome {
+    fn port_write(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        _port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         self.value = data[0];
         self.irq.set_level(true);
         IoOutcome::Done

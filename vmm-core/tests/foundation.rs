@@ -9,7 +9,9 @@
 
 use spin::Mutex;
 use std::sync::Arc;
-use vmm_core::device::{ClaimError, Device, DeviceContext, DeviceId, IoOutcome, PortIo};
+use vmm_core::device::{
+    ClaimError, Device, DeviceContext, DeviceId, IoOutcome, MmioAddress, PortAddress, PortIo,
+};
 use vmm_core::dma::{
     Access, CheckedStateMachine, DenyReason, DmaDirection, DmaError, DmaGuard, DmaRange,
     Multiplexed, StateModel,
@@ -143,8 +145,13 @@ impl Device for ToyDma {
 }
 
 impl PortIo for ToyDma {
-    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) -> IoOutcome {
-        let value: u32 = match port {
+    fn port_read(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        let value: u32 = match port.port() {
             REG_ADDR => self.addr,
             REG_LEN => self.len,
             REG_STATUS => self.status.into(),
@@ -156,12 +163,17 @@ impl PortIo for ToyDma {
         IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) -> IoOutcome {
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         let mut bytes = [0u8; 4];
         let n = data.len().min(4);
         bytes[..n].copy_from_slice(&data[..n]);
         let value = u32::from_le_bytes(bytes);
-        match port {
+        match port.port() {
             REG_ADDR => self.addr = value,
             REG_LEN => self.len = value,
             REG_CMD => self.command(ctx, bytes[0]),
@@ -468,20 +480,30 @@ impl Device for Dummy {
     }
 }
 impl PortIo for Dummy {
-    fn port_read(&mut self, _: &mut DeviceContext<'_>, _: u16, data: &mut [u8]) -> IoOutcome {
+    fn port_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        _: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         data.fill(0x11);
         IoOutcome::Done
     }
-    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: u16, _: &[u8]) -> IoOutcome {
+    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: PortAddress, _: &[u8]) -> IoOutcome {
         IoOutcome::Done
     }
 }
 impl vmm_core::device::Mmio for Dummy {
-    fn mmio_read(&mut self, _: &mut DeviceContext<'_>, _: u64, data: &mut [u8]) -> IoOutcome {
+    fn mmio_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        _: MmioAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         data.fill(0x22);
         IoOutcome::Done
     }
-    fn mmio_write(&mut self, _: &mut DeviceContext<'_>, _: u64, _: &[u8]) -> IoOutcome {
+    fn mmio_write(&mut self, _: &mut DeviceContext<'_>, _: MmioAddress, _: &[u8]) -> IoOutcome {
         IoOutcome::Done
     }
 }
@@ -594,12 +616,17 @@ impl Device for Slow {
     }
 }
 impl PortIo for Slow {
-    fn port_read(&mut self, _: &mut DeviceContext<'_>, _: u16, data: &mut [u8]) -> IoOutcome {
+    fn port_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        _: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         self.0.advance_ns(1_000);
         data.fill(0);
         IoOutcome::Done
     }
-    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: u16, _: &[u8]) -> IoOutcome {
+    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: PortAddress, _: &[u8]) -> IoOutcome {
         self.0.advance_ns(1_000);
         IoOutcome::Done
     }

@@ -3,7 +3,7 @@
 //! reading the port returns 0xe9, which is how software detects it.
 
 use crate::uart::CharBackend;
-use vmm_core::device::{Device, DeviceContext, IoOutcome, PortIo};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo};
 
 /// The Bochs port.
 pub const BOCHS_DEBUG_PORT: u16 = 0xe9;
@@ -32,7 +32,7 @@ impl<B: CharBackend + 'static> PortIo for DebugConsole<B> {
     fn port_read(
         &mut self,
         _ctx: &mut DeviceContext<'_>,
-        _port: u16,
+        _port: PortAddress,
         data: &mut [u8],
     ) -> IoOutcome {
         data.fill(0);
@@ -42,7 +42,12 @@ impl<B: CharBackend + 'static> PortIo for DebugConsole<B> {
         IoOutcome::Done
     }
 
-    fn port_write(&mut self, _ctx: &mut DeviceContext<'_>, _port: u16, data: &[u8]) -> IoOutcome {
+    fn port_write(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        _port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         // Only the low byte is a character, whatever the access size.
         if let Some(&b) = data.first() {
             self.backend.write(b);

@@ -16,7 +16,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, IoOutcome, PortIo, VmRequest};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo, VmRequest};
 use vmm_core::irq::IrqLine;
 
 /// Data port.
@@ -352,7 +352,14 @@ impl I8042 {
 }
 
 impl PortIo for I8042 {
-    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) -> IoOutcome {
+    fn port_read(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        // Registers at fixed architectural ports.
+        let port = port.port();
         data.fill(0xff);
         let Some(first) = data.first_mut() else {
             return IoOutcome::Done;
@@ -373,7 +380,14 @@ impl PortIo for I8042 {
         IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) -> IoOutcome {
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        // Registers at fixed architectural ports.
+        let port = port.port();
         let Some(&v) = data.first() else {
             return IoOutcome::Done;
         };

@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use spin::Mutex;
 use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio, MmioAddress};
 use vmm_core::irq::IrqLine;
 
 /// The default MMIO base.
@@ -262,8 +262,13 @@ impl IoApic {
 }
 
 impl Mmio for IoApic {
-    fn mmio_read(&mut self, _ctx: &mut DeviceContext<'_>, gpa: u64, data: &mut [u8]) -> IoOutcome {
-        let off = gpa & 0xff;
+    fn mmio_read(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        addr: MmioAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        let off = addr.offset() & 0xff;
         let value = match off & !3 {
             0x00 => u32::from(self.core.state.lock().select),
             0x10 => self.core.read_window(),
@@ -276,8 +281,13 @@ impl Mmio for IoApic {
         IoOutcome::Done
     }
 
-    fn mmio_write(&mut self, _ctx: &mut DeviceContext<'_>, gpa: u64, data: &[u8]) -> IoOutcome {
-        let off = gpa & 0xff;
+    fn mmio_write(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        addr: MmioAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        let off = addr.offset() & 0xff;
         let mut b = [0u8; 4];
         for (d, s) in b.iter_mut().zip(data) {
             *d = *s;

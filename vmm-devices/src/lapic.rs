@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use spin::Mutex;
 use vmm_core::device::save_restore::{self, check, RelTime, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio, Timer};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio, MmioAddress, Timer};
 
 /// The default xAPIC MMIO base.
 pub const LAPIC_BASE: u64 = 0xfee0_0000;
@@ -534,9 +534,14 @@ impl LocalApic {
 }
 
 impl Mmio for LocalApic {
-    fn mmio_read(&mut self, ctx: &mut DeviceContext<'_>, gpa: u64, data: &mut [u8]) -> IoOutcome {
+    fn mmio_read(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        addr: MmioAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         let now = ctx.now_ns();
-        let off = (gpa & 0xfff) as u32;
+        let off = (addr.offset() & 0xfff) as u32;
         let value = {
             let mut r = self.core.regs.lock();
             r.run_timer(now);
@@ -551,9 +556,14 @@ impl Mmio for LocalApic {
         IoOutcome::Done
     }
 
-    fn mmio_write(&mut self, ctx: &mut DeviceContext<'_>, gpa: u64, data: &[u8]) -> IoOutcome {
+    fn mmio_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        addr: MmioAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         let now = ctx.now_ns();
-        let off = (gpa & 0xfff) as u32;
+        let off = (addr.offset() & 0xfff) as u32;
         // Registers take aligned 32-bit writes; others are ignored, as the
         // SDM leaves them undefined.
         if off & 0xf != 0 || data.len() < 4 {

@@ -14,7 +14,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::{self, check, RelTime, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, IoOutcome, PortIo, Timer};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo, Timer};
 use vmm_core::irq::IrqLine;
 
 /// Counter and control ports.
@@ -490,7 +490,14 @@ impl Pit {
 }
 
 impl PortIo for Pit {
-    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) -> IoOutcome {
+    fn port_read(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        // Registers at fixed architectural ports.
+        let port = port.port();
         let now = ctx.now_ns();
         self.update_irq0(now);
         for (i, d) in data.iter_mut().enumerate() {
@@ -500,7 +507,14 @@ impl PortIo for Pit {
         IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) -> IoOutcome {
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        // Registers at fixed architectural ports.
+        let port = port.port();
         let now = ctx.now_ns();
         // Edges due before this write belong to the old programming.
         self.update_irq0(now);

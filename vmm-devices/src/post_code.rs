@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, IoOutcome, PortIo};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo};
 
 /// The port.
 pub const POST_PORT: u16 = 0x80;
@@ -59,7 +59,7 @@ impl PortIo for PostCode {
     fn port_read(
         &mut self,
         _ctx: &mut DeviceContext<'_>,
-        _port: u16,
+        _port: PortAddress,
         data: &mut [u8],
     ) -> IoOutcome {
         // A POST card latches the last byte; reads return it.
@@ -67,7 +67,12 @@ impl PortIo for PostCode {
         IoOutcome::Done
     }
 
-    fn port_write(&mut self, _ctx: &mut DeviceContext<'_>, _port: u16, data: &[u8]) -> IoOutcome {
+    fn port_write(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        _port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         let Some(&v) = data.first() else {
             return IoOutcome::Done;
         };

@@ -5,7 +5,7 @@ use crate::a20::A20Gate;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, IoOutcome, PortIo, VmRequest};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo, VmRequest};
 
 /// The port.
 pub const SYSTEM_CONTROL_PORT: u16 = 0x92;
@@ -29,7 +29,7 @@ impl PortIo for SystemControlA {
     fn port_read(
         &mut self,
         _ctx: &mut DeviceContext<'_>,
-        _port: u16,
+        _port: PortAddress,
         data: &mut [u8],
     ) -> IoOutcome {
         data.fill(0xff);
@@ -39,7 +39,12 @@ impl PortIo for SystemControlA {
         IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, _port: u16, data: &[u8]) -> IoOutcome {
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        _port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         let Some(&v) = data.first() else {
             return IoOutcome::Done;
         };

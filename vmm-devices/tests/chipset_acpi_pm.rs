@@ -19,7 +19,7 @@ fn rig() -> Rig {
     let sci = TestIrqLine::new();
     let vm = TestVmBuilder::new(host.clone(), 1)
         .device(
-            AcpiPm::new(BASE, sci.clone()),
+            AcpiPm::new(sci.clone()),
             &[(BASE, PM_BLOCK_LEN), (SMI_CMD_PORT, 1)],
             &[],
         )

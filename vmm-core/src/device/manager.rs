@@ -8,7 +8,8 @@
 //! per MMIO address) so a user can see what the guest probed.
 
 use super::{
-    Device, DeviceContext, DeviceId, IoOutcome, Mmio, PortIo, SavedDevice, StateError, VmRequest,
+    Device, DeviceContext, DeviceId, IoOutcome, Mmio, MmioAddress, PortAddress, PortIo,
+    SavedDevice, StateError, VmRequest,
 };
 use crate::dma::DmaGuard;
 use crate::host::Host;
@@ -504,7 +505,7 @@ impl DeviceManager {
         port: u16,
         write: bool,
         elements: u64,
-        access: impl FnOnce(&mut dyn PortIo, &mut DeviceContext<'_>) -> IoOutcome,
+        access: impl FnOnce(&mut dyn PortIo, &mut DeviceContext<'_>, PortAddress) -> IoOutcome,
     ) -> Dispatched {
         let entry = self.port_table[port as usize];
         if let Some(claim) = entry
@@ -513,8 +514,11 @@ impl DeviceManager {
         {
             let id = claim.device;
             if let Some(pio) = self.devices[id.0 as usize].port_io() {
+                let at = PortAddress::new(claim.first, port.wrapping_sub(claim.first));
                 let mut outcome = IoOutcome::Done;
-                let ns = timed(env.host, || outcome = access(pio, &mut context(env, id)));
+                let ns = timed(env.host, || {
+                    outcome = access(pio, &mut context(env, id), at)
+                });
                 claim.count.add(write, elements, ns);
                 return Dispatched {
                     device: Some(id),
@@ -538,8 +542,8 @@ impl DeviceManager {
         port: u16,
         data: &mut [u8],
     ) -> Dispatched {
-        let d = self.port_access(env, port, false, 1, |pio, ctx| {
-            pio.port_read(ctx, port, data)
+        let d = self.port_access(env, port, false, 1, |pio, ctx, at| {
+            pio.port_read(ctx, at, data)
         });
         if d.device.is_none() {
             data.fill(0xff);
@@ -556,8 +560,8 @@ impl DeviceManager {
         port: u16,
         data: &[u8],
     ) -> Dispatched {
-        self.port_access(env, port, true, 1, |pio, ctx| {
-            pio.port_write(ctx, port, data)
+        self.port_access(env, port, true, 1, |pio, ctx, at| {
+            pio.port_write(ctx, at, data)
         })
     }
 
@@ -571,8 +575,8 @@ impl DeviceManager {
         data: &mut [u8],
     ) -> Dispatched {
         let elements = (data.len() / size.max(1)) as u64;
-        let d = self.port_access(env, port, false, elements, |pio, ctx| {
-            pio.port_read_string(ctx, port, size, data)
+        let d = self.port_access(env, port, false, elements, |pio, ctx, at| {
+            pio.port_read_string(ctx, at, size, data)
         });
         if d.device.is_none() {
             data.fill(0xff);
@@ -590,8 +594,8 @@ impl DeviceManager {
         data: &[u8],
     ) -> Dispatched {
         let elements = (data.len() / size.max(1)) as u64;
-        self.port_access(env, port, true, elements, |pio, ctx| {
-            pio.port_write_string(ctx, port, size, data)
+        self.port_access(env, port, true, elements, |pio, ctx, at| {
+            pio.port_write_string(ctx, at, size, data)
         })
     }
 
@@ -603,14 +607,17 @@ impl DeviceManager {
         env: DispatchEnv<'_>,
         gpa: u64,
         write: bool,
-        access: impl FnOnce(&mut dyn Mmio, &mut DeviceContext<'_>) -> IoOutcome,
+        access: impl FnOnce(&mut dyn Mmio, &mut DeviceContext<'_>, MmioAddress) -> IoOutcome,
     ) -> Dispatched {
         if let Some(i) = self.find_mmio(gpa) {
             let claim = &mut self.mmio_claims[i];
             let id = claim.device;
             if let Some(mmio) = self.devices[id.0 as usize].mmio() {
+                let at = MmioAddress::new(claim.start, gpa.wrapping_sub(claim.start));
                 let mut outcome = IoOutcome::Done;
-                let ns = timed(env.host, || outcome = access(mmio, &mut context(env, id)));
+                let ns = timed(env.host, || {
+                    outcome = access(mmio, &mut context(env, id), at)
+                });
                 claim.count.add(write, 1, ns);
                 return Dispatched {
                     device: Some(id),
@@ -629,7 +636,9 @@ impl DeviceManager {
         gpa: u64,
         data: &mut [u8],
     ) -> Dispatched {
-        let d = self.mmio_access(env, gpa, false, |mmio, ctx| mmio.mmio_read(ctx, gpa, data));
+        let d = self.mmio_access(env, gpa, false, |mmio, ctx, at| {
+            mmio.mmio_read(ctx, at, data)
+        });
         if d.device.is_none() {
             data.fill(0xff);
         }
@@ -638,7 +647,9 @@ impl DeviceManager {
 
     /// Dispatch an MMIO write; unclaimed addresses drop it.
     pub(crate) fn mmio_write(&mut self, env: DispatchEnv<'_>, gpa: u64, data: &[u8]) -> Dispatched {
-        self.mmio_access(env, gpa, true, |mmio, ctx| mmio.mmio_write(ctx, gpa, data))
+        self.mmio_access(env, gpa, true, |mmio, ctx, at| {
+            mmio.mmio_write(ctx, at, data)
+        })
     }
 
     /// Poll the timer side of device `id` alone (if it has one), so that the

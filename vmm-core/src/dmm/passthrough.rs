@@ -4,7 +4,7 @@
 
 use super::direct_ports::{runs, DirectPorts};
 use super::monitor::{HwPorts, Monitor, MonitorIo, PhysicalPorts, PortWindow};
-use crate::device::{Device, DeviceContext, IoOutcome, PortIo};
+use crate::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo};
 use crate::dma::{Access, DeviceMultiplexer, DmaGuard};
 use crate::irq::IrqLine;
 use crate::vm::VmId;
@@ -481,12 +481,17 @@ impl<M: Monitor> Device for PassthroughDevice<M> {
 
 impl<M: Monitor> PortIo for PassthroughDevice<M> {
     /// [`IoOutcome::Retry`] while another VM holds the device.
-    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) -> IoOutcome {
+    fn port_read(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         let vm = ctx.vm();
         let blocked = self
             .dmm
             .lock()
-            .access(vm, &ctx.dma, port, PortAccess::Read(data));
+            .access(vm, &ctx.dma, port.port(), PortAccess::Read(data));
         match blocked {
             Ok(_) => IoOutcome::Done,
             Err(_) => IoOutcome::Retry,
@@ -494,12 +499,17 @@ impl<M: Monitor> PortIo for PassthroughDevice<M> {
     }
 
     /// [`IoOutcome::Retry`] while another VM holds the device.
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) -> IoOutcome {
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         let vm = ctx.vm();
         let blocked = self
             .dmm
             .lock()
-            .access(vm, &ctx.dma, port, PortAccess::Write(data));
+            .access(vm, &ctx.dma, port.port(), PortAccess::Write(data));
         match blocked {
             Ok(_) => IoOutcome::Done,
             Err(_) => IoOutcome::Retry,

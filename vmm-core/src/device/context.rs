@@ -1,10 +1,10 @@
 //! What a device sees of the VM while it handles an access.
 
 use super::DeviceId;
+use crate::base::{StopReason, VmId};
 use crate::dma::DmaGuard;
 use crate::host::Host;
 use crate::memory::Backing;
-use crate::vm::{StopReason, VmId};
 use alloc::vec::Vec;
 
 /// A change a device asks of the VM. Requests are applied by the VM right

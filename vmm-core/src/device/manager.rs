@@ -11,10 +11,10 @@ use super::{
     Device, DeviceContext, DeviceId, IoOutcome, Mmio, MmioAddress, PortAddress, PortIo,
     SavedDevice, StateError, VmRequest,
 };
+use crate::base::VmId;
 use crate::dma::DmaGuard;
 use crate::host::Host;
 use crate::memory::GuestMemory;
-use crate::vm::VmId;
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};
 use alloc::vec;

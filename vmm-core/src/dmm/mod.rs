@@ -33,12 +33,11 @@
 
 #![forbid(unsafe_code)]
 
-mod direct_ports;
 mod monitor;
 mod passthrough;
 mod recording_ports;
 
-pub use direct_ports::DirectPorts;
+pub use crate::base::DirectPorts;
 pub use monitor::{HwPorts, Monitor, MonitorIo, PhysicalPorts, PortWindow};
 pub use passthrough::{Dmm, DmmError, PassthroughDevice, PassthroughStats, SharedDmm};
 pub use recording_ports::{PortEvent, RecordingPorts};

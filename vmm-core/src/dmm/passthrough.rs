@@ -2,12 +2,12 @@
 //! monitors, the unhooked port lists, interrupt delivery, and the device
 //! each guest's device manager dispatches its exits to.
 
-use super::direct_ports::{runs, DirectPorts};
 use super::monitor::{HwPorts, Monitor, MonitorIo, PhysicalPorts, PortWindow};
+use crate::base::direct_ports::{runs, DirectPorts};
+use crate::base::VmId;
 use crate::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo};
 use crate::dma::{Access, DeviceMultiplexer, DmaGuard};
 use crate::irq::IrqLine;
-use crate::vm::VmId;
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;

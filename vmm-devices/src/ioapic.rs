@@ -13,7 +13,7 @@
 //! (the guest's registers), the interrupt lines that drive its inputs, and
 //! the local APIC (which broadcasts EOIs to it).
 
-use crate::lapic::LapicCore;
+use crate::lapic::{EoiBroadcast, LapicCore};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,14 @@ use spin::Mutex;
 use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
 use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio, MmioAddress};
 use vmm_core::irq::IrqLine;
+
+/// The local APIC's EOI broadcast reaches the IOAPIC through this (the
+/// dependency points from the IOAPIC to the LAPIC only).
+impl EoiBroadcast for IoApicCore {
+    fn end_of_interrupt(&self, vector: u8) {
+        IoApicCore::end_of_interrupt(self, vector);
+    }
+}
 
 /// The default MMIO base.
 pub const IOAPIC_BASE: u64 = 0xfec0_0000;

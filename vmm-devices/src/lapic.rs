@@ -11,8 +11,12 @@
 //! (the guest's MMIO and the timer), the IOAPIC (which delivers into it),
 //! and the vCPU backend (through `interrupts::CpuInterrupts`, and directly
 //! for the APIC base and TSC-deadline MSRs and CR8).
+//!
+//! The dependency between the two APICs points one way: the IOAPIC
+//! (`crate::ioapic`) delivers into a [`LapicCore`]; this module knows
+//! nothing of the IOAPIC and broadcasts level-triggered EOIs to whatever
+//! [`EoiBroadcast`] it was given (the IOAPIC's core implements it).
 
-use crate::ioapic::IoApicCore;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
@@ -514,16 +518,24 @@ impl LapicCore {
     }
 }
 
+/// Where a local APIC broadcasts the EOI of a level-triggered interrupt:
+/// the I/O APICs, which clear remote IRR of the inputs using the vector
+/// (`ioapic::IoApicCore` implements it).
+pub trait EoiBroadcast: Send + Sync + core::fmt::Debug {
+    /// A local APIC finished level-triggered `vector`.
+    fn end_of_interrupt(&self, vector: u8);
+}
+
 /// The guest's view of a local APIC: claim [`LAPIC_BASE`], [`LAPIC_LEN`].
 #[derive(Debug)]
 pub struct LocalApic {
     core: Arc<LapicCore>,
-    ioapic: Option<Arc<IoApicCore>>,
+    ioapic: Option<Arc<dyn EoiBroadcast>>,
 }
 
 impl LocalApic {
     /// The device for `core`, broadcasting level-triggered EOIs to `ioapic`.
-    pub fn new(core: Arc<LapicCore>, ioapic: Option<Arc<IoApicCore>>) -> Self {
+    pub fn new(core: Arc<LapicCore>, ioapic: Option<Arc<dyn EoiBroadcast>>) -> Self {
         Self { core, ioapic }
     }
 

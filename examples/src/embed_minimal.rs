@@ -4,7 +4,7 @@
 //! `cargo run -p vmm-examples --bin embed-minimal`.
 
 use std::sync::Arc;
-use vmm_core::device::{Device, DeviceContext, PortIo};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo};
 use vmm_core::host::Host;
 use vmm_core::irq::IrqLine;
 use vmm_core::memory::GuestMemory;
@@ -30,14 +30,26 @@ impl Device for Mailbox {
 }
 
 impl PortIo for Mailbox {
-    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, _port: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        _port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         data.fill(0);
         data[0] = self.value;
         self.irq.set_level(false);
+        IoOutcome::Done
     }
-    fn port_write(&mut self, _ctx: &mut DeviceContext<'_>, _port: u16, data: &[u8]) {
+    fn port_write(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        _port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         self.value = data[0];
         self.irq.set_level(true);
+        IoOutcome::Done
     }
 }
 

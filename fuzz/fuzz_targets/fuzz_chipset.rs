@@ -187,7 +187,6 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
         .device(
             Uart::new(
                 "com1",
-                COM1.0,
                 FuzzInput { bytes: uart_input },
                 isa.line(COM1.1),
             ),
@@ -207,7 +206,7 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
             &[],
         )
         .device(
-            AcpiPm::new(PM_BASE, isa.line(9)),
+            AcpiPm::new(isa.line(9)),
             &[(PM_BASE, PM_BLOCK_LEN)],
             &[],
         )

@@ -38,7 +38,7 @@ fuzz_target!(|accesses: Vec<Access>| {
         .rom(ROM_AT, &ROM)
         .mmio_hole(0xfec0_0000, 0x1000)
         .device(
-            Uart::new("com1", 0x3f8, NullBackend, Arc::new(UnconnectedLine)),
+            Uart::new("com1", NullBackend, Arc::new(UnconnectedLine)),
             &[(0x3f8, 8)],
             &[],
         )

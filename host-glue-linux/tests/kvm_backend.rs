@@ -11,7 +11,9 @@ use host_glue_linux::kvm::KvmVcpu;
 use host_glue_linux::LinuxHost;
 use std::io::Write;
 use std::sync::Arc;
-use vmm_core::device::{Device, DeviceContext, DeviceId, Mmio, PortIo};
+use vmm_core::device::{
+    Device, DeviceContext, DeviceId, IoOutcome, Mmio, MmioAddress, PortAddress, PortIo,
+};
 use vmm_core::emulator::CpuState;
 use vmm_core::host::Host;
 use vmm_core::memory::GuestMemory;
@@ -44,20 +46,44 @@ impl Device for Probe {
 }
 
 impl PortIo for Probe {
-    fn port_read(&mut self, _: &mut DeviceContext<'_>, _port: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        _port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         data.fill(PORT_ANSWER);
+        IoOutcome::Done
     }
-    fn port_write(&mut self, _: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
-        self.port_writes.push((port, data[0]));
+    fn port_write(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        self.port_writes.push((port.port(), data[0]));
+        IoOutcome::Done
     }
 }
 
 impl Mmio for Probe {
-    fn mmio_read(&mut self, _: &mut DeviceContext<'_>, _gpa: u64, data: &mut [u8]) {
+    fn mmio_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        _gpa: MmioAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         data.fill(MMIO_ANSWER);
+        IoOutcome::Done
     }
-    fn mmio_write(&mut self, _: &mut DeviceContext<'_>, gpa: u64, data: &[u8]) {
-        self.mmio_writes.push((gpa, data[0]));
+    fn mmio_write(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        gpa: MmioAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        self.mmio_writes.push((gpa.gpa(), data[0]));
+        IoOutcome::Done
     }
 }
 

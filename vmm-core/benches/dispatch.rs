@@ -16,7 +16,7 @@ use std::sync::Arc;
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioAddressOffset, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_device::{DeviceMmio, DevicePio};
-use vmm_core::device::{Device, DeviceContext, Mmio, PortIo};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio, PortAddress, PortIo};
 use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_core::vm::Vm;
 
@@ -110,20 +110,39 @@ impl Device for Regs {
 }
 
 impl PortIo for Regs {
-    fn port_read(&mut self, _: &mut DeviceContext<'_>, _: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        _: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         data[0] = self.last;
+        IoOutcome::Done
     }
-    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: u16, data: &[u8]) {
+    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: PortAddress, data: &[u8]) -> IoOutcome {
         self.last = data[0];
+        IoOutcome::Done
     }
 }
 
 impl Mmio for Regs {
-    fn mmio_read(&mut self, _: &mut DeviceContext<'_>, _: u64, data: &mut [u8]) {
+    fn mmio_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        _: vmm_core::device::MmioAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         data[0] = self.last;
+        IoOutcome::Done
     }
-    fn mmio_write(&mut self, _: &mut DeviceContext<'_>, _: u64, data: &[u8]) {
+    fn mmio_write(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        _: vmm_core::device::MmioAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         self.last = data[0];
+        IoOutcome::Done
     }
 }
 

@@ -18,7 +18,7 @@ use iced_x86::{Decoder, DecoderOptions, Instruction};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
-use vmm_core::device::{Device, DeviceContext, Mmio};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio, MmioAddress};
 use vmm_core::emulator::{Completion, Emulator, RegisterFile};
 use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_core::vm::Vm;
@@ -40,11 +40,18 @@ impl Device for Sink {
 }
 
 impl Mmio for Sink {
-    fn mmio_read(&mut self, _: &mut DeviceContext<'_>, _: u64, data: &mut [u8]) {
+    fn mmio_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        _: MmioAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         data.fill(0);
+        IoOutcome::Done
     }
-    fn mmio_write(&mut self, _: &mut DeviceContext<'_>, _: u64, data: &[u8]) {
+    fn mmio_write(&mut self, _: &mut DeviceContext<'_>, _: MmioAddress, data: &[u8]) -> IoOutcome {
         black_box(data);
+        IoOutcome::Done
     }
 }
 

@@ -24,6 +24,7 @@
 
 extern crate alloc;
 
+pub mod base;
 pub mod device;
 pub mod dma;
 pub mod dmm;

@@ -1,19 +1,19 @@
 //! One virtual machine: its memory map, its devices, its statistics, and the
 //! entry points a vCPU backend calls when the guest exits.
 
-use crate::device::DispatchEnv;
+use crate::base::DirectPorts;
 use crate::device::{
-    ClaimError, Device, DeviceId, DeviceManager, SavedDevice, StateError, VmRequest,
+    ClaimError, Device, DeviceId, DeviceManager, IoOutcome, SavedDevice, StateError, VmRequest,
 };
-use crate::dmm::DirectPorts;
+use crate::device::{DispatchEnv, Dispatched};
 use crate::host::Host;
 use crate::memory::{GuestMemory, RegionKind};
 use crate::stats::ExitStats;
 use alloc::boxed::Box;
-use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::fmt;
+
+pub use crate::base::{StopReason, VmId};
 
 /// The parts of a [`Vm`] a device call needs, borrowed field by field so
 /// that the device manager can be borrowed beside them.
@@ -28,95 +28,6 @@ macro_rules! dispatch_env {
     };
 }
 
-/// Identifies a VM among those a host runs.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub struct VmId(pub u32);
-
-/// Why a VM stopped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StopReason {
-    /// The guest powered off (ACPI S5).
-    PowerOff,
-    /// The guest triple-faulted (SVM SHUTDOWN, VMX triple-fault exit) and no
-    /// reset was configured.
-    TripleFault,
-    /// A device model met a condition it cannot continue from.
-    DeviceFailure {
-        /// The device.
-        device: String,
-        /// What happened.
-        detail: String,
-    },
-    /// The host stopped the VM.
-    HostRequest,
-    /// The guest halted where nothing can wake it: interrupts disabled, or
-    /// no interrupt source left.
-    Halted {
-        /// RIP after the HLT.
-        rip: u64,
-        /// Whether interrupts were enabled.
-        interrupts_enabled: bool,
-    },
-    /// The vCPU backend failed (VM entry refused, unknown exit).
-    Backend(String),
-    /// The guest took the same exit at the same RIP, with the same
-    /// registers, this many times in a row without its handling ever
-    /// moving RIP: it would loop for ever (see `vcpu::run`).
-    NoProgress {
-        /// RIP of the exits.
-        rip: u64,
-        /// What kind of exit.
-        exit: crate::stats::ExitKind,
-        /// The guest-physical or linear address the exits named, if any.
-        address: Option<u64>,
-        /// How many in a row.
-        count: u64,
-    },
-}
-
-impl fmt::Display for StopReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StopReason::PowerOff => write!(f, "guest powered off"),
-            StopReason::TripleFault => write!(f, "guest triple fault"),
-            StopReason::DeviceFailure { device, detail } => {
-                write!(f, "device {device} failed: {detail}")
-            }
-            StopReason::HostRequest => write!(f, "stopped by the host"),
-            StopReason::Halted {
-                rip,
-                interrupts_enabled,
-            } => write!(
-                f,
-                "guest halted at {rip:#x} with interrupts {} and nothing to wake it",
-                if *interrupts_enabled {
-                    "enabled"
-                } else {
-                    "disabled"
-                }
-            ),
-            StopReason::Backend(detail) => write!(f, "vCPU backend: {detail}"),
-            StopReason::NoProgress {
-                rip,
-                exit,
-                address,
-                count,
-            } => {
-                write!(
-                    f,
-                    "no progress: {count} {} exits in a row at RIP {rip:#x}",
-                    exit.name()
-                )?;
-                if let Some(a) = address {
-                    write!(f, " on {a:#x}")?;
-                }
-                write!(f, " with nothing changing")
-            }
-        }
-    }
-}
-
 /// A virtual machine, without its vCPUs. Backends own the vCPUs and call in
 /// here on every exit.
 pub struct Vm {
@@ -128,7 +39,6 @@ pub struct Vm {
     requests: Vec<VmRequest>,
     stop: Option<StopReason>,
     reset_requested: bool,
-    retry_requested: bool,
     direct_ports: Vec<Arc<DirectPorts>>,
     /// Per device: when its timer wants the next poll (`u64::MAX`: never),
     /// as it last said.
@@ -153,7 +63,6 @@ impl Vm {
             requests: Vec::new(),
             stop: None,
             reset_requested: false,
-            retry_requested: false,
             direct_ports: Vec::new(),
             timer_due: Vec::new(),
             timer_stale: Vec::new(),
@@ -269,63 +178,51 @@ impl Vm {
         Ok(())
     }
 
-    /// The guest read `data.len()` bytes from `port` (an IN exit).
+    /// The guest read `data.len()` bytes from `port` (an IN exit). An
+    /// unhooked port reads all-ones. [`IoOutcome::Retry`]: the device could
+    /// not take the access now; the guest must execute it again.
     #[inline]
-    pub fn port_read(&mut self, port: u16, data: &mut [u8]) -> Option<DeviceId> {
-        self.retry_requested = false;
-        let id = self.devices.port_read(dispatch_env!(self), port, data);
-        self.accessed(id);
-        id
+    pub fn port_read(&mut self, port: u16, data: &mut [u8]) -> IoOutcome {
+        let d = self.devices.port_read(dispatch_env!(self), port, data);
+        self.accessed(d)
     }
 
-    /// The guest wrote `data` to `port` (an OUT exit).
+    /// The guest wrote `data` to `port` (an OUT exit); see
+    /// [`Vm::port_read`] for the outcome.
     #[inline]
-    pub fn port_write(&mut self, port: u16, data: &[u8]) -> Option<DeviceId> {
-        self.retry_requested = false;
-        let id = self.devices.port_write(dispatch_env!(self), port, data);
-        self.accessed(id);
-        id
+    pub fn port_write(&mut self, port: u16, data: &[u8]) -> IoOutcome {
+        let d = self.devices.port_write(dispatch_env!(self), port, data);
+        self.accessed(d)
     }
 
     /// The guest ran a string read (REP INS) of `data.len() / size`
     /// elements of `size` bytes from `port` (the emulator's bulk path).
-    pub fn port_read_string(
-        &mut self,
-        port: u16,
-        size: usize,
-        data: &mut [u8],
-    ) -> Option<DeviceId> {
-        self.retry_requested = false;
-        let id = self
+    pub fn port_read_string(&mut self, port: u16, size: usize, data: &mut [u8]) -> IoOutcome {
+        let d = self
             .devices
             .port_read_string(dispatch_env!(self), port, size, data);
-        self.accessed(id);
-        id
+        self.accessed(d)
     }
 
     /// The guest ran a string write (REP OUTS) of `data.len() / size`
     /// elements of `size` bytes to `port`.
-    pub fn port_write_string(&mut self, port: u16, size: usize, data: &[u8]) -> Option<DeviceId> {
-        self.retry_requested = false;
-        let id = self
+    pub fn port_write_string(&mut self, port: u16, size: usize, data: &[u8]) -> IoOutcome {
+        let d = self
             .devices
             .port_write_string(dispatch_env!(self), port, size, data);
-        self.accessed(id);
-        id
+        self.accessed(d)
     }
 
     /// The guest read MMIO at `gpa` (after decoding the faulting access).
-    pub fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> Option<DeviceId> {
-        let id = self.devices.mmio_read(dispatch_env!(self), gpa, data);
-        self.accessed(id);
-        id
+    pub fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> IoOutcome {
+        let d = self.devices.mmio_read(dispatch_env!(self), gpa, data);
+        self.accessed(d)
     }
 
     /// The guest wrote MMIO at `gpa`.
-    pub fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> Option<DeviceId> {
-        let id = self.devices.mmio_write(dispatch_env!(self), gpa, data);
-        self.accessed(id);
-        id
+    pub fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> IoOutcome {
+        let d = self.devices.mmio_write(dispatch_env!(self), gpa, data);
+        self.accessed(d)
     }
 
     /// A read by the guest CPU at a guest-physical address: memory where the
@@ -398,15 +295,18 @@ impl Vm {
     }
 
     /// After a guest access that reached `device`: its timer must be asked
-    /// again, and what it asked for is applied.
+    /// again, and what it asked for is applied. Gives back the device's
+    /// answer.
     #[inline(always)]
-    fn accessed(&mut self, device: Option<DeviceId>) {
+    fn accessed(&mut self, dispatched: Dispatched) -> IoOutcome {
+        let device = dispatched.device;
         if let Some(id) = device {
             if let Some(stale) = self.timer_stale.get_mut(id.0 as usize) {
                 *stale = true;
             }
         }
         self.apply_requests(device);
+        dispatched.outcome
     }
 
     /// Apply what the device just asked for. Almost always there is nothing:
@@ -437,10 +337,6 @@ impl Vm {
         let result = match (request, device) {
             (VmRequest::Reset, _) => {
                 self.reset_requested = true;
-                Ok(())
-            }
-            (VmRequest::Retry, _) => {
-                self.retry_requested = true;
                 Ok(())
             }
             (VmRequest::PowerOff, _) => {
@@ -563,14 +459,6 @@ impl Vm {
     /// [`DeviceManager::reset_all`].
     pub fn take_reset_request(&mut self) -> bool {
         core::mem::take(&mut self.reset_requested)
-    }
-
-    /// Whether the last port access asked to be retried
-    /// ([`VmRequest::Retry`]: a shared device is held by another VM); clears
-    /// the flag. The run loop then leaves RIP on the instruction and returns
-    /// to the host's scheduler.
-    pub fn take_retry_request(&mut self) -> bool {
-        core::mem::take(&mut self.retry_requested)
     }
 
     /// Let the guest reach the ports `direct` lists without an exit (device

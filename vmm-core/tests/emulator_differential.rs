@@ -30,7 +30,7 @@ use iced_x86::{
     Code, EncodingKind, Instruction, Mnemonic, OpCodeOperandKind, OpKind, Register, RepPrefixKind,
 };
 use std::sync::Arc;
-use vmm_core::device::{Device, DeviceContext, DeviceId, Mmio};
+use vmm_core::device::{Device, DeviceContext, DeviceId, IoOutcome, Mmio, MmioAddress};
 use vmm_core::emulator::{undefined_flags, Completion, Emulator, RegisterFile};
 use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_core::vm::Vm;
@@ -284,9 +284,8 @@ fn segment_base(seg: Register) -> u64 {
 // ---------------------------------------------------------------------
 // The emulated side
 
-/// An MMIO device backed by plain memory.
+/// An MMIO device backed by plain memory, addressed by offset.
 struct MemoryDevice {
-    base: u64,
     bytes: Vec<u8>,
     accesses: u64,
 }
@@ -301,20 +300,32 @@ impl Device for MemoryDevice {
 }
 
 impl Mmio for MemoryDevice {
-    fn mmio_read(&mut self, _ctx: &mut DeviceContext<'_>, gpa: u64, data: &mut [u8]) {
+    fn mmio_read(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        gpa: MmioAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         self.accesses += 1;
-        let off = (gpa - self.base) as usize;
+        let off = gpa.offset() as usize;
         match self.bytes.get(off..off + data.len()) {
             Some(src) => data.copy_from_slice(src),
             None => data.fill(0xff),
         }
+        IoOutcome::Done
     }
-    fn mmio_write(&mut self, _ctx: &mut DeviceContext<'_>, gpa: u64, data: &[u8]) {
+    fn mmio_write(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        gpa: MmioAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         self.accesses += 1;
-        let off = (gpa - self.base) as usize;
+        let off = gpa.offset() as usize;
         if let Some(dst) = self.bytes.get_mut(off..off + data.len()) {
             dst.copy_from_slice(data);
         }
+        IoOutcome::Done
     }
 }
 
@@ -326,7 +337,6 @@ struct Guest {
 impl Guest {
     fn new() -> Self {
         let dev = MemoryDevice {
-            base: DATA,
             bytes: vec![0; DATA_LEN],
             accesses: 0,
         };

@@ -8,7 +8,7 @@
 
 use iced_x86::code_asm::*;
 use std::sync::{Arc, Mutex};
-use vmm_core::device::{Device, DeviceContext, Mmio, PortIo};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio, MmioAddress, PortAddress, PortIo};
 use vmm_core::emulator::{
     BusError, Completion, CpuMode, EmulateError, Emulator, Exception, GuestBus, PortString,
     RegisterFile, Segment, SegmentRegister, RFLAGS_AC, RFLAGS_DF,
@@ -56,34 +56,64 @@ impl Device for Recorder {
 }
 
 impl Mmio for Recorder {
-    fn mmio_read(&mut self, _: &mut DeviceContext<'_>, gpa: u64, data: &mut [u8]) {
-        self.log.lock().unwrap().push(Event::Read(gpa, data.len()));
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = (gpa as u8).wrapping_add(i as u8);
-        }
-    }
-    fn mmio_write(&mut self, _: &mut DeviceContext<'_>, gpa: u64, data: &[u8]) {
+    fn mmio_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        gpa: MmioAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         self.log
             .lock()
             .unwrap()
-            .push(Event::Write(gpa, data.to_vec()));
+            .push(Event::Read(gpa.gpa(), data.len()));
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = (gpa.gpa() as u8).wrapping_add(i as u8);
+        }
+        IoOutcome::Done
+    }
+    fn mmio_write(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        gpa: MmioAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        self.log
+            .lock()
+            .unwrap()
+            .push(Event::Write(gpa.gpa(), data.to_vec()));
+        IoOutcome::Done
     }
 }
 
 impl PortIo for Recorder {
-    fn port_read(&mut self, _: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
-        self.log.lock().unwrap().push(Event::In(port, data.len()));
+    fn port_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        self.log
+            .lock()
+            .unwrap()
+            .push(Event::In(port.port(), data.len()));
         let mut n = self.next_in.lock().unwrap();
         for b in data.iter_mut() {
             *n = n.wrapping_add(1);
             *b = n.wrapping_add(0x0f);
         }
+        IoOutcome::Done
     }
-    fn port_write(&mut self, _: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+    fn port_write(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         self.log
             .lock()
             .unwrap()
-            .push(Event::Out(port, data.to_vec()));
+            .push(Event::Out(port.port(), data.to_vec()));
+        IoOutcome::Done
     }
 }
 
@@ -501,23 +531,32 @@ impl Device for Fifo {
 }
 
 impl PortIo for Fifo {
-    fn port_read(&mut self, _: &mut DeviceContext<'_>, _: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        _: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         let mut n = self.next.lock().unwrap();
         for b in data.iter_mut() {
             *b = *n;
             *n = n.wrapping_add(1);
         }
+        IoOutcome::Done
     }
-    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: u16, _: &[u8]) {}
+    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: PortAddress, _: &[u8]) -> IoOutcome {
+        IoOutcome::Done
+    }
     fn port_read_string(
         &mut self,
         ctx: &mut DeviceContext<'_>,
-        port: u16,
+        port: PortAddress,
         _size: usize,
         data: &mut [u8],
-    ) {
+    ) -> IoOutcome {
         self.string_reads.lock().unwrap().push(data.len());
         self.port_read(ctx, port, data);
+        IoOutcome::Done
     }
 }
 

@@ -9,7 +9,9 @@
 
 use spin::Mutex;
 use std::sync::Arc;
-use vmm_core::device::{ClaimError, Device, DeviceContext, DeviceId, PortIo};
+use vmm_core::device::{
+    ClaimError, Device, DeviceContext, DeviceId, IoOutcome, MmioAddress, PortAddress, PortIo,
+};
 use vmm_core::dma::{
     Access, CheckedStateMachine, DenyReason, DmaDirection, DmaError, DmaGuard, DmaRange,
     Multiplexed, StateModel,
@@ -143,8 +145,13 @@ impl Device for ToyDma {
 }
 
 impl PortIo for ToyDma {
-    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
-        let value: u32 = match port {
+    fn port_read(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        let value: u32 = match port.port() {
             REG_ADDR => self.addr,
             REG_LEN => self.len,
             REG_STATUS => self.status.into(),
@@ -153,19 +160,26 @@ impl PortIo for ToyDma {
         let bytes = value.to_le_bytes();
         let n = data.len().min(4);
         data[..n].copy_from_slice(&bytes[..n]);
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         let mut bytes = [0u8; 4];
         let n = data.len().min(4);
         bytes[..n].copy_from_slice(&data[..n]);
         let value = u32::from_le_bytes(bytes);
-        match port {
+        match port.port() {
             REG_ADDR => self.addr = value,
             REG_LEN => self.len = value,
             REG_CMD => self.command(ctx, bytes[0]),
             _ => {}
         }
+        IoOutcome::Done
     }
 }
 
@@ -466,16 +480,32 @@ impl Device for Dummy {
     }
 }
 impl PortIo for Dummy {
-    fn port_read(&mut self, _: &mut DeviceContext<'_>, _: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        _: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         data.fill(0x11);
+        IoOutcome::Done
     }
-    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: u16, _: &[u8]) {}
+    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: PortAddress, _: &[u8]) -> IoOutcome {
+        IoOutcome::Done
+    }
 }
 impl vmm_core::device::Mmio for Dummy {
-    fn mmio_read(&mut self, _: &mut DeviceContext<'_>, _: u64, data: &mut [u8]) {
+    fn mmio_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        _: MmioAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         data.fill(0x22);
+        IoOutcome::Done
     }
-    fn mmio_write(&mut self, _: &mut DeviceContext<'_>, _: u64, _: &[u8]) {}
+    fn mmio_write(&mut self, _: &mut DeviceContext<'_>, _: MmioAddress, _: &[u8]) -> IoOutcome {
+        IoOutcome::Done
+    }
 }
 
 #[test]
@@ -518,11 +548,13 @@ fn overlapping_claims_are_refused_naming_both_devices() {
     ));
     // The refused claims changed nothing: uart0 still answers.
     let mut b = [0u8];
-    assert_eq!(vm.port_read(0x3fc, &mut b), Some(DeviceId(0)));
+    assert_eq!(vm.devices().port_owner(0x3fc), Some(DeviceId(0)));
+    vm.port_read(0x3fc, &mut b);
     assert_eq!(b[0], 0x11);
     // A claim next door is fine.
     vm.claim_ports(other, 0x400, 8).unwrap();
-    assert_eq!(vm.port_read(0x400, &mut b), Some(other));
+    assert_eq!(vm.devices().port_owner(0x400), Some(other));
+    vm.port_read(0x400, &mut b);
 }
 
 #[test]
@@ -535,10 +567,12 @@ fn unhooked_ports_read_all_ones_drop_writes_and_are_counted() {
         .unwrap();
     for (size, port) in [(1usize, 0x80u16), (2, 0x80), (4, 0xcfc)] {
         let mut data = vec![0u8; size];
-        assert_eq!(vm.port_read(port, &mut data), None);
+        assert_eq!(vm.devices().port_owner(port), None);
+        vm.port_read(port, &mut data);
         assert!(data.iter().all(|b| *b == 0xff), "size {size}: {data:?}");
     }
-    assert_eq!(vm.port_write(0x80, &[0x12]), None);
+    assert_eq!(vm.devices().port_owner(0x80), None);
+    vm.port_write(0x80, &[0x12]);
     let c = vm.devices().unhooked_port_count(0x80);
     assert_eq!((c.reads, c.writes), (2, 1));
     assert_eq!(vm.devices().unhooked_port_count(0xcfc).reads, 1);
@@ -565,7 +599,8 @@ fn unhooked_ports_read_all_ones_drop_writes_and_are_counted() {
     assert!(report.lines().count() < 50, "{report}");
     // Unclaimed MMIO inside a hole reads all-ones, and is counted too.
     let mut w = [0u8; 4];
-    assert_eq!(vm.mmio_read(0xfed0_0000, &mut w), None);
+    assert_eq!(vm.devices().mmio_owner(0xfed0_0000), None);
+    vm.mmio_read(0xfed0_0000, &mut w);
     assert_eq!(w, [0xff; 4]);
     assert_eq!(vm.devices().unhooked_mmio_count(0xfed0_0000).reads, 1);
 }
@@ -581,12 +616,19 @@ impl Device for Slow {
     }
 }
 impl PortIo for Slow {
-    fn port_read(&mut self, _: &mut DeviceContext<'_>, _: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        _: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         self.0.advance_ns(1_000);
         data.fill(0);
+        IoOutcome::Done
     }
-    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: u16, _: &[u8]) {
+    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: PortAddress, _: &[u8]) -> IoOutcome {
         self.0.advance_ns(1_000);
+        IoOutcome::Done
     }
 }
 
@@ -606,7 +648,8 @@ fn claims_count_and_time_their_accesses_across_a_release_and_reclaim() {
     vm.devices_mut()
         .release_ports(DeviceId(0), 0x170, 8)
         .unwrap();
-    assert_eq!(vm.port_read(0x177, &mut b), None);
+    assert_eq!(vm.devices().port_owner(0x177), None);
+    vm.port_read(0x177, &mut b);
     assert!(vm.devices().report().to_string().contains(
         "0x0170-0x0177 slow             reads          1 writes          1 in      0.0 ms (released)"
     ));

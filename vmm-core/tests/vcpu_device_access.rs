@@ -4,7 +4,9 @@
 //! without touching registers or RIP; a malformed access stops the VM.
 
 use std::sync::Arc;
-use vmm_core::device::{Device, DeviceContext, DeviceId, Mmio, PortIo};
+use vmm_core::device::{
+    Device, DeviceContext, DeviceId, IoOutcome, Mmio, MmioAddress, PortAddress, PortIo,
+};
 use vmm_core::emulator::{CpuState, RegisterFile};
 use vmm_core::stats::ExitKind;
 use vmm_core::test_host::{ReplayVcpu, TestHost, TestVmBuilder};
@@ -32,23 +34,42 @@ impl Device for Probe {
 }
 
 impl PortIo for Probe {
-    fn port_read(&mut self, _: &mut DeviceContext<'_>, _: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        _: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         for b in data {
             self.next = self.next.wrapping_add(1);
             *b = self.next;
         }
+        IoOutcome::Done
     }
-    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: u16, data: &[u8]) {
+    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: PortAddress, data: &[u8]) -> IoOutcome {
         self.port_writes.push(data.to_vec());
+        IoOutcome::Done
     }
 }
 
 impl Mmio for Probe {
-    fn mmio_read(&mut self, _: &mut DeviceContext<'_>, gpa: u64, data: &mut [u8]) {
-        data.fill(gpa as u8);
+    fn mmio_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        gpa: MmioAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        data.fill(gpa.gpa() as u8);
+        IoOutcome::Done
     }
-    fn mmio_write(&mut self, _: &mut DeviceContext<'_>, gpa: u64, data: &[u8]) {
-        self.mmio_writes.push((gpa, data.to_vec()));
+    fn mmio_write(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        gpa: MmioAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        self.mmio_writes.push((gpa.gpa(), data.to_vec()));
+        IoOutcome::Done
     }
 }
 

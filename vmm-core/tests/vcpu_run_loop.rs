@@ -3,7 +3,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use vmm_core::device::{Device, DeviceContext, Mmio, PortIo, VmRequest};
+use vmm_core::device::{
+    Device, DeviceContext, IoOutcome, Mmio, MmioAddress, PortAddress, PortIo, VmRequest,
+};
 use vmm_core::emulator::{
     AccessHint, CpuState, Exception, Hints, InstructionBytes, RegisterFile, Segment,
     SegmentRegister, RFLAGS_FIXED, RFLAGS_IF,
@@ -123,25 +125,49 @@ impl Device for Probe {
 }
 
 impl PortIo for Probe {
-    fn port_read(&mut self, _: &mut DeviceContext<'_>, _: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        _: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         for (i, b) in data.iter_mut().enumerate() {
             *b = 0xa0 + i as u8;
         }
+        IoOutcome::Done
     }
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         self.last_out = data.to_vec();
-        if port == 0x92 {
+        if port.port() == 0x92 {
             ctx.request(VmRequest::Reset);
         }
+        IoOutcome::Done
     }
 }
 
 impl Mmio for Probe {
-    fn mmio_read(&mut self, _: &mut DeviceContext<'_>, _: u64, data: &mut [u8]) {
+    fn mmio_read(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        _: MmioAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         data.fill(0);
+        IoOutcome::Done
     }
-    fn mmio_write(&mut self, _: &mut DeviceContext<'_>, gpa: u64, data: &[u8]) {
-        self.mmio_writes.push((gpa, data.to_vec()));
+    fn mmio_write(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        gpa: MmioAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        self.mmio_writes.push((gpa.gpa(), data.to_vec()));
+        IoOutcome::Done
     }
 }
 

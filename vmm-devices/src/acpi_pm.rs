@@ -24,7 +24,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, PortIo, Timer, VmRequest};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo, Timer, VmRequest};
 use vmm_core::irq::IrqLine;
 
 /// Ports in the block.
@@ -53,9 +53,10 @@ const STS_MASK: u16 = 0x8d31;
 const EN_MASK: u16 = 0x0521;
 
 /// The PM I/O block. Claim [`PM_BLOCK_LEN`] ports at its base, and
-/// optionally one at [`SMI_CMD_PORT`].
+/// optionally one at [`SMI_CMD_PORT`]. The block addresses its registers
+/// by their offset in the claimed range, so it never learns its base (the
+/// PIIX4 PM function moves it wherever PMBA says).
 pub struct AcpiPm {
-    base: u16,
     sci: Arc<dyn IrqLine>,
     sci_level: bool,
     pm1_sts: u16,
@@ -76,7 +77,6 @@ pub struct AcpiPm {
 impl core::fmt::Debug for AcpiPm {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("AcpiPm")
-            .field("base", &self.base)
             .field("pm1_cnt", &self.pm1_cnt)
             .finish()
     }
@@ -92,12 +92,11 @@ fn timer_ticks(now: u64) -> u64 {
 }
 
 impl AcpiPm {
-    /// A block at `base` raising `sci`. The OS must enable ACPI mode through
-    /// the SMI command port unless the FADT says it is always on; call
+    /// A block raising `sci`. The OS must enable ACPI mode through the SMI
+    /// command port unless the FADT says it is always on; call
     /// [`AcpiPm::with_sci_enabled`] for the latter.
-    pub fn new(base: u16, sci: Arc<dyn IrqLine>) -> Self {
+    pub fn new(sci: Arc<dyn IrqLine>) -> Self {
         Self {
-            base,
             sci,
             sci_level: false,
             pm1_sts: 0,
@@ -266,22 +265,34 @@ impl AcpiPm {
 }
 
 impl PortIo for AcpiPm {
-    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
-        if port == SMI_CMD_PORT {
+    fn port_read(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        if port.port() == SMI_CMD_PORT {
             data.fill(0);
-            return;
+            return IoOutcome::Done;
         }
-        self.read_registers(ctx, port.wrapping_sub(self.base), data);
+        self.read_registers(ctx, port.offset(), data);
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
-        if port == SMI_CMD_PORT {
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        if port.port() == SMI_CMD_PORT {
             if let Some(&v) = data.first() {
                 self.smi_command(v);
             }
-            return;
+            return IoOutcome::Done;
         }
-        self.write_registers(ctx, port.wrapping_sub(self.base), data);
+        self.write_registers(ctx, port.offset(), data);
+        IoOutcome::Done
     }
 }
 

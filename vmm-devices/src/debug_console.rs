@@ -3,7 +3,7 @@
 //! reading the port returns 0xe9, which is how software detects it.
 
 use crate::uart::CharBackend;
-use vmm_core::device::{Device, DeviceContext, PortIo};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo};
 
 /// The Bochs port.
 pub const BOCHS_DEBUG_PORT: u16 = 0xe9;
@@ -29,18 +29,30 @@ impl<B: CharBackend> DebugConsole<B> {
 }
 
 impl<B: CharBackend + 'static> PortIo for DebugConsole<B> {
-    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, _port: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        _port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         data.fill(0);
         if let Some(b) = data.first_mut() {
             *b = 0xe9;
         }
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, _ctx: &mut DeviceContext<'_>, _port: u16, data: &[u8]) {
+    fn port_write(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        _port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         // Only the low byte is a character, whatever the access size.
         if let Some(&b) = data.first() {
             self.backend.write(b);
         }
+        IoOutcome::Done
     }
 }
 

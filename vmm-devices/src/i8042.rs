@@ -16,7 +16,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, PortIo, VmRequest};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo, VmRequest};
 use vmm_core::irq::IrqLine;
 
 /// Data port.
@@ -352,10 +352,17 @@ impl I8042 {
 }
 
 impl PortIo for I8042 {
-    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        // Registers at fixed architectural ports.
+        let port = port.port();
         data.fill(0xff);
         let Some(first) = data.first_mut() else {
-            return;
+            return IoOutcome::Done;
         };
         match port {
             DATA_PORT => {
@@ -370,11 +377,19 @@ impl PortIo for I8042 {
             COMMAND_PORT => *first = self.status(),
             _ => {}
         }
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        // Registers at fixed architectural ports.
+        let port = port.port();
         let Some(&v) = data.first() else {
-            return;
+            return IoOutcome::Done;
         };
         match port {
             DATA_PORT => self.write_data(ctx, v),
@@ -385,6 +400,7 @@ impl PortIo for I8042 {
             _ => {}
         }
         self.refill();
+        IoOutcome::Done
     }
 }
 

@@ -13,14 +13,22 @@
 //! (the guest's registers), the interrupt lines that drive its inputs, and
 //! the local APIC (which broadcasts EOIs to it).
 
-use crate::lapic::LapicCore;
+use crate::lapic::{EoiBroadcast, LapicCore};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use spin::Mutex;
 use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, Mmio};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio, MmioAddress};
 use vmm_core::irq::IrqLine;
+
+/// The local APIC's EOI broadcast reaches the IOAPIC through this (the
+/// dependency points from the IOAPIC to the LAPIC only).
+impl EoiBroadcast for IoApicCore {
+    fn end_of_interrupt(&self, vector: u8) {
+        IoApicCore::end_of_interrupt(self, vector);
+    }
+}
 
 /// The default MMIO base.
 pub const IOAPIC_BASE: u64 = 0xfec0_0000;
@@ -262,8 +270,13 @@ impl IoApic {
 }
 
 impl Mmio for IoApic {
-    fn mmio_read(&mut self, _ctx: &mut DeviceContext<'_>, gpa: u64, data: &mut [u8]) {
-        let off = gpa & 0xff;
+    fn mmio_read(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        addr: MmioAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        let off = addr.offset() & 0xff;
         let value = match off & !3 {
             0x00 => u32::from(self.core.state.lock().select),
             0x10 => self.core.read_window(),
@@ -273,10 +286,16 @@ impl Mmio for IoApic {
         for (i, d) in data.iter_mut().enumerate() {
             *d = bytes.get((off & 3) as usize + i).copied().unwrap_or(0xff);
         }
+        IoOutcome::Done
     }
 
-    fn mmio_write(&mut self, _ctx: &mut DeviceContext<'_>, gpa: u64, data: &[u8]) {
-        let off = gpa & 0xff;
+    fn mmio_write(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        addr: MmioAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        let off = addr.offset() & 0xff;
         let mut b = [0u8; 4];
         for (d, s) in b.iter_mut().zip(data) {
             *d = *s;
@@ -288,6 +307,7 @@ impl Mmio for IoApic {
             0x40 => self.core.end_of_interrupt(value as u8),
             _ => {}
         }
+        IoOutcome::Done
     }
 }
 

@@ -11,14 +11,18 @@
 //! (the guest's MMIO and the timer), the IOAPIC (which delivers into it),
 //! and the vCPU backend (through `interrupts::CpuInterrupts`, and directly
 //! for the APIC base and TSC-deadline MSRs and CR8).
+//!
+//! The dependency between the two APICs points one way: the IOAPIC
+//! (`crate::ioapic`) delivers into a [`LapicCore`]; this module knows
+//! nothing of the IOAPIC and broadcasts level-triggered EOIs to whatever
+//! [`EoiBroadcast`] it was given (the IOAPIC's core implements it).
 
-use crate::ioapic::IoApicCore;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use spin::Mutex;
 use vmm_core::device::save_restore::{self, check, RelTime, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, Mmio, Timer};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio, MmioAddress, Timer};
 
 /// The default xAPIC MMIO base.
 pub const LAPIC_BASE: u64 = 0xfee0_0000;
@@ -514,16 +518,24 @@ impl LapicCore {
     }
 }
 
+/// Where a local APIC broadcasts the EOI of a level-triggered interrupt:
+/// the I/O APICs, which clear remote IRR of the inputs using the vector
+/// (`ioapic::IoApicCore` implements it).
+pub trait EoiBroadcast: Send + Sync + core::fmt::Debug {
+    /// A local APIC finished level-triggered `vector`.
+    fn end_of_interrupt(&self, vector: u8);
+}
+
 /// The guest's view of a local APIC: claim [`LAPIC_BASE`], [`LAPIC_LEN`].
 #[derive(Debug)]
 pub struct LocalApic {
     core: Arc<LapicCore>,
-    ioapic: Option<Arc<IoApicCore>>,
+    ioapic: Option<Arc<dyn EoiBroadcast>>,
 }
 
 impl LocalApic {
     /// The device for `core`, broadcasting level-triggered EOIs to `ioapic`.
-    pub fn new(core: Arc<LapicCore>, ioapic: Option<Arc<IoApicCore>>) -> Self {
+    pub fn new(core: Arc<LapicCore>, ioapic: Option<Arc<dyn EoiBroadcast>>) -> Self {
         Self { core, ioapic }
     }
 
@@ -534,9 +546,14 @@ impl LocalApic {
 }
 
 impl Mmio for LocalApic {
-    fn mmio_read(&mut self, ctx: &mut DeviceContext<'_>, gpa: u64, data: &mut [u8]) {
+    fn mmio_read(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        addr: MmioAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         let now = ctx.now_ns();
-        let off = (gpa & 0xfff) as u32;
+        let off = (addr.offset() & 0xfff) as u32;
         let value = {
             let mut r = self.core.regs.lock();
             r.run_timer(now);
@@ -548,15 +565,21 @@ impl Mmio for LocalApic {
             let at = (off & 0xf) as usize + i;
             *d = bytes.get(at).copied().unwrap_or(0);
         }
+        IoOutcome::Done
     }
 
-    fn mmio_write(&mut self, ctx: &mut DeviceContext<'_>, gpa: u64, data: &[u8]) {
+    fn mmio_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        addr: MmioAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         let now = ctx.now_ns();
-        let off = (gpa & 0xfff) as u32;
+        let off = (addr.offset() & 0xfff) as u32;
         // Registers take aligned 32-bit writes; others are ignored, as the
         // SDM leaves them undefined.
         if off & 0xf != 0 || data.len() < 4 {
-            return;
+            return IoOutcome::Done;
         }
         let value = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
         self.core.regs.lock().run_timer(now);
@@ -565,6 +588,7 @@ impl Mmio for LocalApic {
                 io.end_of_interrupt(v);
             }
         }
+        IoOutcome::Done
     }
 }
 

@@ -17,7 +17,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use spin::Mutex;
 use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, PortIo};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo};
 use vmm_core::irq::IrqLine;
 
 /// Master command/data ports.
@@ -401,16 +401,32 @@ impl Pic {
 }
 
 impl PortIo for Pic {
-    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        // Registers at fixed architectural ports.
+        let port = port.port();
         for (i, d) in data.iter_mut().enumerate() {
             *d = self.read_port(port.wrapping_add(i as u16));
         }
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, _ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+    fn port_write(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        // Registers at fixed architectural ports.
+        let port = port.port();
         for (i, d) in data.iter().enumerate() {
             self.write_port(port.wrapping_add(i as u16), *d);
         }
+        IoOutcome::Done
     }
 }
 

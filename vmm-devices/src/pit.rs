@@ -14,7 +14,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::{self, check, RelTime, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, PortIo, Timer};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo, Timer};
 use vmm_core::irq::IrqLine;
 
 /// Counter and control ports.
@@ -490,16 +490,31 @@ impl Pit {
 }
 
 impl PortIo for Pit {
-    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        // Registers at fixed architectural ports.
+        let port = port.port();
         let now = ctx.now_ns();
         self.update_irq0(now);
         for (i, d) in data.iter_mut().enumerate() {
             *d = self.read_port(port.wrapping_add(i as u16), now);
         }
         self.update_irq0(now);
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        // Registers at fixed architectural ports.
+        let port = port.port();
         let now = ctx.now_ns();
         // Edges due before this write belong to the old programming.
         self.update_irq0(now);
@@ -507,6 +522,7 @@ impl PortIo for Pit {
             self.write_port(port.wrapping_add(i as u16), *d, now);
         }
         self.update_irq0(now);
+        IoOutcome::Done
     }
 }
 

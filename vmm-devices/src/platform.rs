@@ -204,7 +204,7 @@ impl PcChipset {
         let rtc = add(vm, rtc, &[RTC_PORTS], &[])?;
         let com1 = add(
             vm,
-            Uart::new("com1", COM1.0, config.com1, isa.line(COM1.1)),
+            Uart::new("com1", config.com1, isa.line(COM1.1)),
             &[(COM1.0, UART_PORTS)],
             &[],
         )?;
@@ -239,7 +239,7 @@ impl PcChipset {
         } else {
             Some(add(
                 vm,
-                AcpiPm::new(config.acpi_pm_base, isa.line(9)),
+                AcpiPm::new(isa.line(9)),
                 &[(config.acpi_pm_base, PM_BLOCK_LEN), (SMI_CMD_PORT, 1)],
                 &[],
             )?)

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, PortIo};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo};
 
 /// The port.
 pub const POST_PORT: u16 = 0x80;
@@ -56,14 +56,25 @@ impl fmt::Display for PostCode {
 }
 
 impl PortIo for PostCode {
-    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, _port: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        _port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         // A POST card latches the last byte; reads return it.
         data.fill(self.last().unwrap_or(0xff));
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, _ctx: &mut DeviceContext<'_>, _port: u16, data: &[u8]) {
+    fn port_write(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        _port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         let Some(&v) = data.first() else {
-            return;
+            return IoOutcome::Done;
         };
         if self.history.len() >= POST_HISTORY {
             self.history.pop_front();
@@ -71,6 +82,7 @@ impl PortIo for PostCode {
         self.history.push_back(v);
         self.writes = self.writes.saturating_add(1);
         log::trace!("POST code {v:#04x}");
+        IoOutcome::Done
     }
 }
 

@@ -18,7 +18,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::{self, check, RelTime, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, PortIo, Timer};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo, Timer};
 use vmm_core::irq::IrqLine;
 
 /// Index and data ports.
@@ -454,7 +454,14 @@ impl Rtc {
 }
 
 impl PortIo for Rtc {
-    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        // Registers at fixed architectural ports.
+        let port = port.port();
         let now = ctx.now_ns();
         self.advance(now);
         for (i, d) in data.iter_mut().enumerate() {
@@ -464,9 +471,17 @@ impl PortIo for Rtc {
                 _ => 0xff,
             };
         }
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        // Registers at fixed architectural ports.
+        let port = port.port();
         let now = ctx.now_ns();
         self.advance(now);
         for (i, d) in data.iter().enumerate() {
@@ -479,6 +494,7 @@ impl PortIo for Rtc {
                 _ => {}
             }
         }
+        IoOutcome::Done
     }
 }
 

@@ -5,7 +5,7 @@ use crate::a20::A20Gate;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, PortIo, VmRequest};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo, VmRequest};
 
 /// The port.
 pub const SYSTEM_CONTROL_PORT: u16 = 0x92;
@@ -26,22 +26,34 @@ impl SystemControlA {
 }
 
 impl PortIo for SystemControlA {
-    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, _port: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        _port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         data.fill(0xff);
         if let Some(b) = data.first_mut() {
             *b = self.other | u8::from(self.a20.enabled()) << 1;
         }
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, _port: u16, data: &[u8]) {
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        _port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         let Some(&v) = data.first() else {
-            return;
+            return IoOutcome::Done;
         };
         self.a20.set(v & 0x02 != 0);
         self.other = v & 0xfc;
         if v & 0x01 != 0 {
             ctx.request(VmRequest::Reset);
         }
+        IoOutcome::Done
     }
 }
 

@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use spin::Mutex;
 use vmm_core::device::save_restore::{self, check, RelTime, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, PortIo, Timer};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo, Timer};
 use vmm_core::irq::IrqLine;
 
 /// Ports a UART decodes from its base.
@@ -129,7 +129,6 @@ const INPUT_POLL_NS: u64 = 1_000_000;
 /// A 16550A UART.
 pub struct Uart<B: CharBackend> {
     name: &'static str,
-    base: u16,
     backend: B,
     irq: Arc<dyn IrqLine>,
     rx: VecDeque<u8>,
@@ -153,7 +152,7 @@ pub struct Uart<B: CharBackend> {
 impl<B: CharBackend> core::fmt::Debug for Uart<B> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Uart")
-            .field("base", &self.base)
+            .field("name", &self.name)
             .field("rx", &self.rx.len())
             .field("ier", &self.ier)
             .finish()
@@ -161,11 +160,12 @@ impl<B: CharBackend> core::fmt::Debug for Uart<B> {
 }
 
 impl<B: CharBackend + 'static> Uart<B> {
-    /// A UART at `base` (claim 8 ports there) raising `irq`.
-    pub fn new(name: &'static str, base: u16, backend: B, irq: Arc<dyn IrqLine>) -> Self {
+    /// A UART raising `irq`. Claim [`UART_PORTS`] ports for it wherever
+    /// it sits (COM1's `(COM1.0, UART_PORTS)`, say): it addresses its
+    /// registers by their offset in that range and never learns the base.
+    pub fn new(name: &'static str, backend: B, irq: Arc<dyn IrqLine>) -> Self {
         Self {
             name,
-            base,
             backend,
             irq,
             rx: VecDeque::with_capacity(FIFO_LEN),
@@ -401,25 +401,37 @@ impl<B: CharBackend + 'static> Uart<B> {
 }
 
 impl<B: CharBackend + 'static> PortIo for Uart<B> {
-    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         let now = ctx.now_ns();
         self.pull_input(now);
         self.check_timeout(now);
-        let reg = port.wrapping_sub(self.base) & 7;
+        let reg = port.offset() & 7;
         for (i, d) in data.iter_mut().enumerate() {
             *d = self.read_reg(now, (reg + i as u16) & 7);
         }
         self.update_irq();
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         let now = ctx.now_ns();
         self.pull_input(now);
-        let reg = port.wrapping_sub(self.base) & 7;
+        let reg = port.offset() & 7;
         for (i, d) in data.iter().enumerate() {
             self.write_reg(now, (reg + i as u16) & 7, *d);
         }
         self.update_irq();
+        IoOutcome::Done
     }
 }
 

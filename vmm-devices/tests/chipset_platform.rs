@@ -158,7 +158,8 @@ fn pm_block_as_piix4_function_answers_without_any_pci_access() {
     vm.poll_timers();
     host.advance_ns(1_000_000);
     let mut t = [0u8; 4];
-    assert!(vm.port_read(0x608, &mut t).is_some());
+    assert!(vm.devices().port_owner(0x608).is_some());
+    vm.port_read(0x608, &mut t);
     assert_eq!(u32::from_le_bytes(t), 3579);
     // The function is at 00:01.3.
     vm.port_write(0xcf8, &0x8000_0b00u32.to_le_bytes());

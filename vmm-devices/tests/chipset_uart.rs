@@ -29,7 +29,7 @@ fn rig() -> Rig {
     let irq = TestIrqLine::new();
     let vm = TestVmBuilder::new(host.clone(), 1)
         .device(
-            Uart::new("com1", BASE, io.clone(), irq.clone()),
+            Uart::new("com1", io.clone(), irq.clone()),
             &[(BASE, UART_PORTS)],
             &[],
         )

@@ -64,17 +64,12 @@ pub fn build(host: Arc<dyn Host>, id: u32, ram: u64, image: &[u8]) -> Result<Vm,
         )
         .map_err(|e| format!("{e}"))?;
     let mut vm = Vm::new(VmId(id), host, memory);
-    let uart = Uart::new(
-        "com1",
-        COM1.0,
-        GuestConsole::new(id),
-        Arc::new(UnconnectedLine),
-    );
+    let uart = Uart::new("com1", GuestConsole::new(id), Arc::new(UnconnectedLine));
     let uart = vm.add_device(Box::new(uart)).map_err(|e| format!("{e}"))?;
     vm.claim_ports(uart, COM1.0, 8)
         .map_err(|e| format!("{e}"))?;
     let pm = vm
-        .add_device(Box::new(AcpiPm::new(PM_BASE, Arc::new(UnconnectedLine))))
+        .add_device(Box::new(AcpiPm::new(Arc::new(UnconnectedLine))))
         .map_err(|e| format!("{e}"))?;
     vm.claim_ports(pm, PM_BASE, PM_BLOCK_LEN)
         .map_err(|e| format!("{e}"))?;

@@ -26,7 +26,7 @@ use dma::{
 };
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::{self, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, PortIo};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo};
 use vmm_core::dma::{CheckedStateMachine, DmaDirection, DmaRange};
 
 /// The selector port.
@@ -279,8 +279,13 @@ impl Device for FwCfg {
 }
 
 impl PortIo for FwCfg {
-    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
-        match port {
+    fn port_read(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        match port.port() {
             PORT_DATA => {
                 for b in data.iter_mut() {
                     *b = self.read_data_byte();
@@ -294,10 +299,16 @@ impl PortIo for FwCfg {
             }
             _ => data.fill(0),
         }
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
-        match (port, data.len()) {
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        match (port.port(), data.len()) {
             (PORT_SELECTOR, 1) => self.select(u16::from(data[0])),
             (PORT_SELECTOR, _) if data.len() >= 2 => {
                 self.select(u16::from_le_bytes([data[0], data[1]]))
@@ -316,5 +327,6 @@ impl PortIo for FwCfg {
             // Data-port writes and odd-sized DMA accesses are ignored.
             _ => {}
         }
+        IoOutcome::Done
     }
 }

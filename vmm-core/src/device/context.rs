@@ -1,10 +1,10 @@
 //! What a device sees of the VM while it handles an access.
 
 use super::DeviceId;
+use crate::base::{StopReason, VmId};
 use crate::dma::DmaGuard;
 use crate::host::Host;
 use crate::memory::Backing;
-use crate::vm::{StopReason, VmId};
 use alloc::vec::Vec;
 
 /// A change a device asks of the VM. Requests are applied by the VM right
@@ -29,11 +29,6 @@ pub enum VmRequest {
         /// Where writes go.
         write: Backing,
     },
-    /// The access cannot complete now (a shared device held by another VM):
-    /// the vCPU does not move past the instruction and gives the CPU away;
-    /// the guest executes the same access again later. Only meaningful from
-    /// a port access.
-    Retry,
     /// Route `count` ports from `first` to the requesting device (a PCI BAR
     /// was programmed).
     ClaimPorts {

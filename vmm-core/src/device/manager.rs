@@ -7,11 +7,14 @@
 //! return all-ones, writes are dropped, and both are counted per port (or
 //! per MMIO address) so a user can see what the guest probed.
 
-use super::{Device, DeviceContext, DeviceId, Mmio, PortIo, SavedDevice, StateError, VmRequest};
+use super::{
+    Device, DeviceContext, DeviceId, IoOutcome, Mmio, MmioAddress, PortAddress, PortIo,
+    SavedDevice, StateError, VmRequest,
+};
+use crate::base::VmId;
 use crate::dma::DmaGuard;
 use crate::host::Host;
 use crate::memory::GuestMemory;
-use crate::vm::VmId;
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};
 use alloc::vec;
@@ -153,6 +156,22 @@ struct MmioClaim {
     last: u64,
     device: DeviceId,
     count: PortCount,
+}
+
+/// Where a dispatched access went and what the device answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Dispatched {
+    /// The device that answered; `None` when the access was unhooked.
+    pub device: Option<DeviceId>,
+    /// The device's answer ([`IoOutcome::Done`] when unhooked).
+    pub outcome: IoOutcome,
+}
+
+impl Dispatched {
+    const UNHOOKED: Dispatched = Dispatched {
+        device: None,
+        outcome: IoOutcome::Done,
+    };
 }
 
 /// What a dispatch needs from the VM besides the manager itself.
@@ -486,8 +505,8 @@ impl DeviceManager {
         port: u16,
         write: bool,
         elements: u64,
-        access: impl FnOnce(&mut dyn PortIo, &mut DeviceContext<'_>),
-    ) -> Option<DeviceId> {
+        access: impl FnOnce(&mut dyn PortIo, &mut DeviceContext<'_>, PortAddress) -> IoOutcome,
+    ) -> Dispatched {
         let entry = self.port_table[port as usize];
         if let Some(claim) = entry
             .checked_sub(1)
@@ -495,19 +514,26 @@ impl DeviceManager {
         {
             let id = claim.device;
             if let Some(pio) = self.devices[id.0 as usize].port_io() {
-                let ns = timed(env.host, || access(pio, &mut context(env, id)));
+                let at = PortAddress::new(claim.first, port.wrapping_sub(claim.first));
+                let mut outcome = IoOutcome::Done;
+                let ns = timed(env.host, || {
+                    outcome = access(pio, &mut context(env, id), at)
+                });
                 claim.count.add(write, elements, ns);
-                return Some(id);
+                return Dispatched {
+                    device: Some(id),
+                    outcome,
+                };
             }
         }
         self.unhooked_ports
             .entry(port)
             .or_default()
             .add(write, elements, 0);
-        None
+        Dispatched::UNHOOKED
     }
 
-    /// Dispatch a port read. Returns the device that answered, or `None`
+    /// Dispatch a port read. Names the device that answered, or `None`
     /// when the port is unhooked (then `data` is all-ones).
     #[inline]
     pub(crate) fn port_read(
@@ -515,17 +541,17 @@ impl DeviceManager {
         env: DispatchEnv<'_>,
         port: u16,
         data: &mut [u8],
-    ) -> Option<DeviceId> {
-        let id = self.port_access(env, port, false, 1, |pio, ctx| {
-            pio.port_read(ctx, port, data)
+    ) -> Dispatched {
+        let d = self.port_access(env, port, false, 1, |pio, ctx, at| {
+            pio.port_read(ctx, at, data)
         });
-        if id.is_none() {
+        if d.device.is_none() {
             data.fill(0xff);
         }
-        id
+        d
     }
 
-    /// Dispatch a port write. Returns the device that took it, or `None`
+    /// Dispatch a port write. Names the device that took it, or `None`
     /// when the port is unhooked (then the write is dropped).
     #[inline]
     pub(crate) fn port_write(
@@ -533,9 +559,9 @@ impl DeviceManager {
         env: DispatchEnv<'_>,
         port: u16,
         data: &[u8],
-    ) -> Option<DeviceId> {
-        self.port_access(env, port, true, 1, |pio, ctx| {
-            pio.port_write(ctx, port, data)
+    ) -> Dispatched {
+        self.port_access(env, port, true, 1, |pio, ctx, at| {
+            pio.port_write(ctx, at, data)
         })
     }
 
@@ -547,15 +573,15 @@ impl DeviceManager {
         port: u16,
         size: usize,
         data: &mut [u8],
-    ) -> Option<DeviceId> {
+    ) -> Dispatched {
         let elements = (data.len() / size.max(1)) as u64;
-        let id = self.port_access(env, port, false, elements, |pio, ctx| {
-            pio.port_read_string(ctx, port, size, data)
+        let d = self.port_access(env, port, false, elements, |pio, ctx, at| {
+            pio.port_read_string(ctx, at, size, data)
         });
-        if id.is_none() {
+        if d.device.is_none() {
             data.fill(0xff);
         }
-        id
+        d
     }
 
     /// Dispatch a string write (REP OUTS) of `data.len() / size` elements;
@@ -566,10 +592,10 @@ impl DeviceManager {
         port: u16,
         size: usize,
         data: &[u8],
-    ) -> Option<DeviceId> {
+    ) -> Dispatched {
         let elements = (data.len() / size.max(1)) as u64;
-        self.port_access(env, port, true, elements, |pio, ctx| {
-            pio.port_write_string(ctx, port, size, data)
+        self.port_access(env, port, true, elements, |pio, ctx, at| {
+            pio.port_write_string(ctx, at, size, data)
         })
     }
 
@@ -581,19 +607,26 @@ impl DeviceManager {
         env: DispatchEnv<'_>,
         gpa: u64,
         write: bool,
-        access: impl FnOnce(&mut dyn Mmio, &mut DeviceContext<'_>),
-    ) -> Option<DeviceId> {
+        access: impl FnOnce(&mut dyn Mmio, &mut DeviceContext<'_>, MmioAddress) -> IoOutcome,
+    ) -> Dispatched {
         if let Some(i) = self.find_mmio(gpa) {
             let claim = &mut self.mmio_claims[i];
             let id = claim.device;
             if let Some(mmio) = self.devices[id.0 as usize].mmio() {
-                let ns = timed(env.host, || access(mmio, &mut context(env, id)));
+                let at = MmioAddress::new(claim.start, gpa.wrapping_sub(claim.start));
+                let mut outcome = IoOutcome::Done;
+                let ns = timed(env.host, || {
+                    outcome = access(mmio, &mut context(env, id), at)
+                });
                 claim.count.add(write, 1, ns);
-                return Some(id);
+                return Dispatched {
+                    device: Some(id),
+                    outcome,
+                };
             }
         }
         self.unhooked_mmio.entry(gpa).or_default().add(write, 1, 0);
-        None
+        Dispatched::UNHOOKED
     }
 
     /// Dispatch an MMIO read; unclaimed addresses read all-ones.
@@ -602,22 +635,21 @@ impl DeviceManager {
         env: DispatchEnv<'_>,
         gpa: u64,
         data: &mut [u8],
-    ) -> Option<DeviceId> {
-        let id = self.mmio_access(env, gpa, false, |mmio, ctx| mmio.mmio_read(ctx, gpa, data));
-        if id.is_none() {
+    ) -> Dispatched {
+        let d = self.mmio_access(env, gpa, false, |mmio, ctx, at| {
+            mmio.mmio_read(ctx, at, data)
+        });
+        if d.device.is_none() {
             data.fill(0xff);
         }
-        id
+        d
     }
 
     /// Dispatch an MMIO write; unclaimed addresses drop it.
-    pub(crate) fn mmio_write(
-        &mut self,
-        env: DispatchEnv<'_>,
-        gpa: u64,
-        data: &[u8],
-    ) -> Option<DeviceId> {
-        self.mmio_access(env, gpa, true, |mmio, ctx| mmio.mmio_write(ctx, gpa, data))
+    pub(crate) fn mmio_write(&mut self, env: DispatchEnv<'_>, gpa: u64, data: &[u8]) -> Dispatched {
+        self.mmio_access(env, gpa, true, |mmio, ctx, at| {
+            mmio.mmio_write(ctx, at, data)
+        })
     }
 
     /// Poll the timer side of device `id` alone (if it has one), so that the

@@ -1,8 +1,8 @@
 //! The DMA guard: devices' only door to guest memory.
 
+use crate::base::VmId;
 use crate::host::HostPhysAddr;
 use crate::memory::{GuestMemory, MemoryError};
-use crate::vm::VmId;
 use alloc::vec::Vec;
 use core::fmt;
 

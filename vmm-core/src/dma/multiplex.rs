@@ -1,7 +1,7 @@
 //! Device multiplexing: one device, several VMs, one holder at a time.
 
 use super::state_machine::{CheckedStateMachine, StateModel};
-use crate::vm::VmId;
+use crate::base::VmId;
 use alloc::collections::VecDeque;
 use core::fmt;
 

@@ -22,7 +22,7 @@
 //! - several guests share one device through a
 //!   [`crate::dma::DeviceMultiplexer`]: the holder keeps it until its monitor
 //!   says it is reusable; a guest touching a device it does not hold is
-//!   blocked ([`crate::device::VmRequest::Retry`]) until it can take it.
+//!   answered [`crate::device::IoOutcome::Retry`] until it can take it.
 //!
 //! Port I/O only: memory-mapped device registers are out of scope, as in the
 //! original model.
@@ -33,12 +33,11 @@
 
 #![forbid(unsafe_code)]
 
-mod direct_ports;
 mod monitor;
 mod passthrough;
 mod recording_ports;
 
-pub use direct_ports::DirectPorts;
+pub use crate::base::DirectPorts;
 pub use monitor::{HwPorts, Monitor, MonitorIo, PhysicalPorts, PortWindow};
 pub use passthrough::{Dmm, DmmError, PassthroughDevice, PassthroughStats, SharedDmm};
 pub use recording_ports::{PortEvent, RecordingPorts};

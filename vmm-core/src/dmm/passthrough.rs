@@ -2,12 +2,12 @@
 //! monitors, the unhooked port lists, interrupt delivery, and the device
 //! each guest's device manager dispatches its exits to.
 
-use super::direct_ports::{runs, DirectPorts};
 use super::monitor::{HwPorts, Monitor, MonitorIo, PhysicalPorts, PortWindow};
-use crate::device::{Device, DeviceContext, PortIo, VmRequest};
+use crate::base::direct_ports::{runs, DirectPorts};
+use crate::base::VmId;
+use crate::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo};
 use crate::dma::{Access, DeviceMultiplexer, DmaGuard};
 use crate::irq::IrqLine;
-use crate::vm::VmId;
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -480,25 +480,39 @@ impl<M: Monitor> Device for PassthroughDevice<M> {
 }
 
 impl<M: Monitor> PortIo for PassthroughDevice<M> {
-    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
+    /// [`IoOutcome::Retry`] while another VM holds the device.
+    fn port_read(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
         let vm = ctx.vm();
         let blocked = self
             .dmm
             .lock()
-            .access(vm, &ctx.dma, port, PortAccess::Read(data));
-        if blocked.is_err() {
-            ctx.request(VmRequest::Retry);
+            .access(vm, &ctx.dma, port.port(), PortAccess::Read(data));
+        match blocked {
+            Ok(_) => IoOutcome::Done,
+            Err(_) => IoOutcome::Retry,
         }
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+    /// [`IoOutcome::Retry`] while another VM holds the device.
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
         let vm = ctx.vm();
         let blocked = self
             .dmm
             .lock()
-            .access(vm, &ctx.dma, port, PortAccess::Write(data));
-        if blocked.is_err() {
-            ctx.request(VmRequest::Retry);
+            .access(vm, &ctx.dma, port.port(), PortAccess::Write(data));
+        match blocked {
+            Ok(_) => IoOutcome::Done,
+            Err(_) => IoOutcome::Retry,
         }
     }
 }

@@ -5,6 +5,7 @@ use super::{
     guest_cpuid_for, AccessTarget, ControlAccess, DeviceAccess, Event, Exit, InterruptSource,
     MsrFile, VcpuBackend,
 };
+use crate::device::IoOutcome;
 use crate::emulator::{EmulateError, Emulator, Exception, Hints, PortString, RFLAGS_AC, RFLAGS_IF};
 use crate::shadow_paging::{FaultOutcome, GuestFault, RecordingBus};
 use crate::vm::{StopReason, Vm};
@@ -247,20 +248,18 @@ pub fn run<B: VcpuBackend>(
             } => {
                 let n = usize::from(size.clamp(1, 4));
                 let mut buf = [0u8; 4];
-                let retry = if write {
+                let outcome = if write {
                     buf = (vcpu.gpr(RAX) as u32).to_le_bytes();
-                    vm.port_write(port, &buf[..n]);
-                    vm.take_retry_request()
+                    vm.port_write(port, &buf[..n])
                 } else {
-                    vm.port_read(port, &mut buf[..n]);
-                    let retry = vm.take_retry_request();
-                    if !retry {
+                    let outcome = vm.port_read(port, &mut buf[..n]);
+                    if outcome == IoOutcome::Done {
                         let v = u32::from_le_bytes(buf);
                         vcpu.set_gpr(RAX, merge_in(vcpu.gpr(RAX), v, size));
                     }
-                    retry
+                    outcome
                 };
-                if retry {
+                if outcome == IoOutcome::Retry {
                     // A shared device is held by another VM: leave RIP on
                     // the IN/OUT and let other VMs run; it executes again.
                     return RunOutcome::SliceEnded;

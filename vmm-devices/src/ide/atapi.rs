@@ -3,35 +3,19 @@
 //! reports their failures.
 //!
 //! [`execute`] turns a 12-byte command packet into a [`Reply`] or a
-//! [`Sense`]; the channel moves the reply by PIO or bus-master DMA.
+//! [`Sense`]; the channel (`super::channel`, which calls in here) moves the
+//! reply by PIO or bus-master DMA. This module depends on the drive and
+//! the sense data only, never on the channel.
 
 use super::drive::Drive;
 use alloc::vec;
 use alloc::vec::Vec;
 
-/// Sense key: no error.
-pub const SENSE_NO_SENSE: u8 = 0x00;
-/// Sense key: the drive is not ready (no medium).
-pub const SENSE_NOT_READY: u8 = 0x02;
-/// Sense key: a field of the command was invalid.
-pub const SENSE_ILLEGAL_REQUEST: u8 = 0x05;
-/// Sense key: the medium may have changed, or the drive was reset.
-pub const SENSE_UNIT_ATTENTION: u8 = 0x06;
-/// Sense key: the drive aborted the command (a DMA failure).
-pub const SENSE_ABORTED_COMMAND: u8 = 0x0b;
-
-/// ASC: invalid command operation code.
-pub const ASC_INVALID_OPCODE: u8 = 0x20;
-/// ASC: logical block address out of range.
-pub const ASC_LBA_OUT_OF_RANGE: u8 = 0x21;
-/// ASC: invalid field in command packet.
-pub const ASC_INVALID_FIELD: u8 = 0x24;
-/// ASC: saving parameters not supported.
-pub const ASC_SAVING_NOT_SUPPORTED: u8 = 0x39;
-/// ASC: medium not present.
-pub const ASC_MEDIUM_NOT_PRESENT: u8 = 0x3a;
-/// ASC: medium removal prevented (with ASCQ 02h).
-pub const ASC_REMOVAL_PREVENTED: u8 = 0x53;
+pub use super::sense::{
+    Sense, ASC_INVALID_FIELD, ASC_INVALID_OPCODE, ASC_LBA_OUT_OF_RANGE, ASC_MEDIUM_NOT_PRESENT,
+    ASC_REMOVAL_PREVENTED, ASC_SAVING_NOT_SUPPORTED, SENSE_ABORTED_COMMAND, SENSE_ILLEGAL_REQUEST,
+    SENSE_NOT_READY, SENSE_NO_SENSE, SENSE_UNIT_ATTENTION,
+};
 
 /// MMC opcodes this drive implements.
 pub mod op {
@@ -67,54 +51,6 @@ pub mod op {
     pub const READ_12: u8 = 0xa8;
     /// SET CD SPEED.
     pub const SET_CD_SPEED: u8 = 0xbb;
-}
-
-/// Sense data: what REQUEST SENSE reports about the last command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sense {
-    /// Sense key (bits 3:0).
-    pub key: u8,
-    /// Additional sense code.
-    pub asc: u8,
-    /// Additional sense code qualifier.
-    pub ascq: u8,
-}
-
-impl Sense {
-    /// No error.
-    pub const NONE: Sense = Sense::new(SENSE_NO_SENSE, 0, 0);
-    /// No medium in the drive.
-    pub const NO_MEDIUM: Sense = Sense::new(SENSE_NOT_READY, ASC_MEDIUM_NOT_PRESENT, 0);
-    /// A field of the packet is invalid.
-    pub const INVALID_FIELD: Sense = Sense::new(SENSE_ILLEGAL_REQUEST, ASC_INVALID_FIELD, 0);
-    /// The opcode is not implemented.
-    pub const INVALID_OPCODE: Sense = Sense::new(SENSE_ILLEGAL_REQUEST, ASC_INVALID_OPCODE, 0);
-    /// The LBA range is past the end of the medium.
-    pub const LBA_OUT_OF_RANGE: Sense = Sense::new(SENSE_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE, 0);
-    /// Saved mode pages were asked for.
-    pub const SAVING_NOT_SUPPORTED: Sense =
-        Sense::new(SENSE_ILLEGAL_REQUEST, ASC_SAVING_NOT_SUPPORTED, 0);
-    /// Eject while medium removal is prevented.
-    pub const REMOVAL_PREVENTED: Sense =
-        Sense::new(SENSE_ILLEGAL_REQUEST, ASC_REMOVAL_PREVENTED, 0x02);
-    /// The data transfer could not be done (a rejected PRD table).
-    pub const ABORTED: Sense = Sense::new(SENSE_ABORTED_COMMAND, 0, 0);
-
-    /// Sense with this key, ASC and ASCQ.
-    pub const fn new(key: u8, asc: u8, ascq: u8) -> Self {
-        Self { key, asc, ascq }
-    }
-
-    /// Fixed-format sense data (18 bytes).
-    fn fixed_format(&self) -> [u8; 18] {
-        let mut s = [0u8; 18];
-        s[0] = 0x70;
-        s[2] = self.key & 0x0f;
-        s[7] = 10;
-        s[12] = self.asc;
-        s[13] = self.ascq;
-        s
-    }
 }
 
 /// What a packet command does once it succeeded.
@@ -422,115 +358,4 @@ fn get_event_status(drive: &mut Drive, cdb: &[u8; 12]) -> Result<Reply, Sense> {
     let status = u8::from(drive.tray_open) | u8::from(drive.has_medium()) << 1;
     let d = vec![0, 6, 0x04, media_class, event, status, 0, 0];
     Ok(cut(d, alloc))
-}
-
-// ---- the ATA side of an ATAPI drive -----------------------------------------
-
-use super::channel::{Channel, Phase};
-use super::identify;
-use super::stream::Source;
-use super::taskfile::{ERROR_ABRT, REASON_COD, REASON_IO, STATUS_DRDY, STATUS_DSC, STATUS_ERR};
-use crate::block::CD_SECTOR_SIZE;
-use vmm_core::device::DeviceContext;
-
-impl Channel {
-    /// Run an ATA command on the active (ATAPI) drive.
-    pub(crate) fn atapi_command(&mut self, ctx: &mut DeviceContext<'_>, op: u8) {
-        let _ = ctx;
-        match op {
-            // PACKET: features bit 0 asks for DMA.
-            0xa0 => {
-                let dma = self.atf().features.cur & 0x01 != 0;
-                self.start_packet(dma);
-            }
-            // IDENTIFY PACKET DEVICE.
-            0xa1 => {
-                let Some(d) = self.drive() else { return };
-                let data = identify::atapi(d);
-                self.start_pio_in(Source::bytes(data), 512, false);
-            }
-            // IDENTIFY DEVICE: abort and show the packet signature, which
-            // is how drivers tell an ATAPI drive from a disk.
-            0xec => {
-                self.atf().set_signature(true);
-                self.abort();
-            }
-            // DEVICE RESET: signature, no interrupt.
-            0x08 => {
-                self.atf().set_signature(true);
-                self.phase = Phase::Idle;
-                if let Some(d) = self.drive() {
-                    d.power_on();
-                }
-            }
-            _ => {
-                if !self.common_command(op) {
-                    self.abort();
-                }
-            }
-        }
-    }
-
-    /// The 12-byte packet arrived: run it.
-    pub(crate) fn run_packet(&mut self, ctx: &mut DeviceContext<'_>, dma: bool) {
-        let mut cdb = [0u8; 12];
-        if let Some(b) = self.buf.get(..12) {
-            cdb.copy_from_slice(b);
-        }
-        let limit = self.atf().byte_count();
-        let Some(d) = self.drive() else { return };
-        let result = execute(d, &cdb);
-        if result.is_ok() {
-            d.sense = Sense::NONE;
-        }
-        let source = match result {
-            Err(sense) => return self.atapi_fail(sense),
-            Ok(Reply::Done) => return self.atapi_done(),
-            Ok(Reply::Data(v)) if v.is_empty() => return self.atapi_done(),
-            Ok(Reply::Data(v)) => Source::bytes(v),
-            Ok(Reply::Sectors { lba, count }) => Source::sectors(lba, count, CD_SECTOR_SIZE),
-        };
-        if dma {
-            self.start_dma(
-                ctx,
-                Phase::DmaIn {
-                    source,
-                    atapi: true,
-                },
-            );
-        } else {
-            // The byte count limit: even, and 0 or 0xffff mean "as much as
-            // fits".
-            let limit = match limit {
-                0 | 0xffff => 0xfffe,
-                n => usize::from(n & !1).max(2),
-            };
-            self.start_pio_in(source, limit, true);
-        }
-    }
-
-    /// End a packet command successfully.
-    pub(crate) fn atapi_done(&mut self) {
-        self.phase = Phase::Idle;
-        self.atf().count.cur = REASON_IO | REASON_COD;
-        self.set_status(STATUS_DRDY | STATUS_DSC);
-        self.raise_irq();
-    }
-
-    /// End a packet command with `sense` (CHECK CONDITION).
-    pub(crate) fn atapi_fail(&mut self, sense: Sense) {
-        self.phase = Phase::Idle;
-        self.atf().count.cur = REASON_IO | REASON_COD;
-        if let Some(d) = self.drive() {
-            d.sense = sense;
-            d.error = sense.key << 4
-                | if sense.key == SENSE_ABORTED_COMMAND {
-                    ERROR_ABRT
-                } else {
-                    0
-                };
-            d.status = STATUS_DRDY | STATUS_ERR;
-        }
-        self.raise_irq();
-    }
 }

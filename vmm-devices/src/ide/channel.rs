@@ -7,10 +7,14 @@
 //! signature. Only one command runs on a channel at a time; `phase` says
 //! what data transfer it waits for.
 
+use super::atapi::{execute, Reply};
 use super::busmaster::{self, BusMaster, EngineEvent, TransferFault};
 use super::drive::Drive;
+use super::identify;
+use super::sense::{Sense, SENSE_ABORTED_COMMAND};
 use super::stream::{SectorSink, Source};
 use super::taskfile::*;
+use crate::block::CD_SECTOR_SIZE;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use vmm_core::device::DeviceContext;
@@ -308,7 +312,7 @@ impl Channel {
         };
         if source.take(&mut drive.backend, buf).is_err() {
             if atapi {
-                self.atapi_fail(super::atapi::Sense::new(0x03, 0x11, 0));
+                self.atapi_fail(Sense::new(0x03, 0x11, 0));
             } else {
                 self.fail(ERROR_UNC);
             }
@@ -496,9 +500,7 @@ impl Channel {
             Err(fault) => {
                 self.bm.finish(&ctx.dma, false, 0);
                 match (atapi, fault) {
-                    (true, TransferFault::Medium) => {
-                        self.atapi_fail(super::atapi::Sense::new(0x03, 0x11, 0))
-                    }
+                    (true, TransferFault::Medium) => self.atapi_fail(Sense::new(0x03, 0x11, 0)),
                     (true, TransferFault::Dma) => self.dma_failed(true),
                     // A write the image refused: aborted (UNC is a read's
                     // error; in a write's error register it means WP).
@@ -514,9 +516,113 @@ impl Channel {
     /// command.
     fn dma_failed(&mut self, atapi: bool) {
         if atapi {
-            self.atapi_fail(super::atapi::Sense::ABORTED);
+            self.atapi_fail(Sense::ABORTED);
         } else {
             self.abort();
         }
+    }
+}
+
+// ---- the ATA side of an ATAPI drive: the packet protocol on the channel
+
+impl Channel {
+    /// Run an ATA command on the active (ATAPI) drive.
+    pub(crate) fn atapi_command(&mut self, ctx: &mut DeviceContext<'_>, op: u8) {
+        let _ = ctx;
+        match op {
+            // PACKET: features bit 0 asks for DMA.
+            0xa0 => {
+                let dma = self.atf().features.cur & 0x01 != 0;
+                self.start_packet(dma);
+            }
+            // IDENTIFY PACKET DEVICE.
+            0xa1 => {
+                let Some(d) = self.drive() else { return };
+                let data = identify::atapi(d);
+                self.start_pio_in(Source::bytes(data), 512, false);
+            }
+            // IDENTIFY DEVICE: abort and show the packet signature, which
+            // is how drivers tell an ATAPI drive from a disk.
+            0xec => {
+                self.atf().set_signature(true);
+                self.abort();
+            }
+            // DEVICE RESET: signature, no interrupt.
+            0x08 => {
+                self.atf().set_signature(true);
+                self.phase = Phase::Idle;
+                if let Some(d) = self.drive() {
+                    d.power_on();
+                }
+            }
+            _ => {
+                if !self.common_command(op) {
+                    self.abort();
+                }
+            }
+        }
+    }
+
+    /// The 12-byte packet arrived: run it.
+    pub(crate) fn run_packet(&mut self, ctx: &mut DeviceContext<'_>, dma: bool) {
+        let mut cdb = [0u8; 12];
+        if let Some(b) = self.buf.get(..12) {
+            cdb.copy_from_slice(b);
+        }
+        let limit = self.atf().byte_count();
+        let Some(d) = self.drive() else { return };
+        let result = execute(d, &cdb);
+        if result.is_ok() {
+            d.sense = Sense::NONE;
+        }
+        let source = match result {
+            Err(sense) => return self.atapi_fail(sense),
+            Ok(Reply::Done) => return self.atapi_done(),
+            Ok(Reply::Data(v)) if v.is_empty() => return self.atapi_done(),
+            Ok(Reply::Data(v)) => Source::bytes(v),
+            Ok(Reply::Sectors { lba, count }) => Source::sectors(lba, count, CD_SECTOR_SIZE),
+        };
+        if dma {
+            self.start_dma(
+                ctx,
+                Phase::DmaIn {
+                    source,
+                    atapi: true,
+                },
+            );
+        } else {
+            // The byte count limit: even, and 0 or 0xffff mean "as much as
+            // fits".
+            let limit = match limit {
+                0 | 0xffff => 0xfffe,
+                n => usize::from(n & !1).max(2),
+            };
+            self.start_pio_in(source, limit, true);
+        }
+    }
+
+    /// End a packet command successfully.
+    pub(crate) fn atapi_done(&mut self) {
+        self.phase = Phase::Idle;
+        self.atf().count.cur = REASON_IO | REASON_COD;
+        self.set_status(STATUS_DRDY | STATUS_DSC);
+        self.raise_irq();
+    }
+
+    /// End a packet command with `sense` (CHECK CONDITION).
+    pub(crate) fn atapi_fail(&mut self, sense: Sense) {
+        self.phase = Phase::Idle;
+        self.atf().count.cur = REASON_IO | REASON_COD;
+        if let Some(d) = self.drive() {
+            d.sense = sense;
+            d.error = sense.key << 4
+                | if sense.key == SENSE_ABORTED_COMMAND {
+                    ERROR_ABRT
+                } else {
+                    0
+                };
+            d.status = STATUS_DRDY | STATUS_ERR;
+        }
+        self.raise_irq();
     }
 }

@@ -2,7 +2,7 @@
 //! image behind it, and the per-drive state commands change (status, error,
 //! transfer modes, CHS translation, multiple count, ATAPI sense and tray).
 
-use super::atapi::Sense;
+use super::sense::Sense;
 use super::taskfile::{STATUS_DRDY, STATUS_DSC};
 use crate::block::{BlockBackend, CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
 use alloc::boxed::Box;

@@ -6,7 +6,7 @@ use super::*;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use vmm_core::device::save_restore::{SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, PortIo};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo};
 use vmm_core::irq::IrqLine;
 
 /// The controller at 0x1f0/0x3f6 and 0x170/0x376, with its bus-master
@@ -54,63 +54,82 @@ impl LegacyIde {
         v
     }
 
-    fn bus_master_offset(&self, port: u16) -> Option<u16> {
-        let base = self.bus_master_base?;
-        port.checked_sub(base).filter(|o| *o < BUS_MASTER_PORTS)
+    /// Which block a claimed range is, from its first port: the command
+    /// and control blocks sit at fixed ports, and the one other range is
+    /// the bus-master block, addressed by offset (its base is only where
+    /// [`LegacyIde::port_claims`] puts it).
+    fn block(&self, port: PortAddress) -> Block {
+        let off = port.offset();
+        match port.range_first() {
+            PRIMARY_COMMAND_PORT if off < 8 => Block::Command(IdeChannel::Primary, off),
+            SECONDARY_COMMAND_PORT if off < 8 => Block::Command(IdeChannel::Secondary, off),
+            PRIMARY_CONTROL_PORT if off == 0 => Block::Control(IdeChannel::Primary),
+            SECONDARY_CONTROL_PORT if off == 0 => Block::Control(IdeChannel::Secondary),
+            _ if self.bus_master_base.is_some() && off < BUS_MASTER_PORTS => Block::BusMaster(off),
+            _ => Block::Unknown,
+        }
     }
 }
 
-fn command_block(port: u16) -> Option<(IdeChannel, u16)> {
-    match port {
-        0x1f0..=0x1f7 => Some((IdeChannel::Primary, port - PRIMARY_COMMAND_PORT)),
-        0x170..=0x177 => Some((IdeChannel::Secondary, port - SECONDARY_COMMAND_PORT)),
-        _ => None,
-    }
+/// A register of the controller, as [`LegacyIde::block`] finds it.
+enum Block {
+    /// A command-block register of a channel, by offset.
+    Command(IdeChannel, u16),
+    /// The device control / alternate status register of a channel.
+    Control(IdeChannel),
+    /// A bus-master register, by offset.
+    BusMaster(u16),
+    /// Nothing this controller decodes.
+    Unknown,
 }
 
 impl PortIo for LegacyIde {
-    fn port_read(&mut self, _ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
-        if let Some((ch, off)) = command_block(port) {
-            self.controller.read_command(ch, off, data);
-        } else if port == PRIMARY_CONTROL_PORT {
-            self.controller.read_control(IdeChannel::Primary, 0, data);
-        } else if port == SECONDARY_CONTROL_PORT {
-            self.controller.read_control(IdeChannel::Secondary, 0, data);
-        } else if let Some(off) = self.bus_master_offset(port) {
-            self.controller.read_bus_master(off, data);
-        } else {
-            data.fill(0xff);
+    fn port_read(
+        &mut self,
+        _ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        match self.block(port) {
+            Block::Command(ch, off) => self.controller.read_command(ch, off, data),
+            Block::Control(ch) => self.controller.read_control(ch, 0, data),
+            Block::BusMaster(off) => self.controller.read_bus_master(off, data),
+            Block::Unknown => data.fill(0xff),
         }
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
-        if let Some((ch, off)) = command_block(port) {
-            self.controller.write_command(ctx, ch, off, data);
-        } else if port == PRIMARY_CONTROL_PORT {
-            self.controller.write_control(IdeChannel::Primary, 0, data);
-        } else if port == SECONDARY_CONTROL_PORT {
-            self.controller
-                .write_control(IdeChannel::Secondary, 0, data);
-        } else if let Some(off) = self.bus_master_offset(port) {
-            self.controller.write_bus_master(ctx, off, data);
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        match self.block(port) {
+            Block::Command(ch, off) => self.controller.write_command(ctx, ch, off, data),
+            Block::Control(ch) => self.controller.write_control(ch, 0, data),
+            Block::BusMaster(off) => self.controller.write_bus_master(ctx, off, data),
+            Block::Unknown => {}
         }
+        IoOutcome::Done
     }
 
     fn port_read_string(
         &mut self,
         ctx: &mut DeviceContext<'_>,
-        port: u16,
+        port: PortAddress,
         size: usize,
         data: &mut [u8],
-    ) {
-        match command_block(port) {
-            Some((ch, 0)) => self.controller.read_data_string(ch, size, data),
+    ) -> IoOutcome {
+        match self.block(port) {
+            Block::Command(ch, 0) => self.controller.read_data_string(ch, size, data),
             _ => {
                 for element in data.chunks_mut(size.max(1)) {
                     self.port_read(ctx, port, element);
                 }
             }
         }
+        IoOutcome::Done
     }
 }
 

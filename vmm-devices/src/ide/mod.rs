@@ -38,6 +38,7 @@ mod identify;
 mod legacy;
 pub mod piix3;
 mod save;
+mod sense;
 mod stream;
 pub mod taskfile;
 

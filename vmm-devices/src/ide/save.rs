@@ -11,10 +11,10 @@
 //! The images are the restoring machine's: a drive's kind must match, its
 //! medium is whatever that machine attached.
 
-use super::atapi::Sense;
 use super::busmaster::DmaState;
 use super::channel::{Channel, Phase};
 use super::drive::{DriveKind, TransferMode, MAX_MULTIPLE, MAX_MWDMA, MAX_PIO, MAX_UDMA};
+use super::sense::Sense;
 use super::stream::{SectorSink, Source};
 use super::taskfile::TaskFile;
 use super::IdeController;

@@ -65,7 +65,9 @@ use core::any::Any;
 use core::fmt;
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
-use vmm_core::device::{Device, DeviceContext, Mmio, PortIo, Timer, VmRequest};
+use vmm_core::device::{
+    Device, DeviceContext, IoOutcome, Mmio, MmioAddress, PortAddress, PortIo, Timer, VmRequest,
+};
 
 /// The configuration address port (dword accesses only).
 pub const CONFIG_ADDRESS_PORT: u16 = 0xcf8;
@@ -623,7 +625,15 @@ fn le_value(data: &[u8]) -> u32 {
 }
 
 impl PortIo for PciBus {
-    fn port_read(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &mut [u8]) {
+    fn port_read(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        // The configuration ports are fixed; BARs are wherever the guest
+        // put them: routed by absolute port, functions see offsets.
+        let port = port.port();
         self.ensure_powered(ctx);
         match port {
             CONFIG_ADDRESS_PORT if data.len() == 4 => {
@@ -636,9 +646,18 @@ impl PortIo for PciBus {
                 None => data.fill(0xff),
             },
         }
+        IoOutcome::Done
     }
 
-    fn port_write(&mut self, ctx: &mut DeviceContext<'_>, port: u16, data: &[u8]) {
+    fn port_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        port: PortAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        // The configuration ports are fixed; BARs are wherever the guest
+        // put them: routed by absolute port, functions see offsets.
+        let port = port.port();
         self.ensure_powered(ctx);
         match port {
             CONFIG_ADDRESS_PORT if data.len() == 4 => self.address = le_value(data) & 0x80ff_fffc,
@@ -658,15 +677,18 @@ impl PortIo for PciBus {
                 }
             }
         }
+        IoOutcome::Done
     }
 
     fn port_read_string(
         &mut self,
         ctx: &mut DeviceContext<'_>,
-        port: u16,
+        at: PortAddress,
         size: usize,
         data: &mut [u8],
-    ) {
+    ) -> IoOutcome {
+        // BARs are wherever the guest put them: routed by absolute port.
+        let port = at.port();
         // Only a function's I/O BAR can hold a FIFO; the bus's own
         // registers go element by element.
         if !(0xcf8..=0xcff).contains(&port) {
@@ -675,28 +697,43 @@ impl PortIo for PciBus {
                 Some((i, id, off)) => self.slots[i].inner.io_read_string(ctx, id, off, size, data),
                 None => data.fill(0xff),
             }
-            return;
+            return IoOutcome::Done;
         }
         for element in data.chunks_mut(size.max(1)) {
-            self.port_read(ctx, port, element);
+            self.port_read(ctx, at, element);
         }
+        IoOutcome::Done
     }
 }
 
 impl Mmio for PciBus {
-    fn mmio_read(&mut self, ctx: &mut DeviceContext<'_>, gpa: u64, data: &mut [u8]) {
+    fn mmio_read(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        gpa: MmioAddress,
+        data: &mut [u8],
+    ) -> IoOutcome {
+        let gpa = gpa.gpa();
         self.ensure_powered(ctx);
         match self.route(Space::Memory, gpa) {
             Some((i, id, off)) => self.slots[i].inner.mmio_read(ctx, id, off, data),
             None => data.fill(0xff),
         }
+        IoOutcome::Done
     }
 
-    fn mmio_write(&mut self, ctx: &mut DeviceContext<'_>, gpa: u64, data: &[u8]) {
+    fn mmio_write(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        gpa: MmioAddress,
+        data: &[u8],
+    ) -> IoOutcome {
+        let gpa = gpa.gpa();
         self.ensure_powered(ctx);
         if let Some((i, id, off)) = self.route(Space::Memory, gpa) {
             self.slots[i].inner.mmio_write(ctx, id, off, data);
         }
+        IoOutcome::Done
     }
 }
 

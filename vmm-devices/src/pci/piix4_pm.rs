@@ -69,7 +69,7 @@ impl Piix4Pm {
         config.snapshot_power_on();
         Self {
             config,
-            pm: AcpiPm::new(0, sci),
+            pm: AcpiPm::new(sci),
             apm_status: 0,
         }
     }

@@ -398,8 +398,10 @@ fn a_second_guest_waits_while_the_card_runs_and_takes_it_once_stopped() {
     assert_eq!(r.dmm.lock().holder(), Some(VmId(0)));
     // Guest 1 touches the card: blocked, nothing reaches the hardware.
     r.hw.clear();
-    r.vms[1].port_write(BASE + CR, &[0x21]);
-    assert!(r.vms[1].take_retry_request(), "the access must be retried");
+    assert!(
+        r.vms[1].port_write(BASE + CR, &[0x21]).is_retry(),
+        "the access must be retried"
+    );
     assert!(r.hw.events().is_empty());
     assert_eq!(r.dmm.lock().stats(VmId(1)).unwrap().blocked, 1);
     assert_eq!(r.dmm.lock().waiters(), alloc::vec![VmId(1)]);
@@ -408,8 +410,7 @@ fn a_second_guest_waits_while_the_card_runs_and_takes_it_once_stopped() {
     assert!(!r.direct(1, TCR));
     // Guest 0 stops the card: reusable. Guest 1's retry takes it.
     r.out(0, CR, 0x21);
-    r.vms[1].port_write(BASE + CR, &[0x21]);
-    assert!(!r.vms[1].take_retry_request());
+    assert!(!r.vms[1].port_write(BASE + CR, &[0x21]).is_retry());
     assert_eq!(r.dmm.lock().holder(), Some(VmId(1)));
     assert!(!r.direct(0, TCR), "the old holder loses direct access");
     assert!(r.direct(1, TCR));
@@ -421,11 +422,9 @@ fn a_second_guest_waits_while_the_card_runs_and_takes_it_once_stopped() {
     // Guest 0 wants it back: it waits until guest 1 stops again.
     r.init(1, 0x46, 0x80);
     r.start(1);
-    r.vms[0].port_write(BASE + CR, &[0x22]);
-    assert!(r.vms[0].take_retry_request());
+    assert!(r.vms[0].port_write(BASE + CR, &[0x22]).is_retry());
     r.out(1, CR, 0x21);
-    r.vms[0].port_write(BASE + CR, &[0x22]);
-    assert!(!r.vms[0].take_retry_request());
+    assert!(!r.vms[0].port_write(BASE + CR, &[0x22]).is_retry());
     assert_eq!(r.dmm.lock().holder(), Some(VmId(0)));
     // Guest 0's configuration was put back before its command.
     assert!(r.hw.writes_to(BASE + PSTART).contains(&0x46));
@@ -438,8 +437,7 @@ fn a_blocked_read_returns_to_the_guest_only_on_retry() {
     r.init(0, 0x46, 0x80);
     r.start(0);
     let mut b = [0u8];
-    r.vms[1].port_read(BASE + ISR, &mut b);
-    assert!(r.vms[1].take_retry_request());
+    assert!(r.vms[1].port_read(BASE + ISR, &mut b).is_retry());
 }
 
 #[test]
@@ -454,14 +452,12 @@ fn interrupts_go_to_the_holder_and_an_unacknowledged_one_keeps_the_card() {
     // Stopped but not acknowledged: still not reusable.
     r.out(0, CR, 0x21);
     r.hw.set_read(BASE + ISR, 0x01);
-    r.vms[1].port_write(BASE + CR, &[0x21]);
-    assert!(r.vms[1].take_retry_request());
+    assert!(r.vms[1].port_write(BASE + CR, &[0x21]).is_retry());
     // Acknowledged (the card's ISR reads clear): reusable.
     r.hw.set_read(BASE + ISR, 0);
     r.out(0, ISR, 0x01);
     assert!(r.dmm.lock().monitor(VmId(0)).unwrap().is_reusable());
-    r.vms[1].port_write(BASE + CR, &[0x21]);
-    assert!(!r.vms[1].take_retry_request());
+    assert!(!r.vms[1].port_write(BASE + CR, &[0x21]).is_retry());
     assert_eq!(r.dmm.lock().physical_interrupt(), Some(VmId(1)));
     assert_eq!(r.irqs[1].rising_edges(), 1);
     assert_eq!(r.dmm.lock().stats(VmId(1)).unwrap().interrupts, 1);
@@ -499,21 +495,17 @@ fn a_holder_that_left_the_card_reusable_yields_to_a_waiting_guest() {
     let mut r = rig(2);
     r.init(0, 0x46, 0x80);
     r.start(0);
-    r.vms[1].port_write(BASE + CR, &[0x21]);
-    assert!(r.vms[1].take_retry_request());
+    assert!(r.vms[1].port_write(BASE + CR, &[0x21]).is_retry());
     // Guest 0 stops the card and, before guest 1 retries, touches it
     // again: guest 1 was first in line, so guest 0 now waits.
     r.out(0, CR, 0x21);
-    r.vms[0].port_write(BASE + CR, &[0x21]);
-    assert!(r.vms[0].take_retry_request());
+    assert!(r.vms[0].port_write(BASE + CR, &[0x21]).is_retry());
     assert_eq!(r.dmm.lock().holder(), Some(VmId(1)));
     assert!(r.direct(1, TCR) && !r.direct(0, TCR));
     // Guest 1 was handed a stopped, reusable card but keeps it until it has
     // used it: guest 0's retry still waits.
-    r.vms[0].port_write(BASE + CR, &[0x21]);
-    assert!(r.vms[0].take_retry_request());
-    r.vms[1].port_write(BASE + CR, &[0x21]);
-    assert!(!r.vms[1].take_retry_request());
+    assert!(r.vms[0].port_write(BASE + CR, &[0x21]).is_retry());
+    assert!(!r.vms[1].port_write(BASE + CR, &[0x21]).is_retry());
     assert_eq!(r.dmm.lock().stats(VmId(1)).unwrap().acquisitions, 1);
 }
 
@@ -526,8 +518,7 @@ fn a_guest_that_stops_for_good_gives_the_card_up_and_the_next_gets_it_scrubbed()
     assert_eq!(r.dmm.lock().holder(), None);
     assert!(!r.direct(0, TCR));
     r.hw.clear();
-    r.vms[1].port_write(BASE + CR, &[0x21]);
-    assert!(!r.vms[1].take_retry_request());
+    assert!(!r.vms[1].port_write(BASE + CR, &[0x21]).is_retry());
     assert_eq!(r.dmm.lock().holder(), Some(VmId(1)));
     assert_eq!(r.hw.writes_to(BASE + DATA).len(), 0x4000 / 2, "scrubbed");
 }
@@ -539,8 +530,7 @@ fn the_vm_sees_its_pass_through_ports_change_generation() {
     r.init(0, 0x46, 0x80);
     assert_ne!(r.vms[0].direct_ports_generation(), g0);
     let g1 = r.vms[1].direct_ports_generation();
-    r.vms[1].port_write(BASE + CR, &[0x21]);
-    assert!(!r.vms[1].take_retry_request());
+    assert!(!r.vms[1].port_write(BASE + CR, &[0x21]).is_retry());
     assert_ne!(
         r.vms[1].direct_ports_generation(),
         g1,
@@ -575,11 +565,9 @@ fn an_access_that_takes_the_card_is_not_an_unhooked_exit() {
     r.init(0, 0x46, 0x80);
     r.start(0);
     // Guest 1 writes TCR (unhooked on page 0) while guest 0 holds the card.
-    r.vms[1].port_write(BASE + TCR, &[0]);
-    assert!(r.vms[1].take_retry_request());
+    assert!(r.vms[1].port_write(BASE + TCR, &[0]).is_retry());
     r.out(0, CR, 0x21);
-    r.vms[1].port_write(BASE + TCR, &[0]);
-    assert!(!r.vms[1].take_retry_request());
+    assert!(!r.vms[1].port_write(BASE + TCR, &[0]).is_retry());
     let s = r.dmm.lock().stats(VmId(1)).unwrap();
     assert_eq!((s.unhooked_exits, s.acquisitions, s.blocked), (0, 1, 1));
     // Once it holds the card, an unhooked port that exits is counted.

@@ -281,11 +281,9 @@ fn another_guest_waits_for_the_channel_until_the_transfer_ends() {
     let mut r = rig(&[0x1000_0000, 0x2000_0000]);
     r.prd(0, 0x3000, &[(0x8000, 512 | EOT)]);
     r.start(0, 0x3000, true);
-    r.vms[1].port_write(0x1f7, &[0xc8]);
-    assert!(r.vms[1].take_retry_request());
+    assert!(r.vms[1].port_write(0x1f7, &[0xc8]).is_retry());
     r.stop(0);
-    r.vms[1].port_write(0x1f7, &[0xc8]);
-    assert!(!r.vms[1].take_retry_request());
+    assert!(!r.vms[1].port_write(0x1f7, &[0xc8]).is_retry());
     assert_eq!(r.dmm.lock().holder(), Some(VmId(1)));
     // Guest 1's transfer lands in guest 1's host memory.
     r.prd(1, 0x3000, &[(0x8000, 512 | EOT)]);
@@ -342,8 +340,7 @@ fn a_drive_command_in_flight_keeps_the_channel_until_the_drive_is_idle() {
     // READ DMA issued, engine not started yet: not reusable.
     r.vms[0].port_write(0x1f7, &[0xc8]);
     assert!(!r.dmm.lock().monitor(VmId(0)).unwrap().is_reusable());
-    r.vms[1].port_write(0x1f2, &[1]);
-    assert!(r.vms[1].take_retry_request(), "guest 1 waits");
+    assert!(r.vms[1].port_write(0x1f2, &[1]).is_retry(), "guest 1 waits");
     // Status still busy (DRQ): still held.
     r.hw.set_read(0x1f7, 0x58);
     let mut b = [0u8];
@@ -353,7 +350,6 @@ fn a_drive_command_in_flight_keeps_the_channel_until_the_drive_is_idle() {
     r.hw.set_read(0x1f7, 0x50);
     r.vms[0].port_read(0x1f7, &mut b);
     assert!(r.dmm.lock().monitor(VmId(0)).unwrap().is_reusable());
-    r.vms[1].port_write(0x1f2, &[1]);
-    assert!(!r.vms[1].take_retry_request());
+    assert!(!r.vms[1].port_write(0x1f2, &[1]).is_retry());
     assert_eq!(r.dmm.lock().holder(), Some(VmId(1)));
 }

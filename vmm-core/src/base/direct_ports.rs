@@ -7,7 +7,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 /// vCPU backend lets through the I/O permission map, and a generation that
 /// moves on every change so the backend knows to rebuild the map.
 ///
-/// The [`super::Dmm`] owning the device writes it (the hooked list changed,
+/// The [`crate::dmm::Dmm`] owning the device writes it (the hooked list changed,
 /// or the device changed hands, which changes the lists of both guests); the
 /// backend reads it before every guest entry.
 #[derive(Debug, Default)]

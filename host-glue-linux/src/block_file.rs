@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vmm_devices::block::{check_image_size, check_transfer, BlockBackend, BlockError, ImageError};
-use vmm_devices::block::{CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
+use vmm_devices::block::{iso9660_volume_bytes, CdImageWarning, CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
 
 /// EIO: what writes and flushes of an image whose sync failed report.
 const EIO: i32 = 5;
@@ -67,6 +67,8 @@ pub struct FileImage {
     read_only: bool,
     /// Set when a sync failed; shared with every [`ImageSync`].
     failed: Arc<AtomicBool>,
+    /// What is wrong with a CD image that is attached anyway.
+    warnings: Vec<CdImageWarning>,
 }
 
 /// Why an [`ImageSync::sync`] failed.
@@ -217,7 +219,34 @@ impl FileImage {
         if options.lock {
             lock(&file, &name, !options.read_only)?;
         }
-        let sectors = check_image_size(&name, meta.len(), sector_size)?;
+        // A CD image cut short is still a CD (QEMU attaches it too): its
+        // whole sectors are the medium, and the host is told.
+        let (len, cd) = (meta.len(), CD_SECTOR_SIZE as u64);
+        let mut warnings = Vec::new();
+        let usable =
+            if sector_size == CD_SECTOR_SIZE && options.read_only && len > cd && len % cd != 0 {
+                warnings.push(CdImageWarning::PartialLastSector {
+                    name: name.clone(),
+                    len,
+                    tail: len % cd,
+                });
+                len - len % cd
+            } else {
+                len
+            };
+        let sectors = check_image_size(&name, usable, sector_size)?;
+        if sector_size == CD_SECTOR_SIZE && sectors > 16 {
+            let mut pvd = vec![0u8; CD_SECTOR_SIZE];
+            if file.read_exact_at(&mut pvd, 16 * cd).is_ok() {
+                if let Some(volume) = iso9660_volume_bytes(&pvd).filter(|&v| v > len) {
+                    warnings.push(CdImageWarning::Truncated {
+                        name: name.clone(),
+                        len,
+                        volume,
+                    });
+                }
+            }
+        }
         Ok(Self {
             name,
             file,
@@ -225,7 +254,14 @@ impl FileImage {
             sectors,
             read_only: options.read_only,
             failed: Arc::new(AtomicBool::new(false)),
+            warnings,
         })
+    }
+
+    /// What is wrong with this CD image though it was attached: the host
+    /// shows these to the user.
+    pub fn warnings(&self) -> &[CdImageWarning] {
+        &self.warnings
     }
 
     /// A CD image (2048-byte sectors), read-only, with a shared lock.
@@ -323,6 +359,37 @@ mod tests {
 
     fn temp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("vmm-block-file-{}-{name}", std::process::id()))
+    }
+
+    /// A CD image cut short is attached with a warning naming the file: a
+    /// partial last sector is left out, and a volume larger than the file
+    /// is called truncated.
+    #[test]
+    fn a_truncated_cd_image_is_attached_with_a_warning() {
+        let mut iso = vec![0u8; 40 * CD_SECTOR_SIZE];
+        let pvd = 16 * CD_SECTOR_SIZE;
+        iso[pvd..pvd + 6].copy_from_slice(b"\x01CD001");
+        iso[pvd + 80..pvd + 84].copy_from_slice(&50u32.to_le_bytes());
+        iso[pvd + 128..pvd + 130].copy_from_slice(&2048u16.to_le_bytes());
+        let p = temp("cut.iso");
+        std::fs::write(&p, &iso[..40 * CD_SECTOR_SIZE - 100]).unwrap();
+        let image = FileImage::cdrom(&p).unwrap();
+        assert_eq!(image.sector_count(), 39);
+        let w: Vec<String> = image.warnings().iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("cut.iso") && w[0].contains("last 1948 bytes"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].contains("102400 bytes") && w[1].contains("truncated"),
+            "{w:?}"
+        );
+        // The whole image, as its volume says: no warning.
+        iso.resize(50 * CD_SECTOR_SIZE, 0);
+        std::fs::write(&p, &iso).unwrap();
+        assert!(FileImage::cdrom(&p).unwrap().warnings().is_empty());
+        std::fs::remove_file(p).unwrap();
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub fn build(
             ))
         })
         .transpose()?;
+    for w in cdrom.iter().flat_map(FileImage::warnings) {
+        log::warn!("{w}");
+    }
     let disk = (config.disk.as_ref())
         .map(|p| {
             image(FileImage::disk(

@@ -154,6 +154,62 @@ impl fmt::Display for ImageError {
     }
 }
 
+/// Something wrong with a CD image that can still be used: the host warns
+/// and attaches it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum CdImageWarning {
+    /// The size is not a whole number of 2048-byte sectors: the last
+    /// `tail` bytes are not visible to the guest.
+    PartialLastSector {
+        /// The image.
+        name: String,
+        /// Its size in bytes.
+        len: u64,
+        /// Bytes past the last whole sector.
+        tail: u64,
+    },
+    /// The ISO 9660 volume says it is larger than the image: the image
+    /// was cut short (an interrupted download), and reads past its end
+    /// fail as a medium error.
+    Truncated {
+        /// The image.
+        name: String,
+        /// Its size in bytes.
+        len: u64,
+        /// The size the volume descriptor gives.
+        volume: u64,
+    },
+}
+
+impl fmt::Display for CdImageWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CdImageWarning::PartialLastSector { name, len, tail } => write!(
+                f,
+                "image {name}: {len} bytes is not a whole number of {CD_SECTOR_SIZE}-byte sectors; \
+                 the last {tail} bytes are not visible to the guest (is the file complete?)"
+            ),
+            CdImageWarning::Truncated { name, len, volume } => write!(
+                f,
+                "image {name}: the ISO 9660 volume is {volume} bytes but the file has only {len}: \
+                 it looks truncated, and reads past its end will fail"
+            ),
+        }
+    }
+}
+
+/// The size in bytes an ISO 9660 primary volume descriptor (the image's
+/// sector 16) gives its volume: volume space size times logical block
+/// size. `None` if `sector` is not one.
+pub fn iso9660_volume_bytes(sector: &[u8]) -> Option<u64> {
+    if sector.get(..6)? != b"\x01CD001" {
+        return None;
+    }
+    let blocks = u32::from_le_bytes(sector.get(80..84)?.try_into().ok()?);
+    let block_size = u16::from_le_bytes(sector.get(128..130)?.try_into().ok()?);
+    Some(u64::from(blocks) * u64::from(block_size))
+}
+
 /// Check an image of `len` bytes against `sector_size`, the rule every
 /// backend applies when it opens an image.
 pub fn check_image_size(name: &str, len: u64, sector_size: usize) -> Result<u64, ImageError> {

@@ -303,10 +303,14 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
         if avail < size64 - 1 {
             return 0;
         }
+        // With a 64-bit address size, `off` and `avail` can be u64::MAX:
+        // the element counts saturate instead of wrapping (the page bounds
+        // them far below that anyway).
         if down {
-            (in_page / size64 + 1).min(off / size64 + 1)
+            (in_page / size64 + 1).min((off / size64).saturating_add(1))
         } else {
-            ((PAGE_SIZE - in_page) / size64).min((avail - (size64 - 1)) / size64 + 1)
+            ((PAGE_SIZE - in_page) / size64)
+                .min(((avail - (size64 - 1)) / size64).saturating_add(1))
         }
     }
 

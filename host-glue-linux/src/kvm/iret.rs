@@ -7,25 +7,27 @@
 //! (ISOLINUX) would end the VM. The backend then has the library's
 //! emulator carry it out (`Emulator::emulate_iret`: a return to the same
 //! privilege level, the frame and descriptor read through segmentation and
-//! the guest's page tables) over guest RAM only ([`RamBus`]): a frame,
-//! descriptor table or page table anywhere else, and every IRET the
-//! emulator does not implement, is refused, and the VM stops with KVM's
+//! the guest's page tables) over guest memory ([`RamBus`]: reads of RAM or
+//! ROM, writes of RAM only): a frame, descriptor table or page table in
+//! MMIO or a hole, and every IRET the emulator does not implement, is
+//! refused, and the VM stops with KVM's
 //! error as before. Faults the architecture defines (#GP, #NP, #SS, #PF)
 //! are injected.
 
 use vmm_core::emulator::{BusError, DescriptorState, EmulateError, Emulator, GuestBus};
 use vmm_core::memory::GuestMemory;
 
-/// Guest RAM as the emulator's bus: reads and writes (accessed bits in
-/// page tables) of RAM only; anything else, and every port, is refused.
+/// Guest memory as the emulator's bus: reads of RAM or ROM, writes
+/// (accessed bits in page tables) of RAM only; MMIO, holes and every port
+/// are refused.
 pub struct RamBus<'a>(pub &'a mut GuestMemory);
 
 impl GuestBus for RamBus<'_> {
     fn read_physical(&mut self, gpa: u64, data: &mut [u8]) -> Result<(), BusError> {
-        self.0
-            .check_ram(gpa, data.len() as u64)
-            .and_then(|()| self.0.read(gpa, data))
-            .map_err(|_| BusError::Memory { gpa })
+        // RAM or ROM: the IRET itself is often in the firmware's ROM (a
+        // BIOS's interrupt handlers), and reading ROM has no side effects.
+        // MMIO and holes are refused.
+        self.0.read(gpa, data).map_err(|_| BusError::Memory { gpa })
     }
     fn write_physical(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
         self.0

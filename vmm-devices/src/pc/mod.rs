@@ -36,7 +36,7 @@ use vmm_bios::boot_order::{BootOrder, IdeDrive};
 use vmm_bios::entry::EntryState;
 use vmm_bios::fw_cfg::FwCfg;
 use vmm_bios::seabios::{seabios_fw_cfg, SeabiosConfig};
-use vmm_core::device::{DeviceId, SavedDevice, StateError};
+use vmm_core::device::{SavedDevice, StateError};
 use vmm_core::host::Host;
 use vmm_core::memory::{BlockId, GuestMemory};
 use vmm_core::vcpu::{self, MsrFile, RunOutcome, Slice, VcpuBackend};
@@ -71,7 +71,6 @@ const DISK: IdeDrive = IdeDrive {
 /// A built PC: the VM with every device, ready to run on a vCPU backend.
 pub struct Pc {
     vm: Vm,
-    interrupts: CpuInterrupts,
     msrs: MsrFile,
     entry: Option<EntryState>,
     chipset: PcChipset,
@@ -148,7 +147,6 @@ impl Pc {
         let msrs = MsrFile::with_wall_clock(desc.unix_seconds_at_host_zero.max(0) as u64);
         Ok(Self {
             vm,
-            interrupts: chipset.cpu.clone(),
             msrs,
             entry,
             chipset,
@@ -159,7 +157,7 @@ impl Pc {
     /// Run the PC on `vcpu` for at most `slice`: until it stops (it will
     /// not run again) or the slice ends (call again to go on).
     pub fn run<B: VcpuBackend>(&mut self, vcpu: &mut B, slice: Slice) -> RunOutcome {
-        vcpu::run(vcpu, &mut self.vm, &self.interrupts, &mut self.msrs, slice)
+        vcpu::run(vcpu, &mut self.vm, &self.chipset.cpu, &mut self.msrs, slice)
     }
 
     /// Save the state of every device (a snapshot also needs guest RAM and
@@ -206,7 +204,7 @@ impl Pc {
 
     /// The vCPU's interrupt inputs (local APIC and PIC).
     pub fn interrupts(&self) -> &CpuInterrupts {
-        &self.interrupts
+        &self.chipset.cpu
     }
 
     /// The chipset's handles: ISA and IOAPIC lines, PCI INTx routing, and
@@ -218,11 +216,6 @@ impl Pc {
     /// The guest RAM block (mapped at guest-physical 0).
     pub fn ram_block(&self) -> BlockId {
         self.ram_block
-    }
-
-    /// The PCI bus device's id.
-    pub fn pci_bus(&self) -> DeviceId {
-        self.chipset.pci_bus
     }
 }
 

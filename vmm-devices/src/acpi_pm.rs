@@ -271,7 +271,7 @@ impl PortIo for AcpiPm {
         port: PortAddress,
         data: &mut [u8],
     ) -> IoOutcome {
-        if port.port() == SMI_CMD_PORT {
+        if port.range_first() == SMI_CMD_PORT {
             data.fill(0);
             return IoOutcome::Done;
         }
@@ -285,7 +285,7 @@ impl PortIo for AcpiPm {
         port: PortAddress,
         data: &[u8],
     ) -> IoOutcome {
-        if port.port() == SMI_CMD_PORT {
+        if port.range_first() == SMI_CMD_PORT {
             if let Some(&v) = data.first() {
                 self.smi_command(v);
             }

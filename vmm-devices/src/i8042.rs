@@ -358,14 +358,14 @@ impl PortIo for I8042 {
         port: PortAddress,
         data: &mut [u8],
     ) -> IoOutcome {
-        // Registers at fixed architectural ports.
-        let port = port.port();
+        // Two one-port claims, told apart by their first port; the bytes of
+        // a wider access past the register float.
         data.fill(0xff);
         let Some(first) = data.first_mut() else {
             return IoOutcome::Done;
         };
-        match port {
-            DATA_PORT => {
+        match (port.range_first(), port.offset()) {
+            (DATA_PORT, 0) => {
                 *first = match self.output.take() {
                     Some((b, _)) => b,
                     None => 0x00,
@@ -374,7 +374,7 @@ impl PortIo for I8042 {
                 self.update_lines();
                 self.refill();
             }
-            COMMAND_PORT => *first = self.status(),
+            (COMMAND_PORT, 0) => *first = self.status(),
             _ => {}
         }
         IoOutcome::Done
@@ -386,14 +386,12 @@ impl PortIo for I8042 {
         port: PortAddress,
         data: &[u8],
     ) -> IoOutcome {
-        // Registers at fixed architectural ports.
-        let port = port.port();
         let Some(&v) = data.first() else {
             return IoOutcome::Done;
         };
-        match port {
-            DATA_PORT => self.write_data(ctx, v),
-            COMMAND_PORT => {
+        match (port.range_first(), port.offset()) {
+            (DATA_PORT, 0) => self.write_data(ctx, v),
+            (COMMAND_PORT, 0) => {
                 self.status_cmd = true;
                 self.controller_command(ctx, v);
             }

@@ -351,11 +351,10 @@ impl Pic {
         &self.pair
     }
 
-    fn read_port(&self, port: u16) -> u8 {
+    fn read_register(&self, register: Register) -> u8 {
         let mut c = self.pair.chips.lock();
-        match port {
-            0x20 | 0xa0 => {
-                let slave = port == 0xa0;
+        match register {
+            Register::Command { slave } => {
                 let chip = if slave { &c.slave } else { &c.master };
                 if chip.poll {
                     c.poll_read(slave)
@@ -365,24 +364,22 @@ impl Pic {
                     chip.irr
                 }
             }
-            0x21 => c.master.imr,
-            0xa1 => c.slave.imr,
-            0x4d0 => c.master.elcr,
-            0x4d1 => c.slave.elcr,
-            _ => 0xff,
+            Register::Data { slave: false } => c.master.imr,
+            Register::Data { slave: true } => c.slave.imr,
+            Register::Elcr { slave: false } => c.master.elcr,
+            Register::Elcr { slave: true } => c.slave.elcr,
         }
     }
 
-    fn write_port(&self, port: u16, v: u8) {
+    fn write_register(&self, register: Register, v: u8) {
         let mut c = self.pair.chips.lock();
-        match port {
-            0x20 => c.master.write_command(v),
-            0x21 => c.master.write_data(v),
-            0xa0 => c.slave.write_command(v),
-            0xa1 => c.slave.write_data(v),
-            0x4d0 => c.master.elcr = v & c.master.elcr_mask,
-            0x4d1 => c.slave.elcr = v & c.slave.elcr_mask,
-            _ => {}
+        match register {
+            Register::Command { slave: false } => c.master.write_command(v),
+            Register::Data { slave: false } => c.master.write_data(v),
+            Register::Command { slave: true } => c.slave.write_command(v),
+            Register::Data { slave: true } => c.slave.write_data(v),
+            Register::Elcr { slave: false } => c.master.elcr = v & c.master.elcr_mask,
+            Register::Elcr { slave: true } => c.slave.elcr = v & c.slave.elcr_mask,
         }
         // A level-triggered input that is high requests again; an edge one
         // whose level is high stays as it is.
@@ -400,6 +397,38 @@ impl Pic {
     }
 }
 
+/// A register of the PIC pair, by its claim and offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Register {
+    /// ICW1/OCW2/OCW3 writes, IRR/ISR/poll reads (offset 0 of
+    /// [`MASTER_PORTS`] or [`SLAVE_PORTS`]).
+    Command { slave: bool },
+    /// ICW2-4 writes, IMR (offset 1).
+    Data { slave: bool },
+    /// Edge/level control ([`ELCR_PORTS`] offset 0 for the master, 1 for
+    /// the slave).
+    Elcr { slave: bool },
+}
+
+impl Register {
+    /// The register byte `i` of an access at `at` lands on, if any.
+    fn at(at: PortAddress, i: usize) -> Option<Self> {
+        let offset = usize::from(at.offset()) + i;
+        let first = at.range_first();
+        let chip = |slave| match offset {
+            0 => Some(Self::Command { slave }),
+            1 => Some(Self::Data { slave }),
+            _ => None,
+        };
+        match first {
+            f if f == MASTER_PORTS.0 => chip(false),
+            f if f == SLAVE_PORTS.0 => chip(true),
+            f if f == ELCR_PORTS.0 && offset < 2 => Some(Self::Elcr { slave: offset == 1 }),
+            _ => None,
+        }
+    }
+}
+
 impl PortIo for Pic {
     fn port_read(
         &mut self,
@@ -407,10 +436,8 @@ impl PortIo for Pic {
         port: PortAddress,
         data: &mut [u8],
     ) -> IoOutcome {
-        // Registers at fixed architectural ports.
-        let port = port.port();
         for (i, d) in data.iter_mut().enumerate() {
-            *d = self.read_port(port.wrapping_add(i as u16));
+            *d = Register::at(port, i).map_or(0xff, |r| self.read_register(r));
         }
         IoOutcome::Done
     }
@@ -421,10 +448,10 @@ impl PortIo for Pic {
         port: PortAddress,
         data: &[u8],
     ) -> IoOutcome {
-        // Registers at fixed architectural ports.
-        let port = port.port();
         for (i, d) in data.iter().enumerate() {
-            self.write_port(port.wrapping_add(i as u16), *d);
+            if let Some(r) = Register::at(port, i) {
+                self.write_register(r, *d);
+            }
         }
         IoOutcome::Done
     }

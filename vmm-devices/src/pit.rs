@@ -437,28 +437,28 @@ impl Pit {
         }
     }
 
-    fn read_port(&mut self, port: u16, now: u64) -> u8 {
+    fn read_register(&mut self, register: Register, now: u64) -> u8 {
         self.counters[1].settle(now);
         self.counters[2].settle(now);
-        match port {
-            0x40..=0x42 => self.counters[usize::from(port - 0x40)].read(now),
-            0x61 => {
+        match register {
+            Register::Counter(n) => self.counters[n].read(now),
+            Register::PortB => {
                 let refresh = ((now / 15_085) & 1) as u8;
                 u8::from(self.counters[2].gate)
                     | u8::from(self.speaker) << 1
                     | refresh << 4
                     | u8::from(self.counters[2].out(now)) << 5
             }
-            _ => 0xff,
+            Register::Control => 0xff,
         }
     }
 
-    fn write_port(&mut self, port: u16, v: u8, now: u64) {
+    fn write_register(&mut self, register: Register, v: u8, now: u64) {
         self.counters[1].settle(now);
         self.counters[2].settle(now);
-        match port {
-            0x40..=0x42 => self.counters[usize::from(port - 0x40)].write(v, now),
-            0x43 => {
+        match register {
+            Register::Counter(n) => self.counters[n].write(v, now),
+            Register::Control => {
                 let select = v >> 6;
                 if select == 3 {
                     // Read-back: bit 5 clear latches counts, bit 4 clear
@@ -480,11 +480,37 @@ impl Pit {
                     self.counters[usize::from(select)].control(v);
                 }
             }
-            0x61 => {
+            Register::PortB => {
                 self.speaker = v & 0x02 != 0;
                 self.counters[2].set_gate(v & 0x01 != 0, now);
             }
-            _ => {}
+        }
+    }
+}
+
+/// A PIT register, by its claim and offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Register {
+    /// Counter 0, 1 or 2 ([`PIT_PORTS`] offsets 0-2).
+    Counter(usize),
+    /// The mode/command register ([`PIT_PORTS`] offset 3; write-only).
+    Control,
+    /// System control port B ([`PORT_B`]).
+    PortB,
+}
+
+impl Register {
+    /// The register byte `i` of an access at `at` lands on, if any.
+    fn at(at: PortAddress, i: usize) -> Option<Self> {
+        let offset = usize::from(at.offset()) + i;
+        match at.range_first() {
+            f if f == PIT_PORTS.0 => match offset {
+                0..=2 => Some(Self::Counter(offset)),
+                3 => Some(Self::Control),
+                _ => None,
+            },
+            f if f == PORT_B.0 && offset == 0 => Some(Self::PortB),
+            _ => None,
         }
     }
 }
@@ -496,12 +522,13 @@ impl PortIo for Pit {
         port: PortAddress,
         data: &mut [u8],
     ) -> IoOutcome {
-        // Registers at fixed architectural ports.
-        let port = port.port();
         let now = ctx.now_ns();
         self.update_irq0(now);
         for (i, d) in data.iter_mut().enumerate() {
-            *d = self.read_port(port.wrapping_add(i as u16), now);
+            *d = match Register::at(port, i) {
+                Some(r) => self.read_register(r, now),
+                None => 0xff,
+            };
         }
         self.update_irq0(now);
         IoOutcome::Done
@@ -513,13 +540,13 @@ impl PortIo for Pit {
         port: PortAddress,
         data: &[u8],
     ) -> IoOutcome {
-        // Registers at fixed architectural ports.
-        let port = port.port();
         let now = ctx.now_ns();
         // Edges due before this write belong to the old programming.
         self.update_irq0(now);
         for (i, d) in data.iter().enumerate() {
-            self.write_port(port.wrapping_add(i as u16), *d, now);
+            if let Some(r) = Register::at(port, i) {
+                self.write_register(r, *d, now);
+            }
         }
         self.update_irq0(now);
         IoOutcome::Done

@@ -460,13 +460,13 @@ impl PortIo for Rtc {
         port: PortAddress,
         data: &mut [u8],
     ) -> IoOutcome {
-        // Registers at fixed architectural ports.
-        let port = port.port();
+        // One claim, RTC_PORTS: the index register at offset 0, data at 1.
+        let offset = usize::from(port.offset());
         let now = ctx.now_ns();
         self.advance(now);
         for (i, d) in data.iter_mut().enumerate() {
-            *d = match port.wrapping_add(i as u16) {
-                0x71 => self.read_data(now),
+            *d = match offset + i {
+                1 => self.read_data(now),
                 // The index register is write-only; reads float.
                 _ => 0xff,
             };
@@ -480,17 +480,16 @@ impl PortIo for Rtc {
         port: PortAddress,
         data: &[u8],
     ) -> IoOutcome {
-        // Registers at fixed architectural ports.
-        let port = port.port();
+        let offset = usize::from(port.offset());
         let now = ctx.now_ns();
         self.advance(now);
         for (i, d) in data.iter().enumerate() {
-            match port.wrapping_add(i as u16) {
-                0x70 => {
+            match offset + i {
+                0 => {
                     self.index = d & 0x7f;
                     self.nmi_masked = d & 0x80 != 0;
                 }
-                0x71 => self.write_data(*d, now),
+                1 => self.write_data(*d, now),
                 _ => {}
             }
         }

@@ -278,6 +278,30 @@ impl Device for FwCfg {
     }
 }
 
+/// A fw_cfg register, by its claim and offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Register {
+    /// The selector (offset 0 of the selector/data claim).
+    Selector,
+    /// The data byte (offset 1).
+    Data,
+    /// The DMA interface, at this offset of its claim: the address's high
+    /// half at 0, its low half at 4 (a write there starts the transfer).
+    Dma(u16),
+}
+
+impl Register {
+    /// The register an access at `at` starts on, if any.
+    fn at(at: PortAddress) -> Option<Self> {
+        match (at.range_first(), at.offset()) {
+            (PORT_SELECTOR, 0) => Some(Self::Selector),
+            (PORT_SELECTOR, 1) => Some(Self::Data),
+            (PORT_DMA, offset) if offset < DMA_PORTS => Some(Self::Dma(offset)),
+            _ => None,
+        }
+    }
+}
+
 impl PortIo for FwCfg {
     fn port_read(
         &mut self,
@@ -285,14 +309,14 @@ impl PortIo for FwCfg {
         port: PortAddress,
         data: &mut [u8],
     ) -> IoOutcome {
-        match port.port() {
-            PORT_DATA => {
+        match Register::at(port) {
+            Some(Register::Data) => {
                 for b in data.iter_mut() {
                     *b = self.read_data_byte();
                 }
             }
-            p if self.dma_enabled && (PORT_DMA..PORT_DMA + DMA_PORTS).contains(&p) => {
-                let start = usize::from(p - PORT_DMA);
+            Some(Register::Dma(offset)) if self.dma_enabled => {
+                let start = usize::from(offset);
                 for (i, b) in data.iter_mut().enumerate() {
                     *b = DMA_SIGNATURE.get(start + i).copied().unwrap_or(0);
                 }
@@ -308,17 +332,17 @@ impl PortIo for FwCfg {
         port: PortAddress,
         data: &[u8],
     ) -> IoOutcome {
-        match (port.port(), data.len()) {
-            (PORT_SELECTOR, 1) => self.select(u16::from(data[0])),
-            (PORT_SELECTOR, _) if data.len() >= 2 => {
+        match (Register::at(port), data.len()) {
+            (Some(Register::Selector), 1) => self.select(u16::from(data[0])),
+            (Some(Register::Selector), _) if data.len() >= 2 => {
                 self.select(u16::from_le_bytes([data[0], data[1]]))
             }
             // The guest stores the big-endian address with `outl`: the port
             // sees its bytes in memory order.
-            (p, 4) if self.dma_enabled && p == PORT_DMA => {
+            (Some(Register::Dma(0)), 4) if self.dma_enabled => {
                 self.dma_high = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
             }
-            (p, 4) if self.dma_enabled && p == PORT_DMA + 4 => {
+            (Some(Register::Dma(4)), 4) if self.dma_enabled => {
                 let low = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
                 let gpa = (u64::from(self.dma_high) << 32) | u64::from(low);
                 self.dma_high = 0;

@@ -48,13 +48,14 @@ use core::any::Any;
 /// the range the device claimed, and the offset of the accessed port from
 /// it.
 ///
-/// A device placed by whoever builds it or by the guest (a UART at COM1 or
-/// COM2, the ACPI PM block at PMBA, an IDE bus-master block) addresses its
-/// registers by [`PortAddress::offset`] and never stores its base. A device
-/// whose registers sit at fixed architectural ports (the PICs at 0x20 and
-/// 0xa0, the PIT) or that routes by address (the PCI bus, a pass-through
-/// device) uses [`PortAddress::port`]. A device with several claims tells
-/// them apart by [`PortAddress::range_first`].
+/// A device addresses its registers by [`PortAddress::offset`] and never
+/// stores its base, whether whoever builds it or the guest places it (a
+/// UART at COM1 or COM2, the ACPI PM block at PMBA, an IDE bus-master
+/// block) or its ports are architectural (the PICs, the PIT, the RTC). A
+/// device with several claims tells them apart by
+/// [`PortAddress::range_first`]. Only a device that routes by address (the
+/// PCI bus to its functions' BARs, a pass-through device) uses
+/// [`PortAddress::port`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PortAddress {
     first: u16,

@@ -13,7 +13,8 @@ pub struct BenchArgs {
     /// The benchmark: a file `benches/NAME.rs` in one of the crates, or
     /// `boot` (the Linux CD under the VMM against plain QEMU), or `paging`
     /// (the CD under shadow against nested paging), or `kvm` (port-I/O
-    /// exits per second under `vmm` against QEMU with KVM).
+    /// exits per second under `vmm` against QEMU with KVM), or `kvm-nested`
+    /// (the CD under `vmm` against QEMU on a real KVM inside QEMU TCG).
     name: String,
     /// Skip the callgrind instruction counts.
     #[arg(long)]
@@ -99,6 +100,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.name == "kvm" {
         return crate::kvm_bench::run();
+    }
+    if args.name == "kvm-nested" {
+        return crate::kvm_nested_bench::run();
     }
     let pkg = package_of(&args.name)?;
     run_cmd_bench(&pkg, &args.name)?;

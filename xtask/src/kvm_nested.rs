@@ -331,7 +331,7 @@ fn busybox(dir: &Path) -> Result<PathBuf> {
 
 /// The shared libraries `ldd` lists for `bin`, the dynamic loader included
 /// (none for a static binary).
-fn libraries(bin: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn libraries(bin: &Path) -> Result<Vec<PathBuf>> {
     let out = Command::new("ldd")
         .arg(bin)
         .output()

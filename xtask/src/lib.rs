@@ -11,6 +11,7 @@ pub mod images;
 pub mod kernel;
 pub mod kvm_bench;
 pub mod kvm_nested;
+pub mod kvm_nested_bench;
 pub mod paging_bench;
 pub mod passthrough;
 pub mod qemu;

@@ -1,0 +1,313 @@
+//! `cargo xtask bench kvm-nested`: `vmm` against `qemu-system-x86_64
+//! -enable-kvm` on the same real KVM, inside the KVM-in-TCG rig
+//! ([`crate::kvm_nested`]).
+//!
+//! One boot of the rig runs both VMMs [`ROUNDS`] times each, interleaved
+//! (vmm, QEMU, vmm, QEMU, ...), booting the default Linux CD with the same
+//! memory on the same i440FX PC, console on the serial port. For each run
+//! the job prints, by the rig guest's clock (`/proc/uptime`, 10 ms steps):
+//! the time from starting the VMM to the CD's init marker and to its exit,
+//! and the returns from `KVM_RUN` to the VMM's user space that the rig's
+//! kernel counted with its `kvm:kvm_userspace_exit` tracepoint (a hist
+//! trigger keyed by exit reason where the kernel has hist triggers, else
+//! the lines of the trace buffer). `vmm --stats` also prints its own exit
+//! count, which the bench shows beside the tracepoint's.
+//!
+//! QEMU and the libraries `ldd` lists for it go into the run's archive,
+//! with the one ROM it loads for an i440FX PC with `-vga none`
+//! (`kvmvapic.bin`); SeaBIOS is in the rig already at its Debian path, the
+//! same file `vmm` runs.
+
+use crate::kvm_nested::{self, MARK};
+use crate::system::{output, Error, Result};
+use crate::{images, qemu};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Runs of each VMM.
+pub const ROUNDS: usize = 3;
+/// Guest memory for both VMMs.
+const MEMORY: &str = "512M";
+/// The prefix of the job's result lines.
+const RESULT: &str = "KVM-NESTED-BENCH:";
+/// The rig is booted once for all runs.
+const TIMEOUT: Duration = Duration::from_secs(45 * 60);
+
+/// One VMM's figures from one run.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct RunFigures {
+    /// Seconds from start to the init marker.
+    marker: Option<f64>,
+    /// Seconds from start to the VMM's exit.
+    exit: f64,
+    /// The VMM's exit status.
+    status: i32,
+    /// User-space exits by the tracepoint.
+    exits: Option<u64>,
+    /// Exits by the VMM's own count (`vmm --stats`; none for QEMU).
+    own: Option<u64>,
+}
+
+/// The job: `ROUNDS` interleaved runs of each VMM, a result line per run.
+fn script() -> String {
+    let marker = qemu::INIT_MARKER;
+    let vmm = format!("vmm run --memory {MEMORY} --stats --serial stdio --cdrom /rig/cd.iso");
+    let qemu = format!(
+        "/rig/qemu/qemu-system-x86_64 -enable-kvm -cpu host -machine pc -m {MEMORY} \
+         -nodefaults -vga none -display none -monitor none -nic none -serial stdio \
+         -L /rig/qemu/share -cdrom /rig/cd.iso -boot d"
+    );
+    let mut s = String::new();
+    s.push_str(&format!(
+        "set -o pipefail\n\
+         T=/sys/kernel/tracing\n\
+         mount -t tracefs nodev $T 2>/dev/null\n\
+         E=$T/events/kvm/kvm_userspace_exit\n\
+         echo 65536 > $T/buffer_size_kb\n\
+         hist=0\n\
+         if echo 'hist:keys=reason' > $E/trigger 2>/dev/null; then hist=1; echo '!hist:keys=reason' > $E/trigger; fi\n\
+         echo \"{MARK} exit counting: hist=$hist\"\n\
+         bench() {{\n\
+           name=$1; shift\n\
+           echo > $T/trace\n\
+           if [ $hist = 1 ]; then echo 'hist:keys=reason' > $E/trigger; else echo 1 > $E/enable; fi\n\
+           start=$(cut -d' ' -f1 /proc/uptime)\n\
+           \"$@\" </dev/null 2>&1 | awk -v mark='{marker}' '{{ print; fflush() }} !seen && index($0, mark) {{ getline up < \"/proc/uptime\"; close(\"/proc/uptime\"); split(up, f, \" \"); print \"{RESULT} marker \" f[1]; fflush(); seen = 1 }}' > /tmp/out\n\
+           status=$?\n\
+           end=$(cut -d' ' -f1 /proc/uptime)\n\
+           if [ $hist = 1 ]; then\n\
+             exits=$(awk '/^Totals:/ {{ exit }} {{ for (i = 1; i < NF; i++) if ($i == \"hitcount:\") n += $(i + 1) }} END {{ print n + 0 }}' $E/hist)\n\
+             grep -E 'reason|Hits' $E/hist | sed 's/^/  /'\n\
+             echo '!hist:keys=reason' > $E/trigger\n\
+           else\n\
+             echo 0 > $E/enable\n\
+             exits=$(grep -c kvm_userspace_exit $T/trace)\n\
+           fi\n\
+           at=$(grep '^{RESULT} marker' /tmp/out | cut -d' ' -f3)\n\
+           own=$(grep -m1 '^exits:' /tmp/out | cut -d' ' -f2)\n\
+           grep -v '^{RESULT}' /tmp/out | tail -3\n\
+           echo \"{RESULT} $name start=$start marker=${{at:-none}} end=$end status=$status exits=$exits own=${{own:-none}}\"\n\
+         }}\n"
+    ));
+    for round in 1..=ROUNDS {
+        s.push_str(&format!("echo \"{MARK} round {round}/{ROUNDS}\"\n"));
+        s.push_str(&format!("bench vmm {vmm}\n"));
+        s.push_str(&format!("bench qemu {qemu}\n"));
+    }
+    s.push_str("exit 0\n");
+    s
+}
+
+/// Parse one result line's figures for `name` ("vmm" or "qemu").
+fn parse_result(line: &str) -> Option<(String, RunFigures)> {
+    let rest = line.trim().strip_prefix(RESULT)?.trim();
+    let (name, rest) = rest.split_once(' ')?;
+    if name == "marker" {
+        return None;
+    }
+    let mut start = None;
+    let mut fig = RunFigures::default();
+    let mut end = None;
+    let mut marker = None;
+    for word in rest.split(' ') {
+        let Some((k, v)) = word.split_once('=') else {
+            continue;
+        };
+        match k {
+            "start" => start = v.parse::<f64>().ok(),
+            "marker" => marker = v.parse::<f64>().ok(),
+            "end" => end = v.parse::<f64>().ok(),
+            "status" => fig.status = v.parse().unwrap_or(-1),
+            "exits" => fig.exits = v.parse().ok(),
+            "own" => fig.own = v.parse().ok(),
+            _ => {}
+        }
+    }
+    let start = start?;
+    fig.exit = end? - start;
+    fig.marker = marker.map(|m| m - start);
+    Some((name.to_string(), fig))
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+/// The files QEMU needs in the rig: the binary, its libraries, its ROM.
+fn qemu_files() -> Result<Vec<(String, PathBuf)>> {
+    let bin = output(
+        Command::new("sh").args(["-c", "command -v qemu-system-x86_64"]),
+        "find qemu-system-x86_64",
+    )?;
+    let bin = PathBuf::from(bin.trim());
+    let mut files = vec![("/rig/qemu/qemu-system-x86_64".to_string(), bin.clone())];
+    for lib in kvm_nested::libraries(&bin)? {
+        files.push((lib.display().to_string(), lib));
+    }
+    let vapic = Path::new("/usr/share/qemu/kvmvapic.bin");
+    if !vapic.is_file() {
+        return Err(Error::msg(format!(
+            "{} is missing: install qemu-system-data (cargo xtask installs QEMU 10 with it)",
+            vapic.display()
+        )));
+    }
+    files.push((
+        "/rig/qemu/share/kvmvapic.bin".to_string(),
+        vapic.to_path_buf(),
+    ));
+    Ok(files)
+}
+
+/// Entry point of `cargo xtask bench kvm-nested`.
+pub fn run() -> Result<()> {
+    qemu::ensure()?;
+    let iso = images::fetch()?.linux_iso;
+    let rig = kvm_nested::build()?;
+    let mut files = qemu_files()?;
+    files.push(("/rig/cd.iso".to_string(), iso.clone()));
+    let refs: Vec<(&str, &Path)> = files
+        .iter()
+        .map(|(a, p)| (a.as_str(), p.as_path()))
+        .collect();
+    eprintln!(
+        "xtask: one boot of the KVM-in-TCG rig; inside it {} under vmm and under QEMU -enable-kvm, {ROUNDS} runs each, interleaved",
+        iso.display()
+    );
+    let run = rig.run(&script(), &refs, TIMEOUT, false)?;
+    let console = kvm_nested::dir().join("bench-console.log");
+    if std::fs::write(&console, &run.serial).is_ok() {
+        eprintln!("xtask: the rig's console is in {}", console.display());
+    }
+    let results: Vec<(String, RunFigures)> = run.serial.lines().filter_map(parse_result).collect();
+    for l in run.serial.lines().filter(|l| l.contains("exit counting")) {
+        eprintln!("xtask: {}", l.trim());
+    }
+    if results.len() != 2 * ROUNDS {
+        run.check()?;
+        return Err(Error::msg(format!(
+            "expected {} result lines from the rig, got {}; the end of its console:\n{}",
+            2 * ROUNDS,
+            results.len(),
+            run.serial
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        )));
+    }
+    for (name, f) in &results {
+        if f.status != 0 || f.marker.is_none() {
+            return Err(Error::msg(format!(
+                "{name} did not boot the CD to its init marker (status {}, {:.1} s); the rig's console:\n{}",
+                f.status, f.exit, run.job_output()
+            )));
+        }
+    }
+    let of = |who: &str| -> Vec<&RunFigures> {
+        results
+            .iter()
+            .filter(|(n, _)| n == who)
+            .map(|(_, f)| f)
+            .collect()
+    };
+    let show = |v: &[&RunFigures], get: &dyn Fn(&RunFigures) -> f64| -> String {
+        v.iter()
+            .map(|f| format!("{:.2}", get(f)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "kvm-nested: the default CD on a real KVM inside QEMU TCG (median of {ROUNDS} interleaved runs, rig clock):"
+    );
+    let mut medians = Vec::new();
+    for who in ["vmm", "qemu"] {
+        let runs = of(who);
+        let marker = median(runs.iter().filter_map(|f| f.marker).collect()).unwrap_or(0.0);
+        let exit = median(runs.iter().map(|f| f.exit).collect()).unwrap_or(0.0);
+        let exits = median(
+            runs.iter()
+                .filter_map(|f| f.exits.map(|e| e as f64))
+                .collect(),
+        );
+        let own = median(
+            runs.iter()
+                .filter_map(|f| f.own.map(|e| e as f64))
+                .collect(),
+        );
+        println!(
+            "  {:<5} to init marker {:>7.2} s (runs: {})   to exit {:>7.2} s   user-space exits {}{}",
+            who,
+            marker,
+            show(&runs, &|f| f.marker.unwrap_or(0.0)),
+            exit,
+            exits.map_or("?".to_string(), |e| format!("{e:.0}")),
+            own.map_or(String::new(), |e| format!(" (its own count of all exits: {e:.0})"))
+        );
+        medians.push((marker, exits));
+    }
+    let (vmm, qemu) = (medians[0], medians[1]);
+    if vmm.0 > 0.0 {
+        println!(
+            "  ratio qemu/vmm to the init marker: {:.2}x (target: at least 1.5x)",
+            qemu.0 / vmm.0
+        );
+    }
+    if let (Some(v), Some(q)) = (vmm.1, qemu.1) {
+        println!(
+            "  user-space exits vmm/qemu: {:.0} / {:.0} (target: vmm fewer)",
+            v, q
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_line_gives_times_relative_to_its_start() {
+        let (name, f) = parse_result(
+            "KVM-NESTED-BENCH: vmm start=10.50 marker=40.25 end=41.00 status=0 exits=75000 own=75108",
+        )
+        .unwrap();
+        assert_eq!(name, "vmm");
+        assert_eq!(f.status, 0);
+        assert_eq!(f.exits, Some(75000));
+        assert_eq!(f.own, Some(75108));
+        assert!((f.marker.unwrap() - 29.75).abs() < 1e-9);
+        assert!((f.exit - 30.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_run_without_the_marker_has_none() {
+        let (_, f) = parse_result(
+            "KVM-NESTED-BENCH: qemu start=1 marker=none end=3 status=1 exits=5 own=none",
+        )
+        .unwrap();
+        assert_eq!(f.marker, None);
+        assert_eq!(f.status, 1);
+        assert!(parse_result("KVM-NESTED-BENCH: marker 12.0").is_none());
+    }
+
+    #[test]
+    fn the_script_interleaves_the_two_vmms() {
+        let s = script();
+        let order: Vec<&str> = s
+            .lines()
+            .filter_map(|l| l.strip_prefix("bench "))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(order.len(), 2 * ROUNDS);
+        assert!(order.chunks(2).all(|p| p == ["vmm", "qemu"]));
+    }
+}

@@ -178,6 +178,25 @@ impl Vm {
         Ok(())
     }
 
+    /// Move the MMIO window `[from, from + len)` and the device that holds
+    /// it to `to` (a guest relocated its local APIC). Nothing moves, and
+    /// the error says why, where nobody holds `from` exactly or `to` is not
+    /// free for MMIO (RAM, ROM, another device). The old range stays a hole
+    /// nobody holds (reads all-ones).
+    pub fn move_mmio(&mut self, from: u64, to: u64, len: u64) -> Result<(), ClaimError> {
+        let device = self
+            .devices
+            .mmio_owner(from)
+            .ok_or(ClaimError::NoSuchClaim)?;
+        self.devices.release_mmio(device, from, len)?;
+        if let Err(e) = self.claim_mmio(device, to, len) {
+            // Put it back: it held the range a moment ago.
+            let _ = self.devices.claim_mmio(device, from, len);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// The guest read `data.len()` bytes from `port` (an IN exit). An
     /// unhooked port reads all-ones. [`IoOutcome::Retry`]: the device could
     /// not take the access now; the guest must execute it again.

@@ -170,6 +170,39 @@ fn emulate<B: VcpuBackend>(
     }
 }
 
+/// RDMSR/WRMSR of IA32_APIC_BASE where the local APIC model holds it
+/// (`current`): `false` for #GP. A write that moves the register window
+/// moves the device's MMIO claim too.
+fn apic_base_msr<B: VcpuBackend>(
+    vcpu: &mut B,
+    vm: &mut Vm,
+    interrupts: &dyn InterruptSource,
+    current: u64,
+    write: bool,
+) -> bool {
+    if !write {
+        vcpu.set_gpr(RAX, current & 0xffff_ffff);
+        vcpu.set_gpr(RDX, current >> 32);
+        return true;
+    }
+    let value = (vcpu.gpr(RDX) << 32) | (vcpu.gpr(RAX) & 0xffff_ffff);
+    let Some(new) = super::apic_base_write(current, value) else {
+        return false;
+    };
+    let window = |v: u64| v & !0xfff;
+    if window(new) != window(current) {
+        if let Err(e) = vm.move_mmio(window(current), window(new), 0x1000) {
+            log::warn!(
+                "guest moved its local APIC to {:#x}: {e}; its registers stay at {:#x}",
+                window(new),
+                window(current)
+            );
+        }
+    }
+    interrupts.set_apic_base(new);
+    true
+}
+
 /// Run `vcpu` in `vm`, with `interrupts` as its interrupt controllers and
 /// `msrs` as its emulated MSRs, until the VM stops or `slice` ends.
 pub fn run<B: VcpuBackend>(
@@ -359,7 +392,12 @@ pub fn run<B: VcpuBackend>(
             }
             Exit::Msr { write, next_rip } => {
                 let msr = vcpu.gpr(RCX) as u32;
-                let ok = if write {
+                let lapic_base = interrupts
+                    .apic_base()
+                    .filter(|_| msr == super::MSR_APIC_BASE);
+                let ok = if let Some(current) = lapic_base {
+                    apic_base_msr(vcpu, vm, interrupts, current, write)
+                } else if write {
                     let value = (vcpu.gpr(RDX) << 32) | (vcpu.gpr(RAX) & 0xffff_ffff);
                     msrs.write(vcpu, vm, msr, value)
                 } else {

@@ -49,6 +49,8 @@ pub struct Vm {
     /// The exit loop's count of exits that made no progress; it lives here
     /// so it outlasts one time slice (the VM has one vCPU).
     watchdog: crate::vcpu::Watchdog,
+    /// What CPUID says to the guest.
+    cpu_model: crate::vcpu::CpuModel,
 }
 
 impl Vm {
@@ -67,7 +69,21 @@ impl Vm {
             timer_due: Vec::new(),
             timer_stale: Vec::new(),
             watchdog: crate::vcpu::Watchdog::default(),
+            cpu_model: crate::vcpu::CpuModel::default(),
         }
+    }
+
+    /// The CPU model CPUID shows the guest (default
+    /// [`crate::vcpu::CpuModel::Qemu64`]).
+    pub fn cpu_model(&self) -> crate::vcpu::CpuModel {
+        self.cpu_model
+    }
+
+    /// Choose the CPU model, before the guest runs; logs the model's
+    /// features this host cannot back.
+    pub fn set_cpu_model(&mut self, model: crate::vcpu::CpuModel) {
+        model.log_missing_features();
+        self.cpu_model = model;
     }
 
     /// This VM's id.

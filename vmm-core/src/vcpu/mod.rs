@@ -16,8 +16,9 @@ mod state;
 mod watchdog;
 
 pub use cpuid::{
-    guest_cpuid, guest_cpuid_for, CpuidResult, HYPERVISOR_VENDOR, KVM_FEATURE_CLOCKSOURCE2,
-    KVM_FEATURE_CLOCKSOURCE_STABLE_BIT, KVM_FEATURE_NOP_IO_DELAY, KVM_LEAF_BASE,
+    guest_cpuid, guest_cpuid_for, missing_features, CpuModel, CpuidResult, UnknownCpuModel,
+    HYPERVISOR_VENDOR, KVM_FEATURE_CLOCKSOURCE2, KVM_FEATURE_CLOCKSOURCE_STABLE_BIT,
+    KVM_FEATURE_NOP_IO_DELAY, KVM_LEAF_BASE, QEMU64_LEAF1_ECX, QEMU64_LEAF1_EDX, QEMU64_QEMU_CPU,
 };
 pub use delivery::{delivery_fault, DeliveryFault};
 pub use emulation::emulation_stop_reason;

@@ -123,6 +123,10 @@ const HWCR_MC_STATUS_WR_EN: u64 = 1 << 18;
 /// HWCR bits a write may set and that read back as 0 (TLB cache
 /// disable, flush filter disable, IGNNE emulation): ignored, as KVM does.
 const HWCR_IGNORED: u64 = (1 << 3) | (1 << 6) | (1 << 8);
+/// AMD SYSCFG: Linux's MTRR code reads it on AMD CPUs (for the
+/// top-of-memory and fixed-range DRAM bits). Reads 0, as under KVM:
+/// none of its features are on; writes are ignored.
+pub const MSR_K8_SYSCFG: u32 = 0xc001_0010;
 /// AMD interrupt pending message (K8): Linux reads it on CPUs with
 /// erratum 400 to see whether C1E is active. Reads 0: it never is.
 pub const MSR_K8_INT_PENDING_MSG: u32 = 0xc001_0055;
@@ -347,7 +351,7 @@ impl MsrFile {
             MSR_MCG_STATUS => Some(self.mcg_status),
             MSR_MCG_CTL => Some(self.mcg_ctl),
             MSR_K7_HWCR => Some(self.hwcr),
-            MSR_K8_INT_PENDING_MSG => Some(0),
+            MSR_K8_INT_PENDING_MSG | MSR_K8_SYSCFG => Some(0),
             MSR_AMD64_DE_CFG => Some(self.de_cfg),
             _ if mc_bank(msr).is_some() => mc_bank(msr).map(|i| self.mc_banks[i / 4][i % 4]),
             _ if k7_perf(msr).is_some() => k7_perf(msr).map(|i| self.k7_perf[i]),
@@ -438,8 +442,9 @@ impl MsrFile {
                 self.hwcr = v;
                 true
             }
-            // Nothing to acknowledge: C1E is never active.
-            MSR_K8_INT_PENDING_MSG => true,
+            // Nothing to acknowledge: C1E is never active; no SYSCFG
+            // feature can be turned on.
+            MSR_K8_INT_PENDING_MSG | MSR_K8_SYSCFG => true,
             MSR_AMD64_DE_CFG => {
                 if value & !DE_CFG_LFENCE_SERIALIZE != 0 {
                     return false;
@@ -769,6 +774,8 @@ mod tests {
         assert_eq!(m.read(&cpu, &vm, MSR_K7_HWCR), Some(0));
         assert!(!m.write(&mut cpu, &mut vm, MSR_K7_HWCR, 1 << 24));
         assert_eq!(m.read(&cpu, &vm, MSR_K8_INT_PENDING_MSG), Some(0));
+        assert!(m.write(&mut cpu, &mut vm, MSR_K8_SYSCFG, 1 << 19));
+        assert_eq!(m.read(&cpu, &vm, MSR_K8_SYSCFG), Some(0));
         assert!(m.write(&mut cpu, &mut vm, MSR_AMD64_DE_CFG, 2));
         assert_eq!(m.read(&cpu, &vm, MSR_AMD64_DE_CFG), Some(2));
         assert!(!m.write(&mut cpu, &mut vm, MSR_AMD64_DE_CFG, 1));

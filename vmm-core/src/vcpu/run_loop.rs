@@ -2,8 +2,7 @@
 //! emulation, CPUID answers and injected events, for every backend.
 
 use super::{
-    guest_cpuid_for, AccessTarget, ControlAccess, DeviceAccess, Event, Exit, InterruptSource,
-    MsrFile, VcpuBackend,
+    AccessTarget, ControlAccess, DeviceAccess, Event, Exit, InterruptSource, MsrFile, VcpuBackend,
 };
 use crate::device::IoOutcome;
 use crate::emulator::{EmulateError, Emulator, Exception, Hints, PortString, RFLAGS_AC, RFLAGS_IF};
@@ -367,8 +366,12 @@ pub fn run<B: VcpuBackend>(
             }
             Exit::Cpuid { next_rip } => {
                 let (leaf, subleaf) = (vcpu.gpr(RAX) as u32, vcpu.gpr(RCX) as u32);
-                let mut r = guest_cpuid_for(leaf, subleaf, vm.host().tsc_khz());
-                if let Some(x) = vcpu.extended_state() {
+                let model = vm.cpu_model();
+                let mut r = model.cpuid(leaf, subleaf, vm.host().tsc_khz());
+                // The host model shows the extended state the backend
+                // keeps; qemu64 has no XSAVE at all.
+                let xsave = model == super::CpuModel::Host;
+                if let Some(x) = vcpu.extended_state().filter(|_| xsave) {
                     let osxsave = vcpu.control().cr4 & crate::paging::CR4_OSXSAVE != 0;
                     x.model().cpuid(leaf, subleaf, &mut r, osxsave, x.xcr0());
                 }

@@ -91,7 +91,7 @@ const MISC_ENABLE_VALUE: u64 = 1 | (1 << 11) | (1 << 12);
 
 /// The APIC base the guest sees: the xAPIC at 0xFEE00000, enabled, this is
 /// the bootstrap processor.
-const APIC_BASE_VALUE: u64 = 0xfee0_0000 | (1 << 11) | (1 << 8);
+pub(crate) const APIC_BASE_VALUE: u64 = 0xfee0_0000 | (1 << 11) | (1 << 8);
 
 /// IA32_MCG_CAP.
 pub const MSR_MCG_CAP: u32 = 0x179;
@@ -189,6 +189,9 @@ pub struct MsrFile {
     apic_base: u64,
     hwcr: u64,
     de_cfg: u64,
+    /// Where the guest moved the local APIC's register window, if it did
+    /// (the exit loop moves it home at reset).
+    apic_window: Option<u64>,
     reported: HashSet<u32>,
     wall_clock_at_host_zero: u64,
     kvm_wall_clock: u64,
@@ -212,6 +215,7 @@ impl Default for MsrFile {
             apic_base: APIC_BASE_VALUE,
             hwcr: 0,
             de_cfg: 0,
+            apic_window: None,
             reported: HashSet::new(),
             wall_clock_at_host_zero: 0,
             kvm_wall_clock: 0,
@@ -321,6 +325,17 @@ impl MsrFile {
             wall_clock_at_host_zero: unix_seconds,
             ..Self::default()
         }
+    }
+
+    /// The local APIC's register window now lies at `gpa`.
+    pub(crate) fn set_apic_window(&mut self, gpa: u64) {
+        self.apic_window = (gpa != APIC_BASE_VALUE & !0xfff).then_some(gpa);
+    }
+
+    /// Where the window was moved, if away from its power-on address; it is
+    /// home again afterwards.
+    pub(crate) fn take_apic_window(&mut self) -> Option<u64> {
+        self.apic_window.take()
     }
 
     fn unknown(&mut self, msr: u32, what: &str) {

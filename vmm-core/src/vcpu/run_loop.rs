@@ -176,6 +176,7 @@ fn apic_base_msr<B: VcpuBackend>(
     vcpu: &mut B,
     vm: &mut Vm,
     interrupts: &dyn InterruptSource,
+    msrs: &mut MsrFile,
     current: u64,
     write: bool,
 ) -> bool {
@@ -190,12 +191,13 @@ fn apic_base_msr<B: VcpuBackend>(
     };
     let window = |v: u64| v & !0xfff;
     if window(new) != window(current) {
-        if let Err(e) = vm.move_mmio(window(current), window(new), 0x1000) {
-            log::warn!(
+        match vm.move_mmio(window(current), window(new), 0x1000) {
+            Ok(()) => msrs.set_apic_window(window(new)),
+            Err(e) => log::warn!(
                 "guest moved its local APIC to {:#x}: {e}; its registers stay at {:#x}",
                 window(new),
                 window(current)
-            );
+            ),
         }
     }
     interrupts.set_apic_base(new);
@@ -230,6 +232,14 @@ pub fn run<B: VcpuBackend>(
             vm.devices_mut().reset_all();
             vcpu.reset();
             halted = None;
+            // The local APIC's registers are back at their power-on
+            // address: so is their window, if the guest moved it.
+            if let Some(moved) = msrs.take_apic_window() {
+                let home = super::msr::APIC_BASE_VALUE & !0xfff;
+                if let Err(e) = vm.move_mmio(moved, home, 0x1000) {
+                    log::warn!("reset: the local APIC window stays at {moved:#x}: {e}");
+                }
+            }
         }
         let deadline = vm.poll_timers();
         // When the VMM must have the CPU back: the next device timer or the
@@ -399,7 +409,7 @@ pub fn run<B: VcpuBackend>(
                     .apic_base()
                     .filter(|_| msr == super::MSR_APIC_BASE);
                 let ok = if let Some(current) = lapic_base {
-                    apic_base_msr(vcpu, vm, interrupts, current, write)
+                    apic_base_msr(vcpu, vm, interrupts, msrs, current, write)
                 } else if write {
                     let value = (vcpu.gpr(RDX) << 32) | (vcpu.gpr(RAX) & 0xffff_ffff);
                     msrs.write(vcpu, vm, msr, value)

@@ -61,8 +61,11 @@ pub enum CpuModel {
     Host,
 }
 
-/// The `-cpu` option that gives plain QEMU (TCG, on an AMD host) the same
-/// CPUID as [`CpuModel::Qemu64`] (bar the hypervisor leaves).
+/// The `-cpu` option that gives plain QEMU (TCG) the same CPUID as
+/// [`CpuModel::Qemu64`] on an AMD host such as our SVM test host (bar the
+/// hypervisor leaves). Against a guest on an Intel host, QEMU needs
+/// `,vendor=GenuineIntel` too (QEMU adds the AMD copies of the leaf-1 EDX
+/// bits to leaf 0x8000_0001 only for an AMD vendor, as the model does).
 pub const QEMU64_QEMU_CPU: &str = "qemu64,-svm";
 
 /// A CPU model name nobody knows.

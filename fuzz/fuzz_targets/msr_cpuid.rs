@@ -7,9 +7,11 @@
 //!
 //! Invariants: an MSR outside the emulated set gives #GP on every read and
 //! write, however often asked (the kvmclock MSRs too where kvmclock is
-//! not offered); the emulated ones read what the model says
-//! (fixed values, the last accepted MTRR default type, the last kvmclock
-//! address); a kvmclock write changes guest memory only inside the record
+//! not offered); the emulated ones read what the model says (fixed
+//! values, the last kvmclock address, and for the kept ones what the last
+//! accepted write left: a refused write changes nothing, and the write
+//! rules of MCG_CTL, the banks, MISC_ENABLE, APIC_BASE and the MTRRs
+//! hold); a kvmclock write changes guest memory only inside the record
 //! at the asked address, only when all of it is RAM, and writes the record
 //! the guest expects there; ROM never changes; CPUID never shows SVM, VMX,
 //! x2APIC or the TSC deadline timer, always the hypervisor bit, and offers
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use vmm_core::emulator::RegisterFile;
 use vmm_core::test_host::{ReplayVcpu, TestHost, TestVmBuilder};
 use vmm_core::vcpu::{
-    guest_cpuid_for, pvclock_scale, MsrFile, KVM_LEAF_BASE, MSR_APIC_BASE, MSR_EFER,
+    guest_cpuid_for, pvclock_scale, CpuModel, MsrFile, QEMU64_LEAF1_ECX, QEMU64_LEAF1_EDX, KVM_LEAF_BASE, MCE_BANKS, MSR_APIC_BASE, MSR_EFER,
     MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_WALL_CLOCK_NEW, MSR_TSC,
 };
 use vmm_core::vm::Vm;
@@ -37,8 +39,17 @@ const MTRRCAP: u32 = 0xfe;
 const MTRR_DEF_TYPE: u32 = 0x2ff;
 const MISC_ENABLE: u32 = 0x1a0;
 const VM_CR: u32 = 0xc001_0114;
-/// Every MSR `MsrFile` answers itself (the backend here has none).
-const EMULATED: [u32; 8] = [
+const UCODE_REV: u32 = 0x8b;
+const MCG_CAP: u32 = 0x179;
+const MCG_STATUS: u32 = 0x17a;
+const MCG_CTL: u32 = 0x17b;
+const HWCR: u32 = 0xc001_0015;
+const INT_PENDING_MSG: u32 = 0xc001_0055;
+const SYSCFG: u32 = 0xc001_0010;
+const DE_CFG: u32 = 0xc001_1029;
+/// Every MSR `MsrFile` answers itself (the backend here has none); the
+/// ranges are in [`kept`].
+const EMULATED: [u32; 20] = [
     MSR_TSC,
     MSR_APIC_BASE,
     MTRRCAP,
@@ -47,7 +58,40 @@ const EMULATED: [u32; 8] = [
     VM_CR,
     MSR_KVM_WALL_CLOCK_NEW,
     MSR_KVM_SYSTEM_TIME_NEW,
+    UCODE_REV,
+    MCG_CAP,
+    MCG_STATUS,
+    MCG_CTL,
+    HWCR,
+    INT_PENDING_MSG,
+    SYSCFG,
+    DE_CFG,
+    0x400,
+    0xc001_0000,
+    0x200,
+    0x250,
 ];
+
+/// MSRs whose value is whatever the last accepted write left: the
+/// machine-check banks, the K7 performance MSRs, the MTRRs and the other
+/// kept ones.
+fn kept(msr: u32) -> bool {
+    (0x400..0x400 + 4 * MCE_BANKS as u32).contains(&msr)
+        || (0xc001_0000..0xc001_0008).contains(&msr)
+        || (0x200..0x210).contains(&msr)
+        || [0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f]
+            .contains(&msr)
+        || [
+            MSR_APIC_BASE,
+            MTRR_DEF_TYPE,
+            MISC_ENABLE,
+            MCG_STATUS,
+            MCG_CTL,
+            HWCR,
+            DE_CFG,
+        ]
+        .contains(&msr)
+}
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Place {
@@ -141,8 +185,9 @@ fuzz_target!(|input: Input| {
     };
     let mut cpu = ReplayVcpu::new(RegisterFile::real_mode(), []);
     let mut msrs = MsrFile::with_wall_clock(WALL);
-    let mut mtrr_def_type = 0u64;
     let mut kvm = [0u64; 2];
+    // What each kept MSR read last (filled at first sight).
+    let mut last: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
 
     for op in input.ops.into_iter().take(512) {
         let (ram_before, _) = snapshot(&vm);
@@ -162,13 +207,21 @@ fuzz_target!(|input: Input| {
                     );
                     continue;
                 }
+                if msr != MSR_TSC {
+                    assert_eq!(got, again, "RDMSR {msr:#x} twice");
+                }
+                if kept(msr) {
+                    let v = got.unwrap_or_else(|| panic!("RDMSR {msr:#x} must not #GP"));
+                    assert_eq!(*last.entry(msr).or_insert(v), v, "RDMSR {msr:#x} changed");
+                    continue;
+                }
                 match msr {
                     MSR_TSC => assert!(got.is_some()),
-                    MSR_APIC_BASE => assert_eq!(got, Some(0xfee0_0900)),
-                    MTRRCAP => assert_eq!(got, Some(0)),
-                    MTRR_DEF_TYPE => assert_eq!(got, Some(mtrr_def_type)),
-                    MISC_ENABLE => assert_eq!(got, Some(1 | 1 << 11 | 1 << 12)),
+                    MTRRCAP => assert_eq!(got, Some(0x508)),
                     VM_CR => assert_eq!(got, Some(1 << 4)),
+                    UCODE_REV => assert!(got.is_some()),
+                    MCG_CAP => assert_eq!(got, Some(MCE_BANKS as u64 | 1 << 8 | 1 << 24)),
+                    INT_PENDING_MSG | SYSCFG => assert_eq!(got, Some(0)),
                     MSR_KVM_WALL_CLOCK_NEW => assert_eq!(got, Some(kvm[0])),
                     MSR_KVM_SYSTEM_TIME_NEW => assert_eq!(got, Some(kvm[1])),
                     _ => {
@@ -192,19 +245,48 @@ fuzz_target!(|input: Input| {
                 continue;
             }
         };
+        let before = kept(msr).then(|| msrs.read(&cpu, &vm, msr).unwrap());
         let ok = msrs.write(&mut cpu, &mut vm, msr, value);
+        if let Some(before) = before {
+            let after = msrs.read(&cpu, &vm, msr).unwrap();
+            if !ok {
+                assert_eq!(after, before, "refused WRMSR {msr:#x} changed it");
+            }
+            last.insert(msr, after);
+        }
+        let bank = msr.wrapping_sub(0x400);
         match msr {
             // No TSC offsetting in this backend: only the current value
             // (which the fuzzer cannot hit) would be accepted.
             MSR_TSC => {}
-            MSR_APIC_BASE => assert_eq!(ok, value == 0xfee0_0900),
-            MISC_ENABLE => assert_eq!(ok, value == (1 | 1 << 11 | 1 << 12)),
-            MTRR_DEF_TYPE => {
-                assert_eq!(ok, value & !0xcff == 0);
+            MSR_APIC_BASE => {
+                let reserved = 0x6ff | u64::MAX << 40;
+                assert_eq!(ok, value & reserved & !0x100 == 0, "APIC_BASE {value:#x}");
                 if ok {
-                    mtrr_def_type = value;
+                    assert_eq!(last[&msr], value & !0x100 | 0x100, "the BSP bit is kept");
                 }
             }
+            MISC_ENABLE => {
+                let ro = 1 << 11 | 1 << 12;
+                assert_eq!(ok, (value ^ before.unwrap()) & ro == 0);
+            }
+            MTRR_DEF_TYPE => {
+                assert_eq!(
+                    ok,
+                    value & !0xcff == 0 && [0, 1, 4, 5, 6].contains(&(value & 0xff))
+                );
+            }
+            MCG_CTL => assert_eq!(ok, value == 0 || value == u64::MAX),
+            MCG_CAP | MTRRCAP => assert!(!ok, "read-only"),
+            _ if bank < 4 * MCE_BANKS as u32 && bank % 4 == 0 => {
+                assert_eq!(ok, value == 0 || value | 1 << 10 | 1 == u64::MAX)
+            }
+            _ if bank < 4 * MCE_BANKS as u32 && bank % 4 == 1 => {
+                let hwcr = msrs.read(&cpu, &vm, HWCR).unwrap();
+                assert_eq!(ok, value == 0 || hwcr & 1 << 18 != 0)
+            }
+            _ if kept(msr) => {}
+            UCODE_REV | INT_PENDING_MSG | SYSCFG => assert!(ok),
             MSR_KVM_WALL_CLOCK_NEW | MSR_KVM_SYSTEM_TIME_NEW => {
                 assert_eq!(
                     ok,
@@ -249,6 +331,24 @@ fuzz_target!(|input: Input| {
 });
 
 fn check_cpuid(leaf: u32, subleaf: u32, tsc_khz: Option<u32>) {
+    // The qemu64 model: never more than the model has, the same
+    // hypervisor leaves as the host model, no XSAVE, PMU or SVM leaves.
+    let q = CpuModel::Qemu64.cpuid(leaf, subleaf, tsc_khz);
+    assert_eq!(q, CpuModel::Qemu64.cpuid(leaf, subleaf, tsc_khz), "stable");
+    match leaf {
+        1 => {
+            assert_eq!(q.ecx & !(QEMU64_LEAF1_ECX | 1 << 31), 0);
+            assert_ne!(q.ecx & 1 << 31, 0, "hypervisor bit");
+            assert_eq!(q.edx & !QEMU64_LEAF1_EDX, 0);
+            assert_eq!(q.ebx, 0x800);
+        }
+        0x8000_0001 => assert_eq!(q.ecx & !1, 0, "only LAHF/SAHF"),
+        0xa | 0xd | 0x8000_000a => assert_eq!(q, Default::default(), "leaf {leaf:#x}"),
+        0x4000_0000..=0x4fff_ffff => {
+            assert_eq!(q, guest_cpuid_for(leaf, subleaf, tsc_khz), "leaf {leaf:#x}")
+        }
+        _ => {}
+    }
     let r = guest_cpuid_for(leaf, subleaf, tsc_khz);
     match leaf {
         1 => {

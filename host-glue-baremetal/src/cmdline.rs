@@ -77,6 +77,10 @@ pub struct Config {
     /// Give PC guests the debug console at 0x402, so SeaBIOS's debug log
     /// appears on the host console (about 3,000 more exits per boot).
     pub bios_debug: bool,
+    /// What CPUID shows (`cpu_model=qemu64|host`); unset, PCs get qemu64
+    /// and guest programs the host's CPU (the extended-state tests need
+    /// its XSAVE and AVX).
+    pub cpu_model: Option<vmm_core::vcpu::CpuModel>,
 }
 
 impl Default for Config {
@@ -90,6 +94,7 @@ impl Default for Config {
             cpu: CpuBackend::Auto,
             paging: PagingChoice::Nested,
             bios_debug: false,
+            cpu_model: None,
         }
     }
 }
@@ -117,7 +122,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, cpu_model)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -207,6 +212,9 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     _ => return Err(bad("nested or shadow")),
                 };
             }
+            "cpu_model" => {
+                config.cpu_model = Some(value.parse().map_err(|_| bad("qemu64 or host"))?);
+            }
             "bios_debug" => {
                 config.bios_debug = match value {
                     "1" | "on" => true,
@@ -273,6 +281,18 @@ mod tests {
         assert_eq!(parse("").unwrap().cpu, CpuBackend::Auto);
         assert_eq!(parse("").unwrap().paging, PagingChoice::Nested);
         assert_eq!(parse("paging=shadow").unwrap().paging, PagingChoice::Shadow);
+        assert_eq!(
+            parse("cpu_model=host").unwrap().cpu_model,
+            Some(vmm_core::vcpu::CpuModel::Host)
+        );
+        assert_eq!(parse("").unwrap().cpu_model, None);
+        assert!(matches!(
+            parse("cpu_model=pentium").unwrap_err(),
+            CmdlineError::BadValue {
+                key: "cpu_model",
+                ..
+            }
+        ));
         assert!(matches!(
             parse("paging=ept").unwrap_err(),
             CmdlineError::BadValue { key: "paging", .. }

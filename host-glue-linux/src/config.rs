@@ -7,6 +7,7 @@
 //! ```toml
 //! memory = "512M"
 //! boot = ["cdrom", "disk"]     # boot order
+//! cpu_model = "qemu64"         # what CPUID shows: qemu64 (default) or host
 //!
 //! [firmware]
 //! bios = "/usr/share/seabios/bios-256k.bin"
@@ -104,6 +105,8 @@ pub struct MachineConfig {
     pub kernel: Option<KernelBoot>,
     /// COM1.
     pub serial: SerialTarget,
+    /// The CPU model CPUID shows the guest.
+    pub cpu_model: vmm_core::vcpu::CpuModel,
 }
 
 /// A configuration error, naming what it is about.
@@ -238,6 +241,7 @@ impl MachineConfig {
             boot: vec![BootDevice::Cdrom, BootDevice::Disk],
             kernel: None,
             serial: SerialTarget::Stdio,
+            cpu_model: vmm_core::vcpu::CpuModel::default(),
         }
     }
 
@@ -328,6 +332,7 @@ impl Default for MachineConfig {
 struct FileConfig {
     memory: Option<String>,
     boot: Option<Vec<BootDevice>>,
+    cpu_model: Option<String>,
     #[serde(default)]
     firmware: FirmwareSection,
     #[serde(default)]
@@ -425,6 +430,15 @@ pub fn parse_image_arg(text: &str, flag: &str, writable: bool) -> Result<ImageAr
     Ok(arg)
 }
 
+/// Parse a CPU model name given under `key` (`qemu64`, `host`).
+pub fn parse_cpu_model(text: &str, key: &str) -> Result<vmm_core::vcpu::CpuModel, ConfigError> {
+    text.parse()
+        .map_err(|e: vmm_core::vcpu::UnknownCpuModel| ConfigError::Value {
+            key: key.into(),
+            problem: e.to_string(),
+        })
+}
+
 /// `stdio`, or a file.
 pub fn parse_serial(text: &str) -> SerialTarget {
     if text == "stdio" {
@@ -445,6 +459,9 @@ pub fn parse_config(text: &str, file: &Path, base: &Path) -> Result<MachineConfi
     let mut m = MachineConfig::new();
     if let Some(mem) = f.memory {
         m.memory = parse_memory(&mem, "memory")?;
+    }
+    if let Some(model) = f.cpu_model {
+        m.cpu_model = parse_cpu_model(&model, "cpu_model")?;
     }
     if let Some(b) = f.firmware.bios {
         m.bios = resolve(b);
@@ -727,6 +744,22 @@ mod tests {
         assert!(e.to_string().contains("empty"), "{e}");
         // Left out, it is the images given (none: a firmware-only machine).
         assert_eq!(parse("").unwrap().boot, vec![]);
+    }
+
+    #[test]
+    fn the_cpu_model_is_named_in_the_file_and_checked() {
+        let m = parse("[images]\ncdrom = \"/x.iso\"\n").unwrap();
+        assert_eq!(m.cpu_model, vmm_core::vcpu::CpuModel::Qemu64, "default");
+        let m = parse("cpu_model = \"host\"\n").unwrap();
+        assert_eq!(m.cpu_model, vmm_core::vcpu::CpuModel::Host);
+        let e = parse("cpu_model = \"486\"\n").unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::Value {
+                key: "cpu_model".into(),
+                problem: "unknown CPU model '486' (known: qemu64, host)".into()
+            }
+        );
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Vm {
     /// The exit loop's count of exits that made no progress; it lives here
     /// so it outlasts one time slice (the VM has one vCPU).
     watchdog: crate::vcpu::Watchdog,
+    /// What CPUID says to the guest.
+    cpu_model: crate::vcpu::CpuModel,
 }
 
 impl Vm {
@@ -67,7 +69,21 @@ impl Vm {
             timer_due: Vec::new(),
             timer_stale: Vec::new(),
             watchdog: crate::vcpu::Watchdog::default(),
+            cpu_model: crate::vcpu::CpuModel::default(),
         }
+    }
+
+    /// The CPU model CPUID shows the guest (default
+    /// [`crate::vcpu::CpuModel::Qemu64`]).
+    pub fn cpu_model(&self) -> crate::vcpu::CpuModel {
+        self.cpu_model
+    }
+
+    /// Choose the CPU model, before the guest runs; logs the model's
+    /// features this host cannot back.
+    pub fn set_cpu_model(&mut self, model: crate::vcpu::CpuModel) {
+        model.log_missing_features();
+        self.cpu_model = model;
     }
 
     /// This VM's id.
@@ -174,6 +190,25 @@ impl Vm {
                 let _ = self.devices.release_mmio(device, gpa, len);
                 return Err(ClaimError::NotAnMmioHole { start: gpa });
             }
+        }
+        Ok(())
+    }
+
+    /// Move the MMIO window `[from, from + len)` and the device that holds
+    /// it to `to` (a guest relocated its local APIC). Nothing moves, and
+    /// the error says why, where nobody holds `from` exactly or `to` is not
+    /// free for MMIO (RAM, ROM, another device). The old range stays a hole
+    /// nobody holds (reads all-ones).
+    pub fn move_mmio(&mut self, from: u64, to: u64, len: u64) -> Result<(), ClaimError> {
+        let device = self
+            .devices
+            .mmio_owner(from)
+            .ok_or(ClaimError::NoSuchClaim)?;
+        self.devices.release_mmio(device, from, len)?;
+        if let Err(e) = self.claim_mmio(device, to, len) {
+            // Put it back: it held the range a moment ago.
+            let _ = self.devices.claim_mmio(device, from, len);
+            return Err(e);
         }
         Ok(())
     }

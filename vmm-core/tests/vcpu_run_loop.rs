@@ -1211,3 +1211,76 @@ fn without_shadow_paging_those_exits_get_the_defaults() {
     assert_eq!(cpu.regs.gprs[3], 0x4000);
     assert_eq!(cpu.regs.rip, 0x1009);
 }
+
+/// A local APIC that only keeps its base MSR.
+struct ApicBase(std::cell::Cell<u64>);
+
+impl InterruptSource for ApicBase {
+    fn pending(&self) -> bool {
+        false
+    }
+    fn acknowledge(&self) -> Option<u8> {
+        None
+    }
+    fn take_nmi(&self) -> bool {
+        false
+    }
+    fn apic_base(&self) -> Option<u64> {
+        Some(self.0.get())
+    }
+    fn set_apic_base(&self, value: u64) {
+        self.0.set(value);
+    }
+}
+
+/// WRMSR IA32_APIC_BASE #GPed for any value but the current one. Now a
+/// new base moves the local APIC's MMIO window with it, a reserved bit
+/// #GPs, and a reset brings the window home.
+#[test]
+fn the_apic_base_msr_moves_the_apic_window_and_a_reset_moves_it_back() {
+    let mut vm = vm();
+    let apic = ApicBase(std::cell::Cell::new(0xfee0_0900));
+    let mut msrs = MsrFile::default();
+    let wrmsr = |next_rip| Exit::Msr {
+        write: true,
+        next_rip,
+    };
+    let mut cpu = Scripted::new(vec![
+        wrmsr(2),
+        wrmsr(4),
+        Exit::PortIo {
+            port: 0x92,
+            size: 1,
+            write: true,
+            next_rip: 6,
+        },
+        Exit::Shutdown,
+    ]);
+    cpu.regs.gprs[1] = 0x1b;
+    cpu.regs.gprs[0] = 0xfed0_0900;
+    let one = Slice {
+        max_exits: 1,
+        until_ns: None,
+    };
+    run(&mut cpu, &mut vm, &apic, &mut msrs, one);
+    let owner = |vm: &Vm, gpa| vm.devices().mmio_owner(gpa);
+    let probe_id = Some(vmm_core::device::DeviceId(0));
+    assert_eq!(apic.0.get(), 0xfed0_0900);
+    assert_eq!(owner(&vm, 0xfed0_0000), probe_id, "moved");
+    assert_eq!(owner(&vm, 0xfee0_0000), None, "nothing left behind");
+    assert_eq!(cpu.regs.rip, 2);
+    // Bit 0 is reserved: #GP, nothing moves.
+    cpu.regs.gprs[0] = 0xfec0_0901;
+    run(&mut cpu, &mut vm, &apic, &mut msrs, one);
+    assert_eq!(
+        cpu.injected,
+        vec![Event::Exception(Exception::GeneralProtection(0))]
+    );
+    assert_eq!(apic.0.get(), 0xfed0_0900);
+    assert_eq!(owner(&vm, 0xfed0_0000), probe_id);
+    // A reset: the window is back at 0xfee00000.
+    cpu.regs.rip = 4;
+    run(&mut cpu, &mut vm, &apic, &mut msrs, Slice::UNBOUNDED);
+    assert_eq!(owner(&vm, 0xfee0_0000), probe_id, "home after reset");
+    assert_eq!(owner(&vm, 0xfed0_0000), None);
+}

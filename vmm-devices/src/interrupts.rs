@@ -173,4 +173,10 @@ impl vmm_core::vcpu::InterruptSource for CpuInterrupts {
     fn take_nmi(&self) -> bool {
         CpuInterrupts::take_nmi(self)
     }
+    fn apic_base(&self) -> Option<u64> {
+        Some(self.lapic.apic_base())
+    }
+    fn set_apic_base(&self, value: u64) {
+        self.lapic.set_apic_base(value);
+    }
 }

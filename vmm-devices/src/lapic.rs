@@ -355,12 +355,28 @@ impl LapicCore {
         self.regs.lock().apic_base
     }
 
-    /// The guest wrote the APIC base MSR. Relocating the register page is
-    /// not supported; the address bits are kept for reading back only.
+    /// The guest wrote the APIC base MSR (checked by
+    /// `vmm_core::vcpu::apic_base_write`: no reserved bits; the BSP bit is
+    /// kept). Clearing the enable bit disables the APIC globally: its
+    /// registers return to their power-on state, pending and in-service
+    /// interrupts are dropped, and the register window stops answering
+    /// until it is enabled again, as the SDM describes (10.4.3). The
+    /// window's address is the caller's to move in the memory map.
     pub fn set_apic_base(&self, value: u64) {
         let mut r = self.regs.lock();
         let bsp = r.apic_base & APIC_BASE_BSP;
-        r.apic_base = (value & !(APIC_BASE_BSP | 0x2ff)) | bsp;
+        let was_enabled = r.apic_base & APIC_BASE_ENABLE != 0;
+        let base = (value & !(APIC_BASE_BSP | 0x2ff)) | bsp;
+        if was_enabled && base & APIC_BASE_ENABLE == 0 {
+            *r = Regs::power_on(r.id, bsp != 0);
+        }
+        r.apic_base = base;
+    }
+
+    /// Whether the APIC is globally enabled (IA32_APIC_BASE bit 11): its
+    /// register window answers only then.
+    pub fn globally_enabled(&self) -> bool {
+        self.regs.lock().apic_base & APIC_BASE_ENABLE != 0
     }
 
     /// The task priority register, as CR8 shows it (bits 7:4 of TPR).
@@ -552,6 +568,12 @@ impl Mmio for LocalApic {
         addr: MmioAddress,
         data: &mut [u8],
     ) -> IoOutcome {
+        if !self.core.globally_enabled() {
+            // A globally disabled APIC has no register window: the access
+            // goes to a bus with nothing there.
+            data.fill(0xff);
+            return IoOutcome::Done;
+        }
         let now = ctx.now_ns();
         let off = (addr.offset() & 0xfff) as u32;
         let value = {
@@ -574,6 +596,9 @@ impl Mmio for LocalApic {
         addr: MmioAddress,
         data: &[u8],
     ) -> IoOutcome {
+        if !self.core.globally_enabled() {
+            return IoOutcome::Done;
+        }
         let now = ctx.now_ns();
         let off = (addr.offset() & 0xfff) as u32;
         // Registers take aligned 32-bit writes; others are ignored, as the

@@ -343,3 +343,39 @@ fn unaligned_or_short_register_writes_are_ignored() {
     assert_eq!(r.lapic_read(0x80), 0);
     let _ = r.ioapic.redirection(99);
 }
+
+/// WRMSR IA32_APIC_BASE #GPed for any value but the current one, so a
+/// guest could not disable, enable or move its xAPIC.
+#[test]
+fn the_apic_base_msr_disables_enables_and_moves_the_apic() {
+    use vmm_core::vcpu::{apic_base_write, InterruptSource};
+    let mut r = rig();
+    r.lapic_write(0xf0, 0x1ff); // software-enable, spurious vector 0xff
+    r.lapic_write(0x80, 0x20); // TPR
+    let version = r.lapic_read(0x30);
+    assert_eq!(r.cpu.apic_base(), Some(0xfee0_0900));
+    // Globally disabled: the window reads all-ones and drops writes; the
+    // PIC reaches the CPU directly.
+    let off = apic_base_write(0xfee0_0900, 0xfee0_0000).unwrap();
+    assert_eq!(off, 0xfee0_0100, "the BSP bit stays");
+    r.cpu.set_apic_base(off);
+    assert_eq!(r.lapic_read(0x30), u32::MAX);
+    r.lapic_write(0x80, 0x10);
+    assert!(r.cpu.lapic().accepts_pic());
+    // Enabled again: back in its power-on state (software-disabled, TPR 0).
+    r.cpu.set_apic_base(0xfee0_0900);
+    assert_eq!(r.lapic_read(0x30), version);
+    assert_eq!(r.lapic_read(0xf0), 0xff);
+    assert_eq!(r.lapic_read(0x80), 0);
+    // Moved: the registers answer at the new window, not the old one.
+    r.vm.move_mmio(LAPIC_BASE, 0xfed0_0000, LAPIC_LEN).unwrap();
+    r.cpu.set_apic_base(0xfed0_0900);
+    let mut b = [0; 4];
+    r.vm.mmio_read(0xfed0_0030, &mut b);
+    assert_eq!(u32::from_le_bytes(b), version);
+    assert_eq!(r.lapic_read(0x30), u32::MAX, "nothing at the old window");
+    // Onto another device it cannot go; the window stays where it was.
+    assert!(r.vm.move_mmio(0xfed0_0000, IOAPIC_BASE, LAPIC_LEN).is_err());
+    r.vm.mmio_read(0xfed0_0030, &mut b);
+    assert_eq!(u32::from_le_bytes(b), version);
+}

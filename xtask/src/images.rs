@@ -1,6 +1,8 @@
 //! Test images, built or fetched from Debian packages and cached in
-//! `target/images`: the Debian cloud kernel (an unmodified `vmlinuz`) and
-//! SeaBIOS (`bios-256k.bin`).
+//! `target/images`: the Debian cloud kernel (an unmodified `vmlinuz`),
+//! Debian's generic kernel (`linux-image-amd64`, unmodified, as
+//! `vmlinuz-generic`), SeaBIOS (`bios-256k.bin`), and a Linux CD for each
+//! kernel.
 
 use crate::system::{self, ensure_packages, output, step, Error, Result};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,10 @@ pub struct Images {
     pub seabios: PathBuf,
     /// The default Linux CD image (see xtask/assets/linux-cd).
     pub linux_iso: PathBuf,
+    /// Debian's generic kernel (`linux-image-amd64`), unmodified.
+    pub vmlinuz_generic: PathBuf,
+    /// The same CD as [`Images::linux_iso`] with the generic kernel.
+    pub linux_generic_iso: PathBuf,
 }
 
 impl Images {
@@ -22,14 +28,20 @@ impl Images {
         println!("vmlinuz: {}", self.vmlinuz.display());
         println!("seabios: {}", self.seabios.display());
         println!("linux cd: {}", self.linux_iso.display());
+        println!("vmlinuz (generic): {}", self.vmlinuz_generic.display());
+        println!(
+            "linux cd (generic kernel): {}",
+            self.linux_generic_iso.display()
+        );
     }
 
     /// The environment variables tests read to find the images.
-    pub fn env(&self) -> [(&'static str, PathBuf); 3] {
+    pub fn env(&self) -> [(&'static str, PathBuf); 4] {
         [
             ("VMM_TEST_VMLINUZ", self.vmlinuz.clone()),
             ("VMM_TEST_SEABIOS", self.seabios.clone()),
             ("VMM_TEST_LINUX_ISO", self.linux_iso.clone()),
+            ("VMM_TEST_LINUX_GENERIC_ISO", self.linux_generic_iso.clone()),
         ]
     }
 }
@@ -42,10 +54,16 @@ pub fn dir() -> PathBuf {
 /// The exact name of the kernel package behind `linux-image-cloud-amd64`
 /// (naming it exactly avoids downloading every kernel).
 pub fn kernel_package() -> Result<String> {
+    package_behind("linux-image-cloud-amd64")
+}
+
+/// The exact name of the kernel package behind `linux-image-<flavour>`
+/// metapackage `meta` (`linux-image-amd64`, `linux-image-cloud-amd64`).
+pub fn package_behind(meta: &str) -> Result<String> {
     let find = || {
         let deps = output(
-            Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]),
-            "apt-cache depends linux-image-cloud-amd64",
+            Command::new("apt-cache").args(["depends", meta]),
+            &format!("apt-cache depends {meta}"),
         )
         .unwrap_or_default();
         deps.lines()
@@ -61,7 +79,9 @@ pub fn kernel_package() -> Result<String> {
     }
     system::apt_update()?;
     find().ok_or_else(|| {
-        Error::msg("apt-cache knows no linux-image-cloud-amd64; check /etc/apt/sources.list.d/debian.sources")
+        Error::msg(format!(
+            "apt-cache knows no {meta}; check /etc/apt/sources.list.d/debian.sources"
+        ))
     })
 }
 
@@ -123,32 +143,49 @@ pub fn fetch() -> Result<Images> {
         )));
     }
     let dir = dir();
-    let vmlinuz = dir.join("vmlinuz");
-    if !vmlinuz.is_file() {
-        let work = dir.join("kernel-download");
-        let tree = kernel_tree(&work)?;
-        let kernel = find_vmlinuz(&tree)?;
-        std::fs::copy(&kernel, &vmlinuz).map_err(|e| {
+    let vmlinuz = cached_kernel(&dir, "vmlinuz", "linux-image-cloud-amd64")?;
+    let linux_iso = linux_cd(&dir, &vmlinuz, "linux.iso")?;
+    let vmlinuz_generic = cached_kernel(&dir, "vmlinuz-generic", "linux-image-amd64")?;
+    let linux_generic_iso = linux_cd(&dir, &vmlinuz_generic, "linux-generic.iso")?;
+    Ok(Images {
+        vmlinuz,
+        seabios,
+        linux_iso,
+        vmlinuz_generic,
+        linux_generic_iso,
+    })
+}
+
+/// `dir/name`: the `vmlinuz` of the kernel package behind metapackage
+/// `meta`, downloaded and unpacked once.
+fn cached_kernel(dir: &Path, name: &str, meta: &str) -> Result<PathBuf> {
+    let vmlinuz = dir.join(name);
+    if vmlinuz.is_file() {
+        return Ok(vmlinuz);
+    }
+    let work = dir.join(format!("{name}-download"));
+    let tree = download_and_unpack(&package_behind(meta)?, &work)?;
+    let kernel = find_vmlinuz(&tree)?;
+    // Copy under a temporary name first: an interrupted copy must not
+    // look cached.
+    let partial = dir.join(format!("{name}.partial"));
+    std::fs::copy(&kernel, &partial)
+        .and_then(|_| std::fs::rename(&partial, &vmlinuz))
+        .map_err(|e| {
             Error::msg(format!(
                 "copy {} to {}: {e}",
                 kernel.display(),
                 vmlinuz.display()
             ))
         })?;
-        let _ = std::fs::remove_dir_all(&work);
-    }
-    let linux_iso = linux_cd(&dir, &vmlinuz)?;
-    Ok(Images {
-        vmlinuz,
-        seabios,
-        linux_iso,
-    })
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(vmlinuz)
 }
 
-/// Build the default Linux CD (cached): the Debian kernel, a busybox
-/// initramfs with our init, ISOLINUX on the serial console.
-fn linux_cd(dir: &std::path::Path, vmlinuz: &std::path::Path) -> Result<PathBuf> {
-    let iso = dir.join("linux.iso");
+/// Build a Linux CD `dir/name` (cached): the Debian kernel `vmlinuz`, a
+/// busybox initramfs with our init, ISOLINUX on the serial console.
+fn linux_cd(dir: &Path, vmlinuz: &Path, name: &str) -> Result<PathBuf> {
+    let iso = dir.join(name);
     let assets = system::root().join("xtask/assets/linux-cd");
     let newest_input = ["init", "isolinux.cfg"]
         .iter()
@@ -170,7 +207,7 @@ fn linux_cd(dir: &std::path::Path, vmlinuz: &std::path::Path) -> Result<PathBuf>
         "xorriso",
         "cpio",
     ])?;
-    let work = dir.join("linux-cd");
+    let work = dir.join(format!("{name}-work"));
     let _ = std::fs::remove_dir_all(&work);
     let root = work.join("initramfs");
     let tree = work.join("iso");

@@ -54,7 +54,7 @@ const EXPECTED: [&str; 21] = [
 /// Check the console of one suite run on `backend` ("SVM" or "VMX").
 fn check_suite(console: &str, backend: &str) {
     for (i, name) in SUITE.iter().enumerate() {
-        let line = format!("VM {i}: guest '{name}', 15 MiB of RAM, on {backend}");
+        let line = format!("VM {i}: guest '{name}', 15 MiB of RAM, CPU model host, on {backend}");
         assert!(console.contains(&line), "missing '{line}' in:\n{console}");
     }
     let lines: Vec<&str> = console.lines().map(str::trim_end).collect();

@@ -58,6 +58,10 @@ fn command_line_errors_name_the_flag_and_the_file() {
         &["--bios", "/nonexistent/bios.bin"],
     );
     one_line_error(
+        &["run", "--cpu-model", "486", "--bios", &bios],
+        &["--cpu-model", "unknown CPU model '486'", "qemu64, host"],
+    );
+    one_line_error(
         &["run", "--memory", "1M", "--bios", &bios],
         &["--memory", "too little memory"],
     );
@@ -96,6 +100,11 @@ fn config_file_errors_name_the_key() {
     one_line_error(&["run", "--config", &f], &["floppy"]);
     let f = cfg("memory.toml", "memory = \"2M\"\n");
     one_line_error(&["run", "--config", &f], &["memory: ", "too little memory"]);
+    let f = cfg("model.toml", "cpu_model = \"pentium\"\n");
+    one_line_error(
+        &["run", "--config", &f],
+        &["cpu_model: ", "unknown CPU model 'pentium'"],
+    );
     let f = cfg(
         "missing.toml",
         "[firmware]\nbios = \"bios.bin\"\n[images]\ncdrom = \"gone.iso\"\n",

@@ -27,7 +27,7 @@ use host_glue_baremetal::cmdline::{self, LogLevel, PagingChoice, SelfTest};
 use qemu::ExitCode;
 use vmm_core::emulator::Segment;
 use vmm_core::host::Host;
-use vmm_core::vcpu::{InterruptSource, MsrFile, NoInterrupts, RunOutcome, Slice};
+use vmm_core::vcpu::{CpuModel, InterruptSource, MsrFile, NoInterrupts, RunOutcome, Slice};
 use vmm_core::vm::{StopReason, Vm};
 use vmm_devices::pc::Pc;
 
@@ -198,6 +198,11 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 (Err(e), _) => fail(format_args!("VM {i}: passthrough: {e}")),
             }
         }
+        let model = match &machine {
+            Machine::Pc(_) => config.cpu_model.unwrap_or(CpuModel::Qemu64),
+            Machine::Program { .. } => config.cpu_model.unwrap_or(CpuModel::Host),
+        };
+        machine.vm_mut().set_cpu_model(model);
         let vm = machine.vm();
         let vcpu = match match config.paging {
             PagingChoice::Nested => backend.vcpu(vm, i + 1),
@@ -207,7 +212,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             Err(e) => fail(format_args!("VM {i}: vCPU: {e}")),
         };
         log::info!(
-            "VM {i}: guest '{name}', {} MiB of RAM, on {}",
+            "VM {i}: guest '{name}', {} MiB of RAM, CPU model {model}, on {}",
             vm.memory().ram_bytes() >> 20,
             backend.name()
         );

@@ -18,7 +18,8 @@
 
 use clap::{Args, Parser, Subcommand};
 use host_glue_linux::config::{
-    load_config, parse_image_arg, parse_memory, parse_serial, KernelBoot, KeyStyle, MachineConfig,
+    load_config, parse_cpu_model, parse_image_arg, parse_memory, parse_serial, KernelBoot,
+    KeyStyle, MachineConfig,
 };
 use host_glue_linux::runner;
 use std::io::Write;
@@ -42,7 +43,7 @@ enum Command {
 struct RunArgs {
     /// A machine written down in a TOML file (memory, firmware, images,
     /// devices, boot order); see the `config` module docs.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["cdrom", "disk", "memory", "bios", "kernel", "serial"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["cdrom", "disk", "memory", "bios", "kernel", "serial", "cpu_model"])]
     config: Option<PathBuf>,
     /// CD image for the CD-ROM drive (IDE secondary master); booted first.
     /// Locked (shared) while open; `,lock=off` does not lock it.
@@ -73,6 +74,11 @@ struct RunArgs {
     /// [default: stdio].
     #[arg(long, value_name = "stdio|FILE")]
     serial: Option<String>,
+    /// What CPUID shows the guest: `qemu64` (QEMU's qemu64 model, the
+    /// same on every host) or `host` (the host's CPU, filtered)
+    /// [default: qemu64].
+    #[arg(long, value_name = "qemu64|host")]
+    cpu_model: Option<String>,
     /// Print exit statistics and the device report when the guest stops.
     #[arg(long)]
     stats: bool,
@@ -93,6 +99,9 @@ fn machine(args: &RunArgs) -> Result<MachineConfig, String> {
     }
     if let Some(b) = &args.bios {
         m.bios = b.clone();
+    }
+    if let Some(model) = &args.cpu_model {
+        m.cpu_model = parse_cpu_model(model, "--cpu-model").map_err(|e| e.to_string())?;
     }
     if let Some(text) = &args.cdrom {
         let cd = parse_image_arg(text, "--cdrom", false).map_err(|e| e.to_string())?;

@@ -1,4 +1,12 @@
-//! The guest's CPUID table: what KVM can offer, filtered by the policy of
+//! The guest's CPUID table for the VM's CPU model
+//! (`vmm_core::vcpu::CpuModel`), so the guest sees the same CPUID under KVM
+//! as under SVM and VMX.
+//!
+//! `qemu64`: the model's leaves, computed with KVM's supported CPUID
+//! standing in for the host's (so nothing KVM cannot back is offered, and
+//! the vendor is the host's), plus our vendor leaf.
+//!
+//! `host`: what KVM can offer, filtered by the policy of
 //! `vmm_core::vcpu::guest_cpuid` (no SVM/VMX, no x2APIC or TSC deadline
 //! since the local APIC is ours and xAPIC only, no MTRRs, one logical CPU,
 //! the hypervisor bit, and our vendor leaf instead of KVM's), and the
@@ -7,13 +15,93 @@
 //! KVM itself saves and loads each vCPU's XSAVE state and XCR0.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
-use vmm_core::vcpu::{guest_cpuid, CpuidResult};
+use vmm_core::vcpu::{guest_cpuid, CpuModel, CpuidResult};
 use vmm_core::xstate::XstateModel;
 
 /// Feature leaves whose bits are ANDed with the policy.
 const FEATURE_LEAVES: [u32; 3] = [1, 7, 0x8000_0001];
 
-/// Apply the policy to KVM's supported entries.
+/// The (leaf, subleaf) pairs of the qemu64 table; leaves past the
+/// model's highest read as zeros under KVM as under SVM and VMX.
+const QEMU64_LEAVES: [(u32, u32); 29] = [
+    (0, 0),
+    (1, 0),
+    (2, 0),
+    (3, 0),
+    (4, 0),
+    (5, 0),
+    (6, 0),
+    (7, 0),
+    (8, 0),
+    (9, 0),
+    (0xa, 0),
+    (0xb, 0),
+    (0xb, 1),
+    (0xb, 2),
+    (0xc, 0),
+    (0xd, 0),
+    (0xd, 1),
+    (0x4000_0000, 0),
+    (0x8000_0000, 0),
+    (0x8000_0001, 0),
+    (0x8000_0002, 0),
+    (0x8000_0003, 0),
+    (0x8000_0004, 0),
+    (0x8000_0005, 0),
+    (0x8000_0006, 0),
+    (0x8000_0007, 0),
+    (0x8000_0008, 0),
+    (0x8000_0009, 0),
+    (0x8000_000a, 0),
+];
+
+/// The CPUID table for `model`, from KVM's supported entries.
+pub fn table(supported: &CpuId, model: CpuModel) -> Vec<kvm_cpuid_entry2> {
+    match model {
+        CpuModel::Host => filter(supported),
+        CpuModel::Qemu64 => model_table(supported, model),
+    }
+}
+
+/// A model's table, with `supported` standing in for the host's CPUID.
+fn model_table(supported: &CpuId, model: CpuModel) -> Vec<kvm_cpuid_entry2> {
+    let host = |leaf: u32, sub: u32| {
+        supported
+            .as_slice()
+            .iter()
+            .find(|e| e.function == leaf && (e.index == sub || e.flags & 1 == 0))
+            .map(|e| CpuidResult {
+                eax: e.eax,
+                ebx: e.ebx,
+                ecx: e.ecx,
+                edx: e.edx,
+            })
+            .unwrap_or_default()
+    };
+    for (leaf, reg, bits) in vmm_core::vcpu::missing_features(&host) {
+        log::warn!(
+            "CPU model {model}: KVM lacks CPUID {leaf:#x} {reg} bits {bits:#x}; the guest does not see them"
+        );
+    }
+    QEMU64_LEAVES
+        .iter()
+        .map(|&(leaf, sub)| {
+            let r = model.cpuid_on(leaf, sub, None, &host);
+            let mut e = kvm_cpuid_entry2 {
+                function: leaf,
+                index: sub,
+                // KVM_CPUID_FLAG_SIGNIFCANT_INDEX for the leaves with
+                // subleaves.
+                flags: u32::from(matches!(leaf, 4 | 7 | 0xb | 0xd)),
+                ..Default::default()
+            };
+            set(&mut e, r.eax, r.ebx, r.ecx, r.edx);
+            e
+        })
+        .collect()
+}
+
+/// Apply the host model's policy to KVM's supported entries.
 pub fn filter(supported: &CpuId) -> Vec<kvm_cpuid_entry2> {
     filter_with(supported, &XstateModel::detect())
 }
@@ -141,6 +229,47 @@ mod tests {
         let v = find(0x4000_0000).unwrap();
         assert_eq!(&v.ebx.to_le_bytes(), &b"VmmCoreRust "[..4]);
         assert_eq!(find(0x8000_000a).unwrap().ecx, 0);
+    }
+
+    /// KVM on an AMD host offering everything: the guest sees the same
+    /// qemu64 as under SVM, our vendor leaf, no SVM.
+    #[test]
+    fn qemu64_under_kvm_is_the_same_model() {
+        let (b, d, c) = (0x6874_7541, 0x6974_6e65, 0x444d_4163); // AuthenticAMD
+        let mut l0 = entry(0, c, d);
+        l0.ebx = b;
+        l0.eax = 0x10;
+        let supported = CpuId::from_entries(&[
+            l0,
+            entry(1, u32::MAX, u32::MAX),
+            entry(7, u32::MAX, u32::MAX),
+            entry(0x8000_0001, u32::MAX, u32::MAX),
+            entry(0x8000_000a, 1, 1),
+        ])
+        .unwrap();
+        let out = table(&supported, CpuModel::Qemu64);
+        let find = |f, i| {
+            out.iter()
+                .find(|e| e.function == f && e.index == i)
+                .copied()
+                .unwrap()
+        };
+        let l0 = find(0, 0);
+        assert_eq!((l0.eax, l0.ebx, l0.ecx, l0.edx), (0xd, b, c, d));
+        let l1 = find(1, 0);
+        assert_eq!(
+            (l1.eax, l1.ebx, l1.ecx, l1.edx),
+            (0x60fb1, 0x800, 0x8000_2001, 0x078b_fbfd)
+        );
+        assert_eq!(find(7, 0).ebx, 0, "no leaf-7 features");
+        let e1 = find(0x8000_0001, 0);
+        assert_eq!((e1.ecx, e1.edx), (1, 0x2193_fbfd), "no SVM");
+        assert_eq!(find(0x8000_000a, 0).eax, 0);
+        assert_eq!(
+            &find(0x4000_0000, 0).ebx.to_le_bytes(),
+            &b"VmmCoreRust "[..4]
+        );
+        assert_eq!(find(0xb, 1).flags, 1, "leaf 0xb is indexed");
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl KvmVcpu {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl_err("supported CPUID"))?;
-        let entries = cpuid::filter(&supported);
+        let entries = cpuid::table(&supported, vm.cpu_model());
         let table = CpuId::from_entries(&entries).map_err(|_| KvmError::Ioctl {
             what: "CPUID table",
             errno: libc::E2BIG,

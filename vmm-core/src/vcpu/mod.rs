@@ -16,15 +16,17 @@ mod state;
 mod watchdog;
 
 pub use cpuid::{
-    guest_cpuid, guest_cpuid_for, CpuidResult, HYPERVISOR_VENDOR, KVM_FEATURE_CLOCKSOURCE2,
-    KVM_FEATURE_CLOCKSOURCE_STABLE_BIT, KVM_FEATURE_NOP_IO_DELAY, KVM_LEAF_BASE,
+    guest_cpuid, guest_cpuid_for, missing_features, CpuModel, CpuidResult, UnknownCpuModel,
+    HYPERVISOR_VENDOR, KVM_FEATURE_CLOCKSOURCE2, KVM_FEATURE_CLOCKSOURCE_STABLE_BIT,
+    KVM_FEATURE_NOP_IO_DELAY, KVM_LEAF_BASE, QEMU64_LEAF1_ECX, QEMU64_LEAF1_EDX, QEMU64_QEMU_CPU,
 };
 pub use delivery::{delivery_fault, DeliveryFault};
 pub use emulation::emulation_stop_reason;
 pub use exit::{AccessTarget, ControlAccess, DeviceAccess, Exit, ExitError};
 pub(crate) use msr::host_tsc as msr_host_tsc;
 pub use msr::{
-    pvclock_scale, MsrFile, MsrFileState, MSR_APIC_BASE, MSR_EFER, MSR_KVM_SYSTEM_TIME_NEW,
+    apic_base_write, pvclock_scale, MsrFile, MsrFileState, APIC_BASE_BSP, APIC_BASE_ENABLE,
+    MCE_BANKS, MCG_CAP_VALUE, MSR_APIC_BASE, MSR_EFER, MSR_KVM_SYSTEM_TIME_NEW,
     MSR_KVM_WALL_CLOCK_NEW, MSR_TSC, PASS_THROUGH,
 };
 pub use run_loop::{run, RunOutcome, Slice};
@@ -71,6 +73,15 @@ pub trait InterruptSource {
     fn acknowledge(&self) -> Option<u8>;
     /// Take a pending NMI.
     fn take_nmi(&self) -> bool;
+    /// IA32_APIC_BASE as this vCPU's local APIC holds it; `None` where no
+    /// local APIC model answers (the [`MsrFile`] keeps the MSR then).
+    fn apic_base(&self) -> Option<u64> {
+        None
+    }
+    /// The guest wrote IA32_APIC_BASE `value` (checked by
+    /// [`apic_base_write`]): enable or disable the local APIC. Moving its
+    /// register window is the caller's (it owns the memory map).
+    fn set_apic_base(&self, _value: u64) {}
 }
 
 /// A vCPU as the exit handling sees it: the guest's registers (through the

@@ -2,8 +2,7 @@
 //! emulation, CPUID answers and injected events, for every backend.
 
 use super::{
-    guest_cpuid_for, AccessTarget, ControlAccess, DeviceAccess, Event, Exit, InterruptSource,
-    MsrFile, VcpuBackend,
+    AccessTarget, ControlAccess, DeviceAccess, Event, Exit, InterruptSource, MsrFile, VcpuBackend,
 };
 use crate::device::IoOutcome;
 use crate::emulator::{EmulateError, Emulator, Exception, Hints, PortString, RFLAGS_AC, RFLAGS_IF};
@@ -170,6 +169,41 @@ fn emulate<B: VcpuBackend>(
     }
 }
 
+/// RDMSR/WRMSR of IA32_APIC_BASE where the local APIC model holds it
+/// (`current`): `false` for #GP. A write that moves the register window
+/// moves the device's MMIO claim too.
+fn apic_base_msr<B: VcpuBackend>(
+    vcpu: &mut B,
+    vm: &mut Vm,
+    interrupts: &dyn InterruptSource,
+    msrs: &mut MsrFile,
+    current: u64,
+    write: bool,
+) -> bool {
+    if !write {
+        vcpu.set_gpr(RAX, current & 0xffff_ffff);
+        vcpu.set_gpr(RDX, current >> 32);
+        return true;
+    }
+    let value = (vcpu.gpr(RDX) << 32) | (vcpu.gpr(RAX) & 0xffff_ffff);
+    let Some(new) = super::apic_base_write(current, value) else {
+        return false;
+    };
+    let window = |v: u64| v & !0xfff;
+    if window(new) != window(current) {
+        match vm.move_mmio(window(current), window(new), 0x1000) {
+            Ok(()) => msrs.set_apic_window(window(new)),
+            Err(e) => log::warn!(
+                "guest moved its local APIC to {:#x}: {e}; its registers stay at {:#x}",
+                window(new),
+                window(current)
+            ),
+        }
+    }
+    interrupts.set_apic_base(new);
+    true
+}
+
 /// Run `vcpu` in `vm`, with `interrupts` as its interrupt controllers and
 /// `msrs` as its emulated MSRs, until the VM stops or `slice` ends.
 pub fn run<B: VcpuBackend>(
@@ -198,6 +232,14 @@ pub fn run<B: VcpuBackend>(
             vm.devices_mut().reset_all();
             vcpu.reset();
             halted = None;
+            // The local APIC's registers are back at their power-on
+            // address: so is their window, if the guest moved it.
+            if let Some(moved) = msrs.take_apic_window() {
+                let home = super::msr::APIC_BASE_VALUE & !0xfff;
+                if let Err(e) = vm.move_mmio(moved, home, 0x1000) {
+                    log::warn!("reset: the local APIC window stays at {moved:#x}: {e}");
+                }
+            }
         }
         let deadline = vm.poll_timers();
         // When the VMM must have the CPU back: the next device timer or the
@@ -334,8 +376,12 @@ pub fn run<B: VcpuBackend>(
             }
             Exit::Cpuid { next_rip } => {
                 let (leaf, subleaf) = (vcpu.gpr(RAX) as u32, vcpu.gpr(RCX) as u32);
-                let mut r = guest_cpuid_for(leaf, subleaf, vm.host().tsc_khz());
-                if let Some(x) = vcpu.extended_state() {
+                let model = vm.cpu_model();
+                let mut r = model.cpuid(leaf, subleaf, vm.host().tsc_khz());
+                // The host model shows the extended state the backend
+                // keeps; qemu64 has no XSAVE at all.
+                let xsave = model == super::CpuModel::Host;
+                if let Some(x) = vcpu.extended_state().filter(|_| xsave) {
                     let osxsave = vcpu.control().cr4 & crate::paging::CR4_OSXSAVE != 0;
                     x.model().cpuid(leaf, subleaf, &mut r, osxsave, x.xcr0());
                 }
@@ -359,7 +405,12 @@ pub fn run<B: VcpuBackend>(
             }
             Exit::Msr { write, next_rip } => {
                 let msr = vcpu.gpr(RCX) as u32;
-                let ok = if write {
+                let lapic_base = interrupts
+                    .apic_base()
+                    .filter(|_| msr == super::MSR_APIC_BASE);
+                let ok = if let Some(current) = lapic_base {
+                    apic_base_msr(vcpu, vm, interrupts, msrs, current, write)
+                } else if write {
                     let value = (vcpu.gpr(RDX) << 32) | (vcpu.gpr(RAX) & 0xffff_ffff);
                     msrs.write(vcpu, vm, msr, value)
                 } else {

@@ -40,8 +40,12 @@
 //!   SeaBIOS, ISOLINUX, the kernel, the CD's init marker line and its ACPI
 //!   power-off, `vmm` exiting 0 because the guest powered off.
 //!
+//! - So does the CD with Debian's generic kernel (`linux-image-amd64`),
+//!   with no machine-check, unchecked-MSR, warning or panic line.
+//!
 //! `cargo xtask test --slow` sets `VMM_TEST_VMM` (the release `vmm`),
-//! `VMM_TEST_GUESTS` (the guest programs) and `VMM_TEST_LINUX_ISO`; the
+//! `VMM_TEST_GUESTS` (the guest programs), `VMM_TEST_LINUX_ISO` and
+//! `VMM_TEST_LINUX_GENERIC_ISO`; the
 //! rig itself is built (or found cached in target/kvm-nested) here.
 
 use std::sync::Mutex;
@@ -173,11 +177,10 @@ fn slow_x87_and_sse_state_stay_with_their_vm_under_real_kvm() {
     assert_eq!(run.status, Some(0), "{all}");
 }
 
-#[test]
-#[ignore = "boots a Linux with KVM under QEMU TCG (minutes): cargo xtask test --slow"]
-fn slow_the_linux_cd_boots_to_user_space_under_real_kvm() {
-    let _one = RIG.lock().unwrap_or_else(|e| e.into_inner());
-    let iso = env_path("VMM_TEST_LINUX_ISO");
+/// Boot the CD that the environment variable `iso_env` names under `vmm`
+/// in the rig (512 MiB), reporting its times.
+fn boot_cd_under_real_kvm(iso_env: &str, what: &str) -> RigRun {
+    let iso = env_path(iso_env);
     let run = rig()
         .run(
             &kvm_nested::cd_script("/rig/linux.iso", "512M"),
@@ -186,7 +189,18 @@ fn slow_the_linux_cd_boots_to_user_space_under_real_kvm() {
             false,
         )
         .unwrap();
-    report("the Linux CD under vmm with KVM in TCG", &run);
+    report(what, &run);
+    run
+}
+
+#[test]
+#[ignore = "boots a Linux with KVM under QEMU TCG (minutes): cargo xtask test --slow"]
+fn slow_the_linux_cd_boots_to_user_space_under_real_kvm() {
+    let _one = RIG.lock().unwrap_or_else(|e| e.into_inner());
+    let run = boot_cd_under_real_kvm(
+        "VMM_TEST_LINUX_ISO",
+        "the Linux CD under vmm with KVM in TCG",
+    );
     let job = run.job_output();
     let all = &run.serial;
     assert!(job.contains("SeaBIOS (version"), "{all}");
@@ -200,6 +214,37 @@ fn slow_the_linux_cd_boots_to_user_space_under_real_kvm() {
         job.contains(&format!("{} vmm exit status 0", kvm_nested::MARK)),
         "{all}"
     );
+    assert_eq!(run.status, Some(0), "{all}");
+}
+
+#[test]
+#[ignore = "boots a Linux with KVM under QEMU TCG (minutes): cargo xtask test --slow"]
+fn slow_the_generic_kernel_cd_boots_to_user_space_under_real_kvm() {
+    let _one = RIG.lock().unwrap_or_else(|e| e.into_inner());
+    let run = boot_cd_under_real_kvm(
+        "VMM_TEST_LINUX_GENERIC_ISO",
+        "the generic-kernel CD under vmm with KVM in TCG",
+    );
+    let job = run.job_output();
+    let all = &run.serial;
+    assert!(job.contains("ISOLINUX 6.04"), "{all}");
+    // Debian's generic flavour, not the cloud one.
+    assert!(
+        job.contains("-amd64 (debian-kernel@lists.debian.org)")
+            && !job.contains("-cloud-amd64 (debian-kernel"),
+        "{all}"
+    );
+    for bad in [
+        "MCA architectural violation",
+        "unchecked MSR access error",
+        "Kernel panic",
+        "WARNING: CPU",
+    ] {
+        assert!(!job.contains(bad), "'{bad}': {all}");
+    }
+    assert!(job.contains(INIT_MARKER), "{all}");
+    assert!(job.contains("reboot: Power down"), "{all}");
+    assert!(job.contains("vmm: the guest powered off"), "{all}");
     assert_eq!(run.status, Some(0), "{all}");
 }
 

@@ -294,6 +294,13 @@ pub trait CpuState {
     fn xcr0(&self) -> Option<u64> {
         None
     }
+    /// Load CR0 with `value` (LMSW): `true` if done, `false` if this vCPU
+    /// cannot have CR0 changed by the emulator (the default), which makes
+    /// the instruction unsupported. Only PE, MP, EM and TS ever change.
+    fn set_cr0(&mut self, value: u64) -> bool {
+        let _ = value;
+        false
+    }
 }
 
 /// What an instruction that loads a segment register from a descriptor
@@ -522,6 +529,10 @@ impl CpuState for RegisterFile {
     }
     fn xcr0(&self) -> Option<u64> {
         Some(self.xcr0)
+    }
+    fn set_cr0(&mut self, value: u64) -> bool {
+        self.control.cr0 = value;
+        true
     }
 }
 

@@ -187,6 +187,45 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
                 let v = u64::from(alu::condition(cc, self.state.rflags()));
                 self.write_operand(d, &dst, v)?;
             }
+            Mnemonic::Cmovo
+            | Mnemonic::Cmovno
+            | Mnemonic::Cmovb
+            | Mnemonic::Cmovae
+            | Mnemonic::Cmove
+            | Mnemonic::Cmovne
+            | Mnemonic::Cmovbe
+            | Mnemonic::Cmova
+            | Mnemonic::Cmovs
+            | Mnemonic::Cmovns
+            | Mnemonic::Cmovp
+            | Mnemonic::Cmovnp
+            | Mnemonic::Cmovl
+            | Mnemonic::Cmovge
+            | Mnemonic::Cmovle
+            | Mnemonic::Cmovg => {
+                // The source is read (and may fault) whatever the
+                // condition; a 32-bit destination is zero-extended even
+                // when nothing moves.
+                let dst = self.operand(d, 0)?;
+                let v = self.read_operand(&self.operand(d, 1)?)?;
+                let cc = (i.condition_code() as u8).wrapping_sub(1);
+                let v = if alu::condition(cc, self.state.rflags()) {
+                    v
+                } else {
+                    self.read_operand(&dst)?
+                };
+                self.write_operand(d, &dst, v)?;
+            }
+            Mnemonic::Mul | Mnemonic::Imul | Mnemonic::Div | Mnemonic::Idiv => self.mul_div(d)?,
+            Mnemonic::Bsf
+            | Mnemonic::Bsr
+            | Mnemonic::Tzcnt
+            | Mnemonic::Lzcnt
+            | Mnemonic::Popcnt => self.bit_scan(d)?,
+            Mnemonic::Shld | Mnemonic::Shrd => self.shift_double(d)?,
+            Mnemonic::Movbe => self.move_swapped(d)?,
+            Mnemonic::Smsw => self.store_msw(d)?,
+            Mnemonic::Lmsw => self.load_msw(d)?,
             Mnemonic::Push => self.push(d)?,
             Mnemonic::Pop => self.pop(d)?,
             Mnemonic::Pusha => self.push_all(2)?,
@@ -486,6 +525,14 @@ pub fn undefined_flags(mnemonic: Mnemonic) -> u64 {
         Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc => {
             RFLAGS_OF | RFLAGS_SF | RFLAGS_AF | RFLAGS_PF
         }
+        Mnemonic::Mul | Mnemonic::Imul => RFLAGS_SF | RFLAGS_ZF | RFLAGS_AF | RFLAGS_PF,
+        Mnemonic::Div | Mnemonic::Idiv => {
+            RFLAGS_CF | RFLAGS_OF | RFLAGS_SF | RFLAGS_ZF | RFLAGS_AF | RFLAGS_PF
+        }
+        Mnemonic::Bsf | Mnemonic::Bsr => RFLAGS_CF | RFLAGS_OF | RFLAGS_SF | RFLAGS_AF | RFLAGS_PF,
+        Mnemonic::Tzcnt | Mnemonic::Lzcnt => RFLAGS_OF | RFLAGS_SF | RFLAGS_AF | RFLAGS_PF,
+        // OF is defined for one-bit counts only.
+        Mnemonic::Shld | Mnemonic::Shrd => RFLAGS_OF | RFLAGS_AF,
         _ => 0,
     }
 }

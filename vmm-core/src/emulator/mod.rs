@@ -55,14 +55,17 @@
 
 mod access;
 mod alu;
+mod bits;
 mod cpu;
 mod decode;
 mod error;
 mod execute;
 mod hints;
 mod iret;
+mod muldiv;
 mod operand;
 mod string;
+mod system;
 mod vector;
 
 pub use cpu::{

@@ -187,7 +187,7 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
                 let v = u64::from(alu::condition(cc, self.state.rflags()));
                 self.write_operand(d, &dst, v)?;
             }
-            Mnemonic::Cmovo
+            m @ (Mnemonic::Cmovo
             | Mnemonic::Cmovno
             | Mnemonic::Cmovb
             | Mnemonic::Cmovae
@@ -202,13 +202,30 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             | Mnemonic::Cmovl
             | Mnemonic::Cmovge
             | Mnemonic::Cmovle
-            | Mnemonic::Cmovg => {
+            | Mnemonic::Cmovg) => {
+                let cc = match m {
+                    Mnemonic::Cmovo => 0,
+                    Mnemonic::Cmovno => 1,
+                    Mnemonic::Cmovb => 2,
+                    Mnemonic::Cmovae => 3,
+                    Mnemonic::Cmove => 4,
+                    Mnemonic::Cmovne => 5,
+                    Mnemonic::Cmovbe => 6,
+                    Mnemonic::Cmova => 7,
+                    Mnemonic::Cmovs => 8,
+                    Mnemonic::Cmovns => 9,
+                    Mnemonic::Cmovp => 10,
+                    Mnemonic::Cmovnp => 11,
+                    Mnemonic::Cmovl => 12,
+                    Mnemonic::Cmovge => 13,
+                    Mnemonic::Cmovle => 14,
+                    _ => 15,
+                };
                 // The source is read (and may fault) whatever the
                 // condition; a 32-bit destination is zero-extended even
                 // when nothing moves.
                 let dst = self.operand(d, 0)?;
                 let v = self.read_operand(&self.operand(d, 1)?)?;
-                let cc = (i.condition_code() as u8).wrapping_sub(1);
                 let v = if alu::condition(cc, self.state.rflags()) {
                     v
                 } else {

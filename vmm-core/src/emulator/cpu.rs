@@ -301,16 +301,30 @@ pub trait CpuState {
         let _ = value;
         false
     }
+    /// This vCPU's descriptor tables and segment loading, for the
+    /// instructions that load segment registers (MOV and POP to a segment
+    /// register, LDS/LES/LFS/LGS/LSS, far JMP, CALL and RET). `None` (the
+    /// default) makes them unsupported.
+    fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
+        None
+    }
 }
 
 /// What an instruction that loads a segment register from a descriptor
 /// table needs beyond [`CpuState`] (the IRET of
-/// [`super::Emulator::emulate_iret`]).
+/// [`super::Emulator::emulate_iret`], and the segment loads and far
+/// transfers of [`super::Emulator::emulate`] when
+/// [`CpuState::descriptor_state`] offers it).
 pub trait DescriptorState: CpuState {
     /// GDTR.
     fn gdtr(&self) -> DescriptorTable;
     /// Load a segment register (selector and hidden part).
     fn set_segment(&mut self, segment: Segment, value: SegmentRegister);
+    /// LDTR (selector and hidden part). The default is an unusable LDTR,
+    /// so that a selector into the LDT gets #GP.
+    fn ldtr(&self) -> SegmentRegister {
+        SegmentRegister::default()
+    }
 }
 
 /// A physical access or port access the machine could not carry out.
@@ -409,6 +423,8 @@ pub struct RegisterFile {
     pub xcr0: u64,
     /// GDTR.
     pub gdtr: DescriptorTable,
+    /// LDTR.
+    pub ldtr: SegmentRegister,
 }
 
 impl RegisterFile {
@@ -534,6 +550,9 @@ impl CpuState for RegisterFile {
         self.control.cr0 = value;
         true
     }
+    fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
+        Some(self)
+    }
 }
 
 impl DescriptorState for RegisterFile {
@@ -542,5 +561,8 @@ impl DescriptorState for RegisterFile {
     }
     fn set_segment(&mut self, segment: Segment, value: SegmentRegister) {
         self.segments[segment as usize] = value;
+    }
+    fn ldtr(&self) -> SegmentRegister {
+        self.ldtr
     }
 }

@@ -136,6 +136,19 @@ pub enum EmulateError {
         /// The guest RIP.
         rip: u64,
     },
+    /// The instruction is one the emulator knows but whose effect here it
+    /// does not model (a call gate, a task switch, a return to an outer
+    /// privilege level): stop the VM with this as the reason.
+    NotModelled {
+        /// The instruction's bytes.
+        bytes: InstructionBytes,
+        /// The mode it was decoded in.
+        mode: CpuMode,
+        /// The guest RIP.
+        rip: u64,
+        /// What it would have needed.
+        what: &'static str,
+    },
     /// The machine could not carry out an access (no memory or device at a
     /// physical address, page tables outside guest memory): stop the VM.
     Bus(BusError),
@@ -164,6 +177,15 @@ impl fmt::Display for EmulateError {
             EmulateError::Unsupported { bytes, mode, rip } => write!(
                 f,
                 "unsupported instruction [{bytes}] in {mode} at rip {rip:#x}"
+            ),
+            EmulateError::NotModelled {
+                bytes,
+                mode,
+                rip,
+                what,
+            } => write!(
+                f,
+                "instruction [{bytes}] in {mode} at rip {rip:#x} needs {what}, which the emulator does not model"
             ),
             EmulateError::Bus(e) => write!(f, "{e}"),
             EmulateError::LockContended => write!(f, "locked instruction contended"),

@@ -9,8 +9,9 @@ use super::cpu::{CpuMode, CpuState, GuestBus, Segment, RFLAGS_CF, RFLAGS_ZF};
 use super::decode::Decoded;
 use super::error::{EmulateError, Exception};
 use super::operand::{address_mask, memory_size_bytes, Operand};
+use super::segment_load::segment_register;
 use crate::paging::AccessKind;
-use iced_x86::{Mnemonic, OpKind};
+use iced_x86::{MemorySize, Mnemonic, OpKind};
 
 impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
     fn set_status(&mut self, status: u64) {
@@ -27,9 +28,11 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             Mnemonic::Mov | Mnemonic::Movnti => {
                 let dst = self.operand(d, 0)?;
                 let src = self.operand(d, 1)?;
-                if matches!(dst, Operand::Sreg(_) | Operand::Xmm(_))
-                    || matches!(src, Operand::Xmm(_))
-                {
+                if let Operand::Sreg(seg) = dst {
+                    self.move_to_segment(d, seg)?;
+                    return Ok(true);
+                }
+                if matches!(dst, Operand::Xmm(_)) || matches!(src, Operand::Xmm(_)) {
                     return Err(self.unsupported(d));
                 }
                 let v = self.read_operand(&src)?;
@@ -244,7 +247,28 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             Mnemonic::Smsw => self.store_msw(d)?,
             Mnemonic::Lmsw => self.load_msw(d)?,
             Mnemonic::Push => self.push(d)?,
-            Mnemonic::Pop => self.pop(d)?,
+            Mnemonic::Pop => match segment_register(i.op0_register()) {
+                Some(seg) if i.op0_kind() == OpKind::Register => self.pop_segment(d, seg)?,
+                _ => self.pop(d)?,
+            },
+            Mnemonic::Jmp | Mnemonic::Call => {
+                let far = matches!(i.op0_kind(), OpKind::FarBranch16 | OpKind::FarBranch32)
+                    || (i.op0_kind() == OpKind::Memory
+                        && matches!(
+                            i.memory_size(),
+                            MemorySize::SegPtr16 | MemorySize::SegPtr32 | MemorySize::SegPtr64
+                        ));
+                if far {
+                    self.far_transfer(d)?
+                } else {
+                    self.near_transfer(d)?
+                }
+            }
+            Mnemonic::Ret => self.near_transfer(d)?,
+            Mnemonic::Retf => self.far_transfer(d)?,
+            Mnemonic::Lds | Mnemonic::Les | Mnemonic::Lfs | Mnemonic::Lgs | Mnemonic::Lss => {
+                self.load_far_pointer(d)?
+            }
             Mnemonic::Pusha => self.push_all(2)?,
             Mnemonic::Pushad => self.push_all(4)?,
             Mnemonic::Popa => self.pop_all(2)?,

@@ -64,8 +64,10 @@ mod hints;
 mod iret;
 mod muldiv;
 mod operand;
+mod segment_load;
 mod string;
 mod system;
+mod transfer;
 mod vector;
 
 pub use cpu::{
@@ -220,6 +222,7 @@ impl Emulator {
             _ if d.instr.code_size() == iced_x86::CodeSize::Code16 => d.instr.next_ip() & 0xffff,
             _ => d.instr.next_ip() & 0xffff_ffff,
         };
+        let next = ctx.branch.take().unwrap_or(next);
         retire(ctx, next);
         Ok(Completion::Retired)
     }

@@ -22,7 +22,8 @@ pub use instructions::GuestGprs;
 pub use vmcb::{offset, Vmcb};
 
 use crate::emulator::{
-    AccessHint, CpuState, Hints, InstructionBytes, Segment, SegmentRegister, RFLAGS_IF,
+    AccessHint, CpuState, DescriptorState, DescriptorTable, Hints, InstructionBytes, Segment,
+    SegmentRegister, RFLAGS_IF,
 };
 use crate::host::{Host, HostError, HostMemory};
 use crate::memory::GuestMemory;
@@ -596,6 +597,25 @@ impl CpuState for SvmVcpu {
     }
     fn cpl(&self) -> u8 {
         self.vmcb.read_u8(offset::CPL)
+    }
+    fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
+        Some(self)
+    }
+}
+
+impl DescriptorState for SvmVcpu {
+    fn gdtr(&self) -> DescriptorTable {
+        let g = self.vmcb.segment_at(offset::GDTR);
+        DescriptorTable {
+            base: g.base,
+            limit: g.limit as u16,
+        }
+    }
+    fn set_segment(&mut self, segment: Segment, value: SegmentRegister) {
+        self.vmcb.set_segment(segment, value);
+    }
+    fn ldtr(&self) -> SegmentRegister {
+        self.vmcb.segment_at(offset::LDTR)
     }
 }
 

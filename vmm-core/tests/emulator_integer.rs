@@ -33,6 +33,9 @@ fn protected(
     cpu
 }
 
+/// Code that emits one instruction.
+type Emit = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+
 fn run(cpu: &mut RegisterFile, vm: &mut Vm) -> Result<Completion, EmulateError> {
     Emulator::default().emulate(cpu, vm)
 }
@@ -43,7 +46,7 @@ fn division_by_zero_and_quotient_overflow_raise_de_and_change_nothing() {
     vm.memory_mut().write(0x2000, &[0; 8]).unwrap();
     vm.memory_mut().write_u32(0x2008, 1).unwrap();
     vm.memory_mut().write_u32(0x200c, 0xffff_ffff).unwrap();
-    let cases: [(fn(&mut CodeAssembler) -> Result<(), IcedError>, u64, u64); 5] = [
+    let cases: [(Emit, u64, u64); 5] = [
         // DIV by a zero in memory.
         (|a| a.div(dword_ptr(0x2000)), 5, 0),
         // IDIV by zero.

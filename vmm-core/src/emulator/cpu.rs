@@ -311,7 +311,8 @@ pub trait CpuState {
 }
 
 /// What an instruction that loads a segment register from a descriptor
-/// table needs beyond [`CpuState`] (the IRET of
+/// table needs beyond [`CpuState`]. An implementor returns itself from
+/// [`CpuState::descriptor_state`] (the IRET of
 /// [`super::Emulator::emulate_iret`], and the segment loads and far
 /// transfers of [`super::Emulator::emulate`] when
 /// [`CpuState::descriptor_state`] offers it).
@@ -324,6 +325,12 @@ pub trait DescriptorState: CpuState {
     /// so that a selector into the LDT gets #GP.
     fn ldtr(&self) -> SegmentRegister {
         SegmentRegister::default()
+    }
+    /// Set the CPL after a return to an outer privilege level (after SS
+    /// and CS are loaded). The default does nothing: the CPL follows
+    /// SS.DPL, as [`CpuState::cpl`]'s default reads it.
+    fn set_cpl(&mut self, cpl: u8) {
+        let _ = cpl;
     }
 }
 

@@ -266,6 +266,7 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             }
             Mnemonic::Ret => self.near_transfer(d)?,
             Mnemonic::Retf => self.far_transfer(d)?,
+            Mnemonic::Iret | Mnemonic::Iretd | Mnemonic::Iretq => self.iret(d)?,
             Mnemonic::Lds | Mnemonic::Les | Mnemonic::Lfs | Mnemonic::Lgs | Mnemonic::Lss => {
                 self.load_far_pointer(d)?
             }

@@ -30,7 +30,8 @@ use iced_x86::{Code, MemorySize, Mnemonic, OpKind};
 const V86_CODE: u16 = 0xfb;
 
 impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
-    fn not_modelled(&self, d: &Decoded, what: &'static str) -> EmulateError {
+    /// The error for an instruction whose effect here is not modelled.
+    pub fn not_modelled(&self, d: &Decoded, what: &'static str) -> EmulateError {
         EmulateError::NotModelled {
             bytes: d.bytes,
             mode: self.mode,
@@ -40,7 +41,7 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
     }
 
     /// Whether `la` is canonical for the current paging mode.
-    fn canonical_address(&self, la: u64) -> bool {
+    pub fn canonical_address(&self, la: u64) -> bool {
         let bits = if self.control.cr4 & CR4_LA57 != 0 {
             57
         } else {

@@ -617,6 +617,9 @@ impl DescriptorState for SvmVcpu {
     fn ldtr(&self) -> SegmentRegister {
         self.vmcb.segment_at(offset::LDTR)
     }
+    fn set_cpl(&mut self, cpl: u8) {
+        self.vmcb.write_u8(offset::CPL, cpl);
+    }
 }
 
 impl VcpuBackend for SvmVcpu {

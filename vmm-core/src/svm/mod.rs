@@ -601,6 +601,16 @@ impl CpuState for SvmVcpu {
     fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
         Some(self)
     }
+    fn set_cr0(&mut self, value: u64) -> bool {
+        // Under nested paging the guest's CR0 is the VMCB's (LMSW changes
+        // only PE, MP, EM and TS); shadow paging keeps its own copy and
+        // intercepts LMSW before it could reach the emulator.
+        if self.shadow_control().is_some() {
+            return false;
+        }
+        self.vmcb.write_u64(offset::CR0, value);
+        true
+    }
 }
 
 impl DescriptorState for SvmVcpu {

@@ -7,7 +7,8 @@
 use iced_x86::code_asm::*;
 use std::sync::Arc;
 use vmm_core::emulator::{
-    Completion, DescriptorTable, EmulateError, Emulator, Exception, RegisterFile, Segment,
+    BusError, Completion, DescriptorTable, EmulateError, Emulator, Exception, GuestBus,
+    RegisterFile, Segment,
 };
 use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_core::vcpu::emulation_stop_reason;
@@ -345,5 +346,42 @@ fn near_call_and_return_through_memory() {
     assert_eq!(
         run(&mut cpu, &mut vm),
         fault(Exception::GeneralProtection(0))
+    );
+}
+
+/// The VM's memory with every write refused (a descriptor table in ROM,
+/// as a bus that reports refused writes sees it).
+struct ReadOnly<'a>(&'a mut Vm);
+
+impl GuestBus for ReadOnly<'_> {
+    fn read_physical(&mut self, gpa: u64, data: &mut [u8]) -> Result<(), BusError> {
+        self.0.read_physical(gpa, data)
+    }
+    fn write_physical(&mut self, gpa: u64, _: &[u8]) -> Result<(), BusError> {
+        Err(BusError::Memory { gpa })
+    }
+    fn io_read(&mut self, port: u16, _: &mut [u8]) -> Result<(), BusError> {
+        Err(BusError::Port { port })
+    }
+    fn io_write(&mut self, port: u16, _: &[u8]) -> Result<(), BusError> {
+        Err(BusError::Port { port })
+    }
+}
+
+#[test]
+fn a_descriptor_table_that_takes_no_writes_keeps_its_accessed_bit_clear() {
+    let mut vm = vm();
+    vm.memory_mut().write_u16(0x2000, DATA_UNACCESSED).unwrap();
+    let mut cpu = protected(&mut vm, |a| a.mov(ds, word_ptr(0x2000)));
+    assert_eq!(
+        Emulator::default().emulate(&mut cpu, &mut ReadOnly(&mut vm)),
+        Ok(Completion::Retired)
+    );
+    assert_eq!(cpu.segments[Segment::Ds as usize].selector, DATA_UNACCESSED);
+    assert_eq!(
+        vm.memory()
+            .read_u64(GDT + u64::from(DATA_UNACCESSED))
+            .unwrap(),
+        0x0040_9201_2345_0fff
     );
 }

@@ -97,11 +97,16 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
     }
 
     /// Set the accessed bit of a code or data descriptor in memory, as a
-    /// segment load does.
+    /// segment load does. A table in memory that takes no writes (ROM, as
+    /// a bus that refuses them reports it) keeps its byte, as on hardware;
+    /// a page fault on the write is the guest's.
     pub fn mark_accessed(&mut self, desc: &RawDescriptor) -> Result<(), EmulateError> {
         let access = (desc.raw >> 40) as u8;
         if access & 0x10 != 0 && access & 1 == 0 {
-            self.write_system(desc.la.wrapping_add(5), &[access | 1])?;
+            match self.write_system(desc.la.wrapping_add(5), &[access | 1]) {
+                Err(EmulateError::Bus(_)) => {}
+                other => other?,
+            }
         }
         Ok(())
     }

@@ -12,19 +12,23 @@
 //! memory or the MMIO window and never crosses a 4 KiB page; a port access
 //! is 1, 2 or 4 bytes; an exception is one the architecture defines with a
 //! consistent error code; RIP moves only when the instruction retires.
+//! A GDT and an LDT lie in RAM at fixed places (filled by the patches), so
+//! segment loads and far transfers reach their descriptor checks.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use vmm_core::emulator::{
-    AccessHint, BusError, Completion, EmulateError, Emulator, Exception, GuestBus, Hints,
-    InstructionBytes, PortString, RegisterFile, Segment, SegmentRegister,
+    AccessHint, BusError, Completion, DescriptorTable, EmulateError, Emulator, Exception, GuestBus,
+    Hints, InstructionBytes, PortString, RegisterFile, Segment, SegmentRegister,
 };
 use vmm_core::paging::*;
 
 const RAM: usize = 0x10000;
 const MMIO: u64 = 0xfee0_0000;
 const MMIO_LEN: u64 = 0x2000;
+/// Where the GDT (and after it the LDT) lies in RAM.
+const GDT: u64 = 0x8000;
 
 #[derive(Arbitrary, Debug)]
 struct Seg {
@@ -137,6 +141,13 @@ fuzz_target!(|input: Input| {
         cpu.xmm[i] = u128::from(*x) << 64 | u128::from(!*x);
         cpu.ymm_upper[i] = u128::from(x.rotate_left(7));
     }
+    // Descriptor tables in RAM the patches may fill, for segment loads
+    // and far transfers.
+    cpu.gdtr = DescriptorTable {
+        base: GDT,
+        limit: 0x7ff,
+    };
+    cpu.ldtr = SegmentRegister::new(0x8, GDT + 0x800, 0x7ff, 0x82);
     cpu.rflags = u64::from(input.rflags) | 2;
     cpu.rip = rip;
     cpu.pkru = input.pkru;

@@ -148,32 +148,36 @@ fn bad_selectors_fault_as_the_architecture_says() {
 }
 
 #[test]
-fn what_it_does_not_implement_it_refuses_and_changes_nothing() {
-    let unsupported =
-        |r: Result<Completion, EmulateError>| matches!(r, Err(EmulateError::Unsupported { .. }));
+fn what_it_does_not_model_it_refuses_and_changes_nothing() {
     let (mut vm, mut cpu) = machine();
     let before = cpu.clone();
     // Not an IRET.
     vm.memory_mut().write_u8(0x8000, 0x90).unwrap();
-    assert!(unsupported(iret(&mut cpu, &mut vm)));
+    assert!(matches!(
+        iret(&mut cpu, &mut vm),
+        Err(EmulateError::Unsupported { .. })
+    ));
     vm.memory_mut().write_u8(0x8000, 0xcf).unwrap();
-    // Another privilege level (RPL 3 from CPL 0); virtual-8086 mode; a
-    // task return; the LDT; real mode.
-    frame(&mut vm, 0x1234, 0x2b, 0x2);
-    assert!(unsupported(iret(&mut cpu, &mut vm)));
+    let not_modelled = |r: Result<Completion, EmulateError>, what: &str| {
+        assert!(
+            matches!(r, Err(EmulateError::NotModelled { what: w, .. }) if w == what),
+            "{r:?}"
+        );
+    };
+    // A return to virtual-8086 mode; a task return.
     frame(&mut vm, 0x1234, 0x08, 0x2_0002);
-    assert!(unsupported(iret(&mut cpu, &mut vm)));
-    frame(&mut vm, 0x1234, 0x0c, 0x2);
-    assert!(unsupported(iret(&mut cpu, &mut vm)));
+    not_modelled(iret(&mut cpu, &mut vm), "a return to virtual-8086 mode");
     frame(&mut vm, 0x1234, 0x08, 0x2);
     cpu.rflags |= 1 << 14;
-    assert!(unsupported(iret(&mut cpu, &mut vm)));
-    assert_eq!(cpu.rflags & !(1 << 14), before.rflags);
+    not_modelled(iret(&mut cpu, &mut vm), "a task return (NT set)");
     cpu.rflags = before.rflags;
-    cpu.control.cr0 = 0;
-    assert!(unsupported(iret(&mut cpu, &mut vm)));
-    cpu.control.cr0 = before.control.cr0;
     assert_eq!(cpu, before);
+    // The LDT is unusable: #GP with the selector.
+    frame(&mut vm, 0x1234, 0x0c, 0x2);
+    assert_eq!(
+        iret(&mut cpu, &mut vm),
+        Err(EmulateError::Exception(Exception::GeneralProtection(0x0c)))
+    );
     // A stack past the SS limit: #SS.
     let (mut vm, mut cpu) = machine();
     cpu.segments[Segment::Ss as usize].limit = 0x7004;
@@ -181,5 +185,114 @@ fn what_it_does_not_implement_it_refuses_and_changes_nothing() {
     assert_eq!(
         iret(&mut cpu, &mut vm),
         Err(EmulateError::Exception(Exception::StackFault(0)))
+    );
+}
+
+#[test]
+fn iret_to_an_outer_level_pops_ss_esp_and_nulls_inner_data_segments() {
+    let (mut vm, mut cpu) = machine();
+    // CPL 3 data at 0x30 (added to the GDT here).
+    vm.memory_mut()
+        .write_u64(0x500 + 0x30, 0x00cf_f300_0000_ffff)
+        .unwrap();
+    cpu.gdtr.limit = 0x37;
+    frame(&mut vm, 0x1234, 0x2b, 0x3202);
+    vm.memory_mut().write_u32(0x700c, 0x9000).unwrap();
+    vm.memory_mut().write_u32(0x7010, 0x33).unwrap();
+    assert_eq!(iret(&mut cpu, &mut vm), Ok(Completion::Retired));
+    assert_eq!((cpu.rip, cpu.gprs[4], cpu.rflags), (0x1234, 0x9000, 0x3202));
+    let ss = cpu.segments[Segment::Ss as usize];
+    assert_eq!((ss.selector, ss.dpl()), (0x33, 3));
+    assert_eq!(cpu.segments[Segment::Cs as usize].selector, 0x2b);
+    // DS and ES held DPL 0 data: now null.
+    assert!(!cpu.segments[Segment::Ds as usize].present());
+    assert!(!cpu.segments[Segment::Es as usize].present());
+    // An SS whose RPL is not the new CPL: #GP(selector).
+    let (mut vm, mut cpu) = machine();
+    frame(&mut vm, 0x1234, 0x2b, 0x2);
+    vm.memory_mut().write_u32(0x7010, 0x10).unwrap();
+    assert_eq!(
+        iret(&mut cpu, &mut vm),
+        Err(EmulateError::Exception(Exception::GeneralProtection(0x10)))
+    );
+}
+
+#[test]
+fn real_mode_iret() {
+    let (mut vm, mut cpu) = machine();
+    cpu.control.cr0 = 0;
+    for s in Segment::ALL {
+        cpu.segments[s as usize] = SegmentRegister::new(0, 0, 0xffff, 0x93);
+    }
+    cpu.gprs[4] = 0x7000;
+    vm.memory_mut().write_u16(0x7000, 0x0010).unwrap();
+    vm.memory_mut().write_u16(0x7002, 0xf000).unwrap();
+    vm.memory_mut().write_u16(0x7004, 0x0202).unwrap();
+    assert_eq!(iret(&mut cpu, &mut vm), Ok(Completion::Retired));
+    let cs = cpu.segments[Segment::Cs as usize];
+    assert_eq!(
+        (cpu.rip, cs.base, cpu.gprs[4], cpu.rflags),
+        (0x10, 0xf0000, 0x7006, 0x202)
+    );
+}
+
+#[test]
+fn iretq_in_64_bit_mode_pops_ss_rsp_at_the_same_level_and_to_user() {
+    use vmm_core::paging::{CR4_PAE, EFER_LMA, EFER_LME};
+    let (mut vm, mut cpu) = machine();
+    // 64-bit code 0x38 (DPL 0), 64-bit code 0x40 (DPL 3), data 0x48 (DPL 3).
+    vm.memory_mut()
+        .write_u64(0x500 + 0x38, 0x00af_9b00_0000_ffff)
+        .unwrap();
+    vm.memory_mut()
+        .write_u64(0x500 + 0x40, 0x00af_fb00_0000_ffff)
+        .unwrap();
+    vm.memory_mut()
+        .write_u64(0x500 + 0x48, 0x00cf_f300_0000_ffff)
+        .unwrap();
+    cpu.gdtr.limit = 0x4f;
+    // Identity paging for 0..2 MiB.
+    let m = vm.memory_mut();
+    m.write_u64(0x2_0000, 0x2_1000 | 3).unwrap();
+    m.write_u64(0x2_1000, 0x2_2000 | 3).unwrap();
+    m.write_u64(0x2_2000, 0x83 | 4).unwrap();
+    cpu.control.cr0 = CR0_PE | CR0_PG;
+    cpu.control.cr3 = 0x2_0000;
+    cpu.control.cr4 = CR4_PAE;
+    cpu.control.efer = EFER_LME | EFER_LMA;
+    cpu.segments[Segment::Cs as usize] =
+        SegmentRegister::from_descriptor(0x38, 0x00af_9b00_0000_ffff);
+    vm.memory_mut().write(0x8000, &[0x48, 0xcf]).unwrap();
+    let frame64 = |vm: &mut Vm, v: [u64; 5]| {
+        for (i, x) in v.iter().enumerate() {
+            vm.memory_mut()
+                .write_u64(0x7000 + 8 * i as u64, *x)
+                .unwrap();
+        }
+    };
+    // Same level, null SS allowed.
+    frame64(&mut vm, [0x1234, 0x38, 0x246, 0x6000, 0]);
+    let mut c = cpu.clone();
+    assert_eq!(iret(&mut c, &mut vm), Ok(Completion::Retired));
+    assert_eq!((c.rip, c.gprs[4], c.rflags), (0x1234, 0x6000, 0x246));
+    assert_eq!(c.segments[Segment::Ss as usize].selector, 0);
+    // To CPL 3.
+    frame64(&mut vm, [0x4000_0000, 0x43, 0x202, 0x5000, 0x4b]);
+    let mut c = cpu.clone();
+    assert_eq!(iret(&mut c, &mut vm), Ok(Completion::Retired));
+    assert_eq!((c.rip, c.gprs[4]), (0x4000_0000, 0x5000));
+    assert_eq!(c.segments[Segment::Ss as usize].dpl(), 3);
+    // A non-canonical RIP: #GP(0); NT in IA-32e mode: #GP(0).
+    frame64(&mut vm, [0x8000_0000_0000, 0x38, 0x2, 0x6000, 0]);
+    let mut c = cpu.clone();
+    assert_eq!(
+        iret(&mut c, &mut vm),
+        Err(EmulateError::Exception(Exception::GeneralProtection(0)))
+    );
+    let mut c = cpu.clone();
+    c.rflags |= 1 << 14;
+    assert_eq!(
+        iret(&mut c, &mut vm),
+        Err(EmulateError::Exception(Exception::GeneralProtection(0)))
     );
 }

@@ -210,6 +210,27 @@ fn an_unsupported_instruction_on_mmio_stops_only_its_vm_and_says_what() {
     assert_eq!(outcome, Outcome::Failure, "{console}");
 }
 
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
+fn integer_instructions_on_unmapped_memory_read_all_ones_under_nested_and_shadow_paging() {
+    for paging in ["paging=nested", "paging=shadow"] {
+        let (outcome, console) = boot(
+            &format!("guest_mem=32M vms=1 {paging}"),
+            &["mmio_integer"],
+            256,
+        );
+        assert!(
+            console.contains("[vm 0] integer forms on MMIO: ok"),
+            "{paging}: {console}"
+        );
+        assert!(
+            console.contains("vm 0 (mmio_integer): guest powered off"),
+            "{paging}: {console}"
+        );
+        assert_eq!(outcome, Outcome::Success, "{paging}: {console}");
+    }
+}
+
 /// Slow suite (`cargo xtask test --slow`): about 17 million port exits.
 #[test]
 #[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test --slow"]

@@ -109,6 +109,31 @@ fn the_guest_suite_passes_on_svm_under_qemu() {
 
 #[test]
 #[ignore = "boots the bare-metal host under Bochs: run through cargo xtask test"]
+fn integer_instructions_on_unmapped_memory_under_vmx() {
+    let guests = named_guests(&env_path("VMM_TEST_GUESTS"), &["mmio_integer"]);
+    let run = xtask::bochs::boot_and_capture(
+        &env_path("VMM_TEST_KERNEL"),
+        "guest_mem=16M vms=1",
+        &guests,
+        384,
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    let console = &run.console;
+    assert!(console.contains("CPU: VMX yes"), "{console}");
+    assert!(
+        console.contains("[vm 0] integer forms on MMIO: ok"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 0 (mmio_integer): guest powered off"),
+        "{console}"
+    );
+    assert_eq!(run.outcome, Outcome::Success, "{console}");
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under Bochs: run through cargo xtask test"]
 fn the_guest_suite_passes_on_vmx_under_bochs() {
     let guests = named_guests(&env_path("VMM_TEST_GUESTS"), &SUITE);
     let run = xtask::bochs::boot_and_capture(

@@ -6,8 +6,8 @@
 //! first interrupt handler of a bootloader that runs in protected mode
 //! (ISOLINUX) would end the VM. The backend then has the library's
 //! emulator carry it out (`Emulator::emulate_iret`: a return to the same
-//! privilege level, the frame and descriptor read through segmentation and
-//! the guest's page tables) over guest memory ([`RamBus`]: reads of RAM or
+//! or an outer privilege level, the frame and descriptors read through
+//! segmentation and the guest's page tables) over guest memory ([`RamBus`]: reads of RAM or
 //! ROM, writes of RAM only): a frame, descriptor table or page table in
 //! MMIO or a hole, and every IRET the emulator does not implement, is
 //! refused, and the VM stops with KVM's

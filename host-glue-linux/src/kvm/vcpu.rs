@@ -778,4 +778,8 @@ impl CpuState for KvmVcpu {
             self.fpu_dirty = true;
         }
     }
+
+    fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
+        Some(self)
+    }
 }

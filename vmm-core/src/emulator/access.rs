@@ -65,6 +65,9 @@ pub(crate) struct Context<'a, S: CpuState, B: GuestBus> {
     pub mode: CpuMode,
     pub control: ControlRegisters,
     pub cpl: u8,
+    /// Where a control transfer sends RIP when the instruction retires
+    /// (`None`: past the instruction).
+    pub branch: Option<u64>,
     walker: Walker,
     /// Translations made during this instruction (a REP instruction walks
     /// each page once, as a hardware TLB would).
@@ -101,6 +104,7 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
             mode,
             control,
             cpl,
+            branch: None,
             walker,
             tlb: [None; TLB_ENTRIES],
             tlb_next: 0,
@@ -253,43 +257,80 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
         }
     }
 
+    /// The guest-physical address of linear `at` for an implicit
+    /// supervisor access (a descriptor table): paging checks as at CPL 0
+    /// whatever the CPL, not through this instruction's TLB.
+    fn system_gpa(&mut self, at: u64, kind: AccessKind) -> Result<u64, EmulateError> {
+        if self.walker.mode() == PagingMode::Disabled {
+            return Ok(at);
+        }
+        let access = Access {
+            kind,
+            cpl: self.cpl,
+            implicit_supervisor: true,
+            ac: false,
+        };
+        match self.walker.translate(&mut BusTables(self.bus), at, access) {
+            Ok(t) => Ok(t.gpa),
+            Err(WalkError::PageFault(pf)) => Err(Exception::PageFault(pf).into()),
+            Err(WalkError::TableUnreachable { gpa }) => Err(BusError::Memory { gpa }.into()),
+        }
+    }
+
+    /// The pieces of `len` bytes at linear `la`, split at page boundaries:
+    /// (linear address, start, end) within the access.
+    fn system_pieces(&self, la: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize)> {
+        let long = self.mode == CpuMode::Long64;
+        let mut done = 0;
+        core::iter::from_fn(move || {
+            if done >= len {
+                return None;
+            }
+            let at = la.wrapping_add(done as u64);
+            let at = if long { at } else { at & 0xffff_ffff };
+            let in_page = (PAGE_SIZE - (at & (PAGE_SIZE - 1))) as usize;
+            let n = in_page.min(len - done);
+            let piece = (at, done, done + n);
+            done += n;
+            Some(piece)
+        })
+    }
+
     /// Read `buf.len()` bytes at linear `la` as an implicit supervisor
     /// access (a descriptor table): paging checks as at CPL 0 whatever the
     /// CPL, split at a page boundary, not through this instruction's TLB.
     pub fn read_system(&mut self, la: u64, buf: &mut [u8]) -> Result<(), EmulateError> {
-        let wrap = |a: u64, mode: CpuMode| {
-            if mode == CpuMode::Long64 {
-                a
-            } else {
-                a & 0xffff_ffff
-            }
+        let pieces: [Option<(u64, usize, usize)>; 2] = {
+            let mut it = self.system_pieces(la, buf.len());
+            [it.next(), it.next()]
         };
-        let mut done = 0;
-        while done < buf.len() {
-            let at = wrap(la.wrapping_add(done as u64), self.mode);
-            let in_page = (PAGE_SIZE - (at & (PAGE_SIZE - 1))) as usize;
-            let n = in_page.min(buf.len() - done);
-            let gpa = if self.walker.mode() == PagingMode::Disabled {
-                at
-            } else {
-                let access = Access {
-                    kind: AccessKind::Read,
-                    cpl: self.cpl,
-                    implicit_supervisor: true,
-                    ac: false,
-                };
-                match self.walker.translate(&mut BusTables(self.bus), at, access) {
-                    Ok(t) => t.gpa,
-                    Err(WalkError::PageFault(pf)) => return Err(Exception::PageFault(pf).into()),
-                    Err(WalkError::TableUnreachable { gpa }) => {
-                        return Err(BusError::Memory { gpa }.into())
-                    }
-                }
-            };
-            if let Some(part) = buf.get_mut(done..done + n) {
+        for (at, start, end) in pieces.into_iter().flatten() {
+            let gpa = self.system_gpa(at, AccessKind::Read)?;
+            if let Some(part) = buf.get_mut(start..end) {
                 self.bus.read_physical(gpa, part)?;
             }
-            done += n;
+        }
+        Ok(())
+    }
+
+    /// Write `data` at linear `la` as an implicit supervisor access (the
+    /// accessed bit of a descriptor), translated like [`Self::read_system`]
+    /// but for writing; both pages are translated before either is written.
+    pub fn write_system(&mut self, la: u64, data: &[u8]) -> Result<(), EmulateError> {
+        let pieces: [Option<(u64, usize, usize)>; 2] = {
+            let mut it = self.system_pieces(la, data.len());
+            [it.next(), it.next()]
+        };
+        let mut gpas = [None, None];
+        for (slot, piece) in gpas.iter_mut().zip(pieces.iter()) {
+            if let Some((at, start, end)) = piece {
+                *slot = Some((self.system_gpa(*at, AccessKind::Write)?, *start, *end));
+            }
+        }
+        for (gpa, start, end) in gpas.into_iter().flatten() {
+            if let Some(part) = data.get(start..end) {
+                self.bus.write_physical(gpa, part)?;
+            }
         }
         Ok(())
     }

@@ -294,16 +294,44 @@ pub trait CpuState {
     fn xcr0(&self) -> Option<u64> {
         None
     }
+    /// Load CR0 with `value` (LMSW): `true` if done, `false` if this vCPU
+    /// cannot have CR0 changed by the emulator (the default), which makes
+    /// the instruction unsupported. Only PE, MP, EM and TS ever change.
+    fn set_cr0(&mut self, value: u64) -> bool {
+        let _ = value;
+        false
+    }
+    /// This vCPU's descriptor tables and segment loading, for the
+    /// instructions that load segment registers (MOV and POP to a segment
+    /// register, LDS/LES/LFS/LGS/LSS, far JMP, CALL and RET). `None` (the
+    /// default) makes them unsupported.
+    fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
+        None
+    }
 }
 
 /// What an instruction that loads a segment register from a descriptor
-/// table needs beyond [`CpuState`] (the IRET of
-/// [`super::Emulator::emulate_iret`]).
+/// table needs beyond [`CpuState`]. An implementor returns itself from
+/// [`CpuState::descriptor_state`] (the IRET of
+/// [`super::Emulator::emulate_iret`], and the segment loads and far
+/// transfers of [`super::Emulator::emulate`] when
+/// [`CpuState::descriptor_state`] offers it).
 pub trait DescriptorState: CpuState {
     /// GDTR.
     fn gdtr(&self) -> DescriptorTable;
     /// Load a segment register (selector and hidden part).
     fn set_segment(&mut self, segment: Segment, value: SegmentRegister);
+    /// LDTR (selector and hidden part). The default is an unusable LDTR,
+    /// so that a selector into the LDT gets #GP.
+    fn ldtr(&self) -> SegmentRegister {
+        SegmentRegister::default()
+    }
+    /// Set the CPL after a return to an outer privilege level (after SS
+    /// and CS are loaded). The default does nothing: the CPL follows
+    /// SS.DPL, as [`CpuState::cpl`]'s default reads it.
+    fn set_cpl(&mut self, cpl: u8) {
+        let _ = cpl;
+    }
 }
 
 /// A physical access or port access the machine could not carry out.
@@ -402,6 +430,8 @@ pub struct RegisterFile {
     pub xcr0: u64,
     /// GDTR.
     pub gdtr: DescriptorTable,
+    /// LDTR.
+    pub ldtr: SegmentRegister,
 }
 
 impl RegisterFile {
@@ -523,6 +553,13 @@ impl CpuState for RegisterFile {
     fn xcr0(&self) -> Option<u64> {
         Some(self.xcr0)
     }
+    fn set_cr0(&mut self, value: u64) -> bool {
+        self.control.cr0 = value;
+        true
+    }
+    fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
+        Some(self)
+    }
 }
 
 impl DescriptorState for RegisterFile {
@@ -531,5 +568,8 @@ impl DescriptorState for RegisterFile {
     }
     fn set_segment(&mut self, segment: Segment, value: SegmentRegister) {
         self.segments[segment as usize] = value;
+    }
+    fn ldtr(&self) -> SegmentRegister {
+        self.ldtr
     }
 }

@@ -11,6 +11,9 @@ use core::fmt;
 /// leaves them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exception {
+    /// #DE: a DIV or IDIV by zero, or a quotient too large for its
+    /// destination.
+    DivideError,
     /// #UD: invalid opcode, or LOCK where it is not allowed.
     InvalidOpcode,
     /// #NM: an SSE instruction with CR0.TS set.
@@ -32,6 +35,7 @@ impl Exception {
     /// The interrupt vector.
     pub fn vector(&self) -> u8 {
         match self {
+            Exception::DivideError => 0,
             Exception::InvalidOpcode => 6,
             Exception::DeviceNotAvailable => 7,
             Exception::SegmentNotPresent(_) => 11,
@@ -45,7 +49,9 @@ impl Exception {
     /// The error code pushed with the exception, if it has one.
     pub fn error_code(&self) -> Option<u32> {
         match self {
-            Exception::InvalidOpcode | Exception::DeviceNotAvailable => None,
+            Exception::DivideError | Exception::InvalidOpcode | Exception::DeviceNotAvailable => {
+                None
+            }
             Exception::SegmentNotPresent(e)
             | Exception::StackFault(e)
             | Exception::GeneralProtection(e) => Some(u32::from(*e)),
@@ -58,6 +64,7 @@ impl Exception {
 impl fmt::Display for Exception {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Exception::DivideError => write!(f, "#DE"),
             Exception::InvalidOpcode => write!(f, "#UD"),
             Exception::DeviceNotAvailable => write!(f, "#NM"),
             Exception::SegmentNotPresent(e) => write!(f, "#NP({e:#x})"),
@@ -129,6 +136,19 @@ pub enum EmulateError {
         /// The guest RIP.
         rip: u64,
     },
+    /// The instruction is one the emulator knows but whose effect here it
+    /// does not model (a call gate, a task switch, a return to an outer
+    /// privilege level): stop the VM with this as the reason.
+    NotModelled {
+        /// The instruction's bytes.
+        bytes: InstructionBytes,
+        /// The mode it was decoded in.
+        mode: CpuMode,
+        /// The guest RIP.
+        rip: u64,
+        /// What it would have needed.
+        what: &'static str,
+    },
     /// The machine could not carry out an access (no memory or device at a
     /// physical address, page tables outside guest memory): stop the VM.
     Bus(BusError),
@@ -157,6 +177,15 @@ impl fmt::Display for EmulateError {
             EmulateError::Unsupported { bytes, mode, rip } => write!(
                 f,
                 "unsupported instruction [{bytes}] in {mode} at rip {rip:#x}"
+            ),
+            EmulateError::NotModelled {
+                bytes,
+                mode,
+                rip,
+                what,
+            } => write!(
+                f,
+                "instruction [{bytes}] in {mode} at rip {rip:#x} needs {what}, which the emulator does not model"
             ),
             EmulateError::Bus(e) => write!(f, "{e}"),
             EmulateError::LockContended => write!(f, "locked instruction contended"),

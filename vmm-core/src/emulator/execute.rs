@@ -9,8 +9,9 @@ use super::cpu::{CpuMode, CpuState, GuestBus, Segment, RFLAGS_CF, RFLAGS_ZF};
 use super::decode::Decoded;
 use super::error::{EmulateError, Exception};
 use super::operand::{address_mask, memory_size_bytes, Operand};
+use super::segment_load::segment_register;
 use crate::paging::AccessKind;
-use iced_x86::{Mnemonic, OpKind};
+use iced_x86::{MemorySize, Mnemonic, OpKind};
 
 impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
     fn set_status(&mut self, status: u64) {
@@ -27,9 +28,11 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             Mnemonic::Mov | Mnemonic::Movnti => {
                 let dst = self.operand(d, 0)?;
                 let src = self.operand(d, 1)?;
-                if matches!(dst, Operand::Sreg(_) | Operand::Xmm(_))
-                    || matches!(src, Operand::Xmm(_))
-                {
+                if let Operand::Sreg(seg) = dst {
+                    self.move_to_segment(d, seg)?;
+                    return Ok(true);
+                }
+                if matches!(dst, Operand::Xmm(_)) || matches!(src, Operand::Xmm(_)) {
                     return Err(self.unsupported(d));
                 }
                 let v = self.read_operand(&src)?;
@@ -187,8 +190,86 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
                 let v = u64::from(alu::condition(cc, self.state.rflags()));
                 self.write_operand(d, &dst, v)?;
             }
+            m @ (Mnemonic::Cmovo
+            | Mnemonic::Cmovno
+            | Mnemonic::Cmovb
+            | Mnemonic::Cmovae
+            | Mnemonic::Cmove
+            | Mnemonic::Cmovne
+            | Mnemonic::Cmovbe
+            | Mnemonic::Cmova
+            | Mnemonic::Cmovs
+            | Mnemonic::Cmovns
+            | Mnemonic::Cmovp
+            | Mnemonic::Cmovnp
+            | Mnemonic::Cmovl
+            | Mnemonic::Cmovge
+            | Mnemonic::Cmovle
+            | Mnemonic::Cmovg) => {
+                let cc = match m {
+                    Mnemonic::Cmovo => 0,
+                    Mnemonic::Cmovno => 1,
+                    Mnemonic::Cmovb => 2,
+                    Mnemonic::Cmovae => 3,
+                    Mnemonic::Cmove => 4,
+                    Mnemonic::Cmovne => 5,
+                    Mnemonic::Cmovbe => 6,
+                    Mnemonic::Cmova => 7,
+                    Mnemonic::Cmovs => 8,
+                    Mnemonic::Cmovns => 9,
+                    Mnemonic::Cmovp => 10,
+                    Mnemonic::Cmovnp => 11,
+                    Mnemonic::Cmovl => 12,
+                    Mnemonic::Cmovge => 13,
+                    Mnemonic::Cmovle => 14,
+                    _ => 15,
+                };
+                // The source is read (and may fault) whatever the
+                // condition; a 32-bit destination is zero-extended even
+                // when nothing moves.
+                let dst = self.operand(d, 0)?;
+                let v = self.read_operand(&self.operand(d, 1)?)?;
+                let v = if alu::condition(cc, self.state.rflags()) {
+                    v
+                } else {
+                    self.read_operand(&dst)?
+                };
+                self.write_operand(d, &dst, v)?;
+            }
+            Mnemonic::Mul | Mnemonic::Imul | Mnemonic::Div | Mnemonic::Idiv => self.mul_div(d)?,
+            Mnemonic::Bsf
+            | Mnemonic::Bsr
+            | Mnemonic::Tzcnt
+            | Mnemonic::Lzcnt
+            | Mnemonic::Popcnt => self.bit_scan(d)?,
+            Mnemonic::Shld | Mnemonic::Shrd => self.shift_double(d)?,
+            Mnemonic::Movbe => self.move_swapped(d)?,
+            Mnemonic::Smsw => self.store_msw(d)?,
+            Mnemonic::Lmsw => self.load_msw(d)?,
             Mnemonic::Push => self.push(d)?,
-            Mnemonic::Pop => self.pop(d)?,
+            Mnemonic::Pop => match segment_register(i.op0_register()) {
+                Some(seg) if i.op0_kind() == OpKind::Register => self.pop_segment(d, seg)?,
+                _ => self.pop(d)?,
+            },
+            Mnemonic::Jmp | Mnemonic::Call => {
+                let far = matches!(i.op0_kind(), OpKind::FarBranch16 | OpKind::FarBranch32)
+                    || (i.op0_kind() == OpKind::Memory
+                        && matches!(
+                            i.memory_size(),
+                            MemorySize::SegPtr16 | MemorySize::SegPtr32 | MemorySize::SegPtr64
+                        ));
+                if far {
+                    self.far_transfer(d)?
+                } else {
+                    self.near_transfer(d)?
+                }
+            }
+            Mnemonic::Ret => self.near_transfer(d)?,
+            Mnemonic::Retf => self.far_transfer(d)?,
+            Mnemonic::Iret | Mnemonic::Iretd | Mnemonic::Iretq => self.iret(d)?,
+            Mnemonic::Lds | Mnemonic::Les | Mnemonic::Lfs | Mnemonic::Lgs | Mnemonic::Lss => {
+                self.load_far_pointer(d)?
+            }
             Mnemonic::Pusha => self.push_all(2)?,
             Mnemonic::Pushad => self.push_all(4)?,
             Mnemonic::Popa => self.pop_all(2)?,
@@ -486,6 +567,14 @@ pub fn undefined_flags(mnemonic: Mnemonic) -> u64 {
         Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc => {
             RFLAGS_OF | RFLAGS_SF | RFLAGS_AF | RFLAGS_PF
         }
+        Mnemonic::Mul | Mnemonic::Imul => RFLAGS_SF | RFLAGS_ZF | RFLAGS_AF | RFLAGS_PF,
+        Mnemonic::Div | Mnemonic::Idiv => {
+            RFLAGS_CF | RFLAGS_OF | RFLAGS_SF | RFLAGS_ZF | RFLAGS_AF | RFLAGS_PF
+        }
+        Mnemonic::Bsf | Mnemonic::Bsr => RFLAGS_CF | RFLAGS_OF | RFLAGS_SF | RFLAGS_AF | RFLAGS_PF,
+        Mnemonic::Tzcnt | Mnemonic::Lzcnt => RFLAGS_OF | RFLAGS_SF | RFLAGS_AF | RFLAGS_PF,
+        // OF is defined for one-bit counts only.
+        Mnemonic::Shld | Mnemonic::Shrd => RFLAGS_OF | RFLAGS_AF,
         _ => 0,
     }
 }

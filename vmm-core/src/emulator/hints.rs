@@ -71,8 +71,9 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
     fn hinted_page(&self, d: &Decoded, hint: &AccessHint) -> Option<u64> {
         let i = &d.instr;
         // Instructions whose memory accesses are not (only) the explicit
-        // operand's: the stack, strings, and bit tests whose register
-        // offset moves the address outside the operand.
+        // operand's: the stack (pushes, pops, calls and returns), strings,
+        // and bit tests whose register offset moves the address outside the
+        // operand.
         if matches!(
             i.mnemonic(),
             Mnemonic::Push
@@ -85,6 +86,9 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
                 | Mnemonic::Bts
                 | Mnemonic::Btr
                 | Mnemonic::Btc
+                | Mnemonic::Call
+                | Mnemonic::Ret
+                | Mnemonic::Retf
         ) {
             return None;
         }

@@ -19,20 +19,38 @@
 //! alone can do.
 //!
 //! Faults the guest must see come back as [`Exception`]s for the backend to
-//! inject (#PF with its error code and CR2, #GP, #SS, #UD, #NM, #AC);
-//! instructions the emulator does not implement come back as
-//! [`EmulateError::Unsupported`] with the bytes, mode and RIP, for the VM to
-//! stop with. Nothing a guest does makes it panic.
+//! inject (#DE, #PF with its error code and CR2, #GP, #SS, #NP, #UD, #NM,
+//! #AC); instructions the emulator does not implement come back as
+//! [`EmulateError::Unsupported`] with the bytes, mode and RIP, and those
+//! whose effect it does not model (a call gate, a task switch, a far
+//! return to an outer level) as [`EmulateError::NotModelled`] naming it,
+//! for the VM to stop with. Nothing a guest does makes it panic.
+//!
+//! The general-purpose integer set is covered: MOV and its extending
+//! forms, the ALU group, INC/DEC/NOT/NEG, MUL/IMUL/DIV/IDIV (`muldiv`),
+//! shifts, rotates and SHLD/SHRD, bit scans and counts and MOVBE (`bits`),
+//! BT*, SETcc, CMOVcc, XCHG/XADD/CMPXCHG/8B/16B, PUSH/POP, the string
+//! instructions, SMSW/LMSW (`system`), segment-register loads
+//! (`segment_load`), near and far JMP/CALL/RET (`transfer`) and IRET
+//! (`iret`). Flags the manuals leave undefined get the values AMD
+//! processors give (the differential test's strict mode checks them on
+//! the host). Memory with nothing behind it reads as all ones and drops
+//! writes (the [`GuestBus`] of a VM does that), so every instruction the
+//! emulator runs sees hardware's behaviour there.
 //!
 //! AVX (VEX-encoded) moves need the vCPU to expose YMM state and XCR0
-//! through [`CpuState`]; otherwise they are reported as unsupported.
+//! through [`CpuState`]; otherwise they are reported as unsupported. LMSW
+//! needs [`CpuState::set_cr0`], segment loads, far transfers and IRET
+//! [`CpuState::descriptor_state`]; a vCPU without them reports those as
+//! unsupported.
 //!
-//! Limits, by design or not yet done: EVEX (AVX-512) and MMX forms are
-//! reported as unsupported; the I/O permission bitmap is not consulted for
+//! Limits, by design or not yet done: x87, MMX, EVEX (AVX-512) and SSE
+//! arithmetic on memory are reported as unsupported (the VM stops, even
+//! for unmapped memory); the I/O permission bitmap is not consulted for
 //! INS/OUTS (VMX and SVM check it before the exit); a single-step trap
 //! (RFLAGS.TF) after an emulated instruction is left to the backend, which
-//! sees TF in the state; far pointers, segment-register loads, control
-//! registers and control transfers are not emulated.
+//! sees TF in the state; the interrupt shadow after a load of SS is not
+//! given; MOV to and from control and debug registers is not emulated.
 //!
 //! ```
 //! use vmm_core::emulator::{Completion, Emulator, RegisterFile};
@@ -55,14 +73,19 @@
 
 mod access;
 mod alu;
+mod bits;
 mod cpu;
 mod decode;
 mod error;
 mod execute;
 mod hints;
 mod iret;
+mod muldiv;
 mod operand;
+mod segment_load;
 mod string;
+mod system;
+mod transfer;
 mod vector;
 
 pub use cpu::{
@@ -217,6 +240,7 @@ impl Emulator {
             _ if d.instr.code_size() == iced_x86::CodeSize::Code16 => d.instr.next_ip() & 0xffff,
             _ => d.instr.next_ip() & 0xffff_ffff,
         };
+        let next = ctx.branch.take().unwrap_or(next);
         retire(ctx, next);
         Ok(Completion::Retired)
     }

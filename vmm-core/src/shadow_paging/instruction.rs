@@ -1,6 +1,6 @@
 //! The instructions shadow paging intercepts, decoded at the guest's RIP:
-//! MOV to/from CR0/CR3/CR4, CLTS, LMSW (a register or a memory operand) and
-//! INVLPG.
+//! MOV to/from CR0/CR3/CR4, CLTS, LMSW (a register or a memory operand),
+//! SMSW (which SVM's CR0 read intercept catches too) and INVLPG.
 //!
 //! SVM without decode assists (QEMU's TCG has none) reports only *that*
 //! such an instruction ran, not its operands or length; this reads the
@@ -37,6 +37,9 @@ pub enum Intercepted {
         /// The source operand.
         value: u16,
     },
+    /// SMSW (to a register or memory): CR0's low bits stored, which the
+    /// instruction emulator carries out.
+    Smsw,
     /// INVLPG of this linear address.
     Invlpg {
         /// The linear address (segment base applied).
@@ -220,6 +223,7 @@ pub fn decode_intercepted<S: CpuState + ?Sized>(
                 value: u16::from_le_bytes(word),
             }
         }
+        Mnemonic::Smsw => Intercepted::Smsw,
         Mnemonic::Invlpg if instr.op0_kind() == OpKind::Memory => Intercepted::Invlpg {
             linear: memory_operand(&instr, cpu, bitness),
         },

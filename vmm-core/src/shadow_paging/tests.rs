@@ -757,6 +757,13 @@ mod decode {
             run(&cpu, &mut vm, &[0x0f, 0x01, 0xf0]).kind,
             Intercepted::Lmsw { value: 0x0011 }
         );
+        // smsw [0x20] and smsw eax: the emulator carries them out.
+        let i = run(&cpu, &mut vm, &[0x0f, 0x01, 0x25, 0x20, 0, 0, 0]);
+        assert_eq!((i.kind, i.next_rip), (Intercepted::Smsw, 0x8007));
+        assert_eq!(
+            run(&cpu, &mut vm, &[0x0f, 0x01, 0xe0]).kind,
+            Intercepted::Smsw
+        );
         // invlpg [ebx+0x10] with EBX = 0x5000
         cpu.gprs[3] = 0x5000;
         let i = run(&cpu, &mut vm, &[0x0f, 0x01, 0x7b, 0x10]);

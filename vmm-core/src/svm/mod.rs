@@ -22,7 +22,8 @@ pub use instructions::GuestGprs;
 pub use vmcb::{offset, Vmcb};
 
 use crate::emulator::{
-    AccessHint, CpuState, Hints, InstructionBytes, Segment, SegmentRegister, RFLAGS_IF,
+    AccessHint, CpuState, DescriptorState, DescriptorTable, Hints, InstructionBytes, Segment,
+    SegmentRegister, RFLAGS_IF,
 };
 use crate::host::{Host, HostError, HostMemory};
 use crate::memory::GuestMemory;
@@ -596,6 +597,38 @@ impl CpuState for SvmVcpu {
     }
     fn cpl(&self) -> u8 {
         self.vmcb.read_u8(offset::CPL)
+    }
+    fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
+        Some(self)
+    }
+    fn set_cr0(&mut self, value: u64) -> bool {
+        // Under nested paging the guest's CR0 is the VMCB's (LMSW changes
+        // only PE, MP, EM and TS); shadow paging keeps its own copy and
+        // intercepts LMSW before it could reach the emulator.
+        if self.shadow_control().is_some() {
+            return false;
+        }
+        self.vmcb.write_u64(offset::CR0, value);
+        true
+    }
+}
+
+impl DescriptorState for SvmVcpu {
+    fn gdtr(&self) -> DescriptorTable {
+        let g = self.vmcb.segment_at(offset::GDTR);
+        DescriptorTable {
+            base: g.base,
+            limit: g.limit as u16,
+        }
+    }
+    fn set_segment(&mut self, segment: Segment, value: SegmentRegister) {
+        self.vmcb.set_segment(segment, value);
+    }
+    fn ldtr(&self) -> SegmentRegister {
+        self.vmcb.segment_at(offset::LDTR)
+    }
+    fn set_cpl(&mut self, cpl: u8) {
+        self.vmcb.write_u8(offset::CPL, cpl);
     }
 }
 

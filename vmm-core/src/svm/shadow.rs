@@ -23,7 +23,7 @@
 #![forbid(unsafe_code)]
 
 use super::{offset, ExitCode, SvmError, SvmVcpu, EFER_LMA, EFER_SVME};
-use crate::emulator::{CpuState, Exception};
+use crate::emulator::{CpuState, Exception, Hints};
 use crate::paging::{
     ControlRegisters, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, CR4_PKE, CR4_PSE, CR4_SMAP, CR4_SMEP,
     EFER_LME,
@@ -249,6 +249,12 @@ impl SvmVcpu {
                         write(0, (cr0 & !0xe) | (u64::from(value) & 0xf))
                     }
                     Intercepted::Invlpg { linear } => Exit::Invlpg { linear, next_rip },
+                    // SMSW stores the guest's CR0 (the emulator reads it
+                    // through `CpuState::control`, the shadow's copy).
+                    Intercepted::Smsw => Exit::Emulate {
+                        gpa: None,
+                        hints: Hints::default(),
+                    },
                 }
             }
             Err(e) => Exit::Error(ExitError::Unhandled {

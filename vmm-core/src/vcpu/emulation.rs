@@ -52,12 +52,12 @@ impl GuestBus for Vm {
 /// (resume the guest at the same instruction).
 pub fn emulation_stop_reason(error: &EmulateError) -> Option<StopReason> {
     match error {
-        EmulateError::Unsupported { .. } | EmulateError::Bus(_) => {
-            Some(StopReason::DeviceFailure {
-                device: "instruction emulator".to_string(),
-                detail: error.to_string(),
-            })
-        }
+        EmulateError::Unsupported { .. }
+        | EmulateError::NotModelled { .. }
+        | EmulateError::Bus(_) => Some(StopReason::DeviceFailure {
+            device: "instruction emulator".to_string(),
+            detail: error.to_string(),
+        }),
         EmulateError::Exception(_) | EmulateError::LockContended => None,
     }
 }

@@ -4,7 +4,7 @@
 use super::events::BLOCKING_STI_MOVSS;
 use super::fields;
 use super::VmxVcpu;
-use crate::emulator::{CpuState, Segment, SegmentRegister};
+use crate::emulator::{CpuState, DescriptorState, DescriptorTable, Segment, SegmentRegister};
 use crate::paging::ControlRegisters;
 
 /// VMX access rights to the VMCB-style attributes the emulator uses
@@ -106,6 +106,38 @@ impl CpuState for VmxVcpu {
     fn cpl(&self) -> u8 {
         let (_, _, ar, _) = fields::guest_segment(Segment::Ss as u32);
         ((self.read(ar) >> 5) & 3) as u8
+    }
+    fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
+        Some(self)
+    }
+}
+
+impl DescriptorState for VmxVcpu {
+    fn gdtr(&self) -> DescriptorTable {
+        DescriptorTable {
+            base: self.read(fields::GUEST_GDTR_BASE),
+            limit: self.read(fields::GUEST_GDTR_LIMIT) as u16,
+        }
+    }
+    fn set_segment(&mut self, segment: Segment, value: SegmentRegister) {
+        let (sel, limit, ar, base) = fields::guest_segment(segment as u32);
+        self.write(sel, u64::from(value.selector));
+        self.write(base, value.base);
+        self.write(limit, u64::from(value.limit));
+        let mut rights = access_rights_from_attributes(value.attributes);
+        if !value.present() {
+            // Not present: the unusable bit.
+            rights |= 1 << 16;
+        }
+        self.write(ar, rights);
+    }
+    fn ldtr(&self) -> SegmentRegister {
+        SegmentRegister::new(
+            self.read(fields::GUEST_LDTR_SELECTOR) as u16,
+            self.read(fields::GUEST_LDTR_BASE),
+            self.read(fields::GUEST_LDTR_LIMIT) as u32,
+            attributes_from_access_rights(self.read(fields::GUEST_LDTR_ACCESS_RIGHTS)),
+        )
     }
 }
 

@@ -153,6 +153,8 @@ const INTERCEPT_NMI: u32 = 1 << 1;
 const INTERCEPT_VINTR: u32 = 1 << 4;
 const INTERCEPT_CPUID: u32 = 1 << 18;
 const INTERCEPT_IRET: u32 = 1 << 20;
+/// DR6.BS: the #DB is a single-step trap.
+const DR6_BS: u64 = 1 << 14;
 const INTERCEPT_HLT: u32 = 1 << 24;
 const INTERCEPT_INVLPGA: u32 = 1 << 26;
 const INTERCEPT_IOIO: u32 = 1 << 27;
@@ -721,6 +723,18 @@ impl VcpuBackend for SvmVcpu {
         let value = consistency::event_injection(event, protected);
         self.vmcb.write_u64(offset::EVENT_INJ, value);
         true
+    }
+
+    fn single_step_trap(&mut self) {
+        if self.vmcb.read_u64(offset::EVENT_INJ) & (1 << 31) != 0 {
+            // The instruction did not complete after all: it faulted.
+            return;
+        }
+        let dr6 = self.vmcb.read_u64(offset::DR6);
+        self.vmcb.write_u64(offset::DR6, dr6 | DR6_BS);
+        // #DB: vector 1, a hardware exception without error code.
+        self.vmcb
+            .write_u64(offset::EVENT_INJ, 1 | (3 << 8) | (1 << 31));
     }
 
     fn interrupts_open(&self) -> bool {

@@ -130,6 +130,16 @@ pub trait VcpuBackend: CpuState {
     /// external interrupt (or stop asking).
     fn request_interrupt_window(&mut self, on: bool);
 
+    /// The instruction the VMM just completed for the guest ran with
+    /// RFLAGS.TF set: raise the single-step trap it owes, a #DB with DR6.BS
+    /// set, before the next instruction and before any interrupt (a trap of
+    /// the previous instruction comes first). While it is pending,
+    /// [`interrupts_open`](Self::interrupts_open) and
+    /// [`nmis_open`](Self::nmis_open) say no. Backends whose hypervisor
+    /// completes instructions itself and steps them (KVM) keep the default,
+    /// which does nothing.
+    fn single_step_trap(&mut self) {}
+
     /// What the backend adds to the host's TSC to give the guest's
     /// (RDTSC in the guest reads host TSC + this, wrapping). Backends
     /// without TSC offsetting leave the default, 0.

@@ -64,6 +64,10 @@ impl VcpuBackend for VmxVcpu {
         self.interrupt_can_be_taken()
     }
 
+    fn single_step_trap(&mut self) {
+        self.raise_single_step();
+    }
+
     fn nmis_open(&self) -> bool {
         self.nmi_can_be_taken()
     }

@@ -1,5 +1,6 @@
 ; Differential: single-step (RFLAGS.TF) over instructions a VMM may carry
-; out itself: IN, OUT, CPUID, RDMSR/WRMSR (APIC_BASE, EFER), MMIO reads of
+; out itself: IN, OUT, CPUID, RDMSR/WRMSR (APIC_BASE, EFER), OUT right after
+; MOV SS (which holds the trap of its own step), MMIO reads of
 ; the VGA hole and of the LAPIC, STI;HLT with a self-IPI pending (taken
 ; where it comes; when before the HLT, its handler resumes past the HLT),
 ; and STI;HLT woken later by the LAPIC timer. (Not REP string I/O: QEMU's
@@ -156,6 +157,12 @@ a_mov_ecx2:
 a_rdmsr_efer:
     wrmsr
 a_wrmsr_efer:
+    mov ax, ss
+a_mov_ax_ss:
+    mov ss, ax
+a_mov_ss:
+    out 0x80, al
+a_out_after_mov_ss:
     mov ebx, 0xa0000
 a_mov_ebx:
     mov eax, [rbx]
@@ -254,6 +261,9 @@ labels:
     LABEL a_mov_ecx2
     LABEL a_rdmsr_efer
     LABEL a_wrmsr_efer
+    LABEL a_mov_ax_ss
+    LABEL a_mov_ss
+    LABEL a_out_after_mov_ss
     LABEL a_mov_ebx
     LABEL a_vga_read
     LABEL a_mov_ebx2

@@ -173,4 +173,8 @@ impl vmm_core::vcpu::InterruptSource for CpuInterrupts {
     fn take_nmi(&self) -> bool {
         CpuInterrupts::take_nmi(self)
     }
+
+    fn nmi_pending(&self) -> bool {
+        self.lapic.nmi_pending()
+    }
 }

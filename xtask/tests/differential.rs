@@ -20,7 +20,7 @@ use xtask::qemu::Outcome;
 use xtask::system::env_path;
 
 /// The programs whose output under the VMM matches plain QEMU.
-const PROGRAMS: &[&str] = &["pc_diff_nmi", "pc_diff_single_step"];
+const PROGRAMS: &[&str] = &["pc_diff_nmi", "pc_diff_single_step", "pc_diff_shadow"];
 
 /// How long plain QEMU may take for one program.
 const REFERENCE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -22,7 +22,7 @@ pub use instructions::GuestGprs;
 pub use vmcb::{offset, Vmcb};
 
 use crate::emulator::{
-    AccessHint, CpuState, Hints, InstructionBytes, Segment, SegmentRegister, RFLAGS_IF,
+    AccessHint, CpuState, Hints, InstructionBytes, Segment, SegmentRegister, RFLAGS_IF, RFLAGS_TF,
 };
 use crate::host::{Host, HostError, HostMemory};
 use crate::memory::GuestMemory;
@@ -155,6 +155,8 @@ const INTERCEPT_CPUID: u32 = 1 << 18;
 const INTERCEPT_IRET: u32 = 1 << 20;
 /// DR6.BS: the #DB is a single-step trap.
 const DR6_BS: u64 = 1 << 14;
+/// The #DB bit of the exception intercepts.
+const INTERCEPT_DB: u32 = 1 << 1;
 const INTERCEPT_HLT: u32 = 1 << 24;
 const INTERCEPT_INVLPGA: u32 = 1 << 26;
 const INTERCEPT_IOIO: u32 = 1 << 27;
@@ -211,8 +213,16 @@ pub struct SvmVcpu {
     /// while it is set), as hardware would hold further NMIs.
     nmi_masked: bool,
     /// The RIP of an intercepted IRET that ends the NMI handler: NMIs open
-    /// again at the first exit where the guest has moved past it.
+    /// again once it retires. The IRET runs with RFLAGS.TF set and #DB
+    /// intercepted, so the exit comes right after it (the next NMI is then
+    /// delivered before the interrupted code goes on, as on hardware); an
+    /// IRET that faults instead opens NMIs at the first exit where the
+    /// guest has moved past it.
     iret_rip: Option<u64>,
+    /// While that IRET is stepped: the guest's own RFLAGS.TF and DR6 from
+    /// before it (a trap the guest asked for is its own; otherwise DR6 is
+    /// put back).
+    iret_step: Option<(bool, u64)>,
 }
 
 impl SvmVcpu {
@@ -250,6 +260,7 @@ impl SvmVcpu {
             max_phys_bits: consistency::max_phys_bits(),
             nmi_masked: false,
             iret_rip: None,
+            iret_step: None,
         };
         me.vmcb.write_u64(offset::IOPM_BASE, iopm_pa);
         me.vmcb.write_u64(offset::MSRPM_BASE, msrpm_pa);
@@ -407,6 +418,36 @@ impl SvmVcpu {
                 .write_u64(offset::EVENT_INJ, 8 | (3 << 8) | (1 << 11) | (1 << 31));
         }
         Some(outcome)
+    }
+
+    /// Run the intercepted IRET at RIP `rip` with RFLAGS.TF set and #DB
+    /// intercepted: the exit after it says NMIs are open again.
+    fn step_iret(&mut self, rip: u64) {
+        let rflags = self.vmcb.read_u64(offset::RFLAGS);
+        let dr6 = self.vmcb.read_u64(offset::DR6);
+        self.iret_rip = Some(rip);
+        self.iret_step = Some((rflags & RFLAGS_TF != 0, dr6));
+        self.vmcb.write_u64(offset::RFLAGS, rflags | RFLAGS_TF);
+        self.set_debug_intercept(true);
+    }
+
+    /// The stepped IRET is over (it retired, or faulted, or the vCPU was
+    /// reset): #DB is the guest's own again.
+    fn end_iret_step(&mut self) {
+        self.iret_step = None;
+        self.set_debug_intercept(false);
+    }
+
+    /// Intercept #DB or not.
+    fn set_debug_intercept(&mut self, on: bool) {
+        let exceptions = self.vmcb.read_u32(offset::INTERCEPT_EXCEPTIONS);
+        let exceptions = if on {
+            exceptions | INTERCEPT_DB
+        } else {
+            exceptions & !INTERCEPT_DB
+        };
+        self.vmcb
+            .write_u32(offset::INTERCEPT_EXCEPTIONS, exceptions);
     }
 
     /// Intercept IRET (while an injected NMI's handler runs) or not.
@@ -644,6 +685,28 @@ impl VcpuBackend for SvmVcpu {
             self.vmcb.write_u64(offset::EVENT_INJ, 0);
             let code = ExitCode::from_raw(self.vmcb.read_u64(offset::EXIT_CODE));
             let rip = self.vmcb.read_u64(offset::RIP);
+            if let Some((guest_tf, dr6)) = self.iret_step {
+                if code == ExitCode::Exception(1) {
+                    // The trap right after the stepped IRET: NMIs are open.
+                    self.end_iret_step();
+                    self.nmi_masked = false;
+                    self.iret_rip = None;
+                    if guest_tf {
+                        // The guest stepped the IRET itself: the trap (DR6
+                        // as the CPU set it) is its own.
+                        self.vmcb
+                            .write_u64(offset::EVENT_INJ, 1 | (3 << 8) | (1 << 31));
+                    } else {
+                        self.vmcb.write_u64(offset::DR6, dr6);
+                    }
+                    return Exit::NmiWindow;
+                }
+                if self.iret_rip.is_some_and(|at| at != rip) {
+                    // The IRET did not retire (it faulted): the trap will
+                    // not come.
+                    self.end_iret_step();
+                }
+            }
             if self.iret_rip.is_some_and(|at| at != rip) {
                 // The NMI handler's IRET has retired.
                 self.nmi_masked = false;
@@ -689,8 +752,8 @@ impl VcpuBackend for SvmVcpu {
                 _ => {}
             }
             if code == ExitCode::Iret {
-                // Let this IRET run; NMIs open once it has.
-                self.iret_rip = Some(rip);
+                // Let this IRET run, one step; NMIs open once it has.
+                self.step_iret(rip);
                 self.set_iret_intercept(false);
                 continue;
             }
@@ -717,6 +780,7 @@ impl VcpuBackend for SvmVcpu {
         if event == Event::Nmi {
             self.nmi_masked = true;
             self.iret_rip = None;
+            self.end_iret_step();
             self.set_iret_intercept(true);
         }
         let protected = self.control().cr0 & crate::paging::CR0_PE != 0;
@@ -781,6 +845,7 @@ impl VcpuBackend for SvmVcpu {
         self.vmcb.set_reset_state();
         self.nmi_masked = false;
         self.iret_rip = None;
+        self.end_iret_step();
         self.set_iret_intercept(false);
         self.xstate.reset();
         // RESET zeroes the TSC.

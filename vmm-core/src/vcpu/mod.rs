@@ -71,6 +71,11 @@ pub trait InterruptSource {
     fn acknowledge(&self) -> Option<u8>;
     /// Take a pending NMI.
     fn take_nmi(&self) -> bool;
+    /// Whether an NMI is pending (without taking it). Sources without
+    /// NMIs keep the default, `false`.
+    fn nmi_pending(&self) -> bool {
+        false
+    }
 }
 
 /// A vCPU as the exit handling sees it: the guest's registers (through the
@@ -139,6 +144,14 @@ pub trait VcpuBackend: CpuState {
     /// completes instructions itself and steps them (KVM) keep the default,
     /// which does nothing.
     fn single_step_trap(&mut self) {}
+
+    /// Ask for an [`Exit::NmiWindow`] as soon as the guest can take an NMI
+    /// (or stop asking), for an NMI held meanwhile. Backends that find out
+    /// without being asked (SVM steps the NMI handler's IRET) or cannot
+    /// keep the default, which does nothing.
+    fn request_nmi_window(&mut self, on: bool) {
+        let _ = on;
+    }
 
     /// What the backend adds to the host's TSC to give the guest's
     /// (RDTSC in the guest reads host TSC + this, wrapping). Backends

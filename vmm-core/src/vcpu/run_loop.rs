@@ -59,9 +59,14 @@ fn merge_in(rax: u64, value: u32, size: u8) -> u64 {
 /// Deliver what `interrupts` has pending, or ask to hear when the guest can
 /// take it.
 fn deliver<B: VcpuBackend>(vcpu: &mut B, interrupts: &dyn InterruptSource) {
-    // An NMI waits at its source while the guest cannot take one.
-    if vcpu.nmis_open() && interrupts.take_nmi() && !vcpu.inject(Event::Nmi) {
-        log::warn!("NMI dropped: another event was pending");
+    // An NMI waits at its source while the guest cannot take one, and the
+    // backend says when it can.
+    if vcpu.nmis_open() {
+        if interrupts.take_nmi() && !vcpu.inject(Event::Nmi) {
+            log::warn!("NMI dropped: another event was pending");
+        }
+    } else if interrupts.nmi_pending() {
+        vcpu.request_nmi_window(true);
     }
     if !interrupts.pending() {
         return;
@@ -415,6 +420,8 @@ pub fn run<B: VcpuBackend>(
             }
             Exit::ExternalInterrupt => {}
             Exit::InterruptWindow => vcpu.request_interrupt_window(false),
+            // deliver() injects what waited, before the guest goes on.
+            Exit::NmiWindow => {}
             Exit::VirtInstruction => {
                 vcpu.inject(Event::Exception(Exception::InvalidOpcode));
             }

@@ -50,6 +50,9 @@ impl VcpuBackend for VmxVcpu {
                 if exit == Exit::InterruptWindow {
                     self.request_interrupt_window(false);
                 }
+                if exit == Exit::NmiWindow {
+                    self.request_nmi_window(false);
+                }
                 return exit;
             }
         }
@@ -188,6 +191,18 @@ impl VcpuBackend for VmxVcpu {
         }
         self.write(fields::TSC_OFFSET, offset);
         true
+    }
+
+    fn request_nmi_window(&mut self, on: bool) {
+        if !self.controls.nmi_window {
+            return;
+        }
+        let proc = self.read(fields::PROC_BASED_CONTROLS);
+        let bit = u64::from(capabilities::proc::NMI_WINDOW_EXITING);
+        let wanted = if on { proc | bit } else { proc & !bit };
+        if wanted != proc {
+            self.write(fields::PROC_BASED_CONTROLS, wanted);
+        }
     }
 
     fn request_interrupt_window(&mut self, on: bool) {

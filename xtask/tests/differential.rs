@@ -20,7 +20,19 @@ use xtask::qemu::Outcome;
 use xtask::system::env_path;
 
 /// The programs whose output under the VMM matches plain QEMU.
-const PROGRAMS: &[&str] = &["pc_diff_nmi", "pc_diff_single_step", "pc_diff_shadow"];
+const PROGRAMS: &[&str] = &[
+    "pc_diff_nmi",
+    "pc_diff_single_step",
+    "pc_diff_shadow",
+    "pc_diff_double_fault",
+];
+
+/// Programs that show what the VMM does not do yet (issue 17). They run
+/// only with `cargo xtask test --slow` (their test's name starts with
+/// `slow_`) until the work they wait for is merged; then they move to
+/// [`PROGRAMS`].
+/// - `pc_diff_triple_fault`: a triple fault stops the VM; a PC resets.
+const PENDING: &[&str] = &["pc_diff_triple_fault"];
 
 /// How long plain QEMU may take for one program.
 const REFERENCE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -153,4 +165,10 @@ fn compare(programs: &[&str]) {
 #[ignore = "boots plain QEMU and the bare-metal host under QEMU: run through cargo xtask test"]
 fn guest_programs_observe_under_the_vmm_what_they_observe_under_plain_qemu() {
     compare(PROGRAMS);
+}
+
+#[test]
+#[ignore = "pending (see PENDING): run through cargo xtask test --slow"]
+fn slow_pending_guest_programs_observe_under_the_vmm_what_they_observe_under_plain_qemu() {
+    compare(PENDING);
 }

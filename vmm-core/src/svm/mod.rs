@@ -157,6 +157,9 @@ const INTERCEPT_IRET: u32 = 1 << 20;
 const DR6_BS: u64 = 1 << 14;
 /// The #DB bit of the exception intercepts.
 const INTERCEPT_DB: u32 = 1 << 1;
+/// The exceptions that can turn the delivery of an exception into a #DF
+/// or a shutdown: contributory (#TS, #NP, #SS, #GP) and #PF.
+const INTERCEPT_DELIVERY_FAULTS: u32 = 0b1_1111 << 10;
 const INTERCEPT_HLT: u32 = 1 << 24;
 const INTERCEPT_INVLPGA: u32 = 1 << 26;
 const INTERCEPT_IOIO: u32 = 1 << 27;
@@ -420,6 +423,53 @@ impl SvmVcpu {
         Some(outcome)
     }
 
+    /// Before an entry that injects an exception: intercept the exceptions
+    /// its delivery can raise, so a fault during the delivery comes back
+    /// with the injected event in EXITINTINFO and the double-fault rules
+    /// are applied here (a CPU delivering the injected event may not apply
+    /// them itself: QEMU's TCG does not). Returns the intercepts added.
+    fn watch_delivery(&mut self) -> u32 {
+        let inj = self.vmcb.read_u64(offset::EVENT_INJ);
+        if inj & (1 << 31) == 0 || (inj >> 8) & 7 != 3 {
+            return 0;
+        }
+        let exceptions = self.vmcb.read_u32(offset::INTERCEPT_EXCEPTIONS);
+        let added = INTERCEPT_DELIVERY_FAULTS & !exceptions;
+        self.vmcb
+            .write_u32(offset::INTERCEPT_EXCEPTIONS, exceptions | added);
+        added
+    }
+
+    /// Exception `vector`, intercepted by [`Self::watch_delivery`]: during
+    /// the injected event's delivery, the double-fault rules decide (#DF
+    /// in its place, a shutdown, or the new exception delivered); after
+    /// it (the handler faulted), the exception is the guest's. The event
+    /// is in EVENTINJ for the next entry; `Some` if the vCPU shuts down.
+    fn fault_in_delivery(&mut self, vector: u8) -> Option<Exit> {
+        let info = self.vmcb.read_u64(offset::EXIT_INT_INFO);
+        let error_code = self.vmcb.read_u64(offset::EXIT_INFO1) & 0xffff_ffff;
+        let protected = self.control().cr0 & crate::paging::CR0_PE != 0;
+        let (vector, error_code) = if info & (1 << 31) != 0 {
+            match crate::vcpu::fault_during_delivery(((info >> 8) & 7) as u8, info as u8, vector) {
+                Some(crate::vcpu::DeliveryFault::Shutdown) => return Some(Exit::Shutdown),
+                Some(crate::vcpu::DeliveryFault::DoubleFault) => (8, 0),
+                None => (vector, error_code),
+            }
+        } else {
+            (vector, error_code)
+        };
+        if vector == 14 {
+            self.vmcb
+                .write_u64(offset::CR2, self.vmcb.read_u64(offset::EXIT_INFO2));
+        }
+        let mut event = u64::from(vector) | (3 << 8) | (1 << 31);
+        if protected {
+            event |= (1 << 11) | (error_code << 32);
+        }
+        self.vmcb.write_u64(offset::EVENT_INJ, event);
+        None
+    }
+
     /// Run the intercepted IRET at RIP `rip` with RFLAGS.TF set and #DB
     /// intercepted: the exit after it says NMIs are open again.
     fn step_iret(&mut self, rip: u64) {
@@ -671,6 +721,7 @@ impl VcpuBackend for SvmVcpu {
                     detail: format!("the guest state breaks a VMRUN check: {rule}"),
                 });
             }
+            let watched = self.watch_delivery();
             self.xstate.switch_to_guest(vm.host().current_cpu());
             // SAFETY: SVM was enabled by `Svm::enable` (required to build
             // this vCPU); the VMCB is ours, its nested tables map only this
@@ -685,6 +736,20 @@ impl VcpuBackend for SvmVcpu {
             self.vmcb.write_u64(offset::EVENT_INJ, 0);
             let code = ExitCode::from_raw(self.vmcb.read_u64(offset::EXIT_CODE));
             let rip = self.vmcb.read_u64(offset::RIP);
+            if watched != 0 {
+                let exceptions = self.vmcb.read_u32(offset::INTERCEPT_EXCEPTIONS);
+                self.vmcb
+                    .write_u32(offset::INTERCEPT_EXCEPTIONS, exceptions & !watched);
+                if let ExitCode::Exception(vector) = code {
+                    if vector < 32 && watched & (1 << vector) != 0 {
+                        vm.stats_mut().record(crate::stats::ExitKind::Other);
+                        if let Some(exit) = self.fault_in_delivery(vector) {
+                            return exit;
+                        }
+                        continue;
+                    }
+                }
+            }
             if let Some((guest_tf, dr6)) = self.iret_step {
                 if code == ExitCode::Exception(1) {
                     // The trap right after the stepped IRET: NMIs are open.

@@ -19,7 +19,7 @@ pub use cpuid::{
     guest_cpuid, guest_cpuid_for, CpuidResult, HYPERVISOR_VENDOR, KVM_FEATURE_CLOCKSOURCE2,
     KVM_FEATURE_CLOCKSOURCE_STABLE_BIT, KVM_FEATURE_NOP_IO_DELAY, KVM_LEAF_BASE,
 };
-pub use delivery::{delivery_fault, DeliveryFault};
+pub use delivery::{delivery_fault, fault_during_delivery, DeliveryFault};
 pub use emulation::emulation_stop_reason;
 pub use exit::{AccessTarget, ControlAccess, DeviceAccess, Exit, ExitError};
 pub(crate) use msr::host_tsc as msr_host_tsc;

@@ -3,7 +3,9 @@
 //! order, where traps arrive, DR6, error codes) and run twice, as the
 //! firmware of a PC under plain QEMU TCG (`-cpu qemu64`) and as the
 //! firmware of a PC VM under the bare-metal host (SVM with nested paging,
-//! in QEMU TCG). The two outputs must match line for line.
+//! in QEMU TCG). The two outputs must match line for line. The
+//! `slow_*_under_vmx` variant runs the VMM side under Bochs (VMX with
+//! EPT) instead, for `cargo xtask test --slow`.
 //!
 //! Cheap by construction: every program of a list runs in one boot of the
 //! bare-metal host (one VM each), while plain QEMU runs the programs one
@@ -108,9 +110,18 @@ fn side_by_side(name: &str, qemu: &[String], vmm: &[String]) -> String {
     out
 }
 
-/// Run `programs` under plain QEMU and under the VMM and fail with the
-/// differences of every program whose outputs differ.
-fn compare(programs: &[&str]) {
+/// Which virtualization extension runs the VMM's side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cpu {
+    /// QEMU TCG with SVM and nested paging.
+    Svm,
+    /// Bochs with VMX and EPT.
+    Vmx,
+}
+
+/// Run `programs` under plain QEMU and under the VMM on `cpu` and fail
+/// with the differences of every program whose outputs differ.
+fn compare(programs: &[&str], cpu: Cpu) {
     let kernel = env_path("VMM_TEST_KERNEL");
     let dir = env_path("VMM_TEST_GUESTS");
     let guests = named_guests(&dir, programs);
@@ -122,14 +133,34 @@ fn compare(programs: &[&str]) {
                 .map(|g| reference(&g.path))
                 .collect::<Vec<_>>()
         });
-        let cmdline = format!("cpu=svm guest_mem=16M vms={}", programs.len());
+        let which = match cpu {
+            Cpu::Svm => "svm",
+            Cpu::Vmx => "vmx",
+        };
+        let cmdline = format!("cpu={which} guest_mem=16M vms={}", programs.len());
         let memory = 256 + 32 * programs.len() as u64;
-        let vmm = boot_and_capture(&kernel, &cmdline, &guests, memory, Duration::from_secs(120))
-            .expect("boot the bare-metal host");
+        let vmm = match cpu {
+            Cpu::Svm => {
+                boot_and_capture(&kernel, &cmdline, &guests, memory, Duration::from_secs(120))
+                    .expect("boot the bare-metal host")
+            }
+            Cpu::Vmx => {
+                let run = xtask::bochs::boot_and_capture(
+                    &kernel,
+                    &cmdline,
+                    &guests,
+                    memory,
+                    Duration::from_secs(1200),
+                )
+                .expect("boot the bare-metal host under Bochs");
+                assert!(run.console.contains("VMX enabled: EPT"), "{}", run.console);
+                (run.outcome, run.console)
+            }
+        };
         (references.join().expect("reference runs"), vmm)
     });
     println!(
-        "{} programs: {:.1} s",
+        "{} programs under {cpu:?}: {:.1} s",
         programs.len(),
         start.elapsed().as_secs_f64()
     );
@@ -167,11 +198,17 @@ fn compare(programs: &[&str]) {
 #[test]
 #[ignore = "boots plain QEMU and the bare-metal host under QEMU: run through cargo xtask test"]
 fn guest_programs_observe_under_the_vmm_what_they_observe_under_plain_qemu() {
-    compare(PROGRAMS);
+    compare(PROGRAMS, Cpu::Svm);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host under Bochs: run through cargo xtask test --slow"]
+fn slow_guest_programs_observe_under_the_vmm_what_they_observe_under_plain_qemu_under_vmx() {
+    compare(PROGRAMS, Cpu::Vmx);
 }
 
 #[test]
 #[ignore = "pending (see PENDING): run through cargo xtask test --slow"]
 fn slow_pending_guest_programs_observe_under_the_vmm_what_they_observe_under_plain_qemu() {
-    compare(PENDING);
+    compare(PENDING, Cpu::Svm);
 }

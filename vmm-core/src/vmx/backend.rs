@@ -53,6 +53,21 @@ impl VcpuBackend for VmxVcpu {
                 if exit == Exit::NmiWindow {
                     self.request_nmi_window(false);
                 }
+                if matches!(
+                    exit,
+                    Exit::Hlt { .. }
+                        | Exit::PortIo { .. }
+                        | Exit::Cpuid { .. }
+                        | Exit::Msr { .. }
+                        | Exit::ControlRegister { .. }
+                        | Exit::Invlpg { .. }
+                ) {
+                    // The exit loop completes this instruction and raises
+                    // its single-step trap itself (a CPU may have saved one
+                    // for it, which would come again at every re-entry
+                    // while RIP stays on a HLT).
+                    self.clear_single_step();
+                }
                 return exit;
             }
         }

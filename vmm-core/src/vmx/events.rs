@@ -62,6 +62,16 @@ impl VmxVcpu {
         self.write(fields::GUEST_PENDING_DEBUG, pending | PENDING_DEBUG_BS);
     }
 
+    /// Drop a single-step trap from the pending debug exceptions (kept in
+    /// an STI or MOV SS shadow, where VM entry requires it with RFLAGS.TF).
+    pub(super) fn clear_single_step(&mut self) {
+        let pending = self.read(fields::GUEST_PENDING_DEBUG);
+        let shadow = self.read(fields::GUEST_INTERRUPTIBILITY) & BLOCKING_STI_MOVSS != 0;
+        if pending & PENDING_DEBUG_BS != 0 && !shadow {
+            self.write(fields::GUEST_PENDING_DEBUG, pending & !PENDING_DEBUG_BS);
+        }
+    }
+
     /// Whether a debug trap waits in the pending debug exceptions: it is
     /// delivered first, so no event is injected beside it.
     fn debug_trap_pending(&self) -> bool {

@@ -115,6 +115,8 @@ fn side_by_side(name: &str, qemu: &[String], vmm: &[String]) -> String {
 enum Cpu {
     /// QEMU TCG with SVM and nested paging.
     Svm,
+    /// QEMU TCG with SVM and shadow paging.
+    SvmShadow,
     /// Bochs with VMX and EPT.
     Vmx,
 }
@@ -135,12 +137,13 @@ fn compare(programs: &[&str], cpu: Cpu) {
         });
         let which = match cpu {
             Cpu::Svm => "svm",
+            Cpu::SvmShadow => "svm paging=shadow",
             Cpu::Vmx => "vmx",
         };
         let cmdline = format!("cpu={which} guest_mem=16M vms={}", programs.len());
         let memory = 256 + 32 * programs.len() as u64;
         let vmm = match cpu {
-            Cpu::Svm => {
+            Cpu::Svm | Cpu::SvmShadow => {
                 boot_and_capture(&kernel, &cmdline, &guests, memory, Duration::from_secs(120))
                     .expect("boot the bare-metal host")
             }
@@ -199,6 +202,12 @@ fn compare(programs: &[&str], cpu: Cpu) {
 #[ignore = "boots plain QEMU and the bare-metal host under QEMU: run through cargo xtask test"]
 fn guest_programs_observe_under_the_vmm_what_they_observe_under_plain_qemu() {
     compare(PROGRAMS, Cpu::Svm);
+}
+
+#[test]
+#[ignore = "boots plain QEMU and the bare-metal host under QEMU: run through cargo xtask test"]
+fn guest_programs_observe_under_shadow_paging_what_they_observe_under_plain_qemu() {
+    compare(PROGRAMS, Cpu::SvmShadow);
 }
 
 #[test]

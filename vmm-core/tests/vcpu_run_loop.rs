@@ -402,6 +402,46 @@ fn instructions_the_vmm_completes_under_tf_raise_the_single_step_trap() {
 }
 
 #[test]
+fn rep_string_io_under_tf_traps_after_every_iteration() {
+    let mut vm = vm();
+    vm.guest_write(0x1000, b"abc");
+    let io = vmm_core::emulator::PortString {
+        input: false,
+        size: 1,
+        address_size: 16,
+        rep: true,
+        segment: Segment::Ds,
+        next_rip: 0x12,
+    };
+    let mut cpu = Scripted::new(vec![
+        Exit::PortString(io),
+        Exit::PortString(io),
+        Exit::PortString(io),
+        Exit::Shutdown,
+    ]);
+    cpu.regs.rip = 0x10;
+    cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_TF;
+    cpu.regs.gprs[1] = 3; // RCX
+    cpu.regs.gprs[2] = 0x80; // DX: the probe's port
+    cpu.regs.gprs[6] = 0x1000; // SI
+    let mut msrs = MsrFile::default();
+    let one = Slice {
+        max_exits: 1,
+        until_ns: None,
+    };
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, one);
+    // One iteration, then the trap, with RIP still on the instruction.
+    assert_eq!(cpu.regs.gprs[1], 2);
+    assert_eq!(cpu.steps, vec![0x10]);
+    assert_eq!(probe(&vm).last_out, b"a");
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, one);
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, one);
+    assert_eq!(cpu.regs.gprs[1], 0);
+    assert_eq!(cpu.steps, vec![0x10, 0x10, 0x12]);
+    assert_eq!(probe(&vm).last_out, b"c");
+}
+
+#[test]
 fn cpuid_answers_with_the_guest_view() {
     let mut vm = vm();
     let mut cpu = Scripted::new(vec![Exit::Cpuid { next_rip: 0x10 }, Exit::Shutdown]);

@@ -24,6 +24,7 @@ use xtask::system::env_path;
 /// The programs whose output under the VMM matches plain QEMU.
 const PROGRAMS: &[&str] = &[
     "pc_diff_nmi",
+    "pc_diff_nmi_hlt",
     "pc_diff_single_step",
     "pc_diff_shadow",
     "pc_diff_double_fault",

@@ -243,17 +243,20 @@ pub fn run<B: VcpuBackend>(
             (d, u) => d.or(u),
         };
         if let Some((next_rip, stepping)) = halted {
-            if interrupts.pending() {
-                // HLT completes: the interrupt returns to the next
+            // An NMI wakes a halted CPU; an interrupt only with IF set.
+            let open = vcpu.rflags() & RFLAGS_IF != 0;
+            if interrupts.nmi_pending() || (open && interrupts.pending()) {
+                // HLT completes: the event returns to the next
                 // instruction, after HLT's single-step trap.
                 complete(vcpu, next_rip, stepping);
                 halted = None;
             } else if deadline.is_none() {
-                // Nothing can ever wake this vCPU: on hardware it would sleep
-                // forever. Stop the VM and say why.
+                // Nothing can ever wake this vCPU (no device timer is
+                // armed to raise an interrupt or an NMI): on hardware it
+                // would sleep forever. Stop the VM and say why.
                 vm.stop(StopReason::Halted {
                     rip: next_rip,
-                    interrupts_enabled: true,
+                    interrupts_enabled: open,
                 });
                 continue;
             } else {
@@ -385,18 +388,8 @@ pub fn run<B: VcpuBackend>(
                 vcpu.set_gpr(RDX, r.edx.into());
                 complete(vcpu, next_rip, stepping);
             }
-            Exit::Hlt { next_rip } => {
-                if vcpu.rflags() & RFLAGS_IF == 0 {
-                    // Interrupts disabled: only an NMI could wake it, and
-                    // nothing here sends one. Stop and say why.
-                    vm.stop(StopReason::Halted {
-                        rip: next_rip,
-                        interrupts_enabled: false,
-                    });
-                } else {
-                    halted = Some((next_rip, stepping));
-                }
-            }
+            // With IF clear only an NMI wakes it: see the halted case above.
+            Exit::Hlt { next_rip } => halted = Some((next_rip, stepping)),
             Exit::Msr { write, next_rip } => {
                 let msr = vcpu.gpr(RCX) as u32;
                 let ok = if write {

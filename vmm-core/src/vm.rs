@@ -49,6 +49,11 @@ pub struct Vm {
     /// The exit loop's count of exits that made no progress; it lives here
     /// so it outlasts one time slice (the VM has one vCPU).
     watchdog: crate::vcpu::Watchdog,
+    /// The vCPU is halted: where it resumes once woken, and whether its
+    /// HLT ran with RFLAGS.TF. It lives here so a halt outlasts one time
+    /// slice: re-entering the guest on its HLT would let an event injected
+    /// there return to the HLT instead of past it.
+    halted: Option<(u64, bool)>,
 }
 
 impl Vm {
@@ -67,6 +72,7 @@ impl Vm {
             timer_due: Vec::new(),
             timer_stale: Vec::new(),
             watchdog: crate::vcpu::Watchdog::default(),
+            halted: None,
         }
     }
 
@@ -117,6 +123,11 @@ impl Vm {
     /// Exit counts, for backends to record into.
     pub fn stats_mut(&mut self) -> &mut ExitStats {
         &mut self.stats
+    }
+
+    /// The exit loop's halted vCPU, if it is (see `vcpu::run`).
+    pub(crate) fn halted_mut(&mut self) -> &mut Option<(u64, bool)> {
+        &mut self.halted
     }
 
     /// The exit loop's forward-progress watchdog (see `vcpu::run`).

@@ -867,6 +867,16 @@ fn a_halted_vcpu_stays_halted_across_slices() {
     assert_eq!(cpu.regs.rip, 0x100);
     assert_eq!(host.now_ns(), 10_000_000);
     assert!(cpu.injected.is_empty());
+    // The next slice goes on sleeping without entering the guest (the
+    // script has no exit left: an entry would end the slice at once) and
+    // the timer's interrupt returns past the HLT, not to it.
+    let slice = Slice {
+        max_exits: 100,
+        until_ns: Some(100_000_000),
+    };
+    run(&mut cpu, &mut vm, &irq, &mut MsrFile::default(), slice);
+    assert_eq!(cpu.regs.rip, 0x101);
+    assert_eq!(cpu.injected.len(), 1);
 }
 
 /// Run exactly one scripted exit.

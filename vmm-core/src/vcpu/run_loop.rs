@@ -215,9 +215,10 @@ pub fn run<B: VcpuBackend>(
     slice: Slice,
 ) -> RunOutcome {
     let emulator = Emulator::default();
-    // Where a halted vCPU resumes once an interrupt wakes it, and whether
+    // Where a halted vCPU resumes once an event wakes it, and whether
     // its HLT ran with RFLAGS.TF (the single-step trap comes on waking).
-    let mut halted: Option<(u64, bool)> = None;
+    // A halt outlasts the slice: it is kept in the VM.
+    let mut halted = vm.halted_mut().take();
     // The host clock as last read: when the previous exit was handled (a
     // clock read costs a system call's worth on some hosts, so each round
     // reads it twice, when the guest exits and when its exit is handled).
@@ -227,6 +228,7 @@ pub fn run<B: VcpuBackend>(
             return RunOutcome::Stopped(reason.clone());
         }
         if round > 0 && slice.until_ns.is_some_and(|t| now >= t) {
+            *vm.halted_mut() = halted;
             return RunOutcome::SliceEnded;
         }
         if vm.take_reset_request() {
@@ -429,6 +431,7 @@ pub fn run<B: VcpuBackend>(
         vm.stats_mut()
             .add_handling_time(kind, now.saturating_sub(exited));
     }
+    *vm.halted_mut() = halted;
     match vm.stop_reason() {
         Some(reason) => RunOutcome::Stopped(reason.clone()),
         None => RunOutcome::SliceEnded,

@@ -1,7 +1,7 @@
 ; Differential: an NMI wakes HLT, with IF clear and with IF set. The PIT
 ; (channel 0, about 1 kHz) reaches the CPU through IOAPIC pin 2 routed in
-; NMI mode; the NMI handler masks the pin and records where it
-; interrupted. One line per case:
+; NMI mode; the NMI handler records where it interrupted and masks the
+; pin once an NMI came after the HLT. One line per case:
 ;   nmi woke hlt (if clear): returns to <label>
 ;   nmi woke hlt (if set): returns to <label>
 ; then `nmi hlt: done`.
@@ -13,14 +13,22 @@
 
 nmi_at equ vars + 128
 
+; An NMI that came before the HLT ran (the host ran another VM between
+; the unmasking and the HLT) leaves the pin open for the next one.
 nmi_handler:
     push rax
     push rbx
     mov rax, [rsp + 16]
     mov [nmi_at], rax
+    cmp rax, LIN(after_hlt_if_clear)
+    je .mask
+    cmp rax, LIN(after_hlt_if_set)
+    jne .out
+.mask:
     mov ebx, IOAPIC
     mov dword [rbx], 0x14
     mov dword [rbx + 0x10], 0x10000
+.out:
     pop rbx
     pop rax
     iretq

@@ -51,6 +51,11 @@ pub struct Vm {
     watchdog: crate::vcpu::Watchdog,
     /// What CPUID says to the guest.
     cpu_model: crate::vcpu::CpuModel,
+    /// The vCPU is halted: where it resumes once woken, and whether its
+    /// HLT ran with RFLAGS.TF. It lives here so a halt outlasts one time
+    /// slice: re-entering the guest on its HLT would let an event injected
+    /// there return to the HLT instead of past it.
+    halted: Option<(u64, bool)>,
 }
 
 impl Vm {
@@ -70,6 +75,7 @@ impl Vm {
             timer_stale: Vec::new(),
             watchdog: crate::vcpu::Watchdog::default(),
             cpu_model: crate::vcpu::CpuModel::default(),
+            halted: None,
         }
     }
 
@@ -133,6 +139,11 @@ impl Vm {
     /// Exit counts, for backends to record into.
     pub fn stats_mut(&mut self) -> &mut ExitStats {
         &mut self.stats
+    }
+
+    /// The exit loop's halted vCPU, if it is (see `vcpu::run`).
+    pub(crate) fn halted_mut(&mut self) -> &mut Option<(u64, bool)> {
+        &mut self.halted
     }
 
     /// The exit loop's forward-progress watchdog (see `vcpu::run`).

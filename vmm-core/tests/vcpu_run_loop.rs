@@ -8,7 +8,7 @@ use vmm_core::device::{
 };
 use vmm_core::emulator::{
     AccessHint, CpuState, Exception, Hints, InstructionBytes, RegisterFile, Segment,
-    SegmentRegister, RFLAGS_FIXED, RFLAGS_IF,
+    SegmentRegister, RFLAGS_FIXED, RFLAGS_IF, RFLAGS_TF,
 };
 use vmm_core::host::Host;
 use vmm_core::paging::ControlRegisters;
@@ -26,6 +26,8 @@ struct Scripted {
     exits: VecDeque<Exit>,
     injected: Vec<Event>,
     resets: u32,
+    /// Single-step traps raised, with the RIP they were raised at.
+    steps: Vec<u64>,
 }
 
 impl Scripted {
@@ -35,6 +37,7 @@ impl Scripted {
             exits: exits.into(),
             injected: Vec::new(),
             resets: 0,
+            steps: Vec::new(),
         }
     }
 }
@@ -98,6 +101,9 @@ impl VcpuBackend for Scripted {
         self.regs = RegisterFile::real_mode();
     }
     fn request_interrupt_window(&mut self, _on: bool) {}
+    fn single_step_trap(&mut self) {
+        self.steps.push(self.regs.rip);
+    }
 }
 
 /// A device with one port and one MMIO register; port 0x92 write requests
@@ -330,6 +336,109 @@ fn an_unsupported_instruction_stops_the_vm_with_its_bytes_mode_and_rip() {
     assert!(text.contains("real mode"), "{text}");
     assert!(text.contains("0x1000"), "{text}");
     assert!(text.contains("touching 0xfee00000 (Mmio)"), "{text}");
+}
+
+/// Port I/O, CPUID and an MSR access the loop completes, then an MSR
+/// access that faults, with RFLAGS.TF as given.
+fn completed_under(rflags: u64) -> Scripted {
+    let mut vm = vm();
+    let mut cpu = Scripted::new(vec![
+        Exit::PortIo {
+            port: 0x80,
+            size: 1,
+            write: true,
+            next_rip: 0x10,
+        },
+        Exit::Cpuid { next_rip: 0x20 },
+        Exit::Msr {
+            write: false,
+            next_rip: 0x30,
+        },
+        Exit::Msr {
+            write: false,
+            next_rip: 0x40,
+        },
+        Exit::Shutdown,
+    ]);
+    cpu.regs.rflags = rflags;
+    let mut msrs = MsrFile::default();
+    // The first RDMSR reads EFER, the second an MSR no CPU has.
+    for rcx in [0, 0, 0xc000_0080] {
+        cpu.regs.gprs[1] = rcx;
+        run(
+            &mut cpu,
+            &mut vm,
+            &NoInterrupts,
+            &mut msrs,
+            Slice {
+                max_exits: 1,
+                until_ns: None,
+            },
+        );
+    }
+    cpu.regs.gprs[1] = 0x1234_5678;
+    run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut msrs,
+        Slice::UNBOUNDED,
+    );
+    cpu
+}
+
+#[test]
+fn instructions_the_vmm_completes_under_tf_raise_the_single_step_trap() {
+    let cpu = completed_under(RFLAGS_FIXED | RFLAGS_TF);
+    // After each completed instruction, at the next one; none for the
+    // RDMSR that faulted (its #GP is delivered instead).
+    assert_eq!(cpu.steps, vec![0x10, 0x20, 0x30]);
+    assert_eq!(
+        cpu.injected,
+        vec![Event::Exception(Exception::GeneralProtection(0))]
+    );
+    let cpu = completed_under(RFLAGS_FIXED);
+    assert!(cpu.steps.is_empty());
+}
+
+#[test]
+fn rep_string_io_under_tf_traps_after_every_iteration() {
+    let mut vm = vm();
+    vm.guest_write(0x1000, b"abc");
+    let io = vmm_core::emulator::PortString {
+        input: false,
+        size: 1,
+        address_size: 16,
+        rep: true,
+        segment: Segment::Ds,
+        next_rip: 0x12,
+    };
+    let mut cpu = Scripted::new(vec![
+        Exit::PortString(io),
+        Exit::PortString(io),
+        Exit::PortString(io),
+        Exit::Shutdown,
+    ]);
+    cpu.regs.rip = 0x10;
+    cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_TF;
+    cpu.regs.gprs[1] = 3; // RCX
+    cpu.regs.gprs[2] = 0x80; // DX: the probe's port
+    cpu.regs.gprs[6] = 0x1000; // SI
+    let mut msrs = MsrFile::default();
+    let one = Slice {
+        max_exits: 1,
+        until_ns: None,
+    };
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, one);
+    // One iteration, then the trap, with RIP still on the instruction.
+    assert_eq!(cpu.regs.gprs[1], 2);
+    assert_eq!(cpu.steps, vec![0x10]);
+    assert_eq!(probe(&vm).last_out, b"a");
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, one);
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, one);
+    assert_eq!(cpu.regs.gprs[1], 0);
+    assert_eq!(cpu.steps, vec![0x10, 0x10, 0x12]);
+    assert_eq!(probe(&vm).last_out, b"c");
 }
 
 #[test]
@@ -758,6 +867,16 @@ fn a_halted_vcpu_stays_halted_across_slices() {
     assert_eq!(cpu.regs.rip, 0x100);
     assert_eq!(host.now_ns(), 10_000_000);
     assert!(cpu.injected.is_empty());
+    // The next slice goes on sleeping without entering the guest (the
+    // script has no exit left: an entry would end the slice at once) and
+    // the timer's interrupt returns past the HLT, not to it.
+    let slice = Slice {
+        max_exits: 100,
+        until_ns: Some(100_000_000),
+    };
+    run(&mut cpu, &mut vm, &irq, &mut MsrFile::default(), slice);
+    assert_eq!(cpu.regs.rip, 0x101);
+    assert_eq!(cpu.injected.len(), 1);
 }
 
 /// Run exactly one scripted exit.

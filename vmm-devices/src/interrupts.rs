@@ -179,4 +179,8 @@ impl vmm_core::vcpu::InterruptSource for CpuInterrupts {
     fn set_apic_base(&self, value: u64) {
         self.lapic.set_apic_base(value);
     }
+
+    fn nmi_pending(&self) -> bool {
+        self.lapic.nmi_pending()
+    }
 }

@@ -327,6 +327,11 @@ impl LapicCore {
         core::mem::take(&mut self.regs.lock().nmi_pending)
     }
 
+    /// Whether an NMI waits (without taking it).
+    pub fn nmi_pending(&self) -> bool {
+        self.regs.lock().nmi_pending
+    }
+
     /// The vector the CPU would take now (highest IRR above the processor
     /// priority), if any.
     pub fn deliverable(&self) -> Option<u8> {

@@ -21,8 +21,8 @@ pub enum StopReason {
     },
     /// The host stopped the VM.
     HostRequest,
-    /// The guest halted where nothing can wake it: interrupts disabled, or
-    /// no interrupt source left.
+    /// The guest halted where nothing can wake it: no device timer armed
+    /// that could raise an interrupt (with interrupts enabled) or an NMI.
     Halted {
         /// RIP after the HLT.
         rip: u64,

@@ -23,7 +23,7 @@ pub use vmcb::{offset, Vmcb};
 
 use crate::emulator::{
     AccessHint, CpuState, DescriptorState, DescriptorTable, Hints, InstructionBytes, Segment,
-    SegmentRegister, RFLAGS_IF,
+    SegmentRegister, RFLAGS_IF, RFLAGS_TF,
 };
 use crate::host::{Host, HostError, HostMemory};
 use crate::memory::GuestMemory;
@@ -154,6 +154,13 @@ const INTERCEPT_NMI: u32 = 1 << 1;
 const INTERCEPT_VINTR: u32 = 1 << 4;
 const INTERCEPT_CPUID: u32 = 1 << 18;
 const INTERCEPT_IRET: u32 = 1 << 20;
+/// DR6.BS: the #DB is a single-step trap.
+const DR6_BS: u64 = 1 << 14;
+/// The #DB bit of the exception intercepts.
+const INTERCEPT_DB: u32 = 1 << 1;
+/// The exceptions that can turn the delivery of an exception into a #DF
+/// or a shutdown: contributory (#TS, #NP, #SS, #GP) and #PF.
+const INTERCEPT_DELIVERY_FAULTS: u32 = 0b1_1111 << 10;
 const INTERCEPT_HLT: u32 = 1 << 24;
 const INTERCEPT_INVLPGA: u32 = 1 << 26;
 const INTERCEPT_IOIO: u32 = 1 << 27;
@@ -210,8 +217,16 @@ pub struct SvmVcpu {
     /// while it is set), as hardware would hold further NMIs.
     nmi_masked: bool,
     /// The RIP of an intercepted IRET that ends the NMI handler: NMIs open
-    /// again at the first exit where the guest has moved past it.
+    /// again once it retires. The IRET runs with RFLAGS.TF set and #DB
+    /// intercepted, so the exit comes right after it (the next NMI is then
+    /// delivered before the interrupted code goes on, as on hardware); an
+    /// IRET that faults instead opens NMIs at the first exit where the
+    /// guest has moved past it.
     iret_rip: Option<u64>,
+    /// While that IRET is stepped: the guest's own RFLAGS.TF and DR6 from
+    /// before it (a trap the guest asked for is its own; otherwise DR6 is
+    /// put back).
+    iret_step: Option<(bool, u64)>,
 }
 
 impl SvmVcpu {
@@ -249,6 +264,7 @@ impl SvmVcpu {
             max_phys_bits: consistency::max_phys_bits(),
             nmi_masked: false,
             iret_rip: None,
+            iret_step: None,
         };
         me.vmcb.write_u64(offset::IOPM_BASE, iopm_pa);
         me.vmcb.write_u64(offset::MSRPM_BASE, msrpm_pa);
@@ -406,6 +422,83 @@ impl SvmVcpu {
                 .write_u64(offset::EVENT_INJ, 8 | (3 << 8) | (1 << 11) | (1 << 31));
         }
         Some(outcome)
+    }
+
+    /// Before an entry that injects an exception: intercept the exceptions
+    /// its delivery can raise, so a fault during the delivery comes back
+    /// with the injected event in EXITINTINFO and the double-fault rules
+    /// are applied here (a CPU delivering the injected event may not apply
+    /// them itself: QEMU's TCG does not). Returns the intercepts added.
+    fn watch_delivery(&mut self) -> u32 {
+        let inj = self.vmcb.read_u64(offset::EVENT_INJ);
+        if inj & (1 << 31) == 0 || (inj >> 8) & 7 != 3 {
+            return 0;
+        }
+        let exceptions = self.vmcb.read_u32(offset::INTERCEPT_EXCEPTIONS);
+        let added = INTERCEPT_DELIVERY_FAULTS & !exceptions;
+        self.vmcb
+            .write_u32(offset::INTERCEPT_EXCEPTIONS, exceptions | added);
+        added
+    }
+
+    /// Exception `vector`, intercepted by [`Self::watch_delivery`]: during
+    /// the injected event's delivery, the double-fault rules decide (#DF
+    /// in its place, a shutdown, or the new exception delivered); after
+    /// it (the handler faulted), the exception is the guest's. The event
+    /// is in EVENTINJ for the next entry; `Some` if the vCPU shuts down.
+    fn fault_in_delivery(&mut self, vector: u8) -> Option<Exit> {
+        let info = self.vmcb.read_u64(offset::EXIT_INT_INFO);
+        let error_code = self.vmcb.read_u64(offset::EXIT_INFO1) & 0xffff_ffff;
+        let protected = self.control().cr0 & crate::paging::CR0_PE != 0;
+        let (vector, error_code) = if info & (1 << 31) != 0 {
+            match crate::vcpu::fault_during_delivery(((info >> 8) & 7) as u8, info as u8, vector) {
+                Some(crate::vcpu::DeliveryFault::Shutdown) => return Some(Exit::Shutdown),
+                Some(crate::vcpu::DeliveryFault::DoubleFault) => (8, 0),
+                None => (vector, error_code),
+            }
+        } else {
+            (vector, error_code)
+        };
+        if vector == 14 {
+            self.vmcb
+                .write_u64(offset::CR2, self.vmcb.read_u64(offset::EXIT_INFO2));
+        }
+        let mut event = u64::from(vector) | (3 << 8) | (1 << 31);
+        if protected {
+            event |= (1 << 11) | (error_code << 32);
+        }
+        self.vmcb.write_u64(offset::EVENT_INJ, event);
+        None
+    }
+
+    /// Run the intercepted IRET at RIP `rip` with RFLAGS.TF set and #DB
+    /// intercepted: the exit after it says NMIs are open again.
+    fn step_iret(&mut self, rip: u64) {
+        let rflags = self.vmcb.read_u64(offset::RFLAGS);
+        let dr6 = self.vmcb.read_u64(offset::DR6);
+        self.iret_rip = Some(rip);
+        self.iret_step = Some((rflags & RFLAGS_TF != 0, dr6));
+        self.vmcb.write_u64(offset::RFLAGS, rflags | RFLAGS_TF);
+        self.set_debug_intercept(true);
+    }
+
+    /// The stepped IRET is over (it retired, or faulted, or the vCPU was
+    /// reset): #DB is the guest's own again.
+    fn end_iret_step(&mut self) {
+        self.iret_step = None;
+        self.set_debug_intercept(false);
+    }
+
+    /// Intercept #DB or not.
+    fn set_debug_intercept(&mut self, on: bool) {
+        let exceptions = self.vmcb.read_u32(offset::INTERCEPT_EXCEPTIONS);
+        let exceptions = if on {
+            exceptions | INTERCEPT_DB
+        } else {
+            exceptions & !INTERCEPT_DB
+        };
+        self.vmcb
+            .write_u32(offset::INTERCEPT_EXCEPTIONS, exceptions);
     }
 
     /// Intercept IRET (while an injected NMI's handler runs) or not.
@@ -661,6 +754,7 @@ impl VcpuBackend for SvmVcpu {
                     detail: format!("the guest state breaks a VMRUN check: {rule}"),
                 });
             }
+            let watched = self.watch_delivery();
             self.xstate.switch_to_guest(vm.host().current_cpu());
             // SAFETY: SVM was enabled by `Svm::enable` (required to build
             // this vCPU); the VMCB is ours, its nested tables map only this
@@ -675,6 +769,42 @@ impl VcpuBackend for SvmVcpu {
             self.vmcb.write_u64(offset::EVENT_INJ, 0);
             let code = ExitCode::from_raw(self.vmcb.read_u64(offset::EXIT_CODE));
             let rip = self.vmcb.read_u64(offset::RIP);
+            if watched != 0 {
+                let exceptions = self.vmcb.read_u32(offset::INTERCEPT_EXCEPTIONS);
+                self.vmcb
+                    .write_u32(offset::INTERCEPT_EXCEPTIONS, exceptions & !watched);
+                if let ExitCode::Exception(vector) = code {
+                    if vector < 32 && watched & (1 << vector) != 0 {
+                        vm.stats_mut().record(crate::stats::ExitKind::Other);
+                        if let Some(exit) = self.fault_in_delivery(vector) {
+                            return exit;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if let Some((guest_tf, dr6)) = self.iret_step {
+                if code == ExitCode::Exception(1) {
+                    // The trap right after the stepped IRET: NMIs are open.
+                    self.end_iret_step();
+                    self.nmi_masked = false;
+                    self.iret_rip = None;
+                    if guest_tf {
+                        // The guest stepped the IRET itself: the trap (DR6
+                        // as the CPU set it) is its own.
+                        self.vmcb
+                            .write_u64(offset::EVENT_INJ, 1 | (3 << 8) | (1 << 31));
+                    } else {
+                        self.vmcb.write_u64(offset::DR6, dr6);
+                    }
+                    return Exit::NmiWindow;
+                }
+                if self.iret_rip.is_some_and(|at| at != rip) {
+                    // The IRET did not retire (it faulted): the trap will
+                    // not come.
+                    self.end_iret_step();
+                }
+            }
             if self.iret_rip.is_some_and(|at| at != rip) {
                 // The NMI handler's IRET has retired.
                 self.nmi_masked = false;
@@ -720,8 +850,8 @@ impl VcpuBackend for SvmVcpu {
                 _ => {}
             }
             if code == ExitCode::Iret {
-                // Let this IRET run; NMIs open once it has.
-                self.iret_rip = Some(rip);
+                // Let this IRET run, one step; NMIs open once it has.
+                self.step_iret(rip);
                 self.set_iret_intercept(false);
                 continue;
             }
@@ -748,12 +878,25 @@ impl VcpuBackend for SvmVcpu {
         if event == Event::Nmi {
             self.nmi_masked = true;
             self.iret_rip = None;
+            self.end_iret_step();
             self.set_iret_intercept(true);
         }
         let protected = self.control().cr0 & crate::paging::CR0_PE != 0;
         let value = consistency::event_injection(event, protected);
         self.vmcb.write_u64(offset::EVENT_INJ, value);
         true
+    }
+
+    fn single_step_trap(&mut self) {
+        if self.vmcb.read_u64(offset::EVENT_INJ) & (1 << 31) != 0 {
+            // The instruction did not complete after all: it faulted.
+            return;
+        }
+        let dr6 = self.vmcb.read_u64(offset::DR6);
+        self.vmcb.write_u64(offset::DR6, dr6 | DR6_BS);
+        // #DB: vector 1, a hardware exception without error code.
+        self.vmcb
+            .write_u64(offset::EVENT_INJ, 1 | (3 << 8) | (1 << 31));
     }
 
     fn interrupts_open(&self) -> bool {
@@ -800,6 +943,7 @@ impl VcpuBackend for SvmVcpu {
         self.vmcb.set_reset_state();
         self.nmi_masked = false;
         self.iret_rip = None;
+        self.end_iret_step();
         self.set_iret_intercept(false);
         self.xstate.reset();
         // RESET zeroes the TSC.

@@ -288,9 +288,15 @@ impl SvmVcpu {
             let exception = pending & 0x700 == 0x300;
             match pending & 0xff {
                 14 if exception => {
-                    // #DF with error code 0.
+                    // #DF with error code 0; CR2 holds the second fault's
+                    // address, as the CPU loads it when it detects that
+                    // fault.
                     self.vmcb
                         .write_u64(offset::EVENT_INJ, 8 | (3 << 8) | (1 << 11) | (1 << 31));
+                    self.vmcb.write_u64(offset::CR2, fault.address);
+                    if let Some(s) = self.shadow.as_mut() {
+                        s.injected_cr2 = fault.address;
+                    }
                     out = Ok(FaultOutcome::Filled);
                 }
                 8 if exception => {

@@ -39,9 +39,87 @@ pub fn delivery_fault(event_type: u8, vector: u8) -> DeliveryFault {
     }
 }
 
+/// The exception classes of the double-fault rules.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Benign,
+    Contributory,
+    PageFault,
+    DoubleFault,
+}
+
+fn class(vector: u8) -> Class {
+    match vector {
+        0 | 10..=13 => Class::Contributory,
+        14 => Class::PageFault,
+        DOUBLE_FAULT => Class::DoubleFault,
+        _ => Class::Benign,
+    }
+}
+
+/// What the CPU makes of exception `second` (a vector), raised while it
+/// delivered an event of `event_type` (bits 10:8 of EXITINTINFO or the
+/// IDT-vectoring information) and `vector` (SDM vol. 3, table 6-5):
+/// `None` when the two are handled serially (the second is delivered),
+/// else a #DF or, for a fault delivering a #DF, a shutdown.
+pub fn fault_during_delivery(event_type: u8, vector: u8, second: u8) -> Option<DeliveryFault> {
+    if event_type != TYPE_EXCEPTION {
+        // Interrupts, NMIs and software interrupts are benign.
+        return None;
+    }
+    match (class(vector), class(second)) {
+        (Class::DoubleFault, Class::Contributory | Class::PageFault) => {
+            Some(DeliveryFault::Shutdown)
+        }
+        (Class::Contributory, Class::Contributory)
+        | (Class::PageFault, Class::Contributory | Class::PageFault) => {
+            Some(DeliveryFault::DoubleFault)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn faults_during_delivery_follow_the_double_fault_table() {
+        // Contributory then contributory: #DF; then #PF: serial.
+        assert_eq!(
+            fault_during_delivery(3, 13, 11),
+            Some(DeliveryFault::DoubleFault)
+        );
+        assert_eq!(
+            fault_during_delivery(3, 0, 12),
+            Some(DeliveryFault::DoubleFault)
+        );
+        assert_eq!(fault_during_delivery(3, 13, 14), None);
+        // #PF then #PF or contributory: #DF.
+        assert_eq!(
+            fault_during_delivery(3, 14, 14),
+            Some(DeliveryFault::DoubleFault)
+        );
+        assert_eq!(
+            fault_during_delivery(3, 14, 13),
+            Some(DeliveryFault::DoubleFault)
+        );
+        // #DF then either: shutdown.
+        assert_eq!(
+            fault_during_delivery(3, 8, 11),
+            Some(DeliveryFault::Shutdown)
+        );
+        assert_eq!(
+            fault_during_delivery(3, 8, 14),
+            Some(DeliveryFault::Shutdown)
+        );
+        // Benign first events: serial.
+        assert_eq!(fault_during_delivery(3, 6, 13), None);
+        assert_eq!(fault_during_delivery(3, 1, 14), None);
+        assert_eq!(fault_during_delivery(0, 13, 13), None);
+        assert_eq!(fault_during_delivery(2, 2, 11), None);
+        assert_eq!(fault_during_delivery(4, 0x80, 13), None);
+    }
 
     #[test]
     fn a_fault_delivering_a_double_fault_shuts_down_and_others_double_fault() {

@@ -63,6 +63,9 @@ pub enum Exit {
     ExternalInterrupt,
     /// The guest can now take the external interrupt we held for it.
     InterruptWindow,
+    /// The guest can take NMIs again: its NMI handler's IRET retired (an
+    /// NMI held meanwhile is delivered before the next instruction).
+    NmiWindow,
     /// A virtualization instruction the guest may not use (VMRUN, VMMCALL,
     /// VMLAUNCH, ...): the guest gets #UD.
     VirtInstruction,
@@ -129,7 +132,7 @@ impl Exit {
             Exit::Hlt { .. } => ExitKind::Hlt,
             Exit::Msr { .. } => ExitKind::Msr,
             Exit::ExternalInterrupt => ExitKind::ExternalInterrupt,
-            Exit::InterruptWindow => ExitKind::InterruptWindow,
+            Exit::InterruptWindow | Exit::NmiWindow => ExitKind::InterruptWindow,
             Exit::VirtInstruction => ExitKind::VirtInstruction,
             Exit::PageFault { .. } => ExitKind::ShadowPageFault,
             Exit::ControlRegister { .. } => ExitKind::ControlRegister,

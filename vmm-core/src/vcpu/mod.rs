@@ -20,7 +20,7 @@ pub use cpuid::{
     HYPERVISOR_VENDOR, KVM_FEATURE_CLOCKSOURCE2, KVM_FEATURE_CLOCKSOURCE_STABLE_BIT,
     KVM_FEATURE_NOP_IO_DELAY, KVM_LEAF_BASE, QEMU64_LEAF1_ECX, QEMU64_LEAF1_EDX, QEMU64_QEMU_CPU,
 };
-pub use delivery::{delivery_fault, DeliveryFault};
+pub use delivery::{delivery_fault, fault_during_delivery, DeliveryFault};
 pub use emulation::emulation_stop_reason;
 pub use exit::{AccessTarget, ControlAccess, DeviceAccess, Exit, ExitError};
 pub(crate) use msr::host_tsc as msr_host_tsc;
@@ -82,6 +82,11 @@ pub trait InterruptSource {
     /// [`apic_base_write`]): enable or disable the local APIC. Moving its
     /// register window is the caller's (it owns the memory map).
     fn set_apic_base(&self, _value: u64) {}
+    /// Whether an NMI is pending (without taking it). Sources without
+    /// NMIs keep the default, `false`.
+    fn nmi_pending(&self) -> bool {
+        false
+    }
 }
 
 /// A vCPU as the exit handling sees it: the guest's registers (through the
@@ -140,6 +145,24 @@ pub trait VcpuBackend: CpuState {
     /// Ask for an [`Exit::InterruptWindow`] as soon as the guest can take an
     /// external interrupt (or stop asking).
     fn request_interrupt_window(&mut self, on: bool);
+
+    /// The instruction the VMM just completed for the guest ran with
+    /// RFLAGS.TF set: raise the single-step trap it owes, a #DB with DR6.BS
+    /// set, before the next instruction and before any interrupt (a trap of
+    /// the previous instruction comes first). While it is pending,
+    /// [`interrupts_open`](Self::interrupts_open) and
+    /// [`nmis_open`](Self::nmis_open) say no. Backends whose hypervisor
+    /// completes instructions itself and steps them (KVM) keep the default,
+    /// which does nothing.
+    fn single_step_trap(&mut self) {}
+
+    /// Ask for an [`Exit::NmiWindow`] as soon as the guest can take an NMI
+    /// (or stop asking), for an NMI held meanwhile. Backends that find out
+    /// without being asked (SVM steps the NMI handler's IRET) or cannot
+    /// keep the default, which does nothing.
+    fn request_nmi_window(&mut self, on: bool) {
+        let _ = on;
+    }
 
     /// What the backend adds to the host's TSC to give the guest's
     /// (RDTSC in the guest reads host TSC + this, wrapping). Backends

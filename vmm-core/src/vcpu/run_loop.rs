@@ -5,7 +5,10 @@ use super::{
     AccessTarget, ControlAccess, DeviceAccess, Event, Exit, InterruptSource, MsrFile, VcpuBackend,
 };
 use crate::device::IoOutcome;
-use crate::emulator::{EmulateError, Emulator, Exception, Hints, PortString, RFLAGS_AC, RFLAGS_IF};
+use crate::emulator::{
+    Completion, EmulateError, Emulator, Exception, Hints, PortString, RFLAGS_AC, RFLAGS_IF,
+    RFLAGS_TF,
+};
 use crate::shadow_paging::{FaultOutcome, GuestFault, RecordingBus};
 use crate::vm::{StopReason, Vm};
 use alloc::string::ToString;
@@ -55,9 +58,14 @@ fn merge_in(rax: u64, value: u32, size: u8) -> u64 {
 /// Deliver what `interrupts` has pending, or ask to hear when the guest can
 /// take it.
 fn deliver<B: VcpuBackend>(vcpu: &mut B, interrupts: &dyn InterruptSource) {
-    // An NMI waits at its source while the guest cannot take one.
-    if vcpu.nmis_open() && interrupts.take_nmi() && !vcpu.inject(Event::Nmi) {
-        log::warn!("NMI dropped: another event was pending");
+    // An NMI waits at its source while the guest cannot take one, and the
+    // backend says when it can.
+    if vcpu.nmis_open() {
+        if interrupts.take_nmi() && !vcpu.inject(Event::Nmi) {
+            log::warn!("NMI dropped: another event was pending");
+        }
+    } else if interrupts.nmi_pending() {
+        vcpu.request_nmi_window(true);
     }
     if !interrupts.pending() {
         return;
@@ -122,7 +130,9 @@ fn read_control_register<B: VcpuBackend>(vcpu: &mut B, cr: u8) -> Option<u64> {
 /// to a shadowed page table) with what the exit reported (`hints`), or the
 /// string port instruction the exit described (`port_string`, no decode
 /// needed). A backend that tracks guest writes hears of every byte the
-/// instruction wrote.
+/// instruction wrote. Under RFLAGS.TF a REP instruction runs one iteration
+/// per call, and each call that moved the guest on raises the single-step
+/// trap (hardware traps after every iteration).
 fn emulate<B: VcpuBackend>(
     vcpu: &mut B,
     vm: &mut Vm,
@@ -131,6 +141,17 @@ fn emulate<B: VcpuBackend>(
     hints: &Hints,
     port_string: Option<&PortString>,
 ) {
+    let stepping = vcpu.rflags() & RFLAGS_TF != 0;
+    let stepped;
+    let emulator = if stepping {
+        stepped = Emulator {
+            max_rep_iterations: 1,
+            ..*emulator
+        };
+        &stepped
+    } else {
+        emulator
+    };
     let result = if vcpu.shadow_paging().is_some() {
         let mut bus = RecordingBus::new(vm);
         let result = match port_string {
@@ -150,7 +171,11 @@ fn emulate<B: VcpuBackend>(
         }
     };
     match result {
-        Ok(_) => {}
+        Ok(Completion::Retired | Completion::Paused) => {
+            if stepping {
+                vcpu.single_step_trap();
+            }
+        }
         Err(EmulateError::Exception(e)) => {
             vcpu.inject(Event::Exception(e));
         }
@@ -204,6 +229,16 @@ fn apic_base_msr<B: VcpuBackend>(
     true
 }
 
+/// The VMM completed the instruction before `next_rip`: the guest goes on
+/// there, taking the single-step trap first if the instruction ran with
+/// RFLAGS.TF (`stepping`, as it was when the guest exited).
+fn complete<B: VcpuBackend>(vcpu: &mut B, next_rip: u64, stepping: bool) {
+    vcpu.set_rip(next_rip);
+    if stepping {
+        vcpu.single_step_trap();
+    }
+}
+
 /// Run `vcpu` in `vm`, with `interrupts` as its interrupt controllers and
 /// `msrs` as its emulated MSRs, until the VM stops or `slice` ends.
 pub fn run<B: VcpuBackend>(
@@ -214,8 +249,10 @@ pub fn run<B: VcpuBackend>(
     slice: Slice,
 ) -> RunOutcome {
     let emulator = Emulator::default();
-    // Where a halted vCPU resumes once an interrupt wakes it.
-    let mut halted: Option<u64> = None;
+    // Where a halted vCPU resumes once an event wakes it, and whether
+    // its HLT ran with RFLAGS.TF (the single-step trap comes on waking).
+    // A halt outlasts the slice: it is kept in the VM.
+    let mut halted = vm.halted_mut().take();
     // The host clock as last read: when the previous exit was handled (a
     // clock read costs a system call's worth on some hosts, so each round
     // reads it twice, when the guest exits and when its exit is handled).
@@ -225,6 +262,7 @@ pub fn run<B: VcpuBackend>(
             return RunOutcome::Stopped(reason.clone());
         }
         if round > 0 && slice.until_ns.is_some_and(|t| now >= t) {
+            *vm.halted_mut() = halted;
             return RunOutcome::SliceEnded;
         }
         if vm.take_reset_request() {
@@ -248,17 +286,21 @@ pub fn run<B: VcpuBackend>(
             (Some(d), Some(u)) => Some(d.min(u)),
             (d, u) => d.or(u),
         };
-        if let Some(next_rip) = halted {
-            if interrupts.pending() {
-                // HLT completes: the interrupt returns to the next instruction.
-                vcpu.set_rip(next_rip);
+        if let Some((next_rip, stepping)) = halted {
+            // An NMI wakes a halted CPU; an interrupt only with IF set.
+            let open = vcpu.rflags() & RFLAGS_IF != 0;
+            if interrupts.nmi_pending() || (open && interrupts.pending()) {
+                // HLT completes: the event returns to the next
+                // instruction, after HLT's single-step trap.
+                complete(vcpu, next_rip, stepping);
                 halted = None;
             } else if deadline.is_none() {
-                // Nothing can ever wake this vCPU: on hardware it would sleep
-                // forever. Stop the VM and say why.
+                // Nothing can ever wake this vCPU (no device timer is
+                // armed to raise an interrupt or an NMI): on hardware it
+                // would sleep forever. Stop the VM and say why.
                 vm.stop(StopReason::Halted {
                     rip: next_rip,
-                    interrupts_enabled: true,
+                    interrupts_enabled: open,
                 });
                 continue;
             } else {
@@ -281,6 +323,9 @@ pub fn run<B: VcpuBackend>(
         // and the little the loop does before entering.
         vm.stats_mut().add_guest_time(exited.saturating_sub(now));
         let before = super::watchdog::Watchdog::before(vcpu, &exit, kind);
+        // RFLAGS.TF of the instruction that exited: one the VMM completes
+        // owes a single-step trap.
+        let stepping = vcpu.rflags() & RFLAGS_TF != 0;
         match exit {
             Exit::PortIo {
                 port,
@@ -306,7 +351,7 @@ pub fn run<B: VcpuBackend>(
                     // the IN/OUT and let other VMs run; it executes again.
                     return RunOutcome::SliceEnded;
                 }
-                vcpu.set_rip(next_rip);
+                complete(vcpu, next_rip, stepping);
             }
             Exit::DeviceAccess(access) => device_access(vcpu, vm, access),
             Exit::Emulate { gpa, hints } => emulate(vcpu, vm, &emulator, gpa, &hints, None),
@@ -352,7 +397,7 @@ pub fn run<B: VcpuBackend>(
                         None => Err(Exception::GeneralProtection(0)),
                     };
                     match written {
-                        Ok(()) => vcpu.set_rip(next_rip),
+                        Ok(()) => complete(vcpu, next_rip, stepping),
                         Err(e) => {
                             vcpu.inject(Event::Exception(e));
                         }
@@ -361,7 +406,7 @@ pub fn run<B: VcpuBackend>(
                 ControlAccess::Read { cr, gpr } => match read_control_register(vcpu, cr) {
                     Some(value) => {
                         vcpu.set_gpr(gpr, value);
-                        vcpu.set_rip(next_rip);
+                        complete(vcpu, next_rip, stepping);
                     }
                     None => {
                         vcpu.inject(Event::Exception(Exception::InvalidOpcode));
@@ -372,7 +417,7 @@ pub fn run<B: VcpuBackend>(
                 if let Some(shadow) = vcpu.shadow_paging() {
                     shadow.invalidate_page(linear);
                 }
-                vcpu.set_rip(next_rip);
+                complete(vcpu, next_rip, stepping);
             }
             Exit::Cpuid { next_rip } => {
                 let (leaf, subleaf) = (vcpu.gpr(RAX) as u32, vcpu.gpr(RCX) as u32);
@@ -389,20 +434,10 @@ pub fn run<B: VcpuBackend>(
                 vcpu.set_gpr(RBX, r.ebx.into());
                 vcpu.set_gpr(RCX, r.ecx.into());
                 vcpu.set_gpr(RDX, r.edx.into());
-                vcpu.set_rip(next_rip);
+                complete(vcpu, next_rip, stepping);
             }
-            Exit::Hlt { next_rip } => {
-                if vcpu.rflags() & RFLAGS_IF == 0 {
-                    // Interrupts disabled: only an NMI could wake it, and
-                    // nothing here sends one. Stop and say why.
-                    vm.stop(StopReason::Halted {
-                        rip: next_rip,
-                        interrupts_enabled: false,
-                    });
-                } else {
-                    halted = Some(next_rip);
-                }
-            }
+            // With IF clear only an NMI wakes it: see the halted case above.
+            Exit::Hlt { next_rip } => halted = Some((next_rip, stepping)),
             Exit::Msr { write, next_rip } => {
                 let msr = vcpu.gpr(RCX) as u32;
                 let lapic_base = interrupts
@@ -424,13 +459,15 @@ pub fn run<B: VcpuBackend>(
                     }
                 };
                 if ok {
-                    vcpu.set_rip(next_rip);
+                    complete(vcpu, next_rip, stepping);
                 } else {
                     vcpu.inject(Event::Exception(Exception::GeneralProtection(0)));
                 }
             }
             Exit::ExternalInterrupt => {}
             Exit::InterruptWindow => vcpu.request_interrupt_window(false),
+            // deliver() injects what waited, before the guest goes on.
+            Exit::NmiWindow => {}
             Exit::VirtInstruction => {
                 vcpu.inject(Event::Exception(Exception::InvalidOpcode));
             }
@@ -445,6 +482,7 @@ pub fn run<B: VcpuBackend>(
         vm.stats_mut()
             .add_handling_time(kind, now.saturating_sub(exited));
     }
+    *vm.halted_mut() = halted;
     match vm.stop_reason() {
         Some(reason) => RunOutcome::Stopped(reason.clone()),
         None => RunOutcome::SliceEnded,

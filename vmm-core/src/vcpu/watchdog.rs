@@ -58,6 +58,7 @@ fn watched(exit: &Exit) -> Option<Option<u64>> {
         | Exit::Hlt { .. }
         | Exit::ExternalInterrupt
         | Exit::InterruptWindow
+        | Exit::NmiWindow
         | Exit::Preempted
         | Exit::Shutdown
         | Exit::Error(_) => None,

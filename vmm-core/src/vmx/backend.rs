@@ -50,6 +50,24 @@ impl VcpuBackend for VmxVcpu {
                 if exit == Exit::InterruptWindow {
                     self.request_interrupt_window(false);
                 }
+                if exit == Exit::NmiWindow {
+                    self.request_nmi_window(false);
+                }
+                if matches!(
+                    exit,
+                    Exit::Hlt { .. }
+                        | Exit::PortIo { .. }
+                        | Exit::Cpuid { .. }
+                        | Exit::Msr { .. }
+                        | Exit::ControlRegister { .. }
+                        | Exit::Invlpg { .. }
+                ) {
+                    // The exit loop completes this instruction and raises
+                    // its single-step trap itself (a CPU may have saved one
+                    // for it, which would come again at every re-entry
+                    // while RIP stays on a HLT).
+                    self.clear_single_step();
+                }
                 return exit;
             }
         }
@@ -62,6 +80,10 @@ impl VcpuBackend for VmxVcpu {
 
     fn interrupts_open(&self) -> bool {
         self.interrupt_can_be_taken()
+    }
+
+    fn single_step_trap(&mut self) {
+        self.raise_single_step();
     }
 
     fn nmis_open(&self) -> bool {
@@ -184,6 +206,18 @@ impl VcpuBackend for VmxVcpu {
         }
         self.write(fields::TSC_OFFSET, offset);
         true
+    }
+
+    fn request_nmi_window(&mut self, on: bool) {
+        if !self.controls.nmi_window {
+            return;
+        }
+        let proc = self.read(fields::PROC_BASED_CONTROLS);
+        let bit = u64::from(capabilities::proc::NMI_WINDOW_EXITING);
+        let wanted = if on { proc | bit } else { proc & !bit };
+        if wanted != proc {
+            self.write(fields::PROC_BASED_CONTROLS, wanted);
+        }
     }
 
     fn request_interrupt_window(&mut self, on: bool) {

@@ -28,6 +28,8 @@ pub mod pin {
 pub mod proc {
     /// Interrupt-window exiting.
     pub const INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
+    /// NMI-window exiting (allowed only with virtual NMIs).
+    pub const NMI_WINDOW_EXITING: u32 = 1 << 22;
     /// Use TSC offsetting.
     pub const USE_TSC_OFFSETTING: u32 = 1 << 3;
     /// HLT exiting.
@@ -213,6 +215,10 @@ pub struct Controls {
     /// The bit the primary controls force on that we can clear when asked
     /// (interrupt-window exiting may be 0).
     pub interrupt_window_optional: bool,
+    /// NMI-window exiting may be set: an NMI held by virtual-NMI blocking
+    /// is delivered right after the handler's IRET (without it, at the
+    /// next exit).
+    pub nmi_window: bool,
 }
 
 fn adjust(
@@ -314,6 +320,7 @@ impl Controls {
             vpid,
             pat,
             interrupt_window_optional,
+            nmi_window: (caps.proc >> 32) as u32 & proc::NMI_WINDOW_EXITING != 0,
         })
     }
 }

@@ -17,6 +17,8 @@ const BLOCKING_NMI: u64 = 1 << 3;
 pub(super) const INFO_VALID: u64 = 1 << 31;
 /// Interruption-information "deliver error code" bit.
 pub(super) const INFO_ERROR_CODE: u64 = 1 << 11;
+/// Pending debug exceptions: BS, a single-step trap (as DR6.BS).
+const PENDING_DEBUG_BS: u64 = 1 << 14;
 
 impl VmxVcpu {
     /// Deliver `event` at the next entry through the VM-entry interruption
@@ -47,11 +49,42 @@ impl VmxVcpu {
         true
     }
 
-    /// RFLAGS.IF set, no STI/MOV SS blocking, no event pending.
+    /// The single-step trap of an instruction the VMM completed: BS in the
+    /// guest's pending debug exceptions, which the CPU delivers as a #DB
+    /// (setting DR6.BS) right after the next VM entry, before any
+    /// instruction. Nothing when an event is being injected: the
+    /// instruction faulted instead of completing.
+    pub(super) fn raise_single_step(&mut self) {
+        if self.read(fields::ENTRY_INTERRUPTION_INFO) & INFO_VALID != 0 {
+            return;
+        }
+        let pending = self.read(fields::GUEST_PENDING_DEBUG);
+        self.write(fields::GUEST_PENDING_DEBUG, pending | PENDING_DEBUG_BS);
+    }
+
+    /// Drop a single-step trap from the pending debug exceptions (kept in
+    /// an STI or MOV SS shadow, where VM entry requires it with RFLAGS.TF).
+    pub(super) fn clear_single_step(&mut self) {
+        let pending = self.read(fields::GUEST_PENDING_DEBUG);
+        let shadow = self.read(fields::GUEST_INTERRUPTIBILITY) & BLOCKING_STI_MOVSS != 0;
+        if pending & PENDING_DEBUG_BS != 0 && !shadow {
+            self.write(fields::GUEST_PENDING_DEBUG, pending & !PENDING_DEBUG_BS);
+        }
+    }
+
+    /// Whether a debug trap waits in the pending debug exceptions: it is
+    /// delivered first, so no event is injected beside it.
+    fn debug_trap_pending(&self) -> bool {
+        self.read(fields::GUEST_PENDING_DEBUG) & PENDING_DEBUG_BS != 0
+    }
+
+    /// RFLAGS.IF set, no STI/MOV SS blocking, no event or debug trap
+    /// pending.
     pub(super) fn interrupt_can_be_taken(&self) -> bool {
         self.rflags() & RFLAGS_IF != 0
             && self.read(fields::GUEST_INTERRUPTIBILITY) & BLOCKING_STI_MOVSS == 0
             && self.read(fields::ENTRY_INTERRUPTION_INFO) & INFO_VALID == 0
+            && !self.debug_trap_pending()
     }
 
     /// No blocking by NMI or MOV SS, no event pending.
@@ -62,6 +95,7 @@ impl VmxVcpu {
         // makes IRET leave the bit alone and only one NMI ever arrived.)
         self.read(fields::GUEST_INTERRUPTIBILITY) & (BLOCKING_NMI | 0b10) == 0
             && self.read(fields::ENTRY_INTERRUPTION_INFO) & INFO_VALID == 0
+            && !self.debug_trap_pending()
     }
 
     /// An event whose delivery the exit interrupted is delivered again on

@@ -130,6 +130,7 @@ impl VmxVcpu {
             }
             reason::TRIPLE_FAULT => Exit::Shutdown,
             reason::INTERRUPT_WINDOW => Exit::InterruptWindow,
+            reason::NMI_WINDOW => Exit::NmiWindow,
             reason::CPUID => Exit::Cpuid {
                 next_rip: self.next_rip(),
             },

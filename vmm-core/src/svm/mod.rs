@@ -15,6 +15,7 @@ pub mod consistency;
 mod exit_code;
 mod instructions;
 mod shadow;
+mod state;
 mod vmcb;
 
 pub use exit_code::ExitCode;
@@ -211,6 +212,8 @@ pub struct SvmVcpu {
     /// The RIP of an intercepted IRET that ends the NMI handler: NMIs open
     /// again at the first exit where the guest has moved past it.
     iret_rip: Option<u64>,
+    /// The guest's DR0-DR3 (VMRUN does not switch them).
+    debug: crate::debug_registers::GuestDebugRegisters,
 }
 
 impl SvmVcpu {
@@ -248,6 +251,7 @@ impl SvmVcpu {
             max_phys_bits: consistency::max_phys_bits(),
             nmi_masked: false,
             iret_rip: None,
+            debug: Default::default(),
         };
         me.vmcb.write_u64(offset::IOPM_BASE, iopm_pa);
         me.vmcb.write_u64(offset::MSRPM_BASE, msrpm_pa);
@@ -629,6 +633,7 @@ impl VcpuBackend for SvmVcpu {
                 });
             }
             self.xstate.switch_to_guest(vm.host().current_cpu());
+            self.debug.load(false);
             // SAFETY: SVM was enabled by `Svm::enable` (required to build
             // this vCPU); the VMCB is ours, its nested tables map only this
             // VM's memory, its permission maps intercept every MSR and every
@@ -637,6 +642,7 @@ impl VcpuBackend for SvmVcpu {
             // host handles the interrupts it unmasks (see
             // `instructions::vmrun`).
             unsafe { instructions::vmrun(pa, &mut self.gprs) };
+            self.debug.save(false);
             self.xstate.switch_to_host();
             self.vmcb.write_u8(offset::TLB_CONTROL, 0);
             self.vmcb.write_u64(offset::EVENT_INJ, 0);
@@ -739,7 +745,7 @@ impl VcpuBackend for SvmVcpu {
                 self.shadow_efer()
                     .unwrap_or(self.vmcb.read_u64(offset::EFER) & !EFER_SVME),
             ),
-            _ => None,
+            _ => self.vmcb_msr(msr),
         }
     }
 
@@ -759,12 +765,13 @@ impl VcpuBackend for SvmVcpu {
                     Err(_) => false,
                 }
             }
-            _ => false,
+            _ => self.set_vmcb_msr(msr, value),
         }
     }
 
     fn reset(&mut self) {
         self.vmcb.set_reset_state();
+        self.debug = Default::default();
         self.nmi_masked = false;
         self.iret_rip = None;
         self.set_iret_intercept(false);

@@ -14,9 +14,9 @@ use crate::irq::IrqLine;
 use crate::memory::{GuestMemory, MemoryError};
 use crate::paging::ControlRegisters;
 use crate::vcpu::{
-    check_debug_registers, check_event_state, check_system_registers, check_xsave_image,
-    ArchState, ArchStateError, DebugRegisters, DeviceAccess, Event, EventState, Exit,
-    StateLimits, SystemRegisters, VcpuBackend, XsaveImage, XSAVE_LEGACY_SIZE, XSAVE_MIN_SIZE,
+    check_debug_registers, check_event_state, check_system_registers, check_xsave_image, ArchState,
+    ArchStateError, DebugRegisters, DeviceAccess, Event, EventState, Exit, StateLimits,
+    SystemRegisters, VcpuBackend, XsaveImage, XSAVE_LEGACY_SIZE, XSAVE_MIN_SIZE,
 };
 use crate::vm::{Vm, VmId};
 use alloc::boxed::Box;
@@ -544,7 +544,13 @@ impl ArchState for ReplayVcpu {
 
     fn set_xsave_image(&mut self, x: &XsaveImage) -> Result<(), ArchStateError> {
         let valid = |v: u64| v & 1 != 0 && v & !7 == 0 && (v & 4 == 0 || v & 2 != 0);
-        check_xsave_image(x, valid, 7, |i| if i == 2 { TEST_XSAVE_SIZE } else { usize::MAX })?;
+        check_xsave_image(x, valid, 7, |i| {
+            if i == 2 {
+                TEST_XSAVE_SIZE
+            } else {
+                usize::MAX
+            }
+        })?;
         let mut area = vec![0; TEST_XSAVE_SIZE];
         let n = x.area.len().min(TEST_XSAVE_SIZE);
         area[..n].copy_from_slice(&x.area[..n]);

@@ -164,8 +164,7 @@ impl ArchState for SvmVcpu {
             .write_u8(offset::CPL, Self::cpl_for(r.cr0, self.rflags(), &ss));
         self.vmcb.write_u64(offset::CR2, r.cr2);
         let v_intr = self.vmcb.read_u64(offset::V_INTR);
-        self.vmcb
-            .write_u64(offset::V_INTR, (v_intr & !0xf) | r.cr8);
+        self.vmcb.write_u64(offset::V_INTR, (v_intr & !0xf) | r.cr8);
         if self.shadow.is_some() {
             self.shadow_set_registers(r);
         } else {
@@ -208,7 +207,10 @@ impl ArchState for SvmVcpu {
             let length = if kind == EventKind::SoftwareInterrupt {
                 // SVM keeps no length: the next RIP says it where the CPU
                 // saved one, else INT n's two bytes.
-                let len = self.vmcb.read_u64(offset::NEXT_RIP).wrapping_sub(self.rip());
+                let len = self
+                    .vmcb
+                    .read_u64(offset::NEXT_RIP)
+                    .wrapping_sub(self.rip());
                 if (1..=15).contains(&len) {
                     len as u8
                 } else {

@@ -230,7 +230,9 @@ impl core::fmt::Display for ArchStateError {
             ArchStateError::InterruptShadow => f.write_str("STI shadow with IF clear"),
             ArchStateError::Xcr0 => f.write_str("invalid XCR0"),
             ArchStateError::Xsave => f.write_str("invalid XSAVE image"),
-            ArchStateError::Hypervisor(errno) => write!(f, "the hypervisor refused (errno {errno})"),
+            ArchStateError::Hypervisor(errno) => {
+                write!(f, "the hypervisor refused (errno {errno})")
+            }
         }
     }
 }
@@ -304,9 +306,8 @@ pub fn check_system_registers(
     // TSS (16- or 32/64-bit), or in real mode any present TSS.
     let ldtr_ok = !r.ldtr.present() || (r.ldtr.segment_type() == 2 && !r.ldtr.is_code_or_data());
     let tr_type = r.tr.segment_type();
-    let tr_ok = r.tr.present()
-        && !r.tr.is_code_or_data()
-        && (tr_type == 11 || (tr_type == 3 && !long));
+    let tr_ok =
+        r.tr.present() && !r.tr.is_code_or_data() && (tr_type == 11 || (tr_type == 3 && !long));
     if !ldtr_ok || !tr_ok || !canonical(r.ldtr.base) || !canonical(r.tr.base) {
         return Err(ArchStateError::SystemSegment);
     }

@@ -16,6 +16,11 @@ mod run_loop;
 mod state;
 mod watchdog;
 
+pub use arch::{
+    check_debug_registers, check_event_state, check_system_registers, check_xsave_image, ArchState,
+    ArchStateError, DebugRegisters, EventKind, EventState, InterruptShadow, PendingEvent,
+    StateLimits, SystemRegisters, XsaveImage, XSAVE_LEGACY_SIZE, XSAVE_MIN_SIZE,
+};
 pub use cpuid::{
     guest_cpuid, guest_cpuid_for, CpuidResult, HYPERVISOR_VENDOR, KVM_FEATURE_CLOCKSOURCE2,
     KVM_FEATURE_CLOCKSOURCE_STABLE_BIT, KVM_FEATURE_NOP_IO_DELAY, KVM_LEAF_BASE,
@@ -25,15 +30,10 @@ pub use emulation::emulation_stop_reason;
 pub use exit::{AccessTarget, ControlAccess, DeviceAccess, Exit, ExitError};
 pub(crate) use msr::host_tsc as msr_host_tsc;
 pub use msr::{
-    pass_through_value_valid, pvclock_scale, MsrFile, MsrFileState, MSR_APIC_BASE, MSR_EFER, MSR_KVM_SYSTEM_TIME_NEW,
-    MSR_KVM_WALL_CLOCK_NEW, MSR_TSC, PASS_THROUGH,
+    pass_through_value_valid, pvclock_scale, MsrFile, MsrFileState, MSR_APIC_BASE, MSR_EFER,
+    MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_WALL_CLOCK_NEW, MSR_TSC, PASS_THROUGH,
 };
 pub use run_loop::{run, RunOutcome, Slice};
-pub use arch::{
-    check_debug_registers, check_event_state, check_system_registers, check_xsave_image,
-    ArchState, ArchStateError, DebugRegisters, EventKind, EventState, InterruptShadow,
-    PendingEvent, StateLimits, SystemRegisters, XsaveImage, XSAVE_LEGACY_SIZE, XSAVE_MIN_SIZE,
-};
 pub use state::{SegmentState, VcpuState, VCPU_STATE_VERSION};
 pub use watchdog::{Watchdog, NO_PROGRESS_LIMIT};
 

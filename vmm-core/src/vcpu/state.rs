@@ -84,7 +84,8 @@ impl VcpuState {
     /// ([`ArchState::settle`]), so a device read it has not yet handed to
     /// the guest is in the registers.
     pub fn capture<B: ArchState>(vcpu: &mut B, msrs: &MsrFile) -> Result<Self, StateError> {
-        vcpu.settle().map_err(|_| StateError::Invalid { field: "settle" })?;
+        vcpu.settle()
+            .map_err(|_| StateError::Invalid { field: "settle" })?;
         Ok(Self::read(vcpu, msrs))
     }
 
@@ -251,13 +252,17 @@ mod tests {
         let cases: [(&str, Breaker); 17] = [
             ("system registers", |s| s.system.cr0 &= !1),
             ("system registers", |s| s.system.cr0 |= 1 << 32),
-            ("system registers", |s| s.system.cr0 = (s.system.cr0 & !(1 << 30)) | 1 << 29),
+            ("system registers", |s| {
+                s.system.cr0 = (s.system.cr0 & !(1 << 30)) | 1 << 29
+            }),
             ("system registers", |s| s.system.efer &= !(1 << 10)),
             ("system registers", |s| s.system.cr4 &= !(1 << 5)),
             ("system registers", |s| s.system.cr8 = 16),
             ("system registers", |s| s.system.cr3 = 1 << 50),
             ("system registers", |s| s.system.tr.attributes = 0x89),
-            ("system registers", |s| s.system.segments[1].attributes |= 1 << 10),
+            ("system registers", |s| {
+                s.system.segments[1].attributes |= 1 << 10
+            }),
             ("system registers", |s| s.system.idtr.base = 1 << 50),
             ("debug registers", |s| s.debug.dr7 |= 1 << 40),
             ("debug registers", |s| s.debug.dr[0] = 1 << 50),
@@ -292,10 +297,42 @@ mod tests {
                 false,
                 real_cr0,
             ),
-            (EventKind::ExternalInterrupt, 0x20, None, 0, InterruptShadow::Sti, false, 0x11),
-            (EventKind::Nmi, 2, None, 0, InterruptShadow::None, true, 0x11),
-            (EventKind::SoftwareInterrupt, 0x80, None, 0, InterruptShadow::None, false, 0x11),
-            (EventKind::SoftwareException, 13, None, 1, InterruptShadow::None, false, 0x11),
+            (
+                EventKind::ExternalInterrupt,
+                0x20,
+                None,
+                0,
+                InterruptShadow::Sti,
+                false,
+                0x11,
+            ),
+            (
+                EventKind::Nmi,
+                2,
+                None,
+                0,
+                InterruptShadow::None,
+                true,
+                0x11,
+            ),
+            (
+                EventKind::SoftwareInterrupt,
+                0x80,
+                None,
+                0,
+                InterruptShadow::None,
+                false,
+                0x11,
+            ),
+            (
+                EventKind::SoftwareException,
+                13,
+                None,
+                1,
+                InterruptShadow::None,
+                false,
+                0x11,
+            ),
         ];
         for (kind, vector, error_code, len, shadow, nmi_blocked, cr0) in refused {
             let e = EventState {
@@ -308,7 +345,10 @@ mod tests {
                 interrupt_shadow: shadow,
                 nmi_blocked,
             };
-            assert!(crate::vcpu::check_event_state(&e, 0x202, cr0).is_err(), "{e:?}");
+            assert!(
+                crate::vcpu::check_event_state(&e, 0x202, cr0).is_err(),
+                "{e:?}"
+            );
         }
         // A refused setter changes nothing.
         let before = VcpuState::read(&a, &MsrFile::default());

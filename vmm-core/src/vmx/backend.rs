@@ -26,7 +26,9 @@ impl VcpuBackend for VmxVcpu {
             self.pdptes_stale = false;
             if self.load_pdptes(vm).is_err() {
                 log::debug!("restored PAE PDPTEs are invalid: the guest gets #GP");
-                self.inject_event(Event::Exception(crate::emulator::Exception::GeneralProtection(0)));
+                self.inject_event(Event::Exception(
+                    crate::emulator::Exception::GeneralProtection(0),
+                ));
             }
         }
         for _ in 0..MAX_INTERNAL_EXITS {

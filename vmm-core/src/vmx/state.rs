@@ -184,7 +184,11 @@ impl ArchState for VmxVcpu {
         self.write_system(r);
         if let Some(failed) = entry_checks::first_failed_check(&self.snapshot(), self.cr0, self.cr4)
         {
-            log::debug!("refused system registers: {} ({})", failed.rule, failed.fields);
+            log::debug!(
+                "refused system registers: {} ({})",
+                failed.rule,
+                failed.fields
+            );
             self.write_system(&old);
             return Err(ArchStateError::Segment);
         }
@@ -272,8 +276,8 @@ impl ArchState for VmxVcpu {
                 self.write(fields::ENTRY_INTERRUPTION_INFO, info);
             }
         }
-        let blocking = self.read(fields::GUEST_INTERRUPTIBILITY)
-            & !(BLOCKING_STI_MOVSS | BLOCKING_NMI);
+        let blocking =
+            self.read(fields::GUEST_INTERRUPTIBILITY) & !(BLOCKING_STI_MOVSS | BLOCKING_NMI);
         let shadow = match e.interrupt_shadow {
             InterruptShadow::None => 0,
             InterruptShadow::Sti => 0b01,

@@ -576,7 +576,11 @@ impl ExtendedState {
             }
         };
         let end = |i: u32| {
-            let c = model.components.get(i as usize).copied().unwrap_or_default();
+            let c = model
+                .components
+                .get(i as usize)
+                .copied()
+                .unwrap_or_default();
             (c.offset + c.size) as usize
         };
         check_xsave_image(image, valid_xcr0, model.guest_mask, end)?;

@@ -248,7 +248,10 @@ fn the_image_round_trips_and_bad_images_are_refused_unchanged() {
     let mut b = ExtendedState::new(model.clone());
     b.set_image(&image).unwrap();
     assert_eq!(b.image(), image);
-    assert_eq!((b.xcr0(), b.xmm(3), b.ymm_upper(15)), (7, 0x1234, Some(0x5678)));
+    assert_eq!(
+        (b.xcr0(), b.xmm(3), b.ymm_upper(15)),
+        (7, 0x1234, Some(0x5678))
+    );
     let fresh = ExtendedState::new(model).image();
     let refused = |f: fn(&mut XsaveImage)| {
         let mut bad = image.clone();

@@ -77,6 +77,11 @@ pub struct Config {
     /// Give PC guests the debug console at 0x402, so SeaBIOS's debug log
     /// appears on the host console (about 3,000 more exits per boot).
     pub bios_debug: bool,
+    /// Debug/test option: every this many exits (0: never) the vCPU's
+    /// whole state and every device's state are saved, the vCPU is thrown
+    /// away, and a fresh one (new VMCB/VMCS) takes the saved state, with
+    /// the devices restored, before the guest goes on.
+    pub state_roundtrip: u64,
 }
 
 impl Default for Config {
@@ -90,6 +95,7 @@ impl Default for Config {
             cpu: CpuBackend::Auto,
             paging: PagingChoice::Nested,
             bios_debug: false,
+            state_roundtrip: 0,
         }
     }
 }
@@ -117,7 +123,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, state_roundtrip)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -213,6 +219,12 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     "0" | "off" => false,
                     _ => return Err(bad("1 or 0")),
                 };
+            }
+            "state_roundtrip" => {
+                config.state_roundtrip = value
+                    .parse()
+                    .ok()
+                    .ok_or(bad("a number of exits (0: off)"))?;
             }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }

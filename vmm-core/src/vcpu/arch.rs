@@ -302,12 +302,14 @@ pub fn check_system_registers(
     if r.segments.iter().any(|s| !canonical(s.base)) {
         return Err(ArchStateError::Segment);
     }
-    // LDTR: unusable (not present) or a present LDT; TR: a present busy
-    // TSS (16- or 32/64-bit), or in real mode any present TSS.
+    // LDTR: unusable (not present) or a present LDT; TR: a present TSS,
+    // 16-bit only outside long mode. (An available TSS type is what SVM
+    // leaves after firmware loads TR by hand; VMX takes it as busy.)
     let ldtr_ok = !r.ldtr.present() || (r.ldtr.segment_type() == 2 && !r.ldtr.is_code_or_data());
     let tr_type = r.tr.segment_type();
-    let tr_ok =
-        r.tr.present() && !r.tr.is_code_or_data() && (tr_type == 11 || (tr_type == 3 && !long));
+    let tr_ok = r.tr.present()
+        && !r.tr.is_code_or_data()
+        && (matches!(tr_type, 9 | 11) || (matches!(tr_type, 1 | 3) && !long));
     if !ldtr_ok || !tr_ok || !canonical(r.ldtr.base) || !canonical(r.tr.base) {
         return Err(ArchStateError::SystemSegment);
     }

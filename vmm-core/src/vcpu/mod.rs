@@ -34,7 +34,7 @@ pub use msr::{
     MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_WALL_CLOCK_NEW, MSR_TSC, PASS_THROUGH,
 };
 pub use run_loop::{run, RunOutcome, Slice};
-pub use state::{SegmentState, VcpuState, VCPU_STATE_VERSION};
+pub use state::{move_state, SegmentState, VcpuState, VCPU_STATE_VERSION};
 pub use watchdog::{Watchdog, NO_PROGRESS_LIMIT};
 
 /// No interrupt controller: for guests that never take interrupts.

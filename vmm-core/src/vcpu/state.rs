@@ -20,7 +20,9 @@
 //! memory map and CR3), and the local APIC's TPR where CR8 is the emulated
 //! APIC's (it is in the device state).
 
-use super::arch::{ArchState, DebugRegisters, EventState, SystemRegisters, XsaveImage};
+use super::arch::{
+    ArchState, ArchStateError, DebugRegisters, EventState, SystemRegisters, XsaveImage,
+};
 use super::{MsrFile, MsrFileState, PASS_THROUGH};
 use crate::device::save_restore::{self, StateError};
 use crate::emulator::SegmentRegister;
@@ -112,7 +114,12 @@ impl VcpuState {
     /// [`StateError::Invalid`] naming the part; parts set before it stay
     /// set, so the caller discards the vCPU then.
     pub fn apply<B: ArchState>(&self, vcpu: &mut B, msrs: &mut MsrFile) -> Result<(), StateError> {
-        let invalid = |field| move |_| StateError::Invalid { field };
+        let invalid = |field| {
+            move |e: ArchStateError| {
+                log::warn!("vCPU state refused: {field}: {e}; {self:x?}");
+                StateError::Invalid { field }
+            }
+        };
         if !msrs.set_state(self.msr_file) {
             return Err(StateError::Invalid {
                 field: "mtrr default type",
@@ -153,6 +160,26 @@ impl VcpuState {
     pub fn from_bytes(version: u32, bytes: &[u8]) -> Result<Self, StateError> {
         save_restore::decode_version(version, VCPU_STATE_VERSION, bytes)
     }
+}
+
+/// Move the whole state of vCPU `from` to vCPU `to` (of any backend,
+/// typically a fresh one that replaces `from`), through the encoded form a
+/// snapshot stores: capture, encode, decode, scramble `to`'s general
+/// registers (so nothing it held before survives by accident), apply.
+/// `msrs` is the MSR file both share. The state round trip of the hosts'
+/// `state_roundtrip` debug option; on an error `to` is unusable.
+pub fn move_state<A: ArchState, B: ArchState>(
+    from: &mut A,
+    to: &mut B,
+    msrs: &mut MsrFile,
+) -> Result<(), StateError> {
+    let state = VcpuState::capture(from, msrs)?;
+    let state = VcpuState::from_bytes(VCPU_STATE_VERSION, &state.to_bytes()?)?;
+    for i in 0..16 {
+        to.set_gpr(i, 0xdead_0000_0000_0000 | i as u64);
+    }
+    to.set_rip(0xdead_beef);
+    state.apply(to, msrs)
 }
 
 #[cfg(test)]
@@ -259,7 +286,7 @@ mod tests {
             ("system registers", |s| s.system.cr4 &= !(1 << 5)),
             ("system registers", |s| s.system.cr8 = 16),
             ("system registers", |s| s.system.cr3 = 1 << 50),
-            ("system registers", |s| s.system.tr.attributes = 0x89),
+            ("system registers", |s| s.system.tr.attributes = 0x93),
             ("system registers", |s| {
                 s.system.segments[1].attributes |= 1 << 10
             }),

@@ -69,7 +69,13 @@ impl VmxVcpu {
             self.write_segment((sel, base, limit, ar), v);
         }
         self.write_segment(LDTR, &r.ldtr);
-        self.write_segment(TR, &r.tr);
+        // VM entry takes only a busy TSS in TR: an available one (which
+        // the CPU does not look at again until a task switch) becomes busy.
+        let mut tr = r.tr;
+        if matches!(tr.segment_type(), 1 | 9) {
+            tr.attributes |= 2;
+        }
+        self.write_segment(TR, &tr);
         self.write(fields::GUEST_GDTR_BASE, r.gdtr.base);
         self.write(fields::GUEST_GDTR_LIMIT, r.gdtr.limit.into());
         self.write(fields::GUEST_IDTR_BASE, r.idtr.base);

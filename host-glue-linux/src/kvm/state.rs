@@ -15,6 +15,9 @@ use vmm_core::vcpu::{
     StateLimits, SystemRegisters, XsaveImage,
 };
 
+/// IA32_PAT.
+const MSR_PAT: u32 = 0x277;
+
 /// Bytes of KVM_GET/SET_XSAVE's area.
 const KVM_XSAVE_SIZE: usize = 4096;
 
@@ -290,4 +293,33 @@ impl ArchState for KvmVcpu {
         }
         Ok(())
     }
+}
+
+/// What KVM's power-on registers (`KvmVcpu::reset`) leave as they were:
+/// the x87/SSE state (FNINIT's control word 0x37F, MXCSR 0x1F80, every
+/// register zero, XCR0 1), the debug registers, the pass-through MSRs
+/// (PAT at its power-on value, the others 0) and the TSC (0).
+pub(super) fn power_on_extras(vcpu: &mut KvmVcpu) -> Result<(), ArchStateError> {
+    use vmm_core::vcpu::VcpuBackend;
+    let mut area = vec![0u8; vmm_core::vcpu::XSAVE_MIN_SIZE];
+    area[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+    area[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+    vcpu.set_xsave_image(&XsaveImage { xcr0: 1, area })?;
+    vcpu.set_debug_registers(&DebugRegisters::default())?;
+    for msr in vmm_core::vcpu::PASS_THROUGH {
+        let value = if msr == MSR_PAT {
+            0x0007_0406_0007_0406
+        } else {
+            0
+        };
+        vcpu.set_backend_msr(msr, value);
+    }
+    let tsc = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+        index: vmm_core::vcpu::MSR_TSC,
+        data: 0,
+        ..Default::default()
+    }])
+    .map_err(|_| ArchStateError::Hypervisor(libc::E2BIG))?;
+    vcpu.vcpu.set_msrs(&tsc).map_err(hypervisor)?;
+    Ok(())
 }

@@ -627,6 +627,11 @@ impl VcpuBackend for KvmVcpu {
         self.run.set_u8(run_page::REQUEST_INTERRUPT_WINDOW, 0);
         self.injected = false;
         self.stale_interrupt_state = true;
+        // The rest of the power-on state: x87 after FNINIT, MXCSR 0x1F80,
+        // XCR0 1, debug registers, the pass-through MSRs and the TSC at 0.
+        if let Err(e) = super::state::power_on_extras(self) {
+            log::warn!("KVM reset: {e}");
+        }
     }
 
     fn request_interrupt_window(&mut self, on: bool) {

@@ -771,6 +771,7 @@ impl VcpuBackend for SvmVcpu {
 
     fn reset(&mut self) {
         self.vmcb.set_reset_state();
+        self.reset_vmcb_extras();
         self.debug = Default::default();
         self.nmi_masked = false;
         self.iret_rip = None;

@@ -11,7 +11,7 @@ use crate::paging::CR0_PE;
 use crate::vcpu::{
     check_debug_registers, check_event_state, check_system_registers, ArchState, ArchStateError,
     DebugRegisters, EventKind, EventState, InterruptShadow, PendingEvent, StateLimits,
-    SystemRegisters, XsaveImage,
+    SystemRegisters, VcpuBackend, XsaveImage,
 };
 
 /// VMCB save-area offsets of the MSRs VMLOAD and VMRUN load.
@@ -76,6 +76,20 @@ fn table_slot(t: DescriptorTable) -> SegmentRegister {
 }
 
 impl SvmVcpu {
+    /// The power-on values of what the VMCB's reset state leaves alone:
+    /// the MSRs VMLOAD loads (zero; PAT is set with the save area) and
+    /// the virtual TPR (CR8 = 0), no virtual interrupt requested.
+    pub(super) fn reset_vmcb_extras(&mut self) {
+        for (msr, at) in MSR_OFFSETS {
+            if msr != x86::msr::IA32_PAT {
+                self.vmcb.write_u64(at, 0);
+            }
+        }
+        self.request_interrupt_window(false);
+        let v_intr = self.vmcb.read_u64(offset::V_INTR);
+        self.vmcb.write_u64(offset::V_INTR, v_intr & !0xf);
+    }
+
     /// RDMSR of a pass-through MSR from the VMCB (FS and GS base are the
     /// segments' bases).
     pub(super) fn vmcb_msr(&self, msr: u32) -> Option<u64> {

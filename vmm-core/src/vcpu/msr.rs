@@ -148,6 +148,14 @@ impl MsrFile {
 }
 
 impl MsrFile {
+    /// Back to the power-on values (the VM is being reset): MTRRs off,
+    /// kvmclock MSRs unset; the wall-clock epoch stays.
+    pub fn reset(&mut self) {
+        self.mtrr_def_type = 0;
+        self.kvm_wall_clock = 0;
+        self.kvm_system_time = 0;
+    }
+
     /// MSRs for a guest whose wall clock read `unix_seconds` when the
     /// host's clock (`Host::now_ns`) read zero: what kvmclock reports as
     /// the boot time. Give the same epoch as the guest's RTC.

@@ -144,6 +144,8 @@ impl Pc {
             Some(kernel) => Some(direct_boot::load(&mut vm, ram_block, desc.ram, kernel)?),
             None => None,
         };
+        // On a PC the chipset turns the CPU's shutdown cycle into a reset.
+        vm.set_triple_fault_resets(true);
         let msrs = MsrFile::with_wall_clock(desc.unix_seconds_at_host_zero.max(0) as u64);
         Ok(Self {
             vm,

@@ -81,6 +81,11 @@ pub struct Config {
     /// and guest programs the host's CPU (the extended-state tests need
     /// its XSAVE and AVX).
     pub cpu_model: Option<vmm_core::vcpu::CpuModel>,
+    /// Debug/test option: every this many exits (0: never) the vCPU's
+    /// whole state and every device's state are saved, the vCPU is thrown
+    /// away, and a fresh one (new VMCB/VMCS) takes the saved state, with
+    /// the devices restored, before the guest goes on.
+    pub state_roundtrip: u64,
 }
 
 impl Default for Config {
@@ -95,6 +100,7 @@ impl Default for Config {
             paging: PagingChoice::Nested,
             bios_debug: false,
             cpu_model: None,
+            state_roundtrip: 0,
         }
     }
 }
@@ -122,7 +128,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, cpu_model)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, cpu_model, state_roundtrip)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -221,6 +227,12 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     "0" | "off" => false,
                     _ => return Err(bad("1 or 0")),
                 };
+            }
+            "state_roundtrip" => {
+                config.state_roundtrip = value
+                    .parse()
+                    .ok()
+                    .ok_or(bad("a number of exits (0: off)"))?;
             }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }

@@ -34,12 +34,17 @@ pub struct RunOptions {
     /// Let KVM buffer writes to the POST code port 0x80 (coalesced PIO)
     /// instead of returning to user space for each.
     pub posted_writes: bool,
+    /// Debug/test: every this many exits, move the vCPU's whole state to a
+    /// fresh KVM vCPU (in a fresh KVM VM) and the devices through their
+    /// saved state ([`vmm_devices::pc::Pc::move_vcpu`]).
+    pub state_roundtrip: Option<u64>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
             posted_writes: true,
+            state_roundtrip: None,
         }
     }
 }
@@ -91,6 +96,8 @@ pub struct Report {
     /// earlier): the guest's last writes to them may be lost. Empty when
     /// every writable image is durable.
     pub sync_failures: Vec<SyncError>,
+    /// State round trips done (`RunOptions::state_roundtrip`).
+    pub state_roundtrips: u64,
 }
 
 /// The writable disk images of a running machine: synced when it stops,
@@ -139,6 +146,8 @@ pub enum RunError {
     },
     /// The vCPU's preemption timer could not be set up.
     Kick(String),
+    /// A state round trip (`RunOptions::state_roundtrip`) failed.
+    StateRoundTrip(String),
 }
 
 impl std::error::Error for RunError {}
@@ -156,6 +165,7 @@ impl fmt::Display for RunError {
             RunError::Machine { file: None, error } => write!(f, "{error}"),
             RunError::Serial { path, detail } => write!(f, "serial output {path}: {detail}"),
             RunError::Kick(e) => write!(f, "vCPU preemption timer: {e}"),
+            RunError::StateRoundTrip(e) => write!(f, "state round trip: {e}"),
         }
     }
 }
@@ -202,23 +212,38 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     let (mut pc, syncs) = pc::build(host.clone(), config, Box::new(com1))?;
     let mut disks = DiskSyncs(syncs);
     pc.vm_mut().set_cpu_model(config.cpu_model);
-    let mut vcpu = KvmVcpu::new(pc.vm_mut()).map_err(RunError::Kvm)?;
+    let new_vcpu = |pc: &mut vmm_devices::pc::Pc| {
+        let mut vcpu = KvmVcpu::new(pc.vm_mut()).map_err(RunError::Kvm)?;
+        if options.posted_writes {
+            // POST codes only go into a history: no need to stop the guest
+            // for each one.
+            vcpu.post_port_writes(POST_PORT, 1).map_err(RunError::Kvm)?;
+        }
+        Ok::<_, RunError>(vcpu)
+    };
+    let mut vcpu = new_vcpu(&mut pc)?;
     if let Some(entry) = pc.entry() {
         vcpu.set_entry_state(entry);
     }
-    if options.posted_writes {
-        // POST codes only go into a history: no need to stop the guest
-        // for each one.
-        vcpu.post_port_writes(POST_PORT, 1).map_err(RunError::Kvm)?;
-    }
+    let mut state_roundtrips = 0;
+    let (mut posted_writes, mut assists) = (0, 0);
     let started = std::time::Instant::now();
     let ending = loop {
         let slice = Slice {
-            max_exits: u64::MAX,
+            max_exits: options.state_roundtrip.unwrap_or(u64::MAX),
             until_ns: Some(host.now_ns().saturating_add(SLICE_NS)),
         };
         if let RunOutcome::Stopped(reason) = pc.run(&mut vcpu, slice) {
             break Ending::Stopped(reason);
+        }
+        if options.state_roundtrip.is_some() {
+            let mut fresh = new_vcpu(&mut pc)?;
+            pc.move_vcpu(&mut vcpu, &mut fresh)
+                .map_err(|e| RunError::StateRoundTrip(e.to_string()))?;
+            posted_writes += vcpu.posted_writes();
+            assists += vcpu.assists();
+            vcpu = fresh;
+            state_roundtrips += 1;
         }
         if input.as_ref().is_some_and(|i| i.quit_requested()) {
             break Ending::Quit;
@@ -231,7 +256,10 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     // Whatever the ending (power-off, another stop, quit, a signal): what
     // the guest wrote is made durable before `vmm` says how it ended.
     let sync_failures = disks.sync_all();
-    let (posted_writes, assists) = (vcpu.posted_writes(), vcpu.assists());
+    let (posted_writes, assists) = (
+        posted_writes + vcpu.posted_writes(),
+        assists + vcpu.assists(),
+    );
     drop(vcpu);
     Ok(Report {
         ending,
@@ -241,5 +269,6 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         posted_writes,
         assists,
         sync_failures,
+        state_roundtrips,
     })
 }

@@ -182,3 +182,99 @@ fn port_io_mmio_and_string_io_reach_the_devices_through_the_exit_loop() {
     assert_eq!(stats.count(ExitKind::Mmio), 2);
     assert_eq!(stats.count(ExitKind::Hlt), 1);
 }
+
+/// The whole architectural state goes from one KVM vCPU to a fresh one:
+/// the halted guest's state, changed in every part (debug registers, CR2,
+/// an XMM register and the x87 control word, NMI blocking, a pending
+/// exception, an MSR), is applied to the vCPU and to a second vCPU that
+/// starts from power-on with its registers scrambled, and both read back
+/// the same; a state KVM or the checks refuse is an error.
+#[test]
+fn the_whole_vcpu_state_moves_to_a_fresh_kvm_vcpu() {
+    use vmm_core::vcpu::{
+        ArchState, DebugRegisters, EventKind, PendingEvent, VcpuState, XsaveImage,
+    };
+    if !host_glue_linux::kvm::available() {
+        let _ = writeln!(std::io::stderr(), "skipped: /dev/kvm absent");
+        return;
+    }
+    let host: Arc<dyn Host> = Arc::new(LinuxHost::new());
+    let mut memory = GuestMemory::new();
+    memory
+        .add_ram(0, host.alloc_memory(1 << 20, 4096).unwrap())
+        .unwrap();
+    memory.unmap(MMIO_PAGE, 0x1000).unwrap();
+    memory.add_mmio(MMIO_PAGE, 0x1000).unwrap();
+    let mut rom = host.alloc_memory(4096, 4096).unwrap();
+    rom.as_mut_slice().copy_from_slice(&rom_page());
+    memory.add_rom(0xffff_f000, rom).unwrap();
+    let mut vm = Vm::new(VmId(1), host, memory);
+    let probe = vm.add_device(Box::new(Probe::default())).unwrap();
+    vm.claim_ports(probe, 0x90, 2).unwrap();
+    vm.claim_mmio(probe, MMIO_PAGE, 0x1000).unwrap();
+    let mut a = KvmVcpu::new(&mut vm).unwrap();
+    let mut msrs = MsrFile::default();
+    // Stop after the IN: its result must be in the state.
+    let _ = vcpu::run(
+        &mut a,
+        &mut vm,
+        &NoInterrupts,
+        &mut msrs,
+        Slice {
+            max_exits: 2,
+            until_ns: None,
+        },
+    );
+    let mut state = VcpuState::capture(&mut a, &msrs).unwrap();
+    assert_eq!(state.gprs[0] & 0xff, u64::from(PORT_ANSWER), "AL from IN");
+    state.debug = DebugRegisters {
+        dr: [0x1000, 0x2000, 0x3000, 0x4000],
+        dr6: 0xffff_0ff1,
+        dr7: 0x0000_0403,
+    };
+    state.system.cr2 = 0xdead_b000;
+    let XsaveImage { area, .. } = &mut state.xsave;
+    area[0..2].copy_from_slice(&0x027fu16.to_le_bytes());
+    area[160 + 16 * 7..160 + 16 * 8].copy_from_slice(&[0x5a; 16]);
+    area[512] |= 3;
+    state.events.nmi_blocked = true;
+    state.events.pending = Some(PendingEvent {
+        kind: EventKind::Exception,
+        vector: 6,
+        error_code: None,
+        instruction_length: 0,
+    });
+    let esp = state
+        .backend_msrs
+        .iter_mut()
+        .find(|(m, _)| *m == 0x175)
+        .expect("SYSENTER_ESP is saved");
+    esp.1 = 0x8000;
+    state.apply(&mut a, &mut msrs).unwrap();
+    let on_a = VcpuState::capture(&mut a, &msrs).unwrap();
+    assert_eq!(on_a.debug, state.debug);
+    assert_eq!(on_a.system.cr2, 0xdead_b000);
+    assert_eq!(on_a.xsave.area[160 + 16 * 7..160 + 16 * 8], [0x5a; 16]);
+    assert_eq!(on_a.xsave.area[0..2], 0x027fu16.to_le_bytes());
+    assert_eq!(on_a.events, state.events);
+    assert_eq!(on_a.gprs, state.gprs);
+    assert_eq!(on_a.rip, state.rip);
+    assert!(on_a.backend_msrs.contains(&(0x175, 0x8000)));
+    // A fresh vCPU with scrambled registers takes the same state.
+    let mut b = KvmVcpu::new(&mut vm).unwrap();
+    for i in 0..16 {
+        b.set_gpr(i, 0x5555_0000 + i as u64);
+    }
+    b.set_rip(0x1234);
+    let mut msrs_b = MsrFile::default();
+    on_a.apply(&mut b, &mut msrs_b).unwrap();
+    assert_eq!(VcpuState::capture(&mut b, &msrs_b).unwrap(), on_a);
+    // Refused: paging without protection, an error code in real mode.
+    let mut bad = on_a.clone();
+    bad.system.cr0 |= 1 << 31;
+    assert!(bad.apply(&mut b, &mut msrs_b).is_err());
+    let mut bad = on_a.events;
+    bad.pending.as_mut().unwrap().error_code = Some(0);
+    assert!(b.set_event_state(&bad).is_err());
+    assert_eq!(b.event_state(), on_a.events);
+}

@@ -18,13 +18,16 @@
 //! clock, used by every unit test, integration test, benchmark and fuzzer.
 #![no_std]
 // `unsafe` is denied everywhere but in `svm` and `vmx`, the hardware
-// backends that hand physical addresses to the CPU, and `xstate::switch`,
-// which saves and loads extended register state.
+// backends that hand physical addresses to the CPU, `xstate::switch`,
+// which saves and loads extended register state, and `debug_registers`,
+// which switches DR0-DR3.
 #![deny(unsafe_code)]
 
 extern crate alloc;
 
 pub mod base;
+#[allow(unsafe_code)]
+pub mod debug_registers;
 pub mod device;
 pub mod dma;
 pub mod dmm;

@@ -8,12 +8,16 @@
 //! one expression.
 
 use crate::device::{ClaimError, Device, DeviceId};
-use crate::emulator::{CpuState, RegisterFile, Segment, SegmentRegister};
+use crate::emulator::{CpuState, DescriptorTable, RegisterFile, Segment, SegmentRegister};
 use crate::host::{Host, HostError, HostMemory, HostPhysAddr};
 use crate::irq::IrqLine;
 use crate::memory::{GuestMemory, MemoryError};
 use crate::paging::ControlRegisters;
-use crate::vcpu::{DeviceAccess, Event, Exit, VcpuBackend};
+use crate::vcpu::{
+    check_debug_registers, check_event_state, check_system_registers, check_xsave_image, ArchState,
+    ArchStateError, DebugRegisters, DeviceAccess, Event, EventState, Exit, StateLimits,
+    SystemRegisters, VcpuBackend, XsaveImage, XSAVE_LEGACY_SIZE, XSAVE_MIN_SIZE,
+};
 use crate::vm::{Vm, VmId};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -319,6 +323,8 @@ impl TestVmBuilder {
 pub struct ReplayVcpu {
     /// The registers the exit loop and the emulator see.
     pub regs: RegisterFile,
+    /// The rest of the architectural state ([`ArchState`]).
+    pub arch: TestArchState,
     script: VecDeque<(DeviceAccess, Vec<u8>)>,
     buffer: Vec<u8>,
     /// The buffer of every access the loop completed, in order.
@@ -333,6 +339,7 @@ impl ReplayVcpu {
     ) -> Self {
         Self {
             regs,
+            arch: TestArchState::default(),
             script: script.into_iter().collect(),
             buffer: Vec::new(),
             completed: Vec::new(),
@@ -404,4 +411,165 @@ impl VcpuBackend for ReplayVcpu {
     }
     fn reset(&mut self) {}
     fn request_interrupt_window(&mut self, _on: bool) {}
+}
+
+/// What [`ReplayVcpu`] holds beyond its [`RegisterFile`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestArchState {
+    /// LDTR.
+    pub ldtr: SegmentRegister,
+    /// TR.
+    pub tr: SegmentRegister,
+    /// IDTR.
+    pub idtr: DescriptorTable,
+    /// CR2.
+    pub cr2: u64,
+    /// CR8.
+    pub cr8: u64,
+    /// The debug registers.
+    pub debug: DebugRegisters,
+    /// The event state.
+    pub events: EventState,
+    /// The XSAVE area (x87, SSE and AVX in the standard layout); XMM and
+    /// YMM live in the register file and are copied in and out.
+    pub xsave: Vec<u8>,
+}
+
+/// End of the AVX component (offset 576, 256 bytes) in [`TestArchState`]'s
+/// area.
+const TEST_XSAVE_SIZE: usize = XSAVE_MIN_SIZE + 256;
+
+impl Default for TestArchState {
+    /// The power-on values: LDTR and TR as after RESET, FCW 0x37F, MXCSR
+    /// 0x1F80.
+    fn default() -> Self {
+        let mut xsave = vec![0; TEST_XSAVE_SIZE];
+        xsave[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        xsave[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        Self {
+            ldtr: SegmentRegister::new(0, 0, 0xffff, 0x82),
+            tr: SegmentRegister::new(0, 0, 0xffff, 0x8b),
+            idtr: DescriptorTable {
+                base: 0,
+                limit: 0xffff,
+            },
+            cr2: 0,
+            cr8: 0,
+            debug: DebugRegisters::default(),
+            events: EventState::default(),
+            xsave,
+        }
+    }
+}
+
+impl ReplayVcpu {
+    /// What the test vCPU offers: CR4 up to PKE, every EFER bit, 48-bit
+    /// physical addresses.
+    fn limits() -> StateLimits {
+        StateLimits::new(0x7f_ffff, !0, 48)
+    }
+}
+
+impl ArchState for ReplayVcpu {
+    fn system_registers(&self) -> SystemRegisters {
+        SystemRegisters {
+            segments: self.regs.segments,
+            ldtr: self.arch.ldtr,
+            tr: self.arch.tr,
+            gdtr: self.regs.gdtr,
+            idtr: self.arch.idtr,
+            cr0: self.regs.control.cr0,
+            cr2: self.arch.cr2,
+            cr3: self.regs.control.cr3,
+            cr4: self.regs.control.cr4,
+            cr8: self.arch.cr8,
+            efer: self.regs.control.efer,
+        }
+    }
+
+    fn set_system_registers(&mut self, r: &SystemRegisters) -> Result<(), ArchStateError> {
+        check_system_registers(r, &Self::limits())?;
+        self.regs.segments = r.segments;
+        self.arch.ldtr = r.ldtr;
+        self.arch.tr = r.tr;
+        self.regs.gdtr = r.gdtr;
+        self.arch.idtr = r.idtr;
+        self.regs.control = ControlRegisters {
+            cr0: r.cr0,
+            cr3: r.cr3,
+            cr4: r.cr4,
+            efer: r.efer,
+        };
+        self.arch.cr2 = r.cr2;
+        self.arch.cr8 = r.cr8;
+        Ok(())
+    }
+
+    fn debug_registers(&self) -> DebugRegisters {
+        self.arch.debug
+    }
+
+    fn set_debug_registers(&mut self, d: &DebugRegisters) -> Result<(), ArchStateError> {
+        check_debug_registers(d)?;
+        self.arch.debug = *d;
+        Ok(())
+    }
+
+    fn event_state(&self) -> EventState {
+        self.arch.events
+    }
+
+    fn set_event_state(&mut self, e: &EventState) -> Result<(), ArchStateError> {
+        check_event_state(e, self.regs.rflags, self.regs.control.cr0)?;
+        self.arch.events = *e;
+        Ok(())
+    }
+
+    fn xsave_image(&self) -> XsaveImage {
+        let mut area = self.arch.xsave.clone();
+        for i in 0..16 {
+            area[160 + 16 * i..176 + 16 * i].copy_from_slice(&self.regs.xmm[i].to_le_bytes());
+            area[XSAVE_MIN_SIZE + 16 * i..XSAVE_MIN_SIZE + 16 + 16 * i]
+                .copy_from_slice(&self.regs.ymm_upper[i].to_le_bytes());
+        }
+        let bv = XSAVE_LEGACY_SIZE..XSAVE_LEGACY_SIZE + 8;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&area[bv.clone()]);
+        area[bv].copy_from_slice(&(u64::from_le_bytes(b) | 0b110).to_le_bytes());
+        XsaveImage {
+            xcr0: self.regs.xcr0 | 1,
+            area,
+        }
+    }
+
+    fn set_xsave_image(&mut self, x: &XsaveImage) -> Result<(), ArchStateError> {
+        let valid = |v: u64| v & 1 != 0 && v & !7 == 0 && (v & 4 == 0 || v & 2 != 0);
+        check_xsave_image(x, valid, 7, |i| {
+            if i == 2 {
+                TEST_XSAVE_SIZE
+            } else {
+                usize::MAX
+            }
+        })?;
+        let mut area = vec![0; TEST_XSAVE_SIZE];
+        let n = x.area.len().min(TEST_XSAVE_SIZE);
+        area[..n].copy_from_slice(&x.area[..n]);
+        let bv = x.xstate_bv();
+        for i in 0..16 {
+            let at = |o: usize| {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(&area[o..o + 16]);
+                u128::from_le_bytes(b)
+            };
+            self.regs.xmm[i] = if bv & 2 != 0 { at(160 + 16 * i) } else { 0 };
+            self.regs.ymm_upper[i] = if bv & 4 != 0 {
+                at(XSAVE_MIN_SIZE + 16 * i)
+            } else {
+                0
+            };
+        }
+        self.arch.xsave = area;
+        self.regs.xcr0 = x.xcr0;
+        Ok(())
+    }
 }

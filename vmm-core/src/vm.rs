@@ -39,6 +39,7 @@ pub struct Vm {
     requests: Vec<VmRequest>,
     stop: Option<StopReason>,
     reset_requested: bool,
+    triple_fault_resets: bool,
     direct_ports: Vec<Arc<DirectPorts>>,
     /// Per device: when its timer wants the next poll (`u64::MAX`: never),
     /// as it last said.
@@ -70,6 +71,7 @@ impl Vm {
             requests: Vec::new(),
             stop: None,
             reset_requested: false,
+            triple_fault_resets: false,
             direct_ports: Vec::new(),
             timer_due: Vec::new(),
             timer_stale: Vec::new(),
@@ -498,6 +500,37 @@ impl Vm {
     /// Stop the VM (the run loop sees it at the next exit).
     pub fn stop(&mut self, reason: StopReason) {
         self.stop.get_or_insert(reason);
+    }
+
+    /// Reset every device ([`DeviceManager::reset_all`]), then let each
+    /// tell the VM about its power-on state ([`crate::device::Device::after_reset`]:
+    /// the host bridge maps the BIOS back over its shadow RAM).
+    pub fn reset_devices(&mut self) {
+        self.devices.reset_all();
+        for i in 0..self.devices.count() {
+            let id = DeviceId(i as u16);
+            self.devices.after_reset(dispatch_env!(self), id);
+            self.apply_requests(Some(id));
+        }
+    }
+
+    /// Make a triple fault reset the machine (a PC: the chipset turns the
+    /// CPU's shutdown cycle into a reset) instead of stopping the VM with
+    /// [`StopReason::TripleFault`] (the default, for bare test programs).
+    pub fn set_triple_fault_resets(&mut self, resets: bool) {
+        self.triple_fault_resets = resets;
+    }
+
+    /// Whether a triple fault resets the machine (see
+    /// [`Vm::set_triple_fault_resets`]).
+    pub fn triple_fault_resets(&self) -> bool {
+        self.triple_fault_resets
+    }
+
+    /// Ask for a reset, as a device's [`crate::device::VmRequest::Reset`]
+    /// does: the run loop carries it out before the next entry.
+    pub fn request_reset(&mut self) {
+        self.reset_requested = true;
     }
 
     /// Whether a device asked for a reset since the last call; clears the

@@ -375,6 +375,22 @@ fn bus_reset_restores_rom_view() {
     assert_ne!(mem8(&mut p.vm, 0xf_0000), 0x99);
 }
 
+/// A VM reset (what the exit loop does on 0xCF9, the 8042's reset line or
+/// a PC's triple fault) puts the BIOS ROM back over its shadow RAM at
+/// once: the CPU's first fetch after reset (F000:FFF0, then the BIOS at
+/// 0xF0000) comes before any PCI access.
+#[test]
+fn a_vm_reset_maps_the_bios_rom_back_before_any_pci_access() {
+    let mut p = platform();
+    cfg_write8(&mut p.vm, 0, 0, 0x59, 0x30);
+    p.vm.guest_write(0xf_0000, &[0x99]);
+    assert_eq!(mem8(&mut p.vm, 0xf_0000), 0x99);
+    p.vm.reset_devices();
+    let rom_byte = |off: u64| (off % 251) as u8 ^ 0x5a;
+    assert_eq!(mem8(&mut p.vm, 0xf_0000), rom_byte(0x1_0000));
+    assert_eq!(cfg_read8(&mut p.vm, 0, 0, 0x59), 0);
+}
+
 #[test]
 fn pirq_routing_delivers_intx_to_the_programmed_isa_irq() {
     let mut p = platform();

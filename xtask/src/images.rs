@@ -273,3 +273,83 @@ fn linux_cd(dir: &Path, vmlinuz: &Path, name: &str) -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&work);
     Ok(iso)
 }
+
+/// The default CD with `vmm.reboot_once` on the kernel command line and
+/// the init of `xtask/assets/linux-cd` (which reads that switch) in its
+/// initramfs: it boots, sets the RTC to 2030 and reboots, boots again,
+/// finds 2030 and powers off. Built next to `default_iso` from it (its kernel and the
+/// rest of its initramfs), and rebuilt when it or the init is newer.
+pub fn reboot_iso(default_iso: &Path) -> Result<PathBuf> {
+    let dir = default_iso
+        .parent()
+        .ok_or_else(|| Error::msg("the CD image has no directory"))?;
+    let iso = dir.join("linux-reboot.iso");
+    let assets = system::root().join("xtask/assets/linux-cd");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let newest = modified(default_iso).max(modified(&assets.join("init")));
+    if modified(&iso).is_some() && modified(&iso) >= newest {
+        return Ok(iso);
+    }
+    ensure_packages(&["xorriso", "cpio"])?;
+    let work = dir.join("linux-reboot-cd");
+    let _ = std::fs::remove_dir_all(&work);
+    let root = work.join("initramfs");
+    std::fs::create_dir_all(&root).map_err(|e| Error::msg(format!("{}: {e}", root.display())))?;
+    let old_initrd = work.join("initrd-default.gz");
+    output(
+        Command::new("xorriso")
+            .arg("-osirrox")
+            .arg("on")
+            .arg("-indev")
+            .arg(default_iso)
+            .arg("-extract")
+            .arg("/boot/initrd.gz")
+            .arg(&old_initrd),
+        "xorriso (extract the initramfs)",
+    )?;
+    let new_initrd = work.join("initrd.gz");
+    step(
+        Command::new("sh")
+            .arg("-c")
+            .arg(
+                "set -e; cd \"$1\"; gzip -dc \"$2\" | cpio -idm --quiet; cp \"$3\" init; \
+                 chmod 755 init; find . | cpio -o -H newc --quiet | gzip -9 > \"$4\"",
+            )
+            .arg("sh")
+            .arg(&root)
+            .arg(&old_initrd)
+            .arg(assets.join("init"))
+            .arg(&new_initrd),
+        "repack the initramfs with the current init",
+    )?;
+    let cfg = std::fs::read_to_string(assets.join("isolinux.cfg"))
+        .map_err(|e| Error::msg(format!("isolinux.cfg: {e}")))?;
+    let mut patched = String::new();
+    for line in cfg.lines() {
+        patched.push_str(line);
+        if line.trim_start().starts_with("APPEND") {
+            patched.push_str(" vmm.reboot_once");
+        }
+        patched.push('\n');
+    }
+    let cfg_out = work.join("isolinux.cfg");
+    std::fs::write(&cfg_out, patched)
+        .map_err(|e| Error::msg(format!("{}: {e}", cfg_out.display())))?;
+    let _ = std::fs::remove_file(&iso);
+    output(
+        Command::new("xorriso")
+            .arg("-indev")
+            .arg(default_iso)
+            .arg("-outdev")
+            .arg(&iso)
+            .args(["-boot_image", "any", "replay", "-map"])
+            .arg(&cfg_out)
+            .arg("/isolinux/isolinux.cfg")
+            .arg("-map")
+            .arg(&new_initrd)
+            .arg("/boot/initrd.gz"),
+        "xorriso (the reboot CD)",
+    )?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(iso)
+}

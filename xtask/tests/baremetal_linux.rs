@@ -69,3 +69,106 @@ fn linux_boots_from_the_cd_to_user_space_and_powers_off() {
     );
     assert_eq!(outcome, Outcome::Success, "{console}");
 }
+
+/// The same boot with `state_roundtrip=500`: every 500 exits the host
+/// saves the vCPU's whole state and every device's, throws the vCPU away
+/// and gives a fresh one (a new VMCB, new nested page tables) the saved
+/// state, the devices restored, before the guest goes on. Linux boots to
+/// user space and powers off all the same: what `VcpuState` and the
+/// device states hold is all the running machine needs.
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
+fn linux_boots_and_powers_off_with_its_vcpu_replaced_every_500_exits() {
+    let modules = [
+        GuestImage {
+            name: "bios".into(),
+            path: env_path("VMM_TEST_SEABIOS"),
+        },
+        GuestImage {
+            name: "cdrom".into(),
+            path: env_path("VMM_TEST_LINUX_ISO"),
+        },
+    ];
+    let (outcome, console) = boot_and_capture(
+        &env_path("VMM_TEST_KERNEL"),
+        "guest_mem=256M vms=1 state_roundtrip=500",
+        &modules,
+        1024,
+        Duration::from_secs(900),
+    )
+    .unwrap();
+    assert!(
+        console.contains("[vm 0] VMM-CD-INIT-MARKER: user space reached"),
+        "{console}"
+    );
+    assert!(console.contains("reboot: Power down"), "{console}");
+    assert!(
+        console.contains("vm 0 (pc): guest powered off"),
+        "{console}"
+    );
+    // Hundreds of round trips, not a handful.
+    let trips: u64 = console
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("vm 0: ")?
+                .strip_suffix(" state round trips (a fresh vCPU each)")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no round-trip count: {console}"));
+    assert!(trips >= 100, "{trips} round trips\n{console}");
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}
+
+/// A reboot: the CD variant with `vmm.reboot_once` has its init set the
+/// RTC to 2030 (the clock survives a reset) and run `reboot -f`; the machine resets (vCPU
+/// and devices to their power-on state, the BIOS back over its shadow),
+/// SeaBIOS runs again and boots the CD a second time, whose init finds the
+/// clock in 2030 and powers off: the host reports a clean power-off.
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
+fn linux_reboots_into_the_bios_boots_the_cd_again_and_powers_off() {
+    let iso = xtask::images::reboot_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
+    let modules = [
+        GuestImage {
+            name: "bios".into(),
+            path: env_path("VMM_TEST_SEABIOS"),
+        },
+        GuestImage {
+            name: "cdrom".into(),
+            path: iso,
+        },
+    ];
+    let (outcome, console) = boot_and_capture(
+        &env_path("VMM_TEST_KERNEL"),
+        "guest_mem=256M vms=1",
+        &modules,
+        1024,
+        Duration::from_secs(900),
+    )
+    .unwrap();
+    let count = |needle: &str| console.matches(needle).count();
+    assert!(
+        console.contains("VMM-CD-REBOOT: first boot, rebooting"),
+        "{console}"
+    );
+    assert!(console.contains("VM 0: reset"), "{console}");
+    // Two boots, each through SeaBIOS, ISOLINUX and the kernel to user space.
+    assert_eq!(count("SeaBIOS (version"), 2, "{console}");
+    assert_eq!(count("Booting from DVD/CD..."), 2, "{console}");
+    assert_eq!(count("] Linux version 6.1.0-"), 2, "{console}");
+    assert_eq!(
+        count("VMM-CD-INIT-MARKER: user space reached"),
+        2,
+        "{console}"
+    );
+    assert!(
+        console.contains("VMM-CD-REBOOT: second boot, powering off"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 0 (pc): guest powered off"),
+        "{console}"
+    );
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}

@@ -159,6 +159,60 @@ fn the_guest_suite_passes_on_vmx_under_bochs() {
     assert_eq!(run.outcome, Outcome::Failure, "{console}");
 }
 
+/// The suite with `state_roundtrip=5`: every 5 exits each VM's vCPU is
+/// replaced by a fresh one (new VMCB or VMCS) that takes the whole saved
+/// state; every program prints and stops as with one vCPU throughout.
+#[test]
+#[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
+fn the_guest_suite_passes_with_the_vcpu_replaced_every_5_exits_on_svm() {
+    let guests = named_guests(&env_path("VMM_TEST_GUESTS"), &SUITE);
+    let (outcome, console) = boot_and_capture(
+        &env_path("VMM_TEST_KERNEL"),
+        "cpu=svm guest_mem=16M vms=5 state_roundtrip=5",
+        &guests,
+        384,
+        Duration::from_secs(180),
+    )
+    .unwrap();
+    check_suite(&console, "SVM");
+    assert_round_trips(&console);
+    assert_eq!(outcome, Outcome::Failure, "{console}");
+}
+
+/// The same on VMX under Bochs.
+#[test]
+#[ignore = "boots the bare-metal host under Bochs: run through cargo xtask test"]
+fn the_guest_suite_passes_with_the_vcpu_replaced_every_5_exits_on_vmx() {
+    let guests = named_guests(&env_path("VMM_TEST_GUESTS"), &SUITE);
+    let run = xtask::bochs::boot_and_capture(
+        &env_path("VMM_TEST_KERNEL"),
+        "guest_mem=16M vms=5 state_roundtrip=5",
+        &guests,
+        384,
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    check_suite(&run.console, "VMX");
+    assert_round_trips(&run.console);
+    assert_eq!(run.outcome, Outcome::Failure, "{}", run.console);
+}
+
+/// Every VM's vCPU went through at least one round trip.
+fn assert_round_trips(console: &str) {
+    for vm in 0..SUITE.len() {
+        let trips: u64 = console
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("vm {vm}: "))?
+                    .strip_suffix(" state round trips (a fresh vCPU each)")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no round-trip count for VM {vm}:\n{console}"));
+        assert!(trips >= 1, "VM {vm}: {trips} round trips\n{console}");
+    }
+}
+
 #[test]
 #[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
 fn asking_for_vmx_on_a_cpu_without_it_is_a_clear_error() {

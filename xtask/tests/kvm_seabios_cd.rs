@@ -86,6 +86,42 @@ fn seabios_boots_the_cd_to_isolinux_which_reads_the_kernel() {
     );
 }
 
+/// The same boot with `--debug-state-roundtrip 200`: every 200 exits the
+/// vCPU's whole state moves to a fresh KVM vCPU (in a fresh KVM VM, its
+/// registers scrambled first) and the devices go through their saved
+/// state; SeaBIOS and ISOLINUX get as far as with one vCPU throughout.
+#[test]
+#[ignore = "boots the Linux CD under KVM: run through cargo xtask test"]
+fn the_cd_boots_to_isolinux_with_the_vcpu_replaced_every_200_exits() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut cmd = vmm_on_the_cd();
+    cmd.args(["--debug-state-roundtrip", "200"]);
+    let cap = run_capture(
+        cmd,
+        &|out| out.contains("Loading /boot/initrd.gz"),
+        Duration::from_secs(400),
+    )
+    .unwrap();
+    let out = cap.stdout();
+    let all = format!("{out}\n--- stderr ---\n{}", cap.stderr);
+    assert!(out.contains("ISOLINUX 6.04"), "{all}");
+    assert!(cap.matched, "ISOLINUX never got to the initrd: {all}");
+    assert!(cap.stderr.contains("vmm: ended by a signal"), "{all}");
+    let trips: u64 = cap
+        .stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("vmm: ")?
+                .strip_suffix(" state round trips (a fresh vCPU each)")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no round-trip count: {all}"));
+    assert!(trips >= 100, "{trips} round trips: {all}");
+}
+
 #[test]
 #[ignore = "needs hardware KVM: VMM_TEST_HW_KVM=1 cargo xtask test"]
 fn hardware_kvm_boots_the_cd_to_user_space_and_powers_off() {

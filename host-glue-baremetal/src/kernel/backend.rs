@@ -11,7 +11,7 @@ use vmm_core::emulator::{CpuState, Segment, SegmentRegister};
 use vmm_core::host::Host;
 use vmm_core::shadow_paging::{ShadowConfig, ShadowStats};
 use vmm_core::svm::{Svm, SvmVcpu};
-use vmm_core::vcpu::{self, InterruptSource, MsrFile, RunOutcome, Slice};
+use vmm_core::vcpu::{self, ArchState, InterruptSource, MsrFile, RunOutcome, Slice};
 use vmm_core::vm::Vm;
 use vmm_core::vmx::{Vmx, VmxVcpu};
 use vmm_devices::pc::Pc;
@@ -131,6 +131,38 @@ impl Vcpu {
             Vcpu::Svm(v) => pc.run(v.as_mut(), slice),
             Vcpu::Vmx(v) => pc.run(v.as_mut(), slice),
         }
+    }
+
+    /// Move this vCPU's whole state into `fresh` and put `fresh` in its
+    /// place (the old vCPU is dropped), the devices of a PC saved and
+    /// restored on the way ([`Pc::move_vcpu`]); `msrs` is a guest
+    /// program's MSR file (a PC has its own).
+    pub fn replace(
+        &mut self,
+        mut fresh: Vcpu,
+        pc: Option<&mut Pc>,
+        msrs: &mut MsrFile,
+    ) -> Result<(), String> {
+        fn go<A: ArchState, B: ArchState>(
+            a: &mut A,
+            b: &mut B,
+            pc: Option<&mut Pc>,
+            msrs: &mut MsrFile,
+        ) -> Result<(), String> {
+            match pc {
+                Some(pc) => pc.move_vcpu(a, b),
+                None => vcpu::move_state(a, b, msrs),
+            }
+            .map_err(|e| format!("state round trip: {e}"))
+        }
+        match (&mut *self, &mut fresh) {
+            (Vcpu::Svm(a), Vcpu::Svm(b)) => go(a.as_mut(), b.as_mut(), pc, msrs)?,
+            (Vcpu::Vmx(a), Vcpu::Vmx(b)) => go(a.as_mut(), b.as_mut(), pc, msrs)?,
+            (Vcpu::Svm(a), Vcpu::Vmx(b)) => go(a.as_mut(), b.as_mut(), pc, msrs)?,
+            (Vcpu::Vmx(a), Vcpu::Svm(b)) => go(a.as_mut(), b.as_mut(), pc, msrs)?,
+        }
+        *self = fresh;
+        Ok(())
     }
 
     /// The shadow pager's counters, if this vCPU uses shadow paging.

@@ -222,6 +222,8 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             vcpu,
             msrs: MsrFile::with_wall_clock(pc::RTC_EPOCH as u64),
             stopped: None,
+            next_roundtrip: config.state_roundtrip,
+            roundtrips: 0,
         });
     }
 
@@ -234,7 +236,10 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 device.service_interrupts();
             }
             let slice = Slice {
-                max_exits: 10_000,
+                max_exits: match config.state_roundtrip {
+                    0 => 10_000,
+                    n => n.min(10_000),
+                },
                 until_ns: Some(time::now_ns() + 10_000_000),
             };
             let outcome = match &mut g.machine {
@@ -243,6 +248,26 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     g.vcpu.run(vm, &**interrupts, &mut g.msrs, slice)
                 }
             };
+            let exits = g.machine.vm().stats().total();
+            if config.state_roundtrip > 0
+                && outcome == RunOutcome::SliceEnded
+                && exits >= g.next_roundtrip
+            {
+                g.next_roundtrip = exits + config.state_roundtrip;
+                let id = g.machine.vm().id().0 + 1;
+                let fresh = match config.paging {
+                    PagingChoice::Nested => backend.vcpu(g.machine.vm(), id),
+                    PagingChoice::Shadow => backend.shadow_vcpu(g.machine.vm(), id),
+                };
+                let pc = match &mut g.machine {
+                    Machine::Pc(pc) => Some(pc.as_mut()),
+                    Machine::Program { .. } => None,
+                };
+                if let Err(e) = fresh.and_then(|v| g.vcpu.replace(v, pc, &mut g.msrs)) {
+                    fail(format_args!("VM {}: {e}", id - 1));
+                }
+                g.roundtrips += 1;
+            }
             if let RunOutcome::Stopped(reason) = outcome {
                 log::info!("VM {} stopped: {reason}", g.machine.vm().id().0);
                 if let Some(device) = &shared_device {
@@ -282,6 +307,13 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         if let Some(shadow) = g.vcpu.shadow_stats() {
             kprintln!("{shadow}");
         }
+        if config.state_roundtrip > 0 {
+            kprintln!(
+                "vm {}: {} state round trips (a fresh vCPU each)",
+                g.machine.vm().id().0,
+                g.roundtrips
+            );
+        }
         kprint!("{}", g.machine.vm().devices().report());
         if let Some(line) = shared_device
             .as_ref()
@@ -313,6 +345,10 @@ struct Guest<'a> {
     /// A guest program's MSR file (a PC keeps its own).
     msrs: MsrFile,
     stopped: Option<StopReason>,
+    /// The exit count at which the next state round trip is due.
+    next_roundtrip: u64,
+    /// State round trips done (`state_roundtrip=`).
+    roundtrips: u64,
 }
 
 /// What a VM is: a whole PC, or a guest program on a few devices.

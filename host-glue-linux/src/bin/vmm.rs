@@ -86,6 +86,11 @@ struct RunArgs {
     /// instead of letting KVM buffer them (for comparisons).
     #[arg(long)]
     no_posted_writes: bool,
+    /// Debug/test: every N exits, save the vCPU's whole state and every
+    /// device's, replace the vCPU with a fresh one (a new KVM VM and vCPU)
+    /// that takes the saved state, restore the devices, and go on.
+    #[arg(long, value_name = "N")]
+    debug_state_roundtrip: Option<u64>,
 }
 
 /// The machine the flags (or the config file) describe, validated.
@@ -136,6 +141,7 @@ fn run(args: RunArgs) -> ExitCode {
     };
     let options = runner::RunOptions {
         posted_writes: !args.no_posted_writes,
+        state_roundtrip: args.debug_state_roundtrip.filter(|n| *n > 0),
     };
     let report = match runner::run(&m, &options) {
         Ok(r) => r,
@@ -160,6 +166,12 @@ fn run(args: RunArgs) -> ExitCode {
             report.assists
         );
         eprint!("{}", report.devices);
+    }
+    if report.state_roundtrips > 0 {
+        eprintln!(
+            "vmm: {} state round trips (a fresh vCPU each)",
+            report.state_roundtrips
+        );
     }
     for e in &report.sync_failures {
         eprintln!("vmm: {e}");

@@ -14,6 +14,7 @@ mod iret;
 mod kick;
 mod memslots;
 pub mod run_page;
+mod state;
 mod vcpu;
 
 pub use kick::PreemptTimer;

@@ -9,7 +9,9 @@ use super::iret;
 use super::memslots::MemSlots;
 use super::run_page::{self, RunPage};
 use super::KvmError;
-use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+};
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
@@ -35,31 +37,31 @@ const INTERNAL_ERROR_EMULATION: u32 = 1;
 
 /// Which exit the data of [`VcpuBackend::access_data`] belongs to.
 #[derive(Clone, Copy)]
-struct PendingAccess {
+pub(super) struct PendingAccess {
     offset: usize,
     len: usize,
 }
 
 /// A KVM virtual CPU and its VM (one vCPU per VM).
 pub struct KvmVcpu {
-    vcpu: VcpuFd,
+    pub(super) vcpu: VcpuFd,
     vm: VmFd,
     run: RunPage,
     slots: MemSlots,
-    regs: RefCell<Option<kvm_regs>>,
-    regs_dirty: bool,
-    sregs: RefCell<Option<kvm_sregs>>,
-    sregs_dirty: bool,
-    fpu: RefCell<Option<kvm_fpu>>,
-    fpu_dirty: bool,
+    pub(super) regs: RefCell<Option<kvm_regs>>,
+    pub(super) regs_dirty: bool,
+    pub(super) sregs: RefCell<Option<kvm_sregs>>,
+    pub(super) sregs_dirty: bool,
+    pub(super) fpu: RefCell<Option<kvm_fpu>>,
+    pub(super) fpu_dirty: bool,
     /// A lazy register read failed (errno): reported at the next entry.
     sync_error: Cell<Option<(&'static str, i32)>>,
-    access: Option<PendingAccess>,
+    pub(super) access: Option<PendingAccess>,
     /// An event went in since the last exit.
-    injected: bool,
+    pub(super) injected: bool,
     /// RFLAGS or the whole state changed since the last exit, so KVM's
     /// "ready for injection" flag is stale.
-    stale_interrupt_state: bool,
+    pub(super) stale_interrupt_state: bool,
     power_on: (kvm_regs, kvm_sregs),
     /// Instructions carried out for KVM (see [`super::iret`]).
     assists: u64,
@@ -251,7 +253,7 @@ impl KvmVcpu {
         self.regs.get_mut().insert(r)
     }
 
-    fn sregs(&self) -> kvm_sregs {
+    pub(super) fn sregs(&self) -> kvm_sregs {
         if let Some(s) = *self.sregs.borrow() {
             return s;
         }
@@ -267,7 +269,7 @@ impl KvmVcpu {
         }
     }
 
-    fn fpu(&self) -> kvm_fpu {
+    pub(super) fn fpu(&self) -> kvm_fpu {
         if let Some(f) = *self.fpu.borrow() {
             return f;
         }
@@ -284,7 +286,7 @@ impl KvmVcpu {
     }
 
     /// Write back what the exit loop changed.
-    fn flush(&mut self) -> Result<(), (&'static str, i32)> {
+    pub(super) fn flush(&mut self) -> Result<(), (&'static str, i32)> {
         if self.regs_dirty {
             if let Some(r) = *self.regs.get_mut() {
                 self.vcpu
@@ -310,7 +312,7 @@ impl KvmVcpu {
         Ok(())
     }
 
-    fn forget_registers(&mut self) {
+    pub(super) fn forget_registers(&mut self) {
         *self.regs.get_mut() = None;
         *self.sregs.get_mut() = None;
         *self.fpu.get_mut() = None;
@@ -376,7 +378,7 @@ impl KvmVcpu {
 
     /// Complete a pending port or MMIO exit without running the guest
     /// (KVM_RUN with immediate_exit), so that state can be replaced.
-    fn complete_pending_io(&mut self) {
+    pub(super) fn complete_pending_io(&mut self) {
         self.vcpu.set_kvm_immediate_exit(1);
         let _ = self.vcpu.run();
         self.vcpu.set_kvm_immediate_exit(0);
@@ -567,12 +569,38 @@ impl VcpuBackend for KvmVcpu {
     }
 
     fn backend_msr(&self, msr: u32) -> Option<u64> {
-        (msr == vmm_core::vcpu::MSR_EFER).then(|| self.sregs().efer)
+        if msr == vmm_core::vcpu::MSR_EFER {
+            return Some(self.sregs().efer);
+        }
+        if !vmm_core::vcpu::PASS_THROUGH.contains(&msr) {
+            return None;
+        }
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: msr,
+            ..Default::default()
+        }])
+        .ok()?;
+        match self.vcpu.get_msrs(&mut msrs) {
+            Ok(1) => msrs.as_slice().first().map(|e| e.data),
+            _ => None,
+        }
     }
 
     fn set_backend_msr(&mut self, msr: u32, value: u64) -> bool {
         if msr != vmm_core::vcpu::MSR_EFER {
-            return false;
+            if !vmm_core::vcpu::PASS_THROUGH.contains(&msr)
+                || !vmm_core::vcpu::pass_through_value_valid(msr, value)
+            {
+                return false;
+            }
+            let Ok(msrs) = Msrs::from_entries(&[kvm_msr_entry {
+                index: msr,
+                data: value,
+                ..Default::default()
+            }]) else {
+                return false;
+            };
+            return matches!(self.vcpu.set_msrs(&msrs), Ok(1));
         }
         let mut s = self.sregs();
         s.efer = value;
@@ -599,6 +627,11 @@ impl VcpuBackend for KvmVcpu {
         self.run.set_u8(run_page::REQUEST_INTERRUPT_WINDOW, 0);
         self.injected = false;
         self.stale_interrupt_state = true;
+        // The rest of the power-on state: x87 after FNINIT, MXCSR 0x1F80,
+        // XCR0 1, debug registers, the pass-through MSRs and the TSC at 0.
+        if let Err(e) = super::state::power_on_extras(self) {
+            log::warn!("KVM reset: {e}");
+        }
     }
 
     fn request_interrupt_window(&mut self, on: bool) {
@@ -617,7 +650,7 @@ fn kvm_segment_of(s: &vmm_bios::entry::Segment) -> kvm_segment {
     ))
 }
 
-fn segment_of(s: &kvm_segment) -> SegmentRegister {
+pub(super) fn segment_of(s: &kvm_segment) -> SegmentRegister {
     let present = s.present != 0 && s.unusable == 0;
     let attributes = u16::from(s.type_ & 0xf)
         | (u16::from(s.s & 1) << 4)
@@ -631,7 +664,7 @@ fn segment_of(s: &kvm_segment) -> SegmentRegister {
 }
 
 /// KVM's form of a segment register.
-fn kvm_segment_from(s: &SegmentRegister) -> kvm_segment {
+pub(super) fn kvm_segment_from(s: &SegmentRegister) -> kvm_segment {
     let a = s.attributes;
     let bit = |n: u16| ((a >> n) & 1) as u8;
     kvm_segment {

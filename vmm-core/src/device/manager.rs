@@ -714,7 +714,21 @@ impl DeviceManager {
         sr.restore_state(&mut context(env, id), saved.version, &saved.bytes)
     }
 
+    /// Call [`Device::after_reset`] of device `id`.
+    pub(crate) fn after_reset(&mut self, env: DispatchEnv<'_>, id: DeviceId) {
+        if let Some(dev) = self.devices.get_mut(id.0 as usize) {
+            dev.after_reset(&mut context(env, id));
+        }
+    }
+
+    /// How many devices there are (ids `0..count`).
+    pub fn count(&self) -> usize {
+        self.devices.len()
+    }
+
     /// Reset every device to its power-on state. Claims stay as they are.
+    /// (A VM resets through [`crate::vm::Vm::reset_devices`], which also
+    /// lets each device tell the VM about its power-on state.)
     pub fn reset_all(&mut self) {
         for dev in &mut self.devices {
             dev.reset();

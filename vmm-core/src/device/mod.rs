@@ -150,6 +150,13 @@ pub trait Device: Any + Send {
 
     /// Return to the power-on state (the VM is being reset).
     fn reset(&mut self) {}
+
+    /// Called right after [`Device::reset`] of every device, with a
+    /// context: a device whose power-on state the VM must hear about (the
+    /// host bridge's memory map: shadow BIOS back to ROM) tells it here.
+    fn after_reset(&mut self, ctx: &mut DeviceContext<'_>) {
+        let _ = ctx;
+    }
 }
 
 /// Port-I/O access to a device. `port` says where in which claimed range

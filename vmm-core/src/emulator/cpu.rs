@@ -70,7 +70,7 @@ impl Segment {
 /// `attributes` uses the packed SVM VMCB layout: bits 3:0 type, 4 S, 6:5
 /// DPL, 7 P, 8 AVL, 9 L, 10 D/B, 11 G. `limit` is the byte-granular limit
 /// (already scaled by G), as in the VMCB and VMCS.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SegmentRegister {
     /// The visible selector.
     pub selector: u16,
@@ -156,7 +156,7 @@ impl SegmentRegister {
 }
 
 /// A descriptor-table register (GDTR, IDTR): base and byte limit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DescriptorTable {
     /// The linear base address.
     pub base: u64,

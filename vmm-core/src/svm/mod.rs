@@ -15,6 +15,7 @@ pub mod consistency;
 mod exit_code;
 mod instructions;
 mod shadow;
+mod state;
 mod vmcb;
 
 pub use exit_code::ExitCode;
@@ -227,6 +228,8 @@ pub struct SvmVcpu {
     /// before it (a trap the guest asked for is its own; otherwise DR6 is
     /// put back).
     iret_step: Option<(bool, u64)>,
+    /// The guest's DR0-DR3 (VMRUN does not switch them).
+    debug: crate::debug_registers::GuestDebugRegisters,
 }
 
 impl SvmVcpu {
@@ -265,6 +268,7 @@ impl SvmVcpu {
             nmi_masked: false,
             iret_rip: None,
             iret_step: None,
+            debug: Default::default(),
         };
         me.vmcb.write_u64(offset::IOPM_BASE, iopm_pa);
         me.vmcb.write_u64(offset::MSRPM_BASE, msrpm_pa);
@@ -756,6 +760,7 @@ impl VcpuBackend for SvmVcpu {
             }
             let watched = self.watch_delivery();
             self.xstate.switch_to_guest(vm.host().current_cpu());
+            self.debug.load(false);
             // SAFETY: SVM was enabled by `Svm::enable` (required to build
             // this vCPU); the VMCB is ours, its nested tables map only this
             // VM's memory, its permission maps intercept every MSR and every
@@ -764,6 +769,7 @@ impl VcpuBackend for SvmVcpu {
             // host handles the interrupts it unmasks (see
             // `instructions::vmrun`).
             unsafe { instructions::vmrun(pa, &mut self.gprs) };
+            self.debug.save(false);
             self.xstate.switch_to_host();
             self.vmcb.write_u8(offset::TLB_CONTROL, 0);
             self.vmcb.write_u64(offset::EVENT_INJ, 0);
@@ -915,7 +921,7 @@ impl VcpuBackend for SvmVcpu {
                 self.shadow_efer()
                     .unwrap_or(self.vmcb.read_u64(offset::EFER) & !EFER_SVME),
             ),
-            _ => None,
+            _ => self.vmcb_msr(msr),
         }
     }
 
@@ -935,12 +941,14 @@ impl VcpuBackend for SvmVcpu {
                     Err(_) => false,
                 }
             }
-            _ => false,
+            _ => self.set_vmcb_msr(msr, value),
         }
     }
 
     fn reset(&mut self) {
         self.vmcb.set_reset_state();
+        self.reset_vmcb_extras();
+        self.debug = Default::default();
         self.nmi_masked = false;
         self.iret_rip = None;
         self.end_iret_step();

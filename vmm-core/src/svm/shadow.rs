@@ -77,7 +77,7 @@ impl ShadowState {
 /// The CR4 bits a guest may set: the architectural basics, plus what the
 /// host CPU has of OSXSAVE, FSGSBASE, SMEP, SMAP and UMIP (the hardware
 /// runs with them). PCIDE, LA57, PKE and VMXE are refused.
-fn cr4_allowed() -> u64 {
+pub(super) fn cr4_allowed() -> u64 {
     let mut allowed = 0x7ff; // VME..OSXMMEXCPT
     let leaf1 = core::arch::x86_64::__cpuid(1);
     if leaf1.ecx & (1 << 26) != 0 {
@@ -411,6 +411,19 @@ impl SvmVcpu {
     pub(super) fn shadow_guest_wrote(&mut self, gpa: u64, len: u64) {
         if let Some(s) = self.shadow.as_mut() {
             s.pager.guest_wrote(gpa, len);
+        }
+    }
+
+    /// Take the guest's paging registers from a restored state (already
+    /// checked): every shadow tree is dropped and rebuilt for them.
+    pub(super) fn shadow_set_registers(&mut self, r: &crate::vcpu::SystemRegisters) {
+        if let Some(s) = self.shadow.as_mut() {
+            s.cr0 = r.cr0;
+            s.cr3 = r.cr3;
+            s.cr4 = r.cr4;
+            s.efer = r.efer;
+            s.injected_cr2 = r.cr2;
+            s.pager.flush_all();
         }
     }
 

@@ -6,6 +6,7 @@
 //! through the emulator, CPUID, HLT) and into events injected back into the
 //! guest, until the VM stops or its time slice ends.
 
+mod arch;
 mod cpuid;
 mod delivery;
 mod emulation;
@@ -15,6 +16,11 @@ mod run_loop;
 mod state;
 mod watchdog;
 
+pub use arch::{
+    check_debug_registers, check_event_state, check_system_registers, check_xsave_image, ArchState,
+    ArchStateError, DebugRegisters, EventKind, EventState, InterruptShadow, PendingEvent,
+    StateLimits, SystemRegisters, XsaveImage, XSAVE_LEGACY_SIZE, XSAVE_MIN_SIZE,
+};
 pub use cpuid::{
     guest_cpuid, guest_cpuid_for, missing_features, CpuModel, CpuidResult, UnknownCpuModel,
     HYPERVISOR_VENDOR, KVM_FEATURE_CLOCKSOURCE2, KVM_FEATURE_CLOCKSOURCE_STABLE_BIT,
@@ -25,12 +31,12 @@ pub use emulation::emulation_stop_reason;
 pub use exit::{AccessTarget, ControlAccess, DeviceAccess, Exit, ExitError};
 pub(crate) use msr::host_tsc as msr_host_tsc;
 pub use msr::{
-    apic_base_write, pvclock_scale, MsrFile, MsrFileState, APIC_BASE_BSP, APIC_BASE_ENABLE,
-    MCE_BANKS, MCG_CAP_VALUE, MSR_APIC_BASE, MSR_EFER, MSR_KVM_SYSTEM_TIME_NEW,
+    apic_base_write, pass_through_value_valid, pvclock_scale, MsrFile, MsrFileState, APIC_BASE_BSP,
+    APIC_BASE_ENABLE, MCE_BANKS, MCG_CAP_VALUE, MSR_APIC_BASE, MSR_EFER, MSR_KVM_SYSTEM_TIME_NEW,
     MSR_KVM_WALL_CLOCK_NEW, MSR_TSC, PASS_THROUGH,
 };
 pub use run_loop::{run, RunOutcome, Slice};
-pub use state::{NotApplied, SegmentState, VcpuState, VCPU_STATE_VERSION};
+pub use state::{move_state, SegmentState, VcpuState, VCPU_STATE_VERSION};
 pub use watchdog::{Watchdog, NO_PROGRESS_LIMIT};
 
 /// No interrupt controller: for guests that never take interrupts.

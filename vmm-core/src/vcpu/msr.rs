@@ -81,6 +81,19 @@ pub const PASS_THROUGH: [u32; 11] = [
     x86::msr::IA32_KERNEL_GSBASE,
 ];
 
+/// Whether WRMSR takes `value` for `msr` of [`PASS_THROUGH`]: PAT with
+/// valid memory types only, SFMASK with bits 63:32 clear, the address MSRs
+/// canonical, STAR and SYSENTER_CS anything.
+pub fn pass_through_value_valid(msr: u32, value: u64) -> bool {
+    let canonical = ((value as i64) << 16 >> 16) as u64 == value;
+    match msr {
+        x86::msr::IA32_PAT => (0..8).all(|i| matches!((value >> (8 * i)) & 0xff, 0 | 1 | 4..=7)),
+        x86::msr::IA32_FMASK => value >> 32 == 0,
+        x86::msr::IA32_STAR | x86::msr::IA32_SYSENTER_CS => true,
+        _ => canonical,
+    }
+}
+
 /// IA32_MISC_ENABLE (Intel): Linux reads it on Intel CPUs before it has
 /// an IDT (verify_cpu clears XD-disable), so it must not #GP.
 pub const MSR_MISC_ENABLE: u32 = x86::msr::IA32_MISC_ENABLE;
@@ -317,6 +330,14 @@ impl MsrFile {
 }
 
 impl MsrFile {
+    /// Back to the power-on values (the VM is being reset): MTRRs off,
+    /// kvmclock MSRs unset; the wall-clock epoch stays.
+    pub fn reset(&mut self) {
+        self.mtrr_def_type = 0;
+        self.kvm_wall_clock = 0;
+        self.kvm_system_time = 0;
+    }
+
     /// MSRs for a guest whose wall clock read `unix_seconds` when the
     /// host's clock (`Host::now_ns`) read zero: what kvmclock reports as
     /// the boot time. Give the same epoch as the guest's RTC.

@@ -267,8 +267,9 @@ pub fn run<B: VcpuBackend>(
         }
         if vm.take_reset_request() {
             log::info!("VM {}: reset", vm.id().0);
-            vm.devices_mut().reset_all();
+            vm.reset_devices();
             vcpu.reset();
+            msrs.reset();
             halted = None;
             // The local APIC's registers are back at their power-on
             // address: so is their window, if the guest moved it.
@@ -470,6 +471,10 @@ pub fn run<B: VcpuBackend>(
             Exit::NmiWindow => {}
             Exit::VirtInstruction => {
                 vcpu.inject(Event::Exception(Exception::InvalidOpcode));
+            }
+            Exit::Shutdown if vm.triple_fault_resets() => {
+                log::info!("VM {}: triple fault: the machine resets", vm.id().0);
+                vm.request_reset();
             }
             Exit::Shutdown => vm.stop(StopReason::TripleFault),
             Exit::Preempted => return RunOutcome::SliceEnded,

@@ -1,36 +1,36 @@
-//! A vCPU's architectural state as versioned plain data, captured and
-//! applied through the backend-neutral traits ([`crate::emulator::CpuState`],
-//! [`VcpuBackend`]) so that SVM, VMX and KVM vCPUs can be saved.
+//! A vCPU's whole architectural state as versioned plain data, captured
+//! and applied through the backend-neutral traits ([`crate::emulator::CpuState`],
+//! [`VcpuBackend`], [`ArchState`]) so that SVM, VMX and KVM vCPUs can be
+//! saved, and restored on a fresh vCPU of any backend.
 //!
-//! Captured: the 16 general registers, RIP, RFLAGS, the six segment
-//! registers with their hidden parts (base, limit, attributes), CR0, CR3,
-//! CR4 and EFER, XMM0-15 and the upper YMM halves, MXCSR, XCR0 and PKRU
-//! where the backend keeps extended state, the MSRs of [`PASS_THROUGH`]
-//! the backend holds (SYSENTER, PAT, STAR/LSTAR/CSTAR/SFMASK, FS/GS and
-//! kernel GS base), the TSC offset, and the [`MsrFile`]'s emulated MSRs.
+//! Held: the 16 general registers, RIP, RFLAGS, the system registers
+//! (segments with their hidden parts, LDTR, TR, GDTR, IDTR, CR0, CR2, CR3,
+//! CR4, CR8, EFER), DR0-3, DR6, DR7, the whole x87/SSE/AVX image with
+//! MXCSR and XCR0, the event state (an injected event not yet delivered,
+//! the interrupt shadow, NMI blocking), the MSRs of [`PASS_THROUGH`] the
+//! backend holds (SYSENTER, PAT, STAR/LSTAR/CSTAR/SFMASK, FS/GS and kernel
+//! GS base), the TSC offset, and the [`MsrFile`]'s emulated MSRs.
 //!
-//! Applied: what the traits can set: general registers, RIP, RFLAGS, XMM
-//! and YMM, EFER and the backend MSRs (`set_backend_msr`, which checks
-//! them), the TSC offset, the `MsrFile`. The traits have no setter for
-//! segments and control registers; [`VcpuState::apply`] reports them in
-//! [`NotApplied`] when they differ from the vCPU's, for the backend-specific
-//! code that writes the VMCB, VMCS or KVM_SET_SREGS to finish.
+//! Everything is applied; every setter checks its values first, so a
+//! state the vCPU would refuse at entry is a [`StateError::Invalid`] that
+//! names the part. The TSC offset is applied where the backend offsets the
+//! TSC (SVM, VMX); elsewhere the guest's TSC goes on from the host's.
 //!
-//! Backend-specific and not here: CR2, CR8/TPR (the local APIC's TPR is in
-//! its device state), GDTR/IDTR/LDTR/TR, DR0-7, the x87 registers and the
-//! XSAVE area beyond XMM/YMM (MXCSR is captured, not set), the pending
-//! event and interrupt shadow, NMI blocking (the backends expose only
-//! `interrupts_open`/`nmis_open`), and SVM's/VMX's nested-paging or shadow
-//! state (rebuilt from the memory map and CR3).
+//! Not here: SVM's/VMX's nested-paging or shadow state (rebuilt from the
+//! memory map and CR3), and the local APIC's TPR where CR8 is the emulated
+//! APIC's (it is in the device state).
 
-use super::{MsrFile, MsrFileState, VcpuBackend, PASS_THROUGH};
+use super::arch::{
+    ArchState, ArchStateError, DebugRegisters, EventState, SystemRegisters, XsaveImage,
+};
+use super::{MsrFile, MsrFileState, PASS_THROUGH};
 use crate::device::save_restore::{self, StateError};
-use crate::emulator::{Segment, SegmentRegister};
+use crate::emulator::SegmentRegister;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 /// Format version of [`VcpuState`].
-pub const VCPU_STATE_VERSION: u32 = 1;
+pub const VCPU_STATE_VERSION: u32 = 2;
 
 /// One segment register, hidden part included.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,26 +65,14 @@ pub struct VcpuState {
     pub rip: u64,
     /// RFLAGS.
     pub rflags: u64,
-    /// ES, CS, SS, DS, FS, GS.
-    pub segments: [SegmentState; 6],
-    /// CR0.
-    pub cr0: u64,
-    /// CR3.
-    pub cr3: u64,
-    /// CR4.
-    pub cr4: u64,
-    /// IA32_EFER.
-    pub efer: u64,
-    /// XMM0-15.
-    pub xmm: [u128; 16],
-    /// Bits 255:128 of YMM0-15, where the vCPU has AVX.
-    pub ymm_upper: Option<[u128; 16]>,
-    /// XCR0, where the backend keeps extended state.
-    pub xcr0: Option<u64>,
-    /// MXCSR, where the backend keeps extended state.
-    pub mxcsr: Option<u32>,
-    /// PKRU.
-    pub pkru: u32,
+    /// Segments, descriptor tables, control registers, EFER.
+    pub system: SystemRegisters,
+    /// DR0-3, DR6, DR7.
+    pub debug: DebugRegisters,
+    /// The x87/SSE/AVX registers and XCR0.
+    pub xsave: XsaveImage,
+    /// The pending event, interrupt shadow and NMI blocking.
+    pub events: EventState,
     /// The backend's MSRs of [`PASS_THROUGH`] it has, as (index, value).
     pub backend_msrs: Vec<(u32, u64)>,
     /// The TSC offset.
@@ -93,38 +81,26 @@ pub struct VcpuState {
     pub msr_file: MsrFileState,
 }
 
-/// What [`VcpuState::apply`] could not set through the traits because the
-/// vCPU's value differs: the backend-specific restore sets these.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NotApplied {
-    /// Some segment register differs.
-    pub segments: bool,
-    /// CR0, CR3 or CR4 differs.
-    pub control: bool,
-    /// The TSC offset differs and the backend cannot offset.
-    pub tsc_offset: bool,
-}
-
 impl VcpuState {
-    /// Read `vcpu` and `msrs`.
-    pub fn capture<B: VcpuBackend>(vcpu: &B, msrs: &MsrFile) -> Self {
-        let control = vcpu.control();
-        let ymm: Option<Vec<u128>> = (0..16).map(|i| vcpu.ymm_upper(i)).collect();
-        let ext = vcpu.extended_state();
+    /// Read `vcpu` and `msrs`. The vCPU is settled first
+    /// ([`ArchState::settle`]), so a device read it has not yet handed to
+    /// the guest is in the registers.
+    pub fn capture<B: ArchState>(vcpu: &mut B, msrs: &MsrFile) -> Result<Self, StateError> {
+        vcpu.settle()
+            .map_err(|_| StateError::Invalid { field: "settle" })?;
+        Ok(Self::read(vcpu, msrs))
+    }
+
+    /// Read `vcpu` and `msrs` as they are (see [`VcpuState::capture`]).
+    pub fn read<B: ArchState>(vcpu: &B, msrs: &MsrFile) -> Self {
         Self {
             gprs: core::array::from_fn(|i| vcpu.gpr(i)),
             rip: vcpu.rip(),
             rflags: vcpu.rflags(),
-            segments: Segment::ALL.map(|s| vcpu.segment(s).into()),
-            cr0: control.cr0,
-            cr3: control.cr3,
-            cr4: control.cr4,
-            efer: control.efer,
-            xmm: core::array::from_fn(|i| vcpu.xmm(i)),
-            ymm_upper: ymm.and_then(|v| v.try_into().ok()),
-            xcr0: vcpu.xcr0().or(ext.map(|e| e.xcr0())),
-            mxcsr: ext.map(|e| e.mxcsr()),
-            pkru: vcpu.pkru(),
+            system: vcpu.system_registers(),
+            debug: vcpu.debug_registers(),
+            xsave: vcpu.xsave_image(),
+            events: vcpu.event_state(),
             backend_msrs: PASS_THROUGH
                 .iter()
                 .filter_map(|&m| vcpu.backend_msr(m).map(|v| (m, v)))
@@ -134,52 +110,44 @@ impl VcpuState {
         }
     }
 
-    /// Set what the traits can set (see the module documentation); report
-    /// what differs and they cannot. A value the backend refuses (EFER, an
-    /// MSR) is [`StateError::Invalid`]; registers set before it stay set,
-    /// so the caller discards the vCPU then.
-    pub fn apply<B: VcpuBackend>(
-        &self,
-        vcpu: &mut B,
-        msrs: &mut MsrFile,
-    ) -> Result<NotApplied, StateError> {
+    /// Set everything on `vcpu` and `msrs`. A value the vCPU refuses is
+    /// [`StateError::Invalid`] naming the part; parts set before it stay
+    /// set, so the caller discards the vCPU then.
+    pub fn apply<B: ArchState>(&self, vcpu: &mut B, msrs: &mut MsrFile) -> Result<(), StateError> {
+        let invalid = |field| {
+            move |e: ArchStateError| {
+                log::warn!("vCPU state refused: {field}: {e}; {self:x?}");
+                StateError::Invalid { field }
+            }
+        };
         if !msrs.set_state(self.msr_file) {
             return Err(StateError::Invalid {
                 field: "mtrr default type",
             });
         }
-        if !vcpu.set_backend_msr(super::MSR_EFER, self.efer) && vcpu.control().efer != self.efer {
-            return Err(StateError::Invalid { field: "efer" });
+        vcpu.settle().map_err(invalid("settle"))?;
+        // RFLAGS first: the event state is checked against it.
+        for (i, v) in self.gprs.iter().enumerate() {
+            vcpu.set_gpr(i, *v);
         }
+        vcpu.set_rflags(self.rflags);
+        vcpu.set_system_registers(&self.system)
+            .map_err(invalid("system registers"))?;
         for &(msr, value) in &self.backend_msrs {
             if !PASS_THROUGH.contains(&msr) || !vcpu.set_backend_msr(msr, value) {
                 return Err(StateError::Invalid { field: "msr" });
             }
         }
-        for (i, v) in self.gprs.iter().enumerate() {
-            vcpu.set_gpr(i, *v);
-        }
+        vcpu.set_debug_registers(&self.debug)
+            .map_err(invalid("debug registers"))?;
+        vcpu.set_xsave_image(&self.xsave)
+            .map_err(invalid("extended state"))?;
+        // RIP before the event state: moving RIP ends an interrupt shadow.
         vcpu.set_rip(self.rip);
-        vcpu.set_rflags(self.rflags);
-        for (i, v) in self.xmm.iter().enumerate() {
-            vcpu.set_xmm(i, *v);
-        }
-        if let Some(ymm) = &self.ymm_upper {
-            for (i, v) in ymm.iter().enumerate() {
-                vcpu.set_ymm_upper(i, *v);
-            }
-        }
-        let tsc_offset =
-            !vcpu.set_tsc_offset(self.tsc_offset) && vcpu.tsc_offset() != self.tsc_offset;
-        let control = vcpu.control();
-        Ok(NotApplied {
-            segments: Segment::ALL
-                .iter()
-                .zip(&self.segments)
-                .any(|(s, saved)| SegmentState::from(vcpu.segment(*s)) != *saved),
-            control: (control.cr0, control.cr3, control.cr4) != (self.cr0, self.cr3, self.cr4),
-            tsc_offset,
-        })
+        vcpu.set_event_state(&self.events)
+            .map_err(invalid("event state"))?;
+        vcpu.set_tsc_offset(self.tsc_offset);
+        Ok(())
     }
 
     /// Encode, for a snapshot's vCPU section (version
@@ -194,40 +162,229 @@ impl VcpuState {
     }
 }
 
+/// Move the whole state of vCPU `from` to vCPU `to` (of any backend,
+/// typically a fresh one that replaces `from`), through the encoded form a
+/// snapshot stores: capture, encode, decode, scramble `to`'s general
+/// registers (so nothing it held before survives by accident), apply.
+/// `msrs` is the MSR file both share. The state round trip of the hosts'
+/// `state_roundtrip` debug option; on an error `to` is unusable.
+pub fn move_state<A: ArchState, B: ArchState>(
+    from: &mut A,
+    to: &mut B,
+    msrs: &mut MsrFile,
+) -> Result<(), StateError> {
+    let state = VcpuState::capture(from, msrs)?;
+    let state = VcpuState::from_bytes(VCPU_STATE_VERSION, &state.to_bytes()?)?;
+    for i in 0..16 {
+        to.set_gpr(i, 0xdead_0000_0000_0000 | i as u64);
+    }
+    to.set_rip(0xdead_beef);
+    state.apply(to, msrs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::{CpuState, RegisterFile};
+    use crate::emulator::{CpuState, DescriptorTable, RegisterFile, Segment};
     use crate::test_host::ReplayVcpu;
+    use crate::vcpu::{EventKind, InterruptShadow, PendingEvent};
 
-    #[test]
-    fn capture_apply_round_trip_through_the_traits() {
-        let mut a = ReplayVcpu::new(RegisterFile::default(), Vec::new());
+    /// A vCPU in 64-bit mode with every part of its state away from the
+    /// power-on values.
+    fn busy_vcpu() -> ReplayVcpu {
+        let mut regs = RegisterFile::long_mode(0x1000);
+        regs.gdtr = DescriptorTable {
+            base: 0xffff_8000_0010_0000,
+            limit: 0x7f,
+        };
+        let mut a = ReplayVcpu::new(regs, Vec::new());
         for i in 0..16 {
             a.set_gpr(i, 0x1111 * i as u64 + 7);
             a.set_xmm(i, u128::from(i as u64) << 70 | 3);
+            a.regs.ymm_upper[i] = u128::from(i as u64 + 1) << 90;
         }
-        a.set_rip(0xfff0);
+        a.set_rip(0xffff_ffff_8100_0000);
         a.set_rflags(0x246);
+        a.arch.ldtr = SegmentRegister::new(0x18, 0xffff_8000_0020_0000, 0x27, 0x82);
+        a.arch.tr = SegmentRegister::new(0x40, 0xffff_8000_0030_0000, 0x67, 0x8b);
+        a.arch.idtr = DescriptorTable {
+            base: 0xffff_ffff_ff57_b000,
+            limit: 0xfff,
+        };
+        a.arch.cr2 = 0x7fff_dead_b000;
+        a.arch.cr8 = 0xa;
+        a.arch.debug = DebugRegisters {
+            dr: [0x1000, 0x2000, 0xffff_8000_0000_0000, 0x4000],
+            dr6: 0xffff_4ff1,
+            dr7: 0x0f0f_0403,
+        };
+        a.arch.events = EventState {
+            pending: Some(PendingEvent {
+                kind: EventKind::Exception,
+                vector: 13,
+                error_code: Some(0x18),
+                instruction_length: 0,
+            }),
+            interrupt_shadow: InterruptShadow::Sti,
+            nmi_blocked: true,
+        };
+        // x87: FCW, FSW, a register's bytes; MXCSR with DAZ.
+        a.arch.xsave[0..2].copy_from_slice(&0x027fu16.to_le_bytes());
+        a.arch.xsave[2..4].copy_from_slice(&0x3800u16.to_le_bytes());
+        a.arch.xsave[32..42].copy_from_slice(&[9; 10]);
+        a.arch.xsave[24..28].copy_from_slice(&0x1fc0u32.to_le_bytes());
+        a
+    }
+
+    #[test]
+    fn capture_apply_capture_gives_the_same_state() {
+        let mut a = busy_vcpu();
         let msrs = MsrFile::with_wall_clock(1_700_000_000);
-        let state = VcpuState::capture(&a, &msrs);
+        let state = VcpuState::capture(&mut a, &msrs).unwrap();
+        assert_eq!(state.system.cr2, 0x7fff_dead_b000);
+        assert_eq!(state.system.ldtr.selector, 0x18);
+        assert_eq!(state.debug.dr[2], 0xffff_8000_0000_0000);
+        assert_eq!(state.xsave.mxcsr(), 0x1fc0);
+        assert_eq!(state.xsave.xcr0, 7);
         let bytes = state.to_bytes().unwrap();
         let back = VcpuState::from_bytes(VCPU_STATE_VERSION, &bytes).unwrap();
         assert_eq!(back, state);
-        let mut b = ReplayVcpu::new(RegisterFile::default(), Vec::new());
+        // A fresh vCPU in its power-on state takes all of it.
+        let mut b = ReplayVcpu::new(RegisterFile::real_mode(), Vec::new());
         let mut msrs_b = MsrFile::default();
-        let left = back.apply(&mut b, &mut msrs_b).unwrap();
-        assert_eq!(VcpuState::capture(&b, &msrs_b), state);
-        assert!(!left.control);
+        back.apply(&mut b, &mut msrs_b).unwrap();
+        assert_eq!(VcpuState::capture(&mut b, &msrs_b).unwrap(), state);
         assert_eq!(b.gpr(3), 0x1111 * 3 + 7);
         assert_eq!(b.xmm(5), 5u128 << 70 | 3);
+        assert_eq!(b.regs.ymm_upper[5], 6u128 << 90);
+        assert_eq!(b.segment(Segment::Cs), a.segment(Segment::Cs));
+        let arch = |v: &ReplayVcpu| {
+            let t = &v.arch;
+            (t.ldtr, t.tr, t.idtr, t.cr2, t.cr8, t.debug, t.events)
+        };
+        assert_eq!(arch(&b), arch(&a));
+        assert_eq!(b.arch.xsave[32..42], [9; 10]);
         // Hostile bytes: errors, never panics.
         for n in 0..bytes.len() {
             assert!(VcpuState::from_bytes(VCPU_STATE_VERSION, &bytes[..n]).is_err());
         }
-        assert!(VcpuState::from_bytes(2, &bytes).is_err());
-        let mut bad = back.clone();
-        bad.msr_file.mtrr_def_type = 1 << 20;
-        assert!(bad.apply(&mut b, &mut msrs_b).is_err());
+        assert!(VcpuState::from_bytes(1, &bytes).is_err());
+    }
+
+    #[test]
+    fn invalid_states_are_refused_naming_the_part() {
+        let mut a = busy_vcpu();
+        let good = VcpuState::capture(&mut a, &MsrFile::default()).unwrap();
+        type Breaker = fn(&mut VcpuState);
+        let cases: [(&str, Breaker); 17] = [
+            ("system registers", |s| s.system.cr0 &= !1),
+            ("system registers", |s| s.system.cr0 |= 1 << 32),
+            ("system registers", |s| {
+                s.system.cr0 = (s.system.cr0 & !(1 << 30)) | 1 << 29
+            }),
+            ("system registers", |s| s.system.efer &= !(1 << 10)),
+            ("system registers", |s| s.system.cr4 &= !(1 << 5)),
+            ("system registers", |s| s.system.cr8 = 16),
+            ("system registers", |s| s.system.cr3 = 1 << 50),
+            ("system registers", |s| s.system.tr.attributes = 0x93),
+            ("system registers", |s| {
+                s.system.segments[1].attributes |= 1 << 10
+            }),
+            ("system registers", |s| s.system.idtr.base = 1 << 50),
+            ("debug registers", |s| s.debug.dr7 |= 1 << 40),
+            ("debug registers", |s| s.debug.dr[0] = 1 << 50),
+            ("extended state", |s| s.xsave.xcr0 = 6),
+            ("extended state", |s| s.xsave.area.truncate(600)),
+            ("extended state", |s| s.xsave.area[26] = 1),
+            ("event state", |s| {
+                s.events.pending.as_mut().unwrap().vector = 40;
+            }),
+            ("event state", |s| s.rflags &= !(1 << 9)),
+        ];
+        for (field, breaker) in cases {
+            let mut bad = good.clone();
+            breaker(&mut bad);
+            let mut b = ReplayVcpu::new(RegisterFile::real_mode(), Vec::new());
+            assert_eq!(
+                bad.apply(&mut b, &mut MsrFile::default()),
+                Err(StateError::Invalid { field }),
+                "{bad:?}"
+            );
+        }
+        // An error code in real mode, an interrupt while IF is clear or in
+        // a shadow, an NMI while NMIs are blocked, INT n without a length.
+        let real_cr0 = 0x6000_0010;
+        let refused = [
+            (
+                EventKind::Exception,
+                13,
+                Some(0),
+                0,
+                InterruptShadow::None,
+                false,
+                real_cr0,
+            ),
+            (
+                EventKind::ExternalInterrupt,
+                0x20,
+                None,
+                0,
+                InterruptShadow::Sti,
+                false,
+                0x11,
+            ),
+            (
+                EventKind::Nmi,
+                2,
+                None,
+                0,
+                InterruptShadow::None,
+                true,
+                0x11,
+            ),
+            (
+                EventKind::SoftwareInterrupt,
+                0x80,
+                None,
+                0,
+                InterruptShadow::None,
+                false,
+                0x11,
+            ),
+            (
+                EventKind::SoftwareException,
+                13,
+                None,
+                1,
+                InterruptShadow::None,
+                false,
+                0x11,
+            ),
+        ];
+        for (kind, vector, error_code, len, shadow, nmi_blocked, cr0) in refused {
+            let e = EventState {
+                pending: Some(PendingEvent {
+                    kind,
+                    vector,
+                    error_code,
+                    instruction_length: len,
+                }),
+                interrupt_shadow: shadow,
+                nmi_blocked,
+            };
+            assert!(
+                crate::vcpu::check_event_state(&e, 0x202, cr0).is_err(),
+                "{e:?}"
+            );
+        }
+        // A refused setter changes nothing.
+        let before = VcpuState::read(&a, &MsrFile::default());
+        let mut sys = before.system;
+        sys.cr8 = 99;
+        assert!(a.set_system_registers(&sys).is_err());
+        let mut x = before.xsave.clone();
+        x.xcr0 = 0;
+        assert!(a.set_xsave_image(&x).is_err());
+        assert_eq!(VcpuState::read(&a, &MsrFile::default()), before);
     }
 }

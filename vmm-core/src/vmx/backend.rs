@@ -22,15 +22,26 @@ impl VcpuBackend for VmxVcpu {
             return Exit::Error(e);
         }
         self.sync_io_bitmaps(vm);
+        if self.pdptes_stale {
+            self.pdptes_stale = false;
+            if self.load_pdptes(vm).is_err() {
+                log::debug!("restored PAE PDPTEs are invalid: the guest gets #GP");
+                self.inject_event(Event::Exception(
+                    crate::emulator::Exception::GeneralProtection(0),
+                ));
+            }
+        }
         for _ in 0..MAX_INTERNAL_EXITS {
             self.load();
             self.xstate.switch_to_guest(vm.host().current_cpu());
+            self.debug.load(true);
             // SAFETY: VMX is on and our VMCS current; its host state is this
             // CPU's, HOST_RIP the exit path of `enter`; its EPT maps only
             // this VM's memory, its I/O bitmaps intercept every port but
             // the VM's pass-through ports and its MSR bitmap only lets
             // through MSRs the VMCS or its MSR areas switch.
             let entered = unsafe { instructions::enter(&mut self.gprs, self.launched) };
+            self.debug.save(true);
             self.xstate.switch_to_host();
             // A physical interrupt that ended the guest's run is taken now.
             instructions::take_pending_interrupts();
@@ -93,7 +104,7 @@ impl VcpuBackend for VmxVcpu {
     fn backend_msr(&self, msr: u32) -> Option<u64> {
         match msr {
             crate::vcpu::MSR_EFER => Some(self.read(fields::GUEST_IA32_EFER)),
-            _ => None,
+            _ => self.vmcs_msr(msr),
         }
     }
 
@@ -112,7 +123,7 @@ impl VcpuBackend for VmxVcpu {
                 self.write(fields::GUEST_IA32_EFER, (value & EFER_GUEST_WRITABLE) | lma);
                 true
             }
-            _ => false,
+            _ => self.set_vmcs_msr(msr, value),
         }
     }
 
@@ -177,6 +188,9 @@ impl VcpuBackend for VmxVcpu {
             self.msr_area.as_mut_slice()[i * 16 + 8..i * 16 + 16].fill(0);
         }
         self.xstate.reset();
+        self.debug = Default::default();
+        self.gprs.cr2 = 0;
+        self.pdptes_stale = false;
         // After RESET, EDX holds the processor signature.
         self.gprs = VmxGprs {
             rdx: core::arch::x86_64::__cpuid(1).eax.into(),

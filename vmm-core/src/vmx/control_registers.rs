@@ -37,7 +37,7 @@ impl VmxVcpu {
 
     /// Load the four PDPTEs from guest memory when the guest uses PAE paging
     /// outside long mode (with EPT, VM entry takes them from the VMCS).
-    fn load_pdptes(&self, vm: &Vm) -> Result<(), Exception> {
+    pub(super) fn load_pdptes(&self, vm: &Vm) -> Result<(), Exception> {
         let cr0 = self.guest_cr0();
         let cr4 = self.guest_cr4();
         let efer = self.read(fields::GUEST_IA32_EFER);

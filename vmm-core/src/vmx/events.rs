@@ -12,7 +12,7 @@ use crate::vcpu::Event;
 pub(super) const BLOCKING_STI_MOVSS: u64 = 0b11;
 /// Guest interruptibility: blocking by NMI (virtual-NMI blocking, since
 /// the pin controls include virtual NMIs).
-const BLOCKING_NMI: u64 = 1 << 3;
+pub(super) const BLOCKING_NMI: u64 = 1 << 3;
 /// Interruption-information valid bit.
 pub(super) const INFO_VALID: u64 = 1 << 31;
 /// Interruption-information "deliver error code" bit.

@@ -53,6 +53,7 @@ mod exits;
 pub mod fields;
 mod guest_state;
 mod instructions;
+mod state;
 mod vcpu;
 
 pub use capabilities::{CapabilityMsrs, Controls, MissingCapability};

@@ -45,6 +45,11 @@ pub struct VmxVcpu {
     pub(super) vpid: u16,
     /// The guest's x87/SSE/AVX registers and XCR0.
     pub(super) xstate: crate::xstate::ExtendedState,
+    /// The guest's DR0-DR3 and DR6 (VM entry does not switch them).
+    pub(super) debug: crate::debug_registers::GuestDebugRegisters,
+    /// The PDPTE fields must be reloaded from guest memory before the next
+    /// entry (the paging registers were restored).
+    pub(super) pdptes_stale: bool,
 }
 
 impl VmxVcpu {
@@ -88,6 +93,8 @@ impl VmxVcpu {
             vpid: vpid.max(1),
             xstate: crate::xstate::ExtendedState::new(vmx.xstate.clone())
                 .keep_host_state(vm.host().uses_extended_state()),
+            debug: Default::default(),
+            pdptes_stale: false,
         };
         // SAFETY: VMX is on (`vmx` exists); the region is ours, carries the
         // revision ID and is cleared before first use.

@@ -30,7 +30,7 @@ mod switch;
 
 pub use switch::prepare_host_cpu;
 
-use crate::vcpu::CpuidResult;
+use crate::vcpu::{check_xsave_image, ArchStateError, CpuidResult, XsaveImage, XSAVE_MIN_SIZE};
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -542,6 +542,60 @@ impl ExtendedState {
     /// MXCSR of the guest.
     pub fn mxcsr(&self) -> u32 {
         u32::from_le_bytes(self.guest.read(MXCSR_OFFSET))
+    }
+
+    /// The guest's registers and XCR0 as an [`XsaveImage`]: the standard
+    /// XSAVE layout, with the header (XSTATE_BV = x87 | SSE) added on a
+    /// CPU without XSAVE.
+    pub fn image(&self) -> XsaveImage {
+        let mut area: Vec<u8> = (0..self.model.area_size)
+            .map(|i| self.guest.byte(i))
+            .collect();
+        if !self.model.xsave {
+            area.resize(XSAVE_MIN_SIZE, 0);
+            area[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8]
+                .copy_from_slice(&(XCR0_X87 | XCR0_SSE).to_le_bytes());
+        }
+        XsaveImage {
+            xcr0: self.guest_xcr0,
+            area,
+        }
+    }
+
+    /// Take the guest's registers and XCR0 from `image`, checked as
+    /// [`check_xsave_image`] checks (XCR0 and the components it holds
+    /// within the model, the area long enough for them, the header and
+    /// MXCSR as XRSTOR takes them). Nothing changes on `Err`.
+    pub fn set_image(&mut self, image: &XsaveImage) -> Result<(), ArchStateError> {
+        let model = &self.model;
+        let valid_xcr0 = |x: u64| {
+            if model.xsave {
+                model.valid_xcr0(x)
+            } else {
+                x == XCR0_X87
+            }
+        };
+        let end = |i: u32| {
+            let c = model
+                .components
+                .get(i as usize)
+                .copied()
+                .unwrap_or_default();
+            (c.offset + c.size) as usize
+        };
+        check_xsave_image(image, valid_xcr0, model.guest_mask, end)?;
+        let len = if model.xsave {
+            model.area_size
+        } else {
+            LEGACY_SIZE
+        };
+        for i in 0..len {
+            self.guest
+                .set_byte(i, image.area.get(i).copied().unwrap_or(0));
+        }
+        self.guest_xcr0 = image.xcr0;
+        self.dirty = true;
+        Ok(())
     }
 }
 

@@ -232,3 +232,56 @@ fn xsetbv_checks_osxsave_then_cpl_then_the_value() {
     assert_eq!(state.xsetbv(0, 7, true, 0), Ok(()));
     assert_eq!(state.xcr0(), 7);
 }
+
+#[test]
+fn the_image_round_trips_and_bad_images_are_refused_unchanged() {
+    let model = XstateModel::from_cpuid(cpu(XSAVE, 0x7));
+    let mut a = ExtendedState::new(model.clone());
+    assert!(a.set_xcr(0, 7));
+    a.set_xmm(3, 0x1234);
+    a.set_ymm_upper(15, 0x5678);
+    let image = a.image();
+    assert_eq!(image.xcr0, 7);
+    assert_eq!(image.mxcsr(), MXCSR_INIT);
+    assert_eq!(image.xstate_bv(), XCR0_SSE | XCR0_AVX);
+    assert_eq!(image.area.len(), model.area_size());
+    let mut b = ExtendedState::new(model.clone());
+    b.set_image(&image).unwrap();
+    assert_eq!(b.image(), image);
+    assert_eq!(
+        (b.xcr0(), b.xmm(3), b.ymm_upper(15)),
+        (7, 0x1234, Some(0x5678))
+    );
+    let fresh = ExtendedState::new(model).image();
+    let refused = |f: fn(&mut XsaveImage)| {
+        let mut bad = image.clone();
+        f(&mut bad);
+        let mut c = ExtendedState::new(XstateModel::from_cpuid(cpu(XSAVE, 0x7)));
+        assert!(c.set_image(&bad).is_err(), "{:x?}", bad.xcr0);
+        assert_eq!(c.image(), fresh);
+    };
+    // XCR0 without x87, with AVX-512 the model lacks; AVX state beyond the
+    // area; a component the model lacks; XCOMP_BV set; reserved MXCSR.
+    refused(|x| x.xcr0 = 6);
+    refused(|x| x.xcr0 = 0xe7);
+    refused(|x| x.area.truncate(600));
+    refused(|x| x.area[512] |= 1 << 5);
+    refused(|x| x.area[527] = 0x80);
+    refused(|x| x.area[26] = 1);
+}
+
+#[test]
+fn an_fxsave_image_gets_a_header() {
+    let model = XstateModel::from_cpuid(cpu(0, 0));
+    let mut a = ExtendedState::new(model.clone());
+    a.set_xmm(0, 9);
+    let image = a.image();
+    assert_eq!(image.area.len(), 576);
+    assert_eq!(image.xstate_bv(), 3);
+    let mut b = ExtendedState::new(model);
+    b.set_image(&image).unwrap();
+    assert_eq!(b.xmm(0), 9);
+    let mut avx = image.clone();
+    avx.xcr0 = 7;
+    assert!(b.set_image(&avx).is_err());
+}

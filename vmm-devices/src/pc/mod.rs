@@ -39,7 +39,7 @@ use vmm_bios::seabios::{seabios_fw_cfg, SeabiosConfig};
 use vmm_core::device::{SavedDevice, StateError};
 use vmm_core::host::Host;
 use vmm_core::memory::{BlockId, GuestMemory};
-use vmm_core::vcpu::{self, MsrFile, RunOutcome, Slice, VcpuBackend};
+use vmm_core::vcpu::{self, ArchState, MsrFile, RunOutcome, Slice, VcpuBackend};
 use vmm_core::vm::Vm;
 
 /// The least RAM a PC takes: the low 1 MiB and room for the firmware's
@@ -144,6 +144,8 @@ impl Pc {
             Some(kernel) => Some(direct_boot::load(&mut vm, ram_block, desc.ram, kernel)?),
             None => None,
         };
+        // On a PC the chipset turns the CPU's shutdown cycle into a reset.
+        vm.set_triple_fault_resets(true);
         let msrs = MsrFile::with_wall_clock(desc.unix_seconds_at_host_zero.max(0) as u64);
         Ok(Self {
             vm,
@@ -172,6 +174,21 @@ impl Pc {
     /// away.
     pub fn restore_devices(&mut self, saved: &[SavedDevice]) -> Result<(), StateError> {
         self.vm.restore_devices(saved)
+    }
+
+    /// Move the vCPU to a fresh one and the devices through their saved
+    /// state: the vCPU's whole state goes from `from` to `to`
+    /// ([`vcpu::move_state`]), and every device is saved and restored in
+    /// place. The round trip of the hosts' `state_roundtrip` debug option,
+    /// which checks that what a snapshot keeps is all the machine needs.
+    pub fn move_vcpu<A: ArchState, B: ArchState>(
+        &mut self,
+        from: &mut A,
+        to: &mut B,
+    ) -> Result<(), StateError> {
+        let saved = self.save_devices()?;
+        self.restore_devices(&saved)?;
+        vcpu::move_state(from, to, &mut self.msrs)
     }
 
     /// The vCPU's MSR file (part of its saved state).

@@ -775,4 +775,9 @@ impl Device for PciBus {
         // Claims are moved to match at the next call with a context.
         self.needs_power_on = true;
     }
+    fn after_reset(&mut self, ctx: &mut DeviceContext<'_>) {
+        // The host bridge's power-on memory map (BIOS ROM over the shadow
+        // RAM) must be in place before the CPU fetches from F000:FFF0.
+        self.ensure_powered(ctx);
+    }
 }

@@ -168,6 +168,7 @@ impl ArchState for KvmVcpu {
                 InterruptShadow::None
             },
             nmi_blocked: e.nmi.masked != 0,
+            single_step_pending: false,
         }
     }
 

@@ -658,9 +658,20 @@ impl CpuState for SvmVcpu {
         self.vmcb.write_u64(offset::INTERRUPT_SHADOW, 0);
     }
     fn rflags(&self) -> u64 {
-        self.vmcb.read_u64(offset::RFLAGS)
+        let rflags = self.vmcb.read_u64(offset::RFLAGS);
+        // While the NMI handler's IRET is stepped, TF is ours, not the
+        // guest's: the exit loop, the emulator and a saved state see the
+        // guest's own flag.
+        match self.iret_step {
+            Some((false, _)) => rflags & !RFLAGS_TF,
+            _ => rflags,
+        }
     }
     fn set_rflags(&mut self, value: u64) {
+        let value = match self.iret_step {
+            Some((false, _)) => value | RFLAGS_TF,
+            _ => value,
+        };
         self.vmcb.write_u64(offset::RFLAGS, value);
     }
     fn segment(&self, segment: Segment) -> SegmentRegister {

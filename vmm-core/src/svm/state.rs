@@ -251,6 +251,7 @@ impl ArchState for SvmVcpu {
             pending,
             interrupt_shadow: shadow,
             nmi_blocked: self.nmi_masked,
+            single_step_pending: false,
         }
     }
 
@@ -280,6 +281,9 @@ impl ArchState for SvmVcpu {
         self.nmi_masked = e.nmi_blocked;
         self.iret_rip = None;
         self.set_iret_intercept(e.nmi_blocked);
+        if e.single_step_pending && e.pending.is_none() {
+            self.single_step_trap();
+        }
         Ok(())
     }
 

@@ -139,6 +139,11 @@ pub struct EventState {
     pub interrupt_shadow: InterruptShadow,
     /// NMIs are blocked (an NMI handler runs, until its IRET).
     pub nmi_blocked: bool,
+    /// A single-step trap (#DB with DR6.BS) is due before the next
+    /// instruction: the VMM completed an instruction that ran with
+    /// RFLAGS.TF. Backends that hold it as a pending #DB event (SVM) report
+    /// it there instead; KVM keeps its own.
+    pub single_step_pending: bool,
 }
 
 /// The x87/SSE/AVX registers and XCR0.

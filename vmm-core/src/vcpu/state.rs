@@ -227,6 +227,7 @@ mod tests {
             }),
             interrupt_shadow: InterruptShadow::Sti,
             nmi_blocked: true,
+            single_step_pending: false,
         };
         // x87: FCW, FSW, a register's bytes; MXCSR with DAZ.
         a.arch.xsave[0..2].copy_from_slice(&0x027fu16.to_le_bytes());
@@ -371,6 +372,7 @@ mod tests {
                 }),
                 interrupt_shadow: shadow,
                 nmi_blocked,
+                single_step_pending: false,
             };
             assert!(
                 crate::vcpu::check_event_state(&e, 0x202, cr0).is_err(),

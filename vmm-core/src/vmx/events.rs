@@ -74,7 +74,7 @@ impl VmxVcpu {
 
     /// Whether a debug trap waits in the pending debug exceptions: it is
     /// delivered first, so no event is injected beside it.
-    fn debug_trap_pending(&self) -> bool {
+    pub(super) fn debug_trap_pending(&self) -> bool {
         self.read(fields::GUEST_PENDING_DEBUG) & PENDING_DEBUG_BS != 0
     }
 

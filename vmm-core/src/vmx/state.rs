@@ -255,6 +255,7 @@ impl ArchState for VmxVcpu {
             pending,
             interrupt_shadow: shadow,
             nmi_blocked: blocking & BLOCKING_NMI != 0,
+            single_step_pending: self.debug_trap_pending(),
         }
     }
 
@@ -291,6 +292,11 @@ impl ArchState for VmxVcpu {
         };
         let nmi = if e.nmi_blocked { BLOCKING_NMI } else { 0 };
         self.write(fields::GUEST_INTERRUPTIBILITY, blocking | shadow | nmi);
+        if e.single_step_pending {
+            self.raise_single_step();
+        } else {
+            self.clear_single_step();
+        }
         Ok(())
     }
 

@@ -36,8 +36,11 @@ pub const APIC_BASE_ENABLE: u64 = 1 << 11;
 
 const LVT_MASKED: u32 = 1 << 16;
 const LVT_COUNT: usize = 7;
-/// LVT indices.
-const LVT_CMCI: usize = 0;
+/// LVT indices. Slot 0 would be CMCI: the CPU models have no CMCI
+/// (MCG_CAP.CMCI_P clear), so 0x2f0 is a reserved register and the
+/// version register counts the six others, as QEMU's and KVM's local APIC
+/// do for such a CPU.
+const LVT_GUEST_ENTRIES: u32 = LVT_COUNT as u32 - 1;
 const LVT_TIMER: usize = 1;
 const LVT_LINT0: usize = 4;
 const LVT_ERROR: usize = 6;
@@ -251,7 +254,7 @@ impl Regs {
     fn read(&self, reg: u32, now: u64) -> u32 {
         match reg {
             0x20 => u32::from(self.id) << 24,
-            0x30 => 0x14 | ((LVT_COUNT as u32 - 1) << 16),
+            0x30 => 0x14 | ((LVT_GUEST_ENTRIES - 1) << 16),
             0x80 => u32::from(self.tpr),
             0x90 => 0,
             0xa0 => u32::from(self.ppr()),
@@ -262,7 +265,6 @@ impl Regs {
             0x180..=0x1f0 => self.tmr.word(((reg - 0x180) >> 4) as usize),
             0x200..=0x270 => self.irr.word(((reg - 0x200) >> 4) as usize),
             0x280 => self.esr,
-            0x2f0 => self.lvt[LVT_CMCI],
             0x300 => self.icr_low & !(1 << 12),
             0x310 => self.icr_high,
             0x320..=0x370 => self.lvt[((reg - 0x320) >> 4) as usize + 1],
@@ -438,7 +440,6 @@ impl LapicCore {
                 r.esr = r.esr_pending;
                 r.esr_pending = 0;
             }
-            0x2f0 => r.lvt[LVT_CMCI] = value & 0x1_07ff,
             0x300 => {
                 r.icr_low = value & 0x000c_cfff;
                 drop(r);

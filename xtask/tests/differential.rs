@@ -28,17 +28,11 @@ const PROGRAMS: &[&str] = &[
     "pc_diff_single_step",
     "pc_diff_shadow",
     "pc_diff_double_fault",
+    "pc_diff_triple_fault",
+    "pc_diff_apic_base",
+    "pc_diff_msrs",
 ];
 
-/// Programs that show what the VMM does not do yet (issue 17). They run
-/// only with `cargo xtask test --slow` (their test's name starts with
-/// `slow_`) until the work they wait for is merged; then they move to
-/// [`PROGRAMS`].
-/// - `pc_diff_triple_fault`: a triple fault stops the VM; a PC resets.
-/// - `pc_diff_apic_base`, `pc_diff_msrs`: APIC_BASE writes, MCA, the K7
-///   performance MSRs, MISC_ENABLE and 0x8b, which come with the CPU
-///   model.
-const PENDING: &[&str] = &["pc_diff_triple_fault", "pc_diff_apic_base", "pc_diff_msrs"];
 
 /// How long plain QEMU may take for one program.
 const REFERENCE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -215,10 +209,4 @@ fn guest_programs_observe_under_shadow_paging_what_they_observe_under_plain_qemu
 #[ignore = "boots the bare-metal host under Bochs: run through cargo xtask test --slow"]
 fn slow_guest_programs_observe_under_the_vmm_what_they_observe_under_plain_qemu_under_vmx() {
     compare(PROGRAMS, Cpu::Vmx);
-}
-
-#[test]
-#[ignore = "pending (see PENDING): run through cargo xtask test --slow"]
-fn slow_pending_guest_programs_observe_under_the_vmm_what_they_observe_under_plain_qemu() {
-    compare(PENDING, Cpu::Svm);
 }

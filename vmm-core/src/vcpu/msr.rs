@@ -98,9 +98,11 @@ pub fn pass_through_value_valid(msr: u32, value: u64) -> bool {
 /// an IDT (verify_cpu clears XD-disable), so it must not #GP.
 pub const MSR_MISC_ENABLE: u32 = x86::msr::IA32_MISC_ENABLE;
 
-/// What IA32_MISC_ENABLE reads: fast strings on, BTS and PEBS unavailable,
-/// XD not disabled, CPUID not limited.
-const MISC_ENABLE_VALUE: u64 = 1 | (1 << 11) | (1 << 12);
+/// What IA32_MISC_ENABLE reads at power-on: fast strings on, and only
+/// that, as QEMU gives every CPU model (on TCG and, writing it into KVM at
+/// reset, on KVM): BTS and PEBS "unavailable" read as 0 although there are
+/// none, and stay so (see [`MISC_ENABLE_READ_ONLY`]).
+const MISC_ENABLE_VALUE: u64 = 1;
 
 /// The APIC base the guest sees: the xAPIC at 0xFEE00000, enabled, this is
 /// the bootstrap processor.
@@ -828,12 +830,13 @@ mod tests {
         assert!(m.write(&mut cpu, &mut vm, MSR_MISC_ENABLE, v | (1 << 22)));
         assert_eq!(m.read(&cpu, &vm, MSR_MISC_ENABLE), Some(v | (1 << 22)));
         // BTS/PEBS unavailable are read-only: #GP, nothing changes.
-        assert!(!m.write(&mut cpu, &mut vm, MSR_MISC_ENABLE, v & !(1 << 11)));
-        assert!(!m.write(&mut cpu, &mut vm, MSR_MISC_ENABLE, v & !(1 << 12)));
+        assert!(!m.write(&mut cpu, &mut vm, MSR_MISC_ENABLE, v | (1 << 11)));
+        assert!(!m.write(&mut cpu, &mut vm, MSR_MISC_ENABLE, v | (1 << 12)));
         assert_eq!(m.read(&cpu, &vm, MSR_MISC_ENABLE), Some(v | (1 << 22)));
         // Performance monitoring available: the write is ignored.
         assert!(m.write(&mut cpu, &mut vm, MSR_MISC_ENABLE, v | (1 << 7)));
         assert_eq!(m.read(&cpu, &vm, MSR_MISC_ENABLE), Some(v));
+        assert_eq!(v, 1, "fast strings only, as QEMU");
     }
 
     #[test]
@@ -909,7 +912,7 @@ mod tests {
         assert_eq!(other.read(&cpu, &vm, MSR_MC0_CTL + 6), Some(0x1000));
         assert_eq!(other.read(&cpu, &vm, MSR_K7_EVNTSEL0 + 5), Some(42));
         let mut bad = saved;
-        bad.misc_enable &= !(1 << 11);
+        bad.misc_enable |= 1 << 11;
         assert!(!other.set_state(bad));
         let mut bad = saved;
         bad.apic_base |= 1;

@@ -33,7 +33,6 @@ const PROGRAMS: &[&str] = &[
     "pc_diff_msrs",
 ];
 
-
 /// How long plain QEMU may take for one program.
 const REFERENCE_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -211,7 +211,6 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     );
     let (mut pc, syncs) = pc::build(host.clone(), config, Box::new(com1))?;
     let mut disks = DiskSyncs(syncs);
-    pc.vm_mut().set_cpu_model(config.cpu_model);
     let new_vcpu = |pc: &mut vmm_devices::pc::Pc| {
         let mut vcpu = KvmVcpu::new(pc.vm_mut()).map_err(RunError::Kvm)?;
         if options.posted_writes {

@@ -48,6 +48,7 @@ fn rig(clock: u64) -> Rig {
     let com1 = BufferBackend::new();
     let fw = firmware();
     let desc = PcDescription {
+        cpu_model: vmm_core::vcpu::CpuModel::Qemu64,
         id: VmId(1),
         ram: RAM,
         firmware: &fw,

@@ -147,6 +147,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         passthrough::Passthrough::setup(kind).unwrap_or_else(|e| fail(format_args!("{e}")))
     });
     let mut guests = Vec::new();
+    let pc_model = config.cpu_model.unwrap_or(CpuModel::Qemu64);
     for i in 0..config.vms {
         let (name, mut machine): (&str, Machine) = match pc_bios {
             Some(bios) => match pc::build(
@@ -156,6 +157,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 bios,
                 find("cdrom"),
                 config.bios_debug,
+                pc_model,
             ) {
                 Ok(pc) => ("pc", Machine::Pc(Box::new(pc))),
                 Err(e) => fail(format_args!("VM {i} (pc): {e}")),
@@ -165,9 +167,17 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 let built = if name.starts_with("pc_") {
                     // A guest program as the firmware of a whole PC
                     // (interrupt controllers, timers, fw_cfg, ...), no CD.
-                    pc::build(host.clone(), i, config.guest_mem, image, None, false)
-                        .map(|pc| Machine::Pc(Box::new(pc)))
-                        .map_err(|e| e.to_string())
+                    pc::build(
+                        host.clone(),
+                        i,
+                        config.guest_mem,
+                        image,
+                        None,
+                        false,
+                        pc_model,
+                    )
+                    .map(|pc| Machine::Pc(Box::new(pc)))
+                    .map_err(|e| e.to_string())
                 } else if name.starts_with("irq_") {
                     guest::build_with_timer(host.clone(), i, config.guest_mem, image).map(
                         |(vm, irq)| Machine::Program {
@@ -198,11 +208,10 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 (Err(e), _) => fail(format_args!("VM {i}: passthrough: {e}")),
             }
         }
-        let model = match &machine {
-            Machine::Pc(_) => config.cpu_model.unwrap_or(CpuModel::Qemu64),
-            Machine::Program { .. } => config.cpu_model.unwrap_or(CpuModel::Host),
-        };
-        machine.vm_mut().set_cpu_model(model);
+        if let Machine::Program { vm, .. } = &mut machine {
+            // The extended-state tests need the host's XSAVE and AVX.
+            vm.set_cpu_model(config.cpu_model.unwrap_or(CpuModel::Host));
+        }
         let vm = machine.vm();
         let vcpu = match match config.paging {
             PagingChoice::Nested => backend.vcpu(vm, i + 1),
@@ -212,8 +221,9 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             Err(e) => fail(format_args!("VM {i}: vCPU: {e}")),
         };
         log::info!(
-            "VM {i}: guest '{name}', {} MiB of RAM, CPU model {model}, on {}",
+            "VM {i}: guest '{name}', {} MiB of RAM, CPU model {}, on {}",
             vm.memory().ram_bytes() >> 20,
+            vm.cpu_model(),
             backend.name()
         );
         guests.push(Guest {

@@ -6,6 +6,7 @@ use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec;
 use vmm_core::host::Host;
+use vmm_core::vcpu::CpuModel;
 use vmm_core::vm::VmId;
 use vmm_devices::block::{BlockBackend, ImageError, MemoryImage, CD_SECTOR_SIZE};
 use vmm_devices::pc::{Pc, PcDescription, PcError};
@@ -35,7 +36,7 @@ impl core::fmt::Display for BuildError {
 
 /// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `cdrom` (an ISO
 /// image) in the CD-ROM drive; with `bios_debug`, the debug console at
-/// 0x402 prints SeaBIOS's debug log.
+/// 0x402 prints SeaBIOS's debug log; CPUID follows `cpu_model`.
 pub fn build(
     host: Arc<dyn Host>,
     id: u32,
@@ -43,6 +44,7 @@ pub fn build(
     bios: &[u8],
     cdrom: Option<&[u8]>,
     bios_debug: bool,
+    cpu_model: CpuModel,
 ) -> Result<Pc, BuildError> {
     let cdrom = match cdrom {
         Some(iso) => Some(Box::new(
@@ -62,6 +64,7 @@ pub fn build(
         debug_console: bios_debug.then(|| Box::new(GuestConsole::new(id)) as _),
         unix_seconds_at_host_zero: RTC_EPOCH,
         direct_boot: None,
+        cpu_model,
     };
     Pc::build(host, desc).map_err(BuildError::Machine)
 }

@@ -6,6 +6,7 @@ use crate::rtc::BootDevice;
 use crate::uart::CharBackend;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+use vmm_core::vcpu::CpuModel;
 use vmm_core::vm::VmId;
 
 /// A kernel to boot directly with the Linux 64-bit boot protocol, instead
@@ -49,4 +50,7 @@ pub struct PcDescription<'a> {
     pub unix_seconds_at_host_zero: i64,
     /// A kernel to boot directly, if any.
     pub direct_boot: Option<DirectBoot<'a>>,
+    /// What CPUID tells the guest: [`CpuModel::Qemu64`] unless the user
+    /// asks for the host's CPU.
+    pub cpu_model: CpuModel,
 }

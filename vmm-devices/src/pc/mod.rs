@@ -96,6 +96,7 @@ impl Pc {
         let bios = load_bios(&mut memory, &*host, &firmware::padded(desc.firmware))
             .map_err(PcError::Firmware)?;
         let mut vm = Vm::new(desc.id, host, memory);
+        vm.set_cpu_model(desc.cpu_model);
 
         let has_cdrom = desc.cdrom.is_some();
         let has_disk = desc.disk.is_some();

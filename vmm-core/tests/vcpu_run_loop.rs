@@ -620,6 +620,43 @@ fn a_reset_request_resets_the_vcpu_and_the_devices() {
     assert_eq!(probe(&vm).resets, 1);
 }
 
+/// An interrupt source with one INIT waiting.
+struct OneInit(std::cell::Cell<bool>);
+
+impl InterruptSource for OneInit {
+    fn pending(&self) -> bool {
+        false
+    }
+    fn acknowledge(&self) -> Option<u8> {
+        None
+    }
+    fn take_nmi(&self) -> bool {
+        false
+    }
+    fn take_init(&self) -> bool {
+        self.0.replace(false)
+    }
+}
+
+#[test]
+fn an_init_resets_the_vcpu_but_not_the_devices_nor_the_msrs() {
+    let mut vm = vm();
+    let mut cpu = Scripted::new(vec![Exit::Shutdown]);
+    let mut msrs = MsrFile::default();
+    let mtrr_def_type = 0x0c06;
+    assert!(msrs.write(&mut cpu, &mut vm, 0x2ff, mtrr_def_type));
+    run(
+        &mut cpu,
+        &mut vm,
+        &OneInit(std::cell::Cell::new(true)),
+        &mut msrs,
+        Slice::UNBOUNDED,
+    );
+    assert_eq!(cpu.resets, 1, "INIT puts the vCPU in its INIT state");
+    assert_eq!(probe(&vm).resets, 0, "INIT leaves the platform alone");
+    assert_eq!(msrs.read(&cpu, &vm, 0x2ff), Some(mtrr_def_type));
+}
+
 #[test]
 fn a_backend_error_stops_the_vm_and_a_slice_ends_on_preemption() {
     let mut vm = vm();

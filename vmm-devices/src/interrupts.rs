@@ -180,6 +180,10 @@ impl vmm_core::vcpu::InterruptSource for CpuInterrupts {
         self.lapic.set_apic_base(value);
     }
 
+    fn take_init(&self) -> bool {
+        self.lapic.take_init()
+    }
+
     fn nmi_pending(&self) -> bool {
         self.lapic.nmi_pending()
     }

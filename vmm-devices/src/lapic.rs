@@ -100,6 +100,8 @@ struct Regs {
     /// Host time of the next timer expiry, if armed.
     timer_deadline_ns: Option<u64>,
     nmi_pending: bool,
+    /// An INIT IPI reached this CPU and waits for it to take it.
+    init_pending: bool,
 }
 
 impl Regs {
@@ -130,6 +132,7 @@ impl Regs {
             timer_start_ns: 0,
             timer_deadline_ns: None,
             nmi_pending: false,
+            init_pending: false,
         }
     }
 
@@ -334,6 +337,21 @@ impl LapicCore {
         self.regs.lock().nmi_pending
     }
 
+    /// Take a pending INIT: the local APIC goes to its INIT state (every
+    /// register as at power-on but the APIC ID and IA32_APIC_BASE, which
+    /// INIT keeps), and the caller puts its CPU into the INIT state.
+    pub fn take_init(&self) -> bool {
+        let mut r = self.regs.lock();
+        if !r.init_pending {
+            return false;
+        }
+        let bsp = r.apic_base & APIC_BASE_BSP != 0;
+        let base = r.apic_base;
+        *r = Regs::power_on(r.id, bsp);
+        r.apic_base = base;
+        true
+    }
+
     /// The vector the CPU would take now (highest IRR above the processor
     /// priority), if any.
     pub fn deliverable(&self) -> Option<u8> {
@@ -529,6 +547,9 @@ impl LapicCore {
                 }
             }
             4 => r.nmi_pending = true,
+            // INIT, but not the level de-assert (level 0, level-triggered),
+            // which only resynchronises arbitration IDs.
+            5 if icr_low & (3 << 14) != 2 << 14 => r.init_pending = true,
             _ => {}
         }
     }
@@ -657,10 +678,11 @@ struct LapicState {
     timer_start: RelTime,
     timer_deadline: Option<RelTime>,
     nmi_pending: bool,
+    init_pending: bool,
 }
 
 /// Format version of a [`LocalApic`]'s saved state.
-pub const LAPIC_STATE_VERSION: u32 = 1;
+pub const LAPIC_STATE_VERSION: u32 = 2;
 
 /// The [`LocalApic`] device saves the [`LapicCore`] it shares with the
 /// IOAPIC and the vCPU side.
@@ -692,6 +714,7 @@ impl SaveRestore for LocalApic {
             timer_start: RelTime::from_host(r.timer_start_ns, now),
             timer_deadline: r.timer_deadline_ns.map(|t| RelTime::from_host(t, now)),
             nmi_pending: r.nmi_pending,
+            init_pending: r.init_pending,
         })
     }
 
@@ -728,6 +751,7 @@ impl SaveRestore for LocalApic {
         r.timer_start_ns = s.timer_start.to_host(now);
         r.timer_deadline_ns = s.timer_deadline.map(|t| t.to_host(now));
         r.nmi_pending = s.nmi_pending;
+        r.init_pending = s.init_pending;
         Ok(())
     }
 }

@@ -340,6 +340,25 @@ fn self_ipi_and_illegal_vector_error() {
 }
 
 #[test]
+fn an_init_ipi_to_this_cpu_puts_its_apic_in_the_init_state() {
+    use vmm_core::vcpu::InterruptSource;
+    let mut r = rig();
+    r.apic_mode();
+    r.lapic_write(0x80, 0x30); // TPR
+                               // INIT level de-assert (level 0, level-triggered): no INIT.
+    r.lapic_write(0x300, 0x8_8500);
+    assert!(!InterruptSource::take_init(&r.cpu));
+    assert_eq!(r.lapic_read(0x80), 0x30);
+    // INIT to all including self.
+    r.lapic_write(0x300, 0x8_4500);
+    assert!(InterruptSource::take_init(&r.cpu));
+    assert!(!InterruptSource::take_init(&r.cpu), "taken once");
+    assert_eq!(r.lapic_read(0x80), 0, "TPR back to its INIT value");
+    assert_eq!(r.lapic_read(0xf0), 0xff, "software disabled again");
+    assert_eq!(r.lapic_read(0x20), 0, "APIC ID kept");
+}
+
+#[test]
 fn unaligned_or_short_register_writes_are_ignored() {
     let mut r = rig();
     r.vm.mmio_write(LAPIC_BASE + 0x82, &[0x55]);

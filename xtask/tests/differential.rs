@@ -31,6 +31,7 @@ const PROGRAMS: &[&str] = &[
     "pc_diff_triple_fault",
     "pc_diff_apic_base",
     "pc_diff_msrs",
+    "pc_diff_init",
 ];
 
 /// How long plain QEMU may take for one program.

@@ -93,6 +93,12 @@ pub trait InterruptSource {
     fn nmi_pending(&self) -> bool {
         false
     }
+    /// Take a pending INIT (an INIT IPI to this CPU), the source's own
+    /// state already in its INIT state; the caller puts the vCPU into it.
+    /// Sources without INIT keep the default, `false`.
+    fn take_init(&self) -> bool {
+        false
+    }
 }
 
 /// A vCPU as the exit handling sees it: the guest's registers (through the

@@ -280,6 +280,19 @@ pub fn run<B: VcpuBackend>(
                 }
             }
         }
+        if interrupts.take_init() {
+            // INIT: the vCPU goes to its INIT state, which for the
+            // bootstrap processor means running from the reset vector again
+            // (an application processor would wait for a start-up IPI).
+            // Unlike a reset, it leaves the platform, the MSRs and the TSC
+            // alone; the x87/SSE registers go to their reset values, as
+            // QEMU does (hardware would keep them).
+            log::info!("VM {}: INIT", vm.id().0);
+            let tsc = vcpu.tsc_offset();
+            vcpu.reset();
+            vcpu.set_tsc_offset(tsc);
+            halted = None;
+        }
         let deadline = vm.poll_timers();
         // When the VMM must have the CPU back: the next device timer or the
         // end of the slice, whichever is first.

@@ -5,12 +5,12 @@ use crate::block_file::{FileImage, ImageOptions, ImageSync};
 use crate::config::{BootDevice, MachineConfig};
 use crate::host_file::read_limited;
 use crate::runner::RunError;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmm_bios::bios_image::MAX_IMAGE;
 use vmm_core::host::Host;
 use vmm_core::vm::VmId;
-use vmm_devices::block::BlockBackend;
+use vmm_devices::block::{BlockBackend, ImageError};
 use vmm_devices::pc::{check_firmware, DirectBoot, Pc, PcDescription, PcError};
 use vmm_devices::{rtc, uart::CharBackend};
 
@@ -38,32 +38,24 @@ pub fn build(
         )),
         None => None,
     };
-    let image = |r: Result<FileImage, _>| r.map_err(RunError::Image);
-    let cdrom = (config.cdrom.as_ref())
-        .map(|p| {
-            image(FileImage::cdrom_with(
-                p,
-                ImageOptions {
-                    read_only: true,
-                    lock: config.cdrom_lock,
-                },
-            ))
-        })
-        .transpose()?;
+    // Open an image with `open` (as a CD or a disk), if one is configured.
+    type Open = fn(&Path, ImageOptions) -> Result<FileImage, ImageError>;
+    let image = |path: Option<&PathBuf>, open: Open, read_only, lock| {
+        (path.map(|p| open(p, ImageOptions { read_only, lock })))
+            .transpose()
+            .map_err(RunError::Image)
+    };
+    let cdrom = image(
+        config.cdrom.as_ref(),
+        FileImage::cdrom_with,
+        true,
+        config.cdrom_lock,
+    )?;
     for w in cdrom.iter().flat_map(FileImage::warnings) {
         log::warn!("{w}");
     }
-    let disk = (config.disk.as_ref())
-        .map(|p| {
-            image(FileImage::disk(
-                p,
-                ImageOptions {
-                    read_only: config.disk_read_only,
-                    lock: config.disk_lock,
-                },
-            ))
-        })
-        .transpose()?;
+    let (read_only, lock) = (config.disk_read_only, config.disk_lock);
+    let disk = image(config.disk.as_ref(), FileImage::disk, read_only, lock)?;
     let syncs = disk.iter().filter_map(FileImage::sync_handle).collect();
     let boot = config.boot.iter().map(|b| match b {
         BootDevice::Cdrom => rtc::BootDevice::Cdrom,

@@ -20,7 +20,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use vmm_core::emulator::{
     AccessHint, BusError, Completion, DescriptorTable, EmulateError, Emulator, Exception, GuestBus,
-    Hints, InstructionBytes, PortString, RegisterFile, Segment, SegmentRegister,
+    Hints, InstructionBytes, OptionalInstructions, PortString, RegisterFile, Segment,
+    SegmentRegister,
 };
 use vmm_core::paging::*;
 
@@ -222,6 +223,17 @@ fuzz_target!(|input: Input| {
     };
     let emulator = Emulator {
         max_rep_iterations: u64::from(input.rep_bound % 32) + 1,
+        // A CPU with or without TZCNT, LZCNT, POPCNT and MOVBE.
+        instructions: if input.rep_bound & 0x20 == 0 {
+            OptionalInstructions::ALL
+        } else {
+            OptionalInstructions {
+                tzcnt: false,
+                lzcnt: false,
+                popcnt: false,
+                movbe: false,
+            }
+        },
         ..Emulator::default()
     };
     for _ in 0..3 {

@@ -185,11 +185,7 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
         .device(Pit::new(isa.line(0)), &[PIT_PORTS, PORT_B], &[])
         .device(Rtc::new(isa.line(8), 1_700_000_000), &[RTC_PORTS], &[])
         .device(
-            Uart::new(
-                "com1",
-                FuzzInput { bytes: uart_input },
-                isa.line(COM1.1),
-            ),
+            Uart::new("com1", FuzzInput { bytes: uart_input }, isa.line(COM1.1)),
             &[(COM1.0, UART_PORTS)],
             &[],
         )
@@ -205,11 +201,7 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
             &[(BOCHS_DEBUG_PORT, 1), (QEMU_DEBUG_PORT, 1)],
             &[],
         )
-        .device(
-            AcpiPm::new(isa.line(9)),
-            &[(PM_BASE, PM_BLOCK_LEN)],
-            &[],
-        )
+        .device(AcpiPm::new(isa.line(9)), &[(PM_BASE, PM_BLOCK_LEN)], &[])
         .device(
             IoApic::new(ioapic.clone()),
             &[],

@@ -14,13 +14,13 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
-use vmm_devices::dmm::ne2000::{Ne2000Layout, Ne2000Monitor, NE2000_PORTS};
-use vmm_devices::dmm::piix_ide::{PiixIdeMonitor, BUS_MASTER_PORTS};
 use vmm_core::dmm::{Dmm, PassthroughDevice, PortEvent, PortWindow, RecordingPorts};
 use vmm_core::host::{Host, HostMemory, HostPhysAddr};
 use vmm_core::memory::{GuestMemory, RegionKind};
 use vmm_core::test_host::{TestHost, TestIrqLine};
 use vmm_core::vm::{Vm, VmId};
+use vmm_devices::dmm::ne2000::{Ne2000Layout, Ne2000Monitor, NE2000_PORTS};
+use vmm_devices::dmm::piix_ide::{PiixIdeMonitor, BUS_MASTER_PORTS};
 
 const NE: u16 = 0x300;
 const BM_GUEST: u16 = 0xc000;

@@ -24,8 +24,9 @@ use std::sync::Arc;
 use vmm_core::emulator::RegisterFile;
 use vmm_core::test_host::{ReplayVcpu, TestHost, TestVmBuilder};
 use vmm_core::vcpu::{
-    guest_cpuid_for, pvclock_scale, CpuModel, MsrFile, QEMU64_LEAF1_ECX, QEMU64_LEAF1_EDX, KVM_LEAF_BASE, MCE_BANKS, MSR_APIC_BASE, MSR_EFER,
-    MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_WALL_CLOCK_NEW, MSR_TSC,
+    guest_cpuid_for, pvclock_scale, CpuModel, MsrFile, KVM_LEAF_BASE, MCE_BANKS, MSR_APIC_BASE,
+    MSR_EFER, MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_WALL_CLOCK_NEW, MSR_TSC, QEMU64_LEAF1_ECX,
+    QEMU64_LEAF1_EDX,
 };
 use vmm_core::vm::Vm;
 
@@ -79,8 +80,10 @@ fn kept(msr: u32) -> bool {
     (0x400..0x400 + 4 * MCE_BANKS as u32).contains(&msr)
         || (0xc001_0000..0xc001_0008).contains(&msr)
         || (0x200..0x210).contains(&msr)
-        || [0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f]
-            .contains(&msr)
+        || [
+            0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f,
+        ]
+        .contains(&msr)
         || [
             MSR_APIC_BASE,
             MTRR_DEF_TYPE,

@@ -52,6 +52,9 @@ pub struct Vm {
     watchdog: crate::vcpu::Watchdog,
     /// What CPUID says to the guest.
     cpu_model: crate::vcpu::CpuModel,
+    /// The model-dependent instructions that model has (cached: the
+    /// emulator asks on every slice).
+    instructions: crate::emulator::OptionalInstructions,
     /// The vCPU is halted: where it resumes once woken, and whether its
     /// HLT ran with RFLAGS.TF. It lives here so a halt outlasts one time
     /// slice: re-entering the guest on its HLT would let an event injected
@@ -77,6 +80,7 @@ impl Vm {
             timer_stale: Vec::new(),
             watchdog: crate::vcpu::Watchdog::default(),
             cpu_model: crate::vcpu::CpuModel::default(),
+            instructions: crate::vcpu::CpuModel::default().instructions(),
             halted: None,
         }
     }
@@ -92,6 +96,12 @@ impl Vm {
     pub fn set_cpu_model(&mut self, model: crate::vcpu::CpuModel) {
         model.log_missing_features();
         self.cpu_model = model;
+        self.instructions = model.instructions();
+    }
+
+    /// The model-dependent instructions of the CPU model.
+    pub fn instructions(&self) -> crate::emulator::OptionalInstructions {
+        self.instructions
     }
 
     /// This VM's id.

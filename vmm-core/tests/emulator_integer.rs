@@ -4,7 +4,9 @@
 
 use iced_x86::code_asm::*;
 use std::sync::Arc;
-use vmm_core::emulator::{Completion, EmulateError, Emulator, Exception, RegisterFile, Segment};
+use vmm_core::emulator::{
+    Completion, EmulateError, Emulator, Exception, OptionalInstructions, RegisterFile, Segment,
+};
 use vmm_core::paging::{CR0_PE, CR0_TS};
 use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_core::vm::Vm;
@@ -141,4 +143,100 @@ fn smsw_stores_16_bits_to_memory_and_cr0_to_a_register() {
         run(&mut cpu, &mut vm),
         Err(EmulateError::Exception(Exception::GeneralProtection(0)))
     );
+}
+
+/// An emulator for a CPU without TZCNT, LZCNT, POPCNT and MOVBE (QEMU's
+/// qemu64 has none of them).
+fn without_optional() -> Emulator {
+    Emulator {
+        instructions: OptionalInstructions {
+            tzcnt: false,
+            lzcnt: false,
+            popcnt: false,
+            movbe: false,
+        },
+        ..Emulator::default()
+    }
+}
+
+#[test]
+fn without_the_cpuid_bits_tzcnt_and_lzcnt_run_as_bsf_and_bsr() {
+    let mut vm = vm();
+    vm.memory_mut().write_u32(0x2000, 0x0001_0100).unwrap();
+    vm.memory_mut().write_u32(0x2004, 0).unwrap();
+    // (instruction, EAX without the CPUID bit, EAX with it); EAX starts
+    // at 0x1234.
+    let cases: [(Emit, u64, u64); 4] = [
+        // TZCNT as BSF: the lowest set bit's index.
+        (|a| a.tzcnt(eax, dword_ptr(0x2000)), 8, 8),
+        // A zero source: BSF leaves EAX alone (ZF set), TZCNT gives 32.
+        (|a| a.tzcnt(eax, dword_ptr(0x2004)), 0x1234, 32),
+        // LZCNT as BSR: the highest set bit's index, not the count above.
+        (|a| a.lzcnt(eax, dword_ptr(0x2000)), 16, 15),
+        (|a| a.lzcnt(eax, dword_ptr(0x2004)), 0x1234, 32),
+    ];
+    for (f, without, with) in cases {
+        let mut cpu = protected(&mut vm, f);
+        cpu.gprs[0] = 0x1234;
+        cpu.rflags = 2;
+        without_optional().emulate(&mut cpu, &mut vm).unwrap();
+        assert_eq!(cpu.gprs[0], without, "without the instruction");
+        if without == 0x1234 {
+            assert_ne!(cpu.rflags & 0x40, 0, "ZF for a zero source");
+            assert_eq!(cpu.rflags & 1, 0, "no CF: BSF/BSR keep it");
+        }
+        let mut cpu = protected(&mut vm, f);
+        cpu.gprs[0] = 0x1234;
+        run(&mut cpu, &mut vm).unwrap();
+        assert_eq!(cpu.gprs[0], with, "with the instruction");
+    }
+}
+
+#[test]
+fn without_the_cpuid_bits_popcnt_and_movbe_are_invalid_opcodes() {
+    let mut vm = vm();
+    let cases: [Emit; 2] = [
+        |a| a.popcnt(eax, dword_ptr(HOLE as u32)),
+        |a| a.movbe(eax, dword_ptr(HOLE as u32)),
+    ];
+    for f in cases {
+        let mut cpu = protected(&mut vm, f);
+        let before = cpu.clone();
+        assert_eq!(
+            without_optional().emulate(&mut cpu, &mut vm),
+            Err(EmulateError::Exception(Exception::InvalidOpcode))
+        );
+        assert_eq!(cpu, before);
+        let mut cpu = protected(&mut vm, f);
+        assert_eq!(run(&mut cpu, &mut vm), Ok(Completion::Retired));
+    }
+}
+
+#[test]
+fn the_optional_instructions_follow_cpuid() {
+    let none = OptionalInstructions::from_cpuid(|leaf, _| match leaf {
+        0 => [0xd, 0, 0, 0],
+        0x8000_0000 => [0x8000_000a, 0, 0, 0],
+        _ => [0; 4],
+    });
+    assert_eq!(
+        none,
+        OptionalInstructions {
+            tzcnt: false,
+            lzcnt: false,
+            popcnt: false,
+            movbe: false
+        }
+    );
+    let all = OptionalInstructions::from_cpuid(|leaf, _| match leaf {
+        0 => [0xd, 0, 0, 0],
+        1 => [0, 0, (1 << 23) | (1 << 22), 0],
+        7 => [0, 1 << 3, 0, 0],
+        0x8000_0000 => [0x8000_000a, 0, 0, 0],
+        0x8000_0001 => [0, 0, 1 << 5, 0],
+        _ => [0; 4],
+    });
+    assert_eq!(all, OptionalInstructions::ALL);
+    // qemu64 has none of them.
+    assert_eq!(vmm_core::vcpu::CpuModel::Qemu64.instructions(), none);
 }

@@ -68,6 +68,8 @@ pub(crate) struct Context<'a, S: CpuState, B: GuestBus> {
     /// Where a control transfer sends RIP when the instruction retires
     /// (`None`: past the instruction).
     pub branch: Option<u64>,
+    /// The model-dependent instructions the guest's CPU has.
+    pub instructions: super::OptionalInstructions,
     walker: Walker,
     /// Translations made during this instruction (a REP instruction walks
     /// each page once, as a hardware TLB would).
@@ -105,6 +107,7 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
             control,
             cpl,
             branch: None,
+            instructions: super::OptionalInstructions::ALL,
             walker,
             tlb: [None; TLB_ENTRIES],
             tlb_next: 0,

@@ -102,7 +102,14 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
         let bits = (size * 8) as u64;
         let v = self.read_operand(&self.operand(d, 1)?)? & alu::mask(size);
         let flags = self.state.rflags();
-        let (result, status) = match d.instr.mnemonic() {
+        // Without the instruction the CPU runs the older one the bytes
+        // also encode (the F3 prefix ignored).
+        let mnemonic = match d.instr.mnemonic() {
+            Mnemonic::Tzcnt if !self.instructions.tzcnt => Mnemonic::Bsf,
+            Mnemonic::Lzcnt if !self.instructions.lzcnt => Mnemonic::Bsr,
+            m => m,
+        };
+        let (result, status) = match mnemonic {
             m @ (Mnemonic::Bsf | Mnemonic::Bsr) => {
                 if v == 0 {
                     // The destination keeps its value; ZF says why, the

@@ -237,12 +237,18 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
                 self.write_operand(d, &dst, v)?;
             }
             Mnemonic::Mul | Mnemonic::Imul | Mnemonic::Div | Mnemonic::Idiv => self.mul_div(d)?,
+            Mnemonic::Popcnt if !self.instructions.popcnt => {
+                return Err(Exception::InvalidOpcode.into())
+            }
             Mnemonic::Bsf
             | Mnemonic::Bsr
             | Mnemonic::Tzcnt
             | Mnemonic::Lzcnt
             | Mnemonic::Popcnt => self.bit_scan(d)?,
             Mnemonic::Shld | Mnemonic::Shrd => self.shift_double(d)?,
+            Mnemonic::Movbe if !self.instructions.movbe => {
+                return Err(Exception::InvalidOpcode.into())
+            }
             Mnemonic::Movbe => self.move_swapped(d)?,
             Mnemonic::Smsw => self.store_msw(d)?,
             Mnemonic::Lmsw => self.load_msw(d)?,

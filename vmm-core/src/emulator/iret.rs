@@ -55,6 +55,7 @@ impl Emulator {
         bus: &mut B,
     ) -> Result<Completion, EmulateError> {
         let mut ctx = Context::new(state, bus, self.max_phys_bits);
+        ctx.instructions = self.instructions;
         let d = decode::fetch(&mut ctx)?;
         if !matches!(
             d.instr.mnemonic(),

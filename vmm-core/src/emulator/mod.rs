@@ -121,6 +121,54 @@ pub struct Emulator {
     pub max_rep_iterations: u64,
     /// The guest's MAXPHYADDR, for reserved-bit checks in page tables.
     pub max_phys_bits: u8,
+    /// Which model-dependent instructions the guest's CPU has.
+    pub instructions: OptionalInstructions,
+}
+
+/// Instructions that exist only where CPUID says so. Without them the same
+/// bytes mean something else, as on hardware: TZCNT (F3 0F BC) is BSF with
+/// an ignored REP prefix, LZCNT (F3 0F BD) is BSR, and POPCNT and MOVBE are
+/// #UD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionalInstructions {
+    /// TZCNT (BMI1: CPUID 7.0 EBX bit 3).
+    pub tzcnt: bool,
+    /// LZCNT (ABM: CPUID 0x8000_0001 ECX bit 5).
+    pub lzcnt: bool,
+    /// POPCNT (CPUID 1 ECX bit 23).
+    pub popcnt: bool,
+    /// MOVBE (CPUID 1 ECX bit 22).
+    pub movbe: bool,
+}
+
+impl OptionalInstructions {
+    /// Every one of them (the host CPU's view in the differential tests).
+    pub const ALL: Self = Self {
+        tzcnt: true,
+        lzcnt: true,
+        popcnt: true,
+        movbe: true,
+    };
+
+    /// What a CPU with these CPUID answers has (`cpuid(leaf, subleaf)`
+    /// gives EAX, EBX, ECX, EDX).
+    pub fn from_cpuid(cpuid: impl Fn(u32, u32) -> [u32; 4]) -> Self {
+        let leaf1 = cpuid(1, 0);
+        let max = cpuid(0, 0)[0];
+        let leaf7 = if max >= 7 { cpuid(7, 0) } else { [0; 4] };
+        let max_ext = cpuid(0x8000_0000, 0)[0];
+        let ext1 = if max_ext >= 0x8000_0001 {
+            cpuid(0x8000_0001, 0)
+        } else {
+            [0; 4]
+        };
+        Self {
+            tzcnt: leaf7[1] & (1 << 3) != 0,
+            lzcnt: ext1[2] & (1 << 5) != 0,
+            popcnt: leaf1[2] & (1 << 23) != 0,
+            movbe: leaf1[2] & (1 << 22) != 0,
+        }
+    }
 }
 
 impl Default for Emulator {
@@ -128,6 +176,7 @@ impl Default for Emulator {
         Self {
             max_rep_iterations: 1024,
             max_phys_bits: 46,
+            instructions: OptionalInstructions::ALL,
         }
     }
 }
@@ -175,6 +224,7 @@ impl Emulator {
         hints: &Hints,
     ) -> Result<Completion, EmulateError> {
         let mut ctx = Context::new(state, bus, self.max_phys_bits);
+        ctx.instructions = self.instructions;
         let rip = ctx.state.rip();
         let given = hints.bytes.as_ref().and_then(|b| {
             decode::decode_given(ctx.mode, rip, b.as_slice())
@@ -212,6 +262,7 @@ impl Emulator {
             return self.emulate(state, bus);
         }
         let mut ctx = Context::new(state, bus, self.max_phys_bits);
+        ctx.instructions = self.instructions;
         match ctx.port_string(io, self.max_rep_iterations)? {
             StringOutcome::Paused => Ok(Completion::Paused),
             StringOutcome::Done | StringOutcome::NotString => {

@@ -120,6 +120,15 @@ impl CpuModel {
         self.cpuid_on(leaf, subleaf, tsc_khz, &host_cpuid)
     }
 
+    /// The model-dependent instructions a guest of this model has, for the
+    /// emulator (what CPUID says of TZCNT, LZCNT, POPCNT and MOVBE).
+    pub fn instructions(self) -> crate::emulator::OptionalInstructions {
+        crate::emulator::OptionalInstructions::from_cpuid(|leaf, subleaf| {
+            let r = self.cpuid(leaf, subleaf, None);
+            [r.eax, r.ebx, r.ecx, r.edx]
+        })
+    }
+
     /// [`CpuModel::cpuid`] on a host whose own CPUID is `host`.
     pub fn cpuid_on(
         self,

@@ -248,7 +248,10 @@ pub fn run<B: VcpuBackend>(
     msrs: &mut MsrFile,
     slice: Slice,
 ) -> RunOutcome {
-    let emulator = Emulator::default();
+    let emulator = Emulator {
+        instructions: vm.instructions(),
+        ..Emulator::default()
+    };
     // Where a halted vCPU resumes once an event wakes it, and whether
     // its HLT ran with RFLAGS.TF (the single-step trap comes on waking).
     // A halt outlasts the slice: it is kept in the VM.

@@ -41,9 +41,10 @@ fn protected_mode_program_does_port_io_mmio_and_interrupts_then_powers_off() {
             "kvm_devices: 32-bit protected mode",
             // IOAPIC register 1: version 0x20, 24 redirection entries.
             "ioapic version 00170020",
-            // Local APIC version register: version 0x14, max LVT entry 6
-            // (timer, thermal, performance, LINT0, LINT1, error, CMCI).
-            "lapic version 00060014",
+            // Local APIC version register: version 0x14, max LVT entry 5
+            // (timer, thermal, performance, LINT0, LINT1, error; the CPU
+            // models have no CMCI).
+            "lapic version 00050014",
             // LINT0 as written: ExtINT, unmasked (virtual-wire mode).
             "lapic lint0 00000700",
             // Exactly ten: the guest checks after every interrupt.

@@ -78,7 +78,13 @@ fn model_table(supported: &CpuId, model: CpuModel) -> Vec<kvm_cpuid_entry2> {
             })
             .unwrap_or_default()
     };
-    for (leaf, reg, bits) in vmm_core::vcpu::missing_features(&host) {
+    // Said once per process: a state round trip builds a vCPU every few
+    // hundred exits.
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let missing = vmm_core::vcpu::missing_features(&host);
+    let mut say = false;
+    SAID.call_once(|| say = true);
+    for (leaf, reg, bits) in missing.into_iter().filter(|_| say) {
         log::warn!(
             "CPU model {model}: KVM lacks CPUID {leaf:#x} {reg} bits {bits:#x}; the guest does not see them"
         );

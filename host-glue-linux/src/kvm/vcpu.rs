@@ -96,7 +96,15 @@ impl KvmVcpu {
         if !kvm.check_extension(Cap::ImmediateExit) {
             return Err(KvmError::MissingCapability("immediate exit"));
         }
-        let vm_fd = kvm.create_vm().map_err(ioctl_err("VM creation"))?;
+        // KVM_CREATE_VM can be interrupted by one of our own signals (the
+        // preemption timer, a kick) while it waits in the kernel: retry.
+        let mut attempts = 0;
+        let vm_fd = loop {
+            match kvm.create_vm() {
+                Err(e) if e.errno() == libc::EINTR && attempts < 100 => attempts += 1,
+                other => break other.map_err(ioctl_err("VM creation"))?,
+            }
+        };
         vm_fd
             .set_tss_address(TSS_ADDRESS)
             .map_err(ioctl_err("TSS address"))?;

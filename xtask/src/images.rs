@@ -322,34 +322,57 @@ pub fn reboot_iso(default_iso: &Path) -> Result<PathBuf> {
             .arg(&new_initrd),
         "repack the initramfs with the current init",
     )?;
-    let cfg = std::fs::read_to_string(assets.join("isolinux.cfg"))
-        .map_err(|e| Error::msg(format!("isolinux.cfg: {e}")))?;
-    let mut patched = String::new();
-    for line in cfg.lines() {
-        patched.push_str(line);
-        if line.trim_start().starts_with("APPEND") {
-            patched.push_str(" vmm.reboot_once");
-        }
-        patched.push('\n');
-    }
-    let cfg_out = work.join("isolinux.cfg");
-    std::fs::write(&cfg_out, patched)
-        .map_err(|e| Error::msg(format!("{}: {e}", cfg_out.display())))?;
-    let _ = std::fs::remove_file(&iso);
-    output(
-        Command::new("xorriso")
-            .arg("-indev")
-            .arg(default_iso)
-            .arg("-outdev")
-            .arg(&iso)
-            .args(["-boot_image", "any", "replay", "-map"])
-            .arg(&cfg_out)
-            .arg("/isolinux/isolinux.cfg")
-            .arg("-map")
-            .arg(&new_initrd)
-            .arg("/boot/initrd.gz"),
+    remaster_cd(
+        default_iso,
+        &iso,
+        &work.join("isolinux.cfg"),
+        "vmm.reboot_once",
+        &[(&new_initrd, "/boot/initrd.gz")],
         "xorriso (the reboot CD)",
     )?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(iso)
+}
+
+/// Write at `iso` a copy of the default CD `default_iso` whose ISOLINUX
+/// `APPEND` lines also carry `append`: the patched isolinux.cfg goes to
+/// `cfg_out` and onto the CD, and each of `maps` (a file here and its path
+/// on the CD) replaces the CD's own file. `what` names the step in errors.
+pub fn remaster_cd(
+    default_iso: &Path,
+    iso: &Path,
+    cfg_out: &Path,
+    append: &str,
+    maps: &[(&Path, &str)],
+    what: &str,
+) -> Result<()> {
+    let cfg_in = system::root().join("xtask/assets/linux-cd/isolinux.cfg");
+    let cfg = std::fs::read_to_string(&cfg_in)
+        .map_err(|e| Error::msg(format!("{}: {e}", cfg_in.display())))?;
+    let mut patched = String::new();
+    for line in cfg.lines() {
+        patched.push_str(line);
+        if line.trim_start().starts_with("APPEND") {
+            patched.push(' ');
+            patched.push_str(append);
+        }
+        patched.push('\n');
+    }
+    std::fs::write(cfg_out, patched)
+        .map_err(|e| Error::msg(format!("{}: {e}", cfg_out.display())))?;
+    let _ = std::fs::remove_file(iso);
+    let mut xorriso = Command::new("xorriso");
+    xorriso
+        .arg("-indev")
+        .arg(default_iso)
+        .arg("-outdev")
+        .arg(iso)
+        .args(["-boot_image", "any", "replay", "-map"])
+        .arg(cfg_out)
+        .arg("/isolinux/isolinux.cfg");
+    for (file, on_cd) in maps {
+        xorriso.arg("-map").arg(file).arg(on_cd);
+    }
+    output(&mut xorriso, what)?;
+    Ok(())
 }

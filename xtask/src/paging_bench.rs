@@ -12,9 +12,8 @@
 
 use crate::kernel::{self, GuestImage};
 use crate::qemu;
-use crate::system::{output, Error, Result};
+use crate::system::{Error, Result};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 const WORKLOAD_START: &str = "VMM-CD-WORKLOAD: start";
@@ -32,30 +31,12 @@ fn workload_iso(default_iso: &Path) -> Result<PathBuf> {
     if modified(&iso).is_some() && modified(&iso) >= modified(default_iso) {
         return Ok(iso);
     }
-    let cfg_in = crate::system::root().join("xtask/assets/linux-cd/isolinux.cfg");
-    let cfg = std::fs::read_to_string(&cfg_in)
-        .map_err(|e| Error::msg(format!("{}: {e}", cfg_in.display())))?;
-    let mut patched = String::new();
-    for line in cfg.lines() {
-        patched.push_str(line);
-        if line.trim_start().starts_with("APPEND") {
-            patched.push_str(" vmm_workload=forkloop");
-        }
-        patched.push('\n');
-    }
-    let cfg_out = dir.join("isolinux-forkloop.cfg");
-    std::fs::write(&cfg_out, patched)
-        .map_err(|e| Error::msg(format!("{}: {e}", cfg_out.display())))?;
-    let _ = std::fs::remove_file(&iso);
-    output(
-        Command::new("xorriso")
-            .arg("-indev")
-            .arg(default_iso)
-            .arg("-outdev")
-            .arg(&iso)
-            .args(["-boot_image", "any", "replay", "-map"])
-            .arg(&cfg_out)
-            .arg("/isolinux/isolinux.cfg"),
+    crate::images::remaster_cd(
+        default_iso,
+        &iso,
+        &dir.join("isolinux-forkloop.cfg"),
+        "vmm_workload=forkloop",
+        &[],
         "xorriso (the workload CD)",
     )?;
     Ok(iso)

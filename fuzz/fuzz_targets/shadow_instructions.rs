@@ -47,12 +47,26 @@ const CODE: u64 = 0x1_0000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
-    MovToCr { cr: u8, gpr: usize },
-    MovFromCr { cr: u8, gpr: usize },
+    MovToCr {
+        cr: u8,
+        gpr: usize,
+    },
+    MovFromCr {
+        cr: u8,
+        gpr: usize,
+    },
     Clts,
-    LmswReg { gpr: usize },
-    LmswMem { linear: Option<u64> },
-    Invlpg { linear: Option<u64> },
+    LmswReg {
+        gpr: usize,
+    },
+    LmswMem {
+        linear: Option<u64>,
+    },
+    /// SMSW (0F 01 /4) to a register or memory: the emulator stores it.
+    Smsw,
+    Invlpg {
+        linear: Option<u64>,
+    },
 }
 
 #[derive(Debug)]
@@ -167,7 +181,8 @@ fn reference(code: &[u8], bitness: u32, rip: u64, cpu: &RegisterFile) -> Option<
             i + 3,
         ),
         0x01 if reg == 6 && md == 3 => done(Kind::LmswReg { gpr: rm | b }, i + 3),
-        0x01 if (reg == 6 || reg == 7) && md != 3 => {
+        0x01 if reg == 4 && md == 3 => done(Kind::Smsw, i + 3),
+        0x01 if (reg == 4 || reg == 6 || reg == 7) && md != 3 => {
             let addr_bits = match (bitness, asz) {
                 (64, false) => 64,
                 (64, true) | (32, false) | (16, true) => 32,
@@ -259,7 +274,9 @@ fn reference(code: &[u8], bitness: u32, rip: u64, cpu: &RegisterFile) -> Option<
             };
             // Several segment prefixes: which one counts is left open.
             let linear = (segment_prefixes <= 1).then_some(linear);
-            if reg == 6 {
+            if reg == 4 {
+                done(Kind::Smsw, at)
+            } else if reg == 6 {
                 done(Kind::LmswMem { linear }, at)
             } else {
                 done(Kind::Invlpg { linear }, at)
@@ -395,6 +412,7 @@ fuzz_target!(|input: Input| {
             assert_eq!(gpr, rgpr, "{code:02x?}");
         }
         (Intercepted::Clts, Kind::Clts) => {}
+        (Intercepted::Smsw, Kind::Smsw) => {}
         (Intercepted::Lmsw { value }, Kind::LmswReg { gpr }) => {
             assert_eq!(value, cpu.gprs[gpr] as u16, "{code:02x?}");
         }

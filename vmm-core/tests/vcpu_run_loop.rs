@@ -7,8 +7,8 @@ use vmm_core::device::{
     Device, DeviceContext, IoOutcome, Mmio, MmioAddress, PortAddress, PortIo, VmRequest,
 };
 use vmm_core::emulator::{
-    AccessHint, CpuState, Exception, Hints, InstructionBytes, RegisterFile, Segment,
-    SegmentRegister, RFLAGS_FIXED, RFLAGS_IF, RFLAGS_TF,
+    AccessHint, Breakpoints, CpuState, DescriptorState, Exception, Hints, InstructionBytes,
+    RegisterFile, Segment, SegmentRegister, RFLAGS_FIXED, RFLAGS_IF, RFLAGS_TF,
 };
 use vmm_core::host::Host;
 use vmm_core::paging::ControlRegisters;
@@ -26,8 +26,14 @@ struct Scripted {
     exits: VecDeque<Exit>,
     injected: Vec<Event>,
     resets: u32,
-    /// Single-step traps raised, with the RIP they were raised at.
+    /// Debug traps raised, with the RIP they were raised at.
     steps: Vec<u64>,
+    /// The DR6 bits of each debug trap, in order.
+    trap_bits: Vec<u64>,
+    /// The breakpoints the guest set.
+    breakpoints: Breakpoints,
+    /// MOV SS shadows the emulator reported.
+    mov_ss_shadows: u32,
 }
 
 impl Scripted {
@@ -38,6 +44,9 @@ impl Scripted {
             injected: Vec::new(),
             resets: 0,
             steps: Vec::new(),
+            trap_bits: Vec::new(),
+            breakpoints: Breakpoints::NONE,
+            mov_ss_shadows: 0,
         }
     }
 }
@@ -73,6 +82,12 @@ impl CpuState for Scripted {
     fn set_xmm(&mut self, i: usize, v: u128) {
         self.regs.set_xmm(i, v)
     }
+    fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
+        Some(&mut self.regs)
+    }
+    fn set_mov_ss_shadow(&mut self) {
+        self.mov_ss_shadows += 1;
+    }
 }
 
 impl VcpuBackend for Scripted {
@@ -101,8 +116,12 @@ impl VcpuBackend for Scripted {
         self.regs = RegisterFile::real_mode();
     }
     fn request_interrupt_window(&mut self, _on: bool) {}
-    fn single_step_trap(&mut self) {
+    fn debug_trap(&mut self, dr6: u64) {
         self.steps.push(self.regs.rip);
+        self.trap_bits.push(dr6);
+    }
+    fn breakpoints(&self) -> Breakpoints {
+        self.breakpoints
     }
 }
 
@@ -1439,4 +1458,126 @@ fn the_apic_base_msr_moves_the_apic_window_and_a_reset_moves_it_back() {
     run(&mut cpu, &mut vm, &apic, &mut msrs, Slice::UNBOUNDED);
     assert_eq!(owner(&vm, 0xfee0_0000), probe_id, "home after reset");
     assert_eq!(owner(&vm, 0xfed0_0000), None);
+}
+
+/// Breakpoint `n` at `address` with DR7 R/W `rw` and LEN `len`, enabled.
+fn breakpoint(n: usize, address: u64, rw: u64, len: u64) -> Breakpoints {
+    let mut b = Breakpoints::NONE;
+    b.addresses[n] = address;
+    b.dr7 |= 1 << (2 * n) | rw << (16 + 4 * n) | len << (18 + 4 * n);
+    b.io_enabled = true;
+    b
+}
+
+#[test]
+fn an_io_breakpoint_traps_after_the_out_the_vmm_completes() {
+    let mut vm = vm();
+    let mut cpu = Scripted::new(vec![
+        Exit::PortIo {
+            port: 0x80,
+            size: 1,
+            write: true,
+            next_rip: 0x11,
+        },
+        Exit::PortIo {
+            port: 0x92,
+            size: 1,
+            write: false,
+            next_rip: 0x12,
+        },
+        Exit::Shutdown,
+    ]);
+    cpu.regs.rip = 0x10;
+    // I/O breakpoint 1 on ports 0x80-0x81.
+    cpu.breakpoints = breakpoint(1, 0x80, 0b10, 0b01);
+    run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
+    // Only the OUT to 0x80 hit, and it trapped after retiring.
+    assert_eq!(cpu.steps, vec![0x11]);
+    assert_eq!(cpu.trap_bits, vec![1 << 1]);
+}
+
+#[test]
+fn a_data_breakpoint_on_emulated_mmio_traps_after_the_instruction_with_its_bit() {
+    let mut vm = vm();
+    // mov [bx], al at 0x1000, BX = 0x0004 with DS base 0xfee0_0000 (MMIO).
+    vm.guest_write(0x1000, &[0x88, 0x07]);
+    let emulate = || Exit::Emulate {
+        gpa: Some(0xfee0_0004),
+        hints: Hints::default(),
+    };
+    let mut cpu = Scripted::new(vec![emulate(), Exit::Shutdown]);
+    cpu.regs.rip = 0x1000;
+    cpu.regs.gprs[3] = 4;
+    cpu.regs.segments[Segment::Ds as usize].base = 0xfee0_0000;
+    // Write breakpoint 3 on the 4 bytes at 0xfee0_0004; TF set too.
+    cpu.breakpoints = breakpoint(3, 0xfee0_0004, 0b01, 0b11);
+    cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_TF;
+    run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
+    assert_eq!(cpu.steps, vec![0x1002]);
+    assert_eq!(cpu.trap_bits, vec![(1 << 3) | (1 << 14)]);
+    assert_eq!(probe(&vm).mmio_writes, vec![(0xfee0_0004, vec![0])]);
+
+    // A read-write breakpoint elsewhere, and a write-only one on the
+    // address read: no trap for a read.
+    let mut vm2 = self::vm();
+    vm2.guest_write(0x1000, &[0x8a, 0x07]); // mov al, [bx]
+    let mut cpu = Scripted::new(vec![emulate(), Exit::Shutdown]);
+    cpu.regs.rip = 0x1000;
+    cpu.regs.gprs[3] = 4;
+    cpu.regs.segments[Segment::Ds as usize].base = 0xfee0_0000;
+    let mut b = breakpoint(0, 0xfee0_0004, 0b01, 0b00);
+    b.addresses[2] = 0xfee0_0100;
+    b.dr7 |= 1 << 4 | 0b11 << 24;
+    cpu.breakpoints = b;
+    run(
+        &mut cpu,
+        &mut vm2,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
+    assert!(cpu.steps.is_empty(), "{:?}", cpu.trap_bits);
+    assert_eq!(cpu.regs.rip, 0x1002);
+}
+
+#[test]
+fn an_emulated_mov_ss_holds_the_single_step_trap_for_one_instruction() {
+    let mut vm = vm();
+    // mov ss, [bx] (8e 17) reading MMIO (zeros: selector 0, real mode).
+    vm.guest_write(0x1000, &[0x8e, 0x17]);
+    let mut cpu = Scripted::new(vec![
+        Exit::Emulate {
+            gpa: Some(0xfee0_0000),
+            hints: Hints::default(),
+        },
+        Exit::Shutdown,
+    ]);
+    cpu.regs.rip = 0x1000;
+    cpu.regs.segments[Segment::Ds as usize].base = 0xfee0_0000;
+    cpu.regs.segments[Segment::Ss as usize].selector = 0x1234;
+    cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_TF;
+    run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
+    assert_eq!(cpu.regs.segments[Segment::Ss as usize].selector, 0);
+    assert_eq!(cpu.regs.rip, 0x1002);
+    assert_eq!(cpu.mov_ss_shadows, 1);
+    // No trap now: the hardware takes it after the next instruction.
+    assert!(cpu.steps.is_empty());
 }

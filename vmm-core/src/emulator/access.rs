@@ -70,6 +70,12 @@ pub(crate) struct Context<'a, S: CpuState, B: GuestBus> {
     pub branch: Option<u64>,
     /// The model-dependent instructions the guest's CPU has.
     pub instructions: super::OptionalInstructions,
+    /// The guest's data breakpoints.
+    pub breakpoints: super::Breakpoints,
+    /// DR6.B0-B3 of the data breakpoints this instruction's accesses hit.
+    pub breakpoint_hits: u64,
+    /// The instruction loaded SS with MOV or POP (an interrupt shadow).
+    pub mov_ss_shadow: bool,
     walker: Walker,
     /// Translations made during this instruction (a REP instruction walks
     /// each page once, as a hardware TLB would).
@@ -108,6 +114,9 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
             cpl,
             branch: None,
             instructions: super::OptionalInstructions::ALL,
+            breakpoints: super::Breakpoints::NONE,
+            breakpoint_hits: 0,
+            mov_ss_shadow: false,
             walker,
             tlb: [None; TLB_ENTRIES],
             tlb_next: 0,
@@ -338,8 +347,36 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
         Ok(())
     }
 
-    /// Translate `len` bytes at linear `la`, both pages when it crosses.
+    /// What the emulation owes the guest after `completion`.
+    pub fn traced(&self, completion: super::Completion) -> super::Traced {
+        super::Traced {
+            completion,
+            breakpoint_hits: self.breakpoint_hits,
+            mov_ss_shadow: self.mov_ss_shadow,
+        }
+    }
+
+    /// Translate `len` bytes at linear `la` for a data access or a fetch,
+    /// both pages when it crosses; a data access is matched against the
+    /// guest's data breakpoints.
     pub fn translate_range(
+        &mut self,
+        la: u64,
+        len: usize,
+        kind: AccessKind,
+    ) -> Result<PhysRange, EmulateError> {
+        let range = self.translate_range_unwatched(la, len, kind)?;
+        if kind != AccessKind::Execute {
+            self.breakpoint_hits |= self
+                .breakpoints
+                .data_hits(la, len, kind == AccessKind::Write);
+        }
+        Ok(range)
+    }
+
+    /// [`Context::translate_range`] for what no data breakpoint sees (the
+    /// address check of a cache-line flush).
+    pub fn translate_range_unwatched(
         &mut self,
         la: u64,
         len: usize,

@@ -294,6 +294,11 @@ pub trait CpuState {
     fn xcr0(&self) -> Option<u64> {
         None
     }
+    /// The instruction just retired loaded SS with MOV or POP: block
+    /// interrupts, NMIs and debug traps until the next instruction has run
+    /// (the "MOV SS shadow"). Called after RIP moved past it. The default
+    /// does nothing (a vCPU that cannot hold the shadow).
+    fn set_mov_ss_shadow(&mut self) {}
     /// Load CR0 with `value` (LMSW): `true` if done, `false` if this vCPU
     /// cannot have CR0 changed by the emulator (the default), which makes
     /// the instruction unsupported. Only PE, MP, EM and TS ever change.

@@ -359,7 +359,7 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             Mnemonic::Clflush | Mnemonic::Clflushopt | Mnemonic::Clwb => {
                 if let Operand::Mem { seg, offset, .. } = self.operand(d, 0)? {
                     let la = self.linear(seg, offset, 1, AccessKind::Read)?;
-                    self.translate_range(la, 1, AccessKind::Read)?;
+                    self.translate_range_unwatched(la, 1, AccessKind::Read)?;
                 }
             }
             // Prefetches never fault and change nothing.

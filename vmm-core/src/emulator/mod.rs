@@ -74,6 +74,7 @@
 mod access;
 mod alu;
 mod bits;
+mod breakpoints;
 mod cpu;
 mod decode;
 mod error;
@@ -88,6 +89,7 @@ mod system;
 mod transfer;
 mod vector;
 
+pub use breakpoints::Breakpoints;
 pub use cpu::{
     BusError, CpuMode, CpuState, DescriptorState, DescriptorTable, GuestBus, RegisterFile, Segment,
     SegmentRegister, RFLAGS_AC, RFLAGS_AF, RFLAGS_CF, RFLAGS_DF, RFLAGS_FIXED, RFLAGS_IF,
@@ -123,6 +125,24 @@ pub struct Emulator {
     pub max_phys_bits: u8,
     /// Which model-dependent instructions the guest's CPU has.
     pub instructions: OptionalInstructions,
+    /// The guest's data breakpoints, matched against the instruction's
+    /// data accesses (see [`Traced::breakpoint_hits`]).
+    pub breakpoints: Breakpoints,
+}
+
+/// What [`Emulator::emulate_traced`] reports beyond the [`Completion`]:
+/// what the instruction owes the guest once it retires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Traced {
+    /// How the call ended.
+    pub completion: Completion,
+    /// DR6.B0-B3 of the enabled data breakpoints its accesses matched: the
+    /// #DB trap hardware raises after the instruction (or REP iteration).
+    pub breakpoint_hits: u64,
+    /// It loaded SS (MOV SS, POP SS): interrupts, NMIs and debug traps are
+    /// held until the next instruction has run, as on hardware (the vCPU
+    /// was told through [`CpuState::set_mov_ss_shadow`]).
+    pub mov_ss_shadow: bool,
 }
 
 /// Instructions that exist only where CPUID says so. Without them the same
@@ -177,6 +197,7 @@ impl Default for Emulator {
             max_rep_iterations: 1024,
             max_phys_bits: 46,
             instructions: OptionalInstructions::ALL,
+            breakpoints: Breakpoints::NONE,
         }
     }
 }
@@ -223,8 +244,50 @@ impl Emulator {
         bus: &mut B,
         hints: &Hints,
     ) -> Result<Completion, EmulateError> {
+        self.emulate_traced(state, bus, hints, None)
+            .map(|t| t.completion)
+    }
+
+    /// Carry out the string port instruction an I/O exit described
+    /// without fetching or decoding it (the exit already says what it is);
+    /// particulars that are not a valid INS/OUTS fall back to
+    /// [`Emulator::emulate`]. The guest sees exactly what decoding would
+    /// give it.
+    pub fn emulate_port_string<S: CpuState, B: GuestBus>(
+        &self,
+        state: &mut S,
+        bus: &mut B,
+        io: &PortString,
+    ) -> Result<Completion, EmulateError> {
+        self.emulate_traced(state, bus, &Hints::default(), Some(io))
+            .map(|t| t.completion)
+    }
+
+    /// [`Emulator::emulate_hinted`], or with `port_string`
+    /// [`Emulator::emulate_port_string`], reporting also what the
+    /// instruction owes the guest after it ([`Traced`]): the data
+    /// breakpoints it hit and whether it loaded SS. The exit loop uses
+    /// this; the plain forms drop the report.
+    pub fn emulate_traced<S: CpuState, B: GuestBus>(
+        &self,
+        state: &mut S,
+        bus: &mut B,
+        hints: &Hints,
+        port_string: Option<&PortString>,
+    ) -> Result<Traced, EmulateError> {
         let mut ctx = Context::new(state, bus, self.max_phys_bits);
         ctx.instructions = self.instructions;
+        ctx.breakpoints = self.breakpoints;
+        if let Some(io) = port_string.filter(|io| io.is_valid()) {
+            let completion = match ctx.port_string(io, self.max_rep_iterations)? {
+                StringOutcome::Paused => Completion::Paused,
+                StringOutcome::Done | StringOutcome::NotString => {
+                    retire(&mut ctx, io.next_rip);
+                    Completion::Retired
+                }
+            };
+            return Ok(ctx.traced(completion));
+        }
         let rip = ctx.state.rip();
         let given = hints.bytes.as_ref().and_then(|b| {
             decode::decode_given(ctx.mode, rip, b.as_slice())
@@ -241,33 +304,12 @@ impl Emulator {
         let mut tries = 0;
         loop {
             match self.run(&mut ctx, &d) {
-                Err(EmulateError::LockContended) if tries < LOCK_RETRIES => tries += 1,
-                other => return other,
-            }
-        }
-    }
-
-    /// Carry out the string port instruction an I/O exit described
-    /// without fetching or decoding it (the exit already says what it is);
-    /// particulars that are not a valid INS/OUTS fall back to
-    /// [`Emulator::emulate`]. The guest sees exactly what decoding would
-    /// give it.
-    pub fn emulate_port_string<S: CpuState, B: GuestBus>(
-        &self,
-        state: &mut S,
-        bus: &mut B,
-        io: &PortString,
-    ) -> Result<Completion, EmulateError> {
-        if !io.is_valid() {
-            return self.emulate(state, bus);
-        }
-        let mut ctx = Context::new(state, bus, self.max_phys_bits);
-        ctx.instructions = self.instructions;
-        match ctx.port_string(io, self.max_rep_iterations)? {
-            StringOutcome::Paused => Ok(Completion::Paused),
-            StringOutcome::Done | StringOutcome::NotString => {
-                retire(&mut ctx, io.next_rip);
-                Ok(Completion::Retired)
+                Err(EmulateError::LockContended) if tries < LOCK_RETRIES => {
+                    tries += 1;
+                    ctx.breakpoint_hits = 0;
+                }
+                Err(e) => return Err(e),
+                Ok(completion) => return Ok(ctx.traced(completion)),
             }
         }
     }
@@ -293,6 +335,9 @@ impl Emulator {
         };
         let next = ctx.branch.take().unwrap_or(next);
         retire(ctx, next);
+        if ctx.mov_ss_shadow {
+            ctx.state.set_mov_ss_shadow();
+        }
         Ok(Completion::Retired)
     }
 }

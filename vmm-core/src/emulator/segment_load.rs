@@ -15,8 +15,10 @@
 //! sets it.
 //!
 //! They need [`CpuState::descriptor_state`]; a vCPU without it reports
-//! them as unsupported. The one-instruction interrupt shadow after a load
-//! of SS is not given here.
+//! them as unsupported. MOV SS and POP SS (not LSS) leave the
+//! one-instruction shadow hardware gives them: the emulator reports it
+//! ([`super::Traced::mov_ss_shadow`]) and tells the vCPU
+//! ([`super::CpuState::set_mov_ss_shadow`]).
 
 use super::access::Context;
 use super::cpu::{CpuMode, CpuState, GuestBus, Segment, SegmentRegister};
@@ -201,7 +203,9 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
     pub fn move_to_segment(&mut self, d: &Decoded, seg: Segment) -> Result<(), EmulateError> {
         let src = self.operand(d, 1)?;
         let selector = self.read_operand(&src)? as u16;
-        self.load_segment(d, seg, selector)
+        self.load_segment(d, seg, selector)?;
+        self.mov_ss_shadow = seg == Segment::Ss;
+        Ok(())
     }
 
     /// POP Sreg: the selector is the low word of a stack slot of the
@@ -223,6 +227,7 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
         }
         self.load_segment(d, seg, selector)?;
         self.write_gpr(4, ss, false, sp.wrapping_add(size as u64) & mask);
+        self.mov_ss_shadow = seg == Segment::Ss;
         Ok(())
     }
 

@@ -27,6 +27,8 @@ pub const CR0_AM: u64 = 1 << 18;
 pub const CR0_PG: u64 = 1 << 31;
 /// CR4.PSE: 4 MiB pages in 32-bit paging.
 pub const CR4_PSE: u64 = 1 << 4;
+/// CR4.DE: debug extensions (DR7 R/W = 10 means I/O breakpoints).
+pub const CR4_DE: u64 = 1 << 3;
 /// CR4.PAE: 64-bit page-table entries.
 pub const CR4_PAE: u64 = 1 << 5;
 /// CR4.OSFXSR: the OS supports SSE (otherwise SSE instructions raise #UD).

@@ -706,6 +706,9 @@ impl CpuState for SvmVcpu {
     fn cpl(&self) -> u8 {
         self.vmcb.read_u8(offset::CPL)
     }
+    fn set_mov_ss_shadow(&mut self) {
+        self.vmcb.write_u64(offset::INTERRUPT_SHADOW, 1);
+    }
     fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
         Some(self)
     }
@@ -904,16 +907,25 @@ impl VcpuBackend for SvmVcpu {
         true
     }
 
-    fn single_step_trap(&mut self) {
+    fn debug_trap(&mut self, bits: u64) {
         if self.vmcb.read_u64(offset::EVENT_INJ) & (1 << 31) != 0 {
             // The instruction did not complete after all: it faulted.
             return;
         }
         let dr6 = self.vmcb.read_u64(offset::DR6);
-        self.vmcb.write_u64(offset::DR6, dr6 | DR6_BS);
+        self.vmcb
+            .write_u64(offset::DR6, dr6 | (bits & (DR6_BS | 0xf)));
         // #DB: vector 1, a hardware exception without error code.
         self.vmcb
             .write_u64(offset::EVENT_INJ, 1 | (3 << 8) | (1 << 31));
+    }
+
+    fn breakpoints(&self) -> crate::emulator::Breakpoints {
+        crate::emulator::Breakpoints {
+            addresses: self.debug.dr,
+            dr7: self.vmcb.read_u64(offset::DR7),
+            io_enabled: self.control().cr4 & crate::paging::CR4_DE != 0,
+        }
     }
 
     fn interrupts_open(&self) -> bool {

@@ -282,7 +282,7 @@ impl ArchState for SvmVcpu {
         self.iret_rip = None;
         self.set_iret_intercept(e.nmi_blocked);
         if e.single_step_pending && e.pending.is_none() {
-            self.single_step_trap();
+            self.debug_trap(crate::vcpu::DR6_BS);
         }
         Ok(())
     }

@@ -101,6 +101,9 @@ pub trait InterruptSource {
     }
 }
 
+/// DR6.BS: the #DB is a single-step trap.
+pub const DR6_BS: u64 = 1 << 14;
+
 /// A vCPU as the exit handling sees it: the guest's registers (through the
 /// emulator's [`CpuState`]) and the means to enter the guest and to deliver
 /// events to it.
@@ -158,15 +161,25 @@ pub trait VcpuBackend: CpuState {
     /// external interrupt (or stop asking).
     fn request_interrupt_window(&mut self, on: bool);
 
-    /// The instruction the VMM just completed for the guest ran with
-    /// RFLAGS.TF set: raise the single-step trap it owes, a #DB with DR6.BS
-    /// set, before the next instruction and before any interrupt (a trap of
-    /// the previous instruction comes first). While it is pending,
-    /// [`interrupts_open`](Self::interrupts_open) and
+    /// The instruction the VMM just completed for the guest owes it a
+    /// debug trap: a #DB with `dr6` set in DR6 (DR6.BS, [`DR6_BS`], when it
+    /// ran with RFLAGS.TF; DR6.B0-B3 for the data or I/O breakpoints it
+    /// hit), raised before the next instruction and before any interrupt
+    /// (a trap of the previous instruction comes first). While it is
+    /// pending, [`interrupts_open`](Self::interrupts_open) and
     /// [`nmis_open`](Self::nmis_open) say no. Backends whose hypervisor
-    /// completes instructions itself and steps them (KVM) keep the default,
-    /// which does nothing.
-    fn single_step_trap(&mut self) {}
+    /// completes instructions itself and traps them (KVM) keep the
+    /// default, which does nothing.
+    fn debug_trap(&mut self, dr6: u64) {
+        let _ = dr6;
+    }
+
+    /// The guest's debug-register breakpoints (DR0-DR3, DR7, CR4.DE), for
+    /// the accesses the VMM carries out. The default, none enabled, suits
+    /// backends whose hypervisor matches them itself (KVM).
+    fn breakpoints(&self) -> crate::emulator::Breakpoints {
+        crate::emulator::Breakpoints::NONE
+    }
 
     /// Ask for an [`Exit::NmiWindow`] as soon as the guest can take an NMI
     /// (or stop asking), for an NMI held meanwhile. Backends that find out

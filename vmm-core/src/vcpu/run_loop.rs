@@ -3,11 +3,11 @@
 
 use super::{
     AccessTarget, ControlAccess, DeviceAccess, Event, Exit, InterruptSource, MsrFile, VcpuBackend,
+    DR6_BS,
 };
 use crate::device::IoOutcome;
 use crate::emulator::{
-    Completion, EmulateError, Emulator, Exception, Hints, PortString, RFLAGS_AC, RFLAGS_IF,
-    RFLAGS_TF,
+    EmulateError, Emulator, Exception, Hints, PortString, RFLAGS_AC, RFLAGS_IF, RFLAGS_TF,
 };
 use crate::shadow_paging::{FaultOutcome, GuestFault, RecordingBus};
 use crate::vm::{StopReason, Vm};
@@ -130,9 +130,13 @@ fn read_control_register<B: VcpuBackend>(vcpu: &mut B, cr: u8) -> Option<u64> {
 /// to a shadowed page table) with what the exit reported (`hints`), or the
 /// string port instruction the exit described (`port_string`, no decode
 /// needed). A backend that tracks guest writes hears of every byte the
-/// instruction wrote. Under RFLAGS.TF a REP instruction runs one iteration
-/// per call, and each call that moved the guest on raises the single-step
-/// trap (hardware traps after every iteration).
+/// instruction wrote. Under RFLAGS.TF, or with a data breakpoint enabled,
+/// a REP instruction runs one iteration per call, and each call that
+/// moved the guest on raises the debug trap it owes: single step, and the
+/// data and I/O breakpoints its accesses hit (hardware traps after every
+/// iteration). After a MOV SS or POP SS the trap waits for the next
+/// instruction, as on hardware (the guest's own TF then traps after it;
+/// a breakpoint the load itself hit is not reported).
 fn emulate<B: VcpuBackend>(
     vcpu: &mut B,
     vm: &mut Vm,
@@ -142,22 +146,22 @@ fn emulate<B: VcpuBackend>(
     port_string: Option<&PortString>,
 ) {
     let stepping = vcpu.rflags() & RFLAGS_TF != 0;
-    let stepped;
-    let emulator = if stepping {
-        stepped = Emulator {
-            max_rep_iterations: 1,
-            ..*emulator
-        };
-        &stepped
-    } else {
-        emulator
+    let breakpoints = vcpu.breakpoints();
+    // INS/OUTS address the port in DX, which they leave alone.
+    let port = vcpu.gpr(RDX) as u16;
+    let one_at_a_time = stepping || breakpoints.watches_data();
+    let emulator = Emulator {
+        max_rep_iterations: if one_at_a_time {
+            1
+        } else {
+            emulator.max_rep_iterations
+        },
+        breakpoints,
+        ..*emulator
     };
     let result = if vcpu.shadow_paging().is_some() {
         let mut bus = RecordingBus::new(vm);
-        let result = match port_string {
-            Some(io) => emulator.emulate_port_string(vcpu, &mut bus, io),
-            None => emulator.emulate_hinted(vcpu, &mut bus, hints),
-        };
+        let result = emulator.emulate_traced(vcpu, &mut bus, hints, port_string);
         if let Some(shadow) = vcpu.shadow_paging() {
             for (gpa, len) in bus.into_writes() {
                 shadow.guest_wrote(gpa, len);
@@ -165,15 +169,19 @@ fn emulate<B: VcpuBackend>(
         }
         result
     } else {
-        match port_string {
-            Some(io) => emulator.emulate_port_string(vcpu, vm, io),
-            None => emulator.emulate_hinted(vcpu, vm, hints),
-        }
+        emulator.emulate_traced(vcpu, vm, hints, port_string)
     };
     match result {
-        Ok(Completion::Retired | Completion::Paused) => {
+        Ok(traced) => {
+            let mut dr6 = traced.breakpoint_hits;
+            if let Some(io) = port_string {
+                dr6 |= breakpoints.io_hits(port, usize::from(io.size));
+            }
             if stepping {
-                vcpu.single_step_trap();
+                dr6 |= DR6_BS;
+            }
+            if dr6 != 0 && !traced.mov_ss_shadow {
+                vcpu.debug_trap(dr6);
             }
         }
         Err(EmulateError::Exception(e)) => {
@@ -233,9 +241,15 @@ fn apic_base_msr<B: VcpuBackend>(
 /// there, taking the single-step trap first if the instruction ran with
 /// RFLAGS.TF (`stepping`, as it was when the guest exited).
 fn complete<B: VcpuBackend>(vcpu: &mut B, next_rip: u64, stepping: bool) {
+    complete_with_trap(vcpu, next_rip, if stepping { DR6_BS } else { 0 });
+}
+
+/// [`complete`] with the debug trap the instruction owes (`dr6`: DR6.BS
+/// for single step, B0-B3 for breakpoints it hit; 0 for none).
+fn complete_with_trap<B: VcpuBackend>(vcpu: &mut B, next_rip: u64, dr6: u64) {
     vcpu.set_rip(next_rip);
-    if stepping {
-        vcpu.single_step_trap();
+    if dr6 != 0 {
+        vcpu.debug_trap(dr6);
     }
 }
 
@@ -368,7 +382,12 @@ pub fn run<B: VcpuBackend>(
                     // the IN/OUT and let other VMs run; it executes again.
                     return RunOutcome::SliceEnded;
                 }
-                complete(vcpu, next_rip, stepping);
+                // An I/O breakpoint on the port traps after the IN/OUT.
+                let mut dr6 = vcpu.breakpoints().io_hits(port, n);
+                if stepping {
+                    dr6 |= DR6_BS;
+                }
+                complete_with_trap(vcpu, next_rip, dr6);
             }
             Exit::DeviceAccess(access) => device_access(vcpu, vm, access),
             Exit::Emulate { gpa, hints } => emulate(vcpu, vm, &emulator, gpa, &hints, None),

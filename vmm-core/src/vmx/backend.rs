@@ -93,8 +93,16 @@ impl VcpuBackend for VmxVcpu {
         self.interrupt_can_be_taken()
     }
 
-    fn single_step_trap(&mut self) {
-        self.raise_single_step();
+    fn debug_trap(&mut self, dr6: u64) {
+        self.raise_debug_trap(dr6);
+    }
+
+    fn breakpoints(&self) -> crate::emulator::Breakpoints {
+        crate::emulator::Breakpoints {
+            addresses: self.debug.dr,
+            dr7: self.read(fields::GUEST_DR7),
+            io_enabled: self.guest_cr4() & crate::paging::CR4_DE != 0,
+        }
     }
 
     fn nmis_open(&self) -> bool {

@@ -97,6 +97,16 @@ impl VmxVcpu {
         Ok(())
     }
 
+    /// Load the CR0 bits LMSW may change (PE, MP, EM, TS; `value` is the
+    /// whole new CR0, with PG, CD and NW as they were): the read shadow
+    /// and the bits the guest owns, and the guest's TLB flushed as the CPU
+    /// would.
+    pub(super) fn set_cr0_flags(&mut self, value: u64) {
+        self.write(fields::CR0_READ_SHADOW, value);
+        self.write(fields::GUEST_CR0, self.cr0.apply(value));
+        self.flush_guest_tlb();
+    }
+
     /// MOV to CR4.
     fn set_cr4(&mut self, vm: &Vm, value: u64) -> Result<(), Exception> {
         let gp = Exception::GeneralProtection(0);

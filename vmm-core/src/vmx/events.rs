@@ -10,6 +10,8 @@ use crate::vcpu::Event;
 
 /// Interruptibility state: blocking by STI and by MOV SS.
 pub(super) const BLOCKING_STI_MOVSS: u64 = 0b11;
+/// Interruptibility state: blocking by MOV SS alone.
+pub(super) const BLOCKING_MOV_SS: u64 = 0b10;
 /// Guest interruptibility: blocking by NMI (virtual-NMI blocking, since
 /// the pin controls include virtual NMIs).
 pub(super) const BLOCKING_NMI: u64 = 1 << 3;
@@ -19,6 +21,10 @@ pub(super) const INFO_VALID: u64 = 1 << 31;
 pub(super) const INFO_ERROR_CODE: u64 = 1 << 11;
 /// Pending debug exceptions: BS, a single-step trap (as DR6.BS).
 const PENDING_DEBUG_BS: u64 = 1 << 14;
+/// Pending debug exceptions: B0-B3, matched breakpoints (as DR6.B0-B3).
+const PENDING_DEBUG_B0_B3: u64 = 0xf;
+/// Pending debug exceptions: an enabled breakpoint matched.
+const PENDING_DEBUG_ENABLED_BREAKPOINT: u64 = 1 << 12;
 
 impl VmxVcpu {
     /// Deliver `event` at the next entry through the VM-entry interruption
@@ -55,11 +61,21 @@ impl VmxVcpu {
     /// instruction. Nothing when an event is being injected: the
     /// instruction faulted instead of completing.
     pub(super) fn raise_single_step(&mut self) {
+        self.raise_debug_trap(PENDING_DEBUG_BS);
+    }
+
+    /// Raise a debug trap with DR6 bits `dr6` (BS, B0-B3) through the
+    /// pending debug exceptions, as [`Self::raise_single_step`] does.
+    pub(super) fn raise_debug_trap(&mut self, dr6: u64) {
         if self.read(fields::ENTRY_INTERRUPTION_INFO) & INFO_VALID != 0 {
             return;
         }
+        let mut bits = dr6 & (PENDING_DEBUG_BS | PENDING_DEBUG_B0_B3);
+        if bits & PENDING_DEBUG_B0_B3 != 0 {
+            bits |= PENDING_DEBUG_ENABLED_BREAKPOINT;
+        }
         let pending = self.read(fields::GUEST_PENDING_DEBUG);
-        self.write(fields::GUEST_PENDING_DEBUG, pending | PENDING_DEBUG_BS);
+        self.write(fields::GUEST_PENDING_DEBUG, pending | bits);
     }
 
     /// Drop a single-step trap from the pending debug exceptions (kept in
@@ -75,7 +91,7 @@ impl VmxVcpu {
     /// Whether a debug trap waits in the pending debug exceptions: it is
     /// delivered first, so no event is injected beside it.
     pub(super) fn debug_trap_pending(&self) -> bool {
-        self.read(fields::GUEST_PENDING_DEBUG) & PENDING_DEBUG_BS != 0
+        self.read(fields::GUEST_PENDING_DEBUG) & (PENDING_DEBUG_BS | PENDING_DEBUG_B0_B3) != 0
     }
 
     /// RFLAGS.IF set, no STI/MOV SS blocking, no event or debug trap

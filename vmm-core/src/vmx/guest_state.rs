@@ -1,7 +1,7 @@
 //! The guest's registers as the emulator sees them ([`CpuState`]), and
 //! VMX access rights converted to and from segment attributes.
 
-use super::events::BLOCKING_STI_MOVSS;
+use super::events::{BLOCKING_MOV_SS, BLOCKING_STI_MOVSS};
 use super::fields;
 use super::VmxVcpu;
 use crate::emulator::{CpuState, DescriptorState, DescriptorTable, Segment, SegmentRegister};
@@ -109,6 +109,17 @@ impl CpuState for VmxVcpu {
     }
     fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
         Some(self)
+    }
+    fn set_mov_ss_shadow(&mut self) {
+        let s = self.read(fields::GUEST_INTERRUPTIBILITY);
+        self.write(fields::GUEST_INTERRUPTIBILITY, s | BLOCKING_MOV_SS);
+    }
+    fn set_cr0(&mut self, value: u64) -> bool {
+        // LMSW from emulated memory: it changes only PE, MP, EM and TS and
+        // never clears PE, so paging stays as it was (no long-mode switch,
+        // no PDPTE load); the read shadow keeps the guest's view.
+        self.set_cr0_flags(value);
+        true
     }
 }
 

@@ -19,7 +19,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use vmm_core::emulator::{
-    AccessHint, BusError, Completion, DescriptorTable, EmulateError, Emulator, Exception, GuestBus,
+    AccessHint, Breakpoints, BusError, Completion, DescriptorTable, EmulateError, Emulator, Exception, GuestBus,
     Hints, InstructionBytes, OptionalInstructions, PortString, RegisterFile, Segment,
     SegmentRegister,
 };
@@ -68,6 +68,9 @@ struct Input {
     /// of the code bytes the CPU "fetched".
     hint: Option<(u8, u64, bool, Option<u64>)>,
     given_bytes: Option<u8>,
+    /// The guest's data breakpoints: DR0-DR3 (offsets near RAM and the
+    /// MMIO window, or anything), DR7.
+    breakpoints: Option<([u64; 4], u32)>,
 }
 
 struct Bus {
@@ -234,6 +237,14 @@ fuzz_target!(|input: Input| {
                 movbe: false,
             }
         },
+        breakpoints: match input.breakpoints {
+            Some((addresses, dr7)) => Breakpoints {
+                addresses,
+                dr7: u64::from(dr7),
+                io_enabled: dr7 & 0x2000 != 0,
+            },
+            None => Breakpoints::NONE,
+        },
         ..Emulator::default()
     };
     for _ in 0..3 {
@@ -249,9 +260,9 @@ fuzz_target!(|input: Input| {
                     segment: Segment::ALL[usize::from(seg) % 6],
                     next_rip: rip.wrapping_add(2),
                 };
-                emulator.emulate_port_string(&mut cpu, &mut bus, &io)
+                emulator.emulate_traced(&mut cpu, &mut bus, &Hints::default(), Some(&io))
             }
-            None => emulator.emulate_hinted(&mut cpu, &mut bus, &hints),
+            None => emulator.emulate_traced(&mut cpu, &mut bus, &hints, None),
         };
         // Bounded work: fetch and page walks plus a bounded number of
         // iterations, each with at most a few accesses.
@@ -260,7 +271,15 @@ fuzz_target!(|input: Input| {
             "{} bus accesses",
             bus.accesses
         );
-        match result {
+        if let Ok(traced) = &result {
+            // Only the bits of enabled data breakpoints.
+            let b = emulator.breakpoints;
+            let enabled = (0..4)
+                .filter(|n| (b.dr7 >> (2 * n)) & 3 != 0 && (b.dr7 >> (16 + 4 * n)) & 1 != 0)
+                .fold(0, |bits, n| bits | 1 << n);
+            assert_eq!(traced.breakpoint_hits & !enabled, 0, "{traced:?} {b:?}");
+        }
+        match result.map(|t| t.completion) {
             Ok(Completion::Retired) => {}
             Ok(Completion::Paused) => assert_eq!(cpu.rip, before.rip, "a paused REP moved RIP"),
             Err(EmulateError::Exception(e)) => {

@@ -1,7 +1,8 @@
 ; The integer instructions the emulator gained, on an address with no
 ; memory behind it (the VGA hole), in real mode: every read gives all ones
 ; and every write is dropped, and each instruction retires with what
-; hardware computes from all ones. Prints one line: "integer forms on
+; hardware computes from all ones. Then x87, SSE and MMX loads from the
+; hole, which read all ones without the emulator. Prints one line: "integer forms on
 ; MMIO: ok", or the letter of the first check that failed.
 bits 16
 org 0
@@ -87,6 +88,31 @@ main:
     div word [es:0x10]
     cmp word [0x502], 1
     check e, 'p'
+    ; x87, SSE and MMX loads, which the emulator does not model, read the
+    ; hole's all-ones too (the VMM maps open bus to a page of all-ones).
+    fninit
+    fild word [es:0x10]         ; -1
+    fistp word [0x504]
+    cmp word [0x504], -1
+    check e, 'q'
+    mov eax, cr4
+    or eax, 1 << 9              ; OSFXSR
+    mov cr4, eax
+    mov eax, cr0
+    and eax, ~((1 << 2) | (1 << 3)) ; EM, TS
+    or eax, 1 << 1              ; MP
+    mov cr0, eax
+    mov eax, 1
+    movd xmm0, eax
+    paddd xmm0, [es:0x10]       ; 1 + 0xffffffff in every lane
+    movd eax, xmm0
+    test eax, eax
+    check z, 'r'
+    movq mm0, [es:0x18]
+    movd eax, mm0
+    emms
+    cmp eax, -1
+    check e, 's'
     mov si, ok
     jmp print
 

@@ -434,6 +434,19 @@ impl GuestMemory {
         self.find(gpa).map(|i| self.regions[i].info(&self.blocks))
     }
 
+    /// Whether nothing answers anywhere in `[gpa, gpa + len)`: no RAM, ROM
+    /// or MMIO there, only unmapped space, where reads see all-ones and
+    /// writes are dropped (open bus). Page-table builders map such ranges
+    /// to a read-only page of all-ones.
+    pub fn is_open_bus(&self, gpa: u64, len: u64) -> bool {
+        let end = gpa.saturating_add(len);
+        let first = self.regions.partition_point(|r| r.end <= gpa);
+        self.regions[first..]
+            .iter()
+            .take_while(|r| r.start < end)
+            .all(|r| r.info(&self.blocks).kind == RegionKind::Unmapped)
+    }
+
     /// The kind of memory at `gpa`.
     pub fn kind_at(&self, gpa: u64) -> RegionKind {
         self.region_at(gpa).map_or(RegionKind::Unmapped, |r| r.kind)

@@ -6,8 +6,15 @@
 //! - RAM is mapped read-write; ROM, write-protected shadow RAM and regions
 //!   whose reads and writes go to different places are mapped read-only, so
 //!   writes fault and the VMM carries them out;
-//! - MMIO and unmapped addresses are not mapped, so accesses fault into the
-//!   instruction emulator and the device manager;
+//! - MMIO is not mapped, so accesses fault into the instruction emulator
+//!   and the device manager;
+//! - unmapped space (no RAM, ROM or device: open bus) is mapped read-only
+//!   to one page of all-ones, so any instruction, x87, SSE and AVX
+//!   included, reads there what hardware reads without an exit; writes
+//!   fault and the emulator drops them. Whole unmapped tables share one
+//!   all-ones table per level (four pages in all), so a hole of any size
+//!   costs nothing; a page that is partly something else stays unmapped
+//!   and faults;
 //! - a 2 MiB page is used wherever an aligned 2 MiB of guest addresses lies
 //!   in one region with the same access and its host memory is physically
 //!   contiguous and 2 MiB-aligned; 4 KiB pages elsewhere.
@@ -134,9 +141,33 @@ pub struct Mappings {
 /// A four-level nested page table for one memory map.
 pub struct NestedTables<F: EntryFormat> {
     tables: Vec<Table>,
+    /// The page of all-ones that open bus maps to, and the shared
+    /// all-ones tables (page table, directory, directory pointer table)
+    /// by index, once a hole needed them.
+    open_bus: Option<OpenBus>,
     generation: u64,
     mappings: Mappings,
     _format: core::marker::PhantomData<F>,
+}
+
+/// The shared read-only mappings of open bus.
+struct OpenBus {
+    /// Keeps the all-ones page alive.
+    _page: Box<dyn HostMemory>,
+    /// Its host-physical address.
+    phys: u64,
+    /// Index of the table whose 512 entries map that page (level 0), of
+    /// the directory whose entries all point at it (level 1), and of the
+    /// directory pointer table above (level 2).
+    tables: [u32; 3],
+}
+
+/// Where the open-bus structure is (a copy, to use while the tables
+/// change).
+#[derive(Clone, Copy)]
+struct OpenBusRef {
+    phys: u64,
+    tables: [u32; 3],
 }
 
 /// What one guest page maps to.
@@ -151,6 +182,7 @@ impl<F: EntryFormat> NestedTables<F> {
     pub fn build(host: &dyn Host, memory: &GuestMemory) -> Result<Self, NestedPagingError> {
         let mut me = Self {
             tables: Vec::new(),
+            open_bus: None,
             generation: memory.generation(),
             mappings: Mappings::default(),
             _format: core::marker::PhantomData,
@@ -199,7 +231,101 @@ impl<F: EntryFormat> NestedTables<F> {
                 }
             }
         }
+        me.map_open_bus(host, memory, 0, 3, 0)?;
         Ok(me)
+    }
+
+    /// Map the open bus under table `table` (at `level`, 3 for the root,
+    /// whose first entry maps `base`): each empty entry whose whole range
+    /// is unmapped space points at the shared all-ones structure of its
+    /// level; an empty entry whose range holds something else is split
+    /// (down to 4 KiB pages, which then stay unmapped and fault).
+    fn map_open_bus(
+        &mut self,
+        host: &dyn Host,
+        memory: &GuestMemory,
+        table: u32,
+        level: u32,
+        base: u64,
+    ) -> Result<(), NestedPagingError> {
+        let span = 1u64 << (12 + 9 * level);
+        for index in 0..512usize {
+            let start = base + index as u64 * span;
+            let child = self.tables[table as usize].children[index];
+            if child != NONE {
+                self.map_open_bus(host, memory, child, level - 1, start)?;
+                continue;
+            }
+            if self.entry(table, index) != 0 {
+                continue; // a leaf
+            }
+            if memory.is_open_bus(start, span) {
+                let open = self.open_bus(host)?;
+                let entry = match level {
+                    0 => F::leaf(open.phys, false, false),
+                    _ => {
+                        let shared = open.tables[level as usize - 1];
+                        self.tables[table as usize].children[index] = shared;
+                        F::table(self.tables[shared as usize].phys)
+                    }
+                };
+                self.write_entry(table, index, entry);
+            } else if level > 0 {
+                let new = self.new_table(host)?;
+                let phys = self.tables[new as usize].phys;
+                self.write_entry(table, index, F::table(phys));
+                self.tables[table as usize].children[index] = new;
+                self.map_open_bus(host, memory, new, level - 1, start)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The shared open-bus structure, made on first use.
+    fn open_bus(&mut self, host: &dyn Host) -> Result<OpenBusRef, NestedPagingError> {
+        if self.open_bus.is_none() {
+            let mut page = host
+                .alloc_memory(PAGE as usize, PAGE as usize)
+                .map_err(NestedPagingError::Host)?;
+            page.as_mut_slice().fill(0xff);
+            let phys = page
+                .host_phys(0)
+                .ok_or(NestedPagingError::NoHostPhys { gpa: 0 })?
+                .0;
+            let pt = self.new_table(host)?;
+            for i in 0..512 {
+                self.write_entry(pt, i, F::leaf(phys, false, false));
+            }
+            let mut below = pt;
+            let mut tables = [pt, 0, 0];
+            for slot in tables.iter_mut().skip(1) {
+                let t = self.new_table(host)?;
+                let below_phys = self.tables[below as usize].phys;
+                for i in 0..512 {
+                    self.write_entry(t, i, F::table(below_phys));
+                    self.tables[t as usize].children[i] = below;
+                }
+                *slot = t;
+                below = t;
+            }
+            self.open_bus = Some(OpenBus {
+                _page: page,
+                phys,
+                tables,
+            });
+        }
+        let open = self.open_bus.as_ref().map(|o| OpenBusRef {
+            phys: o.phys,
+            tables: o.tables,
+        });
+        open.ok_or(NestedPagingError::NoHostPhys { gpa: 0 })
+    }
+
+    fn entry(&self, table: u32, index: usize) -> u64 {
+        let bytes = self.tables[table as usize].mem.as_slice();
+        let mut e = [0u8; 8];
+        e.copy_from_slice(&bytes[index * 8..index * 8 + 8]);
+        u64::from_le_bytes(e)
     }
 
     fn new_table(&mut self, host: &dyn Host) -> Result<u32, NestedPagingError> {
@@ -254,6 +380,12 @@ impl<F: EntryFormat> NestedTables<F> {
             self.mappings.small_pages += 1;
         }
         Ok(())
+    }
+
+    /// The host-physical address of the all-ones page unmapped space maps
+    /// to, if the memory map has any. For tests and diagnostics.
+    pub fn open_bus_page(&self) -> Option<HostPhysAddr> {
+        self.open_bus.as_ref().map(|o| HostPhysAddr(o.phys))
     }
 
     /// The root table's host-physical address (N_CR3 / EPTP).
@@ -343,10 +475,17 @@ mod tests {
             Some((HostPhysAddr(ram_phys(0x40_0123)), true))
         );
         assert_eq!(t.mappings().large_pages, 3, "{:?}", t.mappings());
-        // Holes and MMIO: not mapped.
-        assert_eq!(t.translate(0xa_0000), None);
+        // MMIO: not mapped. Holes: the read-only all-ones page, whatever
+        // their size and alignment.
+        let open = Some((t.open_bus_page().unwrap(), false));
         assert_eq!(t.translate(0xfee0_0010), None);
-        assert_eq!(t.translate(0x80_0000), None, "past the end of RAM");
+        assert_eq!(t.translate(0xfee0_1000), open, "right after the MMIO page");
+        assert_eq!(t.translate(0xa_0000), open);
+        assert_eq!(t.translate(0x80_0000), open, "past the end of RAM");
+        assert_eq!(t.translate(0x1234_5678_9000), open);
+        assert_eq!(t.translate(0xffff_ffff_f000), open);
+        let page = t.open_bus.as_ref().unwrap()._page.as_slice();
+        assert!(page.iter().all(|b| *b == 0xff));
         // ROM and its alias: read-only, at the ROM's bytes.
         let rom_phys = m.block_host_phys(rom, 0x1_fff0).unwrap();
         assert_eq!(t.translate(0xffff_fff0), Some((rom_phys, false)));
@@ -376,7 +515,12 @@ mod tests {
         let t = NestedTables::<Ept>::build(&host, &m).unwrap();
         assert_eq!(t.mappings().large_pages, 1, "{:?}", t.mappings());
         assert!(t.translate(0x30_0000).is_some_and(|(_, w)| w));
-        assert_eq!(t.translate(0xb_8000), None, "the VGA hole faults");
+        let open = t.open_bus_page().unwrap();
+        assert_eq!(
+            t.translate(0xb_8123),
+            Some((HostPhysAddr(open.0 + 0x123), false)),
+            "the VGA hole reads all-ones"
+        );
         let rom_phys = m.block_host_phys(rom, 0xfff0).unwrap();
         assert_eq!(t.translate(0xffff_fff0), Some((rom_phys, false)));
     }

@@ -32,6 +32,7 @@ const PROGRAMS: &[&str] = &[
     "pc_diff_apic_base",
     "pc_diff_msrs",
     "pc_diff_init",
+    "pc_diff_debug_traps",
 ];
 
 /// How long plain QEMU may take for one program.

@@ -42,6 +42,21 @@ pub enum FaultOutcome {
 }
 
 impl ShadowPager {
+    /// The host-physical address of this pager's page of all-ones, which
+    /// guest pages of open bus map to read-only; made on first use.
+    fn open_bus_page(&mut self, host: &dyn Host) -> Result<u64, ShadowError> {
+        if let Some((_, phys)) = &self.open_bus {
+            return Ok(*phys);
+        }
+        let mut page = host
+            .alloc_memory(0x1000, 0x1000)
+            .map_err(ShadowError::Host)?;
+        page.as_mut_slice().fill(0xff);
+        let phys = page.host_phys(0).ok_or(ShadowError::NoHostPhys)?.0;
+        self.open_bus = Some((page, phys));
+        Ok(phys)
+    }
+
     /// Resolve a #PF taken with the shadow tree loaded: fill, reflect, or
     /// send to the emulator. `control` holds the guest's own registers.
     pub fn handle_fault(
@@ -118,32 +133,43 @@ impl ShadowPager {
         let emulate = FaultOutcome::Emulate { gpa };
 
         // What the map has there: only a whole page of one memory region
-        // can be mapped.
-        let Some(region) = memory.region_at(page) else {
-            self.stats.emulated_mmio += 1;
-            return Ok(emulate);
-        };
-        let whole_page = region.start <= page && region.end() >= page + 0x1000;
-        let region_writable = match region.kind {
-            RegionKind::Ram => true,
-            RegionKind::ReadOnly | RegionKind::Split => false,
-            RegionKind::Mmio | RegionKind::Unmapped => {
+        // can be mapped, or a page of open bus (nothing there at all),
+        // which reads map to the shared all-ones page; writes to it are
+        // emulated (and dropped).
+        let (host_page, region_writable) = if memory.is_open_bus(page, 0x1000) {
+            if kind == AccessKind::Write {
                 self.stats.emulated_mmio += 1;
                 return Ok(emulate);
             }
+            (self.open_bus_page(host)?, false)
+        } else {
+            let Some(region) = memory.region_at(page) else {
+                self.stats.emulated_mmio += 1;
+                return Ok(emulate);
+            };
+            let whole_page = region.start <= page && region.end() >= page + 0x1000;
+            let region_writable = match region.kind {
+                RegionKind::Ram => true,
+                RegionKind::ReadOnly | RegionKind::Split => false,
+                RegionKind::Mmio | RegionKind::Unmapped => {
+                    self.stats.emulated_mmio += 1;
+                    return Ok(emulate);
+                }
+            };
+            let Backing::Block { block, offset } = region.read else {
+                self.stats.emulated_mmio += 1;
+                return Ok(emulate);
+            };
+            if !whole_page || (kind == AccessKind::Write && !region_writable) {
+                self.stats.emulated_mmio += 1;
+                return Ok(emulate);
+            }
+            let host_page = memory
+                .block_host_phys(block, offset + (page - region.start))
+                .ok_or(ShadowError::NoHostPhys)?
+                .0;
+            (host_page, region_writable)
         };
-        let Backing::Block { block, offset } = region.read else {
-            self.stats.emulated_mmio += 1;
-            return Ok(emulate);
-        };
-        if !whole_page || (kind == AccessKind::Write && !region_writable) {
-            self.stats.emulated_mmio += 1;
-            return Ok(emulate);
-        }
-        let host_page = memory
-            .block_host_phys(block, offset + (page - region.start))
-            .ok_or(ShadowError::NoHostPhys)?
-            .0;
 
         // Record what this leaf depends on; a frame that just became a page
         // table loses its writable mappings everywhere.

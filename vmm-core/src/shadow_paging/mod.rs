@@ -141,6 +141,9 @@ pub struct ShadowPager {
     tlb_flush: bool,
     max_phys_bits: u8,
     stats: ShadowStats,
+    /// The page of all-ones open bus maps to, and its host-physical
+    /// address, once a guest touched open bus.
+    open_bus: Option<(alloc::boxed::Box<dyn crate::host::HostMemory>, u64)>,
 }
 
 impl ShadowPager {
@@ -157,6 +160,7 @@ impl ShadowPager {
             tlb_flush: false,
             max_phys_bits: 46,
             stats: ShadowStats::default(),
+            open_bus: None,
         }
     }
 

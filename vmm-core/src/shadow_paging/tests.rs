@@ -258,13 +258,27 @@ fn mmio_and_rom_writes_go_to_the_emulator_unmapped() {
         FaultOutcome::Emulate { gpa: 0xfee0_0020 }
     );
     assert_eq!(f.pager.shadow_entry(0x30_000), None);
-    // A hole nothing backs.
-    pte(&mut f.vm, 0x31, 0x4000_0000 | P | RW);
+    // A hole nothing backs: a write is emulated (and dropped), a read
+    // maps the shared all-ones page read-only, so any instruction reads
+    // there what hardware reads.
+    pte(&mut f.vm, 0x31, 0x4000_0000 | P | RW | A | D);
     assert_eq!(
-        f.fault(0x31_000, 0),
+        f.fault(0x31_000, PF_WRITE),
         FaultOutcome::Emulate { gpa: 0x4000_0000 }
     );
     assert_eq!(f.pager.stats().emulated_mmio, 2);
+    assert_eq!(f.fault(0x31_000, 0), FaultOutcome::Filled);
+    let open = f.pager.shadow_entry(0x31_000).unwrap();
+    assert_eq!(open & RW, 0, "read-only");
+    pte(&mut f.vm, 0x32, 0x5000_0000 | P | RW | A | D);
+    assert_eq!(f.fault(0x32_000, 0), FaultOutcome::Filled);
+    let other = f.pager.shadow_entry(0x32_000).unwrap();
+    assert_eq!(
+        other & ADDR_MASK,
+        open & ADDR_MASK,
+        "one page for all holes"
+    );
+    assert!(f.pager.verify(f.vm.memory(), &f.control, 0x31_000).is_ok());
 }
 
 #[test]
@@ -704,7 +718,7 @@ fn a_memory_map_change_flushes_every_tree() {
     assert_eq!(f.pager.shadow_entry(0x10_000), None);
     assert_eq!(f.pager.stats().full_flushes, 1);
     assert_eq!(
-        f.fault(0x10_000, 0),
+        f.fault(0x10_000, PF_WRITE),
         FaultOutcome::Emulate { gpa: 0x8_0000 }
     );
 }

@@ -43,14 +43,20 @@ impl ShadowPager {
         } else {
             read.gpa
         };
-        let region = memory
-            .region_at(gpa)
-            .ok_or(CoherenceError::NotMappedByGuest { linear })?;
-        let expected = match region.read {
-            Backing::Block { block, offset } => memory
-                .block_host_phys(block, offset + (gpa & !0xfff) - region.start)
-                .map(|p| p.0),
-            _ => None,
+        // Open bus maps to the all-ones page, read-only; anything else to
+        // the frame of its region.
+        let open_bus = memory.is_open_bus(gpa & !0xfff, 0x1000);
+        let region = memory.region_at(gpa);
+        let expected = if open_bus {
+            self.open_bus.as_ref().map(|(_, phys)| *phys)
+        } else {
+            match region.map(|r| (r, r.read)) {
+                Some((r, Backing::Block { block, offset })) => memory
+                    .block_host_phys(block, offset + (gpa & !0xfff) - r.start)
+                    .map(|p| p.0),
+                Some(_) => None,
+                None => return Err(CoherenceError::NotMappedByGuest { linear }),
+            }
         };
         if expected != Some(entry & ADDR_MASK) {
             return Err(CoherenceError::WrongFrame {
@@ -68,7 +74,7 @@ impl ShadowPager {
             if !read.writable && !wp_override {
                 return Err(too_permissive("writable"));
             }
-            if region.kind != RegionKind::Ram {
+            if region.is_none_or(|r| r.kind != RegionKind::Ram) {
                 return Err(too_permissive("writable on memory that is not RAM"));
             }
             if self.coherence.is_tracked(gpa) {

@@ -70,6 +70,9 @@ pub mod proc2 {
 
 /// VM-exit controls.
 pub mod exit {
+    /// Save DR7 and IA32_DEBUGCTL (the guest's breakpoints survive exits;
+    /// DR7 becomes 0x400 for the host).
+    pub const SAVE_DEBUG_CONTROLS: u32 = 1 << 2;
     /// Host address-space size (a 64-bit host).
     pub const HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
     /// Save IA32_PAT.
@@ -84,6 +87,9 @@ pub mod exit {
 
 /// VM-entry controls.
 pub mod entry {
+    /// Load DR7 and IA32_DEBUGCTL: the guest's breakpoints are armed while
+    /// it runs.
+    pub const LOAD_DEBUG_CONTROLS: u32 = 1 << 2;
     /// IA-32e mode guest.
     pub const IA32E_MODE_GUEST: u32 = 1 << 9;
     /// Load IA32_PAT.
@@ -297,11 +303,18 @@ impl Controls {
         let exit = adjust(
             "exit",
             caps.exit,
-            exit::HOST_ADDRESS_SPACE_SIZE | exit::LOAD_EFER | exit::SAVE_EFER,
+            exit::HOST_ADDRESS_SPACE_SIZE
+                | exit::LOAD_EFER
+                | exit::SAVE_EFER
+                | exit::SAVE_DEBUG_CONTROLS,
             exit::SAVE_PAT | exit::LOAD_PAT,
         )?;
-        let entry = adjust("entry", caps.entry, entry::LOAD_EFER, entry::LOAD_PAT)?
-            & !entry::IA32E_MODE_GUEST;
+        let entry = adjust(
+            "entry",
+            caps.entry,
+            entry::LOAD_EFER | entry::LOAD_DEBUG_CONTROLS,
+            entry::LOAD_PAT,
+        )? & !entry::IA32E_MODE_GUEST;
         let pat = exit & (exit::SAVE_PAT | exit::LOAD_PAT) == exit::SAVE_PAT | exit::LOAD_PAT
             && entry & entry::LOAD_PAT != 0;
         let vpid_usable = ept & ept_cap::INVVPID != 0

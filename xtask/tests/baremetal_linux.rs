@@ -128,6 +128,18 @@ fn linux_boots_and_powers_off_with_its_vcpu_replaced_every_500_exits() {
 #[test]
 #[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
 fn linux_reboots_into_the_bios_boots_the_cd_again_and_powers_off() {
+    reboot_twice("guest_mem=256M vms=1");
+}
+
+/// The same reboot under shadow paging (the pager's trees go with the
+/// reset), for `cargo xtask test --slow`.
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test --slow"]
+fn slow_linux_reboots_and_powers_off_under_shadow_paging() {
+    reboot_twice("guest_mem=256M vms=1 paging=shadow");
+}
+
+fn reboot_twice(cmdline: &str) {
     let iso = xtask::images::reboot_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
     let modules = [
         GuestImage {
@@ -139,14 +151,16 @@ fn linux_reboots_into_the_bios_boots_the_cd_again_and_powers_off() {
             path: iso,
         },
     ];
+    let started = std::time::Instant::now();
     let (outcome, console) = boot_and_capture(
         &env_path("VMM_TEST_KERNEL"),
-        "guest_mem=256M vms=1",
+        cmdline,
         &modules,
         1024,
         Duration::from_secs(900),
     )
     .unwrap();
+    println!("{cmdline}: {:.1} s", started.elapsed().as_secs_f64());
     let count = |needle: &str| console.matches(needle).count();
     assert!(
         console.contains("VMM-CD-REBOOT: first boot, rebooting"),

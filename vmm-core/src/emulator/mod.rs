@@ -44,13 +44,20 @@
 //! [`CpuState::descriptor_state`]; a vCPU without them reports those as
 //! unsupported.
 //!
+//! Debug traps: the data accesses are matched against the guest's data
+//! breakpoints ([`Emulator::breakpoints`]), and
+//! [`Emulator::emulate_traced`] reports the DR6.B0-B3 bits hit and whether
+//! the instruction loaded SS (MOV SS, POP SS), whose shadow it also sets
+//! through [`CpuState::set_mov_ss_shadow`]; raising the #DB (with the
+//! single-step trap RFLAGS.TF asks for) is left to the exit loop.
+//!
 //! Limits, by design or not yet done: x87, MMX, EVEX (AVX-512) and SSE
-//! arithmetic on memory are reported as unsupported (the VM stops, even
-//! for unmapped memory); the I/O permission bitmap is not consulted for
-//! INS/OUTS (VMX and SVM check it before the exit); a single-step trap
-//! (RFLAGS.TF) after an emulated instruction is left to the backend, which
-//! sees TF in the state; the interrupt shadow after a load of SS is not
-//! given; MOV to and from control and debug registers is not emulated.
+//! arithmetic on memory are reported as unsupported (the VM stops; reads
+//! of unmapped memory never get here, nested and shadow paging map it to
+//! a page of all-ones); the I/O permission bitmap is not consulted for
+//! INS/OUTS (VMX and SVM check it before the exit); a breakpoint hit by
+//! MOV SS itself is not reported; MOV to and from control and debug
+//! registers is not emulated.
 //!
 //! ```
 //! use vmm_core::emulator::{Completion, Emulator, RegisterFile};

@@ -28,3 +28,4 @@ pub mod post_code;
 pub mod rtc;
 pub mod system_control;
 pub mod uart;
+pub mod vga;

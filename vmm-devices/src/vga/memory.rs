@@ -1,0 +1,163 @@
+//! Video memory and the legacy 0xa0000-0xbffff window: memory-map select
+//! (GR6), chain-4, odd/even and planar access with the four latches, read
+//! modes 0/1 and write modes 0-3 (rotate, set/reset, logical operation,
+//! bit mask, map mask).
+//!
+//! Video memory is stored interleaved: byte `4 * i + p` is byte `i` of
+//! plane `p`. A chain-4 (mode 13h) address `a` then is simply byte `a`, so
+//! that window is a plain linear buffer (see [`super::WindowMapping`]).
+
+use super::regs::Registers;
+
+/// Size of the legacy window (0xa0000-0xbffff).
+pub const WINDOW_SIZE: u64 = 0x20000;
+
+/// Where an access in the window lands, if the memory-map select decodes it.
+pub fn window_offset(regs: &Registers, offset: u64) -> Option<usize> {
+    let (base, size) = match (regs.gr[6] >> 2) & 3 {
+        0 => (0, 0x20000),
+        1 => (0, 0x10000),
+        2 => (0x10000, 0x8000),
+        _ => (0x18000, 0x8000),
+    };
+    let rel = offset.checked_sub(base)?;
+    if rel < size {
+        usize::try_from(rel).ok()
+    } else {
+        None
+    }
+}
+
+/// Video memory with the latches.
+#[derive(Clone, Debug)]
+pub struct VideoMemory {
+    /// The bytes, planes interleaved.
+    pub bytes: alloc::vec::Vec<u8>,
+    /// The four latches, filled by every planar read.
+    pub latch: [u8; 4],
+}
+
+impl VideoMemory {
+    /// `size` bytes of zeroed memory.
+    pub fn new(size: usize) -> Self {
+        Self {
+            bytes: alloc::vec![0; size],
+            latch: [0; 4],
+        }
+    }
+
+    /// Byte `i` of plane `p`, or 0 past the end.
+    pub fn plane_byte(&self, p: usize, i: usize) -> u8 {
+        i.checked_mul(4)
+            .and_then(|a| a.checked_add(p & 3))
+            .and_then(|a| self.bytes.get(a))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn set_plane_byte(&mut self, p: usize, i: usize, v: u8) {
+        if let Some(b) = i
+            .checked_mul(4)
+            .and_then(|a| a.checked_add(p & 3))
+            .and_then(|a| self.bytes.get_mut(a))
+        {
+            *b = v;
+        }
+    }
+
+    /// A guest read at `addr` (the decoded window offset).
+    pub fn read(&mut self, regs: &Registers, addr: usize) -> u8 {
+        if regs.seq[4] & 0x08 != 0 {
+            return self.bytes.get(addr).copied().unwrap_or(0xff);
+        }
+        if regs.gr[5] & 0x10 != 0 {
+            // Odd/even: A0 picks the plane within the pair GR4 selects.
+            let plane = usize::from(regs.gr[4] & 2) | (addr & 1);
+            return self.plane_byte(plane, addr & !1);
+        }
+        for (p, l) in self.latch.iter_mut().enumerate() {
+            *l = addr
+                .checked_mul(4)
+                .and_then(|a| self.bytes.get(a + p))
+                .copied()
+                .unwrap_or(0xff);
+        }
+        if regs.gr[5] & 0x08 == 0 {
+            self.latch[usize::from(regs.gr[4] & 3)]
+        } else {
+            // Read mode 1: a bit is set where every plane enabled by the
+            // colour don't-care register matches the colour compare.
+            let mut differ = 0u8;
+            for (p, l) in self.latch.iter().enumerate() {
+                if regs.gr[7] & (1 << p) != 0 {
+                    let want = if regs.gr[2] & (1 << p) != 0 { 0xff } else { 0 };
+                    differ |= l ^ want;
+                }
+            }
+            !differ
+        }
+    }
+
+    /// A guest write of `v` at `addr` (the decoded window offset).
+    pub fn write(&mut self, regs: &Registers, addr: usize, v: u8) {
+        let map_mask = regs.seq[2] & 0x0f;
+        if regs.seq[4] & 0x08 != 0 {
+            if map_mask & (1 << (addr & 3)) != 0 {
+                if let Some(b) = self.bytes.get_mut(addr) {
+                    *b = v;
+                }
+            }
+            return;
+        }
+        if regs.seq[4] & 0x04 == 0 {
+            // Odd/even: even addresses reach planes 0 and 2, odd 1 and 3.
+            for p in (addr & 1..4).step_by(2) {
+                if map_mask & (1 << p) != 0 {
+                    self.set_plane_byte(p, addr & !1, v);
+                }
+            }
+            return;
+        }
+        let mode = regs.gr[5] & 3;
+        let set_reset = regs.gr[0];
+        let rotated = v.rotate_right(u32::from(regs.gr[3] & 7));
+        let mut mask = regs.gr[8];
+        let mut out = [0u8; 4];
+        for (p, o) in out.iter_mut().enumerate() {
+            let sr = if set_reset & (1 << p) != 0 { 0xff } else { 0 };
+            *o = match mode {
+                0 if regs.gr[1] & (1 << p) != 0 => sr,
+                0 => rotated,
+                1 => self.latch[p],
+                2 => {
+                    if v & (1 << p) != 0 {
+                        0xff
+                    } else {
+                        0
+                    }
+                }
+                _ => sr,
+            };
+        }
+        if mode == 3 {
+            mask &= rotated;
+        }
+        if mode != 1 {
+            for (p, o) in out.iter_mut().enumerate() {
+                let l = self.latch[p];
+                let r = match (regs.gr[3] >> 3) & 3 {
+                    0 => *o,
+                    1 => *o & l,
+                    2 => *o | l,
+                    _ => *o ^ l,
+                };
+                *o = (r & mask) | (l & !mask);
+            }
+        }
+        for (p, o) in out.iter().enumerate() {
+            if map_mask & (1 << p) != 0 {
+                self.set_plane_byte(p, addr, *o);
+            }
+        }
+    }
+}

@@ -55,7 +55,8 @@ struct RunArgs {
     /// no lock (two writers corrupt the image).
     #[arg(long, value_name = "IMAGE[,readonly=on][,lock=off]")]
     disk: Option<String>,
-    /// Guest RAM, e.g. 512M or 1G (16 MiB to 3 GiB) [default: 512M].
+    /// Guest RAM: MiB when no unit is given (`512` = 512 MiB, as QEMU), or
+    /// with a K, M or G suffix (`1G`); 16 MiB to 3 GiB [default: 512].
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
     /// Firmware image [default: /usr/share/seabios/bios-256k.bin].

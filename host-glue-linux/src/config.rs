@@ -20,7 +20,7 @@
 //! cdrom_lock = true
 //!
 //! [devices]
-//! serial = "stdio"             # or a file that receives COM1's output
+//! serial = "stdio"             # or "file=PATH" (appended to), "pty", "none"
 //!
 //! [kernel]                     # direct boot instead of the boot order
 //! image = "bzImage"
@@ -66,8 +66,13 @@ pub enum BootDevice {
 pub enum SerialTarget {
     /// The terminal (raw mode, Ctrl-A x quits) or whatever stdin/stdout are.
     Stdio,
-    /// Output appended to a file; no input.
+    /// Output appended to a file (created if missing); no input.
     File(PathBuf),
+    /// A new pseudo-terminal: its path is printed on stderr, and whatever
+    /// opens it (`screen`, `minicom`, `socat`) is COM1's other end.
+    Pty,
+    /// Output discarded; no input.
+    None,
 }
 
 /// A kernel booted directly, without the boot order.
@@ -502,12 +507,33 @@ pub fn parse_cpu_model(text: &str, key: &str) -> Result<vmm_core::vcpu::CpuModel
         })
 }
 
-/// `stdio`, or a file.
-pub fn parse_serial(text: &str) -> SerialTarget {
-    if text == "stdio" {
-        SerialTarget::Stdio
-    } else {
-        SerialTarget::File(PathBuf::from(text))
+/// Where COM1 goes, as `key` gives it: `stdio`, `file=PATH` (appended
+/// to), `pty` or `none`. A path with a `/` or a `.` in it also means a file
+/// (as before `file=` existed); any other bare word is refused, so that a
+/// typo does not quietly make a file called `tty`.
+pub fn parse_serial(text: &str, key: &str) -> Result<SerialTarget, ConfigError> {
+    let bad = |problem: String| ConfigError::Value {
+        key: key.into(),
+        problem,
+    };
+    match text {
+        "stdio" => Ok(SerialTarget::Stdio),
+        "pty" => Ok(SerialTarget::Pty),
+        "none" => Ok(SerialTarget::None),
+        _ => {
+            if let Some(path) = text.strip_prefix("file=") {
+                if path.is_empty() {
+                    return Err(bad("file= needs a path (file=PATH)".into()));
+                }
+                Ok(SerialTarget::File(PathBuf::from(path)))
+            } else if !text.is_empty() && text.contains(['/', '.']) {
+                Ok(SerialTarget::File(PathBuf::from(text)))
+            } else {
+                Err(bad(format!(
+                    "'{text}' is not a serial target: write stdio, file=PATH, pty or none"
+                )))
+            }
+        }
     }
 }
 
@@ -581,7 +607,7 @@ pub fn parse_config(text: &str, file: &Path, base: &Path) -> Result<MachineConfi
         }
     };
     if let Some(s) = f.devices.serial {
-        m.serial = match parse_serial(&s) {
+        m.serial = match parse_serial(&s, "devices.serial")? {
             SerialTarget::File(p) => SerialTarget::File(resolve(p)),
             stdio => stdio,
         };
@@ -729,6 +755,35 @@ mod tests {
         assert!(
             e.to_string().starts_with("images.disk: ") && e.to_string().contains("is a directory"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn serial_targets_and_bare_words() {
+        let p = |t: &str| parse_serial(t, "--serial");
+        assert_eq!(p("stdio"), Ok(SerialTarget::Stdio));
+        assert_eq!(p("pty"), Ok(SerialTarget::Pty));
+        assert_eq!(p("none"), Ok(SerialTarget::None));
+        assert_eq!(p("file=tty"), Ok(SerialTarget::File("tty".into())));
+        assert_eq!(p("file=none"), Ok(SerialTarget::File("none".into())));
+        assert_eq!(p("out.log"), Ok(SerialTarget::File("out.log".into())));
+        assert_eq!(p("/tmp/x"), Ok(SerialTarget::File("/tmp/x".into())));
+        assert_eq!(
+            p("tty").unwrap_err().to_string(),
+            "--serial: 'tty' is not a serial target: write stdio, file=PATH, pty or none"
+        );
+        assert_eq!(
+            p("file=").unwrap_err().to_string(),
+            "--serial: file= needs a path (file=PATH)"
+        );
+        assert!(p("").is_err());
+        let e = parse("[devices]\nserial = \"tty\"").unwrap_err();
+        assert!(e.to_string().starts_with("devices.serial: 'tty'"), "{e}");
+        let m = parse("[devices]\nserial = \"file=com1.log\"").unwrap();
+        assert_eq!(m.serial, SerialTarget::File("/images/com1.log".into()));
+        assert_eq!(
+            parse("[devices]\nserial = \"pty\"").unwrap().serial,
+            SerialTarget::Pty
         );
     }
 

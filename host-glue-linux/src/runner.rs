@@ -6,7 +6,7 @@
 use crate::block_file::{ImageSync, SyncError};
 use crate::config::{MachineConfig, SerialTarget};
 use crate::console::{
-    catch_quit_signals, quit_signalled, spawn_stdin_reader, ConsoleInput, RawTerminal,
+    catch_quit_signals, quit_signalled, spawn_stdin_reader, ConsoleInput, Pty, RawTerminal,
     SerialConsole,
 };
 use crate::host_file::HostFileError;
@@ -56,8 +56,8 @@ pub enum Ending {
     Stopped(StopReason),
     /// The user quit with Ctrl-A x.
     Quit,
-    /// SIGTERM, SIGINT or SIGHUP.
-    Signalled,
+    /// SIGTERM, SIGINT or SIGHUP (its number).
+    Signalled(i32),
 }
 
 impl Ending {
@@ -73,7 +73,7 @@ impl fmt::Display for Ending {
             Ending::Stopped(StopReason::PowerOff) => write!(f, "the guest powered off"),
             Ending::Stopped(r) => write!(f, "the guest stopped: {r}"),
             Ending::Quit => write!(f, "quit from the console"),
-            Ending::Signalled => write!(f, "ended by a signal"),
+            Ending::Signalled(n) => write!(f, "ended by signal {n}"),
         }
     }
 }
@@ -177,6 +177,9 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     if !kvm::available() {
         return Err(RunError::Kvm(KvmError::Missing));
     }
+    // Before anything is shown (the pty's path): a signal from then on
+    // ends the run cleanly.
+    catch_quit_signals();
     let (com1, input, _raw): (
         SerialConsole,
         Option<Arc<ConsoleInput>>,
@@ -196,14 +199,34 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             )
         }
         SerialTarget::File(p) => {
-            let f = std::fs::File::create(p).map_err(|e| RunError::Serial {
-                path: p.display().to_string(),
-                detail: e.to_string(),
-            })?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| RunError::Serial {
+                    path: p.display().to_string(),
+                    detail: e.to_string(),
+                })?;
             (SerialConsole::new(Box::new(f), None), None, None)
         }
+        SerialTarget::Pty => {
+            let pty = Pty::open().map_err(|detail| RunError::Serial {
+                path: "pty".into(),
+                detail,
+            })?;
+            eprintln!("vmm: serial console on {}", pty.path());
+            let console = pty.into_console().map_err(|detail| RunError::Serial {
+                path: "pty".into(),
+                detail,
+            })?;
+            (console, None, None)
+        }
+        SerialTarget::None => (
+            SerialConsole::new(Box::new(std::io::sink()), None),
+            None,
+            None,
+        ),
     };
-    catch_quit_signals();
     let host: Arc<dyn Host> = Arc::new(
         LinuxHost::new()
             .with_preemption_timer()
@@ -247,8 +270,8 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         if input.as_ref().is_some_and(|i| i.quit_requested()) {
             break Ending::Quit;
         }
-        if quit_signalled() {
-            break Ending::Signalled;
+        if let Some(n) = quit_signalled() {
+            break Ending::Signalled(n);
         }
     };
     let elapsed = started.elapsed();

@@ -3,14 +3,13 @@
 //! ```text
 //! vmm run --cdrom linux.iso                  # SeaBIOS boots the CD, 512 MiB
 //! vmm run --cdrom linux.iso --memory 1G --stats
-//! vmm run --bios guest.bin --serial out.log  # any firmware image
+//! vmm run --bios guest.bin --serial file=out.log  # any firmware image
 //! vmm run --config vm.toml
 //! ```
 //!
-//! The exit status is 0 only when the guest powered itself off (and every
-//! disk image was synced); 1 when it stopped otherwise, a disk image could
-//! not be synced at the end, or the machine could not start (one line on stderr
-//! says why); 2 for command-line mistakes; 3 when the user quit (Ctrl-A x).
+//! The exit status is one of [`EXIT_STATUS_TABLE`]'s (also in `--help`
+//! and the README); anything that is not 0 comes with one line on stderr
+//! saying why.
 //!
 //! The library's log goes to stderr: warnings and errors by default,
 //! `VMM_LOG=error|info|debug|trace` for another level, or `RUST_LOG` with
@@ -26,8 +25,33 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Exit status: the guest powered itself off and every disk image was synced.
+const EXIT_POWER_OFF: u8 = 0;
+/// Exit status: the guest stopped otherwise (triple fault, halted for
+/// good, an emulation failure), or a disk image could not be synced at the end.
+const EXIT_GUEST_STOPPED: u8 = 1;
+/// Exit status: the command line or the config file is wrong (clap's usage
+/// errors too); nothing was started.
+const EXIT_BAD_INPUT: u8 = 2;
+/// Exit status: the user quit from the console (Ctrl-A x).
+const EXIT_QUIT: u8 = 3;
+/// Exit status: the machine could not start on this host (no KVM, an image
+/// locked or unreadable, a firmware file that is not one).
+const EXIT_HOST_FAILURE: u8 = 4;
+
+/// The exit statuses, as `--help` prints them.
+const EXIT_STATUS_TABLE: &str = "\
+Exit status:
+  0      the guest powered itself off (and every disk image was synced)
+  1      the guest stopped otherwise, or a disk image could not be synced
+  2      bad command line or config file; nothing was started
+  3      quit from the console (Ctrl-A x)
+  4      the machine could not start on this host (KVM, images, firmware)
+  128+N  ended by signal N (SIGHUP 129, SIGINT 130, SIGTERM 143) after
+         stopping the guest and syncing the disks";
+
 #[derive(Parser)]
-#[command(name = "vmm", version, about = "Run a virtual machine on KVM")]
+#[command(name = "vmm", version, about = "Run a virtual machine on KVM", after_help = EXIT_STATUS_TABLE)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,6 +60,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a PC: SeaBIOS, the i440FX chipset, IDE disk and CD-ROM, COM1.
+    #[command(after_help = EXIT_STATUS_TABLE)]
     Run(RunArgs),
 }
 
@@ -71,9 +96,12 @@ struct RunArgs {
     /// Kernel command line for --kernel.
     #[arg(long, value_name = "CMDLINE", requires = "kernel")]
     append: Option<String>,
-    /// Where COM1 goes: `stdio` (the terminal, Ctrl-A x quits) or a file
-    /// [default: stdio].
-    #[arg(long, value_name = "stdio|FILE")]
+    /// Where COM1 goes: `stdio` (the terminal, Ctrl-A x quits),
+    /// `file=PATH` (output appended to PATH, created if missing), `pty` (a
+    /// new pseudo-terminal, its path printed on stderr) or `none` (output
+    /// discarded) [default: stdio]. A path containing `/` or `.` also
+    /// names a file.
+    #[arg(long, value_name = "stdio|file=PATH|pty|none")]
     serial: Option<String>,
     /// What CPUID shows the guest: `qemu64` (QEMU's qemu64 model, the
     /// same on every host) or `host` (the host's CPU, filtered)
@@ -121,7 +149,7 @@ fn machine(args: &RunArgs) -> Result<MachineConfig, String> {
         m.disk_lock = disk.lock;
     }
     if let Some(s) = &args.serial {
-        m.serial = parse_serial(s);
+        m.serial = parse_serial(s, "--serial").map_err(|e| e.to_string())?;
     }
     m.kernel = args.kernel.as_ref().map(|k| KernelBoot {
         image: k.clone(),
@@ -137,7 +165,7 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(m) => m,
         Err(e) => {
             eprintln!("vmm: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
     let options = runner::RunOptions {
@@ -148,7 +176,7 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("vmm: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(EXIT_HOST_FAILURE);
         }
     };
     eprintln!(
@@ -177,14 +205,17 @@ fn run(args: RunArgs) -> ExitCode {
     for e in &report.sync_failures {
         eprintln!("vmm: {e}");
     }
-    if !report.sync_failures.is_empty() {
-        ExitCode::from(1)
-    } else if report.ending.powered_off() {
-        ExitCode::SUCCESS
-    } else if report.ending == runner::Ending::Quit {
-        ExitCode::from(3)
-    } else {
-        ExitCode::from(1)
+    ExitCode::from(exit_status(&report.ending, report.sync_failures.is_empty()))
+}
+
+/// The exit status for how the run ended (`synced`: every disk image was).
+fn exit_status(ending: &runner::Ending, synced: bool) -> u8 {
+    match ending {
+        runner::Ending::Signalled(n) => u8::try_from(128 + n).unwrap_or(255),
+        _ if !synced => EXIT_GUEST_STOPPED,
+        e if e.powered_off() => EXIT_POWER_OFF,
+        runner::Ending::Quit => EXIT_QUIT,
+        _ => EXIT_GUEST_STOPPED,
     }
 }
 
@@ -223,14 +254,46 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     init_logging();
-    match Cli::parse().command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_BAD_INPUT } else { 0 });
+        }
+    };
+    match cli.command {
         Command::Run(args) => run(args),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::default_log_filter;
+    use super::*;
+    use vmm_core::vm::StopReason;
+
+    #[test]
+    fn exit_statuses_follow_the_table() {
+        let off = runner::Ending::Stopped(StopReason::PowerOff);
+        assert_eq!(exit_status(&off, true), 0);
+        assert_eq!(exit_status(&off, false), 1);
+        assert_eq!(exit_status(&runner::Ending::Quit, true), 3);
+        assert_eq!(exit_status(&runner::Ending::Signalled(15), true), 143);
+        assert_eq!(exit_status(&runner::Ending::Signalled(2), false), 130);
+        assert_eq!(exit_status(&runner::Ending::Signalled(1), true), 129);
+        for code in [0, 1, 2, 3, 4] {
+            assert!(EXIT_STATUS_TABLE.contains(&format!("\n  {code}  ")));
+        }
+        assert_eq!(
+            [
+                EXIT_POWER_OFF,
+                EXIT_GUEST_STOPPED,
+                EXIT_BAD_INPUT,
+                EXIT_QUIT,
+                EXIT_HOST_FAILURE
+            ],
+            [0, 1, 2, 3, 4]
+        );
+    }
 
     #[test]
     fn vmm_log_names_the_default_level_and_anything_else_is_warn() {

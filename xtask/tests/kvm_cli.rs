@@ -215,7 +215,7 @@ fn help_prints_the_exit_status_table_and_the_serial_targets() {
 
 #[test]
 #[ignore = "runs SeaBIOS under KVM: run through cargo xtask test"]
-fn a_pty_console_names_its_path_and_signals_end_the_run_with_128_plus_n() {
+fn a_pty_console_names_its_path_and_signals_end_the_run_with_128_plus_n_and_stats_json() {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     if !xtask::kvm_bench::kvm_present() {
@@ -223,9 +223,12 @@ fn a_pty_console_names_its_path_and_signals_end_the_run_with_128_plus_n() {
         return;
     }
     let bios = env_path("VMM_TEST_SEABIOS").display().to_string();
+    let d = scratch("signals");
+    let json = d.join("stats.json");
     for (signal, status) in [("TERM", 143), ("INT", 130), ("HUP", 129)] {
         let mut child = Command::new(env_path("VMM_TEST_VMM"))
             .args(["run", "--memory", "64", "--serial", "pty", "--bios", &bios])
+            .args(["--stats-json", &json.display().to_string()])
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -249,5 +252,18 @@ fn a_pty_console_names_its_path_and_signals_end_the_run_with_128_plus_n() {
         std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
         assert_eq!(code, Some(status), "SIG{signal}: {rest}");
         assert!(rest.contains("vmm: ended by signal"), "{rest}");
+        // --stats-json wrote the run's figures (docs/STATS.md).
+        let stats = std::fs::read_to_string(&json).unwrap();
+        for field in [
+            "\"schema_version\": 1",
+            "\"ending\": \"signal\"",
+            &format!("\"exit_status\": {status}"),
+            &format!("\"signal\": {}", status - 128),
+            "\"kind\": \"port-io\"",
+        ] {
+            assert!(stats.contains(field), "'{field}' missing in {stats}");
+        }
+        std::fs::remove_file(&json).unwrap();
     }
+    std::fs::remove_dir_all(d).unwrap();
 }

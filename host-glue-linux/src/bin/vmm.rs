@@ -21,6 +21,7 @@ use host_glue_linux::config::{
     KeyStyle, MachineConfig,
 };
 use host_glue_linux::runner;
+use host_glue_linux::stats_json::RunStats;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,8 +67,11 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// A machine written down in a TOML file (memory, firmware, images,
-    /// devices, boot order); see the `config` module docs.
+    /// A machine written down in a TOML file instead of the flags. Keys:
+    /// `memory`, `boot` (["cdrom", "disk"]), `cpu_model`,
+    /// `[firmware] bios`, `[images] cdrom, disk, disk_readonly, disk_lock,
+    /// cdrom_lock`, `[devices] serial`, `[kernel] image, initrd, append`;
+    /// relative paths are from the file's folder (README, config.rs docs).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["cdrom", "disk", "memory", "bios", "kernel", "serial", "cpu_model"])]
     config: Option<PathBuf>,
     /// CD image for the CD-ROM drive (IDE secondary master); booted first.
@@ -111,6 +115,10 @@ struct RunArgs {
     /// Print exit statistics and the device report when the guest stops.
     #[arg(long)]
     stats: bool,
+    /// Write the exit statistics as JSON to FILE when the run ends
+    /// (schema: docs/STATS.md).
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
     /// Return to user space for every write to the POST code port 0x80
     /// instead of letting KVM buffer them (for comparisons).
     #[arg(long)]
@@ -205,7 +213,15 @@ fn run(args: RunArgs) -> ExitCode {
     for e in &report.sync_failures {
         eprintln!("vmm: {e}");
     }
-    ExitCode::from(exit_status(&report.ending, report.sync_failures.is_empty()))
+    let status = exit_status(&report.ending, report.sync_failures.is_empty());
+    if let Some(file) = &args.stats_json {
+        let json = RunStats::new(&report, status).to_json();
+        if let Err(e) = std::fs::write(file, json + "\n") {
+            eprintln!("vmm: --stats-json: cannot write {}: {e}", file.display());
+            return ExitCode::from(EXIT_HOST_FAILURE);
+        }
+    }
+    ExitCode::from(status)
 }
 
 /// The exit status for how the run ended (`synced`: every disk image was).

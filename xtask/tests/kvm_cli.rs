@@ -267,3 +267,43 @@ fn a_pty_console_names_its_path_and_signals_end_the_run_with_128_plus_n_and_stat
     }
     std::fs::remove_dir_all(d).unwrap();
 }
+
+#[test]
+#[ignore = "runs SeaBIOS under KVM: run through cargo xtask test"]
+fn progress_prints_a_status_line_while_the_guest_runs() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    if !xtask::kvm_bench::kvm_present() {
+        eprintln!("skipped: /dev/kvm absent");
+        return;
+    }
+    let bios = env_path("VMM_TEST_SEABIOS").display().to_string();
+    let mut child = Command::new(env_path("VMM_TEST_VMM"))
+        .args(["run", "--memory", "64", "--serial", "none", "--progress"])
+        .args(["--bios", &bios])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kept open until vmm has ended: it writes its last line then.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.starts_with("vmm: 5 s, ") {
+            break;
+        }
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(143), "{seen:?}");
+    drop(lines);
+    let line = seen.last().unwrap();
+    assert!(
+        line.starts_with("vmm: 5 s, ") && line.contains(" exits/s, ") && line.contains(" exits"),
+        "{seen:?}"
+    );
+}

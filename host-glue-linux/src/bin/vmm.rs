@@ -40,6 +40,9 @@ const EXIT_QUIT: u8 = 3;
 /// locked or unreadable, a firmware file that is not one).
 const EXIT_HOST_FAILURE: u8 = 4;
 
+/// Seconds between `--progress` lines.
+const PROGRESS_SECS: u64 = 5;
+
 /// The exit statuses, as `--help` prints them.
 const EXIT_STATUS_TABLE: &str = "\
 Exit status:
@@ -119,6 +122,11 @@ struct RunArgs {
     /// (schema: docs/STATS.md).
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
+    /// Print a status line on stderr every 5 s while the guest runs
+    /// (seconds, exits/s, total exits, the busiest exit kind): useful when
+    /// the console goes to a file.
+    #[arg(long)]
+    progress: bool,
     /// Return to user space for every write to the POST code port 0x80
     /// instead of letting KVM buffer them (for comparisons).
     #[arg(long)]
@@ -179,6 +187,9 @@ fn run(args: RunArgs) -> ExitCode {
     let options = runner::RunOptions {
         posted_writes: !args.no_posted_writes,
         state_roundtrip: args.debug_state_roundtrip.filter(|n| *n > 0),
+        progress: args
+            .progress
+            .then(|| std::time::Duration::from_secs(PROGRESS_SECS)),
     };
     let report = match runner::run(&m, &options) {
         Ok(r) => r,

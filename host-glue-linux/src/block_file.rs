@@ -22,8 +22,8 @@
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 use std::fs::{File, OpenOptions};
-use std::io::ErrorKind;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::io::{ErrorKind, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -210,18 +210,30 @@ impl FileImage {
                 _ => missing_or(e),
             })?;
         let meta = file.metadata().map_err(io)?;
-        if !meta.is_file() {
+        // A block device (a partition, a loop device, a real CD drive)
+        // serves as well as an image file; its size is where a seek to
+        // the end lands (its metadata says 0).
+        let len = if meta.file_type().is_block_device() {
+            (&file).seek(SeekFrom::End(0)).map_err(io)?
+        } else if meta.is_dir() {
             return Err(ImageError::Io {
                 name,
-                detail: "not a regular file".into(),
+                detail: "is a directory, not an image".into(),
             });
-        }
+        } else if !meta.is_file() {
+            return Err(ImageError::Io {
+                name,
+                detail: "not a regular file or block device".into(),
+            });
+        } else {
+            meta.len()
+        };
         if options.lock {
             lock(&file, &name, !options.read_only)?;
         }
         // A CD image cut short is still a CD (QEMU attaches it too): its
         // whole sectors are the medium, and the host is told.
-        let (len, cd) = (meta.len(), CD_SECTOR_SIZE as u64);
+        let cd = CD_SECTOR_SIZE as u64;
         let mut warnings = Vec::new();
         let usable =
             if sector_size == CD_SECTOR_SIZE && options.read_only && len > cd && len % cd != 0 {

@@ -5,7 +5,7 @@
 //! Jailhouse cell config do):
 //!
 //! ```toml
-//! memory = "512M"
+//! memory = "512M"            # or 512 (a bare number is MiB), "1G", "65536K"
 //! boot = ["cdrom", "disk"]     # boot order
 //! cpu_model = "qemu64"         # what CPUID shows: qemu64 (default) or host
 //!
@@ -20,7 +20,7 @@
 //! cdrom_lock = true
 //!
 //! [devices]
-//! serial = "stdio"             # or a file that receives COM1's output
+//! serial = "stdio"             # or "file=PATH" (appended to), "pty", "none"
 //!
 //! [kernel]                     # direct boot instead of the boot order
 //! image = "bzImage"
@@ -37,7 +37,7 @@
 //! line (`--disk disk.img,readonly=on,lock=off`), turn that off. An empty
 //! boot order (`boot = []`) is refused.
 
-use crate::size::{parse_size, SizeError};
+use crate::size::{parse_size_in, SizeError};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -66,8 +66,13 @@ pub enum BootDevice {
 pub enum SerialTarget {
     /// The terminal (raw mode, Ctrl-A x quits) or whatever stdin/stdout are.
     Stdio,
-    /// Output appended to a file; no input.
+    /// Output appended to a file (created if missing); no input.
     File(PathBuf),
+    /// A new pseudo-terminal: its path is printed on stderr, and whatever
+    /// opens it (`screen`, `minicom`, `socat`) is COM1's other end.
+    Pty,
+    /// Output discarded; no input.
+    None,
 }
 
 /// A kernel booted directly, without the boot order.
@@ -140,6 +145,18 @@ pub enum ConfigError {
         /// The path.
         path: PathBuf,
     },
+    /// A key names something that exists but is the wrong kind of file
+    /// (a directory where an image belongs).
+    WrongFileType {
+        /// The key or flag.
+        key: String,
+        /// The path.
+        path: PathBuf,
+        /// What it is, e.g. "a directory".
+        is: &'static str,
+        /// What it should be, e.g. "an image file or a block device".
+        wanted: &'static str,
+    },
 }
 
 impl std::error::Error for ConfigError {}
@@ -155,6 +172,12 @@ impl fmt::Display for ConfigError {
                 write!(f, "{}: {one_line}", file.display())
             }
             ConfigError::Value { key, problem } => write!(f, "{key}: {problem}"),
+            ConfigError::WrongFileType {
+                key,
+                path,
+                is,
+                wanted,
+            } => write!(f, "{key}: {} is {is}, not {wanted}", path.display()),
             ConfigError::MissingFile { key, path } => {
                 write!(f, "{key}: {} does not exist", path.display())?;
                 if path == Path::new(DEFAULT_BIOS) {
@@ -187,9 +210,51 @@ impl KeyStyle {
     }
 }
 
-/// Parse and check a memory size given under `key`.
+/// Check that `path` (named by `key`) is a regular file, or for a disk or
+/// CD image (`image`) also a block device.
+fn check_file(path: &Path, key: String, image: bool) -> Result<(), ConfigError> {
+    use std::os::unix::fs::FileTypeExt;
+    let wrong = |is| ConfigError::WrongFileType {
+        key: key.clone(),
+        path: path.to_path_buf(),
+        is,
+        wanted: if image {
+            "an image file or a block device"
+        } else {
+            "a file"
+        },
+    };
+    let t = match std::fs::metadata(path) {
+        Ok(m) => m.file_type(),
+        Err(_) => {
+            return Err(ConfigError::MissingFile {
+                key,
+                path: path.to_path_buf(),
+            })
+        }
+    };
+    if t.is_file() || (image && t.is_block_device()) {
+        Ok(())
+    } else if t.is_dir() {
+        Err(wrong("a directory"))
+    } else if t.is_block_device() {
+        Err(wrong("a block device"))
+    } else if t.is_char_device() {
+        Err(wrong("a character device"))
+    } else if t.is_fifo() {
+        Err(wrong("a FIFO"))
+    } else if t.is_socket() {
+        Err(wrong("a socket"))
+    } else {
+        Err(wrong("not a regular file"))
+    }
+}
+
+/// Parse and check a memory size given under `key`: a number with a K, M,
+/// G or T suffix, or a bare number of MiB (`512` is 512 MiB, as QEMU's
+/// `-m 512`).
 pub fn parse_memory(text: &str, key: &str) -> Result<u64, ConfigError> {
-    let bytes = parse_size(text).map_err(|e: SizeError| ConfigError::Value {
+    let bytes = parse_size_in(text, 20).map_err(|e: SizeError| ConfigError::Value {
         key: key.into(),
         problem: e.to_string(),
     })?;
@@ -249,22 +314,14 @@ impl MachineConfig {
     /// key (`style` says how keys are spelt).
     pub fn validate(&self, style: KeyStyle) -> Result<(), ConfigError> {
         check_memory(self.memory, &style.name("memory", "--memory"))?;
-        let exists = |p: &Path, key: String| {
-            if p.is_file() {
-                Ok(())
-            } else {
-                Err(ConfigError::MissingFile {
-                    key,
-                    path: p.to_path_buf(),
-                })
-            }
-        };
+        let exists = |p: &Path, key: String| check_file(p, key, false);
+        let image = |p: &Path, key: String| check_file(p, key, true);
         exists(&self.bios, style.name("firmware.bios", "--bios"))?;
         if let Some(p) = &self.cdrom {
-            exists(p, style.name("images.cdrom", "--cdrom"))?;
+            image(p, style.name("images.cdrom", "--cdrom"))?;
         }
         if let Some(p) = &self.disk {
-            exists(p, style.name("images.disk", "--disk"))?;
+            image(p, style.name("images.disk", "--disk"))?;
         }
 
         if let Some(k) = &self.kernel {
@@ -326,11 +383,22 @@ impl Default for MachineConfig {
     }
 }
 
+/// `memory` in `vm.toml`: `"512M"` or a bare number of MiB (`512`).
+#[derive(Deserialize, Debug)]
+#[serde(
+    untagged,
+    expecting = "a size such as \"512M\" or a number of MiB such as 512"
+)]
+enum MemoryValue {
+    Text(String),
+    MiB(i64),
+}
+
 /// `vm.toml` as written.
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    memory: Option<String>,
+    memory: Option<MemoryValue>,
     boot: Option<Vec<BootDevice>>,
     cpu_model: Option<String>,
     #[serde(default)]
@@ -439,12 +507,33 @@ pub fn parse_cpu_model(text: &str, key: &str) -> Result<vmm_core::vcpu::CpuModel
         })
 }
 
-/// `stdio`, or a file.
-pub fn parse_serial(text: &str) -> SerialTarget {
-    if text == "stdio" {
-        SerialTarget::Stdio
-    } else {
-        SerialTarget::File(PathBuf::from(text))
+/// Where COM1 goes, as `key` gives it: `stdio`, `file=PATH` (appended
+/// to), `pty` or `none`. A path with a `/` or a `.` in it also means a file
+/// (as before `file=` existed); any other bare word is refused, so that a
+/// typo does not quietly make a file called `tty`.
+pub fn parse_serial(text: &str, key: &str) -> Result<SerialTarget, ConfigError> {
+    let bad = |problem: String| ConfigError::Value {
+        key: key.into(),
+        problem,
+    };
+    match text {
+        "stdio" => Ok(SerialTarget::Stdio),
+        "pty" => Ok(SerialTarget::Pty),
+        "none" => Ok(SerialTarget::None),
+        _ => {
+            if let Some(path) = text.strip_prefix("file=") {
+                if path.is_empty() {
+                    return Err(bad("file= needs a path (file=PATH)".into()));
+                }
+                Ok(SerialTarget::File(PathBuf::from(path)))
+            } else if !text.is_empty() && text.contains(['/', '.']) {
+                Ok(SerialTarget::File(PathBuf::from(text)))
+            } else {
+                Err(bad(format!(
+                    "'{text}' is not a serial target: write stdio, file=PATH, pty or none"
+                )))
+            }
+        }
     }
 }
 
@@ -457,8 +546,10 @@ pub fn parse_config(text: &str, file: &Path, base: &Path) -> Result<MachineConfi
     })?;
     let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
     let mut m = MachineConfig::new();
-    if let Some(mem) = f.memory {
-        m.memory = parse_memory(&mem, "memory")?;
+    match f.memory {
+        Some(MemoryValue::Text(mem)) => m.memory = parse_memory(&mem, "memory")?,
+        Some(MemoryValue::MiB(mib)) => m.memory = parse_memory(&mib.to_string(), "memory")?,
+        None => {}
     }
     if let Some(model) = f.cpu_model {
         m.cpu_model = parse_cpu_model(&model, "cpu_model")?;
@@ -516,7 +607,7 @@ pub fn parse_config(text: &str, file: &Path, base: &Path) -> Result<MachineConfi
         }
     };
     if let Some(s) = f.devices.serial {
-        m.serial = match parse_serial(&s) {
+        m.serial = match parse_serial(&s, "devices.serial")? {
             SerialTarget::File(p) => SerialTarget::File(resolve(p)),
             stdio => stdio,
         };
@@ -625,8 +716,82 @@ mod tests {
         assert!(e.to_string().starts_with("memory: "), "{e}");
         let e = parse("boot = [\"floppy\"]").unwrap_err();
         assert!(e.to_string().contains("floppy"), "{e}");
-        let e = parse("memory = 512").unwrap_err();
+        let e = parse("memory = 1.5").unwrap_err();
         assert!(e.to_string().contains("memory"), "{e}");
+        let e = parse("memory = -512").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "memory: '-512' is not a size: write a number with K, M or G (e.g. 512M)"
+        );
+        let e = parse("memory = 8192").unwrap_err();
+        assert!(
+            e.to_string().starts_with("memory: 8192 MiB is more than"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn directories_and_devices_are_named_for_what_they_are() {
+        let mut m = MachineConfig::new();
+        m.bios = PathBuf::from("/dev/null");
+        let e = m.validate(KeyStyle::Flags).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--bios: /dev/null is a character device, not a file"
+        );
+        m.bios = std::env::current_exe().unwrap();
+        m.cdrom = Some(std::env::temp_dir());
+        let e = m.validate(KeyStyle::Flags).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "--cdrom: {} is a directory, not an image file or a block device",
+                std::env::temp_dir().display()
+            )
+        );
+        m.cdrom = None;
+        m.disk = Some(std::env::temp_dir());
+        let e = m.validate(KeyStyle::File).unwrap_err();
+        assert!(
+            e.to_string().starts_with("images.disk: ") && e.to_string().contains("is a directory"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn serial_targets_and_bare_words() {
+        let p = |t: &str| parse_serial(t, "--serial");
+        assert_eq!(p("stdio"), Ok(SerialTarget::Stdio));
+        assert_eq!(p("pty"), Ok(SerialTarget::Pty));
+        assert_eq!(p("none"), Ok(SerialTarget::None));
+        assert_eq!(p("file=tty"), Ok(SerialTarget::File("tty".into())));
+        assert_eq!(p("file=none"), Ok(SerialTarget::File("none".into())));
+        assert_eq!(p("out.log"), Ok(SerialTarget::File("out.log".into())));
+        assert_eq!(p("/tmp/x"), Ok(SerialTarget::File("/tmp/x".into())));
+        assert_eq!(
+            p("tty").unwrap_err().to_string(),
+            "--serial: 'tty' is not a serial target: write stdio, file=PATH, pty or none"
+        );
+        assert_eq!(
+            p("file=").unwrap_err().to_string(),
+            "--serial: file= needs a path (file=PATH)"
+        );
+        assert!(p("").is_err());
+        let e = parse("[devices]\nserial = \"tty\"").unwrap_err();
+        assert!(e.to_string().starts_with("devices.serial: 'tty'"), "{e}");
+        let m = parse("[devices]\nserial = \"file=com1.log\"").unwrap();
+        assert_eq!(m.serial, SerialTarget::File("/images/com1.log".into()));
+        assert_eq!(
+            parse("[devices]\nserial = \"pty\"").unwrap().serial,
+            SerialTarget::Pty
+        );
+    }
+
+    #[test]
+    fn a_bare_memory_number_is_mib_in_the_file() {
+        assert_eq!(parse("memory = 512").unwrap().memory, 512 << 20);
+        assert_eq!(parse("memory = \"512\"").unwrap().memory, 512 << 20);
+        assert_eq!(parse("memory = \"1G\"").unwrap().memory, 1 << 30);
     }
 
     #[test]
@@ -766,6 +931,8 @@ mod tests {
     fn memory_bounds() {
         assert_eq!(parse_memory("512M", "--memory"), Ok(512 << 20));
         assert_eq!(parse_memory("3G", "--memory"), Ok(3 << 30));
+        assert_eq!(parse_memory("512", "--memory"), Ok(512 << 20));
+        assert_eq!(parse_memory("65536K", "--memory"), Ok(64 << 20));
         for bad in ["15M", "4G", "16385K", "x"] {
             let e = parse_memory(bad, "--memory").unwrap_err();
             assert!(e.to_string().starts_with("--memory: "), "{bad}: {e}");

@@ -12,7 +12,7 @@ use nix::unistd::isatty;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Once};
 use vmm_devices::uart::CharBackend;
 
@@ -112,8 +112,8 @@ pub fn spawn_stdin_reader(input: Arc<ConsoleInput>) {
         });
 }
 
-/// Set by SIGTERM, SIGINT or SIGHUP.
-static SIGNALLED: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
+/// The number of the last SIGTERM, SIGINT or SIGHUP to arrive (0: none).
+static SIGNALLED: LazyLock<Arc<AtomicUsize>> = LazyLock::new(Arc::default);
 
 /// Make SIGTERM, SIGINT and SIGHUP ask the run to end (so the terminal is
 /// restored and statistics printed) instead of killing the process.
@@ -124,16 +124,78 @@ pub fn catch_quit_signals() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         for sig in [SIGTERM, SIGINT, SIGHUP] {
-            if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&SIGNALLED)) {
+            let number = usize::try_from(sig).unwrap_or(0);
+            if let Err(e) = signal_hook::flag::register_usize(sig, Arc::clone(&SIGNALLED), number) {
                 log::warn!("signal {sig} cannot be caught: {e}");
             }
         }
     });
 }
 
-/// Whether a quit signal arrived.
-pub fn quit_signalled() -> bool {
-    SIGNALLED.load(Ordering::Relaxed)
+/// The quit signal that arrived, if one did.
+pub fn quit_signalled() -> Option<i32> {
+    match SIGNALLED.load(Ordering::Relaxed) {
+        0 => None,
+        n => i32::try_from(n).ok(),
+    }
+}
+
+/// A pseudo-terminal for COM1: the guest's side is the master, and the
+/// path of the slave ([`Pty::path`]) is what a user opens.
+pub struct Pty {
+    master: std::fs::File,
+    path: String,
+}
+
+impl Pty {
+    /// Open a new pseudo-terminal (posix_openpt, grantpt, unlockpt). The
+    /// master is non-blocking, so that output nobody reads is dropped
+    /// instead of stopping the guest.
+    pub fn open() -> Result<Self, String> {
+        use nix::fcntl::OFlag;
+        use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+            .map_err(|e| format!("posix_openpt: {e}"))?;
+        grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
+        unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
+        let path = ptsname_r(&master).map_err(|e| format!("ptsname: {e}"))?;
+        let master = std::fs::File::from(std::os::fd::OwnedFd::from(master));
+        // Raw on the slave's side too: no echo, no CR/LF translation.
+        if let Ok(mut t) = termios::tcgetattr(&master) {
+            termios::cfmakeraw(&mut t);
+            let _ = termios::tcsetattr(&master, SetArg::TCSANOW, &t);
+        }
+        Ok(Self { master, path })
+    }
+
+    /// The slave's path, e.g. `/dev/pts/3`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// COM1's host side on this pseudo-terminal: output to the master,
+    /// input read from it on a thread of its own (no escape keys: the
+    /// signals or the guest end the run).
+    pub fn into_console(self) -> Result<SerialConsole, String> {
+        let reader = self.master.try_clone().map_err(|e| e.to_string())?;
+        let input = Arc::new(ConsoleInput::default());
+        let feed = input.clone();
+        let _ = std::thread::Builder::new()
+            .name("pty-in".into())
+            .spawn(move || {
+                let mut reader = reader;
+                let mut buf = [0u8; 256];
+                loop {
+                    match reader.read(&mut buf) {
+                        Ok(n) if n > 0 => buf[..n].iter().for_each(|&b| feed.push(b)),
+                        // Nothing to read, or nobody has the slave open
+                        // (EIO): look again shortly.
+                        _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+                    }
+                }
+            });
+        Ok(SerialConsole::new(Box::new(self.master), Some(input)))
+    }
 }
 
 /// COM1's host side: output to a writer, input from [`ConsoleInput`].
@@ -212,9 +274,9 @@ mod tests {
     fn a_quit_signal_sets_the_flag_instead_of_killing() {
         catch_quit_signals();
         catch_quit_signals();
-        assert!(!quit_signalled());
+        assert_eq!(quit_signalled(), None);
         signal_hook::low_level::raise(SIGHUP).unwrap();
-        assert!(quit_signalled());
+        assert_eq!(quit_signalled(), Some(SIGHUP));
     }
 
     #[test]

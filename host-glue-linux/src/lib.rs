@@ -18,6 +18,7 @@ pub mod mmap_memory;
 pub mod pc;
 pub mod runner;
 pub mod size;
+pub mod stats_json;
 
 use kvm::PreemptTimer;
 use mmap_memory::MmapMemory;

@@ -6,7 +6,7 @@
 use crate::block_file::{ImageSync, SyncError};
 use crate::config::{MachineConfig, SerialTarget};
 use crate::console::{
-    catch_quit_signals, quit_signalled, spawn_stdin_reader, ConsoleInput, RawTerminal,
+    catch_quit_signals, quit_signalled, spawn_stdin_reader, ConsoleInput, Pty, RawTerminal,
     SerialConsole,
 };
 use crate::host_file::HostFileError;
@@ -38,6 +38,9 @@ pub struct RunOptions {
     /// fresh KVM vCPU (in a fresh KVM VM) and the devices through their
     /// saved state ([`vmm_devices::pc::Pc::move_vcpu`]).
     pub state_roundtrip: Option<u64>,
+    /// Print a status line on stderr this often while the guest runs
+    /// ([`progress_line`]).
+    pub progress: Option<Duration>,
 }
 
 impl Default for RunOptions {
@@ -45,8 +48,34 @@ impl Default for RunOptions {
         Self {
             posted_writes: true,
             state_roundtrip: None,
+            progress: None,
         }
     }
+}
+
+/// The `--progress` line: time so far, exits per second since the last
+/// line (`before`, `secs` ago) and the kind most of them were.
+pub fn progress_line(elapsed: Duration, before: &ExitStats, now: &ExitStats, secs: f64) -> String {
+    let delta = now.total().saturating_sub(before.total());
+    let rate = if secs > 0.0 { delta as f64 / secs } else { 0.0 };
+    let top = vmm_core::stats::ExitKind::ALL
+        .iter()
+        .map(|k| (k, now.count(*k).saturating_sub(before.count(*k))))
+        .max_by_key(|(_, n)| *n)
+        .filter(|(_, n)| *n > 0);
+    let mut line = format!(
+        "vmm: {:.0} s, {rate:.0} exits/s, {} exits",
+        elapsed.as_secs_f64(),
+        now.total()
+    );
+    if let Some((kind, n)) = top {
+        line += &format!(
+            ", mostly {} ({:.0}%)",
+            kind.name(),
+            100.0 * n as f64 / delta as f64
+        );
+    }
+    line
 }
 
 /// How a run ended.
@@ -56,8 +85,8 @@ pub enum Ending {
     Stopped(StopReason),
     /// The user quit with Ctrl-A x.
     Quit,
-    /// SIGTERM, SIGINT or SIGHUP.
-    Signalled,
+    /// SIGTERM, SIGINT or SIGHUP (its number).
+    Signalled(i32),
 }
 
 impl Ending {
@@ -73,7 +102,7 @@ impl fmt::Display for Ending {
             Ending::Stopped(StopReason::PowerOff) => write!(f, "the guest powered off"),
             Ending::Stopped(r) => write!(f, "the guest stopped: {r}"),
             Ending::Quit => write!(f, "quit from the console"),
-            Ending::Signalled => write!(f, "ended by a signal"),
+            Ending::Signalled(n) => write!(f, "ended by signal {n}"),
         }
     }
 }
@@ -177,6 +206,9 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     if !kvm::available() {
         return Err(RunError::Kvm(KvmError::Missing));
     }
+    // Before anything is shown (the pty's path): a signal from then on
+    // ends the run cleanly.
+    catch_quit_signals();
     let (com1, input, _raw): (
         SerialConsole,
         Option<Arc<ConsoleInput>>,
@@ -196,14 +228,34 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             )
         }
         SerialTarget::File(p) => {
-            let f = std::fs::File::create(p).map_err(|e| RunError::Serial {
-                path: p.display().to_string(),
-                detail: e.to_string(),
-            })?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| RunError::Serial {
+                    path: p.display().to_string(),
+                    detail: e.to_string(),
+                })?;
             (SerialConsole::new(Box::new(f), None), None, None)
         }
+        SerialTarget::Pty => {
+            let pty = Pty::open().map_err(|detail| RunError::Serial {
+                path: "pty".into(),
+                detail,
+            })?;
+            eprintln!("vmm: serial console on {}", pty.path());
+            let console = pty.into_console().map_err(|detail| RunError::Serial {
+                path: "pty".into(),
+                detail,
+            })?;
+            (console, None, None)
+        }
+        SerialTarget::None => (
+            SerialConsole::new(Box::new(std::io::sink()), None),
+            None,
+            None,
+        ),
     };
-    catch_quit_signals();
     let host: Arc<dyn Host> = Arc::new(
         LinuxHost::new()
             .with_preemption_timer()
@@ -227,6 +279,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     let mut state_roundtrips = 0;
     let (mut posted_writes, mut assists) = (0, 0);
     let started = std::time::Instant::now();
+    let mut last_progress = (started, pc.vm().stats().clone());
     let ending = loop {
         let slice = Slice {
             max_exits: options.state_roundtrip.unwrap_or(u64::MAX),
@@ -247,8 +300,21 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         if input.as_ref().is_some_and(|i| i.quit_requested()) {
             break Ending::Quit;
         }
-        if quit_signalled() {
-            break Ending::Signalled;
+        if let Some(every) = options.progress {
+            let now = std::time::Instant::now();
+            if now.duration_since(last_progress.0) >= every {
+                let stats = pc.vm().stats().clone();
+                let secs = now.duration_since(last_progress.0).as_secs_f64();
+                // CR LF: the terminal may be in raw mode.
+                eprint!(
+                    "{}\r\n",
+                    progress_line(started.elapsed(), &last_progress.1, &stats, secs)
+                );
+                last_progress = (now, stats);
+            }
+        }
+        if let Some(n) = quit_signalled() {
+            break Ending::Signalled(n);
         }
     };
     let elapsed = started.elapsed();
@@ -270,4 +336,30 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         sync_failures,
         state_roundtrips,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_core::stats::ExitKind;
+
+    #[test]
+    fn the_progress_line_has_the_rate_and_the_busiest_kind() {
+        let before = ExitStats::default();
+        let mut now = ExitStats::default();
+        let busy = ExitKind::ALL[0];
+        for _ in 0..300 {
+            now.record(busy);
+        }
+        let line = progress_line(Duration::from_secs(6), &before, &now, 3.0);
+        assert_eq!(
+            line,
+            format!(
+                "vmm: 6 s, 100 exits/s, 300 exits, mostly {} (100%)",
+                busy.name()
+            )
+        );
+        let idle = progress_line(Duration::from_secs(9), &now, &now, 3.0);
+        assert_eq!(idle, "vmm: 9 s, 0 exits/s, 300 exits");
+    }
 }

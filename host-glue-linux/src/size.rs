@@ -32,6 +32,13 @@ impl fmt::Display for SizeError {
 /// Parse a size in bytes. Suffixes K, M, G, T (optionally followed by `iB`
 /// or `B`) are powers of 1024; no suffix means bytes.
 pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    parse_size_in(text, 0)
+}
+
+/// Parse a size in bytes where a number without a suffix counts units of
+/// `1 << default_shift` bytes (20: MiB, as QEMU's `-m 512`). `B` after
+/// the number still means bytes.
+pub fn parse_size_in(text: &str, default_shift: u32) -> Result<u64, SizeError> {
     let t = text.trim();
     if t.is_empty() {
         return Err(SizeError::Empty);
@@ -49,6 +56,7 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
         .or_else(|| unit.strip_suffix('B').filter(|u| !u.is_empty()))
         .unwrap_or(unit);
     let shift = match unit {
+        "" if suffix.is_empty() => default_shift,
         "" | "B" => 0,
         "K" | "k" => 10,
         "M" | "m" => 20,
@@ -75,6 +83,19 @@ mod tests {
         assert_eq!(parse_size("65536K"), Ok(64 << 20));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("4096B"), Ok(4096));
+    }
+
+    #[test]
+    fn a_bare_number_counts_the_default_unit() {
+        assert_eq!(parse_size_in("512", 20), Ok(512 << 20));
+        assert_eq!(parse_size_in("512M", 20), Ok(512 << 20));
+        assert_eq!(parse_size_in("1G", 20), Ok(1 << 30));
+        assert_eq!(parse_size_in("4096B", 20), Ok(4096));
+        assert_eq!(parse_size_in("65536K", 20), Ok(64 << 20));
+        assert!(matches!(
+            parse_size_in("99999999999999", 20),
+            Err(SizeError::Overflow(_))
+        ));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `vmm run` refuses what it cannot run with one line on stderr that names
-//! the key or flag and the file, and exit status 1; clap's usage errors
-//! exit with 2. None of this needs KVM: the configuration is checked first.
+//! the key or flag and the file, and exit status 2 (as clap's usage
+//! errors); what fails only when the machine starts exits with 4. None of
+//! this needs KVM: the configuration is checked first.
 //!
 //! `cargo xtask test` sets `VMM_TEST_VMM`.
 
@@ -27,10 +28,15 @@ fn vmm(args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
-/// One line, starting "vmm: ", containing every `needle`.
+/// One line, starting "vmm: ", containing every `needle`, exit status 2.
 fn one_line_error(args: &[&str], needles: &[&str]) {
+    one_line_error_status(2, args, needles)
+}
+
+/// One line, starting "vmm: ", containing every `needle`, exit `status`.
+fn one_line_error_status(status: i32, args: &[&str], needles: &[&str]) {
     let (code, err) = vmm(args);
-    assert_eq!(code, Some(1), "{args:?}: {err}");
+    assert_eq!(code, Some(status), "{args:?}: {err}");
     assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
     assert!(err.starts_with("vmm: "), "{args:?}: {err}");
     for n in needles {
@@ -73,9 +79,46 @@ fn command_line_errors_name_the_flag_and_the_file() {
         &["run", "--disk", "/nonexistent/disk.img", "--bios", &bios],
         &["--disk", "/nonexistent/disk.img"],
     );
+    // A bare number is MiB, as QEMU's -m: 8 is 8 MiB (too little), 8192 is 8 GiB.
+    one_line_error(
+        &["run", "--memory", "8", "--bios", &bios],
+        &["--memory: 8192 KiB is too little memory"],
+    );
+    one_line_error(
+        &["run", "--memory", "8192", "--bios", &bios],
+        &["--memory: 8192 MiB is more than"],
+    );
+    // A bare word is not a file name: no file called "tty" appears.
+    one_line_error(
+        &["run", "--serial", "tty", "--bios", &bios],
+        &["--serial: 'tty' is not a serial target: write stdio, file=PATH, pty or none"],
+    );
+    assert!(!Path::new("tty").exists());
+    one_line_error(
+        &["run", "--serial", "file=", "--bios", &bios],
+        &["--serial: file= needs a path"],
+    );
+    // A directory is called one, not "does not exist".
+    let dir = d.display().to_string();
+    one_line_error(
+        &["run", "--cdrom", &dir, "--bios", &bios],
+        &[&format!(
+            "--cdrom: {dir} is a directory, not an image file or a block device"
+        )],
+    );
+    one_line_error(
+        &[
+            "run",
+            "--disk",
+            &format!("{dir},readonly=on"),
+            "--bios",
+            &bios,
+        ],
+        &[&format!("--disk: {dir} is a directory")],
+    );
     // A file that is not a BIOS image: named, with what is wrong.
     let iso = write(&d, "cd.iso", "");
-    one_line_error(&["run", "--bios", &bios, "--cdrom", &iso], &["bios.bin"]);
+    one_line_error_status(4, &["run", "--bios", &bios, "--cdrom", &iso], &["bios.bin"]);
     // Usage errors are clap's, exit status 2.
     let (code, err) = vmm(&["run", "--initrd", "x"]);
     assert_eq!(code, Some(2), "{err}");
@@ -100,6 +143,11 @@ fn config_file_errors_name_the_key() {
     one_line_error(&["run", "--config", &f], &["floppy"]);
     let f = cfg("memory.toml", "memory = \"2M\"\n");
     one_line_error(&["run", "--config", &f], &["memory: ", "too little memory"]);
+    let f = cfg("mib.toml", "memory = 4\n");
+    one_line_error(
+        &["run", "--config", &f],
+        &["memory: 4096 KiB is too little memory"],
+    );
     let f = cfg("model.toml", "cpu_model = \"pentium\"\n");
     one_line_error(
         &["run", "--config", &f],
@@ -128,4 +176,134 @@ fn config_file_errors_name_the_key() {
     );
     let _ = bios;
     std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+#[ignore = "runs the vmm binary: run through cargo xtask test"]
+fn help_prints_the_exit_status_table_and_the_serial_targets() {
+    for args in [&["--help"][..], &["run", "--help"][..]] {
+        let out = Command::new(env_path("VMM_TEST_VMM"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let help = String::from_utf8_lossy(&out.stdout);
+        for line in [
+            "Exit status:",
+            "  0      the guest powered itself off",
+            "  2      bad command line or config file",
+            "  4      the machine could not start",
+            "  128+N  ended by signal N (SIGHUP 129, SIGINT 130, SIGTERM 143)",
+        ] {
+            assert!(
+                help.contains(line),
+                "{args:?}: '{line}' missing in:\n{help}"
+            );
+        }
+    }
+    let out = Command::new(env_path("VMM_TEST_VMM"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--serial <stdio|file=PATH|pty|none>"),
+        "{help}"
+    );
+    assert!(help.contains("`512` = 512 MiB"), "{help}");
+}
+
+#[test]
+#[ignore = "runs SeaBIOS under KVM: run through cargo xtask test"]
+fn a_pty_console_names_its_path_and_signals_end_the_run_with_128_plus_n_and_stats_json() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    if !xtask::kvm_bench::kvm_present() {
+        eprintln!("skipped: /dev/kvm absent");
+        return;
+    }
+    let bios = env_path("VMM_TEST_SEABIOS").display().to_string();
+    let d = scratch("signals");
+    let json = d.join("stats.json");
+    for (signal, status) in [("TERM", 143), ("INT", 130), ("HUP", 129)] {
+        let mut child = Command::new(env_path("VMM_TEST_VMM"))
+            .args(["run", "--memory", "64", "--serial", "pty", "--bios", &bios])
+            .args(["--stats-json", &json.display().to_string()])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut first = String::new();
+        err.read_line(&mut first).unwrap();
+        let path = first
+            .strip_prefix("vmm: serial console on ")
+            .unwrap_or_else(|| panic!("no pty path: {first}"))
+            .trim();
+        assert!(path.starts_with("/dev/pts/"), "{first}");
+        assert!(Path::new(path).exists(), "{path}");
+        let killed = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let code = child.wait().unwrap().code();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+        assert_eq!(code, Some(status), "SIG{signal}: {rest}");
+        assert!(rest.contains("vmm: ended by signal"), "{rest}");
+        // --stats-json wrote the run's figures (docs/STATS.md).
+        let stats = std::fs::read_to_string(&json).unwrap();
+        for field in [
+            "\"schema_version\": 1",
+            "\"ending\": \"signal\"",
+            &format!("\"exit_status\": {status}"),
+            &format!("\"signal\": {}", status - 128),
+            "\"kind\": \"port-io\"",
+        ] {
+            assert!(stats.contains(field), "'{field}' missing in {stats}");
+        }
+        std::fs::remove_file(&json).unwrap();
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+#[ignore = "runs SeaBIOS under KVM: run through cargo xtask test"]
+fn progress_prints_a_status_line_while_the_guest_runs() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    if !xtask::kvm_bench::kvm_present() {
+        eprintln!("skipped: /dev/kvm absent");
+        return;
+    }
+    let bios = env_path("VMM_TEST_SEABIOS").display().to_string();
+    let mut child = Command::new(env_path("VMM_TEST_VMM"))
+        .args(["run", "--memory", "64", "--serial", "none", "--progress"])
+        .args(["--bios", &bios])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kept open until vmm has ended: it writes its last line then.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.starts_with("vmm: 5 s, ") {
+            break;
+        }
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(143), "{seen:?}");
+    drop(lines);
+    let line = seen.last().unwrap();
+    assert!(
+        line.starts_with("vmm: 5 s, ") && line.contains(" exits/s, ") && line.contains(" exits"),
+        "{seen:?}"
+    );
 }

@@ -86,7 +86,7 @@ fn acknowledged_writes_survive_sigkill_and_a_second_vmm_is_locked_out() {
     for arg in [disk.clone(), format!("{disk},readonly=on")] {
         let out = vmm(&arg, &d.join("second.log")).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{arg}: {err}");
+        assert_eq!(out.status.code(), Some(4), "{arg}: {err}");
         assert!(
             err.contains("locked") && err.contains(&disk) && err.lines().count() == 1,
             "{arg}: {err}"
@@ -128,7 +128,7 @@ fn a_read_only_disk_refuses_the_guests_writes_and_a_0444_image_is_not_writable()
     std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o444)).unwrap();
     let out = vmm(&disk, &serial).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(
         err.contains(&disk) && err.contains("read-only") && err.contains("readonly=on"),
         "{err}"

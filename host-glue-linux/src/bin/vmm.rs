@@ -3,14 +3,13 @@
 //! ```text
 //! vmm run --cdrom linux.iso                  # SeaBIOS boots the CD, 512 MiB
 //! vmm run --cdrom linux.iso --memory 1G --stats
-//! vmm run --bios guest.bin --serial out.log  # any firmware image
+//! vmm run --bios guest.bin --serial file=out.log  # any firmware image
 //! vmm run --config vm.toml
 //! ```
 //!
-//! The exit status is 0 only when the guest powered itself off (and every
-//! disk image was synced); 1 when it stopped otherwise, a disk image could
-//! not be synced at the end, or the machine could not start (one line on stderr
-//! says why); 2 for command-line mistakes; 3 when the user quit (Ctrl-A x).
+//! The exit status is one of [`EXIT_STATUS_TABLE`]'s (also in `--help`
+//! and the README); anything that is not 0 comes with one line on stderr
+//! saying why.
 //!
 //! The library's log goes to stderr: warnings and errors by default,
 //! `VMM_LOG=error|info|debug|trace` for another level, or `RUST_LOG` with
@@ -22,12 +21,41 @@ use host_glue_linux::config::{
     KeyStyle, MachineConfig,
 };
 use host_glue_linux::runner;
+use host_glue_linux::stats_json::RunStats;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Exit status: the guest powered itself off and every disk image was synced.
+const EXIT_POWER_OFF: u8 = 0;
+/// Exit status: the guest stopped otherwise (triple fault, halted for
+/// good, an emulation failure), or a disk image could not be synced at the end.
+const EXIT_GUEST_STOPPED: u8 = 1;
+/// Exit status: the command line or the config file is wrong (clap's usage
+/// errors too); nothing was started.
+const EXIT_BAD_INPUT: u8 = 2;
+/// Exit status: the user quit from the console (Ctrl-A x).
+const EXIT_QUIT: u8 = 3;
+/// Exit status: the machine could not start on this host (no KVM, an image
+/// locked or unreadable, a firmware file that is not one).
+const EXIT_HOST_FAILURE: u8 = 4;
+
+/// Seconds between `--progress` lines.
+const PROGRESS_SECS: u64 = 5;
+
+/// The exit statuses, as `--help` prints them.
+const EXIT_STATUS_TABLE: &str = "\
+Exit status:
+  0      the guest powered itself off (and every disk image was synced)
+  1      the guest stopped otherwise, or a disk image could not be synced
+  2      bad command line or config file; nothing was started
+  3      quit from the console (Ctrl-A x)
+  4      the machine could not start on this host (KVM, images, firmware)
+  128+N  ended by signal N (SIGHUP 129, SIGINT 130, SIGTERM 143) after
+         stopping the guest and syncing the disks";
+
 #[derive(Parser)]
-#[command(name = "vmm", version, about = "Run a virtual machine on KVM")]
+#[command(name = "vmm", version, about = "Run a virtual machine on KVM", after_help = EXIT_STATUS_TABLE)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,13 +64,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a PC: SeaBIOS, the i440FX chipset, IDE disk and CD-ROM, COM1.
+    #[command(after_help = EXIT_STATUS_TABLE)]
     Run(RunArgs),
 }
 
 #[derive(Args)]
 struct RunArgs {
-    /// A machine written down in a TOML file (memory, firmware, images,
-    /// devices, boot order); see the `config` module docs.
+    /// A machine written down in a TOML file instead of the flags. Keys:
+    /// `memory`, `boot` (["cdrom", "disk"]), `cpu_model`,
+    /// `[firmware] bios`, `[images] cdrom, disk, disk_readonly, disk_lock,
+    /// cdrom_lock`, `[devices] serial`, `[kernel] image, initrd, append`;
+    /// relative paths are from the file's folder (README, config.rs docs).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["cdrom", "disk", "memory", "bios", "kernel", "serial", "cpu_model"])]
     config: Option<PathBuf>,
     /// CD image for the CD-ROM drive (IDE secondary master); booted first.
@@ -55,7 +87,8 @@ struct RunArgs {
     /// no lock (two writers corrupt the image).
     #[arg(long, value_name = "IMAGE[,readonly=on][,lock=off]")]
     disk: Option<String>,
-    /// Guest RAM, e.g. 512M or 1G (16 MiB to 3 GiB) [default: 512M].
+    /// Guest RAM: MiB when no unit is given (`512` = 512 MiB, as QEMU), or
+    /// with a K, M or G suffix (`1G`); 16 MiB to 3 GiB [default: 512].
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
     /// Firmware image [default: /usr/share/seabios/bios-256k.bin].
@@ -70,9 +103,12 @@ struct RunArgs {
     /// Kernel command line for --kernel.
     #[arg(long, value_name = "CMDLINE", requires = "kernel")]
     append: Option<String>,
-    /// Where COM1 goes: `stdio` (the terminal, Ctrl-A x quits) or a file
-    /// [default: stdio].
-    #[arg(long, value_name = "stdio|FILE")]
+    /// Where COM1 goes: `stdio` (the terminal, Ctrl-A x quits),
+    /// `file=PATH` (output appended to PATH, created if missing), `pty` (a
+    /// new pseudo-terminal, its path printed on stderr) or `none` (output
+    /// discarded) [default: stdio]. A path containing `/` or `.` also
+    /// names a file.
+    #[arg(long, value_name = "stdio|file=PATH|pty|none")]
     serial: Option<String>,
     /// What CPUID shows the guest: `qemu64` (QEMU's qemu64 model, the
     /// same on every host) or `host` (the host's CPU, filtered)
@@ -82,6 +118,15 @@ struct RunArgs {
     /// Print exit statistics and the device report when the guest stops.
     #[arg(long)]
     stats: bool,
+    /// Write the exit statistics as JSON to FILE when the run ends
+    /// (schema: docs/STATS.md).
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
+    /// Print a status line on stderr every 5 s while the guest runs
+    /// (seconds, exits/s, total exits, the busiest exit kind): useful when
+    /// the console goes to a file.
+    #[arg(long)]
+    progress: bool,
     /// Return to user space for every write to the POST code port 0x80
     /// instead of letting KVM buffer them (for comparisons).
     #[arg(long)]
@@ -120,7 +165,7 @@ fn machine(args: &RunArgs) -> Result<MachineConfig, String> {
         m.disk_lock = disk.lock;
     }
     if let Some(s) = &args.serial {
-        m.serial = parse_serial(s);
+        m.serial = parse_serial(s, "--serial").map_err(|e| e.to_string())?;
     }
     m.kernel = args.kernel.as_ref().map(|k| KernelBoot {
         image: k.clone(),
@@ -136,18 +181,21 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(m) => m,
         Err(e) => {
             eprintln!("vmm: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
     let options = runner::RunOptions {
         posted_writes: !args.no_posted_writes,
         state_roundtrip: args.debug_state_roundtrip.filter(|n| *n > 0),
+        progress: args
+            .progress
+            .then(|| std::time::Duration::from_secs(PROGRESS_SECS)),
     };
     let report = match runner::run(&m, &options) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("vmm: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(EXIT_HOST_FAILURE);
         }
     };
     eprintln!(
@@ -176,14 +224,25 @@ fn run(args: RunArgs) -> ExitCode {
     for e in &report.sync_failures {
         eprintln!("vmm: {e}");
     }
-    if !report.sync_failures.is_empty() {
-        ExitCode::from(1)
-    } else if report.ending.powered_off() {
-        ExitCode::SUCCESS
-    } else if report.ending == runner::Ending::Quit {
-        ExitCode::from(3)
-    } else {
-        ExitCode::from(1)
+    let status = exit_status(&report.ending, report.sync_failures.is_empty());
+    if let Some(file) = &args.stats_json {
+        let json = RunStats::new(&report, status).to_json();
+        if let Err(e) = std::fs::write(file, json + "\n") {
+            eprintln!("vmm: --stats-json: cannot write {}: {e}", file.display());
+            return ExitCode::from(EXIT_HOST_FAILURE);
+        }
+    }
+    ExitCode::from(status)
+}
+
+/// The exit status for how the run ended (`synced`: every disk image was).
+fn exit_status(ending: &runner::Ending, synced: bool) -> u8 {
+    match ending {
+        runner::Ending::Signalled(n) => u8::try_from(128 + n).unwrap_or(255),
+        _ if !synced => EXIT_GUEST_STOPPED,
+        e if e.powered_off() => EXIT_POWER_OFF,
+        runner::Ending::Quit => EXIT_QUIT,
+        _ => EXIT_GUEST_STOPPED,
     }
 }
 
@@ -222,14 +281,46 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     init_logging();
-    match Cli::parse().command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_BAD_INPUT } else { 0 });
+        }
+    };
+    match cli.command {
         Command::Run(args) => run(args),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::default_log_filter;
+    use super::*;
+    use vmm_core::vm::StopReason;
+
+    #[test]
+    fn exit_statuses_follow_the_table() {
+        let off = runner::Ending::Stopped(StopReason::PowerOff);
+        assert_eq!(exit_status(&off, true), 0);
+        assert_eq!(exit_status(&off, false), 1);
+        assert_eq!(exit_status(&runner::Ending::Quit, true), 3);
+        assert_eq!(exit_status(&runner::Ending::Signalled(15), true), 143);
+        assert_eq!(exit_status(&runner::Ending::Signalled(2), false), 130);
+        assert_eq!(exit_status(&runner::Ending::Signalled(1), true), 129);
+        for code in [0, 1, 2, 3, 4] {
+            assert!(EXIT_STATUS_TABLE.contains(&format!("\n  {code}  ")));
+        }
+        assert_eq!(
+            [
+                EXIT_POWER_OFF,
+                EXIT_GUEST_STOPPED,
+                EXIT_BAD_INPUT,
+                EXIT_QUIT,
+                EXIT_HOST_FAILURE
+            ],
+            [0, 1, 2, 3, 4]
+        );
+    }
 
     #[test]
     fn vmm_log_names_the_default_level_and_anything_else_is_warn() {

@@ -99,6 +99,7 @@ pub mod memory;
 pub mod nested_paging;
 pub mod paging;
 pub mod shadow_paging;
+pub mod snapshot;
 pub mod stats;
 #[allow(unsafe_code)]
 pub mod svm;

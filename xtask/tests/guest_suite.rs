@@ -78,11 +78,12 @@ fn check_suite(console: &str, backend: &str) {
             "missing '{line}' on {backend} in:\n{console}"
         );
     }
-    // The ROM writes and hole accesses went through the emulator: the
-    // device report lists the hole's unhooked address in VM 0 (one read,
-    // one write of the byte at A0010).
+    // The ROM writes and the hole's write went through the emulator: the
+    // device report lists the hole's unhooked address in VM 0 (one write
+    // of the byte at A0010). Its read did not: open bus is mapped to a
+    // page of all-ones, which the guest reads without an exit.
     assert!(
-        console.contains("0x0000000a0010 reads          1 writes          1"),
+        console.contains("0x0000000a0010 reads          0 writes          1"),
         "{console}"
     );
 }

@@ -118,11 +118,24 @@ fn non_canonical(cpu: Cpu) {
         "[vm 0] noncanonical rep outsb where fs base + rsi is non-canonical: #GP(0000) rcx 04",
         "[vm 0] noncanonical mov from mmio where gs base + offset is non-canonical: #GP(0000) rcx 00",
         "[vm 0] noncanonical mov to mmio over the canonical boundary: #GP(0000) rcx 00",
-        "[vm 0] noncanonical push of mmio to a non-canonical rsp: #SS(0000) rcx 00",
-        "[vm 0] noncanonical push of mmio over the canonical boundary: #SS(0000) rcx 00",
         "[vm 0] noncanonical: done",
     ];
     check(outcome, &console, "noncanonical", &wanted);
+    // PUSH of the hole: its read no longer exits (open bus is a page of
+    // all-ones), so the CPU pushes to the non-canonical stack itself.
+    // Hardware raises #SS(0) there; QEMU's TCG, the CPU under this test,
+    // raises #GP(0). Either way a fault with the stack untouched.
+    for case in [
+        "push of mmio to a non-canonical rsp",
+        "push of mmio over the canonical boundary",
+    ] {
+        let ss = format!("[vm 0] noncanonical {case}: #SS(0000) rcx 00");
+        let gp = format!("[vm 0] noncanonical {case}: #GP(0000) rcx 00");
+        assert!(
+            console.contains(&ss) || console.contains(&gp),
+            "missing '{ss}' in:\n{console}"
+        );
+    }
     // The string and MMIO cases went through the VMM's emulator.
     assert!(
         console.contains("string-io                       4"),

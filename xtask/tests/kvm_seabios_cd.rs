@@ -73,7 +73,7 @@ fn seabios_boots_the_cd_to_isolinux_which_reads_the_kernel() {
     // The statistics on the way out: the guest was stopped by the signal,
     // not by an error, and it read at least the kernel's size through the
     // secondary channel's data port (16-bit PIO words).
-    assert!(cap.stderr.contains("vmm: ended by a signal"), "{all}");
+    assert!(cap.stderr.contains("vmm: ended by signal 15"), "{all}");
     assert!(cap.stderr.contains("exits: "), "{all}");
     let kernel = std::fs::metadata(env_path("VMM_TEST_VMLINUZ"))
         .unwrap()
@@ -108,7 +108,7 @@ fn the_cd_boots_to_isolinux_with_the_vcpu_replaced_every_200_exits() {
     let all = format!("{out}\n--- stderr ---\n{}", cap.stderr);
     assert!(out.contains("ISOLINUX 6.04"), "{all}");
     assert!(cap.matched, "ISOLINUX never got to the initrd: {all}");
-    assert!(cap.stderr.contains("vmm: ended by a signal"), "{all}");
+    assert!(cap.stderr.contains("vmm: ended by signal 15"), "{all}");
     let trips: u64 = cap
         .stderr
         .lines()

@@ -112,6 +112,9 @@ pub struct MachineConfig {
     pub serial: SerialTarget,
     /// The CPU model CPUID shows the guest.
     pub cpu_model: vmm_core::vcpu::CpuModel,
+    /// QEMU's test devices (`pc-testdev`, `isa-debug-exit`) for
+    /// conformance suites; off by default.
+    pub test_devices: bool,
 }
 
 /// A configuration error, naming what it is about.
@@ -307,6 +310,7 @@ impl MachineConfig {
             kernel: None,
             serial: SerialTarget::Stdio,
             cpu_model: vmm_core::vcpu::CpuModel::default(),
+            test_devices: false,
         }
     }
 

@@ -59,6 +59,7 @@ impl RunStats {
     pub fn new(report: &Report, exit_status: u8) -> Self {
         let (ending, signal) = match &report.ending {
             Ending::Stopped(StopReason::PowerOff) => ("power_off", None),
+            Ending::Stopped(StopReason::GuestExit { .. }) => ("guest_exit", None),
             Ending::Stopped(_) => ("guest_stopped", None),
             Ending::Quit => ("quit", None),
             Ending::Signalled(n) => ("signal", Some(*n)),

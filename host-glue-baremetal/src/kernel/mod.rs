@@ -158,6 +158,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 find("cdrom"),
                 config.bios_debug,
                 pc_model,
+                config.test_devices,
             ) {
                 Ok(pc) => ("pc", Machine::Pc(Box::new(pc))),
                 Err(e) => fail(format_args!("VM {i} (pc): {e}")),
@@ -175,6 +176,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                         None,
                         false,
                         pc_model,
+                        config.test_devices,
                     )
                     .map(|pc| Machine::Pc(Box::new(pc)))
                     .map_err(|e| e.to_string())

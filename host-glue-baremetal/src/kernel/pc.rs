@@ -36,7 +36,8 @@ impl core::fmt::Display for BuildError {
 
 /// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `cdrom` (an ISO
 /// image) in the CD-ROM drive; with `bios_debug`, the debug console at
-/// 0x402 prints SeaBIOS's debug log; CPUID follows `cpu_model`.
+/// 0x402 prints SeaBIOS's debug log; CPUID follows `cpu_model`; with
+/// `test_devices`, QEMU's `pc-testdev` and `isa-debug-exit` are there.
 pub fn build(
     host: Arc<dyn Host>,
     id: u32,
@@ -45,6 +46,7 @@ pub fn build(
     cdrom: Option<&[u8]>,
     bios_debug: bool,
     cpu_model: CpuModel,
+    test_devices: bool,
 ) -> Result<Pc, BuildError> {
     let cdrom = match cdrom {
         Some(iso) => Some(Box::new(
@@ -65,6 +67,7 @@ pub fn build(
         unix_seconds_at_host_zero: RTC_EPOCH,
         direct_boot: None,
         cpu_model,
+        test_devices,
     };
     Pc::build(host, desc).map_err(BuildError::Machine)
 }

@@ -115,6 +115,11 @@ struct RunArgs {
     /// [default: qemu64].
     #[arg(long, value_name = "qemu64|host")]
     cpu_model: Option<String>,
+    /// Add QEMU's test devices, `pc-testdev` and `isa-debug-exit` (port
+    /// 0xf4), which conformance suites such as kvm-unit-tests drive. A
+    /// write to port 0xf4 ends the run (status 1, the code in the message).
+    #[arg(long)]
+    testdev: bool,
     /// Print exit statistics and the device report when the guest stops.
     #[arg(long)]
     stats: bool,
@@ -167,6 +172,7 @@ fn machine(args: &RunArgs) -> Result<MachineConfig, String> {
     if let Some(s) = &args.serial {
         m.serial = parse_serial(s, "--serial").map_err(|e| e.to_string())?;
     }
+    m.test_devices |= args.testdev;
     m.kernel = args.kernel.as_ref().map(|k| KernelBoot {
         image: k.clone(),
         initrd: args.initrd.clone(),

@@ -34,7 +34,10 @@
 //! (`segment_load`), near and far JMP/CALL/RET (`transfer`) and IRET
 //! (`iret`). Flags the manuals leave undefined get the values AMD
 //! processors give (the differential test's strict mode checks them on
-//! the host). Memory with nothing behind it reads as all ones and drops
+//! the host), and where the vendors differ otherwise the emulator does as
+//! AMD and QEMU do: a REP string instruction with a 32-bit address size
+//! and ECX = 0 leaves RCX, RSI and RDI whole (Intel processors clear
+//! their upper halves). Memory with nothing behind it reads as all ones and drops
 //! writes (the [`GuestBus`] of a VM does that), so every instruction the
 //! emulator runs sees hardware's behaviour there.
 //!

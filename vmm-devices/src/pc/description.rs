@@ -53,4 +53,8 @@ pub struct PcDescription<'a> {
     /// What CPUID tells the guest: [`CpuModel::Qemu64`] unless the user
     /// asks for the host's CPU.
     pub cpu_model: CpuModel,
+    /// Add the test devices conformance suites drive: QEMU's `pc-testdev`
+    /// ([`crate::pc_testdev`]) and `isa-debug-exit`
+    /// ([`crate::debug_exit`]). Off on an ordinary PC.
+    pub test_devices: bool,
 }

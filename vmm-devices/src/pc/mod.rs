@@ -141,6 +141,10 @@ impl Pc {
             vm.claim_ports(dev, first, count)?;
         }
 
+        if desc.test_devices {
+            add_test_devices(&mut vm, &chipset)?;
+        }
+
         let entry = match &desc.direct_boot {
             Some(kernel) => Some(direct_boot::load(&mut vm, ram_block, desc.ram, kernel)?),
             None => None,
@@ -240,6 +244,25 @@ impl Pc {
 /// The PIIX3 IDE function at 00:01.1: the CD-ROM drive (always there, with
 /// `cdrom` as its medium) on the secondary master, `disk` on the primary
 /// master.
+/// QEMU's `pc-testdev` and `isa-debug-exit` (port 0xf4), for test suites
+/// that drive the VMM from inside the guest.
+fn add_test_devices(vm: &mut Vm, chipset: &PcChipset) -> Result<(), PcError> {
+    use crate::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT};
+    use crate::pc_testdev::{self as testdev, PcTestDevice};
+    let lines = (0..testdev::ISA_LINES as u8)
+        .map(|irq| chipset.isa.line(irq))
+        .collect();
+    let dev = vm.add_device(Box::new(PcTestDevice::new(lines)))?;
+    vm.claim_ports(dev, testdev::DATA_PORT, 4)?;
+    vm.claim_ports(dev, testdev::FLUSH_PORT, 4)?;
+    vm.claim_ports(dev, testdev::DATA_BYTE_PORT, 4)?;
+    vm.claim_ports(dev, testdev::IRQ_PORT, testdev::IRQ_PORT_COUNT)?;
+    vm.claim_mmio(dev, testdev::IOMEM_BASE, testdev::IOMEM_LEN)?;
+    let exit = vm.add_device(Box::new(DebugExit))?;
+    vm.claim_ports(exit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT)?;
+    Ok(())
+}
+
 fn add_ide(
     vm: &mut Vm,
     chipset: &PcChipset,

@@ -21,6 +21,7 @@ fn firmware() -> Vec<u8> {
 fn describe(fw: &[u8], ram: u64) -> PcDescription<'_> {
     PcDescription {
         cpu_model: vmm_core::vcpu::CpuModel::Qemu64,
+        test_devices: false,
         id: VmId(7),
         ram,
         firmware: fw,

@@ -1446,6 +1446,7 @@ fn rep_outs_to_a_watched_port_traps_after_every_iteration() {
     cpu.regs.gprs[1] = 3; // RCX
     cpu.regs.gprs[2] = 0x80; // DX: the probe's port
     cpu.regs.gprs[6] = 0x1000; // SI
+
     // I/O breakpoint 2 on port 0x80; no TF.
     cpu.breakpoints = breakpoint(2, 0x80, 0b10, 0b00);
     let mut msrs = MsrFile::default();

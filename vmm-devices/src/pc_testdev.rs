@@ -22,9 +22,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::{self, check, SaveRestore, StateError};
-use vmm_core::device::{
-    Device, DeviceContext, IoOutcome, Mmio, MmioAddress, PortAddress, PortIo,
-};
+use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio, MmioAddress, PortAddress, PortIo};
 use vmm_core::irq::IrqLine;
 
 /// The data register's ports.
@@ -167,7 +165,9 @@ impl Mmio for PcTestDevice {
         addr: MmioAddress,
         data: &[u8],
     ) -> IoOutcome {
-        if let Some(bytes) = Self::window(addr.offset(), data.len()).and_then(|r| self.iomem.get_mut(r)) {
+        if let Some(bytes) =
+            Self::window(addr.offset(), data.len()).and_then(|r| self.iomem.get_mut(r))
+        {
             bytes.copy_from_slice(data);
         }
         IoOutcome::Done

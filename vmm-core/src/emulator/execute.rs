@@ -252,6 +252,9 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             Mnemonic::Movbe => self.move_swapped(d)?,
             Mnemonic::Smsw => self.store_msw(d)?,
             Mnemonic::Lmsw => self.load_msw(d)?,
+            Mnemonic::Sgdt | Mnemonic::Sidt => self.store_descriptor_table(d)?,
+            Mnemonic::Sldt | Mnemonic::Str => self.store_system_selector(d)?,
+            Mnemonic::Lldt | Mnemonic::Ltr => self.load_system_segment(d)?,
             Mnemonic::Push => self.push(d)?,
             Mnemonic::Pop => match segment_register(i.op0_register()) {
                 Some(seg) if i.op0_kind() == OpKind::Register => self.pop_segment(d, seg)?,
@@ -280,6 +283,12 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             Mnemonic::Pushad => self.push_all(4)?,
             Mnemonic::Popa => self.pop_all(2)?,
             Mnemonic::Popad => self.pop_all(4)?,
+            Mnemonic::Movd | Mnemonic::Movq
+                if super::mmx::is_mmx_operand(d, 0) || super::mmx::is_mmx_operand(d, 1) =>
+            {
+                self.mmx_move(d)?
+            }
+            Mnemonic::Movntq => self.mmx_move(d)?,
             Mnemonic::Movd
             | Mnemonic::Movq
             | Mnemonic::Movdqa

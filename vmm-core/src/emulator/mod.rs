@@ -30,9 +30,11 @@
 //! forms, the ALU group, INC/DEC/NOT/NEG, MUL/IMUL/DIV/IDIV (`muldiv`),
 //! shifts, rotates and SHLD/SHRD, bit scans and counts and MOVBE (`bits`),
 //! BT*, SETcc, CMOVcc, XCHG/XADD/CMPXCHG/8B/16B, PUSH/POP, the string
-//! instructions, SMSW/LMSW (`system`), segment-register loads
-//! (`segment_load`), near and far JMP/CALL/RET (`transfer`) and IRET
-//! (`iret`). Flags the manuals leave undefined get the values AMD
+//! instructions, SMSW/LMSW (`system`), SGDT/SIDT/SLDT/STR and LLDT/LTR
+//! (`descriptor_tables`), segment-register loads (`segment_load`), near
+//! and far JMP/CALL/RET (`transfer`) and IRET (`iret`); and the data
+//! moves of SSE/AVX (`vector`) and MMX (`mmx`, through the x87 registers
+//! [`CpuState::x87`] exposes). Flags the manuals leave undefined get the values AMD
 //! processors give (the differential test's strict mode checks them on
 //! the host), and where the vendors differ otherwise the emulator does as
 //! AMD and QEMU do: a REP string instruction with a 32-bit address size
@@ -54,8 +56,8 @@
 //! through [`CpuState::set_mov_ss_shadow`]; raising the #DB (with the
 //! single-step trap RFLAGS.TF asks for) is left to the exit loop.
 //!
-//! Limits, by design or not yet done: x87, MMX, EVEX (AVX-512) and SSE
-//! arithmetic on memory are reported as unsupported (the VM stops; reads
+//! Limits, by design or not yet done: x87 instructions, MMX and SSE
+//! arithmetic on memory, and EVEX (AVX-512) are reported as unsupported (the VM stops; reads
 //! of unmapped memory never get here, nested and shadow paging map it to
 //! a page of all-ones); the I/O permission bitmap is not consulted for
 //! INS/OUTS (VMX and SVM check it before the exit); a breakpoint hit by
@@ -87,10 +89,12 @@ mod bits;
 mod breakpoints;
 mod cpu;
 mod decode;
+mod descriptor_tables;
 mod error;
 mod execute;
 mod hints;
 mod iret;
+mod mmx;
 mod muldiv;
 mod operand;
 mod segment_load;
@@ -102,7 +106,7 @@ mod vector;
 pub use breakpoints::Breakpoints;
 pub use cpu::{
     BusError, CpuMode, CpuState, DescriptorState, DescriptorTable, GuestBus, RegisterFile, Segment,
-    SegmentRegister, RFLAGS_AC, RFLAGS_AF, RFLAGS_CF, RFLAGS_DF, RFLAGS_FIXED, RFLAGS_IF,
+    SegmentRegister, SystemSegment, X87Registers, RFLAGS_AC, RFLAGS_AF, RFLAGS_CF, RFLAGS_DF, RFLAGS_FIXED, RFLAGS_IF,
     RFLAGS_IOPL, RFLAGS_OF, RFLAGS_PF, RFLAGS_RF, RFLAGS_SF, RFLAGS_STATUS, RFLAGS_TF, RFLAGS_VM,
     RFLAGS_ZF,
 };

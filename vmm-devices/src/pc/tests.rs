@@ -169,3 +169,52 @@ fn a_firmware_image_without_a_reset_vector_is_refused() {
         .unwrap();
     assert!(matches!(e, PcError::Firmware(_)), "{e:?}");
 }
+
+#[test]
+fn test_devices_answer_as_qemus_only_when_asked_for() {
+    let fw = firmware();
+    let mut plain = build(describe(&fw, 16 << 20));
+    let mut v = [0u8; 4];
+    plain.vm_mut().port_read(0xe0, &mut v);
+    assert_eq!(v, [0xff; 4], "no pc-testdev on an ordinary PC");
+    plain.vm_mut().port_write(0xf4, &[1]);
+    assert_eq!(plain.vm().stop_reason(), None, "no exit port either");
+
+    let mut desc = describe(&fw, 16 << 20);
+    desc.test_devices = true;
+    let mut pc = build(desc);
+    let vm = pc.vm_mut();
+    // The data register: any width, each byte lane on its own, and the
+    // byte-wise alias at 0xe8 sees the same register.
+    vm.port_write(0xe0, &0x1234_5678u32.to_le_bytes());
+    vm.port_write(0xe2, &[0xab]);
+    vm.port_read(0xe0, &mut v);
+    assert_eq!(u32::from_le_bytes(v), 0x12ab_5678);
+    let mut b = [0u8];
+    vm.port_read(0xe9, &mut b);
+    assert_eq!(b, [0x56]);
+    // The memory-like window: what is written reads back, at any size.
+    vm.mmio_write(0xff00_0ff8, &0x1122_3344_5566_7788u64.to_le_bytes());
+    let mut q = [0u8; 8];
+    vm.mmio_read(0xff00_0ff8, &mut q);
+    assert_eq!(u64::from_le_bytes(q), 0x1122_3344_5566_7788);
+    vm.mmio_read(0xff00_0ffc, &mut v);
+    assert_eq!(u32::from_le_bytes(v), 0x1122_3344);
+    // Line ports drive ISA interrupts.
+    vm.port_write(0x2004, &[1]);
+    assert!(pc.chipset().isa.level(4), "IRQ 4 raised");
+    pc.vm_mut().port_write(0x2004, &[0]);
+    assert!(!pc.chipset().isa.level(4), "IRQ 4 lowered");
+    // A reset forgets the register and the window.
+    pc.vm_mut().reset_devices();
+    pc.vm_mut().port_read(0xe0, &mut v);
+    assert_eq!(v, [0; 4]);
+    pc.vm_mut().mmio_read(0xff00_0ff8, &mut q);
+    assert_eq!(q, [0; 8]);
+    // The exit port stops the VM with the code written.
+    pc.vm_mut().port_write(0xf4, &0x2au32.to_le_bytes());
+    assert_eq!(
+        pc.vm().stop_reason(),
+        Some(&vmm_core::vm::StopReason::GuestExit { code: 0x2a })
+    );
+}

@@ -29,7 +29,8 @@
 //! The general-purpose integer set is covered: MOV and its extending
 //! forms, the ALU group, INC/DEC/NOT/NEG, MUL/IMUL/DIV/IDIV (`muldiv`),
 //! shifts, rotates and SHLD/SHRD, bit scans and counts and MOVBE (`bits`),
-//! BT*, SETcc, CMOVcc, XCHG/XADD/CMPXCHG/8B/16B, PUSH/POP, the string
+//! BT*, SETcc, CMOVcc, XCHG/XADD/CMPXCHG/8B/16B, PUSH/POP, ENTER/LEAVE
+//! (`stack_frame`), the string
 //! instructions, SMSW/LMSW (`system`), SGDT/SIDT/SLDT/STR and LLDT/LTR
 //! (`descriptor_tables`), segment-register loads (`segment_load`), near
 //! and far JMP/CALL/RET (`transfer`) and IRET (`iret`); and the data
@@ -98,6 +99,7 @@ mod mmx;
 mod muldiv;
 mod operand;
 mod segment_load;
+mod stack_frame;
 mod string;
 mod system;
 mod transfer;

@@ -152,6 +152,22 @@ fuzz_target!(|input: Input| {
         limit: 0x7ff,
     };
     cpu.ldtr = SegmentRegister::new(0x8, GDT + 0x800, 0x7ff, 0x82);
+    cpu.idtr = DescriptorTable {
+        base: GDT + 0x1000,
+        limit: 0xfff,
+    };
+    cpu.tr = SegmentRegister::new(0x10, GDT + 0x2000, 0x67, 0x8b);
+    // x87/MMX registers (MMX moves), with whatever TOP and tags the
+    // first register gives.
+    let mut x87 = vmm_core::emulator::X87Registers::default();
+    for (i, st) in x87.st.iter_mut().enumerate() {
+        let v = input.gprs[i].rotate_left(13);
+        st[..8].copy_from_slice(&v.to_le_bytes());
+        st[8..].copy_from_slice(&(v as u16).to_le_bytes());
+    }
+    x87.fsw = input.gprs[8] as u16;
+    x87.ftw = (input.gprs[8] >> 16) as u8;
+    cpu.x87 = Some(x87);
     cpu.rflags = u64::from(input.rflags) | 2;
     cpu.rip = rip;
     cpu.pkru = input.pkru;
@@ -160,7 +176,7 @@ fuzz_target!(|input: Input| {
     let mut cr4 = 0;
     let mut efer = 0;
     let pick = |bit: u32, value: u64| if bits >> bit & 1 != 0 { value } else { 0 };
-    cr0 |= pick(0, CR0_WP) | pick(1, CR0_AM) | pick(2, CR0_TS) | pick(3, CR0_EM);
+    cr0 |= pick(0, CR0_WP) | pick(1, CR0_AM) | pick(2, CR0_TS) | pick(3, CR0_EM) | pick(15, CR0_NE);
     cr4 |= pick(4, CR4_PSE)
         | pick(5, CR4_SMEP)
         | pick(6, CR4_SMAP)

@@ -7,8 +7,7 @@
 use iced_x86::code_asm::*;
 use std::sync::Arc;
 use vmm_core::emulator::{
-    Completion, DescriptorTable, EmulateError, Emulator, Exception, RegisterFile,
-    SegmentRegister,
+    Completion, DescriptorTable, EmulateError, Emulator, Exception, RegisterFile, SegmentRegister,
 };
 use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_core::vm::Vm;
@@ -209,10 +208,17 @@ fn stores_write_the_registers_the_guest_would_read() {
     }
     let mut b = [0u8; 8];
     vm.memory().read(OPERAND, &mut b).unwrap();
-    assert_eq!(b, [0x3f, 0, 0x00, 0x30, 0, 0, 0xaa, 0xaa], "limit, 4 base bytes");
+    assert_eq!(
+        b,
+        [0x3f, 0, 0x00, 0x30, 0, 0, 0xaa, 0xaa],
+        "limit, 4 base bytes"
+    );
     vm.memory().read(OPERAND + 0x10, &mut b).unwrap();
     assert_eq!(&b[..6], &[0xff, 0x07, 0x21, 0x43, 0x65, 0x87]);
-    assert_eq!(vm.memory().read_u32(OPERAND + 0x20).unwrap() & 0xffff, u32::from(TSS32));
+    assert_eq!(
+        vm.memory().read_u32(OPERAND + 0x20).unwrap() & 0xffff,
+        u32::from(TSS32)
+    );
     assert_eq!(vm.memory().read_u16(OPERAND + 0x30).unwrap(), LDT);
 
     // 64-bit mode: 8 base bytes.
@@ -223,10 +229,7 @@ fn stores_write_the_registers_the_guest_would_read() {
     assert_eq!(run(&mut cpu, &mut vm), Ok(Completion::Retired));
     let mut b = [0u8; 12];
     vm.memory().read(OPERAND, &mut b).unwrap();
-    assert_eq!(
-        b,
-        [0x3f, 0, 0, 0x30, 0, 0, 0, 0x80, 0xff, 0xff, 0xaa, 0xaa]
-    );
+    assert_eq!(b, [0x3f, 0, 0, 0x30, 0, 0, 0, 0x80, 0xff, 0xff, 0xaa, 0xaa]);
 }
 
 #[test]

@@ -54,10 +54,7 @@ fn movq_stores_the_physical_register_and_enters_mmx_state() {
     let mut cpu = cpu(&mut vm, |a| a.movq(qword_ptr(DATA as u32), mm1));
     assert_eq!(run(&mut cpu, &mut vm), Ok(Completion::Retired));
     // With TOP = 3, physical register 1 is ST(6).
-    assert_eq!(
-        vm.memory().read_u64(DATA).unwrap(),
-        0x7777_7777_7777_7777
-    );
+    assert_eq!(vm.memory().read_u64(DATA).unwrap(), 0x7777_7777_7777_7777);
     let x = cpu.x87.unwrap();
     assert_eq!(x.fsw & (7 << 11), 0, "TOP = 0");
     assert_eq!(x.ftw, 0xff, "every register valid");
@@ -80,7 +77,11 @@ fn movq_and_movd_load_with_an_all_ones_exponent() {
     let x = cpu.x87.unwrap();
     assert_eq!(&x.st[2][..8], &0x8070_6050_4030_2010u64.to_le_bytes());
     assert_eq!(&x.st[2][8..], &[0xff, 0xff]);
-    assert_eq!(&x.st[5][..8], &0x8070_6050u64.to_le_bytes(), "zero-extended");
+    assert_eq!(
+        &x.st[5][..8],
+        &0x8070_6050u64.to_le_bytes(),
+        "zero-extended"
+    );
     assert_eq!(cpu.rip, 0x1000 + 7 + 7);
 }
 

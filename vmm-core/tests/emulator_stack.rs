@@ -92,7 +92,11 @@ fn enter_with_a_nesting_level_copies_the_outer_frame_pointers() {
     assert_eq!(m.read_u32(STACK_TOP - 4).unwrap(), 0x8800, "old EBP");
     assert_eq!(m.read_u32(STACK_TOP - 8).unwrap(), 0x1111_1111);
     assert_eq!(m.read_u32(STACK_TOP - 12).unwrap(), 0x2222_2222);
-    assert_eq!(m.read_u32(STACK_TOP - 16).unwrap() as u64, STACK_TOP - 4, "this frame");
+    assert_eq!(
+        m.read_u32(STACK_TOP - 16).unwrap() as u64,
+        STACK_TOP - 4,
+        "this frame"
+    );
     assert_eq!(cpu.gprs[5], STACK_TOP - 4);
     assert_eq!(cpu.gprs[4], STACK_TOP - 16 - 8);
 }
@@ -105,6 +109,9 @@ fn a_faulting_leave_changes_nothing() {
     cpu.segments[Segment::Ss as usize].limit = 0xffff;
     cpu.gprs[5] = 0x2_0000;
     let before = cpu.clone();
-    assert!(matches!(run(&mut cpu, &mut vm), Err(EmulateError::Exception(_))));
+    assert!(matches!(
+        run(&mut cpu, &mut vm),
+        Err(EmulateError::Exception(_))
+    ));
     assert_eq!(cpu, before);
 }

@@ -140,10 +140,7 @@ fn compare(programs: &[&str], cpu: Cpu) {
             Cpu::SvmShadow => "svm paging=shadow",
             Cpu::Vmx => "vmx",
         };
-        let cmdline = format!(
-            "cpu={which} guest_mem=16M testdev=1 vms={}",
-            programs.len()
-        );
+        let cmdline = format!("cpu={which} guest_mem=16M testdev=1 vms={}", programs.len());
         let memory = 256 + 32 * programs.len() as u64;
         let vmm = match cpu {
             Cpu::Svm | Cpu::SvmShadow => {

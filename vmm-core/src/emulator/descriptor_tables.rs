@@ -141,11 +141,7 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             // The upper half of a 16-byte descriptor: base 63:32, and a
             // type field that must be 0; it must lie inside the GDT too.
             let unsupported = self.unsupported(d);
-            let gdtr = self
-                .state
-                .descriptor_state()
-                .ok_or(unsupported)?
-                .gdtr();
+            let gdtr = self.state.descriptor_state().ok_or(unsupported)?.gdtr();
             if u64::from(selector & !7) + 15 > u64::from(gdtr.limit) {
                 return Err(Self::selector_fault(selector).into());
             }

@@ -108,9 +108,9 @@ mod vector;
 pub use breakpoints::Breakpoints;
 pub use cpu::{
     BusError, CpuMode, CpuState, DescriptorState, DescriptorTable, GuestBus, RegisterFile, Segment,
-    SegmentRegister, SystemSegment, X87Registers, RFLAGS_AC, RFLAGS_AF, RFLAGS_CF, RFLAGS_DF, RFLAGS_FIXED, RFLAGS_IF,
-    RFLAGS_IOPL, RFLAGS_OF, RFLAGS_PF, RFLAGS_RF, RFLAGS_SF, RFLAGS_STATUS, RFLAGS_TF, RFLAGS_VM,
-    RFLAGS_ZF,
+    SegmentRegister, SystemSegment, X87Registers, RFLAGS_AC, RFLAGS_AF, RFLAGS_CF, RFLAGS_DF,
+    RFLAGS_FIXED, RFLAGS_IF, RFLAGS_IOPL, RFLAGS_OF, RFLAGS_PF, RFLAGS_RF, RFLAGS_SF,
+    RFLAGS_STATUS, RFLAGS_TF, RFLAGS_VM, RFLAGS_ZF,
 };
 pub use error::{EmulateError, Exception, InstructionBytes};
 pub use execute::undefined_flags;

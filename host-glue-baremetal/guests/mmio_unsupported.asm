@@ -1,4 +1,5 @@
-; An instruction the emulator does not implement (an x87 store) on an
+; An instruction the emulator does not implement (FBSTP, the x87 packed
+; BCD store; FST and FIST are emulated) on an
 ; address with no memory behind it (the VGA hole): the VM must stop with a
 ; reason that names the bytes, the mode and the address. (Loads from
 ; there read all-ones without the emulator: see mmio_integer.asm.)
@@ -23,12 +24,12 @@ main:
 .touch:
     mov ax, 0xa000
     mov es, ax
-    fstp dword [es:0x10]
+    fbstp [es:0x10]
     mov si, not_reached
     jmp .print
 
 message:
-    db "x87 store to MMIO", 13, 10, 0
+    db "x87 BCD store to MMIO", 13, 10, 0
 not_reached:
     db "the VMM let an unsupported MMIO instruction through", 13, 10, 0
 

@@ -237,7 +237,10 @@ fn slow_the_linux_cd_reboots_and_powers_off_under_real_kvm() {
     let job = run.job_output();
     let all = &run.serial;
     let count = |needle: &str| job.matches(needle).count();
-    assert!(job.contains("VMM-CD-REBOOT: first boot, rebooting"), "{all}");
+    assert!(
+        job.contains("VMM-CD-REBOOT: first boot, rebooting"),
+        "{all}"
+    );
     assert_eq!(count("SeaBIOS (version"), 2, "{all}");
     assert_eq!(count("Linux version 6.1.0-"), 2, "{all}");
     assert_eq!(count(INIT_MARKER), 2, "{all}");

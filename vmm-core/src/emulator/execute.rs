@@ -291,6 +291,15 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
                 self.mmx_move(d)?
             }
             Mnemonic::Movntq => self.mmx_move(d)?,
+            Mnemonic::Fst
+            | Mnemonic::Fstp
+            | Mnemonic::Fist
+            | Mnemonic::Fistp
+            | Mnemonic::Fisttp
+            | Mnemonic::Fnstsw
+            | Mnemonic::Fstsw
+            | Mnemonic::Fnstcw
+            | Mnemonic::Fstcw => self.x87(d)?,
             Mnemonic::Movd
             | Mnemonic::Movq
             | Mnemonic::Movdqa

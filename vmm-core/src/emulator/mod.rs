@@ -35,7 +35,9 @@
 //! (`descriptor_tables`), segment-register loads (`segment_load`), near
 //! and far JMP/CALL/RET (`transfer`) and IRET (`iret`); and the data
 //! moves of SSE/AVX (`vector`) and MMX (`mmx`, through the x87 registers
-//! [`CpuState::x87`] exposes). Flags the manuals leave undefined get the values AMD
+//! [`CpuState::x87`] exposes), and the x87 stores (`x87`: FST/FSTP,
+//! FIST/FISTP/FISTTP, FNSTSW/FNSTCW, rounded and flagged as the FPU
+//! does). Flags the manuals leave undefined get the values AMD
 //! processors give (the differential test's strict mode checks them on
 //! the host), and where the vendors differ otherwise the emulator does as
 //! AMD and QEMU do: a REP string instruction with a 32-bit address size
@@ -57,8 +59,9 @@
 //! through [`CpuState::set_mov_ss_shadow`]; raising the #DB (with the
 //! single-step trap RFLAGS.TF asks for) is left to the exit loop.
 //!
-//! Limits, by design or not yet done: x87 instructions, MMX and SSE
-//! arithmetic on memory, and EVEX (AVX-512) are reported as unsupported (the VM stops; reads
+//! Limits, by design or not yet done: x87 loads and arithmetic, FBSTP,
+//! FNSTENV/FNSAVE/FXSAVE, MMX and SSE arithmetic on memory, and EVEX
+//! (AVX-512) are reported as unsupported (the VM stops; reads
 //! of unmapped memory never get here, nested and shadow paging map it to
 //! a page of all-ones); the I/O permission bitmap is not consulted for
 //! INS/OUTS (VMX and SVM check it before the exit); a breakpoint hit by
@@ -104,6 +107,7 @@ mod string;
 mod system;
 mod transfer;
 mod vector;
+mod x87;
 
 pub use breakpoints::Breakpoints;
 pub use cpu::{

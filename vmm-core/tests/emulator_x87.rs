@@ -340,3 +340,87 @@ fn em_or_ts_is_device_not_available_and_fnstsw_does_not_wait() {
         Err(EmulateError::Exception(Exception::DeviceNotAvailable))
     );
 }
+
+/// A VM whose memory from 0x8000 on (up to 0x1_0000) has nothing behind
+/// it.
+fn vm_with_hole() -> Vm {
+    let mut vm = vm();
+    vm.memory_mut().unmap(0x8000, 0x8000).unwrap();
+    vm
+}
+
+fn run_at(
+    vm: &mut Vm,
+    x87: X87Registers,
+    f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> (Result<Completion, EmulateError>, RegisterFile) {
+    let mut a = CodeAssembler::new(32).unwrap();
+    f(&mut a).unwrap();
+    vm.memory_mut()
+        .write(0x1000, &a.assemble(0x1000).unwrap())
+        .unwrap();
+    let mut c = RegisterFile::protected_flat32();
+    c.rip = 0x1000;
+    c.control.cr0 |= 1 << 5;
+    c.x87 = Some(x87);
+    let r = Emulator::default().emulate(&mut c, vm);
+    (r, c)
+}
+
+#[test]
+fn environment_and_state_saves_into_a_hole_keep_only_their_effects() {
+    let mut vm = vm_with_hole();
+    let pi = {
+        let mut v = [0u8; 10];
+        v[..8].copy_from_slice(&0xc90f_daa2_2168_c235u64.to_le_bytes());
+        v[8..].copy_from_slice(&0x4000u16.to_le_bytes());
+        v
+    };
+    // FNSTENV masks every exception.
+    let (r, c) = run_at(&mut vm, loaded(&pi, 0x0360), |a| {
+        a.fnstenv(dword_ptr(0x9000))
+    });
+    assert_eq!(r, Ok(Completion::Retired));
+    assert_eq!(c.x87.unwrap().fcw, 0x037f);
+    // FNSAVE reinitialises (the registers' bytes stay, every tag empty).
+    let (r, c) = run_at(&mut vm, loaded(&pi, 0x0c7f), |a| {
+        a.fnsave(dword_ptr(0x9000))
+    });
+    assert_eq!(r, Ok(Completion::Retired));
+    let x = c.x87.unwrap();
+    assert_eq!((x.fcw, x.fsw, x.ftw), (0x037f, 0, 0));
+    assert_eq!(x.st[0], pi);
+    // FBSTP of pi: 3, inexact (not rounded up to nearest), popped.
+    let (r, c) = run_at(&mut vm, loaded(&pi, 0x037f), |a| a.fbstp(tword_ptr(0x9000)));
+    assert_eq!(r, Ok(Completion::Retired));
+    let x = c.x87.unwrap();
+    assert_eq!(x.fsw & 0x3a21, 0x0020, "PE, no C1, TOP 7 + 1");
+    assert_eq!(x.ftw, 0);
+    // FBSTP of 10^19: beyond 18 digits, IE (masked), popped.
+    let mut big = [0u8; 10];
+    big[..8].copy_from_slice(&(10_000_000_000_000_000_000u64).to_le_bytes());
+    big[8..].copy_from_slice(&(16383u16 + 63).to_le_bytes());
+    let (r, c) = run_at(&mut vm, loaded(&big, 0x037f), |a| {
+        a.fbstp(tword_ptr(0x9000))
+    });
+    assert_eq!(r, Ok(Completion::Retired));
+    assert_eq!(c.x87.unwrap().fsw & 1, 1, "IE");
+    // FXSAVE: no effect; a misaligned area is #GP(0).
+    let (r, c) = run_at(&mut vm, loaded(&pi, 0x037f), |a| {
+        a.fxsave(zmmword_ptr(0x9000))
+    });
+    assert_eq!(r, Ok(Completion::Retired));
+    assert_eq!(c.x87, Some(loaded(&pi, 0x037f)));
+    let (r, _) = run_at(&mut vm, loaded(&pi, 0x037f), |a| {
+        a.fxsave(zmmword_ptr(0x9008))
+    });
+    assert_eq!(
+        r,
+        Err(EmulateError::Exception(Exception::GeneralProtection(0)))
+    );
+    // Partly in RAM: not carried out.
+    let (r, _) = run_at(&mut vm, loaded(&pi, 0x037f), |a| {
+        a.fnsave(dword_ptr(0x7ff0))
+    });
+    assert!(matches!(r, Err(EmulateError::Unsupported { .. })), "{r:?}");
+}

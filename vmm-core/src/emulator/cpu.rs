@@ -481,6 +481,14 @@ pub trait GuestBus {
         let _ = (gpa, len);
         false
     }
+    /// Whether `len` bytes at `gpa` have nothing behind them (open bus:
+    /// reads give all ones, writes are dropped), so that an instruction
+    /// whose store the emulator does not carry out may still complete with
+    /// only its effects on the CPU. The default says no.
+    fn is_unassigned(&self, gpa: u64, len: usize) -> bool {
+        let _ = (gpa, len);
+        false
+    }
 }
 
 /// A plain copy of the register state, implementing [`CpuState`].

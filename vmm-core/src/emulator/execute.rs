@@ -299,7 +299,14 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             | Mnemonic::Fnstsw
             | Mnemonic::Fstsw
             | Mnemonic::Fnstcw
-            | Mnemonic::Fstcw => self.x87(d)?,
+            | Mnemonic::Fstcw
+            | Mnemonic::Fnstenv
+            | Mnemonic::Fstenv
+            | Mnemonic::Fnsave
+            | Mnemonic::Fsave
+            | Mnemonic::Fbstp
+            | Mnemonic::Fxsave
+            | Mnemonic::Fxsave64 => self.x87(d)?,
             Mnemonic::Movd
             | Mnemonic::Movq
             | Mnemonic::Movdqa

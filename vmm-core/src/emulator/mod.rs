@@ -60,8 +60,10 @@
 //! single-step trap RFLAGS.TF asks for) is left to the exit loop.
 //!
 //! Limits, by design or not yet done: x87 loads and arithmetic, FBSTP,
-//! FNSTENV/FNSAVE/FXSAVE, MMX and SSE arithmetic on memory, and EVEX
-//! (AVX-512) are reported as unsupported (the VM stops; reads
+//! FNSTENV/FNSAVE/FXSAVE into a device (into unassigned memory they
+//! complete with their effects alone), XSAVE, MASKMOVQ/MASKMOVDQU, MMX and
+//! SSE arithmetic on memory, and EVEX (AVX-512) are reported as
+//! unsupported (the VM stops; reads
 //! of unmapped memory never get here, nested and shadow paging map it to
 //! a page of all-ones); the I/O permission bitmap is not consulted for
 //! INS/OUTS (VMX and SVM check it before the exit); a breakpoint hit by

@@ -16,10 +16,13 @@
 //! exception already pending gives #MF before a waiting instruction runs
 //! (CR0.NE clear, the FERR# route, is not modelled: the VM stops). The
 //! vCPU must expose its x87 registers ([`super::CpuState::x87`]).
-//! Other x87 instructions on emulated memory (loads, arithmetic, FBSTP,
-//! FNSTENV/FNSAVE/FXSAVE) are reported as unsupported.
+//! FNSTENV, FNSAVE, FBSTP and FXSAVE into memory with nothing behind it
+//! complete with their effects alone (`dropped`). Other x87 instructions
+//! on emulated memory (loads, arithmetic, and those stores to a device)
+//! are reported as unsupported.
 
 pub mod convert;
+mod dropped;
 
 use super::access::Context;
 use super::cpu::{CpuState, GuestBus, X87Registers};
@@ -30,15 +33,15 @@ use convert::{Converted, DOUBLE, IE, SINGLE};
 use iced_x86::{Code, Mnemonic};
 
 /// FSW.SF: stack fault.
-const SF: u16 = 1 << 6;
+pub(super) const SF: u16 = 1 << 6;
 /// FSW.ES: exception summary.
-const ES: u16 = 1 << 7;
+pub(super) const ES: u16 = 1 << 7;
 /// FSW.C1.
-const C1: u16 = 1 << 9;
+pub(super) const C1: u16 = 1 << 9;
 /// FSW.B: busy (mirrors ES).
-const B: u16 = 1 << 15;
+pub(super) const B: u16 = 1 << 15;
 /// FSW.TOP.
-const TOP: u16 = 7 << 11;
+pub(super) const TOP: u16 = 7 << 11;
 
 /// What an x87 store writes.
 #[derive(Clone, Copy)]
@@ -99,6 +102,9 @@ fn fop_of(bytes: &[u8]) -> u16 {
 impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
     /// An x87 instruction on emulated memory.
     pub fn x87(&mut self, d: &Decoded) -> Result<(), EmulateError> {
+        if Self::is_dropped_store(d) {
+            return self.dropped_store(d);
+        }
         let cr0 = self.control.cr0;
         if cr0 & (CR0_EM | CR0_TS) != 0 {
             return Err(Exception::DeviceNotAvailable.into());
@@ -211,7 +217,7 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
 
 /// Pop the register stack: ST(0)'s tag empty, TOP up by one, the
 /// registers renumbered.
-fn pop_stack(x: &mut X87Registers, fsw: &mut u16) {
+pub(super) fn pop_stack(x: &mut X87Registers, fsw: &mut u16) {
     let top = (*fsw & TOP) >> 11;
     x.ftw &= !(1 << top);
     let new_top = (top + 1) & 7;

@@ -3,6 +3,7 @@
 //! or the user quits, make the disk images durable (`fdatasync`), and say
 //! how it ended.
 
+use crate::api::{self, ApiError, Command, Response};
 use crate::block_file::{ImageSync, SyncError};
 use crate::config::{MachineConfig, SerialTarget};
 use crate::console::{
@@ -12,16 +13,21 @@ use crate::console::{
 use crate::host_file::HostFileError;
 use crate::kvm::{self, KvmError, KvmVcpu};
 use crate::pc;
+use crate::stats_json::{Figures, RunStats};
 use crate::LinuxHost;
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use vmm_core::device::{ClaimCounts, PortCount};
 use vmm_core::host::Host;
 use vmm_core::stats::ExitStats;
 use vmm_core::vcpu::{RunOutcome, Slice};
 use vmm_core::vm::StopReason;
 use vmm_devices::block::ImageError;
-use vmm_devices::pc::PcError;
+use vmm_devices::pc::{Pc, PcError};
 use vmm_devices::post_code::POST_PORT;
 
 /// The longest stretch the exit loop runs before looking at the quit key
@@ -41,6 +47,8 @@ pub struct RunOptions {
     /// Print a status line on stderr this often while the guest runs
     /// ([`progress_line`]).
     pub progress: Option<Duration>,
+    /// Serve the control API on a Unix socket here (docs/API.md).
+    pub api_socket: Option<PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -49,6 +57,7 @@ impl Default for RunOptions {
             posted_writes: true,
             state_roundtrip: None,
             progress: None,
+            api_socket: None,
         }
     }
 }
@@ -115,6 +124,10 @@ pub struct Report {
     pub stats: ExitStats,
     /// The device manager's report (claims, access counts, unhooked ports).
     pub devices: String,
+    /// Every claim's counts, for programs (`--stats-json`).
+    pub claims: Vec<ClaimCounts>,
+    /// Accesses to unhooked ports and MMIO: (ports, MMIO).
+    pub unhooked: (PortCount, PortCount),
     /// Wall-clock time the guest ran.
     pub elapsed: Duration,
     /// Port writes KVM buffered and the devices received late (POST codes).
@@ -177,6 +190,8 @@ pub enum RunError {
     Kick(String),
     /// A state round trip (`RunOptions::state_roundtrip`) failed.
     StateRoundTrip(String),
+    /// The API socket could not be opened.
+    Api(ApiError),
 }
 
 impl std::error::Error for RunError {}
@@ -195,6 +210,7 @@ impl fmt::Display for RunError {
             RunError::Serial { path, detail } => write!(f, "serial output {path}: {detail}"),
             RunError::Kick(e) => write!(f, "vCPU preemption timer: {e}"),
             RunError::StateRoundTrip(e) => write!(f, "state round trip: {e}"),
+            RunError::Api(e) => write!(f, "{e}"),
         }
     }
 }
@@ -256,11 +272,28 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             None,
         ),
     };
-    let host: Arc<dyn Host> = Arc::new(
-        LinuxHost::new()
-            .with_preemption_timer()
-            .map_err(|e| RunError::Kick(e.to_string()))?,
-    );
+    let linux_host = LinuxHost::new()
+        .with_preemption_timer()
+        .map_err(|e| RunError::Kick(e.to_string()))?;
+    let timer = linux_host.preemption_timer();
+    let host: Arc<dyn Host> = Arc::new(linux_host);
+    // Set by the API when it queues a command: the kick that follows
+    // ends the slice at once (`KvmVcpu::set_attention`).
+    let attention = Arc::new(AtomicBool::new(false));
+    let api = match &options.api_socket {
+        Some(path) => {
+            let flag = attention.clone();
+            let kick: api::Kick = Arc::new(move || {
+                flag.store(true, Ordering::Release);
+                if let Some(t) = &timer {
+                    t.fire_now();
+                }
+            });
+            Some(api::start(path, kick).map_err(RunError::Api)?)
+        }
+        None => None,
+    };
+    let (_api_socket, jobs) = api.unzip();
     let (mut pc, syncs) = pc::build(host.clone(), config, Box::new(com1))?;
     let mut disks = DiskSyncs(syncs);
     let new_vcpu = |pc: &mut vmm_devices::pc::Pc| {
@@ -270,6 +303,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             // for each one.
             vcpu.post_port_writes(POST_PORT, 1).map_err(RunError::Kvm)?;
         }
+        vcpu.set_attention(attention.clone());
         Ok::<_, RunError>(vcpu)
     };
     let mut vcpu = new_vcpu(&mut pc)?;
@@ -280,27 +314,41 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     let (mut posted_writes, mut assists) = (0, 0);
     let started = std::time::Instant::now();
     let mut last_progress = (started, pc.vm().stats().clone());
+    let mut paused = false;
     let ending = loop {
-        let slice = Slice {
-            max_exits: options.state_roundtrip.unwrap_or(u64::MAX),
-            until_ns: Some(host.now_ns().saturating_add(SLICE_NS)),
-        };
-        if let RunOutcome::Stopped(reason) = pc.run(&mut vcpu, slice) {
-            break Ending::Stopped(reason);
+        if !paused {
+            let slice = Slice {
+                max_exits: options.state_roundtrip.unwrap_or(u64::MAX),
+                until_ns: Some(host.now_ns().saturating_add(SLICE_NS)),
+            };
+            if let RunOutcome::Stopped(reason) = pc.run(&mut vcpu, slice) {
+                break Ending::Stopped(reason);
+            }
+            if options.state_roundtrip.is_some() {
+                let mut fresh = new_vcpu(&mut pc)?;
+                pc.move_vcpu(&mut vcpu, &mut fresh)
+                    .map_err(|e| RunError::StateRoundTrip(e.to_string()))?;
+                posted_writes += vcpu.posted_writes();
+                assists += vcpu.assists();
+                vcpu = fresh;
+                state_roundtrips += 1;
+            }
         }
-        if options.state_roundtrip.is_some() {
-            let mut fresh = new_vcpu(&mut pc)?;
-            pc.move_vcpu(&mut vcpu, &mut fresh)
-                .map_err(|e| RunError::StateRoundTrip(e.to_string()))?;
-            posted_writes += vcpu.posted_writes();
-            assists += vcpu.assists();
-            vcpu = fresh;
-            state_roundtrips += 1;
+        if let Some(jobs) = &jobs {
+            attention.store(false, Ordering::Release);
+            let live = Live {
+                config,
+                started,
+                posted_writes: posted_writes + vcpu.posted_writes(),
+                assists: assists + vcpu.assists(),
+                state_roundtrips,
+            };
+            serve_jobs(jobs, &mut pc, &mut paused, &live);
         }
         if input.as_ref().is_some_and(|i| i.quit_requested()) {
             break Ending::Quit;
         }
-        if let Some(every) = options.progress {
+        if let Some(every) = options.progress.filter(|_| !paused) {
             let now = std::time::Instant::now();
             if now.duration_since(last_progress.0) >= every {
                 let stats = pc.vm().stats().clone();
@@ -330,12 +378,90 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         ending,
         stats: pc.vm().stats().clone(),
         devices: pc.vm().devices().report().to_string(),
+        claims: pc.vm().devices().claim_counts(),
+        unhooked: pc.vm().devices().unhooked_totals(),
         elapsed,
         posted_writes,
         assists,
         sync_failures,
         state_roundtrips,
     })
+}
+
+/// How long a paused machine waits for a command before it looks at the
+/// quit key and signals again.
+const PAUSED_POLL: Duration = Duration::from_millis(50);
+
+/// What the API's answers need besides the machine.
+struct Live<'a> {
+    config: &'a MachineConfig,
+    started: Instant,
+    posted_writes: u64,
+    assists: u64,
+    state_roundtrips: u64,
+}
+
+/// Carry out the API's queued commands; while `paused`, wait a moment
+/// ([`PAUSED_POLL`]) for one first.
+fn serve_jobs(jobs: &Receiver<api::Job>, pc: &mut Pc, paused: &mut bool, live: &Live<'_>) {
+    if *paused {
+        match jobs.recv_timeout(PAUSED_POLL) {
+            Ok(job) => {
+                let _ = job.reply.send(answer(job.command, pc, paused, live));
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+        }
+    }
+    while let Ok(job) = jobs.try_recv() {
+        let _ = job.reply.send(answer(job.command, pc, paused, live));
+    }
+}
+
+/// Carry out one API command on the machine (docs/API.md).
+fn answer(command: Command, pc: &mut Pc, paused: &mut bool, live: &Live<'_>) -> Response {
+    let state = |paused: bool| if paused { "paused" } else { "running" };
+    match command {
+        Command::Info => Response::ok(serde_json::json!({
+            "state": state(*paused),
+            "vmm_version": env!("CARGO_PKG_VERSION"),
+            "memory_mib": live.config.memory >> 20,
+            "cpu_model": live.config.cpu_model.name(),
+            "vcpus": 1,
+            "uptime_s": live.started.elapsed().as_secs_f64(),
+            "exits_total": pc.vm().stats().total(),
+        })),
+        Command::Stats => {
+            let devices = pc.vm().devices();
+            let claims = devices.claim_counts();
+            let figures = Figures {
+                stats: pc.vm().stats(),
+                claims: &claims,
+                unhooked: devices.unhooked_totals(),
+                elapsed: live.started.elapsed(),
+                posted_writes: live.posted_writes,
+                assists: live.assists,
+                state_roundtrips: live.state_roundtrips,
+            };
+            Response::ok(RunStats::live(&figures, *paused).to_value())
+        }
+        Command::Pause if *paused => Response::error(409, "already_paused", "the VM is paused"),
+        Command::Resume if !*paused => Response::error(409, "not_paused", "the VM is running"),
+        Command::Pause | Command::Resume => {
+            *paused = command == Command::Pause;
+            log::info!("API: VM {}", state(*paused));
+            Response::ok(serde_json::json!({ "state": state(*paused) }))
+        }
+        Command::PowerButton => {
+            log::info!("API: power button pressed");
+            pc.press_power_button();
+            Response::ok(serde_json::json!({ "state": state(*paused) }))
+        }
+        Command::Reset => {
+            log::info!("API: reset");
+            pc.vm_mut().request_reset();
+            Response::ok(serde_json::json!({ "state": state(*paused) }))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use vmm_bios::entry::EntryState;
 use vmm_core::emulator::{
     CpuState, DescriptorState, DescriptorTable, EmulateError, Segment, SegmentRegister,
@@ -69,6 +71,9 @@ pub struct KvmVcpu {
     posted: bool,
     /// Port writes delivered from that ring.
     posted_writes: u64,
+    /// Set by another thread that wants the exit loop back now (the API):
+    /// a kick that finds it set ends the slice ([`KvmVcpu::set_attention`]).
+    attention: Option<Arc<AtomicBool>>,
 }
 
 fn ioctl_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
@@ -149,9 +154,19 @@ impl KvmVcpu {
             assists: 0,
             posted: false,
             posted_writes: 0,
+            attention: None,
         };
         me.slots.sync(&me.vm, vm.memory_mut())?;
         Ok(me)
+    }
+
+    /// End the slice when a kick finds `flag` set: the interrupted KVM_RUN
+    /// is reported as [`Exit::Preempted`] instead of an external
+    /// interrupt, so the exit loop returns to its caller at once. Another
+    /// thread sets the flag and fires the preemption timer
+    /// ([`super::PreemptTimer::fire_now`]); the caller clears it.
+    pub fn set_attention(&mut self, flag: Arc<AtomicBool>) {
+        self.attention = Some(flag);
     }
 
     /// Start in `entry` instead of the reset vector (direct kernel boot):
@@ -499,6 +514,14 @@ impl VcpuBackend for KvmVcpu {
             }
             Raw::Window => Exit::InterruptWindow,
             Raw::Shutdown => Exit::Shutdown,
+            Raw::Interrupted
+                if self
+                    .attention
+                    .as_ref()
+                    .is_some_and(|a| a.load(Ordering::Acquire)) =>
+            {
+                Exit::Preempted
+            }
             Raw::Interrupted => Exit::ExternalInterrupt,
             Raw::FailEntry(reason) => Exit::Error(ExitError::EntryFailed {
                 detail: format!("KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x}"),

@@ -19,9 +19,9 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use vmm_core::emulator::{
-    AccessHint, Breakpoints, BusError, Completion, DescriptorTable, EmulateError, Emulator,
-    Exception, GuestBus, Hints, InstructionBytes, OptionalInstructions, PortString, RegisterFile,
-    Segment, SegmentRegister,
+    AccessHint, Breakpoints, BusError, Completion, DescriptorTable, EmulateError, Emulator, Exception, GuestBus,
+    Hints, InstructionBytes, OptionalInstructions, PortString, RegisterFile, Segment,
+    SegmentRegister,
 };
 use vmm_core::paging::*;
 

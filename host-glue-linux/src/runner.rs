@@ -469,6 +469,87 @@ mod tests {
     use super::*;
     use vmm_core::stats::ExitKind;
 
+    /// A 16 MiB PC on the Linux host (no KVM needed: it never runs),
+    /// with a firmware of HLTs and a far jump at the reset vector.
+    fn idle_pc(dir: &std::path::Path) -> (Pc, MachineConfig) {
+        let mut image = vec![0xf4u8; 64 << 10];
+        let reset = image.len() - 16;
+        image[reset..reset + 5].copy_from_slice(&[0xea, 0x00, 0x00, 0x00, 0xf0]);
+        let bios = dir.join("bios.bin");
+        std::fs::write(&bios, image).unwrap();
+        let mut config = MachineConfig::new();
+        config.bios = bios;
+        config.memory = 16 << 20;
+        let host = Arc::new(LinuxHost::new());
+        let com1 = Box::new(vmm_devices::uart::BufferBackend::new());
+        let (pc, _) = pc::build(host, &config, com1).unwrap();
+        (pc, config)
+    }
+
+    #[test]
+    fn api_commands_pause_resume_press_the_button_and_reset() {
+        let dir = std::env::temp_dir().join(format!("vmm-runner-api-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut pc, config) = idle_pc(&dir);
+        let live = Live {
+            config: &config,
+            started: Instant::now(),
+            posted_writes: 0,
+            assists: 0,
+            state_roundtrips: 0,
+        };
+        let mut paused = false;
+        let mut ask = |c, pc: &mut Pc, paused: &mut bool| answer(c, pc, paused, &live);
+        let info = ask(Command::Info, &mut pc, &mut paused);
+        assert_eq!(info.status, 200);
+        assert_eq!(info.body["state"], "running");
+        assert_eq!(info.body["memory_mib"], 16);
+        assert_eq!(info.body["cpu_model"], "qemu64");
+        // Pause, twice: the second is a conflict and changes nothing.
+        assert_eq!(
+            ask(Command::Pause, &mut pc, &mut paused).body["state"],
+            "paused"
+        );
+        assert!(paused);
+        let again = ask(Command::Pause, &mut pc, &mut paused);
+        assert_eq!(
+            (again.status, again.error_code()),
+            (409, Some("already_paused"))
+        );
+        assert!(paused);
+        let stats = ask(Command::Stats, &mut pc, &mut paused);
+        assert_eq!(stats.body["ending"], "paused");
+        assert!(stats.body["exit_status"].is_null());
+        assert!(!stats.body["devices"].as_array().unwrap().is_empty());
+        assert_eq!(
+            ask(Command::Resume, &mut pc, &mut paused).body["state"],
+            "running"
+        );
+        let again = ask(Command::Resume, &mut pc, &mut paused);
+        assert_eq!(
+            (again.status, again.error_code()),
+            (409, Some("not_paused"))
+        );
+        // Reset: the exit loop finds the request at its next round.
+        assert_eq!(ask(Command::Reset, &mut pc, &mut paused).status, 200);
+        assert!(pc.vm_mut().take_reset_request());
+        // The power button: PWRBTN_STS in the PM block, once firmware has
+        // enabled it (PMBA, PMREGMISC of the PIIX4 PM function 00:01.3).
+        for (reg, value) in [(0x40u32, 0x601u32), (0x80, 1)] {
+            let address = 0x8000_0000u32 | 1 << 11 | 3 << 8 | reg;
+            pc.vm_mut().port_write(0xcf8, &address.to_le_bytes());
+            pc.vm_mut().port_write(0xcfc, &value.to_le_bytes());
+        }
+        assert_eq!(ask(Command::PowerButton, &mut pc, &mut paused).status, 200);
+        let mut sts = [0u8; 2];
+        pc.vm_mut().port_read(0x600, &mut sts);
+        assert_ne!(
+            u16::from_le_bytes(sts) & vmm_devices::acpi_pm::PM1_PWRBTN_STS,
+            0
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn the_progress_line_has_the_rate_and_the_busiest_kind() {
         let before = ExitStats::default();

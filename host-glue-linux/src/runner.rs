@@ -499,7 +499,7 @@ mod tests {
             state_roundtrips: 0,
         };
         let mut paused = false;
-        let mut ask = |c, pc: &mut Pc, paused: &mut bool| answer(c, pc, paused, &live);
+        let ask = |c, pc: &mut Pc, paused: &mut bool| answer(c, pc, paused, &live);
         let info = ask(Command::Info, &mut pc, &mut paused);
         assert_eq!(info.status, 200);
         assert_eq!(info.body["state"], "running");

@@ -10,6 +10,7 @@ use crate::console::{
     catch_quit_signals, quit_signalled, spawn_stdin_reader, ConsoleInput, Pty, RawTerminal,
     SerialConsole,
 };
+use crate::gdb::{self, GdbError, Machine};
 use crate::host_file::HostFileError;
 use crate::kvm::{self, KvmError, KvmVcpu};
 use crate::pc;
@@ -49,6 +50,9 @@ pub struct RunOptions {
     pub progress: Option<Duration>,
     /// Serve the control API on a Unix socket here (docs/API.md).
     pub api_socket: Option<PathBuf>,
+    /// Wait for gdb on this TCP address (`127.0.0.1:1234`) before the
+    /// guest's first instruction, and let it debug the guest.
+    pub gdb: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -58,6 +62,7 @@ impl Default for RunOptions {
             state_roundtrip: None,
             progress: None,
             api_socket: None,
+            gdb: None,
         }
     }
 }
@@ -192,6 +197,8 @@ pub enum RunError {
     StateRoundTrip(String),
     /// The API socket could not be opened.
     Api(ApiError),
+    /// The gdb stub could not start.
+    Gdb(GdbError),
 }
 
 impl std::error::Error for RunError {}
@@ -211,6 +218,7 @@ impl fmt::Display for RunError {
             RunError::Kick(e) => write!(f, "vCPU preemption timer: {e}"),
             RunError::StateRoundTrip(e) => write!(f, "state round trip: {e}"),
             RunError::Api(e) => write!(f, "{e}"),
+            RunError::Gdb(e) => write!(f, "{e}"),
         }
     }
 }
@@ -310,27 +318,43 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     if let Some(entry) = pc.entry() {
         vcpu.set_entry_state(entry);
     }
+    let mut m = Machine::new(pc, vcpu);
+    // With --gdb, the guest waits at its first instruction for gdb.
+    let mut gdb = match &options.gdb {
+        Some(addr) => Some(gdb::Session::accept(addr, &mut m).map_err(RunError::Gdb)?),
+        None => None,
+    };
     let mut state_roundtrips = 0;
     let (mut posted_writes, mut assists) = (0, 0);
     let started = std::time::Instant::now();
-    let mut last_progress = (started, pc.vm().stats().clone());
+    let mut last_progress = (started, m.pc.vm().stats().clone());
     let mut paused = false;
     let ending = loop {
-        if !paused {
+        // gdb holds the guest while it is stopped.
+        let gdb_lets_run = gdb.as_mut().is_none_or(|g| g.pump(&mut m));
+        if gdb.as_ref().is_some_and(|g| !g.attached()) {
+            gdb = None;
+        }
+        if !paused && gdb_lets_run {
             let slice = Slice {
                 max_exits: options.state_roundtrip.unwrap_or(u64::MAX),
                 until_ns: Some(host.now_ns().saturating_add(SLICE_NS)),
             };
-            if let RunOutcome::Stopped(reason) = pc.run(&mut vcpu, slice) {
+            if let RunOutcome::Stopped(reason) = m.pc.run(&mut m.vcpu, slice) {
                 break Ending::Stopped(reason);
             }
+            if let Some(stop) = m.vcpu.take_debug_stop() {
+                if let Some(g) = gdb.as_mut() {
+                    g.report(&mut m, &stop);
+                }
+            }
             if options.state_roundtrip.is_some() {
-                let mut fresh = new_vcpu(&mut pc)?;
-                pc.move_vcpu(&mut vcpu, &mut fresh)
+                let mut fresh = new_vcpu(&mut m.pc)?;
+                m.pc.move_vcpu(&mut m.vcpu, &mut fresh)
                     .map_err(|e| RunError::StateRoundTrip(e.to_string()))?;
-                posted_writes += vcpu.posted_writes();
-                assists += vcpu.assists();
-                vcpu = fresh;
+                posted_writes += m.vcpu.posted_writes();
+                assists += m.vcpu.assists();
+                m.vcpu = fresh;
                 state_roundtrips += 1;
             }
         }
@@ -339,11 +363,11 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             let live = Live {
                 config,
                 started,
-                posted_writes: posted_writes + vcpu.posted_writes(),
-                assists: assists + vcpu.assists(),
+                posted_writes: posted_writes + m.vcpu.posted_writes(),
+                assists: assists + m.vcpu.assists(),
                 state_roundtrips,
             };
-            serve_jobs(jobs, &mut pc, &mut paused, &live);
+            serve_jobs(jobs, &mut m.pc, &mut paused, &live);
         }
         if input.as_ref().is_some_and(|i| i.quit_requested()) {
             break Ending::Quit;
@@ -351,7 +375,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         if let Some(every) = options.progress.filter(|_| !paused) {
             let now = std::time::Instant::now();
             if now.duration_since(last_progress.0) >= every {
-                let stats = pc.vm().stats().clone();
+                let stats = m.pc.vm().stats().clone();
                 let secs = now.duration_since(last_progress.0).as_secs_f64();
                 // CR LF: the terminal may be in raw mode.
                 eprint!(
@@ -370,9 +394,11 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     // the guest wrote is made durable before `vmm` says how it ended.
     let sync_failures = disks.sync_all();
     let (posted_writes, assists) = (
-        posted_writes + vcpu.posted_writes(),
-        assists + vcpu.assists(),
+        posted_writes + m.vcpu.posted_writes(),
+        assists + m.vcpu.assists(),
     );
+    drop(gdb);
+    let Machine { pc, vcpu, .. } = m;
     drop(vcpu);
     Ok(Report {
         ending,

@@ -134,6 +134,11 @@ struct RunArgs {
     /// info, stats, pause, resume, power button, reset (docs/API.md).
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// Wait for gdb on this TCP address (e.g. 127.0.0.1:1234) before the
+    /// guest's first instruction: registers, memory at linear addresses,
+    /// breakpoints (hbreak in ROM), stepi, Ctrl-C (docs/API.md).
+    #[arg(long, value_name = "HOST:PORT")]
+    gdb: Option<String>,
     /// Return to user space for every write to the POST code port 0x80
     /// instead of letting KVM buffer them (for comparisons).
     #[arg(long)]
@@ -198,6 +203,7 @@ fn run(args: RunArgs) -> ExitCode {
             .progress
             .then(|| std::time::Duration::from_secs(PROGRESS_SECS)),
         api_socket: args.api_socket.clone(),
+        gdb: args.gdb.clone(),
     };
     let report = match runner::run(&m, &options) {
         Ok(r) => r,

@@ -136,7 +136,7 @@ struct RunArgs {
     api_socket: Option<PathBuf>,
     /// Wait for gdb on this TCP address (e.g. 127.0.0.1:1234) before the
     /// guest's first instruction: registers, memory at linear addresses,
-    /// breakpoints (hbreak in ROM), stepi, Ctrl-C (docs/API.md).
+    /// breakpoints (hbreak in ROM), stepi, Ctrl-C (README, "Debugging").
     #[arg(long, value_name = "HOST:PORT")]
     gdb: Option<String>,
     /// Return to user space for every write to the POST code port 0x80

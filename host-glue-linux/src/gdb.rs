@@ -450,8 +450,17 @@ impl Session {
             return;
         };
         log::debug!("gdb: stopped: {stop:x?}");
+        // An INT3 the guest has of its own (not planted by gdb) is shown
+        // as SIGTRAP: gdb stops there rather than ignore it and loop.
+        let planted = m.sw.iter().any(|(a, _)| *a == stop.pc);
+        let reason = match stop_reason(stop) {
+            SingleThreadStopReason::SwBreak(()) if !planted => {
+                SingleThreadStopReason::Signal(Signal::SIGTRAP)
+            }
+            r => r,
+        };
         let next = match state {
-            GdbStubStateMachine::Running(g) => g.report_stop(m, stop_reason(stop)),
+            GdbStubStateMachine::Running(g) => g.report_stop(m, reason),
             other => Ok(other),
         };
         match next {

@@ -120,7 +120,15 @@ pub fn start(path: &Path, kick: Kick) -> Result<(ApiSocket, Receiver<Job>), ApiE
 fn accept(listener: UnixListener, jobs: Sender<Job>, kick: Kick) {
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                log::warn!("API: accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
         if active.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
             active.fetch_sub(1, Ordering::AcqRel);
             let busy = Response::error(

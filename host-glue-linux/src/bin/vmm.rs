@@ -5,6 +5,7 @@
 //! vmm run --cdrom linux.iso --memory 1G --stats
 //! vmm run --bios guest.bin --serial file=out.log  # any firmware image
 //! vmm run --config vm.toml
+//! vmm run --cdrom linux.iso --api-socket /run/vmm.sock  # control API (docs/API.md)
 //! ```
 //!
 //! The exit status is one of [`EXIT_STATUS_TABLE`]'s (also in `--help`
@@ -132,6 +133,17 @@ struct RunArgs {
     /// the console goes to a file.
     #[arg(long)]
     progress: bool,
+    /// Serve the control API on a Unix socket at PATH (created mode 0600,
+    /// removed at exit; refused if PATH exists): HTTP/1.1 + JSON, e.g.
+    /// `curl --unix-socket PATH -X PUT http://localhost/api/v1/vm.pause`;
+    /// info, stats, pause, resume, power button, reset (docs/API.md).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Wait for gdb on this TCP address (e.g. 127.0.0.1:1234) before the
+    /// guest's first instruction: registers, memory at linear addresses,
+    /// breakpoints (hbreak in ROM), stepi, Ctrl-C (README, "Debugging").
+    #[arg(long, value_name = "HOST:PORT")]
+    gdb: Option<String>,
     /// Return to user space for every write to the POST code port 0x80
     /// instead of letting KVM buffer them (for comparisons).
     #[arg(long)]
@@ -196,6 +208,8 @@ fn run(args: RunArgs) -> ExitCode {
         progress: args
             .progress
             .then(|| std::time::Duration::from_secs(PROGRESS_SECS)),
+        api_socket: args.api_socket.clone(),
+        gdb: args.gdb.clone(),
     };
     let report = match runner::run(&m, &options) {
         Ok(r) => r,

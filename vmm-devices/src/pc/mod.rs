@@ -206,6 +206,13 @@ impl Pc {
         &mut self.msrs
     }
 
+    /// The host pressed the power button: the guest's ACPI sees
+    /// PWRBTN_STS in the PIIX4 PM function, with an SCI if it enabled
+    /// one; an ACPI guest then shuts down and powers off.
+    pub fn press_power_button(&mut self) {
+        self.chipset.press_power_button(&mut self.vm);
+    }
+
     /// The VM: memory, devices, statistics.
     pub fn vm(&self) -> &Vm {
         &self.vm

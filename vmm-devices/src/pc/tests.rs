@@ -218,3 +218,28 @@ fn test_devices_answer_as_qemus_only_when_asked_for() {
         Some(&vmm_core::vm::StopReason::GuestExit { code: 0x2a })
     );
 }
+
+#[test]
+fn the_power_button_shows_in_the_pm_block_as_pwrbtn_sts() {
+    let fw = firmware();
+    let mut pc = build(describe(&fw, 16 << 20));
+    // As firmware does: PMBA at the PM block's base, PMREGMISC's I/O
+    // enable (PIIX4 PM is 00:01.3).
+    for (reg, value) in [(0x40u32, u32::from(ACPI_PM_BASE) | 1), (0x80, 1)] {
+        let address = 0x8000_0000u32 | 1 << 11 | 3 << 8 | reg;
+        pc.vm_mut().port_write(0xcf8, &address.to_le_bytes());
+        pc.vm_mut().port_write(0xcfc, &value.to_le_bytes());
+    }
+    let pm1_sts = |pc: &mut Pc| {
+        let mut v = [0u8; 2];
+        pc.vm_mut().port_read(ACPI_PM_BASE, &mut v);
+        u16::from_le_bytes(v)
+    };
+    assert_eq!(pm1_sts(&mut pc) & crate::acpi_pm::PM1_PWRBTN_STS, 0);
+    pc.press_power_button();
+    assert_ne!(pm1_sts(&mut pc) & crate::acpi_pm::PM1_PWRBTN_STS, 0);
+    // The guest acknowledges it (write-one-to-clear), as an OS does.
+    let ack = crate::acpi_pm::PM1_PWRBTN_STS.to_le_bytes();
+    pc.vm_mut().port_write(ACPI_PM_BASE, &ack);
+    assert_eq!(pm1_sts(&mut pc) & crate::acpi_pm::PM1_PWRBTN_STS, 0);
+}

@@ -56,3 +56,6 @@ pub const PCI_DEVICE_ID_BASE: u16 = 0x1040;
 
 /// MSI-X vector value meaning "no vector".
 pub const NO_VECTOR: u16 = 0xffff;
+
+#[cfg(test)]
+mod tests;

@@ -65,6 +65,7 @@ pub fn build(
         unix_seconds_at_host_zero: RTC_EPOCH,
         direct_boot: None,
         cpu_model,
+        virtio: Default::default(),
     };
     Pc::build(host, desc).map_err(BuildError::Machine)
 }

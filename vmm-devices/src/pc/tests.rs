@@ -4,6 +4,7 @@
 use super::*;
 use crate::block::{MemoryImage, CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
 use crate::uart::BufferBackend;
+use crate::virtio::rng;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -21,6 +22,7 @@ fn firmware() -> Vec<u8> {
 fn describe(fw: &[u8], ram: u64) -> PcDescription<'_> {
     PcDescription {
         cpu_model: vmm_core::vcpu::CpuModel::Qemu64,
+        virtio: Default::default(),
         id: VmId(7),
         ram,
         firmware: fw,
@@ -167,4 +169,122 @@ fn a_firmware_image_without_a_reset_vector_is_refused() {
         .err()
         .unwrap();
     assert!(matches!(e, PcError::Firmware(_)), "{e:?}");
+}
+
+#[test]
+fn virtio_devices_are_off_by_default_and_on_their_slots_when_asked_for() {
+    let fw = firmware();
+    let mut pc = build(describe(&fw, 16 << 20));
+    assert_eq!(pci_read32(&mut pc, VIRTIO_DISK_PCI.0, 0, 0), 0xffff_ffff);
+    assert_eq!(pci_read32(&mut pc, VIRTIO_RNG_PCI.0, 0, 0), 0xffff_ffff);
+
+    let mut desc = describe(&fw, 16 << 20);
+    let disk: Vec<u8> = (0..64 * 512).map(|i| (i / 512) as u8).collect();
+    desc.virtio = VirtioDevices {
+        disk: Some(Box::new(
+            MemoryImage::writable("vd", disk, DISK_SECTOR_SIZE).unwrap(),
+        )),
+        rng: Some(Box::new(rng::DeterministicEntropy::new(1))),
+    };
+    let mut pc = build(desc);
+    assert_eq!(pci_read32(&mut pc, VIRTIO_DISK_PCI.0, 0, 0), 0x1042_1af4);
+    assert_eq!(pci_read32(&mut pc, VIRTIO_RNG_PCI.0, 0, 0), 0x1044_1af4);
+    assert_eq!(
+        pci_read32(&mut pc, VIRTIO_DISK_PCI.0, 0, 0x3c) >> 8 & 0xff,
+        1,
+        "INTA#"
+    );
+}
+
+/// A virtio-blk read on the whole PC whose completion reaches the vCPU as
+/// the MSI-X vector the driver programmed, through the local APIC.
+#[test]
+fn a_virtio_disk_read_completes_with_an_msi_at_the_local_apic() {
+    const BAR0: u64 = 0xe000_0000;
+    const BAR1: u64 = 0xe000_4000;
+    let fw = firmware();
+    let mut desc = describe(&fw, 16 << 20);
+    let disk: Vec<u8> = (0..64 * 512).map(|i| (i / 512) as u8).collect();
+    desc.virtio.disk = Some(Box::new(
+        MemoryImage::read_only("vd", disk, DISK_SECTOR_SIZE).unwrap(),
+    ));
+    let mut pc = build(desc);
+    let slot = VIRTIO_DISK_PCI.0;
+    let cfg = |pc: &mut Pc, reg: u8, v: u32| {
+        let a = 0x8000_0000u32 | u32::from(slot) << 11 | u32::from(reg);
+        pc.vm_mut().port_write(0xcf8, &a.to_le_bytes());
+        pc.vm_mut().port_write(0xcfc, &v.to_le_bytes());
+    };
+    cfg(&mut pc, 0x10, BAR0 as u32);
+    cfg(&mut pc, 0x14, BAR1 as u32);
+    cfg(&mut pc, 0x04, 0x6);
+    let msix = pci_read32(&mut pc, slot, 0, 0x40);
+    cfg(&mut pc, 0x40, msix | 1 << 31);
+    // The local APIC on (spurious vector register), vector 0x51 unmasked.
+    pc.vm_mut().mmio_write(0xfee0_00f0, &0x1ffu32.to_le_bytes());
+    let w = |pc: &mut Pc, gpa: u64, v: &[u8]| {
+        pc.vm_mut().mmio_write(gpa, v);
+    };
+    w(&mut pc, BAR1 + 16, &0xfee0_0000u32.to_le_bytes());
+    w(&mut pc, BAR1 + 24, &0x51u32.to_le_bytes());
+    w(&mut pc, BAR1 + 28, &0u32.to_le_bytes());
+    use crate::virtio::pci::common;
+    w(&mut pc, BAR0 + common::DEVICE_STATUS, &[3]);
+    w(
+        &mut pc,
+        BAR0 + common::DRIVER_FEATURE_SELECT,
+        &1u32.to_le_bytes(),
+    );
+    w(&mut pc, BAR0 + common::DRIVER_FEATURE, &1u32.to_le_bytes());
+    w(&mut pc, BAR0 + common::DEVICE_STATUS, &[11]);
+    w(&mut pc, BAR0 + common::QUEUE_SIZE, &8u16.to_le_bytes());
+    w(
+        &mut pc,
+        BAR0 + common::QUEUE_MSIX_VECTOR,
+        &1u16.to_le_bytes(),
+    );
+    for (off, gpa) in [
+        (common::QUEUE_DESC, 0x10_0000u64),
+        (common::QUEUE_DRIVER, 0x10_1000),
+        (common::QUEUE_DEVICE, 0x10_2000),
+    ] {
+        w(&mut pc, BAR0 + off, &gpa.to_le_bytes());
+    }
+    w(&mut pc, BAR0 + common::QUEUE_ENABLE, &1u16.to_le_bytes());
+    w(&mut pc, BAR0 + common::DEVICE_STATUS, &[15]);
+    // Header (IN, sector 9), 512 bytes of data, status.
+    let mem = pc.vm_mut().memory_mut();
+    let mut hdr = [0u8; 16];
+    hdr[8] = 9;
+    mem.write(0x11_0000, &hdr).unwrap();
+    for (i, (addr, len, flags, next)) in [
+        (0x11_0000u64, 16u32, 1u16, 1u16),
+        (0x11_1000, 512, 3, 2),
+        (0x11_2000, 1, 2, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        mem.write(0x10_0000 + 16 * i as u64, &d).unwrap();
+    }
+    mem.write(0x10_1002, &1u16.to_le_bytes()).unwrap();
+    mem.write(0x11_2000, &[0xff]).unwrap();
+    assert_eq!(pc.interrupts().pending(), None);
+    w(
+        &mut pc,
+        BAR0 + crate::virtio::pci::NOTIFY_OFFSET,
+        &0u16.to_le_bytes(),
+    );
+    let mut data = [0u8; 512];
+    pc.vm().memory().read(0x11_1000, &mut data).unwrap();
+    assert!(data.iter().all(|&b| b == 9));
+    let mut status = [0u8; 1];
+    pc.vm().memory().read(0x11_2000, &mut status).unwrap();
+    assert_eq!(status, [0]);
+    assert_eq!(pc.interrupts().pending(), Some(0x51));
 }

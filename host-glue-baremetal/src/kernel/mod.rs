@@ -129,14 +129,15 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     };
 
     // A module named "bios" makes every VM a PC running that firmware, with
-    // the module named "cdrom" in its CD-ROM drive; otherwise each VM runs a
+    // the module named "cdrom" in its CD-ROM drive (and the one named
+    // "vdisk" as its virtio disk); otherwise each VM runs a
     // guest program as its firmware (a program named `pc_*` on a whole PC).
     let find = |name: &str| images.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
     let pc_bios = find("bios");
     let programs: Vec<(&str, &'static [u8])> = images
         .iter()
         .copied()
-        .filter(|(n, _)| *n != "bios" && *n != "cdrom")
+        .filter(|(n, _)| *n != "bios" && *n != "cdrom" && *n != "vdisk")
         .collect();
     if pc_bios.is_none() && programs.is_empty() {
         fail(format_args!("no guest program among the boot modules"));
@@ -158,6 +159,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 find("cdrom"),
                 config.bios_debug,
                 pc_model,
+                find("vdisk"),
             ) {
                 Ok(pc) => ("pc", Machine::Pc(Box::new(pc))),
                 Err(e) => fail(format_args!("VM {i} (pc): {e}")),
@@ -175,6 +177,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                         None,
                         false,
                         pc_model,
+                        None,
                     )
                     .map(|pc| Machine::Pc(Box::new(pc)))
                     .map_err(|e| e.to_string())

@@ -8,8 +8,8 @@ use alloc::vec;
 use vmm_core::host::Host;
 use vmm_core::vcpu::CpuModel;
 use vmm_core::vm::VmId;
-use vmm_devices::block::{BlockBackend, ImageError, MemoryImage, CD_SECTOR_SIZE};
-use vmm_devices::pc::{Pc, PcDescription, PcError};
+use vmm_devices::block::{BlockBackend, ImageError, MemoryImage, CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
+use vmm_devices::pc::{Pc, PcDescription, PcError, VirtioDevices};
 use vmm_devices::rtc::BootDevice;
 
 /// The RTC's idea of "now" when the host clock reads zero: 2026-01-01
@@ -21,6 +21,8 @@ pub const RTC_EPOCH: i64 = 1_767_225_600;
 pub enum BuildError {
     /// The CD image was refused.
     Cdrom(ImageError),
+    /// The virtio disk image was refused.
+    VirtioDisk(ImageError),
     /// The machine refused its description.
     Machine(PcError),
 }
@@ -29,6 +31,7 @@ impl core::fmt::Display for BuildError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             BuildError::Cdrom(e) => write!(f, "CD image: {e}"),
+            BuildError::VirtioDisk(e) => write!(f, "virtio disk image: {e}"),
             BuildError::Machine(e) => write!(f, "{e}"),
         }
     }
@@ -36,7 +39,8 @@ impl core::fmt::Display for BuildError {
 
 /// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `cdrom` (an ISO
 /// image) in the CD-ROM drive; with `bios_debug`, the debug console at
-/// 0x402 prints SeaBIOS's debug log; CPUID follows `cpu_model`.
+/// 0x402 prints SeaBIOS's debug log; CPUID follows `cpu_model`; `vdisk`
+/// (a copy in memory, writable) is a virtio-blk disk at 00:04.0.
 pub fn build(
     host: Arc<dyn Host>,
     id: u32,
@@ -45,7 +49,15 @@ pub fn build(
     cdrom: Option<&[u8]>,
     bios_debug: bool,
     cpu_model: CpuModel,
+    vdisk: Option<&[u8]>,
 ) -> Result<Pc, BuildError> {
+    let vdisk = match vdisk {
+        Some(image) => Some(Box::new(
+            MemoryImage::writable("vdisk", image.to_vec(), DISK_SECTOR_SIZE)
+                .map_err(BuildError::VirtioDisk)?,
+        ) as Box<dyn BlockBackend>),
+        None => None,
+    };
     let cdrom = match cdrom {
         Some(iso) => Some(Box::new(
             MemoryImage::read_only("cdrom", iso.to_vec(), CD_SECTOR_SIZE)
@@ -65,7 +77,10 @@ pub fn build(
         unix_seconds_at_host_zero: RTC_EPOCH,
         direct_boot: None,
         cpu_model,
-        virtio: Default::default(),
+        virtio: VirtioDevices {
+            disk: vdisk,
+            rng: None,
+        },
     };
     Pc::build(host, desc).map_err(BuildError::Machine)
 }

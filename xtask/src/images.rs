@@ -36,6 +36,7 @@ impl Images {
             "linux cd (generic kernel): {}",
             self.linux_generic_iso.display()
         );
+        println!("linux cd (virtio): {}", self.linux_virtio_iso.display());
     }
 
     /// The environment variables tests read to find the images.
@@ -221,7 +222,6 @@ pub fn virtio_cd(dir: &Path) -> Result<PathBuf> {
     if cd_is_fresh(&iso, &assets, None) {
         return Ok(iso);
     }
-    ensure_packages(&["xz-utils"])?;
     let work = dir.join("linux-virtio-download");
     let tree = kernel_tree(&work)?;
     let vmlinuz = find_vmlinuz(&tree)?;
@@ -230,9 +230,7 @@ pub fn virtio_cd(dir: &Path) -> Result<PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .next()
         .ok_or_else(|| Error::msg("no lib/modules/<version> in the kernel package"))?;
-    let deps = std::fs::read_to_string(modules_root.join("modules.dep"))
-        .map_err(|e| Error::msg(format!("modules.dep: {e}")))?;
-    let order = module_load_order(&deps, &["virtio_pci", "virtio_blk"])?;
+    let order = module_load_order(&modules_root, &["virtio_pci", "virtio_blk"])?;
     let staging = work.join("modules");
     std::fs::create_dir_all(&staging).map_err(|e| Error::msg(format!("{e}")))?;
     let mut extra = Vec::new();
@@ -241,15 +239,7 @@ pub fn virtio_cd(dir: &Path) -> Result<PathBuf> {
         let src = modules_root.join(rel);
         let base = module_name(rel);
         let dst = staging.join(format!("{base}.ko"));
-        if rel.ends_with(".ko.xz") {
-            let out = std::fs::File::create(&dst).map_err(|e| Error::msg(format!("{e}")))?;
-            step(
-                Command::new("xz").arg("-dc").arg(&src).stdout(out),
-                &format!("xz -d {}", src.display()),
-            )?;
-        } else {
-            std::fs::copy(&src, &dst).map_err(|e| Error::msg(format!("{}: {e}", src.display())))?;
-        }
+        std::fs::copy(&src, &dst).map_err(|e| Error::msg(format!("{}: {e}", src.display())))?;
         extra.push((dst, format!("lib/modules/{base}.ko")));
         names.push_str(&base);
         names.push('\n');
@@ -263,56 +253,73 @@ pub fn virtio_cd(dir: &Path) -> Result<PathBuf> {
     built
 }
 
-/// A module's name from its path in modules.dep (`kernel/.../virtio.ko.xz`
-/// is `virtio`).
+/// A module's name from its path (`kernel/.../virtio-rng.ko.xz` is
+/// `virtio_rng`: the kernel treats `-` and `_` alike).
 fn module_name(rel: &str) -> String {
     let file = rel.rsplit('/').next().unwrap_or(rel);
-    file.split(".ko").next().unwrap_or(file).to_string()
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
 }
 
-/// The modules.dep paths to load, dependencies first, for `wanted`.
-pub fn module_load_order(deps: &str, wanted: &[&str]) -> Result<Vec<String>> {
-    let table: Vec<(String, Vec<String>)> = deps
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(m, d)| {
-            (
-                m.trim().to_string(),
-                d.split_whitespace().map(str::to_string).collect(),
-            )
-        })
-        .collect();
+/// The `depends=` list of a module's `.modinfo` (uncompressed modules).
+fn module_depends(bytes: &[u8]) -> Vec<String> {
+    let key = b"\0depends=";
+    let Some(at) = bytes.windows(key.len()).position(|w| w == key) else {
+        return Vec::new();
+    };
+    let rest = &bytes[at + key.len()..];
+    let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end])
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(|d| d.replace('-', "_"))
+        .collect()
+}
+
+/// The paths (relative to `root`, a `lib/modules/<version>` directory
+/// without modules.dep, as the package ships it) of the modules to load
+/// for `wanted`, dependencies first, from each module's `depends=`.
+pub fn module_load_order(root: &Path, wanted: &[&str]) -> Result<Vec<String>> {
+    let mut all = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&d).map_err(|e| Error::msg(format!("{}: {e}", d.display())))?;
+        for e in entries.filter_map(|e| e.ok()) {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".ko") {
+                if let Ok(rel) = p.strip_prefix(root) {
+                    all.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
     fn visit(
-        table: &[(String, Vec<String>)],
-        path: &str,
+        root: &Path,
+        all: &[String],
+        name: &str,
         out: &mut Vec<String>,
         depth: usize,
     ) -> Result<()> {
-        if out.iter().any(|o| o == path) || depth > 32 {
+        let path = all
+            .iter()
+            .find(|m| module_name(m) == name)
+            .ok_or_else(|| Error::msg(format!("module {name} is not in the kernel package")))?;
+        if out.contains(path) || depth > 16 {
             return Ok(());
         }
-        let deps = table
-            .iter()
-            .find(|(m, _)| m == path)
-            .map(|(_, d)| d.clone())
-            .unwrap_or_default();
-        // modules.dep lists a module's dependencies, the one to load last
-        // first; load them in reverse.
-        for d in deps.iter().rev() {
-            visit(table, d, out, depth + 1)?;
+        let bytes =
+            std::fs::read(root.join(path)).map_err(|e| Error::msg(format!("{path}: {e}")))?;
+        for d in module_depends(&bytes) {
+            visit(root, all, &d, out, depth + 1)?;
         }
-        out.push(path.to_string());
+        out.push(path.clone());
         Ok(())
     }
     let mut out = Vec::new();
     for w in wanted {
-        let path = table
-            .iter()
-            .map(|(m, _)| m)
-            .find(|m| module_name(m) == *w)
-            .ok_or_else(|| Error::msg(format!("module {w} is not in modules.dep")))?
-            .clone();
-        visit(&table, &path, &mut out, 0)?;
+        visit(root, &all, w, &mut out, 0)?;
     }
     Ok(out)
 }

@@ -53,6 +53,12 @@ fn linux_reads_and_writes_the_virtio_disk() {
     )
     .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+    for line in console
+        .lines()
+        .filter(|l| l.contains("VMM-VIRTIO") || l.contains("virtio"))
+    {
+        eprintln!("{line}");
+    }
     assert!(console.contains("VMM-VIRTIO: modules loaded"), "{console}");
     assert!(!console.contains("insmod"), "{console}");
     assert!(

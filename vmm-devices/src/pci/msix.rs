@@ -255,4 +255,30 @@ impl Msix {
         self.enabled = false;
         self.function_mask = false;
     }
+
+    /// The table and pending bits, for a snapshot.
+    pub fn save(&self) -> (Vec<[u32; 4]>, Vec<bool>) {
+        (self.table.clone(), self.pending.clone())
+    }
+
+    /// Restore what [`Msix::save`] gave; refused, changing nothing, unless
+    /// the sizes are this function's. Call [`Msix::config_written`] with the
+    /// restored header afterwards.
+    pub fn restore(
+        &mut self,
+        table: &[[u32; 4]],
+        pending: &[bool],
+    ) -> Result<(), vmm_core::device::StateError> {
+        if table.len() != self.table.len() || pending.len() != self.pending.len() {
+            return Err(vmm_core::device::StateError::Mismatch {
+                what: "MSI-X vectors",
+            });
+        }
+        self.table = table
+            .iter()
+            .map(|e| [e[0], e[1], e[2], e[3] & VECTOR_MASKED])
+            .collect();
+        self.pending = pending.to_vec();
+        Ok(())
+    }
 }

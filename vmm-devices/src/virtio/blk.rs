@@ -37,6 +37,7 @@ use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use vmm_core::device::StateError;
 use vmm_core::dma::{DmaGrant, DmaGuard};
 
 /// Feature: `seg_max` is valid.
@@ -335,6 +336,22 @@ impl VirtioDevice for VirtioBlk {
         put(0x34, &1u32.to_le_bytes());
         for (i, d) in data.iter_mut().enumerate() {
             *d = c.get(offset as usize + i).copied().unwrap_or(0);
+        }
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        vec![u8::from(self.failed)]
+    }
+
+    fn restore_state(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        match bytes {
+            [f @ (0 | 1)] => {
+                self.failed = *f == 1;
+                Ok(())
+            }
+            _ => Err(StateError::Invalid {
+                field: "virtio-blk failed flag",
+            }),
         }
     }
 

@@ -1,6 +1,8 @@
 //! What a virtio device type implements; the transport does the rest.
 
 use super::chain::DescriptorChain;
+use alloc::vec::Vec;
+use vmm_core::device::save_restore::{self, StateError};
 use vmm_core::dma::{DmaGrant, DmaGuard};
 
 /// One virtio device type (block, entropy), independent of the transport.
@@ -56,4 +58,15 @@ pub trait VirtioDevice: Send {
 
     /// Back to power-on state (the driver wrote status 0).
     fn reset(&mut self) {}
+
+    /// The device type's own state for a snapshot (none by default).
+    fn save_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Restore what [`VirtioDevice::save_state`] gave, checked before
+    /// anything changes.
+    fn restore_state(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        save_restore::check(bytes.is_empty(), "virtio device state")
+    }
 }

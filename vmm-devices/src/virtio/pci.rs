@@ -47,10 +47,19 @@
 //!
 //! The `VIRTIO_PCI_CAP_PCI_CFG` window (5) is not offered: it is for
 //! drivers that cannot map BARs, which neither Linux nor SeaBIOS need for a
-//! BAR below 4 GiB. Save and restore is not implemented yet.
+//! BAR below 4 GiB.
+//!
+//! # Save and restore
+//!
+//! The function's state (configuration space, status, features, vectors,
+//! ISR, MSI-X table and pending bits, each queue's layout and indices, and
+//! the device type's own) is saved between device calls, when no chain is
+//! being served. Restore checks everything first, enabled queues' layouts
+//! included, and changes nothing if any of it is refused; it then drives
+//! the INTx line to the restored level.
 
 use super::device::VirtioDevice;
-use super::queue::{QueueError, Virtqueue};
+use super::queue::{QueueError, QueueSnapshot, Virtqueue};
 use super::{
     NO_VECTOR, PCI_DEVICE_ID_BASE, PCI_VENDOR_ID, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK,
     STATUS_FAILED, STATUS_FEATURES_OK, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX,
@@ -65,6 +74,8 @@ use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
+use serde::{Deserialize, Serialize};
+use vmm_core::device::save_restore::{self, SaveRestore, StateError};
 use vmm_core::device::DeviceContext;
 use vmm_core::irq::IrqLine;
 
@@ -655,10 +666,16 @@ impl PciFunction for VirtioPci {
     }
 
     fn config_write(&mut self, ctx: &mut DeviceContext<'_>, offset: u8, data: &[u8]) {
-        let _ = ctx;
+        let master_before = self.config.command() & COMMAND_BUS_MASTER != 0;
         self.config.write(offset, data);
         self.msix.config_written(&self.config);
         self.update_intx();
+        // Chains published while bus mastering was off are served now.
+        if !master_before && self.config.command() & COMMAND_BUS_MASTER != 0 {
+            for q in 0..self.queues.len() {
+                self.process_queue(ctx, q);
+            }
+        }
     }
 
     fn mmio_read(
@@ -694,5 +711,124 @@ impl PciFunction for VirtioPci {
         self.config.reset();
         self.msix.reset();
         self.reset_device();
+    }
+
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
+    }
+}
+
+/// Saved state of a virtio PCI function, version
+/// [`VIRTIO_PCI_STATE_VERSION`].
+#[derive(Serialize, Deserialize)]
+struct VirtioPciState {
+    config: Vec<u8>,
+    offered: u64,
+    status: u8,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    queue_select: u16,
+    config_vector: u16,
+    isr: u8,
+    queue_vectors: Vec<u16>,
+    queues: Vec<QueueSnapshot>,
+    msix_table: Vec<[u32; 4]>,
+    msix_pending: Vec<bool>,
+    device: Vec<u8>,
+}
+
+/// Format version of a [`VirtioPci`]'s saved state.
+pub const VIRTIO_PCI_STATE_VERSION: u32 = 1;
+
+impl SaveRestore for VirtioPci {
+    fn state_version(&self) -> u32 {
+        VIRTIO_PCI_STATE_VERSION
+    }
+
+    fn save_state(&mut self, _ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        let (msix_table, msix_pending) = self.msix.save();
+        save_restore::encode(&VirtioPciState {
+            config: self.config.save_bytes(),
+            offered: self.offered,
+            status: self.status,
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            queue_select: self.queue_select,
+            config_vector: self.config_vector,
+            isr: self.isr,
+            queue_vectors: self.queue_vectors.clone(),
+            queues: self.queues.iter().map(Virtqueue::snapshot).collect(),
+            msix_table,
+            msix_pending,
+            device: self.device.save_state(),
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        ctx: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let s: VirtioPciState =
+            save_restore::decode_version(version, VIRTIO_PCI_STATE_VERSION, bytes)?;
+        if s.offered != self.offered {
+            return Err(StateError::Mismatch {
+                what: "virtio features",
+            });
+        }
+        if s.queues.len() != self.queues.len() || s.queue_vectors.len() != self.queues.len() {
+            return Err(StateError::Mismatch {
+                what: "virtio queues",
+            });
+        }
+        save_restore::check(s.isr & !(ISR_QUEUE | ISR_CONFIG) == 0, "virtio ISR")?;
+        save_restore::check(s.driver_features & !self.offered == 0, "virtio features")?;
+        let vectors = self.msix.vectors();
+        let vector_ok = |v: u16| v == NO_VECTOR || v < vectors;
+        save_restore::check(
+            vector_ok(s.config_vector) && s.queue_vectors.iter().all(|&v| vector_ok(v)),
+            "virtio MSI-X vector",
+        )?;
+        let mut config = self.config.clone();
+        config.restore_bytes(&s.config)?;
+        let mut queues = Vec::with_capacity(s.queues.len());
+        for (old, saved) in self.queues.iter().zip(&s.queues) {
+            let q = Virtqueue::restored(old.max_size(), saved, &ctx.dma).map_err(|_| {
+                StateError::Invalid {
+                    field: "virtqueue layout",
+                }
+            })?;
+            queues.push(q);
+        }
+        if s.msix_table.len() != usize::from(vectors)
+            || s.msix_pending.len() != usize::from(vectors)
+        {
+            return Err(StateError::Mismatch {
+                what: "MSI-X vectors",
+            });
+        }
+        // The device type checks its own state before it changes it; the
+        // rest cannot fail any more.
+        self.device.restore_state(&s.device)?;
+        self.msix.restore(&s.msix_table, &s.msix_pending)?;
+        self.config = config;
+        self.msix.config_written(&self.config);
+        self.queues = queues;
+        self.queue_vectors = s.queue_vectors;
+        self.status = s.status;
+        self.device_feature_select = s.device_feature_select;
+        self.driver_feature_select = s.driver_feature_select;
+        self.driver_features = s.driver_features;
+        self.queue_select = s.queue_select;
+        self.config_vector = s.config_vector;
+        self.isr = s.isr;
+        self.error = None;
+        // Drive the line to the restored level.
+        self.update_intx();
+        self.intx.set_level(self.intx_level);
+        Ok(())
     }
 }

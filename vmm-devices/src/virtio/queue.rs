@@ -201,6 +201,32 @@ impl StateModel for QueueModel {
     }
 }
 
+/// What a queue's saved state holds: its layout, whether it is enabled
+/// with which ring features, and the device's indices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueSnapshot {
+    /// Size, as programmed.
+    pub size: u16,
+    /// Descriptor table.
+    pub desc: u64,
+    /// Available ring.
+    pub avail: u64,
+    /// Used ring.
+    pub used: u64,
+    /// Enabled.
+    pub enabled: bool,
+    /// Event-idx negotiated.
+    pub event_idx: bool,
+    /// Indirect descriptors negotiated.
+    pub indirect: bool,
+    /// The next available index the device takes.
+    pub next_avail: u16,
+    /// The next used index the device writes.
+    pub next_used: u16,
+    /// The used index at the last interrupt decision.
+    pub signalled_used: u16,
+}
+
 /// One split virtqueue, device side.
 pub struct Virtqueue {
     machine: CheckedStateMachine<QueueModel>,
@@ -446,5 +472,46 @@ impl Virtqueue {
                 Err(_) => true,
             }
         }
+    }
+
+    /// The queue's state, for a snapshot (between two device calls, so no
+    /// chain is being served).
+    pub fn snapshot(&self) -> QueueSnapshot {
+        let l = self.layout();
+        QueueSnapshot {
+            size: l.size,
+            desc: l.desc,
+            avail: l.avail,
+            used: l.used,
+            enabled: self.is_enabled(),
+            event_idx: self.event_idx,
+            indirect: self.indirect,
+            next_avail: self.next_avail,
+            next_used: self.next_used,
+            signalled_used: self.signalled_used,
+        }
+    }
+
+    /// A queue of at most `max_size` entries in the state `s` describes,
+    /// enabled again (its layout checked as at enable) if it was.
+    pub fn restored(
+        max_size: u16,
+        s: &QueueSnapshot,
+        guard: &DmaGuard<'_>,
+    ) -> Result<Self, QueueError> {
+        let mut q = Self::new(max_size);
+        q.program(|l| {
+            l.size = s.size;
+            l.desc = s.desc;
+            l.avail = s.avail;
+            l.used = s.used;
+        });
+        if s.enabled {
+            q.enable(guard, s.event_idx, s.indirect)?;
+            q.next_avail = s.next_avail;
+            q.next_used = s.next_used;
+            q.signalled_used = s.signalled_used;
+        }
+        Ok(q)
     }
 }

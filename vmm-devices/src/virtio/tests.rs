@@ -881,3 +881,66 @@ fn lapic_msi_drops_writes_outside_the_interrupt_window() {
     });
     assert_eq!(msi.delivered(), 1, "an NMI message");
 }
+
+#[test]
+fn save_and_restore_keep_queues_vectors_and_the_interrupt_level() {
+    let disk = SharedDisk::new(16, false);
+    let mut rig = Rig::blk(disk.clone());
+    rig.start(FEATURES | VIRTIO_F_RING_EVENT_IDX);
+    rig.header(DATA, VIRTIO_BLK_T_FLUSH, 0);
+    rig.submit(&[(DATA, 16, false), (DATA + 0x2000, 1, true)]);
+    rig.notify(0);
+    assert!(rig.intx.level());
+    let saved = rig.vm.save_devices().unwrap();
+
+    // A second machine, restored, goes on where the first stopped.
+    let mut other = Rig::blk(disk.clone());
+    other
+        .vm
+        .memory_mut()
+        .write(0, &rig.peek(0, RAM as usize))
+        .unwrap();
+    other.vm.restore_devices(&saved).unwrap();
+    assert!(other.intx.level(), "INTx driven to the saved level");
+    assert_eq!(
+        other.status(),
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK
+    );
+    assert_eq!(other.r8(ISR_OFFSET), ISR_QUEUE);
+    other.next_desc = rig.next_desc;
+    other.avail_idx = rig.avail_idx;
+    other.header(DATA, VIRTIO_BLK_T_IN, 4);
+    other.submit(&[
+        (DATA, 16, false),
+        (DATA + 0x1000, 512, true),
+        (DATA + 0x2001, 1, true),
+    ]);
+    other.notify(0);
+    assert_eq!(other.used_idx(), 2);
+    assert_eq!(other.peek(DATA + 0x1000, 512), pattern(4));
+
+    // A virtio-rng function refuses a virtio-blk state and keeps its own.
+    let mut rng = Rig::new(Box::new(VirtioRng::new(Box::new(
+        DeterministicEntropy::new(1),
+    ))));
+    rng.start(FEATURES);
+    assert!(rng.vm.restore_devices(&saved).is_err());
+    assert_eq!(
+        rng.status(),
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK
+    );
+    assert_eq!(rng.r16(common::QUEUE_SIZE), SIZE);
+}
+
+#[test]
+fn nothing_is_served_without_bus_mastering_until_it_is_turned_on() {
+    let mut rig = Rig::blk(SharedDisk::new(16, false));
+    rig.start(FEATURES);
+    rig.cfg_write(0x04, 0x2);
+    rig.header(DATA, VIRTIO_BLK_T_FLUSH, 0);
+    rig.submit(&[(DATA, 16, false), (DATA + 0x2000, 1, true)]);
+    rig.notify(0);
+    assert_eq!(rig.used_idx(), 0);
+    rig.cfg_write(0x04, 0x6);
+    assert_eq!(rig.used_idx(), 1);
+}

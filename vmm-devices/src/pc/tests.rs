@@ -196,14 +196,14 @@ fn virtio_devices_are_off_by_default_and_on_their_slots_when_asked_for() {
     );
 }
 
-/// A virtio-blk read on the whole PC whose completion reaches the vCPU as
-/// the MSI-X vector the driver programmed, through the local APIC.
-#[test]
-fn a_virtio_disk_read_completes_with_an_msi_at_the_local_apic() {
-    const BAR0: u64 = 0xe000_0000;
-    const BAR1: u64 = 0xe000_4000;
-    let fw = firmware();
-    let mut desc = describe(&fw, 16 << 20);
+const VIRTIO_BAR0: u64 = 0xe000_0000;
+const VIRTIO_BAR1: u64 = 0xe000_4000;
+
+/// A PC with a virtio disk (sector n filled with n), its BARs placed and
+/// decoding, bus mastering on; with `msix`, MSI-X enabled with the queue's
+/// vector (1) sending vector 0x51 to the local APIC, which is enabled.
+fn pc_with_virtio_disk(fw: &[u8], msix: bool) -> Pc {
+    let mut desc = describe(fw, 16 << 20);
     let disk: Vec<u8> = (0..64 * 512).map(|i| (i / 512) as u8).collect();
     desc.virtio.disk = Some(Box::new(
         MemoryImage::read_only("vd", disk, DISK_SECTOR_SIZE).unwrap(),
@@ -215,43 +215,44 @@ fn a_virtio_disk_read_completes_with_an_msi_at_the_local_apic() {
         pc.vm_mut().port_write(0xcf8, &a.to_le_bytes());
         pc.vm_mut().port_write(0xcfc, &v.to_le_bytes());
     };
-    cfg(&mut pc, 0x10, BAR0 as u32);
-    cfg(&mut pc, 0x14, BAR1 as u32);
+    cfg(&mut pc, 0x10, VIRTIO_BAR0 as u32);
+    cfg(&mut pc, 0x14, VIRTIO_BAR1 as u32);
     cfg(&mut pc, 0x04, 0x6);
-    let msix = pci_read32(&mut pc, slot, 0, 0x40);
-    cfg(&mut pc, 0x40, msix | 1 << 31);
-    // The local APIC on (spurious vector register), vector 0x51 unmasked.
-    pc.vm_mut().mmio_write(0xfee0_00f0, &0x1ffu32.to_le_bytes());
-    let w = |pc: &mut Pc, gpa: u64, v: &[u8]| {
-        pc.vm_mut().mmio_write(gpa, v);
-    };
-    w(&mut pc, BAR1 + 16, &0xfee0_0000u32.to_le_bytes());
-    w(&mut pc, BAR1 + 24, &0x51u32.to_le_bytes());
-    w(&mut pc, BAR1 + 28, &0u32.to_le_bytes());
+    if msix {
+        let control = pci_read32(&mut pc, slot, 0, 0x40);
+        cfg(&mut pc, 0x40, control | 1 << 31);
+        // The local APIC on (spurious vector register).
+        pc.vm_mut().mmio_write(0xfee0_00f0, &0x1ffu32.to_le_bytes());
+        let e = VIRTIO_BAR1 + 16;
+        pc.vm_mut().mmio_write(e, &0xfee0_0000u32.to_le_bytes());
+        pc.vm_mut().mmio_write(e + 8, &0x51u32.to_le_bytes());
+        pc.vm_mut().mmio_write(e + 12, &0u32.to_le_bytes());
+    }
+    pc
+}
+
+/// Set up queue 0 as a driver does and read sector 9 through it; the
+/// data and status as the guest sees them.
+fn virtio_read_sector_9(pc: &mut Pc) -> (Vec<u8>, u8) {
     use crate::virtio::pci::common;
-    w(&mut pc, BAR0 + common::DEVICE_STATUS, &[3]);
-    w(
-        &mut pc,
-        BAR0 + common::DRIVER_FEATURE_SELECT,
-        &1u32.to_le_bytes(),
-    );
-    w(&mut pc, BAR0 + common::DRIVER_FEATURE, &1u32.to_le_bytes());
-    w(&mut pc, BAR0 + common::DEVICE_STATUS, &[11]);
-    w(&mut pc, BAR0 + common::QUEUE_SIZE, &8u16.to_le_bytes());
-    w(
-        &mut pc,
-        BAR0 + common::QUEUE_MSIX_VECTOR,
-        &1u16.to_le_bytes(),
-    );
+    let w = |pc: &mut Pc, off: u64, v: &[u8]| {
+        pc.vm_mut().mmio_write(VIRTIO_BAR0 + off, v);
+    };
+    w(pc, common::DEVICE_STATUS, &[3]);
+    w(pc, common::DRIVER_FEATURE_SELECT, &1u32.to_le_bytes());
+    w(pc, common::DRIVER_FEATURE, &1u32.to_le_bytes());
+    w(pc, common::DEVICE_STATUS, &[11]);
+    w(pc, common::QUEUE_SIZE, &8u16.to_le_bytes());
+    w(pc, common::QUEUE_MSIX_VECTOR, &1u16.to_le_bytes());
     for (off, gpa) in [
         (common::QUEUE_DESC, 0x10_0000u64),
         (common::QUEUE_DRIVER, 0x10_1000),
         (common::QUEUE_DEVICE, 0x10_2000),
     ] {
-        w(&mut pc, BAR0 + off, &gpa.to_le_bytes());
+        w(pc, off, &gpa.to_le_bytes());
     }
-    w(&mut pc, BAR0 + common::QUEUE_ENABLE, &1u16.to_le_bytes());
-    w(&mut pc, BAR0 + common::DEVICE_STATUS, &[15]);
+    w(pc, common::QUEUE_ENABLE, &1u16.to_le_bytes());
+    w(pc, common::DEVICE_STATUS, &[15]);
     // Header (IN, sector 9), 512 bytes of data, status.
     let mem = pc.vm_mut().memory_mut();
     let mut hdr = [0u8; 16];
@@ -274,17 +275,46 @@ fn a_virtio_disk_read_completes_with_an_msi_at_the_local_apic() {
     }
     mem.write(0x10_1002, &1u16.to_le_bytes()).unwrap();
     mem.write(0x11_2000, &[0xff]).unwrap();
-    assert_eq!(pc.interrupts().pending(), None);
-    w(
-        &mut pc,
-        BAR0 + crate::virtio::pci::NOTIFY_OFFSET,
-        &0u16.to_le_bytes(),
-    );
-    let mut data = [0u8; 512];
+    w(pc, crate::virtio::pci::NOTIFY_OFFSET, &0u16.to_le_bytes());
+    let mut data = vec![0u8; 512];
     pc.vm().memory().read(0x11_1000, &mut data).unwrap();
-    assert!(data.iter().all(|&b| b == 9));
     let mut status = [0u8; 1];
     pc.vm().memory().read(0x11_2000, &mut status).unwrap();
-    assert_eq!(status, [0]);
+    (data, status[0])
+}
+
+/// A virtio-blk read on the whole PC whose completion reaches the vCPU as
+/// the MSI-X vector the driver programmed, through the local APIC.
+#[test]
+fn a_virtio_disk_read_completes_with_an_msi_at_the_local_apic() {
+    let fw = firmware();
+    let mut pc = pc_with_virtio_disk(&fw, true);
+    assert_eq!(pc.interrupts().pending(), None);
+    let (data, status) = virtio_read_sector_9(&mut pc);
+    assert!(data.iter().all(|&b| b == 9));
+    assert_eq!(status, 0);
     assert_eq!(pc.interrupts().pending(), Some(0x51));
+}
+
+/// Without MSI-X the completion raises INTA# of slot 4, which the PIIX3
+/// routes (PIRQA, as the BIOS programs it) to ISA IRQ 11; reading the ISR
+/// lowers it.
+#[test]
+fn without_msix_a_virtio_disk_interrupts_through_the_pirq_router() {
+    let fw = firmware();
+    let mut pc = pc_with_virtio_disk(&fw, false);
+    // Slot 4, pin A: PIRQ (4 + 0) % 4 = A, register 0x60 of the PIIX3.
+    let a = 0x8000_0000u32 | 1 << 11 | 0x60;
+    pc.vm_mut().port_write(0xcf8, &a.to_le_bytes());
+    pc.vm_mut().port_write(0xcfc, &[11]);
+    assert!(!pc.chipset().isa.level(11));
+    let (data, status) = virtio_read_sector_9(&mut pc);
+    assert!(data.iter().all(|&b| b == 9));
+    assert_eq!(status, 0);
+    assert!(pc.chipset().isa.level(11));
+    let mut isr = [0u8];
+    pc.vm_mut()
+        .mmio_read(VIRTIO_BAR0 + crate::virtio::pci::ISR_OFFSET, &mut isr);
+    assert_eq!(isr, [1]);
+    assert!(!pc.chipset().isa.level(11));
 }

@@ -3,7 +3,8 @@
 //! with its virtio_pci and virtio_blk modules in the initramfs) and a
 //! `vdisk` boot module as the virtio disk; the guest's init reads two
 //! sectors with known text, writes a third and reads it back after
-//! dropping its page cache, and powers off.
+//! dropping its page cache, shows that the requests completed through an
+//! MSI-X vector, and powers off.
 //!
 //! `cargo xtask test` builds the kernel and the CD and sets
 //! `VMM_TEST_KERNEL`, `VMM_TEST_SEABIOS` and `VMM_TEST_VIRTIO_ISO`.
@@ -77,6 +78,19 @@ fn linux_reads_and_writes_the_virtio_disk() {
         console.contains("VMM-VIRTIO: sector 9: written by the guest"),
         "{console}"
     );
+    // The requests completed through MSI-X: the request vector counted.
+    let req = console
+        .lines()
+        .find(|l| l.contains("VMM-VIRTIO: irq") && l.contains("virtio0-req.0"))
+        .unwrap_or_else(|| panic!("no request vector: {console}"));
+    assert!(req.contains("PCI-MSI"), "{req}");
+    let count: u64 = req
+        .split_whitespace()
+        .skip_while(|w| !w.ends_with(':') || !w.starts_with(|c: char| c.is_ascii_digit()))
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    assert!(count > 0, "{req}");
     assert!(console.contains("VMM-VIRTIO: done"), "{console}");
     assert!(
         console.contains("vmm: all VMs stopped; every guest powered off"),

@@ -4,7 +4,8 @@
 //! `vdisk` boot module as the virtio disk; the guest's init reads two
 //! sectors with known text, writes a third and reads it back after
 //! dropping its page cache, shows that the requests completed through an
-//! MSI-X vector, and powers off.
+//! MSI-X vector, and powers off. With the disk read-only (`vdisk_ro`) the
+//! guest sees it so and the sector keeps the host's text.
 //!
 //! `cargo xtask test` builds the kernel and the CD and sets
 //! `VMM_TEST_KERNEL`, `VMM_TEST_SEABIOS` and `VMM_TEST_VIRTIO_ISO`.
@@ -24,10 +25,13 @@ fn disk_image() -> Vec<u8> {
     image
 }
 
-#[test]
-#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
-fn linux_reads_and_writes_the_virtio_disk() {
-    let dir = std::env::temp_dir().join(format!("vmm-virtio-linux-{}", std::process::id()));
+/// Boot the virtio CD with the test image as boot module `vdisk_module`
+/// (`vdisk`, or `vdisk_ro` for a read-only disk); the console.
+fn boot(vdisk_module: &str) -> (Outcome, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "vmm-virtio-linux-{vdisk_module}-{}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let vdisk = dir.join("vdisk.img");
     std::fs::write(&vdisk, disk_image()).unwrap();
@@ -41,7 +45,7 @@ fn linux_reads_and_writes_the_virtio_disk() {
             path: env_path("VMM_TEST_VIRTIO_ISO"),
         },
         GuestImage {
-            name: "vdisk".into(),
+            name: vdisk_module.into(),
             path: vdisk,
         },
     ];
@@ -62,10 +66,6 @@ fn linux_reads_and_writes_the_virtio_disk() {
     }
     assert!(console.contains("VMM-VIRTIO: modules loaded"), "{console}");
     assert!(!console.contains("insmod"), "{console}");
-    assert!(
-        console.contains("VMM-VIRTIO: vda has 64 sectors, ro=0"),
-        "{console}"
-    );
     for s in [7, 8] {
         assert!(
             console.contains(&format!(
@@ -74,6 +74,22 @@ fn linux_reads_and_writes_the_virtio_disk() {
             "{console}"
         );
     }
+    assert!(console.contains("VMM-VIRTIO: done"), "{console}");
+    assert!(
+        console.contains("vmm: all VMs stopped; every guest powered off"),
+        "{console}"
+    );
+    (outcome, console)
+}
+
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
+fn linux_reads_and_writes_the_virtio_disk() {
+    let (outcome, console) = boot("vdisk");
+    assert!(
+        console.contains("VMM-VIRTIO: vda has 64 sectors, ro=0"),
+        "{console}"
+    );
     assert!(
         console.contains("VMM-VIRTIO: sector 9: written by the guest"),
         "{console}"
@@ -91,9 +107,21 @@ fn linux_reads_and_writes_the_virtio_disk() {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     assert!(count > 0, "{req}");
-    assert!(console.contains("VMM-VIRTIO: done"), "{console}");
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}
+
+/// A read-only virtio disk (`VIRTIO_BLK_F_RO`): Linux sees it read-only,
+/// the write fails, and the sector reads back as the host's image has it.
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
+fn linux_sees_a_read_only_virtio_disk_and_cannot_write_it() {
+    let (outcome, console) = boot("vdisk_ro");
     assert!(
-        console.contains("vmm: all VMs stopped; every guest powered off"),
+        console.contains("VMM-VIRTIO: vda has 64 sectors, ro=1"),
+        "{console}"
+    );
+    assert!(
+        console.contains("VMM-VIRTIO: sector 9: VIRTIO-PATTERN sector 9 of the host's image"),
         "{console}"
     );
     assert_eq!(outcome, Outcome::Success, "{console}");

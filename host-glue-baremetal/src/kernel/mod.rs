@@ -130,14 +130,15 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
 
     // A module named "bios" makes every VM a PC running that firmware, with
     // the module named "cdrom" in its CD-ROM drive (and the one named
-    // "vdisk" as its virtio disk); otherwise each VM runs a
+    // "vdisk", or "vdisk_ro" read-only, as its virtio disk); otherwise each
+    // VM runs a
     // guest program as its firmware (a program named `pc_*` on a whole PC).
     let find = |name: &str| images.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
     let pc_bios = find("bios");
     let programs: Vec<(&str, &'static [u8])> = images
         .iter()
         .copied()
-        .filter(|(n, _)| *n != "bios" && *n != "cdrom" && *n != "vdisk")
+        .filter(|(n, _)| !["bios", "cdrom", "vdisk", "vdisk_ro"].contains(n))
         .collect();
     if pc_bios.is_none() && programs.is_empty() {
         fail(format_args!("no guest program among the boot modules"));
@@ -156,10 +157,13 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 i,
                 config.guest_mem,
                 bios,
-                find("cdrom"),
+                pc::Media {
+                    cdrom: find("cdrom"),
+                    vdisk: find("vdisk").or(find("vdisk_ro")),
+                    vdisk_read_only: find("vdisk").is_none(),
+                },
                 config.bios_debug,
                 pc_model,
-                find("vdisk"),
             ) {
                 Ok(pc) => ("pc", Machine::Pc(Box::new(pc))),
                 Err(e) => fail(format_args!("VM {i} (pc): {e}")),
@@ -174,10 +178,9 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                         i,
                         config.guest_mem,
                         image,
-                        None,
+                        pc::Media::default(),
                         false,
                         pc_model,
-                        None,
                     )
                     .map(|pc| Machine::Pc(Box::new(pc)))
                     .map_err(|e| e.to_string())

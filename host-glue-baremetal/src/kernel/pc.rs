@@ -37,27 +37,41 @@ impl core::fmt::Display for BuildError {
     }
 }
 
-/// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `cdrom` (an ISO
-/// image) in the CD-ROM drive; with `bios_debug`, the debug console at
-/// 0x402 prints SeaBIOS's debug log; CPUID follows `cpu_model`; `vdisk`
-/// (a copy in memory, writable) is a virtio-blk disk at 00:04.0.
+/// The media of a PC, from boot modules.
+#[derive(Clone, Copy, Default)]
+pub struct Media<'a> {
+    /// An ISO image for the CD-ROM drive.
+    pub cdrom: Option<&'a [u8]>,
+    /// A disk image (a copy in memory) for the virtio-blk disk at 00:04.0.
+    pub vdisk: Option<&'a [u8]>,
+    /// The virtio disk is read-only.
+    pub vdisk_read_only: bool,
+}
+
+/// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `media` in its
+/// drives; with `bios_debug`, the debug console at 0x402 prints SeaBIOS's
+/// debug log; CPUID follows `cpu_model`.
 pub fn build(
     host: Arc<dyn Host>,
     id: u32,
     ram: u64,
     bios: &[u8],
-    cdrom: Option<&[u8]>,
+    media: Media<'_>,
     bios_debug: bool,
     cpu_model: CpuModel,
-    vdisk: Option<&[u8]>,
 ) -> Result<Pc, BuildError> {
-    let vdisk = match vdisk {
-        Some(image) => Some(Box::new(
-            MemoryImage::writable("vdisk", image.to_vec(), DISK_SECTOR_SIZE)
-                .map_err(BuildError::VirtioDisk)?,
-        ) as Box<dyn BlockBackend>),
+    let vdisk = match media.vdisk {
+        Some(image) => {
+            let image = if media.vdisk_read_only {
+                MemoryImage::read_only("vdisk", image.to_vec(), DISK_SECTOR_SIZE)
+            } else {
+                MemoryImage::writable("vdisk", image.to_vec(), DISK_SECTOR_SIZE)
+            };
+            Some(Box::new(image.map_err(BuildError::VirtioDisk)?) as Box<dyn BlockBackend>)
+        }
         None => None,
     };
+    let cdrom = media.cdrom;
     let cdrom = match cdrom {
         Some(iso) => Some(Box::new(
             MemoryImage::read_only("cdrom", iso.to_vec(), CD_SECTOR_SIZE)

@@ -6,7 +6,8 @@
 //! MMIO hole beside it), on a writable or a read-only disk.
 //!
 //! Invariants: no panic; the ROM never changes; a read-only disk never
-//! changes; the disk keeps its size.
+//! changes; the disk keeps its size; every state reached saves and
+//! restores in place.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -104,6 +105,9 @@ enum Op {
     },
     /// A request header.
     Header { at: u16, kind: u8, sector: u16 },
+    /// Save every device and restore the state in place (must succeed:
+    /// whatever state the guest reached is one a snapshot can hold).
+    Roundtrip,
     /// Publish a head and notify.
     Kick {
         avail: u16,
@@ -228,6 +232,11 @@ fuzz_target!(|input: Input| {
                 h[0..4].copy_from_slice(&u32::from(kind % 16).to_le_bytes());
                 h[8..16].copy_from_slice(&u64::from(sector % 40).to_le_bytes());
                 let _ = vm.memory_mut().write(u64::from(at) % RAM, &h);
+            }
+            Op::Roundtrip => {
+                let saved = vm.save_devices().expect("save");
+                vm.restore_devices(&saved)
+                    .expect("restore of our own state");
             }
             Op::Kick {
                 avail,

@@ -785,7 +785,11 @@ impl SaveRestore for VirtioPci {
             });
         }
         save_restore::check(s.isr & !(ISR_QUEUE | ISR_CONFIG) == 0, "virtio ISR")?;
-        save_restore::check(s.driver_features & !self.offered == 0, "virtio features")?;
+        // The driver may write any bits; only accepted ones must be offered.
+        save_restore::check(
+            s.status & STATUS_FEATURES_OK == 0 || s.driver_features & !self.offered == 0,
+            "virtio features",
+        )?;
         let vectors = self.msix.vectors();
         let vector_ok = |v: u16| v == NO_VECTOR || v < vectors;
         save_restore::check(

@@ -944,3 +944,15 @@ fn nothing_is_served_without_bus_mastering_until_it_is_turned_on() {
     rig.cfg_write(0x04, 0x6);
     assert_eq!(rig.used_idx(), 1);
 }
+
+#[test]
+fn a_refused_feature_set_still_saves_and_restores() {
+    let mut rig = Rig::blk(SharedDisk::new(16, false));
+    // Found by the virtio_blk fuzzer: bits the device never offered, which
+    // FEATURES_OK then refused, are still the driver's register contents.
+    assert_eq!(rig.negotiate(FEATURES | 1 << 50) & STATUS_FEATURES_OK, 0);
+    let saved = rig.vm.save_devices().unwrap();
+    rig.vm.restore_devices(&saved).unwrap();
+    rig.w32(common::DRIVER_FEATURE_SELECT, 1);
+    assert_eq!(rig.r32(common::DRIVER_FEATURE), 1 | 1 << 18);
+}

@@ -129,14 +129,16 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     };
 
     // A module named "bios" makes every VM a PC running that firmware, with
-    // the module named "cdrom" in its CD-ROM drive; otherwise each VM runs a
+    // the module named "cdrom" in its CD-ROM drive (and the one named
+    // "vdisk", or "vdisk_ro" read-only, as its virtio disk); otherwise each
+    // VM runs a
     // guest program as its firmware (a program named `pc_*` on a whole PC).
     let find = |name: &str| images.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
     let pc_bios = find("bios");
     let programs: Vec<(&str, &'static [u8])> = images
         .iter()
         .copied()
-        .filter(|(n, _)| *n != "bios" && *n != "cdrom")
+        .filter(|(n, _)| !["bios", "cdrom", "vdisk", "vdisk_ro"].contains(n))
         .collect();
     if pc_bios.is_none() && programs.is_empty() {
         fail(format_args!("no guest program among the boot modules"));
@@ -155,10 +157,16 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 i,
                 config.guest_mem,
                 bios,
-                find("cdrom"),
-                config.bios_debug,
-                pc_model,
-                config.test_devices,
+                pc::Media {
+                    cdrom: find("cdrom"),
+                    vdisk: find("vdisk").or(find("vdisk_ro")),
+                    vdisk_read_only: find("vdisk").is_none(),
+                },
+                pc::Options {
+                    bios_debug: config.bios_debug,
+                    cpu_model: pc_model,
+                    test_devices: config.test_devices,
+                },
             ) {
                 Ok(pc) => ("pc", Machine::Pc(Box::new(pc))),
                 Err(e) => fail(format_args!("VM {i} (pc): {e}")),
@@ -173,10 +181,12 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                         i,
                         config.guest_mem,
                         image,
-                        None,
-                        false,
-                        pc_model,
-                        config.test_devices,
+                        pc::Media::default(),
+                        pc::Options {
+                            bios_debug: false,
+                            cpu_model: pc_model,
+                            test_devices: config.test_devices,
+                        },
                     )
                     .map(|pc| Machine::Pc(Box::new(pc)))
                     .map_err(|e| e.to_string())

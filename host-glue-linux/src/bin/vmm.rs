@@ -74,9 +74,10 @@ struct RunArgs {
     /// A machine written down in a TOML file instead of the flags. Keys:
     /// `memory`, `boot` (["cdrom", "disk"]), `cpu_model`,
     /// `[firmware] bios`, `[images] cdrom, disk, disk_readonly, disk_lock,
-    /// cdrom_lock`, `[devices] serial`, `[kernel] image, initrd, append`;
+    /// disk_bus, cdrom_lock`, `[devices] serial, rng`, `[kernel] image,
+    /// initrd, append`;
     /// relative paths are from the file's folder (README, config.rs docs).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["cdrom", "disk", "memory", "bios", "kernel", "serial", "cpu_model"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["cdrom", "disk", "memory", "bios", "kernel", "serial", "cpu_model", "rng"])]
     config: Option<PathBuf>,
     /// CD image for the CD-ROM drive (IDE secondary master); booted first.
     /// Locked (shared) while open; `,lock=off` does not lock it.
@@ -85,9 +86,14 @@ struct RunArgs {
     /// Disk image for the hard disk (IDE primary master), read-write and
     /// locked exclusively while open. `,readonly=on`: the guest's writes
     /// fail (write-protected medium) and the lock is shared; `,lock=off`:
-    /// no lock (two writers corrupt the image).
-    #[arg(long, value_name = "IMAGE[,readonly=on][,lock=off]")]
+    /// no lock (two writers corrupt the image). `,bus=virtio`: the disk is
+    /// a virtio-blk PCI device (00:04.0) instead of an IDE drive.
+    #[arg(long, value_name = "IMAGE[,readonly=on][,lock=off][,bus=virtio]")]
     disk: Option<String>,
+    /// Give the guest a virtio-rng PCI device (00:05.0) fed from the
+    /// host's /dev/urandom.
+    #[arg(long)]
+    rng: bool,
     /// Guest RAM: MiB when no unit is given (`512` = 512 MiB, as QEMU), or
     /// with a K, M or G suffix (`1G`); 16 MiB to 3 GiB [default: 512].
     #[arg(long, value_name = "SIZE")]
@@ -180,7 +186,9 @@ fn machine(args: &RunArgs) -> Result<MachineConfig, String> {
         m.disk = Some(disk.path);
         m.disk_read_only = disk.read_only;
         m.disk_lock = disk.lock;
+        m.disk_bus = disk.bus;
     }
+    m.rng = args.rng;
     if let Some(s) = &args.serial {
         m.serial = parse_serial(s, "--serial").map_err(|e| e.to_string())?;
     }

@@ -4,6 +4,7 @@
 use crate::ide::AttachError;
 use crate::pci::PciError;
 use crate::platform::PlatformError;
+use crate::virtio::blk::VirtioBlkError;
 use core::fmt;
 use vmm_bios::bios_image::BiosError;
 use vmm_bios::fw_cfg::FwCfgError;
@@ -49,6 +50,8 @@ pub enum PcError {
     Claim(ClaimError),
     /// The kernel to boot directly was refused.
     Kernel(LinuxBootError),
+    /// The virtio disk refused its image.
+    VirtioDisk(VirtioBlkError),
 }
 
 impl fmt::Display for PcError {
@@ -71,6 +74,7 @@ impl fmt::Display for PcError {
             PcError::FwCfg(e) => write!(f, "fw_cfg: {e}"),
             PcError::Claim(e) => write!(f, "{e}"),
             PcError::Kernel(e) => write!(f, "kernel: {e}"),
+            PcError::VirtioDisk(e) => write!(f, "virtio disk: {e}"),
         }
     }
 }

@@ -18,16 +18,21 @@ mod firmware;
 #[cfg(test)]
 mod tests;
 
-pub use description::{DirectBoot, PcDescription};
+pub use description::{DirectBoot, PcDescription, VirtioDevices};
 pub use error::PcError;
 pub use firmware::{check as check_firmware, MIN_PAM_IMAGE};
 
 use crate::ide::{Drive, IdeSlot, Piix3Ide};
 use crate::interrupts::CpuInterrupts;
+use crate::msi::LapicMsi;
 use crate::pci::i440fx::BiosRom;
-use crate::pci::PciBus;
+use crate::pci::msix::MsiTarget;
+use crate::pci::{InterruptPin, PciBus};
 use crate::platform::{PcChipset, PcConfig, VGA_GRAPHICS_WINDOW};
 use crate::rtc::BootDevice;
+use crate::virtio::blk::VirtioBlk;
+use crate::virtio::rng::VirtioRng;
+use crate::virtio::{VirtioDevice, VirtioPci};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -54,6 +59,11 @@ pub const ACPI_PM_BASE: u16 = 0x600;
 
 /// The PCI slot and function of the PIIX3 IDE controller.
 pub const IDE_PCI: (u8, u8) = (1, 1);
+
+/// The PCI slot and function of the virtio disk, when there is one.
+pub const VIRTIO_DISK_PCI: (u8, u8) = (4, 0);
+/// The PCI slot and function of the virtio entropy device, when there is one.
+pub const VIRTIO_RNG_PCI: (u8, u8) = (5, 0);
 
 /// The CD-ROM drive: secondary master, as on QEMU's PC.
 const CDROM: IdeDrive = IdeDrive {
@@ -120,6 +130,7 @@ impl Pc {
             },
         )?;
         add_ide(&mut vm, &chipset, desc.cdrom, desc.disk)?;
+        add_virtio(&mut vm, &chipset, desc.virtio)?;
 
         let drives = desc
             .boot
@@ -295,6 +306,35 @@ fn add_ide(
     match bus {
         Some(bus) => bus.add(IDE_PCI.0, IDE_PCI.1, Box::new(ide))?,
         None => return Err(PcError::MissingPciBus),
+    }
+    Ok(())
+}
+
+/// The virtio devices asked for, each on its own PCI slot, with MSIs to the
+/// local APIC and INTx pin A through the PIRQ router.
+fn add_virtio(vm: &mut Vm, chipset: &PcChipset, devices: VirtioDevices) -> Result<(), PcError> {
+    let mut functions: Vec<((u8, u8), Box<dyn VirtioDevice>)> = Vec::new();
+    if let Some(disk) = devices.disk {
+        let blk = VirtioBlk::new(disk).map_err(PcError::VirtioDisk)?;
+        functions.push((VIRTIO_DISK_PCI, Box::new(blk)));
+    }
+    if let Some(source) = devices.rng {
+        functions.push((VIRTIO_RNG_PCI, Box::new(VirtioRng::new(source))));
+    }
+    if functions.is_empty() {
+        return Ok(());
+    }
+    let msi: Arc<dyn MsiTarget> = LapicMsi::new(alloc::vec![chipset.cpu.lapic().clone()]);
+    let Some(bus) = vm.devices_mut().device_mut::<PciBus>(chipset.pci_bus) else {
+        return Err(PcError::MissingPciBus);
+    };
+    for ((slot, function), device) in functions {
+        let intx = chipset.pirq.intx_line(slot, InterruptPin::A);
+        bus.add(
+            slot,
+            function,
+            Box::new(VirtioPci::new(device, intx, msi.clone())),
+        )?;
     }
     Ok(())
 }

@@ -1,8 +1,10 @@
-; An instruction the emulator does not implement (MASKMOVQ, the MMX
-; byte-masked store to DS:DI; MOVQ and the x87 stores are emulated) on an
-; address with no memory behind it (the VGA hole): the VM must stop with a
-; reason that names the bytes, the mode and the address. (Loads from
-; there read all-ones without the emulator: see mmio_integer.asm.)
+; An instruction the emulator does not carry out on memory a store cannot
+; change: FBSTP (the x87 packed-BCD store) into the firmware ROM. The
+; emulator completes FBSTP only into unassigned memory, where its effects
+; on the x87 state are all that is left; into ROM it would need the BCD
+; digits, which it does not produce. The VM must stop with a reason that
+; names the bytes, the mode and the address. (Loads from unassigned
+; memory read all-ones without the emulator: see mmio_integer.asm.)
 bits 16
 org 0
 
@@ -22,16 +24,14 @@ main:
     out dx, al
     jmp .print
 .touch:
-    pcmpeqb mm1, mm1            ; every byte selected
-    mov ax, 0xa000
-    mov ds, ax
-    mov di, 0x10
-    maskmovq mm0, mm1
+    mov ax, 0xf000
+    mov es, ax
+    fbstp [es:0x10]
     mov si, not_reached
     jmp .print
 
 message:
-    db "masked MMX store to MMIO", 13, 10, 0
+    db "x87 BCD store to ROM", 13, 10, 0
 not_reached:
     db "the VMM let an unsupported MMIO instruction through", 13, 10, 0
 

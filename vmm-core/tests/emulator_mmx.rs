@@ -127,3 +127,52 @@ fn enabling_state_faults_and_a_vcpu_without_x87_state_is_unsupported() {
         Err(EmulateError::Unsupported { .. })
     ));
 }
+
+#[test]
+fn masked_stores_write_only_the_selected_bytes() {
+    let mut vm = vm();
+    vm.memory_mut()
+        .write_u64(DATA, 0x5555_5555_5555_5555)
+        .unwrap();
+    // MASKMOVQ mm1 (data), mm2 (mask) to DS:EDI.
+    let mut c = cpu(&mut vm, |a| a.maskmovq(mm1, mm2));
+    c.gprs[7] = DATA;
+    {
+        let x = c.x87.as_mut().unwrap();
+        // With TOP = 3, MM1 is ST(6) and MM2 is ST(7).
+        x.st[6][..8].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+        x.st[7][..8].copy_from_slice(&0x8000_ff00_0080_7f80u64.to_le_bytes());
+    }
+    assert_eq!(
+        Emulator::default().emulate(&mut c, &mut vm),
+        Ok(Completion::Retired)
+    );
+    assert_eq!(vm.memory().read_u64(DATA).unwrap(), 0x1155_3355_5566_5588);
+    let x = c.x87.unwrap();
+    assert_eq!((x.fsw & (7 << 11), x.ftw), (0, 0xff), "MMX state");
+
+    // MASKMOVDQU xmm3, xmm4 with SSE enabled; a fault writes nothing.
+    let mut vm = self::vm();
+    vm.memory_mut().write(DATA, &[0xaa; 16]).unwrap();
+    let mut c = cpu(&mut vm, |a| a.maskmovdqu(xmm3, xmm4));
+    c.control.cr4 |= 1 << 9; // OSFXSR
+    c.gprs[7] = DATA;
+    c.xmm[3] = u128::from_le_bytes(core::array::from_fn(|i| i as u8));
+    c.xmm[4] = u128::from_le_bytes(core::array::from_fn(|i| if i % 2 == 0 { 0x80 } else { 0 }));
+    assert_eq!(
+        Emulator::default().emulate(&mut c, &mut vm),
+        Ok(Completion::Retired)
+    );
+    let mut b = [0u8; 16];
+    vm.memory().read(DATA, &mut b).unwrap();
+    assert_eq!(
+        b,
+        core::array::from_fn(|i| if i % 2 == 0 { i as u8 } else { 0xaa })
+    );
+    let mut c = cpu(&mut vm, |a| a.maskmovdqu(xmm3, xmm4));
+    assert_eq!(
+        Emulator::default().emulate(&mut c, &mut vm),
+        Err(EmulateError::Exception(Exception::InvalidOpcode)),
+        "without CR4.OSFXSR"
+    );
+}

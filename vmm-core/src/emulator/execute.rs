@@ -291,6 +291,7 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
                 self.mmx_move(d)?
             }
             Mnemonic::Movntq => self.mmx_move(d)?,
+            Mnemonic::Maskmovq | Mnemonic::Maskmovdqu => self.masked_store(d)?,
             Mnemonic::Fst
             | Mnemonic::Fstp
             | Mnemonic::Fist

@@ -52,8 +52,9 @@ fn enter_mmx(x: &X87Registers) -> X87Registers {
 }
 
 impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
-    /// MOVD, MOVQ or MOVNTQ with an MMX register operand.
-    pub fn mmx_move(&mut self, d: &Decoded) -> Result<(), EmulateError> {
+    /// The checks every MMX instruction makes, then the x87 registers in
+    /// MMX state (not yet written back).
+    pub fn enter_mmx_checked(&mut self, d: &Decoded) -> Result<X87Registers, EmulateError> {
         let cr0 = self.control.cr0;
         if cr0 & CR0_EM != 0 {
             return Err(Exception::InvalidOpcode.into());
@@ -70,12 +71,17 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             }
             return Err(self.unsupported(d));
         }
+        Ok(enter_mmx(&x87))
+    }
+
+    /// MOVD, MOVQ or MOVNTQ with an MMX register operand.
+    pub fn mmx_move(&mut self, d: &Decoded) -> Result<(), EmulateError> {
+        let mut x = self.enter_mmx_checked(d)?;
         let size = if d.instr.mnemonic() == Mnemonic::Movd {
             4
         } else {
             8
         };
-        let mut x = enter_mmx(&x87);
         let dst_reg = d.instr.op_register(0);
         let src_reg = d.instr.op_register(1);
         match (is_mmx_operand(d, 0), is_mmx_operand(d, 1)) {

@@ -35,7 +35,7 @@
 //! (`descriptor_tables`), segment-register loads (`segment_load`), near
 //! and far JMP/CALL/RET (`transfer`) and IRET (`iret`); and the data
 //! moves of SSE/AVX (`vector`) and MMX (`mmx`, through the x87 registers
-//! [`CpuState::x87`] exposes), and the x87 stores (`x87`: FST/FSTP,
+//! [`CpuState::x87`] exposes), MASKMOVQ/MASKMOVDQU (`masked_store`), and the x87 stores (`x87`: FST/FSTP,
 //! FIST/FISTP/FISTTP, FNSTSW/FNSTCW, rounded and flagged as the FPU
 //! does). Flags the manuals leave undefined get the values AMD
 //! processors give (the differential test's strict mode checks them on
@@ -61,9 +61,8 @@
 //!
 //! Limits, by design or not yet done: x87 loads and arithmetic, FBSTP,
 //! FNSTENV/FNSAVE/FXSAVE into a device (into unassigned memory they
-//! complete with their effects alone), XSAVE, MASKMOVQ/MASKMOVDQU, MMX and
-//! SSE arithmetic on memory, and EVEX (AVX-512) are reported as
-//! unsupported (the VM stops; reads
+//! complete with their effects alone), XSAVE, MMX and SSE arithmetic on
+//! memory, and EVEX (AVX-512) are reported as unsupported (the VM stops; reads
 //! of unmapped memory never get here, nested and shadow paging map it to
 //! a page of all-ones); the I/O permission bitmap is not consulted for
 //! INS/OUTS (VMX and SVM check it before the exit); a breakpoint hit by
@@ -100,6 +99,7 @@ mod error;
 mod execute;
 mod hints;
 mod iret;
+mod masked_store;
 mod mmx;
 mod muldiv;
 mod operand;

@@ -64,6 +64,7 @@ pub fn build(
     let desc = PcDescription {
         id: VmId(1),
         cpu_model: config.cpu_model,
+        display: None,
         ram: config.memory,
         firmware: &firmware,
         cdrom: cdrom.map(|i| Box::new(i) as Box<dyn BlockBackend>),

@@ -174,6 +174,10 @@ impl fmt::Display for MemoryError {
 struct Block {
     kind: BlockKind,
     mem: Box<dyn HostMemory>,
+    /// Added with [`GuestMemory::add_device_block`]: the memory of a device
+    /// (video memory), which that device reaches through
+    /// [`crate::dma::DmaGuard::device_memory`] wherever the guest mapped it.
+    device: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -279,8 +283,42 @@ impl GuestMemory {
         mem: Box<dyn HostMemory>,
     ) -> Result<BlockId, MemoryError> {
         let id = u32::try_from(self.blocks.len()).map_err(|_| MemoryError::TooManyBlocks)?;
-        self.blocks.push(Block { kind, mem });
+        self.blocks.push(Block {
+            kind,
+            mem,
+            device: false,
+        });
         Ok(BlockId(id))
+    }
+
+    /// Add `mem` as a device's own RAM (a graphics card's video memory),
+    /// not mapped anywhere yet: the device maps it where the guest put it
+    /// (`VmRequest::MapMemory`), the guest then reads and writes it as RAM
+    /// without exits, and the device reaches the bytes through
+    /// [`crate::dma::DmaGuard::device_memory`] (and the host through
+    /// [`GuestMemory::block_bytes_all`]) wherever it is mapped, or while it is
+    /// not.
+    pub fn add_device_block(&mut self, mem: Box<dyn HostMemory>) -> Result<BlockId, MemoryError> {
+        let id = self.add_block(BlockKind::Ram, mem)?;
+        if let Some(b) = self.blocks.get_mut(id.0 as usize) {
+            b.device = true;
+        }
+        Ok(id)
+    }
+
+    /// The bytes of a block added with [`GuestMemory::add_device_block`],
+    /// for its device; `None` for any other block.
+    pub fn device_block_mut(&mut self, block: BlockId) -> Option<&mut [u8]> {
+        self.blocks
+            .get_mut(block.0 as usize)
+            .filter(|b| b.device)
+            .map(|b| b.mem.as_mut_slice())
+    }
+
+    /// All bytes of `block`, read-only: what a host shows of a device's
+    /// memory (a screen). `None` if there is no such block.
+    pub fn block_bytes_all(&self, block: BlockId) -> Option<&[u8]> {
+        self.blocks.get(block.0 as usize).map(|b| b.mem.as_slice())
     }
 
     /// Add `mem` as RAM at `gpa`, covering the whole block.

@@ -65,6 +65,7 @@ pub fn build(
         unix_seconds_at_host_zero: RTC_EPOCH,
         direct_boot: None,
         cpu_model,
+        display: None,
     };
     Pc::build(host, desc).map_err(BuildError::Machine)
 }

@@ -13,12 +13,13 @@
 
 mod description;
 mod direct_boot;
+mod display;
 mod error;
 mod firmware;
 #[cfg(test)]
 mod tests;
 
-pub use description::{DirectBoot, PcDescription};
+pub use description::{DirectBoot, DisplayDescription, PcDescription};
 pub use error::PcError;
 pub use firmware::{check as check_firmware, MIN_PAM_IMAGE};
 
@@ -28,6 +29,7 @@ use crate::pci::i440fx::BiosRom;
 use crate::pci::PciBus;
 use crate::platform::{PcChipset, PcConfig, VGA_GRAPHICS_WINDOW};
 use crate::rtc::BootDevice;
+use crate::vga::{self, memory};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -92,7 +94,18 @@ impl Pc {
             .alloc_memory(desc.ram as usize, 2 << 20)
             .map_err(PcError::Ram)?;
         let ram_block = memory.add_ram(0, ram_block)?;
-        memory.unmap(VGA_GRAPHICS_WINDOW.0, VGA_GRAPHICS_WINDOW.1)?;
+        // Without a display the graphics part of the VGA window is a hole
+        // and the text part stays RAM; a display claims the whole window.
+        let display = match &desc.display {
+            None => {
+                memory.unmap(VGA_GRAPHICS_WINDOW.0, VGA_GRAPHICS_WINDOW.1)?;
+                None
+            }
+            Some(d) => {
+                memory.unmap(vga::WINDOW_BASE, memory::WINDOW_SIZE)?;
+                Some(display::memory(&mut memory, &*host, d)?)
+            }
+        };
         let bios = load_bios(&mut memory, &*host, &firmware::padded(desc.firmware))
             .map_err(PcError::Firmware)?;
         let mut vm = Vm::new(desc.id, host, memory);
@@ -120,6 +133,9 @@ impl Pc {
             },
         )?;
         add_ide(&mut vm, &chipset, desc.cdrom, desc.disk)?;
+        if let Some(parts) = display {
+            display::add(&mut vm, &chipset, parts)?;
+        }
 
         let drives = desc
             .boot
@@ -134,7 +150,12 @@ impl Pc {
             ide_pci: IDE_PCI,
             drives,
         };
-        let fw_cfg = FwCfg::new(seabios_fw_cfg(vm.memory(), &SeabiosConfig::new(1, order))?);
+        let mut seabios = SeabiosConfig::new(1, order);
+        if desc.display.is_some() {
+            // The screen is the adapter's: no copy of it on COM1.
+            seabios.serial_console = None;
+        }
+        let fw_cfg = FwCfg::new(seabios_fw_cfg(vm.memory(), &seabios)?);
         let ports = fw_cfg.port_ranges();
         let dev = vm.add_device(Box::new(fw_cfg))?;
         for (first, count) in ports {
@@ -234,6 +255,22 @@ impl Pc {
     /// The guest RAM block (mapped at guest-physical 0).
     pub fn ram_block(&self) -> BlockId {
         self.ram_block
+    }
+
+    /// What the display shows now, or `None` without a display: the
+    /// adapter's state drawn from its video memory.
+    pub fn display(&self) -> Option<vga::render::Display> {
+        display::render(&self.vm, &self.chipset)
+    }
+
+    /// The screen as lines of text when the display is in a text mode
+    /// (characters only, trailing blanks kept); `None` without a display
+    /// or in a graphics mode.
+    pub fn screen_text(&self) -> Option<Vec<alloc::string::String>> {
+        match self.display()? {
+            vga::render::Display::Text(t) => Some((0..t.rows).map(|y| t.row_text(y)).collect()),
+            _ => None,
+        }
     }
 }
 

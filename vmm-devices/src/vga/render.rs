@@ -2,7 +2,7 @@
 //! RGB picture, independent of any host, and the trait a host implements
 //! to receive it.
 
-use super::memory::VideoMemory;
+use super::memory::plane_byte;
 use super::regs::Registers;
 use super::vbe::Vbe;
 use alloc::vec::Vec;
@@ -94,21 +94,21 @@ pub trait DisplayBackend {
 }
 
 /// Render the current state.
-pub fn render(regs: &Registers, vbe: &Vbe, mem: &VideoMemory) -> Display {
+pub fn render(regs: &Registers, vbe: &Vbe, vram: &[u8]) -> Display {
     if vbe.enabled() {
-        return render_vbe(regs, vbe, mem);
+        return render_vbe(regs, vbe, vram);
     }
     if !regs.screen_enabled() || regs.seq[1] & 0x20 != 0 {
         return Display::Blank;
     }
     if regs.graphics_mode() {
-        render_planar(regs, mem)
+        render_planar(regs, vram)
     } else {
-        render_text(regs, mem)
+        render_text(regs, vram)
     }
 }
 
-fn render_text(regs: &Registers, mem: &VideoMemory) -> Display {
+fn render_text(regs: &Registers, vram: &[u8]) -> Display {
     let cols = regs.display_columns().min(MAX_DIMENSION);
     let rows = (regs.display_lines() / regs.scan_lines_per_row()).min(MAX_DIMENSION);
     let start = regs.start_address();
@@ -117,8 +117,8 @@ fn render_text(regs: &Registers, mem: &VideoMemory) -> Display {
         // Word mode: character address n is at plane offset 2n.
         let at = (start + i) * 2;
         cells.push(Cell {
-            ch: mem.plane_byte(0, at),
-            attr: mem.plane_byte(1, at),
+            ch: plane_byte(vram, 0, at),
+            attr: plane_byte(vram, 1, at),
         });
     }
     let cursor_at = usize::from(regs.crtc[0x0e]) << 8 | usize::from(regs.crtc[0x0f]);
@@ -138,7 +138,7 @@ fn render_text(regs: &Registers, mem: &VideoMemory) -> Display {
     })
 }
 
-fn render_planar(regs: &Registers, mem: &VideoMemory) -> Display {
+fn render_planar(regs: &Registers, vram: &[u8]) -> Display {
     let height = (regs.display_lines() / regs.scan_lines_per_row()).min(MAX_DIMENSION);
     let start = regs.start_address();
     let mut pixels = Vec::new();
@@ -150,7 +150,7 @@ fn render_planar(regs: &Registers, mem: &VideoMemory) -> Display {
         for y in 0..height {
             for x in 0..width {
                 let a = start * 4 + y * line + x;
-                let idx = mem.bytes.get(a).copied().unwrap_or(0);
+                let idx = vram.get(a).copied().unwrap_or(0);
                 pixels.push(regs.dac_rgb(idx, false));
             }
         }
@@ -171,7 +171,7 @@ fn render_planar(regs: &Registers, mem: &VideoMemory) -> Display {
             let bit = 7 - (x & 7);
             let mut c = 0u8;
             for p in 0..4 {
-                if planes & (1 << p) != 0 && (mem.plane_byte(p, a) >> bit) & 1 != 0 {
+                if planes & (1 << p) != 0 && (plane_byte(vram, p, a) >> bit) & 1 != 0 {
                     c |= 1 << p;
                 }
             }
@@ -185,7 +185,7 @@ fn render_planar(regs: &Registers, mem: &VideoMemory) -> Display {
     })
 }
 
-fn render_vbe(regs: &Registers, vbe: &Vbe, mem: &VideoMemory) -> Display {
+fn render_vbe(regs: &Registers, vbe: &Vbe, vram: &[u8]) -> Display {
     let width = vbe.xres().min(MAX_DIMENSION);
     let height = vbe.yres().min(MAX_DIMENSION);
     let bpp = vbe.bpp();
@@ -194,12 +194,12 @@ fn render_vbe(regs: &Registers, vbe: &Vbe, mem: &VideoMemory) -> Display {
     }
     let bytes = usize::from(bpp).div_ceil(8);
     let mut pixels = Vec::with_capacity(width * height);
-    let b = |a: usize| u32::from(mem.bytes.get(a).copied().unwrap_or(0));
+    let b = |a: usize| u32::from(vram.get(a).copied().unwrap_or(0));
     for y in 0..height {
         for x in 0..width {
             let a = vbe.start + y * vbe.line_bytes + x * bytes;
             let rgb = match bpp {
-                8 => regs.dac_rgb(mem.bytes.get(a).copied().unwrap_or(0), vbe.dac8()),
+                8 => regs.dac_rgb(vram.get(a).copied().unwrap_or(0), vbe.dac8()),
                 15 | 16 => {
                     let v = b(a) | b(a + 1) << 8;
                     let (r, g, bl) = if bpp == 15 {

@@ -12,6 +12,7 @@
 pub mod block_file;
 pub mod config;
 pub mod console;
+pub mod display;
 pub mod host_file;
 pub mod kvm;
 pub mod mmap_memory;

@@ -9,11 +9,13 @@ use crate::console::{
     catch_quit_signals, quit_signalled, spawn_stdin_reader, ConsoleInput, Pty, RawTerminal,
     SerialConsole,
 };
+use crate::display::{ScreenOutput, ScreenWriter, DEFAULT_VGA_BIOS, SCREEN_EVERY};
 use crate::host_file::HostFileError;
 use crate::kvm::{self, KvmError, KvmVcpu};
 use crate::pc;
 use crate::LinuxHost;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use vmm_core::host::Host;
@@ -41,6 +43,10 @@ pub struct RunOptions {
     /// Print a status line on stderr this often while the guest runs
     /// ([`progress_line`]).
     pub progress: Option<Duration>,
+    /// Where the screen goes; empty: the machine has no display adapter.
+    pub display: Vec<ScreenOutput>,
+    /// The VGA BIOS file, when there is a display.
+    pub vga_bios: PathBuf,
 }
 
 impl Default for RunOptions {
@@ -49,6 +55,8 @@ impl Default for RunOptions {
             posted_writes: true,
             state_roundtrip: None,
             progress: None,
+            display: Vec::new(),
+            vga_bios: DEFAULT_VGA_BIOS.into(),
         }
     }
 }
@@ -261,7 +269,10 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             .with_preemption_timer()
             .map_err(|e| RunError::Kick(e.to_string()))?,
     );
-    let (mut pc, syncs) = pc::build(host.clone(), config, Box::new(com1))?;
+    let vga_bios = (!options.display.is_empty()).then_some(options.vga_bios.as_path());
+    let (mut pc, syncs) = pc::build(host.clone(), config, Box::new(com1), vga_bios)?;
+    let mut screen = ScreenWriter::new(options.display.clone());
+    let mut last_screen = std::time::Instant::now();
     let mut disks = DiskSyncs(syncs);
     let new_vcpu = |pc: &mut vmm_devices::pc::Pc| {
         let mut vcpu = KvmVcpu::new(pc.vm_mut()).map_err(RunError::Kvm)?;
@@ -313,10 +324,15 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
                 last_progress = (now, stats);
             }
         }
+        if last_screen.elapsed() >= SCREEN_EVERY {
+            screen.update(&pc);
+            last_screen = std::time::Instant::now();
+        }
         if let Some(n) = quit_signalled() {
             break Ending::Signalled(n);
         }
     };
+    screen.update(&pc);
     let elapsed = started.elapsed();
     // Whatever the ending (power-off, another stop, quit, a signal): what
     // the guest wrote is made durable before `vmm` says how it ended.

@@ -131,12 +131,15 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     // A module named "bios" makes every VM a PC running that firmware, with
     // the module named "cdrom" in its CD-ROM drive; otherwise each VM runs a
     // guest program as its firmware (a program named `pc_*` on a whole PC).
+    // A module named "vgabios" gives those PCs a display (the stdvga with
+    // that VGA BIOS), whose text screen is printed when the VM stops.
     let find = |name: &str| images.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
     let pc_bios = find("bios");
+    let vga_bios = find("vgabios");
     let programs: Vec<(&str, &'static [u8])> = images
         .iter()
         .copied()
-        .filter(|(n, _)| *n != "bios" && *n != "cdrom")
+        .filter(|(n, _)| *n != "bios" && *n != "cdrom" && *n != "vgabios")
         .collect();
     if pc_bios.is_none() && programs.is_empty() {
         fail(format_args!("no guest program among the boot modules"));
@@ -158,6 +161,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 find("cdrom"),
                 config.bios_debug,
                 pc_model,
+                vga_bios,
             ) {
                 Ok(pc) => ("pc", Machine::Pc(Box::new(pc))),
                 Err(e) => fail(format_args!("VM {i} (pc): {e}")),
@@ -175,6 +179,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                         None,
                         false,
                         pc_model,
+                        vga_bios,
                     )
                     .map(|pc| Machine::Pc(Box::new(pc)))
                     .map_err(|e| e.to_string())
@@ -325,6 +330,9 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             );
         }
         kprint!("{}", g.machine.vm().devices().report());
+        if let Machine::Pc(pc) = &g.machine {
+            pc::print_screen(pc);
+        }
         if let Some(line) = shared_device
             .as_ref()
             .and_then(|d| d.report(g.machine.vm()))

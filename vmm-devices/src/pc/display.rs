@@ -5,7 +5,7 @@
 use super::{DisplayDescription, PcError};
 use crate::pci::PciBus;
 use crate::platform::PcChipset;
-use crate::vga::render::Display;
+use crate::vga::render::{Display, Framebuffer};
 use crate::vga::stdvga::{OptionRom, StdVga, STDVGA_SLOT};
 use crate::vga::vram_size;
 use alloc::boxed::Box;
@@ -73,10 +73,22 @@ pub(super) fn add(vm: &mut Vm, chipset: &PcChipset, parts: DisplayParts) -> Resu
     Ok(())
 }
 
-/// What the display shows, if the PC has one.
-pub(super) fn render(vm: &Vm, chipset: &PcChipset) -> Option<Display> {
+/// The display's function and video memory, if the PC has one.
+fn adapter<'a>(vm: &'a Vm, chipset: &PcChipset) -> Option<(&'a StdVga, &'a [u8])> {
     let bus = vm.devices().device::<PciBus>(chipset.pci_bus)?;
     let vga = bus.function::<StdVga>(STDVGA_SLOT.0, STDVGA_SLOT.1)?;
     let vram = vm.memory().block_bytes_all(vga.vram_block())?;
+    Some((vga, vram))
+}
+
+/// What the display shows, if the PC has one.
+pub(super) fn render(vm: &Vm, chipset: &PcChipset) -> Option<Display> {
+    let (vga, vram) = adapter(vm, chipset)?;
     Some(vga.render(vram))
+}
+
+/// The display as pixels, if the PC has one and it is not blank.
+pub(super) fn pixels(vm: &Vm, chipset: &PcChipset) -> Option<Framebuffer> {
+    let (vga, vram) = adapter(vm, chipset)?;
+    vga.render_pixels(vram)
 }

@@ -154,6 +154,7 @@ impl Pc {
         if desc.display.is_some() {
             // The screen is the adapter's: no copy of it on COM1.
             seabios.serial_console = None;
+            seabios.display = true;
         }
         let fw_cfg = FwCfg::new(seabios_fw_cfg(vm.memory(), &seabios)?);
         let ports = fw_cfg.port_ranges();
@@ -263,12 +264,19 @@ impl Pc {
         display::render(&self.vm, &self.chipset)
     }
 
+    /// What the display shows as pixels (a text mode drawn with the
+    /// guest's font), for a screenshot; `None` without a display or while
+    /// the screen is blank.
+    pub fn screenshot(&self) -> Option<vga::render::Framebuffer> {
+        display::pixels(&self.vm, &self.chipset)
+    }
+
     /// The screen as lines of text when the display is in a text mode
     /// (characters only, trailing blanks kept); `None` without a display
     /// or in a graphics mode.
     pub fn screen_text(&self) -> Option<Vec<alloc::string::String>> {
         match self.display()? {
-            vga::render::Display::Text(t) => Some((0..t.rows).map(|y| t.row_text(y)).collect()),
+            vga::render::Display::Text(t) => Some(t.lines()),
             _ => None,
         }
     }

@@ -232,6 +232,7 @@ fn a_pc_without_a_display_keeps_the_vga_hole_and_the_serial_copy() {
     assert!(pc.vm().memory().is_open_bus(0xa_0000, 0x1_8000));
     assert_eq!(pc.vm().memory().kind_at(0xb_8000), RegionKind::Ram);
     assert!(fw_cfg_file(&mut pc, "etc/sercon-port").is_some());
+    assert_eq!(fw_cfg_item(&mut pc, 4, 2), [1, 0], "NOGRAPHIC");
 }
 
 #[test]
@@ -254,6 +255,7 @@ fn the_display_is_a_stdvga_at_00_02_0_with_its_rom_framebuffer_and_window() {
     assert_eq!(pci_read32(&mut pc, 2, 0, 0x30), 0xffff_0000, "64 KiB ROM");
     // No serial copy of the screen with a display.
     assert!(fw_cfg_file(&mut pc, "etc/sercon-port").is_none());
+    assert_eq!(fw_cfg_item(&mut pc, 4, 2), [0, 0], "NOGRAPHIC");
 
     // Place the BARs and turn decoding on.
     pci_write32(&mut pc, 2, 0, 0x10, 0xe000_0000);

@@ -250,6 +250,17 @@ impl Vga {
         render::render(&self.regs, &self.vbe, vram)
     }
 
+    /// What the screen shows as pixels: a graphics mode's picture, or a
+    /// text mode drawn with the guest's font ([`render::text_pixels`]);
+    /// `None` while the screen is blank.
+    pub fn render_pixels(&self, vram: &[u8]) -> Option<render::Framebuffer> {
+        match self.render(vram) {
+            Display::Blank => None,
+            Display::Graphics(f) => Some(f),
+            Display::Text(t) => Some(render::text_pixels(&self.regs, vram, &t)),
+        }
+    }
+
     /// Render and hand the picture to `backend`.
     pub fn update(&self, vram: &[u8], backend: &mut dyn DisplayBackend) {
         backend.update(&self.render(vram));
@@ -408,6 +419,11 @@ impl Card {
     /// See [`Vga::render`].
     pub fn render(&self) -> Display {
         self.vga.render(&self.vram)
+    }
+
+    /// See [`Vga::render_pixels`].
+    pub fn render_pixels(&self) -> Option<render::Framebuffer> {
+        self.vga.render_pixels(&self.vram)
     }
 
     /// See [`Vga::window_mapping`].

@@ -44,12 +44,23 @@ impl TextScreen {
             .copied()
     }
 
-    /// Row `y` as text (characters only).
+    /// Row `y` as text (characters only): NUL (cleared memory) shows as a
+    /// blank, the other control codes as `.`, bytes from 0x80 as the
+    /// Latin-1 character of that number.
     pub fn row_text(&self, y: usize) -> alloc::string::String {
         (0..self.cols)
             .filter_map(|x| self.cell(x, y))
-            .map(|c| char::from(c.ch))
+            .map(|c| match c.ch {
+                0 => ' ',
+                1..=0x1f | 0x7f => '.',
+                ch => char::from(ch),
+            })
             .collect()
+    }
+
+    /// Every row as text (see [`TextScreen::row_text`]).
+    pub fn lines(&self) -> Vec<alloc::string::String> {
+        (0..self.rows).map(|y| self.row_text(y)).collect()
     }
 }
 
@@ -224,4 +235,70 @@ fn render_vbe(regs: &Registers, vbe: &Vbe, vram: &[u8]) -> Display {
         height,
         pixels,
     })
+}
+
+/// Font memory offset (in plane 2) of character map `n` (0-7), as the
+/// sequencer's character map select numbers them.
+fn font_map_offset(n: u8) -> usize {
+    usize::from(n & 3) * 0x4000 + usize::from((n >> 2) & 1) * 0x2000
+}
+
+/// A text screen drawn as pixels with the font the guest loaded into plane
+/// 2 (the VGA BIOS loads one at every text mode set): 9- or 8-dot cells
+/// (sequencer register 1 bit 0), the character height of CRTC register 9,
+/// colours through the attribute palette and the DAC, the cursor as the
+/// scan lines of CRTC registers 0x0a/0x0b. What a monitor would show, for
+/// screenshots.
+pub fn text_pixels(regs: &Registers, vram: &[u8], screen: &TextScreen) -> Framebuffer {
+    let cell_w = if regs.seq[1] & 1 != 0 { 8 } else { 9 };
+    let cell_h = (usize::from(regs.crtc[9] & 0x1f) + 1).min(32);
+    let cols = screen.cols.min(MAX_DIMENSION / cell_w);
+    let rows = screen.rows.min(MAX_DIMENSION / cell_h);
+    let (width, height) = (cols * cell_w, rows * cell_h);
+    let mut pixels = alloc::vec![0u32; width * height];
+    let map_a = ((regs.seq[3] >> 2) & 3) | ((regs.seq[3] >> 3) & 4);
+    let map_b = (regs.seq[3] & 3) | ((regs.seq[3] >> 2) & 4);
+    let blink = regs.ar[0x10] & 0x08 != 0;
+    let line_graphics = regs.ar[0x10] & 0x04 != 0;
+    let colour = |c: u8| regs.dac_rgb(regs.palette_to_dac(c), false);
+    let cursor_lines = (
+        usize::from(regs.crtc[0x0a] & 0x1f),
+        usize::from(regs.crtc[0x0b] & 0x1f),
+    );
+    for y in 0..rows {
+        for x in 0..cols {
+            let Some(cell) = screen.cell(x, y) else {
+                continue;
+            };
+            let fg = colour(cell.attr & 0x0f);
+            let bg = colour(if blink {
+                (cell.attr >> 4) & 7
+            } else {
+                cell.attr >> 4
+            });
+            let map = if cell.attr & 0x08 != 0 { map_a } else { map_b };
+            let glyph = font_map_offset(map) + usize::from(cell.ch) * 32;
+            let is_cursor = screen.cursor == Some((x, y));
+            for line in 0..cell_h {
+                let bits = plane_byte(vram, 2, glyph + line);
+                let cursor_here = is_cursor && line >= cursor_lines.0 && line <= cursor_lines.1;
+                for dot in 0..cell_w {
+                    let on = if dot < 8 {
+                        bits & (0x80 >> dot) != 0
+                    } else {
+                        line_graphics && (0xc0..=0xdf).contains(&cell.ch) && bits & 1 != 0
+                    };
+                    let at = (y * cell_h + line) * width + x * cell_w + dot;
+                    if let Some(p) = pixels.get_mut(at) {
+                        *p = if on || cursor_here { fg } else { bg };
+                    }
+                }
+            }
+        }
+    }
+    Framebuffer {
+        width,
+        height,
+        pixels,
+    }
 }

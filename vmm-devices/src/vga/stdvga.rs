@@ -158,6 +158,11 @@ impl StdVga {
         self.vga.render(vram)
     }
 
+    /// What the screen shows as pixels (see [`Vga::render_pixels`]).
+    pub fn render_pixels(&self, vram: &[u8]) -> Option<super::render::Framebuffer> {
+        self.vga.render_pixels(vram)
+    }
+
     /// Move the legacy window's mapping to what the mode calls for.
     fn sync_window(&mut self, ctx: &mut DeviceContext<'_>) {
         let mut want = self.vga.window_mapping();

@@ -7,7 +7,7 @@ use crate::pci::PciBus;
 use crate::platform::PcChipset;
 use crate::vga::render::{Display, Framebuffer};
 use crate::vga::stdvga::{OptionRom, StdVga, STDVGA_SLOT};
-use crate::vga::vram_size;
+use crate::vga::{vram_size, TEXT_SHADOW_LEN};
 use alloc::boxed::Box;
 use vmm_core::host::Host;
 use vmm_core::memory::{BlockId, BlockKind, GuestMemory};
@@ -23,7 +23,7 @@ pub(super) struct DisplayParts {
     rom: Option<OptionRom>,
 }
 
-/// Add video memory (a device block, 2 MiB aligned so nested paging can
+/// Add video memory and the text shadow (a device block, 2 MiB aligned so nested paging can
 /// map BAR0 with large pages) and the VGA BIOS (a ROM block of the ROM
 /// BAR's size) to `memory`. Neither is mapped yet: the function maps them
 /// where the guest puts them.
@@ -34,7 +34,7 @@ pub(super) fn memory(
 ) -> Result<DisplayParts, PcError> {
     let size = vram_size(d.vram_size).next_power_of_two();
     let vram = host
-        .alloc_memory(size, 2 << 20)
+        .alloc_memory(size + TEXT_SHADOW_LEN, 2 << 20)
         .map_err(PcError::VideoMemory)?;
     let vram = memory.add_device_block(vram)?;
     let rom = if d.vga_bios.is_empty() {

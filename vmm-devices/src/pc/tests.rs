@@ -336,11 +336,13 @@ fn the_display_is_a_stdvga_at_00_02_0_with_its_rom_framebuffer_and_window() {
         .guest_read(0xe200_0000 + (10 * 1024 + 20) * 4, &mut px);
     assert_eq!(px, [0x33, 0x22, 0x11, 0]);
 
-    // Back to text: the window exits again and the text shows.
+    // Back to text: the text part of the window is RAM (the text shadow),
+    // the rest exits, and the text shows.
     vbe(&mut pc, 4, 0);
     text_mode(&mut pc);
     assert_eq!(pc.vm().memory().kind_at(0xa_0000), RegionKind::Mmio);
-    assert_eq!(pc.vm().memory().kind_at(0xb_8000), RegionKind::Mmio);
+    assert_eq!(pc.vm().memory().kind_at(0xb_8000), RegionKind::Ram);
+    assert_eq!(pc.vm().memory().kind_at(0xb_ffff), RegionKind::Ram);
     for (i, &b) in b"Hi".iter().enumerate() {
         pc.vm_mut().guest_write(0xb_8000 + 2 * i as u64, &[b, 0x07]);
     }

@@ -12,14 +12,58 @@ use super::regs::Registers;
 /// Size of the legacy window (0xa0000-0xbffff).
 pub const WINDOW_SIZE: u64 = 0x20000;
 
-/// Where an access in the window lands, if the memory-map select decodes it.
-pub fn window_offset(regs: &Registers, offset: u64) -> Option<usize> {
-    let (base, size) = match (regs.gr[6] >> 2) & 3 {
+/// Bytes after video memory that hold the text shadow: the odd/even
+/// window as the CPU sees it, byte `rel` of the window at `rel` (covering
+/// the largest memory map, 128 KiB).
+pub const TEXT_SHADOW_LEN: usize = 0x2_0000;
+
+/// Whether the window may be served from the text shadow: an odd/even text
+/// mode whose CPU accesses are plain loads and stores of planes 0 and 1
+/// (odd/even reads and writes, planes 0-1 read, map mask exactly planes
+/// 0 and 1, so the font in plane 2 is not written).
+pub fn text_shadow_fits(regs: &Registers) -> bool {
+    regs.seq[4] & 0x0c == 0
+        && regs.gr[5] & 0x10 != 0
+        && regs.gr[4] & 0x02 == 0
+        && regs.seq[2] & 0x0f == 0x03
+}
+
+/// Copy the odd/even view of planes 0 and 1 into the text shadow (which
+/// starts at `vram[shadow]`), before the window is served from it.
+pub fn planes_to_shadow(vram: &mut [u8], shadow: usize) {
+    for rel in 0..TEXT_SHADOW_LEN {
+        let v = plane_byte(vram, rel & 1, rel & !1);
+        if let Some(b) = shadow.checked_add(rel).and_then(|a| vram.get_mut(a)) {
+            *b = v;
+        }
+    }
+}
+
+/// Copy the text shadow back into planes 0 and 1, when the window stops
+/// being served from it.
+pub fn shadow_to_planes(vram: &mut [u8], shadow: usize) {
+    for rel in 0..TEXT_SHADOW_LEN {
+        let Some(&v) = shadow.checked_add(rel).and_then(|a| vram.get(a)) else {
+            return;
+        };
+        set_plane_byte(vram, rel & 1, rel & !1, v);
+    }
+}
+
+/// The part of the window the memory-map select (GR6) decodes, as (offset
+/// in the window, length).
+pub fn map_range(regs: &Registers) -> (u64, u64) {
+    match (regs.gr[6] >> 2) & 3 {
         0 => (0, 0x20000),
         1 => (0, 0x10000),
         2 => (0x10000, 0x8000),
         _ => (0x18000, 0x8000),
-    };
+    }
+}
+
+/// Where an access in the window lands, if the memory-map select decodes it.
+pub fn window_offset(regs: &Registers, offset: u64) -> Option<usize> {
+    let (base, size) = map_range(regs);
     let rel = offset.checked_sub(base)?;
     if rel < size {
         usize::try_from(rel).ok()

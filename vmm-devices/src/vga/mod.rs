@@ -24,7 +24,8 @@ mod tests;
 pub mod vbe;
 
 use alloc::vec::Vec;
-use memory::{window_offset, Latches};
+pub use memory::TEXT_SHADOW_LEN;
+use memory::{planes_to_shadow, shadow_to_planes, text_shadow_fits, window_offset, Latches};
 use regs::Registers;
 use render::{Display, DisplayBackend};
 use vbe::{Vbe, VbeEffect};
@@ -75,6 +76,9 @@ pub struct Vga {
     vbe: Vbe,
     latches: Latches,
     vram_size: usize,
+    /// The text shadow after video memory holds the window's text (planes
+    /// 0 and 1 are stale): see [`Vga::sync_text_shadow`].
+    shadow: bool,
 }
 
 impl Default for Vga {
@@ -98,7 +102,39 @@ impl Vga {
             vbe: Vbe::new(size),
             latches: Latches::default(),
             vram_size: size,
+            shadow: false,
         }
+    }
+
+    /// Bytes of device memory an adapter of `vram_size` bytes works on:
+    /// video memory, then the text shadow ([`TEXT_SHADOW_LEN`]).
+    pub fn memory_size(&self) -> usize {
+        self.vram_size + TEXT_SHADOW_LEN
+    }
+
+    /// Whether a text mode is served from the text shadow now.
+    pub fn text_shadowed(&self) -> bool {
+        self.shadow
+    }
+
+    /// Move the window's text between planes 0/1 and the text shadow when
+    /// the registers now call for the other: in a plain odd/even text mode
+    /// (mode 3 and friends, see [`memory::text_shadow_fits`]) the window is
+    /// the shadow, a byte for a byte, so the guest can have it as RAM
+    /// without exits; any other mode works on the planes again. Called
+    /// after every register write; `vram` is the device memory
+    /// ([`Vga::memory_size`] bytes).
+    pub fn sync_text_shadow(&mut self, vram: &mut [u8]) {
+        let want = !self.vbe.enabled() && text_shadow_fits(&self.regs);
+        if want == self.shadow {
+            return;
+        }
+        if want {
+            planes_to_shadow(vram, self.vram_size);
+        } else {
+            shadow_to_planes(vram, self.vram_size);
+        }
+        self.shadow = want;
     }
 
     /// Bytes of video memory this adapter drives.
@@ -143,6 +179,7 @@ impl Vga {
             0x3b0..=0x3df => self.regs.write(port, v),
             _ => {}
         }
+        self.sync_text_shadow(vram);
     }
 
     /// Write a 16-bit I/O port value; elsewhere than VBE, a word write to
@@ -160,8 +197,10 @@ impl Vga {
 
     fn vbe_write(&mut self, vram: &mut [u8], v: u16) {
         if self.vbe.write_data(v) == VbeEffect::ClearMemory {
-            vram.fill(0);
+            let end = self.vram_size.min(vram.len());
+            vram[..end].fill(0);
         }
+        self.sync_text_shadow(vram);
     }
 
     /// A guest read at `offset` into the legacy window.
@@ -174,6 +213,7 @@ impl Vga {
                 .unwrap_or(0xff);
         }
         match window_offset(&self.regs, offset) {
+            Some(a) if self.shadow => vram.get(self.vram_size + a).copied().unwrap_or(0xff),
             Some(a) => self.latches.read(&self.regs, vram, a),
             None => 0xff,
         }
@@ -190,8 +230,14 @@ impl Vga {
             }
             return;
         }
-        if let Some(a) = window_offset(&self.regs, offset) {
-            self.latches.write(&self.regs, vram, a, v);
+        match window_offset(&self.regs, offset) {
+            Some(a) if self.shadow => {
+                if let Some(b) = vram.get_mut(self.vram_size + a) {
+                    *b = v;
+                }
+            }
+            Some(a) => self.latches.write(&self.regs, vram, a, v),
+            None => {}
         }
     }
 
@@ -247,7 +293,12 @@ impl Vga {
 
     /// What the screen shows now, drawn from `vram`.
     pub fn render(&self, vram: &[u8]) -> Display {
-        render::render(&self.regs, &self.vbe, vram)
+        let text = if self.shadow {
+            render::TextSource::Shadow(self.vram_size)
+        } else {
+            render::TextSource::Planes
+        };
+        render::render(&self.regs, &self.vbe, vram, text)
     }
 
     /// What the screen shows as pixels: a graphics mode's picture, or a
@@ -267,10 +318,19 @@ impl Vga {
     }
 
     /// Whether the legacy window may be mapped as plain memory for the
-    /// current register state: yes in chain-4 (mode 13h) and for a VBE
-    /// bank; planar and odd/even (text) modes go through the latches and
-    /// plane logic, so their accesses must exit.
+    /// current register state: yes in chain-4 (mode 13h), for a VBE bank,
+    /// and in a plain text mode (the text shadow after video memory); planar
+    /// modes and unusual odd/even settings go through the latches and plane
+    /// logic, so their accesses must exit.
     pub fn window_mapping(&self) -> WindowMapping {
+        if self.shadow {
+            let (start, len) = memory::map_range(&self.regs);
+            return WindowMapping::Linear {
+                gpa: WINDOW_BASE + start,
+                len,
+                vram_offset: self.vram_size,
+            };
+        }
         if self.vbe.enabled() {
             return WindowMapping::Linear {
                 gpa: WINDOW_BASE,
@@ -301,9 +361,12 @@ impl Vga {
     }
 
     /// Back to the power-on register state (video memory is the caller's
-    /// and keeps its contents, as on hardware).
+    /// and keeps its contents, as on hardware; where the text lives moves
+    /// at the next [`Vga::sync_text_shadow`]).
     pub fn reset(&mut self) {
+        let shadow = self.shadow;
         *self = Self::new(self.vram_size);
+        self.shadow = shadow;
     }
 
     /// The state to save: registers, VBE and latches.
@@ -338,7 +401,7 @@ impl Card {
     /// memory.
     pub fn new(vram_size: usize) -> Self {
         let vga = Vga::new(vram_size);
-        let vram = alloc::vec![0; vga.vram_size()];
+        let vram = alloc::vec![0; vga.memory_size()];
         Self { vga, vram }
     }
 
@@ -352,7 +415,7 @@ impl Card {
         self.vga.registers()
     }
 
-    /// Video memory.
+    /// Device memory: video memory, then the text shadow.
     pub fn vram(&self) -> &[u8] {
         &self.vram
     }

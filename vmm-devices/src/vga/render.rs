@@ -104,8 +104,18 @@ pub trait DisplayBackend {
     fn update(&mut self, display: &Display);
 }
 
+/// Where a text mode's characters and attributes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextSource {
+    /// Planes 0 and 1 of video memory.
+    Planes,
+    /// The text shadow at this offset: byte `2n` character `n`, `2n + 1`
+    /// its attribute.
+    Shadow(usize),
+}
+
 /// Render the current state.
-pub fn render(regs: &Registers, vbe: &Vbe, vram: &[u8]) -> Display {
+pub fn render(regs: &Registers, vbe: &Vbe, vram: &[u8], text: TextSource) -> Display {
     if vbe.enabled() {
         return render_vbe(regs, vbe, vram);
     }
@@ -115,11 +125,11 @@ pub fn render(regs: &Registers, vbe: &Vbe, vram: &[u8]) -> Display {
     if regs.graphics_mode() {
         render_planar(regs, vram)
     } else {
-        render_text(regs, vram)
+        render_text(regs, vram, text)
     }
 }
 
-fn render_text(regs: &Registers, vram: &[u8]) -> Display {
+fn render_text(regs: &Registers, vram: &[u8], text: TextSource) -> Display {
     let cols = regs.display_columns().min(MAX_DIMENSION);
     let rows = (regs.display_lines() / regs.scan_lines_per_row()).min(MAX_DIMENSION);
     let start = regs.start_address();
@@ -127,9 +137,18 @@ fn render_text(regs: &Registers, vram: &[u8]) -> Display {
     for i in 0..cols * rows {
         // Word mode: character address n is at plane offset 2n.
         let at = (start + i) * 2;
-        cells.push(Cell {
-            ch: plane_byte(vram, 0, at),
-            attr: plane_byte(vram, 1, at),
+        cells.push(match text {
+            TextSource::Planes => Cell {
+                ch: plane_byte(vram, 0, at),
+                attr: plane_byte(vram, 1, at),
+            },
+            TextSource::Shadow(base) => {
+                let b = |o: usize| vram.get(base + at + o).copied().unwrap_or(0);
+                Cell {
+                    ch: b(0),
+                    attr: b(1),
+                }
+            }
         });
     }
     let cursor_at = usize::from(regs.crtc[0x0e]) << 8 | usize::from(regs.crtc[0x0f]);

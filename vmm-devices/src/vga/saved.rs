@@ -1,6 +1,6 @@
-//! The adapter's saved state: every register and the latches (video
-//! memory is guest memory and travels with it), checked whole before
-//! anything changes.
+//! The adapter's saved state: every register, the latches and whether
+//! the text lives in the text shadow (video memory is guest memory and
+//! travels with it), checked whole before anything changes.
 
 use super::memory::Latches;
 use super::regs::{Registers, AR_COUNT, CRTC_COUNT, DAC_BYTES, GR_COUNT, SEQ_COUNT};
@@ -39,6 +39,7 @@ pub struct VgaState {
     vbe_index: u16,
     vbe: Vec<u16>,
     latches: [u8; 4],
+    text_shadow: bool,
 }
 
 fn array<const N: usize>(v: &[u8], field: &'static str) -> Result<[u8; N], StateError> {
@@ -71,6 +72,7 @@ impl VgaState {
             vbe_index: v.vbe.index,
             vbe: v.vbe.regs.to_vec(),
             latches: v.latches.0,
+            text_shadow: v.shadow,
         }
     }
 
@@ -112,6 +114,7 @@ impl VgaState {
             vbe,
             latches: Latches(self.latches),
             vram_size,
+            shadow: self.text_shadow,
         })
     }
 }

@@ -11,8 +11,12 @@
 //! legacy window when [`Vga::window_mapping`] says the current mode maps
 //! it linearly (chain-4, VBE banks). The function asks the VM to remap
 //! (`VmRequest::MapMemory`) when the guest moves a BAR or the mode
-//! changes; only register I/O and planar or text-mode window accesses
-//! exit, and those reach the same bytes through `DmaGuard::device_memory`.
+//! changes. A plain text mode maps the window to the text shadow after
+//! video memory ([`super::TEXT_SHADOW_LEN`], a byte of the window for a
+//! byte, moved to and from planes 0 and 1 when the mode changes), so
+//! text output does not exit either. Only register I/O and planar-mode
+//! window accesses exit, and those reach the same bytes through
+//! `DmaGuard::device_memory`.
 //! The ROM is a ROM block mapped read-only at the ROM BAR while it is
 //! enabled, so the BIOS copies it without exits.
 
@@ -92,8 +96,9 @@ struct StdVgaState {
 pub const STDVGA_STATE_VERSION: u32 = 1;
 
 impl StdVga {
-    /// The function for the video memory `vram` (a device block of
-    /// `vram_size` bytes, a power of two of at least 256 KiB) and the
+    /// The function for the device memory `vram` (a device block of
+    /// `vram_size` bytes of video memory, a power of two of at least 256
+    /// KiB, then [`super::TEXT_SHADOW_LEN`] bytes of text shadow) and the
     /// option ROM `rom`, if any.
     pub fn new(
         vram: BlockId,
@@ -165,6 +170,9 @@ impl StdVga {
 
     /// Move the legacy window's mapping to what the mode calls for.
     fn sync_window(&mut self, ctx: &mut DeviceContext<'_>) {
+        if let Some(vram) = ctx.dma.device_memory(self.vram) {
+            self.vga.sync_text_shadow(vram);
+        }
         let mut want = self.vga.window_mapping();
         if let WindowMapping::Linear {
             len, vram_offset, ..
@@ -172,7 +180,7 @@ impl StdVga {
         {
             let fits = (vram_offset as u64)
                 .checked_add(len)
-                .is_some_and(|end| end <= self.vga.vram_size() as u64);
+                .is_some_and(|end| end <= self.vga.memory_size() as u64);
             if !fits {
                 want = WindowMapping::Emulated;
             }
@@ -438,6 +446,8 @@ impl PciFunction for StdVga {
                 // Past video memory (BAR0 is rounded up to a power of two)
                 // or before the mapping is in place.
                 let vram = ctx.dma.device_memory(self.vram).unwrap_or_default();
+                let end = self.vga.vram_size().min(vram.len());
+                let vram = &vram[..end];
                 for (i, d) in data.iter_mut().enumerate() {
                     *d = offset
                         .checked_add(i as u64)
@@ -471,6 +481,8 @@ impl PciFunction for StdVga {
                 self.sync_window(ctx);
             }
             RegionId::Bar(BAR_LFB) => {
+                let end = self.vga.vram_size().min(vram.len());
+                let vram = &mut vram[..end];
                 for (i, &d) in data.iter().enumerate() {
                     if let Some(b) = offset
                         .checked_add(i as u64)

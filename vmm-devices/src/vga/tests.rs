@@ -128,9 +128,59 @@ fn mode3_text_write_appears_with_cursor() {
     assert_eq!(t.cell(2, 1).unwrap().attr, 0x1f);
     assert_eq!(t.cursor, Some((2, 1)));
     assert_eq!(v.window_read(at), b'A');
-    assert_eq!(v.window_mapping(), WindowMapping::Emulated);
+    // Mode 3 is served from the text shadow: the window can be RAM.
+    assert_eq!(
+        v.window_mapping(),
+        WindowMapping::Linear {
+            gpa: 0xb8000,
+            len: 0x8000,
+            vram_offset: 1 << 20,
+        }
+    );
+    assert_eq!(v.vram()[(1 << 20) + (80 + 2) * 2], b'A');
     crtc(&mut v, 0x0a, 0x20);
     assert_eq!(text(&v).cursor, None);
+}
+
+#[test]
+fn text_survives_a_font_load_through_the_planes() {
+    let mut v = Card::new(1 << 20);
+    mode3(&mut v);
+    for (i, &b) in b"VGA".iter().enumerate() {
+        v.window_write(0x18000 + 2 * i as u64, b);
+        v.window_write(0x18000 + 2 * i as u64 + 1, 0x07);
+    }
+    // A VGA BIOS loading a font: plane 2 only, planar, at 0xa0000.
+    seq(&mut v, 2, 0x04);
+    seq(&mut v, 4, 0x07);
+    gr(&mut v, 4, 0x02);
+    gr(&mut v, 5, 0x00);
+    gr(&mut v, 6, 0x04);
+    assert_eq!(v.window_mapping(), WindowMapping::Emulated);
+    v.window_write(u64::from(b'V') * 32, 0xff);
+    // The characters are in the planes while the shadow is off.
+    gr(&mut v, 4, 0x00);
+    assert_eq!(v.window_read(0), b'V');
+    // Back to text: the text and the glyph row are where they belong.
+    seq(&mut v, 2, 0x03);
+    seq(&mut v, 4, 0x02);
+    gr(&mut v, 5, 0x10);
+    gr(&mut v, 6, 0x0e);
+    assert!(matches!(v.window_mapping(), WindowMapping::Linear { .. }));
+    assert!(text(&v).row_text(0).starts_with("VGA"));
+    assert_eq!(
+        memory::plane_byte(v.vram(), 2, usize::from(b'V') * 32),
+        0xff
+    );
+    dac(&mut v, 7, [0x2a, 0x2a, 0x2a]);
+    let f = v.render_pixels().unwrap();
+    assert_eq!((f.width, f.height), (720, 400));
+    // The glyph's first row is all on: grey (colour 7) across 8 dots, the
+    // ninth dot and the next row black.
+    assert_eq!(f.pixel(0, 0), Some(0xaaaaaa));
+    assert_eq!(f.pixel(7, 0), Some(0xaaaaaa));
+    assert_eq!(f.pixel(8, 0), Some(0));
+    assert_eq!(f.pixel(0, 1), Some(0));
 }
 
 #[test]

@@ -88,3 +88,30 @@ fn seabios_draws_its_banner_on_the_vga_screen_and_linux_still_boots() {
     );
     assert_eq!(outcome, Outcome::Success, "{console}");
 }
+
+/// The default CD with `console=tty0` added (`xtask::images::tty0_iso`):
+/// the kernel's console is the VGA text console, so what its init prints
+/// reaches only the screen. The marker is in VGA text memory when the
+/// guest powers off, and not on COM1.
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
+fn linux_on_the_vga_text_console_shows_the_init_marker_on_the_screen() {
+    let iso = xtask::images::tty0_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
+    let (outcome, console) = boot("guest_mem=256M vms=1", iso);
+    let screen = screen(&console);
+    assert!(
+        screen
+            .iter()
+            .any(|l| l.contains("VMM-CD-INIT-MARKER: user space reached")),
+        "{console}"
+    );
+    assert!(
+        !console.contains("[vm 0] VMM-CD-INIT-MARKER"),
+        "the marker went to COM1: {console}"
+    );
+    assert!(
+        console.contains("vm 0 (pc): guest powered off"),
+        "{console}"
+    );
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}

@@ -26,8 +26,8 @@ fn screen(console: &str) -> Vec<&str> {
         .collect()
 }
 
-fn boot(cmdline: &str, cdrom: PathBuf) -> (Outcome, String) {
-    let modules = [
+fn modules(cdrom: PathBuf) -> [GuestImage; 3] {
+    [
         GuestImage {
             name: "bios".into(),
             path: env_path("VMM_TEST_SEABIOS"),
@@ -40,12 +40,15 @@ fn boot(cmdline: &str, cdrom: PathBuf) -> (Outcome, String) {
             name: "cdrom".into(),
             path: cdrom,
         },
-    ];
+    ]
+}
+
+fn boot(cmdline: &str, cdrom: PathBuf) -> (Outcome, String) {
     let started = std::time::Instant::now();
     let out = boot_and_capture(
         &env_path("VMM_TEST_KERNEL"),
         cmdline,
-        &modules,
+        &modules(cdrom),
         1024,
         Duration::from_secs(900),
     )
@@ -98,7 +101,42 @@ fn seabios_draws_its_banner_on_the_vga_screen_and_linux_still_boots() {
 fn linux_on_the_vga_text_console_shows_the_init_marker_on_the_screen() {
     let iso = xtask::images::tty0_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
     let (outcome, console) = boot("guest_mem=256M vms=1", iso);
-    let screen = screen(&console);
+    marker_on_the_screen(outcome, &console);
+}
+
+/// The same under shadow paging (the window's and the framebuffer's
+/// remaps drop the shadow trees as they go).
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test --slow"]
+fn slow_linux_on_the_vga_text_console_under_shadow_paging() {
+    let iso = xtask::images::tty0_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
+    let (outcome, console) = boot("guest_mem=256M vms=1 paging=shadow", iso);
+    marker_on_the_screen(outcome, &console);
+}
+
+/// The same under VMX (EPT) in Bochs.
+#[test]
+#[ignore = "boots Linux under the bare-metal host in Bochs: run through cargo xtask test --slow"]
+fn slow_linux_on_the_vga_text_console_under_vmx_in_bochs() {
+    let iso = xtask::images::tty0_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
+    let run = xtask::bochs::boot_and_capture(
+        &env_path("VMM_TEST_KERNEL"),
+        "cpu=vmx guest_mem=256M vms=1",
+        &modules(iso),
+        1024,
+        Duration::from_secs(2400),
+    )
+    .unwrap();
+    println!(
+        "tty0 CD with a display under VMX in Bochs: {:.1} s",
+        run.elapsed.as_secs_f64()
+    );
+    assert!(run.console.contains("on VMX"), "{}", run.console);
+    marker_on_the_screen(run.outcome, &run.console);
+}
+
+fn marker_on_the_screen(outcome: Outcome, console: &str) {
+    let screen = screen(console);
     assert!(
         screen
             .iter()

@@ -114,6 +114,18 @@ fn slow_linux_on_the_vga_text_console_under_shadow_paging() {
     marker_on_the_screen(outcome, &console);
 }
 
+/// The same with `state_roundtrip=500`: every 500 exits every device is
+/// saved and restored in place (the display puts its mappings back to MMIO
+/// and maps them again as the bus re-claims its ranges) and the vCPU is
+/// replaced; the screen still ends with the marker.
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test --slow"]
+fn slow_linux_on_the_vga_text_console_with_its_state_moved_every_500_exits() {
+    let iso = xtask::images::tty0_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
+    let (outcome, console) = boot("guest_mem=256M vms=1 state_roundtrip=500", iso);
+    marker_on_the_screen(outcome, &console);
+}
+
 /// The same under VMX (EPT) in Bochs.
 #[test]
 #[ignore = "boots Linux under the bare-metal host in Bochs: run through cargo xtask test --slow"]

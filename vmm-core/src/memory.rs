@@ -813,6 +813,31 @@ mod tests {
     }
 
     #[test]
+    fn a_device_block_is_ram_where_mapped_and_reachable_only_as_device_memory() {
+        let mut m = pc_like();
+        let vram = m.add_device_block(mem(0x2000)).unwrap();
+        assert_eq!(
+            m.kind_at(0xe000_0000),
+            RegionKind::Unmapped,
+            "not mapped yet"
+        );
+        let at = Backing::Block {
+            block: vram,
+            offset: 0,
+        };
+        m.map(0xe000_0000, 0x2000, at, at).unwrap();
+        assert_eq!(m.kind_at(0xe000_1fff), RegionKind::Ram);
+        m.write(0xe000_0010, &[1, 2, 3]).unwrap();
+        let mut dma = crate::dma::DmaGuard::new(crate::base::VmId(0), &mut m);
+        assert_eq!(dma.device_memory(vram).unwrap()[0x10..0x13], [1, 2, 3]);
+        // Guest RAM (block 0) and ROM are never device memory.
+        assert!(dma.device_memory(BlockId(0)).is_none());
+        assert!(dma.device_memory(BlockId(1)).is_none());
+        assert!(dma.device_memory(BlockId(99)).is_none());
+        assert_eq!(m.block_bytes_all(vram).unwrap().len(), 0x2000);
+    }
+
+    #[test]
     fn overlapping_regions_are_refused() {
         let mut m = pc_like();
         assert_eq!(

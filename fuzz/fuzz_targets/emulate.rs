@@ -97,6 +97,13 @@ impl Bus {
 }
 
 impl GuestBus for Bus {
+    /// The upper half of the MMIO window counts as unassigned (open bus),
+    /// for the stores the emulator completes with their effects alone.
+    fn is_unassigned(&self, gpa: u64, len: usize) -> bool {
+        let end = gpa.checked_add(len as u64).expect("range wraps");
+        assert_eq!(gpa >> 12, (end - 1) >> 12, "piece {gpa:#x}+{len} crosses a page");
+        gpa >= MMIO + MMIO_LEN / 2 && end <= MMIO + MMIO_LEN
+    }
     fn read_physical(&mut self, gpa: u64, data: &mut [u8]) -> Result<(), BusError> {
         match self.check(gpa, data.len())? {
             Some(at) => data.copy_from_slice(&self.ram[at..at + data.len()]),
@@ -152,6 +159,22 @@ fuzz_target!(|input: Input| {
         limit: 0x7ff,
     };
     cpu.ldtr = SegmentRegister::new(0x8, GDT + 0x800, 0x7ff, 0x82);
+    cpu.idtr = DescriptorTable {
+        base: GDT + 0x1000,
+        limit: 0xfff,
+    };
+    cpu.tr = SegmentRegister::new(0x10, GDT + 0x2000, 0x67, 0x8b);
+    // x87/MMX registers (MMX moves), with whatever TOP and tags the
+    // first register gives.
+    let mut x87 = vmm_core::emulator::X87Registers::default();
+    for (i, st) in x87.st.iter_mut().enumerate() {
+        let v = input.gprs[i].rotate_left(13);
+        st[..8].copy_from_slice(&v.to_le_bytes());
+        st[8..].copy_from_slice(&(v as u16).to_le_bytes());
+    }
+    x87.fsw = input.gprs[8] as u16;
+    x87.ftw = (input.gprs[8] >> 16) as u8;
+    cpu.x87 = Some(x87);
     cpu.rflags = u64::from(input.rflags) | 2;
     cpu.rip = rip;
     cpu.pkru = input.pkru;
@@ -160,7 +183,7 @@ fuzz_target!(|input: Input| {
     let mut cr4 = 0;
     let mut efer = 0;
     let pick = |bit: u32, value: u64| if bits >> bit & 1 != 0 { value } else { 0 };
-    cr0 |= pick(0, CR0_WP) | pick(1, CR0_AM) | pick(2, CR0_TS) | pick(3, CR0_EM);
+    cr0 |= pick(0, CR0_WP) | pick(1, CR0_AM) | pick(2, CR0_TS) | pick(3, CR0_EM) | pick(15, CR0_NE);
     cr4 |= pick(4, CR4_PSE)
         | pick(5, CR4_SMEP)
         | pick(6, CR4_SMAP)

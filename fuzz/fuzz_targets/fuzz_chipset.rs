@@ -1,7 +1,8 @@
 //! Fuzz the PC chipset: a whole platform (PIC, PIT, RTC/CMOS, UART, i8042,
 //! port 0x92, POST and debug ports, ACPI PM (at a fixed base and as the
 //! PIIX4 PM function), PCI with i440FX and PIIX3,
-//! IOAPIC, local APIC) driven by arbitrary sequences of port and MMIO reads
+//! IOAPIC, local APIC, and QEMU's test devices pc-testdev and
+//! isa-debug-exit) driven by arbitrary sequences of port and MMIO reads
 //! and writes, interrupt line changes, vCPU acknowledges, MSR-side calls and
 //! time steps. The first byte of the input picks which device most accesses
 //! go to, so each device gets focused coverage (the per-device
@@ -21,6 +22,8 @@ use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_devices::a20::A20Gate;
 use vmm_devices::acpi_pm::{AcpiPm, PM_BLOCK_LEN};
 use vmm_devices::debug_console::{DebugConsole, BOCHS_DEBUG_PORT, QEMU_DEBUG_PORT};
+use vmm_devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT};
+use vmm_devices::pc_testdev::{PcTestDevice, IOMEM_BASE, IOMEM_LEN};
 use vmm_devices::i8042::{COMMAND_PORT, DATA_PORT, I8042};
 use vmm_devices::interrupts::{CpuInterrupts, IsaInterrupts};
 use vmm_devices::ioapic::{IoApic, IoApicCore, IOAPIC_BASE, IOAPIC_LEN};
@@ -40,7 +43,7 @@ const PM_BASE: u16 = 0x600;
 const ROM_GPA: u64 = 0xfffe_0000;
 
 /// Ports of each device, by focus index.
-const DEVICE_PORTS: [&[u16]; 9] = [
+const DEVICE_PORTS: [&[u16]; 10] = [
     &[0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1],
     &[0x40, 0x41, 0x42, 0x43, 0x61],
     &[0x70, 0x71],
@@ -52,6 +55,7 @@ const DEVICE_PORTS: [&[u16]; 9] = [
     ],
     &[0x80, 0xe9, 0x402],
     &[0x20, 0x21, 0x40, 0x43, 0x70, 0x71, 0xcf8, 0xcfc],
+    &[0xe0, 0xe1, 0xe3, 0xe4, 0xe8, 0xeb, 0x2000, 0x2004, 0x2017, 0xf4],
 ];
 
 /// A UART backend with a bounded supply of input bytes from the fuzzer.
@@ -101,11 +105,11 @@ enum Op {
         reg: u8,
         size: u8,
     },
-    /// Local APIC or IOAPIC register access.
-    MmioRead { ioapic: bool, offset: u16, size: u8 },
-    /// Local APIC or IOAPIC register write.
+    /// Local APIC, IOAPIC or pc-testdev window read (`target` % 3).
+    MmioRead { target: u8, offset: u16, size: u8 },
+    /// Local APIC, IOAPIC or pc-testdev window write.
     MmioWrite {
-        ioapic: bool,
+        target: u8,
         offset: u16,
         size: u8,
         value: u64,
@@ -132,6 +136,16 @@ enum Op {
     PowerButton,
     /// VM reset.
     Reset,
+}
+
+/// An address in the local APIC page, the IOAPIC window or the
+/// pc-testdev window (the last bytes of which an 8-byte access overruns).
+fn mmio_address(target: u8, offset: u16) -> u64 {
+    match target % 3 {
+        0 => LAPIC_BASE + u64::from(offset) % LAPIC_LEN,
+        1 => IOAPIC_BASE + u64::from(offset) % IOAPIC_LEN,
+        _ => IOMEM_BASE + IOMEM_LEN - 0x1000 + u64::from(offset) % 0x1000,
+    }
 }
 
 fn size(s: u8) -> usize {
@@ -177,6 +191,7 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
         .ram(1 << 20)
         .rom(ROM_GPA, &rom_image)
         .mmio_hole(0xe000_0000, 0x1000_0000)
+        .mmio_hole(IOMEM_BASE, IOMEM_LEN)
         .device(
             Pic::new(pic.clone()),
             &[MASTER_PORTS, SLAVE_PORTS, ELCR_PORTS],
@@ -213,6 +228,12 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
             &[(LAPIC_BASE, LAPIC_LEN)],
         )
         .device(bus, &[PciBus::CONFIG_PORTS], &[])
+        .device(
+            PcTestDevice::new((0..16).map(|irq| isa.line(irq)).collect()),
+            &[(0xe0, 4), (0xe4, 4), (0xe8, 4), (0x2000, 24)],
+            &[(IOMEM_BASE, IOMEM_LEN)],
+        )
+        .device(DebugExit, &[(DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT)], &[])
         .build()
     else {
         return Ok(());
@@ -277,29 +298,21 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
                 vm.port_read(0xcfc + u16::from(reg & 3), &mut b[..size(s)]);
             }
             Op::MmioRead {
-                ioapic,
+                target,
                 offset,
                 size: s,
             } => {
-                let gpa = if ioapic {
-                    IOAPIC_BASE + u64::from(offset) % IOAPIC_LEN
-                } else {
-                    LAPIC_BASE + u64::from(offset) % LAPIC_LEN
-                };
+                let gpa = mmio_address(target, offset);
                 let mut b = [0u8; 8];
                 vm.mmio_read(gpa, &mut b[..size(s)]);
             }
             Op::MmioWrite {
-                ioapic,
+                target,
                 offset,
                 size: s,
                 value,
             } => {
-                let gpa = if ioapic {
-                    IOAPIC_BASE + u64::from(offset) % IOAPIC_LEN
-                } else {
-                    LAPIC_BASE + u64::from(offset) % LAPIC_LEN
-                };
+                let gpa = mmio_address(target, offset);
                 vm.mmio_write(gpa, &value.to_le_bytes()[..size(s)]);
             }
             Op::Memory {

@@ -121,6 +121,8 @@ fuzz_target!(|ops: Vec<Op>| {
         unix_seconds_at_host_zero: 0,
         direct_boot: None,
         cpu_model: vmm_core::vcpu::CpuModel::Qemu64,
+        test_devices: false,
+        virtio: Default::default(),
         display: Some(DisplayDescription {
             vga_bios: &rom,
             vram_size: VRAM,

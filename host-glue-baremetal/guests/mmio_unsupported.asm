@@ -1,4 +1,5 @@
-; An instruction the emulator does not implement (an x87 store) on an
+; An instruction the emulator does not implement (MASKMOVQ, the MMX
+; byte-masked store to DS:DI; MOVQ and the x87 stores are emulated) on an
 ; address with no memory behind it (the VGA hole): the VM must stop with a
 ; reason that names the bytes, the mode and the address. (Loads from
 ; there read all-ones without the emulator: see mmio_integer.asm.)
@@ -21,14 +22,16 @@ main:
     out dx, al
     jmp .print
 .touch:
+    pcmpeqb mm1, mm1            ; every byte selected
     mov ax, 0xa000
-    mov es, ax
-    fstp dword [es:0x10]
+    mov ds, ax
+    mov di, 0x10
+    maskmovq mm0, mm1
     mov si, not_reached
     jmp .print
 
 message:
-    db "x87 store to MMIO", 13, 10, 0
+    db "masked MMX store to MMIO", 13, 10, 0
 not_reached:
     db "the VMM let an unsupported MMIO instruction through", 13, 10, 0
 

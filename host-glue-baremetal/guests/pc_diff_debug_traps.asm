@@ -19,6 +19,7 @@
 %include "hostile.inc"
 %include "pc_apic.inc"
 %include "diff.inc"
+%include "diff_labels.inc"
 
 nlog   equ vars + 128       ; entries in the log
 logbuf equ 0x22000          ; 16 bytes an entry: RIP, DR6
@@ -44,26 +45,6 @@ db_handler:
     pop rbx
     pop rax
     iretq
-
-; ESI = the name of the label at RAX, or "?".
-name_of:
-    push rbx
-    mov ebx, LIN(labels)
-.next:
-    cmp qword [rbx], 0
-    je .unknown
-    cmp [rbx], rax
-    je .found
-    add ebx, 32
-    jmp .next
-.found:
-    lea esi, [rbx + 8]
-    pop rbx
-    ret
-.unknown:
-    mov esi, LIN(msg_unknown)
-    pop rbx
-    ret
 
 test_main:
     call pm_on
@@ -155,11 +136,6 @@ b_popf_off:
     mov esi, LIN(msg_done)
     jmp say
 
-%macro LABEL 1
-    dq LIN(%1)
-    db %str(%1), 0
-    times 24 - %strlen(%str(%1)) - 1 db 0
-%endmacro
     align 8
 labels:
     LABEL a_version_read
@@ -181,7 +157,6 @@ labels:
 
 msg_db:      db "#DB after ", 0
 msg_dr6:     db " dr6 ", 0
-msg_unknown: db "?", 0
 msg_done:    db "debug traps: done", 0
 
     IMAGE_END

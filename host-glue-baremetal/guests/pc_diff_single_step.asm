@@ -15,6 +15,7 @@
 %include "hostile.inc"
 %include "pc_apic.inc"
 %include "diff.inc"
+%include "diff_labels.inc"
 
 nlog   equ vars + 128       ; entries in the log
 logbuf equ 0x22000          ; 16 bytes an entry: RIP, DR6
@@ -88,26 +89,6 @@ timer_handler:
     mov dword [rax + 0xb0], 0
     pop rax
     iretq
-
-; ESI = the name of the label at RAX, or "?".
-name_of:
-    push rbx
-    mov ebx, LIN(labels)
-.next:
-    cmp qword [rbx], 0
-    je .unknown
-    cmp [rbx], rax
-    je .found
-    add ebx, 32
-    jmp .next
-.found:
-    lea esi, [rbx + 8]
-    pop rbx
-    ret
-.unknown:
-    mov esi, LIN(msg_unknown)
-    pop rbx
-    ret
 
 test_main:
     call pm_on
@@ -242,11 +223,6 @@ b_last:
 
 out_bytes: db 0, 0, 0, 0
 
-%macro LABEL 1
-    dq LIN(%1)
-    db %str(%1), 0
-    times 24 - %strlen(%str(%1)) - 1 db 0
-%endmacro
     align 8
 labels:
     LABEL a_popf
@@ -284,7 +260,6 @@ msg_db:      db "#DB after ", 0
 msg_dr6:     db " dr6 ", 0
 msg_int:     db "interrupt ", 0
 msg_to:      db "h returns to ", 0
-msg_unknown: db "?", 0
 msg_done:    db "single step: done", 0
 
     IMAGE_END

@@ -77,6 +77,10 @@ pub struct Config {
     /// Give PC guests the debug console at 0x402, so SeaBIOS's debug log
     /// appears on the host console (about 3,000 more exits per boot).
     pub bios_debug: bool,
+    /// Give PC guests QEMU's test devices (`testdev=1`): `pc-testdev` and
+    /// `isa-debug-exit` at port 0xf4, which conformance suites such as
+    /// kvm-unit-tests drive.
+    pub test_devices: bool,
     /// What CPUID shows (`cpu_model=qemu64|host`); unset, PCs get qemu64
     /// and guest programs the host's CPU (the extended-state tests need
     /// its XSAVE and AVX).
@@ -99,6 +103,7 @@ impl Default for Config {
             cpu: CpuBackend::Auto,
             paging: PagingChoice::Nested,
             bios_debug: false,
+            test_devices: false,
             cpu_model: None,
             state_roundtrip: 0,
         }
@@ -128,7 +133,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, cpu_model, state_roundtrip)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -228,6 +233,13 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     _ => return Err(bad("1 or 0")),
                 };
             }
+            "testdev" => {
+                config.test_devices = match value {
+                    "1" | "on" => true,
+                    "0" | "off" => false,
+                    _ => return Err(bad("1 or 0")),
+                };
+            }
             "state_roundtrip" => {
                 config.state_roundtrip = value
                     .parse()
@@ -311,6 +323,8 @@ mod tests {
         ));
         assert!(!parse("").unwrap().bios_debug);
         assert!(parse("bios_debug=1").unwrap().bios_debug);
+        assert!(!parse("").unwrap().test_devices);
+        assert!(parse("testdev=1").unwrap().test_devices);
         assert!(matches!(
             parse("bios_debug=yes").unwrap_err(),
             CmdlineError::BadValue {

@@ -17,10 +17,12 @@
 //! disk = "disk.img"
 //! disk_readonly = false        # true: the guest's writes fail (write-protected)
 //! disk_lock = true             # false: no lock (lock=off), see below
+//! disk_bus = "ide"             # or "virtio": the disk as a virtio-blk PCI device
 //! cdrom_lock = true
 //!
 //! [devices]
 //! serial = "stdio"             # or "file=PATH" (appended to), "pty", "none"
+//! rng = false                  # true: a virtio-rng device fed from /dev/urandom
 //!
 //! [kernel]                     # direct boot instead of the boot order
 //! image = "bzImage"
@@ -59,6 +61,17 @@ pub enum BootDevice {
     Cdrom,
     /// The hard disk (IDE primary master).
     Disk,
+}
+
+/// Which bus the hard disk is on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    /// IDE primary master (the default).
+    #[default]
+    Ide,
+    /// A virtio-blk PCI device (00:04.0), MSI-X or INTx.
+    Virtio,
 }
 
 /// Where COM1 goes.
@@ -102,6 +115,10 @@ pub struct MachineConfig {
     pub disk_read_only: bool,
     /// Lock the disk image while it is open (the default).
     pub disk_lock: bool,
+    /// The bus the disk is on.
+    pub disk_bus: DiskBus,
+    /// A virtio-rng device, fed from the host's /dev/urandom.
+    pub rng: bool,
     /// Lock the CD image (shared) while it is open (the default).
     pub cdrom_lock: bool,
     /// Boot order.
@@ -112,6 +129,9 @@ pub struct MachineConfig {
     pub serial: SerialTarget,
     /// The CPU model CPUID shows the guest.
     pub cpu_model: vmm_core::vcpu::CpuModel,
+    /// QEMU's test devices (`pc-testdev`, `isa-debug-exit`) for
+    /// conformance suites; off by default.
+    pub test_devices: bool,
 }
 
 /// A configuration error, naming what it is about.
@@ -302,11 +322,14 @@ impl MachineConfig {
             disk: None,
             disk_read_only: false,
             disk_lock: true,
+            disk_bus: DiskBus::Ide,
+            rng: false,
             cdrom_lock: true,
             boot: vec![BootDevice::Cdrom, BootDevice::Disk],
             kernel: None,
             serial: SerialTarget::Stdio,
             cpu_model: vmm_core::vcpu::CpuModel::default(),
+            test_devices: false,
         }
     }
 
@@ -423,6 +446,7 @@ struct ImagesSection {
     disk: Option<PathBuf>,
     disk_readonly: Option<bool>,
     disk_lock: Option<bool>,
+    disk_bus: Option<DiskBus>,
     cdrom_lock: Option<bool>,
 }
 
@@ -430,6 +454,7 @@ struct ImagesSection {
 #[serde(deny_unknown_fields)]
 struct DevicesSection {
     serial: Option<String>,
+    rng: Option<bool>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -451,9 +476,12 @@ pub struct ImageArg {
     pub read_only: bool,
     /// `lock=off` clears it.
     pub lock: bool,
+    /// `bus=ide|virtio` (disks only).
+    pub bus: DiskBus,
 }
 
-/// Parse `IMAGE[,readonly=on|off][,lock=on|off]` given to `flag`. Options
+/// Parse `IMAGE[,readonly=on|off][,lock=on|off]` (and for a disk
+/// `[,bus=ide|virtio]`) given to `flag`. Options
 /// are taken from the end while they look like `key=value` (so a path may
 /// hold commas); an unknown key or value is refused naming the flag.
 /// `readonly=off` is refused where `writable` is false (a CD).
@@ -462,6 +490,7 @@ pub fn parse_image_arg(text: &str, flag: &str, writable: bool) -> Result<ImageAr
         path: PathBuf::new(),
         read_only: !writable,
         lock: true,
+        bus: DiskBus::Ide,
     };
     let bad = |problem: String| ConfigError::Value {
         key: flag.into(),
@@ -472,10 +501,22 @@ pub fn parse_image_arg(text: &str, flag: &str, writable: bool) -> Result<ImageAr
         let Some((key, value)) = option.split_once('=') else {
             break;
         };
+        if key == "bus" && writable {
+            arg.bus = match value {
+                "ide" => DiskBus::Ide,
+                "virtio" => DiskBus::Virtio,
+                _ => return Err(bad(format!("bus={value}: give bus=ide or bus=virtio"))),
+            };
+            rest = head;
+            continue;
+        }
         if key != "readonly" && key != "lock" {
-            return Err(bad(format!(
-                "unknown option '{key}' (known: readonly=on|off, lock=on|off)"
-            )));
+            let known = if writable {
+                "readonly=on|off, lock=on|off, bus=ide|virtio"
+            } else {
+                "lock=on|off"
+            };
+            return Err(bad(format!("unknown option '{key}' (known: {known})")));
         }
         let on = match value {
             "on" => true,
@@ -566,6 +607,11 @@ pub fn parse_config(text: &str, file: &Path, base: &Path) -> Result<MachineConfi
             m.disk.is_some(),
         ),
         ("images.disk_lock", f.images.disk_lock, m.disk.is_some()),
+        (
+            "images.disk_bus",
+            f.images.disk_bus.map(|b| b == DiskBus::Virtio),
+            m.disk.is_some(),
+        ),
         ("images.cdrom_lock", f.images.cdrom_lock, m.cdrom.is_some()),
     ] {
         if set.is_some() && !image {
@@ -584,6 +630,8 @@ pub fn parse_config(text: &str, file: &Path, base: &Path) -> Result<MachineConfi
     }
     m.disk_read_only = f.images.disk_readonly.unwrap_or(false);
     m.disk_lock = f.images.disk_lock.unwrap_or(true);
+    m.disk_bus = f.images.disk_bus.unwrap_or_default();
+    m.rng = f.devices.rng.unwrap_or(false);
     m.cdrom_lock = f.images.cdrom_lock.unwrap_or(true);
     m.boot = match f.boot {
         Some(b) if b.is_empty() => {
@@ -861,12 +909,15 @@ mod tests {
             ImageArg {
                 path: PathBuf::from("disk.img"),
                 read_only: false,
-                lock: true
+                lock: true,
+                bus: DiskBus::Ide,
             }
         );
         let a = parse_image_arg("a,b.img,readonly=on,lock=off", "--disk", true).unwrap();
         assert_eq!(a.path, PathBuf::from("a,b.img"));
         assert!(a.read_only && !a.lock);
+        let a = parse_image_arg("d.img,bus=virtio,readonly=on", "--disk", true).unwrap();
+        assert_eq!((a.bus, a.read_only), (DiskBus::Virtio, true));
         let a = parse_image_arg("x.iso,lock=off", "--cdrom", false).unwrap();
         assert!(a.read_only && !a.lock, "a CD is read-only");
         for (text, flag, writable, needle) in [
@@ -879,6 +930,8 @@ mod tests {
             ("d.img,cache=none", "--disk", true, "unknown option 'cache'"),
             ("x.iso,readonly=off", "--cdrom", false, "cannot write"),
             (",lock=off", "--disk", true, "no image"),
+            ("d.img,bus=scsi", "--disk", true, "bus=ide or bus=virtio"),
+            ("x.iso,bus=virtio", "--cdrom", false, "unknown option 'bus'"),
         ] {
             let e = parse_image_arg(text, flag, writable).unwrap_err();
             let msg = e.to_string();

@@ -9,10 +9,13 @@
 //! builds a PC (SeaBIOS, the chipset, IDE, fw_cfg) and [`runner`] runs it,
 //! which is what the `vmm` command does.
 
+pub mod api;
 pub mod block_file;
 pub mod config;
 pub mod console;
 pub mod display;
+pub mod entropy;
+pub mod gdb;
 pub mod host_file;
 pub mod kvm;
 pub mod mmap_memory;
@@ -23,13 +26,14 @@ pub mod stats_json;
 
 use kvm::PreemptTimer;
 use mmap_memory::MmapMemory;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmm_core::host::{Host, HostError, HostMemory};
 
 /// The Linux host.
 pub struct LinuxHost {
     origin: Instant,
-    preempt: Option<PreemptTimer>,
+    preempt: Option<Arc<PreemptTimer>>,
 }
 
 impl Default for LinuxHost {
@@ -51,8 +55,14 @@ impl LinuxHost {
     /// at the moments [`Host::preempt_at`] names (the next device timer,
     /// the end of a slice); call it on the thread that runs the vCPU.
     pub fn with_preemption_timer(mut self) -> std::io::Result<Self> {
-        self.preempt = Some(PreemptTimer::for_this_thread()?);
+        self.preempt = Some(Arc::new(PreemptTimer::for_this_thread()?));
         Ok(self)
+    }
+
+    /// The preemption timer, for another thread to kick the vCPU thread
+    /// with ([`PreemptTimer::fire_now`]); `None` without one.
+    pub fn preemption_timer(&self) -> Option<Arc<PreemptTimer>> {
+        self.preempt.clone()
     }
 }
 

@@ -2,7 +2,8 @@
 //! [`MachineConfig`], with host files as its firmware, kernel and media.
 
 use crate::block_file::{FileImage, ImageOptions, ImageSync};
-use crate::config::{BootDevice, MachineConfig};
+use crate::config::{BootDevice, DiskBus, MachineConfig};
+use crate::entropy::HostEntropy;
 use crate::host_file::read_limited;
 use crate::runner::RunError;
 use std::path::{Path, PathBuf};
@@ -11,8 +12,11 @@ use vmm_bios::bios_image::MAX_IMAGE;
 use vmm_core::host::Host;
 use vmm_core::vm::VmId;
 use vmm_devices::block::{BlockBackend, ImageError};
-use vmm_devices::pc::{check_firmware, DirectBoot, DisplayDescription, Pc, PcDescription, PcError};
+use vmm_devices::pc::{
+    check_firmware, DirectBoot, DisplayDescription, Pc, PcDescription, PcError, VirtioDevices,
+};
 use vmm_devices::vga::DEFAULT_VRAM_SIZE;
+use vmm_devices::virtio::rng::EntropySource;
 use vmm_devices::{rtc, uart::CharBackend};
 
 /// Seconds since 1970 now, for the RTC at host time zero.
@@ -66,6 +70,15 @@ pub fn build(
     let (read_only, lock) = (config.disk_read_only, config.disk_lock);
     let disk = image(config.disk.as_ref(), FileImage::disk, read_only, lock)?;
     let syncs = disk.iter().filter_map(FileImage::sync_handle).collect();
+    let (ide_disk, virtio_disk) = match config.disk_bus {
+        DiskBus::Ide => (disk, None),
+        DiskBus::Virtio => (None, disk),
+    };
+    let rng = if config.rng {
+        Some(Box::new(HostEntropy::open().map_err(RunError::File)?) as Box<dyn EntropySource>)
+    } else {
+        None
+    };
     let boot = config.boot.iter().map(|b| match b {
         BootDevice::Cdrom => rtc::BootDevice::Cdrom,
         BootDevice::Disk => rtc::BootDevice::HardDisk,
@@ -77,10 +90,11 @@ pub fn build(
             vga_bios: rom,
             vram_size: DEFAULT_VRAM_SIZE,
         }),
+        test_devices: config.test_devices,
         ram: config.memory,
         firmware: &firmware,
         cdrom: cdrom.map(|i| Box::new(i) as Box<dyn BlockBackend>),
-        disk: disk.map(|i| Box::new(i) as Box<dyn BlockBackend>),
+        disk: ide_disk.map(|i| Box::new(i) as Box<dyn BlockBackend>),
         boot: boot.collect(),
         com1,
         debug_console: None,
@@ -94,6 +108,10 @@ pub fn build(
                 initrd: initrd.as_deref(),
                 cmdline: &k.append,
             }),
+        virtio: VirtioDevices {
+            disk: virtio_disk.map(|i| Box::new(i) as Box<dyn BlockBackend>),
+            rng,
+        },
     };
     let pc = Pc::build(host, desc).map_err(|error| machine_error(config, error))?;
     Ok((pc, syncs))
@@ -104,6 +122,7 @@ fn machine_error(config: &MachineConfig, error: PcError) -> RunError {
     let file = match &error {
         PcError::Firmware(_) => Some(&config.bios),
         PcError::Kernel(_) => config.kernel.as_ref().map(|k| &k.image),
+        PcError::VirtioDisk(_) => config.disk.as_ref(),
         _ => None,
     };
     RunError::Machine {

@@ -3,6 +3,7 @@
 //! or the user quits, make the disk images durable (`fdatasync`), and say
 //! how it ended.
 
+use crate::api::{self, ApiError, Command, Response};
 use crate::block_file::{ImageSync, SyncError};
 use crate::config::{MachineConfig, SerialTarget};
 use crate::console::{
@@ -10,20 +11,25 @@ use crate::console::{
     SerialConsole,
 };
 use crate::display::{ScreenOutput, ScreenWriter, DEFAULT_VGA_BIOS, SCREEN_EVERY};
+use crate::gdb::{self, GdbError, Machine};
 use crate::host_file::HostFileError;
 use crate::kvm::{self, KvmError, KvmVcpu};
 use crate::pc;
+use crate::stats_json::{Figures, RunStats};
 use crate::LinuxHost;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use vmm_core::device::{ClaimCounts, PortCount};
 use vmm_core::host::Host;
 use vmm_core::stats::ExitStats;
 use vmm_core::vcpu::{RunOutcome, Slice};
 use vmm_core::vm::StopReason;
 use vmm_devices::block::ImageError;
-use vmm_devices::pc::PcError;
+use vmm_devices::pc::{Pc, PcError};
 use vmm_devices::post_code::POST_PORT;
 
 /// The longest stretch the exit loop runs before looking at the quit key
@@ -47,6 +53,11 @@ pub struct RunOptions {
     pub display: Vec<ScreenOutput>,
     /// The VGA BIOS file, when there is a display.
     pub vga_bios: PathBuf,
+    /// Serve the control API on a Unix socket here (docs/API.md).
+    pub api_socket: Option<PathBuf>,
+    /// Wait for gdb on this TCP address (`127.0.0.1:1234`) before the
+    /// guest's first instruction, and let it debug the guest.
+    pub gdb: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -57,6 +68,8 @@ impl Default for RunOptions {
             progress: None,
             display: Vec::new(),
             vga_bios: DEFAULT_VGA_BIOS.into(),
+            api_socket: None,
+            gdb: None,
         }
     }
 }
@@ -123,6 +136,10 @@ pub struct Report {
     pub stats: ExitStats,
     /// The device manager's report (claims, access counts, unhooked ports).
     pub devices: String,
+    /// Every claim's counts, for programs (`--stats-json`).
+    pub claims: Vec<ClaimCounts>,
+    /// Accesses to unhooked ports and MMIO: (ports, MMIO).
+    pub unhooked: (PortCount, PortCount),
     /// Wall-clock time the guest ran.
     pub elapsed: Duration,
     /// Port writes KVM buffered and the devices received late (POST codes).
@@ -185,6 +202,10 @@ pub enum RunError {
     Kick(String),
     /// A state round trip (`RunOptions::state_roundtrip`) failed.
     StateRoundTrip(String),
+    /// The API socket could not be opened.
+    Api(ApiError),
+    /// The gdb stub could not start.
+    Gdb(GdbError),
 }
 
 impl std::error::Error for RunError {}
@@ -203,6 +224,8 @@ impl fmt::Display for RunError {
             RunError::Serial { path, detail } => write!(f, "serial output {path}: {detail}"),
             RunError::Kick(e) => write!(f, "vCPU preemption timer: {e}"),
             RunError::StateRoundTrip(e) => write!(f, "state round trip: {e}"),
+            RunError::Api(e) => write!(f, "{e}"),
+            RunError::Gdb(e) => write!(f, "{e}"),
         }
     }
 }
@@ -264,11 +287,28 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             None,
         ),
     };
-    let host: Arc<dyn Host> = Arc::new(
-        LinuxHost::new()
-            .with_preemption_timer()
-            .map_err(|e| RunError::Kick(e.to_string()))?,
-    );
+    let linux_host = LinuxHost::new()
+        .with_preemption_timer()
+        .map_err(|e| RunError::Kick(e.to_string()))?;
+    let timer = linux_host.preemption_timer();
+    let host: Arc<dyn Host> = Arc::new(linux_host);
+    // Set by the API when it queues a command: the kick that follows
+    // ends the slice at once (`KvmVcpu::set_attention`).
+    let attention = Arc::new(AtomicBool::new(false));
+    let api = match &options.api_socket {
+        Some(path) => {
+            let flag = attention.clone();
+            let kick: api::Kick = Arc::new(move || {
+                flag.store(true, Ordering::Release);
+                if let Some(t) = &timer {
+                    t.fire_now();
+                }
+            });
+            Some(api::start(path, kick).map_err(RunError::Api)?)
+        }
+        None => None,
+    };
+    let (_api_socket, jobs) = api.unzip();
     let vga_bios = (!options.display.is_empty()).then_some(options.vga_bios.as_path());
     let (mut pc, syncs) = pc::build(host.clone(), config, Box::new(com1), vga_bios)?;
     let mut screen = ScreenWriter::new(options.display.clone());
@@ -281,40 +321,71 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             // for each one.
             vcpu.post_port_writes(POST_PORT, 1).map_err(RunError::Kvm)?;
         }
+        vcpu.set_attention(attention.clone());
         Ok::<_, RunError>(vcpu)
     };
     let mut vcpu = new_vcpu(&mut pc)?;
     if let Some(entry) = pc.entry() {
         vcpu.set_entry_state(entry);
     }
+    let mut m = Machine::new(pc, vcpu);
+    // With --gdb, the guest waits at its first instruction for gdb.
+    let mut gdb = match &options.gdb {
+        Some(addr) => Some(gdb::Session::accept(addr, &mut m).map_err(RunError::Gdb)?),
+        None => None,
+    };
     let mut state_roundtrips = 0;
     let (mut posted_writes, mut assists) = (0, 0);
     let started = std::time::Instant::now();
-    let mut last_progress = (started, pc.vm().stats().clone());
+    let mut last_progress = (started, m.pc.vm().stats().clone());
+    let mut paused = false;
     let ending = loop {
-        let slice = Slice {
-            max_exits: options.state_roundtrip.unwrap_or(u64::MAX),
-            until_ns: Some(host.now_ns().saturating_add(SLICE_NS)),
-        };
-        if let RunOutcome::Stopped(reason) = pc.run(&mut vcpu, slice) {
-            break Ending::Stopped(reason);
+        // gdb holds the guest while it is stopped.
+        let gdb_lets_run = gdb.as_mut().is_none_or(|g| g.pump(&mut m));
+        if gdb.as_ref().is_some_and(|g| !g.attached()) {
+            gdb = None;
         }
-        if options.state_roundtrip.is_some() {
-            let mut fresh = new_vcpu(&mut pc)?;
-            pc.move_vcpu(&mut vcpu, &mut fresh)
-                .map_err(|e| RunError::StateRoundTrip(e.to_string()))?;
-            posted_writes += vcpu.posted_writes();
-            assists += vcpu.assists();
-            vcpu = fresh;
-            state_roundtrips += 1;
+        if !paused && gdb_lets_run {
+            let slice = Slice {
+                max_exits: options.state_roundtrip.unwrap_or(u64::MAX),
+                until_ns: Some(host.now_ns().saturating_add(SLICE_NS)),
+            };
+            if let RunOutcome::Stopped(reason) = m.pc.run(&mut m.vcpu, slice) {
+                break Ending::Stopped(reason);
+            }
+            if let Some(stop) = m.vcpu.take_debug_stop() {
+                if let Some(g) = gdb.as_mut() {
+                    g.report(&mut m, &stop);
+                }
+            }
+            if options.state_roundtrip.is_some() {
+                let mut fresh = new_vcpu(&mut m.pc)?;
+                m.pc.move_vcpu(&mut m.vcpu, &mut fresh)
+                    .map_err(|e| RunError::StateRoundTrip(e.to_string()))?;
+                posted_writes += m.vcpu.posted_writes();
+                assists += m.vcpu.assists();
+                m.vcpu = fresh;
+                state_roundtrips += 1;
+            }
+        }
+        if let Some(jobs) = &jobs {
+            attention.store(false, Ordering::Release);
+            let live = Live {
+                config,
+                started,
+                posted_writes: posted_writes + m.vcpu.posted_writes(),
+                assists: assists + m.vcpu.assists(),
+                state_roundtrips,
+            };
+            serve_jobs(jobs, &mut m.pc, &mut paused, &live);
         }
         if input.as_ref().is_some_and(|i| i.quit_requested()) {
             break Ending::Quit;
         }
-        if let Some(every) = options.progress {
+        if let Some(every) = options.progress.filter(|_| !paused) {
             let now = std::time::Instant::now();
             if now.duration_since(last_progress.0) >= every {
-                let stats = pc.vm().stats().clone();
+                let stats = m.pc.vm().stats().clone();
                 let secs = now.duration_since(last_progress.0).as_secs_f64();
                 // CR LF: the terminal may be in raw mode.
                 eprint!(
@@ -325,27 +396,31 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             }
         }
         if last_screen.elapsed() >= SCREEN_EVERY {
-            screen.update(&pc);
+            screen.update(&m.pc);
             last_screen = std::time::Instant::now();
         }
         if let Some(n) = quit_signalled() {
             break Ending::Signalled(n);
         }
     };
-    screen.update(&pc);
+    screen.update(&m.pc);
     let elapsed = started.elapsed();
     // Whatever the ending (power-off, another stop, quit, a signal): what
     // the guest wrote is made durable before `vmm` says how it ended.
     let sync_failures = disks.sync_all();
     let (posted_writes, assists) = (
-        posted_writes + vcpu.posted_writes(),
-        assists + vcpu.assists(),
+        posted_writes + m.vcpu.posted_writes(),
+        assists + m.vcpu.assists(),
     );
+    drop(gdb);
+    let Machine { pc, vcpu, .. } = m;
     drop(vcpu);
     Ok(Report {
         ending,
         stats: pc.vm().stats().clone(),
         devices: pc.vm().devices().report().to_string(),
+        claims: pc.vm().devices().claim_counts(),
+        unhooked: pc.vm().devices().unhooked_totals(),
         elapsed,
         posted_writes,
         assists,
@@ -354,10 +429,167 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     })
 }
 
+/// How long a paused machine waits for a command before it looks at the
+/// quit key and signals again.
+const PAUSED_POLL: Duration = Duration::from_millis(50);
+
+/// What the API's answers need besides the machine.
+struct Live<'a> {
+    config: &'a MachineConfig,
+    started: Instant,
+    posted_writes: u64,
+    assists: u64,
+    state_roundtrips: u64,
+}
+
+/// Carry out the API's queued commands; while `paused`, wait a moment
+/// ([`PAUSED_POLL`]) for one first.
+fn serve_jobs(jobs: &Receiver<api::Job>, pc: &mut Pc, paused: &mut bool, live: &Live<'_>) {
+    if *paused {
+        match jobs.recv_timeout(PAUSED_POLL) {
+            Ok(job) => {
+                let _ = job.reply.send(answer(job.command, pc, paused, live));
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+        }
+    }
+    while let Ok(job) = jobs.try_recv() {
+        let _ = job.reply.send(answer(job.command, pc, paused, live));
+    }
+}
+
+/// Carry out one API command on the machine (docs/API.md).
+fn answer(command: Command, pc: &mut Pc, paused: &mut bool, live: &Live<'_>) -> Response {
+    let state = |paused: bool| if paused { "paused" } else { "running" };
+    match command {
+        Command::Info => Response::ok(serde_json::json!({
+            "state": state(*paused),
+            "vmm_version": env!("CARGO_PKG_VERSION"),
+            "memory_mib": live.config.memory >> 20,
+            "cpu_model": live.config.cpu_model.name(),
+            "vcpus": 1,
+            "uptime_s": live.started.elapsed().as_secs_f64(),
+            "exits_total": pc.vm().stats().total(),
+        })),
+        Command::Stats => {
+            let devices = pc.vm().devices();
+            let claims = devices.claim_counts();
+            let figures = Figures {
+                stats: pc.vm().stats(),
+                claims: &claims,
+                unhooked: devices.unhooked_totals(),
+                elapsed: live.started.elapsed(),
+                posted_writes: live.posted_writes,
+                assists: live.assists,
+                state_roundtrips: live.state_roundtrips,
+            };
+            Response::ok(RunStats::live(&figures, *paused).to_value())
+        }
+        Command::Pause if *paused => Response::error(409, "already_paused", "the VM is paused"),
+        Command::Resume if !*paused => Response::error(409, "not_paused", "the VM is running"),
+        Command::Pause | Command::Resume => {
+            *paused = command == Command::Pause;
+            log::info!("API: VM {}", state(*paused));
+            Response::ok(serde_json::json!({ "state": state(*paused) }))
+        }
+        Command::PowerButton => {
+            log::info!("API: power button pressed");
+            pc.press_power_button();
+            Response::ok(serde_json::json!({ "state": state(*paused) }))
+        }
+        Command::Reset => {
+            log::info!("API: reset");
+            pc.vm_mut().request_reset();
+            Response::ok(serde_json::json!({ "state": state(*paused) }))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use vmm_core::stats::ExitKind;
+
+    /// A 16 MiB PC on the Linux host (no KVM needed: it never runs),
+    /// with a firmware of HLTs and a far jump at the reset vector.
+    fn idle_pc(dir: &std::path::Path) -> (Pc, MachineConfig) {
+        let mut image = vec![0xf4u8; 64 << 10];
+        let reset = image.len() - 16;
+        image[reset..reset + 5].copy_from_slice(&[0xea, 0x00, 0x00, 0x00, 0xf0]);
+        let bios = dir.join("bios.bin");
+        std::fs::write(&bios, image).unwrap();
+        let mut config = MachineConfig::new();
+        config.bios = bios;
+        config.memory = 16 << 20;
+        let host = Arc::new(LinuxHost::new());
+        let com1 = Box::new(vmm_devices::uart::BufferBackend::new());
+        let (pc, _) = pc::build(host, &config, com1, None).unwrap();
+        (pc, config)
+    }
+
+    #[test]
+    fn api_commands_pause_resume_press_the_button_and_reset() {
+        let dir = std::env::temp_dir().join(format!("vmm-runner-api-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut pc, config) = idle_pc(&dir);
+        let live = Live {
+            config: &config,
+            started: Instant::now(),
+            posted_writes: 0,
+            assists: 0,
+            state_roundtrips: 0,
+        };
+        let mut paused = false;
+        let ask = |c, pc: &mut Pc, paused: &mut bool| answer(c, pc, paused, &live);
+        let info = ask(Command::Info, &mut pc, &mut paused);
+        assert_eq!(info.status, 200);
+        assert_eq!(info.body["state"], "running");
+        assert_eq!(info.body["memory_mib"], 16);
+        assert_eq!(info.body["cpu_model"], "qemu64");
+        // Pause, twice: the second is a conflict and changes nothing.
+        assert_eq!(
+            ask(Command::Pause, &mut pc, &mut paused).body["state"],
+            "paused"
+        );
+        assert!(paused);
+        let again = ask(Command::Pause, &mut pc, &mut paused);
+        assert_eq!(
+            (again.status, again.error_code()),
+            (409, Some("already_paused"))
+        );
+        assert!(paused);
+        let stats = ask(Command::Stats, &mut pc, &mut paused);
+        assert_eq!(stats.body["ending"], "paused");
+        assert!(stats.body["exit_status"].is_null());
+        assert!(!stats.body["devices"].as_array().unwrap().is_empty());
+        assert_eq!(
+            ask(Command::Resume, &mut pc, &mut paused).body["state"],
+            "running"
+        );
+        let again = ask(Command::Resume, &mut pc, &mut paused);
+        assert_eq!(
+            (again.status, again.error_code()),
+            (409, Some("not_paused"))
+        );
+        // Reset: the exit loop finds the request at its next round.
+        assert_eq!(ask(Command::Reset, &mut pc, &mut paused).status, 200);
+        assert!(pc.vm_mut().take_reset_request());
+        // The power button: PWRBTN_STS in the PM block, once firmware has
+        // enabled it (PMBA, PMREGMISC of the PIIX4 PM function 00:01.3).
+        for (reg, value) in [(0x40u32, 0x601u32), (0x80, 1)] {
+            let address = 0x8000_0000u32 | 1 << 11 | 3 << 8 | reg;
+            pc.vm_mut().port_write(0xcf8, &address.to_le_bytes());
+            pc.vm_mut().port_write(0xcfc, &value.to_le_bytes());
+        }
+        assert_eq!(ask(Command::PowerButton, &mut pc, &mut paused).status, 200);
+        let mut sts = [0u8; 2];
+        pc.vm_mut().port_read(0x600, &mut sts);
+        assert_ne!(
+            u16::from_le_bytes(sts) & vmm_devices::acpi_pm::PM1_PWRBTN_STS,
+            0
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_progress_line_has_the_rate_and_the_busiest_kind() {

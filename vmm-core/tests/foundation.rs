@@ -690,3 +690,30 @@ fn guest_accesses_reach_memory_or_devices() {
     assert_eq!(vm.devices().mmio_owner(0xfed0_03ff), Some(DeviceId(0)));
     assert_eq!(vm.devices().mmio_owner(0xfed0_0400), None);
 }
+
+#[test]
+fn claim_counts_list_every_claim_and_the_unhooked_totals() {
+    let host = Arc::new(TestHost::new());
+    let mut vm = TestVmBuilder::new(host, 1)
+        .ram(RAM)
+        .device(Dummy("uart1"), &[(0x2f8, 8)], &[])
+        .device(Dummy("uart0"), &[(0x3f8, 8)], &[])
+        .build()
+        .unwrap();
+    let mut b = [0u8];
+    vm.port_read(0x3f8, &mut b);
+    vm.port_write(0x3fd, &[1]);
+    vm.port_read(0x80, &mut b);
+    vm.port_write(0x81, &[0]);
+    let claims = vm.devices().claim_counts();
+    let names: Vec<&str> = claims.iter().map(|c| c.device.as_str()).collect();
+    assert_eq!(names, ["uart1", "uart0"]);
+    let uart0 = &claims[1];
+    assert!(uart0.port && !uart0.released);
+    assert_eq!((uart0.first, uart0.last), (0x3f8, 0x3ff));
+    assert_eq!((uart0.count.reads, uart0.count.writes), (1, 1));
+    assert_eq!((claims[0].count.reads, claims[0].count.writes), (0, 0));
+    let (ports, mmio) = vm.devices().unhooked_totals();
+    assert_eq!((ports.reads, ports.writes), (1, 1));
+    assert_eq!((mmio.reads, mmio.writes), (0, 0));
+}

@@ -208,6 +208,18 @@ fn vm() -> Vm {
         .unwrap()
 }
 
+/// Run `cpu` in `vm` with no interrupt source and fresh MSRs until the
+/// run loop returns (a stop, or the script's end).
+fn run_to_end<B: VcpuBackend>(cpu: &mut B, vm: &mut Vm) -> RunOutcome {
+    run(
+        cpu,
+        vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    )
+}
+
 fn probe(vm: &Vm) -> &Probe {
     vm.devices()
         .device::<Probe>(vmm_core::device::DeviceId(0))
@@ -239,13 +251,7 @@ fn port_io_reaches_the_device_and_in_merges_into_rax() {
         Exit::Shutdown,
     ]);
     cpu.regs.gprs[0] = 0x1122_3344_5566_7788;
-    let outcome = run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    let outcome = run_to_end(&mut cpu, &mut vm);
     assert_eq!(probe(&vm).last_out, vec![0x88], "OUT sends AL");
     // IN AL then IN AX: the rest of RAX is kept.
     assert_eq!(cpu.regs.gprs[0], 0x1122_3344_5566_a1a0);
@@ -268,13 +274,7 @@ fn in_eax_zero_extends() {
         Exit::Shutdown,
     ]);
     cpu.regs.gprs[0] = u64::MAX;
-    run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    run_to_end(&mut cpu, &mut vm);
     assert_eq!(cpu.regs.gprs[0], 0xa3a2_a1a0);
 }
 
@@ -288,13 +288,7 @@ fn mmio_goes_through_the_emulator_to_the_device() {
     cpu.regs.rip = 0x1000;
     cpu.regs.gprs[0] = 0x5a;
     cpu.regs.gprs[7] = 0xfee0_0010;
-    run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    run_to_end(&mut cpu, &mut vm);
     assert_eq!(probe(&vm).mmio_writes, vec![(0xfee0_0010, vec![0x5a])]);
     assert_eq!(cpu.regs.rip, 0x1002);
 }
@@ -322,13 +316,7 @@ fn the_exit_hints_reach_the_emulator() {
     cpu.regs.rip = 0x1000;
     cpu.regs.gprs[0] = 0x5a;
     cpu.regs.gprs[7] = 0xfee0_0010;
-    run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    run_to_end(&mut cpu, &mut vm);
     assert_eq!(probe(&vm).mmio_writes, vec![(0xfee0_0010, vec![0x5a])]);
     assert_eq!(cpu.regs.rip, 0x1002);
 }
@@ -341,13 +329,7 @@ fn an_unsupported_instruction_stops_the_vm_with_its_bytes_mode_and_rip() {
     vm.memory_mut().write(0x1000, &[0x0f, 0xa2]).unwrap();
     let mut cpu = Scripted::new(vec![Exit::emulate(Some(0xfee0_0000))]);
     cpu.regs.rip = 0x1000;
-    let RunOutcome::Stopped(reason) = run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    ) else {
+    let RunOutcome::Stopped(reason) = run_to_end(&mut cpu, &mut vm) else {
         panic!("the VM must stop")
     };
     let text = reason.to_string();
@@ -465,13 +447,7 @@ fn cpuid_answers_with_the_guest_view() {
     let mut vm = vm();
     let mut cpu = Scripted::new(vec![Exit::Cpuid { next_rip: 0x10 }, Exit::Shutdown]);
     cpu.regs.gprs[0] = 0x4000_0000;
-    run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    run_to_end(&mut cpu, &mut vm);
     assert_eq!(cpu.regs.gprs[0], 0x4000_0000);
     assert_eq!(cpu.regs.gprs[3], u64::from(u32::from_le_bytes(*b"VmmC")));
     assert_eq!(cpu.regs.rip, 0x10);
@@ -482,13 +458,7 @@ fn hlt_with_interrupts_disabled_stops_the_vm_with_a_clear_reason() {
     let mut vm = vm();
     let mut cpu = Scripted::new(vec![Exit::Hlt { next_rip: 0x201 }]);
     cpu.regs.rflags = RFLAGS_FIXED;
-    let outcome = run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    let outcome = run_to_end(&mut cpu, &mut vm);
     let RunOutcome::Stopped(reason) = outcome else {
         panic!("{outcome:?}")
     };
@@ -599,13 +569,7 @@ fn virtualization_instructions_and_unknown_msrs_fault_in_the_guest() {
         },
         Exit::Shutdown,
     ]);
-    run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    run_to_end(&mut cpu, &mut vm);
     assert_eq!(
         cpu.injected,
         vec![
@@ -628,13 +592,7 @@ fn a_reset_request_resets_the_vcpu_and_the_devices() {
         },
         Exit::Shutdown,
     ]);
-    run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    run_to_end(&mut cpu, &mut vm);
     assert_eq!(cpu.resets, 1);
     assert_eq!(probe(&vm).resets, 1);
 }
@@ -693,13 +651,7 @@ fn a_backend_error_stops_the_vm_and_a_slice_ends_on_preemption() {
     let mut cpu = Scripted::new(vec![Exit::Error(ExitError::EntryFailed {
         detail: "EFER.SVME clear".into(),
     })]);
-    let outcome = run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    let outcome = run_to_end(&mut cpu, &mut vm);
     assert_eq!(
         outcome,
         RunOutcome::Stopped(StopReason::Backend(
@@ -872,13 +824,7 @@ fn hlt_with_nothing_to_wake_it_stops_the_vm() {
     let mut cpu = Scripted::new(vec![Exit::Hlt { next_rip: 0x101 }]);
     cpu.regs.rip = 0x100;
     cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_IF;
-    let outcome = run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    let outcome = run_to_end(&mut cpu, &mut vm);
     assert_eq!(
         outcome,
         RunOutcome::Stopped(StopReason::Halted {
@@ -1153,13 +1099,7 @@ fn repeated_exits_that_change_state_or_move_on_are_not_stopped() {
     };
     let mut cpu = Counting(Scripted::new(vec![fault; limit + 10]));
     let mut vm = vm();
-    let outcome = run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    let outcome = run_to_end(&mut cpu, &mut vm);
     // The script ran out and the backend preempted: still running.
     assert_eq!(outcome, RunOutcome::SliceEnded);
     assert_eq!(vm.stop_reason(), None);
@@ -1307,13 +1247,7 @@ fn shadow_paging_exits_go_to_the_backends_capability() {
     cpu.cpu.regs.rip = 0x1000;
     cpu.cpu.regs.gprs[0] = 0x5a;
     cpu.cpu.regs.gprs[7] = 0x2000;
-    run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    run_to_end(&mut cpu, &mut vm);
     assert_eq!(
         cpu.hooks.faults,
         vec![GuestFault {
@@ -1365,13 +1299,7 @@ fn without_shadow_paging_those_exits_get_the_defaults() {
     cpu.regs = RegisterFile::protected_flat32();
     cpu.regs.control.cr3 = 0x4000;
     cpu.regs.rip = 0x1000;
-    run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    run_to_end(&mut cpu, &mut vm);
     assert_eq!(
         cpu.injected,
         vec![
@@ -1490,16 +1418,68 @@ fn an_io_breakpoint_traps_after_the_out_the_vmm_completes() {
     cpu.regs.rip = 0x10;
     // I/O breakpoint 1 on ports 0x80-0x81.
     cpu.breakpoints = breakpoint(1, 0x80, 0b10, 0b01);
-    run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    run_to_end(&mut cpu, &mut vm);
     // Only the OUT to 0x80 hit, and it trapped after retiring.
     assert_eq!(cpu.steps, vec![0x11]);
     assert_eq!(cpu.trap_bits, vec![1 << 1]);
+}
+
+#[test]
+fn rep_outs_to_a_watched_port_traps_after_every_iteration() {
+    let mut vm = vm();
+    vm.guest_write(0x1000, b"abc");
+    let io = vmm_core::emulator::PortString {
+        input: false,
+        size: 1,
+        address_size: 16,
+        rep: true,
+        segment: Segment::Ds,
+        next_rip: 0x12,
+    };
+    let mut cpu = Scripted::new(vec![
+        Exit::PortString(io),
+        Exit::PortString(io),
+        Exit::PortString(io),
+        Exit::Shutdown,
+    ]);
+    cpu.regs.rip = 0x10;
+    cpu.regs.gprs[1] = 3; // RCX
+    cpu.regs.gprs[2] = 0x80; // DX: the probe's port
+    cpu.regs.gprs[6] = 0x1000; // SI
+
+    // I/O breakpoint 2 on port 0x80; no TF.
+    cpu.breakpoints = breakpoint(2, 0x80, 0b10, 0b00);
+    let mut msrs = MsrFile::default();
+    let one = Slice {
+        max_exits: 1,
+        until_ns: None,
+    };
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, one);
+    // One iteration, then the trap with B2, RIP still on the instruction.
+    assert_eq!(cpu.regs.gprs[1], 2);
+    assert_eq!(cpu.steps, vec![0x10]);
+    assert_eq!(cpu.trap_bits, vec![1 << 2]);
+    assert_eq!(probe(&vm).last_out, b"a");
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, one);
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, one);
+    assert_eq!(cpu.regs.gprs[1], 0);
+    assert_eq!(cpu.steps, vec![0x10, 0x10, 0x12]);
+    assert_eq!(cpu.trap_bits, vec![1 << 2; 3]);
+
+    // A breakpoint on another port: the whole REP in one call, no trap.
+    let mut vm = self::vm();
+    vm.guest_write(0x1000, b"abc");
+    let mut cpu = Scripted::new(vec![Exit::PortString(io), Exit::Shutdown]);
+    cpu.regs.rip = 0x10;
+    cpu.regs.gprs[1] = 3;
+    cpu.regs.gprs[2] = 0x80;
+    cpu.regs.gprs[6] = 0x1000;
+    cpu.breakpoints = breakpoint(2, 0x84, 0b10, 0b00);
+    run_to_end(&mut cpu, &mut vm);
+    assert_eq!(cpu.regs.gprs[1], 0);
+    assert!(cpu.trap_bits.is_empty());
+    assert_eq!(cpu.steps, Vec::<u64>::new());
+    assert!(probe(&vm).last_out.ends_with(b"c"));
 }
 
 #[test]
@@ -1518,13 +1498,7 @@ fn a_data_breakpoint_on_emulated_mmio_traps_after_the_instruction_with_its_bit()
     // Write breakpoint 3 on the 4 bytes at 0xfee0_0004; TF set too.
     cpu.breakpoints = breakpoint(3, 0xfee0_0004, 0b01, 0b11);
     cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_TF;
-    run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    run_to_end(&mut cpu, &mut vm);
     assert_eq!(cpu.steps, vec![0x1002]);
     assert_eq!(cpu.trap_bits, vec![(1 << 3) | (1 << 14)]);
     assert_eq!(probe(&vm).mmio_writes, vec![(0xfee0_0004, vec![0])]);
@@ -1541,13 +1515,7 @@ fn a_data_breakpoint_on_emulated_mmio_traps_after_the_instruction_with_its_bit()
     b.addresses[2] = 0xfee0_0100;
     b.dr7 |= 1 << 4 | 0b11 << 24;
     cpu.breakpoints = b;
-    run(
-        &mut cpu,
-        &mut vm2,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    run_to_end(&mut cpu, &mut vm2);
     assert!(cpu.steps.is_empty(), "{:?}", cpu.trap_bits);
     assert_eq!(cpu.regs.rip, 0x1002);
 }
@@ -1568,13 +1536,7 @@ fn an_emulated_mov_ss_holds_the_single_step_trap_for_one_instruction() {
     cpu.regs.segments[Segment::Ds as usize].base = 0xfee0_0000;
     cpu.regs.segments[Segment::Ss as usize].selector = 0x1234;
     cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_TF;
-    run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    run_to_end(&mut cpu, &mut vm);
     assert_eq!(cpu.regs.segments[Segment::Ss as usize].selector, 0);
     assert_eq!(cpu.regs.rip, 0x1002);
     assert_eq!(cpu.mov_ss_shadows, 1);

@@ -50,6 +50,8 @@ fn rig(clock: u64) -> Rig {
     let desc = PcDescription {
         cpu_model: vmm_core::vcpu::CpuModel::Qemu64,
         display: None,
+        test_devices: false,
+        virtio: Default::default(),
         id: VmId(1),
         ram: RAM,
         firmware: &fw,

@@ -20,6 +20,9 @@ pub struct Images {
     pub vmlinuz_generic: PathBuf,
     /// The same CD as [`Images::linux_iso`] with the generic kernel.
     pub linux_generic_iso: PathBuf,
+    /// The virtio test CD (see xtask/assets/linux-virtio): the cloud kernel
+    /// with its virtio PCI and block modules in the initramfs.
+    pub linux_virtio_iso: PathBuf,
 }
 
 impl Images {
@@ -33,11 +36,13 @@ impl Images {
             "linux cd (generic kernel): {}",
             self.linux_generic_iso.display()
         );
+        println!("linux cd (virtio): {}", self.linux_virtio_iso.display());
     }
 
     /// The environment variables tests read to find the images.
-    pub fn env(&self) -> [(&'static str, PathBuf); 4] {
+    pub fn env(&self) -> [(&'static str, PathBuf); 5] {
         [
+            ("VMM_TEST_VIRTIO_ISO", self.linux_virtio_iso.clone()),
             ("VMM_TEST_VMLINUZ", self.vmlinuz.clone()),
             ("VMM_TEST_SEABIOS", self.seabios.clone()),
             ("VMM_TEST_LINUX_ISO", self.linux_iso.clone()),
@@ -147,7 +152,9 @@ pub fn fetch() -> Result<Images> {
     let linux_iso = linux_cd(&dir, &vmlinuz, "linux.iso")?;
     let vmlinuz_generic = cached_kernel(&dir, "vmlinuz-generic", "linux-image-amd64")?;
     let linux_generic_iso = linux_cd(&dir, &vmlinuz_generic, "linux-generic.iso")?;
+    let linux_virtio_iso = virtio_cd(&dir)?;
     Ok(Images {
+        linux_virtio_iso,
         vmlinuz,
         seabios,
         linux_iso,
@@ -185,8 +192,11 @@ fn cached_kernel(dir: &Path, name: &str, meta: &str) -> Result<PathBuf> {
 /// Build a Linux CD `dir/name` (cached): the Debian kernel `vmlinuz`, a
 /// busybox initramfs with our init, ISOLINUX on the serial console.
 fn linux_cd(dir: &Path, vmlinuz: &Path, name: &str) -> Result<PathBuf> {
-    let iso = dir.join(name);
-    let assets = system::root().join("xtask/assets/linux-cd");
+    linux_cd_with(dir, vmlinuz, name, "linux-cd", &[])
+}
+
+/// Whether `iso` is newer than the files of `assets` (and `also`).
+fn cd_is_fresh(iso: &Path, assets: &Path, also: Option<&Path>) -> bool {
     let newest_input = ["init", "isolinux.cfg"]
         .iter()
         .filter_map(|f| {
@@ -194,10 +204,139 @@ fn linux_cd(dir: &Path, vmlinuz: &Path, name: &str) -> Result<PathBuf> {
                 .and_then(|m| m.modified())
                 .ok()
         })
-        .chain(std::fs::metadata(vmlinuz).and_then(|m| m.modified()).ok())
+        .chain(also.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()))
         .max();
-    let built = std::fs::metadata(&iso).and_then(|m| m.modified()).ok();
-    if built.is_some() && built >= newest_input {
+    let built = std::fs::metadata(iso).and_then(|m| m.modified()).ok();
+    built.is_some() && built >= newest_input
+}
+
+/// The virtio test CD `dir/linux-virtio.iso` (cached): the cloud kernel
+/// and, in its initramfs, the modules virtio-blk over virtio PCI needs
+/// (`lib/modules/*.ko`, load order in `modules.order`), all from one
+/// download of the kernel package so they match; the init in
+/// xtask/assets/linux-virtio.
+pub fn virtio_cd(dir: &Path) -> Result<PathBuf> {
+    let name = "linux-virtio.iso";
+    let iso = dir.join(name);
+    let assets = system::root().join("xtask/assets/linux-virtio");
+    if cd_is_fresh(&iso, &assets, None) {
+        return Ok(iso);
+    }
+    let work = dir.join("linux-virtio-download");
+    let tree = kernel_tree(&work)?;
+    let vmlinuz = find_vmlinuz(&tree)?;
+    let modules_root = std::fs::read_dir(tree.join("lib/modules"))
+        .map_err(|e| Error::msg(format!("{}: {e}", tree.join("lib/modules").display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .next()
+        .ok_or_else(|| Error::msg("no lib/modules/<version> in the kernel package"))?;
+    let order = module_load_order(&modules_root, &["virtio_pci", "virtio_blk"])?;
+    let staging = work.join("modules");
+    std::fs::create_dir_all(&staging).map_err(|e| Error::msg(format!("{e}")))?;
+    let mut extra = Vec::new();
+    let mut names = String::new();
+    for rel in &order {
+        let src = modules_root.join(rel);
+        let base = module_name(rel);
+        let dst = staging.join(format!("{base}.ko"));
+        std::fs::copy(&src, &dst).map_err(|e| Error::msg(format!("{}: {e}", src.display())))?;
+        extra.push((dst, format!("lib/modules/{base}.ko")));
+        names.push_str(&base);
+        names.push('\n');
+    }
+    let list = staging.join("modules.order");
+    std::fs::write(&list, names).map_err(|e| Error::msg(format!("{e}")))?;
+    extra.push((list, "lib/modules/modules.order".into()));
+    let _ = std::fs::remove_file(&iso);
+    let built = linux_cd_with(dir, &vmlinuz, name, "linux-virtio", &extra);
+    let _ = std::fs::remove_dir_all(&work);
+    built
+}
+
+/// A module's name from its path (`kernel/.../virtio-rng.ko.xz` is
+/// `virtio_rng`: the kernel treats `-` and `_` alike).
+fn module_name(rel: &str) -> String {
+    let file = rel.rsplit('/').next().unwrap_or(rel);
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
+}
+
+/// The `depends=` list of a module's `.modinfo` (uncompressed modules).
+fn module_depends(bytes: &[u8]) -> Vec<String> {
+    let key = b"\0depends=";
+    let Some(at) = bytes.windows(key.len()).position(|w| w == key) else {
+        return Vec::new();
+    };
+    let rest = &bytes[at + key.len()..];
+    let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end])
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(|d| d.replace('-', "_"))
+        .collect()
+}
+
+/// The paths (relative to `root`, a `lib/modules/<version>` directory
+/// without modules.dep, as the package ships it) of the modules to load
+/// for `wanted`, dependencies first, from each module's `depends=`.
+pub fn module_load_order(root: &Path, wanted: &[&str]) -> Result<Vec<String>> {
+    let mut all = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&d).map_err(|e| Error::msg(format!("{}: {e}", d.display())))?;
+        for e in entries.filter_map(|e| e.ok()) {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".ko") {
+                if let Ok(rel) = p.strip_prefix(root) {
+                    all.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    fn visit(
+        root: &Path,
+        all: &[String],
+        name: &str,
+        out: &mut Vec<String>,
+        depth: usize,
+    ) -> Result<()> {
+        let path = all
+            .iter()
+            .find(|m| module_name(m) == name)
+            .ok_or_else(|| Error::msg(format!("module {name} is not in the kernel package")))?;
+        if out.contains(path) || depth > 16 {
+            return Ok(());
+        }
+        let bytes =
+            std::fs::read(root.join(path)).map_err(|e| Error::msg(format!("{path}: {e}")))?;
+        for d in module_depends(&bytes) {
+            visit(root, all, &d, out, depth + 1)?;
+        }
+        out.push(path.clone());
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for w in wanted {
+        visit(root, &all, w, &mut out, 0)?;
+    }
+    Ok(out)
+}
+
+/// A Linux CD like [`linux_cd`] with the init and ISOLINUX configuration
+/// of xtask/assets/`assets`, and `extra` files `(source, path in the
+/// initramfs)`.
+fn linux_cd_with(
+    dir: &Path,
+    vmlinuz: &Path,
+    name: &str,
+    assets: &str,
+    extra: &[(PathBuf, String)],
+) -> Result<PathBuf> {
+    let iso = dir.join(name);
+    let assets = system::root().join("xtask/assets").join(assets);
+    if cd_is_fresh(&iso, &assets, Some(vmlinuz)) {
         return Ok(iso);
     }
     ensure_packages(&[
@@ -228,6 +367,13 @@ fn linux_cd(dir: &Path, vmlinuz: &Path, name: &str) -> Result<PathBuf> {
         &root.join("bin/busybox"),
     )?;
     copy(&assets.join("init"), &root.join("init"))?;
+    for (from, to) in extra {
+        let to = root.join(to);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io("initramfs", e))?;
+        }
+        copy(from, &to)?;
+    }
     step(
         Command::new("chmod").arg("755").arg(root.join("init")),
         "chmod init",

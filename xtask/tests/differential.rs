@@ -33,6 +33,7 @@ const PROGRAMS: &[&str] = &[
     "pc_diff_msrs",
     "pc_diff_init",
     "pc_diff_debug_traps",
+    "pc_diff_mmio_emulation",
 ];
 
 /// How long plain QEMU may take for one program.
@@ -47,7 +48,10 @@ fn reference(program: &Path) -> Result<Vec<String>, String> {
             "-accel", "tcg", "-machine", "pc", "-cpu", "qemu64", "-m", "16",
         ])
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
-        .args(["-monitor", "none", "-serial", "stdio", "-bios"])
+        .args(["-monitor", "none", "-serial", "stdio"])
+        // The test device's MMIO window, as kvm-unit-tests uses it; the
+        // VMM side gets its own with testdev=1.
+        .args(["-device", "pc-testdev", "-bios"])
         .arg(program)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -136,7 +140,7 @@ fn compare(programs: &[&str], cpu: Cpu) {
             Cpu::SvmShadow => "svm paging=shadow",
             Cpu::Vmx => "vmx",
         };
-        let cmdline = format!("cpu={which} guest_mem=16M vms={}", programs.len());
+        let cmdline = format!("cpu={which} guest_mem=16M testdev=1 vms={}", programs.len());
         let memory = 256 + 32 * programs.len() as u64;
         let vmm = match cpu {
             Cpu::Svm | Cpu::SvmShadow => {

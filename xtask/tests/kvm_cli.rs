@@ -79,6 +79,26 @@ fn command_line_errors_name_the_flag_and_the_file() {
         &["run", "--disk", "/nonexistent/disk.img", "--bios", &bios],
         &["--disk", "/nonexistent/disk.img"],
     );
+    one_line_error(
+        &[
+            "run",
+            "--disk",
+            "/nonexistent/disk.img,bus=scsi",
+            "--bios",
+            &bios,
+        ],
+        &["--disk", "bus=scsi: give bus=ide or bus=virtio"],
+    );
+    one_line_error(
+        &[
+            "run",
+            "--cdrom",
+            "/nonexistent/cd.iso,bus=virtio",
+            "--bios",
+            &bios,
+        ],
+        &["--cdrom", "unknown option 'bus'"],
+    );
     // A bare number is MiB, as QEMU's -m: 8 is 8 MiB (too little), 8192 is 8 GiB.
     one_line_error(
         &["run", "--memory", "8", "--bios", &bios],

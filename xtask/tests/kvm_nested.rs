@@ -217,6 +217,45 @@ fn slow_the_linux_cd_boots_to_user_space_under_real_kvm() {
     assert_eq!(run.status, Some(0), "{all}");
 }
 
+/// A guest `reboot` under real KVM: the reboot CD's init reboots once
+/// (KVM's vCPU and every device back to their reset state, SeaBIOS and
+/// the CD again), then powers off, and `vmm` exits 0.
+#[test]
+#[ignore = "boots a Linux with KVM under QEMU TCG (minutes): cargo xtask test --slow"]
+fn slow_the_linux_cd_reboots_and_powers_off_under_real_kvm() {
+    let _one = RIG.lock().unwrap_or_else(|e| e.into_inner());
+    let iso = xtask::images::reboot_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
+    let run = rig()
+        .run(
+            &kvm_nested::cd_script("/rig/linux.iso", "512M"),
+            &[("/rig/linux.iso", &iso)],
+            kvm_nested::DEFAULT_TIMEOUT,
+            false,
+        )
+        .unwrap();
+    report("the reboot CD under vmm with KVM in TCG", &run);
+    let job = run.job_output();
+    let all = &run.serial;
+    let count = |needle: &str| job.matches(needle).count();
+    assert!(
+        job.contains("VMM-CD-REBOOT: first boot, rebooting"),
+        "{all}"
+    );
+    assert_eq!(count("SeaBIOS (version"), 2, "{all}");
+    assert_eq!(count("Linux version 6.1.0-"), 2, "{all}");
+    assert_eq!(count(INIT_MARKER), 2, "{all}");
+    assert!(
+        job.contains("VMM-CD-REBOOT: second boot, powering off"),
+        "{all}"
+    );
+    assert!(job.contains("vmm: the guest powered off"), "{all}");
+    assert!(
+        job.contains(&format!("{} vmm exit status 0", kvm_nested::MARK)),
+        "{all}"
+    );
+    assert_eq!(run.status, Some(0), "{all}");
+}
+
 #[test]
 #[ignore = "boots a Linux with KVM under QEMU TCG (minutes): cargo xtask test --slow"]
 fn slow_the_generic_kernel_cd_boots_to_user_space_under_real_kvm() {

@@ -129,7 +129,9 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     };
 
     // A module named "bios" makes every VM a PC running that firmware, with
-    // the module named "cdrom" in its CD-ROM drive; otherwise each VM runs a
+    // the module named "cdrom" in its CD-ROM drive (and the one named
+    // "vdisk", or "vdisk_ro" read-only, as its virtio disk); otherwise each
+    // VM runs a
     // guest program as its firmware (a program named `pc_*` on a whole PC).
     // A module named "vgabios" gives those PCs a display (the stdvga with
     // that VGA BIOS), whose text screen is printed when the VM stops.
@@ -139,7 +141,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     let programs: Vec<(&str, &'static [u8])> = images
         .iter()
         .copied()
-        .filter(|(n, _)| *n != "bios" && *n != "cdrom" && *n != "vgabios")
+        .filter(|(n, _)| !["bios", "cdrom", "vdisk", "vdisk_ro", "vgabios"].contains(n))
         .collect();
     if pc_bios.is_none() && programs.is_empty() {
         fail(format_args!("no guest program among the boot modules"));
@@ -158,10 +160,17 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 i,
                 config.guest_mem,
                 bios,
-                find("cdrom"),
-                config.bios_debug,
-                pc_model,
-                vga_bios,
+                pc::Media {
+                    cdrom: find("cdrom"),
+                    vdisk: find("vdisk").or(find("vdisk_ro")),
+                    vdisk_read_only: find("vdisk").is_none(),
+                    vga_bios,
+                },
+                pc::Options {
+                    bios_debug: config.bios_debug,
+                    cpu_model: pc_model,
+                    test_devices: config.test_devices,
+                },
             ) {
                 Ok(pc) => ("pc", Machine::Pc(Box::new(pc))),
                 Err(e) => fail(format_args!("VM {i} (pc): {e}")),
@@ -176,10 +185,15 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                         i,
                         config.guest_mem,
                         image,
-                        None,
-                        false,
-                        pc_model,
-                        vga_bios,
+                        pc::Media {
+                            vga_bios,
+                            ..pc::Media::default()
+                        },
+                        pc::Options {
+                            bios_debug: false,
+                            cpu_model: pc_model,
+                            test_devices: config.test_devices,
+                        },
                     )
                     .map(|pc| Machine::Pc(Box::new(pc)))
                     .map_err(|e| e.to_string())

@@ -8,8 +8,8 @@ use alloc::vec;
 use vmm_core::host::Host;
 use vmm_core::vcpu::CpuModel;
 use vmm_core::vm::VmId;
-use vmm_devices::block::{BlockBackend, ImageError, MemoryImage, CD_SECTOR_SIZE};
-use vmm_devices::pc::{DisplayDescription, Pc, PcDescription, PcError};
+use vmm_devices::block::{BlockBackend, ImageError, MemoryImage, CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
+use vmm_devices::pc::{DisplayDescription, Pc, PcDescription, PcError, VirtioDevices};
 use vmm_devices::rtc::BootDevice;
 use vmm_devices::vga::DEFAULT_VRAM_SIZE;
 
@@ -22,6 +22,8 @@ pub const RTC_EPOCH: i64 = 1_767_225_600;
 pub enum BuildError {
     /// The CD image was refused.
     Cdrom(ImageError),
+    /// The virtio disk image was refused.
+    VirtioDisk(ImageError),
     /// The machine refused its description.
     Machine(PcError),
 }
@@ -30,27 +32,64 @@ impl core::fmt::Display for BuildError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             BuildError::Cdrom(e) => write!(f, "CD image: {e}"),
+            BuildError::VirtioDisk(e) => write!(f, "virtio disk image: {e}"),
             BuildError::Machine(e) => write!(f, "{e}"),
         }
     }
 }
 
-/// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `cdrom` (an ISO
-/// image) in the CD-ROM drive; with `bios_debug`, the debug console at
-/// 0x402 prints SeaBIOS's debug log; CPUID follows `cpu_model`; with
-/// `vga_bios`, a display (the stdvga with that VGA BIOS and 16 MiB of video
-/// memory).
-#[allow(clippy::too_many_arguments)]
+/// The media of a PC, from boot modules.
+#[derive(Clone, Copy, Default)]
+pub struct Media<'a> {
+    /// An ISO image for the CD-ROM drive.
+    pub cdrom: Option<&'a [u8]>,
+    /// A disk image (a copy in memory) for the virtio-blk disk at 00:04.0.
+    pub vdisk: Option<&'a [u8]>,
+    /// The virtio disk is read-only.
+    pub vdisk_read_only: bool,
+    /// A VGA BIOS: the PC gets a display (the stdvga with that VGA BIOS
+    /// and 16 MiB of video memory).
+    pub vga_bios: Option<&'a [u8]>,
+}
+
+/// How a PC is set up beyond its media, from the command line.
+#[derive(Clone, Copy)]
+pub struct Options {
+    /// The debug console at 0x402 prints SeaBIOS's debug log.
+    pub bios_debug: bool,
+    /// What CPUID shows.
+    pub cpu_model: CpuModel,
+    /// QEMU's `pc-testdev` and `isa-debug-exit` are there (`testdev=1`).
+    pub test_devices: bool,
+}
+
+/// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `media` in its
+/// drives, set up as `options` say.
 pub fn build(
     host: Arc<dyn Host>,
     id: u32,
     ram: u64,
     bios: &[u8],
-    cdrom: Option<&[u8]>,
-    bios_debug: bool,
-    cpu_model: CpuModel,
-    vga_bios: Option<&[u8]>,
+    media: Media<'_>,
+    options: Options,
 ) -> Result<Pc, BuildError> {
+    let Options {
+        bios_debug,
+        cpu_model,
+        test_devices,
+    } = options;
+    let vdisk = match media.vdisk {
+        Some(image) => {
+            let image = if media.vdisk_read_only {
+                MemoryImage::read_only("vdisk", image.to_vec(), DISK_SECTOR_SIZE)
+            } else {
+                MemoryImage::writable("vdisk", image.to_vec(), DISK_SECTOR_SIZE)
+            };
+            Some(Box::new(image.map_err(BuildError::VirtioDisk)?) as Box<dyn BlockBackend>)
+        }
+        None => None,
+    };
+    let cdrom = media.cdrom;
     let cdrom = match cdrom {
         Some(iso) => Some(Box::new(
             MemoryImage::read_only("cdrom", iso.to_vec(), CD_SECTOR_SIZE)
@@ -70,7 +109,12 @@ pub fn build(
         unix_seconds_at_host_zero: RTC_EPOCH,
         direct_boot: None,
         cpu_model,
-        display: vga_bios.map(|rom| DisplayDescription {
+        test_devices,
+        virtio: VirtioDevices {
+            disk: vdisk,
+            rng: None,
+        },
+        display: media.vga_bios.map(|rom| DisplayDescription {
             vga_bios: rom,
             vram_size: DEFAULT_VRAM_SIZE,
         }),

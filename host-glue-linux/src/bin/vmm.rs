@@ -5,6 +5,7 @@
 //! vmm run --cdrom linux.iso --memory 1G --stats
 //! vmm run --bios guest.bin --serial file=out.log  # any firmware image
 //! vmm run --config vm.toml
+//! vmm run --cdrom linux.iso --api-socket /run/vmm.sock  # control API (docs/API.md)
 //! ```
 //!
 //! The exit status is one of [`EXIT_STATUS_TABLE`]'s (also in `--help`
@@ -74,9 +75,10 @@ struct RunArgs {
     /// A machine written down in a TOML file instead of the flags. Keys:
     /// `memory`, `boot` (["cdrom", "disk"]), `cpu_model`,
     /// `[firmware] bios`, `[images] cdrom, disk, disk_readonly, disk_lock,
-    /// cdrom_lock`, `[devices] serial`, `[kernel] image, initrd, append`;
+    /// disk_bus, cdrom_lock`, `[devices] serial, rng`, `[kernel] image,
+    /// initrd, append`;
     /// relative paths are from the file's folder (README, config.rs docs).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["cdrom", "disk", "memory", "bios", "kernel", "serial", "cpu_model"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["cdrom", "disk", "memory", "bios", "kernel", "serial", "cpu_model", "rng"])]
     config: Option<PathBuf>,
     /// CD image for the CD-ROM drive (IDE secondary master); booted first.
     /// Locked (shared) while open; `,lock=off` does not lock it.
@@ -85,9 +87,14 @@ struct RunArgs {
     /// Disk image for the hard disk (IDE primary master), read-write and
     /// locked exclusively while open. `,readonly=on`: the guest's writes
     /// fail (write-protected medium) and the lock is shared; `,lock=off`:
-    /// no lock (two writers corrupt the image).
-    #[arg(long, value_name = "IMAGE[,readonly=on][,lock=off]")]
+    /// no lock (two writers corrupt the image). `,bus=virtio`: the disk is
+    /// a virtio-blk PCI device (00:04.0) instead of an IDE drive.
+    #[arg(long, value_name = "IMAGE[,readonly=on][,lock=off][,bus=virtio]")]
     disk: Option<String>,
+    /// Give the guest a virtio-rng PCI device (00:05.0) fed from the
+    /// host's /dev/urandom.
+    #[arg(long)]
+    rng: bool,
     /// Guest RAM: MiB when no unit is given (`512` = 512 MiB, as QEMU), or
     /// with a K, M or G suffix (`1G`); 16 MiB to 3 GiB [default: 512].
     #[arg(long, value_name = "SIZE")]
@@ -128,6 +135,11 @@ struct RunArgs {
     /// /usr/share/seabios/vgabios-stdvga.bin].
     #[arg(long, value_name = "PATH")]
     vga_bios: Option<PathBuf>,
+    /// Add QEMU's test devices, `pc-testdev` and `isa-debug-exit` (port
+    /// 0xf4), which conformance suites such as kvm-unit-tests drive. A
+    /// write to port 0xf4 ends the run (status 1, the code in the message).
+    #[arg(long)]
+    testdev: bool,
     /// Print exit statistics and the device report when the guest stops.
     #[arg(long)]
     stats: bool,
@@ -140,6 +152,17 @@ struct RunArgs {
     /// the console goes to a file.
     #[arg(long)]
     progress: bool,
+    /// Serve the control API on a Unix socket at PATH (created mode 0600,
+    /// removed at exit; refused if PATH exists): HTTP/1.1 + JSON, e.g.
+    /// `curl --unix-socket PATH -X PUT http://localhost/api/v1/vm.pause`;
+    /// info, stats, pause, resume, power button, reset (docs/API.md).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Wait for gdb on this TCP address (e.g. 127.0.0.1:1234) before the
+    /// guest's first instruction: registers, memory at linear addresses,
+    /// breakpoints (hbreak in ROM), stepi, Ctrl-C (README, "Debugging").
+    #[arg(long, value_name = "HOST:PORT")]
+    gdb: Option<String>,
     /// Return to user space for every write to the POST code port 0x80
     /// instead of letting KVM buffer them (for comparisons).
     #[arg(long)]
@@ -176,10 +199,13 @@ fn machine(args: &RunArgs) -> Result<MachineConfig, String> {
         m.disk = Some(disk.path);
         m.disk_read_only = disk.read_only;
         m.disk_lock = disk.lock;
+        m.disk_bus = disk.bus;
     }
+    m.rng = args.rng;
     if let Some(s) = &args.serial {
         m.serial = parse_serial(s, "--serial").map_err(|e| e.to_string())?;
     }
+    m.test_devices |= args.testdev;
     m.kernel = args.kernel.as_ref().map(|k| KernelBoot {
         image: k.clone(),
         initrd: args.initrd.clone(),
@@ -215,6 +241,8 @@ fn run(args: RunArgs) -> ExitCode {
         progress: args
             .progress
             .then(|| std::time::Duration::from_secs(PROGRESS_SECS)),
+        api_socket: args.api_socket.clone(),
+        gdb: args.gdb.clone(),
     };
     let report = match runner::run(&m, &options) {
         Ok(r) => r,

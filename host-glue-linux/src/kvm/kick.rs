@@ -141,6 +141,19 @@ impl PreemptTimer {
     }
 }
 
+impl PreemptTimer {
+    /// Fire as soon as possible, from any thread: the vCPU thread is
+    /// kicked out of KVM_RUN (another thread that wants the exit loop's
+    /// attention, the API, calls this). Whatever deadline the timer had is
+    /// forgotten, so the exit loop's next entry arms it again.
+    pub fn fire_now(&self) {
+        let when = Expiration::OneShot(TimeSpec::from_duration(Duration::from_nanos(1)));
+        let mut timer = self.timer.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = timer.0.set(when, TimerSetTimeFlags::empty());
+        self.armed_for.store(0, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

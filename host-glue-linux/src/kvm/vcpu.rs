@@ -10,11 +10,15 @@ use super::memslots::MemSlots;
 use super::run_page::{self, RunPage};
 use super::KvmError;
 use kvm_bindings::{
-    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+    kvm_fpu, kvm_guest_debug, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs,
+    KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP,
+    KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use vmm_bios::entry::EntryState;
 use vmm_core::emulator::{
     CpuState, DescriptorState, DescriptorTable, EmulateError, Segment, SegmentRegister,
@@ -69,6 +73,31 @@ pub struct KvmVcpu {
     posted: bool,
     /// Port writes delivered from that ring.
     posted_writes: u64,
+    /// Set by another thread that wants the exit loop back now (the API):
+    /// a kick that finds it set ends the slice ([`KvmVcpu::set_attention`]).
+    attention: Option<Arc<AtomicBool>>,
+    /// A debug exit (breakpoint, single step) not yet taken by the host.
+    debug_stop: Option<DebugStop>,
+    /// The host debugs the guest (KVM_SET_GUEST_DEBUG is on).
+    guest_debug: bool,
+}
+
+/// Where a guest debugged through KVM_SET_GUEST_DEBUG stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebugStop {
+    /// The exception KVM intercepted: 1 (#DB: a step or a hardware
+    /// breakpoint) or 3 (#BP: an INT3 the debugger planted).
+    pub exception: u32,
+    /// DR6 for a #DB: BS (bit 14) for a step, B0-B3 for the breakpoint hit.
+    pub dr6: u64,
+    /// The linear address of the instruction it stopped at.
+    pub pc: u64,
+}
+
+/// KVM_SET_GUEST_DEBUG's DR7 enable bits for execution breakpoints in
+/// DR0-DR3 (`count` of them): L0-L3, with R/W and LEN 00 (execute, 1 byte).
+pub fn exec_breakpoint_dr7(count: usize) -> u64 {
+    (0..count.min(4)).fold(0, |dr7, i| dr7 | 1 << (2 * i))
 }
 
 fn ioctl_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
@@ -149,9 +178,60 @@ impl KvmVcpu {
             assists: 0,
             posted: false,
             posted_writes: 0,
+            attention: None,
+            debug_stop: None,
+            guest_debug: false,
         };
         me.slots.sync(&me.vm, vm.memory_mut())?;
         Ok(me)
+    }
+
+    /// End the slice when a kick finds `flag` set: the interrupted KVM_RUN
+    /// is reported as [`Exit::Preempted`] instead of an external
+    /// interrupt, so the exit loop returns to its caller at once. Another
+    /// thread sets the flag and fires the preemption timer
+    /// ([`super::PreemptTimer::fire_now`]); the caller clears it.
+    pub fn set_attention(&mut self, flag: Arc<AtomicBool>) {
+        self.attention = Some(flag);
+    }
+
+    /// Debug the guest from the host (KVM_SET_GUEST_DEBUG): `on` enables
+    /// it, with INT3 reported to the host instead of the guest, `step`
+    /// stops after one instruction, and `hw` holds up to four linear
+    /// addresses of execution breakpoints (the debug registers, which the
+    /// guest's own use then does not reach). Off gives the guest its own
+    /// debugging back. A stop ends the slice; [`KvmVcpu::take_debug_stop`]
+    /// says where.
+    pub fn set_guest_debug(&mut self, on: bool, step: bool, hw: &[u64]) -> Result<(), KvmError> {
+        let mut debug = kvm_guest_debug::default();
+        if on {
+            debug.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP;
+            if step {
+                debug.control |= KVM_GUESTDBG_SINGLESTEP;
+            }
+            if !hw.is_empty() {
+                debug.control |= KVM_GUESTDBG_USE_HW_BP;
+                for (i, a) in hw.iter().take(4).enumerate() {
+                    debug.arch.debugreg[i] = *a;
+                }
+                debug.arch.debugreg[7] = exec_breakpoint_dr7(hw.len());
+            }
+        }
+        // Registers changed through the lazy copies must reach KVM first:
+        // the ioctl may read them (RFLAGS.TF for a step).
+        self.flush()
+            .map_err(|(what, errno)| KvmError::Ioctl { what, errno })?;
+        self.vcpu
+            .set_guest_debug(&debug)
+            .map_err(ioctl_err("SET_GUEST_DEBUG"))?;
+        self.guest_debug = on;
+        Ok(())
+    }
+
+    /// Where the guest stopped for the debugger, once: the last run's
+    /// debug exit, if it had one.
+    pub fn take_debug_stop(&mut self) -> Option<DebugStop> {
+        self.debug_stop.take()
     }
 
     /// Start in `entry` instead of the reset vector (direct kernel boot):
@@ -351,6 +431,11 @@ impl KvmVcpu {
             Ok(VcpuExit::IrqWindowOpen) => Raw::Window,
             Ok(VcpuExit::Shutdown) => Raw::Shutdown,
             Ok(VcpuExit::Intr) => Raw::Interrupted,
+            Ok(VcpuExit::Debug(arch)) => Raw::Debug(DebugStop {
+                exception: arch.exception,
+                dr6: arch.dr6,
+                pc: arch.pc,
+            }),
             Ok(VcpuExit::FailEntry(reason, _)) => Raw::FailEntry(reason),
             Ok(VcpuExit::InternalError) => Raw::Internal,
             Ok(other) => Raw::Other(format!("{other:?}")),
@@ -422,6 +507,7 @@ enum Raw {
     Window,
     Shutdown,
     Interrupted,
+    Debug(DebugStop),
     FailEntry(u64),
     Internal,
     Other(String),
@@ -499,7 +585,21 @@ impl VcpuBackend for KvmVcpu {
             }
             Raw::Window => Exit::InterruptWindow,
             Raw::Shutdown => Exit::Shutdown,
+            Raw::Interrupted
+                if self
+                    .attention
+                    .as_ref()
+                    .is_some_and(|a| a.load(Ordering::Acquire)) =>
+            {
+                Exit::Preempted
+            }
             Raw::Interrupted => Exit::ExternalInterrupt,
+            Raw::Debug(stop) => {
+                // The debugger's breakpoint or step: the slice ends, and
+                // the host hands the stop to its debugger.
+                self.debug_stop = Some(stop);
+                Exit::Preempted
+            }
             Raw::FailEntry(reason) => Exit::Error(ExitError::EntryFailed {
                 detail: format!("KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x}"),
             }),
@@ -508,7 +608,19 @@ impl VcpuBackend for KvmVcpu {
                 let cs = self.segment(Segment::Cs);
                 let at = cs.base.wrapping_add(self.rip());
                 let mut bytes = [0u8; 15];
-                let code = match vm.memory().read(at, &mut bytes) {
+                let read = vm.memory().read(at, &mut bytes);
+                if self.guest_debug && sub == 1 && read.is_ok() && bytes[0] == 0xcc {
+                    // A KVM that cannot intercept #BP (a paravirtual one)
+                    // fails to emulate the debugger's INT3 instead: it is
+                    // the breakpoint all the same, and RIP is on it.
+                    self.debug_stop = Some(DebugStop {
+                        exception: 3,
+                        dr6: 0,
+                        pc: at,
+                    });
+                    return Exit::Preempted;
+                }
+                let code = match read {
                     Ok(()) => bytes
                         .iter()
                         .map(|b| format!("{b:02x}"))

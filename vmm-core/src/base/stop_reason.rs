@@ -21,6 +21,12 @@ pub enum StopReason {
     },
     /// The host stopped the VM.
     HostRequest,
+    /// The guest asked to end the run with a status through a test exit
+    /// device (QEMU's `isa-debug-exit`, port 0xf4), as test suites do.
+    GuestExit {
+        /// The value the guest wrote.
+        code: u32,
+    },
     /// The guest halted where nothing can wake it: no device timer armed
     /// that could raise an interrupt (with interrupts enabled) or an NMI.
     Halted {
@@ -55,6 +61,9 @@ impl fmt::Display for StopReason {
                 write!(f, "device {device} failed: {detail}")
             }
             StopReason::HostRequest => write!(f, "stopped by the host"),
+            StopReason::GuestExit { code } => {
+                write!(f, "guest asked to exit with code {code:#x}")
+            }
             StopReason::Halted {
                 rip,
                 interrupts_enabled,

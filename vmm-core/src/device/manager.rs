@@ -198,6 +198,24 @@ pub struct DeviceManager {
     released: Vec<ReleasedClaim>,
 }
 
+/// One claim's counts, as [`DeviceManager::claim_counts`] lists them (for
+/// statistics a program reads; [`DeviceManager::report`] prints the same).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimCounts {
+    /// The device's name.
+    pub device: String,
+    /// Whether the claim is of ports (else MMIO).
+    pub port: bool,
+    /// First port or address.
+    pub first: u64,
+    /// Last port or address (inclusive).
+    pub last: u64,
+    /// Whether the device has released the claim since (its counts kept).
+    pub released: bool,
+    /// Reads, writes and device time.
+    pub count: PortCount,
+}
+
 /// A released claim's counts, kept for when the same device claims the
 /// same range again.
 #[derive(Clone, Copy, Debug)]
@@ -751,6 +769,57 @@ impl DeviceManager {
             0 => None,
             i => self.port_claims[i as usize - 1].map(|c| c.count),
         }
+    }
+
+    /// Every claim's counts: port claims in port order, then MMIO claims in
+    /// address order, then released claims whose counts are kept.
+    pub fn claim_counts(&self) -> Vec<ClaimCounts> {
+        let ports = self.port_claims.iter().flatten().map(|c| ClaimCounts {
+            device: self.dev_name(c.device),
+            port: true,
+            first: c.first.into(),
+            last: c.last.into(),
+            released: false,
+            count: c.count,
+        });
+        let mmio = self.mmio_claims.iter().map(|c| ClaimCounts {
+            device: self.dev_name(c.device),
+            port: false,
+            first: c.start,
+            last: c.last,
+            released: false,
+            count: c.count,
+        });
+        let released = self.released.iter().map(|r| ClaimCounts {
+            device: self.dev_name(r.device),
+            port: r.port,
+            first: r.start,
+            last: r.last,
+            released: true,
+            count: r.count,
+        });
+        let mut list: Vec<ClaimCounts> = ports.collect();
+        list.sort_by_key(|c| c.first);
+        list.extend(mmio);
+        list.extend(released);
+        list
+    }
+
+    /// Accesses to unhooked ports and to unclaimed MMIO addresses so far,
+    /// in total: (ports, MMIO).
+    pub fn unhooked_totals(&self) -> (PortCount, PortCount) {
+        let sum = |it: &mut dyn Iterator<Item = &PortCount>| {
+            it.fold(PortCount::default(), |mut a, c| {
+                a.reads += c.reads;
+                a.writes += c.writes;
+                a.device_ns += c.device_ns;
+                a
+            })
+        };
+        (
+            sum(&mut self.unhooked_ports.values()),
+            sum(&mut self.unhooked_mmio.values()),
+        )
     }
 
     /// A printable report: every claim with its counts, then the unhooked

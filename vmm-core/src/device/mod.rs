@@ -15,7 +15,9 @@ mod manager;
 pub mod save_restore;
 
 pub use context::{DeviceContext, VmRequest};
-pub use manager::{ClaimError, DeviceManager, DeviceReport, PortCount, REPORT_UNHOOKED};
+pub use manager::{
+    ClaimCounts, ClaimError, DeviceManager, DeviceReport, PortCount, REPORT_UNHOOKED,
+};
 pub(crate) use manager::{DispatchEnv, Dispatched};
 pub use save_restore::{SaveRestore, SavedDevice, StateError};
 

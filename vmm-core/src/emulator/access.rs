@@ -423,6 +423,15 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
         self.translate_range(la, size, kind)
     }
 
+    /// Whether every byte of a prepared range has nothing behind it.
+    pub fn range_unassigned(&self, range: &PhysRange) -> bool {
+        range
+            .pieces()
+            .iter()
+            .filter(|(_, start, end)| end > start)
+            .all(|&(gpa, start, end)| self.bus.is_unassigned(gpa, end - start))
+    }
+
     /// Read through a prepared range.
     pub fn bus_read(&mut self, range: &PhysRange, buf: &mut [u8]) -> Result<(), EmulateError> {
         for (gpa, start, end) in range.pieces() {

@@ -294,6 +294,16 @@ pub trait CpuState {
     fn xcr0(&self) -> Option<u64> {
         None
     }
+    /// The x87/MMX registers, if the vCPU exposes them (MMX moves on
+    /// emulated memory need them; without them they are unsupported).
+    fn x87(&self) -> Option<X87Registers> {
+        None
+    }
+    /// Replace the x87/MMX registers (only called after
+    /// [`CpuState::x87`] gave them).
+    fn set_x87(&mut self, registers: &X87Registers) {
+        let _ = registers;
+    }
     /// The instruction just retired loaded SS with MOV or POP: block
     /// interrupts, NMIs and debug traps until the next instruction has run
     /// (the "MOV SS shadow"). Called after RIP moved past it. The default
@@ -337,6 +347,67 @@ pub trait DescriptorState: CpuState {
     fn set_cpl(&mut self, cpl: u8) {
         let _ = cpl;
     }
+    /// IDTR (SIDT). The default is an empty table.
+    fn idtr(&self) -> DescriptorTable {
+        DescriptorTable::default()
+    }
+    /// TR (selector and hidden part; STR). The default is an unusable TR.
+    fn tr(&self) -> SegmentRegister {
+        SegmentRegister::default()
+    }
+    /// Load LDTR or TR (LLDT, LTR) with a checked value. `false` when the
+    /// vCPU cannot (the default): the instruction is then reported as
+    /// unsupported.
+    fn set_system_segment(&mut self, which: SystemSegment, value: SegmentRegister) -> bool {
+        let _ = (which, value);
+        false
+    }
+}
+
+/// The x87 FPU and MMX registers, as FXSAVE lays them out (64-bit
+/// format): `st[i]` is ST(i), the register TOP points to plus `i`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct X87Registers {
+    /// The control word.
+    pub fcw: u16,
+    /// The status word (TOP in bits 13:11, ES in bit 7).
+    pub fsw: u16,
+    /// The abridged tag word: bit `p` set when physical register `p` is
+    /// valid.
+    pub ftw: u8,
+    /// The last x87 opcode.
+    pub fop: u16,
+    /// The last x87 instruction's address.
+    pub fip: u64,
+    /// The last x87 data operand's address.
+    pub fdp: u64,
+    /// ST(0)-ST(7), 80 bits each; an MMX register is the low 64 bits of
+    /// its physical register.
+    pub st: [[u8; 10]; 8],
+}
+
+impl Default for X87Registers {
+    /// The state FNINIT leaves: FCW 0x37F, every register empty.
+    fn default() -> Self {
+        Self {
+            fcw: 0x37f,
+            fsw: 0,
+            ftw: 0,
+            fop: 0,
+            fip: 0,
+            fdp: 0,
+            st: [[0; 10]; 8],
+        }
+    }
+}
+
+/// The system segment registers LLDT and LTR load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SystemSegment {
+    /// The local descriptor table register.
+    Ldtr,
+    /// The task register.
+    Tr,
 }
 
 /// A physical access or port access the machine could not carry out.
@@ -410,6 +481,14 @@ pub trait GuestBus {
         let _ = (gpa, len);
         false
     }
+    /// Whether `len` bytes at `gpa` have nothing behind them (open bus:
+    /// reads give all ones, writes are dropped), so that an instruction
+    /// whose store the emulator does not carry out may still complete with
+    /// only its effects on the CPU. The default says no.
+    fn is_unassigned(&self, gpa: u64, len: usize) -> bool {
+        let _ = (gpa, len);
+        false
+    }
 }
 
 /// A plain copy of the register state, implementing [`CpuState`].
@@ -437,6 +516,12 @@ pub struct RegisterFile {
     pub gdtr: DescriptorTable,
     /// LDTR.
     pub ldtr: SegmentRegister,
+    /// IDTR.
+    pub idtr: DescriptorTable,
+    /// TR.
+    pub tr: SegmentRegister,
+    /// The x87/MMX registers, if this vCPU has them.
+    pub x87: Option<X87Registers>,
 }
 
 impl RegisterFile {
@@ -558,6 +643,12 @@ impl CpuState for RegisterFile {
     fn xcr0(&self) -> Option<u64> {
         Some(self.xcr0)
     }
+    fn x87(&self) -> Option<X87Registers> {
+        self.x87
+    }
+    fn set_x87(&mut self, registers: &X87Registers) {
+        self.x87 = Some(*registers);
+    }
     fn set_cr0(&mut self, value: u64) -> bool {
         self.control.cr0 = value;
         true
@@ -576,5 +667,18 @@ impl DescriptorState for RegisterFile {
     }
     fn ldtr(&self) -> SegmentRegister {
         self.ldtr
+    }
+    fn idtr(&self) -> DescriptorTable {
+        self.idtr
+    }
+    fn tr(&self) -> SegmentRegister {
+        self.tr
+    }
+    fn set_system_segment(&mut self, which: SystemSegment, value: SegmentRegister) -> bool {
+        match which {
+            SystemSegment::Ldtr => self.ldtr = value,
+            SystemSegment::Tr => self.tr = value,
+        }
+        true
     }
 }

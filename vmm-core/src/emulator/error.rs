@@ -29,6 +29,9 @@ pub enum Exception {
     PageFault(PageFault),
     /// #AC(0): a misaligned access at CPL 3 with CR0.AM and RFLAGS.AC.
     AlignmentCheck,
+    /// #MF: an MMX or waiting x87 instruction found an unmasked x87
+    /// exception pending (FSW.ES) with CR0.NE set.
+    MathFault,
 }
 
 impl Exception {
@@ -43,15 +46,17 @@ impl Exception {
             Exception::GeneralProtection(_) => 13,
             Exception::PageFault(_) => 14,
             Exception::AlignmentCheck => 17,
+            Exception::MathFault => 16,
         }
     }
 
     /// The error code pushed with the exception, if it has one.
     pub fn error_code(&self) -> Option<u32> {
         match self {
-            Exception::DivideError | Exception::InvalidOpcode | Exception::DeviceNotAvailable => {
-                None
-            }
+            Exception::DivideError
+            | Exception::InvalidOpcode
+            | Exception::DeviceNotAvailable
+            | Exception::MathFault => None,
             Exception::SegmentNotPresent(e)
             | Exception::StackFault(e)
             | Exception::GeneralProtection(e) => Some(u32::from(*e)),
@@ -74,6 +79,7 @@ impl fmt::Display for Exception {
                 write!(f, "#PF(cr2={:#x}, error={:#x})", pf.address, pf.error_code)
             }
             Exception::AlignmentCheck => write!(f, "#AC(0)"),
+            Exception::MathFault => write!(f, "#MF"),
         }
     }
 }

@@ -252,7 +252,12 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             Mnemonic::Movbe => self.move_swapped(d)?,
             Mnemonic::Smsw => self.store_msw(d)?,
             Mnemonic::Lmsw => self.load_msw(d)?,
+            Mnemonic::Sgdt | Mnemonic::Sidt => self.store_descriptor_table(d)?,
+            Mnemonic::Sldt | Mnemonic::Str => self.store_system_selector(d)?,
+            Mnemonic::Lldt | Mnemonic::Ltr => self.load_system_segment(d)?,
             Mnemonic::Push => self.push(d)?,
+            Mnemonic::Leave => self.leave(d)?,
+            Mnemonic::Enter => self.enter(d)?,
             Mnemonic::Pop => match segment_register(i.op0_register()) {
                 Some(seg) if i.op0_kind() == OpKind::Register => self.pop_segment(d, seg)?,
                 _ => self.pop(d)?,
@@ -280,6 +285,28 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             Mnemonic::Pushad => self.push_all(4)?,
             Mnemonic::Popa => self.pop_all(2)?,
             Mnemonic::Popad => self.pop_all(4)?,
+            Mnemonic::Movd | Mnemonic::Movq
+                if super::mmx::is_mmx_operand(d, 0) || super::mmx::is_mmx_operand(d, 1) =>
+            {
+                self.mmx_move(d)?
+            }
+            Mnemonic::Movntq => self.mmx_move(d)?,
+            Mnemonic::Fst
+            | Mnemonic::Fstp
+            | Mnemonic::Fist
+            | Mnemonic::Fistp
+            | Mnemonic::Fisttp
+            | Mnemonic::Fnstsw
+            | Mnemonic::Fstsw
+            | Mnemonic::Fnstcw
+            | Mnemonic::Fstcw
+            | Mnemonic::Fnstenv
+            | Mnemonic::Fstenv
+            | Mnemonic::Fnsave
+            | Mnemonic::Fsave
+            | Mnemonic::Fbstp
+            | Mnemonic::Fxsave
+            | Mnemonic::Fxsave64 => self.x87(d)?,
             Mnemonic::Movd
             | Mnemonic::Movq
             | Mnemonic::Movdqa
@@ -478,14 +505,29 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
         }
     }
 
-    /// PUSH r/m, imm.
+    /// PUSH r/m, imm, Sreg. An immediate is pushed sign-extended to the
+    /// operand size; a segment register's selector zero-extended to it,
+    /// as AMD processors and QEMU do (recent Intel ones write 16 bits).
     fn push(&mut self, d: &Decoded) -> Result<(), EmulateError> {
         let src = self.operand(d, 0)?;
         let size = match src {
-            Operand::Imm { .. } | Operand::Sreg(_) => return Err(self.unsupported(d)),
+            Operand::Imm { .. } | Operand::Sreg(_) => {
+                use iced_x86::Code::*;
+                match d.instr.code() {
+                    Push_imm16 | Pushw_imm8 | Pushw_CS | Pushw_DS | Pushw_ES | Pushw_FS
+                    | Pushw_GS | Pushw_SS => 2,
+                    Pushd_imm32 | Pushd_imm8 | Pushd_CS | Pushd_DS | Pushd_ES | Pushd_FS
+                    | Pushd_GS | Pushd_SS => 4,
+                    Pushq_imm32 | Pushq_imm8 | Pushq_FS | Pushq_GS => 8,
+                    _ => return Err(self.unsupported(d)),
+                }
+            }
             _ => src.size(),
         };
-        let v = self.read_operand(&src)?;
+        let v = match src {
+            Operand::Sreg(seg) => u64::from(self.state.segment(seg).selector),
+            _ => self.read_operand(&src)? & alu::mask(size),
+        };
         let ss = self.stack_size();
         let sp = self.read_gpr(4, ss, false).wrapping_sub(size as u64) & alu::mask(ss);
         self.write_value(Segment::Ss, sp, size, v)?;

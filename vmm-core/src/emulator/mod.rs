@@ -29,12 +29,20 @@
 //! The general-purpose integer set is covered: MOV and its extending
 //! forms, the ALU group, INC/DEC/NOT/NEG, MUL/IMUL/DIV/IDIV (`muldiv`),
 //! shifts, rotates and SHLD/SHRD, bit scans and counts and MOVBE (`bits`),
-//! BT*, SETcc, CMOVcc, XCHG/XADD/CMPXCHG/8B/16B, PUSH/POP, the string
-//! instructions, SMSW/LMSW (`system`), segment-register loads
-//! (`segment_load`), near and far JMP/CALL/RET (`transfer`) and IRET
-//! (`iret`). Flags the manuals leave undefined get the values AMD
+//! BT*, SETcc, CMOVcc, XCHG/XADD/CMPXCHG/8B/16B, PUSH/POP, ENTER/LEAVE
+//! (`stack_frame`), the string
+//! instructions, SMSW/LMSW (`system`), SGDT/SIDT/SLDT/STR and LLDT/LTR
+//! (`descriptor_tables`), segment-register loads (`segment_load`), near
+//! and far JMP/CALL/RET (`transfer`) and IRET (`iret`); and the data
+//! moves of SSE/AVX (`vector`) and MMX (`mmx`, through the x87 registers
+//! [`CpuState::x87`] exposes), and the x87 stores (`x87`: FST/FSTP,
+//! FIST/FISTP/FISTTP, FNSTSW/FNSTCW, rounded and flagged as the FPU
+//! does). Flags the manuals leave undefined get the values AMD
 //! processors give (the differential test's strict mode checks them on
-//! the host). Memory with nothing behind it reads as all ones and drops
+//! the host), and where the vendors differ otherwise the emulator does as
+//! AMD and QEMU do: a REP string instruction with a 32-bit address size
+//! and ECX = 0 leaves RCX, RSI and RDI whole (Intel processors clear
+//! their upper halves). Memory with nothing behind it reads as all ones and drops
 //! writes (the [`GuestBus`] of a VM does that), so every instruction the
 //! emulator runs sees hardware's behaviour there.
 //!
@@ -51,8 +59,11 @@
 //! through [`CpuState::set_mov_ss_shadow`]; raising the #DB (with the
 //! single-step trap RFLAGS.TF asks for) is left to the exit loop.
 //!
-//! Limits, by design or not yet done: x87, MMX, EVEX (AVX-512) and SSE
-//! arithmetic on memory are reported as unsupported (the VM stops; reads
+//! Limits, by design or not yet done: x87 loads and arithmetic, FBSTP,
+//! FNSTENV/FNSAVE/FXSAVE into a device (into unassigned memory they
+//! complete with their effects alone), XSAVE, MASKMOVQ/MASKMOVDQU, MMX and
+//! SSE arithmetic on memory, and EVEX (AVX-512) are reported as
+//! unsupported (the VM stops; reads
 //! of unmapped memory never get here, nested and shadow paging map it to
 //! a page of all-ones); the I/O permission bitmap is not consulted for
 //! INS/OUTS (VMX and SVM check it before the exit); a breakpoint hit by
@@ -84,24 +95,28 @@ mod bits;
 mod breakpoints;
 mod cpu;
 mod decode;
+mod descriptor_tables;
 mod error;
 mod execute;
 mod hints;
 mod iret;
+mod mmx;
 mod muldiv;
 mod operand;
 mod segment_load;
+mod stack_frame;
 mod string;
 mod system;
 mod transfer;
 mod vector;
+mod x87;
 
 pub use breakpoints::Breakpoints;
 pub use cpu::{
     BusError, CpuMode, CpuState, DescriptorState, DescriptorTable, GuestBus, RegisterFile, Segment,
-    SegmentRegister, RFLAGS_AC, RFLAGS_AF, RFLAGS_CF, RFLAGS_DF, RFLAGS_FIXED, RFLAGS_IF,
-    RFLAGS_IOPL, RFLAGS_OF, RFLAGS_PF, RFLAGS_RF, RFLAGS_SF, RFLAGS_STATUS, RFLAGS_TF, RFLAGS_VM,
-    RFLAGS_ZF,
+    SegmentRegister, SystemSegment, X87Registers, RFLAGS_AC, RFLAGS_AF, RFLAGS_CF, RFLAGS_DF,
+    RFLAGS_FIXED, RFLAGS_IF, RFLAGS_IOPL, RFLAGS_OF, RFLAGS_PF, RFLAGS_RF, RFLAGS_SF,
+    RFLAGS_STATUS, RFLAGS_TF, RFLAGS_VM, RFLAGS_ZF,
 };
 pub use error::{EmulateError, Exception, InstructionBytes};
 pub use execute::undefined_flags;

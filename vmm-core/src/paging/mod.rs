@@ -17,6 +17,8 @@
 pub const CR0_PE: u64 = 1 << 0;
 /// CR0.EM: no x87/SSE (SSE instructions raise #UD).
 pub const CR0_EM: u64 = 1 << 2;
+/// CR0.NE: x87 errors are reported as #MF (not through FERR#).
+pub const CR0_NE: u64 = 1 << 5;
 /// CR0.TS: task switched (SSE instructions raise #NM).
 pub const CR0_TS: u64 = 1 << 3;
 /// CR0.WP: supervisor writes honour read-only pages.

@@ -64,4 +64,8 @@ impl<B: GuestBus + ?Sized> GuestBus for RecordingBus<'_, B> {
     fn is_ram(&self, gpa: u64, len: usize) -> bool {
         self.inner.is_ram(gpa, len)
     }
+
+    fn is_unassigned(&self, gpa: u64, len: usize) -> bool {
+        self.inner.is_unassigned(gpa, len)
+    }
 }

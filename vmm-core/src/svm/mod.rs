@@ -24,7 +24,7 @@ pub use vmcb::{offset, Vmcb};
 
 use crate::emulator::{
     AccessHint, CpuState, DescriptorState, DescriptorTable, Hints, InstructionBytes, Segment,
-    SegmentRegister, RFLAGS_IF, RFLAGS_TF,
+    SegmentRegister, SystemSegment, RFLAGS_IF, RFLAGS_TF,
 };
 use crate::host::{Host, HostError, HostMemory};
 use crate::memory::GuestMemory;
@@ -703,6 +703,12 @@ impl CpuState for SvmVcpu {
     fn xcr0(&self) -> Option<u64> {
         Some(self.xstate.xcr0())
     }
+    fn x87(&self) -> Option<crate::emulator::X87Registers> {
+        Some(self.xstate.x87())
+    }
+    fn set_x87(&mut self, registers: &crate::emulator::X87Registers) {
+        self.xstate.set_x87(registers)
+    }
     fn cpl(&self) -> u8 {
         self.vmcb.read_u8(offset::CPL)
     }
@@ -740,6 +746,24 @@ impl DescriptorState for SvmVcpu {
     }
     fn set_cpl(&mut self, cpl: u8) {
         self.vmcb.write_u8(offset::CPL, cpl);
+    }
+    fn idtr(&self) -> DescriptorTable {
+        let g = self.vmcb.segment_at(offset::IDTR);
+        DescriptorTable {
+            base: g.base,
+            limit: g.limit as u16,
+        }
+    }
+    fn tr(&self) -> SegmentRegister {
+        self.vmcb.segment_at(offset::TR)
+    }
+    fn set_system_segment(&mut self, which: SystemSegment, value: SegmentRegister) -> bool {
+        let at = match which {
+            SystemSegment::Ldtr => offset::LDTR,
+            SystemSegment::Tr => offset::TR,
+        };
+        self.vmcb.set_segment_at(at, value);
+        true
     }
 }
 

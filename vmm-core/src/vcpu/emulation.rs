@@ -44,6 +44,10 @@ impl GuestBus for Vm {
     fn is_ram(&self, gpa: u64, len: usize) -> bool {
         self.memory().check_ram(gpa, len as u64).is_ok()
     }
+
+    fn is_unassigned(&self, gpa: u64, len: usize) -> bool {
+        self.memory().is_open_bus(gpa, len as u64)
+    }
 }
 
 /// What to stop the VM with when the guest cannot be given an emulation

@@ -130,8 +130,9 @@ fn read_control_register<B: VcpuBackend>(vcpu: &mut B, cr: u8) -> Option<u64> {
 /// to a shadowed page table) with what the exit reported (`hints`), or the
 /// string port instruction the exit described (`port_string`, no decode
 /// needed). A backend that tracks guest writes hears of every byte the
-/// instruction wrote. Under RFLAGS.TF, or with a data breakpoint enabled,
-/// a REP instruction runs one iteration per call, and each call that
+/// instruction wrote. Under RFLAGS.TF, with a data breakpoint enabled, or
+/// with an I/O breakpoint on the port of a REP INS/OUTS, a REP
+/// instruction runs one iteration per call, and each call that
 /// moved the guest on raises the debug trap it owes: single step, and the
 /// data and I/O breakpoints its accesses hit (hardware traps after every
 /// iteration). After a MOV SS or POP SS the trap waits for the next
@@ -149,7 +150,11 @@ fn emulate<B: VcpuBackend>(
     let breakpoints = vcpu.breakpoints();
     // INS/OUTS address the port in DX, which they leave alone.
     let port = vcpu.gpr(RDX) as u16;
-    let one_at_a_time = stepping || breakpoints.watches_data();
+    // A string port instruction whose port an I/O breakpoint watches
+    // traps after every iteration too.
+    let watched_port =
+        port_string.is_some_and(|io| breakpoints.io_hits(port, usize::from(io.size)) != 0);
+    let one_at_a_time = stepping || watched_port || breakpoints.watches_data();
     let emulator = Emulator {
         max_rep_iterations: if one_at_a_time {
             1

@@ -4,7 +4,9 @@
 use super::events::{BLOCKING_MOV_SS, BLOCKING_STI_MOVSS};
 use super::fields;
 use super::VmxVcpu;
-use crate::emulator::{CpuState, DescriptorState, DescriptorTable, Segment, SegmentRegister};
+use crate::emulator::{
+    CpuState, DescriptorState, DescriptorTable, Segment, SegmentRegister, SystemSegment,
+};
 use crate::paging::ControlRegisters;
 
 /// VMX access rights to the VMCB-style attributes the emulator uses
@@ -103,6 +105,12 @@ impl CpuState for VmxVcpu {
     fn xcr0(&self) -> Option<u64> {
         Some(self.xstate.xcr0())
     }
+    fn x87(&self) -> Option<crate::emulator::X87Registers> {
+        Some(self.xstate.x87())
+    }
+    fn set_x87(&mut self, registers: &crate::emulator::X87Registers) {
+        self.xstate.set_x87(registers)
+    }
     fn cpl(&self) -> u8 {
         let (_, _, ar, _) = fields::guest_segment(Segment::Ss as u32);
         ((self.read(ar) >> 5) & 3) as u8
@@ -149,6 +157,46 @@ impl DescriptorState for VmxVcpu {
             self.read(fields::GUEST_LDTR_LIMIT) as u32,
             attributes_from_access_rights(self.read(fields::GUEST_LDTR_ACCESS_RIGHTS)),
         )
+    }
+    fn idtr(&self) -> DescriptorTable {
+        DescriptorTable {
+            base: self.read(fields::GUEST_IDTR_BASE),
+            limit: self.read(fields::GUEST_IDTR_LIMIT) as u16,
+        }
+    }
+    fn tr(&self) -> SegmentRegister {
+        SegmentRegister::new(
+            self.read(fields::GUEST_TR_SELECTOR) as u16,
+            self.read(fields::GUEST_TR_BASE),
+            self.read(fields::GUEST_TR_LIMIT) as u32,
+            attributes_from_access_rights(self.read(fields::GUEST_TR_ACCESS_RIGHTS)),
+        )
+    }
+    fn set_system_segment(&mut self, which: SystemSegment, value: SegmentRegister) -> bool {
+        let (sel, base, limit, ar) = match which {
+            SystemSegment::Ldtr => (
+                fields::GUEST_LDTR_SELECTOR,
+                fields::GUEST_LDTR_BASE,
+                fields::GUEST_LDTR_LIMIT,
+                fields::GUEST_LDTR_ACCESS_RIGHTS,
+            ),
+            SystemSegment::Tr => (
+                fields::GUEST_TR_SELECTOR,
+                fields::GUEST_TR_BASE,
+                fields::GUEST_TR_LIMIT,
+                fields::GUEST_TR_ACCESS_RIGHTS,
+            ),
+        };
+        self.write(sel, u64::from(value.selector));
+        self.write(base, value.base);
+        self.write(limit, u64::from(value.limit));
+        let mut rights = access_rights_from_attributes(value.attributes);
+        if !value.present() {
+            // A null LDTR: the unusable bit.
+            rights |= 1 << 16;
+        }
+        self.write(ar, rights);
+        true
     }
 }
 

@@ -55,6 +55,18 @@ const XMM_OFFSET: usize = 160;
 const MXCSR_OFFSET: usize = 24;
 /// Offset of the x87 control word.
 const FCW_OFFSET: usize = 0;
+/// Offset of the x87 status word.
+const FSW_OFFSET: usize = 2;
+/// Offset of the abridged x87 tag word.
+const FTW_OFFSET: usize = 4;
+/// Offset of the last x87 opcode.
+const FOP_OFFSET: usize = 6;
+/// Offset of the last x87 instruction pointer (64-bit format).
+const FIP_OFFSET: usize = 8;
+/// Offset of the last x87 data pointer (64-bit format).
+const FDP_OFFSET: usize = 16;
+/// Offset of ST0/MM0; each register takes 16 bytes.
+const ST_OFFSET: usize = 32;
 /// Offset of XSTATE_BV in the XSAVE header.
 const XSTATE_BV_OFFSET: usize = LEGACY_SIZE;
 /// x87 control word after FNINIT / reset.
@@ -476,6 +488,42 @@ impl ExtendedState {
             let bv = self.guest.u64_at(XSTATE_BV_OFFSET) | component;
             self.guest.write(XSTATE_BV_OFFSET, &bv.to_le_bytes());
         }
+    }
+
+    /// The guest's x87/MMX registers (FCW, FSW, abridged FTW, FOP, FIP,
+    /// FDP, ST0-ST7). A component in its initial configuration reads as
+    /// FNINIT leaves it.
+    pub fn x87(&self) -> crate::emulator::X87Registers {
+        if self.xstate_bv() & XCR0_X87 == 0 {
+            return crate::emulator::X87Registers::default();
+        }
+        crate::emulator::X87Registers {
+            fcw: u16::from_le_bytes(self.guest.read(FCW_OFFSET)),
+            fsw: u16::from_le_bytes(self.guest.read(FSW_OFFSET)),
+            ftw: self.guest.byte(FTW_OFFSET),
+            fop: u16::from_le_bytes(self.guest.read(FOP_OFFSET)),
+            fip: self.guest.u64_at(FIP_OFFSET),
+            fdp: self.guest.u64_at(FDP_OFFSET),
+            st: core::array::from_fn(|i| self.guest.read(ST_OFFSET + 16 * i)),
+        }
+    }
+
+    /// Set the guest's x87/MMX registers.
+    pub fn set_x87(&mut self, r: &crate::emulator::X87Registers) {
+        self.guest.write(FCW_OFFSET, &r.fcw.to_le_bytes());
+        self.guest.write(FSW_OFFSET, &r.fsw.to_le_bytes());
+        self.guest.write(FTW_OFFSET, &[r.ftw]);
+        self.guest.write(FOP_OFFSET, &r.fop.to_le_bytes());
+        self.guest.write(FIP_OFFSET, &r.fip.to_le_bytes());
+        self.guest.write(FDP_OFFSET, &r.fdp.to_le_bytes());
+        for (i, st) in r.st.iter().enumerate() {
+            // Bytes 10-15 of each slot are reserved: zero them.
+            let mut slot = [0u8; 16];
+            slot[..10].copy_from_slice(st);
+            self.guest.write(ST_OFFSET + 16 * i, &slot);
+        }
+        self.mark_in_use(XCR0_X87);
+        self.dirty = true;
     }
 
     /// XMM register `index` (< 16) of the guest.

@@ -4,6 +4,7 @@
 use crate::block::BlockBackend;
 use crate::rtc::BootDevice;
 use crate::uart::CharBackend;
+use crate::virtio::rng::EntropySource;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use vmm_core::vcpu::CpuModel;
@@ -69,4 +70,22 @@ pub struct PcDescription<'a> {
     /// What CPUID tells the guest: [`CpuModel::Qemu64`] unless the user
     /// asks for the host's CPU.
     pub cpu_model: CpuModel,
+    /// Add the test devices conformance suites drive: QEMU's `pc-testdev`
+    /// ([`crate::pc_testdev`]) and `isa-debug-exit`
+    /// ([`crate::debug_exit`]). Off on an ordinary PC.
+    pub test_devices: bool,
+    /// Virtio devices; none by default.
+    pub virtio: VirtioDevices,
+}
+
+/// The optional virtio devices of a PC (all off by default), each a PCI
+/// function with MSI-X to the local APIC and INTx through the PIIX3 PIRQ
+/// routing: the disk at [`super::VIRTIO_DISK_PCI`], the entropy device at
+/// [`super::VIRTIO_RNG_PCI`].
+#[derive(Default)]
+pub struct VirtioDevices {
+    /// A virtio-blk disk (512-byte sectors; read-only if the backend is).
+    pub disk: Option<Box<dyn BlockBackend>>,
+    /// A virtio-rng device drawing from this source.
+    pub rng: Option<Box<dyn EntropySource>>,
 }

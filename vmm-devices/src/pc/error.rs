@@ -4,6 +4,7 @@
 use crate::ide::AttachError;
 use crate::pci::{ConfigError, PciError};
 use crate::platform::PlatformError;
+use crate::virtio::blk::VirtioBlkError;
 use core::fmt;
 use vmm_bios::bios_image::BiosError;
 use vmm_bios::fw_cfg::FwCfgError;
@@ -59,6 +60,8 @@ pub enum PcError {
     },
     /// The display's PCI header could not be set up.
     Display(ConfigError),
+    /// The virtio disk refused its image.
+    VirtioDisk(VirtioBlkError),
 }
 
 impl fmt::Display for PcError {
@@ -87,6 +90,7 @@ impl fmt::Display for PcError {
                 "display: the VGA BIOS has {bytes} bytes; at most 16 MiB fit its ROM BAR"
             ),
             PcError::Display(e) => write!(f, "display: {e}"),
+            PcError::VirtioDisk(e) => write!(f, "virtio disk: {e}"),
         }
     }
 }

@@ -19,17 +19,22 @@ mod firmware;
 #[cfg(test)]
 mod tests;
 
-pub use description::{DirectBoot, DisplayDescription, PcDescription};
+pub use description::{DirectBoot, DisplayDescription, PcDescription, VirtioDevices};
 pub use error::PcError;
 pub use firmware::{check as check_firmware, MIN_PAM_IMAGE};
 
 use crate::ide::{Drive, IdeSlot, Piix3Ide};
 use crate::interrupts::CpuInterrupts;
+use crate::msi::LapicMsi;
 use crate::pci::i440fx::BiosRom;
-use crate::pci::PciBus;
+use crate::pci::msix::MsiTarget;
+use crate::pci::{InterruptPin, PciBus};
 use crate::platform::{PcChipset, PcConfig, VGA_GRAPHICS_WINDOW};
 use crate::rtc::BootDevice;
 use crate::vga::{self, memory};
+use crate::virtio::blk::VirtioBlk;
+use crate::virtio::rng::VirtioRng;
+use crate::virtio::{VirtioDevice, VirtioPci};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -56,6 +61,11 @@ pub const ACPI_PM_BASE: u16 = 0x600;
 
 /// The PCI slot and function of the PIIX3 IDE controller.
 pub const IDE_PCI: (u8, u8) = (1, 1);
+
+/// The PCI slot and function of the virtio disk, when there is one.
+pub const VIRTIO_DISK_PCI: (u8, u8) = (4, 0);
+/// The PCI slot and function of the virtio entropy device, when there is one.
+pub const VIRTIO_RNG_PCI: (u8, u8) = (5, 0);
 
 /// The CD-ROM drive: secondary master, as on QEMU's PC.
 const CDROM: IdeDrive = IdeDrive {
@@ -136,6 +146,7 @@ impl Pc {
         if let Some(parts) = display {
             display::add(&mut vm, &chipset, parts)?;
         }
+        add_virtio(&mut vm, &chipset, desc.virtio)?;
 
         let drives = desc
             .boot
@@ -161,6 +172,10 @@ impl Pc {
         let dev = vm.add_device(Box::new(fw_cfg))?;
         for (first, count) in ports {
             vm.claim_ports(dev, first, count)?;
+        }
+
+        if desc.test_devices {
+            add_test_devices(&mut vm, &chipset)?;
         }
 
         let entry = match &desc.direct_boot {
@@ -224,6 +239,13 @@ impl Pc {
         &mut self.msrs
     }
 
+    /// The host pressed the power button: the guest's ACPI sees
+    /// PWRBTN_STS in the PIIX4 PM function, with an SCI if it enabled
+    /// one; an ACPI guest then shuts down and powers off.
+    pub fn press_power_button(&mut self) {
+        self.chipset.press_power_button(&mut self.vm);
+    }
+
     /// The VM: memory, devices, statistics.
     pub fn vm(&self) -> &Vm {
         &self.vm
@@ -285,6 +307,25 @@ impl Pc {
 /// The PIIX3 IDE function at 00:01.1: the CD-ROM drive (always there, with
 /// `cdrom` as its medium) on the secondary master, `disk` on the primary
 /// master.
+/// QEMU's `pc-testdev` and `isa-debug-exit` (port 0xf4), for test suites
+/// that drive the VMM from inside the guest.
+fn add_test_devices(vm: &mut Vm, chipset: &PcChipset) -> Result<(), PcError> {
+    use crate::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT};
+    use crate::pc_testdev::{self as testdev, PcTestDevice};
+    let lines = (0..testdev::ISA_LINES as u8)
+        .map(|irq| chipset.isa.line(irq))
+        .collect();
+    let dev = vm.add_device(Box::new(PcTestDevice::new(lines)))?;
+    vm.claim_ports(dev, testdev::DATA_PORT, 4)?;
+    vm.claim_ports(dev, testdev::FLUSH_PORT, 4)?;
+    vm.claim_ports(dev, testdev::DATA_BYTE_PORT, 4)?;
+    vm.claim_ports(dev, testdev::IRQ_PORT, testdev::IRQ_PORT_COUNT)?;
+    vm.claim_mmio(dev, testdev::IOMEM_BASE, testdev::IOMEM_LEN)?;
+    let exit = vm.add_device(Box::new(DebugExit))?;
+    vm.claim_ports(exit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT)?;
+    Ok(())
+}
+
 fn add_ide(
     vm: &mut Vm,
     chipset: &PcChipset,
@@ -310,6 +351,35 @@ fn add_ide(
     match bus {
         Some(bus) => bus.add(IDE_PCI.0, IDE_PCI.1, Box::new(ide))?,
         None => return Err(PcError::MissingPciBus),
+    }
+    Ok(())
+}
+
+/// The virtio devices asked for, each on its own PCI slot, with MSIs to the
+/// local APIC and INTx pin A through the PIRQ router.
+fn add_virtio(vm: &mut Vm, chipset: &PcChipset, devices: VirtioDevices) -> Result<(), PcError> {
+    let mut functions: Vec<((u8, u8), Box<dyn VirtioDevice>)> = Vec::new();
+    if let Some(disk) = devices.disk {
+        let blk = VirtioBlk::new(disk).map_err(PcError::VirtioDisk)?;
+        functions.push((VIRTIO_DISK_PCI, Box::new(blk)));
+    }
+    if let Some(source) = devices.rng {
+        functions.push((VIRTIO_RNG_PCI, Box::new(VirtioRng::new(source))));
+    }
+    if functions.is_empty() {
+        return Ok(());
+    }
+    let msi: Arc<dyn MsiTarget> = LapicMsi::new(alloc::vec![chipset.cpu.lapic().clone()]);
+    let Some(bus) = vm.devices_mut().device_mut::<PciBus>(chipset.pci_bus) else {
+        return Err(PcError::MissingPciBus);
+    };
+    for ((slot, function), device) in functions {
+        let intx = chipset.pirq.intx_line(slot, InterruptPin::A);
+        bus.add(
+            slot,
+            function,
+            Box::new(VirtioPci::new(device, intx, msi.clone())),
+        )?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 use super::*;
 use crate::block::{MemoryImage, CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
 use crate::uart::BufferBackend;
+use crate::virtio::rng;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -23,6 +24,8 @@ fn describe(fw: &[u8], ram: u64) -> PcDescription<'_> {
     PcDescription {
         cpu_model: vmm_core::vcpu::CpuModel::Qemu64,
         display: None,
+        test_devices: false,
+        virtio: Default::default(),
         id: VmId(7),
         ram,
         firmware: fw,
@@ -362,4 +365,226 @@ fn the_display_is_a_stdvga_at_00_02_0_with_its_rom_framebuffer_and_window() {
     assert_eq!(pc.vm().memory().kind_at(0xe200_0000), RegionKind::Mmio);
     assert_eq!(pc.vm().memory().kind_at(0xe101_0000), RegionKind::Mmio);
     assert_eq!(pc.vm().memory().kind_at(0xa_0000), RegionKind::Mmio);
+}
+
+#[test]
+fn test_devices_answer_as_qemus_only_when_asked_for() {
+    let fw = firmware();
+    let mut plain = build(describe(&fw, 16 << 20));
+    let mut v = [0u8; 4];
+    plain.vm_mut().port_read(0xe0, &mut v);
+    assert_eq!(v, [0xff; 4], "no pc-testdev on an ordinary PC");
+    plain.vm_mut().port_write(0xf4, &[1]);
+    assert_eq!(plain.vm().stop_reason(), None, "no exit port either");
+
+    let mut desc = describe(&fw, 16 << 20);
+    desc.test_devices = true;
+    let mut pc = build(desc);
+    let vm = pc.vm_mut();
+    // The data register: any width, each byte lane on its own, and the
+    // byte-wise alias at 0xe8 sees the same register.
+    vm.port_write(0xe0, &0x1234_5678u32.to_le_bytes());
+    vm.port_write(0xe2, &[0xab]);
+    vm.port_read(0xe0, &mut v);
+    assert_eq!(u32::from_le_bytes(v), 0x12ab_5678);
+    let mut b = [0u8];
+    vm.port_read(0xe9, &mut b);
+    assert_eq!(b, [0x56]);
+    // The memory-like window: what is written reads back, at any size.
+    vm.mmio_write(0xff00_0ff8, &0x1122_3344_5566_7788u64.to_le_bytes());
+    let mut q = [0u8; 8];
+    vm.mmio_read(0xff00_0ff8, &mut q);
+    assert_eq!(u64::from_le_bytes(q), 0x1122_3344_5566_7788);
+    vm.mmio_read(0xff00_0ffc, &mut v);
+    assert_eq!(u32::from_le_bytes(v), 0x1122_3344);
+    // Line ports drive ISA interrupts.
+    vm.port_write(0x2004, &[1]);
+    assert!(pc.chipset().isa.level(4), "IRQ 4 raised");
+    pc.vm_mut().port_write(0x2004, &[0]);
+    assert!(!pc.chipset().isa.level(4), "IRQ 4 lowered");
+    // A reset forgets the register and the window.
+    pc.vm_mut().reset_devices();
+    pc.vm_mut().port_read(0xe0, &mut v);
+    assert_eq!(v, [0; 4]);
+    pc.vm_mut().mmio_read(0xff00_0ff8, &mut q);
+    assert_eq!(q, [0; 8]);
+    // The exit port stops the VM with the code written.
+    pc.vm_mut().port_write(0xf4, &0x2au32.to_le_bytes());
+    assert_eq!(
+        pc.vm().stop_reason(),
+        Some(&vmm_core::vm::StopReason::GuestExit { code: 0x2a })
+    );
+}
+
+#[test]
+fn the_power_button_shows_in_the_pm_block_as_pwrbtn_sts() {
+    let fw = firmware();
+    let mut pc = build(describe(&fw, 16 << 20));
+    // As firmware does: PMBA at the PM block's base, PMREGMISC's I/O
+    // enable (PIIX4 PM is 00:01.3).
+    for (reg, value) in [(0x40u32, u32::from(ACPI_PM_BASE) | 1), (0x80, 1)] {
+        let address = 0x8000_0000u32 | 1 << 11 | 3 << 8 | reg;
+        pc.vm_mut().port_write(0xcf8, &address.to_le_bytes());
+        pc.vm_mut().port_write(0xcfc, &value.to_le_bytes());
+    }
+    let pm1_sts = |pc: &mut Pc| {
+        let mut v = [0u8; 2];
+        pc.vm_mut().port_read(ACPI_PM_BASE, &mut v);
+        u16::from_le_bytes(v)
+    };
+    assert_eq!(pm1_sts(&mut pc) & crate::acpi_pm::PM1_PWRBTN_STS, 0);
+    pc.press_power_button();
+    assert_ne!(pm1_sts(&mut pc) & crate::acpi_pm::PM1_PWRBTN_STS, 0);
+    // The guest acknowledges it (write-one-to-clear), as an OS does.
+    let ack = crate::acpi_pm::PM1_PWRBTN_STS.to_le_bytes();
+    pc.vm_mut().port_write(ACPI_PM_BASE, &ack);
+    assert_eq!(pm1_sts(&mut pc) & crate::acpi_pm::PM1_PWRBTN_STS, 0);
+}
+
+#[test]
+fn virtio_devices_are_off_by_default_and_on_their_slots_when_asked_for() {
+    let fw = firmware();
+    let mut pc = build(describe(&fw, 16 << 20));
+    assert_eq!(pci_read32(&mut pc, VIRTIO_DISK_PCI.0, 0, 0), 0xffff_ffff);
+    assert_eq!(pci_read32(&mut pc, VIRTIO_RNG_PCI.0, 0, 0), 0xffff_ffff);
+
+    let mut desc = describe(&fw, 16 << 20);
+    let disk: Vec<u8> = (0..64 * 512).map(|i| (i / 512) as u8).collect();
+    desc.virtio = VirtioDevices {
+        disk: Some(Box::new(
+            MemoryImage::writable("vd", disk, DISK_SECTOR_SIZE).unwrap(),
+        )),
+        rng: Some(Box::new(rng::DeterministicEntropy::new(1))),
+    };
+    let mut pc = build(desc);
+    assert_eq!(pci_read32(&mut pc, VIRTIO_DISK_PCI.0, 0, 0), 0x1042_1af4);
+    assert_eq!(pci_read32(&mut pc, VIRTIO_RNG_PCI.0, 0, 0), 0x1044_1af4);
+    assert_eq!(
+        pci_read32(&mut pc, VIRTIO_DISK_PCI.0, 0, 0x3c) >> 8 & 0xff,
+        1,
+        "INTA#"
+    );
+}
+
+const VIRTIO_BAR0: u64 = 0xe000_0000;
+const VIRTIO_BAR1: u64 = 0xe000_4000;
+
+/// A PC with a virtio disk (sector n filled with n), its BARs placed and
+/// decoding, bus mastering on; with `msix`, MSI-X enabled with the queue's
+/// vector (1) sending vector 0x51 to the local APIC, which is enabled.
+fn pc_with_virtio_disk(fw: &[u8], msix: bool) -> Pc {
+    let mut desc = describe(fw, 16 << 20);
+    let disk: Vec<u8> = (0..64 * 512).map(|i| (i / 512) as u8).collect();
+    desc.virtio.disk = Some(Box::new(
+        MemoryImage::read_only("vd", disk, DISK_SECTOR_SIZE).unwrap(),
+    ));
+    let mut pc = build(desc);
+    let slot = VIRTIO_DISK_PCI.0;
+    let cfg = |pc: &mut Pc, reg: u8, v: u32| {
+        let a = 0x8000_0000u32 | u32::from(slot) << 11 | u32::from(reg);
+        pc.vm_mut().port_write(0xcf8, &a.to_le_bytes());
+        pc.vm_mut().port_write(0xcfc, &v.to_le_bytes());
+    };
+    cfg(&mut pc, 0x10, VIRTIO_BAR0 as u32);
+    cfg(&mut pc, 0x14, VIRTIO_BAR1 as u32);
+    cfg(&mut pc, 0x04, 0x6);
+    if msix {
+        let control = pci_read32(&mut pc, slot, 0, 0x40);
+        cfg(&mut pc, 0x40, control | 1 << 31);
+        // The local APIC on (spurious vector register).
+        pc.vm_mut().mmio_write(0xfee0_00f0, &0x1ffu32.to_le_bytes());
+        let e = VIRTIO_BAR1 + 16;
+        pc.vm_mut().mmio_write(e, &0xfee0_0000u32.to_le_bytes());
+        pc.vm_mut().mmio_write(e + 8, &0x51u32.to_le_bytes());
+        pc.vm_mut().mmio_write(e + 12, &0u32.to_le_bytes());
+    }
+    pc
+}
+
+/// Set up queue 0 as a driver does and read sector 9 through it; the
+/// data and status as the guest sees them.
+fn virtio_read_sector_9(pc: &mut Pc) -> (Vec<u8>, u8) {
+    use crate::virtio::pci::common;
+    let w = |pc: &mut Pc, off: u64, v: &[u8]| {
+        pc.vm_mut().mmio_write(VIRTIO_BAR0 + off, v);
+    };
+    w(pc, common::DEVICE_STATUS, &[3]);
+    w(pc, common::DRIVER_FEATURE_SELECT, &1u32.to_le_bytes());
+    w(pc, common::DRIVER_FEATURE, &1u32.to_le_bytes());
+    w(pc, common::DEVICE_STATUS, &[11]);
+    w(pc, common::QUEUE_SIZE, &8u16.to_le_bytes());
+    w(pc, common::QUEUE_MSIX_VECTOR, &1u16.to_le_bytes());
+    for (off, gpa) in [
+        (common::QUEUE_DESC, 0x10_0000u64),
+        (common::QUEUE_DRIVER, 0x10_1000),
+        (common::QUEUE_DEVICE, 0x10_2000),
+    ] {
+        w(pc, off, &gpa.to_le_bytes());
+    }
+    w(pc, common::QUEUE_ENABLE, &1u16.to_le_bytes());
+    w(pc, common::DEVICE_STATUS, &[15]);
+    // Header (IN, sector 9), 512 bytes of data, status.
+    let mem = pc.vm_mut().memory_mut();
+    let mut hdr = [0u8; 16];
+    hdr[8] = 9;
+    mem.write(0x11_0000, &hdr).unwrap();
+    for (i, (addr, len, flags, next)) in [
+        (0x11_0000u64, 16u32, 1u16, 1u16),
+        (0x11_1000, 512, 3, 2),
+        (0x11_2000, 1, 2, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        mem.write(0x10_0000 + 16 * i as u64, &d).unwrap();
+    }
+    mem.write(0x10_1002, &1u16.to_le_bytes()).unwrap();
+    mem.write(0x11_2000, &[0xff]).unwrap();
+    w(pc, crate::virtio::pci::NOTIFY_OFFSET, &0u16.to_le_bytes());
+    let mut data = vec![0u8; 512];
+    pc.vm().memory().read(0x11_1000, &mut data).unwrap();
+    let mut status = [0u8; 1];
+    pc.vm().memory().read(0x11_2000, &mut status).unwrap();
+    (data, status[0])
+}
+
+/// A virtio-blk read on the whole PC whose completion reaches the vCPU as
+/// the MSI-X vector the driver programmed, through the local APIC.
+#[test]
+fn a_virtio_disk_read_completes_with_an_msi_at_the_local_apic() {
+    let fw = firmware();
+    let mut pc = pc_with_virtio_disk(&fw, true);
+    assert_eq!(pc.interrupts().pending(), None);
+    let (data, status) = virtio_read_sector_9(&mut pc);
+    assert!(data.iter().all(|&b| b == 9));
+    assert_eq!(status, 0);
+    assert_eq!(pc.interrupts().pending(), Some(0x51));
+}
+
+/// Without MSI-X the completion raises INTA# of slot 4, which the PIIX3
+/// routes (PIRQA, as the BIOS programs it) to ISA IRQ 11; reading the ISR
+/// lowers it.
+#[test]
+fn without_msix_a_virtio_disk_interrupts_through_the_pirq_router() {
+    let fw = firmware();
+    let mut pc = pc_with_virtio_disk(&fw, false);
+    // Slot 4, pin A: PIRQ (4 + 0) % 4 = A, register 0x60 of the PIIX3.
+    let a = 0x8000_0000u32 | 1 << 11 | 0x60;
+    pc.vm_mut().port_write(0xcf8, &a.to_le_bytes());
+    pc.vm_mut().port_write(0xcfc, &[11]);
+    assert!(!pc.chipset().isa.level(11));
+    let (data, status) = virtio_read_sector_9(&mut pc);
+    assert!(data.iter().all(|&b| b == 9));
+    assert_eq!(status, 0);
+    assert!(pc.chipset().isa.level(11));
+    let mut isr = [0u8];
+    pc.vm_mut()
+        .mmio_read(VIRTIO_BAR0 + crate::virtio::pci::ISR_OFFSET, &mut isr);
+    assert_eq!(isr, [1]);
+    assert!(!pc.chipset().isa.level(11));
 }

@@ -50,6 +50,7 @@
 
 mod config;
 pub mod i440fx;
+pub mod msix;
 pub mod piix3;
 pub mod piix4_pm;
 

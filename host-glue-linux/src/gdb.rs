@@ -1,0 +1,516 @@
+//! `vmm run --gdb ADDR`: a gdb remote stub for the guest, on the
+//! `gdbstub` crate, over TCP.
+//!
+//! The stub is driven between slices of the exit loop by the runner
+//! ([`Session::pump`]): while gdb holds the guest, the vCPU does not run
+//! (the whole guest stops, devices' timers too); while it runs, the
+//! socket is looked at after every slice, so Ctrl-C stops it within a
+//! slice. Breakpoints and steps go through KVM_SET_GUEST_DEBUG: INT3s the
+//! stub writes into guest memory (software breakpoints, where the memory
+//! is RAM), up to four execution breakpoints in the debug registers
+//! (hardware breakpoints, also in ROM), and single-step. Memory is read
+//! and written at linear addresses through the guest's page tables (as
+//! the CPU would translate them now; paging off, they are physical).
+//! Registers are the general-purpose ones, RIP, RFLAGS and the segment
+//! selectors (x87/SSE registers read as zero).
+
+use crate::kvm::{DebugStop, KvmVcpu};
+use gdbstub::common::Signal;
+use gdbstub::conn::ConnectionExt;
+use gdbstub::stub::state_machine::GdbStubStateMachine;
+use gdbstub::stub::{GdbStub, SingleThreadStopReason};
+use gdbstub::target::ext::base::singlethread::{
+    SingleThreadBase, SingleThreadResume, SingleThreadResumeOps, SingleThreadSingleStep,
+    SingleThreadSingleStepOps,
+};
+use gdbstub::target::ext::base::BaseOps;
+use gdbstub::target::ext::breakpoints::{
+    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, SwBreakpoint, SwBreakpointOps,
+};
+use gdbstub::target::{Target, TargetError, TargetResult};
+use gdbstub_arch::x86::reg::X86_64CoreRegs;
+use gdbstub_arch::x86::X86_64_SSE;
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+use vmm_core::emulator::{CpuState, Segment};
+use vmm_core::paging::{Access, AccessKind, PageTableMemory, Walker};
+use vmm_devices::pc::Pc;
+
+/// INT3.
+const INT3: u8 = 0xcc;
+/// gdb's x86-64 register order, as indexes of the emulator's GPRs (RAX,
+/// RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8-R15).
+const GDB_ORDER: [usize; 16] = [0, 3, 1, 2, 6, 7, 5, 4, 8, 9, 10, 11, 12, 13, 14, 15];
+/// How long an idle stub waits for gdb before the runner looks at its
+/// quit key and signals again.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// The machine as gdb sees it: the PC and its vCPU, with what the
+/// debugger has planted.
+pub struct Machine {
+    /// The PC.
+    pub pc: Pc,
+    /// Its vCPU.
+    pub vcpu: KvmVcpu,
+    /// Software breakpoints: linear address, and the byte the INT3
+    /// replaced.
+    sw: Vec<(u64, u8)>,
+    /// Hardware breakpoints (linear addresses, at most four).
+    hw: Vec<u64>,
+    /// The next resume is a single step.
+    step: bool,
+}
+
+impl Machine {
+    /// `pc` on `vcpu`, nothing planted.
+    pub fn new(pc: Pc, vcpu: KvmVcpu) -> Self {
+        Self {
+            pc,
+            vcpu,
+            sw: Vec::new(),
+            hw: Vec::new(),
+            step: false,
+        }
+    }
+
+    /// The guest-physical address of `linear` now, if mapped.
+    fn translate(&mut self, linear: u64) -> Option<u64> {
+        let walker = Walker::new(self.vcpu.control());
+        let mut tables = ReadOnly(self.pc.vm_mut().memory_mut());
+        walker
+            .translate(&mut tables, linear, Access::new(AccessKind::Read, 0))
+            .ok()
+            .map(|t| t.gpa)
+    }
+
+    /// Copy guest memory at `linear` into `data`, page by page; how many
+    /// bytes could be read.
+    fn read_linear(&mut self, linear: u64, data: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < data.len() {
+            let at = linear.wrapping_add(done as u64);
+            let chunk = (0x1000 - (at & 0xfff) as usize).min(data.len() - done);
+            let Some(gpa) = self.translate(at) else { break };
+            if self
+                .pc
+                .vm()
+                .memory()
+                .read(gpa, &mut data[done..done + chunk])
+                .is_err()
+            {
+                break;
+            }
+            done += chunk;
+        }
+        done
+    }
+
+    /// Write `data` to guest memory at `linear`; whether all of it went.
+    fn write_linear(&mut self, linear: u64, data: &[u8]) -> bool {
+        let mut done = 0;
+        while done < data.len() {
+            let at = linear.wrapping_add(done as u64);
+            let chunk = (0x1000 - (at & 0xfff) as usize).min(data.len() - done);
+            let Some(gpa) = self.translate(at) else {
+                return false;
+            };
+            if self
+                .pc
+                .vm_mut()
+                .memory_mut()
+                .write(gpa, &data[done..done + chunk])
+                .is_err()
+            {
+                return false;
+            }
+            done += chunk;
+        }
+        true
+    }
+
+    /// Hand KVM the debugger's state before the guest runs.
+    fn arm(&mut self) -> Result<(), String> {
+        let (step, hw) = (self.step, self.hw.clone());
+        log::debug!(
+            "gdb: resume (step {step}, hardware breakpoints {hw:x?}, software {:x?})",
+            self.sw
+        );
+        self.vcpu
+            .set_guest_debug(true, step, &hw)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Take every breakpoint out and give the guest its debugging back
+    /// (gdb detached or went away).
+    pub fn detach(&mut self) {
+        for (addr, byte) in std::mem::take(&mut self.sw) {
+            self.write_linear(addr, &[byte]);
+        }
+        self.hw.clear();
+        self.step = false;
+        if let Err(e) = self.vcpu.set_guest_debug(false, false, &[]) {
+            log::warn!("gdb: {e}");
+        }
+    }
+}
+
+/// Guest memory for a page walk that must not change it (no accessed or
+/// dirty bits set by a debugger's look).
+struct ReadOnly<'a>(&'a mut vmm_core::memory::GuestMemory);
+
+impl PageTableMemory for ReadOnly<'_> {
+    fn read_u32(&mut self, gpa: u64) -> Option<u32> {
+        self.0.read_u32(gpa)
+    }
+    fn read_u64(&mut self, gpa: u64) -> Option<u64> {
+        self.0.read_u64(gpa)
+    }
+    fn write_u32(&mut self, _: u64, _: u32) -> bool {
+        true
+    }
+    fn write_u64(&mut self, _: u64, _: u64) -> bool {
+        true
+    }
+}
+
+impl Target for Machine {
+    type Arch = X86_64_SSE;
+    type Error = String;
+
+    fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
+        BaseOps::SingleThread(self)
+    }
+
+    fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadBase for Machine {
+    fn read_registers(&mut self, regs: &mut X86_64CoreRegs) -> TargetResult<(), Self> {
+        for (i, r) in GDB_ORDER.iter().enumerate() {
+            regs.regs[i] = self.vcpu.gpr(*r);
+        }
+        regs.rip = self.vcpu.rip();
+        regs.eflags = self.vcpu.rflags() as u32;
+        let sel = |s| u32::from(self.vcpu.segment(s).selector);
+        regs.segments.cs = sel(Segment::Cs);
+        regs.segments.ss = sel(Segment::Ss);
+        regs.segments.ds = sel(Segment::Ds);
+        regs.segments.es = sel(Segment::Es);
+        regs.segments.fs = sel(Segment::Fs);
+        regs.segments.gs = sel(Segment::Gs);
+        Ok(())
+    }
+
+    fn write_registers(&mut self, regs: &X86_64CoreRegs) -> TargetResult<(), Self> {
+        for (i, r) in GDB_ORDER.iter().enumerate() {
+            if self.vcpu.gpr(*r) != regs.regs[i] {
+                self.vcpu.set_gpr(*r, regs.regs[i]);
+            }
+        }
+        if self.vcpu.rip() != regs.rip {
+            self.vcpu.set_rip(regs.rip);
+        }
+        // RFLAGS bit 1 is always set; the rest as gdb says.
+        let flags = (self.vcpu.rflags() & !0xffff_ffff) | u64::from(regs.eflags) | 2;
+        if self.vcpu.rflags() != flags {
+            self.vcpu.set_rflags(flags);
+        }
+        Ok(())
+    }
+
+    fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
+        let n = self.read_linear(start, data);
+        // Show the guest's bytes, not the INT3s planted over them.
+        for (addr, byte) in &self.sw {
+            if let Some(i) = addr.checked_sub(start).filter(|i| *i < n as u64) {
+                data[i as usize] = *byte;
+            }
+        }
+        Ok(n)
+    }
+
+    fn write_addrs(&mut self, start: u64, data: &[u8]) -> TargetResult<(), Self> {
+        if self.write_linear(start, data) {
+            Ok(())
+        } else {
+            Err(TargetError::Errno(14)) // EFAULT
+        }
+    }
+
+    fn support_resume(&mut self) -> Option<SingleThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadResume for Machine {
+    fn resume(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
+        self.step = false;
+        self.arm()
+    }
+
+    fn support_single_step(&mut self) -> Option<SingleThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadSingleStep for Machine {
+    fn step(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
+        self.step = true;
+        self.arm()
+    }
+}
+
+impl Breakpoints for Machine {
+    fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+    fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SwBreakpoint for Machine {
+    fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        if self.sw.iter().any(|(a, _)| *a == addr) {
+            return Ok(true);
+        }
+        let mut old = [0u8];
+        if self.read_linear(addr, &mut old) != 1 || !self.write_linear(addr, &[INT3]) {
+            return Ok(false);
+        }
+        // ROM drops writes: there, only a hardware breakpoint works.
+        let mut now = [0u8];
+        if self.read_linear(addr, &mut now) != 1 || now[0] != INT3 {
+            return Ok(false);
+        }
+        self.sw.push((addr, old[0]));
+        Ok(true)
+    }
+
+    fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        let Some(i) = self.sw.iter().position(|(a, _)| *a == addr) else {
+            return Ok(false);
+        };
+        let (_, byte) = self.sw.remove(i);
+        self.write_linear(addr, &[byte]);
+        Ok(true)
+    }
+}
+
+impl HwBreakpoint for Machine {
+    fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        if self.hw.len() >= 4 {
+            return Ok(false);
+        }
+        self.hw.push(addr);
+        Ok(true)
+    }
+
+    fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        let Some(i) = self.hw.iter().position(|a| *a == addr) else {
+            return Ok(false);
+        };
+        self.hw.remove(i);
+        Ok(true)
+    }
+}
+
+/// The stop reason gdb is told for a KVM debug exit. A hardware
+/// breakpoint is told as a plain SIGTRAP: gdb matches it to its
+/// breakpoint by the PC where it can, and where it cannot (real mode,
+/// where gdb's PC is IP but breakpoints are linear addresses) it still
+/// stops, where a `hwbreak` stop it cannot match would be ignored.
+pub fn stop_reason(stop: &DebugStop) -> SingleThreadStopReason<u64> {
+    match stop.exception {
+        3 => SingleThreadStopReason::SwBreak(()),
+        _ if stop.dr6 & 0xf == 0 && stop.dr6 & (1 << 14) != 0 => SingleThreadStopReason::DoneStep,
+        _ => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+    }
+}
+
+/// Why the gdb stub could not start.
+#[derive(Debug)]
+pub struct GdbError(pub String);
+
+impl std::fmt::Display for GdbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "--gdb: {}", self.0)
+    }
+}
+
+impl std::error::Error for GdbError {}
+
+/// A gdb connection in progress.
+pub struct Session {
+    state: Option<GdbStubStateMachine<'static, Machine, TcpStream>>,
+}
+
+impl Session {
+    /// Listen on `addr`, wait for gdb to connect, and hold the guest
+    /// stopped for it (at its first instruction).
+    pub fn accept(addr: &str, machine: &mut Machine) -> Result<Self, GdbError> {
+        let listener = TcpListener::bind(addr).map_err(|e| GdbError(format!("{addr}: {e}")))?;
+        eprint!("vmm: waiting for gdb on {addr} (target remote {addr})\r\n");
+        let (stream, peer) = listener
+            .accept()
+            .map_err(|e| GdbError(format!("{addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        log::info!("gdb: connected from {peer}");
+        let state = GdbStub::new(stream)
+            .run_state_machine(machine)
+            .map_err(|e| GdbError(e.to_string()))?;
+        Ok(Self { state: Some(state) })
+    }
+
+    /// Whether gdb is still attached.
+    pub fn attached(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// Let the stub take what gdb sent; whether the guest may run now (it
+    /// may always once gdb is gone). A stopped guest waits here up to
+    /// [`IDLE_POLL`] for gdb.
+    pub fn pump(&mut self, m: &mut Machine) -> bool {
+        let Some(mut state) = self.state.take() else {
+            return true;
+        };
+        loop {
+            let next = match state {
+                GdbStubStateMachine::Idle(mut g) => {
+                    let conn = g.borrow_conn();
+                    let _ = conn.set_read_timeout(Some(IDLE_POLL));
+                    match conn.read() {
+                        Ok(byte) => g.incoming_data(m, byte),
+                        Err(e) if is_timeout(&e) => {
+                            self.state = Some(GdbStubStateMachine::Idle(g));
+                            return false;
+                        }
+                        Err(e) => {
+                            log::info!("gdb: connection lost: {e}");
+                            m.detach();
+                            return true;
+                        }
+                    }
+                }
+                GdbStubStateMachine::Running(mut g) => {
+                    let conn = g.borrow_conn();
+                    let _ = conn.set_nonblocking(true);
+                    let peeked = conn.peek();
+                    let _ = conn.set_nonblocking(false);
+                    match peeked {
+                        Ok(Some(b)) => match g.borrow_conn().read() {
+                            Ok(byte) => {
+                                log::debug!("gdb: {b:#x} while running");
+                                g.incoming_data(m, byte)
+                            }
+                            Err(_) => {
+                                m.detach();
+                                return true;
+                            }
+                        },
+                        Ok(None) => {
+                            self.state = Some(GdbStubStateMachine::Running(g));
+                            return true;
+                        }
+                        Err(e) if is_timeout(&e) => {
+                            self.state = Some(GdbStubStateMachine::Running(g));
+                            return true;
+                        }
+                        Err(_) => {
+                            m.detach();
+                            return true;
+                        }
+                    }
+                }
+                GdbStubStateMachine::CtrlCInterrupt(g) => {
+                    g.interrupt_handled(m, Some(SingleThreadStopReason::Signal(Signal::SIGINT)))
+                }
+                GdbStubStateMachine::Disconnected(g) => {
+                    log::info!("gdb: detached ({:?})", g.get_reason());
+                    m.detach();
+                    return true;
+                }
+            };
+            state = match next {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!("gdb: {e}");
+                    m.detach();
+                    return true;
+                }
+            };
+        }
+    }
+
+    /// Tell gdb the guest stopped at a breakpoint or after a step.
+    pub fn report(&mut self, m: &mut Machine, stop: &DebugStop) {
+        let Some(state) = self.state.take() else {
+            return;
+        };
+        log::debug!("gdb: stopped: {stop:x?}");
+        // An INT3 the guest has of its own (not planted by gdb) is shown
+        // as SIGTRAP: gdb stops there rather than ignore it and loop.
+        let planted = m.sw.iter().any(|(a, _)| *a == stop.pc);
+        let reason = match stop_reason(stop) {
+            SingleThreadStopReason::SwBreak(()) if !planted => {
+                SingleThreadStopReason::Signal(Signal::SIGTRAP)
+            }
+            r => r,
+        };
+        let next = match state {
+            GdbStubStateMachine::Running(g) => g.report_stop(m, reason),
+            other => Ok(other),
+        };
+        match next {
+            Ok(s) => self.state = Some(s),
+            Err(e) => {
+                log::warn!("gdb: {e}");
+                m.detach();
+            }
+        }
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_debug_exits_become_gdb_stop_reasons() {
+        let stop = |exception, dr6| DebugStop {
+            exception,
+            dr6,
+            pc: 0,
+        };
+        assert!(matches!(
+            stop_reason(&stop(3, 0)),
+            SingleThreadStopReason::SwBreak(())
+        ));
+        assert!(matches!(
+            stop_reason(&stop(1, 0x4000)),
+            SingleThreadStopReason::DoneStep
+        ));
+        assert!(matches!(
+            stop_reason(&stop(1, 0x2)),
+            SingleThreadStopReason::Signal(Signal::SIGTRAP)
+        ));
+        assert_eq!(crate::kvm::exec_breakpoint_dr7(2), 0b101);
+        assert_eq!(crate::kvm::exec_breakpoint_dr7(9), 0b0101_0101);
+    }
+
+    #[test]
+    fn gdb_register_order_names_every_gpr_once() {
+        let mut seen = GDB_ORDER;
+        seen.sort_unstable();
+        assert_eq!(seen, core::array::from_fn::<usize, 16, _>(|i| i));
+    }
+}

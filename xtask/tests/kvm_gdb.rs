@@ -1,0 +1,252 @@
+//! `vmm run --gdb ADDR` on this machine's KVM, driven by a batch gdb as a
+//! user would drive it: SeaBIOS waits at the reset vector (F000:FFF0) for
+//! gdb, which reads the registers and the far jump there, writes a
+//! register, single-steps twice (to F000:E05B, then over its 7-byte CMP),
+//! stops at a hardware breakpoint two instructions on (in ROM, where an
+//! INT3 cannot go), continues, is interrupted with Ctrl-C, and detaches;
+//! the guest then runs on by itself (SeaBIOS's banner) until SIGTERM
+//! (exit status 143). A second session plants a software breakpoint (an
+//! INT3 in RAM) at the second instruction of the Linux kernel booted
+//! directly, continues to it, reads the guest's own byte there, steps past
+//! it and detaches.
+//!
+//! `cargo xtask test` builds `vmm` and sets `VMM_TEST_VMM`,
+//! `VMM_TEST_SEABIOS` and `VMM_TEST_VMLINUZ`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use xtask::kvm_bench::kvm_present;
+use xtask::system::env_path;
+
+/// A port of our own, so parallel runs (and the two tests) do not collide.
+fn gdb_address(offset: u32) -> String {
+    format!(
+        "127.0.0.1:{}",
+        21000 + (std::process::id() * 2 + offset) % 20000
+    )
+}
+
+/// Run `vmm run ARGS --gdb ADDR` and wait until it waits for gdb; the
+/// child and a thread collecting the rest of its stderr.
+fn vmm_waiting_for_gdb(
+    addr: &str,
+    args: &[&std::ffi::OsStr],
+) -> (std::process::Child, std::thread::JoinHandle<String>) {
+    let mut vmm = Command::new(env_path("VMM_TEST_VMM"))
+        .arg("run")
+        .args(args)
+        .args(["--gdb", addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The stub listens once it says so (a probe would be taken for gdb).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = vmm.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all += &line;
+            all.push('\n');
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("vmm says where it waits for gdb");
+        if line.contains(&format!("waiting for gdb on {addr}")) {
+            break;
+        }
+    }
+    (vmm, reader)
+}
+
+/// A batch gdb running `commands` against `addr`; SIGINT after
+/// `interrupt_after` if given. Its stdout and stderr.
+fn batch_gdb(addr: &str, commands: &[&str], interrupt_after: Option<Duration>) -> String {
+    let mut gdb = Command::new("gdb");
+    gdb.args(["-batch", "-nx"]);
+    gdb.args(["-ex", "set architecture i386:x86-64"]);
+    gdb.args(["-ex", &format!("target remote {addr}")]);
+    for cmd in commands {
+        gdb.args(["-ex", cmd]);
+    }
+    let child = gdb
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    // If gdb hangs, the test fails rather than waits.
+    let started = Instant::now();
+    let out = std::thread::scope(|s| {
+        let h = s.spawn(|| child.wait_with_output().unwrap());
+        if let Some(after) = interrupt_after {
+            std::thread::sleep(after);
+            let _ = Command::new("kill").args(["-INT", &pid]).status();
+        }
+        while !h.is_finished() && started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if !h.is_finished() {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+        h.join().unwrap()
+    });
+    format!(
+        "{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// SIGTERM to `vmm`: exit status 143.
+fn stop(mut vmm: std::process::Child, reader: std::thread::JoinHandle<String>) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &vmm.id().to_string()])
+        .status();
+    let status = vmm.wait().unwrap();
+    let stderr = reader.join().unwrap();
+    assert_eq!(status.code(), Some(143), "{stderr}");
+}
+
+#[test]
+#[ignore = "runs Linux's first instructions under KVM with gdb: run through cargo xtask test"]
+fn gdb_stops_at_a_software_breakpoint_in_ram_and_steps_past_it() {
+    if !kvm_present() {
+        let _ = writeln!(std::io::stderr(), "skipped: /dev/kvm absent");
+        return;
+    }
+    let addr = gdb_address(1);
+    let kernel = env_path("VMM_TEST_VMLINUZ");
+    let (vmm, reader) = vmm_waiting_for_gdb(
+        &addr,
+        &[
+            "--memory".as_ref(),
+            "256".as_ref(),
+            "--serial".as_ref(),
+            "none".as_ref(),
+            "--kernel".as_ref(),
+            kernel.as_os_str(),
+        ],
+    );
+    // x/2i leaves $_ at the second instruction of the kernel's 64-bit
+    // entry (CLD, then CLI: 0xfa).
+    let text = batch_gdb(
+        &addr,
+        &[
+            "x/2i $pc",
+            "break *$_",
+            "x/1bx $_",
+            "continue",
+            "x/1bx $pc",
+            "stepi",
+            "info registers rip",
+            "delete",
+            "detach",
+        ],
+        None,
+    );
+    assert!(text.contains("Breakpoint 1 at 0x"), "{text}");
+    assert!(
+        text.contains("Breakpoint 1, 0x"),
+        "not stopped at it: {text}"
+    );
+    // The guest's own byte shows, not the INT3 under it, before and at the stop.
+    assert_eq!(text.matches(":\t0xfa").count(), 2, "{text}");
+    assert!(text.contains("detached"), "{text}");
+    stop(vmm, reader);
+}
+
+#[test]
+#[ignore = "runs SeaBIOS under KVM with gdb: run through cargo xtask test"]
+fn gdb_steps_breaks_interrupts_and_detaches_from_the_guest() {
+    if !kvm_present() {
+        let _ = writeln!(std::io::stderr(), "skipped: /dev/kvm absent");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("vmm-gdb-kvm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let console = dir.join("console.log");
+    let addr = gdb_address(0);
+    let bios = env_path("VMM_TEST_SEABIOS");
+    let serial = std::ffi::OsString::from(format!("file={}", console.display()));
+    let (vmm, reader) = vmm_waiting_for_gdb(
+        &addr,
+        &[
+            "--memory".as_ref(),
+            "64".as_ref(),
+            "--bios".as_ref(),
+            bios.as_os_str(),
+            "--serial".as_ref(),
+            &serial,
+        ],
+    );
+    // The second `continue` runs until Ctrl-C (SIGINT to gdb, which
+    // sends it to the stub).
+    let text = batch_gdb(
+        &addr,
+        &[
+            "info registers rip cs",
+            "x/5bx 0xffff0",
+            "set $rax = 0x1234",
+            "info registers rax",
+            "stepi",
+            "stepi",
+            "info registers rip",
+            "hbreak *0xfe068",
+            "continue",
+            "info registers rip",
+            "delete",
+            "continue",
+            "info registers cs",
+            "detach",
+        ],
+        Some(Duration::from_secs(4)),
+    );
+    // Waiting at the reset vector, with the far jump to F000:E05B there.
+    assert!(text.contains("rip            0xfff0"), "{text}");
+    assert!(text.contains("cs             0xf000"), "{text}");
+    assert!(
+        text.contains("0xffff0:\t0xea\t0x5b\t0xe0\t0x00\t0xf0"),
+        "{text}"
+    );
+    assert!(text.contains("rax            0x1234"), "{text}");
+    // Two steps: the jump, then CS: CMP DWORD [0x61c8], 0 (7 bytes).
+    assert!(text.contains("0x000000000000e05b in ?? ()"), "{text}");
+    assert!(text.contains("rip            0xe062"), "{text}");
+    // The hardware breakpoint past JNE and XOR DX, DX.
+    assert!(
+        text.contains("Hardware assisted breakpoint 1 at 0xfe068"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Program received signal SIGTRAP"),
+        "no stop at the hardware breakpoint: {text}"
+    );
+    assert!(text.contains("rip            0xe068"), "{text}");
+    assert!(text.contains("Program received signal SIGINT"), "{text}");
+    assert!(text.contains("detached"), "{text}");
+
+    // Detached, the guest goes on by itself: SeaBIOS prints its banner.
+    let start = Instant::now();
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("SeaBIOS (version")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no SeaBIOS banner after detach"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop(vmm, reader);
+    let _ = std::fs::remove_dir_all(&dir);
+}

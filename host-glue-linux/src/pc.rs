@@ -12,7 +12,10 @@ use vmm_bios::bios_image::MAX_IMAGE;
 use vmm_core::host::Host;
 use vmm_core::vm::VmId;
 use vmm_devices::block::{BlockBackend, ImageError};
-use vmm_devices::pc::{check_firmware, DirectBoot, Pc, PcDescription, PcError, VirtioDevices};
+use vmm_devices::pc::{
+    check_firmware, DirectBoot, DisplayDescription, Pc, PcDescription, PcError, VirtioDevices,
+};
+use vmm_devices::vga::DEFAULT_VRAM_SIZE;
 use vmm_devices::virtio::rng::EntropySource;
 use vmm_devices::{rtc, uart::CharBackend};
 
@@ -23,14 +26,22 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Largest VGA BIOS read (the display's ROM BAR takes at most 16 MiB).
+const MAX_VGA_BIOS: u64 = 16 << 20;
+
 /// Build the PC `config` describes, with `com1` as its serial port's host
-/// side; also the sync handles of its writable disk images.
+/// side and, with `vga_bios`, a display whose VGA BIOS is that file; also
+/// the sync handles of its writable disk images.
 pub fn build(
     host: Arc<dyn Host>,
     config: &MachineConfig,
     com1: Box<dyn CharBackend>,
+    vga_bios: Option<&Path>,
 ) -> Result<(Pc, Vec<ImageSync>), RunError> {
     let read = |what, path: &Path, limit| read_limited(what, path, limit).map_err(RunError::File);
+    let vga_bios = vga_bios
+        .map(|p| read("VGA BIOS", p, MAX_VGA_BIOS))
+        .transpose()?;
     let firmware = read("BIOS", &config.bios, MAX_IMAGE as u64)?;
     check_firmware(&firmware).map_err(|error| machine_error(config, error))?;
     let kernel = match &config.kernel {
@@ -75,6 +86,10 @@ pub fn build(
     let desc = PcDescription {
         id: VmId(1),
         cpu_model: config.cpu_model,
+        display: vga_bios.as_deref().map(|rom| DisplayDescription {
+            vga_bios: rom,
+            vram_size: DEFAULT_VRAM_SIZE,
+        }),
         test_devices: config.test_devices,
         ram: config.memory,
         firmware: &firmware,

@@ -10,6 +10,7 @@ use crate::console::{
     catch_quit_signals, quit_signalled, spawn_stdin_reader, ConsoleInput, Pty, RawTerminal,
     SerialConsole,
 };
+use crate::display::{ScreenOutput, ScreenWriter, DEFAULT_VGA_BIOS, SCREEN_EVERY};
 use crate::gdb::{self, GdbError, Machine};
 use crate::host_file::HostFileError;
 use crate::kvm::{self, KvmError, KvmVcpu};
@@ -48,6 +49,10 @@ pub struct RunOptions {
     /// Print a status line on stderr this often while the guest runs
     /// ([`progress_line`]).
     pub progress: Option<Duration>,
+    /// Where the screen goes; empty: the machine has no display adapter.
+    pub display: Vec<ScreenOutput>,
+    /// The VGA BIOS file, when there is a display.
+    pub vga_bios: PathBuf,
     /// Serve the control API on a Unix socket here (docs/API.md).
     pub api_socket: Option<PathBuf>,
     /// Wait for gdb on this TCP address (`127.0.0.1:1234`) before the
@@ -61,6 +66,8 @@ impl Default for RunOptions {
             posted_writes: true,
             state_roundtrip: None,
             progress: None,
+            display: Vec::new(),
+            vga_bios: DEFAULT_VGA_BIOS.into(),
             api_socket: None,
             gdb: None,
         }
@@ -302,7 +309,10 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         None => None,
     };
     let (_api_socket, jobs) = api.unzip();
-    let (mut pc, syncs) = pc::build(host.clone(), config, Box::new(com1))?;
+    let vga_bios = (!options.display.is_empty()).then_some(options.vga_bios.as_path());
+    let (mut pc, syncs) = pc::build(host.clone(), config, Box::new(com1), vga_bios)?;
+    let mut screen = ScreenWriter::new(options.display.clone());
+    let mut last_screen = std::time::Instant::now();
     let mut disks = DiskSyncs(syncs);
     let new_vcpu = |pc: &mut vmm_devices::pc::Pc| {
         let mut vcpu = KvmVcpu::new(pc.vm_mut()).map_err(RunError::Kvm)?;
@@ -385,10 +395,15 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
                 last_progress = (now, stats);
             }
         }
+        if last_screen.elapsed() >= SCREEN_EVERY {
+            screen.update(&m.pc);
+            last_screen = std::time::Instant::now();
+        }
         if let Some(n) = quit_signalled() {
             break Ending::Signalled(n);
         }
     };
+    screen.update(&m.pc);
     let elapsed = started.elapsed();
     // Whatever the ending (power-off, another stop, quit, a signal): what
     // the guest wrote is made durable before `vmm` says how it ended.
@@ -508,7 +523,7 @@ mod tests {
         config.memory = 16 << 20;
         let host = Arc::new(LinuxHost::new());
         let com1 = Box::new(vmm_devices::uart::BufferBackend::new());
-        let (pc, _) = pc::build(host, &config, com1).unwrap();
+        let (pc, _) = pc::build(host, &config, com1, None).unwrap();
         (pc, config)
     }
 

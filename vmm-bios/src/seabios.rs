@@ -7,7 +7,10 @@
 //! - `etc/e820` from the VM's memory map: SeaBIOS takes RAM ranges at or
 //!   above its CMOS-derived size and every reserved range from it;
 //! - `bootorder`, CD-ROM first;
-//! - `etc/sercon-port` = 0x3F8, so the BIOS's int 10h text goes to COM1;
+//! - `etc/sercon-port` = 0x3F8, so the BIOS's int 10h text goes to COM1,
+//!   and the "no graphics" item (`NOGRAPHIC`) set, unless the machine has
+//!   a display: then neither (SeaBIOS adds a serial console of its own
+//!   when `NOGRAPHIC` says there is no display);
 //! - the boot menu off (`BOOT_MENU` = 0, seen as `etc/show-boot-menu`);
 //! - IRQ0 override on, matching the MADT;
 //! - ACPI tables with their loader script (see [`crate::acpi`] for why).
@@ -34,6 +37,8 @@ pub struct SeabiosConfig {
     pub boot: BootOrder,
     /// Serial console port (`etc/sercon-port`), if any.
     pub serial_console: Option<u16>,
+    /// The machine has a display (a VGA): `NOGRAPHIC` is 0.
+    pub display: bool,
     /// Show the "Press ESC for boot menu" prompt (and wait for it).
     pub boot_menu: bool,
     /// ACPI tables; `None` builds them from the memory map with
@@ -49,6 +54,7 @@ impl SeabiosConfig {
             cpus,
             boot,
             serial_console: Some(SERCON_PORT),
+            display: false,
             boot_menu: false,
             acpi: None,
         }
@@ -68,7 +74,10 @@ pub fn seabios_fw_cfg(
         keys::BOOT_MENU,
         u16::from(cfg.boot_menu).to_le_bytes().to_vec(),
     );
-    b.set_item(keys::NOGRAPHIC, 1u16.to_le_bytes().to_vec());
+    b.set_item(
+        keys::NOGRAPHIC,
+        u16::from(!cfg.display).to_le_bytes().to_vec(),
+    );
     b.set_item(keys::IRQ0_OVERRIDE, alloc::vec![1]);
     b.add_file("etc/e820", e820.to_bytes())?;
     b.add_file("bootorder", cfg.boot.to_file())?;

@@ -174,6 +174,10 @@ impl fmt::Display for MemoryError {
 struct Block {
     kind: BlockKind,
     mem: Box<dyn HostMemory>,
+    /// Added with [`GuestMemory::add_device_block`]: the memory of a device
+    /// (video memory), which that device reaches through
+    /// [`crate::dma::DmaGuard::device_memory`] wherever the guest mapped it.
+    device: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -279,8 +283,42 @@ impl GuestMemory {
         mem: Box<dyn HostMemory>,
     ) -> Result<BlockId, MemoryError> {
         let id = u32::try_from(self.blocks.len()).map_err(|_| MemoryError::TooManyBlocks)?;
-        self.blocks.push(Block { kind, mem });
+        self.blocks.push(Block {
+            kind,
+            mem,
+            device: false,
+        });
         Ok(BlockId(id))
+    }
+
+    /// Add `mem` as a device's own RAM (a graphics card's video memory),
+    /// not mapped anywhere yet: the device maps it where the guest put it
+    /// (`VmRequest::MapMemory`), the guest then reads and writes it as RAM
+    /// without exits, and the device reaches the bytes through
+    /// [`crate::dma::DmaGuard::device_memory`] (and the host through
+    /// [`GuestMemory::block_bytes_all`]) wherever it is mapped, or while it is
+    /// not.
+    pub fn add_device_block(&mut self, mem: Box<dyn HostMemory>) -> Result<BlockId, MemoryError> {
+        let id = self.add_block(BlockKind::Ram, mem)?;
+        if let Some(b) = self.blocks.get_mut(id.0 as usize) {
+            b.device = true;
+        }
+        Ok(id)
+    }
+
+    /// The bytes of a block added with [`GuestMemory::add_device_block`],
+    /// for its device; `None` for any other block.
+    pub fn device_block_mut(&mut self, block: BlockId) -> Option<&mut [u8]> {
+        self.blocks
+            .get_mut(block.0 as usize)
+            .filter(|b| b.device)
+            .map(|b| b.mem.as_mut_slice())
+    }
+
+    /// All bytes of `block`, read-only: what a host shows of a device's
+    /// memory (a screen). `None` if there is no such block.
+    pub fn block_bytes_all(&self, block: BlockId) -> Option<&[u8]> {
+        self.blocks.get(block.0 as usize).map(|b| b.mem.as_slice())
     }
 
     /// Add `mem` as RAM at `gpa`, covering the whole block.
@@ -772,6 +810,31 @@ mod tests {
         let rom = m.add_rom(0xfffe_0000, mem(0x2_0000)).unwrap();
         m.load_block(rom, 0x1fff0, &[0xea, 0x5b, 0xe0]).unwrap();
         m
+    }
+
+    #[test]
+    fn a_device_block_is_ram_where_mapped_and_reachable_only_as_device_memory() {
+        let mut m = pc_like();
+        let vram = m.add_device_block(mem(0x2000)).unwrap();
+        assert_eq!(
+            m.kind_at(0xe000_0000),
+            RegionKind::Unmapped,
+            "not mapped yet"
+        );
+        let at = Backing::Block {
+            block: vram,
+            offset: 0,
+        };
+        m.map(0xe000_0000, 0x2000, at, at).unwrap();
+        assert_eq!(m.kind_at(0xe000_1fff), RegionKind::Ram);
+        m.write(0xe000_0010, &[1, 2, 3]).unwrap();
+        let mut dma = crate::dma::DmaGuard::new(crate::base::VmId(0), &mut m);
+        assert_eq!(dma.device_memory(vram).unwrap()[0x10..0x13], [1, 2, 3]);
+        // Guest RAM (block 0) and ROM are never device memory.
+        assert!(dma.device_memory(BlockId(0)).is_none());
+        assert!(dma.device_memory(BlockId(1)).is_none());
+        assert!(dma.device_memory(BlockId(99)).is_none());
+        assert_eq!(m.block_bytes_all(vram).unwrap().len(), 0x2000);
     }
 
     #[test]

@@ -49,6 +49,7 @@ fn rig(clock: u64) -> Rig {
     let fw = firmware();
     let desc = PcDescription {
         cpu_model: vmm_core::vcpu::CpuModel::Qemu64,
+        display: None,
         test_devices: false,
         virtio: Default::default(),
         id: VmId(1),

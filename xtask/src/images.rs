@@ -480,6 +480,34 @@ pub fn reboot_iso(default_iso: &Path) -> Result<PathBuf> {
     Ok(iso)
 }
 
+/// The default CD with `console=tty0` after its serial console on the
+/// kernel command line: the kernel's log goes to both, and `/dev/console`
+/// (so everything its init prints, the marker included) to the VGA text
+/// console only. Built next to `default_iso` from it, and rebuilt when it
+/// is newer.
+pub fn tty0_iso(default_iso: &Path) -> Result<PathBuf> {
+    let dir = default_iso
+        .parent()
+        .ok_or_else(|| Error::msg("the CD image has no directory"))?;
+    let iso = dir.join("linux-tty0.iso");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&iso).is_some() && modified(&iso) >= modified(default_iso) {
+        return Ok(iso);
+    }
+    ensure_packages(&["xorriso"])?;
+    let cfg = dir.join("linux-tty0-isolinux.cfg");
+    remaster_cd(
+        default_iso,
+        &iso,
+        &cfg,
+        "console=tty0",
+        &[],
+        "xorriso (the tty0 CD)",
+    )?;
+    let _ = std::fs::remove_file(&cfg);
+    Ok(iso)
+}
+
 /// Write at `iso` a copy of the default CD `default_iso` whose ISOLINUX
 /// `APPEND` lines also carry `append`: the patched isolinux.cfg goes to
 /// `cfg_out` and onto the CD, and each of `maps` (a file here and its path

@@ -157,3 +157,51 @@ fn the_report_parser_reads_the_count() {
     assert_eq!(port_reads(report, "0x0170-0x0177"), Some(7_705_176));
     assert_eq!(port_reads(report, "0x01f0-0x01f7"), None);
 }
+
+/// The same boot with a display (`--display png=...,text=...`): SeaBIOS
+/// runs the VGA BIOS from the stdvga's ROM BAR and draws on it instead of
+/// copying its screen to COM1; when the run ends (SIGTERM once ISOLINUX
+/// reads the initrd) the text file holds SeaBIOS's banner and ISOLINUX's
+/// lines as the screen shows them, and the PNG is the 80x25 text screen
+/// drawn with the VGA BIOS's font (720x400).
+#[test]
+#[ignore = "boots the Linux CD under KVM: run through cargo xtask test"]
+fn with_a_display_the_bios_screen_is_on_the_vga_and_in_the_screenshot() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("vmm-display-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (png, text) = (dir.join("screen.png"), dir.join("screen.txt"));
+    let mut cmd = vmm_on_the_cd();
+    cmd.arg("--display")
+        .arg(format!("png={},text={}", png.display(), text.display()));
+    cmd.arg("--vga-bios")
+        .arg(env_path("VMM_TEST_SEABIOS").with_file_name("vgabios-stdvga.bin"));
+    let cap = run_capture(
+        cmd,
+        &|out| out.contains("Loading /boot/initrd.gz"),
+        Duration::from_secs(400),
+    )
+    .unwrap();
+    let out = cap.stdout();
+    let all = format!("{out}\n--- stderr ---\n{}", cap.stderr);
+    assert!(cap.matched, "ISOLINUX never got to the initrd: {all}");
+    assert!(cap.stderr.contains("vmm: ended by signal 15"), "{all}");
+    assert!(
+        !out.contains("SeaBIOS (version"),
+        "the BIOS screen was copied to COM1: {all}"
+    );
+    let screen = std::fs::read_to_string(&text).unwrap();
+    assert!(
+        screen.lines().any(|l| l.starts_with("SeaBIOS (version")),
+        "{screen}"
+    );
+    assert!(screen.contains("Booting from DVD/CD..."), "{screen}");
+    assert!(screen.contains("Loading /boot/vmlinuz"), "{screen}");
+    let shot = std::fs::read(&png).unwrap();
+    assert_eq!(&shot[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    let be32 = |at: usize| u32::from_be_bytes(shot[at..at + 4].try_into().unwrap());
+    assert_eq!((be32(16), be32(20)), (720, 400), "IHDR width and height");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -133,12 +133,15 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     // "vdisk", or "vdisk_ro" read-only, as its virtio disk); otherwise each
     // VM runs a
     // guest program as its firmware (a program named `pc_*` on a whole PC).
+    // A module named "vgabios" gives those PCs a display (the stdvga with
+    // that VGA BIOS), whose text screen is printed when the VM stops.
     let find = |name: &str| images.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
     let pc_bios = find("bios");
+    let vga_bios = find("vgabios");
     let programs: Vec<(&str, &'static [u8])> = images
         .iter()
         .copied()
-        .filter(|(n, _)| !["bios", "cdrom", "vdisk", "vdisk_ro"].contains(n))
+        .filter(|(n, _)| !["bios", "cdrom", "vdisk", "vdisk_ro", "vgabios"].contains(n))
         .collect();
     if pc_bios.is_none() && programs.is_empty() {
         fail(format_args!("no guest program among the boot modules"));
@@ -161,6 +164,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     cdrom: find("cdrom"),
                     vdisk: find("vdisk").or(find("vdisk_ro")),
                     vdisk_read_only: find("vdisk").is_none(),
+                    vga_bios,
                 },
                 pc::Options {
                     bios_debug: config.bios_debug,
@@ -181,7 +185,10 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                         i,
                         config.guest_mem,
                         image,
-                        pc::Media::default(),
+                        pc::Media {
+                            vga_bios,
+                            ..pc::Media::default()
+                        },
                         pc::Options {
                             bios_debug: false,
                             cpu_model: pc_model,
@@ -337,6 +344,9 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             );
         }
         kprint!("{}", g.machine.vm().devices().report());
+        if let Machine::Pc(pc) = &g.machine {
+            pc::print_screen(pc);
+        }
         if let Some(line) = shared_device
             .as_ref()
             .and_then(|d| d.report(g.machine.vm()))

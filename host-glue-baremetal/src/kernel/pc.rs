@@ -9,8 +9,9 @@ use vmm_core::host::Host;
 use vmm_core::vcpu::CpuModel;
 use vmm_core::vm::VmId;
 use vmm_devices::block::{BlockBackend, ImageError, MemoryImage, CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
-use vmm_devices::pc::{Pc, PcDescription, PcError, VirtioDevices};
+use vmm_devices::pc::{DisplayDescription, Pc, PcDescription, PcError, VirtioDevices};
 use vmm_devices::rtc::BootDevice;
+use vmm_devices::vga::DEFAULT_VRAM_SIZE;
 
 /// The RTC's idea of "now" when the host clock reads zero: 2026-01-01
 /// 00:00 UTC (the bare-metal host has no wall clock of its own yet).
@@ -46,6 +47,9 @@ pub struct Media<'a> {
     pub vdisk: Option<&'a [u8]>,
     /// The virtio disk is read-only.
     pub vdisk_read_only: bool,
+    /// A VGA BIOS: the PC gets a display (the stdvga with that VGA BIOS
+    /// and 16 MiB of video memory).
+    pub vga_bios: Option<&'a [u8]>,
 }
 
 /// How a PC is set up beyond its media, from the command line.
@@ -110,6 +114,33 @@ pub fn build(
             disk: vdisk,
             rng: None,
         },
+        display: media.vga_bios.map(|rom| DisplayDescription {
+            vga_bios: rom,
+            vram_size: DEFAULT_VRAM_SIZE,
+        }),
     };
     Pc::build(host, desc).map_err(BuildError::Machine)
+}
+
+/// Print what the PC's display shows, if it has one: each line of a text
+/// screen (trailing blanks cut, blank lines left out) as
+/// `vm N screen: TEXT`, or the kind of picture.
+pub fn print_screen(pc: &Pc) {
+    let id = pc.vm().id().0;
+    let Some(display) = pc.display() else {
+        return;
+    };
+    match pc.screen_text() {
+        Some(lines) => {
+            for line in lines.iter().map(|l| l.trim_end()).filter(|l| !l.is_empty()) {
+                crate::kprintln!("vm {id} screen: {line}");
+            }
+        }
+        None => match display {
+            vmm_devices::vga::render::Display::Graphics(f) => {
+                crate::kprintln!("vm {id} screen: graphics {}x{}", f.width, f.height);
+            }
+            _ => crate::kprintln!("vm {id} screen: blank"),
+        },
+    }
 }

@@ -21,6 +21,7 @@ use host_glue_linux::config::{
     load_config, parse_cpu_model, parse_image_arg, parse_memory, parse_serial, KernelBoot,
     KeyStyle, MachineConfig,
 };
+use host_glue_linux::display::{parse_display, DEFAULT_VGA_BIOS};
 use host_glue_linux::runner;
 use host_glue_linux::stats_json::RunStats;
 use std::io::Write;
@@ -122,6 +123,18 @@ struct RunArgs {
     /// [default: qemu64].
     #[arg(long, value_name = "qemu64|host")]
     cpu_model: Option<String>,
+    /// A display adapter (the stdvga at 00:02.0, 16 MiB, SeaBIOS's VGA
+    /// BIOS) and where its screen goes: `png=PATH` (a PNG screenshot),
+    /// `text=PATH` (a text mode's rows as lines), both comma-separated, or
+    /// `none` (no adapter; SeaBIOS copies its screen to COM1). Files are
+    /// rewritten every 2 s while the screen changes and when the guest
+    /// stops [default: none].
+    #[arg(long, value_name = "none|png=PATH|text=PATH")]
+    display: Option<String>,
+    /// The VGA BIOS for --display [default:
+    /// /usr/share/seabios/vgabios-stdvga.bin].
+    #[arg(long, value_name = "PATH")]
+    vga_bios: Option<PathBuf>,
     /// Add QEMU's test devices, `pc-testdev` and `isa-debug-exit` (port
     /// 0xf4), which conformance suites such as kvm-unit-tests drive. A
     /// write to port 0xf4 ends the run (status 1, the code in the message).
@@ -210,7 +223,19 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    let display = match args.display.as_deref().map(parse_display).transpose() {
+        Ok(d) => d.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
     let options = runner::RunOptions {
+        display,
+        vga_bios: args
+            .vga_bios
+            .clone()
+            .unwrap_or_else(|| DEFAULT_VGA_BIOS.into()),
         posted_writes: !args.no_posted_writes,
         state_roundtrip: args.debug_state_roundtrip.filter(|n| *n > 0),
         progress: args

@@ -2,7 +2,7 @@
 
 use crate::base::VmId;
 use crate::host::HostPhysAddr;
-use crate::memory::{GuestMemory, MemoryError};
+use crate::memory::{BlockId, GuestMemory, MemoryError};
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -121,6 +121,16 @@ impl<'a> DmaGuard<'a> {
     /// The VM this guard belongs to.
     pub fn vm(&self) -> VmId {
         self.vm
+    }
+
+    /// The whole of a device's own memory block (video memory added with
+    /// [`GuestMemory::add_device_block`]), wherever the guest mapped it:
+    /// how a device serves the accesses that exit (a VGA's planar window)
+    /// and the guest's direct accesses reach the same bytes. `None` for a
+    /// block that is not a device block (guest RAM, ROM), so this never
+    /// opens guest RAM to a device.
+    pub fn device_memory(&mut self, block: BlockId) -> Option<&mut [u8]> {
+        self.memory.device_block_mut(block)
     }
 
     /// Check that `range` may be the target of a DMA: every byte RAM of this

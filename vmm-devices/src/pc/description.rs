@@ -21,6 +21,17 @@ pub struct DirectBoot<'a> {
     pub cmdline: &'a str,
 }
 
+/// A display adapter: the stdvga PCI function at 00:02.0 with its video
+/// memory and VGA BIOS (see [`crate::vga::stdvga`]).
+pub struct DisplayDescription<'a> {
+    /// The VGA BIOS the expansion ROM BAR carries (SeaBIOS's
+    /// `vgabios-stdvga.bin`); empty for none (then nothing sets a mode).
+    pub vga_bios: &'a [u8],
+    /// Bytes of video memory (rounded up to a power of two, at least
+    /// 256 KiB); [`crate::vga::DEFAULT_VRAM_SIZE`] as QEMU's 16 MiB.
+    pub vram_size: usize,
+}
+
 /// Everything that makes one PC: its size, firmware, media and the host
 /// sides of its consoles. The host supplies the parts only it can (memory
 /// comes from the `Host` given to [`super::Pc::build`]); everything else,
@@ -51,6 +62,11 @@ pub struct PcDescription<'a> {
     pub unix_seconds_at_host_zero: i64,
     /// A kernel to boot directly, if any.
     pub direct_boot: Option<DirectBoot<'a>>,
+    /// The display adapter, if any. Without one the machine is as before
+    /// displays existed: the VGA window's graphics part a hole, its text
+    /// part RAM, and SeaBIOS copies its screen output to COM1. With one,
+    /// SeaBIOS and the guest draw on the adapter, and COM1 gets no copy.
+    pub display: Option<DisplayDescription<'a>>,
     /// What CPUID tells the guest: [`CpuModel::Qemu64`] unless the user
     /// asks for the host's CPU.
     pub cpu_model: CpuModel,

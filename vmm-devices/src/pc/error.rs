@@ -2,7 +2,7 @@
 //! files, never guest input.
 
 use crate::ide::AttachError;
-use crate::pci::PciError;
+use crate::pci::{ConfigError, PciError};
 use crate::platform::PlatformError;
 use crate::virtio::blk::VirtioBlkError;
 use core::fmt;
@@ -50,6 +50,16 @@ pub enum PcError {
     Claim(ClaimError),
     /// The kernel to boot directly was refused.
     Kernel(LinuxBootError),
+    /// The host could not give the display its video memory or ROM.
+    VideoMemory(HostError),
+    /// The VGA BIOS is larger than an expansion ROM BAR this PC gives
+    /// (16 MiB).
+    VgaBiosSize {
+        /// Its size in bytes.
+        bytes: usize,
+    },
+    /// The display's PCI header could not be set up.
+    Display(ConfigError),
     /// The virtio disk refused its image.
     VirtioDisk(VirtioBlkError),
 }
@@ -74,6 +84,12 @@ impl fmt::Display for PcError {
             PcError::FwCfg(e) => write!(f, "fw_cfg: {e}"),
             PcError::Claim(e) => write!(f, "{e}"),
             PcError::Kernel(e) => write!(f, "kernel: {e}"),
+            PcError::VideoMemory(e) => write!(f, "display: video memory: {e}"),
+            PcError::VgaBiosSize { bytes } => write!(
+                f,
+                "display: the VGA BIOS has {bytes} bytes; at most 16 MiB fit its ROM BAR"
+            ),
+            PcError::Display(e) => write!(f, "display: {e}"),
             PcError::VirtioDisk(e) => write!(f, "virtio disk: {e}"),
         }
     }

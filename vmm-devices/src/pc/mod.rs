@@ -13,12 +13,13 @@
 
 mod description;
 mod direct_boot;
+mod display;
 mod error;
 mod firmware;
 #[cfg(test)]
 mod tests;
 
-pub use description::{DirectBoot, PcDescription, VirtioDevices};
+pub use description::{DirectBoot, DisplayDescription, PcDescription, VirtioDevices};
 pub use error::PcError;
 pub use firmware::{check as check_firmware, MIN_PAM_IMAGE};
 
@@ -30,6 +31,7 @@ use crate::pci::msix::MsiTarget;
 use crate::pci::{InterruptPin, PciBus};
 use crate::platform::{PcChipset, PcConfig, VGA_GRAPHICS_WINDOW};
 use crate::rtc::BootDevice;
+use crate::vga::{self, memory};
 use crate::virtio::blk::VirtioBlk;
 use crate::virtio::rng::VirtioRng;
 use crate::virtio::{VirtioDevice, VirtioPci};
@@ -102,7 +104,18 @@ impl Pc {
             .alloc_memory(desc.ram as usize, 2 << 20)
             .map_err(PcError::Ram)?;
         let ram_block = memory.add_ram(0, ram_block)?;
-        memory.unmap(VGA_GRAPHICS_WINDOW.0, VGA_GRAPHICS_WINDOW.1)?;
+        // Without a display the graphics part of the VGA window is a hole
+        // and the text part stays RAM; a display claims the whole window.
+        let display = match &desc.display {
+            None => {
+                memory.unmap(VGA_GRAPHICS_WINDOW.0, VGA_GRAPHICS_WINDOW.1)?;
+                None
+            }
+            Some(d) => {
+                memory.unmap(vga::WINDOW_BASE, memory::WINDOW_SIZE)?;
+                Some(display::memory(&mut memory, &*host, d)?)
+            }
+        };
         let bios = load_bios(&mut memory, &*host, &firmware::padded(desc.firmware))
             .map_err(PcError::Firmware)?;
         let mut vm = Vm::new(desc.id, host, memory);
@@ -130,6 +143,9 @@ impl Pc {
             },
         )?;
         add_ide(&mut vm, &chipset, desc.cdrom, desc.disk)?;
+        if let Some(parts) = display {
+            display::add(&mut vm, &chipset, parts)?;
+        }
         add_virtio(&mut vm, &chipset, desc.virtio)?;
 
         let drives = desc
@@ -145,7 +161,13 @@ impl Pc {
             ide_pci: IDE_PCI,
             drives,
         };
-        let fw_cfg = FwCfg::new(seabios_fw_cfg(vm.memory(), &SeabiosConfig::new(1, order))?);
+        let mut seabios = SeabiosConfig::new(1, order);
+        if desc.display.is_some() {
+            // The screen is the adapter's: no copy of it on COM1.
+            seabios.serial_console = None;
+            seabios.display = true;
+        }
+        let fw_cfg = FwCfg::new(seabios_fw_cfg(vm.memory(), &seabios)?);
         let ports = fw_cfg.port_ranges();
         let dev = vm.add_device(Box::new(fw_cfg))?;
         for (first, count) in ports {
@@ -256,6 +278,29 @@ impl Pc {
     /// The guest RAM block (mapped at guest-physical 0).
     pub fn ram_block(&self) -> BlockId {
         self.ram_block
+    }
+
+    /// What the display shows now, or `None` without a display: the
+    /// adapter's state drawn from its video memory.
+    pub fn display(&self) -> Option<vga::render::Display> {
+        display::render(&self.vm, &self.chipset)
+    }
+
+    /// What the display shows as pixels (a text mode drawn with the
+    /// guest's font), for a screenshot; `None` without a display or while
+    /// the screen is blank.
+    pub fn screenshot(&self) -> Option<vga::render::Framebuffer> {
+        display::pixels(&self.vm, &self.chipset)
+    }
+
+    /// The screen as lines of text when the display is in a text mode
+    /// (characters only, trailing blanks kept); `None` without a display
+    /// or in a graphics mode.
+    pub fn screen_text(&self) -> Option<Vec<alloc::string::String>> {
+        match self.display()? {
+            vga::render::Display::Text(t) => Some(t.lines()),
+            _ => None,
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use crate::virtio::rng;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
+use vmm_core::memory::RegionKind;
 use vmm_core::test_host::TestHost;
 use vmm_core::vm::VmId;
 
@@ -22,6 +23,7 @@ fn firmware() -> Vec<u8> {
 fn describe(fw: &[u8], ram: u64) -> PcDescription<'_> {
     PcDescription {
         cpu_model: vmm_core::vcpu::CpuModel::Qemu64,
+        display: None,
         test_devices: false,
         virtio: Default::default(),
         id: VmId(7),
@@ -170,6 +172,199 @@ fn a_firmware_image_without_a_reset_vector_is_refused() {
         .err()
         .unwrap();
     assert!(matches!(e, PcError::Firmware(_)), "{e:?}");
+}
+
+fn pci_write32(pc: &mut Pc, slot: u8, func: u8, reg: u8, v: u32) {
+    let address = 0x8000_0000u32 | u32::from(slot) << 11 | u32::from(func) << 8 | u32::from(reg);
+    pc.vm_mut().port_write(0xcf8, &address.to_le_bytes());
+    pc.vm_mut().port_write(0xcfc, &v.to_le_bytes());
+}
+
+/// A VGA BIOS stand-in: the option ROM signature and 40 KiB of code.
+fn vga_bios() -> Vec<u8> {
+    let mut rom = vec![0xcb; 40 << 10];
+    rom[0] = 0x55;
+    rom[1] = 0xaa;
+    rom[2] = 80;
+    rom
+}
+
+fn with_display<'a>(fw: &'a [u8], rom: &'a [u8]) -> PcDescription<'a> {
+    let mut desc = describe(fw, 64 << 20);
+    desc.display = Some(DisplayDescription {
+        vga_bios: rom,
+        vram_size: crate::vga::DEFAULT_VRAM_SIZE,
+    });
+    desc
+}
+
+fn vbe(pc: &mut Pc, index: u16, value: u16) {
+    pc.vm_mut().port_write(0x1ce, &index.to_le_bytes());
+    pc.vm_mut().port_write(0x1cf, &value.to_le_bytes());
+}
+
+/// Mode 3's registers as a VGA BIOS sets them, through the ports.
+fn text_mode(pc: &mut Pc) {
+    let out = |pc: &mut Pc, port: u16, v: u8| {
+        pc.vm_mut().port_write(port, &[v]);
+    };
+    out(pc, 0x3c2, 0x67);
+    for (i, d) in [(1, 0x00), (2, 0x03), (3, 0x00), (4, 0x02)] {
+        out(pc, 0x3c4, i);
+        out(pc, 0x3c5, d);
+    }
+    for (i, d) in [(1, 0x4f), (7, 0x1f), (9, 0x4f), (0x12, 0x8f), (0x0a, 0x20)] {
+        out(pc, 0x3d4, i);
+        out(pc, 0x3d5, d);
+    }
+    for (i, d) in [(4, 0), (5, 0x10), (6, 0x0e), (8, 0xff)] {
+        out(pc, 0x3ce, i);
+        out(pc, 0x3cf, d);
+    }
+    let mut v = [0u8];
+    pc.vm_mut().port_read(0x3da, &mut v);
+    out(pc, 0x3c0, 0x20);
+}
+
+#[test]
+fn a_pc_without_a_display_keeps_the_vga_hole_and_the_serial_copy() {
+    let fw = firmware();
+    let mut pc = build(describe(&fw, 64 << 20));
+    assert_eq!(pci_read32(&mut pc, 2, 0, 0), 0xffff_ffff);
+    assert!(pc.display().is_none());
+    assert!(pc.vm().memory().is_open_bus(0xa_0000, 0x1_8000));
+    assert_eq!(pc.vm().memory().kind_at(0xb_8000), RegionKind::Ram);
+    assert!(fw_cfg_file(&mut pc, "etc/sercon-port").is_some());
+    assert_eq!(fw_cfg_item(&mut pc, 4, 2), [1, 0], "NOGRAPHIC");
+}
+
+#[test]
+fn the_display_is_a_stdvga_at_00_02_0_with_its_rom_framebuffer_and_window() {
+    let fw = firmware();
+    let rom = vga_bios();
+    let mut pc = build(with_display(&fw, &rom));
+    // Identity, class, BAR shapes.
+    assert_eq!(pci_read32(&mut pc, 2, 0, 0), 0x1111_1234);
+    assert_eq!(pci_read32(&mut pc, 2, 0, 8) >> 8, 0x03_0000);
+    pci_write32(&mut pc, 2, 0, 0x10, 0xffff_ffff);
+    assert_eq!(
+        pci_read32(&mut pc, 2, 0, 0x10),
+        0xff00_0008,
+        "16 MiB prefetchable"
+    );
+    pci_write32(&mut pc, 2, 0, 0x18, 0xffff_ffff);
+    assert_eq!(pci_read32(&mut pc, 2, 0, 0x18), 0xffff_f000, "4 KiB MMIO");
+    pci_write32(&mut pc, 2, 0, 0x30, 0xffff_fffe);
+    assert_eq!(pci_read32(&mut pc, 2, 0, 0x30), 0xffff_0000, "64 KiB ROM");
+    // No serial copy of the screen with a display.
+    assert!(fw_cfg_file(&mut pc, "etc/sercon-port").is_none());
+    assert_eq!(fw_cfg_item(&mut pc, 4, 2), [0, 0], "NOGRAPHIC");
+
+    // Place the BARs and turn decoding on.
+    pci_write32(&mut pc, 2, 0, 0x10, 0xe000_0000);
+    pci_write32(&mut pc, 2, 0, 0x18, 0xe100_0000);
+    pci_write32(&mut pc, 2, 0, 0x30, 0xe101_0001);
+    pci_write32(&mut pc, 2, 0, 0x04, 0x0003);
+    let mem = pc.vm().memory();
+    assert_eq!(
+        mem.kind_at(0xe000_0000),
+        RegionKind::Ram,
+        "framebuffer is RAM"
+    );
+    assert_eq!(mem.kind_at(0xe0ff_ffff), RegionKind::Ram);
+    assert_eq!(mem.kind_at(0xe100_0000), RegionKind::Mmio, "registers exit");
+    assert_eq!(mem.kind_at(0xe101_0000), RegionKind::ReadOnly, "ROM");
+    assert_eq!(
+        mem.kind_at(0xa_0000),
+        RegionKind::Mmio,
+        "planar window exits"
+    );
+    let mut sig = [0u8; 3];
+    pc.vm_mut().guest_read(0xe101_0000, &mut sig);
+    assert_eq!(sig, [0x55, 0xaa, 80]);
+
+    // VBE through the ports, then the MMIO BAR; 1024x768x32 with the LFB.
+    pc.vm_mut().port_write(0x1ce, &0u16.to_le_bytes());
+    let mut id = [0u8; 2];
+    pc.vm_mut().port_read(0x1cf, &mut id);
+    assert_eq!(u16::from_le_bytes(id), 0xb0c5);
+    vbe(&mut pc, 1, 1024);
+    vbe(&mut pc, 2, 768);
+    vbe(&mut pc, 3, 32);
+    let mut w = [0u8; 2];
+    pc.vm_mut().mmio_read(0xe100_0500 + 2, &mut w);
+    assert_eq!(u16::from_le_bytes(w), 1024);
+    vbe(&mut pc, 4, 0x41);
+    // The guest draws a pixel through the framebuffer: no device call.
+    let at = 0xe000_0000 + (10 * 1024 + 20) * 4;
+    pc.vm_mut().guest_write(at, &[0x33, 0x22, 0x11, 0]);
+    match pc.display() {
+        Some(crate::vga::render::Display::Graphics(f)) => {
+            assert_eq!((f.width, f.height), (1024, 768));
+            assert_eq!(f.pixel(20, 10), Some(0x11_2233));
+        }
+        other => panic!("expected a picture, got {:?}", other.map(|_| ())),
+    }
+    // The VBE bank window is the same memory, mapped as RAM.
+    assert_eq!(pc.vm().memory().kind_at(0xa_0000), RegionKind::Ram);
+    let mut px = [0u8; 4];
+    pc.vm_mut()
+        .guest_read(0xa_0000 + (10 * 1024 + 20) * 4, &mut px);
+    assert_eq!(px, [0x33, 0x22, 0x11, 0]);
+
+    // Saving and restoring in place keeps every mapping.
+    let saved = pc.save_devices().unwrap();
+    pc.restore_devices(&saved).unwrap();
+    assert!(
+        pc.vm().stop_reason().is_none(),
+        "{:?}",
+        pc.vm().stop_reason()
+    );
+    assert_eq!(pc.vm().memory().kind_at(0xe000_0000), RegionKind::Ram);
+    assert_eq!(pc.vm().memory().kind_at(0xa_0000), RegionKind::Ram);
+    pc.vm_mut()
+        .guest_read(0xa_0000 + (10 * 1024 + 20) * 4, &mut px);
+    assert_eq!(px, [0x33, 0x22, 0x11, 0]);
+
+    // Moving the framebuffer leaves MMIO behind and RAM at the new place.
+    pci_write32(&mut pc, 2, 0, 0x10, 0xe200_0000);
+    assert!(
+        pc.vm().stop_reason().is_none(),
+        "{:?}",
+        pc.vm().stop_reason()
+    );
+    assert_eq!(pc.vm().memory().kind_at(0xe000_0000), RegionKind::Mmio);
+    assert_eq!(pc.vm().memory().kind_at(0xe200_0000), RegionKind::Ram);
+    pc.vm_mut()
+        .guest_read(0xe200_0000 + (10 * 1024 + 20) * 4, &mut px);
+    assert_eq!(px, [0x33, 0x22, 0x11, 0]);
+
+    // Back to text: the text part of the window is RAM (the text shadow),
+    // the rest exits, and the text shows.
+    vbe(&mut pc, 4, 0);
+    text_mode(&mut pc);
+    assert_eq!(pc.vm().memory().kind_at(0xa_0000), RegionKind::Mmio);
+    assert_eq!(pc.vm().memory().kind_at(0xb_8000), RegionKind::Ram);
+    assert_eq!(pc.vm().memory().kind_at(0xb_ffff), RegionKind::Ram);
+    for (i, &b) in b"Hi".iter().enumerate() {
+        pc.vm_mut().guest_write(0xb_8000 + 2 * i as u64, &[b, 0x07]);
+    }
+    let text = pc.screen_text().unwrap();
+    assert_eq!(text.len(), 25);
+    assert!(text[0].starts_with("Hi"), "{:?}", text[0]);
+
+    // A reset unmaps the framebuffer and the ROM (the BIOS places them
+    // again) and video memory keeps what it had.
+    pc.vm_mut().reset_devices();
+    pc.vm_mut().poll_timers();
+    assert!(
+        pc.vm().stop_reason().is_none(),
+        "{:?}",
+        pc.vm().stop_reason()
+    );
+    assert_eq!(pc.vm().memory().kind_at(0xe200_0000), RegionKind::Mmio);
+    assert_eq!(pc.vm().memory().kind_at(0xe101_0000), RegionKind::Mmio);
+    assert_eq!(pc.vm().memory().kind_at(0xa_0000), RegionKind::Mmio);
 }
 
 #[test]

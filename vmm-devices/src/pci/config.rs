@@ -26,6 +26,10 @@ pub const REG_COMMAND: u8 = 0x04;
 pub const REG_STATUS: u8 = 0x06;
 /// Offset of the first BAR.
 pub const REG_BAR0: u8 = 0x10;
+/// Offset of the expansion ROM base address register.
+pub const REG_ROM_ADDRESS: u8 = 0x30;
+/// Expansion ROM BAR bit: the ROM is decoded (with memory decoding on).
+pub const ROM_ENABLE: u32 = 1;
 /// Offset of the interrupt line register.
 pub const REG_INTERRUPT_LINE: u8 = 0x3c;
 /// Offset of the interrupt pin register.
@@ -102,6 +106,9 @@ pub enum RegionId {
     /// A fixed (legacy) region the function decodes besides its BARs, such
     /// as the IDE compatibility-mode ports; the number is the function's own.
     Fixed(u8),
+    /// The expansion ROM BAR (offset 0x30), while its enable bit and
+    /// memory decoding are both on.
+    Rom,
 }
 
 /// A range a function decodes right now.
@@ -144,6 +151,7 @@ pub struct ConfigSpace {
     clear_mask: [u8; 256],
     power_on: [u8; 256],
     bars: [Option<Bar>; 6],
+    rom_size: Option<u64>,
 }
 
 impl fmt::Debug for ConfigSpace {
@@ -167,6 +175,7 @@ impl ConfigSpace {
             clear_mask: [0; 256],
             power_on: [0; 256],
             bars: [None; 6],
+            rom_size: None,
         };
         c.set_u16(0x00, ids.vendor);
         c.set_u16(0x02, ids.device);
@@ -219,6 +228,38 @@ impl ConfigSpace {
         }
         self.power_on = self.bytes;
         Ok(())
+    }
+
+    /// Give the function an expansion ROM BAR of `size` bytes (a power of
+    /// two, at least 2 KiB): address bits and the enable bit writable, as
+    /// PCI 3.0 section 6.2.5.2 says. Takes effect at once and at every reset.
+    pub fn set_rom(&mut self, size: u64) -> Result<(), ConfigError> {
+        if !size.is_power_of_two() || !(0x800..=1 << 31).contains(&size) {
+            return Err(ConfigError::BadBarSize(size));
+        }
+        self.set_u32(REG_ROM_ADDRESS, 0);
+        let mask = (!(size - 1) as u32) & 0xffff_f800;
+        self.set_write_mask(REG_ROM_ADDRESS, 4, mask | ROM_ENABLE);
+        self.rom_size = Some(size);
+        self.power_on = self.bytes;
+        Ok(())
+    }
+
+    /// The expansion ROM's size and where it is decoded now: `Some` when
+    /// the function has one, its enable bit is set and memory decoding is
+    /// on.
+    pub fn decoded_rom(&self) -> Option<PciRegion> {
+        let size = self.rom_size?;
+        let v = self.read_u32(REG_ROM_ADDRESS);
+        if v & ROM_ENABLE == 0 || self.command() & COMMAND_MEMORY == 0 {
+            return None;
+        }
+        Some(PciRegion {
+            id: RegionId::Rom,
+            space: Space::Memory,
+            base: u64::from(v & 0xffff_f800),
+            len: size,
+        })
     }
 
     /// Declare the INTx pin the function uses.
@@ -417,6 +458,9 @@ impl ConfigSpace {
                 base,
                 len: bar.size,
             });
+        }
+        if let Some(rom) = self.decoded_rom() {
+            out.push(rom);
         }
     }
 

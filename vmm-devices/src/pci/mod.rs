@@ -57,7 +57,8 @@ pub mod piix4_pm;
 pub use config::{
     Bar, BarKind, ConfigError, ConfigSpace, InterruptPin, PciIds, PciRegion, RegionId, Space,
     COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, COMMAND_IO, COMMAND_MEMORY, REG_BAR0, REG_COMMAND,
-    REG_INTERRUPT_LINE, REG_INTERRUPT_PIN, REG_STATUS, STATUS_INTERRUPT,
+    REG_INTERRUPT_LINE, REG_INTERRUPT_PIN, REG_ROM_ADDRESS, REG_STATUS, ROM_ENABLE,
+    STATUS_INTERRUPT,
 };
 
 use alloc::boxed::Box;
@@ -480,7 +481,8 @@ impl PciBus {
                 r.base >= u64::from(self.io_window.0) && last <= u64::from(self.io_window.1)
             }
             (Space::Memory, RegionId::Fixed(_)) => true,
-            (Space::Memory, RegionId::Bar(_)) => {
+            (Space::Io, RegionId::Rom) => false,
+            (Space::Memory, RegionId::Bar(_) | RegionId::Rom) => {
                 r.base >= self.mmio_window.0 && last < self.mmio_window.1
             }
         }

@@ -12,14 +12,58 @@ use super::regs::Registers;
 /// Size of the legacy window (0xa0000-0xbffff).
 pub const WINDOW_SIZE: u64 = 0x20000;
 
-/// Where an access in the window lands, if the memory-map select decodes it.
-pub fn window_offset(regs: &Registers, offset: u64) -> Option<usize> {
-    let (base, size) = match (regs.gr[6] >> 2) & 3 {
+/// Bytes after video memory that hold the text shadow: the odd/even
+/// window as the CPU sees it, byte `rel` of the window at `rel` (covering
+/// the largest memory map, 128 KiB).
+pub const TEXT_SHADOW_LEN: usize = 0x2_0000;
+
+/// Whether the window may be served from the text shadow: an odd/even text
+/// mode whose CPU accesses are plain loads and stores of planes 0 and 1
+/// (odd/even reads and writes, planes 0-1 read, map mask exactly planes
+/// 0 and 1, so the font in plane 2 is not written).
+pub fn text_shadow_fits(regs: &Registers) -> bool {
+    regs.seq[4] & 0x0c == 0
+        && regs.gr[5] & 0x10 != 0
+        && regs.gr[4] & 0x02 == 0
+        && regs.seq[2] & 0x0f == 0x03
+}
+
+/// Copy the odd/even view of planes 0 and 1 into the text shadow (which
+/// starts at `vram[shadow]`), before the window is served from it.
+pub fn planes_to_shadow(vram: &mut [u8], shadow: usize) {
+    for rel in 0..TEXT_SHADOW_LEN {
+        let v = plane_byte(vram, rel & 1, rel & !1);
+        if let Some(b) = shadow.checked_add(rel).and_then(|a| vram.get_mut(a)) {
+            *b = v;
+        }
+    }
+}
+
+/// Copy the text shadow back into planes 0 and 1, when the window stops
+/// being served from it.
+pub fn shadow_to_planes(vram: &mut [u8], shadow: usize) {
+    for rel in 0..TEXT_SHADOW_LEN {
+        let Some(&v) = shadow.checked_add(rel).and_then(|a| vram.get(a)) else {
+            return;
+        };
+        set_plane_byte(vram, rel & 1, rel & !1, v);
+    }
+}
+
+/// The part of the window the memory-map select (GR6) decodes, as (offset
+/// in the window, length).
+pub fn map_range(regs: &Registers) -> (u64, u64) {
+    match (regs.gr[6] >> 2) & 3 {
         0 => (0, 0x20000),
         1 => (0, 0x10000),
         2 => (0x10000, 0x8000),
         _ => (0x18000, 0x8000),
-    };
+    }
+}
+
+/// Where an access in the window lands, if the memory-map select decodes it.
+pub fn window_offset(regs: &Registers, offset: u64) -> Option<usize> {
+    let (base, size) = map_range(regs);
     let rel = offset.checked_sub(base)?;
     if rel < size {
         usize::try_from(rel).ok()
@@ -28,67 +72,56 @@ pub fn window_offset(regs: &Registers, offset: u64) -> Option<usize> {
     }
 }
 
-/// Video memory with the latches.
-#[derive(Clone, Debug)]
-pub struct VideoMemory {
-    /// The bytes, planes interleaved.
-    pub bytes: alloc::vec::Vec<u8>,
-    /// The four latches, filled by every planar read.
-    pub latch: [u8; 4],
+/// Byte `i` of plane `p` of `vram`, or 0 past the end.
+pub fn plane_byte(vram: &[u8], p: usize, i: usize) -> u8 {
+    i.checked_mul(4)
+        .and_then(|a| a.checked_add(p & 3))
+        .and_then(|a| vram.get(a))
+        .copied()
+        .unwrap_or(0)
 }
 
-impl VideoMemory {
-    /// `size` bytes of zeroed memory.
-    pub fn new(size: usize) -> Self {
-        Self {
-            bytes: alloc::vec![0; size],
-            latch: [0; 4],
-        }
+fn set_plane_byte(vram: &mut [u8], p: usize, i: usize, v: u8) {
+    if let Some(b) = i
+        .checked_mul(4)
+        .and_then(|a| a.checked_add(p & 3))
+        .and_then(|a| vram.get_mut(a))
+    {
+        *b = v;
     }
+}
 
-    /// Byte `i` of plane `p`, or 0 past the end.
-    pub fn plane_byte(&self, p: usize, i: usize) -> u8 {
-        i.checked_mul(4)
-            .and_then(|a| a.checked_add(p & 3))
-            .and_then(|a| self.bytes.get(a))
-            .copied()
-            .unwrap_or(0)
-    }
+/// The four latches, filled by every planar read. Video memory itself is
+/// a byte slice the caller passes in (the adapter's own buffer, or the
+/// memory block the guest maps as its framebuffer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Latches(pub [u8; 4]);
 
-    fn set_plane_byte(&mut self, p: usize, i: usize, v: u8) {
-        if let Some(b) = i
-            .checked_mul(4)
-            .and_then(|a| a.checked_add(p & 3))
-            .and_then(|a| self.bytes.get_mut(a))
-        {
-            *b = v;
-        }
-    }
-
+impl Latches {
     /// A guest read at `addr` (the decoded window offset).
-    pub fn read(&mut self, regs: &Registers, addr: usize) -> u8 {
+    pub fn read(&mut self, regs: &Registers, vram: &[u8], addr: usize) -> u8 {
         if regs.seq[4] & 0x08 != 0 {
-            return self.bytes.get(addr).copied().unwrap_or(0xff);
+            return vram.get(addr).copied().unwrap_or(0xff);
         }
         if regs.gr[5] & 0x10 != 0 {
             // Odd/even: A0 picks the plane within the pair GR4 selects.
             let plane = usize::from(regs.gr[4] & 2) | (addr & 1);
-            return self.plane_byte(plane, addr & !1);
+            return plane_byte(vram, plane, addr & !1);
         }
-        for (p, l) in self.latch.iter_mut().enumerate() {
+        for (p, l) in self.0.iter_mut().enumerate() {
             *l = addr
                 .checked_mul(4)
-                .and_then(|a| self.bytes.get(a + p))
+                .and_then(|a| vram.get(a + p))
                 .copied()
                 .unwrap_or(0xff);
         }
         if regs.gr[5] & 0x08 == 0 {
-            self.latch[usize::from(regs.gr[4] & 3)]
+            self.0[usize::from(regs.gr[4] & 3)]
         } else {
             // Read mode 1: a bit is set where every plane enabled by the
             // colour don't-care register matches the colour compare.
             let mut differ = 0u8;
-            for (p, l) in self.latch.iter().enumerate() {
+            for (p, l) in self.0.iter().enumerate() {
                 if regs.gr[7] & (1 << p) != 0 {
                     let want = if regs.gr[2] & (1 << p) != 0 { 0xff } else { 0 };
                     differ |= l ^ want;
@@ -99,11 +132,11 @@ impl VideoMemory {
     }
 
     /// A guest write of `v` at `addr` (the decoded window offset).
-    pub fn write(&mut self, regs: &Registers, addr: usize, v: u8) {
+    pub fn write(&self, regs: &Registers, vram: &mut [u8], addr: usize, v: u8) {
         let map_mask = regs.seq[2] & 0x0f;
         if regs.seq[4] & 0x08 != 0 {
             if map_mask & (1 << (addr & 3)) != 0 {
-                if let Some(b) = self.bytes.get_mut(addr) {
+                if let Some(b) = vram.get_mut(addr) {
                     *b = v;
                 }
             }
@@ -113,7 +146,7 @@ impl VideoMemory {
             // Odd/even: even addresses reach planes 0 and 2, odd 1 and 3.
             for p in (addr & 1..4).step_by(2) {
                 if map_mask & (1 << p) != 0 {
-                    self.set_plane_byte(p, addr & !1, v);
+                    set_plane_byte(vram, p, addr & !1, v);
                 }
             }
             return;
@@ -128,7 +161,7 @@ impl VideoMemory {
             *o = match mode {
                 0 if regs.gr[1] & (1 << p) != 0 => sr,
                 0 => rotated,
-                1 => self.latch[p],
+                1 => self.0[p],
                 2 => {
                     if v & (1 << p) != 0 {
                         0xff
@@ -144,7 +177,7 @@ impl VideoMemory {
         }
         if mode != 1 {
             for (p, o) in out.iter_mut().enumerate() {
-                let l = self.latch[p];
+                let l = self.0[p];
                 let r = match (regs.gr[3] >> 3) & 3 {
                     0 => *o,
                     1 => *o & l,
@@ -156,7 +189,7 @@ impl VideoMemory {
         }
         for (p, o) in out.iter().enumerate() {
             if map_mask & (1 << p) != 0 {
-                self.set_plane_byte(p, addr, *o);
+                set_plane_byte(vram, p, addr, *o);
             }
         }
     }

@@ -3,22 +3,32 @@
 //! window, the dispi interface at 0x1ce/0x1cf, a linear framebuffer and
 //! the 4 KiB MMIO register block (VGA ports at 0x400, VBE at 0x500).
 //!
-//! Everything the guest sends is bounds-checked; nothing here panics.
+//! [`Vga`] is the adapter's logic: registers, VBE and latches, working on
+//! video memory the caller passes in. [`stdvga::StdVga`] puts it on the PCI
+//! bus with video memory that the guest maps as RAM (the PC machine's
+//! display); [`Card`] is the adapter with a buffer of its own, for tests
+//! and fuzzing.
+//!
+//! Everything the guest sends is bounds-checked; nothing here panics, and
+//! nothing touches memory outside the video memory slice.
 //! [`Vga::render`] gives what a person sees; [`Vga::window_mapping`] says
 //! whether the legacy window may be mapped as plain memory.
 
 pub mod memory;
 pub mod regs;
 pub mod render;
+pub mod saved;
+pub mod stdvga;
 #[cfg(test)]
 mod tests;
 pub mod vbe;
 
-use memory::{window_offset, VideoMemory};
+use alloc::vec::Vec;
+pub use memory::TEXT_SHADOW_LEN;
+use memory::{planes_to_shadow, shadow_to_planes, text_shadow_fits, window_offset, Latches};
 use regs::Registers;
 use render::{Display, DisplayBackend};
 use vbe::{Vbe, VbeEffect};
-use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio, MmioAddress, PortAddress, PortIo};
 
 /// Default video memory: 16 MiB.
 pub const DEFAULT_VRAM_SIZE: usize = 16 << 20;
@@ -59,12 +69,16 @@ pub enum WindowMapping {
     Emulated,
 }
 
-/// The adapter.
-#[derive(Debug)]
+/// The adapter's state: everything but video memory.
+#[derive(Clone, Debug)]
 pub struct Vga {
     regs: Registers,
     vbe: Vbe,
-    mem: VideoMemory,
+    latches: Latches,
+    vram_size: usize,
+    /// The text shadow after video memory holds the window's text (planes
+    /// 0 and 1 are stale): see [`Vga::sync_text_shadow`].
+    shadow: bool,
 }
 
 impl Default for Vga {
@@ -73,16 +87,59 @@ impl Default for Vga {
     }
 }
 
+/// The video memory size an adapter asked for `vram_size` has: rounded up
+/// to a 64 KiB multiple, at least 256 KiB.
+pub fn vram_size(vram_size: usize) -> usize {
+    vram_size.max(256 << 10).next_multiple_of(65536)
+}
+
 impl Vga {
-    /// An adapter with `vram_size` bytes of video memory (rounded up to a
-    /// 64 KiB multiple, at least 256 KiB).
+    /// An adapter for [`vram_size`]`(vram_size)` bytes of video memory.
     pub fn new(vram_size: usize) -> Self {
-        let size = vram_size.max(256 << 10).next_multiple_of(65536);
+        let size = self::vram_size(vram_size);
         Self {
             regs: Registers::default(),
             vbe: Vbe::new(size),
-            mem: VideoMemory::new(size),
+            latches: Latches::default(),
+            vram_size: size,
+            shadow: false,
         }
+    }
+
+    /// Bytes of device memory an adapter of `vram_size` bytes works on:
+    /// video memory, then the text shadow ([`TEXT_SHADOW_LEN`]).
+    pub fn memory_size(&self) -> usize {
+        self.vram_size + TEXT_SHADOW_LEN
+    }
+
+    /// Whether a text mode is served from the text shadow now.
+    pub fn text_shadowed(&self) -> bool {
+        self.shadow
+    }
+
+    /// Move the window's text between planes 0/1 and the text shadow when
+    /// the registers now call for the other: in a plain odd/even text mode
+    /// (mode 3 and friends, see [`memory::text_shadow_fits`]) the window is
+    /// the shadow, a byte for a byte, so the guest can have it as RAM
+    /// without exits; any other mode works on the planes again. Called
+    /// after every register write; `vram` is the device memory
+    /// ([`Vga::memory_size`] bytes).
+    pub fn sync_text_shadow(&mut self, vram: &mut [u8]) {
+        let want = !self.vbe.enabled() && text_shadow_fits(&self.regs);
+        if want == self.shadow {
+            return;
+        }
+        if want {
+            planes_to_shadow(vram, self.vram_size);
+        } else {
+            shadow_to_planes(vram, self.vram_size);
+        }
+        self.shadow = want;
+    }
+
+    /// Bytes of video memory this adapter drives.
+    pub fn vram_size(&self) -> usize {
+        self.vram_size
     }
 
     /// The register state.
@@ -95,21 +152,11 @@ impl Vga {
         &self.vbe
     }
 
-    /// Video memory.
-    pub fn vram(&self) -> &[u8] {
-        &self.mem.bytes
-    }
-
-    /// Video memory, writable (a host serving a directly mapped window).
-    pub fn vram_mut(&mut self) -> &mut [u8] {
-        &mut self.mem.bytes
-    }
-
     /// Read a byte from an I/O port (legacy registers or VBE).
     pub fn io_read(&mut self, port: u16) -> u8 {
         match port {
             VBE_PORT_INDEX => self.vbe.index as u8,
-            0x1cf => (self.vbe.read_data() >> 8) as u8,
+            VBE_PORT_DATA => (self.vbe.read_data() >> 8) as u8,
             0x3b0..=0x3df => self.regs.read(port),
             _ => 0xff,
         }
@@ -125,81 +172,72 @@ impl Vga {
     }
 
     /// Write a byte to an I/O port.
-    pub fn io_write(&mut self, port: u16, v: u8) {
+    pub fn io_write(&mut self, vram: &mut [u8], port: u16, v: u8) {
         match port {
             VBE_PORT_INDEX => self.vbe.index = u16::from(v),
-            VBE_PORT_DATA => self.vbe_write(u16::from(v)),
+            VBE_PORT_DATA => self.vbe_write(vram, u16::from(v)),
             0x3b0..=0x3df => self.regs.write(port, v),
             _ => {}
         }
+        self.sync_text_shadow(vram);
     }
 
     /// Write a 16-bit I/O port value; elsewhere than VBE, a word write to
     /// an index port writes index then data.
-    pub fn io_write16(&mut self, port: u16, v: u16) {
+    pub fn io_write16(&mut self, vram: &mut [u8], port: u16, v: u16) {
         match port {
             VBE_PORT_INDEX => self.vbe.index = v,
-            VBE_PORT_DATA => self.vbe_write(v),
+            VBE_PORT_DATA => self.vbe_write(vram, v),
             _ => {
-                self.io_write(port, v as u8);
-                self.io_write(port.wrapping_add(1), (v >> 8) as u8);
+                self.io_write(vram, port, v as u8);
+                self.io_write(vram, port.wrapping_add(1), (v >> 8) as u8);
             }
         }
     }
 
-    fn vbe_write(&mut self, v: u16) {
+    fn vbe_write(&mut self, vram: &mut [u8], v: u16) {
         if self.vbe.write_data(v) == VbeEffect::ClearMemory {
-            self.mem.bytes.fill(0);
+            let end = self.vram_size.min(vram.len());
+            vram[..end].fill(0);
         }
+        self.sync_text_shadow(vram);
     }
 
     /// A guest read at `offset` into the legacy window.
-    pub fn window_read(&mut self, offset: u64) -> u8 {
+    pub fn window_read(&mut self, vram: &[u8], offset: u64) -> u8 {
         if self.vbe.enabled() {
             let at = usize::try_from(offset).ok().filter(|&o| o < 0x10000);
             return at
-                .and_then(|o| self.mem.bytes.get(self.vbe.bank_offset() + o))
+                .and_then(|o| vram.get(self.vbe.bank_offset() + o))
                 .copied()
                 .unwrap_or(0xff);
         }
         match window_offset(&self.regs, offset) {
-            Some(a) => self.mem.read(&self.regs, a),
+            Some(a) if self.shadow => vram.get(self.vram_size + a).copied().unwrap_or(0xff),
+            Some(a) => self.latches.read(&self.regs, vram, a),
             None => 0xff,
         }
     }
 
     /// A guest write at `offset` into the legacy window.
-    pub fn window_write(&mut self, offset: u64, v: u8) {
+    pub fn window_write(&mut self, vram: &mut [u8], offset: u64, v: u8) {
         if self.vbe.enabled() {
             if let Some(o) = usize::try_from(offset).ok().filter(|&o| o < 0x10000) {
                 let at = self.vbe.bank_offset() + o;
-                if let Some(b) = self.mem.bytes.get_mut(at) {
+                if let Some(b) = vram.get_mut(at) {
                     *b = v;
                 }
             }
             return;
         }
-        if let Some(a) = window_offset(&self.regs, offset) {
-            self.mem.write(&self.regs, a, v);
-        }
-    }
-
-    /// A guest read from the linear framebuffer BAR at `offset`.
-    pub fn lfb_read(&self, offset: u64) -> u8 {
-        usize::try_from(offset)
-            .ok()
-            .and_then(|o| self.mem.bytes.get(o))
-            .copied()
-            .unwrap_or(0xff)
-    }
-
-    /// A guest write to the linear framebuffer BAR at `offset`.
-    pub fn lfb_write(&mut self, offset: u64, v: u8) {
-        if let Some(b) = usize::try_from(offset)
-            .ok()
-            .and_then(|o| self.mem.bytes.get_mut(o))
-        {
-            *b = v;
+        match window_offset(&self.regs, offset) {
+            Some(a) if self.shadow => {
+                if let Some(b) = vram.get_mut(self.vram_size + a) {
+                    *b = v;
+                }
+            }
+            Some(a) => self.latches.write(&self.regs, vram, a, v),
+            None => {}
         }
     }
 
@@ -231,13 +269,13 @@ impl Vga {
     }
 
     /// A write to the MMIO register BAR (see [`Vga::mmio_read`]).
-    pub fn mmio_write(&mut self, offset: u64, data: &[u8]) {
+    pub fn mmio_write(&mut self, vram: &mut [u8], offset: u64, data: &[u8]) {
         match offset {
             0x400..=0x41f => {
                 for (i, &d) in data.iter().enumerate() {
                     let port = 0x3c0 + (offset - 0x400) + i as u64;
                     if port <= 0x3df {
-                        self.io_write(port as u16, d);
+                        self.io_write(vram, port as u16, d);
                     }
                 }
             }
@@ -245,7 +283,7 @@ impl Vga {
                 let saved = self.vbe.index;
                 for (i, w) in data.chunks_exact(2).enumerate() {
                     self.vbe.index = ((offset - 0x500) / 2 + i as u64) as u16;
-                    self.vbe_write(u16::from_le_bytes([w[0], w[1]]));
+                    self.vbe_write(vram, u16::from_le_bytes([w[0], w[1]]));
                 }
                 self.vbe.index = saved;
             }
@@ -253,21 +291,46 @@ impl Vga {
         }
     }
 
-    /// What the screen shows now.
-    pub fn render(&self) -> Display {
-        render::render(&self.regs, &self.vbe, &self.mem)
+    /// What the screen shows now, drawn from `vram`.
+    pub fn render(&self, vram: &[u8]) -> Display {
+        let text = if self.shadow {
+            render::TextSource::Shadow(self.vram_size)
+        } else {
+            render::TextSource::Planes
+        };
+        render::render(&self.regs, &self.vbe, vram, text)
+    }
+
+    /// What the screen shows as pixels: a graphics mode's picture, or a
+    /// text mode drawn with the guest's font ([`render::text_pixels`]);
+    /// `None` while the screen is blank.
+    pub fn render_pixels(&self, vram: &[u8]) -> Option<render::Framebuffer> {
+        match self.render(vram) {
+            Display::Blank => None,
+            Display::Graphics(f) => Some(f),
+            Display::Text(t) => Some(render::text_pixels(&self.regs, vram, &t)),
+        }
     }
 
     /// Render and hand the picture to `backend`.
-    pub fn update(&self, backend: &mut dyn DisplayBackend) {
-        backend.update(&self.render());
+    pub fn update(&self, vram: &[u8], backend: &mut dyn DisplayBackend) {
+        backend.update(&self.render(vram));
     }
 
     /// Whether the legacy window may be mapped as plain memory for the
-    /// current register state: yes in chain-4 (mode 13h) and for a VBE
-    /// bank; planar and odd/even (text) modes go through the latches and
-    /// plane logic, so their accesses must exit.
+    /// current register state: yes in chain-4 (mode 13h), for a VBE bank,
+    /// and in a plain text mode (the text shadow after video memory); planar
+    /// modes and unusual odd/even settings go through the latches and plane
+    /// logic, so their accesses must exit.
     pub fn window_mapping(&self) -> WindowMapping {
+        if self.shadow {
+            let (start, len) = memory::map_range(&self.regs);
+            return WindowMapping::Linear {
+                gpa: WINDOW_BASE + start,
+                len,
+                vram_offset: self.vram_size,
+            };
+        }
         if self.vbe.enabled() {
             return WindowMapping::Linear {
                 gpa: WINDOW_BASE,
@@ -297,94 +360,137 @@ impl Vga {
         WindowMapping::Emulated
     }
 
-    /// The linear framebuffer BAR is always plain memory.
-    pub fn lfb_mapping(&self, bar_gpa: u64) -> WindowMapping {
-        WindowMapping::Linear {
-            gpa: bar_gpa,
-            len: self.mem.bytes.len() as u64,
-            vram_offset: 0,
-        }
+    /// Back to the power-on register state (video memory is the caller's
+    /// and keeps its contents, as on hardware; where the text lives moves
+    /// at the next [`Vga::sync_text_shadow`]).
+    pub fn reset(&mut self) {
+        let shadow = self.shadow;
+        *self = Self::new(self.vram_size);
+        self.shadow = shadow;
+    }
+
+    /// The state to save: registers, VBE and latches.
+    pub fn save(&self) -> saved::VgaState {
+        saved::VgaState::from_vga(self)
+    }
+
+    /// Take a state from [`Vga::save`] back; refused with nothing changed
+    /// if it does not fit this adapter.
+    pub fn restore(&mut self, s: &saved::VgaState) -> Result<(), vmm_core::device::StateError> {
+        *self = s.to_vga(self.vram_size)?;
+        Ok(())
     }
 }
 
-impl PortIo for Vga {
-    fn port_read(
-        &mut self,
-        _ctx: &mut DeviceContext<'_>,
-        port: PortAddress,
-        data: &mut [u8],
-    ) -> IoOutcome {
-        let p = port.port();
-        if data.len() == 2 {
-            data.copy_from_slice(&self.io_read16(p).to_le_bytes());
-        } else {
-            for (i, d) in data.iter_mut().enumerate() {
-                *d = self.io_read(p.wrapping_add(i as u16));
-            }
-        }
-        IoOutcome::Done
-    }
+/// The adapter with video memory of its own: for tests, fuzzing, and an
+/// embedder that draws a VGA without mapping its memory into a guest.
+#[derive(Clone, Debug)]
+pub struct Card {
+    vga: Vga,
+    vram: Vec<u8>,
+}
 
-    fn port_write(
-        &mut self,
-        _ctx: &mut DeviceContext<'_>,
-        port: PortAddress,
-        data: &[u8],
-    ) -> IoOutcome {
-        let p = port.port();
-        if let [lo, hi] = *data {
-            self.io_write16(p, u16::from_le_bytes([lo, hi]));
-        } else {
-            for (i, &d) in data.iter().enumerate() {
-                self.io_write(p.wrapping_add(i as u16), d);
-            }
-        }
-        IoOutcome::Done
+impl Default for Card {
+    fn default() -> Self {
+        Self::new(DEFAULT_VRAM_SIZE)
     }
 }
 
-impl Mmio for Vga {
-    fn mmio_read(
-        &mut self,
-        _ctx: &mut DeviceContext<'_>,
-        addr: MmioAddress,
-        data: &mut [u8],
-    ) -> IoOutcome {
-        // Claimed as the legacy window for now (see docs/ARCHITECTURE.md).
-        for (i, d) in data.iter_mut().enumerate() {
-            *d = self.window_read(addr.gpa().wrapping_sub(WINDOW_BASE).wrapping_add(i as u64));
-        }
-        IoOutcome::Done
+impl Card {
+    /// An adapter with [`vram_size`]`(vram_size)` bytes of zeroed video
+    /// memory.
+    pub fn new(vram_size: usize) -> Self {
+        let vga = Vga::new(vram_size);
+        let vram = alloc::vec![0; vga.memory_size()];
+        Self { vga, vram }
     }
 
-    fn mmio_write(
-        &mut self,
-        _ctx: &mut DeviceContext<'_>,
-        addr: MmioAddress,
-        data: &[u8],
-    ) -> IoOutcome {
-        for (i, &d) in data.iter().enumerate() {
-            self.window_write(
-                addr.gpa().wrapping_sub(WINDOW_BASE).wrapping_add(i as u64),
-                d,
-            );
-        }
-        IoOutcome::Done
+    /// The adapter's state.
+    pub fn vga(&self) -> &Vga {
+        &self.vga
     }
-}
 
-impl Device for Vga {
-    fn name(&self) -> &str {
-        "vga"
+    /// The register state.
+    pub fn registers(&self) -> &Registers {
+        self.vga.registers()
     }
-    fn port_io(&mut self) -> Option<&mut dyn PortIo> {
-        Some(self)
+
+    /// Device memory: video memory, then the text shadow.
+    pub fn vram(&self) -> &[u8] {
+        &self.vram
     }
-    fn mmio(&mut self) -> Option<&mut dyn Mmio> {
-        Some(self)
+
+    /// See [`Vga::io_read`].
+    pub fn io_read(&mut self, port: u16) -> u8 {
+        self.vga.io_read(port)
     }
-    fn reset(&mut self) {
-        let size = self.mem.bytes.len();
-        *self = Self::new(size);
+
+    /// See [`Vga::io_read16`].
+    pub fn io_read16(&mut self, port: u16) -> u16 {
+        self.vga.io_read16(port)
+    }
+
+    /// See [`Vga::io_write`].
+    pub fn io_write(&mut self, port: u16, v: u8) {
+        self.vga.io_write(&mut self.vram, port, v);
+    }
+
+    /// See [`Vga::io_write16`].
+    pub fn io_write16(&mut self, port: u16, v: u16) {
+        self.vga.io_write16(&mut self.vram, port, v);
+    }
+
+    /// See [`Vga::window_read`].
+    pub fn window_read(&mut self, offset: u64) -> u8 {
+        self.vga.window_read(&self.vram, offset)
+    }
+
+    /// See [`Vga::window_write`].
+    pub fn window_write(&mut self, offset: u64, v: u8) {
+        self.vga.window_write(&mut self.vram, offset, v);
+    }
+
+    /// A guest read from the linear framebuffer at `offset`.
+    pub fn lfb_read(&self, offset: u64) -> u8 {
+        usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.vram.get(o))
+            .copied()
+            .unwrap_or(0xff)
+    }
+
+    /// A guest write to the linear framebuffer at `offset`.
+    pub fn lfb_write(&mut self, offset: u64, v: u8) {
+        if let Some(b) = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.vram.get_mut(o))
+        {
+            *b = v;
+        }
+    }
+
+    /// See [`Vga::mmio_read`].
+    pub fn mmio_read(&mut self, offset: u64, data: &mut [u8]) {
+        self.vga.mmio_read(offset, data);
+    }
+
+    /// See [`Vga::mmio_write`].
+    pub fn mmio_write(&mut self, offset: u64, data: &[u8]) {
+        self.vga.mmio_write(&mut self.vram, offset, data);
+    }
+
+    /// See [`Vga::render`].
+    pub fn render(&self) -> Display {
+        self.vga.render(&self.vram)
+    }
+
+    /// See [`Vga::render_pixels`].
+    pub fn render_pixels(&self) -> Option<render::Framebuffer> {
+        self.vga.render_pixels(&self.vram)
+    }
+
+    /// See [`Vga::window_mapping`].
+    pub fn window_mapping(&self) -> WindowMapping {
+        self.vga.window_mapping()
     }
 }

@@ -2,7 +2,7 @@
 //! RGB picture, independent of any host, and the trait a host implements
 //! to receive it.
 
-use super::memory::VideoMemory;
+use super::memory::plane_byte;
 use super::regs::Registers;
 use super::vbe::Vbe;
 use alloc::vec::Vec;
@@ -44,12 +44,23 @@ impl TextScreen {
             .copied()
     }
 
-    /// Row `y` as text (characters only).
+    /// Row `y` as text (characters only): NUL (cleared memory) shows as a
+    /// blank, the other control codes as `.`, bytes from 0x80 as the
+    /// Latin-1 character of that number.
     pub fn row_text(&self, y: usize) -> alloc::string::String {
         (0..self.cols)
             .filter_map(|x| self.cell(x, y))
-            .map(|c| char::from(c.ch))
+            .map(|c| match c.ch {
+                0 => ' ',
+                1..=0x1f | 0x7f => '.',
+                ch => char::from(ch),
+            })
             .collect()
+    }
+
+    /// Every row as text (see [`TextScreen::row_text`]).
+    pub fn lines(&self) -> Vec<alloc::string::String> {
+        (0..self.rows).map(|y| self.row_text(y)).collect()
     }
 }
 
@@ -93,22 +104,32 @@ pub trait DisplayBackend {
     fn update(&mut self, display: &Display);
 }
 
+/// Where a text mode's characters and attributes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextSource {
+    /// Planes 0 and 1 of video memory.
+    Planes,
+    /// The text shadow at this offset: byte `2n` character `n`, `2n + 1`
+    /// its attribute.
+    Shadow(usize),
+}
+
 /// Render the current state.
-pub fn render(regs: &Registers, vbe: &Vbe, mem: &VideoMemory) -> Display {
+pub fn render(regs: &Registers, vbe: &Vbe, vram: &[u8], text: TextSource) -> Display {
     if vbe.enabled() {
-        return render_vbe(regs, vbe, mem);
+        return render_vbe(regs, vbe, vram);
     }
     if !regs.screen_enabled() || regs.seq[1] & 0x20 != 0 {
         return Display::Blank;
     }
     if regs.graphics_mode() {
-        render_planar(regs, mem)
+        render_planar(regs, vram)
     } else {
-        render_text(regs, mem)
+        render_text(regs, vram, text)
     }
 }
 
-fn render_text(regs: &Registers, mem: &VideoMemory) -> Display {
+fn render_text(regs: &Registers, vram: &[u8], text: TextSource) -> Display {
     let cols = regs.display_columns().min(MAX_DIMENSION);
     let rows = (regs.display_lines() / regs.scan_lines_per_row()).min(MAX_DIMENSION);
     let start = regs.start_address();
@@ -116,9 +137,18 @@ fn render_text(regs: &Registers, mem: &VideoMemory) -> Display {
     for i in 0..cols * rows {
         // Word mode: character address n is at plane offset 2n.
         let at = (start + i) * 2;
-        cells.push(Cell {
-            ch: mem.plane_byte(0, at),
-            attr: mem.plane_byte(1, at),
+        cells.push(match text {
+            TextSource::Planes => Cell {
+                ch: plane_byte(vram, 0, at),
+                attr: plane_byte(vram, 1, at),
+            },
+            TextSource::Shadow(base) => {
+                let b = |o: usize| vram.get(base + at + o).copied().unwrap_or(0);
+                Cell {
+                    ch: b(0),
+                    attr: b(1),
+                }
+            }
         });
     }
     let cursor_at = usize::from(regs.crtc[0x0e]) << 8 | usize::from(regs.crtc[0x0f]);
@@ -138,7 +168,7 @@ fn render_text(regs: &Registers, mem: &VideoMemory) -> Display {
     })
 }
 
-fn render_planar(regs: &Registers, mem: &VideoMemory) -> Display {
+fn render_planar(regs: &Registers, vram: &[u8]) -> Display {
     let height = (regs.display_lines() / regs.scan_lines_per_row()).min(MAX_DIMENSION);
     let start = regs.start_address();
     let mut pixels = Vec::new();
@@ -150,7 +180,7 @@ fn render_planar(regs: &Registers, mem: &VideoMemory) -> Display {
         for y in 0..height {
             for x in 0..width {
                 let a = start * 4 + y * line + x;
-                let idx = mem.bytes.get(a).copied().unwrap_or(0);
+                let idx = vram.get(a).copied().unwrap_or(0);
                 pixels.push(regs.dac_rgb(idx, false));
             }
         }
@@ -171,7 +201,7 @@ fn render_planar(regs: &Registers, mem: &VideoMemory) -> Display {
             let bit = 7 - (x & 7);
             let mut c = 0u8;
             for p in 0..4 {
-                if planes & (1 << p) != 0 && (mem.plane_byte(p, a) >> bit) & 1 != 0 {
+                if planes & (1 << p) != 0 && (plane_byte(vram, p, a) >> bit) & 1 != 0 {
                     c |= 1 << p;
                 }
             }
@@ -185,7 +215,7 @@ fn render_planar(regs: &Registers, mem: &VideoMemory) -> Display {
     })
 }
 
-fn render_vbe(regs: &Registers, vbe: &Vbe, mem: &VideoMemory) -> Display {
+fn render_vbe(regs: &Registers, vbe: &Vbe, vram: &[u8]) -> Display {
     let width = vbe.xres().min(MAX_DIMENSION);
     let height = vbe.yres().min(MAX_DIMENSION);
     let bpp = vbe.bpp();
@@ -194,12 +224,12 @@ fn render_vbe(regs: &Registers, vbe: &Vbe, mem: &VideoMemory) -> Display {
     }
     let bytes = usize::from(bpp).div_ceil(8);
     let mut pixels = Vec::with_capacity(width * height);
-    let b = |a: usize| u32::from(mem.bytes.get(a).copied().unwrap_or(0));
+    let b = |a: usize| u32::from(vram.get(a).copied().unwrap_or(0));
     for y in 0..height {
         for x in 0..width {
             let a = vbe.start + y * vbe.line_bytes + x * bytes;
             let rgb = match bpp {
-                8 => regs.dac_rgb(mem.bytes.get(a).copied().unwrap_or(0), vbe.dac8()),
+                8 => regs.dac_rgb(vram.get(a).copied().unwrap_or(0), vbe.dac8()),
                 15 | 16 => {
                     let v = b(a) | b(a + 1) << 8;
                     let (r, g, bl) = if bpp == 15 {
@@ -224,4 +254,70 @@ fn render_vbe(regs: &Registers, vbe: &Vbe, mem: &VideoMemory) -> Display {
         height,
         pixels,
     })
+}
+
+/// Font memory offset (in plane 2) of character map `n` (0-7), as the
+/// sequencer's character map select numbers them.
+fn font_map_offset(n: u8) -> usize {
+    usize::from(n & 3) * 0x4000 + usize::from((n >> 2) & 1) * 0x2000
+}
+
+/// A text screen drawn as pixels with the font the guest loaded into plane
+/// 2 (the VGA BIOS loads one at every text mode set): 9- or 8-dot cells
+/// (sequencer register 1 bit 0), the character height of CRTC register 9,
+/// colours through the attribute palette and the DAC, the cursor as the
+/// scan lines of CRTC registers 0x0a/0x0b. What a monitor would show, for
+/// screenshots.
+pub fn text_pixels(regs: &Registers, vram: &[u8], screen: &TextScreen) -> Framebuffer {
+    let cell_w = if regs.seq[1] & 1 != 0 { 8 } else { 9 };
+    let cell_h = (usize::from(regs.crtc[9] & 0x1f) + 1).min(32);
+    let cols = screen.cols.min(MAX_DIMENSION / cell_w);
+    let rows = screen.rows.min(MAX_DIMENSION / cell_h);
+    let (width, height) = (cols * cell_w, rows * cell_h);
+    let mut pixels = alloc::vec![0u32; width * height];
+    let map_a = ((regs.seq[3] >> 2) & 3) | ((regs.seq[3] >> 3) & 4);
+    let map_b = (regs.seq[3] & 3) | ((regs.seq[3] >> 2) & 4);
+    let blink = regs.ar[0x10] & 0x08 != 0;
+    let line_graphics = regs.ar[0x10] & 0x04 != 0;
+    let colour = |c: u8| regs.dac_rgb(regs.palette_to_dac(c), false);
+    let cursor_lines = (
+        usize::from(regs.crtc[0x0a] & 0x1f),
+        usize::from(regs.crtc[0x0b] & 0x1f),
+    );
+    for y in 0..rows {
+        for x in 0..cols {
+            let Some(cell) = screen.cell(x, y) else {
+                continue;
+            };
+            let fg = colour(cell.attr & 0x0f);
+            let bg = colour(if blink {
+                (cell.attr >> 4) & 7
+            } else {
+                cell.attr >> 4
+            });
+            let map = if cell.attr & 0x08 != 0 { map_a } else { map_b };
+            let glyph = font_map_offset(map) + usize::from(cell.ch) * 32;
+            let is_cursor = screen.cursor == Some((x, y));
+            for line in 0..cell_h {
+                let bits = plane_byte(vram, 2, glyph + line);
+                let cursor_here = is_cursor && line >= cursor_lines.0 && line <= cursor_lines.1;
+                for dot in 0..cell_w {
+                    let on = if dot < 8 {
+                        bits & (0x80 >> dot) != 0
+                    } else {
+                        line_graphics && (0xc0..=0xdf).contains(&cell.ch) && bits & 1 != 0
+                    };
+                    let at = (y * cell_h + line) * width + x * cell_w + dot;
+                    if let Some(p) = pixels.get_mut(at) {
+                        *p = if on || cursor_here { fg } else { bg };
+                    }
+                }
+            }
+        }
+    }
+    Framebuffer {
+        width,
+        height,
+        pixels,
+    }
 }

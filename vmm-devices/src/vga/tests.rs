@@ -3,28 +3,28 @@
 use super::render::{Display, Framebuffer, TextScreen};
 use super::*;
 
-fn seq(v: &mut Vga, i: u8, d: u8) {
+fn seq(v: &mut Card, i: u8, d: u8) {
     v.io_write(0x3c4, i);
     v.io_write(0x3c5, d);
 }
-fn gr(v: &mut Vga, i: u8, d: u8) {
+fn gr(v: &mut Card, i: u8, d: u8) {
     v.io_write(0x3ce, i);
     v.io_write(0x3cf, d);
 }
-fn crtc(v: &mut Vga, i: u8, d: u8) {
+fn crtc(v: &mut Card, i: u8, d: u8) {
     v.io_write(0x3d4, i);
     v.io_write(0x3d5, d);
 }
-fn attr(v: &mut Vga, i: u8, d: u8) {
+fn attr(v: &mut Card, i: u8, d: u8) {
     let _ = v.io_read(0x3da);
     v.io_write(0x3c0, i);
     v.io_write(0x3c0, d);
 }
-fn enable_screen(v: &mut Vga) {
+fn enable_screen(v: &mut Card) {
     let _ = v.io_read(0x3da);
     v.io_write(0x3c0, 0x20);
 }
-fn dac(v: &mut Vga, i: u8, rgb: [u8; 3]) {
+fn dac(v: &mut Card, i: u8, rgb: [u8; 3]) {
     v.io_write(0x3c8, i);
     for c in rgb {
         v.io_write(0x3c9, c);
@@ -32,7 +32,7 @@ fn dac(v: &mut Vga, i: u8, rgb: [u8; 3]) {
 }
 
 /// Mode 3 as a VGA BIOS programs it (the registers that matter).
-fn mode3(v: &mut Vga) {
+fn mode3(v: &mut Card) {
     v.io_write(0x3c2, 0x67);
     for (i, d) in [(1, 0x00), (2, 0x03), (3, 0x00), (4, 0x02)] {
         seq(v, i, d);
@@ -58,7 +58,7 @@ fn mode3(v: &mut Vga) {
     enable_screen(v);
 }
 
-fn mode13(v: &mut Vga) {
+fn mode13(v: &mut Card) {
     v.io_write(0x3c2, 0x63);
     for (i, d) in [(1, 0x01), (2, 0x0f), (4, 0x0e)] {
         seq(v, i, d);
@@ -77,7 +77,7 @@ fn mode13(v: &mut Vga) {
     enable_screen(v);
 }
 
-fn mode12(v: &mut Vga) {
+fn mode12(v: &mut Card) {
     v.io_write(0x3c2, 0xe3);
     for (i, d) in [(1, 0x01), (2, 0x0f), (4, 0x06)] {
         seq(v, i, d);
@@ -96,13 +96,13 @@ fn mode12(v: &mut Vga) {
     enable_screen(v);
 }
 
-fn text(v: &Vga) -> TextScreen {
+fn text(v: &Card) -> TextScreen {
     match v.render() {
         Display::Text(t) => t,
         other => panic!("expected text, got {other:?}"),
     }
 }
-fn picture(v: &Vga) -> Framebuffer {
+fn picture(v: &Card) -> Framebuffer {
     match v.render() {
         Display::Graphics(f) => f,
         other => panic!(
@@ -114,7 +114,7 @@ fn picture(v: &Vga) -> Framebuffer {
 
 #[test]
 fn mode3_text_write_appears_with_cursor() {
-    let mut v = Vga::new(1 << 20);
+    let mut v = Card::new(1 << 20);
     mode3(&mut v);
     // 'A' white on blue at row 1, column 2: 0xb8000 + (80 + 2) * 2.
     let at = 0x18000 + (80 + 2) * 2;
@@ -128,14 +128,64 @@ fn mode3_text_write_appears_with_cursor() {
     assert_eq!(t.cell(2, 1).unwrap().attr, 0x1f);
     assert_eq!(t.cursor, Some((2, 1)));
     assert_eq!(v.window_read(at), b'A');
-    assert_eq!(v.window_mapping(), WindowMapping::Emulated);
+    // Mode 3 is served from the text shadow: the window can be RAM.
+    assert_eq!(
+        v.window_mapping(),
+        WindowMapping::Linear {
+            gpa: 0xb8000,
+            len: 0x8000,
+            vram_offset: 1 << 20,
+        }
+    );
+    assert_eq!(v.vram()[(1 << 20) + (80 + 2) * 2], b'A');
     crtc(&mut v, 0x0a, 0x20);
     assert_eq!(text(&v).cursor, None);
 }
 
 #[test]
+fn text_survives_a_font_load_through_the_planes() {
+    let mut v = Card::new(1 << 20);
+    mode3(&mut v);
+    for (i, &b) in b"VGA".iter().enumerate() {
+        v.window_write(0x18000 + 2 * i as u64, b);
+        v.window_write(0x18000 + 2 * i as u64 + 1, 0x07);
+    }
+    // A VGA BIOS loading a font: plane 2 only, planar, at 0xa0000.
+    seq(&mut v, 2, 0x04);
+    seq(&mut v, 4, 0x07);
+    gr(&mut v, 4, 0x02);
+    gr(&mut v, 5, 0x00);
+    gr(&mut v, 6, 0x04);
+    assert_eq!(v.window_mapping(), WindowMapping::Emulated);
+    v.window_write(u64::from(b'V') * 32, 0xff);
+    // The characters are in the planes while the shadow is off.
+    gr(&mut v, 4, 0x00);
+    assert_eq!(v.window_read(0), b'V');
+    // Back to text: the text and the glyph row are where they belong.
+    seq(&mut v, 2, 0x03);
+    seq(&mut v, 4, 0x02);
+    gr(&mut v, 5, 0x10);
+    gr(&mut v, 6, 0x0e);
+    assert!(matches!(v.window_mapping(), WindowMapping::Linear { .. }));
+    assert!(text(&v).row_text(0).starts_with("VGA"));
+    assert_eq!(
+        memory::plane_byte(v.vram(), 2, usize::from(b'V') * 32),
+        0xff
+    );
+    dac(&mut v, 7, [0x2a, 0x2a, 0x2a]);
+    let f = v.render_pixels().unwrap();
+    assert_eq!((f.width, f.height), (720, 400));
+    // The glyph's first row is all on: grey (colour 7) across 8 dots, the
+    // ninth dot and the next row black.
+    assert_eq!(f.pixel(0, 0), Some(0xaaaaaa));
+    assert_eq!(f.pixel(7, 0), Some(0xaaaaaa));
+    assert_eq!(f.pixel(8, 0), Some(0));
+    assert_eq!(f.pixel(0, 1), Some(0));
+}
+
+#[test]
 fn mode13_pixel_uses_dac_colour_and_maps_linearly() {
-    let mut v = Vga::new(1 << 20);
+    let mut v = Card::new(1 << 20);
     mode13(&mut v);
     dac(&mut v, 5, [0x3f, 0, 0x20]);
     v.window_write(10 * 320 + 7, 5);
@@ -155,7 +205,7 @@ fn mode13_pixel_uses_dac_colour_and_maps_linearly() {
 
 #[test]
 fn mode12_planar_write_modes() {
-    let mut v = Vga::new(1 << 20);
+    let mut v = Card::new(1 << 20);
     mode12(&mut v);
     dac(&mut v, 4, [0x2a, 0, 0]);
     // Write mode 2: colour 4 to the leftmost pixel only (bit mask 0x80).
@@ -192,7 +242,7 @@ fn mode12_planar_write_modes() {
 
 #[test]
 fn vbe_1024x768x32_lfb() {
-    let mut v = Vga::default();
+    let mut v = Card::default();
     v.io_write16(VBE_PORT_INDEX, vbe::INDEX_ID);
     assert_eq!(v.io_read16(VBE_PORT_DATA), vbe::ID5);
     for (i, d) in [
@@ -225,7 +275,7 @@ fn vbe_1024x768x32_lfb() {
 
 #[test]
 fn vbe_16bpp_banked_window() {
-    let mut v = Vga::default();
+    let mut v = Card::default();
     for (i, d) in [
         (vbe::INDEX_XRES, 640u16),
         (vbe::INDEX_YRES, 480),
@@ -253,7 +303,7 @@ fn vbe_16bpp_banked_window() {
 
 #[test]
 fn hostile_accesses_never_panic() {
-    let mut v = Vga::new(256 << 10);
+    let mut v = Card::new(256 << 10);
     let mut x: u32 = 0x1234_5678;
     let mut next = || {
         x ^= x << 13;

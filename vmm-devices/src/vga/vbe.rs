@@ -89,6 +89,30 @@ impl Vbe {
         }
     }
 
+    /// The state [`Vbe`] had with `regs` and `index`, if a guest could
+    /// have left them so (resolutions, depth and bank within what the
+    /// interface accepts for `vram_size`).
+    pub fn restored(vram_size: usize, index: u16, regs: [u16; REGISTER_COUNT]) -> Option<Self> {
+        let fresh = Self::new(vram_size);
+        let ok = (ID0..=ID5).contains(&regs[usize::from(INDEX_ID)])
+            && regs[usize::from(INDEX_XRES)] <= MAX_XRES
+            && regs[usize::from(INDEX_YRES)] <= MAX_YRES
+            && matches!(regs[usize::from(INDEX_BPP)], 0 | 4 | 8 | 15 | 16 | 24 | 32)
+            && usize::from(regs[usize::from(INDEX_BANK)]) < (vram_size / 65536).max(1)
+            && regs[usize::from(INDEX_VIDEO_MEMORY_64K)]
+                == fresh.regs[usize::from(INDEX_VIDEO_MEMORY_64K)];
+        if !ok {
+            return None;
+        }
+        let mut v = Self {
+            index,
+            regs,
+            ..fresh
+        };
+        v.update_geometry();
+        Some(v)
+    }
+
     fn reg(&self, i: u16) -> u16 {
         self.regs.get(usize::from(i)).copied().unwrap_or(0)
     }

@@ -61,7 +61,7 @@ fuzz_target!(|input: Input| {
         l.used = wrap(input.used);
     });
     let layout = q.layout();
-    let mut guard = DmaGuard::new(vm.id(), vm.memory_mut());
+    let guard = DmaGuard::new(vm.id(), vm.memory_mut());
     if q.enable(&guard, input.event_idx, input.indirect).is_err() {
         assert!(!q.is_enabled());
         return;

@@ -50,8 +50,9 @@ pub const DEFAULT_BIOS: &str = "/usr/share/seabios/bios-256k.bin";
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
 /// The least RAM a PC gets: SeaBIOS and a bootloader need a few MiB.
 pub const MIN_MEMORY: u64 = 16 << 20;
-/// The most: all of it below the PCI hole at 3 GiB.
-pub const MAX_MEMORY: u64 = 3 << 30;
+/// The most: what the PC's 40-bit guest-physical addresses reach (the
+/// first 3 GiB below the PCI hole, the rest from 4 GiB up).
+pub const MAX_MEMORY: u64 = vmm_devices::pc::MAX_RAM;
 
 /// A boot device, in boot order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -297,7 +298,7 @@ fn check_memory(bytes: u64, key: &str) -> Result<(), ConfigError> {
         return Err(ConfigError::Value {
             key: key.into(),
             problem: format!(
-                "{} MiB is more than the {} MiB below the PCI hole this machine supports",
+                "{} MiB is more than the {} MiB this machine's 40-bit physical addresses reach",
                 bytes >> 20,
                 MAX_MEMORY >> 20
             ),
@@ -760,7 +761,7 @@ mod tests {
         assert!(e.to_string().starts_with("memory: "), "{e}");
         let e = parse("memory = \"1M\"").unwrap_err();
         assert!(e.to_string().contains("too little memory"), "{e}");
-        let e = parse("memory = \"8G\"").unwrap_err();
+        let e = parse("memory = \"2048G\"").unwrap_err();
         assert!(e.to_string().starts_with("memory: "), "{e}");
         let e = parse("boot = [\"floppy\"]").unwrap_err();
         assert!(e.to_string().contains("floppy"), "{e}");
@@ -771,9 +772,11 @@ mod tests {
             e.to_string(),
             "memory: '-512' is not a size: write a number with K, M or G (e.g. 512M)"
         );
-        let e = parse("memory = 8192").unwrap_err();
+        assert_eq!(parse("memory = 8192").unwrap().memory, 8 << 30);
+        let e = parse("memory = 2097152").unwrap_err();
         assert!(
-            e.to_string().starts_with("memory: 8192 MiB is more than"),
+            e.to_string()
+                .starts_with("memory: 2097152 MiB is more than"),
             "{e}"
         );
     }
@@ -984,9 +987,10 @@ mod tests {
     fn memory_bounds() {
         assert_eq!(parse_memory("512M", "--memory"), Ok(512 << 20));
         assert_eq!(parse_memory("3G", "--memory"), Ok(3 << 30));
+        assert_eq!(parse_memory("8G", "--memory"), Ok(8 << 30));
         assert_eq!(parse_memory("512", "--memory"), Ok(512 << 20));
         assert_eq!(parse_memory("65536K", "--memory"), Ok(64 << 20));
-        for bad in ["15M", "4G", "16385K", "x"] {
+        for bad in ["15M", "1024G", "16385K", "x"] {
             let e = parse_memory(bad, "--memory").unwrap_err();
             assert!(e.to_string().starts_with("--memory: "), "{bad}: {e}");
         }

@@ -366,16 +366,7 @@ fn completed_under(rflags: u64) -> Scripted {
     // The first RDMSR reads EFER, the second an MSR no CPU has.
     for rcx in [0, 0, 0xc000_0080] {
         cpu.regs.gprs[1] = rcx;
-        run(
-            &mut cpu,
-            &mut vm,
-            &NoInterrupts,
-            &mut msrs,
-            Slice {
-                max_exits: 1,
-                until_ns: None,
-            },
-        );
+        run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, ONE_EXIT);
     }
     cpu.regs.gprs[1] = 0x1234_5678;
     run(
@@ -402,8 +393,10 @@ fn instructions_the_vmm_completes_under_tf_raise_the_single_step_trap() {
     assert!(cpu.steps.is_empty());
 }
 
-#[test]
-fn rep_string_io_under_tf_traps_after_every_iteration() {
+/// A VM with "abc" at 0x1000 and a vCPU at 0x10 whose next `exits` exits
+/// are one `REP OUTSB` of those 3 bytes to the probe's port 0x80 (RCX 3,
+/// DS:SI 0x1000), then shutdown.
+fn rep_outsb_abc(exits: usize) -> (Scripted, Vm) {
     let mut vm = vm();
     vm.guest_write(0x1000, b"abc");
     let io = vmm_core::emulator::PortString {
@@ -414,29 +407,34 @@ fn rep_string_io_under_tf_traps_after_every_iteration() {
         segment: Segment::Ds,
         next_rip: 0x12,
     };
-    let mut cpu = Scripted::new(vec![
-        Exit::PortString(io),
-        Exit::PortString(io),
-        Exit::PortString(io),
-        Exit::Shutdown,
-    ]);
+    let mut script = vec![Exit::PortString(io); exits];
+    script.push(Exit::Shutdown);
+    let mut cpu = Scripted::new(script);
     cpu.regs.rip = 0x10;
-    cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_TF;
     cpu.regs.gprs[1] = 3; // RCX
     cpu.regs.gprs[2] = 0x80; // DX: the probe's port
     cpu.regs.gprs[6] = 0x1000; // SI
+    (cpu, vm)
+}
+
+/// A slice of one exit.
+const ONE_EXIT: Slice = Slice {
+    max_exits: 1,
+    until_ns: None,
+};
+
+#[test]
+fn rep_string_io_under_tf_traps_after_every_iteration() {
+    let (mut cpu, mut vm) = rep_outsb_abc(3);
+    cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_TF;
     let mut msrs = MsrFile::default();
-    let one = Slice {
-        max_exits: 1,
-        until_ns: None,
-    };
-    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, one);
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, ONE_EXIT);
     // One iteration, then the trap, with RIP still on the instruction.
     assert_eq!(cpu.regs.gprs[1], 2);
     assert_eq!(cpu.steps, vec![0x10]);
     assert_eq!(probe(&vm).last_out, b"a");
-    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, one);
-    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, one);
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, ONE_EXIT);
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, ONE_EXIT);
     assert_eq!(cpu.regs.gprs[1], 0);
     assert_eq!(cpu.steps, vec![0x10, 0x10, 0x12]);
     assert_eq!(probe(&vm).last_out, b"c");
@@ -493,28 +491,10 @@ fn msrs_are_emulated_or_fault_like_hardware() {
     cpu.regs.gprs[0] = 0x101;
     cpu.regs.gprs[2] = 0;
     let mut msrs = MsrFile::default();
-    run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut msrs,
-        Slice {
-            max_exits: 1,
-            until_ns: None,
-        },
-    );
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, ONE_EXIT);
     assert_eq!(cpu.regs.control.efer, 0x101);
     cpu.regs.gprs[0] = 0;
-    run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut msrs,
-        Slice {
-            max_exits: 1,
-            until_ns: None,
-        },
-    );
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, ONE_EXIT);
     assert_eq!((cpu.regs.gprs[0], cpu.regs.gprs[2]), (0x101, 0));
     assert_eq!(cpu.regs.rip, 4);
     // APIC base: the xAPIC at 0xfee00000, enabled, BSP.
@@ -704,16 +684,7 @@ fn a_pending_interrupt_is_injected_when_the_guest_can_take_it() {
     // Interrupts disabled: the loop asks for a window instead of injecting.
     let mut cpu = Scripted::new(vec![Exit::InterruptWindow, Exit::Shutdown]);
     cpu.regs.rflags = RFLAGS_FIXED;
-    run(
-        &mut cpu,
-        &mut vm,
-        &irq,
-        &mut MsrFile::default(),
-        Slice {
-            max_exits: 1,
-            until_ns: None,
-        },
-    );
+    run(&mut cpu, &mut vm, &irq, &mut MsrFile::default(), ONE_EXIT);
     assert!(cpu.injected.is_empty());
     assert!(irq.pending());
     // The guest enables interrupts: the vector goes in, once.
@@ -883,16 +854,7 @@ fn a_halted_vcpu_stays_halted_across_slices() {
 
 /// Run exactly one scripted exit.
 fn step(cpu: &mut Scripted, vm: &mut Vm, msrs: &mut MsrFile) {
-    run(
-        cpu,
-        vm,
-        &NoInterrupts,
-        msrs,
-        Slice {
-            max_exits: 1,
-            until_ns: None,
-        },
-    );
+    run(cpu, vm, &NoInterrupts, msrs, ONE_EXIT);
 }
 
 /// kvmclock as SeaBIOS and Linux use it: on a host that knows its TSC
@@ -1361,11 +1323,7 @@ fn the_apic_base_msr_moves_the_apic_window_and_a_reset_moves_it_back() {
     ]);
     cpu.regs.gprs[1] = 0x1b;
     cpu.regs.gprs[0] = 0xfed0_0900;
-    let one = Slice {
-        max_exits: 1,
-        until_ns: None,
-    };
-    run(&mut cpu, &mut vm, &apic, &mut msrs, one);
+    run(&mut cpu, &mut vm, &apic, &mut msrs, ONE_EXIT);
     let owner = |vm: &Vm, gpa| vm.devices().mmio_owner(gpa);
     let probe_id = Some(vmm_core::device::DeviceId(0));
     assert_eq!(apic.0.get(), 0xfed0_0900);
@@ -1374,7 +1332,7 @@ fn the_apic_base_msr_moves_the_apic_window_and_a_reset_moves_it_back() {
     assert_eq!(cpu.regs.rip, 2);
     // Bit 0 is reserved: #GP, nothing moves.
     cpu.regs.gprs[0] = 0xfec0_0901;
-    run(&mut cpu, &mut vm, &apic, &mut msrs, one);
+    run(&mut cpu, &mut vm, &apic, &mut msrs, ONE_EXIT);
     assert_eq!(
         cpu.injected,
         vec![Event::Exception(Exception::GeneralProtection(0))]
@@ -1426,54 +1384,24 @@ fn an_io_breakpoint_traps_after_the_out_the_vmm_completes() {
 
 #[test]
 fn rep_outs_to_a_watched_port_traps_after_every_iteration() {
-    let mut vm = vm();
-    vm.guest_write(0x1000, b"abc");
-    let io = vmm_core::emulator::PortString {
-        input: false,
-        size: 1,
-        address_size: 16,
-        rep: true,
-        segment: Segment::Ds,
-        next_rip: 0x12,
-    };
-    let mut cpu = Scripted::new(vec![
-        Exit::PortString(io),
-        Exit::PortString(io),
-        Exit::PortString(io),
-        Exit::Shutdown,
-    ]);
-    cpu.regs.rip = 0x10;
-    cpu.regs.gprs[1] = 3; // RCX
-    cpu.regs.gprs[2] = 0x80; // DX: the probe's port
-    cpu.regs.gprs[6] = 0x1000; // SI
-
+    let (mut cpu, mut vm) = rep_outsb_abc(3);
     // I/O breakpoint 2 on port 0x80; no TF.
     cpu.breakpoints = breakpoint(2, 0x80, 0b10, 0b00);
     let mut msrs = MsrFile::default();
-    let one = Slice {
-        max_exits: 1,
-        until_ns: None,
-    };
-    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, one);
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, ONE_EXIT);
     // One iteration, then the trap with B2, RIP still on the instruction.
     assert_eq!(cpu.regs.gprs[1], 2);
     assert_eq!(cpu.steps, vec![0x10]);
     assert_eq!(cpu.trap_bits, vec![1 << 2]);
     assert_eq!(probe(&vm).last_out, b"a");
-    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, one);
-    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, one);
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, ONE_EXIT);
+    run(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, ONE_EXIT);
     assert_eq!(cpu.regs.gprs[1], 0);
     assert_eq!(cpu.steps, vec![0x10, 0x10, 0x12]);
     assert_eq!(cpu.trap_bits, vec![1 << 2; 3]);
 
     // A breakpoint on another port: the whole REP in one call, no trap.
-    let mut vm = self::vm();
-    vm.guest_write(0x1000, b"abc");
-    let mut cpu = Scripted::new(vec![Exit::PortString(io), Exit::Shutdown]);
-    cpu.regs.rip = 0x10;
-    cpu.regs.gprs[1] = 3;
-    cpu.regs.gprs[2] = 0x80;
-    cpu.regs.gprs[6] = 0x1000;
+    let (mut cpu, mut vm) = rep_outsb_abc(1);
     cpu.breakpoints = breakpoint(2, 0x84, 0b10, 0b00);
     run_to_end(&mut cpu, &mut vm);
     assert_eq!(cpu.regs.gprs[1], 0);

@@ -486,23 +486,36 @@ pub fn reboot_iso(default_iso: &Path) -> Result<PathBuf> {
 /// console only. Built next to `default_iso` from it, and rebuilt when it
 /// is newer.
 pub fn tty0_iso(default_iso: &Path) -> Result<PathBuf> {
+    appended_iso(default_iso, "tty0", "console=tty0")
+}
+
+/// The default CD with `vmm_workload=memtouch` on the kernel command line:
+/// its init reports the RAM the kernel found and fills and reads back
+/// 2 GiB of page cache (see `xtask/assets/linux-cd/init`).
+pub fn memtouch_iso(default_iso: &Path) -> Result<PathBuf> {
+    appended_iso(default_iso, "memtouch", "vmm_workload=memtouch")
+}
+
+/// The default CD with `append` added to its kernel command line, as
+/// `linux-NAME.iso` next to `default_iso`; rebuilt when that is newer.
+pub fn appended_iso(default_iso: &Path, name: &str, append: &str) -> Result<PathBuf> {
     let dir = default_iso
         .parent()
         .ok_or_else(|| Error::msg("the CD image has no directory"))?;
-    let iso = dir.join("linux-tty0.iso");
+    let iso = dir.join(format!("linux-{name}.iso"));
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     if modified(&iso).is_some() && modified(&iso) >= modified(default_iso) {
         return Ok(iso);
     }
     ensure_packages(&["xorriso"])?;
-    let cfg = dir.join("linux-tty0-isolinux.cfg");
+    let cfg = dir.join(format!("linux-{name}-isolinux.cfg"));
     remaster_cd(
         default_iso,
         &iso,
         &cfg,
-        "console=tty0",
+        append,
         &[],
-        "xorriso (the tty0 CD)",
+        &format!("xorriso (the {name} CD)"),
     )?;
     let _ = std::fs::remove_file(&cfg);
     Ok(iso)

@@ -259,6 +259,22 @@ pub fn host_memory_mib(guest_mem: &str, vms: u32) -> Result<u64> {
     Ok(mib * u64::from(vms) + 256)
 }
 
+/// What to give QEMU so the host finds `needed_mib` in areas its
+/// allocations fit in. QEMU's PC puts only 3 GiB below 4 GiB once it has
+/// more than 3.5 GiB, and the host heap spans those areas without joining
+/// them; a guest's RAM is two blocks of up to 3 GiB below its PCI hole and
+/// the rest above. When the total outgrows what the low area holds, the
+/// area above 4 GiB alone gets room for all of it (QEMU touches only the
+/// memory the host uses).
+pub fn qemu_memory_mib(needed_mib: u64) -> u64 {
+    const LOW_AREA_MIB: u64 = 2816;
+    if needed_mib > LOW_AREA_MIB {
+        needed_mib + 3072
+    } else {
+        needed_mib
+    }
+}
+
 fn parse_mib(s: &str) -> Option<u64> {
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
     let n: u64 = n.parse().ok()?;
@@ -336,7 +352,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         args.passthrough.map_or("", |s| s.cmdline()),
         args.cmdline
     );
-    let mem = host_memory_mib(&args.memory, vms)? + extra_mib;
+    let mem = qemu_memory_mib(host_memory_mib(&args.memory, vms)? + extra_mib);
     if args.bochs {
         iso(&elf, cmdline.trim(), &modules, &iso_path)?;
         return crate::bochs::run(&iso_path, mem);

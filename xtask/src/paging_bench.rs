@@ -23,23 +23,7 @@ const TIMEOUT: Duration = Duration::from_secs(1200);
 /// The default CD with `vmm_workload=forkloop` on the kernel command line
 /// (cached next to it, rebuilt when the CD is newer).
 fn workload_iso(default_iso: &Path) -> Result<PathBuf> {
-    let dir = default_iso
-        .parent()
-        .ok_or_else(|| Error::msg("the CD image has no directory"))?;
-    let iso = dir.join("linux-forkloop.iso");
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if modified(&iso).is_some() && modified(&iso) >= modified(default_iso) {
-        return Ok(iso);
-    }
-    crate::images::remaster_cd(
-        default_iso,
-        &iso,
-        &dir.join("isolinux-forkloop.cfg"),
-        "vmm_workload=forkloop",
-        &[],
-        "xorriso (the workload CD)",
-    )?;
-    Ok(iso)
+    crate::images::appended_iso(default_iso, "forkloop", "vmm_workload=forkloop")
 }
 
 /// What one boot measured.

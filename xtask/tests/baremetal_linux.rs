@@ -186,3 +186,84 @@ fn reboot_twice(cmdline: &str) {
     );
     assert_eq!(outcome, Outcome::Success, "{console}");
 }
+
+/// 6 GiB of guest RAM: 3 GiB below the PCI hole and 3 GiB from 4 GiB up.
+/// The kernel finds all of it, and 256 MiB of page cache, which it takes
+/// from the RAM above 4 GiB first, reads back as written.
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
+fn linux_finds_6_gib_and_fills_the_ram_above_4_gib() {
+    high_memory("guest_mem=6G vms=1");
+}
+
+/// The same under shadow paging, for `cargo xtask test --slow`.
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test --slow"]
+fn slow_linux_finds_6_gib_and_fills_the_ram_above_4_gib_under_shadow_paging() {
+    high_memory("guest_mem=6G vms=1 paging=shadow");
+}
+
+fn high_memory(cmdline: &str) {
+    let iso = xtask::images::memtouch_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
+    let cd_mib = std::fs::metadata(&iso).unwrap().len() >> 20;
+    let modules = [
+        GuestImage {
+            name: "bios".into(),
+            path: env_path("VMM_TEST_SEABIOS"),
+        },
+        GuestImage {
+            name: "cdrom".into(),
+            path: iso,
+        },
+    ];
+    let started = std::time::Instant::now();
+    let (outcome, console) = boot_and_capture(
+        &env_path("VMM_TEST_KERNEL"),
+        cmdline,
+        &modules,
+        xtask::kernel::qemu_memory_mib(6144 + 256 + 2 * cd_mib),
+        Duration::from_secs(900),
+    )
+    .unwrap();
+    println!("{cmdline}: {:.1} s", started.elapsed().as_secs_f64());
+    assert!(
+        console.contains("BIOS-e820: [mem 0x0000000100000000-0x00000001bfffffff] usable"),
+        "the firmware's map has the 3 GiB above 4 GiB: {console}"
+    );
+    let memory_line = |prefix: &str| {
+        console
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("[vm 0] VMM-CD-MEMORY: ")?
+                    .strip_prefix(prefix)
+            })
+            .unwrap_or_else(|| panic!("no '{prefix}' line: {console}"))
+            .trim()
+            .to_string()
+    };
+    // MemTotal: about 6 GiB, less what the kernel keeps for itself.
+    let total_kib: u64 = memory_line("MemTotal:")
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (5800 << 10..=6 << 20).contains(&total_kib),
+        "MemTotal {total_kib} kB"
+    );
+    // The 256 MiB (65,536 pages) of page cache came out of the Normal
+    // zone, the RAM above 4 GiB.
+    let pages = |prefix: &str| -> u64 { memory_line(prefix).parse().unwrap() };
+    let before = pages("Normal zone free pages before:");
+    let after = pages("Normal zone free pages after:");
+    assert!(
+        before > 700_000 && before - after.min(before) >= 60_000,
+        "Normal zone free pages {before} -> {after}"
+    );
+    assert_eq!(memory_line("copies read back intact:"), "16 of 16");
+    assert!(
+        console.contains("vm 0 (pc): guest powered off"),
+        "{console}"
+    );
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}

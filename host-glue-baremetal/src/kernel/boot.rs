@@ -1,6 +1,6 @@
 //! From the boot loader to Rust: the multiboot2 header (GRUB), the
 //! multiboot1 header (QEMU's `-kernel`), and the 32-bit entry that builds
-//! identity page tables for the low 4 GiB, enters long mode and calls
+//! identity page tables for the low 64 GiB, enters long mode and calls
 //! `kmain(magic, info)`.
 
 use core::arch::global_asm;
@@ -58,7 +58,8 @@ _start32:
     mov edi, eax
     mov esi, ebx
 
-    /* PML4[0] -> PDPT; PDPT[0..4] -> 4 page directories of 2 MiB pages. */
+    /* PML4[0] -> PDPT; PDPT[0..64] -> 64 page directories of 2 MiB pages:
+       the low 64 GiB 1:1 (heap::IDENTITY_MAPPED). */
     mov eax, offset boot_pdpt
     or eax, 3
     mov [boot_pml4], eax
@@ -70,7 +71,7 @@ _start32:
     or eax, 3
     mov [boot_pdpt + ecx * 8], eax
     inc ecx
-    cmp ecx, 4
+    cmp ecx, 64
     jne 1b
     xor ecx, ecx
 2:
@@ -83,7 +84,7 @@ _start32:
     shr eax, 11
     mov [boot_pd + ecx * 8 + 4], eax
     inc ecx
-    cmp ecx, 2048
+    cmp ecx, 32768
     jne 2b
 
     mov eax, offset boot_pml4
@@ -145,7 +146,7 @@ boot_pml4:
 boot_pdpt:
     .skip 4096
 boot_pd:
-    .skip 4096 * 4
+    .skip 4096 * 64
 boot_stack:
     .skip 1024 * 256
 boot_stack_top:

@@ -76,7 +76,12 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         Ok(h) => h,
         Err(e) => fail(format_args!("no heap: {e:?}")),
     };
-    log::info!("heap: {} MiB at {:#x}", heap.size >> 20, heap.start);
+    log::info!(
+        "heap: {} MiB in {} area(s) from {:#x}",
+        heap.size >> 20,
+        heap.areas,
+        heap.start
+    );
     let tsc_hz = time::calibrate();
     log::info!("TSC: {} MHz", tsc_hz / 1_000_000);
     // The host timer, one-shot, armed before each entry for the next guest

@@ -241,4 +241,34 @@ mod tests {
             "the unaligned piece is a hole"
         );
     }
+
+    /// `--memory 8G`: the PC's RAM is 3 GiB at 0 and 5 GiB from 4 GiB up,
+    /// each in writable slots, and nothing in the PCI hole.
+    #[test]
+    fn eight_gib_of_ram_is_a_slot_below_the_pci_hole_and_one_above_4_gib() {
+        let dir = std::env::temp_dir().join(format!("vmm-memslots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut image = vec![0xf4u8; 64 << 10];
+        let reset = image.len() - 16;
+        image[reset..reset + 5].copy_from_slice(&[0xea, 0x00, 0x00, 0x00, 0xf0]);
+        let bios = dir.join("bios.bin");
+        std::fs::write(&bios, image).unwrap();
+        let mut config = crate::config::MachineConfig::new();
+        config.bios = bios;
+        config.memory = crate::config::parse_memory("8G", "--memory").unwrap();
+        let host = std::sync::Arc::new(crate::LinuxHost::new());
+        let com1 = Box::new(vmm_devices::uart::BufferBackend::new());
+        let (mut pc, _) = crate::pc::build(host, &config, com1, None).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let slots = plan(pc.vm_mut().memory_mut());
+        let high = slots.iter().find(|s| s.gpa == 1 << 32).unwrap();
+        assert_eq!((high.len, high.read_only), (5 << 30, false));
+        let low_top = slots
+            .iter()
+            .filter(|s| s.gpa < 1 << 32 && !s.read_only)
+            .map(|s| s.gpa + s.len)
+            .max()
+            .unwrap();
+        assert_eq!(low_top, 3 << 30);
+    }
 }

@@ -40,7 +40,9 @@ pub struct DisplayDescription<'a> {
 pub struct PcDescription<'a> {
     /// The VM's identity (tags its log lines and its TLB entries).
     pub id: VmId,
-    /// Bytes of guest RAM, at most [`super::MAX_RAM`].
+    /// Bytes of guest RAM, at most [`super::MAX_RAM`]: up to
+    /// [`super::RAM_BELOW_PCI_HOLE`] of it below the PCI hole, the rest from
+    /// 4 GiB up.
     pub ram: u64,
     /// The firmware image (SeaBIOS, or any image with a reset vector in
     /// its last 16 bytes), mapped below 4 GiB and at 0xE0000.

@@ -69,7 +69,7 @@ impl fmt::Display for PcError {
         match self {
             PcError::RamSize { bytes, min, max } => write!(
                 f,
-                "{} MiB of RAM: this PC takes from {} MiB to {} MiB (all of it below the PCI hole)",
+                "{} MiB of RAM: this PC takes from {} MiB to {} MiB",
                 bytes >> 20,
                 min >> 20,
                 max >> 20

@@ -52,8 +52,16 @@ use vmm_core::vm::Vm;
 /// The least RAM a PC takes: the low 1 MiB and room for the firmware's
 /// own use above it.
 pub const MIN_RAM: u64 = 2 << 20;
-/// The most RAM a PC takes: all of it sits below the PCI hole at 3 GiB.
-pub const MAX_RAM: u64 = 3 << 30;
+/// The most RAM a PC takes: what fits below the 40-bit guest-physical
+/// limit the CPU model reports (CPUID 0x8000_0008), with the first
+/// [`RAM_BELOW_PCI_HOLE`] below the hole and the rest from 4 GiB up.
+pub const MAX_RAM: u64 = (1 << 40) - (1 << 30);
+/// RAM below 4 GiB ends where the PCI hole starts, at 3 GiB, as on QEMU's
+/// i440FX PC with more than 3.5 GiB; RAM beyond that is mapped from
+/// [`HIGH_RAM_BASE`].
+pub const RAM_BELOW_PCI_HOLE: u64 = 3 << 30;
+/// Where RAM above the PCI hole starts: 4 GiB.
+pub const HIGH_RAM_BASE: u64 = 1 << 32;
 
 /// Where QEMU's PIIX4 puts the ACPI PM block; the FADT says the same, and a
 /// guest without a BIOS finds it there from power-on.
@@ -87,6 +95,7 @@ pub struct Pc {
     entry: Option<EntryState>,
     chipset: PcChipset,
     ram_block: BlockId,
+    high_ram_block: Option<BlockId>,
 }
 
 impl Pc {
@@ -100,10 +109,12 @@ impl Pc {
             });
         }
         let mut memory = GuestMemory::new();
-        let ram_block = host
-            .alloc_memory(desc.ram as usize, 2 << 20)
-            .map_err(PcError::Ram)?;
-        let ram_block = memory.add_ram(0, ram_block)?;
+        let (ram_below_4g, ram_above_4g) = split_ram(desc.ram);
+        let ram_block = add_ram(&mut memory, &*host, 0, ram_below_4g)?;
+        let high_ram_block = match ram_above_4g {
+            0 => None,
+            len => Some(add_ram(&mut memory, &*host, HIGH_RAM_BASE, len)?),
+        };
         // Without a display the graphics part of the VGA window is a hole
         // and the text part stays RAM; a display claims the whole window.
         let display = match &desc.display {
@@ -127,8 +138,8 @@ impl Pc {
             &mut vm,
             PcConfig {
                 ram: ram_block,
-                ram_below_4g: desc.ram,
-                ram_above_4g: 0,
+                ram_below_4g,
+                ram_above_4g,
                 bios: bios
                     .pam_window()
                     .map(|(block, offset)| BiosRom { block, offset }),
@@ -179,7 +190,7 @@ impl Pc {
         }
 
         let entry = match &desc.direct_boot {
-            Some(kernel) => Some(direct_boot::load(&mut vm, ram_block, desc.ram, kernel)?),
+            Some(kernel) => Some(direct_boot::load(&mut vm, ram_block, ram_below_4g, kernel)?),
             None => None,
         };
         // On a PC the chipset turns the CPU's shutdown cycle into a reset.
@@ -191,6 +202,7 @@ impl Pc {
             entry,
             chipset,
             ram_block,
+            high_ram_block,
         })
     }
 
@@ -275,9 +287,16 @@ impl Pc {
         &self.chipset
     }
 
-    /// The guest RAM block (mapped at guest-physical 0).
+    /// The block of guest RAM below the PCI hole, mapped at guest-physical
+    /// 0: all of the RAM up to [`RAM_BELOW_PCI_HOLE`].
     pub fn ram_block(&self) -> BlockId {
         self.ram_block
+    }
+
+    /// The block of guest RAM beyond [`RAM_BELOW_PCI_HOLE`], mapped from
+    /// [`HIGH_RAM_BASE`]; `None` in a PC with no more RAM than that.
+    pub fn high_ram_block(&self) -> Option<BlockId> {
+        self.high_ram_block
     }
 
     /// What the display shows now, or `None` without a display: the
@@ -324,6 +343,28 @@ fn add_test_devices(vm: &mut Vm, chipset: &PcChipset) -> Result<(), PcError> {
     let exit = vm.add_device(Box::new(DebugExit))?;
     vm.claim_ports(exit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT)?;
     Ok(())
+}
+
+/// How `ram` bytes of RAM split around the PCI hole: (below 4 GiB, above).
+pub fn split_ram(ram: u64) -> (u64, u64) {
+    let below = ram.min(RAM_BELOW_PCI_HOLE);
+    (below, ram - below)
+}
+
+/// Allocate `len` bytes of RAM from `host` and map them at `gpa`.
+fn add_ram(
+    memory: &mut GuestMemory,
+    host: &dyn Host,
+    gpa: u64,
+    len: u64,
+) -> Result<BlockId, PcError> {
+    let bytes = usize::try_from(len).map_err(|_| PcError::RamSize {
+        bytes: len,
+        min: MIN_RAM,
+        max: MAX_RAM,
+    })?;
+    let block = host.alloc_memory(bytes, 2 << 20).map_err(PcError::Ram)?;
+    Ok(memory.add_ram(gpa, block)?)
 }
 
 fn add_ide(

@@ -156,9 +156,73 @@ fn ram_outside_what_the_pc_takes_is_refused_before_anything_is_allocated() {
             matches!(e, PcError::RamSize { bytes, .. } if bytes == ram),
             "{e:?}"
         );
-        assert!(e.to_string().contains("3072 MiB"), "{e}");
+        assert!(e.to_string().contains("1047552 MiB"), "{e}");
     }
     assert_eq!(host.allocated(), 0);
+    assert!(build(describe(&fw, 512 << 20)).high_ram_block().is_none());
+}
+
+#[test]
+fn ram_beyond_3_gib_continues_at_4_gib_in_the_memory_map_cmos_and_e820() {
+    let fw = firmware();
+    let ram = (4 << 30) + (512 << 20);
+    let mut pc = build(describe(&fw, ram));
+    let memory = pc.vm().memory();
+    for (gpa, ram_there) in [
+        (0, true),
+        (RAM_BELOW_PCI_HOLE - 1, true),
+        (RAM_BELOW_PCI_HOLE, false),
+        (HIGH_RAM_BASE - 1, false),
+        (HIGH_RAM_BASE, true),
+        (HIGH_RAM_BASE + (1536 << 20) - 1, true),
+        (HIGH_RAM_BASE + (1536 << 20), false),
+    ] {
+        assert_eq!(
+            memory.kind_at(gpa) == RegionKind::Ram,
+            ram_there,
+            "{gpa:#x}: {:?}",
+            memory.kind_at(gpa)
+        );
+    }
+    // A write above 4 GiB lands in the high block, a host can allocate
+    // apart from the low one.
+    pc.vm_mut().guest_write(HIGH_RAM_BASE + 0x1234, b"high");
+    let high = pc.high_ram_block().unwrap();
+    let block = pc.vm().memory().block_bytes_all(high).unwrap();
+    assert_eq!(block.len() as u64, 1536 << 20);
+    assert_eq!(&block[0x1234..0x1238], b"high");
+    let low = pc.vm().memory().block_bytes_all(pc.ram_block()).unwrap();
+    assert_eq!(low.len() as u64, RAM_BELOW_PCI_HOLE);
+    // CMOS: 3 GiB - 16 MiB at 0x34/0x35, 1.5 GiB above 4 GiB at 0x5b-0x5d,
+    // in 64 KiB units.
+    let above_16m = u16::from(cmos(&mut pc, 0x34)) | u16::from(cmos(&mut pc, 0x35)) << 8;
+    assert_eq!(u64::from(above_16m) << 16, RAM_BELOW_PCI_HOLE - (16 << 20));
+    let high = u32::from(cmos(&mut pc, 0x5b))
+        | u32::from(cmos(&mut pc, 0x5c)) << 8
+        | u32::from(cmos(&mut pc, 0x5d)) << 16;
+    assert_eq!(u64::from(high) << 16, 1536 << 20);
+    // etc/e820 names the high RAM as one usable range.
+    let e820 = fw_cfg_file(&mut pc, "etc/e820").unwrap();
+    let entries: Vec<(u64, u64, u32)> = e820
+        .chunks(20)
+        .map(|e| {
+            (
+                u64::from_le_bytes(e[0..8].try_into().unwrap()),
+                u64::from_le_bytes(e[8..16].try_into().unwrap()),
+                u32::from_le_bytes(e[16..20].try_into().unwrap()),
+            )
+        })
+        .collect();
+    assert!(
+        entries.contains(&(HIGH_RAM_BASE, 1536 << 20, 1)),
+        "{entries:x?}"
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|&(a, l, t)| t != 1 || a + l <= RAM_BELOW_PCI_HOLE || a >= HIGH_RAM_BASE),
+        "no RAM in the PCI hole: {entries:x?}"
+    );
 }
 
 #[test]

@@ -112,6 +112,7 @@ pub fn build(
             disk: virtio_disk.map(|i| Box::new(i) as Box<dyn BlockBackend>),
             rng,
         },
+        input: None,
     };
     let pc = Pc::build(host, desc).map_err(|error| machine_error(config, error))?;
     Ok((pc, syncs))

@@ -114,6 +114,7 @@ pub fn build(
             disk: vdisk,
             rng: None,
         },
+        input: None,
         display: media.vga_bios.map(|rom| DisplayDescription {
             vga_bios: rom,
             vram_size: DEFAULT_VRAM_SIZE,

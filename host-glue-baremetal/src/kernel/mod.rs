@@ -23,12 +23,13 @@ use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::panic::PanicInfo;
-use host_glue_baremetal::cmdline::{self, LogLevel, PagingChoice, SelfTest};
+use host_glue_baremetal::cmdline::{self, Config, LogLevel, PagingChoice, SelfTest};
 use qemu::ExitCode;
 use vmm_core::emulator::Segment;
 use vmm_core::host::Host;
 use vmm_core::vcpu::{CpuModel, InterruptSource, MsrFile, NoInterrupts, RunOutcome, Slice};
 use vmm_core::vm::{StopReason, Vm};
+use vmm_devices::input::InputQueue;
 use vmm_devices::pc::Pc;
 
 fn level_filter(l: LogLevel) -> log::LevelFilter {
@@ -154,6 +155,9 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     let mut guests = Vec::new();
     let pc_model = config.cpu_model.unwrap_or(CpuModel::Qemu64);
     for i in 0..config.vms {
+        // `keys=`: what the host types on this PC's keyboard, once its
+        // screen shows `keys_after=`.
+        let keys = (!config.keys.is_empty() && vga_bios.is_some()).then(InputQueue::new);
         let (name, mut machine): (&str, Machine) = match pc_bios {
             Some(bios) => match pc::build(
                 host.clone(),
@@ -170,6 +174,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     bios_debug: config.bios_debug,
                     cpu_model: pc_model,
                     test_devices: config.test_devices,
+                    input: keys.clone(),
                 },
             ) {
                 Ok(pc) => ("pc", Machine::Pc(Box::new(pc))),
@@ -193,6 +198,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                             bios_debug: false,
                             cpu_model: pc_model,
                             test_devices: config.test_devices,
+                            input: keys.clone(),
                         },
                     )
                     .map(|pc| Machine::Pc(Box::new(pc)))
@@ -253,6 +259,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             stopped: None,
             next_roundtrip: config.state_roundtrip,
             roundtrips: 0,
+            keys,
         });
     }
 
@@ -277,6 +284,9 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     g.vcpu.run(vm, &**interrupts, &mut g.msrs, slice)
                 }
             };
+            if let Machine::Pc(pc) = &mut g.machine {
+                type_keys_when_due(pc, &mut g.keys, &config);
+            }
             let exits = g.machine.vm().stats().total();
             if config.state_roundtrip > 0
                 && outcome == RunOutcome::SliceEnded
@@ -370,6 +380,31 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
 }
 
 /// One VM and its vCPU.
+/// `keys=`: once the PC's text screen shows `keys_after=`, queue the
+/// key presses that type `keys` (and forget the queue, so it is done once);
+/// then let the keyboard take what it has room for.
+fn type_keys_when_due(
+    pc: &mut vmm_devices::pc::Pc,
+    keys: &mut Option<InputQueue>,
+    config: &Config,
+) {
+    if let Some(queue) = keys.as_ref() {
+        let due = pc
+            .screen_text()
+            .is_some_and(|lines| lines.iter().any(|l| l.contains(config.keys_after.as_str())));
+        if due {
+            let n = vmm_devices::input::type_text(queue, config.keys.as_str());
+            log::info!(
+                "VM {}: the screen shows {:?}: typing {n} characters on the keyboard",
+                pc.vm().id().0,
+                config.keys_after.as_str()
+            );
+            *keys = None;
+        }
+    }
+    pc.poll_input();
+}
+
 struct Guest<'a> {
     name: &'a str,
     machine: Machine,
@@ -381,6 +416,8 @@ struct Guest<'a> {
     next_roundtrip: u64,
     /// State round trips done (`state_roundtrip=`).
     roundtrips: u64,
+    /// The PC's keyboard input while `keys=` waits to be typed.
+    keys: Option<InputQueue>,
 }
 
 /// What a VM is: a whole PC, or a guest program on a few devices.

@@ -96,6 +96,9 @@ pub struct Config {
     pub keys: ShortText<120>,
     /// What the screen must show before [`Config::keys`] are typed.
     pub keys_after: ShortText<32>,
+    /// Stream each PC's text screen on the console while it runs
+    /// (`screen_lines=1`): new and changed lines as `[vm N screen] TEXT`.
+    pub screen_lines: bool,
 }
 
 /// A short text from the command line, kept in the (`Copy`) [`Config`].
@@ -177,6 +180,7 @@ impl Default for Config {
             state_roundtrip: 0,
             keys: ShortText::EMPTY,
             keys_after: ShortText::new("boot:").unwrap_or(ShortText::EMPTY),
+            screen_lines: false,
         }
     }
 }
@@ -204,7 +208,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip, keys, keys_after)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip, keys, keys_after, screen_lines)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -321,6 +325,13 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                 config.keys = ShortText::unescape(value).ok_or(bad(
                     "at most 120 characters; escapes \\n (Enter), \\s (space), \\t, \\b, \\\\",
                 ))?;
+            }
+            "screen_lines" => {
+                config.screen_lines = match value {
+                    "1" | "on" => true,
+                    "0" | "off" => false,
+                    _ => return Err(bad("1 or 0")),
+                };
             }
             "keys_after" => {
                 config.keys_after = ShortText::unescape(value)

@@ -131,7 +131,7 @@ enum Op {
     /// TSC-deadline MSR write.
     TscDeadline(Option<u32>),
     /// Host keyboard input.
-    Keys(Vec<u8>),
+    Keys(Vec<(u16, bool)>),
     /// Host power button.
     PowerButton,
     /// VM reset.
@@ -359,7 +359,9 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
             }
             Op::Keys(k) => {
                 if let Some(kbd) = vm.devices_mut().device_mut::<I8042>(i8042_id) {
-                    kbd.push_keyboard(&k);
+                    for (key, pressed) in k {
+                        kbd.key(vmm_devices::input::Key(key), pressed);
+                    }
                 }
             }
             Op::PowerButton => {

@@ -123,6 +123,7 @@ fuzz_target!(|ops: Vec<Op>| {
         cpu_model: vmm_core::vcpu::CpuModel::Qemu64,
         test_devices: false,
         virtio: Default::default(),
+        input: None,
         display: Some(DisplayDescription {
             vga_bios: &rom,
             vram_size: VRAM,

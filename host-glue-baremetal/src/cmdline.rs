@@ -90,6 +90,78 @@ pub struct Config {
     /// away, and a fresh one (new VMCB/VMCS) takes the saved state, with
     /// the devices restored, before the guest goes on.
     pub state_roundtrip: u64,
+    /// Text the host types on each PC's PS/2 keyboard (`keys=`) once the
+    /// PC's text screen shows [`Config::keys_after`] (`keys_after=`,
+    /// default `boot:`).
+    pub keys: ShortText<120>,
+    /// What the screen must show before [`Config::keys`] are typed.
+    pub keys_after: ShortText<32>,
+    /// Stream each PC's text screen on the console while it runs
+    /// (`screen_lines=1`): new and changed lines as `[vm N screen] TEXT`.
+    pub screen_lines: bool,
+}
+
+/// A short text from the command line, kept in the (`Copy`) [`Config`].
+/// Escapes: `\n` is Enter (a newline), `\s` a space, `\t` a tab, `\b` a
+/// backspace, `\\` a backslash.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ShortText<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> ShortText<N> {
+    /// No text.
+    pub const EMPTY: Self = Self {
+        bytes: [0; N],
+        len: 0,
+    };
+
+    /// The text `s` as it is (no escapes); `None` when longer than `N`.
+    pub fn new(s: &str) -> Option<Self> {
+        let mut t = Self {
+            bytes: [0; N],
+            len: 0,
+        };
+        for b in s.bytes() {
+            *t.bytes.get_mut(t.len)? = b;
+            t.len += 1;
+        }
+        Some(t)
+    }
+
+    /// `s` with its escapes decoded; `None` when too long or an escape is
+    /// not one of the above.
+    pub fn unescape(s: &str) -> Option<Self> {
+        let mut t = Self::EMPTY;
+        let mut chars = s.bytes();
+        while let Some(b) = chars.next() {
+            let b = match b {
+                b'\\' => match chars.next()? {
+                    b'n' => b'\n',
+                    b's' => b' ',
+                    b't' => b'\t',
+                    b'b' => 0x08,
+                    b'\\' => b'\\',
+                    _ => return None,
+                },
+                b => b,
+            };
+            *t.bytes.get_mut(t.len)? = b;
+            t.len += 1;
+        }
+        Some(t)
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 impl Default for Config {
@@ -106,6 +178,9 @@ impl Default for Config {
             test_devices: false,
             cpu_model: None,
             state_roundtrip: 0,
+            keys: ShortText::EMPTY,
+            keys_after: ShortText::new("boot:").unwrap_or(ShortText::EMPTY),
+            screen_lines: false,
         }
     }
 }
@@ -133,7 +208,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip, keys, keys_after, screen_lines)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -246,6 +321,22 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     .ok()
                     .ok_or(bad("a number of exits (0: off)"))?;
             }
+            "keys" => {
+                config.keys = ShortText::unescape(value).ok_or(bad(
+                    "at most 120 characters; escapes \\n (Enter), \\s (space), \\t, \\b, \\\\",
+                ))?;
+            }
+            "screen_lines" => {
+                config.screen_lines = match value {
+                    "1" | "on" => true,
+                    "0" | "off" => false,
+                    _ => return Err(bad("1 or 0")),
+                };
+            }
+            "keys_after" => {
+                config.keys_after = ShortText::unescape(value)
+                    .ok_or(bad("at most 32 characters; escapes as for keys"))?;
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -263,6 +354,19 @@ mod tests {
         assert_eq!(c.log_level, LogLevel::Debug);
         assert_eq!(c.vms, 2);
         assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn keys_unescape() {
+        let c = parse("keys=No_such\\sthing\\n keys_after=boot:").unwrap();
+        assert_eq!(c.keys.as_str(), "No_such thing\n");
+        assert_eq!(c.keys_after.as_str(), "boot:");
+        assert_eq!(Config::default().keys_after.as_str(), "boot:");
+        assert!(Config::default().keys.is_empty());
+        assert!(parse("keys=a\\q").is_err());
+        assert!(parse("keys=abc\\").is_err());
+        assert!(ShortText::<4>::unescape("abcde").is_none(), "too long");
+        assert_eq!(ShortText::<4>::unescape("ab\\n").unwrap().as_str(), "ab\n");
     }
 
     #[test]

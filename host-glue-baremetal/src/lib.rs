@@ -4,3 +4,4 @@
 #![forbid(unsafe_code)]
 
 pub mod cmdline;
+pub mod screen_stream;

@@ -32,6 +32,16 @@ impl ConsoleInput {
         self.quit.load(Ordering::Relaxed)
     }
 
+    /// Ask the runner to quit (Ctrl-A x on another reader).
+    pub(crate) fn request_quit(&self) {
+        self.quit.store(true, Ordering::Relaxed);
+    }
+
+    /// A byte typed for the guest's COM1 (from another reader).
+    pub(crate) fn push_byte(&self, b: u8) {
+        self.push(b);
+    }
+
     fn push(&self, b: u8) {
         if let Ok(mut q) = self.bytes.lock() {
             // Bound what a paste can queue while the guest is not reading.

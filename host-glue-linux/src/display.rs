@@ -1,6 +1,7 @@
 //! What `vmm` does with the guest's screen (`--display`): `none` (no
 //! display adapter at all, the machine as before displays existed),
-//! `png=PATH` (a PNG screenshot, the `png` crate) and `text=PATH` (a text
+//! `text` (the text screen drawn in the terminal, keys typed there to the
+//! guest's keyboard: [`crate::terminal`]), `png=PATH` (a PNG screenshot, the `png` crate) and `text=PATH` (a text
 //! mode's rows as lines, for tests and scripts), written while the guest
 //! runs whenever the screen changed since the last write (looked at every
 //! [`SCREEN_EVERY`]) and once more when it stops. Each file is written
@@ -26,6 +27,8 @@ pub enum ScreenOutput {
     /// The rows of a text screen, one line each; in a graphics mode the
     /// single line `graphics WxH`, while blank `blank`.
     Text(PathBuf),
+    /// The screen in this terminal, and its keys to the guest.
+    Terminal,
 }
 
 /// A `--display` value that is not one.
@@ -36,7 +39,7 @@ impl fmt::Display for DisplayArgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "--display {:?}: expected none, png=PATH, text=PATH, or png=PATH,text=PATH",
+            "--display {:?}: expected none, or a comma-separated list of text, png=PATH and text=PATH",
             self.0
         )
     }
@@ -44,8 +47,9 @@ impl fmt::Display for DisplayArgError {
 
 impl std::error::Error for DisplayArgError {}
 
-/// Parse `--display`: `none`, or a comma-separated list of `png=PATH` and
-/// `text=PATH`. An empty list is `none`: no display adapter.
+/// Parse `--display`: `none`, or a comma-separated list of `text` (the
+/// terminal), `png=PATH` and `text=PATH`. An empty list is `none`: no
+/// display adapter.
 pub fn parse_display(text: &str) -> Result<Vec<ScreenOutput>, DisplayArgError> {
     if text == "none" {
         return Ok(Vec::new());
@@ -53,6 +57,7 @@ pub fn parse_display(text: &str) -> Result<Vec<ScreenOutput>, DisplayArgError> {
     let bad = || DisplayArgError(text.into());
     text.split(',')
         .map(|part| match part.split_once('=') {
+            None if part == "text" => Ok(ScreenOutput::Terminal),
             Some(("png", p)) if !p.is_empty() => Ok(ScreenOutput::Png(p.into())),
             Some(("text", p)) if !p.is_empty() => Ok(ScreenOutput::Text(p.into())),
             _ => Err(bad()),
@@ -96,6 +101,18 @@ pub fn text_dump(display: Option<&Display>) -> String {
     }
 }
 
+/// Write a PNG of `pc`'s screen to `path` (a 640x480 black picture while
+/// the screen is blank or the machine has no display): `--screenshot`.
+pub fn write_screenshot(pc: &Pc, path: &Path) -> Result<(), String> {
+    let frame = pc.screenshot().unwrap_or(Framebuffer {
+        width: 640,
+        height: 480,
+        pixels: vec![0; 640 * 480],
+    });
+    let bytes = png_bytes(&frame).map_err(|e| e.to_string())?;
+    write_atomically(path, &bytes).map_err(|e| e.to_string())
+}
+
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -133,6 +150,7 @@ impl ScreenWriter {
         }
         for out in &self.outputs {
             let result = match out {
+                ScreenOutput::Terminal => Ok(()),
                 ScreenOutput::Png(p) => {
                     let frame = pc.screenshot().unwrap_or(Framebuffer {
                         width: 640,
@@ -173,7 +191,11 @@ mod tests {
                 ScreenOutput::Text("s.txt".into())
             ]
         );
-        for bad in ["", "png", "png=", "vnc=1", "png=a,"] {
+        assert_eq!(
+            parse_display("text,png=a.png").unwrap(),
+            vec![ScreenOutput::Terminal, ScreenOutput::Png("a.png".into())]
+        );
+        for bad in ["", "png", "png=", "vnc=1", "png=a,", "texts"] {
             let e = parse_display(bad).unwrap_err().to_string();
             assert!(e.contains("png=PATH"), "{bad}: {e}");
         }

@@ -12,6 +12,7 @@ use vmm_bios::bios_image::MAX_IMAGE;
 use vmm_core::host::Host;
 use vmm_core::vm::VmId;
 use vmm_devices::block::{BlockBackend, ImageError};
+use vmm_devices::input::InputBackend;
 use vmm_devices::pc::{
     check_firmware, DirectBoot, DisplayDescription, Pc, PcDescription, PcError, VirtioDevices,
 };
@@ -37,6 +38,7 @@ pub fn build(
     config: &MachineConfig,
     com1: Box<dyn CharBackend>,
     vga_bios: Option<&Path>,
+    input: Option<Box<dyn InputBackend>>,
 ) -> Result<(Pc, Vec<ImageSync>), RunError> {
     let read = |what, path: &Path, limit| read_limited(what, path, limit).map_err(RunError::File);
     let vga_bios = vga_bios
@@ -112,6 +114,7 @@ pub fn build(
             disk: virtio_disk.map(|i| Box::new(i) as Box<dyn BlockBackend>),
             rng,
         },
+        input,
     };
     let pc = Pc::build(host, desc).map_err(|error| machine_error(config, error))?;
     Ok((pc, syncs))

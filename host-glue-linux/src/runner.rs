@@ -10,12 +10,15 @@ use crate::console::{
     catch_quit_signals, quit_signalled, spawn_stdin_reader, ConsoleInput, Pty, RawTerminal,
     SerialConsole,
 };
-use crate::display::{ScreenOutput, ScreenWriter, DEFAULT_VGA_BIOS, SCREEN_EVERY};
+use crate::display::{
+    write_screenshot, ScreenOutput, ScreenWriter, DEFAULT_VGA_BIOS, SCREEN_EVERY,
+};
 use crate::gdb::{self, GdbError, Machine};
 use crate::host_file::HostFileError;
 use crate::kvm::{self, KvmError, KvmVcpu};
 use crate::pc;
 use crate::stats_json::{Figures, RunStats};
+use crate::terminal::TerminalDisplay;
 use crate::LinuxHost;
 use std::fmt;
 use std::path::PathBuf;
@@ -29,6 +32,7 @@ use vmm_core::stats::ExitStats;
 use vmm_core::vcpu::{RunOutcome, Slice};
 use vmm_core::vm::StopReason;
 use vmm_devices::block::ImageError;
+use vmm_devices::input::InputQueue;
 use vmm_devices::pc::{Pc, PcError};
 use vmm_devices::post_code::POST_PORT;
 
@@ -53,6 +57,9 @@ pub struct RunOptions {
     pub display: Vec<ScreenOutput>,
     /// The VGA BIOS file, when there is a display.
     pub vga_bios: PathBuf,
+    /// Write the screen as a PNG here when the run ends (`--screenshot`;
+    /// the machine gets a display adapter for it).
+    pub screenshot: Option<PathBuf>,
     /// Serve the control API on a Unix socket here (docs/API.md).
     pub api_socket: Option<PathBuf>,
     /// Wait for gdb on this TCP address (`127.0.0.1:1234`) before the
@@ -68,6 +75,7 @@ impl Default for RunOptions {
             progress: None,
             display: Vec::new(),
             vga_bios: DEFAULT_VGA_BIOS.into(),
+            screenshot: None,
             api_socket: None,
             gdb: None,
         }
@@ -206,6 +214,8 @@ pub enum RunError {
     Api(ApiError),
     /// The gdb stub could not start.
     Gdb(GdbError),
+    /// `--display text` without a terminal.
+    Display(String),
 }
 
 impl std::error::Error for RunError {}
@@ -226,8 +236,15 @@ impl fmt::Display for RunError {
             RunError::StateRoundTrip(e) => write!(f, "state round trip: {e}"),
             RunError::Api(e) => write!(f, "{e}"),
             RunError::Gdb(e) => write!(f, "{e}"),
+            RunError::Display(e) => write!(f, "{e}"),
         }
     }
+}
+
+/// Whether stdin and stdout are both terminals.
+fn stdio_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
 }
 
 /// Run `config` until the guest stops or the user quits. With serial on
@@ -240,11 +257,43 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     // Before anything is shown (the pty's path): a signal from then on
     // ends the run cleanly.
     catch_quit_signals();
+    let wants_terminal = options.display.contains(&ScreenOutput::Terminal);
+    if wants_terminal && !stdio_is_terminal() {
+        return Err(RunError::Display(
+            "--display text needs a terminal on stdin and stdout".into(),
+        ));
+    }
+    // The guest's keyboard: fed by the terminal under `--display text`.
+    let keys = InputQueue::new();
+    let mut terminal: Option<TerminalDisplay> = None;
+    // With COM1 elsewhere the terminal is the VGA's and the keyboard's
+    // alone; Ctrl-A x still quits.
+    let mut quit_input = None;
+    let mut _display_raw = None;
+    if wants_terminal && config.serial != SerialTarget::Stdio {
+        let input = Arc::new(ConsoleInput::default());
+        _display_raw = RawTerminal::enable();
+        let (display, _) = TerminalDisplay::start(keys.clone(), input.clone());
+        terminal = Some(display);
+        quit_input = Some(input);
+    }
     let (com1, input, _raw): (
         SerialConsole,
         Option<Arc<ConsoleInput>>,
         Option<RawTerminal>,
     ) = match &config.serial {
+        SerialTarget::Stdio if wants_terminal => {
+            // The terminal shows the VGA screen, and COM1 on Ctrl-A c.
+            let input = Arc::new(ConsoleInput::default());
+            let raw = RawTerminal::enable();
+            let (display, out) = TerminalDisplay::start(keys.clone(), input.clone());
+            terminal = Some(display);
+            (
+                SerialConsole::new(Box::new(out), Some(input.clone())),
+                Some(input),
+                raw,
+            )
+        }
         SerialTarget::Stdio => {
             let input = Arc::new(ConsoleInput::default());
             let raw = RawTerminal::enable();
@@ -309,8 +358,16 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         None => None,
     };
     let (_api_socket, jobs) = api.unzip();
-    let vga_bios = (!options.display.is_empty()).then_some(options.vga_bios.as_path());
-    let (mut pc, syncs) = pc::build(host.clone(), config, Box::new(com1), vga_bios)?;
+    let input = input.or(quit_input);
+    let has_display = !options.display.is_empty() || options.screenshot.is_some();
+    let vga_bios = has_display.then_some(options.vga_bios.as_path());
+    let (mut pc, syncs) = pc::build(
+        host.clone(),
+        config,
+        Box::new(com1),
+        vga_bios,
+        Some(Box::new(keys)),
+    )?;
     let mut screen = ScreenWriter::new(options.display.clone());
     let mut last_screen = std::time::Instant::now();
     let mut disks = DiskSyncs(syncs);
@@ -368,6 +425,12 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
                 state_roundtrips += 1;
             }
         }
+        // Keys typed since the last slice reach the guest's keyboard, and
+        // the terminal shows what the guest drew.
+        m.pc.poll_input();
+        if let Some(t) = terminal.as_mut() {
+            t.tick(&m.pc);
+        }
         if let Some(jobs) = &jobs {
             attention.store(false, Ordering::Release);
             let live = Live {
@@ -404,6 +467,16 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         }
     };
     screen.update(&m.pc);
+    if let Some(t) = terminal.as_mut() {
+        t.tick(&m.pc);
+    }
+    // The terminal back to the shell before anything more is printed.
+    drop(terminal);
+    if let Some(path) = &options.screenshot {
+        if let Err(e) = write_screenshot(&m.pc, path) {
+            log::warn!("--screenshot: cannot write {}: {e}", path.display());
+        }
+    }
     let elapsed = started.elapsed();
     // Whatever the ending (power-off, another stop, quit, a signal): what
     // the guest wrote is made durable before `vmm` says how it ended.
@@ -523,7 +596,7 @@ mod tests {
         config.memory = 16 << 20;
         let host = Arc::new(LinuxHost::new());
         let com1 = Box::new(vmm_devices::uart::BufferBackend::new());
-        let (pc, _) = pc::build(host, &config, com1, None).unwrap();
+        let (pc, _) = pc::build(host, &config, com1, None, None).unwrap();
         (pc, config)
     }
 

@@ -1,16 +1,29 @@
-//! The i8042 keyboard controller (ports 0x60 and 0x64) with a PS/2 keyboard
-//! and a PS/2 mouse behind it.
+//! The i8042 keyboard controller (ports 0x60 and 0x64) with a PS/2
+//! keyboard on its first port and a PS/2 mouse on its second
+//! ([`crate::ps2`]), fed by the host through an [`InputBackend`].
 //!
 //! Controller: self-test (0xaa -> 0x55), interface tests, the command byte
 //! (interrupt enables, system flag, port disables, translation), the output
 //! port with the A20 gate and the CPU reset line, pulse commands (0xfe
-//! resets the VM), and direct writes to either output buffer. Keyboard:
-//! reset and self-test, identify, scan-code set get/set, LEDs, typematic,
-//! echo, enable/disable. Mouse: enough of the protocol for a driver to probe
-//! it. Bytes for the guest wait in a short queue; the output buffer raises
-//! IRQ 1 (keyboard) or IRQ 12 (mouse) when the command byte allows.
+//! resets the VM), direct writes to either output buffer, and bytes to the
+//! mouse (0xd4). The controller has one output buffer: its own replies
+//! go first, then the keyboard's bytes (through the set 2 to set 1
+//! translation while command byte bit 6 is set, the PC default), then the
+//! mouse's; a port the command byte disables keeps its bytes (the device's
+//! clock is held). A full output buffer raises IRQ 1 (keyboard) or IRQ 12
+//! (mouse) when the command byte allows.
+//!
+//! Host input is pulled from the backend at every guest access to the
+//! ports and when the host calls [`I8042::poll_input`], while the device
+//! it is for has room, so typing costs no exits of its own.
 
 use crate::a20::A20Gate;
+use crate::input::{InputBackend, InputEvent, Key, NoInput};
+use crate::ps2::keyboard::KeyboardState;
+use crate::ps2::mouse::MouseState;
+use crate::ps2::scancode::Translator;
+use crate::ps2::{Ps2Keyboard, Ps2Mouse};
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -24,9 +37,14 @@ pub const DATA_PORT: u16 = 0x60;
 /// Status (read) and command (write) port.
 pub const COMMAND_PORT: u16 = 0x64;
 
-/// Most bytes waiting for the guest; more input is dropped, as a real
-/// keyboard's buffer overflows.
+/// Most controller bytes (replies, direct buffer writes) waiting for the
+/// guest; more are dropped.
 const QUEUE_LIMIT: usize = 32;
+/// Room a key event needs in the keyboard's buffer before the controller
+/// takes one from the host (the longest, Pause, is 8 bytes).
+const KEY_EVENT_ROOM: usize = 8;
+/// Host events taken per poll at most, so a flood cannot hold the vCPU.
+const EVENTS_PER_POLL: usize = 64;
 
 const STATUS_OBF: u8 = 0x01;
 const STATUS_SYS: u8 = 0x04;
@@ -39,8 +57,7 @@ const CB_AUX_IRQ: u8 = 0x02;
 const CB_SYS: u8 = 0x04;
 const CB_KBD_OFF: u8 = 0x10;
 const CB_AUX_OFF: u8 = 0x20;
-
-const ACK: u8 = 0xfa;
+const CB_TRANSLATE: u8 = 0x40;
 
 /// What the next byte written to port 0x60 is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,10 +69,6 @@ enum Pending {
     KbdOutput,
     AuxOutput,
     AuxCommand,
-    /// The keyboard waits for the argument of this command.
-    KbdArgument(u8),
-    /// The mouse waits for the argument of this command.
-    AuxArgument(u8),
 }
 
 /// The i8042 controller with keyboard and mouse. Claim [`DATA_PORT`] and
@@ -64,12 +77,16 @@ pub struct I8042 {
     ram: [u8; 32],
     status_cmd: bool,
     pending: Pending,
+    /// Controller bytes for the guest, and whether each is the mouse's.
     queue: VecDeque<(u8, bool)>,
     /// The byte in the output buffer and whether it came from the mouse.
     output: Option<(u8, bool)>,
-    scan_set: u8,
-    kbd_scanning: bool,
-    aux_streaming: bool,
+    keyboard: Ps2Keyboard,
+    mouse: Ps2Mouse,
+    translator: Translator,
+    input: Box<dyn InputBackend>,
+    /// A host event taken but not yet placed (its device had no room).
+    held: Option<InputEvent>,
     a20: A20Gate,
     irq1: Arc<dyn IrqLine>,
     irq12: Arc<dyn IrqLine>,
@@ -81,24 +98,29 @@ impl core::fmt::Debug for I8042 {
         f.debug_struct("I8042")
             .field("command_byte", &self.ram[0])
             .field("queue", &self.queue.len())
+            .field("keyboard", &self.keyboard)
+            .field("mouse", &self.mouse)
             .finish()
     }
 }
 
 impl I8042 {
-    /// A controller driving `a20`, raising `irq1` and `irq12`.
+    /// A controller driving `a20`, raising `irq1` and `irq12`, with no host
+    /// input (see [`I8042::set_input`]).
     pub fn new(a20: A20Gate, irq1: Arc<dyn IrqLine>, irq12: Arc<dyn IrqLine>) -> Self {
         let mut ram = [0u8; 32];
-        ram[0] = CB_KBD_IRQ | CB_AUX_IRQ | 0x40;
+        ram[0] = CB_KBD_IRQ | CB_AUX_IRQ | CB_TRANSLATE;
         Self {
             ram,
             status_cmd: false,
             pending: Pending::None,
             queue: VecDeque::with_capacity(QUEUE_LIMIT),
             output: None,
-            scan_set: 2,
-            kbd_scanning: true,
-            aux_streaming: false,
+            keyboard: Ps2Keyboard::new(),
+            mouse: Ps2Mouse::new(),
+            translator: Translator::default(),
+            input: Box::new(NoInput),
+            held: None,
             a20,
             irq1,
             irq12,
@@ -106,21 +128,81 @@ impl I8042 {
         }
     }
 
-    /// Queue scan codes from the host keyboard (as the guest should read
-    /// them). Dropped while the guest disabled the keyboard or scanning.
-    pub fn push_keyboard(&mut self, bytes: &[u8]) {
-        if self.ram[0] & CB_KBD_OFF != 0 || !self.kbd_scanning {
-            return;
-        }
-        for b in bytes {
-            self.enqueue(*b, false);
-        }
-        self.refill();
+    /// Take host key presses and mouse motion from `input` from now on.
+    pub fn set_input(&mut self, input: Box<dyn InputBackend>) {
+        self.input = input;
+        self.held = None;
     }
 
     /// Whether the guest enabled the A20 gate through the output port.
     pub fn a20(&self) -> &A20Gate {
         &self.a20
+    }
+
+    /// The keyboard (its scan code set, LEDs, ...).
+    pub fn keyboard(&self) -> &Ps2Keyboard {
+        &self.keyboard
+    }
+
+    /// The mouse.
+    pub fn mouse(&self) -> &Ps2Mouse {
+        &self.mouse
+    }
+
+    /// The command byte (controller RAM byte 0).
+    pub fn command_byte(&self) -> u8 {
+        self.ram[0]
+    }
+
+    /// Deliver one host event now, as if the backend had it: a key goes to
+    /// the keyboard (dropped if it does not scan or its buffer is full),
+    /// motion and buttons to the mouse. The output buffer and IRQs follow.
+    pub fn input_event(&mut self, event: InputEvent) {
+        self.place(event);
+        self.refill();
+    }
+
+    /// A key going down or up, through [`I8042::input_event`].
+    pub fn key(&mut self, key: Key, pressed: bool) {
+        self.input_event(InputEvent::Key { key, pressed });
+    }
+
+    /// Take what the input backend has, as far as the devices have room,
+    /// and raise the interrupt for it. Hosts call this between time slices.
+    pub fn poll_input(&mut self) {
+        for _ in 0..EVENTS_PER_POLL {
+            let Some(event) = self.held.take().or_else(|| self.input.next_event()) else {
+                break;
+            };
+            if !self.has_room_for(&event) {
+                self.held = Some(event);
+                break;
+            }
+            self.place(event);
+        }
+        self.mouse.flush();
+        self.refill();
+    }
+
+    fn has_room_for(&self, event: &InputEvent) -> bool {
+        match event {
+            // A keyboard that does not scan drops keys: no need to wait.
+            InputEvent::Key { .. } => {
+                !self.keyboard.scanning() || self.keyboard.has_room(KEY_EVENT_ROOM)
+            }
+            // The mouse sums motion and sends it when it has room.
+            _ => true,
+        }
+    }
+
+    fn place(&mut self, event: InputEvent) {
+        match event {
+            InputEvent::Key { key, pressed } => {
+                self.keyboard.key(key, pressed);
+            }
+            InputEvent::MouseMove { dx, dy, dz } => self.mouse.motion(dx, dy, dz),
+            InputEvent::MouseButtons(b) => self.mouse.buttons(b),
+        }
     }
 
     fn enqueue(&mut self, byte: u8, aux: bool) {
@@ -129,11 +211,36 @@ impl I8042 {
         }
     }
 
-    /// Move the next queued byte into the empty output buffer and update
-    /// the interrupt lines.
+    /// The next byte from the keyboard as the guest sees it (translated
+    /// while the command byte says so), unless its port is disabled.
+    fn next_keyboard_byte(&mut self) -> Option<u8> {
+        if self.ram[0] & CB_KBD_OFF != 0 {
+            return None;
+        }
+        while let Some(b) = self.keyboard.pop() {
+            if self.ram[0] & CB_TRANSLATE == 0 {
+                return Some(b);
+            }
+            if let Some(t) = self.translator.feed(b) {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// Move the next byte into the empty output buffer and update the
+    /// interrupt lines.
     fn refill(&mut self) {
         if self.output.is_none() {
-            self.output = self.queue.pop_front();
+            self.output = self.queue.pop_front().or_else(|| {
+                if let Some(b) = self.next_keyboard_byte() {
+                    Some((b, false))
+                } else if self.ram[0] & CB_AUX_OFF == 0 {
+                    self.mouse.pop().map(|b| (b, true))
+                } else {
+                    None
+                }
+            });
         }
         self.update_lines();
     }
@@ -202,6 +309,8 @@ impl I8042 {
                 self.reply(b);
             }
             0x60..=0x7f => self.pending = Pending::WriteRam(cmd & 0x1f),
+            // No password installed.
+            0xa4 => self.reply(0xf1),
             0xa7 => self.ram[0] |= CB_AUX_OFF,
             0xa8 => self.ram[0] &= !CB_AUX_OFF,
             0xa9 | 0xab => self.reply(0x00),
@@ -222,6 +331,8 @@ impl I8042 {
             0xd4 => self.pending = Pending::AuxCommand,
             0xdd => self.a20.set(false),
             0xdf => self.a20.set(true),
+            // Test inputs: keyboard clock and data low.
+            0xe0 => self.reply(0x00),
             // Pulse output port bits whose mask bit is clear; bit 0 is the
             // CPU reset line.
             0xf0..=0xff if cmd & 0x01 == 0 => ctx.request(VmRequest::Reset),
@@ -234,99 +345,6 @@ impl I8042 {
         self.enqueue(b, false);
     }
 
-    fn keyboard_byte(&mut self, v: u8) {
-        // Any byte to the keyboard re-enables the interface.
-        self.ram[0] &= !CB_KBD_OFF;
-        if let Pending::KbdArgument(cmd) = self.pending {
-            self.pending = Pending::None;
-            match cmd {
-                0xf0 => {
-                    self.enqueue(ACK, false);
-                    match v {
-                        0 => self.enqueue(self.scan_set, false),
-                        1..=3 => self.scan_set = v,
-                        _ => {}
-                    }
-                }
-                _ => self.enqueue(ACK, false),
-            }
-            return;
-        }
-        match v {
-            0xff => {
-                self.kbd_scanning = true;
-                self.scan_set = 2;
-                self.enqueue(ACK, false);
-                self.enqueue(0xaa, false);
-            }
-            0xf2 => {
-                self.enqueue(ACK, false);
-                self.enqueue(0xab, false);
-                // Translated (set 1) keyboards identify as 0x41.
-                let id = if self.ram[0] & 0x40 != 0 { 0x41 } else { 0x83 };
-                self.enqueue(id, false);
-            }
-            0xed | 0xf0 | 0xf3 => {
-                self.enqueue(ACK, false);
-                self.pending = Pending::KbdArgument(v);
-            }
-            0xee => self.enqueue(0xee, false),
-            0xf4 => {
-                self.kbd_scanning = true;
-                self.enqueue(ACK, false);
-            }
-            0xf5 => {
-                self.kbd_scanning = false;
-                self.enqueue(ACK, false);
-            }
-            0xf6 => {
-                self.scan_set = 2;
-                self.enqueue(ACK, false);
-            }
-            0xf7..=0xfd => self.enqueue(ACK, false),
-            _ => self.enqueue(0xfe, false),
-        }
-    }
-
-    fn aux_byte(&mut self, v: u8) {
-        if let Pending::AuxArgument(_) = self.pending {
-            self.pending = Pending::None;
-            self.enqueue(ACK, true);
-            return;
-        }
-        match v {
-            0xff => {
-                self.aux_streaming = false;
-                self.enqueue(ACK, true);
-                self.enqueue(0xaa, true);
-                self.enqueue(0x00, true);
-            }
-            0xf2 => {
-                self.enqueue(ACK, true);
-                self.enqueue(0x00, true);
-            }
-            0xe9 => {
-                self.enqueue(ACK, true);
-                self.enqueue(u8::from(self.aux_streaming) << 5, true);
-                self.enqueue(0x02, true);
-                self.enqueue(100, true);
-            }
-            0xe8 | 0xf3 => {
-                self.enqueue(ACK, true);
-                self.pending = Pending::AuxArgument(v);
-            }
-            0xf4 => {
-                self.aux_streaming = true;
-                self.enqueue(ACK, true);
-            }
-            0xf5 => {
-                self.aux_streaming = false;
-                self.enqueue(ACK, true);
-            }
-            _ => self.enqueue(ACK, true),
-        }
-    }
-
     fn write_data(&mut self, ctx: &mut DeviceContext<'_>, v: u8) {
         self.status_cmd = false;
         match core::mem::replace(&mut self.pending, Pending::None) {
@@ -335,18 +353,15 @@ impl I8042 {
             Pending::KbdOutput => self.enqueue(v, false),
             Pending::AuxOutput => self.enqueue(v, true),
             Pending::AuxCommand => {
+                // Writing to the mouse enables its port.
                 self.ram[0] &= !CB_AUX_OFF;
-                self.aux_byte(v);
+                self.mouse.write(v);
             }
-            p @ Pending::AuxArgument(_) => {
-                self.pending = p;
-                self.aux_byte(v);
+            Pending::None => {
+                // Any byte to the keyboard enables its port.
+                self.ram[0] &= !CB_KBD_OFF;
+                self.keyboard.write(v);
             }
-            p @ Pending::KbdArgument(_) => {
-                self.pending = p;
-                self.keyboard_byte(v);
-            }
-            Pending::None => self.keyboard_byte(v),
         }
     }
 }
@@ -360,6 +375,7 @@ impl PortIo for I8042 {
     ) -> IoOutcome {
         // Two one-port claims, told apart by their first port; the bytes of
         // a wider access past the register float.
+        self.poll_input();
         data.fill(0xff);
         let Some(first) = data.first_mut() else {
             return IoOutcome::Done;
@@ -389,6 +405,7 @@ impl PortIo for I8042 {
         let Some(&v) = data.first() else {
             return IoOutcome::Done;
         };
+        self.poll_input();
         match (port.range_first(), port.offset()) {
             (DATA_PORT, 0) => self.write_data(ctx, v),
             (COMMAND_PORT, 0) => {
@@ -404,9 +421,10 @@ impl PortIo for I8042 {
 
 /// Saved state of the i8042, version [`I8042_STATE_VERSION`]: controller
 /// RAM (command byte), the command in progress, the output buffer and the
-/// queue behind it, the keyboard's and mouse's modes, the IRQ levels. The
-/// A20 gate it shares with port 0x92 is saved by
-/// [`crate::system_control::SystemControlA`].
+/// controller's queue behind it, the translation's state, the keyboard's
+/// and mouse's whole state, the IRQ levels. The A20 gate it shares with
+/// port 0x92 is saved by [`crate::system_control::SystemControlA`]; host
+/// events not yet taken stay with the host's backend.
 #[derive(Serialize, Deserialize)]
 struct I8042State {
     ram: [u8; 32],
@@ -414,14 +432,15 @@ struct I8042State {
     pending: Pending,
     queue: Vec<(u8, bool)>,
     output: Option<(u8, bool)>,
-    scan_set: u8,
-    kbd_scanning: bool,
-    aux_streaming: bool,
+    translate_break: bool,
+    keyboard: KeyboardState,
+    mouse: MouseState,
     irq_levels: (bool, bool),
 }
 
-/// Format version of the [`I8042`]'s saved state.
-pub const I8042_STATE_VERSION: u32 = 1;
+/// Format version of the [`I8042`]'s saved state (2: the keyboard and
+/// mouse as devices of their own).
+pub const I8042_STATE_VERSION: u32 = 2;
 
 impl SaveRestore for I8042 {
     fn state_version(&self) -> u32 {
@@ -435,9 +454,9 @@ impl SaveRestore for I8042 {
             pending: self.pending,
             queue: self.queue.iter().copied().collect(),
             output: self.output,
-            scan_set: self.scan_set,
-            kbd_scanning: self.kbd_scanning,
-            aux_streaming: self.aux_streaming,
+            translate_break: self.translator.break_pending,
+            keyboard: self.keyboard.state(),
+            mouse: self.mouse.state(),
             irq_levels: self.irq_levels,
         })
     }
@@ -450,16 +469,24 @@ impl SaveRestore for I8042 {
     ) -> Result<(), StateError> {
         let s: I8042State = save_restore::decode_version(version, I8042_STATE_VERSION, bytes)?;
         check(s.queue.len() <= QUEUE_LIMIT, "i8042 queue")?;
-        check((1..=3).contains(&s.scan_set), "i8042 scan set")?;
+        let keyboard = Ps2Keyboard::from_state(&s.keyboard).ok_or(StateError::Invalid {
+            field: "i8042 keyboard",
+        })?;
+        let mouse = Ps2Mouse::from_state(&s.mouse).ok_or(StateError::Invalid {
+            field: "i8042 mouse",
+        })?;
         self.ram = s.ram;
         self.status_cmd = s.status_cmd;
         self.pending = s.pending;
         self.queue.clear();
         self.queue.extend(s.queue.iter().copied());
         self.output = s.output;
-        self.scan_set = s.scan_set;
-        self.kbd_scanning = s.kbd_scanning;
-        self.aux_streaming = s.aux_streaming;
+        self.translator = Translator {
+            break_pending: s.translate_break,
+        };
+        self.keyboard = keyboard;
+        self.mouse = mouse;
+        self.held = None;
         self.irq_levels = s.irq_levels;
         self.irq1.set_level(s.irq_levels.0);
         self.irq12.set_level(s.irq_levels.1);
@@ -483,7 +510,10 @@ impl Device for I8042 {
         let irq1 = self.irq1.clone();
         let irq12 = self.irq12.clone();
         let levels = self.irq_levels;
+        // The host's input stays connected across a machine reset.
+        let input = core::mem::replace(&mut self.input, Box::new(NoInput));
         *self = Self::new(a20, irq1, irq12);
+        self.input = input;
         self.irq_levels = levels;
         self.refill();
     }

@@ -7,6 +7,7 @@ use vmm_core::test_host::{TestHost, TestIrqLine, TestVmBuilder};
 use vmm_core::vm::Vm;
 use vmm_devices::a20::A20Gate;
 use vmm_devices::i8042::{COMMAND_PORT, DATA_PORT, I8042};
+use vmm_devices::input::{type_text, InputEvent, InputQueue, Key, MouseButtons};
 use vmm_devices::system_control::{SystemControlA, SYSTEM_CONTROL_PORT};
 
 struct Rig {
@@ -58,7 +59,7 @@ impl Rig {
         let mut v = Vec::new();
         while self.status() & 0x01 != 0 {
             v.push(self.inb(DATA_PORT));
-            assert!(v.len() < 100);
+            assert!(v.len() < 1000);
         }
         v
     }
@@ -107,12 +108,26 @@ fn keyboard_reset_identify_and_scan_code_set() {
     assert_eq!(r.drain(), [0xfa, 0xab, 0x41], "MF2, translated");
     r.out(DATA_PORT, 0xf0);
     r.out(DATA_PORT, 0x00);
-    assert_eq!(r.drain(), [0xfa, 0xfa, 0x02]);
+    assert_eq!(
+        r.drain(),
+        [0xfa, 0xfa, 0x41],
+        "set 2, read through the translation as on a PC"
+    );
     r.out(DATA_PORT, 0xf0);
     r.out(DATA_PORT, 0x03);
     r.out(DATA_PORT, 0xf0);
     r.out(DATA_PORT, 0x00);
-    assert_eq!(r.drain(), [0xfa, 0xfa, 0xfa, 0xfa, 0x03]);
+    assert_eq!(r.drain(), [0xfa, 0xfa, 0xfa, 0xfa, 0x3f]);
+    // Without translation the keyboard's own bytes.
+    r.out(COMMAND_PORT, 0x60);
+    r.out(DATA_PORT, 0x03);
+    r.out(DATA_PORT, 0xf0);
+    r.out(DATA_PORT, 0x00);
+    assert_eq!(r.drain(), [0xfa, 0xfa, 0x03]);
+    r.out(DATA_PORT, 0xf2);
+    assert_eq!(r.drain(), [0xfa, 0xab, 0x83], "MF2, untranslated");
+    r.out(COMMAND_PORT, 0x60);
+    r.out(DATA_PORT, 0x43);
     r.out(DATA_PORT, 0xed);
     r.out(DATA_PORT, 0x07);
     assert_eq!(r.drain(), [0xfa, 0xfa], "LEDs");
@@ -122,28 +137,111 @@ fn keyboard_reset_identify_and_scan_code_set() {
     assert_eq!(r.drain(), [0xfe], "unknown command: resend");
 }
 
+impl Rig {
+    fn i8042(&mut self) -> &mut I8042 {
+        self.vm
+            .devices_mut()
+            .device_mut::<I8042>(DeviceId(0))
+            .unwrap()
+    }
+}
+
 #[test]
-fn keyboard_bytes_raise_irq1_when_enabled() {
+fn key_press_reads_as_set_1_with_irq1() {
     let mut r = rig();
-    r.vm.devices_mut()
-        .device_mut::<I8042>(DeviceId(0))
-        .unwrap()
-        .push_keyboard(&[0x1e, 0x9e]);
+    r.i8042().key(Key::A, true);
     assert!(r.irq1.level());
-    assert_eq!(r.inb(DATA_PORT), 0x1e);
-    assert!(r.irq1.level(), "next byte loaded");
-    assert_eq!(r.irq1.rising_edges(), 2);
-    assert_eq!(r.inb(DATA_PORT), 0x9e);
+    assert_eq!(r.status() & 0x21, 0x01, "keyboard byte in the buffer");
+    assert_eq!(r.inb(DATA_PORT), 0x1e, "set 1 make of A");
     assert!(!r.irq1.level());
-    // Interrupts off in the command byte: no IRQ.
+    r.i8042().key(Key::A, false);
+    assert_eq!(r.inb(DATA_PORT), 0x9e, "set 1 break: F0 1C folded");
+    assert_eq!(r.irq1.rising_edges(), 2);
+    // An extended key: E0 then the code, each byte an interrupt.
+    r.i8042().key(Key::RIGHT, false);
+    assert_eq!(r.inb(DATA_PORT), 0xe0);
+    assert!(r.irq1.level(), "next byte loaded");
+    assert_eq!(r.inb(DATA_PORT), 0xcd);
+    assert!(!r.irq1.level());
+    // Interrupts off in the command byte: no IRQ, the byte still there.
     r.out(COMMAND_PORT, 0x60);
     r.out(DATA_PORT, 0x44);
-    r.vm.devices_mut()
-        .device_mut::<I8042>(DeviceId(0))
-        .unwrap()
-        .push_keyboard(&[0x1e]);
+    r.i8042().key(Key::ENTER, true);
     assert!(!r.irq1.level());
-    assert_eq!(r.drain(), [0x1e]);
+    assert_eq!(r.drain(), [0x1c]);
+}
+
+#[test]
+fn untranslated_set_2_and_a_disabled_port_holds_keys() {
+    let mut r = rig();
+    r.out(COMMAND_PORT, 0x60);
+    r.out(DATA_PORT, 0x03);
+    r.i8042().key(Key::A, true);
+    r.i8042().key(Key::A, false);
+    assert_eq!(r.drain(), [0x1c, 0xf0, 0x1c]);
+    // 0xad holds the keyboard's bytes until 0xae.
+    r.out(COMMAND_PORT, 0xad);
+    r.i8042().key(Key::B, true);
+    assert_eq!(r.drain(), []);
+    r.out(COMMAND_PORT, 0xae);
+    assert_eq!(r.drain(), [0x32]);
+    // A keyboard told to stop scanning drops keys.
+    r.out(DATA_PORT, 0xf5);
+    assert_eq!(r.drain(), [0xfa]);
+    r.i8042().key(Key::B, true);
+    assert_eq!(r.drain(), []);
+}
+
+#[test]
+fn host_input_arrives_through_the_backend() {
+    let mut r = rig();
+    let queue = InputQueue::new();
+    r.i8042().set_input(Box::new(queue.clone()));
+    assert_eq!(type_text(&queue, "Hi\n"), 3);
+    // The guest's next look at the status port pulls the queue.
+    let got = r.drain();
+    assert_eq!(
+        got,
+        [0x2a, 0x23, 0xa3, 0xaa, 0x17, 0x97, 0x1c, 0x9c],
+        "Shift-H, i, Enter in set 1"
+    );
+    assert!(queue.is_empty());
+    // A flood waits in the backend while the keyboard's buffer is full.
+    for _ in 0..100 {
+        queue.tap(Key::UP);
+    }
+    r.i8042().poll_input();
+    assert!(!queue.is_empty());
+    let got = r.drain();
+    assert_eq!(got.len(), 400, "every press and release, none lost");
+    assert!(queue.is_empty());
+}
+
+#[test]
+fn mouse_stream_on_irq12() {
+    let mut r = rig();
+    r.out(COMMAND_PORT, 0xd4);
+    r.out(DATA_PORT, 0xf4);
+    assert_eq!(r.drain(), [0xfa]);
+    r.i8042().input_event(InputEvent::MouseMove {
+        dx: 3,
+        dy: 4,
+        dz: 0,
+    });
+    assert!(r.irq12.level());
+    assert!(!r.irq1.level());
+    assert_eq!(r.status() & 0x21, 0x21);
+    assert_eq!(r.drain(), [0x28, 3, 0xfc]);
+    // The port disabled (0xa7): packets wait.
+    r.out(COMMAND_PORT, 0xa7);
+    r.i8042()
+        .input_event(InputEvent::MouseButtons(MouseButtons {
+            right: true,
+            ..Default::default()
+        }));
+    assert_eq!(r.drain(), []);
+    r.out(COMMAND_PORT, 0xa8);
+    assert_eq!(r.drain(), [0x0a, 0, 0]);
 }
 
 #[test]

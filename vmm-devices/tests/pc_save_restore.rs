@@ -52,6 +52,7 @@ fn rig(clock: u64) -> Rig {
         display: None,
         test_devices: false,
         virtio: Default::default(),
+        input: None,
         id: VmId(1),
         ram: RAM,
         firmware: &fw,

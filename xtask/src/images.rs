@@ -521,6 +521,42 @@ pub fn appended_iso(default_iso: &Path, name: &str, append: &str) -> Result<Path
     Ok(iso)
 }
 
+/// The tty0 CD ([`tty0_iso`]) with ISOLINUX's `boot:` prompt on
+/// (`PROMPT 1`, no timeout): it waits for a person to type a label (or
+/// Enter for the default), so a test can type at it through the keyboard.
+/// Built next to `default_iso`, rebuilt when that is newer.
+pub fn prompt_iso(default_iso: &Path) -> Result<PathBuf> {
+    let dir = default_iso
+        .parent()
+        .ok_or_else(|| Error::msg("the CD image has no directory"))?;
+    let iso = dir.join("linux-prompt.iso");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&iso).is_some() && modified(&iso) >= modified(default_iso) {
+        return Ok(iso);
+    }
+    ensure_packages(&["xorriso"])?;
+    let cfg = dir.join("linux-prompt-isolinux.cfg");
+    let prompt = |l: &str| match l.trim() {
+        "PROMPT 0" => "PROMPT 1".to_string(),
+        _ => l.to_string(),
+    };
+    // Built beside the final name and renamed, so tests running at once
+    // never boot half an image.
+    let tmp = dir.join(format!("linux-prompt.iso.{}", std::process::id()));
+    remaster_cd_with(
+        default_iso,
+        &tmp,
+        &cfg,
+        "console=tty0",
+        &prompt,
+        &[],
+        "xorriso (the prompt CD)",
+    )?;
+    let _ = std::fs::remove_file(&cfg);
+    std::fs::rename(&tmp, &iso).map_err(|e| Error::msg(format!("{}: {e}", iso.display())))?;
+    Ok(iso)
+}
+
 /// Write at `iso` a copy of the default CD `default_iso` whose ISOLINUX
 /// `APPEND` lines also carry `append`: the patched isolinux.cfg goes to
 /// `cfg_out` and onto the CD, and each of `maps` (a file here and its path
@@ -533,16 +569,31 @@ pub fn remaster_cd(
     maps: &[(&Path, &str)],
     what: &str,
 ) -> Result<()> {
+    remaster_cd_with(default_iso, iso, cfg_out, append, &|l| l.into(), maps, what)
+}
+
+/// [`remaster_cd`] with every line of isolinux.cfg also passed through
+/// `line` (after `append` is added to the `APPEND` lines).
+pub fn remaster_cd_with(
+    default_iso: &Path,
+    iso: &Path,
+    cfg_out: &Path,
+    append: &str,
+    line: &dyn Fn(&str) -> String,
+    maps: &[(&Path, &str)],
+    what: &str,
+) -> Result<()> {
     let cfg_in = system::root().join("xtask/assets/linux-cd/isolinux.cfg");
     let cfg = std::fs::read_to_string(&cfg_in)
         .map_err(|e| Error::msg(format!("{}: {e}", cfg_in.display())))?;
     let mut patched = String::new();
-    for line in cfg.lines() {
-        patched.push_str(line);
-        if line.trim_start().starts_with("APPEND") {
-            patched.push(' ');
-            patched.push_str(append);
+    for l in cfg.lines() {
+        let mut l = l.to_string();
+        if l.trim_start().starts_with("APPEND") {
+            l.push(' ');
+            l.push_str(append);
         }
+        patched.push_str(&line(&l));
         patched.push('\n');
     }
     std::fs::write(cfg_out, patched)

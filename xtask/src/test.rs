@@ -108,7 +108,9 @@ pub fn run(args: TestArgs) -> Result<()> {
     let kernel_elf = kernel::build()?;
     let guest_images = kernel::guests()?;
     let debug_kernel = kernel::build_profile(false)?;
-    ensure_packages(&["gdb"])?;
+    // gdb drives the guest gdb stub; tmux is the real terminal the
+    // `vmm --display text` test types into (tests/kvm_terminal.rs).
+    ensure_packages(&["gdb", "tmux"])?;
     qemu::ensure_iso_tools()?;
     // Bochs runs the VMX backend (tests/guest_suite.rs, tests/bochs_linux.rs).
     crate::bochs::ensure()?;

@@ -165,3 +165,30 @@ fn marker_on_the_screen(outcome: Outcome, console: &str) {
     );
     assert_eq!(outcome, Outcome::Success, "{console}");
 }
+
+/// The host types on the guest's PS/2 keyboard (`keys=`, once the screen
+/// shows `boot:`): at the `boot:` prompt of the prompt CD
+/// (`xtask::images::prompt_iso`) it types the default label with an extra
+/// kernel argument (Shift, digits, punctuation). The kernel's command line
+/// carries it (the kernel log on COM1), and Linux boots to its init marker
+/// on the VGA console and powers off.
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
+fn keys_typed_by_the_host_reach_the_isolinux_prompt() {
+    let iso = xtask::images::prompt_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
+    let (outcome, console) = boot(
+        r"guest_mem=256M vms=1 keys=linux\svmm.typed=Hello_World-1\n",
+        iso,
+    );
+    assert!(
+        console.contains("the screen shows \"boot:\": typing 30 characters"),
+        "{console}"
+    );
+    assert!(
+        console
+            .lines()
+            .any(|l| l.contains("Kernel command line:") && l.contains("vmm.typed=Hello_World-1")),
+        "{console}"
+    );
+    marker_on_the_screen(outcome, &console);
+}

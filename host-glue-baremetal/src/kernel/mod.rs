@@ -23,12 +23,13 @@ use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::panic::PanicInfo;
-use host_glue_baremetal::cmdline::{self, LogLevel, PagingChoice, SelfTest};
+use host_glue_baremetal::cmdline::{self, Config, LogLevel, PagingChoice, SelfTest};
 use qemu::ExitCode;
 use vmm_core::emulator::Segment;
 use vmm_core::host::Host;
 use vmm_core::vcpu::{CpuModel, InterruptSource, MsrFile, NoInterrupts, RunOutcome, Slice};
 use vmm_core::vm::{StopReason, Vm};
+use vmm_devices::input::InputQueue;
 use vmm_devices::pc::Pc;
 
 fn level_filter(l: LogLevel) -> log::LevelFilter {
@@ -159,6 +160,9 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     let mut guests = Vec::new();
     let pc_model = config.cpu_model.unwrap_or(CpuModel::Qemu64);
     for i in 0..config.vms {
+        // `keys=`: what the host types on this PC's keyboard, once its
+        // screen shows `keys_after=`.
+        let keys = (!config.keys.is_empty() && vga_bios.is_some()).then(InputQueue::new);
         let (name, mut machine): (&str, Machine) = match pc_bios {
             Some(bios) => match pc::build(
                 host.clone(),
@@ -175,6 +179,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     bios_debug: config.bios_debug,
                     cpu_model: pc_model,
                     test_devices: config.test_devices,
+                    input: keys.clone(),
                 },
             ) {
                 Ok(pc) => ("pc", Machine::Pc(Box::new(pc))),
@@ -198,6 +203,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                             bios_debug: false,
                             cpu_model: pc_model,
                             test_devices: config.test_devices,
+                            input: keys.clone(),
                         },
                     )
                     .map(|pc| Machine::Pc(Box::new(pc)))
@@ -258,6 +264,9 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             stopped: None,
             next_roundtrip: config.state_roundtrip,
             roundtrips: 0,
+            keys: keys.map(|queue| Typing { queue, typed: None }),
+            screen: Vec::new(),
+            next_screen_ns: 0,
         });
     }
 
@@ -282,6 +291,13 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     g.vcpu.run(vm, &**interrupts, &mut g.msrs, slice)
                 }
             };
+            if let Machine::Pc(pc) = &mut g.machine {
+                type_keys_when_due(pc, &mut g.keys, &config);
+                if config.screen_lines && time::now_ns() >= g.next_screen_ns {
+                    g.next_screen_ns = time::now_ns() + SCREEN_LINES_EVERY_NS;
+                    stream_screen(pc, &mut g.screen);
+                }
+            }
             let exits = g.machine.vm().stats().total();
             if config.state_roundtrip > 0
                 && outcome == RunOutcome::SliceEnded
@@ -375,6 +391,68 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
 }
 
 /// One VM and its vCPU.
+/// How often `screen_lines=1` looks at a PC's screen.
+const SCREEN_LINES_EVERY_NS: u64 = 200_000_000;
+
+/// `screen_lines=1`: print the lines of the PC's text screen that are new
+/// since `last` (scrolls followed, see `screen_stream::new_lines`) as
+/// `[vm N screen] TEXT`, and remember the screen.
+fn stream_screen(pc: &vmm_devices::pc::Pc, last: &mut Vec<String>) {
+    let Some(lines) = pc.screen_text() else {
+        return;
+    };
+    let now: Vec<String> = lines.iter().map(|l| l.trim_end().to_string()).collect();
+    let id = pc.vm().id().0;
+    for (_, line) in host_glue_baremetal::screen_stream::new_lines(last, &now) {
+        kprintln!("[vm {id} screen] {line}");
+    }
+    *last = now;
+}
+
+/// `keys=` on one PC: its keyboard's input and how far the text is typed.
+struct Typing {
+    queue: InputQueue,
+    /// Characters of `keys=` typed so far; `None` until the screen shows
+    /// `keys_after=`.
+    typed: Option<usize>,
+}
+
+/// `keys=`: once the PC's text screen shows `keys_after=`, type `keys`, a
+/// character whenever the keyboard took the last one (a person's pace: a
+/// burst would overflow the BIOS's 15-key buffer before a bootloader reads
+/// it); then let the keyboard take what it has room for.
+fn type_keys_when_due(pc: &mut vmm_devices::pc::Pc, keys: &mut Option<Typing>, config: &Config) {
+    if let Some(t) = keys.as_mut() {
+        let text = config.keys.as_str();
+        match t.typed {
+            None => {
+                let due = pc.screen_text().is_some_and(|lines| {
+                    lines.iter().any(|l| l.contains(config.keys_after.as_str()))
+                });
+                if due {
+                    log::info!(
+                        "VM {}: the screen shows {:?}: typing {} characters on the keyboard",
+                        pc.vm().id().0,
+                        config.keys_after.as_str(),
+                        text.chars().count()
+                    );
+                    t.typed = Some(0);
+                }
+            }
+            Some(n) if t.queue.is_empty() => match text.chars().nth(n) {
+                Some(c) => {
+                    let mut buf = [0u8; 4];
+                    vmm_devices::input::type_text(&t.queue, c.encode_utf8(&mut buf));
+                    t.typed = Some(n + 1);
+                }
+                None => *keys = None,
+            },
+            Some(_) => {}
+        }
+    }
+    pc.poll_input();
+}
+
 struct Guest<'a> {
     name: &'a str,
     machine: Machine,
@@ -386,6 +464,12 @@ struct Guest<'a> {
     next_roundtrip: u64,
     /// State round trips done (`state_roundtrip=`).
     roundtrips: u64,
+    /// The PC's keyboard input while `keys=` waits to be typed.
+    keys: Option<Typing>,
+    /// The text screen as last streamed (`screen_lines=1`).
+    screen: Vec<String>,
+    /// When `screen_lines=1` looks at the screen next.
+    next_screen_ns: u64,
 }
 
 /// What a VM is: a whole PC, or a guest program on a few devices.

@@ -9,6 +9,7 @@ use vmm_core::host::Host;
 use vmm_core::vcpu::CpuModel;
 use vmm_core::vm::VmId;
 use vmm_devices::block::{BlockBackend, ImageError, MemoryImage, CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
+use vmm_devices::input::{InputBackend, InputQueue};
 use vmm_devices::pc::{DisplayDescription, Pc, PcDescription, PcError, VirtioDevices};
 use vmm_devices::rtc::BootDevice;
 use vmm_devices::vga::DEFAULT_VRAM_SIZE;
@@ -53,7 +54,7 @@ pub struct Media<'a> {
 }
 
 /// How a PC is set up beyond its media, from the command line.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Options {
     /// The debug console at 0x402 prints SeaBIOS's debug log.
     pub bios_debug: bool,
@@ -61,6 +62,8 @@ pub struct Options {
     pub cpu_model: CpuModel,
     /// QEMU's `pc-testdev` and `isa-debug-exit` are there (`testdev=1`).
     pub test_devices: bool,
+    /// Where the PS/2 keyboard's input comes from (`keys=`), if anywhere.
+    pub input: Option<InputQueue>,
 }
 
 /// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `media` in its
@@ -77,6 +80,7 @@ pub fn build(
         bios_debug,
         cpu_model,
         test_devices,
+        input,
     } = options;
     let vdisk = match media.vdisk {
         Some(image) => {
@@ -114,6 +118,7 @@ pub fn build(
             disk: vdisk,
             rng: None,
         },
+        input: input.map(|q| Box::new(q) as Box<dyn InputBackend>),
         display: media.vga_bios.map(|rom| DisplayDescription {
             vga_bios: rom,
             vram_size: DEFAULT_VRAM_SIZE,

@@ -124,13 +124,19 @@ struct RunArgs {
     #[arg(long, value_name = "qemu64|host")]
     cpu_model: Option<String>,
     /// A display adapter (the stdvga at 00:02.0, 16 MiB, SeaBIOS's VGA
-    /// BIOS) and where its screen goes: `png=PATH` (a PNG screenshot),
-    /// `text=PATH` (a text mode's rows as lines), both comma-separated, or
+    /// BIOS) and where its screen goes: `text` (drawn in this terminal,
+    /// keys typed there go to the guest's PS/2 keyboard; Ctrl-A c switches
+    /// to COM1 and back, Ctrl-A x quits), `png=PATH` (a PNG screenshot),
+    /// `text=PATH` (a text mode's rows as lines), comma-separated, or
     /// `none` (no adapter; SeaBIOS copies its screen to COM1). Files are
     /// rewritten every 2 s while the screen changes and when the guest
     /// stops [default: none].
-    #[arg(long, value_name = "none|png=PATH|text=PATH")]
+    #[arg(long, value_name = "none|text|png=PATH|text=PATH")]
     display: Option<String>,
+    /// Write the screen as a PNG to FILE when the run ends (gives the
+    /// machine a display adapter if --display does not).
+    #[arg(long, value_name = "FILE.png")]
+    screenshot: Option<PathBuf>,
     /// The VGA BIOS for --display [default:
     /// /usr/share/seabios/vgabios-stdvga.bin].
     #[arg(long, value_name = "PATH")]
@@ -232,6 +238,7 @@ fn run(args: RunArgs) -> ExitCode {
     };
     let options = runner::RunOptions {
         display,
+        screenshot: args.screenshot.clone(),
         vga_bios: args
             .vga_bios
             .clone()

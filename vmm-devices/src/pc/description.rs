@@ -2,6 +2,7 @@
 //! from its own sources (files, boot modules, a test's buffers).
 
 use crate::block::BlockBackend;
+use crate::input::InputBackend;
 use crate::rtc::BootDevice;
 use crate::uart::CharBackend;
 use crate::virtio::rng::EntropySource;
@@ -78,6 +79,9 @@ pub struct PcDescription<'a> {
     pub test_devices: bool,
     /// Virtio devices; none by default.
     pub virtio: VirtioDevices,
+    /// Where the PS/2 keyboard and mouse get the host's input
+    /// ([`crate::input`]); `None`: nobody types.
+    pub input: Option<Box<dyn InputBackend>>,
 }
 
 /// The optional virtio devices of a PC (all off by default), each a PCI

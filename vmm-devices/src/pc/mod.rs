@@ -23,6 +23,7 @@ pub use description::{DirectBoot, DisplayDescription, PcDescription, VirtioDevic
 pub use error::PcError;
 pub use firmware::{check as check_firmware, MIN_PAM_IMAGE};
 
+use crate::i8042::I8042;
 use crate::ide::{Drive, IdeSlot, Piix3Ide};
 use crate::interrupts::CpuInterrupts;
 use crate::msi::LapicMsi;
@@ -154,6 +155,11 @@ impl Pc {
             },
         )?;
         add_ide(&mut vm, &chipset, desc.cdrom, desc.disk)?;
+        if let Some(input) = desc.input {
+            if let Some(i8042) = vm.devices_mut().device_mut::<I8042>(chipset.i8042) {
+                i8042.set_input(input);
+            }
+        }
         if let Some(parts) = display {
             display::add(&mut vm, &chipset, parts)?;
         }
@@ -297,6 +303,31 @@ impl Pc {
     /// [`HIGH_RAM_BASE`]; `None` in a PC with no more RAM than that.
     pub fn high_ram_block(&self) -> Option<BlockId> {
         self.high_ram_block
+    }
+
+    /// Let the keyboard and mouse take what the host's input backend
+    /// ([`PcDescription::input`]) has, and interrupt the guest for it.
+    /// Hosts call this between time slices; the guest's own accesses to
+    /// the i8042 pull input too.
+    pub fn poll_input(&mut self) {
+        if let Some(i8042) = self
+            .vm
+            .devices_mut()
+            .device_mut::<I8042>(self.chipset.i8042)
+        {
+            i8042.poll_input();
+        }
+    }
+
+    /// Deliver one input event at once (tests, an API call).
+    pub fn input_event(&mut self, event: crate::input::InputEvent) {
+        if let Some(i8042) = self
+            .vm
+            .devices_mut()
+            .device_mut::<I8042>(self.chipset.i8042)
+        {
+            i8042.input_event(event);
+        }
     }
 
     /// What the display shows now, or `None` without a display: the

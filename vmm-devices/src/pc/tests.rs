@@ -26,6 +26,7 @@ fn describe(fw: &[u8], ram: u64) -> PcDescription<'_> {
         display: None,
         test_devices: false,
         virtio: Default::default(),
+        input: None,
         id: VmId(7),
         ram,
         firmware: fw,

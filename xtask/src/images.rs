@@ -508,6 +508,47 @@ pub fn tty0_iso(default_iso: &Path) -> Result<PathBuf> {
     Ok(iso)
 }
 
+/// The default CD with ISOLINUX stopping at its `boot:` prompt (`PROMPT
+/// 1`, no timeout) until a boot line is typed on the serial console:
+/// `linux` and any extra kernel arguments boot the default CD's kernel
+/// and initrd. The snapshot test snapshots a VM waiting there. Built
+/// next to `default_iso` from it, and rebuilt when it is newer.
+pub fn prompt_iso(default_iso: &Path) -> Result<PathBuf> {
+    let dir = default_iso
+        .parent()
+        .ok_or_else(|| Error::msg("the CD image has no directory"))?;
+    let iso = dir.join("linux-prompt.iso");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&iso).is_some() && modified(&iso) >= modified(default_iso) {
+        return Ok(iso);
+    }
+    ensure_packages(&["xorriso"])?;
+    let cfg = dir.join("linux-prompt-isolinux.cfg");
+    let cfg_in = system::root().join("xtask/assets/linux-cd/isolinux.cfg");
+    let text = std::fs::read_to_string(&cfg_in)
+        .map_err(|e| Error::msg(format!("{}: {e}", cfg_in.display())))?
+        .replace("PROMPT 0", "PROMPT 1");
+    if !text.contains("PROMPT 1") {
+        return Err(Error::msg(format!("{}: no PROMPT line", cfg_in.display())));
+    }
+    std::fs::write(&cfg, text).map_err(|e| Error::msg(format!("{}: {e}", cfg.display())))?;
+    let tmp = dir.join("linux-prompt.iso.partial");
+    let _ = std::fs::remove_file(&tmp);
+    let mut xorriso = Command::new("xorriso");
+    xorriso
+        .arg("-indev")
+        .arg(default_iso)
+        .arg("-outdev")
+        .arg(&tmp)
+        .args(["-boot_image", "any", "replay", "-map"])
+        .arg(&cfg)
+        .arg("/isolinux/isolinux.cfg");
+    output(&mut xorriso, "xorriso (the prompt CD)")?;
+    std::fs::rename(&tmp, &iso).map_err(|e| Error::msg(format!("{}: {e}", iso.display())))?;
+    let _ = std::fs::remove_file(&cfg);
+    Ok(iso)
+}
+
 /// Write at `iso` a copy of the default CD `default_iso` whose ISOLINUX
 /// `APPEND` lines also carry `append`: the patched isolinux.cfg goes to
 /// `cfg_out` and onto the CD, and each of `maps` (a file here and its path

@@ -5,7 +5,7 @@ use super::error::SnapshotError;
 use super::header::{cpu_model_id, Header, HEADER_LEN};
 use super::payload::{memory_map, MapEntry, VcpuRecord};
 use super::section::{SectionHeader, SectionKind, SECTION_HEADER_LEN};
-use super::writer::pad_to_page;
+use super::writer::{is_zero, pad_to_page};
 use super::PAGE_SIZE;
 use crate::device::save_restore;
 use crate::device::SavedDevice;
@@ -352,7 +352,7 @@ impl<'a> Snapshot<'a> {
 /// host memory is, and writing it would make the host back every page).
 fn zero_fast(bytes: &mut [u8]) {
     for chunk in bytes.chunks_mut(PAGE_SIZE as usize) {
-        if chunk.iter().any(|&b| b != 0) {
+        if !is_zero(chunk) {
             chunk.fill(0);
         }
     }

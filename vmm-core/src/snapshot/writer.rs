@@ -48,13 +48,22 @@ fn nonzero_pages(vm: &Vm) -> (Vec<BlockRecord>, Vec<(u32, u64)>) {
             .block_bytes_all(crate::memory::BlockId(r.id))
             .unwrap_or(&[]);
         for (i, page) in bytes.chunks(PAGE_SIZE as usize).enumerate() {
-            if page.iter().any(|&b| b != 0) {
+            if !is_zero(page) {
                 pages.push((r.id, i as u64 * PAGE_SIZE));
                 r.pages += 1;
             }
         }
     }
     (records, pages)
+}
+
+/// Whether `bytes` are all zero: compared with a zero page (`memcmp`,
+/// vectorised), which scans RAM several times faster than a byte loop.
+pub(crate) fn is_zero(bytes: &[u8]) -> bool {
+    static ZERO: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+    bytes
+        .chunks(ZERO.len())
+        .all(|chunk| chunk == &ZERO[..chunk.len()])
 }
 
 /// The page of block `id` at `offset`, zero-filled past the block's end.

@@ -453,3 +453,27 @@ fn a_whole_pc_snapshot_restores_devices_vcpu_video_memory_and_ram() {
     let b = restored.run(&second_half());
     assert_eq!(a, b, "the restored PC answered differently");
 }
+
+#[test]
+fn a_device_refusing_its_state_rolls_every_device_and_the_map_back() {
+    let mut original = rig_with(5_000_000_000, true);
+    original.run(&first_half());
+    let mut saved = original.pc.save_devices().unwrap();
+    // The last device (fw_cfg) refuses bytes that do not decode, after
+    // every device before it (the PCI bus with its claims, the host
+    // bridge's PAM map) took the saved state.
+    saved.last_mut().unwrap().bytes = vec![0xff; 3];
+    let mut target = rig_with(42_000_000_000, true);
+    target.run(&[Step::Wait(1_000)]);
+    let map = format!("{:?}", target.pc.vm().memory());
+    let before = target.pc.save_devices().unwrap();
+    let e = target
+        .pc
+        .vm_mut()
+        .restore_devices_or_keep(&saved)
+        .unwrap_err();
+    assert!(e.to_string().starts_with("fw_cfg: "), "{e}");
+    assert_eq!(target.pc.save_devices().unwrap(), before);
+    assert_eq!(format!("{:?}", target.pc.vm().memory()), map);
+    assert!(target.pc.vm().stop_reason().is_none());
+}

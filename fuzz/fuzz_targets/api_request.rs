@@ -43,6 +43,11 @@ impl Model {
                 Response::ok(serde_json::json!({}))
             }
             Command::Info | Command::Stats => Response::ok(serde_json::json!({})),
+            // Writes a file; the VM does not change.
+            Command::Snapshot { .. } if !self.paused => {
+                Response::error(409, "not_paused", "running")
+            }
+            Command::Snapshot { .. } => Response::ok(serde_json::json!({})),
         }
     }
 }
@@ -76,7 +81,7 @@ fn serve_all(data: &[u8]) -> Vec<Exchange> {
         let mut asked: Option<Command> = None;
         let Some(ex) = serve(rest, &mut |c| {
             assert!(asked.is_none(), "two commands for one request");
-            asked = Some(c);
+            asked = Some(c.clone());
             model.answer(c)
         }) else {
             break;

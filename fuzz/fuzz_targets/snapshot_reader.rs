@@ -1,43 +1,106 @@
-//! Fuzz the snapshot reader: arbitrary bytes, and valid snapshots with
-//! bytes flipped, cut short or grown (optionally with the section
-//! checksums fixed up, to reach the payload decoders and the shape
-//! checks), restored into a test VM. Invariants: no panic; a snapshot
-//! refused by validation (parse and check) leaves the VM's RAM, halt
-//! state and vCPU state as they were; one that passes validation restores
-//! exactly what it holds (its pages read back).
+//! Fuzz the snapshot reader: arbitrary bytes, and valid snapshots of a
+//! whole PC (every device, the stdvga with its video memory, virtio disk
+//! and entropy devices, a vCPU) with bytes flipped, cut short or grown
+//! (optionally with the section checksums fixed up, to reach the vCPU and
+//! device-state decoders, the block table and the shape checks), restored
+//! into a PC built the same way. Invariants: no panic; a refused snapshot
+//! (at any stage: restore is all or nothing) leaves the PC's RAM, video
+//! memory, every device's state and the vCPU's state as they were; one
+//! that is accepted restores exactly what it holds (its pages read back).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};
 use vmm_core::emulator::{CpuState, RegisterFile};
+use vmm_core::memory::BlockId;
 use vmm_core::snapshot::section::SECTION_HEADER_LEN;
-use vmm_core::snapshot::{write_snapshot, Snapshot, VecSink, PAGE_SIZE};
-use vmm_core::test_host::{ReplayVcpu, TestHost, TestVmBuilder};
-use vmm_core::vcpu::{MsrFile, VcpuState};
-use vmm_core::vm::Vm;
+use vmm_core::snapshot::{RamFill, Snapshot, VecSink, PAGE_SIZE};
+use vmm_core::test_host::{ReplayVcpu, TestHost};
+use vmm_core::vcpu::VcpuState;
+use vmm_core::vm::VmId;
+use vmm_devices::block::{MemoryImage, CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
+use vmm_devices::pc::{DisplayDescription, Pc, PcDescription, VirtioDevices};
+use vmm_devices::uart::BufferBackend;
 
-const RAM: u64 = 0x8000;
+const RAM: u64 = 2 << 20;
 const HEADER_LEN: usize = 40;
 
-fn vm() -> Vm {
-    TestVmBuilder::new(Arc::new(TestHost::new()), 1)
-        .ram(RAM)
-        .build()
-        .unwrap()
+fn pc() -> Pc {
+    let mut firmware = vec![0xf4; 64 << 10];
+    let reset = firmware.len() - 16;
+    firmware[reset..reset + 5].copy_from_slice(&[0xea, 0x00, 0x00, 0x00, 0xf0]);
+    let desc = PcDescription {
+        cpu_model: vmm_core::vcpu::CpuModel::Qemu64,
+        display: Some(DisplayDescription {
+            vga_bios: &[],
+            vram_size: 256 << 10,
+        }),
+        test_devices: false,
+        virtio: VirtioDevices {
+            disk: Some(Box::new(
+                MemoryImage::writable("vdisk", vec![0; 8 * DISK_SECTOR_SIZE], DISK_SECTOR_SIZE)
+                    .unwrap(),
+            )),
+            rng: Some(Box::new(vmm_devices::virtio::rng::DeterministicEntropy::new(1))),
+        },
+        id: VmId(1),
+        ram: RAM,
+        firmware: &firmware,
+        cdrom: Some(Box::new(
+            MemoryImage::read_only("cd", vec![0; 20 * CD_SECTOR_SIZE], CD_SECTOR_SIZE).unwrap(),
+        )),
+        disk: None,
+        boot: vec![vmm_devices::rtc::BootDevice::Cdrom],
+        com1: Box::new(BufferBackend::new()),
+        debug_console: None,
+        unix_seconds_at_host_zero: 0,
+        direct_boot: None,
+    };
+    let mut pc = Pc::build(Arc::new(TestHost::new()), desc).unwrap();
+    // Power on (the PCI bus claims its functions' regions, the host
+    // bridge maps the BIOS) as the first exit would: a PC that never ran
+    // has not applied its power-on state yet, and a device restore
+    // (a roll-back included) leaves it powered on.
+    pc.vm_mut().poll_timers();
+    pc
 }
 
-/// A valid snapshot of a VM with some pages written.
+/// The memory map as what each address is, adjacent regions that
+/// continue each other merged (a roll-back may cut the map differently).
+fn map_of(pc: &Pc) -> Vec<(u64, u64, String, String)> {
+    use vmm_core::memory::Backing;
+    let mut out: Vec<(u64, u64, String, String)> = Vec::new();
+    let at = |b: Backing, from: u64| match b {
+        Backing::Block { block, offset } => format!("block {} {:#x}", block.0, offset.wrapping_sub(from)),
+        other => format!("{other:?}"),
+    };
+    for r in pc.vm().memory().regions() {
+        let (read, write) = (at(r.read, r.start), at(r.write, r.start));
+        match out.last_mut() {
+            Some(last) if last.1 == r.start && last.2 == read && last.3 == write => last.1 = r.end(),
+            _ => out.push((r.start, r.end(), read, write)),
+        }
+    }
+    out
+}
+
+fn vram_block(pc: &Pc) -> BlockId {
+    pc.vm().memory().blocks().find(|b| b.device).unwrap().id
+}
+
+/// A valid snapshot of a PC with some RAM and video memory written.
 fn valid() -> &'static [u8] {
     static FILE: OnceLock<Vec<u8>> = OnceLock::new();
     FILE.get_or_init(|| {
-        let mut vm = vm();
-        vm.memory_mut().write(0x1000, b"snapshot").unwrap();
-        vm.memory_mut().write(0x5ff0, &[0x5a; 32]).unwrap();
+        let mut pc = pc();
+        pc.vm_mut().memory_mut().write(0x1000, b"snapshot").unwrap();
+        pc.vm_mut().memory_mut().write(0x5ff0, &[0x5a; 32]).unwrap();
+        let vram = vram_block(&pc);
+        pc.vm_mut().memory_mut().block_bytes_all_mut(vram).unwrap()[0x100] = 7;
         let mut v = ReplayVcpu::new(RegisterFile::long_mode(0x1000), Vec::new());
         v.set_gpr(3, 0x1234);
-        let state = VcpuState::capture(&mut v, &MsrFile::default()).unwrap();
         let mut sink = VecSink::default();
-        write_snapshot(&mut vm, &state, &mut sink).unwrap();
+        pc.snapshot(&mut v, &mut sink).unwrap();
         sink.0
     })
 }
@@ -87,37 +150,53 @@ fn input(data: &[u8]) -> Vec<u8> {
     file
 }
 
-fn ram(vm: &Vm) -> Vec<u8> {
-    let mut b = vec![0u8; RAM as usize];
-    vm.memory().read(0, &mut b).unwrap();
-    b
+/// Every RAM block's bytes (guest RAM, shadow RAM, video memory).
+fn memory(pc: &Pc) -> Vec<Vec<u8>> {
+    let m = pc.vm().memory();
+    m.blocks()
+        .map(|b| m.block_bytes_all(b.id).unwrap().to_vec())
+        .collect()
 }
 
 fuzz_target!(|data: &[u8]| {
     let file = input(data);
-    let mut target = vm();
-    target.memory_mut().write(0x3000, b"untouched").unwrap();
+    let mut target = pc();
+    target
+        .vm_mut()
+        .memory_mut()
+        .write(0x3000, b"untouched")
+        .unwrap();
     let mut v = ReplayVcpu::new(RegisterFile::real_mode(), Vec::new());
-    let mut msrs = MsrFile::default();
-    let ram_before = ram(&target);
-    let vcpu_before = VcpuState::capture(&mut v, &msrs).unwrap();
+    let memory_before = memory(&target);
+    let devices_before = target.save_devices().unwrap();
+    let vcpu_before = VcpuState::capture(&mut v, target.msrs()).unwrap();
+    let map_before = map_of(&target);
 
-    let validated = Snapshot::parse(&file).and_then(|s| s.check(&mut target).map(|()| s));
-    match validated {
-        Err(_) => {
-            assert_eq!(ram(&target), ram_before, "refused snapshot changed RAM");
-            assert_eq!(VcpuState::capture(&mut v, &msrs).unwrap(), vcpu_before);
+    let parsed = Snapshot::parse(&file);
+    let result = match &parsed {
+        Ok(s) => target.restore_parsed(s, &mut v, RamFill::Copy),
+        Err(e) => Err(e.clone()),
+    };
+    match result {
+        Err(e) => {
+            let _ = e.to_string();
+            assert!(memory(&target) == memory_before, "refused snapshot changed memory: {e}");
+            assert_eq!(target.save_devices().unwrap(), devices_before, "{e}");
+            assert_eq!(VcpuState::capture(&mut v, target.msrs()).unwrap(), vcpu_before, "{e}");
+            assert_eq!(map_of(&target), map_before, "{e}");
+            assert!(target.vm().stop_reason().is_none(), "{e}");
         }
-        Ok(snapshot) => {
-            // Applying may still refuse (a vCPU state the vCPU refuses);
-            // the VM is then discarded, as the reader documents.
-            if snapshot.apply(&mut target, &mut v, &mut msrs).is_ok() {
-                let mut page = vec![0u8; PAGE_SIZE as usize];
-                for (i, &gpa) in snapshot.pages.iter().enumerate() {
-                    target.memory().read(gpa, &mut page).unwrap();
-                    let at = i * PAGE_SIZE as usize;
-                    assert_eq!(page[..], snapshot.page_data[at..at + PAGE_SIZE as usize]);
-                }
+        Ok(()) => {
+            let snapshot = parsed.unwrap();
+            let m = target.vm().memory();
+            for (i, &(block, offset)) in snapshot.pages.iter().enumerate() {
+                let bytes = m.block_bytes_all(BlockId(block)).unwrap();
+                let at = i * PAGE_SIZE as usize;
+                let end = (offset as usize + PAGE_SIZE as usize).min(bytes.len());
+                assert_eq!(
+                    bytes[offset as usize..end],
+                    snapshot.page_data[at..at + end - offset as usize]
+                );
             }
         }
     }

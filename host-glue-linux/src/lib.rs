@@ -22,6 +22,7 @@ pub mod mmap_memory;
 pub mod pc;
 pub mod runner;
 pub mod size;
+pub mod snapshot_file;
 pub mod stats_json;
 pub mod terminal;
 

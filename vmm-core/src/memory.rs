@@ -71,6 +71,19 @@ pub enum RegionKind {
     Unmapped,
 }
 
+/// A block of host memory as seen from outside ([`GuestMemory::blocks`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct BlockInfo {
+    /// The block.
+    pub id: BlockId,
+    /// RAM or ROM.
+    pub kind: BlockKind,
+    /// Added with [`GuestMemory::add_device_block`] (a device's memory).
+    pub device: bool,
+    /// Length in bytes.
+    pub len: u64,
+}
+
 /// A region of the map as seen from outside.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct RegionInfo {
@@ -493,6 +506,17 @@ impl GuestMemory {
     /// All regions, in address order.
     pub fn regions(&self) -> impl Iterator<Item = RegionInfo> + '_ {
         self.regions.iter().map(|r| r.info(&self.blocks))
+    }
+
+    /// Every block, mapped or not, in the order they were added (block
+    /// ids ascending).
+    pub fn blocks(&self) -> impl Iterator<Item = BlockInfo> + '_ {
+        self.blocks.iter().enumerate().map(|(i, b)| BlockInfo {
+            id: BlockId(i as u32),
+            kind: b.kind,
+            device: b.device,
+            len: b.mem.as_slice().len() as u64,
+        })
     }
 
     /// Total bytes of guest RAM mapped as [`RegionKind::Ram`].

@@ -502,6 +502,44 @@ impl Vm {
         Ok(())
     }
 
+    /// [`Vm::restore_devices`], all or nothing: the devices' current states
+    /// are saved first, and when any device refuses its saved state (or
+    /// the VM cannot apply what one asks for), every device is put back
+    /// to its state before the call and the VM's stop reason to what it
+    /// was, so a refused restore leaves the machine as it was.
+    pub fn restore_devices_or_keep(&mut self, saved: &[SavedDevice]) -> Result<(), StateError> {
+        let before = self.save_devices()?;
+        let stop = self.stop.clone();
+        self.restore_devices(saved).inspect_err(|_| {
+            self.rollback_devices(&before, stop);
+        })
+    }
+
+    /// Put every device back to `before` (saved by this VM) and the stop
+    /// reason to `stop`: the undo of a restore that was refused.
+    pub(crate) fn rollback_devices(&mut self, before: &[SavedDevice], stop: Option<StopReason>) {
+        self.stop = None;
+        if let Err(e) = self.restore_devices(before) {
+            // The states were just saved by these devices; a device that
+            // refuses its own state has a bug, and the VM stops.
+            log::error!("device rollback failed: {e}");
+            self.stop(StopReason::DeviceFailure {
+                device: alloc::string::String::from("device rollback"),
+                detail: alloc::format!("{e}"),
+            });
+            return;
+        }
+        self.stop = stop;
+    }
+
+    /// The names of the devices that have guest-visible state but cannot
+    /// save it (no [`crate::device::Device::save_restore`] and not
+    /// [`crate::device::Device::saves_nothing`]): a pass-through device.
+    /// A snapshot of this VM is refused naming them.
+    pub fn unsaveable_devices(&mut self) -> Vec<alloc::string::String> {
+        self.devices.unsaveable()
+    }
+
     /// Why the VM stopped, once it has.
     pub fn stop_reason(&self) -> Option<&StopReason> {
         self.stop.as_ref()

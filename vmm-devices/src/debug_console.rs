@@ -60,6 +60,10 @@ impl<B: CharBackend + 'static> Device for DebugConsole<B> {
     fn name(&self) -> &str {
         "debugcon"
     }
+    /// Writes go out, reads are constant: nothing to save.
+    fn saves_nothing(&self) -> bool {
+        true
+    }
     fn port_io(&mut self) -> Option<&mut dyn PortIo> {
         Some(self)
     }

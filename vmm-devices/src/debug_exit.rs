@@ -56,6 +56,10 @@ impl Device for DebugExit {
     fn name(&self) -> &str {
         "debug-exit"
     }
+    /// Writes go out, reads are constant: nothing to save.
+    fn saves_nothing(&self) -> bool {
+        true
+    }
     fn port_io(&mut self) -> Option<&mut dyn PortIo> {
         Some(self)
     }

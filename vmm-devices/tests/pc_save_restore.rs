@@ -43,16 +43,40 @@ struct Rig {
 }
 
 fn rig(clock: u64) -> Rig {
+    rig_with(clock, false)
+}
+
+/// `full`: with the stdvga display and the virtio disk and entropy device.
+fn rig_with(clock: u64, full: bool) -> Rig {
     let host = Arc::new(TestHost::new());
     host.set_now_ns(clock);
     let com1 = BufferBackend::new();
     let fw = firmware();
     let desc = PcDescription {
         cpu_model: vmm_core::vcpu::CpuModel::Qemu64,
-        display: None,
+        display: full.then_some(vmm_devices::pc::DisplayDescription {
+            vga_bios: &[],
+            vram_size: 256 << 10,
+        }),
         test_devices: false,
-        virtio: Default::default(),
         input: None,
+        virtio: if full {
+            vmm_devices::pc::VirtioDevices {
+                disk: Some(Box::new(
+                    MemoryImage::writable(
+                        "vdisk",
+                        vec![0x33; 64 * DISK_SECTOR_SIZE],
+                        DISK_SECTOR_SIZE,
+                    )
+                    .unwrap(),
+                )),
+                rng: Some(Box::new(
+                    vmm_devices::virtio::rng::DeterministicEntropy::new(7),
+                )),
+            }
+        } else {
+            Default::default()
+        },
         id: VmId(1),
         ram: RAM,
         firmware: &fw,
@@ -361,4 +385,96 @@ fn a_saved_pc_is_refused_by_a_pc_of_another_shape() {
     saved.pop();
     let mut other = rig(1_000);
     assert!(other.pc.restore_devices(&saved).is_err());
+}
+
+/// The device (video) memory block of a PC with a display.
+fn vram(pc: &mut Pc) -> &mut [u8] {
+    let id = pc.vm().memory().blocks().find(|b| b.device).unwrap().id;
+    pc.vm_mut().memory_mut().block_bytes_all_mut(id).unwrap()
+}
+
+#[test]
+fn a_whole_pc_snapshot_restores_devices_vcpu_video_memory_and_ram() {
+    let mut original = rig_with(5_000_000_000, true);
+    original.run(&first_half());
+    vram(&mut original.pc)[0x1234] = 0x5c;
+    original.pc.vm_mut().guest_write(0x8000, b"guest RAM");
+    let mut cpu = ReplayVcpu::new(RegisterFile::long_mode(0x4000), Vec::new());
+    cpu.regs.gprs[3] = 0xb0b;
+    cpu.regs.rip = 0x4000;
+    let mut file = vmm_core::snapshot::VecSink::default();
+    original.pc.snapshot(&mut cpu, &mut file).unwrap();
+    let file = file.0;
+    let snap = vmm_core::snapshot::Snapshot::parse(&file).unwrap();
+    let names: Vec<&str> = snap.devices.iter().map(|d| d.name.as_str()).collect();
+    assert!(names.contains(&"pci"), "{names:?}");
+
+    // Refusals leave a fresh PC as it was and say why.
+    let mut restored = rig_with(42_000_000_000, true);
+    let mut target = ReplayVcpu::new(RegisterFile::real_mode(), Vec::new());
+    for (bad, why) in [
+        (file[..file.len() / 2].to_vec(), "truncated in the memory"),
+        (
+            {
+                let mut f = file.clone();
+                let at = snap.page_data_offset as usize + 5;
+                f[at] ^= 1;
+                f
+            },
+            "section memory checksum mismatch",
+        ),
+    ] {
+        let e = restored
+            .pc
+            .restore(&bad, &mut target, vmm_core::snapshot::RamFill::Copy)
+            .unwrap_err();
+        assert!(e.to_string().contains(why), "{e}");
+        assert_eq!(target.regs.gprs[3], 0);
+        assert_eq!(vram(&mut restored.pc)[0x1234], 0);
+    }
+    // A PC without the display is another machine.
+    let mut plain = rig(42_000_000_000);
+    let e = plain
+        .pc
+        .restore(&file, &mut target, vmm_core::snapshot::RamFill::Copy)
+        .unwrap_err();
+    assert!(e.to_string().contains("machine mismatch"), "{e}");
+
+    restored
+        .pc
+        .restore(&file, &mut target, vmm_core::snapshot::RamFill::Copy)
+        .unwrap();
+    assert_eq!(target.regs.gprs[3], 0xb0b);
+    assert_eq!(target.regs.rip, 0x4000);
+    assert_eq!(vram(&mut restored.pc)[0x1234], 0x5c);
+    let mut ram = [0u8; 9];
+    restored.pc.vm_mut().guest_read(0x8000, &mut ram);
+    assert_eq!(&ram, b"guest RAM");
+    let a = original.run(&second_half());
+    let b = restored.run(&second_half());
+    assert_eq!(a, b, "the restored PC answered differently");
+}
+
+#[test]
+fn a_device_refusing_its_state_rolls_every_device_and_the_map_back() {
+    let mut original = rig_with(5_000_000_000, true);
+    original.run(&first_half());
+    let mut saved = original.pc.save_devices().unwrap();
+    // The last device (fw_cfg) refuses bytes that do not decode, after
+    // every device before it (the PCI bus with its claims, the host
+    // bridge's PAM map) took the saved state.
+    saved.last_mut().unwrap().bytes = vec![0xff; 3];
+    let mut target = rig_with(42_000_000_000, true);
+    target.run(&[Step::Wait(1_000)]);
+    let map = format!("{:?}", target.pc.vm().memory());
+    let before = target.pc.save_devices().unwrap();
+    let e = target
+        .pc
+        .vm_mut()
+        .restore_devices_or_keep(&saved)
+        .unwrap_err();
+    assert!(e.to_string().starts_with("fw_cfg: "), "{e}");
+    assert_eq!(target.pc.save_devices().unwrap(), before);
+    assert_eq!(format!("{:?}", target.pc.vm().memory()), map);
+    assert!(target.pc.vm().stop_reason().is_none());
 }

@@ -101,6 +101,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.name == "kvm" {
         return crate::kvm_bench::run();
     }
+    if args.name == "snapshot" {
+        return crate::snapshot_bench::run();
+    }
     if args.name == "kvm-nested" {
         return crate::kvm_nested_bench::run();
     }

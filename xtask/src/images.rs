@@ -526,31 +526,46 @@ pub fn appended_iso(default_iso: &Path, name: &str, append: &str) -> Result<Path
 /// Enter for the default), so a test can type at it through the keyboard.
 /// Built next to `default_iso`, rebuilt when that is newer.
 pub fn prompt_iso(default_iso: &Path) -> Result<PathBuf> {
+    prompt_cd(default_iso, "prompt", "console=tty0")
+}
+
+/// The default CD with ISOLINUX stopping at its `boot:` prompt (`PROMPT
+/// 1`, no timeout) until a boot line is typed on the serial console:
+/// `linux` and any extra kernel arguments boot the default CD's kernel
+/// and initrd. The snapshot test snapshots a VM waiting there. Built
+/// next to `default_iso` from it, and rebuilt when it is newer.
+pub fn serial_prompt_iso(default_iso: &Path) -> Result<PathBuf> {
+    prompt_cd(default_iso, "serial-prompt", "")
+}
+
+/// `linux-NAME.iso`: the default CD with `append` on its kernel command
+/// line and ISOLINUX's `boot:` prompt on.
+fn prompt_cd(default_iso: &Path, name: &str, append: &str) -> Result<PathBuf> {
     let dir = default_iso
         .parent()
         .ok_or_else(|| Error::msg("the CD image has no directory"))?;
-    let iso = dir.join("linux-prompt.iso");
+    let iso = dir.join(format!("linux-{name}.iso"));
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     if modified(&iso).is_some() && modified(&iso) >= modified(default_iso) {
         return Ok(iso);
     }
     ensure_packages(&["xorriso"])?;
-    let cfg = dir.join("linux-prompt-isolinux.cfg");
+    let cfg = dir.join(format!("linux-{name}-isolinux.cfg.{}", std::process::id()));
     let prompt = |l: &str| match l.trim() {
         "PROMPT 0" => "PROMPT 1".to_string(),
         _ => l.to_string(),
     };
     // Built beside the final name and renamed, so tests running at once
     // never boot half an image.
-    let tmp = dir.join(format!("linux-prompt.iso.{}", std::process::id()));
+    let tmp = dir.join(format!("linux-{name}.iso.{}", std::process::id()));
     remaster_cd_with(
         default_iso,
         &tmp,
         &cfg,
-        "console=tty0",
+        append,
         &prompt,
         &[],
-        "xorriso (the prompt CD)",
+        &format!("xorriso (the {name} CD)"),
     )?;
     let _ = std::fs::remove_file(&cfg);
     std::fs::rename(&tmp, &iso).map_err(|e| Error::msg(format!("{}: {e}", iso.display())))?;

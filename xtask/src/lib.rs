@@ -15,5 +15,6 @@ pub mod kvm_nested_bench;
 pub mod paging_bench;
 pub mod passthrough;
 pub mod qemu;
+pub mod snapshot_bench;
 pub mod system;
 pub mod test;

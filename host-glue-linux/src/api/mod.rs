@@ -12,6 +12,7 @@
 //! of the exit loop; a paused guest's vCPU does not run at all, and its
 //! devices' timers wait with it.
 
+pub mod client;
 pub mod http;
 pub mod routes;
 pub mod server;

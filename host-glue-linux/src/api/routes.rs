@@ -13,7 +13,7 @@ use super::http::{self, HttpError, Parsed, Request, Response};
 pub const PREFIX: &str = "/api/v1/";
 
 /// What a request asks the VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// `GET /api/v1/vm.info`: the machine and its state.
     Info,
@@ -27,29 +27,45 @@ pub enum Command {
     PowerButton,
     /// `PUT /api/v1/vm.reset`: reset the machine (as the reset button).
     Reset,
+    /// `PUT /api/v1/vm.snapshot` with `{"destination": PATH}`: write a
+    /// snapshot of the paused VM to the file PATH (docs/SNAPSHOT.md).
+    Snapshot {
+        /// The file to write (created or replaced).
+        destination: String,
+    },
 }
 
 impl Command {
     /// Whether carrying it out changes the VM (else it only reads).
-    pub fn changes_vm(self) -> bool {
-        !matches!(self, Command::Info | Command::Stats)
+    pub fn changes_vm(&self) -> bool {
+        !matches!(
+            self,
+            Command::Info | Command::Stats | Command::Snapshot { .. }
+        )
     }
 }
 
 /// One endpoint: its name after [`PREFIX`], its method and its command.
-const ENDPOINTS: [(&str, &str, Command); 6] = [
+const ENDPOINTS: [(&str, &str, Command); 7] = [
     ("vm.info", "GET", Command::Info),
     ("vm.stats", "GET", Command::Stats),
     ("vm.pause", "PUT", Command::Pause),
     ("vm.resume", "PUT", Command::Resume),
     ("vm.power-button", "PUT", Command::PowerButton),
     ("vm.reset", "PUT", Command::Reset),
+    (
+        "vm.snapshot",
+        "PUT",
+        Command::Snapshot {
+            destination: String::new(),
+        },
+    ),
 ];
 
 /// The command `request` asks for, or the error response.
 pub fn route(request: &Request) -> Result<Command, Response> {
     let name = request.path.strip_prefix(PREFIX);
-    let Some(&(_, method, command)) = ENDPOINTS.iter().find(|e| Some(e.0) == name) else {
+    let Some((_, method, command)) = ENDPOINTS.into_iter().find(|e| Some(e.0) == name) else {
         return Err(Response::error(
             404,
             "not_found",
@@ -77,8 +93,38 @@ pub fn route(request: &Request) -> Result<Command, Response> {
         r.allow = Some(method);
         return Err(r);
     }
+    if let Command::Snapshot { .. } = command {
+        return snapshot_body(&request.body);
+    }
     check_body(&request.body, method)?;
     Ok(command)
+}
+
+/// The body of `vm.snapshot`: `{"destination": PATH}`, PATH a non-empty
+/// string without NUL; nothing else.
+fn snapshot_body(body: &[u8]) -> Result<Command, Response> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        destination: String,
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| Response::error(400, "bad_json", format!("the body is not JSON: {e}")))?;
+    let Body { destination } = serde_json::from_value(value).map_err(|e| {
+        Response::error(
+            400,
+            "bad_body",
+            format!("vm.snapshot takes {{\"destination\": PATH}}: {e}"),
+        )
+    })?;
+    if destination.is_empty() || destination.contains('\0') {
+        return Err(Response::error(
+            400,
+            "bad_body",
+            "destination must be a file path",
+        ));
+    }
+    Ok(Command::Snapshot { destination })
 }
 
 /// A body is empty, or (on PUT) a JSON object without fields: none of the
@@ -179,8 +225,9 @@ mod tests {
     fn serve_one(bytes: &[u8]) -> (Exchange, Vec<Command>) {
         let mut asked = Vec::new();
         let ex = serve(bytes, &mut |c| {
+            let done = format!("{c:?}");
             asked.push(c);
-            Response::ok(serde_json::json!({ "done": format!("{c:?}") }))
+            Response::ok(serde_json::json!({ "done": done }))
         })
         .expect("a whole request");
         (ex, asked)
@@ -189,7 +236,17 @@ mod tests {
     #[test]
     fn every_endpoint_reaches_its_command() {
         for (name, method, command) in ENDPOINTS {
-            let body = if method == "PUT" { "{}" } else { "" };
+            let command = match command {
+                Command::Snapshot { .. } => Command::Snapshot {
+                    destination: "/tmp/vm.snap".into(),
+                },
+                c => c,
+            };
+            let body = match (&command, method) {
+                (Command::Snapshot { .. }, _) => r#"{"destination": "/tmp/vm.snap"}"#,
+                (_, "PUT") => "{}",
+                _ => "",
+            };
             let req = format!(
                 "{method} {PREFIX}{name} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
@@ -206,7 +263,22 @@ mod tests {
 
     #[test]
     fn malformed_requests_get_their_error_and_never_reach_the_vm() {
-        let cases: [(&[u8], u16, &str); 9] = [
+        let cases: [(&[u8], u16, &str); 12] = [
+            (
+                b"PUT /api/v1/vm.snapshot HTTP/1.1\r\n\r\n",
+                400,
+                "bad_json",
+            ),
+            (
+                b"PUT /api/v1/vm.snapshot HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+                400,
+                "bad_body",
+            ),
+            (
+                b"PUT /api/v1/vm.snapshot HTTP/1.1\r\nContent-Length: 29\r\n\r\n{\"destination\":\"a\",\"other\":1}",
+                400,
+                "bad_body",
+            ),
             (b"GET /api/v1/nothing HTTP/1.1\r\n\r\n", 404, "not_found"),
             (
                 b"GET /api/v1/vm.pause HTTP/1.1\r\n\r\n",

@@ -6,6 +6,8 @@
 //! vmm run --bios guest.bin --serial file=out.log  # any firmware image
 //! vmm run --config vm.toml
 //! vmm run --cdrom linux.iso --api-socket /run/vmm.sock  # control API (docs/API.md)
+//! vmm snapshot --api-socket /run/vmm.sock vm.snap        # snapshot that VM
+//! vmm run --cdrom linux.iso --restore vm.snap            # and go on from it
 //! ```
 //!
 //! The exit status is one of [`EXIT_STATUS_TABLE`]'s (also in `--help`
@@ -67,7 +69,26 @@ struct Cli {
 enum Command {
     /// Run a PC: SeaBIOS, the i440FX chipset, IDE disk and CD-ROM, COM1.
     #[command(after_help = EXIT_STATUS_TABLE)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Snapshot a running `vmm` through its control API: pause it (unless
+    /// it is paused), write the snapshot to FILE (docs/SNAPSHOT.md), and
+    /// resume it if this paused it. Exit status 0 when FILE is written, 1
+    /// when the VM refused (the reason on stderr), 2 on a bad command line,
+    /// 4 when the socket cannot be reached.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Args)]
+struct SnapshotArgs {
+    /// The control socket of the `vmm run --api-socket PATH` to snapshot.
+    #[arg(long, value_name = "PATH")]
+    api_socket: PathBuf,
+    /// Leave the VM paused after the snapshot.
+    #[arg(long)]
+    leave_paused: bool,
+    /// The snapshot file to write (replaced if it exists).
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
 }
 
 #[derive(Args)]
@@ -171,6 +192,15 @@ struct RunArgs {
     gdb: Option<String>,
     /// Return to user space for every write to the POST code port 0x80
     /// instead of letting KVM buffer them (for comparisons).
+    /// Restore the snapshot FILE (written by `vmm snapshot` or the API's
+    /// `vm.snapshot`) and go on from it instead of starting the firmware.
+    /// The other options must describe the same machine (memory, media,
+    /// devices, firmware); a snapshot that does not fit, or that is
+    /// truncated, corrupted or of another format version, is refused
+    /// naming the file and the reason (exit status 4). Guest memory is
+    /// mapped from FILE copy-on-write, so FILE must stay while this runs.
+    #[arg(long, value_name = "FILE")]
+    restore: Option<PathBuf>,
     #[arg(long)]
     no_posted_writes: bool,
     /// Debug/test: every N exits, save the vCPU's whole state and every
@@ -250,6 +280,7 @@ fn run(args: RunArgs) -> ExitCode {
             .then(|| std::time::Duration::from_secs(PROGRESS_SECS)),
         api_socket: args.api_socket.clone(),
         gdb: args.gdb.clone(),
+        restore: args.restore.clone(),
     };
     let report = match runner::run(&m, &options) {
         Ok(r) => r,
@@ -349,7 +380,64 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
+        Command::Snapshot(args) => snapshot(args),
+    }
+}
+
+/// `vmm snapshot`: pause, snapshot, resume, over the API socket.
+fn snapshot(args: SnapshotArgs) -> ExitCode {
+    use host_glue_linux::api::client;
+    // The VM writes the file from its own working directory: send an
+    // absolute path.
+    let file = match std::path::absolute(&args.file) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("vmm: {}: {e}", args.file.display());
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let call = |method: &str, endpoint: &str, body: &str| {
+        client::call(&args.api_socket, method, endpoint, body).map_err(|e| {
+            eprintln!("vmm: {}: {e}", args.api_socket.display());
+            ExitCode::from(EXIT_HOST_FAILURE)
+        })
+    };
+    let refused = |what: &str, (status, body): (u16, serde_json::Value)| {
+        eprintln!(
+            "vmm: {what}: {} ({status} {})",
+            body["message"].as_str().unwrap_or("no message"),
+            body["error"].as_str().unwrap_or("")
+        );
+        ExitCode::from(EXIT_GUEST_STOPPED)
+    };
+    let paused_here = match call("PUT", "vm.pause", "") {
+        Ok((200, _)) => true,
+        Ok((409, _)) => false,
+        Ok(other) => return refused("pause", other),
+        Err(code) => return code,
+    };
+    let body = serde_json::json!({ "destination": file.display().to_string() }).to_string();
+    let result = call("PUT", "vm.snapshot", &body);
+    if paused_here && !args.leave_paused {
+        match call("PUT", "vm.resume", "") {
+            Ok((200, _)) => {}
+            Ok(other) => return refused("resume", other),
+            Err(code) => return code,
+        }
+    }
+    match result {
+        Ok((200, body)) => {
+            eprintln!(
+                "vmm: snapshot {}: {} bytes in {:.0} ms",
+                file.display(),
+                body["bytes"],
+                body["ms"].as_f64().unwrap_or(0.0)
+            );
+            ExitCode::from(EXIT_POWER_OFF)
+        }
+        Ok(other) => refused("snapshot", other),
+        Err(code) => code,
     }
 }
 

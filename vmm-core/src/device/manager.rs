@@ -692,6 +692,18 @@ impl DeviceManager {
             .collect()
     }
 
+    /// The names of devices with neither [`Device::save_restore`] nor
+    /// [`Device::saves_nothing`], in device order.
+    pub fn unsaveable(&mut self) -> Vec<String> {
+        self.devices
+            .iter_mut()
+            .filter_map(|d| {
+                let name = d.name().to_string();
+                (d.save_restore().is_none() && !d.saves_nothing()).then_some(name)
+            })
+            .collect()
+    }
+
     /// Save device `id` (which must have the capability).
     pub(crate) fn save_device(
         &mut self,

@@ -150,6 +150,14 @@ pub trait Device: Any + Send {
         None
     }
 
+    /// `true` for a device that has no state the guest can see (a debug
+    /// port, a write-only exit port), so a whole-VM snapshot may leave it
+    /// out. A device with neither this nor [`Device::save_restore`] makes
+    /// a snapshot refuse, naming it.
+    fn saves_nothing(&self) -> bool {
+        false
+    }
+
     /// Return to the power-on state (the VM is being reset).
     fn reset(&mut self) {}
 

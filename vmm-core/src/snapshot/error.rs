@@ -79,11 +79,44 @@ pub enum SnapshotError {
         /// What is wrong.
         what: &'static str,
     },
-    /// A memory page lies outside the target VM's RAM, is not page-aligned
-    /// or repeats.
-    PageOutsideRam {
-        /// The page's guest-physical address.
-        gpa: u64,
+    /// A saved page lies outside its block, is not page-aligned or is out
+    /// of order.
+    BadPage {
+        /// The block.
+        block: u32,
+        /// The page's offset in the block.
+        offset: u64,
+    },
+    /// A memory block of the snapshot differs from the target VM's (role,
+    /// length, or a ROM's contents: other firmware).
+    BlockMismatch {
+        /// The block.
+        block: u32,
+        /// The target's block role ("RAM", "device RAM", "ROM").
+        role: &'static str,
+        /// The target's block length.
+        expected: u64,
+        /// The snapshot's block length.
+        found: u64,
+        /// A ROM block with other contents.
+        rom_differs: bool,
+    },
+    /// The memory map the restored devices rebuilt differs from the saved
+    /// one (nothing was changed).
+    MapMismatch {
+        /// Where the maps first differ (a region's start, or its index
+        /// when one map is a prefix of the other).
+        at: u64,
+        /// Regions in the rebuilt map.
+        present: u64,
+        /// Regions in the saved map.
+        saved: u64,
+    },
+    /// A device has state the guest can see but cannot save it (a
+    /// pass-through device): the VM cannot be snapshotted.
+    Unsaveable {
+        /// The device's name.
+        device: alloc::string::String,
     },
     /// Bytes follow the end section.
     TrailingBytes {
@@ -153,9 +186,37 @@ impl fmt::Display for SnapshotError {
             Self::Malformed { section, what } => {
                 write!(f, "section {} malformed: {what}", section.name())
             }
-            Self::PageOutsideRam { gpa } => {
-                write!(f, "memory page {gpa:#x} is not a page of the VM's RAM")
+            Self::BadPage { block, offset } => write!(
+                f,
+                "section memory malformed: page at offset {offset:#x} of block {block} is outside the block, unaligned or out of order"
+            ),
+            Self::BlockMismatch {
+                block,
+                role,
+                expected,
+                found,
+                rom_differs,
+            } => {
+                if *rom_differs {
+                    write!(
+                        f,
+                        "machine mismatch: memory block {block} ({role}) has other contents (other firmware)"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "machine mismatch: memory block {block}: the VM has {role} of {expected:#x} bytes, the snapshot {found:#x}"
+                    )
+                }
             }
+            Self::MapMismatch { at, present, saved } => write!(
+                f,
+                "machine mismatch: memory map after restoring the devices differs at {at:#x} ({present} regions, the snapshot {saved})"
+            ),
+            Self::Unsaveable { device } => write!(
+                f,
+                "device {device} has state but cannot be saved (pass-through): no snapshot"
+            ),
             Self::TrailingBytes { count } => {
                 write!(f, "{count} bytes after the end section")
             }

@@ -13,6 +13,7 @@
 //! addresses) before it changes anything, and refuses with a
 //! [`error::SnapshotError`] that names the reason.
 
+pub mod blocks;
 pub mod error;
 pub mod header;
 pub mod payload;
@@ -25,7 +26,7 @@ pub mod writer;
 mod tests;
 
 pub use error::SnapshotError;
-pub use reader::{restore_snapshot, Snapshot};
+pub use reader::{restore_snapshot, RamFill, Snapshot};
 pub use sink::{SnapshotSink, VecSink};
 pub use writer::write_snapshot;
 
@@ -33,7 +34,7 @@ pub use writer::write_snapshot;
 pub const MAGIC: [u8; 8] = *b"VMMSNAP\0";
 
 /// The format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The page size of the memory section and of its file alignment.
 pub const PAGE_SIZE: u64 = 4096;

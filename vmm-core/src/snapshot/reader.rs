@@ -1,16 +1,17 @@
 //! Reading a snapshot: parse and validate everything, then apply.
 
+use super::blocks::{block_shape, ram_bytes, BlockRecord, BlockRole, BLOCK_RECORD_LEN};
 use super::error::SnapshotError;
 use super::header::{cpu_model_id, Header, HEADER_LEN};
 use super::payload::{memory_map, MapEntry, VcpuRecord};
 use super::section::{SectionHeader, SectionKind, SECTION_HEADER_LEN};
-use super::writer::pad_to_page;
+use super::writer::{is_zero, pad_to_page};
 use super::PAGE_SIZE;
 use crate::device::save_restore;
 use crate::device::SavedDevice;
+use crate::memory::BlockId;
 use crate::vcpu::{ArchState, MsrFile, VcpuState};
 use crate::vm::Vm;
-use alloc::vec;
 use alloc::vec::Vec;
 
 /// A snapshot parsed and checked on its own: every section present once
@@ -26,8 +27,12 @@ pub struct Snapshot<'a> {
     pub devices: Vec<SavedDevice>,
     /// The memory map when the snapshot was taken.
     pub map: Vec<MapEntry>,
-    /// The guest-physical address of each saved page, ascending.
-    pub pages: Vec<u64>,
+    /// Every memory block of the saved machine, with how many pages of
+    /// each the file holds.
+    pub blocks: Vec<BlockRecord>,
+    /// Each saved page as (block id, offset in the block): blocks in
+    /// the order of `blocks`, offsets ascending and page-aligned.
+    pub pages: Vec<(u32, u64)>,
     /// The pages' bytes, `pages.len() * PAGE_SIZE` of them, starting at a
     /// page-aligned offset of the file.
     pub page_data: &'a [u8],
@@ -132,10 +137,29 @@ impl<'a> Snapshot<'a> {
         if payload.len() < 8 {
             return Err(malformed(m, "no page count"));
         }
-        let count = u64_at(payload, 0);
+        let block_count = u64_at(payload, 0);
+        let table_end = block_count
+            .checked_mul(BLOCK_RECORD_LEN as u64)
+            .and_then(|n| n.checked_add(8))
+            .filter(|&n| n <= payload.len() as u64)
+            .ok_or(malformed(m, "block table longer than the section"))?
+            as usize;
+        let mut blocks = Vec::with_capacity(block_count as usize);
+        let mut count: u64 = 0;
+        for i in 0..block_count as usize {
+            let at = 8 + i * BLOCK_RECORD_LEN;
+            let record = BlockRecord::decode(&payload[at..at + BLOCK_RECORD_LEN])?;
+            if record.id as usize != i {
+                return Err(malformed(m, "block ids not in order"));
+            }
+            count = count
+                .checked_add(record.pages)
+                .ok_or(malformed(m, "page count too large"))?;
+            blocks.push(record);
+        }
         let list_len = count
             .checked_mul(8)
-            .and_then(|n| n.checked_add(8))
+            .and_then(|n| n.checked_add(table_end as u64))
             .filter(|&n| n <= payload.len() as u64)
             .ok_or(malformed(m, "page list longer than the section"))?
             as usize;
@@ -144,18 +168,30 @@ impl<'a> Snapshot<'a> {
             .checked_mul(PAGE_SIZE)
             .ok_or(malformed(m, "page count too large"))?;
         if (list_len + pad) as u64 + data_len != payload.len() as u64 {
-            return Err(malformed(m, "length is not list, padding and pages"));
+            return Err(malformed(m, "length is not table, list, padding and pages"));
         }
         if payload[list_len..list_len + pad].iter().any(|&b| b != 0) {
             return Err(malformed(m, "padding not zero"));
         }
         let mut pages = Vec::with_capacity(count as usize);
-        for i in 0..count as usize {
-            let gpa = u64_at(payload, 8 + 8 * i);
-            if gpa % PAGE_SIZE != 0 || pages.last().is_some_and(|&last| gpa <= last) {
-                return Err(SnapshotError::PageOutsideRam { gpa });
+        let mut at = table_end;
+        for record in &blocks {
+            let mut last = None;
+            for _ in 0..record.pages {
+                let offset = u64_at(payload, at);
+                at += 8;
+                if offset % PAGE_SIZE != 0
+                    || offset >= record.len
+                    || last.is_some_and(|l| offset <= l)
+                {
+                    return Err(SnapshotError::BadPage {
+                        block: record.id,
+                        offset,
+                    });
+                }
+                last = Some(offset);
+                pages.push((record.id, offset));
             }
-            pages.push(gpa);
         }
         let page_data = &payload[list_len + pad..];
 
@@ -170,6 +206,7 @@ impl<'a> Snapshot<'a> {
             vcpus,
             devices,
             map,
+            blocks,
             pages,
             page_data,
             page_data_offset: (memory_start + list_len + pad) as u64,
@@ -177,8 +214,9 @@ impl<'a> Snapshot<'a> {
     }
 
     /// Check that this snapshot fits `vm`: RAM size, vCPU count (one),
-    /// CPU model, the devices with state (count and names), every page in
-    /// the VM's RAM. Nothing changes.
+    /// CPU model, the memory blocks (count, role and length of each, ROM
+    /// contents by checksum), the devices with state (count and names).
+    /// Nothing changes.
     pub fn check(&self, vm: &mut Vm) -> Result<(), SnapshotError> {
         let shape = |what, expected: u64, found: u64| {
             if expected == found {
@@ -191,13 +229,33 @@ impl<'a> Snapshot<'a> {
                 })
             }
         };
-        shape("RAM bytes", vm.memory().ram_bytes(), self.header.ram_bytes)?;
+        shape("RAM bytes", ram_bytes(vm.memory()), self.header.ram_bytes)?;
         shape("vCPU count", 1, self.header.vcpu_count as u64)?;
         shape(
             "CPU model",
             cpu_model_id(vm.cpu_model()) as u64,
             self.header.cpu_model as u64,
         )?;
+        let blocks = block_shape(vm.memory());
+        shape(
+            "memory block count",
+            blocks.len() as u64,
+            self.blocks.len() as u64,
+        )?;
+        for (present, saved) in blocks.iter().zip(&self.blocks) {
+            if present.role != saved.role
+                || present.len != saved.len
+                || present.rom_crc != saved.rom_crc
+            {
+                return Err(SnapshotError::BlockMismatch {
+                    block: saved.id,
+                    role: present.role.name(),
+                    expected: present.len,
+                    found: saved.len,
+                    rom_differs: present.rom_crc != saved.rom_crc,
+                });
+            }
+        }
         let present = vm.devices_mut().saveable();
         if present.len() != self.devices.len() {
             return Err(crate::device::StateError::DeviceCount {
@@ -216,60 +274,98 @@ impl<'a> Snapshot<'a> {
                 .into());
             }
         }
-        for &gpa in &self.pages {
-            if vm.memory().check_ram(gpa, PAGE_SIZE).is_err() {
-                return Err(SnapshotError::PageOutsideRam { gpa });
-            }
-        }
         Ok(())
     }
 
-    /// Apply to `vm`, `vcpu` and `msrs` after [`Snapshot::check`]:
-    /// devices, then RAM (zeroed, then the saved pages), then the memory
-    /// map is compared with the saved one, then the vCPU and its halt
-    /// state. An error here (a device or the vCPU refusing its state, a
-    /// map the devices did not rebuild) leaves the VM part-restored; the
-    /// caller discards it.
+    /// The file offset of saved page `index` (of [`Snapshot::pages`]):
+    /// page-aligned, so a host can map it.
+    pub fn page_file_offset(&self, index: usize) -> u64 {
+        self.page_data_offset + index as u64 * PAGE_SIZE
+    }
+
+    /// Apply to `vm`, `vcpu` and `msrs` after [`Snapshot::check`], all or
+    /// nothing: the devices are restored (each checks its state first; if
+    /// one refuses, all go back to their states before), then the memory
+    /// map they rebuilt is compared with the saved one, then the vCPU
+    /// takes its state (if it refuses, its old state and the devices' go
+    /// back), and only then is RAM written as `ram` says and the halt
+    /// state set. On an error the VM, the vCPU and the MSRs are as they
+    /// were.
     pub fn apply<B: ArchState>(
         &self,
         vm: &mut Vm,
         vcpu: &mut B,
         msrs: &mut MsrFile,
+        ram: RamFill,
     ) -> Result<(), SnapshotError> {
-        vm.restore_devices(&self.devices)?;
-        let ram: Vec<_> = vm
-            .memory()
-            .regions()
-            .filter(|r| r.kind == crate::memory::RegionKind::Ram)
-            .collect();
-        let zero = vec![0u8; PAGE_SIZE as usize];
-        for r in ram {
-            let mut gpa = r.start;
-            while gpa < r.end() {
-                let n = (r.end() - gpa).min(PAGE_SIZE);
-                let _ = vm.memory_mut().write(gpa, &zero[..n as usize]);
-                gpa += n;
-            }
-        }
-        for (i, &gpa) in self.pages.iter().enumerate() {
-            let data = &self.page_data[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize];
-            vm.memory_mut()
-                .write(gpa, data)
-                .map_err(|_| SnapshotError::PageOutsideRam { gpa })?;
-        }
+        let devices_before = vm.save_devices()?;
+        let stop_before = vm.stop_reason().cloned();
+        let vcpu_before = VcpuState::capture(vcpu, msrs)?;
+        vm.restore_devices_or_keep(&self.devices)?;
         let map = memory_map(vm.memory());
         if map != self.map {
-            return Err(SnapshotError::ShapeMismatch {
-                what: "memory map",
-                expected: map.len() as u64,
-                found: self.map.len() as u64,
+            vm.rollback_devices(&devices_before, stop_before);
+            let differs = map
+                .iter()
+                .zip(&self.map)
+                .find(|(a, b)| a != b)
+                .map_or(map.len().min(self.map.len()) as u64, |(a, _)| a.start);
+            return Err(SnapshotError::MapMismatch {
+                at: differs,
+                present: map.len() as u64,
+                saved: self.map.len() as u64,
             });
         }
         let (state, halted) = &self.vcpus[0];
-        state.apply(vcpu, msrs)?;
+        if let Err(e) = state.apply(vcpu, msrs) {
+            let _ = vcpu_before.apply(vcpu, msrs);
+            vm.rollback_devices(&devices_before, stop_before);
+            return Err(e.into());
+        }
+        if ram == RamFill::Copy {
+            self.copy_ram(vm);
+        }
         *vm.halted_mut() = *halted;
         Ok(())
     }
+
+    /// Zero every RAM block of `vm` and copy the saved pages in (the
+    /// blocks were checked to match).
+    fn copy_ram(&self, vm: &mut Vm) {
+        for record in self.blocks.iter().filter(|r| r.role != BlockRole::Rom) {
+            if let Some(bytes) = vm.memory_mut().block_bytes_all_mut(BlockId(record.id)) {
+                zero_fast(bytes);
+            }
+        }
+        for (i, &(id, offset)) in self.pages.iter().enumerate() {
+            let data = &self.page_data[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize];
+            if let Some(bytes) = vm.memory_mut().block_bytes_all_mut(BlockId(id)) {
+                let start = (offset as usize).min(bytes.len());
+                let end = (start + data.len()).min(bytes.len());
+                bytes[start..end].copy_from_slice(&data[..end - start]);
+            }
+        }
+    }
+}
+
+/// Zero `bytes`, writing only the chunks that are not zero already (fresh
+/// host memory is, and writing it would make the host back every page).
+fn zero_fast(bytes: &mut [u8]) {
+    for chunk in bytes.chunks_mut(PAGE_SIZE as usize) {
+        if !is_zero(chunk) {
+            chunk.fill(0);
+        }
+    }
+}
+
+/// How [`Snapshot::apply`] fills RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RamFill {
+    /// Zero every RAM block and copy the saved pages in.
+    Copy,
+    /// Leave RAM alone: the host puts the pages in itself (maps them from
+    /// the file, at [`Snapshot::page_file_offset`]) into RAM that is zero.
+    Host,
 }
 
 /// Restore the snapshot `file` into `vm` (built like the saved VM) and
@@ -284,5 +380,5 @@ pub fn restore_snapshot<B: ArchState>(
 ) -> Result<(), SnapshotError> {
     let snapshot = Snapshot::parse(file)?;
     snapshot.check(vm)?;
-    snapshot.apply(vm, vcpu, msrs)
+    snapshot.apply(vm, vcpu, msrs, RamFill::Copy)
 }

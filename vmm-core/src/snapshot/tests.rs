@@ -3,13 +3,20 @@
 use super::header::HEADER_LEN;
 use super::section::{SectionKind, SECTION_HEADER_LEN};
 use super::*;
+use crate::device::save_restore::{self, SaveRestore, StateError};
+use crate::device::{Device, DeviceContext};
 use crate::emulator::{CpuState, RegisterFile};
+use crate::host::Host;
+use crate::memory::{BlockId, GuestMemory};
 use crate::test_host::{ReplayVcpu, TestHost, TestVmBuilder};
 use crate::vcpu::{CpuModel, MsrFile, VcpuState};
 use crate::vm::Vm;
+use crate::vm::VmId;
+use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 const RAM: u64 = 256 * 1024;
 
@@ -103,7 +110,10 @@ fn round_trip_restores_memory_vcpu_and_halt() {
     assert_eq!(*src.halted_mut(), Some((0x2345, true)));
     // Sparse: only the three pages written are saved.
     let snap = Snapshot::parse(&file).unwrap();
-    assert_eq!(snap.pages, vec![0x1000, 0x2000, RAM - PAGE_SIZE]);
+    assert_eq!(
+        snap.pages,
+        vec![(0, 0x1000), (0, 0x2000), (0, RAM - PAGE_SIZE)]
+    );
     // Page data is page-aligned in the file and is the guest's bytes.
     assert_eq!(snap.page_data_offset % PAGE_SIZE, 0);
     let off = snap.page_data_offset as usize;
@@ -209,11 +219,11 @@ fn patch_header(file: &[u8], at: usize, bytes: &[u8]) -> Vec<u8> {
 #[test]
 fn wrong_version_and_mismatched_machines_are_refused() {
     let (_, _, file) = source();
-    let v2 = patch_header(&file, 8, &2u32.to_le_bytes());
+    let v1 = patch_header(&file, 8, &1u32.to_le_bytes());
     assert_eq!(
-        restore_fresh(&v2, RAM, CpuModel::Qemu64).err(),
+        restore_fresh(&v1, RAM, CpuModel::Qemu64).err(),
         Some(SnapshotError::UnsupportedVersion {
-            found: 2,
+            found: 1,
             supported: FORMAT_VERSION
         })
     );
@@ -257,5 +267,187 @@ fn wrong_version_and_mismatched_machines_are_refused() {
     assert_eq!(
         restore_fresh(&long, RAM, CpuModel::Qemu64).err(),
         Some(SnapshotError::TrailingBytes { count: 1 })
+    );
+}
+
+/// A device whose state is one number, shared with the test; its restore
+/// refuses the value in `refuse` (0: none).
+struct Counter {
+    name: &'static str,
+    value: Arc<AtomicU32>,
+    refuse: Arc<AtomicU32>,
+}
+
+impl SaveRestore for Counter {
+    fn state_version(&self) -> u32 {
+        1
+    }
+    fn save_state(&mut self, _: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        save_restore::encode(&self.value.load(Ordering::SeqCst))
+    }
+    fn restore_state(
+        &mut self,
+        _: &mut DeviceContext<'_>,
+        version: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let v: u32 = save_restore::decode_version(version, 1, bytes)?;
+        save_restore::check(v != self.refuse.load(Ordering::SeqCst), "counter")?;
+        self.value.store(v, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl Device for Counter {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
+    }
+}
+
+/// A device with state and no way to save it.
+struct Opaque;
+
+impl Device for Opaque {
+    fn name(&self) -> &str {
+        "opaque"
+    }
+}
+
+type Counters = [(Arc<AtomicU32>, Arc<AtomicU32>); 2];
+
+fn vm_with_counters(values: [u32; 2]) -> (Vm, Counters) {
+    let c: Counters = core::array::from_fn(|i| {
+        (
+            Arc::new(AtomicU32::new(values[i])),
+            Arc::new(AtomicU32::new(0)),
+        )
+    });
+    let dev = |i: usize, name| Counter {
+        name,
+        value: c[i].0.clone(),
+        refuse: c[i].1.clone(),
+    };
+    let mut memory = GuestMemory::new();
+    let host = Arc::new(TestHost::new());
+    memory
+        .add_ram(0, host.alloc_memory(RAM as usize, 4096).unwrap())
+        .unwrap();
+    // Video memory, not mapped: saved and restored all the same.
+    memory
+        .add_device_block(host.alloc_memory(0x4000, 4096).unwrap())
+        .unwrap();
+    memory
+        .add_rom(0xf_0000, {
+            let mut b = host.alloc_memory(0x1000, 4096).unwrap();
+            b.as_mut_slice()[0] = 0xea;
+            b
+        })
+        .unwrap();
+    let mut vm = Vm::new(VmId(1), host, memory);
+    vm.add_device(Box::new(dev(0, "a"))).unwrap();
+    vm.add_device(Box::new(dev(1, "b"))).unwrap();
+    (vm, c)
+}
+
+fn snapshot_of(vm: &mut Vm) -> Vec<u8> {
+    let mut v = vcpu();
+    let state = VcpuState::capture(&mut v, &MsrFile::default()).unwrap();
+    let mut sink = VecSink::default();
+    write_snapshot(vm, &state, &mut sink).unwrap();
+    sink.0
+}
+
+#[test]
+fn device_state_and_unmapped_device_memory_come_back() {
+    let (mut src, _) = vm_with_counters([1, 2]);
+    src.memory_mut().device_block_mut(BlockId(1)).unwrap()[0x3000] = 0x77;
+    let file = snapshot_of(&mut src);
+    let (mut dst, c) = vm_with_counters([5, 6]);
+    let mut v = vcpu();
+    let mut msrs = MsrFile::default();
+    restore_snapshot(&file, &mut dst, &mut v, &mut msrs).unwrap();
+    assert_eq!(c[0].0.load(Ordering::SeqCst), 1);
+    assert_eq!(c[1].0.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        dst.memory_mut().device_block_mut(BlockId(1)).unwrap()[0x3000],
+        0x77
+    );
+}
+
+#[test]
+fn a_device_refusing_its_state_leaves_every_device_as_it_was() {
+    let (mut src, _) = vm_with_counters([1, 2]);
+    let file = snapshot_of(&mut src);
+    let (mut dst, c) = vm_with_counters([5, 6]);
+    dst.memory_mut().write(0x5000, b"marker").unwrap();
+    c[1].1.store(2, Ordering::SeqCst);
+    let mut v = vcpu();
+    v.set_rip(0x7777);
+    let mut msrs = MsrFile::default();
+    let e = restore_snapshot(&file, &mut dst, &mut v, &mut msrs).unwrap_err();
+    assert_eq!(
+        alloc::format!("{e}"),
+        "state: b: impossible value of counter"
+    );
+    // "a" was restored to 1 before "b" refused, and is back at 5.
+    assert_eq!(c[0].0.load(Ordering::SeqCst), 5);
+    assert_eq!(c[1].0.load(Ordering::SeqCst), 6);
+    assert_eq!(v.rip(), 0x7777);
+    let mut m = [0u8; 6];
+    dst.memory().read(0x5000, &mut m).unwrap();
+    assert_eq!(&m, b"marker");
+    assert!(dst.stop_reason().is_none());
+}
+
+#[test]
+fn other_firmware_or_other_blocks_are_refused() {
+    let (mut src, _) = vm_with_counters([1, 2]);
+    let file = snapshot_of(&mut src);
+    let (mut dst, _) = vm_with_counters([5, 6]);
+    dst.memory_mut().load_block(BlockId(2), 0, &[0x90]).unwrap();
+    let mut v = vcpu();
+    let e = restore_snapshot(&file, &mut dst, &mut v, &mut MsrFile::default()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SnapshotError::BlockMismatch {
+                block: 2,
+                rom_differs: true,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(alloc::format!("{e}").contains("other firmware"));
+    // A VM without the video memory block.
+    let e =
+        restore_snapshot(&file, &mut vm(RAM), &mut vcpu(), &mut MsrFile::default()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SnapshotError::ShapeMismatch {
+                what: "memory block count",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_device_that_cannot_save_refuses_the_snapshot_by_name() {
+    let (mut vm, _) = vm_with_counters([1, 2]);
+    vm.add_device(Box::new(Opaque)).unwrap();
+    let mut v = vcpu();
+    let state = VcpuState::capture(&mut v, &MsrFile::default()).unwrap();
+    let e = write_snapshot(&mut vm, &state, &mut VecSink::default()).unwrap_err();
+    assert_eq!(
+        e,
+        SnapshotError::Unsaveable {
+            device: "opaque".into()
+        }
     );
 }

@@ -1,5 +1,6 @@
 //! Writing a paused VM's snapshot.
 
+use super::blocks::{block_shape, ram_bytes, BlockRecord, BlockRole, BLOCK_RECORD_LEN};
 use super::error::SnapshotError;
 use super::header::{cpu_model_id, Header, HEADER_LEN};
 use super::payload::{memory_map, VcpuRecord};
@@ -7,7 +8,6 @@ use super::section::{SectionHeader, SectionKind, SECTION_HEADER_LEN};
 use super::sink::SnapshotSink;
 use super::{FORMAT_VERSION, PAGE_SIZE};
 use crate::device::save_restore;
-use crate::memory::RegionKind;
 use crate::vcpu::{VcpuState, VCPU_STATE_VERSION};
 use crate::vm::Vm;
 use alloc::vec;
@@ -36,22 +36,46 @@ impl<S: SnapshotSink> Writer<'_, S> {
     }
 }
 
-/// The guest-physical addresses of the RAM pages of `vm` that are not all
-/// zero, ascending.
-fn nonzero_pages(vm: &Vm) -> Vec<u64> {
+/// The pages of every RAM block of `vm` (device RAM included) that are
+/// not all zero, as (block id, offset in the block), blocks in id order,
+/// offsets ascending; and the block records with their page counts.
+fn nonzero_pages(vm: &Vm) -> (Vec<BlockRecord>, Vec<(u32, u64)>) {
     let memory = vm.memory();
-    let mut page = vec![0u8; PAGE_SIZE as usize];
+    let mut records = block_shape(memory);
     let mut pages = Vec::new();
-    for region in memory.regions().filter(|r| r.kind == RegionKind::Ram) {
-        let mut gpa = region.start;
-        while gpa + PAGE_SIZE <= region.end() {
-            if memory.read(gpa, &mut page).is_ok() && page.iter().any(|&b| b != 0) {
-                pages.push(gpa);
+    for r in records.iter_mut().filter(|r| r.role != BlockRole::Rom) {
+        let bytes = memory
+            .block_bytes_all(crate::memory::BlockId(r.id))
+            .unwrap_or(&[]);
+        for (i, page) in bytes.chunks(PAGE_SIZE as usize).enumerate() {
+            if !is_zero(page) {
+                pages.push((r.id, i as u64 * PAGE_SIZE));
+                r.pages += 1;
             }
-            gpa += PAGE_SIZE;
         }
     }
-    pages
+    (records, pages)
+}
+
+/// Whether `bytes` are all zero: compared with a zero page (`memcmp`,
+/// vectorised), which scans RAM several times faster than a byte loop.
+pub(crate) fn is_zero(bytes: &[u8]) -> bool {
+    static ZERO: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+    bytes
+        .chunks(ZERO.len())
+        .all(|chunk| chunk == &ZERO[..chunk.len()])
+}
+
+/// The page of block `id` at `offset`, zero-filled past the block's end.
+fn page_bytes(vm: &Vm, (id, offset): (u32, u64), page: &mut [u8]) {
+    page.fill(0);
+    let bytes = vm
+        .memory()
+        .block_bytes_all(crate::memory::BlockId(id))
+        .unwrap_or(&[]);
+    let start = (offset as usize).min(bytes.len());
+    let end = (start + page.len()).min(bytes.len());
+    page[..end - start].copy_from_slice(&bytes[start..end]);
 }
 
 /// Bytes of zero padding after `offset` to the next page boundary.
@@ -61,18 +85,23 @@ pub(crate) fn pad_to_page(offset: u64) -> u64 {
 
 /// Write a snapshot of the paused `vm`, whose one vCPU's state is `vcpu`
 /// (captured with [`VcpuState::capture`]), to `sink`. The devices are
-/// saved ([`Vm::save_devices`]); the guest sees no difference. RAM regions
-/// whose size is not a multiple of [`PAGE_SIZE`] lose their last partial
-/// page (the VM builders only make whole pages).
+/// saved ([`Vm::save_devices`]); the guest sees no difference. A VM with
+/// a device that has state but cannot save it (a pass-through device) is
+/// refused naming it ([`SnapshotError::Unsaveable`]). Every RAM block is
+/// saved whole, mapped or not (shadow RAM under the BIOS ROM, video memory
+/// wherever its BAR is), zero pages left out.
 pub fn write_snapshot<S: SnapshotSink>(
     vm: &mut Vm,
     vcpu: &VcpuState,
     sink: &mut S,
 ) -> Result<(), SnapshotError> {
+    if let Some(name) = vm.unsaveable_devices().into_iter().next() {
+        return Err(SnapshotError::Unsaveable { device: name });
+    }
     let header = Header {
         version: FORMAT_VERSION,
         flags: 0,
-        ram_bytes: vm.memory().ram_bytes(),
+        ram_bytes: ram_bytes(vm.memory()),
         vcpu_count: 1,
         cpu_model: cpu_model_id(vm.cpu_model()),
         page_size: PAGE_SIZE as u32,
@@ -93,13 +122,17 @@ pub fn write_snapshot<S: SnapshotSink>(
     w.section(SectionKind::Devices, &devices)?;
     w.section(SectionKind::MemoryMap, &map)?;
 
-    // Memory: the page list, padding to a page boundary of the file, the
-    // pages. The checksum covers all of it, so it is computed first.
-    let pages = nonzero_pages(vm);
-    let mut list = Vec::with_capacity(8 + pages.len() * 8);
-    list.extend_from_slice(&(pages.len() as u64).to_le_bytes());
-    for gpa in &pages {
-        list.extend_from_slice(&gpa.to_le_bytes());
+    // Memory: the block table, the page list, padding to a page boundary
+    // of the file, the pages. The checksum covers all of it, so it is
+    // computed first.
+    let (records, pages) = nonzero_pages(vm);
+    let mut list = Vec::with_capacity(8 + records.len() * BLOCK_RECORD_LEN + pages.len() * 8);
+    list.extend_from_slice(&(records.len() as u64).to_le_bytes());
+    for r in &records {
+        list.extend_from_slice(&r.encode());
+    }
+    for (_, offset) in &pages {
+        list.extend_from_slice(&offset.to_le_bytes());
     }
     let list_start = w.offset + SECTION_HEADER_LEN as u64;
     let pad = vec![0u8; pad_to_page(list_start + list.len() as u64) as usize];
@@ -107,10 +140,8 @@ pub fn write_snapshot<S: SnapshotSink>(
     let mut crc = crc32fast::Hasher::new();
     crc.update(&list);
     crc.update(&pad);
-    for &gpa in &pages {
-        // The pages were just read; a failure here cannot happen on a
-        // paused VM, and would leave a zero page.
-        let _ = vm.memory().read(gpa, &mut page);
+    for &p in &pages {
+        page_bytes(vm, p, &mut page);
         crc.update(&page);
     }
     let len = (list.len() + pad.len()) as u64 + pages.len() as u64 * PAGE_SIZE;
@@ -123,9 +154,8 @@ pub fn write_snapshot<S: SnapshotSink>(
     w.put(&list)?;
     w.put(&pad)?;
     debug_assert_eq!(w.offset % PAGE_SIZE, 0);
-    for &gpa in &pages {
-        page.fill(0);
-        let _ = vm.memory().read(gpa, &mut page);
+    for &p in &pages {
+        page_bytes(vm, p, &mut page);
         w.put(&page)?;
     }
     w.section(SectionKind::End, &[])

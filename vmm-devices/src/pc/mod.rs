@@ -47,7 +47,8 @@ use vmm_bios::seabios::{seabios_fw_cfg, SeabiosConfig};
 use vmm_core::device::{SavedDevice, StateError};
 use vmm_core::host::Host;
 use vmm_core::memory::{BlockId, GuestMemory};
-use vmm_core::vcpu::{self, ArchState, MsrFile, RunOutcome, Slice, VcpuBackend};
+use vmm_core::snapshot::{self, RamFill, Snapshot, SnapshotError, SnapshotSink};
+use vmm_core::vcpu::{self, ArchState, MsrFile, RunOutcome, Slice, VcpuBackend, VcpuState};
 use vmm_core::vm::Vm;
 
 /// The least RAM a PC takes: the low 1 MiB and room for the firmware's
@@ -245,6 +246,49 @@ impl Pc {
         let saved = self.save_devices()?;
         self.restore_devices(&saved)?;
         vcpu::move_state(from, to, &mut self.msrs)
+    }
+
+    /// Write a whole-machine snapshot of this paused PC to `sink`: every
+    /// device's state, the vCPU's (`vcpu`, with [`Pc::msrs`] and the exit
+    /// loop's halt state), the memory map and every RAM block (guest RAM,
+    /// shadow RAM, video memory), in the format of `docs/SNAPSHOT.md`. The
+    /// guest sees no difference and may run on. Refused, naming the
+    /// device, when one cannot save its state (a pass-through device).
+    pub fn snapshot<B: ArchState, S: SnapshotSink>(
+        &mut self,
+        vcpu: &mut B,
+        sink: &mut S,
+    ) -> Result<(), SnapshotError> {
+        let state = VcpuState::capture(vcpu, &self.msrs)?;
+        snapshot::write_snapshot(&mut self.vm, &state, sink)
+    }
+
+    /// Restore the snapshot `file` into this PC, built from an equal
+    /// description (its own media, consoles and host memory), and `vcpu`:
+    /// the file is parsed and every section checked (version, checksums,
+    /// machine shape, blocks), then devices, vCPU and RAM are restored
+    /// all or nothing. On an error this PC and `vcpu` are as they were.
+    /// `ram` says whether RAM is copied from `file` or the host maps the
+    /// pages itself ([`RamFill::Host`], see [`Snapshot::page_file_offset`]).
+    pub fn restore<B: ArchState>(
+        &mut self,
+        file: &[u8],
+        vcpu: &mut B,
+        ram: RamFill,
+    ) -> Result<(), SnapshotError> {
+        let snapshot = Snapshot::parse(file)?;
+        self.restore_parsed(&snapshot, vcpu, ram)
+    }
+
+    /// [`Pc::restore`] of a snapshot already parsed.
+    pub fn restore_parsed<B: ArchState>(
+        &mut self,
+        snapshot: &Snapshot<'_>,
+        vcpu: &mut B,
+        ram: RamFill,
+    ) -> Result<(), SnapshotError> {
+        snapshot.check(&mut self.vm)?;
+        snapshot.apply(&mut self.vm, vcpu, &mut self.msrs, ram)
     }
 
     /// The vCPU's MSR file (part of its saved state).

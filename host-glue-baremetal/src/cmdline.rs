@@ -57,6 +57,16 @@ pub enum PassthroughKind {
     Ide,
 }
 
+/// Which console a PC guest gets besides COM1 (`console=`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ConsoleChoice {
+    /// COM1 only (the default).
+    Serial,
+    /// COM1 and a virtio console (the guest's `hvc0`) at 00:06.0, both
+    /// printed as the VM's console lines.
+    Virtio,
+}
+
 /// The settings the command line controls.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Config {
@@ -90,6 +100,8 @@ pub struct Config {
     /// away, and a fresh one (new VMCB/VMCS) takes the saved state, with
     /// the devices restored, before the guest goes on.
     pub state_roundtrip: u64,
+    /// COM1 alone, or with a virtio console.
+    pub console: ConsoleChoice,
 }
 
 impl Default for Config {
@@ -106,6 +118,7 @@ impl Default for Config {
             test_devices: false,
             cpu_model: None,
             state_roundtrip: 0,
+            console: ConsoleChoice::Serial,
         }
     }
 }
@@ -133,7 +146,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip, console)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -246,6 +259,13 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     .ok()
                     .ok_or(bad("a number of exits (0: off)"))?;
             }
+            "console" => {
+                config.console = match value {
+                    "serial" => ConsoleChoice::Serial,
+                    "virtio" => ConsoleChoice::Virtio,
+                    _ => return Err(bad("serial or virtio")),
+                };
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -332,6 +352,12 @@ mod tests {
                 ..
             }
         ));
+        assert_eq!(parse("").unwrap().console, ConsoleChoice::Serial);
+        assert_eq!(
+            parse("console=virtio").unwrap().console,
+            ConsoleChoice::Virtio
+        );
+        assert!(parse("console=hvc0").is_err());
         assert!(matches!(
             parse("cpu=arm").unwrap_err(),
             CmdlineError::BadValue { key: "cpu", .. }

@@ -23,6 +23,7 @@
 //! [devices]
 //! serial = "stdio"             # or "file=PATH" (appended to), "pty", "none"
 //! rng = false                  # true: a virtio-rng device fed from /dev/urandom
+//! console = "serial"           # or "virtio": also a virtio console (hvc0) on COM1's terminal
 //!
 //! [kernel]                     # direct boot instead of the boot order
 //! image = "bzImage"
@@ -74,6 +75,19 @@ pub enum DiskBus {
     Virtio,
 }
 
+/// Which consoles the guest gets (`--console`, `devices.console`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleKind {
+    /// COM1 only (the default).
+    #[default]
+    Serial,
+    /// COM1 and a virtio console (00:06.0, the guest's `hvc0`) on the same
+    /// terminal: output from both, input to the virtio console once its
+    /// driver runs.
+    Virtio,
+}
+
 /// Where COM1 goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SerialTarget {
@@ -119,6 +133,8 @@ pub struct MachineConfig {
     pub disk_bus: DiskBus,
     /// A virtio-rng device, fed from the host's /dev/urandom.
     pub rng: bool,
+    /// COM1 alone or with a virtio console.
+    pub console: ConsoleKind,
     /// Lock the CD image (shared) while it is open (the default).
     pub cdrom_lock: bool,
     /// Boot order.
@@ -324,6 +340,7 @@ impl MachineConfig {
             disk_lock: true,
             disk_bus: DiskBus::Ide,
             rng: false,
+            console: ConsoleKind::Serial,
             cdrom_lock: true,
             boot: vec![BootDevice::Cdrom, BootDevice::Disk],
             kernel: None,
@@ -455,6 +472,7 @@ struct ImagesSection {
 struct DevicesSection {
     serial: Option<String>,
     rng: Option<bool>,
+    console: Option<ConsoleKind>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -464,6 +482,18 @@ struct KernelSection {
     initrd: Option<PathBuf>,
     #[serde(default)]
     append: String,
+}
+
+/// Parse `--console` (`serial` or `virtio`), naming `key` in the error.
+pub fn parse_console(text: &str, key: &str) -> Result<ConsoleKind, ConfigError> {
+    match text {
+        "serial" => Ok(ConsoleKind::Serial),
+        "virtio" => Ok(ConsoleKind::Virtio),
+        _ => Err(ConfigError::Value {
+            key: key.into(),
+            problem: format!("'{text}' is not a console: give serial or virtio"),
+        }),
+    }
 }
 
 /// How an image named on the command line is to be opened:
@@ -632,6 +662,7 @@ pub fn parse_config(text: &str, file: &Path, base: &Path) -> Result<MachineConfi
     m.disk_lock = f.images.disk_lock.unwrap_or(true);
     m.disk_bus = f.images.disk_bus.unwrap_or_default();
     m.rng = f.devices.rng.unwrap_or(false);
+    m.console = f.devices.console.unwrap_or_default();
     m.cdrom_lock = f.images.cdrom_lock.unwrap_or(true);
     m.boot = match f.boot {
         Some(b) if b.is_empty() => {
@@ -833,6 +864,25 @@ mod tests {
             parse("[devices]\nserial = \"pty\"").unwrap().serial,
             SerialTarget::Pty
         );
+    }
+
+    #[test]
+    fn the_console_kind_from_the_file_and_the_flag() {
+        assert_eq!(parse("").unwrap().console, ConsoleKind::Serial);
+        let m = parse("[devices]\nconsole = \"virtio\"\n").unwrap();
+        assert_eq!(m.console, ConsoleKind::Virtio);
+        let e = parse("[devices]\nconsole = \"hvc0\"\n").unwrap_err();
+        assert!(e.to_string().contains("console"), "{e}");
+        assert_eq!(
+            parse_console("virtio", "--console"),
+            Ok(ConsoleKind::Virtio)
+        );
+        assert_eq!(
+            parse_console("serial", "--console"),
+            Ok(ConsoleKind::Serial)
+        );
+        let e = parse_console("hvc", "--console").unwrap_err();
+        assert!(e.to_string().starts_with("--console: "), "{e}");
     }
 
     #[test]

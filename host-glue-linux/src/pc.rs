@@ -2,7 +2,7 @@
 //! [`MachineConfig`], with host files as its firmware, kernel and media.
 
 use crate::block_file::{FileImage, ImageOptions, ImageSync};
-use crate::config::{BootDevice, DiskBus, MachineConfig};
+use crate::config::{BootDevice, ConsoleKind, DiskBus, MachineConfig};
 use crate::entropy::HostEntropy;
 use crate::host_file::read_limited;
 use crate::runner::RunError;
@@ -15,6 +15,7 @@ use vmm_devices::block::{BlockBackend, ImageError};
 use vmm_devices::pc::{
     check_firmware, DirectBoot, DisplayDescription, Pc, PcDescription, PcError, VirtioDevices,
 };
+use vmm_devices::shared_char::share;
 use vmm_devices::vga::DEFAULT_VRAM_SIZE;
 use vmm_devices::virtio::rng::EntropySource;
 use vmm_devices::{rtc, uart::CharBackend};
@@ -79,6 +80,17 @@ pub fn build(
     } else {
         None
     };
+    // With a virtio console COM1's terminal is shared by both.
+    let (com1, console) = match config.console {
+        ConsoleKind::Serial => (com1, None),
+        ConsoleKind::Virtio => {
+            let (serial, virtio) = share(com1);
+            (
+                Box::new(serial) as Box<dyn CharBackend>,
+                Some(Box::new(virtio) as Box<dyn CharBackend>),
+            )
+        }
+    };
     let boot = config.boot.iter().map(|b| match b {
         BootDevice::Cdrom => rtc::BootDevice::Cdrom,
         BootDevice::Disk => rtc::BootDevice::HardDisk,
@@ -111,6 +123,7 @@ pub fn build(
         virtio: VirtioDevices {
             disk: virtio_disk.map(|i| Box::new(i) as Box<dyn BlockBackend>),
             rng,
+            console,
         },
     };
     let pc = Pc::build(host, desc).map_err(|error| machine_error(config, error))?;

@@ -29,6 +29,7 @@ pub mod pit;
 pub mod platform;
 pub mod post_code;
 pub mod rtc;
+pub mod shared_char;
 pub mod system_control;
 pub mod uart;
 pub mod vga;

@@ -23,7 +23,7 @@ use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::panic::PanicInfo;
-use host_glue_baremetal::cmdline::{self, LogLevel, PagingChoice, SelfTest};
+use host_glue_baremetal::cmdline::{self, ConsoleChoice, LogLevel, PagingChoice, SelfTest};
 use qemu::ExitCode;
 use vmm_core::emulator::Segment;
 use vmm_core::host::Host;
@@ -170,6 +170,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     bios_debug: config.bios_debug,
                     cpu_model: pc_model,
                     test_devices: config.test_devices,
+                    virtio_console: config.console == ConsoleChoice::Virtio,
                 },
             ) {
                 Ok(pc) => ("pc", Machine::Pc(Box::new(pc))),
@@ -193,6 +194,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                             bios_debug: false,
                             cpu_model: pc_model,
                             test_devices: config.test_devices,
+                            virtio_console: config.console == ConsoleChoice::Virtio,
                         },
                     )
                     .map(|pc| Machine::Pc(Box::new(pc)))

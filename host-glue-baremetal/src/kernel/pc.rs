@@ -61,6 +61,9 @@ pub struct Options {
     pub cpu_model: CpuModel,
     /// QEMU's `pc-testdev` and `isa-debug-exit` are there (`testdev=1`).
     pub test_devices: bool,
+    /// A virtio console at 00:06.0 printing to this kernel's console like
+    /// COM1 (`console=virtio`).
+    pub virtio_console: bool,
 }
 
 /// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `media` in its
@@ -77,6 +80,7 @@ pub fn build(
         bios_debug,
         cpu_model,
         test_devices,
+        virtio_console,
     } = options;
     let vdisk = match media.vdisk {
         Some(image) => {
@@ -113,6 +117,7 @@ pub fn build(
         virtio: VirtioDevices {
             disk: vdisk,
             rng: None,
+            console: virtio_console.then(|| Box::new(GuestConsole::new(id)) as _),
         },
         display: media.vga_bios.map(|rom| DisplayDescription {
             vga_bios: rom,

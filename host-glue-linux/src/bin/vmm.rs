@@ -18,8 +18,8 @@
 
 use clap::{Args, Parser, Subcommand};
 use host_glue_linux::config::{
-    load_config, parse_cpu_model, parse_image_arg, parse_memory, parse_serial, KernelBoot,
-    KeyStyle, MachineConfig,
+    load_config, parse_console, parse_cpu_model, parse_image_arg, parse_memory, parse_serial,
+    KernelBoot, KeyStyle, MachineConfig,
 };
 use host_glue_linux::display::{parse_display, DEFAULT_VGA_BIOS};
 use host_glue_linux::runner;
@@ -75,10 +75,10 @@ struct RunArgs {
     /// A machine written down in a TOML file instead of the flags. Keys:
     /// `memory`, `boot` (["cdrom", "disk"]), `cpu_model`,
     /// `[firmware] bios`, `[images] cdrom, disk, disk_readonly, disk_lock,
-    /// disk_bus, cdrom_lock`, `[devices] serial, rng`, `[kernel] image,
+    /// disk_bus, cdrom_lock`, `[devices] serial, rng, console`, `[kernel] image,
     /// initrd, append`;
     /// relative paths are from the file's folder (README, config.rs docs).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["cdrom", "disk", "memory", "bios", "kernel", "serial", "cpu_model", "rng"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["cdrom", "disk", "memory", "bios", "kernel", "serial", "cpu_model", "rng", "console"])]
     config: Option<PathBuf>,
     /// CD image for the CD-ROM drive (IDE secondary master); booted first.
     /// Locked (shared) while open; `,lock=off` does not lock it.
@@ -95,6 +95,12 @@ struct RunArgs {
     /// host's /dev/urandom.
     #[arg(long)]
     rng: bool,
+    /// `serial` (COM1 only, the default) or `virtio`: also a virtio
+    /// console (00:06.0, the guest's hvc0; boot it with console=hvc0) on
+    /// the same terminal as COM1, which gets the input once the guest's
+    /// driver runs.
+    #[arg(long, value_name = "serial|virtio")]
+    console: Option<String>,
     /// Guest RAM: MiB when no unit is given (`512` = 512 MiB, as QEMU), or
     /// with a K, M or G suffix (`1G`); 16 MiB to 3 GiB [default: 512].
     #[arg(long, value_name = "SIZE")]
@@ -202,6 +208,9 @@ fn machine(args: &RunArgs) -> Result<MachineConfig, String> {
         m.disk_bus = disk.bus;
     }
     m.rng = args.rng;
+    if let Some(c) = &args.console {
+        m.console = parse_console(c, "--console").map_err(|e| e.to_string())?;
+    }
     if let Some(s) = &args.serial {
         m.serial = parse_serial(s, "--serial").map_err(|e| e.to_string())?;
     }

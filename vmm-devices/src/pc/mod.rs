@@ -33,6 +33,7 @@ use crate::platform::{PcChipset, PcConfig, VGA_GRAPHICS_WINDOW};
 use crate::rtc::BootDevice;
 use crate::vga::{self, memory};
 use crate::virtio::blk::VirtioBlk;
+use crate::virtio::console::VirtioConsole;
 use crate::virtio::rng::VirtioRng;
 use crate::virtio::{VirtioDevice, VirtioPci};
 use alloc::boxed::Box;
@@ -66,6 +67,8 @@ pub const IDE_PCI: (u8, u8) = (1, 1);
 pub const VIRTIO_DISK_PCI: (u8, u8) = (4, 0);
 /// The PCI slot and function of the virtio entropy device, when there is one.
 pub const VIRTIO_RNG_PCI: (u8, u8) = (5, 0);
+/// The PCI slot and function of the virtio console, when there is one.
+pub const VIRTIO_CONSOLE_PCI: (u8, u8) = (6, 0);
 
 /// The CD-ROM drive: secondary master, as on QEMU's PC.
 const CDROM: IdeDrive = IdeDrive {
@@ -365,6 +368,9 @@ fn add_virtio(vm: &mut Vm, chipset: &PcChipset, devices: VirtioDevices) -> Resul
     }
     if let Some(source) = devices.rng {
         functions.push((VIRTIO_RNG_PCI, Box::new(VirtioRng::new(source))));
+    }
+    if let Some(backend) = devices.console {
+        functions.push((VIRTIO_CONSOLE_PCI, Box::new(VirtioConsole::new(backend))));
     }
     if functions.is_empty() {
         return Ok(());

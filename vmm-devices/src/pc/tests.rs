@@ -447,6 +447,7 @@ fn virtio_devices_are_off_by_default_and_on_their_slots_when_asked_for() {
     let mut pc = build(describe(&fw, 16 << 20));
     assert_eq!(pci_read32(&mut pc, VIRTIO_DISK_PCI.0, 0, 0), 0xffff_ffff);
     assert_eq!(pci_read32(&mut pc, VIRTIO_RNG_PCI.0, 0, 0), 0xffff_ffff);
+    assert_eq!(pci_read32(&mut pc, VIRTIO_CONSOLE_PCI.0, 0, 0), 0xffff_ffff);
 
     let mut desc = describe(&fw, 16 << 20);
     let disk: Vec<u8> = (0..64 * 512).map(|i| (i / 512) as u8).collect();
@@ -455,10 +456,12 @@ fn virtio_devices_are_off_by_default_and_on_their_slots_when_asked_for() {
             MemoryImage::writable("vd", disk, DISK_SECTOR_SIZE).unwrap(),
         )),
         rng: Some(Box::new(rng::DeterministicEntropy::new(1))),
+        console: Some(Box::new(crate::uart::NullBackend)),
     };
     let mut pc = build(desc);
     assert_eq!(pci_read32(&mut pc, VIRTIO_DISK_PCI.0, 0, 0), 0x1042_1af4);
     assert_eq!(pci_read32(&mut pc, VIRTIO_RNG_PCI.0, 0, 0), 0x1044_1af4);
+    assert_eq!(pci_read32(&mut pc, VIRTIO_CONSOLE_PCI.0, 0, 0), 0x1043_1af4);
     assert_eq!(
         pci_read32(&mut pc, VIRTIO_DISK_PCI.0, 0, 0x3c) >> 8 & 0xff,
         1,

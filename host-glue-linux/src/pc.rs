@@ -124,6 +124,7 @@ pub fn build(
             disk: virtio_disk.map(|i| Box::new(i) as Box<dyn BlockBackend>),
             rng,
             console,
+            net: None,
         },
     };
     let pc = Pc::build(host, desc).map_err(|error| machine_error(config, error))?;

@@ -21,6 +21,8 @@ pub mod interrupts;
 pub mod ioapic;
 pub mod lapic;
 pub mod msi;
+pub mod net;
+pub mod net_switch;
 pub mod pc;
 pub mod pc_testdev;
 pub mod pci;

@@ -118,6 +118,7 @@ pub fn build(
             disk: vdisk,
             rng: None,
             console: virtio_console.then(|| Box::new(GuestConsole::new(id)) as _),
+            net: None,
         },
         display: media.vga_bios.map(|rom| DisplayDescription {
             vga_bios: rom,

@@ -2,6 +2,7 @@
 //! from its own sources (files, boot modules, a test's buffers).
 
 use crate::block::BlockBackend;
+use crate::net::NetBackend;
 use crate::rtc::BootDevice;
 use crate::uart::CharBackend;
 use crate::virtio::rng::EntropySource;
@@ -81,7 +82,8 @@ pub struct PcDescription<'a> {
 /// The optional virtio devices of a PC (all off by default), each a PCI
 /// function with MSI-X to the local APIC and INTx through the PIIX3 PIRQ
 /// routing: the disk at [`super::VIRTIO_DISK_PCI`], the entropy device at
-/// [`super::VIRTIO_RNG_PCI`], the console at [`super::VIRTIO_CONSOLE_PCI`].
+/// [`super::VIRTIO_RNG_PCI`], the console at [`super::VIRTIO_CONSOLE_PCI`],
+/// the network card at [`super::VIRTIO_NET_PCI`].
 #[derive(Default)]
 pub struct VirtioDevices {
     /// A virtio-blk disk (512-byte sectors; read-only if the backend is).
@@ -92,4 +94,6 @@ pub struct VirtioDevices {
     /// share COM1's terminal, give both sides of
     /// [`crate::shared_char::share`].
     pub console: Option<Box<dyn CharBackend>>,
+    /// A virtio-net card with this MAC address on this backend.
+    pub net: Option<(Box<dyn NetBackend>, [u8; 6])>,
 }

@@ -34,6 +34,7 @@ use crate::rtc::BootDevice;
 use crate::vga::{self, memory};
 use crate::virtio::blk::VirtioBlk;
 use crate::virtio::console::VirtioConsole;
+use crate::virtio::net::VirtioNet;
 use crate::virtio::rng::VirtioRng;
 use crate::virtio::{VirtioDevice, VirtioPci};
 use alloc::boxed::Box;
@@ -69,6 +70,8 @@ pub const VIRTIO_DISK_PCI: (u8, u8) = (4, 0);
 pub const VIRTIO_RNG_PCI: (u8, u8) = (5, 0);
 /// The PCI slot and function of the virtio console, when there is one.
 pub const VIRTIO_CONSOLE_PCI: (u8, u8) = (6, 0);
+/// The PCI slot and function of the virtio network card, when there is one.
+pub const VIRTIO_NET_PCI: (u8, u8) = (7, 0);
 
 /// The CD-ROM drive: secondary master, as on QEMU's PC.
 const CDROM: IdeDrive = IdeDrive {
@@ -371,6 +374,9 @@ fn add_virtio(vm: &mut Vm, chipset: &PcChipset, devices: VirtioDevices) -> Resul
     }
     if let Some(backend) = devices.console {
         functions.push((VIRTIO_CONSOLE_PCI, Box::new(VirtioConsole::new(backend))));
+    }
+    if let Some((backend, mac)) = devices.net {
+        functions.push((VIRTIO_NET_PCI, Box::new(VirtioNet::new(backend, mac))));
     }
     if functions.is_empty() {
         return Ok(());

@@ -11,6 +11,7 @@
 //! - [`blk`]: virtio-blk on a [`crate::block::BlockBackend`].
 //! - [`rng`]: virtio-rng on an [`rng::EntropySource`].
 //! - [`console`]: virtio-console (port 0) on a [`crate::uart::CharBackend`].
+//! - [`net`]: virtio-net on a [`crate::net::NetBackend`].
 //!
 //! Facts are from the OASIS virtio 1.2 specification (sections named in
 //! each module).
@@ -19,6 +20,7 @@ pub mod blk;
 pub mod chain;
 pub mod console;
 pub mod device;
+pub mod net;
 pub mod pci;
 pub mod queue;
 pub mod rng;

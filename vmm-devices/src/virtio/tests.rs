@@ -1163,3 +1163,159 @@ mod console {
             .is_err());
     }
 }
+
+mod net {
+    use super::*;
+    use crate::net::BufferNet;
+    use crate::virtio::net::*;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+    fn rig(backend: BufferNet, features: u64) -> (Rig, Ring, Ring) {
+        let mut rig = Rig::new(Box::new(VirtioNet::new(Box::new(backend), MAC)));
+        assert_eq!(rig.cfg_read(0x00), 0x1041_1af4);
+        assert_eq!(rig.cfg_read(0x08) >> 8, 0x02_00_00, "Ethernet controller");
+        let (rx, tx) = (Ring::new(RECEIVE_QUEUE), Ring::new(TRANSMIT_QUEUE));
+        start_rings(&mut rig, features, &[&rx, &tx]);
+        (rig, rx, tx)
+    }
+
+    fn frame(len: usize, tag: u8) -> Vec<u8> {
+        let mut f: Vec<u8> = (0..len).map(|i| (i as u8) ^ tag).collect();
+        f[..6].copy_from_slice(&MAC);
+        f
+    }
+
+    #[test]
+    fn mac_status_and_features_are_in_the_configuration() {
+        let mut rig = Rig::new(Box::new(VirtioNet::new(Box::new(BufferNet::new()), MAC)));
+        let offered = rig.offered();
+        for f in [
+            VIRTIO_NET_F_MAC,
+            VIRTIO_NET_F_STATUS,
+            VIRTIO_NET_F_MRG_RXBUF,
+            VIRTIO_NET_F_CSUM,
+        ] {
+            assert_ne!(offered & f, 0);
+        }
+        let mac: Vec<u8> = (0..6).map(|i| rig.r8(DEVICE_OFFSET + i)).collect();
+        assert_eq!(mac, MAC);
+        assert_eq!(rig.r16(DEVICE_OFFSET + 6), VIRTIO_NET_S_LINK_UP);
+        assert_eq!(rig.r16(common::NUM_QUEUES), 2);
+    }
+
+    #[test]
+    fn a_sent_frame_loses_its_header_and_gets_its_checksum() {
+        let net = BufferNet::new();
+        let (mut rig, _rx, mut tx) = rig(net.clone(), FEATURES | VIRTIO_NET_F_CSUM);
+        // A frame whose 16-bit sum from byte 14 is completed at byte 24.
+        let mut f = frame(60, 1);
+        f[24..26].copy_from_slice(&[0, 0]);
+        let mut hdr = [0u8; HEADER_LEN];
+        hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        hdr[6..8].copy_from_slice(&14u16.to_le_bytes());
+        hdr[8..10].copy_from_slice(&10u16.to_le_bytes());
+        rig.poke(DATA, &hdr);
+        rig.poke(DATA + 0x100, &f[..20]);
+        rig.poke(DATA + 0x200, &f[20..]);
+        tx.submit(
+            &mut rig,
+            &[
+                (DATA, HEADER_LEN as u32, false),
+                (DATA + 0x100, 20, false),
+                (DATA + 0x200, 40, false),
+            ],
+        );
+        rig.notify(TRANSMIT_QUEUE);
+        assert_eq!(tx.used_idx(&rig), 1);
+        let sent = net.take_sent();
+        assert_eq!(sent.len(), 1);
+        let got = &sent[0];
+        assert_eq!(got[..24], f[..24]);
+        assert_eq!(got[26..], f[26..]);
+        // The whole range now sums to 0xffff.
+        let mut sum: u32 = got[14..]
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(sum, 0xffff);
+        // Dropped, nothing sent: a GSO header, a runt, a buffer in ROM, a
+        // checksum place past the frame.
+        let mut gso = [0u8; HEADER_LEN];
+        gso[1] = 1;
+        rig.poke(DATA + 0x300, &gso);
+        tx.submit(
+            &mut rig,
+            &[(DATA + 0x300, 12, false), (DATA + 0x100, 60, false)],
+        );
+        tx.submit(
+            &mut rig,
+            &[(DATA + 0x400, 12, false), (DATA + 0x100, 4, false)],
+        );
+        tx.submit(&mut rig, &[(DATA + 0x400, 12, false), (ROM_AT, 60, false)]);
+        let mut far = hdr;
+        far[8..10].copy_from_slice(&1000u16.to_le_bytes());
+        rig.poke(DATA + 0x500, &far);
+        tx.submit(
+            &mut rig,
+            &[(DATA + 0x500, 12, false), (DATA + 0x100, 60, false)],
+        );
+        rig.notify(TRANSMIT_QUEUE);
+        assert_eq!(tx.used_idx(&rig), 5);
+        assert!(net.take_sent().is_empty());
+        assert_eq!(rig.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn a_received_frame_spans_mergeable_buffers_and_waits_for_enough() {
+        let net = BufferNet::new();
+        let (mut rig, mut rx, _tx) = rig(net.clone(), FEATURES | VIRTIO_NET_F_MRG_RXBUF);
+        let f = frame(1500, 7);
+        net.push_frame(&f);
+        // 512 bytes is not enough for 12 + 1500: it waits.
+        rx.submit(&mut rig, &[(DATA, 512, true)]);
+        rig.notify(RECEIVE_QUEUE);
+        assert_eq!(rx.used_idx(&rig), 0);
+        assert_eq!(net.pending(), 0, "taken from the backend, held");
+        rx.submit(&mut rig, &[(DATA + 0x1000, 512, true)]);
+        rx.submit(&mut rig, &[(DATA + 0x2000, 2048, true)]);
+        rig.notify(RECEIVE_QUEUE);
+        assert_eq!(rx.used_idx(&rig), 3);
+        assert_eq!(rx.used_elem(&rig, 0).1, 512);
+        assert_eq!(rx.used_elem(&rig, 1).1, 512);
+        assert_eq!(rx.used_elem(&rig, 2).1, 12 + 1500 - 1024);
+        let hdr = rig.peek(DATA, HEADER_LEN);
+        assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 3, "num_buffers");
+        let mut got = rig.peek(DATA + 12, 500);
+        got.extend(rig.peek(DATA + 0x1000, 512));
+        got.extend(rig.peek(DATA + 0x2000, 488));
+        assert_eq!(got, f);
+        assert!(rig.intx.level());
+        // A frame arriving later is found at the next poll.
+        net.push_frame(&frame(60, 9));
+        rx.submit(&mut rig, &[(DATA + 0x3000, 2048, true)]);
+        rig.vm.timers_changed();
+        rig.vm.poll_timers();
+        assert_eq!(rx.used_idx(&rig), 4);
+        assert_eq!(rig.peek(DATA + 0x3000 + 12, 60), frame(60, 9));
+    }
+
+    #[test]
+    fn without_mergeable_buffers_a_frame_takes_one_chain_and_rom_gets_nothing() {
+        let net = BufferNet::new();
+        let (mut rig, mut rx, _tx) = rig(net.clone(), FEATURES);
+        net.push_frame(&frame(100, 3));
+        net.push_frame(&frame(100, 4));
+        rx.submit(&mut rig, &[(ROM_AT, 2048, true)]);
+        rx.submit(&mut rig, &[(DATA, 12, true), (DATA + 0x100, 2048, true)]);
+        rig.notify(RECEIVE_QUEUE);
+        assert_eq!(rx.used_idx(&rig), 2);
+        assert_eq!(rx.used_elem(&rig, 0).1, 0, "the frame is dropped");
+        assert!(rig.peek(ROM_AT, 64).iter().all(|&b| b == 0xa5));
+        assert_eq!(rx.used_elem(&rig, 1).1, 112);
+        assert_eq!(rig.peek(DATA + 0x100, 100), frame(100, 4));
+    }
+}

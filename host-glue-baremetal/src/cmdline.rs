@@ -102,6 +102,9 @@ pub struct Config {
     pub state_roundtrip: u64,
     /// COM1 alone, or with a virtio console.
     pub console: ConsoleChoice,
+    /// `net=switch`: every PC gets a virtio-net card (00:07.0, MAC
+    /// 52:54:00:12:34:(0x10 + VM number)) on one virtual switch.
+    pub net_switch: bool,
 }
 
 impl Default for Config {
@@ -119,6 +122,7 @@ impl Default for Config {
             cpu_model: None,
             state_roundtrip: 0,
             console: ConsoleChoice::Serial,
+            net_switch: false,
         }
     }
 }
@@ -146,7 +150,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip, console)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip, console, net)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -266,6 +270,13 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     _ => return Err(bad("serial or virtio")),
                 };
             }
+            "net" => {
+                config.net_switch = match value {
+                    "switch" => true,
+                    "none" => false,
+                    _ => return Err(bad("switch or none")),
+                };
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -358,6 +369,9 @@ mod tests {
             ConsoleChoice::Virtio
         );
         assert!(parse("console=hvc0").is_err());
+        assert!(!parse("").unwrap().net_switch);
+        assert!(parse("net=switch").unwrap().net_switch);
+        assert!(parse("net=tap").is_err());
         assert!(matches!(
             parse("cpu=arm").unwrap_err(),
             CmdlineError::BadValue { key: "cpu", .. }

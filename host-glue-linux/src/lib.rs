@@ -23,6 +23,7 @@ pub mod pc;
 pub mod runner;
 pub mod size;
 pub mod stats_json;
+pub mod tap;
 
 use kvm::PreemptTimer;
 use mmap_memory::MmapMemory;

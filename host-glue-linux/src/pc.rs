@@ -6,12 +6,14 @@ use crate::config::{BootDevice, ConsoleKind, DiskBus, MachineConfig};
 use crate::entropy::HostEntropy;
 use crate::host_file::read_limited;
 use crate::runner::RunError;
+use crate::tap::Tap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmm_bios::bios_image::MAX_IMAGE;
 use vmm_core::host::Host;
 use vmm_core::vm::VmId;
 use vmm_devices::block::{BlockBackend, ImageError};
+use vmm_devices::net::NetBackend;
 use vmm_devices::pc::{
     check_firmware, DirectBoot, DisplayDescription, Pc, PcDescription, PcError, VirtioDevices,
 };
@@ -80,6 +82,13 @@ pub fn build(
     } else {
         None
     };
+    let net = match &config.net {
+        Some(n) => Some((
+            Box::new(Tap::open(&n.tap).map_err(RunError::Net)?) as Box<dyn NetBackend>,
+            n.mac,
+        )),
+        None => None,
+    };
     // With a virtio console COM1's terminal is shared by both.
     let (com1, console) = match config.console {
         ConsoleKind::Serial => (com1, None),
@@ -124,7 +133,7 @@ pub fn build(
             disk: virtio_disk.map(|i| Box::new(i) as Box<dyn BlockBackend>),
             rng,
             console,
-            net: None,
+            net,
         },
     };
     let pc = Pc::build(host, desc).map_err(|error| machine_error(config, error))?;

@@ -206,6 +206,8 @@ pub enum RunError {
     Api(ApiError),
     /// The gdb stub could not start.
     Gdb(GdbError),
+    /// The network card's tap device could not be opened (`--net`).
+    Net(crate::tap::TapError),
 }
 
 impl std::error::Error for RunError {}
@@ -226,6 +228,7 @@ impl fmt::Display for RunError {
             RunError::StateRoundTrip(e) => write!(f, "state round trip: {e}"),
             RunError::Api(e) => write!(f, "{e}"),
             RunError::Gdb(e) => write!(f, "{e}"),
+            RunError::Net(e) => write!(f, "--net: {e}"),
         }
     }
 }

@@ -103,7 +103,9 @@ fn child() {
     tap.send(&udp_frame(host_mac, 7777, b"hello from the guest"))
         .unwrap();
     let mut got = [0u8; 64];
-    let (n, from) = server.recv_from(&mut got).expect("the server got the datagram");
+    let (n, from) = server
+        .recv_from(&mut got)
+        .expect("the server got the datagram");
     assert_eq!(&got[..n], b"hello from the guest");
     assert_eq!(from.to_string(), "10.9.0.2:40000");
     server.send_to(b"echo from the host", from).unwrap();
@@ -151,7 +153,11 @@ fn frames_cross_a_tap_in_a_network_namespace() {
     let out = Command::new("ip")
         .args(["netns", "exec", &ns])
         .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "frames_cross_a_tap_in_a_network_namespace", "--nocapture"])
+        .args([
+            "--exact",
+            "frames_cross_a_tap_in_a_network_namespace",
+            "--nocapture",
+        ])
         .env(CHILD, "1")
         .output()
         .unwrap();

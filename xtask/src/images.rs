@@ -544,10 +544,34 @@ pub fn remaster_cd(
 /// kernel's log and the init's output go to the virtio console only.
 /// Built next to it, and rebuilt when it is newer.
 pub fn hvc_iso(virtio_iso: &Path) -> Result<PathBuf> {
+    virtio_variant(
+        virtio_iso,
+        "linux-virtio-hvc",
+        "console=ttyS0,115200",
+        "console=hvc0",
+    )
+}
+
+/// The virtio test CD with `vmm.net=client` on its kernel command line: its
+/// init takes 10.0.0.2 on eth0 and fetches `/hello.txt` over HTTP from
+/// 10.0.0.1:8000 (with busybox `nc`), a server on the host's side of the
+/// network card.
+pub fn net_client_iso(virtio_iso: &Path) -> Result<PathBuf> {
+    virtio_variant(
+        virtio_iso,
+        "linux-virtio-netclient",
+        "console=ttyS0,115200",
+        "console=ttyS0,115200 vmm.net=client",
+    )
+}
+
+/// `dir/NAME.iso` beside `virtio_iso`: that CD with `from` replaced by `to`
+/// in its isolinux.cfg (rebuilt when the CD is newer).
+fn virtio_variant(virtio_iso: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> {
     let dir = virtio_iso
         .parent()
         .ok_or_else(|| Error::msg("the CD image has no directory"))?;
-    let iso = dir.join("linux-virtio-hvc.iso");
+    let iso = dir.join(format!("{name}.iso"));
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     if modified(&iso).is_some() && modified(&iso) >= modified(virtio_iso) {
         return Ok(iso);
@@ -556,21 +580,21 @@ pub fn hvc_iso(virtio_iso: &Path) -> Result<PathBuf> {
     let cfg_in = system::root().join("xtask/assets/linux-virtio/isolinux.cfg");
     let cfg = std::fs::read_to_string(&cfg_in)
         .map_err(|e| Error::msg(format!("{}: {e}", cfg_in.display())))?;
-    if !cfg.contains("console=ttyS0,115200") {
+    if !cfg.contains(from) {
         return Err(Error::msg(format!(
-            "{}: no console=ttyS0,115200 to replace",
+            "{}: no {from} to replace",
             cfg_in.display()
         )));
     }
-    let cfg = cfg.replace("console=ttyS0,115200", "console=hvc0");
-    let cfg_out = dir.join("linux-virtio-hvc-isolinux.cfg");
+    let cfg = cfg.replace(from, to);
+    let cfg_out = dir.join(format!("{name}-isolinux.cfg"));
     remaster_with_cfg(
         virtio_iso,
         &iso,
         &cfg_out,
         &cfg,
         &[],
-        "xorriso (the hvc0 CD)",
+        &format!("xorriso ({name})"),
     )?;
     let _ = std::fs::remove_file(&cfg_out);
     Ok(iso)

@@ -57,6 +57,16 @@ pub enum PassthroughKind {
     Ide,
 }
 
+/// Which console a PC guest gets besides COM1 (`console=`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ConsoleChoice {
+    /// COM1 only (the default).
+    Serial,
+    /// COM1 and a virtio console (the guest's `hvc0`) at 00:06.0, both
+    /// printed as the VM's console lines.
+    Virtio,
+}
+
 /// The settings the command line controls.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Config {
@@ -99,6 +109,11 @@ pub struct Config {
     /// Stream each PC's text screen on the console while it runs
     /// (`screen_lines=1`): new and changed lines as `[vm N screen] TEXT`.
     pub screen_lines: bool,
+    /// COM1 alone, or with a virtio console.
+    pub console: ConsoleChoice,
+    /// `net=switch`: every PC gets a virtio-net card (00:07.0, MAC
+    /// 52:54:00:12:34:(0x10 + VM number)) on one virtual switch.
+    pub net_switch: bool,
 }
 
 /// A short text from the command line, kept in the (`Copy`) [`Config`].
@@ -181,6 +196,8 @@ impl Default for Config {
             keys: ShortText::EMPTY,
             keys_after: ShortText::new("boot:").unwrap_or(ShortText::EMPTY),
             screen_lines: false,
+            console: ConsoleChoice::Serial,
+            net_switch: false,
         }
     }
 }
@@ -208,7 +225,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip, keys, keys_after, screen_lines)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip, keys, keys_after, screen_lines, console, net)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -337,6 +354,20 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                 config.keys_after = ShortText::unescape(value)
                     .ok_or(bad("at most 32 characters; escapes as for keys"))?;
             }
+            "console" => {
+                config.console = match value {
+                    "serial" => ConsoleChoice::Serial,
+                    "virtio" => ConsoleChoice::Virtio,
+                    _ => return Err(bad("serial or virtio")),
+                };
+            }
+            "net" => {
+                config.net_switch = match value {
+                    "switch" => true,
+                    "none" => false,
+                    _ => return Err(bad("switch or none")),
+                };
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -436,6 +467,15 @@ mod tests {
                 ..
             }
         ));
+        assert_eq!(parse("").unwrap().console, ConsoleChoice::Serial);
+        assert_eq!(
+            parse("console=virtio").unwrap().console,
+            ConsoleChoice::Virtio
+        );
+        assert!(parse("console=hvc0").is_err());
+        assert!(!parse("").unwrap().net_switch);
+        assert!(parse("net=switch").unwrap().net_switch);
+        assert!(parse("net=tap").is_err());
         assert!(matches!(
             parse("cpu=arm").unwrap_err(),
             CmdlineError::BadValue { key: "cpu", .. }

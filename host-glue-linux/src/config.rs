@@ -23,6 +23,8 @@
 //! [devices]
 //! serial = "stdio"             # or "file=PATH" (appended to), "pty", "none"
 //! rng = false                  # true: a virtio-rng device fed from /dev/urandom
+//! console = "serial"           # or "virtio": also a virtio console (hvc0) on COM1's terminal
+//! net = "tap=tap0,mac=52:54:00:12:34:56"  # a virtio-net card on a tap device (mac optional)
 //!
 //! [kernel]                     # direct boot instead of the boot order
 //! image = "bzImage"
@@ -75,6 +77,31 @@ pub enum DiskBus {
     Virtio,
 }
 
+/// Which consoles the guest gets (`--console`, `devices.console`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleKind {
+    /// COM1 only (the default).
+    #[default]
+    Serial,
+    /// COM1 and a virtio console (00:06.0, the guest's `hvc0`) on the same
+    /// terminal: output from both, input to the virtio console once its
+    /// driver runs.
+    Virtio,
+}
+
+/// The MAC address a network card gets unless one is given.
+pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+/// A virtio-net card on a tap device (`--net tap=NAME[,mac=..]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The tap interface.
+    pub tap: String,
+    /// The card's MAC address.
+    pub mac: [u8; 6],
+}
+
 /// Where COM1 goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SerialTarget {
@@ -120,6 +147,10 @@ pub struct MachineConfig {
     pub disk_bus: DiskBus,
     /// A virtio-rng device, fed from the host's /dev/urandom.
     pub rng: bool,
+    /// COM1 alone or with a virtio console.
+    pub console: ConsoleKind,
+    /// A virtio-net card (00:07.0) on a tap device.
+    pub net: Option<NetConfig>,
     /// Lock the CD image (shared) while it is open (the default).
     pub cdrom_lock: bool,
     /// Boot order.
@@ -325,6 +356,8 @@ impl MachineConfig {
             disk_lock: true,
             disk_bus: DiskBus::Ide,
             rng: false,
+            console: ConsoleKind::Serial,
+            net: None,
             cdrom_lock: true,
             boot: vec![BootDevice::Cdrom, BootDevice::Disk],
             kernel: None,
@@ -456,6 +489,8 @@ struct ImagesSection {
 struct DevicesSection {
     serial: Option<String>,
     rng: Option<bool>,
+    console: Option<ConsoleKind>,
+    net: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -465,6 +500,70 @@ struct KernelSection {
     initrd: Option<PathBuf>,
     #[serde(default)]
     append: String,
+}
+
+/// Parse `--console` (`serial` or `virtio`), naming `key` in the error.
+pub fn parse_console(text: &str, key: &str) -> Result<ConsoleKind, ConfigError> {
+    match text {
+        "serial" => Ok(ConsoleKind::Serial),
+        "virtio" => Ok(ConsoleKind::Virtio),
+        _ => Err(ConfigError::Value {
+            key: key.into(),
+            problem: format!("'{text}' is not a console: give serial or virtio"),
+        }),
+    }
+}
+
+/// Parse a network card: `tap=NAME[,mac=XX:XX:XX:XX:XX:XX]`, naming `key`
+/// in errors. The MAC must be a unicast address.
+pub fn parse_net(text: &str, key: &str) -> Result<NetConfig, ConfigError> {
+    let bad = |problem: String| ConfigError::Value {
+        key: key.into(),
+        problem,
+    };
+    let mut tap = None;
+    let mut mac = DEFAULT_MAC;
+    for part in text.split(',') {
+        match part.split_once('=') {
+            Some(("tap", name)) => {
+                if !crate::tap::valid_name(name) {
+                    return Err(bad(format!(
+                        "'{name}' is not a network interface name (1 to {} characters)",
+                        crate::tap::MAX_NAME
+                    )));
+                }
+                tap = Some(name.to_string());
+            }
+            Some(("mac", m)) => {
+                mac = parse_mac(m).ok_or_else(|| {
+                    bad(format!(
+                        "'{m}' is not a unicast MAC address such as 52:54:00:12:34:56"
+                    ))
+                })?
+            }
+            _ => {
+                return Err(bad(format!(
+                    "'{part}' is not tap=NAME or mac=XX:XX:XX:XX:XX:XX"
+                )))
+            }
+        }
+    }
+    let tap = tap.ok_or_else(|| bad("give tap=NAME (the only backend on Linux)".into()))?;
+    Ok(NetConfig { tap, mac })
+}
+
+/// A unicast MAC address written as six hex pairs with colons.
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    (parts.next().is_none() && mac[0] & 1 == 0).then_some(mac)
 }
 
 /// How an image named on the command line is to be opened:
@@ -633,6 +732,13 @@ pub fn parse_config(text: &str, file: &Path, base: &Path) -> Result<MachineConfi
     m.disk_lock = f.images.disk_lock.unwrap_or(true);
     m.disk_bus = f.images.disk_bus.unwrap_or_default();
     m.rng = f.devices.rng.unwrap_or(false);
+    m.console = f.devices.console.unwrap_or_default();
+    m.net = f
+        .devices
+        .net
+        .as_deref()
+        .map(|t| parse_net(t, "devices.net"))
+        .transpose()?;
     m.cdrom_lock = f.images.cdrom_lock.unwrap_or(true);
     m.boot = match f.boot {
         Some(b) if b.is_empty() => {
@@ -836,6 +942,59 @@ mod tests {
             parse("[devices]\nserial = \"pty\"").unwrap().serial,
             SerialTarget::Pty
         );
+    }
+
+    #[test]
+    fn the_console_kind_from_the_file_and_the_flag() {
+        assert_eq!(parse("").unwrap().console, ConsoleKind::Serial);
+        let m = parse("[devices]\nconsole = \"virtio\"\n").unwrap();
+        assert_eq!(m.console, ConsoleKind::Virtio);
+        let e = parse("[devices]\nconsole = \"hvc0\"\n").unwrap_err();
+        assert!(e.to_string().contains("console"), "{e}");
+        assert_eq!(
+            parse_console("virtio", "--console"),
+            Ok(ConsoleKind::Virtio)
+        );
+        assert_eq!(
+            parse_console("serial", "--console"),
+            Ok(ConsoleKind::Serial)
+        );
+        let e = parse_console("hvc", "--console").unwrap_err();
+        assert!(e.to_string().starts_with("--console: "), "{e}");
+    }
+
+    #[test]
+    fn net_cards_name_a_tap_and_maybe_a_mac() {
+        assert_eq!(
+            parse_net("tap=tap0", "--net"),
+            Ok(NetConfig {
+                tap: "tap0".into(),
+                mac: DEFAULT_MAC
+            })
+        );
+        assert_eq!(
+            parse_net("tap=vm1,mac=02:00:00:aa:bb:0c", "--net")
+                .unwrap()
+                .mac,
+            [2, 0, 0, 0xaa, 0xbb, 0x0c]
+        );
+        for bad in [
+            "",
+            "tap=",
+            "mac=02:00:00:00:00:01",
+            "tap=t,mac=01:00:00:00:00:01",
+            "tap=t,mac=02:00:00:00:00",
+            "tap=t,mac=2:0:0:0:0:1",
+            "tap=t,vhost=on",
+            "user",
+        ] {
+            let e = parse_net(bad, "--net").unwrap_err();
+            assert!(e.to_string().starts_with("--net: "), "{bad}: {e}");
+        }
+        let m = parse("[devices]\nnet = \"tap=tap3\"\n").unwrap();
+        assert_eq!(m.net.unwrap().tap, "tap3");
+        let e = parse("[devices]\nnet = \"tap=a/b\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("devices.net: "), "{e}");
     }
 
     #[test]

@@ -228,6 +228,15 @@ impl CharBackend for SerialConsole {
         let _ = self.out.flush();
     }
 
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        let _ = self.out.write_all(bytes);
+        let _ = self.out.flush();
+    }
+
+    fn has_input(&self) -> bool {
+        self.input.is_some()
+    }
+
     fn read(&mut self) -> Option<u8> {
         self.input.as_ref()?.pop()
     }

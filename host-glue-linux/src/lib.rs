@@ -25,6 +25,7 @@ pub mod size;
 pub mod snapshot_file;
 pub mod stats_json;
 pub mod terminal;
+pub mod tap;
 
 use kvm::PreemptTimer;
 use mmap_memory::MmapMemory;

@@ -2,10 +2,11 @@
 //! [`MachineConfig`], with host files as its firmware, kernel and media.
 
 use crate::block_file::{FileImage, ImageOptions, ImageSync};
-use crate::config::{BootDevice, DiskBus, MachineConfig};
+use crate::config::{BootDevice, ConsoleKind, DiskBus, MachineConfig};
 use crate::entropy::HostEntropy;
 use crate::host_file::read_limited;
 use crate::runner::RunError;
+use crate::tap::Tap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmm_bios::bios_image::MAX_IMAGE;
@@ -13,9 +14,11 @@ use vmm_core::host::Host;
 use vmm_core::vm::VmId;
 use vmm_devices::block::{BlockBackend, ImageError};
 use vmm_devices::input::InputBackend;
+use vmm_devices::net::NetBackend;
 use vmm_devices::pc::{
     check_firmware, DirectBoot, DisplayDescription, Pc, PcDescription, PcError, VirtioDevices,
 };
+use vmm_devices::shared_char::share;
 use vmm_devices::vga::DEFAULT_VRAM_SIZE;
 use vmm_devices::virtio::rng::EntropySource;
 use vmm_devices::{rtc, uart::CharBackend};
@@ -81,6 +84,24 @@ pub fn build(
     } else {
         None
     };
+    let net = match &config.net {
+        Some(n) => Some((
+            Box::new(Tap::open(&n.tap).map_err(RunError::Net)?) as Box<dyn NetBackend>,
+            n.mac,
+        )),
+        None => None,
+    };
+    // With a virtio console COM1's terminal is shared by both.
+    let (com1, console) = match config.console {
+        ConsoleKind::Serial => (com1, None),
+        ConsoleKind::Virtio => {
+            let (serial, virtio) = share(com1);
+            (
+                Box::new(serial) as Box<dyn CharBackend>,
+                Some(Box::new(virtio) as Box<dyn CharBackend>),
+            )
+        }
+    };
     let boot = config.boot.iter().map(|b| match b {
         BootDevice::Cdrom => rtc::BootDevice::Cdrom,
         BootDevice::Disk => rtc::BootDevice::HardDisk,
@@ -113,6 +134,8 @@ pub fn build(
         virtio: VirtioDevices {
             disk: virtio_disk.map(|i| Box::new(i) as Box<dyn BlockBackend>),
             rng,
+            console,
+            net,
         },
         input,
     };

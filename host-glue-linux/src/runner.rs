@@ -224,6 +224,8 @@ pub enum RunError {
     Display(String),
     /// The snapshot to restore was refused or unreadable.
     Snapshot(SnapshotFileError),
+    /// The network card's tap device could not be opened (`--net`).
+    Net(crate::tap::TapError),
 }
 
 impl std::error::Error for RunError {}
@@ -246,6 +248,7 @@ impl fmt::Display for RunError {
             RunError::Gdb(e) => write!(f, "{e}"),
             RunError::Display(e) => write!(f, "{e}"),
             RunError::Snapshot(e) => write!(f, "{e}"),
+            RunError::Net(e) => write!(f, "--net: {e}"),
         }
     }
 }

@@ -54,6 +54,15 @@ impl CharBackend for Box<dyn CharBackend> {
     fn read(&mut self) -> Option<u8> {
         (**self).read()
     }
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        (**self).write_bytes(bytes);
+    }
+    fn has_input(&self) -> bool {
+        (**self).has_input()
+    }
+    fn claim_input(&mut self, claim: bool) {
+        (**self).claim_input(claim);
+    }
 }
 
 /// What the platform needs to know to build the chipset.

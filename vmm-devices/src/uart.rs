@@ -36,6 +36,25 @@ pub trait CharBackend: Send {
     /// The next received byte, if the host has one. Called only when the
     /// UART has room for it.
     fn read(&mut self) -> Option<u8>;
+    /// The guest transmitted `bytes` at once (a virtio console buffer); by
+    /// default one [`CharBackend::write`] each.
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write(b);
+        }
+    }
+    /// Whether this backend can ever have input; a device need not look
+    /// for input on one that cannot (true by default).
+    fn has_input(&self) -> bool {
+        true
+    }
+    /// The device on this backend can take input now (`true`) or no longer
+    /// can (`false`). A backend shared by two devices gives its input to
+    /// the one that claimed it last ([`crate::shared_char`]); others ignore
+    /// this.
+    fn claim_input(&mut self, claim: bool) {
+        let _ = claim;
+    }
 }
 
 /// A backend that drops output and never has input.
@@ -46,6 +65,9 @@ impl CharBackend for NullBackend {
     fn write(&mut self, _byte: u8) {}
     fn read(&mut self) -> Option<u8> {
         None
+    }
+    fn has_input(&self) -> bool {
+        false
     }
 }
 

@@ -73,6 +73,7 @@ fn rig_with(clock: u64, full: bool) -> Rig {
                 rng: Some(Box::new(
                     vmm_devices::virtio::rng::DeterministicEntropy::new(7),
                 )),
+                ..Default::default()
             }
         } else {
             Default::default()

@@ -211,7 +211,8 @@ fn cd_is_fresh(iso: &Path, assets: &Path, also: Option<&Path>) -> bool {
 }
 
 /// The virtio test CD `dir/linux-virtio.iso` (cached): the cloud kernel
-/// and, in its initramfs, the modules virtio-blk over virtio PCI needs
+/// and, in its initramfs, the modules virtio-blk, virtio-console and
+/// virtio-net over virtio PCI need
 /// (`lib/modules/*.ko`, load order in `modules.order`), all from one
 /// download of the kernel package so they match; the init in
 /// xtask/assets/linux-virtio.
@@ -230,7 +231,10 @@ pub fn virtio_cd(dir: &Path) -> Result<PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .next()
         .ok_or_else(|| Error::msg("no lib/modules/<version> in the kernel package"))?;
-    let order = module_load_order(&modules_root, &["virtio_pci", "virtio_blk"])?;
+    let order = module_load_order(
+        &modules_root,
+        &["virtio_pci", "virtio_blk", "virtio_console", "virtio_net"],
+    )?;
     let staging = work.join("modules");
     std::fs::create_dir_all(&staging).map_err(|e| Error::msg(format!("{e}")))?;
     let mut extra = Vec::new();
@@ -611,13 +615,86 @@ pub fn remaster_cd_with(
         patched.push_str(&line(&l));
         patched.push('\n');
     }
-    std::fs::write(cfg_out, patched)
-        .map_err(|e| Error::msg(format!("{}: {e}", cfg_out.display())))?;
+    remaster_with_cfg(default_iso, iso, cfg_out, &patched, maps, what)
+}
+
+/// The virtio test CD (`virtio_iso`, see [`virtio_cd`]) with `console=hvc0`
+/// instead of `console=ttyS0,115200` on its kernel command line: the
+/// kernel's log and the init's output go to the virtio console only.
+/// Built next to it, and rebuilt when it is newer.
+pub fn hvc_iso(virtio_iso: &Path) -> Result<PathBuf> {
+    virtio_variant(
+        virtio_iso,
+        "linux-virtio-hvc",
+        "console=ttyS0,115200",
+        "console=hvc0",
+    )
+}
+
+/// The virtio test CD with `vmm.net=client` on its kernel command line: its
+/// init takes 10.0.0.2 on eth0 and fetches `/hello.txt` over HTTP from
+/// 10.0.0.1:8000 (with busybox `nc`), a server on the host's side of the
+/// network card.
+pub fn net_client_iso(virtio_iso: &Path) -> Result<PathBuf> {
+    virtio_variant(
+        virtio_iso,
+        "linux-virtio-netclient",
+        "console=ttyS0,115200",
+        "console=ttyS0,115200 vmm.net=client",
+    )
+}
+
+/// `dir/NAME.iso` beside `virtio_iso`: that CD with `from` replaced by `to`
+/// in its isolinux.cfg (rebuilt when the CD is newer).
+fn virtio_variant(virtio_iso: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> {
+    let dir = virtio_iso
+        .parent()
+        .ok_or_else(|| Error::msg("the CD image has no directory"))?;
+    let iso = dir.join(format!("{name}.iso"));
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&iso).is_some() && modified(&iso) >= modified(virtio_iso) {
+        return Ok(iso);
+    }
+    ensure_packages(&["xorriso"])?;
+    let cfg_in = system::root().join("xtask/assets/linux-virtio/isolinux.cfg");
+    let cfg = std::fs::read_to_string(&cfg_in)
+        .map_err(|e| Error::msg(format!("{}: {e}", cfg_in.display())))?;
+    if !cfg.contains(from) {
+        return Err(Error::msg(format!(
+            "{}: no {from} to replace",
+            cfg_in.display()
+        )));
+    }
+    let cfg = cfg.replace(from, to);
+    let cfg_out = dir.join(format!("{name}-isolinux.cfg"));
+    remaster_with_cfg(
+        virtio_iso,
+        &iso,
+        &cfg_out,
+        &cfg,
+        &[],
+        &format!("xorriso ({name})"),
+    )?;
+    let _ = std::fs::remove_file(&cfg_out);
+    Ok(iso)
+}
+
+/// Write at `iso` a copy of `base_iso` with `cfg` as its isolinux.cfg
+/// (written to `cfg_out` first) and each of `maps` replacing a file.
+fn remaster_with_cfg(
+    base_iso: &Path,
+    iso: &Path,
+    cfg_out: &Path,
+    cfg: &str,
+    maps: &[(&Path, &str)],
+    what: &str,
+) -> Result<()> {
+    std::fs::write(cfg_out, cfg).map_err(|e| Error::msg(format!("{}: {e}", cfg_out.display())))?;
     let _ = std::fs::remove_file(iso);
     let mut xorriso = Command::new("xorriso");
     xorriso
         .arg("-indev")
-        .arg(default_iso)
+        .arg(base_iso)
         .arg("-outdev")
         .arg(iso)
         .args(["-boot_image", "any", "replay", "-map"])

@@ -47,11 +47,14 @@ pub const MEMORY_MIB: u64 = 2048;
 /// on a busy machine.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
-/// The kernel modules the init loads, in order (the last with `nested=1`).
-const MODULES: [(&str, &str); 3] = [
+/// The kernel modules in the rig's `/lib/modules/rig`: the init loads the
+/// first three, in order (the last with `nested=1`); `tun` is there for
+/// jobs that give `vmm` a tap device (`insmod /lib/modules/rig/tun.ko`).
+const MODULES: [(&str, &str); 4] = [
     ("irqbypass", "kernel/virt/lib/irqbypass.ko"),
     ("kvm", "kernel/arch/x86/kvm/kvm.ko"),
     ("kvm-amd", "kernel/arch/x86/kvm/kvm-amd.ko"),
+    ("tun", "kernel/drivers/net/tun.ko"),
 ];
 
 /// Where the rig is cached.

@@ -42,4 +42,8 @@ impl CharBackend for GuestConsole {
     fn read(&mut self) -> Option<u8> {
         None
     }
+
+    fn has_input(&self) -> bool {
+        false
+    }
 }

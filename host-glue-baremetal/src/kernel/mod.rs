@@ -23,13 +23,16 @@ use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::panic::PanicInfo;
-use host_glue_baremetal::cmdline::{self, Config, LogLevel, PagingChoice, SelfTest};
+use host_glue_baremetal::cmdline::{
+    self, Config, ConsoleChoice, LogLevel, PagingChoice, SelfTest,
+};
 use qemu::ExitCode;
 use vmm_core::emulator::Segment;
 use vmm_core::host::Host;
 use vmm_core::vcpu::{CpuModel, InterruptSource, MsrFile, NoInterrupts, RunOutcome, Slice};
 use vmm_core::vm::{StopReason, Vm};
 use vmm_devices::input::InputQueue;
+use vmm_devices::net_switch::VirtualSwitch;
 use vmm_devices::pc::Pc;
 
 fn level_filter(l: LogLevel) -> log::LevelFilter {
@@ -157,6 +160,8 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     let shared_device = config.passthrough.map(|kind| {
         passthrough::Passthrough::setup(kind).unwrap_or_else(|e| fail(format_args!("{e}")))
     });
+    // With net=switch every PC gets a virtio-net card on one switch.
+    let switch = config.net_switch.then(VirtualSwitch::new);
     let mut guests = Vec::new();
     let pc_model = config.cpu_model.unwrap_or(CpuModel::Qemu64);
     for i in 0..config.vms {
@@ -180,7 +185,9 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     cpu_model: pc_model,
                     test_devices: config.test_devices,
                     input: keys.clone(),
+                    virtio_console: config.console == ConsoleChoice::Virtio,
                 },
+                switch.as_ref().map(VirtualSwitch::port),
             ) {
                 Ok(pc) => ("pc", Machine::Pc(Box::new(pc))),
                 Err(e) => fail(format_args!("VM {i} (pc): {e}")),
@@ -204,7 +211,9 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                             cpu_model: pc_model,
                             test_devices: config.test_devices,
                             input: keys.clone(),
+                            virtio_console: config.console == ConsoleChoice::Virtio,
                         },
+                        switch.as_ref().map(VirtualSwitch::port),
                     )
                     .map(|pc| Machine::Pc(Box::new(pc)))
                     .map_err(|e| e.to_string())
@@ -374,6 +383,15 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         {
             kprintln!("{line}");
         }
+    }
+    if let Some(sw) = &switch {
+        let s = sw.stats();
+        kprintln!(
+            "switch: {} frames forwarded, {} dropped, {} addresses learnt",
+            s.forwarded,
+            s.dropped,
+            s.addresses
+        );
     }
     kprintln!(
         "vmm: all VMs stopped; {}",

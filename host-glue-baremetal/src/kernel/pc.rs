@@ -10,6 +10,8 @@ use vmm_core::vcpu::CpuModel;
 use vmm_core::vm::VmId;
 use vmm_devices::block::{BlockBackend, ImageError, MemoryImage, CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
 use vmm_devices::input::{InputBackend, InputQueue};
+use vmm_devices::net::NetBackend;
+use vmm_devices::net_switch::SwitchPort;
 use vmm_devices::pc::{DisplayDescription, Pc, PcDescription, PcError, VirtioDevices};
 use vmm_devices::rtc::BootDevice;
 use vmm_devices::vga::DEFAULT_VRAM_SIZE;
@@ -17,6 +19,12 @@ use vmm_devices::vga::DEFAULT_VRAM_SIZE;
 /// The RTC's idea of "now" when the host clock reads zero: 2026-01-01
 /// 00:00 UTC (the bare-metal host has no wall clock of its own yet).
 pub const RTC_EPOCH: i64 = 1_767_225_600;
+
+/// The MAC address of VM `id`'s network card: 52:54:00:12:34:(0x10 + id),
+/// locally administered in QEMU's range.
+pub fn mac(id: u32) -> [u8; 6] {
+    [0x52, 0x54, 0x00, 0x12, 0x34, 0x10u8.wrapping_add(id as u8)]
+}
 
 /// Why a PC could not be built.
 #[derive(Debug)]
@@ -64,10 +72,14 @@ pub struct Options {
     pub test_devices: bool,
     /// Where the PS/2 keyboard's input comes from (`keys=`), if anywhere.
     pub input: Option<InputQueue>,
+    /// A virtio console at 00:06.0 printing to this kernel's console like
+    /// COM1 (`console=virtio`).
+    pub virtio_console: bool,
 }
 
 /// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `media` in its
-/// drives, set up as `options` say.
+/// drives, set up as `options` say, with a virtio-net card on `net` (a
+/// port of the VMs' switch) if given, MAC address [`mac`]`(id)`.
 pub fn build(
     host: Arc<dyn Host>,
     id: u32,
@@ -75,12 +87,14 @@ pub fn build(
     bios: &[u8],
     media: Media<'_>,
     options: Options,
+    net: Option<SwitchPort>,
 ) -> Result<Pc, BuildError> {
     let Options {
         bios_debug,
         cpu_model,
         test_devices,
         input,
+        virtio_console,
     } = options;
     let vdisk = match media.vdisk {
         Some(image) => {
@@ -117,6 +131,8 @@ pub fn build(
         virtio: VirtioDevices {
             disk: vdisk,
             rng: None,
+            console: virtio_console.then(|| Box::new(GuestConsole::new(id)) as _),
+            net: net.map(|port| (Box::new(port) as Box<dyn NetBackend>, mac(id))),
         },
         input: input.map(|q| Box::new(q) as Box<dyn InputBackend>),
         display: media.vga_bios.map(|rom| DisplayDescription {

@@ -20,8 +20,8 @@
 
 use clap::{Args, Parser, Subcommand};
 use host_glue_linux::config::{
-    load_config, parse_cpu_model, parse_image_arg, parse_memory, parse_serial, KernelBoot,
-    KeyStyle, MachineConfig,
+    load_config, parse_console, parse_cpu_model, parse_image_arg, parse_memory, parse_net,
+    parse_serial, KernelBoot, KeyStyle, MachineConfig,
 };
 use host_glue_linux::display::{parse_display, DEFAULT_VGA_BIOS};
 use host_glue_linux::runner;
@@ -96,10 +96,10 @@ struct RunArgs {
     /// A machine written down in a TOML file instead of the flags. Keys:
     /// `memory`, `boot` (["cdrom", "disk"]), `cpu_model`,
     /// `[firmware] bios`, `[images] cdrom, disk, disk_readonly, disk_lock,
-    /// disk_bus, cdrom_lock`, `[devices] serial, rng`, `[kernel] image,
+    /// disk_bus, cdrom_lock`, `[devices] serial, rng, console, net`, `[kernel] image,
     /// initrd, append`;
     /// relative paths are from the file's folder (README, config.rs docs).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["cdrom", "disk", "memory", "bios", "kernel", "serial", "cpu_model", "rng"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["cdrom", "disk", "memory", "bios", "kernel", "serial", "cpu_model", "rng", "console", "net"])]
     config: Option<PathBuf>,
     /// CD image for the CD-ROM drive (IDE secondary master); booted first.
     /// Locked (shared) while open; `,lock=off` does not lock it.
@@ -116,6 +116,17 @@ struct RunArgs {
     /// host's /dev/urandom.
     #[arg(long)]
     rng: bool,
+    /// `serial` (COM1 only, the default) or `virtio`: also a virtio
+    /// console (00:06.0, the guest's hvc0; boot it with console=hvc0) on
+    /// the same terminal as COM1, which gets the input once the guest's
+    /// driver runs.
+    #[arg(long, value_name = "serial|virtio")]
+    console: Option<String>,
+    /// A virtio-net card (00:07.0, MAC 52:54:00:12:34:56 unless `mac=`)
+    /// on the tap interface NAME, created if missing (which needs
+    /// CAP_NET_ADMIN); the guest needs `virtio_net`.
+    #[arg(long, value_name = "tap=NAME[,mac=XX:XX:XX:XX:XX:XX]")]
+    net: Option<String>,
     /// Guest RAM: MiB when no unit is given (`512` = 512 MiB, as QEMU), or
     /// with a K, M or G suffix (`1G`); 16 MiB to 3 GiB [default: 512].
     #[arg(long, value_name = "SIZE")]
@@ -238,6 +249,12 @@ fn machine(args: &RunArgs) -> Result<MachineConfig, String> {
         m.disk_bus = disk.bus;
     }
     m.rng = args.rng;
+    if let Some(n) = &args.net {
+        m.net = Some(parse_net(n, "--net").map_err(|e| e.to_string())?);
+    }
+    if let Some(c) = &args.console {
+        m.console = parse_console(c, "--console").map_err(|e| e.to_string())?;
+    }
     if let Some(s) = &args.serial {
         m.serial = parse_serial(s, "--serial").map_err(|e| e.to_string())?;
     }

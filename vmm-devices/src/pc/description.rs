@@ -3,6 +3,7 @@
 
 use crate::block::BlockBackend;
 use crate::input::InputBackend;
+use crate::net::NetBackend;
 use crate::rtc::BootDevice;
 use crate::uart::CharBackend;
 use crate::virtio::rng::EntropySource;
@@ -87,11 +88,18 @@ pub struct PcDescription<'a> {
 /// The optional virtio devices of a PC (all off by default), each a PCI
 /// function with MSI-X to the local APIC and INTx through the PIIX3 PIRQ
 /// routing: the disk at [`super::VIRTIO_DISK_PCI`], the entropy device at
-/// [`super::VIRTIO_RNG_PCI`].
+/// [`super::VIRTIO_RNG_PCI`], the console at [`super::VIRTIO_CONSOLE_PCI`],
+/// the network card at [`super::VIRTIO_NET_PCI`].
 #[derive(Default)]
 pub struct VirtioDevices {
     /// A virtio-blk disk (512-byte sectors; read-only if the backend is).
     pub disk: Option<Box<dyn BlockBackend>>,
     /// A virtio-rng device drawing from this source.
     pub rng: Option<Box<dyn EntropySource>>,
+    /// A virtio console (port 0, the guest's `hvc0`) on this backend; to
+    /// share COM1's terminal, give both sides of
+    /// [`crate::shared_char::share`].
+    pub console: Option<Box<dyn CharBackend>>,
+    /// A virtio-net card with this MAC address on this backend.
+    pub net: Option<(Box<dyn NetBackend>, [u8; 6])>,
 }

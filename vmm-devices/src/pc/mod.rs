@@ -34,6 +34,8 @@ use crate::platform::{PcChipset, PcConfig, VGA_GRAPHICS_WINDOW};
 use crate::rtc::BootDevice;
 use crate::vga::{self, memory};
 use crate::virtio::blk::VirtioBlk;
+use crate::virtio::console::VirtioConsole;
+use crate::virtio::net::VirtioNet;
 use crate::virtio::rng::VirtioRng;
 use crate::virtio::{VirtioDevice, VirtioPci};
 use alloc::boxed::Box;
@@ -76,6 +78,10 @@ pub const IDE_PCI: (u8, u8) = (1, 1);
 pub const VIRTIO_DISK_PCI: (u8, u8) = (4, 0);
 /// The PCI slot and function of the virtio entropy device, when there is one.
 pub const VIRTIO_RNG_PCI: (u8, u8) = (5, 0);
+/// The PCI slot and function of the virtio console, when there is one.
+pub const VIRTIO_CONSOLE_PCI: (u8, u8) = (6, 0);
+/// The PCI slot and function of the virtio network card, when there is one.
+pub const VIRTIO_NET_PCI: (u8, u8) = (7, 0);
 
 /// The CD-ROM drive: secondary master, as on QEMU's PC.
 const CDROM: IdeDrive = IdeDrive {
@@ -481,6 +487,12 @@ fn add_virtio(vm: &mut Vm, chipset: &PcChipset, devices: VirtioDevices) -> Resul
     }
     if let Some(source) = devices.rng {
         functions.push((VIRTIO_RNG_PCI, Box::new(VirtioRng::new(source))));
+    }
+    if let Some(backend) = devices.console {
+        functions.push((VIRTIO_CONSOLE_PCI, Box::new(VirtioConsole::new(backend))));
+    }
+    if let Some((backend, mac)) = devices.net {
+        functions.push((VIRTIO_NET_PCI, Box::new(VirtioNet::new(backend, mac))));
     }
     if functions.is_empty() {
         return Ok(());

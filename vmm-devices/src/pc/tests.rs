@@ -512,6 +512,7 @@ fn virtio_devices_are_off_by_default_and_on_their_slots_when_asked_for() {
     let mut pc = build(describe(&fw, 16 << 20));
     assert_eq!(pci_read32(&mut pc, VIRTIO_DISK_PCI.0, 0, 0), 0xffff_ffff);
     assert_eq!(pci_read32(&mut pc, VIRTIO_RNG_PCI.0, 0, 0), 0xffff_ffff);
+    assert_eq!(pci_read32(&mut pc, VIRTIO_CONSOLE_PCI.0, 0, 0), 0xffff_ffff);
 
     let mut desc = describe(&fw, 16 << 20);
     let disk: Vec<u8> = (0..64 * 512).map(|i| (i / 512) as u8).collect();
@@ -520,10 +521,14 @@ fn virtio_devices_are_off_by_default_and_on_their_slots_when_asked_for() {
             MemoryImage::writable("vd", disk, DISK_SECTOR_SIZE).unwrap(),
         )),
         rng: Some(Box::new(rng::DeterministicEntropy::new(1))),
+        console: Some(Box::new(crate::uart::NullBackend)),
+        net: Some((Box::new(crate::net::BufferNet::new()), [2, 0, 0, 0, 0, 1])),
     };
     let mut pc = build(desc);
     assert_eq!(pci_read32(&mut pc, VIRTIO_DISK_PCI.0, 0, 0), 0x1042_1af4);
     assert_eq!(pci_read32(&mut pc, VIRTIO_RNG_PCI.0, 0, 0), 0x1044_1af4);
+    assert_eq!(pci_read32(&mut pc, VIRTIO_CONSOLE_PCI.0, 0, 0), 0x1043_1af4);
+    assert_eq!(pci_read32(&mut pc, VIRTIO_NET_PCI.0, 0, 0), 0x1041_1af4);
     assert_eq!(
         pci_read32(&mut pc, VIRTIO_DISK_PCI.0, 0, 0x3c) >> 8 & 0xff,
         1,

@@ -56,6 +56,45 @@ pub trait VirtioDevice: Send {
         grant: &DmaGrant,
     ) -> u32;
 
+    /// Whether queue `queue` is a receive queue: its buffers are taken only
+    /// while the device has host input for them
+    /// ([`VirtioDevice::has_input`]), not when the driver notifies. False
+    /// by default: every chain made available is served at once.
+    fn is_receive_queue(&self, queue: u16) -> bool {
+        let _ = queue;
+        false
+    }
+
+    /// Whether host input waits for receive queue `queue` (the device may
+    /// pull it from its backend here, up to a bound of its own).
+    fn has_input(&mut self, queue: u16) -> bool {
+        let _ = queue;
+        false
+    }
+
+    /// For a receive queue whose input items may span several chains
+    /// (virtio-net with mergeable receive buffers): the device-writable
+    /// bytes the next item needs. The transport then serves the item with
+    /// as many chains as cover that, calling
+    /// [`VirtioDevice::input_spans`] first, or leaves them available until
+    /// the driver adds enough. `None` (the default): one chain per item.
+    fn next_input_len(&mut self, queue: u16) -> Option<u64> {
+        let _ = queue;
+        None
+    }
+
+    /// The next item of receive queue `queue` goes into `chains` chains
+    /// (the `serve` calls that follow, in order).
+    fn input_spans(&mut self, queue: u16, chains: u16) {
+        let _ = (queue, chains);
+    }
+
+    /// While the driver runs, how often (ns) to look for host input; `None`
+    /// (the default) when the device has none.
+    fn input_poll_ns(&self) -> Option<u64> {
+        None
+    }
+
     /// Back to power-on state (the driver wrote status 0).
     fn reset(&mut self) {}
 

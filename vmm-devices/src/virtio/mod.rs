@@ -10,13 +10,17 @@
 //!   feature negotiation.
 //! - [`blk`]: virtio-blk on a [`crate::block::BlockBackend`].
 //! - [`rng`]: virtio-rng on an [`rng::EntropySource`].
+//! - [`console`]: virtio-console (port 0) on a [`crate::uart::CharBackend`].
+//! - [`net`]: virtio-net on a [`crate::net::NetBackend`].
 //!
 //! Facts are from the OASIS virtio 1.2 specification (sections named in
 //! each module).
 
 pub mod blk;
 pub mod chain;
+pub mod console;
 pub mod device;
+pub mod net;
 pub mod pci;
 pub mod queue;
 pub mod rng;
@@ -44,8 +48,12 @@ pub const VIRTIO_F_RING_EVENT_IDX: u64 = 1 << 29;
 /// Feature: a virtio 1.x device (required: this transport is modern only).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
+/// Device type of a network card.
+pub const DEVICE_TYPE_NET: u16 = 1;
 /// Device type of a block device.
 pub const DEVICE_TYPE_BLOCK: u16 = 2;
+/// Device type of a console.
+pub const DEVICE_TYPE_CONSOLE: u16 = 3;
 /// Device type of an entropy source.
 pub const DEVICE_TYPE_RNG: u16 = 4;
 

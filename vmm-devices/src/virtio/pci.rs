@@ -395,7 +395,9 @@ impl VirtioPci {
     }
 
     /// Serve every available chain of queue `q` (at most its size per call)
-    /// and interrupt the driver if it wants to hear of them.
+    /// and interrupt the driver if it wants to hear of them. A receive
+    /// queue's chains are taken only while the device has input for them,
+    /// as many per item as the device asks for.
     fn process_queue(&mut self, ctx: &mut DeviceContext<'_>, q: usize) {
         if !self.running() {
             return;
@@ -406,27 +408,62 @@ impl VirtioPci {
         if !queue.is_enabled() {
             return;
         }
+        let qi = q as u16;
+        let receive = self.device.is_receive_queue(qi);
         let size = queue.layout().size;
+        let mut budget = size;
         let mut failure = None;
-        for _ in 0..size {
-            let chain = match queue.pop(&mut ctx.dma) {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => {
-                    failure = Some(e);
+        'items: while budget > 0 {
+            let mut chains = 1u16;
+            if receive {
+                if !self.device.has_input(qi) {
                     break;
                 }
-            };
-            let written = match queue.grant() {
-                Some(grant) => {
-                    let grant = grant.clone();
-                    self.device.serve(q as u16, &chain, &mut ctx.dma, &grant)
+                if let Some(need) = self.device.next_input_len(qi) {
+                    // Look ahead for chains with room for the whole item;
+                    // an item larger than the whole ring gets the ring.
+                    let (mut have, mut n) = (0u64, 0u16);
+                    while have < need && n < size {
+                        if n >= budget {
+                            break 'items;
+                        }
+                        match queue.peek_writable(&ctx.dma, n) {
+                            Ok(Some(len)) => {
+                                have = have.saturating_add(len);
+                                n += 1;
+                            }
+                            Ok(None) => break 'items,
+                            Err(e) => {
+                                failure = Some(e);
+                                break 'items;
+                            }
+                        }
+                    }
+                    chains = n.max(1);
+                    self.device.input_spans(qi, chains);
                 }
-                None => 0,
-            };
-            if let Err(e) = queue.push(&mut ctx.dma, chain.head, written) {
-                failure = Some(e);
-                break;
+            }
+            for _ in 0..chains {
+                let chain = match queue.pop(&mut ctx.dma) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break 'items,
+                    Err(e) => {
+                        failure = Some(e);
+                        break 'items;
+                    }
+                };
+                budget -= 1;
+                let written = match queue.grant() {
+                    Some(grant) => {
+                        let grant = grant.clone();
+                        self.device.serve(qi, &chain, &mut ctx.dma, &grant)
+                    }
+                    None => 0,
+                };
+                if let Err(e) = queue.push(&mut ctx.dma, chain.head, written) {
+                    failure = Some(e);
+                    break 'items;
+                }
             }
         }
         let notify = queue.needs_interrupt(&ctx.dma);
@@ -705,6 +742,19 @@ impl PciFunction for VirtioPci {
             RegionId::Bar(1) if offset < PBA_OFFSET => self.msix.table_write(offset, data),
             _ => {}
         }
+    }
+
+    fn poll(&mut self, ctx: &mut DeviceContext<'_>) -> Option<u64> {
+        if !self.running() {
+            return None;
+        }
+        let period = self.device.input_poll_ns()?;
+        for q in 0..self.queues.len() {
+            if self.device.is_receive_queue(q as u16) {
+                self.process_queue(ctx, q);
+            }
+        }
+        Some(ctx.now_ns().saturating_add(period))
     }
 
     fn reset(&mut self) {

@@ -414,6 +414,36 @@ impl Virtqueue {
         Ok(Some(chain))
     }
 
+    /// The device-writable bytes of the chain `ahead` places after the next
+    /// one [`Virtqueue::pop`] would take, without taking anything (a
+    /// receive queue looking for room for an item that spans chains).
+    /// `Ok(None)` when fewer chains are available.
+    pub fn peek_writable(
+        &self,
+        guard: &DmaGuard<'_>,
+        ahead: u16,
+    ) -> Result<Option<u64>, QueueError> {
+        if self.machine.state() != QueueState::Ready {
+            return Err(QueueError::NotReady);
+        }
+        let l = self.machine.model().layout;
+        let avail_idx = Self::read_u16(guard, l.avail + 2)?;
+        let pending = avail_idx.wrapping_sub(self.next_avail);
+        if pending > l.size {
+            return Err(QueueError::AvailIndexJump {
+                from: self.next_avail,
+                to: avail_idx,
+            });
+        }
+        if ahead >= pending {
+            return Ok(None);
+        }
+        let slot = self.next_avail.wrapping_add(ahead) % l.size;
+        let head = Self::read_u16(guard, l.avail + 4 + 2 * u64::from(slot))?;
+        let chain = chain::walk(guard, l.desc, l.size, head, self.indirect)?;
+        Ok(Some(chain.writable_len()))
+    }
+
     /// The grant of the chain being served (its RAM buffers and the used
     /// ring).
     pub fn grant(&self) -> Option<&DmaGrant> {

@@ -956,3 +956,366 @@ fn a_refused_feature_set_still_saves_and_restores() {
     rig.w32(common::DRIVER_FEATURE_SELECT, 1);
     assert_eq!(rig.r32(common::DRIVER_FEATURE), 1 | 1 << 18);
 }
+
+/// The driver's side of one queue of several (queue `q` at its own rings).
+struct Ring {
+    q: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    next_desc: u16,
+    avail_idx: u16,
+}
+
+impl Ring {
+    /// Queue `q`'s rings at 0x4_0000 + q * 0x4000.
+    fn new(q: u16) -> Self {
+        let base = 0x4_0000 + u64::from(q) * 0x4000;
+        Self {
+            q,
+            desc: base,
+            avail: base + 0x1000,
+            used: base + 0x2000,
+            next_desc: 0,
+            avail_idx: 0,
+        }
+    }
+
+    fn setup(&self, rig: &mut Rig) {
+        rig.w16(common::QUEUE_SELECT, self.q);
+        rig.w16(common::QUEUE_SIZE, SIZE);
+        rig.w64(common::QUEUE_DESC, self.desc);
+        rig.w64(common::QUEUE_DRIVER, self.avail);
+        rig.w64(common::QUEUE_DEVICE, self.used);
+        rig.w16(common::QUEUE_ENABLE, 1);
+    }
+
+    /// Put a chain of (addr, len, writable) buffers in and publish it.
+    fn submit(&mut self, rig: &mut Rig, bufs: &[(u64, u32, bool)]) -> u16 {
+        let head = self.next_desc;
+        for (k, &(addr, len, w)) in bufs.iter().enumerate() {
+            let i = (head + k as u16) % SIZE;
+            let last = k + 1 == bufs.len();
+            let flags =
+                if w { VIRTQ_DESC_F_WRITE } else { 0 } | if last { 0 } else { VIRTQ_DESC_F_NEXT };
+            rig.write_desc(self.desc, i, addr, len, flags, (i + 1) % SIZE);
+        }
+        self.next_desc = (head + bufs.len() as u16) % SIZE;
+        let slot = self.avail_idx % SIZE;
+        rig.poke(self.avail + 4 + 2 * u64::from(slot), &head.to_le_bytes());
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        rig.poke(self.avail + 2, &self.avail_idx.to_le_bytes());
+        head
+    }
+
+    fn used_idx(&self, rig: &Rig) -> u16 {
+        rig.peek16(self.used + 2)
+    }
+
+    /// The used element `n`: (id, len).
+    fn used_elem(&self, rig: &Rig, n: u16) -> (u32, u32) {
+        let b = rig.peek(self.used + 4 + 8 * u64::from(n % SIZE), 8);
+        (
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+        )
+    }
+}
+
+/// Negotiate `features`, set up `rings`, DRIVER_OK.
+fn start_rings(rig: &mut Rig, features: u64, rings: &[&Ring]) {
+    assert_ne!(rig.negotiate(features) & STATUS_FEATURES_OK, 0);
+    for r in rings {
+        r.setup(rig);
+    }
+    rig.w8(
+        common::DEVICE_STATUS,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+    );
+}
+
+mod console {
+    use super::*;
+    use crate::shared_char::share;
+    use crate::uart::{BufferBackend, CharBackend};
+    use crate::virtio::console::*;
+
+    fn rig(backend: BufferBackend) -> (Rig, Ring, Ring) {
+        let mut rig = Rig::new(Box::new(VirtioConsole::new(Box::new(backend))));
+        assert_eq!(rig.cfg_read(0x00), 0x1043_1af4);
+        assert_eq!(rig.r16(common::NUM_QUEUES), 2);
+        let (rx, tx) = (Ring::new(RECEIVE_QUEUE), Ring::new(TRANSMIT_QUEUE));
+        start_rings(&mut rig, FEATURES, &[&rx, &tx]);
+        (rig, rx, tx)
+    }
+
+    #[test]
+    fn a_transmit_buffer_is_one_notify_and_reaches_the_backend_whole() {
+        let out = BufferBackend::new();
+        let (mut rig, _rx, mut tx) = rig(out.clone());
+        let line = b"[    0.000000] Linux version 6.1.0\n";
+        rig.poke(DATA, line);
+        rig.poke(DATA + 0x1000, b"and more");
+        tx.submit(&mut rig, &[(DATA, line.len() as u32, false)]);
+        tx.submit(
+            &mut rig,
+            &[(DATA + 0x1000, 3, false), (DATA + 0x1003, 5, false)],
+        );
+        rig.notify(TRANSMIT_QUEUE);
+        assert_eq!(tx.used_idx(&rig), 2);
+        assert_eq!(tx.used_elem(&rig, 0).1, 0, "nothing written back");
+        let mut want = line.to_vec();
+        want.extend_from_slice(b"and more");
+        assert_eq!(out.take_output(), want);
+        // A buffer in ROM, MMIO or past RAM sends nothing of itself.
+        tx.submit(&mut rig, &[(ROM_AT, 16, false)]);
+        tx.submit(&mut rig, &[(HOLE_AT, 16, false)]);
+        tx.submit(&mut rig, &[(RAM - 8, 16, false)]);
+        rig.notify(TRANSMIT_QUEUE);
+        assert_eq!(tx.used_idx(&rig), 5);
+        assert!(out.take_output().is_empty());
+        assert_eq!(rig.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn input_waits_for_receive_buffers_and_fills_them_in_order() {
+        let term = BufferBackend::new();
+        let (mut rig, mut rx, _tx) = rig(term.clone());
+        term.push_input(b"hello");
+        // No buffer yet: the input stays.
+        rig.vm.poll_timers();
+        assert_eq!(rx.used_idx(&rig), 0);
+        rx.submit(&mut rig, &[(DATA, 3, true)]);
+        rx.submit(&mut rig, &[(DATA + 0x100, 64, true)]);
+        rx.submit(&mut rig, &[(DATA + 0x200, 64, true)]);
+        rig.notify(RECEIVE_QUEUE);
+        assert_eq!(rx.used_idx(&rig), 2, "the third buffer waits for input");
+        assert_eq!(rx.used_elem(&rig, 0).1, 3);
+        assert_eq!(rig.peek(DATA, 3), b"hel");
+        assert_eq!(rx.used_elem(&rig, 1).1, 2);
+        assert_eq!(rig.peek(DATA + 0x100, 2), b"lo");
+        assert!(rig.intx.level(), "the driver hears of it");
+        // Later input reaches the waiting buffer at the next poll.
+        term.push_input(b"!");
+        rig.vm.timers_changed();
+        rig.vm.poll_timers();
+        assert_eq!(rx.used_idx(&rig), 3);
+        assert_eq!(rig.peek(DATA + 0x200, 1), b"!");
+        // A receive buffer in ROM gets nothing, and the input waits.
+        rx.submit(&mut rig, &[(ROM_AT, 8, true)]);
+        rx.submit(&mut rig, &[(DATA + 0x300, 8, true)]);
+        term.push_input(b"x");
+        rig.notify(RECEIVE_QUEUE);
+        assert_eq!(rx.used_idx(&rig), 5);
+        assert_eq!(rx.used_elem(&rig, 3).1, 0);
+        assert!(rig.peek(ROM_AT, 8).iter().all(|&b| b == 0xa5));
+        assert_eq!(rx.used_elem(&rig, 4).1, 1);
+        assert_eq!(rig.peek(DATA + 0x300, 1), b"x");
+    }
+
+    #[test]
+    fn a_shared_terminal_feeds_the_console_only_while_its_driver_runs() {
+        let term = BufferBackend::new();
+        let (mut serial, virtio) = share(Box::new(term.clone()));
+        let mut rig = Rig::new(Box::new(VirtioConsole::new(Box::new(virtio))));
+        term.push_input(b"a");
+        assert_eq!(
+            serial.read(),
+            Some(b'a'),
+            "COM1 has input before the driver"
+        );
+        let (rx, tx) = (Ring::new(RECEIVE_QUEUE), Ring::new(TRANSMIT_QUEUE));
+        start_rings(&mut rig, FEATURES, &[&rx, &tx]);
+        term.push_input(b"b");
+        assert_eq!(serial.read(), None);
+        rig.w8(common::DEVICE_STATUS, 0);
+        assert_eq!(serial.read(), Some(b'b'), "back to COM1 after a reset");
+    }
+
+    #[test]
+    fn emergency_write_and_a_hostile_ring_need_a_reset() {
+        let term = BufferBackend::new();
+        let (mut rig, _rx, tx) = rig(term.clone());
+        rig.w32(DEVICE_OFFSET + EMERG_WR, u32::from(b'!'));
+        assert_eq!(term.take_output(), b"!");
+        // A chain that loops.
+        let head = tx.next_desc;
+        rig.write_desc(tx.desc, head, DATA, 4, VIRTQ_DESC_F_NEXT, head);
+        let slot = tx.avail_idx % SIZE;
+        rig.poke(tx.avail + 4 + 2 * u64::from(slot), &head.to_le_bytes());
+        rig.poke(tx.avail + 2, &(tx.avail_idx + 1).to_le_bytes());
+        rig.notify(TRANSMIT_QUEUE);
+        assert_ne!(rig.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn pending_input_survives_save_and_restore() {
+        let term = BufferBackend::new();
+        let mut dev = VirtioConsole::new(Box::new(term.clone()));
+        term.push_input(b"abc");
+        assert!(dev.has_input(RECEIVE_QUEUE));
+        let saved = dev.save_state();
+        let mut other = VirtioConsole::new(Box::new(BufferBackend::new()));
+        other.restore_state(&saved).unwrap();
+        assert!(other.has_input(RECEIVE_QUEUE));
+        assert!(other
+            .restore_state(&vec![0; MAX_PENDING_INPUT + 1])
+            .is_err());
+    }
+}
+
+mod net {
+    use super::*;
+    use crate::net::BufferNet;
+    use crate::virtio::net::*;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+    fn rig(backend: BufferNet, features: u64) -> (Rig, Ring, Ring) {
+        let mut rig = Rig::new(Box::new(VirtioNet::new(Box::new(backend), MAC)));
+        assert_eq!(rig.cfg_read(0x00), 0x1041_1af4);
+        assert_eq!(rig.cfg_read(0x08) >> 8, 0x02_00_00, "Ethernet controller");
+        let (rx, tx) = (Ring::new(RECEIVE_QUEUE), Ring::new(TRANSMIT_QUEUE));
+        start_rings(&mut rig, features, &[&rx, &tx]);
+        (rig, rx, tx)
+    }
+
+    fn frame(len: usize, tag: u8) -> Vec<u8> {
+        let mut f: Vec<u8> = (0..len).map(|i| (i as u8) ^ tag).collect();
+        f[..6].copy_from_slice(&MAC);
+        f
+    }
+
+    #[test]
+    fn mac_status_and_features_are_in_the_configuration() {
+        let mut rig = Rig::new(Box::new(VirtioNet::new(Box::new(BufferNet::new()), MAC)));
+        let offered = rig.offered();
+        for f in [
+            VIRTIO_NET_F_MAC,
+            VIRTIO_NET_F_STATUS,
+            VIRTIO_NET_F_MRG_RXBUF,
+            VIRTIO_NET_F_CSUM,
+        ] {
+            assert_ne!(offered & f, 0);
+        }
+        let mac: Vec<u8> = (0..6).map(|i| rig.r8(DEVICE_OFFSET + i)).collect();
+        assert_eq!(mac, MAC);
+        assert_eq!(rig.r16(DEVICE_OFFSET + 6), VIRTIO_NET_S_LINK_UP);
+        assert_eq!(rig.r16(common::NUM_QUEUES), 2);
+    }
+
+    #[test]
+    fn a_sent_frame_loses_its_header_and_gets_its_checksum() {
+        let net = BufferNet::new();
+        let (mut rig, _rx, mut tx) = rig(net.clone(), FEATURES | VIRTIO_NET_F_CSUM);
+        // A frame whose 16-bit sum from byte 14 is completed at byte 24.
+        let mut f = frame(60, 1);
+        f[24..26].copy_from_slice(&[0, 0]);
+        let mut hdr = [0u8; HEADER_LEN];
+        hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        hdr[6..8].copy_from_slice(&14u16.to_le_bytes());
+        hdr[8..10].copy_from_slice(&10u16.to_le_bytes());
+        rig.poke(DATA, &hdr);
+        rig.poke(DATA + 0x100, &f[..20]);
+        rig.poke(DATA + 0x200, &f[20..]);
+        tx.submit(
+            &mut rig,
+            &[
+                (DATA, HEADER_LEN as u32, false),
+                (DATA + 0x100, 20, false),
+                (DATA + 0x200, 40, false),
+            ],
+        );
+        rig.notify(TRANSMIT_QUEUE);
+        assert_eq!(tx.used_idx(&rig), 1);
+        let sent = net.take_sent();
+        assert_eq!(sent.len(), 1);
+        let got = &sent[0];
+        assert_eq!(got[..24], f[..24]);
+        assert_eq!(got[26..], f[26..]);
+        // The whole range now sums to 0xffff.
+        let mut sum: u32 = got[14..]
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(sum, 0xffff);
+        // Dropped, nothing sent: a GSO header, a runt, a buffer in ROM, a
+        // checksum place past the frame.
+        let mut gso = [0u8; HEADER_LEN];
+        gso[1] = 1;
+        rig.poke(DATA + 0x300, &gso);
+        tx.submit(
+            &mut rig,
+            &[(DATA + 0x300, 12, false), (DATA + 0x100, 60, false)],
+        );
+        tx.submit(
+            &mut rig,
+            &[(DATA + 0x400, 12, false), (DATA + 0x100, 4, false)],
+        );
+        tx.submit(&mut rig, &[(DATA + 0x400, 12, false), (ROM_AT, 60, false)]);
+        let mut far = hdr;
+        far[8..10].copy_from_slice(&1000u16.to_le_bytes());
+        rig.poke(DATA + 0x500, &far);
+        tx.submit(
+            &mut rig,
+            &[(DATA + 0x500, 12, false), (DATA + 0x100, 60, false)],
+        );
+        rig.notify(TRANSMIT_QUEUE);
+        assert_eq!(tx.used_idx(&rig), 5);
+        assert!(net.take_sent().is_empty());
+        assert_eq!(rig.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn a_received_frame_spans_mergeable_buffers_and_waits_for_enough() {
+        let net = BufferNet::new();
+        let (mut rig, mut rx, _tx) = rig(net.clone(), FEATURES | VIRTIO_NET_F_MRG_RXBUF);
+        let f = frame(1500, 7);
+        net.push_frame(&f);
+        // 512 bytes is not enough for 12 + 1500: it waits.
+        rx.submit(&mut rig, &[(DATA, 512, true)]);
+        rig.notify(RECEIVE_QUEUE);
+        assert_eq!(rx.used_idx(&rig), 0);
+        assert_eq!(net.pending(), 0, "taken from the backend, held");
+        rx.submit(&mut rig, &[(DATA + 0x1000, 512, true)]);
+        rx.submit(&mut rig, &[(DATA + 0x2000, 2048, true)]);
+        rig.notify(RECEIVE_QUEUE);
+        assert_eq!(rx.used_idx(&rig), 3);
+        assert_eq!(rx.used_elem(&rig, 0).1, 512);
+        assert_eq!(rx.used_elem(&rig, 1).1, 512);
+        assert_eq!(rx.used_elem(&rig, 2).1, 12 + 1500 - 1024);
+        let hdr = rig.peek(DATA, HEADER_LEN);
+        assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 3, "num_buffers");
+        let mut got = rig.peek(DATA + 12, 500);
+        got.extend(rig.peek(DATA + 0x1000, 512));
+        got.extend(rig.peek(DATA + 0x2000, 488));
+        assert_eq!(got, f);
+        assert!(rig.intx.level());
+        // A frame arriving later is found at the next poll.
+        net.push_frame(&frame(60, 9));
+        rx.submit(&mut rig, &[(DATA + 0x3000, 2048, true)]);
+        rig.vm.timers_changed();
+        rig.vm.poll_timers();
+        assert_eq!(rx.used_idx(&rig), 4);
+        assert_eq!(rig.peek(DATA + 0x3000 + 12, 60), frame(60, 9));
+    }
+
+    #[test]
+    fn without_mergeable_buffers_a_frame_takes_one_chain_and_rom_gets_nothing() {
+        let net = BufferNet::new();
+        let (mut rig, mut rx, _tx) = rig(net.clone(), FEATURES);
+        net.push_frame(&frame(100, 3));
+        net.push_frame(&frame(100, 4));
+        rx.submit(&mut rig, &[(ROM_AT, 2048, true)]);
+        rx.submit(&mut rig, &[(DATA, 12, true), (DATA + 0x100, 2048, true)]);
+        rig.notify(RECEIVE_QUEUE);
+        assert_eq!(rx.used_idx(&rig), 2);
+        assert_eq!(rx.used_elem(&rig, 0).1, 0, "the frame is dropped");
+        assert!(rig.peek(ROM_AT, 64).iter().all(|&b| b == 0xa5));
+        assert_eq!(rx.used_elem(&rig, 1).1, 112);
+        assert_eq!(rig.peek(DATA + 0x100, 100), frame(100, 4));
+    }
+}

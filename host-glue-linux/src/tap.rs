@@ -1,0 +1,152 @@
+//! The host side of virtio-net on Linux: a tap device (`--net tap=NAME`).
+//!
+//! [`Tap::open`] opens `/dev/net/tun` non-blocking and attaches it to the
+//! tap interface `NAME` with `TUNSETIFF` (`IFF_TAP | IFF_NO_PI`: whole
+//! Ethernet frames, no packet-information prefix), creating the interface
+//! if it does not exist (that needs CAP_NET_ADMIN; an interface made
+//! beforehand with `ip tuntap add dev NAME mode tap user U` does not).
+//! The interface lives in the network namespace `vmm` runs in, so tests
+//! run it under `ip netns exec`. Frames are read and written one per
+//! system call; a read that would block is "nothing received", a write
+//! that would block drops the frame as a busy wire would.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use vmm_devices::net::{check_length, NetBackend, NetError};
+
+/// Longest interface name, without its NUL (`IFNAMSIZ` - 1).
+pub const MAX_NAME: usize = 15;
+
+/// `struct ifreq` as TUNSETIFF reads it: the name and the flags, padded to
+/// the structure's 40 bytes.
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// A tap device could not be opened.
+#[derive(Debug)]
+pub enum TapError {
+    /// The interface name is empty, too long or not printable ASCII.
+    BadName(String),
+    /// `/dev/net/tun` could not be opened.
+    Open(std::io::Error),
+    /// `TUNSETIFF` refused (not allowed, or the name is not a tap).
+    Attach {
+        /// The interface.
+        name: String,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for TapError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TapError::BadName(n) => write!(
+                f,
+                "'{n}' is not a network interface name (1 to {MAX_NAME} characters)"
+            ),
+            TapError::Open(e) => write!(f, "/dev/net/tun: {e}"),
+            TapError::Attach { name, error } => write!(f, "tap {name}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for TapError {}
+
+/// Whether `name` can name an interface.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
+/// An open tap device.
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+impl Tap {
+    /// Attach to (or create) the tap interface `name`.
+    pub fn open(name: &str) -> Result<Self, TapError> {
+        if !valid_name(name) {
+            return Err(TapError::BadName(name.to_string()));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(TapError::Open)?;
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+            _pad: [0; 22],
+        };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is a
+        // live, properly aligned 40-byte #[repr(C)] value with the layout
+        // the kernel expects (name, then the flags as a short), and the fd
+        // is an open /dev/net/tun owned by `file` for the whole call.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReq) };
+        if rc < 0 {
+            return Err(TapError::Attach {
+                name: name.to_string(),
+                error: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Self {
+            file,
+            name: name.to_string(),
+        })
+    }
+
+    /// The interface's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl NetBackend for Tap {
+    fn send(&mut self, frame: &[u8]) -> Result<(), NetError> {
+        check_length(frame)?;
+        match self.file.write(frame) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Err(NetError::Busy),
+            Err(e) => Err(NetError::Io(e.raw_os_error().unwrap_or(0))),
+        }
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
+        match self.file.read(buf) {
+            Ok(n) if n > 0 => Some(n),
+            // Nothing waits (EAGAIN), the interface is down (EIO), or a
+            // read error: nothing received this time.
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_before_anything_is_opened() {
+        assert!(valid_name("tap0"));
+        assert!(valid_name("vmm-tap.1"));
+        for bad in ["", "a-name-longer-than-15", "a/b", "a b", "a:1"] {
+            assert!(!valid_name(bad), "{bad}");
+            assert!(matches!(Tap::open(bad), Err(TapError::BadName(_))), "{bad}");
+        }
+    }
+}

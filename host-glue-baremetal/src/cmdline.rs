@@ -68,6 +68,8 @@ pub struct Config {
     pub log_level: LogLevel,
     /// Number of VMs to run.
     pub vms: u32,
+    /// vCPUs per PC (`cpus=`, 1 to 16), time-sliced on this CPU.
+    pub cpus: u32,
     /// A physical device passed through to the VMs.
     pub passthrough: Option<PassthroughKind>,
     /// The virtualization backend.
@@ -99,6 +101,7 @@ impl Default for Config {
             guest_mem: 512 << 20,
             log_level: LogLevel::Info,
             vms: 1,
+            cpus: 1,
             passthrough: None,
             cpu: CpuBackend::Auto,
             paging: PagingChoice::Nested,
@@ -133,7 +136,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, cpus, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -188,6 +191,13 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
             }
             "vms" => {
                 config.vms = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=16).contains(n))
+                    .ok_or(bad("a number from 1 to 16"))?;
+            }
+            "cpus" => {
+                config.cpus = value
                     .parse()
                     .ok()
                     .filter(|n| (1..=16).contains(n))
@@ -285,6 +295,13 @@ mod tests {
             "overflow is refused"
         );
         assert!(parse("vms=0").is_err());
+        assert_eq!(parse("cpus=4").unwrap().cpus, 4);
+        for bad in ["cpus=0", "cpus=17", "cpus=x"] {
+            assert!(
+                matches!(parse(bad), Err(CmdlineError::BadValue { key: "cpus", .. })),
+                "{bad}"
+            );
+        }
         assert_eq!(
             parse("selftest=panic").unwrap().selftest,
             Some(SelfTest::Panic)

@@ -54,6 +54,7 @@ fn rig(clock: u64) -> Rig {
         virtio: Default::default(),
         id: VmId(1),
         ram: RAM,
+        cpus: 1,
         firmware: &fw,
         cdrom: Some(Box::new(
             MemoryImage::read_only("cd", iso(), CD_SECTOR_SIZE).unwrap(),

@@ -61,6 +61,8 @@ pub struct Options {
     pub cpu_model: CpuModel,
     /// QEMU's `pc-testdev` and `isa-debug-exit` are there (`testdev=1`).
     pub test_devices: bool,
+    /// vCPUs (`cpus=`).
+    pub cpus: usize,
 }
 
 /// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `media` in its
@@ -77,6 +79,7 @@ pub fn build(
         bios_debug,
         cpu_model,
         test_devices,
+        cpus,
     } = options;
     let vdisk = match media.vdisk {
         Some(image) => {
@@ -100,6 +103,7 @@ pub fn build(
     let desc = PcDescription {
         id: VmId(id),
         ram,
+        cpus,
         firmware: bios,
         cdrom,
         disk: None,

@@ -42,6 +42,10 @@ pub struct PcDescription<'a> {
     pub id: VmId,
     /// Bytes of guest RAM, at most [`super::MAX_RAM`].
     pub ram: u64,
+    /// vCPUs: 1 to [`super::MAX_CPUS`]. vCPU 0 is the bootstrap processor;
+    /// the others wait for a start-up IPI (the firmware and the OS start
+    /// them from the MADT and fw_cfg's count).
+    pub cpus: usize,
     /// The firmware image (SeaBIOS, or any image with a reset vector in
     /// its last 16 bytes), mapped below 4 GiB and at 0xE0000.
     pub firmware: &'a [u8],

@@ -6,6 +6,7 @@
 //!
 //! ```toml
 //! memory = "512M"            # or 512 (a bare number is MiB), "1G", "65536K"
+//! cpus = 1                     # vCPUs, 1 to 16
 //! boot = ["cdrom", "disk"]     # boot order
 //! cpu_model = "qemu64"         # what CPUID shows: qemu64 (default) or host
 //!
@@ -104,6 +105,8 @@ pub struct KernelBoot {
 pub struct MachineConfig {
     /// RAM in bytes.
     pub memory: u64,
+    /// vCPUs (1 to 16).
+    pub cpus: usize,
     /// The firmware image.
     pub bios: PathBuf,
     /// A CD image for the CD-ROM drive.
@@ -312,11 +315,36 @@ fn check_memory(bytes: u64, key: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Parse and check a vCPU count given under `key` (1 to 16).
+pub fn parse_cpus(text: &str, key: &str) -> Result<usize, ConfigError> {
+    let n: usize = text.trim().parse().map_err(|_| ConfigError::Value {
+        key: key.into(),
+        problem: format!("'{text}' is not a number of CPUs (1 to {MAX_CPUS})"),
+    })?;
+    check_cpus(n, key)?;
+    Ok(n)
+}
+
+/// The most vCPUs a machine takes.
+pub const MAX_CPUS: usize = vmm_devices::pc::MAX_CPUS;
+
+fn check_cpus(n: usize, key: &str) -> Result<(), ConfigError> {
+    if (1..=MAX_CPUS).contains(&n) {
+        Ok(())
+    } else {
+        Err(ConfigError::Value {
+            key: key.into(),
+            problem: format!("{n} CPUs: give 1 to {MAX_CPUS}"),
+        })
+    }
+}
+
 impl MachineConfig {
     /// The defaults: 512 MiB, Debian's SeaBIOS, CD first, COM1 on stdio.
     pub fn new() -> Self {
         Self {
             memory: DEFAULT_MEMORY,
+            cpus: 1,
             bios: PathBuf::from(DEFAULT_BIOS),
             cdrom: None,
             disk: None,
@@ -337,6 +365,7 @@ impl MachineConfig {
     /// key (`style` says how keys are spelt).
     pub fn validate(&self, style: KeyStyle) -> Result<(), ConfigError> {
         check_memory(self.memory, &style.name("memory", "--memory"))?;
+        check_cpus(self.cpus, &style.name("cpus", "--cpus"))?;
         let exists = |p: &Path, key: String| check_file(p, key, false);
         let image = |p: &Path, key: String| check_file(p, key, true);
         exists(&self.bios, style.name("firmware.bios", "--bios"))?;
@@ -422,6 +451,7 @@ enum MemoryValue {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     memory: Option<MemoryValue>,
+    cpus: Option<i64>,
     boot: Option<Vec<BootDevice>>,
     cpu_model: Option<String>,
     #[serde(default)]
@@ -592,6 +622,9 @@ pub fn parse_config(text: &str, file: &Path, base: &Path) -> Result<MachineConfi
         Some(MemoryValue::MiB(mib)) => m.memory = parse_memory(&mib.to_string(), "memory")?,
         None => {}
     }
+    if let Some(n) = f.cpus {
+        m.cpus = parse_cpus(&n.to_string(), "cpus")?;
+    }
     if let Some(model) = f.cpu_model {
         m.cpu_model = parse_cpu_model(&model, "cpu_model")?;
     }
@@ -756,6 +789,11 @@ mod tests {
 
     #[test]
     fn wrong_values_name_their_key() {
+        assert_eq!(parse("cpus = 4").unwrap().cpus, 4);
+        for bad in ["cpus = 0", "cpus = 17", "cpus = -1"] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.to_string().starts_with("cpus: "), "{bad}: {e}");
+        }
         let e = parse("memory = \"lots\"").unwrap_err();
         assert!(e.to_string().starts_with("memory: "), "{e}");
         let e = parse("memory = \"1M\"").unwrap_err();

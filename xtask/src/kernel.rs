@@ -18,7 +18,8 @@ pub struct RunArgs {
     /// Number of VMs, each a PC booting the CD.
     #[arg(long, default_value_t = 1)]
     vms: u32,
-    /// vCPUs per PC (1 to 16), time-sliced on the host's CPU.
+    /// vCPUs per PC (1 to 16), time-sliced on the host's CPU (nested
+    /// paging only so far).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     cpus: u32,
     /// Instead of PCs, run these guest programs, one VM each (names of

@@ -99,7 +99,8 @@ struct RunArgs {
     /// with a K, M or G suffix (`1G`); 16 MiB to 3 GiB [default: 512].
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
-    /// vCPUs, 1 to 16 [default: 1]. They take turns on the vCPU thread.
+    /// vCPUs [default: 1]. The machine takes 1 to 16; this host runs one
+    /// so far, and refuses more naming this flag.
     #[arg(long, value_name = "N")]
     cpus: Option<String>,
     /// Firmware image [default: /usr/share/seabios/bios-256k.bin].

@@ -258,15 +258,15 @@ impl Pc {
     }
 
     /// Sleep the host until the next device timer or `until`, whichever is
-    /// first, when every vCPU is parked. With nothing armed and no `until`
-    /// no vCPU can ever wake: the VM stops, as a lone vCPU's would.
+    /// first, when every vCPU is parked. With no device timer armed no
+    /// vCPU can ever wake (nothing raises an interrupt while none runs):
+    /// the VM stops with `StopReason::Halted`, as a lone vCPU's does.
     pub fn idle(&mut self, until: Option<u64>) {
-        let wake = match (self.vm.poll_timers(), until) {
-            (Some(d), Some(u)) => Some(d.min(u)),
-            (d, u) => d.or(u),
-        };
-        match wake {
-            Some(_) => self.vm.host().idle(wake),
+        match self.vm.poll_timers() {
+            Some(due) => {
+                let wake = until.map_or(due, |u| u.min(due));
+                self.vm.host().idle(Some(wake));
+            }
             None => self.vm.stop(vmm_core::vm::StopReason::Halted {
                 rip: 0,
                 interrupts_enabled: false,

@@ -630,3 +630,18 @@ fn four_cpus_are_in_cmos_fw_cfg_and_the_madt_and_aps_wait_for_sipi() {
     }
     assert!(pc.vcpu_interrupts(4).is_none());
 }
+
+#[test]
+fn a_pc_whose_vcpus_all_sleep_with_no_timer_armed_stops() {
+    let fw = firmware();
+    let mut pc = build(PcDescription {
+        cpus: 2,
+        ..describe(&fw, 16 << 20)
+    });
+    assert_eq!(pc.next_timer(), None);
+    pc.idle(Some(1_000_000));
+    assert!(matches!(
+        pc.vm().stop_reason(),
+        Some(vmm_core::vm::StopReason::Halted { .. })
+    ));
+}

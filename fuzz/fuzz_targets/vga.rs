@@ -112,6 +112,7 @@ fuzz_target!(|ops: Vec<Op>| {
     let desc = PcDescription {
         id: VmId(1),
         ram: RAM,
+        cpus: 1,
         firmware: &firmware,
         cdrom: None,
         disk: None,

@@ -78,6 +78,8 @@ pub struct Config {
     pub log_level: LogLevel,
     /// Number of VMs to run.
     pub vms: u32,
+    /// vCPUs per PC (`cpus=`, 1 to 16), time-sliced on this CPU.
+    pub cpus: u32,
     /// A physical device passed through to the VMs.
     pub passthrough: Option<PassthroughKind>,
     /// The virtualization backend.
@@ -186,6 +188,7 @@ impl Default for Config {
             guest_mem: 512 << 20,
             log_level: LogLevel::Info,
             vms: 1,
+            cpus: 1,
             passthrough: None,
             cpu: CpuBackend::Auto,
             paging: PagingChoice::Nested,
@@ -218,6 +221,9 @@ pub enum CmdlineError<'a> {
         /// What was expected.
         expected: &'static str,
     },
+    /// Shadow paging with several vCPUs: each vCPU's shadow tables would
+    /// miss the page-table writes its siblings make, so it is refused.
+    ShadowWithSeveralCpus,
 }
 
 impl fmt::Display for CmdlineError<'_> {
@@ -225,7 +231,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip, keys, keys_after, screen_lines, console, net)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, cpus, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip, keys, keys_after, screen_lines, console, net)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -233,6 +239,10 @@ impl fmt::Display for CmdlineError<'_> {
                 value,
                 expected,
             } => write!(f, "{key}={value}: expected {expected}"),
+            CmdlineError::ShadowWithSeveralCpus => write!(
+                f,
+                "paging=shadow runs one vCPU per VM so far: use cpus=1 or nested paging"
+            ),
         }
     }
 }
@@ -280,6 +290,13 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
             }
             "vms" => {
                 config.vms = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=16).contains(n))
+                    .ok_or(bad("a number from 1 to 16"))?;
+            }
+            "cpus" => {
+                config.cpus = value
                     .parse()
                     .ok()
                     .filter(|n| (1..=16).contains(n))
@@ -371,6 +388,9 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
+    if config.paging == PagingChoice::Shadow && config.cpus > 1 {
+        return Err(CmdlineError::ShadowWithSeveralCpus);
+    }
     Ok(config)
 }
 
@@ -420,6 +440,17 @@ mod tests {
             "overflow is refused"
         );
         assert!(parse("vms=0").is_err());
+        assert_eq!(parse("cpus=4").unwrap().cpus, 4);
+        assert_eq!(
+            parse("cpus=2 paging=shadow").unwrap_err(),
+            CmdlineError::ShadowWithSeveralCpus
+        );
+        for bad in ["cpus=0", "cpus=17", "cpus=x"] {
+            assert!(
+                matches!(parse(bad), Err(CmdlineError::BadValue { key: "cpus", .. })),
+                "{bad}"
+            );
+        }
         assert_eq!(
             parse("selftest=panic").unwrap().selftest,
             Some(SelfTest::Panic)

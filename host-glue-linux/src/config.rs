@@ -6,6 +6,7 @@
 //!
 //! ```toml
 //! memory = "512M"            # or 512 (a bare number is MiB), "1G", "65536K"
+//! cpus = 1                     # vCPUs, 1 to 16
 //! boot = ["cdrom", "disk"]     # boot order
 //! cpu_model = "qemu64"         # what CPUID shows: qemu64 (default) or host
 //!
@@ -132,6 +133,8 @@ pub struct KernelBoot {
 pub struct MachineConfig {
     /// RAM in bytes.
     pub memory: u64,
+    /// vCPUs (1 to 16).
+    pub cpus: usize,
     /// The firmware image.
     pub bios: PathBuf,
     /// A CD image for the CD-ROM drive.
@@ -344,11 +347,38 @@ fn check_memory(bytes: u64, key: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Parse and check a vCPU count given under `key` (1 to 16).
+pub fn parse_cpus(text: &str, key: &str) -> Result<usize, ConfigError> {
+    let n: usize = text.trim().parse().map_err(|_| ConfigError::Value {
+        key: key.into(),
+        problem: format!("'{text}' is not a number of CPUs (1 to {MAX_CPUS})"),
+    })?;
+    check_cpus(n, key)?;
+    Ok(n)
+}
+
+/// The most vCPUs a machine takes.
+pub const MAX_CPUS: usize = vmm_devices::pc::MAX_CPUS;
+/// The most vCPUs this host runs so far.
+pub const KVM_HOST_CPUS: usize = 1;
+
+fn check_cpus(n: usize, key: &str) -> Result<(), ConfigError> {
+    if (1..=MAX_CPUS).contains(&n) {
+        Ok(())
+    } else {
+        Err(ConfigError::Value {
+            key: key.into(),
+            problem: format!("{n} CPUs: give 1 to {MAX_CPUS}"),
+        })
+    }
+}
+
 impl MachineConfig {
     /// The defaults: 512 MiB, Debian's SeaBIOS, CD first, COM1 on stdio.
     pub fn new() -> Self {
         Self {
             memory: DEFAULT_MEMORY,
+            cpus: 1,
             bios: PathBuf::from(DEFAULT_BIOS),
             cdrom: None,
             disk: None,
@@ -371,6 +401,19 @@ impl MachineConfig {
     /// key (`style` says how keys are spelt).
     pub fn validate(&self, style: KeyStyle) -> Result<(), ConfigError> {
         check_memory(self.memory, &style.name("memory", "--memory"))?;
+        check_cpus(self.cpus, &style.name("cpus", "--cpus"))?;
+        if self.cpus > KVM_HOST_CPUS {
+            // The machine takes up to 16, but this host does not run the
+            // application processors yet: refuse rather than show the
+            // guest CPUs that never start.
+            return Err(ConfigError::Value {
+                key: style.name("cpus", "--cpus"),
+                problem: format!(
+                    "{} CPUs: the KVM host runs {KVM_HOST_CPUS} vCPU so far (the bare-metal host runs up to {MAX_CPUS})",
+                    self.cpus
+                ),
+            });
+        }
         let exists = |p: &Path, key: String| check_file(p, key, false);
         let image = |p: &Path, key: String| check_file(p, key, true);
         exists(&self.bios, style.name("firmware.bios", "--bios"))?;
@@ -456,6 +499,7 @@ enum MemoryValue {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     memory: Option<MemoryValue>,
+    cpus: Option<i64>,
     boot: Option<Vec<BootDevice>>,
     cpu_model: Option<String>,
     #[serde(default)]
@@ -692,6 +736,9 @@ pub fn parse_config(text: &str, file: &Path, base: &Path) -> Result<MachineConfi
         Some(MemoryValue::MiB(mib)) => m.memory = parse_memory(&mib.to_string(), "memory")?,
         None => {}
     }
+    if let Some(n) = f.cpus {
+        m.cpus = parse_cpus(&n.to_string(), "cpus")?;
+    }
     if let Some(model) = f.cpu_model {
         m.cpu_model = parse_cpu_model(&model, "cpu_model")?;
     }
@@ -863,6 +910,20 @@ mod tests {
 
     #[test]
     fn wrong_values_name_their_key() {
+        assert_eq!(parse("cpus = 1").unwrap().cpus, 1);
+        for bad in ["cpus = 0", "cpus = 17", "cpus = -1"] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.to_string().starts_with("cpus: "), "{bad}: {e}");
+        }
+        // The machine takes 4, this host does not run them yet.
+        let e = parse("cpus = 4")
+            .unwrap()
+            .validate(KeyStyle::Flags)
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("--cpus: 4 CPUs: the KVM host"),
+            "{e}"
+        );
         let e = parse("memory = \"lots\"").unwrap_err();
         assert!(e.to_string().starts_with("memory: "), "{e}");
         let e = parse("memory = \"1M\"").unwrap_err();

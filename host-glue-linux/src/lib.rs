@@ -24,8 +24,8 @@ pub mod runner;
 pub mod size;
 pub mod snapshot_file;
 pub mod stats_json;
-pub mod terminal;
 pub mod tap;
+pub mod terminal;
 
 use kvm::PreemptTimer;
 use mmap_memory::MmapMemory;

@@ -47,19 +47,42 @@ pub struct Vm {
     /// Per device: accessed (or changed by the host) since its last poll, so
     /// its answer may be stale.
     timer_stale: Vec<bool>,
-    /// The exit loop's count of exits that made no progress; it lives here
-    /// so it outlasts one time slice (the VM has one vCPU).
-    watchdog: crate::vcpu::Watchdog,
     /// What CPUID says to the guest.
     cpu_model: crate::vcpu::CpuModel,
     /// The model-dependent instructions that model has (cached: the
     /// emulator asks on every slice).
     instructions: crate::emulator::OptionalInstructions,
+    /// Per vCPU, the exit loop's state that outlasts one time slice
+    /// ([`VcpuSlot`]); index [`Vm::current_vcpu`] is the one running.
+    vcpus: Vec<VcpuSlot>,
+    /// The vCPU the host is running now (see [`Vm::set_current_vcpu`]).
+    current_vcpu: usize,
+    /// The running vCPU should give the CPU to its siblings at the next
+    /// exit (it sent them an IPI).
+    yield_requested: bool,
+    /// The TSC offset the vCPU that carried out the last reset has: the
+    /// others take it when they reset, so their TSCs agree.
+    reset_tsc_offset: u64,
+}
+
+/// What the exit loop keeps per vCPU between time slices.
+#[derive(Debug, Default)]
+pub struct VcpuSlot {
     /// The vCPU is halted: where it resumes once woken, and whether its
     /// HLT ran with RFLAGS.TF. It lives here so a halt outlasts one time
     /// slice: re-entering the guest on its HLT would let an event injected
     /// there return to the HLT instead of past it.
     halted: Option<(u64, bool)>,
+    /// The count of exits that made no progress.
+    watchdog: crate::vcpu::Watchdog,
+    /// The machine was reset by another vCPU: this one resets before it
+    /// runs again.
+    reset_pending: bool,
+    /// The last call of the exit loop on this vCPU returned without
+    /// entering the guest because it was halted or waiting for a
+    /// start-up IPI (a host with several vCPUs on one thread idles when
+    /// every vCPU is parked).
+    parked: bool,
 }
 
 impl Vm {
@@ -78,11 +101,87 @@ impl Vm {
             direct_ports: Vec::new(),
             timer_due: Vec::new(),
             timer_stale: Vec::new(),
-            watchdog: crate::vcpu::Watchdog::default(),
             cpu_model: crate::vcpu::CpuModel::default(),
             instructions: crate::vcpu::CpuModel::default().instructions(),
-            halted: None,
+            vcpus: alloc::vec![VcpuSlot::default()],
+            current_vcpu: 0,
+            yield_requested: false,
+            reset_tsc_offset: 0,
         }
+    }
+
+    /// Give the VM `count` vCPUs (at least 1; the default is 1). The host
+    /// runs each through the exit loop after [`Vm::set_current_vcpu`].
+    pub fn set_vcpu_count(&mut self, count: usize) {
+        self.vcpus.resize_with(count.max(1), VcpuSlot::default);
+        self.current_vcpu = self.current_vcpu.min(self.vcpus.len() - 1);
+    }
+
+    /// How many vCPUs the VM has.
+    pub fn vcpu_count(&self) -> usize {
+        self.vcpus.len()
+    }
+
+    /// Say which vCPU the exit loop is about to run (an index below
+    /// [`Vm::vcpu_count`]; larger ones are clamped).
+    pub fn set_current_vcpu(&mut self, index: usize) {
+        self.current_vcpu = index.min(self.vcpus.len() - 1);
+    }
+
+    /// The vCPU running now.
+    pub fn current_vcpu(&self) -> usize {
+        self.current_vcpu
+    }
+
+    fn slot(&mut self) -> &mut VcpuSlot {
+        let i = self.current_vcpu;
+        &mut self.vcpus[i]
+    }
+
+    /// Whether vCPU `index` is parked: its last slice ended because it is
+    /// halted or waits for a start-up IPI, without entering the guest.
+    pub fn vcpu_parked(&self, index: usize) -> bool {
+        self.vcpus.get(index).is_some_and(|s| s.parked)
+    }
+
+    /// Whether vCPU `index` is halted (HLT, waiting for an interrupt).
+    pub fn vcpu_halted(&self, index: usize) -> bool {
+        self.vcpus.get(index).is_some_and(|s| s.halted.is_some())
+    }
+
+    pub(crate) fn set_parked(&mut self, parked: bool) {
+        self.slot().parked = parked;
+    }
+
+    /// Ask the running vCPU to end its slice at the next exit, so its
+    /// siblings run (it sent one of them an IPI and will likely wait for
+    /// the answer).
+    pub fn request_yield(&mut self) {
+        self.yield_requested = true;
+    }
+
+    pub(crate) fn take_yield(&mut self) -> bool {
+        core::mem::take(&mut self.yield_requested)
+    }
+
+    /// The running vCPU carried out a machine reset, its TSC offset now
+    /// `tsc_offset`: every other vCPU resets before it runs again.
+    pub(crate) fn reset_other_vcpus(&mut self, tsc_offset: u64) {
+        let me = self.current_vcpu;
+        self.reset_tsc_offset = tsc_offset;
+        for (i, s) in self.vcpus.iter_mut().enumerate() {
+            if i != me {
+                s.reset_pending = true;
+                s.halted = None;
+            }
+        }
+    }
+
+    /// Whether the running vCPU must reset because another carried out a
+    /// machine reset; if so, the TSC offset to take.
+    pub(crate) fn take_vcpu_reset(&mut self) -> Option<u64> {
+        let tsc = self.reset_tsc_offset;
+        core::mem::take(&mut self.slot().reset_pending).then_some(tsc)
     }
 
     /// The CPU model CPUID shows the guest (default
@@ -155,12 +254,12 @@ impl Vm {
 
     /// The exit loop's halted vCPU, if it is (see `vcpu::run`).
     pub(crate) fn halted_mut(&mut self) -> &mut Option<(u64, bool)> {
-        &mut self.halted
+        &mut self.slot().halted
     }
 
-    /// The exit loop's forward-progress watchdog (see `vcpu::run`).
+    /// The running vCPU's forward-progress watchdog (see `vcpu::run`).
     pub fn watchdog_mut(&mut self) -> &mut crate::vcpu::Watchdog {
-        &mut self.watchdog
+        &mut self.slot().watchdog
     }
 
     /// Add a device.
@@ -395,6 +494,10 @@ impl Vm {
         let result = match (request, device) {
             (VmRequest::Reset, _) => {
                 self.reset_requested = true;
+                Ok(())
+            }
+            (VmRequest::Yield, _) => {
+                self.yield_requested = true;
                 Ok(())
             }
             (VmRequest::PowerOff, _) => {

@@ -1471,3 +1471,67 @@ fn an_emulated_mov_ss_holds_the_single_step_trap_for_one_instruction() {
     // No trap now: the hardware takes it after the next instruction.
     assert!(cpu.steps.is_empty());
 }
+
+/// An application processor's inputs: waiting for a start-up IPI until
+/// `sipi` holds one.
+struct ApInputs {
+    waiting: std::cell::Cell<bool>,
+    sipi: std::cell::Cell<Option<u8>>,
+}
+
+impl InterruptSource for ApInputs {
+    fn pending(&self) -> bool {
+        false
+    }
+    fn acknowledge(&self) -> Option<u8> {
+        None
+    }
+    fn take_nmi(&self) -> bool {
+        false
+    }
+    fn waiting_for_sipi(&self) -> bool {
+        self.waiting.get()
+    }
+    fn take_sipi(&self) -> Option<u8> {
+        let v = self.sipi.take()?;
+        self.waiting.set(false);
+        Some(v)
+    }
+}
+
+#[test]
+fn an_ap_waits_for_its_start_up_ipi_without_running_then_starts_at_its_page() {
+    let mut vm = vm();
+    vm.set_vcpu_count(2);
+    vm.set_current_vcpu(1);
+    let ap = ApInputs {
+        waiting: std::cell::Cell::new(true),
+        sipi: std::cell::Cell::new(None),
+    };
+    let mut cpu = Scripted::new(vec![
+        Exit::Cpuid { next_rip: 0x2 },
+        Exit::Hlt { next_rip: 0x3 },
+    ]);
+    let mut msrs = MsrFile::default();
+    // Waiting: the slice ends at once, the guest not entered.
+    let out = run(&mut cpu, &mut vm, &ap, &mut msrs, Slice::UNBOUNDED);
+    assert_eq!(out, RunOutcome::SliceEnded);
+    assert_eq!(cpu.exits.len(), 2, "the guest ran while waiting");
+    assert!(vm.vcpu_parked(1));
+    // The start-up IPI: CS = 0x9a00 (base 0x9a000), IP 0.
+    ap.sipi.set(Some(0x9a));
+    cpu.regs.gprs[0] = 1;
+    let out = run(&mut cpu, &mut vm, &ap, &mut msrs, Slice::UNBOUNDED);
+    let cs = cpu.segment(Segment::Cs);
+    assert_eq!((cs.selector, cs.base), (0x9a00, 0x9a000));
+    // It ran: CPUID leaf 1 names APIC ID 1 of 2 logical processors.
+    assert_eq!(cpu.regs.gprs[3] >> 24, 1, "initial APIC ID");
+    assert_eq!((cpu.regs.gprs[3] >> 16) & 0xff, 2, "logical processors");
+    assert_ne!(cpu.regs.gprs[2] & (1 << 28), 0, "HTT");
+    // Then it halted with nothing to wake it: with a sibling that could,
+    // the VM goes on and the vCPU is parked.
+    assert_eq!(out, RunOutcome::SliceEnded);
+    assert_eq!(vm.stop_reason(), None);
+    assert!(vm.vcpu_parked(1) && vm.vcpu_halted(1));
+    assert!(!vm.vcpu_halted(0));
+}

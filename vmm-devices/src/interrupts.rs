@@ -187,4 +187,12 @@ impl vmm_core::vcpu::InterruptSource for CpuInterrupts {
     fn nmi_pending(&self) -> bool {
         self.lapic.nmi_pending()
     }
+
+    fn waiting_for_sipi(&self) -> bool {
+        self.lapic.waiting_for_sipi()
+    }
+
+    fn take_sipi(&self) -> Option<u8> {
+        self.lapic.take_sipi()
+    }
 }

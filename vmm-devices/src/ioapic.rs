@@ -13,6 +13,7 @@
 //! (the guest's registers), the interrupt lines that drive its inputs, and
 //! the local APIC (which broadcasts EOIs to it).
 
+use crate::apic_bus::{deliver_message, DeliveryMode};
 use crate::lapic::{EoiBroadcast, LapicCore};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -152,21 +153,16 @@ impl IoApicCore {
         let logical = m.entry & (1 << 11) != 0;
         let dest = (m.entry >> 56) as u8;
         let level = m.entry & LEVEL != 0;
-        let mut accepted = false;
-        for lapic in self.lapics.iter().filter(|l| l.matches(dest, logical)) {
-            match mode {
-                // Fixed, and lowest priority (the first match is lowest).
-                0 | 1 if lapic.deliver(vector, level) => {
-                    accepted = true;
-                    if mode == 1 {
-                        break;
-                    }
-                }
-                4 => lapic.deliver_nmi(),
-                // SMI, INIT, ExtINT: not modelled.
-                _ => {}
-            }
-        }
+        // Fixed, lowest priority and NMI; SMI, INIT, ExtINT are not
+        // modelled.
+        let mode = match mode {
+            0 => DeliveryMode::Fixed,
+            1 => DeliveryMode::LowestPriority,
+            4 => DeliveryMode::Nmi,
+            _ => DeliveryMode::Other,
+        };
+        let accepted = deliver_message(&self.lapics, dest, logical, mode, vector, level)
+            && mode != DeliveryMode::Nmi;
         if accepted && level {
             let mut s = self.state.lock();
             if let Some(e) = s.redirection.get_mut(m.pin) {

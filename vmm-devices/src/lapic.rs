@@ -1,14 +1,16 @@
-//! The local APIC of the (single) vCPU, xAPIC MMIO at 0xfee00000.
+//! The local APICs of a VM's vCPUs, xAPIC MMIO at 0xfee00000.
 //!
 //! Registers: ID, version, TPR/PPR, EOI, LDR/DFR, spurious vector (software
-//! enable), ISR/TMR/IRR, ESR, ICR (fixed, NMI and self IPIs; IPIs to other
-//! CPUs go nowhere on a one-vCPU VM), the LVTs, and the timer in one-shot,
+//! enable), ISR/TMR/IRR, ESR, ICR (IPIs to every destination form, carried
+//! out by [`crate::apic_bus`]), the LVTs, and the timer in one-shot,
 //! periodic and TSC-deadline modes, counted from host time at a 1 GHz bus
 //! clock through the divide configuration register (periodic interrupts
 //! come at most every [`MIN_PERIODIC_NS`]).
 //!
-//! The state lives in a [`LapicCore`] shared by the [`LocalApic`] device
-//! (the guest's MMIO and the timer), the IOAPIC (which delivers into it),
+//! The state lives in a [`LapicCore`] per vCPU, shared by the [`LocalApic`]
+//! device (the guest's MMIO and the timers of every vCPU's APIC: the one
+//! register page answers for the vCPU the host runs now, [`CurrentCpu`]),
+//! the IOAPIC (which delivers into it),
 //! and the vCPU backend (through `interrupts::CpuInterrupts`, and directly
 //! for the APIC base and TSC-deadline MSRs and CR8).
 //!
@@ -17,8 +19,10 @@
 //! nothing of the IOAPIC and broadcasts level-triggered EOIs to whatever
 //! [`EoiBroadcast`] it was given (the IOAPIC's core implements it).
 
+use crate::apic_bus::{self, Ipi};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use serde::{Deserialize, Serialize};
 use spin::Mutex;
 use vmm_core::device::save_restore::{self, check, RelTime, SaveRestore, StateError};
@@ -102,6 +106,11 @@ struct Regs {
     nmi_pending: bool,
     /// An INIT IPI reached this CPU and waits for it to take it.
     init_pending: bool,
+    /// An application processor after power-on or INIT: it runs only once
+    /// a start-up IPI comes.
+    wait_for_sipi: bool,
+    /// The vector of the start-up IPI that came while it waited.
+    sipi_vector: Option<u8>,
 }
 
 impl Regs {
@@ -133,6 +142,8 @@ impl Regs {
             timer_deadline_ns: None,
             nmi_pending: false,
             init_pending: false,
+            wait_for_sipi: !bsp,
+            sipi_vector: None,
         }
     }
 
@@ -284,6 +295,8 @@ enum After {
     Nothing,
     /// An EOI for a level-triggered vector: tell the IOAPIC.
     BroadcastEoi(u8),
+    /// The guest wrote the ICR: send this IPI.
+    SendIpi(Ipi),
 }
 
 /// The shared state of one local APIC.
@@ -295,8 +308,14 @@ pub struct LapicCore {
 impl LapicCore {
     /// The power-on APIC of the bootstrap processor (APIC ID 0).
     pub fn new_bsp() -> Arc<Self> {
+        Self::new(0, true)
+    }
+
+    /// The power-on APIC with ID `id`: the bootstrap processor's, or an
+    /// application processor's, which waits for a start-up IPI.
+    pub fn new(id: u8, bsp: bool) -> Arc<Self> {
         Arc::new(Self {
-            regs: Mutex::new(Regs::power_on(0, true)),
+            regs: Mutex::new(Regs::power_on(id, bsp)),
         })
     }
 
@@ -305,15 +324,72 @@ impl LapicCore {
         self.regs.lock().id
     }
 
-    /// Whether a message with this destination reaches this APIC.
+    /// Whether a message with this destination reaches this APIC:
+    /// physical (the APIC ID, or 0xff for all), or logical in the flat
+    /// model (LDR's top byte and `dest` share a bit) or the cluster model
+    /// (the cluster nibble equal, or 0xf for all, and a shared member bit).
     pub(crate) fn matches(&self, dest: u8, logical: bool) -> bool {
         let r = self.regs.lock();
         if logical {
-            // Flat model: the top byte of LDR is a bit mask.
-            (r.ldr >> 24) as u8 & dest != 0
+            let ldr = (r.ldr >> 24) as u8;
+            if r.dfr >> 28 == 0xf {
+                ldr & dest != 0
+            } else {
+                (dest >> 4 == 0xf || dest >> 4 == ldr >> 4) && dest & ldr & 0xf != 0
+            }
         } else {
             dest == 0xff || dest == r.id
         }
+    }
+
+    /// The arbitration priority lowest-priority delivery compares: the
+    /// processor priority.
+    pub(crate) fn priority(&self) -> u8 {
+        self.regs.lock().ppr()
+    }
+
+    /// Whether the APIC takes interrupts now (globally and software
+    /// enabled).
+    pub(crate) fn enabled(&self) -> bool {
+        self.regs.lock().enabled()
+    }
+
+    /// Record a send error (an IPI with an illegal vector).
+    pub(crate) fn send_error(&self) {
+        self.regs.lock().error(ESR_SEND_ILLEGAL_VECTOR);
+    }
+
+    /// An INIT reached this CPU (taken by [`LapicCore::take_init`]).
+    pub fn deliver_init(&self) {
+        self.regs.lock().init_pending = true;
+    }
+
+    /// A start-up IPI with `vector` reached this CPU: kept only while it
+    /// waits for one (an INIT not yet taken counts as waiting: the INIT
+    /// comes first), ignored otherwise, as on hardware.
+    pub fn deliver_sipi(&self, vector: u8) {
+        let mut r = self.regs.lock();
+        let will_wait = r.init_pending && r.apic_base & APIC_BASE_BSP == 0;
+        if (r.wait_for_sipi || will_wait) && r.sipi_vector.is_none() {
+            r.sipi_vector = Some(vector);
+        }
+    }
+
+    /// Whether this CPU waits for a start-up IPI.
+    pub fn waiting_for_sipi(&self) -> bool {
+        self.regs.lock().wait_for_sipi
+    }
+
+    /// Take the start-up IPI this CPU waited for: its vector; the CPU runs
+    /// from then on.
+    pub fn take_sipi(&self) -> Option<u8> {
+        let mut r = self.regs.lock();
+        if !r.wait_for_sipi {
+            return None;
+        }
+        let v = r.sipi_vector.take()?;
+        r.wait_for_sipi = false;
+        Some(v)
     }
 
     /// Deliver a fixed-mode interrupt (from the IOAPIC or an IPI). Returns
@@ -347,8 +423,12 @@ impl LapicCore {
         }
         let bsp = r.apic_base & APIC_BASE_BSP != 0;
         let base = r.apic_base;
+        let sipi = r.sipi_vector;
         *r = Regs::power_on(r.id, bsp);
         r.apic_base = base;
+        // A start-up IPI that came after the INIT but before the CPU took
+        // it still starts it.
+        r.sipi_vector = sipi.filter(|_| !bsp);
         true
     }
 
@@ -460,8 +540,7 @@ impl LapicCore {
             }
             0x300 => {
                 r.icr_low = value & 0x000c_cfff;
-                drop(r);
-                self.send_ipi(value);
+                return After::SendIpi(Ipi::from_icr(value, r.icr_high));
             }
             0x310 => r.icr_high = value & 0xff00_0000,
             0x320 => {
@@ -516,42 +595,10 @@ impl LapicCore {
         After::Nothing
     }
 
-    fn send_ipi(&self, icr_low: u32) {
-        let mut r = self.regs.lock();
-        let vector = icr_low as u8;
-        let mode = (icr_low >> 8) & 7;
-        let shorthand = (icr_low >> 18) & 3;
-        let logical = icr_low & (1 << 11) != 0;
-        let dest = (r.icr_high >> 24) as u8;
-        let to_self = match shorthand {
-            0 => {
-                if logical {
-                    (r.ldr >> 24) as u8 & dest != 0
-                } else {
-                    dest == 0xff || dest == r.id
-                }
-            }
-            1 | 2 => true,
-            _ => false,
-        };
-        if !to_self {
-            // No other CPUs on this VM.
-            return;
-        }
-        match mode {
-            0 | 1 => {
-                if vector < 16 {
-                    r.error(ESR_SEND_ILLEGAL_VECTOR);
-                } else {
-                    let _ = r.accept(vector, false);
-                }
-            }
-            4 => r.nmi_pending = true,
-            // INIT, but not the level de-assert (level 0, level-triggered),
-            // which only resynchronises arbitration IDs.
-            5 if icr_low & (3 << 14) != 2 << 14 => r.init_pending = true,
-            _ => {}
-        }
+    /// A register write as the guest would make it (tests).
+    #[cfg(test)]
+    pub(crate) fn test_write(&self, reg: u32, value: u32) {
+        let _ = self.write(reg, value, 0);
     }
 
     fn reset(&self) {
@@ -569,22 +616,83 @@ pub trait EoiBroadcast: Send + Sync + core::fmt::Debug {
     fn end_of_interrupt(&self, vector: u8);
 }
 
-/// The guest's view of a local APIC: claim [`LAPIC_BASE`], [`LAPIC_LEN`].
+/// Which vCPU the host is running now, shared between the host's run loop
+/// (through `pc::Pc`) and the [`LocalApic`] device, so the one register
+/// page at [`LAPIC_BASE`] answers as the running vCPU's own APIC. The vCPUs
+/// of a VM run one at a time on one thread.
+#[derive(Clone, Debug, Default)]
+pub struct CurrentCpu(Arc<AtomicUsize>);
+
+impl CurrentCpu {
+    /// vCPU 0 running.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// vCPU `index` runs from now on.
+    pub fn set(&self, index: usize) {
+        self.0.store(index, Ordering::Relaxed);
+    }
+
+    /// The vCPU running now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The guest's view of the local APICs: claim [`LAPIC_BASE`], [`LAPIC_LEN`].
+/// Register accesses reach the APIC of the vCPU running now; the timers of
+/// all of them run here.
 #[derive(Debug)]
 pub struct LocalApic {
-    core: Arc<LapicCore>,
+    cores: Vec<Arc<LapicCore>>,
+    current: CurrentCpu,
     ioapic: Option<Arc<dyn EoiBroadcast>>,
+    /// IPIs sent (every destination counted once per message).
+    ipis: u64,
 }
 
 impl LocalApic {
-    /// The device for `core`, broadcasting level-triggered EOIs to `ioapic`.
+    /// The device for one vCPU's `core`, broadcasting level-triggered EOIs
+    /// to `ioapic`.
     pub fn new(core: Arc<LapicCore>, ioapic: Option<Arc<dyn EoiBroadcast>>) -> Self {
-        Self { core, ioapic }
+        Self::new_smp(alloc::vec![core], CurrentCpu::new(), ioapic)
     }
 
-    /// The shared state.
+    /// The device for the APICs `cores` (index = vCPU index, at least
+    /// one), the register page answering for the vCPU `current` names.
+    pub fn new_smp(
+        cores: Vec<Arc<LapicCore>>,
+        current: CurrentCpu,
+        ioapic: Option<Arc<dyn EoiBroadcast>>,
+    ) -> Self {
+        let cores = if cores.is_empty() {
+            alloc::vec![LapicCore::new_bsp()]
+        } else {
+            cores
+        };
+        Self {
+            cores,
+            current,
+            ioapic,
+            ipis: 0,
+        }
+    }
+
+    /// The shared state of the running vCPU's APIC.
     pub fn core(&self) -> &Arc<LapicCore> {
-        &self.core
+        let i = self.current.get().min(self.cores.len() - 1);
+        &self.cores[i]
+    }
+
+    /// Every vCPU's APIC, by vCPU index.
+    pub fn cores(&self) -> &[Arc<LapicCore>] {
+        &self.cores
+    }
+
+    /// IPIs the guest sent through the ICR.
+    pub fn ipis_sent(&self) -> u64 {
+        self.ipis
     }
 }
 
@@ -595,7 +703,8 @@ impl Mmio for LocalApic {
         addr: MmioAddress,
         data: &mut [u8],
     ) -> IoOutcome {
-        if !self.core.globally_enabled() {
+        let core = self.core().clone();
+        if !core.globally_enabled() {
             // A globally disabled APIC has no register window: the access
             // goes to a bus with nothing there.
             data.fill(0xff);
@@ -604,7 +713,7 @@ impl Mmio for LocalApic {
         let now = ctx.now_ns();
         let off = (addr.offset() & 0xfff) as u32;
         let value = {
-            let mut r = self.core.regs.lock();
+            let mut r = core.regs.lock();
             r.run_timer(now);
             r.read(off & 0xff0, now)
         };
@@ -623,7 +732,9 @@ impl Mmio for LocalApic {
         addr: MmioAddress,
         data: &[u8],
     ) -> IoOutcome {
-        if !self.core.globally_enabled() {
+        let from = self.current.get().min(self.cores.len() - 1);
+        let core = self.cores[from].clone();
+        if !core.globally_enabled() {
             return IoOutcome::Done;
         }
         let now = ctx.now_ns();
@@ -634,11 +745,23 @@ impl Mmio for LocalApic {
             return IoOutcome::Done;
         }
         let value = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-        self.core.regs.lock().run_timer(now);
-        if let After::BroadcastEoi(v) = self.core.write(off, value, now) {
-            if let Some(io) = &self.ioapic {
-                io.end_of_interrupt(v);
+        core.regs.lock().run_timer(now);
+        match core.write(off, value, now) {
+            After::BroadcastEoi(v) => {
+                if let Some(io) = &self.ioapic {
+                    io.end_of_interrupt(v);
+                }
             }
+            After::SendIpi(ipi) => {
+                self.ipis = self.ipis.wrapping_add(1);
+                let others = apic_bus::send_ipi(&self.cores, from, ipi);
+                if others {
+                    // The sender likely waits for an answer: let the
+                    // target run.
+                    ctx.request(vmm_core::device::VmRequest::Yield);
+                }
+            }
+            After::Nothing => {}
         }
         IoOutcome::Done
     }
@@ -647,16 +770,23 @@ impl Mmio for LocalApic {
 impl Timer for LocalApic {
     fn poll(&mut self, ctx: &mut DeviceContext<'_>) -> Option<u64> {
         let now = ctx.now_ns();
-        let mut r = self.core.regs.lock();
-        r.run_timer(now);
-        r.timer_deadline_ns
+        let mut next: Option<u64> = None;
+        for core in &self.cores {
+            let mut r = core.regs.lock();
+            r.run_timer(now);
+            if let Some(d) = r.timer_deadline_ns {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        }
+        next
     }
 }
 
-/// Saved state of a local APIC, version [`LAPIC_STATE_VERSION`]: every
-/// register including IRR/ISR/TMR, the pending NMI, and the timer (its
-/// start and deadline relative to the clock at save; in TSC-deadline mode
-/// the deadline is the host time the backend set, saved the same way).
+/// Saved state of a local APIC, one per vCPU in version
+/// [`LAPIC_STATE_VERSION`]: every register including IRR/ISR/TMR, the
+/// pending NMI, INIT and start-up, and the timer (its start and deadline
+/// relative to the clock at save; in TSC-deadline mode the deadline is the
+/// host time the backend set, saved the same way).
 #[derive(Serialize, Deserialize)]
 struct LapicState {
     id: u8,
@@ -679,22 +809,17 @@ struct LapicState {
     timer_deadline: Option<RelTime>,
     nmi_pending: bool,
     init_pending: bool,
+    wait_for_sipi: bool,
+    sipi_vector: Option<u8>,
 }
 
-/// Format version of a [`LocalApic`]'s saved state.
-pub const LAPIC_STATE_VERSION: u32 = 2;
+/// Format version of a [`LocalApic`]'s saved state (3: every vCPU's APIC,
+/// with the start-up state).
+pub const LAPIC_STATE_VERSION: u32 = 3;
 
-/// The [`LocalApic`] device saves the [`LapicCore`] it shares with the
-/// IOAPIC and the vCPU side.
-impl SaveRestore for LocalApic {
-    fn state_version(&self) -> u32 {
-        LAPIC_STATE_VERSION
-    }
-
-    fn save_state(&mut self, ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
-        let now = ctx.now_ns();
-        let r = self.core.regs.lock();
-        save_restore::encode(&LapicState {
+impl LapicState {
+    fn save(r: &Regs, now: u64) -> Self {
+        LapicState {
             id: r.id,
             apic_base: r.apic_base,
             tpr: r.tpr,
@@ -715,7 +840,60 @@ impl SaveRestore for LocalApic {
             timer_deadline: r.timer_deadline_ns.map(|t| RelTime::from_host(t, now)),
             nmi_pending: r.nmi_pending,
             init_pending: r.init_pending,
-        })
+            wait_for_sipi: r.wait_for_sipi,
+            sipi_vector: r.sipi_vector,
+        }
+    }
+
+    fn check(&self) -> Result<(), StateError> {
+        check(
+            self.apic_base & !(0xffff_f000 | APIC_BASE_ENABLE | APIC_BASE_BSP) == 0,
+            "apic base",
+        )?;
+        check(self.divide & !0xb == 0, "apic divide")
+    }
+
+    fn restore(&self, r: &mut Regs, now: u64) {
+        r.id = self.id;
+        r.apic_base = self.apic_base;
+        r.tpr = self.tpr;
+        r.ldr = self.ldr;
+        r.dfr = self.dfr;
+        r.svr = self.svr;
+        r.isr = Bits256(self.isr);
+        r.tmr = Bits256(self.tmr);
+        r.irr = Bits256(self.irr);
+        r.esr = self.esr;
+        r.esr_pending = self.esr_pending;
+        r.icr_low = self.icr_low;
+        r.icr_high = self.icr_high;
+        r.lvt = self.lvt;
+        r.initial_count = self.initial_count;
+        r.divide = self.divide;
+        r.timer_start_ns = self.timer_start.to_host(now);
+        r.timer_deadline_ns = self.timer_deadline.map(|t| t.to_host(now));
+        r.nmi_pending = self.nmi_pending;
+        r.init_pending = self.init_pending;
+        r.wait_for_sipi = self.wait_for_sipi;
+        r.sipi_vector = self.sipi_vector;
+    }
+}
+
+/// The [`LocalApic`] device saves the [`LapicCore`]s it shares with the
+/// IOAPIC and the vCPU side.
+impl SaveRestore for LocalApic {
+    fn state_version(&self) -> u32 {
+        LAPIC_STATE_VERSION
+    }
+
+    fn save_state(&mut self, ctx: &mut DeviceContext<'_>) -> Result<Vec<u8>, StateError> {
+        let now = ctx.now_ns();
+        let states: Vec<LapicState> = self
+            .cores
+            .iter()
+            .map(|c| LapicState::save(&c.regs.lock(), now))
+            .collect();
+        save_restore::encode(&states)
     }
 
     fn restore_state(
@@ -724,34 +902,16 @@ impl SaveRestore for LocalApic {
         version: u32,
         bytes: &[u8],
     ) -> Result<(), StateError> {
-        let s: LapicState = save_restore::decode_version(version, LAPIC_STATE_VERSION, bytes)?;
+        let states: Vec<LapicState> =
+            save_restore::decode_version(version, LAPIC_STATE_VERSION, bytes)?;
+        check(states.len() == self.cores.len(), "apic count")?;
+        for s in &states {
+            s.check()?;
+        }
         let now = ctx.now_ns();
-        let mut r = self.core.regs.lock();
-        check(
-            s.apic_base & !(0xffff_f000 | APIC_BASE_ENABLE | APIC_BASE_BSP) == 0,
-            "apic base",
-        )?;
-        check(s.divide & !0xb == 0, "apic divide")?;
-        r.id = s.id;
-        r.apic_base = s.apic_base;
-        r.tpr = s.tpr;
-        r.ldr = s.ldr;
-        r.dfr = s.dfr;
-        r.svr = s.svr;
-        r.isr = Bits256(s.isr);
-        r.tmr = Bits256(s.tmr);
-        r.irr = Bits256(s.irr);
-        r.esr = s.esr;
-        r.esr_pending = s.esr_pending;
-        r.icr_low = s.icr_low;
-        r.icr_high = s.icr_high;
-        r.lvt = s.lvt;
-        r.initial_count = s.initial_count;
-        r.divide = s.divide;
-        r.timer_start_ns = s.timer_start.to_host(now);
-        r.timer_deadline_ns = s.timer_deadline.map(|t| t.to_host(now));
-        r.nmi_pending = s.nmi_pending;
-        r.init_pending = s.init_pending;
+        for (s, core) in states.iter().zip(&self.cores) {
+            s.restore(&mut core.regs.lock(), now);
+        }
         Ok(())
     }
 }
@@ -770,6 +930,8 @@ impl Device for LocalApic {
         Some(self)
     }
     fn reset(&mut self) {
-        self.core.reset();
+        for core in &self.cores {
+            core.reset();
+        }
     }
 }

@@ -11,6 +11,7 @@ extern crate alloc;
 
 pub mod a20;
 pub mod acpi_pm;
+pub mod apic_bus;
 pub mod block;
 pub mod debug_console;
 pub mod debug_exit;

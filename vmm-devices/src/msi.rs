@@ -10,6 +10,7 @@
 //! (no device in this VMM writes memory through an MSI), as are SMI, INIT,
 //! start-up and ExtINT messages, which are not modelled.
 
+use crate::apic_bus::{deliver_message, DeliveryMode};
 use crate::lapic::LapicCore;
 use crate::pci::msix::{MsiMessage, MsiTarget};
 use alloc::sync::Arc;
@@ -62,22 +63,13 @@ impl MsiTarget for LapicMsi {
         let logical = msg.address & (1 << 2) != 0;
         let vector = msg.data as u8;
         let mode = (msg.data >> 8) & 7;
-        let mut taken = false;
-        for lapic in self.lapics.iter().filter(|l| l.matches(dest, logical)) {
-            match mode {
-                0 | 1 if lapic.deliver(vector, false) => {
-                    taken = true;
-                    if mode == 1 {
-                        break;
-                    }
-                }
-                4 => {
-                    lapic.deliver_nmi();
-                    taken = true;
-                }
-                _ => {}
-            }
-        }
+        let mode = match mode {
+            0 => DeliveryMode::Fixed,
+            1 => DeliveryMode::LowestPriority,
+            4 => DeliveryMode::Nmi,
+            _ => DeliveryMode::Other,
+        };
+        let taken = deliver_message(&self.lapics, dest, logical, mode, vector, false);
         let counter = if taken {
             &self.delivered
         } else {

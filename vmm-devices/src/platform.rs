@@ -19,7 +19,7 @@ use crate::debug_console::{DebugConsole, BOCHS_DEBUG_PORT, QEMU_DEBUG_PORT};
 use crate::i8042::{COMMAND_PORT, DATA_PORT, I8042};
 use crate::interrupts::{CpuInterrupts, IsaInterrupts};
 use crate::ioapic::{IoApic, IoApicCore, IOAPIC_BASE, IOAPIC_LEN};
-use crate::lapic::{LapicCore, LocalApic, LAPIC_BASE, LAPIC_LEN};
+use crate::lapic::{CurrentCpu, LapicCore, LocalApic, LAPIC_BASE, LAPIC_LEN};
 use crate::pci::i440fx::{BiosRom, I440fx};
 use crate::pci::piix3::{Piix3, PirqRouter};
 use crate::pci::piix4_pm::Piix4Pm;
@@ -90,7 +90,9 @@ pub struct PcConfig {
     pub rtc_unix_seconds_at_host_zero: i64,
     /// Boot order for the BIOS.
     pub boot_order: Vec<BootDevice>,
-    /// Number of CPUs reported in CMOS.
+    /// Number of CPUs (1 to `vmm_core::vcpu::MAX_VCPUS`; 0 counts as 1):
+    /// a local APIC each (APIC IDs 0 to N-1, 0 the bootstrap processor),
+    /// and the count in CMOS.
     pub cpus: u8,
     /// Base port of the ACPI PM block (QEMU uses 0x600; the FADT must say
     /// the same).
@@ -135,8 +137,14 @@ impl From<PciError> for PlatformError {
 /// Handles to an installed chipset.
 #[derive(Debug)]
 pub struct PcChipset {
-    /// What the vCPU backend asks for interrupts.
+    /// What the bootstrap processor's backend asks for interrupts (the
+    /// same as `cpus[0]`).
     pub cpu: CpuInterrupts,
+    /// Every vCPU's interrupt inputs, by vCPU index (= APIC ID).
+    pub cpus: Vec<CpuInterrupts>,
+    /// Which vCPU runs now: the local APIC register page answers as its
+    /// APIC. Set it before running a vCPU.
+    pub current_cpu: CurrentCpu,
     /// The ISA IRQ lines (hand `isa.line(n)` to more ISA devices).
     pub isa: Arc<IsaInterrupts>,
     /// The IOAPIC (IOAPIC inputs for devices beyond ISA).
@@ -179,8 +187,10 @@ impl PcChipset {
     /// Build the chipset and add it to `vm` with its claims.
     pub fn install(vm: &mut Vm, config: PcConfig) -> Result<Self, PlatformError> {
         let pic = PicPair::new();
-        let lapic = LapicCore::new_bsp();
-        let ioapic = IoApicCore::new(alloc::vec![lapic.clone()]);
+        let count = config.cpus.clamp(1, vmm_core::vcpu::MAX_VCPUS as u8);
+        let lapics: Vec<Arc<LapicCore>> = (0..count).map(|i| LapicCore::new(i, i == 0)).collect();
+        let ioapic = IoApicCore::new(lapics.clone());
+        let current_cpu = CurrentCpu::new();
         let isa = IsaInterrupts::new(pic.clone(), Some(ioapic.clone()));
         let pirq = PirqRouter::new(
             (0..16)
@@ -201,7 +211,7 @@ impl PcChipset {
         let mut rtc = Rtc::new(isa.line(8), config.rtc_unix_seconds_at_host_zero);
         rtc.set_memory(config.ram_below_4g, config.ram_above_4g);
         rtc.set_boot_order(&config.boot_order);
-        rtc.set_cpu_count(config.cpus);
+        rtc.set_cpu_count(count);
 
         add(
             vm,
@@ -261,13 +271,19 @@ impl PcChipset {
         )?;
         add(
             vm,
-            LocalApic::new(lapic.clone(), Some(ioapic.clone())),
+            LocalApic::new_smp(lapics.clone(), current_cpu.clone(), Some(ioapic.clone())),
             &[],
             &[(LAPIC_BASE, LAPIC_LEN)],
         )?;
         let pci_bus = add(vm, bus, &[PciBus::CONFIG_PORTS], &[])?;
+        let cpus: Vec<CpuInterrupts> = lapics
+            .into_iter()
+            .map(|l| CpuInterrupts::new(l, pic.clone()))
+            .collect();
         Ok(Self {
-            cpu: CpuInterrupts::new(lapic, pic),
+            cpu: cpus[0].clone(),
+            cpus,
+            current_cpu,
             isa,
             ioapic,
             pirq,

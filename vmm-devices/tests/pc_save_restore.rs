@@ -80,6 +80,7 @@ fn rig_with(clock: u64, full: bool) -> Rig {
         },
         id: VmId(1),
         ram: RAM,
+        cpus: 1,
         firmware: &fw,
         cdrom: Some(Box::new(
             MemoryImage::read_only("cd", iso(), CD_SECTOR_SIZE).unwrap(),

@@ -18,6 +18,10 @@ pub struct RunArgs {
     /// Number of VMs, each a PC booting the CD.
     #[arg(long, default_value_t = 1)]
     vms: u32,
+    /// vCPUs per PC (1 to 16), time-sliced on the host's CPU (nested
+    /// paging only so far).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    cpus: u32,
     /// Instead of PCs, run these guest programs, one VM each (names of
     /// host-glue-baremetal/guests/*.asm).
     #[arg(long, value_delimiter = ',')]
@@ -346,8 +350,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let iso_path = system::target_dir().join("vmm-host.iso");
     let cmdline = format!(
-        "guest_mem={} vms={vms} {} {} {}",
+        "guest_mem={} vms={vms} cpus={} {} {} {}",
         args.memory,
+        args.cpus,
         args.paging.cmdline(),
         args.passthrough.map_or("", |s| s.cmdline()),
         args.cmdline

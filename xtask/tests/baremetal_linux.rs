@@ -53,6 +53,7 @@ fn linux_boots_from_the_cd_to_user_space_and_powers_off() {
         console.contains("[vm 0] uname: Linux (none) 6.1.0-"),
         "{console}"
     );
+    assert!(console.contains("[vm 0] cpus: 1"), "{console}");
     assert!(
         console.contains("[vm 0] VMM-CD-INIT-MARKER: user space reached"),
         "{console}"

@@ -125,12 +125,27 @@ impl Vcpu {
         }
     }
 
-    /// Run `pc` on this vCPU.
-    pub fn run_pc(&mut self, pc: &mut Pc, slice: Slice) -> RunOutcome {
+    /// Run vCPU `index` of `pc` on this vCPU.
+    pub fn run_pc(&mut self, pc: &mut Pc, index: usize, slice: Slice) -> RunOutcome {
         match self {
-            Vcpu::Svm(v) => pc.run(v.as_mut(), slice),
-            Vcpu::Vmx(v) => pc.run(v.as_mut(), slice),
+            Vcpu::Svm(v) => pc.run_vcpu(index, v.as_mut(), slice),
+            Vcpu::Vmx(v) => pc.run_vcpu(index, v.as_mut(), slice),
         }
+    }
+
+    /// Give this vCPU the TSC offset of `other`, so both read the same TSC
+    /// (the application processors of a PC take the bootstrap
+    /// processor's).
+    pub fn take_tsc_of(&mut self, other: &Vcpu) {
+        use vmm_core::vcpu::VcpuBackend;
+        let offset = match other {
+            Vcpu::Svm(v) => v.tsc_offset(),
+            Vcpu::Vmx(v) => v.tsc_offset(),
+        };
+        match self {
+            Vcpu::Svm(v) => v.set_tsc_offset(offset),
+            Vcpu::Vmx(v) => v.set_tsc_offset(offset),
+        };
     }
 
     /// Move this vCPU's whole state into `fresh` and put `fresh` in its

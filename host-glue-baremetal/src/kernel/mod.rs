@@ -23,9 +23,7 @@ use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::panic::PanicInfo;
-use host_glue_baremetal::cmdline::{
-    self, Config, ConsoleChoice, LogLevel, PagingChoice, SelfTest,
-};
+use host_glue_baremetal::cmdline::{self, Config, ConsoleChoice, LogLevel, PagingChoice, SelfTest};
 use qemu::ExitCode;
 use vmm_core::emulator::Segment;
 use vmm_core::host::Host;
@@ -186,6 +184,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     test_devices: config.test_devices,
                     input: keys.clone(),
                     virtio_console: config.console == ConsoleChoice::Virtio,
+                    cpus: config.cpus as usize,
                 },
                 switch.as_ref().map(VirtualSwitch::port),
             ) {
@@ -212,6 +211,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                             test_devices: config.test_devices,
                             input: keys.clone(),
                             virtio_console: config.console == ConsoleChoice::Virtio,
+                            cpus: config.cpus as usize,
                         },
                         switch.as_ref().map(VirtualSwitch::port),
                     )
@@ -252,15 +252,35 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             vm.set_cpu_model(config.cpu_model.unwrap_or(CpuModel::Host));
         }
         let vm = machine.vm();
-        let vcpu = match match config.paging {
-            PagingChoice::Nested => backend.vcpu(vm, i + 1),
-            PagingChoice::Shadow => backend.shadow_vcpu(vm, i + 1),
-        } {
-            Ok(v) => v,
-            Err(e) => fail(format_args!("VM {i}: vCPU: {e}")),
+        // One backend vCPU per vCPU of the machine (a guest program has
+        // one); each its own ASID/VPID.
+        let count = match &machine {
+            Machine::Pc(pc) => pc.cpus(),
+            Machine::Program { .. } => 1,
+        };
+        let mut vcpus: Vec<backend::Vcpu> = Vec::with_capacity(count);
+        for j in 0..count {
+            let id = i * config.cpus + j as u32 + 1;
+            let mut vcpu = match match config.paging {
+                PagingChoice::Nested => backend.vcpu(vm, id),
+                PagingChoice::Shadow => backend.shadow_vcpu(vm, id),
+            } {
+                Ok(v) => v,
+                Err(e) => fail(format_args!("VM {i}: vCPU {j}: {e}")),
+            };
+            if let Some(bsp) = vcpus.first() {
+                vcpu.take_tsc_of(bsp);
+            }
+            vcpus.push(vcpu);
+        }
+        // One vCPU goes unsaid (tests read this line).
+        let cpus = if count > 1 {
+            alloc::format!("{count} vCPUs, ")
+        } else {
+            String::new()
         };
         log::info!(
-            "VM {i}: guest '{name}', {} MiB of RAM, CPU model {}, on {}",
+            "VM {i}: guest '{name}', {} MiB of RAM, {cpus}CPU model {}, on {}",
             vm.memory().ram_bytes() >> 20,
             vm.cpu_model(),
             backend.name()
@@ -268,7 +288,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         guests.push(Guest {
             name,
             machine,
-            vcpu,
+            vcpus,
             msrs: MsrFile::with_wall_clock(pc::RTC_EPOCH as u64),
             stopped: None,
             next_roundtrip: config.state_roundtrip,
@@ -287,17 +307,46 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             if let Some(device) = &shared_device {
                 device.service_interrupts();
             }
+            let slice_ns = if g.vcpus.len() > 1 {
+                // Several vCPUs take turns: shorter turns, so one spinning
+                // on a lock its sibling holds gives the CPU back sooner.
+                SMP_SLICE_NS
+            } else {
+                10_000_000
+            };
             let slice = Slice {
                 max_exits: match config.state_roundtrip {
                     0 => 10_000,
                     n => n.min(10_000),
                 },
-                until_ns: Some(time::now_ns() + 10_000_000),
+                until_ns: Some(time::now_ns() + slice_ns),
             };
             let outcome = match &mut g.machine {
-                Machine::Pc(pc) => g.vcpu.run_pc(pc, slice),
+                Machine::Pc(pc) if g.vcpus.len() > 1 => {
+                    let mut outcome = RunOutcome::SliceEnded;
+                    for (j, vcpu) in g.vcpus.iter_mut().enumerate() {
+                        let slice = Slice {
+                            until_ns: Some(time::now_ns() + slice_ns),
+                            ..slice
+                        };
+                        outcome = vcpu.run_pc(pc, j, slice);
+                        if outcome != RunOutcome::SliceEnded {
+                            break;
+                        }
+                    }
+                    if outcome == RunOutcome::SliceEnded && pc.all_parked() {
+                        // Every vCPU halted or waiting for a start-up IPI:
+                        // sleep until a device timer is due.
+                        pc.idle(Some(time::now_ns() + 10_000_000));
+                        if let Some(reason) = pc.vm().stop_reason() {
+                            outcome = RunOutcome::Stopped(reason.clone());
+                        }
+                    }
+                    outcome
+                }
+                Machine::Pc(pc) => g.vcpus[0].run_pc(pc, 0, slice),
                 Machine::Program { vm, interrupts } => {
-                    g.vcpu.run(vm, &**interrupts, &mut g.msrs, slice)
+                    g.vcpus[0].run(vm, &**interrupts, &mut g.msrs, slice)
                 }
             };
             if let Machine::Pc(pc) = &mut g.machine {
@@ -322,7 +371,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     Machine::Pc(pc) => Some(pc.as_mut()),
                     Machine::Program { .. } => None,
                 };
-                if let Err(e) = fresh.and_then(|v| g.vcpu.replace(v, pc, &mut g.msrs)) {
+                if let Err(e) = fresh.and_then(|v| g.vcpus[0].replace(v, pc, &mut g.msrs)) {
                     fail(format_args!("VM {}: {e}", id - 1));
                 }
                 g.roundtrips += 1;
@@ -338,14 +387,14 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         if log::log_enabled!(log::Level::Debug) && time::now_ns() >= next_heartbeat {
             next_heartbeat = time::now_ns() + 1_000_000_000;
             for g in guests.iter().filter(|g| g.stopped.is_none()) {
-                let cs = g.vcpu.segment(Segment::Cs);
+                let cs = g.vcpus[0].segment(Segment::Cs);
                 log::debug!(
                     "VM {}: cs {:#x} (base {:#x}) rip {:#x}, rflags {:#x}, {}",
                     g.machine.vm().id().0,
                     cs.selector,
                     cs.base,
-                    g.vcpu.rip(),
-                    g.vcpu.rflags(),
+                    g.vcpus[0].rip(),
+                    g.vcpus[0].rflags(),
                     g.machine.vm().stats().to_string().replace('\n', " ")
                 );
                 let report = g.machine.vm().devices().report().to_string();
@@ -363,8 +412,10 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         all_well &= well;
         kprintln!("vm {} ({}): {}", g.machine.vm().id().0, g.name, reason);
         kprint!("{}", g.machine.vm().stats());
-        if let Some(shadow) = g.vcpu.shadow_stats() {
-            kprintln!("{shadow}");
+        for vcpu in &g.vcpus {
+            if let Some(shadow) = vcpu.shadow_stats() {
+                kprintln!("{shadow}");
+            }
         }
         if config.state_roundtrip > 0 {
             kprintln!(
@@ -471,10 +522,16 @@ fn type_keys_when_due(pc: &mut vmm_devices::pc::Pc, keys: &mut Option<Typing>, c
     pc.poll_input();
 }
 
+/// A vCPU's turn when a PC has several: short, so a vCPU spinning on a
+/// lock a descheduled sibling holds waits little.
+const SMP_SLICE_NS: u64 = 2_000_000;
+
+/// One VM and its vCPUs.
 struct Guest<'a> {
     name: &'a str,
     machine: Machine,
-    vcpu: backend::Vcpu,
+    /// By vCPU index (0 the bootstrap processor).
+    vcpus: Vec<backend::Vcpu>,
     /// A guest program's MSR file (a PC keeps its own).
     msrs: MsrFile,
     stopped: Option<StopReason>,

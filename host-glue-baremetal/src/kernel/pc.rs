@@ -75,6 +75,8 @@ pub struct Options {
     /// A virtio console at 00:06.0 printing to this kernel's console like
     /// COM1 (`console=virtio`).
     pub virtio_console: bool,
+    /// vCPUs (`cpus=`).
+    pub cpus: usize,
 }
 
 /// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `media` in its
@@ -95,6 +97,7 @@ pub fn build(
         test_devices,
         input,
         virtio_console,
+        cpus,
     } = options;
     let vdisk = match media.vdisk {
         Some(image) => {
@@ -118,6 +121,7 @@ pub fn build(
     let desc = PcDescription {
         id: VmId(id),
         ram,
+        cpus,
         firmware: bios,
         cdrom,
         disk: None,

@@ -16,6 +16,9 @@ pub enum VmRequest {
     Reset,
     /// The guest powered the machine off (ACPI S5).
     PowerOff,
+    /// End the running vCPU's time slice at the next exit so its sibling
+    /// vCPUs run soon (a local APIC sent them an IPI).
+    Yield,
     /// Stop the VM: a device found a condition it cannot continue from.
     Stop(StopReason),
     /// Remap guest memory (firmware shadowing through PAM registers).

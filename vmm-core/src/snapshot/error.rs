@@ -118,6 +118,11 @@ pub enum SnapshotError {
         /// The device's name.
         device: alloc::string::String,
     },
+    /// The VM has more than one vCPU; a snapshot holds one.
+    SeveralVcpus {
+        /// The VM's vCPUs.
+        cpus: usize,
+    },
     /// Bytes follow the end section.
     TrailingBytes {
         /// How many.
@@ -216,6 +221,10 @@ impl fmt::Display for SnapshotError {
             Self::Unsaveable { device } => write!(
                 f,
                 "device {device} has state but cannot be saved (pass-through): no snapshot"
+            ),
+            Self::SeveralVcpus { cpus } => write!(
+                f,
+                "the VM has {cpus} vCPUs and a snapshot holds one: no snapshot"
             ),
             Self::TrailingBytes { count } => {
                 write!(f, "{count} bytes after the end section")

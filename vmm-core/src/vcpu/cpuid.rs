@@ -163,6 +163,89 @@ impl core::fmt::Display for CpuModel {
     }
 }
 
+/// The most vCPUs a VM has: APIC IDs fit in the xAPIC's 8 bits with room
+/// for broadcast, and the topology leaves below describe them as cores of
+/// one package.
+pub const MAX_VCPUS: usize = 16;
+
+/// Where a vCPU sits in the VM: its initial APIC ID and how many logical
+/// processors the VM has, as one package of `count` cores with one thread
+/// each (QEMU's default for `-smp N`). [`Topology::apply`] writes it into
+/// the model's CPUID answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Topology {
+    /// The initial APIC ID (the vCPU's index).
+    pub apic_id: u8,
+    /// Logical processors in the VM (1 to [`MAX_VCPUS`]).
+    pub count: u8,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            apic_id: 0,
+            count: 1,
+        }
+    }
+}
+
+impl Topology {
+    /// Bits of the APIC ID that number the cores: ceil(log2(count)).
+    pub fn core_bits(&self) -> u32 {
+        let n = u32::from(self.count.max(1));
+        32 - (n - 1).leading_zeros()
+    }
+
+    /// Put this topology into `r`, the model's answer to `leaf`/`subleaf`:
+    /// leaf 1 EBX[31:24] the initial APIC ID, and with several CPUs
+    /// EBX[23:16] the count and EDX.HTT; leaves 0xb and 0x1f (where the
+    /// model has them: a non-zero subleaf 0) the x2APIC ID in EDX and the
+    /// thread and core levels; AMD's leaf 0x8000_0008 ECX the core count
+    /// less one and the APIC ID bits. The one-CPU answers stay the
+    /// model's.
+    pub fn apply(&self, leaf: u32, subleaf: u32, r: &mut CpuidResult) {
+        let count = u32::from(self.count.max(1));
+        let id = u32::from(self.apic_id);
+        match leaf {
+            1 => {
+                r.ebx = (r.ebx & 0x00ff_ffff) | (id << 24);
+                if count > 1 {
+                    r.ebx = (r.ebx & 0xff00_ffff) | (count << 16);
+                    r.edx |= LEAF1_EDX_HTT;
+                }
+            }
+            0xb | 0x1f if r.ebx != 0 || r.ecx & 0xff00 != 0 => {
+                *r = match subleaf {
+                    // SMT level: one thread per core.
+                    0 => CpuidResult {
+                        eax: 0,
+                        ebx: 1,
+                        ecx: 0x100,
+                        edx: id,
+                    },
+                    // Core level: `count` cores in the package.
+                    1 => CpuidResult {
+                        eax: self.core_bits(),
+                        ebx: count,
+                        ecx: 0x201,
+                        edx: id,
+                    },
+                    n => CpuidResult {
+                        eax: 0,
+                        ebx: 0,
+                        ecx: n & 0xff,
+                        edx: id,
+                    },
+                };
+            }
+            0x8000_0008 if count > 1 => {
+                r.ecx = (r.ecx & !0xf0ff) | (self.core_bits() << 12) | (count - 1);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// EAX, EBX, ECX, EDX of one CPUID leaf.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuidResult {
@@ -190,6 +273,8 @@ fn host_cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
 const LEAF1_ECX_VMX: u32 = 1 << 5;
 /// Leaf 1 ECX: running under a hypervisor.
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 EDX.HTT: EBX[23:16] counts logical processors.
+const LEAF1_EDX_HTT: u32 = 1 << 28;
 /// Leaf 1 ECX: x2APIC (our LAPIC is xAPIC only).
 const LEAF1_ECX_X2APIC: u32 = 1 << 21;
 /// Leaf 1 ECX: TSC deadline timer.

@@ -22,9 +22,10 @@ pub use arch::{
     StateLimits, SystemRegisters, XsaveImage, XSAVE_LEGACY_SIZE, XSAVE_MIN_SIZE,
 };
 pub use cpuid::{
-    guest_cpuid, guest_cpuid_for, missing_features, CpuModel, CpuidResult, UnknownCpuModel,
-    HYPERVISOR_VENDOR, KVM_FEATURE_CLOCKSOURCE2, KVM_FEATURE_CLOCKSOURCE_STABLE_BIT,
-    KVM_FEATURE_NOP_IO_DELAY, KVM_LEAF_BASE, QEMU64_LEAF1_ECX, QEMU64_LEAF1_EDX, QEMU64_QEMU_CPU,
+    guest_cpuid, guest_cpuid_for, missing_features, CpuModel, CpuidResult, Topology,
+    UnknownCpuModel, HYPERVISOR_VENDOR, KVM_FEATURE_CLOCKSOURCE2,
+    KVM_FEATURE_CLOCKSOURCE_STABLE_BIT, KVM_FEATURE_NOP_IO_DELAY, KVM_LEAF_BASE, MAX_VCPUS,
+    QEMU64_LEAF1_ECX, QEMU64_LEAF1_EDX, QEMU64_QEMU_CPU,
 };
 pub use delivery::{delivery_fault, fault_during_delivery, DeliveryFault};
 pub use emulation::emulation_stop_reason;
@@ -98,6 +99,17 @@ pub trait InterruptSource {
     /// Sources without INIT keep the default, `false`.
     fn take_init(&self) -> bool {
         false
+    }
+    /// Whether this vCPU waits for a start-up IPI (an application
+    /// processor after power-on or INIT): it does not run until one comes.
+    /// Sources without start-up IPIs keep the default, `false`.
+    fn waiting_for_sipi(&self) -> bool {
+        false
+    }
+    /// Take a start-up IPI that reached this vCPU while it waited for one:
+    /// its vector (the vCPU starts at CS = vector << 8, IP = 0).
+    fn take_sipi(&self) -> Option<u8> {
+        None
     }
 }
 

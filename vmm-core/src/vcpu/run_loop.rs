@@ -258,6 +258,24 @@ fn complete_with_trap<B: VcpuBackend>(vcpu: &mut B, next_rip: u64, dr6: u64) {
     }
 }
 
+/// Start an application processor at the start-up IPI's `vector`: CS
+/// selector `vector << 8`, base `vector << 12`, IP 0, in the real mode its
+/// INIT state left it in.
+fn start_up<B: VcpuBackend>(vcpu: &mut B, vector: u8) -> Result<(), StopReason> {
+    use crate::emulator::Segment;
+    let mut cs = vcpu.segment(Segment::Cs);
+    cs.selector = u16::from(vector) << 8;
+    cs.base = u64::from(vector) << 12;
+    let Some(d) = vcpu.descriptor_state() else {
+        return Err(StopReason::Backend(
+            "start-up IPI: this vCPU cannot load CS".to_string(),
+        ));
+    };
+    d.set_segment(Segment::Cs, cs);
+    vcpu.set_rip(0);
+    Ok(())
+}
+
 /// Run `vcpu` in `vm`, with `interrupts` as its interrupt controllers and
 /// `msrs` as its emulated MSRs, until the VM stops or `slice` ends.
 pub fn run<B: VcpuBackend>(
@@ -293,6 +311,7 @@ pub fn run<B: VcpuBackend>(
             vcpu.reset();
             msrs.reset();
             halted = None;
+            vm.reset_other_vcpus(vcpu.tsc_offset());
             // The local APIC's registers are back at their power-on
             // address: so is their window, if the guest moved it.
             if let Some(moved) = msrs.take_apic_window() {
@@ -301,6 +320,14 @@ pub fn run<B: VcpuBackend>(
                     log::warn!("reset: the local APIC window stays at {moved:#x}: {e}");
                 }
             }
+        }
+        if let Some(tsc) = vm.take_vcpu_reset() {
+            // Another vCPU carried out a machine reset: this one goes to its
+            // power-on state too, its TSC agreeing with that vCPU's.
+            vcpu.reset();
+            vcpu.set_tsc_offset(tsc);
+            msrs.reset();
+            halted = None;
         }
         if interrupts.take_init() {
             // INIT: the vCPU goes to its INIT state, which for the
@@ -316,6 +343,34 @@ pub fn run<B: VcpuBackend>(
             halted = None;
         }
         let deadline = vm.poll_timers();
+        let several = vm.vcpu_count() > 1;
+        if interrupts.waiting_for_sipi() {
+            match interrupts.take_sipi() {
+                Some(vector) => {
+                    // Start-up: real mode at vector:0000, the rest of the
+                    // INIT state as it is.
+                    if let Err(reason) = start_up(vcpu, vector) {
+                        vm.stop(reason);
+                        continue;
+                    }
+                    halted = None;
+                }
+                None if several => {
+                    // Wait for the start-up IPI without using the CPU: the
+                    // host runs the siblings, one of which will send it.
+                    *vm.halted_mut() = halted;
+                    vm.set_parked(true);
+                    return RunOutcome::SliceEnded;
+                }
+                None => {
+                    vm.stop(StopReason::Halted {
+                        rip: vcpu.rip(),
+                        interrupts_enabled: false,
+                    });
+                    continue;
+                }
+            }
+        }
         // When the VMM must have the CPU back: the next device timer or the
         // end of the slice, whichever is first.
         let wake = match (deadline, slice.until_ns) {
@@ -330,6 +385,12 @@ pub fn run<B: VcpuBackend>(
                 // instruction, after HLT's single-step trap.
                 complete(vcpu, next_rip, stepping);
                 halted = None;
+            } else if several {
+                // Siblings may wake it (an IPI, INIT, an NMI): give the
+                // CPU back; the host idles when every vCPU is parked.
+                *vm.halted_mut() = halted;
+                vm.set_parked(true);
+                return RunOutcome::SliceEnded;
             } else if deadline.is_none() {
                 // Nothing can ever wake this vCPU (no device timer is
                 // armed to raise an interrupt or an NMI): on hardware it
@@ -348,6 +409,7 @@ pub fn run<B: VcpuBackend>(
                 continue;
             }
         }
+        vm.set_parked(false);
         deliver(vcpu, interrupts);
         // The guest must be back by then, so both can be honoured.
         vm.host().preempt_at(wake);
@@ -464,6 +526,11 @@ pub fn run<B: VcpuBackend>(
                 let (leaf, subleaf) = (vcpu.gpr(RAX) as u32, vcpu.gpr(RCX) as u32);
                 let model = vm.cpu_model();
                 let mut r = model.cpuid(leaf, subleaf, vm.host().tsc_khz());
+                super::Topology {
+                    apic_id: vm.current_vcpu() as u8,
+                    count: vm.vcpu_count() as u8,
+                }
+                .apply(leaf, subleaf, &mut r);
                 // The host model shows the extended state the backend
                 // keeps; qemu64 has no XSAVE at all.
                 let xsave = model == super::CpuModel::Host;
@@ -526,6 +593,11 @@ pub fn run<B: VcpuBackend>(
         now = vm.host().now_ns();
         vm.stats_mut()
             .add_handling_time(kind, now.saturating_sub(exited));
+        if vm.take_yield() && vm.stop_reason().is_none() {
+            // It sent a sibling an IPI: let the sibling run now.
+            *vm.halted_mut() = halted;
+            return RunOutcome::SliceEnded;
+        }
     }
     *vm.halted_mut() = halted;
     match vm.stop_reason() {

@@ -46,6 +46,10 @@ pub struct PcDescription<'a> {
     /// [`super::RAM_BELOW_PCI_HOLE`] of it below the PCI hole, the rest from
     /// 4 GiB up.
     pub ram: u64,
+    /// vCPUs: 1 to [`super::MAX_CPUS`]. vCPU 0 is the bootstrap processor;
+    /// the others wait for a start-up IPI (the firmware and the OS start
+    /// them from the MADT and fw_cfg's count).
+    pub cpus: usize,
     /// The firmware image (SeaBIOS, or any image with a reset vector in
     /// its last 16 bytes), mapped below 4 GiB and at 0xE0000.
     pub firmware: &'a [u8],

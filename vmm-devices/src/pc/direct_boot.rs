@@ -20,6 +20,7 @@ pub fn load(
     vm: &mut Vm,
     ram_block: BlockId,
     ram_below_4g: u64,
+    cpus: u8,
     kernel: &DirectBoot<'_>,
 ) -> Result<EntryState, PcError> {
     let ram_backing = Backing::Block {
@@ -28,7 +29,7 @@ pub fn load(
     };
     vm.memory_mut()
         .map(0xc_0000, 0x4_0000, ram_backing, ram_backing)?;
-    let acpi = AcpiTables::build(&AcpiConfig::for_seabios(1, ram_below_4g));
+    let acpi = AcpiTables::build(&AcpiConfig::for_seabios(cpus, ram_below_4g));
     let boot = load_linux(
         vm.memory_mut(),
         kernel.image,

@@ -25,6 +25,13 @@ pub enum PcError {
         /// The most it may have.
         max: u64,
     },
+    /// The CPU count is outside what this PC supports.
+    CpuCount {
+        /// CPUs asked for.
+        cpus: usize,
+        /// The most it may have (the least is 1).
+        max: usize,
+    },
     /// The host could not give the guest its RAM.
     Ram(HostError),
     /// The memory map could not be laid out.
@@ -74,6 +81,9 @@ impl fmt::Display for PcError {
                 min >> 20,
                 max >> 20
             ),
+            PcError::CpuCount { cpus, max } => {
+                write!(f, "{cpus} CPUs: this PC takes from 1 to {max}")
+            }
             PcError::Ram(e) => write!(f, "guest RAM: {e}"),
             PcError::MemoryMap(e) => write!(f, "memory map: {e}"),
             PcError::Firmware(e) => write!(f, "firmware: {e}"),

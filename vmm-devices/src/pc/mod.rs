@@ -66,6 +66,8 @@ pub const MAX_RAM: u64 = (1 << 40) - (1 << 30);
 pub const RAM_BELOW_PCI_HOLE: u64 = 3 << 30;
 /// Where RAM above the PCI hole starts: 4 GiB.
 pub const HIGH_RAM_BASE: u64 = 1 << 32;
+/// The most vCPUs a PC takes.
+pub const MAX_CPUS: usize = vcpu::MAX_VCPUS;
 
 /// Where QEMU's PIIX4 puts the ACPI PM block; the FADT says the same, and a
 /// guest without a BIOS finds it there from power-on.
@@ -99,7 +101,8 @@ const DISK: IdeDrive = IdeDrive {
 /// A built PC: the VM with every device, ready to run on a vCPU backend.
 pub struct Pc {
     vm: Vm,
-    msrs: MsrFile,
+    /// Each vCPU's MSR file, by vCPU index.
+    msrs: Vec<MsrFile>,
     entry: Option<EntryState>,
     chipset: PcChipset,
     ram_block: BlockId,
@@ -109,6 +112,13 @@ pub struct Pc {
 impl Pc {
     /// Build the PC `desc` describes, with guest RAM from `host`.
     pub fn build(host: Arc<dyn Host>, desc: PcDescription<'_>) -> Result<Self, PcError> {
+        if !(1..=MAX_CPUS).contains(&desc.cpus) {
+            return Err(PcError::CpuCount {
+                cpus: desc.cpus,
+                max: MAX_CPUS,
+            });
+        }
+        let cpus = desc.cpus as u8;
         if !(MIN_RAM..=MAX_RAM).contains(&desc.ram) {
             return Err(PcError::RamSize {
                 bytes: desc.ram,
@@ -139,6 +149,7 @@ impl Pc {
             .map_err(PcError::Firmware)?;
         let mut vm = Vm::new(desc.id, host, memory);
         vm.set_cpu_model(desc.cpu_model);
+        vm.set_vcpu_count(desc.cpus);
 
         let has_cdrom = desc.cdrom.is_some();
         let has_disk = desc.disk.is_some();
@@ -156,7 +167,7 @@ impl Pc {
                 debug_console: desc.debug_console,
                 rtc_unix_seconds_at_host_zero: desc.unix_seconds_at_host_zero,
                 boot_order: desc.boot.clone(),
-                cpus: 1,
+                cpus,
                 acpi_pm_base: ACPI_PM_BASE,
                 acpi_pm_on_pci: true,
             },
@@ -185,7 +196,7 @@ impl Pc {
             ide_pci: IDE_PCI,
             drives,
         };
-        let mut seabios = SeabiosConfig::new(1, order);
+        let mut seabios = SeabiosConfig::new(cpus, order);
         if desc.display.is_some() {
             // The screen is the adapter's: no copy of it on COM1.
             seabios.serial_console = None;
@@ -203,12 +214,21 @@ impl Pc {
         }
 
         let entry = match &desc.direct_boot {
-            Some(kernel) => Some(direct_boot::load(&mut vm, ram_block, ram_below_4g, kernel)?),
+            Some(kernel) => Some(direct_boot::load(
+                &mut vm,
+                ram_block,
+                ram_below_4g,
+                cpus,
+                kernel,
+            )?),
             None => None,
         };
         // On a PC the chipset turns the CPU's shutdown cycle into a reset.
         vm.set_triple_fault_resets(true);
-        let msrs = MsrFile::with_wall_clock(desc.unix_seconds_at_host_zero.max(0) as u64);
+        let wall = desc.unix_seconds_at_host_zero.max(0) as u64;
+        let msrs = (0..desc.cpus)
+            .map(|_| MsrFile::with_wall_clock(wall))
+            .collect();
         Ok(Self {
             vm,
             msrs,
@@ -219,10 +239,68 @@ impl Pc {
         })
     }
 
-    /// Run the PC on `vcpu` for at most `slice`: until it stops (it will
-    /// not run again) or the slice ends (call again to go on).
+    /// Run the PC's first (or only) vCPU on `vcpu` for at most `slice`:
+    /// until it stops (it will not run again) or the slice ends (call again
+    /// to go on). The same as [`Pc::run_vcpu`] with index 0.
     pub fn run<B: VcpuBackend>(&mut self, vcpu: &mut B, slice: Slice) -> RunOutcome {
-        vcpu::run(vcpu, &mut self.vm, &self.chipset.cpu, &mut self.msrs, slice)
+        self.run_vcpu(0, vcpu, slice)
+    }
+
+    /// How many vCPUs the PC has.
+    pub fn cpus(&self) -> usize {
+        self.msrs.len()
+    }
+
+    /// Run vCPU `index` (0 the bootstrap processor, below [`Pc::cpus`]) on
+    /// its backend `vcpu` for at most `slice`. A host with several vCPUs
+    /// calls this for each in turn, one at a time: a vCPU that halts or
+    /// waits for a start-up IPI ends its slice at once
+    /// ([`Pc::all_parked`] says when all do), and one that sends another
+    /// an IPI ends it at the next exit, so the other runs soon. An index
+    /// out of range runs nothing and ends the slice.
+    pub fn run_vcpu<B: VcpuBackend>(
+        &mut self,
+        index: usize,
+        vcpu: &mut B,
+        slice: Slice,
+    ) -> RunOutcome {
+        let (Some(msrs), Some(cpu)) = (self.msrs.get_mut(index), self.chipset.cpus.get(index))
+        else {
+            return RunOutcome::SliceEnded;
+        };
+        self.chipset.current_cpu.set(index);
+        self.vm.set_current_vcpu(index);
+        vcpu::run(vcpu, &mut self.vm, cpu, msrs, slice)
+    }
+
+    /// Whether every vCPU ended its last slice halted or waiting for a
+    /// start-up IPI: the host may idle until [`Pc::next_timer`] (nothing
+    /// else wakes them while none runs).
+    pub fn all_parked(&self) -> bool {
+        (0..self.cpus()).all(|i| self.vm.vcpu_parked(i))
+    }
+
+    /// When the next device timer is due (a host time), polling the timers
+    /// that are due now; `None` when none is armed.
+    pub fn next_timer(&mut self) -> Option<u64> {
+        self.vm.poll_timers()
+    }
+
+    /// Sleep the host until the next device timer or `until`, whichever is
+    /// first, when every vCPU is parked. With no device timer armed no
+    /// vCPU can ever wake (nothing raises an interrupt while none runs):
+    /// the VM stops with `StopReason::Halted`, as a lone vCPU's does.
+    pub fn idle(&mut self, until: Option<u64>) {
+        match self.vm.poll_timers() {
+            Some(due) => {
+                let wake = until.map_or(due, |u| u.min(due));
+                self.vm.host().idle(Some(wake));
+            }
+            None => self.vm.stop(vmm_core::vm::StopReason::Halted {
+                rip: 0,
+                interrupts_enabled: false,
+            }),
+        }
     }
 
     /// Save the state of every device (a snapshot also needs guest RAM and
@@ -249,9 +327,20 @@ impl Pc {
         from: &mut A,
         to: &mut B,
     ) -> Result<(), StateError> {
+        self.move_vcpu_at(0, from, to)
+    }
+
+    /// [`Pc::move_vcpu`] for vCPU `index` (its MSR file goes with it).
+    pub fn move_vcpu_at<A: ArchState, B: ArchState>(
+        &mut self,
+        index: usize,
+        from: &mut A,
+        to: &mut B,
+    ) -> Result<(), StateError> {
         let saved = self.save_devices()?;
         self.restore_devices(&saved)?;
-        vcpu::move_state(from, to, &mut self.msrs)
+        let i = index.min(self.msrs.len() - 1);
+        vcpu::move_state(from, to, &mut self.msrs[i])
     }
 
     /// Write a whole-machine snapshot of this paused PC to `sink`: every
@@ -265,7 +354,8 @@ impl Pc {
         vcpu: &mut B,
         sink: &mut S,
     ) -> Result<(), SnapshotError> {
-        let state = VcpuState::capture(vcpu, &self.msrs)?;
+        self.one_vcpu()?;
+        let state = VcpuState::capture(vcpu, &self.msrs[0])?;
         snapshot::write_snapshot(&mut self.vm, &state, sink)
     }
 
@@ -293,18 +383,32 @@ impl Pc {
         vcpu: &mut B,
         ram: RamFill,
     ) -> Result<(), SnapshotError> {
+        self.one_vcpu()?;
         snapshot.check(&mut self.vm)?;
-        snapshot.apply(&mut self.vm, vcpu, &mut self.msrs, ram)
+        snapshot.apply(&mut self.vm, vcpu, &mut self.msrs[0], ram)
     }
 
-    /// The vCPU's MSR file (part of its saved state).
+    /// Snapshots hold one vCPU: refuse a PC with more.
+    fn one_vcpu(&self) -> Result<(), SnapshotError> {
+        match self.msrs.len() {
+            1 => Ok(()),
+            cpus => Err(SnapshotError::SeveralVcpus { cpus }),
+        }
+    }
+
+    /// The first vCPU's MSR file (part of its saved state).
     pub fn msrs(&self) -> &MsrFile {
-        &self.msrs
+        &self.msrs[0]
     }
 
-    /// The vCPU's MSR file, to restore it.
+    /// The first vCPU's MSR file, to restore it.
     pub fn msrs_mut(&mut self) -> &mut MsrFile {
-        &mut self.msrs
+        &mut self.msrs[0]
+    }
+
+    /// vCPU `index`'s MSR file, if there is that vCPU.
+    pub fn vcpu_msrs_mut(&mut self, index: usize) -> Option<&mut MsrFile> {
+        self.msrs.get_mut(index)
     }
 
     /// The host pressed the power button: the guest's ACPI sees
@@ -332,9 +436,14 @@ impl Pc {
         self.entry.as_ref()
     }
 
-    /// The vCPU's interrupt inputs (local APIC and PIC).
+    /// The first vCPU's interrupt inputs (local APIC and PIC).
     pub fn interrupts(&self) -> &CpuInterrupts {
         &self.chipset.cpu
+    }
+
+    /// vCPU `index`'s interrupt inputs, if there is that vCPU.
+    pub fn vcpu_interrupts(&self, index: usize) -> Option<&CpuInterrupts> {
+        self.chipset.cpus.get(index)
     }
 
     /// The chipset's handles: ISA and IOAPIC lines, PCI INTx routing, and
@@ -497,7 +606,8 @@ fn add_virtio(vm: &mut Vm, chipset: &PcChipset, devices: VirtioDevices) -> Resul
     if functions.is_empty() {
         return Ok(());
     }
-    let msi: Arc<dyn MsiTarget> = LapicMsi::new(alloc::vec![chipset.cpu.lapic().clone()]);
+    let lapics = chipset.cpus.iter().map(|c| c.lapic().clone()).collect();
+    let msi: Arc<dyn MsiTarget> = LapicMsi::new(lapics);
     let Some(bus) = vm.devices_mut().device_mut::<PciBus>(chipset.pci_bus) else {
         return Err(PcError::MissingPciBus);
     };

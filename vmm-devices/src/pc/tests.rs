@@ -29,6 +29,7 @@ fn describe(fw: &[u8], ram: u64) -> PcDescription<'_> {
         input: None,
         id: VmId(7),
         ram,
+        cpus: 1,
         firmware: fw,
         cdrom: None,
         disk: None,
@@ -657,4 +658,60 @@ fn without_msix_a_virtio_disk_interrupts_through_the_pirq_router() {
         .mmio_read(VIRTIO_BAR0 + crate::virtio::pci::ISR_OFFSET, &mut isr);
     assert_eq!(isr, [1]);
     assert!(!pc.chipset().isa.level(11));
+}
+
+#[test]
+fn cpu_counts_outside_one_to_sixteen_are_refused() {
+    let fw = firmware();
+    for cpus in [0, MAX_CPUS + 1, 1000] {
+        let desc = PcDescription {
+            cpus,
+            ..describe(&fw, 16 << 20)
+        };
+        match Pc::build(Arc::new(TestHost::new()), desc) {
+            Err(PcError::CpuCount { cpus: c, max }) => {
+                assert_eq!((c, max), (cpus, 16));
+            }
+            Err(e) => panic!("{cpus} CPUs: {e}"),
+            Ok(_) => panic!("{cpus} CPUs were accepted"),
+        }
+    }
+}
+
+#[test]
+fn four_cpus_are_in_cmos_fw_cfg_and_the_madt_and_aps_wait_for_sipi() {
+    let fw = firmware();
+    let mut pc = build(PcDescription {
+        cpus: 4,
+        ..describe(&fw, 16 << 20)
+    });
+    assert_eq!(pc.cpus(), 4);
+    assert_eq!(pc.vm().vcpu_count(), 4);
+    assert_eq!(cmos(&mut pc, 0x5f), 3, "CMOS: CPUs less one");
+    // fw_cfg NB_CPUS (key 5) and MAX_CPUS (key 0xf).
+    assert_eq!(fw_cfg_item(&mut pc, 0x05, 2), [4, 0]);
+    assert_eq!(fw_cfg_item(&mut pc, 0x0f, 2), [4, 0]);
+    assert_eq!(fw_cfg_file(&mut pc, "etc/boot-cpus"), Some(vec![4, 0]));
+    use vmm_core::vcpu::InterruptSource;
+    for i in 0..4 {
+        let cpu = pc.vcpu_interrupts(i).expect("vCPU");
+        assert_eq!(cpu.lapic().id(), i as u8);
+        assert_eq!(cpu.waiting_for_sipi(), i != 0, "vCPU {i}");
+    }
+    assert!(pc.vcpu_interrupts(4).is_none());
+}
+
+#[test]
+fn a_pc_whose_vcpus_all_sleep_with_no_timer_armed_stops() {
+    let fw = firmware();
+    let mut pc = build(PcDescription {
+        cpus: 2,
+        ..describe(&fw, 16 << 20)
+    });
+    assert_eq!(pc.next_timer(), None);
+    pc.idle(Some(1_000_000));
+    assert!(matches!(
+        pc.vm().stop_reason(),
+        Some(vmm_core::vm::StopReason::Halted { .. })
+    ));
 }

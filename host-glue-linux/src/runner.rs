@@ -220,8 +220,8 @@ pub enum RunError {
     Api(ApiError),
     /// The gdb stub could not start.
     Gdb(GdbError),
-    /// `--display text` without a terminal.
-    Display(String),
+    /// `--display text` without a terminal on stdin and stdout.
+    DisplayNeedsTerminal,
     /// The snapshot to restore was refused or unreadable.
     Snapshot(SnapshotFileError),
     /// The network card's tap device could not be opened (`--net`).
@@ -246,7 +246,9 @@ impl fmt::Display for RunError {
             RunError::StateRoundTrip(e) => write!(f, "state round trip: {e}"),
             RunError::Api(e) => write!(f, "{e}"),
             RunError::Gdb(e) => write!(f, "{e}"),
-            RunError::Display(e) => write!(f, "{e}"),
+            RunError::DisplayNeedsTerminal => {
+                write!(f, "--display text needs a terminal on stdin and stdout")
+            }
             RunError::Snapshot(e) => write!(f, "{e}"),
             RunError::Net(e) => write!(f, "--net: {e}"),
         }
@@ -271,9 +273,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     catch_quit_signals();
     let wants_terminal = options.display.contains(&ScreenOutput::Terminal);
     if wants_terminal && !stdio_is_terminal() {
-        return Err(RunError::Display(
-            "--display text needs a terminal on stdin and stdout".into(),
-        ));
+        return Err(RunError::DisplayNeedsTerminal);
     }
     // The guest's keyboard: fed by the terminal under `--display text`.
     let keys = InputQueue::new();

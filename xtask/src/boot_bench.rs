@@ -62,16 +62,7 @@ pub fn run() -> Result<()> {
     qemu::ensure()?;
     let images = crate::images::fetch()?;
     let elf = kernel::build()?;
-    let modules = [
-        GuestImage {
-            name: "bios".into(),
-            path: images.seabios.clone(),
-        },
-        GuestImage {
-            name: "cdrom".into(),
-            path: images.linux_iso.clone(),
-        },
-    ];
+    let modules = GuestImage::pc(images.seabios.clone(), images.linux_iso.clone());
 
     // Timings under TCG on a shared machine move by 20% from run to run:
     // interleave the two, several times, and compare medians.

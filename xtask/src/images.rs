@@ -503,26 +503,7 @@ pub fn memtouch_iso(default_iso: &Path) -> Result<PathBuf> {
 /// The default CD with `append` added to its kernel command line, as
 /// `linux-NAME.iso` next to `default_iso`; rebuilt when that is newer.
 pub fn appended_iso(default_iso: &Path, name: &str, append: &str) -> Result<PathBuf> {
-    let dir = default_iso
-        .parent()
-        .ok_or_else(|| Error::msg("the CD image has no directory"))?;
-    let iso = dir.join(format!("linux-{name}.iso"));
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if modified(&iso).is_some() && modified(&iso) >= modified(default_iso) {
-        return Ok(iso);
-    }
-    ensure_packages(&["xorriso"])?;
-    let cfg = dir.join(format!("linux-{name}-isolinux.cfg"));
-    remaster_cd(
-        default_iso,
-        &iso,
-        &cfg,
-        append,
-        &[],
-        &format!("xorriso (the {name} CD)"),
-    )?;
-    let _ = std::fs::remove_file(&cfg);
-    Ok(iso)
+    variant_cd(default_iso, name, append, &|l| l.into())
 }
 
 /// The tty0 CD ([`tty0_iso`]) with ISOLINUX's `boot:` prompt on
@@ -545,6 +526,23 @@ pub fn serial_prompt_iso(default_iso: &Path) -> Result<PathBuf> {
 /// `linux-NAME.iso`: the default CD with `append` on its kernel command
 /// line and ISOLINUX's `boot:` prompt on.
 fn prompt_cd(default_iso: &Path, name: &str, append: &str) -> Result<PathBuf> {
+    let prompt = |l: &str| match l.trim() {
+        "PROMPT 0" => "PROMPT 1".to_string(),
+        _ => l.to_string(),
+    };
+    variant_cd(default_iso, name, append, &prompt)
+}
+
+/// `linux-NAME.iso` next to `default_iso`: that CD with `append` on its
+/// kernel command line and every isolinux.cfg line passed through `line`;
+/// rebuilt when `default_iso` is newer. Built beside the final name and
+/// renamed, so tests running at once never boot half an image.
+fn variant_cd(
+    default_iso: &Path,
+    name: &str,
+    append: &str,
+    line: &dyn Fn(&str) -> String,
+) -> Result<PathBuf> {
     let dir = default_iso
         .parent()
         .ok_or_else(|| Error::msg("the CD image has no directory"))?;
@@ -555,19 +553,13 @@ fn prompt_cd(default_iso: &Path, name: &str, append: &str) -> Result<PathBuf> {
     }
     ensure_packages(&["xorriso"])?;
     let cfg = dir.join(format!("linux-{name}-isolinux.cfg.{}", std::process::id()));
-    let prompt = |l: &str| match l.trim() {
-        "PROMPT 0" => "PROMPT 1".to_string(),
-        _ => l.to_string(),
-    };
-    // Built beside the final name and renamed, so tests running at once
-    // never boot half an image.
     let tmp = dir.join(format!("linux-{name}.iso.{}", std::process::id()));
     remaster_cd_with(
         default_iso,
         &tmp,
         &cfg,
         append,
-        &prompt,
+        line,
         &[],
         &format!("xorriso (the {name} CD)"),
     )?;

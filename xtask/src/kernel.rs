@@ -118,6 +118,23 @@ pub struct GuestImage {
     pub path: PathBuf,
 }
 
+impl GuestImage {
+    /// The boot modules of a PC booting the CD `cdrom` with the firmware
+    /// `bios`.
+    pub fn pc(bios: PathBuf, cdrom: PathBuf) -> [GuestImage; 2] {
+        [
+            GuestImage {
+                name: "bios".into(),
+                path: bios,
+            },
+            GuestImage {
+                name: "cdrom".into(),
+                path: cdrom,
+            },
+        ]
+    }
+}
+
 /// Assemble every guest program in `host-glue-baremetal/guests/` with nasm
 /// into `target/guests/`.
 pub fn guests() -> Result<Vec<GuestImage>> {

@@ -34,16 +34,7 @@ struct Run {
 }
 
 fn boot(elf: &Path, seabios: &Path, iso: &Path, paging: &str) -> Result<Run> {
-    let modules = [
-        GuestImage {
-            name: "bios".into(),
-            path: seabios.to_path_buf(),
-        },
-        GuestImage {
-            name: "cdrom".into(),
-            path: iso.to_path_buf(),
-        },
-    ];
+    let modules = GuestImage::pc(seabios.to_path_buf(), iso.to_path_buf());
     eprintln!("xtask: booting the workload CD under the VMM with {paging} paging");
     let lines = qemu::timed_console(
         qemu::direct_command(

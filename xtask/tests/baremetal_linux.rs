@@ -14,16 +14,7 @@ use xtask::system::env_path;
 #[test]
 #[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
 fn linux_boots_from_the_cd_to_user_space_and_powers_off() {
-    let modules = [
-        GuestImage {
-            name: "bios".into(),
-            path: env_path("VMM_TEST_SEABIOS"),
-        },
-        GuestImage {
-            name: "cdrom".into(),
-            path: env_path("VMM_TEST_LINUX_ISO"),
-        },
-    ];
+    let modules = GuestImage::pc(env_path("VMM_TEST_SEABIOS"), env_path("VMM_TEST_LINUX_ISO"));
     let (outcome, console) = boot_and_capture(
         &env_path("VMM_TEST_KERNEL"),
         "guest_mem=256M vms=1",
@@ -80,16 +71,7 @@ fn linux_boots_from_the_cd_to_user_space_and_powers_off() {
 #[test]
 #[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
 fn linux_boots_and_powers_off_with_its_vcpu_replaced_every_500_exits() {
-    let modules = [
-        GuestImage {
-            name: "bios".into(),
-            path: env_path("VMM_TEST_SEABIOS"),
-        },
-        GuestImage {
-            name: "cdrom".into(),
-            path: env_path("VMM_TEST_LINUX_ISO"),
-        },
-    ];
+    let modules = GuestImage::pc(env_path("VMM_TEST_SEABIOS"), env_path("VMM_TEST_LINUX_ISO"));
     let (outcome, console) = boot_and_capture(
         &env_path("VMM_TEST_KERNEL"),
         "guest_mem=256M vms=1 state_roundtrip=500",
@@ -142,16 +124,7 @@ fn slow_linux_reboots_and_powers_off_under_shadow_paging() {
 
 fn reboot_twice(cmdline: &str) {
     let iso = xtask::images::reboot_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
-    let modules = [
-        GuestImage {
-            name: "bios".into(),
-            path: env_path("VMM_TEST_SEABIOS"),
-        },
-        GuestImage {
-            name: "cdrom".into(),
-            path: iso,
-        },
-    ];
+    let modules = GuestImage::pc(env_path("VMM_TEST_SEABIOS"), iso);
     let started = std::time::Instant::now();
     let (outcome, console) = boot_and_capture(
         &env_path("VMM_TEST_KERNEL"),
@@ -207,16 +180,7 @@ fn slow_linux_finds_6_gib_and_fills_the_ram_above_4_gib_under_shadow_paging() {
 fn high_memory(cmdline: &str) {
     let iso = xtask::images::memtouch_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
     let cd_mib = std::fs::metadata(&iso).unwrap().len() >> 20;
-    let modules = [
-        GuestImage {
-            name: "bios".into(),
-            path: env_path("VMM_TEST_SEABIOS"),
-        },
-        GuestImage {
-            name: "cdrom".into(),
-            path: iso,
-        },
-    ];
+    let modules = GuestImage::pc(env_path("VMM_TEST_SEABIOS"), iso);
     let started = std::time::Instant::now();
     let (outcome, console) = boot_and_capture(
         &env_path("VMM_TEST_KERNEL"),

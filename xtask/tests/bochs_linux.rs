@@ -15,16 +15,7 @@ use xtask::system::env_path;
 #[test]
 #[ignore = "boots Linux under the bare-metal host in Bochs: run through cargo xtask test --slow"]
 fn slow_linux_boots_under_vmx_in_bochs_to_user_space_and_powers_off() {
-    let modules = [
-        GuestImage {
-            name: "bios".into(),
-            path: env_path("VMM_TEST_SEABIOS"),
-        },
-        GuestImage {
-            name: "cdrom".into(),
-            path: env_path("VMM_TEST_LINUX_ISO"),
-        },
-    ];
+    let modules = GuestImage::pc(env_path("VMM_TEST_SEABIOS"), env_path("VMM_TEST_LINUX_ISO"));
     let run = xtask::bochs::boot_and_capture(
         &env_path("VMM_TEST_KERNEL"),
         "cpu=vmx guest_mem=256M vms=1",

@@ -16,16 +16,10 @@ use xtask::qemu::Outcome;
 use xtask::system::env_path;
 
 fn modules() -> [GuestImage; 2] {
-    [
-        GuestImage {
-            name: "bios".into(),
-            path: env_path("VMM_TEST_SEABIOS"),
-        },
-        GuestImage {
-            name: "cdrom".into(),
-            path: env_path("VMM_TEST_LINUX_GENERIC_ISO"),
-        },
-    ]
+    GuestImage::pc(
+        env_path("VMM_TEST_SEABIOS"),
+        env_path("VMM_TEST_LINUX_GENERIC_ISO"),
+    )
 }
 
 /// What every boot of the generic CD must show.

@@ -71,16 +71,7 @@ fn every_paging_mode_behaves_the_same_under_shadow_and_nested_paging() {
 #[test]
 #[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
 fn linux_boots_from_the_cd_with_shadow_paging() {
-    let modules = [
-        GuestImage {
-            name: "bios".into(),
-            path: env_path("VMM_TEST_SEABIOS"),
-        },
-        GuestImage {
-            name: "cdrom".into(),
-            path: env_path("VMM_TEST_LINUX_ISO"),
-        },
-    ];
+    let modules = GuestImage::pc(env_path("VMM_TEST_SEABIOS"), env_path("VMM_TEST_LINUX_ISO"));
     let (outcome, console) = boot_and_capture(
         &env_path("VMM_TEST_KERNEL"),
         "guest_mem=256M vms=1 paging=shadow",

@@ -13,16 +13,7 @@ use xtask::qemu::Outcome;
 use xtask::system::env_path;
 
 fn boot(cmdline: &str) -> (Outcome, String) {
-    let modules = [
-        GuestImage {
-            name: "bios".into(),
-            path: env_path("VMM_TEST_SEABIOS"),
-        },
-        GuestImage {
-            name: "cdrom".into(),
-            path: env_path("VMM_TEST_LINUX_ISO"),
-        },
-    ];
+    let modules = GuestImage::pc(env_path("VMM_TEST_SEABIOS"), env_path("VMM_TEST_LINUX_ISO"));
     let started = Instant::now();
     let result = boot_and_capture(
         &env_path("VMM_TEST_KERNEL"),

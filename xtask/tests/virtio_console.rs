@@ -18,16 +18,7 @@ use xtask::system::env_path;
 
 /// Boot `iso` with the host command line `cmdline`; the console.
 fn boot(iso: &Path, cmdline: &str) -> String {
-    let modules = [
-        GuestImage {
-            name: "bios".into(),
-            path: env_path("VMM_TEST_SEABIOS"),
-        },
-        GuestImage {
-            name: "cdrom".into(),
-            path: iso.to_path_buf(),
-        },
-    ];
+    let modules = GuestImage::pc(env_path("VMM_TEST_SEABIOS"), iso.to_path_buf());
     let (outcome, console) = boot_and_capture(
         &env_path("VMM_TEST_KERNEL"),
         cmdline,

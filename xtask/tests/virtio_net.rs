@@ -16,16 +16,10 @@ use xtask::system::env_path;
 #[test]
 #[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
 fn two_vms_ping_each_other_over_the_virtual_switch() {
-    let modules = [
-        GuestImage {
-            name: "bios".into(),
-            path: env_path("VMM_TEST_SEABIOS"),
-        },
-        GuestImage {
-            name: "cdrom".into(),
-            path: env_path("VMM_TEST_VIRTIO_ISO"),
-        },
-    ];
+    let modules = GuestImage::pc(
+        env_path("VMM_TEST_SEABIOS"),
+        env_path("VMM_TEST_VIRTIO_ISO"),
+    );
     let start = Instant::now();
     let (outcome, console) = boot_and_capture(
         &env_path("VMM_TEST_KERNEL"),

@@ -105,8 +105,8 @@ fn command_line_errors_name_the_flag_and_the_file() {
         &["--memory: 8192 KiB is too little memory"],
     );
     one_line_error(
-        &["run", "--memory", "8192", "--bios", &bios],
-        &["--memory: 8192 MiB is more than"],
+        &["run", "--memory", "2097152", "--bios", &bios],
+        &["--memory: 2097152 MiB is more than"],
     );
     // A bare word is not a file name: no file called "tty" appears.
     one_line_error(

@@ -48,6 +48,11 @@ fn rig(clock: u64) -> Rig {
 
 /// `full`: with the stdvga display and the virtio disk and entropy device.
 fn rig_with(clock: u64, full: bool) -> Rig {
+    rig_with_cpus(clock, full, 1)
+}
+
+/// [`rig_with`] with `cpus` vCPUs.
+fn rig_with_cpus(clock: u64, full: bool, cpus: usize) -> Rig {
     let host = Arc::new(TestHost::new());
     host.set_now_ns(clock);
     let com1 = BufferBackend::new();
@@ -80,7 +85,7 @@ fn rig_with(clock: u64, full: bool) -> Rig {
         },
         id: VmId(1),
         ram: RAM,
-        cpus: 1,
+        cpus,
         firmware: &fw,
         cdrom: Some(Box::new(
             MemoryImage::read_only("cd", iso(), CD_SECTOR_SIZE).unwrap(),
@@ -479,4 +484,19 @@ fn a_device_refusing_its_state_rolls_every_device_and_the_map_back() {
     assert_eq!(target.pc.save_devices().unwrap(), before);
     assert_eq!(format!("{:?}", target.pc.vm().memory()), map);
     assert!(target.pc.vm().stop_reason().is_none());
+}
+
+#[test]
+fn a_pc_with_several_vcpus_is_refused_a_snapshot_by_name() {
+    let mut rig = rig_with_cpus(5_000_000_000, false, 2);
+    let mut cpu = ReplayVcpu::new(RegisterFile::long_mode(0x4000), Vec::new());
+    let mut file = vmm_core::snapshot::VecSink::default();
+    let e = rig.pc.snapshot(&mut cpu, &mut file).unwrap_err();
+    assert_eq!(
+        e,
+        vmm_core::snapshot::SnapshotError::SeveralVcpus { cpus: 2 },
+        "{e}"
+    );
+    assert!(e.to_string().contains("2 vCPUs"), "{e}");
+    assert!(file.0.is_empty(), "nothing written");
 }

@@ -1,6 +1,6 @@
 //! Fuzz the snapshot reader: arbitrary bytes, and valid snapshots of a
-//! whole PC (every device, the stdvga with its video memory, virtio disk
-//! and entropy devices, a vCPU) with bytes flipped, cut short or grown
+//! whole PC (every device, the stdvga with its video memory, virtio disk,
+//! entropy, console and network devices, a vCPU) with bytes flipped, cut short or grown
 //! (optionally with the section checksums fixed up, to reach the vCPU and
 //! device-state decoders, the block table and the shape checks), restored
 //! into a PC built the same way. Invariants: no panic; a refused snapshot
@@ -42,7 +42,14 @@ fn pc() -> Pc {
                     .unwrap(),
             )),
             rng: Some(Box::new(vmm_devices::virtio::rng::DeterministicEntropy::new(1))),
+            console: Some(Box::new(BufferBackend::new())),
+            net: Some((
+                Box::new(vmm_devices::net::BufferNet::new()),
+                [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            )),
         },
+        cpus: 1,
+        input: None,
         id: VmId(1),
         ram: RAM,
         firmware: &firmware,

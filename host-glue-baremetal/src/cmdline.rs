@@ -93,6 +93,9 @@ pub struct Config {
     /// `isa-debug-exit` at port 0xf4, which conformance suites such as
     /// kvm-unit-tests drive.
     pub test_devices: bool,
+    /// Offer PC guests x2APIC (`x2apic=1`): CPUID says so, and a guest
+    /// that turns it on reaches its local APIC through MSRs.
+    pub x2apic: bool,
     /// What CPUID shows (`cpu_model=qemu64|host`); unset, PCs get qemu64
     /// and guest programs the host's CPU (the extended-state tests need
     /// its XSAVE and AVX).
@@ -194,6 +197,7 @@ impl Default for Config {
             paging: PagingChoice::Nested,
             bios_debug: false,
             test_devices: false,
+            x2apic: false,
             cpu_model: None,
             state_roundtrip: 0,
             keys: ShortText::EMPTY,
@@ -231,7 +235,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, cpus, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip, keys, keys_after, screen_lines, console, net)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, cpus, selftest, cpu, paging, passthrough, bios_debug, testdev, x2apic, cpu_model, state_roundtrip, keys, keys_after, screen_lines, console, net)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -337,6 +341,13 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
             }
             "bios_debug" => {
                 config.bios_debug = match value {
+                    "1" | "on" => true,
+                    "0" | "off" => false,
+                    _ => return Err(bad("1 or 0")),
+                };
+            }
+            "x2apic" => {
+                config.x2apic = match value {
                     "1" | "on" => true,
                     "0" | "off" => false,
                     _ => return Err(bad("1 or 0")),
@@ -491,6 +502,12 @@ mod tests {
         assert!(parse("bios_debug=1").unwrap().bios_debug);
         assert!(!parse("").unwrap().test_devices);
         assert!(parse("testdev=1").unwrap().test_devices);
+        assert!(!parse("").unwrap().x2apic);
+        assert!(parse("x2apic=1").unwrap().x2apic);
+        assert!(matches!(
+            parse("x2apic=yes"),
+            Err(CmdlineError::BadValue { key: "x2apic", .. })
+        ));
         assert!(matches!(
             parse("bios_debug=yes").unwrap_err(),
             CmdlineError::BadValue {

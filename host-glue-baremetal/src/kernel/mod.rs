@@ -185,6 +185,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     input: keys.clone(),
                     virtio_console: config.console == ConsoleChoice::Virtio,
                     cpus: config.cpus as usize,
+                    x2apic: config.x2apic,
                 },
                 switch.as_ref().map(VirtualSwitch::port),
             ) {
@@ -212,6 +213,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                             input: keys.clone(),
                             virtio_console: config.console == ConsoleChoice::Virtio,
                             cpus: config.cpus as usize,
+                            x2apic: config.x2apic,
                         },
                         switch.as_ref().map(VirtualSwitch::port),
                     )

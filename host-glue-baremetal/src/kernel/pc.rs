@@ -77,6 +77,8 @@ pub struct Options {
     pub virtio_console: bool,
     /// vCPUs (`cpus=`).
     pub cpus: usize,
+    /// Offer x2APIC (`x2apic=1`).
+    pub x2apic: bool,
 }
 
 /// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `media` in its
@@ -98,6 +100,7 @@ pub fn build(
         input,
         virtio_console,
         cpus,
+        x2apic,
     } = options;
     let vdisk = match media.vdisk {
         Some(image) => {
@@ -122,6 +125,7 @@ pub fn build(
         id: VmId(id),
         ram,
         cpus,
+        x2apic,
         firmware: bios,
         cdrom,
         disk: None,

@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod kvm_bench;
 pub mod kvm_nested;
 pub mod kvm_nested_bench;
+pub mod memory_bench;
 pub mod paging_bench;
 pub mod passthrough;
 pub mod qemu;

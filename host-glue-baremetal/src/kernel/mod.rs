@@ -446,6 +446,30 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             s.addresses
         );
     }
+    // What the VMM itself needed beyond guest RAM (the RAM blocks): vCPUs,
+    // page tables, devices and their memory (video memory), firmware
+    // copies, buffers (issue 24's memory goal).
+    // Device memory (video memory) is reported apart: the guest sees it
+    // as it sees its RAM.
+    let heap = heap::usage();
+    let blocks = || {
+        guests
+            .iter()
+            .flat_map(|g| g.machine.vm().memory().blocks())
+            .filter(|b| b.kind == vmm_core::memory::BlockKind::Ram)
+    };
+    let ram: u64 = blocks().filter(|b| !b.device).map(|b| b.len).sum();
+    let device: u64 = blocks().filter(|b| b.device).map(|b| b.len).sum();
+    let own = heap.peak.saturating_sub(ram + device);
+    kprintln!(
+        "memory: heap peak {} KiB ({} KiB at the end), guest RAM {} KiB, device memory {} KiB: the VMM's own {} KiB, {} KiB per VM",
+        heap.peak >> 10,
+        heap.used >> 10,
+        ram >> 10,
+        device >> 10,
+        own >> 10,
+        (own / guests.len().max(1) as u64) >> 10
+    );
     kprintln!(
         "vmm: all VMs stopped; {}",
         if all_well {

@@ -50,8 +50,9 @@ impl core::fmt::Display for BuildError {
 /// The media of a PC, from boot modules.
 #[derive(Clone, Copy, Default)]
 pub struct Media<'a> {
-    /// An ISO image for the CD-ROM drive.
-    pub cdrom: Option<&'a [u8]>,
+    /// An ISO image for the CD-ROM drive (a boot module: every VM reads
+    /// the one copy).
+    pub cdrom: Option<&'static [u8]>,
     /// A disk image (a copy in memory) for the virtio-blk disk at 00:04.0.
     pub vdisk: Option<&'a [u8]>,
     /// The virtio disk is read-only.
@@ -116,8 +117,7 @@ pub fn build(
     let cdrom = media.cdrom;
     let cdrom = match cdrom {
         Some(iso) => Some(Box::new(
-            MemoryImage::read_only("cdrom", iso.to_vec(), CD_SECTOR_SIZE)
-                .map_err(BuildError::Cdrom)?,
+            MemoryImage::read_only("cdrom", iso, CD_SECTOR_SIZE).map_err(BuildError::Cdrom)?,
         ) as Box<dyn BlockBackend>),
         None => None,
     };

@@ -15,6 +15,7 @@ pub mod kvm_nested_bench;
 pub mod paging_bench;
 pub mod passthrough;
 pub mod qemu;
+pub mod screens;
 pub mod snapshot_bench;
 pub mod system;
 pub mod test;

@@ -106,7 +106,9 @@ impl Steady {
             self.looks = 1;
         }
         // A single colour is a screen being cleared or not drawn yet.
-        let drawn = pixels.first().is_some_and(|p| pixels.iter().any(|q| q != p));
+        let drawn = pixels
+            .first()
+            .is_some_and(|p| pixels.iter().any(|q| q != p));
         if self.looks >= STEADY_LOOKS && drawn {
             self.taken = true;
         }

@@ -347,10 +347,7 @@ fn parse_mib(s: &str) -> Option<u64> {
 /// Run QEMU (the host's console on its stdout), echo the console except
 /// the screenshot's pixel lines, and write the last screenshot of VM 0 the
 /// host printed to `png`.
-fn run_and_keep_screenshot(
-    mut qemu_cmd: Command,
-    png: &Path,
-) -> Result<std::process::ExitStatus> {
+fn run_and_keep_screenshot(mut qemu_cmd: Command, png: &Path) -> Result<std::process::ExitStatus> {
     use std::io::BufRead;
     let mut child = qemu_cmd
         .stdout(Stdio::piped())

@@ -172,7 +172,7 @@ pub fn from_console(console: &str, vm: u32) -> Option<Image> {
 }
 
 /// Boot `iso` in plain QEMU (TCG, `-vga std`, the i440FX PC, SeaBIOS)
-/// without a window and take its screen with the monitor's `screendump`
+/// without a window and take its screen with QMP's `screendump`
 /// every 300 ms until a graphics picture (not the 720x400 of a text mode)
 /// with more than one colour is the same in two dumps in a row; then stop
 /// QEMU and return the picture. `work` is a scratch path prefix (monitor
@@ -182,11 +182,13 @@ pub fn qemu_reference(iso: &Path, work: &Path, timeout: Duration) -> Result<Imag
     let dump = work.with_extension("dump.png");
     let _ = std::fs::remove_file(&socket);
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-machine", "pc", "-m", "256", "-vga", "std", "-display", "none"])
+        .args([
+            "-machine", "pc", "-m", "256", "-vga", "std", "-display", "none",
+        ])
         .args(["-serial", "null", "-parallel", "none", "-net", "none"])
         .arg("-cdrom")
         .arg(iso)
-        .arg("-monitor")
+        .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", socket.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -207,16 +209,26 @@ pub fn qemu_reference(iso: &Path, work: &Path, timeout: Duration) -> Result<Imag
         monitor
             .set_read_timeout(Some(Duration::from_secs(30)))
             .map_err(|e| Error::msg(format!("QEMU's monitor: {e}")))?;
-        let mut reader = BufReader::new(monitor.try_clone().map_err(|e| Error::msg(e.to_string()))?);
+        let mut reader =
+            BufReader::new(monitor.try_clone().map_err(|e| Error::msg(e.to_string()))?);
         let mut writer = monitor;
+        let mut qmp = |command: &str| -> Result<()> {
+            writeln!(writer, "{command}").map_err(|e| Error::msg(format!("QMP: {e}")))?;
+            wait_for_answer(&mut reader)
+        };
+        qmp(r#"{"execute": "qmp_capabilities"}"#)?;
+        let dump_text = dump
+            .to_str()
+            .filter(|s| !s.contains(['"', '\\']))
+            .ok_or_else(|| Error::msg(format!("{}: not a plain path", dump.display())))?
+            .to_string();
         let mut last: Option<Image> = None;
         while start.elapsed() < timeout {
             std::thread::sleep(Duration::from_millis(300));
             let _ = std::fs::remove_file(&dump);
-            writeln!(writer, "screendump {} -f png", dump.display())
-                .map_err(|e| Error::msg(format!("QEMU's monitor: {e}")))?;
-            // The command's echo and answer end with the next prompt.
-            wait_for_prompt(&mut reader)?;
+            qmp(&format!(
+                r#"{{"execute": "screendump", "arguments": {{"filename": "{dump_text}", "format": "png"}}}}"#
+            ))?;
             let Ok(image) = Image::read_png(&dump) else {
                 continue;
             };
@@ -244,20 +256,19 @@ pub fn qemu_reference(iso: &Path, work: &Path, timeout: Duration) -> Result<Imag
     result
 }
 
-/// Read the monitor's output up to and including its `(qemu) ` prompt.
-fn wait_for_prompt(reader: &mut impl BufRead) -> Result<()> {
-    let mut seen = Vec::new();
+/// Read QMP's lines (the greeting, events) up to the answer to the
+/// command just sent: a `return` or an `error` (an error is returned).
+fn wait_for_answer(reader: &mut impl BufRead) -> Result<()> {
     loop {
-        let mut byte = [0u8];
-        match reader.read(&mut byte) {
-            Ok(1) => {
-                seen.push(byte[0]);
-                if seen.ends_with(b"(qemu) ") {
-                    return Ok(());
-                }
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Err(Error::msg("QMP: QEMU closed the connection")),
+            Ok(_) if line.starts_with(r#"{"return""#) => return Ok(()),
+            Ok(_) if line.starts_with(r#"{"error""#) => {
+                return Err(Error::msg(format!("QMP: {}", line.trim())))
             }
-            Ok(_) => return Err(Error::msg("QEMU's monitor closed")),
-            Err(e) => return Err(Error::msg(format!("QEMU's monitor: {e}"))),
+            Ok(_) => {}
+            Err(e) => return Err(Error::msg(format!("QMP: {e}"))),
         }
     }
 }

@@ -227,9 +227,7 @@ fn vesamenu_draws_the_same_menu_as_under_plain_qemu() {
         "plain QEMU reached the menu in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    reference
-        .write_png(&dir.join("vesamenu-qemu.png"))
-        .unwrap();
+    reference.write_png(&dir.join("vesamenu-qemu.png")).unwrap();
     let difference = ours.difference(&reference, 0);
     println!(
         "vesamenu: VMM {}x{} ({} colours), QEMU {}x{} ({} colours): {} of the pixels differ \

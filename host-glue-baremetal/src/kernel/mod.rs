@@ -452,7 +452,10 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             if config.screenshot == When::Stop {
                 match pc.screenshot() {
                     Some(f) => print_pixels(pc.vm().id().0, &f),
-                    None => kprintln!("vm {}: no screenshot: the screen is blank", g.machine.vm().id().0),
+                    None => kprintln!(
+                        "vm {}: no screenshot: the screen is blank",
+                        g.machine.vm().id().0
+                    ),
                 }
             }
         }

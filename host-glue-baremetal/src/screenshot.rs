@@ -143,7 +143,7 @@ mod tests {
         let mut out = Vec::new();
         lines(2, 6, 10, &px, |l| out.push(String::from(l)));
         assert_eq!(out[0], "vm 2 screenshot: 6x10");
-        assert!(out[1].starts_with("vm 2 pixels: 1ex00ff0000 1x000000 1x000001"));
+        assert!(out[1].starts_with("vm 2 pixels: 1exff0000 1x000000 1x000001"));
         assert_eq!(out[1].split(' ').count(), 3 + RUNS_PER_LINE);
         assert_eq!(out.last().unwrap(), "vm 2 screenshot end");
         let total: usize = out[1..out.len() - 1]

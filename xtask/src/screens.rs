@@ -174,7 +174,7 @@ pub fn from_console(console: &str, vm: u32) -> Option<Image> {
 /// Boot `iso` in plain QEMU (TCG, `-vga std`, the i440FX PC, SeaBIOS)
 /// without a window and take its screen with QMP's `screendump`
 /// every 300 ms until a graphics picture (not the 720x400 of a text mode)
-/// with more than one colour is the same in two dumps in a row; then stop
+/// with more than one colour is the same in three dumps in a row; then stop
 /// QEMU and return the picture. `work` is a scratch path prefix (monitor
 /// socket, dumps).
 pub fn qemu_reference(iso: &Path, work: &Path, timeout: Duration) -> Result<Image> {
@@ -223,6 +223,7 @@ pub fn qemu_reference(iso: &Path, work: &Path, timeout: Duration) -> Result<Imag
             .ok_or_else(|| Error::msg(format!("{}: not a plain path", dump.display())))?
             .to_string();
         let mut last: Option<Image> = None;
+        let mut same = 0;
         while start.elapsed() < timeout {
             std::thread::sleep(Duration::from_millis(300));
             let _ = std::fs::remove_file(&dump);
@@ -234,9 +235,14 @@ pub fn qemu_reference(iso: &Path, work: &Path, timeout: Duration) -> Result<Imag
             };
             let graphics = (image.width, image.height) != (720, 400) && image.colours() > 1;
             if graphics && last.as_ref() == Some(&image) {
-                return Ok(image);
+                same += 1;
+                if same == 3 {
+                    return Ok(image);
+                }
+            } else {
+                same = 1;
+                last = graphics.then_some(image);
             }
-            last = graphics.then_some(image);
         }
         Err(Error::msg(format!(
             "QEMU showed no steady graphics picture within {timeout:?}"

@@ -203,9 +203,27 @@ fn keys_typed_by_the_host_reach_the_isolinux_prompt() {
 #[test]
 #[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
 fn vesamenu_draws_the_same_menu_as_under_plain_qemu() {
+    vesamenu_menu_matches_qemu("guest_mem=256M vms=1 screenshot=steady", "vmm");
+}
+
+/// The same under shadow paging (the VBE framebuffer mapped at its BAR as
+/// device memory, the shadow trees dropped as it is remapped).
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test --slow"]
+fn slow_vesamenu_under_shadow_paging() {
+    vesamenu_menu_matches_qemu(
+        "guest_mem=256M vms=1 paging=shadow screenshot=steady",
+        "vmm-shadow",
+    );
+}
+
+/// Boot the vesamenu CD with `cmdline` (which has `screenshot=steady`),
+/// compare the host's picture with plain QEMU's, and expect Linux to boot
+/// from the menu; the VMM's picture is `target/screens/vesamenu-NAME.png`.
+fn vesamenu_menu_matches_qemu(cmdline: &str, name: &str) {
     use xtask::screens::{self, Image};
     let iso = xtask::images::vesamenu_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
-    let (outcome, console) = boot("guest_mem=256M vms=1 screenshot=steady", iso.clone());
+    let (outcome, console) = boot(cmdline, iso.clone());
     let without_pixels: String = console
         .lines()
         .filter(|l| !l.contains(" pixels: "))
@@ -215,7 +233,8 @@ fn vesamenu_draws_the_same_menu_as_under_plain_qemu() {
         .unwrap_or_else(|| panic!("no screenshot printed: {without_pixels}"));
     let dir = xtask::system::target_dir().join("screens");
     std::fs::create_dir_all(&dir).unwrap();
-    ours.write_png(&dir.join("vesamenu-vmm.png")).unwrap();
+    ours.write_png(&dir.join(format!("vesamenu-{name}.png")))
+        .unwrap();
     let started = std::time::Instant::now();
     let reference = screens::qemu_reference(
         &iso,

@@ -114,6 +114,9 @@ pub struct Config {
     /// Stream each PC's text screen on the console while it runs
     /// (`screen_lines=1`): new and changed lines as `[vm N screen] TEXT`.
     pub screen_lines: bool,
+    /// When each PC's screen is printed as pixels on the console
+    /// (`screenshot=steady|stop|never`, see [`crate::screenshot`]).
+    pub screenshot: crate::screenshot::When,
     /// COM1 alone, or with a virtio console.
     pub console: ConsoleChoice,
     /// `net=switch`: every PC gets a virtio-net card (00:07.0, MAC
@@ -203,6 +206,7 @@ impl Default for Config {
             keys: ShortText::EMPTY,
             keys_after: ShortText::new("boot:").unwrap_or(ShortText::EMPTY),
             screen_lines: false,
+            screenshot: crate::screenshot::When::Never,
             console: ConsoleChoice::Serial,
             net_switch: false,
         }
@@ -235,7 +239,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, cpus, selftest, cpu, paging, passthrough, bios_debug, testdev, x2apic, cpu_model, state_roundtrip, keys, keys_after, screen_lines, console, net)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, cpus, selftest, cpu, paging, passthrough, bios_debug, testdev, x2apic, cpu_model, state_roundtrip, keys, keys_after, screen_lines, screenshot, console, net)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -378,6 +382,15 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     _ => return Err(bad("1 or 0")),
                 };
             }
+            "screenshot" => {
+                use crate::screenshot::When;
+                config.screenshot = match value {
+                    "steady" => When::Steady,
+                    "stop" => When::Stop,
+                    "never" => When::Never,
+                    _ => return Err(bad("steady, stop or never")),
+                };
+            }
             "keys_after" => {
                 config.keys_after = ShortText::unescape(value)
                     .ok_or(bad("at most 32 characters; escapes as for keys"))?;
@@ -426,6 +439,11 @@ mod tests {
         assert_eq!(Config::default().keys_after.as_str(), "boot:");
         assert!(Config::default().keys.is_empty());
         assert!(parse("keys=a\\q").is_err());
+        assert_eq!(
+            parse("screenshot=steady").unwrap().screenshot,
+            crate::screenshot::When::Steady
+        );
+        assert!(parse("screenshot=later").is_err());
         assert!(parse("keys=abc\\").is_err());
         assert!(ShortText::<4>::unescape("abcde").is_none(), "too long");
         assert_eq!(ShortText::<4>::unescape("ab\\n").unwrap().as_str(), "ab\n");

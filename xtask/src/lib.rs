@@ -16,6 +16,7 @@ pub mod memory_bench;
 pub mod paging_bench;
 pub mod passthrough;
 pub mod qemu;
+pub mod screens;
 pub mod snapshot_bench;
 pub mod system;
 pub mod test;

@@ -779,6 +779,14 @@ impl GuestMemory {
 
     /// Read a little-endian integer of `N` bytes.
     fn read_le<const N: usize>(&self, gpa: u64) -> Result<[u8; N], MemoryError> {
+        // The common case (page-table entries, descriptors): inside one
+        // region whose reads reach a block, a fixed-size load, no copy
+        // call.
+        if let Some(Backing::Block { block, offset }) = self.single_region(gpa, N, false) {
+            if let Ok(Ok(b)) = self.block_bytes(block, offset, N).map(<[u8; N]>::try_from) {
+                return Ok(b);
+            }
+        }
         let mut b = [0u8; N];
         self.read(gpa, &mut b)?;
         Ok(b)

@@ -20,9 +20,7 @@ impl<B: GuestBus> PageTableMemory for BusTables<'_, B> {
         Some(u32::from_le_bytes(b))
     }
     fn read_u64(&mut self, gpa: u64) -> Option<u64> {
-        let mut b = [0u8; 8];
-        self.0.read_physical(gpa, &mut b).ok()?;
-        Some(u64::from_le_bytes(b))
+        self.0.read_u64_physical(gpa).ok()
     }
     fn write_u32(&mut self, gpa: u64, value: u32) -> bool {
         self.0.write_physical(gpa, &value.to_le_bytes()).is_ok()

@@ -441,6 +441,14 @@ pub trait GuestBus {
     fn read_physical(&mut self, gpa: u64, data: &mut [u8]) -> Result<(), BusError>;
     /// Write `data` at `gpa`.
     fn write_physical(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError>;
+    /// Read the little-endian quadword at `gpa` (a page-table entry). The
+    /// default goes through [`GuestBus::read_physical`]; a bus with a
+    /// quicker path for RAM overrides it.
+    fn read_u64_physical(&mut self, gpa: u64) -> Result<u64, BusError> {
+        let mut b = [0u8; 8];
+        self.read_physical(gpa, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
     /// Complete a locked read-modify-write at `gpa` whose read returned
     /// `old`: store `new` if the bytes there still equal `old` and return
     /// `true`; return `false`, changing nothing, if another vCPU changed

@@ -21,6 +21,16 @@ impl GuestBus for Vm {
         Ok(())
     }
 
+    fn read_u64_physical(&mut self, gpa: u64) -> Result<u64, BusError> {
+        // Page tables live in RAM: one lookup and a load, no copy.
+        if let Ok(v) = self.memory().read_u64(gpa) {
+            return Ok(v);
+        }
+        let mut b = [0u8; 8];
+        self.guest_read(gpa, &mut b);
+        Ok(u64::from_le_bytes(b))
+    }
+
     fn io_read(&mut self, port: u16, data: &mut [u8]) -> Result<(), BusError> {
         self.port_read(port, data);
         Ok(())

@@ -25,35 +25,98 @@ pub const INT3: u8 = 0xcc;
 /// RDX, RBX, RSP, RBP, RSI, RDI, R8-R15).
 pub const GDB_GPR_ORDER: [usize; 16] = [0, 3, 1, 2, 6, 7, 5, 4, 8, 9, 10, 11, 12, 13, 14, 15];
 
+/// What a debug-register breakpoint fires on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakOn {
+    /// Executing the instruction at the address (LEN must be 1).
+    Execute,
+    /// Writing the bytes (a watchpoint; the stop comes after the write).
+    Write,
+    /// Reading or writing them (x86 has no read-only watchpoint).
+    ReadWrite,
+}
+
+/// One breakpoint in a debug register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Breakpoint {
+    /// Its linear address (aligned to `len`).
+    pub address: u64,
+    /// What fires it.
+    pub on: BreakOn,
+    /// Bytes covered: 1, 2, 4 or 8 (1 for [`BreakOn::Execute`]).
+    pub len: u8,
+}
+
+impl Breakpoint {
+    /// An execution breakpoint at `address`.
+    pub fn execute(address: u64) -> Self {
+        Self {
+            address,
+            on: BreakOn::Execute,
+            len: 1,
+        }
+    }
+
+    /// A watchpoint on `len` bytes at `address`, if the debug registers
+    /// can hold it (`len` 1, 2, 4 or 8, `address` aligned to it).
+    pub fn watch(address: u64, len: u64, on: BreakOn) -> Option<Self> {
+        (matches!(len, 1 | 2 | 4 | 8) && address % len == 0 && on != BreakOn::Execute).then_some(
+            Self {
+                address,
+                on,
+                len: len as u8,
+            },
+        )
+    }
+
+    /// Its R/W and LEN fields of DR7 (R/W in bits 1:0, LEN in 3:2).
+    fn dr7_fields(&self) -> u64 {
+        let rw = match self.on {
+            BreakOn::Execute => 0b00,
+            BreakOn::Write => 0b01,
+            BreakOn::ReadWrite => 0b11,
+        };
+        let len = match (self.on, self.len) {
+            (BreakOn::Execute, _) | (_, 1) => 0b00,
+            (_, 2) => 0b01,
+            (_, 8) => 0b10,
+            _ => 0b11,
+        };
+        rw | len << 2
+    }
+}
+
 /// What the debugger asks of the next runs of a vCPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostDebug {
     /// Stop after one instruction.
     pub step: bool,
-    /// Execution breakpoints at these linear addresses (DR0-DR3).
-    pub breakpoints: [Option<u64>; 4],
+    /// Breakpoints and watchpoints in DR0-DR3.
+    pub breakpoints: [Option<Breakpoint>; 4],
     /// The debugger has planted INT3s: stop at an INT3 rather than give
     /// the guest its #BP.
     pub software_breakpoints: bool,
 }
 
 impl HostDebug {
-    /// DR7 for [`HostDebug::breakpoints`]: L0-L3 of those set, each an
-    /// execution breakpoint (R/W and LEN 00); GE and bit 10 set.
+    /// DR7 for [`HostDebug::breakpoints`]: L0-L3 of those set, with their
+    /// R/W and LEN; GE and bit 10 set.
     pub fn dr7(&self) -> u64 {
         self.breakpoints
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.is_some())
-            .fold(0x400 | 1 << 9, |dr7, (i, _)| dr7 | 1 << (2 * i))
+            .filter_map(|(i, b)| b.map(|b| (i, b)))
+            .fold(0x400 | 1 << 9, |dr7, (i, b)| {
+                dr7 | 1 << (2 * i) | b.dr7_fields() << (16 + 4 * i)
+            })
     }
 
     /// The breakpoint addresses for DR0-DR3 (0 where unset).
     pub fn addresses(&self) -> [u64; 4] {
-        self.breakpoints.map(|b| b.unwrap_or(0))
+        self.breakpoints.map(|b| b.map_or(0, |b| b.address))
     }
 
-    /// Whether any hardware breakpoint is set.
+    /// Whether any debug-register breakpoint is set.
     pub fn has_breakpoints(&self) -> bool {
         self.breakpoints.iter().any(Option::is_some)
     }
@@ -179,12 +242,23 @@ mod tests {
     #[test]
     fn dr7_enables_exactly_the_breakpoints_set() {
         let d = HostDebug {
-            breakpoints: [Some(0x1000), None, Some(0x2000), None],
+            breakpoints: [
+                Some(Breakpoint::execute(0x1000)),
+                None,
+                Breakpoint::watch(0x2000, 4, BreakOn::Write),
+                Breakpoint::watch(0x3000, 8, BreakOn::ReadWrite),
+            ],
             ..HostDebug::default()
         };
-        assert_eq!(d.dr7(), 0x400 | 1 << 9 | 0b01_00_01);
-        assert_eq!(d.addresses(), [0x1000, 0, 0x2000, 0]);
+        // L0, L2, L3; R/W2 01 LEN2 11; R/W3 11 LEN3 10.
+        assert_eq!(
+            d.dr7(),
+            0x400 | 1 << 9 | 0b01_01_00_01 | 0b1101 << 24 | 0b1011 << 28
+        );
+        assert_eq!(d.addresses(), [0x1000, 0, 0x2000, 0x3000]);
         assert!(!HostDebug::default().has_breakpoints());
+        assert_eq!(Breakpoint::watch(0x2002, 4, BreakOn::Write), None);
+        assert_eq!(Breakpoint::watch(0x2000, 3, BreakOn::Write), None);
     }
 
     #[test]

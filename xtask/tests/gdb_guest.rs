@@ -6,7 +6,8 @@
 //! before the program has copied itself to RAM, where an INT3 would be
 //! overwritten), then at a software breakpoint (an INT3 in RAM) in
 //! `tick`, reads `counter` there (0, and the guest's own bytes under the
-//! INT3), single-steps over the increment (1), raises `limit` so the
+//! INT3), single-steps over the increment (1), stops at the next write
+//! of `counter` with a watchpoint (1 to 2), raises `limit` so the
 //! guest loops on, interrupts it with Ctrl-C, lowers `limit` again and
 //! detaches: the guest runs on by itself to `gdb_target: done` and its
 //! power-off.
@@ -143,6 +144,9 @@ fn gdb_breaks_reads_steps_interrupts_and_detaches_from_a_guest_on_svm() {
             "stepi",
             "x/1dw &counter",
             "delete",
+            "watch {int}&counter",
+            "continue",
+            "delete",
             "set {int}&limit = 0x7fffffff",
             "continue",
             "x/1dw &limit",
@@ -184,6 +188,12 @@ fn gdb_breaks_reads_steps_interrupts_and_detaches_from_a_guest_on_svm() {
     assert!(text.contains("<counter>:\t1\n"), "{both}");
     // The guest's own byte (INC's 0xff), not the INT3 over it.
     assert!(text.contains("<tick>:\t0xff"), "{both}");
+    // The write watchpoint in the debug registers, after the next INC.
+    assert!(
+        text.contains("Hardware watchpoint 3: {int}&counter"),
+        "{both}"
+    );
+    assert!(text.contains("Old value = 1\nNew value = 2"), "{both}");
     // Ctrl-C stopped the looping guest.
     assert!(text.contains("Program received signal SIGINT"), "{both}");
     assert!(text.contains("<limit>:\t2147483647"), "{both}");

@@ -8,7 +8,8 @@
 //! Ctrl-C stops it within one. Breakpoints and steps are the backend's
 //! ([`vmm_core::host_debug`]): INT3s written into guest RAM (software
 //! breakpoints; reads show the guest's own bytes), up to four execution
-//! breakpoints in the debug registers (also in ROM), and single steps
+//! breakpoints (also in ROM) and write or access watchpoints in the debug
+//! registers, and single steps
 //! with a hidden RFLAGS.TF. Memory is read and written at linear
 //! addresses through the guest's page tables. Registers are the
 //! general-purpose ones, RIP, RFLAGS and the segment selectors (x87/SSE
@@ -27,13 +28,16 @@ use gdbstub::target::ext::base::singlethread::{
 };
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::{
-    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, SwBreakpoint, SwBreakpointOps,
+    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
+    SwBreakpoint, SwBreakpointOps, WatchKind,
 };
 use gdbstub::target::{Target, TargetError, TargetResult};
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
 use gdbstub_arch::x86::X86_64_SSE;
 use vmm_core::emulator::Segment;
-use vmm_core::host_debug::{self, DebugStop, HostDebug, StopKind, GDB_GPR_ORDER, INT3};
+use vmm_core::host_debug::{
+    self, BreakOn, Breakpoint, DebugStop, HostDebug, StopKind, GDB_GPR_ORDER, INT3,
+};
 
 /// COM2's I/O base.
 const COM2: u16 = 0x2f8;
@@ -84,8 +88,8 @@ pub struct Planted {
     /// Software breakpoints: linear address, and the byte the INT3
     /// replaced.
     sw: Vec<(u64, u8)>,
-    /// Hardware (execution) breakpoints, DR0-DR3.
-    hw: [Option<u64>; 4],
+    /// Hardware breakpoints and watchpoints, DR0-DR3.
+    hw: [Option<Breakpoint>; 4],
 }
 
 impl Guest<'_> {
@@ -219,6 +223,9 @@ impl Breakpoints for Guest<'_> {
     fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
         Some(self)
     }
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        Some(self)
+    }
 }
 
 impl SwBreakpoint for Guest<'_> {
@@ -249,25 +256,68 @@ impl SwBreakpoint for Guest<'_> {
     }
 }
 
-impl HwBreakpoint for Guest<'_> {
-    fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        match self.planted.hw.iter_mut().find(|b| b.is_none()) {
+impl Planted {
+    /// Put `b` in a free debug register; whether there was one.
+    fn add_hw(&mut self, b: Breakpoint) -> bool {
+        match self.hw.iter_mut().find(|slot| slot.is_none()) {
             Some(slot) => {
-                *slot = Some(addr);
-                Ok(true)
+                *slot = Some(b);
+                true
             }
-            None => Ok(false),
+            None => false,
         }
     }
 
-    fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        match self.planted.hw.iter_mut().find(|b| **b == Some(addr)) {
+    /// Take `b` out of its debug register; whether it was there.
+    fn remove_hw(&mut self, b: Breakpoint) -> bool {
+        match self.hw.iter_mut().find(|slot| **slot == Some(b)) {
             Some(slot) => {
                 *slot = None;
-                Ok(true)
+                true
             }
-            None => Ok(false),
+            None => false,
         }
+    }
+}
+
+impl HwBreakpoint for Guest<'_> {
+    fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        Ok(self.planted.add_hw(Breakpoint::execute(addr)))
+    }
+
+    fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        Ok(self.planted.remove_hw(Breakpoint::execute(addr)))
+    }
+}
+
+/// A gdb watchpoint as the debug registers take it: x86 has none that
+/// fires on reads alone (gdb's `rwatch` is refused).
+fn watchpoint(addr: u64, len: u64, kind: WatchKind) -> Option<Breakpoint> {
+    let on = match kind {
+        WatchKind::Write => BreakOn::Write,
+        WatchKind::ReadWrite => BreakOn::ReadWrite,
+        WatchKind::Read => return None,
+    };
+    Breakpoint::watch(addr, len, on)
+}
+
+impl HwWatchpoint for Guest<'_> {
+    fn add_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        Ok(watchpoint(addr, len, kind).is_some_and(|b| self.planted.add_hw(b)))
+    }
+
+    fn remove_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        Ok(watchpoint(addr, len, kind).is_some_and(|b| self.planted.remove_hw(b)))
     }
 }
 
@@ -281,7 +331,19 @@ fn stop_reason(stop: &DebugStop, planted: &Planted) -> SingleThreadStopReason<u6
             SingleThreadStopReason::SwBreak(())
         }
         StopKind::Step => SingleThreadStopReason::DoneStep,
-        StopKind::Int3 | StopKind::Breakpoint(_) => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+        StopKind::Breakpoint(i) => match planted.hw.get(usize::from(i)).copied().flatten() {
+            Some(b) if b.on != BreakOn::Execute => SingleThreadStopReason::Watch {
+                tid: (),
+                kind: if b.on == BreakOn::Write {
+                    WatchKind::Write
+                } else {
+                    WatchKind::ReadWrite
+                },
+                addr: b.address,
+            },
+            _ => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+        },
+        StopKind::Int3 => SingleThreadStopReason::Signal(Signal::SIGTRAP),
     }
 }
 

@@ -1371,6 +1371,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn intn_exits_are_read_as_int3_int_n_or_into() {
+        assert_eq!(software_interrupt(&[0xcc], false), Some(SoftInt::Int3));
+        assert_eq!(
+            software_interrupt(&[0xcd, 0x80], true),
+            Some(SoftInt::Int(0x80, 2))
+        );
+        // Prefixes count in the length; REX only in long mode.
+        assert_eq!(
+            software_interrupt(&[0x66, 0x48, 0xcd, 0x21], true),
+            Some(SoftInt::Int(0x21, 4))
+        );
+        assert_eq!(software_interrupt(&[0x48, 0xcd, 0x21], false), None);
+        assert_eq!(software_interrupt(&[0xce], false), Some(SoftInt::Into(1)));
+        assert_eq!(
+            software_interrupt(&[0xce], true),
+            None,
+            "INTO is #UD in 64-bit mode"
+        );
+        // Cut short, or something else: not INTn.
+        assert_eq!(software_interrupt(&[0xcd], false), None);
+        assert_eq!(software_interrupt(&[0x66; 15], false), None);
+        assert_eq!(software_interrupt(&[0x90], false), None);
+        assert_eq!(ExitCode::from_raw(0x75), ExitCode::Swint);
+        assert_eq!(ExitCode::Swint.raw(), 0x75);
+    }
+
+    #[test]
     fn io_exits_follow_exitinfo1() {
         // OUT DX, AL to 0x3f8.
         assert_eq!(

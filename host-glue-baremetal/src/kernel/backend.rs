@@ -197,15 +197,11 @@ impl Vcpu {
         }
     }
 
-    /// Let the host's debugger debug the guest on this vCPU (`None`: stop);
-    /// `false` where the backend cannot (VMX so far).
-    pub fn set_host_debug(&mut self, debug: Option<HostDebug>) -> bool {
+    /// Let the host's debugger debug the guest on this vCPU (`None`: stop).
+    pub fn set_host_debug(&mut self, debug: Option<HostDebug>) {
         match self {
-            Vcpu::Svm(v) => {
-                v.set_host_debug(debug);
-                true
-            }
-            Vcpu::Vmx(_) => debug.is_none(),
+            Vcpu::Svm(v) => v.set_host_debug(debug),
+            Vcpu::Vmx(v) => v.set_host_debug(debug),
         }
     }
 
@@ -213,7 +209,7 @@ impl Vcpu {
     pub fn take_debug_stop(&mut self) -> Option<DebugStop> {
         match self {
             Vcpu::Svm(v) => v.take_debug_stop(),
-            Vcpu::Vmx(_) => None,
+            Vcpu::Vmx(v) => v.take_debug_stop(),
         }
     }
 

@@ -240,9 +240,9 @@ fn slow_gdb_breaks_reads_steps_interrupts_and_detaches_from_a_guest_on_vmx() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mem = host_memory_mib("16M", 1).unwrap();
-    // Bochs waits for gdb on COM2 before it starts the machine; gdb
-    // retries until Bochs listens and waits long for the stub's answers
-    // while GRUB and the host boot.
+    // Bochs waits for a client on COM2 before it starts the machine, and
+    // its UART drops what comes before the stub is up: the test connects
+    // at once, and relays gdb to it once the host says the stub waits.
     let bochs = std::thread::spawn(move || {
         xtask::bochs::boot_and_capture_with(
             &kernel,
@@ -254,10 +254,48 @@ fn slow_gdb_breaks_reads_steps_interrupts_and_detaches_from_a_guest_on_vmx() {
         )
         .unwrap()
     });
+    let com2 = {
+        let start = Instant::now();
+        loop {
+            if let Ok(c) = std::net::TcpStream::connect(&addr) {
+                break c;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "Bochs never listened"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let console = std::env::temp_dir();
+    let prefix = format!("vmm-bochs-run-{}-", std::process::id());
+    let start = Instant::now();
+    while !std::fs::read_dir(&console).unwrap().any(|e| {
+        let e = e.unwrap();
+        e.file_name().to_string_lossy().starts_with(&prefix)
+            && std::fs::read_to_string(e.path().join("serial.txt"))
+                .unwrap_or_default()
+                .contains("VM 0 waits for gdb on COM2")
+    }) {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "the host never waited for gdb"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay_addr = relay.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (gdb, _) = relay.accept().unwrap();
+        let (mut gdb_in, mut com2_out) = (gdb.try_clone().unwrap(), com2.try_clone().unwrap());
+        let (mut com2_in, mut gdb_out) = (com2, gdb);
+        std::thread::spawn(move || std::io::copy(&mut gdb_in, &mut com2_out));
+        let _ = std::io::copy(&mut com2_in, &mut gdb_out);
+    });
     let text = batch_gdb(
-        &addr,
+        &relay_addr,
         &symbols,
-        &["set tcp connect-timeout 120", "set remotetimeout 600"],
+        &["set remotetimeout 60"],
         Duration::from_secs(10),
     );
     let run = bochs.join().unwrap();

@@ -122,6 +122,9 @@ pub struct Config {
     /// `net=switch`: every PC gets a virtio-net card (00:07.0, MAC
     /// 52:54:00:12:34:(0x10 + VM number)) on one virtual switch.
     pub net_switch: bool,
+    /// `gdb=com2`: a gdb remote stub for VM 0 on the host machine's COM2
+    /// (port 0x2f8); VM 0 waits at its first instruction for gdb.
+    pub gdb: bool,
 }
 
 /// A short text from the command line, kept in the (`Copy`) [`Config`].
@@ -209,6 +212,7 @@ impl Default for Config {
             screenshot: crate::screenshot::When::Never,
             console: ConsoleChoice::Serial,
             net_switch: false,
+            gdb: false,
         }
     }
 }
@@ -239,7 +243,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, cpus, selftest, cpu, paging, passthrough, bios_debug, testdev, x2apic, cpu_model, state_roundtrip, keys, keys_after, screen_lines, screenshot, console, net)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, cpus, selftest, cpu, paging, passthrough, bios_debug, testdev, x2apic, cpu_model, state_roundtrip, keys, keys_after, screen_lines, screenshot, console, net, gdb)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -409,6 +413,13 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     _ => return Err(bad("switch or none")),
                 };
             }
+            "gdb" => {
+                config.gdb = match value {
+                    "com2" => true,
+                    "none" => false,
+                    _ => return Err(bad("com2 (the host's second UART) or none")),
+                };
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -429,6 +440,8 @@ mod tests {
         assert_eq!(c.log_level, LogLevel::Debug);
         assert_eq!(c.vms, 2);
         assert_eq!(parse("").unwrap(), Config::default());
+        assert!(parse("gdb=com2").unwrap().gdb);
+        assert!(parse("gdb=com1").is_err());
     }
 
     #[test]

@@ -33,14 +33,9 @@ use gdbstub_arch::x86::X86_64_SSE;
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 use vmm_core::emulator::{CpuState, Segment};
-use vmm_core::paging::{Access, AccessKind, PageTableMemory, Walker};
+use vmm_core::host_debug::{self, GDB_GPR_ORDER, INT3};
 use vmm_devices::pc::Pc;
 
-/// INT3.
-const INT3: u8 = 0xcc;
-/// gdb's x86-64 register order, as indexes of the emulator's GPRs (RAX,
-/// RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8-R15).
-const GDB_ORDER: [usize; 16] = [0, 3, 1, 2, 6, 7, 5, 4, 8, 9, 10, 11, 12, 13, 14, 15];
 /// How long an idle stub waits for gdb before the runner looks at its
 /// quit key and signals again.
 const IDLE_POLL: Duration = Duration::from_millis(50);
@@ -73,59 +68,16 @@ impl Machine {
         }
     }
 
-    /// The guest-physical address of `linear` now, if mapped.
-    fn translate(&mut self, linear: u64) -> Option<u64> {
-        let walker = Walker::new(self.vcpu.control());
-        let mut tables = ReadOnly(self.pc.vm_mut().memory_mut());
-        walker
-            .translate(&mut tables, linear, Access::new(AccessKind::Read, 0))
-            .ok()
-            .map(|t| t.gpa)
-    }
-
-    /// Copy guest memory at `linear` into `data`, page by page; how many
-    /// bytes could be read.
+    /// Copy guest memory at `linear` into `data` through the guest's
+    /// page tables; how many bytes could be read.
     fn read_linear(&mut self, linear: u64, data: &mut [u8]) -> usize {
-        let mut done = 0;
-        while done < data.len() {
-            let at = linear.wrapping_add(done as u64);
-            let chunk = (0x1000 - (at & 0xfff) as usize).min(data.len() - done);
-            let Some(gpa) = self.translate(at) else { break };
-            if self
-                .pc
-                .vm()
-                .memory()
-                .read(gpa, &mut data[done..done + chunk])
-                .is_err()
-            {
-                break;
-            }
-            done += chunk;
-        }
-        done
+        host_debug::read_linear(self.pc.vm().memory(), self.vcpu.control(), linear, data)
     }
 
     /// Write `data` to guest memory at `linear`; whether all of it went.
     fn write_linear(&mut self, linear: u64, data: &[u8]) -> bool {
-        let mut done = 0;
-        while done < data.len() {
-            let at = linear.wrapping_add(done as u64);
-            let chunk = (0x1000 - (at & 0xfff) as usize).min(data.len() - done);
-            let Some(gpa) = self.translate(at) else {
-                return false;
-            };
-            if self
-                .pc
-                .vm_mut()
-                .memory_mut()
-                .write(gpa, &data[done..done + chunk])
-                .is_err()
-            {
-                return false;
-            }
-            done += chunk;
-        }
-        true
+        let control = self.vcpu.control();
+        host_debug::write_linear(self.pc.vm_mut().memory_mut(), control, linear, data)
     }
 
     /// Hand KVM the debugger's state before the guest runs.
@@ -154,25 +106,6 @@ impl Machine {
     }
 }
 
-/// Guest memory for a page walk that must not change it (no accessed or
-/// dirty bits set by a debugger's look).
-struct ReadOnly<'a>(&'a mut vmm_core::memory::GuestMemory);
-
-impl PageTableMemory for ReadOnly<'_> {
-    fn read_u32(&mut self, gpa: u64) -> Option<u32> {
-        self.0.read_u32(gpa)
-    }
-    fn read_u64(&mut self, gpa: u64) -> Option<u64> {
-        self.0.read_u64(gpa)
-    }
-    fn write_u32(&mut self, _: u64, _: u32) -> bool {
-        true
-    }
-    fn write_u64(&mut self, _: u64, _: u64) -> bool {
-        true
-    }
-}
-
 impl Target for Machine {
     type Arch = X86_64_SSE;
     type Error = String;
@@ -188,7 +121,7 @@ impl Target for Machine {
 
 impl SingleThreadBase for Machine {
     fn read_registers(&mut self, regs: &mut X86_64CoreRegs) -> TargetResult<(), Self> {
-        for (i, r) in GDB_ORDER.iter().enumerate() {
+        for (i, r) in GDB_GPR_ORDER.iter().enumerate() {
             regs.regs[i] = self.vcpu.gpr(*r);
         }
         regs.rip = self.vcpu.rip();
@@ -204,7 +137,7 @@ impl SingleThreadBase for Machine {
     }
 
     fn write_registers(&mut self, regs: &X86_64CoreRegs) -> TargetResult<(), Self> {
-        for (i, r) in GDB_ORDER.iter().enumerate() {
+        for (i, r) in GDB_GPR_ORDER.iter().enumerate() {
             if self.vcpu.gpr(*r) != regs.regs[i] {
                 self.vcpu.set_gpr(*r, regs.regs[i]);
             }
@@ -505,12 +438,5 @@ mod tests {
         ));
         assert_eq!(crate::kvm::exec_breakpoint_dr7(2), 0b101);
         assert_eq!(crate::kvm::exec_breakpoint_dr7(9), 0b0101_0101);
-    }
-
-    #[test]
-    fn gdb_register_order_names_every_gpr_once() {
-        let mut seen = GDB_ORDER;
-        seen.sort_unstable();
-        assert_eq!(seen, core::array::from_fn::<usize, 16, _>(|i| i));
     }
 }

@@ -94,6 +94,7 @@ pub mod dma;
 pub mod dmm;
 pub mod emulator;
 pub mod host;
+pub mod host_debug;
 pub mod irq;
 pub mod memory;
 pub mod nested_paging;

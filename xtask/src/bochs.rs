@@ -49,6 +49,11 @@ const VGA_BIOS: &str = "/usr/share/vgabios/vgabios.bin";
 /// The bochsrc that boots `iso` from the CD drive with `memory_mib` of RAM
 /// and COM1 written to `serial`.
 pub fn config(iso: &Path, memory_mib: u64, serial: &Path, log: &Path) -> String {
+    config_with(iso, memory_mib, serial, log, "")
+}
+
+/// [`config`] with `extra` lines (e.g. [`gdb_serial_config`]).
+pub fn config_with(iso: &Path, memory_mib: u64, serial: &Path, log: &Path, extra: &str) -> String {
     format!(
         "megs: {memory_mib}\n\
          cpu: model={CPU_MODEL}, count=1, ips=200000000\n\
@@ -65,11 +70,18 @@ pub fn config(iso: &Path, memory_mib: u64, serial: &Path, log: &Path) -> String 
          panic: action=fatal\n\
          error: action=report\n\
          info: action=ignore\n\
-         debug: action=ignore\n",
+         debug: action=ignore\n{extra}",
         iso.display(),
         serial.display(),
         log.display()
     )
+}
+
+/// The bochsrc line for a second UART (the host machine's COM2) served on
+/// 127.0.0.1:`port`, the guest gdb stub's line (`gdb=com2`). Bochs waits
+/// for the client (gdb) before it starts the machine.
+pub fn gdb_serial_config(port: u16) -> String {
+    format!("com2: enabled=1, mode=socket-server, dev=127.0.0.1:{port}\n")
 }
 
 fn unique_dir(what: &str) -> Result<PathBuf> {
@@ -90,12 +102,12 @@ struct Session {
     dir: PathBuf,
 }
 
-fn start(iso: &Path, memory_mib: u64, dir: &Path) -> Result<Session> {
+fn start(iso: &Path, memory_mib: u64, dir: &Path, extra: &str) -> Result<Session> {
     let serial = dir.join("serial.txt");
     let log = dir.join("bochs.log");
     let rc = dir.join("bochsrc");
     let commands = dir.join("debugger.rc");
-    std::fs::write(&rc, config(iso, memory_mib, &serial, &log))
+    std::fs::write(&rc, config_with(iso, memory_mib, &serial, &log, extra))
         .map_err(|e| Error::msg(format!("{}: {e}", rc.display())))?;
     std::fs::write(&commands, "c\nquit\n")
         .map_err(|e| Error::msg(format!("{}: {e}", commands.display())))?;
@@ -146,9 +158,15 @@ fn outcome_of(console: &str) -> Outcome {
 
 /// Run Bochs on `iso` until the host's last line or `timeout`; if
 /// `stream`, copy the console to stdout as it comes.
-fn watch(iso: &Path, memory_mib: u64, timeout: Duration, stream: bool) -> Result<BochsRun> {
+fn watch(
+    iso: &Path,
+    memory_mib: u64,
+    timeout: Duration,
+    stream: bool,
+    extra: &str,
+) -> Result<BochsRun> {
     let dir = unique_dir("run")?;
-    let mut session = start(iso, memory_mib, &dir)?;
+    let mut session = start(iso, memory_mib, &dir, extra)?;
     let started = Instant::now();
     let mut console = String::new();
     let mut offset = 0u64;
@@ -214,10 +232,22 @@ pub fn boot_and_capture(
     memory_mib: u64,
     timeout: Duration,
 ) -> Result<BochsRun> {
+    boot_and_capture_with(kernel, cmdline, guests, memory_mib, timeout, "")
+}
+
+/// [`boot_and_capture`] with `extra` bochsrc lines.
+pub fn boot_and_capture_with(
+    kernel: &Path,
+    cmdline: &str,
+    guests: &[crate::kernel::GuestImage],
+    memory_mib: u64,
+    timeout: Duration,
+    extra: &str,
+) -> Result<BochsRun> {
     let dir = unique_dir("iso")?;
     let iso = dir.join("host.iso");
     crate::kernel::iso(kernel, cmdline, guests, &iso)?;
-    let run = watch(&iso, memory_mib, timeout, false);
+    let run = watch(&iso, memory_mib, timeout, false, extra);
     let _ = std::fs::remove_dir_all(&dir);
     run
 }
@@ -229,7 +259,7 @@ pub fn run(iso: &Path, memory_mib: u64) -> Result<()> {
         "xtask: booting {} under Bochs ({CPU_MODEL}: VMX with EPT)",
         iso.display()
     );
-    let run = watch(iso, memory_mib, Duration::from_secs(3600), true)?;
+    let run = watch(iso, memory_mib, Duration::from_secs(3600), true, "")?;
     eprintln!("xtask: Bochs ran {:.1} s", run.elapsed.as_secs_f64());
     match run.outcome {
         Outcome::Success => Ok(()),

@@ -61,6 +61,12 @@ pub struct RunArgs {
     /// When --screenshot takes the picture.
     #[arg(long, value_enum, default_value_t = ShotWhen::Stop, requires = "screenshot")]
     screenshot_when: ShotWhen,
+    /// Debug the guest of VM 0 with gdb: the host's stub (`gdb=com2`)
+    /// talks on the QEMU machine's COM2, served on 127.0.0.1:PORT; VM 0
+    /// waits at its first instruction until gdb connects (`target remote
+    /// 127.0.0.1:PORT`). Not the host kernel: that is `cargo xtask gdb`.
+    #[arg(long, value_name = "PORT", conflicts_with_all = ["bochs", "kvm_nested"])]
+    gdb_guest: Option<u16>,
 }
 
 /// When `--screenshot` takes the picture (the host's `screenshot=`).
@@ -70,6 +76,16 @@ pub enum ShotWhen {
     Stop,
     /// The first steady graphics picture.
     Steady,
+}
+
+/// QEMU's arguments for a second UART (the host machine's COM2) served
+/// as a TCP server on 127.0.0.1:`port`, without waiting for a client: the
+/// guest gdb stub's line (`gdb=com2`).
+pub fn gdb_serial_args(port: u16) -> [String; 2] {
+    [
+        "-serial".into(),
+        format!("tcp:127.0.0.1:{port},server=on,wait=off"),
+    ]
 }
 
 /// Nested or shadow paging (`--paging`), passed to the host as `paging=`.
@@ -184,6 +200,18 @@ pub fn guests() -> Result<Vec<GuestImage>> {
                 .arg(&source),
             &format!("nasm {}", source.display()),
         )?;
+        // A program whose RAM part is NAME_ram.inc also gets that part as
+        // an ELF object with its symbols, for gdb (gdb_target.asm).
+        let ram_part = src.join(format!("{name}_ram.inc"));
+        if ram_part.is_file() {
+            output(
+                Command::new("nasm")
+                    .args(["-f", "elf32", "-g", "-o"])
+                    .arg(out_dir.join(format!("{name}.o")))
+                    .arg(&ram_part),
+                &format!("nasm {}", ram_part.display()),
+            )?;
+        }
         images.push(GuestImage { name, path });
     }
     Ok(images)
@@ -455,11 +483,16 @@ pub fn run(args: RunArgs) -> Result<()> {
         (Some(_), ShotWhen::Steady) => "screenshot=steady",
     };
     let cmdline = format!(
-        "guest_mem={} vms={vms} cpus={} {} {} {shot} {}",
+        "guest_mem={} vms={vms} cpus={} {} {} {shot} {} {}",
         args.memory,
         args.cpus,
         args.paging.cmdline(),
         args.passthrough.map_or("", |s| s.cmdline()),
+        if args.gdb_guest.is_some() {
+            "gdb=com2"
+        } else {
+            ""
+        },
         args.cmdline
     );
     let mem = qemu_memory_mib(host_memory_mib(&args.memory, vms)? + extra_mib);
@@ -476,8 +509,20 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(s) => Some(crate::passthrough::Setup::start(s, &system::target_dir())?),
         None => None,
     };
+    let gdb_serial = match args.gdb_guest {
+        Some(port) => {
+            eprintln!(
+                "xtask: VM 0 waits for gdb: gdb -ex 'set architecture i386:x86-64' \
+                 -ex 'target remote 127.0.0.1:{port}'"
+            );
+            gdb_serial_args(port).to_vec()
+        }
+        None => Vec::new(),
+    };
     let mut qemu_cmd = qemu::direct_command(&elf, cmdline.trim(), &modules, mem)?;
-    qemu_cmd.args(setup.as_ref().map_or(&[][..], |s| s.qemu_args()));
+    qemu_cmd
+        .args(setup.as_ref().map_or(&[][..], |s| s.qemu_args()))
+        .args(&gdb_serial);
     let status = match &args.screenshot {
         None => qemu_cmd
             .status()

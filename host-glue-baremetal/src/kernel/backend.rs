@@ -9,6 +9,7 @@ use alloc::string::String;
 use host_glue_baremetal::cmdline::CpuBackend;
 use vmm_core::emulator::{CpuState, Segment, SegmentRegister};
 use vmm_core::host::Host;
+use vmm_core::host_debug::{DebugStop, HostDebug};
 use vmm_core::shadow_paging::{ShadowConfig, ShadowStats};
 use vmm_core::svm::{Svm, SvmVcpu};
 use vmm_core::vcpu::{self, ArchState, InterruptSource, MsrFile, RunOutcome, Slice};
@@ -185,6 +186,30 @@ impl Vcpu {
         match self {
             Vcpu::Svm(v) => v.shadow_stats(),
             Vcpu::Vmx(_) => None,
+        }
+    }
+
+    /// The guest's registers, as the emulator and a debugger see them.
+    pub fn cpu(&mut self) -> &mut dyn CpuState {
+        match self {
+            Vcpu::Svm(v) => v.as_mut(),
+            Vcpu::Vmx(v) => v.as_mut(),
+        }
+    }
+
+    /// Let the host's debugger debug the guest on this vCPU (`None`: stop).
+    pub fn set_host_debug(&mut self, debug: Option<HostDebug>) {
+        match self {
+            Vcpu::Svm(v) => v.set_host_debug(debug),
+            Vcpu::Vmx(v) => v.set_host_debug(debug),
+        }
+    }
+
+    /// Where the guest stopped for the host's debugger, once.
+    pub fn take_debug_stop(&mut self) -> Option<DebugStop> {
+        match self {
+            Vcpu::Svm(v) => v.take_debug_stop(),
+            Vcpu::Vmx(v) => v.take_debug_stop(),
         }
     }
 

@@ -6,6 +6,7 @@ mod backend;
 mod boot;
 mod boot_info;
 mod console;
+mod gdb;
 mod guest;
 mod heap;
 mod host;
@@ -301,14 +302,40 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             next_screen_ns: 0,
             shot: Steady::default(),
             next_shot_ns: 0,
+            planted: gdb::Planted::default(),
         });
     }
+
+    // gdb=com2: VM 0 waits at its first instruction for gdb on COM2.
+    let mut debugger = match (config.gdb, guests.first_mut()) {
+        (true, Some(g)) => {
+            let session = gdb::Session::start(g).unwrap_or_else(|e| fail(format_args!("{e}")));
+            kprintln!("vmm: VM 0 waits for gdb on COM2 (gdb=com2)");
+            Some(session)
+        }
+        _ => None,
+    };
 
     // Round-robin time slices of 10 ms (or 10000 exits) until every VM stops.
     // At loglevel=debug a heartbeat shows where each VM is once a second.
     let mut next_heartbeat = time::now_ns() + 1_000_000_000;
     while guests.iter().any(|g| g.stopped.is_none()) {
-        for g in guests.iter_mut().filter(|g| g.stopped.is_none()) {
+        for (index, g) in guests
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, g)| g.stopped.is_none())
+        {
+            // gdb holds VM 0 while it is stopped.
+            let debugged = index == 0 && debugger.is_some();
+            if debugged {
+                let runs = debugger.as_mut().is_none_or(|d| d.pump(g));
+                if debugger.as_ref().is_some_and(|d| !d.attached()) {
+                    debugger = None;
+                }
+                if !runs {
+                    continue;
+                }
+            }
             if let Some(device) = &shared_device {
                 device.service_interrupts();
             }
@@ -399,6 +426,14 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     fail(format_args!("VM {}: {e}", id - 1));
                 }
                 g.roundtrips += 1;
+            }
+            if let Some(d) = debugger.as_mut().filter(|_| debugged) {
+                let exit_code = match &outcome {
+                    RunOutcome::Stopped(StopReason::PowerOff) => Some(0),
+                    RunOutcome::Stopped(_) => Some(1),
+                    _ => None,
+                };
+                d.after_slice(g, exit_code);
             }
             if let RunOutcome::Stopped(reason) = outcome {
                 log::info!("VM {} stopped: {reason}", g.machine.vm().id().0);
@@ -617,6 +652,8 @@ struct Guest<'a> {
     shot: Steady,
     /// When `screenshot=steady` looks at the screen next.
     next_shot_ns: u64,
+    /// What gdb planted (`gdb=com2`, VM 0).
+    planted: gdb::Planted,
 }
 
 /// What a VM is: a whole PC, or a guest program on a few devices.

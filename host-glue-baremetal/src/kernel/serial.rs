@@ -71,7 +71,14 @@ pub struct Logger;
 
 impl log::Log for Logger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
+        // The gdbstub crate logs every optional packet it does not know
+        // at info level: only its warnings and errors are shown.
+        let level = if metadata.target().starts_with("gdbstub") {
+            log::max_level().min(log::LevelFilter::Warn)
+        } else {
+            log::max_level()
+        };
+        metadata.level() <= level
     }
 
     fn log(&self, record: &log::Record<'_>) {

@@ -23,6 +23,9 @@ pub enum ExitCode {
     Cpuid,
     /// VMEXIT_IRET (0x74).
     Iret,
+    /// VMEXIT_SWINT (0x75): an INTn instruction (intercepted while a
+    /// debugger has planted INT3s: QEMU's TCG reports an INT3 so).
+    Swint,
     /// VMEXIT_HLT (0x78).
     Hlt,
     /// VMEXIT_INVLPG (0x79).
@@ -72,6 +75,7 @@ impl ExitCode {
             0x64 => ExitCode::Vintr,
             0x72 => ExitCode::Cpuid,
             0x74 => ExitCode::Iret,
+            0x75 => ExitCode::Swint,
             0x78 => ExitCode::Hlt,
             0x79 => ExitCode::Invlpg,
             0x7a => ExitCode::Invlpga,
@@ -103,6 +107,7 @@ impl ExitCode {
             ExitCode::Vintr => 0x64,
             ExitCode::Cpuid => 0x72,
             ExitCode::Iret => 0x74,
+            ExitCode::Swint => 0x75,
             ExitCode::Hlt => 0x78,
             ExitCode::Invlpg => 0x79,
             ExitCode::Invlpga => 0x7a,

@@ -27,6 +27,7 @@ use crate::emulator::{
     SegmentRegister, SystemSegment, RFLAGS_IF, RFLAGS_TF,
 };
 use crate::host::{Host, HostError, HostMemory};
+use crate::host_debug::{DebugStop, HostDebug, StopKind};
 use crate::memory::GuestMemory;
 use crate::nested_paging::{NestedTables, Npt};
 use crate::paging::ControlRegisters;
@@ -159,6 +160,10 @@ const INTERCEPT_IRET: u32 = 1 << 20;
 const DR6_BS: u64 = 1 << 14;
 /// The #DB bit of the exception intercepts.
 const INTERCEPT_DB: u32 = 1 << 1;
+/// The #BP bit of the exception intercepts.
+const INTERCEPT_BP: u32 = 1 << 3;
+/// INTn (first instruction-intercept word).
+const INTERCEPT_INTN: u32 = 1 << 21;
 /// The exceptions that can turn the delivery of an exception into a #DF
 /// or a shutdown: contributory (#TS, #NP, #SS, #GP) and #PF.
 const INTERCEPT_DELIVERY_FAULTS: u32 = 0b1_1111 << 10;
@@ -230,6 +235,28 @@ pub struct SvmVcpu {
     iret_step: Option<(bool, u64)>,
     /// The guest's DR0-DR3 (VMRUN does not switch them).
     debug: crate::debug_registers::GuestDebugRegisters,
+    /// The host's debugger (a gdb stub), when it debugs this guest.
+    host_debug: Option<HostDebug>,
+    /// Where the guest stopped for it, not yet taken.
+    debug_stop: Option<DebugStop>,
+    /// While it steps the guest: the RIP of the last exit (an instruction
+    /// the exit loop completed there is the step).
+    step_exit_rip: Option<u64>,
+}
+
+/// What the host's debugger changed in the VMCB for one entry, to be put
+/// back after the exit.
+#[derive(Clone, Copy)]
+struct DebugEntry {
+    debug: HostDebug,
+    /// The guest's own RFLAGS.TF.
+    guest_tf: bool,
+    /// The guest's DR6 and DR7.
+    dr6: u64,
+    dr7: u64,
+    /// Intercept bits added (exceptions, first instruction word).
+    exceptions: u32,
+    misc: u32,
 }
 
 impl SvmVcpu {
@@ -269,6 +296,9 @@ impl SvmVcpu {
             iret_rip: None,
             iret_step: None,
             debug: Default::default(),
+            host_debug: None,
+            debug_stop: None,
+            step_exit_rip: None,
         };
         me.vmcb.write_u64(offset::IOPM_BASE, iopm_pa);
         me.vmcb.write_u64(offset::MSRPM_BASE, msrpm_pa);
@@ -516,6 +546,149 @@ impl SvmVcpu {
         self.vmcb.write_u32(offset::INTERCEPT_MISC1, misc);
     }
 
+    /// Let the host's debugger (a gdb stub) debug this guest from the next
+    /// entry on (`None`: the guest's debugging is its own again). While
+    /// it does, #BP and #DB are intercepted (and INTn, when it has
+    /// planted INT3s: QEMU's TCG reports INT3 as INTn), its breakpoints
+    /// are in DR0-DR3 with its DR7 while the guest runs (the guest's own
+    /// DR0-DR3 and DR7 are kept aside and put back after each exit), and
+    /// a step runs the guest with RFLAGS.TF, which the guest is not shown.
+    /// A stop ends the slice; [`SvmVcpu::take_debug_stop`] says where.
+    pub fn set_host_debug(&mut self, debug: Option<HostDebug>) {
+        self.host_debug = debug;
+        self.debug_stop = None;
+        self.step_exit_rip = None;
+    }
+
+    /// Where the guest stopped for the host's debugger, once.
+    pub fn take_debug_stop(&mut self) -> Option<DebugStop> {
+        self.debug_stop.take()
+    }
+
+    /// The linear address of the next instruction.
+    fn linear_pc(&self) -> u64 {
+        self.segment(Segment::Cs).base.wrapping_add(self.rip())
+    }
+
+    /// Before an entry under the host's debugger: its intercepts, TF for
+    /// a step, its breakpoints in DR7 (DR0-DR3 are loaded by `run`).
+    fn enter_host_debug(&mut self, debug: HostDebug) -> DebugEntry {
+        let rflags = self.vmcb.read_u64(offset::RFLAGS);
+        let exceptions = self.vmcb.read_u32(offset::INTERCEPT_EXCEPTIONS);
+        let misc = self.vmcb.read_u32(offset::INTERCEPT_MISC1);
+        let entry = DebugEntry {
+            debug,
+            guest_tf: rflags & RFLAGS_TF != 0,
+            dr6: self.vmcb.read_u64(offset::DR6),
+            dr7: self.vmcb.read_u64(offset::DR7),
+            exceptions: (INTERCEPT_DB | INTERCEPT_BP) & !exceptions,
+            misc: if debug.software_breakpoints {
+                INTERCEPT_INTN & !misc
+            } else {
+                0
+            },
+        };
+        self.vmcb
+            .write_u32(offset::INTERCEPT_EXCEPTIONS, exceptions | entry.exceptions);
+        self.vmcb
+            .write_u32(offset::INTERCEPT_MISC1, misc | entry.misc);
+        if debug.step {
+            self.vmcb.write_u64(offset::RFLAGS, rflags | RFLAGS_TF);
+        }
+        if debug.has_breakpoints() {
+            self.vmcb.write_u64(offset::DR7, debug.dr7());
+        }
+        entry
+    }
+
+    /// After the exit: the guest's TF, DR7 and intercepts back.
+    fn leave_host_debug(&mut self, entry: &DebugEntry) {
+        let exceptions = self.vmcb.read_u32(offset::INTERCEPT_EXCEPTIONS);
+        self.vmcb
+            .write_u32(offset::INTERCEPT_EXCEPTIONS, exceptions & !entry.exceptions);
+        let misc = self.vmcb.read_u32(offset::INTERCEPT_MISC1);
+        self.vmcb
+            .write_u32(offset::INTERCEPT_MISC1, misc & !entry.misc);
+        if entry.debug.step && !entry.guest_tf {
+            let rflags = self.vmcb.read_u64(offset::RFLAGS);
+            self.vmcb.write_u64(offset::RFLAGS, rflags & !RFLAGS_TF);
+        }
+        if entry.debug.has_breakpoints() {
+            self.vmcb.write_u64(offset::DR7, entry.dr7);
+        }
+    }
+
+    /// An exit under the host's debugger: `Some(true)` if the guest
+    /// stopped for it (the stop is recorded), `Some(false)` if the exit
+    /// was handled here and the guest is to be entered again, `None` if
+    /// the exit is not the debugger's.
+    fn host_debug_exit(&mut self, vm: &Vm, code: ExitCode, entry: &DebugEntry) -> Option<bool> {
+        match code {
+            ExitCode::Exception(1) if self.iret_step.is_none() => {
+                let dr6 = self.vmcb.read_u64(offset::DR6);
+                let ours = (0..4)
+                    .filter(|i| entry.debug.breakpoints[*i].is_some())
+                    .any(|i| dr6 & (1 << i) != 0);
+                if entry.debug.step || ours {
+                    // The guest does not see the debugger's #DB in DR6.
+                    self.vmcb.write_u64(offset::DR6, entry.dr6);
+                    self.debug_stop = Some(DebugStop::from_dr6(dr6, self.linear_pc()));
+                    Some(true)
+                } else {
+                    // The guest's own trap (its TF): it takes it.
+                    self.vmcb
+                        .write_u64(offset::EVENT_INJ, 1 | (3 << 8) | (1 << 31));
+                    Some(false)
+                }
+            }
+            ExitCode::Exception(3) => {
+                self.debug_stop = Some(DebugStop {
+                    kind: StopKind::Int3,
+                    pc: self.linear_pc(),
+                });
+                Some(true)
+            }
+            ExitCode::Swint => {
+                let pc = self.linear_pc();
+                let mut bytes = [0u8; 15];
+                let n = crate::host_debug::read_linear(vm.memory(), self.control(), pc, &mut bytes);
+                let long = self.control().efer & EFER_LMA != 0;
+                let (vector, len) = match software_interrupt(&bytes[..n], long) {
+                    Some(SoftInt::Int3) => {
+                        self.debug_stop = Some(DebugStop {
+                            kind: StopKind::Int3,
+                            pc,
+                        });
+                        return Some(true);
+                    }
+                    Some(SoftInt::Int(vector, len)) => (Some(vector), len),
+                    // INTO raises #OF only with RFLAGS.OF set.
+                    Some(SoftInt::Into(len)) => {
+                        ((self.rflags() & (1 << 11) != 0).then_some(4), len)
+                    }
+                    None => {
+                        // Not an instruction we know as INTn: the guest
+                        // gets #UD, as for one that does not decode.
+                        self.vmcb
+                            .write_u64(offset::EVENT_INJ, 6 | (3 << 8) | (1 << 31));
+                        return Some(false);
+                    }
+                };
+                // The guest's own INT n: delivered as the instruction
+                // would, returning after it.
+                let next = self.rip().wrapping_add(len as u64);
+                self.set_rip(next);
+                self.vmcb.write_u64(offset::NEXT_RIP, next);
+                if let Some(v) = vector {
+                    self.vmcb
+                        .write_u64(offset::EVENT_INJ, u64::from(v) | (4 << 8) | (1 << 31));
+                }
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+
     fn decode_exit(&mut self, vm: &Vm) -> Exit {
         decode_exit(
             &mut self.vmcb,
@@ -523,6 +696,39 @@ impl SvmVcpu {
             self.features.decode_assists,
             vm.memory(),
         )
+    }
+}
+
+/// An INTn-class instruction, as [`software_interrupt`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SoftInt {
+    /// INT3 (0xCC).
+    Int3,
+    /// INT n (0xCD n): the vector and the instruction's length.
+    Int(u8, usize),
+    /// INTO (0xCE): its length.
+    Into(usize),
+}
+
+/// The INTn-class instruction at the start of `bytes` (legacy prefixes,
+/// and REX in long mode, skipped), or `None` if it is not one.
+fn software_interrupt(bytes: &[u8], long_mode: bool) -> Option<SoftInt> {
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let prefix = matches!(
+            b,
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3
+        ) || (long_mode && (0x40..=0x4f).contains(&b));
+        if !prefix || i >= 14 {
+            break;
+        }
+        i += 1;
+    }
+    match bytes.get(i)? {
+        0xcc => Some(SoftInt::Int3),
+        0xcd => bytes.get(i + 1).map(|v| SoftInt::Int(*v, i + 2)),
+        0xce if !long_mode => Some(SoftInt::Into(i + 1)),
+        _ => None,
     }
 }
 
@@ -769,6 +975,20 @@ impl DescriptorState for SvmVcpu {
 
 impl VcpuBackend for SvmVcpu {
     fn run(&mut self, vm: &mut Vm) -> Exit {
+        if self.debug_stop.is_some() {
+            // Held for the host's debugger.
+            return Exit::Preempted;
+        }
+        if self.host_debug.is_some_and(|d| d.step)
+            && self.step_exit_rip.is_some_and(|at| at != self.rip())
+        {
+            // The exit loop completed the stepped instruction itself.
+            self.debug_stop = Some(DebugStop {
+                kind: StopKind::Step,
+                pc: self.linear_pc(),
+            });
+            return Exit::Preempted;
+        }
         self.sync_io_permissions(vm);
         let paging = if self.shadow.is_some() {
             self.shadow_enter(vm)
@@ -797,8 +1017,18 @@ impl VcpuBackend for SvmVcpu {
                 });
             }
             let watched = self.watch_delivery();
+            let debugger = self.host_debug.map(|d| self.enter_host_debug(d));
+            let debugger_breakpoints = debugger.filter(|e| e.debug.has_breakpoints());
             self.xstate.switch_to_guest(vm.host().current_cpu());
-            self.debug.load(false);
+            match debugger_breakpoints {
+                // The debugger's breakpoints in DR0-DR3 while the guest runs.
+                Some(e) => crate::debug_registers::GuestDebugRegisters {
+                    dr: e.debug.addresses(),
+                    ..self.debug
+                }
+                .load(false),
+                None => self.debug.load(false),
+            }
             // SAFETY: SVM was enabled by `Svm::enable` (required to build
             // this vCPU); the VMCB is ours, its nested tables map only this
             // VM's memory, its permission maps intercept every MSR and every
@@ -807,12 +1037,20 @@ impl VcpuBackend for SvmVcpu {
             // host handles the interrupts it unmasks (see
             // `instructions::vmrun`).
             unsafe { instructions::vmrun(pa, &mut self.gprs) };
-            self.debug.save(false);
+            if debugger_breakpoints.is_none() {
+                self.debug.save(false);
+            }
             self.xstate.switch_to_host();
             self.vmcb.write_u8(offset::TLB_CONTROL, 0);
             self.vmcb.write_u64(offset::EVENT_INJ, 0);
             let code = ExitCode::from_raw(self.vmcb.read_u64(offset::EXIT_CODE));
             let rip = self.vmcb.read_u64(offset::RIP);
+            if let Some(entry) = debugger {
+                self.leave_host_debug(&entry);
+                if entry.debug.step {
+                    self.step_exit_rip = Some(rip);
+                }
+            }
             if watched != 0 {
                 let exceptions = self.vmcb.read_u32(offset::INTERCEPT_EXCEPTIONS);
                 self.vmcb
@@ -825,6 +1063,13 @@ impl VcpuBackend for SvmVcpu {
                         }
                         continue;
                     }
+                }
+            }
+            if let Some(entry) = debugger {
+                match self.host_debug_exit(vm, code, &entry) {
+                    Some(true) => return Exit::Preempted,
+                    Some(false) => continue,
+                    None => {}
                 }
             }
             if let Some((guest_tf, dr6)) = self.iret_step {
@@ -1124,6 +1369,33 @@ pub fn io_exit(info1: u64, info2: u64) -> Exit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intn_exits_are_read_as_int3_int_n_or_into() {
+        assert_eq!(software_interrupt(&[0xcc], false), Some(SoftInt::Int3));
+        assert_eq!(
+            software_interrupt(&[0xcd, 0x80], true),
+            Some(SoftInt::Int(0x80, 2))
+        );
+        // Prefixes count in the length; REX only in long mode.
+        assert_eq!(
+            software_interrupt(&[0x66, 0x48, 0xcd, 0x21], true),
+            Some(SoftInt::Int(0x21, 4))
+        );
+        assert_eq!(software_interrupt(&[0x48, 0xcd, 0x21], false), None);
+        assert_eq!(software_interrupt(&[0xce], false), Some(SoftInt::Into(1)));
+        assert_eq!(
+            software_interrupt(&[0xce], true),
+            None,
+            "INTO is #UD in 64-bit mode"
+        );
+        // Cut short, or something else: not INTn.
+        assert_eq!(software_interrupt(&[0xcd], false), None);
+        assert_eq!(software_interrupt(&[0x66; 15], false), None);
+        assert_eq!(software_interrupt(&[0x90], false), None);
+        assert_eq!(ExitCode::from_raw(0x75), ExitCode::Swint);
+        assert_eq!(ExitCode::Swint.raw(), 0x75);
+    }
 
     #[test]
     fn io_exits_follow_exitinfo1() {

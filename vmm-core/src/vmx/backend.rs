@@ -18,6 +18,10 @@ const MAX_INTERNAL_EXITS: u32 = 1000;
 
 impl VcpuBackend for VmxVcpu {
     fn run(&mut self, vm: &mut Vm) -> Exit {
+        if self.host_debug_holds() {
+            // Held for the host's debugger.
+            return Exit::Preempted;
+        }
         if let Err(e) = self.sync_ept(vm) {
             return Exit::Error(e);
         }
@@ -33,15 +37,23 @@ impl VcpuBackend for VmxVcpu {
         }
         for _ in 0..MAX_INTERNAL_EXITS {
             self.load();
+            let debugger = self.enter_host_debug();
+            let mut debug_registers = self.entry_debug_registers(debugger.as_ref());
             self.xstate.switch_to_guest(vm.host().current_cpu());
-            self.debug.load(true);
+            debug_registers.load(true);
             // SAFETY: VMX is on and our VMCS current; its host state is this
             // CPU's, HOST_RIP the exit path of `enter`; its EPT maps only
             // this VM's memory, its I/O bitmaps intercept every port but
             // the VM's pass-through ports and its MSR bitmap only lets
             // through MSRs the VMCS or its MSR areas switch.
             let entered = unsafe { instructions::enter(&mut self.gprs, self.launched) };
-            self.debug.save(true);
+            debug_registers.save(true);
+            if debugger.is_some_and(|e| e.has_breakpoints()) {
+                // DR0-DR3 held the debugger's: only DR6 is the guest's.
+                self.debug.dr6 = debug_registers.dr6;
+            } else {
+                self.debug = debug_registers;
+            }
             self.xstate.switch_to_host();
             // A physical interrupt that ended the guest's run is taken now.
             instructions::take_pending_interrupts();
@@ -56,6 +68,11 @@ impl VcpuBackend for VmxVcpu {
             let pending = self.read(fields::ENTRY_INTERRUPTION_INFO);
             if pending & INFO_VALID != 0 && !failed_entry {
                 self.write(fields::ENTRY_INTERRUPTION_INFO, 0);
+            }
+            match debugger.and_then(|e| self.leave_host_debug(&e)) {
+                Some(true) => return Exit::Preempted,
+                Some(false) => continue,
+                None => {}
             }
             if let Some(exit) = self.decode_exit(vm) {
                 if exit == Exit::InterruptWindow {

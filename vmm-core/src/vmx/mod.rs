@@ -52,6 +52,7 @@ pub mod exit_reason;
 mod exits;
 pub mod fields;
 mod guest_state;
+mod host_debug;
 mod instructions;
 mod state;
 mod vcpu;

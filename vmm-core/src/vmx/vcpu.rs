@@ -50,6 +50,13 @@ pub struct VmxVcpu {
     /// The PDPTE fields must be reloaded from guest memory before the next
     /// entry (the paging registers were restored).
     pub(super) pdptes_stale: bool,
+    /// The host's debugger (a gdb stub), when it debugs this guest.
+    pub(super) host_debug: Option<crate::host_debug::HostDebug>,
+    /// Where the guest stopped for it, not yet taken.
+    pub(super) debug_stop: Option<crate::host_debug::DebugStop>,
+    /// While it steps the guest: the RIP after the last exit (an
+    /// instruction the exit loop completed there is the step).
+    pub(super) step_exit_rip: Option<u64>,
 }
 
 impl VmxVcpu {
@@ -94,6 +101,9 @@ impl VmxVcpu {
             xstate: crate::xstate::ExtendedState::new(vmx.xstate.clone())
                 .keep_host_state(vm.host().uses_extended_state()),
             debug: Default::default(),
+            host_debug: None,
+            debug_stop: None,
+            step_exit_rip: None,
             pdptes_stale: false,
         };
         // SAFETY: VMX is on (`vmx` exists); the region is ours, carries the

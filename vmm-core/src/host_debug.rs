@@ -1,0 +1,316 @@
+//! The host debugging a guest (a gdb stub): what a backend is asked to do
+//! (trap the debugger's INT3s, stop at its hardware breakpoints, step one
+//! instruction), where the guest stopped, and guest memory at linear
+//! addresses as a debugger reads and writes it.
+//!
+//! The SVM and VMX backends carry [`HostDebug`] out themselves
+//! (`SvmVcpu::set_host_debug`, `VmxVcpu::set_host_debug`): #BP and #DB
+//! are intercepted (and, on SVM, INTn, which QEMU's TCG reports for an
+//! INT3 instead of #BP), the debugger's breakpoint addresses are in
+//! DR0-DR3 while the guest runs, and a step sets RFLAGS.TF, hidden from
+//! the guest. A stop ends the slice ([`crate::vcpu::Exit::Preempted`]);
+//! the host takes the [`DebugStop`] and hands it to its debugger. The KVM
+//! backend does the same through KVM_SET_GUEST_DEBUG. Both hosts' gdb
+//! stubs read and write memory with [`read_linear`] and [`write_linear`]
+//! and order registers by [`GDB_GPR_ORDER`].
+
+use crate::memory::GuestMemory;
+use crate::paging::{Access, AccessKind, ControlRegisters, PageTableMemory, Walker};
+
+/// INT3, the software breakpoint a debugger plants.
+pub const INT3: u8 = 0xcc;
+
+/// gdb's x86-64 general-purpose register order (RAX, RBX, RCX, RDX, RSI,
+/// RDI, RBP, RSP, R8-R15) as indexes of the emulator's GPRs (RAX, RCX,
+/// RDX, RBX, RSP, RBP, RSI, RDI, R8-R15).
+pub const GDB_GPR_ORDER: [usize; 16] = [0, 3, 1, 2, 6, 7, 5, 4, 8, 9, 10, 11, 12, 13, 14, 15];
+
+/// What a debug-register breakpoint fires on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakOn {
+    /// Executing the instruction at the address (LEN must be 1).
+    Execute,
+    /// Writing the bytes (a watchpoint; the stop comes after the write).
+    Write,
+    /// Reading or writing them (x86 has no read-only watchpoint).
+    ReadWrite,
+}
+
+/// One breakpoint in a debug register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Breakpoint {
+    /// Its linear address (aligned to `len`).
+    pub address: u64,
+    /// What fires it.
+    pub on: BreakOn,
+    /// Bytes covered: 1, 2, 4 or 8 (1 for [`BreakOn::Execute`]).
+    pub len: u8,
+}
+
+impl Breakpoint {
+    /// An execution breakpoint at `address`.
+    pub fn execute(address: u64) -> Self {
+        Self {
+            address,
+            on: BreakOn::Execute,
+            len: 1,
+        }
+    }
+
+    /// A watchpoint on `len` bytes at `address`, if the debug registers
+    /// can hold it (`len` 1, 2, 4 or 8, `address` aligned to it).
+    pub fn watch(address: u64, len: u64, on: BreakOn) -> Option<Self> {
+        (matches!(len, 1 | 2 | 4 | 8) && address % len == 0 && on != BreakOn::Execute).then_some(
+            Self {
+                address,
+                on,
+                len: len as u8,
+            },
+        )
+    }
+
+    /// Its R/W and LEN fields of DR7 (R/W in bits 1:0, LEN in 3:2).
+    fn dr7_fields(&self) -> u64 {
+        let rw = match self.on {
+            BreakOn::Execute => 0b00,
+            BreakOn::Write => 0b01,
+            BreakOn::ReadWrite => 0b11,
+        };
+        let len = match (self.on, self.len) {
+            (BreakOn::Execute, _) | (_, 1) => 0b00,
+            (_, 2) => 0b01,
+            (_, 8) => 0b10,
+            _ => 0b11,
+        };
+        rw | len << 2
+    }
+}
+
+/// What the debugger asks of the next runs of a vCPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostDebug {
+    /// Stop after one instruction.
+    pub step: bool,
+    /// Breakpoints and watchpoints in DR0-DR3.
+    pub breakpoints: [Option<Breakpoint>; 4],
+    /// The debugger has planted INT3s: stop at an INT3 rather than give
+    /// the guest its #BP.
+    pub software_breakpoints: bool,
+}
+
+impl HostDebug {
+    /// DR7 for [`HostDebug::breakpoints`]: L0-L3 of those set, with their
+    /// R/W and LEN; GE and bit 10 set.
+    pub fn dr7(&self) -> u64 {
+        self.breakpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.map(|b| (i, b)))
+            .fold(0x400 | 1 << 9, |dr7, (i, b)| {
+                dr7 | 1 << (2 * i) | b.dr7_fields() << (16 + 4 * i)
+            })
+    }
+
+    /// The breakpoint addresses for DR0-DR3 (0 where unset).
+    pub fn addresses(&self) -> [u64; 4] {
+        self.breakpoints.map(|b| b.map_or(0, |b| b.address))
+    }
+
+    /// Whether any debug-register breakpoint is set.
+    pub fn has_breakpoints(&self) -> bool {
+        self.breakpoints.iter().any(Option::is_some)
+    }
+}
+
+/// Why the guest stopped for the debugger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopKind {
+    /// It reached an INT3 (RIP is on it).
+    Int3,
+    /// It completed the step.
+    Step,
+    /// It reached the hardware breakpoint in this debug register.
+    Breakpoint(u8),
+}
+
+/// Where the guest stopped for the debugger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebugStop {
+    /// Why.
+    pub kind: StopKind,
+    /// The linear address of the next instruction (CS base + RIP).
+    pub pc: u64,
+}
+
+impl DebugStop {
+    /// The stop a #DB with `dr6` (as the CPU reported it) means, at `pc`:
+    /// a hardware breakpoint if one of B0-B3 is set, else the step.
+    pub fn from_dr6(dr6: u64, pc: u64) -> Self {
+        let kind = match (0..4).find(|i| dr6 & (1 << i) != 0) {
+            Some(i) => StopKind::Breakpoint(i as u8),
+            None => StopKind::Step,
+        };
+        Self { kind, pc }
+    }
+}
+
+/// Guest memory for a page walk that must not change it (no accessed or
+/// dirty bits set by a debugger's look).
+struct ReadOnly<'a>(&'a GuestMemory);
+
+impl PageTableMemory for ReadOnly<'_> {
+    fn read_u32(&mut self, gpa: u64) -> Option<u32> {
+        self.0.read_u32(gpa).ok()
+    }
+    fn read_u64(&mut self, gpa: u64) -> Option<u64> {
+        self.0.read_u64(gpa).ok()
+    }
+    fn write_u32(&mut self, _: u64, _: u32) -> bool {
+        true
+    }
+    fn write_u64(&mut self, _: u64, _: u64) -> bool {
+        true
+    }
+}
+
+/// The guest-physical address of `linear` under `control` now, if mapped
+/// (paging off: the address itself).
+pub fn translate(memory: &GuestMemory, control: ControlRegisters, linear: u64) -> Option<u64> {
+    Walker::new(control)
+        .translate(
+            &mut ReadOnly(memory),
+            linear,
+            Access::new(AccessKind::Read, 0),
+        )
+        .ok()
+        .map(|t| t.gpa)
+}
+
+/// Copy guest memory at `linear` into `data`, page by page, through the
+/// guest's page tables; how many bytes could be read (the rest is not
+/// mapped, or not RAM/ROM).
+pub fn read_linear(
+    memory: &GuestMemory,
+    control: ControlRegisters,
+    linear: u64,
+    data: &mut [u8],
+) -> usize {
+    let mut done = 0;
+    while done < data.len() {
+        let at = linear.wrapping_add(done as u64);
+        let chunk = (0x1000 - (at & 0xfff) as usize).min(data.len() - done);
+        let Some(gpa) = translate(memory, control, at) else {
+            break;
+        };
+        if memory.read(gpa, &mut data[done..done + chunk]).is_err() {
+            break;
+        }
+        done += chunk;
+    }
+    done
+}
+
+/// Write `data` to guest memory at `linear` through the guest's page
+/// tables; whether all of it went (ROM drops writes: read back to know).
+pub fn write_linear(
+    memory: &mut GuestMemory,
+    control: ControlRegisters,
+    linear: u64,
+    data: &[u8],
+) -> bool {
+    let mut done = 0;
+    while done < data.len() {
+        let at = linear.wrapping_add(done as u64);
+        let chunk = (0x1000 - (at & 0xfff) as usize).min(data.len() - done);
+        let Some(gpa) = translate(memory, control, at) else {
+            return false;
+        };
+        if memory.write(gpa, &data[done..done + chunk]).is_err() {
+            return false;
+        }
+        done += chunk;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::Host;
+    use crate::test_host::TestHost;
+
+    #[test]
+    fn dr7_enables_exactly_the_breakpoints_set() {
+        let d = HostDebug {
+            breakpoints: [
+                Some(Breakpoint::execute(0x1000)),
+                None,
+                Breakpoint::watch(0x2000, 4, BreakOn::Write),
+                Breakpoint::watch(0x3000, 8, BreakOn::ReadWrite),
+            ],
+            ..HostDebug::default()
+        };
+        // L0, L2, L3; R/W2 01 LEN2 11; R/W3 11 LEN3 10.
+        assert_eq!(
+            d.dr7(),
+            0x400 | 1 << 9 | 0b01_01_00_01 | 0b1101 << 24 | 0b1011 << 28
+        );
+        assert_eq!(d.addresses(), [0x1000, 0, 0x2000, 0x3000]);
+        assert!(!HostDebug::default().has_breakpoints());
+        assert_eq!(Breakpoint::watch(0x2002, 4, BreakOn::Write), None);
+        assert_eq!(Breakpoint::watch(0x2000, 3, BreakOn::Write), None);
+    }
+
+    #[test]
+    fn dr6_names_the_breakpoint_or_the_step() {
+        assert_eq!(
+            DebugStop::from_dr6(0xffff_4ff0, 5).kind,
+            StopKind::Step,
+            "BS"
+        );
+        assert_eq!(
+            DebugStop::from_dr6(0xffff_0ff4, 5).kind,
+            StopKind::Breakpoint(2)
+        );
+    }
+
+    #[test]
+    fn gdb_register_order_names_every_gpr_once() {
+        let mut seen = GDB_GPR_ORDER;
+        seen.sort_unstable();
+        assert_eq!(seen, core::array::from_fn::<usize, 16, _>(|i| i));
+    }
+
+    #[test]
+    fn linear_memory_through_page_tables_leaves_accessed_bits_alone() {
+        let host = TestHost::new();
+        let mut memory = GuestMemory::new();
+        memory
+            .add_ram(0, host.alloc_memory(4 << 20, 4096).unwrap())
+            .unwrap();
+        // 32-bit paging: PD at 0x1000, one PT at 0x2000 mapping linear
+        // 0x40_0000.. to 0x3000.
+        memory.write_u32(0x1000 + 4, 0x2000 | 3).unwrap();
+        memory.write_u32(0x2000, 0x3000 | 3).unwrap();
+        memory.write_u32(0x2004, 0x5000 | 3).unwrap();
+        let control = ControlRegisters {
+            cr0: crate::paging::CR0_PE | crate::paging::CR0_PG,
+            cr3: 0x1000,
+            cr4: 0,
+            efer: 0,
+        };
+        // Across the page boundary: the two pages are not adjacent.
+        assert!(write_linear(&mut memory, control, 0x40_0ffe, b"abcd"));
+        let mut bytes = [0u8; 2];
+        memory.read(0x3ffe, &mut bytes).unwrap();
+        assert_eq!(&bytes, b"ab");
+        memory.read(0x5000, &mut bytes).unwrap();
+        assert_eq!(&bytes, b"cd");
+        let mut back = [0u8; 6];
+        assert_eq!(read_linear(&memory, control, 0x40_0ffe, &mut back), 6);
+        assert_eq!(&back[..4], b"abcd");
+        // An unmapped page ends the read.
+        assert_eq!(read_linear(&memory, control, 0x40_1ffe, &mut back), 2);
+        assert_eq!(memory.read_u32(0x2000).unwrap() & 0x20, 0, "no A bit set");
+    }
+}

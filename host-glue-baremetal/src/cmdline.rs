@@ -138,7 +138,7 @@ pub const MAX_VMS: usize = 16;
 pub struct SharedMemory {
     /// Its name (letters, digits, `_` and `-`; at most 16).
     pub name: ShortText<16>,
-    /// Its size: a power of two from 4K to 1G.
+    /// Its size: a power of two from 4K to 256M.
     pub size: u64,
     /// By VM number: whether and how that VM sees the region.
     pub access: [Option<ShmAccess>; MAX_VMS],
@@ -164,7 +164,10 @@ fn parse_shm(value: &str) -> Option<SharedMemory> {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if !name_ok || !size.is_power_of_two() || !(4096..=1 << 30).contains(&size) {
+    if !name_ok
+        || !size.is_power_of_two()
+        || !(vmm_devices::ivshmem::MIN_REGION..=vmm_devices::ivshmem::MAX_REGION).contains(&size)
+    {
         return None;
     }
     let mut access = [None; MAX_VMS];
@@ -468,7 +471,7 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
             }
             "shm" => {
                 config.shm = Some(parse_shm(value).ok_or(bad(
-                    "NAME:SIZE:VM=rw|ro,... such as pool:1M:0=rw,1=ro (SIZE a power of two from 4K to 1G, VM a number below 16)",
+                    "NAME:SIZE:VM=rw|ro,... such as pool:1M:0=rw,1=ro (SIZE a power of two from 4K to 256M, VM a number below 16)",
                 ))?);
             }
             _ => return Err(CmdlineError::UnknownKey(key)),
@@ -520,7 +523,7 @@ mod tests {
             "shm=pool:1M",
             "shm=pool:3M:0=rw",
             "shm=pool:2K:0=rw",
-            "shm=pool:2G:0=rw",
+            "shm=pool:512M:0=rw",
             "shm=:1M:0=rw",
             "shm=a/b:1M:0=rw",
             "shm=pool:1M:0=rx",

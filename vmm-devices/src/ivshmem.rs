@@ -80,8 +80,11 @@ pub const VECTORS: u16 = 4;
 pub const POLL_NS: u64 = 1_000_000;
 /// The smallest region: one page.
 pub const MIN_REGION: u64 = 4096;
-/// The largest region: 1 GiB.
-pub const MAX_REGION: u64 = 1 << 30;
+/// The largest region: 256 MiB. The PC's 32-bit PCI window
+/// (0xE0000000-0xFEBFFFFF) must hold the BAR with the other functions'
+/// (firmware places a 64-bit BAR there too while it fits), and the bus
+/// decodes memory BARs only inside it.
+pub const MAX_REGION: u64 = 256 << 20;
 
 /// IntrMask.
 pub const REG_INTR_MASK: u64 = 0x00;

@@ -1,5 +1,6 @@
 //! Memory shared between two VMs on the bare-metal host (`shm=`), under
-//! QEMU TCG with SVM and nested paging: two PCs run `pc_shm`
+//! QEMU TCG with SVM and nested paging (and shadow paging, and with state
+//! round trips; under VMX in Bochs as `slow_`): two PCs run `pc_shm`
 //! (`host-glue-baremetal/guests/pc_shm.asm`), which finds the ivshmem
 //! function by a PCI scan. VM 0 has the region read-write: it moves the
 //! region's BAR, writes a pattern and rings VM 1's doorbell. VM 1 has it
@@ -16,26 +17,78 @@ use xtask::kernel::{boot_and_capture, named_guests};
 use xtask::qemu::Outcome;
 use xtask::system::env_path;
 
+/// Which backend runs the two VMs, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Run {
+    /// SVM with nested paging (QEMU TCG).
+    Nested,
+    /// SVM with shadow paging.
+    Shadow,
+    /// SVM with nested paging, every 500 exits each vCPU replaced by a
+    /// fresh one through its saved state and every device saved and
+    /// restored in place (`state_roundtrip=500`).
+    Roundtrip,
+    /// VMX with EPT (Bochs).
+    Vmx,
+}
+
 #[test]
 #[ignore = "boots the bare-metal host in QEMU: run through cargo xtask test"]
 fn a_write_is_seen_by_the_peer_and_a_read_only_peer_cannot_change_it() {
+    check(Run::Nested);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host in QEMU: run through cargo xtask test"]
+fn the_same_under_shadow_paging() {
+    check(Run::Shadow);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host in QEMU: run through cargo xtask test"]
+fn the_same_with_state_round_trips() {
+    check(Run::Roundtrip);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host in Bochs (minutes): run through cargo xtask test --slow"]
+fn slow_the_same_under_vmx() {
+    check(Run::Vmx);
+}
+
+fn check(run: Run) {
     let guests = named_guests(&env_path("VMM_TEST_GUESTS"), &["pc_shm"]);
+    let kernel = env_path("VMM_TEST_KERNEL");
+    let base = "guest_mem=16M vms=2 shm=pool:64K:0=rw,1=ro";
+    let cmdline = match run {
+        Run::Nested => format!("cpu=svm {base}"),
+        Run::Shadow => format!("cpu=svm paging=shadow {base}"),
+        Run::Roundtrip => format!("cpu=svm state_roundtrip=500 {base}"),
+        Run::Vmx => format!("cpu=vmx {base}"),
+    };
     let start = Instant::now();
-    let (outcome, console) = boot_and_capture(
-        &env_path("VMM_TEST_KERNEL"),
-        "cpu=svm guest_mem=16M vms=2 shm=pool:64K:0=rw,1=ro",
-        &guests,
-        384,
-        Duration::from_secs(300),
-    )
-    .unwrap();
+    let (outcome, console) = match run {
+        Run::Vmx => {
+            let r = xtask::bochs::boot_and_capture(
+                &kernel,
+                &cmdline,
+                &guests,
+                384,
+                Duration::from_secs(1500),
+            )
+            .unwrap();
+            assert!(r.console.contains("VMX enabled: EPT"), "{}", r.console);
+            (r.outcome, r.console)
+        }
+        _ => boot_and_capture(&kernel, &cmdline, &guests, 384, Duration::from_secs(300)).unwrap(),
+    };
     for line in console
         .lines()
         .filter(|l| l.contains("shm") || l.contains("stopped"))
     {
         eprintln!("{line}");
     }
-    eprintln!("took {:.1?}", start.elapsed());
+    eprintln!("{run:?}: took {:.1?}", start.elapsed());
     for line in [
         "shm pool: 64 KiB at host",
         "[vm 0] shm: ivshmem at 00:08.0, region 00010000 bytes, peer 0",
@@ -63,5 +116,20 @@ fn a_write_is_seen_by_the_peer_and_a_read_only_peer_cannot_change_it() {
     }
     assert!(!console.contains("NO doorbell"), "{console}");
     assert!(!console.contains("host panic"), "{console}");
+    if run == Run::Roundtrip {
+        for vm in 0..2 {
+            let trips: u64 = console
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!("vm {vm}: "))?
+                        .strip_suffix(" state round trips (a fresh vCPU each)")?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("no round trips for vm {vm}: {console}"));
+            eprintln!("vm {vm}: {trips} state round trips");
+            assert!(trips > 0, "{console}");
+        }
+    }
     assert_eq!(outcome, Outcome::Success, "{console}");
 }

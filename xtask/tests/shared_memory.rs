@@ -24,9 +24,9 @@ enum Run {
     Nested,
     /// SVM with shadow paging.
     Shadow,
-    /// SVM with nested paging, every 500 exits each vCPU replaced by a
+    /// SVM with nested paging, every 20 exits each vCPU replaced by a
     /// fresh one through its saved state and every device saved and
-    /// restored in place (`state_roundtrip=500`).
+    /// restored in place (`state_roundtrip=20`).
     Roundtrip,
     /// VMX with EPT (Bochs).
     Vmx,
@@ -63,7 +63,7 @@ fn check(run: Run) {
     let cmdline = match run {
         Run::Nested => format!("cpu=svm {base}"),
         Run::Shadow => format!("cpu=svm paging=shadow {base}"),
-        Run::Roundtrip => format!("cpu=svm state_roundtrip=500 {base}"),
+        Run::Roundtrip => format!("cpu=svm state_roundtrip=20 {base}"),
         Run::Vmx => format!("cpu=vmx {base}"),
     };
     let start = Instant::now();

@@ -45,15 +45,33 @@ impl MsiTarget for Recorder {
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Op {
     /// Configuration register `reg` (any width) := `value`.
-    Config { peer: bool, reg: u8, size: u8, value: u32 },
+    Config {
+        peer: bool,
+        reg: u8,
+        size: u8,
+        value: u32,
+    },
     /// A memory access at `HOLE + offset` (registers, MSI-X table and
     /// region wherever the guest put them), any width.
-    Write { peer: bool, offset: u32, size: u8, value: u64 },
-    Read { peer: bool, offset: u32, size: u8 },
+    Write {
+        peer: bool,
+        offset: u32,
+        size: u8,
+        value: u64,
+    },
+    Read {
+        peer: bool,
+        offset: u32,
+        size: u8,
+    },
     /// Time passes: both functions poll their mailboxes.
     Tick,
-    Reset { peer: bool },
-    SaveRestore { peer: bool },
+    Reset {
+        peer: bool,
+    },
+    SaveRestore {
+        peer: bool,
+    },
 }
 
 struct Peer {
@@ -116,7 +134,10 @@ fuzz_target!(|ops: Vec<Op>| {
         peer(&host, 1, Access::ReadOnly, &bells),
     ];
     for op in ops.into_iter().take(300) {
-        let sent: Vec<usize> = peers.iter().map(|p| p.msi.0.lock().unwrap().len()).collect();
+        let sent: Vec<usize> = peers
+            .iter()
+            .map(|p| p.msi.0.lock().unwrap().len())
+            .collect();
         match op {
             Op::Config {
                 peer,
@@ -139,8 +160,10 @@ fuzz_target!(|ops: Vec<Op>| {
                 value,
             } => {
                 let p = &mut peers[usize::from(peer)];
-                p.vm
-                    .guest_write(HOLE + u64::from(offset), &value.to_le_bytes()[..width(size)]);
+                p.vm.guest_write(
+                    HOLE + u64::from(offset),
+                    &value.to_le_bytes()[..width(size)],
+                );
             }
             Op::Read { peer, offset, size } => {
                 let p = &mut peers[usize::from(peer)];
@@ -176,13 +199,12 @@ fuzz_target!(|ops: Vec<Op>| {
                     }
                 }
             }
-            let enabled = p
-                .vm
-                .devices()
-                .device::<PciBus>(p.bus)
-                .and_then(|b| b.function::<Ivshmem>(SLOT as u8, 0))
-                .map(|f| f.msix().enabled())
-                .unwrap();
+            let enabled =
+                p.vm.devices()
+                    .device::<PciBus>(p.bus)
+                    .and_then(|b| b.function::<Ivshmem>(SLOT as u8, 0))
+                    .map(|f| f.msix().enabled())
+                    .unwrap();
             let now = p.msi.0.lock().unwrap().len();
             assert!(enabled || now == sent[i], "an MSI while MSI-X is off");
         }
@@ -194,6 +216,13 @@ fuzz_target!(|ops: Vec<Op>| {
         p.vm.memory().read(0, &mut ram).unwrap();
         assert!(ram.iter().all(|b| *b == PATTERN), "guest RAM changed");
     }
-    let ro = peers[1].vm.memory().block_bytes_all(peers[1].block).unwrap();
-    assert!(ro.iter().all(|b| *b == 0), "read-only peer changed its view");
+    let ro = peers[1]
+        .vm
+        .memory()
+        .block_bytes_all(peers[1].block)
+        .unwrap();
+    assert!(
+        ro.iter().all(|b| *b == 0),
+        "read-only peer changed its view"
+    );
 });

@@ -6,7 +6,10 @@
 //! cluster after LDR/DFR writes, broadcast), storms of the same ICR
 //! (INIT and NMI storms at siblings included), EOIs, resets, and the
 //! vCPUs acknowledging interrupts, taking NMIs, INITs and start-up IPIs in
-//! between.
+//! between. The APICs offer x2APIC (vmm-devices `x2apic`): a vCPU may turn
+//! it on (along the legal IA32_APIC_BASE transitions) and then read and
+//! write any x2APIC MSR with any 64-bit value, the ICR with 32-bit
+//! destinations and SELF IPI included; reads then go through the MSRs.
 //!
 //! Invariants: no panic; `pending()` announces exactly what
 //! `acknowledge()` returns; every vector a vCPU takes from its APIC is 16
@@ -23,11 +26,14 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 use vmm_core::test_host::{TestHost, TestVmBuilder};
-use vmm_core::vcpu::InterruptSource;
+use vmm_core::vcpu::{apic_base_transition, InterruptSource, X2apicWrite};
 use vmm_core::vm::Vm;
 use vmm_devices::interrupts::CpuInterrupts;
-use vmm_devices::lapic::{CurrentCpu, LapicCore, LocalApic, LAPIC_BASE, LAPIC_LEN};
+use vmm_devices::lapic::{
+    CurrentCpu, LapicCore, LocalApic, APIC_BASE_ENABLE, APIC_BASE_EXTD, LAPIC_BASE, LAPIC_LEN,
+};
 use vmm_devices::pic::PicPair;
+use vmm_devices::x2apic::X2apic;
 
 const CPUS: usize = 4;
 
@@ -58,6 +64,15 @@ enum Op {
         cluster: bool,
     },
     Eoi(u8),
+    /// vCPU `cpu` writes IA32_APIC_BASE with EXTD and enable set (refused
+    /// from a disabled APIC, as on hardware).
+    X2apicOn(u8),
+    /// vCPU `cpu` writes x2APIC MSR 0x800 + `reg`.
+    MsrWrite {
+        cpu: u8,
+        reg: u8,
+        value: u64,
+    },
     /// vCPU `cpu` takes what its inputs have (an interrupt, an NMI, an
     /// INIT, a start-up IPI).
     Take(u8),
@@ -72,8 +87,8 @@ struct Oracle {
     acks_since_eoi: [u32; CPUS],
 }
 
-fn write(vm: &mut Vm, current: &CurrentCpu, o: &mut Oracle, cpu: usize, reg: u32, value: u32) {
-    let reg = reg & 0xff0;
+/// Record what a write of `value` to register `reg` may offer.
+fn offer(o: &mut Oracle, cpu: usize, reg: u32, value: u32) {
     match reg {
         0x300 => match (value >> 8) & 7 {
             0 | 1 => o.offered[usize::from(value as u8)] = true,
@@ -83,14 +98,29 @@ fn write(vm: &mut Vm, current: &CurrentCpu, o: &mut Oracle, cpu: usize, reg: u32
             _ => {}
         },
         0x2f0 | 0x320..=0x370 => o.offered[usize::from(value as u8)] = true,
+        0x3f0 => o.offered[usize::from(value as u8)] = true,
         0xb0 => o.acks_since_eoi[cpu] = 0,
         _ => {}
+    }
+}
+
+fn write(vm: &mut Vm, current: &CurrentCpu, o: &mut Oracle, cpu: usize, reg: u32, value: u32) {
+    let reg = reg & 0xff0;
+    // SELF IPI is an x2APIC MSR only; on the page it is reserved.
+    if reg != 0x3f0 {
+        offer(o, cpu, reg, value);
     }
     current.set(cpu);
     vm.mmio_write(LAPIC_BASE + u64::from(reg), &value.to_le_bytes());
 }
 
-fn read(vm: &mut Vm, current: &CurrentCpu, cpu: usize, reg: u32) -> u32 {
+fn read(vm: &mut Vm, current: &CurrentCpu, cpus: &[CpuInterrupts], cpu: usize, reg: u32) -> u32 {
+    if cpus[cpu].lapic().x2apic_mode() {
+        let now = vm.host().now_ns();
+        return cpus[cpu]
+            .x2apic_read(0x800 + (reg >> 4), now)
+            .unwrap_or(0) as u32;
+    }
     current.set(cpu);
     let mut b = [0u8; 4];
     vm.mmio_read(LAPIC_BASE + u64::from(reg), &mut b);
@@ -125,7 +155,7 @@ fn take(vm: &mut Vm, current: &CurrentCpu, cpus: &[CpuInterrupts], o: &mut Oracl
         None,
         "a start-up IPI for a running vCPU {i}"
     );
-    let tpr = read(vm, current, i, 0x80) as u8;
+    let tpr = read(vm, current, cpus, i, 0x80) as u8;
     let from_lapic = cpu.lapic().deliverable();
     let pending = cpu.pending();
     let got = cpu.acknowledge();
@@ -135,7 +165,7 @@ fn take(vm: &mut Vm, current: &CurrentCpu, cpus: &[CpuInterrupts], o: &mut Oracl
         assert!(v >= 16, "vCPU {i} got reserved vector {v}");
         assert!(o.offered[usize::from(v)], "vector {v:#x} nobody offered");
         assert!(v >> 4 > tpr >> 4, "vector {v:#x} under TPR {tpr:#x}");
-        let isr = read(vm, current, i, 0x100 + u32::from(v >> 5) * 0x10);
+        let isr = read(vm, current, cpus, i, 0x100 + u32::from(v >> 5) * 0x10);
         assert_ne!(isr & 1 << (v & 31), 0, "vector {v:#x} not in service");
         o.acks_since_eoi[i] += 1;
         assert!(o.acks_since_eoi[i] <= 15, "15 vectors without an EOI");
@@ -149,9 +179,13 @@ fuzz_target!(|ops: Vec<Op>| {
     let host = Arc::new(TestHost::new());
     let pic = PicPair::new();
     let lapics: Vec<Arc<LapicCore>> = (0..CPUS as u8).map(|i| LapicCore::new(i, i == 0)).collect();
+    let all = Arc::new(lapics.clone());
     let cpus: Vec<CpuInterrupts> = lapics
         .iter()
-        .map(|l| CpuInterrupts::new(l.clone(), pic.clone()))
+        .enumerate()
+        .map(|(i, l)| {
+            CpuInterrupts::new(l.clone(), pic.clone()).with_x2apic(X2apic::new(all.clone(), i, None))
+        })
         .collect();
     let current = CurrentCpu::new();
     let Ok(mut vm) = TestVmBuilder::new(host.clone(), 1)
@@ -212,6 +246,30 @@ fuzz_target!(|ops: Vec<Op>| {
                 write(&mut vm, &current, &mut o, i, 0xd0, u32::from(ldr) << 24);
             }
             Op::Eoi(c) => write(&mut vm, &current, &mut o, cpu(c), 0xb0, 0),
+            Op::X2apicOn(c) => {
+                let lapic = &lapics[cpu(c)];
+                let base = lapic.apic_base();
+                let want = base | APIC_BASE_ENABLE | APIC_BASE_EXTD;
+                if let Some(new) = apic_base_transition(base, want, true) {
+                    lapic.set_apic_base(new);
+                }
+            }
+            Op::MsrWrite {
+                cpu: c,
+                reg,
+                value,
+            } => {
+                let i = cpu(c);
+                let reg = u32::from(reg) << 4;
+                if reg != 0xb0 {
+                    offer(&mut o, i, reg, value as u32);
+                }
+                let now = vm.host().now_ns();
+                let done = cpus[i].x2apic_write(0x800 + (reg >> 4), value, now);
+                if reg == 0xb0 && done != X2apicWrite::Fault {
+                    o.acks_since_eoi[i] = 0;
+                }
+            }
             Op::Take(c) => take(&mut vm, &current, &cpus, &mut o, cpu(c)),
             Op::Reset => {
                 vm.reset_devices();

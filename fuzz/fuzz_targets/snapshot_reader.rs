@@ -49,6 +49,7 @@ fn pc() -> Pc {
             )),
         },
         cpus: 1,
+        x2apic: false,
         input: None,
         id: VmId(1),
         ram: RAM,

@@ -113,6 +113,7 @@ fuzz_target!(|ops: Vec<Op>| {
         id: VmId(1),
         ram: RAM,
         cpus: 1,
+        x2apic: false,
         firmware: &firmware,
         cdrom: None,
         disk: None,

@@ -93,6 +93,9 @@ pub struct Config {
     /// `isa-debug-exit` at port 0xf4, which conformance suites such as
     /// kvm-unit-tests drive.
     pub test_devices: bool,
+    /// Offer PC guests x2APIC (`x2apic=1`): CPUID says so, and a guest
+    /// that turns it on reaches its local APIC through MSRs.
+    pub x2apic: bool,
     /// What CPUID shows (`cpu_model=qemu64|host`); unset, PCs get qemu64
     /// and guest programs the host's CPU (the extended-state tests need
     /// its XSAVE and AVX).
@@ -111,6 +114,9 @@ pub struct Config {
     /// Stream each PC's text screen on the console while it runs
     /// (`screen_lines=1`): new and changed lines as `[vm N screen] TEXT`.
     pub screen_lines: bool,
+    /// When each PC's screen is printed as pixels on the console
+    /// (`screenshot=steady|stop|never`, see [`crate::screenshot`]).
+    pub screenshot: crate::screenshot::When,
     /// COM1 alone, or with a virtio console.
     pub console: ConsoleChoice,
     /// `net=switch`: every PC gets a virtio-net card (00:07.0, MAC
@@ -266,11 +272,13 @@ impl Default for Config {
             paging: PagingChoice::Nested,
             bios_debug: false,
             test_devices: false,
+            x2apic: false,
             cpu_model: None,
             state_roundtrip: 0,
             keys: ShortText::EMPTY,
             keys_after: ShortText::new("boot:").unwrap_or(ShortText::EMPTY),
             screen_lines: false,
+            screenshot: crate::screenshot::When::Never,
             console: ConsoleChoice::Serial,
             net_switch: false,
             shm: None,
@@ -311,7 +319,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, cpus, selftest, cpu, paging, passthrough, bios_debug, testdev, cpu_model, state_roundtrip, keys, keys_after, screen_lines, console, net, shm)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, cpus, selftest, cpu, paging, passthrough, bios_debug, testdev, x2apic, cpu_model, state_roundtrip, keys, keys_after, screen_lines, screenshot, console, net, shm)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -426,6 +434,13 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     _ => return Err(bad("1 or 0")),
                 };
             }
+            "x2apic" => {
+                config.x2apic = match value {
+                    "1" | "on" => true,
+                    "0" | "off" => false,
+                    _ => return Err(bad("1 or 0")),
+                };
+            }
             "testdev" => {
                 config.test_devices = match value {
                     "1" | "on" => true,
@@ -449,6 +464,15 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     "1" | "on" => true,
                     "0" | "off" => false,
                     _ => return Err(bad("1 or 0")),
+                };
+            }
+            "screenshot" => {
+                use crate::screenshot::When;
+                config.screenshot = match value {
+                    "steady" => When::Steady,
+                    "stop" => When::Stop,
+                    "never" => When::Never,
+                    _ => return Err(bad("steady, stop or never")),
                 };
             }
             "keys_after" => {
@@ -552,6 +576,11 @@ mod tests {
         assert_eq!(Config::default().keys_after.as_str(), "boot:");
         assert!(Config::default().keys.is_empty());
         assert!(parse("keys=a\\q").is_err());
+        assert_eq!(
+            parse("screenshot=steady").unwrap().screenshot,
+            crate::screenshot::When::Steady
+        );
+        assert!(parse("screenshot=later").is_err());
         assert!(parse("keys=abc\\").is_err());
         assert!(ShortText::<4>::unescape("abcde").is_none(), "too long");
         assert_eq!(ShortText::<4>::unescape("ab\\n").unwrap().as_str(), "ab\n");
@@ -628,6 +657,12 @@ mod tests {
         assert!(parse("bios_debug=1").unwrap().bios_debug);
         assert!(!parse("").unwrap().test_devices);
         assert!(parse("testdev=1").unwrap().test_devices);
+        assert!(!parse("").unwrap().x2apic);
+        assert!(parse("x2apic=1").unwrap().x2apic);
+        assert!(matches!(
+            parse("x2apic=yes"),
+            Err(CmdlineError::BadValue { key: "x2apic", .. })
+        ));
         assert!(matches!(
             parse("bios_debug=yes").unwrap_err(),
             CmdlineError::BadValue {

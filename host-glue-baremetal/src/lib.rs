@@ -5,3 +5,4 @@
 
 pub mod cmdline;
 pub mod screen_stream;
+pub mod screenshot;

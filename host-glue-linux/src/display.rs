@@ -41,7 +41,15 @@ impl fmt::Display for DisplayArgError {
             f,
             "--display {:?}: expected none, or a comma-separated list of text, png=PATH and text=PATH",
             self.0
-        )
+        )?;
+        if self.0.split(',').any(|p| p.starts_with("vnc")) {
+            // docs/ARCHITECTURE.md (the Linux host's display) says why.
+            write!(
+                f,
+                " (VNC is not offered: crates.io has no maintained RFB server crate to build it on)"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -195,6 +203,8 @@ mod tests {
             parse_display("text,png=a.png").unwrap(),
             vec![ScreenOutput::Terminal, ScreenOutput::Png("a.png".into())]
         );
+        let vnc = parse_display("vnc=127.0.0.1:5900").unwrap_err().to_string();
+        assert!(vnc.contains("VNC is not offered"), "{vnc}");
         for bad in ["", "png", "png=", "vnc=1", "png=a,", "texts"] {
             let e = parse_display(bad).unwrap_err().to_string();
             assert!(e.contains("png=PATH"), "{bad}: {e}");

@@ -116,6 +116,7 @@ pub fn build(
         test_devices: config.test_devices,
         ram: config.memory,
         cpus: config.cpus,
+        x2apic: false,
         firmware: &firmware,
         cdrom: cdrom.map(|i| Box::new(i) as Box<dyn BlockBackend>),
         disk: ide_disk.map(|i| Box::new(i) as Box<dyn BlockBackend>),

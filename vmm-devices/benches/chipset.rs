@@ -59,6 +59,7 @@ fn machine() -> Machine {
             cpus: 1,
             acpi_pm_base: 0x600,
             acpi_pm_on_pci: false,
+            x2apic: false,
         },
     )
     .expect("chipset");

@@ -62,10 +62,13 @@ impl DeliveryMode {
 pub enum Target {
     /// The destination field (physical or logical).
     Destination {
-        /// The destination ID or logical mask.
-        dest: u8,
+        /// The destination ID or logical mask: 8 bits from an xAPIC ICR,
+        /// 32 from an x2APIC one.
+        dest: u32,
         /// Logical destination mode.
         logical: bool,
+        /// From an x2APIC ICR: `dest` is 32 bits wide (all ones for all).
+        wide: bool,
     },
     /// The sender only.
     ToSelf,
@@ -93,8 +96,9 @@ impl Ipi {
         let mode = DeliveryMode::decode((low >> 8) & 7, low & (1 << 14) != 0, low & (1 << 15) != 0);
         let target = match (low >> 18) & 3 {
             0 => Target::Destination {
-                dest: (high >> 24) as u8,
+                dest: high >> 24,
                 logical: low & (1 << 11) != 0,
+                wide: false,
             },
             1 => Target::ToSelf,
             2 => Target::AllIncludingSelf,
@@ -104,6 +108,30 @@ impl Ipi {
             vector: low as u8,
             mode,
             target,
+        }
+    }
+
+    /// Decode a write of the 64-bit x2APIC ICR (MSR 0x830): the low half
+    /// as an xAPIC ICR low, the 32-bit destination in bits 63:32.
+    pub fn from_x2apic_icr(icr: u64) -> Self {
+        let mut ipi = Self::from_icr(icr as u32, 0);
+        if let Target::Destination { logical, .. } = ipi.target {
+            ipi.target = Target::Destination {
+                dest: (icr >> 32) as u32,
+                logical,
+                wide: true,
+            };
+        }
+        ipi
+    }
+
+    /// The x2APIC SELF IPI register's message: a fixed interrupt with
+    /// `vector` to the sender.
+    pub fn to_self(vector: u8) -> Self {
+        Self {
+            vector,
+            mode: DeliveryMode::Fixed,
+            target: Target::ToSelf,
         }
     }
 }
@@ -121,7 +149,11 @@ pub fn send_ipi(cores: &[Arc<LapicCore>], from: usize, ipi: Ipi) -> bool {
         return false;
     }
     let chosen = |i: usize, core: &LapicCore| match ipi.target {
-        Target::Destination { dest, logical } => core.matches(dest, logical),
+        Target::Destination {
+            dest,
+            logical,
+            wide,
+        } => core.matches(dest, logical, wide),
         Target::ToSelf => i == from,
         Target::AllIncludingSelf => true,
         Target::AllExcludingSelf => i != from,
@@ -160,13 +192,16 @@ pub fn deliver_message(
     level: bool,
 ) -> bool {
     if mode == DeliveryMode::LowestPriority {
-        return match lowest_priority(cores, |_, c| c.matches(dest, logical)) {
+        return match lowest_priority(cores, |_, c| c.matches(dest.into(), logical, false)) {
             Some(i) => cores[i].deliver(vector, level),
             None => false,
         };
     }
     let mut taken = false;
-    for core in cores.iter().filter(|c| c.matches(dest, logical)) {
+    for core in cores
+        .iter()
+        .filter(|c| c.matches(dest.into(), logical, false))
+    {
         taken |= deliver_to(core, mode, vector, level);
     }
     taken

@@ -8,6 +8,7 @@
 //! not a multiple of the sector size) is refused with an [`ImageError`] that
 //! names it.
 
+use alloc::borrow::Cow;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -279,16 +280,24 @@ pub fn check_transfer(
 }
 
 /// An image held in memory: a CD image loaded by the host, or a scratch disk.
+/// A read-only image may borrow memory that lives as long as the program
+/// (a boot module), so several VMs share one copy.
 pub struct MemoryImage {
     name: String,
-    bytes: Vec<u8>,
+    bytes: Cow<'static, [u8]>,
     sector_size: usize,
     read_only: bool,
 }
 
 impl MemoryImage {
-    /// A read-only image of `bytes` (a CD image, a firmware disk).
-    pub fn read_only(name: &str, bytes: Vec<u8>, sector_size: usize) -> Result<Self, ImageError> {
+    /// A read-only image of `bytes` (a CD image, a firmware disk): a
+    /// `Vec` of its own, or a `&'static [u8]` it borrows.
+    pub fn read_only(
+        name: &str,
+        bytes: impl Into<Cow<'static, [u8]>>,
+        sector_size: usize,
+    ) -> Result<Self, ImageError> {
+        let bytes = bytes.into();
         check_image_size(name, bytes.len() as u64, sector_size)?;
         Ok(Self {
             name: name.into(),
@@ -357,6 +366,7 @@ impl BlockBackend for MemoryImage {
         let count = (data.len() / self.sector_size) as u64;
         let dst = self
             .bytes
+            .to_mut()
             .get_mut(range)
             .ok_or(BlockError::OutOfRange { lba, count })?;
         dst.copy_from_slice(data);

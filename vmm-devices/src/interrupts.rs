@@ -14,6 +14,7 @@
 use crate::ioapic::IoApicCore;
 use crate::lapic::LapicCore;
 use crate::pic::PicPair;
+use crate::x2apic::X2apic;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use spin::Mutex;
@@ -113,12 +114,27 @@ impl IrqLine for IsaLine {
 pub struct CpuInterrupts {
     lapic: Arc<LapicCore>,
     pic: Arc<PicPair>,
+    /// The local APIC's x2APIC MSRs, where the PC offers x2APIC.
+    x2apic: Option<X2apic>,
 }
 
 impl CpuInterrupts {
     /// The interrupt inputs of the vCPU with local APIC `lapic`.
     pub fn new(lapic: Arc<LapicCore>, pic: Arc<PicPair>) -> Self {
-        Self { lapic, pic }
+        Self {
+            lapic,
+            pic,
+            x2apic: None,
+        }
+    }
+
+    /// The same inputs, with the local APIC offering x2APIC through `x2apic`
+    /// (which must be the interface of the same APIC).
+    pub fn with_x2apic(self, x2apic: X2apic) -> Self {
+        Self {
+            x2apic: Some(x2apic),
+            ..self
+        }
     }
 
     /// The vector that [`CpuInterrupts::acknowledge`] would return now, if
@@ -194,5 +210,20 @@ impl vmm_core::vcpu::InterruptSource for CpuInterrupts {
 
     fn take_sipi(&self) -> Option<u8> {
         self.lapic.take_sipi()
+    }
+
+    fn x2apic_capable(&self) -> bool {
+        self.x2apic.is_some()
+    }
+
+    fn x2apic_read(&self, msr: u32, now: u64) -> Option<u64> {
+        self.x2apic.as_ref()?.read(msr, now)
+    }
+
+    fn x2apic_write(&self, msr: u32, value: u64, now: u64) -> vmm_core::vcpu::X2apicWrite {
+        match &self.x2apic {
+            Some(x) => x.write(msr, value, now),
+            None => vmm_core::vcpu::X2apicWrite::Fault,
+        }
     }
 }

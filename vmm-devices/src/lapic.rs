@@ -37,6 +37,9 @@ pub const LAPIC_LEN: u64 = 0x1000;
 pub const APIC_BASE_BSP: u64 = 1 << 8;
 /// APIC base MSR bit: the APIC is globally enabled.
 pub const APIC_BASE_ENABLE: u64 = 1 << 11;
+/// APIC base MSR bit: x2APIC mode (with [`APIC_BASE_ENABLE`]), offered
+/// only where the PC has x2APIC (see [`crate::x2apic`]).
+pub const APIC_BASE_EXTD: u64 = 1 << 10;
 
 const LVT_MASKED: u32 = 1 << 16;
 const LVT_COUNT: usize = 7;
@@ -149,6 +152,18 @@ impl Regs {
 
     fn enabled(&self) -> bool {
         self.apic_base & APIC_BASE_ENABLE != 0 && self.svr & SVR_ENABLE != 0
+    }
+
+    /// In x2APIC mode: registers are MSRs, the register page is gone.
+    fn x2apic(&self) -> bool {
+        self.apic_base & (APIC_BASE_ENABLE | APIC_BASE_EXTD) == APIC_BASE_ENABLE | APIC_BASE_EXTD
+    }
+
+    /// The x2APIC logical ID, derived from the APIC ID (SDM 11.12.10.2):
+    /// cluster ID (ID bits 31:4) in bits 31:16, a one-hot bit of ID bits
+    /// 3:0 below.
+    fn x2apic_ldr(&self) -> u32 {
+        ((u32::from(self.id) >> 4) << 16) | (1 << (self.id & 0xf))
     }
 
     fn ppr(&self) -> u8 {
@@ -291,7 +306,7 @@ impl Regs {
 }
 
 /// What a register write asks of the outside world once the lock is gone.
-enum After {
+pub(crate) enum After {
     Nothing,
     /// An EOI for a level-triggered vector: tell the IOAPIC.
     BroadcastEoi(u8),
@@ -324,12 +339,36 @@ impl LapicCore {
         self.regs.lock().id
     }
 
-    /// Whether a message with this destination reaches this APIC:
-    /// physical (the APIC ID, or 0xff for all), or logical in the flat
-    /// model (LDR's top byte and `dest` share a bit) or the cluster model
-    /// (the cluster nibble equal, or 0xf for all, and a shared member bit).
-    pub(crate) fn matches(&self, dest: u8, logical: bool) -> bool {
+    /// Whether a message with this destination reaches this APIC.
+    /// `wide` messages come from an x2APIC ICR and carry a 32-bit `dest`
+    /// (0xffff_ffff for all); the others an 8-bit one (0xff for all).
+    /// An APIC in xAPIC mode matches physical (the APIC ID) or logical
+    /// destinations in the flat model (LDR's top byte and `dest` share a
+    /// bit) or the cluster model (the cluster nibble equal, or 0xf for all,
+    /// and a shared member bit). One in x2APIC mode matches its 32-bit ID,
+    /// or its cluster (`dest` bits 31:16) with a shared bit in 15:0.
+    pub(crate) fn matches(&self, dest: u32, logical: bool, wide: bool) -> bool {
         let r = self.regs.lock();
+        if r.x2apic() {
+            // All ones is a broadcast in either mode (an 8-bit 0xff from
+            // an I/O APIC or MSI too, as KVM takes it).
+            let all = if wide { u32::MAX } else { 0xff };
+            if dest == all {
+                return true;
+            }
+            return if logical {
+                let ldr = r.x2apic_ldr();
+                dest >> 16 == ldr >> 16 && dest & ldr & 0xffff != 0
+            } else {
+                dest == u32::from(r.id)
+            };
+        }
+        if wide {
+            // An x2APIC sender and an xAPIC receiver: a broadcast, or
+            // its own ID (physical).
+            return dest == u32::MAX || (!logical && dest == u32::from(r.id));
+        }
+        let dest = dest as u8;
         if logical {
             let ldr = (r.ldr >> 24) as u8;
             if r.dfr >> 28 == 0xf {
@@ -482,6 +521,69 @@ impl LapicCore {
     /// register window answers only then.
     pub fn globally_enabled(&self) -> bool {
         self.regs.lock().apic_base & APIC_BASE_ENABLE != 0
+    }
+
+    /// Whether the APIC is in x2APIC mode (IA32_APIC_BASE EXTD and enable
+    /// set): its registers are MSRs and its register window is gone.
+    pub fn x2apic_mode(&self) -> bool {
+        self.regs.lock().x2apic()
+    }
+
+    /// RDMSR of the x2APIC register at xAPIC offset `reg` at host time
+    /// `now`: `None` (#GP) outside x2APIC mode, for a register x2APIC
+    /// does not have (DFR, APR, RRD, ICR high, CMCI here) and for the
+    /// write-only EOI and SELF IPI. The ID is the full 32-bit x2APIC ID,
+    /// LDR the logical ID derived from it, and ICR one 64-bit register
+    /// with the destination in bits 63:32.
+    pub(crate) fn x2apic_read(&self, reg: u32, now: u64) -> Option<u64> {
+        let mut r = self.regs.lock();
+        if !r.x2apic() {
+            return None;
+        }
+        r.run_timer(now);
+        Some(match reg {
+            0x20 => u64::from(r.id),
+            0xd0 => u64::from(r.x2apic_ldr()),
+            0x300 => (u64::from(r.icr_high) << 32) | u64::from(r.icr_low & !(1 << 12)),
+            0x30 | 0x80 | 0xa0 | 0xf0 | 0x100..=0x280 | 0x320..=0x390 | 0x3e0 => {
+                u64::from(r.read(reg, now))
+            }
+            _ => return None,
+        })
+    }
+
+    /// WRMSR of `value` to the x2APIC register at xAPIC offset `reg`:
+    /// what to do next, or `None` (#GP) outside x2APIC mode, for read-only
+    /// or missing registers, for bits 63:32 set anywhere but the ICR, and
+    /// for a non-zero EOI or ESR write or reserved TPR and SELF IPI bits
+    /// (as KVM checks them). The ICR takes the 32-bit destination in bits
+    /// 63:32; SELF IPI sends a fixed interrupt with vector bits 7:0 to
+    /// this APIC.
+    pub(crate) fn x2apic_write(&self, reg: u32, value: u64, now: u64) -> Option<After> {
+        {
+            let mut r = self.regs.lock();
+            if !r.x2apic() {
+                return None;
+            }
+            r.run_timer(now);
+            if reg == 0x300 {
+                r.icr_low = value as u32 & 0x000c_cfff;
+                r.icr_high = (value >> 32) as u32;
+                return Some(After::SendIpi(Ipi::from_x2apic_icr(value)));
+            }
+        }
+        if value >> 32 != 0 {
+            return None;
+        }
+        let low = value as u32;
+        match reg {
+            0x80 | 0x3f0 if low & !0xff != 0 => return None,
+            0xb0 | 0x280 if low != 0 => return None,
+            0x3f0 => return Some(After::SendIpi(Ipi::to_self(low as u8))),
+            0x80 | 0xb0 | 0xf0 | 0x280 | 0x320..=0x380 | 0x3e0 => {}
+            _ => return None,
+        }
+        Some(self.write(reg, low, now))
     }
 
     /// The task priority register, as CR8 shows it (bits 7:4 of TPR).
@@ -704,9 +806,9 @@ impl Mmio for LocalApic {
         data: &mut [u8],
     ) -> IoOutcome {
         let core = self.core().clone();
-        if !core.globally_enabled() {
-            // A globally disabled APIC has no register window: the access
-            // goes to a bus with nothing there.
+        if !core.globally_enabled() || core.x2apic_mode() {
+            // A globally disabled APIC, or one in x2APIC mode, has no
+            // register window: the access goes to a bus with nothing there.
             data.fill(0xff);
             return IoOutcome::Done;
         }
@@ -734,7 +836,7 @@ impl Mmio for LocalApic {
     ) -> IoOutcome {
         let from = self.current.get().min(self.cores.len() - 1);
         let core = self.cores[from].clone();
-        if !core.globally_enabled() {
+        if !core.globally_enabled() || core.x2apic_mode() {
             return IoOutcome::Done;
         }
         let now = ctx.now_ns();
@@ -847,7 +949,9 @@ impl LapicState {
 
     fn check(&self) -> Result<(), StateError> {
         check(
-            self.apic_base & !(0xffff_f000 | APIC_BASE_ENABLE | APIC_BASE_BSP) == 0,
+            self.apic_base & !(0xffff_f000 | APIC_BASE_ENABLE | APIC_BASE_BSP | APIC_BASE_EXTD)
+                == 0
+                && self.apic_base & (APIC_BASE_ENABLE | APIC_BASE_EXTD) != APIC_BASE_EXTD,
             "apic base",
         )?;
         check(self.divide & !0xb == 0, "apic divide")

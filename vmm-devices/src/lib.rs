@@ -40,3 +40,4 @@ pub mod system_control;
 pub mod uart;
 pub mod vga;
 pub mod virtio;
+pub mod x2apic;

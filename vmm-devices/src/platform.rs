@@ -30,6 +30,7 @@ use crate::post_code::{PostCode, POST_PORT};
 use crate::rtc::{BootDevice, Rtc, RTC_PORTS};
 use crate::system_control::{SystemControlA, SYSTEM_CONTROL_PORT};
 use crate::uart::{CharBackend, Uart, COM1, UART_PORTS};
+use crate::x2apic::X2apic;
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -101,6 +102,9 @@ pub struct PcConfig {
     /// `acpi_pm_base`, which a BIOS may move) instead of at a fixed ISA
     /// address; the APM ports 0xb2/0xb3 come with it.
     pub acpi_pm_on_pci: bool,
+    /// Offer x2APIC (CPUID and IA32_APIC_BASE.EXTD; registers as MSRs, see
+    /// [`crate::x2apic`]). Off, the local APICs are xAPICs only.
+    pub x2apic: bool,
 }
 
 /// Why the chipset could not be installed (a platform configuration
@@ -276,9 +280,19 @@ impl PcChipset {
             &[(LAPIC_BASE, LAPIC_LEN)],
         )?;
         let pci_bus = add(vm, bus, &[PciBus::CONFIG_PORTS], &[])?;
+        let all = Arc::new(lapics.clone());
+        let eoi: Arc<dyn crate::lapic::EoiBroadcast> = ioapic.clone();
         let cpus: Vec<CpuInterrupts> = lapics
             .into_iter()
-            .map(|l| CpuInterrupts::new(l, pic.clone()))
+            .enumerate()
+            .map(|(i, l)| {
+                let cpu = CpuInterrupts::new(l, pic.clone());
+                if config.x2apic {
+                    cpu.with_x2apic(X2apic::new(all.clone(), i, Some(eoi.clone())))
+                } else {
+                    cpu
+                }
+            })
             .collect();
         Ok(Self {
             cpu: cpus[0].clone(),

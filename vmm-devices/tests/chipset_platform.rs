@@ -55,6 +55,7 @@ fn machine_with(
             cpus: 1,
             acpi_pm_base: 0x600,
             acpi_pm_on_pci,
+            x2apic: false,
         },
     )
     .unwrap();

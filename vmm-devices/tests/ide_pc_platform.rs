@@ -47,6 +47,7 @@ fn cd_sector_by_dma_interrupts_the_cpu_on_irq15() {
             cpus: 1,
             acpi_pm_base: 0x600,
             acpi_pm_on_pci: false,
+            x2apic: false,
         },
     )
     .unwrap();

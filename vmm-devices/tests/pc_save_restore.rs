@@ -86,6 +86,7 @@ fn rig_with_cpus(clock: u64, full: bool, cpus: usize) -> Rig {
         id: VmId(1),
         ram: RAM,
         cpus,
+        x2apic: false,
         firmware: &fw,
         cdrom: Some(Box::new(
             MemoryImage::read_only("cd", iso(), CD_SECTOR_SIZE).unwrap(),

@@ -48,6 +48,7 @@ fn machine(clock: u64, pm_on_pci: bool) -> Machine {
             cpus: 1,
             acpi_pm_base: 0x600,
             acpi_pm_on_pci: pm_on_pci,
+            x2apic: false,
         },
     )
     .unwrap();

@@ -14,7 +14,8 @@ pub struct BenchArgs {
     /// `boot` (the Linux CD under the VMM against plain QEMU), or `paging`
     /// (the CD under shadow against nested paging), or `kvm` (port-I/O
     /// exits per second under `vmm` against QEMU with KVM), or `kvm-nested`
-    /// (the CD under `vmm` against QEMU on a real KVM inside QEMU TCG).
+    /// (the CD under `vmm` against QEMU on a real KVM inside QEMU TCG), or
+    /// `memory` (the VMM's own memory per VM for 1, 4 and 16 VMs).
     name: String,
     /// Skip the callgrind instruction counts.
     #[arg(long)]
@@ -103,6 +104,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.name == "snapshot" {
         return crate::snapshot_bench::run();
+    }
+    if args.name == "memory" {
+        return crate::memory_bench::run();
     }
     if args.name == "kvm-nested" {
         return crate::kvm_nested_bench::run();

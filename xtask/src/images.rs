@@ -533,6 +533,40 @@ fn prompt_cd(default_iso: &Path, name: &str, append: &str) -> Result<PathBuf> {
     variant_cd(default_iso, name, append, &prompt)
 }
 
+/// The syslinux modules `vesamenu.c32` needs (syslinux 6: its libraries),
+/// from Debian's `syslinux-common`.
+const VESAMENU_MODULES: [&str; 3] = ["vesamenu.c32", "libcom32.c32", "libutil.c32"];
+
+/// The default CD with ISOLINUX drawing a graphical menu with
+/// `vesamenu.c32` (a VBE mode, 640x480) for 5 s before it boots the default
+/// label. The countdown is drawn in fully transparent colours, so the
+/// screen stays the same the whole time and a screenshot taken at any
+/// moment of it (under the VMM, or under plain QEMU as the reference) shows
+/// the same picture. Built next to `default_iso`, rebuilt when that is
+/// newer.
+pub fn vesamenu_iso(default_iso: &Path) -> Result<PathBuf> {
+    ensure_packages(&["syslinux-common"])?;
+    let menu = |l: &str| match l.trim() {
+        "PROMPT 0" => "PROMPT 0\nUI vesamenu.c32\nMENU TITLE VMM vesamenu test\n\
+                       MENU COLOR timeout_msg 0 #00000000 #00000000 none\n\
+                       MENU COLOR timeout 0 #00000000 #00000000 none"
+            .to_string(),
+        "TIMEOUT 0" => "TIMEOUT 50".to_string(),
+        t if t.starts_with("LABEL ") => format!("{l}\n  MENU LABEL Boot the VMM test Linux"),
+        _ => l.to_string(),
+    };
+    let dir = Path::new("/usr/lib/syslinux/modules/bios");
+    let modules: Vec<(PathBuf, String)> = VESAMENU_MODULES
+        .iter()
+        .map(|m| (dir.join(m), format!("/isolinux/{m}")))
+        .collect();
+    let maps: Vec<(&Path, &str)> = modules
+        .iter()
+        .map(|(f, on_cd)| (f.as_path(), on_cd.as_str()))
+        .collect();
+    variant_cd_with(default_iso, "vesamenu", "", &menu, &maps)
+}
+
 /// `linux-NAME.iso` next to `default_iso`: that CD with `append` on its
 /// kernel command line and every isolinux.cfg line passed through `line`;
 /// rebuilt when `default_iso` is newer. Built beside the final name and
@@ -542,6 +576,18 @@ fn variant_cd(
     name: &str,
     append: &str,
     line: &dyn Fn(&str) -> String,
+) -> Result<PathBuf> {
+    variant_cd_with(default_iso, name, append, line, &[])
+}
+
+/// [`variant_cd`] with each of `maps` (a file here and its path on the CD)
+/// added to the CD or replacing its file.
+fn variant_cd_with(
+    default_iso: &Path,
+    name: &str,
+    append: &str,
+    line: &dyn Fn(&str) -> String,
+    maps: &[(&Path, &str)],
 ) -> Result<PathBuf> {
     let dir = default_iso
         .parent()
@@ -560,7 +606,7 @@ fn variant_cd(
         &cfg,
         append,
         line,
-        &[],
+        maps,
         &format!("xorriso (the {name} CD)"),
     )?;
     let _ = std::fs::remove_file(&cfg);

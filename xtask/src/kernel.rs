@@ -51,6 +51,25 @@ pub struct RunArgs {
     /// minutes; --iso and --memory apply.
     #[arg(long, conflicts_with_all = ["bochs", "guests", "passthrough", "vms"])]
     kvm_nested: bool,
+    /// Give the PC a display (the stdvga with SeaBIOS's
+    /// `vgabios-stdvga.bin`) and write VM 0's screen to this PNG file: by
+    /// default when the VM stops, with --screenshot-when steady the first
+    /// graphics picture that stays the same for 3 looks 250 ms apart (a
+    /// graphical boot menu waiting).
+    #[arg(long, conflicts_with_all = ["bochs", "guests", "kvm_nested"])]
+    screenshot: Option<PathBuf>,
+    /// When --screenshot takes the picture.
+    #[arg(long, value_enum, default_value_t = ShotWhen::Stop, requires = "screenshot")]
+    screenshot_when: ShotWhen,
+}
+
+/// When `--screenshot` takes the picture (the host's `screenshot=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShotWhen {
+    /// When the VM stops.
+    Stop,
+    /// The first steady graphics picture.
+    Steady,
 }
 
 /// Nested or shadow paging (`--paging`), passed to the host as `paging=`.
@@ -241,6 +260,30 @@ pub fn boot_and_capture_with(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::msg(format!("cannot start qemu-system-x86_64: {e}")))?;
+    // Read both pipes while QEMU runs: a console longer than a pipe's
+    // buffer (a screenshot's pixel lines) would otherwise stall the host
+    // on its serial port.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child
@@ -256,13 +299,8 @@ pub fn boot_and_capture_with(
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut console = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        let _ = out.read_to_string(&mut console);
-    }
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_string(&mut console);
-    }
+    let mut console = out.join().unwrap_or_default();
+    console.push_str(&err.join().unwrap_or_default());
     let outcome = match status {
         Some(s) => Outcome::from_status(s.code()),
         None => Outcome::Other(None),
@@ -306,6 +344,45 @@ fn parse_mib(s: &str) -> Option<u64> {
     }
 }
 
+/// Run QEMU (the host's console on its stdout), echo the console except
+/// the screenshot's pixel lines, and write the last screenshot of VM 0 the
+/// host printed to `png`.
+fn run_and_keep_screenshot(mut qemu_cmd: Command, png: &Path) -> Result<std::process::ExitStatus> {
+    use std::io::BufRead;
+    let mut child = qemu_cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::msg(format!("cannot start qemu-system-x86_64: {e}")))?;
+    let mut console = String::new();
+    if let Some(out) = child.stdout.take() {
+        for line in std::io::BufReader::new(out).split(b'\n') {
+            let Ok(line) = line else { break };
+            let line = String::from_utf8_lossy(&line).into_owned();
+            if !line.contains(" pixels: ") {
+                println!("{line}");
+            }
+            console.push_str(&line);
+            console.push('\n');
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Error::msg(format!("qemu-system-x86_64: {e}")))?;
+    match crate::screens::from_console(&console, 0) {
+        Some(image) => {
+            image.write_png(png)?;
+            eprintln!(
+                "xtask: VM 0's screen ({}x{}) written to {}",
+                image.width,
+                image.height,
+                png.display()
+            );
+        }
+        None => eprintln!("xtask: the host printed no screenshot of VM 0"),
+    }
+    Ok(status)
+}
+
 /// `cargo xtask run`.
 pub fn run(args: RunArgs) -> Result<()> {
     if args.kvm_nested {
@@ -340,16 +417,22 @@ pub fn run(args: RunArgs) -> Result<()> {
                 iso_file.display()
             )));
         }
-        let modules = vec![
+        let mut modules = vec![
             GuestImage {
                 name: "bios".into(),
-                path: images.seabios,
+                path: images.seabios.clone(),
             },
             GuestImage {
                 name: "cdrom".into(),
                 path: iso_file,
             },
         ];
+        if args.screenshot.is_some() {
+            modules.push(GuestImage {
+                name: "vgabios".into(),
+                path: images.seabios.with_file_name("vgabios-stdvga.bin"),
+            });
+        }
         // Each VM copies the CD into its own drive.
         (modules, args.vms, (size >> 20) * u64::from(args.vms + 1))
     } else {
@@ -366,8 +449,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         (chosen, vms, 0)
     };
     let iso_path = system::target_dir().join("vmm-host.iso");
+    let shot = match (&args.screenshot, args.screenshot_when) {
+        (None, _) => "",
+        (Some(_), ShotWhen::Stop) => "screenshot=stop",
+        (Some(_), ShotWhen::Steady) => "screenshot=steady",
+    };
     let cmdline = format!(
-        "guest_mem={} vms={vms} cpus={} {} {} {}",
+        "guest_mem={} vms={vms} cpus={} {} {} {shot} {}",
         args.memory,
         args.cpus,
         args.paging.cmdline(),
@@ -388,10 +476,14 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(s) => Some(crate::passthrough::Setup::start(s, &system::target_dir())?),
         None => None,
     };
-    let status = qemu::direct_command(&elf, cmdline.trim(), &modules, mem)?
-        .args(setup.as_ref().map_or(&[][..], |s| s.qemu_args()))
-        .status()
-        .map_err(|e| Error::msg(format!("cannot start qemu-system-x86_64: {e}")))?;
+    let mut qemu_cmd = qemu::direct_command(&elf, cmdline.trim(), &modules, mem)?;
+    qemu_cmd.args(setup.as_ref().map_or(&[][..], |s| s.qemu_args()));
+    let status = match &args.screenshot {
+        None => qemu_cmd
+            .status()
+            .map_err(|e| Error::msg(format!("cannot start qemu-system-x86_64: {e}")))?,
+        Some(png) => run_and_keep_screenshot(qemu_cmd, png)?,
+    };
     if let Some(peer) = setup.as_ref().and_then(|s| s.peer()) {
         eprintln!(
             "xtask: the network peer saw {} frames (pcap: {}):",

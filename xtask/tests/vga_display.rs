@@ -192,3 +192,91 @@ fn keys_typed_by_the_host_reach_the_isolinux_prompt() {
     );
     marker_on_the_screen(outcome, &console);
 }
+
+/// The CD whose ISOLINUX draws a graphical menu with `vesamenu.c32`
+/// (`xtask::images::vesamenu_iso`, a VBE mode) boots under the VMM to
+/// that menu: the host prints the first steady graphics picture
+/// (`screenshot=steady`), and it matches what plain QEMU (`-vga std`)
+/// shows of the same CD's menu, pixel for pixel up to a threshold. Then
+/// the menu's timeout boots the kernel, which reaches user space (COM1)
+/// and powers off. Both pictures are written to `target/screens/`.
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
+fn vesamenu_draws_the_same_menu_as_under_plain_qemu() {
+    vesamenu_menu_matches_qemu("guest_mem=256M vms=1 screenshot=steady", "vmm");
+}
+
+/// The same under shadow paging (the VBE framebuffer mapped at its BAR as
+/// device memory, the shadow trees dropped as it is remapped).
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test --slow"]
+fn slow_vesamenu_under_shadow_paging() {
+    vesamenu_menu_matches_qemu(
+        "guest_mem=256M vms=1 paging=shadow screenshot=steady",
+        "vmm-shadow",
+    );
+}
+
+/// Boot the vesamenu CD with `cmdline` (which has `screenshot=steady`),
+/// compare the host's picture with plain QEMU's, and expect Linux to boot
+/// from the menu; the VMM's picture is `target/screens/vesamenu-NAME.png`.
+fn vesamenu_menu_matches_qemu(cmdline: &str, name: &str) {
+    use xtask::screens::{self, Image};
+    let iso = xtask::images::vesamenu_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
+    let (outcome, console) = boot(cmdline, iso.clone());
+    let without_pixels: String = console
+        .lines()
+        .filter(|l| !l.contains(" pixels: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let ours: Image = screens::from_console(&console, 0)
+        .unwrap_or_else(|| panic!("no screenshot printed: {without_pixels}"));
+    let dir = xtask::system::target_dir().join("screens");
+    std::fs::create_dir_all(&dir).unwrap();
+    ours.write_png(&dir.join(format!("vesamenu-{name}.png")))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let reference = screens::qemu_reference(
+        &iso,
+        &dir.join(format!("qemu-{}", std::process::id())),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    println!(
+        "plain QEMU reached the menu in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    reference.write_png(&dir.join("vesamenu-qemu.png")).unwrap();
+    let difference = ours.difference(&reference, 0);
+    println!(
+        "vesamenu: VMM {}x{} ({} colours), QEMU {}x{} ({} colours): {} of the pixels differ \
+         (pictures in {})",
+        ours.width,
+        ours.height,
+        ours.colours(),
+        reference.width,
+        reference.height,
+        reference.colours(),
+        difference.map_or("all (sizes differ)".to_string(), |d| format!(
+            "{:.4}%",
+            d * 100.0
+        )),
+        dir.display()
+    );
+    assert!(
+        ours.colours() > 2,
+        "the VMM's picture is not a menu: {without_pixels}"
+    );
+    assert!(
+        difference.is_some_and(|d| d <= MENU_DIFFERENCE_LIMIT),
+        "{without_pixels}"
+    );
+    assert!(
+        console.contains("[vm 0] VMM-CD-INIT-MARKER: user space reached"),
+        "{without_pixels}"
+    );
+    assert_eq!(outcome, Outcome::Success, "{without_pixels}");
+}
+
+/// The share of the menu's pixels that may differ from plain QEMU's.
+const MENU_DIFFERENCE_LIMIT: f64 = 0.005;

@@ -8,6 +8,7 @@
 use super::boot_info::BootInfo;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{null_mut, NonNull};
+use core::sync::atomic::{AtomicU64, Ordering};
 use linked_list_allocator::LockedHeap;
 
 extern "C" {
@@ -46,10 +47,17 @@ static HEAP: AreaHeaps = AreaHeaps {
 // carry over.
 unsafe impl GlobalAlloc for AreaHeaps {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.areas
+        let p = self
+            .areas
             .iter()
             .find_map(|a| a.lock().allocate_first_fit(layout).ok())
-            .map_or(null_mut(), NonNull::as_ptr)
+            .map_or(null_mut(), NonNull::as_ptr);
+        if !p.is_null() {
+            let size = layout.size() as u64;
+            let now = USED.fetch_add(size, Ordering::Relaxed) + size;
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -60,10 +68,33 @@ unsafe impl GlobalAlloc for AreaHeaps {
                     // SAFETY: `ptr` lies in this heap's range, so this heap
                     // handed it out with `layout` (the caller's promise).
                     unsafe { heap.deallocate(p, layout) };
+                    USED.fetch_sub(layout.size() as u64, Ordering::Relaxed);
                 }
                 return;
             }
         }
+    }
+}
+
+/// Bytes allocated now (as asked for, without the allocator's overhead).
+static USED: AtomicU64 = AtomicU64::new(0);
+/// The most [`USED`] has been.
+static PEAK: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of heap allocated now and at most so far.
+#[derive(Clone, Copy, Debug)]
+pub struct HeapUsage {
+    /// Allocated now.
+    pub used: u64,
+    /// The most allocated at once since boot.
+    pub peak: u64,
+}
+
+/// What the heap holds now and held at most.
+pub fn usage() -> HeapUsage {
+    HeapUsage {
+        used: USED.load(Ordering::Relaxed),
+        peak: PEAK.load(Ordering::Relaxed),
     }
 }
 

@@ -26,6 +26,7 @@ use core::panic::PanicInfo;
 use host_glue_baremetal::cmdline::{
     self, Config, ConsoleChoice, LogLevel, PagingChoice, SelfTest, ShmAccess,
 };
+use host_glue_baremetal::screenshot::{Steady, When};
 use qemu::ExitCode;
 use vmm_core::emulator::Segment;
 use vmm_core::host::Host;
@@ -201,6 +202,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     input: keys.clone(),
                     virtio_console: config.console == ConsoleChoice::Virtio,
                     cpus: config.cpus as usize,
+                    x2apic: config.x2apic,
                 },
                 switch.as_ref().map(VirtualSwitch::port),
             ) {
@@ -228,6 +230,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                             input: keys.clone(),
                             virtio_console: config.console == ConsoleChoice::Virtio,
                             cpus: config.cpus as usize,
+                            x2apic: config.x2apic,
                         },
                         switch.as_ref().map(VirtualSwitch::port),
                     )
@@ -334,6 +337,8 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             keys: keys.map(|queue| Typing { queue, typed: None }),
             screen: Vec::new(),
             next_screen_ns: 0,
+            shot: Steady::default(),
+            next_shot_ns: 0,
         });
     }
 
@@ -392,6 +397,25 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 if config.screen_lines && time::now_ns() >= g.next_screen_ns {
                     g.next_screen_ns = time::now_ns() + SCREEN_LINES_EVERY_NS;
                     stream_screen(pc, &mut g.screen);
+                }
+                if config.screenshot == When::Steady && time::now_ns() >= g.next_shot_ns {
+                    g.next_shot_ns = time::now_ns() + STEADY_LOOK_EVERY_NS;
+                    let picture = match pc.display() {
+                        Some(vmm_devices::vga::render::Display::Graphics(f)) => Some(f),
+                        _ => None,
+                    };
+                    let steady = g
+                        .shot
+                        .look(picture.as_ref().map(|f| (f.width, f.height, &f.pixels[..])));
+                    if let (true, Some(f)) = (steady, picture) {
+                        log::info!(
+                            "VM {}: a steady {}x{} picture: printing it",
+                            pc.vm().id().0,
+                            f.width,
+                            f.height
+                        );
+                        print_pixels(pc.vm().id().0, &f);
+                    }
                 }
             }
             let exits = g.machine.vm().stats().total();
@@ -465,6 +489,15 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         kprint!("{}", g.machine.vm().devices().report());
         if let Machine::Pc(pc) = &g.machine {
             pc::print_screen(pc);
+            if config.screenshot == When::Stop {
+                match pc.screenshot() {
+                    Some(f) => print_pixels(pc.vm().id().0, &f),
+                    None => kprintln!(
+                        "vm {}: no screenshot: the screen is blank",
+                        g.machine.vm().id().0
+                    ),
+                }
+            }
         }
         if let Some(line) = shared_device
             .as_ref()
@@ -498,6 +531,30 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             bytes.iter().filter(|b| **b != 0).count()
         );
     }
+    // What the VMM itself needed beyond guest RAM (the RAM blocks): vCPUs,
+    // page tables, devices and their memory (video memory), firmware
+    // copies, buffers (issue 24's memory goal).
+    // Device memory (video memory) is reported apart: the guest sees it
+    // as it sees its RAM.
+    let heap = heap::usage();
+    let blocks = || {
+        guests
+            .iter()
+            .flat_map(|g| g.machine.vm().memory().blocks())
+            .filter(|b| b.kind == vmm_core::memory::BlockKind::Ram)
+    };
+    let ram: u64 = blocks().filter(|b| !b.device).map(|b| b.len).sum();
+    let device: u64 = blocks().filter(|b| b.device).map(|b| b.len).sum();
+    let own = heap.peak.saturating_sub(ram + device);
+    kprintln!(
+        "memory: heap peak {} KiB ({} KiB at the end), guest RAM {} KiB, device memory {} KiB: the VMM's own {} KiB, {} KiB per VM",
+        heap.peak >> 10,
+        heap.used >> 10,
+        ram >> 10,
+        device >> 10,
+        own >> 10,
+        (own / guests.len().max(1) as u64) >> 10
+    );
     kprintln!(
         "vmm: all VMs stopped; {}",
         if all_well {
@@ -530,6 +587,17 @@ fn stream_screen(pc: &vmm_devices::pc::Pc, last: &mut Vec<String>) {
         kprintln!("[vm {id} screen] {line}");
     }
     *last = now;
+}
+
+/// How often `screenshot=steady` looks at a PC's screen.
+const STEADY_LOOK_EVERY_NS: u64 = 250_000_000;
+
+/// `screenshot=`: print a picture of VM `vm`'s screen as console lines
+/// (see `host_glue_baremetal::screenshot`).
+fn print_pixels(vm: u32, f: &vmm_devices::vga::render::Framebuffer) {
+    host_glue_baremetal::screenshot::lines(vm, f.width, f.height, &f.pixels, |l| {
+        kprintln!("{l}");
+    });
 }
 
 /// `keys=` on one PC: its keyboard's input and how far the text is typed.
@@ -599,6 +667,10 @@ struct Guest<'a> {
     screen: Vec<String>,
     /// When `screen_lines=1` looks at the screen next.
     next_screen_ns: u64,
+    /// `screenshot=steady`: the pictures seen so far.
+    shot: Steady,
+    /// When `screenshot=steady` looks at the screen next.
+    next_shot_ns: u64,
 }
 
 /// What a VM is: a whole PC, or a guest program on a few devices.

@@ -50,8 +50,9 @@ impl core::fmt::Display for BuildError {
 /// The media of a PC, from boot modules.
 #[derive(Clone, Copy, Default)]
 pub struct Media<'a> {
-    /// An ISO image for the CD-ROM drive.
-    pub cdrom: Option<&'a [u8]>,
+    /// An ISO image for the CD-ROM drive (a boot module: every VM reads
+    /// the one copy).
+    pub cdrom: Option<&'static [u8]>,
     /// A disk image (a copy in memory) for the virtio-blk disk at 00:04.0.
     pub vdisk: Option<&'a [u8]>,
     /// The virtio disk is read-only.
@@ -77,6 +78,8 @@ pub struct Options {
     pub virtio_console: bool,
     /// vCPUs (`cpus=`).
     pub cpus: usize,
+    /// Offer x2APIC (`x2apic=1`).
+    pub x2apic: bool,
 }
 
 /// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `media` in its
@@ -98,6 +101,7 @@ pub fn build(
         input,
         virtio_console,
         cpus,
+        x2apic,
     } = options;
     let vdisk = match media.vdisk {
         Some(image) => {
@@ -113,8 +117,7 @@ pub fn build(
     let cdrom = media.cdrom;
     let cdrom = match cdrom {
         Some(iso) => Some(Box::new(
-            MemoryImage::read_only("cdrom", iso.to_vec(), CD_SECTOR_SIZE)
-                .map_err(BuildError::Cdrom)?,
+            MemoryImage::read_only("cdrom", iso, CD_SECTOR_SIZE).map_err(BuildError::Cdrom)?,
         ) as Box<dyn BlockBackend>),
         None => None,
     };
@@ -122,6 +125,7 @@ pub fn build(
         id: VmId(id),
         ram,
         cpus,
+        x2apic,
         firmware: bios,
         cdrom,
         disk: None,

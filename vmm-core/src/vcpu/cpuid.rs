@@ -275,8 +275,9 @@ const LEAF1_ECX_VMX: u32 = 1 << 5;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 EDX.HTT: EBX[23:16] counts logical processors.
 const LEAF1_EDX_HTT: u32 = 1 << 28;
-/// Leaf 1 ECX: x2APIC (our LAPIC is xAPIC only).
-const LEAF1_ECX_X2APIC: u32 = 1 << 21;
+/// Leaf 1 ECX: x2APIC (the models clear it; the exit loop sets it where
+/// the vCPU's local APIC offers x2APIC).
+pub(crate) const LEAF1_ECX_X2APIC: u32 = 1 << 21;
 /// Leaf 1 ECX: TSC deadline timer.
 const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 1 / 0x8000_0001 EDX: MTRRs (the guest has none; MTRRCAP reads 0).

@@ -32,9 +32,10 @@ pub use emulation::emulation_stop_reason;
 pub use exit::{AccessTarget, ControlAccess, DeviceAccess, Exit, ExitError};
 pub(crate) use msr::host_tsc as msr_host_tsc;
 pub use msr::{
-    apic_base_write, pass_through_value_valid, pvclock_scale, MsrFile, MsrFileState, APIC_BASE_BSP,
-    APIC_BASE_ENABLE, MCE_BANKS, MCG_CAP_VALUE, MSR_APIC_BASE, MSR_EFER, MSR_KVM_SYSTEM_TIME_NEW,
-    MSR_KVM_WALL_CLOCK_NEW, MSR_TSC, PASS_THROUGH,
+    apic_base_transition, apic_base_write, pass_through_value_valid, pvclock_scale, MsrFile,
+    MsrFileState, APIC_BASE_BSP, APIC_BASE_ENABLE, APIC_BASE_EXTD, MCE_BANKS, MCG_CAP_VALUE,
+    MSR_APIC_BASE, MSR_EFER, MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_WALL_CLOCK_NEW, MSR_TSC,
+    PASS_THROUGH,
 };
 pub use run_loop::{run, RunOutcome, Slice};
 pub use state::{move_state, SegmentState, VcpuState, VCPU_STATE_VERSION};
@@ -111,6 +112,43 @@ pub trait InterruptSource {
     fn take_sipi(&self) -> Option<u8> {
         None
     }
+    /// Whether this vCPU's local APIC offers x2APIC mode: CPUID.1:ECX[21]
+    /// says so, IA32_APIC_BASE takes EXTD, and in x2APIC mode MSRs
+    /// [`X2APIC_MSRS`] reach [`InterruptSource::x2apic_read`] and
+    /// [`InterruptSource::x2apic_write`]. Sources without keep the
+    /// default, `false`.
+    fn x2apic_capable(&self) -> bool {
+        false
+    }
+    /// RDMSR of x2APIC register `msr` (in [`X2APIC_MSRS`]) in x2APIC mode
+    /// at host time `now`: the value, or `None` for #GP (no such register,
+    /// or a write-only one).
+    fn x2apic_read(&self, _msr: u32, _now: u64) -> Option<u64> {
+        None
+    }
+    /// WRMSR of `value` to x2APIC register `msr` in x2APIC mode at host
+    /// time `now`.
+    fn x2apic_write(&self, _msr: u32, _value: u64, _now: u64) -> X2apicWrite {
+        X2apicWrite::Fault
+    }
+}
+
+/// The MSRs of the x2APIC registers (Intel SDM vol. 3, 11.12.1.2): MSR
+/// 0x800 + (xAPIC register offset >> 4).
+pub const X2APIC_MSRS: core::ops::RangeInclusive<u32> = 0x800..=0x8ff;
+
+/// What a WRMSR to an x2APIC register did
+/// ([`InterruptSource::x2apic_write`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum X2apicWrite {
+    /// Refused (a read-only or missing register, reserved bits): #GP.
+    Fault,
+    /// Done.
+    Done,
+    /// Done, and the APIC timer changed: the VM asks its timers again.
+    TimerChanged,
+    /// Done, and another vCPU was sent an interrupt: it should run soon.
+    Kicked,
 }
 
 /// DR6.BS: the #DB is a single-step trap.

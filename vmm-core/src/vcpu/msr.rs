@@ -170,8 +170,9 @@ const MISC_ENABLE_IGNORED: u64 = 1 << 7;
 
 /// IA32_APIC_BASE: this is the bootstrap processor (read-only).
 pub const APIC_BASE_BSP: u64 = 1 << 8;
-/// IA32_APIC_BASE: x2APIC mode (the model has no x2APIC: reserved).
-const APIC_BASE_EXTD: u64 = 1 << 10;
+/// IA32_APIC_BASE: x2APIC mode (reserved unless the local APIC offers
+/// x2APIC, see [`apic_base_transition`]).
+pub const APIC_BASE_EXTD: u64 = 1 << 10;
 /// IA32_APIC_BASE: the xAPIC is enabled.
 pub const APIC_BASE_ENABLE: u64 = 1 << 11;
 
@@ -184,8 +185,27 @@ pub const PHYS_ADDR_BITS: u32 = 40;
 /// the physical address width) fault; the BSP bit is read-only (a write
 /// keeps what it was).
 pub fn apic_base_write(current: u64, value: u64) -> Option<u64> {
-    let reserved = 0x2ff | APIC_BASE_EXTD | (u64::MAX << PHYS_ADDR_BITS);
+    apic_base_transition(current, value, false)
+}
+
+/// [`apic_base_write`] for a local APIC that may offer x2APIC (`x2apic`,
+/// CPUID.1:ECX[21]). With it, EXTD is no longer reserved, and the SDM's
+/// mode transitions hold (11.12.5): EXTD without the enable bit is an
+/// invalid state, x2APIC mode cannot go back to xAPIC mode but through
+/// disabled, and a disabled APIC cannot go straight to x2APIC mode; each
+/// of those writes is a #GP.
+pub fn apic_base_transition(current: u64, value: u64, x2apic: bool) -> Option<u64> {
+    let extd = if x2apic { 0 } else { APIC_BASE_EXTD };
+    let reserved = 0x2ff | extd | (u64::MAX << PHYS_ADDR_BITS);
     if value & reserved & !APIC_BASE_BSP != 0 {
+        return None;
+    }
+    let mode = |v: u64| v & (APIC_BASE_ENABLE | APIC_BASE_EXTD);
+    let (from, to) = (mode(current), mode(value));
+    let x2 = APIC_BASE_ENABLE | APIC_BASE_EXTD;
+    let invalid =
+        to == APIC_BASE_EXTD || (from == x2 && to == APIC_BASE_ENABLE) || (from == 0 && to == x2);
+    if invalid {
         return None;
     }
     Some((value & !APIC_BASE_BSP) | (current & APIC_BASE_BSP))
@@ -899,6 +919,33 @@ mod tests {
             assert!(!m.write(&mut cpu, &mut vm, MSR_APIC_BASE, bad), "{bad:#x}");
         }
         assert_eq!(m.read(&cpu, &vm, MSR_APIC_BASE), Some(0xfee0_0900));
+    }
+
+    /// With x2APIC offered, EXTD is taken, but only along the SDM's
+    /// transitions (11.12.5).
+    #[test]
+    fn x2apic_mode_is_entered_from_xapic_and_left_through_disabled() {
+        let (off, xapic, x2) = (0xfee0_0000, 0xfee0_0800, 0xfee0_0c00);
+        assert_eq!(apic_base_transition(xapic, x2, false), None, "not offered");
+        assert_eq!(apic_base_transition(xapic, x2, true), Some(x2));
+        assert_eq!(
+            apic_base_transition(x2, xapic, true),
+            None,
+            "x2APIC to xAPIC"
+        );
+        assert_eq!(apic_base_transition(x2, off, true), Some(off));
+        assert_eq!(
+            apic_base_transition(off, x2, true),
+            None,
+            "disabled to x2APIC"
+        );
+        assert_eq!(
+            apic_base_transition(off, 0xfee0_0400, true),
+            None,
+            "EXTD alone"
+        );
+        assert_eq!(apic_base_transition(x2, x2 | 0x100, true), Some(x2));
+        assert_eq!(apic_base_transition(x2 | 0x100, x2, true), Some(x2 | 0x100));
     }
 
     #[test]

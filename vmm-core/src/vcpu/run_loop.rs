@@ -224,7 +224,7 @@ fn apic_base_msr<B: VcpuBackend>(
         return true;
     }
     let value = (vcpu.gpr(RDX) << 32) | (vcpu.gpr(RAX) & 0xffff_ffff);
-    let Some(new) = super::apic_base_write(current, value) else {
+    let Some(new) = super::apic_base_transition(current, value, interrupts.x2apic_capable()) else {
         return false;
     };
     let window = |v: u64| v & !0xfff;
@@ -240,6 +240,41 @@ fn apic_base_msr<B: VcpuBackend>(
     }
     interrupts.set_apic_base(new);
     true
+}
+
+/// RDMSR/WRMSR of an x2APIC register in x2APIC mode: `false` for #GP.
+fn x2apic_msr<B: VcpuBackend>(
+    vcpu: &mut B,
+    vm: &mut Vm,
+    interrupts: &dyn InterruptSource,
+    msr: u32,
+    write: bool,
+) -> bool {
+    let now = vm.host().now_ns();
+    if !write {
+        return match interrupts.x2apic_read(msr, now) {
+            Some(v) => {
+                vcpu.set_gpr(RAX, v & 0xffff_ffff);
+                vcpu.set_gpr(RDX, v >> 32);
+                true
+            }
+            None => false,
+        };
+    }
+    let value = (vcpu.gpr(RDX) << 32) | (vcpu.gpr(RAX) & 0xffff_ffff);
+    match interrupts.x2apic_write(msr, value, now) {
+        super::X2apicWrite::Fault => false,
+        super::X2apicWrite::Done => true,
+        super::X2apicWrite::TimerChanged => {
+            vm.timers_changed();
+            true
+        }
+        super::X2apicWrite::Kicked => {
+            // The sender likely waits for an answer: let the target run.
+            vm.request_yield();
+            true
+        }
+    }
 }
 
 /// The VMM completed the instruction before `next_rip`: the guest goes on
@@ -531,6 +566,9 @@ pub fn run<B: VcpuBackend>(
                     count: vm.vcpu_count() as u8,
                 }
                 .apply(leaf, subleaf, &mut r);
+                if leaf == 1 && interrupts.x2apic_capable() {
+                    r.ecx |= super::cpuid::LEAF1_ECX_X2APIC;
+                }
                 // The host model shows the extended state the backend
                 // keeps; qemu64 has no XSAVE at all.
                 let xsave = model == super::CpuModel::Host;
@@ -548,11 +586,17 @@ pub fn run<B: VcpuBackend>(
             Exit::Hlt { next_rip } => halted = Some((next_rip, stepping)),
             Exit::Msr { write, next_rip } => {
                 let msr = vcpu.gpr(RCX) as u32;
-                let lapic_base = interrupts
-                    .apic_base()
-                    .filter(|_| msr == super::MSR_APIC_BASE);
+                let apic_base = interrupts.apic_base();
+                let lapic_base = apic_base.filter(|_| msr == super::MSR_APIC_BASE);
+                let x2apic = super::X2APIC_MSRS.contains(&msr)
+                    && apic_base.is_some_and(|b| {
+                        let on = super::APIC_BASE_ENABLE | super::APIC_BASE_EXTD;
+                        b & on == on
+                    });
                 let ok = if let Some(current) = lapic_base {
                     apic_base_msr(vcpu, vm, interrupts, msrs, current, write)
+                } else if x2apic {
+                    x2apic_msr(vcpu, vm, interrupts, msr, write)
                 } else if write {
                     let value = (vcpu.gpr(RDX) << 32) | (vcpu.gpr(RAX) & 0xffff_ffff);
                     msrs.write(vcpu, vm, msr, value)

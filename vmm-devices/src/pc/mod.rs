@@ -172,6 +172,7 @@ impl Pc {
                 rtc_unix_seconds_at_host_zero: desc.unix_seconds_at_host_zero,
                 boot_order: desc.boot.clone(),
                 cpus,
+                x2apic: desc.x2apic,
                 acpi_pm_base: ACPI_PM_BASE,
                 acpi_pm_on_pci: true,
             },

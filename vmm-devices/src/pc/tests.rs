@@ -30,6 +30,7 @@ fn describe(fw: &[u8], ram: u64) -> PcDescription<'_> {
         id: VmId(7),
         ram,
         cpus: 1,
+        x2apic: false,
         firmware: fw,
         cdrom: None,
         disk: None,
@@ -666,6 +667,7 @@ fn cpu_counts_outside_one_to_sixteen_are_refused() {
     for cpus in [0, MAX_CPUS + 1, 1000] {
         let desc = PcDescription {
             cpus,
+            x2apic: false,
             ..describe(&fw, 16 << 20)
         };
         match Pc::build(Arc::new(TestHost::new()), desc) {
@@ -683,6 +685,7 @@ fn four_cpus_are_in_cmos_fw_cfg_and_the_madt_and_aps_wait_for_sipi() {
     let fw = firmware();
     let mut pc = build(PcDescription {
         cpus: 4,
+        x2apic: false,
         ..describe(&fw, 16 << 20)
     });
     assert_eq!(pc.cpus(), 4);
@@ -706,6 +709,7 @@ fn a_pc_whose_vcpus_all_sleep_with_no_timer_armed_stops() {
     let fw = firmware();
     let mut pc = build(PcDescription {
         cpus: 2,
+        x2apic: false,
         ..describe(&fw, 16 << 20)
     });
     assert_eq!(pc.next_timer(), None);

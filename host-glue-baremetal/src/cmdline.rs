@@ -125,6 +125,78 @@ pub struct Config {
     /// `gdb=com2`: a gdb remote stub for VM 0 on the host machine's COM2
     /// (port 0x2f8); VM 0 waits at its first instruction for gdb.
     pub gdb: bool,
+    /// `shm=NAME:SIZE:VM=rw|ro,...`: a region of memory shared by the
+    /// listed VMs (PCs), each read-write or read-only.
+    pub shm: Option<SharedMemory>,
+}
+
+/// How a VM may access a shared region (`rw` or `ro` in `shm=`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ShmAccess {
+    /// Reads and writes.
+    ReadWrite,
+    /// Reads only: the VM's writes are dropped.
+    ReadOnly,
+}
+
+/// The most VMs a host runs (`vms=`), and so the most peers of a region.
+pub const MAX_VMS: usize = 16;
+
+/// A shared region from `shm=NAME:SIZE:VM=MODE,...`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SharedMemory {
+    /// Its name (letters, digits, `_` and `-`; at most 16).
+    pub name: ShortText<16>,
+    /// Its size: a power of two from 4K to 256M.
+    pub size: u64,
+    /// By VM number: whether and how that VM sees the region.
+    pub access: [Option<ShmAccess>; MAX_VMS],
+}
+
+impl SharedMemory {
+    /// The VMs that see the region, with their access, by VM number.
+    pub fn peers(&self) -> impl Iterator<Item = (u32, ShmAccess)> + '_ {
+        self.access
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.map(|a| (i as u32, a)))
+    }
+}
+
+/// Parse `NAME:SIZE:VM=MODE,...` (the value of `shm=`).
+fn parse_shm(value: &str) -> Option<SharedMemory> {
+    let mut parts = value.splitn(3, ':');
+    let name = parts.next()?;
+    let size = parse_size(parts.next()?)?;
+    let peers = parts.next()?;
+    let name_ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !name_ok
+        || !size.is_power_of_two()
+        || !(vmm_devices::ivshmem::MIN_REGION..=vmm_devices::ivshmem::MAX_REGION).contains(&size)
+    {
+        return None;
+    }
+    let mut access = [None; MAX_VMS];
+    for peer in peers.split(',') {
+        let (vm, mode) = peer.split_once('=')?;
+        let vm: usize = vm.parse().ok().filter(|n| *n < MAX_VMS)?;
+        let mode = match mode {
+            "rw" => ShmAccess::ReadWrite,
+            "ro" => ShmAccess::ReadOnly,
+            _ => return None,
+        };
+        if access[vm].replace(mode).is_some() {
+            return None;
+        }
+    }
+    Some(SharedMemory {
+        name: ShortText::new(name)?,
+        size,
+        access,
+    })
 }
 
 /// A short text from the command line, kept in the (`Copy`) [`Config`].
@@ -213,6 +285,7 @@ impl Default for Config {
             console: ConsoleChoice::Serial,
             net_switch: false,
             gdb: false,
+            shm: None,
         }
     }
 }
@@ -236,6 +309,13 @@ pub enum CmdlineError<'a> {
     /// Shadow paging with several vCPUs: each vCPU's shadow tables would
     /// miss the page-table writes its siblings make, so it is refused.
     ShadowWithSeveralCpus,
+    /// `shm=` names a VM beyond `vms=`.
+    ShmPeerMissing {
+        /// The VM named.
+        vm: u32,
+        /// How many VMs there are.
+        vms: u32,
+    },
 }
 
 impl fmt::Display for CmdlineError<'_> {
@@ -243,7 +323,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, cpus, selftest, cpu, paging, passthrough, bios_debug, testdev, x2apic, cpu_model, state_roundtrip, keys, keys_after, screen_lines, screenshot, console, net, gdb)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, cpus, selftest, cpu, paging, passthrough, bios_debug, testdev, x2apic, cpu_model, state_roundtrip, keys, keys_after, screen_lines, screenshot, console, net, gdb, shm)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -251,6 +331,10 @@ impl fmt::Display for CmdlineError<'_> {
                 value,
                 expected,
             } => write!(f, "{key}={value}: expected {expected}"),
+            CmdlineError::ShmPeerMissing { vm, vms } => write!(
+                f,
+                "shm= gives VM {vm} the region, but there are only {vms} VMs (vms={vms})"
+            ),
             CmdlineError::ShadowWithSeveralCpus => write!(
                 f,
                 "paging=shadow runs one vCPU per VM so far: use cpus=1 or nested paging"
@@ -420,8 +504,23 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     _ => return Err(bad("com2 (the host's second UART) or none")),
                 };
             }
+            "shm" => {
+                config.shm = Some(parse_shm(value).ok_or(bad(
+                    "NAME:SIZE:VM=rw|ro,... such as pool:1M:0=rw,1=ro (SIZE a power of two from 4K to 256M, VM a number below 16)",
+                ))?);
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
+    }
+    if let Some(vm) = config
+        .shm
+        .as_ref()
+        .and_then(|s| s.peers().map(|(vm, _)| vm).find(|vm| *vm >= config.vms))
+    {
+        return Err(CmdlineError::ShmPeerMissing {
+            vm,
+            vms: config.vms,
+        });
     }
     if config.paging == PagingChoice::Shadow && config.cpus > 1 {
         return Err(CmdlineError::ShadowWithSeveralCpus);
@@ -442,6 +541,44 @@ mod tests {
         assert_eq!(parse("").unwrap(), Config::default());
         assert!(parse("gdb=com2").unwrap().gdb);
         assert!(parse("gdb=com1").is_err());
+    }
+
+    #[test]
+    fn shared_memory_names_its_peers() {
+        let c = parse("vms=3 shm=pool:1M:0=rw,2=ro").unwrap();
+        let shm = c.shm.unwrap();
+        assert_eq!(shm.name.as_str(), "pool");
+        assert_eq!(shm.size, 1 << 20);
+        assert!(shm
+            .peers()
+            .eq([(0, ShmAccess::ReadWrite), (2, ShmAccess::ReadOnly)]));
+        assert_eq!(
+            parse("vms=2 shm=pool:1M:0=rw,2=ro"),
+            Err(CmdlineError::ShmPeerMissing { vm: 2, vms: 2 })
+        );
+        for bad in [
+            "shm=pool:1M",
+            "shm=pool:3M:0=rw",
+            "shm=pool:2K:0=rw",
+            "shm=pool:512M:0=rw",
+            "shm=:1M:0=rw",
+            "shm=a/b:1M:0=rw",
+            "shm=pool:1M:0=rx",
+            "shm=pool:1M:0=rw,0=ro",
+            "shm=pool:1M:16=rw",
+            "shm=pool:1M:",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(CmdlineError::BadValue { key: "shm", .. })),
+                "{bad}"
+            );
+        }
+        match parse("shm=pool") {
+            Err(CmdlineError::BadValue { expected, .. }) => {
+                assert!(expected.contains("pool:1M:0=rw,1=ro"), "{expected}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

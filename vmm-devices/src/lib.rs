@@ -21,6 +21,7 @@ pub mod ide;
 pub mod input;
 pub mod interrupts;
 pub mod ioapic;
+pub mod ivshmem;
 pub mod lapic;
 pub mod msi;
 pub mod net;

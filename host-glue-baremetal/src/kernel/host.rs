@@ -1,9 +1,11 @@
 //! `vmm_core::host::Host` on bare metal: memory from the kernel heap (which
 //! is identity-mapped, so a block's virtual address is its physical
-//! address), time from the TSC, idling by spinning.
+//! address), time from the TSC, idling by spinning; and memory several VMs
+//! share ([`SharedRegion`], `shm=`).
 
 use alloc::alloc::{alloc, dealloc, Layout};
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use core::ptr::NonNull;
 use vmm_core::host::{Host, HostError, HostMemory, HostPhysAddr};
 
@@ -92,19 +94,100 @@ unsafe fn zero(ptr: *mut u8, len: usize) {
 /// The bare-metal host.
 pub struct BareMetalHost;
 
+/// A zeroed block of `len` bytes of the heap aligned to `align` (at least
+/// 4 KiB).
+fn alloc_block(len: usize, align: usize) -> Result<HeapBlock, HostError> {
+    let layout = Layout::from_size_align(len, align.max(4096))
+        .ok()
+        .filter(|l| l.size() > 0)
+        .ok_or(HostError::BadRequest { len, align })?;
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { alloc(layout) };
+    let ptr = NonNull::new(ptr).ok_or(HostError::OutOfMemory { len, align })?;
+    // SAFETY: `ptr` is a fresh allocation of `layout`, aligned to at
+    // least 4 KiB, owned by nobody else yet.
+    unsafe { zero(ptr.as_ptr(), layout.size()) };
+    Ok(HeapBlock { ptr, layout })
+}
+
+/// The block behind a [`SharedRegion`], freed when the region and its
+/// last view are gone.
+struct RegionOwner(HeapBlock);
+
+// SAFETY: the owner is only kept alive through its `Arc`; nobody borrows
+// its bytes through it (views use their own raw pointer).
+unsafe impl Sync for RegionOwner {}
+
+/// Memory shared by several VMs (`shm=`): allocated once, and each VM's
+/// memory map gets a [`SharedRegion::view`] of the same bytes, which the
+/// nested page tables then map into every one of those guests.
+pub struct SharedRegion {
+    owner: Arc<RegionOwner>,
+}
+
+impl SharedRegion {
+    /// `len` zeroed bytes, 2 MiB-aligned when at least that large (so
+    /// nested paging maps it with large pages).
+    pub fn new(len: usize) -> Result<Self, HostError> {
+        let align = if len >= 2 << 20 { 2 << 20 } else { 4096 };
+        Ok(Self {
+            owner: Arc::new(RegionOwner(alloc_block(len, align)?)),
+        })
+    }
+
+    /// A view of the region for one VM's memory map.
+    pub fn view(&self) -> Box<dyn HostMemory> {
+        Box::new(RegionView {
+            ptr: self.owner.0.ptr,
+            len: self.owner.0.layout.size(),
+            _owner: self.owner.clone(),
+        })
+    }
+
+    /// The region's bytes (for the host's report when the VMs stopped).
+    pub fn bytes(&self) -> &[u8] {
+        self.owner.0.as_slice()
+    }
+}
+
+/// One VM's view of a [`SharedRegion`].
+struct RegionView {
+    ptr: NonNull<u8>,
+    len: usize,
+    _owner: Arc<RegionOwner>,
+}
+
+// SAFETY: the view points into memory its `_owner` keeps alive wherever
+// the view goes.
+unsafe impl Send for RegionView {}
+
+impl HostMemory for RegionView {
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` points at `len` initialised bytes that `_owner`
+        // keeps allocated. Other views alias them, but this host runs
+        // every VM on one CPU, one at a time, and the VMM borrows a view's
+        // bytes only within one memory access or device call of its VM:
+        // no two borrows of the region are ever alive together. Guests
+        // change the bytes through their nested page tables only while
+        // they run, which is never during such a borrow.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as for `as_slice`; `&mut self` makes this the view's
+        // only borrow, and no other view's borrow is alive meanwhile.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn host_phys(&self, offset: usize) -> Option<HostPhysAddr> {
+        // The heap lies in the identity-mapped low 4 GiB.
+        (offset < self.len).then(|| HostPhysAddr(self.ptr.as_ptr() as u64 + offset as u64))
+    }
+}
+
 impl Host for BareMetalHost {
     fn alloc_memory(&self, len: usize, align: usize) -> Result<Box<dyn HostMemory>, HostError> {
-        let layout = Layout::from_size_align(len, align.max(4096))
-            .ok()
-            .filter(|l| l.size() > 0)
-            .ok_or(HostError::BadRequest { len, align })?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc(layout) };
-        let ptr = NonNull::new(ptr).ok_or(HostError::OutOfMemory { len, align })?;
-        // SAFETY: `ptr` is a fresh allocation of `layout`, aligned to at
-        // least 4 KiB, owned by nobody else yet.
-        unsafe { zero(ptr.as_ptr(), layout.size()) };
-        Ok(Box::new(HeapBlock { ptr, layout }))
+        Ok(Box::new(alloc_block(len, align)?))
     }
 
     fn now_ns(&self) -> u64 {

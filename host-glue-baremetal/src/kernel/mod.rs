@@ -24,7 +24,9 @@ use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::panic::PanicInfo;
-use host_glue_baremetal::cmdline::{self, Config, ConsoleChoice, LogLevel, PagingChoice, SelfTest};
+use host_glue_baremetal::cmdline::{
+    self, Config, ConsoleChoice, LogLevel, PagingChoice, SelfTest, ShmAccess,
+};
 use host_glue_baremetal::screenshot::{Steady, When};
 use qemu::ExitCode;
 use vmm_core::emulator::Segment;
@@ -32,6 +34,7 @@ use vmm_core::host::Host;
 use vmm_core::vcpu::{CpuModel, InterruptSource, MsrFile, NoInterrupts, RunOutcome, Slice};
 use vmm_core::vm::{StopReason, Vm};
 use vmm_devices::input::InputQueue;
+use vmm_devices::ivshmem::{Access, Doorbells};
 use vmm_devices::net_switch::VirtualSwitch;
 use vmm_devices::pc::Pc;
 
@@ -162,6 +165,19 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     });
     // With net=switch every PC gets a virtio-net card on one switch.
     let switch = config.net_switch.then(VirtualSwitch::new);
+    // With shm= the listed PCs share one region, allocated here once.
+    let shm = config.shm.map(|s| {
+        let region = host::SharedRegion::new(s.size as usize)
+            .unwrap_or_else(|e| fail(format_args!("shm={}: {e}", s.name.as_str())));
+        log::info!(
+            "shm {}: {} KiB at host {:#x}, for {}",
+            s.name.as_str(),
+            s.size >> 10,
+            region.bytes().as_ptr() as usize,
+            peers_text(&s)
+        );
+        (s, region, Doorbells::new())
+    });
     let mut guests = Vec::new();
     let pc_model = config.cpu_model.unwrap_or(CpuModel::Qemu64);
     for i in 0..config.vms {
@@ -242,6 +258,28 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 }
             }
         };
+        if let Some((s, region, doorbells)) = &shm {
+            if let Some(access) = s.access[i as usize] {
+                let access = match access {
+                    ShmAccess::ReadWrite => Access::ReadWrite,
+                    ShmAccess::ReadOnly => Access::ReadOnly,
+                };
+                let added = match &mut machine {
+                    Machine::Pc(pc) => pc
+                        .add_ivshmem(region.view(), access, i as u16, doorbells.clone())
+                        .map_err(|e| e.to_string()),
+                    Machine::Program { .. } => {
+                        Err("shm= needs a PC (a bios module or a pc_* program)".to_string())
+                    }
+                };
+                if let Err(e) = added {
+                    fail(format_args!(
+                        "VM {i} ({name}): shm={}: {e}",
+                        s.name.as_str()
+                    ));
+                }
+            }
+        }
         if let Some(device) = &shared_device {
             match (device.attach(machine.vm_mut()), &mut machine) {
                 // A guest program has no interrupt controller: it gets the
@@ -512,6 +550,22 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             s.addresses
         );
     }
+    if let Some((s, region, doorbells)) = &shm {
+        let bytes = region.bytes();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&bytes[..8]);
+        let d = doorbells.stats();
+        kprintln!(
+            "shm {}: {} KiB for {}; doorbells rung {}, ignored {}; first qword {:#018x}, {} bytes not zero",
+            s.name.as_str(),
+            s.size >> 10,
+            peers_text(s),
+            d.rung,
+            d.ignored,
+            u64::from_le_bytes(first),
+            bytes.iter().filter(|b| **b != 0).count()
+        );
+    }
     // What the VMM itself needed beyond guest RAM (the RAM blocks): vCPUs,
     // page tables, devices and their memory (video memory), firmware
     // copies, buffers (issue 24's memory goal).
@@ -683,6 +737,22 @@ impl Machine {
             Machine::Program { vm, .. } => vm,
         }
     }
+}
+
+/// `vm 0 (rw), vm 1 (ro)`: who sees a shared region, and how.
+fn peers_text(s: &cmdline::SharedMemory) -> String {
+    s.peers()
+        .map(|(vm, a)| {
+            alloc::format!(
+                "vm {vm} ({})",
+                match a {
+                    ShmAccess::ReadWrite => "rw",
+                    ShmAccess::ReadOnly => "ro",
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn yes(b: bool) -> &'static str {

@@ -2,6 +2,7 @@
 //! files, never guest input.
 
 use crate::ide::AttachError;
+use crate::ivshmem::IvshmemError;
 use crate::pci::{ConfigError, PciError};
 use crate::platform::PlatformError;
 use crate::virtio::blk::VirtioBlkError;
@@ -69,6 +70,8 @@ pub enum PcError {
     Display(ConfigError),
     /// The virtio disk refused its image.
     VirtioDisk(VirtioBlkError),
+    /// The shared-memory device refused its region or peer number.
+    SharedMemory(IvshmemError),
 }
 
 impl fmt::Display for PcError {
@@ -101,6 +104,7 @@ impl fmt::Display for PcError {
             ),
             PcError::Display(e) => write!(f, "display: {e}"),
             PcError::VirtioDisk(e) => write!(f, "virtio disk: {e}"),
+            PcError::SharedMemory(e) => write!(f, "shared memory: {e}"),
         }
     }
 }

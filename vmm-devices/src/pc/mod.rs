@@ -26,6 +26,7 @@ pub use firmware::{check as check_firmware, MIN_PAM_IMAGE};
 use crate::i8042::I8042;
 use crate::ide::{Drive, IdeSlot, Piix3Ide};
 use crate::interrupts::CpuInterrupts;
+use crate::ivshmem::{Access, Doorbells, Ivshmem, IvshmemConfig};
 use crate::msi::LapicMsi;
 use crate::pci::i440fx::BiosRom;
 use crate::pci::msix::MsiTarget;
@@ -84,6 +85,9 @@ pub const VIRTIO_RNG_PCI: (u8, u8) = (5, 0);
 pub const VIRTIO_CONSOLE_PCI: (u8, u8) = (6, 0);
 /// The PCI slot and function of the virtio network card, when there is one.
 pub const VIRTIO_NET_PCI: (u8, u8) = (7, 0);
+/// The PCI slot and function of the shared-memory device
+/// ([`Pc::add_ivshmem`]), when there is one.
+pub const IVSHMEM_PCI: (u8, u8) = (8, 0);
 
 /// The CD-ROM drive: secondary master, as on QEMU's PC.
 const CDROM: IdeDrive = IdeDrive {
@@ -417,6 +421,49 @@ impl Pc {
     /// one; an ACPI guest then shuts down and powers off.
     pub fn press_power_button(&mut self) {
         self.chipset.press_power_button(&mut self.vm);
+    }
+
+    /// Give the PC a region of memory shared with other VMs: `memory` (the
+    /// host's view of the region, which other VMs' PCs get views of too)
+    /// becomes a device block, and the ivshmem function at
+    /// [`IVSHMEM_PCI`] maps it at its BAR 2, for `access`, as peer `peer`
+    /// of `doorbells` (see [`crate::ivshmem`]). Call before the PC runs.
+    pub fn add_ivshmem(
+        &mut self,
+        memory: Box<dyn vmm_core::host::HostMemory>,
+        access: Access,
+        peer: u16,
+        doorbells: Doorbells,
+    ) -> Result<(), PcError> {
+        let size = memory.as_slice().len() as u64;
+        let block = self.vm.memory_mut().add_device_block(memory)?;
+        let function = Ivshmem::new(
+            IvshmemConfig {
+                block,
+                size,
+                access,
+                peer,
+                doorbells,
+            },
+            self.chipset.pirq.intx_line(IVSHMEM_PCI.0, InterruptPin::A),
+            LapicMsi::new(
+                self.chipset
+                    .cpus
+                    .iter()
+                    .map(|c| c.lapic().clone())
+                    .collect(),
+            ),
+        )
+        .map_err(PcError::SharedMemory)?;
+        let Some(bus) = self
+            .vm
+            .devices_mut()
+            .device_mut::<PciBus>(self.chipset.pci_bus)
+        else {
+            return Err(PcError::MissingPciBus);
+        };
+        bus.add(IVSHMEM_PCI.0, IVSHMEM_PCI.1, Box::new(function))?;
+        Ok(())
     }
 
     /// The VM: memory, devices, statistics.

@@ -14,7 +14,9 @@ pub struct BenchArgs {
     /// `boot` (the Linux CD under the VMM against plain QEMU), or `paging`
     /// (the CD under shadow against nested paging), or `kvm` (port-I/O
     /// exits per second under `vmm` against QEMU with KVM), or `kvm-nested`
-    /// (the CD under `vmm` against QEMU on a real KVM inside QEMU TCG).
+    /// (the CD under `vmm` against QEMU on a real KVM inside QEMU TCG), or
+    /// `snapshot` (snapshot size and times), or `clones` (copy-on-write
+    /// clones on the bare-metal host: fork time, private memory).
     name: String,
     /// Skip the callgrind instruction counts.
     #[arg(long)]
@@ -103,6 +105,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.name == "snapshot" {
         return crate::snapshot_bench::run();
+    }
+    if args.name == "clones" {
+        return crate::clones_bench::run();
     }
     if args.name == "kvm-nested" {
         return crate::kvm_nested_bench::run();

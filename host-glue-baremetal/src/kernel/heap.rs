@@ -128,3 +128,9 @@ pub fn init(boot: &BootInfo) -> Result<HeapRange, HeapError> {
         areas: count,
     })
 }
+
+/// Bytes of the heap in use now, in every area (what a fork costs is the
+/// difference).
+pub fn used() -> usize {
+    HEAP.areas.iter().map(|a| a.lock().used()).sum()
+}

@@ -8,11 +8,14 @@ use alloc::vec;
 use vmm_core::host::Host;
 use vmm_core::vcpu::CpuModel;
 use vmm_core::vm::VmId;
-use vmm_devices::block::{BlockBackend, ImageError, MemoryImage, CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
+use vmm_devices::block::{
+    check_image_size, check_transfer, BlockBackend, BlockError, ImageError, MemoryImage,
+    CD_SECTOR_SIZE, DISK_SECTOR_SIZE,
+};
 use vmm_devices::input::{InputBackend, InputQueue};
 use vmm_devices::net::NetBackend;
 use vmm_devices::net_switch::SwitchPort;
-use vmm_devices::pc::{DisplayDescription, Pc, PcDescription, PcError, VirtioDevices};
+use vmm_devices::pc::{DisplayDescription, Pc, PcDescription, PcError, PcRam, VirtioDevices};
 use vmm_devices::rtc::BootDevice;
 use vmm_devices::vga::DEFAULT_VRAM_SIZE;
 
@@ -50,8 +53,8 @@ impl core::fmt::Display for BuildError {
 /// The media of a PC, from boot modules.
 #[derive(Clone, Copy, Default)]
 pub struct Media<'a> {
-    /// An ISO image for the CD-ROM drive.
-    pub cdrom: Option<&'a [u8]>,
+    /// An ISO image for the CD-ROM drive (read in place).
+    pub cdrom: Option<&'static [u8]>,
     /// A disk image (a copy in memory) for the virtio-blk disk at 00:04.0.
     pub vdisk: Option<&'a [u8]>,
     /// The virtio disk is read-only.
@@ -77,11 +80,77 @@ pub struct Options {
     pub virtio_console: bool,
     /// vCPUs (`cpus=`).
     pub cpus: usize,
+    /// What to watch COM1 for (`clones=`: the line that forks the VM).
+    pub watch: Option<super::console::Watch>,
+}
+
+/// A read-only image in a boot module, read in place: every VM (and
+/// every clone) reads the one copy the loader put in memory.
+struct ModuleImage {
+    name: &'static str,
+    bytes: &'static [u8],
+    sector_size: usize,
+}
+
+impl ModuleImage {
+    fn new(
+        name: &'static str,
+        bytes: &'static [u8],
+        sector_size: usize,
+    ) -> Result<Self, ImageError> {
+        check_image_size(name, bytes.len() as u64, sector_size)?;
+        Ok(Self {
+            name,
+            bytes,
+            sector_size,
+        })
+    }
+}
+
+impl BlockBackend for ModuleImage {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn sector_size(&self) -> usize {
+        self.sector_size
+    }
+
+    fn sector_count(&self) -> u64 {
+        (self.bytes.len() / self.sector_size) as u64
+    }
+
+    fn is_read_only(&self) -> bool {
+        true
+    }
+
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        let start = check_transfer(lba, buf.len(), self.sector_size, self.sector_count())?;
+        let src = usize::try_from(start)
+            .ok()
+            .and_then(|s| self.bytes.get(s..s + buf.len()))
+            .ok_or(BlockError::OutOfRange {
+                lba,
+                count: (buf.len() / self.sector_size) as u64,
+            })?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write(&mut self, _: u64, _: &[u8]) -> Result<(), BlockError> {
+        Err(BlockError::ReadOnly)
+    }
+
+    fn flush(&mut self) -> Result<(), BlockError> {
+        Ok(())
+    }
 }
 
 /// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `media` in its
 /// drives, set up as `options` say, with a virtio-net card on `net` (a
-/// port of the VMs' switch) if given, MAC address [`mac`]`(id)`.
+/// port of the VMs' switch) if given, MAC address [`mac`]`(id)`. With
+/// `shared`, its RAM is that of a forked PC, copy-on-write (a clone).
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     host: Arc<dyn Host>,
     id: u32,
@@ -90,6 +159,7 @@ pub fn build(
     media: Media<'_>,
     options: Options,
     net: Option<SwitchPort>,
+    shared: Option<&PcRam>,
 ) -> Result<Pc, BuildError> {
     let Options {
         bios_debug,
@@ -98,6 +168,7 @@ pub fn build(
         input,
         virtio_console,
         cpus,
+        watch,
     } = options;
     let vdisk = match media.vdisk {
         Some(image) => {
@@ -113,8 +184,7 @@ pub fn build(
     let cdrom = media.cdrom;
     let cdrom = match cdrom {
         Some(iso) => Some(Box::new(
-            MemoryImage::read_only("cdrom", iso.to_vec(), CD_SECTOR_SIZE)
-                .map_err(BuildError::Cdrom)?,
+            ModuleImage::new("cdrom", iso, CD_SECTOR_SIZE).map_err(BuildError::Cdrom)?,
         ) as Box<dyn BlockBackend>),
         None => None,
     };
@@ -126,7 +196,7 @@ pub fn build(
         cdrom,
         disk: None,
         boot: vec![BootDevice::Cdrom, BootDevice::HardDisk],
-        com1: Box::new(GuestConsole::new(id)),
+        com1: Box::new(GuestConsole::watching(id, watch)),
         debug_console: bios_debug.then(|| Box::new(GuestConsole::new(id)) as _),
         unix_seconds_at_host_zero: RTC_EPOCH,
         direct_boot: None,
@@ -144,7 +214,11 @@ pub fn build(
             vram_size: DEFAULT_VRAM_SIZE,
         }),
     };
-    Pc::build(host, desc).map_err(BuildError::Machine)
+    match shared {
+        Some(ram) => Pc::build_clone(host, desc, ram),
+        None => Pc::build(host, desc),
+    }
+    .map_err(BuildError::Machine)
 }
 
 /// Print what the PC's display shows, if it has one: each line of a text

@@ -452,11 +452,13 @@ fn current_init_iso(default_iso: &Path, name: &str, append: &str) -> Result<Path
     let iso = dir.join(format!("linux-{name}.iso"));
     let assets = system::root().join("xtask/assets/linux-cd");
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let newest = modified(default_iso).max(modified(&assets.join("init")));
+    let newest = modified(default_iso)
+        .max(modified(&assets.join("init")))
+        .max(modified(&assets.join("vmm-clone-id.asm")));
     if modified(&iso).is_some() && modified(&iso) >= newest {
         return Ok(iso);
     }
-    ensure_packages(&["xorriso", "cpio"])?;
+    ensure_packages(&["xorriso", "cpio", "nasm", "binutils"])?;
     let work = dir.join(format!("linux-{name}-cd.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let root = work.join("initramfs");
@@ -479,14 +481,17 @@ fn current_init_iso(default_iso: &Path, name: &str, append: &str) -> Result<Path
             .arg("-c")
             .arg(
                 "set -e; cd \"$1\"; gzip -dc \"$2\" | cpio -idm --quiet; cp \"$3\" init; \
-                 chmod 755 init; find . | cpio -o -H newc --quiet | gzip -9 > \"$4\"",
+                 chmod 755 init; nasm -f elf64 -o ../vmm-clone-id.o \"$5\"; \
+                 ld -static -o bin/vmm-clone-id ../vmm-clone-id.o; \
+                 find . | cpio -o -H newc --quiet | gzip -9 > \"$4\"",
             )
             .arg("sh")
             .arg(&root)
             .arg(&old_initrd)
             .arg(assets.join("init"))
-            .arg(&new_initrd),
-        "repack the initramfs with the current init",
+            .arg(&new_initrd)
+            .arg(assets.join("vmm-clone-id.asm")),
+        "repack the initramfs with the current init and vmm-clone-id",
     )?;
     // Built beside the final name and renamed: tests running at once never
     // boot half an image.

@@ -19,9 +19,19 @@ use std::time::Duration;
 pub fn run() -> Result<()> {
     crate::qemu::ensure()?;
     let elf = kernel::build()?;
-    let imgs = images::fetch()?;
-    let iso = images::clones_iso(&imgs.linux_iso)?;
-    let modules = GuestImage::pc(imgs.seabios.clone(), iso);
+    // The default CD as it is (built by `cargo xtask images` if absent).
+    let default_iso = images::dir().join("linux.iso");
+    let (linux_iso, seabios) = if default_iso.is_file() {
+        (
+            default_iso,
+            std::path::PathBuf::from("/usr/share/seabios/bios-256k.bin"),
+        )
+    } else {
+        let imgs = images::fetch()?;
+        (imgs.linux_iso, imgs.seabios)
+    };
+    let iso = images::clones_iso(&linux_iso)?;
+    let modules = GuestImage::pc(seabios, iso);
     for n in [8u32, 32] {
         let cmdline = format!("guest_mem=256M vms=1 clones={n} clone_report_ms=300");
         let host_mib = kernel::qemu_memory_mib(256 + 256 + u64::from(n) * 16);

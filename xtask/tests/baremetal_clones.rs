@@ -90,6 +90,13 @@ fn eight_clones_of_a_booted_linux_each_print_their_own_index_and_checksum() {
             .find(|l| l.starts_with(&format!("vm {k}: copy-on-write: ")))
             .unwrap_or_else(|| panic!("no copy-on-write line for vm {k}: {console}"));
         println!("{line}");
+        let kib: u64 = line
+            .split(" pages copied, ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(kib < 16 << 10, "vm {k} holds {kib} KiB of its own: {line}");
     }
     assert!(
         console.contains("vmm: all VMs stopped; every guest powered off"),

@@ -251,6 +251,29 @@ pub fn boot_and_capture_with(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::msg(format!("cannot start qemu-system-x86_64: {e}")))?;
+    // Drain the console while QEMU runs: a console larger than the pipe's
+    // buffer (64 KiB) would otherwise block QEMU's serial port for good.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child
@@ -266,13 +289,8 @@ pub fn boot_and_capture_with(
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut console = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        let _ = out.read_to_string(&mut console);
-    }
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_string(&mut console);
-    }
+    let mut console = out.join().unwrap_or_default();
+    console.push_str(&err.join().unwrap_or_default());
     let outcome = match status {
         Some(s) => Outcome::from_status(s.code()),
         None => Outcome::Other(None),

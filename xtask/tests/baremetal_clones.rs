@@ -104,3 +104,40 @@ fn eight_clones_of_a_booted_linux_each_print_their_own_index_and_checksum() {
     );
     assert_eq!(outcome, Outcome::Success, "{console}");
 }
+
+/// Two clones on VMX (EPT) in the bare-metal host under Bochs: the same
+/// fork, each clone's first write to a shared page an EPT violation that
+/// copies it. Minutes under Bochs: `cargo xtask test --slow`.
+#[test]
+#[ignore = "boots Linux under the bare-metal host in Bochs: run through cargo xtask test --slow"]
+fn slow_two_clones_under_vmx_in_bochs_print_their_index_and_checksum() {
+    let iso = xtask::images::clones_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
+    let modules = GuestImage::pc(env_path("VMM_TEST_SEABIOS"), iso);
+    let run = xtask::bochs::boot_and_capture(
+        &env_path("VMM_TEST_KERNEL"),
+        "cpu=vmx guest_mem=256M vms=1 clones=2",
+        &modules,
+        1024,
+        Duration::from_secs(2400),
+    )
+    .unwrap();
+    let console = &run.console;
+    println!("{:.1} s", run.elapsed.as_secs_f64());
+    assert!(console.contains("on VMX"), "{console}");
+    for k in 1..=2u32 {
+        let want = format!(
+            "[vm {k}] VMM-CLONE: clone {k} checksum {}",
+            expected_checksum(k)
+        );
+        assert_eq!(
+            console.lines().filter(|l| l.trim_end() == want).count(),
+            1,
+            "{want} in {console}"
+        );
+    }
+    assert!(
+        console.contains("vmm: all VMs stopped; every guest powered off"),
+        "{console}"
+    );
+    assert_eq!(run.outcome, Outcome::Success, "{console}");
+}

@@ -128,6 +128,16 @@ pub struct Config {
     /// `shm=NAME:SIZE:VM=rw|ro,...`: a region of memory shared by the
     /// listed VMs (PCs), each read-write or read-only.
     pub shm: Option<SharedMemory>,
+    /// `clones=N` (0: off): once VM 0's console prints
+    /// [`Config::clone_marker`], fork it into N clones (VMs 1 to N) that
+    /// share its RAM copy-on-write.
+    pub clones: u32,
+    /// The console line that makes VM 0 fork (`clone_marker=`, default
+    /// `VMM-CLONE: ready`; escapes as for `keys=`).
+    pub clone_marker: ShortText<32>,
+    /// `clone_report_ms=T` (0: off): T ms after the fork, print the
+    /// clones' private memory (the benchmark's early figure).
+    pub clone_report_ms: u64,
 }
 
 /// How a VM may access a shared region (`rw` or `ro` in `shm=`).
@@ -286,6 +296,9 @@ impl Default for Config {
             net_switch: false,
             gdb: false,
             shm: None,
+            clones: 0,
+            clone_marker: ShortText::new("VMM-CLONE: ready").unwrap_or(ShortText::EMPTY),
+            clone_report_ms: 0,
         }
     }
 }
@@ -316,6 +329,9 @@ pub enum CmdlineError<'a> {
         /// How many VMs there are.
         vms: u32,
     },
+    /// `clones=` with several VMs, several vCPUs or shadow paging: clones
+    /// fork one VM with one vCPU on nested paging.
+    ClonesNeedOneNestedVm,
 }
 
 impl fmt::Display for CmdlineError<'_> {
@@ -323,7 +339,7 @@ impl fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, cpus, selftest, cpu, paging, passthrough, bios_debug, testdev, x2apic, cpu_model, state_roundtrip, keys, keys_after, screen_lines, screenshot, console, net, gdb, shm)"
+                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, cpus, selftest, cpu, paging, passthrough, bios_debug, testdev, x2apic, cpu_model, state_roundtrip, keys, keys_after, screen_lines, screenshot, console, net, gdb, shm, clones, clone_marker, clone_report_ms)"
             ),
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
@@ -338,6 +354,10 @@ impl fmt::Display for CmdlineError<'_> {
             CmdlineError::ShadowWithSeveralCpus => write!(
                 f,
                 "paging=shadow runs one vCPU per VM so far: use cpus=1 or nested paging"
+            ),
+            CmdlineError::ClonesNeedOneNestedVm => write!(
+                f,
+                "clones= forks one VM (vms=1) with one vCPU (cpus=1) on nested paging"
             ),
         }
     }
@@ -509,6 +529,24 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     "NAME:SIZE:VM=rw|ro,... such as pool:1M:0=rw,1=ro (SIZE a power of two from 4K to 256M, VM a number below 16)",
                 ))?);
             }
+            "clones" => {
+                config.clones = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (0..=64).contains(n))
+                    .ok_or(bad("a number from 0 to 64"))?;
+            }
+            "clone_marker" => {
+                config.clone_marker = ShortText::unescape(value)
+                    .filter(|t| !t.is_empty())
+                    .ok_or(bad("1 to 32 characters; escapes as for keys"))?;
+            }
+            "clone_report_ms" => {
+                config.clone_report_ms = value
+                    .parse()
+                    .ok()
+                    .ok_or(bad("milliseconds after the fork (0: off)"))?;
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -524,6 +562,11 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
     }
     if config.paging == PagingChoice::Shadow && config.cpus > 1 {
         return Err(CmdlineError::ShadowWithSeveralCpus);
+    }
+    if config.clones > 0
+        && (config.vms != 1 || config.cpus != 1 || config.paging == PagingChoice::Shadow)
+    {
+        return Err(CmdlineError::ClonesNeedOneNestedVm);
     }
     Ok(config)
 }
@@ -619,6 +662,21 @@ mod tests {
             "overflow is refused"
         );
         assert!(parse("vms=0").is_err());
+        let c = parse("clones=8 clone_marker=go\\shere").unwrap();
+        assert_eq!((c.clones, c.clone_marker.as_str()), (8, "go here"));
+        assert_eq!(Config::default().clone_marker.as_str(), "VMM-CLONE: ready");
+        assert!(parse("clones=65").is_err());
+        for bad in [
+            "clones=2 vms=2",
+            "clones=2 cpus=2",
+            "clones=2 paging=shadow",
+        ] {
+            assert_eq!(
+                parse(bad).unwrap_err(),
+                CmdlineError::ClonesNeedOneNestedVm,
+                "{bad}"
+            );
+        }
         assert_eq!(parse("cpus=4").unwrap().cpus, 4);
         assert_eq!(
             parse("cpus=2 paging=shadow").unwrap_err(),

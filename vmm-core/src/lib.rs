@@ -87,6 +87,7 @@
 extern crate alloc;
 
 pub mod base;
+pub mod cow;
 #[allow(unsafe_code)]
 pub mod debug_registers;
 pub mod device;

@@ -17,8 +17,10 @@
 //! Every change to the layout bumps [`GuestMemory::generation`] so that a
 //! backend can rebuild its nested page tables.
 
-use crate::host::{HostMemory, HostPhysAddr};
+use crate::cow::{CowMemory, SharedRam, PAGE};
+use crate::host::{Host, HostMemory, HostPhysAddr};
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -150,6 +152,20 @@ pub enum MemoryError {
     },
     /// Too many blocks.
     TooManyBlocks,
+    /// A write reached a page shared copy-on-write with other VMs and the
+    /// host had no page for this VM's copy.
+    CopyOnWrite {
+        /// The block.
+        block: BlockId,
+        /// Offset of the page in the block.
+        offset: u64,
+    },
+    /// The block cannot be shared copy-on-write (not plain RAM, a device's
+    /// memory, or shared already).
+    NotShareable {
+        /// The block.
+        block: BlockId,
+    },
 }
 
 impl core::error::Error for MemoryError {}
@@ -180,13 +196,53 @@ impl fmt::Display for MemoryError {
                 write!(f, "block {} is ROM and cannot take writes", block.0)
             }
             MemoryError::TooManyBlocks => write!(f, "too many memory blocks"),
+            MemoryError::CopyOnWrite { block, offset } => write!(
+                f,
+                "no host page to copy page {offset:#x} of block {} (shared copy-on-write)",
+                block.0
+            ),
+            MemoryError::NotShareable { block } => {
+                write!(f, "block {} cannot be shared copy-on-write", block.0)
+            }
+        }
+    }
+}
+
+/// The host memory behind a block.
+enum BlockMem {
+    /// Memory of this VM's own.
+    Own(Box<dyn HostMemory>),
+    /// A copy-on-write view of RAM shared with other VMs.
+    Cow(CowMemory),
+}
+
+impl BlockMem {
+    fn len(&self) -> usize {
+        match self {
+            BlockMem::Own(m) => m.as_slice().len(),
+            BlockMem::Cow(c) => c.len(),
+        }
+    }
+
+    /// The whole block as one slice: only memory of its own has one.
+    fn own(&self) -> Option<&[u8]> {
+        match self {
+            BlockMem::Own(m) => Some(m.as_slice()),
+            BlockMem::Cow(_) => None,
+        }
+    }
+
+    fn own_mut(&mut self) -> Option<&mut [u8]> {
+        match self {
+            BlockMem::Own(m) => Some(m.as_mut_slice()),
+            BlockMem::Cow(_) => None,
         }
     }
 }
 
 struct Block {
     kind: BlockKind,
-    mem: Box<dyn HostMemory>,
+    mem: BlockMem,
     /// Added with [`GuestMemory::add_device_block`]: the memory of a device
     /// (video memory), which that device reaches through
     /// [`crate::dma::DmaGuard::device_memory`] wherever the guest mapped it.
@@ -261,11 +317,31 @@ pub struct GuestMemory {
     /// Sorted by `start`, never overlapping, never empty.
     regions: Vec<Region>,
     generation: u64,
+    /// Pages of copy-on-write blocks copied since they were shared, in
+    /// order, as (block, offset): their frames changed, which nested page
+    /// tables learn through [`GuestMemory::copied_pages_since`]. Bounded
+    /// by the pages of those blocks (each is copied once).
+    copied: Vec<(BlockId, u64)>,
 }
 
 impl fmt::Debug for GuestMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.regions()).finish()
+    }
+}
+
+/// An empty block: what a block holds for the moment its memory moves.
+struct NoMemory;
+
+impl HostMemory for NoMemory {
+    fn as_slice(&self) -> &[u8] {
+        &[]
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut []
+    }
+    fn host_phys(&self, _: usize) -> Option<HostPhysAddr> {
+        None
     }
 }
 
@@ -298,7 +374,7 @@ impl GuestMemory {
         let id = u32::try_from(self.blocks.len()).map_err(|_| MemoryError::TooManyBlocks)?;
         self.blocks.push(Block {
             kind,
-            mem,
+            mem: BlockMem::Own(mem),
             device: false,
         });
         Ok(BlockId(id))
@@ -325,13 +401,181 @@ impl GuestMemory {
         self.blocks
             .get_mut(block.0 as usize)
             .filter(|b| b.device)
-            .map(|b| b.mem.as_mut_slice())
+            .and_then(|b| b.mem.own_mut())
     }
 
     /// All bytes of `block`, read-only: what a host shows of a device's
-    /// memory (a screen). `None` if there is no such block.
+    /// memory (a screen). `None` if there is no such block, or it is shared
+    /// copy-on-write (read it with [`GuestMemory::read_block`]).
     pub fn block_bytes_all(&self, block: BlockId) -> Option<&[u8]> {
-        self.blocks.get(block.0 as usize).map(|b| b.mem.as_slice())
+        self.blocks.get(block.0 as usize).and_then(|b| b.mem.own())
+    }
+
+    /// Copy `buf.len()` bytes of `block` at `offset` into `buf`, whatever
+    /// backs the block (its own memory or pages shared copy-on-write).
+    pub fn read_block(
+        &self,
+        block: BlockId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), MemoryError> {
+        self.copy_from_block(block, offset, buf)
+    }
+
+    /// Share RAM block `block` copy-on-write: its memory is frozen into the
+    /// returned [`SharedRam`] and this map keeps reading it, copying each
+    /// page the first time it is written (pages from `host`). Other VMs
+    /// built like this one map the same [`SharedRam`] with
+    /// [`GuestMemory::add_ram_shared`]. Nested page tables are rebuilt
+    /// (the generation moves): shared pages map read-only.
+    pub fn share_block(
+        &mut self,
+        block: BlockId,
+        host: Arc<dyn Host>,
+    ) -> Result<SharedRam, MemoryError> {
+        let blk = self
+            .blocks
+            .get_mut(block.0 as usize)
+            .filter(|b| b.kind == BlockKind::Ram && !b.device)
+            .ok_or(MemoryError::NotShareable { block })?;
+        let placeholder = BlockMem::Own(Box::new(NoMemory));
+        let BlockMem::Own(mem) = core::mem::replace(&mut blk.mem, placeholder) else {
+            return Err(MemoryError::NotShareable { block });
+        };
+        let shared = SharedRam::new(mem);
+        blk.mem = BlockMem::Cow(CowMemory::new(shared.clone(), host));
+        self.generation += 1;
+        Ok(shared)
+    }
+
+    /// Add `shared` as RAM at `gpa`, copy-on-write: this VM reads its pages
+    /// and copies each (from `host`) the first time it writes it.
+    pub fn add_ram_shared(
+        &mut self,
+        gpa: u64,
+        shared: &SharedRam,
+        host: Arc<dyn Host>,
+    ) -> Result<BlockId, MemoryError> {
+        let len = shared.len() as u64;
+        range_end(gpa, len)?;
+        self.check_free(gpa, len)?;
+        let id = u32::try_from(self.blocks.len()).map_err(|_| MemoryError::TooManyBlocks)?;
+        self.blocks.push(Block {
+            kind: BlockKind::Ram,
+            mem: BlockMem::Cow(CowMemory::new(shared.clone(), host)),
+            device: false,
+        });
+        let at = Backing::Block {
+            block: BlockId(id),
+            offset: 0,
+        };
+        self.insert(gpa, len, at, at)?;
+        Ok(BlockId(id))
+    }
+
+    /// Whether the page at `gpa` is RAM shared copy-on-write that this VM
+    /// has not copied yet: a write fault there is this VM's first write.
+    pub fn is_shared_page(&self, gpa: u64) -> bool {
+        let Some(Backing::Block { block, offset }) = self.single_region(gpa, 1, true) else {
+            return false;
+        };
+        match self.blocks.get(block.0 as usize).map(|b| &b.mem) {
+            Some(BlockMem::Cow(c)) => usize::try_from(offset).is_ok_and(|o| c.is_shared(o)),
+            _ => false,
+        }
+    }
+
+    /// The first write to a shared page at `gpa`: copy it, so nested page
+    /// tables map this VM's copy writable
+    /// ([`GuestMemory::copied_pages_since`]). `Ok(false)` if the page is
+    /// not shared (it was copied already, or is not copy-on-write RAM).
+    pub fn copy_on_write(&mut self, gpa: u64) -> Result<bool, MemoryError> {
+        let Some(Backing::Block { block, offset }) = self.single_region(gpa, 1, true) else {
+            return Ok(false);
+        };
+        let Some(Block {
+            mem: BlockMem::Cow(c),
+            ..
+        }) = self.blocks.get_mut(block.0 as usize)
+        else {
+            return Ok(false);
+        };
+        let at = usize::try_from(offset).map_err(|_| MemoryError::BadBacking { block })?;
+        match c.copy_page(at) {
+            Ok(true) => {
+                self.copied.push((block, offset & !(PAGE as u64 - 1)));
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(_) => Err(MemoryError::CopyOnWrite {
+                block,
+                offset: offset & !(PAGE as u64 - 1),
+            }),
+        }
+    }
+
+    /// How many pages of copy-on-write blocks were copied so far: the
+    /// `seen` to give [`GuestMemory::copied_pages_since`] next time.
+    pub fn copied_pages(&self) -> usize {
+        self.copied.len()
+    }
+
+    /// The guest-physical pages (every address each is mapped at) whose
+    /// frames changed since [`GuestMemory::copied_pages`] returned `seen`:
+    /// pages a copy-on-write block copied.
+    pub fn copied_pages_since(&self, seen: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        for &(block, offset) in self.copied.get(seen..).unwrap_or(&[]) {
+            for r in &self.regions {
+                for b in [r.read, r.write] {
+                    if let Backing::Block {
+                        block: rb,
+                        offset: ro,
+                    } = b
+                    {
+                        let len = r.end - r.start;
+                        if rb == block && offset >= ro && offset < ro + len {
+                            let gpa = r.start + (offset - ro);
+                            if out.last() != Some(&gpa) {
+                                out.push(gpa);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// What nested paging maps for byte `offset` of `block`: the frame, and
+    /// whether it may be mapped writable (false for a page still shared
+    /// copy-on-write). `None` where the host has no physical addresses.
+    pub fn page_frame(&self, block: BlockId, offset: u64) -> Option<(HostPhysAddr, bool)> {
+        let blk = self.blocks.get(block.0 as usize)?;
+        let at = usize::try_from(offset).ok()?;
+        match &blk.mem {
+            BlockMem::Own(m) => m.host_phys(at).map(|p| (p, true)),
+            BlockMem::Cow(c) => c.frame(at),
+        }
+    }
+
+    /// Host bytes this VM holds of its own in copy-on-write blocks (its
+    /// copied pages and their index), and the pages it copied.
+    pub fn cow_private(&self) -> (u64, u64) {
+        self.blocks
+            .iter()
+            .filter_map(|b| match &b.mem {
+                BlockMem::Cow(c) => Some((c.private_bytes() as u64, c.own_pages() as u64)),
+                BlockMem::Own(_) => None,
+            })
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+    }
+
+    /// Whether any block is shared copy-on-write.
+    pub fn has_shared_blocks(&self) -> bool {
+        self.blocks
+            .iter()
+            .any(|b| matches!(b.mem, BlockMem::Cow(_)))
     }
 
     /// Add `mem` as RAM at `gpa`, covering the whole block.
@@ -426,7 +670,7 @@ impl GuestMemory {
                 .blocks
                 .get(block.0 as usize)
                 .ok_or(MemoryError::BadBacking { block })?;
-            let size = blk.mem.as_slice().len() as u64;
+            let size = blk.mem.len() as u64;
             match offset.checked_add(len) {
                 Some(end) if end <= size => {}
                 _ => return Err(MemoryError::BadBacking { block }),
@@ -515,7 +759,7 @@ impl GuestMemory {
             id: BlockId(i as u32),
             kind: b.kind,
             device: b.device,
-            len: b.mem.as_slice().len() as u64,
+            len: b.mem.len() as u64,
         })
     }
 
@@ -533,20 +777,23 @@ impl GuestMemory {
     }
 
     /// Host-physical address of byte `offset` of `block`, where the host
-    /// exposes one.
+    /// exposes one. For a block shared copy-on-write, only pages this VM
+    /// copied have one here (a shared page must never be written).
     pub fn block_host_phys(&self, block: BlockId, offset: u64) -> Option<HostPhysAddr> {
-        let blk = self.blocks.get(block.0 as usize)?;
-        blk.mem.host_phys(usize::try_from(offset).ok()?)
+        match self.page_frame(block, offset)? {
+            (phys, true) => Some(phys),
+            (_, false) => None,
+        }
     }
 
     /// All bytes of `block`, borrowed for the duration of the call: for a
     /// backend whose hypervisor maps guest memory itself (KVM memory slots
     /// take the block's host address and length). `None` if there is no
-    /// such block.
+    /// such block, or it is shared copy-on-write.
     pub fn block_bytes_all_mut(&mut self, block: BlockId) -> Option<&mut [u8]> {
         self.blocks
             .get_mut(block.0 as usize)
-            .map(|b| b.mem.as_mut_slice())
+            .and_then(|b| b.mem.own_mut())
     }
 
     /// Copy `data` into `block` at `offset`: how the host loads a ROM image
@@ -561,7 +808,10 @@ impl GuestMemory {
             .blocks
             .get_mut(block.0 as usize)
             .ok_or(MemoryError::BadBacking { block })?;
-        let bytes = blk.mem.as_mut_slice();
+        let bytes = blk
+            .mem
+            .own_mut()
+            .ok_or(MemoryError::NotShareable { block })?;
         let start = usize::try_from(offset).map_err(|_| MemoryError::BadBacking { block })?;
         let dst = start
             .checked_add(data.len())
@@ -603,8 +853,7 @@ impl GuestMemory {
         // The common case, one lookup: the access lies inside one region
         // whose reads reach a block (RAM or ROM).
         if let Some(Backing::Block { block, offset }) = self.single_region(gpa, buf.len(), false) {
-            buf.copy_from_slice(self.block_bytes(block, offset, buf.len())?);
-            return Ok(());
+            return self.copy_from_block(block, offset, buf);
         }
         // Check the whole range first so that a failure leaves `buf` alone.
         self.check_access(gpa, buf.len() as u64, false)?;
@@ -613,10 +862,7 @@ impl GuestMemory {
             let n = (e - s) as usize;
             let out = &mut buf[done..done + n];
             match r.slice(s, e).read {
-                Backing::Block { block, offset } => {
-                    let src = self.block_bytes(block, offset, n)?;
-                    out.copy_from_slice(src);
-                }
+                Backing::Block { block, offset } => self.copy_from_block(block, offset, out)?,
                 _ => out.fill(0xff),
             }
             done += n;
@@ -631,9 +877,7 @@ impl GuestMemory {
         // The common case, one lookup: inside one region whose writes reach
         // a block (RAM, or shadow RAM behind a BIOS).
         if let Some(Backing::Block { block, offset }) = self.single_region(gpa, data.len(), true) {
-            self.block_bytes_mut(block, offset, data.len())?
-                .copy_from_slice(data);
-            return Ok(());
+            return self.copy_to_block(block, offset, data);
         }
         self.check_access(gpa, data.len() as u64, true)?;
         // The whole range is memory (checked above): copy piece by piece.
@@ -648,8 +892,7 @@ impl GuestMemory {
             let piece_end = region.end.min(end);
             let n = (piece_end - cur) as usize;
             if let Backing::Block { block, offset } = region.slice(cur, piece_end).write {
-                self.block_bytes_mut(block, offset, n)?
-                    .copy_from_slice(&data[done..done + n]);
+                self.copy_to_block(block, offset, &data[done..done + n])?;
             }
             done += n;
             cur = piece_end;
@@ -748,45 +991,66 @@ impl GuestMemory {
         Ok(out)
     }
 
-    fn block_bytes(&self, block: BlockId, offset: u64, n: usize) -> Result<&[u8], MemoryError> {
+    /// Copy bytes of `block` at `offset` into `buf`.
+    fn copy_from_block(
+        &self,
+        block: BlockId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), MemoryError> {
         let blk = self
             .blocks
             .get(block.0 as usize)
             .ok_or(MemoryError::BadBacking { block })?;
         let start = usize::try_from(offset).map_err(|_| MemoryError::BadBacking { block })?;
-        blk.mem
-            .as_slice()
-            .get(start..start.saturating_add(n))
-            .ok_or(MemoryError::BadBacking { block })
+        let end = start
+            .checked_add(buf.len())
+            .filter(|&e| e <= blk.mem.len())
+            .ok_or(MemoryError::BadBacking { block })?;
+        match &blk.mem {
+            BlockMem::Own(m) => buf.copy_from_slice(&m.as_slice()[start..end]),
+            BlockMem::Cow(c) => c.read(start, buf),
+        }
+        Ok(())
     }
 
-    fn block_bytes_mut(
+    /// Copy `data` into `block` at `offset`; pages of a copy-on-write block
+    /// are copied first (and logged for the nested page tables).
+    fn copy_to_block(
         &mut self,
         block: BlockId,
         offset: u64,
-        n: usize,
-    ) -> Result<&mut [u8], MemoryError> {
+        data: &[u8],
+    ) -> Result<(), MemoryError> {
         let blk = self
             .blocks
             .get_mut(block.0 as usize)
             .ok_or(MemoryError::BadBacking { block })?;
         let start = usize::try_from(offset).map_err(|_| MemoryError::BadBacking { block })?;
-        blk.mem
-            .as_mut_slice()
-            .get_mut(start..start.saturating_add(n))
-            .ok_or(MemoryError::BadBacking { block })
+        let end = start
+            .checked_add(data.len())
+            .filter(|&e| e <= blk.mem.len())
+            .ok_or(MemoryError::BadBacking { block })?;
+        match &mut blk.mem {
+            BlockMem::Own(m) => {
+                m.as_mut_slice()[start..end].copy_from_slice(data);
+                Ok(())
+            }
+            BlockMem::Cow(c) => {
+                let mut copied = Vec::new();
+                let result = c.write(start, data, &mut copied);
+                self.copied
+                    .extend(copied.iter().map(|&o| (block, o as u64)));
+                result.map_err(|_| MemoryError::CopyOnWrite {
+                    block,
+                    offset: offset & !(PAGE as u64 - 1),
+                })
+            }
+        }
     }
 
     /// Read a little-endian integer of `N` bytes.
     fn read_le<const N: usize>(&self, gpa: u64) -> Result<[u8; N], MemoryError> {
-        // The common case (page-table entries, descriptors): inside one
-        // region whose reads reach a block, a fixed-size load, no copy
-        // call.
-        if let Some(Backing::Block { block, offset }) = self.single_region(gpa, N, false) {
-            if let Ok(Ok(b)) = self.block_bytes(block, offset, N).map(<[u8; N]>::try_from) {
-                return Ok(b);
-            }
-        }
         let mut b = [0u8; N];
         self.read(gpa, &mut b)?;
         Ok(b)

@@ -146,6 +146,9 @@ pub struct NestedTables<F: EntryFormat> {
     /// by index, once a hole needed them.
     open_bus: Option<OpenBus>,
     generation: u64,
+    /// [`GuestMemory::copied_pages`] when the tables last took copied pages
+    /// in.
+    copied_seen: usize,
     mappings: Mappings,
     _format: core::marker::PhantomData<F>,
 }
@@ -184,6 +187,7 @@ impl<F: EntryFormat> NestedTables<F> {
             tables: Vec::new(),
             open_bus: None,
             generation: memory.generation(),
+            copied_seen: 0,
             mappings: Mappings::default(),
             _format: core::marker::PhantomData,
         };
@@ -197,10 +201,11 @@ impl<F: EntryFormat> NestedTables<F> {
             let Backing::Block { block, offset } = region.read else {
                 continue;
             };
-            let phys_of = |gpa: u64| {
+            // A page shared copy-on-write maps read-only even in RAM.
+            let frame_of = |gpa: u64| {
                 memory
-                    .block_host_phys(block, offset + (gpa - region.start))
-                    .map(|p| p.0)
+                    .page_frame(block, offset + (gpa - region.start))
+                    .map(|(p, own)| (p.0, own && writable))
                     .ok_or(NestedPagingError::NoHostPhys { gpa })
             };
             // Only whole pages can be mapped; the partial pages at the ends
@@ -212,12 +217,14 @@ impl<F: EntryFormat> NestedTables<F> {
                 if gpa >= 1 << 48 {
                     return Err(NestedPagingError::TooHigh { gpa });
                 }
-                let start_phys = phys_of(gpa)?;
+                let (start_phys, writable) = frame_of(gpa)?;
                 let large = gpa % LARGE == 0
                     && end - gpa >= LARGE
                     && start_phys % LARGE == 0
-                    && (1..LARGE / PAGE)
-                        .all(|i| phys_of(gpa + i * PAGE).is_ok_and(|p| p == start_phys + i * PAGE));
+                    && (1..LARGE / PAGE).all(|i| {
+                        frame_of(gpa + i * PAGE)
+                            .is_ok_and(|p| p == (start_phys + i * PAGE, writable))
+                    });
                 let target = Target {
                     phys: start_phys,
                     writable,
@@ -232,7 +239,85 @@ impl<F: EntryFormat> NestedTables<F> {
             }
         }
         me.map_open_bus(host, memory, 0, 3, 0)?;
+        me.copied_seen = memory.copied_pages();
         Ok(me)
+    }
+
+    /// Bring the tables up to date with the pages copy-on-write blocks
+    /// copied since the last build or update: each such page now maps its
+    /// VM's own frame, writable (a 2 MiB leaf around it is split into 4 KiB
+    /// ones first). Returns how many pages changed: if any did, the caller
+    /// flushes the guest's TLB.
+    pub fn update_copied(
+        &mut self,
+        host: &dyn Host,
+        memory: &GuestMemory,
+    ) -> Result<usize, NestedPagingError> {
+        if self.copied_seen == memory.copied_pages() {
+            return Ok(0);
+        }
+        let pages = memory.copied_pages_since(self.copied_seen);
+        for &gpa in &pages {
+            let Some(region) = memory.region_at(gpa) else {
+                continue;
+            };
+            let writable = region.kind == RegionKind::Ram;
+            if !matches!(
+                region.kind,
+                RegionKind::Ram | RegionKind::ReadOnly | RegionKind::Split
+            ) {
+                continue;
+            }
+            let Backing::Block { block, offset } = region.read else {
+                continue;
+            };
+            let (phys, own) = memory
+                .page_frame(block, offset + (gpa - region.start))
+                .ok_or(NestedPagingError::NoHostPhys { gpa })?;
+            self.split_large(host, gpa)?;
+            self.map(
+                host,
+                gpa,
+                Target {
+                    phys: phys.0,
+                    writable: own && writable,
+                },
+                false,
+            )?;
+        }
+        self.copied_seen = memory.copied_pages();
+        Ok(pages.len())
+    }
+
+    /// If a 2 MiB leaf maps `gpa`, replace it with a table of 512 4 KiB
+    /// leaves mapping the same frames with the same access.
+    fn split_large(&mut self, host: &dyn Host, gpa: u64) -> Result<(), NestedPagingError> {
+        let mut table = 0u32;
+        for level in (2..=3).rev() {
+            let index = ((gpa >> (12 + 9 * level)) & 0x1ff) as usize;
+            table = self.tables[table as usize].children[index];
+            if table == NONE {
+                return Ok(());
+            }
+        }
+        let index = ((gpa >> 21) & 0x1ff) as usize;
+        let entry = self.entry(table, index);
+        if entry & 1 == 0
+            || entry & (1 << 7) == 0
+            || self.tables[table as usize].children[index] != NONE
+        {
+            return Ok(());
+        }
+        let frame = entry & 0x000f_ffff_ffe0_0000;
+        let writable = entry & 2 != 0;
+        let new = self.new_table(host)?;
+        for i in 0..512 {
+            self.write_entry(new, i, F::leaf(frame + i as u64 * PAGE, writable, false));
+        }
+        let phys = self.tables[new as usize].phys;
+        self.write_entry(table, index, F::table(phys));
+        self.tables[table as usize].children[index] = new;
+        Ok(())
     }
 
     /// Map the open bus under table `table` (at `level`, 3 for the root,
@@ -523,6 +608,60 @@ mod tests {
         );
         let rom_phys = m.block_host_phys(rom, 0xfff0).unwrap();
         assert_eq!(t.translate(0xffff_fff0), Some((rom_phys, false)));
+    }
+
+    #[test]
+    fn shared_ram_maps_read_only_until_a_page_is_copied() {
+        use alloc::sync::Arc;
+        let host: Arc<dyn Host> = Arc::new(TestHost::new());
+        let mut parent = GuestMemory::new();
+        let block = parent
+            .add_ram(0, host.alloc_memory(0x40_0000, 0x20_0000).unwrap())
+            .unwrap();
+        parent.write_u32(0x20_1000, 0x1111_1111).unwrap();
+        let shared = parent.share_block(block, host.clone()).unwrap();
+        let mut clone = GuestMemory::new();
+        clone.add_ram_shared(0, &shared, host.clone()).unwrap();
+        let mut t = NestedTables::<Npt>::build(&*host, &clone).unwrap();
+        // Everything read-only at the shared frames, in 2 MiB pages.
+        assert_eq!(t.mappings().large_pages, 2, "{:?}", t.mappings());
+        let base = shared_frame(&clone, 0x20_1000);
+        assert_eq!(t.translate(0x20_1000), Some((base, false)));
+        assert!(clone.is_shared_page(0x20_1000));
+        // The first write copies the page; the tables then map the copy,
+        // writable, and split the 2 MiB page around it.
+        assert_eq!(clone.copy_on_write(0x20_1234), Ok(true));
+        assert_eq!(clone.copy_on_write(0x20_1234), Ok(false));
+        clone.write_u32(0x20_1000, 0x2222_2222).unwrap();
+        clone.write_u32(0x30_0000, 0x3333_3333).unwrap(); // copied by the write
+        assert_eq!(t.update_copied(&*host, &clone).unwrap(), 2);
+        assert_eq!(t.update_copied(&*host, &clone).unwrap(), 0);
+        let (own, writable) = t.translate(0x20_1000).unwrap();
+        assert!(writable);
+        assert_ne!(own, base);
+        assert_eq!(
+            t.translate(0x20_2000),
+            Some((shared_frame(&clone, 0x20_2000), false))
+        );
+        assert!(t.translate(0x30_0000).unwrap().1);
+        assert_eq!(t.translate(0x1000).map(|(_, w)| w), Some(false));
+        // Each sees its own bytes; the shared block is untouched.
+        assert_eq!(clone.read_u32(0x20_1000), Ok(0x2222_2222));
+        assert_eq!(parent.read_u32(0x20_1000), Ok(0x1111_1111));
+        assert_eq!(clone.cow_private().1, 2);
+        // A fresh build agrees with the updated tables.
+        let fresh = NestedTables::<Npt>::build(&*host, &clone).unwrap();
+        for gpa in [0x1000, 0x20_1000, 0x20_2000, 0x30_0000] {
+            assert_eq!(fresh.translate(gpa), t.translate(gpa), "{gpa:#x}");
+        }
+    }
+
+    fn shared_frame(m: &GuestMemory, gpa: u64) -> HostPhysAddr {
+        let r = m.region_at(gpa).unwrap();
+        let Backing::Block { block, offset } = r.read else {
+            panic!("not memory")
+        };
+        m.page_frame(block, offset + gpa - r.start).unwrap().0
     }
 
     #[test]

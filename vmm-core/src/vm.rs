@@ -252,6 +252,24 @@ impl Vm {
         &mut self.stats
     }
 
+    /// The host, shared: for memory that allocates as the guest runs
+    /// (copy-on-write RAM, `crate::cow`).
+    pub fn host_arc(&self) -> Arc<dyn Host> {
+        self.host.clone()
+    }
+
+    /// Whether the exit loop holds the running vCPU halted: `(RIP to
+    /// resume at, TF)`. Part of a vCPU's saved state beside
+    /// `vcpu::VcpuState` (a snapshot's vCPU record, a clone's fork).
+    pub fn halt_state(&mut self) -> Option<(u64, bool)> {
+        *self.halted_mut()
+    }
+
+    /// Set what [`Vm::halt_state`] returns.
+    pub fn set_halt_state(&mut self, halted: Option<(u64, bool)>) {
+        *self.halted_mut() = halted;
+    }
+
     /// The exit loop's halted vCPU, if it is (see `vcpu::run`).
     pub(crate) fn halted_mut(&mut self) -> &mut Option<(u64, bool)> {
         &mut self.slot().halted

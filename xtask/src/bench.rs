@@ -15,7 +15,9 @@ pub struct BenchArgs {
     /// (the CD under shadow against nested paging), or `kvm` (port-I/O
     /// exits per second under `vmm` against QEMU with KVM), or `kvm-nested`
     /// (the CD under `vmm` against QEMU on a real KVM inside QEMU TCG), or
-    /// `memory` (the VMM's own memory per VM for 1, 4 and 16 VMs).
+    /// `memory` (the VMM's own memory per VM for 1, 4 and 16 VMs),
+    /// `snapshot` (snapshot size and times), or `clones` (copy-on-write
+    /// clones on the bare-metal host: fork time, private memory).
     name: String,
     /// Skip the callgrind instruction counts.
     #[arg(long)]
@@ -107,6 +109,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.name == "memory" {
         return crate::memory_bench::run();
+    }
+    if args.name == "clones" {
+        return crate::clones_bench::run();
     }
     if args.name == "kvm-nested" {
         return crate::kvm_nested_bench::run();

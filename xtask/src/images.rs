@@ -430,18 +430,36 @@ fn linux_cd_with(
 /// finds 2030 and powers off. Built next to `default_iso` from it (its kernel and the
 /// rest of its initramfs), and rebuilt when it or the init is newer.
 pub fn reboot_iso(default_iso: &Path) -> Result<PathBuf> {
+    current_init_iso(default_iso, "reboot", "vmm.reboot_once")
+}
+
+/// The default CD with `vmm_workload=clones` on the kernel command line
+/// and the current init (see [`reboot_iso`]): once in user space it prints
+/// `VMM-CLONE: ready` and waits until CMOS byte 0x61 says it is a clone
+/// (`clones=N` on the bare-metal host forks it at that line), then reads
+/// its index k from CMOS byte 0x60, writes 1 MiB of `clone k` lines to a
+/// file and prints `VMM-CLONE: clone k checksum MD5` before it powers off.
+pub fn clones_iso(default_iso: &Path) -> Result<PathBuf> {
+    current_init_iso(default_iso, "clones", "vmm_workload=clones")
+}
+
+/// `linux-NAME.iso`: the default CD with `append` on its kernel command
+/// line and the init of `xtask/assets/linux-cd` in its initramfs.
+fn current_init_iso(default_iso: &Path, name: &str, append: &str) -> Result<PathBuf> {
     let dir = default_iso
         .parent()
         .ok_or_else(|| Error::msg("the CD image has no directory"))?;
-    let iso = dir.join("linux-reboot.iso");
+    let iso = dir.join(format!("linux-{name}.iso"));
     let assets = system::root().join("xtask/assets/linux-cd");
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let newest = modified(default_iso).max(modified(&assets.join("init")));
+    let newest = modified(default_iso)
+        .max(modified(&assets.join("init")))
+        .max(modified(&assets.join("vmm-clone-id.asm")));
     if modified(&iso).is_some() && modified(&iso) >= newest {
         return Ok(iso);
     }
-    ensure_packages(&["xorriso", "cpio"])?;
-    let work = dir.join("linux-reboot-cd");
+    ensure_packages(&["xorriso", "cpio", "nasm", "binutils"])?;
+    let work = dir.join(format!("linux-{name}-cd.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let root = work.join("initramfs");
     std::fs::create_dir_all(&root).map_err(|e| Error::msg(format!("{}: {e}", root.display())))?;
@@ -463,23 +481,30 @@ pub fn reboot_iso(default_iso: &Path) -> Result<PathBuf> {
             .arg("-c")
             .arg(
                 "set -e; cd \"$1\"; gzip -dc \"$2\" | cpio -idm --quiet; cp \"$3\" init; \
-                 chmod 755 init; find . | cpio -o -H newc --quiet | gzip -9 > \"$4\"",
+                 chmod 755 init; nasm -f elf64 -o ../vmm-clone-id.o \"$5\"; \
+                 ld -static -o bin/vmm-clone-id ../vmm-clone-id.o; \
+                 find . | cpio -o -H newc --quiet | gzip -9 > \"$4\"",
             )
             .arg("sh")
             .arg(&root)
             .arg(&old_initrd)
             .arg(assets.join("init"))
-            .arg(&new_initrd),
-        "repack the initramfs with the current init",
+            .arg(&new_initrd)
+            .arg(assets.join("vmm-clone-id.asm")),
+        "repack the initramfs with the current init and vmm-clone-id",
     )?;
+    // Built beside the final name and renamed: tests running at once never
+    // boot half an image.
+    let tmp = work.join("cd.iso");
     remaster_cd(
         default_iso,
-        &iso,
+        &tmp,
         &work.join("isolinux.cfg"),
-        "vmm.reboot_once",
+        append,
         &[(&new_initrd, "/boot/initrd.gz")],
-        "xorriso (the reboot CD)",
+        "xorriso (a CD with the current init)",
     )?;
+    std::fs::rename(&tmp, &iso).map_err(|e| Error::msg(format!("{}: {e}", iso.display())))?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(iso)
 }

@@ -67,6 +67,16 @@ pub struct RunArgs {
     /// 127.0.0.1:PORT`). Not the host kernel: that is `cargo xtask gdb`.
     #[arg(long, value_name = "PORT", conflicts_with_all = ["bochs", "kvm_nested"])]
     gdb_guest: Option<u16>,
+    /// Boot the default CD (its clones variant, `vmm_workload=clones`) to
+    /// user space once, then fork it into N clones that share its RAM
+    /// copy-on-write; each prints its index and the checksum of a buffer
+    /// it wrote, and powers off (the host's `clones=N`; 1 to 64).
+    #[arg(
+        long,
+        value_parser = clap::value_parser!(u32).range(1..=64),
+        conflicts_with_all = ["guests", "passthrough", "vms", "kvm_nested", "cpus"]
+    )]
+    clones: Option<u32>,
 }
 
 /// When `--screenshot` takes the picture (the host's `screenshot=`).
@@ -435,7 +445,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     let (modules, vms, extra_mib) = if args.guests.is_empty() {
         // The main job: PCs with SeaBIOS booting the CD.
         let images = crate::images::fetch()?;
-        let iso_file = args.iso.clone().unwrap_or(images.linux_iso);
+        let iso_file = match (args.iso.clone(), args.clones) {
+            (Some(iso), _) => iso,
+            (None, Some(_)) => crate::images::clones_iso(&images.linux_iso)?,
+            (None, None) => images.linux_iso,
+        };
         let size = std::fs::metadata(&iso_file)
             .map_err(|e| Error::msg(format!("CD image {}: {e}", iso_file.display())))?
             .len();
@@ -461,8 +475,10 @@ pub fn run(args: RunArgs) -> Result<()> {
                 path: images.seabios.with_file_name("vgabios-stdvga.bin"),
             });
         }
-        // Each VM copies the CD into its own drive.
-        (modules, args.vms, (size >> 20) * u64::from(args.vms + 1))
+        // The VMs read the CD in place; clones need room for the pages they
+        // copy (the 256 MiB of the parent's RAM is counted once).
+        let clone_mib = u64::from(args.clones.unwrap_or(0)) * 16;
+        (modules, args.vms, (size >> 20) + clone_mib)
     } else {
         let available = guests()?;
         let mut chosen = Vec::new();
@@ -483,7 +499,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         (Some(_), ShotWhen::Steady) => "screenshot=steady",
     };
     let cmdline = format!(
-        "guest_mem={} vms={vms} cpus={} {} {} {shot} {} {}",
+        "guest_mem={} vms={vms} cpus={} {} {} {shot} {} {} {}",
         args.memory,
         args.cpus,
         args.paging.cmdline(),
@@ -493,6 +509,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         } else {
             ""
         },
+        args.clones.map_or(String::new(), |n| format!("clones={n}")),
         args.cmdline
     );
     let mem = qemu_memory_mib(host_memory_mib(&args.memory, vms)? + extra_mib);

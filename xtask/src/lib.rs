@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bochs;
 pub mod boot_bench;
+pub mod clones_bench;
 pub mod fuzz;
 pub mod gdb;
 pub mod images;

@@ -181,6 +181,23 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Give the clone `clone` (on vCPU `to`) the state of `parent`, paused
+    /// on this vCPU, whose RAM it shares ([`Pc::fork_from`]).
+    pub fn fork_into(
+        &mut self,
+        parent: &mut Pc,
+        clone: &mut Pc,
+        to: &mut Vcpu,
+    ) -> Result<(), String> {
+        let done = match (&mut *self, to) {
+            (Vcpu::Svm(a), Vcpu::Svm(b)) => clone.fork_from(parent, a.as_mut(), b.as_mut()),
+            (Vcpu::Vmx(a), Vcpu::Vmx(b)) => clone.fork_from(parent, a.as_mut(), b.as_mut()),
+            (Vcpu::Svm(a), Vcpu::Vmx(b)) => clone.fork_from(parent, a.as_mut(), b.as_mut()),
+            (Vcpu::Vmx(a), Vcpu::Svm(b)) => clone.fork_from(parent, a.as_mut(), b.as_mut()),
+        };
+        done.map_err(|e| format!("{e}"))
+    }
+
     /// The shadow pager's counters, if this vCPU uses shadow paging.
     pub fn shadow_stats(&self) -> Option<ShadowStats> {
         match self {

@@ -5,6 +5,7 @@ mod apic;
 mod backend;
 mod boot;
 mod boot_info;
+mod clones;
 mod console;
 mod gdb;
 mod guest;
@@ -180,23 +181,28 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     });
     let mut guests = Vec::new();
     let pc_model = config.cpu_model.unwrap_or(CpuModel::Qemu64);
+    // `clones=`: VM 0's COM1 is watched for the marker that forks it, and
+    // how its PC was built is kept to build the clones the same way.
+    let fork_watch = (config.clones > 0).then(|| console::Watch {
+        marker: config.clone_marker.as_str().into(),
+        seen: Arc::new(core::sync::atomic::AtomicBool::new(false)),
+    });
+    let mut recipe: Option<clones::Recipe> = None;
+    // `clone_report_ms=`: when the clones' private memory is printed.
+    let mut clone_report_at: Option<u64> = None;
     for i in 0..config.vms {
         // `keys=`: what the host types on this PC's keyboard, once its
         // screen shows `keys_after=`.
         let keys = (!config.keys.is_empty() && vga_bios.is_some()).then(InputQueue::new);
         let (name, mut machine): (&str, Machine) = match pc_bios {
-            Some(bios) => match pc::build(
-                host.clone(),
-                i,
-                config.guest_mem,
-                bios,
-                pc::Media {
+            Some(bios) => {
+                let media = pc::Media {
                     cdrom: find("cdrom"),
                     vdisk: find("vdisk").or(find("vdisk_ro")),
                     vdisk_read_only: find("vdisk").is_none(),
                     vga_bios,
-                },
-                pc::Options {
+                };
+                let options = pc::Options {
                     bios_debug: config.bios_debug,
                     cpu_model: pc_model,
                     test_devices: config.test_devices,
@@ -204,36 +210,62 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     virtio_console: config.console == ConsoleChoice::Virtio,
                     cpus: config.cpus as usize,
                     x2apic: config.x2apic,
-                },
-                switch.as_ref().map(VirtualSwitch::port),
-            ) {
-                Ok(pc) => ("pc", Machine::Pc(Box::new(pc))),
-                Err(e) => fail(format_args!("VM {i} (pc): {e}")),
-            },
+                    watch: fork_watch.clone(),
+                };
+                recipe = Some(clones::Recipe {
+                    name: "pc",
+                    firmware: bios,
+                    media,
+                    options: options.clone(),
+                });
+                match pc::build(
+                    host.clone(),
+                    i,
+                    config.guest_mem,
+                    bios,
+                    media,
+                    options,
+                    switch.as_ref().map(VirtualSwitch::port),
+                    None,
+                ) {
+                    Ok(pc) => ("pc", Machine::Pc(Box::new(pc))),
+                    Err(e) => fail(format_args!("VM {i} (pc): {e}")),
+                }
+            }
             None => {
                 let (name, image) = programs[(i as usize).min(programs.len() - 1)];
                 let built = if name.starts_with("pc_") {
                     // A guest program as the firmware of a whole PC
                     // (interrupt controllers, timers, fw_cfg, ...), no CD.
+                    let media = pc::Media {
+                        vga_bios,
+                        ..pc::Media::default()
+                    };
+                    let options = pc::Options {
+                        bios_debug: false,
+                        cpu_model: pc_model,
+                        test_devices: config.test_devices,
+                        input: keys.clone(),
+                        virtio_console: config.console == ConsoleChoice::Virtio,
+                        cpus: config.cpus as usize,
+                        x2apic: config.x2apic,
+                        watch: fork_watch.clone(),
+                    };
+                    recipe = Some(clones::Recipe {
+                        name,
+                        firmware: image,
+                        media,
+                        options: options.clone(),
+                    });
                     pc::build(
                         host.clone(),
                         i,
                         config.guest_mem,
                         image,
-                        pc::Media {
-                            vga_bios,
-                            ..pc::Media::default()
-                        },
-                        pc::Options {
-                            bios_debug: false,
-                            cpu_model: pc_model,
-                            test_devices: config.test_devices,
-                            input: keys.clone(),
-                            virtio_console: config.console == ConsoleChoice::Virtio,
-                            cpus: config.cpus as usize,
-                            x2apic: config.x2apic,
-                        },
+                        media,
+                        options,
                         switch.as_ref().map(VirtualSwitch::port),
+                        None,
                     )
                     .map(|pc| Machine::Pc(Box::new(pc)))
                     .map_err(|e| e.to_string())
@@ -341,7 +373,13 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             shot: Steady::default(),
             next_shot_ns: 0,
             planted: gdb::Planted::default(),
+            forked: None,
         });
+    }
+    if config.clones > 0 && !matches!(guests.first().map(|g| &g.machine), Some(Machine::Pc(_))) {
+        fail(format_args!(
+            "clones= forks a PC: boot the CD (a bios module) or a pc_* program"
+        ));
     }
 
     // gdb=com2: VM 0 waits at its first instruction for gdb on COM2.
@@ -357,12 +395,35 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     // Round-robin time slices of 10 ms (or 10000 exits) until every VM stops.
     // At loglevel=debug a heartbeat shows where each VM is once a second.
     let mut next_heartbeat = time::now_ns() + 1_000_000_000;
-    while guests.iter().any(|g| g.stopped.is_none()) {
-        for (index, g) in guests
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, g)| g.stopped.is_none())
-        {
+    while guests.iter().any(Guest::runs) {
+        if let Some(watch) = &fork_watch {
+            if watch.seen.load(core::sync::atomic::Ordering::Acquire)
+                && guests.first().is_some_and(Guest::runs)
+            {
+                let Some(recipe) = &recipe else {
+                    fail(format_args!("clones: no recipe for the PC"))
+                };
+                let made = clones::fork(
+                    &mut guests,
+                    recipe,
+                    config.clones,
+                    config.guest_mem,
+                    &host,
+                    &backend,
+                    switch.as_ref(),
+                );
+                if let Err(e) = made {
+                    fail(format_args!("clones: {e}"));
+                }
+                clone_report_at = (config.clone_report_ms > 0)
+                    .then(|| time::now_ns() + config.clone_report_ms * 1_000_000);
+            }
+        }
+        if clone_report_at.is_some_and(|at| time::now_ns() >= at) {
+            clone_report_at = None;
+            clones::print_report(&guests, config.clone_report_ms);
+        }
+        for (index, g) in guests.iter_mut().enumerate().filter(|(_, g)| g.runs()) {
             // gdb holds VM 0 while it is stopped.
             let debugged = index == 0 && debugger.is_some();
             if debugged {
@@ -483,7 +544,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         }
         if log::log_enabled!(log::Level::Debug) && time::now_ns() >= next_heartbeat {
             next_heartbeat = time::now_ns() + 1_000_000_000;
-            for g in guests.iter().filter(|g| g.stopped.is_none()) {
+            for g in guests.iter().filter(|g| g.runs()) {
                 let cs = g.vcpus[0].segment(Segment::Cs);
                 log::debug!(
                     "VM {}: cs {:#x} (base {:#x}) rip {:#x}, rflags {:#x}, {}",
@@ -504,6 +565,14 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
 
     let mut all_well = true;
     for g in &guests {
+        if let Some(n) = g.forked {
+            kprintln!(
+                "vm {} ({}): forked into {n} clones",
+                g.machine.vm().id().0,
+                g.name
+            );
+            continue;
+        }
         let reason = g.stopped.as_ref().map_or(String::new(), |r| r.to_string());
         let well = g.stopped == Some(StopReason::PowerOff);
         all_well &= well;
@@ -533,6 +602,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     ),
                 }
             }
+            clones::print_private_memory(pc);
         }
         if let Some(line) = shared_device
             .as_ref()
@@ -708,6 +778,16 @@ struct Guest<'a> {
     next_shot_ns: u64,
     /// What gdb planted (`gdb=com2`, VM 0).
     planted: gdb::Planted,
+    /// `clones=`: this VM was forked into that many clones and runs no
+    /// more.
+    forked: Option<u32>,
+}
+
+impl Guest<'_> {
+    /// Whether it still runs: not stopped, not forked.
+    fn runs(&self) -> bool {
+        self.stopped.is_none() && self.forked.is_none()
+    }
 }
 
 /// What a VM is: a whole PC, or a guest program on a few devices.

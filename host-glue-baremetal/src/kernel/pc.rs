@@ -12,7 +12,7 @@ use vmm_devices::block::{BlockBackend, ImageError, MemoryImage, CD_SECTOR_SIZE, 
 use vmm_devices::input::{InputBackend, InputQueue};
 use vmm_devices::net::NetBackend;
 use vmm_devices::net_switch::SwitchPort;
-use vmm_devices::pc::{DisplayDescription, Pc, PcDescription, PcError, VirtioDevices};
+use vmm_devices::pc::{DisplayDescription, Pc, PcDescription, PcError, PcRam, VirtioDevices};
 use vmm_devices::rtc::BootDevice;
 use vmm_devices::vga::DEFAULT_VRAM_SIZE;
 
@@ -80,11 +80,15 @@ pub struct Options {
     pub cpus: usize,
     /// Offer x2APIC (`x2apic=1`).
     pub x2apic: bool,
+    /// What to watch COM1 for (`clones=`: the line that forks the VM).
+    pub watch: Option<super::console::Watch>,
 }
 
 /// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `media` in its
 /// drives, set up as `options` say, with a virtio-net card on `net` (a
-/// port of the VMs' switch) if given, MAC address [`mac`]`(id)`.
+/// port of the VMs' switch) if given, MAC address [`mac`]`(id)`. With
+/// `shared`, its RAM is that of a forked PC, copy-on-write (a clone).
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     host: Arc<dyn Host>,
     id: u32,
@@ -93,6 +97,7 @@ pub fn build(
     media: Media<'_>,
     options: Options,
     net: Option<SwitchPort>,
+    shared: Option<&PcRam>,
 ) -> Result<Pc, BuildError> {
     let Options {
         bios_debug,
@@ -102,6 +107,7 @@ pub fn build(
         virtio_console,
         cpus,
         x2apic,
+        watch,
     } = options;
     let vdisk = match media.vdisk {
         Some(image) => {
@@ -130,7 +136,7 @@ pub fn build(
         cdrom,
         disk: None,
         boot: vec![BootDevice::Cdrom, BootDevice::HardDisk],
-        com1: Box::new(GuestConsole::new(id)),
+        com1: Box::new(GuestConsole::watching(id, watch)),
         debug_console: bios_debug.then(|| Box::new(GuestConsole::new(id)) as _),
         unix_seconds_at_host_zero: RTC_EPOCH,
         direct_boot: None,
@@ -148,7 +154,11 @@ pub fn build(
             vram_size: DEFAULT_VRAM_SIZE,
         }),
     };
-    Pc::build(host, desc).map_err(BuildError::Machine)
+    match shared {
+        Some(ram) => Pc::build_clone(host, desc, ram),
+        None => Pc::build(host, desc),
+    }
+    .map_err(BuildError::Machine)
 }
 
 /// Print what the PC's display shows, if it has one: each line of a text

@@ -118,6 +118,9 @@ pub enum SnapshotError {
         /// The device's name.
         device: alloc::string::String,
     },
+    /// The VM's RAM is shared copy-on-write with other VMs (a clone):
+    /// snapshot the VM it was forked from.
+    SharedMemory,
     /// The VM has more than one vCPU; a snapshot holds one.
     SeveralVcpus {
         /// The VM's vCPUs.
@@ -221,6 +224,10 @@ impl fmt::Display for SnapshotError {
             Self::Unsaveable { device } => write!(
                 f,
                 "device {device} has state but cannot be saved (pass-through): no snapshot"
+            ),
+            Self::SharedMemory => write!(
+                f,
+                "the VM's RAM is shared copy-on-write with other VMs (a clone): no snapshot"
             ),
             Self::SeveralVcpus { cpus } => write!(
                 f,

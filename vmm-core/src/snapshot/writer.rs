@@ -98,6 +98,9 @@ pub fn write_snapshot<S: SnapshotSink>(
     if let Some(name) = vm.unsaveable_devices().into_iter().next() {
         return Err(SnapshotError::Unsaveable { device: name });
     }
+    if vm.memory().has_shared_blocks() {
+        return Err(SnapshotError::SharedMemory);
+    }
     let header = Header {
         version: FORMAT_VERSION,
         flags: 0,

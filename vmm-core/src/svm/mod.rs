@@ -335,6 +335,17 @@ impl SvmVcpu {
     fn sync_nested_tables(&mut self, vm: &Vm) -> Result<(), ExitError> {
         let current = self.npt.as_ref().map(|t| t.generation());
         if current == Some(vm.memory().generation()) {
+            // Pages copied on write map the VM's own frames now.
+            if let Some(tables) = self.npt.as_mut() {
+                let changed = tables.update_copied(vm.host(), vm.memory()).map_err(|e| {
+                    ExitError::EntryFailed {
+                        detail: format!("{e}"),
+                    }
+                })?;
+                if changed > 0 {
+                    self.vmcb.write_u8(offset::TLB_CONTROL, 3);
+                }
+            }
             return Ok(());
         }
         let tables = NestedTables::<Npt>::build(vm.host(), vm.memory()).map_err(|e| {
@@ -767,6 +778,11 @@ pub fn decode_exit(
     }
     match ExitCode::from_raw(code) {
         ExitCode::Ioio => io_exit(info1, info2),
+        // A write to RAM shared copy-on-write: its first (the exit loop
+        // copies the page, the tables map the copy, the write runs again).
+        ExitCode::Npf if info1 & NPF_WRITE != 0 && memory.is_shared_page(info2) => {
+            Exit::CopyOnWrite { gpa: info2 }
+        }
         ExitCode::Npf if memory.kind_at(info2) == crate::memory::RegionKind::Ram => {
             // The tables say "not RAM" where the map says RAM: they were
             // built before the map last changed (handled by `run`), or

@@ -93,6 +93,13 @@ pub enum Exit {
         /// The instruction after it.
         next_rip: u64,
     },
+    /// A write to a page of RAM shared copy-on-write with other VMs
+    /// (`crate::cow`): the exit loop copies the page and the guest runs
+    /// the write again, on its own copy.
+    CopyOnWrite {
+        /// The guest-physical address written.
+        gpa: u64,
+    },
     /// The guest triple-faulted.
     Shutdown,
     /// The backend's time slice ran out.
@@ -137,6 +144,7 @@ impl Exit {
             Exit::PageFault { .. } => ExitKind::ShadowPageFault,
             Exit::ControlRegister { .. } => ExitKind::ControlRegister,
             Exit::Invlpg { .. } => ExitKind::Invlpg,
+            Exit::CopyOnWrite { .. } => ExitKind::NestedPageFault,
             Exit::Shutdown => ExitKind::Shutdown,
             Exit::Preempted => ExitKind::Preemption,
             Exit::Error(_) => ExitKind::Other,

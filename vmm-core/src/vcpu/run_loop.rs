@@ -623,6 +623,17 @@ pub fn run<B: VcpuBackend>(
             Exit::VirtInstruction => {
                 vcpu.inject(Event::Exception(Exception::InvalidOpcode));
             }
+            Exit::CopyOnWrite { gpa } => match vm.memory_mut().copy_on_write(gpa) {
+                // The backend maps the copy before the guest writes again.
+                Ok(true) => {}
+                // Not a shared page: the tables are wrong; going on would
+                // only fault here again.
+                Ok(false) => vm.stop(StopReason::Backend(alloc::format!(
+                    "nested page fault on RAM at {gpa:#x} that is not shared copy-on-write"
+                ))),
+                // This VM alone stops: the host has no page for its copy.
+                Err(e) => vm.stop(StopReason::Backend(e.to_string())),
+            },
             Exit::Shutdown if vm.triple_fault_resets() => {
                 log::info!("VM {}: triple fault: the machine resets", vm.id().0);
                 vm.request_reset();

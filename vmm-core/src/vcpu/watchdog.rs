@@ -45,6 +45,7 @@ fn watched(exit: &Exit) -> Option<Option<u64>> {
     match exit {
         Exit::Emulate { gpa, .. } => Some(*gpa),
         Exit::PageFault { address, .. } => Some(Some(*address)),
+        Exit::CopyOnWrite { gpa } => Some(Some(*gpa)),
         Exit::PortString(_)
         | Exit::PortIo { .. }
         | Exit::Cpuid { .. }

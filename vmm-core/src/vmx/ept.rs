@@ -15,6 +15,18 @@ impl VmxVcpu {
     pub(super) fn sync_ept(&mut self, vm: &Vm) -> Result<(), ExitError> {
         let current = self.ept.as_ref().map(|t| t.generation());
         if current == Some(vm.memory().generation()) {
+            // Pages copied on write map the VM's own frames now.
+            let changed = match self.ept.as_mut() {
+                Some(tables) => tables.update_copied(vm.host(), vm.memory()).map_err(|e| {
+                    ExitError::EntryFailed {
+                        detail: format!("{e}"),
+                    }
+                })?,
+                None => 0,
+            };
+            if changed > 0 {
+                self.invalidate_ept();
+            }
             return Ok(());
         }
         let tables = NestedTables::<Ept>::build(vm.host(), vm.memory()).map_err(|e| {
@@ -25,6 +37,14 @@ impl VmxVcpu {
         // Write-back structures, 4-level walk.
         let eptp = tables.root().0 | 6 | (3 << 3);
         self.write(fields::EPT_POINTER, eptp);
+        self.ept = Some(tables);
+        self.invalidate_ept();
+        Ok(())
+    }
+
+    /// Drop the TLB's translations through the current EPT tables.
+    fn invalidate_ept(&self) {
+        let eptp = self.read(fields::EPT_POINTER);
         use capabilities::ept_cap;
         let kind = if self.ept_caps & ept_cap::INVEPT_SINGLE != 0 {
             1
@@ -37,8 +57,6 @@ impl VmxVcpu {
         if unsafe { instructions::invept(kind, eptp) }.is_err() {
             log::warn!("INVEPT failed");
         }
-        self.ept = Some(tables);
-        Ok(())
     }
 
     /// Drop the TLB entries tagged with this vCPU's VPID (without VPID,

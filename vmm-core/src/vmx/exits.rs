@@ -167,6 +167,9 @@ impl VmxVcpu {
                             return None;
                         }
                     }
+                } else if q & EPT_WRITE != 0 && vm.memory().is_shared_page(gpa) {
+                    // The first write to RAM shared copy-on-write.
+                    Exit::CopyOnWrite { gpa }
                 } else if vm.memory().kind_at(gpa) == crate::memory::RegionKind::Ram {
                     // The tables say "not RAM" where the map says RAM.
                     Exit::Error(ExitError::Unhandled {

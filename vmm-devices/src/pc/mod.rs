@@ -16,12 +16,14 @@ mod direct_boot;
 mod display;
 mod error;
 mod firmware;
+mod fork;
 #[cfg(test)]
 mod tests;
 
 pub use description::{DirectBoot, DisplayDescription, PcDescription, VirtioDevices};
 pub use error::PcError;
 pub use firmware::{check as check_firmware, MIN_PAM_IMAGE};
+pub use fork::{ForkError, PcRam, CLONE_FLAG_CMOS, CLONE_INDEX_CMOS};
 
 use crate::i8042::I8042;
 use crate::ide::{Drive, IdeSlot, Piix3Ide};
@@ -116,6 +118,16 @@ pub struct Pc {
 impl Pc {
     /// Build the PC `desc` describes, with guest RAM from `host`.
     pub fn build(host: Arc<dyn Host>, desc: PcDescription<'_>) -> Result<Self, PcError> {
+        Self::build_with_ram(host, desc, None)
+    }
+
+    /// [`Pc::build`], with RAM from `shared` (copy-on-write) if given,
+    /// else from `host`.
+    fn build_with_ram(
+        host: Arc<dyn Host>,
+        desc: PcDescription<'_>,
+        shared: Option<&PcRam>,
+    ) -> Result<Self, PcError> {
         if !(1..=MAX_CPUS).contains(&desc.cpus) {
             return Err(PcError::CpuCount {
                 cpus: desc.cpus,
@@ -132,10 +144,15 @@ impl Pc {
         }
         let mut memory = GuestMemory::new();
         let (ram_below_4g, ram_above_4g) = split_ram(desc.ram);
-        let ram_block = add_ram(&mut memory, &*host, 0, ram_below_4g)?;
-        let high_ram_block = match ram_above_4g {
-            0 => None,
-            len => Some(add_ram(&mut memory, &*host, HIGH_RAM_BASE, len)?),
+        let (ram_block, high_ram_block) = match shared {
+            None => (
+                add_ram(&mut memory, &*host, 0, ram_below_4g)?,
+                match ram_above_4g {
+                    0 => None,
+                    len => Some(add_ram(&mut memory, &*host, HIGH_RAM_BASE, len)?),
+                },
+            ),
+            Some(ram) => ram.add_to(&mut memory, &host, ram_below_4g, ram_above_4g)?,
         };
         // Without a display the graphics part of the VGA window is a hole
         // and the text part stays RAM; a display claims the whole window.

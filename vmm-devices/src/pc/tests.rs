@@ -719,3 +719,74 @@ fn a_pc_whose_vcpus_all_sleep_with_no_timer_armed_stops() {
         Some(vmm_core::vm::StopReason::Halted { .. })
     ));
 }
+
+#[test]
+fn clones_share_the_parents_ram_until_they_write_and_each_knows_its_index() {
+    use vmm_core::emulator::{CpuState, RegisterFile};
+    use vmm_core::test_host::ReplayVcpu;
+    let fw = firmware();
+    let host: Arc<dyn Host> = Arc::new(TestHost::new());
+    let mut parent = Pc::build(host.clone(), describe(&fw, 64 << 20)).unwrap();
+    parent
+        .vm_mut()
+        .memory_mut()
+        .write_u64(0x10_0000, 0xfeed)
+        .unwrap();
+    let mut parent_cpu = ReplayVcpu::new(RegisterFile::real_mode(), []);
+    parent_cpu.set_gpr(3, 0x1234);
+    // As after firmware ran: the PAM registers' map (a fresh PC's is the
+    // power-on one, which its registers' values do not rebuild).
+    let saved = parent.save_devices().unwrap();
+    parent.restore_devices(&saved).unwrap();
+    let ram = parent.share_ram().unwrap();
+    assert_eq!(ram.len(), 64 << 20);
+    let mut clones: Vec<(Pc, ReplayVcpu)> = (1..=2u8)
+        .map(|k| {
+            let mut clone = Pc::build_clone(host.clone(), describe(&fw, 64 << 20), &ram).unwrap();
+            let mut cpu = ReplayVcpu::new(RegisterFile::real_mode(), []);
+            clone
+                .fork_from(&mut parent, &mut parent_cpu, &mut cpu)
+                .unwrap();
+            clone.set_clone_index(k);
+            (clone, cpu)
+        })
+        .collect();
+    assert_eq!(ram.sharers(), 3, "the parent and two clones");
+    for (k, (clone, cpu)) in clones.iter_mut().enumerate() {
+        assert_eq!(cpu.gpr(3), 0x1234, "the vCPU's state came along");
+        assert_eq!(clone.vm().memory().read_u64(0x10_0000), Ok(0xfeed));
+        assert_eq!(clone.private_memory().1, 0, "nothing copied before a write");
+        assert_eq!(cmos(clone, CLONE_INDEX_CMOS), k as u8 + 1);
+        assert_eq!(cmos(clone, CLONE_FLAG_CMOS), 1);
+    }
+    assert_eq!(cmos(&mut parent, CLONE_FLAG_CMOS), 0);
+    // A write in clone 1 copies one page, in clone 1 only.
+    let (c1, _) = &mut clones[0];
+    c1.vm_mut()
+        .memory_mut()
+        .write_u64(0x10_0000, 0xbeef)
+        .unwrap();
+    assert_eq!(c1.private_memory().1, 1);
+    assert_eq!(c1.vm().memory().read_u64(0x10_0000), Ok(0xbeef));
+    assert_eq!(clones[1].0.vm().memory().read_u64(0x10_0000), Ok(0xfeed));
+    assert_eq!(parent.vm().memory().read_u64(0x10_0000), Ok(0xfeed));
+    // A clone is not snapshotted (its RAM is not its own).
+    let mut sink = vmm_core::snapshot::VecSink(Vec::new());
+    let (c2, cpu2) = &mut clones[1];
+    assert_eq!(
+        c2.snapshot(cpu2, &mut sink),
+        Err(SnapshotError::SharedMemory)
+    );
+}
+
+#[test]
+fn a_clone_of_another_shape_is_refused() {
+    let fw = firmware();
+    let host: Arc<dyn Host> = Arc::new(TestHost::new());
+    let mut parent = Pc::build(host.clone(), describe(&fw, 64 << 20)).unwrap();
+    let ram = parent.share_ram().unwrap();
+    assert!(matches!(
+        Pc::build_clone(host, describe(&fw, 32 << 20), &ram),
+        Err(PcError::RamSize { .. })
+    ));
+}

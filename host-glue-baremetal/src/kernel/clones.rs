@@ -1,0 +1,147 @@
+//! `clones=N`: fork VM 0 into N clones once its console prints the marker.
+//!
+//! The parent PC's RAM is frozen and shared copy-on-write
+//! ([`Pc::share_ram`]): nested paging maps it read-only in every clone, and
+//! a clone's first write to a page copies it (`vmm_core::cow`). Each clone
+//! is a fresh PC built as the parent was (its own console `[vm k]`, CD
+//! drive, network port and MAC), with the parent's device and vCPU state
+//! ([`Pc::fork_from`]) and its index in CMOS ([`Pc::set_clone_index`]).
+//! The parent stays paused; the clones run like any VM, and one that fails
+//! stops alone.
+
+use super::backend::Backend;
+use super::pc::{self, Media, Options};
+use super::{time, Guest, Machine};
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use vmm_core::host::Host;
+use vmm_core::vcpu::MsrFile;
+use vmm_devices::net_switch::VirtualSwitch;
+use vmm_devices::pc::Pc;
+
+/// How the parent PC was built, to build its clones the same way.
+pub struct Recipe {
+    /// The guest's name (`pc`, or a `pc_*` program's).
+    pub name: &'static str,
+    /// Its firmware.
+    pub firmware: &'static [u8],
+    /// Its media.
+    pub media: Media<'static>,
+    /// Its options (a clone's keyboard is nobody's and its console watched
+    /// for nothing).
+    pub options: Options,
+}
+
+/// Fork `guests[0]` into `count` clones, appended as VMs 1 to `count`.
+pub fn fork(
+    guests: &mut Vec<Guest<'_>>,
+    recipe: &Recipe,
+    count: u32,
+    guest_mem: u64,
+    host: &Arc<dyn Host>,
+    backend: &Backend,
+    switch: Option<&VirtualSwitch>,
+) -> Result<(), String> {
+    let started = time::now_ns();
+    let heap_before = super::heap::usage().used;
+    let (first, _) = guests.split_at_mut(1);
+    let parent = &mut first[0];
+    let Machine::Pc(parent_pc) = &mut parent.machine else {
+        return Err(String::from("VM 0 is not a PC"));
+    };
+    let exits = parent_pc.vm().stats().total();
+    let ram = parent_pc.share_ram().map_err(|e| format!("{e}"))?;
+    let mut made: Vec<Guest<'_>> = Vec::new();
+    for k in 1..=count {
+        let options = Options {
+            input: None,
+            watch: None,
+            ..recipe.options.clone()
+        };
+        let mut clone = pc::build(
+            host.clone(),
+            k,
+            guest_mem,
+            recipe.firmware,
+            recipe.media,
+            options,
+            switch.map(VirtualSwitch::port),
+            Some(&ram),
+        )
+        .map_err(|e| format!("VM {k}: {e}"))?;
+        let mut vcpu = backend
+            .vcpu(clone.vm(), k + 1)
+            .map_err(|e| format!("VM {k}: vCPU: {e}"))?;
+        parent.vcpus[0].fork_into(parent_pc, &mut clone, &mut vcpu)?;
+        clone.set_clone_index(k as u8);
+        made.push(Guest {
+            name: recipe.name,
+            machine: Machine::Pc(Box::new(clone)),
+            vcpus: alloc::vec![vcpu],
+            msrs: MsrFile::with_wall_clock(pc::RTC_EPOCH as u64),
+            stopped: None,
+            next_roundtrip: 0,
+            roundtrips: 0,
+            keys: None,
+            screen: Vec::new(),
+            next_screen_ns: 0,
+            shot: super::Steady::default(),
+            next_shot_ns: 0,
+            planted: super::gdb::Planted::default(),
+            forked: None,
+        });
+    }
+    parent.forked = Some(count);
+    let took = time::now_ns() - started;
+    let grew = super::heap::usage().used.saturating_sub(heap_before);
+    crate::kprintln!(
+        "vmm: VM 0 forked after {exits} exits into {count} clones in {} us ({} us per clone); {} MiB of RAM shared copy-on-write; host heap grew by {} KiB ({} KiB per clone)",
+        took / 1000,
+        took / 1000 / u64::from(count.max(1)),
+        ram.len() >> 20,
+        grew / 1024,
+        grew / 1024 / u64::from(count.max(1))
+    );
+    guests.extend(made);
+    Ok(())
+}
+
+/// For a PC whose RAM is shared copy-on-write: the pages it copied and the
+/// host memory it holds of its own for them.
+pub fn print_private_memory(pc: &Pc) {
+    if !pc.vm().memory().has_shared_blocks() {
+        return;
+    }
+    let (bytes, pages) = pc.private_memory();
+    crate::kprintln!(
+        "vm {}: copy-on-write: {pages} pages copied, {} KiB private",
+        pc.vm().id().0,
+        bytes / 1024
+    );
+}
+
+/// `clone_report_ms=`: the clones' private memory `ms` after the fork, as
+/// one line: least, mean and most per clone, and the pages copied in all.
+pub fn print_report(guests: &[Guest<'_>], ms: u64) {
+    let figures: Vec<(u64, u64)> = guests
+        .iter()
+        .skip(1)
+        .filter_map(|g| match &g.machine {
+            Machine::Pc(pc) => Some(pc.private_memory()),
+            Machine::Program { .. } => None,
+        })
+        .collect();
+    let n = figures.len().max(1) as u64;
+    let bytes = figures.iter().map(|f| f.0);
+    crate::kprintln!(
+        "vmm: {ms} ms after the fork, private memory per clone ({} clones): min {} KiB, mean {} KiB, max {} KiB; {} pages copied in all",
+        figures.len(),
+        bytes.clone().min().unwrap_or(0) / 1024,
+        bytes.clone().sum::<u64>() / n / 1024,
+        bytes.max().unwrap_or(0) / 1024,
+        figures.iter().map(|f| f.1).sum::<u64>()
+    );
+}

@@ -144,3 +144,35 @@ fn ipis_of_every_kind_arrive_once_where_sent_under_svm() {
 fn slow_ipis_of_every_kind_arrive_once_where_sent_under_vmx() {
     ipis(Cpu::Vmx);
 }
+
+fn lockstep(cpu: Cpu) {
+    let (outcome, console) = boot(cpu, "pc_smp_lockstep", 2);
+    // 200 rounds each of two CPUs: every step saw the other's write of
+    // the step before and the counter where it left it; nothing was lost
+    // of 2 x 100,000 locked additions.
+    check(
+        outcome,
+        &console,
+        "pc_smp_lockstep",
+        2,
+        &[
+            "[vm 0] smp lockstep: xadd turn 400, mismatches 0 0",
+            "[vm 0] smp lockstep: cmpxchg token 400",
+            "[vm 0] smp lockstep: sum 200000",
+            "[vm 0] smp lockstep: done",
+        ],
+    );
+    assert!(!console.contains("did not finish"), "{console}");
+}
+
+#[test]
+#[ignore = "boots the bare-metal host in QEMU: run through cargo xtask test"]
+fn two_vcpus_in_lock_step_see_each_others_writes_under_svm() {
+    lockstep(Cpu::Svm);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host in Bochs: run through cargo xtask test --slow"]
+fn slow_two_vcpus_in_lock_step_see_each_others_writes_under_vmx() {
+    lockstep(Cpu::Vmx);
+}

@@ -221,9 +221,6 @@ pub enum CmdlineError<'a> {
         /// What was expected.
         expected: &'static str,
     },
-    /// Shadow paging with several vCPUs: each vCPU's shadow tables would
-    /// miss the page-table writes its siblings make, so it is refused.
-    ShadowWithSeveralCpus,
 }
 
 impl fmt::Display for CmdlineError<'_> {
@@ -239,10 +236,6 @@ impl fmt::Display for CmdlineError<'_> {
                 value,
                 expected,
             } => write!(f, "{key}={value}: expected {expected}"),
-            CmdlineError::ShadowWithSeveralCpus => write!(
-                f,
-                "paging=shadow runs one vCPU per VM so far: use cpus=1 or nested paging"
-            ),
         }
     }
 }
@@ -388,9 +381,6 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
-    if config.paging == PagingChoice::Shadow && config.cpus > 1 {
-        return Err(CmdlineError::ShadowWithSeveralCpus);
-    }
     Ok(config)
 }
 
@@ -441,10 +431,9 @@ mod tests {
         );
         assert!(parse("vms=0").is_err());
         assert_eq!(parse("cpus=4").unwrap().cpus, 4);
-        assert_eq!(
-            parse("cpus=2 paging=shadow").unwrap_err(),
-            CmdlineError::ShadowWithSeveralCpus
-        );
+        // Shadow paging with several vCPUs: one pager per VM.
+        let both = parse("cpus=2 paging=shadow").unwrap();
+        assert_eq!((both.cpus, both.paging), (2, PagingChoice::Shadow));
         for bad in ["cpus=0", "cpus=17", "cpus=x"] {
             assert!(
                 matches!(parse(bad), Err(CmdlineError::BadValue { key: "cpus", .. })),

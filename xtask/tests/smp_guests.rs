@@ -7,8 +7,9 @@
 //! - `pc_smp_lockstep` (2 vCPUs): the two CPUs take turns on shared memory
 //!   (LOCK XADD, CMPXCHG), each waiting for the other's write.
 //!
-//! Under QEMU TCG (SVM + nested paging) in the default set, and under
-//! Bochs (VMX + EPT) as `slow_*_under_vmx`. A well-behaved VM (`hello`)
+//! Under QEMU TCG (SVM with nested paging, and with shadow paging: one
+//! pager for the VM's vCPUs) in the default set, and under Bochs (VMX +
+//! EPT) as `slow_*_under_vmx`. A well-behaved VM (`hello`)
 //! runs beside each.
 //!
 //! `cargo xtask test` builds the kernel and the guests and sets
@@ -24,6 +25,8 @@ use xtask::system::env_path;
 enum Cpu {
     /// QEMU TCG with SVM and nested paging.
     Svm,
+    /// QEMU TCG with SVM and shadow paging (one pager for the VM's vCPUs).
+    SvmShadow,
     /// Bochs with VMX and EPT.
     Vmx,
 }
@@ -34,12 +37,13 @@ fn boot(cpu: Cpu, program: &str, cpus: u32) -> (Outcome, String) {
     let guests = named_guests(&env_path("VMM_TEST_GUESTS"), &[program, "hello"]);
     let which = match cpu {
         Cpu::Svm => "svm",
+        Cpu::SvmShadow => "svm paging=shadow",
         Cpu::Vmx => "vmx",
     };
     let cmdline = format!("cpu={which} guest_mem=16M vms=2 cpus={cpus}");
     let start = Instant::now();
     let (outcome, console) = match cpu {
-        Cpu::Svm => {
+        Cpu::Svm | Cpu::SvmShadow => {
             boot_and_capture(&kernel, &cmdline, &guests, 384, Duration::from_secs(300)).unwrap()
         }
         Cpu::Vmx => {
@@ -140,6 +144,12 @@ fn ipis_of_every_kind_arrive_once_where_sent_under_svm() {
 }
 
 #[test]
+#[ignore = "boots the bare-metal host in QEMU: run through cargo xtask test"]
+fn ipis_of_every_kind_arrive_once_where_sent_under_shadow_paging() {
+    ipis(Cpu::SvmShadow);
+}
+
+#[test]
 #[ignore = "boots the bare-metal host in Bochs: run through cargo xtask test --slow"]
 fn slow_ipis_of_every_kind_arrive_once_where_sent_under_vmx() {
     ipis(Cpu::Vmx);
@@ -169,6 +179,12 @@ fn lockstep(cpu: Cpu) {
 #[ignore = "boots the bare-metal host in QEMU: run through cargo xtask test"]
 fn two_vcpus_in_lock_step_see_each_others_writes_under_svm() {
     lockstep(Cpu::Svm);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host in QEMU: run through cargo xtask test"]
+fn two_vcpus_in_lock_step_see_each_others_writes_under_shadow_paging() {
+    lockstep(Cpu::SvmShadow);
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! Invariants: no panic; every derived control word keeps the bits the CPU
 //! says must be one and sets nothing the CPU says may not be one; the
 //! controls this backend cannot work without are present; CR0/CR4 values
-//! applied through the fixed bits honour FIXED0 and FIXED1.
+//! applied through the fixed bits honour FIXED0 and FIXED1; the
+//! preemption timer's rate is IA32_VMX_MISC's when its control is on.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -23,6 +24,7 @@ struct Input {
     cr0_fixed1: u64,
     cr4_fixed0: u64,
     cr4_fixed1: u64,
+    misc: u64,
     guest_cr0: u64,
     guest_cr4: u64,
 }
@@ -46,6 +48,7 @@ fuzz_target!(|i: Input| {
         cr0_fixed1: i.cr0_fixed1,
         cr4_fixed0: i.cr4_fixed0,
         cr4_fixed1: i.cr4_fixed1,
+        misc: i.misc,
     };
     if let Ok(c) = Controls::derive(&caps) {
         assert!(within(c.pin, caps.pin), "{c:x?} {caps:x?}");
@@ -61,6 +64,12 @@ fuzz_target!(|i: Input| {
         assert_ne!(c.proc & proc::USE_IO_BITMAPS, 0);
         assert_ne!(c.proc2 & proc2::ENABLE_EPT, 0);
         assert_ne!(c.proc2 & proc2::UNRESTRICTED_GUEST, 0);
+        // The preemption timer: on exactly when the pin control is, at the
+        // rate IA32_VMX_MISC[4:0] gives.
+        assert_eq!(
+            c.preemption_timer_shift,
+            (c.pin & pin::PREEMPTION_TIMER != 0).then_some((i.misc & 0x1f) as u8)
+        );
     }
     for (fixed, guest) in [
         (caps.guest_cr0(), i.guest_cr0),

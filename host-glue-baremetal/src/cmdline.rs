@@ -319,9 +319,6 @@ pub enum CmdlineError<'a> {
         /// What was expected.
         expected: &'static str,
     },
-    /// Shadow paging with several vCPUs: each vCPU's shadow tables would
-    /// miss the page-table writes its siblings make, so it is refused.
-    ShadowWithSeveralCpus,
     /// `shm=` names a VM beyond `vms=`.
     ShmPeerMissing {
         /// The VM named.
@@ -350,10 +347,6 @@ impl fmt::Display for CmdlineError<'_> {
             CmdlineError::ShmPeerMissing { vm, vms } => write!(
                 f,
                 "shm= gives VM {vm} the region, but there are only {vms} VMs (vms={vms})"
-            ),
-            CmdlineError::ShadowWithSeveralCpus => write!(
-                f,
-                "paging=shadow runs one vCPU per VM so far: use cpus=1 or nested paging"
             ),
             CmdlineError::ClonesNeedOneNestedVm => write!(
                 f,
@@ -560,9 +553,6 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
             vms: config.vms,
         });
     }
-    if config.paging == PagingChoice::Shadow && config.cpus > 1 {
-        return Err(CmdlineError::ShadowWithSeveralCpus);
-    }
     if config.clones > 0
         && (config.vms != 1 || config.cpus != 1 || config.paging == PagingChoice::Shadow)
     {
@@ -678,10 +668,9 @@ mod tests {
             );
         }
         assert_eq!(parse("cpus=4").unwrap().cpus, 4);
-        assert_eq!(
-            parse("cpus=2 paging=shadow").unwrap_err(),
-            CmdlineError::ShadowWithSeveralCpus
-        );
+        // Shadow paging with several vCPUs: one pager per VM.
+        let both = parse("cpus=2 paging=shadow").unwrap();
+        assert_eq!((both.cpus, both.paging), (2, PagingChoice::Shadow));
         for bad in ["cpus=0", "cpus=17", "cpus=x"] {
             assert!(
                 matches!(parse(bad), Err(CmdlineError::BadValue { key: "cpus", .. })),

@@ -582,7 +582,7 @@ fn answer<B: ArchState>(
             "vmm_version": env!("CARGO_PKG_VERSION"),
             "memory_mib": live.config.memory >> 20,
             "cpu_model": live.config.cpu_model.name(),
-            "vcpus": 1,
+            "vcpus": pc.cpus(),
             "uptime_s": live.started.elapsed().as_secs_f64(),
             "exits_total": pc.vm().stats().total(),
         })),
@@ -648,6 +648,11 @@ mod tests {
     /// A 16 MiB PC on the Linux host (no KVM needed: it never runs),
     /// with a firmware of HLTs and a far jump at the reset vector.
     fn idle_pc(dir: &std::path::Path) -> (Pc, MachineConfig) {
+        idle_pc_with(dir, 1)
+    }
+
+    /// [`idle_pc`] with `cpus` vCPUs.
+    fn idle_pc_with(dir: &std::path::Path, cpus: usize) -> (Pc, MachineConfig) {
         let mut image = vec![0xf4u8; 64 << 10];
         let reset = image.len() - 16;
         image[reset..reset + 5].copy_from_slice(&[0xea, 0x00, 0x00, 0x00, 0xf0]);
@@ -656,10 +661,33 @@ mod tests {
         let mut config = MachineConfig::new();
         config.bios = bios;
         config.memory = 16 << 20;
+        config.cpus = cpus;
         let host = Arc::new(LinuxHost::new());
         let com1 = Box::new(vmm_devices::uart::BufferBackend::new());
         let (pc, _) = pc::build(host, &config, com1, None, None).unwrap();
         (pc, config)
+    }
+
+    #[test]
+    fn vm_info_reports_the_pcs_vcpu_count() {
+        let dir = std::env::temp_dir().join(format!("vmm-runner-info-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut pc, config) = idle_pc_with(&dir, 4);
+        let live = Live {
+            config: &config,
+            started: Instant::now(),
+            posted_writes: 0,
+            assists: 0,
+            state_roundtrips: 0,
+        };
+        let mut vcpu = vmm_core::test_host::ReplayVcpu::new(
+            vmm_core::emulator::RegisterFile::real_mode(),
+            Vec::new(),
+        );
+        let info = answer(Command::Info, &mut pc, &mut vcpu, &mut false, &live);
+        assert_eq!(info.status, 200);
+        assert_eq!(info.body["vcpus"], 4);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -685,6 +713,7 @@ mod tests {
         assert_eq!(info.body["state"], "running");
         assert_eq!(info.body["memory_mib"], 16);
         assert_eq!(info.body["cpu_model"], "qemu64");
+        assert_eq!(info.body["vcpus"], 1);
         // Pause, twice: the second is a conflict and changes nothing.
         assert_eq!(
             ask(Command::Pause, &mut pc, &mut paused).body["state"],

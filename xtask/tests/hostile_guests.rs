@@ -29,13 +29,18 @@ enum Cpu {
 
 /// Boot `names` (one VM each) and return the console; print how long it took.
 fn boot(cpu: Cpu, names: &[&str]) -> (Outcome, String) {
+    boot_with_cpus(cpu, names, 1)
+}
+
+/// [`boot`] with `cpus` vCPUs in each PC (`pc_*` program).
+fn boot_with_cpus(cpu: Cpu, names: &[&str], cpus: u32) -> (Outcome, String) {
     let kernel = env_path("VMM_TEST_KERNEL");
     let guests = named_guests(&env_path("VMM_TEST_GUESTS"), names);
     let which = match cpu {
         Cpu::Svm => "svm",
         Cpu::Vmx => "vmx",
     };
-    let cmdline = format!("cpu={which} guest_mem=16M vms={}", names.len());
+    let cmdline = format!("cpu={which} guest_mem=16M vms={} cpus={cpus}", names.len());
     let start = Instant::now();
     let (outcome, console) = match cpu {
         Cpu::Svm => {
@@ -249,6 +254,65 @@ fn pit_storm(cpu: Cpu) {
     assert_eq!(outcome, Outcome::Success, "{console}");
 }
 
+/// The number after `label` on the line of `console` that has it.
+fn number_after(console: &str, label: &str) -> u64 {
+    console
+        .lines()
+        .find_map(|l| l.split(label).nth(1))
+        .and_then(|rest| rest.split([' ', ',']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no '{label}' in:\n{console}"))
+}
+
+fn smp_storm(cpu: Cpu) {
+    let (outcome, alone) = boot(cpu, &["tsc_quiet"]);
+    assert_eq!(outcome, Outcome::Success, "{alone}");
+    let alone = quiet_rounds(&alone);
+    // A PC with 5 vCPUs: one sends INITs to a sibling without end, one
+    // NMIs to all the others, one spins with interrupts closed.
+    let (outcome, console) = boot_with_cpus(cpu, &["pc_smp_storm", "tsc_quiet"], 5);
+    let next_to_storm = quiet_rounds(&console);
+    println!(
+        "tsc_quiet: {alone} rounds/s alone, {next_to_storm} next to the SMP storm ({:.0}%)",
+        next_to_storm as f64 * 100.0 / alone as f64
+    );
+    assert!(
+        console.contains("[vm 0] smp storm: 5 of 5 cpus started"),
+        "{console}"
+    );
+    // The storms ran, and the bootstrap processor still got on, taking
+    // the NMIs aimed at it.
+    for label in [
+        "smp storm: bsp ",
+        "nmis taken ",
+        "inits sent ",
+        "nmis sent ",
+        "spins ",
+    ] {
+        assert!(number_after(&console, label) > 0, "{label}: {console}");
+    }
+    // The VM next to it keeps a share of the one CPU, and both VMs end.
+    // Two VMs get half each in turns; measured 56% and 64% on a loaded
+    // machine. A vCPU spinning with interrupts closed has been seen to
+    // overrun its turns under QEMU's TCG (a 1-vCPU VM doing so left the
+    // other 25%, one with interrupts open 60%), so the bound is low.
+    assert!(next_to_storm * 100 >= alone * 20, "{console}");
+    // The host's log is not the guest's to fill: INITs of application
+    // processors are not logged at the default level.
+    assert!(console.matches(": INIT").count() <= 5, "{console}");
+    assert!(
+        console.contains("vm 0 (pc_smp_storm): guest powered off"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 1 (tsc_quiet): guest powered off"),
+        "{console}"
+    );
+    assert!(!console.contains("host panic"), "{console}");
+    assert!(!console.contains("unexpected exception"), "{console}");
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}
+
 #[test]
 #[ignore = "boots the bare-metal host under QEMU: run through cargo xtask test"]
 fn ioapic_delivery_modes_and_illegal_vectors_get_what_hardware_gives() {
@@ -307,4 +371,16 @@ fn a_pit_storm_leaves_the_vm_next_to_it_its_share_of_the_cpu() {
 #[ignore = "boots the bare-metal host under Bochs: run through cargo xtask test --slow"]
 fn slow_a_pit_storm_leaves_the_vm_next_to_it_its_share_of_the_cpu_under_vmx() {
     pit_storm(Cpu::Vmx);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host in QEMU: run through cargo xtask test"]
+fn init_and_nmi_storms_between_vcpus_leave_the_other_vm_its_share() {
+    smp_storm(Cpu::Svm);
+}
+
+#[test]
+#[ignore = "boots the bare-metal host in Bochs: run through cargo xtask test --slow"]
+fn slow_init_and_nmi_storms_between_vcpus_leave_the_other_vm_its_share_under_vmx() {
+    smp_storm(Cpu::Vmx);
 }

@@ -61,3 +61,13 @@ fn linux_boots_on_four_vcpus_and_counts_four_cpus() {
     let (outcome, console) = boot("guest_mem=256M vms=1 cpus=4");
     assert_four_cpus(outcome, &console);
 }
+
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
+fn linux_boots_on_four_vcpus_with_shadow_paging_and_counts_four_cpus() {
+    // One shadow pager for the VM's four vCPUs: a page-table write by any
+    // of them reaches the trees of all.
+    let (outcome, console) = boot("guest_mem=256M vms=1 cpus=4 paging=shadow");
+    assert_four_cpus(outcome, &console);
+    assert!(console.contains("shadow paging:"), "{console}");
+}

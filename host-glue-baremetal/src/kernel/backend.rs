@@ -94,6 +94,23 @@ impl Backend {
         }
     }
 
+    /// Another vCPU for `vm` with shadow paging, on the same shadow pager as
+    /// its sibling `bsp` (one pager per VM: a page-table write by any vCPU
+    /// reaches every vCPU's trees).
+    pub fn shadow_vcpu_sharing(&self, vm: &Vm, id: u32, bsp: &Vcpu) -> Result<Vcpu, String> {
+        let pager = match bsp {
+            Vcpu::Svm(v) => v.shadow_pager(),
+            Vcpu::Vmx(_) => None,
+        }
+        .ok_or_else(|| String::from("the first vCPU does not run with shadow paging"))?;
+        match self {
+            Backend::Svm(svm) => SvmVcpu::new_shadow_sharing(svm, vm, id, pager.share())
+                .map(|v| Vcpu::Svm(Box::new(v)))
+                .map_err(|e| format!("{e}")),
+            Backend::Vmx(_) => Err(String::from("shadow paging is not implemented on VMX yet")),
+        }
+    }
+
     /// "SVM" or "VMX".
     pub fn name(&self) -> &'static str {
         match self {

@@ -335,9 +335,11 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         let mut vcpus: Vec<backend::Vcpu> = Vec::with_capacity(count);
         for j in 0..count {
             let id = i * config.cpus + j as u32 + 1;
-            let mut vcpu = match match config.paging {
-                PagingChoice::Nested => backend.vcpu(vm, id),
-                PagingChoice::Shadow => backend.shadow_vcpu(vm, id),
+            let mut vcpu = match match (config.paging, vcpus.first()) {
+                (PagingChoice::Nested, _) => backend.vcpu(vm, id),
+                (PagingChoice::Shadow, None) => backend.shadow_vcpu(vm, id),
+                // One shadow pager per VM, shared by its vCPUs.
+                (PagingChoice::Shadow, Some(bsp)) => backend.shadow_vcpu_sharing(vm, id, bsp),
             } {
                 Ok(v) => v,
                 Err(e) => fail(format_args!("VM {i}: vCPU {j}: {e}")),
@@ -515,6 +517,10 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 let id = g.machine.vm().id().0 + 1;
                 let fresh = match config.paging {
                     PagingChoice::Nested => backend.vcpu(g.machine.vm(), id),
+                    // Siblings keep their pager: the fresh vCPU joins it.
+                    PagingChoice::Shadow if g.vcpus.len() > 1 => {
+                        backend.shadow_vcpu_sharing(g.machine.vm(), id, &g.vcpus[0])
+                    }
                     PagingChoice::Shadow => backend.shadow_vcpu(g.machine.vm(), id),
                 };
                 let pc = match &mut g.machine {
@@ -578,10 +584,9 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         all_well &= well;
         kprintln!("vm {} ({}): {}", g.machine.vm().id().0, g.name, reason);
         kprint!("{}", g.machine.vm().stats());
-        for vcpu in &g.vcpus {
-            if let Some(shadow) = vcpu.shadow_stats() {
-                kprintln!("{shadow}");
-            }
+        // One shadow pager per VM: its counters once.
+        if let Some(shadow) = g.vcpus.first().and_then(|v| v.shadow_stats()) {
+            kprintln!("{shadow}");
         }
         if config.state_roundtrip > 0 {
             kprintln!(

@@ -188,7 +188,7 @@ impl ShadowPager {
             });
             let _ = slot;
         }
-        self.tlb_flush = true;
+        self.mark_tlb_flush();
     }
 
     /// Remove every shadow mapping in the range `leaf` names, if its root
@@ -215,7 +215,7 @@ impl ShadowPager {
                     if self.pool.entry(table, i) & PTE_P != 0 {
                         self.pool.set_entry(table, i, 0);
                         self.stats.invalidations += 1;
-                        self.tlb_flush = true;
+                        self.mark_tlb_flush();
                     }
                     if let Some(child) = self.pool.child(table, i) {
                         self.pool.clear_child(table, i);

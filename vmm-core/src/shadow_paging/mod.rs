@@ -48,7 +48,8 @@
 //! paging, and guest page-table writes made by DMA rather than by the CPU.
 //!
 //! Modules: `root_key` (which address space a tree serves), `roots` (the
-//! cache of trees and its budget), `tree` (tables inside one tree),
+//! cache of trees and its budget), `seats` (one pager shared by the vCPUs
+//! of a VM, [`SharedPager`]), `tree` (tables inside one tree),
 //! `fault` (resolving a #PF), `prefetch` (mapping a fill's neighbours),
 //! `guest_tables` (the guest's tables as walks see them), `dependencies`
 //! and `coherence` (what a fill depended on, and dropping it when the
@@ -66,6 +67,7 @@ mod prefetch;
 mod recording_bus;
 mod root_key;
 mod roots;
+mod seats;
 mod stats;
 mod table_pool;
 #[cfg(test)]
@@ -78,6 +80,7 @@ pub use fault::{FaultOutcome, GuestFault};
 pub use instruction::{decode_intercepted, InterceptError, Intercepted, InterceptedInstruction};
 pub use recording_bus::RecordingBus;
 pub use root_key::{RootKey, ShadowFormat};
+pub use seats::SharedPager;
 pub use stats::ShadowStats;
 
 use crate::host::HostPhysAddr;
@@ -97,7 +100,8 @@ const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// How the pager is sized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShadowConfig {
-    /// The most 4 KiB host pages the shadow tables of one vCPU may use.
+    /// The most 4 KiB host pages the shadow tables of one pager (one VM)
+    /// may use.
     pub budget_pages: usize,
 }
 
@@ -127,18 +131,29 @@ struct Root {
 /// The smallest length at which a root's bookkeeping lists are compacted.
 const COMPACT_AT: usize = 1024;
 
-/// The shadow page tables of one vCPU: a cache of roots keyed by guest
+/// The shadow page tables of one VM: a cache of roots keyed by guest
 /// address space, filled on demand, kept coherent by write-protecting the
-/// guest's tables, within a page budget.
+/// guest's tables, within a page budget. A VM with several vCPUs shares one
+/// through [`SharedPager`] handles; alone it serves one vCPU.
 pub struct ShadowPager {
     pool: TablePool,
     roots: Vec<Option<Root>>,
+    /// The root the vCPU in the seat now runs on.
     current: Option<usize>,
     next_serial: u32,
     clock: u64,
     coherence: Coherence,
     generation: Option<u64>,
-    tlb_flush: bool,
+    /// Moves whenever shadow entries were removed or downgraded, or a tree
+    /// switched: every vCPU that has not entered since flushes its TLB.
+    tlb_epoch: u64,
+    /// The epoch the vCPU in the seat last entered with.
+    seen_epoch: u64,
+    /// The seat (vCPU sharing this pager, see [`SharedPager`]) whose
+    /// `current` and `seen_epoch` are in the fields above.
+    seat: usize,
+    /// The other seats' `current` and `seen_epoch`, by seat.
+    seats: Vec<seats::Seat>,
     max_phys_bits: u8,
     stats: ShadowStats,
     /// The page of all-ones open bus maps to, and its host-physical
@@ -157,7 +172,10 @@ impl ShadowPager {
             clock: 0,
             coherence: Coherence::default(),
             generation: None,
-            tlb_flush: false,
+            tlb_epoch: 0,
+            seen_epoch: 0,
+            seat: 0,
+            seats: Vec::new(),
             max_phys_bits: 46,
             stats: ShadowStats::default(),
             open_bus: None,
@@ -186,14 +204,21 @@ impl ShadowPager {
     /// Whether the hardware TLB must be flushed before the next entry
     /// (entries were removed or downgraded since the last call).
     pub fn take_tlb_flush(&mut self) -> bool {
-        core::mem::take(&mut self.tlb_flush)
+        let flush = self.seen_epoch != self.tlb_epoch;
+        self.seen_epoch = self.tlb_epoch;
+        flush
     }
 
     /// Ask for a hardware TLB flush before the next entry (a guest TLB
     /// flush that needs nothing from the shadow trees, such as a CR4.PGE
     /// toggle).
     pub fn request_tlb_flush(&mut self) {
-        self.tlb_flush = true;
+        self.mark_tlb_flush();
+    }
+
+    /// Every vCPU of this pager flushes its TLB before its next entry.
+    pub(crate) fn mark_tlb_flush(&mut self) {
+        self.tlb_epoch = self.tlb_epoch.wrapping_add(1);
     }
 
     /// The current root's host-physical address and format, if a root is

@@ -74,7 +74,7 @@ impl ShadowPager {
         };
         if self.current != Some(slot) {
             // A different tree: nothing of the old one may stay in the TLB.
-            self.tlb_flush = true;
+            self.mark_tlb_flush();
         }
         self.current = Some(slot);
         let clock = self.clock;
@@ -113,6 +113,9 @@ impl ShadowPager {
                 Err(PoolError::Host(e)) => return Err(ShadowError::Host(e)),
                 Err(PoolError::NoHostPhys) => return Err(ShadowError::NoHostPhys),
                 Err(PoolError::Exhausted) => {
+                    // Least recently used first, but a tree another vCPU
+                    // sharing this pager runs on only when nothing else is
+                    // left (it then finds its tree gone and starts anew).
                     let victim = self
                         .roots
                         .iter()
@@ -120,7 +123,12 @@ impl ShadowPager {
                         .filter(|(i, r)| {
                             r.is_some() && Some(*i) != keep && Some(*i) != self.current
                         })
-                        .min_by_key(|(_, r)| r.as_ref().map_or(0, |r| r.last_used))
+                        .min_by_key(|(i, r)| {
+                            (
+                                self.seated_elsewhere(*i),
+                                r.as_ref().map_or(0, |r| r.last_used),
+                            )
+                        })
                         .map(|(i, _)| i);
                     match victim {
                         Some(v) => {
@@ -149,6 +157,7 @@ impl ShadowPager {
         if self.current == Some(slot) {
             self.current = None;
         }
+        self.unseat(slot);
     }
 
     /// Empty root `slot`'s tree, keeping its top table (still loaded in the
@@ -167,7 +176,7 @@ impl ShadowPager {
             }
         }
         self.pool.clear(top);
-        self.tlb_flush = true;
+        self.mark_tlb_flush();
     }
 
     /// Throw every tree away (the current one is emptied but stays loaded):
@@ -183,7 +192,7 @@ impl ShadowPager {
         }
         self.coherence.clear();
         self.stats.full_flushes += 1;
-        self.tlb_flush = true;
+        self.mark_tlb_flush();
     }
 
     /// Follow the memory map: a new generation flushes every tree.

@@ -1300,3 +1300,114 @@ fn a_cr3_outside_ram_stops_with_the_unreadable_entry_and_maps_nothing() {
         Some(host_of(&vm, 0xa_0000) | P | A)
     );
 }
+
+/// vCPU 0 on a second address space (PML4 at 0xa000) whose linear page 4
+/// maps the first address space's PT (0x4000) writable and dirty; vCPU 1
+/// on the first (PML4 at 0x1000), whose linear page 0x10 maps 0x8_0000.
+fn two_address_spaces(vm: &mut Vm) -> (ControlRegisters, ControlRegisters) {
+    let first = level4_tables(vm);
+    pte(vm, 0x10, 0x8_0000 | P | RW | A | D);
+    put64(vm, 0xa000, 0xb000 | P | RW | US);
+    put64(vm, 0xb000, 0xc000 | P | RW | US);
+    put64(vm, 0xc000, 0xd000 | P | RW | US);
+    put64(vm, 0xd000 + 4 * 8, PT | P | RW | A | D);
+    (long_control(0xa000), first)
+}
+
+#[test]
+fn a_page_table_write_by_one_vcpu_drops_what_a_sibling_filled_from_it() {
+    let (host, mut vm) = vm();
+    let (c0, c1) = two_address_spaces(&mut vm);
+    let vcpu0 = SharedPager::new(ShadowConfig::default());
+    let vcpu1 = vcpu0.share();
+    assert_eq!((vcpu0.seat(), vcpu1.seat()), (0, 1));
+    vcpu0.lock().activate(&*host, &c0).unwrap();
+    vcpu1.lock().activate(&*host, &c1).unwrap();
+    let go = |p: &SharedPager, vm: &mut Vm, c: &ControlRegisters, a, e| {
+        p.lock()
+            .handle_fault(&*host, vm.memory_mut(), c, fault(a, e))
+            .unwrap()
+    };
+    // vCPU 1 fills linear 0x10_000 from its PT.
+    assert_eq!(
+        go(&vcpu1, &mut vm, &c1, 0x10_000, PF_WRITE),
+        FaultOutcome::Filled
+    );
+    assert!(vcpu1.lock().shadow_entry(0x10_000).is_some());
+    vcpu1.lock().take_tlb_flush();
+    // vCPU 0 writes that PT through its own address space: it is a page
+    // table for the VM, so the write goes to the emulator (a pager of its
+    // own would have mapped it writable and never seen the write).
+    assert_eq!(
+        go(&vcpu0, &mut vm, &c0, 0x4_080, PF_WRITE),
+        FaultOutcome::Emulate { gpa: PT + 0x80 }
+    );
+    assert_eq!(vcpu0.lock().shadow_entry(0x4_000).unwrap() & RW, 0);
+    put64(&mut vm, PT + 0x80, 0x9_0000 | P | RW | A | D);
+    vcpu0.lock().guest_wrote(PT + 0x80, 8);
+    // vCPU 1's leaf is gone, its TLB is flushed before it runs again, and
+    // its next access sees the new translation.
+    assert_eq!(vcpu1.lock().shadow_entry(0x10_000), None);
+    assert!(vcpu1.lock().take_tlb_flush());
+    assert_eq!(go(&vcpu1, &mut vm, &c1, 0x10_000, 0), FaultOutcome::Filled);
+    let now = host_of(&vm, 0x9_0000);
+    assert_eq!(
+        vcpu1.lock().shadow_entry(0x10_000).unwrap() & ADDR_MASK,
+        now
+    );
+    // Each vCPU still runs on its own tree.
+    assert_eq!(vcpu0.lock().shadow_entry(0x10_000), None);
+    assert!(vcpu0.lock().shadow_entry(0x4_000).is_some());
+}
+
+#[test]
+fn a_page_a_sibling_maps_writable_loses_that_mapping_once_it_is_a_page_table() {
+    let (host, mut vm) = vm();
+    let (c0, c1) = two_address_spaces(&mut vm);
+    let vcpu0 = SharedPager::new(ShadowConfig::default());
+    let vcpu1 = vcpu0.share();
+    vcpu0.lock().activate(&*host, &c0).unwrap();
+    vcpu1.lock().activate(&*host, &c1).unwrap();
+    let go = |p: &SharedPager, vm: &mut Vm, c: &ControlRegisters, a, e| {
+        p.lock()
+            .handle_fault(&*host, vm.memory_mut(), c, fault(a, e))
+            .unwrap()
+    };
+    // vCPU 0 maps frame 0x4000 writable while it is only data to it (its
+    // own walk went through 0xa000-0xd000).
+    assert_eq!(
+        go(&vcpu0, &mut vm, &c0, 0x4_000, PF_WRITE),
+        FaultOutcome::Filled
+    );
+    assert_eq!(vcpu0.lock().shadow_entry(0x4_000).unwrap() & RW, RW);
+    vcpu0.lock().take_tlb_flush();
+    // vCPU 1's fill walks it as its PT: vCPU 0's writable mapping goes.
+    assert_eq!(go(&vcpu1, &mut vm, &c1, 0x10_000, 0), FaultOutcome::Filled);
+    assert_eq!(vcpu0.lock().shadow_entry(0x4_000), None);
+    assert!(vcpu0.lock().take_tlb_flush());
+}
+
+#[test]
+fn vcpus_on_one_address_space_share_its_tree_and_a_full_flush_reaches_all() {
+    let (host, mut vm) = vm();
+    let (_, c1) = two_address_spaces(&mut vm);
+    let vcpu0 = SharedPager::new(ShadowConfig::default());
+    let vcpu1 = vcpu0.share();
+    let root0 = vcpu0.lock().activate(&*host, &c1).unwrap();
+    let root1 = vcpu1.lock().activate(&*host, &c1).unwrap();
+    assert_eq!(root0, root1);
+    assert_eq!(vcpu0.lock().stats().roots, 1);
+    vcpu0
+        .lock()
+        .handle_fault(&*host, vm.memory_mut(), &c1, fault(0x10_000, 0))
+        .unwrap();
+    assert!(vcpu1.lock().shadow_entry(0x10_000).is_some());
+    vcpu1.lock().take_tlb_flush();
+    // An INIT of vCPU 0 empties every tree: vCPU 1 finds its root again
+    // (emptied) and flushes its TLB.
+    vcpu0.lock().flush_all();
+    assert!(vcpu1.lock().take_tlb_flush());
+    assert_eq!(vcpu1.lock().shadow_entry(0x10_000), None);
+    vcpu1.lock().ensure(&*host, &c1, vm.memory()).unwrap();
+    assert_eq!(vcpu1.lock().shadow_entry(0x10_000), None);
+}

@@ -45,7 +45,7 @@ impl ShadowPager {
                         && (old & ADDR_MASK != entry & ADDR_MASK
                             || old & !entry & (PTE_RW | PTE_US) != 0)
                     {
-                        self.tlb_flush = true;
+                        self.mark_tlb_flush();
                     }
                     self.pool.set_entry(table, index, entry);
                     return Ok(attempt > 0);

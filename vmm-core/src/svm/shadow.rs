@@ -30,7 +30,7 @@ use crate::paging::{
 };
 use crate::shadow_paging::{
     decode_intercepted, FaultOutcome, GuestFault, Intercepted, ShadowConfig, ShadowError,
-    ShadowFormat, ShadowPager, ShadowStats,
+    ShadowFormat, ShadowStats, SharedPager,
 };
 use crate::vcpu::{ControlAccess, Exit, ExitError, ShadowPagingBackend};
 use crate::vm::Vm;
@@ -50,9 +50,10 @@ const INTERCEPT_INVLPG: u32 = 1 << 25;
 const INTERCEPT_CR_SHADOW: u32 = (1 << 0) | (1 << 3) | (1 << 4) | (1 << 16) | (1 << 19) | (1 << 20);
 const INTERCEPT_EXCEPTION_PF: u32 = 1 << 14;
 
-/// The guest's view of its paging registers, and the pager.
+/// The guest's view of its paging registers, and the pager (shared with
+/// the VM's other vCPUs, see [`SharedPager`]).
 pub(super) struct ShadowState {
-    pager: ShadowPager,
+    pager: SharedPager,
     cr0: u64,
     cr3: u64,
     cr4: u64,
@@ -111,6 +112,19 @@ impl SvmVcpu {
         asid: u32,
         config: ShadowConfig,
     ) -> Result<Self, SvmError> {
+        Self::new_shadow_sharing(svm, vm, asid, SharedPager::new(config))
+    }
+
+    /// A vCPU of `vm` like [`SvmVcpu::new_shadow`] on `pager`: another
+    /// vCPU's pager ([`SvmVcpu::shadow_pager`] and [`SharedPager::share`])
+    /// for a VM with several, so that a page-table write by any of them
+    /// reaches every vCPU's shadow trees.
+    pub fn new_shadow_sharing(
+        svm: &super::Svm,
+        vm: &Vm,
+        asid: u32,
+        pager: SharedPager,
+    ) -> Result<Self, SvmError> {
         let mut me = Self::new(svm, vm, asid)?;
         me.vmcb.write_u64(offset::NP_ENABLE, 0);
         me.vmcb.write_u32(offset::INTERCEPT_CR, INTERCEPT_CR_SHADOW);
@@ -123,7 +137,7 @@ impl SvmVcpu {
         me.vmcb
             .write_u32(offset::INTERCEPT_MISC1, misc | INTERCEPT_INVLPG);
         me.shadow = Some(ShadowState {
-            pager: ShadowPager::new(config),
+            pager,
             cr0: 0,
             cr3: 0,
             cr4: 0,
@@ -141,7 +155,13 @@ impl SvmVcpu {
 
     /// The shadow pager's counters (`None` with nested paging).
     pub fn shadow_stats(&self) -> Option<ShadowStats> {
-        self.shadow.as_ref().map(|s| s.pager.stats())
+        self.shadow.as_ref().map(|s| s.pager.lock().stats())
+    }
+
+    /// This vCPU's handle on its shadow pager (`None` with nested paging),
+    /// to [`SharedPager::share`] with a sibling.
+    pub fn shadow_pager(&self) -> Option<&SharedPager> {
+        self.shadow.as_ref().map(|s| &s.pager)
     }
 
     /// The guest's paging registers, with shadow paging.
@@ -159,7 +179,7 @@ impl SvmVcpu {
             s.cr3 = 0;
             s.cr4 = 0;
             s.efer = efer;
-            s.pager.flush_all();
+            s.pager.lock().flush_all();
         }
     }
 
@@ -172,6 +192,7 @@ impl SvmVcpu {
         let control = s.control();
         let (root, format) = s
             .pager
+            .lock()
             .ensure(vm.host(), &control, vm.memory())
             .map_err(|e| ExitError::EntryFailed {
                 detail: format!("shadow paging: {e}"),
@@ -188,7 +209,7 @@ impl SvmVcpu {
         if long {
             efer |= EFER_LME | EFER_LMA;
         }
-        let flush = s.pager.take_tlb_flush();
+        let flush = s.pager.lock().take_tlb_flush();
         self.vmcb.write_u64(offset::CR0, cr0);
         self.vmcb.write_u64(offset::CR4, cr4);
         self.vmcb.write_u64(offset::EFER, efer);
@@ -278,7 +299,7 @@ impl SvmVcpu {
         };
         let control = s.control();
         let (host, memory) = vm.host_and_memory_mut();
-        let mut out = s.pager.handle_fault(host, memory, &control, fault);
+        let mut out = s.pager.lock().handle_fault(host, memory, &control, fault);
         // A guest #PF met while the CPU delivered another event (the event
         // is queued again from EXITINTINFO): as the CPU would, a #PF during
         // a #PF becomes #DF, a #PF during #DF is a triple fault, and any
@@ -367,7 +388,10 @@ impl SvmVcpu {
                 // set here, so the low bits are flags.
                 s.cr3 = value & !(1 << 63);
                 let control = s.control();
-                s.pager.activate(vm.host(), &control).map_err(|_| gp)?;
+                s.pager
+                    .lock()
+                    .activate(vm.host(), &control)
+                    .map_err(|_| gp)?;
             }
             4 => {
                 if value & !cr4_allowed() != 0 {
@@ -384,7 +408,7 @@ impl SvmVcpu {
                     // are write-protected), and PSE/PAE/SMEP/SMAP select
                     // other roots, so the cached trees stay; only the
                     // hardware TLB is flushed.
-                    s.pager.request_tlb_flush();
+                    s.pager.lock().request_tlb_flush();
                 }
                 s.cr4 = value;
             }
@@ -403,14 +427,14 @@ impl SvmVcpu {
     /// INVLPG.
     pub(super) fn shadow_invlpg(&mut self, linear: u64) {
         if let Some(s) = self.shadow.as_mut() {
-            s.pager.invlpg(linear);
+            s.pager.lock().invlpg(linear);
         }
     }
 
     /// An emulated write to guest memory.
     pub(super) fn shadow_guest_wrote(&mut self, gpa: u64, len: u64) {
         if let Some(s) = self.shadow.as_mut() {
-            s.pager.guest_wrote(gpa, len);
+            s.pager.lock().guest_wrote(gpa, len);
         }
     }
 
@@ -423,7 +447,7 @@ impl SvmVcpu {
             s.cr4 = r.cr4;
             s.efer = r.efer;
             s.injected_cr2 = r.cr2;
-            s.pager.flush_all();
+            s.pager.lock().flush_all();
         }
     }
 

@@ -371,7 +371,14 @@ pub fn run<B: VcpuBackend>(
             // Unlike a reset, it leaves the platform, the MSRs and the TSC
             // alone; the x87/SSE registers go to their reset values, as
             // QEMU does (hardware would keep them).
-            log::info!("VM {}: INIT", vm.id().0);
+            // An application processor's INIT is at debug level: a sibling
+            // sending INITs without end would otherwise fill the host's
+            // log, one line per turn.
+            if vm.current_vcpu() == 0 {
+                log::info!("VM {}: INIT", vm.id().0);
+            } else {
+                log::debug!("VM {}: INIT of vCPU {}", vm.id().0, vm.current_vcpu());
+            }
             let tsc = vcpu.tsc_offset();
             vcpu.reset();
             vcpu.set_tsc_offset(tsc);

@@ -35,8 +35,20 @@ impl VcpuBackend for VmxVcpu {
                 ));
             }
         }
+        // A run lasts at most a millisecond of TSC time with the preemption
+        // timer: the host's timer interrupt ends it too (external-interrupt
+        // exiting), but an emulated CPU has been seen not to exit for it
+        // while the guest's RFLAGS.IF is clear (Bochs), and a guest spinning
+        // with interrupts closed would then keep the host's only CPU.
+        let quantum = self.controls.preemption_timer_shift.map(|shift| {
+            let per_ms = u64::from(vm.host().tsc_khz().unwrap_or(1_000_000));
+            (per_ms >> shift).clamp(1, u64::from(u32::MAX))
+        });
         for _ in 0..MAX_INTERNAL_EXITS {
             self.load();
+            if let Some(ticks) = quantum {
+                self.write(fields::GUEST_PREEMPTION_TIMER, ticks);
+            }
             let debugger = self.enter_host_debug();
             let mut debug_registers = self.entry_debug_registers(debugger.as_ref());
             self.xstate.switch_to_guest(vm.host().current_cpu());

@@ -22,6 +22,10 @@ pub mod pin {
     /// set by injecting an NMI and cleared by the guest's IRET (needs NMI
     /// exiting).
     pub const VIRTUAL_NMIS: u32 = 1 << 5;
+    /// Activate the VMX-preemption timer: the guest exits when the timer
+    /// (the TSC divided by 2^`IA32_VMX_MISC[4:0]`) counts down to zero,
+    /// whatever its RFLAGS.IF.
+    pub const PREEMPTION_TIMER: u32 = 1 << 6;
 }
 
 /// Primary processor-based controls.
@@ -145,6 +149,8 @@ pub struct CapabilityMsrs {
     pub cr4_fixed0: u64,
     /// IA32_VMX_CR4_FIXED1.
     pub cr4_fixed1: u64,
+    /// IA32_VMX_MISC (bits 4:0: the preemption timer's rate).
+    pub misc: u64,
 }
 
 impl CapabilityMsrs {
@@ -225,6 +231,9 @@ pub struct Controls {
     /// is delivered right after the handler's IRET (without it, at the
     /// next exit).
     pub nmi_window: bool,
+    /// The VMX-preemption timer is on, counting down once every 2^this
+    /// TSC ticks (`None`: the CPU has no such timer).
+    pub preemption_timer_shift: Option<u8>,
 }
 
 fn adjust(
@@ -265,7 +274,7 @@ impl Controls {
             "pin-based",
             caps.pin,
             pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING | pin::VIRTUAL_NMIS,
-            0,
+            pin::PREEMPTION_TIMER,
         )?;
         let proc = adjust(
             "processor-based",
@@ -334,6 +343,8 @@ impl Controls {
             pat,
             interrupt_window_optional,
             nmi_window: (caps.proc >> 32) as u32 & proc::NMI_WINDOW_EXITING != 0,
+            preemption_timer_shift: (pin & pin::PREEMPTION_TIMER != 0)
+                .then_some((caps.misc & 0x1f) as u8),
         })
     }
 }
@@ -414,6 +425,7 @@ mod tests {
             cr0_fixed1: 0xffff_ffff,
             cr4_fixed0: 0x2000,
             cr4_fixed1: 0x0037_27ff,
+            misc: 0x0000_0000_0040_01e5,
         }
     }
 
@@ -423,8 +435,13 @@ mod tests {
         // Pin: bits 1, 2, 4 are default-1 and stay; ours are added.
         assert_eq!(
             c.pin,
-            0x16 | pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING | pin::VIRTUAL_NMIS
+            0x16 | pin::EXTERNAL_INTERRUPT_EXITING
+                | pin::NMI_EXITING
+                | pin::VIRTUAL_NMIS
+                | pin::PREEMPTION_TIMER
         );
+        // The timer counts once every 2^5 TSC ticks (IA32_VMX_MISC 4:0).
+        assert_eq!(c.preemption_timer_shift, Some(5));
         // Default-1 bits of the true MSR stay (bits 1, 4-6, 8, 13-16, 26).
         assert_eq!(c.proc & 0x0401_e172, 0x0401_e172);
         assert_ne!(c.proc & proc::HLT_EXITING, 0);

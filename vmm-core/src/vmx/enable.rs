@@ -119,6 +119,7 @@ unsafe fn read_capabilities() -> CapabilityMsrs {
             cr0_fixed1: instructions::rdmsr(msr::VMX_CR0_FIXED1),
             cr4_fixed0: instructions::rdmsr(msr::VMX_CR4_FIXED0),
             cr4_fixed1: instructions::rdmsr(msr::VMX_CR4_FIXED1),
+            misc: instructions::rdmsr(msr::VMX_MISC),
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod reason {
     pub const EPT_VIOLATION: u32 = 48;
     pub const EPT_MISCONFIG: u32 = 49;
     pub const INVEPT: u32 = 50;
+    pub const PREEMPTION_TIMER: u32 = 52;
     pub const INVVPID: u32 = 53;
     pub const XSETBV: u32 = 55;
     pub const VMFUNC: u32 = 59;

@@ -122,7 +122,9 @@ impl VmxVcpu {
         }
         self.reinject_vectoring_event();
         let exit = match basic {
-            reason::EXTERNAL_INTERRUPT => Exit::ExternalInterrupt,
+            // The preemption timer ends a guest's run as a host interrupt
+            // would: the exit loop checks its slice and re-enters.
+            reason::EXTERNAL_INTERRUPT | reason::PREEMPTION_TIMER => Exit::ExternalInterrupt,
             reason::EXCEPTION_OR_NMI
                 if (self.read(fields::EXIT_INTERRUPTION_INFO) >> 8) & 7 == 2 =>
             {

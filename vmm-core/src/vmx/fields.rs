@@ -34,6 +34,7 @@ pub const GUEST_LINEAR_ADDRESS: u32 = ro::GUEST_LINEAR_ADDR;
 pub const VMCS_LINK_POINTER: u32 = guest::LINK_PTR_FULL;
 pub const GUEST_IA32_DEBUGCTL: u32 = guest::IA32_DEBUGCTL_FULL;
 pub const GUEST_IA32_PAT: u32 = guest::IA32_PAT_FULL;
+pub const GUEST_PREEMPTION_TIMER: u32 = guest::VMX_PREEMPTION_TIMER_VALUE;
 pub const GUEST_IA32_EFER: u32 = guest::IA32_EFER_FULL;
 pub const GUEST_PDPTE0: u32 = guest::PDPTE0_FULL;
 pub const HOST_IA32_PAT: u32 = host::IA32_PAT_FULL;
@@ -136,6 +137,7 @@ pub mod msr {
     pub const VMX_CR4_FIXED1: u32 = x86::msr::IA32_VMX_CR4_FIXED1;
     pub const VMX_PROCBASED2: u32 = x86::msr::IA32_VMX_PROCBASED_CTLS2;
     pub const VMX_EPT_VPID_CAP: u32 = x86::msr::IA32_VMX_EPT_VPID_CAP;
+    pub const VMX_MISC: u32 = x86::msr::IA32_VMX_MISC;
     pub const VMX_TRUE_PINBASED: u32 = x86::msr::IA32_VMX_TRUE_PINBASED_CTLS;
     pub const VMX_TRUE_PROCBASED: u32 = x86::msr::IA32_VMX_TRUE_PROCBASED_CTLS;
     pub const VMX_TRUE_EXIT: u32 = x86::msr::IA32_VMX_TRUE_EXIT_CTLS;

@@ -84,6 +84,10 @@ pub struct BlockInfo {
     pub device: bool,
     /// Length in bytes.
     pub len: u64,
+    /// A copy-on-write view of RAM shared with other VMs (after
+    /// [`GuestMemory::share_block`]): its pages are the frozen ones, counted
+    /// once for all the VMs that share them, but those it copied.
+    pub shared: bool,
 }
 
 /// A region of the map as seen from outside.
@@ -760,6 +764,7 @@ impl GuestMemory {
             kind: b.kind,
             device: b.device,
             len: b.mem.len() as u64,
+            shared: matches!(b.mem, BlockMem::Cow(_)),
         })
     }
 

@@ -645,13 +645,17 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     // page tables, devices and their memory (video memory), firmware
     // copies, buffers (issue 24's memory goal).
     // Device memory (video memory) is reported apart: the guest sees it
-    // as it sees its RAM.
+    // as it sees its RAM. RAM shared copy-on-write (`clones=`) counts once,
+    // with the VM that was forked; the pages clones copied count as the
+    // VMM's own (the clones' report has them per clone).
     let heap = heap::usage();
     let blocks = || {
-        guests
-            .iter()
-            .flat_map(|g| g.machine.vm().memory().blocks())
-            .filter(|b| b.kind == vmm_core::memory::BlockKind::Ram)
+        guests.iter().flat_map(|g| {
+            let forked = g.forked.is_some();
+            g.machine.vm().memory().blocks().filter(move |b| {
+                b.kind == vmm_core::memory::BlockKind::Ram && (!b.shared || forked)
+            })
+        })
     };
     let ram: u64 = blocks().filter(|b| !b.device).map(|b| b.len).sum();
     let device: u64 = blocks().filter(|b| b.device).map(|b| b.len).sum();

@@ -7,6 +7,7 @@
 //! dropped, so every way out of the program that unwinds (a normal return,
 //! an error, a panic) gives the terminal back as it was.
 
+use crate::console_attach::ConsoleTap;
 use nix::sys::termios::{self, OutputFlags, SetArg, Termios};
 use nix::unistd::isatty;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -40,6 +41,11 @@ impl ConsoleInput {
     /// A byte typed for the guest's COM1 (from another reader).
     pub(crate) fn push_byte(&self, b: u8) {
         self.push(b);
+    }
+
+    /// The next byte typed for the guest's COM1.
+    pub(crate) fn pop_byte(&self) -> Option<u8> {
+        self.pop()
     }
 
     fn push(&self, b: u8) {
@@ -212,33 +218,52 @@ impl Pty {
 pub struct SerialConsole {
     out: Box<dyn Write + Send>,
     input: Option<Arc<ConsoleInput>>,
+    tap: Option<Arc<ConsoleTap>>,
 }
 
 impl SerialConsole {
     /// Output to `out`; input from `input`, if any.
     pub fn new(out: Box<dyn Write + Send>, input: Option<Arc<ConsoleInput>>) -> Self {
-        Self { out, input }
+        Self {
+            out,
+            input,
+            tap: None,
+        }
+    }
+
+    /// The same console, with its output copied to `tap`'s client and
+    /// that client's bytes as more input (console attach over the API).
+    pub fn with_tap(self, tap: Arc<ConsoleTap>) -> Self {
+        Self {
+            tap: Some(tap),
+            ..self
+        }
     }
 }
 
 impl CharBackend for SerialConsole {
     fn write(&mut self, byte: u8) {
-        // Unbuffered: a prompt without a newline must show at once.
-        let _ = self.out.write_all(&[byte]);
-        let _ = self.out.flush();
+        self.write_bytes(&[byte]);
     }
 
     fn write_bytes(&mut self, bytes: &[u8]) {
+        // Unbuffered: a prompt without a newline must show at once.
         let _ = self.out.write_all(bytes);
         let _ = self.out.flush();
+        if let Some(tap) = &self.tap {
+            tap.output(bytes);
+        }
     }
 
     fn has_input(&self) -> bool {
-        self.input.is_some()
+        self.input.is_some() || self.tap.is_some()
     }
 
     fn read(&mut self) -> Option<u8> {
-        self.input.as_ref()?.pop()
+        if let Some(b) = self.input.as_ref().and_then(|i| i.pop()) {
+            return Some(b);
+        }
+        self.tap.as_ref()?.pop()
     }
 }
 

@@ -13,6 +13,7 @@ pub mod api;
 pub mod block_file;
 pub mod config;
 pub mod console;
+pub mod console_attach;
 pub mod display;
 pub mod entropy;
 pub mod gdb;

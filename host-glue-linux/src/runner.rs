@@ -356,6 +356,15 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     // Set by the API when it queues a command: the kick that follows
     // ends the slice at once (`KvmVcpu::set_attention`).
     let attention = Arc::new(AtomicBool::new(false));
+    // With an API socket, a client may attach to COM1 (`GET vm.console`).
+    let console_tap = options
+        .api_socket
+        .as_ref()
+        .map(|_| crate::console_attach::ConsoleTap::new());
+    let com1 = match &console_tap {
+        Some(tap) => com1.with_tap(tap.clone()),
+        None => com1,
+    };
     let api = match &options.api_socket {
         Some(path) => {
             let flag = attention.clone();
@@ -365,7 +374,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
                     t.fire_now();
                 }
             });
-            Some(api::start(path, kick).map_err(RunError::Api)?)
+            Some(api::start(path, kick, console_tap.clone()).map_err(RunError::Api)?)
         }
         None => None,
     };
@@ -636,6 +645,10 @@ fn answer<B: ArchState>(
                 }
                 Err(e) => Response::error(500, "snapshot_failed", e.to_string()),
             }
+        }
+        // The API's thread serves it (api::server); it never comes here.
+        Command::ConsoleAttach => {
+            Response::error(500, "internal", "console attach reached the VM's thread")
         }
     }
 }

@@ -33,6 +33,12 @@ pub enum Command {
         /// The file to write (created or replaced).
         destination: String,
     },
+    /// `GET /api/v1/vm.console`: attach to the guest's COM1. The answer is
+    /// `101 Switching Protocols`; from then on the connection carries
+    /// COM1's output to the client and the client's bytes to COM1's input,
+    /// until either side closes. Served by the API's own thread, not the
+    /// VM's.
+    ConsoleAttach,
 }
 
 impl Command {
@@ -40,13 +46,13 @@ impl Command {
     pub fn changes_vm(&self) -> bool {
         !matches!(
             self,
-            Command::Info | Command::Stats | Command::Snapshot { .. }
+            Command::Info | Command::Stats | Command::Snapshot { .. } | Command::ConsoleAttach
         )
     }
 }
 
 /// One endpoint: its name after [`PREFIX`], its method and its command.
-const ENDPOINTS: [(&str, &str, Command); 7] = [
+const ENDPOINTS: [(&str, &str, Command); 8] = [
     ("vm.info", "GET", Command::Info),
     ("vm.stats", "GET", Command::Stats),
     ("vm.pause", "PUT", Command::Pause),
@@ -60,6 +66,7 @@ const ENDPOINTS: [(&str, &str, Command); 7] = [
             destination: String::new(),
         },
     ),
+    ("vm.console", "GET", Command::ConsoleAttach),
 ];
 
 /// The command `request` asks for, or the error response.

@@ -7,6 +7,7 @@
 
 use super::http::Response;
 use super::routes::{self, Command};
+use crate::console_attach::{AttachError, ConsoleTap};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -87,8 +88,13 @@ impl Drop for ApiSocket {
 
 /// Create the socket at `path` (mode 0600; refused if anything is there)
 /// and serve it on a thread of its own. Commands arrive on the returned
-/// channel, each followed by a call of `kick`.
-pub fn start(path: &Path, kick: Kick) -> Result<(ApiSocket, Receiver<Job>), ApiError> {
+/// channel, each followed by a call of `kick`; console attach goes to
+/// `console` (without one it is refused).
+pub fn start(
+    path: &Path,
+    kick: Kick,
+    console: Option<Arc<ConsoleTap>>,
+) -> Result<(ApiSocket, Receiver<Job>), ApiError> {
     if path.symlink_metadata().is_ok() {
         return Err(ApiError::Exists(path.to_path_buf()));
     }
@@ -111,13 +117,13 @@ pub fn start(path: &Path, kick: Kick) -> Result<(ApiSocket, Receiver<Job>), ApiE
     let (jobs, received) = mpsc::channel();
     std::thread::Builder::new()
         .name("vmm-api".into())
-        .spawn(move || accept(listener, jobs, kick))
+        .spawn(move || accept(listener, jobs, kick, console))
         .map_err(socket_error)?;
     Ok((socket, received))
 }
 
 /// Accept clients for as long as the process lives.
-fn accept(listener: UnixListener, jobs: Sender<Job>, kick: Kick) {
+fn accept(listener: UnixListener, jobs: Sender<Job>, kick: Kick, console: Option<Arc<ConsoleTap>>) {
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let mut stream = match stream {
@@ -141,10 +147,11 @@ fn accept(listener: UnixListener, jobs: Sender<Job>, kick: Kick) {
             continue;
         }
         let (jobs, kick, active) = (jobs.clone(), kick.clone(), active.clone());
+        let console = console.clone();
         let spawned = std::thread::Builder::new()
             .name("vmm-api-client".into())
             .spawn(move || {
-                client(stream, &jobs, &kick);
+                client(stream, &jobs, &kick, console.as_deref());
                 active.fetch_sub(1, Ordering::AcqRel);
             });
         if spawned.is_err() {
@@ -175,14 +182,42 @@ fn stopped() -> Response {
     Response::error(503, "stopped", "the VM has stopped")
 }
 
+/// The head of the answer to a console attach, after which the
+/// connection is the console's.
+const SWITCHING: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: vmm-console\r\n\r\n";
+
 /// Serve one client until it closes, idles out or sends what is not HTTP.
-fn client(mut stream: UnixStream, jobs: &Sender<Job>, kick: &Kick) {
+fn client(mut stream: UnixStream, jobs: &Sender<Job>, kick: &Kick, console: Option<&ConsoleTap>) {
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        while let Some(ex) = routes::serve(&buf, &mut |c| ask_vm(jobs, kick, c)) {
+        let mut attached = None;
+        while let Some(ex) = routes::serve(&buf, &mut |c| match c {
+            Command::ConsoleAttach => match console.map(ConsoleTap::attach) {
+                Some(Ok(output)) => {
+                    attached = Some(output);
+                    Response::ok(serde_json::json!({}))
+                }
+                Some(Err(AttachError::Busy)) => Response::error(
+                    409,
+                    "console_busy",
+                    "another client is attached to the console",
+                ),
+                None => Response::error(503, "no_console", "this VM has no console to attach to"),
+            },
+            c => ask_vm(jobs, kick, c),
+        }) {
+            if let (Some(output), Some(tap)) = (attached.take(), console) {
+                buf.drain(..ex.consumed);
+                if stream.write_all(SWITCHING).is_ok() {
+                    attach(stream, tap, output, buf);
+                }
+                tap.detach();
+                return;
+            }
             if stream.write_all(&ex.response.encode(!ex.close)).is_err() || ex.close {
                 return;
             }
@@ -193,6 +228,44 @@ fn client(mut stream: UnixStream, jobs: &Sender<Job>, kick: &Kick) {
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// The connection as the console: COM1's output (`output`) written to it
+/// by a thread of its own, and what the client sends (first `early`, what
+/// came with the request) typed into COM1, until either side closes.
+fn attach(mut stream: UnixStream, tap: &ConsoleTap, output: Receiver<Vec<u8>>, early: Vec<u8>) {
+    // An attached console may sit idle for as long as the user likes.
+    let _ = stream.set_read_timeout(None);
+    let writer = stream.try_clone().ok().and_then(|mut w| {
+        std::thread::Builder::new()
+            .name("vmm-api-console".into())
+            .spawn(move || {
+                for bytes in output {
+                    if w.write_all(&bytes).is_err() {
+                        // The client closed: stop reading its side too.
+                        let _ = w.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                }
+            })
+            .ok()
+    });
+    if writer.is_none() {
+        return;
+    }
+    for &b in &early {
+        tap.send(b);
+    }
+    let mut chunk = [0u8; 1024];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => chunk[..n].iter().for_each(|&b| tap.send(b)),
+        }
+    }
+    // Dropping the tap's sender (detach) ends the writer.
+    tap.detach();
+    let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
 #[cfg(test)]
@@ -242,6 +315,7 @@ mod tests {
             Arc::new(move || {
                 k.fetch_add(1, Ordering::SeqCst);
             }),
+            None,
         )
         .unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
@@ -287,7 +361,7 @@ mod tests {
     fn a_path_in_use_is_refused() {
         let path = socket_path("exists");
         std::fs::write(&path, b"").unwrap();
-        let e = start(&path, Arc::new(|| {})).err().unwrap();
+        let e = start(&path, Arc::new(|| {}), None).err().unwrap();
         assert!(matches!(e, ApiError::Exists(_)), "{e}");
         std::fs::remove_file(&path).unwrap();
     }

@@ -76,6 +76,19 @@ enum Command {
     /// when the VM refused (the reason on stderr), 2 on a bad command line,
     /// 4 when the socket cannot be reached.
     Snapshot(SnapshotArgs),
+    /// Attach this terminal to the guest's COM1 of a running `vmm` through
+    /// its control API (`GET /api/v1/vm.console`), next to its `--serial`.
+    /// Ctrl-A x detaches (the VM runs on). Exit status 0 when detached or
+    /// the VM closed the console, 1 when the VM refused (another client is
+    /// attached), 4 when the socket cannot be reached.
+    Console(ConsoleArgs),
+}
+
+#[derive(Args)]
+struct ConsoleArgs {
+    /// The control socket of the `vmm run --api-socket PATH` to attach to.
+    #[arg(long, value_name = "PATH")]
+    api_socket: PathBuf,
 }
 
 #[derive(Args)]
@@ -406,7 +419,90 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(*args),
         Command::Snapshot(args) => snapshot(args),
+        Command::Console(args) => console(args),
     }
+}
+
+/// `vmm console`: this terminal on the guest's COM1, over the API socket.
+fn console(args: ConsoleArgs) -> ExitCode {
+    use host_glue_linux::console::{EscapeFilter, Key, RawTerminal};
+    use std::io::{Read, Write};
+    let stream = match host_glue_linux::api::client::attach_console(&args.api_socket) {
+        Ok(s) => s,
+        Err(e) if e.starts_with("cannot connect") => {
+            eprintln!("vmm: {}: {e}", args.api_socket.display());
+            return ExitCode::from(EXIT_HOST_FAILURE);
+        }
+        Err(e) => {
+            eprintln!("vmm: {}: {e}", args.api_socket.display());
+            return ExitCode::from(EXIT_GUEST_STOPPED);
+        }
+    };
+    // Given back when either side ends the session.
+    let raw = std::sync::Arc::new(std::sync::Mutex::new(RawTerminal::enable()));
+    if raw.lock().is_ok_and(|r| r.is_some()) {
+        eprint!("vmm: attached to COM1; Ctrl-A x detaches\r\n");
+    }
+    let restore = raw.clone();
+    let Ok(mut from_vm) = stream.try_clone() else {
+        return ExitCode::from(EXIT_HOST_FAILURE);
+    };
+    // The VM's output to the terminal; the process ends when the VM
+    // closes the console.
+    let _ = std::thread::Builder::new()
+        .name("console-out".into())
+        .spawn(move || {
+            let mut out = std::io::stdout();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = from_vm.read(&mut chunk) {
+                if n == 0 || out.write_all(&chunk[..n]).is_err() {
+                    break;
+                }
+                let _ = out.flush();
+            }
+            if let Ok(mut r) = restore.lock() {
+                r.take();
+            }
+            std::process::exit(0);
+        });
+    let mut to_vm = stream;
+    let mut filter = EscapeFilter::default();
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = [0u8; 256];
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &b in &buf[..n] {
+            let send = match filter.feed(b) {
+                Key::Guest(g) => Some(g),
+                Key::Pending => None,
+                Key::Quit => {
+                    let _ = to_vm.shutdown(std::net::Shutdown::Both);
+                    if let Ok(mut r) = raw.lock() {
+                        r.take();
+                    }
+                    return ExitCode::from(EXIT_POWER_OFF);
+                }
+                Key::Help => {
+                    eprint!("\r\nvmm: Ctrl-A x detaches, Ctrl-A Ctrl-A sends Ctrl-A\r\n");
+                    None
+                }
+            };
+            if let Some(g) = send {
+                if to_vm.write_all(&[g]).is_err() {
+                    return ExitCode::from(EXIT_POWER_OFF);
+                }
+            }
+        }
+    }
+    // Input ended (a pipe): leave the console to the VM.
+    let _ = to_vm.shutdown(std::net::Shutdown::Both);
+    if let Ok(mut r) = raw.lock() {
+        r.take();
+    }
+    ExitCode::from(EXIT_POWER_OFF)
 }
 
 /// `vmm snapshot`: pause, snapshot, resume, over the API socket.

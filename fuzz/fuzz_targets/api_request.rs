@@ -48,6 +48,9 @@ impl Model {
                 Response::error(409, "not_paused", "running")
             }
             Command::Snapshot { .. } => Response::ok(serde_json::json!({})),
+            // Served by the API's thread (it answers 101 and hands the
+            // connection to the console); the VM does not change.
+            Command::ConsoleAttach => Response::ok(serde_json::json!({})),
         }
     }
 }

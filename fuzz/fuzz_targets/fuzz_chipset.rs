@@ -350,7 +350,10 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
                 let _ = lapic.cr8();
             }
             Op::ApicBase(v) => {
-                lapic.set_apic_base(v);
+                // As the exit loop writes it: checked first (no x2APIC).
+                if let Some(new) = vmm_core::vcpu::apic_base_write(lapic.apic_base(), v) {
+                    lapic.set_apic_base(new);
+                }
                 vm.timers_changed();
             }
             Op::TscDeadline(d) => {

@@ -296,7 +296,13 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Tpr(v) => lapic_write(&mut vm, &mut o, 0x80, u32::from(v)),
             Op::Cr8(v) => lapic.set_cr8(u64::from(v)),
             Op::Svr(v) => lapic_write(&mut vm, &mut o, 0xf0, u32::from(v)),
-            Op::ApicBase(v) => lapic.set_apic_base(v),
+            // As the exit loop writes it: checked first (this PC has no
+            // x2APIC, so EXTD is reserved).
+            Op::ApicBase(v) => {
+                if let Some(new) = vmm_core::vcpu::apic_base_write(lapic.apic_base(), v) {
+                    lapic.set_apic_base(new);
+                }
+            }
             Op::Isa { irq, level } => isa_lines[usize::from(irq & 15)].set_level(level),
             Op::Gsi { pin, level } => gsi_lines[usize::from(pin & 7)].set_level(level),
             Op::Pic { port, value } => {

@@ -65,57 +65,53 @@ fn check_x2apic_boot(outcome: Outcome, console: &str, cpus: usize) {
     assert_eq!(outcome, Outcome::Success, "{console}");
 }
 
+/// Boot the default CD with `cmdline` under QEMU (SVM), or under Bochs
+/// (VMX, whose EPT backend must have run it): the outcome and console.
+fn boot(cmdline: &str, bochs: bool, timeout: Duration) -> (Outcome, String) {
+    let modules = GuestImage::pc(env_path("VMM_TEST_SEABIOS"), env_path("VMM_TEST_LINUX_ISO"));
+    let kernel = env_path("VMM_TEST_KERNEL");
+    let started = Instant::now();
+    let result = if bochs {
+        let run =
+            xtask::bochs::boot_and_capture(&kernel, cmdline, &modules, 1024, timeout).unwrap();
+        assert!(run.console.contains("VMX enabled: EPT"), "{}", run.console);
+        (run.outcome, run.console)
+    } else {
+        boot_and_capture(&kernel, cmdline, &modules, 1024, timeout).unwrap()
+    };
+    println!("{cmdline}: {:.1} s", started.elapsed().as_secs_f64());
+    result
+}
+
 #[test]
 #[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
 fn linux_turns_on_x2apic_and_starts_its_second_cpu_through_it() {
-    let modules = GuestImage::pc(env_path("VMM_TEST_SEABIOS"), env_path("VMM_TEST_LINUX_ISO"));
-    let cmdline = "guest_mem=256M vms=1 cpus=2 x2apic=1";
-    let started = Instant::now();
-    let (outcome, console) = boot_and_capture(
-        &env_path("VMM_TEST_KERNEL"),
-        cmdline,
-        &modules,
-        1024,
+    let (outcome, console) = boot(
+        "guest_mem=256M vms=1 cpus=2 x2apic=1",
+        false,
         Duration::from_secs(900),
-    )
-    .unwrap();
-    println!("{cmdline}: {:.1} s", started.elapsed().as_secs_f64());
+    );
     check_x2apic_boot(outcome, &console, 2);
 }
 
 #[test]
 #[ignore = "boots Linux under the bare-metal host in Bochs: run through cargo xtask test --slow"]
 fn slow_linux_turns_on_x2apic_under_vmx() {
-    let modules = GuestImage::pc(env_path("VMM_TEST_SEABIOS"), env_path("VMM_TEST_LINUX_ISO"));
-    let cmdline = "cpu=vmx guest_mem=256M vms=1 cpus=1 x2apic=1";
-    let started = Instant::now();
-    let run = xtask::bochs::boot_and_capture(
-        &env_path("VMM_TEST_KERNEL"),
-        cmdline,
-        &modules,
-        1024,
+    let (outcome, console) = boot(
+        "cpu=vmx guest_mem=256M vms=1 cpus=1 x2apic=1",
+        true,
         Duration::from_secs(3600),
-    )
-    .unwrap();
-    println!("{cmdline}: {:.1} s", started.elapsed().as_secs_f64());
-    assert!(run.console.contains("VMX enabled: EPT"), "{}", run.console);
-    check_x2apic_boot(run.outcome, &run.console, 1);
+    );
+    check_x2apic_boot(outcome, &console, 1);
 }
 
 #[test]
 #[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test --slow"]
 fn slow_linux_turns_on_x2apic_under_shadow_paging() {
-    let modules = GuestImage::pc(env_path("VMM_TEST_SEABIOS"), env_path("VMM_TEST_LINUX_ISO"));
-    let cmdline = "guest_mem=256M vms=1 cpus=1 paging=shadow x2apic=1";
-    let started = Instant::now();
-    let (outcome, console) = boot_and_capture(
-        &env_path("VMM_TEST_KERNEL"),
-        cmdline,
-        &modules,
-        1024,
+    let (outcome, console) = boot(
+        "guest_mem=256M vms=1 cpus=1 paging=shadow x2apic=1",
+        false,
         Duration::from_secs(1800),
-    )
-    .unwrap();
-    println!("{cmdline}: {:.1} s", started.elapsed().as_secs_f64());
+    );
     check_x2apic_boot(outcome, &console, 1);
 }

@@ -71,19 +71,10 @@ fn run_vms(elf: &std::path::Path, modules: &[GuestImage], vms: u64) -> Result<Fi
         .find(|l| l.starts_with("memory: heap peak"));
     match (all_off, report.and_then(|l| parse(vms, l))) {
         (true, Some(f)) => Ok(f),
-        _ => {
-            let tail: Vec<&str> = lines
-                .iter()
-                .rev()
-                .take(20)
-                .rev()
-                .map(|(_, l)| l.as_str())
-                .collect();
-            Err(Error::msg(format!(
-                "{vms} VMs: not every guest powered off, or no memory report; last lines:\n{}",
-                tail.join("\n")
-            )))
-        }
+        _ => Err(Error::msg(format!(
+            "{vms} VMs: not every guest powered off, or no memory report; last lines:\n{}",
+            qemu::last_lines(&lines, 20)
+        ))),
     }
 }
 

@@ -51,16 +51,9 @@ fn boot(elf: &Path, seabios: &Path, iso: &Path, paging: &str) -> Result<Run> {
             .find(|(_, l)| l.contains(what))
             .map(|(t, _)| *t)
             .ok_or_else(|| {
-                let tail: Vec<&str> = lines
-                    .iter()
-                    .rev()
-                    .take(20)
-                    .rev()
-                    .map(|(_, l)| l.as_str())
-                    .collect();
                 Error::msg(format!(
                     "{paging} paging: the guest never printed '{what}'; last lines:\n{}",
-                    tail.join("\n")
+                    qemu::last_lines(&lines, 20)
                 ))
             })
     };

@@ -184,6 +184,17 @@ fn initrd_safe_path(path: &Path, name: &str) -> Result<std::path::PathBuf> {
 /// The line the default CD's init prints when user space is reached.
 pub const INIT_MARKER: &str = "VMM-CD-INIT-MARKER: user space reached";
 
+/// The last `n` lines of a [`timed_console`] capture, one per line: what
+/// a benchmark's error shows of a run that went wrong.
+pub fn last_lines(lines: &[(Duration, String)], n: usize) -> String {
+    let start = lines.len().saturating_sub(n);
+    lines[start..]
+        .iter()
+        .map(|(_, l)| l.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Run `cmd` (QEMU with its console on stdout) and return every console
 /// line with the time it arrived, until QEMU exits or `timeout` passes
 /// (then QEMU is killed). For benchmarks, which time what the guest prints.
@@ -255,6 +266,15 @@ pub fn ensure_iso_tools() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn last_lines_keeps_the_tail_in_order() {
+        let lines: Vec<(Duration, String)> = (0..5)
+            .map(|i| (Duration::from_secs(i), format!("line {i}")))
+            .collect();
+        assert_eq!(super::last_lines(&lines, 2), "line 3\nline 4");
+        assert_eq!(super::last_lines(&lines[..1], 20), "line 0");
+    }
+
     use super::*;
 
     #[test]

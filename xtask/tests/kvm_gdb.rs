@@ -8,14 +8,21 @@
 //! (exit status 143). A second session plants a software breakpoint (an
 //! INT3 in RAM) at the second instruction of the Linux kernel booted
 //! directly, continues to it, reads the guest's own byte there, steps past
-//! it and detaches.
+//! it and detaches. A third runs the session of `xtask::gdb_guest` (the
+//! one the bare-metal host's stub is tested with) on the guest program
+//! `gdb_target` with its symbols: breakpoints, source lines, variables,
+//! steps, write and access watchpoints, Ctrl-C, detach, and the guest's
+//! power-off. On a paravirtual KVM (PVM, `/sys/module/kvm_pvm`), which
+//! runs such 32-bit code in KVM's instruction emulator where data
+//! breakpoints never fire, the session is the same without watchpoints.
 //!
-//! `cargo xtask test` builds `vmm` and sets `VMM_TEST_VMM`,
-//! `VMM_TEST_SEABIOS` and `VMM_TEST_VMLINUZ`.
+//! `cargo xtask test` builds `vmm` and the guests and sets `VMM_TEST_VMM`,
+//! `VMM_TEST_GUESTS`, `VMM_TEST_SEABIOS` and `VMM_TEST_VMLINUZ`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use xtask::gdb_guest;
 use xtask::kvm_bench::kvm_present;
 use xtask::system::env_path;
 
@@ -248,5 +255,72 @@ fn gdb_steps_breaks_interrupts_and_detaches_from_the_guest() {
         std::thread::sleep(Duration::from_millis(100));
     }
     stop(vmm, reader);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "runs a guest program under KVM with gdb: run through cargo xtask test"]
+fn gdb_breaks_reads_steps_watches_interrupts_and_detaches_from_a_guest_program() {
+    if !kvm_present() {
+        let _ = writeln!(std::io::stderr(), "skipped: /dev/kvm absent");
+        return;
+    }
+    let guests = env_path("VMM_TEST_GUESTS");
+    let symbols = guests.join("gdb_target.o");
+    assert!(symbols.is_file(), "{} missing", symbols.display());
+    let dir = std::env::temp_dir().join(format!("vmm-gdb-target-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let console = dir.join("console.log");
+    let addr = gdb_address(2);
+    let bios = guests.join("gdb_target.bin");
+    let serial = std::ffi::OsString::from(format!("file={}", console.display()));
+    let (mut vmm, reader) = vmm_waiting_for_gdb(
+        &addr,
+        &[
+            "--memory".as_ref(),
+            "16".as_ref(),
+            "--bios".as_ref(),
+            bios.as_os_str(),
+            "--serial".as_ref(),
+            &serial,
+        ],
+    );
+    let watchpoints = !std::path::Path::new("/sys/module/kvm_pvm").exists();
+    if !watchpoints {
+        let _ = writeln!(
+            std::io::stderr(),
+            "PVM: the session without watchpoints (data breakpoints do not fire there)"
+        );
+    }
+    let text = gdb_guest::batch_gdb(
+        &addr,
+        &symbols,
+        &gdb_guest::commands(watchpoints),
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    );
+    // Detached, the guest runs on to its power-off: `vmm` exits 0.
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = vmm.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > end {
+            let _ = vmm.kill();
+            let _ = vmm.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = reader.join().unwrap();
+    let out = std::fs::read_to_string(&console).unwrap_or_default();
+    let powered_off =
+        stderr.contains("vmm: the guest powered off") && status.and_then(|s| s.code()) == Some(0);
+    gdb_guest::check(
+        &text,
+        &format!("{out}\n--- vmm ---\n{stderr}"),
+        powered_off,
+        watchpoints,
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

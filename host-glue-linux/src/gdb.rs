@@ -396,6 +396,17 @@ impl Session {
         }
     }
 
+    /// Tell gdb the guest ended (`code` 0: it powered off), as the
+    /// bare-metal host's stub does: gdb shows the exit of its inferior.
+    pub fn ended(&mut self, m: &mut Machine, code: u8) {
+        if let Some(GdbStubStateMachine::Running(g)) = self.state.take() {
+            if let Err(e) = g.report_stop(m, SingleThreadStopReason::Exited(code)) {
+                log::warn!("gdb: {e}");
+            }
+        }
+        m.detach();
+    }
+
     /// Tell gdb the guest stopped at a breakpoint or after a step.
     pub fn report(&mut self, m: &mut Machine, stop: &DebugStop) {
         let Some(state) = self.state.take() else {

@@ -32,7 +32,7 @@ fn free_port() -> u16 {
 
 #[test]
 #[ignore = "boots the bare-metal host under QEMU with gdb on a guest: run through cargo xtask test"]
-fn gdb_breaks_reads_steps_interrupts_and_detaches_from_a_guest_on_svm() {
+fn gdb_breaks_reads_steps_watches_interrupts_and_detaches_from_a_guest_on_svm() {
     let kernel = env_path("VMM_TEST_KERNEL");
     let dir = env_path("VMM_TEST_GUESTS");
     let guests = named_guests(&dir, &["gdb_target"]);

@@ -324,3 +324,36 @@ fn gdb_breaks_reads_steps_watches_interrupts_and_detaches_from_a_guest_program()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The guest's end reaches gdb as its inferior's exit (as on the
+/// bare-metal host): `gdb_target` runs from its first instruction to its
+/// power-off under a `continue`.
+#[test]
+#[ignore = "runs a guest program under KVM with gdb: run through cargo xtask test"]
+fn gdb_sees_the_guest_power_off_as_an_exit() {
+    if !kvm_present() {
+        let _ = writeln!(std::io::stderr(), "skipped: /dev/kvm absent");
+        return;
+    }
+    let addr = gdb_address(3);
+    let bios = env_path("VMM_TEST_GUESTS").join("gdb_target.bin");
+    let (mut vmm, reader) = vmm_waiting_for_gdb(
+        &addr,
+        &[
+            "--memory".as_ref(),
+            "16".as_ref(),
+            "--bios".as_ref(),
+            bios.as_os_str(),
+            "--serial".as_ref(),
+            "none".as_ref(),
+        ],
+    );
+    let text = batch_gdb(&addr, &["continue"], None);
+    let status = vmm.wait().unwrap();
+    let stderr = reader.join().unwrap();
+    assert!(
+        text.contains("[Inferior 1 (process 1) exited normally]"),
+        "{text}\n--- vmm ---\n{stderr}"
+    );
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}

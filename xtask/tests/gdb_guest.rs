@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use xtask::bochs::GdbRelay;
-use xtask::gdb_guest::{batch_gdb, check, commands};
+use xtask::gdb_guest::{batch_gdb, check, commands, Features};
 use xtask::kernel::{gdb_serial_args, host_memory_mib, named_guests};
 use xtask::qemu::{direct_command, Outcome};
 use xtask::system::env_path;
@@ -77,7 +77,7 @@ fn gdb_breaks_reads_steps_watches_interrupts_and_detaches_from_a_guest_on_svm() 
     let text = batch_gdb(
         &addr,
         &symbols,
-        &commands(true),
+        &commands(Features::ALL),
         Duration::from_secs(2),
         Duration::from_secs(600),
     );
@@ -98,7 +98,7 @@ fn gdb_breaks_reads_steps_watches_interrupts_and_detaches_from_a_guest_on_svm() 
     let console = reader.join().unwrap();
     let powered_off = console.contains("vmm: all VMs stopped; every guest powered off")
         && status.map(|s| Outcome::from_status(s.code())) == Some(Outcome::Success);
-    check(&text, &console, powered_off, true);
+    check(&text, &console, powered_off, Features::ALL);
 }
 
 #[test]
@@ -127,7 +127,7 @@ fn slow_gdb_breaks_reads_steps_watches_interrupts_and_detaches_from_a_guest_on_v
         Ok(addr) => batch_gdb(
             &addr,
             &symbols,
-            &commands(true),
+            &commands(Features::ALL),
             Duration::from_secs(5),
             Duration::from_secs(600),
         ),
@@ -138,5 +138,5 @@ fn slow_gdb_breaks_reads_steps_watches_interrupts_and_detaches_from_a_guest_on_v
         && run
             .console
             .contains("vmm: all VMs stopped; every guest powered off");
-    check(&text, &run.console, powered_off, true);
+    check(&text, &run.console, powered_off, Features::ALL);
 }

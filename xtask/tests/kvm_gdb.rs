@@ -285,8 +285,11 @@ fn gdb_breaks_reads_steps_watches_interrupts_and_detaches_from_a_guest_program()
             &serial,
         ],
     );
-    let watchpoints = !std::path::Path::new("/sys/module/kvm_pvm").exists();
-    if !watchpoints {
+    let can = gdb_guest::Features {
+        int3s: true,
+        watchpoints: !std::path::Path::new("/sys/module/kvm_pvm").exists(),
+    };
+    if !can.watchpoints {
         let _ = writeln!(
             std::io::stderr(),
             "PVM: the session without watchpoints (data breakpoints do not fire there)"
@@ -295,7 +298,7 @@ fn gdb_breaks_reads_steps_watches_interrupts_and_detaches_from_a_guest_program()
     let text = gdb_guest::batch_gdb(
         &addr,
         &symbols,
-        &gdb_guest::commands(watchpoints),
+        &gdb_guest::commands(can),
         Duration::from_secs(2),
         Duration::from_secs(60),
     );
@@ -320,7 +323,7 @@ fn gdb_breaks_reads_steps_watches_interrupts_and_detaches_from_a_guest_program()
         &text,
         &format!("{out}\n--- vmm ---\n{stderr}"),
         powered_off,
-        watchpoints,
+        can,
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -356,4 +359,75 @@ fn gdb_sees_the_guest_power_off_as_an_exit() {
         "{text}\n--- vmm ---\n{stderr}"
     );
     assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+/// What the KVM-in-TCG rig shows: watchpoints, but not INT3s (TCG raises
+/// the guest's INT3 as a software interrupt, which KVM's #BP intercept
+/// does not see).
+const RIG_CAN: gdb_guest::Features = gdb_guest::Features {
+    int3s: false,
+    watchpoints: true,
+};
+
+/// The session of `xtask::gdb_guest` with its watchpoints, on a real
+/// (hardware-assisted) KVM: the KVM-in-TCG rig (`xtask::kvm_nested`),
+/// where `vmm run --gdb` listens inside and busybox `nc` carries its
+/// connection to the rig's second serial port, which QEMU serves on a TCP
+/// port here for gdb.
+#[test]
+#[ignore = "boots the KVM-in-TCG rig: run through cargo xtask test --slow"]
+fn slow_gdb_watches_a_guest_program_under_real_kvm() {
+    let guests = env_path("VMM_TEST_GUESTS");
+    let symbols = guests.join("gdb_target.o");
+    let rig = xtask::kvm_nested::build_with(&env_path("VMM_TEST_VMM"), &guests).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let script = "ifconfig lo 127.0.0.1 up\n\
+        stty -F /dev/ttyS1 raw -echo\n\
+        VMM_LOG=debug vmm run --memory 16 --bios /rig/guests/gdb_target.bin \
+        --serial file=/tmp/console.txt --gdb 127.0.0.1:1234 2>/tmp/vmm.err &\n\
+        pid=$!\n\
+        touch /tmp/vmm.err; tail -f /tmp/vmm.err &\n\
+        until grep -q 'waiting for gdb' /tmp/vmm.err; do\n\
+            kill -0 $pid || break; sleep 0.1\n\
+        done\n\
+        nc 127.0.0.1 1234 </dev/ttyS1 >/dev/ttyS1 &\n\
+        echo GDB-READY\n\
+        wait $pid\n\
+        status=$?\n\
+        cat /tmp/console.txt\n\
+        grep 'vmm: the guest' /tmp/vmm.err\n\
+        exit $status\n";
+    let mut gdb = None;
+    let mut on_line = |line: &str| {
+        eprintln!("rig: {line}");
+        if line.contains("GDB-READY") && gdb.is_none() {
+            let symbols = symbols.clone();
+            gdb = Some(std::thread::spawn(move || {
+                gdb_guest::batch_gdb(
+                    &format!("127.0.0.1:{port}"),
+                    &symbols,
+                    &gdb_guest::commands(RIG_CAN),
+                    Duration::from_secs(5),
+                    Duration::from_secs(300),
+                )
+            }));
+        }
+    };
+    let serial_arg = format!("tcp:127.0.0.1:{port},server=on,wait=off");
+    let run = rig.run_watched(
+        script,
+        &[],
+        Duration::from_secs(900),
+        &["-serial".to_string(), serial_arg],
+        &mut on_line,
+    );
+    let run = run.unwrap();
+    let text = gdb
+        .map(|g| g.join().unwrap())
+        .unwrap_or_else(|| "gdb never started".into());
+    let powered_off = run.status == Some(0) && run.serial.contains("vmm: the guest powered off");
+    gdb_guest::check(&text, &run.serial, powered_off, RIG_CAN);
 }

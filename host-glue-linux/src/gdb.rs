@@ -409,6 +409,16 @@ impl Session {
 
     /// Tell gdb the guest stopped at a breakpoint or after a step.
     pub fn report(&mut self, m: &mut Machine, stop: &DebugStop) {
+        if stop.exception == 1 && !m.step && stop.dr6 & 0xf == 0 {
+            // Not gdb's: no step asked, none of its breakpoints hit. The
+            // guest's own single step, which KVM intercepts while gdb has
+            // debug-register breakpoints: it is the guest's to take.
+            log::debug!("gdb: the guest's own #DB: {stop:x?}");
+            if let Err(e) = m.vcpu.give_debug_trap(stop.dr6) {
+                log::warn!("gdb: {e}");
+            }
+            return;
+        }
         let Some(state) = self.state.take() else {
             return;
         };

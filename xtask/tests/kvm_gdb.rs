@@ -374,19 +374,28 @@ const RIG_CAN: gdb_guest::Features = gdb_guest::Features {
 /// where `vmm run --gdb` listens inside and busybox `nc` carries its
 /// connection to the rig's second serial port, which QEMU serves on a TCP
 /// port here for gdb.
-#[test]
-#[ignore = "boots the KVM-in-TCG rig: run through cargo xtask test --slow"]
-fn slow_gdb_watches_a_guest_program_under_real_kvm() {
-    let guests = env_path("VMM_TEST_GUESTS");
-    let symbols = guests.join("gdb_target.o");
-    let rig = xtask::kvm_nested::build_with(&env_path("VMM_TEST_VMM"), &guests).unwrap();
+/// Run the guest program `guest` under `vmm run --gdb` on a real
+/// (hardware-assisted) KVM: the KVM-in-TCG rig (`xtask::kvm_nested`),
+/// where `vmm` listens inside and busybox `nc` carries its connection to
+/// the rig's second serial port, which QEMU serves on a TCP port here;
+/// `gdb` is run with that address once the stub waits. gdb's output, and
+/// the rig's console with the guest's and `vmm`'s (`vmm` exits 0 when
+/// the guest powers off: the job's status).
+fn rig_session(
+    guest: &str,
+    gdb: impl FnOnce(&str) -> String + Send + 'static,
+) -> (String, xtask::kvm_nested::RigRun) {
+    let rig =
+        xtask::kvm_nested::build_with(&env_path("VMM_TEST_VMM"), &env_path("VMM_TEST_GUESTS"))
+            .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap();
-    let script = "ifconfig lo 127.0.0.1 up\n\
+    let script = format!(
+        "ifconfig lo 127.0.0.1 up\n\
         stty -F /dev/ttyS1 raw -echo\n\
-        VMM_LOG=debug vmm run --memory 16 --bios /rig/guests/gdb_target.bin \
+        VMM_LOG=debug vmm run --memory 16 --bios /rig/guests/{guest}.bin \
         --serial file=/tmp/console.txt --gdb 127.0.0.1:1234 2>/tmp/vmm.err &\n\
         pid=$!\n\
         touch /tmp/vmm.err; tail -f /tmp/vmm.err &\n\
@@ -399,35 +408,113 @@ fn slow_gdb_watches_a_guest_program_under_real_kvm() {
         status=$?\n\
         cat /tmp/console.txt\n\
         grep 'vmm: the guest' /tmp/vmm.err\n\
-        exit $status\n";
-    let mut gdb = None;
+        exit $status\n"
+    );
+    let mut gdb = Some(gdb);
+    let mut session = None;
     let mut on_line = |line: &str| {
         eprintln!("rig: {line}");
-        if line.contains("GDB-READY") && gdb.is_none() {
-            let symbols = symbols.clone();
-            gdb = Some(std::thread::spawn(move || {
-                gdb_guest::batch_gdb(
-                    &format!("127.0.0.1:{port}"),
-                    &symbols,
-                    &gdb_guest::commands(RIG_CAN),
-                    Duration::from_secs(5),
-                    Duration::from_secs(300),
-                )
-            }));
+        if line.contains("GDB-READY") {
+            if let Some(gdb) = gdb.take() {
+                session = Some(std::thread::spawn(move || {
+                    gdb(&format!("127.0.0.1:{port}"))
+                }));
+            }
         }
     };
     let serial_arg = format!("tcp:127.0.0.1:{port},server=on,wait=off");
-    let run = rig.run_watched(
-        script,
-        &[],
-        Duration::from_secs(900),
-        &["-serial".to_string(), serial_arg],
-        &mut on_line,
-    );
-    let run = run.unwrap();
-    let text = gdb
+    let run = rig
+        .run_watched(
+            &script,
+            &[],
+            Duration::from_secs(900),
+            &["-serial".to_string(), serial_arg],
+            &mut on_line,
+        )
+        .unwrap();
+    let text = session
         .map(|g| g.join().unwrap())
         .unwrap_or_else(|| "gdb never started".into());
+    (text, run)
+}
+
+/// The session of `xtask::gdb_guest` with its watchpoints on a real KVM
+/// (the rig, [`rig_session`]).
+#[test]
+#[ignore = "boots the KVM-in-TCG rig: run through cargo xtask test --slow"]
+fn slow_gdb_watches_a_guest_program_under_real_kvm() {
+    let symbols = env_path("VMM_TEST_GUESTS").join("gdb_target.o");
+    let (text, run) = rig_session("gdb_target", move |addr| {
+        gdb_guest::batch_gdb(
+            addr,
+            &symbols,
+            &gdb_guest::commands(RIG_CAN),
+            Duration::from_secs(5),
+            Duration::from_secs(300),
+        )
+    });
     let powered_off = run.status == Some(0) && run.serial.contains("vmm: the guest powered off");
     gdb_guest::check(&text, &run.serial, powered_off, RIG_CAN);
+}
+
+/// gdb, with a hardware breakpoint set, `continue`s `own_single_step`: a
+/// guest that single-steps itself. Its #DB traps stay its own (a KVM that
+/// intercepts every #DB while the debugger has debug-register breakpoints
+/// reports them to the stub, which gives them back): it counts all five,
+/// and gdb sees no stop, only the guest's exit.
+fn own_single_step_session(run: &dyn Fn(&[&str]) -> (String, String)) {
+    let (text, console) = run(&["hbreak *0x12345", "continue"]);
+    let both = format!("{text}\n--- console ---\n{console}");
+    assert!(console.contains("own #DB traps: 5"), "{both}");
+    assert!(
+        text.contains("[Inferior 1 (process 1) exited normally]"),
+        "{both}"
+    );
+    assert!(!text.contains("SIGTRAP"), "{both}");
+}
+
+#[test]
+#[ignore = "runs a guest program under KVM with gdb: run through cargo xtask test"]
+fn a_guests_own_single_steps_stay_its_own_under_gdb() {
+    if !kvm_present() {
+        let _ = writeln!(std::io::stderr(), "skipped: /dev/kvm absent");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("vmm-gdb-own-step-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let console = dir.join("console.log");
+    let serial = std::ffi::OsString::from(format!("file={}", console.display()));
+    let bios = env_path("VMM_TEST_GUESTS").join("own_single_step.bin");
+    own_single_step_session(&|commands| {
+        let addr = gdb_address(4);
+        let (mut vmm, reader) = vmm_waiting_for_gdb(
+            &addr,
+            &[
+                "--memory".as_ref(),
+                "16".as_ref(),
+                "--bios".as_ref(),
+                bios.as_os_str(),
+                "--serial".as_ref(),
+                &serial,
+            ],
+        );
+        let text = batch_gdb(&addr, commands, None);
+        let _ = vmm.wait();
+        let _ = reader.join();
+        (text, std::fs::read_to_string(&console).unwrap_or_default())
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "boots the KVM-in-TCG rig: run through cargo xtask test --slow"]
+fn slow_a_guests_own_single_steps_stay_its_own_under_gdb_and_real_kvm() {
+    own_single_step_session(&|commands| {
+        let commands: Vec<String> = commands.iter().map(|c| c.to_string()).collect();
+        let (text, run) = rig_session("own_single_step", move |addr| {
+            let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+            batch_gdb(addr, &commands, None)
+        });
+        (text, run.serial)
+    });
 }

@@ -224,6 +224,29 @@ impl KvmVcpu {
         Ok(())
     }
 
+    /// Give the guest a #DB that KVM stopped for the host's debugging but
+    /// that the host did not cause (the guest's own RFLAGS.TF: while the
+    /// host has breakpoints in the debug registers, KVM intercepts every
+    /// #DB): DR6 as KVM reported it, and the exception at the next entry.
+    pub fn give_debug_trap(&mut self, dr6: u64) -> Result<(), KvmError> {
+        let mut regs = self
+            .vcpu
+            .get_debug_regs()
+            .map_err(ioctl_err("GET_DEBUGREGS"))?;
+        regs.dr6 = dr6;
+        self.vcpu
+            .set_debug_regs(&regs)
+            .map_err(ioctl_err("SET_DEBUGREGS"))?;
+        if self.inject_exception(1, None) {
+            Ok(())
+        } else {
+            Err(KvmError::Ioctl {
+                what: "SET_VCPU_EVENTS (#DB)",
+                errno: libc::EBUSY,
+            })
+        }
+    }
+
     /// Where the guest stopped for the debugger, once: the last run's
     /// debug exit, if it had one.
     pub fn take_debug_stop(&mut self) -> Option<DebugStop> {

@@ -447,6 +447,10 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
                 until_ns: Some(host.now_ns().saturating_add(SLICE_NS)),
             };
             if let RunOutcome::Stopped(reason) = m.pc.run(&mut m.vcpu, slice) {
+                // gdb hears of the end as of a process's exit.
+                if let Some(g) = gdb.as_mut() {
+                    g.ended(&mut m, u8::from(reason != StopReason::PowerOff));
+                }
                 break Ending::Stopped(reason);
             }
             if let Some(stop) = m.vcpu.take_debug_stop() {

@@ -249,6 +249,7 @@ impl Client<'_> {
                 self.stream.write_all(&m.into_bytes())?;
                 self.size = (w, h);
                 self.sent = None;
+                self.sent_generation = 0;
                 self.pending = None;
                 return Ok(());
             }

@@ -274,3 +274,146 @@ impl Drop for Count<'_> {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut b = vec![0; n];
+        s.read_exact(&mut b).unwrap();
+        b
+    }
+
+    /// A 3.8 client through ServerInit; the size it was told.
+    fn connect(addr: SocketAddr) -> (TcpStream, (u16, u16)) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(read_n(&mut s, 12), b"RFB 003.008\n");
+        s.write_all(b"RFB 003.008\n\x01\x01").unwrap();
+        assert_eq!(read_n(&mut s, 6), [1, 1, 0, 0, 0, 0]);
+        let init = read_n(&mut s, 24);
+        let name = read_n(&mut s, 3);
+        assert_eq!(name, b"vmm");
+        let size = (
+            u16::from_be_bytes([init[0], init[1]]),
+            u16::from_be_bytes([init[2], init[3]]),
+        );
+        (s, size)
+    }
+
+    fn request(s: &mut TcpStream, incremental: bool, w: u16, h: u16) {
+        let mut m = vec![3, u8::from(incremental), 0, 0, 0, 0];
+        m.extend(w.to_be_bytes());
+        m.extend(h.to_be_bytes());
+        s.write_all(&m).unwrap();
+    }
+
+    /// One update's rectangles: (x, y, w, h, encoding), pixels skipped.
+    fn update(s: &mut TcpStream) -> Vec<(u16, u16, u16, u16, i32)> {
+        let head = read_n(s, 4);
+        assert_eq!(head[0], 0);
+        let n = u16::from_be_bytes([head[2], head[3]]);
+        (0..n)
+            .map(|_| {
+                let r = read_n(s, 12);
+                let be = |i: usize| u16::from_be_bytes([r[i], r[i + 1]]);
+                let enc = i32::from_be_bytes([r[8], r[9], r[10], r[11]]);
+                if enc == 0 {
+                    read_n(s, usize::from(be(4)) * usize::from(be(6)) * 4);
+                }
+                (be(0), be(2), be(4), be(6), enc)
+            })
+            .collect()
+    }
+
+    fn wait_clients(server: &VncServer, n: usize) {
+        let start = Instant::now();
+        while server.clients() != n {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{} clients",
+                server.clients()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn clients_get_the_screen_its_changes_and_its_new_size() {
+        let keys = InputQueue::new();
+        let server = VncServer::start("127.0.0.1:0".parse().unwrap(), keys.clone()).unwrap();
+        server.publish(black(64, 48));
+        let (mut c, size) = connect(server.local_addr());
+        assert_eq!(size, (64, 48));
+        request(&mut c, false, 64, 48);
+        let all: u32 = update(&mut c)
+            .iter()
+            .map(|r| u32::from(r.2) * u32::from(r.3))
+            .sum();
+        assert_eq!(all, 64 * 48);
+        // One pixel changes: one tile comes.
+        let mut f = black(64, 48);
+        f.pixels[40 * 64 + 40] = 0xffffff;
+        request(&mut c, true, 64, 48);
+        server.publish(f);
+        assert_eq!(update(&mut c), vec![(32, 32, 32, 16, 0)]);
+        // A key typed reaches the keyboard's queue.
+        c.write_all(&[4, 1, 0, 0, 0, 0, 0, b'a', 4, 0, 0, 0, 0, 0, 0, b'a'])
+            .unwrap();
+        // The mode changes: DesktopSize for a client that takes it.
+        c.write_all(&[2, 0, 0, 2, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x21])
+            .unwrap();
+        request(&mut c, true, 64, 48);
+        server.publish(black(80, 40));
+        assert_eq!(update(&mut c), vec![(0, 0, 80, 40, -223)]);
+        request(&mut c, true, 80, 40);
+        assert_eq!(update(&mut c), vec![(0, 0, 80, 32, 0), (0, 32, 80, 8, 0)]);
+        assert_eq!(keys.len(), 2, "a press and a release");
+        drop(c);
+        wait_clients(&server, 0);
+    }
+
+    #[test]
+    fn a_broken_client_goes_alone_and_a_fifth_is_refused() {
+        let server = VncServer::start("127.0.0.1:0".parse().unwrap(), InputQueue::new()).unwrap();
+        server.publish(black(32, 32));
+        let (mut good, _) = connect(server.local_addr());
+        // A message type that does not exist: that client is closed.
+        let (mut bad, _) = connect(server.local_addr());
+        bad.write_all(&[0xfe, 1, 2, 3]).unwrap();
+        assert_eq!(bad.read(&mut [0u8; 16]).unwrap_or(0), 0, "closed");
+        // A client that never reads, however much changes (it holds a
+        // request): the server goes on publishing and serving the others.
+        let (mut slow, _) = connect(server.local_addr());
+        for i in 0..50 {
+            request(&mut slow, false, 32, 32);
+            server.publish(Framebuffer {
+                width: 32,
+                height: 32,
+                pixels: vec![i; 32 * 32],
+            });
+        }
+        request(&mut good, false, 32, 32);
+        assert_eq!(update(&mut good), vec![(0, 0, 32, 32, 0)]);
+        // Four served (good, slow and two more): a fifth is told why.
+        let _third = connect(server.local_addr());
+        let _fourth = connect(server.local_addr());
+        wait_clients(&server, 4);
+        let mut fifth = TcpStream::connect(server.local_addr()).unwrap();
+        fifth
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(read_n(&mut fifth, 12), b"RFB 003.008\n");
+        fifth.write_all(b"RFB 003.008\n").unwrap();
+        let mut rest = Vec::new();
+        fifth.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest[0], 0, "no security types");
+        assert!(
+            String::from_utf8_lossy(&rest[5..]).contains("4 VNC clients are connected"),
+            "{rest:?}"
+        );
+    }
+}

@@ -127,7 +127,7 @@ pub fn changed_rects(before: Option<&Framebuffer>, now: &Framebuffer, area: Rect
 /// Write 0x00RRGGBB `pixel` to `out` in `format`.
 pub fn put_pixel(out: &mut Vec<u8>, format: &PixelFormat, pixel: u32) {
     let channel = |value: u32, max: u16, shift: u8| -> u32 {
-        ((value & 0xff) * u32::from(max) + 127) / 255 << shift
+        (((value & 0xff) * u32::from(max) + 127) / 255) << shift
     };
     let v = channel(pixel >> 16, format.red_max, format.red_shift)
         | channel(pixel >> 8, format.green_max, format.green_shift)

@@ -295,28 +295,30 @@ impl Session {
 
     /// Take `bytes` from the client; what they complete, in order. An
     /// error ends the session (later calls fail with
-    /// [`ProtocolError::Closed`]); the events before it are lost, and
-    /// for a refusal the reply is in the error's session: see
-    /// [`Session::refusing`].
+    /// [`ProtocolError::Closed`]) and drops the events before it: use
+    /// [`Session::feed_into`] to keep them (a refusal's reply is one).
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Event>, ProtocolError> {
         let mut events = Vec::new();
-        match self.feed_into(bytes, &mut events) {
-            Ok(()) => Ok(events),
-            Err(e) => {
-                self.state = State::Closed;
-                self.buf = Vec::new();
-                Err(e)
-            }
-        }
+        self.feed_into(bytes, &mut events)?;
+        Ok(events)
     }
 
-    /// As [`Session::feed`], keeping the events that came before an
-    /// error (a refusal's reply among them).
+    /// As [`Session::feed`], appending to `events` and keeping the events
+    /// that came before an error (a refusal's reply among them).
     pub fn feed_into(
         &mut self,
-        mut bytes: &[u8],
+        bytes: &[u8],
         events: &mut Vec<Event>,
     ) -> Result<(), ProtocolError> {
+        let result = self.take(bytes, events);
+        if result.is_err() {
+            self.state = State::Closed;
+            self.buf = Vec::new();
+        }
+        result
+    }
+
+    fn take(&mut self, mut bytes: &[u8], events: &mut Vec<Event>) -> Result<(), ProtocolError> {
         if self.state == State::Closed {
             return Err(ProtocolError::Closed);
         }

@@ -253,14 +253,32 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
             implicit_supervisor: false,
             ac: self.state.rflags() & RFLAGS_AC != 0,
         };
-        match self.walker.translate(&mut BusTables(self.bus), la, access) {
-            Ok(t) => {
-                let frame = t.gpa & !(PAGE_SIZE - 1);
+        let walker = self.walker;
+        let walked = match self.state.translation_cache() {
+            Some(cache) => {
+                let (control, pkru, bits) = (&walker.control, walker.pkru, walker.max_phys_bits);
+                match cache.lookup(self.bus, control, pkru, bits, access, la) {
+                    Some(gpa) => Ok(gpa),
+                    None => walker
+                        .translate_traced(&mut BusTables(self.bus), la, access)
+                        .map(|(t, trace)| {
+                            cache.insert(control, pkru, bits, access, la, t.gpa, &trace);
+                            t.gpa
+                        }),
+                }
+            }
+            None => walker
+                .translate(&mut BusTables(self.bus), la, access)
+                .map(|t| t.gpa),
+        };
+        match walked {
+            Ok(gpa) => {
+                let frame = gpa & !(PAGE_SIZE - 1);
                 if let Some(slot) = self.tlb.get_mut(self.tlb_next % TLB_ENTRIES) {
                     *slot = Some(TlbEntry { page, frame, kind });
                 }
                 self.tlb_next = self.tlb_next.wrapping_add(1);
-                Ok(t.gpa)
+                Ok(gpa)
             }
             Err(WalkError::PageFault(pf)) => Err(Exception::PageFault(pf).into()),
             Err(WalkError::TableUnreachable { gpa }) => Err(BusError::Memory { gpa }.into()),

@@ -3,6 +3,7 @@
 //! the CPU side for tests, fuzzers and backends that copy state out.
 
 use crate::paging::{ControlRegisters, CR0_PE, EFER_LMA};
+use super::translation_cache::TranslationCache;
 
 /// RFLAGS.CF.
 pub const RFLAGS_CF: u64 = 1 << 0;
@@ -323,6 +324,13 @@ pub trait CpuState {
     fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
         None
     }
+    /// This vCPU's cache of guest page-table walks, kept across exits
+    /// (see [`TranslationCache`]: every hit is checked against the guest's
+    /// tables, so it needs no invalidation). `None` (the default): every
+    /// emulation walks.
+    fn translation_cache(&mut self) -> Option<&mut TranslationCache> {
+        None
+    }
 }
 
 /// What an instruction that loads a segment register from a descriptor
@@ -530,6 +538,9 @@ pub struct RegisterFile {
     pub tr: SegmentRegister,
     /// The x87/MMX registers, if this vCPU has them.
     pub x87: Option<X87Registers>,
+    /// The walks of earlier emulations (not architectural state: it
+    /// compares equal whatever it holds).
+    pub translation_cache: TranslationCache,
 }
 
 impl RegisterFile {
@@ -660,6 +671,9 @@ impl CpuState for RegisterFile {
     fn set_cr0(&mut self, value: u64) -> bool {
         self.control.cr0 = value;
         true
+    }
+    fn translation_cache(&mut self) -> Option<&mut TranslationCache> {
+        Some(&mut self.translation_cache)
     }
     fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
         Some(self)

@@ -108,6 +108,7 @@ mod stack_frame;
 mod string;
 mod system;
 mod transfer;
+mod translation_cache;
 mod vector;
 mod x87;
 
@@ -122,6 +123,7 @@ pub use error::{EmulateError, Exception, InstructionBytes};
 pub use execute::undefined_flags;
 pub use hints::{AccessHint, Hints};
 pub use string::PortString;
+pub use translation_cache::TranslationCache;
 
 use access::Context;
 use string::StringOutcome;

@@ -57,6 +57,9 @@ pub struct VmxVcpu {
     /// While it steps the guest: the RIP after the last exit (an
     /// instruction the exit loop completed there is the step).
     pub(super) step_exit_rip: Option<u64>,
+    /// The guest page-table walks of earlier emulations (checked
+    /// against the guest's tables at every use).
+    pub(super) translation_cache: crate::emulator::TranslationCache,
 }
 
 impl VmxVcpu {
@@ -104,6 +107,7 @@ impl VmxVcpu {
             host_debug: None,
             debug_stop: None,
             step_exit_rip: None,
+            translation_cache: crate::emulator::TranslationCache::new(),
             pdptes_stale: false,
         };
         // SAFETY: VMX is on (`vmx` exists); the region is ours, carries the

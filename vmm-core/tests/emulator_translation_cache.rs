@@ -82,6 +82,13 @@ impl GuestBus for Bus {
         self.ram[r].copy_from_slice(data);
         Ok(())
     }
+    fn read_table_entry(&mut self, gpa: u64, wide: bool) -> Option<u64> {
+        self.log.push(Access::Read(gpa));
+        let r = self.range(gpa, if wide { 8 } else { 4 }).ok()?;
+        let mut b = [0u8; 8];
+        b[..r.len()].copy_from_slice(&self.ram[r]);
+        Some(u64::from_le_bytes(b))
+    }
     fn io_read(&mut self, _: u16, data: &mut [u8]) -> Result<(), BusError> {
         data.fill(0xff);
         Ok(())

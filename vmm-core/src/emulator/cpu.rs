@@ -457,6 +457,16 @@ pub trait GuestBus {
         self.read_physical(gpa, &mut b)?;
         Ok(u64::from_le_bytes(b))
     }
+    /// The paging-structure entry at `gpa` (8 bytes if `wide`, else 4), if
+    /// it lies in memory whose reads have no side effects (RAM or ROM);
+    /// `None` elsewhere (a device, nothing) or when the bus cannot tell.
+    /// The vCPU's translation cache checks its walks through this, and
+    /// serves none whose entries it cannot read so. The default says
+    /// `None`: no walk is reused.
+    fn read_table_entry(&mut self, gpa: u64, wide: bool) -> Option<u64> {
+        let _ = (gpa, wide);
+        None
+    }
     /// Complete a locked read-modify-write at `gpa` whose read returned
     /// `old`: store `new` if the bytes there still equal `old` and return
     /// `true`; return `false`, changing nothing, if another vCPU changed

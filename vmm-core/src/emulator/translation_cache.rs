@@ -14,11 +14,14 @@
 //! and the entries it reads, whose addresses follow from CR3 and the
 //! entries above them; with all of those equal the walk would give the same
 //! address and, its accessed and dirty bits being set already, write
-//! nothing. So a hit is exactly what a walk would do now, with the same
-//! reads in the same order, whatever the guest changed since: a remapped
-//! page, a cleared accessed bit, a new CR3 or paging mode. What it saves
-//! is the walker's decisions (levels, reserved bits, rights), not the
-//! reads.
+//! nothing. So a hit gives exactly what a walk would give now, whatever
+//! the guest changed since: a remapped page, a cleared accessed bit, a new
+//! CR3 or paging mode. The entries are read through
+//! [`GuestBus::read_table_entry`], which reads memory alone (RAM, ROM): a
+//! walk whose tables lie in a device's range, or that the memory map no
+//! longer has as memory, is dropped without touching a device, so the
+//! cache never adds a device access. What it saves is the walker's
+//! decisions (levels, reserved bits, rights), not the reads.
 
 use super::cpu::GuestBus;
 use crate::paging::{Access, ControlRegisters, TracedEntry, WalkTrace, PAGE_SIZE};
@@ -29,12 +32,12 @@ const ENTRIES: usize = 4;
 /// Everything besides the entries that decides a walk's outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct WalkKey {
+    /// The linear page (address >> 12), first: compared first.
+    page: u64,
     control: ControlRegisters,
     pkru: u32,
     max_phys_bits: u8,
     access: Access,
-    /// The linear page (address >> 12).
-    page: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,15 +125,7 @@ impl TranslationCache {
         let walk = slot.as_ref()?;
         let path = walk.path.get(..usize::from(walk.len)).unwrap_or(&[]);
         for e in path {
-            let now = if e.wide {
-                bus.read_u64_physical(e.gpa).ok()
-            } else {
-                let mut b = [0u8; 4];
-                bus.read_physical(e.gpa, &mut b)
-                    .ok()
-                    .map(|()| u64::from(u32::from_le_bytes(b)))
-            };
-            if now != Some(e.value) {
+            if bus.read_table_entry(e.gpa, e.wide) != Some(e.value) {
                 *slot = None;
                 return None;
             }

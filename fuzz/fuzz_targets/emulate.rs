@@ -12,9 +12,9 @@
 //! memory or the MMIO window and never crosses a 4 KiB page; a port access
 //! is 1, 2 or 4 bytes; an exception is one the architecture defines with a
 //! consistent error code; RIP moves only when the instruction retires;
-//! the vCPU's translation cache, warm from the steps before, changes
-//! nothing (outcome, registers, memory) against the same step with an
-//! empty cache.
+//! the vCPU's translation and decode caches, warm from the steps before,
+//! change nothing (outcome, registers, memory) against the same step with
+//! empty caches.
 //! A GDT and an LDT lie in RAM at fixed places (filled by the patches), so
 //! segment loads and far transfers reach their descriptor checks.
 #![no_main]
@@ -298,11 +298,13 @@ fuzz_target!(|input: Input| {
     };
     for _ in 0..3 {
         let before = cpu.clone();
-        // The same step from the same state with an empty translation
-        // cache: the cache (warm from the steps before, whose writes may
-        // have changed the page tables) must not change what happens.
+        // The same step from the same state with empty translation and
+        // decode caches: the caches (warm from the steps before, whose
+        // writes may have changed the page tables or the code) must not
+        // change what happens.
         let mut fresh_cpu = cpu.clone();
         fresh_cpu.translation_cache.clear();
+        fresh_cpu.decode_cache.clear();
         let mut fresh_bus = Bus {
             ram: bus.ram.clone(),
             accesses: 0,
@@ -310,9 +312,9 @@ fuzz_target!(|input: Input| {
         let fresh = run(&mut fresh_cpu, &mut fresh_bus);
         bus.accesses = 0;
         let result = run(&mut cpu, &mut bus);
-        assert_eq!(result, fresh, "the translation cache changed the outcome");
-        assert_eq!(cpu, fresh_cpu, "the translation cache changed the registers");
-        assert!(bus.ram == fresh_bus.ram, "the translation cache changed memory");
+        assert_eq!(result, fresh, "the caches changed the outcome");
+        assert_eq!(cpu, fresh_cpu, "the caches changed the registers");
+        assert!(bus.ram == fresh_bus.ram, "the caches changed memory");
         // Bounded work: fetch and page walks plus a bounded number of
         // iterations, each with at most a few accesses.
         assert!(

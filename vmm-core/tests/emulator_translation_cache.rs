@@ -4,7 +4,9 @@
 //! nested paging the VMM sees neither), gets what a fresh walk gives: the
 //! new code page after a remap, a #PF after an unmap, its accessed bit set
 //! again after clearing it. A hit reads the same entries a walk reads, in
-//! the same order, and writes nothing.
+//! the same order, and writes nothing. The vCPU's decode cache
+//! (`emulator::DecodeCache`) reuses a decoded instruction only for the same
+//! bytes at the same RIP: rewritten code runs as rewritten.
 
 use iced_x86::code_asm::*;
 use vmm_core::emulator::{
@@ -149,7 +151,11 @@ fn a_second_fetch_from_the_same_page_hits() {
     let misses = cpu.translation_cache.misses();
     bus.log.clear();
     assert_eq!(step(&mut cpu, &mut bus), Ok(0xaaaa_aaaa));
-    assert_eq!(cpu.translation_cache.hits(), 2, "the fetch and the data page");
+    assert_eq!(
+        cpu.translation_cache.hits(),
+        2,
+        "the fetch and the data page"
+    );
     assert_eq!(cpu.translation_cache.misses(), misses);
     // The hits read the entries the walks read (the first walks also set
     // accessed and dirty bits), and write none.
@@ -250,4 +256,63 @@ fn a_change_of_privilege_or_paging_mode_walks_again() {
         }
         other => panic!("expected #PF, got {other:?}"),
     }
+}
+
+#[test]
+fn a_second_emulation_of_the_same_bytes_reuses_the_decode() {
+    let (mut cpu, mut bus) = machine();
+    assert_eq!(step(&mut cpu, &mut bus), Ok(0xaaaa_aaaa));
+    assert_eq!(cpu.decode_cache.hits(), 0);
+    assert_eq!(step(&mut cpu, &mut bus), Ok(0xaaaa_aaaa));
+    assert_eq!(cpu.decode_cache.hits(), 1);
+}
+
+#[test]
+fn rewritten_code_is_decoded_again() {
+    let (mut cpu, mut bus) = machine();
+    assert_eq!(step(&mut cpu, &mut bus), Ok(0xaaaa_aaaa));
+    assert_eq!(step(&mut cpu, &mut bus), Ok(0xaaaa_aaaa));
+    // Same length: mov [rbx], ecx.
+    let b = asm(|a| a.mov(dword_ptr(rbx), ecx));
+    bus.ram[FRAME_A as usize..FRAME_A as usize + b.len()].copy_from_slice(&b);
+    assert_eq!(step(&mut cpu, &mut bus), Ok(0xbbbb_bbbb));
+    // Longer, beginning with the old first byte's value nowhere: a REX
+    // prefix, mov [rbx], r8d.
+    cpu.gprs[8] = 0xcccc_cccc;
+    let c = asm(|a| a.mov(dword_ptr(rbx), r8d));
+    assert!(c.len() > b.len());
+    bus.ram[FRAME_A as usize..FRAME_A as usize + c.len()].copy_from_slice(&c);
+    assert_eq!(step(&mut cpu, &mut bus), Ok(0xcccc_cccc));
+    assert_eq!(cpu.rip, CODE + c.len() as u64);
+    // Back to the first bytes (the old decode may be reused again).
+    let a = asm(|a| a.mov(dword_ptr(rbx), eax));
+    bus.ram[FRAME_A as usize..FRAME_A as usize + c.len()].fill(0x90);
+    bus.ram[FRAME_A as usize..FRAME_A as usize + a.len()].copy_from_slice(&a);
+    assert_eq!(step(&mut cpu, &mut bus), Ok(0xaaaa_aaaa));
+    assert_eq!(cpu.rip, CODE + a.len() as u64);
+}
+
+#[test]
+fn the_same_bytes_in_another_mode_decode_for_that_mode() {
+    let (mut cpu, mut bus) = machine();
+    // 48 89 03: mov [rbx], rax in 64-bit mode.
+    let code = [0x48, 0x89, 0x03];
+    bus.ram[FRAME_A as usize..FRAME_A as usize + 3].copy_from_slice(&code);
+    cpu.gprs[0] = 0x1111_2222_3333_4444;
+    cpu.rip = CODE;
+    bus.put(DATA, 0);
+    Emulator::default().emulate(&mut cpu, &mut bus).unwrap();
+    assert_eq!(bus.u64_at(DATA), 0x1111_2222_3333_4444);
+    assert_eq!(cpu.rip, CODE + 3);
+    // Compatibility mode (CS.L clear, 32-bit): 48 is DEC EAX, a separate
+    // instruction the emulator does not carry out on memory.
+    cpu.segments[1].attributes &= !(1 << 9);
+    cpu.segments[1].attributes |= 1 << 10;
+    cpu.rip = CODE;
+    let r = Emulator::default().emulate(&mut cpu, &mut bus);
+    assert!(
+        !matches!(r, Ok(Completion::Retired)) || cpu.rip != CODE + 3,
+        "{r:?} at {:#x}",
+        cpu.rip
+    );
 }

@@ -74,6 +74,10 @@ pub(crate) struct Context<'a, S: CpuState, B: GuestBus> {
     pub breakpoint_hits: u64,
     /// The instruction loaded SS with MOV or POP (an interrupt shadow).
     pub mov_ss_shadow: bool,
+    /// Operand `n` as already worked out for an access hint (the
+    /// instruction's only memory operand), so that it is not decoded
+    /// again.
+    pub operand_memo: Option<(u32, super::operand::Operand)>,
     walker: Walker,
     /// Translations made during this instruction (a REP instruction walks
     /// each page once, as a hardware TLB would).
@@ -115,6 +119,7 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
             breakpoints: super::Breakpoints::NONE,
             breakpoint_hits: 0,
             mov_ss_shadow: false,
+            operand_memo: None,
             walker,
             tlb: [None; TLB_ENTRIES],
             tlb_next: 0,

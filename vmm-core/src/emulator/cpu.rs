@@ -2,8 +2,9 @@
 //! around it ([`GuestBus`]), plus [`RegisterFile`], a plain implementation of
 //! the CPU side for tests, fuzzers and backends that copy state out.
 
-use crate::paging::{ControlRegisters, CR0_PE, EFER_LMA};
+use super::decode_cache::DecodeCache;
 use super::translation_cache::TranslationCache;
+use crate::paging::{ControlRegisters, CR0_PE, EFER_LMA};
 
 /// RFLAGS.CF.
 pub const RFLAGS_CF: u64 = 1 << 0;
@@ -331,6 +332,13 @@ pub trait CpuState {
     fn translation_cache(&mut self) -> Option<&mut TranslationCache> {
         None
     }
+    /// This vCPU's cache of decoded instructions, kept across exits (see
+    /// [`DecodeCache`]: an instruction is reused only when the bytes
+    /// fetched at CS:RIP are still its bytes). `None` (the default): every
+    /// emulation decodes.
+    fn decode_cache(&mut self) -> Option<&mut DecodeCache> {
+        None
+    }
 }
 
 /// What an instruction that loads a segment register from a descriptor
@@ -551,6 +559,9 @@ pub struct RegisterFile {
     /// The walks of earlier emulations (not architectural state: it
     /// compares equal whatever it holds).
     pub translation_cache: TranslationCache,
+    /// The instructions decoded by earlier emulations (not architectural
+    /// state either).
+    pub decode_cache: DecodeCache,
 }
 
 impl RegisterFile {
@@ -684,6 +695,9 @@ impl CpuState for RegisterFile {
     }
     fn translation_cache(&mut self) -> Option<&mut TranslationCache> {
         Some(&mut self.translation_cache)
+    }
+    fn decode_cache(&mut self) -> Option<&mut DecodeCache> {
+        Some(&mut self.decode_cache)
     }
     fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
         Some(self)

@@ -94,6 +94,7 @@ mod bits;
 mod breakpoints;
 mod cpu;
 mod decode;
+mod decode_cache;
 mod descriptor_tables;
 mod error;
 mod execute;
@@ -119,6 +120,7 @@ pub use cpu::{
     RFLAGS_FIXED, RFLAGS_IF, RFLAGS_IOPL, RFLAGS_OF, RFLAGS_PF, RFLAGS_RF, RFLAGS_SF,
     RFLAGS_STATUS, RFLAGS_TF, RFLAGS_VM, RFLAGS_ZF,
 };
+pub use decode_cache::DecodeCache;
 pub use error::{EmulateError, Exception, InstructionBytes};
 pub use execute::undefined_flags;
 pub use hints::{AccessHint, Hints};

@@ -200,6 +200,11 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
 
     /// Operand `n` of the instruction.
     pub fn operand(&self, d: &Decoded, n: u32) -> Result<Operand, EmulateError> {
+        if let Some((m, operand)) = self.operand_memo {
+            if m == n {
+                return Ok(operand);
+            }
+        }
         let i = &d.instr;
         match i.op_kind(n) {
             OpKind::Register => {

@@ -245,6 +245,9 @@ pub struct SvmVcpu {
     /// The guest page-table walks of earlier emulations (checked
     /// against the guest's tables at every use).
     translation_cache: crate::emulator::TranslationCache,
+    /// The instructions earlier emulations decoded (reused only for the
+    /// same bytes at the same RIP).
+    decode_cache: crate::emulator::DecodeCache,
 }
 
 /// What the host's debugger changed in the VMCB for one entry, to be put
@@ -303,6 +306,7 @@ impl SvmVcpu {
             debug_stop: None,
             step_exit_rip: None,
             translation_cache: crate::emulator::TranslationCache::new(),
+            decode_cache: crate::emulator::DecodeCache::new(),
         };
         me.vmcb.write_u64(offset::IOPM_BASE, iopm_pa);
         me.vmcb.write_u64(offset::MSRPM_BASE, msrpm_pa);
@@ -943,6 +947,9 @@ impl CpuState for SvmVcpu {
     }
     fn translation_cache(&mut self) -> Option<&mut crate::emulator::TranslationCache> {
         Some(&mut self.translation_cache)
+    }
+    fn decode_cache(&mut self) -> Option<&mut crate::emulator::DecodeCache> {
+        Some(&mut self.decode_cache)
     }
     fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
         Some(self)

@@ -118,6 +118,9 @@ impl CpuState for VmxVcpu {
     fn translation_cache(&mut self) -> Option<&mut crate::emulator::TranslationCache> {
         Some(&mut self.translation_cache)
     }
+    fn decode_cache(&mut self) -> Option<&mut crate::emulator::DecodeCache> {
+        Some(&mut self.decode_cache)
+    }
     fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
         Some(self)
     }

@@ -60,6 +60,9 @@ pub struct VmxVcpu {
     /// The guest page-table walks of earlier emulations (checked
     /// against the guest's tables at every use).
     pub(super) translation_cache: crate::emulator::TranslationCache,
+    /// The instructions earlier emulations decoded (reused only for the
+    /// same bytes at the same RIP).
+    pub(super) decode_cache: crate::emulator::DecodeCache,
 }
 
 impl VmxVcpu {
@@ -108,6 +111,7 @@ impl VmxVcpu {
             debug_stop: None,
             step_exit_rip: None,
             translation_cache: crate::emulator::TranslationCache::new(),
+            decode_cache: crate::emulator::DecodeCache::new(),
             pdptes_stale: false,
         };
         // SAFETY: VMX is on (`vmx` exists); the region is ours, carries the

@@ -260,18 +260,15 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
         };
         let walker = self.walker;
         let walked = match self.state.translation_cache() {
-            Some(cache) => {
-                let (control, pkru, bits) = (&walker.control, walker.pkru, walker.max_phys_bits);
-                match cache.lookup(self.bus, control, pkru, bits, access, la) {
-                    Some(gpa) => Ok(gpa),
-                    None => walker
-                        .translate_traced(&mut BusTables(self.bus), la, access)
-                        .map(|(t, trace)| {
-                            cache.insert(control, pkru, bits, access, la, t.gpa, &trace);
-                            t.gpa
-                        }),
-                }
-            }
+            Some(cache) => match cache.lookup(self.bus, &walker, access, la) {
+                Some(gpa) => Ok(gpa),
+                None => walker
+                    .translate_traced(&mut BusTables(self.bus), la, access)
+                    .map(|(t, trace)| {
+                        cache.insert(&walker, access, la, t.gpa, &trace);
+                        t.gpa
+                    }),
+            },
             None => walker
                 .translate(&mut BusTables(self.bus), la, access)
                 .map(|t| t.gpa),

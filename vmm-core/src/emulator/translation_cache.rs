@@ -24,7 +24,7 @@
 //! decisions (levels, reserved bits, rights), not the reads.
 
 use super::cpu::GuestBus;
-use crate::paging::{Access, ControlRegisters, TracedEntry, WalkTrace, PAGE_SIZE};
+use crate::paging::{Access, ControlRegisters, TracedEntry, WalkTrace, Walker, PAGE_SIZE};
 
 /// Walks kept per vCPU: the code page and a data page or two.
 const ENTRIES: usize = 4;
@@ -38,6 +38,18 @@ struct WalkKey {
     pkru: u32,
     max_phys_bits: u8,
     access: Access,
+}
+
+impl WalkKey {
+    fn new(walker: &Walker, access: Access, linear: u64) -> Self {
+        Self {
+            page: linear >> 12,
+            control: walker.control,
+            pkru: walker.pkru,
+            max_phys_bits: walker.max_phys_bits,
+            access,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,19 +117,11 @@ impl TranslationCache {
     pub(crate) fn lookup<B: GuestBus>(
         &mut self,
         bus: &mut B,
-        control: &ControlRegisters,
-        pkru: u32,
-        max_phys_bits: u8,
+        walker: &Walker,
         access: Access,
         linear: u64,
     ) -> Option<u64> {
-        let key = WalkKey {
-            control: *control,
-            pkru,
-            max_phys_bits,
-            access,
-            page: linear >> 12,
-        };
+        let key = WalkKey::new(walker, access, linear);
         let slot = self
             .walks
             .iter_mut()
@@ -138,9 +142,7 @@ impl TranslationCache {
     /// Keep the successful walk of `linear` that gave `gpa` along `trace`.
     pub(crate) fn insert(
         &mut self,
-        control: &ControlRegisters,
-        pkru: u32,
-        max_phys_bits: u8,
+        walker: &Walker,
         access: Access,
         linear: u64,
         gpa: u64,
@@ -152,13 +154,7 @@ impl TranslationCache {
             return;
         };
         dst.copy_from_slice(entries);
-        let key = WalkKey {
-            control: *control,
-            pkru,
-            max_phys_bits,
-            access,
-            page: linear >> 12,
-        };
+        let key = WalkKey::new(walker, access, linear);
         let walk = CachedWalk {
             key,
             path,

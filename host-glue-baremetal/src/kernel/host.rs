@@ -205,8 +205,8 @@ impl Host for BareMetalHost {
     }
 
     fn current_cpu(&self) -> Option<usize> {
-        // One CPU runs every vCPU.
-        Some(0)
+        // A vCPU runs on the CPU that created it and never moves.
+        Some(super::smp::current())
     }
 
     fn tsc_khz(&self) -> Option<u32> {

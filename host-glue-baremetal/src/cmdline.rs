@@ -651,7 +651,13 @@ mod tests {
         assert_eq!(parse("").unwrap().host_cpus, 16);
         for bad in ["host_cpus=0", "host_cpus=17", "host_cpus=x"] {
             assert!(
-                matches!(parse(bad), Err(CmdlineError::BadValue { key: "host_cpus", .. })),
+                matches!(
+                    parse(bad),
+                    Err(CmdlineError::BadValue {
+                        key: "host_cpus",
+                        ..
+                    })
+                ),
                 "{bad}"
             );
         }

@@ -77,6 +77,12 @@ pub fn config_with(iso: &Path, memory_mib: u64, serial: &Path, log: &Path, extra
     )
 }
 
+/// The bochsrc line that gives the machine `cpus` processors (a second
+/// `cpu:` line: Bochs takes its options over the first line's).
+pub fn cpu_count_config(cpus: u32) -> String {
+    format!("cpu: count={}\n", cpus.max(1))
+}
+
 /// The bochsrc line for a second UART (the host machine's COM2) served on
 /// 127.0.0.1:`port`, the guest gdb stub's line (`gdb=com2`). Bochs waits
 /// for the client (gdb) before it starts the machine.
@@ -254,12 +260,17 @@ pub fn boot_and_capture_with(
 
 /// `cargo xtask run --bochs`: boot `iso` under Bochs, streaming the
 /// console, until the host's last line (or an hour).
-pub fn run(iso: &Path, memory_mib: u64) -> Result<()> {
+pub fn run(iso: &Path, memory_mib: u64, cpus: u32) -> Result<()> {
     eprintln!(
-        "xtask: booting {} under Bochs ({CPU_MODEL}: VMX with EPT)",
+        "xtask: booting {} under Bochs ({CPU_MODEL}: VMX with EPT, {cpus} CPU(s))",
         iso.display()
     );
-    let run = watch(iso, memory_mib, Duration::from_secs(3600), true, "")?;
+    let extra = if cpus > 1 {
+        cpu_count_config(cpus)
+    } else {
+        String::new()
+    };
+    let run = watch(iso, memory_mib, Duration::from_secs(3600), true, &extra)?;
     eprintln!("xtask: Bochs ran {:.1} s", run.elapsed.as_secs_f64());
     match run.outcome {
         Outcome::Success => Ok(()),

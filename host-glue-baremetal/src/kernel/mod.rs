@@ -488,7 +488,11 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             smp::nap();
         }
         let mut all: Vec<(usize, Guest<'static>)> = core::mem::take(&mut *returned.lock());
-        all.extend(guests.drain(..).map(|g| (g.machine.vm().id().0 as usize, g)));
+        all.extend(
+            guests
+                .drain(..)
+                .map(|g| (g.machine.vm().id().0 as usize, g)),
+        );
         all.sort_by_key(|(i, _)| *i);
         guests = all.into_iter().map(|(_, g)| g).collect();
     }
@@ -682,9 +686,7 @@ fn turn(g: &mut Guest<'_>, config: &Config, backend: &backend::Backend) -> RunOu
         }
     }
     let exits = g.machine.vm().stats().total();
-    if config.state_roundtrip > 0
-        && outcome == RunOutcome::SliceEnded
-        && exits >= g.next_roundtrip
+    if config.state_roundtrip > 0 && outcome == RunOutcome::SliceEnded && exits >= g.next_roundtrip
     {
         g.next_roundtrip = exits + config.state_roundtrip;
         let id = g.machine.vm().id().0 + 1;

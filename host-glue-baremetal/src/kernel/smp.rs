@@ -10,7 +10,9 @@
 //!
 //! CPUs are numbered 0 (the bootstrap processor) to [`online`] - 1 in the
 //! order they came up; [`current`] finds the caller's number from its
-//! local APIC ID.
+//! stack pointer (each application processor's stack is its own heap
+//! block), which costs no local APIC read: under multi-threaded TCG an
+//! APIC access takes QEMU's global lock.
 
 use super::backend::{self, Backend};
 use super::boot_info::BootInfo;
@@ -141,8 +143,12 @@ extern "C" {
 static AP_STACK_TOP: AtomicU64 = AtomicU64::new(0);
 
 /// CPU number by local APIC ID (xAPIC IDs are 8 bits); 0 for the bootstrap
-/// processor and any ID not started.
+/// processor and any ID not started. Read once, when an AP arrives.
 static INDEX_OF_APIC: [AtomicU8; 256] = [const { AtomicU8::new(0) }; 256];
+
+/// The lowest address of each application processor's stack (0 for the
+/// bootstrap processor, whose stack is the boot stack).
+static STACK_BOTTOM: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 /// APIC ID by CPU number.
 static APIC_OF_INDEX: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
@@ -175,11 +181,19 @@ static MAILBOX: [Mutex<Option<Job>>; MAX_CPUS] = [const { Mutex::new(None) }; MA
 
 /// The number of the CPU that calls.
 pub fn current() -> usize {
-    if ONLINE.load(Ordering::Relaxed) == 1 {
-        // Before any AP starts (and when none does), skip the APIC read.
+    let online = ONLINE.load(Ordering::Relaxed).min(MAX_CPUS);
+    if online == 1 {
         return 0;
     }
-    usize::from(INDEX_OF_APIC[(apic::id() & 0xff) as usize].load(Ordering::Relaxed))
+    let rsp: u64;
+    // SAFETY: reading RSP into a register has no side effects.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack)) };
+    (1..online)
+        .find(|&i| {
+            let bottom = STACK_BOTTOM[i].load(Ordering::Relaxed);
+            bottom != 0 && rsp.wrapping_sub(bottom) < AP_STACK_BYTES as u64
+        })
+        .unwrap_or(0)
 }
 
 /// How many CPUs run.
@@ -259,9 +273,9 @@ pub fn start_aps(
     boot: &BootInfo,
     info: u64,
 ) -> Result<usize, SmpError> {
-    let ids = host_glue_baremetal::acpi::enabled_apic_ids(&read_phys).map_err(SmpError::Acpi)?;
     let me = apic::id();
     APIC_OF_INDEX[0].store(me, Ordering::Relaxed);
+    let ids = host_glue_baremetal::acpi::enabled_apic_ids(&read_phys).map_err(SmpError::Acpi)?;
     let max = max.min(MAX_CPUS);
     if max <= 1 || ids.len() <= 1 {
         return Ok(1);
@@ -287,8 +301,10 @@ pub fn start_aps(
         if index >= max {
             break;
         }
-        let stack: &'static mut [u8] = Box::leak(alloc::vec![0u8; AP_STACK_BYTES].into_boxed_slice());
+        let stack: &'static mut [u8] =
+            Box::leak(alloc::vec![0u8; AP_STACK_BYTES].into_boxed_slice());
         let top = (stack.as_mut_ptr() as u64 + AP_STACK_BYTES as u64) & !0xf;
+        STACK_BOTTOM[index].store(stack.as_ptr() as u64, Ordering::Relaxed);
         AP_STACK_TOP.store(top, Ordering::Release);
         INDEX_OF_APIC[id as usize].store(index as u8, Ordering::Relaxed);
         APIC_OF_INDEX[index].store(id, Ordering::Relaxed);
@@ -366,7 +382,7 @@ pub fn nap() {
 /// An application processor in long mode, on its own stack.
 #[no_mangle]
 extern "C" fn ap_main() -> ! {
-    let index = current();
+    let index = usize::from(INDEX_OF_APIC[(apic::id() & 0xff) as usize].load(Ordering::Relaxed));
     STATE[index].store(ARRIVED, Ordering::Release);
     interrupts::init();
     apic::start_ap_timer();

@@ -6,9 +6,9 @@
 //! count=2`); the default CD twice on two CPUs against one CPU is
 //! `slow_` too.
 //!
-//! `cargo xtask test` builds the kernel, the guests and the CD image and
-//! sets `VMM_TEST_KERNEL`, `VMM_TEST_GUESTS`, `VMM_TEST_SEABIOS` and
-//! `VMM_TEST_LINUX_ISO`.
+//! `cargo xtask test` builds the kernel, the guests and the CD images and
+//! sets `VMM_TEST_KERNEL`, `VMM_TEST_GUESTS`, `VMM_TEST_SEABIOS`,
+//! `VMM_TEST_LINUX_ISO` and `VMM_TEST_VIRTIO_ISO`.
 
 use std::time::{Duration, Instant};
 use xtask::kernel::{boot_and_capture_on, named_guests, GuestImage};
@@ -107,6 +107,50 @@ fn vms_that_share_memory_stay_on_one_host_cpu() {
     );
     assert!(
         console.contains("vmm: all VMs stopped; every guest powered off"),
+        "{console}"
+    );
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}
+
+#[test]
+#[ignore = "boots Linux twice under the bare-metal host in QEMU: run through cargo xtask test"]
+fn two_vms_on_two_host_cpus_ping_each_other_over_the_switch() {
+    // The virtual switch (`net=switch`) is shared between the CPUs: each
+    // VM's card sends and receives through it while the other CPU runs
+    // the other VM (as tests/virtio_net.rs on one CPU).
+    let modules = GuestImage::pc(
+        env_path("VMM_TEST_SEABIOS"),
+        env_path("VMM_TEST_VIRTIO_ISO"),
+    );
+    let (outcome, console, _) = boot("guest_mem=256M vms=2 net=switch", &modules, 1024, 2);
+    assert!(
+        console.contains("vmm: VM 1 runs on host CPU 1"),
+        "{console}"
+    );
+    for (vm, peer) in [(0, 17), (1, 16)] {
+        let ping = format!("[vm {vm}] VMM-VIRTIO: ping 10.0.0.{peer}: ");
+        let line = console
+            .lines()
+            .find(|l| l.starts_with(&ping))
+            .unwrap_or_else(|| panic!("vm {vm} got no answer: {console}"));
+        assert!(
+            line.contains(&format!("bytes from 10.0.0.{peer}")),
+            "{line}"
+        );
+        assert!(
+            console.contains(&format!(
+                "[vm {vm}] VMM-VIRTIO: 3 packets transmitted, 3 packets received"
+            )),
+            "{console}"
+        );
+    }
+    let switch = console
+        .lines()
+        .find(|l| l.starts_with("switch: "))
+        .unwrap_or_else(|| panic!("no switch line: {console}"));
+    assert!(switch.contains("2 addresses learnt"), "{switch}");
+    assert!(
+        console.contains("VM 1 stopped on host CPU 1: guest powered off"),
         "{console}"
     );
     assert_eq!(outcome, Outcome::Success, "{console}");

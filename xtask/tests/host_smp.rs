@@ -156,6 +156,31 @@ fn two_vms_on_two_host_cpus_ping_each_other_over_the_switch() {
     assert_eq!(outcome, Outcome::Success, "{console}");
 }
 
+#[test]
+#[ignore = "boots the bare-metal host in QEMU: run through cargo xtask test"]
+fn x87_and_sse_state_stay_with_their_vm_with_two_vms_on_each_of_two_host_cpus() {
+    // VMs 0 and 2 share CPU 0, VMs 1 and 3 CPU 1, each pair one of each
+    // pattern (tests/extended_state.rs on one CPU): which vCPU's state a
+    // CPU still holds is kept per CPU (`Host::current_cpu`).
+    let guests = named_guests(
+        &env_path("VMM_TEST_GUESTS"),
+        &["fpu_state_a", "fpu_state_a", "fpu_state_b", "fpu_state_b"],
+    );
+    let (outcome, console, _) = boot("cpu=svm guest_mem=16M vms=4", &guests, 256, 2);
+    assert!(
+        console.contains("vmm: VM 3 runs on host CPU 1"),
+        "{console}"
+    );
+    for (vm, tag) in [(0, 'a'), (1, 'a'), (2, 'b'), (3, 'b')] {
+        let line = format!(
+            "[vm {vm}] fpu state vm {tag}: kept over 1000 rounds: xmm0-15 ok, x87 ok, mxcsr ok"
+        );
+        assert!(console.contains(&line), "missing '{line}' in:\n{console}");
+    }
+    assert!(!console.contains("LEAK"), "{console}");
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}
+
 /// The milliseconds each VM ran (in the guest and handling its exits), from
 /// the host's per-VM statistics.
 fn busy_ms(console: &str) -> Vec<f64> {

@@ -280,3 +280,41 @@ fn slow_vmx_starts_the_application_processor_and_runs_a_vm_on_it() {
     );
     assert_eq!(run.outcome, Outcome::Success, "{console}");
 }
+
+#[test]
+#[ignore = "boots Linux twice under the bare-metal host in Bochs (many minutes): run through cargo xtask test --slow"]
+fn slow_vmx_boots_linux_on_each_of_two_host_cpus() {
+    // Bochs simulates its CPUs on one thread, so this shows correctness
+    // (VMX on the application processor, a VMCS made and run there, a
+    // whole Linux on it), not speed.
+    let modules = GuestImage::pc(env_path("VMM_TEST_SEABIOS"), env_path("VMM_TEST_LINUX_ISO"));
+    let run = xtask::bochs::boot_and_capture_with(
+        &env_path("VMM_TEST_KERNEL"),
+        "cpu=vmx guest_mem=256M vms=2",
+        &modules,
+        1024,
+        Duration::from_secs(3000),
+        &xtask::bochs::cpu_count_config(2),
+    )
+    .unwrap();
+    let console = &run.console;
+    println!(
+        "two Linux CDs under VMX on two Bochs CPUs: {:.1} s",
+        run.elapsed.as_secs_f64()
+    );
+    assert!(
+        console.contains("vmm: VM 1 runs on host CPU 1"),
+        "{console}"
+    );
+    for vm in 0..2 {
+        assert!(
+            console.contains(&format!("[vm {vm}] VMM-CD-INIT-MARKER: user space reached")),
+            "{console}"
+        );
+    }
+    assert!(
+        console.contains("VM 1 stopped on host CPU 1: guest powered off"),
+        "{console}"
+    );
+    assert_eq!(run.outcome, Outcome::Success, "{console}");
+}

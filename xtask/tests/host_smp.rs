@@ -113,8 +113,8 @@ fn vms_that_share_memory_stay_on_one_host_cpu() {
 }
 
 #[test]
-#[ignore = "boots Linux twice under the bare-metal host in QEMU: run through cargo xtask test"]
-fn two_vms_on_two_host_cpus_ping_each_other_over_the_switch() {
+#[ignore = "boots Linux twice under the bare-metal host in QEMU (over a minute): run through cargo xtask test --slow"]
+fn slow_two_vms_on_two_host_cpus_ping_each_other_over_the_switch() {
     // The virtual switch (`net=switch`) is shared between the CPUs: each
     // VM's card sends and receives through it while the other CPU runs
     // the other VM (as tests/virtio_net.rs on one CPU).

@@ -497,6 +497,11 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         guests = all.into_iter().map(|(_, g)| g).collect();
     }
 
+    if smp::online() > 1 {
+        let (shared, all) = smp::turn_counts();
+        kprintln!("vmm: {shared} of {all} VM turns began while another host CPU ran one");
+    }
+
     let mut all_well = true;
     for g in &guests {
         if let Some(n) = g.forked {
@@ -617,6 +622,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
 /// PC between slices (keys to type, screen lines, screenshots) and the
 /// state round trip (`state_roundtrip=`). The same on every CPU.
 fn turn(g: &mut Guest<'_>, config: &Config, backend: &backend::Backend) -> RunOutcome {
+    let _turn = smp::TurnGuard::enter();
     let slice_ns = if g.vcpus.len() > 1 {
         // Several vCPUs take turns: shorter turns, so one spinning
         // on a lock its sibling holds gives the CPU back sooner.

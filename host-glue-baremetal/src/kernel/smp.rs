@@ -419,6 +419,44 @@ fn halt_forever() -> ! {
     }
 }
 
+/// How many CPUs are in a VM's turn now.
+static IN_TURN: AtomicUsize = AtomicUsize::new(0);
+/// VM turns taken on all CPUs.
+static TURNS: AtomicU64 = AtomicU64::new(0);
+/// VM turns that began while another CPU was in one.
+static SHARED_TURNS: AtomicU64 = AtomicU64::new(0);
+
+/// Held while a CPU runs a VM's turn: counts the turns that ran alongside
+/// another CPU's (the proof that VMs ran at the same time, whatever
+/// share of the build machine QEMU's threads got).
+pub struct TurnGuard(());
+
+impl TurnGuard {
+    /// A turn begins on this CPU.
+    pub fn enter() -> Self {
+        let others = IN_TURN.fetch_add(1, Ordering::AcqRel);
+        TURNS.fetch_add(1, Ordering::Relaxed);
+        if others > 0 {
+            SHARED_TURNS.fetch_add(1, Ordering::Relaxed);
+        }
+        TurnGuard(())
+    }
+}
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        IN_TURN.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// (turns that began while another CPU was in one, all turns).
+pub fn turn_counts() -> (u64, u64) {
+    (
+        SHARED_TURNS.load(Ordering::Relaxed),
+        TURNS.load(Ordering::Relaxed),
+    )
+}
+
 /// The CPUs that run, as `N (APIC ids a, b, ...)`, for the log.
 pub fn describe() -> alloc::string::String {
     let ids: Vec<alloc::string::String> = (0..online())

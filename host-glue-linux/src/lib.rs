@@ -27,6 +27,7 @@ pub mod snapshot_file;
 pub mod stats_json;
 pub mod tap;
 pub mod terminal;
+pub mod vnc;
 
 use kvm::PreemptTimer;
 use mmap_memory::MmapMemory;

@@ -226,6 +226,8 @@ pub enum RunError {
     Snapshot(SnapshotFileError),
     /// The network card's tap device could not be opened (`--net`).
     Net(crate::tap::TapError),
+    /// The VNC server could not start (`--display vnc=`).
+    Vnc(crate::vnc::VncError),
 }
 
 impl std::error::Error for RunError {}
@@ -251,6 +253,7 @@ impl fmt::Display for RunError {
             }
             RunError::Snapshot(e) => write!(f, "{e}"),
             RunError::Net(e) => write!(f, "--net: {e}"),
+            RunError::Vnc(e) => write!(f, "--display vnc: {e}"),
         }
     }
 }
@@ -380,6 +383,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     };
     let (_api_socket, jobs) = api.unzip();
     let input = input.or(quit_input);
+    let mut vnc = crate::vnc::start_for(&options.display, &keys).map_err(RunError::Vnc)?;
     let has_display = !options.display.is_empty() || options.screenshot.is_some();
     let vga_bios = has_display.then_some(options.vga_bios.as_path());
     let (mut pc, syncs) = pc::build(
@@ -447,6 +451,10 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
                 until_ns: Some(host.now_ns().saturating_add(SLICE_NS)),
             };
             if let RunOutcome::Stopped(reason) = m.pc.run(&mut m.vcpu, slice) {
+                // gdb hears of the end as of a process's exit.
+                if let Some(g) = gdb.as_mut() {
+                    g.ended(&mut m, u8::from(reason != StopReason::PowerOff));
+                }
                 break Ending::Stopped(reason);
             }
             if let Some(stop) = m.vcpu.take_debug_stop() {
@@ -469,6 +477,9 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         m.pc.poll_input();
         if let Some(t) = terminal.as_mut() {
             t.tick(&m.pc);
+        }
+        if let Some(v) = vnc.as_mut() {
+            v.tick(&m.pc);
         }
         if let Some(jobs) = &jobs {
             attention.store(false, Ordering::Release);

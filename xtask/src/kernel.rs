@@ -543,7 +543,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mem = qemu_memory_mib(host_memory_mib(&args.memory, vms)? + extra_mib);
     if args.bochs {
         iso(&elf, cmdline.trim(), &modules, &iso_path)?;
-        return crate::bochs::run(&iso_path, mem, args.host_cpus);
+        return crate::bochs::run(&iso_path, mem, args.gdb_guest, args.host_cpus);
     }
     eprintln!(
         "xtask: booting {} under QEMU TCG (SVM, {:?} paging)",

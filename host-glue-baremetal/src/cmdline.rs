@@ -138,6 +138,10 @@ pub struct Config {
     /// `clone_report_ms=T` (0: off): T ms after the fork, print the
     /// clones' private memory (the benchmark's early figure).
     pub clone_report_ms: u64,
+    /// `host_cpus=N` (1 to 16, default 16): use at most N of the host
+    /// machine's CPUs (the bootstrap processor counts); VMs are spread
+    /// over them.
+    pub host_cpus: u32,
 }
 
 /// How a VM may access a shared region (`rw` or `ro` in `shm=`).
@@ -299,6 +303,7 @@ impl Default for Config {
             clones: 0,
             clone_marker: ShortText::new("VMM-CLONE: ready").unwrap_or(ShortText::EMPTY),
             clone_report_ms: 0,
+            host_cpus: 16,
         }
     }
 }
@@ -330,6 +335,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "clones",
     "clone_marker",
     "clone_report_ms",
+    "host_cpus",
 ];
 
 /// A command-line word that could not be understood.
@@ -573,6 +579,13 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     .ok()
                     .ok_or(bad("milliseconds after the fork (0: off)"))?;
             }
+            "host_cpus" => {
+                config.host_cpus = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=16).contains(n))
+                    .ok_or(bad("a number of host CPUs from 1 to 16"))?;
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -690,6 +703,20 @@ mod tests {
     #[test]
     fn errors_name_the_word() {
         assert_eq!(parse("foo=1").unwrap_err(), CmdlineError::UnknownKey("foo"));
+        assert_eq!(parse("host_cpus=2").unwrap().host_cpus, 2);
+        assert_eq!(parse("").unwrap().host_cpus, 16);
+        for bad in ["host_cpus=0", "host_cpus=17", "host_cpus=x"] {
+            assert!(
+                matches!(
+                    parse(bad),
+                    Err(CmdlineError::BadValue {
+                        key: "host_cpus",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
         assert_eq!(
             parse("quiet").unwrap_err(),
             CmdlineError::NotKeyValue("quiet")

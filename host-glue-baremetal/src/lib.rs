@@ -3,6 +3,9 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
+pub mod acpi;
 pub mod cmdline;
 pub mod screen_stream;
 pub mod screenshot;

@@ -89,6 +89,12 @@ pub fn config_with(iso: &Path, memory_mib: u64, serial: &Path, log: &Path, extra
     )
 }
 
+/// The bochsrc line that gives the machine `cpus` processors (a second
+/// `cpu:` line: Bochs takes its options over the first line's).
+pub fn cpu_count_config(cpus: u32) -> String {
+    format!("cpu: count={}\n", cpus.max(1))
+}
+
 /// The line the host prints when VM 0's gdb stub waits on COM2.
 const GDB_WAITS: &str = "VM 0 waits for gdb on COM2";
 
@@ -397,17 +403,30 @@ pub fn boot_and_capture_gdb(
 
 /// `cargo xtask run --bochs`: boot `iso` under Bochs, streaming the
 /// console, until the host's last line (or an hour); with `gdb_port`,
-/// VM 0's gdb stub is reached on that port once it waits.
-pub fn run(iso: &Path, memory_mib: u64, gdb_port: Option<u16>) -> Result<()> {
+/// VM 0's gdb stub is reached on that port once it waits; `cpus`
+/// processors.
+pub fn run(iso: &Path, memory_mib: u64, gdb_port: Option<u16>, cpus: u32) -> Result<()> {
     eprintln!(
-        "xtask: booting {} under Bochs ({CPU_MODEL}: VMX with EPT)",
+        "xtask: booting {} under Bochs ({CPU_MODEL}: VMX with EPT, {cpus} CPU(s))",
         iso.display()
     );
+    let extra = if cpus > 1 {
+        cpu_count_config(cpus)
+    } else {
+        String::new()
+    };
     let relay = match gdb_port {
         Some(port) => Some(GdbRelay::new(port, None)?),
         None => None,
     };
-    let run = watch(iso, memory_mib, Duration::from_secs(3600), true, "", relay)?;
+    let run = watch(
+        iso,
+        memory_mib,
+        Duration::from_secs(3600),
+        true,
+        &extra,
+        relay,
+    )?;
     eprintln!("xtask: Bochs ran {:.1} s", run.elapsed.as_secs_f64());
     match run.outcome {
         Outcome::Success => Ok(()),

@@ -77,6 +77,11 @@ pub struct RunArgs {
         conflicts_with_all = ["guests", "passthrough", "vms", "kvm_nested", "cpus"]
     )]
     clones: Option<u32>,
+    /// CPUs of the host machine (QEMU `-smp`, multi-threaded TCG; Bochs
+    /// `cpu: count`): the kernel starts them all and runs VM i on CPU i
+    /// mod N (1 to 16; the default 1 is the fastest single boot).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    host_cpus: u32,
 }
 
 /// When `--screenshot` takes the picture (the host's `screenshot=`).
@@ -281,6 +286,22 @@ pub fn boot_and_capture(
     boot_and_capture_with(kernel, cmdline, guests, memory_mib, timeout, &[])
 }
 
+/// [`boot_and_capture`] on a host machine with `host_cpus` CPUs (see
+/// [`qemu::direct_command_on`]).
+pub fn boot_and_capture_on(
+    kernel: &Path,
+    cmdline: &str,
+    guests: &[GuestImage],
+    memory_mib: u64,
+    timeout: Duration,
+    host_cpus: u32,
+) -> Result<(Outcome, String)> {
+    capture(
+        qemu::direct_command_on(kernel, cmdline, guests, memory_mib, host_cpus)?,
+        timeout,
+    )
+}
+
 /// [`boot_and_capture`] with `extra` QEMU arguments (devices to pass
 /// through, their back ends).
 pub fn boot_and_capture_with(
@@ -291,8 +312,15 @@ pub fn boot_and_capture_with(
     timeout: Duration,
     extra: &[String],
 ) -> Result<(Outcome, String)> {
-    let mut child = qemu::direct_command(kernel, cmdline, guests, memory_mib)?
-        .args(extra)
+    let mut cmd = qemu::direct_command(kernel, cmdline, guests, memory_mib)?;
+    cmd.args(extra);
+    capture(cmd, timeout)
+}
+
+/// Run QEMU (`cmd`, console on stdout) until it exits or `timeout` passes;
+/// its outcome and console.
+fn capture(mut cmd: Command, timeout: Duration) -> Result<(Outcome, String)> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -515,7 +543,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mem = qemu_memory_mib(host_memory_mib(&args.memory, vms)? + extra_mib);
     if args.bochs {
         iso(&elf, cmdline.trim(), &modules, &iso_path)?;
-        return crate::bochs::run(&iso_path, mem, args.gdb_guest);
+        return crate::bochs::run(&iso_path, mem, args.gdb_guest, args.host_cpus);
     }
     eprintln!(
         "xtask: booting {} under QEMU TCG (SVM, {:?} paging)",
@@ -536,7 +564,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         None => Vec::new(),
     };
-    let mut qemu_cmd = qemu::direct_command(&elf, cmdline.trim(), &modules, mem)?;
+    let mut qemu_cmd =
+        qemu::direct_command_on(&elf, cmdline.trim(), &modules, mem, args.host_cpus)?;
     qemu_cmd
         .args(setup.as_ref().map_or(&[][..], |s| s.qemu_args()))
         .args(&gdb_serial);

@@ -111,7 +111,7 @@ pub fn command(iso: &Path, memory_mib: u64) -> Command {
 /// [`command`] with the console sent to `serial` (a QEMU chardev such as
 /// `stdio` or `file:PATH`).
 pub fn command_with_serial(iso: &Path, memory_mib: u64, serial: &str) -> Command {
-    let mut c = machine(memory_mib, serial);
+    let mut c = machine(memory_mib, serial, 1);
     c.arg("-cdrom").arg(iso);
     c
 }
@@ -128,6 +128,19 @@ pub fn direct_command(
     modules: &[GuestImage],
     memory_mib: u64,
 ) -> Result<Command> {
+    direct_command_on(kernel, cmdline, modules, memory_mib, 1)
+}
+
+/// [`direct_command`] on a host machine with `host_cpus` CPUs (`-smp`),
+/// which QEMU emulates on as many threads (multi-threaded TCG) when more
+/// than one; the kernel starts them and spreads its VMs over them.
+pub fn direct_command_on(
+    kernel: &Path,
+    cmdline: &str,
+    modules: &[GuestImage],
+    memory_mib: u64,
+    host_cpus: u32,
+) -> Result<Command> {
     let mut list = Vec::new();
     for m in modules {
         if !m.path.is_file() {
@@ -140,7 +153,7 @@ pub fn direct_command(
         let path = initrd_safe_path(&m.path, &m.name)?;
         list.push(format!("{} {}", path.display(), m.name));
     }
-    let mut c = machine(memory_mib, "stdio");
+    let mut c = machine(memory_mib, "stdio", host_cpus);
     c.arg("-kernel").arg(kernel).args(["-append", cmdline]);
     if !list.is_empty() {
         c.args(["-initrd", &list.join(",")]);
@@ -234,11 +247,15 @@ pub fn timed_console(mut cmd: Command, timeout: Duration) -> Result<Vec<(Duratio
     Ok(lines)
 }
 
-/// QEMU with an SVM-capable TCG CPU with nested paging, the console on
-/// `serial` and the exit device; no boot medium yet.
-fn machine(memory_mib: u64, serial: &str) -> Command {
+/// QEMU with `cpus` SVM-capable TCG CPUs with nested paging, the console
+/// on `serial` and the exit device; no boot medium yet. Several CPUs run
+/// on a host thread each (`thread=multi`, QEMU's default for an x86 guest
+/// on an x86 host, named so that it is not lost).
+fn machine(memory_mib: u64, serial: &str, cpus: u32) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-accel", "tcg", "-cpu", "qemu64,+svm,+npt", "-smp", "1"])
+    let accel = if cpus > 1 { "tcg,thread=multi" } else { "tcg" };
+    c.args(["-accel", accel, "-cpu", "qemu64,+svm,+npt"])
+        .args(["-smp", &cpus.max(1).to_string()])
         .args(["-m", &format!("{memory_mib}M")])
         .args([
             "-display",

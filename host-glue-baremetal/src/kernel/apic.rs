@@ -5,6 +5,11 @@
 //! the TSC) is still interrupted, its virtual timers fire on time, and VMs
 //! take turns, without the exits a fixed fine-grained tick would cost. The
 //! legacy 8259 PICs are masked: the host takes no device interrupts.
+//!
+//! Every CPU has its own local APIC at the same address and so its own
+//! timer; the bootstrap processor measures the frequency once and the
+//! application processors ([`super::smp`]) program theirs with it. What the
+//! timer is armed for is kept per CPU. Start-up IPIs are sent from here.
 
 use super::port_io::outb;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +20,9 @@ pub const TIMER_VECTOR: u8 = 0x20;
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
 const LAPIC_BASE: u64 = 0xfee0_0000;
+const REG_ID: u64 = 0x20;
+const REG_ICR_LOW: u64 = 0x300;
+const REG_ICR_HIGH: u64 = 0x310;
 const REG_EOI: u64 = 0xb0;
 const REG_SVR: u64 = 0xf0;
 const REG_LVT_TIMER: u64 = 0x320;
@@ -30,8 +38,10 @@ pub const MAX_WAIT_NS: u64 = 10_000_000;
 
 /// The timer's frequency in Hz (0 until [`start_timer`]).
 static TIMER_HZ: AtomicU64 = AtomicU64::new(0);
-/// The `now_ns` time the timer is armed for (0: not armed).
-static ARMED_FOR: AtomicU64 = AtomicU64::new(0);
+/// Per CPU ([`super::smp::current`]): the `now_ns` time its timer is
+/// armed for (0: not armed).
+static ARMED_FOR: [AtomicU64; super::smp::MAX_CPUS] =
+    [const { AtomicU64::new(0) }; super::smp::MAX_CPUS];
 
 fn write(reg: u64, value: u32) {
     // SAFETY: the local APIC's registers sit at 0xFEE00000, which the boot
@@ -68,6 +78,48 @@ pub fn start_timer() -> u64 {
     hz
 }
 
+/// On an application processor: enable its local APIC and program its
+/// timer as [`start_timer`] did the bootstrap processor's (same divider,
+/// the frequency measured there), one-shot and armed.
+pub fn start_ap_timer() {
+    write(REG_SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
+    write(REG_DIVIDE, 0b0011);
+    write(REG_LVT_TIMER, u32::from(TIMER_VECTOR));
+    arm(None);
+}
+
+/// This CPU's local APIC ID (xAPIC mode: bits 24-31 of the ID register).
+pub fn id() -> u32 {
+    read(REG_ID) >> 24
+}
+
+/// Why a start-up IPI could not be sent.
+#[derive(Debug)]
+pub struct IpiTimeout;
+
+/// Send INIT (`startup: None`) or a start-up IPI with the vector `page`
+/// (the trampoline's physical page number, below 0x100) to the CPU with
+/// APIC ID `apic_id`, and wait until the local APIC has delivered it.
+pub fn send_start_ipi(apic_id: u32, startup: Option<u8>) -> Result<(), IpiTimeout> {
+    let low = match startup {
+        // Start-up, edge, physical destination.
+        Some(page) => 0x0000_0600 | u32::from(page),
+        // INIT, level assert, physical destination.
+        None => 0x0000_c500,
+    };
+    write(REG_ICR_HIGH, (apic_id & 0xff) << 24);
+    write(REG_ICR_LOW, low);
+    // Delivery status (bit 12) clears once the IPI is sent.
+    let until = super::time::now_ns() + 10_000_000;
+    while read(REG_ICR_LOW) & (1 << 12) != 0 {
+        if super::time::now_ns() > until {
+            return Err(IpiTimeout);
+        }
+        core::hint::spin_loop();
+    }
+    Ok(())
+}
+
 /// Make the timer fire at `deadline_ns` (a `time::now_ns` value), or
 /// [`MAX_WAIT_NS`] from now if that is sooner or there is no deadline.
 /// Re-arming for the moment it is already armed for costs nothing.
@@ -79,14 +131,15 @@ pub fn arm(deadline_ns: Option<u64>) {
     let now = super::time::now_ns();
     let latest = now + MAX_WAIT_NS;
     let at = deadline_ns.map_or(latest, |d| d.min(latest));
-    let armed = ARMED_FOR.load(Ordering::Relaxed);
+    let armed_for = &ARMED_FOR[super::smp::current()];
+    let armed = armed_for.load(Ordering::Relaxed);
     if armed != 0 && armed > now && armed <= at {
         // It fires first anyway; the exit it causes re-arms.
         return;
     }
     let ns = at.saturating_sub(now);
     let count = (u128::from(hz) * u128::from(ns) / 1_000_000_000).clamp(1, u128::from(u32::MAX));
-    ARMED_FOR.store(at, Ordering::Relaxed);
+    armed_for.store(at, Ordering::Relaxed);
     write(REG_INITIAL_COUNT, count as u32);
 }
 
@@ -94,6 +147,6 @@ pub fn arm(deadline_ns: Option<u64>) {
 #[no_mangle]
 extern "C" fn host_timer_interrupt() {
     TICKS.fetch_add(1, Ordering::Relaxed);
-    ARMED_FOR.store(0, Ordering::Relaxed);
+    ARMED_FOR[super::smp::current()].store(0, Ordering::Relaxed);
     write(REG_EOI, 0);
 }

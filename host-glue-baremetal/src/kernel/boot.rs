@@ -131,6 +131,9 @@ start64:
 
     .section .rodata
     .balign 16
+    /* The application processors' trampoline (smp.rs) uses these too. */
+    .global boot_gdt_ptr
+    .global boot_pml4
 boot_gdt:
     .quad 0
     .quad 0x00af9a000000ffff    /* 0x08: 64-bit code */

@@ -1,7 +1,7 @@
 //! `vmm_core::host::Host` on bare metal: memory from the kernel heap (which
 //! is identity-mapped, so a block's virtual address is its physical
-//! address), time from the TSC, idling by spinning; and memory several VMs
-//! share ([`SharedRegion`], `shm=`).
+//! address), time from the TSC, idling by halting until the host timer;
+//! and memory several VMs share ([`SharedRegion`], `shm=`).
 
 use alloc::alloc::{alloc, dealloc, Layout};
 use alloc::boxed::Box;
@@ -205,8 +205,8 @@ impl Host for BareMetalHost {
     }
 
     fn current_cpu(&self) -> Option<usize> {
-        // One CPU runs every vCPU.
-        Some(0)
+        // A vCPU runs on the CPU that created it and never moves.
+        Some(super::smp::current())
     }
 
     fn tsc_khz(&self) -> Option<u32> {
@@ -214,9 +214,21 @@ impl Host for BareMetalHost {
     }
 
     fn idle(&self, deadline_ns: Option<u64>) {
+        // Halt until the host timer, armed for the deadline, wakes the
+        // CPU: a CPU that waits does not spin, so under QEMU its thread
+        // sleeps and leaves the host's cores to the CPUs that work (with
+        // several host CPUs on one QEMU, a spinning one took its share
+        // from the others).
         if let Some(d) = deadline_ns {
             while super::time::now_ns() < d {
-                core::hint::spin_loop();
+                super::apic::arm(Some(d));
+                // SAFETY: STI takes effect after HLT, so the timer
+                // interrupt armed above cannot be taken before the CPU
+                // halts and is never lost; the handlers that can run (the
+                // host timer's, a passed-through card's) only count,
+                // acknowledge and mask, touching no lock; CLI restores the
+                // kernel's interrupts-off state.
+                unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
             }
         }
     }

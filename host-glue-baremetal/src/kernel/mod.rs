@@ -18,6 +18,7 @@ mod port_io;
 mod qemu;
 #[macro_use]
 pub mod serial;
+mod smp;
 mod time;
 
 use alloc::boxed::Box;
@@ -73,17 +74,19 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         Err(e) => fail(format_args!("{e}")),
     };
     let line = boot.cmdline;
-    let config = match cmdline::parse(line) {
+    let parsed = match cmdline::parse(line) {
         Ok(c) => c,
         Err(e) => fail(format_args!("{e}")),
     };
-    log::set_max_level(level_filter(config.log_level));
+    log::set_max_level(level_filter(parsed.log_level));
     log::info!("command line: '{line}'");
 
     let heap = match heap::init(&boot) {
         Ok(h) => h,
         Err(e) => fail(format_args!("no heap: {e:?}")),
     };
+    // The CPUs that run VMs read the configuration for the rest of the run.
+    let config: &'static Config = Box::leak(Box::new(parsed));
     log::info!(
         "heap: {} MiB in {} area(s) from {:#x}",
         heap.size >> 20,
@@ -140,6 +143,11 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         Ok(b) => b,
         Err(e) => fail(format_args!("{e}")),
     };
+    // The other CPUs of the host machine, each with virtualization on.
+    if let Err(e) = smp::start_aps(config.host_cpus as usize, config.cpu, &boot, info) {
+        log::warn!("only the bootstrap processor runs: {e}");
+    }
+    kprintln!("vmm: host CPUs up: {}", smp::describe());
 
     // A module named "bios" makes every VM a PC running that firmware, with
     // the module named "cdrom" in its CD-ROM drive (and the one named
@@ -188,6 +196,8 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         seen: Arc::new(core::sync::atomic::AtomicBool::new(false)),
     });
     let mut recipe: Option<clones::Recipe> = None;
+    // Which host CPU runs which VM.
+    let placement = Placement::new(config);
     // `clone_report_ms=`: when the clones' private memory is printed.
     let mut clone_report_at: Option<u64> = None;
     for i in 0..config.vms {
@@ -326,29 +336,18 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             vm.set_cpu_model(config.cpu_model.unwrap_or(CpuModel::Host));
         }
         let vm = machine.vm();
-        // One backend vCPU per vCPU of the machine (a guest program has
-        // one); each its own ASID/VPID.
         let count = match &machine {
             Machine::Pc(pc) => pc.cpus(),
             Machine::Program { .. } => 1,
         };
-        let mut vcpus: Vec<backend::Vcpu> = Vec::with_capacity(count);
-        for j in 0..count {
-            let id = i * config.cpus + j as u32 + 1;
-            let mut vcpu = match match (config.paging, vcpus.first()) {
-                (PagingChoice::Nested, _) => backend.vcpu(vm, id),
-                (PagingChoice::Shadow, None) => backend.shadow_vcpu(vm, id),
-                // One shadow pager per VM, shared by its vCPUs.
-                (PagingChoice::Shadow, Some(bsp)) => backend.shadow_vcpu_sharing(vm, id, bsp),
-            } {
-                Ok(v) => v,
-                Err(e) => fail(format_args!("VM {i}: vCPU {j}: {e}")),
-            };
-            if let Some(bsp) = vcpus.first() {
-                vcpu.take_tsc_of(bsp);
-            }
-            vcpus.push(vcpu);
-        }
+        // The CPU that runs the VM makes its vCPUs (a VMX vCPU's VMCS is
+        // loaded on, and holds the host state of, the CPU that made it).
+        let host_cpu = placement.cpu_of(i as usize);
+        let vcpus = if host_cpu == 0 {
+            make_vcpus(&machine, &backend, config, i)
+        } else {
+            Vec::new()
+        };
         // One vCPU goes unsaid (tests read this line).
         let cpus = if count > 1 {
             alloc::format!("{count} vCPUs, ")
@@ -393,6 +392,11 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         }
         _ => None,
     };
+
+    // VMs placed on other CPUs go there, with their vCPUs made and run
+    // by that CPU; their `Guest`s come back when they all stopped.
+    let returned: Arc<spin::Mutex<Vec<(usize, Guest<'static>)>>> = Arc::default();
+    let (guests_away, mut guests) = placement.dispatch(config, guests, &returned);
 
     // Round-robin time slices of 10 ms (or 10000 exits) until every VM stops.
     // At loglevel=debug a heartbeat shows where each VM is once a second.
@@ -440,98 +444,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             if let Some(device) = &shared_device {
                 device.service_interrupts();
             }
-            let slice_ns = if g.vcpus.len() > 1 {
-                // Several vCPUs take turns: shorter turns, so one spinning
-                // on a lock its sibling holds gives the CPU back sooner.
-                SMP_SLICE_NS
-            } else {
-                10_000_000
-            };
-            let slice = Slice {
-                max_exits: match config.state_roundtrip {
-                    0 => 10_000,
-                    n => n.min(10_000),
-                },
-                until_ns: Some(time::now_ns() + slice_ns),
-            };
-            let outcome = match &mut g.machine {
-                Machine::Pc(pc) if g.vcpus.len() > 1 => {
-                    let mut outcome = RunOutcome::SliceEnded;
-                    for (j, vcpu) in g.vcpus.iter_mut().enumerate() {
-                        let slice = Slice {
-                            until_ns: Some(time::now_ns() + slice_ns),
-                            ..slice
-                        };
-                        outcome = vcpu.run_pc(pc, j, slice);
-                        if outcome != RunOutcome::SliceEnded {
-                            break;
-                        }
-                    }
-                    if outcome == RunOutcome::SliceEnded && pc.all_parked() {
-                        // Every vCPU halted or waiting for a start-up IPI:
-                        // sleep until a device timer is due.
-                        pc.idle(Some(time::now_ns() + 10_000_000));
-                        if let Some(reason) = pc.vm().stop_reason() {
-                            outcome = RunOutcome::Stopped(reason.clone());
-                        }
-                    }
-                    outcome
-                }
-                Machine::Pc(pc) => g.vcpus[0].run_pc(pc, 0, slice),
-                Machine::Program { vm, interrupts } => {
-                    g.vcpus[0].run(vm, &**interrupts, &mut g.msrs, slice)
-                }
-            };
-            if let Machine::Pc(pc) = &mut g.machine {
-                type_keys_when_due(pc, &mut g.keys, &config);
-                if config.screen_lines && time::now_ns() >= g.next_screen_ns {
-                    g.next_screen_ns = time::now_ns() + SCREEN_LINES_EVERY_NS;
-                    stream_screen(pc, &mut g.screen);
-                }
-                if config.screenshot == When::Steady && time::now_ns() >= g.next_shot_ns {
-                    g.next_shot_ns = time::now_ns() + STEADY_LOOK_EVERY_NS;
-                    let picture = match pc.display() {
-                        Some(vmm_devices::vga::render::Display::Graphics(f)) => Some(f),
-                        _ => None,
-                    };
-                    let steady = g
-                        .shot
-                        .look(picture.as_ref().map(|f| (f.width, f.height, &f.pixels[..])));
-                    if let (true, Some(f)) = (steady, picture) {
-                        log::info!(
-                            "VM {}: a steady {}x{} picture: printing it",
-                            pc.vm().id().0,
-                            f.width,
-                            f.height
-                        );
-                        print_pixels(pc.vm().id().0, &f);
-                    }
-                }
-            }
-            let exits = g.machine.vm().stats().total();
-            if config.state_roundtrip > 0
-                && outcome == RunOutcome::SliceEnded
-                && exits >= g.next_roundtrip
-            {
-                g.next_roundtrip = exits + config.state_roundtrip;
-                let id = g.machine.vm().id().0 + 1;
-                let fresh = match config.paging {
-                    PagingChoice::Nested => backend.vcpu(g.machine.vm(), id),
-                    // Siblings keep their pager: the fresh vCPU joins it.
-                    PagingChoice::Shadow if g.vcpus.len() > 1 => {
-                        backend.shadow_vcpu_sharing(g.machine.vm(), id, &g.vcpus[0])
-                    }
-                    PagingChoice::Shadow => backend.shadow_vcpu(g.machine.vm(), id),
-                };
-                let pc = match &mut g.machine {
-                    Machine::Pc(pc) => Some(pc.as_mut()),
-                    Machine::Program { .. } => None,
-                };
-                if let Err(e) = fresh.and_then(|v| g.vcpus[0].replace(v, pc, &mut g.msrs)) {
-                    fail(format_args!("VM {}: {e}", id - 1));
-                }
-                g.roundtrips += 1;
-            }
+            let outcome = turn(g, config, &backend);
             if let Some(d) = debugger.as_mut().filter(|_| debugged) {
                 let exit_code = match &outcome {
                     RunOutcome::Stopped(StopReason::PowerOff) => Some(0),
@@ -567,6 +480,26 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 }
             }
         }
+    }
+
+    // The VMs on the other CPUs, back in VM order for the report.
+    if guests_away > 0 {
+        while returned.lock().len() < guests_away {
+            smp::nap();
+        }
+        let mut all: Vec<(usize, Guest<'static>)> = core::mem::take(&mut *returned.lock());
+        all.extend(
+            guests
+                .drain(..)
+                .map(|g| (g.machine.vm().id().0 as usize, g)),
+        );
+        all.sort_by_key(|(i, _)| *i);
+        guests = all.into_iter().map(|(_, g)| g).collect();
+    }
+
+    if smp::online() > 1 {
+        let (shared, all) = smp::turn_counts();
+        kprintln!("vmm: {shared} of {all} VM turns began while another host CPU ran one");
     }
 
     let mut all_well = true;
@@ -684,7 +617,248 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     })
 }
 
-/// One VM and its vCPU.
+/// One turn of VM `g` on the calling CPU (whose virtualization is
+/// `backend`): run its vCPU(s) for a slice, then what the host does for a
+/// PC between slices (keys to type, screen lines, screenshots) and the
+/// state round trip (`state_roundtrip=`). The same on every CPU.
+fn turn(g: &mut Guest<'_>, config: &Config, backend: &backend::Backend) -> RunOutcome {
+    let _turn = smp::TurnGuard::enter();
+    let slice_ns = if g.vcpus.len() > 1 {
+        // Several vCPUs take turns: shorter turns, so one spinning
+        // on a lock its sibling holds gives the CPU back sooner.
+        SMP_SLICE_NS
+    } else {
+        10_000_000
+    };
+    let slice = Slice {
+        max_exits: match config.state_roundtrip {
+            0 => 10_000,
+            n => n.min(10_000),
+        },
+        until_ns: Some(time::now_ns() + slice_ns),
+    };
+    let outcome = match &mut g.machine {
+        Machine::Pc(pc) if g.vcpus.len() > 1 => {
+            let mut outcome = RunOutcome::SliceEnded;
+            for (j, vcpu) in g.vcpus.iter_mut().enumerate() {
+                let slice = Slice {
+                    until_ns: Some(time::now_ns() + slice_ns),
+                    ..slice
+                };
+                outcome = vcpu.run_pc(pc, j, slice);
+                if outcome != RunOutcome::SliceEnded {
+                    break;
+                }
+            }
+            if outcome == RunOutcome::SliceEnded && pc.all_parked() {
+                // Every vCPU halted or waiting for a start-up IPI:
+                // sleep until a device timer is due.
+                pc.idle(Some(time::now_ns() + 10_000_000));
+                if let Some(reason) = pc.vm().stop_reason() {
+                    outcome = RunOutcome::Stopped(reason.clone());
+                }
+            }
+            outcome
+        }
+        Machine::Pc(pc) => g.vcpus[0].run_pc(pc, 0, slice),
+        Machine::Program { vm, interrupts } => {
+            g.vcpus[0].run(vm, &**interrupts, &mut g.msrs, slice)
+        }
+    };
+    if let Machine::Pc(pc) = &mut g.machine {
+        type_keys_when_due(pc, &mut g.keys, config);
+        if config.screen_lines && time::now_ns() >= g.next_screen_ns {
+            g.next_screen_ns = time::now_ns() + SCREEN_LINES_EVERY_NS;
+            stream_screen(pc, &mut g.screen);
+        }
+        if config.screenshot == When::Steady && time::now_ns() >= g.next_shot_ns {
+            g.next_shot_ns = time::now_ns() + STEADY_LOOK_EVERY_NS;
+            let picture = match pc.display() {
+                Some(vmm_devices::vga::render::Display::Graphics(f)) => Some(f),
+                _ => None,
+            };
+            let steady = g
+                .shot
+                .look(picture.as_ref().map(|f| (f.width, f.height, &f.pixels[..])));
+            if let (true, Some(f)) = (steady, picture) {
+                log::info!(
+                    "VM {}: a steady {}x{} picture: printing it",
+                    pc.vm().id().0,
+                    f.width,
+                    f.height
+                );
+                print_pixels(pc.vm().id().0, &f);
+            }
+        }
+    }
+    let exits = g.machine.vm().stats().total();
+    if config.state_roundtrip > 0 && outcome == RunOutcome::SliceEnded && exits >= g.next_roundtrip
+    {
+        g.next_roundtrip = exits + config.state_roundtrip;
+        let id = g.machine.vm().id().0 + 1;
+        let fresh = match config.paging {
+            PagingChoice::Nested => backend.vcpu(g.machine.vm(), id),
+            // Siblings keep their pager: the fresh vCPU joins it.
+            PagingChoice::Shadow if g.vcpus.len() > 1 => {
+                backend.shadow_vcpu_sharing(g.machine.vm(), id, &g.vcpus[0])
+            }
+            PagingChoice::Shadow => backend.shadow_vcpu(g.machine.vm(), id),
+        };
+        let pc = match &mut g.machine {
+            Machine::Pc(pc) => Some(pc.as_mut()),
+            Machine::Program { .. } => None,
+        };
+        if let Err(e) = fresh.and_then(|v| g.vcpus[0].replace(v, pc, &mut g.msrs)) {
+            fail(format_args!("VM {}: {e}", id - 1));
+        }
+        g.roundtrips += 1;
+    }
+    outcome
+}
+
+/// Make the vCPUs of VM `i` on the calling CPU, one per vCPU of the
+/// machine (a guest program has one), each its own ASID/VPID; with shadow
+/// paging one pager per VM, shared by its vCPUs.
+fn make_vcpus(
+    machine: &Machine,
+    backend: &backend::Backend,
+    config: &Config,
+    i: u32,
+) -> Vec<backend::Vcpu> {
+    let vm = machine.vm();
+    let count = match machine {
+        Machine::Pc(pc) => pc.cpus(),
+        Machine::Program { .. } => 1,
+    };
+    let mut vcpus: Vec<backend::Vcpu> = Vec::with_capacity(count);
+    for j in 0..count {
+        let id = i * config.cpus + j as u32 + 1;
+        let mut vcpu = match match (config.paging, vcpus.first()) {
+            (PagingChoice::Nested, _) => backend.vcpu(vm, id),
+            (PagingChoice::Shadow, None) => backend.shadow_vcpu(vm, id),
+            (PagingChoice::Shadow, Some(bsp)) => backend.shadow_vcpu_sharing(vm, id, bsp),
+        } {
+            Ok(v) => v,
+            Err(e) => fail(format_args!("VM {i}: vCPU {j}: {e}")),
+        };
+        if let Some(bsp) = vcpus.first() {
+            vcpu.take_tsc_of(bsp);
+        }
+        vcpus.push(vcpu);
+    }
+    vcpus
+}
+
+/// An application processor's scheduler: its VMs round-robin, a turn each
+/// ([`turn`]), until every one stopped. (The bootstrap processor's loop in
+/// `kmain` does the same and serves gdb, clones and a passed-through
+/// device besides, which keep every VM on it.)
+fn run_alone(list: &mut [(usize, Guest<'static>)], config: &Config, backend: &backend::Backend) {
+    while list.iter().any(|(_, g)| g.runs()) {
+        for (_, g) in list.iter_mut().filter(|(_, g)| g.runs()) {
+            if let RunOutcome::Stopped(reason) = turn(g, config, backend) {
+                log::info!(
+                    "VM {} stopped on host CPU {}: {reason}",
+                    g.machine.vm().id().0,
+                    smp::current()
+                );
+                g.stopped = Some(reason);
+            }
+        }
+    }
+}
+
+/// Which host CPU runs which VM: VM i on CPU i mod the CPUs that run, when
+/// the VMs share nothing that needs them on one CPU; else all on CPU 0.
+struct Placement {
+    /// How many CPUs take VMs.
+    cpus: usize,
+}
+
+impl Placement {
+    fn new(config: &Config) -> Self {
+        let online = smp::online();
+        // What keeps every VM on the bootstrap processor.
+        let single = if config.vms < 2 || online < 2 {
+            None
+        } else if config.shm.is_some() {
+            // The VMM borrows a region's bytes for one access at a time
+            // (host::RegionView), which is only sound while one CPU runs
+            // every VM that shares it.
+            Some("shm= shares memory between the VMs")
+        } else if config.clones > 0 {
+            Some("clones= shares RAM copy-on-write")
+        } else if config.passthrough.is_some() {
+            Some("passthrough= hands one device between the VMs")
+        } else if config.gdb {
+            Some("gdb=com2 is served between VM 0's slices")
+        } else {
+            None
+        };
+        if let Some(why) = single {
+            kprintln!("vmm: every VM runs on host CPU 0: {why}");
+            return Self { cpus: 1 };
+        }
+        Self {
+            cpus: online.min(config.vms as usize).max(1),
+        }
+    }
+
+    /// The CPU that runs VM `i`.
+    fn cpu_of(&self, i: usize) -> usize {
+        i % self.cpus
+    }
+
+    /// Post each application processor its VMs (it makes their vCPUs and
+    /// runs them until all stopped, then hands them back into `returned`);
+    /// returns how many went away and the bootstrap processor's own, by
+    /// their VM index. Idle CPUs are told to halt.
+    fn dispatch(
+        &self,
+        config: &'static Config,
+        guests: Vec<Guest<'static>>,
+        returned: &Arc<spin::Mutex<Vec<(usize, Guest<'static>)>>>,
+    ) -> (usize, Vec<Guest<'static>>) {
+        if self.cpus > 1 {
+            let mut per_cpu: Vec<Vec<(usize, Guest<'static>)>> =
+                (0..self.cpus).map(|_| Vec::new()).collect();
+            for (i, g) in guests.into_iter().enumerate() {
+                kprintln!(
+                    "vmm: VM {i} runs on host CPU {} (APIC id {})",
+                    self.cpu_of(i),
+                    smp::apic_id(self.cpu_of(i))
+                );
+                per_cpu[self.cpu_of(i)].push((i, g));
+            }
+            let mut away = 0;
+            let mut mine = Vec::new();
+            for (cpu, list) in per_cpu.into_iter().enumerate() {
+                if cpu == 0 {
+                    mine = list.into_iter().map(|(_, g)| g).collect();
+                    continue;
+                }
+                away += list.len();
+                let back = returned.clone();
+                smp::post(
+                    cpu,
+                    Box::new(move |backend: &backend::Backend| {
+                        let mut list = list;
+                        for (i, g) in &mut list {
+                            g.vcpus = make_vcpus(&g.machine, backend, config, *i as u32);
+                        }
+                        run_alone(&mut list, config, backend);
+                        back.lock().extend(list);
+                    }),
+                );
+            }
+            smp::retire_idle();
+            return (away, mine);
+        }
+        smp::retire_idle();
+        (0, guests)
+    }
+}
+
 /// How often `screen_lines=1` looks at a PC's screen.
 const SCREEN_LINES_EVERY_NS: u64 = 200_000_000;
 
@@ -808,7 +982,7 @@ enum Machine {
         /// The VM.
         vm: Box<Vm>,
         /// Where its vCPU's interrupts come from.
-        interrupts: Box<dyn InterruptSource>,
+        interrupts: Box<dyn InterruptSource + Send>,
     },
 }
 

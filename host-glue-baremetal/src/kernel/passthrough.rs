@@ -366,7 +366,7 @@ impl Passthrough {
     /// device manager, its unhooked list wired to its backend, and the
     /// card's interrupt on the returned interrupt source (for a VM without
     /// interrupt controllers of its own: a guest program).
-    pub fn attach(&self, vm: &mut Vm) -> Result<Box<dyn InterruptSource>, String> {
+    pub fn attach(&self, vm: &mut Vm) -> Result<Box<dyn InterruptSource + Send>, String> {
         match self {
             Self::Ne2k(dmm) => {
                 let monitor = Ne2000Monitor::new(NE2K_BASE, Ne2000Layout::QEMU);

@@ -1,12 +1,14 @@
 //! Fuzz the snapshot reader: arbitrary bytes, and valid snapshots of a
 //! whole PC (every device, the stdvga with its video memory, virtio disk,
-//! entropy, console and network devices, a vCPU) with bytes flipped, cut short or grown
+//! entropy, console and network devices, two vCPUs, one of them halted)
+//! with bytes flipped, cut short or grown
 //! (optionally with the section checksums fixed up, to reach the vCPU and
 //! device-state decoders, the block table and the shape checks), restored
 //! into a PC built the same way. Invariants: no panic; a refused snapshot
 //! (at any stage: restore is all or nothing) leaves the PC's RAM, video
-//! memory, every device's state and the vCPU's state as they were; one
-//! that is accepted restores exactly what it holds (its pages read back).
+//! memory, every device's state and every vCPU's state (with the exit
+//! loop's halt state) as they were; one that is accepted restores exactly
+//! what it holds (its pages read back, each vCPU's state and halt state).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -16,8 +18,8 @@ use vmm_core::memory::BlockId;
 use vmm_core::snapshot::section::SECTION_HEADER_LEN;
 use vmm_core::snapshot::{RamFill, Snapshot, VecSink, PAGE_SIZE};
 use vmm_core::test_host::{ReplayVcpu, TestHost};
-use vmm_core::vcpu::VcpuState;
-use vmm_core::vm::VmId;
+use vmm_core::vcpu::{ArchState, VcpuState};
+use vmm_core::vm::{VcpuExitState, VmId};
 use vmm_devices::block::{MemoryImage, CD_SECTOR_SIZE, DISK_SECTOR_SIZE};
 use vmm_devices::pc::{DisplayDescription, Pc, PcDescription, VirtioDevices};
 use vmm_devices::uart::BufferBackend;
@@ -41,14 +43,16 @@ fn pc() -> Pc {
                 MemoryImage::writable("vdisk", vec![0; 8 * DISK_SECTOR_SIZE], DISK_SECTOR_SIZE)
                     .unwrap(),
             )),
-            rng: Some(Box::new(vmm_devices::virtio::rng::DeterministicEntropy::new(1))),
+            rng: Some(Box::new(
+                vmm_devices::virtio::rng::DeterministicEntropy::new(1),
+            )),
             console: Some(Box::new(BufferBackend::new())),
             net: Some((
                 Box::new(vmm_devices::net::BufferNet::new()),
                 [0x52, 0x54, 0, 0x12, 0x34, 0x56],
             )),
         },
-        cpus: 1,
+        cpus: 2,
         x2apic: false,
         input: None,
         id: VmId(1),
@@ -79,13 +83,17 @@ fn map_of(pc: &Pc) -> Vec<(u64, u64, String, String)> {
     use vmm_core::memory::Backing;
     let mut out: Vec<(u64, u64, String, String)> = Vec::new();
     let at = |b: Backing, from: u64| match b {
-        Backing::Block { block, offset } => format!("block {} {:#x}", block.0, offset.wrapping_sub(from)),
+        Backing::Block { block, offset } => {
+            format!("block {} {:#x}", block.0, offset.wrapping_sub(from))
+        }
         other => format!("{other:?}"),
     };
     for r in pc.vm().memory().regions() {
         let (read, write) = (at(r.read, r.start), at(r.write, r.start));
         match out.last_mut() {
-            Some(last) if last.1 == r.start && last.2 == read && last.3 == write => last.1 = r.end(),
+            Some(last) if last.1 == r.start && last.2 == read && last.3 == write => {
+                last.1 = r.end()
+            }
             _ => out.push((r.start, r.end(), read, write)),
         }
     }
@@ -107,8 +115,18 @@ fn valid() -> &'static [u8] {
         pc.vm_mut().memory_mut().block_bytes_all_mut(vram).unwrap()[0x100] = 7;
         let mut v = ReplayVcpu::new(RegisterFile::long_mode(0x1000), Vec::new());
         v.set_gpr(3, 0x1234);
+        let mut ap = ReplayVcpu::new(RegisterFile::long_mode(0x2000), Vec::new());
+        ap.set_gpr(3, 0x5678);
+        pc.vm_mut().set_vcpu_exit_state(
+            1,
+            VcpuExitState {
+                halted: Some((0x2001, false)),
+                reset: None,
+            },
+        );
         let mut sink = VecSink::default();
-        pc.snapshot(&mut v, &mut sink).unwrap();
+        pc.snapshot_vcpus(&mut [&mut v as &mut dyn ArchState, &mut ap], &mut sink)
+            .unwrap();
         sink.0
     })
 }
@@ -158,6 +176,16 @@ fn input(data: &[u8]) -> Vec<u8> {
     file
 }
 
+/// Each vCPU's state with its MSR file, and the exit loop's state of it.
+fn vcpu_states(pc: &mut Pc, cpus: &mut [ReplayVcpu; 2]) -> Vec<(VcpuState, VcpuExitState)> {
+    let mut out = Vec::new();
+    for (i, v) in cpus.iter_mut().enumerate() {
+        let state = VcpuState::capture(v, pc.vcpu_msrs_mut(i).unwrap()).unwrap();
+        out.push((state, pc.vm().vcpu_exit_state(i).unwrap()));
+    }
+    out
+}
+
 /// Every RAM block's bytes (guest RAM, shadow RAM, video memory).
 fn memory(pc: &Pc) -> Vec<Vec<u8>> {
     let m = pc.vm().memory();
@@ -174,28 +202,42 @@ fuzz_target!(|data: &[u8]| {
         .memory_mut()
         .write(0x3000, b"untouched")
         .unwrap();
-    let mut v = ReplayVcpu::new(RegisterFile::real_mode(), Vec::new());
+    let mut cpus = [
+        ReplayVcpu::new(RegisterFile::real_mode(), Vec::new()),
+        ReplayVcpu::new(RegisterFile::real_mode(), Vec::new()),
+    ];
     let memory_before = memory(&target);
     let devices_before = target.save_devices().unwrap();
-    let vcpu_before = VcpuState::capture(&mut v, target.msrs()).unwrap();
+    let vcpus_before = vcpu_states(&mut target, &mut cpus);
     let map_before = map_of(&target);
 
     let parsed = Snapshot::parse(&file);
     let result = match &parsed {
-        Ok(s) => target.restore_parsed(s, &mut v, RamFill::Copy),
+        Ok(s) => {
+            let [a, b] = &mut cpus;
+            target.restore_parsed_vcpus(s, &mut [a as &mut dyn ArchState, b], RamFill::Copy)
+        }
         Err(e) => Err(e.clone()),
     };
     match result {
         Err(e) => {
             let _ = e.to_string();
-            assert!(memory(&target) == memory_before, "refused snapshot changed memory: {e}");
+            assert!(
+                memory(&target) == memory_before,
+                "refused snapshot changed memory: {e}"
+            );
             assert_eq!(target.save_devices().unwrap(), devices_before, "{e}");
-            assert_eq!(VcpuState::capture(&mut v, target.msrs()).unwrap(), vcpu_before, "{e}");
+            assert_eq!(vcpu_states(&mut target, &mut cpus), vcpus_before, "{e}");
             assert_eq!(map_of(&target), map_before, "{e}");
             assert!(target.vm().stop_reason().is_none(), "{e}");
         }
         Ok(()) => {
             let snapshot = parsed.unwrap();
+            let now = vcpu_states(&mut target, &mut cpus);
+            for (i, saved) in snapshot.vcpus.iter().enumerate() {
+                assert_eq!(now[i].0, saved.state);
+                assert_eq!(now[i].1, saved.exit);
+            }
             let m = target.vm().memory();
             for (i, &(block, offset)) in snapshot.pages.iter().enumerate() {
                 let bytes = m.block_bytes_all(BlockId(block)).unwrap();

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 use vmm_core::emulator::RegisterFile;
-use vmm_core::snapshot::{restore_snapshot, write_snapshot, VecSink};
+use vmm_core::snapshot::{restore_snapshot, write_snapshot, SavedVcpu, VecSink};
 use vmm_core::test_host::{ReplayVcpu, TestHost, TestVmBuilder};
-use vmm_core::vcpu::{MsrFile, VcpuState};
+use vmm_core::vcpu::{ArchState, MsrFile, VcpuState};
 
 const RAM: u64 = 512 << 20;
 fn main() {
@@ -31,7 +31,10 @@ fn measure(dirty_pages: u64) {
             .unwrap();
     }
     let mut v = ReplayVcpu::new(RegisterFile::long_mode(0x1000), Vec::new());
-    let state = VcpuState::capture(&mut v, &MsrFile::default()).unwrap();
+    let state = vec![SavedVcpu {
+        state: VcpuState::capture(&mut v, &MsrFile::default()).unwrap(),
+        exit: Default::default(),
+    }];
 
     let runs = 5;
     let mut write_ns = Vec::new();
@@ -46,7 +49,13 @@ fn measure(dirty_pages: u64) {
         let mut dst = vm();
         let mut w = ReplayVcpu::new(RegisterFile::real_mode(), Vec::new());
         let t = Instant::now();
-        restore_snapshot(&sink.0, &mut dst, &mut w, &mut MsrFile::default()).unwrap();
+        restore_snapshot(
+            &sink.0,
+            &mut dst,
+            &mut [&mut w as &mut dyn ArchState],
+            &mut [MsrFile::default()],
+        )
+        .unwrap();
         restore_ns.push(t.elapsed().as_nanos());
     }
     write_ns.sort();

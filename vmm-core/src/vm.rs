@@ -65,6 +65,19 @@ pub struct Vm {
     reset_tsc_offset: u64,
 }
 
+/// The part of one vCPU's saved state that the VM's exit loop holds
+/// rather than the vCPU ([`Vm::vcpu_exit_state`]): saved beside each
+/// `vcpu::VcpuState` in a snapshot's vCPU record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuExitState {
+    /// Halted: where the vCPU resumes once woken, and whether its HLT ran
+    /// with RFLAGS.TF.
+    pub halted: Option<(u64, bool)>,
+    /// Another vCPU reset the machine and this one has not reset yet: the
+    /// TSC offset it takes when it does.
+    pub reset: Option<u64>,
+}
+
 /// What the exit loop keeps per vCPU between time slices.
 #[derive(Debug, Default)]
 pub struct VcpuSlot {
@@ -268,6 +281,31 @@ impl Vm {
     /// Set what [`Vm::halt_state`] returns.
     pub fn set_halt_state(&mut self, halted: Option<(u64, bool)>) {
         *self.halted_mut() = halted;
+    }
+
+    /// What the exit loop holds of vCPU `index` beyond its `VcpuState`:
+    /// the part of a vCPU's saved state that lives in the VM (a
+    /// snapshot's vCPU record). `None` if there is no such vCPU.
+    pub fn vcpu_exit_state(&self, index: usize) -> Option<VcpuExitState> {
+        self.vcpus.get(index).map(|s| VcpuExitState {
+            halted: s.halted,
+            reset: s.reset_pending.then_some(self.reset_tsc_offset),
+        })
+    }
+
+    /// Give vCPU `index` the exit-loop state `state` (what
+    /// [`Vm::vcpu_exit_state`] returned when it was saved). Its parked
+    /// flag is cleared: the host runs it once before it counts as parked.
+    /// Nothing happens if there is no such vCPU.
+    pub fn set_vcpu_exit_state(&mut self, index: usize, state: VcpuExitState) {
+        if let Some(tsc) = state.reset {
+            self.reset_tsc_offset = tsc;
+        }
+        if let Some(s) = self.vcpus.get_mut(index) {
+            s.halted = state.halted;
+            s.reset_pending = state.reset.is_some();
+            s.parked = false;
+        }
     }
 
     /// The exit loop's halted vCPU, if it is (see `vcpu::run`).

@@ -488,16 +488,71 @@ fn a_device_refusing_its_state_rolls_every_device_and_the_map_back() {
 }
 
 #[test]
-fn a_pc_with_several_vcpus_is_refused_a_snapshot_by_name() {
+fn a_pc_with_several_vcpus_snapshots_and_restores_every_vcpu() {
+    use vmm_core::snapshot::{RamFill, SnapshotError, VecSink};
+    use vmm_core::vcpu::ArchState;
+    use vmm_core::vm::VcpuExitState;
     let mut rig = rig_with_cpus(5_000_000_000, false, 2);
-    let mut cpu = ReplayVcpu::new(RegisterFile::long_mode(0x4000), Vec::new());
-    let mut file = vmm_core::snapshot::VecSink::default();
-    let e = rig.pc.snapshot(&mut cpu, &mut file).unwrap_err();
-    assert_eq!(
-        e,
-        vmm_core::snapshot::SnapshotError::SeveralVcpus { cpus: 2 },
+    // Both PCs past their power-on state (as in the tests above).
+    rig.run(&[Step::Wait(1_000)]);
+    let mut bsp = ReplayVcpu::new(RegisterFile::long_mode(0x4000), Vec::new());
+    bsp.regs.gprs[3] = 0xb5b;
+    bsp.regs.rip = 0x4000;
+    let mut ap = ReplayVcpu::new(RegisterFile::long_mode(0x6000), Vec::new());
+    ap.regs.gprs[3] = 0xa9a;
+    ap.regs.rip = 0x6000;
+    rig.pc.vm_mut().set_vcpu_exit_state(
+        1,
+        VcpuExitState {
+            halted: Some((0x6001, false)),
+            reset: None,
+        },
+    );
+    // The one-vCPU form is refused for two vCPUs, nothing written.
+    let mut file = VecSink::default();
+    let e = rig.pc.snapshot(&mut bsp, &mut file).unwrap_err();
+    assert_eq!(e, SnapshotError::VcpuCount { vm: 2, given: 1 }, "{e}");
+    assert!(
+        e.to_string()
+            .contains("the VM has 2 vCPUs and 1 were given"),
         "{e}"
     );
-    assert!(e.to_string().contains("2 vCPUs"), "{e}");
     assert!(file.0.is_empty(), "nothing written");
+    rig.pc
+        .snapshot_vcpus(&mut [&mut bsp as &mut dyn ArchState, &mut ap], &mut file)
+        .unwrap();
+    let file = file.0;
+
+    // Into a PC built the same way: both vCPUs, in order, the AP halted.
+    let mut target = rig_with_cpus(42_000_000_000, false, 2);
+    target.run(&[Step::Wait(1_000)]);
+    let mut t0 = ReplayVcpu::new(RegisterFile::real_mode(), Vec::new());
+    let mut t1 = ReplayVcpu::new(RegisterFile::real_mode(), Vec::new());
+    target
+        .pc
+        .restore_vcpus(
+            &file,
+            &mut [&mut t0 as &mut dyn ArchState, &mut t1],
+            RamFill::Copy,
+        )
+        .unwrap();
+    assert_eq!((t0.regs.rip, t0.regs.gprs[3]), (0x4000, 0xb5b));
+    assert_eq!((t1.regs.rip, t1.regs.gprs[3]), (0x6000, 0xa9a));
+    assert_eq!(
+        target.pc.vm().vcpu_exit_state(1).unwrap().halted,
+        Some((0x6001, false))
+    );
+    assert_eq!(target.pc.vm().vcpu_exit_state(0).unwrap().halted, None);
+
+    // A one-vCPU PC is another machine.
+    let mut one = rig_with_cpus(42_000_000_000, false, 1);
+    one.run(&[Step::Wait(1_000)]);
+    let mut t = ReplayVcpu::new(RegisterFile::real_mode(), Vec::new());
+    let e = one.pc.restore(&file, &mut t, RamFill::Copy).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("machine mismatch: vCPU count: the VM has 0x1, the snapshot 0x2"),
+        "{e}"
+    );
+    assert_eq!(t.regs.gprs[3], 0);
 }

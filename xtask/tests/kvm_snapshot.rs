@@ -230,7 +230,7 @@ fn a_snapshot_at_the_boot_prompt_restores_in_a_new_process_and_boots_the_typed_l
     refused(
         &old,
         "version1.snap",
-        "snapshot format version 1, this VMM reads version 2",
+        "snapshot format version 1, this VMM reads versions 2 to 3",
     );
     refused(b"not a snapshot", "junk.snap", "not a snapshot (bad magic)");
     // Another machine: more memory than the snapshot's.

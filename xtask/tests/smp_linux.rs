@@ -71,3 +71,30 @@ fn linux_boots_on_four_vcpus_with_shadow_paging_and_counts_four_cpus() {
     assert_four_cpus(outcome, &console);
     assert!(console.contains("shadow paging:"), "{console}");
 }
+
+/// The same with `state_roundtrip=500`: every 500 exits the host moves
+/// every one of the four vCPUs into a fresh one through the bytes a
+/// snapshot's vCPU section holds (each vCPU's registers, FPU/XSAVE, MSRs,
+/// pending events and TSC offset, the exit loop's halt and pending-reset
+/// state) and every device (the four LAPICs with their wait-for-SIPI
+/// state among them) through its saved state; SeaBIOS and Linux bring up
+/// the application processors and boot to user space all the same.
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
+fn linux_boots_on_four_vcpus_each_replaced_every_500_exits() {
+    let (outcome, console) = boot("guest_mem=256M vms=1 cpus=4 state_roundtrip=500");
+    assert_four_cpus(outcome, &console);
+    let trips = console
+        .lines()
+        .find_map(|l| {
+            l.split_once("vm 0: ")?
+                .1
+                .strip_suffix(" state round trips (a fresh vCPU each)")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(trips > 100, "{trips} round trips\n{console}");
+    println!("{trips} round trips of all four vCPUs");
+}

@@ -198,6 +198,35 @@ impl Vcpu {
         Ok(())
     }
 
+    /// The vCPU as its architectural state, whichever backend it runs on.
+    pub fn arch(&mut self) -> &mut dyn ArchState {
+        match self {
+            Vcpu::Svm(v) => v.as_mut(),
+            Vcpu::Vmx(v) => v.as_mut(),
+        }
+    }
+
+    /// Move every vCPU of a PC (`vcpus[i]` is vCPU `i`) into the fresh
+    /// ones `fresh` and put them in their places, the devices saved and
+    /// restored on the way and the vCPUs through the bytes of a snapshot's
+    /// vCPU section ([`Pc::move_vcpus`]).
+    pub fn replace_all(
+        vcpus: &mut alloc::vec::Vec<Vcpu>,
+        mut fresh: alloc::vec::Vec<Vcpu>,
+        pc: &mut Pc,
+    ) -> Result<(), String> {
+        {
+            let mut from: alloc::vec::Vec<&mut dyn ArchState> =
+                vcpus.iter_mut().map(Vcpu::arch).collect();
+            let mut to: alloc::vec::Vec<&mut dyn ArchState> =
+                fresh.iter_mut().map(Vcpu::arch).collect();
+            pc.move_vcpus(&mut from, &mut to)
+                .map_err(|e| format!("state round trip: {e}"))?;
+        }
+        *vcpus = fresh;
+        Ok(())
+    }
+
     /// Give the clone `clone` (on vCPU `to`) the state of `parent`, paused
     /// on this vCPU, whose RAM it shares ([`Pc::fork_from`]).
     pub fn fork_into(

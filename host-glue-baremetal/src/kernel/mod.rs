@@ -695,7 +695,10 @@ fn turn(g: &mut Guest<'_>, config: &Config, backend: &backend::Backend) -> RunOu
     if config.state_roundtrip > 0 && outcome == RunOutcome::SliceEnded && exits >= g.next_roundtrip
     {
         g.next_roundtrip = exits + config.state_roundtrip;
-        let id = g.machine.vm().id().0 + 1;
+        let vm_index = g.machine.vm().id().0;
+        let cpus = g.vcpus.len();
+        // The ASID/VPID the first vCPU was made with (see make_vcpus).
+        let id = vm_index * config.cpus.max(1) + 1;
         let fresh = match config.paging {
             PagingChoice::Nested => backend.vcpu(g.machine.vm(), id),
             // Siblings keep their pager: the fresh vCPU joins it.
@@ -704,12 +707,21 @@ fn turn(g: &mut Guest<'_>, config: &Config, backend: &backend::Backend) -> RunOu
             }
             PagingChoice::Shadow => backend.shadow_vcpu(g.machine.vm(), id),
         };
-        let pc = match &mut g.machine {
-            Machine::Pc(pc) => Some(pc.as_mut()),
-            Machine::Program { .. } => None,
+        let done = match &mut g.machine {
+            // Every vCPU, through a snapshot's vCPU records.
+            Machine::Pc(pc) if g.vcpus.len() > 1 => {
+                fresh_siblings(backend, config, pc.vm(), fresh, cpus)
+                    .and_then(|all| backend::Vcpu::replace_all(&mut g.vcpus, all, pc))
+            }
+            Machine::Pc(pc) => {
+                fresh.and_then(|v| g.vcpus[0].replace(v, Some(pc.as_mut()), &mut g.msrs))
+            }
+            Machine::Program { .. } => {
+                fresh.and_then(|v| g.vcpus[0].replace(v, None, &mut g.msrs))
+            }
         };
-        if let Err(e) = fresh.and_then(|v| g.vcpus[0].replace(v, pc, &mut g.msrs)) {
-            fail(format_args!("VM {}: {e}", id - 1));
+        if let Err(e) = done {
+            fail(format_args!("VM {vm_index}: {e}"));
         }
         g.roundtrips += 1;
     }
@@ -861,6 +873,30 @@ impl Placement {
 
 /// How often `screen_lines=1` looks at a PC's screen.
 const SCREEN_LINES_EVERY_NS: u64 = 200_000_000;
+
+/// Fresh vCPUs for all `count` vCPUs of a PC's state round trip: `first`
+/// (made already) and one per sibling, with the ids the siblings were
+/// made with and, under shadow paging, the first one's pager.
+fn fresh_siblings(
+    backend: &backend::Backend,
+    config: &Config,
+    vm: &Vm,
+    first: Result<backend::Vcpu, String>,
+    count: usize,
+) -> Result<Vec<backend::Vcpu>, String> {
+    let first = first?;
+    let mut siblings = Vec::with_capacity(count);
+    for j in 1..count {
+        let id = vm.id().0 * config.cpus.max(1) + j as u32 + 1;
+        let vcpu = match config.paging {
+            PagingChoice::Nested => backend.vcpu(vm, id),
+            PagingChoice::Shadow => backend.shadow_vcpu_sharing(vm, id, &first),
+        }?;
+        siblings.push(vcpu);
+    }
+    siblings.insert(0, first);
+    Ok(siblings)
+}
 
 /// `screen_lines=1`: print the lines of the PC's text screen that are new
 /// since `last` (scrolls followed, see `screen_stream::new_lines`) as

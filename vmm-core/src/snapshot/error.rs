@@ -26,11 +26,13 @@ pub enum SnapshotError {
         /// The checksum of the header's bytes.
         found: u32,
     },
-    /// The format version is not the one this reader reads.
+    /// The format version is not one this reader reads.
     UnsupportedVersion {
         /// The version in the file.
         found: u32,
-        /// The version this reader reads.
+        /// The oldest version this reader reads.
+        oldest: u32,
+        /// The newest version this reader reads (the one it writes).
         supported: u32,
     },
     /// The header sets a flag this reader does not know, or a reserved
@@ -121,10 +123,13 @@ pub enum SnapshotError {
     /// The VM's RAM is shared copy-on-write with other VMs (a clone):
     /// snapshot the VM it was forked from.
     SharedMemory,
-    /// The VM has more than one vCPU; a snapshot holds one.
-    SeveralVcpus {
+    /// The caller gave another number of vCPUs (or MSR files) than the
+    /// VM has: a snapshot holds every vCPU of the VM.
+    VcpuCount {
         /// The VM's vCPUs.
-        cpus: usize,
+        vm: usize,
+        /// The vCPUs given.
+        given: usize,
     },
     /// Bytes follow the end section.
     TrailingBytes {
@@ -159,9 +164,13 @@ impl fmt::Display for SnapshotError {
                 f,
                 "header checksum mismatch: expected {expected:#010x}, found {found:#010x}"
             ),
-            Self::UnsupportedVersion { found, supported } => write!(
+            Self::UnsupportedVersion {
+                found,
+                oldest,
+                supported,
+            } => write!(
                 f,
-                "snapshot format version {found}, this VMM reads version {supported}"
+                "snapshot format version {found}, this VMM reads versions {oldest} to {supported}"
             ),
             Self::UnknownFlags { found } => write!(f, "unknown header flags {found:#x}"),
             Self::ShapeMismatch {
@@ -229,9 +238,9 @@ impl fmt::Display for SnapshotError {
                 f,
                 "the VM's RAM is shared copy-on-write with other VMs (a clone): no snapshot"
             ),
-            Self::SeveralVcpus { cpus } => write!(
+            Self::VcpuCount { vm, given } => write!(
                 f,
-                "the VM has {cpus} vCPUs and a snapshot holds one: no snapshot"
+                "the VM has {vm} vCPUs and {given} were given: a snapshot holds every vCPU"
             ),
             Self::TrailingBytes { count } => {
                 write!(f, "{count} bytes after the end section")

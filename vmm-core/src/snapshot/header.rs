@@ -1,7 +1,7 @@
 //! The file header: magic, format version and the machine's shape.
 
 use super::error::SnapshotError;
-use super::{FORMAT_VERSION, MAGIC, PAGE_SIZE};
+use super::{FORMAT_VERSION, MAGIC, OLDEST_VERSION, PAGE_SIZE};
 use crate::vcpu::CpuModel;
 
 /// Size of the header in bytes.
@@ -11,7 +11,8 @@ pub const HEADER_LEN: usize = 40;
 /// VM it is restored into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
-    /// Format version ([`FORMAT_VERSION`] when written).
+    /// Format version ([`FORMAT_VERSION`] when written; [`OLDEST_VERSION`]
+    /// and later are read).
     pub version: u32,
     /// Flags; none are defined, so zero.
     pub flags: u32,
@@ -75,9 +76,10 @@ impl Header {
             return Err(SnapshotError::HeaderChecksum { expected, found });
         }
         let version = u32_at(8);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(SnapshotError::UnsupportedVersion {
                 found: version,
+                oldest: OLDEST_VERSION,
                 supported: FORMAT_VERSION,
             });
         }

@@ -26,6 +26,7 @@ pub mod writer;
 mod tests;
 
 pub use error::SnapshotError;
+pub use payload::SavedVcpu;
 pub use reader::{restore_snapshot, RamFill, Snapshot};
 pub use sink::{SnapshotSink, VecSink};
 pub use writer::write_snapshot;
@@ -33,8 +34,12 @@ pub use writer::write_snapshot;
 /// The first eight bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"VMMSNAP\0";
 
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+/// The format version this code writes (and the newest it reads).
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The oldest format version this code reads (version 2: one vCPU, its
+/// record without the pending reset).
+pub const OLDEST_VERSION: u32 = 2;
 
 /// The page size of the memory section and of its file alignment.
 pub const PAGE_SIZE: u64 = 4096;

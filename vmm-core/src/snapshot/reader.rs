@@ -3,7 +3,7 @@
 use super::blocks::{block_shape, ram_bytes, BlockRecord, BlockRole, BLOCK_RECORD_LEN};
 use super::error::SnapshotError;
 use super::header::{cpu_model_id, Header, HEADER_LEN};
-use super::payload::{memory_map, MapEntry, VcpuRecord};
+use super::payload::{check_count, decode_vcpus, memory_map, MapEntry, SavedVcpu};
 use super::section::{SectionHeader, SectionKind, SECTION_HEADER_LEN};
 use super::writer::{is_zero, pad_to_page};
 use super::PAGE_SIZE;
@@ -21,8 +21,8 @@ use alloc::vec::Vec;
 pub struct Snapshot<'a> {
     /// The header.
     pub header: Header,
-    /// The vCPUs: state and halt state.
-    pub vcpus: Vec<(VcpuState, Option<(u64, bool)>)>,
+    /// The vCPUs, in index order: state and the exit loop's state.
+    pub vcpus: Vec<SavedVcpu>,
     /// The devices' states.
     pub devices: Vec<SavedDevice>,
     /// The memory map when the snapshot was taken.
@@ -112,15 +112,12 @@ impl<'a> Snapshot<'a> {
         let mut offset = HEADER_LEN;
 
         let payload = section(file, &mut offset, SectionKind::Vcpus)?;
-        let records: Vec<VcpuRecord> = save_restore::decode(payload)
-            .map_err(|_| malformed(SectionKind::Vcpus, "does not decode"))?;
-        if records.len() as u64 != header.vcpu_count as u64 {
-            return Err(malformed(SectionKind::Vcpus, "count differs from header"));
+        if header.version == 2 && header.vcpu_count != 1 {
+            return Err(malformed(SectionKind::Vcpus, "version 2 holds one vCPU"));
         }
-        let mut vcpus = Vec::with_capacity(records.len());
-        for r in records {
-            let state = VcpuState::from_bytes(r.version, &r.state)?;
-            vcpus.push((state, r.halted));
+        let vcpus = decode_vcpus(header.version, payload)?;
+        if vcpus.len() as u64 != header.vcpu_count as u64 {
+            return Err(malformed(SectionKind::Vcpus, "count differs from header"));
         }
 
         let payload = section(file, &mut offset, SectionKind::Devices)?;
@@ -213,7 +210,7 @@ impl<'a> Snapshot<'a> {
         })
     }
 
-    /// Check that this snapshot fits `vm`: RAM size, vCPU count (one),
+    /// Check that this snapshot fits `vm`: RAM size, vCPU count,
     /// CPU model, the memory blocks (count, role and length of each, ROM
     /// contents by checksum), the devices with state (count and names).
     /// Nothing changes.
@@ -230,7 +227,11 @@ impl<'a> Snapshot<'a> {
             }
         };
         shape("RAM bytes", ram_bytes(vm.memory()), self.header.ram_bytes)?;
-        shape("vCPU count", 1, self.header.vcpu_count as u64)?;
+        shape(
+            "vCPU count",
+            vm.vcpu_count() as u64,
+            self.header.vcpu_count as u64,
+        )?;
         shape(
             "CPU model",
             cpu_model_id(vm.cpu_model()) as u64,
@@ -283,24 +284,30 @@ impl<'a> Snapshot<'a> {
         self.page_data_offset + index as u64 * PAGE_SIZE
     }
 
-    /// Apply to `vm`, `vcpu` and `msrs` after [`Snapshot::check`], all or
-    /// nothing: the devices are restored (each checks its state first; if
-    /// one refuses, all go back to their states before), then the memory
-    /// map they rebuilt is compared with the saved one, then the vCPU
-    /// takes its state (if it refuses, its old state and the devices' go
-    /// back), and only then is RAM written as `ram` says and the halt
-    /// state set. On an error the VM, the vCPU and the MSRs are as they
-    /// were.
-    pub fn apply<B: ArchState>(
+    /// Apply to `vm`, its vCPUs `vcpus` and their MSR files `msrs` (one
+    /// each per vCPU of `vm`, in index order) after [`Snapshot::check`],
+    /// all or nothing: the devices are restored (each checks its state
+    /// first; if one refuses, all go back to their states before), then
+    /// the memory map they rebuilt is compared with the saved one, then
+    /// each vCPU takes its state (if one refuses, every vCPU's old state
+    /// and the devices' go back), and only then is RAM written as `ram`
+    /// says and each vCPU's halt and reset state set. On an error the VM,
+    /// the vCPUs and the MSRs are as they were.
+    pub fn apply(
         &self,
         vm: &mut Vm,
-        vcpu: &mut B,
-        msrs: &mut MsrFile,
+        vcpus: &mut [&mut dyn ArchState],
+        msrs: &mut [MsrFile],
         ram: RamFill,
     ) -> Result<(), SnapshotError> {
+        check_count(vm.vcpu_count(), vcpus.len(), msrs.len())?;
+        check_count(self.vcpus.len(), vcpus.len(), msrs.len())?;
         let devices_before = vm.save_devices()?;
         let stop_before = vm.stop_reason().cloned();
-        let vcpu_before = VcpuState::capture(vcpu, msrs)?;
+        let mut vcpus_before = Vec::with_capacity(vcpus.len());
+        for (vcpu, msrs) in vcpus.iter_mut().zip(msrs.iter()) {
+            vcpus_before.push(VcpuState::capture(&mut **vcpu, msrs)?);
+        }
         vm.restore_devices_or_keep(&self.devices)?;
         let map = memory_map(vm.memory());
         if map != self.map {
@@ -316,16 +323,21 @@ impl<'a> Snapshot<'a> {
                 saved: self.map.len() as u64,
             });
         }
-        let (state, halted) = &self.vcpus[0];
-        if let Err(e) = state.apply(vcpu, msrs) {
-            let _ = vcpu_before.apply(vcpu, msrs);
-            vm.rollback_devices(&devices_before, stop_before);
-            return Err(e.into());
+        for (i, saved) in self.vcpus.iter().enumerate() {
+            if let Err(e) = saved.state.apply(&mut *vcpus[i], &mut msrs[i]) {
+                for j in 0..=i {
+                    let _ = vcpus_before[j].apply(&mut *vcpus[j], &mut msrs[j]);
+                }
+                vm.rollback_devices(&devices_before, stop_before);
+                return Err(e.into());
+            }
         }
         if ram == RamFill::Copy {
             self.copy_ram(vm);
         }
-        *vm.halted_mut() = *halted;
+        for (i, saved) in self.vcpus.iter().enumerate() {
+            vm.set_vcpu_exit_state(i, saved.exit);
+        }
         Ok(())
     }
 
@@ -369,16 +381,16 @@ pub enum RamFill {
 }
 
 /// Restore the snapshot `file` into `vm` (built like the saved VM) and
-/// its one vCPU: parse and validate all of it, check it fits, and only
-/// then apply. A refused snapshot leaves `vm`, `vcpu` and `msrs` as they
-/// were.
-pub fn restore_snapshot<B: ArchState>(
+/// its vCPUs (`vcpus[i]` with `msrs[i]` is vCPU `i`): parse and validate
+/// all of it, check it fits, and only then apply. A refused snapshot
+/// leaves `vm`, `vcpus` and `msrs` as they were.
+pub fn restore_snapshot(
     file: &[u8],
     vm: &mut Vm,
-    vcpu: &mut B,
-    msrs: &mut MsrFile,
+    vcpus: &mut [&mut dyn ArchState],
+    msrs: &mut [MsrFile],
 ) -> Result<(), SnapshotError> {
     let snapshot = Snapshot::parse(file)?;
     snapshot.check(vm)?;
-    snapshot.apply(vm, vcpu, msrs, RamFill::Copy)
+    snapshot.apply(vm, vcpus, msrs, RamFill::Copy)
 }

@@ -9,7 +9,8 @@ use crate::emulator::{CpuState, RegisterFile};
 use crate::host::Host;
 use crate::memory::{BlockId, GuestMemory};
 use crate::test_host::{ReplayVcpu, TestHost, TestVmBuilder};
-use crate::vcpu::{CpuModel, MsrFile, VcpuState};
+use crate::vcpu::{ArchState, CpuModel, MsrFile, VcpuState};
+use crate::vm::VcpuExitState;
 use crate::vm::Vm;
 use crate::vm::VmId;
 use alloc::boxed::Box;
@@ -19,6 +20,34 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 const RAM: u64 = 256 * 1024;
+
+/// [`write_snapshot`] of a one-vCPU VM whose vCPU's state is `state`.
+fn write_one<S: SnapshotSink>(
+    vm: &mut Vm,
+    state: &VcpuState,
+    sink: &mut S,
+) -> Result<(), SnapshotError> {
+    let saved = vec![SavedVcpu {
+        state: state.clone(),
+        exit: vm.vcpu_exit_state(0).unwrap_or_default(),
+    }];
+    write_snapshot(vm, &saved, sink)
+}
+
+/// [`restore_snapshot`] into a one-vCPU VM.
+fn restore_one(
+    file: &[u8],
+    vm: &mut Vm,
+    vcpu: &mut ReplayVcpu,
+    msrs: &mut MsrFile,
+) -> Result<(), SnapshotError> {
+    restore_snapshot(
+        file,
+        vm,
+        &mut [vcpu as &mut dyn ArchState],
+        core::slice::from_mut(msrs),
+    )
+}
 
 fn vm(ram: u64) -> Vm {
     TestVmBuilder::new(Arc::new(TestHost::new()), 1)
@@ -47,7 +76,7 @@ fn source() -> (Vm, VcpuState, Vec<u8>) {
     let mut v = vcpu();
     let state = VcpuState::capture(&mut v, &MsrFile::default()).unwrap();
     let mut sink = VecSink::default();
-    write_snapshot(&mut vm, &state, &mut sink).unwrap();
+    write_one(&mut vm, &state, &mut sink).unwrap();
     (vm, state, sink.0)
 }
 
@@ -83,7 +112,7 @@ fn restore_fresh(
     let mut v = ReplayVcpu::new(RegisterFile::real_mode(), Vec::new());
     let mut msrs = MsrFile::default();
     let before = VcpuState::capture(&mut v, &msrs).unwrap();
-    match restore_snapshot(file, &mut target, &mut v, &mut msrs) {
+    match restore_one(file, &mut target, &mut v, &mut msrs) {
         Ok(()) => Ok((target, v)),
         Err(e) => {
             let mut m = [0u8; 6];
@@ -120,7 +149,7 @@ fn round_trip_restores_memory_vcpu_and_halt() {
     assert_eq!(&file[off..off + 5], b"hello");
     // Writing again gives the same bytes.
     let mut again = VecSink::default();
-    write_snapshot(&mut dst, &state, &mut again).unwrap();
+    write_one(&mut dst, &state, &mut again).unwrap();
     assert_eq!(again.0, file);
 }
 
@@ -224,6 +253,7 @@ fn wrong_version_and_mismatched_machines_are_refused() {
         restore_fresh(&v1, RAM, CpuModel::Qemu64).err(),
         Some(SnapshotError::UnsupportedVersion {
             found: 1,
+            oldest: OLDEST_VERSION,
             supported: FORMAT_VERSION
         })
     );
@@ -356,7 +386,7 @@ fn snapshot_of(vm: &mut Vm) -> Vec<u8> {
     let mut v = vcpu();
     let state = VcpuState::capture(&mut v, &MsrFile::default()).unwrap();
     let mut sink = VecSink::default();
-    write_snapshot(vm, &state, &mut sink).unwrap();
+    write_one(vm, &state, &mut sink).unwrap();
     sink.0
 }
 
@@ -368,7 +398,7 @@ fn device_state_and_unmapped_device_memory_come_back() {
     let (mut dst, c) = vm_with_counters([5, 6]);
     let mut v = vcpu();
     let mut msrs = MsrFile::default();
-    restore_snapshot(&file, &mut dst, &mut v, &mut msrs).unwrap();
+    restore_one(&file, &mut dst, &mut v, &mut msrs).unwrap();
     assert_eq!(c[0].0.load(Ordering::SeqCst), 1);
     assert_eq!(c[1].0.load(Ordering::SeqCst), 2);
     assert_eq!(
@@ -387,7 +417,7 @@ fn a_device_refusing_its_state_leaves_every_device_as_it_was() {
     let mut v = vcpu();
     v.set_rip(0x7777);
     let mut msrs = MsrFile::default();
-    let e = restore_snapshot(&file, &mut dst, &mut v, &mut msrs).unwrap_err();
+    let e = restore_one(&file, &mut dst, &mut v, &mut msrs).unwrap_err();
     assert_eq!(
         alloc::format!("{e}"),
         "state: b: impossible value of counter"
@@ -409,7 +439,7 @@ fn other_firmware_or_other_blocks_are_refused() {
     let (mut dst, _) = vm_with_counters([5, 6]);
     dst.memory_mut().load_block(BlockId(2), 0, &[0x90]).unwrap();
     let mut v = vcpu();
-    let e = restore_snapshot(&file, &mut dst, &mut v, &mut MsrFile::default()).unwrap_err();
+    let e = restore_one(&file, &mut dst, &mut v, &mut MsrFile::default()).unwrap_err();
     assert!(
         matches!(
             e,
@@ -423,8 +453,7 @@ fn other_firmware_or_other_blocks_are_refused() {
     );
     assert!(alloc::format!("{e}").contains("other firmware"));
     // A VM without the video memory block.
-    let e =
-        restore_snapshot(&file, &mut vm(RAM), &mut vcpu(), &mut MsrFile::default()).unwrap_err();
+    let e = restore_one(&file, &mut vm(RAM), &mut vcpu(), &mut MsrFile::default()).unwrap_err();
     assert!(
         matches!(
             e,
@@ -443,11 +472,201 @@ fn a_device_that_cannot_save_refuses_the_snapshot_by_name() {
     vm.add_device(Box::new(Opaque)).unwrap();
     let mut v = vcpu();
     let state = VcpuState::capture(&mut v, &MsrFile::default()).unwrap();
-    let e = write_snapshot(&mut vm, &state, &mut VecSink::default()).unwrap_err();
+    let e = write_one(&mut vm, &state, &mut VecSink::default()).unwrap_err();
     assert_eq!(
         e,
         SnapshotError::Unsaveable {
             device: "opaque".into()
         }
+    );
+}
+
+/// Three vCPUs, each with its own registers, MSR file and exit-loop state
+/// (vCPU 1 halted, vCPU 2 with a reset pending), in one file: all come
+/// back in order; a VM with another vCPU count is refused, as is a call
+/// with the wrong number of vCPUs, both changing nothing.
+#[test]
+fn several_vcpus_round_trip_with_their_exit_state() {
+    let mut src = vm(RAM);
+    src.set_vcpu_count(3);
+    src.memory_mut().write(0x3000, b"smp").unwrap();
+    let mut cpus: Vec<ReplayVcpu> = (0..3)
+        .map(|i| {
+            let mut v = vcpu();
+            v.set_rip(0x1000 * (i + 1));
+            v.set_gpr(3, 0xc0 + i);
+            v
+        })
+        .collect();
+    let msrs: Vec<MsrFile> = (0..3).map(|_| MsrFile::default()).collect();
+    src.set_vcpu_exit_state(
+        1,
+        VcpuExitState {
+            halted: Some((0x1001, false)),
+            reset: None,
+        },
+    );
+    src.set_vcpu_exit_state(
+        2,
+        VcpuExitState {
+            halted: None,
+            reset: Some(0x5555),
+        },
+    );
+    let mut refs: Vec<&mut dyn ArchState> =
+        cpus.iter_mut().map(|v| v as &mut dyn ArchState).collect();
+    let saved = payload::capture_vcpus(&src, &mut refs, &msrs).unwrap();
+    let mut sink = VecSink::default();
+    write_snapshot(&mut src, &saved, &mut sink).unwrap();
+    let file = sink.0;
+    let snap = Snapshot::parse(&file).unwrap();
+    assert_eq!(snap.header.vcpu_count, 3);
+    assert_eq!(snap.header.version, FORMAT_VERSION);
+
+    let mut dst = vm(RAM);
+    dst.set_vcpu_count(3);
+    let mut fresh: Vec<ReplayVcpu> = (0..3)
+        .map(|_| ReplayVcpu::new(RegisterFile::real_mode(), Vec::new()))
+        .collect();
+    let mut dst_msrs: Vec<MsrFile> = (0..3).map(|_| MsrFile::default()).collect();
+    {
+        let mut refs: Vec<&mut dyn ArchState> =
+            fresh.iter_mut().map(|v| v as &mut dyn ArchState).collect();
+        restore_snapshot(&file, &mut dst, &mut refs, &mut dst_msrs).unwrap();
+    }
+    for (i, v) in fresh.iter().enumerate() {
+        assert_eq!(v.rip(), 0x1000 * (i as u64 + 1));
+        assert_eq!(v.gpr(3), 0xc0 + i as u64);
+    }
+    assert_eq!(dst.vcpu_exit_state(0), Some(VcpuExitState::default()));
+    assert_eq!(
+        dst.vcpu_exit_state(1).unwrap().halted,
+        Some((0x1001, false))
+    );
+    assert_eq!(dst.vcpu_exit_state(2).unwrap().reset, Some(0x5555));
+    let mut m = [0u8; 3];
+    dst.memory().read(0x3000, &mut m).unwrap();
+    assert_eq!(&m, b"smp");
+
+    // A one-vCPU VM: the shape is refused.
+    let mut one = vm(RAM);
+    let mut v = ReplayVcpu::new(RegisterFile::real_mode(), Vec::new());
+    let e = restore_one(&file, &mut one, &mut v, &mut MsrFile::default()).unwrap_err();
+    assert_eq!(
+        e,
+        SnapshotError::ShapeMismatch {
+            what: "vCPU count",
+            expected: 1,
+            found: 3
+        }
+    );
+    assert_eq!(
+        v.rip(),
+        ReplayVcpu::new(RegisterFile::real_mode(), Vec::new()).rip()
+    );
+    // The right VM, two vCPUs given.
+    let mut dst = vm(RAM);
+    dst.set_vcpu_count(3);
+    let snap = Snapshot::parse(&file).unwrap();
+    snap.check(&mut dst).unwrap();
+    let (a, rest) = fresh.split_at_mut(1);
+    let e = snap
+        .apply(
+            &mut dst,
+            &mut [&mut a[0] as &mut dyn ArchState, &mut rest[0]],
+            &mut dst_msrs[..2],
+            RamFill::Copy,
+        )
+        .unwrap_err();
+    assert_eq!(e, SnapshotError::VcpuCount { vm: 3, given: 2 });
+    assert!(alloc::format!("{e}").contains("the VM has 3 vCPUs and 2 were given"));
+    // Writing with another count than the VM's is refused too.
+    let e = write_snapshot(&mut dst, &saved[..1], &mut VecSink::default()).unwrap_err();
+    assert_eq!(e, SnapshotError::VcpuCount { vm: 3, given: 1 });
+}
+
+/// Rewrite a version-3 one-vCPU file as version 2 wrote it (the vCPU
+/// record without its pending reset; the memory section's padding moved
+/// so its pages stay page-aligned), checksums right.
+fn as_version_2(file: &[u8]) -> Vec<u8> {
+    fn put_section(out: &mut Vec<u8>, kind: SectionKind, payload: &[u8]) {
+        let header = section::SectionHeader {
+            kind: kind as u32,
+            len: payload.len() as u64,
+            crc: crc32fast::hash(payload),
+        };
+        out.extend_from_slice(&header.encode());
+        out.extend_from_slice(payload);
+    }
+    let snap = Snapshot::parse(file).unwrap();
+    let starts = section_starts(file);
+    let records: Vec<payload::VcpuRecord> =
+        save_restore::decode(&file[starts[0] + SECTION_HEADER_LEN..starts[1]]).unwrap();
+    let old: Vec<payload::VcpuRecordV2> = records
+        .into_iter()
+        .map(|r| payload::VcpuRecordV2 {
+            version: r.version,
+            state: r.state,
+            halted: r.halted,
+        })
+        .collect();
+    let mut out = file[..HEADER_LEN].to_vec();
+    out[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32fast::hash(&out[..36]);
+    out[36..40].copy_from_slice(&crc.to_le_bytes());
+    put_section(
+        &mut out,
+        SectionKind::Vcpus,
+        &save_restore::encode(&old).unwrap(),
+    );
+    out.extend_from_slice(&file[starts[1]..starts[3]]);
+    let list_len = 8 + snap.blocks.len() * blocks::BLOCK_RECORD_LEN + 8 * snap.pages.len();
+    let list_start = starts[3] + SECTION_HEADER_LEN;
+    let mut memory = file[list_start..list_start + list_len].to_vec();
+    let pad = writer::pad_to_page((out.len() + SECTION_HEADER_LEN + list_len) as u64);
+    memory.resize(list_len + pad as usize, 0);
+    memory.extend_from_slice(snap.page_data);
+    put_section(&mut out, SectionKind::Memory, &memory);
+    out.extend_from_slice(&file[starts[4]..]);
+    out
+}
+
+/// A version-2 file (one vCPU) still loads: its vCPU comes back, halted
+/// where it was, with no reset pending. Version 1 is refused, naming the
+/// versions this VMM reads.
+#[test]
+fn version_2_files_still_load_and_version_1_is_refused() {
+    let (_, state, file) = source();
+    let v2 = as_version_2(&file);
+    assert_ne!(v2, file);
+    let (dst, mut v) = restore_fresh(&v2, RAM, CpuModel::Qemu64).unwrap();
+    assert_eq!(
+        VcpuState::capture(&mut v, &MsrFile::default()).unwrap(),
+        state
+    );
+    assert_eq!(
+        dst.vcpu_exit_state(0),
+        Some(VcpuExitState {
+            halted: Some((0x2345, true)),
+            reset: None
+        })
+    );
+    let mut m = [0u8; 5];
+    dst.memory().read(0x1000, &mut m).unwrap();
+    assert_eq!(&m, b"hello");
+    // A version-2 file that claims two vCPUs is refused.
+    let two = patch_header(&v2, 24, &2u32.to_le_bytes());
+    assert_eq!(
+        Snapshot::parse(&two).unwrap_err(),
+        SnapshotError::Malformed {
+            section: SectionKind::Vcpus,
+            what: "version 2 holds one vCPU"
+        }
+    );
+    let v1 = patch_header(&file, 8, &1u32.to_le_bytes());
+    let e = Snapshot::parse(&v1).unwrap_err();
+    assert_eq!(
+        alloc::format!("{e}"),
+        "snapshot format version 1, this VMM reads versions 2 to 3"
     );
 }

@@ -3,12 +3,11 @@
 use super::blocks::{block_shape, ram_bytes, BlockRecord, BlockRole, BLOCK_RECORD_LEN};
 use super::error::SnapshotError;
 use super::header::{cpu_model_id, Header, HEADER_LEN};
-use super::payload::{memory_map, VcpuRecord};
+use super::payload::{check_count, encode_vcpus, memory_map, SavedVcpu};
 use super::section::{SectionHeader, SectionKind, SECTION_HEADER_LEN};
 use super::sink::SnapshotSink;
 use super::{FORMAT_VERSION, PAGE_SIZE};
 use crate::device::save_restore;
-use crate::vcpu::{VcpuState, VCPU_STATE_VERSION};
 use crate::vm::Vm;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -83,8 +82,9 @@ pub(crate) fn pad_to_page(offset: u64) -> u64 {
     (PAGE_SIZE - offset % PAGE_SIZE) % PAGE_SIZE
 }
 
-/// Write a snapshot of the paused `vm`, whose one vCPU's state is `vcpu`
-/// (captured with [`VcpuState::capture`]), to `sink`. The devices are
+/// Write a snapshot of the paused `vm`, whose vCPUs' states are `vcpus`
+/// (one per vCPU of `vm`, in index order: [`super::payload::capture_vcpus`]),
+/// to `sink`. The devices are
 /// saved ([`Vm::save_devices`]); the guest sees no difference. A VM with
 /// a device that has state but cannot save it (a pass-through device) is
 /// refused naming it ([`SnapshotError::Unsaveable`]). Every RAM block is
@@ -92,9 +92,10 @@ pub(crate) fn pad_to_page(offset: u64) -> u64 {
 /// wherever its BAR is), zero pages left out.
 pub fn write_snapshot<S: SnapshotSink>(
     vm: &mut Vm,
-    vcpu: &VcpuState,
+    vcpus: &[SavedVcpu],
     sink: &mut S,
 ) -> Result<(), SnapshotError> {
+    check_count(vm.vcpu_count(), vcpus.len(), vcpus.len())?;
     if let Some(name) = vm.unsaveable_devices().into_iter().next() {
         return Err(SnapshotError::Unsaveable { device: name });
     }
@@ -105,16 +106,11 @@ pub fn write_snapshot<S: SnapshotSink>(
         version: FORMAT_VERSION,
         flags: 0,
         ram_bytes: ram_bytes(vm.memory()),
-        vcpu_count: 1,
+        vcpu_count: vcpus.len() as u32,
         cpu_model: cpu_model_id(vm.cpu_model()),
         page_size: PAGE_SIZE as u32,
     };
-    let vcpus = vec![VcpuRecord {
-        version: VCPU_STATE_VERSION,
-        state: vcpu.to_bytes()?,
-        halted: *vm.halted_mut(),
-    }];
-    let vcpus = save_restore::encode(&vcpus)?;
+    let vcpus = encode_vcpus(vcpus)?;
     let devices = save_restore::encode(&vm.save_devices()?)?;
     let map = save_restore::encode(&memory_map(vm.memory()))?;
 

@@ -85,14 +85,17 @@ impl VcpuState {
     /// Read `vcpu` and `msrs`. The vCPU is settled first
     /// ([`ArchState::settle`]), so a device read it has not yet handed to
     /// the guest is in the registers.
-    pub fn capture<B: ArchState>(vcpu: &mut B, msrs: &MsrFile) -> Result<Self, StateError> {
+    pub fn capture<B: ArchState + ?Sized>(
+        vcpu: &mut B,
+        msrs: &MsrFile,
+    ) -> Result<Self, StateError> {
         vcpu.settle()
             .map_err(|_| StateError::Invalid { field: "settle" })?;
         Ok(Self::read(vcpu, msrs))
     }
 
     /// Read `vcpu` and `msrs` as they are (see [`VcpuState::capture`]).
-    pub fn read<B: ArchState>(vcpu: &B, msrs: &MsrFile) -> Self {
+    pub fn read<B: ArchState + ?Sized>(vcpu: &B, msrs: &MsrFile) -> Self {
         Self {
             gprs: core::array::from_fn(|i| vcpu.gpr(i)),
             rip: vcpu.rip(),
@@ -113,7 +116,11 @@ impl VcpuState {
     /// Set everything on `vcpu` and `msrs`. A value the vCPU refuses is
     /// [`StateError::Invalid`] naming the part; parts set before it stay
     /// set, so the caller discards the vCPU then.
-    pub fn apply<B: ArchState>(&self, vcpu: &mut B, msrs: &mut MsrFile) -> Result<(), StateError> {
+    pub fn apply<B: ArchState + ?Sized>(
+        &self,
+        vcpu: &mut B,
+        msrs: &mut MsrFile,
+    ) -> Result<(), StateError> {
         let invalid = |field| {
             move |e: ArchStateError| {
                 log::warn!("vCPU state refused: {field}: {e}; {self:x?}");
@@ -168,7 +175,7 @@ impl VcpuState {
 /// registers (so nothing it held before survives by accident), apply.
 /// `msrs` is the MSR file both share. The state round trip of the hosts'
 /// `state_roundtrip` debug option; on an error `to` is unusable.
-pub fn move_state<A: ArchState, B: ArchState>(
+pub fn move_state<A: ArchState + ?Sized, B: ArchState + ?Sized>(
     from: &mut A,
     to: &mut B,
     msrs: &mut MsrFile,

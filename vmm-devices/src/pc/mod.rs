@@ -53,7 +53,7 @@ use vmm_core::device::{SavedDevice, StateError};
 use vmm_core::host::Host;
 use vmm_core::memory::{BlockId, GuestMemory};
 use vmm_core::snapshot::{self, RamFill, Snapshot, SnapshotError, SnapshotSink};
-use vmm_core::vcpu::{self, ArchState, MsrFile, RunOutcome, Slice, VcpuBackend, VcpuState};
+use vmm_core::vcpu::{self, ArchState, MsrFile, RunOutcome, Slice, VcpuBackend};
 use vmm_core::vm::Vm;
 
 /// The least RAM a PC takes: the low 1 MiB and room for the firmware's
@@ -365,37 +365,61 @@ impl Pc {
         vcpu::move_state(from, to, &mut self.msrs[i])
     }
 
-    /// Write a whole-machine snapshot of this paused PC to `sink`: every
-    /// device's state, the vCPU's (`vcpu`, with [`Pc::msrs`] and the exit
-    /// loop's halt state), the memory map and every RAM block (guest RAM,
-    /// shadow RAM, video memory), in the format of `docs/SNAPSHOT.md`. The
-    /// guest sees no difference and may run on. Refused, naming the
-    /// device, when one cannot save its state (a pass-through device).
+    /// Write a whole-machine snapshot of this paused one-vCPU PC to
+    /// `sink`: [`Pc::snapshot_vcpus`] with its one vCPU `vcpu` (a PC with
+    /// more is refused, [`SnapshotError::VcpuCount`]).
     pub fn snapshot<B: ArchState, S: SnapshotSink>(
         &mut self,
         vcpu: &mut B,
         sink: &mut S,
     ) -> Result<(), SnapshotError> {
-        self.one_vcpu()?;
-        let state = VcpuState::capture(vcpu, &self.msrs[0])?;
-        snapshot::write_snapshot(&mut self.vm, &state, sink)
+        self.snapshot_vcpus(&mut [vcpu as &mut dyn ArchState], sink)
     }
 
-    /// Restore the snapshot `file` into this PC, built from an equal
-    /// description (its own media, consoles and host memory), and `vcpu`:
-    /// the file is parsed and every section checked (version, checksums,
-    /// machine shape, blocks), then devices, vCPU and RAM are restored
-    /// all or nothing. On an error this PC and `vcpu` are as they were.
-    /// `ram` says whether RAM is copied from `file` or the host maps the
-    /// pages itself ([`RamFill::Host`], see [`Snapshot::page_file_offset`]).
+    /// Write a whole-machine snapshot of this paused PC to `sink`: every
+    /// device's state, every vCPU's (`vcpus[i]` is vCPU `i`, one per vCPU
+    /// of the PC, with its MSR file and the exit loop's halt and reset
+    /// state), the memory map and every RAM block (guest RAM, shadow RAM,
+    /// video memory), in the format of `docs/SNAPSHOT.md`. The guest sees
+    /// no difference and may run on. Refused, naming the device, when one
+    /// cannot save its state (a pass-through device).
+    pub fn snapshot_vcpus<S: SnapshotSink>(
+        &mut self,
+        vcpus: &mut [&mut dyn ArchState],
+        sink: &mut S,
+    ) -> Result<(), SnapshotError> {
+        let saved = snapshot::payload::capture_vcpus(&self.vm, vcpus, &self.msrs)?;
+        snapshot::write_snapshot(&mut self.vm, &saved, sink)
+    }
+
+    /// Restore the snapshot `file` into this one-vCPU PC, built from an
+    /// equal description (its own media, consoles and host memory), and
+    /// `vcpu`: [`Pc::restore_vcpus`] with one vCPU.
     pub fn restore<B: ArchState>(
         &mut self,
         file: &[u8],
         vcpu: &mut B,
         ram: RamFill,
     ) -> Result<(), SnapshotError> {
+        self.restore_vcpus(file, &mut [vcpu as &mut dyn ArchState], ram)
+    }
+
+    /// Restore the snapshot `file` into this PC, built from an equal
+    /// description (its own media, consoles and host memory), and its
+    /// vCPUs `vcpus` (`vcpus[i]` is vCPU `i`): the file is parsed and
+    /// every section checked (version, checksums, machine shape with the
+    /// vCPU count, blocks), then devices, vCPUs and RAM are restored all
+    /// or nothing. On an error this PC and the vCPUs are as they were.
+    /// `ram` says whether RAM is copied from `file` or the host maps the
+    /// pages itself ([`RamFill::Host`], see [`Snapshot::page_file_offset`]).
+    pub fn restore_vcpus(
+        &mut self,
+        file: &[u8],
+        vcpus: &mut [&mut dyn ArchState],
+        ram: RamFill,
+    ) -> Result<(), SnapshotError> {
         let snapshot = Snapshot::parse(file)?;
-        self.restore_parsed(&snapshot, vcpu, ram)
+        self.restore_parsed_vcpus(&snapshot, vcpus, ram)
     }
 
     /// [`Pc::restore`] of a snapshot already parsed.
@@ -405,17 +429,53 @@ impl Pc {
         vcpu: &mut B,
         ram: RamFill,
     ) -> Result<(), SnapshotError> {
-        self.one_vcpu()?;
-        snapshot.check(&mut self.vm)?;
-        snapshot.apply(&mut self.vm, vcpu, &mut self.msrs[0], ram)
+        self.restore_parsed_vcpus(snapshot, &mut [vcpu as &mut dyn ArchState], ram)
     }
 
-    /// Snapshots hold one vCPU: refuse a PC with more.
-    fn one_vcpu(&self) -> Result<(), SnapshotError> {
-        match self.msrs.len() {
-            1 => Ok(()),
-            cpus => Err(SnapshotError::SeveralVcpus { cpus }),
+    /// [`Pc::restore_vcpus`] of a snapshot already parsed.
+    pub fn restore_parsed_vcpus(
+        &mut self,
+        snapshot: &Snapshot<'_>,
+        vcpus: &mut [&mut dyn ArchState],
+        ram: RamFill,
+    ) -> Result<(), SnapshotError> {
+        snapshot.check(&mut self.vm)?;
+        snapshot.apply(&mut self.vm, vcpus, &mut self.msrs, ram)
+    }
+
+    /// Move every vCPU to a fresh one and the devices through their saved
+    /// state, the vCPUs through the very bytes a snapshot's vCPU section
+    /// holds: each of `from` (`from[i]` is vCPU `i`) is captured with its
+    /// MSR file and exit-loop state, the records are encoded and decoded,
+    /// every device is saved and restored in place, and `to[i]` (its
+    /// general registers scrambled first) takes vCPU `i`'s state. The
+    /// round trip of the bare-metal host's `state_roundtrip` with several
+    /// vCPUs; on an error the vCPUs of `to` are unusable.
+    pub fn move_vcpus(
+        &mut self,
+        from: &mut [&mut dyn ArchState],
+        to: &mut [&mut dyn ArchState],
+    ) -> Result<(), SnapshotError> {
+        let saved = snapshot::payload::capture_vcpus(&self.vm, from, &self.msrs)?;
+        let bytes = snapshot::payload::encode_vcpus(&saved)?;
+        let saved = snapshot::payload::decode_vcpus(snapshot::FORMAT_VERSION, &bytes)?;
+        if to.len() != saved.len() {
+            return Err(SnapshotError::VcpuCount {
+                vm: saved.len(),
+                given: to.len(),
+            });
         }
+        let devices = self.save_devices()?;
+        self.restore_devices(&devices)?;
+        for (i, (v, to)) in saved.iter().zip(to.iter_mut()).enumerate() {
+            for r in 0..16 {
+                to.set_gpr(r, 0xdead_0000_0000_0000 | r as u64);
+            }
+            to.set_rip(0xdead_beef);
+            v.state.apply(&mut **to, &mut self.msrs[i])?;
+            self.vm.set_vcpu_exit_state(i, v.exit);
+        }
+        Ok(())
     }
 
     /// The first vCPU's MSR file (part of its saved state).

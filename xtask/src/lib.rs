@@ -21,3 +21,4 @@ pub mod screens;
 pub mod snapshot_bench;
 pub mod system;
 pub mod test;
+pub mod virtio_bench;

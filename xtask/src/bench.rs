@@ -16,8 +16,10 @@ pub struct BenchArgs {
     /// exits per second under `vmm` against QEMU with KVM), or `kvm-nested`
     /// (the CD under `vmm` against QEMU on a real KVM inside QEMU TCG), or
     /// `memory` (the VMM's own memory per VM for 1, 4 and 16 VMs),
-    /// `snapshot` (snapshot size and times), or `clones` (copy-on-write
-    /// clones on the bare-metal host: fork time, private memory).
+    /// `snapshot` (snapshot size and times), `clones` (copy-on-write
+    /// clones on the bare-metal host: fork time, private memory), or
+    /// `virtio` (virtio-blk and virtio-net throughput under `vmm` against
+    /// QEMU on a real KVM inside QEMU TCG).
     name: String,
     /// Skip the callgrind instruction counts.
     #[arg(long)]
@@ -115,6 +117,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.name == "kvm-nested" {
         return crate::kvm_nested_bench::run();
+    }
+    if args.name == "virtio" {
+        return crate::virtio_bench::run();
     }
     let pkg = package_of(&args.name)?;
     run_cmd_bench(&pkg, &args.name)?;

@@ -707,17 +707,85 @@ pub fn net_client_iso(virtio_iso: &Path) -> Result<PathBuf> {
     )
 }
 
+/// The virtio test CD with a second initramfs laid over its own
+/// (`initrd=/boot/initrd.gz,/boot/bench.gz`): the init of
+/// `xtask/assets/virtio-bench` and its `vmm-randio`, which measure the
+/// virtio disk and network for `cargo xtask bench virtio` (see that init).
+/// Built next to `virtio_iso`, and rebuilt when it or the assets are newer.
+pub fn virtio_bench_iso(virtio_iso: &Path) -> Result<PathBuf> {
+    let dir = virtio_iso
+        .parent()
+        .ok_or_else(|| Error::msg("the CD image has no directory"))?;
+    let assets = system::root().join("xtask/assets/virtio-bench");
+    let work = dir.join(format!("virtio-bench.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let root = work.join("initramfs");
+    std::fs::create_dir_all(root.join("bin"))
+        .map_err(|e| Error::msg(format!("{}: {e}", root.display())))?;
+    let bench_gz = work.join("bench.gz");
+    let built = |_: &Path| -> Result<()> {
+        ensure_packages(&["cpio", "nasm", "binutils"])?;
+        step(
+            Command::new("sh")
+                .arg("-c")
+                .arg(
+                    "set -e; cd \"$1\"; cp \"$2/init\" init; chmod 755 init; \
+                     nasm -f elf64 -o ../vmm-randio.o \"$2/vmm-randio.asm\"; \
+                     ld -static -o bin/vmm-randio ../vmm-randio.o; \
+                     find . | cpio -o -H newc --quiet | gzip -9 > \"$3\"",
+                )
+                .arg("sh")
+                .arg(&root)
+                .arg(&assets)
+                .arg(&bench_gz),
+            "build the virtio bench's initramfs",
+        )
+    };
+    let newest = [assets.join("init"), assets.join("vmm-randio.asm")];
+    let iso = virtio_variant_with(
+        virtio_iso,
+        "linux-virtio-bench",
+        "initrd=/boot/initrd.gz",
+        "initrd=/boot/initrd.gz,/boot/bench.gz",
+        &newest,
+        &built,
+        &[(&bench_gz, "/boot/bench.gz")],
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    iso
+}
+
 /// `dir/NAME.iso` beside `virtio_iso`: that CD with `from` replaced by `to`
 /// in its isolinux.cfg (rebuilt when the CD is newer).
 fn virtio_variant(virtio_iso: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> {
+    virtio_variant_with(virtio_iso, name, from, to, &[], &|_| Ok(()), &[])
+}
+
+/// [`virtio_variant`], also rebuilt when a file of `inputs` is newer than
+/// the CD; `prepare` runs first (given the CD's directory) and each of
+/// `maps` (a file here and its path on the CD) is added or replaced.
+fn virtio_variant_with(
+    virtio_iso: &Path,
+    name: &str,
+    from: &str,
+    to: &str,
+    inputs: &[PathBuf],
+    prepare: &dyn Fn(&Path) -> Result<()>,
+    maps: &[(&Path, &str)],
+) -> Result<PathBuf> {
     let dir = virtio_iso
         .parent()
         .ok_or_else(|| Error::msg("the CD image has no directory"))?;
     let iso = dir.join(format!("{name}.iso"));
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if modified(&iso).is_some() && modified(&iso) >= modified(virtio_iso) {
+    let newest = inputs
+        .iter()
+        .map(|p| modified(p))
+        .fold(modified(virtio_iso), |a, b| a.max(b));
+    if modified(&iso).is_some() && modified(&iso) >= newest {
         return Ok(iso);
     }
+    prepare(dir)?;
     ensure_packages(&["xorriso"])?;
     let cfg_in = system::root().join("xtask/assets/linux-virtio/isolinux.cfg");
     let cfg = std::fs::read_to_string(&cfg_in)
@@ -735,7 +803,7 @@ fn virtio_variant(virtio_iso: &Path, name: &str, from: &str, to: &str) -> Result
         &iso,
         &cfg_out,
         &cfg,
-        &[],
+        maps,
         &format!("xorriso ({name})"),
     )?;
     let _ = std::fs::remove_file(&cfg_out);

@@ -58,32 +58,17 @@ fn script() -> String {
          -nodefaults -vga none -display none -monitor none -nic none -serial stdio \
          -L /rig/qemu/share -cdrom /rig/cd.iso -boot d"
     );
-    let mut s = String::new();
+    let mut s = String::from("set -o pipefail\n");
+    s.push_str(&exit_counting_shell());
     s.push_str(&format!(
-        "set -o pipefail\n\
-         T=/sys/kernel/tracing\n\
-         mount -t tracefs nodev $T 2>/dev/null\n\
-         E=$T/events/kvm/kvm_userspace_exit\n\
-         echo 65536 > $T/buffer_size_kb\n\
-         hist=0\n\
-         if echo 'hist:keys=reason' > $E/trigger 2>/dev/null; then hist=1; echo '!hist:keys=reason' > $E/trigger; fi\n\
-         echo \"{MARK} exit counting: hist=$hist\"\n\
-         bench() {{\n\
+        "bench() {{\n\
            name=$1; shift\n\
-           echo > $T/trace\n\
-           if [ $hist = 1 ]; then echo 'hist:keys=reason' > $E/trigger; else echo 1 > $E/enable; fi\n\
+           count_start\n\
            start=$(cut -d' ' -f1 /proc/uptime)\n\
            \"$@\" </dev/null 2>&1 | awk -v mark='{marker}' '{{ print; fflush() }} !seen && index($0, mark) {{ getline up < \"/proc/uptime\"; close(\"/proc/uptime\"); split(up, f, \" \"); print \"{RESULT} marker \" f[1]; fflush(); seen = 1 }}' > /tmp/out\n\
            status=$?\n\
            end=$(cut -d' ' -f1 /proc/uptime)\n\
-           if [ $hist = 1 ]; then\n\
-             exits=$(awk '/^Totals:/ {{ exit }} {{ for (i = 1; i < NF; i++) if ($i == \"hitcount:\") n += $(i + 1) }} END {{ print n + 0 }}' $E/hist)\n\
-             grep -E 'reason|Hits' $E/hist | sed 's/^/  /'\n\
-             echo '!hist:keys=reason' > $E/trigger\n\
-           else\n\
-             echo 0 > $E/enable\n\
-             exits=$(grep -c kvm_userspace_exit $T/trace)\n\
-           fi\n\
+           count_stop\n\
            at=$(grep '^{RESULT} marker' /tmp/out | cut -d' ' -f3)\n\
            own=$(grep -m1 '^exits:' /tmp/out | cut -d' ' -f2)\n\
            grep -v '^{RESULT}' /tmp/out | tail -3\n\
@@ -97,6 +82,37 @@ fn script() -> String {
     }
     s.push_str("exit 0\n");
     s
+}
+
+/// Shell functions for a rig job that counts a VMM's returns from
+/// `KVM_RUN` to user space with the rig kernel's `kvm:kvm_userspace_exit`
+/// tracepoint: `count_start` before the VMM starts, `count_stop` after it
+/// ends, which sets `$exits` (and prints the counts by exit reason where
+/// the kernel has hist triggers; else it counts the trace buffer's lines).
+pub(crate) fn exit_counting_shell() -> String {
+    format!(
+        "T=/sys/kernel/tracing\n\
+         mount -t tracefs nodev $T 2>/dev/null\n\
+         E=$T/events/kvm/kvm_userspace_exit\n\
+         echo 65536 > $T/buffer_size_kb\n\
+         hist=0\n\
+         if echo 'hist:keys=reason' > $E/trigger 2>/dev/null; then hist=1; echo '!hist:keys=reason' > $E/trigger; fi\n\
+         echo \"{MARK} exit counting: hist=$hist\"\n\
+         count_start() {{\n\
+           echo > $T/trace\n\
+           if [ $hist = 1 ]; then echo 'hist:keys=reason' > $E/trigger; else echo 1 > $E/enable; fi\n\
+         }}\n\
+         count_stop() {{\n\
+           if [ $hist = 1 ]; then\n\
+             exits=$(awk '/^Totals:/ {{ exit }} {{ for (i = 1; i < NF; i++) if ($i == \"hitcount:\") n += $(i + 1) }} END {{ print n + 0 }}' $E/hist)\n\
+             grep -E 'reason|Hits' $E/hist | sed 's/^/  /'\n\
+             echo '!hist:keys=reason' > $E/trigger\n\
+           else\n\
+             echo 0 > $E/enable\n\
+             exits=$(grep -c kvm_userspace_exit $T/trace)\n\
+           fi\n\
+         }}\n"
+    )
 }
 
 /// Parse one result line's figures for `name` ("vmm" or "qemu").
@@ -130,7 +146,7 @@ fn parse_result(line: &str) -> Option<(String, RunFigures)> {
     Some((name.to_string(), fig))
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -139,7 +155,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 /// The files QEMU needs in the rig: the binary, its libraries, its ROM.
-fn qemu_files() -> Result<Vec<(String, PathBuf)>> {
+pub(crate) fn qemu_files() -> Result<Vec<(String, PathBuf)>> {
     let bin = output(
         Command::new("sh").args(["-c", "command -v qemu-system-x86_64"]),
         "find qemu-system-x86_64",

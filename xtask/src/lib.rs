@@ -22,3 +22,4 @@ pub mod screens;
 pub mod snapshot_bench;
 pub mod system;
 pub mod test;
+pub mod virtio_bench;

@@ -3,6 +3,7 @@
 //! programs.
 
 use crate::runner::{Ending, Report};
+use crate::vcpu_threads::VcpuFigures;
 use serde::Serialize;
 use std::time::Duration;
 use vmm_core::device::{ClaimCounts, PortCount};
@@ -47,7 +48,7 @@ pub struct RunStats {
     pub state_roundtrips: u64,
     /// Disk images whose `fdatasync` failed, as messages.
     pub sync_failures: Vec<String>,
-    /// Each vCPU's figures (one vCPU today).
+    /// Each vCPU's figures, by index.
     pub vcpus: Vec<VcpuStats>,
     /// Each device's accesses, by its claims, in the order the devices
     /// first claimed (ports first, then MMIO).
@@ -78,6 +79,10 @@ pub struct VcpuStats {
     pub exits_total: u64,
     /// Its time from entries to exits, in nanoseconds.
     pub guest_ns: u64,
+    /// Times another thread kicked it out of its guest (with several
+    /// vCPUs, each on its own thread), for an interrupt, an IPI or a
+    /// reset.
+    pub kicks: u64,
 }
 
 /// One device's accesses.
@@ -143,6 +148,9 @@ pub struct Figures<'a> {
     pub assists: u64,
     /// State round trips.
     pub state_roundtrips: u64,
+    /// Each vCPU's figures with several (empty with one: the totals are
+    /// its figures).
+    pub vcpus: &'a [VcpuFigures],
 }
 
 impl RunStats {
@@ -163,6 +171,7 @@ impl RunStats {
             posted_writes: report.posted_writes,
             assists: report.assists,
             state_roundtrips: report.state_roundtrips,
+            vcpus: &report.vcpus,
         };
         let mut s = Self::from_figures(&figures, ending, "stopped");
         s.ending_text = report.ending.to_string();
@@ -231,12 +240,27 @@ impl RunStats {
             assists: f.assists,
             state_roundtrips: f.state_roundtrips,
             sync_failures: Vec::new(),
-            vcpus: vec![VcpuStats {
-                index: 0,
-                state: vcpu_state,
-                exits_total: s.total(),
-                guest_ns: s.guest_ns(),
-            }],
+            vcpus: if f.vcpus.is_empty() {
+                vec![VcpuStats {
+                    index: 0,
+                    state: vcpu_state,
+                    exits_total: s.total(),
+                    guest_ns: s.guest_ns(),
+                    kicks: 0,
+                }]
+            } else {
+                f.vcpus
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| VcpuStats {
+                        index: i as u32,
+                        state: vcpu_state,
+                        exits_total: v.exits,
+                        guest_ns: v.guest_ns,
+                        kicks: v.kicks,
+                    })
+                    .collect()
+            },
             devices,
             unhooked: UnhookedStats {
                 port_reads: f.unhooked.0.reads,
@@ -278,6 +302,7 @@ mod tests {
             assists: 0,
             sync_failures: Vec::new(),
             state_roundtrips: 0,
+            vcpus: &[],
             claims: vec![
                 claim("pic", 0x20, 1, 2),
                 claim("uart", 0x3f8, 5, 6),

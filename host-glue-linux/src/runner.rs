@@ -452,8 +452,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             input: input.as_deref(),
             screen: &mut screen,
         };
-        let (ending, pc, vcpus, posted_writes, assists, elapsed) =
-            run_threads(pc, vcpu, threaded)?;
+        let (ending, pc, vcpus, posted_writes, assists, elapsed) = run_threads(pc, vcpu, threaded)?;
         return Ok(finish(
             Finish {
                 ending,
@@ -666,8 +665,7 @@ fn run_threads(
         vcpus.push(vcpu.sibling(index, pc.vm_mut()).map_err(RunError::Kvm)?);
     }
     vcpus.insert(0, vcpu);
-    let threads =
-        VcpuThreads::start(pc, vcpus).map_err(|e| RunError::Thread(e.to_string()))?;
+    let threads = VcpuThreads::start(pc, vcpus).map_err(|e| RunError::Thread(e.to_string()))?;
     let started = Instant::now();
     let mut last_screen = Instant::now();
     let mut last_progress = (started, ExitStats::default());
@@ -915,7 +913,14 @@ mod tests {
             vmm_core::emulator::RegisterFile::real_mode(),
             Vec::new(),
         );
-        let info = answer(Command::Info, &mut pc, Some(&mut vcpu), &mut false, &live, &[]);
+        let info = answer(
+            Command::Info,
+            &mut pc,
+            Some(&mut vcpu),
+            &mut false,
+            &live,
+            &[],
+        );
         assert_eq!(info.status, 200);
         assert_eq!(info.body["vcpus"], 4);
         let _ = std::fs::remove_dir_all(&dir);
@@ -938,7 +943,8 @@ mod tests {
             vmm_core::emulator::RegisterFile::real_mode(),
             Vec::new(),
         );
-        let mut ask = |c, pc: &mut Pc, paused: &mut bool| answer(c, pc, Some(&mut vcpu), paused, &live, &[]);
+        let mut ask =
+            |c, pc: &mut Pc, paused: &mut bool| answer(c, pc, Some(&mut vcpu), paused, &live, &[]);
         let info = ask(Command::Info, &mut pc, &mut paused);
         assert_eq!(info.status, 200);
         assert_eq!(info.body["state"], "running");

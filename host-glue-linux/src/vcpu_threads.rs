@@ -381,9 +381,7 @@ fn vcpu_thread(shared: &Shared, index: usize, mut vcpu: KvmVcpu) -> ThreadReport
         }
         if let Err(exit) = vcpu.before_entry(state.pc.vm_mut()) {
             // KVM refused to go on: the exit loop says why.
-            let _ = state
-                .pc
-                .handle_vcpu_exit(index, &mut vcpu, &mut turn, exit);
+            let _ = state.pc.handle_vcpu_exit(index, &mut vcpu, &mut turn, exit);
             continue;
         }
         let seen = state.pc.wake_signals(index);
@@ -404,9 +402,7 @@ fn vcpu_thread(shared: &Shared, index: usize, mut vcpu: KvmVcpu) -> ThreadReport
         let exit = vcpu.after_exit(state.pc.vm_mut(), entered);
         // A yield, a preemption or a shared device held elsewhere: this
         // thread simply prepares its next entry; a stop is seen there.
-        let _ = state
-            .pc
-            .handle_vcpu_exit(index, &mut vcpu, &mut turn, exit);
+        let _ = state.pc.handle_vcpu_exit(index, &mut vcpu, &mut turn, exit);
     }
     drop(state);
     set_thread_timer(None);

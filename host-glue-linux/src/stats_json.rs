@@ -302,7 +302,7 @@ mod tests {
             assists: 0,
             sync_failures: Vec::new(),
             state_roundtrips: 0,
-            vcpus: &[],
+            vcpus: Vec::new(),
             claims: vec![
                 claim("pic", 0x20, 1, 2),
                 claim("uart", 0x3f8, 5, 6),
@@ -358,10 +358,37 @@ mod tests {
             posted_writes: 0,
             assists: 0,
             state_roundtrips: 0,
+            vcpus: &[],
         };
         let v = RunStats::live(&figures, true).to_value();
         assert_eq!(v["ending"], "paused");
         assert_eq!(v["vcpus"][0]["state"], "paused");
+        // With a thread per vCPU, one entry each, with its own figures.
+        let per_vcpu = [
+            VcpuFigures {
+                exits: 5,
+                guest_ns: 7,
+                kicks: 1,
+            },
+            VcpuFigures {
+                exits: 3,
+                guest_ns: 2,
+                kicks: 0,
+            },
+        ];
+        let figures = Figures {
+            vcpus: &per_vcpu,
+            ..figures
+        };
+        let v = RunStats::live(&figures, false).to_value();
+        let vcpus = v["vcpus"].as_array().unwrap();
+        assert_eq!(vcpus.len(), 2);
+        assert_eq!(vcpus[1]["index"], 1);
+        assert_eq!(vcpus[1]["state"], "running");
+        assert_eq!(
+            (vcpus[0]["exits_total"].clone(), vcpus[0]["kicks"].clone()),
+            (5.into(), 1.into())
+        );
         assert!(v["exit_status"].is_null());
         assert_eq!(
             RunStats::live(&figures, false).to_value()["ending"],

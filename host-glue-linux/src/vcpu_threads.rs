@@ -189,8 +189,11 @@ pub struct VcpuThreads {
     handles: Vec<JoinHandle<ThreadReport>>,
 }
 
-/// The longest a paused or idle thread sleeps before it looks again.
+/// The longest a paused thread sleeps before it looks again.
 const NAP: Duration = Duration::from_millis(50);
+/// The longest a halted vCPU sleeps before it looks again (something that
+/// wakes it wakes it at once; this is a safety net).
+const SLEEP_CAP: Duration = Duration::from_secs(1);
 
 impl VcpuThreads {
     /// Start a thread for each of `vcpus` (index `i` of the list is the
@@ -455,9 +458,12 @@ fn sleep<'a>(
         return state;
     }
     let timeout = next.map(|due| Duration::from_nanos(due.saturating_sub(host.now_ns())));
-    // Between the timers, look again now and then: the main thread's
-    // input raises interrupts too, and says so (`VcpuThreads::changed`).
-    let timeout = Some(timeout.map_or(NAP, |t| t.min(NAP)));
+    // Whatever can wake it says so through its condition variable (the
+    // other vCPUs, and the main thread's input: `VcpuThreads::changed`);
+    // a long cap is only a safety net. A short one would cost a vCPU that
+    // waits for its start-up IPI a wake-up every few milliseconds, which
+    // on a busy host disturbs the siblings (a TSC calibration failed so).
+    let timeout = Some(timeout.map_or(SLEEP_CAP, |t| t.min(SLEEP_CAP)));
     state = nap(shared, index, state, timeout);
     state.cpus[index].place = Place::Busy;
     state

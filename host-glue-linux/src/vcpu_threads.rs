@@ -114,25 +114,22 @@ impl State {
     /// module's documentation); `wake` holds their condition variables.
     fn wake_targets(&mut self, wake: &[Condvar]) {
         for (j, cpu) in self.cpus.iter_mut().enumerate() {
-            match cpu.place {
-                Place::Guest if !cpu.kicked => {
-                    if self.pc.wake_signals(j).newer_than(&cpu.seen) {
-                        if let Some(t) = &cpu.timer {
-                            t.fire_now();
-                        }
-                        cpu.kicked = true;
-                        cpu.kicks += 1;
-                    }
+            let looks =
+                matches!(cpu.place, Place::Asleep) || (cpu.place == Place::Guest && !cpu.kicked);
+            if !looks || !self.pc.wake_signals(j).newer_than(&cpu.seen) {
+                continue;
+            }
+            if cpu.place == Place::Guest {
+                if let Some(t) = &cpu.timer {
+                    t.fire_now();
                 }
-                Place::Asleep => {
-                    if self.pc.wake_signals(j).newer_than(&cpu.seen) {
-                        cpu.place = Place::Waking;
-                        if let Some(cv) = wake.get(j) {
-                            cv.notify_one();
-                        }
-                    }
+                cpu.kicked = true;
+                cpu.kicks += 1;
+            } else {
+                cpu.place = Place::Waking;
+                if let Some(cv) = wake.get(j) {
+                    cv.notify_one();
                 }
-                _ => {}
             }
         }
     }

@@ -454,7 +454,21 @@ fn sleep<'a>(
         state.cpus[index].place = Place::Busy;
         return state;
     }
-    let timeout = next.map(|due| Duration::from_nanos(due.saturating_sub(host.now_ns())));
+    // The device timers need one thread to watch them: a vCPU in its
+    // guest (its preemption timer is armed for the next one) or on its way
+    // there or to sleep (it will be, or will look here). Only when every
+    // other vCPU sleeps does this one wake for the next timer; otherwise
+    // it sleeps until something wakes it, so a few vCPUs waiting for their
+    // start-up IPI do not wake at every tick (on a busy host such wake-ups
+    // disturbed the bootstrap processor's TSC calibration).
+    let others_watch = state
+        .cpus
+        .iter()
+        .enumerate()
+        .any(|(j, c)| j != index && c.place != Place::Asleep);
+    let timeout = next
+        .filter(|_| !others_watch)
+        .map(|due| Duration::from_nanos(due.saturating_sub(host.now_ns())));
     // Whatever can wake it says so through its condition variable (the
     // other vCPUs, and the main thread's input: `VcpuThreads::changed`);
     // a long cap is only a safety net. A short one would cost a vCPU that

@@ -11,7 +11,10 @@
 //! number of bus accesses; every physical access is inside the given guest
 //! memory or the MMIO window and never crosses a 4 KiB page; a port access
 //! is 1, 2 or 4 bytes; an exception is one the architecture defines with a
-//! consistent error code; RIP moves only when the instruction retires.
+//! consistent error code; RIP moves only when the instruction retires;
+//! the vCPU's translation and decode caches, warm from the steps before,
+//! change nothing (outcome, registers, memory) against the same step with
+//! empty caches.
 //! A GDT and an LDT lie in RAM at fixed places (filled by the patches), so
 //! segment loads and far transfers reach their descriptor checks.
 #![no_main]
@@ -110,6 +113,15 @@ impl GuestBus for Bus {
             None => data.fill(0x5a),
         }
         Ok(())
+    }
+    /// RAM alone: entries in the MMIO window are not memory.
+    fn read_table_entry(&mut self, gpa: u64, wide: bool) -> Option<u64> {
+        let len = if wide { 8 } else { 4 };
+        let at = usize::try_from(gpa).ok()?;
+        let bytes = self.ram.get(at..at.checked_add(len)?)?;
+        let mut b = [0u8; 8];
+        b[..len].copy_from_slice(bytes);
+        Some(u64::from_le_bytes(b))
     }
     fn write_physical(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
         if let Some(at) = self.check(gpa, data.len())? {
@@ -270,23 +282,39 @@ fuzz_target!(|input: Input| {
         },
         ..Emulator::default()
     };
+    let run = |cpu: &mut RegisterFile, bus: &mut Bus| match input.port_string {
+        Some((input_, size, address_size, rep, seg)) => {
+            let io = PortString {
+                input: input_,
+                size,
+                address_size,
+                rep,
+                segment: Segment::ALL[usize::from(seg) % 6],
+                next_rip: rip.wrapping_add(2),
+            };
+            emulator.emulate_traced(cpu, bus, &Hints::default(), Some(&io))
+        }
+        None => emulator.emulate_traced(cpu, bus, &hints, None),
+    };
     for _ in 0..3 {
         let before = cpu.clone();
-        bus.accesses = 0;
-        let result = match input.port_string {
-            Some((input_, size, address_size, rep, seg)) => {
-                let io = PortString {
-                    input: input_,
-                    size,
-                    address_size,
-                    rep,
-                    segment: Segment::ALL[usize::from(seg) % 6],
-                    next_rip: rip.wrapping_add(2),
-                };
-                emulator.emulate_traced(&mut cpu, &mut bus, &Hints::default(), Some(&io))
-            }
-            None => emulator.emulate_traced(&mut cpu, &mut bus, &hints, None),
+        // The same step from the same state with empty translation and
+        // decode caches: the caches (warm from the steps before, whose
+        // writes may have changed the page tables or the code) must not
+        // change what happens.
+        let mut fresh_cpu = cpu.clone();
+        fresh_cpu.translation_cache.clear();
+        fresh_cpu.decode_cache.clear();
+        let mut fresh_bus = Bus {
+            ram: bus.ram.clone(),
+            accesses: 0,
         };
+        let fresh = run(&mut fresh_cpu, &mut fresh_bus);
+        bus.accesses = 0;
+        let result = run(&mut cpu, &mut bus);
+        assert_eq!(result, fresh, "the caches changed the outcome");
+        assert_eq!(cpu, fresh_cpu, "the caches changed the registers");
+        assert!(bus.ram == fresh_bus.ram, "the caches changed memory");
         // Bounded work: fetch and page walks plus a bounded number of
         // iterations, each with at most a few accesses.
         assert!(

@@ -2,7 +2,8 @@
 ; reset vector to flat 32-bit protected mode, it copies its code to RAM at
 ; 0x10000 (so gdb can plant INT3s in it) and runs it there: `tick`
 ; increments the dword `counter` until it reaches the dword `limit` (5),
-; then the program prints `gdb_target: done` and powers off. The RAM part is in
+; then the program prints `gdb_target: done` and powers off (on the bare-metal
+; host and under `vmm run --bios`). The RAM part is in
 ; gdb_target_ram.inc, whose symbols xtask also assembles into
 ; target/guests/gdb_target.o for gdb.
 %include "pm32_entry.inc"

@@ -303,6 +303,35 @@ impl Default for Config {
     }
 }
 
+/// Every key [`parse`] knows, in the order the error for an unknown key
+/// lists them (a unit test checks that each one parses).
+pub const KNOWN_KEYS: &[&str] = &[
+    "guest_mem",
+    "loglevel",
+    "vms",
+    "cpus",
+    "selftest",
+    "cpu",
+    "paging",
+    "passthrough",
+    "bios_debug",
+    "testdev",
+    "x2apic",
+    "cpu_model",
+    "state_roundtrip",
+    "keys",
+    "keys_after",
+    "screen_lines",
+    "screenshot",
+    "console",
+    "net",
+    "gdb",
+    "shm",
+    "clones",
+    "clone_marker",
+    "clone_report_ms",
+];
+
 /// A command-line word that could not be understood.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum CmdlineError<'a> {
@@ -334,10 +363,14 @@ pub enum CmdlineError<'a> {
 impl fmt::Display for CmdlineError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CmdlineError::UnknownKey(k) => write!(
-                f,
-                "unknown command-line key '{k}' (known: guest_mem, loglevel, vms, cpus, selftest, cpu, paging, passthrough, bios_debug, testdev, x2apic, cpu_model, state_roundtrip, keys, keys_after, screen_lines, screenshot, console, net, gdb, shm, clones, clone_marker, clone_report_ms)"
-            ),
+            CmdlineError::UnknownKey(k) => {
+                write!(f, "unknown command-line key '{k}' (known: ")?;
+                for (i, key) in KNOWN_KEYS.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}{key}")?;
+                }
+                write!(f, ")")
+            }
             CmdlineError::NotKeyValue(w) => write!(f, "command-line word '{w}' is not key=value"),
             CmdlineError::BadValue {
                 key,
@@ -630,6 +663,28 @@ mod tests {
         assert!(parse("keys=abc\\").is_err());
         assert!(ShortText::<4>::unescape("abcde").is_none(), "too long");
         assert_eq!(ShortText::<4>::unescape("ab\\n").unwrap().as_str(), "ab\n");
+    }
+
+    #[test]
+    fn every_known_key_parses_and_the_error_lists_them_all() {
+        extern crate std;
+        use std::{format, string::String, string::ToString};
+        let mut listed = String::new();
+        for key in KNOWN_KEYS {
+            let word = format!("{key}=\u{1}");
+            let got = parse(&word);
+            assert!(
+                !matches!(got, Err(CmdlineError::UnknownKey(_))),
+                "{key} is in KNOWN_KEYS but parse does not know it"
+            );
+            listed.push_str(key);
+            listed.push_str(", ");
+        }
+        let message = CmdlineError::UnknownKey("foo").to_string();
+        assert!(
+            message.ends_with(&format!("(known: {})", listed.trim_end_matches(", "))),
+            "{message}"
+        );
     }
 
     #[test]

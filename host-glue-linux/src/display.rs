@@ -1,13 +1,15 @@
 //! What `vmm` does with the guest's screen (`--display`): `none` (no
 //! display adapter at all, the machine as before displays existed),
 //! `text` (the text screen drawn in the terminal, keys typed there to the
-//! guest's keyboard: [`crate::terminal`]), `png=PATH` (a PNG screenshot, the `png` crate) and `text=PATH` (a text
+//! guest's keyboard: [`crate::terminal`]), `vnc=ADDR:PORT` (served to VNC
+//! viewers: [`crate::vnc`]), `png=PATH` (a PNG screenshot, the `png` crate) and `text=PATH` (a text
 //! mode's rows as lines, for tests and scripts), written while the guest
 //! runs whenever the screen changed since the last write (looked at every
 //! [`SCREEN_EVERY`]) and once more when it stops. Each file is written
 //! beside its path and renamed over it, so a reader never sees half of one.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vmm_devices::pc::Pc;
@@ -29,45 +31,72 @@ pub enum ScreenOutput {
     Text(PathBuf),
     /// The screen in this terminal, and its keys to the guest.
     Terminal,
+    /// A VNC server on this address (no authentication), its clients'
+    /// keys and pointer to the guest.
+    Vnc(SocketAddr),
 }
 
 /// A `--display` value that is not one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DisplayArgError(pub String);
+pub enum DisplayArgError {
+    /// Not the syntax.
+    Syntax(String),
+    /// `vnc=` with an address that is not loopback.
+    VncNotLoopback(SocketAddr),
+}
 
 impl fmt::Display for DisplayArgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "--display {:?}: expected none, or a comma-separated list of text, png=PATH and text=PATH",
-            self.0
-        )?;
-        if self.0.split(',').any(|p| p.starts_with("vnc")) {
-            // docs/ARCHITECTURE.md (the Linux host's display) says why.
-            write!(
+        match self {
+            DisplayArgError::Syntax(text) => write!(
                 f,
-                " (VNC is not offered: crates.io has no maintained RFB server crate to build it on)"
-            )?;
+                "--display {text:?}: expected none, or a comma-separated list of text, \
+                 vnc=ADDR:PORT, png=PATH and text=PATH"
+            ),
+            DisplayArgError::VncNotLoopback(addr) => write!(
+                f,
+                "--display vnc={addr}: not a loopback address, and the VNC server has no \
+                 authentication (anyone who reaches it sees the screen and types into the \
+                 guest); say vnc-public={addr} if that is meant"
+            ),
         }
-        Ok(())
     }
 }
 
 impl std::error::Error for DisplayArgError {}
 
+/// A VNC address: `IP:PORT` (`[IPv6]:PORT`) or `localhost:PORT`.
+fn parse_vnc_addr(text: &str) -> Option<SocketAddr> {
+    if let Some(port) = text.strip_prefix("localhost:") {
+        return Some(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port.parse().ok()?,
+        ));
+    }
+    text.parse().ok()
+}
+
 /// Parse `--display`: `none`, or a comma-separated list of `text` (the
-/// terminal), `png=PATH` and `text=PATH`. An empty list is `none`: no
-/// display adapter.
+/// terminal), `vnc=ADDR:PORT` (a loopback address; `vnc-public=ADDR:PORT`
+/// for any other), `png=PATH` and `text=PATH`. An empty list is `none`:
+/// no display adapter.
 pub fn parse_display(text: &str) -> Result<Vec<ScreenOutput>, DisplayArgError> {
     if text == "none" {
         return Ok(Vec::new());
     }
-    let bad = || DisplayArgError(text.into());
+    let bad = || DisplayArgError::Syntax(text.into());
     text.split(',')
         .map(|part| match part.split_once('=') {
             None if part == "text" => Ok(ScreenOutput::Terminal),
             Some(("png", p)) if !p.is_empty() => Ok(ScreenOutput::Png(p.into())),
             Some(("text", p)) if !p.is_empty() => Ok(ScreenOutput::Text(p.into())),
+            Some((kind @ ("vnc" | "vnc-public"), a)) => {
+                let addr = parse_vnc_addr(a).ok_or_else(bad)?;
+                if kind == "vnc" && !addr.ip().is_loopback() {
+                    return Err(DisplayArgError::VncNotLoopback(addr));
+                }
+                Ok(ScreenOutput::Vnc(addr))
+            }
             _ => Err(bad()),
         })
         .collect()
@@ -158,7 +187,7 @@ impl ScreenWriter {
         }
         for out in &self.outputs {
             let result = match out {
-                ScreenOutput::Terminal => Ok(()),
+                ScreenOutput::Terminal | ScreenOutput::Vnc(_) => Ok(()),
                 ScreenOutput::Png(p) => {
                     let frame = pc.screenshot().unwrap_or(Framebuffer {
                         width: 640,
@@ -203,9 +232,41 @@ mod tests {
             parse_display("text,png=a.png").unwrap(),
             vec![ScreenOutput::Terminal, ScreenOutput::Png("a.png".into())]
         );
-        let vnc = parse_display("vnc=127.0.0.1:5900").unwrap_err().to_string();
-        assert!(vnc.contains("VNC is not offered"), "{vnc}");
-        for bad in ["", "png", "png=", "vnc=1", "png=a,", "texts"] {
+        assert_eq!(
+            parse_display("vnc=127.0.0.1:5900,png=a.png").unwrap(),
+            vec![
+                ScreenOutput::Vnc("127.0.0.1:5900".parse().unwrap()),
+                ScreenOutput::Png("a.png".into())
+            ]
+        );
+        assert_eq!(
+            parse_display("vnc=localhost:0").unwrap(),
+            vec![ScreenOutput::Vnc("127.0.0.1:0".parse().unwrap())]
+        );
+        assert_eq!(
+            parse_display("vnc=[::1]:5901").unwrap(),
+            vec![ScreenOutput::Vnc("[::1]:5901".parse().unwrap())]
+        );
+        // Another address only when said so: there is no password.
+        let e = parse_display("vnc=0.0.0.0:5900").unwrap_err().to_string();
+        assert!(
+            e.contains("no authentication") && e.contains("vnc-public=0.0.0.0:5900"),
+            "{e}"
+        );
+        assert_eq!(
+            parse_display("vnc-public=0.0.0.0:5900").unwrap(),
+            vec![ScreenOutput::Vnc("0.0.0.0:5900".parse().unwrap())]
+        );
+        for bad in [
+            "",
+            "png",
+            "png=",
+            "vnc=1",
+            "vnc=:5900",
+            "vnc",
+            "png=a,",
+            "texts",
+        ] {
             let e = parse_display(bad).unwrap_err().to_string();
             assert!(e.contains("png=PATH"), "{bad}: {e}");
         }

@@ -7,8 +7,10 @@
 //! socket is looked at after every slice, so Ctrl-C stops it within a
 //! slice. Breakpoints and steps go through KVM_SET_GUEST_DEBUG: INT3s the
 //! stub writes into guest memory (software breakpoints, where the memory
-//! is RAM), up to four execution breakpoints in the debug registers
-//! (hardware breakpoints, also in ROM), and single-step. Memory is read
+//! is RAM), up to four execution breakpoints (hardware breakpoints, also
+//! in ROM) and write or access watchpoints in the debug registers, and
+//! single-step. What gdb planted is a [`Planted`], shared with the
+//! bare-metal host's stub, as is what a stop means. Memory is read
 //! and written at linear addresses through the guest's page tables (as
 //! the CPU would translate them now; paging off, they are physical).
 //! Registers are the general-purpose ones, RIP, RFLAGS and the segment
@@ -25,7 +27,8 @@ use gdbstub::target::ext::base::singlethread::{
 };
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::{
-    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, SwBreakpoint, SwBreakpointOps,
+    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
+    SwBreakpoint, SwBreakpointOps, WatchKind,
 };
 use gdbstub::target::{Target, TargetError, TargetResult};
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
@@ -33,7 +36,9 @@ use gdbstub_arch::x86::X86_64_SSE;
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 use vmm_core::emulator::{CpuState, Segment};
-use vmm_core::host_debug::{self, GDB_GPR_ORDER, INT3};
+use vmm_core::host_debug::{
+    self, BreakOn, Breakpoint, Planted, StopKind, StopReason, GDB_GPR_ORDER,
+};
 use vmm_devices::pc::Pc;
 
 /// How long an idle stub waits for gdb before the runner looks at its
@@ -47,11 +52,8 @@ pub struct Machine {
     pub pc: Pc,
     /// Its vCPU.
     pub vcpu: KvmVcpu,
-    /// Software breakpoints: linear address, and the byte the INT3
-    /// replaced.
-    sw: Vec<(u64, u8)>,
-    /// Hardware breakpoints (linear addresses, at most four).
-    hw: Vec<u64>,
+    /// What gdb planted.
+    planted: Planted,
     /// The next resume is a single step.
     step: bool,
 }
@@ -62,8 +64,7 @@ impl Machine {
         Self {
             pc,
             vcpu,
-            sw: Vec::new(),
-            hw: Vec::new(),
+            planted: Planted::default(),
             step: false,
         }
     }
@@ -82,25 +83,20 @@ impl Machine {
 
     /// Hand KVM the debugger's state before the guest runs.
     fn arm(&mut self) -> Result<(), String> {
-        let (step, hw) = (self.step, self.hw.clone());
-        log::debug!(
-            "gdb: resume (step {step}, hardware breakpoints {hw:x?}, software {:x?})",
-            self.sw
-        );
+        let debug = self.planted.host_debug(self.step);
+        log::debug!("gdb: resume {debug:x?}");
         self.vcpu
-            .set_guest_debug(true, step, &hw)
+            .set_guest_debug(Some(&debug))
             .map_err(|e| e.to_string())
     }
 
     /// Take every breakpoint out and give the guest its debugging back
     /// (gdb detached or went away).
     pub fn detach(&mut self) {
-        for (addr, byte) in std::mem::take(&mut self.sw) {
-            self.write_linear(addr, &[byte]);
-        }
-        self.hw.clear();
+        let control = self.vcpu.control();
+        self.planted.clear(self.pc.vm_mut().memory_mut(), control);
         self.step = false;
-        if let Err(e) = self.vcpu.set_guest_debug(false, false, &[]) {
+        if let Err(e) = self.vcpu.set_guest_debug(None) {
             log::warn!("gdb: {e}");
         }
     }
@@ -155,12 +151,7 @@ impl SingleThreadBase for Machine {
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
         let n = self.read_linear(start, data);
-        // Show the guest's bytes, not the INT3s planted over them.
-        for (addr, byte) in &self.sw {
-            if let Some(i) = addr.checked_sub(start).filter(|i| *i < n as u64) {
-                data[i as usize] = *byte;
-            }
-        }
+        self.planted.hide_int3s(start, &mut data[..n]);
         Ok(n)
     }
 
@@ -202,51 +193,63 @@ impl Breakpoints for Machine {
     fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
         Some(self)
     }
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        Some(self)
+    }
 }
 
 impl SwBreakpoint for Machine {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        if self.sw.iter().any(|(a, _)| *a == addr) {
-            return Ok(true);
-        }
-        let mut old = [0u8];
-        if self.read_linear(addr, &mut old) != 1 || !self.write_linear(addr, &[INT3]) {
-            return Ok(false);
-        }
-        // ROM drops writes: there, only a hardware breakpoint works.
-        let mut now = [0u8];
-        if self.read_linear(addr, &mut now) != 1 || now[0] != INT3 {
-            return Ok(false);
-        }
-        self.sw.push((addr, old[0]));
-        Ok(true)
+        let control = self.vcpu.control();
+        let memory = self.pc.vm_mut().memory_mut();
+        Ok(self.planted.plant_int3(memory, control, addr))
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        let Some(i) = self.sw.iter().position(|(a, _)| *a == addr) else {
-            return Ok(false);
-        };
-        let (_, byte) = self.sw.remove(i);
-        self.write_linear(addr, &[byte]);
-        Ok(true)
+        let control = self.vcpu.control();
+        let memory = self.pc.vm_mut().memory_mut();
+        Ok(self.planted.remove_int3(memory, control, addr))
     }
 }
 
 impl HwBreakpoint for Machine {
     fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        if self.hw.len() >= 4 {
-            return Ok(false);
-        }
-        self.hw.push(addr);
-        Ok(true)
+        Ok(self.planted.add(Breakpoint::execute(addr)))
     }
 
     fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        let Some(i) = self.hw.iter().position(|a| *a == addr) else {
-            return Ok(false);
-        };
-        self.hw.remove(i);
-        Ok(true)
+        Ok(self.planted.remove(Breakpoint::execute(addr)))
+    }
+}
+
+/// A gdb watchpoint as the debug registers take it: x86 has none that
+/// fires on reads alone (gdb's `rwatch` is refused).
+fn watchpoint(addr: u64, len: u64, kind: WatchKind) -> Option<Breakpoint> {
+    let on = match kind {
+        WatchKind::Write => BreakOn::Write,
+        WatchKind::ReadWrite => BreakOn::ReadWrite,
+        WatchKind::Read => return None,
+    };
+    Breakpoint::watch(addr, len, on)
+}
+
+impl HwWatchpoint for Machine {
+    fn add_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        Ok(watchpoint(addr, len, kind).is_some_and(|b| self.planted.add(b)))
+    }
+
+    fn remove_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        Ok(watchpoint(addr, len, kind).is_some_and(|b| self.planted.remove(b)))
     }
 }
 
@@ -254,12 +257,28 @@ impl HwBreakpoint for Machine {
 /// breakpoint is told as a plain SIGTRAP: gdb matches it to its
 /// breakpoint by the PC where it can, and where it cannot (real mode,
 /// where gdb's PC is IP but breakpoints are linear addresses) it still
-/// stops, where a `hwbreak` stop it cannot match would be ignored.
-pub fn stop_reason(stop: &DebugStop) -> SingleThreadStopReason<u64> {
-    match stop.exception {
-        3 => SingleThreadStopReason::SwBreak(()),
-        _ if stop.dr6 & 0xf == 0 && stop.dr6 & (1 << 14) != 0 => SingleThreadStopReason::DoneStep,
-        _ => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+/// stops, where a `hwbreak` stop it cannot match would be ignored. A
+/// watchpoint names the address watched; an INT3 gdb did not plant is a
+/// SIGTRAP (gdb stops there rather than ignore it and loop).
+pub fn stop_reason(stop: &DebugStop, planted: &Planted) -> SingleThreadStopReason<u64> {
+    let kind = match stop.exception {
+        3 => StopKind::Int3,
+        _ => host_debug::DebugStop::from_dr6(stop.dr6, stop.pc).kind,
+    };
+    let stop = host_debug::DebugStop { kind, pc: stop.pc };
+    match planted.reason(&stop) {
+        StopReason::SwBreak => SingleThreadStopReason::SwBreak(()),
+        StopReason::Step => SingleThreadStopReason::DoneStep,
+        StopReason::Watch(b) => SingleThreadStopReason::Watch {
+            tid: (),
+            kind: if b.on == BreakOn::Write {
+                WatchKind::Write
+            } else {
+                WatchKind::ReadWrite
+            },
+            addr: b.address,
+        },
+        StopReason::Trap => SingleThreadStopReason::Signal(Signal::SIGTRAP),
     }
 }
 
@@ -377,21 +396,34 @@ impl Session {
         }
     }
 
+    /// Tell gdb the guest ended (`code` 0: it powered off), as the
+    /// bare-metal host's stub does: gdb shows the exit of its inferior.
+    pub fn ended(&mut self, m: &mut Machine, code: u8) {
+        if let Some(GdbStubStateMachine::Running(g)) = self.state.take() {
+            if let Err(e) = g.report_stop(m, SingleThreadStopReason::Exited(code)) {
+                log::warn!("gdb: {e}");
+            }
+        }
+        m.detach();
+    }
+
     /// Tell gdb the guest stopped at a breakpoint or after a step.
     pub fn report(&mut self, m: &mut Machine, stop: &DebugStop) {
+        if stop.exception == 1 && !m.step && stop.dr6 & 0xf == 0 {
+            // Not gdb's: no step asked, none of its breakpoints hit. The
+            // guest's own single step, which KVM intercepts while gdb has
+            // debug-register breakpoints: it is the guest's to take.
+            log::debug!("gdb: the guest's own #DB: {stop:x?}");
+            if let Err(e) = m.vcpu.give_debug_trap(stop.dr6) {
+                log::warn!("gdb: {e}");
+            }
+            return;
+        }
         let Some(state) = self.state.take() else {
             return;
         };
         log::debug!("gdb: stopped: {stop:x?}");
-        // An INT3 the guest has of its own (not planted by gdb) is shown
-        // as SIGTRAP: gdb stops there rather than ignore it and loop.
-        let planted = m.sw.iter().any(|(a, _)| *a == stop.pc);
-        let reason = match stop_reason(stop) {
-            SingleThreadStopReason::SwBreak(()) if !planted => {
-                SingleThreadStopReason::Signal(Signal::SIGTRAP)
-            }
-            r => r,
-        };
+        let reason = stop_reason(stop, &m.planted);
         let next = match state {
             GdbStubStateMachine::Running(g) => g.report_stop(m, reason),
             other => Ok(other),
@@ -419,24 +451,36 @@ mod tests {
 
     #[test]
     fn kvm_debug_exits_become_gdb_stop_reasons() {
-        let stop = |exception, dr6| DebugStop {
-            exception,
-            dr6,
-            pc: 0,
-        };
+        let stop = |exception, dr6, pc| DebugStop { exception, dr6, pc };
+        let mut planted = Planted::default();
+        let watched = Breakpoint::watch(0x2000, 4, BreakOn::Write).unwrap();
+        assert!(planted.add(Breakpoint::execute(0x1000)));
+        assert!(planted.add(watched));
+        // An INT3 gdb did not plant (none is) is a plain SIGTRAP.
         assert!(matches!(
-            stop_reason(&stop(3, 0)),
-            SingleThreadStopReason::SwBreak(())
+            stop_reason(&stop(3, 0, 0x1234), &planted),
+            SingleThreadStopReason::Signal(Signal::SIGTRAP)
         ));
         assert!(matches!(
-            stop_reason(&stop(1, 0x4000)),
+            stop_reason(&stop(1, 0xffff_4ff0, 0x1234), &planted),
             SingleThreadStopReason::DoneStep
         ));
         assert!(matches!(
-            stop_reason(&stop(1, 0x2)),
+            stop_reason(&stop(1, 0xffff_0ff1, 0x1000), &planted),
             SingleThreadStopReason::Signal(Signal::SIGTRAP)
         ));
-        assert_eq!(crate::kvm::exec_breakpoint_dr7(2), 0b101);
-        assert_eq!(crate::kvm::exec_breakpoint_dr7(9), 0b0101_0101);
+        assert!(matches!(
+            stop_reason(&stop(1, 0xffff_0ff2, 0x1234), &planted),
+            SingleThreadStopReason::Watch {
+                kind: WatchKind::Write,
+                addr: 0x2000,
+                ..
+            }
+        ));
+        assert_eq!(watchpoint(0x2000, 4, WatchKind::Read), None);
+        assert_eq!(
+            watchpoint(0x2000, 4, WatchKind::ReadWrite).map(|b| b.on),
+            Some(BreakOn::ReadWrite)
+        );
     }
 }

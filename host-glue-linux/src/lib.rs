@@ -28,6 +28,7 @@ pub mod stats_json;
 pub mod tap;
 pub mod terminal;
 pub mod vcpu_threads;
+pub mod vnc;
 
 use kvm::PreemptTimer;
 use mmap_memory::MmapMemory;

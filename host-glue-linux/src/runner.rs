@@ -234,6 +234,8 @@ pub enum RunError {
     NeedsOneVcpu(&'static str),
     /// A vCPU thread could not be started.
     Thread(String),
+    /// The VNC server could not start (`--display vnc=`).
+    Vnc(crate::vnc::VncError),
 }
 
 impl std::error::Error for RunError {}
@@ -261,6 +263,7 @@ impl fmt::Display for RunError {
             RunError::Net(e) => write!(f, "--net: {e}"),
             RunError::NeedsOneVcpu(what) => write!(f, "{what} needs a single vCPU (--cpus 1)"),
             RunError::Thread(e) => write!(f, "vCPU thread: {e}"),
+            RunError::Vnc(e) => write!(f, "--display vnc: {e}"),
         }
     }
 }
@@ -398,6 +401,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     };
     let (_api_socket, jobs) = api.unzip();
     let input = input.or(quit_input);
+    let mut vnc = crate::vnc::start_for(&options.display, &keys).map_err(RunError::Vnc)?;
     let has_display = !options.display.is_empty() || options.screenshot.is_some();
     let vga_bios = has_display.then_some(options.vga_bios.as_path());
     let (mut pc, syncs) = pc::build(
@@ -451,6 +455,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             attention: &attention,
             input: input.as_deref(),
             screen: &mut screen,
+            vnc: &mut vnc,
         };
         let (ending, pc, vcpus, posted_writes, assists, elapsed) = run_threads(pc, vcpu, threaded)?;
         return Ok(finish(
@@ -492,6 +497,10 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
                 until_ns: Some(host.now_ns().saturating_add(SLICE_NS)),
             };
             if let RunOutcome::Stopped(reason) = m.pc.run(&mut m.vcpu, slice) {
+                // gdb hears of the end as of a process's exit.
+                if let Some(g) = gdb.as_mut() {
+                    g.ended(&mut m, u8::from(reason != StopReason::PowerOff));
+                }
                 break Ending::Stopped(reason);
             }
             if let Some(stop) = m.vcpu.take_debug_stop() {
@@ -514,6 +523,9 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         m.pc.poll_input();
         if let Some(t) = terminal.as_mut() {
             t.tick(&m.pc);
+        }
+        if let Some(v) = vnc.as_mut() {
+            v.tick(&m.pc);
         }
         if let Some(jobs) = &jobs {
             attention.store(false, Ordering::Release);
@@ -643,6 +655,7 @@ struct Threaded<'a> {
     attention: &'a AtomicBool,
     input: Option<&'a ConsoleInput>,
     screen: &'a mut ScreenWriter,
+    vnc: &'a mut Option<crate::vnc::VncServer>,
 }
 
 /// How often the main thread looks at input, the display and the API
@@ -682,6 +695,9 @@ fn run_threads(
         state.pc.poll_input();
         if let Some(term) = t.terminal.as_mut() {
             term.tick(&state.pc);
+        }
+        if let Some(v) = t.vnc.as_mut() {
+            v.tick(&state.pc);
         }
         if let Some(jobs) = t.jobs {
             t.attention.store(false, Ordering::Release);

@@ -1,11 +1,16 @@
 //! Cost of instruction emulation on an MMIO exit, 64-bit guest with 4-level
 //! paging, through a test VM's device manager:
 //!
-//! - `mov_mmio_eax`: fetch + decode + emulate `mov [rbx], eax` to MMIO;
+//! - `mov_mmio_eax`: fetch + decode + emulate `mov [rbx], eax` to MMIO,
+//!   again and again from the same vCPU (its translation and decode
+//!   caches warm, as for the LAPIC EOI write of every interrupt);
 //! - `mov_mmio_eax_hinted`: the same with the write's guest-physical
 //!   address as a nested page fault or EPT violation reports it
 //!   (`Hints::access`), the path of an MMIO exit under nested paging: no
 //!   walk for the operand;
+//! - `mov_mmio_eax_hinted_cold`: the same for an instruction the vCPU has
+//!   not emulated before (its translation and decode caches emptied
+//!   before each call: a full walk and decode);
 //! - `rep_movsb_4k_mmio`: `rep movsb` of 4 KiB from RAM to MMIO, emulated
 //!   to completion (several bounded calls);
 //! - `iced_decode_mov`: iced-x86 decoding the same `mov` bytes alone, the
@@ -126,6 +131,31 @@ fn mov_mmio_eax_hinted(iters: u64) -> f64 {
     start.elapsed().as_nanos() as f64 / iters.max(1) as f64
 }
 
+/// The hinted case for an instruction the vCPU has not emulated before:
+/// its translation and decode caches emptied before each call.
+fn mov_mmio_eax_hinted_cold(iters: u64) -> f64 {
+    let mut s = setup(|a| a.mov(dword_ptr(rbx), eax));
+    s.cpu.gprs[3] = MMIO + 0x40;
+    let emu = Emulator::default();
+    let hints = Hints {
+        access: Some(AccessHint {
+            gpa: MMIO + 0x40,
+            write: true,
+            linear: None,
+        }),
+        bytes: None,
+    };
+    let start = Instant::now();
+    for _ in 0..iters {
+        s.cpu.rip = CODE;
+        s.cpu.translation_cache.clear();
+        s.cpu.decode_cache.clear();
+        let r = emu.emulate_hinted(&mut s.cpu, &mut s.vm, &hints);
+        assert_eq!(black_box(r), Ok(Completion::Retired));
+    }
+    start.elapsed().as_nanos() as f64 / iters.max(1) as f64
+}
+
 fn rep_movsb_4k(iters: u64) -> f64 {
     let mut s = setup(|a| a.rep().movsb());
     let emu = Emulator::default();
@@ -157,6 +187,7 @@ fn iced_decode(iters: u64) -> f64 {
 const CASES: &[Case] = &[
     ("mov_mmio_eax", mov_mmio_eax, ""),
     ("mov_mmio_eax_hinted", mov_mmio_eax_hinted, ""),
+    ("mov_mmio_eax_hinted_cold", mov_mmio_eax_hinted_cold, ""),
     ("rep_movsb_4k_mmio", rep_movsb_4k, "4k"),
     ("iced_decode_mov", iced_decode, ""),
 ];

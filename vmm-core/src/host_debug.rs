@@ -11,11 +11,14 @@
 //! the guest. A stop ends the slice ([`crate::vcpu::Exit::Preempted`]);
 //! the host takes the [`DebugStop`] and hands it to its debugger. The KVM
 //! backend does the same through KVM_SET_GUEST_DEBUG. Both hosts' gdb
-//! stubs read and write memory with [`read_linear`] and [`write_linear`]
-//! and order registers by [`GDB_GPR_ORDER`].
+//! stubs keep what gdb planted in a [`Planted`] (INT3s in guest memory,
+//! breakpoints and watchpoints for the debug registers), tell a stop with
+//! [`Planted::reason`], read and write memory with [`read_linear`] and
+//! [`write_linear`], and order registers by [`GDB_GPR_ORDER`].
 
 use crate::memory::GuestMemory;
 use crate::paging::{Access, AccessKind, ControlRegisters, PageTableMemory, Walker};
+use alloc::vec::Vec;
 
 /// INT3, the software breakpoint a debugger plants.
 pub const INT3: u8 = 0xcc;
@@ -154,6 +157,140 @@ impl DebugStop {
     }
 }
 
+/// What a debugger has planted in one guest: INT3s written over guest
+/// bytes (software breakpoints) and breakpoints or watchpoints for the
+/// debug registers. Both gdb stubs keep theirs here.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Planted {
+    /// Software breakpoints: linear address, and the byte the INT3
+    /// replaced.
+    int3s: Vec<(u64, u8)>,
+    /// Hardware breakpoints and watchpoints, DR0-DR3.
+    slots: [Option<Breakpoint>; 4],
+}
+
+/// What a stop means to the debugger that planted what it planted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// One of its INT3s.
+    SwBreak,
+    /// The step it asked for.
+    Step,
+    /// One of its watchpoints (the stop is after the access).
+    Watch(Breakpoint),
+    /// Anything else: an execution breakpoint, or an INT3 of the guest's
+    /// own (a debugger should stop there rather than ignore it and loop).
+    Trap,
+}
+
+impl Planted {
+    /// Write an INT3 at `linear` (through the guest's page tables),
+    /// keeping the byte it replaces; whether it is there now (ROM drops
+    /// writes: there only a hardware breakpoint works).
+    pub fn plant_int3(
+        &mut self,
+        memory: &mut GuestMemory,
+        control: ControlRegisters,
+        linear: u64,
+    ) -> bool {
+        if self.int3s.iter().any(|(a, _)| *a == linear) {
+            return true;
+        }
+        let mut old = [0u8];
+        if read_linear(memory, control, linear, &mut old) != 1
+            || !write_linear(memory, control, linear, &[INT3])
+        {
+            return false;
+        }
+        let mut now = [0u8];
+        if read_linear(memory, control, linear, &mut now) != 1 || now[0] != INT3 {
+            return false;
+        }
+        self.int3s.push((linear, old[0]));
+        true
+    }
+
+    /// Put the guest's byte back over the INT3 at `linear`; whether one
+    /// was planted there.
+    pub fn remove_int3(
+        &mut self,
+        memory: &mut GuestMemory,
+        control: ControlRegisters,
+        linear: u64,
+    ) -> bool {
+        let Some(i) = self.int3s.iter().position(|(a, _)| *a == linear) else {
+            return false;
+        };
+        let (_, byte) = self.int3s.remove(i);
+        write_linear(memory, control, linear, &[byte]);
+        true
+    }
+
+    /// Take everything out (the debugger detached or went away): the
+    /// guest's bytes go back and the debug registers are freed.
+    pub fn clear(&mut self, memory: &mut GuestMemory, control: ControlRegisters) {
+        for (linear, byte) in core::mem::take(&mut self.int3s) {
+            write_linear(memory, control, linear, &[byte]);
+        }
+        self.slots = [None; 4];
+    }
+
+    /// Show in `data`, read from `start`, the guest's own bytes rather
+    /// than the INT3s planted over them.
+    pub fn hide_int3s(&self, start: u64, data: &mut [u8]) {
+        for (linear, byte) in &self.int3s {
+            if let Some(i) = linear.checked_sub(start).filter(|i| *i < data.len() as u64) {
+                data[i as usize] = *byte;
+            }
+        }
+    }
+
+    /// Put `b` in a free debug register; whether there was one.
+    pub fn add(&mut self, b: Breakpoint) -> bool {
+        match self.slots.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => {
+                *slot = Some(b);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Take `b` out of its debug register; whether it was there.
+    pub fn remove(&mut self, b: Breakpoint) -> bool {
+        match self.slots.iter_mut().find(|slot| **slot == Some(b)) {
+            Some(slot) => {
+                *slot = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// What the backend is to do for the next run: `step` or not, with
+    /// everything planted.
+    pub fn host_debug(&self, step: bool) -> HostDebug {
+        HostDebug {
+            step,
+            breakpoints: self.slots,
+            software_breakpoints: !self.int3s.is_empty(),
+        }
+    }
+
+    /// What `stop` means to this debugger.
+    pub fn reason(&self, stop: &DebugStop) -> StopReason {
+        match stop.kind {
+            StopKind::Int3 if self.int3s.iter().any(|(a, _)| *a == stop.pc) => StopReason::SwBreak,
+            StopKind::Step => StopReason::Step,
+            StopKind::Breakpoint(i) => match self.slots.get(usize::from(i)).copied().flatten() {
+                Some(b) if b.on != BreakOn::Execute => StopReason::Watch(b),
+                _ => StopReason::Trap,
+            },
+            StopKind::Int3 => StopReason::Trap,
+        }
+    }
+}
+
 /// Guest memory for a page walk that must not change it (no accessed or
 /// dirty bits set by a debugger's look).
 struct ReadOnly<'a>(&'a GuestMemory);
@@ -272,6 +409,61 @@ mod tests {
             DebugStop::from_dr6(0xffff_0ff4, 5).kind,
             StopKind::Breakpoint(2)
         );
+    }
+
+    #[test]
+    fn planted_int3s_hide_under_reads_and_come_out_on_clear() {
+        let host = TestHost::new();
+        let mut memory = GuestMemory::new();
+        memory
+            .add_ram(0, host.alloc_memory(1 << 20, 4096).unwrap())
+            .unwrap();
+        let control = ControlRegisters::default();
+        memory.write(0x1000, &[0x90, 0xff, 0x05]).unwrap();
+        let mut p = Planted::default();
+        assert!(p.plant_int3(&mut memory, control, 0x1001));
+        assert_eq!(memory.read_u8(0x1001).unwrap(), INT3);
+        let mut seen = [0u8; 3];
+        read_linear(&memory, control, 0x1000, &mut seen);
+        p.hide_int3s(0x1000, &mut seen);
+        assert_eq!(seen, [0x90, 0xff, 0x05]);
+        assert!(p.host_debug(false).software_breakpoints);
+        let int3 = DebugStop {
+            kind: StopKind::Int3,
+            pc: 0x1001,
+        };
+        assert_eq!(p.reason(&int3), StopReason::SwBreak);
+        // The guest's own INT3 elsewhere is not the debugger's.
+        let own = DebugStop { pc: 0x1002, ..int3 };
+        assert_eq!(p.reason(&own), StopReason::Trap);
+        // Beyond RAM nothing is planted.
+        assert!(!p.plant_int3(&mut memory, control, 0x20_0000));
+        p.clear(&mut memory, control);
+        assert_eq!(memory.read_u8(0x1001).unwrap(), 0xff);
+        assert!(!p.host_debug(true).software_breakpoints);
+    }
+
+    #[test]
+    fn planted_watchpoints_name_their_address_in_a_stop() {
+        let mut p = Planted::default();
+        let w = Breakpoint::watch(0x2000, 4, BreakOn::Write).unwrap();
+        assert!(p.add(Breakpoint::execute(0x1000)));
+        assert!(p.add(w));
+        assert!(p.add(Breakpoint::execute(0x1001)));
+        assert!(p.add(Breakpoint::execute(0x1002)));
+        assert!(!p.add(Breakpoint::execute(0x1003)), "four debug registers");
+        assert_eq!(
+            p.reason(&DebugStop::from_dr6(0xffff_0ff2, 0x1234)),
+            StopReason::Watch(w)
+        );
+        assert_eq!(
+            p.reason(&DebugStop::from_dr6(0xffff_0ff1, 0x1000)),
+            StopReason::Trap
+        );
+        assert!(p.remove(w));
+        assert!(!p.remove(w));
+        assert_eq!(p.host_debug(true).breakpoints[1], None);
+        assert!(p.host_debug(true).step);
     }
 
     #[test]

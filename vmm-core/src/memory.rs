@@ -857,8 +857,19 @@ impl GuestMemory {
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         // The common case, one lookup: the access lies inside one region
         // whose reads reach a block (RAM or ROM).
-        if let Some(Backing::Block { block, offset }) = self.single_region(gpa, buf.len(), false) {
-            return self.copy_from_block(block, offset, buf);
+        match self.single_region(gpa, buf.len(), false) {
+            Some(Backing::Block { block, offset }) => {
+                return self.copy_from_block(block, offset, buf)
+            }
+            // Inside one MMIO region (what `check_access` would find): the
+            // caller goes to the device manager.
+            Some(Backing::Mmio) => {
+                return Err(MemoryError::NotMemory {
+                    gpa,
+                    kind: RegionKind::Mmio,
+                })
+            }
+            _ => {}
         }
         // Check the whole range first so that a failure leaves `buf` alone.
         self.check_access(gpa, buf.len() as u64, false)?;
@@ -881,8 +892,17 @@ impl GuestMemory {
     pub fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
         // The common case, one lookup: inside one region whose writes reach
         // a block (RAM, or shadow RAM behind a BIOS).
-        if let Some(Backing::Block { block, offset }) = self.single_region(gpa, data.len(), true) {
-            return self.copy_to_block(block, offset, data);
+        match self.single_region(gpa, data.len(), true) {
+            Some(Backing::Block { block, offset }) => {
+                return self.copy_to_block(block, offset, data)
+            }
+            Some(Backing::Mmio) => {
+                return Err(MemoryError::NotMemory {
+                    gpa,
+                    kind: RegionKind::Mmio,
+                })
+            }
+            _ => {}
         }
         self.check_access(gpa, data.len() as u64, true)?;
         // The whole range is memory (checked above): copy piece by piece.
@@ -1010,11 +1030,17 @@ impl GuestMemory {
         let start = usize::try_from(offset).map_err(|_| MemoryError::BadBacking { block })?;
         let end = start
             .checked_add(buf.len())
-            .filter(|&e| e <= blk.mem.len())
             .ok_or(MemoryError::BadBacking { block })?;
         match &blk.mem {
-            BlockMem::Own(m) => buf.copy_from_slice(&m.as_slice()[start..end]),
-            BlockMem::Cow(c) => c.read(start, buf),
+            // One call for the slice (it is behind a `dyn`), bounds checked
+            // on it.
+            BlockMem::Own(m) => buf.copy_from_slice(
+                m.as_slice()
+                    .get(start..end)
+                    .ok_or(MemoryError::BadBacking { block })?,
+            ),
+            BlockMem::Cow(c) if end <= c.len() => c.read(start, buf),
+            BlockMem::Cow(_) => return Err(MemoryError::BadBacking { block }),
         }
         Ok(())
     }
@@ -1056,6 +1082,18 @@ impl GuestMemory {
 
     /// Read a little-endian integer of `N` bytes.
     fn read_le<const N: usize>(&self, gpa: u64) -> Result<[u8; N], MemoryError> {
+        // The common case (a page-table entry in RAM of this VM's own):
+        // one lookup, one slice, a fixed-size load instead of a copy.
+        if let Some(Backing::Block { block, offset }) = self.single_region(gpa, N, false) {
+            let own = self.blocks.get(block.0 as usize).and_then(|b| b.mem.own());
+            let bytes = usize::try_from(offset)
+                .ok()
+                .and_then(|start| own?.get(start..start.checked_add(N)?))
+                .and_then(|s| <[u8; N]>::try_from(s).ok());
+            if let Some(b) = bytes {
+                return Ok(b);
+            }
+        }
         let mut b = [0u8; N];
         self.read(gpa, &mut b)?;
         Ok(b)

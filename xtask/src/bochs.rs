@@ -9,10 +9,22 @@
 //! isa-debug-exit, so the run ends when the host prints its last line
 //! ("vmm: all VMs stopped", a fatal error, a panic or a host exception), or
 //! at the timeout; then Bochs is killed.
+//!
+//! The guest gdb stub (`gdb=com2`) is reached through a [`GdbRelay`]:
+//! Bochs's COM2 connects to it when Bochs starts, and it takes gdb's
+//! connection only once the host says the stub waits. gdb must not talk to
+//! COM2 before: Bochs boots the host for many seconds, and gdb, with no
+//! answer within its `remotetimeout` (2 s), sends its first packet
+//! (`qSupported`) again and again. Bochs holds the bytes until the stub
+//! reads them, the stub answers every copy, and gdb takes the late
+//! answers for the replies to its next packets ("Remote replied
+//! unexpectedly to 'vMustReplyEmpty'"): the session is out of step from
+//! its first exchange.
 
 use crate::qemu::Outcome;
 use crate::system::{ensure_packages, Error, Result};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +64,7 @@ pub fn config(iso: &Path, memory_mib: u64, serial: &Path, log: &Path) -> String 
     config_with(iso, memory_mib, serial, log, "")
 }
 
-/// [`config`] with `extra` lines (e.g. [`gdb_serial_config`]).
+/// [`config`] with `extra` lines.
 pub fn config_with(iso: &Path, memory_mib: u64, serial: &Path, log: &Path, extra: &str) -> String {
     format!(
         "megs: {memory_mib}\n\
@@ -77,11 +89,106 @@ pub fn config_with(iso: &Path, memory_mib: u64, serial: &Path, log: &Path, extra
     )
 }
 
-/// The bochsrc line for a second UART (the host machine's COM2) served on
-/// 127.0.0.1:`port`, the guest gdb stub's line (`gdb=com2`). Bochs waits
-/// for the client (gdb) before it starts the machine.
-pub fn gdb_serial_config(port: u16) -> String {
-    format!("com2: enabled=1, mode=socket-server, dev=127.0.0.1:{port}\n")
+/// The line the host prints when VM 0's gdb stub waits on COM2.
+const GDB_WAITS: &str = "VM 0 waits for gdb on COM2";
+
+/// gdb's line to the host's COM2 under Bochs (`gdb=com2`): Bochs's COM2
+/// connects to the relay as Bochs starts; gdb is accepted on
+/// 127.0.0.1:`port` only once the host's console says the stub waits,
+/// and from then on bytes go both ways unchanged.
+pub struct GdbRelay {
+    /// Where Bochs's COM2 connects.
+    com2: TcpListener,
+    /// gdb's port.
+    port: u16,
+    /// Told gdb's address once it may connect.
+    ready: Option<std::sync::mpsc::Sender<String>>,
+    /// Bochs's COM2, once connected.
+    line: Option<TcpStream>,
+}
+
+impl GdbRelay {
+    /// A relay for gdb on 127.0.0.1:`port`; `ready` (if any) is sent
+    /// gdb's address when gdb may connect.
+    pub fn new(port: u16, ready: Option<std::sync::mpsc::Sender<String>>) -> Result<Self> {
+        let com2 = TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| Error::msg(format!("a port for Bochs's COM2: {e}")))?;
+        Ok(Self {
+            com2,
+            port,
+            ready,
+            line: None,
+        })
+    }
+
+    /// The bochsrc line connecting COM2 to the relay.
+    fn config(&self) -> Result<String> {
+        let addr = self
+            .com2
+            .local_addr()
+            .map_err(|e| Error::msg(format!("COM2 relay: {e}")))?;
+        Ok(format!("com2: enabled=1, mode=socket-client, dev={addr}\n"))
+    }
+
+    /// Take Bochs's COM2 connection (Bochs makes it as it starts).
+    fn connect_com2(&mut self, timeout: Duration) -> Result<()> {
+        let _ = self.com2.set_nonblocking(true);
+        let start = Instant::now();
+        loop {
+            match self.com2.accept() {
+                Ok((line, _)) => {
+                    let _ = line.set_nonblocking(false);
+                    let _ = line.set_nodelay(true);
+                    self.line = Some(line);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if start.elapsed() > timeout {
+                        return Err(Error::msg("Bochs never connected its COM2"));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(Error::msg(format!("COM2 relay: {e}"))),
+            }
+        }
+    }
+
+    /// The stub waits: listen for gdb, and relay its connection in the
+    /// background.
+    fn open(&mut self) -> Result<()> {
+        let Some(line) = self.line.take() else {
+            return Err(Error::msg("COM2 is not connected"));
+        };
+        let addr = format!("127.0.0.1:{}", self.port);
+        let listener = TcpListener::bind(&addr).map_err(|e| Error::msg(format!("{addr}: {e}")))?;
+        match self.ready.take() {
+            Some(tx) => {
+                let _ = tx.send(addr);
+            }
+            None => eprintln!(
+                "xtask: VM 0 waits for gdb: gdb -ex 'set architecture i386:x86-64' \
+                 -ex 'target remote {addr}'"
+            ),
+        }
+        std::thread::spawn(move || {
+            let Ok((gdb, _)) = listener.accept() else {
+                return;
+            };
+            let _ = gdb.set_nodelay(true);
+            let (Ok(gdb2), Ok(line2)) = (gdb.try_clone(), line.try_clone()) else {
+                return;
+            };
+            std::thread::spawn(move || copy_then_close(line2, gdb2));
+            copy_then_close(gdb, line);
+        });
+        Ok(())
+    }
+}
+
+/// Copy `from` to `to` until `from` ends, then end `to`'s writing side.
+fn copy_then_close(mut from: TcpStream, mut to: TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(Shutdown::Write);
 }
 
 fn unique_dir(what: &str) -> Result<PathBuf> {
@@ -164,9 +271,22 @@ fn watch(
     timeout: Duration,
     stream: bool,
     extra: &str,
+    mut gdb: Option<GdbRelay>,
 ) -> Result<BochsRun> {
     let dir = unique_dir("run")?;
-    let mut session = start(iso, memory_mib, &dir, extra)?;
+    let extra = match &gdb {
+        Some(relay) => format!("{extra}{}", relay.config()?),
+        None => extra.to_string(),
+    };
+    let mut session = start(iso, memory_mib, &dir, &extra)?;
+    if let Some(Err(e)) = gdb
+        .as_mut()
+        .map(|r| r.connect_com2(Duration::from_secs(30)))
+    {
+        let _ = session.child.kill();
+        let _ = session.child.wait();
+        return Err(e);
+    }
     let started = Instant::now();
     let mut console = String::new();
     let mut offset = 0u64;
@@ -184,6 +304,11 @@ fn watch(
                     }
                     console.push_str(&text);
                 }
+            }
+        }
+        if gdb.is_some() && console.contains(GDB_WAITS) {
+            if let Some(Err(e)) = gdb.take().map(|mut r| r.open()) {
+                console.push_str(&format!("\nxtask: gdb relay: {e}\n"));
             }
         }
         if ended_at.is_none() && END_MARKERS.iter().any(|m| console.contains(m)) {
@@ -247,19 +372,42 @@ pub fn boot_and_capture_with(
     let dir = unique_dir("iso")?;
     let iso = dir.join("host.iso");
     crate::kernel::iso(kernel, cmdline, guests, &iso)?;
-    let run = watch(&iso, memory_mib, timeout, false, extra);
+    let run = watch(&iso, memory_mib, timeout, false, extra, None);
+    let _ = std::fs::remove_dir_all(&dir);
+    run
+}
+
+/// [`boot_and_capture`] with VM 0's gdb stub (`cmdline` has `gdb=com2`)
+/// reached through `relay`.
+pub fn boot_and_capture_gdb(
+    kernel: &Path,
+    cmdline: &str,
+    guests: &[crate::kernel::GuestImage],
+    memory_mib: u64,
+    timeout: Duration,
+    relay: GdbRelay,
+) -> Result<BochsRun> {
+    let dir = unique_dir("iso")?;
+    let iso = dir.join("host.iso");
+    crate::kernel::iso(kernel, cmdline, guests, &iso)?;
+    let run = watch(&iso, memory_mib, timeout, false, "", Some(relay));
     let _ = std::fs::remove_dir_all(&dir);
     run
 }
 
 /// `cargo xtask run --bochs`: boot `iso` under Bochs, streaming the
-/// console, until the host's last line (or an hour).
-pub fn run(iso: &Path, memory_mib: u64) -> Result<()> {
+/// console, until the host's last line (or an hour); with `gdb_port`,
+/// VM 0's gdb stub is reached on that port once it waits.
+pub fn run(iso: &Path, memory_mib: u64, gdb_port: Option<u16>) -> Result<()> {
     eprintln!(
         "xtask: booting {} under Bochs ({CPU_MODEL}: VMX with EPT)",
         iso.display()
     );
-    let run = watch(iso, memory_mib, Duration::from_secs(3600), true, "")?;
+    let relay = match gdb_port {
+        Some(port) => Some(GdbRelay::new(port, None)?),
+        None => None,
+    };
+    let run = watch(iso, memory_mib, Duration::from_secs(3600), true, "", relay)?;
     eprintln!("xtask: Bochs ran {:.1} s", run.elapsed.as_secs_f64());
     match run.outcome {
         Outcome::Success => Ok(()),

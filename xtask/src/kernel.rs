@@ -515,7 +515,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mem = qemu_memory_mib(host_memory_mib(&args.memory, vms)? + extra_mib);
     if args.bochs {
         iso(&elf, cmdline.trim(), &modules, &iso_path)?;
-        return crate::bochs::run(&iso_path, mem);
+        return crate::bochs::run(&iso_path, mem, args.gdb_guest);
     }
     eprintln!(
         "xtask: booting {} under QEMU TCG (SVM, {:?} paging)",

@@ -378,9 +378,28 @@ impl Rig {
         timeout: Duration,
         echo: bool,
     ) -> Result<RigRun> {
+        let mut on_line = |line: &str| {
+            if echo {
+                println!("{line}");
+            }
+        };
+        self.run_watched(script, files, timeout, &[], &mut on_line)
+    }
+
+    /// [`Rig::run`] with `qemu_args` added to QEMU's command line (a
+    /// second serial port, say), and `on_line` called with each console
+    /// line as it arrives.
+    pub fn run_watched(
+        &self,
+        script: &str,
+        files: &[(&str, &Path)],
+        timeout: Duration,
+        qemu_args: &[String],
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<RigRun> {
         let run_dir = dir().join(format!("run-{}-{}", std::process::id(), unique()));
         let _ = std::fs::remove_dir_all(&run_dir);
-        let result = self.run_in(&run_dir, script, files, timeout, echo);
+        let result = self.run_in(&run_dir, script, files, timeout, qemu_args, on_line);
         let _ = std::fs::remove_dir_all(&run_dir);
         result
     }
@@ -391,7 +410,8 @@ impl Rig {
         script: &str,
         files: &[(&str, &Path)],
         timeout: Duration,
-        echo: bool,
+        qemu_args: &[String],
+        on_line: &mut dyn FnMut(&str),
     ) -> Result<RigRun> {
         // This run's archive: /rig/script and the files (symbolic links
         // here, followed by cpio -L).
@@ -432,6 +452,7 @@ impl Rig {
                 .map_err(|e| io(&initrd, e))?;
         }
         let mut cmd = command(&self.kernel, &initrd);
+        cmd.args(qemu_args);
         let started = Instant::now();
         let mut child = cmd
             .stdin(Stdio::null())
@@ -462,9 +483,7 @@ impl Rig {
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(line) => {
-                    if echo {
-                        println!("{line}");
-                    }
+                    on_line(&line);
                     serial.push_str(&line);
                     serial.push('\n');
                 }

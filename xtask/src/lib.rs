@@ -8,6 +8,7 @@ pub mod boot_bench;
 pub mod clones_bench;
 pub mod fuzz;
 pub mod gdb;
+pub mod gdb_guest;
 pub mod images;
 pub mod kernel;
 pub mod kvm_bench;

@@ -17,7 +17,6 @@
 
 use super::port_io::{inb, outb};
 use super::Guest;
-use alloc::vec::Vec;
 use gdbstub::common::Signal;
 use gdbstub::conn::Connection;
 use gdbstub::stub::state_machine::GdbStubStateMachine;
@@ -35,9 +34,10 @@ use gdbstub::target::{Target, TargetError, TargetResult};
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
 use gdbstub_arch::x86::X86_64_SSE;
 use vmm_core::emulator::Segment;
-use vmm_core::host_debug::{
-    self, BreakOn, Breakpoint, DebugStop, HostDebug, StopKind, GDB_GPR_ORDER, INT3,
-};
+use vmm_core::host_debug::{self, BreakOn, Breakpoint, DebugStop, StopReason, GDB_GPR_ORDER};
+
+/// What gdb has planted in one guest.
+pub use vmm_core::host_debug::Planted;
 
 /// COM2's I/O base.
 const COM2: u16 = 0x2f8;
@@ -82,16 +82,6 @@ impl Connection for Com2 {
     }
 }
 
-/// What gdb has planted in one guest.
-#[derive(Default)]
-pub struct Planted {
-    /// Software breakpoints: linear address, and the byte the INT3
-    /// replaced.
-    sw: Vec<(u64, u8)>,
-    /// Hardware breakpoints and watchpoints, DR0-DR3.
-    hw: [Option<Breakpoint>; 4],
-}
-
 impl Guest<'_> {
     fn read_linear(&mut self, linear: u64, data: &mut [u8]) -> usize {
         let control = self.vcpus[0].cpu().control();
@@ -105,20 +95,14 @@ impl Guest<'_> {
 
     /// Hand the backend the debugger's state before the guest runs.
     fn arm(&mut self, step: bool) {
-        let debug = HostDebug {
-            step,
-            breakpoints: self.planted.hw,
-            software_breakpoints: !self.planted.sw.is_empty(),
-        };
-        self.vcpus[0].set_host_debug(Some(debug));
+        self.vcpus[0].set_host_debug(Some(self.planted.host_debug(step)));
     }
 
     /// Take every breakpoint out and give the guest its debugging back.
     fn detach_debugger(&mut self) {
-        for (addr, byte) in core::mem::take(&mut self.planted.sw) {
-            self.write_linear(addr, &[byte]);
-        }
-        self.planted.hw = [None; 4];
+        let control = self.vcpus[0].cpu().control();
+        self.planted
+            .clear(self.machine.vm_mut().memory_mut(), control);
         self.vcpus[0].set_host_debug(None);
     }
 }
@@ -174,12 +158,7 @@ impl SingleThreadBase for Guest<'_> {
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
         let n = self.read_linear(start, data);
-        // Show the guest's bytes, not the INT3s planted over them.
-        for (addr, byte) in &self.planted.sw {
-            if let Some(i) = addr.checked_sub(start).filter(|i| *i < n as u64) {
-                data[i as usize] = *byte;
-            }
-        }
+        self.planted.hide_int3s(start, &mut data[..n]);
         Ok(n)
     }
 
@@ -228,63 +207,25 @@ impl Breakpoints for Guest<'_> {
 
 impl SwBreakpoint for Guest<'_> {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        if self.planted.sw.iter().any(|(a, _)| *a == addr) {
-            return Ok(true);
-        }
-        let mut old = [0u8];
-        if self.read_linear(addr, &mut old) != 1 || !self.write_linear(addr, &[INT3]) {
-            return Ok(false);
-        }
-        // ROM drops writes: there, only a hardware breakpoint works.
-        let mut now = [0u8];
-        if self.read_linear(addr, &mut now) != 1 || now[0] != INT3 {
-            return Ok(false);
-        }
-        self.planted.sw.push((addr, old[0]));
-        Ok(true)
+        let control = self.vcpus[0].cpu().control();
+        let memory = self.machine.vm_mut().memory_mut();
+        Ok(self.planted.plant_int3(memory, control, addr))
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        let Some(i) = self.planted.sw.iter().position(|(a, _)| *a == addr) else {
-            return Ok(false);
-        };
-        let (_, byte) = self.planted.sw.remove(i);
-        self.write_linear(addr, &[byte]);
-        Ok(true)
-    }
-}
-
-impl Planted {
-    /// Put `b` in a free debug register; whether there was one.
-    fn add_hw(&mut self, b: Breakpoint) -> bool {
-        match self.hw.iter_mut().find(|slot| slot.is_none()) {
-            Some(slot) => {
-                *slot = Some(b);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Take `b` out of its debug register; whether it was there.
-    fn remove_hw(&mut self, b: Breakpoint) -> bool {
-        match self.hw.iter_mut().find(|slot| **slot == Some(b)) {
-            Some(slot) => {
-                *slot = None;
-                true
-            }
-            None => false,
-        }
+        let control = self.vcpus[0].cpu().control();
+        let memory = self.machine.vm_mut().memory_mut();
+        Ok(self.planted.remove_int3(memory, control, addr))
     }
 }
 
 impl HwBreakpoint for Guest<'_> {
     fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        Ok(self.planted.add_hw(Breakpoint::execute(addr)))
+        Ok(self.planted.add(Breakpoint::execute(addr)))
     }
 
     fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        Ok(self.planted.remove_hw(Breakpoint::execute(addr)))
+        Ok(self.planted.remove(Breakpoint::execute(addr)))
     }
 }
 
@@ -306,7 +247,7 @@ impl HwWatchpoint for Guest<'_> {
         len: u64,
         kind: WatchKind,
     ) -> TargetResult<bool, Self> {
-        Ok(watchpoint(addr, len, kind).is_some_and(|b| self.planted.add_hw(b)))
+        Ok(watchpoint(addr, len, kind).is_some_and(|b| self.planted.add(b)))
     }
 
     fn remove_hw_watchpoint(
@@ -315,7 +256,7 @@ impl HwWatchpoint for Guest<'_> {
         len: u64,
         kind: WatchKind,
     ) -> TargetResult<bool, Self> {
-        Ok(watchpoint(addr, len, kind).is_some_and(|b| self.planted.remove_hw(b)))
+        Ok(watchpoint(addr, len, kind).is_some_and(|b| self.planted.remove(b)))
     }
 }
 
@@ -324,24 +265,19 @@ impl HwWatchpoint for Guest<'_> {
 /// the PC where it can (not in real mode, where its PC is IP), and still
 /// stops where it cannot. An INT3 gdb did not plant is a SIGTRAP too.
 fn stop_reason(stop: &DebugStop, planted: &Planted) -> SingleThreadStopReason<u64> {
-    match stop.kind {
-        StopKind::Int3 if planted.sw.iter().any(|(a, _)| *a == stop.pc) => {
-            SingleThreadStopReason::SwBreak(())
-        }
-        StopKind::Step => SingleThreadStopReason::DoneStep,
-        StopKind::Breakpoint(i) => match planted.hw.get(usize::from(i)).copied().flatten() {
-            Some(b) if b.on != BreakOn::Execute => SingleThreadStopReason::Watch {
-                tid: (),
-                kind: if b.on == BreakOn::Write {
-                    WatchKind::Write
-                } else {
-                    WatchKind::ReadWrite
-                },
-                addr: b.address,
+    match planted.reason(stop) {
+        StopReason::SwBreak => SingleThreadStopReason::SwBreak(()),
+        StopReason::Step => SingleThreadStopReason::DoneStep,
+        StopReason::Watch(b) => SingleThreadStopReason::Watch {
+            tid: (),
+            kind: if b.on == BreakOn::Write {
+                WatchKind::Write
+            } else {
+                WatchKind::ReadWrite
             },
-            _ => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+            addr: b.address,
         },
-        StopKind::Int3 => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+        StopReason::Trap => SingleThreadStopReason::Signal(Signal::SIGTRAP),
     }
 }
 

@@ -175,12 +175,17 @@ struct RunArgs {
     /// A display adapter (the stdvga at 00:02.0, 16 MiB, SeaBIOS's VGA
     /// BIOS) and where its screen goes: `text` (drawn in this terminal,
     /// keys typed there go to the guest's PS/2 keyboard; Ctrl-A c switches
-    /// to COM1 and back, Ctrl-A x quits), `png=PATH` (a PNG screenshot),
+    /// to COM1 and back, Ctrl-A x quits), `vnc=ADDR:PORT` (a VNC server
+    /// for viewers such as `vncviewer ADDR::PORT`, with their keys and
+    /// mouse to the guest; NO AUTHENTICATION: anyone who can connect sees
+    /// the screen and types, so ADDR must be loopback, e.g.
+    /// `vnc=127.0.0.1:5900`, or say `vnc-public=ADDR:PORT`; port 0 picks a
+    /// free one, printed on stderr), `png=PATH` (a PNG screenshot),
     /// `text=PATH` (a text mode's rows as lines), comma-separated, or
     /// `none` (no adapter; SeaBIOS copies its screen to COM1). Files are
     /// rewritten every 2 s while the screen changes and when the guest
     /// stops [default: none].
-    #[arg(long, value_name = "none|text|png=PATH|text=PATH")]
+    #[arg(long, value_name = "none|text|vnc=ADDR:PORT|png=PATH|text=PATH")]
     display: Option<String>,
     /// Write the screen as a PNG to FILE when the run ends (gives the
     /// machine a display adapter if --display does not).

@@ -19,7 +19,7 @@ mod vcpu;
 
 pub use kick::{set_thread_timer, PreemptTimer};
 pub use memslots::{plan as plan_slots, MemSlots, Slot};
-pub use vcpu::{exec_breakpoint_dr7, DebugStop, KvmVcpu};
+pub use vcpu::{DebugStop, KvmVcpu};
 
 use std::fmt;
 

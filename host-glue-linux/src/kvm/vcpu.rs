@@ -23,6 +23,7 @@ use vmm_bios::entry::EntryState;
 use vmm_core::emulator::{
     CpuState, DescriptorState, DescriptorTable, EmulateError, Segment, SegmentRegister,
 };
+use vmm_core::host_debug::HostDebug;
 use vmm_core::paging::ControlRegisters;
 use vmm_core::vcpu::{AccessTarget, DeviceAccess, Event, Exit, ExitError, VcpuBackend};
 use vmm_core::vm::Vm;
@@ -84,7 +85,8 @@ pub struct KvmVcpu {
     attention: Option<Arc<AtomicBool>>,
     /// A debug exit (breakpoint, single step) not yet taken by the host.
     debug_stop: Option<DebugStop>,
-    /// The host debugs the guest (KVM_SET_GUEST_DEBUG is on).
+    /// The host debugs the guest with INT3s it planted (KVM_SET_GUEST_DEBUG
+    /// with KVM_GUESTDBG_USE_SW_BP is on).
     guest_debug: bool,
 }
 
@@ -98,12 +100,6 @@ pub struct DebugStop {
     pub dr6: u64,
     /// The linear address of the instruction it stopped at.
     pub pc: u64,
-}
-
-/// KVM_SET_GUEST_DEBUG's DR7 enable bits for execution breakpoints in
-/// DR0-DR3 (`count` of them): L0-L3, with R/W and LEN 00 (execute, 1 byte).
-pub fn exec_breakpoint_dr7(count: usize) -> u64 {
-    (0..count.min(4)).fold(0, |dr7, i| dr7 | 1 << (2 * i))
 }
 
 fn ioctl_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
@@ -237,26 +233,26 @@ impl KvmVcpu {
         self.attention = Some(flag);
     }
 
-    /// Debug the guest from the host (KVM_SET_GUEST_DEBUG): `on` enables
-    /// it, with INT3 reported to the host instead of the guest, `step`
-    /// stops after one instruction, and `hw` holds up to four linear
-    /// addresses of execution breakpoints (the debug registers, which the
-    /// guest's own use then does not reach). Off gives the guest its own
-    /// debugging back. A stop ends the slice; [`KvmVcpu::take_debug_stop`]
-    /// says where.
-    pub fn set_guest_debug(&mut self, on: bool, step: bool, hw: &[u64]) -> Result<(), KvmError> {
-        let mut debug = kvm_guest_debug::default();
-        if on {
-            debug.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP;
-            if step {
-                debug.control |= KVM_GUESTDBG_SINGLESTEP;
+    /// Debug the guest from the host (KVM_SET_GUEST_DEBUG) as `debug`
+    /// says: INT3 reported to the host instead of the guest while the
+    /// debugger has planted some, a step, and the debugger's breakpoints
+    /// and watchpoints in DR0-DR3 and DR7 (whose guest values KVM keeps
+    /// aside meanwhile). `None` gives the guest its own debugging back. A
+    /// stop ends the slice; [`KvmVcpu::take_debug_stop`] says where.
+    pub fn set_guest_debug(&mut self, debug: Option<&HostDebug>) -> Result<(), KvmError> {
+        let mut arg = kvm_guest_debug::default();
+        if let Some(d) = debug {
+            arg.control = KVM_GUESTDBG_ENABLE;
+            if d.software_breakpoints {
+                arg.control |= KVM_GUESTDBG_USE_SW_BP;
             }
-            if !hw.is_empty() {
-                debug.control |= KVM_GUESTDBG_USE_HW_BP;
-                for (i, a) in hw.iter().take(4).enumerate() {
-                    debug.arch.debugreg[i] = *a;
-                }
-                debug.arch.debugreg[7] = exec_breakpoint_dr7(hw.len());
+            if d.step {
+                arg.control |= KVM_GUESTDBG_SINGLESTEP;
+            }
+            if d.has_breakpoints() {
+                arg.control |= KVM_GUESTDBG_USE_HW_BP;
+                arg.arch.debugreg[..4].copy_from_slice(&d.addresses());
+                arg.arch.debugreg[7] = d.dr7();
             }
         }
         // Registers changed through the lazy copies must reach KVM first:
@@ -264,10 +260,33 @@ impl KvmVcpu {
         self.flush()
             .map_err(|(what, errno)| KvmError::Ioctl { what, errno })?;
         self.vcpu
-            .set_guest_debug(&debug)
+            .set_guest_debug(&arg)
             .map_err(ioctl_err("SET_GUEST_DEBUG"))?;
-        self.guest_debug = on;
+        self.guest_debug = debug.is_some_and(|d| d.software_breakpoints);
         Ok(())
+    }
+
+    /// Give the guest a #DB that KVM stopped for the host's debugging but
+    /// that the host did not cause (the guest's own RFLAGS.TF: while the
+    /// host has breakpoints in the debug registers, KVM intercepts every
+    /// #DB): DR6 as KVM reported it, and the exception at the next entry.
+    pub fn give_debug_trap(&mut self, dr6: u64) -> Result<(), KvmError> {
+        let mut regs = self
+            .vcpu
+            .get_debug_regs()
+            .map_err(ioctl_err("GET_DEBUGREGS"))?;
+        regs.dr6 = dr6;
+        self.vcpu
+            .set_debug_regs(&regs)
+            .map_err(ioctl_err("SET_DEBUGREGS"))?;
+        if self.inject_exception(1, None) {
+            Ok(())
+        } else {
+            Err(KvmError::Ioctl {
+                what: "SET_VCPU_EVENTS (#DB)",
+                errno: libc::EBUSY,
+            })
+        }
     }
 
     /// Where the guest stopped for the debugger, once: the last run's

@@ -74,6 +74,10 @@ pub(crate) struct Context<'a, S: CpuState, B: GuestBus> {
     pub breakpoint_hits: u64,
     /// The instruction loaded SS with MOV or POP (an interrupt shadow).
     pub mov_ss_shadow: bool,
+    /// Operand `n` as already worked out for an access hint (the
+    /// instruction's only memory operand), so that it is not decoded
+    /// again.
+    pub operand_memo: Option<(u32, super::operand::Operand)>,
     walker: Walker,
     /// Translations made during this instruction (a REP instruction walks
     /// each page once, as a hardware TLB would).
@@ -115,6 +119,7 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
             breakpoints: super::Breakpoints::NONE,
             breakpoint_hits: 0,
             mov_ss_shadow: false,
+            operand_memo: None,
             walker,
             tlb: [None; TLB_ENTRIES],
             tlb_next: 0,
@@ -253,14 +258,29 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
             implicit_supervisor: false,
             ac: self.state.rflags() & RFLAGS_AC != 0,
         };
-        match self.walker.translate(&mut BusTables(self.bus), la, access) {
-            Ok(t) => {
-                let frame = t.gpa & !(PAGE_SIZE - 1);
+        let walker = self.walker;
+        let walked = match self.state.translation_cache() {
+            Some(cache) => match cache.lookup(self.bus, &walker, access, la) {
+                Some(gpa) => Ok(gpa),
+                None => walker
+                    .translate_traced(&mut BusTables(self.bus), la, access)
+                    .map(|(t, trace)| {
+                        cache.insert(&walker, access, la, t.gpa, &trace);
+                        t.gpa
+                    }),
+            },
+            None => walker
+                .translate(&mut BusTables(self.bus), la, access)
+                .map(|t| t.gpa),
+        };
+        match walked {
+            Ok(gpa) => {
+                let frame = gpa & !(PAGE_SIZE - 1);
                 if let Some(slot) = self.tlb.get_mut(self.tlb_next % TLB_ENTRIES) {
                     *slot = Some(TlbEntry { page, frame, kind });
                 }
                 self.tlb_next = self.tlb_next.wrapping_add(1);
-                Ok(t.gpa)
+                Ok(gpa)
             }
             Err(WalkError::PageFault(pf)) => Err(Exception::PageFault(pf).into()),
             Err(WalkError::TableUnreachable { gpa }) => Err(BusError::Memory { gpa }.into()),

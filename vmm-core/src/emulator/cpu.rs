@@ -2,6 +2,8 @@
 //! around it ([`GuestBus`]), plus [`RegisterFile`], a plain implementation of
 //! the CPU side for tests, fuzzers and backends that copy state out.
 
+use super::decode_cache::DecodeCache;
+use super::translation_cache::TranslationCache;
 use crate::paging::{ControlRegisters, CR0_PE, EFER_LMA};
 
 /// RFLAGS.CF.
@@ -323,6 +325,20 @@ pub trait CpuState {
     fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
         None
     }
+    /// This vCPU's cache of guest page-table walks, kept across exits
+    /// (see [`TranslationCache`]: every hit is checked against the guest's
+    /// tables, so it needs no invalidation). `None` (the default): every
+    /// emulation walks.
+    fn translation_cache(&mut self) -> Option<&mut TranslationCache> {
+        None
+    }
+    /// This vCPU's cache of decoded instructions, kept across exits (see
+    /// [`DecodeCache`]: an instruction is reused only when the bytes
+    /// fetched at CS:RIP are still its bytes). `None` (the default): every
+    /// emulation decodes.
+    fn decode_cache(&mut self) -> Option<&mut DecodeCache> {
+        None
+    }
 }
 
 /// What an instruction that loads a segment register from a descriptor
@@ -449,6 +465,16 @@ pub trait GuestBus {
         self.read_physical(gpa, &mut b)?;
         Ok(u64::from_le_bytes(b))
     }
+    /// The paging-structure entry at `gpa` (8 bytes if `wide`, else 4), if
+    /// it lies in memory whose reads have no side effects (RAM or ROM);
+    /// `None` elsewhere (a device, nothing) or when the bus cannot tell.
+    /// The vCPU's translation cache checks its walks through this, and
+    /// serves none whose entries it cannot read so. The default says
+    /// `None`: no walk is reused.
+    fn read_table_entry(&mut self, gpa: u64, wide: bool) -> Option<u64> {
+        let _ = (gpa, wide);
+        None
+    }
     /// Complete a locked read-modify-write at `gpa` whose read returned
     /// `old`: store `new` if the bytes there still equal `old` and return
     /// `true`; return `false`, changing nothing, if another vCPU changed
@@ -530,6 +556,12 @@ pub struct RegisterFile {
     pub tr: SegmentRegister,
     /// The x87/MMX registers, if this vCPU has them.
     pub x87: Option<X87Registers>,
+    /// The walks of earlier emulations (not architectural state: it
+    /// compares equal whatever it holds).
+    pub translation_cache: TranslationCache,
+    /// The instructions decoded by earlier emulations (not architectural
+    /// state either).
+    pub decode_cache: DecodeCache,
 }
 
 impl RegisterFile {
@@ -660,6 +692,12 @@ impl CpuState for RegisterFile {
     fn set_cr0(&mut self, value: u64) -> bool {
         self.control.cr0 = value;
         true
+    }
+    fn translation_cache(&mut self) -> Option<&mut TranslationCache> {
+        Some(&mut self.translation_cache)
+    }
+    fn decode_cache(&mut self) -> Option<&mut DecodeCache> {
+        Some(&mut self.decode_cache)
     }
     fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
         Some(self)

@@ -12,6 +12,7 @@ use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
 pub(crate) const MAX_INSTRUCTION_LEN: usize = 15;
 
 /// A decoded instruction with what the emulator needs beside it.
+#[derive(Clone)]
 pub(crate) struct Decoded {
     pub instr: Instruction,
     pub bytes: InstructionBytes,
@@ -95,17 +96,29 @@ pub(crate) fn fetch<S: CpuState, B: GuestBus>(
     let in_page = ((PAGE_SIZE - (la & (PAGE_SIZE - 1))) as usize).min(available);
     let first = ctx.translate_range(la, in_page, AccessKind::Execute)?;
     ctx.bus_read(&first, &mut buf[..in_page])?;
+    // The same bytes at the same RIP decode as before.
+    if let Some(cache) = ctx.state.decode_cache() {
+        if let Some(d) = cache.lookup(bitness, rip, buf.get(..in_page).unwrap_or(&[])) {
+            return Ok(d);
+        }
+    }
     let mut have = in_page;
     loop {
         let bytes = &buf[..have];
         if let Some(instr) = try_decode(bitness, bytes, rip)? {
             let len = instr.len().min(have);
             let taken = &buf[..len];
-            return Ok(Decoded {
+            let d = Decoded {
                 instr,
                 bytes: InstructionBytes::new(taken),
                 address_size: address_size(bitness, taken),
-            });
+            };
+            if len <= in_page {
+                if let Some(cache) = ctx.state.decode_cache() {
+                    cache.insert(bitness, rip, &d);
+                }
+            }
+            return Ok(d);
         }
         if have >= available {
             // Out of bytes: past the CS limit, or longer than 15 bytes.

@@ -56,7 +56,10 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
     /// access, the instruction's explicit operand, whose linear range
     /// holds the faulting byte. Anything else leaves the TLB alone.
     pub fn apply_access_hint(&mut self, d: &Decoded, hint: &AccessHint) {
-        if let Some(page) = self.hinted_page(d, hint) {
+        if let Some((page, n, operand)) = self.hinted_page(d, hint) {
+            // The operand's address, worked out once: the instruction
+            // uses it as computed here, from the registers it starts with.
+            self.operand_memo = Some((n, operand));
             let kind = if hint.write {
                 AccessKind::Write
             } else {
@@ -66,9 +69,10 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
         }
     }
 
-    /// A linear address in the page the hint translates, or `None` if the
-    /// hint does not fit.
-    fn hinted_page(&self, d: &Decoded, hint: &AccessHint) -> Option<u64> {
+    /// A linear address in the page the hint translates, with the memory
+    /// operand's number and the operand, or `None` if the hint does not
+    /// fit.
+    fn hinted_page(&self, d: &Decoded, hint: &AccessHint) -> Option<(u64, u32, Operand)> {
         let i = &d.instr;
         // Instructions whose memory accesses are not (only) the explicit
         // operand's: the stack (pushes, pops, calls and returns), strings,
@@ -112,7 +116,8 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
         if i.op_kind(n) != OpKind::Memory || !only_immediates {
             return None;
         }
-        let Ok(Operand::Mem { seg, offset, size }) = self.operand(d, n) else {
+        let operand = self.operand(d, n).ok()?;
+        let Operand::Mem { seg, offset, size } = operand else {
             return None;
         };
         if size == 0 || hint.gpa >> self.max_phys_bits() != 0 {
@@ -150,6 +155,6 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
                 }
             }
         };
-        Some(page)
+        Some((page, n, operand))
     }
 }

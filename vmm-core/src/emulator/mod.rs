@@ -94,6 +94,7 @@ mod bits;
 mod breakpoints;
 mod cpu;
 mod decode;
+mod decode_cache;
 mod descriptor_tables;
 mod error;
 mod execute;
@@ -108,6 +109,7 @@ mod stack_frame;
 mod string;
 mod system;
 mod transfer;
+mod translation_cache;
 mod vector;
 mod x87;
 
@@ -118,10 +120,12 @@ pub use cpu::{
     RFLAGS_FIXED, RFLAGS_IF, RFLAGS_IOPL, RFLAGS_OF, RFLAGS_PF, RFLAGS_RF, RFLAGS_SF,
     RFLAGS_STATUS, RFLAGS_TF, RFLAGS_VM, RFLAGS_ZF,
 };
+pub use decode_cache::DecodeCache;
 pub use error::{EmulateError, Exception, InstructionBytes};
 pub use execute::undefined_flags;
 pub use hints::{AccessHint, Hints};
 pub use string::PortString;
+pub use translation_cache::TranslationCache;
 
 use access::Context;
 use string::StringOutcome;

@@ -85,19 +85,27 @@ pub(crate) fn memory_size_bytes(size: MemorySize) -> Option<usize> {
 
 /// The general-purpose register behind an iced register: (index, size, high byte).
 pub(crate) fn gpr_of(reg: Register) -> Option<(usize, usize, bool)> {
+    const AL: usize = Register::AL as usize;
+    const AH: usize = AL + 4;
+    const SPL: usize = Register::SPL as usize;
+    const AX: usize = Register::AX as usize;
+    const EAX: usize = Register::EAX as usize;
+    const RAX: usize = Register::RAX as usize;
+    const R15: usize = RAX + 15;
+    const R15D: usize = EAX + 15;
+    const R15W: usize = AX + 15;
+    const R15L: usize = SPL + 11;
+    const BL: usize = AL + 3;
+    const BH: usize = AL + 7;
     let r = reg as usize;
-    let al = Register::AL as usize;
-    let spl = Register::SPL as usize;
-    let ax = Register::AX as usize;
-    let eax = Register::EAX as usize;
-    let rax = Register::RAX as usize;
+    // Widest first: most operands and addresses are 64- or 32-bit.
     Some(match r {
-        _ if (al..al + 4).contains(&r) => (r - al, 1, false),
-        _ if (al + 4..al + 8).contains(&r) => (r - al - 4, 1, true),
-        _ if (spl..spl + 12).contains(&r) => (r - spl + 4, 1, false),
-        _ if (ax..ax + 16).contains(&r) => (r - ax, 2, false),
-        _ if (eax..eax + 16).contains(&r) => (r - eax, 4, false),
-        _ if (rax..rax + 16).contains(&r) => (r - rax, 8, false),
+        RAX..=R15 => (r - RAX, 8, false),
+        EAX..=R15D => (r - EAX, 4, false),
+        AX..=R15W => (r - AX, 2, false),
+        SPL..=R15L => (r - SPL + 4, 1, false),
+        AL..=BL => (r - AL, 1, false),
+        AH..=BH => (r - AH, 1, true),
         _ => return None,
     })
 }
@@ -192,6 +200,11 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
 
     /// Operand `n` of the instruction.
     pub fn operand(&self, d: &Decoded, n: u32) -> Result<Operand, EmulateError> {
+        if let Some((m, operand)) = self.operand_memo {
+            if m == n {
+                return Ok(operand);
+            }
+        }
         let i = &d.instr;
         match i.op_kind(n) {
             OpKind::Register => {

@@ -349,13 +349,26 @@ impl Walker {
         linear: u64,
         access: Access,
     ) -> Result<Translation, WalkError> {
-        self.translate_traced(mem, linear, access).map(|(t, _)| t)
+        self.walk::<M, false>(mem, linear, access).map(|(t, _)| t)
     }
 
     /// Like [`Walker::translate`], and also say which paging-structure
     /// entries the walk used and the leaf's final dirty bit: what shadow
     /// paging needs to keep its entries coherent with the guest's.
     pub fn translate_traced<M: PageTableMemory + ?Sized>(
+        &self,
+        mem: &mut M,
+        linear: u64,
+        access: Access,
+    ) -> Result<(Translation, WalkTrace), WalkError> {
+        self.walk::<M, true>(mem, linear, access)
+    }
+
+    /// The walk behind [`Walker::translate`] and
+    /// [`Walker::translate_traced`]; without `TRACE` the trace stays empty
+    /// (and, inlined into `translate`, costs nothing).
+    #[inline(always)]
+    fn walk<M: PageTableMemory + ?Sized, const TRACE: bool>(
         &self,
         mem: &mut M,
         linear: u64,
@@ -532,7 +545,7 @@ impl Walker {
         // The access is allowed: set accessed bits on the way, dirty on the
         // leaf for a write.
         let mut trace = WalkTrace::default();
-        if let Some((gpa, value)) = pdpte_at {
+        if let (true, Some((gpa, value))) = (TRACE, pdpte_at) {
             trace.entries[0] = TracedEntry {
                 gpa,
                 wide: true,
@@ -545,16 +558,18 @@ impl Walker {
             if v.leaf && access.kind == AccessKind::Write {
                 new |= PTE_D;
             }
-            if let Some(slot) = trace.entries.get_mut(trace.len) {
-                *slot = TracedEntry {
-                    gpa: v.gpa,
-                    wide: v.wide,
-                    value: new,
-                };
-                trace.len += 1;
-            }
-            if v.leaf {
-                trace.leaf_dirty = new & PTE_D != 0;
+            if TRACE {
+                if let Some(slot) = trace.entries.get_mut(trace.len) {
+                    *slot = TracedEntry {
+                        gpa: v.gpa,
+                        wide: v.wide,
+                        value: new,
+                    };
+                    trace.len += 1;
+                }
+                if v.leaf {
+                    trace.leaf_dirty = new & PTE_D != 0;
+                }
             }
             if new != v.value {
                 let ok = if v.wide {

@@ -31,6 +31,14 @@ impl<B: GuestBus + ?Sized> GuestBus for RecordingBus<'_, B> {
         self.inner.read_physical(gpa, data)
     }
 
+    fn read_u64_physical(&mut self, gpa: u64) -> Result<u64, BusError> {
+        self.inner.read_u64_physical(gpa)
+    }
+
+    fn read_table_entry(&mut self, gpa: u64, wide: bool) -> Option<u64> {
+        self.inner.read_table_entry(gpa, wide)
+    }
+
     fn write_physical(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
         self.inner.write_physical(gpa, data)?;
         self.writes.push((gpa, data.len() as u64));

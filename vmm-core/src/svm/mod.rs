@@ -242,6 +242,12 @@ pub struct SvmVcpu {
     /// While it steps the guest: the RIP of the last exit (an instruction
     /// the exit loop completed there is the step).
     step_exit_rip: Option<u64>,
+    /// The guest page-table walks of earlier emulations (checked
+    /// against the guest's tables at every use).
+    translation_cache: crate::emulator::TranslationCache,
+    /// The instructions earlier emulations decoded (reused only for the
+    /// same bytes at the same RIP).
+    decode_cache: crate::emulator::DecodeCache,
 }
 
 /// What the host's debugger changed in the VMCB for one entry, to be put
@@ -299,6 +305,8 @@ impl SvmVcpu {
             host_debug: None,
             debug_stop: None,
             step_exit_rip: None,
+            translation_cache: crate::emulator::TranslationCache::new(),
+            decode_cache: crate::emulator::DecodeCache::new(),
         };
         me.vmcb.write_u64(offset::IOPM_BASE, iopm_pa);
         me.vmcb.write_u64(offset::MSRPM_BASE, msrpm_pa);
@@ -936,6 +944,12 @@ impl CpuState for SvmVcpu {
     }
     fn set_mov_ss_shadow(&mut self) {
         self.vmcb.write_u64(offset::INTERRUPT_SHADOW, 1);
+    }
+    fn translation_cache(&mut self) -> Option<&mut crate::emulator::TranslationCache> {
+        Some(&mut self.translation_cache)
+    }
+    fn decode_cache(&mut self) -> Option<&mut crate::emulator::DecodeCache> {
+        Some(&mut self.decode_cache)
     }
     fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
         Some(self)

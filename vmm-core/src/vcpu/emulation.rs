@@ -31,6 +31,15 @@ impl GuestBus for Vm {
         Ok(u64::from_le_bytes(b))
     }
 
+    fn read_table_entry(&mut self, gpa: u64, wide: bool) -> Option<u64> {
+        // Memory alone (RAM, ROM): a device is never read this way.
+        if wide {
+            self.memory().read_u64(gpa).ok()
+        } else {
+            self.memory().read_u32(gpa).ok().map(u64::from)
+        }
+    }
+
     fn io_read(&mut self, port: u16, data: &mut [u8]) -> Result<(), BusError> {
         self.port_read(port, data);
         Ok(())

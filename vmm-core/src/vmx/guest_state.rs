@@ -115,6 +115,12 @@ impl CpuState for VmxVcpu {
         let (_, _, ar, _) = fields::guest_segment(Segment::Ss as u32);
         ((self.read(ar) >> 5) & 3) as u8
     }
+    fn translation_cache(&mut self) -> Option<&mut crate::emulator::TranslationCache> {
+        Some(&mut self.translation_cache)
+    }
+    fn decode_cache(&mut self) -> Option<&mut crate::emulator::DecodeCache> {
+        Some(&mut self.decode_cache)
+    }
     fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
         Some(self)
     }

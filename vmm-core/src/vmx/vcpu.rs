@@ -57,6 +57,12 @@ pub struct VmxVcpu {
     /// While it steps the guest: the RIP after the last exit (an
     /// instruction the exit loop completed there is the step).
     pub(super) step_exit_rip: Option<u64>,
+    /// The guest page-table walks of earlier emulations (checked
+    /// against the guest's tables at every use).
+    pub(super) translation_cache: crate::emulator::TranslationCache,
+    /// The instructions earlier emulations decoded (reused only for the
+    /// same bytes at the same RIP).
+    pub(super) decode_cache: crate::emulator::DecodeCache,
 }
 
 impl VmxVcpu {
@@ -104,6 +110,8 @@ impl VmxVcpu {
             host_debug: None,
             debug_stop: None,
             step_exit_rip: None,
+            translation_cache: crate::emulator::TranslationCache::new(),
+            decode_cache: crate::emulator::DecodeCache::new(),
             pdptes_stale: false,
         };
         // SAFETY: VMX is on (`vmx` exists); the region is ours, carries the

@@ -1,0 +1,102 @@
+//! A vCPU's cache of decoded instructions: the few instructions that keep
+//! exiting (the local APIC's EOI write, a driver's register accesses) are
+//! decoded once, not at every exit.
+//!
+//! Decoding is a function of the mode's bitness, RIP and the instruction's
+//! bytes alone (x86 decodes from the first byte on; what follows an
+//! instruction does not change it), and the emulator still fetches the
+//! bytes at CS:RIP through segmentation and paging at every exit. A cached
+//! decode is reused only when those freshly fetched bytes begin with the
+//! cached instruction's bytes, at the same RIP and bitness: code the guest
+//! rewrote, remapped or moved is decoded again. A decode that failed is
+//! not kept.
+
+use super::decode::Decoded;
+
+/// Instructions kept per vCPU.
+const ENTRIES: usize = 4;
+
+/// A vCPU's cache of decoded instructions (see the module documentation);
+/// a [`super::CpuState`] that keeps one across exits offers it through
+/// [`super::CpuState::decode_cache`]. It holds no architectural state: two
+/// caches always compare equal.
+#[derive(Clone, Default)]
+pub struct DecodeCache {
+    entries: [Option<Entry>; ENTRIES],
+    next: u8,
+    hits: u64,
+}
+
+#[derive(Clone)]
+struct Entry {
+    bitness: u32,
+    rip: u64,
+    decoded: Decoded,
+}
+
+impl core::fmt::Debug for DecodeCache {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let held = self.entries.iter().flatten().count();
+        f.debug_struct("DecodeCache")
+            .field("held", &held)
+            .field("hits", &self.hits)
+            .finish()
+    }
+}
+
+impl PartialEq for DecodeCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for DecodeCache {}
+
+impl DecodeCache {
+    /// An empty cache.
+    pub const fn new() -> Self {
+        Self {
+            entries: [None, None, None, None],
+            next: 0,
+            hits: 0,
+        }
+    }
+
+    /// Decodes served from the cache.
+    pub fn hits(&self) -> u64 {
+        self.hits
+    }
+
+    /// Forget every instruction.
+    pub fn clear(&mut self) {
+        self.entries = [None, None, None, None];
+    }
+
+    /// The instruction `fetched` (the bytes at CS:RIP just fetched, as
+    /// many as the page and the CS limit allow, at most 15) begins with,
+    /// if it was decoded before at this RIP and bitness.
+    pub(crate) fn lookup(&mut self, bitness: u32, rip: u64, fetched: &[u8]) -> Option<Decoded> {
+        let e = self.entries.iter().flatten().find(|e| {
+            e.rip == rip && e.bitness == bitness && fetched.starts_with(e.decoded.bytes.as_slice())
+        })?;
+        let decoded = e.decoded.clone();
+        self.hits += 1;
+        Some(decoded)
+    }
+
+    /// Keep `decoded`, decoded at `rip` with `bitness`.
+    pub(crate) fn insert(&mut self, bitness: u32, rip: u64, decoded: &Decoded) {
+        if decoded.bytes.as_slice().is_empty() {
+            return;
+        }
+        let at = usize::from(self.next) % ENTRIES;
+        self.next = self.next.wrapping_add(1);
+        if let Some(slot) = self.entries.get_mut(at) {
+            *slot = Some(Entry {
+                bitness,
+                rip,
+                decoded: decoded.clone(),
+            });
+        }
+    }
+}

@@ -359,9 +359,6 @@ pub fn parse_cpus(text: &str, key: &str) -> Result<usize, ConfigError> {
 
 /// The most vCPUs a machine takes.
 pub const MAX_CPUS: usize = vmm_devices::pc::MAX_CPUS;
-/// The most vCPUs this host runs so far.
-pub const KVM_HOST_CPUS: usize = 1;
-
 fn check_cpus(n: usize, key: &str) -> Result<(), ConfigError> {
     if (1..=MAX_CPUS).contains(&n) {
         Ok(())
@@ -402,18 +399,6 @@ impl MachineConfig {
     pub fn validate(&self, style: KeyStyle) -> Result<(), ConfigError> {
         check_memory(self.memory, &style.name("memory", "--memory"))?;
         check_cpus(self.cpus, &style.name("cpus", "--cpus"))?;
-        if self.cpus > KVM_HOST_CPUS {
-            // The machine takes up to 16, but this host does not run the
-            // application processors yet: refuse rather than show the
-            // guest CPUs that never start.
-            return Err(ConfigError::Value {
-                key: style.name("cpus", "--cpus"),
-                problem: format!(
-                    "{} CPUs: the KVM host runs {KVM_HOST_CPUS} vCPU so far (the bare-metal host runs up to {MAX_CPUS})",
-                    self.cpus
-                ),
-            });
-        }
         let exists = |p: &Path, key: String| check_file(p, key, false);
         let image = |p: &Path, key: String| check_file(p, key, true);
         exists(&self.bios, style.name("firmware.bios", "--bios"))?;
@@ -915,15 +900,7 @@ mod tests {
             let e = parse(bad).unwrap_err();
             assert!(e.to_string().starts_with("cpus: "), "{bad}: {e}");
         }
-        // The machine takes 4, this host does not run them yet.
-        let e = parse("cpus = 4")
-            .unwrap()
-            .validate(KeyStyle::Flags)
-            .unwrap_err();
-        assert!(
-            e.to_string().starts_with("--cpus: 4 CPUs: the KVM host"),
-            "{e}"
-        );
+        assert_eq!(parse("cpus = 16").unwrap().cpus, 16);
         let e = parse("memory = \"lots\"").unwrap_err();
         assert!(e.to_string().starts_with("memory: "), "{e}");
         let e = parse("memory = \"1M\"").unwrap_err();

@@ -27,6 +27,7 @@ pub mod snapshot_file;
 pub mod stats_json;
 pub mod tap;
 pub mod terminal;
+pub mod vcpu_threads;
 pub mod vnc;
 
 use kvm::PreemptTimer;
@@ -86,7 +87,14 @@ impl Host for LinuxHost {
     }
 
     fn preempt_at(&self, deadline_ns: Option<u64>) {
-        if let (Some(timer), Some(at)) = (&self.preempt, deadline_ns) {
+        let Some(at) = deadline_ns else {
+            return;
+        };
+        // A vCPU thread of a machine with several arms its own timer.
+        if kvm::kick::arm_thread_timer(self.now_ns(), at) {
+            return;
+        }
+        if let Some(timer) = &self.preempt {
             timer.arm(self.now_ns(), at);
         }
     }

@@ -20,6 +20,7 @@ use crate::pc;
 use crate::snapshot_file::{self, SnapshotFileError};
 use crate::stats_json::{Figures, RunStats};
 use crate::terminal::TerminalDisplay;
+use crate::vcpu_threads::{VcpuFigures, VcpuThreads};
 use crate::LinuxHost;
 use std::fmt;
 use std::path::PathBuf;
@@ -166,6 +167,9 @@ pub struct Report {
     pub sync_failures: Vec<SyncError>,
     /// State round trips done (`RunOptions::state_roundtrip`).
     pub state_roundtrips: u64,
+    /// Each vCPU's figures, with several vCPUs (one thread each); empty
+    /// with one (its figures are the totals).
+    pub vcpus: Vec<VcpuFigures>,
 }
 
 /// The writable disk images of a running machine: synced when it stops,
@@ -226,6 +230,10 @@ pub enum RunError {
     Snapshot(SnapshotFileError),
     /// The network card's tap device could not be opened (`--net`).
     Net(crate::tap::TapError),
+    /// An option that needs a single vCPU, with several.
+    NeedsOneVcpu(&'static str),
+    /// A vCPU thread could not be started.
+    Thread(String),
     /// The VNC server could not start (`--display vnc=`).
     Vnc(crate::vnc::VncError),
 }
@@ -253,6 +261,8 @@ impl fmt::Display for RunError {
             }
             RunError::Snapshot(e) => write!(f, "{e}"),
             RunError::Net(e) => write!(f, "--net: {e}"),
+            RunError::NeedsOneVcpu(what) => write!(f, "{what} needs a single vCPU (--cpus 1)"),
+            RunError::Thread(e) => write!(f, "vCPU thread: {e}"),
             RunError::Vnc(e) => write!(f, "--display vnc: {e}"),
         }
     }
@@ -270,6 +280,14 @@ fn stdio_is_terminal() -> bool {
 pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunError> {
     if !kvm::available() {
         return Err(RunError::Kvm(KvmError::Missing));
+    }
+    if config.cpus > 1 {
+        if options.gdb.is_some() {
+            return Err(RunError::NeedsOneVcpu("--gdb"));
+        }
+        if options.state_roundtrip.is_some() {
+            return Err(RunError::NeedsOneVcpu("a state round trip"));
+        }
     }
     // Before anything is shown (the pty's path): a signal from then on
     // ends the run cleanly.
@@ -428,6 +446,34 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             None
         }
     };
+    if config.cpus > 1 {
+        let threaded = Threaded {
+            config,
+            options,
+            terminal: &mut terminal,
+            jobs: jobs.as_ref(),
+            attention: &attention,
+            input: input.as_deref(),
+            screen: &mut screen,
+            vnc: &mut vnc,
+        };
+        let (ending, pc, vcpus, posted_writes, assists, elapsed) = run_threads(pc, vcpu, threaded)?;
+        return Ok(finish(
+            Finish {
+                ending,
+                pc,
+                screen: &mut screen,
+                terminal,
+                options,
+                disks: &mut disks,
+                elapsed,
+                posted_writes,
+                assists,
+                state_roundtrips: 0,
+            },
+            vcpus,
+        ));
+    }
     let mut m = Machine::new(pc, vcpu);
     // With --gdb, the guest waits at its first instruction for gdb.
     let mut gdb = match &options.gdb {
@@ -516,21 +562,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             break Ending::Signalled(n);
         }
     };
-    screen.update(&m.pc);
-    if let Some(t) = terminal.as_mut() {
-        t.tick(&m.pc);
-    }
-    // The terminal back to the shell before anything more is printed.
-    drop(terminal);
-    if let Some(path) = &options.screenshot {
-        if let Err(e) = write_screenshot(&m.pc, path) {
-            log::warn!("--screenshot: cannot write {}: {e}", path.display());
-        }
-    }
     let elapsed = started.elapsed();
-    // Whatever the ending (power-off, another stop, quit, a signal): what
-    // the guest wrote is made durable before `vmm` says how it ended.
-    let sync_failures = disks.sync_all();
     let (posted_writes, assists) = (
         posted_writes + m.vcpu.posted_writes(),
         assists + m.vcpu.assists(),
@@ -538,7 +570,67 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     drop(gdb);
     let Machine { pc, vcpu, .. } = m;
     drop(vcpu);
-    Ok(Report {
+    Ok(finish(
+        Finish {
+            ending,
+            pc,
+            screen: &mut screen,
+            terminal,
+            options,
+            disks: &mut disks,
+            elapsed,
+            posted_writes,
+            assists,
+            state_roundtrips,
+        },
+        Vec::new(),
+    ))
+}
+
+/// What the end of a run needs.
+struct Finish<'a> {
+    ending: Ending,
+    pc: Pc,
+    screen: &'a mut ScreenWriter,
+    terminal: Option<TerminalDisplay>,
+    options: &'a RunOptions,
+    disks: &'a mut DiskSyncs,
+    elapsed: Duration,
+    posted_writes: u64,
+    assists: u64,
+    state_roundtrips: u64,
+}
+
+/// The end of a run, however it ran: the last screen, the screenshot, the
+/// disks made durable, and the report.
+fn finish(f: Finish<'_>, vcpus: Vec<VcpuFigures>) -> Report {
+    let Finish {
+        ending,
+        pc,
+        screen,
+        mut terminal,
+        options,
+        disks,
+        elapsed,
+        posted_writes,
+        assists,
+        state_roundtrips,
+    } = f;
+    screen.update(&pc);
+    if let Some(t) = terminal.as_mut() {
+        t.tick(&pc);
+    }
+    // The terminal back to the shell before anything more is printed.
+    drop(terminal);
+    if let Some(path) = &options.screenshot {
+        if let Err(e) = write_screenshot(&pc, path) {
+            log::warn!("--screenshot: cannot write {}: {e}", path.display());
+        }
+    }
+    // Whatever the ending (power-off, another stop, quit, a signal): what
+    // the guest wrote is made durable before `vmm` says how it ended.
+    let sync_failures = disks.sync_all();
+    Report {
         ending,
         stats: pc.vm().stats().clone(),
         devices: pc.vm().devices().report().to_string(),
@@ -549,7 +641,121 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         assists,
         sync_failures,
         state_roundtrips,
-    })
+        vcpus,
+    }
+}
+
+/// What the host's main thread needs to serve a machine whose vCPUs run
+/// on threads of their own.
+struct Threaded<'a> {
+    config: &'a MachineConfig,
+    options: &'a RunOptions,
+    terminal: &'a mut Option<TerminalDisplay>,
+    jobs: Option<&'a Receiver<api::Job>>,
+    attention: &'a AtomicBool,
+    input: Option<&'a ConsoleInput>,
+    screen: &'a mut ScreenWriter,
+    vnc: &'a mut Option<crate::vnc::VncServer>,
+}
+
+/// How often the main thread looks at input, the display and the API
+/// while vCPU threads run.
+const MAIN_TICK: Duration = Duration::from_millis(20);
+
+/// Run a PC with several vCPUs, `vcpu` its first, each on a thread
+/// ([`crate::vcpu_threads`]), while this thread serves the keyboard, the
+/// display, the API and the quit key, until the guest stops or the user
+/// quits. The ending, the PC, each vCPU's figures, the posted writes and
+/// assists, and the time it ran.
+#[allow(clippy::type_complexity)]
+fn run_threads(
+    mut pc: Pc,
+    vcpu: KvmVcpu,
+    t: Threaded<'_>,
+) -> Result<(Ending, Pc, Vec<VcpuFigures>, u64, u64, Duration), RunError> {
+    let mut vcpus = Vec::with_capacity(pc.cpus());
+    for index in 1..pc.cpus() {
+        vcpus.push(vcpu.sibling(index, pc.vm_mut()).map_err(RunError::Kvm)?);
+    }
+    vcpus.insert(0, vcpu);
+    let threads = VcpuThreads::start(pc, vcpus).map_err(|e| RunError::Thread(e.to_string()))?;
+    let started = Instant::now();
+    let mut last_screen = Instant::now();
+    let mut last_progress = (started, ExitStats::default());
+    let mut paused = false;
+    let ending = loop {
+        let mut state = threads.lock();
+        state = threads.wait(state, MAIN_TICK);
+        if let Some(reason) = state.stopped() {
+            break Ending::Stopped(reason.clone());
+        }
+        if VcpuThreads::ended(&state) {
+            break Ending::Stopped(StopReason::Backend("the vCPU threads ended".into()));
+        }
+        state.pc.poll_input();
+        if let Some(term) = t.terminal.as_mut() {
+            term.tick(&state.pc);
+        }
+        if let Some(v) = t.vnc.as_mut() {
+            v.tick(&state.pc);
+        }
+        if let Some(jobs) = t.jobs {
+            t.attention.store(false, Ordering::Release);
+            let live = Live {
+                config: t.config,
+                started,
+                posted_writes: 0,
+                assists: 0,
+                state_roundtrips: 0,
+            };
+            while let Ok(job) = jobs.try_recv() {
+                let was = paused;
+                let figures = state.figures();
+                let reply = answer::<KvmVcpu>(
+                    job.command,
+                    &mut state.pc,
+                    None,
+                    &mut paused,
+                    &live,
+                    &figures,
+                );
+                if paused != was {
+                    threads.set_paused(&mut state, paused);
+                }
+                let _ = job.reply.send(reply);
+            }
+        }
+        // Input, the power button or a reset may have raised something.
+        threads.changed(&mut state);
+        if let Some(every) = t.options.progress.filter(|_| !paused) {
+            let now = Instant::now();
+            if now.duration_since(last_progress.0) >= every {
+                let stats = state.pc.vm().stats().clone();
+                let secs = now.duration_since(last_progress.0).as_secs_f64();
+                eprint!(
+                    "{}\r\n",
+                    progress_line(started.elapsed(), &last_progress.1, &stats, secs)
+                );
+                last_progress = (now, stats);
+            }
+        }
+        if last_screen.elapsed() >= SCREEN_EVERY {
+            t.screen.update(&state.pc);
+            last_screen = Instant::now();
+        }
+        drop(state);
+        if t.input.is_some_and(|i| i.quit_requested()) {
+            break Ending::Quit;
+        }
+        if let Some(n) = quit_signalled() {
+            break Ending::Signalled(n);
+        }
+    };
+    let elapsed = started.elapsed();
+    let (pc, figures, reports) = threads.finish();
+    let posted = reports.iter().map(|r| r.posted_writes).sum();
+    let assists = reports.iter().map(|r| r.assists).sum();
+    Ok((ending, pc, figures, posted, assists, elapsed))
 }
 
 /// How long a paused machine waits for a command before it looks at the
@@ -577,23 +783,29 @@ fn serve_jobs<B: ArchState>(
     if *paused {
         match jobs.recv_timeout(PAUSED_POLL) {
             Ok(job) => {
-                let _ = job.reply.send(answer(job.command, pc, vcpu, paused, live));
+                let reply = answer(job.command, pc, Some(&mut *vcpu), paused, live, &[]);
+                let _ = job.reply.send(reply);
             }
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
         }
     }
     while let Ok(job) = jobs.try_recv() {
-        let _ = job.reply.send(answer(job.command, pc, vcpu, paused, live));
+        let reply = answer(job.command, pc, Some(&mut *vcpu), paused, live, &[]);
+        let _ = job.reply.send(reply);
     }
 }
 
-/// Carry out one API command on the machine (docs/API.md).
+/// Carry out one API command on the machine (docs/API.md). `vcpu` is the
+/// PC's only vCPU; `None` with several, each on its own thread (whose
+/// figures `vcpus` holds), where a snapshot is refused as the PC refuses
+/// it.
 fn answer<B: ArchState>(
     command: Command,
     pc: &mut Pc,
-    vcpu: &mut B,
+    vcpu: Option<&mut B>,
     paused: &mut bool,
     live: &Live<'_>,
+    vcpus: &[VcpuFigures],
 ) -> Response {
     let state = |paused: bool| if paused { "paused" } else { "running" };
     match command {
@@ -617,6 +829,7 @@ fn answer<B: ArchState>(
                 posted_writes: live.posted_writes,
                 assists: live.assists,
                 state_roundtrips: live.state_roundtrips,
+                vcpus,
             };
             Response::ok(RunStats::live(&figures, *paused).to_value())
         }
@@ -642,8 +855,19 @@ fn answer<B: ArchState>(
             "not_paused",
             "pause the VM (PUT /api/v1/vm.pause) before a snapshot",
         ),
+        Command::Snapshot { .. } if vcpu.is_none() => Response::error(
+            500,
+            "snapshot_failed",
+            format!(
+                "vmm snapshots a VM with one vCPU; this one has {} (its vCPU threads do not hand their state over yet)",
+                pc.cpus()
+            ),
+        ),
         Command::Snapshot { destination } => {
             let path = PathBuf::from(&destination);
+            let Some(vcpu) = vcpu else {
+                return Response::error(500, "internal", "no vCPU to snapshot");
+            };
             match snapshot_file::write(pc, vcpu, &path) {
                 Ok(w) => {
                     log::info!("API: snapshot {destination}: {} bytes", w.bytes);
@@ -708,7 +932,14 @@ mod tests {
             vmm_core::emulator::RegisterFile::real_mode(),
             Vec::new(),
         );
-        let info = answer(Command::Info, &mut pc, &mut vcpu, &mut false, &live);
+        let info = answer(
+            Command::Info,
+            &mut pc,
+            Some(&mut vcpu),
+            &mut false,
+            &live,
+            &[],
+        );
         assert_eq!(info.status, 200);
         assert_eq!(info.body["vcpus"], 4);
         let _ = std::fs::remove_dir_all(&dir);
@@ -731,7 +962,8 @@ mod tests {
             vmm_core::emulator::RegisterFile::real_mode(),
             Vec::new(),
         );
-        let mut ask = |c, pc: &mut Pc, paused: &mut bool| answer(c, pc, &mut vcpu, paused, &live);
+        let mut ask =
+            |c, pc: &mut Pc, paused: &mut bool| answer(c, pc, Some(&mut vcpu), paused, &live, &[]);
         let info = ask(Command::Info, &mut pc, &mut paused);
         assert_eq!(info.status, 200);
         assert_eq!(info.body["state"], "running");

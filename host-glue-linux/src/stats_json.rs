@@ -3,6 +3,7 @@
 //! programs.
 
 use crate::runner::{Ending, Report};
+use crate::vcpu_threads::VcpuFigures;
 use serde::Serialize;
 use std::time::Duration;
 use vmm_core::device::{ClaimCounts, PortCount};
@@ -47,7 +48,7 @@ pub struct RunStats {
     pub state_roundtrips: u64,
     /// Disk images whose `fdatasync` failed, as messages.
     pub sync_failures: Vec<String>,
-    /// Each vCPU's figures (one vCPU today).
+    /// Each vCPU's figures, by index.
     pub vcpus: Vec<VcpuStats>,
     /// Each device's accesses, by its claims, in the order the devices
     /// first claimed (ports first, then MMIO).
@@ -78,6 +79,10 @@ pub struct VcpuStats {
     pub exits_total: u64,
     /// Its time from entries to exits, in nanoseconds.
     pub guest_ns: u64,
+    /// Times another thread kicked it out of its guest (with several
+    /// vCPUs, each on its own thread), for an interrupt, an IPI or a
+    /// reset.
+    pub kicks: u64,
 }
 
 /// One device's accesses.
@@ -143,6 +148,9 @@ pub struct Figures<'a> {
     pub assists: u64,
     /// State round trips.
     pub state_roundtrips: u64,
+    /// Each vCPU's figures with several (empty with one: the totals are
+    /// its figures).
+    pub vcpus: &'a [VcpuFigures],
 }
 
 impl RunStats {
@@ -163,6 +171,7 @@ impl RunStats {
             posted_writes: report.posted_writes,
             assists: report.assists,
             state_roundtrips: report.state_roundtrips,
+            vcpus: &report.vcpus,
         };
         let mut s = Self::from_figures(&figures, ending, "stopped");
         s.ending_text = report.ending.to_string();
@@ -231,12 +240,27 @@ impl RunStats {
             assists: f.assists,
             state_roundtrips: f.state_roundtrips,
             sync_failures: Vec::new(),
-            vcpus: vec![VcpuStats {
-                index: 0,
-                state: vcpu_state,
-                exits_total: s.total(),
-                guest_ns: s.guest_ns(),
-            }],
+            vcpus: if f.vcpus.is_empty() {
+                vec![VcpuStats {
+                    index: 0,
+                    state: vcpu_state,
+                    exits_total: s.total(),
+                    guest_ns: s.guest_ns(),
+                    kicks: 0,
+                }]
+            } else {
+                f.vcpus
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| VcpuStats {
+                        index: i as u32,
+                        state: vcpu_state,
+                        exits_total: v.exits,
+                        guest_ns: v.guest_ns,
+                        kicks: v.kicks,
+                    })
+                    .collect()
+            },
             devices,
             unhooked: UnhookedStats {
                 port_reads: f.unhooked.0.reads,
@@ -278,6 +302,7 @@ mod tests {
             assists: 0,
             sync_failures: Vec::new(),
             state_roundtrips: 0,
+            vcpus: Vec::new(),
             claims: vec![
                 claim("pic", 0x20, 1, 2),
                 claim("uart", 0x3f8, 5, 6),
@@ -333,10 +358,37 @@ mod tests {
             posted_writes: 0,
             assists: 0,
             state_roundtrips: 0,
+            vcpus: &[],
         };
         let v = RunStats::live(&figures, true).to_value();
         assert_eq!(v["ending"], "paused");
         assert_eq!(v["vcpus"][0]["state"], "paused");
+        // With a thread per vCPU, one entry each, with its own figures.
+        let per_vcpu = [
+            VcpuFigures {
+                exits: 5,
+                guest_ns: 7,
+                kicks: 1,
+            },
+            VcpuFigures {
+                exits: 3,
+                guest_ns: 2,
+                kicks: 0,
+            },
+        ];
+        let figures = Figures {
+            vcpus: &per_vcpu,
+            ..figures
+        };
+        let v = RunStats::live(&figures, false).to_value();
+        let vcpus = v["vcpus"].as_array().unwrap();
+        assert_eq!(vcpus.len(), 2);
+        assert_eq!(vcpus[1]["index"], 1);
+        assert_eq!(vcpus[1]["state"], "running");
+        assert_eq!(
+            (vcpus[0]["exits_total"].clone(), vcpus[0]["kicks"].clone()),
+            (5.into(), 1.into())
+        );
         assert!(v["exit_status"].is_null());
         assert_eq!(
             RunStats::live(&figures, false).to_value()["ending"],

@@ -157,6 +157,12 @@ impl Vm {
         self.vcpus.get(index).is_some_and(|s| s.parked)
     }
 
+    /// Whether vCPU `index` must reset before it runs again, because
+    /// another vCPU carried out a machine reset.
+    pub fn vcpu_reset_pending(&self, index: usize) -> bool {
+        self.vcpus.get(index).is_some_and(|s| s.reset_pending)
+    }
+
     /// Whether vCPU `index` is halted (HLT, waiting for an interrupt).
     pub fn vcpu_halted(&self, index: usize) -> bool {
         self.vcpus.get(index).is_some_and(|s| s.halted.is_some())

@@ -15,8 +15,8 @@ use vmm_core::paging::ControlRegisters;
 use vmm_core::shadow_paging::{FaultOutcome, GuestFault, ShadowError};
 use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_core::vcpu::{
-    run, ControlAccess, Event, Exit, ExitError, InterruptSource, MsrFile, NoInterrupts, RunOutcome,
-    ShadowPagingBackend, Slice, VcpuBackend,
+    handle_exit, prepare_entry, run, ControlAccess, Event, Exit, ExitError, InterruptSource,
+    MsrFile, NoInterrupts, Prepared, RunOutcome, ShadowPagingBackend, Slice, Turn, VcpuBackend,
 };
 use vmm_core::vm::{StopReason, Vm};
 
@@ -1534,4 +1534,141 @@ fn an_ap_waits_for_its_start_up_ipi_without_running_then_starts_at_its_page() {
     assert_eq!(vm.stop_reason(), None);
     assert!(vm.vcpu_parked(1) && vm.vcpu_halted(1));
     assert!(!vm.vcpu_halted(0));
+}
+
+/// Drive `cpu` through the loop's two halves, as a host with a thread per
+/// vCPU does (prepare, the backend's run, handle), until a half ends the
+/// turn: what ended it.
+fn run_in_halves<B: VcpuBackend>(
+    cpu: &mut B,
+    vm: &mut Vm,
+    irq: &dyn InterruptSource,
+    msrs: &mut MsrFile,
+    turn: &mut Turn,
+) -> RunOutcome {
+    loop {
+        match prepare_entry(cpu, vm, irq, msrs, turn, None) {
+            Prepared::Enter => {}
+            Prepared::Again => continue,
+            Prepared::Return(outcome) => return outcome,
+        }
+        let exit = cpu.run(vm);
+        if let Some(outcome) = handle_exit(cpu, vm, irq, msrs, turn, exit) {
+            return outcome;
+        }
+    }
+}
+
+#[test]
+fn the_two_halves_do_what_run_does() {
+    let script = || {
+        let mut cpu = Scripted::new(vec![
+            Exit::PortIo {
+                port: 0x80,
+                size: 1,
+                write: true,
+                next_rip: 0x102,
+            },
+            Exit::PortIo {
+                port: 0x80,
+                size: 2,
+                write: false,
+                next_rip: 0x104,
+            },
+            Exit::Cpuid { next_rip: 0x106 },
+            Exit::Shutdown,
+        ]);
+        cpu.regs.gprs[0] = 0x1122_3344_5566_7788;
+        cpu
+    };
+    let (mut whole, mut halves) = (script(), script());
+    let (mut vm_whole, mut vm_halves) = (vm(), vm());
+    let by_run = run_to_end(&mut whole, &mut vm_whole);
+    let mut turn = Turn::new(&vm_halves);
+    let by_halves = run_in_halves(
+        &mut halves,
+        &mut vm_halves,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        &mut turn,
+    );
+    assert_eq!(by_run, RunOutcome::Stopped(StopReason::TripleFault));
+    assert_eq!(by_halves, by_run);
+    assert_eq!(halves.regs.gprs, whole.regs.gprs);
+    assert_eq!(halves.regs.rip, 0x106);
+    assert_eq!(probe(&vm_halves).last_out, vec![0x88]);
+    for kind in [
+        vmm_core::stats::ExitKind::PortIo,
+        vmm_core::stats::ExitKind::Cpuid,
+        vmm_core::stats::ExitKind::Shutdown,
+    ] {
+        assert_eq!(vm_halves.stats().count(kind), vm_whole.stats().count(kind));
+    }
+}
+
+#[test]
+fn a_halt_handled_in_halves_is_kept_in_the_vm_until_an_interrupt_wakes_it() {
+    // Two vCPUs: a halted one gives its turn back instead of sleeping.
+    let mut vm = vm();
+    vm.set_vcpu_count(2);
+    vm.set_current_vcpu(1);
+    let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let irq = FlagInterrupt {
+        fired: fired.clone(),
+        taken: false.into(),
+    };
+    let mut cpu = Scripted::new(vec![Exit::Hlt { next_rip: 0x101 }, Exit::Shutdown]);
+    cpu.regs.rip = 0x100;
+    cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_IF;
+    let mut msrs = MsrFile::default();
+    let mut turn = Turn::new(&vm);
+    assert_eq!(
+        prepare_entry(&mut cpu, &mut vm, &irq, &mut msrs, &mut turn, None),
+        Prepared::Enter
+    );
+    let exit = cpu.run(&mut vm);
+    assert_eq!(
+        handle_exit(&mut cpu, &mut vm, &irq, &mut msrs, &mut turn, exit),
+        None
+    );
+    // Between the halves the halt lives in the VM (another vCPU's thread
+    // may look), and the vCPU parks: nothing wakes it yet.
+    assert!(vm.vcpu_halted(1));
+    assert_eq!(
+        prepare_entry(&mut cpu, &mut vm, &irq, &mut msrs, &mut turn, None),
+        Prepared::Return(RunOutcome::SliceEnded)
+    );
+    assert!(vm.vcpu_parked(1) && vm.vcpu_halted(1));
+    assert_eq!(cpu.exits.len(), 1, "a halted vCPU entered its guest");
+    // An interrupt (a sibling's IPI, say): HLT retires, the interrupt goes
+    // in, and the guest goes on past the HLT.
+    fired.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        prepare_entry(&mut cpu, &mut vm, &irq, &mut msrs, &mut turn, None),
+        Prepared::Enter
+    );
+    assert!(!vm.vcpu_parked(1) && !vm.vcpu_halted(1));
+    assert_eq!(cpu.regs.rip, 0x101);
+    assert_eq!(cpu.injected, vec![Event::Interrupt(0x20)]);
+    let exit = cpu.run(&mut vm);
+    assert_eq!(
+        handle_exit(&mut cpu, &mut vm, &irq, &mut msrs, &mut turn, exit),
+        None
+    );
+    assert_eq!(
+        prepare_entry(&mut cpu, &mut vm, &irq, &mut msrs, &mut turn, None),
+        Prepared::Return(RunOutcome::Stopped(StopReason::TripleFault))
+    );
+}
+
+#[test]
+fn a_preemption_in_halves_ends_the_turn_and_the_next_prepare_goes_on() {
+    let mut vm = vm();
+    let mut cpu = Scripted::new(vec![Exit::Preempted, Exit::Shutdown]);
+    let mut msrs = MsrFile::default();
+    let mut turn = Turn::new(&vm);
+    let first = run_in_halves(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, &mut turn);
+    assert_eq!(first, RunOutcome::SliceEnded);
+    let second = run_in_halves(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, &mut turn);
+    assert_eq!(second, RunOutcome::Stopped(StopReason::TripleFault));
 }

@@ -452,6 +452,14 @@ impl LapicCore {
         self.regs.lock().nmi_pending
     }
 
+    /// Whether an INIT or a start-up IPI waits for the CPU to take it
+    /// (without taking it): a host running the CPU on its own thread
+    /// wakes it for these.
+    pub fn init_or_sipi_pending(&self) -> bool {
+        let r = self.regs.lock();
+        r.init_pending || r.sipi_vector.is_some()
+    }
+
     /// Take a pending INIT: the local APIC goes to its INIT state (every
     /// register as at power-on but the APIC ID and IA32_APIC_BASE, which
     /// INIT keeps), and the caller puts its CPU into the INIT state.

@@ -551,9 +551,14 @@ pub fn command(kernel: &Path, initrd: &Path) -> Command {
 /// The script that boots a CD under `vmm` (`--stats`, console on the
 /// serial port) inside the rig; the job's status is `vmm`'s.
 pub fn cd_script(iso_in_rig: &str, memory: &str) -> String {
+    cd_script_with(iso_in_rig, memory, "")
+}
+
+/// [`cd_script`] with more `vmm run` options (`--cpus 4`, say).
+pub fn cd_script_with(iso_in_rig: &str, memory: &str, options: &str) -> String {
     format!(
-        "echo \"{MARK} vmm run --cdrom {iso_in_rig} --memory {memory}\"\n\
-         vmm run --memory {memory} --stats --serial stdio --cdrom {iso_in_rig}\n\
+        "echo \"{MARK} vmm run --cdrom {iso_in_rig} --memory {memory} {options}\"\n\
+         vmm run --memory {memory} --stats --serial stdio --cdrom {iso_in_rig} {options}\n\
          status=$?\n\
          echo \"{MARK} vmm exit status $status\"\n\
          exit $status\n"

@@ -217,6 +217,58 @@ fn slow_the_linux_cd_boots_to_user_space_under_real_kvm() {
     assert_eq!(run.status, Some(0), "{all}");
 }
 
+/// The default CD on a PC with 4 vCPUs under real KVM, each vCPU on its
+/// own `vmm` thread (issue 19): SeaBIOS starts the application
+/// processors, Linux brings all four online (the init prints `cpus: 4`),
+/// reaches its marker and powers off; every vCPU took exits of its own
+/// (the per-vCPU figures of `--stats-json`). The TCG machine has one CPU,
+/// so the inner Linux time-slices the four vCPU threads.
+#[test]
+#[ignore = "boots a Linux with KVM under QEMU TCG (minutes): cargo xtask test --slow"]
+fn slow_the_linux_cd_boots_with_4_vcpus_under_real_kvm() {
+    let _one = RIG.lock().unwrap_or_else(|e| e.into_inner());
+    let script = kvm_nested::cd_script_with(
+        "/rig/linux.iso",
+        "512M",
+        "--cpus 4 --stats-json /tmp/stats.json",
+    );
+    // The figures after the run, whatever its status.
+    let script = script.replace(
+        "status=$?\n",
+        "status=$?\necho SMP-RIG: stats; cat /tmp/stats.json; echo SMP-RIG: end\n",
+    );
+    let run = rig()
+        .run(
+            &script,
+            &[("/rig/linux.iso", &env_path("VMM_TEST_LINUX_ISO"))],
+            kvm_nested::DEFAULT_TIMEOUT,
+            false,
+        )
+        .unwrap();
+    report("the Linux CD with 4 vCPUs under vmm with KVM in TCG", &run);
+    let job = run.job_output();
+    let all = &run.serial;
+    assert!(job.contains("SeaBIOS (version"), "{all}");
+    assert!(job.contains("cpus: 4"), "{all}");
+    assert!(job.contains(INIT_MARKER), "{all}");
+    assert!(job.contains("reboot: Power down"), "{all}");
+    assert!(job.contains("vmm: the guest powered off"), "{all}");
+    let json = job
+        .split("SMP-RIG: stats")
+        .nth(1)
+        .and_then(|r| r.split("SMP-RIG: end").next())
+        .unwrap_or("");
+    let stats: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
+    let vcpus = stats["vcpus"].as_array().cloned().unwrap_or_default();
+    assert_eq!(vcpus.len(), 4, "{json}");
+    for (i, v) in vcpus.iter().enumerate() {
+        let exits = v["exits_total"].as_u64().unwrap_or(0);
+        println!("vCPU {i}: {exits} exits, {} kicks", v["kicks"]);
+        assert!(exits > 0, "vCPU {i} never ran: {json}");
+    }
+    assert_eq!(run.status, Some(0), "{all}");
+}
+
 /// A guest `reboot` under real KVM: the reboot CD's init reboots once
 /// (KVM's vCPU and every device back to their reset state, SeaBIOS and
 /// the CD again), then powers off, and `vmm` exits 0.

@@ -346,6 +346,14 @@ fn run(args: RunArgs) -> ExitCode {
             "protected-mode IRETs carried out for KVM: {}",
             report.assists
         );
+        for (i, v) in report.vcpus.iter().enumerate() {
+            eprintln!(
+                "vCPU {i}: {} exits, {:.1} ms in the guest, kicked {} times",
+                v.exits,
+                v.guest_ns as f64 / 1e6,
+                v.kicks
+            );
+        }
         eprint!("{}", report.devices);
     }
     if report.state_roundtrips > 0 {

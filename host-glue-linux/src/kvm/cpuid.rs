@@ -15,7 +15,7 @@
 //! KVM itself saves and loads each vCPU's XSAVE state and XCR0.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
-use vmm_core::vcpu::{guest_cpuid, CpuModel, CpuidResult};
+use vmm_core::vcpu::{guest_cpuid, CpuModel, CpuidResult, Topology};
 use vmm_core::xstate::XstateModel;
 
 /// Feature leaves whose bits are ANDed with the policy.
@@ -60,6 +60,23 @@ pub fn table(supported: &CpuId, model: CpuModel) -> Vec<kvm_cpuid_entry2> {
     match model {
         CpuModel::Host => filter(supported),
         CpuModel::Qemu64 => model_table(supported, model),
+    }
+}
+
+/// Give `entries` the CPU topology of one vCPU (`vmm_core::vcpu::Topology`:
+/// its APIC ID, how many there are), as the exit loop does to the CPUID
+/// answers of SVM and VMX; KVM answers CPUID itself, so each vCPU gets
+/// its own table.
+pub fn apply_topology(entries: &mut [kvm_cpuid_entry2], topology: Topology) {
+    for e in entries {
+        let mut r = CpuidResult {
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+        };
+        topology.apply(e.function, e.index, &mut r);
+        (e.eax, e.ebx, e.ecx, e.edx) = (r.eax, r.ebx, r.ecx, r.edx);
     }
 }
 

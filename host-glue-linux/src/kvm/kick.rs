@@ -19,7 +19,7 @@ use nix::time::ClockId;
 use nix::unistd::gettid;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// The signal used to kick the vCPU thread out of KVM_RUN.
@@ -30,6 +30,31 @@ pub fn kick_signal() -> libc::c_int {
 thread_local! {
     /// The `kvm_run.immediate_exit` byte of the vCPU this thread runs.
     static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(core::ptr::null_mut()) };
+    /// The preemption timer of the vCPU this thread runs, when the host
+    /// has a thread per vCPU ([`set_thread_timer`]).
+    static THREAD_TIMER: std::cell::RefCell<Option<Arc<PreemptTimer>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Make `timer` (made on this thread) the one `Host::preempt_at` arms
+/// when called on this thread, instead of the host's own: each vCPU
+/// thread of a machine with several has its own.
+pub fn set_thread_timer(timer: Option<Arc<PreemptTimer>>) {
+    let _ = THREAD_TIMER.try_with(|t| *t.borrow_mut() = timer);
+}
+
+/// Arm this thread's timer ([`set_thread_timer`]) for `at`, if it has
+/// one: `false` if it has none.
+pub fn arm_thread_timer(now: u64, at: u64) -> bool {
+    THREAD_TIMER
+        .try_with(|t| match &*t.borrow() {
+            Some(timer) => {
+                timer.arm(now, at);
+                true
+            }
+            None => false,
+        })
+        .unwrap_or(false)
 }
 
 /// Make the kick signal stop the vCPU at `immediate_exit` (its

@@ -11,13 +11,13 @@
 
 mod cpuid;
 mod iret;
-mod kick;
+pub(crate) mod kick;
 mod memslots;
 pub mod run_page;
 mod state;
 mod vcpu;
 
-pub use kick::PreemptTimer;
+pub use kick::{set_thread_timer, PreemptTimer};
 pub use memslots::{plan as plan_slots, MemSlots, Slot};
 pub use vcpu::{DebugStop, KvmVcpu};
 

@@ -18,7 +18,7 @@ use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use vmm_bios::entry::EntryState;
 use vmm_core::emulator::{
     CpuState, DescriptorState, DescriptorTable, EmulateError, Segment, SegmentRegister,
@@ -47,12 +47,18 @@ pub(super) struct PendingAccess {
     len: usize,
 }
 
-/// A KVM virtual CPU and its VM (one vCPU per VM).
+/// A KVM virtual CPU and its KVM VM, which it shares with its siblings
+/// ([`KvmVcpu::sibling`]).
 pub struct KvmVcpu {
     pub(super) vcpu: VcpuFd,
-    vm: VmFd,
+    vm: Arc<VmFd>,
     run: RunPage,
-    slots: MemSlots,
+    /// The VM's memory slots, shared by its vCPUs (whichever enters first
+    /// after the memory map changed brings them in line).
+    slots: Arc<Mutex<MemSlots>>,
+    /// The vCPU's index in its VM (KVM's vCPU id; 0 is the bootstrap
+    /// processor).
+    index: usize,
     pub(super) regs: RefCell<Option<kvm_regs>>,
     pub(super) regs_dirty: bool,
     pub(super) sregs: RefCell<Option<kvm_sregs>>,
@@ -135,7 +141,35 @@ impl KvmVcpu {
             .map_err(ioctl_err("TSS address"))?;
         // Only Intel needs (and has) the identity map; AMD refuses it.
         let _ = vm_fd.set_identity_map_address(IDENTITY_MAP_ADDRESS);
-        let vcpu = vm_fd.create_vcpu(0).map_err(ioctl_err("vCPU creation"))?;
+        Self::create(&kvm, Arc::new(vm_fd), Arc::default(), 0, vm)
+    }
+
+    /// Another vCPU of the same KVM VM, with id `index` (below
+    /// `vm.vcpu_count()`; the CPUID it shows gives it that APIC ID), in
+    /// its power-on state. The PC keeps it waiting for a start-up IPI.
+    pub fn sibling(&self, index: usize, vm: &mut Vm) -> Result<Self, KvmError> {
+        let kvm = Kvm::new().map_err(ioctl_err("open"))?;
+        let mut me = Self::create(&kvm, self.vm.clone(), self.slots.clone(), index, vm)?;
+        // The coalesced-I/O ring is the VM's: any vCPU may drain it (each
+        // does so under the lock that serialises the devices).
+        me.posted = self.posted;
+        if let Some(a) = &self.attention {
+            me.attention = Some(a.clone());
+        }
+        Ok(me)
+    }
+
+    /// vCPU `index` of the KVM VM `vm_fd`, with our CPUID for that index.
+    fn create(
+        kvm: &Kvm,
+        vm_fd: Arc<VmFd>,
+        slots: Arc<Mutex<MemSlots>>,
+        index: usize,
+        vm: &mut Vm,
+    ) -> Result<Self, KvmError> {
+        let vcpu = vm_fd
+            .create_vcpu(index as u64)
+            .map_err(ioctl_err("vCPU creation"))?;
         let run_len = kvm.get_vcpu_mmap_size().map_err(ioctl_err("mmap size"))?;
         let run = RunPage::new(&vcpu, run_len).map_err(|e| KvmError::Ioctl {
             what: "mapping the run area",
@@ -144,7 +178,14 @@ impl KvmVcpu {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl_err("supported CPUID"))?;
-        let entries = cpuid::table(&supported, vm.cpu_model());
+        let mut entries = cpuid::table(&supported, vm.cpu_model());
+        cpuid::apply_topology(
+            &mut entries,
+            vmm_core::vcpu::Topology {
+                apic_id: index as u8,
+                count: vm.vcpu_count() as u8,
+            },
+        );
         let table = CpuId::from_entries(&entries).map_err(|_| KvmError::Ioctl {
             what: "CPUID table",
             errno: libc::E2BIG,
@@ -155,11 +196,12 @@ impl KvmVcpu {
         let _ = vcpu.map_coalesced_mmio_ring();
         let regs = vcpu.get_regs().map_err(ioctl_err("GET_REGS"))?;
         let sregs = vcpu.get_sregs().map_err(ioctl_err("GET_SREGS"))?;
-        let mut me = Self {
+        let me = Self {
             vcpu,
             vm: vm_fd,
             run,
-            slots: MemSlots::new(),
+            slots,
+            index,
             regs: RefCell::new(None),
             regs_dirty: false,
             sregs: RefCell::new(None),
@@ -178,7 +220,7 @@ impl KvmVcpu {
             debug_stop: None,
             guest_debug: false,
         };
-        me.slots.sync(&me.vm, vm.memory_mut())?;
+        me.sync_slots(vm)?;
         Ok(me)
     }
 
@@ -334,8 +376,27 @@ impl KvmVcpu {
     }
 
     /// The memory slots in place (for tests and diagnostics).
-    pub fn slots(&self) -> &MemSlots {
-        &self.slots
+    pub fn slots(&self) -> Vec<super::Slot> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.slots().copied().collect()
+    }
+
+    /// Let a kick (the kick signal, which this thread's
+    /// [`super::PreemptTimer`] sends) reach this vCPU from now on, even
+    /// before its first entry. Call on the thread that runs it.
+    pub fn aim_kicks(&self) {
+        super::kick::aim_at(self.run.immediate_exit());
+    }
+
+    /// This vCPU's index in its VM.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Bring the VM's memory slots in line with `vm`'s memory map.
+    fn sync_slots(&self, vm: &mut Vm) -> Result<(), KvmError> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.sync(&self.vm, vm.memory_mut())
     }
 
     fn regs(&self) -> kvm_regs {
@@ -519,7 +580,7 @@ impl KvmVcpu {
 }
 
 /// What an exit was, copied out of the borrow `VcpuFd::run` holds.
-enum Raw {
+pub(super) enum Raw {
     Io { port: u16, write: bool },
     Mmio { gpa: u64, len: usize, write: bool },
     Hlt,
@@ -533,31 +594,59 @@ enum Raw {
     Failed(i32),
 }
 
-impl VcpuBackend for KvmVcpu {
-    fn run(&mut self, vm: &mut Vm) -> Exit {
-        if let Err(e) = self.slots.sync(&self.vm, vm.memory_mut()) {
-            return Exit::Error(ExitError::EntryFailed {
+/// A guest run whose exit is not yet handled ([`KvmVcpu::enter_unlocked`]).
+pub struct Entered(Raw);
+
+impl KvmVcpu {
+    /// Before an entry, with the machine held: the memory slots in line
+    /// with `vm`'s map, the registers the exit loop changed written back.
+    /// `Err` is the exit to report instead of entering.
+    pub fn before_entry(&mut self, vm: &mut Vm) -> Result<(), Exit> {
+        if let Err(e) = self.sync_slots(vm) {
+            return Err(Exit::Error(ExitError::EntryFailed {
                 detail: e.to_string(),
-            });
+            }));
         }
         if let Some((what, errno)) = self.sync_error.take() {
-            return Self::error(what, errno);
+            return Err(Self::error(what, errno));
         }
-        let raw = loop {
-            if let Err((what, errno)) = self.flush() {
-                return Self::error(what, errno);
-            }
-            let raw = self.enter();
-            // Buffered writes are older than this exit: devices see them first.
-            self.deliver_posted(vm);
-            if matches!(raw, Raw::Internal)
-                && self.run.u32_at(run_page::INTERNAL_SUBERROR) == INTERNAL_ERROR_EMULATION
-                && self.assist(vm)
-            {
-                continue;
-            }
-            break raw;
-        };
+        if let Err((what, errno)) = self.flush() {
+            return Err(Self::error(what, errno));
+        }
+        Ok(())
+    }
+
+    /// One KVM_RUN, needing nothing of the machine: a host with a thread
+    /// per vCPU calls it without holding the machine's lock, between
+    /// [`KvmVcpu::before_entry`] and [`KvmVcpu::after_exit`]. A kick
+    /// ([`super::PreemptTimer::fire_now`] on this thread's timer) ends it.
+    pub fn enter_unlocked(&mut self) -> Entered {
+        Entered(self.enter())
+    }
+
+    /// After an exit, with the machine held again: the port writes KVM
+    /// buffered go to the devices, and the exit becomes the exit loop's.
+    /// An instruction the backend carried out for KVM (see
+    /// [`super::iret`]) is reported as an external interrupt: nothing to
+    /// do but enter again.
+    pub fn after_exit(&mut self, vm: &mut Vm, entered: Entered) -> Exit {
+        let raw = entered.0;
+        // Buffered writes are older than this exit: devices see them first.
+        self.deliver_posted(vm);
+        if self.assistable(&raw) && self.assist(vm) {
+            return Exit::ExternalInterrupt;
+        }
+        self.exit_of(vm, raw)
+    }
+
+    /// Whether `raw` is an instruction KVM could not emulate.
+    fn assistable(&self, raw: &Raw) -> bool {
+        matches!(raw, Raw::Internal)
+            && self.run.u32_at(run_page::INTERNAL_SUBERROR) == INTERNAL_ERROR_EMULATION
+    }
+
+    /// The exit loop's view of `raw`.
+    fn exit_of(&mut self, vm: &mut Vm, raw: Raw) -> Exit {
         match raw {
             Raw::Io { port, write } => {
                 let io = run_page::parse_io_exit(self.run.bytes());
@@ -668,6 +757,24 @@ impl VcpuBackend for KvmVcpu {
             }),
             Raw::Failed(errno) => Self::error("KVM_RUN", errno),
         }
+    }
+}
+
+impl VcpuBackend for KvmVcpu {
+    fn run(&mut self, vm: &mut Vm) -> Exit {
+        let raw = loop {
+            if let Err(exit) = self.before_entry(vm) {
+                return exit;
+            }
+            let raw = self.enter();
+            // Buffered writes are older than this exit: devices see them first.
+            self.deliver_posted(vm);
+            if self.assistable(&raw) && self.assist(vm) {
+                continue;
+            }
+            break raw;
+        };
+        self.exit_of(vm, raw)
     }
 
     fn access_data(&mut self) -> &mut [u8] {

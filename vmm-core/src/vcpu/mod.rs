@@ -37,7 +37,7 @@ pub use msr::{
     MSR_APIC_BASE, MSR_EFER, MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_WALL_CLOCK_NEW, MSR_TSC,
     PASS_THROUGH,
 };
-pub use run_loop::{run, RunOutcome, Slice};
+pub use run_loop::{handle_exit, prepare_entry, run, Prepared, RunOutcome, Slice, Turn};
 pub use state::{move_state, SegmentState, VcpuState, VCPU_STATE_VERSION};
 pub use watchdog::{Watchdog, NO_PROGRESS_LIMIT};
 

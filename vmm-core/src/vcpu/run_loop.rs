@@ -320,345 +320,36 @@ pub fn run<B: VcpuBackend>(
     msrs: &mut MsrFile,
     slice: Slice,
 ) -> RunOutcome {
-    let emulator = Emulator {
-        instructions: vm.instructions(),
-        ..Emulator::default()
-    };
+    let mut turn = Turn::new(vm);
     // Where a halted vCPU resumes once an event wakes it, and whether
     // its HLT ran with RFLAGS.TF (the single-step trap comes on waking).
     // A halt outlasts the slice: it is kept in the VM.
     let mut halted = vm.halted_mut().take();
-    // The host clock as last read: when the previous exit was handled (a
-    // clock read costs a system call's worth on some hosts, so each round
-    // reads it twice, when the guest exits and when its exit is handled).
-    let mut now = vm.host().now_ns();
     for round in 0..slice.max_exits {
-        if let Some(reason) = vm.stop_reason() {
-            return RunOutcome::Stopped(reason.clone());
-        }
-        if round > 0 && slice.until_ns.is_some_and(|t| now >= t) {
-            *vm.halted_mut() = halted;
-            return RunOutcome::SliceEnded;
-        }
-        if vm.take_reset_request() {
-            log::info!("VM {}: reset", vm.id().0);
-            vm.reset_devices();
-            vcpu.reset();
-            msrs.reset();
-            halted = None;
-            vm.reset_other_vcpus(vcpu.tsc_offset());
-            // The local APIC's registers are back at their power-on
-            // address: so is their window, if the guest moved it.
-            if let Some(moved) = msrs.take_apic_window() {
-                let home = super::msr::APIC_BASE_VALUE & !0xfff;
-                if let Err(e) = vm.move_mmio(moved, home, 0x1000) {
-                    log::warn!("reset: the local APIC window stays at {moved:#x}: {e}");
-                }
-            }
-        }
-        if let Some(tsc) = vm.take_vcpu_reset() {
-            // Another vCPU carried out a machine reset: this one goes to its
-            // power-on state too, its TSC agreeing with that vCPU's.
-            vcpu.reset();
-            vcpu.set_tsc_offset(tsc);
-            msrs.reset();
-            halted = None;
-        }
-        if interrupts.take_init() {
-            // INIT: the vCPU goes to its INIT state, which for the
-            // bootstrap processor means running from the reset vector again
-            // (an application processor would wait for a start-up IPI).
-            // Unlike a reset, it leaves the platform, the MSRs and the TSC
-            // alone; the x87/SSE registers go to their reset values, as
-            // QEMU does (hardware would keep them).
-            // An application processor's INIT is at debug level: a sibling
-            // sending INITs without end would otherwise fill the host's
-            // log, one line per turn.
-            if vm.current_vcpu() == 0 {
-                log::info!("VM {}: INIT", vm.id().0);
-            } else {
-                log::debug!("VM {}: INIT of vCPU {}", vm.id().0, vm.current_vcpu());
-            }
-            let tsc = vcpu.tsc_offset();
-            vcpu.reset();
-            vcpu.set_tsc_offset(tsc);
-            halted = None;
-        }
-        let deadline = vm.poll_timers();
-        let several = vm.vcpu_count() > 1;
-        if interrupts.waiting_for_sipi() {
-            match interrupts.take_sipi() {
-                Some(vector) => {
-                    // Start-up: real mode at vector:0000, the rest of the
-                    // INIT state as it is.
-                    if let Err(reason) = start_up(vcpu, vector) {
-                        vm.stop(reason);
-                        continue;
-                    }
-                    halted = None;
-                }
-                None if several => {
-                    // Wait for the start-up IPI without using the CPU: the
-                    // host runs the siblings, one of which will send it.
-                    *vm.halted_mut() = halted;
-                    vm.set_parked(true);
-                    return RunOutcome::SliceEnded;
-                }
-                None => {
-                    vm.stop(StopReason::Halted {
-                        rip: vcpu.rip(),
-                        interrupts_enabled: false,
-                    });
-                    continue;
-                }
-            }
-        }
-        // When the VMM must have the CPU back: the next device timer or the
-        // end of the slice, whichever is first.
-        let wake = match (deadline, slice.until_ns) {
-            (Some(d), Some(u)) => Some(d.min(u)),
-            (d, u) => d.or(u),
-        };
-        if let Some((next_rip, stepping)) = halted {
-            // An NMI wakes a halted CPU; an interrupt only with IF set.
-            let open = vcpu.rflags() & RFLAGS_IF != 0;
-            if interrupts.nmi_pending() || (open && interrupts.pending()) {
-                // HLT completes: the event returns to the next
-                // instruction, after HLT's single-step trap.
-                complete(vcpu, next_rip, stepping);
-                halted = None;
-            } else if several {
-                // Siblings may wake it (an IPI, INIT, an NMI): give the
-                // CPU back; the host idles when every vCPU is parked.
+        let may_end = round > 0;
+        let step = before_entry(
+            vcpu,
+            vm,
+            interrupts,
+            msrs,
+            &mut halted,
+            &mut turn,
+            slice.until_ns,
+            may_end,
+        );
+        match step {
+            Step::Enter => {}
+            Step::Again => continue,
+            Step::Return(outcome) => {
                 *vm.halted_mut() = halted;
-                vm.set_parked(true);
-                return RunOutcome::SliceEnded;
-            } else if deadline.is_none() {
-                // Nothing can ever wake this vCPU (no device timer is
-                // armed to raise an interrupt or an NMI): on hardware it
-                // would sleep forever. Stop the VM and say why.
-                vm.stop(StopReason::Halted {
-                    rip: next_rip,
-                    interrupts_enabled: open,
-                });
-                continue;
-            } else {
-                // Sleep until the next timer or the end of the slice. If the
-                // slice ends first, RIP is still on the HLT, so the next
-                // slice halts again at once.
-                vm.host().idle(wake);
-                now = vm.host().now_ns();
-                continue;
+                return outcome;
             }
         }
-        vm.set_parked(false);
-        deliver(vcpu, interrupts);
-        // The guest must be back by then, so both can be honoured.
-        vm.host().preempt_at(wake);
         let exit = vcpu.run(vm);
-        let exited = vm.host().now_ns();
-        let kind = exit.kind();
-        vm.stats_mut().record(kind);
-        // From the end of the last handling: the guest, the world switches
-        // and the little the loop does before entering.
-        vm.stats_mut().add_guest_time(exited.saturating_sub(now));
-        let before = super::watchdog::Watchdog::before(vcpu, &exit, kind);
-        // RFLAGS.TF of the instruction that exited: one the VMM completes
-        // owes a single-step trap.
-        let stepping = vcpu.rflags() & RFLAGS_TF != 0;
-        match exit {
-            Exit::PortIo {
-                port,
-                size,
-                write,
-                next_rip,
-            } => {
-                let n = usize::from(size.clamp(1, 4));
-                let mut buf = [0u8; 4];
-                let outcome = if write {
-                    buf = (vcpu.gpr(RAX) as u32).to_le_bytes();
-                    vm.port_write(port, &buf[..n])
-                } else {
-                    let outcome = vm.port_read(port, &mut buf[..n]);
-                    if outcome == IoOutcome::Done {
-                        let v = u32::from_le_bytes(buf);
-                        vcpu.set_gpr(RAX, merge_in(vcpu.gpr(RAX), v, size));
-                    }
-                    outcome
-                };
-                if outcome == IoOutcome::Retry {
-                    // A shared device is held by another VM: leave RIP on
-                    // the IN/OUT and let other VMs run; it executes again.
-                    return RunOutcome::SliceEnded;
-                }
-                // An I/O breakpoint on the port traps after the IN/OUT.
-                let mut dr6 = vcpu.breakpoints().io_hits(port, n);
-                if stepping {
-                    dr6 |= DR6_BS;
-                }
-                complete_with_trap(vcpu, next_rip, dr6);
-            }
-            Exit::DeviceAccess(access) => device_access(vcpu, vm, access),
-            Exit::Emulate { gpa, hints } => emulate(vcpu, vm, &emulator, gpa, &hints, None),
-            Exit::PortString(io) => {
-                emulate(vcpu, vm, &emulator, None, &Hints::default(), Some(&io))
-            }
-            Exit::PageFault {
-                address,
-                error_code,
-            } => {
-                let fault = GuestFault {
-                    address,
-                    error_code,
-                    ac: vcpu.rflags() & RFLAGS_AC != 0,
-                };
-                let outcome = match vcpu.shadow_paging() {
-                    Some(shadow) => shadow.page_fault(vm, fault),
-                    // Without shadow paging the fault is the guest's own.
-                    None => Ok(FaultOutcome::Reflect(crate::paging::PageFault {
-                        address: fault.address,
-                        error_code: fault.error_code,
-                    })),
-                };
-                match outcome {
-                    Ok(FaultOutcome::Filled) => {}
-                    Ok(FaultOutcome::Reflect(pf)) => {
-                        if !vcpu.inject(Event::Exception(Exception::PageFault(pf))) {
-                            log::warn!("#PF at {address:#x} not injected: an event was pending");
-                        }
-                    }
-                    Ok(FaultOutcome::Emulate { gpa }) => {
-                        // The pager's walk found `gpa`, but the emulator
-                        // walks again: the fault may be the fetch's.
-                        emulate(vcpu, vm, &emulator, Some(gpa), &Hints::default(), None)
-                    }
-                    Err(e) => vm.stop(StopReason::Backend(alloc::format!("shadow paging: {e}"))),
-                }
-            }
-            Exit::ControlRegister { access, next_rip } => match access {
-                ControlAccess::Write { cr, value } => {
-                    let written = match vcpu.shadow_paging() {
-                        Some(shadow) => shadow.write_control_register(vm, cr, value),
-                        None => Err(Exception::GeneralProtection(0)),
-                    };
-                    match written {
-                        Ok(()) => complete(vcpu, next_rip, stepping),
-                        Err(e) => {
-                            vcpu.inject(Event::Exception(e));
-                        }
-                    }
-                }
-                ControlAccess::Read { cr, gpr } => match read_control_register(vcpu, cr) {
-                    Some(value) => {
-                        vcpu.set_gpr(gpr, value);
-                        complete(vcpu, next_rip, stepping);
-                    }
-                    None => {
-                        vcpu.inject(Event::Exception(Exception::InvalidOpcode));
-                    }
-                },
-            },
-            Exit::Invlpg { linear, next_rip } => {
-                if let Some(shadow) = vcpu.shadow_paging() {
-                    shadow.invalidate_page(linear);
-                }
-                complete(vcpu, next_rip, stepping);
-            }
-            Exit::Cpuid { next_rip } => {
-                let (leaf, subleaf) = (vcpu.gpr(RAX) as u32, vcpu.gpr(RCX) as u32);
-                let model = vm.cpu_model();
-                let mut r = model.cpuid(leaf, subleaf, vm.host().tsc_khz());
-                super::Topology {
-                    apic_id: vm.current_vcpu() as u8,
-                    count: vm.vcpu_count() as u8,
-                }
-                .apply(leaf, subleaf, &mut r);
-                if leaf == 1 && interrupts.x2apic_capable() {
-                    r.ecx |= super::cpuid::LEAF1_ECX_X2APIC;
-                }
-                // The host model shows the extended state the backend
-                // keeps; qemu64 has no XSAVE at all.
-                let xsave = model == super::CpuModel::Host;
-                if let Some(x) = vcpu.extended_state().filter(|_| xsave) {
-                    let osxsave = vcpu.control().cr4 & crate::paging::CR4_OSXSAVE != 0;
-                    x.model().cpuid(leaf, subleaf, &mut r, osxsave, x.xcr0());
-                }
-                vcpu.set_gpr(RAX, r.eax.into());
-                vcpu.set_gpr(RBX, r.ebx.into());
-                vcpu.set_gpr(RCX, r.ecx.into());
-                vcpu.set_gpr(RDX, r.edx.into());
-                complete(vcpu, next_rip, stepping);
-            }
-            // With IF clear only an NMI wakes it: see the halted case above.
-            Exit::Hlt { next_rip } => halted = Some((next_rip, stepping)),
-            Exit::Msr { write, next_rip } => {
-                let msr = vcpu.gpr(RCX) as u32;
-                let apic_base = interrupts.apic_base();
-                let lapic_base = apic_base.filter(|_| msr == super::MSR_APIC_BASE);
-                let x2apic = super::X2APIC_MSRS.contains(&msr)
-                    && apic_base.is_some_and(|b| {
-                        let on = super::APIC_BASE_ENABLE | super::APIC_BASE_EXTD;
-                        b & on == on
-                    });
-                let ok = if let Some(current) = lapic_base {
-                    apic_base_msr(vcpu, vm, interrupts, msrs, current, write)
-                } else if x2apic {
-                    x2apic_msr(vcpu, vm, interrupts, msr, write)
-                } else if write {
-                    let value = (vcpu.gpr(RDX) << 32) | (vcpu.gpr(RAX) & 0xffff_ffff);
-                    msrs.write(vcpu, vm, msr, value)
-                } else {
-                    match msrs.read(vcpu, vm, msr) {
-                        Some(v) => {
-                            vcpu.set_gpr(RAX, v & 0xffff_ffff);
-                            vcpu.set_gpr(RDX, v >> 32);
-                            true
-                        }
-                        None => false,
-                    }
-                };
-                if ok {
-                    complete(vcpu, next_rip, stepping);
-                } else {
-                    vcpu.inject(Event::Exception(Exception::GeneralProtection(0)));
-                }
-            }
-            Exit::ExternalInterrupt => {}
-            Exit::InterruptWindow => vcpu.request_interrupt_window(false),
-            // deliver() injects what waited, before the guest goes on.
-            Exit::NmiWindow => {}
-            Exit::VirtInstruction => {
-                vcpu.inject(Event::Exception(Exception::InvalidOpcode));
-            }
-            Exit::CopyOnWrite { gpa } => match vm.memory_mut().copy_on_write(gpa) {
-                // The backend maps the copy before the guest writes again.
-                Ok(true) => {}
-                // Not a shared page: the tables are wrong; going on would
-                // only fault here again.
-                Ok(false) => vm.stop(StopReason::Backend(alloc::format!(
-                    "nested page fault on RAM at {gpa:#x} that is not shared copy-on-write"
-                ))),
-                // This VM alone stops: the host has no page for its copy.
-                Err(e) => vm.stop(StopReason::Backend(e.to_string())),
-            },
-            Exit::Shutdown if vm.triple_fault_resets() => {
-                log::info!("VM {}: triple fault: the machine resets", vm.id().0);
-                vm.request_reset();
-            }
-            Exit::Shutdown => vm.stop(StopReason::TripleFault),
-            Exit::Preempted => return RunOutcome::SliceEnded,
-            Exit::Error(e) => vm.stop(StopReason::Backend(e.to_string())),
-        }
-        if let Some(reason) = vm.watchdog_mut().after(vcpu, before) {
-            vm.stop(reason);
-        }
-        now = vm.host().now_ns();
-        vm.stats_mut()
-            .add_handling_time(kind, now.saturating_sub(exited));
-        if vm.take_yield() && vm.stop_reason().is_none() {
-            // It sent a sibling an IPI: let the sibling run now.
+        if let Some(outcome) = after_exit(vcpu, vm, interrupts, msrs, &mut halted, &mut turn, exit)
+        {
             *vm.halted_mut() = halted;
-            return RunOutcome::SliceEnded;
+            return outcome;
         }
     }
     *vm.halted_mut() = halted;
@@ -666,4 +357,455 @@ pub fn run<B: VcpuBackend>(
         Some(reason) => RunOutcome::Stopped(reason.clone()),
         None => RunOutcome::SliceEnded,
     }
+}
+
+/// What one vCPU's exit loop carries from one exit to the next, for a host
+/// that drives the loop's two halves itself ([`prepare_entry`] and
+/// [`handle_exit`]) instead of calling [`run`]: one per vCPU, made when
+/// its thread starts.
+pub struct Turn {
+    /// The host clock as last read: when the previous exit was handled (a
+    /// clock read costs a system call's worth on some hosts, so each round
+    /// reads it twice, when the guest exits and when its exit is handled).
+    now: u64,
+    emulator: Emulator,
+}
+
+impl Turn {
+    /// A turn for a vCPU of `vm`, starting now.
+    pub fn new(vm: &Vm) -> Self {
+        Self {
+            now: vm.host().now_ns(),
+            emulator: Emulator {
+                instructions: vm.instructions(),
+                ..Emulator::default()
+            },
+        }
+    }
+}
+
+/// What [`prepare_entry`] decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prepared {
+    /// Enter the guest now (the backend's run), then [`handle_exit`].
+    Enter,
+    /// Nothing to enter this time (the vCPU slept until a timer, or was
+    /// started by a start-up IPI): call [`prepare_entry`] again.
+    Again,
+    /// The VM stopped, or the vCPU gave the CPU back: halted or waiting
+    /// for a start-up IPI with siblings to wake it ([`Vm::vcpu_parked`]
+    /// says so), or the end of `until_ns`.
+    Return(RunOutcome),
+}
+
+/// The exit loop's first half, for vCPU [`Vm::current_vcpu`]: carry out a
+/// pending reset, INIT or start-up IPI, poll the device timers, wake a
+/// halted vCPU or park it, deliver the pending interrupt or NMI, and aim
+/// the host's preemption at the next timer (or `until_ns`). Then, on
+/// [`Prepared::Enter`], the host runs the guest (`VcpuBackend::run`,
+/// without holding any lock another vCPU needs) and gives its exit to
+/// [`handle_exit`]. [`run`] is the loop of the two.
+pub fn prepare_entry<B: VcpuBackend>(
+    vcpu: &mut B,
+    vm: &mut Vm,
+    interrupts: &dyn InterruptSource,
+    msrs: &mut MsrFile,
+    turn: &mut Turn,
+    until_ns: Option<u64>,
+) -> Prepared {
+    let mut halted = vm.halted_mut().take();
+    let step = before_entry(
+        vcpu,
+        vm,
+        interrupts,
+        msrs,
+        &mut halted,
+        turn,
+        until_ns,
+        true,
+    );
+    *vm.halted_mut() = halted;
+    match step {
+        Step::Enter => Prepared::Enter,
+        Step::Again => Prepared::Again,
+        Step::Return(outcome) => Prepared::Return(outcome),
+    }
+}
+
+/// The exit loop's second half: handle `exit`, which the guest of vCPU
+/// [`Vm::current_vcpu`] just took. `Some` when the VM stopped or the vCPU
+/// should give the CPU back (a yield after an IPI, a preemption, a shared
+/// device held elsewhere); either way [`prepare_entry`] comes next.
+pub fn handle_exit<B: VcpuBackend>(
+    vcpu: &mut B,
+    vm: &mut Vm,
+    interrupts: &dyn InterruptSource,
+    msrs: &mut MsrFile,
+    turn: &mut Turn,
+    exit: Exit,
+) -> Option<RunOutcome> {
+    let mut halted = vm.halted_mut().take();
+    let outcome = after_exit(vcpu, vm, interrupts, msrs, &mut halted, turn, exit);
+    *vm.halted_mut() = halted;
+    outcome
+}
+
+/// What [`before_entry`] decided (see [`Prepared`]).
+enum Step {
+    Enter,
+    Again,
+    Return(RunOutcome),
+}
+
+/// Before an entry: everything of a round up to entering the guest.
+/// `halted` is the vCPU's halt (where it resumes, and whether its HLT ran
+/// with RFLAGS.TF); `until_ns` ends the slice once `may_end`.
+#[allow(clippy::too_many_arguments)]
+fn before_entry<B: VcpuBackend>(
+    vcpu: &mut B,
+    vm: &mut Vm,
+    interrupts: &dyn InterruptSource,
+    msrs: &mut MsrFile,
+    halted: &mut Option<(u64, bool)>,
+    turn: &mut Turn,
+    until_ns: Option<u64>,
+    may_end: bool,
+) -> Step {
+    if let Some(reason) = vm.stop_reason() {
+        return Step::Return(RunOutcome::Stopped(reason.clone()));
+    }
+    if may_end && until_ns.is_some_and(|t| turn.now >= t) {
+        return Step::Return(RunOutcome::SliceEnded);
+    }
+    if vm.take_reset_request() {
+        log::info!("VM {}: reset", vm.id().0);
+        vm.reset_devices();
+        vcpu.reset();
+        msrs.reset();
+        *halted = None;
+        vm.reset_other_vcpus(vcpu.tsc_offset());
+        // The local APIC's registers are back at their power-on
+        // address: so is their window, if the guest moved it.
+        if let Some(moved) = msrs.take_apic_window() {
+            let home = super::msr::APIC_BASE_VALUE & !0xfff;
+            if let Err(e) = vm.move_mmio(moved, home, 0x1000) {
+                log::warn!("reset: the local APIC window stays at {moved:#x}: {e}");
+            }
+        }
+    }
+    if let Some(tsc) = vm.take_vcpu_reset() {
+        // Another vCPU carried out a machine reset: this one goes to its
+        // power-on state too, its TSC agreeing with that vCPU's.
+        vcpu.reset();
+        vcpu.set_tsc_offset(tsc);
+        msrs.reset();
+        *halted = None;
+    }
+    if interrupts.take_init() {
+        // INIT: the vCPU goes to its INIT state, which for the
+        // bootstrap processor means running from the reset vector again
+        // (an application processor would wait for a start-up IPI).
+        // Unlike a reset, it leaves the platform, the MSRs and the TSC
+        // alone; the x87/SSE registers go to their reset values, as
+        // QEMU does (hardware would keep them).
+        // An application processor's INIT is at debug level: a sibling
+        // sending INITs without end would otherwise fill the host's
+        // log, one line per turn.
+        if vm.current_vcpu() == 0 {
+            log::info!("VM {}: INIT", vm.id().0);
+        } else {
+            log::debug!("VM {}: INIT of vCPU {}", vm.id().0, vm.current_vcpu());
+        }
+        let tsc = vcpu.tsc_offset();
+        vcpu.reset();
+        vcpu.set_tsc_offset(tsc);
+        *halted = None;
+    }
+    let deadline = vm.poll_timers();
+    let several = vm.vcpu_count() > 1;
+    if interrupts.waiting_for_sipi() {
+        match interrupts.take_sipi() {
+            Some(vector) => {
+                // Start-up: real mode at vector:0000, the rest of the
+                // INIT state as it is.
+                if let Err(reason) = start_up(vcpu, vector) {
+                    vm.stop(reason);
+                    return Step::Again;
+                }
+                *halted = None;
+            }
+            None if several => {
+                // Wait for the start-up IPI without using the CPU: the
+                // host runs the siblings, one of which will send it.
+                vm.set_parked(true);
+                return Step::Return(RunOutcome::SliceEnded);
+            }
+            None => {
+                vm.stop(StopReason::Halted {
+                    rip: vcpu.rip(),
+                    interrupts_enabled: false,
+                });
+                return Step::Again;
+            }
+        }
+    }
+    // When the VMM must have the CPU back: the next device timer or the
+    // end of the slice, whichever is first.
+    let wake = match (deadline, until_ns) {
+        (Some(d), Some(u)) => Some(d.min(u)),
+        (d, u) => d.or(u),
+    };
+    if let Some((next_rip, stepping)) = *halted {
+        // An NMI wakes a halted CPU; an interrupt only with IF set.
+        let open = vcpu.rflags() & RFLAGS_IF != 0;
+        if interrupts.nmi_pending() || (open && interrupts.pending()) {
+            // HLT completes: the event returns to the next
+            // instruction, after HLT's single-step trap.
+            complete(vcpu, next_rip, stepping);
+            *halted = None;
+        } else if several {
+            // Siblings may wake it (an IPI, INIT, an NMI): give the
+            // CPU back; the host idles when every vCPU is parked.
+            vm.set_parked(true);
+            return Step::Return(RunOutcome::SliceEnded);
+        } else if deadline.is_none() {
+            // Nothing can ever wake this vCPU (no device timer is
+            // armed to raise an interrupt or an NMI): on hardware it
+            // would sleep forever. Stop the VM and say why.
+            vm.stop(StopReason::Halted {
+                rip: next_rip,
+                interrupts_enabled: open,
+            });
+            return Step::Again;
+        } else {
+            // Sleep until the next timer or the end of the slice. If the
+            // slice ends first, RIP is still on the HLT, so the next
+            // slice halts again at once.
+            vm.host().idle(wake);
+            turn.now = vm.host().now_ns();
+            return Step::Again;
+        }
+    }
+    vm.set_parked(false);
+    deliver(vcpu, interrupts);
+    // The guest must be back by then, so both can be honoured.
+    vm.host().preempt_at(wake);
+    Step::Enter
+}
+
+/// After an exit: handle it (`Some` ends the slice or says the VM stopped).
+fn after_exit<B: VcpuBackend>(
+    vcpu: &mut B,
+    vm: &mut Vm,
+    interrupts: &dyn InterruptSource,
+    msrs: &mut MsrFile,
+    halted: &mut Option<(u64, bool)>,
+    turn: &mut Turn,
+    exit: Exit,
+) -> Option<RunOutcome> {
+    let exited = vm.host().now_ns();
+    let kind = exit.kind();
+    vm.stats_mut().record(kind);
+    // From the end of the last handling: the guest, the world switches
+    // and the little the loop does before entering.
+    vm.stats_mut()
+        .add_guest_time(exited.saturating_sub(turn.now));
+    let before = super::watchdog::Watchdog::before(vcpu, &exit, kind);
+    // RFLAGS.TF of the instruction that exited: one the VMM completes
+    // owes a single-step trap.
+    let stepping = vcpu.rflags() & RFLAGS_TF != 0;
+    match exit {
+        Exit::PortIo {
+            port,
+            size,
+            write,
+            next_rip,
+        } => {
+            let n = usize::from(size.clamp(1, 4));
+            let mut buf = [0u8; 4];
+            let outcome = if write {
+                buf = (vcpu.gpr(RAX) as u32).to_le_bytes();
+                vm.port_write(port, &buf[..n])
+            } else {
+                let outcome = vm.port_read(port, &mut buf[..n]);
+                if outcome == IoOutcome::Done {
+                    let v = u32::from_le_bytes(buf);
+                    vcpu.set_gpr(RAX, merge_in(vcpu.gpr(RAX), v, size));
+                }
+                outcome
+            };
+            if outcome == IoOutcome::Retry {
+                // A shared device is held by another VM: leave RIP on
+                // the IN/OUT and let other VMs run; it executes again.
+                return Some(RunOutcome::SliceEnded);
+            }
+            // An I/O breakpoint on the port traps after the IN/OUT.
+            let mut dr6 = vcpu.breakpoints().io_hits(port, n);
+            if stepping {
+                dr6 |= DR6_BS;
+            }
+            complete_with_trap(vcpu, next_rip, dr6);
+        }
+        Exit::DeviceAccess(access) => device_access(vcpu, vm, access),
+        Exit::Emulate { gpa, hints } => emulate(vcpu, vm, &turn.emulator, gpa, &hints, None),
+        Exit::PortString(io) => {
+            emulate(vcpu, vm, &turn.emulator, None, &Hints::default(), Some(&io))
+        }
+        Exit::PageFault {
+            address,
+            error_code,
+        } => {
+            let fault = GuestFault {
+                address,
+                error_code,
+                ac: vcpu.rflags() & RFLAGS_AC != 0,
+            };
+            let outcome = match vcpu.shadow_paging() {
+                Some(shadow) => shadow.page_fault(vm, fault),
+                // Without shadow paging the fault is the guest's own.
+                None => Ok(FaultOutcome::Reflect(crate::paging::PageFault {
+                    address: fault.address,
+                    error_code: fault.error_code,
+                })),
+            };
+            match outcome {
+                Ok(FaultOutcome::Filled) => {}
+                Ok(FaultOutcome::Reflect(pf)) => {
+                    if !vcpu.inject(Event::Exception(Exception::PageFault(pf))) {
+                        log::warn!("#PF at {address:#x} not injected: an event was pending");
+                    }
+                }
+                Ok(FaultOutcome::Emulate { gpa }) => {
+                    // The pager's walk found `gpa`, but the emulator
+                    // walks again: the fault may be the fetch's.
+                    emulate(vcpu, vm, &turn.emulator, Some(gpa), &Hints::default(), None)
+                }
+                Err(e) => vm.stop(StopReason::Backend(alloc::format!("shadow paging: {e}"))),
+            }
+        }
+        Exit::ControlRegister { access, next_rip } => match access {
+            ControlAccess::Write { cr, value } => {
+                let written = match vcpu.shadow_paging() {
+                    Some(shadow) => shadow.write_control_register(vm, cr, value),
+                    None => Err(Exception::GeneralProtection(0)),
+                };
+                match written {
+                    Ok(()) => complete(vcpu, next_rip, stepping),
+                    Err(e) => {
+                        vcpu.inject(Event::Exception(e));
+                    }
+                }
+            }
+            ControlAccess::Read { cr, gpr } => match read_control_register(vcpu, cr) {
+                Some(value) => {
+                    vcpu.set_gpr(gpr, value);
+                    complete(vcpu, next_rip, stepping);
+                }
+                None => {
+                    vcpu.inject(Event::Exception(Exception::InvalidOpcode));
+                }
+            },
+        },
+        Exit::Invlpg { linear, next_rip } => {
+            if let Some(shadow) = vcpu.shadow_paging() {
+                shadow.invalidate_page(linear);
+            }
+            complete(vcpu, next_rip, stepping);
+        }
+        Exit::Cpuid { next_rip } => {
+            let (leaf, subleaf) = (vcpu.gpr(RAX) as u32, vcpu.gpr(RCX) as u32);
+            let model = vm.cpu_model();
+            let mut r = model.cpuid(leaf, subleaf, vm.host().tsc_khz());
+            super::Topology {
+                apic_id: vm.current_vcpu() as u8,
+                count: vm.vcpu_count() as u8,
+            }
+            .apply(leaf, subleaf, &mut r);
+            if leaf == 1 && interrupts.x2apic_capable() {
+                r.ecx |= super::cpuid::LEAF1_ECX_X2APIC;
+            }
+            // The host model shows the extended state the backend
+            // keeps; qemu64 has no XSAVE at all.
+            let xsave = model == super::CpuModel::Host;
+            if let Some(x) = vcpu.extended_state().filter(|_| xsave) {
+                let osxsave = vcpu.control().cr4 & crate::paging::CR4_OSXSAVE != 0;
+                x.model().cpuid(leaf, subleaf, &mut r, osxsave, x.xcr0());
+            }
+            vcpu.set_gpr(RAX, r.eax.into());
+            vcpu.set_gpr(RBX, r.ebx.into());
+            vcpu.set_gpr(RCX, r.ecx.into());
+            vcpu.set_gpr(RDX, r.edx.into());
+            complete(vcpu, next_rip, stepping);
+        }
+        // With IF clear only an NMI wakes it: see the halted case above.
+        Exit::Hlt { next_rip } => *halted = Some((next_rip, stepping)),
+        Exit::Msr { write, next_rip } => {
+            let msr = vcpu.gpr(RCX) as u32;
+            let apic_base = interrupts.apic_base();
+            let lapic_base = apic_base.filter(|_| msr == super::MSR_APIC_BASE);
+            let x2apic = super::X2APIC_MSRS.contains(&msr)
+                && apic_base.is_some_and(|b| {
+                    let on = super::APIC_BASE_ENABLE | super::APIC_BASE_EXTD;
+                    b & on == on
+                });
+            let ok = if let Some(current) = lapic_base {
+                apic_base_msr(vcpu, vm, interrupts, msrs, current, write)
+            } else if x2apic {
+                x2apic_msr(vcpu, vm, interrupts, msr, write)
+            } else if write {
+                let value = (vcpu.gpr(RDX) << 32) | (vcpu.gpr(RAX) & 0xffff_ffff);
+                msrs.write(vcpu, vm, msr, value)
+            } else {
+                match msrs.read(vcpu, vm, msr) {
+                    Some(v) => {
+                        vcpu.set_gpr(RAX, v & 0xffff_ffff);
+                        vcpu.set_gpr(RDX, v >> 32);
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if ok {
+                complete(vcpu, next_rip, stepping);
+            } else {
+                vcpu.inject(Event::Exception(Exception::GeneralProtection(0)));
+            }
+        }
+        Exit::ExternalInterrupt => {}
+        Exit::InterruptWindow => vcpu.request_interrupt_window(false),
+        // deliver() injects what waited, before the guest goes on.
+        Exit::NmiWindow => {}
+        Exit::VirtInstruction => {
+            vcpu.inject(Event::Exception(Exception::InvalidOpcode));
+        }
+        Exit::CopyOnWrite { gpa } => match vm.memory_mut().copy_on_write(gpa) {
+            // The backend maps the copy before the guest writes again.
+            Ok(true) => {}
+            // Not a shared page: the tables are wrong; going on would
+            // only fault here again.
+            Ok(false) => vm.stop(StopReason::Backend(alloc::format!(
+                "nested page fault on RAM at {gpa:#x} that is not shared copy-on-write"
+            ))),
+            // This VM alone stops: the host has no page for its copy.
+            Err(e) => vm.stop(StopReason::Backend(e.to_string())),
+        },
+        Exit::Shutdown if vm.triple_fault_resets() => {
+            log::info!("VM {}: triple fault: the machine resets", vm.id().0);
+            vm.request_reset();
+        }
+        Exit::Shutdown => vm.stop(StopReason::TripleFault),
+        Exit::Preempted => return Some(RunOutcome::SliceEnded),
+        Exit::Error(e) => vm.stop(StopReason::Backend(e.to_string())),
+    }
+    if let Some(reason) = vm.watchdog_mut().after(vcpu, before) {
+        vm.stop(reason);
+    }
+    turn.now = vm.host().now_ns();
+    vm.stats_mut()
+        .add_handling_time(kind, turn.now.saturating_sub(exited));
+    if vm.take_yield() && vm.stop_reason().is_none() {
+        // It sent a sibling an IPI: let the sibling run now.
+        return Some(RunOutcome::SliceEnded);
+    }
+    None
 }

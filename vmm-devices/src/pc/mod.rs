@@ -53,7 +53,9 @@ use vmm_core::device::{SavedDevice, StateError};
 use vmm_core::host::Host;
 use vmm_core::memory::{BlockId, GuestMemory};
 use vmm_core::snapshot::{self, RamFill, Snapshot, SnapshotError, SnapshotSink};
-use vmm_core::vcpu::{self, ArchState, MsrFile, RunOutcome, Slice, VcpuBackend};
+use vmm_core::vcpu::{
+    self, ArchState, MsrFile, Prepared, RunOutcome, Slice, Turn, VcpuBackend,
+};
 use vmm_core::vm::Vm;
 
 /// The least RAM a PC takes: the low 1 MiB and room for the firmware's
@@ -103,6 +105,31 @@ const DISK: IdeDrive = IdeDrive {
     unit: 0,
     cdrom: false,
 };
+
+/// What waits for one vCPU ([`Pc::wake_signals`]): a host that runs
+/// vCPUs on threads of their own kicks a vCPU out of its guest, or wakes
+/// it from a halt, when one of these appears.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WakeSignals {
+    /// An external interrupt (local APIC or PIC).
+    pub interrupt: bool,
+    /// An NMI.
+    pub nmi: bool,
+    /// An INIT or a start-up IPI.
+    pub init_or_sipi: bool,
+    /// A machine reset another vCPU carried out.
+    pub reset: bool,
+}
+
+impl WakeSignals {
+    /// Whether `self` has a signal that `before` did not.
+    pub fn newer_than(&self, before: &WakeSignals) -> bool {
+        (self.interrupt && !before.interrupt)
+            || (self.nmi && !before.nmi)
+            || (self.init_or_sipi && !before.init_or_sipi)
+            || (self.reset && !before.reset)
+    }
+}
 
 /// A built PC: the VM with every device, ready to run on a vCPU backend.
 pub struct Pc {
@@ -293,6 +320,58 @@ impl Pc {
         self.chipset.current_cpu.set(index);
         self.vm.set_current_vcpu(index);
         vcpu::run(vcpu, &mut self.vm, cpu, msrs, slice)
+    }
+
+    /// The first half of vCPU `index`'s exit loop, for a host that runs
+    /// each vCPU on its own thread ([`vcpu::prepare_entry`]): on
+    /// [`Prepared::Enter`] the host runs the guest without holding the PC,
+    /// then hands the exit to [`Pc::handle_vcpu_exit`]. `turn` is that
+    /// vCPU's own. An index out of range ends its turn.
+    pub fn prepare_vcpu<B: VcpuBackend>(
+        &mut self,
+        index: usize,
+        vcpu: &mut B,
+        turn: &mut Turn,
+    ) -> Prepared {
+        let (Some(msrs), Some(cpu)) = (self.msrs.get_mut(index), self.chipset.cpus.get(index))
+        else {
+            return Prepared::Return(RunOutcome::SliceEnded);
+        };
+        self.chipset.current_cpu.set(index);
+        self.vm.set_current_vcpu(index);
+        vcpu::prepare_entry(vcpu, &mut self.vm, cpu, msrs, turn, None)
+    }
+
+    /// The second half of vCPU `index`'s exit loop: handle the `exit` its
+    /// guest just took ([`vcpu::handle_exit`]).
+    pub fn handle_vcpu_exit<B: VcpuBackend>(
+        &mut self,
+        index: usize,
+        vcpu: &mut B,
+        turn: &mut Turn,
+        exit: vcpu::Exit,
+    ) -> Option<RunOutcome> {
+        let (Some(msrs), Some(cpu)) = (self.msrs.get_mut(index), self.chipset.cpus.get(index))
+        else {
+            return Some(RunOutcome::SliceEnded);
+        };
+        self.chipset.current_cpu.set(index);
+        self.vm.set_current_vcpu(index);
+        vcpu::handle_exit(vcpu, &mut self.vm, cpu, msrs, turn, exit)
+    }
+
+    /// What waits for vCPU `index` that would make it leave a halt or
+    /// take an interrupt ([`WakeSignals`]), without taking any of it.
+    pub fn wake_signals(&self, index: usize) -> WakeSignals {
+        let Some(cpu) = self.chipset.cpus.get(index) else {
+            return WakeSignals::default();
+        };
+        WakeSignals {
+            interrupt: cpu.pending().is_some(),
+            nmi: cpu.lapic().nmi_pending(),
+            init_or_sipi: cpu.lapic().init_or_sipi_pending(),
+            reset: self.vm.vcpu_reset_pending(index),
+        }
     }
 
     /// Whether every vCPU ended its last slice halted or waiting for a

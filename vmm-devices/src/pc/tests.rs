@@ -790,3 +790,30 @@ fn a_clone_of_another_shape_is_refused() {
         Err(PcError::RamSize { .. })
     ));
 }
+
+#[test]
+fn wake_signals_name_what_waits_for_each_vcpu_and_only_news_counts() {
+    let fw = firmware();
+    let pc = build(PcDescription {
+        cpus: 2,
+        x2apic: false,
+        ..describe(&fw, 16 << 20)
+    });
+    let quiet = pc.wake_signals(1);
+    assert_eq!(quiet, WakeSignals::default());
+    let ap = pc.vcpu_interrupts(1).expect("vCPU 1").lapic();
+    // An INIT and a start-up IPI for vCPU 1: news for it, not for vCPU 0.
+    ap.deliver_init();
+    ap.deliver_sipi(0x9a);
+    let now = pc.wake_signals(1);
+    assert!(now.init_or_sipi);
+    assert!(now.newer_than(&quiet));
+    assert!(!now.newer_than(&now), "what was seen is no news");
+    assert!(!pc.wake_signals(0).newer_than(&quiet));
+    // An NMI is news even when the INIT was already seen.
+    ap.deliver_nmi();
+    let nmi = pc.wake_signals(1);
+    assert!(nmi.nmi && nmi.newer_than(&now));
+    // Out of range: nothing.
+    assert_eq!(pc.wake_signals(7), WakeSignals::default());
+}

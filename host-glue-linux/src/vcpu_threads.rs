@@ -1,0 +1,481 @@
+//! A PC with several vCPUs on KVM: one host thread per vCPU.
+//!
+//! The PC (devices, memory map, interrupt controllers, exit statistics)
+//! sits behind one mutex, with what the threads know of each other
+//! ([`State`]). A vCPU thread holds it to prepare an entry
+//! (`Pc::prepare_vcpu`: resets, INIT and start-up IPIs, timers,
+//! interrupt delivery) and to handle an exit (`Pc::handle_vcpu_exit`),
+//! and lets go of it for KVM_RUN, so vCPUs run their guests at the same
+//! time and only their exits take turns. That is the whole locking: one
+//! lock, never held across a guest run, never taken while another lock
+//! of ours is held (the devices' own spin locks, the local APICs', are
+//! taken inside it and let go before it is); docs/ARCHITECTURE.md says
+//! the same.
+//!
+//! Waking: before a thread lets go of the lock it compares what waits for
+//! every other vCPU (`Pc::wake_signals`: an interrupt, an NMI, INIT or
+//! SIPI, a reset) with what that vCPU saw when it last entered its guest
+//! or went to sleep. A vCPU in KVM_RUN that has something new is kicked
+//! once (its thread's preemption timer fires at once: the signal sets
+//! `immediate_exit`, see `crate::kvm`), and one asleep in a halt is woken
+//! through its condition variable. Only what is new counts, so a guest
+//! that keeps a sibling's interrupt pending with interrupts off, or
+//! sends IPIs without end, costs at most one kick per entry of the
+//! target. Device timers: each thread aims its own preemption timer at
+//! the next one before it enters (`Host::preempt_at`), and a halted
+//! vCPU sleeps no longer than that, so timers fire while every vCPU is
+//! in its guest or asleep. When every vCPU sleeps with nothing that can
+//! wake it (no timer armed), the VM stops as a lone halted vCPU's does.
+
+use crate::kvm::{set_thread_timer, KvmVcpu, PreemptTimer};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vmm_core::host::Host;
+use vmm_core::vcpu::{Prepared, RunOutcome, Turn};
+use vmm_core::vm::StopReason;
+use vmm_devices::pc::{Pc, WakeSignals};
+
+/// Where a vCPU's thread is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// Preparing an entry or handling an exit (it looks at what waits
+    /// for it before it enters again), or not started yet.
+    Busy,
+    /// In KVM_RUN, or about to be.
+    Guest,
+    /// Asleep in a halt or waiting for a start-up IPI.
+    Asleep,
+    /// Woken from its sleep, not yet back at the lock.
+    Waking,
+}
+
+/// One vCPU as the others see it.
+struct CpuSlot {
+    place: Place,
+    /// What waited for it when it last entered its guest or fell asleep.
+    seen: WakeSignals,
+    /// Kicked since it last entered.
+    kicked: bool,
+    /// Its thread's preemption timer (a kick fires it at once).
+    timer: Option<Arc<PreemptTimer>>,
+    /// Its exits.
+    exits: u64,
+    /// Its nanoseconds in KVM_RUN.
+    guest_ns: u64,
+    /// Kicks it received.
+    kicks: u64,
+}
+
+/// One vCPU's figures for the statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuFigures {
+    /// Its exits.
+    pub exits: u64,
+    /// Its nanoseconds from entries to exits.
+    pub guest_ns: u64,
+    /// Kicks another thread sent it.
+    pub kicks: u64,
+}
+
+/// The machine and what the threads know of each other, behind the one
+/// lock.
+pub struct State {
+    /// The PC.
+    pub pc: Pc,
+    cpus: Vec<CpuSlot>,
+    /// The API paused the guest: vCPU threads wait.
+    paused: bool,
+    /// The machine stopped (a vCPU saw it stop) or the host ends the run.
+    ended: bool,
+    /// Why the guest stopped, when it did.
+    stopped: Option<StopReason>,
+}
+
+impl State {
+    /// Why the guest stopped, if it did.
+    pub fn stopped(&self) -> Option<&StopReason> {
+        self.stopped.as_ref()
+    }
+
+    /// Each vCPU's figures, by index.
+    pub fn figures(&self) -> Vec<VcpuFigures> {
+        self.cpus
+            .iter()
+            .map(|c| VcpuFigures {
+                exits: c.exits,
+                guest_ns: c.guest_ns,
+                kicks: c.kicks,
+            })
+            .collect()
+    }
+
+    /// Kick or wake every vCPU that has something new waiting (see the
+    /// module's documentation); `wake` holds their condition variables.
+    fn wake_targets(&mut self, wake: &[Condvar]) {
+        for (j, cpu) in self.cpus.iter_mut().enumerate() {
+            let looks =
+                matches!(cpu.place, Place::Asleep) || (cpu.place == Place::Guest && !cpu.kicked);
+            if !looks || !self.pc.wake_signals(j).newer_than(&cpu.seen) {
+                continue;
+            }
+            if cpu.place == Place::Guest {
+                if let Some(t) = &cpu.timer {
+                    t.fire_now();
+                }
+                cpu.kicked = true;
+                cpu.kicks += 1;
+            } else {
+                cpu.place = Place::Waking;
+                if let Some(cv) = wake.get(j) {
+                    cv.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Every vCPU asleep, none being woken.
+    fn all_asleep(&self) -> bool {
+        self.cpus.iter().all(|c| c.place == Place::Asleep)
+    }
+}
+
+/// What the threads share.
+struct Shared {
+    state: Mutex<State>,
+    /// One per vCPU: its thread sleeps on it in a halt or a pause.
+    wake: Vec<Condvar>,
+    /// The host's main thread waits on it for the end.
+    main: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A vCPU thread that panicked leaves the state as whole as any
+        // other: the run ends (its guard says so) and the report is made.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stop every thread: the run is over.
+    fn end(&self, state: &mut State) {
+        state.ended = true;
+        for cpu in &state.cpus {
+            if let Some(t) = &cpu.timer {
+                t.fire_now();
+            }
+        }
+        for cv in &self.wake {
+            cv.notify_all();
+        }
+        self.main.notify_all();
+    }
+}
+
+/// What a vCPU thread hands back when it ends.
+#[derive(Debug, Default)]
+pub struct ThreadReport {
+    /// Port writes KVM buffered.
+    pub posted_writes: u64,
+    /// Instructions carried out for KVM.
+    pub assists: u64,
+}
+
+/// The running vCPU threads of one PC.
+pub struct VcpuThreads {
+    shared: Arc<Shared>,
+    handles: Vec<JoinHandle<ThreadReport>>,
+}
+
+/// The longest a paused thread sleeps before it looks again.
+const NAP: Duration = Duration::from_millis(50);
+/// The longest a halted vCPU sleeps before it looks again (something that
+/// wakes it wakes it at once; this is a safety net).
+const SLEEP_CAP: Duration = Duration::from_secs(1);
+
+impl VcpuThreads {
+    /// Start a thread for each of `vcpus` (index `i` of the list is the
+    /// PC's vCPU `i`; all of one KVM VM, see `KvmVcpu::sibling`).
+    pub fn start(pc: Pc, vcpus: Vec<KvmVcpu>) -> std::io::Result<Self> {
+        let cpus = vcpus
+            .iter()
+            .map(|_| CpuSlot {
+                place: Place::Busy,
+                seen: WakeSignals::default(),
+                kicked: false,
+                timer: None,
+                exits: 0,
+                guest_ns: 0,
+                kicks: 0,
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            wake: vcpus.iter().map(|_| Condvar::new()).collect(),
+            main: Condvar::new(),
+            state: Mutex::new(State {
+                pc,
+                cpus,
+                paused: false,
+                ended: false,
+                stopped: None,
+            }),
+        });
+        let mut handles = Vec::new();
+        for (index, vcpu) in vcpus.into_iter().enumerate() {
+            let mine = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || vcpu_thread(&mine, index, vcpu));
+            match handle {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    let me = Self { shared, handles };
+                    me.finish();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Self { shared, handles })
+    }
+
+    /// The machine, held: the host's main thread serves its input, display
+    /// and API through this. Call [`VcpuThreads::changed`] before letting
+    /// go if it raised an interrupt.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.lock()
+    }
+
+    /// The holder of `state` changed what waits for the vCPUs (input, a
+    /// power button, a reset): kick or wake those that must look.
+    pub fn changed(&self, state: &mut State) {
+        state.wake_targets(&self.shared.wake);
+    }
+
+    /// Pause (every vCPU leaves its guest and waits) or resume.
+    pub fn set_paused(&self, state: &mut State, paused: bool) {
+        state.paused = paused;
+        if paused {
+            for cpu in &state.cpus {
+                if let Some(t) = &cpu.timer {
+                    t.fire_now();
+                }
+            }
+        } else {
+            for cv in &self.shared.wake {
+                cv.notify_all();
+            }
+        }
+    }
+
+    /// Wait up to `timeout` for the guest to stop (or another thread to
+    /// end the run); the state, held again.
+    pub fn wait<'a>(
+        &'a self,
+        state: MutexGuard<'a, State>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, State> {
+        if state.ended {
+            return state;
+        }
+        match self.shared.main.wait_timeout(state, timeout) {
+            Ok((s, _)) => s,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
+    }
+
+    /// Whether the run is over (the guest stopped or a thread ended).
+    pub fn ended(state: &State) -> bool {
+        state.ended
+    }
+
+    /// End the run: every thread leaves its guest and ends; the PC, each
+    /// vCPU's figures and what the threads report.
+    pub fn finish(self) -> (Pc, Vec<VcpuFigures>, Vec<ThreadReport>) {
+        {
+            let mut state = self.shared.lock();
+            self.shared.end(&mut state);
+        }
+        let reports = self
+            .handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect();
+        let state = match Arc::try_unwrap(self.shared) {
+            Ok(shared) => shared
+                .state
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner),
+            // Every thread is joined: nothing else holds it.
+            Err(_) => unreachable!("vCPU threads outlived their join"),
+        };
+        let figures = state.figures();
+        (state.pc, figures, reports)
+    }
+}
+
+/// Ends the run if its thread ends for any reason (a panic included), so
+/// the others and the main thread do not wait for it.
+struct EndGuard<'a> {
+    shared: &'a Shared,
+    index: usize,
+}
+
+impl Drop for EndGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        if !state.ended {
+            if std::thread::panicking() {
+                state.stopped.get_or_insert(StopReason::Backend(format!(
+                    "the thread of vCPU {} failed",
+                    self.index
+                )));
+            }
+            self.shared.end(&mut state);
+        }
+    }
+}
+
+/// One vCPU's thread: prepare (held), KVM_RUN (not held), handle the exit
+/// (held), until the run ends.
+fn vcpu_thread(shared: &Shared, index: usize, mut vcpu: KvmVcpu) -> ThreadReport {
+    let _guard = EndGuard { shared, index };
+    let timer = match PreemptTimer::for_this_thread() {
+        Ok(t) => Some(Arc::new(t)),
+        Err(e) => {
+            let mut state = shared.lock();
+            state.stopped.get_or_insert(StopReason::Backend(format!(
+                "vCPU {index}: preemption timer: {e}"
+            )));
+            shared.end(&mut state);
+            return ThreadReport::default();
+        }
+    };
+    set_thread_timer(timer.clone());
+    vcpu.aim_kicks();
+    let mut state = shared.lock();
+    state.cpus[index].timer = timer;
+    let mut turn = Turn::new(state.pc.vm());
+    let host = state.pc.vm().host_arc();
+    loop {
+        if state.ended {
+            break;
+        }
+        if state.paused {
+            state.cpus[index].place = Place::Busy;
+            state = nap(shared, index, state, Some(NAP));
+            continue;
+        }
+        match state.pc.prepare_vcpu(index, &mut vcpu, &mut turn) {
+            Prepared::Enter => {}
+            Prepared::Again => continue,
+            Prepared::Return(RunOutcome::Stopped(reason)) => {
+                state.stopped.get_or_insert(reason);
+                shared.end(&mut state);
+                break;
+            }
+            Prepared::Return(RunOutcome::SliceEnded) => {
+                if state.pc.vm().vcpu_parked(index) {
+                    state = sleep(shared, index, state, &*host);
+                }
+                continue;
+            }
+        }
+        if let Err(exit) = vcpu.before_entry(state.pc.vm_mut()) {
+            // KVM refused to go on: the exit loop says why.
+            let _ = state.pc.handle_vcpu_exit(index, &mut vcpu, &mut turn, exit);
+            continue;
+        }
+        let seen = state.pc.wake_signals(index);
+        let cpu = &mut state.cpus[index];
+        cpu.place = Place::Guest;
+        cpu.seen = seen;
+        cpu.kicked = false;
+        state.wake_targets(&shared.wake);
+        drop(state);
+        let entered_at = Instant::now();
+        let entered = vcpu.enter_unlocked();
+        let in_guest = entered_at.elapsed().as_nanos() as u64;
+        state = shared.lock();
+        let cpu = &mut state.cpus[index];
+        cpu.place = Place::Busy;
+        cpu.exits += 1;
+        cpu.guest_ns += in_guest;
+        let exit = vcpu.after_exit(state.pc.vm_mut(), entered);
+        // A yield, a preemption or a shared device held elsewhere: this
+        // thread simply prepares its next entry; a stop is seen there.
+        let _ = state.pc.handle_vcpu_exit(index, &mut vcpu, &mut turn, exit);
+    }
+    drop(state);
+    set_thread_timer(None);
+    ThreadReport {
+        posted_writes: vcpu.posted_writes(),
+        assists: vcpu.assists(),
+    }
+}
+
+/// Sleep on this vCPU's condition variable for at most `timeout` (`None`:
+/// until woken); the state, held again.
+fn nap<'a>(
+    shared: &'a Shared,
+    index: usize,
+    state: MutexGuard<'a, State>,
+    timeout: Option<Duration>,
+) -> MutexGuard<'a, State> {
+    let cv = &shared.wake[index];
+    match timeout {
+        Some(t) => match cv.wait_timeout(state, t) {
+            Ok((s, _)) => s,
+            Err(p) => p.into_inner().0,
+        },
+        None => cv.wait(state).unwrap_or_else(PoisonError::into_inner),
+    }
+}
+
+/// The vCPU is halted or waits for a start-up IPI: sleep until something
+/// new waits for it or the next device timer is due. With every vCPU
+/// asleep and no timer armed nothing can ever wake them: the VM stops.
+fn sleep<'a>(
+    shared: &'a Shared,
+    index: usize,
+    mut state: MutexGuard<'a, State>,
+    host: &dyn Host,
+) -> MutexGuard<'a, State> {
+    let seen = state.pc.wake_signals(index);
+    let cpu = &mut state.cpus[index];
+    cpu.place = Place::Asleep;
+    cpu.seen = seen;
+    // What this vCPU did last (an IPI, say) may wake another.
+    state.wake_targets(&shared.wake);
+    let next = state.pc.next_timer();
+    if next.is_none() && state.all_asleep() {
+        state.pc.vm_mut().stop(StopReason::Halted {
+            rip: 0,
+            interrupts_enabled: false,
+        });
+        state.cpus[index].place = Place::Busy;
+        return state;
+    }
+    // The device timers need one thread to watch them: a vCPU in its
+    // guest (its preemption timer is armed for the next one) or on its way
+    // there or to sleep (it will be, or will look here). Only when every
+    // other vCPU sleeps does this one wake for the next timer; otherwise
+    // it sleeps until something wakes it, so a few vCPUs waiting for their
+    // start-up IPI do not wake at every tick (on a busy host such wake-ups
+    // disturbed the bootstrap processor's TSC calibration).
+    let others_watch = state
+        .cpus
+        .iter()
+        .enumerate()
+        .any(|(j, c)| j != index && c.place != Place::Asleep);
+    let timeout = next
+        .filter(|_| !others_watch)
+        .map(|due| Duration::from_nanos(due.saturating_sub(host.now_ns())));
+    // Whatever can wake it says so through its condition variable (the
+    // other vCPUs, and the main thread's input: `VcpuThreads::changed`);
+    // a long cap is only a safety net. A short one would cost a vCPU that
+    // waits for its start-up IPI a wake-up every few milliseconds, which
+    // on a busy host disturbs the siblings (a TSC calibration failed so).
+    let timeout = Some(timeout.map_or(SLEEP_CAP, |t| t.min(SLEEP_CAP)));
+    state = nap(shared, index, state, timeout);
+    state.cpus[index].place = Place::Busy;
+    state
+}

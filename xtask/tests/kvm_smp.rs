@@ -1,0 +1,256 @@
+//! `vmm` with several vCPUs on this machine's KVM, each on its own host
+//! thread (issue 19; `host_glue_linux::vcpu_threads`).
+//!
+//! - SeaBIOS's own application-processor bring-up on `--cpus 4`: it
+//!   starts the three APs (INIT, start-up), each runs its trampoline on
+//!   its own thread and halts, and the BSP goes on to boot the default CD
+//!   to ISOLINUX reading the kernel and the initrd. `--stats-json` gives
+//!   each vCPU's exits: an AP that was never started never enters its
+//!   guest, so each AP having exits of its own shows it ran. (This KVM
+//!   cannot run the 64-bit kernel; `tests/kvm_nested.rs` boots it with 4
+//!   vCPUs under a real KVM.)
+//! - A hostile guest (`kvm_smp_storm.bin` as firmware): APs spinning with
+//!   interrupts off in a loop without exits while the BSP storms them with
+//!   20,000 fixed IPIs, 2,000 NMIs and 500 rounds of INIT and start-up.
+//!   `vmm` must carry it through to the guest's power-off (no deadlock, no
+//!   panic, exit status 0) within the time limit.
+//!
+//! - The bare-metal host's SMP guest programs, unchanged, as `vmm`'s
+//!   firmware: `pc_smp_ipi` (4 vCPUs: every kind of IPI arrives exactly
+//!   once where it was sent, as `tests/smp_guests.rs` wants under SVM and
+//!   VMX), `pc_smp_lockstep` (2 vCPUs taking turns on shared memory, here
+//!   truly at the same time on two host CPUs) and `pc_smp_storm` (5
+//!   vCPUs: INIT and NMI storms and a CPU spinning with interrupts off
+//!   while the BSP counts its rounds).
+//!
+//! `cargo xtask test` builds `vmm`, the guests and the CD and sets
+//! `VMM_TEST_VMM`, `VMM_TEST_GUESTS`, `VMM_TEST_SEABIOS` and
+//! `VMM_TEST_LINUX_ISO`.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use xtask::kvm_bench::{kvm_present, run_capture};
+use xtask::system::env_path;
+
+/// The only reason these tests may skip: no KVM on this machine.
+fn kvm_or_skip() -> bool {
+    if kvm_present() {
+        return true;
+    }
+    let _ = writeln!(std::io::stderr(), "skipped: /dev/kvm absent");
+    false
+}
+
+/// Each vCPU's exits from a `--stats-json` file.
+fn vcpu_exits(json: &std::path::Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(json).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    v["vcpus"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| c["exits_total"].as_u64().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("vmm-kvm-smp-{}-{name}", std::process::id()))
+}
+
+#[test]
+#[ignore = "boots the Linux CD under KVM: run through cargo xtask test"]
+fn seabios_starts_four_vcpus_each_on_its_thread_and_boots_the_cd_to_isolinux() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let json = temp("seabios.json");
+    let mut c = Command::new(env_path("VMM_TEST_VMM"));
+    c.args([
+        "run", "--memory", "512M", "--cpus", "4", "--serial", "stdio",
+    ])
+    .arg("--stats-json")
+    .arg(&json)
+    .arg("--cdrom")
+    .arg(env_path("VMM_TEST_LINUX_ISO"))
+    .arg("--bios")
+    .arg(env_path("VMM_TEST_SEABIOS"));
+    let started = Instant::now();
+    let cap = run_capture(
+        c,
+        &|out| out.contains("Loading /boot/initrd.gz"),
+        Duration::from_secs(400),
+    )
+    .unwrap();
+    let out = cap.stdout();
+    let all = format!("{out}\n--- stderr ---\n{}", cap.stderr);
+    println!(
+        "SeaBIOS to ISOLINUX's initrd with 4 vCPUs: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(out.contains("SeaBIOS (version"), "{all}");
+    assert!(out.contains("ISOLINUX 6.04"), "{all}");
+    assert!(cap.matched, "ISOLINUX never got to the initrd: {all}");
+    assert!(cap.stderr.contains("vmm: ended by signal 15"), "{all}");
+    let exits = vcpu_exits(&json);
+    let _ = std::fs::remove_file(&json);
+    println!("exits per vCPU: {exits:?}");
+    assert_eq!(exits.len(), 4, "{all}");
+    for (i, n) in exits.iter().enumerate() {
+        assert!(
+            *n > 0,
+            "vCPU {i} never ran (SeaBIOS did not start it): {all}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "runs a guest program under KVM: run through cargo xtask test"]
+fn ipi_nmi_and_init_storms_at_spinning_vcpus_do_not_wedge_the_host() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let json = temp("storm.json");
+    let mut c = Command::new(env_path("VMM_TEST_VMM"));
+    c.args(["run", "--memory", "16M", "--cpus", "4", "--serial", "stdio"])
+        .arg("--stats-json")
+        .arg(&json)
+        .arg("--bios")
+        .arg(env_path("VMM_TEST_GUESTS").join("kvm_smp_storm.bin"));
+    let started = Instant::now();
+    let cap = run_capture(c, &|_| false, Duration::from_secs(300)).unwrap();
+    let out = cap.stdout();
+    let all = format!("{out}\n--- stderr ---\n{}", cap.stderr);
+    println!(
+        "the storm guest on 4 vCPUs: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(out.contains("smp storm: aps started 00000003"), "{all}");
+    assert!(out.contains("smp storm: fixed ipis sent"), "{all}");
+    assert!(out.contains("smp storm: nmis taken "), "{all}");
+    assert!(!out.contains("smp storm: nmis taken 00000000"), "{all}");
+    assert!(
+        out.contains("smp storm: init and start-up rounds sent"),
+        "{all}"
+    );
+    assert!(out.contains("smp storm: done, starts "), "{all}");
+    assert!(cap.stderr.contains("vmm: the guest powered off"), "{all}");
+    assert!(cap.status.is_some_and(|s| s.success()), "{all}");
+    let exits = vcpu_exits(&json);
+    let _ = std::fs::remove_file(&json);
+    println!("exits per vCPU: {exits:?}");
+    assert_eq!(exits.len(), 4, "{all}");
+}
+
+/// Run guest program `name` (from `VMM_TEST_GUESTS`) as the firmware of a
+/// PC with `cpus` vCPUs until it powers off; its COM1 output.
+fn guest(name: &str, cpus: u32) -> String {
+    let mut c = Command::new(env_path("VMM_TEST_VMM"));
+    c.args(["run", "--memory", "16M", "--serial", "stdio", "--stats"])
+        .args(["--cpus", &cpus.to_string()])
+        .arg("--bios")
+        .arg(env_path("VMM_TEST_GUESTS").join(format!("{name}.bin")));
+    let started = Instant::now();
+    let cap = run_capture(c, &|_| false, Duration::from_secs(300)).unwrap();
+    let out = cap.stdout();
+    let all = format!("{out}\n--- stderr ---\n{}", cap.stderr);
+    println!(
+        "{name} on {cpus} vCPUs: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(cap.stderr.contains("vmm: the guest powered off"), "{all}");
+    assert!(cap.status.is_some_and(|s| s.success()), "{all}");
+    assert!(!out.contains("unexpected exception"), "{all}");
+    out
+}
+
+/// What `pc_smp_ipi` prints (tests/smp_guests.rs, without the bare-metal
+/// host's `[vm 0]`): the count of the case's vector on CPUs 0-3.
+const IPI_LINES: &[&str] = &[
+    "smp ipi: 4 of 4 cpus started",
+    "smp ipi fixed physical 0 to 2: 0 0 1 0",
+    "smp ipi fixed physical 1 to 3: 0 0 0 1",
+    "smp ipi fixed physical 3 to 0: 1 0 0 0",
+    "smp ipi fixed physical broadcast from 2: 1 1 1 1",
+    "smp ipi fixed logical flat 0a from 0: 0 1 0 1",
+    "smp ipi fixed logical flat broadcast from 3: 1 1 1 1",
+    "smp ipi fixed self from 1: 0 1 0 0",
+    "smp ipi fixed all including self from 2: 1 1 1 1",
+    "smp ipi fixed all excluding self from 3: 1 1 1 0",
+    "smp ipi lowest priority physical 2 to 1: 0 1 0 0",
+    // Lowest priority goes to the CPU whose processor priority is lower.
+    "smp ipi lowest priority logical flat 0c from 0, tpr 20 on 2: 0 0 0 1",
+    "smp ipi lowest priority logical flat 0c from 1, tpr 20 on 3: 0 0 1 0",
+    "smp ipi nmi physical 0 to 1: 0 1 0 0",
+    "smp ipi nmi all excluding self from 2: 1 1 0 1",
+    "smp ipi nmi logical flat 09 from 3: 1 0 0 1",
+    "smp ipi nmi all including self from 1: 1 1 1 1",
+    // SMI and the INIT level de-assert deliver nothing (and every CPU
+    // still answers afterwards).
+    "smp ipi smi physical 0 to 3: 0 0 0 0",
+    "smp ipi init level de-assert all excluding self from 1: 0 0 0 0",
+    // INIT sent by an application processor to another; a start-up to a
+    // running CPU is ignored, two to the waiting one start it once.
+    "smp ipi starts init 1 to 3, start-up to 2 and 3: 1 1 1 2",
+    "smp ipi fixed logical cluster 12 from 0: 0 0 0 1",
+    "smp ipi fixed logical cluster 03 from 2: 1 1 0 0",
+    "smp ipi fixed logical cluster f1 from 3: 1 0 1 0",
+    "smp ipi fixed logical cluster broadcast from 1: 1 1 1 1",
+    "smp ipi nmi logical cluster 11 from 3: 0 0 1 0",
+    "smp ipi lowest priority logical cluster 13 from 0, tpr 20 on 3: 0 0 1 0",
+    "smp ipi starts init and start-up to all excluding self: 1 2 2 3",
+    "smp ipi fixed all excluding self from 0 after the restart: 0 1 1 1",
+    "smp ipi fixed physical broadcast from 2 after the restart: 1 1 1 1",
+    "smp ipi: done, stray vectors 0",
+];
+
+#[test]
+#[ignore = "runs a guest program under KVM: run through cargo xtask test"]
+fn ipis_of_every_kind_arrive_once_where_sent_on_vcpu_threads() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let out = guest("pc_smp_ipi", 4);
+    for line in IPI_LINES {
+        assert!(out.contains(line), "missing '{line}' in:\n{out}");
+    }
+}
+
+#[test]
+#[ignore = "runs a guest program under KVM: run through cargo xtask test"]
+fn two_vcpu_threads_in_lock_step_see_each_others_writes() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let out = guest("pc_smp_lockstep", 2);
+    for line in [
+        "smp lockstep: xadd turn 400, mismatches 0 0",
+        "smp lockstep: cmpxchg token 400",
+        "smp lockstep: sum 200000",
+        "smp lockstep: done",
+    ] {
+        assert!(out.contains(line), "missing '{line}' in:\n{out}");
+    }
+    assert!(!out.contains("did not finish"), "{out}");
+}
+
+#[test]
+#[ignore = "runs a guest program under KVM: run through cargo xtask test"]
+fn init_and_nmi_storms_and_a_spinning_vcpu_leave_the_bsp_running() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let out = guest("pc_smp_storm", 5);
+    assert!(out.contains("smp storm: 5 of 5 cpus started"), "{out}");
+    // The BSP went on counting its rounds and took NMIs through the storm.
+    let rounds: u64 = out
+        .split("smp storm: bsp ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(rounds > 0, "{out}");
+    assert!(out.contains("smp storm: inits sent "), "{out}");
+}

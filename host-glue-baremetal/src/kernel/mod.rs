@@ -716,9 +716,7 @@ fn turn(g: &mut Guest<'_>, config: &Config, backend: &backend::Backend) -> RunOu
             Machine::Pc(pc) => {
                 fresh.and_then(|v| g.vcpus[0].replace(v, Some(pc.as_mut()), &mut g.msrs))
             }
-            Machine::Program { .. } => {
-                fresh.and_then(|v| g.vcpus[0].replace(v, None, &mut g.msrs))
-            }
+            Machine::Program { .. } => fresh.and_then(|v| g.vcpus[0].replace(v, None, &mut g.msrs)),
         };
         if let Err(e) = done {
             fail(format_args!("VM {vm_index}: {e}"));

@@ -53,9 +53,7 @@ use vmm_core::device::{SavedDevice, StateError};
 use vmm_core::host::Host;
 use vmm_core::memory::{BlockId, GuestMemory};
 use vmm_core::snapshot::{self, RamFill, Snapshot, SnapshotError, SnapshotSink};
-use vmm_core::vcpu::{
-    self, ArchState, MsrFile, Prepared, RunOutcome, Slice, Turn, VcpuBackend,
-};
+use vmm_core::vcpu::{self, ArchState, MsrFile, Prepared, RunOutcome, Slice, Turn, VcpuBackend};
 use vmm_core::vm::Vm;
 
 /// The least RAM a PC takes: the low 1 MiB and room for the firmware's

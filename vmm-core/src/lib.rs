@@ -95,6 +95,7 @@ pub mod dma;
 pub mod dmm;
 pub mod emulator;
 pub mod host;
+pub mod host_cpu;
 pub mod host_debug;
 pub mod irq;
 pub mod memory;

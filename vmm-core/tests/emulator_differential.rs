@@ -1247,7 +1247,7 @@ fn describe_diff(native: &Machine, emu: &Machine, mask: u64, nw: &[u8], ew: &[u8
 
 /// Whether the host CPU is Intel's.
 fn host_is_intel() -> bool {
-    let r = std::arch::x86_64::__cpuid(0);
+    let r = vmm_core::host_cpu::cpuid(0);
     let mut vendor = [0u8; 12];
     vendor[..4].copy_from_slice(&r.ebx.to_le_bytes());
     vendor[4..8].copy_from_slice(&r.edx.to_le_bytes());

@@ -15,6 +15,7 @@ pub mod kvm_bench;
 pub mod kvm_nested;
 pub mod kvm_nested_bench;
 pub mod memory_bench;
+pub mod msrv;
 pub mod paging_bench;
 pub mod passthrough;
 pub mod qemu;

@@ -103,6 +103,8 @@ pub fn run(args: TestArgs) -> Result<()> {
         ]),
         "cargo package (vmm-core, vmm-bios, vmm-devices)",
     )?;
+    // ... and build on the Rust they declare as their minimum.
+    crate::msrv::check()?;
 
     let imgs = images::fetch()?;
     let kernel_elf = kernel::build()?;

@@ -4,7 +4,7 @@
 //!
 //! No crate fit (checked 2026-12): `vnc` and `vnc-rs` are clients; `rfb`
 //! (0.1.0) is MPL-2.0 and brings tokio "full" and `image`;
-//! `rustvncserver` (2.2) needs Rust 1.90 (the workspace's is 1.86), a
+//! `rustvncserver` (2.2) needs Rust 1.90 (the workspace's is 1.88), a
 //! multi-threaded tokio runtime, DES and zlib. What a VMM needs of RFB is
 //! small (the handshake, six client messages, Raw rectangles and
 //! DesktopSize), so it is written here on std: one listener thread, one

@@ -187,7 +187,7 @@ pub fn event_injection(event: Event, protected: bool) -> u64 {
 /// The EFER bits a guest may write on this CPU: SCE, LME, NXE and FFXSR
 /// where CPUID 0x8000_0001 EDX reports SYSCALL, long mode, NX and FFXSR.
 pub fn efer_writable() -> u64 {
-    let edx = core::arch::x86_64::__cpuid(0x8000_0001).edx;
+    let edx = crate::host_cpu::cpuid(0x8000_0001).edx;
     [(11, 0), (29, 8), (20, 11), (25, 14)]
         .into_iter()
         .filter(|(cpuid, _)| edx & (1 << cpuid) != 0)
@@ -196,8 +196,8 @@ pub fn efer_writable() -> u64 {
 
 /// The CPU's MAXPHYADDR (CPUID 0x8000_0008 EAX[7:0]), 36 if it does not say.
 pub fn max_phys_bits() -> u8 {
-    if core::arch::x86_64::__cpuid(0x8000_0000).eax >= 0x8000_0008 {
-        core::arch::x86_64::__cpuid(0x8000_0008).eax as u8
+    if crate::host_cpu::cpuid(0x8000_0000).eax >= 0x8000_0008 {
+        crate::host_cpu::cpuid(0x8000_0008).eax as u8
     } else {
         36
     }

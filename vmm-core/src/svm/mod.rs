@@ -103,11 +103,11 @@ impl Svm {
     /// Check the CPU, set EFER.SVME and VM_HSAVE_PA. Ring 0 only; call once
     /// per CPU.
     pub fn enable(host: &dyn Host) -> Result<Self, SvmError> {
-        let ext = core::arch::x86_64::__cpuid(0x8000_0001);
+        let ext = crate::host_cpu::cpuid(0x8000_0001);
         if ext.ecx & (1 << 2) == 0 {
             return Err(SvmError::NotSupported);
         }
-        let svm = core::arch::x86_64::__cpuid(0x8000_000a);
+        let svm = crate::host_cpu::cpuid(0x8000_000a);
         if svm.edx & 1 == 0 {
             return Err(SvmError::NoNestedPaging);
         }
@@ -1281,7 +1281,7 @@ impl VcpuBackend for SvmVcpu {
         self.shadow_reset();
         // After RESET, EDX holds the processor signature.
         self.gprs = GuestGprs {
-            rdx: core::arch::x86_64::__cpuid(1).eax.into(),
+            rdx: crate::host_cpu::cpuid(1).eax.into(),
             ..GuestGprs::default()
         };
     }

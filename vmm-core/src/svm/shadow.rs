@@ -80,13 +80,13 @@ impl ShadowState {
 /// runs with them). PCIDE, LA57, PKE and VMXE are refused.
 pub(super) fn cr4_allowed() -> u64 {
     let mut allowed = 0x7ff; // VME..OSXMMEXCPT
-    let leaf1 = core::arch::x86_64::__cpuid(1);
+    let leaf1 = crate::host_cpu::cpuid(1);
     if leaf1.ecx & (1 << 26) != 0 {
         allowed |= 1 << 18;
     }
-    let max = core::arch::x86_64::__cpuid(0).eax;
+    let max = crate::host_cpu::cpuid(0).eax;
     if max >= 7 {
-        let leaf7 = core::arch::x86_64::__cpuid_count(7, 0);
+        let leaf7 = crate::host_cpu::cpuid_count(7, 0);
         if leaf7.ebx & 1 != 0 {
             allowed |= 1 << 16;
         }

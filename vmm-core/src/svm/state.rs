@@ -38,11 +38,11 @@ impl SvmVcpu {
     fn limits(&self) -> StateLimits {
         let mut cr4 = super::shadow::cr4_allowed();
         if self.shadow.is_none() {
-            if core::arch::x86_64::__cpuid(1).ecx & (1 << 17) != 0 {
+            if crate::host_cpu::cpuid(1).ecx & (1 << 17) != 0 {
                 cr4 |= 1 << 17;
             }
-            if core::arch::x86_64::__cpuid(0).eax >= 7
-                && core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 3) != 0
+            if crate::host_cpu::cpuid(0).eax >= 7
+                && crate::host_cpu::cpuid_count(7, 0).ecx & (1 << 3) != 0
             {
                 cr4 |= crate::paging::CR4_PKE;
             }

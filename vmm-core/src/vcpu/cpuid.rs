@@ -260,7 +260,7 @@ pub struct CpuidResult {
 }
 
 fn host_cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
-    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+    let r = crate::host_cpu::cpuid_count(leaf, subleaf);
     CpuidResult {
         eax: r.eax,
         ebx: r.ebx,

@@ -230,7 +230,7 @@ impl VcpuBackend for VmxVcpu {
         self.pdptes_stale = false;
         // After RESET, EDX holds the processor signature.
         self.gprs = VmxGprs {
-            rdx: core::arch::x86_64::__cpuid(1).eax.into(),
+            rdx: crate::host_cpu::cpuid(1).eax.into(),
             ..VmxGprs::default()
         };
         // The guest's own TLB entries are stale.

@@ -23,7 +23,7 @@ impl Vmx {
     /// Check the CPU, read its capabilities, set the fixed CR0/CR4 bits and
     /// execute VMXON. Ring 0 only; call once per CPU.
     pub fn enable(host: &dyn Host) -> Result<Self, VmxError> {
-        let leaf1 = core::arch::x86_64::__cpuid(1);
+        let leaf1 = crate::host_cpu::cpuid(1);
         if leaf1.ecx & (1 << 5) == 0 {
             return Err(VmxError::NotSupported);
         }

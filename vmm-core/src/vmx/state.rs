@@ -34,8 +34,8 @@ fn access_rights(s: &SegmentRegister) -> u64 {
 
 impl VmxVcpu {
     fn limits(&self) -> StateLimits {
-        let max_phys = if core::arch::x86_64::__cpuid(0x8000_0000).eax >= 0x8000_0008 {
-            core::arch::x86_64::__cpuid(0x8000_0008).eax as u8
+        let max_phys = if crate::host_cpu::cpuid(0x8000_0000).eax >= 0x8000_0008 {
+            crate::host_cpu::cpuid(0x8000_0008).eax as u8
         } else {
             36
         };

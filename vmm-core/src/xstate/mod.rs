@@ -131,7 +131,7 @@ impl XstateModel {
     /// The model for the CPU this runs on.
     pub fn detect() -> Self {
         Self::from_cpuid(|leaf, subleaf| {
-            let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+            let r = crate::host_cpu::cpuid_count(leaf, subleaf);
             CpuidResult {
                 eax: r.eax,
                 ebx: r.ebx,

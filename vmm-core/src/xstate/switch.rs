@@ -34,7 +34,7 @@ const MSR_EFER: u32 = x86::msr::IA32_EFER;
 /// only; the hardware backends call it from `Svm::enable`/`Vmx::enable`,
 /// before any vCPU reads the host's CR4 for its host state.
 pub fn prepare_host_cpu() {
-    let xsave = core::arch::x86_64::__cpuid(1).ecx & (1 << 26) != 0;
+    let xsave = crate::host_cpu::cpuid(1).ecx & (1 << 26) != 0;
     // SAFETY: ring 0 (the callers run there); the bits set only make
     // SSE/XSAVE instructions available and the bits cleared only stop them
     // from faulting; no memory is touched. EFER exists on every x86-64 CPU
@@ -154,7 +154,7 @@ impl ExtendedState {
             if full & !self.host_mask != 0 {
                 // The host enabled components the area has no room for:
                 // CPUID.(0xD,0).EBX gives the size for the XCR0 now loaded.
-                let size = core::arch::x86_64::__cpuid_count(0xd, 0).ebx as usize;
+                let size = crate::host_cpu::cpuid_count(0xd, 0).ebx as usize;
                 self.host = Area::new(size.max(self.model.area_size));
                 self.host_mask = full;
             }

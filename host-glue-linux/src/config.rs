@@ -338,7 +338,7 @@ fn check_memory(bytes: u64, key: &str) -> Result<(), ConfigError> {
             ),
         });
     }
-    if bytes % (1 << 20) != 0 {
+    if !bytes.is_multiple_of(1 << 20) {
         return Err(ConfigError::Value {
             key: key.into(),
             problem: "give whole MiB".into(),

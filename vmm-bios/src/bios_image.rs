@@ -133,7 +133,7 @@ pub fn validate_bios_image(image: &[u8]) -> Result<(), BiosError> {
     if len == 0 {
         return Err(BiosError::Missing);
     }
-    if len % MIN_IMAGE != 0 || len > MAX_IMAGE {
+    if !len.is_multiple_of(MIN_IMAGE) || len > MAX_IMAGE {
         return Err(BiosError::BadSize { len });
     }
     // The reset vector is 16 bytes below the end; its first instruction is a

@@ -63,13 +63,12 @@ impl Breakpoint {
     /// A watchpoint on `len` bytes at `address`, if the debug registers
     /// can hold it (`len` 1, 2, 4 or 8, `address` aligned to it).
     pub fn watch(address: u64, len: u64, on: BreakOn) -> Option<Self> {
-        (matches!(len, 1 | 2 | 4 | 8) && address % len == 0 && on != BreakOn::Execute).then_some(
-            Self {
+        (matches!(len, 1 | 2 | 4 | 8) && address.is_multiple_of(len) && on != BreakOn::Execute)
+            .then_some(Self {
                 address,
                 on,
                 len: len as u8,
-            },
-        )
+            })
     }
 
     /// Its R/W and LEN fields of DR7 (R/W in bits 1:0, LEN in 3:2).

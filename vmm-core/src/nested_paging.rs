@@ -218,7 +218,7 @@ impl<F: EntryFormat> NestedTables<F> {
                     return Err(NestedPagingError::TooHigh { gpa });
                 }
                 let (start_phys, writable) = frame_of(gpa)?;
-                let large = gpa % LARGE == 0
+                let large = gpa.is_multiple_of(LARGE)
                     && end - gpa >= LARGE
                     && start_phys % LARGE == 0
                     && (1..LARGE / PAGE).all(|i| {

@@ -223,7 +223,7 @@ pub fn check_image_size(name: &str, len: u64, sector_size: usize) -> Result<u64,
     if len == 0 {
         return Err(ImageError::Empty { name: name.into() });
     }
-    if len % sector_size as u64 != 0 {
+    if !len.is_multiple_of(sector_size as u64) {
         return Err(ImageError::NotSectorMultiple {
             name: name.into(),
             len,
@@ -267,7 +267,7 @@ pub fn check_transfer(
     sector_size: usize,
     sectors: u64,
 ) -> Result<u64, BlockError> {
-    if sector_size == 0 || len % sector_size != 0 {
+    if sector_size == 0 || !len.is_multiple_of(sector_size) {
         return Err(BlockError::PartialSector { len });
     }
     let count = (len / sector_size) as u64;

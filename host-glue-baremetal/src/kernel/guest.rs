@@ -29,7 +29,7 @@ pub const BUS_MASTER_BASE: u16 = 0xc000;
 /// Build VM `id` with `ram` bytes of RAM running `image` as its firmware.
 pub fn build(host: Arc<dyn Host>, id: u32, ram: u64, image: &[u8]) -> Result<Vm, String> {
     let len = image.len() as u64;
-    if len == 0 || len % 0x1000 != 0 || len > 16 << 20 {
+    if len == 0 || !len.is_multiple_of(0x1000) || len > 16 << 20 {
         return Err(format!(
             "guest image of {len} bytes: expected a non-empty multiple of 4 KiB up to 16 MiB"
         ));

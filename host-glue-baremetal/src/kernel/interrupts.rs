@@ -217,7 +217,7 @@ pub fn init() {
 pub fn print_backtrace(mut rbp: u64) {
     crate::kprintln!("backtrace (resolve with `addr2line -e <kernel> ADDR`):");
     for depth in 0..16 {
-        if rbp == 0 || rbp % 8 != 0 || rbp >= 0xffff_fff0 {
+        if rbp == 0 || !rbp.is_multiple_of(8) || rbp >= 0xffff_fff0 {
             break;
         }
         // SAFETY: `rbp` is 8-aligned and below 4 GiB, which the boot page

@@ -386,7 +386,7 @@ pub fn load_multiboot(
         .iter()
         .map(|m| push_str(&mut area, m.cmdline))
         .collect();
-    while area.len() % 16 != 0 {
+    while !area.len().is_multiple_of(16) {
         area.push(0);
     }
     let mods_gpa = info_gpa.saturating_add(area.len() as u64);

@@ -43,7 +43,7 @@ pub(crate) fn sign_extend(v: u64, size: usize) -> u64 {
 /// PF, ZF and SF for `result` of `size` bytes.
 fn result_flags(result: u64, size: usize) -> u64 {
     let mut f = 0;
-    if (result as u8).count_ones() % 2 == 0 {
+    if (result as u8).count_ones().is_multiple_of(2) {
         f |= RFLAGS_PF;
     }
     if result & mask(size) == 0 {

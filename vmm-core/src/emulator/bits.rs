@@ -19,7 +19,7 @@ use iced_x86::Mnemonic;
 /// PF, ZF and SF of a `size`-byte result.
 fn result_flags(r: u64, size: usize) -> u64 {
     let mut f = 0;
-    if (r as u8).count_ones() % 2 == 0 {
+    if (r as u8).count_ones().is_multiple_of(2) {
         f |= RFLAGS_PF;
     }
     if r & alu::mask(size) == 0 {

@@ -177,7 +177,7 @@ impl<'a> Snapshot<'a> {
             for _ in 0..record.pages {
                 let offset = u64_at(payload, at);
                 at += 8;
-                if offset % PAGE_SIZE != 0
+                if !offset.is_multiple_of(PAGE_SIZE)
                     || offset >= record.len
                     || last.is_some_and(|l| offset <= l)
                 {

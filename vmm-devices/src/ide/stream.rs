@@ -141,7 +141,7 @@ impl SectorSink {
         let backend = backend.as_deref_mut().ok_or(BlockError::Io { code: 0 })?;
         let ss = backend.sector_size();
         self.left -= data.len() as u64;
-        if self.pending.is_empty() && data.len() % ss == 0 {
+        if self.pending.is_empty() && data.len().is_multiple_of(ss) {
             backend.write(self.lba, data)?;
             self.lba += (data.len() / ss) as u64;
             return Ok(());

@@ -217,7 +217,8 @@ impl Msix {
     /// Entry and dword of an access of `len` bytes at `offset`, if it is a
     /// dword or an aligned qword inside the table.
     fn table_index(&self, offset: u64, len: usize) -> Option<(usize, usize)> {
-        let aligned = matches!(len, 4 if offset % 4 == 0) || matches!(len, 8 if offset % 8 == 0);
+        let aligned = matches!(len, 4 if offset.is_multiple_of(4))
+            || matches!(len, 8 if offset.is_multiple_of(8));
         if !aligned || offset + len as u64 > self.table_len() {
             return None;
         }

@@ -260,7 +260,11 @@ impl Vga {
                     let at = offset - 0x500 + i as u64;
                     self.vbe.index = (at / 2) as u16;
                     let w = self.vbe.read_data();
-                    *d = if at % 2 == 0 { w as u8 } else { (w >> 8) as u8 };
+                    *d = if at.is_multiple_of(2) {
+                        w as u8
+                    } else {
+                        (w >> 8) as u8
+                    };
                 }
                 self.vbe.index = saved;
             }
@@ -279,7 +283,7 @@ impl Vga {
                     }
                 }
             }
-            0x500..=0x515 if offset % 2 == 0 && data.len() >= 2 => {
+            0x500..=0x515 if offset.is_multiple_of(2) && data.len() >= 2 => {
                 let saved = self.vbe.index;
                 for (i, w) in data.chunks_exact(2).enumerate() {
                     self.vbe.index = ((offset - 0x500) / 2 + i as u64) as u16;

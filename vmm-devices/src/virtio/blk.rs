@@ -169,7 +169,7 @@ impl VirtioBlk {
         len: u64,
         out: &mut ChainCursor,
     ) -> u8 {
-        if len % SECTOR != 0 || !self.in_range(sector, len / SECTOR) {
+        if !len.is_multiple_of(SECTOR) || !self.in_range(sector, len / SECTOR) {
             return VIRTIO_BLK_S_IOERR;
         }
         let mut lba = sector;
@@ -202,7 +202,7 @@ impl VirtioBlk {
         if self.backend.is_read_only() || self.failed {
             return VIRTIO_BLK_S_IOERR;
         }
-        if len % SECTOR != 0 || !self.in_range(sector, len / SECTOR) {
+        if !len.is_multiple_of(SECTOR) || !self.in_range(sector, len / SECTOR) {
             return VIRTIO_BLK_S_IOERR;
         }
         let mut lba = sector;

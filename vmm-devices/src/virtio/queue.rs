@@ -184,7 +184,7 @@ impl StateModel for QueueModel {
         if l.size == 0 || !l.size.is_power_of_two() || l.size > self.max_size {
             return Err("queue size is not a power of two up to the maximum");
         }
-        if l.desc % 16 != 0 || l.avail % 2 != 0 || l.used % 4 != 0 {
+        if !l.desc.is_multiple_of(16) || !l.avail.is_multiple_of(2) || !l.used.is_multiple_of(4) {
             return Err("ring misaligned");
         }
         for (gpa, len) in [(l.desc, l.desc_len()), (l.avail, l.avail_len())] {

@@ -179,26 +179,41 @@ pub(crate) fn qemu_files() -> Result<Vec<(String, PathBuf)>> {
     Ok(files)
 }
 
-/// Entry point of `cargo xtask bench kvm-nested`.
-pub fn run() -> Result<()> {
-    qemu::ensure()?;
-    let iso = images::fetch()?.linux_iso;
+/// Boot the rig once (built or cached) to run `script`, a bench job that
+/// runs `vmm` and QEMU `rounds` times each on `iso` (at `/rig/cd.iso`,
+/// beside QEMU and its files), within `timeout`; keep the rig's console in
+/// `target/kvm-nested/CONSOLE` and say where.
+pub(crate) fn run_against_qemu(
+    iso: &Path,
+    script: &str,
+    rounds: usize,
+    timeout: Duration,
+    console: &str,
+) -> Result<(kvm_nested::RigRun, PathBuf)> {
     let rig = kvm_nested::build()?;
     let mut files = qemu_files()?;
-    files.push(("/rig/cd.iso".to_string(), iso.clone()));
+    files.push(("/rig/cd.iso".to_string(), iso.to_path_buf()));
     let refs: Vec<(&str, &Path)> = files
         .iter()
         .map(|(a, p)| (a.as_str(), p.as_path()))
         .collect();
     eprintln!(
-        "xtask: one boot of the KVM-in-TCG rig; inside it {} under vmm and under QEMU -enable-kvm, {ROUNDS} runs each, interleaved",
+        "xtask: one boot of the KVM-in-TCG rig; inside it {} under vmm and under QEMU -enable-kvm, {rounds} runs each, interleaved",
         iso.display()
     );
-    let run = rig.run(&script(), &refs, TIMEOUT, false)?;
-    let console = kvm_nested::dir().join("bench-console.log");
+    let run = rig.run(script, &refs, timeout, false)?;
+    let console = kvm_nested::dir().join(console);
     if std::fs::write(&console, &run.serial).is_ok() {
         eprintln!("xtask: the rig's console is in {}", console.display());
     }
+    Ok((run, console))
+}
+
+/// Entry point of `cargo xtask bench kvm-nested`.
+pub fn run() -> Result<()> {
+    qemu::ensure()?;
+    let iso = images::fetch()?.linux_iso;
+    let (run, _) = run_against_qemu(&iso, &script(), ROUNDS, TIMEOUT, "bench-console.log")?;
     let results: Vec<(String, RunFigures)> = run.serial.lines().filter_map(parse_result).collect();
     for l in run.serial.lines().filter(|l| l.contains("exit counting")) {
         eprintln!("xtask: {}", l.trim());

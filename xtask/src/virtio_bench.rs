@@ -21,11 +21,10 @@
 //! RAM, so the figures compare what each VMM adds, not a disk.
 
 use crate::kvm_nested::{self, MARK};
-use crate::kvm_nested_bench::{exit_counting_shell, median, qemu_files};
+use crate::kvm_nested_bench::{exit_counting_shell, median, run_against_qemu};
 use crate::system::{Error, Result};
 use crate::{images, qemu};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 /// Runs of each VMM.
@@ -159,22 +158,8 @@ pub fn run() -> Result<()> {
     qemu::ensure()?;
     let virtio_iso = images::fetch()?.linux_virtio_iso;
     let iso = images::virtio_bench_iso(&virtio_iso)?;
-    let rig = kvm_nested::build()?;
-    let mut files = qemu_files()?;
-    files.push(("/rig/cd.iso".to_string(), iso.clone()));
-    let refs: Vec<(&str, &Path)> = files
-        .iter()
-        .map(|(a, p)| (a.as_str(), p.as_path()))
-        .collect();
-    eprintln!(
-        "xtask: one boot of the KVM-in-TCG rig; inside it {} under vmm and under QEMU -enable-kvm, {ROUNDS} runs each, interleaved",
-        iso.display()
-    );
-    let run = rig.run(&script(), &refs, TIMEOUT, false)?;
-    let console = kvm_nested::dir().join("virtio-bench-console.log");
-    if std::fs::write(&console, &run.serial).is_ok() {
-        eprintln!("xtask: the rig's console is in {}", console.display());
-    }
+    let (run, console) =
+        run_against_qemu(&iso, &script(), ROUNDS, TIMEOUT, "virtio-bench-console.log")?;
     let lines: Vec<Line> = run.serial.lines().filter_map(parse_line).collect();
     let ends: Vec<&Line> = lines
         .iter()

@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use xtask::{bench, fuzz, gdb, images, kernel, test};
+use xtask::{bench, fuzz, gdb, images, kernel, msrv, test};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, test, run and benchmark the VMM")]
@@ -24,6 +24,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Fetch the test images (Debian kernel, SeaBIOS) into target/images.
     Images,
+    /// Check the library crates with the minimum Rust they declare
+    /// (`rust-version`), installing it with rustup; part of `test`.
+    Msrv,
     /// Boot the bare-metal VMM host under QEMU (TCG with SVM and nested
     /// paging), or with --bochs under Bochs (VMX with EPT), streaming its
     /// console; with --kvm-nested, the Linux host's `vmm` with a real KVM
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Fuzz(args) => fuzz::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Images => images::fetch().map(|imgs| imgs.print()),
+        Command::Msrv => msrv::check(),
         Command::Run(args) => kernel::run(args),
         Command::Gdb(args) => gdb::run(args),
     };

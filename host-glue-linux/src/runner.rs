@@ -405,11 +405,15 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     let has_display = !options.display.is_empty() || options.screenshot.is_some();
     let vga_bios = has_display.then_some(options.vga_bios.as_path());
     // Several vCPUs run on threads of their own; so does one with a
-    // network card (unless gdb or a state round trip needs the
-    // single-threaded loop), so that a thread can wait on its tap and
-    // deliver frames as they arrive instead of the card polling.
+    // network card, so that a thread can wait on its tap and deliver
+    // frames as they arrive instead of the card polling, unless gdb, a
+    // state round trip or the API (whose snapshot of one vCPU is taken
+    // by the single-threaded loop) needs that loop.
     let threaded = config.cpus > 1
-        || (config.net.is_some() && options.gdb.is_none() && options.state_roundtrip.is_none());
+        || (config.net.is_some()
+            && options.gdb.is_none()
+            && options.state_roundtrip.is_none()
+            && options.api_socket.is_none());
     let (mut pc, syncs, net_watch) = pc::build(
         host.clone(),
         config,

@@ -582,3 +582,29 @@ fn watch(shared: &Shared, file: &File) {
     }
     shared.lock().watchers -= 1;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    #[test]
+    fn a_watched_file_is_readable_only_while_something_waits_in_it() {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe(2) returns.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: pipe(2) just returned both descriptors; each is owned
+        // once, here.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (reader, mut writer) = (File::from(r), File::from(w));
+        assert!(!readable(&reader, Duration::ZERO));
+        assert!(
+            !readable(&reader, Duration::from_millis(5)),
+            "waits, then no"
+        );
+        writer.write_all(b"frame").unwrap();
+        assert!(readable(&reader, Duration::ZERO));
+        assert!(readable(&reader, WATCH_TICK));
+    }
+}

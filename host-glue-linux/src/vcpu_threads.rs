@@ -545,7 +545,9 @@ const WATCH_TICK: Duration = Duration::from_millis(50);
 /// the rest when it gives buffers, which it does through the device).
 pub const INPUT_BACKOFF: Duration = Duration::from_millis(1);
 
-/// Whether `file` is readable within `timeout` (an error counts as not).
+/// Whether `file` is readable within `timeout` (an error counts as not;
+/// a file that reports an error or a hang-up instead costs a
+/// [`WATCH_TICK`] here, so a broken tap is not watched in a busy loop).
 fn readable(file: &File, timeout: Duration) -> bool {
     let mut fds = libc::pollfd {
         fd: file.as_raw_fd(),
@@ -556,7 +558,11 @@ fn readable(file: &File, timeout: Duration) -> bool {
     // SAFETY: `fds` is one live, initialised pollfd and the count says
     // one; the fd stays open (owned by `file`) for the whole call.
     let n = unsafe { libc::poll(&mut fds, 1, ms) };
-    n > 0 && fds.revents & libc::POLLIN != 0
+    let readable = n > 0 && fds.revents & libc::POLLIN != 0;
+    if n > 0 && !readable {
+        std::thread::sleep(WATCH_TICK);
+    }
+    readable
 }
 
 /// An input watcher's thread (see the module's documentation).

@@ -35,14 +35,17 @@ const MAX_VGA_BIOS: u64 = 16 << 20;
 
 /// Build the PC `config` describes, with `com1` as its serial port's host
 /// side and, with `vga_bios`, a display whose VGA BIOS is that file; also
-/// the sync handles of its writable disk images.
+/// the sync handles of its writable disk images. With `watch_net` the
+/// network card's tap is watched by the caller: the third value is the
+/// handle to wait on (`Tap::watch`), and the card does not poll it.
 pub fn build(
     host: Arc<dyn Host>,
     config: &MachineConfig,
     com1: Box<dyn CharBackend>,
     vga_bios: Option<&Path>,
     input: Option<Box<dyn InputBackend>>,
-) -> Result<(Pc, Vec<ImageSync>), RunError> {
+    watch_net: bool,
+) -> Result<(Pc, Vec<ImageSync>, Option<std::fs::File>), RunError> {
     let read = |what, path: &Path, limit| read_limited(what, path, limit).map_err(RunError::File);
     let vga_bios = vga_bios
         .map(|p| read("VGA BIOS", p, MAX_VGA_BIOS))
@@ -84,11 +87,19 @@ pub fn build(
     } else {
         None
     };
+    let mut net_watch = None;
     let net = match &config.net {
-        Some(n) => Some((
-            Box::new(Tap::open(&n.tap).map_err(RunError::Net)?) as Box<dyn NetBackend>,
-            n.mac,
-        )),
+        Some(n) => {
+            let mut tap = Tap::open(&n.tap).map_err(RunError::Net)?;
+            if watch_net {
+                // Without a second handle the card polls as before.
+                match tap.watch() {
+                    Ok(file) => net_watch = Some(file),
+                    Err(e) => log::warn!("tap {}: cannot watch it ({e}); polling it", n.tap),
+                }
+            }
+            Some((Box::new(tap) as Box<dyn NetBackend>, n.mac))
+        }
         None => None,
     };
     // With a virtio console COM1's terminal is shared by both.
@@ -142,7 +153,7 @@ pub fn build(
         input,
     };
     let pc = Pc::build(host, desc).map_err(|error| machine_error(config, error))?;
-    Ok((pc, syncs))
+    Ok((pc, syncs, net_watch))
 }
 
 /// `error` with the host file it is about, where there is one.

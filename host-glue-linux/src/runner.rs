@@ -404,12 +404,23 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     let mut vnc = crate::vnc::start_for(&options.display, &keys).map_err(RunError::Vnc)?;
     let has_display = !options.display.is_empty() || options.screenshot.is_some();
     let vga_bios = has_display.then_some(options.vga_bios.as_path());
-    let (mut pc, syncs) = pc::build(
+    // Several vCPUs run on threads of their own; so does one with a
+    // network card, so that a thread can wait on its tap and deliver
+    // frames as they arrive instead of the card polling, unless gdb, a
+    // state round trip or the API (whose snapshot of one vCPU is taken
+    // by the single-threaded loop) needs that loop.
+    let threaded = config.cpus > 1
+        || (config.net.is_some()
+            && options.gdb.is_none()
+            && options.state_roundtrip.is_none()
+            && options.api_socket.is_none());
+    let (mut pc, syncs, net_watch) = pc::build(
         host.clone(),
         config,
         Box::new(com1),
         vga_bios,
         Some(Box::new(keys)),
+        threaded,
     )?;
     let mut screen = ScreenWriter::new(options.display.clone());
     let mut last_screen = std::time::Instant::now();
@@ -446,7 +457,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             None
         }
     };
-    if config.cpus > 1 {
+    if threaded {
         let threaded = Threaded {
             config,
             options,
@@ -457,7 +468,8 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             screen: &mut screen,
             vnc: &mut vnc,
         };
-        let (ending, pc, vcpus, posted_writes, assists, elapsed) = run_threads(pc, vcpu, threaded)?;
+        let (ending, pc, vcpus, posted_writes, assists, elapsed) =
+            run_threads(pc, vcpu, threaded, net_watch)?;
         return Ok(finish(
             Finish {
                 ending,
@@ -672,13 +684,20 @@ fn run_threads(
     mut pc: Pc,
     vcpu: KvmVcpu,
     t: Threaded<'_>,
+    net_watch: Option<std::fs::File>,
 ) -> Result<(Ending, Pc, Vec<VcpuFigures>, u64, u64, Duration), RunError> {
     let mut vcpus = Vec::with_capacity(pc.cpus());
     for index in 1..pc.cpus() {
         vcpus.push(vcpu.sibling(index, pc.vm_mut()).map_err(RunError::Kvm)?);
     }
     vcpus.insert(0, vcpu);
-    let threads = VcpuThreads::start(pc, vcpus).map_err(|e| RunError::Thread(e.to_string()))?;
+    let mut threads = VcpuThreads::start(pc, vcpus).map_err(|e| RunError::Thread(e.to_string()))?;
+    if let Some(file) = net_watch {
+        if let Err(e) = threads.watch_input(file, "net-rx") {
+            let _ = threads.finish();
+            return Err(RunError::Thread(e.to_string()));
+        }
+    }
     let started = Instant::now();
     let mut last_screen = Instant::now();
     let mut last_progress = (started, ExitStats::default());
@@ -912,7 +931,7 @@ mod tests {
         config.cpus = cpus;
         let host = Arc::new(LinuxHost::new());
         let com1 = Box::new(vmm_devices::uart::BufferBackend::new());
-        let (pc, _) = pc::build(host, &config, com1, None, None).unwrap();
+        let (pc, _, _) = pc::build(host, &config, com1, None, None, false).unwrap();
         (pc, config)
     }
 

@@ -9,6 +9,11 @@
 //! run it under `ip netns exec`. Frames are read and written one per
 //! system call; a read that would block is "nothing received", a write
 //! that would block drops the frame as a busy wire would.
+//!
+//! [`Tap::watch`] gives a second handle on the same open file for a thread
+//! that waits until a frame is readable (`crate::vcpu_threads`); the
+//! device then does not poll the tap on a timer
+//! (`NetBackend::announces_input`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -73,6 +78,8 @@ pub fn valid_name(name: &str) -> bool {
 pub struct Tap {
     file: File,
     name: String,
+    /// A thread watches the tap for received frames ([`Tap::watch`]).
+    watched: bool,
 }
 
 impl Tap {
@@ -107,7 +114,17 @@ impl Tap {
         Ok(Self {
             file,
             name: name.to_string(),
+            watched: false,
         })
+    }
+
+    /// A second handle on the tap (the same open file, `dup`), for a
+    /// thread that waits for received frames and has the device take them
+    /// at once; the device then no longer looks for them on a timer.
+    pub fn watch(&mut self) -> std::io::Result<File> {
+        let dup = self.file.try_clone()?;
+        self.watched = true;
+        Ok(dup)
     }
 
     /// The interface's name.
@@ -133,6 +150,10 @@ impl NetBackend for Tap {
             // read error: nothing received this time.
             _ => None,
         }
+    }
+
+    fn announces_input(&self) -> bool {
+        self.watched
     }
 }
 

@@ -25,9 +25,25 @@
 //! the next one before it enters (`Host::preempt_at`), and a halted
 //! vCPU sleeps no longer than that, so timers fire while every vCPU is
 //! in its guest or asleep. When every vCPU sleeps with nothing that can
-//! wake it (no timer armed), the VM stops as a lone halted vCPU's does.
+//! wake it (no timer armed), the VM stops as a lone halted vCPU's does,
+//! unless an input watcher may still wake one.
+//!
+//! Input watchers ([`VcpuThreads::watch_input`]): a thread per host file
+//! (the network card's tap) waits in `poll(2)` until it is readable, then
+//! takes the lock, has every device look at its input (the timers are
+//! polled as if each device had been touched, so the virtio function
+//! takes the frame into its receive queue and raises its interrupt), and
+//! kicks or wakes the vCPUs as any holder does. It holds the lock only
+//! for that. A file still readable right after (the guest gives no
+//! receive buffers) is looked at again only after [`INPUT_BACKOFF`], so a
+//! guest that never reads costs one wake-up of the watcher per backoff,
+//! no kicks (nothing new is raised) and no memory (the frames stay in the
+//! host's queue, which drops what overflows it).
 
 use crate::kvm::{set_thread_timer, KvmVcpu, PreemptTimer};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -90,6 +106,8 @@ pub struct State {
     ended: bool,
     /// Why the guest stopped, when it did.
     stopped: Option<StopReason>,
+    /// Input watchers running: a halted machine may still be woken.
+    watchers: usize,
 }
 
 impl State {
@@ -147,6 +165,8 @@ struct Shared {
     wake: Vec<Condvar>,
     /// The host's main thread waits on it for the end.
     main: Condvar,
+    /// The input watchers stop.
+    watchers_stop: AtomicBool,
 }
 
 impl Shared {
@@ -184,6 +204,7 @@ pub struct ThreadReport {
 pub struct VcpuThreads {
     shared: Arc<Shared>,
     handles: Vec<JoinHandle<ThreadReport>>,
+    watchers: Vec<JoinHandle<()>>,
 }
 
 /// The longest a paused thread sleeps before it looks again.
@@ -211,12 +232,14 @@ impl VcpuThreads {
         let shared = Arc::new(Shared {
             wake: vcpus.iter().map(|_| Condvar::new()).collect(),
             main: Condvar::new(),
+            watchers_stop: AtomicBool::new(false),
             state: Mutex::new(State {
                 pc,
                 cpus,
                 paused: false,
                 ended: false,
                 stopped: None,
+                watchers: 0,
             }),
         });
         let mut handles = Vec::new();
@@ -228,13 +251,43 @@ impl VcpuThreads {
             match handle {
                 Ok(h) => handles.push(h),
                 Err(e) => {
-                    let me = Self { shared, handles };
+                    let me = Self {
+                        shared,
+                        handles,
+                        watchers: Vec::new(),
+                    };
                     me.finish();
                     return Err(e);
                 }
             }
         }
-        Ok(Self { shared, handles })
+        Ok(Self {
+            shared,
+            handles,
+            watchers: Vec::new(),
+        })
+    }
+
+    /// Start a thread (named `name`) that waits until `file` is readable
+    /// and then has the devices look at their input at once (see the
+    /// module's documentation): the network card's tap, whose backend
+    /// then announces its input instead of being polled.
+    pub fn watch_input(&mut self, file: File, name: &str) -> std::io::Result<()> {
+        let shared = self.shared.clone();
+        shared.lock().watchers += 1;
+        let handle = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || watch(&shared, &file));
+        match handle {
+            Ok(h) => {
+                self.watchers.push(h);
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.lock().watchers -= 1;
+                Err(e)
+            }
+        }
     }
 
     /// The machine, held: the host's main thread serves its input, display
@@ -293,6 +346,10 @@ impl VcpuThreads {
         {
             let mut state = self.shared.lock();
             self.shared.end(&mut state);
+        }
+        self.shared.watchers_stop.store(true, Ordering::Release);
+        for w in self.watchers {
+            let _ = w.join();
         }
         let reports = self
             .handles
@@ -446,7 +503,7 @@ fn sleep<'a>(
     // What this vCPU did last (an IPI, say) may wake another.
     state.wake_targets(&shared.wake);
     let next = state.pc.next_timer();
-    if next.is_none() && state.all_asleep() {
+    if next.is_none() && state.all_asleep() && state.watchers == 0 {
         state.pc.vm_mut().stop(StopReason::Halted {
             rip: 0,
             interrupts_enabled: false,
@@ -478,4 +535,82 @@ fn sleep<'a>(
     state = nap(shared, index, state, timeout);
     state.cpus[index].place = Place::Busy;
     state
+}
+
+/// How long a watcher waits in `poll(2)` before it looks whether the run
+/// ended.
+const WATCH_TICK: Duration = Duration::from_millis(50);
+/// How long a watcher leaves a file alone that is still readable after
+/// the devices looked (the guest takes no more input for now; it takes
+/// the rest when it gives buffers, which it does through the device).
+pub const INPUT_BACKOFF: Duration = Duration::from_millis(1);
+
+/// Whether `file` is readable within `timeout` (an error counts as not;
+/// a file that reports an error or a hang-up instead costs a
+/// [`WATCH_TICK`] here, so a broken tap is not watched in a busy loop).
+fn readable(file: &File, timeout: Duration) -> bool {
+    let mut fds = libc::pollfd {
+        fd: file.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: `fds` is one live, initialised pollfd and the count says
+    // one; the fd stays open (owned by `file`) for the whole call.
+    let n = unsafe { libc::poll(&mut fds, 1, ms) };
+    let readable = n > 0 && fds.revents & libc::POLLIN != 0;
+    if n > 0 && !readable {
+        std::thread::sleep(WATCH_TICK);
+    }
+    readable
+}
+
+/// An input watcher's thread (see the module's documentation).
+fn watch(shared: &Shared, file: &File) {
+    while !shared.watchers_stop.load(Ordering::Acquire) {
+        if !readable(file, WATCH_TICK) {
+            continue;
+        }
+        {
+            let mut state = shared.lock();
+            if state.ended {
+                break;
+            }
+            // As if every device had been touched: the network card's
+            // function looks at its receive queue.
+            state.pc.vm_mut().timers_changed();
+            let _ = state.pc.next_timer();
+            state.wake_targets(&shared.wake);
+        }
+        if readable(file, Duration::ZERO) {
+            std::thread::sleep(INPUT_BACKOFF);
+        }
+    }
+    shared.lock().watchers -= 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    #[test]
+    fn a_watched_file_is_readable_only_while_something_waits_in_it() {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe(2) returns.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: pipe(2) just returned both descriptors; each is owned
+        // once, here.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (reader, mut writer) = (File::from(r), File::from(w));
+        assert!(!readable(&reader, Duration::ZERO));
+        assert!(
+            !readable(&reader, Duration::from_millis(5)),
+            "waits, then no"
+        );
+        writer.write_all(b"frame").unwrap();
+        assert!(readable(&reader, Duration::ZERO));
+        assert!(readable(&reader, WATCH_TICK));
+    }
 }

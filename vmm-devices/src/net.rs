@@ -53,6 +53,14 @@ pub trait NetBackend: Send {
     fn link_up(&self) -> bool {
         true
     }
+    /// Whether the host announces received frames: it has the device look
+    /// for them as they arrive (on the Linux host, a thread that waits on
+    /// the tap device and then polls the device's timers), so the device
+    /// need not look on a timer of its own. False by default: the device
+    /// looks every millisecond while its driver runs.
+    fn announces_input(&self) -> bool {
+        false
+    }
 }
 
 /// Whether `frame` has a plausible Ethernet length.

@@ -258,7 +258,7 @@ mod tests {
         config.memory = crate::config::parse_memory("8G", "--memory").unwrap();
         let host = std::sync::Arc::new(crate::LinuxHost::new());
         let com1 = Box::new(vmm_devices::uart::BufferBackend::new());
-        let (mut pc, _) = crate::pc::build(host, &config, com1, None, None).unwrap();
+        let (mut pc, _, _) = crate::pc::build(host, &config, com1, None, None, false).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         let slots = plan(pc.vm_mut().memory_mut());
         let high = slots.iter().find(|s| s.gpa == 1 << 32).unwrap();

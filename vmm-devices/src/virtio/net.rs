@@ -23,7 +23,9 @@
 //!   MRG_RXBUF a frame longer than its chain is cut to it. A chain with a
 //!   buffer that is not RAM gets its frame dropped and a used length of 0.
 //!   The transport looks for frames every [`RX_POLL_NS`] while the driver
-//!   runs.
+//!   runs, unless the backend announces them
+//!   ([`NetBackend::announces_input`]); it also looks whenever it is
+//!   polled (after any access of the guest to it).
 
 use super::chain::{ChainCursor, DescriptorChain};
 use super::device::VirtioDevice;
@@ -358,7 +360,7 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn input_poll_ns(&self) -> Option<u64> {
-        Some(RX_POLL_NS)
+        (!self.backend.announces_input()).then_some(RX_POLL_NS)
     }
 
     fn save_state(&self) -> Vec<u8> {

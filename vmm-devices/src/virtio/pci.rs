@@ -748,12 +748,15 @@ impl PciFunction for VirtioPci {
         if !self.running() {
             return None;
         }
-        let period = self.device.input_poll_ns()?;
+        // Receive queues are looked at whenever the function is polled (a
+        // host that announces input polls it then), and again after the
+        // device's period if it has one.
         for q in 0..self.queues.len() {
             if self.device.is_receive_queue(q as u16) {
                 self.process_queue(ctx, q);
             }
         }
+        let period = self.device.input_poll_ns()?;
         Some(ctx.now_ns().saturating_add(period))
     }
 

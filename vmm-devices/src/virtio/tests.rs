@@ -1303,6 +1303,49 @@ mod net {
         assert_eq!(rig.peek(DATA + 0x3000 + 12, 60), frame(60, 9));
     }
 
+    /// A backend whose host announces received frames.
+    struct Announcing(BufferNet);
+
+    impl crate::net::NetBackend for Announcing {
+        fn send(&mut self, frame: &[u8]) -> Result<(), crate::net::NetError> {
+            self.0.send(frame)
+        }
+        fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
+            self.0.recv(buf)
+        }
+        fn announces_input(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_backend_that_announces_input_is_not_polled_on_a_timer() {
+        // The polling card asks for its timer while its driver runs.
+        let (mut rig, _rx, _tx) = rig(BufferNet::new(), FEATURES);
+        rig.vm.timers_changed();
+        let due = rig.vm.poll_timers().expect("the card polls");
+        assert!(due <= rig.vm.host().now_ns() + RX_POLL_NS);
+        // The announcing one does not, and still takes a frame whenever the
+        // host has it look (as the Linux host's tap watcher does).
+        let net = BufferNet::new();
+        let mut rig = Rig::new(Box::new(VirtioNet::new(
+            Box::new(Announcing(net.clone())),
+            MAC,
+        )));
+        let (mut rx, tx) = (Ring::new(RECEIVE_QUEUE), Ring::new(TRANSMIT_QUEUE));
+        start_rings(&mut rig, FEATURES, &[&rx, &tx]);
+        rx.submit(&mut rig, &[(DATA, 2048, true)]);
+        rig.notify(RECEIVE_QUEUE);
+        rig.vm.timers_changed();
+        assert_eq!(rig.vm.poll_timers(), None, "no timer of its own");
+        assert_eq!(rx.used_idx(&rig), 0);
+        net.push_frame(&frame(60, 5));
+        rig.vm.timers_changed();
+        assert_eq!(rig.vm.poll_timers(), None);
+        assert_eq!(rx.used_idx(&rig), 1);
+        assert_eq!(rig.peek(DATA + 12, 60), frame(60, 5));
+    }
+
     #[test]
     fn without_mergeable_buffers_a_frame_takes_one_chain_and_rom_gets_nothing() {
         let net = BufferNet::new();

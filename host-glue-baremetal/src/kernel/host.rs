@@ -165,7 +165,9 @@ impl HostMemory for RegionView {
     fn as_slice(&self) -> &[u8] {
         // SAFETY: `ptr` points at `len` initialised bytes that `_owner`
         // keeps allocated. Other views alias them, but this host runs
-        // every VM on one CPU, one at a time, and the VMM borrows a view's
+        // every VM that shares a region on one CPU, one at a time
+        // (`Placement` in kernel/mod.rs keeps `shm=` and `clones=` runs on
+        // the bootstrap processor), and the VMM borrows a view's
         // bytes only within one memory access or device call of its VM:
         // no two borrows of the region are ever alive together. Guests
         // change the bytes through their nested page tables only while

@@ -114,6 +114,43 @@ pub fn progress_line(elapsed: Duration, before: &ExitStats, now: &ExitStats, sec
     line
 }
 
+/// `--progress`: a [`progress_line`] on stderr every `every` while the
+/// guest runs (none while it is paused), for either main loop.
+struct Progress {
+    every: Option<Duration>,
+    started: std::time::Instant,
+    /// When the last line was printed, and the figures it was printed from.
+    last: (std::time::Instant, ExitStats),
+}
+
+impl Progress {
+    fn new(every: Option<Duration>, started: std::time::Instant, stats: ExitStats) -> Self {
+        Self {
+            every,
+            started,
+            last: (started, stats),
+        }
+    }
+
+    /// Print the line if `every` has passed since the last one.
+    fn tick(&mut self, paused: bool, stats: &ExitStats) {
+        let Some(every) = self.every.filter(|_| !paused) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if now.duration_since(self.last.0) < every {
+            return;
+        }
+        let secs = now.duration_since(self.last.0).as_secs_f64();
+        // CR LF: the terminal may be in raw mode.
+        eprint!(
+            "{}\r\n",
+            progress_line(self.started.elapsed(), &self.last.1, stats, secs)
+        );
+        self.last = (now, stats.clone());
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
@@ -495,7 +532,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     let mut state_roundtrips = 0;
     let (mut posted_writes, mut assists) = (0, 0);
     let started = std::time::Instant::now();
-    let mut last_progress = (started, m.pc.vm().stats().clone());
+    let mut progress = Progress::new(options.progress, started, m.pc.vm().stats().clone());
     let mut paused = false;
     let ending = loop {
         // gdb holds the guest while it is stopped.
@@ -553,19 +590,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         if input.as_ref().is_some_and(|i| i.quit_requested()) {
             break Ending::Quit;
         }
-        if let Some(every) = options.progress.filter(|_| !paused) {
-            let now = std::time::Instant::now();
-            if now.duration_since(last_progress.0) >= every {
-                let stats = m.pc.vm().stats().clone();
-                let secs = now.duration_since(last_progress.0).as_secs_f64();
-                // CR LF: the terminal may be in raw mode.
-                eprint!(
-                    "{}\r\n",
-                    progress_line(started.elapsed(), &last_progress.1, &stats, secs)
-                );
-                last_progress = (now, stats);
-            }
-        }
+        progress.tick(paused, m.pc.vm().stats());
         if last_screen.elapsed() >= SCREEN_EVERY {
             screen.update(&m.pc);
             last_screen = std::time::Instant::now();
@@ -700,7 +725,7 @@ fn run_threads(
     }
     let started = Instant::now();
     let mut last_screen = Instant::now();
-    let mut last_progress = (started, ExitStats::default());
+    let mut progress = Progress::new(t.options.progress, started, ExitStats::default());
     let mut paused = false;
     let ending = loop {
         let mut state = threads.lock();
@@ -746,18 +771,7 @@ fn run_threads(
         }
         // Input, the power button or a reset may have raised something.
         threads.changed(&mut state);
-        if let Some(every) = t.options.progress.filter(|_| !paused) {
-            let now = Instant::now();
-            if now.duration_since(last_progress.0) >= every {
-                let stats = state.pc.vm().stats().clone();
-                let secs = now.duration_since(last_progress.0).as_secs_f64();
-                eprint!(
-                    "{}\r\n",
-                    progress_line(started.elapsed(), &last_progress.1, &stats, secs)
-                );
-                last_progress = (now, stats);
-            }
-        }
+        progress.tick(paused, state.pc.vm().stats());
         if last_screen.elapsed() >= SCREEN_EVERY {
             t.screen.update(&state.pc);
             last_screen = Instant::now();

@@ -477,7 +477,7 @@ fn linux_cd_with(
 /// the init of `xtask/assets/linux-cd` (which reads that switch) in its
 /// initramfs: it boots, sets the RTC to 2030 and reboots, boots again,
 /// finds 2030 and powers off. Built next to `default_iso` from it (its kernel and the
-/// rest of its initramfs), and rebuilt when it or the init is newer.
+/// rest of its initramfs), and rebuilt when it is newer or the init changed.
 pub fn reboot_iso(default_iso: &Path) -> Result<PathBuf> {
     current_init_iso(default_iso, "reboot", "vmm.reboot_once")
 }
@@ -758,7 +758,7 @@ pub fn net_client_iso(virtio_iso: &Path) -> Result<PathBuf> {
 /// (`initrd=/boot/initrd.gz,/boot/bench.gz`): the init of
 /// `xtask/assets/virtio-bench` and its `vmm-randio`, which measure the
 /// virtio disk and network for `cargo xtask bench virtio` (see that init).
-/// Built next to `virtio_iso`, and rebuilt when it or the assets are newer.
+/// Built next to `virtio_iso`, and rebuilt when it is newer or the assets changed.
 pub fn virtio_bench_iso(virtio_iso: &Path) -> Result<PathBuf> {
     let dir = virtio_iso
         .parent()
@@ -808,8 +808,8 @@ fn virtio_variant(virtio_iso: &Path, name: &str, from: &str, to: &str) -> Result
     virtio_variant_with(virtio_iso, name, from, to, &[], &|_| Ok(()), &[])
 }
 
-/// [`virtio_variant`], also rebuilt when a file of `inputs` is newer than
-/// the CD; `prepare` runs first (given the CD's directory) and each of
+/// [`virtio_variant`], also rebuilt when a file of `inputs` changed since
+/// it was built; `prepare` runs first (given the CD's directory) and each of
 /// `maps` (a file here and its path on the CD) is added or replaced.
 fn virtio_variant_with(
     virtio_iso: &Path,

@@ -888,13 +888,12 @@ fn remaster_with_cfg(
     // A copy with one file replaced is about as large as the CD it copies;
     // a short one (seen once: 64 KiB of a shared cache) must not be kept.
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    if size(iso) < size(base_iso) / 2 {
+    let (written, base) = (size(iso), size(base_iso));
+    if written < base / 2 {
         let _ = std::fs::remove_file(iso);
         return Err(Error::msg(format!(
-            "{what}: wrote {} bytes of {}, from a CD of {} bytes",
-            size(iso),
-            iso.display(),
-            size(base_iso)
+            "{what}: wrote {written} bytes of {}, from a CD of {base} bytes",
+            iso.display()
         )));
     }
     Ok(())

@@ -171,15 +171,15 @@ impl ShadowPager {
             (host_page, region_writable)
         };
 
+        // A 4-level tree links the subtree for the guest's PML4 entry
+        // first, so that the dependencies below go to it.
+        let top_entry = trace.entries().first().map_or(0, |e| e.value);
+        if key.mode == PagingMode::Level4 {
+            self.link_top(host, slot, linear, top_entry)?;
+        }
         // Record what this leaf depends on; a frame that just became a page
         // table loses its writable mappings everywhere.
-        let serial = self.roots[slot].as_ref().map_or(0, |r| r.serial);
-        let leaf = Leaf {
-            root: serial,
-            page: linear & !0xfff,
-            shift: 12,
-        };
-        self.record_deps(slot, serial, key.mode, trace.entries(), linear);
+        self.record_deps(slot, key.mode, trace.entries(), linear);
 
         let page_table = self.coherence.is_tracked(page);
         if kind == AccessKind::Write && page_table {
@@ -207,15 +207,21 @@ impl ShadowPager {
         if !translation.executable {
             entry |= PTE_XD;
         }
-        let restarted = self.set_leaf(host, slot, linear, entry)?;
+        let restarted = self.set_leaf(host, slot, linear, entry, top_entry)?;
+        let (owner, serial) = self.owner(slot, linear);
+        let leaf = Leaf {
+            root: serial,
+            page: linear & !0xfff,
+            shift: 12,
+        };
         if writable && self.coherence.add_writable(page, leaf) {
-            self.note_writable_frame(slot, page);
+            self.note_writable_frame(owner, page);
         }
         if restarted {
             // The tree was started over to make room, and with it went the
             // dependencies recorded above: record them again (which takes
             // the new leaf back if its frame is a page table after all).
-            self.record_deps(slot, serial, key.mode, trace.entries(), linear);
+            self.record_deps(slot, key.mode, trace.entries(), linear);
         }
         self.stats.fills += 1;
         if kind == AccessKind::Write && page_table {

@@ -69,6 +69,7 @@ mod root_key;
 mod roots;
 mod seats;
 mod stats;
+mod subtrees;
 mod table_pool;
 #[cfg(test)]
 mod tests;
@@ -126,6 +127,20 @@ struct Root {
     dep_keys_limit: usize,
     /// Compact `writable_frames` when it reaches this length.
     writable_limit: usize,
+    /// `Some` for a subtree shared between 4-level trees (see
+    /// `subtrees`), `None` for a tree of its own.
+    share: Option<subtrees::Share>,
+}
+
+impl Root {
+    /// The shift of the linear-address bits that index this root's top
+    /// table: a tree's format's, 30 for a shared subtree (a PDPT).
+    fn top_shift(&self) -> u32 {
+        match self.share {
+            Some(_) => 30,
+            None => self.format.top_shift(),
+        }
+    }
 }
 
 /// The smallest length at which a root's bookkeeping lists are compacted.
@@ -159,6 +174,8 @@ pub struct ShadowPager {
     /// The page of all-ones open bus maps to, and its host-physical
     /// address, once a guest touched open bus.
     open_bus: Option<(alloc::boxed::Box<dyn crate::host::HostMemory>, u64)>,
+    /// The top tables of shared subtrees, and their slots in `roots`.
+    shared_tops: hashbrown::HashMap<u32, usize>,
 }
 
 impl ShadowPager {
@@ -179,6 +196,7 @@ impl ShadowPager {
             max_phys_bits: 46,
             stats: ShadowStats::default(),
             open_bus: None,
+            shared_tops: hashbrown::HashMap::new(),
         }
     }
 
@@ -186,7 +204,18 @@ impl ShadowPager {
     pub fn stats(&self) -> ShadowStats {
         ShadowStats {
             pages_in_use: self.pool.in_use() as u64,
-            roots: self.roots.iter().flatten().count() as u64,
+            roots: self
+                .roots
+                .iter()
+                .flatten()
+                .filter(|r| r.share.is_none())
+                .count() as u64,
+            subtrees: self
+                .roots
+                .iter()
+                .flatten()
+                .filter(|r| r.share.is_some())
+                .count() as u64,
             ..self.stats
         }
     }

@@ -493,9 +493,11 @@ fn a_small_budget_evicts_the_least_recently_used_root() {
     let (host, mut vm) = vm();
     let mut control = level4_tables(&mut vm);
     pte(&mut vm, 0x10, 0x8_0000 | P | RW | A | D);
-    // 4 PML4s sharing the lower levels; each filled tree needs 4 pages.
+    // 4 PML4s naming the same lower levels with other rights (so no two
+    // trees share a subtree); each filled tree needs 4 pages.
+    let rights = [P | RW | US, P | RW, P | US, P];
     for i in 0..4u64 {
-        put64(&mut vm, 0x10_0000 + i * 0x1000, PDPT | P | RW | US);
+        put64(&mut vm, 0x10_0000 + i * 0x1000, PDPT | rights[i as usize]);
     }
     let mut pager = ShadowPager::new(ShadowConfig { budget_pages: 9 });
     for round in 0..3 {
@@ -1410,4 +1412,166 @@ fn vcpus_on_one_address_space_share_its_tree_and_a_full_flush_reaches_all() {
     assert_eq!(vcpu1.lock().shadow_entry(0x10_000), None);
     vcpu1.lock().ensure(&*host, &c1, vm.memory()).unwrap();
     assert_eq!(vcpu1.lock().shadow_entry(0x10_000), None);
+}
+
+/// Four address spaces whose PML4s hold the same entry 0 (as a guest's
+/// processes share its kernel half) and, at entry 1, one PDPT each.
+fn four_processes(vm: &mut Vm) -> ControlRegisters {
+    let control = level4_tables(vm);
+    pte(vm, 0x10, 0x8_0000 | P | RW | A | D);
+    // Present but not yet accessed: never prefetched with 0x10.
+    pte(vm, 0x11, 0x8_1000 | P | RW);
+    for i in 0..4u64 {
+        let pml4 = 0x10_0000 + i * 0x1000;
+        let pdpt = 0x20_0000 + i * 0x1000;
+        put64(vm, pml4, PDPT | P | RW | US);
+        put64(vm, pml4 + 8, pdpt | P | RW | US);
+        put64(vm, pdpt, PD | P | RW | US);
+    }
+    control
+}
+
+#[test]
+fn trees_with_an_equal_pml4_entry_share_one_subtree_under_it() {
+    let (host, mut vm) = vm();
+    let mut control = four_processes(&mut vm);
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    control.cr3 = 0x10_0000;
+    pager.activate(&*host, &control).unwrap();
+    let out = pager
+        .handle_fault(&*host, vm.memory_mut(), &control, fault(0x10_000, 0))
+        .unwrap();
+    assert_eq!(out, FaultOutcome::Filled);
+    // The other processes find the page mapped without a fault of their
+    // own; their private halves (entry 1) stay their own.
+    for i in 1..4u64 {
+        control.cr3 = 0x10_0000 + i * 0x1000;
+        pager.activate(&*host, &control).unwrap();
+        assert!(pager.shadow_entry(0x10_000).is_none(), "not linked yet");
+        // A fault anywhere under entry 0 links the filled subtree.
+        let out = pager
+            .handle_fault(&*host, vm.memory_mut(), &control, fault(0x11_000, 0))
+            .unwrap();
+        assert_eq!(out, FaultOutcome::Filled);
+        assert!(pager.shadow_entry(0x10_000).is_some(), "process {i}");
+        let out = pager
+            .handle_fault(
+                &*host,
+                vm.memory_mut(),
+                &control,
+                fault((1 << 39) + 0x10_000, 0),
+            )
+            .unwrap();
+        assert_eq!(out, FaultOutcome::Filled);
+    }
+    let s = pager.stats();
+    assert_eq!(s.subtree_links, 3, "{s:?}");
+    // One subtree for entry 0, one per process for entry 1 (but process
+    // 0, which never touched entry 1).
+    assert_eq!(s.subtrees, 4, "{s:?}");
+    assert_eq!(s.roots, 4, "{s:?}");
+    // Four PML4s, the shared PDPT/PD/PT, and a PDPT/PD/PT per process
+    // for entry 1 (entry 1 of process 0 was never filled).
+    assert_eq!(pager.pages_allocated(), 4 + 3 + 3 * 3, "{s:?}");
+    for i in 0..4u64 {
+        control.cr3 = 0x10_0000 + i * 0x1000;
+        pager.activate(&*host, &control).unwrap();
+        for l in [0x10_000u64, 0x11_000, (1 << 39) + 0x10_000] {
+            pager.verify(vm.memory(), &control, l).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_pte_write_under_a_shared_subtree_leaves_no_tree_with_the_old_mapping() {
+    let (host, mut vm) = vm();
+    let mut control = four_processes(&mut vm);
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    for i in 0..4u64 {
+        control.cr3 = 0x10_0000 + i * 0x1000;
+        pager.activate(&*host, &control).unwrap();
+        pager
+            .handle_fault(&*host, vm.memory_mut(), &control, fault(0x10_000, 0))
+            .unwrap();
+        assert!(pager.shadow_entry(0x10_000).is_some());
+    }
+    // Process 2 remaps the page (its kernel changes the shared PT).
+    pte(&mut vm, 0x10, 0x9_0000 | P | RW | A | D);
+    pager.guest_wrote(PT + 0x10 * 8, 8);
+    let new = host_of(&vm, 0x9_0000);
+    for i in 0..4u64 {
+        control.cr3 = 0x10_0000 + i * 0x1000;
+        pager.activate(&*host, &control).unwrap();
+        // Gone everywhere, or mapped to the new frame: never the old one.
+        if let Some(e) = pager.shadow_entry(0x10_000) {
+            assert_eq!(e & ADDR_MASK, new, "process {i}");
+        }
+        pager.verify(vm.memory(), &control, 0x10_000).unwrap();
+        pager
+            .handle_fault(&*host, vm.memory_mut(), &control, fault(0x10_000, 0))
+            .unwrap();
+        assert_eq!(pager.shadow_entry(0x10_000).unwrap() & ADDR_MASK, new);
+    }
+}
+
+#[test]
+fn a_pml4_entry_rewritten_in_one_process_unlinks_only_its_own_subtree() {
+    let (host, mut vm) = vm();
+    let mut control = four_processes(&mut vm);
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    for i in 0..2u64 {
+        control.cr3 = 0x10_0000 + i * 0x1000;
+        pager.activate(&*host, &control).unwrap();
+        pager
+            .handle_fault(&*host, vm.memory_mut(), &control, fault(0x10_000, 0))
+            .unwrap();
+    }
+    // Process 1's entry 0 now names its own PDPT (read-only rights), whose
+    // tables map the page elsewhere.
+    put64(&mut vm, 0x30_0000, 0x30_1000 | P | RW | US);
+    put64(&mut vm, 0x30_1000, 0x30_2000 | P | RW | US);
+    put64(&mut vm, 0x30_2000 + 0x10 * 8, 0xa_0000 | P | RW | A | D);
+    put64(&mut vm, 0x10_1000, 0x30_0000 | P | US);
+    pager.guest_wrote(0x10_1000, 8);
+    assert!(pager.shadow_entry(0x10_000).is_none());
+    pager
+        .handle_fault(&*host, vm.memory_mut(), &control, fault(0x10_000, 0))
+        .unwrap();
+    let e = pager.shadow_entry(0x10_000).unwrap();
+    assert_eq!(e & ADDR_MASK, host_of(&vm, 0xa_0000));
+    assert_eq!(e & RW, 0, "the new entry gives no write");
+    pager.verify(vm.memory(), &control, 0x10_000).unwrap();
+    // Process 0 still runs on the shared subtree, untouched.
+    control.cr3 = 0x10_0000;
+    pager.activate(&*host, &control).unwrap();
+    let e = pager.shadow_entry(0x10_000).unwrap();
+    assert_eq!(e & ADDR_MASK, host_of(&vm, 0x8_0000));
+    pager.verify(vm.memory(), &control, 0x10_000).unwrap();
+}
+
+#[test]
+fn a_shared_subtree_outlives_the_tree_that_filled_it_and_goes_with_the_last() {
+    let (host, mut vm) = vm();
+    let mut control = four_processes(&mut vm);
+    // Room for two trees with the shared subtree: the LRU one is evicted.
+    let mut pager = ShadowPager::new(ShadowConfig { budget_pages: 12 });
+    for round in 0..3 {
+        for i in 0..4u64 {
+            control.cr3 = 0x10_0000 + i * 0x1000;
+            pager.activate(&*host, &control).unwrap();
+            for l in [0x10_000u64, (1 << 39) + 0x10_000] {
+                let out = pager
+                    .handle_fault(&*host, vm.memory_mut(), &control, fault(l, 0))
+                    .unwrap();
+                assert_eq!(out, FaultOutcome::Filled, "round {round} process {i}");
+                pager.verify(vm.memory(), &control, l).unwrap();
+            }
+        }
+    }
+    let s = pager.stats();
+    assert!(s.evictions > 0, "{s:?}");
+    assert!(pager.pages_allocated() <= 12);
+    pager.flush_all();
+    let s = pager.stats();
+    assert_eq!((s.subtrees, s.pages_in_use), (0, 1), "{s:?}");
 }

@@ -6,6 +6,7 @@ use super::coherence::{self, Leaf};
 use super::guest_tables::WalkWrite;
 use super::table_pool::ENTRIES;
 use super::{ShadowPager, COMPACT_AT, PTE_A, PTE_D, PTE_P};
+use crate::memory::GuestMemory;
 use crate::paging::{PagingMode, TracedEntry};
 use alloc::vec::Vec;
 
@@ -79,8 +80,13 @@ impl ShadowPager {
     /// tables.
     /// A 4-level tree's dependency on the guest's PML4 entry is the
     /// tree's own; the ones below it belong to the subtree linked there.
+    ///
+    /// An entry in an out-of-sync frame is brought in sync first; a frame
+    /// a directory entry came from is brought back in sync whole (only
+    /// leaf tables stay out of sync).
     pub(super) fn record_deps(
         &mut self,
+        memory: &GuestMemory,
         slot: usize,
         mode: PagingMode,
         trace: &[TracedEntry],
@@ -106,6 +112,13 @@ impl ShadowPager {
         let mut revoke = Vec::new();
         for (i, e) in trace.iter().enumerate() {
             let shift = top.saturating_sub(step * i as u32).max(12);
+            if self.unsync.contains(e.gpa) {
+                if shift == 12 {
+                    self.sync_entry(e.gpa, e.wide, e.value);
+                } else {
+                    self.resync_frame(memory, e.gpa);
+                }
+            }
             let (owner, serial) = if i == 0 { tree } else { below };
             let dep = Leaf {
                 root: serial,
@@ -171,8 +184,9 @@ impl ShadowPager {
     /// The guest (through the emulator) wrote `[gpa, gpa + len)`: remove
     /// the shadow leaves that depended on entries there, and stop tracking
     /// a page-table page the guest keeps rewriting.
+    /// (A write to an out-of-sync frame is left to its resync.)
     pub fn guest_wrote(&mut self, gpa: u64, len: u64) {
-        if !self.coherence.is_tracked(gpa) {
+        if !self.coherence.is_tracked(gpa) || self.unsync.contains(gpa) {
             return;
         }
         let mut leaves = Vec::new();
@@ -190,6 +204,7 @@ impl ShadowPager {
     /// INVLPG: drop the current tree's leaf for `linear`.
     pub fn invlpg(&mut self, linear: u64) {
         self.stats.invlpgs += 1;
+        self.unsync.flush_requested();
         if let Some(slot) = self.current {
             let mask = self
                 .current_root()

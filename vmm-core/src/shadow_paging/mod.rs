@@ -74,6 +74,7 @@ mod table_pool;
 #[cfg(test)]
 mod tests;
 mod tree;
+mod unsync;
 mod verify;
 
 pub use error::{CoherenceError, ShadowError};
@@ -176,6 +177,8 @@ pub struct ShadowPager {
     open_bus: Option<(alloc::boxed::Box<dyn crate::host::HostMemory>, u64)>,
     /// The top tables of shared subtrees, and their slots in `roots`.
     shared_tops: hashbrown::HashMap<u32, usize>,
+    /// Leaf page tables out of sync until the guest's next TLB flush.
+    unsync: unsync::Unsync,
 }
 
 impl ShadowPager {
@@ -197,6 +200,7 @@ impl ShadowPager {
             stats: ShadowStats::default(),
             open_bus: None,
             shared_tops: hashbrown::HashMap::new(),
+            unsync: unsync::Unsync::new(),
         }
     }
 
@@ -225,6 +229,20 @@ impl ShadowPager {
         self.pool.allocated()
     }
 
+    /// Guest leaf page tables now out of sync (writable until the guest's
+    /// next TLB flush).
+    pub fn unsynced_frames(&self) -> usize {
+        self.unsync.len()
+    }
+
+    /// Whether the guest frame holding `gpa` is a leaf table out of sync:
+    /// the guest writes it without exits, and the pager hears of those
+    /// writes at the next TLB flush, not through
+    /// [`ShadowPager::guest_wrote`].
+    pub fn is_out_of_sync(&self, gpa: u64) -> bool {
+        self.unsync.contains(gpa)
+    }
+
     /// Guest frames currently write-protected as page tables.
     pub fn tracked_frames(&self) -> usize {
         self.coherence.tracked_frames()
@@ -242,6 +260,7 @@ impl ShadowPager {
     /// flush that needs nothing from the shadow trees, such as a CR4.PGE
     /// toggle).
     pub fn request_tlb_flush(&mut self) {
+        self.unsync.flush_requested();
         self.mark_tlb_flush();
     }
 

@@ -194,6 +194,10 @@ impl ShadowPager {
                 // The upper entries' dependencies are the faulting page's
                 // (same ranges); only the leaf's is new.
                 if let Some(leaf) = entries.get(siblings.upper_len) {
+                    // An out-of-sync table's entry: in sync first.
+                    if self.unsync.contains(leaf.gpa) {
+                        self.sync_entry(leaf.gpa, leaf.wide, leaf.value);
+                    }
                     let dep = Leaf {
                         root: serial,
                         page: near,

@@ -22,6 +22,9 @@ impl ShadowPager {
     ) -> Result<(HostPhysAddr, ShadowFormat), ShadowError> {
         let key = RootKey::of(control);
         let format = key.format()?;
+        // A CR3 load flushes the guest's TLB: out-of-sync tables catch up
+        // before it runs again.
+        self.unsync.flush_requested();
         self.clock += 1;
         let found = self.roots.iter().position(|r| {
             r.as_ref()
@@ -85,6 +88,7 @@ impl ShadowPager {
         memory: &GuestMemory,
     ) -> Result<(HostPhysAddr, ShadowFormat), ShadowError> {
         self.sync_generation(memory);
+        self.resync_if_flushed(memory);
         let key = RootKey::of(control);
         match self.current_root() {
             Some(r) if r.key == key => Ok((HostPhysAddr(self.pool.phys(r.top)), r.format)),
@@ -191,6 +195,7 @@ impl ShadowPager {
         // Every link is gone, and each subtree with its last one.
         debug_assert!(self.shared_tops.is_empty());
         self.coherence.clear();
+        self.unsync.clear();
         self.stats.full_flushes += 1;
         self.mark_tlb_flush();
     }

@@ -31,7 +31,12 @@
 //! fill produces), in every mode, and switching back to an address space
 //! finds its tree still filled. Tables come from a bounded pool of host
 //! pages ([`ShadowConfig::budget_pages`]); when it runs out the least
-//! recently used root is evicted.
+//! recently used root is evicted. A 4-level tree shares the subtree under
+//! each top entry with every tree whose guest has an equal PML4 entry
+//! (`subtrees`: a guest's processes share their kernel half), and leaf
+//! tables a single vCPU writes go out of sync until its next TLB flush
+//! (`unsync`: written without exits, caught up at CR3 loads, INVLPG and
+//! CR4.PGE toggles, as a TLB would be).
 //!
 //! Formats: a 4-level guest gets 4-level shadow tables; every other mode
 //! (paging off, 32-bit, PAE) gets PAE shadow tables, so the backend runs the
@@ -39,16 +44,18 @@
 //! off: SVM's "paged real mode"). The shadow never sets the global bit and
 //! the backend keeps CR4.PGE clear: global guest pages simply stay in the
 //! cached tree, which survives CR3 switches. A toggle of CR4.PGE (a guest's
-//! "flush everything, global pages too") costs only a hardware TLB flush:
-//! the trees are never stale, because every guest write to a page table
-//! goes through [`ShadowPager::guest_wrote`]. A change of the memory map
+//! "flush everything, global pages too") costs only a hardware TLB flush
+//! and the catch-up of out-of-sync tables: the trees are never otherwise
+//! stale, because every other guest write to a page table goes through
+//! [`ShadowPager::guest_wrote`]. A change of the memory map
 //! flushes every tree ([`ShadowPager::flush_all`]).
 //!
 //! Not modelled: memory types (PCD/PWT/PAT bits are not copied), 5-level
 //! paging, and guest page-table writes made by DMA rather than by the CPU.
 //!
 //! Modules: `root_key` (which address space a tree serves), `roots` (the
-//! cache of trees and its budget), `seats` (one pager shared by the vCPUs
+//! cache of trees and its budget), `subtrees` (what trees share), `unsync`
+//! (leaf tables written without exits), `seats` (one pager shared by the vCPUs
 //! of a VM, [`SharedPager`]), `tree` (tables inside one tree),
 //! `fault` (resolving a #PF), `prefetch` (mapping a fill's neighbours),
 //! `guest_tables` (the guest's tables as walks see them), `dependencies`

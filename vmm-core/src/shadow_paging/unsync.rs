@@ -53,6 +53,11 @@ pub(super) struct Unsync {
     pub(super) pending: bool,
     /// Frames may go out of sync (one vCPU on the pager).
     pub(super) allowed: bool,
+    /// Copies no frame uses now, kept for the next (the host's heap is
+    /// not asked for 4 KiB at every write fault).
+    spare: Vec<Box<[u8; 4096]>>,
+    /// The frames a resync visits, kept for the next.
+    visiting: Vec<u64>,
 }
 
 impl Unsync {
@@ -61,6 +66,8 @@ impl Unsync {
             frames: HashMap::new(),
             pending: false,
             allowed: true,
+            spare: Vec::new(),
+            visiting: Vec::new(),
         }
     }
 
@@ -84,7 +91,9 @@ impl Unsync {
 
     /// Forget every frame (every tree was emptied).
     pub(super) fn clear(&mut self) {
-        self.frames.clear();
+        for (_, copy) in self.frames.drain() {
+            self.spare.push(copy);
+        }
         self.pending = false;
     }
 
@@ -111,8 +120,13 @@ impl ShadowPager {
         if self.unsync.contains(frame) {
             return;
         }
-        let mut copy = Box::new([0u8; 4096]);
+        let mut copy = self
+            .unsync
+            .spare
+            .pop()
+            .unwrap_or_else(|| Box::new([0u8; 4096]));
         if memory.read(frame, &mut copy[..]).is_err() {
+            self.unsync.spare.push(copy);
             return;
         }
         self.unsync.frames.insert(frame, copy);
@@ -154,17 +168,37 @@ impl ShadowPager {
         let Some(copy) = self.unsync.frames.remove(&frame) else {
             return;
         };
-        let mut now = [0u8; 4096];
-        let readable = memory.read(frame, &mut now).is_ok();
         let mut stale: Vec<Leaf> = Vec::new();
-        if readable {
-            for (i, (a, b)) in copy.chunks_exact(4).zip(now.chunks_exact(4)).enumerate() {
-                if a != b {
-                    self.coherence
-                        .take_written(frame + 4 * i as u64, 4, &mut stale);
-                }
+        // The frame now, in a copy no frame uses, compared 8 bytes at a
+        // time.
+        let mut now = self
+            .unsync
+            .spare
+            .pop()
+            .unwrap_or_else(|| Box::new([0u8; 4096]));
+        let readable = memory.read(frame, &mut now[..]).is_ok();
+        let pairs = copy.chunks_exact(8).zip(now.chunks_exact(8));
+        for (i, (old, now)) in pairs.enumerate().filter(|_| readable) {
+            let gpa = frame + 8 * i as u64;
+            let old = old.try_into().map_or(0, u64::from_le_bytes);
+            let now = now.try_into().map_or(0, u64::from_le_bytes);
+            if old != now {
+                let len = if old as u32 != now as u32 && old >> 32 != now >> 32 {
+                    8
+                } else {
+                    4
+                };
+                let at = if old as u32 == now as u32 {
+                    gpa + 4
+                } else {
+                    gpa
+                };
+                self.coherence.take_written(at, len, &mut stale);
             }
-        } else {
+        }
+        self.unsync.spare.push(copy);
+        self.unsync.spare.push(now);
+        if !readable {
             // The frame left RAM under it (cannot happen without a memory
             // map change, which flushes everything): drop every dependent.
             self.coherence.take_frame(frame, &mut stale);
@@ -195,9 +229,12 @@ impl ShadowPager {
 
     /// Bring every frame back in sync now.
     pub(super) fn resync_all(&mut self, memory: &GuestMemory) {
-        let frames: Vec<u64> = self.unsync.frames.keys().copied().collect();
-        for frame in frames {
+        let mut frames = core::mem::take(&mut self.unsync.visiting);
+        frames.clear();
+        frames.extend(self.unsync.frames.keys().copied());
+        for &frame in &frames {
             self.resync_frame(memory, frame);
         }
+        self.unsync.visiting = frames;
     }
 }

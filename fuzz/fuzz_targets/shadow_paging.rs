@@ -1,10 +1,15 @@
 //! Fuzz the shadow pager: arbitrary guest page tables in every paging mode,
 //! arbitrary faults, guest edits of its own tables (reported as emulated
-//! writes), CR3 and mode switches and INVLPGs, under a small page budget.
-//! Invariants: no panic; the only error is a guest table outside RAM; after
-//! every step every shadow leaf agrees with the guest's tables as they are
-//! (`ShadowPager::verify`: same frame, no right the guest does not give,
-//! never writable on a page table); the budget is never exceeded.
+//! writes, or not reported at all for a leaf table the pager let out of
+//! sync, as a store through a writable shadow leaf is not), CR3 and mode
+//! switches and INVLPGs, under a small page budget. Invariants: no panic;
+//! the only error is a guest table outside RAM; after every step every
+//! shadow leaf agrees with the guest's tables as the pager last synced
+//! them (`ShadowPager::verify`: same frame, no right the guest does not
+//! give, never writable on a page table in sync); after a CR3 switch or
+//! INVLPG and the next entry (`ShadowPager::ensure`) nothing is out of
+//! sync, so every leaf agrees with the tables as they are; the budget is
+//! never exceeded.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -122,19 +127,31 @@ fuzz_target!(|input: Input| {
                 narrow,
             } => {
                 let gpa = (u64::from(frame % 8) << 12) + u64::from(index % 16) * 8;
+                // An out-of-sync table is written without an exit.
+                let reported = !pager.is_out_of_sync(gpa);
                 if narrow {
                     vm.memory_mut().write_u32(gpa, value as u32).unwrap();
-                    pager.guest_wrote(gpa, 4);
+                    if reported {
+                        pager.guest_wrote(gpa, 4);
+                    }
                 } else {
                     vm.memory_mut().write_u64(gpa, value).unwrap();
-                    pager.guest_wrote(gpa, 8);
+                    if reported {
+                        pager.guest_wrote(gpa, 8);
+                    }
                 }
             }
             Op::Switch { mode, cr3, wp, nxe } => {
                 ctl = control(mode, u64::from(cr3 % 8) << 12, wp, nxe);
                 pager.activate(&*host, &ctl).unwrap();
+                pager.ensure(&*host, &ctl, vm.memory()).unwrap();
+                assert_eq!(pager.unsynced_frames(), 0);
             }
-            Op::Invlpg { linear: l } => pager.invlpg(linear(l)),
+            Op::Invlpg { linear: l } => {
+                pager.invlpg(linear(l));
+                pager.ensure(&*host, &ctl, vm.memory()).unwrap();
+                assert_eq!(pager.unsynced_frames(), 0);
+            }
         }
         for l in 0..=127u8 {
             if let Err(e) = pager.verify(vm.memory(), &ctl, linear(l)) {

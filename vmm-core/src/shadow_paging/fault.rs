@@ -68,6 +68,7 @@ impl ShadowPager {
     ) -> Result<FaultOutcome, ShadowError> {
         self.stats.faults += 1;
         self.sync_generation(memory);
+        self.resync_if_flushed(memory);
         let key = RootKey::of(control);
         if self.current_root().map(|r| r.key) != Some(key) {
             self.activate(host, control)?;
@@ -171,21 +172,29 @@ impl ShadowPager {
             (host_page, region_writable)
         };
 
+        // A 4-level tree links the subtree for the guest's PML4 entry
+        // first, so that the dependencies below go to it.
+        let top_entry = trace.entries().first().map_or(0, |e| e.value);
+        if key.mode == PagingMode::Level4 {
+            self.link_top(host, slot, linear, top_entry)?;
+        }
         // Record what this leaf depends on; a frame that just became a page
         // table loses its writable mappings everywhere.
-        let serial = self.roots[slot].as_ref().map_or(0, |r| r.serial);
-        let leaf = Leaf {
-            root: serial,
-            page: linear & !0xfff,
-            shift: 12,
-        };
-        self.record_deps(slot, serial, key.mode, trace.entries(), linear);
+        self.record_deps(memory, slot, key.mode, trace.entries(), linear);
 
-        let page_table = self.coherence.is_tracked(page);
+        let mut page_table = self.coherence.is_tracked(page);
         if kind == AccessKind::Write && page_table {
             // A write to one of the guest's page tables: fill read-only (so
-            // reads go on at full speed) and emulate the write.
+            // reads go on at full speed) and emulate the write; or, for a
+            // leaf table, let it go out of sync until the guest's next TLB
+            // flush and map it writable (see `unsync`).
             self.stats.page_table_writes += 1;
+            if self.may_unsync(page) {
+                self.unsync_frame(memory, page);
+            }
+        }
+        if self.unsync.contains(page) {
+            page_table = false;
         }
         // With CR0.WP clear a supervisor write may go to a read-only page:
         // map it writable for the supervisor only; a user access refills.
@@ -207,15 +216,21 @@ impl ShadowPager {
         if !translation.executable {
             entry |= PTE_XD;
         }
-        let restarted = self.set_leaf(host, slot, linear, entry)?;
+        let restarted = self.set_leaf(host, slot, linear, entry, top_entry)?;
+        let (owner, serial) = self.owner(slot, linear);
+        let leaf = Leaf {
+            root: serial,
+            page: linear & !0xfff,
+            shift: 12,
+        };
         if writable && self.coherence.add_writable(page, leaf) {
-            self.note_writable_frame(slot, page);
+            self.note_writable_frame(owner, page);
         }
         if restarted {
             // The tree was started over to make room, and with it went the
             // dependencies recorded above: record them again (which takes
             // the new leaf back if its frame is a page table after all).
-            self.record_deps(slot, serial, key.mode, trace.entries(), linear);
+            self.record_deps(memory, slot, key.mode, trace.entries(), linear);
         }
         self.stats.fills += 1;
         if kind == AccessKind::Write && page_table {

@@ -18,7 +18,7 @@
 //! - the page is MMIO, a hole or ROM (for writes): nothing is mapped and the
 //!   instruction is *emulated* against the device manager.
 //!
-//! Coherence ([`coherence`]): every guest page-table page a fill walked is
+//! Coherence (`coherence`): every guest page-table page a fill walked is
 //! write-protected in every shadow tree; a guest write to it faults, is
 //! emulated, and removes exactly the shadow leaves that depended on the
 //! entries written. The walks of [`ShadowPager::handle_fault`] write the

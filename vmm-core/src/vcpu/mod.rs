@@ -112,7 +112,7 @@ pub trait InterruptSource {
     fn take_sipi(&self) -> Option<u8> {
         None
     }
-    /// Whether this vCPU's local APIC offers x2APIC mode: CPUID.1:ECX[21]
+    /// Whether this vCPU's local APIC offers x2APIC mode: CPUID.1:ECX bit 21
     /// says so, IA32_APIC_BASE takes EXTD, and in x2APIC mode MSRs
     /// [`X2APIC_MSRS`] reach [`InterruptSource::x2apic_read`] and
     /// [`InterruptSource::x2apic_write`]. Sources without keep the

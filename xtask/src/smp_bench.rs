@@ -47,23 +47,19 @@ fn boot(elf: &Path, seabios: &Path, iso: &Path, cpus: u32) -> Result<Run> {
         TIMEOUT,
     )?;
     let find = |what: &str| {
-        lines
-            .iter()
-            .find(|(_, l)| l.contains(what))
-            .ok_or_else(|| {
-                Error::msg(format!(
-                    "cpus={cpus}: the run never printed '{what}'; last lines:\n{}",
-                    qemu::last_lines(&lines, 20)
-                ))
-            })
+        lines.iter().find(|(_, l)| l.contains(what)).ok_or_else(|| {
+            Error::msg(format!(
+                "cpus={cpus}: the run never printed '{what}'; last lines:\n{}",
+                qemu::last_lines(&lines, 20)
+            ))
+        })
     };
     let boot = find(qemu::INIT_MARKER)?.0;
     let (done_at, done) = find(JOB_DONE)?;
     let job = done_at.saturating_sub(find(JOB_START)?.0);
-    let exits = find("exits: ")?
-        .1
-        .trim()
-        .strip_prefix("exits: ")
+    let exits = lines
+        .iter()
+        .find_map(|(_, l)| l.trim().strip_prefix("exits: "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
     let turns = lines

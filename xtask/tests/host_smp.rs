@@ -239,7 +239,10 @@ fn one_pc_with_two_vcpus_runs_them_on_both_host_cpus() {
             .unwrap_or_else(|| panic!("no figures for vCPU {j}\n{console}"));
         assert!(entries > 0, "vCPU {j} never entered\n{console}");
     }
-    assert!(console.contains("vm 0 (pc): guest powered off"), "{console}");
+    assert!(
+        console.contains("vm 0 (pc): guest powered off"),
+        "{console}"
+    );
     assert_eq!(outcome, Outcome::Success, "{console}");
 }
 
@@ -256,7 +259,9 @@ fn an_smp_storm_spread_over_two_host_cpus_stops_and_the_other_vm_goes_on() {
     let (outcome, console, secs) = boot("cpu=svm guest_mem=16M vms=2 cpus=5", &guests, 384, 2);
     println!("smp storm spread over 2 host CPUs: {secs:.1} s");
     for line in console.lines().filter(|l| {
-        l.contains("vCPU") && l.contains("on host CPU") || l.contains("VM turns") || l.contains("smp storm")
+        l.contains("vCPU") && l.contains("on host CPU")
+            || l.contains("VM turns")
+            || l.contains("smp storm")
     }) {
         println!("  {line}");
     }
@@ -282,6 +287,69 @@ fn an_smp_storm_spread_over_two_host_cpus_stops_and_the_other_vm_goes_on() {
     assert!(turns.iter().all(|&n| n > 0), "{turns:?}\n{console}");
     assert!(!console.contains("host panic"), "{console}");
     assert_eq!(outcome, Outcome::Success, "{console}");
+}
+
+/// What `pc_smp_lockstep` prints when its two vCPUs saw each other's
+/// every write.
+const LOCKSTEP_LINES: &[&str] = &[
+    "[vm 0] smp lockstep: xadd turn 400, mismatches 0 0",
+    "[vm 0] smp lockstep: cmpxchg token 400",
+    "[vm 0] smp lockstep: sum 200000",
+    "[vm 0] smp lockstep: done",
+    "vm 0 (pc_smp_lockstep): guest powered off",
+];
+
+#[test]
+#[ignore = "boots the bare-metal host in QEMU: run through cargo xtask test"]
+fn two_vcpus_on_two_host_cpus_see_each_others_writes() {
+    // The lock-step guest with its vCPUs truly at once on two host CPUs:
+    // LOCK XADD and CMPXCHG on shared guest memory from two physical
+    // CPUs, 2 x 100,000 locked additions, none lost.
+    let guests = named_guests(&env_path("VMM_TEST_GUESTS"), &["pc_smp_lockstep"]);
+    let (outcome, console, _) = boot("cpu=svm guest_mem=16M cpus=2", &guests, 256, 2);
+    assert!(
+        console.contains("vmm: VM 0's vCPUs are spread over host CPUs: vCPU 0 on 0, vCPU 1 on 1"),
+        "{console}"
+    );
+    for line in LOCKSTEP_LINES {
+        assert!(console.contains(line), "missing '{line}' in:\n{console}");
+    }
+    let turns = turns_by_cpu(&console);
+    assert!(turns.iter().all(|&n| n > 0), "{turns:?}\n{console}");
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}
+
+#[test]
+#[ignore = "boots the bare-metal host in Bochs (minutes): run through cargo xtask test --slow"]
+fn slow_vmx_runs_two_vcpus_of_one_pc_on_two_host_cpus() {
+    // The same under VMX: each host CPU makes the VMCS of its vCPU and
+    // enters it with the PC let go.
+    let guests = named_guests(&env_path("VMM_TEST_GUESTS"), &["pc_smp_lockstep"]);
+    let run = xtask::bochs::boot_and_capture_with(
+        &env_path("VMM_TEST_KERNEL"),
+        "cpu=vmx guest_mem=16M cpus=2",
+        &guests,
+        256,
+        Duration::from_secs(1800),
+        &xtask::bochs::cpu_count_config(2),
+    )
+    .unwrap();
+    let console = &run.console;
+    println!(
+        "pc_smp_lockstep, 2 vCPUs on 2 Bochs CPUs under VMX: {:.1} s",
+        run.elapsed.as_secs_f64()
+    );
+    assert!(console.contains("VMX enabled: EPT"), "{console}");
+    assert!(
+        console.contains("vmm: VM 0's vCPUs are spread over host CPUs: vCPU 0 on 0, vCPU 1 on 1"),
+        "{console}"
+    );
+    for line in LOCKSTEP_LINES {
+        assert!(console.contains(line), "missing '{line}' in:\n{console}");
+    }
+    let turns = turns_by_cpu(console);
+    assert!(turns.iter().all(|&n| n > 0), "{turns:?}\n{console}");
+    assert_eq!(run.outcome, Outcome::Success, "{console}");
 }
 
 /// `vmm: N of M VM turns began while another host CPU ran one`: (N, M).

@@ -514,8 +514,10 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
 
     // The spread PCs, once every CPU let go of them.
     if !spread.is_empty() {
-        let mut all: Vec<(usize, Guest<'static>)> =
-            guests.drain(..).map(|g| (g.machine.vm().id().0 as usize, g)).collect();
+        let mut all: Vec<(usize, Guest<'static>)> = guests
+            .drain(..)
+            .map(|g| (g.machine.vm().id().0 as usize, g))
+            .collect();
         for (i, pc) in spread {
             let mut pc = pc;
             let whole = loop {

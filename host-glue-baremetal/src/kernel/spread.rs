@@ -239,7 +239,12 @@ pub struct Task {
 impl Task {
     /// Make vCPU `index` of `pc` on the calling CPU (whose virtualization
     /// is `backend`), `id` its ASID/VPID.
-    pub fn new(pc: Arc<SpreadPc>, index: usize, backend: &Backend, id: u32) -> Result<Self, String> {
+    pub fn new(
+        pc: Arc<SpreadPc>,
+        index: usize,
+        backend: &Backend,
+        id: u32,
+    ) -> Result<Self, String> {
         let (vcpu, turn) = {
             let mut st = pc.state.lock();
             let vm = st.guest.machine.vm();

@@ -10,8 +10,8 @@ use super::host_debug::DebugEntry;
 use super::instructions::{self, VmFail, VmxGprs};
 use super::vcpu::SWITCHED_MSRS;
 use super::VmxVcpu;
-use crate::emulator::{Segment, SegmentRegister};
 use crate::debug_registers::GuestDebugRegisters;
+use crate::emulator::{Segment, SegmentRegister};
 use crate::vcpu::{Event, Exit, SplitEntry, VcpuBackend};
 use crate::vm::Vm;
 

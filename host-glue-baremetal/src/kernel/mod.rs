@@ -972,7 +972,7 @@ impl Placement {
                         spread.push((i, pc));
                         continue;
                     }
-                    Err(g) => per_cpu[first].push((i, g)),
+                    Err(g) => per_cpu[first].push((i, *g)),
                 }
             } else {
                 per_cpu[first].push((i, g));

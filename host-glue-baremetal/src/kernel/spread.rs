@@ -166,10 +166,14 @@ impl State {
 impl SpreadPc {
     /// Spread `guest` (a PC; anything else is handed back) over host CPUs:
     /// vCPU j on host CPU `(first + j) % cpus`.
-    pub fn new(guest: Guest<'static>, first: usize, cpus: usize) -> Result<Self, Guest<'static>> {
+    pub fn new(
+        guest: Guest<'static>,
+        first: usize,
+        cpus: usize,
+    ) -> Result<Self, alloc::boxed::Box<Guest<'static>>> {
         let count = match &guest.machine {
             Machine::Pc(pc) => pc.cpus(),
-            Machine::Program { .. } => return Err(guest),
+            Machine::Program { .. } => return Err(alloc::boxed::Box::new(guest)),
         };
         let map_generation = guest.machine.vm().memory().generation();
         let slots = (0..count)
@@ -311,10 +315,7 @@ impl Task {
         let _turn = smp::TurnGuard::enter();
         let until = time::now_ns() + slice_ns;
         let max_internal = vcpu.max_internal_exits();
-        loop {
-            let Some((pc, cpus)) = guard.parts() else {
-                break;
-            };
+        while let Some((pc, cpus)) = guard.parts() {
             match vcpu.prepare_pc(pc, me, turn) {
                 Prepared::Enter => {}
                 Prepared::Again => {

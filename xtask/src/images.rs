@@ -445,7 +445,8 @@ pub fn clones_iso(default_iso: &Path) -> Result<PathBuf> {
 
 /// The default CD with `vmm_workload=smpjob` on the kernel command line
 /// and the current init (see [`reboot_iso`]): once in user space it runs
-/// 4 md5sum processes at once over one 16 MiB buffer between
+/// 4 processes at once, each checksumming one 16 MiB buffer 4 times,
+/// between
 /// `VMM-CD-SMPJOB: start` and `VMM-CD-SMPJOB: done` (the SMP scaling
 /// bench, `cargo xtask bench smp`).
 pub fn smpjob_iso(default_iso: &Path) -> Result<PathBuf> {

@@ -289,6 +289,44 @@ fn an_smp_storm_spread_over_two_host_cpus_stops_and_the_other_vm_goes_on() {
     assert_eq!(outcome, Outcome::Success, "{console}");
 }
 
+#[test]
+#[ignore = "boots the bare-metal host in Bochs (minutes): run through cargo xtask test --slow"]
+fn slow_vmx_smp_storm_spread_over_two_host_cpus_stops() {
+    // The hostile SMP guest spread over two Bochs CPUs under VMX (VMX's
+    // external-interrupt exiting ends a guest run at a kick).
+    let guests = named_guests(&env_path("VMM_TEST_GUESTS"), &["pc_smp_storm", "tsc_quiet"]);
+    let run = xtask::bochs::boot_and_capture_with(
+        &env_path("VMM_TEST_KERNEL"),
+        "cpu=vmx guest_mem=16M vms=2 cpus=5",
+        &guests,
+        384,
+        Duration::from_secs(1800),
+        &xtask::bochs::cpu_count_config(2),
+    )
+    .unwrap();
+    let console = &run.console;
+    println!(
+        "smp storm over 2 Bochs CPUs under VMX: {:.1} s",
+        run.elapsed.as_secs_f64()
+    );
+    assert!(console.contains("VMX enabled: EPT"), "{console}");
+    assert!(
+        console.contains("[vm 0] smp storm: 5 of 5 cpus started"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 0 (pc_smp_storm): guest powered off"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 1 (tsc_quiet): guest powered off"),
+        "{console}"
+    );
+    let turns = turns_by_cpu(console);
+    assert!(turns.iter().all(|&n| n > 0), "{turns:?}\n{console}");
+    assert_eq!(run.outcome, Outcome::Success, "{console}");
+}
+
 /// What `pc_smp_lockstep` prints when its two vCPUs saw each other's
 /// every write.
 const LOCKSTEP_LINES: &[&str] = &[

@@ -78,7 +78,9 @@ pub struct Config {
     pub log_level: LogLevel,
     /// Number of VMs to run.
     pub vms: u32,
-    /// vCPUs per PC (`cpus=`, 1 to 16), time-sliced on this CPU.
+    /// vCPUs per PC (`cpus=`, 1 to 16): spread over the host's CPUs
+    /// with nested paging (see `kernel/spread.rs`), else time-sliced on
+    /// the PC's CPU.
     pub cpus: u32,
     /// A physical device passed through to the VMs.
     pub passthrough: Option<PassthroughKind>,

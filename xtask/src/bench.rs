@@ -47,7 +47,9 @@ pub struct BenchArgs {
     /// exits per second under `vmm` against QEMU with KVM), or `kvm-nested`
     /// (the CD under `vmm` against QEMU on a real KVM inside QEMU TCG), or
     /// `memory` (the VMM's own memory per VM for 1, 4 and 16 VMs),
-    /// `snapshot` (snapshot size and times), `clones` (copy-on-write
+    /// `snapshot` (snapshot size and times), `smp` (a parallel job in
+    /// the guest under `--cpus 1` and `--cpus 4` on a 2-CPU bare-metal
+    /// host), `clones` (copy-on-write
     /// clones on the bare-metal host: fork time, private memory), or
     /// `virtio` (virtio-blk and virtio-net throughput under `vmm` against
     /// QEMU on a real KVM inside QEMU TCG), or `all` (the fast ones, see
@@ -181,6 +183,7 @@ fn run_one(name: &str, no_callgrind: bool) -> Result<()> {
         "memory" => return crate::memory_bench::run(),
         "clones" => return crate::clones_bench::run(),
         "kvm-nested" => return crate::kvm_nested_bench::run(),
+        "smp" => return crate::smp_bench::run(),
         "virtio" => return crate::virtio_bench::run(),
         _ => {}
     }

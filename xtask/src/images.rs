@@ -492,6 +492,16 @@ pub fn clones_iso(default_iso: &Path) -> Result<PathBuf> {
     current_init_iso(default_iso, "clones", "vmm_workload=clones")
 }
 
+/// The default CD with `vmm_workload=smpjob` on the kernel command line
+/// and the current init (see [`reboot_iso`]): once in user space it runs
+/// 4 processes at once, each checksumming one 16 MiB buffer 4 times,
+/// between
+/// `VMM-CD-SMPJOB: start` and `VMM-CD-SMPJOB: done` (the SMP scaling
+/// bench, `cargo xtask bench smp`).
+pub fn smpjob_iso(default_iso: &Path) -> Result<PathBuf> {
+    current_init_iso(default_iso, "smpjob", "vmm_workload=smpjob")
+}
+
 /// `linux-NAME.iso`: the default CD with `append` on its kernel command
 /// line and the init of `xtask/assets/linux-cd` in its initramfs.
 fn current_init_iso(default_iso: &Path, name: &str, append: &str) -> Result<PathBuf> {

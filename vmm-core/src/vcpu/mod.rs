@@ -13,6 +13,7 @@ mod emulation;
 mod exit;
 mod msr;
 mod run_loop;
+mod split_entry;
 mod state;
 mod watchdog;
 
@@ -38,6 +39,7 @@ pub use msr::{
     PASS_THROUGH,
 };
 pub use run_loop::{handle_exit, prepare_entry, run, Prepared, RunOutcome, Slice, Turn};
+pub use split_entry::{run_split, SplitEntry};
 pub use state::{move_state, SegmentState, VcpuState, VCPU_STATE_VERSION};
 pub use watchdog::{Watchdog, NO_PROGRESS_LIMIT};
 

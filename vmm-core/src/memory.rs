@@ -1080,6 +1080,66 @@ impl GuestMemory {
         }
     }
 
+    /// The bytes behind the reads of the region holding `gpa`, when they
+    /// are one block of this VM's own (RAM or ROM, not shared
+    /// copy-on-write): the region's start and end, and its bytes from its
+    /// start.
+    fn read_window(&self, gpa: u64) -> Option<(u64, u64, &[u8])> {
+        let r = self.regions.get(self.find(gpa)?)?;
+        let Backing::Block { block, offset } = r.read else {
+            return None;
+        };
+        let own = self.blocks.get(block.0 as usize)?.mem.own()?;
+        let start = usize::try_from(offset).ok()?;
+        let len = usize::try_from(r.end - r.start).ok()?;
+        let bytes = own.get(start..start.checked_add(len)?)?;
+        Some((r.start, r.end, bytes))
+    }
+
+    /// Whether every `(gpa, wide, value)` of `words` reads as `value` from
+    /// memory (RAM or ROM, as [`GuestMemory::read_u64`] for a wide word
+    /// and [`GuestMemory::read_u32`] otherwise give it; a word that is
+    /// not memory holds nothing). Words in the region of the one before
+    /// cost no second lookup: the paging-structure entries of one walk,
+    /// checked again by the emulator's translation cache, usually lie in
+    /// one region of RAM.
+    pub fn words_equal(&self, words: impl IntoIterator<Item = (u64, bool, u64)>) -> bool {
+        let mut window: Option<(u64, u64, &[u8])> = None;
+        for (gpa, wide, value) in words {
+            let n: u64 = if wide { 8 } else { 4 };
+            let Some(end) = gpa.checked_add(n) else {
+                return false;
+            };
+            let inside = |w: &(u64, u64, &[u8])| w.0 <= gpa && end <= w.1;
+            if !window.as_ref().is_some_and(inside) {
+                window = self.read_window(gpa).filter(inside);
+            }
+            let read = match window {
+                Some((start, _, bytes)) => {
+                    let at = (gpa - start) as usize;
+                    if wide {
+                        bytes
+                            .get(at..at + 8)
+                            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                            .map(u64::from_le_bytes)
+                    } else {
+                        bytes
+                            .get(at..at + 4)
+                            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                            .map(|b| u64::from(u32::from_le_bytes(b)))
+                    }
+                }
+                // Not one block of this VM's own: the general path.
+                None if wide => self.read_u64(gpa).ok(),
+                None => self.read_u32(gpa).ok().map(u64::from),
+            };
+            if read != Some(value) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Read a little-endian integer of `N` bytes.
     fn read_le<const N: usize>(&self, gpa: u64) -> Result<[u8; N], MemoryError> {
         // The common case (a page-table entry in RAM of this VM's own):

@@ -1257,6 +1257,42 @@ mod tests {
     }
 
     #[test]
+    fn words_equal_reads_as_read_u64_and_read_u32_do() {
+        let mut m = pc_like();
+        m.write_u64(0x1000, 0x1122_3344_5566_7788).unwrap();
+        m.write_u64(0x5ff8, 0x0bad_cafe_0000_0003).unwrap();
+        m.write_u32(0x8000, 0xdead_beef).unwrap();
+        // Several words of one region, wide and narrow; ROM too.
+        let rom = m.read_u64(0xffff_fff0).unwrap();
+        let words = [
+            (0x1000, true, 0x1122_3344_5566_7788),
+            (0x5ff8, true, 0x0bad_cafe_0000_0003),
+            (0x8000, false, 0xdead_beef),
+            (0xffff_fff0, true, rom),
+        ];
+        assert!(m.words_equal(words));
+        assert!(m.words_equal([]));
+        // One word changed, or a narrow word compared with more bits.
+        m.write_u8(0x5ffc, 0).unwrap();
+        assert!(!m.words_equal(words));
+        assert!(!m.words_equal([(0x8000, false, 0x1_dead_beef)]));
+        // MMIO, unmapped space, a word past the end of RAM or of the
+        // address space: never memory, whatever the value.
+        assert!(!m.words_equal([(0xfee0_0000, true, u64::MAX)]));
+        assert!(!m.words_equal([(0xfee0_0000, false, 0)]));
+        assert!(!m.words_equal([(0x20_0000, true, u64::MAX)]));
+        assert!(!m.words_equal([(0xf_fffc, true, 0)]));
+        assert!(!m.words_equal([(u64::MAX - 3, true, 0)]));
+        // A word across two RAM regions reads as read_u64 reads it.
+        let mut two = GuestMemory::new();
+        two.add_ram(0, mem(0x1000)).unwrap();
+        two.add_ram(0x1000, mem(0x1000)).unwrap();
+        two.write_u64(0xffc, 0x0102_0304_0506_0708).unwrap();
+        assert!(two.words_equal([(0xffc, true, 0x0102_0304_0506_0708)]));
+        assert!(!two.words_equal([(0xffc, true, 0)]));
+    }
+
+    #[test]
     fn integers_round_trip_and_bounds_are_checked() {
         let mut m = pc_like();
         m.write_u64(0x1000, 0x1122_3344_5566_7788).unwrap();

@@ -1082,9 +1082,9 @@ impl GuestMemory {
 
     /// The bytes behind the reads of the region holding `gpa`, when they
     /// are one block of this VM's own (RAM or ROM, not shared
-    /// copy-on-write): the region's start and end, and its bytes from its
-    /// start.
-    fn read_window(&self, gpa: u64) -> Option<(u64, u64, &[u8])> {
+    /// copy-on-write): the region's start, and its bytes from there to its
+    /// end.
+    fn read_window(&self, gpa: u64) -> Option<(u64, &[u8])> {
         let r = self.regions.get(self.find(gpa)?)?;
         let Backing::Block { block, offset } = r.read else {
             return None;
@@ -1093,7 +1093,7 @@ impl GuestMemory {
         let start = usize::try_from(offset).ok()?;
         let len = usize::try_from(r.end - r.start).ok()?;
         let bytes = own.get(start..start.checked_add(len)?)?;
-        Some((r.start, r.end, bytes))
+        Some((r.start, bytes))
     }
 
     /// Whether every `(gpa, wide, value)` of `words` reads as `value` from
@@ -1104,32 +1104,27 @@ impl GuestMemory {
     /// checked again by the emulator's translation cache, usually lie in
     /// one region of RAM.
     pub fn words_equal(&self, words: impl IntoIterator<Item = (u64, bool, u64)>) -> bool {
-        let mut window: Option<(u64, u64, &[u8])> = None;
+        // The region last looked up: its start and its bytes.
+        let mut window: (u64, &[u8]) = (0, &[]);
         for (gpa, wide, value) in words {
-            let n: u64 = if wide { 8 } else { 4 };
-            let Some(end) = gpa.checked_add(n) else {
-                return false;
-            };
-            let inside = |w: &(u64, u64, &[u8])| w.0 <= gpa && end <= w.1;
-            if !window.as_ref().is_some_and(inside) {
-                window = self.read_window(gpa).filter(inside);
-            }
-            let read = match window {
-                Some((start, _, bytes)) => {
-                    let at = (gpa - start) as usize;
-                    if wide {
-                        bytes
-                            .get(at..at + 8)
-                            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                            .map(u64::from_le_bytes)
-                    } else {
-                        bytes
-                            .get(at..at + 4)
-                            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                            .map(|b| u64::from(u32::from_le_bytes(b)))
+            let n = if wide { 8 } else { 4 };
+            let mut at = gpa.wrapping_sub(window.0);
+            if at.saturating_add(n) > window.1.len() as u64 {
+                match self.read_window(gpa) {
+                    Some((start, bytes)) => {
+                        window = (start, bytes);
+                        at = gpa - start;
                     }
+                    None => window = (0, &[]),
                 }
-                // Not one block of this VM's own: the general path.
+            }
+            let at = at as usize;
+            let read = match window.1.get(at..at.saturating_add(n as usize)) {
+                Some(b) if wide => <[u8; 8]>::try_from(b).ok().map(u64::from_le_bytes),
+                Some(b) => <[u8; 4]>::try_from(b)
+                    .ok()
+                    .map(|b| u64::from(u32::from_le_bytes(b))),
+                // Not inside one block of this VM's own: the general path.
                 None if wide => self.read_u64(gpa).ok(),
                 None => self.read_u32(gpa).ok().map(u64::from),
             };

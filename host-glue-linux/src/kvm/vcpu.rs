@@ -855,6 +855,37 @@ impl VcpuBackend for KvmVcpu {
         true
     }
 
+    /// KVM keeps the offset; it is read and set as the guest's TSC
+    /// (KVM_GET/SET_MSRS of IA32_TIME_STAMP_COUNTER) against the host's,
+    /// so a snapshot carries the guest's TSC on, and an INIT leaves it.
+    fn tsc_offset(&self) -> u64 {
+        let mut msrs = match Msrs::from_entries(&[kvm_msr_entry {
+            index: vmm_core::vcpu::MSR_TSC,
+            ..Default::default()
+        }]) {
+            Ok(m) => m,
+            Err(_) => return 0,
+        };
+        match self.vcpu.get_msrs(&mut msrs) {
+            Ok(1) => msrs
+                .as_slice()
+                .first()
+                .map_or(0, |e| e.data.wrapping_sub(host_tsc())),
+            _ => 0,
+        }
+    }
+
+    fn set_tsc_offset(&mut self, offset: u64) -> bool {
+        let Ok(msrs) = Msrs::from_entries(&[kvm_msr_entry {
+            index: vmm_core::vcpu::MSR_TSC,
+            data: host_tsc().wrapping_add(offset),
+            ..Default::default()
+        }]) else {
+            return false;
+        };
+        matches!(self.vcpu.set_msrs(&msrs), Ok(1))
+    }
+
     fn reset(&mut self) {
         self.complete_pending_io();
         self.forget_registers();
@@ -884,6 +915,13 @@ impl VcpuBackend for KvmVcpu {
         self.run
             .set_u8(run_page::REQUEST_INTERRUPT_WINDOW, u8::from(on));
     }
+}
+
+/// The host's TSC, which KVM offsets for the guest.
+fn host_tsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter, which every x86-64
+    // CPU has; it touches no memory.
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// A segment in the VMCB attribute layout, as KVM holds it.

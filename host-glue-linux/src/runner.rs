@@ -488,6 +488,10 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             all.extend(siblings.iter_mut().map(|v| v as &mut dyn ArchState));
             let (file, r) = snapshot_file::restore_vcpus(&mut pc, &mut all, path)
                 .map_err(RunError::Snapshot)?;
+            let mut kvm: Vec<&mut KvmVcpu> = Vec::with_capacity(pc.cpus());
+            kvm.push(&mut vcpu);
+            kvm.extend(siblings.iter_mut());
+            kvmclock_from_pc(&mut pc, &mut kvm).map_err(RunError::Kvm)?;
             eprint!(
                 "vmm: restored {} ({} pages mapped in {} runs) in {:.1} ms\r\n",
                 path.display(),
@@ -766,7 +770,12 @@ fn run_threads(
                     // the snapshot takes them all.
                     Command::Snapshot { destination } if paused => {
                         let (held, reply) = threads.with_vcpus(state, HAND_OVER, |pc, vcpus| {
-                            snapshot_reply(pc, vcpus, destination)
+                            kvmclock_to_pc(pc, vcpus);
+                            let mut all: Vec<&mut dyn ArchState> = vcpus
+                                .iter_mut()
+                                .map(|v| &mut **v as &mut dyn ArchState)
+                                .collect();
+                            snapshot_reply(pc, &mut all, destination)
                         });
                         state = held;
                         reply.unwrap_or_else(|e| {
@@ -837,6 +846,37 @@ fn snapshot_reply(pc: &mut Pc, vcpus: &mut [&mut dyn ArchState], destination: St
     }
 }
 
+/// Before a snapshot: each KVM vCPU's kvmclock MSRs (KVM serves them, so
+/// the exit loop never sees the guest's writes) into its MSR file, which
+/// the snapshot keeps.
+fn kvmclock_to_pc(pc: &mut Pc, vcpus: &[&mut KvmVcpu]) {
+    for (i, v) in vcpus.iter().enumerate() {
+        let (wall, system) = v.kvmclock_msrs();
+        if let Some(msrs) = pc.vcpu_msrs_mut(i) {
+            let mut state = msrs.state();
+            state.kvm_wall_clock = wall;
+            state.kvm_system_time = system;
+            let _ = msrs.set_state(state);
+        }
+    }
+}
+
+/// After a restore: the VM's kvmclock from the restored TSC of vCPU 0
+/// (`KvmVcpu::set_vm_clock_from_tsc`), then each vCPU's kvmclock MSRs
+/// from its MSR file back to KVM.
+fn kvmclock_from_pc(pc: &mut Pc, vcpus: &mut [&mut KvmVcpu]) -> Result<(), KvmError> {
+    if let Some(first) = vcpus.first() {
+        first.set_vm_clock_from_tsc()?;
+    }
+    for (i, v) in vcpus.iter_mut().enumerate() {
+        if let Some(msrs) = pc.vcpu_msrs_mut(i) {
+            let state = msrs.state();
+            v.set_kvmclock_msrs(state.kvm_wall_clock, state.kvm_system_time)?;
+        }
+    }
+    Ok(())
+}
+
 /// How long a paused machine waits for a command before it looks at the
 /// quit key and signals again.
 const PAUSED_POLL: Duration = Duration::from_millis(50);
@@ -852,25 +892,28 @@ struct Live<'a> {
 
 /// Carry out the API's queued commands; while `paused`, wait a moment
 /// ([`PAUSED_POLL`]) for one first.
-fn serve_jobs<B: ArchState>(
+fn serve_jobs(
     jobs: &Receiver<api::Job>,
     pc: &mut Pc,
-    vcpu: &mut B,
+    vcpu: &mut KvmVcpu,
     paused: &mut bool,
     live: &Live<'_>,
 ) {
+    let mut serve = |job: api::Job, pc: &mut Pc, paused: &mut bool| {
+        if matches!(job.command, Command::Snapshot { .. }) {
+            kvmclock_to_pc(pc, &[&mut *vcpu]);
+        }
+        let reply = answer(job.command, pc, Some(&mut *vcpu), paused, live, &[]);
+        let _ = job.reply.send(reply);
+    };
     if *paused {
         match jobs.recv_timeout(PAUSED_POLL) {
-            Ok(job) => {
-                let reply = answer(job.command, pc, Some(&mut *vcpu), paused, live, &[]);
-                let _ = job.reply.send(reply);
-            }
+            Ok(job) => serve(job, pc, paused),
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
         }
     }
     while let Ok(job) = jobs.try_recv() {
-        let reply = answer(job.command, pc, Some(&mut *vcpu), paused, live, &[]);
-        let _ = job.reply.send(reply);
+        serve(job, pc, paused);
     }
 }
 

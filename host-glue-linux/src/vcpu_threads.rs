@@ -59,7 +59,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vmm_core::host::Host;
-use vmm_core::vcpu::{ArchState, Prepared, RunOutcome, Turn};
+use vmm_core::vcpu::{Prepared, RunOutcome, Turn};
 use vmm_core::vm::StopReason;
 use vmm_devices::pc::{Pc, WakeSignals};
 
@@ -361,7 +361,7 @@ impl VcpuThreads {
     }
 
     /// With the guest paused, wait up to `timeout` until every thread has
-    /// handed its vCPU over, then call `f` with the PC and every vCPU
+    /// handed its vCPU over, then call `f` with the PC and every KVM vCPU
     /// (`vcpus[i]` is vCPU `i`): a snapshot. The state, held again, and
     /// what `f` returned, or [`NotHandedOver`] if the guest is not paused,
     /// the run ended, or a thread did not come within `timeout`.
@@ -369,7 +369,7 @@ impl VcpuThreads {
         &'a self,
         mut state: MutexGuard<'a, State>,
         timeout: Duration,
-        f: impl FnOnce(&mut Pc, &mut [&mut dyn ArchState]) -> R,
+        f: impl FnOnce(&mut Pc, &mut [&mut KvmVcpu]) -> R,
     ) -> (MutexGuard<'a, State>, Result<R, NotHandedOver>) {
         let deadline = Instant::now() + timeout;
         while state.paused && !state.ended && !state.all_parked() {
@@ -386,11 +386,7 @@ impl VcpuThreads {
             return (state, Err(NotHandedOver { waiting }));
         }
         let State { pc, parked, .. } = &mut *state;
-        let mut vcpus: Vec<&mut dyn ArchState> = parked
-            .iter_mut()
-            .flatten()
-            .map(|v| v as &mut dyn ArchState)
-            .collect();
+        let mut vcpus: Vec<&mut KvmVcpu> = parked.iter_mut().flatten().collect();
         let r = f(pc, &mut vcpus);
         drop(vcpus);
         (state, Ok(r))

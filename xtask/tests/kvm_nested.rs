@@ -250,6 +250,11 @@ fn slow_the_linux_cd_boots_with_4_vcpus_under_real_kvm() {
     let all = &run.serial;
     assert!(job.contains("SeaBIOS (version"), "{all}");
     assert!(job.contains("cpus: 4"), "{all}");
+    // The boot processor calibrates its TSC as with one vCPU (issue 19).
+    assert!(
+        !job.contains("could not calculate TSC khz"),
+        "the TSC calibration failed: {all}"
+    );
     assert!(job.contains(INIT_MARKER), "{all}");
     assert!(job.contains("reboot: Power down"), "{all}");
     assert!(job.contains("vmm: the guest powered off"), "{all}");

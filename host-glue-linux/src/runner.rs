@@ -473,11 +473,25 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         Ok::<_, RunError>(vcpu)
     };
     let mut vcpu = new_vcpu(&mut pc)?;
+    // The other vCPUs, of the same KVM VM, each for a thread of its own.
+    let mut siblings = Vec::new();
+    if threaded {
+        for index in 1..pc.cpus() {
+            siblings.push(vcpu.sibling(index, pc.vm_mut()).map_err(RunError::Kvm)?);
+        }
+    }
     // Kept open (and locked) while its pages are mapped into the guest.
     let _restored_from = match &options.restore {
         Some(path) => {
-            let (file, r) =
-                snapshot_file::restore(&mut pc, &mut vcpu, path).map_err(RunError::Snapshot)?;
+            let mut all: Vec<&mut dyn ArchState> = Vec::with_capacity(pc.cpus());
+            all.push(&mut vcpu);
+            all.extend(siblings.iter_mut().map(|v| v as &mut dyn ArchState));
+            let (file, r) = snapshot_file::restore_vcpus(&mut pc, &mut all, path)
+                .map_err(RunError::Snapshot)?;
+            let mut kvm: Vec<&mut KvmVcpu> = Vec::with_capacity(pc.cpus());
+            kvm.push(&mut vcpu);
+            kvm.extend(siblings.iter_mut());
+            kvmclock_from_pc(&mut pc, &mut kvm).map_err(RunError::Kvm)?;
             eprint!(
                 "vmm: restored {} ({} pages mapped in {} runs) in {:.1} ms\r\n",
                 path.display(),
@@ -505,8 +519,9 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             screen: &mut screen,
             vnc: &mut vnc,
         };
+        siblings.insert(0, vcpu);
         let (ending, pc, vcpus, posted_writes, assists, elapsed) =
-            run_threads(pc, vcpu, threaded, net_watch)?;
+            run_threads(pc, siblings, threaded, net_watch)?;
         return Ok(finish(
             Finish {
                 ending,
@@ -699,23 +714,18 @@ struct Threaded<'a> {
 /// while vCPU threads run.
 const MAIN_TICK: Duration = Duration::from_millis(20);
 
-/// Run a PC with several vCPUs, `vcpu` its first, each on a thread
+/// Run a PC with several vCPUs, `vcpus[i]` its vCPU `i`, each on a thread
 /// ([`crate::vcpu_threads`]), while this thread serves the keyboard, the
 /// display, the API and the quit key, until the guest stops or the user
 /// quits. The ending, the PC, each vCPU's figures, the posted writes and
 /// assists, and the time it ran.
 #[allow(clippy::type_complexity)]
 fn run_threads(
-    mut pc: Pc,
-    vcpu: KvmVcpu,
+    pc: Pc,
+    vcpus: Vec<KvmVcpu>,
     t: Threaded<'_>,
     net_watch: Option<std::fs::File>,
 ) -> Result<(Ending, Pc, Vec<VcpuFigures>, u64, u64, Duration), RunError> {
-    let mut vcpus = Vec::with_capacity(pc.cpus());
-    for index in 1..pc.cpus() {
-        vcpus.push(vcpu.sibling(index, pc.vm_mut()).map_err(RunError::Kvm)?);
-    }
-    vcpus.insert(0, vcpu);
     let mut threads = VcpuThreads::start(pc, vcpus).map_err(|e| RunError::Thread(e.to_string()))?;
     if let Some(file) = net_watch {
         if let Err(e) = threads.watch_input(file, "net-rx") {
@@ -755,14 +765,32 @@ fn run_threads(
             while let Ok(job) = jobs.try_recv() {
                 let was = paused;
                 let figures = state.figures();
-                let reply = answer::<KvmVcpu>(
-                    job.command,
-                    &mut state.pc,
-                    None,
-                    &mut paused,
-                    &live,
-                    &figures,
-                );
+                let reply = match job.command {
+                    // Paused: every vCPU thread hands its vCPU over, and
+                    // the snapshot takes them all.
+                    Command::Snapshot { destination } if paused => {
+                        let (held, reply) = threads.with_vcpus(state, HAND_OVER, |pc, vcpus| {
+                            kvmclock_to_pc(pc, vcpus);
+                            let mut all: Vec<&mut dyn ArchState> = vcpus
+                                .iter_mut()
+                                .map(|v| &mut **v as &mut dyn ArchState)
+                                .collect();
+                            snapshot_reply(pc, &mut all, destination)
+                        });
+                        state = held;
+                        reply.unwrap_or_else(|e| {
+                            Response::error(500, "snapshot_failed", e.to_string())
+                        })
+                    }
+                    command => answer::<KvmVcpu>(
+                        command,
+                        &mut state.pc,
+                        None,
+                        &mut paused,
+                        &live,
+                        &figures,
+                    ),
+                };
                 if paused != was {
                     threads.set_paused(&mut state, paused);
                 }
@@ -791,6 +819,64 @@ fn run_threads(
     Ok((ending, pc, figures, posted, assists, elapsed))
 }
 
+/// The longest a snapshot waits for the vCPU threads to hand their vCPUs
+/// over (each leaves its guest or its sleep at once when paused; a
+/// thread in a long exit, a disk read say, finishes it first).
+const HAND_OVER: Duration = Duration::from_secs(10);
+
+/// Write the snapshot of the paused `pc` with its vCPUs `vcpus` to
+/// `destination`: the API's answer.
+fn snapshot_reply(pc: &mut Pc, vcpus: &mut [&mut dyn ArchState], destination: String) -> Response {
+    let path = PathBuf::from(&destination);
+    match snapshot_file::write_vcpus(pc, vcpus, &path) {
+        Ok(w) => {
+            log::info!(
+                "API: snapshot {destination} ({} vCPUs): {} bytes",
+                vcpus.len(),
+                w.bytes
+            );
+            Response::ok(serde_json::json!({
+                "state": "paused",
+                "destination": destination,
+                "bytes": w.bytes,
+                "ms": w.elapsed.as_secs_f64() * 1e3,
+            }))
+        }
+        Err(e) => Response::error(500, "snapshot_failed", e.to_string()),
+    }
+}
+
+/// Before a snapshot: each KVM vCPU's kvmclock MSRs (KVM serves them, so
+/// the exit loop never sees the guest's writes) into its MSR file, which
+/// the snapshot keeps.
+fn kvmclock_to_pc(pc: &mut Pc, vcpus: &[&mut KvmVcpu]) {
+    for (i, v) in vcpus.iter().enumerate() {
+        let (wall, system) = v.kvmclock_msrs();
+        if let Some(msrs) = pc.vcpu_msrs_mut(i) {
+            let mut state = msrs.state();
+            state.kvm_wall_clock = wall;
+            state.kvm_system_time = system;
+            let _ = msrs.set_state(state);
+        }
+    }
+}
+
+/// After a restore: the VM's kvmclock from the restored TSC of vCPU 0
+/// (`KvmVcpu::set_vm_clock_from_tsc`), then each vCPU's kvmclock MSRs
+/// from its MSR file back to KVM.
+fn kvmclock_from_pc(pc: &mut Pc, vcpus: &mut [&mut KvmVcpu]) -> Result<(), KvmError> {
+    if let Some(first) = vcpus.first() {
+        first.set_vm_clock_from_tsc()?;
+    }
+    for (i, v) in vcpus.iter_mut().enumerate() {
+        if let Some(msrs) = pc.vcpu_msrs_mut(i) {
+            let state = msrs.state();
+            v.set_kvmclock_msrs(state.kvm_wall_clock, state.kvm_system_time)?;
+        }
+    }
+    Ok(())
+}
+
 /// How long a paused machine waits for a command before it looks at the
 /// quit key and signals again.
 const PAUSED_POLL: Duration = Duration::from_millis(50);
@@ -806,32 +892,36 @@ struct Live<'a> {
 
 /// Carry out the API's queued commands; while `paused`, wait a moment
 /// ([`PAUSED_POLL`]) for one first.
-fn serve_jobs<B: ArchState>(
+fn serve_jobs(
     jobs: &Receiver<api::Job>,
     pc: &mut Pc,
-    vcpu: &mut B,
+    vcpu: &mut KvmVcpu,
     paused: &mut bool,
     live: &Live<'_>,
 ) {
+    let mut serve = |job: api::Job, pc: &mut Pc, paused: &mut bool| {
+        if matches!(job.command, Command::Snapshot { .. }) {
+            kvmclock_to_pc(pc, &[&mut *vcpu]);
+        }
+        let reply = answer(job.command, pc, Some(&mut *vcpu), paused, live, &[]);
+        let _ = job.reply.send(reply);
+    };
     if *paused {
         match jobs.recv_timeout(PAUSED_POLL) {
-            Ok(job) => {
-                let reply = answer(job.command, pc, Some(&mut *vcpu), paused, live, &[]);
-                let _ = job.reply.send(reply);
-            }
+            Ok(job) => serve(job, pc, paused),
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
         }
     }
     while let Ok(job) = jobs.try_recv() {
-        let reply = answer(job.command, pc, Some(&mut *vcpu), paused, live, &[]);
-        let _ = job.reply.send(reply);
+        serve(job, pc, paused);
     }
 }
 
 /// Carry out one API command on the machine (docs/API.md). `vcpu` is the
 /// PC's only vCPU; `None` with several, each on its own thread (whose
-/// figures `vcpus` holds), where a snapshot is refused as the PC refuses
-/// it.
+/// figures `vcpus` holds): their main loop takes a snapshot itself, with
+/// the vCPUs the threads hand over (`VcpuThreads::with_vcpus`), and one
+/// that comes here is refused.
 fn answer<B: ArchState>(
     command: Command,
     pc: &mut Pc,
@@ -888,31 +978,15 @@ fn answer<B: ArchState>(
             "not_paused",
             "pause the VM (PUT /api/v1/vm.pause) before a snapshot",
         ),
-        Command::Snapshot { .. } if vcpu.is_none() => Response::error(
-            500,
-            "snapshot_failed",
-            format!(
-                "vmm snapshots a VM with one vCPU; this one has {} (its vCPU threads do not hand their state over yet)",
-                pc.cpus()
-            ),
-        ),
         Command::Snapshot { destination } => {
-            let path = PathBuf::from(&destination);
             let Some(vcpu) = vcpu else {
-                return Response::error(500, "internal", "no vCPU to snapshot");
+                return Response::error(
+                    500,
+                    "internal",
+                    "the vCPU threads' snapshot reached the single-vCPU path",
+                );
             };
-            match snapshot_file::write(pc, vcpu, &path) {
-                Ok(w) => {
-                    log::info!("API: snapshot {destination}: {} bytes", w.bytes);
-                    Response::ok(serde_json::json!({
-                        "state": "paused",
-                        "destination": destination,
-                        "bytes": w.bytes,
-                        "ms": w.elapsed.as_secs_f64() * 1e3,
-                    }))
-                }
-                Err(e) => Response::error(500, "snapshot_failed", e.to_string()),
-            }
+            snapshot_reply(pc, &mut [vcpu as &mut dyn ArchState], destination)
         }
         // The API's thread serves it (api::server); it never comes here.
         Command::ConsoleAttach => {

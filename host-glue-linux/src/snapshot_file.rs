@@ -2,8 +2,13 @@
 //! (`PUT /api/v1/vm.snapshot`, `vmm snapshot`) and restoring one into a
 //! freshly built PC (`vmm run --restore FILE`).
 //!
+//! A PC with several vCPUs is written and restored whole, every vCPU
+//! with it ([`write_vcpus`], [`restore_vcpus`]); the vCPU threads hand
+//! theirs over for it (`crate::vcpu_threads`). A snapshot restores only
+//! into a machine with as many vCPUs (`--cpus`) as the saved one.
+//!
 //! Restore maps the file read-only and private, parses and checks every
-//! section (`vmm_core::snapshot`), restores devices and the vCPU, and then
+//! section (`vmm_core::snapshot`), restores devices and the vCPUs, and then
 //! maps each run of saved pages of the file over the guest's RAM blocks
 //! with `MAP_PRIVATE | MAP_FIXED`: nothing is copied, a page is read from
 //! the file (or the page cache) when the guest first touches it, and
@@ -82,6 +87,16 @@ pub fn write<B: ArchState>(
     vcpu: &mut B,
     path: &Path,
 ) -> Result<Written, SnapshotFileError> {
+    write_vcpus(pc, &mut [vcpu as &mut dyn ArchState], path)
+}
+
+/// [`write`] for a PC with several vCPUs: `vcpus[i]` is vCPU `i`, one for
+/// each vCPU of the PC.
+pub fn write_vcpus(
+    pc: &mut Pc,
+    vcpus: &mut [&mut dyn ArchState],
+    path: &Path,
+) -> Result<Written, SnapshotFileError> {
     let started = Instant::now();
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
@@ -92,7 +107,7 @@ pub fn write<B: ArchState>(
         error: None,
     };
     let result = pc
-        .snapshot(vcpu, &mut sink)
+        .snapshot_vcpus(vcpus, &mut sink)
         .map_err(|e| match sink.error.take() {
             Some(io) => error(path, format!("cannot write: {io}")),
             None => error(path, e),
@@ -165,6 +180,17 @@ pub fn restore<B: ArchState>(
     vcpu: &mut B,
     path: &Path,
 ) -> Result<(File, Restored), SnapshotFileError> {
+    restore_vcpus(pc, &mut [vcpu as &mut dyn ArchState], path)
+}
+
+/// [`restore`] into a PC with several vCPUs: `vcpus[i]` is vCPU `i`, one
+/// for each vCPU of the PC. A snapshot of another number of vCPUs is
+/// refused, saying how many it holds.
+pub fn restore_vcpus(
+    pc: &mut Pc,
+    vcpus: &mut [&mut dyn ArchState],
+    path: &Path,
+) -> Result<(File, Restored), SnapshotFileError> {
     let started = Instant::now();
     let file = File::open(path).map_err(|e| error(path, format!("cannot open: {e}")))?;
     let meta = file
@@ -204,7 +230,18 @@ pub fn restore<B: ArchState>(
     }
     let mapped = Mapped { ptr, len };
     let snapshot = Snapshot::parse(mapped.bytes()).map_err(|e| error(path, e))?;
-    pc.restore_parsed(&snapshot, vcpu, RamFill::Host)
+    let saved = snapshot.header.vcpu_count as usize;
+    if saved != pc.cpus() {
+        return Err(error(
+            path,
+            format!(
+                "it holds {saved} vCPU{}, this machine has {} (--cpus): restore it with --cpus {saved}",
+                if saved == 1 { "" } else { "s" },
+                pc.cpus()
+            ),
+        ));
+    }
+    pc.restore_parsed_vcpus(&snapshot, vcpus, RamFill::Host)
         .map_err(|e| error(path, e))?;
     let (pages, mappings) = map_pages(pc, &snapshot, &file).map_err(|e| error(path, e))?;
     Ok((

@@ -28,6 +28,17 @@
 //! wake it (no timer armed), the VM stops as a lone halted vCPU's does,
 //! unless an input watcher may still wake one.
 //!
+//! Pausing and snapshots: a pause kicks every vCPU out of its guest and
+//! wakes every sleeping one; each thread, back at the top of its loop
+//! with its exit handled, hands its KVM vCPU over to the shared state
+//! ([`State`]'s `parked`) and waits. With every vCPU handed over the main
+//! thread holds the whole machine ([`VcpuThreads::with_vcpus`]): it
+//! snapshots the PC and every vCPU as the library does for one
+//! (`Pc::snapshot_vcpus`). At the resume each thread takes its vCPU back.
+//! A vCPU asleep in a halt or waiting for its start-up IPI is handed over
+//! the same way; what it waits for is the exit loop's state, which the
+//! snapshot keeps, so it waits again after a restore.
+//!
 //! Input watchers ([`VcpuThreads::watch_input`]): a thread per host file
 //! (the network card's tap) waits in `poll(2)` until it is readable, then
 //! takes the lock, has every device look at its input (the timers are
@@ -108,6 +119,9 @@ pub struct State {
     stopped: Option<StopReason>,
     /// Input watchers running: a halted machine may still be woken.
     watchers: usize,
+    /// The vCPUs their threads handed over while the guest is paused
+    /// (index `i` is vCPU `i`); `None` while its thread holds it.
+    parked: Vec<Option<KvmVcpu>>,
 }
 
 impl State {
@@ -152,6 +166,11 @@ impl State {
         }
     }
 
+    /// Every vCPU handed over by its thread.
+    fn all_parked(&self) -> bool {
+        self.parked.iter().all(Option::is_some)
+    }
+
     /// Every vCPU asleep, none being woken.
     fn all_asleep(&self) -> bool {
         self.cpus.iter().all(|c| c.place == Place::Asleep)
@@ -191,6 +210,26 @@ impl Shared {
     }
 }
 
+/// The vCPU threads did not all hand their vCPUs over
+/// ([`VcpuThreads::with_vcpus`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotHandedOver {
+    /// vCPUs still held by their threads.
+    pub waiting: usize,
+}
+
+impl std::fmt::Display for NotHandedOver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} vCPU thread(s) did not stop in time (or the guest is not paused)",
+            self.waiting
+        )
+    }
+}
+
+impl std::error::Error for NotHandedOver {}
+
 /// What a vCPU thread hands back when it ends.
 #[derive(Debug, Default)]
 pub struct ThreadReport {
@@ -217,6 +256,7 @@ impl VcpuThreads {
     /// Start a thread for each of `vcpus` (index `i` of the list is the
     /// PC's vCPU `i`; all of one KVM VM, see `KvmVcpu::sibling`).
     pub fn start(pc: Pc, vcpus: Vec<KvmVcpu>) -> std::io::Result<Self> {
+        let parked = vcpus.iter().map(|_| None).collect();
         let cpus = vcpus
             .iter()
             .map(|_| CpuSlot {
@@ -240,6 +280,7 @@ impl VcpuThreads {
                 ended: false,
                 stopped: None,
                 watchers: 0,
+                parked,
             }),
         });
         let mut handles = Vec::new();
@@ -303,7 +344,8 @@ impl VcpuThreads {
         state.wake_targets(&self.shared.wake);
     }
 
-    /// Pause (every vCPU leaves its guest and waits) or resume.
+    /// Pause (every vCPU leaves its guest or its sleep, hands its vCPU
+    /// over and waits) or resume.
     pub fn set_paused(&self, state: &mut State, paused: bool) {
         state.paused = paused;
         if paused {
@@ -312,11 +354,42 @@ impl VcpuThreads {
                     t.fire_now();
                 }
             }
-        } else {
-            for cv in &self.shared.wake {
-                cv.notify_all();
-            }
         }
+        for cv in &self.shared.wake {
+            cv.notify_all();
+        }
+    }
+
+    /// With the guest paused, wait up to `timeout` until every thread has
+    /// handed its vCPU over, then call `f` with the PC and every KVM vCPU
+    /// (`vcpus[i]` is vCPU `i`): a snapshot. The state, held again, and
+    /// what `f` returned, or [`NotHandedOver`] if the guest is not paused,
+    /// the run ended, or a thread did not come within `timeout`.
+    pub fn with_vcpus<'a, R>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        timeout: Duration,
+        f: impl FnOnce(&mut Pc, &mut [&mut KvmVcpu]) -> R,
+    ) -> (MutexGuard<'a, State>, Result<R, NotHandedOver>) {
+        let deadline = Instant::now() + timeout;
+        while state.paused && !state.ended && !state.all_parked() {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            state = match self.shared.main.wait_timeout(state, left) {
+                Ok((s, _)) => s,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        if !state.paused || state.ended || !state.all_parked() {
+            let waiting = state.parked.iter().filter(|v| v.is_none()).count();
+            return (state, Err(NotHandedOver { waiting }));
+        }
+        let State { pc, parked, .. } = &mut *state;
+        let mut vcpus: Vec<&mut KvmVcpu> = parked.iter_mut().flatten().collect();
+        let r = f(pc, &mut vcpus);
+        drop(vcpus);
+        (state, Ok(r))
     }
 
     /// Wait up to `timeout` for the guest to stop (or another thread to
@@ -417,8 +490,27 @@ fn vcpu_thread(shared: &Shared, index: usize, mut vcpu: KvmVcpu) -> ThreadReport
             break;
         }
         if state.paused {
+            // Hand the vCPU over (a snapshot takes it) until the resume.
             state.cpus[index].place = Place::Busy;
-            state = nap(shared, index, state, Some(NAP));
+            state.parked[index] = Some(vcpu);
+            shared.main.notify_all();
+            while state.paused && !state.ended {
+                state = nap(shared, index, state, Some(NAP));
+            }
+            vcpu = match state.parked[index].take() {
+                Some(v) => v,
+                None => {
+                    // Nothing takes a vCPU for good; should it be gone,
+                    // the run ends rather than the thread running nothing.
+                    state.stopped.get_or_insert(StopReason::Backend(format!(
+                        "vCPU {index} was not handed back"
+                    )));
+                    shared.end(&mut state);
+                    drop(state);
+                    set_thread_timer(None);
+                    return ThreadReport::default();
+                }
+            };
             continue;
         }
         match state.pc.prepare_vcpu(index, &mut vcpu, &mut turn) {

@@ -250,6 +250,17 @@ fn slow_the_linux_cd_boots_with_4_vcpus_under_real_kvm() {
     let all = &run.serial;
     assert!(job.contains("SeaBIOS (version"), "{all}");
     assert!(job.contains("cpus: 4"), "{all}");
+    // The boot processor knows its TSC frequency (kvmclock) instead of
+    // failing to calibrate it against the PIT and the PM timer (issue 19).
+    for line in job.lines().filter(|l| {
+        l.contains("tsc:") || l.contains("kvm-clock") || l.contains("clocksource: Switched")
+    }) {
+        println!("{line}");
+    }
+    assert!(
+        !job.contains("could not calculate TSC khz"),
+        "the TSC calibration failed: {all}"
+    );
     assert!(job.contains(INIT_MARKER), "{all}");
     assert!(job.contains("reboot: Power down"), "{all}");
     assert!(job.contains("vmm: the guest powered off"), "{all}");
@@ -350,4 +361,53 @@ fn the_script_sections_are_found() {
     );
     assert!(section(job, 'a').contains('x') && !section(job, 'a').contains('y'));
     assert!(section(job, 'b').contains("status 1"));
+}
+
+/// A Linux guest on kvm-clock with 2 vCPUs, snapshotted mid-boot (once
+/// its second CPU is up) under a real KVM, the process SIGKILLed, and the
+/// snapshot restored in a new `vmm`: the kernel goes on (its kvm-clock
+/// MSRs and clock carried over, XSAVE state restored on a host without
+/// XSAVE) to user space and powers off.
+#[test]
+#[ignore = "boots a Linux with KVM under QEMU TCG (minutes): cargo xtask test --slow"]
+fn slow_a_linux_guest_with_2_vcpus_snapshotted_mid_boot_restores_under_real_kvm() {
+    let _one = RIG.lock().unwrap_or_else(|e| e.into_inner());
+    let script = r#"
+vmm run --memory 512M --cpus 2 --serial file=/tmp/first.log --api-socket /tmp/a.sock --cdrom /rig/linux.iso >/tmp/first.err 2>&1 &
+pid=$!
+i=0
+while ! grep -q "Total of 2 processors activated" /tmp/first.log 2>/dev/null; do sleep 1; i=$((i+1)); [ $i -gt 400 ] && break; done
+vmm snapshot --api-socket /tmp/a.sock /tmp/s.snap
+echo "SNAP-RIG: snapshot status $?"
+kill -9 $pid
+if grep -q "user space reached" /tmp/first.log; then echo "SNAP-RIG: the first run got too far"; fi
+vmm run --memory 512M --cpus 2 --serial stdio --cdrom /rig/linux.iso --restore /tmp/s.snap
+echo "SNAP-RIG: restored status $?"
+exit 0
+"#;
+    let run = rig()
+        .run(
+            script,
+            &[("/rig/linux.iso", &env_path("VMM_TEST_LINUX_ISO"))],
+            kvm_nested::DEFAULT_TIMEOUT,
+            false,
+        )
+        .unwrap();
+    report(
+        "a 2-vCPU Linux snapshot restored under vmm with KVM in TCG",
+        &run,
+    );
+    let job = run.job_output();
+    let all = &run.serial;
+    assert!(job.contains("SNAP-RIG: snapshot status 0"), "{all}");
+    assert!(
+        !job.contains("SNAP-RIG: the first run got too far"),
+        "{all}"
+    );
+    assert!(job.contains("vmm: restored /tmp/s.snap"), "{all}");
+    let restored = job.split("vmm: restored /tmp/s.snap").nth(1).unwrap_or("");
+    assert!(restored.contains("kvm-clock"), "{all}");
+    assert!(restored.contains(INIT_MARKER), "{all}");
+    assert!(restored.contains("reboot: Power down"), "{all}");
+    assert!(job.contains("SNAP-RIG: restored status 0"), "{all}");
 }

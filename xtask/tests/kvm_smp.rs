@@ -23,6 +23,17 @@
 //!   vCPUs: INIT and NMI storms and a CPU spinning with interrupts off
 //!   while the BSP counts its rounds).
 //!
+//! - Snapshots of several vCPUs (issue 21): `pc_smp_busy` (4 vCPUs, each
+//!   busy with a xorshift chain held in its registers) runs under
+//!   `--api-socket`; `vmm snapshot` takes one while the application
+//!   processors still wait for their start-up IPI and one while all four
+//!   are busy halfway through their chains; the process is killed. Each
+//!   snapshot restored in a new process finishes with the chains' right
+//!   results (the waiting APs start once, when the BSP starts them), and
+//!   the process restored from the first takes a snapshot of its own with
+//!   the APs busy and runs on to the same results; a restore with another
+//!   `--cpus` is refused.
+//!
 //! `cargo xtask test` builds `vmm`, the guests and the CD and sets
 //! `VMM_TEST_VMM`, `VMM_TEST_GUESTS`, `VMM_TEST_SEABIOS` and
 //! `VMM_TEST_LINUX_ISO`.
@@ -253,4 +264,196 @@ fn init_and_nmi_storms_and_a_spinning_vcpu_leave_the_bsp_running() {
         .unwrap_or(0);
     assert!(rounds > 0, "{out}");
     assert!(out.contains("smp storm: inits sent "), "{out}");
+}
+
+/// The xorshift64 chain `pc_smp_busy` runs on each CPU: 2^16 steps from
+/// `seed`.
+fn busy_chain(seed: u64) -> u64 {
+    let mut x = seed;
+    for _ in 0..1 << 16 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    x
+}
+
+/// What `pc_smp_busy` prints from the start of its application processors
+/// to its end: each CPU's chain from seed APIC ID + 1, each started once.
+fn busy_results() -> Vec<String> {
+    let mut lines = vec![format!("smp busy: bsp 0 {}", busy_chain(1))];
+    lines.push("smp busy: 4 of 4 cpus started, aps busy".into());
+    for cpu in 1..4u64 {
+        lines.push(format!("smp busy: cpu {cpu} {}", busy_chain(cpu + 1)));
+    }
+    lines.push("smp busy: starts 1 1 1 1".into());
+    lines.push("smp busy: done".into());
+    lines
+}
+
+/// `vmm run` of `pc_smp_busy` on 4 vCPUs with COM1 into `log`, the
+/// control API on `socket` and `restore` restored, if any.
+fn busy_vm(
+    log: &std::path::Path,
+    socket: &std::path::Path,
+    restore: Option<&std::path::Path>,
+) -> std::process::Child {
+    let mut c = Command::new(env_path("VMM_TEST_VMM"));
+    c.args(["run", "--memory", "16M", "--cpus", "4"])
+        .arg("--serial")
+        .arg(format!("file={}", log.display()))
+        .arg("--api-socket")
+        .arg(socket)
+        .arg("--bios")
+        .arg(env_path("VMM_TEST_GUESTS").join("pc_smp_busy.bin"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    if let Some(file) = restore {
+        c.arg("--restore").arg(file);
+    }
+    c.spawn().unwrap()
+}
+
+/// Wait (up to 5 minutes) until `log` has `line`; its text.
+fn wait_for_line(log: &std::path::Path, line: &str, child: &mut std::process::Child) -> String {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(line) {
+            return text;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("vmm ended ({status}) before '{line}': {text}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no '{line}' in 5 minutes: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `vmm snapshot` of the VM at `socket` into `file`: it pauses the VM,
+/// writes every vCPU and resumes it.
+fn snapshot_to(socket: &std::path::Path, file: &std::path::Path) {
+    let out = Command::new(env_path("VMM_TEST_VMM"))
+        .args(["snapshot", "--api-socket"])
+        .arg(socket)
+        .arg(file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "vmm snapshot: {said}");
+    assert!(said.contains("vmm: snapshot "), "{said}");
+}
+
+/// Wait for `child` to end (up to 5 minutes); whether it powered off,
+/// and its stderr.
+fn ended(mut child: std::process::Child) -> (bool, String) {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    (status.success(), err)
+}
+
+#[test]
+#[ignore = "runs a guest program under KVM: run through cargo xtask test"]
+fn four_busy_vcpus_snapshot_restore_in_new_processes_and_finish_with_their_results() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = temp("busy");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let results = busy_results();
+    let started = Instant::now();
+
+    // The first process: a snapshot while the APs wait for their start-up
+    // IPI, one while all four CPUs are busy, then SIGKILL.
+    let (log_a, sock_a) = (dir.join("a.log"), dir.join("a.sock"));
+    let (waiting, busy) = (dir.join("waiting.snap"), dir.join("busy.snap"));
+    let mut a = busy_vm(&log_a, &sock_a, None);
+    wait_for_line(&log_a, "smp busy: bsp alone, aps waiting", &mut a);
+    snapshot_to(&sock_a, &waiting);
+    let text = std::fs::read_to_string(&log_a).unwrap();
+    assert!(
+        !text.contains("smp busy: bsp 0"),
+        "not while the BSP was alone: {text}"
+    );
+    // Resumed in the same process: the BSP's own chain comes out right
+    // and it starts the others.
+    wait_for_line(&log_a, &results[1], &mut a);
+    snapshot_to(&sock_a, &busy);
+    let text = std::fs::read_to_string(&log_a).unwrap();
+    assert!(text.contains(&results[0]), "{text}");
+    assert!(
+        !text.contains("smp busy: cpu 1"),
+        "not while the APs were busy: {text}"
+    );
+    a.kill().unwrap();
+    let _ = a.wait();
+
+    // The busy snapshot in a new process: the APs finish their chains.
+    let log_b = dir.join("b.log");
+    let b = busy_vm(&log_b, &dir.join("b.sock"), Some(&busy));
+    let (powered_off, err) = ended(b);
+    let text = std::fs::read_to_string(&log_b).unwrap_or_default();
+    assert!(powered_off, "{text}\n--- stderr ---\n{err}");
+    assert!(err.contains("vmm: restored "), "{err}");
+    for line in &results[2..] {
+        assert!(text.contains(line.as_str()), "missing '{line}' in:\n{text}");
+    }
+
+    // The waiting snapshot in a new process: the APs waited and start
+    // once; with them busy, this process takes a snapshot of its own and
+    // runs on (pause, snapshot, resume in one process).
+    let (log_c, sock_c) = (dir.join("c.log"), dir.join("c.sock"));
+    let mut c = busy_vm(&log_c, &sock_c, Some(&waiting));
+    wait_for_line(&log_c, &results[1], &mut c);
+    snapshot_to(&sock_c, &dir.join("c.snap"));
+    let (powered_off, err) = ended(c);
+    let text = std::fs::read_to_string(&log_c).unwrap_or_default();
+    assert!(powered_off, "{text}\n--- stderr ---\n{err}");
+    for line in &results {
+        assert!(text.contains(line.as_str()), "missing '{line}' in:\n{text}");
+    }
+    assert!(
+        !text.contains("bsp alone"),
+        "restored past that line: {text}"
+    );
+
+    // Another vCPU count: refused, naming --cpus.
+    let out = Command::new(env_path("VMM_TEST_VMM"))
+        .args(["run", "--memory", "16M", "--cpus", "2", "--serial", "none"])
+        .arg("--bios")
+        .arg(env_path("VMM_TEST_GUESTS").join("pc_smp_busy.bin"))
+        .arg("--restore")
+        .arg(&busy)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(4), "{said}");
+    assert!(
+        said.contains("it holds 4 vCPUs, this machine has 2 (--cpus): restore it with --cpus 4"),
+        "{said}"
+    );
+    println!(
+        "snapshots of 4 busy vCPUs, two restores: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,6 +13,18 @@
 //! extended-state components of `vmm_core::xstate::XstateModel` (x87,
 //! SSE, AVX, AVX-512; no MPX, PKRU, AMX or XSAVES), as on SVM and VMX.
 //! KVM itself saves and loads each vCPU's XSAVE state and XCR0.
+//!
+//! kvmclock: where KVM tells the vCPU's TSC frequency (KVM_GET_TSC_KHZ),
+//! both models also get the KVM-compatible leaves of
+//! `vmm_core::vcpu::guest_cpuid_for` at 0x4000_0100 (the KVMKVMKVM
+//! signature, kvmclock with the stable bit and no I/O delay, the TSC kHz at
+//! 0x4000_0110), as on SVM and VMX where the host knows its TSC frequency.
+//! KVM serves the kvmclock MSRs itself. A Linux guest then takes its TSC
+//! frequency from kvmclock instead of calibrating the TSC against the PIT
+//! and the ACPI PM timer, whose reads are exits: under a slow KVM (KVM in
+//! TCG) a reference read took longer than the 50,000 TSC cycles Linux
+//! allows it, and with several vCPUs (whose thread-per-vCPU exits cost
+//! more) the calibration failed and the guest marked its TSC unstable.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 use vmm_core::vcpu::{guest_cpuid, CpuModel, CpuidResult, Topology};
@@ -55,12 +67,36 @@ const QEMU64_LEAVES: [(u32, u32); 29] = [
     (0x8000_000a, 0),
 ];
 
-/// The CPUID table for `model`, from KVM's supported entries.
-pub fn table(supported: &CpuId, model: CpuModel) -> Vec<kvm_cpuid_entry2> {
-    match model {
+/// The CPUID table for `model`, from KVM's supported entries, with the
+/// kvmclock leaves where the vCPU's TSC runs at `tsc_khz` (known).
+pub fn table(supported: &CpuId, model: CpuModel, tsc_khz: Option<u32>) -> Vec<kvm_cpuid_entry2> {
+    let mut out = match model {
         CpuModel::Host => filter(supported),
         CpuModel::Qemu64 => model_table(supported, model),
-    }
+    };
+    out.extend(kvmclock_leaves(tsc_khz));
+    out
+}
+
+/// The KVM-compatible leaves (signature, features, TSC kHz) for a vCPU
+/// whose TSC runs at `tsc_khz`; none when it is unknown.
+fn kvmclock_leaves(tsc_khz: Option<u32>) -> Vec<kvm_cpuid_entry2> {
+    let Some(khz) = tsc_khz.filter(|k| *k > 0) else {
+        return Vec::new();
+    };
+    let base = vmm_core::vcpu::KVM_LEAF_BASE;
+    [base, base + 1, base + 0x10]
+        .iter()
+        .map(|&leaf| {
+            let r = vmm_core::vcpu::guest_cpuid_for(leaf, 0, Some(khz));
+            let mut e = kvm_cpuid_entry2 {
+                function: leaf,
+                ..Default::default()
+            };
+            set(&mut e, r.eax, r.ebx, r.ecx, r.edx);
+            e
+        })
+        .collect()
 }
 
 /// Give `entries` the CPU topology of one vCPU (`vmm_core::vcpu::Topology`:
@@ -218,6 +254,30 @@ fn set(e: &mut kvm_cpuid_entry2, eax: u32, ebx: u32, ecx: u32, edx: u32) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_known_tsc_frequency_offers_kvmclock_at_the_kvm_leaves() {
+        let supported = CpuId::from_entries(&[entry(1, 0, 0)]).unwrap();
+        for model in [CpuModel::Qemu64, CpuModel::Host] {
+            let none = table(&supported, model, None);
+            assert!(none
+                .iter()
+                .all(|e| e.function < 0x4000_0100 || e.function > 0x4000_01ff));
+            let out = table(&supported, model, Some(2_300_000));
+            let leaf = |f: u32| out.iter().find(|e| e.function == f).copied().unwrap();
+            let sig = leaf(0x4000_0100);
+            let text: Vec<u8> = [sig.ebx, sig.ecx, sig.edx]
+                .iter()
+                .flat_map(|r| r.to_le_bytes())
+                .collect();
+            assert_eq!(&text, b"KVMKVMKVM\0\0\0");
+            assert_eq!(sig.eax, 0x4000_0110);
+            // kvmclock (the new MSRs), with the stable bit.
+            assert_ne!(leaf(0x4000_0101).eax & (1 << 3), 0);
+            assert_ne!(leaf(0x4000_0101).eax & (1 << 24), 0);
+            assert_eq!(leaf(0x4000_0110).eax, 2_300_000);
+        }
+    }
+
     fn entry(function: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
         kvm_cpuid_entry2 {
             function,
@@ -270,7 +330,7 @@ mod tests {
             entry(0x8000_000a, 1, 1),
         ])
         .unwrap();
-        let out = table(&supported, CpuModel::Qemu64);
+        let out = table(&supported, CpuModel::Qemu64, None);
         let find = |f, i| {
             out.iter()
                 .find(|e| e.function == f && e.index == i)

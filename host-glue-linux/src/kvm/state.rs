@@ -34,6 +34,11 @@ fn max_phys_bits() -> u8 {
     }
 }
 
+/// Whether the host CPU has XSAVE (CPUID.1:ECX bit 26).
+fn host_has_xsave() -> bool {
+    core::arch::x86_64::__cpuid(1).ecx & (1 << 26) != 0
+}
+
 /// Where XSAVE component `i` ends in the standard layout, per the host.
 fn component_end(i: u32) -> usize {
     let leaf = core::arch::x86_64::__cpuid_count(0xd, i);
@@ -262,13 +267,18 @@ impl ArchState for KvmVcpu {
         if x.area.len() > KVM_XSAVE_SIZE && x.area[KVM_XSAVE_SIZE..].iter().any(|b| *b != 0) {
             return Err(ArchStateError::Xsave);
         }
-        let mut xcrs = kvm_xcrs {
-            nr_xcrs: 1,
-            ..Default::default()
-        };
-        xcrs.xcrs[0].xcr = 0;
-        xcrs.xcrs[0].value = x.xcr0;
-        self.vcpu.set_xcrs(&xcrs).map_err(hypervisor)?;
+        // A host without XSAVE (KVM in a TCG machine without it) has no
+        // XCR0 to set: KVM refuses KVM_SET_XCRS there, and its guests'
+        // XCR0 is 1 (x87) for good.
+        if x.xcr0 != 1 || host_has_xsave() {
+            let mut xcrs = kvm_xcrs {
+                nr_xcrs: 1,
+                ..Default::default()
+            };
+            xcrs.xcrs[0].xcr = 0;
+            xcrs.xcrs[0].value = x.xcr0;
+            self.vcpu.set_xcrs(&xcrs).map_err(hypervisor)?;
+        }
         let mut xsave = kvm_xsave::default();
         for (i, word) in xsave.region.iter_mut().enumerate() {
             let mut b = [0u8; 4];

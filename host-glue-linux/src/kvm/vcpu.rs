@@ -178,7 +178,9 @@ impl KvmVcpu {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl_err("supported CPUID"))?;
-        let mut entries = cpuid::table(&supported, vm.cpu_model());
+        // The TSC frequency KVM gives this vCPU: the guest's kvmclock.
+        let tsc_khz = vcpu.get_tsc_khz().ok().filter(|k| *k > 0);
+        let mut entries = cpuid::table(&supported, vm.cpu_model(), tsc_khz);
         cpuid::apply_topology(
             &mut entries,
             vmm_core::vcpu::Topology {
@@ -391,6 +393,84 @@ impl KvmVcpu {
     /// This vCPU's index in its VM.
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// One MSR as KVM holds it (0 if KVM will not say).
+    fn kvm_msr(&self, index: u32) -> u64 {
+        let Ok(mut msrs) = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            ..Default::default()
+        }]) else {
+            return 0;
+        };
+        match self.vcpu.get_msrs(&mut msrs) {
+            Ok(1) => msrs.as_slice().first().map_or(0, |e| e.data),
+            _ => 0,
+        }
+    }
+
+    /// The guest's kvmclock MSRs, which KVM serves itself (the guest's
+    /// writes never reach the exit loop): (MSR_KVM_WALL_CLOCK_NEW,
+    /// MSR_KVM_SYSTEM_TIME_NEW). A snapshot keeps them in the vCPU's MSR
+    /// file.
+    pub fn kvmclock_msrs(&self) -> (u64, u64) {
+        (
+            self.kvm_msr(vmm_core::vcpu::MSR_KVM_WALL_CLOCK_NEW),
+            self.kvm_msr(vmm_core::vcpu::MSR_KVM_SYSTEM_TIME_NEW),
+        )
+    }
+
+    /// After a restore: hand the guest's kvmclock MSRs back to KVM, which
+    /// writes the wall clock and this vCPU's time information into guest
+    /// RAM where they point (0: the guest never set one; left alone).
+    pub fn set_kvmclock_msrs(&mut self, wall: u64, system: u64) -> Result<(), KvmError> {
+        for (index, value) in [
+            (vmm_core::vcpu::MSR_KVM_WALL_CLOCK_NEW, wall),
+            (vmm_core::vcpu::MSR_KVM_SYSTEM_TIME_NEW, system),
+        ] {
+            if value == 0 {
+                continue;
+            }
+            let msrs = Msrs::from_entries(&[kvm_msr_entry {
+                index,
+                data: value,
+                ..Default::default()
+            }])
+            .map_err(|_| KvmError::Ioctl {
+                what: "SET_MSRS (kvmclock)",
+                errno: libc::E2BIG,
+            })?;
+            match self.vcpu.set_msrs(&msrs) {
+                Ok(1) => {}
+                Ok(_) => {
+                    return Err(KvmError::Ioctl {
+                        what: "SET_MSRS (kvmclock)",
+                        errno: libc::EINVAL,
+                    })
+                }
+                Err(e) => return Err(ioctl_err("SET_MSRS (kvmclock)")(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// After a restore: set the VM's kvmclock (KVM_SET_CLOCK) to this
+    /// vCPU's guest TSC in nanoseconds. A fresh KVM VM's clock starts at
+    /// zero, about when its vCPUs' TSCs do, so kvmclock and the TSC agree
+    /// as they did in the saved VM and the restored guest's clock goes on
+    /// with its TSC instead of starting over. Nothing when KVM does not
+    /// say the TSC frequency (no kvmclock was offered then).
+    pub fn set_vm_clock_from_tsc(&self) -> Result<(), KvmError> {
+        let Some(khz) = self.vcpu.get_tsc_khz().ok().filter(|k| *k > 0) else {
+            return Ok(());
+        };
+        let tsc = self.kvm_msr(vmm_core::vcpu::MSR_TSC);
+        let ns = u128::from(tsc) * 1_000_000 / u128::from(khz);
+        let clock = kvm_bindings::kvm_clock_data {
+            clock: u64::try_from(ns).unwrap_or(u64::MAX),
+            ..Default::default()
+        };
+        self.vm.set_clock(&clock).map_err(ioctl_err("SET_CLOCK"))
     }
 
     /// Bring the VM's memory slots in line with `vm`'s memory map.
@@ -855,6 +935,37 @@ impl VcpuBackend for KvmVcpu {
         true
     }
 
+    /// KVM keeps the offset; it is read and set as the guest's TSC
+    /// (KVM_GET/SET_MSRS of IA32_TIME_STAMP_COUNTER) against the host's,
+    /// so a snapshot carries the guest's TSC on, and an INIT leaves it.
+    fn tsc_offset(&self) -> u64 {
+        let mut msrs = match Msrs::from_entries(&[kvm_msr_entry {
+            index: vmm_core::vcpu::MSR_TSC,
+            ..Default::default()
+        }]) {
+            Ok(m) => m,
+            Err(_) => return 0,
+        };
+        match self.vcpu.get_msrs(&mut msrs) {
+            Ok(1) => msrs
+                .as_slice()
+                .first()
+                .map_or(0, |e| e.data.wrapping_sub(host_tsc())),
+            _ => 0,
+        }
+    }
+
+    fn set_tsc_offset(&mut self, offset: u64) -> bool {
+        let Ok(msrs) = Msrs::from_entries(&[kvm_msr_entry {
+            index: vmm_core::vcpu::MSR_TSC,
+            data: host_tsc().wrapping_add(offset),
+            ..Default::default()
+        }]) else {
+            return false;
+        };
+        matches!(self.vcpu.set_msrs(&msrs), Ok(1))
+    }
+
     fn reset(&mut self) {
         self.complete_pending_io();
         self.forget_registers();
@@ -884,6 +995,13 @@ impl VcpuBackend for KvmVcpu {
         self.run
             .set_u8(run_page::REQUEST_INTERRUPT_WINDOW, u8::from(on));
     }
+}
+
+/// The host's TSC, which KVM offsets for the guest.
+fn host_tsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter, which every x86-64
+    // CPU has; it touches no memory.
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// A segment in the VMCB attribute layout, as KVM holds it.

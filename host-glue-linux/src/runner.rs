@@ -15,7 +15,7 @@ use crate::display::{
 };
 use crate::gdb::{self, GdbError, Machine};
 use crate::host_file::HostFileError;
-use crate::kvm::{self, KvmError, KvmVcpu};
+use crate::kvm::{self, Irqchip, KvmError, KvmVcpu};
 use crate::pc;
 use crate::snapshot_file::{self, SnapshotFileError};
 use crate::stats_json::{Figures, RunStats};
@@ -71,6 +71,9 @@ pub struct RunOptions {
     /// description as the saved one) and resume it, instead of starting
     /// the firmware (`crate::snapshot_file::restore`).
     pub restore: Option<PathBuf>,
+    /// Where the local APICs live (`--irqchip`, see
+    /// [`crate::kvm::split_irqchip`]).
+    pub irqchip: Irqchip,
 }
 
 impl Default for RunOptions {
@@ -85,6 +88,7 @@ impl Default for RunOptions {
             api_socket: None,
             gdb: None,
             restore: None,
+            irqchip: Irqchip::default(),
         }
     }
 }
@@ -273,6 +277,9 @@ pub enum RunError {
     Thread(String),
     /// The VNC server could not start (`--display vnc=`).
     Vnc(crate::vnc::VncError),
+    /// An option that needs the local APICs in user space, with
+    /// `--irqchip split` (their state is KVM's and not saved yet).
+    NeedsUserIrqchip(&'static str),
 }
 
 impl std::error::Error for RunError {}
@@ -301,6 +308,10 @@ impl fmt::Display for RunError {
             RunError::NeedsOneVcpu(what) => write!(f, "{what} needs a single vCPU (--cpus 1)"),
             RunError::Thread(e) => write!(f, "vCPU thread: {e}"),
             RunError::Vnc(e) => write!(f, "--display vnc: {e}"),
+            RunError::NeedsUserIrqchip(what) => write!(
+                f,
+                "{what} needs --irqchip user: with --irqchip split the local APICs are KVM's, and their state is not saved"
+            ),
         }
     }
 }
@@ -317,6 +328,14 @@ fn stdio_is_terminal() -> bool {
 pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunError> {
     if !kvm::available() {
         return Err(RunError::Kvm(KvmError::Missing));
+    }
+    if options.irqchip == Irqchip::Split {
+        if options.restore.is_some() {
+            return Err(RunError::NeedsUserIrqchip("--restore"));
+        }
+        if options.state_roundtrip.is_some() {
+            return Err(RunError::NeedsUserIrqchip("a state round trip"));
+        }
     }
     if config.cpus > 1 {
         if options.gdb.is_some() {
@@ -463,7 +482,13 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     let mut last_screen = std::time::Instant::now();
     let mut disks = DiskSyncs(syncs);
     let new_vcpu = |pc: &mut vmm_devices::pc::Pc| {
-        let mut vcpu = KvmVcpu::new(pc.vm_mut()).map_err(RunError::Kvm)?;
+        let mut vcpu = KvmVcpu::with_irqchip(pc.vm_mut(), options.irqchip).map_err(RunError::Kvm)?;
+        if let Some(lapics) = vcpu.kernel_irqchip() {
+            // KVM's local APICs take the I/O APIC's messages and the
+            // MSIs, and pass the level EOIs back to the I/O APIC.
+            pc.use_kernel_lapics(lapics);
+            vcpu.set_ioapic_eoi(pc.chipset().ioapic.clone());
+        }
         if options.posted_writes {
             // POST codes only go into a history: no need to stop the guest
             // for each one.
@@ -887,6 +912,11 @@ fn answer<B: ArchState>(
             409,
             "not_paused",
             "pause the VM (PUT /api/v1/vm.pause) before a snapshot",
+        ),
+        Command::Snapshot { .. } if pc.lapics_in_kernel() => Response::error(
+            500,
+            "snapshot_failed",
+            "vmm snapshots a VM run with --irqchip user; under --irqchip split the local APICs are KVM's and their state is not saved yet",
         ),
         Command::Snapshot { .. } if vcpu.is_none() => Response::error(
             500,

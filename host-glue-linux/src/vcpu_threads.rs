@@ -40,7 +40,7 @@
 //! no kicks (nothing new is raised) and no memory (the frames stay in the
 //! host's queue, which drops what overflows it).
 
-use crate::kvm::{set_thread_timer, KvmVcpu, PreemptTimer};
+use crate::kvm::{set_thread_timer, set_thread_watches_timers, KvmVcpu, PreemptTimer};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -407,6 +407,9 @@ fn vcpu_thread(shared: &Shared, index: usize, mut vcpu: KvmVcpu) -> ThreadReport
         }
     };
     set_thread_timer(timer.clone());
+    // With KVM's local APICs a vCPU halts inside KVM_RUN: only the
+    // bootstrap processor's thread wakes for the device timers.
+    set_thread_watches_timers(index == 0 || !vcpu.lapic_in_kernel());
     vcpu.aim_kicks();
     let mut state = shared.lock();
     state.cpus[index].timer = timer;
@@ -463,6 +466,7 @@ fn vcpu_thread(shared: &Shared, index: usize, mut vcpu: KvmVcpu) -> ThreadReport
     }
     drop(state);
     set_thread_timer(None);
+    set_thread_watches_timers(true);
     ThreadReport {
         posted_writes: vcpu.posted_writes(),
         assists: vcpu.assists(),

@@ -855,6 +855,13 @@ impl VcpuBackend for KvmVcpu {
             // Buffered writes are older than this exit: devices see them first.
             self.deliver_posted(vm);
             if self.assistable(&raw) && self.assist(vm) {
+                if self.split.is_some() {
+                    // The exit loop must see the round: it re-arms the
+                    // preemption timer for the device timers, which a
+                    // guest halted inside KVM (our local APICs are not
+                    // there to report its HLT) needs to wake up.
+                    return Exit::ExternalInterrupt;
+                }
                 continue;
             }
             break raw;

@@ -130,6 +130,30 @@ mod tests {
     }
 
     #[test]
+    fn an_msi_outside_the_window_does_not_reach_the_host() {
+        use crate::pci::msix::MsiTarget;
+        let p = LapicPlacement::new();
+        let host = Arc::new(Recorder::default());
+        p.use_kernel(host.clone());
+        let msi = crate::msi::LapicMsi::with_placement(Vec::new(), p);
+        // A DMA-style write to RAM is no interrupt: dropped, as without
+        // the host's local APICs.
+        msi.send(MsiMessage {
+            address: 0x1000,
+            data: 0x31,
+        });
+        assert!(host.sent.lock().is_empty());
+        assert_eq!(msi.dropped(), 1);
+        let m = MsiMessage {
+            address: 0xfee0_3000,
+            data: 0x4031,
+        };
+        msi.send(m);
+        assert_eq!(*host.sent.lock(), [m]);
+        assert_eq!(msi.delivered(), 1);
+    }
+
+    #[test]
     fn the_host_is_installed_once() {
         let p = LapicPlacement::new();
         assert!(!p.in_kernel());

@@ -8,7 +8,9 @@
 //! like an IOAPIC message, as edges; NMI raises an NMI. A write outside
 //! 0xFEE0_0000-0xFEEF_FFFF is not an interrupt: it is dropped and counted
 //! (no device in this VMM writes memory through an MSI), as are SMI, INIT,
-//! start-up and ExtINT messages, which are not modelled.
+//! start-up and ExtINT messages, which are not modelled. When the host
+//! keeps the local APICs ([`crate::kernel_lapic`]) a message in the window
+//! goes to it as it is.
 
 use crate::apic_bus::{deliver_message, DeliveryMode};
 use crate::kernel_lapic::LapicPlacement;
@@ -74,6 +76,7 @@ impl MsiTarget for LapicMsi {
             return;
         }
         if let Some(kernel) = self.placement.kernel() {
+            // The host's local APICs decode the message themselves.
             let counter = if kernel.send(msg) {
                 &self.delivered
             } else {

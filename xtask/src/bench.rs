@@ -24,6 +24,13 @@ pub struct BenchArgs {
     /// Skip the callgrind instruction counts.
     #[arg(long)]
     no_callgrind: bool,
+    /// `kvm-nested` and `virtio`: runs of each VMM (default 3).
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
+    /// `kvm-nested` and `virtio`: run `vmm` with `--irqchip MODE`
+    /// (`user` or `split`; default: vmm's own default).
+    #[arg(long, value_name = "MODE")]
+    irqchip: Option<String>,
 }
 
 /// The package that has `benches/NAME.rs`.
@@ -115,11 +122,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.name == "clones" {
         return crate::clones_bench::run();
     }
+    let rig = crate::kvm_nested_bench::RigOptions {
+        rounds: args
+            .rounds
+            .unwrap_or(crate::kvm_nested_bench::ROUNDS)
+            .max(1),
+        irqchip: args.irqchip.clone(),
+    };
     if args.name == "kvm-nested" {
-        return crate::kvm_nested_bench::run();
+        return crate::kvm_nested_bench::run(&rig);
     }
     if args.name == "virtio" {
-        return crate::virtio_bench::run();
+        return crate::virtio_bench::run(&rig);
     }
     let pkg = package_of(&args.name)?;
     run_cmd_bench(&pkg, &args.name)?;

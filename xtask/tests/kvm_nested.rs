@@ -290,9 +290,13 @@ fn slow_the_linux_cd_boots_with_the_split_irqchip_under_real_kvm() {
     report("the Linux CD under vmm --irqchip split with KVM in TCG", &run);
     let job = run.job_output();
     let all = &run.serial;
-    if let Some(exits) = job.lines().find(|l| l.trim_start().starts_with("exits:")) {
-        println!("{}", exits.trim());
-    }
+    // `vmm --stats`: the total and a line per kind of exit.
+    let stats: Vec<&str> = job
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("exits:"))
+        .take_while(|l| l.trim_start().starts_with("exits:") || l.starts_with("  "))
+        .collect();
+    println!("{}", stats.join("\n"));
     assert!(job.contains("SeaBIOS (version"), "{all}");
     assert!(job.contains("Linux version 6.1.0-"), "{all}");
     assert!(job.contains(INIT_MARKER), "{all}");

@@ -465,8 +465,11 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     // frames as they arrive instead of the card polling, unless gdb, a
     // state round trip or the API (whose snapshot of one vCPU is taken
     // by the single-threaded loop) needs that loop.
+    // So does one with KVM's local APICs and a virtio disk: a thread
+    // serves its queue notifies (KVM_IOEVENTFD).
+    let virtio_disk = config.disk.is_some() && config.disk_bus == crate::config::DiskBus::Virtio;
     let threaded = config.cpus > 1
-        || (config.net.is_some()
+        || ((config.net.is_some() || (options.irqchip == Irqchip::Split && virtio_disk))
             && options.gdb.is_none()
             && options.state_roundtrip.is_none()
             && options.api_socket.is_none());
@@ -740,8 +743,17 @@ fn run_threads(
     for index in 1..pc.cpus() {
         vcpus.push(vcpu.sibling(index, pc.vm_mut()).map_err(RunError::Kvm)?);
     }
+    let doorbells = vcpu.lapic_in_kernel().then(|| vcpu.doorbell_fds());
     vcpus.insert(0, vcpu);
     let mut threads = VcpuThreads::start(pc, vcpus).map_err(|e| RunError::Thread(e.to_string()))?;
+    if let Some(fds) = doorbells {
+        // With KVM's local APICs the virtio notifies stay in the kernel
+        // too (KVM_IOEVENTFD), served by a thread of their own.
+        if let Err(e) = threads.serve_doorbells(fds) {
+            let _ = threads.finish();
+            return Err(RunError::Thread(e.to_string()));
+        }
+    }
     if let Some(file) = net_watch {
         if let Err(e) = threads.watch_input(file, "net-rx") {
             let _ = threads.finish();

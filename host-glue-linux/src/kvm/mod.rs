@@ -11,6 +11,7 @@
 //! slots, MMIO as holes), and CPUID (KVM's list filtered by our policy).
 
 mod cpuid;
+pub mod doorbells;
 mod iret;
 pub(crate) mod kick;
 mod memslots;
@@ -21,6 +22,7 @@ mod vcpu;
 
 pub use kick::{set_thread_timer, set_thread_watches_timers, PreemptTimer};
 pub use memslots::{plan as plan_slots, MemSlots, Slot};
+pub use doorbells::DoorbellFds;
 pub use split_irqchip::{Irqchip, KernelIrqchip};
 pub use vcpu::{DebugStop, KvmVcpu};
 

@@ -189,6 +189,12 @@ impl KvmVcpu {
         }
     }
 
+    /// An empty set of KVM-caught doorbells for this vCPU's VM
+    /// ([`super::DoorbellFds`]).
+    pub fn doorbell_fds(&self) -> super::DoorbellFds {
+        super::DoorbellFds::new(self.vm.clone())
+    }
+
     /// Whether the local APIC is KVM's.
     pub fn lapic_in_kernel(&self) -> bool {
         self.split.is_some()

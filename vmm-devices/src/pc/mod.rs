@@ -635,6 +635,17 @@ impl Pc {
         true
     }
 
+    /// Every doorbell of the PC's PCI functions now
+    /// ([`crate::pci::Doorbell`]: the virtio queue notifies), sorted.
+    pub fn doorbells(&self) -> Vec<crate::pci::Doorbell> {
+        let mut out = Vec::new();
+        if let Some(bus) = self.vm.devices().device::<PciBus>(self.chipset.pci_bus) {
+            bus.doorbells(&mut out);
+        }
+        out.sort_unstable();
+        out
+    }
+
     /// Whether the local APICs are the host's ([`Pc::use_kernel_lapics`]).
     pub fn lapics_in_kernel(&self) -> bool {
         self.chipset.lapic_placement.in_kernel()

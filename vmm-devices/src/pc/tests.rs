@@ -915,3 +915,25 @@ fn with_the_hosts_local_apics_the_ioapic_routes_and_sends_to_the_host() {
     assert_eq!(pc.interrupts().pending(), Some(0x23));
     assert_eq!(pc.interrupts().acknowledge(), Some(0x23));
 }
+
+/// A virtio queue's notify is a doorbell while the queue is enabled and
+/// BAR 0 decodes; the write it stands for serves the queue as the
+/// driver's own write does.
+#[test]
+fn an_enabled_virtio_queue_has_its_notify_as_a_doorbell() {
+    let fw = firmware();
+    let mut pc = pc_with_virtio_disk(&fw, true);
+    assert_eq!(pc.doorbells(), []);
+    let (data, _) = virtio_read_sector_9(&mut pc);
+    assert!(data.iter().all(|&b| b == 9));
+    let bell = crate::pci::Doorbell {
+        gpa: VIRTIO_BAR0 + crate::virtio::pci::NOTIFY_OFFSET,
+        data: 0,
+    };
+    assert_eq!(pc.doorbells(), [bell]);
+    // Memory decoding off: no doorbell.
+    let a = 0x8000_0000u32 | u32::from(VIRTIO_DISK_PCI.0) << 11 | 0x04;
+    pc.vm_mut().port_write(0xcf8, &a.to_le_bytes());
+    pc.vm_mut().port_write(0xcfc, &0x4u32.to_le_bytes());
+    assert_eq!(pc.doorbells(), []);
+}

@@ -485,7 +485,8 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     let mut last_screen = std::time::Instant::now();
     let mut disks = DiskSyncs(syncs);
     let new_vcpu = |pc: &mut vmm_devices::pc::Pc| {
-        let mut vcpu = KvmVcpu::with_irqchip(pc.vm_mut(), options.irqchip).map_err(RunError::Kvm)?;
+        let mut vcpu =
+            KvmVcpu::with_irqchip(pc.vm_mut(), options.irqchip).map_err(RunError::Kvm)?;
         if let Some(lapics) = vcpu.kernel_irqchip() {
             // KVM's local APICs take the I/O APIC's messages and the
             // MSIs, and pass the level EOIs back to the I/O APIC.

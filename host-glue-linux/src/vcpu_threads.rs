@@ -40,9 +40,7 @@
 //! no kicks (nothing new is raised) and no memory (the frames stay in the
 //! host's queue, which drops what overflows it).
 
-use crate::kvm::{
-    set_thread_timer, set_thread_watches_timers, DoorbellFds, KvmVcpu, PreemptTimer,
-};
+use crate::kvm::{set_thread_timer, set_thread_watches_timers, DoorbellFds, KvmVcpu, PreemptTimer};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};

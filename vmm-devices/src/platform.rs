@@ -292,8 +292,8 @@ impl PcChipset {
             .into_iter()
             .enumerate()
             .map(|(i, l)| {
-                let cpu = CpuInterrupts::new(l, pic.clone())
-                    .with_placement(lapic_placement.clone());
+                let cpu =
+                    CpuInterrupts::new(l, pic.clone()).with_placement(lapic_placement.clone());
                 if config.x2apic {
                     cpu.with_x2apic(X2apic::new(all.clone(), i, Some(eoi.clone())))
                 } else {

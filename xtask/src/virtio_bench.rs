@@ -163,8 +163,13 @@ pub fn run(opts: &RigOptions) -> Result<()> {
     let rounds = opts.rounds;
     let virtio_iso = images::fetch()?.linux_virtio_iso;
     let iso = images::virtio_bench_iso(&virtio_iso)?;
-    let (run, console) =
-        run_against_qemu(&iso, &script(opts), rounds, TIMEOUT, "virtio-bench-console.log")?;
+    let (run, console) = run_against_qemu(
+        &iso,
+        &script(opts),
+        rounds,
+        TIMEOUT,
+        "virtio-bench-console.log",
+    )?;
     let lines: Vec<Line> = run.serial.lines().filter_map(parse_line).collect();
     let ends: Vec<&Line> = lines
         .iter()

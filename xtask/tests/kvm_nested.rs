@@ -287,7 +287,10 @@ fn slow_the_linux_cd_boots_with_the_split_irqchip_under_real_kvm() {
             false,
         )
         .unwrap();
-    report("the Linux CD under vmm --irqchip split with KVM in TCG", &run);
+    report(
+        "the Linux CD under vmm --irqchip split with KVM in TCG",
+        &run,
+    );
     let job = run.job_output();
     let all = &run.serial;
     // `vmm --stats`: the total and a line per kind of exit.

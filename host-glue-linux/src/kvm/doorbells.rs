@@ -99,9 +99,7 @@ impl DoorbellFds {
 
     /// Whether `d` is caught now.
     pub fn has(&self, d: &Doorbell) -> bool {
-        self.registered
-            .binary_search_by_key(d, |(r, _)| *r)
-            .is_ok()
+        self.registered.binary_search_by_key(d, |(r, _)| *r).is_ok()
     }
 }
 

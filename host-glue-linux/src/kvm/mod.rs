@@ -20,9 +20,9 @@ pub mod split_irqchip;
 mod state;
 mod vcpu;
 
+pub use doorbells::DoorbellFds;
 pub use kick::{set_thread_timer, set_thread_watches_timers, PreemptTimer};
 pub use memslots::{plan as plan_slots, MemSlots, Slot};
-pub use doorbells::DoorbellFds;
 pub use split_irqchip::{Irqchip, KernelIrqchip};
 pub use vcpu::{DebugStop, KvmVcpu};
 

@@ -251,6 +251,9 @@ mod tests {
             address: 0x1_fee0_0000,
             data: 0x4030,
         });
-        assert_eq!((msi.address_lo, msi.address_hi, msi.data), (0xfee0_0000, 1, 0x4030));
+        assert_eq!(
+            (msi.address_lo, msi.address_hi, msi.data),
+            (0xfee0_0000, 1, 0x4030)
+        );
     }
 }

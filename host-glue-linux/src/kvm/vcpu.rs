@@ -8,13 +8,13 @@ use super::cpuid;
 use super::iret;
 use super::memslots::MemSlots;
 use super::run_page::{self, RunPage};
-use super::KvmError;
 use super::split_irqchip::{self, Irqchip, KernelIrqchip};
+use super::KvmError;
 use kvm_bindings::{
     kvm_fpu, kvm_guest_debug, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment,
-    kvm_sregs, CpuId, Msrs, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED,
-    KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP,
-    KVM_MAX_CPUID_ENTRIES,
+    kvm_sregs, CpuId, Msrs, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+    KVM_GUESTDBG_USE_SW_BP, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use std::cell::{Cell, RefCell};
@@ -215,7 +215,14 @@ impl KvmVcpu {
         } else {
             Irqchip::User
         };
-        let mut me = Self::create(&kvm, self.vm.clone(), self.slots.clone(), index, vm, irqchip)?;
+        let mut me = Self::create(
+            &kvm,
+            self.vm.clone(),
+            self.slots.clone(),
+            index,
+            vm,
+            irqchip,
+        )?;
         if let (Some(mine), Some(theirs)) = (&mut me.split, &self.split) {
             mine.eoi = theirs.eoi.clone();
         }

@@ -908,10 +908,17 @@ fn with_the_hosts_local_apics_the_ioapic_routes_and_sends_to_the_host() {
     assert_eq!(host.sent.lock().len(), 2);
     // The PIC: IRQ 3 unmasked after the usual initialisation, vector
     // base 0x20.
-    for (port, v) in [(0x20u16, 0x11u8), (0x21, 0x20), (0x21, 4), (0x21, 1), (0x21, 0xf7)] {
+    for (port, v) in [
+        (0x20u16, 0x11u8),
+        (0x21, 0x20),
+        (0x21, 4),
+        (0x21, 1),
+        (0x21, 0xf7),
+    ] {
         pc.vm_mut().port_write(port, &[v]);
     }
-    pc.vm_mut().port_write(crate::pc_testdev::IRQ_PORT + 3, &[1]);
+    pc.vm_mut()
+        .port_write(crate::pc_testdev::IRQ_PORT + 3, &[1]);
     assert_eq!(pc.interrupts().pending(), Some(0x23));
     assert_eq!(pc.interrupts().acknowledge(), Some(0x23));
 }

@@ -74,6 +74,9 @@ pub struct RunOptions {
     /// Where the local APICs live (`--irqchip`, see
     /// [`crate::kvm::split_irqchip`]).
     pub irqchip: Irqchip,
+    /// Experimental, with [`Irqchip::Split`]: virtio queue notifies through
+    /// KVM_IOEVENTFD ([`crate::kvm::doorbells`]; `--ioeventfd`).
+    pub ioeventfd: bool,
 }
 
 impl Default for RunOptions {
@@ -89,6 +92,7 @@ impl Default for RunOptions {
             gdb: None,
             restore: None,
             irqchip: Irqchip::default(),
+            ioeventfd: false,
         }
     }
 }
@@ -280,6 +284,8 @@ pub enum RunError {
     /// An option that needs the local APICs in user space, with
     /// `--irqchip split` (their state is KVM's and not saved yet).
     NeedsUserIrqchip(&'static str),
+    /// An option that needs `--irqchip split`.
+    NeedsSplitIrqchip(&'static str),
 }
 
 impl std::error::Error for RunError {}
@@ -308,6 +314,7 @@ impl fmt::Display for RunError {
             RunError::NeedsOneVcpu(what) => write!(f, "{what} needs a single vCPU (--cpus 1)"),
             RunError::Thread(e) => write!(f, "vCPU thread: {e}"),
             RunError::Vnc(e) => write!(f, "--display vnc: {e}"),
+            RunError::NeedsSplitIrqchip(what) => write!(f, "{what} needs --irqchip split"),
             RunError::NeedsUserIrqchip(what) => write!(
                 f,
                 "{what} needs --irqchip user: with --irqchip split the local APICs are KVM's, and their state is not saved"
@@ -328,6 +335,9 @@ fn stdio_is_terminal() -> bool {
 pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunError> {
     if !kvm::available() {
         return Err(RunError::Kvm(KvmError::Missing));
+    }
+    if options.ioeventfd && options.irqchip != Irqchip::Split {
+        return Err(RunError::NeedsSplitIrqchip("--ioeventfd"));
     }
     if options.irqchip == Irqchip::Split {
         if options.restore.is_some() {
@@ -468,8 +478,9 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     // So does one with KVM's local APICs and a virtio disk: a thread
     // serves its queue notifies (KVM_IOEVENTFD).
     let virtio_disk = config.disk.is_some() && config.disk_bus == crate::config::DiskBus::Virtio;
+    let doorbells = options.irqchip == Irqchip::Split && options.ioeventfd;
     let threaded = config.cpus > 1
-        || ((config.net.is_some() || (options.irqchip == Irqchip::Split && virtio_disk))
+        || ((config.net.is_some() || (doorbells && virtio_disk))
             && options.gdb.is_none()
             && options.state_roundtrip.is_none()
             && options.api_socket.is_none());
@@ -744,7 +755,7 @@ fn run_threads(
     for index in 1..pc.cpus() {
         vcpus.push(vcpu.sibling(index, pc.vm_mut()).map_err(RunError::Kvm)?);
     }
-    let doorbells = vcpu.lapic_in_kernel().then(|| vcpu.doorbell_fds());
+    let doorbells = (vcpu.lapic_in_kernel() && t.options.ioeventfd).then(|| vcpu.doorbell_fds());
     vcpus.insert(0, vcpu);
     let mut threads = VcpuThreads::start(pc, vcpus).map_err(|e| RunError::Thread(e.to_string()))?;
     if let Some(fds) = doorbells {

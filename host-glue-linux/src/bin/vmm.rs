@@ -245,6 +245,12 @@ struct RunArgs {
     /// VMM_IRQCHIP, else `user`.
     #[arg(long, value_name = "MODE")]
     irqchip: Option<host_glue_linux::kvm::Irqchip>,
+    /// Experimental, needs --irqchip split: virtio queue notifies are
+    /// caught by KVM (KVM_IOEVENTFD) and served by a thread of their own
+    /// instead of stopping the vCPU. It stalled the virtio benchmark under
+    /// the KVM-in-TCG rig's real KVM; off by default.
+    #[arg(long)]
+    ioeventfd: bool,
     /// Debug/test: every N exits, save the vCPU's whole state and every
     /// device's, replace the vCPU with a fresh one (a new KVM VM and vCPU)
     /// that takes the saved state, restore the devices, and go on.
@@ -346,6 +352,7 @@ fn run(args: RunArgs) -> ExitCode {
         gdb: args.gdb.clone(),
         restore: args.restore.clone(),
         irqchip,
+        ioeventfd: args.ioeventfd,
     };
     let report = match runner::run(&m, &options) {
         Ok(r) => r,

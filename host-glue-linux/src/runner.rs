@@ -15,7 +15,7 @@ use crate::display::{
 };
 use crate::gdb::{self, GdbError, Machine};
 use crate::host_file::HostFileError;
-use crate::kvm::{self, KvmError, KvmVcpu};
+use crate::kvm::{self, Irqchip, KvmError, KvmVcpu};
 use crate::pc;
 use crate::snapshot_file::{self, SnapshotFileError};
 use crate::stats_json::{Figures, RunStats};
@@ -71,6 +71,12 @@ pub struct RunOptions {
     /// description as the saved one) and resume it, instead of starting
     /// the firmware (`crate::snapshot_file::restore`).
     pub restore: Option<PathBuf>,
+    /// Where the local APICs live (`--irqchip`, see
+    /// [`crate::kvm::split_irqchip`]).
+    pub irqchip: Irqchip,
+    /// Experimental, with [`Irqchip::Split`]: virtio queue notifies through
+    /// KVM_IOEVENTFD ([`crate::kvm::doorbells`]; `--ioeventfd`).
+    pub ioeventfd: bool,
 }
 
 impl Default for RunOptions {
@@ -85,6 +91,8 @@ impl Default for RunOptions {
             api_socket: None,
             gdb: None,
             restore: None,
+            irqchip: Irqchip::default(),
+            ioeventfd: false,
         }
     }
 }
@@ -273,6 +281,11 @@ pub enum RunError {
     Thread(String),
     /// The VNC server could not start (`--display vnc=`).
     Vnc(crate::vnc::VncError),
+    /// An option that needs the local APICs in user space, with
+    /// `--irqchip split` (their state is KVM's and not saved yet).
+    NeedsUserIrqchip(&'static str),
+    /// An option that needs `--irqchip split`.
+    NeedsSplitIrqchip(&'static str),
 }
 
 impl std::error::Error for RunError {}
@@ -301,6 +314,11 @@ impl fmt::Display for RunError {
             RunError::NeedsOneVcpu(what) => write!(f, "{what} needs a single vCPU (--cpus 1)"),
             RunError::Thread(e) => write!(f, "vCPU thread: {e}"),
             RunError::Vnc(e) => write!(f, "--display vnc: {e}"),
+            RunError::NeedsSplitIrqchip(what) => write!(f, "{what} needs --irqchip split"),
+            RunError::NeedsUserIrqchip(what) => write!(
+                f,
+                "{what} needs --irqchip user: with --irqchip split the local APICs are KVM's, and their state is not saved"
+            ),
         }
     }
 }
@@ -317,6 +335,17 @@ fn stdio_is_terminal() -> bool {
 pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunError> {
     if !kvm::available() {
         return Err(RunError::Kvm(KvmError::Missing));
+    }
+    if options.ioeventfd && options.irqchip != Irqchip::Split {
+        return Err(RunError::NeedsSplitIrqchip("--ioeventfd"));
+    }
+    if options.irqchip == Irqchip::Split {
+        if options.restore.is_some() {
+            return Err(RunError::NeedsUserIrqchip("--restore"));
+        }
+        if options.state_roundtrip.is_some() {
+            return Err(RunError::NeedsUserIrqchip("a state round trip"));
+        }
     }
     if config.cpus > 1 {
         if options.gdb.is_some() {
@@ -446,8 +475,12 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     // frames as they arrive instead of the card polling, unless gdb, a
     // state round trip or the API (whose snapshot of one vCPU is taken
     // by the single-threaded loop) needs that loop.
+    // So does one with KVM's local APICs and a virtio disk: a thread
+    // serves its queue notifies (KVM_IOEVENTFD).
+    let virtio_disk = config.disk.is_some() && config.disk_bus == crate::config::DiskBus::Virtio;
+    let doorbells = options.irqchip == Irqchip::Split && options.ioeventfd;
     let threaded = config.cpus > 1
-        || (config.net.is_some()
+        || ((config.net.is_some() || (doorbells && virtio_disk))
             && options.gdb.is_none()
             && options.state_roundtrip.is_none()
             && options.api_socket.is_none());
@@ -463,7 +496,14 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     let mut last_screen = std::time::Instant::now();
     let mut disks = DiskSyncs(syncs);
     let new_vcpu = |pc: &mut vmm_devices::pc::Pc| {
-        let mut vcpu = KvmVcpu::new(pc.vm_mut()).map_err(RunError::Kvm)?;
+        let mut vcpu =
+            KvmVcpu::with_irqchip(pc.vm_mut(), options.irqchip).map_err(RunError::Kvm)?;
+        if let Some(lapics) = vcpu.kernel_irqchip() {
+            // KVM's local APICs take the I/O APIC's messages and the
+            // MSIs, and pass the level EOIs back to the I/O APIC.
+            pc.use_kernel_lapics(lapics);
+            vcpu.set_ioapic_eoi(pc.chipset().ioapic.clone());
+        }
         if options.posted_writes {
             // POST codes only go into a history: no need to stop the guest
             // for each one.
@@ -726,7 +766,19 @@ fn run_threads(
     t: Threaded<'_>,
     net_watch: Option<std::fs::File>,
 ) -> Result<(Ending, Pc, Vec<VcpuFigures>, u64, u64, Duration), RunError> {
+    let doorbells = match vcpus.first() {
+        Some(v) if v.lapic_in_kernel() && t.options.ioeventfd => Some(v.doorbell_fds()),
+        _ => None,
+    };
     let mut threads = VcpuThreads::start(pc, vcpus).map_err(|e| RunError::Thread(e.to_string()))?;
+    if let Some(fds) = doorbells {
+        // With KVM's local APICs the virtio notifies stay in the kernel
+        // too (KVM_IOEVENTFD), served by a thread of their own.
+        if let Err(e) = threads.serve_doorbells(fds) {
+            let _ = threads.finish();
+            return Err(RunError::Thread(e.to_string()));
+        }
+    }
     if let Some(file) = net_watch {
         if let Err(e) = threads.watch_input(file, "net-rx") {
             let _ = threads.finish();
@@ -827,6 +879,13 @@ const HAND_OVER: Duration = Duration::from_secs(10);
 /// Write the snapshot of the paused `pc` with its vCPUs `vcpus` to
 /// `destination`: the API's answer.
 fn snapshot_reply(pc: &mut Pc, vcpus: &mut [&mut dyn ArchState], destination: String) -> Response {
+    if pc.lapics_in_kernel() {
+        return Response::error(
+            500,
+            "snapshot_failed",
+            "vmm snapshots a VM run with --irqchip user; under --irqchip split the local APICs are KVM's and their state is not saved yet",
+        );
+    }
     let path = PathBuf::from(&destination);
     match snapshot_file::write_vcpus(pc, vcpus, &path) {
         Ok(w) => {

@@ -51,7 +51,7 @@
 //! no kicks (nothing new is raised) and no memory (the frames stay in the
 //! host's queue, which drops what overflows it).
 
-use crate::kvm::{set_thread_timer, KvmVcpu, PreemptTimer};
+use crate::kvm::{set_thread_timer, set_thread_watches_timers, DoorbellFds, KvmVcpu, PreemptTimer};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -122,6 +122,11 @@ pub struct State {
     /// The vCPUs their threads handed over while the guest is paused
     /// (index `i` is vCPU `i`); `None` while its thread holds it.
     parked: Vec<Option<KvmVcpu>>,
+    /// The doorbells KVM catches, with `--irqchip split`
+    /// ([`VcpuThreads::serve_doorbells`]).
+    doorbells: Option<DoorbellFds>,
+    /// Doorbells the notify thread handed to the PC.
+    pub doorbell_rings: u64,
 }
 
 impl State {
@@ -169,6 +174,14 @@ impl State {
     /// Every vCPU handed over by its thread.
     fn all_parked(&self) -> bool {
         self.parked.iter().all(Option::is_some)
+    }
+
+    /// Bring KVM's doorbells in line with the PC's (after anything that
+    /// may have moved a BAR or enabled or reset a queue: any exit).
+    fn sync_doorbells(&mut self) {
+        if let Some(d) = &mut self.doorbells {
+            d.sync(&self.pc.doorbells());
+        }
     }
 
     /// Every vCPU asleep, none being woken.
@@ -281,6 +294,8 @@ impl VcpuThreads {
                 stopped: None,
                 watchers: 0,
                 parked,
+                doorbells: None,
+                doorbell_rings: 0,
             }),
         });
         let mut handles = Vec::new();
@@ -329,6 +344,25 @@ impl VcpuThreads {
                 Err(e)
             }
         }
+    }
+
+    /// Let KVM catch the PC's doorbells (the virtio queue notifies) in
+    /// `fds` and start a thread that waits on them and hands each
+    /// signalled one to the PC as its write, then kicks or wakes the vCPUs
+    /// as any holder does (see `crate::kvm::doorbells`). The set follows
+    /// the PC's after every exit.
+    pub fn serve_doorbells(&mut self, fds: DoorbellFds) -> std::io::Result<()> {
+        let shared = self.shared.clone();
+        {
+            let mut state = shared.lock();
+            state.doorbells = Some(fds);
+            state.sync_doorbells();
+        }
+        let handle = std::thread::Builder::new()
+            .name("virtio-notify".into())
+            .spawn(move || ring_doorbells(&shared))?;
+        self.watchers.push(handle);
+        Ok(())
     }
 
     /// The machine, held: the host's main thread serves its input, display
@@ -480,6 +514,9 @@ fn vcpu_thread(shared: &Shared, index: usize, mut vcpu: KvmVcpu) -> ThreadReport
         }
     };
     set_thread_timer(timer.clone());
+    // With KVM's local APICs a vCPU halts inside KVM_RUN: only the
+    // bootstrap processor's thread wakes for the device timers.
+    set_thread_watches_timers(index == 0 || !vcpu.lapic_in_kernel());
     vcpu.aim_kicks();
     let mut state = shared.lock();
     state.cpus[index].timer = timer;
@@ -552,9 +589,11 @@ fn vcpu_thread(shared: &Shared, index: usize, mut vcpu: KvmVcpu) -> ThreadReport
         // A yield, a preemption or a shared device held elsewhere: this
         // thread simply prepares its next entry; a stop is seen there.
         let _ = state.pc.handle_vcpu_exit(index, &mut vcpu, &mut turn, exit);
+        state.sync_doorbells();
     }
     drop(state);
     set_thread_timer(None);
+    set_thread_watches_timers(true);
     ThreadReport {
         posted_writes: vcpu.posted_writes(),
         assists: vcpu.assists(),
@@ -679,6 +718,71 @@ fn watch(shared: &Shared, file: &File) {
         }
     }
     shared.lock().watchers -= 1;
+}
+
+/// The notify thread ([`VcpuThreads::serve_doorbells`]): wait until
+/// KVM signals a doorbell, then hand every signalled one to the PC.
+fn ring_doorbells(shared: &Shared) {
+    let mut generation = u64::MAX;
+    let mut fds = Vec::new();
+    while !shared.watchers_stop.load(Ordering::Acquire) {
+        {
+            let state = shared.lock();
+            if state.ended {
+                break;
+            }
+            if let Some(d) = &state.doorbells {
+                if d.generation() != generation {
+                    generation = d.generation();
+                    fds = d.fds();
+                }
+            }
+        }
+        let mut polled: Vec<libc::pollfd> = fds
+            .iter()
+            .map(|(_, fd)| libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let ms = WATCH_TICK.as_millis() as i32;
+        if polled.is_empty() {
+            std::thread::sleep(WATCH_TICK);
+            continue;
+        }
+        // SAFETY: `polled` is a live, initialised array of as many pollfds
+        // as the count says; each fd stays open for the whole call (`fds`
+        // holds its EventFd).
+        let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, ms) };
+        if n <= 0 {
+            continue;
+        }
+        let rung: Vec<_> = polled
+            .iter()
+            .zip(&fds)
+            .filter(|(p, _)| p.revents & libc::POLLIN != 0)
+            // Reading resets the count (the fd is non-blocking).
+            .filter(|(_, (_, fd))| fd.read().is_ok())
+            .map(|(_, (d, _))| *d)
+            .collect();
+        if rung.is_empty() {
+            continue;
+        }
+        let mut state = shared.lock();
+        if state.ended {
+            break;
+        }
+        for d in rung {
+            // A doorbell dropped meanwhile (its queue reset, its BAR
+            // moved) is no longer the PC's to ring.
+            if state.doorbells.as_ref().is_some_and(|fds| fds.has(&d)) {
+                state.pc.vm_mut().mmio_write(d.gpa, &d.data.to_le_bytes());
+                state.doorbell_rings += 1;
+            }
+        }
+        state.wake_targets(&shared.wake);
+    }
 }
 
 #[cfg(test)]

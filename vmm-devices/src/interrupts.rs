@@ -12,6 +12,7 @@
 //! takes them the other way round.
 
 use crate::ioapic::IoApicCore;
+use crate::kernel_lapic::LapicPlacement;
 use crate::lapic::LapicCore;
 use crate::pic::PicPair;
 use crate::x2apic::X2apic;
@@ -110,12 +111,20 @@ impl IrqLine for IsaLine {
 /// pending, which vector, and take it. The local APIC's own interrupts come
 /// first; the PIC's reach the CPU while the local APIC passes ExtINT
 /// (disabled, or LINT0 in ExtINT mode, the power-on state of the BSP).
+///
+/// Once the host has the local APICs ([`crate::kernel_lapic`]) only the
+/// PIC's ExtINT is left here, for the bootstrap processor (the one whose
+/// LINT0 the PIC drives); whether that APIC passes it is the host's to
+/// say (KVM's "ready for interrupt injection"), and INIT, start-up IPIs,
+/// NMIs and the APIC MSRs are the host's too.
 #[derive(Clone, Debug)]
 pub struct CpuInterrupts {
     lapic: Arc<LapicCore>,
     pic: Arc<PicPair>,
     /// The local APIC's x2APIC MSRs, where the PC offers x2APIC.
     x2apic: Option<X2apic>,
+    /// Where the local APICs are.
+    placement: Arc<LapicPlacement>,
 }
 
 impl CpuInterrupts {
@@ -125,6 +134,31 @@ impl CpuInterrupts {
             lapic,
             pic,
             x2apic: None,
+            placement: LapicPlacement::new(),
+        }
+    }
+
+    /// The same inputs, handing the local APIC's part to the host once
+    /// `placement` says the local APICs are the host's.
+    pub fn with_placement(self, placement: Arc<LapicPlacement>) -> Self {
+        Self { placement, ..self }
+    }
+
+    /// Whether the local APIC is the host's (a split irqchip).
+    pub fn lapic_in_kernel(&self) -> bool {
+        self.placement.in_kernel()
+    }
+
+    /// With the host's local APICs: the PIC's vector, for the bootstrap
+    /// processor only, taken if `take`.
+    fn extint(&self, take: bool) -> Option<u8> {
+        if self.lapic.id() != 0 || !self.pic.interrupt_pending() {
+            return None;
+        }
+        if take {
+            Some(self.pic.acknowledge())
+        } else {
+            self.pic.peek_vector()
         }
     }
 
@@ -140,6 +174,9 @@ impl CpuInterrupts {
     /// The vector that [`CpuInterrupts::acknowledge`] would return now, if
     /// any (for backends that inject at the next interrupt window).
     pub fn pending(&self) -> Option<u8> {
+        if self.lapic_in_kernel() {
+            return self.extint(false);
+        }
         if let Some(v) = self.lapic.deliverable() {
             return Some(v);
         }
@@ -153,6 +190,9 @@ impl CpuInterrupts {
     /// the vector to inject. Moves the vector into service at the
     /// controller that sent it.
     pub fn acknowledge(&self) -> Option<u8> {
+        if self.lapic_in_kernel() {
+            return self.extint(true);
+        }
         if let Some(v) = self.lapic.acknowledge() {
             return Some(v);
         }
@@ -164,7 +204,7 @@ impl CpuInterrupts {
 
     /// Take a pending NMI (sent by the IOAPIC or an IPI).
     pub fn take_nmi(&self) -> bool {
-        self.lapic.take_nmi()
+        !self.lapic_in_kernel() && self.lapic.take_nmi()
     }
 
     /// The local APIC.
@@ -190,30 +230,35 @@ impl vmm_core::vcpu::InterruptSource for CpuInterrupts {
         CpuInterrupts::take_nmi(self)
     }
     fn apic_base(&self) -> Option<u64> {
-        Some(self.lapic.apic_base())
+        (!self.lapic_in_kernel()).then(|| self.lapic.apic_base())
     }
     fn set_apic_base(&self, value: u64) {
-        self.lapic.set_apic_base(value);
+        if !self.lapic_in_kernel() {
+            self.lapic.set_apic_base(value);
+        }
     }
 
     fn take_init(&self) -> bool {
-        self.lapic.take_init()
+        !self.lapic_in_kernel() && self.lapic.take_init()
     }
 
     fn nmi_pending(&self) -> bool {
-        self.lapic.nmi_pending()
+        !self.lapic_in_kernel() && self.lapic.nmi_pending()
     }
 
     fn waiting_for_sipi(&self) -> bool {
-        self.lapic.waiting_for_sipi()
+        !self.lapic_in_kernel() && self.lapic.waiting_for_sipi()
     }
 
     fn take_sipi(&self) -> Option<u8> {
+        if self.lapic_in_kernel() {
+            return None;
+        }
         self.lapic.take_sipi()
     }
 
     fn x2apic_capable(&self) -> bool {
-        self.x2apic.is_some()
+        self.x2apic.is_some() && !self.lapic_in_kernel()
     }
 
     fn x2apic_read(&self, msr: u32, now: u64) -> Option<u64> {

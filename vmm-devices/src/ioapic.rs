@@ -14,7 +14,9 @@
 //! the local APIC (which broadcasts EOIs to it).
 
 use crate::apic_bus::{deliver_message, DeliveryMode};
+use crate::kernel_lapic::{ioapic_message, LapicPlacement};
 use crate::lapic::{EoiBroadcast, LapicCore};
+use crate::pci::msix::MsiMessage;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
@@ -59,6 +61,8 @@ struct State {
 pub struct IoApicCore {
     state: Mutex<State>,
     lapics: Vec<Arc<LapicCore>>,
+    /// Where the local APICs are (the host's, with a split irqchip).
+    placement: Arc<LapicPlacement>,
 }
 
 /// A delivery decided under the IOAPIC lock, carried out after.
@@ -71,7 +75,17 @@ struct Message {
 impl IoApicCore {
     /// An IOAPIC delivering to `lapics`, all inputs masked.
     pub fn new(lapics: Vec<Arc<LapicCore>>) -> Arc<Self> {
+        Self::with_placement(lapics, LapicPlacement::new())
+    }
+
+    /// An IOAPIC delivering to `lapics`, or to the host's local APICs
+    /// once `placement` has them ([`crate::kernel_lapic`]).
+    pub fn with_placement(
+        lapics: Vec<Arc<LapicCore>>,
+        placement: Arc<LapicPlacement>,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            placement,
             state: Mutex::new(State {
                 id: 0,
                 select: 0,
@@ -122,6 +136,23 @@ impl IoApicCore {
         }
     }
 
+    /// Tell the host's local APICs (if they are the host's) what each
+    /// input sends now: called whenever a redirection entry may have
+    /// changed.
+    pub fn publish_routes(&self) {
+        let Some(kernel) = self.placement.kernel() else {
+            return;
+        };
+        let routes: [Option<MsiMessage>; IOAPIC_PINS] = {
+            let s = self.state.lock();
+            core::array::from_fn(|pin| {
+                let e = s.redirection[pin];
+                (e & MASKED == 0).then(|| ioapic_message(e))
+            })
+        };
+        kernel.ioapic_routes(&routes);
+    }
+
     /// A local APIC finished a level-triggered `vector`: clear remote IRR of
     /// the inputs using it and deliver again those still asserted.
     pub fn end_of_interrupt(&self, vector: u8) {
@@ -161,8 +192,11 @@ impl IoApicCore {
             4 => DeliveryMode::Nmi,
             _ => DeliveryMode::Other,
         };
-        let accepted = deliver_message(&self.lapics, dest, logical, mode, vector, level)
-            && mode != DeliveryMode::Nmi;
+        let taken = match self.placement.kernel() {
+            Some(kernel) => kernel.send(ioapic_message(m.entry)),
+            None => deliver_message(&self.lapics, dest, logical, mode, vector, level),
+        };
+        let accepted = taken && mode != DeliveryMode::Nmi;
         if accepted && level {
             let mut s = self.state.lock();
             if let Some(e) = s.redirection.get_mut(m.pin) {
@@ -195,6 +229,7 @@ impl IoApicCore {
     }
 
     fn write_window(&self, value: u32) {
+        let mut rerouted = false;
         let msg = {
             let mut s = self.state.lock();
             match s.select {
@@ -214,6 +249,7 @@ impl IoApicCore {
                     if e & LEVEL == 0 {
                         e &= !REMOTE_IRR;
                     }
+                    rerouted = e != old;
                     s.redirection[pin] = e;
                     // Unmasking an asserted level input delivers it.
                     let asserted = s.levels & (1 << pin) != 0;
@@ -223,16 +259,22 @@ impl IoApicCore {
                 _ => None,
             }
         };
+        if rerouted {
+            self.publish_routes();
+        }
         if let Some(m) = msg {
             self.deliver(m);
         }
     }
 
     fn reset(&self) {
-        let mut s = self.state.lock();
-        s.id = 0;
-        s.select = 0;
-        s.redirection = [MASKED; IOAPIC_PINS];
+        {
+            let mut s = self.state.lock();
+            s.id = 0;
+            s.select = 0;
+            s.redirection = [MASKED; IOAPIC_PINS];
+        }
+        self.publish_routes();
     }
 }
 
@@ -358,6 +400,8 @@ impl SaveRestore for IoApic {
         s.select = n.select;
         s.redirection = n.redirection;
         s.levels = n.levels;
+        drop(s);
+        self.core.publish_routes();
         Ok(())
     }
 }

@@ -22,6 +22,7 @@ pub mod input;
 pub mod interrupts;
 pub mod ioapic;
 pub mod ivshmem;
+pub mod kernel_lapic;
 pub mod lapic;
 pub mod msi;
 pub mod net;

@@ -8,9 +8,12 @@
 //! like an IOAPIC message, as edges; NMI raises an NMI. A write outside
 //! 0xFEE0_0000-0xFEEF_FFFF is not an interrupt: it is dropped and counted
 //! (no device in this VMM writes memory through an MSI), as are SMI, INIT,
-//! start-up and ExtINT messages, which are not modelled.
+//! start-up and ExtINT messages, which are not modelled. When the host
+//! keeps the local APICs ([`crate::kernel_lapic`]) a message in the window
+//! goes to it as it is.
 
 use crate::apic_bus::{deliver_message, DeliveryMode};
+use crate::kernel_lapic::LapicPlacement;
 use crate::lapic::LapicCore;
 use crate::pci::msix::{MsiMessage, MsiTarget};
 use alloc::sync::Arc;
@@ -26,6 +29,8 @@ pub const MSI_ADDRESS_LEN: u64 = 0x10_0000;
 #[derive(Debug)]
 pub struct LapicMsi {
     lapics: Vec<Arc<LapicCore>>,
+    /// Where the local APICs are (the host's, with a split irqchip).
+    placement: Arc<LapicPlacement>,
     delivered: AtomicU64,
     dropped: AtomicU64,
 }
@@ -33,8 +38,19 @@ pub struct LapicMsi {
 impl LapicMsi {
     /// A target for the local APICs `lapics`.
     pub fn new(lapics: Vec<Arc<LapicCore>>) -> Arc<Self> {
+        Self::with_placement(lapics, LapicPlacement::new())
+    }
+
+    /// A target for the local APICs `lapics`, or for the host's once
+    /// `placement` has them ([`crate::kernel_lapic`]): a message in the
+    /// MSI window then goes to the host as it is.
+    pub fn with_placement(
+        lapics: Vec<Arc<LapicCore>>,
+        placement: Arc<LapicPlacement>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             lapics,
+            placement,
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         })
@@ -57,6 +73,16 @@ impl MsiTarget for LapicMsi {
         if !(MSI_ADDRESS_BASE..MSI_ADDRESS_BASE + MSI_ADDRESS_LEN).contains(&msg.address) {
             log::debug!("MSI to {:#x} is not an interrupt: dropped", msg.address);
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if let Some(kernel) = self.placement.kernel() {
+            // The host's local APICs decode the message themselves.
+            let counter = if kernel.send(msg) {
+                &self.delivered
+            } else {
+                &self.dropped
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let dest = (msg.address >> 12) as u8;

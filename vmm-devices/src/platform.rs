@@ -19,6 +19,7 @@ use crate::debug_console::{DebugConsole, BOCHS_DEBUG_PORT, QEMU_DEBUG_PORT};
 use crate::i8042::{COMMAND_PORT, DATA_PORT, I8042};
 use crate::interrupts::{CpuInterrupts, IsaInterrupts};
 use crate::ioapic::{IoApic, IoApicCore, IOAPIC_BASE, IOAPIC_LEN};
+use crate::kernel_lapic::LapicPlacement;
 use crate::lapic::{CurrentCpu, LapicCore, LocalApic, LAPIC_BASE, LAPIC_LEN};
 use crate::pci::i440fx::{BiosRom, I440fx};
 use crate::pci::piix3::{Piix3, PirqRouter};
@@ -153,6 +154,10 @@ pub struct PcChipset {
     pub isa: Arc<IsaInterrupts>,
     /// The IOAPIC (IOAPIC inputs for devices beyond ISA).
     pub ioapic: Arc<IoApicCore>,
+    /// Where the local APICs are: the device model's, or the host's once
+    /// it installs its own ([`crate::kernel_lapic`]); MSI targets of
+    /// functions added later share it.
+    pub lapic_placement: Arc<LapicPlacement>,
     /// PCI INTx routing (hand `pirq.intx_line(slot, pin)` to PCI functions).
     pub pirq: Arc<PirqRouter>,
     /// The A20 gate.
@@ -193,7 +198,8 @@ impl PcChipset {
         let pic = PicPair::new();
         let count = config.cpus.clamp(1, vmm_core::vcpu::MAX_VCPUS as u8);
         let lapics: Vec<Arc<LapicCore>> = (0..count).map(|i| LapicCore::new(i, i == 0)).collect();
-        let ioapic = IoApicCore::new(lapics.clone());
+        let lapic_placement = LapicPlacement::new();
+        let ioapic = IoApicCore::with_placement(lapics.clone(), lapic_placement.clone());
         let current_cpu = CurrentCpu::new();
         let isa = IsaInterrupts::new(pic.clone(), Some(ioapic.clone()));
         let pirq = PirqRouter::new(
@@ -286,7 +292,8 @@ impl PcChipset {
             .into_iter()
             .enumerate()
             .map(|(i, l)| {
-                let cpu = CpuInterrupts::new(l, pic.clone());
+                let cpu =
+                    CpuInterrupts::new(l, pic.clone()).with_placement(lapic_placement.clone());
                 if config.x2apic {
                     cpu.with_x2apic(X2apic::new(all.clone(), i, Some(eoi.clone())))
                 } else {
@@ -300,6 +307,7 @@ impl PcChipset {
             current_cpu,
             isa,
             ioapic,
+            lapic_placement,
             pirq,
             a20,
             pci_bus,

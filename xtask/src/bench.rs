@@ -59,6 +59,13 @@ pub struct BenchArgs {
     /// Skip the callgrind instruction counts.
     #[arg(long)]
     no_callgrind: bool,
+    /// `kvm-nested` and `virtio`: runs of each VMM (default 3).
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
+    /// `kvm-nested` and `virtio`: run `vmm` with `--irqchip MODE`
+    /// (`user` or `split`; default: vmm's own default).
+    #[arg(long, value_name = "MODE")]
+    irqchip: Option<String>,
 }
 
 /// The package that has `benches/NAME.rs`.
@@ -132,21 +139,28 @@ fn instructions(bin: &PathBuf, case: &str, iters: u64) -> Result<u64> {
 
 /// Entry point of `cargo xtask bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
+    let rig = crate::kvm_nested_bench::RigOptions {
+        rounds: args
+            .rounds
+            .unwrap_or(crate::kvm_nested_bench::ROUNDS)
+            .max(1),
+        irqchip: args.irqchip.clone(),
+    };
     if args.name == "all" {
-        return run_all(args.no_callgrind);
+        return run_all(args.no_callgrind, &rig);
     }
-    run_one(&args.name, args.no_callgrind)
+    run_one(&args.name, args.no_callgrind, &rig)
 }
 
 /// `cargo xtask bench all`: every fast benchmark, one after the other; one
 /// that fails is named and the others still run.
-fn run_all(no_callgrind: bool) -> Result<()> {
+fn run_all(no_callgrind: bool, rig: &crate::kvm_nested_bench::RigOptions) -> Result<()> {
     let start = Instant::now();
     let mut failed = Vec::new();
     for name in FAST {
         eprintln!("xtask: bench {name}");
         let t = Instant::now();
-        if let Err(e) = run_one(name, no_callgrind) {
+        if let Err(e) = run_one(name, no_callgrind, rig) {
             eprintln!("xtask: bench {name} failed: {e}");
             summary(name, &format!("FAILED: {e}"));
             failed.push(*name);
@@ -174,7 +188,11 @@ fn run_all(no_callgrind: bool) -> Result<()> {
     }
 }
 
-fn run_one(name: &str, no_callgrind: bool) -> Result<()> {
+fn run_one(
+    name: &str,
+    no_callgrind: bool,
+    rig: &crate::kvm_nested_bench::RigOptions,
+) -> Result<()> {
     match name {
         "boot" => return crate::boot_bench::run(),
         "paging" => return crate::paging_bench::run(),
@@ -182,9 +200,9 @@ fn run_one(name: &str, no_callgrind: bool) -> Result<()> {
         "snapshot" => return crate::snapshot_bench::run(),
         "memory" => return crate::memory_bench::run(),
         "clones" => return crate::clones_bench::run(),
-        "kvm-nested" => return crate::kvm_nested_bench::run(),
+        "kvm-nested" => return crate::kvm_nested_bench::run(rig),
         "smp" => return crate::smp_bench::run(),
-        "virtio" => return crate::virtio_bench::run(),
+        "virtio" => return crate::virtio_bench::run(rig),
         _ => {}
     }
     let pkg = package_of(name)?;

@@ -49,10 +49,43 @@ struct RunFigures {
     own: Option<u64>,
 }
 
-/// The job: `ROUNDS` interleaved runs of each VMM, a result line per run.
-fn script() -> String {
+/// How `bench kvm-nested` and `bench virtio` run (`cargo xtask bench
+/// --rounds N --irqchip MODE`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RigOptions {
+    /// Runs of each VMM.
+    pub rounds: usize,
+    /// `vmm run --irqchip` (none: vmm's default).
+    pub irqchip: Option<String>,
+}
+
+impl Default for RigOptions {
+    fn default() -> Self {
+        Self {
+            rounds: ROUNDS,
+            irqchip: None,
+        }
+    }
+}
+
+impl RigOptions {
+    /// What `vmm run` gets besides the benchmark's own flags.
+    pub fn vmm_flags(&self) -> String {
+        match &self.irqchip {
+            Some(mode) => format!(" --irqchip {mode}"),
+            None => String::new(),
+        }
+    }
+}
+
+/// The job: `opts.rounds` interleaved runs of each VMM, a result line per
+/// run.
+fn script(opts: &RigOptions) -> String {
     let marker = qemu::INIT_MARKER;
-    let vmm = format!("vmm run --memory {MEMORY} --stats --serial stdio --cdrom /rig/cd.iso");
+    let vmm = format!(
+        "vmm run --memory {MEMORY} --stats --serial stdio --cdrom /rig/cd.iso{}",
+        opts.vmm_flags()
+    );
     let qemu = format!(
         "/rig/qemu/qemu-system-x86_64 -enable-kvm -cpu host -machine pc -m {MEMORY} \
          -nodefaults -vga none -display none -monitor none -nic none -serial stdio \
@@ -75,8 +108,9 @@ fn script() -> String {
            echo \"{RESULT} $name start=$start marker=${{at:-none}} end=$end status=$status exits=$exits own=${{own:-none}}\"\n\
          }}\n"
     ));
-    for round in 1..=ROUNDS {
-        s.push_str(&format!("echo \"{MARK} round {round}/{ROUNDS}\"\n"));
+    let rounds = opts.rounds;
+    for round in 1..=rounds {
+        s.push_str(&format!("echo \"{MARK} round {round}/{rounds}\"\n"));
         s.push_str(&format!("bench vmm {vmm}\n"));
         s.push_str(&format!("bench qemu {qemu}\n"));
     }
@@ -210,19 +244,20 @@ pub(crate) fn run_against_qemu(
 }
 
 /// Entry point of `cargo xtask bench kvm-nested`.
-pub fn run() -> Result<()> {
+pub fn run(opts: &RigOptions) -> Result<()> {
     qemu::ensure()?;
     let iso = images::fetch()?.linux_iso;
-    let (run, _) = run_against_qemu(&iso, &script(), ROUNDS, TIMEOUT, "bench-console.log")?;
+    let rounds = opts.rounds;
+    let (run, _) = run_against_qemu(&iso, &script(opts), rounds, TIMEOUT, "bench-console.log")?;
     let results: Vec<(String, RunFigures)> = run.serial.lines().filter_map(parse_result).collect();
     for l in run.serial.lines().filter(|l| l.contains("exit counting")) {
         eprintln!("xtask: {}", l.trim());
     }
-    if results.len() != 2 * ROUNDS {
+    if results.len() != 2 * rounds {
         run.check()?;
         return Err(Error::msg(format!(
             "expected {} result lines from the rig, got {}; the end of its console:\n{}",
-            2 * ROUNDS,
+            2 * rounds,
             results.len(),
             run.serial
                 .lines()
@@ -257,7 +292,7 @@ pub fn run() -> Result<()> {
             .join(", ")
     };
     println!(
-        "kvm-nested: the default CD on a real KVM inside QEMU TCG (median of {ROUNDS} interleaved runs, rig clock):"
+        "kvm-nested: the default CD on a real KVM inside QEMU TCG (median of {rounds} interleaved runs, rig clock):"
     );
     let mut medians = Vec::new();
     for who in ["vmm", "qemu"] {
@@ -344,7 +379,7 @@ mod tests {
 
     #[test]
     fn the_script_interleaves_the_two_vmms() {
-        let s = script();
+        let s = script(&RigOptions::default());
         let order: Vec<&str> = s
             .lines()
             .filter_map(|l| l.strip_prefix("bench "))

@@ -21,7 +21,7 @@
 //! RAM, so the figures compare what each VMM adds, not a disk.
 
 use crate::kvm_nested::{self, MARK};
-use crate::kvm_nested_bench::{exit_counting_shell, median, run_against_qemu};
+use crate::kvm_nested_bench::{exit_counting_shell, median, run_against_qemu, RigOptions};
 use crate::system::{Error, Result};
 use crate::{images, qemu};
 use std::collections::BTreeMap;
@@ -46,9 +46,12 @@ const FIGURES: [(&str, &str); 5] = [
 const RANDOM_BLOCK: f64 = 4096.0;
 
 /// The job: `ROUNDS` interleaved runs of each VMM.
-fn script() -> String {
-    let vmm = "vmm run --memory 512M --stats --serial stdio --cdrom /rig/cd.iso \
-               --disk /tmp/disk.img,bus=virtio --net tap=tap0";
+fn script(opts: &RigOptions) -> String {
+    let vmm = format!(
+        "vmm run --memory 512M --stats --serial stdio --cdrom /rig/cd.iso \
+         --disk /tmp/disk.img,bus=virtio --net tap=tap0{}",
+        opts.vmm_flags()
+    );
     let qemu = "/rig/qemu/qemu-system-x86_64 -enable-kvm -cpu host -machine pc -m 512M \
                 -nodefaults -vga none -display none -monitor none -serial stdio \
                 -L /rig/qemu/share -cdrom /rig/cd.iso -boot d \
@@ -90,8 +93,9 @@ fn script() -> String {
            echo \"{RESULT} $name status=$status exits=$exits\"\n\
          }}\n"
     ));
-    for round in 1..=ROUNDS {
-        s.push_str(&format!("echo \"{MARK} round {round}/{ROUNDS}\"\n"));
+    let rounds = opts.rounds;
+    for round in 1..=rounds {
+        s.push_str(&format!("echo \"{MARK} round {round}/{rounds}\"\n"));
         s.push_str(&format!("bench vmm {vmm}\n"));
         s.push_str(&format!("bench qemu {qemu}\n"));
     }
@@ -154,22 +158,28 @@ fn value(name: &str, bytes: f64, seconds: f64) -> Option<f64> {
 }
 
 /// Entry point of `cargo xtask bench virtio`.
-pub fn run() -> Result<()> {
+pub fn run(opts: &RigOptions) -> Result<()> {
     qemu::ensure()?;
+    let rounds = opts.rounds;
     let virtio_iso = images::fetch()?.linux_virtio_iso;
     let iso = images::virtio_bench_iso(&virtio_iso)?;
-    let (run, console) =
-        run_against_qemu(&iso, &script(), ROUNDS, TIMEOUT, "virtio-bench-console.log")?;
+    let (run, console) = run_against_qemu(
+        &iso,
+        &script(opts),
+        rounds,
+        TIMEOUT,
+        "virtio-bench-console.log",
+    )?;
     let lines: Vec<Line> = run.serial.lines().filter_map(parse_line).collect();
     let ends: Vec<&Line> = lines
         .iter()
         .filter(|l| matches!(l, Line::End { .. }))
         .collect();
-    if ends.len() != 2 * ROUNDS {
+    if ends.len() != 2 * rounds {
         run.check()?;
         return Err(Error::msg(format!(
             "expected {} runs from the rig, got {}; the end of its console:\n{}",
-            2 * ROUNDS,
+            2 * rounds,
             ends.len(),
             kvm_nested::tail(&run.serial, 40)
         )));
@@ -185,7 +195,7 @@ pub fn run() -> Result<()> {
         }
     }
     println!(
-        "virtio: disk and network on a real KVM inside QEMU TCG (median of {ROUNDS} interleaved runs):"
+        "virtio: disk and network on a real KVM inside QEMU TCG (median of {rounds} interleaved runs):"
     );
     println!(
         "  {:<11} {:>12} {:>12} {:>10}",
@@ -208,8 +218,8 @@ pub fn run() -> Result<()> {
                     _ => None,
                 })
                 .collect();
-            if values.len() != ROUNDS {
-                missing.push(format!("{who} {name}: {} of {ROUNDS} runs", values.len()));
+            if values.len() != rounds {
+                missing.push(format!("{who} {name}: {} of {rounds} runs", values.len()));
             }
             medians.push(median(values));
         }
@@ -304,7 +314,7 @@ mod tests {
 
     #[test]
     fn the_script_interleaves_the_two_vmms_with_the_same_devices() {
-        let s = script();
+        let s = script(&RigOptions::default());
         let runs: Vec<&str> = s.lines().filter(|l| l.starts_with("bench ")).collect();
         assert_eq!(runs.len(), 2 * ROUNDS);
         assert!(runs

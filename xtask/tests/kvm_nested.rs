@@ -280,6 +280,45 @@ fn slow_the_linux_cd_boots_with_4_vcpus_under_real_kvm() {
     assert_eq!(run.status, Some(0), "{all}");
 }
 
+/// The default CD under real KVM with `--irqchip split` (issue 20): the
+/// local APICs are KVM's, our I/O APIC and MSIs reach them through
+/// KVM_SIGNAL_MSI and KVM's reserved IOAPIC routes, the PIC's ExtINT goes
+/// in with KVM_INTERRUPT. It boots to the init marker and powers off as
+/// with our own local APICs, and its `--stats` line of exits is printed
+/// for comparison with the run of the test above.
+#[test]
+#[ignore = "boots a Linux with KVM under QEMU TCG (minutes): cargo xtask test --slow"]
+fn slow_the_linux_cd_boots_with_the_split_irqchip_under_real_kvm() {
+    let _one = RIG.lock().unwrap_or_else(|e| e.into_inner());
+    let run = rig()
+        .run(
+            &kvm_nested::cd_script_with("/rig/linux.iso", "512M", "--irqchip split"),
+            &[("/rig/linux.iso", &env_path("VMM_TEST_LINUX_ISO"))],
+            kvm_nested::DEFAULT_TIMEOUT,
+            false,
+        )
+        .unwrap();
+    report(
+        "the Linux CD under vmm --irqchip split with KVM in TCG",
+        &run,
+    );
+    let job = run.job_output();
+    let all = &run.serial;
+    // `vmm --stats`: the total and a line per kind of exit.
+    let stats: Vec<&str> = job
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("exits:"))
+        .take_while(|l| l.trim_start().starts_with("exits:") || l.starts_with("  "))
+        .collect();
+    println!("{}", stats.join("\n"));
+    assert!(job.contains("SeaBIOS (version"), "{all}");
+    assert!(job.contains("Linux version 6.1.0-"), "{all}");
+    assert!(job.contains(INIT_MARKER), "{all}");
+    assert!(job.contains("reboot: Power down"), "{all}");
+    assert!(job.contains("vmm: the guest powered off"), "{all}");
+    assert_eq!(run.status, Some(0), "{all}");
+}
+
 /// A guest `reboot` under real KVM: the reboot CD's init reboots once
 /// (KVM's vCPU and every device back to their reset state, SeaBIOS and
 /// the CD again), then powers off, and `vmm` exits 0.

@@ -223,8 +223,6 @@ struct RunArgs {
     /// breakpoints (hbreak in ROM), stepi, Ctrl-C (README, "Debugging").
     #[arg(long, value_name = "HOST:PORT")]
     gdb: Option<String>,
-    /// Return to user space for every write to the POST code port 0x80
-    /// instead of letting KVM buffer them (for comparisons).
     /// Restore the snapshot FILE (written by `vmm snapshot` or the API's
     /// `vm.snapshot`) and go on from it instead of starting the firmware.
     /// The other options must describe the same machine (memory, media,
@@ -234,8 +232,25 @@ struct RunArgs {
     /// mapped from FILE copy-on-write, so FILE must stay while this runs.
     #[arg(long, value_name = "FILE")]
     restore: Option<PathBuf>,
+    /// Return to user space for every write to the POST code port 0x80
+    /// instead of letting KVM buffer them (for comparisons).
     #[arg(long)]
     no_posted_writes: bool,
+    /// Where the local APICs live: `user` (ours, the default: every
+    /// interrupt and APIC access leaves the kernel) or `split` (KVM's,
+    /// KVM_CAP_SPLIT_IRQCHIP; the I/O APIC, PIC, PIT and the other
+    /// devices stay ours, and interrupts, EOIs, IPIs and the APIC timer
+    /// stay in the kernel). Snapshots, --restore and state round trips
+    /// need `user`. Without the flag, the environment variable
+    /// VMM_IRQCHIP, else `user`.
+    #[arg(long, value_name = "MODE")]
+    irqchip: Option<host_glue_linux::kvm::Irqchip>,
+    /// Experimental, needs --irqchip split: virtio queue notifies are
+    /// caught by KVM (KVM_IOEVENTFD) and served by a thread of their own
+    /// instead of stopping the vCPU. It stalled the virtio benchmark under
+    /// the KVM-in-TCG rig's real KVM; off by default.
+    #[arg(long)]
+    ioeventfd: bool,
     /// Debug/test: every N exits, save the vCPU's whole state and every
     /// device's, replace the vCPU with a fresh one (a new KVM VM and vCPU)
     /// that takes the saved state, restore the devices, and go on.
@@ -308,6 +323,19 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    let irqchip = match args.irqchip {
+        Some(i) => i,
+        None => match std::env::var("VMM_IRQCHIP") {
+            Ok(v) => match v.parse() {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("vmm: VMM_IRQCHIP: {e}");
+                    return ExitCode::from(EXIT_BAD_INPUT);
+                }
+            },
+            Err(_) => Default::default(),
+        },
+    };
     let options = runner::RunOptions {
         display,
         screenshot: args.screenshot.clone(),
@@ -323,6 +351,8 @@ fn run(args: RunArgs) -> ExitCode {
         api_socket: args.api_socket.clone(),
         gdb: args.gdb.clone(),
         restore: args.restore.clone(),
+        irqchip,
+        ioeventfd: args.ioeventfd,
     };
     let report = match runner::run(&m, &options) {
         Ok(r) => r,

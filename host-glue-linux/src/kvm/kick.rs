@@ -34,6 +34,20 @@ thread_local! {
     /// has a thread per vCPU ([`set_thread_timer`]).
     static THREAD_TIMER: std::cell::RefCell<Option<Arc<PreemptTimer>>> =
         const { std::cell::RefCell::new(None) };
+    /// Whether this thread's timer is aimed at the device timers
+    /// ([`set_thread_watches_timers`]).
+    static WATCHES_TIMERS: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether `Host::preempt_at` on this thread arms its timer for the next
+/// device timer (the default) or leaves it alone (kicks still come). With
+/// KVM's local APICs (`--irqchip split`) a vCPU halts inside KVM_RUN, so
+/// every vCPU thread is "in its guest" nearly all the time: only the
+/// bootstrap processor's watches the device timers, or each timer would
+/// wake every vCPU, application processors waiting for their start-up
+/// IPI included.
+pub fn set_thread_watches_timers(watches: bool) {
+    let _ = WATCHES_TIMERS.try_with(|w| w.set(watches));
 }
 
 /// Make `timer` (made on this thread) the one `Host::preempt_at` arms
@@ -46,6 +60,11 @@ pub fn set_thread_timer(timer: Option<Arc<PreemptTimer>>) {
 /// Arm this thread's timer ([`set_thread_timer`]) for `at`, if it has
 /// one: `false` if it has none.
 pub fn arm_thread_timer(now: u64, at: u64) -> bool {
+    if !WATCHES_TIMERS.try_with(Cell::get).unwrap_or(true) {
+        return THREAD_TIMER
+            .try_with(|t| t.borrow().is_some())
+            .unwrap_or(false);
+    }
     THREAD_TIMER
         .try_with(|t| match &*t.borrow() {
             Some(timer) => {

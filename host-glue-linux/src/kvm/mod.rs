@@ -4,21 +4,26 @@
 //!
 //! KVM runs the guest and completes port I/O and MMIO itself once user space
 //! has supplied the data (`Exit::DeviceAccess`); everything else is ours:
-//! the interrupt controllers (no in-kernel irqchip: interrupts go in with
-//! KVM_INTERRUPT when the guest is ready, or an interrupt window is
-//! requested), the devices, the memory map (RAM and ROM as memory slots,
-//! MMIO as holes), and CPUID (KVM's list filtered by our policy).
+//! the interrupt controllers (by default no in-kernel irqchip: interrupts
+//! go in with KVM_INTERRUPT when the guest is ready, or an interrupt window
+//! is requested; with `--irqchip split` the local APICs are KVM's, see
+//! [`split_irqchip`]), the devices, the memory map (RAM and ROM as memory
+//! slots, MMIO as holes), and CPUID (KVM's list filtered by our policy).
 
 mod cpuid;
+pub mod doorbells;
 mod iret;
 pub(crate) mod kick;
 mod memslots;
 pub mod run_page;
+pub mod split_irqchip;
 mod state;
 mod vcpu;
 
-pub use kick::{set_thread_timer, PreemptTimer};
+pub use doorbells::DoorbellFds;
+pub use kick::{set_thread_timer, set_thread_watches_timers, PreemptTimer};
 pub use memslots::{plan as plan_slots, MemSlots, Slot};
+pub use split_irqchip::{Irqchip, KernelIrqchip};
 pub use vcpu::{DebugStop, KvmVcpu};
 
 use std::fmt;

@@ -8,11 +8,13 @@ use super::cpuid;
 use super::iret;
 use super::memslots::MemSlots;
 use super::run_page::{self, RunPage};
+use super::split_irqchip::{self, Irqchip, KernelIrqchip};
 use super::KvmError;
 use kvm_bindings::{
-    kvm_fpu, kvm_guest_debug, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs,
-    KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP,
-    KVM_MAX_CPUID_ENTRIES,
+    kvm_fpu, kvm_guest_debug, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment,
+    kvm_sregs, CpuId, Msrs, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+    KVM_GUESTDBG_USE_SW_BP, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use std::cell::{Cell, RefCell};
@@ -27,6 +29,17 @@ use vmm_core::host_debug::HostDebug;
 use vmm_core::paging::ControlRegisters;
 use vmm_core::vcpu::{AccessTarget, DeviceAccess, Event, Exit, ExitError, VcpuBackend};
 use vmm_core::vm::Vm;
+use vmm_devices::lapic::EoiBroadcast;
+
+/// What a vCPU of a VM with KVM's local APICs (`--irqchip split`) keeps.
+#[derive(Clone)]
+struct SplitLapic {
+    /// KVM's local APIC as it was when the vCPU was created, for a reset.
+    power_on: kvm_lapic_state,
+    /// Our I/O APIC, which hears of the EOIs of its level-triggered
+    /// vectors (KVM_EXIT_IOAPIC_EOI).
+    eoi: Option<Arc<dyn EoiBroadcast>>,
+}
 
 /// Where KVM puts the real-mode TSS it needs on Intel (three pages), and
 /// its identity-map page: just below the BIOS, where QEMU puts them too.
@@ -88,6 +101,10 @@ pub struct KvmVcpu {
     /// The host debugs the guest with INT3s it planted (KVM_SET_GUEST_DEBUG
     /// with KVM_GUESTDBG_USE_SW_BP is on).
     guest_debug: bool,
+    /// The local APIC is KVM's (`--irqchip split`).
+    split: Option<SplitLapic>,
+    /// EOIs KVM passed back for our I/O APIC.
+    ioapic_eois: u64,
 }
 
 /// Where a guest debugged through KVM_SET_GUEST_DEBUG stopped.
@@ -113,6 +130,14 @@ impl KvmVcpu {
     /// Open `/dev/kvm`, create a VM with one vCPU in its power-on state
     /// (CS:IP = F000:FFF0), give it our CPUID, and map `vm`'s memory.
     pub fn new(vm: &mut Vm) -> Result<Self, KvmError> {
+        Self::with_irqchip(vm, Irqchip::User)
+    }
+
+    /// [`KvmVcpu::new`] with the local APICs where `irqchip` says: with
+    /// [`Irqchip::Split`] they are KVM's (see [`super::split_irqchip`]);
+    /// the host then hands [`KvmVcpu::kernel_irqchip`] to the PC and the
+    /// I/O APIC to [`KvmVcpu::set_ioapic_eoi`].
+    pub fn with_irqchip(vm: &mut Vm, irqchip: Irqchip) -> Result<Self, KvmError> {
         let kvm = Kvm::new().map_err(|e| match e.errno() {
             libc::ENOENT | libc::ENXIO | libc::ENODEV => KvmError::Missing,
             libc::EACCES | libc::EPERM => KvmError::NoPermission,
@@ -141,7 +166,43 @@ impl KvmVcpu {
             .map_err(ioctl_err("TSS address"))?;
         // Only Intel needs (and has) the identity map; AMD refuses it.
         let _ = vm_fd.set_identity_map_address(IDENTITY_MAP_ADDRESS);
-        Self::create(&kvm, Arc::new(vm_fd), Arc::default(), 0, vm)
+        if irqchip == Irqchip::Split {
+            split_irqchip::enable(&kvm, &vm_fd)?;
+        }
+        Self::create(&kvm, Arc::new(vm_fd), Arc::default(), 0, vm, irqchip)
+    }
+
+    /// KVM's local APICs as the PC's message target, with
+    /// `--irqchip split`; `None` otherwise.
+    pub fn kernel_irqchip(&self) -> Option<Arc<KernelIrqchip>> {
+        self.split
+            .as_ref()
+            .map(|_| KernelIrqchip::new(self.vm.clone()))
+    }
+
+    /// Where the EOIs of level-triggered I/O APIC vectors go, with
+    /// `--irqchip split` (nothing otherwise: our local APICs tell the
+    /// I/O APIC themselves). Siblings created after this share it.
+    pub fn set_ioapic_eoi(&mut self, ioapic: Arc<dyn EoiBroadcast>) {
+        if let Some(s) = &mut self.split {
+            s.eoi = Some(ioapic);
+        }
+    }
+
+    /// An empty set of KVM-caught doorbells for this vCPU's VM
+    /// ([`super::DoorbellFds`]).
+    pub fn doorbell_fds(&self) -> super::DoorbellFds {
+        super::DoorbellFds::new(self.vm.clone())
+    }
+
+    /// Whether the local APIC is KVM's.
+    pub fn lapic_in_kernel(&self) -> bool {
+        self.split.is_some()
+    }
+
+    /// EOIs KVM passed back for our I/O APIC.
+    pub fn ioapic_eois(&self) -> u64 {
+        self.ioapic_eois
     }
 
     /// Another vCPU of the same KVM VM, with id `index` (below
@@ -149,7 +210,22 @@ impl KvmVcpu {
     /// its power-on state. The PC keeps it waiting for a start-up IPI.
     pub fn sibling(&self, index: usize, vm: &mut Vm) -> Result<Self, KvmError> {
         let kvm = Kvm::new().map_err(ioctl_err("open"))?;
-        let mut me = Self::create(&kvm, self.vm.clone(), self.slots.clone(), index, vm)?;
+        let irqchip = if self.split.is_some() {
+            Irqchip::Split
+        } else {
+            Irqchip::User
+        };
+        let mut me = Self::create(
+            &kvm,
+            self.vm.clone(),
+            self.slots.clone(),
+            index,
+            vm,
+            irqchip,
+        )?;
+        if let (Some(mine), Some(theirs)) = (&mut me.split, &self.split) {
+            mine.eoi = theirs.eoi.clone();
+        }
         // The coalesced-I/O ring is the VM's: any vCPU may drain it (each
         // does so under the lock that serialises the devices).
         me.posted = self.posted;
@@ -166,6 +242,7 @@ impl KvmVcpu {
         slots: Arc<Mutex<MemSlots>>,
         index: usize,
         vm: &mut Vm,
+        irqchip: Irqchip,
     ) -> Result<Self, KvmError> {
         let vcpu = vm_fd
             .create_vcpu(index as u64)
@@ -198,6 +275,13 @@ impl KvmVcpu {
         let _ = vcpu.map_coalesced_mmio_ring();
         let regs = vcpu.get_regs().map_err(ioctl_err("GET_REGS"))?;
         let sregs = vcpu.get_sregs().map_err(ioctl_err("GET_SREGS"))?;
+        let split = match irqchip {
+            Irqchip::User => None,
+            Irqchip::Split => Some(SplitLapic {
+                power_on: vcpu.get_lapic().map_err(ioctl_err("GET_LAPIC"))?,
+                eoi: None,
+            }),
+        };
         let me = Self {
             vcpu,
             vm: vm_fd,
@@ -221,6 +305,8 @@ impl KvmVcpu {
             attention: None,
             debug_stop: None,
             guest_debug: false,
+            split,
+            ioapic_eois: 0,
         };
         me.sync_slots(vm)?;
         Ok(me)
@@ -588,6 +674,7 @@ impl KvmVcpu {
                 write: true,
             },
             Ok(VcpuExit::Hlt) => Raw::Hlt,
+            Ok(VcpuExit::IoapicEoi(vector)) => Raw::IoapicEoi(vector),
             Ok(VcpuExit::IrqWindowOpen) => Raw::Window,
             Ok(VcpuExit::Shutdown) => Raw::Shutdown,
             Ok(VcpuExit::Intr) => Raw::Interrupted,
@@ -664,6 +751,7 @@ pub(super) enum Raw {
     Io { port: u16, write: bool },
     Mmio { gpa: u64, len: usize, write: bool },
     Hlt,
+    IoapicEoi(u8),
     Window,
     Shutdown,
     Interrupted,
@@ -772,6 +860,16 @@ impl KvmVcpu {
                 }
             }
             Raw::Window => Exit::InterruptWindow,
+            Raw::IoapicEoi(vector) => {
+                // KVM's local APIC ended a level-triggered vector of our
+                // I/O APIC's: remote IRR clears, and an input still
+                // asserted delivers again. Nothing else to do.
+                self.ioapic_eois += 1;
+                if let Some(eoi) = self.split.as_ref().and_then(|s| s.eoi.as_ref()) {
+                    eoi.end_of_interrupt(vector);
+                }
+                Exit::ExternalInterrupt
+            }
             Raw::Shutdown => Exit::Shutdown,
             Raw::Interrupted
                 if self
@@ -850,6 +948,13 @@ impl VcpuBackend for KvmVcpu {
             // Buffered writes are older than this exit: devices see them first.
             self.deliver_posted(vm);
             if self.assistable(&raw) && self.assist(vm) {
+                if self.split.is_some() {
+                    // The exit loop must see the round: it re-arms the
+                    // preemption timer for the device timers, which a
+                    // guest halted inside KVM (our local APICs are not
+                    // there to report its HLT) needs to wake up.
+                    return Exit::ExternalInterrupt;
+                }
                 continue;
             }
             break raw;
@@ -984,6 +1089,25 @@ impl VcpuBackend for KvmVcpu {
         self.run.set_u8(run_page::REQUEST_INTERRUPT_WINDOW, 0);
         self.injected = false;
         self.stale_interrupt_state = true;
+        if let Some(split) = &self.split {
+            // KVM's local APIC goes back to its power-on state too; an
+            // application processor waits for INIT and a start-up IPI
+            // again (KVM runs it when one comes), the bootstrap processor
+            // runs.
+            if let Err(e) = self.vcpu.set_lapic(&split.power_on) {
+                log::warn!("KVM reset: SET_LAPIC: errno {}", e.errno());
+            }
+            let mp_state = kvm_mp_state {
+                mp_state: if self.index == 0 {
+                    KVM_MP_STATE_RUNNABLE
+                } else {
+                    KVM_MP_STATE_UNINITIALIZED
+                },
+            };
+            if let Err(e) = self.vcpu.set_mp_state(mp_state) {
+                log::warn!("KVM reset: SET_MP_STATE: errno {}", e.errno());
+            }
+        }
         // The rest of the power-on state: x87 after FNINIT, MXCSR 0x1F80,
         // XCR0 1, debug registers, the pass-through MSRs and the TSC at 0.
         if let Err(e) = super::state::power_on_extras(self) {

@@ -29,6 +29,7 @@ use crate::i8042::I8042;
 use crate::ide::{Drive, IdeSlot, Piix3Ide};
 use crate::interrupts::CpuInterrupts;
 use crate::ivshmem::{Access, Doorbells, Ivshmem, IvshmemConfig};
+use crate::kernel_lapic::KernelLapics;
 use crate::msi::LapicMsi;
 use crate::pci::i440fx::BiosRom;
 use crate::pci::msix::MsiTarget;
@@ -600,12 +601,13 @@ impl Pc {
                 doorbells,
             },
             self.chipset.pirq.intx_line(IVSHMEM_PCI.0, InterruptPin::A),
-            LapicMsi::new(
+            LapicMsi::with_placement(
                 self.chipset
                     .cpus
                     .iter()
                     .map(|c| c.lapic().clone())
                     .collect(),
+                self.chipset.lapic_placement.clone(),
             ),
         )
         .map_err(PcError::SharedMemory)?;
@@ -618,6 +620,35 @@ impl Pc {
         };
         bus.add(IVSHMEM_PCI.0, IVSHMEM_PCI.1, Box::new(function))?;
         Ok(())
+    }
+
+    /// Hand the local APICs to the host (a split irqchip, see
+    /// [`crate::kernel_lapic`]): from now on the I/O APIC's messages and
+    /// every MSI go to `lapics`, and each vCPU's interrupt inputs keep
+    /// only the PIC's ExtINT. Call once, before the guest runs; `false`
+    /// if the host already had them (nothing changes).
+    pub fn use_kernel_lapics(&mut self, lapics: Arc<dyn KernelLapics>) -> bool {
+        if !self.chipset.lapic_placement.use_kernel(lapics) {
+            return false;
+        }
+        self.chipset.ioapic.publish_routes();
+        true
+    }
+
+    /// Every doorbell of the PC's PCI functions now
+    /// ([`crate::pci::Doorbell`]: the virtio queue notifies), sorted.
+    pub fn doorbells(&self) -> Vec<crate::pci::Doorbell> {
+        let mut out = Vec::new();
+        if let Some(bus) = self.vm.devices().device::<PciBus>(self.chipset.pci_bus) {
+            bus.doorbells(&mut out);
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Whether the local APICs are the host's ([`Pc::use_kernel_lapics`]).
+    pub fn lapics_in_kernel(&self) -> bool {
+        self.chipset.lapic_placement.in_kernel()
     }
 
     /// The VM: memory, devices, statistics.
@@ -809,7 +840,7 @@ fn add_virtio(vm: &mut Vm, chipset: &PcChipset, devices: VirtioDevices) -> Resul
         return Ok(());
     }
     let lapics = chipset.cpus.iter().map(|c| c.lapic().clone()).collect();
-    let msi: Arc<dyn MsiTarget> = LapicMsi::new(lapics);
+    let msi: Arc<dyn MsiTarget> = LapicMsi::with_placement(lapics, chipset.lapic_placement.clone());
     let Some(bus) = vm.devices_mut().device_mut::<PciBus>(chipset.pci_bus) else {
         return Err(PcError::MissingPciBus);
     };

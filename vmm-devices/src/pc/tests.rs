@@ -817,3 +817,130 @@ fn wake_signals_name_what_waits_for_each_vcpu_and_only_news_counts() {
     // Out of range: nothing.
     assert_eq!(pc.wake_signals(7), WakeSignals::default());
 }
+
+/// The host's local APICs as a recorder: what was sent to them and the
+/// I/O APIC routes they were last told.
+#[derive(Default)]
+struct HostLapics {
+    sent: spin::Mutex<Vec<crate::pci::msix::MsiMessage>>,
+    routes: spin::Mutex<Vec<Option<crate::pci::msix::MsiMessage>>>,
+}
+
+impl crate::kernel_lapic::KernelLapics for HostLapics {
+    fn send(&self, message: crate::pci::msix::MsiMessage) -> bool {
+        self.sent.lock().push(message);
+        true
+    }
+    fn ioapic_routes(
+        &self,
+        routes: &[Option<crate::pci::msix::MsiMessage>; crate::ioapic::IOAPIC_PINS],
+    ) {
+        *self.routes.lock() = routes.to_vec();
+    }
+}
+
+fn ioapic_write(pc: &mut Pc, reg: u32, value: u32) {
+    pc.vm_mut().mmio_write(0xfec0_0000, &reg.to_le_bytes());
+    pc.vm_mut().mmio_write(0xfec0_0010, &value.to_le_bytes());
+}
+
+/// With the local APICs in the host (a split irqchip), a virtio MSI-X
+/// completion goes to the host as the very message the driver programmed;
+/// the user-space local APIC sees nothing.
+#[test]
+fn with_the_hosts_local_apics_a_virtio_msi_goes_to_the_host() {
+    let fw = firmware();
+    let mut pc = pc_with_virtio_disk(&fw, true);
+    let host = Arc::new(HostLapics::default());
+    assert!(!pc.lapics_in_kernel());
+    assert!(pc.use_kernel_lapics(host.clone()));
+    assert!(pc.lapics_in_kernel());
+    assert!(!pc.use_kernel_lapics(Arc::new(HostLapics::default())));
+    let (data, status) = virtio_read_sector_9(&mut pc);
+    assert!(data.iter().all(|&b| b == 9));
+    assert_eq!(status, 0);
+    assert_eq!(
+        *host.sent.lock(),
+        [crate::pci::msix::MsiMessage {
+            address: 0xfee0_0000,
+            data: 0x51
+        }]
+    );
+    assert_eq!(pc.interrupts().lapic().deliverable(), None);
+    assert_eq!(pc.interrupts().pending(), None);
+}
+
+/// With the host's local APICs the I/O APIC sends its messages to the
+/// host in MSI form, tells it each unmasked input's message (so the host
+/// asks for the EOIs of level vectors), and a level input waits for the
+/// EOI the host passes back; the PIC still interrupts the bootstrap
+/// processor directly (ExtINT).
+#[test]
+fn with_the_hosts_local_apics_the_ioapic_routes_and_sends_to_the_host() {
+    let fw = firmware();
+    let mut desc = describe(&fw, 16 << 20);
+    desc.test_devices = true;
+    let mut pc = build(desc);
+    let host = Arc::new(HostLapics::default());
+    pc.use_kernel_lapics(host.clone());
+    // Every input masked at power-on: no routes.
+    assert_eq!(host.routes.lock().len(), 24);
+    assert!(host.routes.lock().iter().all(Option::is_none));
+    // Input 10: vector 0x3a, level, logical destination 1.
+    ioapic_write(&mut pc, 0x10 + 2 * 10 + 1, 0x0100_0000);
+    ioapic_write(&mut pc, 0x10 + 2 * 10, 0x8000 | 0x800 | 0x3a);
+    let level = crate::pci::msix::MsiMessage {
+        address: 0xfee0_1004,
+        data: 0x803a,
+    };
+    assert_eq!(host.routes.lock()[10], Some(level));
+    // pc-testdev's IRQ port raises ISA IRQ 10.
+    let irq = crate::pc_testdev::IRQ_PORT + 10;
+    pc.vm_mut().port_write(irq, &[1]);
+    assert_eq!(*host.sent.lock(), [level]);
+    // Still asserted: nothing more until the host passes the EOI back.
+    pc.vm_mut().port_write(irq, &[1]);
+    assert_eq!(host.sent.lock().len(), 1);
+    pc.chipset().ioapic.end_of_interrupt(0x3a);
+    assert_eq!(host.sent.lock().len(), 2);
+    pc.vm_mut().port_write(irq, &[0]);
+    pc.chipset().ioapic.end_of_interrupt(0x3a);
+    assert_eq!(host.sent.lock().len(), 2);
+    // The PIC: IRQ 3 unmasked after the usual initialisation, vector
+    // base 0x20.
+    for (port, v) in [
+        (0x20u16, 0x11u8),
+        (0x21, 0x20),
+        (0x21, 4),
+        (0x21, 1),
+        (0x21, 0xf7),
+    ] {
+        pc.vm_mut().port_write(port, &[v]);
+    }
+    pc.vm_mut()
+        .port_write(crate::pc_testdev::IRQ_PORT + 3, &[1]);
+    assert_eq!(pc.interrupts().pending(), Some(0x23));
+    assert_eq!(pc.interrupts().acknowledge(), Some(0x23));
+}
+
+/// A virtio queue's notify is a doorbell while the queue is enabled and
+/// BAR 0 decodes; the write it stands for serves the queue as the
+/// driver's own write does.
+#[test]
+fn an_enabled_virtio_queue_has_its_notify_as_a_doorbell() {
+    let fw = firmware();
+    let mut pc = pc_with_virtio_disk(&fw, true);
+    assert_eq!(pc.doorbells(), []);
+    let (data, _) = virtio_read_sector_9(&mut pc);
+    assert!(data.iter().all(|&b| b == 9));
+    let bell = crate::pci::Doorbell {
+        gpa: VIRTIO_BAR0 + crate::virtio::pci::NOTIFY_OFFSET,
+        data: 0,
+    };
+    assert_eq!(pc.doorbells(), [bell]);
+    // Memory decoding off: no doorbell.
+    let a = 0x8000_0000u32 | u32::from(VIRTIO_DISK_PCI.0) << 11 | 0x04;
+    pc.vm_mut().port_write(0xcf8, &a.to_le_bytes());
+    pc.vm_mut().port_write(0xcfc, &0x4u32.to_le_bytes());
+    assert_eq!(pc.doorbells(), []);
+}

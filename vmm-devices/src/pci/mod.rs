@@ -78,6 +78,20 @@ pub const CONFIG_DATA_PORT: u16 = 0xcfc;
 /// The PIIX reset control register, which shares the 0xcf8 dword.
 pub const RESET_CONTROL_PORT: u16 = 0xcf9;
 
+/// A doorbell: a guest-physical address where a write only signals the
+/// function, which does the same whatever was written (a virtio queue
+/// notify). A host may catch such writes without leaving its kernel
+/// (KVM_IOEVENTFD) and hand each over later as a two-byte write of
+/// `data` at `gpa`; the function must report its doorbells again
+/// whenever they may have changed (a BAR moved, a queue was enabled).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Doorbell {
+    /// Guest-physical address of the write.
+    pub gpa: u64,
+    /// What to write when handing it over (little-endian, two bytes).
+    pub data: u16,
+}
+
 /// One function of a PCI device, as the bus sees it.
 ///
 /// Every method has a default except the header accessors; see the module
@@ -110,6 +124,12 @@ pub trait PciFunction: Any + Send {
     /// BARs enabled in the command register.
     fn decoded_regions(&self, out: &mut Vec<PciRegion>) {
         self.config().decoded_bars(out);
+    }
+
+    /// Append the function's doorbells now ([`Doorbell`]). The default
+    /// is none.
+    fn doorbells(&self, out: &mut Vec<Doorbell>) {
+        let _ = out;
     }
 
     /// The regions the bus routes to this function changed (a BAR moved,
@@ -421,6 +441,13 @@ impl PciBus {
         });
         self.needs_power_on = true;
         Ok(())
+    }
+
+    /// Append the doorbells of every function ([`PciFunction::doorbells`]).
+    pub fn doorbells(&self, out: &mut Vec<Doorbell>) {
+        for slot in &self.slots {
+            slot.inner.doorbells(out);
+        }
     }
 
     /// The function at `device`.`function`, as its concrete type.

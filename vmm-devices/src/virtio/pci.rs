@@ -715,6 +715,27 @@ impl PciFunction for VirtioPci {
         }
     }
 
+    /// One doorbell per enabled queue at its notify address, while BAR 0
+    /// decodes: a notify serves the queue whatever was written.
+    fn doorbells(&self, out: &mut Vec<crate::pci::Doorbell>) {
+        let mut bars = Vec::new();
+        self.config.decoded_bars(&mut bars);
+        let Some(bar0) = bars
+            .iter()
+            .find(|r| r.id == RegionId::Bar(0) && r.space == crate::pci::Space::Memory)
+        else {
+            return;
+        };
+        for (q, queue) in self.queues.iter().enumerate() {
+            if queue.is_enabled() {
+                out.push(crate::pci::Doorbell {
+                    gpa: bar0.base + NOTIFY_OFFSET + q as u64 * u64::from(NOTIFY_MULTIPLIER),
+                    data: q as u16,
+                });
+            }
+        }
+    }
+
     fn mmio_read(
         &mut self,
         _ctx: &mut DeviceContext<'_>,

@@ -22,7 +22,7 @@ fn gdb_stops_in_the_exit_handler_with_a_source_backtrace() {
     let mut qemu = start_paused_qemu(&iso_path, port, &dir.join("console")).unwrap();
     let mut gdb = gdb_command(&kernel, port, "vmm_core::svm::SvmVcpu::decode_exit");
     gdb.arg("-batch")
-        .args(["-ex", "continue", "-ex", "bt 4", "-ex", "kill"])
+        .args(["-ex", "continue", "-ex", "bt 8", "-ex", "kill"])
         .stdin(Stdio::null());
     let out = std::thread::scope(|s| {
         let h = s.spawn(|| gdb.output());

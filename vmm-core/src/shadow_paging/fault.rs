@@ -135,13 +135,17 @@ impl ShadowPager {
         // What the map has there: only a whole page of one memory region
         // can be mapped, or a page of open bus (nothing there at all),
         // which reads map to the shared all-ones page; writes to it are
-        // emulated (and dropped).
-        let (host_page, region_writable) = if memory.is_open_bus(page, 0x1000) {
+        // emulated (and dropped). RAM shared copy-on-write maps its shared
+        // frame read-only; a write (not to a page table: that is emulated)
+        // copies the page first, and the copy is mapped.
+        self.sync_copied(memory);
+        let tracked = self.coherence.is_tracked(page);
+        let (host_page, region_writable, shared) = if memory.is_open_bus(page, 0x1000) {
             if kind == AccessKind::Write {
                 self.stats.emulated_mmio += 1;
                 return Ok(emulate);
             }
-            (self.open_bus_page(host)?, false)
+            (self.open_bus_page(host)?, false, false)
         } else {
             let Some(region) = memory.region_at(page) else {
                 self.stats.emulated_mmio += 1;
@@ -164,11 +168,10 @@ impl ShadowPager {
                 self.stats.emulated_mmio += 1;
                 return Ok(emulate);
             }
-            let host_page = memory
-                .block_host_phys(block, offset + (page - region.start))
-                .ok_or(ShadowError::NoHostPhys)?
-                .0;
-            (host_page, region_writable)
+            let write = kind == AccessKind::Write && !tracked;
+            let (host_page, own) =
+                self.frame_for(memory, block, offset + (page - region.start), page, write)?;
+            (host_page, region_writable && own, !own)
         };
 
         // Record what this leaf depends on; a frame that just became a page
@@ -209,7 +212,10 @@ impl ShadowPager {
         }
         let restarted = self.set_leaf(host, slot, linear, entry)?;
         if writable && self.coherence.add_writable(page, leaf) {
-            self.note_writable_frame(slot, page);
+            self.note_mapped_frame(slot, page);
+        }
+        if shared && self.coherence.add_shared(page, leaf) {
+            self.note_mapped_frame(slot, page);
         }
         if restarted {
             // The tree was started over to make room, and with it went the

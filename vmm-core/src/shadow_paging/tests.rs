@@ -1411,3 +1411,125 @@ fn vcpus_on_one_address_space_share_its_tree_and_a_full_flush_reaches_all() {
     vcpu1.lock().ensure(&*host, &c1, vm.memory()).unwrap();
     assert_eq!(vcpu1.lock().shadow_entry(0x10_000), None);
 }
+
+/// The frame of the page at `gpa` and whether it is the VM's own (not
+/// shared copy-on-write).
+fn frame_in(m: &crate::memory::GuestMemory, gpa: u64) -> (u64, bool) {
+    let r = m.region_at(gpa).unwrap();
+    let Backing::Block { block, offset } = r.read else {
+        panic!("not memory at {gpa:#x}");
+    };
+    let (p, own) = m.page_frame(block, offset + gpa - r.start).unwrap();
+    (p.0, own)
+}
+
+/// Clones under shadow paging: the parent's cached trees stop mapping its
+/// RAM once it is shared; each clone's pager maps shared pages read-only at
+/// the shared frame, a write fault copies the page for that clone only and
+/// takes every other leaf on the old frame away, and a copy made another
+/// way (an emulated write, DMA, a walk's accessed bit) does the same
+/// before the next entry.
+#[test]
+fn shared_ram_maps_read_only_and_a_write_copies_the_page_for_one_clone_only() {
+    use crate::host::Host;
+    use crate::memory::GuestMemory;
+    let host = Arc::new(TestHost::new());
+    let dyn_host: Arc<dyn Host> = host.clone();
+    let mut parent = GuestMemory::new();
+    let block = parent
+        .add_ram(0, dyn_host.alloc_memory(16 << 20, 0x1000).unwrap())
+        .unwrap();
+    parent.write_u64(PML4, PDPT | P | RW | US).unwrap();
+    parent.write_u64(PDPT, PD | P | RW | US).unwrap();
+    parent.write_u64(PD, PT | P | RW | US).unwrap();
+    // Linear 0x10000 and 0x11000 both map guest page 0x80000 (dirty, so a
+    // read fill of the VM's own page maps it writable); 0x12000 maps
+    // 0x90000.
+    parent
+        .write_u64(PT + 0x10 * 8, 0x8_0000 | P | RW | A | D)
+        .unwrap();
+    parent
+        .write_u64(PT + 0x11 * 8, 0x8_0000 | P | RW | A | D)
+        .unwrap();
+    parent
+        .write_u64(PT + 0x12 * 8, 0x9_0000 | P | RW | A | D)
+        .unwrap();
+    parent.write_u32(0x8_0000, 0x1111_1111).unwrap();
+    let control = long_control(PML4);
+    let fill = |pager: &mut ShadowPager, m: &mut GuestMemory, address: u64, code: u32| {
+        pager
+            .handle_fault(&*host, m, &control, fault(address, code))
+            .unwrap()
+    };
+
+    // The parent, before the fork, maps its own page writable.
+    let mut pp = ShadowPager::new(ShadowConfig::default());
+    pp.ensure(&*host, &control, &parent).unwrap();
+    assert_eq!(
+        fill(&mut pp, &mut parent, 0x10_000, 0),
+        FaultOutcome::Filled
+    );
+    assert_eq!(pp.shadow_entry(0x10_000).unwrap() & RW, RW);
+    // Shared: its next entry finds every tree emptied.
+    let shared = parent.share_block(block, dyn_host.clone()).unwrap();
+    pp.ensure(&*host, &control, &parent).unwrap();
+    assert_eq!(pp.shadow_entry(0x10_000), None);
+
+    let clone = || {
+        let mut m = GuestMemory::new();
+        m.add_ram_shared(0, &shared, dyn_host.clone()).unwrap();
+        let mut pager = ShadowPager::new(ShadowConfig::default());
+        pager.ensure(&*host, &control, &m).unwrap();
+        (m, pager)
+    };
+    let (mut a, mut pa) = clone();
+    let (mut b, mut pb) = clone();
+    let (base, own) = frame_in(&a, 0x8_0000);
+    assert!(!own);
+
+    // Reads map the shared frame read-only, however dirty the guest entry.
+    for linear in [0x10_000, 0x11_000] {
+        assert_eq!(fill(&mut pa, &mut a, linear, 0), FaultOutcome::Filled);
+        assert_eq!(pa.shadow_entry(linear), Some(base | P | A));
+        pa.verify(&a, &control, linear).unwrap();
+    }
+    // A write copies the page for `a`: the leaf maps the copy writable and
+    // the alias's leaf on the old frame is gone.
+    assert_eq!(
+        fill(&mut pa, &mut a, 0x10_000, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Filled
+    );
+    let (copy, own) = frame_in(&a, 0x8_0000);
+    assert!(own && copy != base);
+    assert_eq!(pa.shadow_entry(0x10_000), Some(copy | P | RW | A | D));
+    assert_eq!(pa.shadow_entry(0x11_000), None);
+    assert!(pa.take_tlb_flush());
+    assert_eq!(pa.stats().cow_copies, 1);
+    pa.verify(&a, &control, 0x10_000).unwrap();
+    // What the guest writes there (through the leaf: the copy) is `a`'s.
+    a.write_u32(0x8_0000, 0xaaaa_aaaa).unwrap();
+    assert_eq!(frame_in(&a, 0x8_0000).0, copy, "no second copy");
+
+    // `b` still reads the shared frame, with the parent's bytes.
+    assert_eq!(fill(&mut pb, &mut b, 0x11_000, 0), FaultOutcome::Filled);
+    assert_eq!(pb.shadow_entry(0x11_000), Some(base | P | A));
+    assert_eq!(b.read_u32(0x8_0000), Ok(0x1111_1111));
+    assert_eq!(parent.read_u32(0x8_0000), Ok(0x1111_1111));
+    assert_eq!(a.read_u32(0x8_0000), Ok(0xaaaa_aaaa));
+
+    // A copy made by a write that is no fault of the pager's (emulated,
+    // DMA): the leaf on the old frame goes before `b` runs again.
+    assert_eq!(fill(&mut pb, &mut b, 0x12_000, 0), FaultOutcome::Filled);
+    let (old, _) = frame_in(&b, 0x9_0000);
+    assert_eq!(pb.shadow_entry(0x12_000), Some(old | P | A));
+    b.write_u32(0x9_0000, 0xbbbb_bbbb).unwrap();
+    pb.ensure(&*host, &control, &b).unwrap();
+    assert_eq!(pb.shadow_entry(0x12_000), None);
+    assert_eq!(fill(&mut pb, &mut b, 0x12_000, 0), FaultOutcome::Filled);
+    let (mine, own) = frame_in(&b, 0x9_0000);
+    assert!(own && mine != old);
+    assert_eq!(pb.shadow_entry(0x12_000), Some(mine | P | RW | A | D));
+    pb.verify(&b, &control, 0x12_000).unwrap();
+    assert_eq!(a.read_u32(0x9_0000), Ok(0));
+    assert_eq!(pb.stats().cow_copies, 0, "b's copy was not a fault's");
+}

@@ -1,0 +1,67 @@
+//! Shadow paging over RAM shared copy-on-write (`crate::cow`): a clone's
+//! pages are read from frames every clone of the same parent maps, until
+//! the clone writes one and gets a copy of its own.
+//!
+//! - A fill for a read or a fetch maps a shared frame **read-only** and
+//!   records the leaf in the coherence's shared reverse map.
+//! - A fill for a write copies the page first
+//!   ([`GuestMemory::copy_on_write`]) and maps the copy writable.
+//! - Any other copy (the emulator writing the page, a device's DMA, a
+//!   walk setting accessed and dirty bits in a page table that lives in
+//!   shared RAM) is logged by the memory map
+//!   ([`GuestMemory::copied_pages_since`]); before the next entry
+//!   ([`ShadowPager::ensure`]) and at every fault the pager takes away
+//!   every leaf still mapping the shared frame of a copied page, in every
+//!   tree, so no vCPU goes on reading the frame the VM no longer uses.
+//!
+//! No shadow leaf ever maps a shared frame writable, so a write never
+//! reaches another VM's memory.
+
+use super::error::ShadowError;
+use super::ShadowPager;
+use crate::memory::{BlockId, GuestMemory};
+
+impl ShadowPager {
+    /// Take away the leaves on the shared frames of pages the VM copied
+    /// since the last call (or since this pager first saw `memory`).
+    pub(super) fn sync_copied(&mut self, memory: &GuestMemory) {
+        let now = memory.copied_pages();
+        if let Some(seen) = self.copied_seen.filter(|seen| *seen != now) {
+            for gpa in memory.copied_pages_since(seen) {
+                for leaf in self.coherence.take_shared(gpa) {
+                    self.zap(leaf);
+                }
+            }
+        }
+        self.copied_seen = Some(now);
+    }
+
+    /// The frame to map for the page at byte `offset` of `block` (the
+    /// guest page `page`), and whether it is the VM's own (may be mapped
+    /// writable). For a `write` to a page still shared, the page is copied
+    /// first and the copy is returned.
+    pub(super) fn frame_for(
+        &mut self,
+        memory: &mut GuestMemory,
+        block: BlockId,
+        offset: u64,
+        page: u64,
+        write: bool,
+    ) -> Result<(u64, bool), ShadowError> {
+        let (frame, own) = memory
+            .page_frame(block, offset)
+            .ok_or(ShadowError::NoHostPhys)?;
+        if own || !write {
+            return Ok((frame.0, own));
+        }
+        memory
+            .copy_on_write(page)
+            .map_err(|_| ShadowError::CopyOnWrite { gpa: page })?;
+        self.stats.cow_copies += 1;
+        self.sync_copied(memory);
+        let (frame, own) = memory
+            .page_frame(block, offset)
+            .ok_or(ShadowError::NoHostPhys)?;
+        Ok((frame.0, own))
+    }
+}

@@ -1494,7 +1494,8 @@ fn shared_ram_maps_read_only_and_a_write_copies_the_page_for_one_clone_only() {
         pa.verify(&a, &control, linear).unwrap();
     }
     // A write copies the page for `a`: the leaf maps the copy writable and
-    // the alias's leaf on the old frame is gone.
+    // the alias's leaf on the old frame is gone (prefetching mapped the
+    // copy there again).
     assert_eq!(
         fill(&mut pa, &mut a, 0x10_000, PF_PRESENT | PF_WRITE),
         FaultOutcome::Filled
@@ -1502,7 +1503,8 @@ fn shared_ram_maps_read_only_and_a_write_copies_the_page_for_one_clone_only() {
     let (copy, own) = frame_in(&a, 0x8_0000);
     assert!(own && copy != base);
     assert_eq!(pa.shadow_entry(0x10_000), Some(copy | P | RW | A | D));
-    assert_eq!(pa.shadow_entry(0x11_000), None);
+    assert_eq!(pa.shadow_entry(0x11_000), Some(copy | P | RW | A | D));
+    pa.verify(&a, &control, 0x11_000).unwrap();
     assert!(pa.take_tlb_flush());
     assert_eq!(pa.stats().cow_copies, 1);
     pa.verify(&a, &control, 0x10_000).unwrap();

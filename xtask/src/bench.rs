@@ -24,6 +24,10 @@ pub struct BenchArgs {
     /// Skip the callgrind instruction counts.
     #[arg(long)]
     no_callgrind: bool,
+    /// Run only the cases whose name contains this (`clones`: the cases
+    /// `clones=8`, `clones=32`, `clones=8 paging=shadow`, `clones=8 cpus=2`).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 /// The package that has `benches/NAME.rs`.
@@ -113,7 +117,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return crate::memory_bench::run();
     }
     if args.name == "clones" {
-        return crate::clones_bench::run();
+        return crate::clones_bench::run(args.only.as_deref());
     }
     if args.name == "kvm-nested" {
         return crate::kvm_nested_bench::run();

@@ -63,6 +63,12 @@ pub fn run(only: Option<&str>) -> Result<()> {
         println!("{case}:");
         println!("  {}", line("vmm: VM 0 forked after")?);
         println!("  {}", line("ms after the fork, private memory per clone")?);
+        if extra.contains("shadow") {
+            println!(
+                "  {}",
+                line("ms after the fork, shadow page tables per clone")?
+            );
+        }
         let after: Vec<u64> = console
             .lines()
             .filter_map(|l| {
@@ -71,6 +77,21 @@ pub fn run(only: Option<&str>) -> Result<()> {
                 kib.split_whitespace().next()?.parse().ok()
             })
             .collect();
+        let tables: Vec<u64> = console
+            .lines()
+            .filter_map(|l| {
+                let rest = l.split_once(" KiB private, and ")?.1;
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .collect();
+        if !tables.is_empty() {
+            println!(
+                "  shadow page tables per clone after the workload: min {} KiB, mean {} KiB, max {} KiB",
+                tables.iter().min().unwrap_or(&0),
+                tables.iter().sum::<u64>() / tables.len() as u64,
+                tables.iter().max().unwrap_or(&0)
+            );
+        }
         let done = console
             .lines()
             .filter(|l| l.contains("VMM-CLONE: clone ") && l.contains(" checksum "))

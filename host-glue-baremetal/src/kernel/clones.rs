@@ -1,15 +1,15 @@
 //! `clones=N`: fork VM 0 into N clones once its console prints the marker.
 //!
 //! The parent PC's RAM is frozen and shared copy-on-write
-//! ([`Pc::share_ram`]): nested paging, or a clone's shadow pager, maps it
+//! (`vmm_devices::pc::Pc::share_ram`): nested paging, or a clone's shadow pager, maps it
 //! read-only in every clone, and a clone's first write to a page copies it
 //! (`vmm_core::cow`). Each clone is a fresh PC built as the parent was (its
 //! own console `[vm k]`, CD drive, network port and MAC, as many vCPUs),
 //! on fresh vCPUs made as the parent's were (with shadow paging a pager of
 //! its own whose caches start empty), with the parent's device state and
-//! every vCPU's ([`Pc::fork_from_vcpus`]: a halted AP stays halted, one
+//! every vCPU's (`vmm_devices::pc::Pc::fork_from_vcpus`: a halted AP stays halted, one
 //! waiting for its start-up IPI keeps waiting) and its index in CMOS
-//! ([`Pc::set_clone_index`]). The parent stays paused; the clones run like
+//! (`vmm_devices::pc::Pc::set_clone_index`). The parent stays paused; the clones run like
 //! any VM, and one that fails stops alone. When every VM stopped the host
 //! checks that the parent's RAM is what it was at the fork
 //! ([`Forked::check`]).
@@ -26,7 +26,7 @@ use host_glue_baremetal::cmdline::Config;
 use vmm_core::host::Host;
 use vmm_core::vcpu::MsrFile;
 use vmm_devices::net_switch::VirtualSwitch;
-use vmm_devices::pc::{Pc, PcRam};
+use vmm_devices::pc::PcRam;
 
 /// How the parent PC was built, to build its clones the same way.
 pub struct Recipe {
@@ -145,15 +145,31 @@ pub fn fork(
     Ok(Forked { ram, fingerprint })
 }
 
+/// The host pages a guest's shadow page tables hold (its vCPUs share one
+/// pager), if it runs with shadow paging.
+fn shadow_pages(g: &Guest<'_>) -> Option<u64> {
+    g.vcpus
+        .first()
+        .and_then(Vcpu::shadow_stats)
+        .map(|s| s.pages_in_use)
+}
+
 /// For a PC whose RAM is shared copy-on-write: the pages it copied and the
-/// host memory it holds of its own for them.
-pub fn print_private_memory(pc: &Pc) {
+/// host memory it holds of its own for them (and, with shadow paging, what
+/// its shadow page tables hold besides).
+pub fn print_private_memory(g: &Guest<'_>) {
+    let Machine::Pc(pc) = &g.machine else {
+        return;
+    };
     if !pc.vm().memory().has_shared_blocks() {
         return;
     }
     let (bytes, pages) = pc.private_memory();
+    let tables = shadow_pages(g).map_or(String::new(), |p| {
+        format!(", and {} KiB of shadow page tables", p * 4)
+    });
     crate::kprintln!(
-        "vm {}: copy-on-write: {pages} pages copied, {} KiB private",
+        "vm {}: copy-on-write: {pages} pages copied, {} KiB private{tables}",
         pc.vm().id().0,
         bytes / 1024
     );
@@ -180,4 +196,13 @@ pub fn print_report(guests: &[Guest<'_>], ms: u64) {
         bytes.max().unwrap_or(0) / 1024,
         figures.iter().map(|f| f.1).sum::<u64>()
     );
+    let tables: Vec<u64> = guests.iter().skip(1).filter_map(shadow_pages).collect();
+    if !tables.is_empty() {
+        crate::kprintln!(
+            "vmm: {ms} ms after the fork, shadow page tables per clone: min {} KiB, mean {} KiB, max {} KiB",
+            tables.iter().min().unwrap_or(&0) * 4,
+            tables.iter().sum::<u64>() * 4 / tables.len() as u64,
+            tables.iter().max().unwrap_or(&0) * 4
+        );
+    }
 }

@@ -541,7 +541,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     ),
                 }
             }
-            clones::print_private_memory(pc);
+            clones::print_private_memory(g);
         }
         if let Some(line) = shared_device
             .as_ref()

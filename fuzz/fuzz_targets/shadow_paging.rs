@@ -1,15 +1,19 @@
 //! Fuzz the shadow pager: arbitrary guest page tables in every paging mode,
 //! arbitrary faults, guest edits of its own tables (reported as emulated
-//! writes), CR3 and mode switches and INVLPGs, under a small page budget.
-//! Invariants: no panic; the only error is a guest table outside RAM; after
-//! every step every shadow leaf agrees with the guest's tables as they are
-//! (`ShadowPager::verify`: same frame, no right the guest does not give,
-//! never writable on a page table, never writable on a frame shared
-//! copy-on-write); the budget is never exceeded. With `shared` the RAM is
-//! shared copy-on-write (as a clone's is) once the tables are written, and
-//! `Copy` writes a page's own bytes back as a device's DMA would, copying
-//! it behind the pager's back (the pager catches up before the next entry,
-//! as a backend calls `ensure`).
+//! writes, or not reported at all for a leaf table the pager let out of
+//! sync, as a store through a writable shadow leaf is not), CR3 and mode
+//! switches and INVLPGs, under a small page budget. Invariants: no panic;
+//! the only error is a guest table outside RAM; after every step every
+//! shadow leaf agrees with the guest's tables as the pager last synced
+//! them (`ShadowPager::verify`: same frame, no right the guest does not
+//! give, never writable on a page table in sync, never writable on a frame
+//! shared copy-on-write); after a CR3 switch or INVLPG and the next entry
+//! (`ShadowPager::ensure`) nothing is out of sync, so every leaf agrees
+//! with the tables as they are; the budget is never exceeded. With
+//! `shared` the RAM is shared copy-on-write (as a clone's is) once the
+//! tables are written, and `Copy` writes a page's own bytes back as a
+//! device's DMA would, copying it behind the pager's back (the pager
+//! catches up before the next entry, as a backend calls `ensure`).
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -139,19 +143,31 @@ fuzz_target!(|input: Input| {
                 narrow,
             } => {
                 let gpa = (u64::from(frame % 8) << 12) + u64::from(index % 16) * 8;
+                // An out-of-sync table is written without an exit.
+                let reported = !pager.is_out_of_sync(gpa);
                 if narrow {
                     vm.memory_mut().write_u32(gpa, value as u32).unwrap();
-                    pager.guest_wrote(gpa, 4);
+                    if reported {
+                        pager.guest_wrote(gpa, 4);
+                    }
                 } else {
                     vm.memory_mut().write_u64(gpa, value).unwrap();
-                    pager.guest_wrote(gpa, 8);
+                    if reported {
+                        pager.guest_wrote(gpa, 8);
+                    }
                 }
             }
             Op::Switch { mode, cr3, wp, nxe } => {
                 ctl = control(mode, u64::from(cr3 % 8) << 12, wp, nxe);
                 pager.activate(&*host, &ctl).unwrap();
+                pager.ensure(&*host, &ctl, vm.memory()).unwrap();
+                assert_eq!(pager.unsynced_frames(), 0);
             }
-            Op::Invlpg { linear: l } => pager.invlpg(linear(l)),
+            Op::Invlpg { linear: l } => {
+                pager.invlpg(linear(l));
+                pager.ensure(&*host, &ctl, vm.memory()).unwrap();
+                assert_eq!(pager.unsynced_frames(), 0);
+            }
             Op::Copy { page } => {
                 let gpa = u64::from(page % 32) << 12;
                 let bytes = vm.memory().read_u64(gpa).unwrap();

@@ -78,7 +78,9 @@ pub struct Config {
     pub log_level: LogLevel,
     /// Number of VMs to run.
     pub vms: u32,
-    /// vCPUs per PC (`cpus=`, 1 to 16), time-sliced on this CPU.
+    /// vCPUs per PC (`cpus=`, 1 to 16): spread over the host's CPUs
+    /// with nested paging (see `kernel/spread.rs`), else time-sliced on
+    /// the PC's CPU.
     pub cpus: u32,
     /// A physical device passed through to the VMs.
     pub passthrough: Option<PassthroughKind>,
@@ -93,8 +95,13 @@ pub struct Config {
     /// `isa-debug-exit` at port 0xf4, which conformance suites such as
     /// kvm-unit-tests drive.
     pub test_devices: bool,
-    /// Offer PC guests x2APIC (`x2apic=1`): CPUID says so, and a guest
-    /// that turns it on reaches its local APIC through MSRs.
+    /// Offer PC guests x2APIC (the default; `x2apic=0` turns it off):
+    /// CPUID says so, and a guest that turns it on reaches its local APIC
+    /// through MSRs, so an EOI or a timer write is an MSR exit with no
+    /// instruction to decode. The local APIC is the VMM's own model
+    /// whatever `cpu_model=` says, so every model can have it; QEMU, too,
+    /// gives every CPU model x2APIC when it runs guests on hardware
+    /// virtualization (KVM).
     pub x2apic: bool,
     /// What CPUID shows (`cpu_model=qemu64|host`); unset, PCs get qemu64
     /// and guest programs the host's CPU (the extended-state tests need
@@ -289,7 +296,7 @@ impl Default for Config {
             paging: PagingChoice::Nested,
             bios_debug: false,
             test_devices: false,
-            x2apic: false,
+            x2apic: true,
             cpu_model: None,
             state_roundtrip: 0,
             keys: ShortText::EMPTY,
@@ -790,8 +797,10 @@ mod tests {
         assert!(parse("bios_debug=1").unwrap().bios_debug);
         assert!(!parse("").unwrap().test_devices);
         assert!(parse("testdev=1").unwrap().test_devices);
-        assert!(!parse("").unwrap().x2apic);
+        assert!(parse("").unwrap().x2apic);
         assert!(parse("x2apic=1").unwrap().x2apic);
+        assert!(!parse("x2apic=0").unwrap().x2apic);
+        assert!(!parse("x2apic=off").unwrap().x2apic);
         assert!(matches!(
             parse("x2apic=yes"),
             Err(CmdlineError::BadValue { key: "x2apic", .. })

@@ -323,7 +323,7 @@ impl Session {
 
     /// Let the stub take what gdb sent; whether the guest may run now (it
     /// may always once gdb is gone). A stopped guest waits here up to
-    /// [`IDLE_POLL`] for gdb.
+    /// `IDLE_POLL` for gdb.
     pub fn pump(&mut self, m: &mut Machine) -> bool {
         let Some(mut state) = self.state.take() else {
             return true;

@@ -294,23 +294,10 @@ pub fn key_events(e: &KeyEvent) -> Vec<InputEvent> {
         KeyCode::PageDown => (Key::PAGE_DOWN, false),
         KeyCode::Insert => (Key::INSERT, false),
         KeyCode::Delete => (Key::DELETE, false),
-        KeyCode::F(n @ 1..=12) => {
-            const F: [Key; 12] = [
-                Key::F1,
-                Key::F2,
-                Key::F3,
-                Key::F4,
-                Key::F5,
-                Key::F6,
-                Key::F7,
-                Key::F8,
-                Key::F9,
-                Key::F10,
-                Key::F11,
-                Key::F12,
-            ];
-            (F[usize::from(n - 1)], false)
-        }
+        KeyCode::F(n) => match Key::function(n) {
+            Some(key) => (key, false),
+            None => return Vec::new(),
+        },
         _ => return Vec::new(),
     };
     // A character carries its own Shift; other keys take the modifier.

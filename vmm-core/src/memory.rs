@@ -1080,6 +1080,61 @@ impl GuestMemory {
         }
     }
 
+    /// The bytes behind the reads of the region holding `gpa`, when they
+    /// are one block of this VM's own (RAM or ROM, not shared
+    /// copy-on-write): the region's start, and its bytes from there to its
+    /// end.
+    fn read_window(&self, gpa: u64) -> Option<(u64, &[u8])> {
+        let r = self.regions.get(self.find(gpa)?)?;
+        let Backing::Block { block, offset } = r.read else {
+            return None;
+        };
+        let own = self.blocks.get(block.0 as usize)?.mem.own()?;
+        let start = usize::try_from(offset).ok()?;
+        let len = usize::try_from(r.end - r.start).ok()?;
+        let bytes = own.get(start..start.checked_add(len)?)?;
+        Some((r.start, bytes))
+    }
+
+    /// Whether every `(gpa, wide, value)` of `words` reads as `value` from
+    /// memory (RAM or ROM, as [`GuestMemory::read_u64`] for a wide word
+    /// and [`GuestMemory::read_u32`] otherwise give it; a word that is
+    /// not memory holds nothing). Words in the region of the one before
+    /// cost no second lookup: the paging-structure entries of one walk,
+    /// checked again by the emulator's translation cache, usually lie in
+    /// one region of RAM.
+    pub fn words_equal(&self, words: impl IntoIterator<Item = (u64, bool, u64)>) -> bool {
+        // The region last looked up: its start and its bytes.
+        let mut window: (u64, &[u8]) = (0, &[]);
+        for (gpa, wide, value) in words {
+            let n = if wide { 8 } else { 4 };
+            let mut at = gpa.wrapping_sub(window.0);
+            if at.saturating_add(n) > window.1.len() as u64 {
+                match self.read_window(gpa) {
+                    Some((start, bytes)) => {
+                        window = (start, bytes);
+                        at = gpa - start;
+                    }
+                    None => window = (0, &[]),
+                }
+            }
+            let at = at as usize;
+            let read = match window.1.get(at..at.saturating_add(n as usize)) {
+                Some(b) if wide => <[u8; 8]>::try_from(b).ok().map(u64::from_le_bytes),
+                Some(b) => <[u8; 4]>::try_from(b)
+                    .ok()
+                    .map(|b| u64::from(u32::from_le_bytes(b))),
+                // Not inside one block of this VM's own: the general path.
+                None if wide => self.read_u64(gpa).ok(),
+                None => self.read_u32(gpa).ok().map(u64::from),
+            };
+            if read != Some(value) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Read a little-endian integer of `N` bytes.
     fn read_le<const N: usize>(&self, gpa: u64) -> Result<[u8; N], MemoryError> {
         // The common case (a page-table entry in RAM of this VM's own):
@@ -1194,6 +1249,42 @@ mod tests {
             m.add_mmio(u64::MAX, 2),
             Err(MemoryError::BadRange { .. })
         ));
+    }
+
+    #[test]
+    fn words_equal_reads_as_read_u64_and_read_u32_do() {
+        let mut m = pc_like();
+        m.write_u64(0x1000, 0x1122_3344_5566_7788).unwrap();
+        m.write_u64(0x5ff8, 0x0bad_cafe_0000_0003).unwrap();
+        m.write_u32(0x8000, 0xdead_beef).unwrap();
+        // Several words of one region, wide and narrow; ROM too.
+        let rom = m.read_u64(0xffff_fff0).unwrap();
+        let words = [
+            (0x1000, true, 0x1122_3344_5566_7788),
+            (0x5ff8, true, 0x0bad_cafe_0000_0003),
+            (0x8000, false, 0xdead_beef),
+            (0xffff_fff0, true, rom),
+        ];
+        assert!(m.words_equal(words));
+        assert!(m.words_equal([]));
+        // One word changed, or a narrow word compared with more bits.
+        m.write_u8(0x5ffc, 0).unwrap();
+        assert!(!m.words_equal(words));
+        assert!(!m.words_equal([(0x8000, false, 0x1_dead_beef)]));
+        // MMIO, unmapped space, a word past the end of RAM or of the
+        // address space: never memory, whatever the value.
+        assert!(!m.words_equal([(0xfee0_0000, true, u64::MAX)]));
+        assert!(!m.words_equal([(0xfee0_0000, false, 0)]));
+        assert!(!m.words_equal([(0x20_0000, true, u64::MAX)]));
+        assert!(!m.words_equal([(0xf_fffc, true, 0)]));
+        assert!(!m.words_equal([(u64::MAX - 3, true, 0)]));
+        // A word across two RAM regions reads as read_u64 reads it.
+        let mut two = GuestMemory::new();
+        two.add_ram(0, mem(0x1000)).unwrap();
+        two.add_ram(0x1000, mem(0x1000)).unwrap();
+        two.write_u64(0xffc, 0x0102_0304_0506_0708).unwrap();
+        assert!(two.words_equal([(0xffc, true, 0x0102_0304_0506_0708)]));
+        assert!(!two.words_equal([(0xffc, true, 0)]));
     }
 
     #[test]

@@ -136,6 +136,42 @@ impl Key {
     pub const KP8: Key = Key(0x75);
     pub const KP9: Key = Key(0x7d);
 
+    /// Function key `Fn`, for `n` from 1 to 12.
+    pub fn function(n: u8) -> Option<Key> {
+        const KEYS: [Key; 12] = [
+            Key::F1,
+            Key::F2,
+            Key::F3,
+            Key::F4,
+            Key::F5,
+            Key::F6,
+            Key::F7,
+            Key::F8,
+            Key::F9,
+            Key::F10,
+            Key::F11,
+            Key::F12,
+        ];
+        KEYS.get(usize::from(n).checked_sub(1)?).copied()
+    }
+
+    /// The keypad's digit `n` (0 to 9).
+    pub fn keypad_digit(n: u8) -> Option<Key> {
+        const KEYS: [Key; 10] = [
+            Key::KP0,
+            Key::KP1,
+            Key::KP2,
+            Key::KP3,
+            Key::KP4,
+            Key::KP5,
+            Key::KP6,
+            Key::KP7,
+            Key::KP8,
+            Key::KP9,
+        ];
+        KEYS.get(usize::from(n)).copied()
+    }
+
     /// Whether set 2 sends this key with an `E0` prefix.
     pub fn extended(self) -> bool {
         self.0 >> 8 == 0xe0
@@ -376,4 +412,21 @@ pub fn type_text(queue: &InputQueue, text: &str) -> usize {
         n += 1;
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Key;
+
+    #[test]
+    fn function_and_keypad_keys_are_found_by_number_and_nothing_else_is() {
+        assert_eq!(Key::function(1), Some(Key::F1));
+        assert_eq!(Key::function(7), Some(Key::F7));
+        assert_eq!(Key::function(12), Some(Key::F12));
+        assert_eq!(Key::function(0), None);
+        assert_eq!(Key::function(13), None);
+        assert_eq!(Key::keypad_digit(0), Some(Key::KP0));
+        assert_eq!(Key::keypad_digit(9), Some(Key::KP9));
+        assert_eq!(Key::keypad_digit(10), None);
+    }
 }

@@ -1,6 +1,6 @@
 //! x2APIC: a local APIC's registers as MSRs (Intel SDM vol. 3, 11.12).
 //!
-//! A PC built with x2APIC ([`crate::platform::PlatformConfig::x2apic`])
+//! A PC built with x2APIC ([`crate::platform::PcConfig::x2apic`])
 //! offers it in CPUID; the guest turns it on with IA32_APIC_BASE.EXTD
 //! (checked by `vmm_core::vcpu::apic_base_transition`). From then on the
 //! register page at `LAPIC_BASE` no longer answers, and MSR

@@ -42,8 +42,14 @@ fn plain_qemu(iso: &Path) -> Command {
             "-monitor",
             "none",
         ])
-        .arg("-cdrom")
-        .arg(iso);
+        // `-cdrom ISO` without QEMU's image lock: other checkouts' runs
+        // open the same shared ISO, and a plain QEMU that cannot take the
+        // lock exits at once, printing nothing.
+        .arg("-drive")
+        .arg(format!(
+            "file={},index=2,media=cdrom,readonly=on,file.locking=off",
+            iso.display()
+        ));
     c
 }
 
@@ -71,7 +77,16 @@ pub fn run() -> Result<()> {
     let mut lines = Vec::new();
     for round in 1..=ROUNDS {
         eprintln!("xtask: round {round}/{ROUNDS}: the CD under plain QEMU TCG");
-        plain.push(time_to_marker(plain_qemu(&images.linux_iso))?.0);
+        // A run that printed nothing at all (QEMU could not start on this
+        // busy machine) is tried once more.
+        let t = match time_to_marker(plain_qemu(&images.linux_iso)) {
+            Err(e) if e.to_string().ends_with("last lines:\n") => {
+                eprintln!("xtask: plain QEMU printed nothing; once more");
+                time_to_marker(plain_qemu(&images.linux_iso))?
+            }
+            r => r?,
+        };
+        plain.push(t.0);
         eprintln!("xtask: round {round}/{ROUNDS}: the CD under the VMM (bare-metal host in QEMU TCG, SVM + NPT)");
         let (t, out) = time_to_marker(qemu::direct_command(
             &elf,
@@ -102,10 +117,8 @@ pub fn run() -> Result<()> {
         vmm_median.as_secs_f64(),
         secs(&vmm).join(", ")
     );
-    println!(
-        "  ratio                   {:>8.2}x (target: 1.5x)",
-        vmm_median.as_secs_f64() / plain_median.as_secs_f64()
-    );
+    let ratio = vmm_median.as_secs_f64() / plain_median.as_secs_f64();
+    println!("  ratio                   {ratio:>8.2}x (goal: 1.10x)");
     // The host prints the VM's exits and device report after it stops.
     let report: Vec<&String> = lines
         .iter()
@@ -120,5 +133,14 @@ pub fn run() -> Result<()> {
             println!("  {l}");
         }
     }
+    crate::bench::summary(
+        "boot",
+        &format!(
+            "the VMM {ratio:.2}x plain QEMU TCG to the init marker ({:.2} s against {:.2} s); goal 1.10x: {}",
+            vmm_median.as_secs_f64(),
+            plain_median.as_secs_f64(),
+            crate::bench::verdict(ratio <= 1.10)
+        ),
+    );
     Ok(())
 }

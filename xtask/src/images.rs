@@ -195,19 +195,63 @@ fn linux_cd(dir: &Path, vmlinuz: &Path, name: &str) -> Result<PathBuf> {
     linux_cd_with(dir, vmlinuz, name, "linux-cd", &[])
 }
 
-/// Whether `iso` is newer than the files of `assets` (and `also`).
-fn cd_is_fresh(iso: &Path, assets: &Path, also: Option<&Path>) -> bool {
-    let newest_input = ["init", "isolinux.cfg"]
+/// What an image was built from in this checkout, by content: each
+/// file's path in the tree, length and hash. A checkout (a clone, a
+/// worktree, `git switch`) gives every file a new modification time, so
+/// comparing times would rebuild images that several checkouts share, and
+/// would miss an older version checked out over a newer one.
+fn sources_key(sources: &[PathBuf]) -> String {
+    let root = system::root();
+    let mut key = String::new();
+    for p in sources {
+        let name = p.strip_prefix(&root).unwrap_or(p).display().to_string();
+        match std::fs::read(p) {
+            Ok(bytes) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&bytes, &mut h);
+                let hash = std::hash::Hasher::finish(&h);
+                key.push_str(&format!("{name} {} {hash:016x}\n", bytes.len()));
+            }
+            Err(_) => key.push_str(&format!("{name} missing\n")),
+        }
+    }
+    key
+}
+
+/// Where the record of `image`'s sources is kept: beside it.
+fn sources_record(image: &Path) -> PathBuf {
+    let mut name = image.as_os_str().to_owned();
+    name.push(".sources");
+    PathBuf::from(name)
+}
+
+/// Whether `image` exists, was built from `sources` as they are now and
+/// by the same `recipe` (what in xtask's code shapes it, such as a command
+/// line), and is at least as new as each of `cached` (other images it
+/// derives from, which live in the image directory, so their times are
+/// their own).
+fn image_is_fresh(image: &Path, sources: &[PathBuf], recipe: &str, cached: &[&Path]) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(built) = modified(image) else {
+        return false;
+    };
+    cached
         .iter()
-        .filter_map(|f| {
-            std::fs::metadata(assets.join(f))
-                .and_then(|m| m.modified())
-                .ok()
-        })
-        .chain(also.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()))
-        .max();
-    let built = std::fs::metadata(iso).and_then(|m| m.modified()).ok();
-    built.is_some() && built >= newest_input
+        .all(|c| modified(c).is_none_or(|t| built >= t))
+        && std::fs::read_to_string(sources_record(image))
+            .is_ok_and(|k| k == sources_key(sources) + recipe)
+}
+
+/// Note that `image` was just built from `sources` by `recipe`.
+fn record_sources(image: &Path, sources: &[PathBuf], recipe: &str) -> Result<()> {
+    let record = sources_record(image);
+    std::fs::write(&record, sources_key(sources) + recipe)
+        .map_err(|e| Error::msg(format!("{}: {e}", record.display())))
+}
+
+/// The files of xtask/assets/`assets` a Linux CD is built from.
+fn cd_sources(assets: &Path) -> [PathBuf; 2] {
+    [assets.join("init"), assets.join("isolinux.cfg")]
 }
 
 /// The virtio test CD `dir/linux-virtio.iso` (cached): the cloud kernel
@@ -220,7 +264,7 @@ pub fn virtio_cd(dir: &Path) -> Result<PathBuf> {
     let name = "linux-virtio.iso";
     let iso = dir.join(name);
     let assets = system::root().join("xtask/assets/linux-virtio");
-    if cd_is_fresh(&iso, &assets, None) {
+    if image_is_fresh(&iso, &cd_sources(&assets), "", &[]) {
         return Ok(iso);
     }
     let work = dir.join("linux-virtio-download");
@@ -340,7 +384,7 @@ fn linux_cd_with(
 ) -> Result<PathBuf> {
     let iso = dir.join(name);
     let assets = system::root().join("xtask/assets").join(assets);
-    if cd_is_fresh(&iso, &assets, Some(vmlinuz)) {
+    if image_is_fresh(&iso, &cd_sources(&assets), "", &[vmlinuz]) {
         return Ok(iso);
     }
     ensure_packages(&[
@@ -350,7 +394,7 @@ fn linux_cd_with(
         "xorriso",
         "cpio",
     ])?;
-    let work = dir.join(format!("{name}-work"));
+    let work = dir.join(format!("{name}-work.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let root = work.join("initramfs");
     let tree = work.join("iso");
@@ -403,10 +447,13 @@ fn linux_cd_with(
         &assets.join("isolinux.cfg"),
         &tree.join("isolinux/isolinux.cfg"),
     )?;
+    // Built beside the final name and renamed: tests running at once never
+    // boot half an image.
+    let tmp = work.join("cd.iso");
     output(
         Command::new("xorriso")
             .args(["-as", "mkisofs", "-quiet", "-o"])
-            .arg(&iso)
+            .arg(&tmp)
             .args([
                 "-b",
                 "isolinux/isolinux.bin",
@@ -420,6 +467,8 @@ fn linux_cd_with(
             .arg(&tree),
         "xorriso (the Linux CD)",
     )?;
+    std::fs::rename(&tmp, &iso).map_err(|e| Error::msg(format!("{}: {e}", iso.display())))?;
+    record_sources(&iso, &cd_sources(&assets), "")?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(iso)
 }
@@ -428,7 +477,7 @@ fn linux_cd_with(
 /// the init of `xtask/assets/linux-cd` (which reads that switch) in its
 /// initramfs: it boots, sets the RTC to 2030 and reboots, boots again,
 /// finds 2030 and powers off. Built next to `default_iso` from it (its kernel and the
-/// rest of its initramfs), and rebuilt when it or the init is newer.
+/// rest of its initramfs), and rebuilt when it is newer or the init changed.
 pub fn reboot_iso(default_iso: &Path) -> Result<PathBuf> {
     current_init_iso(default_iso, "reboot", "vmm.reboot_once")
 }
@@ -443,6 +492,16 @@ pub fn clones_iso(default_iso: &Path) -> Result<PathBuf> {
     current_init_iso(default_iso, "clones", "vmm_workload=clones")
 }
 
+/// The default CD with `vmm_workload=smpjob` on the kernel command line
+/// and the current init (see [`reboot_iso`]): once in user space it runs
+/// 4 processes at once, each checksumming one 16 MiB buffer 4 times,
+/// between
+/// `VMM-CD-SMPJOB: start` and `VMM-CD-SMPJOB: done` (the SMP scaling
+/// bench, `cargo xtask bench smp`).
+pub fn smpjob_iso(default_iso: &Path) -> Result<PathBuf> {
+    current_init_iso(default_iso, "smpjob", "vmm_workload=smpjob")
+}
+
 /// `linux-NAME.iso`: the default CD with `append` on its kernel command
 /// line and the init of `xtask/assets/linux-cd` in its initramfs.
 fn current_init_iso(default_iso: &Path, name: &str, append: &str) -> Result<PathBuf> {
@@ -451,11 +510,8 @@ fn current_init_iso(default_iso: &Path, name: &str, append: &str) -> Result<Path
         .ok_or_else(|| Error::msg("the CD image has no directory"))?;
     let iso = dir.join(format!("linux-{name}.iso"));
     let assets = system::root().join("xtask/assets/linux-cd");
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let newest = modified(default_iso)
-        .max(modified(&assets.join("init")))
-        .max(modified(&assets.join("vmm-clone-id.asm")));
-    if modified(&iso).is_some() && modified(&iso) >= newest {
+    let sources = [assets.join("init"), assets.join("vmm-clone-id.asm")];
+    if image_is_fresh(&iso, &sources, append, &[default_iso]) {
         return Ok(iso);
     }
     ensure_packages(&["xorriso", "cpio", "nasm", "binutils"])?;
@@ -505,6 +561,7 @@ fn current_init_iso(default_iso: &Path, name: &str, append: &str) -> Result<Path
         "xorriso (a CD with the current init)",
     )?;
     std::fs::rename(&tmp, &iso).map_err(|e| Error::msg(format!("{}: {e}", iso.display())))?;
+    record_sources(&iso, &sources, append)?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(iso)
 }
@@ -711,7 +768,7 @@ pub fn net_client_iso(virtio_iso: &Path) -> Result<PathBuf> {
 /// (`initrd=/boot/initrd.gz,/boot/bench.gz`): the init of
 /// `xtask/assets/virtio-bench` and its `vmm-randio`, which measure the
 /// virtio disk and network for `cargo xtask bench virtio` (see that init).
-/// Built next to `virtio_iso`, and rebuilt when it or the assets are newer.
+/// Built next to `virtio_iso`, and rebuilt when it is newer or the assets changed.
 pub fn virtio_bench_iso(virtio_iso: &Path) -> Result<PathBuf> {
     let dir = virtio_iso
         .parent()
@@ -761,8 +818,8 @@ fn virtio_variant(virtio_iso: &Path, name: &str, from: &str, to: &str) -> Result
     virtio_variant_with(virtio_iso, name, from, to, &[], &|_| Ok(()), &[])
 }
 
-/// [`virtio_variant`], also rebuilt when a file of `inputs` is newer than
-/// the CD; `prepare` runs first (given the CD's directory) and each of
+/// [`virtio_variant`], also rebuilt when a file of `inputs` changed since
+/// it was built; `prepare` runs first (given the CD's directory) and each of
 /// `maps` (a file here and its path on the CD) is added or replaced.
 fn virtio_variant_with(
     virtio_iso: &Path,
@@ -777,17 +834,15 @@ fn virtio_variant_with(
         .parent()
         .ok_or_else(|| Error::msg("the CD image has no directory"))?;
     let iso = dir.join(format!("{name}.iso"));
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let newest = inputs
-        .iter()
-        .map(|p| modified(p))
-        .fold(modified(virtio_iso), |a, b| a.max(b));
-    if modified(&iso).is_some() && modified(&iso) >= newest {
+    let cfg_in = system::root().join("xtask/assets/linux-virtio/isolinux.cfg");
+    let mut sources = inputs.to_vec();
+    sources.push(cfg_in.clone());
+    let recipe = format!("{from} -> {to}");
+    if image_is_fresh(&iso, &sources, &recipe, &[virtio_iso]) {
         return Ok(iso);
     }
     prepare(dir)?;
     ensure_packages(&["xorriso"])?;
-    let cfg_in = system::root().join("xtask/assets/linux-virtio/isolinux.cfg");
     let cfg = std::fs::read_to_string(&cfg_in)
         .map_err(|e| Error::msg(format!("{}: {e}", cfg_in.display())))?;
     if !cfg.contains(from) {
@@ -797,16 +852,21 @@ fn virtio_variant_with(
         )));
     }
     let cfg = cfg.replace(from, to);
-    let cfg_out = dir.join(format!("{name}-isolinux.cfg"));
+    let cfg_out = dir.join(format!("{name}-isolinux.cfg.{}", std::process::id()));
+    // Built beside the final name and renamed: tests running at once never
+    // boot half an image.
+    let tmp = dir.join(format!("{name}.iso.{}", std::process::id()));
     remaster_with_cfg(
         virtio_iso,
-        &iso,
+        &tmp,
         &cfg_out,
         &cfg,
         maps,
         &format!("xorriso ({name})"),
     )?;
     let _ = std::fs::remove_file(&cfg_out);
+    std::fs::rename(&tmp, &iso).map_err(|e| Error::msg(format!("{}: {e}", iso.display())))?;
+    record_sources(&iso, &sources, &recipe)?;
     Ok(iso)
 }
 
@@ -835,5 +895,64 @@ fn remaster_with_cfg(
         xorriso.arg("-map").arg(file).arg(on_cd);
     }
     output(&mut xorriso, what)?;
+    // A copy with one file replaced is about as large as the CD it copies;
+    // a short one (seen once: 64 KiB of a shared cache) must not be kept.
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let (written, base) = (size(iso), size(base_iso));
+    if written < base / 2 {
+        let _ = std::fs::remove_file(iso);
+        return Err(Error::msg(format!(
+            "{what}: wrote {written} bytes of {}, from a CD of {base} bytes",
+            iso.display()
+        )));
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_is_fresh_by_its_sources_content_not_their_times() {
+        let dir = std::env::temp_dir().join(format!("xtask-images-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (init, image, base) = (dir.join("init"), dir.join("cd.iso"), dir.join("base.iso"));
+        std::fs::write(&init, "echo one").unwrap();
+        std::fs::write(&base, "base").unwrap();
+        std::fs::write(&image, "cd").unwrap();
+        let sources = [init.clone()];
+        assert!(
+            !image_is_fresh(&image, &sources, "", &[&base]),
+            "never recorded"
+        );
+        record_sources(&image, &sources, "console=tty0").unwrap();
+        assert!(image_is_fresh(&image, &sources, "console=tty0", &[&base]));
+        assert!(
+            !image_is_fresh(&image, &sources, "console=ttyS0", &[&base]),
+            "another recipe"
+        );
+        // A checkout rewrites the source with the same content: still fresh.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&init, "echo one").unwrap();
+        assert!(image_is_fresh(&image, &sources, "console=tty0", &[&base]));
+        // New content, even with an older time: stale.
+        std::fs::write(&init, "echo two").unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&init)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(!image_is_fresh(&image, &sources, "console=tty0", &[&base]));
+        record_sources(&image, &sources, "").unwrap();
+        assert!(image_is_fresh(&image, &sources, "", &[&base]));
+        // A newer cached image it derives from: stale.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&base, "base 2").unwrap();
+        assert!(!image_is_fresh(&image, &sources, "", &[&base]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -347,9 +347,9 @@ pub fn run() -> Result<()> {
             f.rate
         );
     }
+    let ratio = median[0].rate / median[2].rate;
     println!(
-        "kvm-port-io ratio vmm/qemu: {:.2}x (target 1.5x; vmm lets KVM buffer POST-port writes)",
-        median[0].rate / median[2].rate
+        "kvm-port-io ratio vmm/qemu: {ratio:.2}x (target 1.5x; vmm lets KVM buffer POST-port writes)"
     );
     println!(
         "kvm-port-io ratio vmm/qemu, every write a return to user space: {:.2}x",
@@ -364,5 +364,12 @@ pub fn run() -> Result<()> {
             us(q.kernel)
         );
     }
+    crate::bench::summary(
+        "kvm",
+        &format!(
+            "port-I/O exits per second vmm/qemu {ratio:.2}x; goal 1.5x: {}",
+            crate::bench::verdict(ratio >= 1.5)
+        ),
+    );
     Ok(())
 }

@@ -298,6 +298,18 @@ pub fn run() -> Result<()> {
             v, q
         );
     }
+    let speed = (vmm.0 > 0.0).then(|| qemu.0 / vmm.0);
+    crate::bench::summary(
+        "kvm-nested",
+        &format!(
+            "qemu/vmm to the init marker {} (goal 1.5x: {}); user-space exits vmm {} against qemu {} (goal fewer: {})",
+            speed.map_or("?".to_string(), |s| format!("{s:.2}x")),
+            crate::bench::verdict(speed.is_some_and(|s| s >= 1.5)),
+            vmm.1.map_or("?".to_string(), |e| format!("{e:.0}")),
+            qemu.1.map_or("?".to_string(), |e| format!("{e:.0}")),
+            crate::bench::verdict(matches!((vmm.1, qemu.1), (Some(v), Some(q)) if v < q))
+        ),
+    );
     Ok(())
 }
 

@@ -20,6 +20,7 @@ pub mod paging_bench;
 pub mod passthrough;
 pub mod qemu;
 pub mod screens;
+pub mod smp_bench;
 pub mod snapshot_bench;
 pub mod system;
 pub mod test;

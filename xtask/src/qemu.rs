@@ -215,7 +215,7 @@ pub fn timed_console(mut cmd: Command, timeout: Duration) -> Result<Vec<(Duratio
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::msg(format!("cannot start qemu-system-x86_64: {e}")))?;
     let start = Instant::now();
@@ -223,6 +223,16 @@ pub fn timed_console(mut cmd: Command, timeout: Duration) -> Result<Vec<(Duratio
         .stdout
         .take()
         .ok_or_else(|| Error::msg("no QEMU console"))?;
+    // QEMU's own complaints (a locked image, a bad option), kept for the
+    // error when it printed nothing on the console.
+    let err = child.stderr.take();
+    let complaints = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut err) = err {
+            let _ = std::io::Read::read_to_string(&mut err, &mut text);
+        }
+        text
+    });
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(std::io::Result::ok) {
@@ -243,7 +253,23 @@ pub fn timed_console(mut cmd: Command, timeout: Duration) -> Result<Vec<(Duratio
             break;
         }
     }
-    let _ = child.wait();
+    let status = child.wait();
+    let complaints = complaints.join().unwrap_or_default();
+    if lines.is_empty() {
+        return Err(Error::msg(format!(
+            "QEMU printed nothing on its console ({}) after {:.1} s; its stderr: {}",
+            match status {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("no exit status: {e}"),
+            },
+            start.elapsed().as_secs_f64(),
+            if complaints.trim().is_empty() {
+                "(empty)"
+            } else {
+                complaints.trim()
+            }
+        )));
+    }
     Ok(lines)
 }
 

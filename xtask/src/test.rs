@@ -105,6 +105,15 @@ pub fn run(args: TestArgs) -> Result<()> {
     )?;
     // ... and build on the Rust they declare as their minimum.
     crate::msrv::check()?;
+    // Their documentation builds without a broken or private link: it is
+    // the reference an embedder reads (docs.rs builds it the same way).
+    step(
+        system::cargo()
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .args(["doc", "--no-deps", "-p", "vmm-core", "-p", "vmm-devices"])
+            .args(["-p", "vmm-bios", "-p", "host-glue-linux"]),
+        "cargo doc (vmm-core, vmm-devices, vmm-bios, host-glue-linux; warnings are errors)",
+    )?;
 
     let imgs = images::fetch()?;
     let kernel_elf = kernel::build()?;

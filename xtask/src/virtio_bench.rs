@@ -192,6 +192,7 @@ pub fn run() -> Result<()> {
         "figure", "vmm", "qemu", "vmm/qemu"
     );
     let mut missing = Vec::new();
+    let mut ratios = Vec::new();
     for (name, unit) in FIGURES {
         let mut medians = Vec::new();
         for who in ["vmm", "qemu"] {
@@ -214,7 +215,10 @@ pub fn run() -> Result<()> {
         }
         let show = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{v:.1} {unit}"));
         let ratio = match (medians[0], medians[1]) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+            (Some(a), Some(b)) if b > 0.0 => {
+                ratios.push((name, a / b));
+                format!("{:.2}x", a / b)
+            }
             _ => "?".to_string(),
         };
         println!(
@@ -238,6 +242,17 @@ pub fn run() -> Result<()> {
         }
     }
     println!("  goal: vmm/qemu at least 1.00x everywhere, above it on 4 KiB requests");
+    let worst = ratios.iter().min_by(|a, b| a.1.total_cmp(&b.1));
+    crate::bench::summary(
+        "virtio",
+        &match worst {
+            Some((name, r)) => format!(
+                "vmm/qemu at worst {r:.2}x ({name}); goal at least 1.00x everywhere: {}",
+                crate::bench::verdict(*r >= 1.0)
+            ),
+            None => "no figure measured".to_string(),
+        },
+    );
     if !missing.is_empty() {
         return Err(Error::msg(format!(
             "figures missing ({}); the rig's console is in {}",

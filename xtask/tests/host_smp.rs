@@ -1,7 +1,8 @@
 //! The bare-metal host on a machine with several CPUs (issue 19): the
 //! kernel finds the application processors in the ACPI MADT, starts them
 //! with INIT-SIPI-SIPI, switches virtualization on in each, and runs VM i
-//! on CPU i mod N, all at once. Under QEMU TCG (SVM, `-smp 2`,
+//! on CPU i mod N, all at once; a PC with several vCPUs is spread, vCPU
+//! j of VM i on CPU (i + j) mod N. Under QEMU TCG (SVM, `-smp 2`,
 //! multi-threaded TCG) and, as `slow_`, under Bochs (VMX, `cpu:
 //! count=2`); the default CD twice on two CPUs against one CPU is
 //! `slow_` too.
@@ -183,6 +184,210 @@ fn x87_and_sse_state_stay_with_their_vm_with_two_vms_on_each_of_two_host_cpus() 
     }
     assert!(!console.contains("LEAK"), "{console}");
     assert_eq!(outcome, Outcome::Success, "{console}");
+}
+
+/// `vmm: VM turns by host CPU: CPU 0: N, CPU 1: M`: the counts by CPU.
+fn turns_by_cpu(console: &str) -> Vec<u64> {
+    let line = console
+        .lines()
+        .find_map(|l| l.split("vmm: VM turns by host CPU: ").nth(1))
+        .unwrap_or_else(|| panic!("no turns by host CPU\n{console}"));
+    line.split(", ")
+        .map(|part| {
+            part.rsplit(' ')
+                .next()
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("bad count '{part}'\n{console}"))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
+fn one_pc_with_two_vcpus_runs_them_on_both_host_cpus() {
+    // One VM, cpus=2, on a host with two CPUs: vCPU 1 runs on CPU 1 while
+    // vCPU 0 runs on CPU 0, the PC held by one CPU only to prepare an
+    // entry or handle an exit; Linux brings both up.
+    let modules = GuestImage::pc(env_path("VMM_TEST_SEABIOS"), env_path("VMM_TEST_LINUX_ISO"));
+    let (outcome, console, secs) = boot("guest_mem=256M cpus=2", &modules, 1024, 2);
+    assert!(
+        console.contains("vmm: VM 0's vCPUs are spread over host CPUs: vCPU 0 on 0, vCPU 1 on 1"),
+        "{console}"
+    );
+    assert!(console.contains("[vm 0] cpus: 2"), "{console}");
+    assert!(
+        console.contains("[vm 0] VMM-CD-INIT-MARKER: user space reached"),
+        "{console}"
+    );
+    let turns = turns_by_cpu(&console);
+    println!("default CD, cpus=2 on 2 host CPUs: {secs:.1} s, VM turns by host CPU {turns:?}");
+    assert_eq!(turns.len(), 2, "{console}");
+    assert!(turns.iter().all(|&n| n > 0), "{turns:?}\n{console}");
+    for j in 0..2 {
+        let entries = console
+            .lines()
+            .find_map(|l| {
+                l.split(&format!("vm 0: vCPU {j} on host CPU {j}: "))
+                    .nth(1)?
+                    .split(" turns, ")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no figures for vCPU {j}\n{console}"));
+        assert!(entries > 0, "vCPU {j} never entered\n{console}");
+    }
+    assert!(
+        console.contains("vm 0 (pc): guest powered off"),
+        "{console}"
+    );
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}
+
+#[test]
+#[ignore = "boots the bare-metal host in QEMU: run through cargo xtask test"]
+fn an_smp_storm_spread_over_two_host_cpus_stops_and_the_other_vm_goes_on() {
+    // The hostile SMP guest (5 vCPUs: INITs without end at a sibling, NMIs
+    // at all the others, a spin with interrupts closed) spread over two
+    // host CPUs, three vCPUs time-sliced on CPU 0 and two on CPU 1, beside
+    // a quiet VM on CPU 1: kicks are bounded (one per entry of the
+    // target), the spinning vCPU's turn ends on the host timer, and every
+    // VM powers off.
+    let guests = named_guests(&env_path("VMM_TEST_GUESTS"), &["pc_smp_storm", "tsc_quiet"]);
+    let (outcome, console, secs) = boot("cpu=svm guest_mem=16M vms=2 cpus=5", &guests, 384, 2);
+    println!("smp storm spread over 2 host CPUs: {secs:.1} s");
+    for line in console.lines().filter(|l| {
+        l.contains("vCPU") && l.contains("on host CPU")
+            || l.contains("VM turns")
+            || l.contains("smp storm")
+    }) {
+        println!("  {line}");
+    }
+    assert!(
+        console.contains(
+            "vmm: VM 0's vCPUs are spread over host CPUs: vCPU 0 on 0, vCPU 1 on 1, vCPU 2 on 0, vCPU 3 on 1, vCPU 4 on 0"
+        ),
+        "{console}"
+    );
+    assert!(
+        console.contains("[vm 0] smp storm: 5 of 5 cpus started"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 0 (pc_smp_storm): guest powered off"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 1 (tsc_quiet): guest powered off"),
+        "{console}"
+    );
+    let turns = turns_by_cpu(&console);
+    assert!(turns.iter().all(|&n| n > 0), "{turns:?}\n{console}");
+    assert!(!console.contains("host panic"), "{console}");
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}
+
+#[test]
+#[ignore = "boots the bare-metal host in Bochs (minutes): run through cargo xtask test --slow"]
+fn slow_vmx_smp_storm_spread_over_two_host_cpus_stops() {
+    // The hostile SMP guest spread over two Bochs CPUs under VMX (VMX's
+    // external-interrupt exiting ends a guest run at a kick).
+    let guests = named_guests(&env_path("VMM_TEST_GUESTS"), &["pc_smp_storm", "tsc_quiet"]);
+    let run = xtask::bochs::boot_and_capture_with(
+        &env_path("VMM_TEST_KERNEL"),
+        "cpu=vmx guest_mem=16M vms=2 cpus=5",
+        &guests,
+        384,
+        Duration::from_secs(1800),
+        &xtask::bochs::cpu_count_config(2),
+    )
+    .unwrap();
+    let console = &run.console;
+    println!(
+        "smp storm over 2 Bochs CPUs under VMX: {:.1} s",
+        run.elapsed.as_secs_f64()
+    );
+    assert!(console.contains("VMX enabled: EPT"), "{console}");
+    assert!(
+        console.contains("[vm 0] smp storm: 5 of 5 cpus started"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 0 (pc_smp_storm): guest powered off"),
+        "{console}"
+    );
+    assert!(
+        console.contains("vm 1 (tsc_quiet): guest powered off"),
+        "{console}"
+    );
+    let turns = turns_by_cpu(console);
+    assert!(turns.iter().all(|&n| n > 0), "{turns:?}\n{console}");
+    assert_eq!(run.outcome, Outcome::Success, "{console}");
+}
+
+/// What `pc_smp_lockstep` prints when its two vCPUs saw each other's
+/// every write.
+const LOCKSTEP_LINES: &[&str] = &[
+    "[vm 0] smp lockstep: xadd turn 400, mismatches 0 0",
+    "[vm 0] smp lockstep: cmpxchg token 400",
+    "[vm 0] smp lockstep: sum 200000",
+    "[vm 0] smp lockstep: done",
+    "vm 0 (pc_smp_lockstep): guest powered off",
+];
+
+#[test]
+#[ignore = "boots the bare-metal host in QEMU: run through cargo xtask test"]
+fn two_vcpus_on_two_host_cpus_see_each_others_writes() {
+    // The lock-step guest with its vCPUs truly at once on two host CPUs:
+    // LOCK XADD and CMPXCHG on shared guest memory from two physical
+    // CPUs, 2 x 100,000 locked additions, none lost.
+    let guests = named_guests(&env_path("VMM_TEST_GUESTS"), &["pc_smp_lockstep"]);
+    let (outcome, console, _) = boot("cpu=svm guest_mem=16M cpus=2", &guests, 256, 2);
+    assert!(
+        console.contains("vmm: VM 0's vCPUs are spread over host CPUs: vCPU 0 on 0, vCPU 1 on 1"),
+        "{console}"
+    );
+    for line in LOCKSTEP_LINES {
+        assert!(console.contains(line), "missing '{line}' in:\n{console}");
+    }
+    let turns = turns_by_cpu(&console);
+    assert!(turns.iter().all(|&n| n > 0), "{turns:?}\n{console}");
+    assert_eq!(outcome, Outcome::Success, "{console}");
+}
+
+#[test]
+#[ignore = "boots the bare-metal host in Bochs (minutes): run through cargo xtask test --slow"]
+fn slow_vmx_runs_two_vcpus_of_one_pc_on_two_host_cpus() {
+    // The same under VMX: each host CPU makes the VMCS of its vCPU and
+    // enters it with the PC let go.
+    let guests = named_guests(&env_path("VMM_TEST_GUESTS"), &["pc_smp_lockstep"]);
+    let run = xtask::bochs::boot_and_capture_with(
+        &env_path("VMM_TEST_KERNEL"),
+        "cpu=vmx guest_mem=16M cpus=2",
+        &guests,
+        256,
+        Duration::from_secs(1800),
+        &xtask::bochs::cpu_count_config(2),
+    )
+    .unwrap();
+    let console = &run.console;
+    println!(
+        "pc_smp_lockstep, 2 vCPUs on 2 Bochs CPUs under VMX: {:.1} s",
+        run.elapsed.as_secs_f64()
+    );
+    assert!(console.contains("VMX enabled: EPT"), "{console}");
+    assert!(
+        console.contains("vmm: VM 0's vCPUs are spread over host CPUs: vCPU 0 on 0, vCPU 1 on 1"),
+        "{console}"
+    );
+    for line in LOCKSTEP_LINES {
+        assert!(console.contains(line), "missing '{line}' in:\n{console}");
+    }
+    let turns = turns_by_cpu(console);
+    assert!(turns.iter().all(|&n| n > 0), "{turns:?}\n{console}");
+    assert_eq!(run.outcome, Outcome::Success, "{console}");
 }
 
 /// `vmm: N of M VM turns began while another host CPU ran one`: (N, M).

@@ -16,6 +16,11 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 /// The vector of the host timer interrupt.
 pub const TIMER_VECTOR: u8 = 0x20;
+/// The vector another host CPU kicks this one with (a reserved host
+/// vector): a vCPU of a PC spread over host CPUs has something new
+/// waiting (an interrupt, an IPI, INIT), so the CPU that runs it leaves
+/// the guest, or its halt, and looks (see `super::spread`).
+pub const KICK_VECTOR: u8 = 0xf0;
 /// The vector of spurious local APIC interrupts.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
@@ -120,6 +125,18 @@ pub fn send_start_ipi(apic_id: u32, startup: Option<u8>) -> Result<(), IpiTimeou
     Ok(())
 }
 
+/// Kicks taken by this host's CPUs (all of them).
+pub static KICKS: AtomicU64 = AtomicU64::new(0);
+
+/// Send [`KICK_VECTOR`] to the CPU with APIC ID `apic_id` (fixed, edge,
+/// physical destination). It is not waited for: a kick that finds its CPU
+/// still in the interrupt of the last one is merged with it, which is all
+/// a kick needs (the CPU looks at everything when it takes it).
+pub fn kick(apic_id: u32) {
+    write(REG_ICR_HIGH, (apic_id & 0xff) << 24);
+    write(REG_ICR_LOW, u32::from(KICK_VECTOR));
+}
+
 /// Make the timer fire at `deadline_ns` (a `time::now_ns` value), or
 /// [`MAX_WAIT_NS`] from now if that is sooner or there is no deadline.
 /// Re-arming for the moment it is already armed for costs nothing.
@@ -148,5 +165,13 @@ pub fn arm(deadline_ns: Option<u64>) {
 extern "C" fn host_timer_interrupt() {
     TICKS.fetch_add(1, Ordering::Relaxed);
     ARMED_FOR[super::smp::current()].store(0, Ordering::Relaxed);
+    write(REG_EOI, 0);
+}
+
+/// Called by the kick interrupt stub: count and acknowledge (what the kick
+/// is for is looked at by the interrupted scheduler, see `super::spread`).
+#[no_mangle]
+extern "C" fn host_kick_interrupt() {
+    KICKS.fetch_add(1, Ordering::Relaxed);
     write(REG_EOI, 0);
 }

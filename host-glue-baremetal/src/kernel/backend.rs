@@ -11,10 +11,12 @@ use vmm_core::emulator::{CpuState, Segment, SegmentRegister};
 use vmm_core::host::Host;
 use vmm_core::host_debug::{DebugStop, HostDebug};
 use vmm_core::shadow_paging::{ShadowConfig, ShadowStats};
-use vmm_core::svm::{Svm, SvmVcpu};
-use vmm_core::vcpu::{self, ArchState, InterruptSource, MsrFile, RunOutcome, Slice};
+use vmm_core::svm::{Svm, SvmEntry, SvmVcpu};
+use vmm_core::vcpu::{
+    self, ArchState, Exit, InterruptSource, MsrFile, Prepared, RunOutcome, Slice, SplitEntry, Turn,
+};
 use vmm_core::vm::Vm;
-use vmm_core::vmx::{Vmx, VmxVcpu};
+use vmm_core::vmx::{Vmx, VmxEntry, VmxVcpu};
 use vmm_devices::pc::Pc;
 
 /// Virtualization switched on for this CPU.
@@ -120,6 +122,14 @@ impl Backend {
     }
 }
 
+/// One guest entry of either backend, begun and not yet ended.
+pub enum Entry {
+    /// On SVM.
+    Svm(SvmEntry),
+    /// On VMX.
+    Vmx(VmxEntry),
+}
+
 /// A vCPU of either backend.
 pub enum Vcpu {
     /// On SVM.
@@ -149,6 +159,87 @@ impl Vcpu {
             Vcpu::Svm(v) => pc.run_vcpu(index, v.as_mut(), slice),
             Vcpu::Vmx(v) => pc.run_vcpu(index, v.as_mut(), slice),
         }
+    }
+
+    /// The first half of vCPU `index`'s exit loop in `pc`
+    /// ([`Pc::prepare_vcpu`]), for a host CPU that runs one of a PC's
+    /// vCPUs while others run elsewhere.
+    pub fn prepare_pc(&mut self, pc: &mut Pc, index: usize, turn: &mut Turn) -> Prepared {
+        match self {
+            Vcpu::Svm(v) => pc.prepare_vcpu(index, v.as_mut(), turn),
+            Vcpu::Vmx(v) => pc.prepare_vcpu(index, v.as_mut(), turn),
+        }
+    }
+
+    /// The second half: handle `exit` ([`Pc::handle_vcpu_exit`]).
+    pub fn handle_pc_exit(
+        &mut self,
+        pc: &mut Pc,
+        index: usize,
+        turn: &mut Turn,
+        exit: Exit,
+    ) -> Option<RunOutcome> {
+        match self {
+            Vcpu::Svm(v) => pc.handle_vcpu_exit(index, v.as_mut(), turn, exit),
+            Vcpu::Vmx(v) => pc.handle_vcpu_exit(index, v.as_mut(), turn, exit),
+        }
+    }
+
+    /// Set up a guest entry ([`SplitEntry::begin_entry`]): needs the VM.
+    pub fn begin_entry(&mut self, vm: &mut Vm, first: bool) -> Result<Entry, Exit> {
+        match self {
+            Vcpu::Svm(v) => v.begin_entry(vm, first).map(Entry::Svm),
+            Vcpu::Vmx(v) => v.begin_entry(vm, first).map(Entry::Vmx),
+        }
+    }
+
+    /// The hardware entry alone ([`SplitEntry::enter`]): needs no VM, so
+    /// the caller holds no lock across it.
+    pub fn enter(&mut self, entry: &mut Entry) {
+        match (self, entry) {
+            (Vcpu::Svm(v), Entry::Svm(e)) => v.enter(e),
+            (Vcpu::Vmx(v), Entry::Vmx(e)) => v.enter(e),
+            // An entry begun by the other kind of vCPU: not entered
+            // (`end_entry` reports it).
+            _ => {}
+        }
+    }
+
+    /// After the exit ([`SplitEntry::end_entry`]): `None` to enter again.
+    pub fn end_entry(&mut self, vm: &mut Vm, entry: Entry) -> Option<Exit> {
+        match (self, entry) {
+            (Vcpu::Svm(v), Entry::Svm(e)) => v.end_entry(vm, e),
+            (Vcpu::Vmx(v), Entry::Vmx(e)) => v.end_entry(vm, e),
+            _ => Some(Exit::Error(vmm_core::vcpu::ExitError::EntryFailed {
+                detail: String::from("an entry of the other backend"),
+            })),
+        }
+    }
+
+    /// Exits handled inside the backend in a row before a run ends.
+    pub fn max_internal_exits(&self) -> u32 {
+        match self {
+            Vcpu::Svm(_) => <SvmVcpu as SplitEntry>::MAX_INTERNAL_EXITS,
+            Vcpu::Vmx(_) => <VmxVcpu as SplitEntry>::MAX_INTERNAL_EXITS,
+        }
+    }
+
+    /// The offset this vCPU adds to the host's TSC.
+    pub fn tsc_offset(&self) -> u64 {
+        use vmm_core::vcpu::VcpuBackend;
+        match self {
+            Vcpu::Svm(v) => v.tsc_offset(),
+            Vcpu::Vmx(v) => v.tsc_offset(),
+        }
+    }
+
+    /// Set that offset (the siblings of a PC share the first one's).
+    pub fn set_tsc_offset(&mut self, offset: u64) {
+        use vmm_core::vcpu::VcpuBackend;
+        match self {
+            Vcpu::Svm(v) => v.set_tsc_offset(offset),
+            Vcpu::Vmx(v) => v.set_tsc_offset(offset),
+        };
     }
 
     /// Give this vCPU the TSC offset of `other`, so both read the same TSC

@@ -1,6 +1,7 @@
 //! The host's IDT: every CPU exception prints the registers and a
 //! frame-pointer backtrace on the console and ends the run as a failure;
-//! the host timer (vector 0x20) is counted and acknowledged. Guests'
+//! the host timer (vector 0x20) and another host CPU's kick (0xf0) are
+//! counted and acknowledged. Guests'
 //! interrupts are virtual and never come through here.
 
 use super::qemu::{self, ExitCode};
@@ -38,6 +39,30 @@ isr_timer:
     push r10
     push r11
     call host_timer_interrupt
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+    // A kick from another host CPU (apic::KICK_VECTOR): the same, with
+    // its own counter.
+    .global isr_kick
+isr_kick:
+    push rax
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    call host_kick_interrupt
     pop r11
     pop r10
     pop r9
@@ -113,6 +138,7 @@ pub struct TrapFrame {
 extern "C" {
     static isr_table: [u64; 32];
     fn isr_timer();
+    fn isr_kick();
     fn isr_spurious();
 }
 
@@ -190,6 +216,7 @@ pub fn init() {
             *entry = gate(unsafe { isr_table[i] });
         }
         idt[usize::from(super::apic::TIMER_VECTOR)] = gate(isr_timer as *const () as u64);
+        idt[usize::from(super::apic::KICK_VECTOR)] = gate(isr_kick as *const () as u64);
         idt[usize::from(super::apic::SPURIOUS_VECTOR)] = gate(isr_spurious as *const () as u64);
         // The 8259s as a passed-through device's interrupts reach the host
         // (see `passthrough`): the master's lines (masked; a spurious IRQ 7

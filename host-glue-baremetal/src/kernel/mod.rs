@@ -19,6 +19,7 @@ mod qemu;
 #[macro_use]
 pub mod serial;
 mod smp;
+mod spread;
 mod time;
 
 use alloc::boxed::Box;
@@ -345,7 +346,8 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         // The CPU that runs the VM makes its vCPUs (a VMX vCPU's VMCS is
         // loaded on, and holds the host state of, the CPU that made it).
         let host_cpu = placement.cpu_of(i as usize);
-        let vcpus = if host_cpu == 0 {
+        // A spread PC's vCPUs are made by the CPUs that run them.
+        let vcpus = if host_cpu == 0 && !placement.spreads(&machine) {
             make_vcpus(&machine, &backend, config, i)
         } else {
             Vec::new()
@@ -398,12 +400,25 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     // VMs placed on other CPUs go there, with their vCPUs made and run
     // by that CPU; their `Guest`s come back when they all stopped.
     let returned: Arc<spin::Mutex<Vec<(usize, Guest<'static>)>>> = Arc::default();
-    let (guests_away, mut guests) = placement.dispatch(config, guests, &returned);
+    let Dispatched {
+        away: guests_away,
+        mine: mut guests,
+        mut tasks,
+        spread,
+    } = placement.dispatch(config, guests, &returned, &backend);
 
     // Round-robin time slices of 10 ms (or 10000 exits) until every VM stops.
     // At loglevel=debug a heartbeat shows where each VM is once a second.
     let mut next_heartbeat = time::now_ns() + 1_000_000_000;
-    while guests.iter().any(Guest::runs) {
+    while guests.iter().any(Guest::runs) || !tasks.is_empty() {
+        // This CPU's share of the spread PCs' vCPUs; with nothing else
+        // to run and all of them asleep, halt until kicked.
+        if !tasks.is_empty() {
+            let others = guests.iter().filter(|g| g.runs()).count();
+            if !spread::run_tasks(&mut tasks, others) && others == 0 {
+                spread::idle(&tasks);
+            }
+        }
         if let Some(watch) = &fork_watch {
             if watch.seen.load(core::sync::atomic::Ordering::Acquire)
                 && guests.first().is_some_and(Guest::runs)
@@ -498,9 +513,38 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         guests = all.into_iter().map(|(_, g)| g).collect();
     }
 
+    // The spread PCs, once every CPU let go of them.
+    if !spread.is_empty() {
+        let mut all: Vec<(usize, Guest<'static>)> = guests
+            .drain(..)
+            .map(|g| (g.machine.vm().id().0 as usize, g))
+            .collect();
+        for (i, pc) in spread {
+            let mut pc = pc;
+            let whole = loop {
+                if pc.finished() {
+                    match Arc::try_unwrap(pc) {
+                        Ok(whole) => break whole,
+                        Err(back) => pc = back,
+                    }
+                }
+                smp::nap();
+            };
+            all.push((i, whole.into_guest()));
+        }
+        all.sort_by_key(|(i, _)| *i);
+        guests = all.into_iter().map(|(_, g)| g).collect();
+    }
+
     if smp::online() > 1 {
         let (shared, all) = smp::turn_counts();
         kprintln!("vmm: {shared} of {all} VM turns began while another host CPU ran one");
+        let by_cpu: Vec<String> = smp::turns_by_cpu()
+            .iter()
+            .enumerate()
+            .map(|(cpu, n)| alloc::format!("CPU {cpu}: {n}"))
+            .collect();
+        kprintln!("vmm: VM turns by host CPU: {}", by_cpu.join(", "));
     }
 
     let mut all_well = true;
@@ -778,8 +822,19 @@ fn make_vcpus_for(
 /// ([`turn`]), until every one stopped. (The bootstrap processor's loop in
 /// `kmain` does the same and serves gdb, clones and a passed-through
 /// device besides, which keep every VM on it.)
-fn run_alone(list: &mut [(usize, Guest<'static>)], config: &Config, backend: &backend::Backend) {
-    while list.iter().any(|(_, g)| g.runs()) {
+fn run_alone(
+    list: &mut [(usize, Guest<'static>)],
+    tasks: &mut Vec<spread::Task>,
+    config: &Config,
+    backend: &backend::Backend,
+) {
+    while list.iter().any(|(_, g)| g.runs()) || !tasks.is_empty() {
+        if !tasks.is_empty() {
+            let others = list.iter().filter(|(_, g)| g.runs()).count();
+            if !spread::run_tasks(tasks, others) && others == 0 {
+                spread::idle(tasks);
+            }
+        }
         for (_, g) in list.iter_mut().filter(|(_, g)| g.runs()) {
             if let RunOutcome::Stopped(reason) = turn(g, config, backend) {
                 log::info!(
@@ -795,18 +850,37 @@ fn run_alone(list: &mut [(usize, Guest<'static>)], config: &Config, backend: &ba
 
 /// Which host CPU runs which VM: VM i on CPU i mod the CPUs that run, when
 /// the VMs share nothing that needs them on one CPU; else all on CPU 0.
+///
+/// A PC with several vCPUs is spread ([`spread`]): vCPU j of VM i runs on
+/// host CPU (i + j) mod N, N the CPUs that run, when the host has more
+/// than one CPU and nothing keeps the PC's turns whole: nested paging
+/// (one shadow pager per VM serves one CPU), and none of what the host
+/// does between a VM's turns on CPU 0 (`gdb=`, `clones=`, `shm=`,
+/// `passthrough=`, `keys=`, `screen_lines=`, `screenshot=steady`,
+/// `state_roundtrip=`).
 struct Placement {
-    /// How many CPUs take VMs.
+    /// How many CPUs take whole VMs.
     cpus: usize,
+    /// How many CPUs take a spread PC's vCPUs (0: no PC is spread).
+    spread_cpus: usize,
+}
+
+/// What [`Placement::dispatch`] leaves the bootstrap processor.
+struct Dispatched {
+    /// Whole VMs sent to other CPUs (they come back into `returned`).
+    away: usize,
+    /// The whole VMs CPU 0 runs.
+    mine: Vec<Guest<'static>>,
+    /// CPU 0's vCPUs of spread PCs.
+    tasks: Vec<spread::Task>,
+    /// The spread PCs, by VM index.
+    spread: Vec<(usize, Arc<spread::SpreadPc>)>,
 }
 
 impl Placement {
     fn new(config: &Config) -> Self {
         let online = smp::online();
-        // What keeps every VM on the bootstrap processor.
-        let single = if config.vms < 2 || online < 2 {
-            None
-        } else if config.shm.is_some() {
+        let shared_host = if config.shm.is_some() {
             // The VMM borrows a region's bytes for one access at a time
             // (host::RegionView), which is only sound while one CPU runs
             // every VM that shares it.
@@ -820,67 +894,152 @@ impl Placement {
         } else {
             None
         };
+        // What keeps every VM on the bootstrap processor.
+        let single = if config.vms < 2 || online < 2 {
+            None
+        } else {
+            shared_host
+        };
+        let between_turns = !config.keys.is_empty()
+            || config.screen_lines
+            || config.screenshot == When::Steady
+            || config.state_roundtrip > 0;
+        let spread = online > 1
+            && config.cpus > 1
+            && shared_host.is_none()
+            && !between_turns
+            && config.paging == PagingChoice::Nested;
+        let spread_cpus = if spread { online } else { 0 };
         if let Some(why) = single {
             kprintln!("vmm: every VM runs on host CPU 0: {why}");
-            return Self { cpus: 1 };
+            return Self {
+                cpus: 1,
+                spread_cpus: 0,
+            };
         }
         Self {
             cpus: online.min(config.vms as usize).max(1),
+            spread_cpus,
         }
     }
 
-    /// The CPU that runs VM `i`.
+    /// The CPU that runs VM `i` (a spread PC's first vCPU).
     fn cpu_of(&self, i: usize) -> usize {
-        i % self.cpus
+        if self.spread_cpus > 0 {
+            i % self.spread_cpus
+        } else {
+            i % self.cpus
+        }
     }
 
-    /// Post each application processor its VMs (it makes their vCPUs and
-    /// runs them until all stopped, then hands them back into `returned`);
-    /// returns how many went away and the bootstrap processor's own, by
-    /// their VM index. Idle CPUs are told to halt.
+    /// Whether `machine` is spread over host CPUs (a PC with several
+    /// vCPUs, when this placement spreads).
+    fn spreads(&self, machine: &Machine) -> bool {
+        self.spread_cpus > 1 && matches!(machine, Machine::Pc(pc) if pc.cpus() > 1)
+    }
+
+    /// Post each application processor its VMs and vCPUs (it makes the
+    /// vCPUs and runs them until all stopped, then hands whole VMs back
+    /// into `returned`); returns what the bootstrap processor runs itself
+    /// (its vCPUs made with `backend`). Idle CPUs are told to halt.
     fn dispatch(
         &self,
         config: &'static Config,
         guests: Vec<Guest<'static>>,
         returned: &Arc<spin::Mutex<Vec<(usize, Guest<'static>)>>>,
-    ) -> (usize, Vec<Guest<'static>>) {
-        if self.cpus > 1 {
-            let mut per_cpu: Vec<Vec<(usize, Guest<'static>)>> =
-                (0..self.cpus).map(|_| Vec::new()).collect();
-            for (i, g) in guests.into_iter().enumerate() {
-                kprintln!(
-                    "vmm: VM {i} runs on host CPU {} (APIC id {})",
-                    self.cpu_of(i),
-                    smp::apic_id(self.cpu_of(i))
-                );
-                per_cpu[self.cpu_of(i)].push((i, g));
-            }
-            let mut away = 0;
-            let mut mine = Vec::new();
-            for (cpu, list) in per_cpu.into_iter().enumerate() {
-                if cpu == 0 {
-                    mine = list.into_iter().map(|(_, g)| g).collect();
-                    continue;
-                }
-                away += list.len();
-                let back = returned.clone();
-                smp::post(
-                    cpu,
-                    Box::new(move |backend: &backend::Backend| {
-                        let mut list = list;
-                        for (i, g) in &mut list {
-                            g.vcpus = make_vcpus(&g.machine, backend, config, *i as u32);
-                        }
-                        run_alone(&mut list, config, backend);
-                        back.lock().extend(list);
-                    }),
-                );
-            }
+        backend: &backend::Backend,
+    ) -> Dispatched {
+        let cpus = self.cpus.max(self.spread_cpus);
+        if cpus <= 1 {
             smp::retire_idle();
-            return (away, mine);
+            return Dispatched {
+                away: 0,
+                mine: guests,
+                tasks: Vec::new(),
+                spread: Vec::new(),
+            };
+        }
+        let mut per_cpu: Vec<Vec<(usize, Guest<'static>)>> =
+            (0..cpus).map(|_| Vec::new()).collect();
+        let mut vcpus_of: Vec<Vec<(Arc<spread::SpreadPc>, usize, u32)>> =
+            (0..cpus).map(|_| Vec::new()).collect();
+        let mut spread = Vec::new();
+        for (i, g) in guests.into_iter().enumerate() {
+            let first = self.cpu_of(i);
+            if self.spreads(&g.machine) {
+                match spread::SpreadPc::new(g, first, cpus) {
+                    Ok(pc) => {
+                        let pc = Arc::new(pc);
+                        let placed = pc.host_cpus();
+                        let list: Vec<String> = placed
+                            .iter()
+                            .enumerate()
+                            .map(|(j, c)| alloc::format!("vCPU {j} on {c}"))
+                            .collect();
+                        kprintln!(
+                            "vmm: VM {i}'s vCPUs are spread over host CPUs: {}",
+                            list.join(", ")
+                        );
+                        for (j, c) in placed.into_iter().enumerate() {
+                            let id = i as u32 * config.cpus + j as u32 + 1;
+                            vcpus_of[c].push((pc.clone(), j, id));
+                        }
+                        spread.push((i, pc));
+                        continue;
+                    }
+                    Err(g) => per_cpu[first].push((i, *g)),
+                }
+            } else {
+                per_cpu[first].push((i, g));
+            }
+            kprintln!(
+                "vmm: VM {i} runs on host CPU {first} (APIC id {})",
+                smp::apic_id(first)
+            );
+        }
+        let make_tasks = |list: Vec<(Arc<spread::SpreadPc>, usize, u32)>,
+                          backend: &backend::Backend| {
+            list.into_iter()
+                .map(|(pc, j, id)| {
+                    spread::Task::new(pc, j, backend, id)
+                        .unwrap_or_else(|e| fail(format_args!("vCPU {j}: {e}")))
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut away = 0;
+        let mut mine = Vec::new();
+        let mut tasks = Vec::new();
+        for (cpu, (list, vcpus)) in per_cpu.into_iter().zip(vcpus_of).enumerate() {
+            if cpu == 0 {
+                mine = list.into_iter().map(|(_, g)| g).collect();
+                tasks = make_tasks(vcpus, backend);
+                continue;
+            }
+            if list.is_empty() && vcpus.is_empty() {
+                continue;
+            }
+            away += list.len();
+            let back = returned.clone();
+            smp::post(
+                cpu,
+                Box::new(move |backend: &backend::Backend| {
+                    let mut list = list;
+                    for (i, g) in &mut list {
+                        g.vcpus = make_vcpus(&g.machine, backend, config, *i as u32);
+                    }
+                    let mut tasks = make_tasks(vcpus, backend);
+                    run_alone(&mut list, &mut tasks, config, backend);
+                    back.lock().extend(list);
+                }),
+            );
         }
         smp::retire_idle();
-        (0, guests)
+        Dispatched {
+            away,
+            mine,
+            tasks,
+            spread,
+        }
     }
 }
 

@@ -423,6 +423,9 @@ fn halt_forever() -> ! {
 static IN_TURN: AtomicUsize = AtomicUsize::new(0);
 /// VM turns taken on all CPUs.
 static TURNS: AtomicU64 = AtomicU64::new(0);
+/// VM turns taken on each CPU (a turn of a whole VM, or of one vCPU of a
+/// PC spread over host CPUs).
+static TURNS_BY_CPU: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// VM turns that began while another CPU was in one.
 static SHARED_TURNS: AtomicU64 = AtomicU64::new(0);
 
@@ -436,6 +439,7 @@ impl TurnGuard {
     pub fn enter() -> Self {
         let others = IN_TURN.fetch_add(1, Ordering::AcqRel);
         TURNS.fetch_add(1, Ordering::Relaxed);
+        TURNS_BY_CPU[current()].fetch_add(1, Ordering::Relaxed);
         if others > 0 {
             SHARED_TURNS.fetch_add(1, Ordering::Relaxed);
         }
@@ -455,6 +459,13 @@ pub fn turn_counts() -> (u64, u64) {
         SHARED_TURNS.load(Ordering::Relaxed),
         TURNS.load(Ordering::Relaxed),
     )
+}
+
+/// VM turns taken on each CPU that runs, by CPU number.
+pub fn turns_by_cpu() -> Vec<u64> {
+    (0..online())
+        .map(|i| TURNS_BY_CPU[i].load(Ordering::Relaxed))
+        .collect()
 }
 
 /// The CPUs that run, as `N (APIC ids a, b, ...)`, for the log.

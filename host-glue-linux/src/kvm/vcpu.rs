@@ -627,7 +627,7 @@ impl KvmVcpu {
     /// After an exit, with the machine held again: the port writes KVM
     /// buffered go to the devices, and the exit becomes the exit loop's.
     /// An instruction the backend carried out for KVM (see
-    /// [`super::iret`]) is reported as an external interrupt: nothing to
+    /// `super::iret`) is reported as an external interrupt: nothing to
     /// do but enter again.
     pub fn after_exit(&mut self, vm: &mut Vm, entered: Entered) -> Exit {
         let raw = entered.0;

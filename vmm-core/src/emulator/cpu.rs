@@ -4,7 +4,7 @@
 
 use super::decode_cache::DecodeCache;
 use super::translation_cache::TranslationCache;
-use crate::paging::{ControlRegisters, CR0_PE, EFER_LMA};
+use crate::paging::{ControlRegisters, TracedEntry, CR0_PE, EFER_LMA};
 
 /// RFLAGS.CF.
 pub const RFLAGS_CF: u64 = 1 << 0;
@@ -474,6 +474,15 @@ pub trait GuestBus {
     fn read_table_entry(&mut self, gpa: u64, wide: bool) -> Option<u64> {
         let _ = (gpa, wide);
         None
+    }
+    /// Whether every paging-structure entry of `path` still holds its
+    /// value, each read as [`GuestBus::read_table_entry`] reads it (an
+    /// entry it cannot read holds nothing). The default asks for the
+    /// entries one by one; a bus that can read several in one lookup
+    /// overrides it.
+    fn table_entries_hold(&mut self, path: &[TracedEntry]) -> bool {
+        path.iter()
+            .all(|e| self.read_table_entry(e.gpa, e.wide) == Some(e.value))
     }
     /// Complete a locked read-modify-write at `gpa` whose read returned
     /// `old`: store `new` if the bytes there still equal `old` and return

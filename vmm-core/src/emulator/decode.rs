@@ -18,6 +18,20 @@ pub(crate) struct Decoded {
     pub bytes: InstructionBytes,
     /// The effective address size in bits (16, 32 or 64).
     pub address_size: u32,
+    /// The number of the operand an access hint may stand for (see
+    /// `hints::hintable_operand`), worked out once per decode.
+    pub hint_operand: Option<u32>,
+}
+
+impl Decoded {
+    fn new(instr: Instruction, bytes: &[u8], bitness: u32) -> Self {
+        Self {
+            hint_operand: super::hints::hintable_operand(&instr),
+            instr,
+            bytes: InstructionBytes::new(bytes),
+            address_size: address_size(bitness, bytes),
+        }
+    }
 }
 
 /// The address size selected by the mode and an address-size prefix.
@@ -63,11 +77,7 @@ pub(crate) fn decode_given(
     Ok(try_decode(bitness, bytes, rip)?.map(|instr| {
         let len = instr.len().min(bytes.len());
         let taken = bytes.get(..len).unwrap_or(bytes);
-        Decoded {
-            instr,
-            bytes: InstructionBytes::new(taken),
-            address_size: address_size(bitness, taken),
-        }
+        Decoded::new(instr, taken, bitness)
     }))
 }
 
@@ -108,11 +118,7 @@ pub(crate) fn fetch<S: CpuState, B: GuestBus>(
         if let Some(instr) = try_decode(bitness, bytes, rip)? {
             let len = instr.len().min(have);
             let taken = &buf[..len];
-            let d = Decoded {
-                instr,
-                bytes: InstructionBytes::new(taken),
-                address_size: address_size(bitness, taken),
-            };
+            let d = Decoded::new(instr, taken, bitness);
             if len <= in_page {
                 if let Some(cache) = ctx.state.decode_cache() {
                     cache.insert(bitness, rip, &d);

@@ -19,7 +19,7 @@ use super::decode::Decoded;
 use super::error::InstructionBytes;
 use super::operand::Operand;
 use crate::paging::{AccessKind, PAGE_SIZE};
-use iced_x86::{Mnemonic, OpKind};
+use iced_x86::{Instruction, Mnemonic, OpKind};
 
 /// What the hardware reported with the exit, for
 /// [`super::Emulator::emulate_hinted`]. The default says nothing.
@@ -50,6 +50,52 @@ pub struct AccessHint {
     pub linear: Option<u64>,
 }
 
+/// The number of `i`'s only memory operand when an access hint can stand
+/// for it: the instruction's one explicit memory operand, every other
+/// operand a register or an immediate, and no other memory access
+/// (`None` for pushes, pops, calls and returns, which touch the stack,
+/// for strings, and for bit tests, whose register offset moves the
+/// address outside the operand). A function of the instruction alone,
+/// kept with its decode.
+pub(crate) fn hintable_operand(i: &Instruction) -> Option<u32> {
+    if matches!(
+        i.mnemonic(),
+        Mnemonic::Push
+            | Mnemonic::Pop
+            | Mnemonic::Pusha
+            | Mnemonic::Pushad
+            | Mnemonic::Popa
+            | Mnemonic::Popad
+            | Mnemonic::Bt
+            | Mnemonic::Bts
+            | Mnemonic::Btr
+            | Mnemonic::Btc
+            | Mnemonic::Call
+            | Mnemonic::Ret
+            | Mnemonic::Retf
+    ) {
+        return None;
+    }
+    let mut memory = (0..i.op_count()).filter(|&n| i.op_kind(n) != OpKind::Register);
+    let n = memory.next()?;
+    // Any other non-register operand (an immediate is fine, a string
+    // or second memory operand is not).
+    let only_immediates = memory.all(|m| {
+        matches!(
+            i.op_kind(m),
+            OpKind::Immediate8
+                | OpKind::Immediate16
+                | OpKind::Immediate32
+                | OpKind::Immediate64
+                | OpKind::Immediate8to16
+                | OpKind::Immediate8to32
+                | OpKind::Immediate8to64
+                | OpKind::Immediate32to64
+        )
+    });
+    (i.op_kind(n) == OpKind::Memory && only_immediates).then_some(n)
+}
+
 impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
     /// Enter the translation `hint` stands for into this instruction's
     /// TLB, if it fits the decoded instruction `d`: exactly one memory
@@ -73,49 +119,7 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
     /// operand's number and the operand, or `None` if the hint does not
     /// fit.
     fn hinted_page(&self, d: &Decoded, hint: &AccessHint) -> Option<(u64, u32, Operand)> {
-        let i = &d.instr;
-        // Instructions whose memory accesses are not (only) the explicit
-        // operand's: the stack (pushes, pops, calls and returns), strings,
-        // and bit tests whose register offset moves the address outside the
-        // operand.
-        if matches!(
-            i.mnemonic(),
-            Mnemonic::Push
-                | Mnemonic::Pop
-                | Mnemonic::Pusha
-                | Mnemonic::Pushad
-                | Mnemonic::Popa
-                | Mnemonic::Popad
-                | Mnemonic::Bt
-                | Mnemonic::Bts
-                | Mnemonic::Btr
-                | Mnemonic::Btc
-                | Mnemonic::Call
-                | Mnemonic::Ret
-                | Mnemonic::Retf
-        ) {
-            return None;
-        }
-        let mut memory = (0..i.op_count()).filter(|&n| i.op_kind(n) != OpKind::Register);
-        let n = memory.next()?;
-        // Any other non-register operand (an immediate is fine, a string
-        // or second memory operand is not).
-        let only_immediates = memory.all(|m| {
-            matches!(
-                i.op_kind(m),
-                OpKind::Immediate8
-                    | OpKind::Immediate16
-                    | OpKind::Immediate32
-                    | OpKind::Immediate64
-                    | OpKind::Immediate8to16
-                    | OpKind::Immediate8to32
-                    | OpKind::Immediate8to64
-                    | OpKind::Immediate32to64
-            )
-        });
-        if i.op_kind(n) != OpKind::Memory || !only_immediates {
-            return None;
-        }
+        let n = d.hint_operand?;
         let operand = self.operand(d, n).ok()?;
         let Operand::Mem { seg, offset, size } = operand else {
             return None;

@@ -17,7 +17,8 @@
 //! nothing. So a hit gives exactly what a walk would give now, whatever
 //! the guest changed since: a remapped page, a cleared accessed bit, a new
 //! CR3 or paging mode. The entries are read through
-//! [`GuestBus::read_table_entry`], which reads memory alone (RAM, ROM): a
+//! [`GuestBus::table_entries_hold`] (as [`GuestBus::read_table_entry`]
+//! reads them), which reads memory alone (RAM, ROM): a
 //! walk whose tables lie in a device's range, or that the memory map no
 //! longer has as memory, is dropped without touching a device, so the
 //! cache never adds a device access. What it saves is the walker's
@@ -128,11 +129,9 @@ impl TranslationCache {
             .find(|w| w.as_ref().is_some_and(|w| w.key == key))?;
         let walk = slot.as_ref()?;
         let path = walk.path.get(..usize::from(walk.len)).unwrap_or(&[]);
-        for e in path {
-            if bus.read_table_entry(e.gpa, e.wide) != Some(e.value) {
-                *slot = None;
-                return None;
-            }
+        if !bus.table_entries_hold(path) {
+            *slot = None;
+            return None;
         }
         let frame = walk.frame;
         self.hits += 1;

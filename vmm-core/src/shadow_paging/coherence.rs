@@ -49,6 +49,10 @@ struct Frame {
     count: u32,
     /// Emulated writes since the last walk through the frame.
     writes: u32,
+    /// A dependency above the last level (a directory entry, a large
+    /// page's) was recorded while the frame was tracked: it may not go out
+    /// of sync.
+    upper: bool,
 }
 
 /// The bit of `key` in its frame's bitmap: (word, bit).
@@ -119,6 +123,7 @@ impl Coherence {
     pub(super) fn add_dep(&mut self, entry_gpa: u64, leaf: Leaf) -> (bool, bool) {
         let frame = self.frames.entry(frame_of(entry_gpa)).or_default();
         frame.writes = 0;
+        frame.upper |= leaf.shift > 12;
         let list = self.deps.entry(entry_gpa).or_default();
         let new_key = list.is_empty();
         let mut newly_tracked = false;
@@ -136,6 +141,14 @@ impl Coherence {
     /// Whether the guest frame holding `gpa` is a tracked page-table page.
     pub(super) fn is_tracked(&self, gpa: u64) -> bool {
         self.frames.get(&frame_of(gpa)).is_some_and(|f| f.count > 0)
+    }
+
+    /// Whether the frame holding `gpa` is tracked and only ever held 4 KiB
+    /// leaf entries while tracked (see `unsync`).
+    pub(super) fn leaf_only(&self, gpa: u64) -> bool {
+        self.frames
+            .get(&frame_of(gpa))
+            .is_some_and(|f| f.count > 0 && !f.upper)
     }
 
     /// Number of tracked page-table frames.

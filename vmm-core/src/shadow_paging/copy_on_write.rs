@@ -16,6 +16,22 @@
 //!
 //! No shadow leaf ever maps a shared frame writable, so a write never
 //! reaches another VM's memory.
+//!
+//! With the rest of the pager:
+//! - A leaf page table goes out of sync (`unsync`) only once it is the
+//!   VM's own: the write fault that would let it copies a shared page
+//!   first, and a frame still shared is never let out of sync (its write
+//!   is emulated). A frame out of sync is therefore never copied again
+//!   (only shared pages are); and its copy, like every dependency record,
+//!   is kept by guest-physical address, which a copy leaves unchanged
+//!   (the bytes are the same at the copy), so nothing needs to follow the
+//!   new frame but the leaves, which this module takes away.
+//! - Leaves inside a subtree shared between 4-level trees (`subtrees`)
+//!   are recorded under the subtree's serial number, and its slot notes
+//!   the frame (for its eviction), so the reverse map finds and removes
+//!   them there, for every tree that links it.
+//! - RAM that becomes shared moves the memory map's generation: the next
+//!   entry flushes every tree, out-of-sync tables included.
 
 use super::error::ShadowError;
 use super::ShadowPager;

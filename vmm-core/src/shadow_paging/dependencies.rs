@@ -6,6 +6,7 @@ use super::coherence::{self, Leaf};
 use super::guest_tables::WalkWrite;
 use super::table_pool::ENTRIES;
 use super::{ShadowPager, COMPACT_AT, PTE_A, PTE_D, PTE_P};
+use crate::memory::GuestMemory;
 use crate::paging::{PagingMode, TracedEntry};
 use alloc::vec::Vec;
 
@@ -77,10 +78,16 @@ impl ShadowPager {
     /// guest entry of `trace`, each for the range of addresses it covers;
     /// take writable mappings away from frames that just became page
     /// tables.
+    /// A 4-level tree's dependency on the guest's PML4 entry is the
+    /// tree's own; the ones below it belong to the subtree linked there.
+    ///
+    /// An entry in an out-of-sync frame is brought in sync first; a frame
+    /// a directory entry came from is brought back in sync whole (only
+    /// leaf tables stay out of sync).
     pub(super) fn record_deps(
         &mut self,
+        memory: &GuestMemory,
         slot: usize,
-        serial: u32,
         mode: PagingMode,
         trace: &[TracedEntry],
         linear: u64,
@@ -90,9 +97,29 @@ impl ShadowPager {
             PagingMode::Pae => (30, 9),
             _ => (39, 9),
         };
+        let tree = (
+            slot,
+            self.roots
+                .get(slot)
+                .and_then(Option::as_ref)
+                .map_or(0, |r| r.serial),
+        );
+        let below = if mode == PagingMode::Level4 {
+            self.owner(slot, linear)
+        } else {
+            tree
+        };
         let mut revoke = Vec::new();
         for (i, e) in trace.iter().enumerate() {
             let shift = top.saturating_sub(step * i as u32).max(12);
+            if self.unsync.contains(e.gpa) {
+                if shift == 12 {
+                    self.sync_entry(e.gpa, e.wide, e.value);
+                } else {
+                    self.resync_frame(memory, e.gpa);
+                }
+            }
+            let (owner, serial) = if i == 0 { tree } else { below };
             let dep = Leaf {
                 root: serial,
                 page: linear & !((1u64 << shift) - 1),
@@ -101,7 +128,7 @@ impl ShadowPager {
             let key = coherence::entry_key(e.gpa, e.wide);
             let (newly_tracked, added) = self.coherence.add_dep(key, dep);
             if added {
-                self.note_dep_key(slot, key);
+                self.note_dep_key(owner, key);
             }
             if newly_tracked {
                 revoke.extend(self.coherence.take_writable(e.gpa));
@@ -158,8 +185,9 @@ impl ShadowPager {
     /// The guest (through the emulator) wrote `[gpa, gpa + len)`: remove
     /// the shadow leaves that depended on entries there, and stop tracking
     /// a page-table page the guest keeps rewriting.
+    /// (A write to an out-of-sync frame is left to its resync.)
     pub fn guest_wrote(&mut self, gpa: u64, len: u64) {
-        if !self.coherence.is_tracked(gpa) {
+        if !self.coherence.is_tracked(gpa) || self.unsync.contains(gpa) {
             return;
         }
         let mut leaves = Vec::new();
@@ -177,6 +205,7 @@ impl ShadowPager {
     /// INVLPG: drop the current tree's leaf for `linear`.
     pub fn invlpg(&mut self, linear: u64) {
         self.stats.invlpgs += 1;
+        self.unsync.flush_requested();
         if let Some(slot) = self.current {
             let mask = self
                 .current_root()
@@ -202,12 +231,15 @@ impl ShadowPager {
         else {
             return;
         };
-        let Some((mut table, format)) = self.roots[slot].as_ref().map(|r| (r.top, r.format)) else {
+        let Some((mut table, format, top_shift)) = self.roots[slot]
+            .as_ref()
+            .map(|r| (r.top, r.format, r.top_shift()))
+        else {
             return;
         };
         let base = leaf.page & format.linear_mask();
         let shift = u32::from(leaf.shift);
-        let mut level_shift = format.top_shift();
+        let mut level_shift = top_shift;
         loop {
             let index = ((base >> level_shift) & 0x1ff) as usize;
             if shift >= level_shift {
@@ -220,7 +252,7 @@ impl ShadowPager {
                     }
                     if let Some(child) = self.pool.child(table, i) {
                         self.pool.clear_child(table, i);
-                        self.release_subtree(child);
+                        self.release_child(child);
                     }
                 }
                 return;

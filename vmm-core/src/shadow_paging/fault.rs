@@ -68,6 +68,7 @@ impl ShadowPager {
     ) -> Result<FaultOutcome, ShadowError> {
         self.stats.faults += 1;
         self.sync_generation(memory);
+        self.resync_if_flushed(memory);
         let key = RootKey::of(control);
         if self.current_root().map(|r| r.key) != Some(key) {
             self.activate(host, control)?;
@@ -168,27 +169,43 @@ impl ShadowPager {
                 self.stats.emulated_mmio += 1;
                 return Ok(emulate);
             }
-            let write = kind == AccessKind::Write && !tracked;
+            // A write copies a page still shared first, unless it is to a
+            // page table and will be emulated; a write that lets a leaf
+            // table go out of sync maps it writable, so it copies too (a
+            // writable leaf on a shared frame would let this VM write its
+            // siblings' memory).
+            let write = kind == AccessKind::Write && (!tracked || self.may_unsync(page));
             let (host_page, own) =
                 self.frame_for(memory, block, offset + (page - region.start), page, write)?;
             (host_page, region_writable && own, !own)
         };
 
+        // A 4-level tree links the subtree for the guest's PML4 entry
+        // first, so that the dependencies below go to it.
+        let top_entry = trace.entries().first().map_or(0, |e| e.value);
+        if key.mode == PagingMode::Level4 {
+            self.link_top(host, slot, linear, top_entry)?;
+        }
         // Record what this leaf depends on; a frame that just became a page
         // table loses its writable mappings everywhere.
-        let serial = self.roots[slot].as_ref().map_or(0, |r| r.serial);
-        let leaf = Leaf {
-            root: serial,
-            page: linear & !0xfff,
-            shift: 12,
-        };
-        self.record_deps(slot, serial, key.mode, trace.entries(), linear);
+        self.record_deps(memory, slot, key.mode, trace.entries(), linear);
 
-        let page_table = self.coherence.is_tracked(page);
+        let mut page_table = self.coherence.is_tracked(page);
         if kind == AccessKind::Write && page_table {
             // A write to one of the guest's page tables: fill read-only (so
-            // reads go on at full speed) and emulate the write.
+            // reads go on at full speed) and emulate the write; or, for a
+            // leaf table, let it go out of sync until the guest's next TLB
+            // flush and map it writable (see `unsync`).
             self.stats.page_table_writes += 1;
+            // Never for a frame still shared copy-on-write (it was copied
+            // above if it could go out of sync; if it is shared now, the
+            // write is emulated, which copies it).
+            if !shared && self.may_unsync(page) {
+                self.unsync_frame(memory, page);
+            }
+        }
+        if self.unsync.contains(page) && !shared {
+            page_table = false;
         }
         // With CR0.WP clear a supervisor write may go to a read-only page:
         // map it writable for the supervisor only; a user access refills.
@@ -210,18 +227,25 @@ impl ShadowPager {
         if !translation.executable {
             entry |= PTE_XD;
         }
-        let restarted = self.set_leaf(host, slot, linear, entry)?;
+        let restarted = self.set_leaf(host, slot, linear, entry, top_entry)?;
+        let (owner, serial) = self.owner(slot, linear);
+        let leaf = Leaf {
+            root: serial,
+            page: linear & !0xfff,
+            shift: 12,
+        };
+        debug_assert!(!(writable && shared), "a shared frame mapped writable");
         if writable && self.coherence.add_writable(page, leaf) {
-            self.note_mapped_frame(slot, page);
+            self.note_mapped_frame(owner, page);
         }
         if shared && self.coherence.add_shared(page, leaf) {
-            self.note_mapped_frame(slot, page);
+            self.note_mapped_frame(owner, page);
         }
         if restarted {
             // The tree was started over to make room, and with it went the
             // dependencies recorded above: record them again (which takes
             // the new leaf back if its frame is a page table after all).
-            self.record_deps(slot, serial, key.mode, trace.entries(), linear);
+            self.record_deps(memory, slot, key.mode, trace.entries(), linear);
         }
         self.stats.fills += 1;
         if kind == AccessKind::Write && page_table {

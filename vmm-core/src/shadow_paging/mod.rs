@@ -18,7 +18,7 @@
 //! - the page is MMIO, a hole or ROM (for writes): nothing is mapped and the
 //!   instruction is *emulated* against the device manager.
 //!
-//! Coherence ([`coherence`]): every guest page-table page a fill walked is
+//! Coherence (`coherence`): every guest page-table page a fill walked is
 //! write-protected in every shadow tree; a guest write to it faults, is
 //! emulated, and removes exactly the shadow leaves that depended on the
 //! entries written. The walks of [`ShadowPager::handle_fault`] write the
@@ -31,7 +31,12 @@
 //! fill produces), in every mode, and switching back to an address space
 //! finds its tree still filled. Tables come from a bounded pool of host
 //! pages ([`ShadowConfig::budget_pages`]); when it runs out the least
-//! recently used root is evicted.
+//! recently used root is evicted. A 4-level tree shares the subtree under
+//! each top entry with every tree whose guest has an equal PML4 entry
+//! (`subtrees`: a guest's processes share their kernel half), and leaf
+//! tables a single vCPU writes go out of sync until its next TLB flush
+//! (`unsync`: written without exits, caught up at CR3 loads, INVLPG and
+//! CR4.PGE toggles, as a TLB would be).
 //!
 //! Formats: a 4-level guest gets 4-level shadow tables; every other mode
 //! (paging off, 32-bit, PAE) gets PAE shadow tables, so the backend runs the
@@ -39,9 +44,10 @@
 //! off: SVM's "paged real mode"). The shadow never sets the global bit and
 //! the backend keeps CR4.PGE clear: global guest pages simply stay in the
 //! cached tree, which survives CR3 switches. A toggle of CR4.PGE (a guest's
-//! "flush everything, global pages too") costs only a hardware TLB flush:
-//! the trees are never stale, because every guest write to a page table
-//! goes through [`ShadowPager::guest_wrote`]. A change of the memory map
+//! "flush everything, global pages too") costs only a hardware TLB flush
+//! and the catch-up of out-of-sync tables: the trees are never otherwise
+//! stale, because every other guest write to a page table goes through
+//! [`ShadowPager::guest_wrote`]. A change of the memory map
 //! flushes every tree ([`ShadowPager::flush_all`]).
 //!
 //! RAM shared copy-on-write with other VMs (clones, `crate::cow`) is
@@ -53,7 +59,8 @@
 //! paging, and guest page-table writes made by DMA rather than by the CPU.
 //!
 //! Modules: `root_key` (which address space a tree serves), `roots` (the
-//! cache of trees and its budget), `seats` (one pager shared by the vCPUs
+//! cache of trees and its budget), `subtrees` (what trees share), `unsync`
+//! (leaf tables written without exits), `seats` (one pager shared by the vCPUs
 //! of a VM, [`SharedPager`]), `tree` (tables inside one tree),
 //! `fault` (resolving a #PF), `prefetch` (mapping a fill's neighbours),
 //! `guest_tables` (the guest's tables as walks see them), `dependencies`
@@ -76,10 +83,12 @@ mod root_key;
 mod roots;
 mod seats;
 mod stats;
+mod subtrees;
 mod table_pool;
 #[cfg(test)]
 mod tests;
 mod tree;
+mod unsync;
 mod verify;
 
 pub use error::{CoherenceError, ShadowError};
@@ -134,6 +143,20 @@ struct Root {
     dep_keys_limit: usize,
     /// Compact `mapped_frames` when it reaches this length.
     mapped_limit: usize,
+    /// `Some` for a subtree shared between 4-level trees (see
+    /// `subtrees`), `None` for a tree of its own.
+    share: Option<subtrees::Share>,
+}
+
+impl Root {
+    /// The shift of the linear-address bits that index this root's top
+    /// table: a tree's format's, 30 for a shared subtree (a PDPT).
+    fn top_shift(&self) -> u32 {
+        match self.share {
+            Some(_) => 30,
+            None => self.format.top_shift(),
+        }
+    }
 }
 
 /// The smallest length at which a root's bookkeeping lists are compacted.
@@ -171,6 +194,10 @@ pub struct ShadowPager {
     /// The page of all-ones open bus maps to, and its host-physical
     /// address, once a guest touched open bus.
     open_bus: Option<(alloc::boxed::Box<dyn crate::host::HostMemory>, u64)>,
+    /// The top tables of shared subtrees, and their slots in `roots`.
+    shared_tops: hashbrown::HashMap<u32, usize>,
+    /// Leaf page tables out of sync until the guest's next TLB flush.
+    unsync: unsync::Unsync,
 }
 
 impl ShadowPager {
@@ -192,6 +219,8 @@ impl ShadowPager {
             copied_seen: None,
             stats: ShadowStats::default(),
             open_bus: None,
+            shared_tops: hashbrown::HashMap::new(),
+            unsync: unsync::Unsync::new(),
         }
     }
 
@@ -199,7 +228,18 @@ impl ShadowPager {
     pub fn stats(&self) -> ShadowStats {
         ShadowStats {
             pages_in_use: self.pool.in_use() as u64,
-            roots: self.roots.iter().flatten().count() as u64,
+            roots: self
+                .roots
+                .iter()
+                .flatten()
+                .filter(|r| r.share.is_none())
+                .count() as u64,
+            subtrees: self
+                .roots
+                .iter()
+                .flatten()
+                .filter(|r| r.share.is_some())
+                .count() as u64,
             ..self.stats
         }
     }
@@ -207,6 +247,20 @@ impl ShadowPager {
     /// Host pages taken so far (never more than the budget).
     pub fn pages_allocated(&self) -> usize {
         self.pool.allocated()
+    }
+
+    /// Guest leaf page tables now out of sync (writable until the guest's
+    /// next TLB flush).
+    pub fn unsynced_frames(&self) -> usize {
+        self.unsync.len()
+    }
+
+    /// Whether the guest frame holding `gpa` is a leaf table out of sync:
+    /// the guest writes it without exits, and the pager hears of those
+    /// writes at the next TLB flush, not through
+    /// [`ShadowPager::guest_wrote`].
+    pub fn is_out_of_sync(&self, gpa: u64) -> bool {
+        self.unsync.contains(gpa)
     }
 
     /// Guest frames currently write-protected as page tables.
@@ -226,6 +280,7 @@ impl ShadowPager {
     /// flush that needs nothing from the shadow trees, such as a CR4.PGE
     /// toggle).
     pub fn request_tlb_flush(&mut self) {
+        self.unsync.flush_requested();
         self.mark_tlb_flush();
     }
 

@@ -161,7 +161,9 @@ impl ShadowPager {
             return;
         };
         let key = RootKey::of(control);
-        let serial = self.roots[slot].as_ref().map_or(0, |r| r.serial);
+        // The slot and serial whose bookkeeping holds these leaves (the
+        // shared subtree of a 4-level tree).
+        let (owner, serial) = self.owner(slot, linear);
         let siblings = Siblings::of(control, trace, self.max_phys_bits);
         let first = index.saturating_sub(AROUND);
         let last = (index + AROUND).min(ENTRIES - 1);
@@ -192,6 +194,10 @@ impl ShadowPager {
                 // The upper entries' dependencies are the faulting page's
                 // (same ranges); only the leaf's is new.
                 if let Some(leaf) = entries.get(siblings.upper_len) {
+                    // An out-of-sync table's entry: in sync first.
+                    if self.unsync.contains(leaf.gpa) {
+                        self.sync_entry(leaf.gpa, leaf.wide, leaf.value);
+                    }
                     let dep = Leaf {
                         root: serial,
                         page: near,
@@ -200,7 +206,7 @@ impl ShadowPager {
                     let key = coherence::entry_key(leaf.gpa, leaf.wide);
                     let (newly_tracked, added) = self.coherence.add_dep(key, dep);
                     if added {
-                        self.note_dep_key(slot, key);
+                        self.note_dep_key(owner, key);
                     }
                     if newly_tracked {
                         for l in self.coherence.take_writable(leaf.gpa) {
@@ -253,10 +259,10 @@ impl ShadowPager {
                 shift: 12,
             };
             if writable && self.coherence.add_writable(page, leaf) {
-                self.note_mapped_frame(slot, page);
+                self.note_mapped_frame(owner, page);
             }
             if !own && self.coherence.add_shared(page, leaf) {
-                self.note_mapped_frame(slot, page);
+                self.note_mapped_frame(owner, page);
             }
             self.stats.prefetches += 1;
         }

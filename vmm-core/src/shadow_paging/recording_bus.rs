@@ -3,6 +3,7 @@
 //! an emulated instruction changed in the guest's page tables.
 
 use crate::emulator::{BusError, GuestBus};
+use crate::paging::TracedEntry;
 use alloc::vec::Vec;
 
 /// Forwards to `inner`; records every successful physical write.
@@ -37,6 +38,10 @@ impl<B: GuestBus + ?Sized> GuestBus for RecordingBus<'_, B> {
 
     fn read_table_entry(&mut self, gpa: u64, wide: bool) -> Option<u64> {
         self.inner.read_table_entry(gpa, wide)
+    }
+
+    fn table_entries_hold(&mut self, path: &[TracedEntry]) -> bool {
+        self.inner.table_entries_hold(path)
     }
 
     fn write_physical(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {

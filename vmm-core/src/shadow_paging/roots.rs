@@ -22,11 +22,14 @@ impl ShadowPager {
     ) -> Result<(HostPhysAddr, ShadowFormat), ShadowError> {
         let key = RootKey::of(control);
         let format = key.format()?;
+        // A CR3 load flushes the guest's TLB: out-of-sync tables catch up
+        // before it runs again.
+        self.unsync.flush_requested();
         self.clock += 1;
-        let found = self
-            .roots
-            .iter()
-            .position(|r| r.as_ref().is_some_and(|r| r.key == key));
+        let found = self.roots.iter().position(|r| {
+            r.as_ref()
+                .is_some_and(|r| r.key == key && r.share.is_none())
+        });
         let slot = match found {
             Some(slot) => {
                 self.stats.cache_hits += 1;
@@ -59,17 +62,9 @@ impl ShadowPager {
                     mapped_frames: Vec::new(),
                     dep_keys_limit: COMPACT_AT,
                     mapped_limit: COMPACT_AT,
+                    share: None,
                 };
-                match self.roots.iter().position(Option::is_none) {
-                    Some(free) => {
-                        self.roots[free] = Some(root);
-                        free
-                    }
-                    None => {
-                        self.roots.push(Some(root));
-                        self.roots.len() - 1
-                    }
-                }
+                self.free_slot(root)
             }
         };
         if self.current != Some(slot) {
@@ -95,6 +90,7 @@ impl ShadowPager {
     ) -> Result<(HostPhysAddr, ShadowFormat), ShadowError> {
         self.sync_generation(memory);
         self.sync_copied(memory);
+        self.resync_if_flushed(memory);
         let key = RootKey::of(control);
         match self.current_root() {
             Some(r) if r.key == key => Ok((HostPhysAddr(self.pool.phys(r.top)), r.format)),
@@ -123,7 +119,11 @@ impl ShadowPager {
                         .iter()
                         .enumerate()
                         .filter(|(i, r)| {
-                            r.is_some() && Some(*i) != keep && Some(*i) != self.current
+                            // Shared subtrees go with the last tree
+                            // linking them.
+                            r.as_ref().is_some_and(|r| r.share.is_none())
+                                && Some(*i) != keep
+                                && Some(*i) != self.current
                         })
                         .min_by_key(|(i, r)| {
                             (
@@ -174,7 +174,8 @@ impl ShadowPager {
         self.coherence.forget_root(serial, &keys, &frames);
         for index in 0..ENTRIES {
             if let Some(child) = self.pool.child(top, index) {
-                self.release_subtree(child);
+                self.pool.clear_child(top, index);
+                self.release_child(child);
             }
         }
         self.pool.clear(top);
@@ -185,14 +186,18 @@ impl ShadowPager {
     /// what a change of CR4.PGE, PSE, SMEP, SMAP or of the memory map needs.
     pub fn flush_all(&mut self) {
         for slot in 0..self.roots.len() {
-            if Some(slot) != self.current {
+            let tree = self.roots[slot].as_ref().is_some_and(|r| r.share.is_none());
+            if tree && Some(slot) != self.current {
                 self.evict(slot);
             }
         }
         if let Some(slot) = self.current {
             self.reset_root(slot);
         }
+        // Every link is gone, and each subtree with its last one.
+        debug_assert!(self.shared_tops.is_empty());
         self.coherence.clear();
+        self.unsync.clear();
         self.stats.full_flushes += 1;
         self.mark_tlb_flush();
     }

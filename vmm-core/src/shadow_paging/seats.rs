@@ -91,7 +91,9 @@ impl SharedPager {
     }
 
     /// A handle for another vCPU of the same VM: a seat of its own.
+    /// Leaf tables no longer go out of sync from then on (see `unsync`).
     pub fn share(&self) -> Self {
+        self.pager.lock().forbid_unsync();
         let mut next = self.seats.lock();
         let seat = *next;
         *next += 1;

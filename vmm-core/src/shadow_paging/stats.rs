@@ -39,6 +39,16 @@ pub struct ShadowStats {
     pub pages_in_use: u64,
     /// Cached roots now.
     pub roots: u64,
+    /// Times a 4-level tree linked a subtree another tree had already
+    /// filled (an equal guest PML4 entry, such as the kernel half's).
+    pub subtree_links: u64,
+    /// Shared subtrees now.
+    pub subtrees: u64,
+    /// Guest leaf page tables let out of sync (written without exits
+    /// until the next TLB flush).
+    pub unsyncs: u64,
+    /// Out-of-sync page tables brought back in sync.
+    pub resyncs: u64,
 }
 
 impl fmt::Display for ShadowStats {
@@ -47,7 +57,8 @@ impl fmt::Display for ShadowStats {
             f,
             "shadow paging: {} faults, {} fills, {} prefetched, {} reflected, {} mmio, \
              {} page-table writes, {} invalidations, {} floods, {} invlpg, cache {} hits / {} \
-             misses / {} evictions, {} full flushes, {} copy-on-write copies, {} pages in {} roots",
+             misses / {} evictions, {} full flushes, {} copy-on-write copies, {} pages in {} roots, \
+             {} subtree links, {} subtrees, {} unsyncs, {} resyncs",
             self.faults,
             self.fills,
             self.prefetches,
@@ -63,7 +74,11 @@ impl fmt::Display for ShadowStats {
             self.full_flushes,
             self.cow_copies,
             self.pages_in_use,
-            self.roots
+            self.roots,
+            self.subtree_links,
+            self.subtrees,
+            self.unsyncs,
+            self.resyncs
         )
     }
 }

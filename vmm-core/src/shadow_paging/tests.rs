@@ -317,6 +317,8 @@ fn rom_is_mapped_read_only_and_writes_to_it_are_emulated() {
 #[test]
 fn guest_page_tables_are_write_protected_and_a_write_to_one_invalidates_its_dependents() {
     let mut f = Fixture::level4();
+    // Every write emulated, as with several vCPUs (see `unsync` for one).
+    f.pager.forbid_unsync();
     // Linear page 4 maps the PT itself (so the guest can edit it); linear
     // page 0x10 maps a data page.
     pte(&mut f.vm, 0x4, PT | P | RW | A | D);
@@ -350,6 +352,7 @@ fn a_page_that_becomes_a_page_table_loses_its_writable_mappings() {
     // Linear page 5 maps frame 0x6000, writable and dirty.
     pte(&mut vm, 5, 0x6000 | P | RW | A | D);
     let mut pager = ShadowPager::new(ShadowConfig::default());
+    pager.forbid_unsync();
     pager.activate(&*host, &control).unwrap();
     let go = |pager: &mut ShadowPager, vm: &mut Vm, c: &ControlRegisters, a, e| {
         pager
@@ -383,6 +386,7 @@ fn a_page_that_becomes_a_page_table_loses_its_writable_mappings() {
 #[test]
 fn a_guest_editing_its_own_page_table_through_the_emulator_stays_coherent() {
     let mut f = Fixture::level4();
+    f.pager.forbid_unsync();
     pte(&mut f.vm, 0x4, PT | P | RW | A | D);
     pte(&mut f.vm, 0x10, 0x8_0000 | P | RW | A | D);
     f.fault(0x10_000, 0);
@@ -493,9 +497,11 @@ fn a_small_budget_evicts_the_least_recently_used_root() {
     let (host, mut vm) = vm();
     let mut control = level4_tables(&mut vm);
     pte(&mut vm, 0x10, 0x8_0000 | P | RW | A | D);
-    // 4 PML4s sharing the lower levels; each filled tree needs 4 pages.
+    // 4 PML4s naming the same lower levels with other rights (so no two
+    // trees share a subtree); each filled tree needs 4 pages.
+    let rights = [P | RW | US, P | RW, P | US, P];
     for i in 0..4u64 {
-        put64(&mut vm, 0x10_0000 + i * 0x1000, PDPT | P | RW | US);
+        put64(&mut vm, 0x10_0000 + i * 0x1000, PDPT | rights[i as usize]);
     }
     let mut pager = ShadowPager::new(ShadowConfig { budget_pages: 9 });
     for round in 0..3 {
@@ -916,6 +922,7 @@ impl XorShift {
 #[test]
 fn random_page_table_edits_faults_and_switches_keep_every_leaf_coherent() {
     use crate::paging::{PagingMode, CR4_PSE};
+    let (mut unsyncs, mut resyncs) = (0, 0);
     for seed in 1..=20u64 {
         let (host, mut vm) = vm();
         let mut rng = XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -1002,16 +1009,22 @@ fn random_page_table_edits_faults_and_switches_keep_every_leaf_coherent() {
                     }
                 }
                 5..=7 => {
-                    // The guest (through the emulator) rewrites an entry.
+                    // The guest rewrites an entry: through the emulator,
+                    // or straight if the frame is out of sync (writable).
                     let gpa = (rng.below(4) << 12) + rng.below(8) * 8;
                     let e = entry(&mut rng);
+                    let direct = pager.unsync.contains(gpa);
                     if rng.below(2) == 0 {
                         put64(&mut vm, gpa, e);
-                        pager.guest_wrote(gpa, 8);
+                        if !direct {
+                            pager.guest_wrote(gpa, 8);
+                        }
                     } else {
                         let gpa = gpa + 4 * rng.below(2);
                         put32(&mut vm, gpa, e as u32);
-                        pager.guest_wrote(gpa, 4);
+                        if !direct {
+                            pager.guest_wrote(gpa, 4);
+                        }
                     }
                 }
                 8 => {
@@ -1020,6 +1033,16 @@ fn random_page_table_edits_faults_and_switches_keep_every_leaf_coherent() {
                     pager.activate(&*host, &control).unwrap();
                 }
                 _ => pager.invlpg(linears[rng.below(linears.len() as u64) as usize]),
+            }
+            if rng.below(2) == 0 {
+                // The next entry: after a TLB flush nothing stays out of
+                // sync, so `verify` below checks against the guest's
+                // tables as they are.
+                let flushed = pager.unsync.pending;
+                pager.ensure(&*host, &control, vm.memory()).unwrap();
+                if flushed {
+                    assert_eq!(pager.unsynced_frames(), 0, "seed {seed} step {step}");
+                }
             }
             for &l in &linears {
                 if let Err(e) = pager.verify(vm.memory(), &control, l) {
@@ -1034,9 +1057,16 @@ fn random_page_table_edits_faults_and_switches_keep_every_leaf_coherent() {
             faults > 100 && fills > 0,
             "seed {seed}: {faults} faults, {fills} fills"
         );
+        let s = pager.stats();
+        unsyncs += s.unsyncs;
+        resyncs += s.resyncs;
         assert!(pager.pages_allocated() <= 28);
         let _ = PagingMode::Disabled;
     }
+    assert!(
+        unsyncs > 0 && resyncs > 0,
+        "{unsyncs} unsyncs, {resyncs} resyncs"
+    );
 }
 
 #[test]
@@ -1534,4 +1564,490 @@ fn shared_ram_maps_read_only_and_a_write_copies_the_page_for_one_clone_only() {
     pb.verify(&b, &control, 0x12_000).unwrap();
     assert_eq!(a.read_u32(0x9_0000), Ok(0));
     assert_eq!(pb.stats().cow_copies, 0, "b's copy was not a fault's");
+}
+
+/// Four address spaces whose PML4s hold the same entry 0 (as a guest's
+/// processes share its kernel half) and, at entry 1, one PDPT each.
+fn four_processes(vm: &mut Vm) -> ControlRegisters {
+    let control = level4_tables(vm);
+    pte(vm, 0x10, 0x8_0000 | P | RW | A | D);
+    // Present but not yet accessed: never prefetched with 0x10.
+    pte(vm, 0x11, 0x8_1000 | P | RW);
+    for i in 0..4u64 {
+        let pml4 = 0x10_0000 + i * 0x1000;
+        let pdpt = 0x20_0000 + i * 0x1000;
+        put64(vm, pml4, PDPT | P | RW | US);
+        put64(vm, pml4 + 8, pdpt | P | RW | US);
+        put64(vm, pdpt, PD | P | RW | US);
+    }
+    control
+}
+
+#[test]
+fn trees_with_an_equal_pml4_entry_share_one_subtree_under_it() {
+    let (host, mut vm) = vm();
+    let mut control = four_processes(&mut vm);
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    control.cr3 = 0x10_0000;
+    pager.activate(&*host, &control).unwrap();
+    let out = pager
+        .handle_fault(&*host, vm.memory_mut(), &control, fault(0x10_000, 0))
+        .unwrap();
+    assert_eq!(out, FaultOutcome::Filled);
+    // The other processes find the page mapped without a fault of their
+    // own; their private halves (entry 1) stay their own.
+    for i in 1..4u64 {
+        control.cr3 = 0x10_0000 + i * 0x1000;
+        pager.activate(&*host, &control).unwrap();
+        assert!(pager.shadow_entry(0x10_000).is_none(), "not linked yet");
+        // A fault anywhere under entry 0 links the filled subtree.
+        let out = pager
+            .handle_fault(&*host, vm.memory_mut(), &control, fault(0x11_000, 0))
+            .unwrap();
+        assert_eq!(out, FaultOutcome::Filled);
+        assert!(pager.shadow_entry(0x10_000).is_some(), "process {i}");
+        let out = pager
+            .handle_fault(
+                &*host,
+                vm.memory_mut(),
+                &control,
+                fault((1 << 39) + 0x10_000, 0),
+            )
+            .unwrap();
+        assert_eq!(out, FaultOutcome::Filled);
+    }
+    let s = pager.stats();
+    assert_eq!(s.subtree_links, 3, "{s:?}");
+    // One subtree for entry 0, one per process for entry 1 (but process
+    // 0, which never touched entry 1).
+    assert_eq!(s.subtrees, 4, "{s:?}");
+    assert_eq!(s.roots, 4, "{s:?}");
+    // Four PML4s, the shared PDPT/PD/PT, and a PDPT/PD/PT per process
+    // for entry 1 (entry 1 of process 0 was never filled).
+    assert_eq!(pager.pages_allocated(), 4 + 3 + 3 * 3, "{s:?}");
+    for i in 0..4u64 {
+        control.cr3 = 0x10_0000 + i * 0x1000;
+        pager.activate(&*host, &control).unwrap();
+        for l in [0x10_000u64, 0x11_000, (1 << 39) + 0x10_000] {
+            pager.verify(vm.memory(), &control, l).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_pte_write_under_a_shared_subtree_leaves_no_tree_with_the_old_mapping() {
+    let (host, mut vm) = vm();
+    let mut control = four_processes(&mut vm);
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    for i in 0..4u64 {
+        control.cr3 = 0x10_0000 + i * 0x1000;
+        pager.activate(&*host, &control).unwrap();
+        pager
+            .handle_fault(&*host, vm.memory_mut(), &control, fault(0x10_000, 0))
+            .unwrap();
+        assert!(pager.shadow_entry(0x10_000).is_some());
+    }
+    // Process 2 remaps the page (its kernel changes the shared PT).
+    pte(&mut vm, 0x10, 0x9_0000 | P | RW | A | D);
+    pager.guest_wrote(PT + 0x10 * 8, 8);
+    let new = host_of(&vm, 0x9_0000);
+    for i in 0..4u64 {
+        control.cr3 = 0x10_0000 + i * 0x1000;
+        pager.activate(&*host, &control).unwrap();
+        // Gone everywhere, or mapped to the new frame: never the old one.
+        if let Some(e) = pager.shadow_entry(0x10_000) {
+            assert_eq!(e & ADDR_MASK, new, "process {i}");
+        }
+        pager.verify(vm.memory(), &control, 0x10_000).unwrap();
+        pager
+            .handle_fault(&*host, vm.memory_mut(), &control, fault(0x10_000, 0))
+            .unwrap();
+        assert_eq!(pager.shadow_entry(0x10_000).unwrap() & ADDR_MASK, new);
+    }
+}
+
+#[test]
+fn a_pml4_entry_rewritten_in_one_process_unlinks_only_its_own_subtree() {
+    let (host, mut vm) = vm();
+    let mut control = four_processes(&mut vm);
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    for i in 0..2u64 {
+        control.cr3 = 0x10_0000 + i * 0x1000;
+        pager.activate(&*host, &control).unwrap();
+        pager
+            .handle_fault(&*host, vm.memory_mut(), &control, fault(0x10_000, 0))
+            .unwrap();
+    }
+    // Process 1's entry 0 now names its own PDPT (read-only rights), whose
+    // tables map the page elsewhere.
+    put64(&mut vm, 0x30_0000, 0x30_1000 | P | RW | US);
+    put64(&mut vm, 0x30_1000, 0x30_2000 | P | RW | US);
+    put64(&mut vm, 0x30_2000 + 0x10 * 8, 0xa_0000 | P | RW | A | D);
+    put64(&mut vm, 0x10_1000, 0x30_0000 | P | US);
+    pager.guest_wrote(0x10_1000, 8);
+    assert!(pager.shadow_entry(0x10_000).is_none());
+    pager
+        .handle_fault(&*host, vm.memory_mut(), &control, fault(0x10_000, 0))
+        .unwrap();
+    let e = pager.shadow_entry(0x10_000).unwrap();
+    assert_eq!(e & ADDR_MASK, host_of(&vm, 0xa_0000));
+    assert_eq!(e & RW, 0, "the new entry gives no write");
+    pager.verify(vm.memory(), &control, 0x10_000).unwrap();
+    // Process 0 still runs on the shared subtree, untouched.
+    control.cr3 = 0x10_0000;
+    pager.activate(&*host, &control).unwrap();
+    let e = pager.shadow_entry(0x10_000).unwrap();
+    assert_eq!(e & ADDR_MASK, host_of(&vm, 0x8_0000));
+    pager.verify(vm.memory(), &control, 0x10_000).unwrap();
+}
+
+#[test]
+fn a_shared_subtree_outlives_the_tree_that_filled_it_and_goes_with_the_last() {
+    let (host, mut vm) = vm();
+    let mut control = four_processes(&mut vm);
+    // Room for two trees with the shared subtree: the LRU one is evicted.
+    let mut pager = ShadowPager::new(ShadowConfig { budget_pages: 12 });
+    for round in 0..3 {
+        for i in 0..4u64 {
+            control.cr3 = 0x10_0000 + i * 0x1000;
+            pager.activate(&*host, &control).unwrap();
+            for l in [0x10_000u64, (1 << 39) + 0x10_000] {
+                let out = pager
+                    .handle_fault(&*host, vm.memory_mut(), &control, fault(l, 0))
+                    .unwrap();
+                assert_eq!(out, FaultOutcome::Filled, "round {round} process {i}");
+                pager.verify(vm.memory(), &control, l).unwrap();
+            }
+        }
+    }
+    let s = pager.stats();
+    assert!(s.evictions > 0, "{s:?}");
+    assert!(pager.pages_allocated() <= 12);
+    pager.flush_all();
+    let s = pager.stats();
+    assert_eq!((s.subtrees, s.pages_in_use), (0, 1), "{s:?}");
+}
+
+/// A fixture whose PT maps itself at linear page 4 (so the guest can
+/// write it) and a data page at linear page 0x10.
+fn self_mapped_pt() -> Fixture {
+    let mut f = Fixture::level4();
+    pte(&mut f.vm, 0x4, PT | P | RW | A | D);
+    pte(&mut f.vm, 0x10, 0x8_0000 | P | RW | A | D);
+    f
+}
+
+/// The next entry, as the backend makes it: resynchronises after a flush.
+fn enter(f: &mut Fixture) {
+    f.pager.ensure(&*f.host, &f.control, f.vm.memory()).unwrap();
+}
+
+#[test]
+fn a_leaf_table_the_guest_writes_goes_out_of_sync_and_catches_up_at_its_next_flush() {
+    let mut f = self_mapped_pt();
+    assert_eq!(f.fault(0x10_000, 0), FaultOutcome::Filled);
+    let old = host_of(&f.vm, 0x8_0000);
+    // The write to the PT maps it writable instead of being emulated.
+    assert_eq!(
+        f.fault(0x4_080, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Filled
+    );
+    assert_eq!(f.pager.shadow_entry(0x4_000).unwrap() & RW, RW);
+    assert_eq!(f.pager.unsynced_frames(), 1);
+    let s = f.pager.stats();
+    assert_eq!((s.unsyncs, s.page_table_writes), (1, 1), "{s:?}");
+    // The guest remaps page 0x10 with a plain store: no exit, and until it
+    // flushes its TLB the old translation may stay, as in a TLB.
+    pte(&mut f.vm, 0x10, 0x9_0000 | P | RW | A | D);
+    enter(&mut f);
+    assert_eq!(f.pager.shadow_entry(0x10_000).unwrap() & ADDR_MASK, old);
+    f.pager.verify(f.vm.memory(), &f.control, 0x10_000).unwrap();
+    // An INVLPG of another page is a flush too: before the guest runs
+    // again the stale leaf is gone and the PT is read-only again.
+    f.pager.invlpg(0x30_000);
+    enter(&mut f);
+    assert_eq!(f.pager.unsynced_frames(), 0);
+    assert_eq!(f.pager.shadow_entry(0x10_000), None);
+    assert_eq!(f.pager.shadow_entry(0x4_000).map_or(0, |e| e & RW), 0);
+    assert_eq!(f.pager.stats().resyncs, 1);
+    assert_eq!(f.fault(0x10_000, 0), FaultOutcome::Filled);
+    let new = host_of(&f.vm, 0x9_0000);
+    assert_eq!(f.pager.shadow_entry(0x10_000).unwrap() & ADDR_MASK, new);
+    // A CR3 load (even of the same CR3) catches up the same way.
+    assert_eq!(
+        f.fault(0x4_088, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Filled
+    );
+    pte(&mut f.vm, 0x10, 0);
+    let cr3 = f.control.cr3;
+    f.switch(cr3);
+    enter(&mut f);
+    assert_eq!(f.pager.shadow_entry(0x10_000), None);
+    f.pager.verify(f.vm.memory(), &f.control, 0x10_000).unwrap();
+}
+
+#[test]
+fn entries_the_guest_left_alone_keep_their_leaves_across_a_resync() {
+    let mut f = self_mapped_pt();
+    pte(&mut f.vm, 0x11, 0x8_1000 | P | RW | A | D);
+    assert_eq!(f.fault(0x10_000, 0), FaultOutcome::Filled);
+    assert!(f.pager.shadow_entry(0x11_000).is_some(), "prefetched");
+    assert_eq!(
+        f.fault(0x4_080, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Filled
+    );
+    pte(&mut f.vm, 0x10, 0x9_0000 | P | RW | A | D);
+    f.pager.request_tlb_flush();
+    enter(&mut f);
+    assert_eq!(f.pager.shadow_entry(0x10_000), None);
+    assert!(f.pager.shadow_entry(0x11_000).is_some());
+}
+
+#[test]
+fn a_fill_from_a_value_the_guest_then_writes_back_leaves_nothing_stale() {
+    // The PT is reached twice: linear 0..2 MiB (PD[0]) and 8 MiB.. (PD[4]).
+    let mut f = self_mapped_pt();
+    put64(&mut f.vm, PD + 4 * 8, PT | P | RW | US);
+    let alias = (4 << 21) + 0x10_000;
+    let a = 0x8_0000 | P | RW | A | D;
+    let b = 0x9_0000 | P | RW | A | D;
+    assert_eq!(f.fault(0x10_000, 0), FaultOutcome::Filled);
+    assert_eq!(
+        f.fault(0x4_080, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Filled
+    );
+    // The guest writes B; the alias is filled from B (the first leaf,
+    // from A, must go with it: both came from the same entry).
+    pte(&mut f.vm, 0x10, b);
+    assert_eq!(f.fault(alias, 0), FaultOutcome::Filled);
+    assert_eq!(f.pager.shadow_entry(0x10_000), None);
+    // Back to A, then a flush: the leaf filled from B must not survive
+    // because the frame looks as it did when it went out of sync.
+    pte(&mut f.vm, 0x10, a);
+    f.pager.invlpg(0x30_000);
+    enter(&mut f);
+    assert_eq!(f.pager.shadow_entry(alias), None);
+    for l in [0x10_000u64, alias] {
+        f.fault(l, 0);
+        assert_eq!(
+            f.pager.shadow_entry(l).unwrap() & ADDR_MASK,
+            host_of(&f.vm, 0x8_0000)
+        );
+        f.pager.verify(f.vm.memory(), &f.control, l).unwrap();
+    }
+}
+
+#[test]
+fn directories_and_shared_pagers_stay_write_protected() {
+    // A directory (the PD) is never let out of sync.
+    let mut f = self_mapped_pt();
+    pte(&mut f.vm, 0x5, PD | P | RW | A | D);
+    f.fault(0x10_000, 0);
+    assert_eq!(
+        f.fault(0x5_020, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Emulate { gpa: PD + 0x20 }
+    );
+    assert_eq!(f.pager.unsynced_frames(), 0);
+    // A pager shared by two vCPUs lets nothing out of sync, and what was
+    // out of sync catches up before the next entry.
+    let mut f = self_mapped_pt();
+    f.fault(0x10_000, 0);
+    assert_eq!(
+        f.fault(0x4_080, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Filled
+    );
+    pte(&mut f.vm, 0x10, 0);
+    f.pager.forbid_unsync();
+    enter(&mut f);
+    assert_eq!(f.pager.unsynced_frames(), 0);
+    assert_eq!(f.pager.shadow_entry(0x10_000), None);
+    assert_eq!(
+        f.fault(0x4_088, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Emulate { gpa: PT + 0x88 }
+    );
+}
+
+#[test]
+fn random_stores_through_the_shadow_into_leaf_tables_never_outlive_a_flush() {
+    // Fixed upper levels (PML4 0x1000, PDPT 0x2000, PD 0x3000); PD entries
+    // 0..4 name leaf tables among frames 4..8, whose entries map frames
+    // 0..12 (the tables among them), so the guest stores into its own leaf
+    // tables through the shadow, as a CPU would: straight through a
+    // writable shadow leaf, else by faulting (filled: store again;
+    // emulated: store and report).
+    let mut total_unsyncs = 0;
+    for seed in 1..=20u64 {
+        let (host, mut vm) = vm();
+        let mut rng = XorShift(seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        let control = level4_tables(&mut vm);
+        for i in 0..4u64 {
+            put64(
+                &mut vm,
+                PD + i * 8,
+                ((4 + rng.below(4)) << 12) | P | RW | US,
+            );
+        }
+        let leaf = |rng: &mut XorShift| -> u64 {
+            let mut flags = rng.next() & (RW | A | D);
+            if rng.below(6) != 0 {
+                flags |= P;
+            }
+            (rng.below(12) << 12) | flags | US
+        };
+        for frame in 4..8u64 {
+            for i in 0..16 {
+                put64(&mut vm, (frame << 12) + i * 8, leaf(&mut rng));
+            }
+        }
+        let linears: alloc::vec::Vec<u64> = (0..32)
+            .map(|_| (rng.below(4) << 21) | (rng.below(16) << 12))
+            .collect();
+        let mut pager = ShadowPager::new(ShadowConfig::default());
+        pager.activate(&*host, &control).unwrap();
+        for step in 0..800 {
+            let linear = linears[rng.below(linears.len() as u64) as usize];
+            match rng.below(10) {
+                0..=2 => {
+                    let _ = pager.handle_fault(&*host, vm.memory_mut(), &control, fault(linear, 0));
+                }
+                3..=7 => {
+                    // A store of a random entry at a random slot of the
+                    // page at `linear`.
+                    let at = linear + rng.below(16) * 8;
+                    let value = leaf(&mut rng);
+                    for _ in 0..3 {
+                        if let Some(e) = pager.shadow_entry(at).filter(|e| e & RW != 0) {
+                            // Through the shadow: the CPU writes the frame
+                            // the leaf names, the pager sees nothing.
+                            let gpa = (0..12u64)
+                                .map(|f| f << 12)
+                                .find(|g| host_of(&vm, *g) == e & ADDR_MASK)
+                                .expect("a writable leaf on guest RAM");
+                            put64(&mut vm, gpa + (at & 0xfff), value);
+                            break;
+                        }
+                        let code = PF_WRITE
+                            | if pager.shadow_entry(at).is_some() {
+                                PF_PRESENT
+                            } else {
+                                0
+                            };
+                        match pager
+                            .handle_fault(&*host, vm.memory_mut(), &control, fault(at, code))
+                            .unwrap()
+                        {
+                            FaultOutcome::Filled => continue,
+                            FaultOutcome::Emulate { gpa } => {
+                                put64(&mut vm, gpa, value);
+                                pager.guest_wrote(gpa, 8);
+                                break;
+                            }
+                            FaultOutcome::Reflect(_) => break,
+                        }
+                    }
+                }
+                8 => pager.invlpg(linear),
+                _ => pager.request_tlb_flush(),
+            }
+            let flushed = pager.unsync.pending;
+            pager.ensure(&*host, &control, vm.memory()).unwrap();
+            if flushed {
+                assert_eq!(pager.unsynced_frames(), 0, "seed {seed} step {step}");
+            }
+            for &l in &linears {
+                if let Err(e) = pager.verify(vm.memory(), &control, l) {
+                    panic!("seed {seed} step {step}: {e}");
+                }
+            }
+        }
+        total_unsyncs += pager.stats().unsyncs;
+    }
+    assert!(total_unsyncs > 50, "{total_unsyncs} unsyncs");
+}
+
+/// A clone's leaf page table, still shared copy-on-write with its
+/// siblings, goes out of sync on its first write fault only as the clone's
+/// own copy: the fault copies the page first and maps the copy writable,
+/// never the shared frame (through which the clone's stores would reach
+/// its siblings' page tables unseen). A sibling's PT stays as the parent
+/// left it, and its pager maps the shared frame read-only.
+#[test]
+fn a_shared_leaf_table_goes_out_of_sync_only_as_the_clones_own_copy() {
+    use crate::host::Host;
+    use crate::memory::GuestMemory;
+    let host = Arc::new(TestHost::new());
+    let dyn_host: Arc<dyn Host> = host.clone();
+    let mut parent = GuestMemory::new();
+    let block = parent
+        .add_ram(0, dyn_host.alloc_memory(16 << 20, 0x1000).unwrap())
+        .unwrap();
+    parent.write_u64(PML4, PDPT | P | RW | US).unwrap();
+    parent.write_u64(PDPT, PD | P | RW | US).unwrap();
+    parent.write_u64(PD, PT | P | RW | US).unwrap();
+    // The PT maps itself at linear page 4 (dirty, writable) and a data
+    // page at linear page 0x10.
+    parent.write_u64(PT + 4 * 8, PT | P | RW | A | D).unwrap();
+    parent
+        .write_u64(PT + 0x10 * 8, 0x8_0000 | P | RW | A | D)
+        .unwrap();
+    let control = long_control(PML4);
+    let shared = parent.share_block(block, dyn_host.clone()).unwrap();
+    let clone = || {
+        let mut m = GuestMemory::new();
+        m.add_ram_shared(0, &shared, dyn_host.clone()).unwrap();
+        let mut pager = ShadowPager::new(ShadowConfig::default());
+        pager.ensure(&*host, &control, &m).unwrap();
+        (m, pager)
+    };
+    let (mut a, mut pa) = clone();
+    let (mut b, mut pb) = clone();
+    let fill = |pager: &mut ShadowPager, m: &mut GuestMemory, address: u64, code: u32| {
+        pager
+            .handle_fault(&*host, m, &control, fault(address, code))
+            .unwrap()
+    };
+    let (base, own) = frame_in(&a, PT);
+    assert!(!own);
+
+    // `a` reads through its PT (which the walk makes a tracked page table)
+    // and reads the PT itself: the shared frame, read-only.
+    assert_eq!(fill(&mut pa, &mut a, 0x10_000, 0), FaultOutcome::Filled);
+    assert_eq!(fill(&mut pa, &mut a, 0x4_000, 0), FaultOutcome::Filled);
+    assert_eq!(pa.shadow_entry(0x4_000).unwrap() & (ADDR_MASK | RW), base);
+    // `a` writes its PT: it goes out of sync, writable, on `a`'s own copy.
+    assert_eq!(
+        fill(&mut pa, &mut a, 0x4_080, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Filled
+    );
+    assert_eq!(pa.unsynced_frames(), 1);
+    let (copy, own) = frame_in(&a, PT);
+    assert!(own && copy != base, "the PT was copied for `a`");
+    let entry = pa.shadow_entry(0x4_000).unwrap();
+    assert_eq!(entry & RW, RW, "out of sync: written without exits");
+    assert_eq!(entry & ADDR_MASK, copy, "never the shared frame");
+    assert_eq!(pa.stats().cow_copies, 1);
+    assert_eq!(pa.stats().unsyncs, 1);
+    pa.verify(&a, &control, 0x4_000).unwrap();
+    pa.verify(&a, &control, 0x10_000).unwrap();
+    // A store through that leaf lands in `a`'s copy (as the CPU's would:
+    // no exit, not reported), then `a` flushes and catches up.
+    a.write_u64(PT + 0x10 * 8, 0x9_0000 | P | RW | A | D)
+        .unwrap();
+    assert_eq!(frame_in(&a, PT).0, copy, "no second copy");
+    pa.invlpg(0x10_000);
+    pa.ensure(&*host, &control, &a).unwrap();
+    assert_eq!(pa.unsynced_frames(), 0);
+    assert_eq!(pa.shadow_entry(0x10_000), None);
+    pa.verify(&a, &control, 0x4_000).unwrap();
+
+    // `b`'s PT is still the parent's, shared, and mapped read-only.
+    assert_eq!(b.read_u64(PT + 0x10 * 8), Ok(0x8_0000 | P | RW | A | D));
+    assert_eq!(
+        parent.read_u64(PT + 0x10 * 8),
+        Ok(0x8_0000 | P | RW | A | D)
+    );
+    assert_eq!(fill(&mut pb, &mut b, 0x4_000, 0), FaultOutcome::Filled);
+    assert_eq!(pb.shadow_entry(0x4_000).unwrap() & (ADDR_MASK | RW), base);
+    pb.verify(&b, &control, 0x4_000).unwrap();
+    assert_eq!(pb.unsynced_frames(), 0);
 }

@@ -2,6 +2,7 @@
 //! subtrees, reading entries back as the hardware walks them.
 
 use super::error::ShadowError;
+use super::root_key::ShadowFormat;
 use super::table_pool::ENTRIES;
 use super::{ShadowPager, ADDR_MASK, PTE_P, PTE_RW, PTE_US};
 use crate::host::Host;
@@ -11,6 +12,12 @@ impl ShadowPager {
     pub(super) fn release_subtree(&mut self, table: u32) {
         for index in 0..ENTRIES {
             if let Some(child) = self.pool.child(table, index) {
+                if self.shared_slot(child).is_some() {
+                    // A shared subtree: one link fewer.
+                    self.pool.clear_child(table, index);
+                    self.release_child(child);
+                    continue;
+                }
                 for grand_index in 0..ENTRIES {
                     if let Some(grand) = self.pool.child(child, grand_index) {
                         for leaf_index in 0..ENTRIES {
@@ -30,15 +37,19 @@ impl ShadowPager {
     /// Write the leaf for `linear` in root `slot`, building the path to it.
     /// `true` if the tree had to be started over for room (its bookkeeping
     /// is gone: the caller records the leaf's dependencies again).
+    /// `top_entry` is the guest's entry at the top level (a 4-level
+    /// guest's PML4 entry), which picks the shared subtree a 4-level tree
+    /// links there.
     pub(super) fn set_leaf(
         &mut self,
         host: &dyn Host,
         slot: usize,
         linear: u64,
         entry: u64,
+        top_entry: u64,
     ) -> Result<bool, ShadowError> {
         for attempt in 0..2 {
-            match self.leaf_slot(host, slot, linear) {
+            match self.leaf_slot(host, slot, linear, top_entry) {
                 Ok((table, index)) => {
                     let old = self.pool.entry(table, index);
                     if old & PTE_P != 0
@@ -70,6 +81,7 @@ impl ShadowPager {
         host: &dyn Host,
         slot: usize,
         linear: u64,
+        top_entry: u64,
     ) -> Result<(u32, usize), ShadowError> {
         let (mut table, format) = match self.roots.get(slot).and_then(Option::as_ref) {
             Some(r) => (r.top, r.format),
@@ -80,6 +92,9 @@ impl ShadowPager {
             let index = ((linear >> shift) & 0x1ff) as usize;
             table = match self.pool.child(table, index) {
                 Some(c) => c,
+                None if format == ShadowFormat::Level4 && shift == format.top_shift() => {
+                    self.link_subtree(host, slot, index, top_entry)?
+                }
                 None => {
                     let new = self.alloc_table(host, Some(slot))?;
                     let top = shift == format.top_shift();
@@ -99,7 +114,7 @@ impl ShadowPager {
     pub(super) fn find_leaf(&self, slot: usize, linear: u64) -> Option<(u32, usize)> {
         let r = self.roots.get(slot)?.as_ref()?;
         let mut table = r.top;
-        let mut shift = r.format.top_shift();
+        let mut shift = r.top_shift();
         while shift > 12 {
             table = self
                 .pool

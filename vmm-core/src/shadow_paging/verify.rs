@@ -6,7 +6,9 @@ use super::guest_tables::ReadOnlyTables;
 use super::root_key::{RootKey, ShadowFormat};
 use super::{ShadowPager, ADDR_MASK, PTE_RW, PTE_US, PTE_XD};
 use crate::memory::{Backing, GuestMemory, RegionKind};
-use crate::paging::{Access, AccessKind, ControlRegisters, PagingMode, Walker, CR0_WP};
+use crate::paging::{
+    Access, AccessKind, ControlRegisters, PageTableMemory, PagingMode, Walker, CR0_WP,
+};
 
 impl ShadowPager {
     /// Check the current tree's leaf for `linear` against the guest's own
@@ -15,7 +17,10 @@ impl ShadowPager {
     /// the guest entry is already dirty and the frame is RAM and not a page
     /// table; user only for user pages; execute only if executable), and
     /// every guest entry on the way must already be accessed. An absent
-    /// leaf is always coherent. For tests and fuzzing.
+    /// leaf is always coherent. A leaf table out of sync (see `unsync`) is
+    /// read as the pager last synchronised it: until the guest's next TLB
+    /// flush its leaves may lag behind it, as a TLB's may. For tests and
+    /// fuzzing.
     pub fn verify(
         &self,
         memory: &GuestMemory,
@@ -33,7 +38,10 @@ impl ShadowPager {
             max_phys_bits: self.max_phys_bits,
             pkru: 0,
         };
-        let mut tables = ReadOnlyTables(memory);
+        let mut tables = SyncedTables {
+            memory: ReadOnlyTables(memory),
+            pager: self,
+        };
         let too_permissive = |what| CoherenceError::TooPermissive { linear, what };
         let read = walker
             .translate(&mut tables, linear, Access::new(AccessKind::Read, 0))
@@ -79,7 +87,7 @@ impl ShadowPager {
             if region.is_none_or(|r| r.kind != RegionKind::Ram) {
                 return Err(too_permissive("writable on memory that is not RAM"));
             }
-            if self.coherence.is_tracked(gpa) {
+            if self.coherence.is_tracked(gpa) && !self.unsync.contains(gpa) {
                 return Err(too_permissive("writable on a guest page table"));
             }
             if !own {
@@ -95,5 +103,33 @@ impl ShadowPager {
             return Err(too_permissive("executable"));
         }
         Ok(())
+    }
+}
+
+/// The guest's tables as the shadow was last synchronised with them: out-of-
+/// sync frames read from their copies. Read-only.
+struct SyncedTables<'a> {
+    memory: ReadOnlyTables<'a>,
+    pager: &'a ShadowPager,
+}
+
+impl PageTableMemory for SyncedTables<'_> {
+    fn read_u32(&mut self, gpa: u64) -> Option<u32> {
+        match self.pager.unsync.copied(gpa, 4) {
+            Some(b) => Some(u32::from_le_bytes(b.try_into().ok()?)),
+            None => self.memory.read_u32(gpa),
+        }
+    }
+    fn read_u64(&mut self, gpa: u64) -> Option<u64> {
+        match self.pager.unsync.copied(gpa, 8) {
+            Some(b) => Some(u64::from_le_bytes(b.try_into().ok()?)),
+            None => self.memory.read_u64(gpa),
+        }
+    }
+    fn write_u32(&mut self, _: u64, _: u32) -> bool {
+        false
+    }
+    fn write_u64(&mut self, _: u64, _: u64) -> bool {
+        false
     }
 }

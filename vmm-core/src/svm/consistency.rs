@@ -194,7 +194,7 @@ pub fn efer_writable() -> u64 {
         .fold(0, |bits, (_, efer)| bits | (1 << efer))
 }
 
-/// The CPU's MAXPHYADDR (CPUID 0x8000_0008 EAX[7:0]), 36 if it does not say.
+/// The CPU's MAXPHYADDR (CPUID 0x8000_0008 EAX bits 7:0), 36 if it does not say.
 pub fn max_phys_bits() -> u8 {
     if crate::host_cpu::cpuid(0x8000_0000).eax >= 0x8000_0008 {
         crate::host_cpu::cpuid(0x8000_0008).eax as u8

@@ -31,7 +31,7 @@ use crate::host_debug::{DebugStop, HostDebug, StopKind};
 use crate::memory::GuestMemory;
 use crate::nested_paging::{NestedTables, Npt};
 use crate::paging::ControlRegisters;
-use crate::vcpu::{Event, Exit, ExitError, ShadowPagingBackend, VcpuBackend};
+use crate::vcpu::{Event, Exit, ExitError, ShadowPagingBackend, SplitEntry, VcpuBackend};
 use crate::vm::Vm;
 use crate::xstate::{ExtendedState, XstateModel};
 use alloc::boxed::Box;
@@ -242,6 +242,9 @@ pub struct SvmVcpu {
     /// While it steps the guest: the RIP of the last exit (an instruction
     /// the exit loop completed there is the step).
     step_exit_rip: Option<u64>,
+    /// VMRUN refused the guest's own instruction once in this run (a
+    /// second refusal is the VMM's fault, see `end_entry`).
+    refused_before: bool,
     /// The guest page-table walks of earlier emulations (checked
     /// against the guest's tables at every use).
     translation_cache: crate::emulator::TranslationCache,
@@ -305,6 +308,7 @@ impl SvmVcpu {
             host_debug: None,
             debug_stop: None,
             step_exit_rip: None,
+            refused_before: false,
             translation_cache: crate::emulator::TranslationCache::new(),
             decode_cache: crate::emulator::DecodeCache::new(),
         };
@@ -1003,187 +1007,223 @@ impl DescriptorState for SvmVcpu {
     }
 }
 
-impl VcpuBackend for SvmVcpu {
-    fn run(&mut self, vm: &mut Vm) -> Exit {
-        if self.debug_stop.is_some() {
-            // Held for the host's debugger.
-            return Exit::Preempted;
-        }
-        if self.host_debug.is_some_and(|d| d.step)
-            && self.step_exit_rip.is_some_and(|at| at != self.rip())
-        {
-            // The exit loop completed the stepped instruction itself.
-            self.debug_stop = Some(DebugStop {
-                kind: StopKind::Step,
-                pc: self.linear_pc(),
-            });
-            return Exit::Preempted;
-        }
-        self.sync_io_permissions(vm);
-        let paging = if self.shadow.is_some() {
-            self.shadow_enter(vm)
-        } else {
-            self.sync_nested_tables(vm)
-        };
-        if let Err(e) = paging {
-            return Exit::Error(e);
+/// One SVM entry from its set-up to its end ([`SplitEntry`]).
+pub struct SvmEntry {
+    /// The VMCB's physical address.
+    pa: u64,
+    /// The guest state entered with (for a refused VMRUN's diagnosis).
+    entered: consistency::GuestState,
+    /// Exceptions intercepted to watch an event's delivery.
+    watched: u32,
+    /// What the host's debugger changed for this entry.
+    debugger: Option<DebugEntry>,
+    /// The debugger's breakpoints were in DR0-DR3.
+    debugger_breakpoints: bool,
+}
+
+impl SplitEntry for SvmVcpu {
+    type Entry = SvmEntry;
+    const MAX_INTERNAL_EXITS: u32 = MAX_INTERNAL_EXITS as u32;
+
+    fn begin_entry(&mut self, vm: &mut Vm, first: bool) -> Result<SvmEntry, Exit> {
+        if first {
+            if self.debug_stop.is_some() {
+                // Held for the host's debugger.
+                return Err(Exit::Preempted);
+            }
+            if self.host_debug.is_some_and(|d| d.step)
+                && self.step_exit_rip.is_some_and(|at| at != self.rip())
+            {
+                // The exit loop completed the stepped instruction itself.
+                self.debug_stop = Some(DebugStop {
+                    kind: StopKind::Step,
+                    pc: self.linear_pc(),
+                });
+                return Err(Exit::Preempted);
+            }
+            self.sync_io_permissions(vm);
+            let paging = if self.shadow.is_some() {
+                self.shadow_enter(vm)
+            } else {
+                self.sync_nested_tables(vm)
+            };
+            if let Err(e) = paging {
+                return Err(Exit::Error(e));
+            }
+            self.refused_before = false;
         }
         let Some(pa) = self.vmcb.phys() else {
-            return Exit::Error(ExitError::OutOfMemory);
+            return Err(Exit::Error(ExitError::OutOfMemory));
         };
-        // XSETBV is carried out here and the guest re-entered; anything
-        // else goes to the exit loop.
-        let mut refused_before = false;
-        for _ in 0..MAX_INTERNAL_EXITS {
-            // Clean bits are not used: the CPU reloads everything every time.
-            self.vmcb.write_u32(offset::CLEAN_BITS, 0);
-            let entered = self.guest_state();
-            if let Some(rule) = consistency::first_violation(&entered) {
-                // Every path that writes this state checks it first, so
-                // this is a VMM bug: say which rule, rather than let VMRUN
-                // fail with an opaque exit code.
-                return Exit::Error(ExitError::EntryFailed {
-                    detail: format!("the guest state breaks a VMRUN check: {rule}"),
-                });
+        // Clean bits are not used: the CPU reloads everything every time.
+        self.vmcb.write_u32(offset::CLEAN_BITS, 0);
+        let entered = self.guest_state();
+        if let Some(rule) = consistency::first_violation(&entered) {
+            // Every path that writes this state checks it first, so
+            // this is a VMM bug: say which rule, rather than let VMRUN
+            // fail with an opaque exit code.
+            return Err(Exit::Error(ExitError::EntryFailed {
+                detail: format!("the guest state breaks a VMRUN check: {rule}"),
+            }));
+        }
+        let watched = self.watch_delivery();
+        let debugger = self.host_debug.map(|d| self.enter_host_debug(d));
+        let debugger_breakpoints = debugger.filter(|e| e.debug.has_breakpoints());
+        self.xstate.switch_to_guest(vm.host().current_cpu());
+        match debugger_breakpoints {
+            // The debugger's breakpoints in DR0-DR3 while the guest runs.
+            Some(e) => crate::debug_registers::GuestDebugRegisters {
+                dr: e.debug.addresses(),
+                ..self.debug
             }
-            let watched = self.watch_delivery();
-            let debugger = self.host_debug.map(|d| self.enter_host_debug(d));
-            let debugger_breakpoints = debugger.filter(|e| e.debug.has_breakpoints());
-            self.xstate.switch_to_guest(vm.host().current_cpu());
-            match debugger_breakpoints {
-                // The debugger's breakpoints in DR0-DR3 while the guest runs.
-                Some(e) => crate::debug_registers::GuestDebugRegisters {
-                    dr: e.debug.addresses(),
-                    ..self.debug
-                }
-                .load(false),
-                None => self.debug.load(false),
+            .load(false),
+            None => self.debug.load(false),
+        }
+        Ok(SvmEntry {
+            pa,
+            entered,
+            watched,
+            debugger,
+            debugger_breakpoints: debugger_breakpoints.is_some(),
+        })
+    }
+
+    fn enter(&mut self, entry: &mut SvmEntry) {
+        // SAFETY: SVM was enabled by `Svm::enable` (required to build
+        // this vCPU); the VMCB is ours, its nested tables map only this
+        // VM's memory, its permission maps intercept every MSR and every
+        // port but the unhooked ports of a device passed through to
+        // this VM (which the host gave to it, see `crate::dmm`); the
+        // host handles the interrupts it unmasks (see
+        // `instructions::vmrun`).
+        unsafe { instructions::vmrun(entry.pa, &mut self.gprs) };
+        if !entry.debugger_breakpoints {
+            self.debug.save(false);
+        }
+        self.xstate.switch_to_host();
+        self.vmcb.write_u8(offset::TLB_CONTROL, 0);
+        self.vmcb.write_u64(offset::EVENT_INJ, 0);
+    }
+
+    fn end_entry(&mut self, vm: &mut Vm, entry: SvmEntry) -> Option<Exit> {
+        let SvmEntry {
+            entered,
+            watched,
+            debugger,
+            ..
+        } = entry;
+        let code = ExitCode::from_raw(self.vmcb.read_u64(offset::EXIT_CODE));
+        let rip = self.vmcb.read_u64(offset::RIP);
+        if let Some(entry) = debugger {
+            self.leave_host_debug(&entry);
+            if entry.debug.step {
+                self.step_exit_rip = Some(rip);
             }
-            // SAFETY: SVM was enabled by `Svm::enable` (required to build
-            // this vCPU); the VMCB is ours, its nested tables map only this
-            // VM's memory, its permission maps intercept every MSR and every
-            // port but the unhooked ports of a device passed through to
-            // this VM (which the host gave to it, see `crate::dmm`); the
-            // host handles the interrupts it unmasks (see
-            // `instructions::vmrun`).
-            unsafe { instructions::vmrun(pa, &mut self.gprs) };
-            if debugger_breakpoints.is_none() {
-                self.debug.save(false);
-            }
-            self.xstate.switch_to_host();
-            self.vmcb.write_u8(offset::TLB_CONTROL, 0);
-            self.vmcb.write_u64(offset::EVENT_INJ, 0);
-            let code = ExitCode::from_raw(self.vmcb.read_u64(offset::EXIT_CODE));
-            let rip = self.vmcb.read_u64(offset::RIP);
-            if let Some(entry) = debugger {
-                self.leave_host_debug(&entry);
-                if entry.debug.step {
-                    self.step_exit_rip = Some(rip);
-                }
-            }
-            if watched != 0 {
-                let exceptions = self.vmcb.read_u32(offset::INTERCEPT_EXCEPTIONS);
-                self.vmcb
-                    .write_u32(offset::INTERCEPT_EXCEPTIONS, exceptions & !watched);
-                if let ExitCode::Exception(vector) = code {
-                    if vector < 32 && watched & (1 << vector) != 0 {
-                        vm.stats_mut().record(crate::stats::ExitKind::Other);
-                        if let Some(exit) = self.fault_in_delivery(vector) {
-                            return exit;
-                        }
-                        continue;
-                    }
-                }
-            }
-            if let Some(entry) = debugger {
-                match self.host_debug_exit(vm, code, &entry) {
-                    Some(true) => return Exit::Preempted,
-                    Some(false) => continue,
-                    None => {}
-                }
-            }
-            if let Some((guest_tf, dr6)) = self.iret_step {
-                if code == ExitCode::Exception(1) {
-                    // The trap right after the stepped IRET: NMIs are open.
-                    self.end_iret_step();
-                    self.nmi_masked = false;
-                    self.iret_rip = None;
-                    if guest_tf {
-                        // The guest stepped the IRET itself: the trap (DR6
-                        // as the CPU set it) is its own.
-                        self.vmcb
-                            .write_u64(offset::EVENT_INJ, 1 | (3 << 8) | (1 << 31));
-                    } else {
-                        self.vmcb.write_u64(offset::DR6, dr6);
-                    }
-                    return Exit::NmiWindow;
-                }
-                if self.iret_rip.is_some_and(|at| at != rip) {
-                    // The IRET did not retire (it faulted): the trap will
-                    // not come.
-                    self.end_iret_step();
+        }
+        if watched != 0 {
+            let exceptions = self.vmcb.read_u32(offset::INTERCEPT_EXCEPTIONS);
+            self.vmcb
+                .write_u32(offset::INTERCEPT_EXCEPTIONS, exceptions & !watched);
+            if let ExitCode::Exception(vector) = code {
+                if vector < 32 && watched & (1 << vector) != 0 {
+                    vm.stats_mut().record(crate::stats::ExitKind::Other);
+                    return self.fault_in_delivery(vector);
                 }
             }
-            if self.iret_rip.is_some_and(|at| at != rip) {
-                // The NMI handler's IRET has retired.
+        }
+        if let Some(entry) = debugger {
+            match self.host_debug_exit(vm, code, &entry) {
+                Some(true) => return Some(Exit::Preempted),
+                Some(false) => return None,
+                None => {}
+            }
+        }
+        if let Some((guest_tf, dr6)) = self.iret_step {
+            if code == ExitCode::Exception(1) {
+                // The trap right after the stepped IRET: NMIs are open.
+                self.end_iret_step();
                 self.nmi_masked = false;
                 self.iret_rip = None;
-            }
-            match code {
-                ExitCode::Invalid => {
-                    if let Some(exit) = self.native_illegal_state(&entered) {
-                        return exit;
-                    }
-                    if !refused_before
-                        && consistency::first_violation(&self.guest_state()).is_none()
-                    {
-                        // The state we entered with passes every check and
-                        // is unchanged: what failed is one of the guest's
-                        // own instructions, which QEMU's TCG ends as a
-                        // failed VMRUN (a MOV to CR4 with a reserved bit)
-                        // where a real CPU raises #GP, leaving RIP on it.
-                        log::debug!(
-                            "the CPU refused the guest's instruction at {:#x}: #GP",
-                            self.rip()
-                        );
-                        self.inject(Event::Exception(
-                            crate::emulator::Exception::GeneralProtection(0),
-                        ));
-                        refused_before = true;
-                        continue;
-                    }
+                if guest_tf {
+                    // The guest stepped the IRET itself: the trap (DR6
+                    // as the CPU set it) is its own.
+                    self.vmcb
+                        .write_u64(offset::EVENT_INJ, 1 | (3 << 8) | (1 << 31));
+                } else {
+                    self.vmcb.write_u64(offset::DR6, dr6);
                 }
-                ExitCode::Xsetbv => {
-                    vm.stats_mut().record(crate::stats::ExitKind::Other);
-                    self.xsetbv();
-                    continue;
-                }
-                ExitCode::Npf => match self.undeliverable_event(vm) {
-                    Some(crate::vcpu::DeliveryFault::Shutdown) => return Exit::Shutdown,
-                    Some(crate::vcpu::DeliveryFault::DoubleFault) => {
-                        vm.stats_mut().record(crate::stats::ExitKind::Mmio);
-                        continue;
-                    }
-                    None => {}
-                },
-                _ => {}
+                return Some(Exit::NmiWindow);
             }
-            if code == ExitCode::Iret {
-                // Let this IRET run, one step; NMIs open once it has.
-                self.step_iret(rip);
-                self.set_iret_intercept(false);
-                continue;
+            if self.iret_rip.is_some_and(|at| at != rip) {
+                // The IRET did not retire (it faulted): the trap will
+                // not come.
+                self.end_iret_step();
             }
-            let exit = match self.shadow_exit(vm) {
-                Some(exit) => exit,
-                None => self.decode_exit(vm),
-            };
-            if exit == Exit::InterruptWindow {
-                self.request_interrupt_window(false);
-            }
-            return exit;
         }
-        Exit::Preempted
+        if self.iret_rip.is_some_and(|at| at != rip) {
+            // The NMI handler's IRET has retired.
+            self.nmi_masked = false;
+            self.iret_rip = None;
+        }
+        match code {
+            ExitCode::Invalid => {
+                if let Some(exit) = self.native_illegal_state(&entered) {
+                    return Some(exit);
+                }
+                if !self.refused_before
+                    && consistency::first_violation(&self.guest_state()).is_none()
+                {
+                    // The state we entered with passes every check and
+                    // is unchanged: what failed is one of the guest's
+                    // own instructions, which QEMU's TCG ends as a
+                    // failed VMRUN (a MOV to CR4 with a reserved bit)
+                    // where a real CPU raises #GP, leaving RIP on it.
+                    log::debug!(
+                        "the CPU refused the guest's instruction at {:#x}: #GP",
+                        self.rip()
+                    );
+                    self.inject(Event::Exception(
+                        crate::emulator::Exception::GeneralProtection(0),
+                    ));
+                    self.refused_before = true;
+                    return None;
+                }
+            }
+            ExitCode::Xsetbv => {
+                vm.stats_mut().record(crate::stats::ExitKind::Other);
+                self.xsetbv();
+                return None;
+            }
+            ExitCode::Npf => match self.undeliverable_event(vm) {
+                Some(crate::vcpu::DeliveryFault::Shutdown) => return Some(Exit::Shutdown),
+                Some(crate::vcpu::DeliveryFault::DoubleFault) => {
+                    vm.stats_mut().record(crate::stats::ExitKind::Mmio);
+                    return None;
+                }
+                None => {}
+            },
+            _ => {}
+        }
+        if code == ExitCode::Iret {
+            // Let this IRET run, one step; NMIs open once it has.
+            self.step_iret(rip);
+            self.set_iret_intercept(false);
+            return None;
+        }
+        let exit = match self.shadow_exit(vm) {
+            Some(exit) => exit,
+            None => self.decode_exit(vm),
+        };
+        if exit == Exit::InterruptWindow {
+            self.request_interrupt_window(false);
+        }
+        Some(exit)
+    }
+}
+
+impl VcpuBackend for SvmVcpu {
+    fn run(&mut self, vm: &mut Vm) -> Exit {
+        crate::vcpu::run_split(self, vm)
     }
 
     fn inject(&mut self, event: Event) -> bool {

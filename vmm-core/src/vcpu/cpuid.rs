@@ -197,8 +197,8 @@ impl Topology {
     }
 
     /// Put this topology into `r`, the model's answer to `leaf`/`subleaf`:
-    /// leaf 1 EBX[31:24] the initial APIC ID, and with several CPUs
-    /// EBX[23:16] the count and EDX.HTT; leaves 0xb and 0x1f (where the
+    /// leaf 1 EBX bits 31:24 the initial APIC ID, and with several CPUs
+    /// EBX bits 23:16 the count and EDX.HTT; leaves 0xb and 0x1f (where the
     /// model has them: a non-zero subleaf 0) the x2APIC ID in EDX and the
     /// thread and core levels; AMD's leaf 0x8000_0008 ECX the core count
     /// less one and the APIC ID bits. The one-CPU answers stay the

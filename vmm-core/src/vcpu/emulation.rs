@@ -7,6 +7,7 @@
 //! [`StopReason`] for an emulation that cannot go on.
 
 use crate::emulator::{BusError, EmulateError, GuestBus};
+use crate::paging::TracedEntry;
 use crate::vm::{StopReason, Vm};
 use alloc::string::ToString;
 
@@ -38,6 +39,12 @@ impl GuestBus for Vm {
         } else {
             self.memory().read_u32(gpa).ok().map(u64::from)
         }
+    }
+
+    fn table_entries_hold(&mut self, path: &[TracedEntry]) -> bool {
+        // The same reads, one memory-map lookup for the entries of a region.
+        self.memory()
+            .words_equal(path.iter().map(|e| (e.gpa, e.wide, e.value)))
     }
 
     fn io_read(&mut self, port: u16, data: &mut [u8]) -> Result<(), BusError> {

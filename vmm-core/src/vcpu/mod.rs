@@ -13,6 +13,7 @@ mod emulation;
 mod exit;
 mod msr;
 mod run_loop;
+mod split_entry;
 mod state;
 mod watchdog;
 
@@ -38,6 +39,7 @@ pub use msr::{
     PASS_THROUGH,
 };
 pub use run_loop::{handle_exit, prepare_entry, run, Prepared, RunOutcome, Slice, Turn};
+pub use split_entry::{run_split, SplitEntry};
 pub use state::{move_state, SegmentState, VcpuState, VCPU_STATE_VERSION};
 pub use watchdog::{Watchdog, NO_PROGRESS_LIMIT};
 
@@ -112,7 +114,7 @@ pub trait InterruptSource {
     fn take_sipi(&self) -> Option<u8> {
         None
     }
-    /// Whether this vCPU's local APIC offers x2APIC mode: CPUID.1:ECX[21]
+    /// Whether this vCPU's local APIC offers x2APIC mode: CPUID.1:ECX bit 21
     /// says so, IA32_APIC_BASE takes EXTD, and in x2APIC mode MSRs
     /// [`X2APIC_MSRS`] reach [`InterruptSource::x2apic_read`] and
     /// [`InterruptSource::x2apic_write`]. Sources without keep the

@@ -189,7 +189,7 @@ pub fn apic_base_write(current: u64, value: u64) -> Option<u64> {
 }
 
 /// [`apic_base_write`] for a local APIC that may offer x2APIC (`x2apic`,
-/// CPUID.1:ECX[21]). With it, EXTD is no longer reserved, and the SDM's
+/// CPUID.1:ECX bit 21). With it, EXTD is no longer reserved, and the SDM's
 /// mode transitions hold (11.12.5): EXTD without the enable bit is an
 /// invalid state, x2APIC mode cannot go back to xAPIC mode but through
 /// disabled, and a disabled APIC cannot go straight to x2APIC mode; each
@@ -273,7 +273,7 @@ pub struct MsrFileState {
     pub kvm_system_time: u64,
     /// The variable-range MTRRs, base and mask of each range in turn.
     pub mtrr_variable: [u64; 2 * MTRR_VARIABLE],
-    /// The fixed-range MTRRs, in the order of [`MTRR_FIXED`].
+    /// The fixed-range MTRRs, in MSR order (0x250, 0x258, 0x259, 0x268 to 0x26f).
     pub mtrr_fixed: [u64; 11],
     /// IA32_MCG_STATUS.
     pub mcg_status: u64,

@@ -6,33 +6,50 @@ use super::control_registers::{EFER_GUEST_WRITABLE, EFER_LMA, EFER_LME};
 use super::events::INFO_VALID;
 use super::fields;
 use super::guest_state::access_rights_from_attributes;
-use super::instructions::{self, VmxGprs};
+use super::host_debug::DebugEntry;
+use super::instructions::{self, VmFail, VmxGprs};
 use super::vcpu::SWITCHED_MSRS;
 use super::VmxVcpu;
+use crate::debug_registers::GuestDebugRegisters;
 use crate::emulator::{Segment, SegmentRegister};
-use crate::vcpu::{Event, Exit, VcpuBackend};
+use crate::vcpu::{Event, Exit, SplitEntry, VcpuBackend};
 use crate::vm::Vm;
 
 /// Internal exits in a row before `run` returns to the exit loop anyway.
 const MAX_INTERNAL_EXITS: u32 = 1000;
 
-impl VcpuBackend for VmxVcpu {
-    fn run(&mut self, vm: &mut Vm) -> Exit {
-        if self.host_debug_holds() {
-            // Held for the host's debugger.
-            return Exit::Preempted;
-        }
-        if let Err(e) = self.sync_ept(vm) {
-            return Exit::Error(e);
-        }
-        self.sync_io_bitmaps(vm);
-        if self.pdptes_stale {
-            self.pdptes_stale = false;
-            if self.load_pdptes(vm).is_err() {
-                log::debug!("restored PAE PDPTEs are invalid: the guest gets #GP");
-                self.inject_event(Event::Exception(
-                    crate::emulator::Exception::GeneralProtection(0),
-                ));
+/// One VMX entry from its set-up to its end ([`SplitEntry`]).
+pub struct VmxEntry {
+    /// What the host's debugger changed for this entry.
+    debugger: Option<DebugEntry>,
+    /// The debug registers loaded for the guest, then as it left them.
+    debug_registers: GuestDebugRegisters,
+    /// VMLAUNCH/VMRESUME's own result.
+    entered: Result<(), VmFail>,
+}
+
+impl SplitEntry for VmxVcpu {
+    type Entry = VmxEntry;
+    const MAX_INTERNAL_EXITS: u32 = MAX_INTERNAL_EXITS;
+
+    fn begin_entry(&mut self, vm: &mut Vm, first: bool) -> Result<VmxEntry, Exit> {
+        if first {
+            if self.host_debug_holds() {
+                // Held for the host's debugger.
+                return Err(Exit::Preempted);
+            }
+            if let Err(e) = self.sync_ept(vm) {
+                return Err(Exit::Error(e));
+            }
+            self.sync_io_bitmaps(vm);
+            if self.pdptes_stale {
+                self.pdptes_stale = false;
+                if self.load_pdptes(vm).is_err() {
+                    log::debug!("restored PAE PDPTEs are invalid: the guest gets #GP");
+                    self.inject_event(Event::Exception(
+                        crate::emulator::Exception::GeneralProtection(0),
+                    ));
+                }
             }
         }
         // A run lasts at most a millisecond of TSC time with the preemption
@@ -44,74 +61,88 @@ impl VcpuBackend for VmxVcpu {
             let per_ms = u64::from(vm.host().tsc_khz().unwrap_or(1_000_000));
             (per_ms >> shift).clamp(1, u64::from(u32::MAX))
         });
-        for _ in 0..MAX_INTERNAL_EXITS {
-            self.load();
-            if let Some(ticks) = quantum {
-                self.write(fields::GUEST_PREEMPTION_TIMER, ticks);
-            }
-            let debugger = self.enter_host_debug();
-            let mut debug_registers = self.entry_debug_registers(debugger.as_ref());
-            self.xstate.switch_to_guest(vm.host().current_cpu());
-            debug_registers.load(true);
-            // SAFETY: VMX is on and our VMCS current; its host state is this
-            // CPU's, HOST_RIP the exit path of `enter`; its EPT maps only
-            // this VM's memory, its I/O bitmaps intercept every port but
-            // the VM's pass-through ports and its MSR bitmap only lets
-            // through MSRs the VMCS or its MSR areas switch.
-            let entered = unsafe { instructions::enter(&mut self.gprs, self.launched) };
-            debug_registers.save(true);
-            if debugger.is_some_and(|e| e.has_breakpoints()) {
-                // DR0-DR3 held the debugger's: only DR6 is the guest's.
-                self.debug.dr6 = debug_registers.dr6;
-            } else {
-                self.debug = debug_registers;
-            }
-            self.xstate.switch_to_host();
-            // A physical interrupt that ended the guest's run is taken now.
-            instructions::take_pending_interrupts();
-            if let Err(e) = entered {
-                return self.instruction_failure(e);
-            }
-            self.launched = true;
-            // The event we injected (if any) was delivered or is reported
-            // again through the IDT-vectoring information.
-            // (A failed entry keeps it, for the diagnosis.)
-            let failed_entry = self.read(fields::EXIT_REASON) & (1 << 31) != 0;
-            let pending = self.read(fields::ENTRY_INTERRUPTION_INFO);
-            if pending & INFO_VALID != 0 && !failed_entry {
-                self.write(fields::ENTRY_INTERRUPTION_INFO, 0);
-            }
-            match debugger.and_then(|e| self.leave_host_debug(&e)) {
-                Some(true) => return Exit::Preempted,
-                Some(false) => continue,
-                None => {}
-            }
-            if let Some(exit) = self.decode_exit(vm) {
-                if exit == Exit::InterruptWindow {
-                    self.request_interrupt_window(false);
-                }
-                if exit == Exit::NmiWindow {
-                    self.request_nmi_window(false);
-                }
-                if matches!(
-                    exit,
-                    Exit::Hlt { .. }
-                        | Exit::PortIo { .. }
-                        | Exit::Cpuid { .. }
-                        | Exit::Msr { .. }
-                        | Exit::ControlRegister { .. }
-                        | Exit::Invlpg { .. }
-                ) {
-                    // The exit loop completes this instruction and raises
-                    // its single-step trap itself (a CPU may have saved one
-                    // for it, which would come again at every re-entry
-                    // while RIP stays on a HLT).
-                    self.clear_single_step();
-                }
-                return exit;
-            }
+        self.load();
+        if let Some(ticks) = quantum {
+            self.write(fields::GUEST_PREEMPTION_TIMER, ticks);
         }
-        Exit::Preempted
+        let debugger = self.enter_host_debug();
+        let debug_registers = self.entry_debug_registers(debugger.as_ref());
+        self.xstate.switch_to_guest(vm.host().current_cpu());
+        debug_registers.load(true);
+        Ok(VmxEntry {
+            debugger,
+            debug_registers,
+            entered: Ok(()),
+        })
+    }
+
+    fn enter(&mut self, entry: &mut VmxEntry) {
+        // SAFETY: VMX is on and our VMCS current (`begin_entry` loaded it
+        // on this CPU right before); its host state is this CPU's,
+        // HOST_RIP the exit path of `enter`; its EPT maps only this VM's
+        // memory, its I/O bitmaps intercept every port but the VM's
+        // pass-through ports and its MSR bitmap only lets through MSRs
+        // the VMCS or its MSR areas switch.
+        entry.entered = unsafe { instructions::enter(&mut self.gprs, self.launched) };
+        entry.debug_registers.save(true);
+        if entry.debugger.is_some_and(|e| e.has_breakpoints()) {
+            // DR0-DR3 held the debugger's: only DR6 is the guest's.
+            self.debug.dr6 = entry.debug_registers.dr6;
+        } else {
+            self.debug = entry.debug_registers;
+        }
+        self.xstate.switch_to_host();
+        // A physical interrupt that ended the guest's run is taken now.
+        instructions::take_pending_interrupts();
+    }
+
+    fn end_entry(&mut self, vm: &mut Vm, entry: VmxEntry) -> Option<Exit> {
+        if let Err(e) = entry.entered {
+            return Some(self.instruction_failure(e));
+        }
+        self.launched = true;
+        // The event we injected (if any) was delivered or is reported
+        // again through the IDT-vectoring information.
+        // (A failed entry keeps it, for the diagnosis.)
+        let failed_entry = self.read(fields::EXIT_REASON) & (1 << 31) != 0;
+        let pending = self.read(fields::ENTRY_INTERRUPTION_INFO);
+        if pending & INFO_VALID != 0 && !failed_entry {
+            self.write(fields::ENTRY_INTERRUPTION_INFO, 0);
+        }
+        match entry.debugger.and_then(|e| self.leave_host_debug(&e)) {
+            Some(true) => return Some(Exit::Preempted),
+            Some(false) => return None,
+            None => {}
+        }
+        let exit = self.decode_exit(vm)?;
+        if exit == Exit::InterruptWindow {
+            self.request_interrupt_window(false);
+        }
+        if exit == Exit::NmiWindow {
+            self.request_nmi_window(false);
+        }
+        if matches!(
+            exit,
+            Exit::Hlt { .. }
+                | Exit::PortIo { .. }
+                | Exit::Cpuid { .. }
+                | Exit::Msr { .. }
+                | Exit::ControlRegister { .. }
+                | Exit::Invlpg { .. }
+        ) {
+            // The exit loop completes this instruction and raises
+            // its single-step trap itself (a CPU may have saved one
+            // for it, which would come again at every re-entry
+            // while RIP stays on a HLT).
+            self.clear_single_step();
+        }
+        Some(exit)
+    }
+}
+
+impl VcpuBackend for VmxVcpu {
+    fn run(&mut self, vm: &mut Vm) -> Exit {
+        crate::vcpu::run_split(self, vm)
     }
 
     fn inject(&mut self, event: Event) -> bool {

@@ -57,6 +57,7 @@ mod instructions;
 mod state;
 mod vcpu;
 
+pub use backend::VmxEntry;
 pub use capabilities::{CapabilityMsrs, Controls, MissingCapability};
 pub use enable::Vmx;
 pub use exits::io_exit;

@@ -2,7 +2,7 @@
 //! GRUB and Linux's `sr`/`cdrom` drivers send them, and the sense data that
 //! reports their failures.
 //!
-//! [`execute`] turns a 12-byte command packet into a [`Reply`] or a
+//! `execute` turns a 12-byte command packet into a `Reply` or a
 //! [`Sense`]; the channel (`super::channel`, which calls in here) moves the
 //! reply by PIO or bus-master DMA. This module depends on the drive and
 //! the sense data only, never on the channel.

@@ -50,7 +50,7 @@ pub struct PcDescription<'a> {
     /// the others wait for a start-up IPI (the firmware and the OS start
     /// them from the MADT and fw_cfg's count).
     pub cpus: usize,
-    /// Offer x2APIC: CPUID.1:ECX[21], IA32_APIC_BASE.EXTD, and in x2APIC
+    /// Offer x2APIC: CPUID.1:ECX bit 21, IA32_APIC_BASE.EXTD, and in x2APIC
     /// mode the local APIC's registers as MSRs 0x800-0x8ff (an EOI or a
     /// timer write is then an MSR exit, with no instruction to decode).
     /// Hosts whose backend handles the guest's MSRs itself (KVM) leave it

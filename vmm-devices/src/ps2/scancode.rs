@@ -4,7 +4,7 @@
 //! Set 2 is the keyboard's own: make `[E0] code`, break `[E0] F0 code`
 //! (Print Screen sends a fake Shift around its code, Pause its whole
 //! sequence on press and nothing on release). Set 1 is set 2 put through
-//! the controller's translation ([`translate`]: each byte through the
+//! the controller's translation ([`translate_byte`]: each byte through the
 //! 8042's ROM table, `F0` folded into the next byte as bit 7), so both
 //! agree by construction. Set 3 sends `code` and `F0 code` with no
 //! prefixes; keys whose set-3 code differs from their set-2 code are in

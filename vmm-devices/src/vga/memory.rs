@@ -12,8 +12,10 @@ use super::regs::Registers;
 /// Size of the legacy window (0xa0000-0xbffff).
 pub const WINDOW_SIZE: u64 = 0x20000;
 
-/// Bytes after video memory that hold the text shadow: the odd/even
-/// window as the CPU sees it, byte `rel` of the window at `rel` (covering
+/// Bytes after video memory that hold the window's shadow: the odd/even
+/// window as the CPU sees it in a text mode ([`text_shadow_fits`]), or one
+/// plane in a planar mode that writes just that plane
+/// ([`plane_shadow_fits`]); byte `rel` of the window at `rel` (covering
 /// the largest memory map, 128 KiB).
 pub const TEXT_SHADOW_LEN: usize = 0x2_0000;
 
@@ -26,6 +28,47 @@ pub fn text_shadow_fits(regs: &Registers) -> bool {
         && regs.gr[5] & 0x10 != 0
         && regs.gr[4] & 0x02 == 0
         && regs.seq[2] & 0x0f == 0x03
+}
+
+/// The plane whose window the shadow may hold in a planar (sequential,
+/// not chain-4) mode whose CPU accesses are plain loads and stores of one
+/// plane: write mode 0 without set/reset, rotation or logical operation,
+/// every bit-mask bit, the map mask exactly that plane, and read mode 0
+/// reading that same plane. The VGA BIOS loads fonts into plane 2 this
+/// way, a byte of the window for a byte of the plane. Window offset `a` is
+/// then plane byte `a`. What the window cannot do as memory: a read there
+/// does not load the latches (a later write mode 1 or logical operation
+/// without a read of its own sees the latches of the last emulated read).
+pub fn plane_shadow_fits(regs: &Registers) -> Option<usize> {
+    let plain = regs.seq[4] & 0x0c == 0x04
+        && regs.gr[5] & 0x1b == 0
+        && regs.gr[1] & 0x0f == 0
+        && regs.gr[3] == 0
+        && regs.gr[8] == 0xff;
+    let plane = usize::from(regs.gr[4] & 3);
+    (plain && usize::from(regs.seq[2] & 0x0f) == 1 << plane).then_some(plane)
+}
+
+/// Copy plane `p`'s first [`TEXT_SHADOW_LEN`] bytes into the shadow at
+/// `vram[shadow]`, before the window is served from it.
+pub fn plane_to_shadow(vram: &mut [u8], shadow: usize, p: usize) {
+    for rel in 0..TEXT_SHADOW_LEN {
+        let v = plane_byte(vram, p, rel);
+        if let Some(b) = shadow.checked_add(rel).and_then(|a| vram.get_mut(a)) {
+            *b = v;
+        }
+    }
+}
+
+/// Copy the shadow back into plane `p`, when the window stops being
+/// served from it.
+pub fn shadow_to_plane(vram: &mut [u8], shadow: usize, p: usize) {
+    for rel in 0..TEXT_SHADOW_LEN {
+        let Some(&v) = shadow.checked_add(rel).and_then(|a| vram.get(a)) else {
+            return;
+        };
+        set_plane_byte(vram, p, rel, v);
+    }
 }
 
 /// Copy the odd/even view of planes 0 and 1 into the text shadow (which

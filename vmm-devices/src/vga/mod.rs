@@ -25,7 +25,10 @@ pub mod vbe;
 
 use alloc::vec::Vec;
 pub use memory::TEXT_SHADOW_LEN;
-use memory::{planes_to_shadow, shadow_to_planes, text_shadow_fits, window_offset, Latches};
+use memory::{
+    plane_shadow_fits, plane_to_shadow, planes_to_shadow, shadow_to_plane, shadow_to_planes,
+    text_shadow_fits, window_offset, Latches,
+};
 use regs::Registers;
 use render::{Display, DisplayBackend};
 use vbe::{Vbe, VbeEffect};
@@ -69,6 +72,30 @@ pub enum WindowMapping {
     Emulated,
 }
 
+/// What the shadow after video memory holds for the window, so that the
+/// guest can have the window as RAM (see [`Vga::sync_text_shadow`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shadow {
+    /// The odd/even text window: planes 0 and 1 are stale.
+    Text,
+    /// One plane (0-3) of a planar mode that writes only it: that plane
+    /// is stale.
+    Plane(u8),
+}
+
+impl Shadow {
+    /// The shadow the registers call for, if any.
+    fn wanted(regs: &Registers, vbe: &Vbe) -> Option<Self> {
+        if vbe.enabled() {
+            None
+        } else if text_shadow_fits(regs) {
+            Some(Shadow::Text)
+        } else {
+            plane_shadow_fits(regs).map(|p| Shadow::Plane(p as u8))
+        }
+    }
+}
+
 /// The adapter's state: everything but video memory.
 #[derive(Clone, Debug)]
 pub struct Vga {
@@ -76,9 +103,9 @@ pub struct Vga {
     vbe: Vbe,
     latches: Latches,
     vram_size: usize,
-    /// The text shadow after video memory holds the window's text (planes
-    /// 0 and 1 are stale): see [`Vga::sync_text_shadow`].
-    shadow: bool,
+    /// What the shadow after video memory holds now, if the window is
+    /// served from it: see [`Vga::sync_text_shadow`].
+    shadow: Option<Shadow>,
 }
 
 impl Default for Vga {
@@ -102,7 +129,7 @@ impl Vga {
             vbe: Vbe::new(size),
             latches: Latches::default(),
             vram_size: size,
-            shadow: false,
+            shadow: None,
         }
     }
 
@@ -114,25 +141,39 @@ impl Vga {
 
     /// Whether a text mode is served from the text shadow now.
     pub fn text_shadowed(&self) -> bool {
+        self.shadow == Some(Shadow::Text)
+    }
+
+    /// What the window is served from now: the shadow, and what it holds,
+    /// or `None` for the planes.
+    pub fn shadow(&self) -> Option<Shadow> {
         self.shadow
     }
 
-    /// Move the window's text between planes 0/1 and the text shadow when
-    /// the registers now call for the other: in a plain odd/even text mode
-    /// (mode 3 and friends, see [`memory::text_shadow_fits`]) the window is
-    /// the shadow, a byte for a byte, so the guest can have it as RAM
-    /// without exits; any other mode works on the planes again. Called
+    /// Move the window's bytes between the planes and the shadow when the
+    /// registers now call for another arrangement: in a plain odd/even
+    /// text mode (mode 3 and friends, see [`memory::text_shadow_fits`])
+    /// the window is the text shadow, a byte for a byte, and in a planar
+    /// mode that reads and plainly writes a single plane (the VGA BIOS's
+    /// font loads into plane 2, see [`memory::plane_shadow_fits`]) it is
+    /// a copy of that plane; either way the guest can have it as RAM
+    /// without exits. Any other mode works on the planes again. Called
     /// after every register write; `vram` is the device memory
     /// ([`Vga::memory_size`] bytes).
     pub fn sync_text_shadow(&mut self, vram: &mut [u8]) {
-        let want = !self.vbe.enabled() && text_shadow_fits(&self.regs);
+        let want = Shadow::wanted(&self.regs, &self.vbe);
         if want == self.shadow {
             return;
         }
-        if want {
-            planes_to_shadow(vram, self.vram_size);
-        } else {
-            shadow_to_planes(vram, self.vram_size);
+        match self.shadow {
+            Some(Shadow::Text) => shadow_to_planes(vram, self.vram_size),
+            Some(Shadow::Plane(p)) => shadow_to_plane(vram, self.vram_size, usize::from(p)),
+            None => {}
+        }
+        match want {
+            Some(Shadow::Text) => planes_to_shadow(vram, self.vram_size),
+            Some(Shadow::Plane(p)) => plane_to_shadow(vram, self.vram_size, usize::from(p)),
+            None => {}
         }
         self.shadow = want;
     }
@@ -213,7 +254,9 @@ impl Vga {
                 .unwrap_or(0xff);
         }
         match window_offset(&self.regs, offset) {
-            Some(a) if self.shadow => vram.get(self.vram_size + a).copied().unwrap_or(0xff),
+            Some(a) if self.shadow.is_some() => {
+                vram.get(self.vram_size + a).copied().unwrap_or(0xff)
+            }
             Some(a) => self.latches.read(&self.regs, vram, a),
             None => 0xff,
         }
@@ -231,7 +274,7 @@ impl Vga {
             return;
         }
         match window_offset(&self.regs, offset) {
-            Some(a) if self.shadow => {
+            Some(a) if self.shadow.is_some() => {
                 if let Some(b) = vram.get_mut(self.vram_size + a) {
                     *b = v;
                 }
@@ -297,12 +340,23 @@ impl Vga {
 
     /// What the screen shows now, drawn from `vram`.
     pub fn render(&self, vram: &[u8]) -> Display {
-        let text = if self.shadow {
+        let text = if self.shadow == Some(Shadow::Text) {
             render::TextSource::Shadow(self.vram_size)
         } else {
             render::TextSource::Planes
         };
-        render::render(&self.regs, &self.vbe, vram, text)
+        render::render(&self.regs, &self.vbe, &self.video_memory(vram), text)
+    }
+
+    /// `vram` as the renderer reads it, with the plane in the shadow.
+    fn video_memory<'a>(&self, vram: &'a [u8]) -> render::VideoMemory<'a> {
+        render::VideoMemory {
+            vram,
+            plane_shadow: match self.shadow {
+                Some(Shadow::Plane(p)) => Some((usize::from(p), self.vram_size)),
+                _ => None,
+            },
+        }
     }
 
     /// What the screen shows as pixels: a graphics mode's picture, or a
@@ -312,7 +366,11 @@ impl Vga {
         match self.render(vram) {
             Display::Blank => None,
             Display::Graphics(f) => Some(f),
-            Display::Text(t) => Some(render::text_pixels(&self.regs, vram, &t)),
+            Display::Text(t) => Some(render::text_pixels(
+                &self.regs,
+                &self.video_memory(vram),
+                &t,
+            )),
         }
     }
 
@@ -323,11 +381,13 @@ impl Vga {
 
     /// Whether the legacy window may be mapped as plain memory for the
     /// current register state: yes in chain-4 (mode 13h), for a VBE bank,
-    /// and in a plain text mode (the text shadow after video memory); planar
-    /// modes and unusual odd/even settings go through the latches and plane
-    /// logic, so their accesses must exit.
+    /// in a plain text mode (the text shadow after video memory) and while
+    /// a planar mode plainly writes and reads one plane (that plane's copy
+    /// in the same shadow); other planar settings and unusual odd/even
+    /// settings go through the latches and plane logic, so their accesses
+    /// must exit.
     pub fn window_mapping(&self) -> WindowMapping {
-        if self.shadow {
+        if self.shadow.is_some() {
             let (start, len) = memory::map_range(&self.regs);
             return WindowMapping::Linear {
                 gpa: WINDOW_BASE + start,

@@ -2,7 +2,7 @@
 //! RGB picture, independent of any host, and the trait a host implements
 //! to receive it.
 
-use super::memory::plane_byte;
+use super::memory::{plane_byte, TEXT_SHADOW_LEN};
 use super::regs::Registers;
 use super::vbe::Vbe;
 use alloc::vec::Vec;
@@ -114,22 +114,63 @@ pub enum TextSource {
     Shadow(usize),
 }
 
+/// Video memory as the renderer reads it: the planes, with one plane's
+/// first [`TEXT_SHADOW_LEN`] bytes in the shadow while a planar mode has
+/// the window served from there (see [`super::Shadow::Plane`]).
+#[derive(Clone, Copy, Debug)]
+pub struct VideoMemory<'a> {
+    /// Device memory: video memory, then the shadow.
+    pub vram: &'a [u8],
+    /// The plane held in the shadow, and where the shadow starts.
+    pub plane_shadow: Option<(usize, usize)>,
+}
+
+impl<'a> VideoMemory<'a> {
+    /// Video memory with no plane in the shadow.
+    pub fn planes(vram: &'a [u8]) -> Self {
+        Self {
+            vram,
+            plane_shadow: None,
+        }
+    }
+
+    /// Byte `i` of plane `p`, or 0 past the end.
+    pub fn plane_byte(&self, p: usize, i: usize) -> u8 {
+        match self.plane_shadow {
+            Some((plane, base)) if plane == p & 3 && i < TEXT_SHADOW_LEN => {
+                self.vram.get(base + i).copied().unwrap_or(0)
+            }
+            _ => plane_byte(self.vram, p, i),
+        }
+    }
+
+    /// Byte `a` of interleaved video memory (plane `a % 4`, byte `a / 4`).
+    pub fn byte(&self, a: usize) -> u8 {
+        match self.plane_shadow {
+            Some((plane, _)) if a & 3 == plane && a / 4 < TEXT_SHADOW_LEN => {
+                self.plane_byte(plane, a / 4)
+            }
+            _ => self.vram.get(a).copied().unwrap_or(0),
+        }
+    }
+}
+
 /// Render the current state.
-pub fn render(regs: &Registers, vbe: &Vbe, vram: &[u8], text: TextSource) -> Display {
+pub fn render(regs: &Registers, vbe: &Vbe, mem: &VideoMemory<'_>, text: TextSource) -> Display {
     if vbe.enabled() {
-        return render_vbe(regs, vbe, vram);
+        return render_vbe(regs, vbe, mem.vram);
     }
     if !regs.screen_enabled() || regs.seq[1] & 0x20 != 0 {
         return Display::Blank;
     }
     if regs.graphics_mode() {
-        render_planar(regs, vram)
+        render_planar(regs, mem)
     } else {
-        render_text(regs, vram, text)
+        render_text(regs, mem, text)
     }
 }
 
-fn render_text(regs: &Registers, vram: &[u8], text: TextSource) -> Display {
+fn render_text(regs: &Registers, mem: &VideoMemory<'_>, text: TextSource) -> Display {
     let cols = regs.display_columns().min(MAX_DIMENSION);
     let rows = (regs.display_lines() / regs.scan_lines_per_row()).min(MAX_DIMENSION);
     let start = regs.start_address();
@@ -139,11 +180,11 @@ fn render_text(regs: &Registers, vram: &[u8], text: TextSource) -> Display {
         let at = (start + i) * 2;
         cells.push(match text {
             TextSource::Planes => Cell {
-                ch: plane_byte(vram, 0, at),
-                attr: plane_byte(vram, 1, at),
+                ch: mem.plane_byte(0, at),
+                attr: mem.plane_byte(1, at),
             },
             TextSource::Shadow(base) => {
-                let b = |o: usize| vram.get(base + at + o).copied().unwrap_or(0);
+                let b = |o: usize| mem.vram.get(base + at + o).copied().unwrap_or(0);
                 Cell {
                     ch: b(0),
                     attr: b(1),
@@ -168,7 +209,7 @@ fn render_text(regs: &Registers, vram: &[u8], text: TextSource) -> Display {
     })
 }
 
-fn render_planar(regs: &Registers, vram: &[u8]) -> Display {
+fn render_planar(regs: &Registers, mem: &VideoMemory<'_>) -> Display {
     let height = (regs.display_lines() / regs.scan_lines_per_row()).min(MAX_DIMENSION);
     let start = regs.start_address();
     let mut pixels = Vec::new();
@@ -180,7 +221,7 @@ fn render_planar(regs: &Registers, vram: &[u8]) -> Display {
         for y in 0..height {
             for x in 0..width {
                 let a = start * 4 + y * line + x;
-                let idx = vram.get(a).copied().unwrap_or(0);
+                let idx = mem.byte(a);
                 pixels.push(regs.dac_rgb(idx, false));
             }
         }
@@ -201,7 +242,7 @@ fn render_planar(regs: &Registers, vram: &[u8]) -> Display {
             let bit = 7 - (x & 7);
             let mut c = 0u8;
             for p in 0..4 {
-                if planes & (1 << p) != 0 && (plane_byte(vram, p, a) >> bit) & 1 != 0 {
+                if planes & (1 << p) != 0 && (mem.plane_byte(p, a) >> bit) & 1 != 0 {
                     c |= 1 << p;
                 }
             }
@@ -268,7 +309,7 @@ fn font_map_offset(n: u8) -> usize {
 /// colours through the attribute palette and the DAC, the cursor as the
 /// scan lines of CRTC registers 0x0a/0x0b. What a monitor would show, for
 /// screenshots.
-pub fn text_pixels(regs: &Registers, vram: &[u8], screen: &TextScreen) -> Framebuffer {
+pub fn text_pixels(regs: &Registers, mem: &VideoMemory<'_>, screen: &TextScreen) -> Framebuffer {
     let cell_w = if regs.seq[1] & 1 != 0 { 8 } else { 9 };
     let cell_h = (usize::from(regs.crtc[9] & 0x1f) + 1).min(32);
     let cols = screen.cols.min(MAX_DIMENSION / cell_w);
@@ -299,7 +340,7 @@ pub fn text_pixels(regs: &Registers, vram: &[u8], screen: &TextScreen) -> Frameb
             let glyph = font_map_offset(map) + usize::from(cell.ch) * 32;
             let is_cursor = screen.cursor == Some((x, y));
             for line in 0..cell_h {
-                let bits = plane_byte(vram, 2, glyph + line);
+                let bits = mem.plane_byte(2, glyph + line);
                 let cursor_here = is_cursor && line >= cursor_lines.0 && line <= cursor_lines.1;
                 for dot in 0..cell_w {
                     let on = if dot < 8 {

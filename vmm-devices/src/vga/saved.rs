@@ -1,18 +1,18 @@
-//! The adapter's saved state: every register, the latches and whether
-//! the text lives in the text shadow (video memory is guest memory and
-//! travels with it), checked whole before anything changes.
+//! The adapter's saved state: every register, the latches and what the
+//! shadow holds (video memory is guest memory and travels with it),
+//! checked whole before anything changes.
 
 use super::memory::Latches;
 use super::regs::{Registers, AR_COUNT, CRTC_COUNT, DAC_BYTES, GR_COUNT, SEQ_COUNT};
 use super::vbe::{Vbe, REGISTER_COUNT};
-use super::Vga;
+use super::{Shadow, Vga};
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use vmm_core::device::save_restore::check;
 use vmm_core::device::StateError;
 
 /// Format version of [`VgaState`].
-pub const VGA_STATE_VERSION: u32 = 1;
+pub const VGA_STATE_VERSION: u32 = 2;
 
 /// What [`Vga::save`] keeps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +40,8 @@ pub struct VgaState {
     vbe: Vec<u16>,
     latches: [u8; 4],
     text_shadow: bool,
+    /// The plane the shadow holds (version 2).
+    plane_shadow: Option<u8>,
 }
 
 fn array<const N: usize>(v: &[u8], field: &'static str) -> Result<[u8; N], StateError> {
@@ -72,7 +74,11 @@ impl VgaState {
             vbe_index: v.vbe.index,
             vbe: v.vbe.regs.to_vec(),
             latches: v.latches.0,
-            text_shadow: v.shadow,
+            text_shadow: v.shadow == Some(Shadow::Text),
+            plane_shadow: match v.shadow {
+                Some(Shadow::Plane(p)) => Some(p),
+                _ => None,
+            },
         }
     }
 
@@ -81,6 +87,10 @@ impl VgaState {
         check(usize::from(self.gr_index) < 16, "vga gr index")?;
         check(self.ar_index < 0x40, "vga ar index")?;
         check(self.dac_component < 3, "vga dac component")?;
+        check(
+            self.plane_shadow.is_none_or(|p| p < 4 && !self.text_shadow),
+            "vga plane shadow",
+        )?;
         let regs = Registers {
             misc: self.misc,
             seq_index: self.seq_index,
@@ -114,7 +124,11 @@ impl VgaState {
             vbe,
             latches: Latches(self.latches),
             vram_size,
-            shadow: self.text_shadow,
+            shadow: match (self.text_shadow, self.plane_shadow) {
+                (true, _) => Some(Shadow::Text),
+                (false, Some(p)) => Some(Shadow::Plane(p)),
+                (false, None) => None,
+            },
         })
     }
 }

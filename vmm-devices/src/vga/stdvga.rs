@@ -14,9 +14,11 @@
 //! changes. A plain text mode maps the window to the text shadow after
 //! video memory ([`super::TEXT_SHADOW_LEN`], a byte of the window for a
 //! byte, moved to and from planes 0 and 1 when the mode changes), so
-//! text output does not exit either. Only register I/O and planar-mode
-//! window accesses exit, and those reach the same bytes through
-//! `DmaGuard::device_memory`.
+//! text output does not exit either; nor do a planar mode's plain writes
+//! to a single plane (the VGA BIOS's font loads), which have a copy of
+//! that plane in the same shadow. Only register I/O and the other
+//! planar-mode window accesses exit, and those reach the same bytes
+//! through `DmaGuard::device_memory`.
 //! The ROM is a ROM block mapped read-only at the ROM BAR while it is
 //! enabled, so the BIOS copies it without exits.
 

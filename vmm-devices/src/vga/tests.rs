@@ -156,8 +156,35 @@ fn text_survives_a_font_load_through_the_planes() {
     gr(&mut v, 4, 0x02);
     gr(&mut v, 5, 0x00);
     gr(&mut v, 6, 0x04);
-    assert_eq!(v.window_mapping(), WindowMapping::Emulated);
+    // Plain writes to plane 2 alone: the window is a copy of plane 2 in
+    // the shadow, RAM for the guest, so a font load does not exit.
+    assert_eq!(v.vga().shadow(), Some(Shadow::Plane(2)));
+    assert_eq!(
+        v.window_mapping(),
+        WindowMapping::Linear {
+            gpa: 0xa0000,
+            len: 0x10000,
+            vram_offset: 1 << 20,
+        }
+    );
     v.window_write(u64::from(b'V') * 32, 0xff);
+    assert_eq!(v.vram()[(1 << 20) + usize::from(b'V') * 32], 0xff);
+    assert_eq!(v.window_read(u64::from(b'V') * 32), 0xff);
+    // What a person sees already has the new glyph row, read from the
+    // shadow (plane 2 itself is stale until the mode changes).
+    dac(&mut v, 7, [0x2a, 0x2a, 0x2a]);
+    let during = v.render_pixels().unwrap();
+    // Anything but plain writes to one plane works on the planes again:
+    // here a write mode 2 with the same map mask.
+    gr(&mut v, 5, 0x02);
+    assert_eq!(v.vga().shadow(), None);
+    assert_eq!(v.window_mapping(), WindowMapping::Emulated);
+    assert_eq!(
+        memory::plane_byte(v.vram(), 2, usize::from(b'V') * 32),
+        0xff
+    );
+    gr(&mut v, 5, 0x00);
+    assert_eq!(v.vga().shadow(), Some(Shadow::Plane(2)));
     // The characters are in the planes while the shadow is off.
     gr(&mut v, 4, 0x00);
     assert_eq!(v.window_read(0), b'V');
@@ -172,8 +199,8 @@ fn text_survives_a_font_load_through_the_planes() {
         memory::plane_byte(v.vram(), 2, usize::from(b'V') * 32),
         0xff
     );
-    dac(&mut v, 7, [0x2a, 0x2a, 0x2a]);
     let f = v.render_pixels().unwrap();
+    assert_eq!(f, during);
     assert_eq!((f.width, f.height), (720, 400));
     // The glyph's first row is all on: grey (colour 7) across 8 dots, the
     // ninth dot and the next row black.
@@ -238,6 +265,43 @@ fn mode12_planar_write_modes() {
     v.window_write(1, 0);
     assert_eq!(picture(&v).pixel(8, 0), Some(0xaa0000));
     assert_eq!(v.window_mapping(), WindowMapping::Emulated);
+}
+
+#[test]
+fn mode12_writes_to_one_plane_go_through_the_plane_shadow() {
+    let mut v = Card::new(1 << 20);
+    mode12(&mut v);
+    dac(&mut v, 4, [0x2a, 0, 0]);
+    dac(&mut v, 6, [0, 0x2a, 0x2a]);
+    // Plane 1 already has the leftmost pixel (colour 2).
+    seq(&mut v, 2, 0x02);
+    v.window_write(0, 0x80);
+    // Plain writes to plane 2, reading plane 2: the shadow holds plane 2
+    // and the window is RAM.
+    seq(&mut v, 2, 0x04);
+    gr(&mut v, 4, 0x02);
+    assert_eq!(v.vga().shadow(), Some(Shadow::Plane(2)));
+    assert!(matches!(
+        v.window_mapping(),
+        WindowMapping::Linear {
+            gpa: 0xa0000,
+            len: 0x10000,
+            ..
+        }
+    ));
+    v.window_write(0, 0xc0);
+    assert_eq!(v.window_read(0), 0xc0);
+    // The picture reads plane 2 from the shadow: colour 6 then colour 4.
+    let f = picture(&v);
+    assert_eq!(f.pixel(0, 0), Some(0x00aaaa));
+    assert_eq!(f.pixel(1, 0), Some(0xaa0000));
+    // Reading another plane ends the shadow: plane 2 is back in place.
+    gr(&mut v, 4, 0x01);
+    assert_eq!(v.vga().shadow(), None);
+    assert_eq!(v.window_mapping(), WindowMapping::Emulated);
+    assert_eq!(v.window_read(0), 0x80);
+    assert_eq!(memory::plane_byte(v.vram(), 2, 0), 0xc0);
+    assert_eq!(picture(&v), f);
 }
 
 #[test]

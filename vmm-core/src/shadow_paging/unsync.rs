@@ -1,0 +1,244 @@
+//! Out-of-sync leaf page tables: guest writes to a page table without an
+//! exit each, made coherent at the guest's next TLB flush.
+//!
+//! Write-protecting every guest page table costs an exit and an emulated
+//! instruction per entry written, and a guest that builds or tears down an
+//! address space (fork, exec, exit, munmap) writes hundreds in a row. The
+//! architecture does not need the shadow to follow each write at once: a
+//! guest that changes a translation must flush it from the TLB (INVLPG, a
+//! CR3 load, a CR4.PGE toggle) before it may count on the change, and
+//! until then the CPU may go on using the old one. The shadow trees may
+//! therefore lag behind a guest page table the way a TLB does, as long as
+//! they catch up at every flush (the design of KVM's shadow MMU, whose
+//! "unsync" shadow pages are resynchronised on CR3 loads and INVLPG).
+//!
+//! Here: the first write fault on a tracked frame that only ever held leaf
+//! entries (4 KiB PTEs; never a directory, whose subtrees the shadow links)
+//! takes a copy of the frame, maps it writable, and lets the write run.
+//! Until the next flush the guest writes it at full speed. At the flush
+//! (CR3 write, INVLPG, CR4.PGE toggle: marked here, done before the next
+//! entry or fault), each such frame is compared with its copy: the
+//! dependents of every entry that changed are removed exactly as for an
+//! emulated write, and the frame is write-protected again.
+//!
+//! The copy is the value each dependent leaf was derived from: a fill or a
+//! prefetch that reads an entry of an out-of-sync frame whose value is no
+//! longer the copy's first removes that entry's older dependents and takes
+//! the new value into the copy (otherwise a leaf filled from a value the
+//! guest then wrote back would survive the comparison).
+//!
+//! Never for a frame still shared copy-on-write with other VMs (a clone's
+//! RAM, `copy_on_write`): the write fault copies the page for this VM
+//! first, since the frame is about to be mapped writable.
+//!
+//! Only with one vCPU per pager: another vCPU could go on writing a frame
+//! through a writable TLB entry after it was write-protected again, unseen
+//! (KVM makes such a write-protection wait for every vCPU to flush; nothing
+//! here can interrupt a sibling). Guest flushes the pager does not see
+//! (INVPCID, PCIDs) are not offered to shadow-paged guests.
+
+use super::coherence::Leaf;
+use super::ShadowPager;
+use crate::memory::GuestMemory;
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use hashbrown::HashMap;
+
+/// Frames out of sync at once at most; a write fault on one more is
+/// emulated as before.
+pub(super) const MAX_UNSYNC: usize = 64;
+
+/// The out-of-sync frames of one pager.
+#[derive(Default)]
+pub(super) struct Unsync {
+    /// Each frame's copy: the values its dependents were derived from.
+    frames: HashMap<u64, Box<[u8; 4096]>>,
+    /// A guest TLB flush happened since the last resync.
+    pub(super) pending: bool,
+    /// Frames may go out of sync (one vCPU on the pager).
+    pub(super) allowed: bool,
+    /// Copies no frame uses now, kept for the next (the host's heap is
+    /// not asked for 4 KiB at every write fault).
+    spare: Vec<Box<[u8; 4096]>>,
+    /// The frames a resync visits, kept for the next.
+    visiting: Vec<u64>,
+}
+
+impl Unsync {
+    pub(super) fn new() -> Self {
+        Self {
+            frames: HashMap::new(),
+            pending: false,
+            allowed: true,
+            spare: Vec::new(),
+            visiting: Vec::new(),
+        }
+    }
+
+    /// Whether the frame holding `gpa` is out of sync.
+    pub(super) fn contains(&self, gpa: u64) -> bool {
+        !self.frames.is_empty() && self.frames.contains_key(&(gpa & !0xfff))
+    }
+
+    /// The copy's bytes at `gpa` (`len` of them, within one frame), if the
+    /// frame is out of sync.
+    pub(super) fn copied(&self, gpa: u64, len: usize) -> Option<&[u8]> {
+        let copy = self.frames.get(&(gpa & !0xfff))?;
+        let at = (gpa & 0xfff) as usize;
+        copy.get(at..at + len)
+    }
+
+    /// How many frames are out of sync.
+    pub(super) fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Forget every frame (every tree was emptied).
+    pub(super) fn clear(&mut self) {
+        for (_, copy) in self.frames.drain() {
+            self.spare.push(copy);
+        }
+        self.pending = false;
+    }
+
+    /// A guest TLB flush: resync before the guest runs again.
+    pub(super) fn flush_requested(&mut self) {
+        if !self.frames.is_empty() {
+            self.pending = true;
+        }
+    }
+}
+
+impl ShadowPager {
+    /// Whether a write fault on the tracked frame at `gpa` may let it go
+    /// out of sync instead of being emulated.
+    pub(super) fn may_unsync(&self, gpa: u64) -> bool {
+        self.unsync.allowed
+            && (self.unsync.contains(gpa)
+                || (self.unsync.len() < MAX_UNSYNC && self.coherence.leaf_only(gpa)))
+    }
+
+    /// Let the frame at `gpa` go out of sync: copy it as it is now.
+    pub(super) fn unsync_frame(&mut self, memory: &GuestMemory, gpa: u64) {
+        let frame = gpa & !0xfff;
+        if self.unsync.contains(frame) {
+            return;
+        }
+        let mut copy = self
+            .unsync
+            .spare
+            .pop()
+            .unwrap_or_else(|| Box::new([0u8; 4096]));
+        if memory.read(frame, &mut copy[..]).is_err() {
+            self.unsync.spare.push(copy);
+            return;
+        }
+        self.unsync.frames.insert(frame, copy);
+        self.stats.unsyncs += 1;
+    }
+
+    /// A walk (fill or prefetch) is about to record a dependency on the
+    /// entry at `gpa` (`wide`: 8 bytes), whose value is now `value`: if its
+    /// frame is out of sync and the copy holds another value, the entry
+    /// was written since; drop what was derived from the old value and
+    /// take the new one into the copy.
+    pub(super) fn sync_entry(&mut self, gpa: u64, wide: bool, value: u64) {
+        let len = if wide { 8 } else { 4 };
+        let now = value.to_le_bytes();
+        let Some(now) = now.get(..len) else {
+            return;
+        };
+        match self.unsync.copied(gpa, len) {
+            Some(old) if old != now => {}
+            _ => return,
+        }
+        let mut stale = Vec::new();
+        self.coherence.take_written(gpa, len as u64, &mut stale);
+        for l in stale {
+            self.zap(l);
+        }
+        let at = (gpa & 0xfff) as usize;
+        if let Some(copy) = self.unsync.frames.get_mut(&(gpa & !0xfff)) {
+            if let Some(slot) = copy.get_mut(at..at + len) {
+                slot.copy_from_slice(now);
+            }
+        }
+    }
+
+    /// Bring the frame at `gpa` back in sync: remove the dependents of
+    /// every entry that differs from the copy, and write-protect it again.
+    pub(super) fn resync_frame(&mut self, memory: &GuestMemory, gpa: u64) {
+        let frame = gpa & !0xfff;
+        let Some(copy) = self.unsync.frames.remove(&frame) else {
+            return;
+        };
+        let mut stale: Vec<Leaf> = Vec::new();
+        // The frame now, in a copy no frame uses, compared 8 bytes at a
+        // time.
+        let mut now = self
+            .unsync
+            .spare
+            .pop()
+            .unwrap_or_else(|| Box::new([0u8; 4096]));
+        let readable = memory.read(frame, &mut now[..]).is_ok();
+        let pairs = copy.chunks_exact(8).zip(now.chunks_exact(8));
+        for (i, (old, now)) in pairs.enumerate().filter(|_| readable) {
+            let gpa = frame + 8 * i as u64;
+            let old = old.try_into().map_or(0, u64::from_le_bytes);
+            let now = now.try_into().map_or(0, u64::from_le_bytes);
+            if old != now {
+                let len = if old as u32 != now as u32 && old >> 32 != now >> 32 {
+                    8
+                } else {
+                    4
+                };
+                let at = if old as u32 == now as u32 {
+                    gpa + 4
+                } else {
+                    gpa
+                };
+                self.coherence.take_written(at, len, &mut stale);
+            }
+        }
+        self.unsync.spare.push(copy);
+        self.unsync.spare.push(now);
+        if !readable {
+            // The frame left RAM under it (cannot happen without a memory
+            // map change, which flushes everything): drop every dependent.
+            self.coherence.take_frame(frame, &mut stale);
+        }
+        stale.extend(self.coherence.take_writable(frame));
+        for l in stale {
+            self.zap(l);
+        }
+        self.stats.resyncs += 1;
+    }
+
+    /// Bring every frame back in sync if the guest flushed its TLB since
+    /// the last time (what runs before the next entry or fault).
+    pub(super) fn resync_if_flushed(&mut self, memory: &GuestMemory) {
+        if !self.unsync.pending {
+            return;
+        }
+        self.unsync.pending = false;
+        self.resync_all(memory);
+    }
+
+    /// No frame goes out of sync any more (a second vCPU shares the
+    /// pager); those that are now catch up at the next entry or fault.
+    pub(super) fn forbid_unsync(&mut self) {
+        self.unsync.allowed = false;
+        self.unsync.pending = !self.unsync.frames.is_empty();
+    }
+
+    /// Bring every frame back in sync now.
+    pub(super) fn resync_all(&mut self, memory: &GuestMemory) {
+        let mut frames = core::mem::take(&mut self.unsync.visiting);
+        frames.clear();
+        frames.extend(self.unsync.frames.keys().copied());
+        for &frame in &frames {
+            self.resync_frame(memory, frame);
+        }
+        self.unsync.visiting = frames;
+    }
+}

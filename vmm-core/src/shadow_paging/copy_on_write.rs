@@ -25,7 +25,8 @@
 //!   (only shared pages are); and its copy, like every dependency record,
 //!   is kept by guest-physical address, which a copy leaves unchanged
 //!   (the bytes are the same at the copy), so nothing needs to follow the
-//!   new frame but the leaves, which this module takes away.
+//!   new frame but the leaves, which this module takes away (and were an
+//!   out-of-sync frame ever copied, it is brought back in sync first).
 //! - Leaves inside a subtree shared between 4-level trees (`subtrees`)
 //!   are recorded under the subtree's serial number, and its slot notes
 //!   the frame (for its eviction), so the reverse map finds and removes
@@ -46,6 +47,13 @@ impl ShadowPager {
             for gpa in memory.copied_pages_since(seen) {
                 for leaf in self.coherence.take_shared(gpa) {
                     self.zap(leaf);
+                }
+                // An out-of-sync table is the VM's own and so never
+                // copied; should one be, it is brought back in sync (and
+                // its writable leaves taken) rather than left writable on
+                // a frame the VM no longer uses.
+                if self.unsync.contains(gpa) {
+                    self.resync_frame(memory, gpa);
                 }
             }
         }

@@ -2051,3 +2051,86 @@ fn a_shared_leaf_table_goes_out_of_sync_only_as_the_clones_own_copy() {
     pb.verify(&b, &control, 0x4_000).unwrap();
     assert_eq!(pb.unsynced_frames(), 0);
 }
+
+/// Two processes of a clone share the subtree under their equal PML4
+/// entry: a page still shared copy-on-write is mapped there read-only,
+/// for both; a write fault in one copies it and the subtree maps the copy
+/// (for both); a copy made behind the pager's back takes the shared leaf
+/// out of the subtree, so neither tree keeps the old frame.
+#[test]
+fn a_shared_subtree_never_keeps_a_leaf_on_a_frame_its_clone_copied() {
+    use crate::host::Host;
+    use crate::memory::GuestMemory;
+    const PML4_B: u64 = 0x5000;
+    let host = Arc::new(TestHost::new());
+    let dyn_host: Arc<dyn Host> = host.clone();
+    let mut parent = GuestMemory::new();
+    let block = parent
+        .add_ram(0, dyn_host.alloc_memory(16 << 20, 0x1000).unwrap())
+        .unwrap();
+    for pml4 in [PML4, PML4_B] {
+        parent.write_u64(pml4, PDPT | P | RW | US).unwrap();
+    }
+    parent.write_u64(PDPT, PD | P | RW | US).unwrap();
+    parent.write_u64(PD, PT | P | RW | US).unwrap();
+    parent
+        .write_u64(PT + 0x10 * 8, 0x8_0000 | P | RW | A | D)
+        .unwrap();
+    parent
+        .write_u64(PT + 0x12 * 8, 0x9_0000 | P | RW | A | D)
+        .unwrap();
+    let shared = parent.share_block(block, dyn_host.clone()).unwrap();
+    let mut m = GuestMemory::new();
+    m.add_ram_shared(0, &shared, dyn_host.clone()).unwrap();
+    let (ca, cb) = (long_control(PML4), long_control(PML4_B));
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    let (base, own) = frame_in(&m, 0x8_0000);
+    assert!(!own);
+
+    // Process A reads: the shared frame, read-only, in the subtree that
+    // process B links as it is.
+    pager.ensure(&*host, &ca, &m).unwrap();
+    let f = pager
+        .handle_fault(&*host, &mut m, &ca, fault(0x10_000, 0))
+        .unwrap();
+    assert_eq!(f, FaultOutcome::Filled);
+    pager.ensure(&*host, &cb, &m).unwrap();
+    let f = pager
+        .handle_fault(&*host, &mut m, &cb, fault(0x10_000, 0))
+        .unwrap();
+    assert_eq!(f, FaultOutcome::Filled);
+    let s = pager.stats();
+    assert_eq!((s.subtrees, s.subtree_links), (1, 1), "{s:?}");
+    assert_eq!(pager.shadow_entry(0x10_000), Some(base | P | A));
+    pager.verify(&m, &cb, 0x10_000).unwrap();
+    // Process B writes: the page is copied, and the subtree maps the
+    // copy writable for A too.
+    let f = pager
+        .handle_fault(&*host, &mut m, &cb, fault(0x10_000, PF_PRESENT | PF_WRITE))
+        .unwrap();
+    assert_eq!(f, FaultOutcome::Filled);
+    let (copy, own) = frame_in(&m, 0x8_0000);
+    assert!(own && copy != base);
+    assert_eq!(pager.shadow_entry(0x10_000), Some(copy | P | RW | A | D));
+    pager.ensure(&*host, &ca, &m).unwrap();
+    assert_eq!(pager.shadow_entry(0x10_000), Some(copy | P | RW | A | D));
+    pager.verify(&m, &ca, 0x10_000).unwrap();
+
+    // A page A mapped read-only from the subtree is copied by a write
+    // that is no fault of the pager's: gone from the subtree, for B too.
+    let f = pager
+        .handle_fault(&*host, &mut m, &ca, fault(0x12_000, 0))
+        .unwrap();
+    assert_eq!(f, FaultOutcome::Filled);
+    let (old, _) = frame_in(&m, 0x9_0000);
+    assert_eq!(pager.shadow_entry(0x12_000), Some(old | P | A));
+    m.write_u32(0x9_0000, 0xbbbb_bbbb).unwrap();
+    pager.ensure(&*host, &cb, &m).unwrap();
+    assert_eq!(pager.shadow_entry(0x12_000), None);
+    pager.ensure(&*host, &ca, &m).unwrap();
+    assert_eq!(pager.shadow_entry(0x12_000), None);
+    for linear in [0x10_000, 0x12_000] {
+        pager.verify(&m, &ca, linear).unwrap();
+        pager.verify(&m, &cb, linear).unwrap();
+    }
+}

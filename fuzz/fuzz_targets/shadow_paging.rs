@@ -6,10 +6,14 @@
 //! the only error is a guest table outside RAM; after every step every
 //! shadow leaf agrees with the guest's tables as the pager last synced
 //! them (`ShadowPager::verify`: same frame, no right the guest does not
-//! give, never writable on a page table in sync); after a CR3 switch or
-//! INVLPG and the next entry (`ShadowPager::ensure`) nothing is out of
-//! sync, so every leaf agrees with the tables as they are; the budget is
-//! never exceeded.
+//! give, never writable on a page table in sync, never writable on a frame
+//! shared copy-on-write); after a CR3 switch or INVLPG and the next entry
+//! (`ShadowPager::ensure`) nothing is out of sync, so every leaf agrees
+//! with the tables as they are; the budget is never exceeded. With
+//! `shared` the RAM is shared copy-on-write (as a clone's is) once the
+//! tables are written, and `Copy` writes a page's own bytes back as a
+//! device's DMA would, copying it behind the pager's back (the pager
+//! catches up before the next entry, as a backend calls `ensure`).
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -41,10 +45,14 @@ enum Op {
     },
     /// INVLPG.
     Invlpg { linear: u8 },
+    /// A write of a page's own bytes not reported to the pager (DMA):
+    /// with shared RAM, the page is copied.
+    Copy { page: u8 },
 }
 
 #[derive(Arbitrary, Debug)]
 struct Input {
+    shared: bool,
     budget: u8,
     tables: Vec<u64>,
     ops: Vec<Op>,
@@ -101,6 +109,14 @@ fuzz_target!(|input: Input| {
         let gpa = ((i as u64 / 16) << 12) + (i as u64 % 16) * 8;
         vm.memory_mut().write_u64(gpa, *e).unwrap();
     }
+    if input.shared {
+        let block = vm.memory().region_at(0).map(|r| r.read);
+        let Some(vmm_core::memory::Backing::Block { block, .. }) = block else {
+            panic!("no RAM at 0");
+        };
+        let dyn_host: Arc<dyn vmm_core::host::Host> = host.clone();
+        vm.memory_mut().share_block(block, dyn_host).unwrap();
+    }
     let budget = 4 + usize::from(input.budget % 32);
     let mut pager = ShadowPager::new(ShadowConfig {
         budget_pages: budget,
@@ -152,7 +168,14 @@ fuzz_target!(|input: Input| {
                 pager.ensure(&*host, &ctl, vm.memory()).unwrap();
                 assert_eq!(pager.unsynced_frames(), 0);
             }
+            Op::Copy { page } => {
+                let gpa = u64::from(page % 32) << 12;
+                let bytes = vm.memory().read_u64(gpa).unwrap();
+                vm.memory_mut().write_u64(gpa, bytes).unwrap();
+            }
         }
+        // Before the next entry.
+        pager.ensure(&*host, &ctl, vm.memory()).unwrap();
         for l in 0..=127u8 {
             if let Err(e) = pager.verify(vm.memory(), &ctl, linear(l)) {
                 panic!("{e} after {op:?}");

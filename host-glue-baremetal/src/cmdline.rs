@@ -368,9 +368,9 @@ pub enum CmdlineError<'a> {
         /// How many VMs there are.
         vms: u32,
     },
-    /// `clones=` with several VMs, several vCPUs or shadow paging: clones
-    /// fork one VM with one vCPU on nested paging.
-    ClonesNeedOneNestedVm,
+    /// `clones=` with several VMs: clones fork one VM (with any number of
+    /// vCPUs, on nested or shadow paging).
+    ClonesNeedOneVm,
 }
 
 impl fmt::Display for CmdlineError<'_> {
@@ -394,10 +394,7 @@ impl fmt::Display for CmdlineError<'_> {
                 f,
                 "shm= gives VM {vm} the region, but there are only {vms} VMs (vms={vms})"
             ),
-            CmdlineError::ClonesNeedOneNestedVm => write!(
-                f,
-                "clones= forks one VM (vms=1) with one vCPU (cpus=1) on nested paging"
-            ),
+            CmdlineError::ClonesNeedOneVm => write!(f, "clones= forks one VM (vms=1)"),
         }
     }
 }
@@ -606,10 +603,8 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
             vms: config.vms,
         });
     }
-    if config.clones > 0
-        && (config.vms != 1 || config.cpus != 1 || config.paging == PagingChoice::Shadow)
-    {
-        return Err(CmdlineError::ClonesNeedOneNestedVm);
+    if config.clones > 0 && config.vms != 1 {
+        return Err(CmdlineError::ClonesNeedOneVm);
     }
     Ok(config)
 }
@@ -745,17 +740,13 @@ mod tests {
         assert_eq!((c.clones, c.clone_marker.as_str()), (8, "go here"));
         assert_eq!(Config::default().clone_marker.as_str(), "VMM-CLONE: ready");
         assert!(parse("clones=65").is_err());
-        for bad in [
-            "clones=2 vms=2",
-            "clones=2 cpus=2",
-            "clones=2 paging=shadow",
-        ] {
-            assert_eq!(
-                parse(bad).unwrap_err(),
-                CmdlineError::ClonesNeedOneNestedVm,
-                "{bad}"
-            );
-        }
+        assert_eq!(
+            parse("clones=2 vms=2").unwrap_err(),
+            CmdlineError::ClonesNeedOneVm
+        );
+        // Clones of a VM with several vCPUs, or under shadow paging.
+        let c = parse("clones=4 cpus=2 paging=shadow").unwrap();
+        assert_eq!((c.clones, c.cpus, c.paging), (4, 2, PagingChoice::Shadow));
         assert_eq!(parse("cpus=4").unwrap().cpus, 4);
         // Shadow paging with several vCPUs: one pager per VM.
         let both = parse("cpus=2 paging=shadow").unwrap();

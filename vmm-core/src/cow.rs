@@ -60,6 +60,27 @@ impl SharedRam {
         Arc::strong_count(&self.mem)
     }
 
+    /// A 64-bit fingerprint of the block's bytes (FNV-1a over its 8-byte
+    /// words): two equal fingerprints taken at different times say that,
+    /// short of a collision, nobody wrote the block in between (what a host
+    /// checks to show that no clone's write reached its parent's RAM).
+    pub fn fingerprint(&self) -> u64 {
+        const PRIME: u64 = 0x0100_0000_01b3;
+        let mem = self.mem.lock();
+        let bytes = mem.as_slice();
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(w);
+            hash = (hash ^ u64::from_le_bytes(word)).wrapping_mul(PRIME);
+        }
+        for &b in words.remainder() {
+            hash = (hash ^ u64::from(b)).wrapping_mul(PRIME);
+        }
+        hash
+    }
+
     fn read(&self, offset: usize, buf: &mut [u8]) {
         let mem = self.mem.lock();
         if let Some(src) = mem.as_slice().get(offset..offset + buf.len()) {
@@ -264,6 +285,12 @@ mod tests {
         assert_eq!(a.copy_page(PAGE), Ok(false));
         assert_eq!(a.copy_page(4 * PAGE), Err(CowError::OutOfRange));
         assert_eq!(a.private_bytes(), 2 * PAGE + 16);
+        // The views' writes never reach the shared block.
+        let before = ram.fingerprint();
+        a.write(0, &[0xee; 64], &mut copied).unwrap();
+        assert_eq!(ram.fingerprint(), before);
+        let (_, other) = shared(5 * PAGE);
+        assert_ne!(other.fingerprint(), before);
     }
 
     #[test]

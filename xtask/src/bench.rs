@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// (`user` or `split`; default: vmm's own default).
     #[arg(long, value_name = "MODE")]
     irqchip: Option<String>,
+    /// Run only the cases whose name contains this (`clones`: the cases
+    /// `clones=8`, `clones=32`, `clones=8 paging=shadow`, `clones=8 cpus=2`).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 /// The package that has `benches/NAME.rs`.
@@ -147,20 +151,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
         irqchip: args.irqchip.clone(),
     };
     if args.name == "all" {
-        return run_all(args.no_callgrind, &rig);
+        return run_all(args.no_callgrind, &rig, args.only.as_deref());
     }
-    run_one(&args.name, args.no_callgrind, &rig)
+    run_one(&args.name, args.no_callgrind, &rig, args.only.as_deref())
 }
 
 /// `cargo xtask bench all`: every fast benchmark, one after the other; one
 /// that fails is named and the others still run.
-fn run_all(no_callgrind: bool, rig: &crate::kvm_nested_bench::RigOptions) -> Result<()> {
+fn run_all(
+    no_callgrind: bool,
+    rig: &crate::kvm_nested_bench::RigOptions,
+    only: Option<&str>,
+) -> Result<()> {
     let start = Instant::now();
     let mut failed = Vec::new();
     for name in FAST {
         eprintln!("xtask: bench {name}");
         let t = Instant::now();
-        if let Err(e) = run_one(name, no_callgrind, rig) {
+        if let Err(e) = run_one(name, no_callgrind, rig, only) {
             eprintln!("xtask: bench {name} failed: {e}");
             summary(name, &format!("FAILED: {e}"));
             failed.push(*name);
@@ -192,6 +200,7 @@ fn run_one(
     name: &str,
     no_callgrind: bool,
     rig: &crate::kvm_nested_bench::RigOptions,
+    only: Option<&str>,
 ) -> Result<()> {
     match name {
         "boot" => return crate::boot_bench::run(),
@@ -199,7 +208,7 @@ fn run_one(
         "kvm" => return crate::kvm_bench::run(),
         "snapshot" => return crate::snapshot_bench::run(),
         "memory" => return crate::memory_bench::run(),
-        "clones" => return crate::clones_bench::run(),
+        "clones" => return crate::clones_bench::run(only),
         "kvm-nested" => return crate::kvm_nested_bench::run(rig),
         "smp" => return crate::smp_bench::run(),
         "virtio" => return crate::virtio_bench::run(rig),

@@ -318,21 +318,21 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Give the clone `clone` (on vCPU `to`) the state of `parent`, paused
-    /// on this vCPU, whose RAM it shares ([`Pc::fork_from`]).
-    pub fn fork_into(
-        &mut self,
+    /// Give the clone `clone` (on its vCPUs `to`, `to[i]` vCPU `i`) the
+    /// state of `parent`, paused on `from`, whose RAM it shares
+    /// ([`Pc::fork_from_vcpus`]).
+    pub fn fork_all(
+        from: &mut [Vcpu],
         parent: &mut Pc,
         clone: &mut Pc,
-        to: &mut Vcpu,
+        to: &mut [Vcpu],
     ) -> Result<(), String> {
-        let done = match (&mut *self, to) {
-            (Vcpu::Svm(a), Vcpu::Svm(b)) => clone.fork_from(parent, a.as_mut(), b.as_mut()),
-            (Vcpu::Vmx(a), Vcpu::Vmx(b)) => clone.fork_from(parent, a.as_mut(), b.as_mut()),
-            (Vcpu::Svm(a), Vcpu::Vmx(b)) => clone.fork_from(parent, a.as_mut(), b.as_mut()),
-            (Vcpu::Vmx(a), Vcpu::Svm(b)) => clone.fork_from(parent, a.as_mut(), b.as_mut()),
-        };
-        done.map_err(|e| format!("{e}"))
+        let mut from: alloc::vec::Vec<&mut dyn ArchState> =
+            from.iter_mut().map(Vcpu::arch).collect();
+        let mut to: alloc::vec::Vec<&mut dyn ArchState> = to.iter_mut().map(Vcpu::arch).collect();
+        clone
+            .fork_from_vcpus(parent, &mut from, &mut to)
+            .map_err(|e| format!("{e}"))
     }
 
     /// The shadow pager's counters, if this vCPU uses shadow paging.

@@ -201,6 +201,8 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     let placement = Placement::new(config);
     // `clone_report_ms=`: when the clones' private memory is printed.
     let mut clone_report_at: Option<u64> = None;
+    // `clones=`: the parent's RAM as the fork left it.
+    let mut forked: Option<clones::Forked> = None;
     for i in 0..config.vms {
         // `keys=`: what the host types on this PC's keyboard, once its
         // screen shows `keys_after=`.
@@ -424,17 +426,16 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 let Some(recipe) = &recipe else {
                     fail(format_args!("clones: no recipe for the PC"))
                 };
-                let made = clones::fork(
+                match clones::fork(
                     &mut guests,
                     recipe,
-                    config.clones,
-                    config.guest_mem,
+                    config,
                     &host,
                     &backend,
                     switch.as_ref(),
-                );
-                if let Err(e) = made {
-                    fail(format_args!("clones: {e}"));
+                ) {
+                    Ok(f) => forked = Some(f),
+                    Err(e) => fail(format_args!("clones: {e}")),
                 }
                 clone_report_at = (config.clone_report_ms > 0)
                     .then(|| time::now_ns() + config.clone_report_ms * 1_000_000);
@@ -584,7 +585,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     ),
                 }
             }
-            clones::print_private_memory(pc);
+            clones::print_private_memory(g);
         }
         if let Some(line) = shared_device
             .as_ref()
@@ -592,6 +593,9 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         {
             kprintln!("{line}");
         }
+    }
+    if let Some(f) = &forked {
+        all_well &= f.check();
     }
     if let Some(sw) = &switch {
         let s = sw.stats();
@@ -779,11 +783,22 @@ fn make_vcpus(
     config: &Config,
     i: u32,
 ) -> Vec<backend::Vcpu> {
-    let vm = machine.vm();
     let count = match machine {
         Machine::Pc(pc) => pc.cpus(),
         Machine::Program { .. } => 1,
     };
+    make_vcpus_for(machine.vm(), count, backend, config, i)
+}
+
+/// `count` vCPUs for VM `i`, `vm`, as [`make_vcpus`] makes them (a clone's,
+/// `clones=`, before it is a `Machine`).
+fn make_vcpus_for(
+    vm: &Vm,
+    count: usize,
+    backend: &backend::Backend,
+    config: &Config,
+    i: u32,
+) -> Vec<backend::Vcpu> {
     let mut vcpus: Vec<backend::Vcpu> = Vec::with_capacity(count);
     for j in 0..count {
         let id = i * config.cpus + j as u32 + 1;

@@ -9,6 +9,11 @@
 //! - **Writable leaves** (a reverse map): which shadow leaves map a guest
 //!   frame writable, so that when the frame becomes a page-table page
 //!   those mappings are taken away.
+//! - **Shared leaves** (another reverse map): which shadow leaves map a
+//!   guest page whose frame is still shared copy-on-write with other VMs
+//!   (always read-only), so that when this VM copies the page (a write
+//!   fault, the emulator, a device's DMA) they are taken away and the next
+//!   access maps the VM's own copy.
 //! - **Flood detection**: a tracked frame written again and again without
 //!   being walked (a freed page table reused as data, or a guest rewriting
 //!   a whole table) stops being tracked: its dependent leaves are removed
@@ -102,6 +107,7 @@ pub(super) struct Coherence {
     deps: HashMap<u64, Vec<Leaf>>,
     frames: HashMap<u64, Frame>,
     writable: HashMap<u64, Vec<Leaf>>,
+    shared: HashMap<u64, Vec<Leaf>>,
 }
 
 fn frame_of(gpa: u64) -> u64 {
@@ -161,6 +167,24 @@ impl Coherence {
         added
     }
 
+    /// Record that `leaf` maps the guest page at `gpa` read-only at the
+    /// frame it shares copy-on-write with other VMs; `true` if the record
+    /// is new.
+    pub(super) fn add_shared(&mut self, gpa: u64, leaf: Leaf) -> bool {
+        let list = self.shared.entry(frame_of(gpa)).or_default();
+        let added = !list.contains(&leaf);
+        if added {
+            list.push(leaf);
+        }
+        added
+    }
+
+    /// Take the leaves that (may) map the shared frame of the guest page
+    /// at `gpa`: the VM copied it.
+    pub(super) fn take_shared(&mut self, gpa: u64) -> Vec<Leaf> {
+        self.shared.remove(&frame_of(gpa)).unwrap_or_default()
+    }
+
     /// Whether root `serial` still has a dependency under `key`.
     pub(super) fn has_dep(&self, key: u64, serial: u32) -> bool {
         self.deps
@@ -168,11 +192,13 @@ impl Coherence {
             .is_some_and(|l| l.iter().any(|d| d.root == serial))
     }
 
-    /// Whether root `serial` still has a writable leaf on `frame`.
-    pub(super) fn has_writable(&self, frame: u64, serial: u32) -> bool {
-        self.writable
-            .get(&frame)
-            .is_some_and(|l| l.iter().any(|d| d.root == serial))
+    /// Whether root `serial` still has a writable leaf, or one on a shared
+    /// frame, on `frame`.
+    pub(super) fn has_mapped(&self, frame: u64, serial: u32) -> bool {
+        [&self.writable, &self.shared].iter().any(|map| {
+            map.get(&frame)
+                .is_some_and(|l| l.iter().any(|d| d.root == serial))
+        })
     }
 
     /// Take the leaves that (may) map the frame at `gpa` writable.
@@ -266,7 +292,7 @@ impl Coherence {
     }
 
     /// Forget root `serial`: drop its records under `keys` (dependencies)
-    /// and `frames` (writable leaves).
+    /// and `frames` (writable leaves and leaves on shared frames).
     pub(super) fn forget_root(&mut self, serial: u32, keys: &[u64], frames: &[u64]) {
         for key in keys {
             let now_empty = match self.deps.get_mut(key) {
@@ -281,16 +307,18 @@ impl Coherence {
                 self.unlist_key(*key);
             }
         }
-        for frame in frames {
-            let now_empty = match self.writable.get_mut(frame) {
-                Some(list) => {
-                    list.retain(|l| l.root != serial);
-                    list.is_empty()
+        for map in [&mut self.writable, &mut self.shared] {
+            for frame in frames {
+                let now_empty = match map.get_mut(frame) {
+                    Some(list) => {
+                        list.retain(|l| l.root != serial);
+                        list.is_empty()
+                    }
+                    None => false,
+                };
+                if now_empty {
+                    map.remove(frame);
                 }
-                None => false,
-            };
-            if now_empty {
-                self.writable.remove(frame);
             }
         }
     }
@@ -300,5 +328,6 @@ impl Coherence {
         self.deps.clear();
         self.frames.clear();
         self.writable.clear();
+        self.shared.clear();
     }
 }

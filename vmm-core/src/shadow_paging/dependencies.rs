@@ -161,22 +161,23 @@ impl ShadowPager {
         }
     }
 
-    /// Remember, for eviction, that root `slot` maps `frame` writable
-    /// (compacted like the dependency keys).
-    pub(super) fn note_writable_frame(&mut self, slot: usize, frame: u64) {
+    /// Remember, for eviction, that root `slot` maps `frame` writable, or
+    /// read-only while it is shared copy-on-write (compacted like the
+    /// dependency keys).
+    pub(super) fn note_mapped_frame(&mut self, slot: usize, frame: u64) {
         let Some(r) = self.roots.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        r.writable_frames.push(frame);
-        if r.writable_frames.len() >= r.writable_limit {
+        r.mapped_frames.push(frame);
+        if r.mapped_frames.len() >= r.mapped_limit {
             let serial = r.serial;
-            let mut frames = core::mem::take(&mut r.writable_frames);
+            let mut frames = core::mem::take(&mut r.mapped_frames);
             frames.sort_unstable();
             frames.dedup();
-            frames.retain(|f| self.coherence.has_writable(*f, serial));
+            frames.retain(|f| self.coherence.has_mapped(*f, serial));
             if let Some(r) = self.roots.get_mut(slot).and_then(Option::as_mut) {
-                r.writable_limit = (frames.len() * 2).max(COMPACT_AT);
-                r.writable_frames = frames;
+                r.mapped_limit = (frames.len() * 2).max(COMPACT_AT);
+                r.mapped_frames = frames;
             }
         }
     }

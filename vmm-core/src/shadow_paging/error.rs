@@ -26,6 +26,12 @@ pub enum ShadowError {
     },
     /// A paging mode shadow paging does not support (5-level).
     UnsupportedMode(PagingMode),
+    /// A write to a page shared copy-on-write could not be given a copy
+    /// (the host has no page for it).
+    CopyOnWrite {
+        /// The guest-physical page.
+        gpa: u64,
+    },
     /// The guest took a #PF while the CPU delivered a double fault: the
     /// CPU would shut down.
     TripleFault {
@@ -56,6 +62,10 @@ impl fmt::Display for ShadowError {
             ShadowError::UnsupportedMode(m) => {
                 write!(f, "shadow paging does not support {m:?} paging")
             }
+            ShadowError::CopyOnWrite { gpa } => write!(
+                f,
+                "no host page to copy guest page {gpa:#x} (shared copy-on-write) for a write"
+            ),
             ShadowError::TripleFault { address } => write!(
                 f,
                 "triple fault: #PF at {address:#x} while delivering a double fault"

@@ -136,13 +136,17 @@ impl ShadowPager {
         // What the map has there: only a whole page of one memory region
         // can be mapped, or a page of open bus (nothing there at all),
         // which reads map to the shared all-ones page; writes to it are
-        // emulated (and dropped).
-        let (host_page, region_writable) = if memory.is_open_bus(page, 0x1000) {
+        // emulated (and dropped). RAM shared copy-on-write maps its shared
+        // frame read-only; a write (not to a page table: that is emulated)
+        // copies the page first, and the copy is mapped.
+        self.sync_copied(memory);
+        let tracked = self.coherence.is_tracked(page);
+        let (host_page, region_writable, shared) = if memory.is_open_bus(page, 0x1000) {
             if kind == AccessKind::Write {
                 self.stats.emulated_mmio += 1;
                 return Ok(emulate);
             }
-            (self.open_bus_page(host)?, false)
+            (self.open_bus_page(host)?, false, false)
         } else {
             let Some(region) = memory.region_at(page) else {
                 self.stats.emulated_mmio += 1;
@@ -165,11 +169,15 @@ impl ShadowPager {
                 self.stats.emulated_mmio += 1;
                 return Ok(emulate);
             }
-            let host_page = memory
-                .block_host_phys(block, offset + (page - region.start))
-                .ok_or(ShadowError::NoHostPhys)?
-                .0;
-            (host_page, region_writable)
+            // A write copies a page still shared first, unless it is to a
+            // page table and will be emulated; a write that lets a leaf
+            // table go out of sync maps it writable, so it copies too (a
+            // writable leaf on a shared frame would let this VM write its
+            // siblings' memory).
+            let write = kind == AccessKind::Write && (!tracked || self.may_unsync(page));
+            let (host_page, own) =
+                self.frame_for(memory, block, offset + (page - region.start), page, write)?;
+            (host_page, region_writable && own, !own)
         };
 
         // A 4-level tree links the subtree for the guest's PML4 entry
@@ -189,11 +197,14 @@ impl ShadowPager {
             // leaf table, let it go out of sync until the guest's next TLB
             // flush and map it writable (see `unsync`).
             self.stats.page_table_writes += 1;
-            if self.may_unsync(page) {
+            // Never for a frame still shared copy-on-write (it was copied
+            // above if it could go out of sync; if it is shared now, the
+            // write is emulated, which copies it).
+            if !shared && self.may_unsync(page) {
                 self.unsync_frame(memory, page);
             }
         }
-        if self.unsync.contains(page) {
+        if self.unsync.contains(page) && !shared {
             page_table = false;
         }
         // With CR0.WP clear a supervisor write may go to a read-only page:
@@ -223,8 +234,12 @@ impl ShadowPager {
             page: linear & !0xfff,
             shift: 12,
         };
+        debug_assert!(!(writable && shared), "a shared frame mapped writable");
         if writable && self.coherence.add_writable(page, leaf) {
-            self.note_writable_frame(owner, page);
+            self.note_mapped_frame(owner, page);
+        }
+        if shared && self.coherence.add_shared(page, leaf) {
+            self.note_mapped_frame(owner, page);
         }
         if restarted {
             // The tree was started over to make room, and with it went the

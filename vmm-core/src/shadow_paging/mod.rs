@@ -50,6 +50,11 @@
 //! [`ShadowPager::guest_wrote`]. A change of the memory map
 //! flushes every tree ([`ShadowPager::flush_all`]).
 //!
+//! RAM shared copy-on-write with other VMs (clones, `crate::cow`) is
+//! mapped read-only at the shared frame until the VM writes a page, which
+//! then maps the VM's own copy; a copy made any other way takes the stale
+//! leaves away before the next entry (module `copy_on_write`).
+//!
 //! Not modelled: memory types (PCD/PWT/PAT bits are not copied), 5-level
 //! paging, and guest page-table writes made by DMA rather than by the CPU.
 //!
@@ -60,11 +65,13 @@
 //! `fault` (resolving a #PF), `prefetch` (mapping a fill's neighbours),
 //! `guest_tables` (the guest's tables as walks see them), `dependencies`
 //! and `coherence` (what a fill depended on, and dropping it when the
-//! guest writes), `verify` (checking leaves against the guest), `stats`,
-//! `error`, `table_pool`, and `instruction` with `recording_bus` for the
-//! intercepted instructions and emulated writes.
+//! guest writes), `copy_on_write` (RAM shared with other VMs), `verify`
+//! (checking leaves against the guest), `stats`, `error`, `table_pool`,
+//! and `instruction` with `recording_bus` for the intercepted
+//! instructions and emulated writes.
 
 mod coherence;
+mod copy_on_write;
 mod dependencies;
 mod error;
 mod fault;
@@ -129,12 +136,13 @@ struct Root {
     last_used: u64,
     /// Dependency keys this root recorded (for eviction).
     dep_keys: Vec<u64>,
-    /// Frames this root maps writable (for eviction).
-    writable_frames: Vec<u64>,
+    /// Frames this root has reverse-map records for: mapped writable, or
+    /// mapped read-only while still shared copy-on-write (for eviction).
+    mapped_frames: Vec<u64>,
     /// Compact `dep_keys` when it reaches this length.
     dep_keys_limit: usize,
-    /// Compact `writable_frames` when it reaches this length.
-    writable_limit: usize,
+    /// Compact `mapped_frames` when it reaches this length.
+    mapped_limit: usize,
     /// `Some` for a subtree shared between 4-level trees (see
     /// `subtrees`), `None` for a tree of its own.
     share: Option<subtrees::Share>,
@@ -178,6 +186,10 @@ pub struct ShadowPager {
     /// The other seats' `current` and `seen_epoch`, by seat.
     seats: Vec<seats::Seat>,
     max_phys_bits: u8,
+    /// [`crate::memory::GuestMemory::copied_pages`] when the shared leaves
+    /// of copied pages were last taken away (`None` before the first
+    /// look).
+    copied_seen: Option<usize>,
     stats: ShadowStats,
     /// The page of all-ones open bus maps to, and its host-physical
     /// address, once a guest touched open bus.
@@ -204,6 +216,7 @@ impl ShadowPager {
             seat: 0,
             seats: Vec::new(),
             max_phys_bits: 46,
+            copied_seen: None,
             stats: ShadowStats::default(),
             open_bus: None,
             shared_tops: hashbrown::HashMap::new(),

@@ -231,7 +231,8 @@ impl ShadowPager {
             let Backing::Block { block, offset } = region.read else {
                 continue;
             };
-            let Some(host_page) = memory.block_host_phys(block, offset + (page - region.start))
+            // A page still shared copy-on-write maps read-only.
+            let Some((host_page, own)) = memory.page_frame(block, offset + (page - region.start))
             else {
                 continue;
             };
@@ -240,7 +241,7 @@ impl ShadowPager {
             if self.pool.entry(table, j) & PTE_P != 0 {
                 continue;
             }
-            let writable = t.writable && dirty && ram && !self.coherence.is_tracked(page);
+            let writable = t.writable && dirty && ram && own && !self.coherence.is_tracked(page);
             let mut entry = host_page.0 | PTE_P | PTE_A;
             if t.user {
                 entry |= PTE_US;
@@ -258,7 +259,10 @@ impl ShadowPager {
                 shift: 12,
             };
             if writable && self.coherence.add_writable(page, leaf) {
-                self.note_writable_frame(owner, page);
+                self.note_mapped_frame(owner, page);
+            }
+            if !own && self.coherence.add_shared(page, leaf) {
+                self.note_mapped_frame(owner, page);
             }
             self.stats.prefetches += 1;
         }

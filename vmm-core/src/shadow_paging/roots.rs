@@ -59,9 +59,9 @@ impl ShadowPager {
                     top,
                     last_used: 0,
                     dep_keys: Vec::new(),
-                    writable_frames: Vec::new(),
+                    mapped_frames: Vec::new(),
                     dep_keys_limit: COMPACT_AT,
-                    writable_limit: COMPACT_AT,
+                    mapped_limit: COMPACT_AT,
                     share: None,
                 };
                 self.free_slot(root)
@@ -80,7 +80,8 @@ impl ShadowPager {
 
     /// The root for `control`, activating it only if it is not current
     /// already (what a backend calls before every entry); follows changes
-    /// of the memory map.
+    /// of the memory map, and takes away leaves on the shared frames of
+    /// pages copied on write since the last entry.
     pub fn ensure(
         &mut self,
         host: &dyn Host,
@@ -88,6 +89,7 @@ impl ShadowPager {
         memory: &GuestMemory,
     ) -> Result<(HostPhysAddr, ShadowFormat), ShadowError> {
         self.sync_generation(memory);
+        self.sync_copied(memory);
         self.resync_if_flushed(memory);
         let key = RootKey::of(control);
         match self.current_root() {
@@ -152,7 +154,7 @@ impl ShadowPager {
             return;
         };
         self.coherence
-            .forget_root(root.serial, &root.dep_keys, &root.writable_frames);
+            .forget_root(root.serial, &root.dep_keys, &root.mapped_frames);
         self.release_subtree(root.top);
         if self.current == Some(slot) {
             self.current = None;
@@ -167,7 +169,7 @@ impl ShadowPager {
             return;
         };
         let keys = core::mem::take(&mut root.dep_keys);
-        let frames = core::mem::take(&mut root.writable_frames);
+        let frames = core::mem::take(&mut root.mapped_frames);
         let (serial, top) = (root.serial, root.top);
         self.coherence.forget_root(serial, &keys, &frames);
         for index in 0..ENTRIES {

@@ -33,6 +33,8 @@ pub struct ShadowStats {
     pub evictions: u64,
     /// Every tree flushed at once (CR4 paging bits, memory map changes).
     pub full_flushes: u64,
+    /// Pages shared copy-on-write that a write fault copied.
+    pub cow_copies: u64,
     /// Pages in use now.
     pub pages_in_use: u64,
     /// Cached roots now.
@@ -55,8 +57,8 @@ impl fmt::Display for ShadowStats {
             f,
             "shadow paging: {} faults, {} fills, {} prefetched, {} reflected, {} mmio, \
              {} page-table writes, {} invalidations, {} floods, {} invlpg, cache {} hits / {} \
-             misses / {} evictions, {} full flushes, {} pages in {} roots, {} subtree links, \
-             {} subtrees, {} unsyncs, {} resyncs",
+             misses / {} evictions, {} full flushes, {} copy-on-write copies, {} pages in {} roots, \
+             {} subtree links, {} subtrees, {} unsyncs, {} resyncs",
             self.faults,
             self.fills,
             self.prefetches,
@@ -70,6 +72,7 @@ impl fmt::Display for ShadowStats {
             self.cache_misses,
             self.evictions,
             self.full_flushes,
+            self.cow_copies,
             self.pages_in_use,
             self.roots,
             self.subtree_links,

@@ -119,9 +119,9 @@ impl ShadowPager {
                     top: table,
                     last_used: 0,
                     dep_keys: Vec::new(),
-                    writable_frames: Vec::new(),
+                    mapped_frames: Vec::new(),
                     dep_keys_limit: COMPACT_AT,
-                    writable_limit: COMPACT_AT,
+                    mapped_limit: COMPACT_AT,
                     share: Some(Share { index, refs: 0 }),
                 };
                 let sub = self.free_slot(root);
@@ -182,7 +182,7 @@ impl ShadowPager {
             self.shared_tops.remove(&child);
             if let Some(root) = self.roots.get_mut(sub).and_then(Option::take) {
                 self.coherence
-                    .forget_root(root.serial, &root.dep_keys, &root.writable_frames);
+                    .forget_root(root.serial, &root.dep_keys, &root.mapped_frames);
                 self.release_subtree(root.top);
             }
         }

@@ -1442,6 +1442,130 @@ fn vcpus_on_one_address_space_share_its_tree_and_a_full_flush_reaches_all() {
     assert_eq!(vcpu1.lock().shadow_entry(0x10_000), None);
 }
 
+/// The frame of the page at `gpa` and whether it is the VM's own (not
+/// shared copy-on-write).
+fn frame_in(m: &crate::memory::GuestMemory, gpa: u64) -> (u64, bool) {
+    let r = m.region_at(gpa).unwrap();
+    let Backing::Block { block, offset } = r.read else {
+        panic!("not memory at {gpa:#x}");
+    };
+    let (p, own) = m.page_frame(block, offset + gpa - r.start).unwrap();
+    (p.0, own)
+}
+
+/// Clones under shadow paging: the parent's cached trees stop mapping its
+/// RAM once it is shared; each clone's pager maps shared pages read-only at
+/// the shared frame, a write fault copies the page for that clone only and
+/// takes every other leaf on the old frame away, and a copy made another
+/// way (an emulated write, DMA, a walk's accessed bit) does the same
+/// before the next entry.
+#[test]
+fn shared_ram_maps_read_only_and_a_write_copies_the_page_for_one_clone_only() {
+    use crate::host::Host;
+    use crate::memory::GuestMemory;
+    let host = Arc::new(TestHost::new());
+    let dyn_host: Arc<dyn Host> = host.clone();
+    let mut parent = GuestMemory::new();
+    let block = parent
+        .add_ram(0, dyn_host.alloc_memory(16 << 20, 0x1000).unwrap())
+        .unwrap();
+    parent.write_u64(PML4, PDPT | P | RW | US).unwrap();
+    parent.write_u64(PDPT, PD | P | RW | US).unwrap();
+    parent.write_u64(PD, PT | P | RW | US).unwrap();
+    // Linear 0x10000 and 0x11000 both map guest page 0x80000 (dirty, so a
+    // read fill of the VM's own page maps it writable); 0x12000 maps
+    // 0x90000.
+    parent
+        .write_u64(PT + 0x10 * 8, 0x8_0000 | P | RW | A | D)
+        .unwrap();
+    parent
+        .write_u64(PT + 0x11 * 8, 0x8_0000 | P | RW | A | D)
+        .unwrap();
+    parent
+        .write_u64(PT + 0x12 * 8, 0x9_0000 | P | RW | A | D)
+        .unwrap();
+    parent.write_u32(0x8_0000, 0x1111_1111).unwrap();
+    let control = long_control(PML4);
+    let fill = |pager: &mut ShadowPager, m: &mut GuestMemory, address: u64, code: u32| {
+        pager
+            .handle_fault(&*host, m, &control, fault(address, code))
+            .unwrap()
+    };
+
+    // The parent, before the fork, maps its own page writable.
+    let mut pp = ShadowPager::new(ShadowConfig::default());
+    pp.ensure(&*host, &control, &parent).unwrap();
+    assert_eq!(
+        fill(&mut pp, &mut parent, 0x10_000, 0),
+        FaultOutcome::Filled
+    );
+    assert_eq!(pp.shadow_entry(0x10_000).unwrap() & RW, RW);
+    // Shared: its next entry finds every tree emptied.
+    let shared = parent.share_block(block, dyn_host.clone()).unwrap();
+    pp.ensure(&*host, &control, &parent).unwrap();
+    assert_eq!(pp.shadow_entry(0x10_000), None);
+
+    let clone = || {
+        let mut m = GuestMemory::new();
+        m.add_ram_shared(0, &shared, dyn_host.clone()).unwrap();
+        let mut pager = ShadowPager::new(ShadowConfig::default());
+        pager.ensure(&*host, &control, &m).unwrap();
+        (m, pager)
+    };
+    let (mut a, mut pa) = clone();
+    let (mut b, mut pb) = clone();
+    let (base, own) = frame_in(&a, 0x8_0000);
+    assert!(!own);
+
+    // Reads map the shared frame read-only, however dirty the guest entry.
+    for linear in [0x10_000, 0x11_000] {
+        assert_eq!(fill(&mut pa, &mut a, linear, 0), FaultOutcome::Filled);
+        assert_eq!(pa.shadow_entry(linear), Some(base | P | A));
+        pa.verify(&a, &control, linear).unwrap();
+    }
+    // A write copies the page for `a`: the leaf maps the copy writable and
+    // the alias's leaf on the old frame is gone (prefetching mapped the
+    // copy there again).
+    assert_eq!(
+        fill(&mut pa, &mut a, 0x10_000, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Filled
+    );
+    let (copy, own) = frame_in(&a, 0x8_0000);
+    assert!(own && copy != base);
+    assert_eq!(pa.shadow_entry(0x10_000), Some(copy | P | RW | A | D));
+    assert_eq!(pa.shadow_entry(0x11_000), Some(copy | P | RW | A | D));
+    pa.verify(&a, &control, 0x11_000).unwrap();
+    assert!(pa.take_tlb_flush());
+    assert_eq!(pa.stats().cow_copies, 1);
+    pa.verify(&a, &control, 0x10_000).unwrap();
+    // What the guest writes there (through the leaf: the copy) is `a`'s.
+    a.write_u32(0x8_0000, 0xaaaa_aaaa).unwrap();
+    assert_eq!(frame_in(&a, 0x8_0000).0, copy, "no second copy");
+
+    // `b` still reads the shared frame, with the parent's bytes.
+    assert_eq!(fill(&mut pb, &mut b, 0x11_000, 0), FaultOutcome::Filled);
+    assert_eq!(pb.shadow_entry(0x11_000), Some(base | P | A));
+    assert_eq!(b.read_u32(0x8_0000), Ok(0x1111_1111));
+    assert_eq!(parent.read_u32(0x8_0000), Ok(0x1111_1111));
+    assert_eq!(a.read_u32(0x8_0000), Ok(0xaaaa_aaaa));
+
+    // A copy made by a write that is no fault of the pager's (emulated,
+    // DMA): the leaf on the old frame goes before `b` runs again.
+    assert_eq!(fill(&mut pb, &mut b, 0x12_000, 0), FaultOutcome::Filled);
+    let (old, _) = frame_in(&b, 0x9_0000);
+    assert_eq!(pb.shadow_entry(0x12_000), Some(old | P | A));
+    b.write_u32(0x9_0000, 0xbbbb_bbbb).unwrap();
+    pb.ensure(&*host, &control, &b).unwrap();
+    assert_eq!(pb.shadow_entry(0x12_000), None);
+    assert_eq!(fill(&mut pb, &mut b, 0x12_000, 0), FaultOutcome::Filled);
+    let (mine, own) = frame_in(&b, 0x9_0000);
+    assert!(own && mine != old);
+    assert_eq!(pb.shadow_entry(0x12_000), Some(mine | P | RW | A | D));
+    pb.verify(&b, &control, 0x12_000).unwrap();
+    assert_eq!(a.read_u32(0x9_0000), Ok(0));
+    assert_eq!(pb.stats().cow_copies, 0, "b's copy was not a fault's");
+}
+
 /// Four address spaces whose PML4s hold the same entry 0 (as a guest's
 /// processes share its kernel half) and, at entry 1, one PDPT each.
 fn four_processes(vm: &mut Vm) -> ControlRegisters {
@@ -1839,4 +1963,174 @@ fn random_stores_through_the_shadow_into_leaf_tables_never_outlive_a_flush() {
         total_unsyncs += pager.stats().unsyncs;
     }
     assert!(total_unsyncs > 50, "{total_unsyncs} unsyncs");
+}
+
+/// A clone's leaf page table, still shared copy-on-write with its
+/// siblings, goes out of sync on its first write fault only as the clone's
+/// own copy: the fault copies the page first and maps the copy writable,
+/// never the shared frame (through which the clone's stores would reach
+/// its siblings' page tables unseen). A sibling's PT stays as the parent
+/// left it, and its pager maps the shared frame read-only.
+#[test]
+fn a_shared_leaf_table_goes_out_of_sync_only_as_the_clones_own_copy() {
+    use crate::host::Host;
+    use crate::memory::GuestMemory;
+    let host = Arc::new(TestHost::new());
+    let dyn_host: Arc<dyn Host> = host.clone();
+    let mut parent = GuestMemory::new();
+    let block = parent
+        .add_ram(0, dyn_host.alloc_memory(16 << 20, 0x1000).unwrap())
+        .unwrap();
+    parent.write_u64(PML4, PDPT | P | RW | US).unwrap();
+    parent.write_u64(PDPT, PD | P | RW | US).unwrap();
+    parent.write_u64(PD, PT | P | RW | US).unwrap();
+    // The PT maps itself at linear page 4 (dirty, writable) and a data
+    // page at linear page 0x10.
+    parent.write_u64(PT + 4 * 8, PT | P | RW | A | D).unwrap();
+    parent
+        .write_u64(PT + 0x10 * 8, 0x8_0000 | P | RW | A | D)
+        .unwrap();
+    let control = long_control(PML4);
+    let shared = parent.share_block(block, dyn_host.clone()).unwrap();
+    let clone = || {
+        let mut m = GuestMemory::new();
+        m.add_ram_shared(0, &shared, dyn_host.clone()).unwrap();
+        let mut pager = ShadowPager::new(ShadowConfig::default());
+        pager.ensure(&*host, &control, &m).unwrap();
+        (m, pager)
+    };
+    let (mut a, mut pa) = clone();
+    let (mut b, mut pb) = clone();
+    let fill = |pager: &mut ShadowPager, m: &mut GuestMemory, address: u64, code: u32| {
+        pager
+            .handle_fault(&*host, m, &control, fault(address, code))
+            .unwrap()
+    };
+    let (base, own) = frame_in(&a, PT);
+    assert!(!own);
+
+    // `a` reads through its PT (which the walk makes a tracked page table)
+    // and reads the PT itself: the shared frame, read-only.
+    assert_eq!(fill(&mut pa, &mut a, 0x10_000, 0), FaultOutcome::Filled);
+    assert_eq!(fill(&mut pa, &mut a, 0x4_000, 0), FaultOutcome::Filled);
+    assert_eq!(pa.shadow_entry(0x4_000).unwrap() & (ADDR_MASK | RW), base);
+    // `a` writes its PT: it goes out of sync, writable, on `a`'s own copy.
+    assert_eq!(
+        fill(&mut pa, &mut a, 0x4_080, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Filled
+    );
+    assert_eq!(pa.unsynced_frames(), 1);
+    let (copy, own) = frame_in(&a, PT);
+    assert!(own && copy != base, "the PT was copied for `a`");
+    let entry = pa.shadow_entry(0x4_000).unwrap();
+    assert_eq!(entry & RW, RW, "out of sync: written without exits");
+    assert_eq!(entry & ADDR_MASK, copy, "never the shared frame");
+    assert_eq!(pa.stats().cow_copies, 1);
+    assert_eq!(pa.stats().unsyncs, 1);
+    pa.verify(&a, &control, 0x4_000).unwrap();
+    pa.verify(&a, &control, 0x10_000).unwrap();
+    // A store through that leaf lands in `a`'s copy (as the CPU's would:
+    // no exit, not reported), then `a` flushes and catches up.
+    a.write_u64(PT + 0x10 * 8, 0x9_0000 | P | RW | A | D)
+        .unwrap();
+    assert_eq!(frame_in(&a, PT).0, copy, "no second copy");
+    pa.invlpg(0x10_000);
+    pa.ensure(&*host, &control, &a).unwrap();
+    assert_eq!(pa.unsynced_frames(), 0);
+    assert_eq!(pa.shadow_entry(0x10_000), None);
+    pa.verify(&a, &control, 0x4_000).unwrap();
+
+    // `b`'s PT is still the parent's, shared, and mapped read-only.
+    assert_eq!(b.read_u64(PT + 0x10 * 8), Ok(0x8_0000 | P | RW | A | D));
+    assert_eq!(
+        parent.read_u64(PT + 0x10 * 8),
+        Ok(0x8_0000 | P | RW | A | D)
+    );
+    assert_eq!(fill(&mut pb, &mut b, 0x4_000, 0), FaultOutcome::Filled);
+    assert_eq!(pb.shadow_entry(0x4_000).unwrap() & (ADDR_MASK | RW), base);
+    pb.verify(&b, &control, 0x4_000).unwrap();
+    assert_eq!(pb.unsynced_frames(), 0);
+}
+
+/// Two processes of a clone share the subtree under their equal PML4
+/// entry: a page still shared copy-on-write is mapped there read-only,
+/// for both; a write fault in one copies it and the subtree maps the copy
+/// (for both); a copy made behind the pager's back takes the shared leaf
+/// out of the subtree, so neither tree keeps the old frame.
+#[test]
+fn a_shared_subtree_never_keeps_a_leaf_on_a_frame_its_clone_copied() {
+    use crate::host::Host;
+    use crate::memory::GuestMemory;
+    const PML4_B: u64 = 0x5000;
+    let host = Arc::new(TestHost::new());
+    let dyn_host: Arc<dyn Host> = host.clone();
+    let mut parent = GuestMemory::new();
+    let block = parent
+        .add_ram(0, dyn_host.alloc_memory(16 << 20, 0x1000).unwrap())
+        .unwrap();
+    for pml4 in [PML4, PML4_B] {
+        parent.write_u64(pml4, PDPT | P | RW | US).unwrap();
+    }
+    parent.write_u64(PDPT, PD | P | RW | US).unwrap();
+    parent.write_u64(PD, PT | P | RW | US).unwrap();
+    parent
+        .write_u64(PT + 0x10 * 8, 0x8_0000 | P | RW | A | D)
+        .unwrap();
+    parent
+        .write_u64(PT + 0x12 * 8, 0x9_0000 | P | RW | A | D)
+        .unwrap();
+    let shared = parent.share_block(block, dyn_host.clone()).unwrap();
+    let mut m = GuestMemory::new();
+    m.add_ram_shared(0, &shared, dyn_host.clone()).unwrap();
+    let (ca, cb) = (long_control(PML4), long_control(PML4_B));
+    let mut pager = ShadowPager::new(ShadowConfig::default());
+    let (base, own) = frame_in(&m, 0x8_0000);
+    assert!(!own);
+
+    // Process A reads: the shared frame, read-only, in the subtree that
+    // process B links as it is.
+    pager.ensure(&*host, &ca, &m).unwrap();
+    let f = pager
+        .handle_fault(&*host, &mut m, &ca, fault(0x10_000, 0))
+        .unwrap();
+    assert_eq!(f, FaultOutcome::Filled);
+    pager.ensure(&*host, &cb, &m).unwrap();
+    let f = pager
+        .handle_fault(&*host, &mut m, &cb, fault(0x10_000, 0))
+        .unwrap();
+    assert_eq!(f, FaultOutcome::Filled);
+    let s = pager.stats();
+    assert_eq!((s.subtrees, s.subtree_links), (1, 1), "{s:?}");
+    assert_eq!(pager.shadow_entry(0x10_000), Some(base | P | A));
+    pager.verify(&m, &cb, 0x10_000).unwrap();
+    // Process B writes: the page is copied, and the subtree maps the
+    // copy writable for A too.
+    let f = pager
+        .handle_fault(&*host, &mut m, &cb, fault(0x10_000, PF_PRESENT | PF_WRITE))
+        .unwrap();
+    assert_eq!(f, FaultOutcome::Filled);
+    let (copy, own) = frame_in(&m, 0x8_0000);
+    assert!(own && copy != base);
+    assert_eq!(pager.shadow_entry(0x10_000), Some(copy | P | RW | A | D));
+    pager.ensure(&*host, &ca, &m).unwrap();
+    assert_eq!(pager.shadow_entry(0x10_000), Some(copy | P | RW | A | D));
+    pager.verify(&m, &ca, 0x10_000).unwrap();
+
+    // A page A mapped read-only from the subtree is copied by a write
+    // that is no fault of the pager's: gone from the subtree, for B too.
+    let f = pager
+        .handle_fault(&*host, &mut m, &ca, fault(0x12_000, 0))
+        .unwrap();
+    assert_eq!(f, FaultOutcome::Filled);
+    let (old, _) = frame_in(&m, 0x9_0000);
+    assert_eq!(pager.shadow_entry(0x12_000), Some(old | P | A));
+    m.write_u32(0x9_0000, 0xbbbb_bbbb).unwrap();
+    pager.ensure(&*host, &cb, &m).unwrap();
+    assert_eq!(pager.shadow_entry(0x12_000), None);
+    pager.ensure(&*host, &ca, &m).unwrap();
+    assert_eq!(pager.shadow_entry(0x12_000), None);
+    for linear in [0x10_000, 0x12_000] {
+        pager.verify(&m, &ca, linear).unwrap();
+        pager.verify(&m, &cb, linear).unwrap();
+    }
 }

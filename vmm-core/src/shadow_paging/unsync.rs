@@ -27,6 +27,10 @@
 //! the new value into the copy (otherwise a leaf filled from a value the
 //! guest then wrote back would survive the comparison).
 //!
+//! Never for a frame still shared copy-on-write with other VMs (a clone's
+//! RAM, `copy_on_write`): the write fault copies the page for this VM
+//! first, since the frame is about to be mapped writable.
+//!
 //! Only with one vCPU per pager: another vCPU could go on writing a frame
 //! through a writable TLB entry after it was write-protected again, unseen
 //! (KVM makes such a write-protection wait for every vCPU to flush; nothing

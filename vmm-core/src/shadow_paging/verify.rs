@@ -55,14 +55,16 @@ impl ShadowPager {
         // the frame of its region.
         let open_bus = memory.is_open_bus(gpa & !0xfff, 0x1000);
         let region = memory.region_at(gpa);
-        let expected = if open_bus {
-            self.open_bus.as_ref().map(|(_, phys)| *phys)
+        // A page shared copy-on-write with other VMs maps the shared frame
+        // until this VM copies it, and never writable.
+        let (expected, own) = if open_bus {
+            (self.open_bus.as_ref().map(|(_, phys)| *phys), true)
         } else {
             match region.map(|r| (r, r.read)) {
                 Some((r, Backing::Block { block, offset })) => memory
-                    .block_host_phys(block, offset + (gpa & !0xfff) - r.start)
-                    .map(|p| p.0),
-                Some(_) => None,
+                    .page_frame(block, offset + (gpa & !0xfff) - r.start)
+                    .map_or((None, true), |(p, own)| (Some(p.0), own)),
+                Some(_) => (None, true),
                 None => return Err(CoherenceError::NotMappedByGuest { linear }),
             }
         };
@@ -87,6 +89,11 @@ impl ShadowPager {
             }
             if self.coherence.is_tracked(gpa) && !self.unsync.contains(gpa) {
                 return Err(too_permissive("writable on a guest page table"));
+            }
+            if !own {
+                return Err(too_permissive(
+                    "writable on a frame shared copy-on-write with other VMs",
+                ));
             }
         }
         if entry & PTE_US != 0 && !read.user {

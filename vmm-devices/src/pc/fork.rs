@@ -6,7 +6,8 @@
 //! read-only to everyone, the parent included, until each writes a page),
 //! [`Pc::build_clone`] for each clone (built from the same description,
 //! its own media, consoles and network card, its RAM the shared block),
-//! [`Pc::fork_from`] (devices, other RAM blocks, vCPU and halt state), and
+//! [`Pc::fork_from_vcpus`] (devices, other RAM blocks, every vCPU's state
+//! with its halt state), and
 //! [`Pc::set_clone_index`] (the value the guest reads to know which clone
 //! it is).
 
@@ -70,6 +71,17 @@ impl PcRam {
         self.len() == 0
     }
 
+    /// A fingerprint of the shared RAM's bytes
+    /// ([`SharedRam::fingerprint`]): the same before and after the clones
+    /// ran says none of their writes reached it.
+    pub fn fingerprint(&self) -> u64 {
+        let low = self.low.fingerprint();
+        match &self.high {
+            Some(h) => low.rotate_left(1) ^ h.fingerprint(),
+            None => low,
+        }
+    }
+
     /// How many PCs map it now.
     pub fn sharers(&self) -> usize {
         self.low.sharers() - 1
@@ -79,10 +91,13 @@ impl PcRam {
 /// Why a clone could not take its parent's state.
 #[derive(Debug)]
 pub enum ForkError {
-    /// Clones hold one vCPU, as snapshots do.
-    SeveralVcpus {
+    /// The clone, or the vCPUs given, do not have the parent's vCPU
+    /// count.
+    VcpuCount {
         /// The parent's vCPUs.
-        cpus: usize,
+        parent: usize,
+        /// The clone's vCPUs (or the vCPUs given, where they differ).
+        clone: usize,
     },
     /// A device or the vCPU refused the parent's state.
     State(StateError),
@@ -105,9 +120,10 @@ pub enum ForkError {
 impl fmt::Display for ForkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ForkError::SeveralVcpus { cpus } => {
-                write!(f, "the PC has {cpus} vCPUs and a clone takes one")
-            }
+            ForkError::VcpuCount { parent, clone } => write!(
+                f,
+                "clone: the parent has {parent} vCPUs and the clone {clone}"
+            ),
             ForkError::State(e) => write!(f, "clone: {e}"),
             ForkError::BlockMismatch { block } => {
                 write!(f, "clone: memory block {block} differs from the parent's")
@@ -170,14 +186,10 @@ impl Pc {
     /// Freeze this PC's RAM for clones: from now on it, and every clone
     /// built with [`Pc::build_clone`] from the result, reads the same
     /// host pages and copies a page the first time it writes it. The PC
-    /// may run on (as one more clone) or stay paused. Refused for a PC
-    /// with several vCPUs.
+    /// may run on (as one more clone) or stay paused; a host that runs it
+    /// with shadow paging empties its shadow trees before it runs again
+    /// (the memory map's generation moves, as nested paging rebuilds).
     pub fn share_ram(&mut self) -> Result<PcRam, ForkError> {
-        if self.msrs.len() != 1 {
-            return Err(ForkError::SeveralVcpus {
-                cpus: self.msrs.len(),
-            });
-        }
         let host = self.vm.host_arc();
         let low = self
             .vm
@@ -202,22 +214,44 @@ impl Pc {
         Self::build_with_ram(host, desc, Some(ram))
     }
 
-    /// Take the state of `parent` (paused, its RAM shared with this clone
-    /// by [`Pc::share_ram`]): the contents of its other RAM blocks (shadow
-    /// RAM under the BIOS, video memory), every device's state, the
-    /// vCPU's (from `from`, the parent's vCPU, to `to`, this clone's) with
-    /// the MSR file and the exit loop's halt state. On an error throw this
-    /// clone away.
+    /// [`Pc::fork_from_vcpus`] for a PC with one vCPU: `from` is the
+    /// parent's, `to` this clone's.
     pub fn fork_from<A: ArchState, B: ArchState>(
         &mut self,
         parent: &mut Pc,
         from: &mut A,
         to: &mut B,
     ) -> Result<(), ForkError> {
-        if parent.msrs.len() != 1 || self.msrs.len() != 1 {
-            return Err(ForkError::SeveralVcpus {
-                cpus: parent.msrs.len().max(self.msrs.len()),
-            });
+        self.fork_from_vcpus(
+            parent,
+            &mut [from as &mut dyn ArchState],
+            &mut [to as &mut dyn ArchState],
+        )
+    }
+
+    /// Take the state of `parent` (paused, its RAM shared with this clone
+    /// by [`Pc::share_ram`]): the contents of its other RAM blocks (shadow
+    /// RAM under the BIOS, video memory), every device's state (the local
+    /// APICs with theirs: pending interrupts and IPIs, an AP waiting for
+    /// its start-up IPI), and every vCPU's: `from[i]`, the parent's vCPU
+    /// `i`, goes to `to[i]`, this clone's, with its MSR file and the exit
+    /// loop's halt and reset state (a halted AP stays halted). The clone
+    /// must have been built with the parent's vCPU count. On an error
+    /// throw this clone away.
+    pub fn fork_from_vcpus(
+        &mut self,
+        parent: &mut Pc,
+        from: &mut [&mut dyn ArchState],
+        to: &mut [&mut dyn ArchState],
+    ) -> Result<(), ForkError> {
+        let cpus = parent.msrs.len();
+        for count in [self.msrs.len(), from.len(), to.len()] {
+            if count != cpus {
+                return Err(ForkError::VcpuCount {
+                    parent: cpus,
+                    clone: count,
+                });
+            }
         }
         let theirs: Vec<_> = parent.vm.memory().blocks().collect();
         let ours: Vec<_> = self.vm.memory().blocks().collect();
@@ -255,10 +289,12 @@ impl Pc {
                 .map_or(0, |(a, _)| a.start);
             return Err(ForkError::MapMismatch { at });
         }
-        let state = VcpuState::capture(from, &parent.msrs[0])?;
-        state.apply(to, &mut self.msrs[0])?;
-        let halted = parent.vm.halt_state();
-        self.vm.set_halt_state(halted);
+        for (i, (from, to)) in from.iter_mut().zip(to.iter_mut()).enumerate() {
+            let state = VcpuState::capture(&mut **from, &parent.msrs[i])?;
+            state.apply(&mut **to, &mut self.msrs[i])?;
+            let exit = parent.vm.vcpu_exit_state(i).unwrap_or_default();
+            self.vm.set_vcpu_exit_state(i, exit);
+        }
         Ok(())
     }
 

@@ -780,6 +780,85 @@ fn clones_share_the_parents_ram_until_they_write_and_each_knows_its_index() {
 }
 
 #[test]
+fn clones_of_a_two_vcpu_pc_take_every_vcpu_with_its_halt_and_apic_state() {
+    use vmm_core::emulator::{CpuState, RegisterFile};
+    use vmm_core::test_host::ReplayVcpu;
+    use vmm_core::vcpu::{ArchState, InterruptSource};
+    use vmm_core::vm::VcpuExitState;
+    let fw = firmware();
+    let host: Arc<dyn Host> = Arc::new(TestHost::new());
+    let two = || PcDescription {
+        cpus: 2,
+        x2apic: false,
+        ..describe(&fw, 64 << 20)
+    };
+    let mut parent = Pc::build(host.clone(), two()).unwrap();
+    let saved = parent.save_devices().unwrap();
+    parent.restore_devices(&saved).unwrap();
+    // vCPU 0 halted; vCPU 1 (an AP) still waits for its start-up IPI, with
+    // an NMI pending in its local APIC.
+    let halted = VcpuExitState {
+        halted: Some((0x7c00, false)),
+        reset: None,
+    };
+    parent.vm_mut().set_vcpu_exit_state(0, halted);
+    parent
+        .vcpu_interrupts(1)
+        .expect("vCPU 1")
+        .lapic()
+        .deliver_nmi();
+    let mut bsp = ReplayVcpu::new(RegisterFile::real_mode(), []);
+    bsp.set_gpr(3, 0xb5b);
+    let mut ap = ReplayVcpu::new(RegisterFile::real_mode(), []);
+    ap.set_gpr(3, 0xa9);
+    let ram = parent.share_ram().unwrap();
+
+    let mut clone = Pc::build_clone(host.clone(), two(), &ram).unwrap();
+    let mut cpus = [
+        ReplayVcpu::new(RegisterFile::real_mode(), []),
+        ReplayVcpu::new(RegisterFile::real_mode(), []),
+    ];
+    {
+        let [c0, c1] = &mut cpus;
+        clone
+            .fork_from_vcpus(
+                &mut parent,
+                &mut [&mut bsp as &mut dyn ArchState, &mut ap],
+                &mut [c0 as &mut dyn ArchState, c1],
+            )
+            .unwrap();
+    }
+    assert_eq!(cpus[0].gpr(3), 0xb5b, "vCPU 0's registers");
+    assert_eq!(cpus[1].gpr(3), 0xa9, "vCPU 1's registers");
+    assert_eq!(clone.vm().vcpu_exit_state(0), Some(halted));
+    assert_eq!(
+        clone.vm().vcpu_exit_state(1),
+        Some(VcpuExitState::default())
+    );
+    let cpu1 = clone.vcpu_interrupts(1).expect("vCPU 1");
+    assert!(cpu1.waiting_for_sipi(), "the AP still waits for SIPI");
+    assert!(clone.wake_signals(1).nmi, "its pending NMI came along");
+    assert!(!clone.wake_signals(0).nmi);
+    // Each clone's APIC is its own: an IPI in the clone is not the
+    // parent's.
+    cpu1.lapic().deliver_init();
+    assert!(clone.wake_signals(1).init_or_sipi);
+    assert!(!parent.wake_signals(1).init_or_sipi);
+
+    // A clone built with another vCPU count, or given the wrong vCPUs, is
+    // refused.
+    let mut one = Pc::build_clone(host.clone(), describe(&fw, 64 << 20), &ram).unwrap();
+    let mut c = ReplayVcpu::new(RegisterFile::real_mode(), []);
+    assert!(matches!(
+        one.fork_from(&mut parent, &mut bsp, &mut c),
+        Err(ForkError::VcpuCount {
+            parent: 2,
+            clone: 1
+        })
+    ));
+}
+
+#[test]
 fn a_clone_of_another_shape_is_refused() {
     let fw = firmware();
     let host: Arc<dyn Host> = Arc::new(TestHost::new());

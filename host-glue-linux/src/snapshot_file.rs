@@ -90,7 +90,7 @@ pub fn write<B: ArchState>(
     write_vcpus(pc, &mut [vcpu as &mut dyn ArchState], path)
 }
 
-/// [`write`] for a PC with several vCPUs: `vcpus[i]` is vCPU `i`, one for
+/// [`write()`] for a PC with several vCPUs: `vcpus[i]` is vCPU `i`, one for
 /// each vCPU of the PC.
 pub fn write_vcpus(
     pc: &mut Pc,

@@ -124,9 +124,18 @@ pm32:
     hlt
     jmp .hang
 
+; Counts ticks up to 10, then masks IRQ 0 at the PIC: a VMM may deliver
+; two ticks back to back (one it caught up on), so the main loop could
+; otherwise see 11 between its HLT and its CLI.
 timer_handler:
     push eax
     inc dword [ticks]
+    cmp dword [ticks], 10
+    jb .eoi
+    in al, 0x21
+    or al, 0x01
+    out 0x21, al
+.eoi:
     mov al, 0x20            ; non-specific EOI
     out 0x20, al
     pop eax

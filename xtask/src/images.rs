@@ -249,6 +249,47 @@ fn record_sources(image: &Path, sources: &[PathBuf], recipe: &str) -> Result<()>
         .map_err(|e| Error::msg(format!("{}: {e}", record.display())))
 }
 
+/// Image builds in this process, one at a time: the tests of one binary
+/// are threads of one process and may ask for the same image at once (two
+/// such builds once shared a scratch directory and left a 64 KiB CD).
+static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+thread_local! {
+    /// Whether this thread holds [`BUILDING`] (a builder may call another).
+    static HOLDS_BUILD_LOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// This process's image-build lock, held until dropped; nothing when this
+/// thread holds it already.
+struct BuildLock(Option<std::sync::MutexGuard<'static, ()>>);
+
+impl Drop for BuildLock {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            HOLDS_BUILD_LOCK.with(|h| h.set(false));
+        }
+    }
+}
+
+/// Take the image-build lock: call it before looking whether an image is
+/// fresh, so a second thread finds the first one's image built.
+fn build_lock() -> BuildLock {
+    if HOLDS_BUILD_LOCK.with(|h| h.get()) {
+        return BuildLock(None);
+    }
+    let guard = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    HOLDS_BUILD_LOCK.with(|h| h.set(true));
+    BuildLock(Some(guard))
+}
+
+/// A suffix for scratch files no other build uses at the same time: this
+/// process's id and a count.
+fn scratch_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
+}
+
 /// The files of xtask/assets/`assets` a Linux CD is built from.
 fn cd_sources(assets: &Path) -> [PathBuf; 2] {
     [assets.join("init"), assets.join("isolinux.cfg")]
@@ -264,6 +305,7 @@ pub fn virtio_cd(dir: &Path) -> Result<PathBuf> {
     let name = "linux-virtio.iso";
     let iso = dir.join(name);
     let assets = system::root().join("xtask/assets/linux-virtio");
+    let _lock = build_lock();
     if image_is_fresh(&iso, &cd_sources(&assets), "", &[]) {
         return Ok(iso);
     }
@@ -384,6 +426,7 @@ fn linux_cd_with(
 ) -> Result<PathBuf> {
     let iso = dir.join(name);
     let assets = system::root().join("xtask/assets").join(assets);
+    let _lock = build_lock();
     if image_is_fresh(&iso, &cd_sources(&assets), "", &[vmlinuz]) {
         return Ok(iso);
     }
@@ -394,7 +437,7 @@ fn linux_cd_with(
         "xorriso",
         "cpio",
     ])?;
-    let work = dir.join(format!("{name}-work.{}", std::process::id()));
+    let work = dir.join(format!("{name}-work.{}", scratch_id()));
     let _ = std::fs::remove_dir_all(&work);
     let root = work.join("initramfs");
     let tree = work.join("iso");
@@ -511,11 +554,12 @@ fn current_init_iso(default_iso: &Path, name: &str, append: &str) -> Result<Path
     let iso = dir.join(format!("linux-{name}.iso"));
     let assets = system::root().join("xtask/assets/linux-cd");
     let sources = [assets.join("init"), assets.join("vmm-clone-id.asm")];
+    let _lock = build_lock();
     if image_is_fresh(&iso, &sources, append, &[default_iso]) {
         return Ok(iso);
     }
     ensure_packages(&["xorriso", "cpio", "nasm", "binutils"])?;
-    let work = dir.join(format!("linux-{name}-cd.{}", std::process::id()));
+    let work = dir.join(format!("linux-{name}-cd.{}", scratch_id()));
     let _ = std::fs::remove_dir_all(&work);
     let root = work.join("initramfs");
     std::fs::create_dir_all(&root).map_err(|e| Error::msg(format!("{}: {e}", root.display())))?;
@@ -676,12 +720,13 @@ fn variant_cd_with(
         .ok_or_else(|| Error::msg("the CD image has no directory"))?;
     let iso = dir.join(format!("linux-{name}.iso"));
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let _lock = build_lock();
     if modified(&iso).is_some() && modified(&iso) >= modified(default_iso) {
         return Ok(iso);
     }
     ensure_packages(&["xorriso"])?;
-    let cfg = dir.join(format!("linux-{name}-isolinux.cfg.{}", std::process::id()));
-    let tmp = dir.join(format!("linux-{name}.iso.{}", std::process::id()));
+    let cfg = dir.join(format!("linux-{name}-isolinux.cfg.{}", scratch_id()));
+    let tmp = dir.join(format!("linux-{name}.iso.{}", scratch_id()));
     remaster_cd_with(
         default_iso,
         &tmp,
@@ -774,7 +819,8 @@ pub fn virtio_bench_iso(virtio_iso: &Path) -> Result<PathBuf> {
         .parent()
         .ok_or_else(|| Error::msg("the CD image has no directory"))?;
     let assets = system::root().join("xtask/assets/virtio-bench");
-    let work = dir.join(format!("virtio-bench.{}", std::process::id()));
+    let _lock = build_lock();
+    let work = dir.join(format!("virtio-bench.{}", scratch_id()));
     let _ = std::fs::remove_dir_all(&work);
     let root = work.join("initramfs");
     std::fs::create_dir_all(root.join("bin"))
@@ -838,6 +884,7 @@ fn virtio_variant_with(
     let mut sources = inputs.to_vec();
     sources.push(cfg_in.clone());
     let recipe = format!("{from} -> {to}");
+    let _lock = build_lock();
     if image_is_fresh(&iso, &sources, &recipe, &[virtio_iso]) {
         return Ok(iso);
     }
@@ -852,10 +899,10 @@ fn virtio_variant_with(
         )));
     }
     let cfg = cfg.replace(from, to);
-    let cfg_out = dir.join(format!("{name}-isolinux.cfg.{}", std::process::id()));
+    let cfg_out = dir.join(format!("{name}-isolinux.cfg.{}", scratch_id()));
     // Built beside the final name and renamed: tests running at once never
     // boot half an image.
-    let tmp = dir.join(format!("{name}.iso.{}", std::process::id()));
+    let tmp = dir.join(format!("{name}.iso.{}", scratch_id()));
     remaster_with_cfg(
         virtio_iso,
         &tmp,
@@ -912,6 +959,32 @@ fn remaster_with_cfg(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_builds_of_one_process_take_turns_and_a_builder_may_call_another() {
+        let inside = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (inside, most) = (inside.clone(), most.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        let _outer = build_lock();
+                        let _inner = build_lock(); // the same thread again: no deadlock
+                        let now = inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                        inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_ne!(scratch_id(), scratch_id());
+    }
 
     #[test]
     fn an_image_is_fresh_by_its_sources_content_not_their_times() {

@@ -80,7 +80,7 @@ pub fn run() -> Result<()> {
         // A run that printed nothing at all (QEMU could not start on this
         // busy machine) is tried once more.
         let t = match time_to_marker(plain_qemu(&images.linux_iso)) {
-            Err(e) if e.to_string().ends_with("last lines:\n") => {
+            Err(e) if e.to_string().starts_with(qemu::SILENT) => {
                 eprintln!("xtask: plain QEMU printed nothing; once more");
                 time_to_marker(plain_qemu(&images.linux_iso))?
             }

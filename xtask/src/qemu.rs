@@ -208,6 +208,10 @@ pub fn last_lines(lines: &[(Duration, String)], n: usize) -> String {
         .join("\n")
 }
 
+/// How [`timed_console`]'s error begins when QEMU printed no line at all
+/// (it could not start, or died at once).
+pub const SILENT: &str = "QEMU printed nothing on its console";
+
 /// Run `cmd` (QEMU with its console on stdout) and return every console
 /// line with the time it arrived, until QEMU exits or `timeout` passes
 /// (then QEMU is killed). For benchmarks, which time what the guest prints.
@@ -257,7 +261,7 @@ pub fn timed_console(mut cmd: Command, timeout: Duration) -> Result<Vec<(Duratio
     let complaints = complaints.join().unwrap_or_default();
     if lines.is_empty() {
         return Err(Error::msg(format!(
-            "QEMU printed nothing on its console ({}) after {:.1} s; its stderr: {}",
+            "{SILENT} ({}) after {:.1} s; its stderr: {}",
             match status {
                 Ok(s) => s.to_string(),
                 Err(e) => format!("no exit status: {e}"),

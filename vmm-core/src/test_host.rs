@@ -411,6 +411,13 @@ impl VcpuBackend for ReplayVcpu {
     }
     fn reset(&mut self) {}
     fn request_interrupt_window(&mut self, _on: bool) {}
+    fn tsc_offset(&self) -> u64 {
+        self.arch.tsc_offset
+    }
+    fn set_tsc_offset(&mut self, offset: u64) -> bool {
+        self.arch.tsc_offset = offset;
+        true
+    }
 }
 
 /// What [`ReplayVcpu`] holds beyond its [`RegisterFile`].
@@ -433,6 +440,9 @@ pub struct TestArchState {
     /// The XSAVE area (x87, SSE and AVX in the standard layout); XMM and
     /// YMM live in the register file and are copied in and out.
     pub xsave: Vec<u8>,
+    /// What the vCPU adds to the host's TSC (the vCPU offsets its TSC as
+    /// SVM and VMX do, so a snapshot's offset restores exactly).
+    pub tsc_offset: u64,
 }
 
 /// End of the AVX component (offset 576, 256 bytes) in [`TestArchState`]'s
@@ -458,6 +468,7 @@ impl Default for TestArchState {
             debug: DebugRegisters::default(),
             events: EventState::default(),
             xsave,
+            tsc_offset: 0,
         }
     }
 }

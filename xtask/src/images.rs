@@ -205,14 +205,13 @@ fn sources_key(sources: &[PathBuf]) -> String {
     let mut key = String::new();
     for p in sources {
         let name = p.strip_prefix(&root).unwrap_or(p).display().to_string();
-        match std::fs::read(p) {
-            Ok(bytes) => {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                std::hash::Hash::hash(&bytes, &mut h);
-                let hash = std::hash::Hasher::finish(&h);
-                key.push_str(&format!("{name} {} {hash:016x}\n", bytes.len()));
+        match system::fingerprint(p, u64::MAX) {
+            Ok(system::Fingerprint::Hash { len, hash }) => {
+                key.push_str(&format!("{name} {len} {hash:016x}\n"));
             }
-            Err(_) => key.push_str(&format!("{name} missing\n")),
+            Ok(system::Fingerprint::Time { .. }) | Err(_) => {
+                key.push_str(&format!("{name} missing\n"))
+            }
         }
     }
     key

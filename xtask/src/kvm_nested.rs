@@ -197,21 +197,11 @@ pub fn build_with(vmm: &Path, guests: &Path) -> Result<Rig> {
     // only a newer one, rebuilds.
     let mut key = String::new();
     for p in &inputs {
-        let meta = std::fs::metadata(p).map_err(|e| io(p, e))?;
-        let stamp = if meta.len() <= 4 << 20 {
-            let bytes = std::fs::read(p).map_err(|e| io(p, e))?;
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            std::hash::Hash::hash(&bytes, &mut h);
-            format!("hash {:016x}", std::hash::Hasher::finish(&h))
-        } else {
-            let t = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos());
-            format!("time {t}")
+        let line = match crate::system::fingerprint(p, 4 << 20).map_err(|e| io(p, e))? {
+            crate::system::Fingerprint::Hash { len, hash } => format!("{len} hash {hash:016x}"),
+            crate::system::Fingerprint::Time { len, nanos } => format!("{len} time {nanos}"),
         };
-        key.push_str(&format!("{} {} {stamp}\n", p.display(), meta.len()));
+        key.push_str(&format!("{} {line}\n", p.display()));
     }
     let key_file = dir.join("initramfs.inputs");
     if rig.initramfs.is_file() && std::fs::read_to_string(&key_file).is_ok_and(|k| k == key) {

@@ -10,6 +10,11 @@
 //! the VMM's: vCPUs and their control blocks, nested page tables, device
 //! state and buffers, the firmware's copy. The CD is one boot module
 //! every VM reads, so it is in none of them.
+//!
+//! The runs of several VMs give the host machine as many CPUs as this
+//! machine has cores (at most 4), so QEMU emulates them on as many
+//! threads and the host spreads its VMs over them: the figures are the
+//! same, the 16 boots take half the time on two cores.
 
 use crate::kernel::{self, GuestImage};
 use crate::qemu;
@@ -50,15 +55,24 @@ fn parse(vms: u64, line: &str) -> Option<Figures> {
     })
 }
 
+/// Host CPUs for a run of `vms` VMs: one per VM, at most this machine's
+/// cores and at most 4.
+fn host_cpus(vms: u64) -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    vms.min(cores as u64).clamp(1, 4) as u32
+}
+
 fn run_vms(elf: &std::path::Path, modules: &[GuestImage], vms: u64) -> Result<Figures> {
-    eprintln!("xtask: {vms} VM(s) of {GUEST_MIB} MiB booting the default CD");
+    let cpus = host_cpus(vms);
+    eprintln!("xtask: {vms} VM(s) of {GUEST_MIB} MiB booting the default CD on {cpus} host CPU(s)");
     let memory = kernel::qemu_memory_mib(vms * GUEST_MIB + 512);
     let lines = qemu::timed_console(
-        qemu::direct_command(
+        qemu::direct_command_on(
             elf,
             &format!("guest_mem={GUEST_MIB}M vms={vms}"),
             modules,
             memory,
+            cpus,
         )?,
         TIMEOUT,
     )?;

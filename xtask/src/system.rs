@@ -170,6 +170,49 @@ fn cargo_rustc() -> Command {
     c
 }
 
+/// What stands for a file's content in a cache key: its length and a
+/// hash of its bytes, or its modification time for a file longer than the
+/// caller cares to read (a debug build hashes a large binary slowly).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fingerprint {
+    /// A file of `len` bytes whose bytes hash to `hash`.
+    Hash {
+        /// Its length in bytes.
+        len: u64,
+        /// The hash of its bytes.
+        hash: u64,
+    },
+    /// A file of `len` bytes last modified `nanos` after the Unix epoch.
+    Time {
+        /// Its length in bytes.
+        len: u64,
+        /// Its modification time, in nanoseconds since the Unix epoch.
+        nanos: u128,
+    },
+}
+
+/// The [`Fingerprint`] of `path`: its bytes' hash when it is at most
+/// `hash_limit` bytes long, its modification time otherwise.
+pub fn fingerprint(path: &Path, hash_limit: u64) -> std::io::Result<Fingerprint> {
+    let meta = std::fs::metadata(path)?;
+    let len = meta.len();
+    if len <= hash_limit {
+        let bytes = std::fs::read(path)?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&bytes, &mut h);
+        return Ok(Fingerprint::Hash {
+            len: bytes.len() as u64,
+            hash: std::hash::Hasher::finish(&h),
+        });
+    }
+    let nanos = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(Fingerprint::Time { len, nanos })
+}
+
 /// A path the test tooling hands to an integration test in environment
 /// variable `var`; panics with what to run when it is missing (for tests).
 pub fn env_path(var: &str) -> PathBuf {

@@ -12,6 +12,8 @@
 //! - [`rng`]: virtio-rng on an [`rng::EntropySource`].
 //! - [`console`]: virtio-console (port 0) on a [`crate::uart::CharBackend`].
 //! - [`net`]: virtio-net on a [`crate::net::NetBackend`].
+//! - [`tso`]: TCP segmentation offload, virtio-net cutting a driver's
+//!   64 KiB TCP packet into frames.
 //!
 //! Facts are from the OASIS virtio 1.2 specification (sections named in
 //! each module).
@@ -24,6 +26,7 @@ pub mod net;
 pub mod pci;
 pub mod queue;
 pub mod rng;
+pub mod tso;
 
 pub use device::VirtioDevice;
 pub use pci::VirtioPci;

@@ -6,16 +6,22 @@
 //! `VIRTIO_NET_F_MRG_RXBUF` (a received frame may span several receive
 //! chains; `num_buffers` in the first header says how many) and
 //! `VIRTIO_NET_F_CSUM` (the driver may leave a TCP/UDP checksum to the
-//! device: the device completes it before the frame leaves). Every frame
-//! has the 12-byte `virtio_net_hdr_v1` in front (VERSION_1).
+//! device: the device completes it before the frame leaves), and
+//! `VIRTIO_NET_F_HOST_TSO4`, `HOST_TSO6` and `HOST_ECN` (the driver may
+//! hand over one TCP packet of up to 64 KiB, which the device cuts into
+//! frames itself: [`super::tso`]). Every frame has the 12-byte
+//! `virtio_net_hdr_v1` in front (VERSION_1).
 //!
 //! - Transmit: the header and the frame from a chain's device-readable
 //!   buffers, at most [`MAX_FRAME`] bytes of frame; with
 //!   `VIRTIO_NET_HDR_F_NEEDS_CSUM` the checksum is computed over
 //!   `csum_start..` and stored at `csum_start + csum_offset` (a header
-//!   pointing outside the frame drops it). A chain with a buffer that is
-//!   not RAM, a short or over-long frame or a GSO header is dropped; the
-//!   used length is 0 either way.
+//!   pointing outside the frame drops it). A TCP packet with a GSO header
+//!   of a negotiated type is cut into frames of `gso_size` bytes of
+//!   payload, each with its own headers and checksums. A chain with a
+//!   buffer that is not RAM, a short or over-long frame, or a GSO header
+//!   of a type not negotiated or a packet that is not what it says is
+//!   dropped; the used length is 0 either way.
 //! - Receive: a frame the backend has is written with its header (flags
 //!   0, no GSO, `num_buffers`) into the next receive chain, or with
 //!   MRG_RXBUF into as many as cover it (the transport looks ahead and
@@ -29,6 +35,9 @@
 
 use super::chain::{ChainCursor, DescriptorChain};
 use super::device::VirtioDevice;
+use super::tso::{
+    self, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
+};
 use super::DEVICE_TYPE_NET;
 use crate::net::{check_length, NetBackend, MAX_FRAME};
 use alloc::boxed::Box;
@@ -42,6 +51,12 @@ use vmm_core::dma::{DmaGrant, DmaGuard};
 pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
 /// Feature: the driver takes frames with partial checksums (not offered).
 pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+/// Feature: the device takes TCP packets over IPv4 to cut into frames.
+pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
+/// Feature: the device takes TCP packets over IPv6 to cut into frames.
+pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
+/// Feature: the device takes such packets with ECN (CWR).
+pub const VIRTIO_NET_F_HOST_ECN: u64 = 1 << 13;
 /// Feature: the MAC address is in the configuration.
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 /// Feature: received frames may span several buffers.
@@ -82,6 +97,8 @@ pub struct NetCounters {
     pub rx_frames: u64,
     /// Received frames dropped (a receive buffer not RAM).
     pub rx_dropped: u64,
+    /// TCP packets cut into frames (each frame counts in `tx_frames`).
+    pub tx_segmented: u64,
 }
 
 /// A received frame on its way into receive chains.
@@ -102,6 +119,8 @@ pub struct VirtioNet {
     mac: [u8; 6],
     features: u64,
     tx_buf: Vec<u8>,
+    /// Where the frames of a segmented packet are built.
+    segment_buf: Vec<u8>,
     rx_buf: Vec<u8>,
     rx: RxFrame,
     counters: NetCounters,
@@ -141,6 +160,7 @@ impl VirtioNet {
             mac,
             features: 0,
             tx_buf: vec![0; HEADER_LEN + MAX_FRAME],
+            segment_buf: Vec::new(),
             rx_buf: vec![0; MAX_FRAME],
             rx: RxFrame::default(),
             counters: NetCounters::default(),
@@ -177,8 +197,46 @@ impl VirtioNet {
         let gso = header[1];
         let csum_start = usize::from(u16::from_le_bytes([header[6], header[7]]));
         let csum_offset = usize::from(u16::from_le_bytes([header[8], header[9]]));
-        if gso != VIRTIO_NET_HDR_GSO_NONE || check_length(frame).is_err() {
+        if check_length(frame).is_err() {
             self.counters.tx_dropped += 1;
+            return;
+        }
+        if gso != VIRTIO_NET_HDR_GSO_NONE {
+            let feature = match gso & !VIRTIO_NET_HDR_GSO_ECN {
+                VIRTIO_NET_HDR_GSO_TCPV4 => VIRTIO_NET_F_HOST_TSO4,
+                VIRTIO_NET_HDR_GSO_TCPV6 => VIRTIO_NET_F_HOST_TSO6,
+                _ => 0,
+            };
+            let ecn = if gso & VIRTIO_NET_HDR_GSO_ECN != 0 {
+                VIRTIO_NET_F_HOST_ECN
+            } else {
+                0
+            };
+            let wanted = feature | ecn;
+            if feature == 0 || self.features & wanted != wanted {
+                self.counters.tx_dropped += 1;
+                return;
+            }
+            // Every frame gets whole checksums: the driver's partial one
+            // (NEEDS_CSUM, which GSO implies) is not needed.
+            let mss = u16::from_le_bytes([header[4], header[5]]);
+            let (backend, counters) = (&mut self.backend, &mut self.counters);
+            let sent = tso::segment(frame, gso, mss, &mut self.segment_buf, |f| {
+                match backend.send(f) {
+                    Ok(()) => counters.tx_frames += 1,
+                    Err(e) => {
+                        log::debug!("virtio-net: frame dropped: {e}");
+                        counters.tx_dropped += 1;
+                    }
+                }
+            });
+            match sent {
+                Ok(_) => self.counters.tx_segmented += 1,
+                Err(e) => {
+                    log::debug!("virtio-net: GSO packet dropped: {e}");
+                    self.counters.tx_dropped += 1;
+                }
+            }
             return;
         }
         if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
@@ -269,7 +327,13 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_NET_F_CSUM | VIRTIO_NET_F_MAC | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_NET_F_STATUS
+        VIRTIO_NET_F_CSUM
+            | VIRTIO_NET_F_HOST_TSO4
+            | VIRTIO_NET_F_HOST_TSO6
+            | VIRTIO_NET_F_HOST_ECN
+            | VIRTIO_NET_F_MAC
+            | VIRTIO_NET_F_MRG_RXBUF
+            | VIRTIO_NET_F_STATUS
     }
 
     fn ack_features(&mut self, features: u64) {

@@ -1269,6 +1269,73 @@ mod net {
         assert_eq!(rig.status() & STATUS_DEVICE_NEEDS_RESET, 0);
     }
 
+    /// An Ethernet + IPv4 + TCP packet (20-byte TCP header) to `MAC` with
+    /// `payload` bytes of data.
+    fn tcp_packet(payload: usize) -> Vec<u8> {
+        let mut p = MAC.to_vec();
+        p.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        p.extend_from_slice(&[
+            0x45, 0, 0, 0, 0, 7, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ]);
+        p.extend_from_slice(&[
+            0x30, 0x39, 0, 80, 0, 0, 1, 0, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff,
+        ]);
+        p.extend_from_slice(&[0, 0, 0, 0]);
+        p.extend((0..payload).map(|i| (i % 251) as u8));
+        p
+    }
+
+    #[test]
+    fn a_tcp_packet_handed_over_with_tso_leaves_as_frames_of_the_segment_size() {
+        let net = BufferNet::new();
+        let features = FEATURES | VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4;
+        let (mut rig, _rx, mut tx) = rig(net.clone(), features);
+        assert_ne!(rig.offered() & VIRTIO_NET_F_HOST_TSO6, 0);
+        let p = tcp_packet(10_000);
+        let mut hdr = [0u8; HEADER_LEN];
+        hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        hdr[1] = crate::virtio::tso::VIRTIO_NET_HDR_GSO_TCPV4;
+        hdr[2..4].copy_from_slice(&54u16.to_le_bytes());
+        hdr[4..6].copy_from_slice(&1460u16.to_le_bytes());
+        hdr[6..8].copy_from_slice(&34u16.to_le_bytes());
+        hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+        rig.poke(DATA, &hdr);
+        rig.poke(DATA + 0x1000, &p);
+        tx.submit(
+            &mut rig,
+            &[
+                (DATA, HEADER_LEN as u32, false),
+                (DATA + 0x1000, p.len() as u32, false),
+            ],
+        );
+        rig.notify(TRANSMIT_QUEUE);
+        assert_eq!(tx.used_idx(&rig), 1);
+        let sent = net.take_sent();
+        assert_eq!(sent.len(), 7, "10,000 bytes in 1,460-byte segments");
+        let data: Vec<u8> = sent.iter().flat_map(|f| f[54..].to_vec()).collect();
+        assert_eq!(data, p[54..], "the payload, in order");
+        assert!(sent.iter().all(|f| f.len() <= 1514));
+        // ECN was not negotiated: a packet with the ECN flag is dropped,
+        // as is a TCPv6 packet and one with no segment size.
+        for (gso, mss) in [(0x81, 1460u16), (4, 1460), (1, 0)] {
+            let mut bad = hdr;
+            bad[1] = gso;
+            bad[4..6].copy_from_slice(&mss.to_le_bytes());
+            rig.poke(DATA + 0x100, &bad);
+            tx.submit(
+                &mut rig,
+                &[
+                    (DATA + 0x100, HEADER_LEN as u32, false),
+                    (DATA + 0x1000, p.len() as u32, false),
+                ],
+            );
+        }
+        rig.notify(TRANSMIT_QUEUE);
+        assert_eq!(tx.used_idx(&rig), 4);
+        assert!(net.take_sent().is_empty());
+        assert_eq!(rig.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+    }
+
     #[test]
     fn a_received_frame_spans_mergeable_buffers_and_waits_for_enough() {
         let net = BufferNet::new();

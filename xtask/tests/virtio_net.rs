@@ -3,7 +3,10 @@
 //! (under QEMU TCG) runs two PCs on the virtio test CD, each with a
 //! virtio-net card on one switch port (MAC 52:54:00:12:34:10 and :11);
 //! each guest's init gives itself 10.0.0.16 or 10.0.0.17 from its MAC,
-//! pings the other until it answers, and powers off.
+//! pings the other until it answers; then .16 serves 2 MiB over HTTP and
+//! .17 fetches it (TCP, with the guests' TCP segmentation offload: the
+//! sender hands its card packets of up to 64 KiB, which the card cuts
+//! into frames), and both power off.
 //!
 //! `cargo xtask test` builds the kernel and the CD and sets
 //! `VMM_TEST_KERNEL`, `VMM_TEST_SEABIOS` and `VMM_TEST_VIRTIO_ISO`.
@@ -60,6 +63,53 @@ fn two_vms_ping_each_other_over_the_virtual_switch() {
             "{console}"
         );
     }
+    // The 2 MiB arrived whole, and the sender handed over fewer packets
+    // than the receiver got frames: the cards cut them (TSO).
+    let expected = {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let body: Vec<u8> = b"vmm\n".iter().copied().cycle().take(2 << 20).collect();
+        let mut child = Command::new("md5sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("md5sum");
+        child.stdin.take().unwrap().write_all(&body).unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let number_after = |line: &str, key: &str| -> u64 {
+        line.split(key)
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no number after {key:?} in {line}"))
+    };
+    let fetched = console
+        .lines()
+        .find(|l| l.starts_with("[vm 1] VMM-VIRTIO: fetched, md5 "))
+        .unwrap_or_else(|| panic!("vm 1 fetched nothing: {console}"));
+    assert!(fetched.contains(&format!("md5 {expected},")), "{fetched}");
+    let served = console
+        .lines()
+        .find(|l| l.starts_with("[vm 0] VMM-VIRTIO: served, "))
+        .unwrap_or_else(|| panic!("vm 0 did not serve: {console}"));
+    assert!(
+        served.contains(&format!("peer says got {expected}")),
+        "{served}"
+    );
+    let (packets, frames) = (
+        number_after(served, "tx packets "),
+        number_after(fetched, "rx frames "),
+    );
+    assert!(
+        frames >= (2 << 20) / 1500 && packets * 3 < frames * 2,
+        "{packets} packets sent for {frames} frames received: {served} / {fetched}"
+    );
     let switch = console
         .lines()
         .find(|l| l.starts_with("switch: "))

@@ -105,7 +105,6 @@ fuzz_target!(|input: Input| {
         }
         let _ = q.needs_interrupt(&guard);
     }
-    drop(guard);
     let mut rom = vec![0u8; 0x1000];
     vm.memory().read(ROM_AT, &mut rom).unwrap();
     assert!(rom.iter().all(|b| *b == 0xa5), "ROM changed");

@@ -75,6 +75,17 @@ pub fn run(args: TestArgs) -> Result<()> {
         ]),
         "cargo clippy (build host)",
     )?;
+    // The fuzz targets are a workspace of their own (built with nightly
+    // for libFuzzer): clippy on them too, in a target directory of their
+    // own.
+    step(
+        system::cargo()
+            .current_dir(system::root().join("fuzz"))
+            .args(["clippy", "--bins", "--target-dir"])
+            .arg(system::target_dir().join("fuzz-clippy"))
+            .args(["--", "-D", "warnings"]),
+        "cargo clippy (fuzz targets)",
+    )?;
     let mut no_std = system::cargo();
     no_std.args(["clippy", "--target", "x86_64-unknown-none"]);
     for p in NO_STD {

@@ -117,9 +117,7 @@ fn write(vm: &mut Vm, current: &CurrentCpu, o: &mut Oracle, cpu: usize, reg: u32
 fn read(vm: &mut Vm, current: &CurrentCpu, cpus: &[CpuInterrupts], cpu: usize, reg: u32) -> u32 {
     if cpus[cpu].lapic().x2apic_mode() {
         let now = vm.host().now_ns();
-        return cpus[cpu]
-            .x2apic_read(0x800 + (reg >> 4), now)
-            .unwrap_or(0) as u32;
+        return cpus[cpu].x2apic_read(0x800 + (reg >> 4), now).unwrap_or(0) as u32;
     }
     current.set(cpu);
     let mut b = [0u8; 4];
@@ -184,7 +182,11 @@ fuzz_target!(|ops: Vec<Op>| {
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            CpuInterrupts::new(l.clone(), pic.clone()).with_x2apic(X2apic::new(all.clone(), i, None))
+            CpuInterrupts::new(l.clone(), pic.clone()).with_x2apic(X2apic::new(
+                all.clone(),
+                i,
+                None,
+            ))
         })
         .collect();
     let current = CurrentCpu::new();
@@ -254,11 +256,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     lapic.set_apic_base(new);
                 }
             }
-            Op::MsrWrite {
-                cpu: c,
-                reg,
-                value,
-            } => {
+            Op::MsrWrite { cpu: c, reg, value } => {
                 let i = cpu(c);
                 let reg = u32::from(reg) << 4;
                 if reg != 0xb0 {

@@ -22,9 +22,9 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use vmm_core::emulator::{
-    AccessHint, Breakpoints, BusError, Completion, DescriptorTable, EmulateError, Emulator, Exception, GuestBus,
-    Hints, InstructionBytes, OptionalInstructions, PortString, RegisterFile, Segment,
-    SegmentRegister,
+    AccessHint, Breakpoints, BusError, Completion, DescriptorTable, EmulateError, Emulator,
+    Exception, GuestBus, Hints, InstructionBytes, OptionalInstructions, PortString, RegisterFile,
+    Segment, SegmentRegister,
 };
 use vmm_core::paging::*;
 
@@ -104,7 +104,11 @@ impl GuestBus for Bus {
     /// for the stores the emulator completes with their effects alone.
     fn is_unassigned(&self, gpa: u64, len: usize) -> bool {
         let end = gpa.checked_add(len as u64).expect("range wraps");
-        assert_eq!(gpa >> 12, (end - 1) >> 12, "piece {gpa:#x}+{len} crosses a page");
+        assert_eq!(
+            gpa >> 12,
+            (end - 1) >> 12,
+            "piece {gpa:#x}+{len} crosses a page"
+        );
         gpa >= MMIO + MMIO_LEN / 2 && end <= MMIO + MMIO_LEN
     }
     fn read_physical(&mut self, gpa: u64, data: &mut [u8]) -> Result<(), BusError> {

@@ -23,11 +23,11 @@ use vmm_devices::a20::A20Gate;
 use vmm_devices::acpi_pm::{AcpiPm, PM_BLOCK_LEN};
 use vmm_devices::debug_console::{DebugConsole, BOCHS_DEBUG_PORT, QEMU_DEBUG_PORT};
 use vmm_devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT};
-use vmm_devices::pc_testdev::{PcTestDevice, IOMEM_BASE, IOMEM_LEN};
 use vmm_devices::i8042::{COMMAND_PORT, DATA_PORT, I8042};
 use vmm_devices::interrupts::{CpuInterrupts, IsaInterrupts};
 use vmm_devices::ioapic::{IoApic, IoApicCore, IOAPIC_BASE, IOAPIC_LEN};
 use vmm_devices::lapic::{LapicCore, LocalApic, LAPIC_BASE, LAPIC_LEN};
+use vmm_devices::pc_testdev::{PcTestDevice, IOMEM_BASE, IOMEM_LEN};
 use vmm_devices::pci::i440fx::{BiosRom, I440fx};
 use vmm_devices::pci::piix3::{Piix3, PirqRouter};
 use vmm_devices::pci::piix4_pm::Piix4Pm;
@@ -55,7 +55,9 @@ const DEVICE_PORTS: [&[u16]; 10] = [
     ],
     &[0x80, 0xe9, 0x402],
     &[0x20, 0x21, 0x40, 0x43, 0x70, 0x71, 0xcf8, 0xcfc],
-    &[0xe0, 0xe1, 0xe3, 0xe4, 0xe8, 0xeb, 0x2000, 0x2004, 0x2017, 0xf4],
+    &[
+        0xe0, 0xe1, 0xe3, 0xe4, 0xe8, 0xeb, 0x2000, 0x2004, 0x2017, 0xf4,
+    ],
 ];
 
 /// A UART backend with a bounded supply of input bytes from the fuzzer.

@@ -22,12 +22,33 @@ use vmm_devices::input::{InputEvent, InputQueue, Key, MouseButtons};
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Out { command: bool, value: u8 },
-    In { command: bool, width: u8 },
-    OutWide { command: bool, value: u32, width: u8 },
-    Key { key: u16, pressed: bool },
-    Move { dx: i16, dy: i16, dz: i8 },
-    Buttons { left: bool, right: bool, middle: bool },
+    Out {
+        command: bool,
+        value: u8,
+    },
+    In {
+        command: bool,
+        width: u8,
+    },
+    OutWide {
+        command: bool,
+        value: u32,
+        width: u8,
+    },
+    Key {
+        key: u16,
+        pressed: bool,
+    },
+    Move {
+        dx: i16,
+        dy: i16,
+        dz: i8,
+    },
+    Buttons {
+        left: bool,
+        right: bool,
+        middle: bool,
+    },
     Poll,
     Reset,
     SaveRestore,
@@ -52,7 +73,11 @@ fn check_lines(vm: &mut Vm, irq1: &TestIrqLine, irq12: &TestIrqLine) {
     let full = status[0] & 0x01 != 0;
     let aux = status[0] & 0x20 != 0;
     if irq1.level() {
-        assert!(full && !aux, "IRQ 1 without a keyboard byte: {:#x}", status[0]);
+        assert!(
+            full && !aux,
+            "IRQ 1 without a keyboard byte: {:#x}",
+            status[0]
+        );
     }
     if irq12.level() {
         assert!(full && aux, "IRQ 12 without a mouse byte: {:#x}", status[0]);

@@ -148,7 +148,11 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut renders = 0;
     for op in ops.into_iter().take(256) {
         match op {
-            Op::Out { port, size: s, value } => {
+            Op::Out {
+                port,
+                size: s,
+                value,
+            } => {
                 let port = PORTS[usize::from(port) % PORTS.len()];
                 let n = size(s);
                 pc.vm_mut().port_write(port, &value.to_le_bytes()[..n]);
@@ -159,7 +163,8 @@ fuzz_target!(|ops: Vec<Op>| {
                 pc.vm_mut().port_read(port, &mut buf[..size(s)]);
             }
             Op::Vbe { index, value } => {
-                pc.vm_mut().port_write(0x1ce, &u16::from(index % 12).to_le_bytes());
+                pc.vm_mut()
+                    .port_write(0x1ce, &u16::from(index % 12).to_le_bytes());
                 pc.vm_mut().port_write(0x1cf, &value.to_le_bytes());
             }
             Op::Config { reg, value } => pci_config(&mut pc, reg, value),

@@ -91,8 +91,14 @@ fuzz_target!(|data: &[u8]| {
             let last = key.rsplit('.').next().unwrap_or(&key);
             let last = last.split('[').next().unwrap_or(last);
             assert!(!last.is_empty(), "{key}: {problem}");
-            assert!(text.contains(last) || text.contains('\\'), "{key}: {problem}");
-            assert!(!problem.is_empty() && !problem.contains('\n'), "{key}: {problem}");
+            assert!(
+                text.contains(last) || text.contains('\\'),
+                "{key}: {problem}"
+            );
+            assert!(
+                !problem.is_empty() && !problem.contains('\n'),
+                "{key}: {problem}"
+            );
         }
         Err(other) => panic!("parse gave {other:?}"),
         Ok(m) => {

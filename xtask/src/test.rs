@@ -65,6 +65,12 @@ pub fn run(args: TestArgs) -> Result<()> {
         "cargo fmt --check",
     )?;
     step(
+        system::cargo()
+            .current_dir(system::root().join("fuzz"))
+            .args(["fmt", "--", "--check"]),
+        "cargo fmt --check (fuzz targets)",
+    )?;
+    step(
         system::cargo().args([
             "clippy",
             "--workspace",

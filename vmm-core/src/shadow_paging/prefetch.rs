@@ -210,7 +210,7 @@ impl ShadowPager {
                     }
                     if newly_tracked {
                         for l in self.coherence.take_writable(leaf.gpa) {
-                            self.zap(l);
+                            self.write_protect(l);
                         }
                     }
                 }

@@ -363,7 +363,8 @@ fn a_page_that_becomes_a_page_table_loses_its_writable_mappings() {
         go(&mut pager, &mut vm, &control, 0x5_000, PF_WRITE),
         FaultOutcome::Filled
     );
-    assert_eq!(pager.shadow_entry(0x5_000).unwrap() & RW, RW);
+    let before = pager.shadow_entry(0x5_000).unwrap();
+    assert_eq!(before & RW, RW);
     // Now the guest uses frame 0x6000 as a page table: PD[4] -> 0x6000.
     put64(&mut vm, PD + 4 * 8, 0x6000 | P | RW | US);
     put64(&mut vm, 0x6000, 0x7_0000 | P | RW | US);
@@ -372,15 +373,28 @@ fn a_page_that_becomes_a_page_table_loses_its_writable_mappings() {
         go(&mut pager, &mut vm, &control, linear, 0),
         FaultOutcome::Filled
     );
-    // The writable mapping of the new page table is gone.
-    assert_eq!(pager.shadow_entry(0x5_000), None);
+    // The mapping of the new page table stays, read-only (reads of it
+    // need no fault), and the TLB is flushed.
+    let entry = pager.shadow_entry(0x5_000).expect("kept mapped");
+    assert_eq!(entry & (P | RW), P);
+    assert_eq!(
+        entry,
+        before & !(RW | D),
+        "the same frame and rights, less write"
+    );
+    assert_eq!(pager.stats().write_protects, 1);
+    assert!(pager.take_tlb_flush());
     assert_eq!(pager.tracked_frames(), 5, "PML4, PDPT, PD, PT and 0x6000");
-    // Mapped again, read-only.
+    // A write faults and is emulated.
     assert_eq!(
         go(&mut pager, &mut vm, &control, 0x5_000, PF_WRITE),
         FaultOutcome::Emulate { gpa: 0x6000 }
     );
     assert_eq!(pager.shadow_entry(0x5_000).unwrap() & RW, 0);
+    // Rewriting the entry the kept leaf came from still removes it.
+    pte(&mut vm, 5, 0x8000 | P | RW | A | D);
+    pager.guest_wrote(PT + 5 * 8, 8);
+    assert_eq!(pager.shadow_entry(0x5_000), None);
 }
 
 #[test]
@@ -1411,9 +1425,10 @@ fn a_page_a_sibling_maps_writable_loses_that_mapping_once_it_is_a_page_table() {
     );
     assert_eq!(vcpu0.lock().shadow_entry(0x4_000).unwrap() & RW, RW);
     vcpu0.lock().take_tlb_flush();
-    // vCPU 1's fill walks it as its PT: vCPU 0's writable mapping goes.
+    // vCPU 1's fill walks it as its PT: vCPU 0's mapping turns
+    // read-only, and vCPU 0 flushes its TLB before its next entry.
     assert_eq!(go(&vcpu1, &mut vm, &c1, 0x10_000, 0), FaultOutcome::Filled);
-    assert_eq!(vcpu0.lock().shadow_entry(0x4_000), None);
+    assert_eq!(vcpu0.lock().shadow_entry(0x4_000).unwrap() & (P | RW), P);
     assert!(vcpu0.lock().take_tlb_flush());
 }
 

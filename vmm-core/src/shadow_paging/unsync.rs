@@ -207,9 +207,12 @@ impl ShadowPager {
             // map change, which flushes everything): drop every dependent.
             self.coherence.take_frame(frame, &mut stale);
         }
-        stale.extend(self.coherence.take_writable(frame));
         for l in stale {
             self.zap(l);
+        }
+        // The frame's own writable mappings stay, read-only.
+        for l in self.coherence.take_writable(frame) {
+            self.write_protect(l);
         }
         self.stats.resyncs += 1;
     }

@@ -388,10 +388,9 @@ impl SvmVcpu {
                 // set here, so the low bits are flags.
                 s.cr3 = value & !(1 << 63);
                 let control = s.control();
-                s.pager
-                    .lock()
-                    .activate(vm.host(), &control)
-                    .map_err(|_| gp)?;
+                let mut pager = s.pager.lock();
+                pager.count_cr3_load();
+                pager.activate(vm.host(), &control).map_err(|_| gp)?;
             }
             4 => {
                 if value & !cr4_allowed() != 0 {
@@ -486,6 +485,9 @@ impl ShadowPagingBackend for SvmVcpu {
 
     fn read_control_register(&self, cr: u8) -> Option<u64> {
         let c = self.control();
+        if let (Some(s), 0 | 3 | 4) = (self.shadow.as_ref(), cr) {
+            s.pager.lock().count_cr_read();
+        }
         match cr {
             0 => Some(c.cr0),
             2 => Some(self.vmcb.read_u64(offset::CR2)),

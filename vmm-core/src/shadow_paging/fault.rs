@@ -238,6 +238,7 @@ impl ShadowPager {
         if !translation.executable {
             entry |= PTE_XD;
         }
+        let new_table = self.find_leaf(slot, linear).is_none();
         let restarted = self.set_leaf(host, slot, linear, entry, top_entry)?;
         let (owner, serial) = self.owner(slot, linear);
         let leaf = Leaf {
@@ -266,6 +267,14 @@ impl ShadowPager {
         }
         if user {
             self.stats.user_fills += 1;
+        } else if translation.user {
+            self.stats.supervisor_user_fills += 1;
+        }
+        if translation.page_size > 0x1000 {
+            self.stats.large_fills += 1;
+        }
+        if new_table {
+            self.stats.new_table_fills += 1;
         }
         if kind == AccessKind::Write && page_table {
             return Ok(emulate);

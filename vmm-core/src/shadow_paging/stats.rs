@@ -56,8 +56,14 @@ pub struct ShadowStats {
     /// Write fills whose walk set only the guest leaf's dirty bit (the
     /// page was mapped read-only until its first write).
     pub dirty_fills: u64,
-    /// Fills of user pages (the rest are supervisor pages).
+    /// Fills for user-mode accesses (the rest are the supervisor's).
     pub user_fills: u64,
+    /// Fills for supervisor accesses to user pages.
+    pub supervisor_user_fills: u64,
+    /// Fills of a page of a guest large page (shadowed 4 KiB at a time).
+    pub large_fills: u64,
+    /// Fills that had to start the shadow leaf table they went into.
+    pub new_table_fills: u64,
     /// Writable leaves made read-only, kept mapped, because the frame they
     /// map became a guest page table again (instead of removed).
     pub write_protects: u64,
@@ -75,7 +81,8 @@ impl fmt::Display for ShadowStats {
              {} page-table writes, {} invalidations, {} floods, {} invlpg, cache {} hits / {} \
              misses / {} evictions, {} full flushes, {} copy-on-write copies, {} pages in {} roots, \
              {} subtree links, {} subtrees, {} unsyncs, {} resyncs, fills: {} cold / {} dirty / \
-             {} user, {} write-protected in place, {} CR3 loads, {} CR reads",
+             {} user / {} supervisor on user pages / {} in large pages / {} in new tables, \
+             {} write-protected in place, {} CR3 loads, {} CR reads",
             self.faults,
             self.fills,
             self.prefetches,
@@ -99,6 +106,9 @@ impl fmt::Display for ShadowStats {
             self.cold_fills,
             self.dirty_fills,
             self.user_fills,
+            self.supervisor_user_fills,
+            self.large_fills,
+            self.new_table_fills,
             self.write_protects,
             self.cr3_loads,
             self.cr_reads

@@ -582,6 +582,32 @@ fn large_pages_are_shadowed_four_kib_at_a_time_with_dirty_on_the_large_entry() {
 }
 
 #[test]
+fn a_fill_in_a_large_page_maps_all_of_its_shadow_table_and_page_tables_read_only() {
+    let mut f = Fixture::level4();
+    // PD[2] -> a page table at 0x41_0000, inside the 2 MiB page at
+    // 0x40_0000 that PD[1] maps (linear 2 MiB..4 MiB): a fill through it
+    // makes that frame a tracked page table.
+    put64(&mut f.vm, PD + 2 * 8, 0x41_0000 | P | RW | US | A);
+    put64(&mut f.vm, 0x41_0000, 0x8_0000 | P | RW | US | A | D);
+    assert_eq!(f.fault(0x40_0000, 0), FaultOutcome::Filled);
+    // A write in the large page: one fill maps all 512 pieces, dirty so
+    // writable, except the page table, which stays read-only.
+    assert_eq!(f.fault(0x20_5000, PF_WRITE), FaultOutcome::Filled);
+    assert_eq!(f.pager.stats().fills, 2);
+    for page in (0x20_0000u64..0x40_0000).step_by(0x1000) {
+        let gpa = 0x40_0000 + (page - 0x20_0000);
+        let entry = f.pager.shadow_entry(page);
+        let want = if gpa == 0x41_0000 {
+            host_of(&f.vm, gpa) | P | US | A
+        } else {
+            host_of(&f.vm, gpa) | P | RW | US | A | D
+        };
+        assert_eq!(entry, Some(want), "linear {page:#x}");
+        assert!(f.pager.verify(f.vm.memory(), &f.control, page).is_ok());
+    }
+}
+
+#[test]
 fn paging_off_maps_guest_physical_identity_in_pae_format() {
     let (host, mut vm) = vm();
     let control = ControlRegisters {

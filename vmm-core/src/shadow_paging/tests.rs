@@ -1784,6 +1784,50 @@ fn enter(f: &mut Fixture) {
 }
 
 #[test]
+fn a_resync_that_finds_only_write_access_taken_away_keeps_the_leaves_read_only() {
+    let mut f = self_mapped_pt();
+    pte(&mut f.vm, 0x11, 0x8_1000 | P | RW | A | D);
+    pte(&mut f.vm, 0x12, 0x8_2000 | P | RW | A | D);
+    assert_eq!(f.fault(0x10_000, PF_WRITE), FaultOutcome::Filled);
+    for page in [0x10_000, 0x11_000, 0x12_000] {
+        assert_eq!(f.pager.shadow_entry(page).unwrap() & RW, RW, "{page:#x}");
+    }
+    assert_eq!(
+        f.fault(0x4_080, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Filled
+    );
+    assert_eq!(f.pager.unsynced_frames(), 1);
+    // As fork marks pages copy-on-write: write access (and for 0x11 the
+    // dirty bit) taken away; 0x12 loses its accessed bit, which must
+    // fault again to set it.
+    pte(&mut f.vm, 0x10, 0x8_0000 | P | A | D);
+    pte(&mut f.vm, 0x11, 0x8_1000 | P | A);
+    pte(&mut f.vm, 0x12, 0x8_2000 | P | RW | D);
+    let (fills, invalidations) = (f.pager.stats().fills, f.pager.stats().invalidations);
+    f.pager.invlpg(0x30_000);
+    enter(&mut f);
+    assert_eq!(f.pager.unsynced_frames(), 0);
+    for (page, gpa) in [(0x10_000, 0x8_0000), (0x11_000, 0x8_1000)] {
+        let entry = f.pager.shadow_entry(page).expect("kept");
+        assert_eq!(entry & (P | RW), P, "{page:#x}");
+        assert_eq!(entry & ADDR_MASK, host_of(&f.vm, gpa));
+        f.pager.verify(f.vm.memory(), &f.control, page).unwrap();
+    }
+    assert_eq!(f.pager.shadow_entry(0x12_000), None);
+    assert_eq!(f.pager.stats().invalidations, invalidations + 1);
+    // A write faults (the guest reflects it as its copy-on-write fault).
+    assert!(matches!(
+        f.fault(0x10_000, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Reflect(_)
+    ));
+    assert_eq!(f.pager.stats().fills, fills);
+    // The kept leaves still depend on their entries.
+    pte(&mut f.vm, 0x11, 0);
+    f.pager.guest_wrote(PT + 0x11 * 8, 8);
+    assert_eq!(f.pager.shadow_entry(0x11_000), None);
+}
+
+#[test]
 fn a_leaf_table_the_guest_writes_goes_out_of_sync_and_catches_up_at_its_next_flush() {
     let mut f = self_mapped_pt();
     assert_eq!(f.fault(0x10_000, 0), FaultOutcome::Filled);

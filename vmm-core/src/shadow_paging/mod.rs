@@ -249,6 +249,16 @@ impl ShadowPager {
         self.stats.cr_reads += 1;
     }
 
+    /// Count a guest write to CR0 or CR4 the backend intercepted.
+    pub fn count_cr_write(&mut self) {
+        self.stats.cr_writes += 1;
+    }
+
+    /// Count an exit for a CR2 or CR8 access.
+    pub fn count_cr2_cr8(&mut self) {
+        self.stats.cr2_cr8 += 1;
+    }
+
     /// Count a guest load of CR3.
     pub fn count_cr3_load(&mut self) {
         self.stats.cr3_loads += 1;

@@ -71,6 +71,11 @@ pub struct ShadowStats {
     pub cr3_loads: u64,
     /// Intercepted guest reads of CR0, CR3 and CR4.
     pub cr_reads: u64,
+    /// Intercepted guest writes to CR0 and CR4.
+    pub cr_writes: u64,
+    /// Exits for CR2 or CR8 accesses (which some CPUs, QEMU's TCG among
+    /// them, may report though they are not intercepted).
+    pub cr2_cr8: u64,
 }
 
 impl fmt::Display for ShadowStats {
@@ -82,7 +87,7 @@ impl fmt::Display for ShadowStats {
              misses / {} evictions, {} full flushes, {} copy-on-write copies, {} pages in {} roots, \
              {} subtree links, {} subtrees, {} unsyncs, {} resyncs, fills: {} cold / {} dirty / \
              {} user / {} supervisor on user pages / {} in large pages / {} in new tables, \
-             {} write-protected in place, {} CR3 loads, {} CR reads",
+             {} write-protected in place, {} CR3 loads, {} CR reads, {} CR0/CR4 writes, {} CR2/CR8 accesses",
             self.faults,
             self.fills,
             self.prefetches,
@@ -111,7 +116,9 @@ impl fmt::Display for ShadowStats {
             self.new_table_fills,
             self.write_protects,
             self.cr3_loads,
-            self.cr_reads
+            self.cr_reads,
+            self.cr_writes,
+            self.cr2_cr8
         )
     }
 }

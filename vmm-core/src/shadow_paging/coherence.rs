@@ -268,6 +268,29 @@ impl Coherence {
         }
     }
 
+    /// The leaves that depend on the entries overlapping `[gpa, gpa +
+    /// len)`, left recorded (see [`Self::take_written`]).
+    pub(super) fn written(&self, gpa: u64, len: u64, out: &mut Vec<Leaf>) {
+        let Some(end) = gpa.checked_add(len.max(1)) else {
+            return;
+        };
+        let mut narrow = gpa & !3;
+        while narrow < end {
+            out.extend(
+                self.deps
+                    .get(&entry_key(narrow, false))
+                    .into_iter()
+                    .flatten(),
+            );
+            narrow += 4;
+        }
+        let mut wide = gpa & !7;
+        while wide < end {
+            out.extend(self.deps.get(&entry_key(wide, true)).into_iter().flatten());
+            wide += 8;
+        }
+    }
+
     /// Count an emulated write to the tracked frame at `gpa`; `true` once
     /// the frame is flooded.
     pub(super) fn note_write(&mut self, gpa: u64) -> bool {

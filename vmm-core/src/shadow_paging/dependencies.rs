@@ -5,7 +5,7 @@
 use super::coherence::{self, Leaf};
 use super::guest_tables::WalkWrite;
 use super::table_pool::ENTRIES;
-use super::{ShadowPager, COMPACT_AT, PTE_A, PTE_D, PTE_P};
+use super::{ShadowPager, COMPACT_AT, PTE_A, PTE_D, PTE_P, PTE_RW};
 use crate::memory::GuestMemory;
 use crate::paging::{PagingMode, TracedEntry};
 use alloc::vec::Vec;
@@ -135,7 +135,7 @@ impl ShadowPager {
             }
         }
         for l in revoke {
-            self.zap(l);
+            self.write_protect(l);
         }
     }
 
@@ -262,6 +262,40 @@ impl ShadowPager {
                 None => return,
             }
             level_shift -= 9;
+        }
+    }
+
+    /// Take write access away from a 4 KiB leaf that maps a frame which
+    /// just became (again) a guest page table, keeping it mapped
+    /// read-only: what a fill would map now, so reads of the table (the
+    /// guest's kernel reads its page tables through its own mappings all
+    /// the time) go on without a fault each (KVM's shadow MMU
+    /// write-protects the same way). Its dependencies stay recorded, so a
+    /// later write to any guest entry it came from removes it as before.
+    /// A leaf of any other size is removed.
+    pub(super) fn write_protect(&mut self, leaf: Leaf) {
+        if leaf.shift != 12 {
+            self.zap(leaf);
+            return;
+        }
+        let Some(slot) = self
+            .roots
+            .iter()
+            .position(|r| r.as_ref().is_some_and(|r| r.serial == leaf.root))
+        else {
+            return;
+        };
+        let Some(mask) = self.roots[slot].as_ref().map(|r| r.format.linear_mask()) else {
+            return;
+        };
+        let Some((table, index)) = self.find_leaf(slot, leaf.page & mask) else {
+            return;
+        };
+        let entry = self.pool.entry(table, index);
+        if entry & PTE_P != 0 && entry & PTE_RW != 0 {
+            self.pool.set_entry(table, index, entry & !(PTE_RW | PTE_D));
+            self.stats.write_protects += 1;
+            self.mark_tlb_flush();
         }
     }
 }

@@ -97,6 +97,17 @@ impl ShadowPager {
         };
         let mut tables = WatchedTables::new(memory);
         let walked = walker.translate_traced(&mut tables, linear, access);
+        // What the walk changed in the leaf (for the counters).
+        let leaf_changed = match &walked {
+            Ok((_, trace)) => trace.entries().last().map_or(0, |leaf| {
+                tables
+                    .writes()
+                    .iter()
+                    .filter(|w| w.gpa == leaf.gpa)
+                    .fold(0, |c, w| c | w.changed)
+            }),
+            Err(_) => 0,
+        };
         // The walk's own accessed and dirty updates are writes to the
         // guest's tables too: drop whatever they made stale before
         // anything is filled from this walk.
@@ -227,6 +238,7 @@ impl ShadowPager {
         if !translation.executable {
             entry |= PTE_XD;
         }
+        let new_table = self.find_leaf(slot, linear).is_none();
         let restarted = self.set_leaf(host, slot, linear, entry, top_entry)?;
         let (owner, serial) = self.owner(slot, linear);
         let leaf = Leaf {
@@ -248,6 +260,22 @@ impl ShadowPager {
             self.record_deps(memory, slot, key.mode, trace.entries(), linear);
         }
         self.stats.fills += 1;
+        if leaf_changed & PTE_A != 0 {
+            self.stats.cold_fills += 1;
+        } else if leaf_changed & PTE_D != 0 {
+            self.stats.dirty_fills += 1;
+        }
+        if user {
+            self.stats.user_fills += 1;
+        } else if translation.user {
+            self.stats.supervisor_user_fills += 1;
+        }
+        if translation.page_size > 0x1000 {
+            self.stats.large_fills += 1;
+        }
+        if new_table {
+            self.stats.new_table_fills += 1;
+        }
         if kind == AccessKind::Write && page_table {
             return Ok(emulate);
         }

@@ -244,6 +244,26 @@ impl ShadowPager {
         }
     }
 
+    /// Count a guest read of CR0, CR3 or CR4 the backend intercepted.
+    pub fn count_cr_read(&mut self) {
+        self.stats.cr_reads += 1;
+    }
+
+    /// Count a guest write to CR0 or CR4 the backend intercepted.
+    pub fn count_cr_write(&mut self) {
+        self.stats.cr_writes += 1;
+    }
+
+    /// Count an exit for a CR2 or CR8 access.
+    pub fn count_cr2_cr8(&mut self) {
+        self.stats.cr2_cr8 += 1;
+    }
+
+    /// Count a guest load of CR3.
+    pub fn count_cr3_load(&mut self) {
+        self.stats.cr3_loads += 1;
+    }
+
     /// Host pages taken so far (never more than the budget).
     pub fn pages_allocated(&self) -> usize {
         self.pool.allocated()

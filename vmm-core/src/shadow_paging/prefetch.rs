@@ -140,8 +140,9 @@ impl ShadowPager {
     /// After a fill, map the neighbours of `linear` in the same shadow page
     /// table that the guest already maps with its accessed bits set (so
     /// mapping them early changes nothing the guest can see): pages of the
-    /// same large page directly, 4 KiB pages from the entries beside the
-    /// leaf in the same guest page table. Saves one exit per page for code,
+    /// same large page directly (all of the shadow leaf table's 2 MiB),
+    /// 4 KiB pages from the entries beside the leaf in the same guest page
+    /// table. Saves one exit per page for code,
     /// stacks and the kernel's large-page mappings.
     pub(super) fn prefetch(
         &mut self,
@@ -165,8 +166,20 @@ impl ShadowPager {
         // shared subtree of a 4-level tree).
         let (owner, serial) = self.owner(slot, linear);
         let siblings = Siblings::of(control, trace, self.max_phys_bits);
-        let first = index.saturating_sub(AROUND);
-        let last = (index + AROUND).min(ENTRIES - 1);
+        // Inside a guest large page every entry of the shadow leaf table
+        // (2 MiB) comes from the same guest entry, already read: the whole
+        // table is mapped at once (the kernel's direct map of RAM is made
+        // of large pages, and each of its 4 KiB pieces used to cost a
+        // fault of its own). Elsewhere, the entries beside the leaf.
+        let whole_table = translation.page_size >= 0x20_0000 && key.mode != PagingMode::Disabled;
+        let (first, last) = if whole_table {
+            (0, ENTRIES - 1)
+        } else {
+            (
+                index.saturating_sub(AROUND),
+                (index + AROUND).min(ENTRIES - 1),
+            )
+        };
         for j in first..=last {
             if j == index || self.pool.entry(table, j) & PTE_P != 0 {
                 continue;
@@ -210,7 +223,7 @@ impl ShadowPager {
                     }
                     if newly_tracked {
                         for l in self.coherence.take_writable(leaf.gpa) {
-                            self.zap(l);
+                            self.write_protect(l);
                         }
                     }
                 }

@@ -49,6 +49,33 @@ pub struct ShadowStats {
     pub unsyncs: u64,
     /// Out-of-sync page tables brought back in sync.
     pub resyncs: u64,
+    /// Fills whose own walk set the guest leaf's accessed bit (a first
+    /// touch: no prefetch could have mapped it, as prefetching maps only
+    /// accessed entries).
+    pub cold_fills: u64,
+    /// Write fills whose walk set only the guest leaf's dirty bit (the
+    /// page was mapped read-only until its first write).
+    pub dirty_fills: u64,
+    /// Fills for user-mode accesses (the rest are the supervisor's).
+    pub user_fills: u64,
+    /// Fills for supervisor accesses to user pages.
+    pub supervisor_user_fills: u64,
+    /// Fills of a page of a guest large page (shadowed 4 KiB at a time).
+    pub large_fills: u64,
+    /// Fills that had to start the shadow leaf table they went into.
+    pub new_table_fills: u64,
+    /// Writable leaves made read-only, kept mapped, because the frame they
+    /// map became a guest page table again (instead of removed).
+    pub write_protects: u64,
+    /// Guest loads of CR3 (each activates a root).
+    pub cr3_loads: u64,
+    /// Intercepted guest reads of CR0, CR3 and CR4.
+    pub cr_reads: u64,
+    /// Intercepted guest writes to CR0 and CR4.
+    pub cr_writes: u64,
+    /// Exits for CR2 or CR8 accesses (which some CPUs, QEMU's TCG among
+    /// them, may report though they are not intercepted).
+    pub cr2_cr8: u64,
 }
 
 impl fmt::Display for ShadowStats {
@@ -58,7 +85,9 @@ impl fmt::Display for ShadowStats {
             "shadow paging: {} faults, {} fills, {} prefetched, {} reflected, {} mmio, \
              {} page-table writes, {} invalidations, {} floods, {} invlpg, cache {} hits / {} \
              misses / {} evictions, {} full flushes, {} copy-on-write copies, {} pages in {} roots, \
-             {} subtree links, {} subtrees, {} unsyncs, {} resyncs",
+             {} subtree links, {} subtrees, {} unsyncs, {} resyncs, fills: {} cold / {} dirty / \
+             {} user / {} supervisor on user pages / {} in large pages / {} in new tables, \
+             {} write-protected in place, {} CR3 loads, {} CR reads, {} CR0/CR4 writes, {} CR2/CR8 accesses",
             self.faults,
             self.fills,
             self.prefetches,
@@ -78,7 +107,18 @@ impl fmt::Display for ShadowStats {
             self.subtree_links,
             self.subtrees,
             self.unsyncs,
-            self.resyncs
+            self.resyncs,
+            self.cold_fills,
+            self.dirty_fills,
+            self.user_fills,
+            self.supervisor_user_fills,
+            self.large_fills,
+            self.new_table_fills,
+            self.write_protects,
+            self.cr3_loads,
+            self.cr_reads,
+            self.cr_writes,
+            self.cr2_cr8
         )
     }
 }

@@ -363,7 +363,8 @@ fn a_page_that_becomes_a_page_table_loses_its_writable_mappings() {
         go(&mut pager, &mut vm, &control, 0x5_000, PF_WRITE),
         FaultOutcome::Filled
     );
-    assert_eq!(pager.shadow_entry(0x5_000).unwrap() & RW, RW);
+    let before = pager.shadow_entry(0x5_000).unwrap();
+    assert_eq!(before & RW, RW);
     // Now the guest uses frame 0x6000 as a page table: PD[4] -> 0x6000.
     put64(&mut vm, PD + 4 * 8, 0x6000 | P | RW | US);
     put64(&mut vm, 0x6000, 0x7_0000 | P | RW | US);
@@ -372,15 +373,28 @@ fn a_page_that_becomes_a_page_table_loses_its_writable_mappings() {
         go(&mut pager, &mut vm, &control, linear, 0),
         FaultOutcome::Filled
     );
-    // The writable mapping of the new page table is gone.
-    assert_eq!(pager.shadow_entry(0x5_000), None);
+    // The mapping of the new page table stays, read-only (reads of it
+    // need no fault), and the TLB is flushed.
+    let entry = pager.shadow_entry(0x5_000).expect("kept mapped");
+    assert_eq!(entry & (P | RW), P);
+    assert_eq!(
+        entry,
+        before & !(RW | D),
+        "the same frame and rights, less write"
+    );
+    assert_eq!(pager.stats().write_protects, 1);
+    assert!(pager.take_tlb_flush());
     assert_eq!(pager.tracked_frames(), 5, "PML4, PDPT, PD, PT and 0x6000");
-    // Mapped again, read-only.
+    // A write faults and is emulated.
     assert_eq!(
         go(&mut pager, &mut vm, &control, 0x5_000, PF_WRITE),
         FaultOutcome::Emulate { gpa: 0x6000 }
     );
     assert_eq!(pager.shadow_entry(0x5_000).unwrap() & RW, 0);
+    // Rewriting the entry the kept leaf came from still removes it.
+    pte(&mut vm, 5, 0x8000 | P | RW | A | D);
+    pager.guest_wrote(PT + 5 * 8, 8);
+    assert_eq!(pager.shadow_entry(0x5_000), None);
 }
 
 #[test]
@@ -565,6 +579,32 @@ fn large_pages_are_shadowed_four_kib_at_a_time_with_dirty_on_the_large_entry() {
         f.pager.shadow_entry(0x3f_f000),
         Some(host | P | RW | US | A | D)
     );
+}
+
+#[test]
+fn a_fill_in_a_large_page_maps_all_of_its_shadow_table_and_page_tables_read_only() {
+    let mut f = Fixture::level4();
+    // PD[2] -> a page table at 0x41_0000, inside the 2 MiB page at
+    // 0x40_0000 that PD[1] maps (linear 2 MiB..4 MiB): a fill through it
+    // makes that frame a tracked page table.
+    put64(&mut f.vm, PD + 2 * 8, 0x41_0000 | P | RW | US | A);
+    put64(&mut f.vm, 0x41_0000, 0x8_0000 | P | RW | US | A | D);
+    assert_eq!(f.fault(0x40_0000, 0), FaultOutcome::Filled);
+    // A write in the large page: one fill maps all 512 pieces, dirty so
+    // writable, except the page table, which stays read-only.
+    assert_eq!(f.fault(0x20_5000, PF_WRITE), FaultOutcome::Filled);
+    assert_eq!(f.pager.stats().fills, 2);
+    for page in (0x20_0000u64..0x40_0000).step_by(0x1000) {
+        let gpa = 0x40_0000 + (page - 0x20_0000);
+        let entry = f.pager.shadow_entry(page);
+        let want = if gpa == 0x41_0000 {
+            host_of(&f.vm, gpa) | P | US | A
+        } else {
+            host_of(&f.vm, gpa) | P | RW | US | A | D
+        };
+        assert_eq!(entry, Some(want), "linear {page:#x}");
+        assert!(f.pager.verify(f.vm.memory(), &f.control, page).is_ok());
+    }
 }
 
 #[test]
@@ -1411,9 +1451,10 @@ fn a_page_a_sibling_maps_writable_loses_that_mapping_once_it_is_a_page_table() {
     );
     assert_eq!(vcpu0.lock().shadow_entry(0x4_000).unwrap() & RW, RW);
     vcpu0.lock().take_tlb_flush();
-    // vCPU 1's fill walks it as its PT: vCPU 0's writable mapping goes.
+    // vCPU 1's fill walks it as its PT: vCPU 0's mapping turns
+    // read-only, and vCPU 0 flushes its TLB before its next entry.
     assert_eq!(go(&vcpu1, &mut vm, &c1, 0x10_000, 0), FaultOutcome::Filled);
-    assert_eq!(vcpu0.lock().shadow_entry(0x4_000), None);
+    assert_eq!(vcpu0.lock().shadow_entry(0x4_000).unwrap() & (P | RW), P);
     assert!(vcpu0.lock().take_tlb_flush());
 }
 
@@ -1740,6 +1781,50 @@ fn self_mapped_pt() -> Fixture {
 /// The next entry, as the backend makes it: resynchronises after a flush.
 fn enter(f: &mut Fixture) {
     f.pager.ensure(&*f.host, &f.control, f.vm.memory()).unwrap();
+}
+
+#[test]
+fn a_resync_that_finds_only_write_access_taken_away_keeps_the_leaves_read_only() {
+    let mut f = self_mapped_pt();
+    pte(&mut f.vm, 0x11, 0x8_1000 | P | RW | A | D);
+    pte(&mut f.vm, 0x12, 0x8_2000 | P | RW | A | D);
+    assert_eq!(f.fault(0x10_000, PF_WRITE), FaultOutcome::Filled);
+    for page in [0x10_000, 0x11_000, 0x12_000] {
+        assert_eq!(f.pager.shadow_entry(page).unwrap() & RW, RW, "{page:#x}");
+    }
+    assert_eq!(
+        f.fault(0x4_080, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Filled
+    );
+    assert_eq!(f.pager.unsynced_frames(), 1);
+    // As fork marks pages copy-on-write: write access (and for 0x11 the
+    // dirty bit) taken away; 0x12 loses its accessed bit, which must
+    // fault again to set it.
+    pte(&mut f.vm, 0x10, 0x8_0000 | P | A | D);
+    pte(&mut f.vm, 0x11, 0x8_1000 | P | A);
+    pte(&mut f.vm, 0x12, 0x8_2000 | P | RW | D);
+    let (fills, invalidations) = (f.pager.stats().fills, f.pager.stats().invalidations);
+    f.pager.invlpg(0x30_000);
+    enter(&mut f);
+    assert_eq!(f.pager.unsynced_frames(), 0);
+    for (page, gpa) in [(0x10_000, 0x8_0000), (0x11_000, 0x8_1000)] {
+        let entry = f.pager.shadow_entry(page).expect("kept");
+        assert_eq!(entry & (P | RW), P, "{page:#x}");
+        assert_eq!(entry & ADDR_MASK, host_of(&f.vm, gpa));
+        f.pager.verify(f.vm.memory(), &f.control, page).unwrap();
+    }
+    assert_eq!(f.pager.shadow_entry(0x12_000), None);
+    assert_eq!(f.pager.stats().invalidations, invalidations + 1);
+    // A write faults (the guest reflects it as its copy-on-write fault).
+    assert!(matches!(
+        f.fault(0x10_000, PF_PRESENT | PF_WRITE),
+        FaultOutcome::Reflect(_)
+    ));
+    assert_eq!(f.pager.stats().fills, fills);
+    // The kept leaves still depend on their entries.
+    pte(&mut f.vm, 0x11, 0);
+    f.pager.guest_wrote(PT + 0x11 * 8, 8);
+    assert_eq!(f.pager.shadow_entry(0x11_000), None);
 }
 
 #[test]

@@ -38,7 +38,7 @@
 //! (INVPCID, PCIDs) are not offered to shadow-paged guests.
 
 use super::coherence::Leaf;
-use super::ShadowPager;
+use super::{ShadowPager, PTE_D, PTE_P, PTE_RW};
 use crate::memory::GuestMemory;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -173,6 +173,7 @@ impl ShadowPager {
             return;
         };
         let mut stale: Vec<Leaf> = Vec::new();
+        let mut downgraded: Vec<Leaf> = Vec::new();
         // The frame now, in a copy no frame uses, compared 8 bytes at a
         // time.
         let mut now = self
@@ -186,7 +187,19 @@ impl ShadowPager {
             let gpa = frame + 8 * i as u64;
             let old = old.try_into().map_or(0, u64::from_le_bytes);
             let now = now.try_into().map_or(0, u64::from_le_bytes);
-            if old != now {
+            if old != now
+                && old & !now & !(PTE_RW | PTE_D) == 0
+                && now & !old == 0
+                && now & PTE_P != 0
+            {
+                // Only write access and dirty bits taken away (fork's
+                // copy-on-write marking, a write-protection, a cleaning):
+                // the leaves keep their frame and rights less write, as
+                // a fill would map them now (a frame that is out of sync
+                // only ever held 4 KiB leaf entries, and the bits are
+                // the same in a 4-byte entry at the word's low half).
+                self.coherence.written(gpa, 8, &mut downgraded);
+            } else if old != now {
                 let len = if old as u32 != now as u32 && old >> 32 != now >> 32 {
                     8
                 } else {
@@ -207,9 +220,15 @@ impl ShadowPager {
             // map change, which flushes everything): drop every dependent.
             self.coherence.take_frame(frame, &mut stale);
         }
-        stale.extend(self.coherence.take_writable(frame));
         for l in stale {
             self.zap(l);
+        }
+        for l in downgraded {
+            self.write_protect(l);
+        }
+        // The frame's own writable mappings stay, read-only.
+        for l in self.coherence.take_writable(frame) {
+            self.write_protect(l);
         }
         self.stats.resyncs += 1;
     }

@@ -342,6 +342,13 @@ impl SvmVcpu {
     /// A guest write to CR0, CR3 or CR4, checked as the CPU checks it.
     pub(super) fn shadow_write_cr(&mut self, vm: &Vm, cr: u8, value: u64) -> Result<(), Exception> {
         let gp = Exception::GeneralProtection(0);
+        if let Some(s) = self.shadow.as_ref() {
+            match cr {
+                0 | 4 => s.pager.lock().count_cr_write(),
+                2 | 8 => s.pager.lock().count_cr2_cr8(),
+                _ => {}
+            }
+        }
         match cr {
             // QEMU's TCG exits on CR2 and CR8 accesses too.
             2 => {
@@ -388,10 +395,9 @@ impl SvmVcpu {
                 // set here, so the low bits are flags.
                 s.cr3 = value & !(1 << 63);
                 let control = s.control();
-                s.pager
-                    .lock()
-                    .activate(vm.host(), &control)
-                    .map_err(|_| gp)?;
+                let mut pager = s.pager.lock();
+                pager.count_cr3_load();
+                pager.activate(vm.host(), &control).map_err(|_| gp)?;
             }
             4 => {
                 if value & !cr4_allowed() != 0 {
@@ -486,6 +492,11 @@ impl ShadowPagingBackend for SvmVcpu {
 
     fn read_control_register(&self, cr: u8) -> Option<u64> {
         let c = self.control();
+        match (self.shadow.as_ref(), cr) {
+            (Some(s), 0 | 3 | 4) => s.pager.lock().count_cr_read(),
+            (Some(s), 2 | 8) => s.pager.lock().count_cr2_cr8(),
+            _ => {}
+        }
         match cr {
             0 => Some(c.cr0),
             2 => Some(self.vmcb.read_u64(offset::CR2)),

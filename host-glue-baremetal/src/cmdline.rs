@@ -322,7 +322,7 @@ impl Default for Config {
 }
 
 /// Whether run-on (`run_on=`) is on when the command line does not say.
-pub const RUN_ON_DEFAULT: bool = true;
+pub const RUN_ON_DEFAULT: bool = false;
 
 /// Every key [`parse`] knows, in the order the error for an unknown key
 /// lists them (a unit test checks that each one parses).

@@ -250,7 +250,10 @@ impl Mmio for Sink {
 fuzz_target!(|input: Input| {
     // One step, against `emulate` on a copy.
     let mut a = cpu(&input);
-    let mut bus_a = Bus { ram: ram(&input), log: Vec::new() };
+    let mut bus_a = Bus {
+        ram: ram(&input),
+        log: Vec::new(),
+    };
     let mut b = a.clone();
     let mut bus_b = bus_a.clone();
     let before = a.clone();
@@ -292,12 +295,26 @@ fuzz_target!(|input: Input| {
     vm.set_run_on(true);
     let mut vcpu = Scripted {
         regs: cpu(&input),
-        exits: VecDeque::from([Exit::PortIo { port: 0x80, size: 1, write: true, next_rip: CODE }]),
+        exits: VecDeque::from([Exit::PortIo {
+            port: 0x80,
+            size: 1,
+            write: true,
+            next_rip: CODE,
+        }]),
     };
     // The OUT "was" just before CODE: the loop moves RIP to CODE and runs
     // on from there.
     vcpu.regs.rip = CODE - 1;
-    let _ = run(&mut vcpu, &mut vm, &NoInterrupts, &mut MsrFile::default(), Slice { max_exits: 4, until_ns: None });
+    let _ = run(
+        &mut vcpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice {
+            max_exits: 4,
+            until_ns: None,
+        },
+    );
     let stats = vm.stats().run_on();
     assert!(stats.instructions <= u64::from(vmm_core::vcpu::run_on::MAX_INSTRUCTIONS));
     assert!(stats.started <= 1);

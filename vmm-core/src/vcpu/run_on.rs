@@ -2,18 +2,22 @@
 //! out the guest's next instructions in the emulator instead of entering
 //! the guest, as long as they are simple, and handle the next port or
 //! MMIO access itself, saving that access's exit (a world switch pair,
-//! about 30 us under QEMU's TCG). The idea is Palacios's.
+//! about 30 us under QEMU's TCG). The idea is Palacios's. Off unless
+//! [`Vm::set_run_on`] turns it on.
 //!
 //! It runs only where it pays and only where it is exact:
 //!
 //! - **Where it pays.** Each vCPU keeps a small table of I/O sites (the
 //!   RIP of the IN/OUT or MMIO instruction that exited, [`RunOnSites`]).
-//!   A site is tried once; if emulating on from it reached another port
-//!   or device access within [`PROBE_INSTRUCTIONS`] instructions it is
-//!   kept on, otherwise it is off and tried again only every
-//!   [`RETRY_AFTER`] exits there. Tight loops (`lodsb; out dx, al; loop`,
-//!   the VGA BIOS's DAC loads and CRTC writes, a debug port's per-character
-//!   OUT, the 8250's LSR poll and THR write) are what stays on.
+//!   A new site is tried; while emulating on from it reaches another
+//!   port or device access within [`PROBE_INSTRUCTIONS`] instructions
+//!   and in less host time than an exit costs (a running minimum of the
+//!   time from an entry to its exit, [`RunOnSites::observe_exit`]) it
+//!   stays on (a two-bit saturating score, so a loop's one way out does
+//!   not turn it off); otherwise it goes off and is tried again only
+//!   every [`RETRY_AFTER`] exits there. Under QEMU's TCG an emulated
+//!   instruction costs 10-50 us, so only accesses one or two instructions
+//!   apart stay on there (ARCHITECTURE.md, "Where the time goes").
 //! - **Where it is exact.** It stops, and the guest is entered with the
 //!   registers exactly as the last completed instruction left them, on:
 //!   an instruction [`Emulator::run_on_step`] declines (anything but

@@ -103,6 +103,11 @@ pub struct Config {
     /// gives every CPU model x2APIC when it runs guests on hardware
     /// virtualization (KVM).
     pub x2apic: bool,
+    /// Emulate on after an I/O or MMIO exit (`run_on=1|0`, see
+    /// `vmm_core::vcpu::run_on`): the exit loop carries out the guest's
+    /// next simple instructions itself and handles the next port or MMIO
+    /// access without an exit, from the sites where that pays.
+    pub run_on: bool,
     /// What CPUID shows (`cpu_model=qemu64|host`); unset, PCs get qemu64
     /// and guest programs the host's CPU (the extended-state tests need
     /// its XSAVE and AVX).
@@ -297,6 +302,7 @@ impl Default for Config {
             bios_debug: false,
             test_devices: false,
             x2apic: true,
+            run_on: RUN_ON_DEFAULT,
             cpu_model: None,
             state_roundtrip: 0,
             keys: ShortText::EMPTY,
@@ -315,6 +321,9 @@ impl Default for Config {
     }
 }
 
+/// Whether run-on (`run_on=`) is on when the command line does not say.
+pub const RUN_ON_DEFAULT: bool = false;
+
 /// Every key [`parse`] knows, in the order the error for an unknown key
 /// lists them (a unit test checks that each one parses).
 pub const KNOWN_KEYS: &[&str] = &[
@@ -329,6 +338,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "bios_debug",
     "testdev",
     "x2apic",
+    "run_on",
     "cpu_model",
     "state_roundtrip",
     "keys",
@@ -496,6 +506,13 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
             }
             "x2apic" => {
                 config.x2apic = match value {
+                    "1" | "on" => true,
+                    "0" | "off" => false,
+                    _ => return Err(bad("1 or 0")),
+                };
+            }
+            "run_on" => {
+                config.run_on = match value {
                     "1" | "on" => true,
                     "0" | "off" => false,
                     _ => return Err(bad("1 or 0")),
@@ -801,6 +818,9 @@ mod tests {
         assert!(parse("x2apic=1").unwrap().x2apic);
         assert!(!parse("x2apic=0").unwrap().x2apic);
         assert!(!parse("x2apic=off").unwrap().x2apic);
+        assert_eq!(parse("").unwrap().run_on, RUN_ON_DEFAULT);
+        assert!(parse("run_on=1").unwrap().run_on);
+        assert!(!parse("run_on=0").unwrap().run_on);
         assert!(matches!(
             parse("x2apic=yes"),
             Err(CmdlineError::BadValue { key: "x2apic", .. })

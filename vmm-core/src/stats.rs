@@ -98,6 +98,26 @@ pub struct ExitStats {
     counts: [u64; ExitKind::ALL.len()],
     handling_ns: [u64; ExitKind::ALL.len()],
     guest_ns: u64,
+    run_on: RunOnStats,
+}
+
+/// What run-on (`vcpu::run_on`) did: the port and device accesses it
+/// carried out without an exit, and what that cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunOnStats {
+    /// Run-ons started.
+    pub started: u64,
+    /// Port and device accesses carried out without an exit.
+    pub accesses: u64,
+    /// Instructions emulated.
+    pub instructions: u64,
+    /// Of those, the ones after a run-on's last access (or all of a
+    /// run-on that reached none): emulated for nothing.
+    pub wasted: u64,
+    /// Run-ons that reached no access.
+    pub fruitless: u64,
+    /// Host time spent, in ns.
+    pub ns: u64,
 }
 
 impl ExitStats {
@@ -141,6 +161,24 @@ impl ExitStats {
     pub fn guest_ns(&self) -> u64 {
         self.guest_ns
     }
+
+    /// Count one run-on: `accesses` port or device accesses without an
+    /// exit, `instructions` emulated (`wasted` of them after the last
+    /// access), `ns` of host time.
+    #[inline]
+    pub fn record_run_on(&mut self, accesses: u64, instructions: u64, wasted: u64, ns: u64) {
+        self.run_on.started += 1;
+        self.run_on.accesses += accesses;
+        self.run_on.instructions += instructions;
+        self.run_on.wasted += wasted;
+        self.run_on.fruitless += u64::from(accesses == 0);
+        self.run_on.ns += ns;
+    }
+
+    /// What run-on did so far.
+    pub fn run_on(&self) -> RunOnStats {
+        self.run_on
+    }
 }
 
 impl fmt::Display for ExitStats {
@@ -178,6 +216,21 @@ impl fmt::Display for ExitStats {
                 "  time in the guest (incl. world switches) {:.1} ms, handling exits {:.1} ms",
                 self.guest_ns as f64 / 1e6,
                 handling as f64 / 1e6
+            )?;
+        }
+        let r = self.run_on;
+        if r.started > 0 {
+            writeln!(
+                f,
+                "run-on: {} accesses without an exit, {} instructions emulated ({} after the \
+                 last access) in {} run-ons ({} reached none), {:.1} ms ({:.2} us/instruction)",
+                r.accesses,
+                r.instructions,
+                r.wasted,
+                r.started,
+                r.fruitless,
+                r.ns as f64 / 1e6,
+                r.ns as f64 / 1e3 / r.instructions.max(1) as f64
             )?;
         }
         Ok(())

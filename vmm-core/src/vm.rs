@@ -57,6 +57,8 @@ pub struct Vm {
     vcpus: Vec<VcpuSlot>,
     /// The vCPU the host is running now (see [`Vm::set_current_vcpu`]).
     current_vcpu: usize,
+    /// Emulate on after I/O exits ([`Vm::set_run_on`]).
+    run_on: bool,
     /// The running vCPU should give the CPU to its siblings at the next
     /// exit (it sent them an IPI).
     yield_requested: bool,
@@ -96,6 +98,8 @@ pub struct VcpuSlot {
     /// start-up IPI (a host with several vCPUs on one thread idles when
     /// every vCPU is parked).
     parked: bool,
+    /// Run-on's I/O sites (see `vcpu::run_on`).
+    run_on_sites: crate::vcpu::RunOnSites,
 }
 
 impl Vm {
@@ -120,7 +124,34 @@ impl Vm {
             current_vcpu: 0,
             yield_requested: false,
             reset_tsc_offset: 0,
+            run_on: false,
         }
+    }
+
+    /// Let the exit loop emulate on after an I/O or MMIO exit
+    /// (`vcpu::run_on`), on backends that allow it
+    /// (`VcpuBackend::may_run_on`). Off by default.
+    pub fn set_run_on(&mut self, on: bool) {
+        self.run_on = on;
+    }
+
+    /// Whether run-on is on (see [`Vm::set_run_on`]).
+    pub fn run_on(&self) -> bool {
+        self.run_on
+    }
+
+    pub(crate) fn run_on_sites_mut(&mut self) -> &mut crate::vcpu::RunOnSites {
+        &mut self.slot().run_on_sites
+    }
+
+    /// Whether a device asked for a reset that the loop has not carried
+    /// out yet.
+    pub fn reset_requested(&self) -> bool {
+        self.reset_requested
+    }
+
+    pub(crate) fn yield_requested(&self) -> bool {
+        self.yield_requested
     }
 
     /// Give the VM `count` vCPUs (at least 1; the default is 1). The host

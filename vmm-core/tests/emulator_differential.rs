@@ -633,6 +633,8 @@ const SUPPORTED: &[Mnemonic] = &[
     Mnemonic::Shld,
     Mnemonic::Shrd,
     Mnemonic::Movbe,
+    // No access, but its memory operand's effective address (run-on).
+    Mnemonic::Lea,
 ];
 
 fn is_memory_kind(k: OpCodeOperandKind) -> bool {

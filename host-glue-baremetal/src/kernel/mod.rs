@@ -338,6 +338,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             // The extended-state tests need the host's XSAVE and AVX.
             vm.set_cpu_model(config.cpu_model.unwrap_or(CpuModel::Host));
         }
+        machine.vm_mut().set_run_on(config.run_on);
         let vm = machine.vm();
         let count = match &machine {
             Machine::Pc(pc) => pc.cpus(),

@@ -13,8 +13,11 @@
 
 use super::decode::Decoded;
 
-/// Instructions kept per vCPU.
-const ENTRIES: usize = 4;
+/// Instructions kept per vCPU: enough for the loops run-on emulates
+/// (`crate::vcpu::run_on`) besides the instructions that keep exiting.
+const ENTRIES: usize = 16;
+
+const EMPTY: Option<Entry> = None;
 
 /// A vCPU's cache of decoded instructions (see the module documentation);
 /// a [`super::CpuState`] that keeps one across exits offers it through
@@ -56,7 +59,7 @@ impl DecodeCache {
     /// An empty cache.
     pub const fn new() -> Self {
         Self {
-            entries: [None, None, None, None],
+            entries: [EMPTY; ENTRIES],
             next: 0,
             hits: 0,
         }
@@ -69,7 +72,7 @@ impl DecodeCache {
 
     /// Forget every instruction.
     pub fn clear(&mut self) {
-        self.entries = [None, None, None, None];
+        self.entries = [EMPTY; ENTRIES];
     }
 
     /// The instruction `fetched` (the bytes at CS:RIP just fetched, as

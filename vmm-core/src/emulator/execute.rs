@@ -5,7 +5,7 @@
 
 use super::access::Context;
 use super::alu::{self, AluOp, ShiftOp};
-use super::cpu::{CpuMode, CpuState, GuestBus, Segment, RFLAGS_CF, RFLAGS_ZF};
+use super::cpu::{CpuMode, CpuState, GuestBus, Segment, RFLAGS_CF, RFLAGS_DF, RFLAGS_ZF};
 use super::decode::Decoded;
 use super::error::{EmulateError, Exception};
 use super::operand::{address_mask, memory_size_bytes, Operand};
@@ -396,7 +396,48 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             | Mnemonic::Prefetcht1
             | Mnemonic::Prefetcht2
             | Mnemonic::Prefetchw => {}
-            _ => return Ok(false),
+            // NOP in all its forms (a memory operand is not accessed),
+            // PAUSE, and the fences, which order nothing the emulator
+            // could reorder.
+            Mnemonic::Nop
+            | Mnemonic::Pause
+            | Mnemonic::Lfence
+            | Mnemonic::Sfence
+            | Mnemonic::Mfence => {}
+            Mnemonic::Lea => self.load_effective_address(d)?,
+            Mnemonic::Clc | Mnemonic::Stc | Mnemonic::Cmc | Mnemonic::Cld | Mnemonic::Std => {
+                let f = self.state.rflags();
+                let f = match i.mnemonic() {
+                    Mnemonic::Clc => f & !RFLAGS_CF,
+                    Mnemonic::Stc => f | RFLAGS_CF,
+                    Mnemonic::Cmc => f ^ RFLAGS_CF,
+                    Mnemonic::Cld => f & !RFLAGS_DF,
+                    _ => f | RFLAGS_DF,
+                };
+                self.state.set_rflags(f);
+            }
+            m @ (Mnemonic::Cbw | Mnemonic::Cwde | Mnemonic::Cdqe) => {
+                // The low half of the accumulator sign-extended into it.
+                let size = match m {
+                    Mnemonic::Cbw => 2,
+                    Mnemonic::Cwde => 4,
+                    _ => 8,
+                };
+                let v = alu::sign_extend(self.read_gpr(0, size / 2, false), size / 2);
+                self.write_gpr(0, size, false, v);
+            }
+            m @ (Mnemonic::Cwd | Mnemonic::Cdq | Mnemonic::Cqo) => {
+                // The accumulator's sign copied into every bit of DX/EDX/RDX.
+                let size = match m {
+                    Mnemonic::Cwd => 2,
+                    Mnemonic::Cdq => 4,
+                    _ => 8,
+                };
+                let a = self.read_gpr(0, size, false);
+                let negative = a >> (size * 8 - 1) & 1 != 0;
+                self.write_gpr(2, size, false, if negative { u64::MAX } else { 0 });
+            }
+            _ => return self.conditional_branch(d),
         }
         Ok(true)
     }
@@ -492,6 +533,22 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
         }
         self.state
             .set_rflags((flags & !RFLAGS_CF) | (cf * RFLAGS_CF));
+        Ok(())
+    }
+
+    /// LEA: the memory operand's effective address (no segment, no
+    /// access), truncated or zero-extended to the destination's size.
+    /// A register source is #UD, as on hardware.
+    fn load_effective_address(&mut self, d: &Decoded) -> Result<(), EmulateError> {
+        if d.instr.op1_kind() != OpKind::Memory {
+            return Err(Exception::InvalidOpcode.into());
+        }
+        let dst = self.operand(d, 0)?;
+        let Operand::Gpr { index, size, high } = dst else {
+            return Err(self.unsupported(d));
+        };
+        let ea = self.effective_address(d);
+        self.write_gpr(index, size, high, ea);
         Ok(())
     }
 

@@ -104,6 +104,7 @@ mod masked_store;
 mod mmx;
 mod muldiv;
 mod operand;
+mod run_on;
 mod segment_load;
 mod stack_frame;
 mod string;
@@ -124,6 +125,7 @@ pub use decode_cache::DecodeCache;
 pub use error::{EmulateError, Exception, InstructionBytes};
 pub use execute::undefined_flags;
 pub use hints::{AccessHint, Hints};
+pub use run_on::{RegisterSnapshot, RunOnStep};
 pub use string::PortString;
 pub use translation_cache::TranslationCache;
 

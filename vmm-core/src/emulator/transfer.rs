@@ -293,3 +293,76 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
         Ok(())
     }
 }
+
+/// The condition code (0-15, as in the opcode's low nibble) of a Jcc.
+fn jcc_condition(m: Mnemonic) -> Option<u8> {
+    Some(match m {
+        Mnemonic::Jo => 0,
+        Mnemonic::Jno => 1,
+        Mnemonic::Jb => 2,
+        Mnemonic::Jae => 3,
+        Mnemonic::Je => 4,
+        Mnemonic::Jne => 5,
+        Mnemonic::Jbe => 6,
+        Mnemonic::Ja => 7,
+        Mnemonic::Js => 8,
+        Mnemonic::Jns => 9,
+        Mnemonic::Jp => 10,
+        Mnemonic::Jnp => 11,
+        Mnemonic::Jl => 12,
+        Mnemonic::Jge => 13,
+        Mnemonic::Jle => 14,
+        Mnemonic::Jg => 15,
+        _ => return None,
+    })
+}
+
+impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
+    /// Jcc, LOOP/LOOPE/LOOPNE and JCXZ/JECXZ/JRCXZ: relative branches
+    /// taken on a condition of the flags or of the count register (CX,
+    /// ECX or RCX as the address size says; LOOP decrements it first
+    /// and changes no flag). A taken branch whose target is beyond CS's
+    /// limit (or not canonical) is #GP(0), as on hardware; one not taken
+    /// never faults. `Ok(false)` for any other instruction.
+    pub fn conditional_branch(&mut self, d: &Decoded) -> Result<bool, EmulateError> {
+        let i = &d.instr;
+        if !matches!(
+            i.op0_kind(),
+            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+        ) {
+            return Ok(false);
+        }
+        let m = i.mnemonic();
+        let flags = self.state.rflags();
+        let count_size = (d.address_size / 8) as usize;
+        let taken = if let Some(cc) = jcc_condition(m) {
+            alu::condition(cc, flags)
+        } else {
+            match m {
+                Mnemonic::Loop | Mnemonic::Loope | Mnemonic::Loopne => {
+                    let c =
+                        self.read_gpr(1, count_size, false).wrapping_sub(1) & alu::mask(count_size);
+                    self.write_gpr(1, count_size, false, c);
+                    let zf = flags & super::cpu::RFLAGS_ZF != 0;
+                    c != 0
+                        && match m {
+                            Mnemonic::Loope => zf,
+                            Mnemonic::Loopne => !zf,
+                            _ => true,
+                        }
+                }
+                Mnemonic::Jcxz | Mnemonic::Jecxz | Mnemonic::Jrcxz => {
+                    self.read_gpr(1, count_size, false) == 0
+                }
+                _ => return Ok(false),
+            }
+        };
+        if taken {
+            let size = self.branch_size(d);
+            let cs = self.state.segment(Segment::Cs);
+            let ip = self.checked_ip(&cs, i.near_branch_target(), size)?;
+            self.branch = Some(ip);
+        }
+        Ok(true)
+    }
+}

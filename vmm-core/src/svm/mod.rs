@@ -1277,6 +1277,15 @@ impl VcpuBackend for SvmVcpu {
         !self.nmi_masked && self.vmcb.read_u64(offset::EVENT_INJ) & (1 << 31) == 0
     }
 
+    fn may_run_on(&self) -> bool {
+        // The stepped NMI-handler IRET owns TF and #DB: the guest runs
+        // until its trap.
+        self.host_debug.is_none()
+            && self.iret_step.is_none()
+            && self.vmcb.read_u64(offset::EVENT_INJ) & (1 << 31) == 0
+            && self.vmcb.read_u64(offset::INTERRUPT_SHADOW) & 1 == 0
+    }
+
     fn backend_msr(&self, msr: u32) -> Option<u64> {
         match msr {
             crate::vcpu::MSR_EFER => Some(

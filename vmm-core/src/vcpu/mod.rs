@@ -13,6 +13,7 @@ mod emulation;
 mod exit;
 mod msr;
 mod run_loop;
+pub mod run_on;
 mod split_entry;
 mod state;
 mod watchdog;
@@ -39,6 +40,7 @@ pub use msr::{
     PASS_THROUGH,
 };
 pub use run_loop::{handle_exit, prepare_entry, run, Prepared, RunOutcome, Slice, Turn};
+pub use run_on::RunOnSites;
 pub use split_entry::{run_split, SplitEntry};
 pub use state::{move_state, SegmentState, VcpuState, VCPU_STATE_VERSION};
 pub use watchdog::{Watchdog, NO_PROGRESS_LIMIT};
@@ -231,6 +233,18 @@ pub trait VcpuBackend: CpuState {
     /// backends whose hypervisor matches them itself (KVM).
     fn breakpoints(&self) -> crate::emulator::Breakpoints {
         crate::emulator::Breakpoints::NONE
+    }
+
+    /// Whether the exit loop may carry on executing the guest's next
+    /// instructions in the emulator after completing an I/O exit
+    /// (run-on, `vcpu::run_on`): nothing is pending for the next entry
+    /// (an event, a debug trap), no interrupt shadow holds, no host
+    /// debugger is attached, the VMM is not stepping the guest for its
+    /// own reasons, and every register an emulated integer instruction
+    /// changes is what [`CpuState`] shows. The default says no (KVM, whose
+    /// hypervisor completes instructions itself).
+    fn may_run_on(&self) -> bool {
+        false
     }
 
     /// Ask for an [`Exit::NmiWindow`] as soon as the guest can take an NMI

@@ -369,6 +369,10 @@ pub struct Turn {
     /// reads it twice, when the guest exits and when its exit is handled).
     now: u64,
     emulator: Emulator,
+    /// When the loop must have the CPU back (the next device timer or the
+    /// end of the slice), as the last entry was prepared: run-on stops
+    /// there.
+    wake: Option<u64>,
 }
 
 impl Turn {
@@ -380,6 +384,7 @@ impl Turn {
                 instructions: vm.instructions(),
                 ..Emulator::default()
             },
+            wake: None,
         }
     }
 }
@@ -590,6 +595,7 @@ fn before_entry<B: VcpuBackend>(
     deliver(vcpu, interrupts);
     // The guest must be back by then, so both can be honoured.
     vm.host().preempt_at(wake);
+    turn.wake = wake;
     Step::Enter
 }
 
@@ -610,6 +616,10 @@ fn after_exit<B: VcpuBackend>(
     // and the little the loop does before entering.
     vm.stats_mut()
         .add_guest_time(exited.saturating_sub(turn.now));
+    if vm.run_on() {
+        vm.run_on_sites_mut()
+            .observe_exit(exited.saturating_sub(turn.now));
+    }
     let before = super::watchdog::Watchdog::before(vcpu, &exit, kind);
     // RFLAGS.TF of the instruction that exited: one the VMM completes
     // owes a single-step trap.
@@ -644,12 +654,26 @@ fn after_exit<B: VcpuBackend>(
             if stepping {
                 dr6 |= DR6_BS;
             }
+            let site = vcpu.rip();
             complete_with_trap(vcpu, next_rip, dr6);
+            if dr6 == 0 && vm.run_on() {
+                super::run_on::run_on(vcpu, vm, interrupts, &turn.emulator, site, turn.wake);
+            }
         }
         Exit::DeviceAccess(access) => device_access(vcpu, vm, access),
-        Exit::Emulate { gpa, hints } => emulate(vcpu, vm, &turn.emulator, gpa, &hints, None),
+        Exit::Emulate { gpa, hints } => {
+            let site = vcpu.rip();
+            emulate(vcpu, vm, &turn.emulator, gpa, &hints, None);
+            if vm.run_on() && vcpu.rip() != site {
+                super::run_on::run_on(vcpu, vm, interrupts, &turn.emulator, site, turn.wake);
+            }
+        }
         Exit::PortString(io) => {
-            emulate(vcpu, vm, &turn.emulator, None, &Hints::default(), Some(&io))
+            let site = vcpu.rip();
+            emulate(vcpu, vm, &turn.emulator, None, &Hints::default(), Some(&io));
+            if vm.run_on() && vcpu.rip() != site {
+                super::run_on::run_on(vcpu, vm, interrupts, &turn.emulator, site, turn.wake);
+            }
         }
         Exit::PageFault {
             address,

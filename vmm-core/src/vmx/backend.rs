@@ -169,6 +169,14 @@ impl VcpuBackend for VmxVcpu {
         self.nmi_can_be_taken()
     }
 
+    fn may_run_on(&self) -> bool {
+        self.host_debug.is_none()
+            && self.step_exit_rip.is_none()
+            && self.read(fields::ENTRY_INTERRUPTION_INFO) & super::events::INFO_VALID == 0
+            && !self.debug_trap_pending()
+            && self.read(fields::GUEST_INTERRUPTIBILITY) & super::events::BLOCKING_STI_MOVSS == 0
+    }
+
     fn backend_msr(&self, msr: u32) -> Option<u64> {
         match msr {
             crate::vcpu::MSR_EFER => Some(self.read(fields::GUEST_IA32_EFER)),

@@ -1,0 +1,321 @@
+//! Fuzz run-on (`vmm_core::vcpu::run_on`, `Emulator::run_on_step`):
+//! arbitrary instruction bytes, registers, flags and mode (real, 32-bit
+//! flat protected, 64-bit with identity paging), first one step against
+//! a bus of plain RAM and an MMIO window, then the exit loop itself: a
+//! vCPU that exits once on an OUT and lets the loop run on through the
+//! fuzzer's code in a real `Vm` (RAM, a port device, an MMIO device).
+//!
+//! Invariants: no panic; a declined step changes nothing (but the
+//! accessed bits its fetch's walk sets); a step that
+//! ran leaves exactly what `Emulator::emulate` leaves on a copy of the
+//! same vCPU and memory, and one that failed fails the same way; every
+//! physical access is inside the guest's RAM or the MMIO window and
+//! never crosses a page; run-on in the loop stops within its instruction
+//! budget, and afterwards the registers are those of the instructions it
+//! completed (RIP at an instruction boundary it reached).
+#![no_main]
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio, MmioAddress, PortAddress, PortIo};
+use vmm_core::emulator::{
+    Breakpoints, BusError, CpuState, Emulator, GuestBus, RegisterFile, RunOnStep, Segment,
+    SegmentRegister, RFLAGS_FIXED,
+};
+use vmm_core::paging::ControlRegisters;
+use vmm_core::test_host::{TestHost, TestVmBuilder};
+use vmm_core::vcpu::{run, Event, Exit, MsrFile, NoInterrupts, Slice, VcpuBackend};
+use vmm_core::vm::Vm;
+
+const RAM: usize = 0x10000;
+const MMIO: u64 = 0xfee0_0000;
+const MMIO_LEN: u64 = 0x1000;
+const CODE: u64 = 0x1000;
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    /// 0 real mode, 1 32-bit flat protected, 2 64-bit.
+    mode: u8,
+    cpl3: bool,
+    rflags: u32,
+    gprs: [u64; 16],
+    code: [u8; 48],
+    data: Vec<(u16, u8)>,
+}
+
+#[derive(Clone, PartialEq, Debug)]
+struct Bus {
+    ram: Vec<u8>,
+    log: Vec<(bool, u64, Vec<u8>)>,
+}
+
+impl Bus {
+    fn check(&self, gpa: u64, len: usize) -> Result<Option<usize>, BusError> {
+        assert!((1..=32).contains(&len), "access of {len} bytes");
+        let end = gpa.checked_add(len as u64 - 1).expect("access wraps");
+        assert_eq!(gpa >> 12, end >> 12, "access {gpa:#x}+{len} crosses a page");
+        if end < RAM as u64 {
+            Ok(Some(gpa as usize))
+        } else if gpa >= MMIO && end < MMIO + MMIO_LEN {
+            Ok(None)
+        } else {
+            Err(BusError::Memory { gpa })
+        }
+    }
+}
+
+impl GuestBus for Bus {
+    fn read_physical(&mut self, gpa: u64, data: &mut [u8]) -> Result<(), BusError> {
+        match self.check(gpa, data.len())? {
+            Some(at) => data.copy_from_slice(&self.ram[at..at + data.len()]),
+            None => {
+                data.fill(0x5a);
+                self.log.push((false, gpa, data.to_vec()));
+            }
+        }
+        Ok(())
+    }
+    fn write_physical(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
+        match self.check(gpa, data.len())? {
+            Some(at) => self.ram[at..at + data.len()].copy_from_slice(data),
+            None => self.log.push((true, gpa, data.to_vec())),
+        }
+        Ok(())
+    }
+    fn io_read(&mut self, port: u16, data: &mut [u8]) -> Result<(), BusError> {
+        assert!(matches!(data.len(), 1 | 2 | 4));
+        data.fill(0xa5);
+        self.log.push((false, u64::from(port) << 48, data.to_vec()));
+        Ok(())
+    }
+    fn io_write(&mut self, port: u16, data: &[u8]) -> Result<(), BusError> {
+        assert!(matches!(data.len(), 1 | 2 | 4));
+        self.log.push((true, u64::from(port) << 48, data.to_vec()));
+        Ok(())
+    }
+}
+
+fn cpu(input: &Input) -> RegisterFile {
+    let mut cpu = match input.mode % 3 {
+        0 => RegisterFile::real_mode(),
+        1 => RegisterFile::protected_flat32(),
+        _ => RegisterFile::long_mode(0x8000),
+    };
+    cpu.gprs = input.gprs;
+    cpu.rflags = (u64::from(input.rflags) & 0x3f_7fd5) | RFLAGS_FIXED;
+    if input.mode % 3 == 0 {
+        cpu.rflags &= !(1 << 17); // not virtual-8086
+    }
+    if input.cpl3 && input.mode % 3 != 0 {
+        for s in [Segment::Cs, Segment::Ss] {
+            cpu.segments[s as usize].selector |= 3;
+            cpu.segments[s as usize].attributes |= 3 << 5;
+        }
+    }
+    cpu.rip = CODE;
+    cpu
+}
+
+fn ram(input: &Input) -> Vec<u8> {
+    let mut ram = vec![0u8; RAM];
+    // Identity-map the first 2 MiB for the 64-bit mode: PML4 at 0x8000,
+    // PDPT at 0x9000, a 2 MiB page in the PD at 0xa000.
+    ram[0x8000..0x8008].copy_from_slice(&0x9007u64.to_le_bytes());
+    ram[0x9000..0x9008].copy_from_slice(&0xa007u64.to_le_bytes());
+    ram[0xa000..0xa008].copy_from_slice(&0x87u64.to_le_bytes());
+    for &(at, b) in input.data.iter().take(64) {
+        let at = usize::from(at) % RAM;
+        if !(0x8000..0xb000).contains(&at) {
+            ram[at] = b;
+        }
+    }
+    ram[CODE as usize..CODE as usize + input.code.len()].copy_from_slice(&input.code);
+    ram
+}
+
+/// The vCPU for the loop: a register file that exits once on an OUT and
+/// allows run-on.
+struct Scripted {
+    regs: RegisterFile,
+    exits: VecDeque<Exit>,
+}
+
+impl CpuState for Scripted {
+    fn gpr(&self, i: usize) -> u64 {
+        self.regs.gpr(i)
+    }
+    fn set_gpr(&mut self, i: usize, v: u64) {
+        self.regs.set_gpr(i, v)
+    }
+    fn rip(&self) -> u64 {
+        self.regs.rip
+    }
+    fn set_rip(&mut self, v: u64) {
+        self.regs.rip = v
+    }
+    fn rflags(&self) -> u64 {
+        self.regs.rflags
+    }
+    fn set_rflags(&mut self, v: u64) {
+        self.regs.rflags = v
+    }
+    fn segment(&self, s: Segment) -> SegmentRegister {
+        self.regs.segment(s)
+    }
+    fn control(&self) -> ControlRegisters {
+        self.regs.control
+    }
+    fn cpl(&self) -> u8 {
+        self.regs.cpl()
+    }
+    fn xmm(&self, i: usize) -> u128 {
+        self.regs.xmm(i)
+    }
+    fn set_xmm(&mut self, i: usize, v: u128) {
+        self.regs.set_xmm(i, v)
+    }
+}
+
+impl VcpuBackend for Scripted {
+    fn run(&mut self, _vm: &mut Vm) -> Exit {
+        self.exits.pop_front().unwrap_or(Exit::Shutdown)
+    }
+    fn inject(&mut self, _event: Event) -> bool {
+        true
+    }
+    fn interrupts_open(&self) -> bool {
+        false
+    }
+    fn backend_msr(&self, _msr: u32) -> Option<u64> {
+        None
+    }
+    fn set_backend_msr(&mut self, _msr: u32, _value: u64) -> bool {
+        false
+    }
+    fn reset(&mut self) {}
+    fn request_interrupt_window(&mut self, _on: bool) {}
+    fn breakpoints(&self) -> Breakpoints {
+        Breakpoints::NONE
+    }
+    fn may_run_on(&self) -> bool {
+        true
+    }
+}
+
+/// Port 0x80 and the MMIO window: answer and count.
+#[derive(Default)]
+struct Sink {
+    accesses: u64,
+}
+
+impl Device for Sink {
+    fn name(&self) -> &str {
+        "sink"
+    }
+    fn port_io(&mut self) -> Option<&mut dyn PortIo> {
+        Some(self)
+    }
+    fn mmio(&mut self) -> Option<&mut dyn Mmio> {
+        Some(self)
+    }
+    fn reset(&mut self) {}
+}
+
+impl PortIo for Sink {
+    fn port_read(&mut self, _: &mut DeviceContext<'_>, _: PortAddress, d: &mut [u8]) -> IoOutcome {
+        self.accesses += 1;
+        d.fill(0x11);
+        IoOutcome::Done
+    }
+    fn port_write(&mut self, _: &mut DeviceContext<'_>, _: PortAddress, _: &[u8]) -> IoOutcome {
+        self.accesses += 1;
+        IoOutcome::Done
+    }
+}
+
+impl Mmio for Sink {
+    fn mmio_read(&mut self, _: &mut DeviceContext<'_>, _: MmioAddress, d: &mut [u8]) -> IoOutcome {
+        self.accesses += 1;
+        d.fill(0x22);
+        IoOutcome::Done
+    }
+    fn mmio_write(&mut self, _: &mut DeviceContext<'_>, _: MmioAddress, _: &[u8]) -> IoOutcome {
+        self.accesses += 1;
+        IoOutcome::Done
+    }
+}
+
+fuzz_target!(|input: Input| {
+    // One step, against `emulate` on a copy.
+    let mut a = cpu(&input);
+    let mut bus_a = Bus {
+        ram: ram(&input),
+        log: Vec::new(),
+    };
+    let mut b = a.clone();
+    let mut bus_b = bus_a.clone();
+    let before = a.clone();
+    let ram_before = bus_a.ram.clone();
+    let emulator = Emulator::default();
+    match emulator.run_on_step(&mut a, &mut bus_a) {
+        Ok(RunOnStep::Declined) => {
+            assert_eq!(a.gprs, before.gprs);
+            assert_eq!((a.rip, a.rflags), (before.rip, before.rflags));
+            // The fetch's walk may set accessed bits in the tables, as
+            // the hardware's own fetch will; nothing else changes.
+            for (i, (now, was)) in bus_a.ram.iter().zip(&ram_before).enumerate() {
+                if (0x8000..0xb000).contains(&i) {
+                    assert_eq!(now & !0x20, was & !0x20, "table byte {i:#x}");
+                } else {
+                    assert!(now == was, "byte {i:#x} changed by a declined step");
+                }
+            }
+            assert!(bus_a.log.is_empty());
+        }
+        Ok(RunOnStep::Ran { traced, .. }) => {
+            let plain = emulator.emulate(&mut b, &mut bus_b);
+            assert_eq!(plain, Ok(traced.completion));
+            assert_eq!((a.gprs, a.rip, a.rflags), (b.gprs, b.rip, b.rflags));
+            assert_eq!(bus_a, bus_b);
+        }
+        Err(e) => {
+            assert_eq!(emulator.emulate(&mut b, &mut bus_b), Err(e));
+        }
+    }
+
+    // The loop: one OUT exit at CODE, then run-on through the code.
+    let mut vm = TestVmBuilder::new(Arc::new(TestHost::new()), 0)
+        .ram(RAM as u64)
+        .device(Sink::default(), &[(0x80, 8)], &[(MMIO, MMIO_LEN)])
+        .build()
+        .unwrap();
+    vm.memory_mut().write(0, &ram(&input)).unwrap();
+    vm.set_run_on(true);
+    let mut vcpu = Scripted {
+        regs: cpu(&input),
+        exits: VecDeque::from([Exit::PortIo {
+            port: 0x80,
+            size: 1,
+            write: true,
+            next_rip: CODE,
+        }]),
+    };
+    // The OUT "was" just before CODE: the loop moves RIP to CODE and runs
+    // on from there.
+    vcpu.regs.rip = CODE - 1;
+    let _ = run(
+        &mut vcpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice {
+            max_exits: 4,
+            until_ns: None,
+        },
+    );
+    let stats = vm.stats().run_on();
+    assert!(stats.instructions <= u64::from(vmm_core::vcpu::run_on::MAX_INSTRUCTIONS));
+    assert!(stats.started <= 1);
+});

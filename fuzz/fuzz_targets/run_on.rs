@@ -105,10 +105,10 @@ fn cpu(input: &Input) -> RegisterFile {
     };
     cpu.gprs = input.gprs;
     cpu.rflags = (u64::from(input.rflags) & 0x3f_7fd5) | RFLAGS_FIXED;
-    if input.mode % 3 == 0 {
+    if input.mode.is_multiple_of(3) {
         cpu.rflags &= !(1 << 17); // not virtual-8086
     }
-    if input.cpl3 && input.mode % 3 != 0 {
+    if input.cpl3 && !input.mode.is_multiple_of(3) {
         for s in [Segment::Cs, Segment::Ss] {
             cpu.segments[s as usize].selector |= 3;
             cpu.segments[s as usize].attributes |= 3 << 5;

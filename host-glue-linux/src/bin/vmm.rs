@@ -376,6 +376,11 @@ fn run(args: RunArgs) -> ExitCode {
             "protected-mode IRETs carried out for KVM: {}",
             report.assists
         );
+        if let Some((taken, refused, irqfd)) = report.kernel_irqchip {
+            eprintln!(
+                "KVM local APICs: {taken} interrupt messages taken ({irqfd} device MSIs through irqfds), {refused} refused"
+            );
+        }
         for (i, v) in report.vcpus.iter().enumerate() {
             eprintln!(
                 "vCPU {i}: {} exits, {:.1} ms in the guest, kicked {} times",

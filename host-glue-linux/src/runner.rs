@@ -343,10 +343,8 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     if options.ioeventfd && options.irqchip != Irqchip::Split {
         return Err(RunError::NeedsSplitIrqchip("--ioeventfd"));
     }
-    if options.irqchip == Irqchip::Split {
-        if options.state_roundtrip.is_some() {
-            return Err(RunError::NeedsUserIrqchip("a state round trip"));
-        }
+    if options.irqchip == Irqchip::Split && options.state_roundtrip.is_some() {
+        return Err(RunError::NeedsUserIrqchip("a state round trip"));
     }
     if config.cpus > 1 {
         if options.gdb.is_some() {

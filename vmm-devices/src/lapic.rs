@@ -1191,8 +1191,8 @@ mod register_page_tests {
         page.set(0xd0, 0x0400_0000);
         page.set(0xe0, 0xffff_ffff);
         page.set(0xf0, 0x1ff);
-        page.set(0x100 + 0x10 * 1, 1 << 16); // vector 0x30 in service
-        page.set(0x200 + 0x10 * 1, 1 << 17); // vector 0x31 requested
+        page.set(0x110, 1 << 16); // vector 0x30 in service
+        page.set(0x210, 1 << 17); // vector 0x31 requested
         page.set(0x320, 0xec); // timer: one-shot, vector 0xec
         page.set(0x350, 0x700);
         page.set(0x380, 1_000_000);

@@ -34,6 +34,8 @@ fn watched(tag: &str, cmd: &str, limit: u32) -> String {
              echo \"{MARK} {tag} thread $(cat $t/comm) state $(cut -d' ' -f3 $t/stat) wchan $(cat $t/wchan)\"\n\
              sed \"s/^/{MARK} {tag}   /\" $t/stack 2>/dev/null | head -12\n\
            done\n\
+           echo \"{MARK} {tag} rig uptime $(cut -d' ' -f1 /proc/uptime)\"\n\
+           grep -B2 -A3 -E 'apic_timer_fn|kvm_' /proc/timer_list 2>/dev/null | head -40 | sed \"s/^/{MARK} {tag} timer_list: /\"\n\
            kill -TERM $pid\n\
            sleep 1\n\
            if kill -0 $pid 2>/dev/null; then echo \"{MARK} {tag} SIGTERM IGNORED for 1 s\"; kill -9 $pid; else echo \"{MARK} {tag} SIGTERM ended it within 1 s\"; fi\n\

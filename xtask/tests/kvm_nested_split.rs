@@ -7,8 +7,13 @@
 //! threads waits (`/proc/PID/task/*/stack`, `wchan`), then sends SIGTERM
 //! and wants `vmm` gone within a second.
 //!
-//! By default `vmm` runs twice, `--irqchip split` and `--irqchip split
-//! --ioeventfd`; `VMM_SPLIT_FLAGS` names other runs (`;` between their
+//! Known to fail now and then: the whole rig can freeze (session 13: the
+//! fourth run in one rig boot, the rig's own `sleep` loop stopped too, so
+//! the watchdog never fired; see docs/ARCHITECTURE.md), and the rig run's
+//! 30-minute limit then ends the test.
+//!
+//! By default `vmm` runs once, `--irqchip split`; `VMM_SPLIT_FLAGS` names
+//! other runs (`;` between their
 //! flags), `VMM_SPLIT_QEMU=1` adds the QEMU run and `VMM_SPLIT_LIMIT` the
 //! watchdog's seconds (300). `cargo xtask test --slow` sets
 //! `VMM_TEST_VMM`, `VMM_TEST_GUESTS` and `VMM_TEST_VIRTIO_ISO`.
@@ -61,8 +66,7 @@ fn slow_split_irqchip_with_a_virtio_disk_under_real_kvm() {
     }
     let disk = dir.join("disk.img");
     std::fs::write(&disk, &image).unwrap();
-    let flags = std::env::var("VMM_SPLIT_FLAGS")
-        .unwrap_or_else(|_| "--irqchip split;--irqchip split --ioeventfd".into());
+    let flags = std::env::var("VMM_SPLIT_FLAGS").unwrap_or_else(|_| "--irqchip split".into());
     let limit: u32 = std::env::var("VMM_SPLIT_LIMIT")
         .ok()
         .and_then(|s| s.parse().ok())

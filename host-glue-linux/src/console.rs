@@ -148,6 +148,89 @@ pub fn catch_quit_signals() {
     });
 }
 
+/// What wakes the run when a quit signal arrives (`None`: nothing to wake).
+type QuitKick = Arc<dyn Fn() + Send + Sync>;
+
+/// The kick of the run in progress ([`watch_quit_signals`]).
+static QUIT_KICK: Mutex<Option<QuitKick>> = Mutex::new(None);
+
+/// Set once the run has seen the quit signal ([`quit_noticed`]).
+static QUIT_NOTICED: AtomicBool = AtomicBool::new(false);
+
+/// How long a run has, after a quit signal, to notice it before the
+/// process ends without its report.
+pub const QUIT_GRACE: std::time::Duration = std::time::Duration::from_millis(900);
+
+/// Make a quit signal stop the run within a second whatever the guest
+/// does: `kick` is called at once from a thread of its own (it kicks the
+/// vCPUs out of KVM_RUN, where a halted guest with KVM's local APICs may
+/// otherwise sleep and the flag alone would wait for its next exit), and
+/// if the run has not said it noticed ([`quit_noticed`]) within
+/// [`QUIT_GRACE`] the process exits with status 128+N, as if killed,
+/// without syncing its disks (a write the guest saw complete is already in
+/// the host's page cache, so nothing it was told is lost; see the SIGKILL
+/// test). Replaces the previous run's kick; implies
+/// [`catch_quit_signals`].
+pub fn watch_quit_signals(kick: QuitKick) {
+    catch_quit_signals();
+    QUIT_NOTICED.store(false, Ordering::Relaxed);
+    *QUIT_KICK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(kick);
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("quit signals cannot be watched: {e}");
+                return;
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("quit-signal".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    let kick = QUIT_KICK
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone();
+                    let Some(kick) = kick else {
+                        continue;
+                    };
+                    kick();
+                    let deadline = std::time::Instant::now() + QUIT_GRACE;
+                    while std::time::Instant::now() < deadline {
+                        if QUIT_NOTICED.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        kick();
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    if !QUIT_NOTICED.load(Ordering::Relaxed) {
+                        eprint!(
+                            "\r\nvmm: signal {sig} not noticed by the run within {} ms; exiting without the report\r\n",
+                            QUIT_GRACE.as_millis()
+                        );
+                        restore_saved_terminal();
+                        std::process::exit(128 + sig);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("quit signals cannot be watched: {e}");
+        }
+    });
+}
+
+/// The run saw the quit signal (or ended): [`watch_quit_signals`] no
+/// longer ends the process, and its kick is dropped.
+pub fn quit_noticed() {
+    QUIT_NOTICED.store(true, Ordering::Relaxed);
+    *QUIT_KICK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+}
+
 /// The quit signal that arrived, if one did.
 pub fn quit_signalled() -> Option<i32> {
     match SIGNALLED.load(Ordering::Relaxed) {
@@ -287,6 +370,9 @@ impl RawTerminal {
         // guest's bare line feeds) start at the left margin.
         raw.output_flags |= OutputFlags::OPOST | OutputFlags::ONLCR;
         termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        *SAVED_TERMINAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(saved.clone());
         Some(Self { saved })
     }
 }
@@ -294,6 +380,24 @@ impl RawTerminal {
 impl Drop for RawTerminal {
     fn drop(&mut self) {
         let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
+        *SAVED_TERMINAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+}
+
+/// The mode a [`RawTerminal`] will restore, for an exit that does not
+/// unwind ([`watch_quit_signals`]).
+static SAVED_TERMINAL: Mutex<Option<Termios>> = Mutex::new(None);
+
+/// Give the terminal back as a live [`RawTerminal`] would when dropped.
+fn restore_saved_terminal() {
+    let saved = SAVED_TERMINAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if let Some(t) = saved {
+        let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &t);
     }
 }
 

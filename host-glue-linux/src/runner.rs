@@ -7,8 +7,8 @@ use crate::api::{self, ApiError, Command, Response};
 use crate::block_file::{ImageSync, SyncError};
 use crate::config::{MachineConfig, SerialTarget};
 use crate::console::{
-    catch_quit_signals, quit_signalled, spawn_stdin_reader, ConsoleInput, Pty, RawTerminal,
-    SerialConsole,
+    catch_quit_signals, quit_noticed, quit_signalled, spawn_stdin_reader, watch_quit_signals,
+    ConsoleInput, Pty, RawTerminal, SerialConsole,
 };
 use crate::display::{
     write_screenshot, ScreenOutput, ScreenWriter, DEFAULT_VGA_BIOS, SCREEN_EVERY,
@@ -215,6 +215,10 @@ pub struct Report {
     /// Each vCPU's figures, with several vCPUs (one thread each); empty
     /// with one (its figures are the totals).
     pub vcpus: Vec<VcpuFigures>,
+    /// Under `--irqchip split`: interrupt messages KVM's local APICs took,
+    /// those refused, and the device MSIs among the taken that went in
+    /// through an irqfd.
+    pub kernel_irqchip: Option<(u64, u64, u64)>,
 }
 
 /// The writable disk images of a running machine: synced when it stops,
@@ -339,13 +343,8 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     if options.ioeventfd && options.irqchip != Irqchip::Split {
         return Err(RunError::NeedsSplitIrqchip("--ioeventfd"));
     }
-    if options.irqchip == Irqchip::Split {
-        if options.restore.is_some() {
-            return Err(RunError::NeedsUserIrqchip("--restore"));
-        }
-        if options.state_roundtrip.is_some() {
-            return Err(RunError::NeedsUserIrqchip("a state round trip"));
-        }
+    if options.irqchip == Irqchip::Split && options.state_roundtrip.is_some() {
+        return Err(RunError::NeedsUserIrqchip("a state round trip"));
     }
     if config.cpus > 1 {
         if options.gdb.is_some() {
@@ -439,6 +438,16 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         .with_preemption_timer()
         .map_err(|e| RunError::Kick(e.to_string()))?;
     let timer = linux_host.preemption_timer();
+    // A quit signal kicks this thread out of KVM_RUN (the single-threaded
+    // loop's vCPU; the vCPU threads' main thread looks every MAIN_TICK),
+    // and ends the process if the run has not seen it within a second.
+    let quit_kick = timer.clone();
+    watch_quit_signals(Arc::new(move || {
+        if let Some(t) = &quit_kick {
+            t.fire_now();
+        }
+    }));
+    let _quit_watch = QuitWatch;
     let host: Arc<dyn Host> = Arc::new(linux_host);
     // Set by the API when it queues a command: the kick that follows
     // ends the slice at once (`KvmVcpu::set_attention`).
@@ -513,6 +522,14 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         Ok::<_, RunError>(vcpu)
     };
     let mut vcpu = new_vcpu(&mut pc)?;
+    let kernel_irqchip = vcpu.kernel_irqchip();
+    let irqchip_figures = move |mut r: Report| {
+        r.kernel_irqchip = kernel_irqchip.as_ref().map(|k| {
+            let (taken, refused) = k.counts();
+            (taken, refused, k.irqfd_sent())
+        });
+        r
+    };
     // The other vCPUs, of the same KVM VM, each for a thread of its own.
     let mut siblings = Vec::new();
     if threaded {
@@ -562,7 +579,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
         siblings.insert(0, vcpu);
         let (ending, pc, vcpus, posted_writes, assists, elapsed) =
             run_threads(pc, siblings, threaded, net_watch)?;
-        return Ok(finish(
+        return Ok(irqchip_figures(finish(
             Finish {
                 ending,
                 pc,
@@ -576,7 +593,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
                 state_roundtrips: 0,
             },
             vcpus,
-        ));
+        )));
     }
     let mut m = Machine::new(pc, vcpu);
     // With --gdb, the guest waits at its first instruction for gdb.
@@ -654,6 +671,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             break Ending::Signalled(n);
         }
     };
+    quit_noticed();
     let elapsed = started.elapsed();
     let (posted_writes, assists) = (
         posted_writes + m.vcpu.posted_writes(),
@@ -662,7 +680,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     drop(gdb);
     let Machine { pc, vcpu, .. } = m;
     drop(vcpu);
-    Ok(finish(
+    Ok(irqchip_figures(finish(
         Finish {
             ending,
             pc,
@@ -676,7 +694,17 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
             state_roundtrips,
         },
         Vec::new(),
-    ))
+    )))
+}
+
+/// Tells the quit-signal watcher the run is over, however it ends
+/// (an error return included).
+struct QuitWatch;
+
+impl Drop for QuitWatch {
+    fn drop(&mut self) {
+        quit_noticed();
+    }
 }
 
 /// What the end of a run needs.
@@ -734,6 +762,7 @@ fn finish(f: Finish<'_>, vcpus: Vec<VcpuFigures>) -> Report {
         sync_failures,
         state_roundtrips,
         vcpus,
+        kernel_irqchip: None,
     }
 }
 
@@ -864,6 +893,7 @@ fn run_threads(
             break Ending::Signalled(n);
         }
     };
+    quit_noticed();
     let elapsed = started.elapsed();
     let (pc, figures, reports) = threads.finish();
     let posted = reports.iter().map(|r| r.posted_writes).sum();
@@ -879,13 +909,6 @@ const HAND_OVER: Duration = Duration::from_secs(10);
 /// Write the snapshot of the paused `pc` with its vCPUs `vcpus` to
 /// `destination`: the API's answer.
 fn snapshot_reply(pc: &mut Pc, vcpus: &mut [&mut dyn ArchState], destination: String) -> Response {
-    if pc.lapics_in_kernel() {
-        return Response::error(
-            500,
-            "snapshot_failed",
-            "vmm snapshots a VM run with --irqchip user; under --irqchip split the local APICs are KVM's and their state is not saved yet",
-        );
-    }
     let path = PathBuf::from(&destination);
     match snapshot_file::write_vcpus(pc, vcpus, &path) {
         Ok(w) => {
@@ -908,8 +931,18 @@ fn snapshot_reply(pc: &mut Pc, vcpus: &mut [&mut dyn ArchState], destination: St
 /// Before a snapshot: each KVM vCPU's kvmclock MSRs (KVM serves them, so
 /// the exit loop never sees the guest's writes) into its MSR file, which
 /// the snapshot keeps.
+///
+/// Under `--irqchip split` each vCPU's local APIC is KVM's: its state goes
+/// into the PC's model of that APIC (`KvmVcpu::lapic_to`), which the
+/// snapshot saves as it saves our own.
 fn kvmclock_to_pc(pc: &mut Pc, vcpus: &[&mut KvmVcpu]) {
+    let now = pc.vm().host().now_ns();
     for (i, v) in vcpus.iter().enumerate() {
+        if let Some(cpu) = pc.chipset().cpus.get(i) {
+            if let Err(e) = v.lapic_to(cpu.lapic(), now) {
+                log::warn!("vCPU {i}: KVM's local APIC not saved: {e}");
+            }
+        }
         let (wall, system) = v.kvmclock_msrs();
         if let Some(msrs) = pc.vcpu_msrs_mut(i) {
             let mut state = msrs.state();
@@ -923,9 +956,21 @@ fn kvmclock_to_pc(pc: &mut Pc, vcpus: &[&mut KvmVcpu]) {
 /// After a restore: the VM's kvmclock from the restored TSC of vCPU 0
 /// (`KvmVcpu::set_vm_clock_from_tsc`), then each vCPU's kvmclock MSRs
 /// from its MSR file back to KVM.
+///
+/// Under `--irqchip split` each vCPU's restored local APIC goes into KVM's
+/// (`KvmVcpu::lapic_from`), and KVM gets the restored I/O APIC's routes.
 fn kvmclock_from_pc(pc: &mut Pc, vcpus: &mut [&mut KvmVcpu]) -> Result<(), KvmError> {
     if let Some(first) = vcpus.first() {
         first.set_vm_clock_from_tsc()?;
+    }
+    let now = pc.vm().host().now_ns();
+    for (i, v) in vcpus.iter_mut().enumerate() {
+        if let Some(cpu) = pc.chipset().cpus.get(i) {
+            v.lapic_from(cpu.lapic(), now)?;
+        }
+    }
+    if pc.lapics_in_kernel() {
+        pc.chipset().ioapic.publish_routes();
     }
     for (i, v) in vcpus.iter_mut().enumerate() {
         if let Some(msrs) = pc.vcpu_msrs_mut(i) {

@@ -303,6 +303,7 @@ mod tests {
             sync_failures: Vec::new(),
             state_roundtrips: 0,
             vcpus: Vec::new(),
+            kernel_irqchip: None,
             claims: vec![
                 claim("pic", 0x20, 1, 2),
                 claim("uart", 0x3f8, 5, 6),

@@ -34,6 +34,15 @@ pub trait KernelLapics: Send + Sync {
     /// What each I/O APIC input sends now (`None`: masked); the host
     /// needs it to ask for the EOIs of level-triggered vectors.
     fn ioapic_routes(&self, routes: &[Option<MsiMessage>; IOAPIC_PINS]);
+
+    /// Deliver a device's MSI (edge-triggered: nobody waits for its
+    /// EOI), from whatever thread raised it; whether it was handed to the
+    /// host. A host may use a faster path than [`KernelLapics::send`]
+    /// here (KVM's irqfd), which cannot say whether a local APIC took the
+    /// message; by default it is `send`.
+    fn send_msi(&self, message: MsiMessage) -> bool {
+        self.send(message)
+    }
 }
 
 /// Where a PC's local APICs are: in the device model until the host

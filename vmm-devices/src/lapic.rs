@@ -84,6 +84,35 @@ impl Bits256 {
     }
 }
 
+/// A local APIC's register page as a host's in-kernel APIC exchanges it
+/// (KVM_GET_LAPIC and KVM_SET_LAPIC): 1 KiB, each 32-bit register at its
+/// xAPIC offset (the ID in bits 31:24 in either mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegisterPage(pub [u8; 1024]);
+
+impl Default for RegisterPage {
+    fn default() -> Self {
+        Self([0; 1024])
+    }
+}
+
+impl RegisterPage {
+    /// The register at `offset` (0 outside the page).
+    pub fn get(&self, offset: usize) -> u32 {
+        self.0
+            .get(offset..offset + 4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes)
+    }
+
+    /// Set the register at `offset` (nothing outside the page).
+    pub fn set(&mut self, offset: usize, value: u32) {
+        if let Some(b) = self.0.get_mut(offset..offset + 4) {
+            b.copy_from_slice(&value.to_le_bytes());
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Regs {
     id: u8,
@@ -621,6 +650,105 @@ impl LapicCore {
         self.regs.lock().timer_deadline_ns
     }
 
+    /// Take the state of a local APIC kept by the host (KVM's, under a
+    /// split irqchip) so that a snapshot saves it: `page` is its register
+    /// page ([`RegisterPage`]), `apic_base` its IA32_APIC_BASE and
+    /// `tsc_deadline_ns` its TSC deadline in host time (TSC-deadline mode
+    /// only), `waits_for_sipi` whether its CPU still waits for a start-up
+    /// IPI. The timer's current count becomes the time it started; a
+    /// pending NMI, INIT or start-up vector stays with the host and is
+    /// cleared here.
+    pub fn load_register_page(
+        &self,
+        page: &RegisterPage,
+        apic_base: u64,
+        tsc_deadline_ns: Option<u64>,
+        waits_for_sipi: bool,
+        now: u64,
+    ) {
+        let mut r = self.regs.lock();
+        let reg = |offset: usize| page.get(offset);
+        r.id = (reg(0x20) >> 24) as u8;
+        r.apic_base = apic_base;
+        r.tpr = reg(0x80) as u8;
+        r.ldr = reg(0xd0);
+        r.dfr = reg(0xe0);
+        r.svr = reg(0xf0);
+        for i in 0..8 {
+            r.isr.0[i] = reg(0x100 + 0x10 * i);
+            r.tmr.0[i] = reg(0x180 + 0x10 * i);
+            r.irr.0[i] = reg(0x200 + 0x10 * i);
+        }
+        r.esr = reg(0x280);
+        r.esr_pending = 0;
+        r.icr_low = reg(0x300);
+        r.icr_high = reg(0x310);
+        r.lvt[0] = reg(0x2f0);
+        for i in 1..LVT_COUNT {
+            r.lvt[i] = reg(0x320 + 0x10 * (i - 1));
+        }
+        r.initial_count = reg(0x380);
+        r.divide = reg(0x3e0) & 0xb;
+        if r.timer_mode() == 2 {
+            r.timer_start_ns = now;
+            r.timer_deadline_ns = tsc_deadline_ns;
+        } else {
+            // Ticks already counted, at one tick per nanosecond times
+            // the divisor (KVM's bus runs at 1 GHz too).
+            let current = u64::from(reg(0x390));
+            let elapsed = u64::from(r.initial_count).saturating_sub(current);
+            let start = now.saturating_sub(elapsed.saturating_mul(r.divisor()));
+            r.timer_start_ns = start;
+            r.timer_deadline_ns =
+                (r.initial_count != 0 && current != 0).then(|| start.saturating_add(r.period_ns()));
+        }
+        r.nmi_pending = false;
+        r.init_pending = false;
+        r.wait_for_sipi = waits_for_sipi;
+        r.sipi_vector = None;
+    }
+
+    /// The register page of this APIC's state for a host's local APIC
+    /// (the inverse of [`LapicCore::load_register_page`]), written over
+    /// `page` (the host's own page, which keeps the registers not modelled
+    /// here, the version say); with IA32_APIC_BASE, in TSC-deadline mode
+    /// the deadline in host time, and whether the CPU waits for a start-up
+    /// IPI.
+    pub fn store_register_page(
+        &self,
+        page: &mut RegisterPage,
+        now: u64,
+    ) -> (u64, Option<u64>, bool) {
+        let r = self.regs.lock();
+        page.set(0x20, u32::from(r.id) << 24);
+        page.set(0x80, u32::from(r.tpr));
+        page.set(0xa0, u32::from(r.ppr()));
+        page.set(0xd0, r.ldr);
+        page.set(0xe0, r.dfr);
+        page.set(0xf0, r.svr);
+        for i in 0..8 {
+            page.set(0x100 + 0x10 * i, r.isr.0[i]);
+            page.set(0x180 + 0x10 * i, r.tmr.0[i]);
+            page.set(0x200 + 0x10 * i, r.irr.0[i]);
+        }
+        page.set(0x280, r.esr);
+        page.set(0x300, r.icr_low);
+        page.set(0x310, r.icr_high);
+        page.set(0x2f0, r.lvt[0]);
+        for i in 1..LVT_COUNT {
+            page.set(0x320 + 0x10 * (i - 1), r.lvt[i]);
+        }
+        page.set(0x380, r.initial_count);
+        page.set(0x390, r.current_count(now));
+        page.set(0x3e0, r.divide);
+        let deadline = if r.timer_mode() == 2 {
+            r.timer_deadline_ns
+        } else {
+            None
+        };
+        (r.apic_base, deadline, r.wait_for_sipi)
+    }
+
     fn write(&self, reg: u32, value: u32, now: u64) -> After {
         let mut r = self.regs.lock();
         match reg {
@@ -1045,5 +1173,54 @@ impl Device for LocalApic {
         for core in &self.cores {
             core.reset();
         }
+    }
+}
+
+#[cfg(test)]
+mod register_page_tests {
+    use super::*;
+
+    /// A host's local APIC with a one-shot timer half run, a vector in
+    /// service and one requested, goes into the model and back to the same
+    /// page (the timer counted on while nothing else moved).
+    #[test]
+    fn a_host_register_page_round_trips_through_the_model() {
+        let mut page = RegisterPage::default();
+        page.set(0x20, 3 << 24);
+        page.set(0x80, 0x20);
+        page.set(0xd0, 0x0400_0000);
+        page.set(0xe0, 0xffff_ffff);
+        page.set(0xf0, 0x1ff);
+        page.set(0x110, 1 << 16); // vector 0x30 in service
+        page.set(0x210, 1 << 17); // vector 0x31 requested
+        page.set(0x320, 0xec); // timer: one-shot, vector 0xec
+        page.set(0x350, 0x700);
+        page.set(0x380, 1_000_000);
+        page.set(0x390, 400_000);
+        page.set(0x3e0, 0xb); // divide by 1
+        let core = LapicCore::new(3, false);
+        let base = LAPIC_BASE | APIC_BASE_ENABLE;
+        core.load_register_page(&page, base, None, false, 10_000_000);
+        // 600,000 ticks had passed: the timer fires 400 us later.
+        assert_eq!(core.timer_deadline_ns(), Some(10_400_000));
+        assert_eq!(core.regs.lock().read(0x390, 10_100_000), 300_000);
+        let mut back = RegisterPage::default();
+        let (apic_base, deadline, waits) = core.store_register_page(&mut back, 10_000_000);
+        assert_eq!((apic_base, deadline, waits), (base, None, false));
+        page.set(0xa0, 0x30); // the processor priority, which the host computes
+        assert_eq!(back, page);
+    }
+
+    /// TSC-deadline mode keeps the host's deadline, and a CPU that waits
+    /// for its start-up IPI still waits.
+    #[test]
+    fn the_tsc_deadline_and_the_wait_for_sipi_come_across() {
+        let mut page = RegisterPage::default();
+        page.set(0x320, 2 << 17 | 0xec);
+        let core = LapicCore::new(1, false);
+        core.load_register_page(&page, LAPIC_BASE, Some(5_000), true, 1_000);
+        assert_eq!(core.timer_deadline_ns(), Some(5_000));
+        let (_, deadline, waits) = core.store_register_page(&mut RegisterPage::default(), 2_000);
+        assert_eq!((deadline, waits), (Some(5_000), true));
     }
 }

@@ -77,7 +77,7 @@ impl MsiTarget for LapicMsi {
         }
         if let Some(kernel) = self.placement.kernel() {
             // The host's local APICs decode the message themselves.
-            let counter = if kernel.send(msg) {
+            let counter = if kernel.send_msi(msg) {
                 &self.delivered
             } else {
                 &self.dropped

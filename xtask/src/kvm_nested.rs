@@ -534,8 +534,23 @@ pub fn command(kernel: &Path, initrd: &Path) -> Command {
         .arg(kernel)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 rdinit=/init"]);
+        .arg("-append")
+        .arg(append_line(
+            std::env::var("VMM_RIG_CMDLINE").ok().as_deref(),
+        ));
     c
+}
+
+/// The rig kernel's command line, with `extra` (`VMM_RIG_CMDLINE`, e.g.
+/// `nohz=off highres=off` to try against the rig freezing, see
+/// docs/ARCHITECTURE.md) after the usual options.
+fn append_line(extra: Option<&str>) -> String {
+    let mut line = String::from("console=ttyS0 panic=-1 rdinit=/init");
+    if let Some(e) = extra.map(str::trim).filter(|e| !e.is_empty()) {
+        line.push(' ');
+        line.push_str(e);
+    }
+    line
 }
 
 /// The script that boots a CD under `vmm` (`--stats`, console on the

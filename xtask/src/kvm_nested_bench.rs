@@ -189,7 +189,7 @@ pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 /// The files QEMU needs in the rig: the binary, its libraries, its ROM.
-pub(crate) fn qemu_files() -> Result<Vec<(String, PathBuf)>> {
+pub fn qemu_files() -> Result<Vec<(String, PathBuf)>> {
     let bin = output(
         Command::new("sh").args(["-c", "command -v qemu-system-x86_64"]),
         "find qemu-system-x86_64",

@@ -327,3 +327,76 @@ fn progress_prints_a_status_line_while_the_guest_runs() {
         "{seen:?}"
     );
 }
+
+/// A quit signal ends `vmm` within a second whatever its guest does
+/// (issue 20): a firmware that spins (`jmp $`) and one that halts with
+/// interrupts closed (`cli; hlt`, which under `--irqchip split` sleeps
+/// inside KVM_RUN), with our local APICs and with KVM's, on one vCPU and
+/// on vCPU threads. A firmware image of 64 KiB whose reset vector runs
+/// the loop.
+#[test]
+#[ignore = "runs guests under KVM: run through cargo xtask test"]
+fn a_quit_signal_ends_the_run_within_a_second_whatever_the_guest_does() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    if !xtask::kvm_bench::kvm_present() {
+        eprintln!("skipped: /dev/kvm absent");
+        return;
+    }
+    let d = scratch("quit-signal");
+    let firmware = |name: &str, code: &[u8]| {
+        let mut image = vec![0xf4u8; 64 << 10];
+        let at = image.len() - 16;
+        image[at..at + code.len()].copy_from_slice(code);
+        let p = d.join(name);
+        std::fs::write(&p, image).unwrap();
+        p.display().to_string()
+    };
+    let spin = firmware("spin.bin", &[0xeb, 0xfe]);
+    let halt = firmware("halt.bin", &[0xeb, 0x00, 0xfa, 0xf4, 0xeb, 0xfd]);
+    let cases = [
+        (&spin, "user", "1"),
+        (&spin, "split", "1"),
+        (&halt, "split", "1"),
+        (&spin, "user", "2"),
+        (&halt, "split", "2"),
+    ];
+    for (bios, irqchip, cpus) in cases {
+        let what = format!("{bios} --irqchip {irqchip} --cpus {cpus}");
+        let mut child = Command::new(env_path("VMM_TEST_VMM"))
+            .args(["run", "--memory", "16", "--serial", "none", "--bios", bios])
+            .args(["--irqchip", irqchip, "--cpus", cpus])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{what}: vmm ended before the signal"
+        );
+        let sent = Instant::now();
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if sent.elapsed() > Duration::from_secs(5) {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let took = sent.elapsed();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        eprintln!("{what}: ended {took:?} after SIGTERM");
+        assert!(took < Duration::from_secs(1), "{what}: {took:?}\n{err}");
+        assert_eq!(status.and_then(|s| s.code()), Some(143), "{what}: {err}");
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}

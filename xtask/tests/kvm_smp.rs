@@ -297,18 +297,27 @@ fn busy_vm(
     log: &std::path::Path,
     socket: &std::path::Path,
     restore: Option<&std::path::Path>,
+    irqchip: &str,
 ) -> std::process::Child {
     let mut c = Command::new(env_path("VMM_TEST_VMM"));
-    c.args(["run", "--memory", "16M", "--cpus", "4"])
-        .arg("--serial")
-        .arg(format!("file={}", log.display()))
-        .arg("--api-socket")
-        .arg(socket)
-        .arg("--bios")
-        .arg(env_path("VMM_TEST_GUESTS").join("pc_smp_busy.bin"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
+    c.args([
+        "run",
+        "--memory",
+        "16M",
+        "--cpus",
+        "4",
+        "--irqchip",
+        irqchip,
+    ])
+    .arg("--serial")
+    .arg(format!("file={}", log.display()))
+    .arg("--api-socket")
+    .arg(socket)
+    .arg("--bios")
+    .arg(env_path("VMM_TEST_GUESTS").join("pc_smp_busy.bin"))
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
     if let Some(file) = restore {
         c.arg("--restore").arg(file);
     }
@@ -373,10 +382,23 @@ fn ended(mut child: std::process::Child) -> (bool, String) {
 #[test]
 #[ignore = "runs a guest program under KVM: run through cargo xtask test"]
 fn four_busy_vcpus_snapshot_restore_in_new_processes_and_finish_with_their_results() {
+    four_busy_vcpus_snapshot_restore("user");
+}
+
+/// The same with KVM's local APICs (`--irqchip split`): their state
+/// (KVM_GET_LAPIC, the wait for SIPI) goes through the snapshot and back
+/// into KVM (KVM_SET_LAPIC, the mp_state), with the APs waiting and busy.
+#[test]
+#[ignore = "runs a guest program under KVM: run through cargo xtask test"]
+fn four_busy_vcpus_with_kvms_local_apics_snapshot_and_restore_too() {
+    four_busy_vcpus_snapshot_restore("split");
+}
+
+fn four_busy_vcpus_snapshot_restore(irqchip: &str) {
     if !kvm_or_skip() {
         return;
     }
-    let dir = temp("busy");
+    let dir = temp(&format!("busy-{irqchip}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let results = busy_results();
@@ -386,7 +408,7 @@ fn four_busy_vcpus_snapshot_restore_in_new_processes_and_finish_with_their_resul
     // IPI, one while all four CPUs are busy, then SIGKILL.
     let (log_a, sock_a) = (dir.join("a.log"), dir.join("a.sock"));
     let (waiting, busy) = (dir.join("waiting.snap"), dir.join("busy.snap"));
-    let mut a = busy_vm(&log_a, &sock_a, None);
+    let mut a = busy_vm(&log_a, &sock_a, None, irqchip);
     wait_for_line(&log_a, "smp busy: bsp alone, aps waiting", &mut a);
     snapshot_to(&sock_a, &waiting);
     let text = std::fs::read_to_string(&log_a).unwrap();
@@ -409,7 +431,7 @@ fn four_busy_vcpus_snapshot_restore_in_new_processes_and_finish_with_their_resul
 
     // The busy snapshot in a new process: the APs finish their chains.
     let log_b = dir.join("b.log");
-    let b = busy_vm(&log_b, &dir.join("b.sock"), Some(&busy));
+    let b = busy_vm(&log_b, &dir.join("b.sock"), Some(&busy), irqchip);
     let (powered_off, err) = ended(b);
     let text = std::fs::read_to_string(&log_b).unwrap_or_default();
     assert!(powered_off, "{text}\n--- stderr ---\n{err}");
@@ -422,7 +444,7 @@ fn four_busy_vcpus_snapshot_restore_in_new_processes_and_finish_with_their_resul
     // once; with them busy, this process takes a snapshot of its own and
     // runs on (pause, snapshot, resume in one process).
     let (log_c, sock_c) = (dir.join("c.log"), dir.join("c.sock"));
-    let mut c = busy_vm(&log_c, &sock_c, Some(&waiting));
+    let mut c = busy_vm(&log_c, &sock_c, Some(&waiting), irqchip);
     wait_for_line(&log_c, &results[1], &mut c);
     snapshot_to(&sock_c, &dir.join("c.snap"));
     let (powered_off, err) = ended(c);
@@ -439,6 +461,7 @@ fn four_busy_vcpus_snapshot_restore_in_new_processes_and_finish_with_their_resul
     // Another vCPU count: refused, naming --cpus.
     let out = Command::new(env_path("VMM_TEST_VMM"))
         .args(["run", "--memory", "16M", "--cpus", "2", "--serial", "none"])
+        .args(["--irqchip", irqchip])
         .arg("--bios")
         .arg(env_path("VMM_TEST_GUESTS").join("pc_smp_busy.bin"))
         .arg("--restore")
@@ -452,7 +475,7 @@ fn four_busy_vcpus_snapshot_restore_in_new_processes_and_finish_with_their_resul
         "{said}"
     );
     println!(
-        "snapshots of 4 busy vCPUs, two restores: {:.1} s",
+        "snapshots of 4 busy vCPUs (--irqchip {irqchip}), two restores: {:.1} s",
         started.elapsed().as_secs_f64()
     );
     let _ = std::fs::remove_dir_all(&dir);

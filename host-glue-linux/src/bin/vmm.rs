@@ -240,15 +240,17 @@ struct RunArgs {
     /// interrupt and APIC access leaves the kernel) or `split` (KVM's,
     /// KVM_CAP_SPLIT_IRQCHIP; the I/O APIC, PIC, PIT and the other
     /// devices stay ours, and interrupts, EOIs, IPIs and the APIC timer
-    /// stay in the kernel). Snapshots, --restore and state round trips
-    /// need `user`. Without the flag, the environment variable
-    /// VMM_IRQCHIP, else `user`.
+    /// stay in the kernel; device MSIs go in through irqfds). Snapshots
+    /// and --restore carry KVM's local APIC state; state round trips need
+    /// `user`. Without the flag, the environment variable VMM_IRQCHIP,
+    /// else `user`.
     #[arg(long, value_name = "MODE")]
     irqchip: Option<host_glue_linux::kvm::Irqchip>,
     /// Experimental, needs --irqchip split: virtio queue notifies are
     /// caught by KVM (KVM_IOEVENTFD) and served by a thread of their own
-    /// instead of stopping the vCPU. It stalled the virtio benchmark under
-    /// the KVM-in-TCG rig's real KVM; off by default.
+    /// instead of stopping the vCPU. Experimental (a stall of the virtio
+    /// benchmark under the KVM-in-TCG rig's real KVM was seen once and
+    /// not reproduced); off by default.
     #[arg(long)]
     ioeventfd: bool,
     /// Debug/test: every N exits, save the vCPU's whole state and every
@@ -376,6 +378,11 @@ fn run(args: RunArgs) -> ExitCode {
             "protected-mode IRETs carried out for KVM: {}",
             report.assists
         );
+        if let Some((taken, refused, irqfd)) = report.kernel_irqchip {
+            eprintln!(
+                "KVM local APICs: {taken} interrupt messages taken ({irqfd} device MSIs through irqfds), {refused} refused"
+            );
+        }
         for (i, v) in report.vcpus.iter().enumerate() {
             eprintln!(
                 "vCPU {i}: {} exits, {:.1} ms in the guest, kicked {} times",

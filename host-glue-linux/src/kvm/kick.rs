@@ -37,6 +37,10 @@ thread_local! {
     /// Whether this thread's timer is aimed at the device timers
     /// ([`set_thread_watches_timers`]).
     static WATCHES_TIMERS: Cell<bool> = const { Cell::new(true) };
+    /// A kick that came while this thread aimed at no vCPU (before its
+    /// first entry, or between a vCPU's end and its successor's): the next
+    /// [`aim_at`] passes it on, so that entry returns at once.
+    static MISSED_KICK: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Whether `Host::preempt_at` on this thread arms its timer for the next
@@ -80,6 +84,16 @@ pub fn arm_thread_timer(now: u64, at: u64) -> bool {
 /// `kvm_run.immediate_exit` byte) when it reaches the calling thread.
 pub fn aim_at(immediate_exit: *mut u8) {
     let _ = IMMEDIATE_EXIT.try_with(|c| c.set(immediate_exit));
+    // A kick that found no target must not be lost: a vCPU whose guest
+    // halts inside KVM (`--irqchip split`) would otherwise sleep past the
+    // deadline it was for, with nothing left to wake it (seen under this
+    // machine's KVM: the first slice's kick landed during the memory slot
+    // set-up, and a `cli; hlt` guest then made no exit at all).
+    if !immediate_exit.is_null() && MISSED_KICK.try_with(|m| m.replace(false)).unwrap_or(false) {
+        // SAFETY: the caller passes the `immediate_exit` byte of a run
+        // area mapped for as long as it is aimed at (see `on_kick`).
+        unsafe { core::ptr::write_volatile(immediate_exit, 1) };
+    }
 }
 
 /// Forget `immediate_exit` (its mapping goes away), if this thread aims
@@ -102,6 +116,10 @@ extern "C" fn on_kick(_signal: libc::c_int) {
         // `forget` before unmapping it, on this same thread); a volatile
         // byte store is async-signal-safe.
         unsafe { core::ptr::write_volatile(target, 1) };
+    } else {
+        // A const-initialised `Cell<bool>` in a thread local is a plain
+        // store: async-signal-safe.
+        let _ = MISSED_KICK.try_with(|m| m.set(true));
     }
 }
 

@@ -9,6 +9,10 @@ use super::iret;
 use super::memslots::MemSlots;
 use super::run_page::{self, RunPage};
 use super::split_irqchip::{self, Irqchip, KernelIrqchip};
+use vmm_devices::lapic::{LapicCore, RegisterPage};
+
+/// IA32_TSC_DEADLINE.
+const MSR_TSC_DEADLINE: u32 = 0x6e0;
 use super::KvmError;
 use kvm_bindings::{
     kvm_fpu, kvm_guest_debug, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment,
@@ -39,6 +43,9 @@ struct SplitLapic {
     /// Our I/O APIC, which hears of the EOIs of its level-triggered
     /// vectors (KVM_EXIT_IOAPIC_EOI).
     eoi: Option<Arc<dyn EoiBroadcast>>,
+    /// The VM's message target (shared by every vCPU of the VM: one route
+    /// table, one set of irqfds).
+    chip: Arc<KernelIrqchip>,
 }
 
 /// Where KVM puts the real-mode TSS it needs on Intel (three pages), and
@@ -175,9 +182,7 @@ impl KvmVcpu {
     /// KVM's local APICs as the PC's message target, with
     /// `--irqchip split`; `None` otherwise.
     pub fn kernel_irqchip(&self) -> Option<Arc<KernelIrqchip>> {
-        self.split
-            .as_ref()
-            .map(|_| KernelIrqchip::new(self.vm.clone()))
+        self.split.as_ref().map(|s| s.chip.clone())
     }
 
     /// Where the EOIs of level-triggered I/O APIC vectors go, with
@@ -225,6 +230,7 @@ impl KvmVcpu {
         )?;
         if let (Some(mine), Some(theirs)) = (&mut me.split, &self.split) {
             mine.eoi = theirs.eoi.clone();
+            mine.chip = theirs.chip.clone();
         }
         // The coalesced-I/O ring is the VM's: any vCPU may drain it (each
         // does so under the lock that serialises the devices).
@@ -280,6 +286,7 @@ impl KvmVcpu {
             Irqchip::Split => Some(SplitLapic {
                 power_on: vcpu.get_lapic().map_err(ioctl_err("GET_LAPIC"))?,
                 eoi: None,
+                chip: KernelIrqchip::new(vm_fd.clone()),
             }),
         };
         let me = Self {
@@ -538,6 +545,111 @@ impl KvmVcpu {
             }
         }
         Ok(())
+    }
+
+    /// Under `--irqchip split`, before a snapshot: KVM's local APIC of
+    /// this vCPU (KVM_GET_LAPIC, IA32_APIC_BASE, IA32_TSC_DEADLINE as
+    /// host time) into `core`, the PC's model of it, which the snapshot
+    /// saves. Nothing with our own local APICs.
+    pub fn lapic_to(&self, core: &LapicCore, now: u64) -> Result<(), KvmError> {
+        if self.split.is_none() {
+            return Ok(());
+        }
+        let state = self.vcpu.get_lapic().map_err(ioctl_err("GET_LAPIC"))?;
+        let mut page = RegisterPage::default();
+        for (b, r) in page.0.iter_mut().zip(state.regs.iter()) {
+            *b = *r as u8;
+        }
+        let apic_base = self.sregs().apic_base;
+        let deadline_tsc = self.kvm_msr(MSR_TSC_DEADLINE);
+        let deadline_ns = (deadline_tsc != 0).then(|| {
+            let tsc = self.kvm_msr(vmm_core::vcpu::MSR_TSC);
+            let ahead = deadline_tsc.saturating_sub(tsc);
+            now.saturating_add(self.tsc_to_ns(ahead))
+        });
+        let mp = self
+            .vcpu
+            .get_mp_state()
+            .map_err(ioctl_err("GET_MP_STATE"))?;
+        let waits = matches!(
+            mp.mp_state,
+            kvm_bindings::KVM_MP_STATE_UNINITIALIZED | kvm_bindings::KVM_MP_STATE_INIT_RECEIVED
+        );
+        core.load_register_page(&page, apic_base, deadline_ns, waits, now);
+        Ok(())
+    }
+
+    /// Under `--irqchip split`, after a restore: `core` (restored from the
+    /// snapshot) into KVM's local APIC of this vCPU (KVM_SET_LAPIC over
+    /// the page KVM made at creation, then IA32_TSC_DEADLINE). The
+    /// restored IA32_APIC_BASE went in with the special registers first.
+    pub fn lapic_from(&mut self, core: &LapicCore, now: u64) -> Result<(), KvmError> {
+        let Some(split) = &self.split else {
+            return Ok(());
+        };
+        let mut page = RegisterPage::default();
+        for (b, r) in page.0.iter_mut().zip(split.power_on.regs.iter()) {
+            *b = *r as u8;
+        }
+        let (_, deadline_ns, waits) = core.store_register_page(&mut page, now);
+        let mut state = split.power_on;
+        for (r, b) in state.regs.iter_mut().zip(page.0.iter()) {
+            *r = *b as _;
+        }
+        self.vcpu
+            .set_lapic(&state)
+            .map_err(ioctl_err("SET_LAPIC"))?;
+        // A CPU that had started runs on (a halt it was in ends, as a
+        // spurious wake-up); one that waited for its start-up IPI waits.
+        let mp_state = kvm_bindings::kvm_mp_state {
+            mp_state: if waits {
+                kvm_bindings::KVM_MP_STATE_UNINITIALIZED
+            } else {
+                kvm_bindings::KVM_MP_STATE_RUNNABLE
+            },
+        };
+        self.vcpu
+            .set_mp_state(mp_state)
+            .map_err(ioctl_err("SET_MP_STATE"))?;
+        if let Some(at) = deadline_ns {
+            let tsc = self.kvm_msr(vmm_core::vcpu::MSR_TSC);
+            let value = tsc
+                .saturating_add(self.ns_to_tsc(at.saturating_sub(now)))
+                .max(1);
+            let msrs = Msrs::from_entries(&[kvm_msr_entry {
+                index: MSR_TSC_DEADLINE,
+                data: value,
+                ..Default::default()
+            }])
+            .map_err(|_| KvmError::Ioctl {
+                what: "SET_MSRS (TSC deadline)",
+                errno: libc::E2BIG,
+            })?;
+            self.vcpu
+                .set_msrs(&msrs)
+                .map_err(ioctl_err("SET_MSRS (TSC deadline)"))?;
+        }
+        Ok(())
+    }
+
+    /// KVM's TSC frequency for this vCPU in kHz (1 GHz when it will not
+    /// say).
+    fn tsc_khz(&self) -> u64 {
+        self.vcpu
+            .get_tsc_khz()
+            .ok()
+            .filter(|k| *k > 0)
+            .map_or(1_000_000, u64::from)
+    }
+
+    fn tsc_to_ns(&self, ticks: u64) -> u64 {
+        let ns = u128::from(ticks) * 1_000_000 / u128::from(self.tsc_khz());
+        u64::try_from(ns).unwrap_or(u64::MAX)
+    }
+
+    fn ns_to_tsc(&self, ns: u64) -> u64 {
+        let ticks = u128::from(ns) * u128::from(self.tsc_khz()) / 1_000_000;
+        u64::try_from(ticks).unwrap_or(u64::MAX)
     }
 
     /// After a restore: set the VM's kvmclock (KVM_SET_CLOCK) to this

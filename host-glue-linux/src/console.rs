@@ -415,6 +415,10 @@ mod tests {
         assert_eq!(&out.0.lock().unwrap()[..], b"hi\n");
         c.flusher().flush();
         assert_eq!(&out.0.lock().unwrap()[..], b"hi\nlogin: ");
+        assert_eq!(c.read(), None);
+        input.push(b'a');
+        assert_eq!(c.read(), Some(b'a'));
+        assert!(!input.quit_requested());
         c.write(b'x');
         drop(c);
         assert_eq!(
@@ -422,9 +426,5 @@ mod tests {
             b"hi\nlogin: x",
             "written out when dropped"
         );
-        assert_eq!(c.read(), None);
-        input.push(b'a');
-        assert_eq!(c.read(), Some(b'a'));
-        assert!(!input.quit_requested());
     }
 }

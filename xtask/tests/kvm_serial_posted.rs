@@ -4,7 +4,10 @@
 //! way Linux's 8250 console does before its tty is open (an LSR read, then
 //! a THR write, per byte), then 64 lines with THR writes alone (nothing but
 //! posted writes: KVM's ring fills, and the write that finds it full exits
-//! as usual, so the guest is never stalled), then powers off. Both runs,
+//! as usual, so the guest is never stalled), then 16 times a byte and a
+//! HLT that only that byte's THRE interrupt ends (with our local APICs the
+//! HLT exits, and the byte, delivered first, raises it), then powers off.
+//! Both runs,
 //! posted and not (`--no-posted-writes`), must print exactly the same
 //! bytes in the same order; the posted one leaves user space about once
 //! per byte of the first block (its LSR reads) and once per ring of the
@@ -21,6 +24,9 @@ use xtask::system::env_path;
 /// Lines per block and letters per line (LINES and LEN in the guest).
 const LINES: usize = 64;
 const LEN: usize = 62;
+/// Posted writes each followed by STI; HLT that only their THRE interrupt
+/// ends (ROUNDS in the guest).
+const ROUNDS: usize = 16;
 
 /// What the guest prints, line by line.
 fn expected_lines() -> Vec<String> {
@@ -33,6 +39,8 @@ fn expected_lines() -> Vec<String> {
     v.extend(block.clone());
     v.push("unpolled:".to_string());
     v.extend(block);
+    v.push(".".repeat(ROUNDS));
+    v.push("irq: ok".to_string());
     v.push("done".to_string());
     v
 }
@@ -135,10 +143,11 @@ fn posted_serial_writes_reach_the_console_in_order_with_half_the_exits() {
     // The POST port and COM1's THR are the only posted ports; this
     // guest writes only the latter.
     assert_eq!(posted.posted + posted.thr_writes, n, "{posted:?}");
-    // The whole run: the bytes' exits are gone, nothing else moved.
-    let saved = every.exits - posted.exits;
+    // The whole run: the bytes' exits are gone, nothing else moved (but
+    // for a few kicks at slice ends, which depend on timing).
+    let saved = every.exits.saturating_sub(posted.exits);
     assert!(
-        saved + n / 100 >= n && saved <= n,
+        saved + n / 100 + 20 >= n && saved <= n + 20,
         "exits {} posted against {} not: {posted:?} {every:?}",
         posted.exits,
         every.exits

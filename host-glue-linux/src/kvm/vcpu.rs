@@ -446,7 +446,8 @@ impl KvmVcpu {
     ///   timer, both of which kick the vCPU out. That is a slower line,
     ///   not a lost interrupt: a UART may take that long on a slow link;
     /// - host output (the console) appears at the next exit too, within
-    ///   the same bound;
+    ///   the same bound, which only a host that ends its slices holds
+    ///   (the single-threaded loop; `vmm` posts COM1 only there);
     /// - nothing starves: a guest that only writes posted ports fills
     ///   the ring, and KVM then hands the write that found it full to
     ///   user space as an ordinary exit, which drains the ring.

@@ -261,7 +261,8 @@ impl ConsoleFlush {
 /// COM1's host side: output to a writer, input from [`ConsoleInput`].
 ///
 /// Output is written a line at a time (at each line feed, or every
-/// [`LINE_MAX`] bytes, or when [`ConsoleFlush::flush`] is called), not a
+/// [`LINE_MAX`] bytes, or when [`ConsoleFlush::flush`] is called; a byte
+/// at a time while the console can be attached over the API), not a
 /// byte at a time: a guest's 8250 console sends one byte per port write,
 /// and a `write(2)` per byte cost as much as the exit that carried it
 /// (about 380 us a byte to a pipe inside the KVM-in-TCG rig).
@@ -311,7 +312,10 @@ impl CharBackend for SerialConsole {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             p.line.extend_from_slice(bytes);
-            if bytes.contains(&b'\n') || p.line.len() >= LINE_MAX {
+            // With a client attached over the API every byte goes out at
+            // once, before the client's copy: what the client saw is in
+            // the file or terminal too.
+            if self.tap.is_some() || bytes.contains(&b'\n') || p.line.len() >= LINE_MAX {
                 p.write_out();
             }
         }

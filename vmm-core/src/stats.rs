@@ -3,7 +3,13 @@
 //! Backends count every exit by [`ExitKind`]; the device manager counts port
 //! and MMIO accesses per claim and per unhooked address (see
 //! `device::DeviceManager::report`). Together they say where the time goes.
+//! Exits that are device accesses are also counted by where they went
+//! ([`ExitSite`]: the port, or the MMIO page), which the device manager's
+//! counts cannot say: they count accesses, whether they exited or not (a
+//! write KVM buffered reaches the device without an exit of its own).
 
+use alloc::collections::BTreeMap;
+use alloc::string::ToString;
 use core::fmt;
 
 /// Why a vCPU left the guest. Backends map their hardware exit codes here.
@@ -92,6 +98,50 @@ impl ExitKind {
     }
 }
 
+/// Where a device-access exit went.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum ExitSite {
+    /// A port.
+    Port(u16),
+    /// A 4 KiB page of guest-physical address space (its base).
+    MmioPage(u64),
+    /// Any site beyond the first [`MAX_SITES`] seen.
+    Other,
+}
+
+impl fmt::Display for ExitSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitSite::Port(p) => write!(f, "port {p:#06x}"),
+            ExitSite::MmioPage(a) => write!(f, "mmio {a:#x}"),
+            ExitSite::Other => write!(f, "others"),
+        }
+    }
+}
+
+/// Exits at one [`ExitSite`], by direction.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct SiteCount {
+    /// Reads (IN, MMIO loads).
+    pub reads: u64,
+    /// Writes (OUT, MMIO stores).
+    pub writes: u64,
+}
+
+impl SiteCount {
+    /// Reads and writes.
+    pub fn total(&self) -> u64 {
+        self.reads + self.writes
+    }
+}
+
+/// How many distinct sites are counted on their own: a guest that touches
+/// every port or MMIO page must not grow the host's heap without bound.
+pub const MAX_SITES: usize = 256;
+
+/// How many sites the summary prints, most exits first.
+const SITES_SHOWN: usize = 12;
+
 /// Exit counts by kind for one VM.
 #[derive(Clone, Debug, Default)]
 pub struct ExitStats {
@@ -99,6 +149,7 @@ pub struct ExitStats {
     handling_ns: [u64; ExitKind::ALL.len()],
     guest_ns: u64,
     run_on: RunOnStats,
+    sites: BTreeMap<ExitSite, SiteCount>,
 }
 
 /// What run-on (`vcpu::run_on`) did: the port and device accesses it
@@ -130,6 +181,29 @@ impl ExitStats {
     /// Exits of one kind so far.
     pub fn count(&self, kind: ExitKind) -> u64 {
         self.counts[kind as usize]
+    }
+
+    /// Count one device-access exit at `site` (a read or a write). Past
+    /// [`MAX_SITES`] distinct sites, new ones count as [`ExitSite::Other`].
+    pub fn record_site(&mut self, site: ExitSite, write: bool) {
+        let site = if self.sites.len() >= MAX_SITES && !self.sites.contains_key(&site) {
+            ExitSite::Other
+        } else {
+            site
+        };
+        let c = self.sites.entry(site).or_default();
+        if write {
+            c.writes += 1;
+        } else {
+            c.reads += 1;
+        }
+    }
+
+    /// Device-access exits by site, most first (ties by site).
+    pub fn sites(&self) -> alloc::vec::Vec<(ExitSite, SiteCount)> {
+        let mut v: alloc::vec::Vec<_> = self.sites.iter().map(|(s, c)| (*s, *c)).collect();
+        v.sort_by_key(|(s, c)| (core::cmp::Reverse(c.total()), *s));
+        v
     }
 
     /// All exits so far.
@@ -233,6 +307,27 @@ impl fmt::Display for ExitStats {
                 r.ns as f64 / 1e3 / r.instructions.max(1) as f64
             )?;
         }
+        let sites = self.sites();
+        if !sites.is_empty() {
+            writeln!(f, "exit sites (ports, MMIO pages), most first:")?;
+            for (site, c) in sites.iter().take(SITES_SHOWN) {
+                writeln!(
+                    f,
+                    "  {:<20} {:>10} reads {:>10} writes",
+                    site.to_string(),
+                    c.reads,
+                    c.writes
+                )?;
+            }
+            if sites.len() > SITES_SHOWN {
+                let rest: u64 = sites[SITES_SHOWN..].iter().map(|(_, c)| c.total()).sum();
+                writeln!(
+                    f,
+                    "  {} more sites: {rest} exits",
+                    sites.len() - SITES_SHOWN
+                )?;
+            }
+        }
         Ok(())
     }
 }
@@ -240,7 +335,6 @@ impl fmt::Display for ExitStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::string::ToString;
 
     #[test]
     fn counts_and_prints_largest_first() {
@@ -257,6 +351,40 @@ mod tests {
         assert!(text.contains("75.0%"), "{text}");
         assert!(!text.contains("cpuid"));
         assert!(!text.contains("handled in"), "no times recorded: {text}");
+    }
+
+    #[test]
+    fn sites_are_listed_most_first_and_bounded() {
+        let mut s = ExitStats::default();
+        for _ in 0..3 {
+            s.record_site(ExitSite::Port(0x3fd), false);
+        }
+        s.record_site(ExitSite::Port(0x3f8), true);
+        s.record_site(ExitSite::MmioPage(0xfee0_0000), true);
+        s.record_site(ExitSite::MmioPage(0xfee0_0000), false);
+        let sites = s.sites();
+        assert_eq!(
+            sites[0],
+            (
+                ExitSite::Port(0x3fd),
+                SiteCount {
+                    reads: 3,
+                    writes: 0
+                }
+            )
+        );
+        assert_eq!(sites[1].0, ExitSite::MmioPage(0xfee0_0000));
+        let text = s.to_string();
+        assert!(text.contains("exit sites"), "{text}");
+        assert!(text.contains("port 0x03fd"), "{text}");
+        // A guest touching every page: the map stops growing.
+        for page in 0..10_000u64 {
+            s.record_site(ExitSite::MmioPage(page << 12), true);
+        }
+        assert_eq!(s.sites().len(), MAX_SITES + 1);
+        let others = s.sites().into_iter().find(|(k, _)| *k == ExitSite::Other);
+        assert!(others.is_some_and(|(_, c)| c.writes > 9_000));
+        assert!(s.to_string().contains("more sites"));
     }
 
     #[test]

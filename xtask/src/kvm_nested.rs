@@ -491,9 +491,14 @@ impl Rig {
             .map_err(|e| Error::msg(format!("qemu-system-x86_64: {e}")))?;
         let elapsed = started.elapsed();
         if timed_out {
+            // The whole console is kept: a job's figures from before the
+            // hang (a bench's finished runs) are in it.
+            let kept = dir().join("timed-out-console.log");
+            let _ = std::fs::write(&kept, &serial);
             return Err(Error::msg(format!(
-                "the KVM-in-TCG rig did not power off within {} s (QEMU killed); the end of its console:\n{}",
+                "the KVM-in-TCG rig did not power off within {} s (QEMU killed; its whole console is in {}); the end of its console:\n{}",
                 timeout.as_secs(),
+                kept.display(),
                 tail(&serial, 40)
             )));
         }

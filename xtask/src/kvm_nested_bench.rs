@@ -33,6 +33,12 @@ const MEMORY: &str = "512M";
 const RESULT: &str = "KVM-NESTED-BENCH:";
 /// The rig is booted once for all runs.
 const TIMEOUT: Duration = Duration::from_secs(45 * 60);
+/// One VMM run inside the rig is killed after this long (busybox
+/// `timeout -s KILL`), and its result line says `stalled=yes`, so a run
+/// that hangs (QEMU's half once sat idle after its kernel started) costs
+/// this much rather than the whole rig's bound, and the bench says which
+/// VMM and which round it was.
+pub(crate) const RUN_TIMEOUT_SECS: u64 = 600;
 
 /// One VMM's figures from one run.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -47,6 +53,8 @@ struct RunFigures {
     exits: Option<u64>,
     /// Exits by the VMM's own count (`vmm --stats`; none for QEMU).
     own: Option<u64>,
+    /// Killed inside the rig after [`RUN_TIMEOUT_SECS`].
+    stalled: bool,
 }
 
 /// How `bench kvm-nested` and `bench virtio` run (`cargo xtask bench
@@ -98,14 +106,17 @@ fn script(opts: &RigOptions) -> String {
            name=$1; shift\n\
            count_start\n\
            start=$(cut -d' ' -f1 /proc/uptime)\n\
-           \"$@\" </dev/null 2>&1 | awk -v mark='{marker}' '{{ print; fflush() }} !seen && index($0, mark) {{ getline up < \"/proc/uptime\"; close(\"/proc/uptime\"); split(up, f, \" \"); print \"{RESULT} marker \" f[1]; fflush(); seen = 1 }}' > /tmp/out\n\
+           timeout -s KILL {RUN_TIMEOUT_SECS} \"$@\" </dev/null 2>&1 | awk -v mark='{marker}' '{{ print; fflush() }} !seen && index($0, mark) {{ getline up < \"/proc/uptime\"; close(\"/proc/uptime\"); split(up, f, \" \"); print \"{RESULT} marker \" f[1]; fflush(); seen = 1 }}' > /tmp/out\n\
            status=$?\n\
            end=$(cut -d' ' -f1 /proc/uptime)\n\
            count_stop\n\
            at=$(grep '^{RESULT} marker' /tmp/out | cut -d' ' -f3)\n\
            own=$(grep -m1 '^exits:' /tmp/out | cut -d' ' -f2)\n\
+           stalled=$(awk -v s=$start -v e=$end 'BEGIN {{ print (e - s >= {RUN_TIMEOUT_SECS}) ? \"yes\" : \"no\" }}')\n\
+           grep -m1 'ttyS0 at' /tmp/out\n\
+           sed -n '/^exits:/,$p' /tmp/out | grep -v '^{RESULT}' | head -60\n\
            grep -v '^{RESULT}' /tmp/out | tail -3\n\
-           echo \"{RESULT} $name start=$start marker=${{at:-none}} end=$end status=$status exits=$exits own=${{own:-none}}\"\n\
+           echo \"{RESULT} $name start=$start marker=${{at:-none}} end=$end status=$status exits=$exits own=${{own:-none}} stalled=$stalled\"\n\
          }}\n"
     ));
     let rounds = opts.rounds;
@@ -171,6 +182,7 @@ fn parse_result(line: &str) -> Option<(String, RunFigures)> {
             "status" => fig.status = v.parse().unwrap_or(-1),
             "exits" => fig.exits = v.parse().ok(),
             "own" => fig.own = v.parse().ok(),
+            "stalled" => fig.stalled = v == "yes",
             _ => {}
         }
     }
@@ -270,10 +282,18 @@ pub fn run(opts: &RigOptions) -> Result<()> {
                 .join("\n")
         )));
     }
-    for (name, f) in &results {
-        if f.status != 0 || f.marker.is_none() {
+    // A stalled run is named and left out of the medians; any other
+    // failure fails the bench.
+    for (i, (name, f)) in results.iter().enumerate() {
+        let round = i / 2 + 1;
+        if f.stalled {
+            eprintln!(
+                "xtask: {name}'s run in round {round} stalled: killed inside the rig after {RUN_TIMEOUT_SECS} s (marker {}); left out",
+                if f.marker.is_some() { "reached" } else { "not reached" }
+            );
+        } else if f.status != 0 || f.marker.is_none() {
             return Err(Error::msg(format!(
-                "{name} did not boot the CD to its init marker (status {}, {:.1} s); the rig's console:\n{}",
+                "{name} did not boot the CD to its init marker in round {round} (status {}, {:.1} s); the rig's console:\n{}",
                 f.status, f.exit, run.job_output()
             )));
         }
@@ -281,10 +301,16 @@ pub fn run(opts: &RigOptions) -> Result<()> {
     let of = |who: &str| -> Vec<&RunFigures> {
         results
             .iter()
-            .filter(|(n, _)| n == who)
+            .filter(|(n, f)| n == who && !f.stalled)
             .map(|(_, f)| f)
             .collect()
     };
+    // A VMM whose every run stalled has no figures: the other's are
+    // still printed, then the bench fails.
+    let all_stalled: Vec<&str> = ["vmm", "qemu"]
+        .into_iter()
+        .filter(|who| of(who).is_empty())
+        .collect();
     let show = |v: &[&RunFigures], get: &dyn Fn(&RunFigures) -> f64| -> String {
         v.iter()
             .map(|f| format!("{:.2}", get(f)))
@@ -297,6 +323,13 @@ pub fn run(opts: &RigOptions) -> Result<()> {
     let mut medians = Vec::new();
     for who in ["vmm", "qemu"] {
         let runs = of(who);
+        if runs.is_empty() {
+            println!(
+                "  {who:<5} every run stalled (killed after {RUN_TIMEOUT_SECS} s inside the rig)"
+            );
+            medians.push((0.0, None));
+            continue;
+        }
         let marker = median(runs.iter().filter_map(|f| f.marker).collect()).unwrap_or(0.0);
         let exit = median(runs.iter().map(|f| f.exit).collect()).unwrap_or(0.0);
         let exits = median(
@@ -321,7 +354,7 @@ pub fn run(opts: &RigOptions) -> Result<()> {
         medians.push((marker, exits));
     }
     let (vmm, qemu) = (medians[0], medians[1]);
-    if vmm.0 > 0.0 {
+    if vmm.0 > 0.0 && qemu.0 > 0.0 {
         println!(
             "  ratio qemu/vmm to the init marker: {:.2}x (target: at least 1.5x)",
             qemu.0 / vmm.0
@@ -333,7 +366,7 @@ pub fn run(opts: &RigOptions) -> Result<()> {
             v, q
         );
     }
-    let speed = (vmm.0 > 0.0).then(|| qemu.0 / vmm.0);
+    let speed = (vmm.0 > 0.0 && qemu.0 > 0.0).then(|| qemu.0 / vmm.0);
     crate::bench::summary(
         "kvm-nested",
         &format!(
@@ -345,6 +378,12 @@ pub fn run(opts: &RigOptions) -> Result<()> {
             crate::bench::verdict(matches!((vmm.1, qemu.1), (Some(v), Some(q)) if v < q))
         ),
     );
+    if !all_stalled.is_empty() {
+        return Err(Error::msg(format!(
+            "every run of {} stalled inside the rig; its console is in target/kvm-nested/bench-console.log",
+            all_stalled.join(" and ")
+        )));
+    }
     Ok(())
 }
 
@@ -362,6 +401,7 @@ mod tests {
         assert_eq!(f.status, 0);
         assert_eq!(f.exits, Some(75000));
         assert_eq!(f.own, Some(75108));
+        assert!(!f.stalled);
         assert!((f.marker.unwrap() - 29.75).abs() < 1e-9);
         assert!((f.exit - 30.5).abs() < 1e-9);
     }
@@ -375,6 +415,21 @@ mod tests {
         assert_eq!(f.marker, None);
         assert_eq!(f.status, 1);
         assert!(parse_result("KVM-NESTED-BENCH: marker 12.0").is_none());
+    }
+
+    #[test]
+    fn a_run_killed_inside_the_rig_is_marked_stalled() {
+        let (name, f) = parse_result(
+            "KVM-NESTED-BENCH: qemu start=60 marker=none end=660 status=137 exits=9 own=none stalled=yes",
+        )
+        .unwrap();
+        assert_eq!(name, "qemu");
+        assert!(f.stalled);
+        let s = script(&RigOptions::default());
+        assert!(
+            s.contains(&format!("timeout -s KILL {RUN_TIMEOUT_SECS} ")),
+            "{s}"
+        );
     }
 
     #[test]

@@ -233,7 +233,8 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     restore: Option<PathBuf>,
     /// Return to user space for every write to the POST code port 0x80
-    /// instead of letting KVM buffer them (for comparisons).
+    /// and to COM1's transmit register 0x3f8 instead of letting KVM
+    /// buffer them until the next exit (for comparisons).
     #[arg(long)]
     no_posted_writes: bool,
     /// Where the local APICs live: `user` (ours, the default: every
@@ -371,7 +372,7 @@ fn run(args: RunArgs) -> ExitCode {
     if args.stats {
         eprint!("{}", report.stats);
         eprintln!(
-            "posted port writes (POST codes buffered by KVM): {}",
+            "posted port writes (POST codes and COM1 bytes buffered by KVM): {}",
             report.posted_writes
         );
         eprintln!(

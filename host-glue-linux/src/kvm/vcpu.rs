@@ -430,10 +430,34 @@ impl KvmVcpu {
     }
 
     /// Let KVM buffer guest writes to ports `first..first + count` instead
-    /// of returning to user space for each (KVM's coalesced PIO): they are
-    /// delivered to the devices, in order, before the next exit is handled.
-    /// Only for ports whose writes have no effect the guest can observe
-    /// before its next exit (the POST code port); reads still exit.
+    /// of returning to user space for each (KVM's coalesced PIO, a ring
+    /// page of about 170 entries shared by the VM's vCPUs): they are
+    /// delivered to the devices, in order, before the next exit of any
+    /// vCPU is handled (and before a snapshot or a state move, which
+    /// begin with an exit). Reads still exit.
+    ///
+    /// Only for ports whose writes the guest cannot tell were late:
+    /// - everything it can read back goes through an exit (a read of the
+    ///   device, or of any other device that the write might affect,
+    ///   exits, and the ring is drained first), so it always reads the
+    ///   state after all its earlier writes;
+    /// - an interrupt such a write raises (the UART's THRE) is raised
+    ///   when the write is delivered, at the next exit, and our
+    ///   interrupts go in only at entries after an exit, so with our
+    ///   local APICs (`--irqchip user`) it comes no later than it could
+    ///   have. A guest that writes and then HLTs exits on the HLT; one
+    ///   that writes and then EOIs exits on the EOI. With KVM's local
+    ///   APICs (`--irqchip split`) neither HLT nor an edge EOI exits, so
+    ///   the interrupt waits for the next exit of any kind: at the latest
+    ///   the end of the exit loop's slice (20 ms) or the next device
+    ///   timer, both of which kick the vCPU out. That is a slower line,
+    ///   not a lost interrupt: a UART may take that long on a slow link;
+    /// - host output (the console) appears at the next exit too, within
+    ///   the same bound, which only a host that ends its slices holds
+    ///   (the single-threaded loop; `vmm` posts COM1 only there);
+    /// - nothing starves: a guest that only writes posted ports fills
+    ///   the ring, and KVM then hands the write that found it full to
+    ///   user space as an ordinary exit, which drains the ring.
     pub fn post_port_writes(&mut self, first: u16, count: u16) -> Result<(), KvmError> {
         if self.vcpu.map_coalesced_mmio_ring().is_err() {
             return Err(KvmError::MissingCapability("coalesced port I/O"));

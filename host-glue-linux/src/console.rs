@@ -344,7 +344,7 @@ impl ConsoleFlush {
 /// COM1's host side: output to a writer, input from [`ConsoleInput`].
 ///
 /// Output is written a line at a time (at each line feed, or every
-/// [`LINE_MAX`] bytes, or when [`ConsoleFlush::flush`] is called; a byte
+/// 4,096 bytes, or when [`ConsoleFlush::flush`] is called; a byte
 /// at a time while the console can be attached over the API), not a
 /// byte at a time: a guest's 8250 console sends one byte per port write,
 /// and a `write(2)` per byte cost as much as the exit that carried it

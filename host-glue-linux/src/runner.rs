@@ -72,7 +72,7 @@ const POSTED_PORTS: [(u16, u16); 2] = [(POST_PORT, 1), (COM1.0, 1)];
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     /// Let KVM buffer writes to the POST code port 0x80 and COM1's
-    /// transmit register (coalesced PIO, [`POSTED_PORTS`]) instead of
+    /// transmit register (coalesced PIO, `POSTED_PORTS`) instead of
     /// returning to user space for each.
     pub posted_writes: bool,
     /// Debug/test: every this many exits, move the vCPU's whole state to a

@@ -310,7 +310,7 @@ fn step(code: &[u8], cpu: &mut RegisterFile) -> RunOnStep {
 
 #[test]
 fn run_on_declines_what_it_must_leave_to_the_hardware() {
-    let declined: [&[u8]; 10] = [
+    let declined: [&[u8]; 12] = [
         &[0xfa],             // CLI
         &[0xfb],             // STI
         &[0x9d],             // POPF
@@ -319,6 +319,8 @@ fn run_on_declines_what_it_must_leave_to_the_hardware() {
         &[0xf0, 0x01, 0x07], // LOCK ADD [BX], AX
         &[0xea, 0, 0, 0, 0], // JMP FAR
         &[0xf3, 0x6c],       // REP INSB
+        &[0xf3, 0xa4],       // REP MOVSB (a fault part way would be redone)
+        &[0xf3, 0xaa],       // REP STOSB
         &[0x0f, 0x31],       // RDTSC
         &[0xcd, 0x10],       // INT 10h
     ];

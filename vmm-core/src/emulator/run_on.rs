@@ -6,8 +6,8 @@
 //! run-on allows and changes nothing beyond what [`RegisterSnapshot`]
 //! holds and guest memory: integer moves and arithmetic on general-purpose
 //! registers and memory, near jumps, calls and returns, Jcc, LOOP and
-//! JCXZ, PUSH/POP of general-purpose registers, the string instructions,
-//! and IN/OUT where the guest may use the port without the I/O permission
+//! JCXZ, PUSH/POP of general-purpose registers, the string instructions
+//! without a REP prefix, and IN/OUT where the guest may use the port without the I/O permission
 //! bitmap (real mode, or CPL <= IOPL outside virtual-8086 mode). Anything
 //! else (segment loads, far transfers, flags that change IF, TF or IOPL,
 //! system and privileged instructions, x87/SSE/MMX, LOCK) is declined
@@ -123,6 +123,13 @@ fn allowed<S: CpuState, B: GuestBus>(ctx: &Context<'_, S, B>, d: &Decoded) -> bo
             MemorySize::SegPtr16 | MemorySize::SegPtr32 | MemorySize::SegPtr64
         )
     {
+        return false;
+    }
+    // A REP string instruction: one that faults part way through has
+    // written memory already, and the hardware running it again from the
+    // start would not write the same (an overlapping forward copy reads
+    // bytes it has overwritten). Only an I/O loop is worth running on.
+    if (i.has_rep_prefix() || i.has_repne_prefix()) && is_string_memory(i.mnemonic()) {
         return false;
     }
     match i.mnemonic() {
@@ -275,6 +282,34 @@ fn allowed<S: CpuState, B: GuestBus>(ctx: &Context<'_, S, B>, d: &Decoded) -> bo
         | Mnemonic::Cmovg => true,
         _ => false,
     }
+}
+
+/// Whether `m` is a string instruction on memory (MOVS, STOS, LODS, CMPS,
+/// SCAS).
+fn is_string_memory(m: Mnemonic) -> bool {
+    matches!(
+        m,
+        Mnemonic::Movsb
+            | Mnemonic::Movsw
+            | Mnemonic::Movsd
+            | Mnemonic::Movsq
+            | Mnemonic::Stosb
+            | Mnemonic::Stosw
+            | Mnemonic::Stosd
+            | Mnemonic::Stosq
+            | Mnemonic::Lodsb
+            | Mnemonic::Lodsw
+            | Mnemonic::Lodsd
+            | Mnemonic::Lodsq
+            | Mnemonic::Cmpsb
+            | Mnemonic::Cmpsw
+            | Mnemonic::Cmpsd
+            | Mnemonic::Cmpsq
+            | Mnemonic::Scasb
+            | Mnemonic::Scasw
+            | Mnemonic::Scasd
+            | Mnemonic::Scasq
+    )
 }
 
 fn is_string_io(m: Mnemonic) -> bool {

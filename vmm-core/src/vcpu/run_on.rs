@@ -22,9 +22,9 @@
 //!   registers exactly as the last completed instruction left them, on:
 //!   an instruction [`Emulator::run_on_step`] declines (anything but
 //!   integer moves and arithmetic, near branches, PUSH/POP, string
-//!   instructions and permitted IN/OUT) or any error it reports before a
-//!   device was touched (a fault: the hardware runs the instruction and
-//!   raises it itself; the registers are put back from a
+//!   instructions without REP and permitted IN/OUT) or any error it
+//!   reports before a device was touched (a fault: the hardware runs the
+//!   instruction and raises it itself; the registers are put back from a
 //!   [`RegisterSnapshot`]); a deliverable interrupt or a pending NMI;
 //!   anything the backend has pending for the next entry, a host
 //!   debugger, or VMM-owned stepping (`VcpuBackend::may_run_on`); RFLAGS.TF;

@@ -228,26 +228,6 @@ fn allowed<S: CpuState, B: GuestBus>(ctx: &Context<'_, S, B>, d: &Decoded) -> bo
         | Mnemonic::Cwd
         | Mnemonic::Cdq
         | Mnemonic::Cqo
-        | Mnemonic::Movsb
-        | Mnemonic::Movsw
-        | Mnemonic::Movsd
-        | Mnemonic::Movsq
-        | Mnemonic::Stosb
-        | Mnemonic::Stosw
-        | Mnemonic::Stosd
-        | Mnemonic::Stosq
-        | Mnemonic::Lodsb
-        | Mnemonic::Lodsw
-        | Mnemonic::Lodsd
-        | Mnemonic::Lodsq
-        | Mnemonic::Cmpsb
-        | Mnemonic::Cmpsw
-        | Mnemonic::Cmpsd
-        | Mnemonic::Cmpsq
-        | Mnemonic::Scasb
-        | Mnemonic::Scasw
-        | Mnemonic::Scasd
-        | Mnemonic::Scasq
         | Mnemonic::Seto
         | Mnemonic::Setno
         | Mnemonic::Setb
@@ -280,7 +260,9 @@ fn allowed<S: CpuState, B: GuestBus>(ctx: &Context<'_, S, B>, d: &Decoded) -> bo
         | Mnemonic::Cmovge
         | Mnemonic::Cmovle
         | Mnemonic::Cmovg => true,
-        _ => false,
+        // The string instructions on memory (a REP form was declined
+        // above).
+        m => is_string_memory(m),
     }
 }
 

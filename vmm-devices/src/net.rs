@@ -63,6 +63,30 @@ pub trait NetBackend: Send {
     }
 }
 
+/// The Internet checksum's (RFC 1071) running sum: the 16-bit big-endian
+/// words of `data` (an odd last byte the high half of a word) added to
+/// `sum`, not folded. Sums of parts (a pseudo-header, then a segment) add
+/// up when every part but the last has an even length.
+pub fn ones_complement_add(mut sum: u64, data: &[u8]) -> u64 {
+    let mut words = data.chunks_exact(2);
+    for w in &mut words {
+        sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    if let [last] = words.remainder() {
+        sum += u64::from(*last) << 8;
+    }
+    sum
+}
+
+/// A running sum ([`ones_complement_add`]) folded to 16 bits and
+/// inverted: the value of the checksum field.
+pub fn internet_checksum(mut sum: u64) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 /// Whether `frame` has a plausible Ethernet length.
 pub fn check_length(frame: &[u8]) -> Result<(), NetError> {
     if frame.len() < ETH_HEADER || frame.len() > MAX_FRAME {

@@ -39,7 +39,7 @@ use super::tso::{
     self, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
 use super::DEVICE_TYPE_NET;
-use crate::net::{check_length, NetBackend, MAX_FRAME};
+use crate::net::{check_length, internet_checksum, ones_complement_add, NetBackend, MAX_FRAME};
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -136,22 +136,6 @@ impl fmt::Debug for VirtioNet {
     }
 }
 
-/// The Internet checksum (RFC 1071) of `data`, folded, not inverted.
-fn ones_sum(data: &[u8]) -> u16 {
-    let mut sum: u64 = 0;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u64::from(*last) << 8;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
 impl VirtioNet {
     /// A card with address `mac` on `backend`.
     pub fn new(backend: Box<dyn NetBackend>, mac: [u8; 6]) -> Self {
@@ -244,7 +228,7 @@ impl VirtioNet {
             match at.filter(|&at| at + 2 <= frame.len() && csum_start < frame.len()) {
                 Some(at) => {
                     // The driver put the pseudo-header's sum in the field.
-                    let sum = !ones_sum(&frame[csum_start..]);
+                    let sum = internet_checksum(ones_complement_add(0, &frame[csum_start..]));
                     frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
                 }
                 None => {
@@ -458,7 +442,11 @@ mod tests {
             0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
             0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
-        assert_eq!(!ones_sum(&h), 0xb861);
-        assert_eq!(ones_sum(&[0xff]), 0xff00, "an odd byte is the high half");
+        assert_eq!(internet_checksum(ones_complement_add(0, &h)), 0xb861);
+        assert_eq!(
+            ones_complement_add(0, &[0xff]),
+            0xff00,
+            "an odd byte is the high half"
+        );
     }
 }

@@ -16,6 +16,7 @@
 //! last frame only and CWR on the first only (as Linux's own software
 //! segmentation does).
 
+use crate::net::{internet_checksum, ones_complement_add};
 use alloc::vec::Vec;
 
 /// GSO type: TCP over IPv4.
@@ -142,27 +143,6 @@ fn layout(packet: &[u8], v4: bool) -> Result<Layout, TsoError> {
     })
 }
 
-/// The one's-complement sum of `data` as 16-bit big-endian words (an odd
-/// last byte the high half of a word), added to `sum`, not folded.
-fn add_words(mut sum: u64, data: &[u8]) -> u64 {
-    let mut words = data.chunks_exact(2);
-    for w in &mut words {
-        sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    if let [last] = words.remainder() {
-        sum += u64::from(*last) << 8;
-    }
-    sum
-}
-
-/// `sum` folded to 16 bits and inverted: the checksum field's value.
-fn checksum(mut sum: u64) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Cut `packet` (an Ethernet frame holding one TCP packet, without the
 /// virtio header) into frames of at most `mss` bytes of TCP payload, and
 /// hand each to `send` in order. `gso_type` is the header's, ECN flag
@@ -212,7 +192,7 @@ pub fn segment(
             let id = id.wrapping_add(i as u16);
             frame[l.ip + 4..l.ip + 6].copy_from_slice(&id.to_be_bytes());
             frame[l.ip + 10..l.ip + 12].copy_from_slice(&[0, 0]);
-            let sum = checksum(add_words(0, &frame[l.ip..l.tcp]));
+            let sum = internet_checksum(ones_complement_add(0, &frame[l.ip..l.tcp]));
             frame[l.ip + 10..l.ip + 12].copy_from_slice(&sum.to_be_bytes());
         } else {
             let payload_len = (frame.len() - l.ip - 40) as u16;
@@ -232,12 +212,12 @@ pub fn segment(
         // The TCP checksum over the pseudo-header and the segment.
         frame[l.tcp + 16..l.tcp + 18].copy_from_slice(&[0, 0]);
         let mut sum = if l.v4 {
-            add_words(0, &frame[l.ip + 12..l.ip + 20])
+            ones_complement_add(0, &frame[l.ip + 12..l.ip + 20])
         } else {
-            add_words(0, &frame[l.ip + 8..l.ip + 40])
+            ones_complement_add(0, &frame[l.ip + 8..l.ip + 40])
         };
         sum += tcp_len as u64 + u64::from(IPPROTO_TCP);
-        let sum = checksum(add_words(sum, &frame[l.tcp..]));
+        let sum = internet_checksum(ones_complement_add(sum, &frame[l.tcp..]));
         frame[l.tcp + 16..l.tcp + 18].copy_from_slice(&sum.to_be_bytes());
         send(frame);
     }
@@ -252,14 +232,15 @@ mod tests {
     /// Whether `frame`'s IPv4 header and TCP segment check out.
     fn sums_hold(frame: &[u8], ip: usize, v4: bool) -> bool {
         let l = layout(frame, v4).unwrap();
-        let ip_ok = !v4 || checksum(add_words(0, &frame[ip..l.tcp])) == 0;
+        let ip_ok = !v4 || internet_checksum(ones_complement_add(0, &frame[ip..l.tcp])) == 0;
         let tcp_len = (frame.len() - l.tcp) as u64;
         let pseudo = if v4 {
-            add_words(0, &frame[ip + 12..ip + 20])
+            ones_complement_add(0, &frame[ip + 12..ip + 20])
         } else {
-            add_words(0, &frame[ip + 8..ip + 40])
+            ones_complement_add(0, &frame[ip + 8..ip + 40])
         };
-        let tcp_ok = checksum(add_words(pseudo + tcp_len + 6, &frame[l.tcp..])) == 0;
+        let tcp_ok =
+            internet_checksum(ones_complement_add(pseudo + tcp_len + 6, &frame[l.tcp..])) == 0;
         ip_ok && tcp_ok
     }
 

@@ -154,6 +154,10 @@ type QuitKick = Arc<dyn Fn() + Send + Sync>;
 /// The kick of the run in progress ([`watch_quit_signals`]).
 static QUIT_KICK: Mutex<Option<QuitKick>> = Mutex::new(None);
 
+/// The console output of the run in progress, written out before a
+/// forced exit ([`flush_before_forced_quit`]).
+static QUIT_FLUSH: Mutex<Option<ConsoleFlush>> = Mutex::new(None);
+
 /// Set once the run has seen the quit signal ([`quit_noticed`]).
 static QUIT_NOTICED: AtomicBool = AtomicBool::new(false);
 
@@ -211,6 +215,13 @@ pub fn watch_quit_signals(kick: QuitKick) {
                             "\r\nvmm: signal {sig} not noticed by the run within {} ms; exiting without the report\r\n",
                             QUIT_GRACE.as_millis()
                         );
+                        if let Some(flush) = QUIT_FLUSH
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .as_ref()
+                        {
+                            flush.try_flush();
+                        }
                         restore_saved_terminal();
                         std::process::exit(128 + sig);
                     }
@@ -223,12 +234,25 @@ pub fn watch_quit_signals(kick: QuitKick) {
 }
 
 /// The run saw the quit signal (or ended): [`watch_quit_signals`] no
-/// longer ends the process, and its kick is dropped.
+/// longer ends the process, and its kick and flush are dropped.
 pub fn quit_noticed() {
     QUIT_NOTICED.store(true, Ordering::Relaxed);
     *QUIT_KICK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    *QUIT_FLUSH
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+}
+
+/// Write out `flush`'s pending partial line (a prompt, the start of a
+/// panic message) if [`watch_quit_signals`] has to end the process
+/// without the run: the guest's last output still reaches the user.
+/// Replaces the previous run's; dropped by [`quit_noticed`].
+pub fn flush_before_forced_quit(flush: ConsoleFlush) {
+    *QUIT_FLUSH
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(flush);
 }
 
 /// The quit signal that arrived, if one did.
@@ -338,6 +362,16 @@ impl ConsoleFlush {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .write_out();
+    }
+
+    /// [`Self::flush`] unless another thread is writing the console
+    /// (blocked on a full pipe, say): then nothing, at once.
+    pub fn try_flush(&self) {
+        match self.0.try_lock() {
+            Ok(mut pending) => pending.write_out(),
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().write_out(),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
     }
 }
 
@@ -523,15 +557,28 @@ mod tests {
         assert_eq!(&out.0.lock().unwrap()[..], b"hi\n");
         c.flusher().flush();
         assert_eq!(&out.0.lock().unwrap()[..], b"hi\nlogin: ");
+        // The forced quit's flush writes a pending line too, but never
+        // waits for a console another thread is writing.
+        for b in b"$ " {
+            c.write(*b);
+        }
+        let flusher = c.flusher();
+        let held = flusher.0.lock().unwrap();
+        flusher.try_flush();
+        drop(held);
+        assert_eq!(&out.0.lock().unwrap()[..], b"hi\nlogin: ");
+        flusher.try_flush();
+        assert_eq!(&out.0.lock().unwrap()[..], b"hi\nlogin: $ ");
         assert_eq!(c.read(), None);
         input.push(b'a');
         assert_eq!(c.read(), Some(b'a'));
         assert!(!input.quit_requested());
         c.write(b'x');
         drop(c);
+        drop(flusher);
         assert_eq!(
             &out.0.lock().unwrap()[..],
-            b"hi\nlogin: x",
+            b"hi\nlogin: $ x",
             "written out when dropped"
         );
     }

@@ -7,8 +7,8 @@ use crate::api::{self, ApiError, Command, Response};
 use crate::block_file::{ImageSync, SyncError};
 use crate::config::{MachineConfig, SerialTarget};
 use crate::console::{
-    catch_quit_signals, quit_noticed, quit_signalled, spawn_stdin_reader, watch_quit_signals,
-    ConsoleInput, Pty, RawTerminal, SerialConsole,
+    catch_quit_signals, flush_before_forced_quit, quit_noticed, quit_signalled, spawn_stdin_reader,
+    watch_quit_signals, ConsoleInput, Pty, RawTerminal, SerialConsole,
 };
 use crate::display::{
     write_screenshot, ScreenOutput, ScreenWriter, DEFAULT_VGA_BIOS, SCREEN_EVERY,
@@ -99,11 +99,51 @@ pub struct RunOptions {
     /// the firmware (`crate::snapshot_file::restore`).
     pub restore: Option<PathBuf>,
     /// Where the local APICs live (`--irqchip`, see
-    /// [`crate::kvm::split_irqchip`]).
-    pub irqchip: Irqchip,
-    /// Experimental, with [`Irqchip::Split`]: virtio queue notifies through
-    /// KVM_IOEVENTFD ([`crate::kvm::doorbells`]; `--ioeventfd`).
-    pub ioeventfd: bool,
+    /// [`crate::kvm::split_irqchip`]). `None`: KVM's
+    /// ([`Irqchip::Split`]) where this KVM offers them and no option
+    /// asked for needs ours (a state round trip), else ours.
+    pub irqchip: Option<Irqchip>,
+    /// With [`Irqchip::Split`]: virtio queue notifies through
+    /// KVM_IOEVENTFD ([`crate::kvm::doorbells`]; `--ioeventfd on|off`).
+    /// `None`: on whenever the local APICs are KVM's.
+    pub ioeventfd: Option<bool>,
+}
+
+impl RunOptions {
+    /// These options with `irqchip` and `ioeventfd` decided (both
+    /// `Some`): what `None` means on this KVM, and a refusal of
+    /// combinations that cannot work.
+    pub fn settled(&self) -> Result<RunOptions, RunError> {
+        let irqchip = self.irqchip.unwrap_or_else(|| {
+            if self.state_roundtrip.is_none() && crate::kvm::split_irqchip::available() {
+                Irqchip::Split
+            } else {
+                Irqchip::User
+            }
+        });
+        let ioeventfd = self.ioeventfd.unwrap_or(irqchip == Irqchip::Split);
+        if ioeventfd && irqchip != Irqchip::Split {
+            return Err(RunError::NeedsSplitIrqchip("--ioeventfd"));
+        }
+        if irqchip == Irqchip::Split && self.state_roundtrip.is_some() {
+            return Err(RunError::NeedsUserIrqchip("a state round trip"));
+        }
+        Ok(RunOptions {
+            irqchip: Some(irqchip),
+            ioeventfd: Some(ioeventfd),
+            ..self.clone()
+        })
+    }
+
+    /// Where the local APICs live, once [`Self::settled`].
+    fn lapics(&self) -> Irqchip {
+        self.irqchip.unwrap_or(Irqchip::User)
+    }
+
+    /// Whether notifies go through KVM_IOEVENTFD, once [`Self::settled`].
+    fn doorbells(&self) -> bool {
+        self.lapics() == Irqchip::Split && self.ioeventfd == Some(true)
+    }
 }
 
 impl Default for RunOptions {
@@ -118,8 +158,8 @@ impl Default for RunOptions {
             api_socket: None,
             gdb: None,
             restore: None,
-            irqchip: Irqchip::default(),
-            ioeventfd: false,
+            irqchip: None,
+            ioeventfd: None,
         }
     }
 }
@@ -367,12 +407,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     if !kvm::available() {
         return Err(RunError::Kvm(KvmError::Missing));
     }
-    if options.ioeventfd && options.irqchip != Irqchip::Split {
-        return Err(RunError::NeedsSplitIrqchip("--ioeventfd"));
-    }
-    if options.irqchip == Irqchip::Split && options.state_roundtrip.is_some() {
-        return Err(RunError::NeedsUserIrqchip("a state round trip"));
-    }
+    let options = &options.settled()?;
     if config.cpus > 1 {
         if options.gdb.is_some() {
             return Err(RunError::NeedsOneVcpu("--gdb"));
@@ -491,6 +526,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     // COM1's output goes out a line at a time; a partial line (a prompt)
     // at the end of every slice or main-thread tick.
     let console_flush = com1.flusher();
+    flush_before_forced_quit(console_flush.clone());
     let api = match &options.api_socket {
         Some(path) => {
             let flag = attention.clone();
@@ -517,7 +553,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     // So does one with KVM's local APICs and a virtio disk: a thread
     // serves its queue notifies (KVM_IOEVENTFD).
     let virtio_disk = config.disk.is_some() && config.disk_bus == crate::config::DiskBus::Virtio;
-    let doorbells = options.irqchip == Irqchip::Split && options.ioeventfd;
+    let doorbells = options.doorbells();
     let threaded = config.cpus > 1
         || ((config.net.is_some() || (doorbells && virtio_disk))
             && options.gdb.is_none()
@@ -536,7 +572,7 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
     let mut disks = DiskSyncs(syncs);
     let new_vcpu = |pc: &mut vmm_devices::pc::Pc| {
         let mut vcpu =
-            KvmVcpu::with_irqchip(pc.vm_mut(), options.irqchip).map_err(RunError::Kvm)?;
+            KvmVcpu::with_irqchip(pc.vm_mut(), options.lapics()).map_err(RunError::Kvm)?;
         if let Some(lapics) = vcpu.kernel_irqchip() {
             // KVM's local APICs take the I/O APIC's messages and the
             // MSIs, and pass the level EOIs back to the I/O APIC.
@@ -836,7 +872,7 @@ fn run_threads(
     net_watch: Option<std::fs::File>,
 ) -> Result<(Ending, Pc, Vec<VcpuFigures>, u64, u64, Duration), RunError> {
     let doorbells = match vcpus.first() {
-        Some(v) if v.lapic_in_kernel() && t.options.ioeventfd => Some(v.doorbell_fds()),
+        Some(v) if v.lapic_in_kernel() && t.options.doorbells() => Some(v.doorbell_fds()),
         _ => None,
     };
     let mut threads = VcpuThreads::start(pc, vcpus).map_err(|e| RunError::Thread(e.to_string()))?;
@@ -1145,6 +1181,51 @@ fn answer<B: ArchState>(
 mod tests {
     use super::*;
     use vmm_core::stats::ExitKind;
+
+    /// Options with these two choices, the rest default.
+    fn chips(irqchip: Option<Irqchip>, ioeventfd: Option<bool>) -> RunOptions {
+        RunOptions {
+            irqchip,
+            ioeventfd,
+            ..RunOptions::default()
+        }
+    }
+
+    #[test]
+    fn the_local_apics_are_kvms_where_it_can_and_notifies_follow_them() {
+        // Nothing said: KVM's local APICs where this KVM offers them,
+        // and with them the notifies in KVM.
+        let s = chips(None, None).settled().unwrap();
+        let split = crate::kvm::split_irqchip::available();
+        assert_eq!(s.lapics() == Irqchip::Split, split);
+        assert_eq!(s.doorbells(), split);
+        // Ours asked for: no doorbells unless asked, and then refused.
+        let s = chips(Some(Irqchip::User), None).settled().unwrap();
+        assert_eq!((s.lapics(), s.doorbells()), (Irqchip::User, false));
+        assert!(matches!(
+            chips(Some(Irqchip::User), Some(true)).settled(),
+            Err(RunError::NeedsSplitIrqchip("--ioeventfd"))
+        ));
+        // KVM's without the doorbells.
+        let s = chips(Some(Irqchip::Split), Some(false)).settled().unwrap();
+        assert_eq!((s.lapics(), s.doorbells()), (Irqchip::Split, false));
+        // A state round trip needs ours: chosen when nothing was said,
+        // refused when KVM's were asked for.
+        let round_trip = RunOptions {
+            state_roundtrip: Some(100),
+            ..chips(None, None)
+        };
+        let s = round_trip.settled().unwrap();
+        assert_eq!((s.lapics(), s.doorbells()), (Irqchip::User, false));
+        assert!(matches!(
+            RunOptions {
+                irqchip: Some(Irqchip::Split),
+                ..round_trip
+            }
+            .settled(),
+            Err(RunError::NeedsUserIrqchip(_))
+        ));
+    }
 
     /// A 16 MiB PC on the Linux host (no KVM needed: it never runs),
     /// with a firmware of HLTs and a far jump at the reset vector.

@@ -546,11 +546,22 @@ pub fn command(kernel: &Path, initrd: &Path) -> Command {
     c
 }
 
-/// The rig kernel's command line, with `extra` (`VMM_RIG_CMDLINE`, e.g.
-/// `nohz=off highres=off` to try against the rig freezing, see
-/// docs/ARCHITECTURE.md) after the usual options.
+/// What the rig kernel always gets on its command line: its console, a
+/// panic that ends QEMU, the initramfs's init, and a periodic tick
+/// (`nohz=off highres=off`). Without the last two the rig kernel runs its
+/// local APIC timer one-shot, and under QEMU TCG's SVM a timer interrupt
+/// that comes while the rig's KVM runs a guest is sometimes lost: with
+/// nothing rearming it the whole rig then sleeps for ever (its KVM
+/// waiting on an hrtimer for the guest's LAPIC timer, the job's own
+/// `sleep` watchdog never firing). A periodic tick follows a lost tick with
+/// the next one. See docs/ARCHITECTURE.md, "the rig freezing".
+pub const RIG_CMDLINE: &str = "console=ttyS0 panic=-1 rdinit=/init nohz=off highres=off";
+
+/// The rig kernel's command line: [`RIG_CMDLINE`] and then `extra`
+/// (`VMM_RIG_CMDLINE`, for trying other options), which the kernel reads
+/// after ours, so a later `highres=on` wins.
 fn append_line(extra: Option<&str>) -> String {
-    let mut line = String::from("console=ttyS0 panic=-1 rdinit=/init");
+    let mut line = String::from(RIG_CMDLINE);
     if let Some(e) = extra.map(str::trim).filter(|e| !e.is_empty()) {
         line.push(' ');
         line.push_str(e);
@@ -676,5 +687,16 @@ mod tests {
             ..run
         };
         assert!(failed.check().unwrap_err().to_string().contains("status 3"));
+    }
+
+    #[test]
+    fn the_rig_kernel_ticks_periodically_and_takes_extra_options_last() {
+        let plain = append_line(None);
+        assert!(plain.ends_with("nohz=off highres=off"), "{plain}");
+        assert_eq!(append_line(Some("  ")), plain);
+        assert_eq!(
+            append_line(Some(" highres=on ")),
+            format!("{plain} highres=on")
+        );
     }
 }

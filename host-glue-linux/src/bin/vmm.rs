@@ -237,23 +237,29 @@ struct RunArgs {
     /// buffer them until the next exit (for comparisons).
     #[arg(long)]
     no_posted_writes: bool,
-    /// Where the local APICs live: `user` (ours, the default: every
-    /// interrupt and APIC access leaves the kernel) or `split` (KVM's,
-    /// KVM_CAP_SPLIT_IRQCHIP; the I/O APIC, PIC, PIT and the other
-    /// devices stay ours, and interrupts, EOIs, IPIs and the APIC timer
-    /// stay in the kernel; device MSIs go in through irqfds). Snapshots
-    /// and --restore carry KVM's local APIC state; state round trips need
-    /// `user`. Without the flag, the environment variable VMM_IRQCHIP,
-    /// else `user`.
+    /// Where the local APICs live: `split` (KVM's, KVM_CAP_SPLIT_IRQCHIP;
+    /// the I/O APIC, PIC, PIT and the other devices stay ours, and
+    /// interrupts, EOIs, IPIs and the APIC timer stay in the kernel;
+    /// device MSIs go in through irqfds) or `user` (ours: every interrupt
+    /// and APIC access leaves the kernel). Snapshots and --restore carry
+    /// KVM's local APIC state; state round trips need `user`. Without the
+    /// flag, the environment variable VMM_IRQCHIP, else `split` where this
+    /// KVM offers it and nothing asked for needs `user`.
     #[arg(long, value_name = "MODE")]
     irqchip: Option<host_glue_linux::kvm::Irqchip>,
-    /// Experimental, needs --irqchip split: virtio queue notifies are
-    /// caught by KVM (KVM_IOEVENTFD) and served by a thread of their own
-    /// instead of stopping the vCPU. Experimental (a stall of the virtio
-    /// benchmark under the KVM-in-TCG rig's real KVM was seen once and
-    /// not reproduced); off by default.
-    #[arg(long)]
-    ioeventfd: bool,
+    /// With the split irqchip, virtio queue notifies are caught by KVM
+    /// (KVM_IOEVENTFD) and served by a thread of their own instead of
+    /// stopping the vCPU: `on` (the default with `split`; `--ioeventfd`
+    /// alone means `on`) or `off`.
+    #[arg(
+        long,
+        value_name = "on|off",
+        num_args = 0..=1,
+        default_missing_value = "on",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        hide_possible_values = true
+    )]
+    ioeventfd: Option<bool>,
     /// Debug/test: every N exits, save the vCPU's whole state and every
     /// device's, replace the vCPU with a fresh one (a new KVM VM and vCPU)
     /// that takes the saved state, restore the devices, and go on.
@@ -327,16 +333,16 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     let irqchip = match args.irqchip {
-        Some(i) => i,
+        Some(i) => Some(i),
         None => match std::env::var("VMM_IRQCHIP") {
             Ok(v) => match v.parse() {
-                Ok(i) => i,
+                Ok(i) => Some(i),
                 Err(e) => {
                     eprintln!("vmm: VMM_IRQCHIP: {e}");
                     return ExitCode::from(EXIT_BAD_INPUT);
                 }
             },
-            Err(_) => Default::default(),
+            Err(_) => None,
         },
     };
     let options = runner::RunOptions {

@@ -45,12 +45,12 @@ use vmm_devices::kernel_lapic::KernelLapics;
 use vmm_devices::pci::msix::MsiMessage;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// Where the local APICs live on the KVM host.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Where the local APICs live on the KVM host. `vmm` takes
+/// [`Irqchip::Split`] where KVM offers it ([`available`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Irqchip {
     /// Every interrupt controller in user space (ours); each interrupt
     /// goes in with KVM_INTERRUPT and each local APIC access exits.
-    #[default]
     User,
     /// The local APICs in KVM, the rest ours (this module).
     Split,
@@ -93,6 +93,12 @@ impl FromStr for Irqchip {
             other => Err(UnknownIrqchip(other.to_string())),
         }
     }
+}
+
+/// Whether this host's KVM can keep the local APICs while we keep the
+/// rest (KVM_CAP_SPLIT_IRQCHIP); false without a usable `/dev/kvm`.
+pub fn available() -> bool {
+    Kvm::new().is_ok_and(|kvm| kvm.check_extension(Cap::SplitIrqchip))
 }
 
 /// Turn the split irqchip on for `vm`, before any vCPU exists: KVM
@@ -330,7 +336,6 @@ mod tests {
             "kernel".parse::<Irqchip>().unwrap_err().to_string(),
             "unknown irqchip \"kernel\": user or split"
         );
-        assert_eq!(Irqchip::default(), Irqchip::User);
     }
 
     #[test]

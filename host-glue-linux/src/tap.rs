@@ -10,16 +10,45 @@
 //! system call; a read that would block is "nothing received", a write
 //! that would block drops the frame as a busy wire would.
 //!
+//! The tap carries a virtio-net header in front of every frame
+//! (`IFF_VNET_HDR`, 12 bytes: `TUNSETVNETHDRSZ`), as QEMU's does: a TCP
+//! packet of up to 64 KiB the guest's driver left to be cut into
+//! segments, or a frame whose checksum it left partial, goes to the host
+//! kernel whole in one write with the driver's header fields
+//! ([`NetBackend::send_offloaded`]), and the kernel does that work (and
+//! refuses a header that does not fit its packet). Receive offloads stay
+//! off (`TUNSETOFFLOAD` 0), so what the tap hands over are whole frames
+//! with whole checksums, and their header is dropped. A kernel that
+//! refuses the header size leaves the tap without one, and the card then
+//! does the work itself.
+//!
 //! [`Tap::watch`] gives a second handle on the same open file for a thread
 //! that waits until a frame is readable (`crate::vcpu_threads`); the
 //! device then does not poll the tap on a timer
 //! (`NetBackend::announces_input`).
 
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use vmm_devices::net::{check_length, NetBackend, NetError};
+use vmm_devices::net::{check_length, NetBackend, NetError, Offload};
+
+/// Bytes of the virtio-net header in front of each frame on the tap
+/// (`virtio_net_hdr_v1`: flags, GSO type, header length, GSO size,
+/// checksum start and offset, buffer count; little-endian).
+pub const VNET_HDR_LEN: usize = 12;
+
+/// The header that says what `offload` leaves to the host kernel.
+pub fn vnet_header(offload: &Offload) -> [u8; VNET_HDR_LEN] {
+    let mut h = [0u8; VNET_HDR_LEN];
+    h[0] = u8::from(offload.needs_csum);
+    h[1] = offload.gso_type;
+    h[2..4].copy_from_slice(&offload.hdr_len.to_le_bytes());
+    h[4..6].copy_from_slice(&offload.gso_size.to_le_bytes());
+    h[6..8].copy_from_slice(&offload.csum_start.to_le_bytes());
+    h[8..10].copy_from_slice(&offload.csum_offset.to_le_bytes());
+    h
+}
 
 /// Longest interface name, without its NUL (`IFNAMSIZ` - 1).
 pub const MAX_NAME: usize = 15;
@@ -80,6 +109,31 @@ pub struct Tap {
     name: String,
     /// A thread watches the tap for received frames ([`Tap::watch`]).
     watched: bool,
+    /// Frames carry a virtio-net header of [`VNET_HDR_LEN`] bytes.
+    vnet_hdr: bool,
+}
+
+/// Give the tap's frames a [`VNET_HDR_LEN`]-byte header and turn its
+/// receive offloads off; false if the kernel refuses either.
+fn set_vnet_header(file: &File) -> bool {
+    let size: libc::c_int = VNET_HDR_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which
+    // points at `size`, live for the call; the fd is an open tap owned by
+    // `file`.
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::TUNSETVNETHDRSZ,
+            &size as *const libc::c_int,
+        )
+    };
+    if rc < 0 {
+        return false;
+    }
+    // SAFETY: TUNSETOFFLOAD takes its flags as the argument itself (no
+    // memory is read or written); the fd is an open tap owned by `file`.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETOFFLOAD, 0 as libc::c_ulong) };
+    rc >= 0
 }
 
 impl Tap {
@@ -96,7 +150,7 @@ impl Tap {
             .map_err(TapError::Open)?;
         let mut req = IfReq {
             name: [0; 16],
-            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -111,11 +165,40 @@ impl Tap {
                 error: std::io::Error::last_os_error(),
             });
         }
+        let vnet_hdr = set_vnet_header(&file);
+        if !vnet_hdr {
+            log::warn!(
+                "tap {name}: no virtio-net header; the card cuts and checksums frames itself"
+            );
+        }
         Ok(Self {
             file,
             name: name.to_string(),
             watched: false,
+            vnet_hdr,
         })
+    }
+
+    /// Whether frames on this tap carry a virtio-net header (see the
+    /// module's documentation).
+    pub fn has_vnet_header(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// Write `frame` behind `header` (if the tap has headers) in one
+    /// system call.
+    fn write_frame(&mut self, header: &[u8; VNET_HDR_LEN], frame: &[u8]) -> Result<(), NetError> {
+        let written = if self.vnet_hdr {
+            self.file
+                .write_vectored(&[IoSlice::new(header), IoSlice::new(frame)])
+        } else {
+            self.file.write(frame)
+        };
+        match written {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Err(NetError::Busy),
+            Err(e) => Err(NetError::Io(e.raw_os_error().unwrap_or(0))),
+        }
     }
 
     /// A second handle on the tap (the same open file, `dup`), for a
@@ -136,15 +219,33 @@ impl Tap {
 impl NetBackend for Tap {
     fn send(&mut self, frame: &[u8]) -> Result<(), NetError> {
         check_length(frame)?;
-        match self.file.write(frame) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => Err(NetError::Busy),
-            Err(e) => Err(NetError::Io(e.raw_os_error().unwrap_or(0))),
+        self.write_frame(&[0; VNET_HDR_LEN], frame)
+    }
+
+    fn takes_offloads(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    fn send_offloaded(&mut self, frame: &[u8], offload: &Offload) -> Result<(), NetError> {
+        check_length(frame)?;
+        if !self.vnet_hdr {
+            return Err(NetError::NoOffloads);
         }
+        self.write_frame(&vnet_header(offload), frame)
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
-        match self.file.read(buf) {
+        let read = if self.vnet_hdr {
+            // Receive offloads are off: the header says nothing the card
+            // needs (at most that the checksum was checked).
+            let mut header = [0u8; VNET_HDR_LEN];
+            self.file
+                .read_vectored(&mut [IoSliceMut::new(&mut header), IoSliceMut::new(buf)])
+                .map(|n| n.saturating_sub(VNET_HDR_LEN))
+        } else {
+            self.file.read(buf)
+        };
+        match read {
             Ok(n) if n > 0 => Some(n),
             // Nothing waits (EAGAIN), the interface is down (EIO), or a
             // read error: nothing received this time.

@@ -21,7 +21,12 @@
 //!   payload, each with its own headers and checksums. A chain with a
 //!   buffer that is not RAM, a short or over-long frame, or a GSO header
 //!   of a type not negotiated or a packet that is not what it says is
-//!   dropped; the used length is 0 either way.
+//!   dropped; the used length is 0 either way. A backend that does that
+//!   work itself ([`NetBackend::takes_offloads`], a Linux tap with a
+//!   virtio-net header) gets the TSO packet or the frame with its partial
+//!   checksum whole, with the driver's header fields
+//!   ([`crate::net::Offload`]), once the card has checked them against
+//!   its features; the host then refuses what is not what it says.
 //! - Receive: a frame the backend has is written with its header (flags
 //!   0, no GSO, `num_buffers`) into the next receive chain, or with
 //!   MRG_RXBUF into as many as cover it (the transport looks ahead and
@@ -39,7 +44,9 @@ use super::tso::{
     self, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
 use super::DEVICE_TYPE_NET;
-use crate::net::{check_length, internet_checksum, ones_complement_add, NetBackend, MAX_FRAME};
+use crate::net::{
+    check_length, internet_checksum, ones_complement_add, NetBackend, Offload, MAX_FRAME,
+};
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -99,6 +106,10 @@ pub struct NetCounters {
     pub rx_dropped: u64,
     /// TCP packets cut into frames (each frame counts in `tx_frames`).
     pub tx_segmented: u64,
+    /// Frames handed to a backend that completes their checksum or cuts
+    /// them itself ([`NetBackend::takes_offloads`]; each counts in
+    /// `tx_frames` too).
+    pub tx_offloaded: u64,
 }
 
 /// A received frame on its way into receive chains.
@@ -201,9 +212,22 @@ impl VirtioNet {
                 self.counters.tx_dropped += 1;
                 return;
             }
+            let mss = u16::from_le_bytes([header[4], header[5]]);
+            if self.backend.takes_offloads() {
+                // The host cuts it (and checks it is what it says).
+                let offload = Offload {
+                    needs_csum: flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0,
+                    gso_type: gso,
+                    hdr_len: u16::from_le_bytes([header[2], header[3]]),
+                    gso_size: mss,
+                    csum_start: csum_start as u16,
+                    csum_offset: csum_offset as u16,
+                };
+                Self::send_offloaded(&mut *self.backend, &mut self.counters, frame, &offload);
+                return;
+            }
             // Every frame gets whole checksums: the driver's partial one
             // (NEEDS_CSUM, which GSO implies) is not needed.
-            let mss = u16::from_le_bytes([header[4], header[5]]);
             let (backend, counters) = (&mut self.backend, &mut self.counters);
             let sent = tso::segment(frame, gso, mss, &mut self.segment_buf, |f| {
                 match backend.send(f) {
@@ -226,6 +250,16 @@ impl VirtioNet {
         if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
             let at = csum_start.checked_add(csum_offset);
             match at.filter(|&at| at + 2 <= frame.len() && csum_start < frame.len()) {
+                Some(_) if self.backend.takes_offloads() => {
+                    let offload = Offload {
+                        needs_csum: true,
+                        csum_start: csum_start as u16,
+                        csum_offset: csum_offset as u16,
+                        ..Offload::default()
+                    };
+                    Self::send_offloaded(&mut *self.backend, &mut self.counters, frame, &offload);
+                    return;
+                }
                 Some(at) => {
                     // The driver put the pseudo-header's sum in the field.
                     let sum = internet_checksum(ones_complement_add(0, &frame[csum_start..]));
@@ -242,6 +276,25 @@ impl VirtioNet {
             Err(e) => {
                 log::debug!("virtio-net: frame dropped: {e}");
                 self.counters.tx_dropped += 1;
+            }
+        }
+    }
+
+    /// Hand `frame` to `backend`, which does `offload` itself.
+    fn send_offloaded(
+        backend: &mut dyn NetBackend,
+        counters: &mut NetCounters,
+        frame: &[u8],
+        offload: &Offload,
+    ) {
+        match backend.send_offloaded(frame, offload) {
+            Ok(()) => {
+                counters.tx_frames += 1;
+                counters.tx_offloaded += 1;
+            }
+            Err(e) => {
+                log::debug!("virtio-net: frame dropped: {e}");
+                counters.tx_dropped += 1;
             }
         }
     }

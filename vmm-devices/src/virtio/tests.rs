@@ -1166,7 +1166,7 @@ mod console {
 
 mod net {
     use super::*;
-    use crate::net::BufferNet;
+    use crate::net::{BufferNet, Offload};
     use crate::virtio::net::*;
 
     const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
@@ -1334,6 +1334,93 @@ mod net {
         assert_eq!(tx.used_idx(&rig), 4);
         assert!(net.take_sent().is_empty());
         assert_eq!(rig.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn a_backend_that_takes_offloads_gets_tso_packets_and_partial_checksums_whole() {
+        let net = BufferNet::with_offloads();
+        let features = FEATURES | VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4;
+        let (mut rig, _rx, mut tx) = rig(net.clone(), features);
+        let p = tcp_packet(10_000);
+        let mut hdr = [0u8; HEADER_LEN];
+        hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        hdr[1] = crate::virtio::tso::VIRTIO_NET_HDR_GSO_TCPV4;
+        hdr[2..4].copy_from_slice(&54u16.to_le_bytes());
+        hdr[4..6].copy_from_slice(&1460u16.to_le_bytes());
+        hdr[6..8].copy_from_slice(&34u16.to_le_bytes());
+        hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+        rig.poke(DATA, &hdr);
+        rig.poke(DATA + 0x1000, &p);
+        // A plain frame with a partial checksum, and one with none.
+        let mut csum = [0u8; HEADER_LEN];
+        csum[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        csum[6..8].copy_from_slice(&34u16.to_le_bytes());
+        csum[8..10].copy_from_slice(&16u16.to_le_bytes());
+        rig.poke(DATA + 0x100, &csum);
+        rig.poke(DATA + 0x200, &[0u8; HEADER_LEN]);
+        let small = tcp_packet(100);
+        rig.poke(DATA + 0x400, &small);
+        for (h, body, len) in [
+            (DATA, DATA + 0x1000, p.len()),
+            (DATA + 0x100, DATA + 0x400, small.len()),
+            (DATA + 0x200, DATA + 0x400, small.len()),
+        ] {
+            tx.submit(
+                &mut rig,
+                &[(h, HEADER_LEN as u32, false), (body, len as u32, false)],
+            );
+        }
+        rig.notify(TRANSMIT_QUEUE);
+        assert_eq!(tx.used_idx(&rig), 3);
+        // The TSO packet and the partial checksum go over whole, with the
+        // driver's fields; the plain frame as a frame.
+        let offloaded = net.take_offloaded();
+        assert_eq!(offloaded.len(), 2);
+        assert_eq!(offloaded[0].0, p, "the whole packet, not cut");
+        assert_eq!(
+            offloaded[0].1,
+            Offload {
+                needs_csum: true,
+                gso_type: crate::virtio::tso::VIRTIO_NET_HDR_GSO_TCPV4,
+                hdr_len: 54,
+                gso_size: 1460,
+                csum_start: 34,
+                csum_offset: 16,
+            }
+        );
+        assert_eq!(offloaded[1].0, small, "the checksum left as it was");
+        assert_eq!(
+            offloaded[1].1,
+            Offload {
+                needs_csum: true,
+                csum_start: 34,
+                csum_offset: 16,
+                ..Offload::default()
+            }
+        );
+        assert_eq!(net.take_sent(), core::slice::from_ref(&small));
+        // The card still checks what its features allow: TSO over IPv6
+        // was not negotiated, and a checksum place past the frame is
+        // refused, so neither reaches the host.
+        let mut v6 = hdr;
+        v6[1] = crate::virtio::tso::VIRTIO_NET_HDR_GSO_TCPV6;
+        rig.poke(DATA + 0x300, &v6);
+        let mut far = csum;
+        far[8..10].copy_from_slice(&1000u16.to_le_bytes());
+        rig.poke(DATA + 0x500, &far);
+        for (h, body, len) in [
+            (DATA + 0x300, DATA + 0x1000, p.len()),
+            (DATA + 0x500, DATA + 0x400, small.len()),
+        ] {
+            tx.submit(
+                &mut rig,
+                &[(h, HEADER_LEN as u32, false), (body, len as u32, false)],
+            );
+        }
+        rig.notify(TRANSMIT_QUEUE);
+        assert_eq!(tx.used_idx(&rig), 5);
+        assert!(net.take_offloaded().is_empty());
+        assert!(net.take_sent().is_empty());
     }
 
     #[test]

@@ -22,9 +22,8 @@ use std::sync::Arc;
 use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio, MmioAddress, PortAddress, PortIo};
 use vmm_core::emulator::{
     Breakpoints, BusError, CpuState, Emulator, GuestBus, RegisterFile, RunOnStep, Segment,
-    SegmentRegister, RFLAGS_FIXED,
+    RFLAGS_FIXED,
 };
-use vmm_core::paging::ControlRegisters;
 use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_core::vcpu::{run, Event, Exit, MsrFile, NoInterrupts, Slice, VcpuBackend};
 use vmm_core::vm::Vm;
@@ -143,39 +142,7 @@ struct Scripted {
 }
 
 impl CpuState for Scripted {
-    fn gpr(&self, i: usize) -> u64 {
-        self.regs.gpr(i)
-    }
-    fn set_gpr(&mut self, i: usize, v: u64) {
-        self.regs.set_gpr(i, v)
-    }
-    fn rip(&self) -> u64 {
-        self.regs.rip
-    }
-    fn set_rip(&mut self, v: u64) {
-        self.regs.rip = v
-    }
-    fn rflags(&self) -> u64 {
-        self.regs.rflags
-    }
-    fn set_rflags(&mut self, v: u64) {
-        self.regs.rflags = v
-    }
-    fn segment(&self, s: Segment) -> SegmentRegister {
-        self.regs.segment(s)
-    }
-    fn control(&self) -> ControlRegisters {
-        self.regs.control
-    }
-    fn cpl(&self) -> u8 {
-        self.regs.cpl()
-    }
-    fn xmm(&self, i: usize) -> u128 {
-        self.regs.xmm(i)
-    }
-    fn set_xmm(&mut self, i: usize, v: u128) {
-        self.regs.set_xmm(i, v)
-    }
+    vmm_core::test_host::delegate_cpu_state!(regs);
 }
 
 impl VcpuBackend for Scripted {

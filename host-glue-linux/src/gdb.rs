@@ -35,10 +35,8 @@ use gdbstub_arch::x86::reg::X86_64CoreRegs;
 use gdbstub_arch::x86::X86_64_SSE;
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
-use vmm_core::emulator::{CpuState, Segment};
-use vmm_core::host_debug::{
-    self, BreakOn, Breakpoint, Planted, StopKind, StopReason, GDB_GPR_ORDER,
-};
+use vmm_core::emulator::CpuState;
+use vmm_core::host_debug::{self, BreakOn, Breakpoint, Planted, StopKind, StopReason};
 use vmm_devices::pc::Pc;
 
 /// How long an idle stub waits for gdb before the runner looks at its
@@ -117,35 +115,17 @@ impl Target for Machine {
 
 impl SingleThreadBase for Machine {
     fn read_registers(&mut self, regs: &mut X86_64CoreRegs) -> TargetResult<(), Self> {
-        for (i, r) in GDB_GPR_ORDER.iter().enumerate() {
-            regs.regs[i] = self.vcpu.gpr(*r);
-        }
-        regs.rip = self.vcpu.rip();
-        regs.eflags = self.vcpu.rflags() as u32;
-        let sel = |s| u32::from(self.vcpu.segment(s).selector);
-        regs.segments.cs = sel(Segment::Cs);
-        regs.segments.ss = sel(Segment::Ss);
-        regs.segments.ds = sel(Segment::Ds);
-        regs.segments.es = sel(Segment::Es);
-        regs.segments.fs = sel(Segment::Fs);
-        regs.segments.gs = sel(Segment::Gs);
+        let read = host_debug::read_gdb_registers(&self.vcpu);
+        regs.regs = read.gprs;
+        regs.rip = read.rip;
+        regs.eflags = read.eflags;
+        let s = &mut regs.segments;
+        [s.cs, s.ss, s.ds, s.es, s.fs, s.gs] = read.selectors;
         Ok(())
     }
 
     fn write_registers(&mut self, regs: &X86_64CoreRegs) -> TargetResult<(), Self> {
-        for (i, r) in GDB_GPR_ORDER.iter().enumerate() {
-            if self.vcpu.gpr(*r) != regs.regs[i] {
-                self.vcpu.set_gpr(*r, regs.regs[i]);
-            }
-        }
-        if self.vcpu.rip() != regs.rip {
-            self.vcpu.set_rip(regs.rip);
-        }
-        // RFLAGS bit 1 is always set; the rest as gdb says.
-        let flags = (self.vcpu.rflags() & !0xffff_ffff) | u64::from(regs.eflags) | 2;
-        if self.vcpu.rflags() != flags {
-            self.vcpu.set_rflags(flags);
-        }
+        host_debug::write_gdb_registers(&mut self.vcpu, &regs.regs, regs.rip, regs.eflags);
         Ok(())
     }
 

@@ -59,27 +59,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vmm_core::host::Host;
-use vmm_core::vcpu::{Prepared, RunOutcome, Turn};
+use vmm_core::vcpu::{Prepared, RunOutcome, Turn, VcpuPlace};
 use vmm_core::vm::StopReason;
 use vmm_devices::pc::{Pc, WakeSignals};
 
-/// Where a vCPU's thread is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Place {
-    /// Preparing an entry or handling an exit (it looks at what waits
-    /// for it before it enters again), or not started yet.
-    Busy,
-    /// In KVM_RUN, or about to be.
-    Guest,
-    /// Asleep in a halt or waiting for a start-up IPI.
-    Asleep,
-    /// Woken from its sleep, not yet back at the lock.
-    Waking,
-}
-
 /// One vCPU as the others see it.
 struct CpuSlot {
-    place: Place,
+    place: VcpuPlace,
     /// What waited for it when it last entered its guest or fell asleep.
     seen: WakeSignals,
     /// Kicked since it last entered.
@@ -151,19 +137,19 @@ impl State {
     /// module's documentation); `wake` holds their condition variables.
     fn wake_targets(&mut self, wake: &[Condvar]) {
         for (j, cpu) in self.cpus.iter_mut().enumerate() {
-            let looks =
-                matches!(cpu.place, Place::Asleep) || (cpu.place == Place::Guest && !cpu.kicked);
+            let looks = matches!(cpu.place, VcpuPlace::Asleep)
+                || (cpu.place == VcpuPlace::Guest && !cpu.kicked);
             if !looks || !self.pc.wake_signals(j).newer_than(&cpu.seen) {
                 continue;
             }
-            if cpu.place == Place::Guest {
+            if cpu.place == VcpuPlace::Guest {
                 if let Some(t) = &cpu.timer {
                     t.fire_now();
                 }
                 cpu.kicked = true;
                 cpu.kicks += 1;
             } else {
-                cpu.place = Place::Waking;
+                cpu.place = VcpuPlace::Waking;
                 if let Some(cv) = wake.get(j) {
                     cv.notify_one();
                 }
@@ -186,7 +172,7 @@ impl State {
 
     /// Every vCPU asleep, none being woken.
     fn all_asleep(&self) -> bool {
-        self.cpus.iter().all(|c| c.place == Place::Asleep)
+        self.cpus.iter().all(|c| c.place == VcpuPlace::Asleep)
     }
 }
 
@@ -273,7 +259,7 @@ impl VcpuThreads {
         let cpus = vcpus
             .iter()
             .map(|_| CpuSlot {
-                place: Place::Busy,
+                place: VcpuPlace::Busy,
                 seen: WakeSignals::default(),
                 kicked: false,
                 timer: None,
@@ -528,7 +514,7 @@ fn vcpu_thread(shared: &Shared, index: usize, mut vcpu: KvmVcpu) -> ThreadReport
         }
         if state.paused {
             // Hand the vCPU over (a snapshot takes it) until the resume.
-            state.cpus[index].place = Place::Busy;
+            state.cpus[index].place = VcpuPlace::Busy;
             state.parked[index] = Some(vcpu);
             shared.main.notify_all();
             while state.paused && !state.ended {
@@ -572,7 +558,7 @@ fn vcpu_thread(shared: &Shared, index: usize, mut vcpu: KvmVcpu) -> ThreadReport
         }
         let seen = state.pc.wake_signals(index);
         let cpu = &mut state.cpus[index];
-        cpu.place = Place::Guest;
+        cpu.place = VcpuPlace::Guest;
         cpu.seen = seen;
         cpu.kicked = false;
         state.wake_targets(&shared.wake);
@@ -582,7 +568,7 @@ fn vcpu_thread(shared: &Shared, index: usize, mut vcpu: KvmVcpu) -> ThreadReport
         let in_guest = entered_at.elapsed().as_nanos() as u64;
         state = shared.lock();
         let cpu = &mut state.cpus[index];
-        cpu.place = Place::Busy;
+        cpu.place = VcpuPlace::Busy;
         cpu.exits += 1;
         cpu.guest_ns += in_guest;
         let exit = vcpu.after_exit(state.pc.vm_mut(), entered);
@@ -629,7 +615,7 @@ fn sleep<'a>(
 ) -> MutexGuard<'a, State> {
     let seen = state.pc.wake_signals(index);
     let cpu = &mut state.cpus[index];
-    cpu.place = Place::Asleep;
+    cpu.place = VcpuPlace::Asleep;
     cpu.seen = seen;
     // What this vCPU did last (an IPI, say) may wake another.
     state.wake_targets(&shared.wake);
@@ -639,7 +625,7 @@ fn sleep<'a>(
             rip: 0,
             interrupts_enabled: false,
         });
-        state.cpus[index].place = Place::Busy;
+        state.cpus[index].place = VcpuPlace::Busy;
         return state;
     }
     // The device timers need one thread to watch them: a vCPU in its
@@ -653,7 +639,7 @@ fn sleep<'a>(
         .cpus
         .iter()
         .enumerate()
-        .any(|(j, c)| j != index && c.place != Place::Asleep);
+        .any(|(j, c)| j != index && c.place != VcpuPlace::Asleep);
     let timeout = next
         .filter(|_| !others_watch)
         .map(|due| Duration::from_nanos(due.saturating_sub(host.now_ns())));
@@ -664,7 +650,7 @@ fn sleep<'a>(
     // on a busy host disturbs the siblings (a TSC calibration failed so).
     let timeout = Some(timeout.map_or(SLEEP_CAP, |t| t.min(SLEEP_CAP)));
     state = nap(shared, index, state, timeout);
-    state.cpus[index].place = Place::Busy;
+    state.cpus[index].place = VcpuPlace::Busy;
     state
 }
 

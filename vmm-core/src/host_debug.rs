@@ -14,8 +14,10 @@
 //! stubs keep what gdb planted in a [`Planted`] (INT3s in guest memory,
 //! breakpoints and watchpoints for the debug registers), tell a stop with
 //! [`Planted::reason`], read and write memory with [`read_linear`] and
-//! [`write_linear`], and order registers by [`GDB_GPR_ORDER`].
+//! [`write_linear`], and read and write the vCPU's registers as gdb
+//! orders them ([`read_gdb_registers`], [`write_gdb_registers`]).
 
+use crate::emulator::{CpuState, Segment};
 use crate::memory::GuestMemory;
 use crate::paging::{Access, AccessKind, ControlRegisters, PageTableMemory, Walker};
 use alloc::vec::Vec;
@@ -27,6 +29,64 @@ pub const INT3: u8 = 0xcc;
 /// RDI, RBP, RSP, R8-R15) as indexes of the emulator's GPRs (RAX, RCX,
 /// RDX, RBX, RSP, RBP, RSI, RDI, R8-R15).
 pub const GDB_GPR_ORDER: [usize; 16] = [0, 3, 1, 2, 6, 7, 5, 4, 8, 9, 10, 11, 12, 13, 14, 15];
+
+/// The registers of gdb's x86-64 core set that a stub reads from a vCPU,
+/// in gdb's order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GdbRegisters {
+    /// RAX, RBX, RCX, RDX, RSI, RDI, RBP, RSP, R8-R15 ([`GDB_GPR_ORDER`]).
+    pub gprs: [u64; 16],
+    /// RIP.
+    pub rip: u64,
+    /// EFLAGS: the low half of RFLAGS.
+    pub eflags: u32,
+    /// The selectors of CS, SS, DS, ES, FS and GS.
+    pub selectors: [u32; 6],
+}
+
+/// The registers gdb reads of `cpu`.
+pub fn read_gdb_registers<C: CpuState + ?Sized>(cpu: &C) -> GdbRegisters {
+    let selector = |s| u32::from(cpu.segment(s).selector);
+    GdbRegisters {
+        gprs: GDB_GPR_ORDER.map(|r| cpu.gpr(r)),
+        rip: cpu.rip(),
+        eflags: cpu.rflags() as u32,
+        selectors: [
+            Segment::Cs,
+            Segment::Ss,
+            Segment::Ds,
+            Segment::Es,
+            Segment::Fs,
+            Segment::Gs,
+        ]
+        .map(selector),
+    }
+}
+
+/// Give `cpu` the registers gdb wrote: the general-purpose registers (in
+/// gdb's order, [`GDB_GPR_ORDER`]), RIP, and EFLAGS as the low half of
+/// RFLAGS (the high half kept, bit 1 always set, TF, IF and the rest as
+/// gdb says). Only a register whose value changes is written. Segment
+/// selectors are not loaded: a stub takes gdb's as they are.
+pub fn write_gdb_registers<C: CpuState + ?Sized>(
+    cpu: &mut C,
+    gprs: &[u64; 16],
+    rip: u64,
+    eflags: u32,
+) {
+    for (&r, &value) in GDB_GPR_ORDER.iter().zip(gprs) {
+        if cpu.gpr(r) != value {
+            cpu.set_gpr(r, value);
+        }
+    }
+    if cpu.rip() != rip {
+        cpu.set_rip(rip);
+    }
+    let flags = (cpu.rflags() & !0xffff_ffff) | u64::from(eflags) | 2;
+    if cpu.rflags() != flags {
+        cpu.set_rflags(flags);
+    }
+}
 
 /// What a debug-register breakpoint fires on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -470,6 +530,52 @@ mod tests {
         let mut seen = GDB_GPR_ORDER;
         seen.sort_unstable();
         assert_eq!(seen, core::array::from_fn::<usize, 16, _>(|i| i));
+    }
+
+    /// gdb sees RAX, RBX, RCX, RDX, ... in its order, and what it writes
+    /// lands in the same registers, with RFLAGS' high half and bit 1 kept.
+    #[test]
+    fn gdb_registers_read_and_write_in_gdbs_order() {
+        use crate::emulator::RegisterFile;
+        let mut cpu = RegisterFile::long_mode(0x1000);
+        for i in 0..16 {
+            cpu.set_gpr(i, 0x100 + i as u64);
+        }
+        cpu.rip = 0x4000;
+        cpu.rflags = (1 << 40) | 0x202;
+        for (s, selector) in [
+            (Segment::Es, 0x20),
+            (Segment::Cs, 0x08),
+            (Segment::Ss, 0x10),
+            (Segment::Ds, 0x18),
+            (Segment::Fs, 0x28),
+            (Segment::Gs, 0x33),
+        ] {
+            cpu.segments[s as usize].selector = selector;
+        }
+        let regs = read_gdb_registers(&cpu);
+        // RAX, RBX (index 3), RCX (1), RDX (2), RSI (6), RDI (7), RBP, RSP.
+        assert_eq!(
+            regs.gprs[..8],
+            [0x100, 0x103, 0x101, 0x102, 0x106, 0x107, 0x105, 0x104]
+        );
+        assert_eq!(
+            regs.gprs[8..],
+            core::array::from_fn::<u64, 8, _>(|i| 0x108 + i as u64)
+        );
+        assert_eq!(regs.rip, 0x4000);
+        assert_eq!(regs.eflags, 0x202);
+        // CS, SS, DS, ES, FS, GS.
+        assert_eq!(regs.selectors, [0x08, 0x10, 0x18, 0x20, 0x28, 0x33]);
+
+        let mut gprs = regs.gprs;
+        gprs[1] = 0xbbbb; // RBX
+        write_gdb_registers(&mut cpu, &gprs, 0x5000, 0x100);
+        assert_eq!(cpu.gpr(3), 0xbbbb);
+        assert_eq!(cpu.gpr(1), 0x101);
+        assert_eq!(cpu.rip, 0x5000);
+        // TF as gdb says, IF cleared, bit 1 and the high half kept.
+        assert_eq!(cpu.rflags, (1 << 40) | 0x102);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! one expression.
 
 use crate::device::{ClaimError, Device, DeviceId};
-use crate::emulator::{CpuState, DescriptorTable, RegisterFile, Segment, SegmentRegister};
+use crate::emulator::{CpuState, DescriptorTable, RegisterFile, SegmentRegister};
 use crate::host::{Host, HostError, HostMemory, HostPhysAddr};
 use crate::irq::IrqLine;
 use crate::memory::{GuestMemory, MemoryError};
@@ -315,6 +315,80 @@ impl TestVmBuilder {
     }
 }
 
+/// Writes the required methods of [`CpuState`] (general-purpose registers,
+/// RIP, RFLAGS, segments, control registers, XMM) for a test vCPU that keeps
+/// its registers in a field: a [`RegisterFile`], or another test vCPU it
+/// wraps. Each method reads or writes that field through its own
+/// [`CpuState`]. Use it inside the `impl CpuState` block, naming the field
+/// (`regs`, or `0` for a tuple struct):
+///
+/// ```
+/// use vmm_core::emulator::{CpuState, RegisterFile};
+///
+/// struct Probe {
+///     regs: RegisterFile,
+///     shadows: u32,
+/// }
+///
+/// impl CpuState for Probe {
+///     vmm_core::test_host::delegate_cpu_state!(regs);
+///     // Anything else the test needs is written as usual.
+///     fn set_mov_ss_shadow(&mut self) {
+///         self.shadows += 1;
+///     }
+/// }
+///
+/// let mut probe = Probe { regs: RegisterFile::real_mode(), shadows: 0 };
+/// probe.set_gpr(0, 7);
+/// assert_eq!(probe.regs.gprs[0], 7);
+/// // The provided methods keep the trait's defaults, not the register
+/// // file's: this vCPU offers no YMM state although the file has it.
+/// assert_eq!(probe.ymm_upper(0), None);
+/// ```
+///
+/// Only the required methods are written: the provided ones (CPL, PKRU,
+/// YMM, x87, descriptor tables, the caches, ...) keep [`CpuState`]'s
+/// defaults unless the block overrides them, so what the emulator may do
+/// on such a vCPU is the test's choice, not the field's.
+pub use crate::__delegate_cpu_state as delegate_cpu_state;
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __delegate_cpu_state {
+    ($field:tt) => {
+        fn gpr(&self, index: usize) -> u64 {
+            $crate::emulator::CpuState::gpr(&self.$field, index)
+        }
+        fn set_gpr(&mut self, index: usize, value: u64) {
+            $crate::emulator::CpuState::set_gpr(&mut self.$field, index, value)
+        }
+        fn rip(&self) -> u64 {
+            $crate::emulator::CpuState::rip(&self.$field)
+        }
+        fn set_rip(&mut self, value: u64) {
+            $crate::emulator::CpuState::set_rip(&mut self.$field, value)
+        }
+        fn rflags(&self) -> u64 {
+            $crate::emulator::CpuState::rflags(&self.$field)
+        }
+        fn set_rflags(&mut self, value: u64) {
+            $crate::emulator::CpuState::set_rflags(&mut self.$field, value)
+        }
+        fn segment(&self, segment: $crate::emulator::Segment) -> $crate::emulator::SegmentRegister {
+            $crate::emulator::CpuState::segment(&self.$field, segment)
+        }
+        fn control(&self) -> $crate::paging::ControlRegisters {
+            $crate::emulator::CpuState::control(&self.$field)
+        }
+        fn xmm(&self, index: usize) -> u128 {
+            $crate::emulator::CpuState::xmm(&self.$field, index)
+        }
+        fn set_xmm(&mut self, index: usize, value: u128) {
+            $crate::emulator::CpuState::set_xmm(&mut self.$field, index, value)
+        }
+    };
+}
+
 /// A vCPU backend for tests and fuzzers that replays device-access exits
 /// (`Exit::DeviceAccess`, as KVM reports them) with their data buffers, in
 /// order, then reports `Exit::Preempted`. What the exit loop left in each
@@ -348,36 +422,7 @@ impl ReplayVcpu {
 }
 
 impl CpuState for ReplayVcpu {
-    fn gpr(&self, i: usize) -> u64 {
-        self.regs.gpr(i)
-    }
-    fn set_gpr(&mut self, i: usize, v: u64) {
-        self.regs.set_gpr(i, v)
-    }
-    fn rip(&self) -> u64 {
-        self.regs.rip
-    }
-    fn set_rip(&mut self, v: u64) {
-        self.regs.rip = v
-    }
-    fn rflags(&self) -> u64 {
-        self.regs.rflags
-    }
-    fn set_rflags(&mut self, v: u64) {
-        self.regs.rflags = v
-    }
-    fn segment(&self, s: Segment) -> SegmentRegister {
-        self.regs.segment(s)
-    }
-    fn control(&self) -> ControlRegisters {
-        self.regs.control
-    }
-    fn xmm(&self, i: usize) -> u128 {
-        self.regs.xmm(i)
-    }
-    fn set_xmm(&mut self, i: usize, v: u128) {
-        self.regs.set_xmm(i, v)
-    }
+    delegate_cpu_state!(regs);
 }
 
 impl VcpuBackend for ReplayVcpu {

@@ -8,10 +8,9 @@ use vmm_core::device::{
 };
 use vmm_core::emulator::{
     AccessHint, Breakpoints, CpuState, DescriptorState, Exception, Hints, InstructionBytes,
-    RegisterFile, Segment, SegmentRegister, RFLAGS_FIXED, RFLAGS_IF, RFLAGS_TF,
+    RegisterFile, Segment, RFLAGS_FIXED, RFLAGS_IF, RFLAGS_TF,
 };
 use vmm_core::host::Host;
-use vmm_core::paging::ControlRegisters;
 use vmm_core::shadow_paging::{FaultOutcome, GuestFault, ShadowError};
 use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_core::vcpu::{
@@ -52,36 +51,7 @@ impl Scripted {
 }
 
 impl CpuState for Scripted {
-    fn gpr(&self, i: usize) -> u64 {
-        self.regs.gpr(i)
-    }
-    fn set_gpr(&mut self, i: usize, v: u64) {
-        self.regs.set_gpr(i, v)
-    }
-    fn rip(&self) -> u64 {
-        self.regs.rip
-    }
-    fn set_rip(&mut self, v: u64) {
-        self.regs.rip = v
-    }
-    fn rflags(&self) -> u64 {
-        self.regs.rflags
-    }
-    fn set_rflags(&mut self, v: u64) {
-        self.regs.rflags = v
-    }
-    fn segment(&self, s: Segment) -> SegmentRegister {
-        self.regs.segment(s)
-    }
-    fn control(&self) -> ControlRegisters {
-        self.regs.control
-    }
-    fn xmm(&self, i: usize) -> u128 {
-        self.regs.xmm(i)
-    }
-    fn set_xmm(&mut self, i: usize, v: u128) {
-        self.regs.set_xmm(i, v)
-    }
+    vmm_core::test_host::delegate_cpu_state!(regs);
     fn descriptor_state(&mut self) -> Option<&mut dyn DescriptorState> {
         Some(&mut self.regs)
     }
@@ -751,15 +721,19 @@ impl InterruptSource for FlagInterrupt {
     }
 }
 
-#[test]
-fn hlt_sleeps_until_a_timer_interrupt_and_then_retires() {
+/// A VM with a one-shot timer at `at_ns` and its interrupt, and a vCPU
+/// with interrupts open on a HLT at 0x100 whose script is `exits`.
+fn hlt_before_a_timer(
+    at_ns: u64,
+    exits: Vec<Exit>,
+) -> (Arc<TestHost>, Vm, FlagInterrupt, Scripted) {
     let host = Arc::new(TestHost::new());
     let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut vm = TestVmBuilder::new(host.clone(), 1)
+    let vm = TestVmBuilder::new(host.clone(), 1)
         .ram(0x10_0000)
         .device(
             OneShot {
-                at_ns: 5_000_000,
+                at_ns,
                 fired: fired.clone(),
             },
             &[],
@@ -771,9 +745,18 @@ fn hlt_sleeps_until_a_timer_interrupt_and_then_retires() {
         fired,
         taken: false.into(),
     };
-    let mut cpu = Scripted::new(vec![Exit::Hlt { next_rip: 0x101 }, Exit::Shutdown]);
+    let mut cpu = Scripted::new(exits);
     cpu.regs.rip = 0x100;
     cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_IF;
+    (host, vm, irq, cpu)
+}
+
+#[test]
+fn hlt_sleeps_until_a_timer_interrupt_and_then_retires() {
+    let (host, mut vm, irq, mut cpu) = hlt_before_a_timer(
+        5_000_000,
+        vec![Exit::Hlt { next_rip: 0x101 }, Exit::Shutdown],
+    );
     let outcome = run(
         &mut cpu,
         &mut vm,
@@ -807,27 +790,8 @@ fn hlt_with_nothing_to_wake_it_stops_the_vm() {
 
 #[test]
 fn a_halted_vcpu_stays_halted_across_slices() {
-    let host = Arc::new(TestHost::new());
-    let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut vm = TestVmBuilder::new(host.clone(), 1)
-        .ram(0x10_0000)
-        .device(
-            OneShot {
-                at_ns: 50_000_000,
-                fired: fired.clone(),
-            },
-            &[],
-            &[],
-        )
-        .build()
-        .unwrap();
-    let irq = FlagInterrupt {
-        fired,
-        taken: false.into(),
-    };
-    let mut cpu = Scripted::new(vec![Exit::Hlt { next_rip: 0x101 }]);
-    cpu.regs.rip = 0x100;
-    cpu.regs.rflags = RFLAGS_FIXED | RFLAGS_IF;
+    let (host, mut vm, irq, mut cpu) =
+        hlt_before_a_timer(50_000_000, vec![Exit::Hlt { next_rip: 0x101 }]);
     let slice = Slice {
         max_exits: 100,
         until_ns: Some(10_000_000),
@@ -998,36 +962,7 @@ fn repeated_exits_that_change_state_or_move_on_are_not_stopped() {
     let limit = vmm_core::vcpu::NO_PROGRESS_LIMIT as usize;
     struct Counting(Scripted);
     impl CpuState for Counting {
-        fn gpr(&self, i: usize) -> u64 {
-            self.0.gpr(i)
-        }
-        fn set_gpr(&mut self, i: usize, v: u64) {
-            self.0.set_gpr(i, v)
-        }
-        fn rip(&self) -> u64 {
-            self.0.rip()
-        }
-        fn set_rip(&mut self, v: u64) {
-            self.0.set_rip(v)
-        }
-        fn rflags(&self) -> u64 {
-            self.0.rflags()
-        }
-        fn set_rflags(&mut self, v: u64) {
-            self.0.set_rflags(v)
-        }
-        fn segment(&self, s: Segment) -> SegmentRegister {
-            self.0.segment(s)
-        }
-        fn control(&self) -> ControlRegisters {
-            self.0.control()
-        }
-        fn xmm(&self, i: usize) -> u128 {
-            self.0.xmm(i)
-        }
-        fn set_xmm(&mut self, i: usize, v: u128) {
-            self.0.set_xmm(i, v)
-        }
+        vmm_core::test_host::delegate_cpu_state!(0);
     }
     impl VcpuBackend for Counting {
         fn run(&mut self, vm: &mut Vm) -> Exit {
@@ -1113,36 +1048,7 @@ struct Shadowed {
 }
 
 impl CpuState for Shadowed {
-    fn gpr(&self, i: usize) -> u64 {
-        self.cpu.gpr(i)
-    }
-    fn set_gpr(&mut self, i: usize, v: u64) {
-        self.cpu.set_gpr(i, v)
-    }
-    fn rip(&self) -> u64 {
-        self.cpu.rip()
-    }
-    fn set_rip(&mut self, v: u64) {
-        self.cpu.set_rip(v)
-    }
-    fn rflags(&self) -> u64 {
-        self.cpu.rflags()
-    }
-    fn set_rflags(&mut self, v: u64) {
-        self.cpu.set_rflags(v)
-    }
-    fn segment(&self, s: Segment) -> SegmentRegister {
-        self.cpu.segment(s)
-    }
-    fn control(&self) -> ControlRegisters {
-        self.cpu.control()
-    }
-    fn xmm(&self, i: usize) -> u128 {
-        self.cpu.xmm(i)
-    }
-    fn set_xmm(&mut self, i: usize, v: u128) {
-        self.cpu.set_xmm(i, v)
-    }
+    vmm_core::test_host::delegate_cpu_state!(cpu);
 }
 
 impl VcpuBackend for Shadowed {

@@ -7,10 +7,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo};
 use vmm_core::emulator::{
-    Breakpoints, CpuState, Emulator, RegisterFile, RunOnStep, Segment, SegmentRegister, RFLAGS_IF,
-    RFLAGS_TF,
+    Breakpoints, CpuState, Emulator, RegisterFile, RunOnStep, Segment, RFLAGS_IF, RFLAGS_TF,
 };
-use vmm_core::paging::ControlRegisters;
 use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_core::vcpu::{
     run, Event, Exit, InterruptSource, MsrFile, NoInterrupts, RunOnSites, RunOutcome, Slice,
@@ -40,36 +38,7 @@ impl Scripted {
 }
 
 impl CpuState for Scripted {
-    fn gpr(&self, i: usize) -> u64 {
-        self.regs.gpr(i)
-    }
-    fn set_gpr(&mut self, i: usize, v: u64) {
-        self.regs.set_gpr(i, v)
-    }
-    fn rip(&self) -> u64 {
-        self.regs.rip
-    }
-    fn set_rip(&mut self, v: u64) {
-        self.regs.rip = v
-    }
-    fn rflags(&self) -> u64 {
-        self.regs.rflags
-    }
-    fn set_rflags(&mut self, v: u64) {
-        self.regs.rflags = v
-    }
-    fn segment(&self, s: Segment) -> SegmentRegister {
-        self.regs.segment(s)
-    }
-    fn control(&self) -> ControlRegisters {
-        self.regs.control
-    }
-    fn xmm(&self, i: usize) -> u128 {
-        self.regs.xmm(i)
-    }
-    fn set_xmm(&mut self, i: usize, v: u128) {
-        self.regs.set_xmm(i, v)
-    }
+    vmm_core::test_host::delegate_cpu_state!(regs);
 }
 
 impl VcpuBackend for Scripted {

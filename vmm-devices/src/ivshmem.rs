@@ -55,8 +55,7 @@
 
 use crate::pci::msix::{MsiTarget, Msix};
 use crate::pci::{
-    Bar, BarKind, ConfigSpace, InterruptPin, PciFunction, PciIds, PciRegion, RegionId,
-    COMMAND_INTX_DISABLE, REG_STATUS, STATUS_INTERRUPT,
+    Bar, BarKind, ConfigSpace, InterruptPin, PciFunction, PciIds, PciRegion, RegionId, REG_STATUS,
 };
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -365,15 +364,9 @@ impl Ivshmem {
     }
 
     fn update_intx(&mut self) {
-        let pending = self.intr_status & self.intr_mask & 1 != 0;
-        let status = self.config.read_u16(REG_STATUS);
-        let status = if pending {
-            status | STATUS_INTERRUPT
-        } else {
-            status & !STATUS_INTERRUPT
-        };
-        self.config.set_u16(REG_STATUS, status);
-        let level = pending && self.config.command() & COMMAND_INTX_DISABLE == 0;
+        let level = self
+            .config
+            .intx_level(self.intr_status & self.intr_mask & 1 != 0);
         if level != self.intx_level {
             self.intx_level = level;
             self.intx.set_level(level);

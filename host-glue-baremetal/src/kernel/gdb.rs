@@ -33,8 +33,7 @@ use gdbstub::target::ext::breakpoints::{
 use gdbstub::target::{Target, TargetError, TargetResult};
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
 use gdbstub_arch::x86::X86_64_SSE;
-use vmm_core::emulator::Segment;
-use vmm_core::host_debug::{self, BreakOn, Breakpoint, DebugStop, StopReason, GDB_GPR_ORDER};
+use vmm_core::host_debug::{self, BreakOn, Breakpoint, DebugStop, StopReason};
 
 /// What gdb has planted in one guest.
 pub use vmm_core::host_debug::Planted;
@@ -123,36 +122,18 @@ impl Target for Guest<'_> {
 impl SingleThreadBase for Guest<'_> {
     fn read_registers(&mut self, regs: &mut X86_64CoreRegs) -> TargetResult<(), Self> {
         let cpu = self.vcpus[0].cpu();
-        for (i, r) in GDB_GPR_ORDER.iter().enumerate() {
-            regs.regs[i] = cpu.gpr(*r);
-        }
-        regs.rip = cpu.rip();
-        regs.eflags = cpu.rflags() as u32;
-        let sel = |s| u32::from(cpu.segment(s).selector);
-        regs.segments.cs = sel(Segment::Cs);
-        regs.segments.ss = sel(Segment::Ss);
-        regs.segments.ds = sel(Segment::Ds);
-        regs.segments.es = sel(Segment::Es);
-        regs.segments.fs = sel(Segment::Fs);
-        regs.segments.gs = sel(Segment::Gs);
+        let read = host_debug::read_gdb_registers(cpu);
+        regs.regs = read.gprs;
+        regs.rip = read.rip;
+        regs.eflags = read.eflags;
+        let s = &mut regs.segments;
+        [s.cs, s.ss, s.ds, s.es, s.fs, s.gs] = read.selectors;
         Ok(())
     }
 
     fn write_registers(&mut self, regs: &X86_64CoreRegs) -> TargetResult<(), Self> {
         let cpu = self.vcpus[0].cpu();
-        for (i, r) in GDB_GPR_ORDER.iter().enumerate() {
-            if cpu.gpr(*r) != regs.regs[i] {
-                cpu.set_gpr(*r, regs.regs[i]);
-            }
-        }
-        if cpu.rip() != regs.rip {
-            cpu.set_rip(regs.rip);
-        }
-        // RFLAGS bit 1 is always set; TF, IF and the rest as gdb says.
-        let flags = (cpu.rflags() & !0xffff_ffff) | u64::from(regs.eflags) | 2;
-        if cpu.rflags() != flags {
-            cpu.set_rflags(flags);
-        }
+        host_debug::write_gdb_registers(cpu, &regs.regs, regs.rip, regs.eflags);
         Ok(())
     }
 

@@ -40,7 +40,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use spin::Mutex;
-use vmm_core::vcpu::{Exit, Prepared, RunOutcome, Turn};
+use vmm_core::vcpu::{Exit, Prepared, RunOutcome, Turn, VcpuPlace};
 use vmm_core::vm::StopReason;
 use vmm_devices::pc::{Pc, WakeSignals};
 
@@ -50,25 +50,11 @@ pub const SLICE_NS: u64 = 2_000_000;
 /// look at nothing else: a long turn costs nothing).
 const ALONE_SLICE_NS: u64 = 10_000_000;
 
-/// Where a vCPU is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Place {
-    /// Its CPU prepares an entry or handles an exit, or it waits for its
-    /// turn of the CPU.
-    Busy,
-    /// In its guest (or about to be, the lock let go).
-    Guest,
-    /// Halted or waiting for a start-up IPI.
-    Asleep,
-    /// Asleep, and something new waits for it: its CPU runs it next.
-    Waking,
-}
-
 /// One vCPU as the others see it.
 struct Slot {
     /// The host CPU that runs it.
     host_cpu: usize,
-    place: Place,
+    place: VcpuPlace,
     /// What waited for it when it last entered its guest or fell asleep.
     seen: WakeSignals,
     /// Kicked since it last entered.
@@ -114,13 +100,13 @@ fn wake_targets(pc: &Pc, cpus: &mut [Slot], me: usize, map_changed: bool) {
             continue;
         }
         let send = match slot.place {
-            Place::Guest if !slot.kicked && (map_changed || news(pc, slot, j)) => {
+            VcpuPlace::Guest if !slot.kicked && (map_changed || news(pc, slot, j)) => {
                 slot.kicked = true;
                 slot.kicks += 1;
                 true
             }
-            Place::Asleep if news(pc, slot, j) => {
-                slot.place = Place::Waking;
+            VcpuPlace::Asleep if news(pc, slot, j) => {
+                slot.place = VcpuPlace::Waking;
                 true
             }
             _ => false,
@@ -179,7 +165,7 @@ impl SpreadPc {
         let slots = (0..count)
             .map(|j| Slot {
                 host_cpu: (first + j) % cpus.max(1),
-                place: Place::Busy,
+                place: VcpuPlace::Busy,
                 seen: WakeSignals::default(),
                 kicked: false,
                 turns: 0,
@@ -294,13 +280,13 @@ impl Task {
             st.end(StopReason::Backend(String::from("a spread VM is not a PC")));
             return true;
         };
-        if matches!(cpus[me].place, Place::Asleep) {
+        if matches!(cpus[me].place, VcpuPlace::Asleep) {
             // Due device timers fire here (and may wake this vCPU or
             // others).
             *next_timer = pc.next_timer();
             wake_targets(pc, cpus, me, false);
             if !news(pc, &cpus[me], me) {
-                if cpus.iter().all(|c| c.place == Place::Asleep) && next_timer.is_none() {
+                if cpus.iter().all(|c| c.place == VcpuPlace::Asleep) && next_timer.is_none() {
                     // Nothing can ever wake them.
                     st.end(StopReason::Halted {
                         rip: 0,
@@ -310,7 +296,7 @@ impl Task {
                 return false;
             }
         }
-        cpus[me].place = Place::Busy;
+        cpus[me].place = VcpuPlace::Busy;
         cpus[me].turns += 1;
         let _turn = smp::TurnGuard::enter();
         let until = time::now_ns() + slice_ns;
@@ -331,7 +317,7 @@ impl Task {
                 Prepared::Return(RunOutcome::SliceEnded) => {
                     if pc.vm().vcpu_parked(me) {
                         cpus[me].seen = pc.wake_signals(me);
-                        cpus[me].place = Place::Asleep;
+                        cpus[me].place = VcpuPlace::Asleep;
                     }
                     break;
                 }
@@ -350,7 +336,7 @@ impl Task {
                 };
                 first = false;
                 cpus[me].seen = pc.wake_signals(me);
-                cpus[me].place = Place::Guest;
+                cpus[me].place = VcpuPlace::Guest;
                 cpus[me].kicked = false;
                 cpus[me].entries += 1;
                 wake_targets(pc, cpus, me, false);
@@ -363,7 +349,7 @@ impl Task {
                 let Some((pc, cpus)) = guard.parts() else {
                     break Exit::Preempted;
                 };
-                cpus[me].place = Place::Busy;
+                cpus[me].place = VcpuPlace::Busy;
                 if let Some(exit) = vcpu.end_entry(pc.vm_mut(), entry) {
                     break exit;
                 }

@@ -7,6 +7,7 @@
 //! processor generations.
 
 use super::cpu::{RFLAGS_AF, RFLAGS_CF, RFLAGS_OF, RFLAGS_PF, RFLAGS_SF, RFLAGS_STATUS, RFLAGS_ZF};
+use iced_x86::Mnemonic;
 
 /// A two-operand arithmetic or logic operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +153,78 @@ pub(crate) fn condition(cc: u8, rflags: u64) -> bool {
     v != (cc & 1 != 0)
 }
 
+/// The condition code ([`condition`]'s `cc`) of a Jcc, `None` for any
+/// other mnemonic.
+pub(crate) fn jcc_condition(m: Mnemonic) -> Option<u8> {
+    Some(match m {
+        Mnemonic::Jo => 0,
+        Mnemonic::Jno => 1,
+        Mnemonic::Jb => 2,
+        Mnemonic::Jae => 3,
+        Mnemonic::Je => 4,
+        Mnemonic::Jne => 5,
+        Mnemonic::Jbe => 6,
+        Mnemonic::Ja => 7,
+        Mnemonic::Js => 8,
+        Mnemonic::Jns => 9,
+        Mnemonic::Jp => 10,
+        Mnemonic::Jnp => 11,
+        Mnemonic::Jl => 12,
+        Mnemonic::Jge => 13,
+        Mnemonic::Jle => 14,
+        Mnemonic::Jg => 15,
+        _ => return None,
+    })
+}
+
+/// The condition code ([`condition`]'s `cc`) of a SETcc, `None` for any
+/// other mnemonic.
+pub(crate) fn setcc_condition(m: Mnemonic) -> Option<u8> {
+    Some(match m {
+        Mnemonic::Seto => 0,
+        Mnemonic::Setno => 1,
+        Mnemonic::Setb => 2,
+        Mnemonic::Setae => 3,
+        Mnemonic::Sete => 4,
+        Mnemonic::Setne => 5,
+        Mnemonic::Setbe => 6,
+        Mnemonic::Seta => 7,
+        Mnemonic::Sets => 8,
+        Mnemonic::Setns => 9,
+        Mnemonic::Setp => 10,
+        Mnemonic::Setnp => 11,
+        Mnemonic::Setl => 12,
+        Mnemonic::Setge => 13,
+        Mnemonic::Setle => 14,
+        Mnemonic::Setg => 15,
+        _ => return None,
+    })
+}
+
+/// The condition code ([`condition`]'s `cc`) of a CMOVcc, `None` for any
+/// other mnemonic.
+pub(crate) fn cmovcc_condition(m: Mnemonic) -> Option<u8> {
+    Some(match m {
+        Mnemonic::Cmovo => 0,
+        Mnemonic::Cmovno => 1,
+        Mnemonic::Cmovb => 2,
+        Mnemonic::Cmovae => 3,
+        Mnemonic::Cmove => 4,
+        Mnemonic::Cmovne => 5,
+        Mnemonic::Cmovbe => 6,
+        Mnemonic::Cmova => 7,
+        Mnemonic::Cmovs => 8,
+        Mnemonic::Cmovns => 9,
+        Mnemonic::Cmovp => 10,
+        Mnemonic::Cmovnp => 11,
+        Mnemonic::Cmovl => 12,
+        Mnemonic::Cmovge => 13,
+        Mnemonic::Cmovle => 14,
+        Mnemonic::Cmovg => 15,
+        _ => return None,
+    })
+}
+
 /// A shift or rotate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ShiftOp {
@@ -255,4 +328,45 @@ pub(crate) fn shift(
             (r, with(keep, cf, of))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+    use alloc::string::String;
+
+    /// The suffix of each condition code, in order (`o` = 0 ... `g` = 15).
+    const SUFFIXES: [&str; 16] = [
+        "o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g",
+    ];
+
+    /// Jcc, SETcc and CMOVcc name their sixteen conditions alike, and each
+    /// table gives exactly its own sixteen mnemonics the code of their
+    /// suffix.
+    #[test]
+    fn condition_tables_agree_with_the_mnemonics_names() {
+        type Table = fn(Mnemonic) -> Option<u8>;
+        let tables: [(&str, Table); 3] = [
+            ("J", jcc_condition),
+            ("Set", setcc_condition),
+            ("Cmov", cmovcc_condition),
+        ];
+        for (prefix, table) in tables {
+            let mut found = 0;
+            for m in Mnemonic::values() {
+                let name: String = format!("{m:?}").to_lowercase();
+                let expected = SUFFIXES
+                    .iter()
+                    .position(|s| name == format!("{}{s}", prefix.to_lowercase()));
+                assert_eq!(
+                    table(m).map(usize::from),
+                    expected,
+                    "{m:?} in the {prefix}cc table"
+                );
+                found += usize::from(expected.is_some());
+            }
+            assert_eq!(found, 16, "{prefix}cc");
+        }
+    }
 }

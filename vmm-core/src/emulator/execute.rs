@@ -152,90 +152,6 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
             m @ (Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc) => {
                 self.bit_test(d, m)?
             }
-            m @ (Mnemonic::Seto
-            | Mnemonic::Setno
-            | Mnemonic::Setb
-            | Mnemonic::Setae
-            | Mnemonic::Sete
-            | Mnemonic::Setne
-            | Mnemonic::Setbe
-            | Mnemonic::Seta
-            | Mnemonic::Sets
-            | Mnemonic::Setns
-            | Mnemonic::Setp
-            | Mnemonic::Setnp
-            | Mnemonic::Setl
-            | Mnemonic::Setge
-            | Mnemonic::Setle
-            | Mnemonic::Setg) => {
-                let cc = match m {
-                    Mnemonic::Seto => 0,
-                    Mnemonic::Setno => 1,
-                    Mnemonic::Setb => 2,
-                    Mnemonic::Setae => 3,
-                    Mnemonic::Sete => 4,
-                    Mnemonic::Setne => 5,
-                    Mnemonic::Setbe => 6,
-                    Mnemonic::Seta => 7,
-                    Mnemonic::Sets => 8,
-                    Mnemonic::Setns => 9,
-                    Mnemonic::Setp => 10,
-                    Mnemonic::Setnp => 11,
-                    Mnemonic::Setl => 12,
-                    Mnemonic::Setge => 13,
-                    Mnemonic::Setle => 14,
-                    _ => 15,
-                };
-                let dst = self.operand(d, 0)?;
-                let v = u64::from(alu::condition(cc, self.state.rflags()));
-                self.write_operand(d, &dst, v)?;
-            }
-            m @ (Mnemonic::Cmovo
-            | Mnemonic::Cmovno
-            | Mnemonic::Cmovb
-            | Mnemonic::Cmovae
-            | Mnemonic::Cmove
-            | Mnemonic::Cmovne
-            | Mnemonic::Cmovbe
-            | Mnemonic::Cmova
-            | Mnemonic::Cmovs
-            | Mnemonic::Cmovns
-            | Mnemonic::Cmovp
-            | Mnemonic::Cmovnp
-            | Mnemonic::Cmovl
-            | Mnemonic::Cmovge
-            | Mnemonic::Cmovle
-            | Mnemonic::Cmovg) => {
-                let cc = match m {
-                    Mnemonic::Cmovo => 0,
-                    Mnemonic::Cmovno => 1,
-                    Mnemonic::Cmovb => 2,
-                    Mnemonic::Cmovae => 3,
-                    Mnemonic::Cmove => 4,
-                    Mnemonic::Cmovne => 5,
-                    Mnemonic::Cmovbe => 6,
-                    Mnemonic::Cmova => 7,
-                    Mnemonic::Cmovs => 8,
-                    Mnemonic::Cmovns => 9,
-                    Mnemonic::Cmovp => 10,
-                    Mnemonic::Cmovnp => 11,
-                    Mnemonic::Cmovl => 12,
-                    Mnemonic::Cmovge => 13,
-                    Mnemonic::Cmovle => 14,
-                    _ => 15,
-                };
-                // The source is read (and may fault) whatever the
-                // condition; a 32-bit destination is zero-extended even
-                // when nothing moves.
-                let dst = self.operand(d, 0)?;
-                let v = self.read_operand(&self.operand(d, 1)?)?;
-                let v = if alu::condition(cc, self.state.rflags()) {
-                    v
-                } else {
-                    self.read_operand(&dst)?
-                };
-                self.write_operand(d, &dst, v)?;
-            }
             Mnemonic::Mul | Mnemonic::Imul | Mnemonic::Div | Mnemonic::Idiv => self.mul_div(d)?,
             Mnemonic::Popcnt if !self.instructions.popcnt => {
                 return Err(Exception::InvalidOpcode.into())
@@ -437,9 +353,39 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
                 let negative = a >> (size * 8 - 1) & 1 != 0;
                 self.write_gpr(2, size, false, if negative { u64::MAX } else { 0 });
             }
-            _ => return self.conditional_branch(d),
+            m => {
+                if let Some(cc) = alu::setcc_condition(m) {
+                    self.set_on_condition(d, cc)?;
+                } else if let Some(cc) = alu::cmovcc_condition(m) {
+                    self.move_on_condition(d, cc)?;
+                } else {
+                    return self.conditional_branch(d);
+                }
+            }
         }
         Ok(true)
+    }
+
+    /// SETcc: the destination byte is 1 if condition `cc` holds, else 0.
+    fn set_on_condition(&mut self, d: &Decoded, cc: u8) -> Result<(), EmulateError> {
+        let dst = self.operand(d, 0)?;
+        let v = u64::from(alu::condition(cc, self.state.rflags()));
+        self.write_operand(d, &dst, v)
+    }
+
+    /// CMOVcc: the source moves to the destination if condition `cc`
+    /// holds.
+    fn move_on_condition(&mut self, d: &Decoded, cc: u8) -> Result<(), EmulateError> {
+        // The source is read (and may fault) whatever the condition; a
+        // 32-bit destination is zero-extended even when nothing moves.
+        let dst = self.operand(d, 0)?;
+        let v = self.read_operand(&self.operand(d, 1)?)?;
+        let v = if alu::condition(cc, self.state.rflags()) {
+            v
+        } else {
+            self.read_operand(&dst)?
+        };
+        self.write_operand(d, &dst, v)
     }
 
     /// CMPXCHG8B / CMPXCHG16B.

@@ -14,6 +14,7 @@
 //! before anything changes, and the hardware runs it.
 
 use super::access::Context;
+use super::alu;
 use super::cpu::{CpuMode, CpuState, GuestBus, RFLAGS_IOPL};
 use super::decode::{self, Decoded};
 use super::error::EmulateError;
@@ -190,22 +191,6 @@ fn allowed<S: CpuState, B: GuestBus>(ctx: &Context<'_, S, B>, d: &Decoded) -> bo
         | Mnemonic::Jmp
         | Mnemonic::Call
         | Mnemonic::Ret
-        | Mnemonic::Jo
-        | Mnemonic::Jno
-        | Mnemonic::Jb
-        | Mnemonic::Jae
-        | Mnemonic::Je
-        | Mnemonic::Jne
-        | Mnemonic::Jbe
-        | Mnemonic::Ja
-        | Mnemonic::Js
-        | Mnemonic::Jns
-        | Mnemonic::Jp
-        | Mnemonic::Jnp
-        | Mnemonic::Jl
-        | Mnemonic::Jge
-        | Mnemonic::Jle
-        | Mnemonic::Jg
         | Mnemonic::Loop
         | Mnemonic::Loope
         | Mnemonic::Loopne
@@ -227,42 +212,15 @@ fn allowed<S: CpuState, B: GuestBus>(ctx: &Context<'_, S, B>, d: &Decoded) -> bo
         | Mnemonic::Cdqe
         | Mnemonic::Cwd
         | Mnemonic::Cdq
-        | Mnemonic::Cqo
-        | Mnemonic::Seto
-        | Mnemonic::Setno
-        | Mnemonic::Setb
-        | Mnemonic::Setae
-        | Mnemonic::Sete
-        | Mnemonic::Setne
-        | Mnemonic::Setbe
-        | Mnemonic::Seta
-        | Mnemonic::Sets
-        | Mnemonic::Setns
-        | Mnemonic::Setp
-        | Mnemonic::Setnp
-        | Mnemonic::Setl
-        | Mnemonic::Setge
-        | Mnemonic::Setle
-        | Mnemonic::Setg
-        | Mnemonic::Cmovo
-        | Mnemonic::Cmovno
-        | Mnemonic::Cmovb
-        | Mnemonic::Cmovae
-        | Mnemonic::Cmove
-        | Mnemonic::Cmovne
-        | Mnemonic::Cmovbe
-        | Mnemonic::Cmova
-        | Mnemonic::Cmovs
-        | Mnemonic::Cmovns
-        | Mnemonic::Cmovp
-        | Mnemonic::Cmovnp
-        | Mnemonic::Cmovl
-        | Mnemonic::Cmovge
-        | Mnemonic::Cmovle
-        | Mnemonic::Cmovg => true,
-        // The string instructions on memory (a REP form was declined
-        // above).
-        m => is_string_memory(m),
+        | Mnemonic::Cqo => true,
+        // Jcc, SETcc and CMOVcc, and the string instructions on memory
+        // (a REP form was declined above).
+        m => {
+            alu::jcc_condition(m).is_some()
+                || alu::setcc_condition(m).is_some()
+                || alu::cmovcc_condition(m).is_some()
+                || is_string_memory(m)
+        }
     }
 }
 

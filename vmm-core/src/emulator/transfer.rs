@@ -294,29 +294,6 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
     }
 }
 
-/// The condition code (0-15, as in the opcode's low nibble) of a Jcc.
-fn jcc_condition(m: Mnemonic) -> Option<u8> {
-    Some(match m {
-        Mnemonic::Jo => 0,
-        Mnemonic::Jno => 1,
-        Mnemonic::Jb => 2,
-        Mnemonic::Jae => 3,
-        Mnemonic::Je => 4,
-        Mnemonic::Jne => 5,
-        Mnemonic::Jbe => 6,
-        Mnemonic::Ja => 7,
-        Mnemonic::Js => 8,
-        Mnemonic::Jns => 9,
-        Mnemonic::Jp => 10,
-        Mnemonic::Jnp => 11,
-        Mnemonic::Jl => 12,
-        Mnemonic::Jge => 13,
-        Mnemonic::Jle => 14,
-        Mnemonic::Jg => 15,
-        _ => return None,
-    })
-}
-
 impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
     /// Jcc, LOOP/LOOPE/LOOPNE and JCXZ/JECXZ/JRCXZ: relative branches
     /// taken on a condition of the flags or of the count register (CX,
@@ -335,7 +312,7 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
         let m = i.mnemonic();
         let flags = self.state.rflags();
         let count_size = (d.address_size / 8) as usize;
-        let taken = if let Some(cc) = jcc_condition(m) {
+        let taken = if let Some(cc) = alu::jcc_condition(m) {
             alu::condition(cc, flags)
         } else {
             match m {

@@ -922,27 +922,7 @@ impl CpuState for SvmVcpu {
             efer: self.vmcb.read_u64(offset::EFER) & !EFER_SVME,
         }
     }
-    fn xmm(&self, index: usize) -> u128 {
-        self.xstate.xmm(index)
-    }
-    fn set_xmm(&mut self, index: usize, value: u128) {
-        self.xstate.set_xmm(index, value)
-    }
-    fn ymm_upper(&self, index: usize) -> Option<u128> {
-        self.xstate.ymm_upper(index)
-    }
-    fn set_ymm_upper(&mut self, index: usize, value: u128) {
-        self.xstate.set_ymm_upper(index, value)
-    }
-    fn xcr0(&self) -> Option<u64> {
-        Some(self.xstate.xcr0())
-    }
-    fn x87(&self) -> Option<crate::emulator::X87Registers> {
-        Some(self.xstate.x87())
-    }
-    fn set_x87(&mut self, registers: &crate::emulator::X87Registers) {
-        self.xstate.set_x87(registers)
-    }
+    crate::xstate::extended_state_methods!(xstate);
     fn cpl(&self) -> u8 {
         self.vmcb.read_u8(offset::CPL)
     }

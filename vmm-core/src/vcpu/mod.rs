@@ -12,6 +12,7 @@ mod delivery;
 mod emulation;
 mod exit;
 mod msr;
+mod place;
 mod run_loop;
 pub mod run_on;
 mod split_entry;
@@ -39,6 +40,7 @@ pub use msr::{
     MSR_APIC_BASE, MSR_EFER, MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_WALL_CLOCK_NEW, MSR_TSC,
     PASS_THROUGH,
 };
+pub use place::VcpuPlace;
 pub use run_loop::{handle_exit, prepare_entry, run, Prepared, RunOutcome, Slice, Turn};
 pub use run_on::RunOnSites;
 pub use split_entry::{run_split, SplitEntry};

@@ -31,8 +31,41 @@ mod switch;
 pub use switch::prepare_host_cpu;
 
 use crate::vcpu::{check_xsave_image, ArchStateError, CpuidResult, XsaveImage, XSAVE_MIN_SIZE};
+
+/// Writes the emulator's view of the extended state
+/// ([`crate::emulator::CpuState`]'s XMM, upper-YMM, XCR0 and x87/MMX
+/// methods) for a hardware vCPU that keeps its guest's registers in the
+/// [`ExtendedState`] field `$field`: the emulator reads and writes the
+/// saved area (see the module's documentation). Used inside the
+/// backend's `impl CpuState`, by SVM and VMX alike.
+macro_rules! extended_state_methods {
+    ($field:ident) => {
+        fn xmm(&self, index: usize) -> u128 {
+            self.$field.xmm(index)
+        }
+        fn set_xmm(&mut self, index: usize, value: u128) {
+            self.$field.set_xmm(index, value)
+        }
+        fn ymm_upper(&self, index: usize) -> Option<u128> {
+            self.$field.ymm_upper(index)
+        }
+        fn set_ymm_upper(&mut self, index: usize, value: u128) {
+            self.$field.set_ymm_upper(index, value)
+        }
+        fn xcr0(&self) -> Option<u64> {
+            Some(self.$field.xcr0())
+        }
+        fn x87(&self) -> Option<$crate::emulator::X87Registers> {
+            Some(self.$field.x87())
+        }
+        fn set_x87(&mut self, registers: &$crate::emulator::X87Registers) {
+            self.$field.set_x87(registers)
+        }
+    };
+}
 use alloc::vec;
 use alloc::vec::Vec;
+pub(crate) use extended_state_methods;
 
 /// XCR0 bit: x87 state (always set).
 pub const XCR0_X87: u64 = 1 << 0;

@@ -418,6 +418,15 @@ impl ConfigSpace {
         self.set_u16(REG_STATUS, s);
     }
 
+    /// Show whether the function has an interrupt `pending` (the status
+    /// register's interrupt bit, [`ConfigSpace::set_interrupt_status`]),
+    /// and give the level its INTx line must have: `pending`, unless the
+    /// command register disables INTx.
+    pub fn intx_level(&mut self, pending: bool) -> bool {
+        self.set_interrupt_status(pending);
+        pending && self.command() & COMMAND_INTX_DISABLE == 0
+    }
+
     /// The shape of BAR `index`, if it has one.
     pub fn bar(&self, index: usize) -> Option<Bar> {
         self.bars.get(index).copied().flatten()
@@ -467,5 +476,40 @@ impl ConfigSpace {
     /// Back to the power-on bytes.
     pub fn reset(&mut self) {
         self.bytes = self.power_on;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ConfigSpace {
+        ConfigSpace::new(PciIds {
+            vendor: 0x1af4,
+            device: 0x1110,
+            revision: 1,
+            class: (0x05, 0x00, 0x00),
+            subsystem: (0x1af4, 0x1100),
+        })
+    }
+
+    /// What the guest sees of an interrupt a function has pending: the
+    /// status bit always, the INTx line only while the command register
+    /// allows it.
+    #[test]
+    fn intx_level_follows_pending_and_the_command_registers_disable_bit() {
+        let mut c = config();
+        assert!(c.intx_level(true));
+        assert_ne!(c.read_u16(REG_STATUS) & STATUS_INTERRUPT, 0);
+        // The guest disables INTx: the status still says pending.
+        c.write(REG_COMMAND, &COMMAND_INTX_DISABLE.to_le_bytes());
+        assert!(!c.intx_level(true));
+        assert_ne!(c.read_u16(REG_STATUS) & STATUS_INTERRUPT, 0);
+        // Nothing pending: neither, whatever the command register says.
+        assert!(!c.intx_level(false));
+        assert_eq!(c.read_u16(REG_STATUS) & STATUS_INTERRUPT, 0);
+        c.write(REG_COMMAND, &0u16.to_le_bytes());
+        assert!(!c.intx_level(false));
+        assert_eq!(c.read_u16(REG_STATUS) & STATUS_INTERRUPT, 0);
     }
 }

@@ -68,7 +68,7 @@ use super::{
 use crate::pci::msix::{MsiTarget, Msix};
 use crate::pci::{
     Bar, BarKind, ConfigSpace, InterruptPin, PciFunction, PciIds, RegionId, COMMAND_BUS_MASTER,
-    COMMAND_INTX_DISABLE, REG_STATUS, STATUS_INTERRUPT,
+    REG_STATUS,
 };
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -351,15 +351,9 @@ impl VirtioPci {
     }
 
     fn update_intx(&mut self) {
-        let pending = self.isr != 0 && !self.msix.enabled();
-        let status = self.config.read_u16(REG_STATUS);
-        let status = if pending {
-            status | STATUS_INTERRUPT
-        } else {
-            status & !STATUS_INTERRUPT
-        };
-        self.config.set_u16(REG_STATUS, status);
-        let level = pending && self.config.command() & COMMAND_INTX_DISABLE == 0;
+        let level = self
+            .config
+            .intx_level(self.isr != 0 && !self.msix.enabled());
         if level != self.intx_level {
             self.intx_level = level;
             self.intx.set_level(level);

@@ -7,12 +7,14 @@
 //! threads waits (`/proc/PID/task/*/stack`, `wchan`), then sends SIGTERM
 //! and wants `vmm` gone within a second.
 //!
-//! Known to fail now and then: the whole rig can freeze (session 13: the
-//! fourth run in one rig boot, the rig's own `sleep` loop stopped too, so
-//! the watchdog never fired; see docs/ARCHITECTURE.md), and the rig run's
-//! 30-minute limit then ends the test.
+//! The whole rig could freeze (session 13: the fourth run in one rig boot,
+//! the rig's own `sleep` loop stopped too, so the watchdog never fired;
+//! see docs/ARCHITECTURE.md), and the rig run's 30-minute limit then
+//! ended the test; since session 14 the rig's kernel ticks periodically
+//! against that (`kvm_nested::RIG_CMDLINE`).
 //!
-//! By default `vmm` runs once, `--irqchip split`; `VMM_SPLIT_FLAGS` names
+//! By default `vmm` runs once, `--irqchip split` (vmm's default where KVM
+//! has it, with `--ioeventfd on`); `VMM_SPLIT_FLAGS` names
 //! other runs (`;` between their
 //! flags), `VMM_SPLIT_QEMU=1` adds the QEMU run and `VMM_SPLIT_LIMIT` the
 //! watchdog's seconds (300). `cargo xtask test --slow` sets

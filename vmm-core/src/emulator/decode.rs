@@ -94,10 +94,11 @@ impl AddressParts {
 
 impl Decoded {
     fn new(instr: Instruction, bytes: &[u8], bitness: u32) -> Self {
+        let address = AddressParts::of(&instr);
         Self {
             hint_operand: super::hints::hintable_operand(&instr),
-            address: AddressParts::of(&instr),
-            plain_mov: super::plain_mov::PlainMov::of(&instr),
+            plain_mov: super::plain_mov::PlainMov::of(&instr, address.size),
+            address,
             instr,
             bytes: InstructionBytes::new(bytes),
             address_size: address_size(bitness, bytes),

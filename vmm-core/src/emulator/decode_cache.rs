@@ -44,8 +44,9 @@ struct Entry {
 /// Up to 15 bytes as a little-endian number, the rest zero.
 fn word_of(bytes: &[u8]) -> u128 {
     let mut b = [0u8; 16];
-    for (to, from) in b.iter_mut().zip(bytes.iter().take(15)) {
-        *to = *from;
+    let n = bytes.len().min(15);
+    if let (Some(to), Some(from)) = (b.get_mut(..n), bytes.get(..n)) {
+        to.copy_from_slice(from);
     }
     u128::from_le_bytes(b)
 }

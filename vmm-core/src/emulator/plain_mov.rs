@@ -12,7 +12,7 @@ use super::alu;
 use super::cpu::{CpuState, GuestBus};
 use super::decode::{Decoded, Gpr};
 use super::error::EmulateError;
-use super::operand::{memory_size_bytes, Operand};
+use super::operand::Operand;
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
 /// A MOV between memory and a general-purpose register or an immediate.
@@ -42,12 +42,14 @@ pub(crate) enum PlainMov {
 }
 
 impl PlainMov {
-    /// The form of `i`, if it is such a MOV (MOVNTI included).
-    pub(crate) fn of(i: &Instruction) -> Option<Self> {
+    /// The form of `i`, if it is such a MOV (MOVNTI included);
+    /// `memory_size` is its memory operand's size in bytes
+    /// (`operand::memory_size_bytes`).
+    pub(crate) fn of(i: &Instruction, memory_size: Option<u8>) -> Option<Self> {
         if !matches!(i.mnemonic(), Mnemonic::Mov | Mnemonic::Movnti) || i.op_count() != 2 {
             return None;
         }
-        let size = match memory_size_bytes(i.memory_size())? {
+        let size = match memory_size? {
             1 => 1,
             2 => 2,
             4 => 4,

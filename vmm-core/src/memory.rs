@@ -1105,28 +1105,27 @@ impl GuestMemory {
     /// one region of RAM.
     pub fn words_equal(&self, words: impl IntoIterator<Item = (u64, bool, u64)>) -> bool {
         // The region last looked up: its start and its bytes.
-        let mut window: (u64, &[u8]) = (0, &[]);
+        let mut start = 0u64;
+        let mut window: &[u8] = &[];
         for (gpa, wide, value) in words {
-            let n = if wide { 8 } else { 4 };
-            let mut at = gpa.wrapping_sub(window.0);
-            if at.saturating_add(n) > window.1.len() as u64 {
-                match self.read_window(gpa) {
-                    Some((start, bytes)) => {
-                        window = (start, bytes);
-                        at = gpa - start;
+            let read = match word_in(window, gpa.wrapping_sub(start), wide) {
+                Some(v) => Some(v),
+                None => match self.read_window(gpa) {
+                    Some((s, bytes)) => {
+                        start = s;
+                        window = bytes;
+                        word_in(bytes, gpa - s, wide)
                     }
-                    None => window = (0, &[]),
+                    None => None,
                 }
-            }
-            let at = at as usize;
-            let read = match window.1.get(at..at.saturating_add(n as usize)) {
-                Some(b) if wide => <[u8; 8]>::try_from(b).ok().map(u64::from_le_bytes),
-                Some(b) => <[u8; 4]>::try_from(b)
-                    .ok()
-                    .map(|b| u64::from(u32::from_le_bytes(b))),
                 // Not inside one block of this VM's own: the general path.
-                None if wide => self.read_u64(gpa).ok(),
-                None => self.read_u32(gpa).ok().map(u64::from),
+                .or_else(|| {
+                    if wide {
+                        self.read_u64(gpa).ok()
+                    } else {
+                        self.read_u32(gpa).ok().map(u64::from)
+                    }
+                }),
             };
             if read != Some(value) {
                 return false;
@@ -1185,6 +1184,19 @@ impl GuestMemory {
     /// Write a little-endian 64-bit value.
     pub fn write_u64(&mut self, gpa: u64, v: u64) -> Result<(), MemoryError> {
         self.write(gpa, &v.to_le_bytes())
+    }
+}
+
+/// The little-endian word (8 bytes if `wide`, else 4) at offset `at` of
+/// `bytes`, if it lies inside.
+#[inline(always)]
+fn word_in(bytes: &[u8], at: u64, wide: bool) -> Option<u64> {
+    let rest = bytes.get(usize::try_from(at).ok()?..)?;
+    if wide {
+        rest.first_chunk::<8>().map(|b| u64::from_le_bytes(*b))
+    } else {
+        rest.first_chunk::<4>()
+            .map(|b| u64::from(u32::from_le_bytes(*b)))
     }
 }
 

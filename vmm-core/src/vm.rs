@@ -478,6 +478,7 @@ impl Vm {
     /// A read by the guest CPU at a guest-physical address: memory where the
     /// whole access is memory, otherwise the device manager (an access that
     /// is partly memory and partly MMIO goes to the device manager whole).
+    #[inline]
     pub fn guest_read(&mut self, gpa: u64, data: &mut [u8]) {
         if self.memory.read(gpa, data).is_err() {
             self.mmio_read(gpa, data);
@@ -486,6 +487,7 @@ impl Vm {
 
     /// A write by the guest CPU at a guest-physical address; see
     /// [`Vm::guest_read`].
+    #[inline]
     pub fn guest_write(&mut self, gpa: u64, data: &[u8]) {
         if self.memory.write(gpa, data).is_err() {
             self.mmio_write(gpa, data);

@@ -293,6 +293,60 @@ fn rewritten_code_is_decoded_again() {
 }
 
 #[test]
+fn a_rewritten_last_byte_of_a_long_instruction_is_decoded_again() {
+    let (mut cpu, mut bus) = machine();
+    // mov dword [rbx+disp32], imm32 (10 bytes): the immediate's top byte
+    // is the instruction's last.
+    cpu.gprs[3] = DATA.wrapping_sub(0x1234_5678);
+    let long = asm(|a| a.mov(dword_ptr(rbx + 0x1234_5678), 0x1122_3344u32));
+    assert!(long.len() >= 10, "{long:02x?}");
+    bus.ram[FRAME_A as usize..FRAME_A as usize + long.len()].copy_from_slice(&long);
+    assert_eq!(step(&mut cpu, &mut bus), Ok(0x1122_3344));
+    assert_eq!(step(&mut cpu, &mut bus), Ok(0x1122_3344));
+    assert_eq!(cpu.decode_cache.hits(), 1);
+    // The guest changes the immediate's last byte alone.
+    bus.ram[FRAME_A as usize + long.len() - 1] = 0x55;
+    assert_eq!(step(&mut cpu, &mut bus), Ok(0x5522_3344));
+    assert_eq!(cpu.rip, CODE + long.len() as u64);
+    assert_eq!(cpu.decode_cache.hits(), 1, "the old decode was not reused");
+}
+
+#[test]
+fn a_cached_load_merges_and_extends_as_decoded() {
+    let (mut cpu, mut bus) = machine();
+    // mov ax, [rbx] (66 8b 03) merges into RAX, from the cache as when
+    // decoded; mov eax, [rbx] (8b 03) written over it, a different
+    // instruction at the same RIP, zero-extends.
+    let code = asm(|a| a.mov(ax, word_ptr(rbx)));
+    bus.ram[FRAME_A as usize..FRAME_A as usize + code.len()].copy_from_slice(&code);
+    for _ in 0..2 {
+        cpu.gprs[0] = 0xffff_ffff_ffff_ffff;
+        cpu.rip = CODE;
+        bus.put(DATA, 0x8877_6655_4433_2211);
+        Emulator::default().emulate(&mut cpu, &mut bus).unwrap();
+        assert_eq!(cpu.gprs[0], 0xffff_ffff_ffff_2211);
+        assert_eq!(cpu.rip, CODE + code.len() as u64);
+    }
+    assert_eq!(cpu.decode_cache.hits(), 1);
+    let code = asm(|a| a.mov(eax, dword_ptr(rbx)));
+    bus.ram[FRAME_A as usize..FRAME_A as usize + code.len()].copy_from_slice(&code);
+    cpu.gprs[0] = 0xffff_ffff_ffff_ffff;
+    cpu.rip = CODE;
+    Emulator::default().emulate(&mut cpu, &mut bus).unwrap();
+    assert_eq!(cpu.gprs[0], 0x4433_2211);
+    assert_eq!(cpu.rip, CODE + code.len() as u64);
+    // A high-byte destination: mov ah, [rbx].
+    let code = asm(|a| a.mov(ah, byte_ptr(rbx)));
+    bus.ram[FRAME_A as usize..FRAME_A as usize + code.len()].copy_from_slice(&code);
+    for _ in 0..2 {
+        cpu.gprs[0] = 0x1234_5678;
+        cpu.rip = CODE;
+        Emulator::default().emulate(&mut cpu, &mut bus).unwrap();
+        assert_eq!(cpu.gprs[0], 0x1234_1178);
+    }
+}
+
+#[test]
 fn the_same_bytes_in_another_mode_decode_for_that_mode() {
     let (mut cpu, mut bus) = machine();
     // 48 89 03: mov [rbx], rax in 64-bit mode.

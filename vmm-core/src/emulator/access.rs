@@ -239,6 +239,7 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
     }
 
     /// Translate a linear address; page faults become guest exceptions.
+    #[inline]
     fn translate(&mut self, la: u64, kind: AccessKind) -> Result<u64, EmulateError> {
         if self.walker.mode() == PagingMode::Disabled {
             return Ok(la);
@@ -252,20 +253,27 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
         if let Some(e) = hit {
             return Ok(e.frame | offset);
         }
+        self.translate_missed(la, kind)
+    }
+
+    /// [`Context::translate`] for a page not in this instruction's TLB:
+    /// the vCPU's translation cache, else a walk.
+    fn translate_missed(&mut self, la: u64, kind: AccessKind) -> Result<u64, EmulateError> {
+        let page = la >> 12;
         let access = Access {
             kind,
             cpl: self.cpl,
             implicit_supervisor: false,
             ac: self.state.rflags() & RFLAGS_AC != 0,
         };
-        let walker = self.walker;
+        let walker = &self.walker;
         let walked = match self.state.translation_cache() {
-            Some(cache) => match cache.lookup(self.bus, &walker, access, la) {
+            Some(cache) => match cache.lookup(self.bus, walker, access, la) {
                 Some(gpa) => Ok(gpa),
                 None => walker
                     .translate_traced(&mut BusTables(self.bus), la, access)
                     .map(|(t, trace)| {
-                        cache.insert(&walker, access, la, t.gpa, &trace);
+                        cache.insert(walker, access, la, t.gpa, &trace);
                         t.gpa
                     }),
             },
@@ -377,6 +385,7 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
     /// Translate `len` bytes at linear `la` for a data access or a fetch,
     /// both pages when it crosses; a data access is matched against the
     /// guest's data breakpoints.
+    #[inline]
     pub fn translate_range(
         &mut self,
         la: u64,
@@ -394,6 +403,7 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
 
     /// [`Context::translate_range`] for what no data breakpoint sees (the
     /// address check of a cache-line flush).
+    #[inline]
     pub fn translate_range_unwatched(
         &mut self,
         la: u64,
@@ -422,6 +432,7 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
 
     /// Segment, alignment and paging checks for a data access of `size`
     /// bytes at `seg:offset`; returns where it goes.
+    #[inline]
     pub fn prepare(
         &mut self,
         seg: Segment,
@@ -451,7 +462,17 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
     }
 
     /// Read through a prepared range.
+    #[inline]
     pub fn bus_read(&mut self, range: &PhysRange, buf: &mut [u8]) -> Result<(), EmulateError> {
+        // The common case: one piece, the whole buffer.
+        if range.first_len >= range.len && buf.len() == range.len && !buf.is_empty() {
+            return Ok(self.bus.read_physical(range.first, buf)?);
+        }
+        self.bus_read_pieces(range, buf)
+    }
+
+    /// [`Context::bus_read`] piece by piece.
+    fn bus_read_pieces(&mut self, range: &PhysRange, buf: &mut [u8]) -> Result<(), EmulateError> {
         for (gpa, start, end) in range.pieces() {
             if let Some(part) = buf.get_mut(start..end) {
                 if !part.is_empty() {
@@ -463,7 +484,17 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
     }
 
     /// Write through a prepared range.
+    #[inline]
     pub fn bus_write(&mut self, range: &PhysRange, data: &[u8]) -> Result<(), EmulateError> {
+        // The common case: one piece, the whole data.
+        if range.first_len >= range.len && data.len() == range.len && !data.is_empty() {
+            return Ok(self.bus.write_physical(range.first, data)?);
+        }
+        self.bus_write_pieces(range, data)
+    }
+
+    /// [`Context::bus_write`] piece by piece.
+    fn bus_write_pieces(&mut self, range: &PhysRange, data: &[u8]) -> Result<(), EmulateError> {
         for (gpa, start, end) in range.pieces() {
             if let Some(part) = data.get(start..end) {
                 if !part.is_empty() {
@@ -475,6 +506,7 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
     }
 
     /// Read `size` (at most 8) bytes at `seg:offset` as a little-endian value.
+    #[inline]
     pub fn read_value(
         &mut self,
         seg: Segment,
@@ -486,6 +518,7 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
     }
 
     /// Read a value through a prepared range.
+    #[inline]
     pub fn read_prepared(&mut self, range: &PhysRange, size: usize) -> Result<u64, EmulateError> {
         let mut b = [0u8; 8];
         let n = size.min(8);
@@ -494,6 +527,7 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
     }
 
     /// Write the low `size` (at most 8) bytes of `value` through a prepared range.
+    #[inline]
     pub fn write_prepared(
         &mut self,
         range: &PhysRange,
@@ -505,6 +539,7 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
     }
 
     /// Write the low `size` (at most 8) bytes of `value` at `seg:offset`.
+    #[inline]
     pub fn write_value(
         &mut self,
         seg: Segment,

@@ -21,12 +21,84 @@ pub(crate) struct Decoded {
     /// The number of the operand an access hint may stand for (see
     /// `hints::hintable_operand`), worked out once per decode.
     pub hint_operand: Option<u32>,
+    /// The memory operand's address parts, looked up in `instr` once per
+    /// decode rather than at every access.
+    pub address: AddressParts,
+    /// The instruction's form when it is a MOV between memory and a
+    /// general-purpose register or an immediate (see `plain_mov`).
+    pub plain_mov: Option<super::plain_mov::PlainMov>,
+}
+
+/// How the memory operand's effective address and segment follow from
+/// the registers: what `Instruction::memory_base`, `memory_index`,
+/// `memory_index_scale`, `memory_displacement64` and `memory_segment`
+/// give, with the registers already resolved to general-purpose register
+/// numbers (`None`: no register, or one that is not a general-purpose
+/// register, such as RIP, whose target is in the displacement).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AddressParts {
+    /// The base register.
+    pub base: Option<Gpr>,
+    /// The index register.
+    pub index: Option<Gpr>,
+    /// The index's scale (1, 2, 4 or 8).
+    pub scale: u8,
+    /// The displacement, sign-extended (for RIP-relative operands, the
+    /// target address).
+    pub displacement: u64,
+    /// The segment (DS when the instruction names none that applies).
+    pub segment: Segment,
+    /// The operand's size in bytes, for the sizes the emulator handles
+    /// (`operand::memory_size_bytes`).
+    pub size: Option<u8>,
+}
+
+/// A general-purpose register at a width, in a few bytes (kept in every
+/// cached decode): what `operand::gpr_of` gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Gpr {
+    /// The register's encoding index (0-15).
+    pub index: u8,
+    /// The width in bytes (1, 2, 4 or 8).
+    pub size: u8,
+    /// AH, CH, DH or BH.
+    pub high: bool,
+}
+
+impl Gpr {
+    /// The register behind an iced register, if it is a general-purpose one.
+    pub fn of(reg: iced_x86::Register) -> Option<Self> {
+        let (index, size, high) = super::operand::gpr_of(reg)?;
+        Some(Self {
+            index: u8::try_from(index).ok()?,
+            size: u8::try_from(size).ok()?,
+            high,
+        })
+    }
+}
+
+impl AddressParts {
+    fn of(i: &Instruction) -> Self {
+        use super::operand::{memory_size_bytes, segment_of};
+        Self {
+            base: Gpr::of(i.memory_base()),
+            index: Gpr::of(i.memory_index()),
+            // 1, 2, 4 or 8.
+            scale: i.memory_index_scale() as u8,
+            displacement: i.memory_displacement64(),
+            segment: segment_of(i.memory_segment()).unwrap_or(Segment::Ds),
+            size: memory_size_bytes(i.memory_size()).and_then(|s| u8::try_from(s).ok()),
+        }
+    }
 }
 
 impl Decoded {
     fn new(instr: Instruction, bytes: &[u8], bitness: u32) -> Self {
+        let address = AddressParts::of(&instr);
         Self {
             hint_operand: super::hints::hintable_operand(&instr),
+            plain_mov: super::plain_mov::PlainMov::of(&instr, address.size),
+            address,
             instr,
             bytes: InstructionBytes::new(bytes),
             address_size: address_size(bitness, bytes),
@@ -108,8 +180,8 @@ pub(crate) fn fetch<S: CpuState, B: GuestBus>(
     ctx.bus_read(&first, &mut buf[..in_page])?;
     // The same bytes at the same RIP decode as before.
     if let Some(cache) = ctx.state.decode_cache() {
-        if let Some(d) = cache.lookup(bitness, rip, buf.get(..in_page).unwrap_or(&[])) {
-            return Ok(d);
+        if let Some(d) = cache.lookup(bitness, rip, &buf, in_page) {
+            return Ok(d.clone());
         }
     }
     let mut have = in_page;

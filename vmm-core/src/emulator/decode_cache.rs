@@ -34,7 +34,26 @@ pub struct DecodeCache {
 struct Entry {
     bitness: u32,
     rip: u64,
+    /// The instruction's bytes as a little-endian number (15 bytes at
+    /// most, the rest zero), and how many there are: compared in one go.
+    word: u128,
+    len: usize,
     decoded: Decoded,
+}
+
+/// Up to 15 bytes as a little-endian number, the rest zero.
+fn word_of(bytes: &[u8]) -> u128 {
+    let mut b = [0u8; 16];
+    let n = bytes.len().min(15);
+    if let (Some(to), Some(from)) = (b.get_mut(..n), bytes.get(..n)) {
+        to.copy_from_slice(from);
+    }
+    u128::from_le_bytes(b)
+}
+
+/// The low `len` bytes of a number (`len` at most 15).
+fn low_bytes(word: u128, len: usize) -> u128 {
+    word & ((1u128 << (8 * len.min(15))) - 1)
 }
 
 impl core::fmt::Debug for DecodeCache {
@@ -75,16 +94,30 @@ impl DecodeCache {
         self.entries = [EMPTY; ENTRIES];
     }
 
-    /// The instruction `fetched` (the bytes at CS:RIP just fetched, as
-    /// many as the page and the CS limit allow, at most 15) begins with,
-    /// if it was decoded before at this RIP and bitness.
-    pub(crate) fn lookup(&mut self, bitness: u32, rip: u64, fetched: &[u8]) -> Option<Decoded> {
+    /// The instruction the first `have` bytes of `fetched` (the bytes at
+    /// CS:RIP just fetched, as many as the page and the CS limit allow)
+    /// begin with, if it was decoded before at this RIP and bitness.
+    pub(crate) fn lookup(
+        &mut self,
+        bitness: u32,
+        rip: u64,
+        fetched: &[u8; 15],
+        have: usize,
+    ) -> Option<&Decoded> {
+        let mut padded = [0u8; 16];
+        if let Some(to) = padded.get_mut(..15) {
+            to.copy_from_slice(fetched);
+        }
+        let word = u128::from_le_bytes(padded);
+        // `fetched` begins with the entry's bytes: as many, and the same.
         let e = self.entries.iter().flatten().find(|e| {
-            e.rip == rip && e.bitness == bitness && fetched.starts_with(e.decoded.bytes.as_slice())
+            e.rip == rip
+                && e.bitness == bitness
+                && e.len <= have
+                && low_bytes(word, e.len) == e.word
         })?;
-        let decoded = e.decoded.clone();
         self.hits += 1;
-        Some(decoded)
+        Some(&e.decoded)
     }
 
     /// Keep `decoded`, decoded at `rip` with `bitness`.
@@ -95,9 +128,12 @@ impl DecodeCache {
         let at = usize::from(self.next) % ENTRIES;
         self.next = self.next.wrapping_add(1);
         if let Some(slot) = self.entries.get_mut(at) {
+            let bytes = decoded.bytes.as_slice();
             *slot = Some(Entry {
                 bitness,
                 rip,
+                word: word_of(bytes),
+                len: bytes.len(),
                 decoded: decoded.clone(),
             });
         }

@@ -119,11 +119,12 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
     /// operand's number and the operand, or `None` if the hint does not
     /// fit.
     fn hinted_page(&self, d: &Decoded, hint: &AccessHint) -> Option<(u64, u32, Operand)> {
+        // The operand as `Context::operand` gives it (the hint's operand
+        // is a memory operand), without going through every kind.
         let n = d.hint_operand?;
-        let operand = self.operand(d, n).ok()?;
-        let Operand::Mem { seg, offset, size } = operand else {
-            return None;
-        };
+        let size = d.address.size?.into();
+        let (seg, offset) = (self.memory_segment(d), self.effective_address(d));
+        let operand = Operand::Mem { seg, offset, size };
         if size == 0 || hint.gpa >> self.max_phys_bits() != 0 {
             return None;
         }

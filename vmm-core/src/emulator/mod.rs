@@ -104,6 +104,7 @@ mod masked_store;
 mod mmx;
 mod muldiv;
 mod operand;
+mod plain_mov;
 mod run_on;
 mod segment_load;
 mod stack_frame;
@@ -347,12 +348,16 @@ impl Emulator {
         ctx: &mut Context<'_, S, B>,
         d: &decode::Decoded,
     ) -> Result<Completion, EmulateError> {
-        match ctx.string(d, self.max_rep_iterations)? {
-            StringOutcome::Paused => return Ok(Completion::Paused),
-            StringOutcome::Done => {}
-            StringOutcome::NotString => {
-                if !ctx.execute(d)? {
-                    return Err(ctx.unsupported(d));
+        if let Some(form) = d.plain_mov {
+            ctx.plain_mov(d, form)?;
+        } else {
+            match ctx.string(d, self.max_rep_iterations)? {
+                StringOutcome::Paused => return Ok(Completion::Paused),
+                StringOutcome::Done => {}
+                StringOutcome::NotString => {
+                    if !ctx.execute(d)? {
+                        return Err(ctx.unsupported(d));
+                    }
                 }
             }
         }

@@ -110,7 +110,7 @@ pub(crate) fn gpr_of(reg: Register) -> Option<(usize, usize, bool)> {
     })
 }
 
-fn segment_of(reg: Register) -> Option<Segment> {
+pub(crate) fn segment_of(reg: Register) -> Option<Segment> {
     Some(match reg {
         Register::ES => Segment::Es,
         Register::CS => Segment::Cs,
@@ -180,22 +180,21 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
     /// The effective address of the memory operand, truncated to the
     /// address size.
     pub fn effective_address(&self, d: &Decoded) -> u64 {
-        let i = &d.instr;
-        let mut ea = i.memory_displacement64();
-        let base = i.memory_base();
-        if let Some((idx, size, high)) = gpr_of(base) {
-            ea = ea.wrapping_add(self.read_gpr(idx, size, high));
+        let a = &d.address;
+        let mut ea = a.displacement;
+        if let Some(r) = a.base {
+            ea = ea.wrapping_add(self.read_gpr(r.index.into(), r.size.into(), r.high));
         }
-        if let Some((idx, size, high)) = gpr_of(i.memory_index()) {
-            let scale = u64::from(i.memory_index_scale());
-            ea = ea.wrapping_add(self.read_gpr(idx, size, high).wrapping_mul(scale));
+        if let Some(r) = a.index {
+            let v = self.read_gpr(r.index.into(), r.size.into(), r.high);
+            ea = ea.wrapping_add(v.wrapping_mul(a.scale.into()));
         }
         ea & address_mask(d.address_size)
     }
 
     /// The memory operand's segment.
     pub fn memory_segment(&self, d: &Decoded) -> Segment {
-        segment_of(d.instr.memory_segment()).unwrap_or(Segment::Ds)
+        d.address.segment
     }
 
     /// Operand `n` of the instruction.
@@ -220,7 +219,7 @@ impl<S: CpuState, B: GuestBus> Context<'_, S, B> {
                 }
             }
             OpKind::Memory => {
-                let size = memory_size_bytes(i.memory_size()).ok_or_else(|| self.unsupported(d))?;
+                let size = d.address.size.ok_or_else(|| self.unsupported(d))?.into();
                 Ok(Operand::Mem {
                     seg: self.memory_segment(d),
                     offset: self.effective_address(d),

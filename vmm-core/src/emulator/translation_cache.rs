@@ -115,6 +115,7 @@ impl TranslationCache {
     /// The guest-physical address of `linear`, if a cached walk for the
     /// same inputs finds every entry of its path as it left it. An entry
     /// that changed, or cannot be read, drops the walk.
+    #[inline]
     pub(crate) fn lookup<B: GuestBus>(
         &mut self,
         bus: &mut B,

@@ -12,11 +12,13 @@ use crate::vm::{StopReason, Vm};
 use alloc::string::ToString;
 
 impl GuestBus for Vm {
+    #[inline]
     fn read_physical(&mut self, gpa: u64, data: &mut [u8]) -> Result<(), BusError> {
         self.guest_read(gpa, data);
         Ok(())
     }
 
+    #[inline]
     fn write_physical(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
         self.guest_write(gpa, data);
         Ok(())
@@ -41,6 +43,7 @@ impl GuestBus for Vm {
         }
     }
 
+    #[inline]
     fn table_entries_hold(&mut self, path: &[TracedEntry]) -> bool {
         // The same reads, one memory-map lookup for the entries of a region.
         self.memory()

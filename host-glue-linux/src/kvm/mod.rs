@@ -4,10 +4,11 @@
 //!
 //! KVM runs the guest and completes port I/O and MMIO itself once user space
 //! has supplied the data (`Exit::DeviceAccess`); everything else is ours:
-//! the interrupt controllers (by default no in-kernel irqchip: interrupts
-//! go in with KVM_INTERRUPT when the guest is ready, or an interrupt window
-//! is requested; with `--irqchip split` the local APICs are KVM's, see
-//! [`split_irqchip`]), the devices, the memory map (RAM and ROM as memory
+//! the interrupt controllers (with `--irqchip split`, `vmm`'s default where
+//! KVM offers it, the local APICs are KVM's and the rest ours, see
+//! [`split_irqchip`]; with `--irqchip user` no in-kernel irqchip at all:
+//! interrupts go in with KVM_INTERRUPT when the guest is ready, or an
+//! interrupt window is requested), the devices, the memory map (RAM and ROM as memory
 //! slots, MMIO as holes), and CPUID (KVM's list filtered by our policy).
 
 mod cpuid;

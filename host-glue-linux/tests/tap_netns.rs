@@ -32,25 +32,33 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// An Ethernet frame with an IPv4/UDP datagram from the guest to the host.
-fn udp_frame(dst_mac: [u8; 6], port: u16, payload: &[u8]) -> Vec<u8> {
+/// An Ethernet frame with an IPv4 packet of protocol `proto` (identified
+/// by `id`) from the guest to the host, carrying `transport` (its header
+/// and payload).
+fn ipv4_frame(dst_mac: [u8; 6], proto: u8, id: u8, transport: &[u8]) -> Vec<u8> {
     let mut f = dst_mac.to_vec();
     f.extend_from_slice(&GUEST_MAC);
     f.extend_from_slice(&[0x08, 0x00]);
-    let total = (20 + 8 + payload.len()) as u16;
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    let total = (20 + transport.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, id, 0x40, 0, 64, proto, 0, 0];
     ip[2..4].copy_from_slice(&total.to_be_bytes());
     ip.extend_from_slice(&GUEST_IP);
     ip.extend_from_slice(&HOST_IP);
     let c = checksum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     f.extend_from_slice(&ip);
-    f.extend_from_slice(&40000u16.to_be_bytes());
-    f.extend_from_slice(&port.to_be_bytes());
-    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]); // no UDP checksum
-    f.extend_from_slice(payload);
+    f.extend_from_slice(transport);
     f
+}
+
+/// An Ethernet frame with an IPv4/UDP datagram from the guest to the host.
+fn udp_frame(dst_mac: [u8; 6], port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut udp = 40000u16.to_be_bytes().to_vec();
+    udp.extend_from_slice(&port.to_be_bytes());
+    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]); // no UDP checksum
+    udp.extend_from_slice(payload);
+    ipv4_frame(dst_mac, 17, 1, &udp)
 }
 
 /// The guest's answer to an ARP request for its address, if `f` is one.
@@ -146,26 +154,15 @@ fn tcp_frame(
     payload: &[u8],
     csum: u16,
 ) -> Vec<u8> {
-    let mut f = host_mac.to_vec();
-    f.extend_from_slice(&GUEST_MAC);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let total = (20 + 20 + payload.len()) as u16;
-    let mut ip = vec![0x45, 0, 0, 0, 0, 2, 0x40, 0, 64, 6, 0, 0];
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&GUEST_IP);
-    ip.extend_from_slice(&HOST_IP);
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&40001u16.to_be_bytes());
-    f.extend_from_slice(&8888u16.to_be_bytes());
-    f.extend_from_slice(&seq.to_be_bytes());
-    f.extend_from_slice(&ack.to_be_bytes());
-    f.extend_from_slice(&[0x50, flags, 0xff, 0xff]);
-    f.extend_from_slice(&csum.to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(payload);
-    f
+    let mut tcp = 40001u16.to_be_bytes().to_vec();
+    tcp.extend_from_slice(&8888u16.to_be_bytes());
+    tcp.extend_from_slice(&seq.to_be_bytes());
+    tcp.extend_from_slice(&ack.to_be_bytes());
+    tcp.extend_from_slice(&[0x50, flags, 0xff, 0xff]);
+    tcp.extend_from_slice(&csum.to_be_bytes());
+    tcp.extend_from_slice(&[0, 0]);
+    tcp.extend_from_slice(payload);
+    ipv4_frame(host_mac, 6, 2, &tcp)
 }
 
 /// The one's complement sum of the TCP pseudo-header for `tcp_len` bytes

@@ -1285,13 +1285,21 @@ mod net {
         p
     }
 
-    #[test]
-    fn a_tcp_packet_handed_over_with_tso_leaves_as_frames_of_the_segment_size() {
-        let net = BufferNet::new();
-        let features = FEATURES | VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4;
-        let (mut rig, _rx, mut tx) = rig(net.clone(), features);
-        assert_ne!(rig.offered() & VIRTIO_NET_F_HOST_TSO6, 0);
-        let p = tcp_packet(10_000);
+    /// Queue one transmit chain per (header, frame, frame length) in guest
+    /// memory, then notify.
+    fn send_frames(rig: &mut Rig, tx: &mut Ring, frames: &[(u64, u64, usize)]) {
+        for &(h, body, len) in frames {
+            tx.submit(
+                rig,
+                &[(h, HEADER_LEN as u32, false), (body, len as u32, false)],
+            );
+        }
+        rig.notify(TRANSMIT_QUEUE);
+    }
+
+    /// The header a driver puts on [`tcp_packet`] for TSO over IPv4:
+    /// 1,460-byte segments, the TCP checksum left partial.
+    fn tso_header() -> [u8; HEADER_LEN] {
         let mut hdr = [0u8; HEADER_LEN];
         hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
         hdr[1] = crate::virtio::tso::VIRTIO_NET_HDR_GSO_TCPV4;
@@ -1299,6 +1307,17 @@ mod net {
         hdr[4..6].copy_from_slice(&1460u16.to_le_bytes());
         hdr[6..8].copy_from_slice(&34u16.to_le_bytes());
         hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+        hdr
+    }
+
+    #[test]
+    fn a_tcp_packet_handed_over_with_tso_leaves_as_frames_of_the_segment_size() {
+        let net = BufferNet::new();
+        let features = FEATURES | VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4;
+        let (mut rig, _rx, mut tx) = rig(net.clone(), features);
+        assert_ne!(rig.offered() & VIRTIO_NET_F_HOST_TSO6, 0);
+        let p = tcp_packet(10_000);
+        let hdr = tso_header();
         rig.poke(DATA, &hdr);
         rig.poke(DATA + 0x1000, &p);
         tx.submit(
@@ -1342,13 +1361,7 @@ mod net {
         let features = FEATURES | VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4;
         let (mut rig, _rx, mut tx) = rig(net.clone(), features);
         let p = tcp_packet(10_000);
-        let mut hdr = [0u8; HEADER_LEN];
-        hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-        hdr[1] = crate::virtio::tso::VIRTIO_NET_HDR_GSO_TCPV4;
-        hdr[2..4].copy_from_slice(&54u16.to_le_bytes());
-        hdr[4..6].copy_from_slice(&1460u16.to_le_bytes());
-        hdr[6..8].copy_from_slice(&34u16.to_le_bytes());
-        hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+        let hdr = tso_header();
         rig.poke(DATA, &hdr);
         rig.poke(DATA + 0x1000, &p);
         // A plain frame with a partial checksum, and one with none.
@@ -1360,17 +1373,15 @@ mod net {
         rig.poke(DATA + 0x200, &[0u8; HEADER_LEN]);
         let small = tcp_packet(100);
         rig.poke(DATA + 0x400, &small);
-        for (h, body, len) in [
-            (DATA, DATA + 0x1000, p.len()),
-            (DATA + 0x100, DATA + 0x400, small.len()),
-            (DATA + 0x200, DATA + 0x400, small.len()),
-        ] {
-            tx.submit(
-                &mut rig,
-                &[(h, HEADER_LEN as u32, false), (body, len as u32, false)],
-            );
-        }
-        rig.notify(TRANSMIT_QUEUE);
+        send_frames(
+            &mut rig,
+            &mut tx,
+            &[
+                (DATA, DATA + 0x1000, p.len()),
+                (DATA + 0x100, DATA + 0x400, small.len()),
+                (DATA + 0x200, DATA + 0x400, small.len()),
+            ],
+        );
         assert_eq!(tx.used_idx(&rig), 3);
         // The TSO packet and the partial checksum go over whole, with the
         // driver's fields; the plain frame as a frame.
@@ -1408,16 +1419,14 @@ mod net {
         let mut far = csum;
         far[8..10].copy_from_slice(&1000u16.to_le_bytes());
         rig.poke(DATA + 0x500, &far);
-        for (h, body, len) in [
-            (DATA + 0x300, DATA + 0x1000, p.len()),
-            (DATA + 0x500, DATA + 0x400, small.len()),
-        ] {
-            tx.submit(
-                &mut rig,
-                &[(h, HEADER_LEN as u32, false), (body, len as u32, false)],
-            );
-        }
-        rig.notify(TRANSMIT_QUEUE);
+        send_frames(
+            &mut rig,
+            &mut tx,
+            &[
+                (DATA + 0x300, DATA + 0x1000, p.len()),
+                (DATA + 0x500, DATA + 0x400, small.len()),
+            ],
+        );
         assert_eq!(tx.used_idx(&rig), 5);
         assert!(net.take_offloaded().is_empty());
         assert!(net.take_sent().is_empty());

@@ -18,9 +18,8 @@
 //! ([`NetBackend::send_offloaded`]), and the kernel does that work (and
 //! refuses a header that does not fit its packet). Receive offloads stay
 //! off (`TUNSETOFFLOAD` 0), so what the tap hands over are whole frames
-//! with whole checksums, and their header is dropped. A kernel that
-//! refuses the header size leaves the tap without one, and the card then
-//! does the work itself.
+//! with whole checksums, and their header is dropped. (Both ioctls are
+//! in every Linux since 2.6.32; one refused is an error of `open`.)
 //!
 //! [`Tap::watch`] gives a second handle on the same open file for a thread
 //! that waits until a frame is readable (`crate::vcpu_threads`); the
@@ -76,6 +75,14 @@ pub enum TapError {
         /// Why.
         error: std::io::Error,
     },
+    /// The tap's virtio-net header or its offloads could not be set
+    /// (`TUNSETVNETHDRSZ`, `TUNSETOFFLOAD`).
+    VnetHeader {
+        /// The interface.
+        name: String,
+        /// Why.
+        error: std::io::Error,
+    },
 }
 
 impl std::fmt::Display for TapError {
@@ -87,6 +94,9 @@ impl std::fmt::Display for TapError {
             ),
             TapError::Open(e) => write!(f, "/dev/net/tun: {e}"),
             TapError::Attach { name, error } => write!(f, "tap {name}: {error}"),
+            TapError::VnetHeader { name, error } => {
+                write!(f, "tap {name}: cannot set its virtio-net header: {error}")
+            }
         }
     }
 }
@@ -109,13 +119,11 @@ pub struct Tap {
     name: String,
     /// A thread watches the tap for received frames ([`Tap::watch`]).
     watched: bool,
-    /// Frames carry a virtio-net header of [`VNET_HDR_LEN`] bytes.
-    vnet_hdr: bool,
 }
 
 /// Give the tap's frames a [`VNET_HDR_LEN`]-byte header and turn its
-/// receive offloads off; false if the kernel refuses either.
-fn set_vnet_header(file: &File) -> bool {
+/// receive offloads off.
+fn set_vnet_header(file: &File) -> std::io::Result<()> {
     let size: libc::c_int = VNET_HDR_LEN as libc::c_int;
     // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which
     // points at `size`, live for the call; the fd is an open tap owned by
@@ -128,12 +136,15 @@ fn set_vnet_header(file: &File) -> bool {
         )
     };
     if rc < 0 {
-        return false;
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: TUNSETOFFLOAD takes its flags as the argument itself (no
     // memory is read or written); the fd is an open tap owned by `file`.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETOFFLOAD, 0 as libc::c_ulong) };
-    rc >= 0
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Tap {
@@ -165,35 +176,22 @@ impl Tap {
                 error: std::io::Error::last_os_error(),
             });
         }
-        let vnet_hdr = set_vnet_header(&file);
-        if !vnet_hdr {
-            log::warn!(
-                "tap {name}: no virtio-net header; the card cuts and checksums frames itself"
-            );
-        }
+        set_vnet_header(&file).map_err(|error| TapError::VnetHeader {
+            name: name.to_string(),
+            error,
+        })?;
         Ok(Self {
             file,
             name: name.to_string(),
             watched: false,
-            vnet_hdr,
         })
     }
 
-    /// Whether frames on this tap carry a virtio-net header (see the
-    /// module's documentation).
-    pub fn has_vnet_header(&self) -> bool {
-        self.vnet_hdr
-    }
-
-    /// Write `frame` behind `header` (if the tap has headers) in one
-    /// system call.
+    /// Write `frame` behind `header` in one system call.
     fn write_frame(&mut self, header: &[u8; VNET_HDR_LEN], frame: &[u8]) -> Result<(), NetError> {
-        let written = if self.vnet_hdr {
-            self.file
-                .write_vectored(&[IoSlice::new(header), IoSlice::new(frame)])
-        } else {
-            self.file.write(frame)
-        };
+        let written = self
+            .file
+            .write_vectored(&[IoSlice::new(header), IoSlice::new(frame)]);
         match written {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == ErrorKind::WouldBlock => Err(NetError::Busy),
@@ -223,28 +221,22 @@ impl NetBackend for Tap {
     }
 
     fn takes_offloads(&self) -> bool {
-        self.vnet_hdr
+        true
     }
 
     fn send_offloaded(&mut self, frame: &[u8], offload: &Offload) -> Result<(), NetError> {
         check_length(frame)?;
-        if !self.vnet_hdr {
-            return Err(NetError::NoOffloads);
-        }
         self.write_frame(&vnet_header(offload), frame)
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
-        let read = if self.vnet_hdr {
-            // Receive offloads are off: the header says nothing the card
-            // needs (at most that the checksum was checked).
-            let mut header = [0u8; VNET_HDR_LEN];
-            self.file
-                .read_vectored(&mut [IoSliceMut::new(&mut header), IoSliceMut::new(buf)])
-                .map(|n| n.saturating_sub(VNET_HDR_LEN))
-        } else {
-            self.file.read(buf)
-        };
+        // Receive offloads are off: the header says nothing the card needs
+        // (at most that the checksum was checked).
+        let mut header = [0u8; VNET_HDR_LEN];
+        let read = self
+            .file
+            .read_vectored(&mut [IoSliceMut::new(&mut header), IoSliceMut::new(buf)])
+            .map(|n| n.saturating_sub(VNET_HDR_LEN));
         match read {
             Ok(n) if n > 0 => Some(n),
             // Nothing waits (EAGAIN), the interface is down (EIO), or a

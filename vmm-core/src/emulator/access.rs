@@ -283,16 +283,68 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
         };
         match walked {
             Ok(gpa) => {
-                let frame = gpa & !(PAGE_SIZE - 1);
-                if let Some(slot) = self.tlb.get_mut(self.tlb_next % TLB_ENTRIES) {
-                    *slot = Some(TlbEntry { page, frame, kind });
-                }
-                self.tlb_next = self.tlb_next.wrapping_add(1);
+                self.remember(page, gpa, kind);
                 Ok(gpa)
             }
             Err(WalkError::PageFault(pf)) => Err(Exception::PageFault(pf).into()),
             Err(WalkError::TableUnreachable { gpa }) => Err(BusError::Memory { gpa }.into()),
         }
+    }
+
+    /// Keep linear page `page` mapped to the frame of `gpa` for accesses
+    /// of `kind` in this instruction's TLB.
+    #[inline]
+    fn remember(&mut self, page: u64, gpa: u64, kind: AccessKind) {
+        let frame = gpa & !(PAGE_SIZE - 1);
+        if let Some(slot) = self.tlb.get_mut(self.tlb_next % TLB_ENTRIES) {
+            *slot = Some(TlbEntry { page, frame, kind });
+        }
+        self.tlb_next = self.tlb_next.wrapping_add(1);
+    }
+
+    /// Fetch `buf.len()` code bytes at linear `la`, all in one page: what
+    /// [`Context::translate_range`] for execution and then
+    /// [`Context::bus_read`] do, in the same order and with the same
+    /// faults, except that a page this instruction's TLB does not hold
+    /// but the vCPU's translation cache does has its walk's entries
+    /// checked and its bytes read in one go
+    /// ([`TranslationCache::lookup_then_read`](super::translation_cache::TranslationCache::lookup_then_read)).
+    #[inline]
+    pub fn fetch_in_page(&mut self, la: u64, buf: &mut [u8]) -> Result<(), EmulateError> {
+        let kind = AccessKind::Execute;
+        let in_page = (la & (PAGE_SIZE - 1)) + buf.len() as u64 <= PAGE_SIZE;
+        if in_page && !buf.is_empty() && self.walker.mode() != PagingMode::Disabled {
+            let page = la >> 12;
+            let tlb_miss = !self
+                .tlb
+                .iter()
+                .flatten()
+                .any(|e| e.page == page && e.kind == kind);
+            if tlb_miss {
+                let access = Access {
+                    kind,
+                    cpl: self.cpl,
+                    implicit_supervisor: false,
+                    ac: self.state.rflags() & RFLAGS_AC != 0,
+                };
+                let read = self.state.translation_cache().and_then(|cache| {
+                    cache.lookup_then_read(self.bus, &self.walker, access, la, buf)
+                });
+                match read {
+                    Some(Ok(gpa)) => {
+                        self.remember(page, gpa, kind);
+                        return Ok(());
+                    }
+                    // The instruction stops here: its TLB is not used again.
+                    Some(Err(e)) => return Err(e.into()),
+                    // No cached walk holds (a stale one is gone): the
+                    // general path walks.
+                    None => {}
+                }
+            }
+        }
+        let range = self.translate_range(la, buf.len(), kind)?;
+        self.bus_read(&range, buf)
     }
 
     /// The guest-physical address of linear `at` for an implicit

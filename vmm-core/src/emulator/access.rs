@@ -259,31 +259,46 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
     /// [`Context::translate`] for a page not in this instruction's TLB:
     /// the vCPU's translation cache, else a walk.
     fn translate_missed(&mut self, la: u64, kind: AccessKind) -> Result<u64, EmulateError> {
-        let page = la >> 12;
-        let access = Access {
+        let access = self.access_of(kind);
+        if let Some(cache) = self.state.translation_cache() {
+            if let Some(gpa) = cache.lookup(self.bus, &self.walker, access, la) {
+                self.remember(la >> 12, gpa, kind);
+                return Ok(gpa);
+            }
+        }
+        self.walk(la, kind, access)
+    }
+
+    /// The paging checks of an explicit access of `kind` by this
+    /// instruction.
+    #[inline]
+    fn access_of(&self, kind: AccessKind) -> Access {
+        Access {
             kind,
             cpl: self.cpl,
             implicit_supervisor: false,
             ac: self.state.rflags() & RFLAGS_AC != 0,
-        };
+        }
+    }
+
+    /// Walk the page tables for a page neither this instruction's TLB
+    /// nor the vCPU's translation cache holds; the walk is kept in both.
+    fn walk(&mut self, la: u64, kind: AccessKind, access: Access) -> Result<u64, EmulateError> {
         let walker = &self.walker;
         let walked = match self.state.translation_cache() {
-            Some(cache) => match cache.lookup(self.bus, walker, access, la) {
-                Some(gpa) => Ok(gpa),
-                None => walker
-                    .translate_traced(&mut BusTables(self.bus), la, access)
-                    .map(|(t, trace)| {
-                        cache.insert(walker, access, la, t.gpa, &trace);
-                        t.gpa
-                    }),
-            },
+            Some(cache) => walker
+                .translate_traced(&mut BusTables(self.bus), la, access)
+                .map(|(t, trace)| {
+                    cache.insert(walker, access, la, t.gpa, &trace);
+                    t.gpa
+                }),
             None => walker
                 .translate(&mut BusTables(self.bus), la, access)
                 .map(|t| t.gpa),
         };
         match walked {
             Ok(gpa) => {
-                self.remember(page, gpa, kind);
+                self.remember(la >> 12, gpa, kind);
                 Ok(gpa)
             }
             Err(WalkError::PageFault(pf)) => Err(Exception::PageFault(pf).into()),
@@ -321,26 +336,22 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
                 .flatten()
                 .any(|e| e.page == page && e.kind == kind);
             if tlb_miss {
-                let access = Access {
-                    kind,
-                    cpl: self.cpl,
-                    implicit_supervisor: false,
-                    ac: self.state.rflags() & RFLAGS_AC != 0,
-                };
+                let access = self.access_of(kind);
                 let read = self.state.translation_cache().and_then(|cache| {
                     cache.lookup_then_read(self.bus, &self.walker, access, la, buf)
                 });
-                match read {
+                let gpa = match read {
                     Some(Ok(gpa)) => {
                         self.remember(page, gpa, kind);
                         return Ok(());
                     }
                     // The instruction stops here: its TLB is not used again.
                     Some(Err(e)) => return Err(e.into()),
-                    // No cached walk holds (a stale one is gone): the
-                    // general path walks.
-                    None => {}
-                }
+                    // No cached walk holds (a stale one is gone): walk,
+                    // then read as `bus_read` does an access in one piece.
+                    None => self.walk(la, kind, access)?,
+                };
+                return Ok(self.bus.read_physical(gpa, buf)?);
             }
         }
         let range = self.translate_range(la, buf.len(), kind)?;

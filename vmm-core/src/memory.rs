@@ -1115,6 +1115,7 @@ impl GuestMemory {
     /// (`buf` is left alone); `Some(true)`: they hold and `buf` was read;
     /// `Some(false)`: they hold, but the bytes were not read (outside that
     /// region, or `buf` empty), so the caller reads them the general way.
+    #[inline]
     pub fn words_equal_then_read(
         &self,
         words: impl IntoIterator<Item = (u64, bool, u64)>,

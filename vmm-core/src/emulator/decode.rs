@@ -154,6 +154,7 @@ pub(crate) fn decode_given(
 }
 
 /// Fetch and decode the instruction at CS:RIP.
+#[inline]
 pub(crate) fn fetch<S: CpuState, B: GuestBus>(
     ctx: &mut Context<'_, S, B>,
 ) -> Result<Decoded, EmulateError> {

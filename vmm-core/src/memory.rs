@@ -1104,6 +1104,47 @@ impl GuestMemory {
     /// checked again by the emulator's translation cache, usually lie in
     /// one region of RAM.
     pub fn words_equal(&self, words: impl IntoIterator<Item = (u64, bool, u64)>) -> bool {
+        self.words_window(words).is_some()
+    }
+
+    /// [`GuestMemory::words_equal`], and where the words all hold, the
+    /// `buf.len()` bytes at `gpa` too when they lie in the region of the
+    /// last word looked up (one lookup for a walk's entries and the page
+    /// it leads to, which usually lie in one region of RAM): read as
+    /// [`GuestMemory::read`] reads them. `None`: a word does not hold
+    /// (`buf` is left alone); `Some(true)`: they hold and `buf` was read;
+    /// `Some(false)`: they hold, but the bytes were not read (outside that
+    /// region, or `buf` empty), so the caller reads them the general way.
+    #[inline]
+    pub fn words_equal_then_read(
+        &self,
+        words: impl IntoIterator<Item = (u64, bool, u64)>,
+        gpa: u64,
+        buf: &mut [u8],
+    ) -> Option<bool> {
+        let (start, window) = self.words_window(words)?;
+        if buf.is_empty() {
+            return Some(false);
+        }
+        let bytes = usize::try_from(gpa.wrapping_sub(start))
+            .ok()
+            .and_then(|at| window.get(at..at.checked_add(buf.len())?));
+        Some(match bytes {
+            Some(b) => {
+                buf.copy_from_slice(b);
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// The check of [`GuestMemory::words_equal`]: if every word holds, the
+    /// last region window looked up (its start and bytes; empty if none).
+    #[inline]
+    fn words_window(
+        &self,
+        words: impl IntoIterator<Item = (u64, bool, u64)>,
+    ) -> Option<(u64, &[u8])> {
         // The region last looked up: its start and its bytes.
         let mut start = 0u64;
         let mut window: &[u8] = &[];
@@ -1128,10 +1169,10 @@ impl GuestMemory {
                 }),
             };
             if read != Some(value) {
-                return false;
+                return None;
             }
         }
-        true
+        Some((start, window))
     }
 
     /// Read a little-endian integer of `N` bytes.
@@ -1297,6 +1338,39 @@ mod tests {
         two.write_u64(0xffc, 0x0102_0304_0506_0708).unwrap();
         assert!(two.words_equal([(0xffc, true, 0x0102_0304_0506_0708)]));
         assert!(!two.words_equal([(0xffc, true, 0)]));
+    }
+
+    #[test]
+    fn words_equal_then_read_reads_as_read_does_only_when_the_words_hold() {
+        let mut m = pc_like();
+        m.write_u64(0x1000, 0x1122_3344_5566_7788).unwrap();
+        m.write(0x5000, b"code").unwrap();
+        let words = [(0x1000, true, 0x1122_3344_5566_7788)];
+        // The words hold and the bytes lie in their region: read.
+        let mut buf = [0u8; 4];
+        assert_eq!(m.words_equal_then_read(words, 0x5000, &mut buf), Some(true));
+        assert_eq!(&buf, b"code");
+        // Outside that region (ROM, MMIO), or nothing to read: the caller
+        // reads them; `buf` is left alone.
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            m.words_equal_then_read(words, 0xffff_fff0, &mut buf),
+            Some(false)
+        );
+        assert_eq!(
+            m.words_equal_then_read(words, 0xfee0_0000, &mut buf),
+            Some(false)
+        );
+        assert_eq!(
+            m.words_equal_then_read(words, 0xf_fffe, &mut buf),
+            Some(false)
+        );
+        assert_eq!(m.words_equal_then_read(words, 0x5000, &mut []), Some(false));
+        assert_eq!(buf, [0; 4]);
+        // A word that changed: nothing read.
+        m.write_u8(0x1000, 0).unwrap();
+        assert_eq!(m.words_equal_then_read(words, 0x5000, &mut buf), None);
+        assert_eq!(buf, [0; 4]);
     }
 
     #[test]

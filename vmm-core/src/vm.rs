@@ -470,6 +470,7 @@ impl Vm {
     }
 
     /// The guest wrote MMIO at `gpa`.
+    #[inline]
     pub fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> IoOutcome {
         let d = self.devices.mmio_write(dispatch_env!(self), gpa, data);
         self.accessed(d)

@@ -259,40 +259,103 @@ impl<'a, S: CpuState, B: GuestBus> Context<'a, S, B> {
     /// [`Context::translate`] for a page not in this instruction's TLB:
     /// the vCPU's translation cache, else a walk.
     fn translate_missed(&mut self, la: u64, kind: AccessKind) -> Result<u64, EmulateError> {
-        let page = la >> 12;
-        let access = Access {
+        let access = self.access_of(kind);
+        if let Some(cache) = self.state.translation_cache() {
+            if let Some(gpa) = cache.lookup(self.bus, &self.walker, access, la) {
+                self.remember(la >> 12, gpa, kind);
+                return Ok(gpa);
+            }
+        }
+        self.walk(la, kind, access)
+    }
+
+    /// The paging checks of an explicit access of `kind` by this
+    /// instruction.
+    #[inline]
+    fn access_of(&self, kind: AccessKind) -> Access {
+        Access {
             kind,
             cpl: self.cpl,
             implicit_supervisor: false,
             ac: self.state.rflags() & RFLAGS_AC != 0,
-        };
+        }
+    }
+
+    /// Walk the page tables for a page neither this instruction's TLB
+    /// nor the vCPU's translation cache holds; the walk is kept in both.
+    fn walk(&mut self, la: u64, kind: AccessKind, access: Access) -> Result<u64, EmulateError> {
         let walker = &self.walker;
         let walked = match self.state.translation_cache() {
-            Some(cache) => match cache.lookup(self.bus, walker, access, la) {
-                Some(gpa) => Ok(gpa),
-                None => walker
-                    .translate_traced(&mut BusTables(self.bus), la, access)
-                    .map(|(t, trace)| {
-                        cache.insert(walker, access, la, t.gpa, &trace);
-                        t.gpa
-                    }),
-            },
+            Some(cache) => walker
+                .translate_traced(&mut BusTables(self.bus), la, access)
+                .map(|(t, trace)| {
+                    cache.insert(walker, access, la, t.gpa, &trace);
+                    t.gpa
+                }),
             None => walker
                 .translate(&mut BusTables(self.bus), la, access)
                 .map(|t| t.gpa),
         };
         match walked {
             Ok(gpa) => {
-                let frame = gpa & !(PAGE_SIZE - 1);
-                if let Some(slot) = self.tlb.get_mut(self.tlb_next % TLB_ENTRIES) {
-                    *slot = Some(TlbEntry { page, frame, kind });
-                }
-                self.tlb_next = self.tlb_next.wrapping_add(1);
+                self.remember(la >> 12, gpa, kind);
                 Ok(gpa)
             }
             Err(WalkError::PageFault(pf)) => Err(Exception::PageFault(pf).into()),
             Err(WalkError::TableUnreachable { gpa }) => Err(BusError::Memory { gpa }.into()),
         }
+    }
+
+    /// Keep linear page `page` mapped to the frame of `gpa` for accesses
+    /// of `kind` in this instruction's TLB.
+    #[inline]
+    fn remember(&mut self, page: u64, gpa: u64, kind: AccessKind) {
+        let frame = gpa & !(PAGE_SIZE - 1);
+        if let Some(slot) = self.tlb.get_mut(self.tlb_next % TLB_ENTRIES) {
+            *slot = Some(TlbEntry { page, frame, kind });
+        }
+        self.tlb_next = self.tlb_next.wrapping_add(1);
+    }
+
+    /// Fetch `buf.len()` code bytes at linear `la`, all in one page: what
+    /// [`Context::translate_range`] for execution and then
+    /// [`Context::bus_read`] do, in the same order and with the same
+    /// faults, except that a page this instruction's TLB does not hold
+    /// but the vCPU's translation cache does has its walk's entries
+    /// checked and its bytes read in one go
+    /// ([`TranslationCache::lookup_then_read`](super::translation_cache::TranslationCache::lookup_then_read)).
+    #[inline]
+    pub fn fetch_in_page(&mut self, la: u64, buf: &mut [u8]) -> Result<(), EmulateError> {
+        let kind = AccessKind::Execute;
+        let in_page = (la & (PAGE_SIZE - 1)) + buf.len() as u64 <= PAGE_SIZE;
+        if in_page && !buf.is_empty() && self.walker.mode() != PagingMode::Disabled {
+            let page = la >> 12;
+            let tlb_miss = !self
+                .tlb
+                .iter()
+                .flatten()
+                .any(|e| e.page == page && e.kind == kind);
+            if tlb_miss {
+                let access = self.access_of(kind);
+                let read = self.state.translation_cache().and_then(|cache| {
+                    cache.lookup_then_read(self.bus, &self.walker, access, la, buf)
+                });
+                let gpa = match read {
+                    Some(Ok(gpa)) => {
+                        self.remember(page, gpa, kind);
+                        return Ok(());
+                    }
+                    // The instruction stops here: its TLB is not used again.
+                    Some(Err(e)) => return Err(e.into()),
+                    // No cached walk holds (a stale one is gone): walk,
+                    // then read as `bus_read` does an access in one piece.
+                    None => self.walk(la, kind, access)?,
+                };
+                return Ok(self.bus.read_physical(gpa, buf)?);
+            }
+        }
+        let range = self.translate_range(la, buf.len(), kind)?;
+        self.bus_read(&range, buf)
     }
 
     /// The guest-physical address of linear `at` for an implicit

@@ -85,6 +85,10 @@ impl Breakpoints {
 
     /// DR6.B0-B3 for a data access of `len` bytes at linear `la`.
     pub fn data_hits(&self, la: u64, len: usize, write: bool) -> u64 {
+        // L0-3 and G0-3 all clear: nothing can match.
+        if self.dr7 & 0xff == 0 {
+            return 0;
+        }
         (0..4)
             .filter(|&n| {
                 self.enabled(n)

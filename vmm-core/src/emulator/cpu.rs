@@ -484,6 +484,24 @@ pub trait GuestBus {
         path.iter()
             .all(|e| self.read_table_entry(e.gpa, e.wide) == Some(e.value))
     }
+    /// [`GuestBus::table_entries_hold`], then, if they all hold, read
+    /// `data.len()` bytes at `gpa` as [`GuestBus::read_physical`] reads
+    /// them (the page a cached walk leads to). `Ok(false)`: an entry does
+    /// not hold, and nothing was read. The default does the two in turn;
+    /// a bus that can find the entries and the bytes in one lookup
+    /// overrides it.
+    fn table_entries_hold_then_read(
+        &mut self,
+        path: &[TracedEntry],
+        gpa: u64,
+        data: &mut [u8],
+    ) -> Result<bool, BusError> {
+        if !self.table_entries_hold(path) {
+            return Ok(false);
+        }
+        self.read_physical(gpa, data)?;
+        Ok(true)
+    }
     /// Complete a locked read-modify-write at `gpa` whose read returned
     /// `old`: store `new` if the bytes there still equal `old` and return
     /// `true`; return `false`, changing nothing, if another vCPU changed

@@ -154,6 +154,7 @@ pub(crate) fn decode_given(
 }
 
 /// Fetch and decode the instruction at CS:RIP.
+#[inline]
 pub(crate) fn fetch<S: CpuState, B: GuestBus>(
     ctx: &mut Context<'_, S, B>,
 ) -> Result<Decoded, EmulateError> {
@@ -176,8 +177,7 @@ pub(crate) fn fetch<S: CpuState, B: GuestBus>(
     };
     let mut buf = [0u8; MAX_INSTRUCTION_LEN];
     let in_page = ((PAGE_SIZE - (la & (PAGE_SIZE - 1))) as usize).min(available);
-    let first = ctx.translate_range(la, in_page, AccessKind::Execute)?;
-    ctx.bus_read(&first, &mut buf[..in_page])?;
+    ctx.fetch_in_page(la, &mut buf[..in_page])?;
     // The same bytes at the same RIP decode as before.
     if let Some(cache) = ctx.state.decode_cache() {
         if let Some(d) = cache.lookup(bitness, rip, &buf, in_page) {

@@ -24,7 +24,7 @@
 //! cache never adds a device access. What it saves is the walker's
 //! decisions (levels, reserved bits, rights), not the reads.
 
-use super::cpu::GuestBus;
+use super::cpu::{BusError, GuestBus};
 use crate::paging::{Access, ControlRegisters, TracedEntry, WalkTrace, Walker, PAGE_SIZE};
 
 /// Walks kept per vCPU: the code page and a data page or two.
@@ -137,6 +137,41 @@ impl TranslationCache {
         let frame = walk.frame;
         self.hits += 1;
         Some(frame | (linear & (PAGE_SIZE - 1)))
+    }
+
+    /// [`TranslationCache::lookup`], and on a hit the `buf.len()` bytes
+    /// at the address found read into `buf` (which stays inside its page),
+    /// the entries and the bytes in one go where the bus can
+    /// ([`GuestBus::table_entries_hold_then_read`]): `Some(Ok(gpa))` a hit
+    /// and the bytes read, `Some(Err(_))` a hit whose bytes could not be
+    /// read, `None` no walk holds (nothing read).
+    #[inline]
+    pub(crate) fn lookup_then_read<B: GuestBus>(
+        &mut self,
+        bus: &mut B,
+        walker: &Walker,
+        access: Access,
+        linear: u64,
+        buf: &mut [u8],
+    ) -> Option<Result<u64, BusError>> {
+        let key = WalkKey::new(walker, access, linear);
+        let slot = self
+            .walks
+            .iter_mut()
+            .find(|w| w.as_ref().is_some_and(|w| w.key == key))?;
+        let walk = slot.as_ref()?;
+        let path = walk.path.get(..usize::from(walk.len)).unwrap_or(&[]);
+        let gpa = walk.frame | (linear & (PAGE_SIZE - 1));
+        match bus.table_entries_hold_then_read(path, gpa, buf) {
+            Ok(false) => {
+                *slot = None;
+                None
+            }
+            read => {
+                self.hits += 1;
+                Some(read.map(|_| gpa))
+            }
+        }
     }
 
     /// Keep the successful walk of `linear` that gave `gpa` along `trace`.

@@ -44,6 +44,15 @@ impl<B: GuestBus + ?Sized> GuestBus for RecordingBus<'_, B> {
         self.inner.table_entries_hold(path)
     }
 
+    fn table_entries_hold_then_read(
+        &mut self,
+        path: &[TracedEntry],
+        gpa: u64,
+        data: &mut [u8],
+    ) -> Result<bool, BusError> {
+        self.inner.table_entries_hold_then_read(path, gpa, data)
+    }
+
     fn write_physical(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
         self.inner.write_physical(gpa, data)?;
         self.writes.push((gpa, data.len() as u64));

@@ -50,6 +50,26 @@ impl GuestBus for Vm {
             .words_equal(path.iter().map(|e| (e.gpa, e.wide, e.value)))
     }
 
+    #[inline]
+    fn table_entries_hold_then_read(
+        &mut self,
+        path: &[TracedEntry],
+        gpa: u64,
+        data: &mut [u8],
+    ) -> Result<bool, BusError> {
+        // The bytes from the entries' region when they lie in it, else as
+        // `read_physical` reads them.
+        let words = path.iter().map(|e| (e.gpa, e.wide, e.value));
+        match self.memory().words_equal_then_read(words, gpa, data) {
+            None => Ok(false),
+            Some(true) => Ok(true),
+            Some(false) => {
+                self.guest_read(gpa, data);
+                Ok(true)
+            }
+        }
+    }
+
     fn io_read(&mut self, port: u16, data: &mut [u8]) -> Result<(), BusError> {
         self.port_read(port, data);
         Ok(())

@@ -215,12 +215,12 @@ pub fn watch_quit_signals(kick: QuitKick) {
                             "\r\nvmm: signal {sig} not noticed by the run within {} ms; exiting without the report\r\n",
                             QUIT_GRACE.as_millis()
                         );
-                        if let Some(flush) = QUIT_FLUSH
+                        let flush = QUIT_FLUSH
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .as_ref()
-                        {
-                            flush.try_flush();
+                            .clone();
+                        if let Some(flush) = flush {
+                            flush_within(flush, QUIT_FLUSH_WAIT);
                         }
                         restore_saved_terminal();
                         std::process::exit(128 + sig);
@@ -243,6 +243,25 @@ pub fn quit_noticed() {
     *QUIT_FLUSH
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+}
+
+/// How long a forced exit waits for the console's pending line to be
+/// written out (a pipe nobody reads must not hold the exit).
+const QUIT_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// [`ConsoleFlush::try_flush`] on a thread of its own, waited for at most
+/// `wait`: a writer that blocks does not hold the caller.
+fn flush_within(flush: ConsoleFlush, wait: std::time::Duration) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("quit-flush".into())
+        .spawn(move || {
+            flush.try_flush();
+            let _ = done.send(());
+        });
+    if spawned.is_ok() {
+        let _ = finished.recv_timeout(wait);
+    }
 }
 
 /// Write out `flush`'s pending partial line (a prompt, the start of a
@@ -528,6 +547,32 @@ mod tests {
         assert_eq!(quit_signalled(), None);
         signal_hook::low_level::raise(SIGHUP).unwrap();
         assert_eq!(quit_signalled(), Some(SIGHUP));
+    }
+
+    #[test]
+    fn a_forced_quits_flush_does_not_wait_for_a_writer_that_blocks() {
+        /// A writer that never returns (a pipe nobody reads).
+        struct Stuck(std::sync::mpsc::Receiver<()>);
+        impl Write for Stuck {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                let _ = self.0.recv();
+                Ok(0)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (_keep, never) = std::sync::mpsc::channel();
+        let mut c = SerialConsole::new(Box::new(Stuck(never)), None);
+        for b in b"login: " {
+            c.write(*b);
+        }
+        let started = std::time::Instant::now();
+        flush_within(c.flusher(), QUIT_FLUSH_WAIT);
+        // It gave up on the writer (which would block for ever) and came
+        // back: a generous bound, not a speed test.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        std::mem::forget(c);
     }
 
     #[test]

@@ -15,8 +15,10 @@
 ;      drive waits for it, as Linux's driver leaves it);
 ;   4. a virtio-blk read request posted in the available ring, not
 ;      notified;
-;   5. notified: the device has written the used ring and set its ISR; the
-;      interrupt is not taken.
+;   5. notified, and the used ring seen to move (a device may complete a
+;      request after the notify returns: `vmm` serves notifies on a
+;      thread of its own through KVM_IOEVENTFD): the device has written
+;      the used ring and set its ISR; the interrupt is not taken.
 ; Then it prints what it saw on one line per device, prints "done" and
 ; powers off (PM1a_CNT at 0x604). The CD's sector n is expected to begin
 ; with its text ("cd-sector-NN"), the disk's sector n likewise.
@@ -368,6 +370,16 @@ virtio:
     mov esi, LIN(msg_stage4)
     call wait_key
     mov word [NOTIFY], 0
+    ; Wait (a bounded spin) for the used index to move; if it never
+    ; does, the report below says so.
+    mov ecx, 0x4000000
+.wait_used:
+    cmp word [QUSED + 2], 0
+    jne .used
+    pause
+    dec ecx
+    jnz .wait_used
+.used:
     mov esi, LIN(msg_stage5)
     call wait_key
 

@@ -343,6 +343,17 @@ impl VcpuThreads {
             let mut state = shared.lock();
             state.doorbells = Some(fds);
             state.sync_doorbells();
+            // Each doorbell rung once to begin with, as QEMU does when it
+            // starts its ioeventfds: a request a restored snapshot holds
+            // in an available ring, whose notify was on its way through
+            // the notify thread when the snapshot was taken, is served
+            // now instead of waiting for the driver's next notify. A
+            // notify with nothing new does nothing.
+            if let Some(d) = &state.doorbells {
+                for (_, fd) in d.fds() {
+                    let _ = fd.write(1);
+                }
+            }
         }
         let handle = std::thread::Builder::new()
             .name("virtio-notify".into())

@@ -629,6 +629,14 @@ pub fn memtouch_iso(default_iso: &Path) -> Result<PathBuf> {
     appended_iso(default_iso, "memtouch", "vmm_workload=memtouch")
 }
 
+/// The default CD with `vmm_workload=shell` on the kernel command line:
+/// after the init marker its init prints `VMM-CD-SHELL: ready` and runs a
+/// shell on the console (see `xtask/assets/linux-cd/init`), and powers off
+/// when the shell ends.
+pub fn shell_iso(default_iso: &Path) -> Result<PathBuf> {
+    appended_iso(default_iso, "shell", "vmm_workload=shell")
+}
+
 /// The default CD with `append` added to its kernel command line, as
 /// `linux-NAME.iso` next to `default_iso`; rebuilt when that is newer.
 pub fn appended_iso(default_iso: &Path, name: &str, append: &str) -> Result<PathBuf> {

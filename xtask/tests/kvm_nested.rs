@@ -451,3 +451,60 @@ exit 0
     assert!(restored.contains("reboot: Power down"), "{all}");
     assert!(job.contains("SNAP-RIG: restored status 0"), "{all}");
 }
+
+/// Issue 21's first test: the default CD's VM snapshotted in user space
+/// (its init past the marker, in a shell on the console) under a real KVM,
+/// the process SIGKILLed, the snapshot restored in a new `vmm`, and a
+/// command typed on the restored VM's console answered by its shell; then
+/// `poweroff -f` typed the same way ends it.
+#[test]
+#[ignore = "boots a Linux with KVM under QEMU TCG (minutes): cargo xtask test --slow"]
+fn slow_a_vm_snapshotted_in_user_space_restores_and_answers_a_typed_command() {
+    let _one = RIG.lock().unwrap_or_else(|e| e.into_inner());
+    let iso = xtask::images::shell_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
+    // Each typed line is under the UART's 16-byte FIFO, so no key is lost
+    // whatever the guest's interrupt latency.
+    let script = r#"
+vmm run --memory 512M --serial file=/tmp/first.log --api-socket /tmp/a.sock --cdrom /rig/shell.iso >/tmp/first.err 2>&1 &
+pid=$!
+i=0
+while ! grep -q "VMM-CD-SHELL: ready" /tmp/first.log 2>/dev/null; do sleep 1; i=$((i+1)); [ $i -gt 400 ] && break; done
+sleep 2
+vmm snapshot --api-socket /tmp/a.sock /tmp/s.snap
+echo "SNAP-RIG: snapshot status $?"
+kill -9 $pid
+echo "SNAP-RIG: first run's init markers: $(grep -c 'VMM-CD-INIT-MARKER' /tmp/first.log)"
+{ sleep 3; echo 'echo A$((6*7))B'; sleep 5; echo 'poweroff -f'; } | vmm run --memory 512M --serial stdio --cdrom /rig/shell.iso --restore /tmp/s.snap
+echo "SNAP-RIG: restored status $?"
+exit 0
+"#;
+    let run = rig()
+        .run(
+            script,
+            &[("/rig/shell.iso", &iso)],
+            kvm_nested::DEFAULT_TIMEOUT,
+            false,
+        )
+        .unwrap();
+    report(
+        "the default CD's VM snapshotted in user space, restored, typed at",
+        &run,
+    );
+    let job = run.job_output();
+    let all = &run.serial;
+    assert!(
+        job.contains("SNAP-RIG: first run's init markers: 1"),
+        "{all}"
+    );
+    assert!(job.contains("SNAP-RIG: snapshot status 0"), "{all}");
+    assert!(job.contains("vmm: restored /tmp/s.snap"), "{all}");
+    let restored = job.split("vmm: restored /tmp/s.snap").nth(1).unwrap_or("");
+    // The shell's answer, on a line of its own (the typed line, echoed by
+    // the tty, has the unexpanded `$((6*7))`).
+    assert!(
+        restored.lines().any(|l| l.trim() == "A42B"),
+        "no answer from the restored VM's shell: {all}"
+    );
+    assert!(restored.contains("reboot: Power down"), "{all}");
+    assert!(job.contains("SNAP-RIG: restored status 0"), "{all}");
+}

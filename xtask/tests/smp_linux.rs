@@ -28,15 +28,19 @@ fn boot(cmdline: &str) -> (Outcome, String) {
 }
 
 fn assert_four_cpus(outcome: Outcome, console: &str) {
+    assert_cpus(4, outcome, console);
+}
+
+fn assert_cpus(n: usize, outcome: Outcome, console: &str) {
     assert!(
-        console.contains("4 vCPUs, CPU model qemu64"),
-        "the host made 4 vCPUs\n{console}"
+        console.contains(&format!("{n} vCPUs, CPU model qemu64")),
+        "the host made {n} vCPUs\n{console}"
     );
     assert!(
-        console.contains("smp: Brought up 1 node, 4 CPUs"),
+        console.contains(&format!("smp: Brought up 1 node, {n} CPUs")),
         "Linux started every application processor\n{console}"
     );
-    assert!(console.contains("[vm 0] cpus: 4"), "{console}");
+    assert!(console.contains(&format!("[vm 0] cpus: {n}")), "{console}");
     assert!(
         console.contains("[vm 0] VMM-CD-INIT-MARKER: user space reached"),
         "{console}"
@@ -60,6 +64,15 @@ fn assert_four_cpus(outcome: Outcome, console: &str) {
 fn linux_boots_on_four_vcpus_and_counts_four_cpus() {
     let (outcome, console) = boot("guest_mem=256M vms=1 cpus=4");
     assert_four_cpus(outcome, &console);
+}
+
+/// The most vCPUs a VM may have: sixteen, time-sliced on the host's
+/// CPUs. For `cargo xtask test --slow`.
+#[test]
+#[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test --slow"]
+fn slow_linux_boots_on_sixteen_vcpus_and_counts_sixteen_cpus() {
+    let (outcome, console) = boot("guest_mem=256M vms=1 cpus=16");
+    assert_cpus(16, outcome, &console);
 }
 
 #[test]

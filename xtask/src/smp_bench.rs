@@ -9,7 +9,9 @@
 //! marker), the job's time (host clock between its start and done lines,
 //! and the guest's own), the VM's exits and the host's turns per CPU;
 //! then the speedup. The host machine's cores are shared with whatever
-//! else runs, so the speedup is at most 2 and often less.
+//! else runs, so the speedup is at most 2 and often less; the peer, the
+//! same CD under plain QEMU TCG with `-smp 1` and `-smp 4` (no VMM),
+//! says what the machine gave a parallel job in the same minutes.
 
 use crate::kernel::{self, GuestImage};
 use crate::qemu;
@@ -57,9 +59,7 @@ fn children_cpu_secs() -> f64 {
 fn boot(elf: &Path, seabios: &Path, iso: &Path, cpus: u32) -> Result<Run> {
     let modules = GuestImage::pc(seabios.to_path_buf(), iso.to_path_buf());
     eprintln!("xtask: the SMP job with cpus={cpus} on {HOST_CPUS} host CPUs");
-    let cpu_before = children_cpu_secs();
-    let started = std::time::Instant::now();
-    let lines = qemu::timed_console(
+    measure(
         qemu::direct_command_on(
             elf,
             &format!("guest_mem=512M vms=1 cpus={cpus}"),
@@ -67,8 +67,33 @@ fn boot(elf: &Path, seabios: &Path, iso: &Path, cpus: u32) -> Result<Run> {
             1024,
             HOST_CPUS,
         )?,
-        TIMEOUT,
-    )?;
+        cpus,
+    )
+}
+
+/// The peer: the same CD under plain QEMU TCG with `cpus` CPUs (one
+/// thread each, multi-threaded TCG), no VMM: what this machine gives a
+/// guest's parallel job at its present load.
+fn plain(iso: &Path, cpus: u32) -> Result<Run> {
+    eprintln!("xtask: the SMP job under plain QEMU TCG -smp {cpus}");
+    let mut c = std::process::Command::new("qemu-system-x86_64");
+    c.args(["-accel", "tcg,thread=multi", "-cpu", "qemu64", "-m", "512M"])
+        .args(["-smp", &cpus.to_string()])
+        .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+        .args(["-monitor", "none", "-drive"])
+        .arg(format!(
+            "file={},index=2,media=cdrom,readonly=on,file.locking=off",
+            iso.display()
+        ));
+    measure(c, cpus)
+}
+
+/// Run `cmd` (a QEMU printing the guest's console on stdout) to its end
+/// and take the boot's and the job's figures from its lines.
+fn measure(cmd: std::process::Command, cpus: u32) -> Result<Run> {
+    let cpu_before = children_cpu_secs();
+    let started = std::time::Instant::now();
+    let lines = qemu::timed_console(cmd, TIMEOUT)?;
     let wall = started.elapsed().as_secs_f64();
     let qemu_cpu = children_cpu_secs() - cpu_before;
     let find = |what: &str| {
@@ -127,6 +152,7 @@ pub fn run() -> Result<()> {
         boot(&elf, &images.seabios, &iso, 2)?,
         boot(&elf, &images.seabios, &iso, 4)?,
     ];
+    let peer = [plain(&iso, 1)?, plain(&iso, 4)?];
     println!(
         "SMP scaling: 4 processes each md5summing 16 MiB 4 times in the guest, bare-metal host (SVM, nested paging) under QEMU TCG -smp {HOST_CPUS}:"
     );
@@ -144,12 +170,26 @@ pub fn run() -> Result<()> {
             r.qemu_cpu * 100.0 / r.wall.max(1e-9)
         );
     }
+    println!("The peer, plain QEMU TCG (no VMM) with -smp N on this machine:");
+    for r in &peer {
+        println!(
+            "  -smp {}: boot {:>7.2} s, job {:>7.2} s (guest: {}); QEMU used {:.1} CPU s in {:.1} s ({:.0}% of a core)",
+            r.cpus,
+            r.boot.as_secs_f64(),
+            r.job.as_secs_f64(),
+            r.guest_line,
+            r.qemu_cpu,
+            r.wall,
+            r.qemu_cpu * 100.0 / r.wall.max(1e-9)
+        );
+    }
     let (one, four) = (&runs[0], &runs[2]);
     let speedup = one.job.as_secs_f64() / four.job.as_secs_f64().max(1e-9);
+    let peer_speedup = peer[0].job.as_secs_f64() / peer[1].job.as_secs_f64().max(1e-9);
     crate::bench::summary(
         "smp",
         &format!(
-        "speedup {speedup:.2}x (job {:.2} s on 1 vCPU, {:.2} s on 4 vCPUs over {HOST_CPUS} host CPUs; {:.2} s on 2); boot {:.1} s / {:.1} s; exits {} / {}; QEMU {:.0}% / {:.0}% of a core",
+        "speedup {speedup:.2}x (job {:.2} s on 1 vCPU, {:.2} s on 4 vCPUs over {HOST_CPUS} host CPUs; {:.2} s on 2); plain QEMU -smp 4 against -smp 1 {peer_speedup:.2}x; boot {:.1} s / {:.1} s; exits {} / {}; QEMU {:.0}% / {:.0}% of a core",
         one.job.as_secs_f64(),
         four.job.as_secs_f64(),
         runs[1].job.as_secs_f64(),

@@ -15,13 +15,24 @@
 //!   MemTotal is about 8 GiB, 256 MiB of page cache come out of the
 //!   Normal zone (the RAM above 4 GiB) and all 16 copies read back. The
 //!   job samples `vmm`'s peak resident memory meanwhile (VmHWM), which
-//!   must stay below the rig's 2 GiB.
+//!   must stay below 1 GiB.
+//!
+//! About 4.5 minutes here (the job 237 s by the TCG guest's clock):
+//! MemTotal 8,145,016 kB, the Normal zone's free pages 1,255,731 before
+//! and 1,185,678 after the writes, `vmm`'s peak 621 MiB.
 //!
 //! `cargo xtask test --slow` sets `VMM_TEST_VMM`, `VMM_TEST_GUESTS` and
 //! `VMM_TEST_LINUX_ISO`.
 
 use xtask::kvm_nested::{self, MARK};
 use xtask::system::env_path;
+
+/// `vmm`'s peak resident memory in the rig may not pass this: about
+/// 620 MiB were measured (the guest kernel's page structures for 8 GiB,
+/// the CD's initramfs, 256 MiB of page cache and the files compared with
+/// it), half the rig's 2 GiB; a `vmm` that touched all 8 GiB would not
+/// fit the rig at all.
+const MAX_PEAK_RSS_KIB: u64 = 1 << 20;
 
 #[test]
 #[ignore = "boots a Linux with KVM under QEMU TCG (minutes): cargo xtask test --slow"]
@@ -129,7 +140,7 @@ fn slow_an_8_gib_guest_uses_its_ram_above_4_gib_under_real_kvm() {
         .and_then(|s| s.trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no peak: {all}"));
     assert!(
-        peak > 0 && peak < kvm_nested::MEMORY_MIB << 10,
+        peak > 0 && peak < MAX_PEAK_RSS_KIB,
         "vmm's peak resident memory {peak} kB: {all}"
     );
 }

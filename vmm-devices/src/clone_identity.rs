@@ -55,12 +55,8 @@ pub fn clone_serial<const N: usize>(parent: &[u8; N], index: NonZeroU8, pad: u8)
     let room = N.saturating_sub(suffix.len());
     let keep = &parent[used.saturating_sub(room)..used];
     let mut out = [pad; N];
-    let mut at = 0;
-    for &b in keep.iter().chain(suffix) {
-        if let Some(slot) = out.get_mut(at) {
-            *slot = b;
-        }
-        at += 1;
+    for (slot, &b) in out.iter_mut().zip(keep.iter().chain(suffix)) {
+        *slot = b;
     }
     out
 }

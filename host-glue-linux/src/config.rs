@@ -45,6 +45,7 @@
 use crate::size::{parse_size_in, SizeError};
 use serde::Deserialize;
 use std::fmt;
+use std::num::NonZeroU8;
 use std::path::{Path, PathBuf};
 
 /// Where Debian's `seabios` package puts SeaBIOS.
@@ -355,6 +356,31 @@ pub fn parse_cpus(text: &str, key: &str) -> Result<usize, ConfigError> {
     })?;
     check_cpus(n, key)?;
     Ok(n)
+}
+
+/// The clone index of `--clone K` (1 to 255): what the restored machine
+/// tells its guest it is ([`vmm_devices::pc::Pc::set_clone_identity`]).
+/// Refused, naming `key`, when `text` is not such a number or when there
+/// is no snapshot to make the clone from (`restoring` false: no
+/// `--restore`).
+pub fn parse_clone(text: &str, key: &str, restoring: bool) -> Result<NonZeroU8, ConfigError> {
+    let k = text
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .and_then(|n| u8::try_from(n).ok())
+        .and_then(NonZeroU8::new)
+        .ok_or_else(|| ConfigError::Value {
+            key: key.into(),
+            problem: format!("'{text}' is not a clone index (1 to 255)"),
+        })?;
+    if !restoring {
+        return Err(ConfigError::Value {
+            key: key.into(),
+            problem: "a clone is made from a snapshot: give --restore FILE too".into(),
+        });
+    }
+    Ok(k)
 }
 
 /// The most vCPUs a machine takes.
@@ -999,6 +1025,24 @@ mod tests {
         );
         let e = parse_console("hvc", "--console").unwrap_err();
         assert!(e.to_string().starts_with("--console: "), "{e}");
+    }
+
+    #[test]
+    fn clone_indices_are_1_to_255_and_need_a_snapshot() {
+        assert_eq!(parse_clone("1", "--clone", true).unwrap().get(), 1);
+        assert_eq!(parse_clone(" 255", "--clone", true).unwrap().get(), 255);
+        for bad in ["0", "256", "-1", "x", "", "1.5", "4294967297"] {
+            let e = parse_clone(bad, "--clone", true).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("--clone: '{bad}' is not a clone index (1 to 255)")
+            );
+        }
+        let e = parse_clone("3", "--clone", false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--clone: a clone is made from a snapshot: give --restore FILE too"
+        );
     }
 
     #[test]

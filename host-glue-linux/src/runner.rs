@@ -98,6 +98,11 @@ pub struct RunOptions {
     /// description as the saved one) and resume it, instead of starting
     /// the firmware (`crate::snapshot_file::restore`).
     pub restore: Option<PathBuf>,
+    /// With `restore`: make the restored machine clone k of the saved one
+    /// ([`vmm_devices::pc::Pc::set_clone_identity`]: CMOS bytes 0x60/0x61,
+    /// a MAC address and disk serial numbers of its own) before its first
+    /// instruction.
+    pub clone: Option<std::num::NonZeroU8>,
     /// Where the local APICs live (`--irqchip`, see
     /// [`crate::kvm::split_irqchip`]). `None`: KVM's
     /// ([`Irqchip::Split`]) where this KVM offers them and no option
@@ -124,6 +129,9 @@ impl RunOptions {
         let ioeventfd = self.ioeventfd.unwrap_or(irqchip == Irqchip::Split);
         if ioeventfd && irqchip != Irqchip::Split {
             return Err(RunError::NeedsSplitIrqchip("--ioeventfd"));
+        }
+        if self.clone.is_some() && self.restore.is_none() {
+            return Err(RunError::CloneNeedsRestore);
         }
         if irqchip == Irqchip::Split && self.state_roundtrip.is_some() {
             return Err(RunError::NeedsUserIrqchip("a state round trip"));
@@ -158,6 +166,7 @@ impl Default for RunOptions {
             api_socket: None,
             gdb: None,
             restore: None,
+            clone: None,
             irqchip: None,
             ioeventfd: None,
         }
@@ -357,6 +366,8 @@ pub enum RunError {
     NeedsUserIrqchip(&'static str),
     /// An option that needs `--irqchip split`.
     NeedsSplitIrqchip(&'static str),
+    /// A clone index (`RunOptions::clone`) without a snapshot to restore.
+    CloneNeedsRestore,
 }
 
 impl std::error::Error for RunError {}
@@ -386,11 +397,28 @@ impl fmt::Display for RunError {
             RunError::Thread(e) => write!(f, "vCPU thread: {e}"),
             RunError::Vnc(e) => write!(f, "--display vnc: {e}"),
             RunError::NeedsSplitIrqchip(what) => write!(f, "{what} needs --irqchip split"),
+            RunError::CloneNeedsRestore => {
+                write!(f, "--clone: a clone is made from a snapshot: give --restore FILE too")
+            }
             RunError::NeedsUserIrqchip(what) => write!(
                 f,
                 "{what} needs --irqchip user: with --irqchip split the local APICs are KVM's, and their state is not saved"
             ),
         }
+    }
+}
+
+/// ", MAC OLD -> NEW" for the log line of a clone with a network card.
+fn clone_mac_note(was: Option<[u8; 6]>, now: Option<[u8; 6]>) -> String {
+    let hex = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    match (was, now) {
+        (Some(a), Some(b)) => format!(", MAC {} -> {}", hex(a), hex(b)),
+        _ => String::new(),
     }
 }
 
@@ -628,6 +656,13 @@ pub fn run(config: &MachineConfig, options: &RunOptions) -> Result<Report, RunEr
                 r.mappings,
                 r.elapsed.as_secs_f64() * 1e3
             );
+            // The devices' state is restored: now the clone's identity,
+            // which no saved state carries back.
+            if let Some(k) = options.clone {
+                let was = pc.net_mac();
+                pc.set_clone_identity(k);
+                eprint!("vmm: clone {k}{}\r\n", clone_mac_note(was, pc.net_mac()));
+            }
             Some(file)
         }
         None => {
@@ -1225,6 +1260,38 @@ mod tests {
             .settled(),
             Err(RunError::NeedsUserIrqchip(_))
         ));
+    }
+
+    #[test]
+    fn a_clone_index_needs_a_snapshot_to_restore() {
+        let k = std::num::NonZeroU8::new(2);
+        let e = RunOptions {
+            clone: k,
+            ..RunOptions::default()
+        }
+        .settled()
+        .unwrap_err();
+        assert!(matches!(e, RunError::CloneNeedsRestore));
+        assert_eq!(
+            e.to_string(),
+            "--clone: a clone is made from a snapshot: give --restore FILE too"
+        );
+        let s = RunOptions {
+            clone: k,
+            restore: Some("vm.snap".into()),
+            ..RunOptions::default()
+        }
+        .settled()
+        .unwrap();
+        assert_eq!(s.clone, k);
+        assert_eq!(
+            clone_mac_note(
+                Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+                Some([0x52, 0x54, 0, 0x10, 0x34, 0x56])
+            ),
+            ", MAC 52:54:00:12:34:56 -> 52:54:00:10:34:56"
+        );
+        assert_eq!(clone_mac_note(None, None), "");
     }
 
     /// A 16 MiB PC on the Linux host (no KVM needed: it never runs),

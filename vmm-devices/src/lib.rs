@@ -13,6 +13,7 @@ pub mod a20;
 pub mod acpi_pm;
 pub mod apic_bus;
 pub mod block;
+pub mod clone_identity;
 pub mod debug_console;
 pub mod debug_exit;
 pub mod dmm;

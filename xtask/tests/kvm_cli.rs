@@ -149,6 +149,31 @@ fn command_line_errors_name_the_flag_and_the_file() {
 
 #[test]
 #[ignore = "runs the vmm binary: run through cargo xtask test"]
+fn clone_indices_outside_1_to_255_and_clones_without_a_snapshot_are_refused() {
+    let d = scratch("clone");
+    let bios = write(&d, "bios.bin", "not really a BIOS");
+    let snap = write(&d, "vm.snap", "not really a snapshot");
+    one_line_error(
+        &["run", "--bios", &bios, "--clone", "2"],
+        &["--clone: a clone is made from a snapshot: give --restore FILE too"],
+    );
+    for bad in ["0", "256", "1000", "two"] {
+        one_line_error(
+            &["run", "--bios", &bios, "--restore", &snap, "--clone", bad],
+            &[&format!("--clone: '{bad}' is not a clone index (1 to 255)")],
+        );
+    }
+    // A good index gets as far as the snapshot, which is refused (4).
+    one_line_error_status(
+        4,
+        &["run", "--bios", &bios, "--restore", &snap, "--clone", "255"],
+        &["bios.bin"],
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+#[ignore = "runs the vmm binary: run through cargo xtask test"]
 fn config_file_errors_name_the_key() {
     let d = scratch("config");
     let bios = write(&d, "bios.bin", "x");

@@ -8,6 +8,7 @@
 //! vmm run --cdrom linux.iso --api-socket /run/vmm.sock  # control API (docs/API.md)
 //! vmm snapshot --api-socket /run/vmm.sock vm.snap        # snapshot that VM
 //! vmm run --cdrom linux.iso --restore vm.snap            # and go on from it
+//! vmm run --cdrom linux.iso --restore vm.snap --clone 2  # as clone 2 of it
 //! ```
 //!
 //! The exit status is one of [`EXIT_STATUS_TABLE`]'s (also in `--help`
@@ -20,8 +21,8 @@
 
 use clap::{Args, Parser, Subcommand};
 use host_glue_linux::config::{
-    load_config, parse_console, parse_cpu_model, parse_cpus, parse_image_arg, parse_memory,
-    parse_net, parse_serial, KernelBoot, KeyStyle, MachineConfig,
+    load_config, parse_clone, parse_console, parse_cpu_model, parse_cpus, parse_image_arg,
+    parse_memory, parse_net, parse_serial, KernelBoot, KeyStyle, MachineConfig,
 };
 use host_glue_linux::display::{parse_display, DEFAULT_VGA_BIOS};
 use host_glue_linux::runner;
@@ -232,6 +233,16 @@ struct RunArgs {
     /// mapped from FILE copy-on-write, so FILE must stay while this runs.
     #[arg(long, value_name = "FILE")]
     restore: Option<PathBuf>,
+    /// With --restore: run the snapshot as clone K (1 to 255) of the
+    /// saved VM. Its guest reads K in CMOS byte 0x60 and 1 in 0x61 (the
+    /// saved VM reads 0 there), every network card gets a MAC address and
+    /// every disk and CD drive a serial number of its own, derived from
+    /// the saved one's and K (docs/SNAPSHOT.md); a driver that read them
+    /// before the snapshot keeps what it read. Several clones of one file
+    /// share its memory until they write. Each needs its own disk images
+    /// (or `,readonly=on`), tap and console.
+    #[arg(long, value_name = "K")]
+    clone: Option<String>,
     /// Return to user space for every write to the POST code port 0x80
     /// and to COM1's transmit register 0x3f8 instead of letting KVM
     /// buffer them until the next exit (for comparisons).
@@ -318,6 +329,18 @@ fn machine(args: &RunArgs) -> Result<MachineConfig, String> {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    let clone = match args
+        .clone
+        .as_deref()
+        .map(|k| parse_clone(k, "--clone", args.restore.is_some()))
+        .transpose()
+    {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
     let m = match machine(&args) {
         Ok(m) => m,
         Err(e) => {
@@ -360,6 +383,7 @@ fn run(args: RunArgs) -> ExitCode {
         api_socket: args.api_socket.clone(),
         gdb: args.gdb.clone(),
         restore: args.restore.clone(),
+        clone,
         irqchip,
         ioeventfd: args.ioeventfd,
     };

@@ -66,6 +66,16 @@ impl IdeController {
         self.channels[slot.channel() as usize].drives[slot.position()].as_ref()
     }
 
+    /// Make every attached drive clone `index` of what it was
+    /// ([`Drive::become_clone`]: a serial number of its own).
+    pub fn become_clone(&mut self, index: core::num::NonZeroU8) {
+        for channel in &mut self.channels {
+            for drive in channel.drives.iter_mut().flatten() {
+                drive.become_clone(index);
+            }
+        }
+    }
+
     /// Change the medium of the CD-ROM drive at `slot` (`None` empties it).
     /// Returns the old medium; does nothing to a disk.
     pub fn change_medium(

@@ -92,7 +92,13 @@ pub struct Drive {
     pub(crate) tray_open: bool,
     pub(crate) locked: bool,
     pub(crate) media_event: bool,
+    /// The serial number IDENTIFY reports (20 ATA characters,
+    /// space-padded).
+    pub(crate) serial: [u8; SERIAL_BYTES],
 }
+
+/// Characters of an ATA serial number (IDENTIFY words 10-19).
+pub const SERIAL_BYTES: usize = 20;
 
 impl fmt::Debug for Drive {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -121,7 +127,9 @@ impl Drive {
             tray_open: false,
             locked: false,
             media_event: false,
+            serial: [b' '; SERIAL_BYTES],
         };
+        d.serial[..super::identify::SERIAL.len()].copy_from_slice(super::identify::SERIAL);
         d.power_on();
         d
     }
@@ -153,6 +161,20 @@ impl Drive {
         let mut d = Self::new(DriveKind::Cdrom, medium);
         d.media_event = has_medium;
         Ok(d)
+    }
+
+    /// The serial number IDENTIFY (and IDENTIFY PACKET DEVICE) reports,
+    /// space-padded.
+    pub fn serial(&self) -> [u8; SERIAL_BYTES] {
+        self.serial
+    }
+
+    /// Become clone `index` of the drive it was: its serial number is
+    /// derived from the one it had ([`crate::clone_identity::clone_serial`]).
+    /// IDENTIFY reports it from the next command on; data of an IDENTIFY
+    /// already in the drive's buffer is not changed.
+    pub fn become_clone(&mut self, index: core::num::NonZeroU8) {
+        self.serial = crate::clone_identity::clone_serial(&self.serial, index, b' ');
     }
 
     /// What this drive is.

@@ -4,7 +4,9 @@
 use super::drive::{Drive, TransferMode, MAX_MULTIPLE};
 use alloc::vec::Vec;
 
-const SERIAL: &[u8] = b"VMM-IDE-0001";
+/// Every drive's serial number until it is a clone's
+/// ([`Drive::become_clone`]).
+pub(crate) const SERIAL: &[u8] = b"VMM-IDE-0001";
 const FIRMWARE: &[u8] = b"1.0";
 const DISK_MODEL: &[u8] = b"VMM Virtual ATA Disk";
 const CDROM_MODEL: &[u8] = b"VMM Virtual ATAPI CD-ROM";
@@ -49,7 +51,7 @@ pub(crate) fn ata(drive: &Drive) -> Vec<u8> {
     w[1] = drive.default_cylinders();
     w[3] = 16;
     w[6] = 63;
-    put_string(&mut w, 10, 10, SERIAL);
+    put_string(&mut w, 10, 10, &drive.serial);
     put_string(&mut w, 23, 4, FIRMWARE);
     put_string(&mut w, 27, 20, DISK_MODEL);
     w[47] = 0x8000 | u16::from(MAX_MULTIPLE);
@@ -89,7 +91,7 @@ pub(crate) fn atapi(drive: &Drive) -> Vec<u8> {
     let mut w = [0u16; 256];
     // ATAPI, CD-ROM device, removable, DRQ within 50 us, 12-byte packets.
     w[0] = 0x85c0;
-    put_string(&mut w, 10, 10, SERIAL);
+    put_string(&mut w, 10, 10, &drive.serial);
     put_string(&mut w, 23, 4, FIRMWARE);
     put_string(&mut w, 27, 20, CDROM_MODEL);
     w[49] = 0x0b00; // IORDY, LBA, DMA

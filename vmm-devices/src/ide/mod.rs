@@ -44,7 +44,7 @@ pub mod taskfile;
 
 pub use busmaster::{DmaState, PrdFault};
 pub use controller::{IdeChannel, IdeController};
-pub use drive::{AttachError, Drive, DriveKind};
+pub use drive::{AttachError, Drive, DriveKind, SERIAL_BYTES};
 pub use legacy::LegacyIde;
 pub use piix3::Piix3Ide;
 pub use save::IDE_STATE_VERSION;

@@ -9,13 +9,18 @@
 //! [`Pc::fork_from_vcpus`] (devices, other RAM blocks, every vCPU's state
 //! with its halt state), and
 //! [`Pc::set_clone_index`] (the value the guest reads to know which clone
-//! it is).
+//! it is). A PC restored from a snapshot file takes the same CMOS bytes and
+//! its devices' identity with [`Pc::set_clone_identity`].
 
-use super::{Pc, PcDescription, PcError, HIGH_RAM_BASE};
+use super::{Pc, PcDescription, PcError, HIGH_RAM_BASE, IDE_PCI, VIRTIO_NET_PCI};
+use crate::ide::Piix3Ide;
+use crate::pci::PciBus;
 use crate::rtc::Rtc;
+use crate::virtio::VirtioPci;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
+use core::num::NonZeroU8;
 use vmm_core::cow::SharedRam;
 use vmm_core::device::StateError;
 use vmm_core::host::Host;
@@ -307,6 +312,43 @@ impl Pc {
             rtc.set_cmos(CLONE_INDEX_CMOS, index);
             rtc.set_cmos(CLONE_FLAG_CMOS, 1);
         }
+    }
+
+    /// Give this PC, just restored from its parent's snapshot or state,
+    /// the whole identity of clone `index`: the CMOS bytes of
+    /// [`Pc::set_clone_index`], a MAC address of its own for every network
+    /// card and a serial number of its own for every drive (IDE and
+    /// virtio-blk), derived from the ones it has
+    /// ([`crate::clone_identity`]). Call it after the devices' state is
+    /// restored and before the vCPUs run: the guest reads the new ones
+    /// from the configuration space or IDENTIFY from then on, and a driver
+    /// that read them before keeps what it read.
+    pub fn set_clone_identity(&mut self, index: NonZeroU8) {
+        self.set_clone_index(index.get());
+        let Some(bus) = self
+            .vm
+            .devices_mut()
+            .device_mut::<PciBus>(self.chipset.pci_bus)
+        else {
+            return;
+        };
+        if let Some(ide) = bus.function_mut::<Piix3Ide>(IDE_PCI.0, IDE_PCI.1) {
+            ide.controller_mut().become_clone(index);
+        }
+        for slot in 0..32 {
+            if let Some(virtio) = bus.function_mut::<VirtioPci>(slot, 0) {
+                virtio.device_mut().become_clone(index);
+            }
+        }
+    }
+
+    /// The MAC address of the PC's virtio-net card, if it has one.
+    pub fn net_mac(&self) -> Option<[u8; 6]> {
+        let bus = self.vm.devices().device::<PciBus>(self.chipset.pci_bus)?;
+        let virtio = bus.function::<VirtioPci>(VIRTIO_NET_PCI.0, VIRTIO_NET_PCI.1)?;
+        let mut mac = [0u8; 6];
+        virtio.device().read_config(0, &mut mac);
+        Some(mac)
     }
 
     /// Host bytes this PC holds of its own in RAM shared copy-on-write

@@ -576,6 +576,13 @@ fn pc_with_virtio_disk(fw: &[u8], msix: bool) -> Pc {
 /// Set up queue 0 as a driver does and read sector 9 through it; the
 /// data and status as the guest sees them.
 fn virtio_read_sector_9(pc: &mut Pc) -> (Vec<u8>, u8) {
+    virtio_request(pc, 0, 9, 512)
+}
+
+/// Set up queue 0 as a driver does and make one request of type `kind`
+/// at `sector` with `len` bytes of data for the device to write; the data
+/// and status as the guest sees them.
+fn virtio_request(pc: &mut Pc, kind: u32, sector: u8, len: u32) -> (Vec<u8>, u8) {
     use crate::virtio::pci::common;
     let w = |pc: &mut Pc, off: u64, v: &[u8]| {
         pc.vm_mut().mmio_write(VIRTIO_BAR0 + off, v);
@@ -598,11 +605,12 @@ fn virtio_read_sector_9(pc: &mut Pc) -> (Vec<u8>, u8) {
     // Header (IN, sector 9), 512 bytes of data, status.
     let mem = pc.vm_mut().memory_mut();
     let mut hdr = [0u8; 16];
-    hdr[8] = 9;
+    hdr[..4].copy_from_slice(&kind.to_le_bytes());
+    hdr[8] = sector;
     mem.write(0x11_0000, &hdr).unwrap();
     for (i, (addr, len, flags, next)) in [
         (0x11_0000u64, 16u32, 1u16, 1u16),
-        (0x11_1000, 512, 3, 2),
+        (0x11_1000, len, 3, 2),
         (0x11_2000, 1, 2, 0),
     ]
     .into_iter()
@@ -618,7 +626,7 @@ fn virtio_read_sector_9(pc: &mut Pc) -> (Vec<u8>, u8) {
     mem.write(0x10_1002, &1u16.to_le_bytes()).unwrap();
     mem.write(0x11_2000, &[0xff]).unwrap();
     w(pc, crate::virtio::pci::NOTIFY_OFFSET, &0u16.to_le_bytes());
-    let mut data = vec![0u8; 512];
+    let mut data = vec![0u8; len as usize];
     pc.vm().memory().read(0x11_1000, &mut data).unwrap();
     let mut status = [0u8; 1];
     pc.vm().memory().read(0x11_2000, &mut status).unwrap();
@@ -1022,4 +1030,111 @@ fn an_enabled_virtio_queue_has_its_notify_as_a_doorbell() {
     pc.vm_mut().port_write(0xcf8, &a.to_le_bytes());
     pc.vm_mut().port_write(0xcfc, &0x4u32.to_le_bytes());
     assert_eq!(pc.doorbells(), []);
+}
+
+/// A PC with an IDE disk, the CD drive, a virtio disk named "vd.img" and
+/// a virtio-net card 52:54:00:12:34:56, as `vmm` builds one for a
+/// restore.
+fn pc_with_identity(fw: &[u8]) -> Pc {
+    let mut desc = describe(fw, 16 << 20);
+    let image = |name: &str| {
+        Box::new(MemoryImage::writable(name, vec![0; 64 * 512], DISK_SECTOR_SIZE).unwrap())
+    };
+    desc.disk = Some(image("hd.img"));
+    desc.virtio.disk = Some(image("vd.img"));
+    desc.virtio.net = Some((
+        Box::new(crate::net::BufferNet::new()),
+        [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+    ));
+    build(desc)
+}
+
+/// What the guest reads: the MAC in the virtio-net card's configuration
+/// (BAR 0 placed at 0xe001_0000), the serial of IDENTIFY (disk) or
+/// IDENTIFY PACKET DEVICE (CD) of both IDE drives (legacy ports), and the
+/// virtio disk's GET_ID string.
+fn identity_seen(pc: &mut Pc) -> ([u8; 6], [String; 2], String) {
+    let cfg = |pc: &mut Pc, slot: u8, reg: u8, v: u32| {
+        let a = 0x8000_0000u32 | u32::from(slot) << 11 | u32::from(reg);
+        pc.vm_mut().port_write(0xcf8, &a.to_le_bytes());
+        pc.vm_mut().port_write(0xcfc, &v.to_le_bytes());
+    };
+    cfg(pc, VIRTIO_NET_PCI.0, 0x10, 0xe001_0000);
+    cfg(pc, VIRTIO_NET_PCI.0, 0x04, 0x6);
+    let mut mac = [0u8; 6];
+    pc.vm_mut()
+        .mmio_read(0xe001_0000 + crate::virtio::pci::DEVICE_OFFSET, &mut mac);
+    // The IDE function: I/O decode, both channels' legacy ports.
+    let ide = 0x8000_0000u32 | u32::from(IDE_PCI.0) << 11 | u32::from(IDE_PCI.1) << 8;
+    for (reg, v) in [(0x04u32, 0x5u32), (0x40, 0x8000_8000)] {
+        pc.vm_mut().port_write(0xcf8, &(ide | reg).to_le_bytes());
+        pc.vm_mut().port_write(0xcfc, &v.to_le_bytes());
+    }
+    let mut serials = [String::new(), String::new()];
+    for (serial, (base, command)) in serials.iter_mut().zip([(0x1f0u16, 0xec), (0x170, 0xa1)]) {
+        pc.vm_mut().port_write(base + 6, &[0xa0]);
+        pc.vm_mut().port_write(base + 7, &[command]);
+        let mut words = Vec::new();
+        for _ in 0..256 {
+            let mut w = [0u8; 2];
+            pc.vm_mut().port_read(base, &mut w);
+            words.push(u16::from_le_bytes(w));
+        }
+        for w in &words[10..20] {
+            serial.push(char::from((w >> 8) as u8));
+            serial.push(char::from(*w as u8));
+        }
+    }
+    cfg(pc, VIRTIO_DISK_PCI.0, 0x10, VIRTIO_BAR0 as u32);
+    cfg(pc, VIRTIO_DISK_PCI.0, 0x04, 0x6);
+    let (id, status) = virtio_request(pc, 8, 0, 20);
+    assert_eq!(status, 0, "GET_ID");
+    let id = String::from_utf8_lossy(&id).into_owned();
+    (mac, serials, id)
+}
+
+/// A clone restored from its parent's snapshot takes the CMOS index, and
+/// a MAC and serials of its own, which the guest reads from the devices
+/// (the device state the restore brought back does not undo them); the
+/// parent keeps its own.
+#[test]
+fn a_restored_clone_answers_with_its_own_cmos_index_mac_and_serials() {
+    use vmm_core::emulator::RegisterFile;
+    use vmm_core::test_host::ReplayVcpu;
+    let fw = firmware();
+    let mut parent = pc_with_identity(&fw);
+    // As after firmware ran: the PAM registers' map.
+    let saved = parent.save_devices().unwrap();
+    parent.restore_devices(&saved).unwrap();
+    let mut cpu = ReplayVcpu::new(RegisterFile::real_mode(), []);
+    let mut file = vmm_core::snapshot::VecSink(Vec::new());
+    parent.snapshot(&mut cpu, &mut file).unwrap();
+    let mut seen = Vec::new();
+    for k in [1u8, 3, 255] {
+        let mut clone = pc_with_identity(&fw);
+        let mut cpu = ReplayVcpu::new(RegisterFile::real_mode(), []);
+        clone.restore(&file.0, &mut cpu, RamFill::Copy).unwrap();
+        assert_eq!(cmos(&mut clone, CLONE_FLAG_CMOS), 0, "not a clone yet");
+        clone.set_clone_identity(core::num::NonZeroU8::new(k).unwrap());
+        assert_eq!(cmos(&mut clone, CLONE_INDEX_CMOS), k);
+        assert_eq!(cmos(&mut clone, CLONE_FLAG_CMOS), 1);
+        assert_eq!(
+            clone.net_mac(),
+            Some([0x52, 0x54, 0x00, 0x12 ^ k, 0x34, 0x56])
+        );
+        let (mac, [disk, cd], id) = identity_seen(&mut clone);
+        assert_eq!(mac, [0x52, 0x54, 0x00, 0x12 ^ k, 0x34, 0x56]);
+        let suffix = alloc::format!("-c{k}");
+        assert_eq!(disk.trim_end(), alloc::format!("VMM-IDE-0001{suffix}"));
+        assert_eq!(cd.trim_end(), alloc::format!("VMM-IDE-0001{suffix}"));
+        assert_eq!(id.trim_end_matches('\0'), alloc::format!("vd.img{suffix}"));
+        seen.push((mac, disk, id));
+    }
+    let (mac, [disk, cd], id) = identity_seen(&mut parent);
+    assert_eq!(mac, [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+    assert_eq!(disk.trim_end(), "VMM-IDE-0001");
+    assert_eq!(cd.trim_end(), "VMM-IDE-0001");
+    assert_eq!(id.trim_end_matches('\0'), "vd.img");
+    assert_eq!(cmos(&mut parent, CLONE_FLAG_CMOS), 0);
+    assert_eq!(seen.len(), 3);
 }

@@ -17,7 +17,8 @@
 //!   later write and flush answers `IOERR` (what the guest was told is
 //!   written may be gone).
 //! - `GET_ID` writes the 20-byte serial (the image name's last 20 bytes,
-//!   zero-padded).
+//!   zero-padded; a clone's is derived from it,
+//!   [`crate::clone_identity::clone_serial`]).
 //! - `WRITE_ZEROES` writes zeros over the range; `DISCARD` checks the range
 //!   and keeps the data (the specification leaves discarded data
 //!   undefined; the backend trait has no way to free it).
@@ -147,6 +148,11 @@ impl VirtioBlk {
     /// The backend.
     pub fn backend(&self) -> &dyn BlockBackend {
         &*self.backend
+    }
+
+    /// The ID string `GET_ID` answers (the serial number).
+    pub fn id(&self) -> [u8; ID_BYTES] {
+        self.id
     }
 
     fn sectors(&self) -> u64 {
@@ -291,6 +297,10 @@ impl VirtioBlk {
 impl VirtioDevice for VirtioBlk {
     fn name(&self) -> &str {
         "virtio-blk"
+    }
+
+    fn become_clone(&mut self, index: core::num::NonZeroU8) {
+        self.id = crate::clone_identity::clone_serial(&self.id, index, 0);
     }
 
     fn device_type(&self) -> u16 {

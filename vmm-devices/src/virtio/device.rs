@@ -98,6 +98,16 @@ pub trait VirtioDevice: Send {
     /// Back to power-on state (the driver wrote status 0).
     fn reset(&mut self) {}
 
+    /// Become clone `index` of the device it was
+    /// ([`crate::clone_identity`]): a network card takes a MAC address of
+    /// its own, a disk a serial number of its own; other devices have no
+    /// identity and do nothing. The new identity is what the configuration
+    /// space and requests answer from then on; no configuration-change
+    /// interrupt is sent (a driver keeps what it read before).
+    fn become_clone(&mut self, index: core::num::NonZeroU8) {
+        let _ = index;
+    }
+
     /// The device type's own state for a snapshot (none by default).
     fn save_state(&self) -> Vec<u8> {
         Vec::new()

@@ -163,6 +163,11 @@ impl VirtioNet {
         }
     }
 
+    /// The card's MAC address, as its configuration space says it.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
     /// What the device counted so far.
     pub fn counters(&self) -> NetCounters {
         self.counters
@@ -481,6 +486,10 @@ impl VirtioDevice for VirtioNet {
     fn reset(&mut self) {
         self.features = 0;
         self.rx = RxFrame::default();
+    }
+
+    fn become_clone(&mut self, index: core::num::NonZeroU8) {
+        self.mac = crate::clone_identity::clone_mac(self.mac, index);
     }
 }
 

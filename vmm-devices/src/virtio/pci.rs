@@ -329,6 +329,12 @@ impl VirtioPci {
         &*self.device
     }
 
+    /// The device type model, to change what the host side decides (a
+    /// clone's identity, [`VirtioDevice::become_clone`]).
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        &mut *self.device
+    }
+
     /// The MSI-X state.
     pub fn msix(&self) -> &Msix {
         &self.msix

@@ -8,8 +8,9 @@
 //! on fresh vCPUs made as the parent's were (with shadow paging a pager of
 //! its own whose caches start empty), with the parent's device state and
 //! every vCPU's (`vmm_devices::pc::Pc::fork_from_vcpus`: a halted AP stays halted, one
-//! waiting for its start-up IPI keeps waiting) and its index in CMOS
-//! (`vmm_devices::pc::Pc::set_clone_index`). The parent stays paused; the clones run like
+//! waiting for its start-up IPI keeps waiting) and its identity
+//! (`vmm_devices::pc::Pc::set_clone_identity`: its index in CMOS, a MAC and
+//! disk serials derived from the parent's, as on the Linux host). The parent stays paused; the clones run like
 //! any VM, and one that fails stops alone. When every VM stopped the host
 //! checks that the parent's RAM is what it was at the fork
 //! ([`Forked::check`]).
@@ -111,7 +112,11 @@ pub fn fork(
         let mut vcpus = super::make_vcpus_for(clone.vm(), clone.cpus(), backend, config, k);
         Vcpu::fork_all(&mut parent.vcpus, parent_pc, &mut clone, &mut vcpus)
             .map_err(|e| format!("VM {k}: {e}"))?;
-        clone.set_clone_index(k as u8);
+        // k is 1..=64 (`clones=` takes at most 64): the CMOS index, and a
+        // MAC and disk serials of its own (`vmm_devices::clone_identity`).
+        if let Some(index) = u8::try_from(k).ok().and_then(core::num::NonZeroU8::new) {
+            clone.set_clone_identity(index);
+        }
         made.push(Guest {
             name: recipe.name,
             machine: Machine::Pc(Box::new(clone)),

@@ -19,17 +19,19 @@
 //! segment loads and far transfers reach their descriptor checks.
 #![no_main]
 
+#[path = "common/guest_bus.rs"]
+mod guest_bus;
+
 use arbitrary::Arbitrary;
+use guest_bus::{Bus, MMIO, RAM};
 use libfuzzer_sys::fuzz_target;
 use vmm_core::emulator::{
-    AccessHint, Breakpoints, BusError, Completion, DescriptorTable, EmulateError, Emulator,
-    Exception, GuestBus, Hints, InstructionBytes, OptionalInstructions, PortString, RegisterFile,
-    Segment, SegmentRegister,
+    AccessHint, Breakpoints, Completion, DescriptorTable, EmulateError, Emulator, Exception, Hints,
+    InstructionBytes, OptionalInstructions, PortString, RegisterFile, Segment, SegmentRegister,
 };
 use vmm_core::paging::*;
 
-const RAM: usize = 0x10000;
-const MMIO: u64 = 0xfee0_0000;
+/// The MMIO window's length: its upper half is open bus.
 const MMIO_LEN: u64 = 0x2000;
 /// Where the GDT (and after it the LDT) lies in RAM.
 const GDT: u64 = 0x8000;
@@ -76,80 +78,13 @@ struct Input {
     breakpoints: Option<([u64; 4], u32)>,
 }
 
-struct Bus {
-    ram: Vec<u8>,
-    accesses: u64,
-}
-
-impl Bus {
-    fn check(&mut self, gpa: u64, len: usize) -> Result<Option<usize>, BusError> {
-        self.accesses += 1;
-        assert!((1..=32).contains(&len), "access of {len} bytes");
-        let end = gpa
-            .checked_add(len as u64 - 1)
-            .expect("access wraps the address space");
-        assert_eq!(gpa >> 12, end >> 12, "access {gpa:#x}+{len} crosses a page");
-        if end < RAM as u64 {
-            Ok(Some(gpa as usize))
-        } else if gpa >= MMIO && end < MMIO + MMIO_LEN {
-            Ok(None)
-        } else {
-            Err(BusError::Memory { gpa })
-        }
-    }
-}
-
-impl GuestBus for Bus {
-    /// The upper half of the MMIO window counts as unassigned (open bus),
-    /// for the stores the emulator completes with their effects alone.
-    fn is_unassigned(&self, gpa: u64, len: usize) -> bool {
-        let end = gpa.checked_add(len as u64).expect("range wraps");
-        assert_eq!(
-            gpa >> 12,
-            (end - 1) >> 12,
-            "piece {gpa:#x}+{len} crosses a page"
-        );
-        gpa >= MMIO + MMIO_LEN / 2 && end <= MMIO + MMIO_LEN
-    }
-    fn read_physical(&mut self, gpa: u64, data: &mut [u8]) -> Result<(), BusError> {
-        match self.check(gpa, data.len())? {
-            Some(at) => data.copy_from_slice(&self.ram[at..at + data.len()]),
-            None => data.fill(0x5a),
-        }
-        Ok(())
-    }
-    /// RAM alone: entries in the MMIO window are not memory.
-    fn read_table_entry(&mut self, gpa: u64, wide: bool) -> Option<u64> {
-        let len = if wide { 8 } else { 4 };
-        let at = usize::try_from(gpa).ok()?;
-        let bytes = self.ram.get(at..at.checked_add(len)?)?;
-        let mut b = [0u8; 8];
-        b[..len].copy_from_slice(bytes);
-        Some(u64::from_le_bytes(b))
-    }
-    fn write_physical(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
-        if let Some(at) = self.check(gpa, data.len())? {
-            self.ram[at..at + data.len()].copy_from_slice(data);
-        }
-        Ok(())
-    }
-    fn io_read(&mut self, _port: u16, data: &mut [u8]) -> Result<(), BusError> {
-        self.accesses += 1;
-        assert!(matches!(data.len(), 1 | 2 | 4));
-        data.fill(0xa5);
-        Ok(())
-    }
-    fn io_write(&mut self, _port: u16, data: &[u8]) -> Result<(), BusError> {
-        self.accesses += 1;
-        assert!(matches!(data.len(), 1 | 2 | 4));
-        Ok(())
-    }
-}
-
 fuzz_target!(|input: Input| {
+    // Table entries read from RAM (the translation cache at work) and
+    // the window's upper half open bus.
     let mut bus = Bus {
-        ram: vec![0; RAM],
-        accesses: 0,
+        open_upper_half: true,
+        table_reads: true,
+        ..Bus::new(vec![0; RAM], MMIO_LEN)
     };
     for (at, bytes) in &input.patches {
         let at = usize::from(*at);
@@ -309,10 +244,8 @@ fuzz_target!(|input: Input| {
         let mut fresh_cpu = cpu.clone();
         fresh_cpu.translation_cache.clear();
         fresh_cpu.decode_cache.clear();
-        let mut fresh_bus = Bus {
-            ram: bus.ram.clone(),
-            accesses: 0,
-        };
+        let mut fresh_bus = bus.clone();
+        fresh_bus.accesses = 0;
         let fresh = run(&mut fresh_cpu, &mut fresh_bus);
         bus.accesses = 0;
         let result = run(&mut cpu, &mut bus);

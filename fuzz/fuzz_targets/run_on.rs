@@ -15,21 +15,18 @@
 //! completed (RIP at an instruction boundary it reached).
 #![no_main]
 
+#[path = "common/guest_bus.rs"]
+mod guest_bus;
+
 use arbitrary::Arbitrary;
+use guest_bus::{Bus, MMIO, RAM};
 use libfuzzer_sys::fuzz_target;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use vmm_core::device::{Device, DeviceContext, IoOutcome, Mmio, MmioAddress, PortAddress, PortIo};
-use vmm_core::emulator::{
-    Breakpoints, BusError, CpuState, Emulator, GuestBus, RegisterFile, RunOnStep, Segment,
-    RFLAGS_FIXED,
-};
-use vmm_core::test_host::{TestHost, TestVmBuilder};
-use vmm_core::vcpu::{run, Event, Exit, MsrFile, NoInterrupts, Slice, VcpuBackend};
-use vmm_core::vm::Vm;
+use vmm_core::emulator::{Emulator, RegisterFile, RunOnStep, Segment, RFLAGS_FIXED};
+use vmm_core::test_host::{ScriptedVcpu, TestHost, TestVmBuilder};
+use vmm_core::vcpu::{run, Exit, MsrFile, NoInterrupts, Slice};
 
-const RAM: usize = 0x10000;
-const MMIO: u64 = 0xfee0_0000;
 const MMIO_LEN: u64 = 0x1000;
 const CODE: u64 = 0x1000;
 
@@ -42,58 +39,6 @@ struct Input {
     gprs: [u64; 16],
     code: [u8; 48],
     data: Vec<(u16, u8)>,
-}
-
-#[derive(Clone, PartialEq, Debug)]
-struct Bus {
-    ram: Vec<u8>,
-    log: Vec<(bool, u64, Vec<u8>)>,
-}
-
-impl Bus {
-    fn check(&self, gpa: u64, len: usize) -> Result<Option<usize>, BusError> {
-        assert!((1..=32).contains(&len), "access of {len} bytes");
-        let end = gpa.checked_add(len as u64 - 1).expect("access wraps");
-        assert_eq!(gpa >> 12, end >> 12, "access {gpa:#x}+{len} crosses a page");
-        if end < RAM as u64 {
-            Ok(Some(gpa as usize))
-        } else if gpa >= MMIO && end < MMIO + MMIO_LEN {
-            Ok(None)
-        } else {
-            Err(BusError::Memory { gpa })
-        }
-    }
-}
-
-impl GuestBus for Bus {
-    fn read_physical(&mut self, gpa: u64, data: &mut [u8]) -> Result<(), BusError> {
-        match self.check(gpa, data.len())? {
-            Some(at) => data.copy_from_slice(&self.ram[at..at + data.len()]),
-            None => {
-                data.fill(0x5a);
-                self.log.push((false, gpa, data.to_vec()));
-            }
-        }
-        Ok(())
-    }
-    fn write_physical(&mut self, gpa: u64, data: &[u8]) -> Result<(), BusError> {
-        match self.check(gpa, data.len())? {
-            Some(at) => self.ram[at..at + data.len()].copy_from_slice(data),
-            None => self.log.push((true, gpa, data.to_vec())),
-        }
-        Ok(())
-    }
-    fn io_read(&mut self, port: u16, data: &mut [u8]) -> Result<(), BusError> {
-        assert!(matches!(data.len(), 1 | 2 | 4));
-        data.fill(0xa5);
-        self.log.push((false, u64::from(port) << 48, data.to_vec()));
-        Ok(())
-    }
-    fn io_write(&mut self, port: u16, data: &[u8]) -> Result<(), BusError> {
-        assert!(matches!(data.len(), 1 | 2 | 4));
-        self.log.push((true, u64::from(port) << 48, data.to_vec()));
-        Ok(())
-    }
 }
 
 fn cpu(input: &Input) -> RegisterFile {
@@ -132,43 +77,6 @@ fn ram(input: &Input) -> Vec<u8> {
     }
     ram[CODE as usize..CODE as usize + input.code.len()].copy_from_slice(&input.code);
     ram
-}
-
-/// The vCPU for the loop: a register file that exits once on an OUT and
-/// allows run-on.
-struct Scripted {
-    regs: RegisterFile,
-    exits: VecDeque<Exit>,
-}
-
-impl CpuState for Scripted {
-    vmm_core::test_host::delegate_cpu_state!(regs);
-}
-
-impl VcpuBackend for Scripted {
-    fn run(&mut self, _vm: &mut Vm) -> Exit {
-        self.exits.pop_front().unwrap_or(Exit::Shutdown)
-    }
-    fn inject(&mut self, _event: Event) -> bool {
-        true
-    }
-    fn interrupts_open(&self) -> bool {
-        false
-    }
-    fn backend_msr(&self, _msr: u32) -> Option<u64> {
-        None
-    }
-    fn set_backend_msr(&mut self, _msr: u32, _value: u64) -> bool {
-        false
-    }
-    fn reset(&mut self) {}
-    fn request_interrupt_window(&mut self, _on: bool) {}
-    fn breakpoints(&self) -> Breakpoints {
-        Breakpoints::NONE
-    }
-    fn may_run_on(&self) -> bool {
-        true
-    }
 }
 
 /// Port 0x80 and the MMIO window: answer and count.
@@ -217,10 +125,7 @@ impl Mmio for Sink {
 fuzz_target!(|input: Input| {
     // One step, against `emulate` on a copy.
     let mut a = cpu(&input);
-    let mut bus_a = Bus {
-        ram: ram(&input),
-        log: Vec::new(),
-    };
+    let mut bus_a = Bus::new(ram(&input), MMIO_LEN);
     let mut b = a.clone();
     let mut bus_b = bus_a.clone();
     let before = a.clone();
@@ -245,7 +150,7 @@ fuzz_target!(|input: Input| {
             let plain = emulator.emulate(&mut b, &mut bus_b);
             assert_eq!(plain, Ok(traced.completion));
             assert_eq!((a.gprs, a.rip, a.rflags), (b.gprs, b.rip, b.rflags));
-            assert_eq!(bus_a, bus_b);
+            assert_eq!((&bus_a.ram, &bus_a.log), (&bus_b.ram, &bus_b.log));
         }
         Err(e) => {
             assert_eq!(emulator.emulate(&mut b, &mut bus_b), Err(e));
@@ -260,15 +165,16 @@ fuzz_target!(|input: Input| {
         .unwrap();
     vm.memory_mut().write(0, &ram(&input)).unwrap();
     vm.set_run_on(true);
-    let mut vcpu = Scripted {
-        regs: cpu(&input),
-        exits: VecDeque::from([Exit::PortIo {
+    // The vCPU exits once on an OUT and allows run-on.
+    let mut vcpu = ScriptedVcpu::new(
+        cpu(&input),
+        [Exit::PortIo {
             port: 0x80,
             size: 1,
             write: true,
             next_rip: CODE,
-        }]),
-    };
+        }],
+    );
     // The OUT "was" just before CODE: the loop moves RIP to CODE and runs
     // on from there.
     vcpu.regs.rip = CODE - 1;

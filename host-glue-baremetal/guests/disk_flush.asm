@@ -8,8 +8,8 @@
 ; with interrupts off until the host kills it.
 bits 16
 org 0
+%include "com1_print.inc"
 
-COM1     equ 0x3f8
 ATA      equ 0x1f0
 PCI_ADDR equ 0xcf8
 PCI_DATA equ 0xcfc
@@ -112,16 +112,7 @@ wait_drq:
 .out:
     ret
 
-print:
-    mov dx, COM1
-.next:
-    lodsb
-    test al, al
-    jz .done
-    out dx, al
-    jmp .next
-.done:
-    ret
+    COM1_PRINT
 
 msg_flushed: db "flushed", 13, 10, 0
 msg_error:   db "disk error", 13, 10, 0

@@ -9,10 +9,10 @@
 ; "flushed" on COM1 (or "disk error" and the step), and then spins with
 ; interrupts off until the host kills it.
 %include "pm32_entry.inc"
+%include "com1_print.inc"
 
     PM32_ENTRY
 
-COM1    equ 0x3f8
 FN      equ 0x8000_0000 | (4 << 11)     ; bus 0, device 4, function 0
 BAR     equ 0xe000_0000
 NOTIFY  equ BAR + 0x3000
@@ -167,16 +167,7 @@ cfg_write:
     out dx, eax
     ret
 
-print:
-    mov dx, COM1
-.next:
-    lodsb
-    test al, al
-    jz .done
-    out dx, al
-    jmp .next
-.done:
-    ret
+    COM1_PRINT
 
 msg_flushed:  db "flushed", 13, 10, 0
 msg_error:    db "disk error: ", 0

@@ -7,10 +7,10 @@
 ; 0x604 for vmm; isa-debug-exit at 0xF4 for QEMU).
 bits 16
 org 0
+%include "com1_print.inc"
 
 COUNT  equ 20000
 ROUNDS equ 10
-COM1   equ 0x3f8
 
 start:
     jmp 0xf000:main
@@ -55,17 +55,7 @@ main:
     hlt
     jmp .hang
 
-; Print the NUL-terminated string at DS:SI on COM1 (leaves DX = COM1).
-print:
-    mov dx, COM1
-.next:
-    lodsb
-    test al, al
-    jz .done
-    out dx, al
-    jmp .next
-.done:
-    ret
+    COM1_PRINT              ; print: leaves DX = COM1 (.round relies on it)
 
 msg_ready: db "kvm_out_loop: ready", 13, 10, 0
 msg_mark:  db "mark ", 0

@@ -10,11 +10,11 @@
 ; LEN letters, letter J being 'A' + (L + J) mod 26, then CR LF.
 bits 16
 org 0
+%include "com1_print.inc"
 
 LINES  equ 64
 ROUNDS equ 16
 LEN    equ 62
-COM1   equ 0x3f8
 LSR    equ COM1 + 5
 
 start:
@@ -155,17 +155,7 @@ putc:
     out dx, al
     ret
 
-; Print the NUL-terminated string at DS:SI on COM1.
-print:
-    mov dx, COM1
-.next:
-    lodsb
-    test al, al
-    jz .done
-    out dx, al
-    jmp .next
-.done:
-    ret
+    COM1_PRINT
 
 msg_polled:   db "polled:", 13, 10, 0
 msg_unpolled: db "unpolled:", 13, 10, 0

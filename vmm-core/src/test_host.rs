@@ -5,10 +5,13 @@
 //! something), and keeps a manual clock that tests advance explicitly, so
 //! timer behaviour is deterministic. [`TestIrqLine`] records what a device
 //! does with its interrupt line. [`TestVmBuilder`] builds a PC-shaped VM in
-//! one expression.
+//! one expression. [`ReplayVcpu`] and [`ScriptedVcpu`] are vCPU backends
+//! that report scripted exits.
 
 use crate::device::{ClaimError, Device, DeviceId};
-use crate::emulator::{CpuState, DescriptorTable, RegisterFile, SegmentRegister};
+use crate::emulator::{
+    Breakpoints, CpuState, DescriptorTable, RegisterFile, SegmentRegister, RFLAGS_IF,
+};
 use crate::host::{Host, HostError, HostMemory, HostPhysAddr};
 use crate::irq::IrqLine;
 use crate::memory::{GuestMemory, MemoryError};
@@ -389,6 +392,22 @@ macro_rules! __delegate_cpu_state {
     };
 }
 
+/// The [`VcpuBackend`] methods of a test vCPU that has nothing behind the
+/// registers: no backend MSRs (the guest gets #GP for them), a reset that
+/// changes nothing, and no interrupt-window exits.
+macro_rules! no_backend_state {
+    () => {
+        fn backend_msr(&self, _msr: u32) -> Option<u64> {
+            None
+        }
+        fn set_backend_msr(&mut self, _msr: u32, _value: u64) -> bool {
+            false
+        }
+        fn reset(&mut self) {}
+        fn request_interrupt_window(&mut self, _on: bool) {}
+    };
+}
+
 /// A vCPU backend for tests and fuzzers that replays device-access exits
 /// (`Exit::DeviceAccess`, as KVM reports them) with their data buffers, in
 /// order, then reports `Exit::Preempted`. What the exit loop left in each
@@ -448,19 +467,71 @@ impl VcpuBackend for ReplayVcpu {
     fn interrupts_open(&self) -> bool {
         false
     }
-    fn backend_msr(&self, _msr: u32) -> Option<u64> {
-        None
-    }
-    fn set_backend_msr(&mut self, _msr: u32, _value: u64) -> bool {
-        false
-    }
-    fn reset(&mut self) {}
-    fn request_interrupt_window(&mut self, _on: bool) {}
+    no_backend_state!();
     fn tsc_offset(&self) -> u64 {
         self.arch.tsc_offset
     }
     fn set_tsc_offset(&mut self, offset: u64) -> bool {
         self.arch.tsc_offset = offset;
+        true
+    }
+}
+
+/// A vCPU backend for tests and fuzzers that reports a script of exits, in
+/// order, then [`Exit::Shutdown`], and lets the exit loop run on in the
+/// emulator after an I/O exit (`vcpu::run_on`). It keeps what the loop
+/// asks of it: the events injected (always accepted) and the debug traps
+/// raised; it takes an interrupt while RFLAGS.IF is set, has no backend
+/// MSRs and reports the [`Breakpoints`] the test sets.
+pub struct ScriptedVcpu {
+    /// The registers the exit loop and the emulator see.
+    pub regs: RegisterFile,
+    exits: VecDeque<Exit>,
+    /// Every event injected, in order.
+    pub injected: Vec<Event>,
+    /// The DR6 bits of every debug trap raised, in order.
+    pub traps: Vec<u64>,
+    /// The guest's breakpoints, as [`VcpuBackend::breakpoints`] reports
+    /// them (none at first).
+    pub breakpoints: Breakpoints,
+}
+
+impl ScriptedVcpu {
+    /// A vCPU with `regs` that will report `exits`.
+    pub fn new(regs: RegisterFile, exits: impl IntoIterator<Item = Exit>) -> Self {
+        Self {
+            regs,
+            exits: exits.into_iter().collect(),
+            injected: Vec::new(),
+            traps: Vec::new(),
+            breakpoints: Breakpoints::NONE,
+        }
+    }
+}
+
+impl CpuState for ScriptedVcpu {
+    delegate_cpu_state!(regs);
+}
+
+impl VcpuBackend for ScriptedVcpu {
+    fn run(&mut self, _vm: &mut Vm) -> Exit {
+        self.exits.pop_front().unwrap_or(Exit::Shutdown)
+    }
+    fn inject(&mut self, event: Event) -> bool {
+        self.injected.push(event);
+        true
+    }
+    fn interrupts_open(&self) -> bool {
+        self.regs.rflags & RFLAGS_IF != 0
+    }
+    no_backend_state!();
+    fn debug_trap(&mut self, dr6: u64) {
+        self.traps.push(dr6);
+    }
+    fn breakpoints(&self) -> Breakpoints {
+        self.breakpoints
+    }
+    fn may_run_on(&self) -> bool {
         true
     }
 }

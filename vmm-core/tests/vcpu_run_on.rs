@@ -3,73 +3,16 @@
 //! exits, and stops exactly where the guest must run itself.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use vmm_core::device::{Device, DeviceContext, IoOutcome, PortAddress, PortIo};
 use vmm_core::emulator::{
-    Breakpoints, CpuState, Emulator, RegisterFile, RunOnStep, Segment, RFLAGS_IF, RFLAGS_TF,
+    Breakpoints, Emulator, RegisterFile, RunOnStep, Segment, RFLAGS_IF, RFLAGS_TF,
 };
-use vmm_core::test_host::{TestHost, TestVmBuilder};
+use vmm_core::test_host::{ScriptedVcpu, TestHost, TestVmBuilder};
 use vmm_core::vcpu::{
-    run, Event, Exit, InterruptSource, MsrFile, NoInterrupts, RunOnSites, RunOutcome, Slice,
-    VcpuBackend,
+    run, Exit, InterruptSource, MsrFile, NoInterrupts, RunOnSites, RunOutcome, Slice,
 };
 use vmm_core::vm::{StopReason, Vm};
-
-/// A backend that replays a script of exits and allows run-on.
-struct Scripted {
-    regs: RegisterFile,
-    exits: VecDeque<Exit>,
-    injected: Vec<Event>,
-    traps: Vec<u64>,
-    breakpoints: Breakpoints,
-}
-
-impl Scripted {
-    fn new(exits: Vec<Exit>) -> Self {
-        Self {
-            regs: RegisterFile::real_mode(),
-            exits: exits.into(),
-            injected: Vec::new(),
-            traps: Vec::new(),
-            breakpoints: Breakpoints::NONE,
-        }
-    }
-}
-
-impl CpuState for Scripted {
-    vmm_core::test_host::delegate_cpu_state!(regs);
-}
-
-impl VcpuBackend for Scripted {
-    fn run(&mut self, _vm: &mut Vm) -> Exit {
-        self.exits.pop_front().unwrap_or(Exit::Shutdown)
-    }
-    fn inject(&mut self, event: Event) -> bool {
-        self.injected.push(event);
-        true
-    }
-    fn interrupts_open(&self) -> bool {
-        self.regs.rflags & RFLAGS_IF != 0
-    }
-    fn backend_msr(&self, _msr: u32) -> Option<u64> {
-        None
-    }
-    fn set_backend_msr(&mut self, _msr: u32, _value: u64) -> bool {
-        false
-    }
-    fn reset(&mut self) {}
-    fn request_interrupt_window(&mut self, _on: bool) {}
-    fn debug_trap(&mut self, dr6: u64) {
-        self.traps.push(dr6);
-    }
-    fn breakpoints(&self) -> Breakpoints {
-        self.breakpoints
-    }
-    fn may_run_on(&self) -> bool {
-        true
-    }
-}
 
 /// Port 0x80: records every byte written.
 #[derive(Default)]
@@ -117,7 +60,7 @@ impl InterruptSource for Pending {
 /// `lodsb; out dx, al; loop` at 0x100 (the OUT at 0x101), `hlt` after
 /// it, and 16 bytes of data at 0x500. The vCPU exited on the OUT with
 /// the first byte in AL; SI, CX and DX as the loop left them.
-fn dac_loop(run_on: bool) -> (Vm, Scripted) {
+fn dac_loop(run_on: bool) -> (Vm, ScriptedVcpu) {
     let mut vm = TestVmBuilder::new(Arc::new(TestHost::new()), 1)
         .ram(0x10_0000)
         .device(Recorder::default(), &[(0x80, 1)], &[])
@@ -129,12 +72,15 @@ fn dac_loop(run_on: bool) -> (Vm, Scripted) {
         .unwrap();
     let data: Vec<u8> = (0..16).map(|i| 0x10 + i).collect();
     vm.memory_mut().write(0x500, &data).unwrap();
-    let mut cpu = Scripted::new(vec![Exit::PortIo {
-        port: 0x80,
-        size: 1,
-        write: true,
-        next_rip: 0x102,
-    }]);
+    let mut cpu = ScriptedVcpu::new(
+        RegisterFile::real_mode(),
+        [Exit::PortIo {
+            port: 0x80,
+            size: 1,
+            write: true,
+            next_rip: 0x102,
+        }],
+    );
     cpu.regs.rip = 0x101;
     cpu.regs.gprs[0] = 0x10; // AL: the first byte, loaded already
     cpu.regs.gprs[1] = 16; // CX
@@ -151,7 +97,7 @@ fn writes(vm: &Vm) -> Vec<u8> {
         .clone()
 }
 
-fn run_script(cpu: &mut Scripted, vm: &mut Vm, interrupts: &dyn InterruptSource) -> RunOutcome {
+fn run_script(cpu: &mut ScriptedVcpu, vm: &mut Vm, interrupts: &dyn InterruptSource) -> RunOutcome {
     run(
         cpu,
         vm,

@@ -24,4 +24,5 @@ pub mod smp_bench;
 pub mod snapshot_bench;
 pub mod system;
 pub mod test;
+pub mod testing;
 pub mod virtio_bench;

@@ -18,22 +18,9 @@ use xtask::system::env_path;
 /// What clone `k` writes and sums: `clone k` lines, 1 MiB of them,
 /// through the build host's `md5sum`, as the guest's busybox does.
 fn expected_checksum(k: u32) -> String {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
     let line = format!("clone {k}\n");
     let bytes: Vec<u8> = line.bytes().cycle().take(1 << 20).collect();
-    let mut child = Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("md5sum");
-    child.stdin.take().unwrap().write_all(&bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+    xtask::testing::md5sum(&bytes)
 }
 
 /// What every clones run shows: the parent forked once into `n` clones;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use xtask::kernel::{boot_and_capture_on, named_guests, GuestImage};
 use xtask::qemu::Outcome;
 use xtask::system::env_path;
+use xtask::testing::{assert_pinged, line_starting};
 
 fn boot(
     cmdline: &str,
@@ -133,26 +134,9 @@ fn slow_two_vms_on_two_host_cpus_ping_each_other_over_the_switch() {
         "{console}"
     );
     for (vm, peer) in [(0, 17), (1, 16)] {
-        let ping = format!("[vm {vm}] VMM-VIRTIO: ping 10.0.0.{peer}: ");
-        let line = console
-            .lines()
-            .find(|l| l.starts_with(&ping))
-            .unwrap_or_else(|| panic!("vm {vm} got no answer: {console}"));
-        assert!(
-            line.contains(&format!("bytes from 10.0.0.{peer}")),
-            "{line}"
-        );
-        assert!(
-            console.contains(&format!(
-                "[vm {vm}] VMM-VIRTIO: 3 packets transmitted, 3 packets received"
-            )),
-            "{console}"
-        );
+        assert_pinged(&console, vm, peer);
     }
-    let switch = console
-        .lines()
-        .find(|l| l.starts_with("switch: "))
-        .unwrap_or_else(|| panic!("no switch line: {console}"));
+    let switch = line_starting(&console, "switch: ");
     assert!(switch.contains("2 addresses learnt"), "{switch}");
     assert!(
         console.contains("VM 1 stopped on host CPU 1: guest powered off"),

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use xtask::kernel::{boot_and_capture, GuestImage};
 use xtask::qemu::Outcome;
 use xtask::system::env_path;
+use xtask::testing::{assert_pinged, line_starting, md5sum};
 
 #[test]
 #[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
@@ -47,41 +48,12 @@ fn two_vms_ping_each_other_over_the_virtual_switch() {
             )),
             "{console}"
         );
-        let ping = format!("[vm {vm}] VMM-VIRTIO: ping 10.0.0.{peer}: ");
-        let line = console
-            .lines()
-            .find(|l| l.starts_with(&ping))
-            .unwrap_or_else(|| panic!("vm {vm} got no answer: {console}"));
-        assert!(
-            line.contains(&format!("bytes from 10.0.0.{peer}")),
-            "{line}"
-        );
-        assert!(
-            console.contains(&format!(
-                "[vm {vm}] VMM-VIRTIO: 3 packets transmitted, 3 packets received"
-            )),
-            "{console}"
-        );
+        assert_pinged(&console, vm, peer);
     }
     // The 2 MiB arrived whole, and the sender handed over fewer packets
     // than the receiver got frames: the cards cut them (TSO).
-    let expected = {
-        use std::io::Write;
-        use std::process::{Command, Stdio};
-        let body: Vec<u8> = b"vmm\n".iter().copied().cycle().take(2 << 20).collect();
-        let mut child = Command::new("md5sum")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("md5sum");
-        child.stdin.take().unwrap().write_all(&body).unwrap();
-        let out = child.wait_with_output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let body: Vec<u8> = b"vmm\n".iter().copied().cycle().take(2 << 20).collect();
+    let expected = md5sum(&body);
     let number_after = |line: &str, key: &str| -> u64 {
         line.split(key)
             .nth(1)
@@ -110,10 +82,7 @@ fn two_vms_ping_each_other_over_the_virtual_switch() {
         frames >= (2 << 20) / 1500 && packets * 3 < frames * 2,
         "{packets} packets sent for {frames} frames received: {served} / {fetched}"
     );
-    let switch = console
-        .lines()
-        .find(|l| l.starts_with("switch: "))
-        .unwrap_or_else(|| panic!("no switch line: {console}"));
+    let switch = line_starting(&console, "switch: ");
     assert!(switch.contains("2 addresses learnt"), "{switch}");
     assert!(
         console.contains("vmm: all VMs stopped; every guest powered off"),

@@ -59,7 +59,30 @@ impl ShadowPager {
 
     /// Resolve a #PF taken with the shadow tree loaded: fill, reflect, or
     /// send to the emulator. `control` holds the guest's own registers.
+    /// The host time it takes is counted by outcome (`ShadowStats`).
     pub fn handle_fault(
+        &mut self,
+        host: &dyn Host,
+        memory: &mut GuestMemory,
+        control: &ControlRegisters,
+        fault: GuestFault,
+    ) -> Result<FaultOutcome, ShadowError> {
+        let start = host.now_ns();
+        let unsyncs = self.stats.unsyncs;
+        let outcome = self.resolve_fault(host, memory, control, fault);
+        let ns = host.now_ns().saturating_sub(start);
+        let s = &mut self.stats;
+        let slot = match &outcome {
+            Ok(FaultOutcome::Reflect(_)) => &mut s.reflect_fault_ns,
+            Ok(FaultOutcome::Filled) if s.unsyncs != unsyncs => &mut s.unsync_fault_ns,
+            Ok(FaultOutcome::Filled) => &mut s.fill_fault_ns,
+            Ok(FaultOutcome::Emulate { .. }) | Err(_) => &mut s.emulate_fault_ns,
+        };
+        *slot = slot.saturating_add(ns);
+        outcome
+    }
+
+    fn resolve_fault(
         &mut self,
         host: &dyn Host,
         memory: &mut GuestMemory,
@@ -68,7 +91,7 @@ impl ShadowPager {
     ) -> Result<FaultOutcome, ShadowError> {
         self.stats.faults += 1;
         self.sync_generation(memory);
-        self.resync_if_flushed(memory);
+        self.resync_if_flushed(host, memory);
         let key = RootKey::of(control);
         if self.current_root().map(|r| r.key) != Some(key) {
             self.activate(host, control)?;

@@ -316,7 +316,8 @@ fn print_floor(
     println!(
         "    shadow pager time: #PF filled {:.1} ms ({:.1} us each), reflected {:.1} ms ({:.1} us), \
          out of sync {:.1} ms ({:.1} us), to the emulator {:.1} ms ({:.1} us; the emulation is the exit \
-         loop's); resyncs after the guest's flushes {:.1} ms (in faults or before entries); before entries {:.1} ms (guest time \
+         loop's); of the fills' and out-of-sync writes' time, dependency records {:.1} ms, prefetching \
+         {:.1} ms; resyncs after the guest's flushes {:.1} ms (in faults or before entries); before entries {:.1} ms (guest time \
          to the exit loop); #PF exits handled in {pf_handling:.1} ms, {:.1} ms of it outside the pager \
          (emulation, injection, the loop)",
         ms("fill_fault_ns"),
@@ -327,6 +328,8 @@ fn print_floor(
         per("unsync_fault_ns", unsyncs),
         ms("emulate_fault_ns"),
         per("emulate_fault_ns", emulated),
+        ms("deps_ns"),
+        ms("prefetch_ns"),
         ms("resync_ns"),
         ms("ensure_ns"),
         pf_handling - pager

@@ -222,7 +222,10 @@ impl ShadowPager {
         }
         // Record what this leaf depends on; a frame that just became a page
         // table loses its writable mappings everywhere.
+        let deps_start = host.now_ns();
         self.record_deps(memory, slot, key.mode, trace.entries(), linear);
+        let deps_ns = host.now_ns().saturating_sub(deps_start);
+        self.stats.deps_ns = self.stats.deps_ns.saturating_add(deps_ns);
 
         let mut page_table = self.coherence.is_tracked(page);
         if kind == AccessKind::Write && page_table {
@@ -302,6 +305,7 @@ impl ShadowPager {
         if kind == AccessKind::Write && page_table {
             return Ok(emulate);
         }
+        let prefetch_start = host.now_ns();
         self.prefetch(
             memory,
             control,
@@ -313,6 +317,8 @@ impl ShadowPager {
                 gpa,
             },
         );
+        let prefetch_ns = host.now_ns().saturating_sub(prefetch_start);
+        self.stats.prefetch_ns = self.stats.prefetch_ns.saturating_add(prefetch_ns);
         Ok(FaultOutcome::Filled)
     }
 }

@@ -95,12 +95,18 @@ pub struct ShadowStats {
     /// Host time in `ensure`, before each entry: resyncs, copied pages,
     /// root activations. The exit loop counts it as guest time.
     pub ensure_ns: u64,
+    /// Host time a fill spent recording what its leaf depends on (and
+    /// write-protecting frames that became page tables), part of the
+    /// fault's time.
+    pub deps_ns: u64,
+    /// Host time spent prefetching after fills, part of the fault's time.
+    pub prefetch_ns: u64,
 }
 
 impl ShadowStats {
     /// Every counter with its field's name, in declaration order: for
     /// machine-readable reports (a benchmark takes differences of them).
-    pub fn fields(&self) -> [(&'static str, u64); 37] {
+    pub fn fields(&self) -> [(&'static str, u64); 39] {
         [
             ("faults", self.faults),
             ("fills", self.fills),
@@ -139,6 +145,8 @@ impl ShadowStats {
             ("emulate_fault_ns", self.emulate_fault_ns),
             ("resync_ns", self.resync_ns),
             ("ensure_ns", self.ensure_ns),
+            ("deps_ns", self.deps_ns),
+            ("prefetch_ns", self.prefetch_ns),
         ]
     }
 }
@@ -154,7 +162,8 @@ impl fmt::Display for ShadowStats {
              {} user / {} supervisor on user pages / {} in large pages / {} in new tables, \
              {} write-protected in place, {} CR3 loads, {} CR reads, {} CR0/CR4 writes, {} CR2/CR8 accesses; \
              pager time: faults filled {:.1} ms, reflected {:.1} ms, out of sync {:.1} ms, to the emulator \
-             {:.1} ms; resyncs {:.1} ms; before entries {:.1} ms",
+             {:.1} ms (of these, a fill's dependency records {:.1} ms, prefetching {:.1} ms); resyncs \
+             {:.1} ms; before entries {:.1} ms",
             self.faults,
             self.fills,
             self.prefetches,
@@ -190,6 +199,8 @@ impl fmt::Display for ShadowStats {
             self.reflect_fault_ns as f64 / 1e6,
             self.unsync_fault_ns as f64 / 1e6,
             self.emulate_fault_ns as f64 / 1e6,
+            self.deps_ns as f64 / 1e6,
+            self.prefetch_ns as f64 / 1e6,
             self.resync_ns as f64 / 1e6,
             self.ensure_ns as f64 / 1e6
         )
@@ -213,6 +224,7 @@ mod tests {
         assert_eq!(f[18], ("unsyncs", 19));
         assert_eq!(f[30], ("cr2_cr8", 31));
         assert_eq!(f[36].0, "ensure_ns");
+        assert_eq!(f[38].0, "prefetch_ns");
         assert_eq!(f.iter().map(|(_, v)| v).sum::<u64>(), 51);
         let mut names: alloc::vec::Vec<&str> = f.iter().map(|(n, _)| *n).collect();
         names.sort_unstable();

@@ -150,6 +150,12 @@ pub struct Config {
     /// `clone_report_ms=T` (0: off): T ms after the fork, print the
     /// clones' private memory (the benchmark's early figure).
     pub clone_report_ms: u64,
+    /// `stats_marker=TEXT` (empty: off): each time a line VM 0 writes to
+    /// COM1 contains TEXT, print its exit and shadow-paging counters as
+    /// they stand after that time slice (one `stats-at-marker` line, see
+    /// `kernel::marker_stats`), so a benchmark can take the difference
+    /// over a phase of the guest's run. Escapes as for `keys=`.
+    pub stats_marker: ShortText<32>,
     /// `host_cpus=N` (1 to 16, default 16): use at most N of the host
     /// machine's CPUs (the bootstrap processor counts); VMs are spread
     /// over them.
@@ -316,6 +322,7 @@ impl Default for Config {
             clones: 0,
             clone_marker: ShortText::new("VMM-CLONE: ready").unwrap_or(ShortText::EMPTY),
             clone_report_ms: 0,
+            stats_marker: ShortText::EMPTY,
             host_cpus: 16,
         }
     }
@@ -352,6 +359,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "clones",
     "clone_marker",
     "clone_report_ms",
+    "stats_marker",
     "host_cpus",
 ];
 
@@ -594,6 +602,11 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     .filter(|t| !t.is_empty())
                     .ok_or(bad("1 to 32 characters; escapes as for keys"))?;
             }
+            "stats_marker" => {
+                config.stats_marker = ShortText::unescape(value)
+                    .filter(|t| !t.is_empty())
+                    .ok_or(bad("1 to 32 characters; escapes as for keys"))?;
+            }
             "clone_report_ms" => {
                 config.clone_report_ms = value
                     .parse()
@@ -756,6 +769,10 @@ mod tests {
         let c = parse("clones=8 clone_marker=go\\shere").unwrap();
         assert_eq!((c.clones, c.clone_marker.as_str()), (8, "go here"));
         assert_eq!(Config::default().clone_marker.as_str(), "VMM-CLONE: ready");
+        let c = parse("stats_marker=VMM-CD-WORKLOAD:").unwrap();
+        assert_eq!(c.stats_marker.as_str(), "VMM-CD-WORKLOAD:");
+        assert!(Config::default().stats_marker.is_empty());
+        assert!(parse("stats_marker=").is_err());
         assert!(parse("clones=65").is_err());
         assert_eq!(
             parse("clones=2 vms=2").unwrap_err(),

@@ -215,7 +215,42 @@ pub const SILENT: &str = "QEMU printed nothing on its console";
 /// Run `cmd` (QEMU with its console on stdout) and return every console
 /// line with the time it arrived, until QEMU exits or `timeout` passes
 /// (then QEMU is killed). For benchmarks, which time what the guest prints.
-pub fn timed_console(mut cmd: Command, timeout: Duration) -> Result<Vec<(Duration, String)>> {
+pub fn timed_console(cmd: Command, timeout: Duration) -> Result<Vec<(Duration, String)>> {
+    Ok(timed_console_cpu(cmd, timeout)?
+        .into_iter()
+        .map(|(wall, _, line)| (wall, line))
+        .collect())
+}
+
+/// The CPU time (user and system, every thread) process `pid` has used so
+/// far, from `/proc/PID/stat` in USER_HZ ticks (100 a second on Linux);
+/// zero if it cannot be read.
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // The command name (field 2) may hold spaces: count from after it.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15, the 12th and 13th after ')'.
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((tick(11) + tick(12)) * 10)
+}
+
+/// [`timed_console`] with, for each line, QEMU's CPU time when it arrived
+/// too (wall time, CPU time, line): on a loaded machine the CPU time QEMU
+/// got moves much less than the wall clock (10 ms resolution).
+pub fn timed_console_cpu(
+    mut cmd: Command,
+    timeout: Duration,
+) -> Result<Vec<(Duration, Duration, String)>> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -238,9 +273,10 @@ pub fn timed_console(mut cmd: Command, timeout: Duration) -> Result<Vec<(Duratio
         text
     });
     let (tx, rx) = mpsc::channel();
+    let pid = child.id();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(std::io::Result::ok) {
-            if tx.send((start.elapsed(), line)).is_err() {
+            if tx.send((start.elapsed(), cpu_time(pid), line)).is_err() {
                 break;
             }
         }

@@ -95,7 +95,7 @@ pub fn fork(
     for k in 1..=count {
         let options = Options {
             input: None,
-            watch: None,
+            watches: Vec::new(),
             ..recipe.options.clone()
         };
         let mut clone = pc::build(

@@ -4,23 +4,38 @@
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 use vmm_devices::uart::CharBackend;
 
-/// A line to watch a console for, and the flag its first sight raises.
+/// A line to watch a console for, and how many lines contained it.
 #[derive(Clone)]
 pub struct Watch {
     /// The text a line must contain.
     pub marker: String,
-    /// Set once a line contains it.
-    pub seen: Arc<AtomicBool>,
+    /// Lines that contained it so far.
+    pub sightings: Arc<AtomicU32>,
+}
+
+impl Watch {
+    /// Watch for lines containing `marker`.
+    pub fn new(marker: &str) -> Self {
+        Self {
+            marker: marker.into(),
+            sightings: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// Lines that contained the marker so far.
+    pub fn seen(&self) -> u32 {
+        self.sightings.load(Ordering::Acquire)
+    }
 }
 
 /// A UART backend that prints whole lines, tagged with the VM.
 pub struct GuestConsole {
     vm: u32,
     line: Vec<u8>,
-    watch: Option<Watch>,
+    watches: Vec<Watch>,
 }
 
 impl GuestConsole {
@@ -29,14 +44,15 @@ impl GuestConsole {
         Self {
             vm,
             line: Vec::new(),
-            watch: None,
+            watches: Vec::new(),
         }
     }
 
-    /// The console of VM `vm`, raising `watch`'s flag at its marker.
-    pub fn watching(vm: u32, watch: Option<Watch>) -> Self {
+    /// The console of VM `vm`, counting the lines that contain each of
+    /// `watches`' markers.
+    pub fn watching(vm: u32, watches: Vec<Watch>) -> Self {
         Self {
-            watch,
+            watches,
             ..Self::new(vm)
         }
     }
@@ -44,10 +60,12 @@ impl GuestConsole {
     fn flush(&mut self) {
         let text = core::str::from_utf8(&self.line).unwrap_or("<non-UTF-8 output>");
         crate::kprintln!("[vm {}] {}", self.vm, text.trim_end_matches('\r'));
-        if let Some(w) = &self.watch {
-            if text.contains(w.marker.as_str()) {
-                w.seen.store(true, Ordering::Release);
-            }
+        for w in self
+            .watches
+            .iter()
+            .filter(|w| text.contains(w.marker.as_str()))
+        {
+            w.sightings.fetch_add(1, Ordering::AcqRel);
         }
         self.line.clear();
     }

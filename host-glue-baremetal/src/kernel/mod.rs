@@ -12,6 +12,7 @@ mod guest;
 mod heap;
 mod host;
 mod interrupts;
+mod marker_stats;
 mod passthrough;
 mod pc;
 mod port_io;
@@ -192,10 +193,12 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     let pc_model = config.cpu_model.unwrap_or(CpuModel::Qemu64);
     // `clones=`: VM 0's COM1 is watched for the marker that forks it, and
     // how its PC was built is kept to build the clones the same way.
-    let fork_watch = (config.clones > 0).then(|| console::Watch {
-        marker: config.clone_marker.as_str().into(),
-        seen: Arc::new(core::sync::atomic::AtomicBool::new(false)),
-    });
+    let fork_watch = (config.clones > 0).then(|| console::Watch::new(config.clone_marker.as_str()));
+    // `stats_marker=`: VM 0's COM1 is watched for the lines that print its
+    // counters (`marker_stats`).
+    let stats_watch = (!config.stats_marker.is_empty())
+        .then(|| console::Watch::new(config.stats_marker.as_str()));
+    let mut stats_printed = 0u32;
     let mut recipe: Option<clones::Recipe> = None;
     // Which host CPU runs which VM.
     let placement = Placement::new(config);
@@ -223,7 +226,11 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                     virtio_console: config.console == ConsoleChoice::Virtio,
                     cpus: config.cpus as usize,
                     x2apic: config.x2apic,
-                    watch: fork_watch.clone(),
+                    watches: fork_watch
+                        .iter()
+                        .chain(stats_watch.iter().filter(|_| i == 0))
+                        .cloned()
+                        .collect(),
                 };
                 recipe = Some(clones::Recipe {
                     name: "pc",
@@ -262,7 +269,11 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                         virtio_console: config.console == ConsoleChoice::Virtio,
                         cpus: config.cpus as usize,
                         x2apic: config.x2apic,
-                        watch: fork_watch.clone(),
+                        watches: fork_watch
+                            .iter()
+                            .chain(stats_watch.iter().filter(|_| i == 0))
+                            .cloned()
+                            .collect(),
                     };
                     recipe = Some(clones::Recipe {
                         name,
@@ -421,9 +432,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             }
         }
         if let Some(watch) = &fork_watch {
-            if watch.seen.load(core::sync::atomic::Ordering::Acquire)
-                && guests.first().is_some_and(Guest::runs)
-            {
+            if watch.seen() > 0 && guests.first().is_some_and(Guest::runs) {
                 let Some(recipe) = &recipe else {
                     fail(format_args!("clones: no recipe for the PC"))
                 };
@@ -462,6 +471,15 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
                 device.service_interrupts();
             }
             let outcome = turn(g, config, &backend);
+            // `stats_marker=`: VM 0's counters after a slice in which its
+            // console printed the marker.
+            if let Some(w) = stats_watch.as_ref().filter(|_| g.machine.vm().id().0 == 0) {
+                let seen = w.seen();
+                if seen != stats_printed {
+                    stats_printed = seen;
+                    kprintln!("{}", marker_stats::line(g, seen, time::now_ns()));
+                }
+            }
             if let Some(d) = debugger.as_mut().filter(|_| debugged) {
                 let exit_code = match &outcome {
                     RunOutcome::Stopped(StopReason::PowerOff) => Some(0),

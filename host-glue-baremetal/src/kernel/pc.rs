@@ -80,8 +80,9 @@ pub struct Options {
     pub cpus: usize,
     /// Offer x2APIC (`x2apic=1`).
     pub x2apic: bool,
-    /// What to watch COM1 for (`clones=`: the line that forks the VM).
-    pub watch: Option<super::console::Watch>,
+    /// What to watch COM1 for (`clones=`: the line that forks the VM;
+    /// `stats_marker=`: the lines that print the counters).
+    pub watches: alloc::vec::Vec<super::console::Watch>,
 }
 
 /// Build VM `id`: `ram` bytes of RAM, `bios` as firmware, `media` in its
@@ -107,7 +108,7 @@ pub fn build(
         virtio_console,
         cpus,
         x2apic,
-        watch,
+        watches,
     } = options;
     let vdisk = match media.vdisk {
         Some(image) => {
@@ -136,7 +137,7 @@ pub fn build(
         cdrom,
         disk: None,
         boot: vec![BootDevice::Cdrom, BootDevice::HardDisk],
-        com1: Box::new(GuestConsole::watching(id, watch)),
+        com1: Box::new(GuestConsole::watching(id, watches)),
         debug_console: bios_debug.then(|| Box::new(GuestConsole::new(id)) as _),
         unix_seconds_at_host_zero: RTC_EPOCH,
         direct_boot: None,

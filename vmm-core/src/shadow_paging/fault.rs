@@ -59,7 +59,30 @@ impl ShadowPager {
 
     /// Resolve a #PF taken with the shadow tree loaded: fill, reflect, or
     /// send to the emulator. `control` holds the guest's own registers.
+    /// The host time it takes is counted by outcome (`ShadowStats`).
     pub fn handle_fault(
+        &mut self,
+        host: &dyn Host,
+        memory: &mut GuestMemory,
+        control: &ControlRegisters,
+        fault: GuestFault,
+    ) -> Result<FaultOutcome, ShadowError> {
+        let start = host.now_ns();
+        let unsyncs = self.stats.unsyncs;
+        let outcome = self.resolve_fault(host, memory, control, fault);
+        let ns = host.now_ns().saturating_sub(start);
+        let s = &mut self.stats;
+        let slot = match &outcome {
+            Ok(FaultOutcome::Reflect(_)) => &mut s.reflect_fault_ns,
+            Ok(FaultOutcome::Filled) if s.unsyncs != unsyncs => &mut s.unsync_fault_ns,
+            Ok(FaultOutcome::Filled) => &mut s.fill_fault_ns,
+            Ok(FaultOutcome::Emulate { .. }) | Err(_) => &mut s.emulate_fault_ns,
+        };
+        *slot = slot.saturating_add(ns);
+        outcome
+    }
+
+    fn resolve_fault(
         &mut self,
         host: &dyn Host,
         memory: &mut GuestMemory,
@@ -68,7 +91,7 @@ impl ShadowPager {
     ) -> Result<FaultOutcome, ShadowError> {
         self.stats.faults += 1;
         self.sync_generation(memory);
-        self.resync_if_flushed(memory);
+        self.resync_if_flushed(host, memory);
         let key = RootKey::of(control);
         if self.current_root().map(|r| r.key) != Some(key) {
             self.activate(host, control)?;
@@ -199,7 +222,10 @@ impl ShadowPager {
         }
         // Record what this leaf depends on; a frame that just became a page
         // table loses its writable mappings everywhere.
+        let deps_start = host.now_ns();
         self.record_deps(memory, slot, key.mode, trace.entries(), linear);
+        let deps_ns = host.now_ns().saturating_sub(deps_start);
+        self.stats.deps_ns = self.stats.deps_ns.saturating_add(deps_ns);
 
         let mut page_table = self.coherence.is_tracked(page);
         if kind == AccessKind::Write && page_table {
@@ -279,6 +305,7 @@ impl ShadowPager {
         if kind == AccessKind::Write && page_table {
             return Ok(emulate);
         }
+        let prefetch_start = host.now_ns();
         self.prefetch(
             memory,
             control,
@@ -290,6 +317,8 @@ impl ShadowPager {
                 gpa,
             },
         );
+        let prefetch_ns = host.now_ns().saturating_sub(prefetch_start);
+        self.stats.prefetch_ns = self.stats.prefetch_ns.saturating_add(prefetch_ns);
         Ok(FaultOutcome::Filled)
     }
 }

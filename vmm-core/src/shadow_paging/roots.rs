@@ -88,14 +88,18 @@ impl ShadowPager {
         control: &ControlRegisters,
         memory: &GuestMemory,
     ) -> Result<(HostPhysAddr, ShadowFormat), ShadowError> {
+        let start = host.now_ns();
         self.sync_generation(memory);
         self.sync_copied(memory);
-        self.resync_if_flushed(memory);
+        self.resync_if_flushed(host, memory);
         let key = RootKey::of(control);
-        match self.current_root() {
+        let root = match self.current_root() {
             Some(r) if r.key == key => Ok((HostPhysAddr(self.pool.phys(r.top)), r.format)),
             _ => self.activate(host, control),
-        }
+        };
+        let ns = host.now_ns().saturating_sub(start);
+        self.stats.ensure_ns = self.stats.ensure_ns.saturating_add(ns);
+        root
     }
 
     /// A table page, evicting the least recently used root (never `keep`)

@@ -39,6 +39,7 @@
 
 use super::coherence::Leaf;
 use super::{ShadowPager, PTE_D, PTE_P, PTE_RW};
+use crate::host::Host;
 use crate::memory::GuestMemory;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -235,12 +236,15 @@ impl ShadowPager {
 
     /// Bring every frame back in sync if the guest flushed its TLB since
     /// the last time (what runs before the next entry or fault).
-    pub(super) fn resync_if_flushed(&mut self, memory: &GuestMemory) {
+    pub(super) fn resync_if_flushed(&mut self, host: &dyn Host, memory: &GuestMemory) {
         if !self.unsync.pending {
             return;
         }
+        let start = host.now_ns();
         self.unsync.pending = false;
         self.resync_all(memory);
+        let ns = host.now_ns().saturating_sub(start);
+        self.stats.resync_ns = self.stats.resync_ns.saturating_add(ns);
     }
 
     /// No frame goes out of sync any more (a second vCPU shares the

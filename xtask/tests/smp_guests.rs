@@ -58,6 +58,16 @@ fn boot(cpu: Cpu, program: &str, cpus: u32) -> (Outcome, String) {
             )
             .unwrap();
             assert!(run.console.contains("VMX enabled: EPT"), "{}", run.console);
+            // How the CPU model makes a spinning guest exit (the
+            // controls' `pause`: Loop, Every or Unavailable).
+            if let Some(mode) = run
+                .console
+                .split("pause: ")
+                .nth(1)
+                .and_then(|r| r.split([',', ' ', '}']).next())
+            {
+                println!("VMX pause exiting: {mode}");
+            }
             (run.outcome, run.console)
         }
     };

@@ -235,6 +235,7 @@ fn svm(i: Svm) {
         },
         0x72 => assert_eq!(exit, Exit::Cpuid { next_rip: next(2) }),
         0x78 => assert_eq!(exit, Exit::Hlt { next_rip: next(1) }),
+        0x77 => assert_eq!(exit, Exit::Pause { next_rip: next(2) }),
         0x7c => assert_eq!(
             exit,
             Exit::Msr {

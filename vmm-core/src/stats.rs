@@ -46,6 +46,8 @@ pub enum ExitKind {
     VirtInstruction,
     /// Triple fault / shutdown.
     Shutdown,
+    /// PAUSE, intercepted while the vCPU shares its host CPU: a yield.
+    Pause,
     /// The host preempted the guest (time slice).
     Preemption,
     /// Anything else.
@@ -54,7 +56,7 @@ pub enum ExitKind {
 
 impl ExitKind {
     /// Every kind, in display order.
-    pub const ALL: [ExitKind; 17] = [
+    pub const ALL: [ExitKind; 18] = [
         ExitKind::PortIo,
         ExitKind::StringIo,
         ExitKind::Mmio,
@@ -70,6 +72,7 @@ impl ExitKind {
         ExitKind::Exception,
         ExitKind::VirtInstruction,
         ExitKind::Shutdown,
+        ExitKind::Pause,
         ExitKind::Preemption,
         ExitKind::Other,
     ];
@@ -92,6 +95,7 @@ impl ExitKind {
             ExitKind::Exception => "exception",
             ExitKind::VirtInstruction => "virt-instruction",
             ExitKind::Shutdown => "shutdown",
+            ExitKind::Pause => "pause",
             ExitKind::Preemption => "preemption",
             ExitKind::Other => "other",
         }

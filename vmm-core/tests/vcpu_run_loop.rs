@@ -1578,3 +1578,38 @@ fn a_preemption_in_halves_ends_the_turn_and_the_next_prepare_goes_on() {
     let second = run_in_halves(&mut cpu, &mut vm, &NoInterrupts, &mut msrs, &mut turn);
     assert_eq!(second, RunOutcome::Stopped(StopReason::TripleFault));
 }
+
+#[test]
+fn a_pause_exit_completes_the_pause_and_gives_the_cpu_back() {
+    use vmm_core::stats::ExitKind;
+    let mut vm = vm();
+    let mut cpu = Scripted::new(vec![Exit::Pause { next_rip: 0x1002 }, Exit::Shutdown]);
+    cpu.regs.rip = 0x1000;
+    // The slice ends at the PAUSE (a yield), the guest past it.
+    assert_eq!(
+        run(
+            &mut cpu,
+            &mut vm,
+            &NoInterrupts,
+            &mut MsrFile::default(),
+            Slice::UNBOUNDED
+        ),
+        RunOutcome::SliceEnded
+    );
+    assert_eq!(cpu.regs.rip, 0x1002);
+    assert!(cpu.steps.is_empty());
+    assert_eq!(vm.stats().count(ExitKind::Pause), 1);
+    assert_eq!(cpu.exits.len(), 1, "nothing ran after the PAUSE");
+    // Under RFLAGS.TF the completed PAUSE owes its single-step trap.
+    let mut cpu = Scripted::new(vec![Exit::Pause { next_rip: 0x2002 }]);
+    cpu.regs.rip = 0x2000;
+    cpu.regs.rflags |= RFLAGS_TF;
+    run(
+        &mut cpu,
+        &mut vm,
+        &NoInterrupts,
+        &mut MsrFile::default(),
+        Slice::UNBOUNDED,
+    );
+    assert_eq!(cpu.steps, vec![0x2002]);
+}

@@ -7,7 +7,9 @@
 //! and once with `cpus=4` (the PC's 4 vCPUs spread over the 2 host CPUs,
 //! two time-sliced on each). For each: the boot time (to the init
 //! marker), the job's time (host clock between its start and done lines,
-//! and the guest's own), the VM's exits and the host's turns per CPU;
+//! and the guest's own), the VM's exits, the host's turns per CPU and
+//! the turns its vCPUs ended early on a PAUSE (yields while a sibling
+//! waited for the CPU);
 //! then the speedup. The host machine's cores are shared with whatever
 //! else runs, so the speedup is at most 2 and often less; the peer, the
 //! same CD under plain QEMU TCG with `-smp 1` and `-smp 4` (no VMM),
@@ -34,6 +36,9 @@ struct Run {
     guest_line: String,
     exits: u64,
     turns: String,
+    /// Turns the vCPUs ended early on a PAUSE (the host's `vm 0: N
+    /// yields on PAUSE`).
+    pause_yields: u64,
     /// QEMU's CPU time (user and system, all its threads) for the whole
     /// run, and the wall time.
     qemu_cpu: f64,
@@ -118,6 +123,17 @@ fn measure(cmd: std::process::Command, cpus: u32) -> Result<Run> {
         .unwrap_or("(not printed)")
         .trim()
         .to_string();
+    let pause_yields = lines
+        .iter()
+        .find_map(|(_, l)| {
+            l.split("vm 0: ")
+                .nth(1)?
+                .trim()
+                .strip_suffix(" yields on PAUSE")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
     if !done.contains(" 1 distinct sum(s)") {
         return Err(Error::msg(format!(
             "cpus={cpus}: the 4 checksums differ: {done}"
@@ -134,6 +150,7 @@ fn measure(cmd: std::process::Command, cpus: u32) -> Result<Run> {
             .to_string(),
         exits,
         turns,
+        pause_yields,
         qemu_cpu,
         wall,
     })
@@ -158,13 +175,14 @@ pub fn run() -> Result<()> {
     );
     for r in &runs {
         println!(
-            "  cpus={}: boot {:>7.2} s, job {:>7.2} s (guest: {}), {} exits, VM turns by host CPU: {}; QEMU used {:.1} CPU s in {:.1} s ({:.0}% of a core)",
+            "  cpus={}: boot {:>7.2} s, job {:>7.2} s (guest: {}), {} exits, VM turns by host CPU: {}, {} yields on PAUSE; QEMU used {:.1} CPU s in {:.1} s ({:.0}% of a core)",
             r.cpus,
             r.boot.as_secs_f64(),
             r.job.as_secs_f64(),
             r.guest_line,
             r.exits,
             r.turns,
+            r.pause_yields,
             r.qemu_cpu,
             r.wall,
             r.qemu_cpu * 100.0 / r.wall.max(1e-9)

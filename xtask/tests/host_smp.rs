@@ -338,6 +338,9 @@ fn two_vcpus_on_two_host_cpus_see_each_others_writes() {
     }
     let turns = turns_by_cpu(&console);
     assert!(turns.iter().all(|&n| n > 0), "{turns:?}\n{console}");
+    // Each vCPU alone on its CPU: PAUSE is not intercepted, so the one
+    // that waits spins on (its sibling runs meanwhile on the other CPU).
+    assert_eq!(pause_yields_by_vcpu(&console), [0, 0], "{console}");
     assert_eq!(outcome, Outcome::Success, "{console}");
 }
 
@@ -372,6 +375,62 @@ fn slow_vmx_runs_two_vcpus_of_one_pc_on_two_host_cpus() {
     let turns = turns_by_cpu(console);
     assert!(turns.iter().all(|&n| n > 0), "{turns:?}\n{console}");
     assert_eq!(run.outcome, Outcome::Success, "{console}");
+}
+
+/// Each vCPU's yields on PAUSE, by vCPU index, from the host's figures
+/// (`vm 0: vCPU j on host CPU c: ..., N yields on PAUSE`).
+fn pause_yields_by_vcpu(console: &str) -> Vec<u64> {
+    let mut yields = Vec::new();
+    for l in console.lines() {
+        let Some(rest) = l.split("vm 0: vCPU ").nth(1) else {
+            continue;
+        };
+        let Some(figures) = rest.strip_suffix(" yields on PAUSE") else {
+            continue;
+        };
+        let n = figures.rsplit(", ").next().and_then(|n| n.parse().ok());
+        yields.push(n.unwrap_or_else(|| panic!("bad figures '{l}'\n{console}")));
+    }
+    yields
+}
+
+#[test]
+#[ignore = "boots the bare-metal host in QEMU: run through cargo xtask test"]
+fn a_spinning_vcpu_yields_its_host_cpu_to_a_time_sliced_sibling() {
+    // Four vCPUs on two host CPUs, two time-sliced on each: the
+    // application processors spin on PAUSE for 3 s of the guest's time
+    // until the bootstrap processor releases them. Each PAUSE while a
+    // sibling waits for the CPU is intercepted and ends the spinner's
+    // turn, so the spinners yield; the guest's work is unchanged.
+    let guests = named_guests(&env_path("VMM_TEST_GUESTS"), &["pc_smp_busy"]);
+    let (outcome, console, secs) = boot("cpu=svm guest_mem=16M cpus=4", &guests, 256, 2);
+    assert!(
+        console.contains(
+            "vmm: VM 0's vCPUs are spread over host CPUs: vCPU 0 on 0, vCPU 1 on 1, vCPU 2 on 0, vCPU 3 on 1"
+        ),
+        "{console}"
+    );
+    assert!(
+        console.contains("[vm 0] smp busy: 4 of 4 cpus started, aps busy"),
+        "{console}"
+    );
+    assert!(
+        console.contains("[vm 0] smp busy: starts 1 1 1 1"),
+        "{console}"
+    );
+    assert!(console.contains("[vm 0] smp busy: done"), "{console}");
+    let yields = pause_yields_by_vcpu(&console);
+    println!(
+        "pc_smp_busy, 4 vCPUs on 2 host CPUs: {secs:.1} s, yields on PAUSE by vCPU {yields:?}"
+    );
+    assert_eq!(yields.len(), 4, "{console}");
+    // The application processors spun: each gave its CPU back.
+    assert!(yields[1..].iter().all(|&n| n > 0), "{yields:?}\n{console}");
+    assert!(
+        console.contains("vm 0 (pc_smp_busy): guest powered off"),
+        "{console}"
+    );
+    assert_eq!(outcome, Outcome::Success, "{console}");
 }
 
 /// `vmm: N of M VM turns began while another host CPU ran one`: (N, M).

@@ -5,7 +5,9 @@
 //!   every kind of IPI sent between them, and counts per CPU where each
 //!   arrived: each must arrive exactly once, where it was sent.
 //! - `pc_smp_lockstep` (2 vCPUs): the two CPUs take turns on shared memory
-//!   (LOCK XADD, CMPXCHG), each waiting for the other's write.
+//!   (LOCK XADD, CMPXCHG), each waiting for the other's write; the one
+//!   that waits spins on PAUSE, which the host intercepts (its CPU has
+//!   other tasks) and answers by running the other (a yield).
 //!
 //! Under QEMU TCG (SVM with nested paging, and with shadow paging: one
 //! pager for the VM's vCPUs) in the default set, and under Bochs (VMX +
@@ -56,6 +58,16 @@ fn boot(cpu: Cpu, program: &str, cpus: u32) -> (Outcome, String) {
             )
             .unwrap();
             assert!(run.console.contains("VMX enabled: EPT"), "{}", run.console);
+            // How the CPU model makes a spinning guest exit (the
+            // controls' `pause`: Loop, Every or Unavailable).
+            if let Some(mode) = run
+                .console
+                .split("pause: ")
+                .nth(1)
+                .and_then(|r| r.split([',', ' ', '}']).next())
+            {
+                println!("VMX pause exiting: {mode}");
+            }
             (run.outcome, run.console)
         }
     };
@@ -155,6 +167,22 @@ fn slow_ipis_of_every_kind_arrive_once_where_sent_under_vmx() {
     ipis(Cpu::Vmx);
 }
 
+/// The yields on PAUSE the host counted for VM `vm` (its end-of-run line
+/// `vm N: M yields on PAUSE`).
+fn pause_yields(console: &str, vm: u32) -> u64 {
+    console
+        .lines()
+        .find_map(|l| {
+            l.split(&format!("vm {vm}: "))
+                .nth(1)?
+                .strip_suffix(" yields on PAUSE")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no yields line for vm {vm} in:\n{console}"))
+}
+
 fn lockstep(cpu: Cpu) {
     let (outcome, console) = boot(cpu, "pc_smp_lockstep", 2);
     // 200 rounds each of two CPUs: every step saw the other's write of
@@ -173,6 +201,13 @@ fn lockstep(cpu: Cpu) {
         ],
     );
     assert!(!console.contains("did not finish"), "{console}");
+    // The vCPU that waits for the other's write spins on PAUSE while the
+    // other waits for the CPU: it gives the CPU back rather than burn
+    // its turn. (`hello`, alone with its one vCPU once the PC is done,
+    // may yield a few times while both run.)
+    let yields = pause_yields(&console, 0);
+    println!("pc_smp_lockstep under {cpu:?}: {yields} yields on PAUSE");
+    assert!(yields > 0, "{console}");
 }
 
 #[test]

@@ -46,6 +46,10 @@ fn assert_cpus(n: usize, outcome: Outcome, console: &str) {
         "{console}"
     );
     assert!(console.contains("reboot: Power down"), "{console}");
+    // The vCPUs take turns on one host CPU: spinning ones yield.
+    if let Some(line) = console.lines().find(|l| l.contains(" yields on PAUSE")) {
+        println!("{}", line.trim());
+    }
     assert!(
         console.contains("vmm: all VMs stopped; every guest powered off"),
         "{console}"

@@ -224,6 +224,16 @@ impl Vcpu {
         }
     }
 
+    /// Intercept PAUSE (a yield) while this vCPU's host CPU has other
+    /// tasks (`shared`), or not (see `VcpuBackend::set_pause_exiting`).
+    pub fn set_pause_exiting(&mut self, shared: bool) {
+        use vmm_core::vcpu::VcpuBackend;
+        match self {
+            Vcpu::Svm(v) => v.set_pause_exiting(shared),
+            Vcpu::Vmx(v) => v.set_pause_exiting(shared),
+        }
+    }
+
     /// The offset this vCPU adds to the host's TSC.
     pub fn tsc_offset(&self) -> u64 {
         use vmm_core::vcpu::VcpuBackend;

@@ -455,6 +455,8 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             clone_report_at = None;
             clones::print_report(&guests, config.clone_report_ms);
         }
+        // Other tasks wait for this CPU: a spinning vCPU yields on PAUSE.
+        let shared = !tasks.is_empty() || guests.iter().filter(|g| g.runs()).count() > 1;
         for (index, g) in guests.iter_mut().enumerate().filter(|(_, g)| g.runs()) {
             // gdb holds VM 0 while it is stopped.
             let debugged = index == 0 && debugger.is_some();
@@ -470,7 +472,7 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
             if let Some(device) = &shared_device {
                 device.service_interrupts();
             }
-            let outcome = turn(g, config, &backend);
+            let outcome = turn(g, config, &backend, shared);
             // `stats_marker=`: VM 0's counters after a slice in which its
             // console printed the marker.
             if let Some(w) = stats_watch.as_ref().filter(|_| g.machine.vm().id().0 == 0) {
@@ -581,6 +583,14 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         all_well &= well;
         kprintln!("vm {} ({}): {}", g.machine.vm().id().0, g.name, reason);
         kprint!("{}", g.machine.vm().stats());
+        kprintln!(
+            "vm {}: {} yields on PAUSE",
+            g.machine.vm().id().0,
+            g.machine
+                .vm()
+                .stats()
+                .count(vmm_core::stats::ExitKind::Pause)
+        );
         // One shadow pager per VM: its counters once.
         if let Some(shadow) = g.vcpus.first().and_then(|v| v.shadow_stats()) {
             kprintln!("{shadow}");
@@ -687,9 +697,20 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
 /// One turn of VM `g` on the calling CPU (whose virtualization is
 /// `backend`): run its vCPU(s) for a slice, then what the host does for a
 /// PC between slices (keys to type, screen lines, screenshots) and the
-/// state round trip (`state_roundtrip=`). The same on every CPU.
-fn turn(g: &mut Guest<'_>, config: &Config, backend: &backend::Backend) -> RunOutcome {
+/// state round trip (`state_roundtrip=`). The same on every CPU. With
+/// `shared` (other VMs or vCPU tasks wait for this CPU), and for a PC
+/// whose vCPUs take turns here, a spinning vCPU's PAUSE ends its turn.
+fn turn(
+    g: &mut Guest<'_>,
+    config: &Config,
+    backend: &backend::Backend,
+    shared: bool,
+) -> RunOutcome {
     let _turn = smp::TurnGuard::enter();
+    let shared = shared || g.vcpus.len() > 1;
+    for vcpu in &mut g.vcpus {
+        vcpu.set_pause_exiting(shared);
+    }
     let slice_ns = if g.vcpus.len() > 1 {
         // Several vCPUs take turns: shorter turns, so one spinning
         // on a lock its sibling holds gives the CPU back sooner.
@@ -854,8 +875,9 @@ fn run_alone(
                 spread::idle(tasks);
             }
         }
+        let shared = !tasks.is_empty() || list.iter().filter(|(_, g)| g.runs()).count() > 1;
         for (_, g) in list.iter_mut().filter(|(_, g)| g.runs()) {
-            if let RunOutcome::Stopped(reason) = turn(g, config, backend) {
+            if let RunOutcome::Stopped(reason) = turn(g, config, backend, shared) {
                 log::info!(
                     "VM {} stopped on host CPU {}: {reason}",
                     g.machine.vm().id().0,

@@ -32,7 +32,12 @@
 //! timer is armed for its end, as for whole VMs' turns), so a vCPU that
 //! spins on a lock with interrupts off cannot keep the lock holder from
 //! its CPU. A vCPU halted or waiting for a start-up IPI gives the CPU back
-//! at once.
+//! at once, and so does one that spins: while other tasks wait for its
+//! CPU the guest's PAUSE is intercepted (`VcpuBackend::set_pause_exiting`)
+//! and ends the turn (a yield, counted as the vCPU's "yields on PAUSE"),
+//! so the sibling it waits for (a lock's holder, an IPI's target) runs
+//! rather than it burning the rest of its turn. Alone on its CPU it
+//! pays nothing: PAUSE is not intercepted.
 
 use super::backend::{Backend, Vcpu};
 use super::{apic, smp, time, Guest, Machine};
@@ -63,6 +68,9 @@ struct Slot {
     turns: u64,
     entries: u64,
     kicks: u64,
+    /// Turns it ended early on a PAUSE (spinning while another task
+    /// waited for its CPU).
+    pause_yields: u64,
 }
 
 /// The PC and its vCPUs' places, behind the lock.
@@ -171,6 +179,7 @@ impl SpreadPc {
                 turns: 0,
                 entries: 0,
                 kicks: 0,
+                pause_yields: 0,
             })
             .collect();
         Ok(Self {
@@ -203,11 +212,12 @@ impl SpreadPc {
         let vm = state.guest.machine.vm().id().0;
         for (j, s) in state.cpus.iter().enumerate() {
             crate::kprintln!(
-                "vm {vm}: vCPU {j} on host CPU {}: {} turns, {} entries, {} kicks",
+                "vm {vm}: vCPU {j} on host CPU {}: {} turns, {} entries, {} kicks, {} yields on PAUSE",
                 s.host_cpu,
                 s.turns,
                 s.entries,
-                s.kicks
+                s.kicks,
+                s.pause_yields
             );
         }
         state.guest
@@ -258,8 +268,9 @@ impl Task {
     }
 
     /// One turn of this vCPU, of at most `slice_ns`; `false` if it is
-    /// asleep with nothing new (nothing ran).
-    fn run_turn(&mut self, slice_ns: u64) -> bool {
+    /// asleep with nothing new (nothing ran). With `others_wait` (other
+    /// tasks wait for this CPU) a PAUSE in the guest ends the turn.
+    fn run_turn(&mut self, slice_ns: u64, others_wait: bool) -> bool {
         let Task {
             pc: shared,
             index,
@@ -298,6 +309,7 @@ impl Task {
         }
         cpus[me].place = VcpuPlace::Busy;
         cpus[me].turns += 1;
+        vcpu.set_pause_exiting(others_wait);
         let _turn = smp::TurnGuard::enter();
         let until = time::now_ns() + slice_ns;
         let max_internal = vcpu.max_internal_exits();
@@ -359,9 +371,12 @@ impl Task {
                 }
             };
             let st = &mut *guard;
-            let Some((pc, _)) = st.parts() else {
+            let Some((pc, cpus)) = st.parts() else {
                 break;
             };
+            if matches!(exit, Exit::Pause { .. }) {
+                cpus[me].pause_yields += 1;
+            }
             let handled = vcpu.handle_pc_exit(pc, me, turn, exit);
             if let Some(RunOutcome::Stopped(reason)) = handled {
                 st.end(reason);
@@ -374,7 +389,7 @@ impl Task {
                 wake_targets(pc, cpus, me, map_changed);
             }
             // A yield (after an IPI to a sibling, which may wait for this
-            // CPU) or the end of the turn.
+            // CPU, or on a PAUSE) or the end of the turn.
             if handled.is_some() || time::now_ns() >= until {
                 break;
             }
@@ -392,14 +407,11 @@ impl Task {
 /// dropped (their vCPUs on the CPU that made them). `false` if nothing ran
 /// (every task asleep with nothing new).
 pub fn run_tasks(tasks: &mut Vec<Task>, others: usize) -> bool {
-    let slice = if tasks.len() + others > 1 {
-        SLICE_NS
-    } else {
-        ALONE_SLICE_NS
-    };
+    let shared = tasks.len() + others > 1;
+    let slice = if shared { SLICE_NS } else { ALONE_SLICE_NS };
     let mut ran = false;
     for t in tasks.iter_mut() {
-        ran |= t.run_turn(slice);
+        ran |= t.run_turn(slice, shared);
     }
     tasks.retain(|t| !t.done);
     ran

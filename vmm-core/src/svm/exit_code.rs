@@ -26,6 +26,9 @@ pub enum ExitCode {
     /// VMEXIT_SWINT (0x75): an INTn instruction (intercepted while a
     /// debugger has planted INT3s: QEMU's TCG reports an INT3 so).
     Swint,
+    /// VMEXIT_PAUSE (0x77): PAUSE (past the pause filter's count, where
+    /// the CPU has one).
+    Pause,
     /// VMEXIT_HLT (0x78).
     Hlt,
     /// VMEXIT_INVLPG (0x79).
@@ -76,6 +79,7 @@ impl ExitCode {
             0x72 => ExitCode::Cpuid,
             0x74 => ExitCode::Iret,
             0x75 => ExitCode::Swint,
+            0x77 => ExitCode::Pause,
             0x78 => ExitCode::Hlt,
             0x79 => ExitCode::Invlpg,
             0x7a => ExitCode::Invlpga,
@@ -108,6 +112,7 @@ impl ExitCode {
             ExitCode::Cpuid => 0x72,
             ExitCode::Iret => 0x74,
             ExitCode::Swint => 0x75,
+            ExitCode::Pause => 0x77,
             ExitCode::Hlt => 0x78,
             ExitCode::Invlpg => 0x79,
             ExitCode::Invlpga => 0x7a,

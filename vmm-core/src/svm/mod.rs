@@ -86,6 +86,13 @@ pub struct SvmFeatures {
     pub decode_assists: bool,
     /// Number of ASIDs.
     pub asids: u32,
+    /// Pause filter (CPUID 8000_000A EDX bit 10): an intercepted PAUSE
+    /// exits only after [`PAUSE_FILTER_COUNT`] of them.
+    pub pause_filter: bool,
+    /// Pause filter threshold (EDX bit 12): the count starts again when
+    /// PAUSEs are more than [`PAUSE_FILTER_THRESHOLD`] cycles apart (not
+    /// a spin loop).
+    pub pause_filter_threshold: bool,
 }
 
 /// SVM enabled on the current CPU. Keeps the host save area alive.
@@ -134,6 +141,8 @@ impl Svm {
                 nrip_save: svm.edx & (1 << 3) != 0,
                 decode_assists: svm.edx & (1 << 7) != 0,
                 asids: svm.ebx,
+                pause_filter: svm.edx & (1 << 10) != 0,
+                pause_filter_threshold: svm.edx & (1 << 12) != 0,
             },
             xstate: XstateModel::detect(),
         })
@@ -156,6 +165,7 @@ const INTERCEPT_NMI: u32 = 1 << 1;
 const INTERCEPT_VINTR: u32 = 1 << 4;
 const INTERCEPT_CPUID: u32 = 1 << 18;
 const INTERCEPT_IRET: u32 = 1 << 20;
+const INTERCEPT_PAUSE: u32 = 1 << 23;
 /// DR6.BS: the #DB is a single-step trap.
 const DR6_BS: u64 = 1 << 14;
 /// The #DB bit of the exception intercepts.
@@ -179,6 +189,37 @@ const INTERCEPT_XSETBV: u32 = 1 << 13;
 
 /// Exits `run` handles itself (XSETBV) before it gives up the CPU anyway.
 const MAX_INTERNAL_EXITS: usize = 64;
+
+/// The PAUSEs an intercepted spin loop runs before it exits, on a CPU
+/// with the pause filter (KVM's default, `pause_filter_count`).
+pub const PAUSE_FILTER_COUNT: u16 = 3000;
+/// The cycles between two PAUSEs above which they are not one spin loop
+/// (the filter's count starts again), on a CPU with the threshold (KVM's
+/// `pause_filter_thresh`).
+pub const PAUSE_FILTER_THRESHOLD: u16 = 128;
+
+/// Intercept PAUSE in `vmcb` (`on`) or stop, with the pause filter (and
+/// its threshold) where `features` has it; without, every PAUSE exits.
+/// The filter's fields are written only on a CPU that has them (they are
+/// reserved elsewhere).
+pub fn set_pause_intercept(vmcb: &mut Vmcb, features: &SvmFeatures, on: bool) {
+    let misc = vmcb.read_u32(offset::INTERCEPT_MISC1);
+    let wanted = if on {
+        misc | INTERCEPT_PAUSE
+    } else {
+        misc & !INTERCEPT_PAUSE
+    };
+    if wanted == misc {
+        return;
+    }
+    vmcb.write_u32(offset::INTERCEPT_MISC1, wanted);
+    if on && features.pause_filter {
+        vmcb.write_u16(offset::PAUSE_FILTER_COUNT, PAUSE_FILTER_COUNT);
+        if features.pause_filter_threshold {
+            vmcb.write_u16(offset::PAUSE_FILTER_THRESHOLD, PAUSE_FILTER_THRESHOLD);
+        }
+    }
+}
 
 /// Clear the read and write intercept bits of `msr` in an MSR permission
 /// map (two bits per MSR in three 8 KiB-MSR ranges, APM vol. 2 15.11).
@@ -824,6 +865,11 @@ pub fn decode_exit(
         ExitCode::Hlt => Exit::Hlt {
             next_rip: next_rip(vmcb, nrip_save, 1),
         },
+        // PAUSE is F3 90 (a spin loop's `rep; nop`); without the saved
+        // next RIP a longer encoding (more prefixes) is taken as that.
+        ExitCode::Pause => Exit::Pause {
+            next_rip: next_rip(vmcb, nrip_save, 2),
+        },
         ExitCode::Msr => Exit::Msr {
             write: info1 & 1 != 0,
             next_rip: next_rip(vmcb, nrip_save, 2),
@@ -1206,6 +1252,10 @@ impl VcpuBackend for SvmVcpu {
         crate::vcpu::run_split(self, vm)
     }
 
+    fn set_pause_exiting(&mut self, on: bool) {
+        set_pause_intercept(&mut self.vmcb, &self.features, on);
+    }
+
     fn inject(&mut self, event: Event) -> bool {
         if self.vmcb.read_u64(offset::EVENT_INJ) & (1 << 31) != 0 {
             return false;
@@ -1573,6 +1623,69 @@ mod tests {
             panic!("not an emulation exit");
         };
         assert_eq!(hints.bytes, None);
+    }
+
+    #[test]
+    fn pause_is_intercepted_only_when_asked_with_the_filter_where_the_cpu_has_it() {
+        use crate::host::Host;
+        let host = crate::test_host::TestHost::new();
+        let mut vmcb = Vmcb::new(host.alloc_memory(4096, 4096).unwrap());
+        vmcb.write_u32(offset::INTERCEPT_MISC1, INTERCEPT_HLT | INTERCEPT_IRET);
+        let plain = SvmFeatures {
+            nrip_save: true,
+            decode_assists: false,
+            asids: 8,
+            pause_filter: false,
+            pause_filter_threshold: false,
+        };
+        // QEMU's TCG: no filter, so every PAUSE exits; the filter's
+        // (reserved) fields stay 0.
+        set_pause_intercept(&mut vmcb, &plain, true);
+        assert_eq!(
+            vmcb.read_u32(offset::INTERCEPT_MISC1),
+            INTERCEPT_HLT | INTERCEPT_IRET | (1 << 23)
+        );
+        assert_eq!(vmcb.read_u16(offset::PAUSE_FILTER_COUNT), 0);
+        assert_eq!(vmcb.read_u16(offset::PAUSE_FILTER_THRESHOLD), 0);
+        // Off again: the other intercepts stay.
+        set_pause_intercept(&mut vmcb, &plain, false);
+        assert_eq!(
+            vmcb.read_u32(offset::INTERCEPT_MISC1),
+            INTERCEPT_HLT | INTERCEPT_IRET
+        );
+        // With the filter and its threshold: a spin loop exits after
+        // 3000 PAUSEs less than 128 cycles apart.
+        let filtered = SvmFeatures {
+            pause_filter: true,
+            pause_filter_threshold: true,
+            ..plain
+        };
+        set_pause_intercept(&mut vmcb, &filtered, true);
+        assert_ne!(vmcb.read_u32(offset::INTERCEPT_MISC1) & (1 << 23), 0);
+        assert_eq!(vmcb.read_u16(offset::PAUSE_FILTER_COUNT), 3000);
+        assert_eq!(vmcb.read_u16(offset::PAUSE_FILTER_THRESHOLD), 128);
+    }
+
+    #[test]
+    fn a_pause_exit_resumes_after_the_instruction() {
+        use crate::host::Host;
+        let host = crate::test_host::TestHost::new();
+        let mut vmcb = Vmcb::new(host.alloc_memory(4096, 4096).unwrap());
+        let memory = GuestMemory::new();
+        assert_eq!(ExitCode::from_raw(0x77), ExitCode::Pause);
+        vmcb.write_u64(offset::EXIT_CODE, 0x77);
+        vmcb.write_u64(offset::RIP, 0x1000);
+        vmcb.write_u64(offset::NEXT_RIP, 0x1003);
+        // The CPU's next RIP where it saves one (a prefixed PAUSE), else
+        // past F3 90.
+        assert_eq!(
+            decode_exit(&mut vmcb, true, false, &memory),
+            Exit::Pause { next_rip: 0x1003 }
+        );
+        assert_eq!(
+            decode_exit(&mut vmcb, false, false, &memory),
+            Exit::Pause { next_rip: 0x1002 }
+        );
     }
 
     #[test]

@@ -13,6 +13,10 @@ pub mod offset {
     pub const INTERCEPT_EXCEPTIONS: usize = 0x008;
     pub const INTERCEPT_MISC1: usize = 0x00c;
     pub const INTERCEPT_MISC2: usize = 0x010;
+    /// Pause filter threshold (16 bits), with the feature.
+    pub const PAUSE_FILTER_THRESHOLD: usize = 0x03c;
+    /// Pause filter count (16 bits), with the feature.
+    pub const PAUSE_FILTER_COUNT: usize = 0x03e;
     pub const IOPM_BASE: usize = 0x040;
     pub const MSRPM_BASE: usize = 0x048;
     pub const TSC_OFFSET: usize = 0x050;

@@ -51,6 +51,14 @@ pub enum Exit {
         /// The instruction after HLT.
         next_rip: u64,
     },
+    /// PAUSE, intercepted while the vCPU's host CPU has other work
+    /// ([`super::VcpuBackend::set_pause_exiting`]): the guest spins on
+    /// something a sibling holds. It resumes at `next_rip` and gives the
+    /// CPU back (a yield), so the holder may run.
+    Pause {
+        /// The instruction after PAUSE.
+        next_rip: u64,
+    },
     /// RDMSR (`write` false) or WRMSR; the guest resumes at `next_rip`.
     Msr {
         /// WRMSR.
@@ -137,6 +145,7 @@ impl Exit {
             Exit::Emulate { gpa: None, .. } | Exit::PortString(_) => ExitKind::StringIo,
             Exit::Cpuid { .. } => ExitKind::Cpuid,
             Exit::Hlt { .. } => ExitKind::Hlt,
+            Exit::Pause { .. } => ExitKind::Pause,
             Exit::Msr { .. } => ExitKind::Msr,
             Exit::ExternalInterrupt => ExitKind::ExternalInterrupt,
             Exit::InterruptWindow | Exit::NmiWindow => ExitKind::InterruptWindow,

@@ -257,6 +257,19 @@ pub trait VcpuBackend: CpuState {
         let _ = on;
     }
 
+    /// Intercept PAUSE ([`Exit::Pause`], which gives the CPU back) or
+    /// stop: the host turns it on while the vCPU's CPU has other work (a
+    /// time-sliced sibling, another VM), where a guest spinning for a
+    /// lock or an IPI's answer would otherwise burn its whole turn waiting
+    /// for a vCPU that cannot run meanwhile; alone on its CPU the vCPU
+    /// pays nothing. Where the CPU can count PAUSEs (SVM's pause filter,
+    /// VMX's PAUSE-loop exiting) only a long spin exits. Backends whose
+    /// hypervisor does this itself (KVM) keep the default, which does
+    /// nothing.
+    fn set_pause_exiting(&mut self, on: bool) {
+        let _ = on;
+    }
+
     /// What the backend adds to the host's TSC to give the guest's
     /// (RDTSC in the guest reads host TSC + this, wrapping). Backends
     /// without TSC offsetting leave the default, 0.

@@ -662,6 +662,7 @@ fn after_exit<B: VcpuBackend>(
             | Exit::Invlpg { .. }
             | Exit::Cpuid { .. }
             | Exit::Hlt { .. }
+            | Exit::Pause { .. }
             | Exit::Msr { .. }
     );
     let stepping = completes && vcpu.rflags() & RFLAGS_TF != 0;
@@ -804,6 +805,13 @@ fn after_exit<B: VcpuBackend>(
         }
         // With IF clear only an NMI wakes it: see the halted case above.
         Exit::Hlt { next_rip } => *halted = Some((next_rip, stepping)),
+        Exit::Pause { next_rip } => {
+            // A spin-wait loop while something else waits for this host
+            // CPU: the PAUSE completes, and the CPU goes to the others
+            // (one of them may hold what the guest waits for).
+            complete(vcpu, next_rip, stepping);
+            vm.request_yield();
+        }
         Exit::Msr { write, next_rip } => {
             let msr = vcpu.gpr(RCX) as u32;
             let apic_base = interrupts.apic_base();
@@ -869,7 +877,8 @@ fn after_exit<B: VcpuBackend>(
     vm.stats_mut()
         .add_handling_time(kind, turn.now.saturating_sub(exited));
     if vm.take_yield() && vm.stop_reason().is_none() {
-        // It sent a sibling an IPI: let the sibling run now.
+        // It sent a sibling an IPI, or spun on PAUSE: let the others run
+        // now.
         return Some(RunOutcome::SliceEnded);
     }
     None

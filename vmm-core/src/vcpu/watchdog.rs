@@ -49,6 +49,7 @@ fn watched(exit: &Exit) -> Option<Option<u64>> {
         Exit::PortString(_)
         | Exit::PortIo { .. }
         | Exit::Cpuid { .. }
+        | Exit::Pause { .. }
         | Exit::Msr { .. }
         | Exit::ControlRegister { .. }
         | Exit::Invlpg { .. }

@@ -310,6 +310,18 @@ impl VcpuBackend for VmxVcpu {
         }
     }
 
+    fn set_pause_exiting(&mut self, on: bool) {
+        let proc = self.read(fields::PROC_BASED_CONTROLS) as u32;
+        let proc2 = self.read(fields::SECONDARY_CONTROLS) as u32;
+        let (p, p2) = self.controls.with_pause_exiting(proc, proc2, on);
+        if p != proc {
+            self.write(fields::PROC_BASED_CONTROLS, p.into());
+        }
+        if p2 != proc2 {
+            self.write(fields::SECONDARY_CONTROLS, p2.into());
+        }
+    }
+
     fn request_interrupt_window(&mut self, on: bool) {
         let proc = self.read(fields::PROC_BASED_CONTROLS);
         let bit = u64::from(capabilities::proc::INTERRUPT_WINDOW_EXITING);

@@ -52,6 +52,8 @@ pub mod proc {
     pub const USE_IO_BITMAPS: u32 = 1 << 25;
     /// Use MSR bitmaps.
     pub const USE_MSR_BITMAPS: u32 = 1 << 28;
+    /// PAUSE exiting: every PAUSE exits.
+    pub const PAUSE_EXITING: u32 = 1 << 30;
     /// Activate secondary controls.
     pub const SECONDARY_CONTROLS: u32 = 1 << 31;
 }
@@ -66,6 +68,10 @@ pub mod proc2 {
     pub const ENABLE_VPID: u32 = 1 << 5;
     /// Unrestricted guest.
     pub const UNRESTRICTED_GUEST: u32 = 1 << 7;
+    /// PAUSE-loop exiting: a PAUSE at CPL 0 exits once the spin loop it
+    /// belongs to (PAUSEs at most PLE_Gap TSC ticks apart) has gone on
+    /// for more than PLE_Window ticks.
+    pub const PAUSE_LOOP_EXITING: u32 = 1 << 10;
     /// Enable INVPCID.
     pub const ENABLE_INVPCID: u32 = 1 << 12;
     /// Enable XSAVES/XRSTORS.
@@ -234,7 +240,29 @@ pub struct Controls {
     /// The VMX-preemption timer is on, counting down once every 2^this
     /// TSC ticks (`None`: the CPU has no such timer).
     pub preemption_timer_shift: Option<u8>,
+    /// How a spinning guest can be made to exit (see
+    /// [`Controls::with_pause_exiting`]).
+    pub pause: PauseExiting,
 }
+
+/// How the VMCS can make a guest's PAUSE exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PauseExiting {
+    /// PAUSE-loop exiting (secondary controls), with [`PLE_GAP`] and
+    /// [`PLE_WINDOW`]: only a long spin loop exits.
+    Loop,
+    /// PAUSE exiting (primary controls): every PAUSE exits.
+    Every,
+    /// Neither control can be set.
+    Unavailable,
+}
+
+/// PLE_Gap: TSC ticks between two PAUSEs of one spin loop at most (KVM's
+/// default).
+pub const PLE_GAP: u32 = 128;
+/// PLE_Window: TSC ticks a spin loop goes on before it exits (KVM's
+/// default).
+pub const PLE_WINDOW: u32 = 4096;
 
 fn adjust(
     group: &'static str,
@@ -345,7 +373,35 @@ impl Controls {
             nmi_window: (caps.proc >> 32) as u32 & proc::NMI_WINDOW_EXITING != 0,
             preemption_timer_shift: (pin & pin::PREEMPTION_TIMER != 0)
                 .then_some((caps.misc & 0x1f) as u8),
+            pause: if (caps.proc2 >> 32) as u32 & proc2::PAUSE_LOOP_EXITING != 0
+                && proc & proc::SECONDARY_CONTROLS != 0
+            {
+                PauseExiting::Loop
+            } else if (caps.proc >> 32) as u32 & proc::PAUSE_EXITING != 0 {
+                PauseExiting::Every
+            } else {
+                PauseExiting::Unavailable
+            },
         })
+    }
+
+    /// The primary and secondary processor-based controls `proc` and
+    /// `proc2` (as the VMCS holds them now) with PAUSE intercepted (`on`)
+    /// as [`Controls::pause`] allows, or not: off, a bit is as derived
+    /// (a control the CPU forces on stays on).
+    pub fn with_pause_exiting(&self, proc: u32, proc2: u32, on: bool) -> (u32, u32) {
+        let set = |value: u32, derived: u32, bit: u32, on: bool| {
+            if on {
+                value | bit
+            } else {
+                (value & !bit) | (derived & bit)
+            }
+        };
+        match self.pause {
+            PauseExiting::Loop => (proc, set(proc2, self.proc2, proc2::PAUSE_LOOP_EXITING, on)),
+            PauseExiting::Every => (set(proc, self.proc, proc::PAUSE_EXITING, on), proc2),
+            PauseExiting::Unavailable => (proc, proc2),
+        }
     }
 }
 
@@ -459,6 +515,44 @@ mod tests {
         let caps = haswell();
         assert_eq!(c.proc & !((caps.proc >> 32) as u32), 0);
         assert_eq!(c.proc2 & !((caps.proc2 >> 32) as u32), 0);
+    }
+
+    #[test]
+    fn pause_exits_by_loop_where_the_cpu_counts_them_else_every_one() {
+        // With PAUSE-loop exiting: only the secondary bit moves.
+        let mut caps = haswell();
+        caps.proc2 |= u64::from(proc2::PAUSE_LOOP_EXITING) << 32;
+        let c = Controls::derive(&caps).unwrap();
+        assert_eq!(c.pause, PauseExiting::Loop);
+        assert_eq!(c.proc2 & proc2::PAUSE_LOOP_EXITING, 0, "off at first");
+        let (p, p2) = c.with_pause_exiting(c.proc, c.proc2, true);
+        assert_eq!((p, p2), (c.proc, c.proc2 | proc2::PAUSE_LOOP_EXITING));
+        assert_eq!(c.with_pause_exiting(p, p2, false), (c.proc, c.proc2));
+        // Without it (this fixture's secondary controls): PAUSE exiting,
+        // every PAUSE.
+        let mut caps = haswell();
+        let c = Controls::derive(&caps).unwrap();
+        assert_eq!(c.pause, PauseExiting::Every);
+        assert_eq!(c.proc & proc::PAUSE_EXITING, 0, "off at first");
+        // Another control changed meanwhile (the interrupt window) stays.
+        let window = c.proc | proc::INTERRUPT_WINDOW_EXITING;
+        let (p, p2) = c.with_pause_exiting(window, c.proc2, true);
+        assert_eq!((p, p2), (window | proc::PAUSE_EXITING, c.proc2));
+        assert_eq!(c.with_pause_exiting(p, p2, false), (window, c.proc2));
+        // Neither: nothing changes.
+        caps.proc &= !(u64::from(proc::PAUSE_EXITING) << 32);
+        let c = Controls::derive(&caps).unwrap();
+        assert_eq!(c.pause, PauseExiting::Unavailable);
+        assert_eq!(
+            c.with_pause_exiting(c.proc, c.proc2, true),
+            (c.proc, c.proc2)
+        );
+        // A CPU that forces PAUSE exiting on keeps it on.
+        let mut caps = haswell();
+        caps.proc |= u64::from(proc::PAUSE_EXITING);
+        let c = Controls::derive(&caps).unwrap();
+        assert_ne!(c.proc & proc::PAUSE_EXITING, 0);
+        assert_eq!(c.with_pause_exiting(c.proc, c.proc2, false).0, c.proc);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod reason {
     pub const WRMSR: u32 = 32;
     pub const ENTRY_FAIL_GUEST_STATE: u32 = 33;
     pub const ENTRY_FAIL_MSR_LOADING: u32 = 34;
+    pub const PAUSE: u32 = 40;
     pub const ENTRY_FAIL_MACHINE_CHECK: u32 = 41;
     pub const EPT_VIOLATION: u32 = 48;
     pub const EPT_MISCONFIG: u32 = 49;

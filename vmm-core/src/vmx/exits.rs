@@ -139,6 +139,9 @@ impl VmxVcpu {
             reason::HLT => Exit::Hlt {
                 next_rip: self.next_rip(),
             },
+            reason::PAUSE => Exit::Pause {
+                next_rip: self.next_rip(),
+            },
             reason::IO => io_exit(q, self.next_rip()),
             reason::RDMSR | reason::WRMSR => Exit::Msr {
                 write: basic == reason::WRMSR,

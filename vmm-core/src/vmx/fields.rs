@@ -44,6 +44,8 @@ pub const HOST_IA32_EFER: u32 = host::IA32_EFER_FULL;
 pub const PIN_BASED_CONTROLS: u32 = control::PINBASED_EXEC_CONTROLS;
 pub const PROC_BASED_CONTROLS: u32 = control::PRIMARY_PROCBASED_EXEC_CONTROLS;
 pub const EXCEPTION_BITMAP: u32 = control::EXCEPTION_BITMAP;
+pub const PLE_GAP: u32 = control::PLE_GAP;
+pub const PLE_WINDOW: u32 = control::PLE_WINDOW;
 pub const CR3_TARGET_COUNT: u32 = control::CR3_TARGET_COUNT;
 pub const EXIT_CONTROLS: u32 = control::VMEXIT_CONTROLS;
 pub const EXIT_MSR_STORE_COUNT: u32 = control::VMEXIT_MSR_STORE_COUNT;
@@ -199,6 +201,8 @@ mod tests {
         assert_eq!(ENTRY_EXCEPTION_ERROR_CODE, 0x4018);
         assert_eq!(ENTRY_INSTRUCTION_LENGTH, 0x401a);
         assert_eq!(SECONDARY_CONTROLS, 0x401e);
+        assert_eq!(PLE_GAP, 0x4020);
+        assert_eq!(PLE_WINDOW, 0x4022);
         assert_eq!(VM_INSTRUCTION_ERROR, 0x4400);
         assert_eq!(EXIT_REASON, 0x4402);
         assert_eq!(EXIT_INTERRUPTION_INFO, 0x4404);

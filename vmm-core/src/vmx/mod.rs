@@ -58,7 +58,7 @@ mod state;
 mod vcpu;
 
 pub use backend::VmxEntry;
-pub use capabilities::{CapabilityMsrs, Controls, MissingCapability};
+pub use capabilities::{CapabilityMsrs, Controls, MissingCapability, PauseExiting};
 pub use enable::Vmx;
 pub use exits::io_exit;
 pub use guest_state::{access_rights_from_attributes, attributes_from_access_rights};

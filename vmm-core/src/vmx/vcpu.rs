@@ -198,6 +198,19 @@ impl VmxVcpu {
             unsafe { instructions::vmwrite(field, value) }
                 .map_err(|e| me.setup_error("VMWRITE", e))?;
         }
+        if c.pause == super::capabilities::PauseExiting::Loop {
+            // Used only while PAUSE-loop exiting is on (a sibling or
+            // another VM waits for this CPU).
+            for (field, value) in [
+                (fields::PLE_GAP, super::capabilities::PLE_GAP),
+                (fields::PLE_WINDOW, super::capabilities::PLE_WINDOW),
+            ] {
+                // SAFETY: as above: VMX on, our VMCS current, fields the
+                // CPU has (it offers PAUSE-loop exiting).
+                unsafe { instructions::vmwrite(field, value.into()) }
+                    .map_err(|e| me.setup_error("VMWRITE", e))?;
+            }
+        }
         me.reset();
         Ok(me)
     }

@@ -1082,10 +1082,7 @@ impl GuestMemory {
                 continue;
             }
             let block = BlockId(i as u32);
-            let mut rest: &mut [u8] = blk
-                .mem
-                .own_mut()
-                .ok_or(MemoryError::BadBacking { block })?;
+            let mut rest: &mut [u8] = blk.mem.own_mut().ok_or(MemoryError::BadBacking { block })?;
             let mut at = 0usize;
             while let Some(p) = next.next_if(|p| p.block as usize == i) {
                 // Sorted and disjoint: each piece starts at or after `at`.
@@ -1117,7 +1114,8 @@ impl GuestMemory {
         for &(gpa, len) in ranges {
             self.pieces(gpa, len, |r, s, e| {
                 let kind = kind_of(r.read, r.write, &self.blocks);
-                let (RegionKind::Ram, Backing::Block { block, offset }) = (kind, r.slice(s, e).read)
+                let (RegionKind::Ram, Backing::Block { block, offset }) =
+                    (kind, r.slice(s, e).read)
                 else {
                     return Err(MemoryError::NotRam { gpa: s, kind });
                 };
@@ -1415,7 +1413,12 @@ mod tests {
         let mut m = pc_like();
         // A second RAM block right after the first: one range spans both.
         m.add_ram(0x10_0000, mem(0x1000)).unwrap();
-        let ranges = [(0x10_0ff0, 0x8), (0x0f_fff8, 0x10), (0x2000, 0x4), (0x10, 0)];
+        let ranges = [
+            (0x10_0ff0, 0x8),
+            (0x0f_fff8, 0x10),
+            (0x2000, 0x4),
+            (0x10, 0),
+        ];
         {
             let mut bufs = m.lend_ram_mut(&ranges).unwrap().unwrap();
             // The spanning range comes as two pieces; the empty one as none.

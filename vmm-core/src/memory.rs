@@ -1124,10 +1124,14 @@ impl GuestMemory {
                     Some(BlockMem::Own(_))
                 );
                 let bad = MemoryError::BadBacking { block };
+                let offset = usize::try_from(offset).map_err(|_| bad)?;
+                let len = usize::try_from(e - s).map_err(|_| bad)?;
+                // So that `offset + len` never overflows below.
+                offset.checked_add(len).ok_or(bad)?;
                 pieces.push(LentPiece {
                     block: block.0,
-                    offset: usize::try_from(offset).map_err(|_| bad)?,
-                    len: usize::try_from(e - s).map_err(|_| bad)?,
+                    offset,
+                    len,
                     order: pieces.len(),
                 });
                 Ok(())

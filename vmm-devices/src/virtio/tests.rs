@@ -598,10 +598,13 @@ fn buffers_in_rom_mmio_or_past_ram_fail_the_request_and_touch_nothing() {
 /// backend does with `preadv`/`pwritev`) and records each call's buffer
 /// lengths; `fail_after` makes a vectored read stop with an I/O error
 /// after that many bytes (a short read).
+/// Each vectored call: whether it wrote, and its buffers' lengths.
+type Calls = Arc<Mutex<Vec<(bool, Vec<usize>)>>>;
+
 #[derive(Clone)]
 struct VectoredDisk {
     disk: SharedDisk,
-    calls: Arc<Mutex<Vec<(bool, Vec<usize>)>>>,
+    calls: Calls,
     fail_after: Option<usize>,
 }
 

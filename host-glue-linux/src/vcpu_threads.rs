@@ -62,6 +62,8 @@ use vmm_core::host::Host;
 use vmm_core::vcpu::{Prepared, RunOutcome, Turn, VcpuPlace};
 use vmm_core::vm::StopReason;
 use vmm_devices::pc::{Pc, WakeSignals};
+use vmm_devices::pci::Doorbell;
+use vmm_sys_util::eventfd::EventFd;
 
 /// One vCPU as the others see it.
 struct CpuSlot {
@@ -718,24 +720,102 @@ fn watch(shared: &Shared, file: &File) {
 }
 
 /// The notify thread ([`VcpuThreads::serve_doorbells`]): wait until
-/// KVM signals a doorbell, then hand every signalled one to the PC.
+/// KVM signals a doorbell, then hand every signalled one to the PC. One
+/// lock of the machine per wake-up: the set of doorbells is looked at
+/// while the lock is held to ring them (and after a wait that timed out),
+/// and the poll list is built again only when that set changed.
 fn ring_doorbells(shared: &Shared) {
-    let mut generation = u64::MAX;
-    let mut fds = Vec::new();
+    let mut watched = Watched::default();
+    {
+        let state = shared.lock();
+        if state.ended {
+            return;
+        }
+        watched.follow(&state);
+    }
+    let mut rung = Vec::new();
     while !shared.watchers_stop.load(Ordering::Acquire) {
-        {
-            let state = shared.lock();
-            if state.ended {
-                break;
+        let ms = WATCH_TICK.as_millis() as i32;
+        let n = if watched.polled.is_empty() {
+            std::thread::sleep(WATCH_TICK);
+            0
+        } else {
+            for p in &mut watched.polled {
+                p.revents = 0;
             }
-            if let Some(d) = &state.doorbells {
-                if d.generation() != generation {
-                    generation = d.generation();
-                    fds = d.fds();
+            // SAFETY: `polled` is a live, initialised array of as many
+            // pollfds as the count says; each fd stays open for the whole
+            // call (`watched.fds` holds its EventFd).
+            unsafe {
+                libc::poll(
+                    watched.polled.as_mut_ptr(),
+                    watched.polled.len() as libc::nfds_t,
+                    ms,
+                )
+            }
+        };
+        rung.clear();
+        if n > 0 {
+            rung.extend(
+                watched
+                    .polled
+                    .iter()
+                    .zip(&watched.fds)
+                    .filter(|(p, _)| p.revents & libc::POLLIN != 0)
+                    // Reading resets the count (the fd is non-blocking).
+                    .filter(|(_, (_, fd))| fd.read().is_ok())
+                    .map(|(_, (d, _))| *d),
+            );
+        }
+        let mut state = shared.lock();
+        if state.ended {
+            break;
+        }
+        if !rung.is_empty() {
+            for d in &rung {
+                // A doorbell dropped meanwhile (its queue reset, its BAR
+                // moved) is no longer the PC's to ring.
+                if state.doorbells.as_ref().is_some_and(|fds| fds.has(d)) {
+                    state.pc.vm_mut().mmio_write(d.gpa, &d.data.to_le_bytes());
+                    state.doorbell_rings += 1;
                 }
             }
+            state.wake_targets(&shared.wake);
         }
-        let mut polled: Vec<libc::pollfd> = fds
+        watched.follow(&state);
+    }
+}
+
+/// The doorbells the notify thread polls, and the set they came from.
+struct Watched {
+    generation: u64,
+    fds: Vec<(Doorbell, Arc<EventFd>)>,
+    polled: Vec<libc::pollfd>,
+}
+
+impl Default for Watched {
+    fn default() -> Self {
+        Self {
+            generation: u64::MAX,
+            fds: Vec::new(),
+            polled: Vec::new(),
+        }
+    }
+}
+
+impl Watched {
+    /// Take the machine's set of doorbells if it changed.
+    fn follow(&mut self, state: &State) {
+        let Some(d) = &state.doorbells else {
+            return;
+        };
+        if d.generation() == self.generation {
+            return;
+        }
+        self.generation = d.generation();
+        self.fds = d.fds();
+        self.polled = self
+            .fds
             .iter()
             .map(|(_, fd)| libc::pollfd {
                 fd: fd.as_raw_fd(),
@@ -743,42 +823,6 @@ fn ring_doorbells(shared: &Shared) {
                 revents: 0,
             })
             .collect();
-        let ms = WATCH_TICK.as_millis() as i32;
-        if polled.is_empty() {
-            std::thread::sleep(WATCH_TICK);
-            continue;
-        }
-        // SAFETY: `polled` is a live, initialised array of as many pollfds
-        // as the count says; each fd stays open for the whole call (`fds`
-        // holds its EventFd).
-        let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, ms) };
-        if n <= 0 {
-            continue;
-        }
-        let rung: Vec<_> = polled
-            .iter()
-            .zip(&fds)
-            .filter(|(p, _)| p.revents & libc::POLLIN != 0)
-            // Reading resets the count (the fd is non-blocking).
-            .filter(|(_, (_, fd))| fd.read().is_ok())
-            .map(|(_, (d, _))| *d)
-            .collect();
-        if rung.is_empty() {
-            continue;
-        }
-        let mut state = shared.lock();
-        if state.ended {
-            break;
-        }
-        for d in rung {
-            // A doorbell dropped meanwhile (its queue reset, its BAR
-            // moved) is no longer the PC's to ring.
-            if state.doorbells.as_ref().is_some_and(|fds| fds.has(&d)) {
-                state.pc.vm_mut().mmio_write(d.gpa, &d.data.to_le_bytes());
-                state.doorbell_rings += 1;
-            }
-        }
-        state.wake_targets(&shared.wake);
     }
 }
 

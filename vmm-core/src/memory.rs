@@ -12,7 +12,9 @@
 //! region boundaries when every part is memory, and refused whole (no byte
 //! read or written) when any part is MMIO or unmapped. No pointer into host
 //! memory leaves this module: callers get copies, or slices borrowed from the
-//! map for the duration of a call.
+//! map for the duration of a call (a vectored DMA's buffers,
+//! [`GuestMemory::lend_ram_mut`], live only while the map is borrowed, so
+//! the layout cannot change under them).
 //!
 //! Every change to the layout bumps [`GuestMemory::generation`] so that a
 //! backend can rebuild its nested page tables.
@@ -332,6 +334,15 @@ impl fmt::Debug for GuestMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.regions()).finish()
     }
+}
+
+/// One piece of a range lent by [`GuestMemory::lend_ram`]: bytes of one
+/// block, and the piece's place among all the pieces.
+struct LentPiece {
+    block: u32,
+    offset: usize,
+    len: usize,
+    order: usize,
 }
 
 /// An empty block: what a block holds for the moment its memory moves.
@@ -1016,6 +1027,123 @@ impl GuestMemory {
         Ok(out)
     }
 
+    /// The bytes behind `ranges` (guest-physical `(address, length)`), each
+    /// RAM of this VM, in their order: what a vectored DMA hands the host's
+    /// I/O call. Ranges split where regions do; empty ranges give nothing.
+    /// `Ok(None)` when a byte lies in a block shared copy-on-write, which
+    /// has no one slice (the caller copies through
+    /// [`GuestMemory::read`] instead). Refused whole, like
+    /// [`GuestMemory::check_ram`], if any byte is not RAM.
+    pub fn lend_ram(&self, ranges: &[(u64, u64)]) -> Result<Option<Vec<&[u8]>>, MemoryError> {
+        let Some(pieces) = self.lent_pieces(ranges)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(pieces.len());
+        for p in &pieces {
+            let block = BlockId(p.block);
+            let own = self
+                .blocks
+                .get(p.block as usize)
+                .and_then(|b| b.mem.own())
+                .ok_or(MemoryError::BadBacking { block })?;
+            out.push(
+                own.get(p.offset..p.offset + p.len)
+                    .ok_or(MemoryError::BadBacking { block })?,
+            );
+        }
+        Ok(Some(out))
+    }
+
+    /// [`GuestMemory::lend_ram`] for writing: the bytes behind `ranges`,
+    /// borrowed mutably for as long as the map is. A write through them
+    /// lands where [`GuestMemory::write`] (and so a guest write) would:
+    /// the RAM block's own bytes (a private mapping's copy-on-write is the
+    /// host kernel's, as for any write). `Ok(None)` also when two ranges
+    /// overlap (one byte cannot be lent twice), besides copy-on-write
+    /// blocks: the caller copies through [`GuestMemory::write`].
+    pub fn lend_ram_mut(
+        &mut self,
+        ranges: &[(u64, u64)],
+    ) -> Result<Option<Vec<&mut [u8]>>, MemoryError> {
+        let Some(mut pieces) = self.lent_pieces(ranges)? else {
+            return Ok(None);
+        };
+        pieces.sort_unstable_by_key(|p| (p.block, p.offset));
+        if pieces
+            .windows(2)
+            .any(|w| w[0].block == w[1].block && w[0].offset + w[0].len > w[1].offset)
+        {
+            return Ok(None);
+        }
+        let mut lent: Vec<(usize, &mut [u8])> = Vec::with_capacity(pieces.len());
+        let mut next = pieces.iter().peekable();
+        for (i, blk) in self.blocks.iter_mut().enumerate() {
+            if next.peek().is_none_or(|p| p.block as usize != i) {
+                continue;
+            }
+            let block = BlockId(i as u32);
+            let mut rest: &mut [u8] = blk.mem.own_mut().ok_or(MemoryError::BadBacking { block })?;
+            let mut at = 0usize;
+            while let Some(p) = next.next_if(|p| p.block as usize == i) {
+                // Sorted and disjoint: each piece starts at or after `at`.
+                let skip = p.offset - at;
+                if rest.len() < skip + p.len {
+                    return Err(MemoryError::BadBacking { block });
+                }
+                let (_, tail) = core::mem::take(&mut rest).split_at_mut(skip);
+                let (piece, tail) = tail.split_at_mut(p.len);
+                lent.push((p.order, piece));
+                rest = tail;
+                at = p.offset + p.len;
+            }
+        }
+        if let Some(p) = next.next() {
+            return Err(MemoryError::BadBacking {
+                block: BlockId(p.block),
+            });
+        }
+        lent.sort_unstable_by_key(|(order, _)| *order);
+        Ok(Some(lent.into_iter().map(|(_, s)| s).collect()))
+    }
+
+    /// Where the bytes of `ranges` are, in order, each piece inside one
+    /// block of this VM's own; `None` if one is in a copy-on-write block.
+    fn lent_pieces(&self, ranges: &[(u64, u64)]) -> Result<Option<Vec<LentPiece>>, MemoryError> {
+        let mut pieces: Vec<LentPiece> = Vec::with_capacity(ranges.len());
+        let mut shared = false;
+        for &(gpa, len) in ranges {
+            self.pieces(gpa, len, |r, s, e| {
+                let kind = kind_of(r.read, r.write, &self.blocks);
+                let (RegionKind::Ram, Backing::Block { block, offset }) =
+                    (kind, r.slice(s, e).read)
+                else {
+                    return Err(MemoryError::NotRam { gpa: s, kind });
+                };
+                shared |= !matches!(
+                    self.blocks.get(block.0 as usize).map(|b| &b.mem),
+                    Some(BlockMem::Own(_))
+                );
+                let bad = MemoryError::BadBacking { block };
+                let offset = usize::try_from(offset).map_err(|_| bad)?;
+                let len = usize::try_from(e - s).map_err(|_| bad)?;
+                // So that `offset + len` never overflows below.
+                offset.checked_add(len).ok_or(bad)?;
+                pieces.push(LentPiece {
+                    block: block.0,
+                    offset,
+                    len,
+                    order: pieces.len(),
+                });
+                Ok(())
+            })
+            .map_err(|e| match e {
+                MemoryError::NotMemory { gpa, kind } => MemoryError::NotRam { gpa, kind },
+                other => other,
+            })?;
+        }
+        Ok(if shared { None } else { Some(pieces) })
+    }
+
     /// Copy bytes of `block` at `offset` into `buf`.
     fn copy_from_block(
         &self,
@@ -1282,6 +1410,65 @@ mod tests {
         assert!(dma.device_memory(BlockId(1)).is_none());
         assert!(dma.device_memory(BlockId(99)).is_none());
         assert_eq!(m.block_bytes_all(vram).unwrap().len(), 0x2000);
+    }
+
+    #[test]
+    fn lent_ram_is_the_guests_bytes_in_order_across_blocks_and_refused_outside_ram() {
+        let mut m = pc_like();
+        // A second RAM block right after the first: one range spans both.
+        m.add_ram(0x10_0000, mem(0x1000)).unwrap();
+        let ranges = [
+            (0x10_0ff0, 0x8),
+            (0x0f_fff8, 0x10),
+            (0x2000, 0x4),
+            (0x10, 0),
+        ];
+        {
+            let mut bufs = m.lend_ram_mut(&ranges).unwrap().unwrap();
+            // The spanning range comes as two pieces; the empty one as none.
+            let lens: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
+            assert_eq!(lens, [8, 8, 8, 4]);
+            for (i, b) in bufs.iter_mut().enumerate() {
+                b.fill(i as u8 + 1);
+            }
+        }
+        let mut got = [0u8; 0x10];
+        m.read(0x0f_fff8, &mut got).unwrap();
+        assert_eq!(got, [2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3]);
+        assert_eq!(m.read_u64(0x10_0ff0).unwrap(), 0x0101_0101_0101_0101);
+        assert_eq!(m.read_u32(0x2000).unwrap(), 0x0404_0404);
+        let bufs = m.lend_ram(&ranges).unwrap().unwrap();
+        assert_eq!(bufs.concat()[..8], [1; 8]);
+        // One byte of ROM, MMIO or past RAM refuses the whole list.
+        for bad in [0xffff_fff0, 0xfee0_0000, 0x10_1000 - 4] {
+            let list = [(0x1000, 0x10), (bad, 0x10)];
+            assert!(matches!(
+                m.lend_ram_mut(&list),
+                Err(MemoryError::NotRam { .. } | MemoryError::BadRange { .. })
+            ));
+            assert!(m.lend_ram(&list).is_err());
+        }
+        // Overlapping ranges cannot be lent for writing (the caller copies),
+        // but can be for reading.
+        let overlap = [(0x3000, 0x10), (0x300f, 0x10)];
+        assert_eq!(m.lend_ram_mut(&overlap).unwrap(), None);
+        assert_eq!(m.lend_ram(&overlap).unwrap().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn copy_on_write_ram_is_not_lent() {
+        use alloc::sync::Arc;
+        let host: Arc<dyn Host> = Arc::new(crate::test_host::TestHost::new());
+        let mut parent = GuestMemory::new();
+        let block = parent
+            .add_ram(0, host.alloc_memory(0x10_0000, 0x1000).unwrap())
+            .unwrap();
+        let shared = parent.share_block(block, host.clone()).unwrap();
+        let mut clone = GuestMemory::new();
+        clone.add_ram_shared(0, &shared, host).unwrap();
+        assert_eq!(clone.lend_ram_mut(&[(0x1000, 0x10)]).unwrap(), None);
+        assert_eq!(clone.lend_ram(&[(0x1000, 0x10)]).unwrap(), None);
+        assert_eq!(parent.lend_ram_mut(&[(0x1000, 0x10)]).unwrap(), None);
     }
 
     #[test]

@@ -369,6 +369,33 @@ fn a_grant_covers_exactly_the_planned_range_and_direction() {
         ),
         "a ToGuest grant does not allow reading guest memory"
     );
+    // Lending for a vectored transfer is checked the same way, whole.
+    assert_eq!(
+        guard
+            .lend_mut(&grant, &[(0x2000, 0x80), (0x20f0, 0x11)])
+            .unwrap_err(),
+        DmaError::NotGranted {
+            gpa: 0x20f0,
+            len: 0x11
+        }
+    );
+    assert!(matches!(
+        guard.lend(&grant, &[(0x2000, 0x10)]),
+        Err(DmaError::NotGranted { .. })
+    ));
+    {
+        let mut lent = guard
+            .lend_mut(&grant, &[(0x2080, 0x10), (0x2000, 0x10)])
+            .unwrap()
+            .unwrap();
+        lent[0].fill(7);
+        lent[1].fill(9);
+    }
+    let mut got = [0u8; 0x90];
+    guard.inspect(0x2000, &mut got).unwrap();
+    assert_eq!(got[..0x10], [9; 0x10]);
+    assert_eq!(got[0x10..0x80], [1; 0x70]);
+    assert_eq!(got[0x80..], [7; 0x10]);
     // Leaving the DMA state revokes the grant.
     machine.request(DmaState::Done, &[], &guard).unwrap();
     assert!(machine.grant().is_none());

@@ -10,6 +10,7 @@
 
 use alloc::borrow::Cow;
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -256,6 +257,112 @@ pub trait BlockBackend: Send {
     /// Make every completed write durable in the image (what FLUSH CACHE
     /// waits for). A backend with nothing to flush returns `Ok`.
     fn flush(&mut self) -> Result<(), BlockError>;
+
+    /// Read the sectors starting at `lba` into `bufs` in order: as many
+    /// as the buffers hold together (a whole number of sectors; a single
+    /// buffer may hold any number of bytes). The buffers are usually guest
+    /// RAM lent by the DMA guard, so a backend that can fill them in one
+    /// call (`preadv`) overrides this; the default reads through a buffer
+    /// of its own, [`VECTORED_CHUNK`] bytes per [`BlockBackend::read`].
+    /// On an error some buffers may hold new data.
+    fn read_vectored(&mut self, lba: u64, bufs: &mut [&mut [u8]]) -> Result<(), BlockError> {
+        let sectors = vectored_sectors(self.sector_size(), bufs.iter().map(|b| b.len()))?;
+        let mut chunk = vec![0u8; chunk_len(self.sector_size(), sectors)];
+        let mut at = Gather::default();
+        let mut lba = lba;
+        let mut left = sectors;
+        while left > 0 {
+            let n = left.min((chunk.len() / self.sector_size()) as u64);
+            let part = &mut chunk[..n as usize * self.sector_size()];
+            self.read(lba, part)?;
+            at.scatter(part, bufs);
+            lba += n;
+            left -= n;
+        }
+        Ok(())
+    }
+
+    /// Write the concatenation of `bufs` (a whole number of sectors) at
+    /// `lba`: [`BlockBackend::read_vectored`]'s other half (`pwritev`
+    /// where the host has it; the default copies into a buffer of its own
+    /// for each [`BlockBackend::write`]).
+    fn write_vectored(&mut self, lba: u64, bufs: &[&[u8]]) -> Result<(), BlockError> {
+        let sectors = vectored_sectors(self.sector_size(), bufs.iter().map(|b| b.len()))?;
+        let mut chunk = vec![0u8; chunk_len(self.sector_size(), sectors)];
+        let mut at = Gather::default();
+        let mut lba = lba;
+        let mut left = sectors;
+        while left > 0 {
+            let n = left.min((chunk.len() / self.sector_size()) as u64);
+            let part = &mut chunk[..n as usize * self.sector_size()];
+            at.gather(bufs, part);
+            self.write(lba, part)?;
+            lba += n;
+            left -= n;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes per backend call of the default [`BlockBackend::read_vectored`]
+/// and [`BlockBackend::write_vectored`] (rounded up to one sector).
+pub const VECTORED_CHUNK: usize = 64 * 1024;
+
+/// The sectors of a vectored transfer of buffers of `lens`: their total,
+/// which must be a whole number of `sector_size` sectors.
+pub fn vectored_sectors(
+    sector_size: usize,
+    lens: impl Iterator<Item = usize>,
+) -> Result<u64, BlockError> {
+    let len = lens.fold(0usize, |a, b| a.saturating_add(b));
+    if sector_size == 0 || !len.is_multiple_of(sector_size) {
+        return Err(BlockError::PartialSector { len });
+    }
+    Ok((len / sector_size) as u64)
+}
+
+/// The default vectored transfer's buffer: [`VECTORED_CHUNK`], less for a
+/// small transfer, never less than a sector.
+fn chunk_len(sector_size: usize, sectors: u64) -> usize {
+    let per = (VECTORED_CHUNK / sector_size).max(1) as u64;
+    (per.min(sectors).max(1) as usize) * sector_size
+}
+
+/// A place in a list of buffers: which one, and how far into it.
+#[derive(Default)]
+struct Gather {
+    buf: usize,
+    offset: usize,
+}
+
+impl Gather {
+    /// Copy `data` into `bufs` from here on, moving on.
+    fn scatter(&mut self, mut data: &[u8], bufs: &mut [&mut [u8]]) {
+        while let (false, Some(b)) = (data.is_empty(), bufs.get_mut(self.buf)) {
+            let n = data.len().min(b.len() - self.offset);
+            b[self.offset..self.offset + n].copy_from_slice(&data[..n]);
+            data = &data[n..];
+            self.step(n, b.len());
+        }
+    }
+
+    /// Fill `out` from `bufs` from here on, moving on.
+    fn gather(&mut self, bufs: &[&[u8]], mut out: &mut [u8]) {
+        while let (false, Some(b)) = (out.is_empty(), bufs.get(self.buf)) {
+            let n = out.len().min(b.len() - self.offset);
+            out[..n].copy_from_slice(&b[self.offset..self.offset + n]);
+            out = &mut out[n..];
+            self.step(n, b.len());
+        }
+    }
+
+    fn step(&mut self, n: usize, len: usize) {
+        self.offset += n;
+        if self.offset == len {
+            self.buf += 1;
+            self.offset = 0;
+        }
+    }
 }
 
 /// The sector range a transfer of `len` bytes at `lba` covers, checked
@@ -376,11 +483,52 @@ impl BlockBackend for MemoryImage {
     fn flush(&mut self) -> Result<(), BlockError> {
         Ok(())
     }
+
+    /// Straight from the image into the buffers, no copy between.
+    fn read_vectored(&mut self, lba: u64, bufs: &mut [&mut [u8]]) -> Result<(), BlockError> {
+        let len = (vectored_sectors(self.sector_size, bufs.iter().map(|b| b.len()))?
+            * self.sector_size as u64) as usize;
+        let range = self.range(lba, len)?;
+        let count = (len / self.sector_size) as u64;
+        let mut src = self
+            .bytes
+            .get(range)
+            .ok_or(BlockError::OutOfRange { lba, count })?;
+        for b in bufs.iter_mut() {
+            let (head, rest) = src.split_at(b.len());
+            b.copy_from_slice(head);
+            src = rest;
+        }
+        Ok(())
+    }
+
+    /// Straight from the buffers into the image.
+    fn write_vectored(&mut self, lba: u64, bufs: &[&[u8]]) -> Result<(), BlockError> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        let len = (vectored_sectors(self.sector_size, bufs.iter().map(|b| b.len()))?
+            * self.sector_size as u64) as usize;
+        let range = self.range(lba, len)?;
+        let count = (len / self.sector_size) as u64;
+        let mut dst = self
+            .bytes
+            .to_mut()
+            .get_mut(range)
+            .ok_or(BlockError::OutOfRange { lba, count })?;
+        for b in bufs {
+            let (head, rest) = dst.split_at_mut(b.len());
+            head.copy_from_slice(b);
+            dst = rest;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::boxed::Box;
     use alloc::string::ToString;
     use alloc::vec;
 
@@ -402,6 +550,77 @@ mod tests {
         assert!(matches!(e, ImageError::NotSectorMultiple { len: 3000, .. }));
         assert!(e.to_string().contains("boot.iso"), "{e}");
         assert!(MemoryImage::read_only("x", vec![0; 512], 3).is_err());
+    }
+
+    /// A backend with only the required methods: the vectored ones are
+    /// the trait's defaults.
+    struct Plain(MemoryImage);
+
+    impl BlockBackend for Plain {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        fn sector_size(&self) -> usize {
+            self.0.sector_size()
+        }
+        fn sector_count(&self) -> u64 {
+            self.0.sector_count()
+        }
+        fn is_read_only(&self) -> bool {
+            self.0.is_read_only()
+        }
+        fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+            self.0.read(lba, buf)
+        }
+        fn write(&mut self, lba: u64, data: &[u8]) -> Result<(), BlockError> {
+            self.0.write(lba, data)
+        }
+        fn flush(&mut self) -> Result<(), BlockError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn vectored_transfers_scatter_and_gather_over_ragged_buffers() {
+        // 300 sectors: the default path takes three chunks.
+        let bytes: Vec<u8> = (0..300 * 512).map(|i| (i % 251) as u8).collect();
+        let lens = [1, 511, 70_000, 3, 83_085];
+        assert_eq!(lens.iter().sum::<usize>(), 300 * 512);
+        let plain = Plain(MemoryImage::writable("a", bytes.clone(), DISK_SECTOR_SIZE).unwrap());
+        let image = MemoryImage::writable("b", bytes.clone(), DISK_SECTOR_SIZE).unwrap();
+        let mut backends: [Box<dyn BlockBackend>; 2] = [Box::new(plain), Box::new(image)];
+        for b in backends.iter_mut() {
+            let mut store: Vec<Vec<u8>> = lens.iter().map(|&n| vec![0u8; n]).collect();
+            let mut bufs: Vec<&mut [u8]> = store.iter_mut().map(|v| &mut v[..]).collect();
+            b.read_vectored(0, &mut bufs).unwrap();
+            assert_eq!(store.concat(), bytes, "{}", b.name());
+            // Written back one sector further on, then read whole.
+            let rev: Vec<Vec<u8>> = store
+                .iter()
+                .map(|v| v.iter().map(|x| !x).collect())
+                .collect();
+            let bufs: Vec<&[u8]> = rev.iter().map(|v| &v[..]).collect();
+            let mut shorter = bufs.clone();
+            // 299 sectors fit after sector 1: drop the last 512 bytes.
+            let last = shorter.pop().unwrap();
+            shorter.push(&last[..last.len() - 512]);
+            b.write_vectored(1, &shorter).unwrap();
+            let mut all = vec![0u8; 300 * 512];
+            b.read(0, &mut all).unwrap();
+            assert_eq!(all[..512], bytes[..512], "{}", b.name());
+            assert_eq!(all[512..], rev.concat()[..299 * 512], "{}", b.name());
+            // Not a whole number of sectors, or past the end: refused.
+            let mut odd = [0u8; 513];
+            assert_eq!(
+                b.read_vectored(0, &mut [&mut odd[..]]),
+                Err(BlockError::PartialSector { len: 513 })
+            );
+            assert!(matches!(
+                b.write_vectored(299, &[&[0u8; 1024][..]]),
+                Err(BlockError::OutOfRange { .. })
+            ));
+            assert_eq!(b.read_vectored(5, &mut []), Ok(()));
+        }
     }
 
     #[test]

@@ -186,6 +186,42 @@ impl<'a> DmaGuard<'a> {
         Ok(self.memory.host_phys_ranges(range.gpa, range.len)?)
     }
 
+    /// The guest RAM behind `ranges` (`(address, length)`, device reads
+    /// them: [`DmaDirection::FromGuest`]) as slices in order, for a host
+    /// that moves them in one vectored call (`pwritev` from the guest's own
+    /// pages, no copy). Every non-empty range must be covered by `grant`
+    /// and still be RAM of this VM, checked as [`DmaGuard::read`] checks
+    /// it: a refusal lends nothing. `Ok(None)` when the bytes cannot be
+    /// lent as slices (copy-on-write RAM shared with other VMs): the
+    /// device copies through [`DmaGuard::read`] instead. The map stays
+    /// borrowed while the slices live, so it cannot change under them.
+    pub fn lend(
+        &self,
+        grant: &DmaGrant,
+        ranges: &[(u64, u64)],
+    ) -> Result<Option<Vec<&[u8]>>, DmaError> {
+        for &(gpa, len) in ranges.iter().filter(|r| r.1 > 0) {
+            self.check_grant(grant, gpa, len, DmaDirection::FromGuest)?;
+        }
+        Ok(self.memory.lend_ram(ranges)?)
+    }
+
+    /// [`DmaGuard::lend`] for a device that writes guest RAM
+    /// ([`DmaDirection::ToGuest`]): `preadv` straight into the guest's
+    /// pages. A write through the slices lands where [`DmaGuard::write`]
+    /// would put it. `Ok(None)` also when two ranges overlap: the device
+    /// copies through [`DmaGuard::write`].
+    pub fn lend_mut(
+        &mut self,
+        grant: &DmaGrant,
+        ranges: &[(u64, u64)],
+    ) -> Result<Option<Vec<&mut [u8]>>, DmaError> {
+        for &(gpa, len) in ranges.iter().filter(|r| r.1 > 0) {
+            self.check_grant(grant, gpa, len, DmaDirection::ToGuest)?;
+        }
+        Ok(self.memory.lend_ram_mut(ranges)?)
+    }
+
     /// Device reads guest memory (direction [`DmaDirection::FromGuest`])
     /// within `grant`.
     pub fn read(&self, grant: &DmaGrant, gpa: u64, buf: &mut [u8]) -> Result<(), DmaError> {

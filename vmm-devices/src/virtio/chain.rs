@@ -316,6 +316,8 @@ fn walk_indirect(
 #[derive(Clone, Debug)]
 pub struct ChainCursor {
     writable: bool,
+    /// Index in the chain's segments (of either direction: those of the
+    /// other are skipped).
     segment: usize,
     offset: u32,
     /// Bytes moved so far.
@@ -350,12 +352,8 @@ impl ChainCursor {
     /// or `None` at the end.
     fn next_piece(&mut self, chain: &DescriptorChain) -> Option<(u64, u32, bool)> {
         loop {
-            let seg = chain
-                .segments
-                .iter()
-                .filter(|s| s.writable == self.writable)
-                .nth(self.segment)?;
-            if self.offset < seg.len {
+            let seg = chain.segments.get(self.segment)?;
+            if seg.writable == self.writable && self.offset < seg.len {
                 return Some((
                     seg.gpa.wrapping_add(u64::from(self.offset)),
                     seg.len - self.offset,
@@ -370,6 +368,29 @@ impl ChainCursor {
     fn advance(&mut self, n: usize) {
         self.offset += n as u32;
         self.moved += n as u64;
+    }
+
+    /// The guest-physical pieces (`(address, length)`, in order) of the
+    /// next `len` bytes of this cursor's buffers, moving past them: what a
+    /// vectored transfer asks the guard to lend. `None`, moving nothing,
+    /// if fewer bytes are left or one of them is in a buffer that is not
+    /// RAM.
+    pub fn take(&mut self, chain: &DescriptorChain, len: u64) -> Option<Vec<(u64, u64)>> {
+        let mut probe = self.clone();
+        let mut pieces = Vec::new();
+        let mut left = len;
+        while left > 0 {
+            let (gpa, avail, ram) = probe.next_piece(chain)?;
+            if !ram {
+                return None;
+            }
+            let n = left.min(u64::from(avail));
+            pieces.push((gpa, n));
+            probe.advance(n as usize);
+            left -= n;
+        }
+        *self = probe;
+        Some(pieces)
     }
 
     /// Read up to `buf.len()` bytes of the device-readable buffers into

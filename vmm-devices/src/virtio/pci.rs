@@ -454,10 +454,7 @@ impl VirtioPci {
                 };
                 budget -= 1;
                 let written = match queue.grant() {
-                    Some(grant) => {
-                        let grant = grant.clone();
-                        self.device.serve(qi, &chain, &mut ctx.dma, &grant)
-                    }
+                    Some(grant) => self.device.serve(qi, &chain, &mut ctx.dma, grant),
                     None => 0,
                 };
                 if let Err(e) = queue.push(&mut ctx.dma, chain.head, written) {

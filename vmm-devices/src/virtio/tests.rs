@@ -594,6 +594,221 @@ fn buffers_in_rom_mmio_or_past_ram_fail_the_request_and_touch_nothing() {
     assert_eq!(rig.status() & STATUS_DEVICE_NEEDS_RESET, 0);
 }
 
+/// A backend that moves vectored requests itself (as the Linux file
+/// backend does with `preadv`/`pwritev`) and records each call's buffer
+/// lengths; `fail_after` makes a vectored read stop with an I/O error
+/// after that many bytes (a short read).
+/// Each vectored call: whether it wrote, and its buffers' lengths.
+type Calls = Arc<Mutex<Vec<(bool, Vec<usize>)>>>;
+
+#[derive(Clone)]
+struct VectoredDisk {
+    disk: SharedDisk,
+    calls: Calls,
+    fail_after: Option<usize>,
+}
+
+impl VectoredDisk {
+    fn new(sectors: usize) -> Self {
+        Self {
+            disk: SharedDisk::new(sectors, false),
+            calls: Arc::default(),
+            fail_after: None,
+        }
+    }
+}
+
+impl BlockBackend for VectoredDisk {
+    fn name(&self) -> &str {
+        self.disk.name()
+    }
+    fn sector_size(&self) -> usize {
+        512
+    }
+    fn sector_count(&self) -> u64 {
+        self.disk.sector_count()
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        self.disk.read(lba, buf)
+    }
+    fn write(&mut self, lba: u64, data: &[u8]) -> Result<(), BlockError> {
+        self.disk.write(lba, data)
+    }
+    fn flush(&mut self) -> Result<(), BlockError> {
+        Ok(())
+    }
+    fn read_vectored(&mut self, lba: u64, bufs: &mut [&mut [u8]]) -> Result<(), BlockError> {
+        let lens = bufs.iter().map(|b| b.len()).collect();
+        self.calls.lock().push((false, lens));
+        let image = self.disk.bytes.lock();
+        let mut at = lba as usize * 512;
+        let stop = self.fail_after.map_or(usize::MAX, |n| at + n);
+        for b in bufs.iter_mut() {
+            let n = b.len().min(stop.saturating_sub(at));
+            b[..n].copy_from_slice(&image[at..at + n]);
+            at += n;
+            if at == stop {
+                return Err(BlockError::Io { code: 5 });
+            }
+        }
+        Ok(())
+    }
+    fn write_vectored(&mut self, lba: u64, bufs: &[&[u8]]) -> Result<(), BlockError> {
+        self.calls
+            .lock()
+            .push((true, bufs.iter().map(|b| b.len()).collect()));
+        let mut image = self.disk.bytes.lock();
+        let mut at = lba as usize * 512;
+        for b in bufs {
+            image[at..at + b.len()].copy_from_slice(b);
+            at += b.len();
+        }
+        Ok(())
+    }
+}
+
+/// A second RAM block right after the rig's first, so one buffer can span
+/// two blocks.
+const RAM2_LEN: u64 = 0x1_0000;
+
+fn vectored_rig(disk: &VectoredDisk) -> Rig {
+    let mut rig = Rig::new(Box::new(VirtioBlk::new(Box::new(disk.clone())).unwrap()));
+    rig.vm
+        .memory_mut()
+        .add_ram(
+            RAM,
+            Box::new(vmm_core::test_host::VecMemory::new(RAM2_LEN as usize)),
+        )
+        .unwrap();
+    rig.start(FEATURES);
+    rig
+}
+
+fn image(disk: &SharedDisk, sector: usize, len: usize) -> Vec<u8> {
+    disk.bytes.lock()[sector * 512..sector * 512 + len].to_vec()
+}
+
+#[test]
+fn a_request_split_across_descriptors_and_ram_blocks_is_one_vectored_call() {
+    let disk = VectoredDisk::new(64);
+    let mut rig = vectored_rig(&disk);
+    // Three sectors from sector 3 into three buffers, the second spanning
+    // the end of the first RAM block and the start of the second.
+    let bufs = [
+        (DATA + 0x1000, 100),
+        (RAM - 0x100, 0x200),
+        (DATA + 0x3000, 924),
+    ];
+    rig.header(DATA, VIRTIO_BLK_T_IN, 3);
+    let mut chain = vec![(DATA, 16, false)];
+    chain.extend(bufs.iter().map(|&(a, l)| (a, l, true)));
+    chain.push((DATA + 0x2000, 1, true));
+    let head = rig.submit(&chain);
+    rig.notify(0);
+    assert_eq!(rig.used(0), (u32::from(head), 1537));
+    assert_eq!(rig.peek(DATA + 0x2000, 1), [VIRTIO_BLK_S_OK]);
+    let got: Vec<u8> = bufs
+        .iter()
+        .flat_map(|&(a, l)| rig.peek(a, l as usize))
+        .collect();
+    assert_eq!(got, image(&disk.disk, 3, 1536));
+    // One backend call, the spanning buffer in two pieces (one per block).
+    assert_eq!(*disk.calls.lock(), [(false, vec![100, 0x100, 0x100, 924])]);
+
+    // And back: the same buffers, changed, written to sector 40.
+    for (k, &(a, l)) in bufs.iter().enumerate() {
+        rig.poke(a, &vec![0x10 + k as u8; l as usize]);
+    }
+    rig.header(DATA, VIRTIO_BLK_T_OUT, 40);
+    let mut chain = vec![(DATA, 16, false)];
+    chain.extend(bufs.iter().map(|&(a, l)| (a, l, false)));
+    chain.push((DATA + 0x2000, 1, true));
+    rig.submit(&chain);
+    rig.notify(0);
+    assert_eq!(rig.used(1).1, 1);
+    assert_eq!(rig.peek(DATA + 0x2000, 1), [VIRTIO_BLK_S_OK]);
+    let mut want = vec![0x10; 100];
+    want.extend([0x11; 0x200]);
+    want.extend([0x12; 924]);
+    assert_eq!(image(&disk.disk, 40, 1536), want);
+    assert_eq!(disk.calls.lock()[1], (true, vec![100, 0x100, 0x100, 924]));
+}
+
+#[test]
+fn one_buffer_outside_ram_fails_the_request_before_the_backend_moves_anything() {
+    let disk = VectoredDisk::new(64);
+    let mut rig = vectored_rig(&disk);
+    // Good buffers around one that is ROM, an MMIO hole, or runs past the
+    // end of the second RAM block.
+    for (i, bad) in [ROM_AT, HOLE_AT, RAM + RAM2_LEN - 0x100]
+        .into_iter()
+        .enumerate()
+    {
+        let hdr = DATA + 0x100 * i as u64;
+        rig.header(hdr, VIRTIO_BLK_T_IN, 0);
+        rig.submit(&[
+            (hdr, 16, false),
+            (DATA + 0x1000, 512, true),
+            (bad, 512, true),
+            (DATA + 0x1200, 512, true),
+            (DATA + 0x2000 + i as u64, 1, true),
+        ]);
+    }
+    rig.notify(0);
+    assert_eq!(rig.used_idx(), 3);
+    assert_eq!(rig.peek(DATA + 0x2000, 3), [VIRTIO_BLK_S_IOERR; 3]);
+    assert!(rig.peek(DATA + 0x1000, 1024).iter().all(|&b| b == 0));
+    assert!(rig.peek(ROM_AT, 0x1000).iter().all(|&b| b == 0xa5));
+    assert!(rig
+        .peek(RAM + RAM2_LEN - 0x100, 0x100)
+        .iter()
+        .all(|&b| b == 0));
+    assert!(disk.calls.lock().is_empty(), "the backend was never asked");
+    assert_eq!(rig.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+}
+
+#[test]
+fn a_short_vectored_read_answers_ioerr() {
+    let mut disk = VectoredDisk::new(64);
+    disk.fail_after = Some(700);
+    let mut rig = vectored_rig(&disk);
+    rig.header(DATA, VIRTIO_BLK_T_IN, 0);
+    rig.submit(&[
+        (DATA, 16, false),
+        (DATA + 0x1000, 512, true),
+        (DATA + 0x1800, 512, true),
+        (DATA + 0x2000, 1, true),
+    ]);
+    rig.notify(0);
+    assert_eq!(rig.used_idx(), 1);
+    assert_eq!(rig.peek(DATA + 0x2000, 1), [VIRTIO_BLK_S_IOERR]);
+    assert_eq!(disk.calls.lock().len(), 1);
+}
+
+#[test]
+fn overlapping_read_buffers_are_filled_through_the_copy_path() {
+    let disk = VectoredDisk::new(64);
+    let mut rig = vectored_rig(&disk);
+    // The second buffer starts inside the first: the guard lends neither,
+    // and the device copies in order, so the later sector wins the overlap.
+    rig.header(DATA, VIRTIO_BLK_T_IN, 7);
+    rig.submit(&[
+        (DATA, 16, false),
+        (DATA + 0x1000, 512, true),
+        (DATA + 0x1100, 512, true),
+        (DATA + 0x2000, 1, true),
+    ]);
+    rig.notify(0);
+    assert_eq!(rig.peek(DATA + 0x2000, 1), [VIRTIO_BLK_S_OK]);
+    assert_eq!(rig.used(0).1, 1025);
+    assert_eq!(rig.peek(DATA + 0x1000, 0x100), image(&disk.disk, 7, 0x100));
+    assert_eq!(rig.peek(DATA + 0x1100, 512), image(&disk.disk, 8, 512));
+    assert!(disk.calls.lock().is_empty(), "no vectored call");
+}
+
 /// The malformed queue `poison` sets up makes the device need a reset,
 /// interrupt for a configuration change, and serve nothing more.
 fn needs_reset_after(features: u64, poison: impl FnOnce(&mut Rig)) {

@@ -17,10 +17,12 @@
 ; their padding left out), then "clone KK: waiting", waits for a byte on
 ; COM1 and powers off (PM1a_CNT at 0x604).
 %include "pm32_entry.inc"
+%include "com1_print.inc"
+%include "pci_cfg.inc"
+%include "virtio_blk.inc"
 
     PM32_ENTRY
 
-COM1     equ 0x3f8
 BUF      equ 0x80_0000
 BUF_LEN  equ 4 << 20
 HASH_LEN equ 1 << 20
@@ -152,12 +154,7 @@ net_setup:
     call find_function
     test ebx, ebx
     jz .none
-    lea eax, [ebx + 0x10]
-    mov ecx, NBAR
-    call cfg_write
-    lea eax, [ebx + 0x04]
-    mov ecx, 0x0006
-    call cfg_write
+    PCI_MEM_BAR0 NBAR
     mov dword [HAS_NET], 1
 .none:
     ret
@@ -241,32 +238,14 @@ disk_setup:
     call find_function
     test ebx, ebx
     jz .none
-    lea eax, [ebx + 0x10]
-    mov ecx, VBAR
-    call cfg_write
-    lea eax, [ebx + 0x04]
-    mov ecx, 0x0006
-    call cfg_write
+    PCI_MEM_BAR0 VBAR
     mov ebx, VBAR
     mov byte [ebx + 0x14], 0
     mov byte [ebx + 0x14], 3
     mov dword [ebx + 0x08], 1
     mov dword [ebx + 0x0c], 1           ; VIRTIO_F_VERSION_1
     mov byte [ebx + 0x14], 0x0b
-    mov edi, QDESC
-    mov ecx, (IDBUF - QDESC) / 4
-    xor eax, eax
-    rep stosd
-    mov word [ebx + 0x16], 0
-    mov word [ebx + 0x18], 8
-    mov dword [ebx + 0x20], QDESC
-    mov dword [ebx + 0x24], 0
-    mov dword [ebx + 0x28], QAVAIL
-    mov dword [ebx + 0x2c], 0
-    mov dword [ebx + 0x30], QUSED
-    mov dword [ebx + 0x34], 0
-    mov word [ebx + 0x1c], 1
-    mov byte [ebx + 0x14], 0x0f
+    VIRTIO_QUEUE0 IDBUF
 .none:
     ret
 
@@ -276,20 +255,7 @@ show_blk_id:
     mov dword [VHDR], 8                 ; VIRTIO_BLK_T_GET_ID
     mov dword [VHDR + 8], 0
     mov byte [VSTATUS], 0xff
-    mov eax, QDESC
-    mov dword [eax + 0], VHDR
-    mov dword [eax + 8], 16
-    mov word [eax + 12], 1
-    mov word [eax + 14], 1
-    mov dword [eax + 16], VDATA
-    mov dword [eax + 24], 20
-    mov word [eax + 28], 3              ; NEXT | WRITE
-    mov word [eax + 30], 2
-    mov dword [eax + 32], VSTATUS
-    mov dword [eax + 40], 1
-    mov word [eax + 44], 2
-    mov word [QAVAIL + 4], 0
-    mov word [QAVAIL + 2], 1
+    VIRTIO_BLK_POST VHDR, VDATA, 20, 3, VSTATUS  ; data: NEXT | WRITE
     mov word [NOTIFY], 0
     ; The device completes after the notify returns (KVM_IOEVENTFD):
     ; wait, bounded, for the used index to move.
@@ -341,68 +307,9 @@ print_padded:
 
 ; --- helpers ---------------------------------------------------------------
 
-; EAX = the config dword at address EAX.
-cfg_read:
-    mov dx, 0xcf8
-    out dx, eax
-    mov dx, 0xcfc
-    in eax, dx
-    ret
+    PCI_CFG
 
-; The config dword at address EAX = ECX.
-cfg_write:
-    mov dx, 0xcf8
-    out dx, eax
-    mov dx, 0xcfc
-    mov eax, ecx
-    out dx, eax
-    ret
-
-putc:
-    push edx
-    mov dx, COM1
-    out dx, al
-    pop edx
-    ret
-
-print:
-    lodsb
-    test al, al
-    jz .done
-    call putc
-    jmp print
-.done:
-    ret
-
-newline:
-    mov al, 13
-    call putc
-    mov al, 10
-    jmp putc
-
-hex32:
-    push eax
-    shr eax, 16
-    call hex16
-    pop eax
-hex16:
-    push eax
-    shr eax, 8
-    call hex8
-    pop eax
-hex8:
-    push eax
-    shr al, 4
-    call .digit
-    pop eax
-.digit:
-    and al, 0x0f
-    add al, '0'
-    cmp al, '9'
-    jbe .out
-    add al, 'a' - '9' - 1
-.out:
-    jmp putc
+    COM1_PUTC_HEX
 
 msg_ready:   db "clone-id: ready", 13, 10, 0
 msg_clone:   db "clone ", 0

@@ -10,6 +10,8 @@
 ; interrupts off until the host kills it.
 %include "pm32_entry.inc"
 %include "com1_print.inc"
+%include "pci_cfg.inc"
+%include "virtio_blk.inc"
 
     PM32_ENTRY
 
@@ -51,20 +53,7 @@ DATA    equ 0x13000                     ; 4 sectors
     test byte [ebx + 0x14], 0x08
     jz fail
     ; Queue 0: 8 entries, rings in RAM.
-    mov edi, QDESC
-    mov ecx, (DATA + 0x800 - QDESC) / 4
-    xor eax, eax
-    rep stosd
-    mov word [ebx + 0x16], 0
-    mov word [ebx + 0x18], 8
-    mov dword [ebx + 0x20], QDESC
-    mov dword [ebx + 0x24], 0
-    mov dword [ebx + 0x28], QAVAIL
-    mov dword [ebx + 0x2c], 0
-    mov dword [ebx + 0x30], QUSED
-    mov dword [ebx + 0x34], 0
-    mov word [ebx + 0x1c], 1            ; queue_enable
-    mov byte [ebx + 0x14], 0x0f         ; | DRIVER_OK
+    VIRTIO_QUEUE0 DATA + 0x800
 
     ; The data: sector n holds 'W', '0'+n-16 over and over.
     mov edi, DATA
@@ -80,20 +69,7 @@ DATA    equ 0x13000                     ; 4 sectors
     mov dword [HDR], 1                  ; VIRTIO_BLK_T_OUT
     mov dword [HDR + 8], 16
     mov byte [STATUS], 0xff
-    mov eax, QDESC
-    mov dword [eax + 0], HDR
-    mov dword [eax + 8], 16
-    mov word [eax + 12], 1              ; NEXT
-    mov word [eax + 14], 1
-    mov dword [eax + 16], DATA
-    mov dword [eax + 24], 2048
-    mov word [eax + 28], 1
-    mov word [eax + 30], 2
-    mov dword [eax + 32], STATUS
-    mov dword [eax + 40], 1
-    mov word [eax + 44], 2              ; WRITE (device writes)
-    mov word [QAVAIL + 4], 0            ; ring[0] = descriptor 0
-    mov word [QAVAIL + 2], 1            ; idx
+    VIRTIO_BLK_POST HDR, DATA, 2048, 1, STATUS
     mov word [NOTIFY], 0
     mov dx, 1
     call wait_used
@@ -150,22 +126,7 @@ hang:
     cli
     jmp hang
 
-; EAX = the config dword at address EAX.
-cfg_read:
-    mov dx, 0xcf8
-    out dx, eax
-    mov dx, 0xcfc
-    in eax, dx
-    ret
-
-; The config dword at address EAX = ECX.
-cfg_write:
-    mov dx, 0xcf8
-    out dx, eax
-    mov dx, 0xcfc
-    mov eax, ecx
-    out dx, eax
-    ret
+    PCI_CFG
 
     COM1_PRINT
 

@@ -20,8 +20,8 @@
 ;      0x604).
 ; An exception prints `unexpected exception NN` and powers off.
 %include "pm32_entry.inc"
+%include "com1_print.inc"
 
-COM1     equ 0x3f8
 VARS     equ 0x500
 E820_KEY equ VARS + 0x00        ; word: the file's fw_cfg key (0: none)
 E820_LEN equ VARS + 0x04        ; dword: its size in bytes
@@ -536,12 +536,7 @@ fw_read_be32:
     pop edi
     ret
 
-putc:
-    push edx
-    mov dx, COM1
-    out dx, al
-    pop edx
-    ret
+    COM1_PUTC
 
 crlf:
     push esi

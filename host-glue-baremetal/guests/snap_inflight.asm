@@ -23,10 +23,12 @@
 ; powers off (PM1a_CNT at 0x604). The CD's sector n is expected to begin
 ; with its text ("cd-sector-NN"), the disk's sector n likewise.
 %include "pm32_entry.inc"
+%include "com1_print.inc"
+%include "pci_cfg.inc"
+%include "virtio_blk.inc"
 
     PM32_ENTRY
 
-COM1     equ 0x3f8
 ATA      equ 0x170                      ; secondary channel
 ATA_CTL  equ 0x376
 IDE_FN   equ 0x8000_0000 | (1 << 11) | (1 << 8)
@@ -322,51 +324,20 @@ virtio:
     jmp print
 .found:
     mov [VFN], ebx
-    lea eax, [ebx + 0x10]
-    mov ecx, VBAR
-    call cfg_write
-    lea eax, [ebx + 0x04]
-    mov ecx, 0x0006
-    call cfg_write
+    PCI_MEM_BAR0 VBAR
     mov ebx, VBAR
     mov byte [ebx + 0x14], 0
     mov byte [ebx + 0x14], 3
     mov dword [ebx + 0x08], 1
     mov dword [ebx + 0x0c], 1           ; VIRTIO_F_VERSION_1
     mov byte [ebx + 0x14], 0x0b
-    mov edi, QDESC
-    mov ecx, (VDATA + 0x200 - QDESC) / 4
-    xor eax, eax
-    rep stosd
-    mov word [ebx + 0x16], 0
-    mov word [ebx + 0x18], 8
-    mov dword [ebx + 0x20], QDESC
-    mov dword [ebx + 0x24], 0
-    mov dword [ebx + 0x28], QAVAIL
-    mov dword [ebx + 0x2c], 0
-    mov dword [ebx + 0x30], QUSED
-    mov dword [ebx + 0x34], 0
-    mov word [ebx + 0x1c], 1
-    mov byte [ebx + 0x14], 0x0f
+    VIRTIO_QUEUE0 VDATA + 0x200
 
     ; IN, sector 3, 512 bytes: descriptors 0-2, posted, not notified.
     mov dword [VHDR], 0
     mov dword [VHDR + 8], 3
     mov byte [VSTATUS], 0xff
-    mov eax, QDESC
-    mov dword [eax + 0], VHDR
-    mov dword [eax + 8], 16
-    mov word [eax + 12], 1
-    mov word [eax + 14], 1
-    mov dword [eax + 16], VDATA
-    mov dword [eax + 24], 512
-    mov word [eax + 28], 3              ; NEXT | WRITE
-    mov word [eax + 30], 2
-    mov dword [eax + 32], VSTATUS
-    mov dword [eax + 40], 1
-    mov word [eax + 44], 2
-    mov word [QAVAIL + 4], 0
-    mov word [QAVAIL + 2], 1
+    VIRTIO_BLK_POST VHDR, VDATA, 512, 3, VSTATUS  ; data: NEXT | WRITE
     mov esi, LIN(msg_stage4)
     call wait_key
     mov word [NOTIFY], 0
@@ -432,22 +403,7 @@ virtio:
 
 ; --- helpers -------------------------------------------------------------
 
-; EAX = the config dword at address EAX.
-cfg_read:
-    mov dx, 0xcf8
-    out dx, eax
-    mov dx, 0xcfc
-    in eax, dx
-    ret
-
-; The config dword at address EAX = ECX.
-cfg_write:
-    mov dx, 0xcf8
-    out dx, eax
-    mov dx, 0xcfc
-    mov eax, ecx
-    out dx, eax
-    ret
+    PCI_CFG
 
 ; Print the string at ESI, then wait for a byte on COM1.
 wait_key:
@@ -461,51 +417,7 @@ wait_key:
     in al, dx
     ret
 
-putc:
-    push edx
-    mov dx, COM1
-    out dx, al
-    pop edx
-    ret
-
-print:
-    lodsb
-    test al, al
-    jz .done
-    call putc
-    jmp print
-.done:
-    ret
-
-newline:
-    mov al, 13
-    call putc
-    mov al, 10
-    jmp putc
-
-hex32:
-    push eax
-    shr eax, 16
-    call hex16
-    pop eax
-hex16:
-    push eax
-    shr eax, 8
-    call hex8
-    pop eax
-hex8:
-    push eax
-    shr al, 4
-    call .digit
-    pop eax
-.digit:
-    and al, 0x0f
-    add al, '0'
-    cmp al, '9'
-    jbe .out
-    add al, 'a' - '9' - 1
-.out:
-    jmp putc
+    COM1_PUTC_HEX
 
     align 4
 ; READ(10) of one sector: LBA 5, then LBA 9.

@@ -1,11 +1,17 @@
 //! What the integration tests in `xtask/tests/` share in reading the
 //! bare-metal host's console (its own lines, and each VM's guest console
-//! as lines `[vm N] ...`) and in working out what a guest should print
-//! there. Each check panics with what it looked at, as a test's assertion
-//! does.
+//! as lines `[vm N] ...`), in working out what a guest should print
+//! there, and in running the processes they test (a scratch directory, a
+//! child killed however the test ends, its output collected as it comes,
+//! `vmm snapshot`). Each check panics with what it looked at, as a test's
+//! assertion does.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use crate::system::env_path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The first line of `console` that starts with `prefix`; panics with
 /// the console when there is none.
@@ -58,4 +64,166 @@ pub fn md5sum(bytes: &[u8]) -> String {
         .next()
         .unwrap_or_default()
         .to_string()
+}
+
+/// A fresh, empty directory `NAME-PID` in the temporary directory (what
+/// an earlier run with the same process id left there is removed first).
+/// Panics when it cannot be made.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Kills the child when dropped, however the test ends, and reaps it.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Collect what `from` gives, until it ends, into a shared string, on a
+/// thread of its own (bytes that are not UTF-8 become U+FFFD).
+pub fn collect(mut from: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+/// Wait, checking every `every`, until `done` holds; panics with
+/// "timed out waiting for WHAT" after `limit`.
+pub fn wait_until(what: &str, limit: Duration, every: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(every);
+    }
+}
+
+/// `vmm snapshot --api-socket SOCKET FILE` with the `vmm` that
+/// `VMM_TEST_VMM` names; panics unless it succeeds. What it said on
+/// stderr.
+pub fn vmm_snapshot(socket: &Path, file: &Path) -> String {
+    let out = Command::new(env_path("VMM_TEST_VMM"))
+        .args(["snapshot", "--api-socket"])
+        .arg(socket)
+        .arg(file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "vmm snapshot: {said}");
+    said
+}
+
+/// A process the test writes to on stdin and whose stdout and stderr it
+/// collects as they come (a `vmm run --serial stdio`: COM1 on
+/// stdin/stdout); killed when dropped.
+pub struct Piped {
+    child: KillOnDrop,
+    stdin: ChildStdin,
+    out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
+}
+
+impl Piped {
+    /// Start `command` with its three streams piped. Panics when it
+    /// cannot be started.
+    pub fn spawn(command: &mut Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = collect(child.stdout.take().unwrap());
+        let err = collect(child.stderr.take().unwrap());
+        Piped {
+            child: KillOnDrop(child),
+            stdin,
+            out,
+            err,
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Its stdout so far.
+    pub fn out(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Its stdout and stderr so far, for a failure's message.
+    pub fn said(&self) -> String {
+        format!(
+            "{}\n--- stderr ---\n{}",
+            self.out.lock().unwrap(),
+            self.err.lock().unwrap()
+        )
+    }
+
+    /// Wait until its stdout has `text`; panics (with what it said) when
+    /// the process ends first or after `limit`.
+    pub fn wait_for(&mut self, text: &str, limit: Duration) {
+        let out = self.out.clone();
+        self.wait_in(&out, text, limit, Duration::from_millis(20));
+    }
+
+    /// Wait until its stderr has `text`, likewise.
+    pub fn wait_for_err(&mut self, text: &str, limit: Duration) {
+        let err = self.err.clone();
+        self.wait_in(&err, text, limit, Duration::from_millis(10));
+    }
+
+    fn wait_in(&mut self, stream: &Mutex<String>, text: &str, limit: Duration, every: Duration) {
+        let start = Instant::now();
+        while !stream.lock().unwrap().contains(text) {
+            let exited = self.child.0.try_wait().ok().flatten();
+            assert!(
+                exited.is_none() && start.elapsed() < limit,
+                "waiting for {text:?} ({exited:?}): {}",
+                self.said()
+            );
+            std::thread::sleep(every);
+        }
+    }
+
+    /// Write `bytes` to its stdin.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stdin.write_all(bytes).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Wait up to `limit` for the process to end; panics unless it ends
+    /// with success. Its stdout.
+    pub fn finish(mut self, limit: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                assert!(status.success(), "{status}: {}", self.said());
+                return self.out();
+            }
+            assert!(start.elapsed() < limit, "no power-off: {}", self.said());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

@@ -21,13 +21,12 @@
 //! `cargo xtask test` sets `VMM_TEST_VMM` and `VMM_TEST_GUESTS`.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 use xtask::kvm_bench::kvm_present;
 use xtask::system::env_path;
+use xtask::testing::{scratch_dir, vmm_snapshot, Piped};
 
 /// Clones started at once.
 const CLONES: u8 = 4;
@@ -39,143 +38,47 @@ const CLONES: u8 = 4;
 /// guest wrote, its page tables' neighbours).
 const PRIVATE_BOUND_KIB: u64 = 3 << 10;
 
-/// Kills the child when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// `vmm run` of the guest program on `dir`'s disk with `extra`, COM1 on
+/// stdin/stdout.
+fn start(dir: &Path, tap: Option<&str>, extra: &[&str]) -> Piped {
+    let mut c = Command::new(env_path("VMM_TEST_VMM"));
+    c.args(["run", "--memory", "32M", "--bios"])
+        .arg(env_path("VMM_TEST_GUESTS").join("clone_id.bin"))
+        .arg("--disk")
+        .arg(format!(
+            "{},bus=virtio,readonly=on",
+            dir.join("disk.img").display()
+        ))
+        .args(["--serial", "stdio"]);
+    if let Some(t) = tap {
+        c.arg("--net").arg(format!("tap={t}"));
     }
+    c.args(extra);
+    Piped::spawn(&mut c)
 }
 
-/// One `vmm` process with its COM1 on stdin/stdout.
-struct Vmm {
-    child: Killed,
-    stdin: ChildStdin,
-    out: Arc<Mutex<String>>,
-    err: Arc<Mutex<String>>,
+/// Private_Clean + Private_Dirty of the process, in KiB, and its
+/// Shared_Clean.
+fn private_kib(vmm: &Piped) -> (u64, u64) {
+    let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", vmm.id())).unwrap();
+    let field = |name: &str| -> u64 {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {rollup}"))
+    };
+    (
+        field("Private_Clean:") + field("Private_Dirty:"),
+        field("Shared_Clean:"),
+    )
 }
 
-fn collect(mut from: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = text.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    text
-}
-
-impl Vmm {
-    /// `vmm run` of the guest program on `dir`'s disk with `extra`.
-    fn start(dir: &Path, tap: Option<&str>, extra: &[&str]) -> Self {
-        let mut c = Command::new(env_path("VMM_TEST_VMM"));
-        c.args(["run", "--memory", "32M", "--bios"])
-            .arg(env_path("VMM_TEST_GUESTS").join("clone_id.bin"))
-            .arg("--disk")
-            .arg(format!(
-                "{},bus=virtio,readonly=on",
-                dir.join("disk.img").display()
-            ))
-            .args(["--serial", "stdio"]);
-        if let Some(t) = tap {
-            c.arg("--net").arg(format!("tap={t}"));
-        }
-        c.args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let out = collect(child.stdout.take().unwrap());
-        let err = collect(child.stderr.take().unwrap());
-        Vmm {
-            child: Killed(child),
-            stdin,
-            out,
-            err,
-        }
-    }
-
-    fn said(&self) -> String {
-        format!(
-            "{}\n--- stderr ---\n{}",
-            self.out.lock().unwrap(),
-            self.err.lock().unwrap()
-        )
-    }
-
-    /// Wait until COM1 has printed `text`.
-    fn wait_for(&mut self, text: &str, limit: Duration) {
-        let start = Instant::now();
-        while !self.out.lock().unwrap().contains(text) {
-            let exited = self.child.0.try_wait().ok().flatten();
-            assert!(
-                exited.is_none() && start.elapsed() < limit,
-                "waiting for {text:?} ({exited:?}): {}",
-                self.said()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Private_Clean + Private_Dirty of the process, in KiB, and its
-    /// Shared_Clean.
-    fn private_kib(&self) -> (u64, u64) {
-        let rollup =
-            std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.child.0.id())).unwrap();
-        let field = |name: &str| -> u64 {
-            rollup
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in {rollup}"))
-        };
-        (
-            field("Private_Clean:") + field("Private_Dirty:"),
-            field("Shared_Clean:"),
-        )
-    }
-
-    /// Send the byte the guest waits for, wait for its power-off; what COM1
-    /// said.
-    fn finish(mut self) -> String {
-        self.stdin.write_all(b"k").unwrap();
-        self.stdin.flush().unwrap();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.0.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
-                assert!(status.success(), "{status}: {}", self.said());
-                return self.out.lock().unwrap().clone();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "no power-off: {}",
-                self.said()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn snapshot(socket: &Path, file: &Path) {
-    let out = Command::new(env_path("VMM_TEST_VMM"))
-        .args(["snapshot", "--api-socket"])
-        .arg(socket)
-        .arg(file)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "vmm snapshot: {said}");
+/// Send the byte the guest waits for, wait for its power-off; what COM1
+/// said.
+fn finish(mut vmm: Piped) -> String {
+    vmm.send(b"k");
+    vmm.finish(Duration::from_secs(60))
 }
 
 /// The hash clone `k` prints: the parent's dwords (i * 0x9e3779b1) of the
@@ -244,9 +147,7 @@ fn four_clones_of_one_snapshot_each_know_their_index_mac_and_serial_and_share_it
         eprintln!("skipped: /dev/kvm absent");
         return;
     }
-    let dir: PathBuf = std::env::temp_dir().join(format!("vmm-clones-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("vmm-clones");
     std::fs::write(dir.join("disk.img"), vec![0u8; 64 << 10]).unwrap();
     let with_net = can_make_taps();
     if !with_net {
@@ -258,22 +159,22 @@ fn four_clones_of_one_snapshot_each_know_their_index_mac_and_serial_and_share_it
     let socket = dir.join("api.sock");
     let file = dir.join("vm.snap");
     let parent_tap = tap("p");
-    let mut parent = Vmm::start(
+    let mut parent = start(
         &dir,
         parent_tap.as_deref(),
         &["--api-socket", socket.to_str().unwrap()],
     );
     parent.wait_for("clone-id: ready", Duration::from_secs(120));
-    snapshot(&socket, &file);
+    vmm_snapshot(&socket, &file);
     let parent_said = parent.said();
     drop(parent);
     assert!(!parent_said.contains("clone 0"), "{parent_said}");
 
     // Four clones at once.
     let taps: Vec<Option<String>> = (1..=CLONES).map(|k| tap(&format!("c{k}"))).collect();
-    let mut clones: Vec<Vmm> = (1..=CLONES)
+    let mut clones: Vec<Piped> = (1..=CLONES)
         .map(|k| {
-            Vmm::start(
+            start(
                 &dir,
                 taps[usize::from(k - 1)].as_deref(),
                 &[
@@ -292,9 +193,9 @@ fn four_clones_of_one_snapshot_each_know_their_index_mac_and_serial_and_share_it
         );
     }
     // All four wait in their guests: what each holds of its own.
-    let memory: Vec<(u64, u64)> = clones.iter().map(Vmm::private_kib).collect();
+    let memory: Vec<(u64, u64)> = clones.iter().map(private_kib).collect();
     eprintln!("private / shared clean KiB per clone: {memory:?}");
-    let outputs: Vec<String> = clones.into_iter().map(Vmm::finish).collect();
+    let outputs: Vec<String> = clones.into_iter().map(finish).collect();
 
     let mut macs = BTreeSet::new();
     let mut serials = BTreeSet::new();

@@ -388,14 +388,7 @@ fn wait_for_line(log: &std::path::Path, line: &str, child: &mut std::process::Ch
 /// `vmm snapshot` of the VM at `socket` into `file`: it pauses the VM,
 /// writes every vCPU and resumes it.
 fn snapshot_to(socket: &std::path::Path, file: &std::path::Path) {
-    let out = Command::new(env_path("VMM_TEST_VMM"))
-        .args(["snapshot", "--api-socket"])
-        .arg(socket)
-        .arg(file)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "vmm snapshot: {said}");
+    let said = xtask::testing::vmm_snapshot(socket, file);
     assert!(said.contains("vmm: snapshot "), "{said}");
 }
 
@@ -440,9 +433,7 @@ fn four_busy_vcpus_snapshot_restore(irqchip: &str) {
     if !kvm_or_skip() {
         return;
     }
-    let dir = temp(&format!("busy-{irqchip}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = xtask::testing::scratch_dir(&format!("vmm-kvm-smp-busy-{irqchip}"));
     let results = busy_results();
     let started = Instant::now();
 

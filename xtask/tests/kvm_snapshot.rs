@@ -12,20 +12,13 @@
 //! `cargo xtask test` builds `vmm` and the CD and sets `VMM_TEST_VMM`,
 //! `VMM_TEST_SEABIOS` and `VMM_TEST_LINUX_ISO`.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use xtask::kvm_bench::kvm_present;
 use xtask::system::env_path;
-
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vmm-kvm-snapshot-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use xtask::testing::{collect, scratch_dir, vmm_snapshot, wait_until, KillOnDrop};
 
 /// `vmm run` on the prompt CD, the same machine every time.
 fn vmm_run(iso: &Path) -> Command {
@@ -36,42 +29,6 @@ fn vmm_run(iso: &Path) -> Command {
         .arg("--bios")
         .arg(env_path("VMM_TEST_SEABIOS"));
     c
-}
-
-/// Kills the child when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Collect a stream into a shared string on a thread.
-fn collect(mut from: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = text.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    text
 }
 
 /// The boot line typed at the prompt: the default label and an argument
@@ -95,7 +52,7 @@ fn a_snapshot_at_the_boot_prompt_restores_in_a_new_process_and_boots_the_typed_l
         return;
     }
     let iso = xtask::images::serial_prompt_iso(&env_path("VMM_TEST_LINUX_ISO")).unwrap();
-    let dir = scratch();
+    let dir = scratch_dir("vmm-kvm-snapshot");
     let socket = dir.join("vm.sock");
     let log = dir.join("first.log");
     let snap = dir.join("vm.snap");
@@ -110,20 +67,16 @@ fn a_snapshot_at_the_boot_prompt_restores_in_a_new_process_and_boots_the_typed_l
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut first = Killed(first.spawn().unwrap());
+    let mut first = KillOnDrop(first.spawn().unwrap());
     let first_err = collect(first.0.stderr.take().unwrap());
     let console = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_for("the boot: prompt", Duration::from_secs(300), || {
-        console().contains("boot:")
-    });
-    let out = Command::new(env_path("VMM_TEST_VMM"))
-        .args(["snapshot", "--api-socket"])
-        .arg(&socket)
-        .arg(&snap)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "vmm snapshot: {said}");
+    wait_until(
+        "the boot: prompt",
+        Duration::from_secs(300),
+        Duration::from_millis(50),
+        || console().contains("boot:"),
+    );
+    let said = vmm_snapshot(&socket, &snap);
     assert!(said.contains("vmm: snapshot "), "{said}");
     let size = std::fs::metadata(&snap).unwrap().len();
     assert!(size > 64 << 10, "{size} bytes: {said}");
@@ -147,12 +100,15 @@ fn a_snapshot_at_the_boot_prompt_restores_in_a_new_process_and_boots_the_typed_l
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut second = Killed(second.spawn().unwrap());
+    let mut second = KillOnDrop(second.spawn().unwrap());
     let out = collect(second.0.stdout.take().unwrap());
     let err = collect(second.0.stderr.take().unwrap());
-    wait_for("the restore", Duration::from_secs(30), || {
-        err.lock().unwrap().contains("vmm: restored")
-    });
+    wait_until(
+        "the restore",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || err.lock().unwrap().contains("vmm: restored"),
+    );
     let restored_line = err.lock().unwrap().clone();
     // Nothing printed before the line is typed: the prompt was on the
     // first console; the restored VM waits at it.

@@ -25,13 +25,12 @@
 //!
 //! `cargo xtask test` sets `VMM_TEST_VMM` and `VMM_TEST_GUESTS`.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use xtask::kvm_bench::kvm_present;
 use xtask::system::env_path;
+use xtask::testing::{scratch_dir, vmm_snapshot, Piped};
 
 /// The CD's sector `n` (2048 bytes): its name, then bytes that differ
 /// from sector to sector.
@@ -57,128 +56,30 @@ fn dword_sum(b: &[u8]) -> u32 {
         .fold(0u32, |a, x| a.wrapping_add(x))
 }
 
-/// Kills the child when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// `vmm run` of the guest program with the CD and disk in `dir`, COM1 on
+/// stdin/stdout, maybe an API socket and a snapshot to restore.
+fn start(dir: &Path, socket: Option<&Path>, restore: Option<&Path>) -> Piped {
+    let mut c = Command::new(env_path("VMM_TEST_VMM"));
+    c.args(["run", "--memory", "16M", "--bios"])
+        .arg(env_path("VMM_TEST_GUESTS").join("snap_inflight.bin"))
+        .arg("--cdrom")
+        .arg(dir.join("cd.iso"))
+        .arg("--disk")
+        .arg(format!("{},bus=virtio", dir.join("disk.img").display()))
+        .args(["--serial", "stdio"]);
+    if let Some(s) = socket {
+        c.arg("--api-socket").arg(s);
     }
+    if let Some(r) = restore {
+        c.arg("--restore").arg(r);
+    }
+    Piped::spawn(&mut c)
 }
 
-/// One `vmm` process with its COM1 on stdin/stdout.
-struct Vmm {
-    child: Killed,
-    stdin: ChildStdin,
-    out: Arc<Mutex<String>>,
-    err: Arc<Mutex<String>>,
-}
-
-fn collect(mut from: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = text.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    text
-}
-
-impl Vmm {
-    fn start(dir: &Path, socket: Option<&Path>, restore: Option<&Path>) -> Self {
-        let mut c = Command::new(env_path("VMM_TEST_VMM"));
-        c.args(["run", "--memory", "16M", "--bios"])
-            .arg(env_path("VMM_TEST_GUESTS").join("snap_inflight.bin"))
-            .arg("--cdrom")
-            .arg(dir.join("cd.iso"))
-            .arg("--disk")
-            .arg(format!("{},bus=virtio", dir.join("disk.img").display()))
-            .args(["--serial", "stdio"]);
-        if let Some(s) = socket {
-            c.arg("--api-socket").arg(s);
-        }
-        if let Some(r) = restore {
-            c.arg("--restore").arg(r);
-        }
-        c.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let out = collect(child.stdout.take().unwrap());
-        let err = collect(child.stderr.take().unwrap());
-        Vmm {
-            child: Killed(child),
-            stdin,
-            out,
-            err,
-        }
-    }
-
-    fn said(&self) -> String {
-        format!(
-            "{}\n--- stderr ---\n{}",
-            self.out.lock().unwrap(),
-            self.err.lock().unwrap()
-        )
-    }
-
-    /// Wait until COM1 has printed `text`.
-    fn wait_for(&mut self, text: &str) {
-        let start = Instant::now();
-        while !self.out.lock().unwrap().contains(text) {
-            let exited = self.child.0.try_wait().ok().flatten();
-            assert!(
-                exited.is_none() && start.elapsed() < Duration::from_secs(60),
-                "waiting for {text:?} ({exited:?}): {}",
-                self.said()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn key(&mut self) {
-        self.stdin.write_all(b"k").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// Wait for the guest's power-off; what COM1 said.
-    fn finish(mut self) -> String {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.0.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
-                assert!(status.success(), "{status}: {}", self.said());
-                return self.out.lock().unwrap().clone();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "no power-off: {}",
-                self.said()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn snapshot(socket: &Path, file: &Path) {
-    let out = Command::new(env_path("VMM_TEST_VMM"))
-        .args(["snapshot", "--api-socket"])
-        .arg(socket)
-        .arg(file)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "vmm snapshot: {said}");
-}
+/// How long the guest may take to a stage, or to its power-off.
+const STEP: Duration = Duration::from_secs(60);
+/// How long a restore may take.
+const RESTORE: Duration = Duration::from_secs(30);
 
 /// The report lines (what follows the last stage).
 fn report(com1: &str) -> Vec<String> {
@@ -195,9 +96,7 @@ fn snapshots_mid_ide_dma_and_mid_virtio_request_restore_in_new_processes() {
         eprintln!("skipped: /dev/kvm absent");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("vmm-snap-inflight-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("vmm-snap-inflight");
     let cd: Vec<u8> = (0..16).flat_map(cd_sector).collect();
     std::fs::write(dir.join("cd.iso"), &cd).unwrap();
     let disk: Vec<u8> = (0..8).flat_map(disk_sector).collect();
@@ -219,12 +118,12 @@ fn snapshots_mid_ide_dma_and_mid_virtio_request_restore_in_new_processes() {
     ];
 
     // In one process, no snapshot.
-    let mut vmm = Vmm::start(&dir, None, None);
+    let mut vmm = start(&dir, None, None);
     for stage in 1..=5 {
-        vmm.wait_for(&format!("stage {stage}\r\n"));
-        vmm.key();
+        vmm.wait_for(&format!("stage {stage}\r\n"), STEP);
+        vmm.send(b"k");
     }
-    let whole = vmm.finish();
+    let whole = vmm.finish(STEP);
     assert_eq!(report(&whole), want, "without snapshots: {whole}");
 
     // Six processes, each killed after its snapshot.
@@ -234,20 +133,20 @@ fn snapshots_mid_ide_dma_and_mid_virtio_request_restore_in_new_processes() {
     for stage in 1..=5 {
         let socket = dir.join(format!("vm{stage}.sock"));
         let started = Instant::now();
-        let mut vmm = Vmm::start(&dir, Some(&socket), restore.as_deref());
+        let mut vmm = start(&dir, Some(&socket), restore.as_deref());
         if restore.is_some() {
             // Restored at the point of the last stage: the guest waits
             // for its byte there and has printed nothing yet.
-            vmm.wait_for_err("vmm: restored");
+            vmm.wait_for_err("vmm: restored", RESTORE);
             restore_ms.push(started.elapsed().as_millis());
             std::thread::sleep(Duration::from_millis(200));
-            assert_eq!(vmm.out.lock().unwrap().as_str(), "", "{}", vmm.said());
-            vmm.key();
+            assert_eq!(vmm.out(), "", "{}", vmm.said());
+            vmm.send(b"k");
         }
-        vmm.wait_for(&format!("stage {stage}\r\n"));
+        vmm.wait_for(&format!("stage {stage}\r\n"), STEP);
         // This stage only: nothing before it ran again (the IDE report
         // comes before stage 4).
-        let out = vmm.out.lock().unwrap().clone();
+        let out = vmm.out();
         assert!(
             out.ends_with(&format!("stage {stage}\r\n")) && out.matches("stage").count() == 1,
             "{}",
@@ -255,14 +154,14 @@ fn snapshots_mid_ide_dma_and_mid_virtio_request_restore_in_new_processes() {
         );
         com1.push_str(&out);
         let file = dir.join(format!("stage{stage}.snap"));
-        snapshot(&socket, &file);
+        vmm_snapshot(&socket, &file);
         drop(vmm);
         restore = Some(file);
     }
-    let mut last = Vmm::start(&dir, None, restore.as_deref());
-    last.wait_for_err("vmm: restored");
-    last.key();
-    let tail = last.finish();
+    let mut last = start(&dir, None, restore.as_deref());
+    last.wait_for_err("vmm: restored", RESTORE);
+    last.send(b"k");
+    let tail = last.finish(STEP);
     assert!(!tail.contains("stage"), "{tail}");
     com1.push_str(&tail);
     assert_eq!(
@@ -272,20 +171,4 @@ fn snapshots_mid_ide_dma_and_mid_virtio_request_restore_in_new_processes() {
     );
     eprintln!("restored five times; process start to restored: {restore_ms:?} ms");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-impl Vmm {
-    /// Wait until `vmm` has said `text` on stderr.
-    fn wait_for_err(&mut self, text: &str) {
-        let start = Instant::now();
-        while !self.err.lock().unwrap().contains(text) {
-            let exited = self.child.0.try_wait().ok().flatten();
-            assert!(
-                exited.is_none() && start.elapsed() < Duration::from_secs(30),
-                "waiting for {text:?} ({exited:?}): {}",
-                self.said()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
 }

@@ -227,3 +227,52 @@ impl Piped {
         }
     }
 }
+
+/// What the memtouch CD (`crate::images::memtouch_iso`) reports on its
+/// `VMM-CD-MEMORY: ` lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdMemory {
+    /// `MemTotal:`, in KiB.
+    pub total_kib: u64,
+    /// `Normal zone free pages before:` it filled 256 MiB of page cache.
+    pub normal_free_before: u64,
+    /// `Normal zone free pages after:` it did.
+    pub normal_free_after: u64,
+    /// `copies read back intact:`, as `K of N`.
+    pub copies_intact: String,
+}
+
+impl CdMemory {
+    /// The report in `console`: from the first line with each item after
+    /// `VMM-CD-MEMORY: ` (wherever that stands in the line: after a
+    /// `[vm N] `, a job's prefix). Panics with `context` (the console, or
+    /// more of what the test saw) when an item is missing or is not a
+    /// number.
+    pub fn from_console(console: &str, context: &str) -> Self {
+        const TAG: &str = "VMM-CD-MEMORY: ";
+        let item = |prefix: &str| {
+            console
+                .lines()
+                .find_map(|l| {
+                    let at = l.find(TAG)?;
+                    l[at + TAG.len()..].strip_prefix(prefix)
+                })
+                .unwrap_or_else(|| panic!("no '{prefix}' line: {context}"))
+                .trim()
+                .to_string()
+        };
+        let number = |prefix: &str| -> u64 {
+            let text = item(prefix);
+            text.trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("'{prefix}' {text:?}: {context}"))
+        };
+        CdMemory {
+            total_kib: number("MemTotal:"),
+            normal_free_before: number("Normal zone free pages before:"),
+            normal_free_after: number("Normal zone free pages after:"),
+            copies_intact: item("copies read back intact:"),
+        }
+    }
+}

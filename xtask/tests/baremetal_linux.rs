@@ -10,6 +10,7 @@ use std::time::Duration;
 use xtask::kernel::{boot_and_capture, GuestImage};
 use xtask::qemu::Outcome;
 use xtask::system::env_path;
+use xtask::testing::CdMemory;
 
 #[test]
 #[ignore = "boots Linux under the bare-metal host in QEMU: run through cargo xtask test"]
@@ -212,37 +213,21 @@ fn high_memory(cmdline: &str) {
         console.contains("BIOS-e820: [mem 0x0000000100000000-0x00000001bfffffff] usable"),
         "the firmware's map has the 3 GiB above 4 GiB: {console}"
     );
-    let memory_line = |prefix: &str| {
-        console
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("[vm 0] VMM-CD-MEMORY: ")?
-                    .strip_prefix(prefix)
-            })
-            .unwrap_or_else(|| panic!("no '{prefix}' line: {console}"))
-            .trim()
-            .to_string()
-    };
+    let memory = CdMemory::from_console(&console, &console);
     // MemTotal: about 6 GiB, less what the kernel keeps for itself.
-    let total_kib: u64 = memory_line("MemTotal:")
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap();
+    let total_kib = memory.total_kib;
     assert!(
         (5800 << 10..=6 << 20).contains(&total_kib),
         "MemTotal {total_kib} kB"
     );
     // The 256 MiB (65,536 pages) of page cache came out of the Normal
     // zone, the RAM above 4 GiB.
-    let pages = |prefix: &str| -> u64 { memory_line(prefix).parse().unwrap() };
-    let before = pages("Normal zone free pages before:");
-    let after = pages("Normal zone free pages after:");
+    let (before, after) = (memory.normal_free_before, memory.normal_free_after);
     assert!(
         before > 700_000 && before - after.min(before) >= 60_000,
         "Normal zone free pages {before} -> {after}"
     );
-    assert_eq!(memory_line("copies read back intact:"), "16 of 16");
+    assert_eq!(memory.copies_intact, "16 of 16");
     assert!(
         console.contains("vm 0 (pc): guest powered off"),
         "{console}"

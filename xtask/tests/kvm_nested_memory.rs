@@ -26,6 +26,7 @@
 
 use xtask::kvm_nested::{self, MARK};
 use xtask::system::env_path;
+use xtask::testing::CdMemory;
 
 /// `vmm`'s peak resident memory in the rig may not pass this: about
 /// 620 MiB were measured (the guest kernel's page structures for 8 GiB,
@@ -100,36 +101,21 @@ fn slow_an_8_gib_guest_uses_its_ram_above_4_gib_under_real_kvm() {
         out.contains("BIOS-e820: [mem 0x0000000100000000-0x000000023fffffff] usable"),
         "the firmware's map has 5 GiB above 4 GiB: {all}"
     );
-    let memory_line = |prefix: &str| {
-        out.lines()
-            .find_map(|l| {
-                let at = l.find("VMM-CD-MEMORY: ")?;
-                l[at + "VMM-CD-MEMORY: ".len()..].strip_prefix(prefix)
-            })
-            .unwrap_or_else(|| panic!("no '{prefix}' line: {all}"))
-            .trim()
-            .to_string()
-    };
+    let memory = CdMemory::from_console(out, all);
     // MemTotal: about 8 GiB, less what the kernel keeps for itself.
-    let total_kib: u64 = memory_line("MemTotal:")
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap();
+    let total_kib = memory.total_kib;
     assert!(
         (7800 << 10..=8 << 20).contains(&total_kib),
         "MemTotal {total_kib} kB"
     );
     // The 256 MiB (65,536 pages) of page cache came out of the Normal
     // zone, the 5 GiB (1,310,720 pages) above 4 GiB.
-    let pages = |prefix: &str| -> u64 { memory_line(prefix).parse().unwrap() };
-    let before = pages("Normal zone free pages before:");
-    let after = pages("Normal zone free pages after:");
+    let (before, after) = (memory.normal_free_before, memory.normal_free_after);
     assert!(
         before > 1_150_000 && before - after.min(before) >= 60_000,
         "Normal zone free pages {before} -> {after}"
     );
-    assert_eq!(memory_line("copies read back intact:"), "16 of 16");
+    assert_eq!(memory.copies_intact, "16 of 16");
     assert!(out.contains("vmm: the guest powered off"), "{all}");
     assert!(out.contains(&format!("{MARK} vmm exit status 0")), "{all}");
 

@@ -9,6 +9,7 @@
 ; instructions. Then it powers off (PM1a_CNT at 0xB004).
 bits 16
 org 0
+%include "out_rounds.inc"
 
 COUNT  equ 20000
 ROUNDS equ 5
@@ -16,26 +17,7 @@ COM1   equ 0x3f8
 
 start:
     cli
-    xor bx, bx
-.round:
-    mov si, msg_mark
-    call print
-    mov al, bl
-    add al, '0'
-    out dx, al
-    mov al, 13
-    out dx, al
-    mov al, 10
-    out dx, al
-    cmp bx, ROUNDS
-    je .done
-    mov ecx, COUNT
-.loop:
-    out 0x80, al
-    dec ecx
-    jnz .loop
-    inc bx
-    jmp .round
+    OUT_ROUNDS
 .done:
     mov dx, 0xb004          ; PM1a_CNT
     mov ax, 0x2000          ; SLP_EN, SLP_TYP 0 = S5 on PIIX4

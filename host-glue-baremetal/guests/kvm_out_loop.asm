@@ -8,6 +8,7 @@
 bits 16
 org 0
 %include "com1_print.inc"
+%include "out_rounds.inc"
 
 COUNT  equ 20000
 ROUNDS equ 10
@@ -23,26 +24,7 @@ main:
     mov ds, ax
     mov si, msg_ready
     call print
-    xor bx, bx
-.round:
-    mov si, msg_mark
-    call print
-    mov al, bl
-    add al, '0'
-    out dx, al
-    mov al, 13
-    out dx, al
-    mov al, 10
-    out dx, al
-    cmp bx, ROUNDS
-    je .done
-    mov ecx, COUNT
-.loop:
-    out 0x80, al
-    dec ecx
-    jnz .loop
-    inc bx
-    jmp .round
+    OUT_ROUNDS
 .done:
     mov si, msg_done
     call print

@@ -127,13 +127,7 @@ INDEX    equ 0x504
     in al, dx
     test al, 0x01
     jz .key
-    mov dx, 0x604
-    mov ax, 0x2000
-    out dx, ax
-.hang:
-    cli
-    hlt
-    jmp .hang
+    PM32_POWER_OFF
 
 ; "clone KK: "
 prefix:
@@ -239,12 +233,7 @@ disk_setup:
     test ebx, ebx
     jz .none
     PCI_MEM_BAR0 VBAR
-    mov ebx, VBAR
-    mov byte [ebx + 0x14], 0
-    mov byte [ebx + 0x14], 3
-    mov dword [ebx + 0x08], 1
-    mov dword [ebx + 0x0c], 1           ; VIRTIO_F_VERSION_1
-    mov byte [ebx + 0x14], 0x0b
+    VIRTIO_VERSION_1 VBAR
     VIRTIO_QUEUE0 IDBUF
 .none:
     ret
@@ -292,15 +281,7 @@ print_padded:
 .out:
     cmp esi, edi
     je .done
-    lodsb
-    cmp al, 0x20
-    jb .dot
-    cmp al, 0x7e
-    jbe .put
-.dot:
-    mov al, '.'
-.put:
-    call putc
+    COM1_PUT_SHOWN
     jmp .out
 .done:
     ret

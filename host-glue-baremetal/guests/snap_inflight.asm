@@ -179,13 +179,7 @@ VFN      equ 0x600                      ; the virtio function's config address
     call virtio
     mov esi, LIN(msg_done)
     call print
-    mov dx, 0x604
-    mov ax, 0x2000
-    out dx, ax
-.hang:
-    cli
-    hlt
-    jmp .hang
+    PM32_POWER_OFF
 
 ; --- IDE -----------------------------------------------------------------
 
@@ -285,15 +279,7 @@ show_buffer:
     call putc
     mov ecx, 12
 .text:
-    lodsb
-    cmp al, 0x20
-    jb .dot
-    cmp al, 0x7e
-    jbe .put
-.dot:
-    mov al, '.'
-.put:
-    call putc
+    COM1_PUT_SHOWN
     loop .text
     mov al, ' '
     call putc
@@ -325,12 +311,7 @@ virtio:
 .found:
     mov [VFN], ebx
     PCI_MEM_BAR0 VBAR
-    mov ebx, VBAR
-    mov byte [ebx + 0x14], 0
-    mov byte [ebx + 0x14], 3
-    mov dword [ebx + 0x08], 1
-    mov dword [ebx + 0x0c], 1           ; VIRTIO_F_VERSION_1
-    mov byte [ebx + 0x14], 0x0b
+    VIRTIO_VERSION_1 VBAR
     VIRTIO_QUEUE0 VDATA + 0x200
 
     ; IN, sector 3, 512 bytes: descriptors 0-2, posted, not notified.
@@ -373,15 +354,7 @@ virtio:
     mov esi, VDATA
     mov ecx, 12
 .text:
-    lodsb
-    cmp al, 0x20
-    jb .dot
-    cmp al, 0x7e
-    jbe .put
-.dot:
-    mov al, '.'
-.put:
-    call putc
+    COM1_PUT_SHOWN
     loop .text
     mov esi, LIN(msg_intx)
     call print

@@ -179,7 +179,8 @@ fn vm() -> Vm {
 }
 
 /// Run `cpu` in `vm` with no interrupt source and fresh MSRs until the
-/// run loop returns (a stop, or the script's end).
+/// run loop returns (a stop, a slice ended early by a yield or a
+/// preemption, or the script's end).
 fn run_to_end<B: VcpuBackend>(cpu: &mut B, vm: &mut Vm) -> RunOutcome {
     run(
         cpu,
@@ -588,16 +589,7 @@ fn an_init_resets_the_vcpu_but_not_the_devices_nor_the_msrs() {
 fn a_backend_error_stops_the_vm_and_a_slice_ends_on_preemption() {
     let mut vm = vm();
     let mut cpu = Scripted::new(vec![Exit::Preempted]);
-    assert_eq!(
-        run(
-            &mut cpu,
-            &mut vm,
-            &NoInterrupts,
-            &mut MsrFile::default(),
-            Slice::UNBOUNDED
-        ),
-        RunOutcome::SliceEnded
-    );
+    assert_eq!(run_to_end(&mut cpu, &mut vm), RunOutcome::SliceEnded);
     let mut cpu = Scripted::new(vec![Exit::Error(ExitError::EntryFailed {
         detail: "EFER.SVME clear".into(),
     })]);
@@ -1586,16 +1578,7 @@ fn a_pause_exit_completes_the_pause_and_gives_the_cpu_back() {
     let mut cpu = Scripted::new(vec![Exit::Pause { next_rip: 0x1002 }, Exit::Shutdown]);
     cpu.regs.rip = 0x1000;
     // The slice ends at the PAUSE (a yield), the guest past it.
-    assert_eq!(
-        run(
-            &mut cpu,
-            &mut vm,
-            &NoInterrupts,
-            &mut MsrFile::default(),
-            Slice::UNBOUNDED
-        ),
-        RunOutcome::SliceEnded
-    );
+    assert_eq!(run_to_end(&mut cpu, &mut vm), RunOutcome::SliceEnded);
     assert_eq!(cpu.regs.rip, 0x1002);
     assert!(cpu.steps.is_empty());
     assert_eq!(vm.stats().count(ExitKind::Pause), 1);
@@ -1604,12 +1587,6 @@ fn a_pause_exit_completes_the_pause_and_gives_the_cpu_back() {
     let mut cpu = Scripted::new(vec![Exit::Pause { next_rip: 0x2002 }]);
     cpu.regs.rip = 0x2000;
     cpu.regs.rflags |= RFLAGS_TF;
-    run(
-        &mut cpu,
-        &mut vm,
-        &NoInterrupts,
-        &mut MsrFile::default(),
-        Slice::UNBOUNDED,
-    );
+    run_to_end(&mut cpu, &mut vm);
     assert_eq!(cpu.steps, vec![0x2002]);
 }

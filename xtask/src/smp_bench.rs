@@ -45,6 +45,28 @@ struct Run {
     wall: f64,
 }
 
+impl Run {
+    /// The boot's and the job's times, and the guest's own line.
+    fn times(&self) -> String {
+        format!(
+            "boot {:>7.2} s, job {:>7.2} s (guest: {})",
+            self.boot.as_secs_f64(),
+            self.job.as_secs_f64(),
+            self.guest_line
+        )
+    }
+
+    /// The CPU time QEMU got over the run, and its share of one core.
+    fn qemu_share(&self) -> String {
+        format!(
+            "QEMU used {:.1} CPU s in {:.1} s ({:.0}% of a core)",
+            self.qemu_cpu,
+            self.wall,
+            self.qemu_cpu * 100.0 / self.wall.max(1e-9)
+        )
+    }
+}
+
 /// The CPU seconds (user + system) of this process's waited-for children,
 /// from /proc/self/stat (cutime and cstime, in USER_HZ = 100 ticks).
 fn children_cpu_secs() -> f64 {
@@ -175,31 +197,18 @@ pub fn run() -> Result<()> {
     );
     for r in &runs {
         println!(
-            "  cpus={}: boot {:>7.2} s, job {:>7.2} s (guest: {}), {} exits, VM turns by host CPU: {}, {} yields on PAUSE; QEMU used {:.1} CPU s in {:.1} s ({:.0}% of a core)",
+            "  cpus={}: {}, {} exits, VM turns by host CPU: {}, {} yields on PAUSE; {}",
             r.cpus,
-            r.boot.as_secs_f64(),
-            r.job.as_secs_f64(),
-            r.guest_line,
+            r.times(),
             r.exits,
             r.turns,
             r.pause_yields,
-            r.qemu_cpu,
-            r.wall,
-            r.qemu_cpu * 100.0 / r.wall.max(1e-9)
+            r.qemu_share()
         );
     }
     println!("The peer, plain QEMU TCG (no VMM) with -smp N on this machine:");
     for r in &peer {
-        println!(
-            "  -smp {}: boot {:>7.2} s, job {:>7.2} s (guest: {}); QEMU used {:.1} CPU s in {:.1} s ({:.0}% of a core)",
-            r.cpus,
-            r.boot.as_secs_f64(),
-            r.job.as_secs_f64(),
-            r.guest_line,
-            r.qemu_cpu,
-            r.wall,
-            r.qemu_cpu * 100.0 / r.wall.max(1e-9)
-        );
+        println!("  -smp {}: {}; {}", r.cpus, r.times(), r.qemu_share());
     }
     let (one, four) = (&runs[0], &runs[2]);
     let speedup = one.job.as_secs_f64() / four.job.as_secs_f64().max(1e-9);

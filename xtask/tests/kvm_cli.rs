@@ -359,11 +359,17 @@ fn progress_prints_a_status_line_while_the_guest_runs() {
 /// inside KVM_RUN), with our local APICs and with KVM's, on one vCPU and
 /// on vCPU threads. A firmware image of 64 KiB whose reset vector runs
 /// the loop.
+///
+/// How long a process takes to die also depends on the CPU time the host
+/// gives it (a CI machine's two cores are shared with the other tests of
+/// this binary, some of which spin guests of their own): under a load of 6
+/// one case took 1.7 s once. So each case has up to [`QUIT_ATTEMPTS`]
+/// tries and the fastest must be under a second; a `vmm` that does not
+/// notice the signal fails every try.
 #[test]
 #[ignore = "runs guests under KVM: run through cargo xtask test"]
 fn a_quit_signal_ends_the_run_within_a_second_whatever_the_guest_does() {
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     if !xtask::kvm_bench::kvm_present() {
         eprintln!("skipped: /dev/kvm absent");
         return;
@@ -388,40 +394,71 @@ fn a_quit_signal_ends_the_run_within_a_second_whatever_the_guest_does() {
     ];
     for (bios, irqchip, cpus) in cases {
         let what = format!("{bios} --irqchip {irqchip} --cpus {cpus}");
-        let mut child = Command::new(env_path("VMM_TEST_VMM"))
-            .args(["run", "--memory", "16", "--serial", "none", "--bios", bios])
-            .args(["--irqchip", irqchip, "--cpus", cpus])
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
+        let mut tries = Vec::new();
+        for _ in 0..QUIT_ATTEMPTS {
+            let (took, status, err) = quit_after_signal(bios, irqchip, cpus);
+            eprintln!("{what}: ended {took:?} after SIGTERM");
+            assert_eq!(status, Some(143), "{what}: {err}");
+            tries.push((took, err));
+            if took < Duration::from_secs(1) {
+                break;
+            }
+        }
+        let (fastest, err) = tries.iter().min_by_key(|(took, _)| *took).unwrap();
         assert!(
-            child.try_wait().unwrap().is_none(),
-            "{what}: vmm ended before the signal"
+            *fastest < Duration::from_secs(1),
+            "{what}: {:?} in {} tries; the fastest's stderr:\n{err}",
+            tries.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            tries.len()
         );
-        let sent = Instant::now();
-        let killed = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break Some(s);
-            }
-            if sent.elapsed() > Duration::from_secs(5) {
-                let _ = child.kill();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let took = sent.elapsed();
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-        eprintln!("{what}: ended {took:?} after SIGTERM");
-        assert!(took < Duration::from_secs(1), "{what}: {took:?}\n{err}");
-        assert_eq!(status.and_then(|s| s.code()), Some(143), "{what}: {err}");
     }
     std::fs::remove_dir_all(d).unwrap();
+}
+
+/// Tries of each case of the quit-signal test.
+const QUIT_ATTEMPTS: usize = 3;
+
+/// Start `vmm` on `bios`, send it SIGTERM 1.5 s later, and wait at most
+/// 5 s for it to end: the time it took, its exit status (`None`: killed
+/// after 5 s) and its stderr.
+fn quit_after_signal(
+    bios: &str,
+    irqchip: &str,
+    cpus: &str,
+) -> (std::time::Duration, Option<i32>, String) {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env_path("VMM_TEST_VMM"))
+        .args(["run", "--memory", "16", "--serial", "none", "--bios", bios])
+        .args(["--irqchip", irqchip, "--cpus", cpus])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "{bios} --irqchip {irqchip} --cpus {cpus}: vmm ended before the signal"
+    );
+    let sent = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if sent.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let took = sent.elapsed();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (took, status.and_then(|s| s.code()), err)
 }

@@ -13,6 +13,35 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Whether COM1's `text` shows `line`: as it is, or as two copies of it
+/// interleaved. With no display adapter SeaBIOS copies the BIOS's text
+/// screen to COM1 (`etc/sercon-port`), and ISOLINUX (with its `SERIAL`
+/// directive) and the kernel's setup code write each line both to the
+/// screen and to the serial port, so COM1 carries such lines twice. How
+/// the copies interleave depends on when SeaBIOS's copy runs: a character
+/// at a time (`LLooaaddiinngg`), or in pieces under load (`No such file or
+/// directorNo such file or directyory`). `line` then is a subsequence of a
+/// stretch of `text` at most three times its length.
+pub fn shows_line(text: &str, line: &str) -> bool {
+    if text.contains(line) {
+        return true;
+    }
+    let (text, line) = (text.as_bytes(), line.as_bytes());
+    let Some(&first) = line.first() else {
+        return true;
+    };
+    let window = 3 * line.len();
+    (0..text.len()).filter(|&i| text[i] == first).any(|i| {
+        let mut left = line.iter().peekable();
+        for b in &text[i..text.len().min(i + window)] {
+            if left.peek() == Some(&b) {
+                left.next();
+            }
+        }
+        left.peek().is_none()
+    })
+}
+
 /// The first line of `console` that starts with `prefix`; panics with
 /// the console when there is none.
 pub fn line_starting<'a>(console: &'a str, prefix: &str) -> &'a str {
@@ -274,5 +303,42 @@ impl CdMemory {
             normal_free_after: number("Normal zone free pages after:"),
             copies_intact: item("copies read back intact:"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shows_line;
+
+    #[test]
+    fn a_line_shows_as_it_is_doubled_or_in_interleaved_pieces() {
+        assert!(shows_line("boot: x", "boot:"));
+        assert!(shows_line("bboooott::", "boot:"));
+        assert!(shows_line(
+            "failed:failed:  No such file or directorNo such file or directyory",
+            "No such file or directory"
+        ));
+        assert!(shows_line(
+            "LLooaaddiinngg  //bboooott//vvmmlliinnuuzz",
+            "Loading /boot/vmlinuz"
+        ));
+    }
+
+    #[test]
+    fn a_line_not_printed_does_not_show() {
+        // What ISOLINUX prints when a label loads, and its banner.
+        assert!(!shows_line(
+            "Loading nosuchlabel... ok\r\nLoading nosuchlabel... ok\r\n",
+            "No such file or directory"
+        ));
+        assert!(!shows_line(
+            "ISOLINUX 6.04 20200816 ETCD Copyright (C) 1994-2015 H. Peter Anvin et al",
+            "No such file or directory"
+        ));
+        assert!(!shows_line(
+            "Loading /boot/vmlinuz... ok",
+            "Loading /boot/initrd.gz"
+        ));
+        assert!(!shows_line("Loading nosuchlabe", "Loading nosuchlabel"));
     }
 }

@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use xtask::kvm_bench::kvm_present;
 use xtask::system::env_path;
+use xtask::testing::shows_line;
 
 const ATTACH: &[u8] = b"GET /api/v1/vm.console HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
@@ -64,61 +65,12 @@ fn attach(socket: &Path) -> (UnixStream, String) {
     (s, String::from_utf8_lossy(&head).into_owned())
 }
 
-/// Whether `text` shows `want`: as it is, or as two copies of it
-/// interleaved. With no display, SeaBIOS copies the BIOS's text screen to
-/// COM1 (`etc/sercon-port`), and ISOLINUX writes each line both to the
-/// screen and to its `SERIAL` port, so COM1 carries every line twice;
-/// how the two copies interleave depends on when SeaBIOS's copy runs
-/// (`No such file or directorNo such file or directyory` under load).
-/// `want` then is a subsequence of a stretch of `text` at most three
-/// times its length.
-fn shows(text: &str, want: &str) -> bool {
-    if text.contains(want) {
-        return true;
-    }
-    let (text, want) = (text.as_bytes(), want.as_bytes());
-    let Some(&first) = want.first() else {
-        return true;
-    };
-    let window = 3 * want.len();
-    (0..text.len()).filter(|&i| text[i] == first).any(|i| {
-        let stretch = &text[i..text.len().min(i + window)];
-        let mut left = want.iter().peekable();
-        for b in stretch {
-            if left.peek() == Some(&b) {
-                left.next();
-            }
-        }
-        left.peek().is_none()
-    })
-}
-
-#[test]
-fn shows_finds_a_line_as_it_is_and_two_copies_interleaved_but_not_a_missing_one() {
-    assert!(shows("boot: x", "boot:"));
-    assert!(shows("bboooott::", "boot:"));
-    assert!(shows(
-        "failed:failed:  No such file or directorNo such file or directyory",
-        "No such file or directory"
-    ));
-    // What ISOLINUX would print had the label loaded, and its banner.
-    assert!(!shows(
-        "Loading nosuchlabel... ok\r\nLoading nosuchlabel... ok\r\n",
-        "No such file or directory"
-    ));
-    assert!(!shows(
-        "ISOLINUX 6.04 20200816 ETCD Copyright (C) 1994-2015 H. Peter Anvin et al",
-        "No such file or directory"
-    ));
-    assert!(!shows("Loading nosuchlabe", "Loading nosuchlabel"));
-}
-
-/// Read what arrives on `s` until it shows `want` ([`shows`]; or `limit`
-/// passes).
+/// Read what arrives on `s` until it shows `want` ([`shows_line`]; or
+/// `limit` passes).
 fn read_until(s: &mut UnixStream, seen: &mut String, want: &str, limit: Duration) {
     let start = Instant::now();
     let mut chunk = [0u8; 4096];
-    while !shows(seen, want) {
+    while !shows_line(seen, want) {
         assert!(
             start.elapsed() < limit,
             "'{want}' on the attached console within {limit:?}; it had:\n{seen}"
@@ -185,10 +137,10 @@ fn a_client_attaches_to_com1_over_the_api_and_types_at_the_boot_prompt() {
         "No such file or directory",
         Duration::from_secs(60),
     );
-    assert!(shows(&seen, "Loading nosuchlabel"), "{seen}");
+    assert!(shows_line(&seen, "Loading nosuchlabel"), "{seen}");
     let file = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
-        shows(&file, "Loading nosuchlabel") && shows(&file, "No such file or directory"),
+        shows_line(&file, "Loading nosuchlabel") && shows_line(&file, "No such file or directory"),
         "--serial file= still gets COM1:\n{file}"
     );
 

@@ -18,6 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 use xtask::kvm_bench::{kvm_present, run_capture};
 use xtask::system::env_path;
+use xtask::testing::shows_line;
 
 /// The only reason these tests may skip: no KVM on this machine.
 fn kvm_or_skip() -> bool {
@@ -56,7 +57,7 @@ fn seabios_boots_the_cd_to_isolinux_which_reads_the_kernel() {
     }
     let cap = run_capture(
         vmm_on_the_cd(),
-        &|out| out.contains("Loading /boot/initrd.gz"),
+        &|out| shows_line(out, "Loading /boot/initrd.gz"),
         Duration::from_secs(400),
     )
     .unwrap();
@@ -65,7 +66,7 @@ fn seabios_boots_the_cd_to_isolinux_which_reads_the_kernel() {
     assert!(out.contains("SeaBIOS (version"), "{all}");
     assert!(out.contains("Booting from DVD/CD..."), "{all}");
     assert!(out.contains("ISOLINUX 6.04"), "{all}");
-    assert!(out.contains("Loading /boot/vmlinuz"), "{all}");
+    assert!(shows_line(&out, "Loading /boot/vmlinuz"), "{all}");
     assert!(
         cap.matched,
         "ISOLINUX never got to the initrd (the kernel was not read whole): {all}"
@@ -100,7 +101,7 @@ fn the_cd_boots_to_isolinux_with_the_vcpu_replaced_every_200_exits() {
     cmd.args(["--debug-state-roundtrip", "200"]);
     let cap = run_capture(
         cmd,
-        &|out| out.contains("Loading /boot/initrd.gz"),
+        &|out| shows_line(out, "Loading /boot/initrd.gz"),
         Duration::from_secs(400),
     )
     .unwrap();
@@ -180,7 +181,7 @@ fn with_a_display_the_bios_screen_is_on_the_vga_and_in_the_screenshot() {
         .arg(env_path("VMM_TEST_SEABIOS").with_file_name("vgabios-stdvga.bin"));
     let cap = run_capture(
         cmd,
-        &|out| out.contains("Loading /boot/initrd.gz"),
+        &|out| shows_line(out, "Loading /boot/initrd.gz"),
         Duration::from_secs(400),
     )
     .unwrap();

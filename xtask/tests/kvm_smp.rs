@@ -43,6 +43,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use xtask::kvm_bench::{kvm_present, run_capture};
 use xtask::system::env_path;
+use xtask::testing::shows_line;
 
 /// The only reason these tests may skip: no KVM on this machine.
 fn kvm_or_skip() -> bool {
@@ -103,7 +104,7 @@ fn seabios_starts_every_vcpu(cpus: usize) {
     let started = Instant::now();
     let cap = run_capture(
         c,
-        &|out| out.contains("Loading /boot/initrd.gz"),
+        &|out| shows_line(out, "Loading /boot/initrd.gz"),
         Duration::from_secs(400),
     )
     .unwrap();

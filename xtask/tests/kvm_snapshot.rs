@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use xtask::kvm_bench::kvm_present;
 use xtask::system::env_path;
-use xtask::testing::{collect, scratch_dir, vmm_snapshot, wait_until, KillOnDrop};
+use xtask::testing::{collect, scratch_dir, shows_line, vmm_snapshot, wait_until, KillOnDrop};
 
 /// `vmm run` on the prompt CD, the same machine every time.
 fn vmm_run(iso: &Path) -> Command {
@@ -35,14 +35,6 @@ fn vmm_run(iso: &Path) -> Command {
 /// (typed a key at a time, as a person does: the UART's 16-byte FIFO is
 /// all the buffering a serial console has).
 const BOOT_LINE: &[u8] = b"linux nokaslr\r";
-
-/// Whether `text` has `line`, or `line` with every character doubled
-/// (ISOLINUX and the kernel's setup code write to COM1 and to the BIOS
-/// console, which SeaBIOS also copies to COM1).
-fn shows(text: &str, line: &str) -> bool {
-    let doubled: String = line.chars().flat_map(|c| [c, c]).collect();
-    text.contains(line) || text.contains(&doubled)
-}
 
 #[test]
 #[ignore = "boots the Linux CD under KVM: run through cargo xtask test"]
@@ -74,7 +66,7 @@ fn a_snapshot_at_the_boot_prompt_restores_in_a_new_process_and_boots_the_typed_l
         "the boot: prompt",
         Duration::from_secs(300),
         Duration::from_millis(50),
-        || console().contains("boot:"),
+        || shows_line(&console(), "boot:"),
     );
     let said = vmm_snapshot(&socket, &snap);
     assert!(said.contains("vmm: snapshot "), "{said}");
@@ -84,9 +76,9 @@ fn a_snapshot_at_the_boot_prompt_restores_in_a_new_process_and_boots_the_typed_l
     first.0.kill().unwrap();
     let _ = first.0.wait();
     let before_kill = console();
-    assert!(before_kill.contains("ISOLINUX"), "{before_kill}");
+    assert!(shows_line(&before_kill, "ISOLINUX"), "{before_kill}");
     assert!(
-        !before_kill.contains("Loading /boot/vmlinuz"),
+        !shows_line(&before_kill, "Loading /boot/vmlinuz"),
         "{before_kill}"
     );
     let _ = first_err;
@@ -114,7 +106,7 @@ fn a_snapshot_at_the_boot_prompt_restores_in_a_new_process_and_boots_the_typed_l
     // first console; the restored VM waits at it.
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        !out.lock().unwrap().contains("Loading"),
+        !shows_line(&out.lock().unwrap(), "Loading"),
         "{}",
         out.lock().unwrap()
     );
@@ -132,7 +124,7 @@ fn a_snapshot_at_the_boot_prompt_restores_in_a_new_process_and_boots_the_typed_l
         )
     };
     let started = Instant::now();
-    while !shows(&out.lock().unwrap(), "Probing EDD") {
+    while !shows_line(&out.lock().unwrap(), "Probing EDD") {
         let exited = second.0.try_wait().ok().flatten().is_some();
         assert!(
             !exited && started.elapsed() < Duration::from_secs(300),
@@ -146,9 +138,9 @@ fn a_snapshot_at_the_boot_prompt_restores_in_a_new_process_and_boots_the_typed_l
     // restored IDE/ATAPI state, and the kernel's setup code speaks.
     // (The echo of the rest of the line may come cut by SeaBIOS's cursor
     // movements on the serial console.)
-    assert!(shows(&text, "linux "), "{}", all());
-    assert!(shows(&text, "Loading /boot/vmlinuz"), "{}", all());
-    assert!(shows(&text, "Loading /boot/initrd.gz"), "{}", all());
+    assert!(shows_line(&text, "linux "), "{}", all());
+    assert!(shows_line(&text, "Loading /boot/vmlinuz"), "{}", all());
+    assert!(shows_line(&text, "Loading /boot/initrd.gz"), "{}", all());
     drop(second);
     eprintln!("{}", restored_line.trim());
 

@@ -8,7 +8,6 @@ use super::table_pool::ENTRIES;
 use super::{ShadowPager, COMPACT_AT, PTE_A, PTE_D, PTE_P, PTE_RW};
 use crate::memory::GuestMemory;
 use crate::paging::{PagingMode, TracedEntry};
-use alloc::vec::Vec;
 
 impl ShadowPager {
     /// The fault's walk changed the entries in `writes` (setting accessed
@@ -27,7 +26,7 @@ impl ShadowPager {
             return;
         }
         const AD: u64 = PTE_A | PTE_D;
-        let mut stale = Vec::new();
+        let mut stale = self.leaf_list();
         for w in writes {
             // Every dependency key this write overlaps, with the bits it
             // changed as that key's entry holds them.
@@ -69,9 +68,10 @@ impl ShadowPager {
                 );
             }
         }
-        for l in stale {
+        for &l in &stale {
             self.zap(l);
         }
+        self.give_leaf_list(stale);
     }
 
     /// Record that the shadow of `linear` in root `slot` depends on every
@@ -109,7 +109,7 @@ impl ShadowPager {
         } else {
             tree
         };
-        let mut revoke = Vec::new();
+        let mut revoke = self.leaf_list();
         for (i, e) in trace.iter().enumerate() {
             let shift = top.saturating_sub(step * i as u32).max(12);
             if self.unsync.contains(e.gpa) {
@@ -131,12 +131,13 @@ impl ShadowPager {
                 self.note_dep_key(owner, key);
             }
             if newly_tracked {
-                revoke.extend(self.coherence.take_writable(e.gpa));
+                self.coherence.take_writable(e.gpa, &mut revoke);
             }
         }
-        for l in revoke {
+        for &l in &revoke {
             self.write_protect(l);
         }
+        self.give_leaf_list(revoke);
     }
 
     /// Remember, for eviction, that root `slot` has a dependency under
@@ -190,16 +191,17 @@ impl ShadowPager {
         if !self.coherence.is_tracked(gpa) || self.unsync.contains(gpa) {
             return;
         }
-        let mut leaves = Vec::new();
+        let mut leaves = self.leaf_list();
         if self.coherence.note_write(gpa) {
             self.stats.floods += 1;
             self.coherence.take_frame(gpa, &mut leaves);
         } else {
             self.coherence.take_written(gpa, len, &mut leaves);
         }
-        for l in leaves {
+        for &l in &leaves {
             self.zap(l);
         }
+        self.give_leaf_list(leaves);
     }
 
     /// INVLPG: drop the current tree's leaf for `linear`.

@@ -77,6 +77,7 @@ mod error;
 mod fault;
 mod guest_tables;
 mod instruction;
+mod leaf_lists;
 mod prefetch;
 mod recording_bus;
 mod root_key;
@@ -198,6 +199,9 @@ pub struct ShadowPager {
     shared_tops: hashbrown::HashMap<u32, usize>,
     /// Leaf page tables out of sync until the guest's next TLB flush.
     unsync: unsync::Unsync,
+    /// Emptied lists of leaves kept for the next handler that collects
+    /// some (see [`ShadowPager::leaf_list`]).
+    spare_lists: Vec<Vec<coherence::Leaf>>,
 }
 
 impl ShadowPager {
@@ -221,6 +225,24 @@ impl ShadowPager {
             open_bus: None,
             shared_tops: hashbrown::HashMap::new(),
             unsync: unsync::Unsync::new(),
+            spare_lists: Vec::new(),
+        }
+    }
+
+    /// An empty list of leaves to collect into, kept from an earlier
+    /// handler when there is one (the fault path allocates nothing once
+    /// the lists have grown); give it back with
+    /// [`ShadowPager::give_leaf_list`].
+    fn leaf_list(&mut self) -> Vec<coherence::Leaf> {
+        self.spare_lists.pop().unwrap_or_default()
+    }
+
+    /// Keep `list` for the next [`ShadowPager::leaf_list`].
+    fn give_leaf_list(&mut self, mut list: Vec<coherence::Leaf>) {
+        const KEEP: usize = 4;
+        list.clear();
+        if self.spare_lists.len() < KEEP {
+            self.spare_lists.push(list);
         }
     }
 

@@ -222,9 +222,12 @@ impl ShadowPager {
                         self.note_dep_key(owner, key);
                     }
                     if newly_tracked {
-                        for l in self.coherence.take_writable(leaf.gpa) {
+                        let mut revoke = self.leaf_list();
+                        self.coherence.take_writable(leaf.gpa, &mut revoke);
+                        for &l in &revoke {
                             self.write_protect(l);
                         }
+                        self.give_leaf_list(revoke);
                     }
                 }
                 (t, dirty, t.gpa)

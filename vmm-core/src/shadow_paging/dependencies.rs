@@ -223,14 +223,32 @@ impl ShadowPager {
         self.mark_tlb_flush();
     }
 
+    /// The slot of the root numbered `serial`, if it still exists. The
+    /// last answer is kept: the leaves a handler removes mostly belong to
+    /// one or two roots, and the cache holds a few hundred.
+    pub(super) fn slot_of(&mut self, serial: u32) -> Option<usize> {
+        let (cached_serial, cached_slot) = self.last_slot;
+        if cached_serial == serial
+            && self
+                .roots
+                .get(cached_slot)
+                .and_then(Option::as_ref)
+                .is_some_and(|r| r.serial == serial)
+        {
+            return Some(cached_slot);
+        }
+        let slot = self
+            .roots
+            .iter()
+            .position(|r| r.as_ref().is_some_and(|r| r.serial == serial))?;
+        self.last_slot = (serial, slot);
+        Some(slot)
+    }
+
     /// Remove every shadow mapping in the range `leaf` names, if its root
     /// still exists: leaf entries, or whole subtrees for larger ranges.
     pub(super) fn zap(&mut self, leaf: Leaf) {
-        let Some(slot) = self
-            .roots
-            .iter()
-            .position(|r| r.as_ref().is_some_and(|r| r.serial == leaf.root))
-        else {
+        let Some(slot) = self.slot_of(leaf.root) else {
             return;
         };
         let Some((mut table, format, top_shift)) = self.roots[slot]
@@ -280,11 +298,7 @@ impl ShadowPager {
             self.zap(leaf);
             return;
         }
-        let Some(slot) = self
-            .roots
-            .iter()
-            .position(|r| r.as_ref().is_some_and(|r| r.serial == leaf.root))
-        else {
+        let Some(slot) = self.slot_of(leaf.root) else {
             return;
         };
         let Some(mask) = self.roots[slot].as_ref().map(|r| r.format.linear_mask()) else {

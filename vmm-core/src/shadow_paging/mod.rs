@@ -202,6 +202,9 @@ pub struct ShadowPager {
     /// Emptied lists of leaves kept for the next handler that collects
     /// some (see [`ShadowPager::leaf_list`]).
     spare_lists: Vec<Vec<coherence::Leaf>>,
+    /// The last root looked up by serial number, and its slot (checked
+    /// before use: see [`ShadowPager::slot_of`]).
+    last_slot: (u32, usize),
 }
 
 impl ShadowPager {
@@ -226,6 +229,7 @@ impl ShadowPager {
             shared_tops: hashbrown::HashMap::new(),
             unsync: unsync::Unsync::new(),
             spare_lists: Vec::new(),
+            last_slot: (u32::MAX, usize::MAX),
         }
     }
 

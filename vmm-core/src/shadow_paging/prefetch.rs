@@ -14,6 +14,8 @@ pub(super) struct FaultWalk<'a> {
     pub(super) translation: &'a crate::paging::Translation,
     pub(super) trace: &'a WalkTrace,
     pub(super) gpa: u64,
+    /// The shadow leaf table the fill wrote, and the leaf's index in it.
+    pub(super) leaf_at: (u32, usize),
 }
 
 /// The guest page table a 4 KiB translation came from, to read the
@@ -144,11 +146,14 @@ impl ShadowPager {
     /// 4 KiB pages from the entries beside the leaf in the same guest page
     /// table. Saves one exit per page for code,
     /// stacks and the kernel's large-page mappings.
+    /// `owner`: the slot and serial whose bookkeeping holds these leaves
+    /// (the shared subtree of a 4-level tree, see
+    /// [`ShadowPager::owner`]).
     pub(super) fn prefetch(
         &mut self,
         memory: &GuestMemory,
         control: &ControlRegisters,
-        slot: usize,
+        (owner, serial): (usize, u32),
         walk: FaultWalk<'_>,
     ) {
         const AROUND: usize = 8;
@@ -157,14 +162,9 @@ impl ShadowPager {
             translation,
             trace,
             gpa,
+            leaf_at: (table, index),
         } = walk;
-        let Some((table, index)) = self.find_leaf(slot, linear) else {
-            return;
-        };
         let key = RootKey::of(control);
-        // The slot and serial whose bookkeeping holds these leaves (the
-        // shared subtree of a 4-level tree).
-        let (owner, serial) = self.owner(slot, linear);
         let siblings = Siblings::of(control, trace, self.max_phys_bits);
         // Inside a guest large page every entry of the shadow leaf table
         // (2 MiB) comes from the same guest entry, already read: the whole

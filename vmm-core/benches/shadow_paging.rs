@@ -26,7 +26,6 @@ const CASES: [&str; 6] = [
     "unsync-write-resync",
 ];
 
-
 const PML4: u64 = 0x1000;
 const PT: u64 = 0x4000;
 

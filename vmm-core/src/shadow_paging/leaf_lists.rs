@@ -199,7 +199,10 @@ mod tests {
         assert!(lists.insert(&mut a, leaf(0x4000)));
         assert!(lists.insert(&mut b, leaf(0x5000)));
         assert_eq!(lists.nodes.len(), 3);
-        assert_eq!(lists.iter(b).map(|l| l.page).collect::<Vec<_>>(), [0x5000, 0x3000]);
+        assert_eq!(
+            lists.iter(b).map(|l| l.page).collect::<Vec<_>>(),
+            [0x5000, 0x3000]
+        );
     }
 
     #[test]
@@ -211,7 +214,10 @@ mod tests {
         }
         // Front first: 5, 4, 3, 2, 1.
         lists.retain(&mut h, |l| l.page == 0x4000 || l.page == 0x2000);
-        assert_eq!(lists.iter(h).map(|l| l.page).collect::<Vec<_>>(), [0x4000, 0x2000]);
+        assert_eq!(
+            lists.iter(h).map(|l| l.page).collect::<Vec<_>>(),
+            [0x4000, 0x2000]
+        );
         assert_eq!(lists.live(), 2);
         lists.retain(&mut h, |_| false);
         assert!(h.is_empty());

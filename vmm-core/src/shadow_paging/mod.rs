@@ -65,7 +65,8 @@
 //! `fault` (resolving a #PF), `prefetch` (mapping a fill's neighbours),
 //! `guest_tables` (the guest's tables as walks see them), `dependencies`
 //! and `coherence` (what a fill depended on, and dropping it when the
-//! guest writes), `copy_on_write` (RAM shared with other VMs), `verify`
+//! guest writes), `leaf_lists` (the coherence records' lists, in one
+//! arena), `copy_on_write` (RAM shared with other VMs), `verify`
 //! (checking leaves against the guest), `stats`, `error`, `table_pool`,
 //! and `instruction` with `recording_bus` for the intercepted
 //! instructions and emulated writes.

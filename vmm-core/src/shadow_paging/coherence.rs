@@ -32,7 +32,7 @@ pub(super) const FLOOD_WRITES: u32 = 3;
 /// at some level covers such a range (a PTE 4 KiB, a 4-level PDE 2 MiB, a
 /// 32-bit PDE 4 MiB, ...); everything the shadow has there was derived
 /// from it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Leaf {
     /// The root's serial number.
     pub root: u32,
@@ -100,7 +100,21 @@ pub(super) struct Coherence {
     writable: HashMap<u64, Head>,
     shared: HashMap<u64, Head>,
     lists: LeafLists,
+    /// Moves whenever a dependency record is removed or a tracked frame's
+    /// write count moves: what `recent` remembers holds only while it
+    /// stays.
+    epoch: u64,
+    /// Dependencies on directory entries (a range above 4 KiB) recorded
+    /// since `recent_epoch`, which a fill's walk records again and again
+    /// (every fill under one directory entry depends on it): found here,
+    /// such a record costs no map lookup.
+    recent: [(u64, Leaf); RECENT],
+    recent_len: usize,
+    recent_epoch: u64,
 }
+
+/// How many directory-entry records `Coherence::recent` keeps.
+const RECENT: usize = 8;
 
 fn frame_of(gpa: u64) -> u64 {
     gpa & !0xfff
@@ -132,6 +146,38 @@ impl Coherence {
     /// page (the caller must then take away writable mappings of it), and
     /// whether a new record was added (for the root's own list).
     pub(super) fn add_dep(&mut self, entry_gpa: u64, leaf: Leaf) -> (bool, bool) {
+        let upper = leaf.shift > 12;
+        if upper && self.recent_epoch == self.epoch {
+            let recent = self.recent.get(..self.recent_len).unwrap_or(&[]);
+            if recent.contains(&(entry_gpa, leaf)) {
+                // Recorded, nothing removed and no write counted since:
+                // the frame is tracked, its write count is 0 and its
+                // `upper` set, as recording it again would leave them.
+                return (false, false);
+            }
+        }
+        let recorded = self.record_dep(entry_gpa, leaf);
+        if upper {
+            if self.recent_epoch != self.epoch {
+                self.recent_epoch = self.epoch;
+                self.recent_len = 0;
+            }
+            let at = if self.recent_len < RECENT {
+                self.recent_len += 1;
+                self.recent_len - 1
+            } else {
+                // Full: replace one, round the ring by the key.
+                (entry_gpa as usize >> 3) % RECENT
+            };
+            if let Some(slot) = self.recent.get_mut(at) {
+                *slot = (entry_gpa, leaf);
+            }
+        }
+        recorded
+    }
+
+    /// [`Self::add_dep`] through the maps.
+    fn record_dep(&mut self, entry_gpa: u64, leaf: Leaf) -> (bool, bool) {
         let head = self.deps.entry(entry_gpa).or_default();
         let new_key = head.is_empty();
         let added = self.lists.insert(head, leaf);
@@ -259,6 +305,7 @@ impl Coherence {
     /// Take the leaves recorded under `key` into `out`.
     fn remove_key(&mut self, key: u64, out: &mut Vec<Leaf>) {
         if let Some(mut head) = self.deps.remove(&key) {
+            self.epoch += 1;
             if !head.is_empty() {
                 self.lists.drain(&mut head, out);
                 self.unlist_key(key);
@@ -278,6 +325,7 @@ impl Coherence {
         let Some(head) = self.deps.get_mut(&key) else {
             return;
         };
+        let before = out.len();
         self.lists.retain(head, |l| {
             let take = pick(l);
             if take {
@@ -285,6 +333,9 @@ impl Coherence {
             }
             !take
         });
+        if out.len() != before {
+            self.epoch += 1;
+        }
         if head.is_empty() {
             self.deps.remove(&key);
             self.unlist_key(key);
@@ -336,6 +387,7 @@ impl Coherence {
     pub(super) fn note_write(&mut self, gpa: u64) -> bool {
         match self.frames.get_mut(&frame_of(gpa)) {
             Some(f) if f.count > 0 => {
+                self.epoch += 1;
                 f.writes += 1;
                 f.writes >= FLOOD_WRITES
             }
@@ -349,6 +401,7 @@ impl Coherence {
         let Some(f) = self.frames.remove(&frame) else {
             return;
         };
+        self.epoch += 1;
         let bits = self.bits.get(f.bits as usize).copied().unwrap_or([0; 32]);
         for key in keys_of(&bits, frame) {
             if let Some(mut head) = self.deps.remove(&key) {
@@ -361,6 +414,7 @@ impl Coherence {
     /// Forget root `serial`: drop its records under `keys` (dependencies)
     /// and `frames` (writable leaves and leaves on shared frames).
     pub(super) fn forget_root(&mut self, serial: u32, keys: &[u64], frames: &[u64]) {
+        self.epoch += 1;
         for key in keys {
             let now_empty = match self.deps.get_mut(key) {
                 Some(head) => {
@@ -392,6 +446,7 @@ impl Coherence {
 
     /// Forget everything.
     pub(super) fn clear(&mut self) {
+        self.epoch += 1;
         self.deps.clear();
         self.frames.clear();
         self.bits.clear();
@@ -399,5 +454,52 @@ impl Coherence {
         self.writable.clear();
         self.shared.clear();
         self.lists.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(root: u32) -> Leaf {
+        Leaf {
+            root,
+            page: 0x20_0000,
+            shift: 21,
+        }
+    }
+
+    #[test]
+    fn a_directory_record_found_again_is_not_new_until_it_is_removed() {
+        let mut c = Coherence::default();
+        let key = entry_key(0x3008, true);
+        assert_eq!(c.add_dep(key, dir(1)), (true, true), "a new page table");
+        assert_eq!(c.add_dep(key, dir(1)), (false, false), "recorded already");
+        assert_eq!(c.add_dep(key, dir(2)), (false, true), "another root's");
+        let mut out = Vec::new();
+        c.take_written(0x3008, 8, &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(!c.is_tracked(0x3000));
+        // Removed: recording it again makes the frame a page table again.
+        assert_eq!(c.add_dep(key, dir(1)), (true, true));
+        assert!(c.is_tracked(0x3000));
+        assert!(!c.leaf_only(0x3000), "a directory entry's frame");
+        c.forget_root(1, &[key], &[]);
+        assert!(!c.is_tracked(0x3000));
+        assert_eq!(c.add_dep(key, dir(1)), (true, true));
+    }
+
+    #[test]
+    fn a_walk_through_a_frame_resets_its_flood_count_even_when_its_record_is_known() {
+        let mut c = Coherence::default();
+        let key = entry_key(0x3008, true);
+        c.add_dep(key, dir(1));
+        assert!(!c.note_write(0x3010));
+        assert!(!c.note_write(0x3010));
+        // The next fill walks through the frame again.
+        assert_eq!(c.add_dep(key, dir(1)), (false, false));
+        assert!(!c.note_write(0x3010), "the count started over");
+        assert!(!c.note_write(0x3010));
+        assert!(c.note_write(0x3010), "three writes without a walk");
     }
 }

@@ -26,7 +26,8 @@ impl ShadowPager {
             return;
         }
         const AD: u64 = PTE_A | PTE_D;
-        let mut stale = self.leaf_list();
+        // Rarely filled: allocates only then.
+        let mut stale = alloc::vec::Vec::new();
         for w in writes {
             // Every dependency key this write overlaps, with the bits it
             // changed as that key's entry holds them.
@@ -68,10 +69,9 @@ impl ShadowPager {
                 );
             }
         }
-        for &l in &stale {
+        for l in stale {
             self.zap(l);
         }
-        self.give_leaf_list(stale);
     }
 
     /// Record that the shadow of `linear` in root `slot` depends on every
@@ -109,7 +109,8 @@ impl ShadowPager {
         } else {
             tree
         };
-        let mut revoke = self.leaf_list();
+        // Rarely filled: allocates only then.
+        let mut revoke = alloc::vec::Vec::new();
         for (i, e) in trace.iter().enumerate() {
             let shift = top.saturating_sub(step * i as u32).max(12);
             if self.unsync.contains(e.gpa) {
@@ -134,10 +135,9 @@ impl ShadowPager {
                 self.coherence.take_writable(e.gpa, &mut revoke);
             }
         }
-        for &l in &revoke {
+        for l in revoke {
             self.write_protect(l);
         }
-        self.give_leaf_list(revoke);
     }
 
     /// Remember, for eviction, that root `slot` has a dependency under

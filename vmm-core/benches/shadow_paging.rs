@@ -1,8 +1,9 @@
 //! The shadow pager's exit-side costs on the test host: a 4 KiB fill (with
 //! its prefetch of accessed neighbours), a fill inside a 2 MiB guest page,
 //! a reflected fault, an emulated page-table write's invalidation, and a
-//! CR3 switch that hits the cache. Each iteration undoes its effect so the
-//! next one does the same work.
+//! CR3 switch that hits the cache, and a leaf table let out of sync by a
+//! write fault, written and brought back in sync. Each iteration undoes its
+//! effect so the next one does the same work.
 //!
 //! Protocol: no arguments runs every case and prints `CASE: X ns/op`;
 //! `--list` names the cases; `--case NAME --iters N` runs one.
@@ -16,12 +17,13 @@ use vmm_core::shadow_paging::{GuestFault, ShadowConfig, ShadowPager};
 use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_core::vm::Vm;
 
-const CASES: [&str; 5] = [
+const CASES: [&str; 6] = [
     "fill-4k",
     "fill-in-2m-page",
     "reflect",
     "page-table-write",
     "cr3-switch-hit",
+    "unsync-write-resync",
 ];
 
 const PML4: u64 = 0x1000;
@@ -54,6 +56,7 @@ fn setup() -> Setup {
         put(m, PT + i * 8, (0x10_0000 + (i << 12)) | 0x67);
     }
     put(m, PT + 0x1ff * 8, 0); // not present
+    put(m, PT + 0x1f0 * 8, PT | 0x67); // the PT itself, at 0x1f_0000
     let control = ControlRegisters {
         cr0: CR0_PE | CR0_PG | CR0_WP,
         cr3: PML4,
@@ -125,6 +128,34 @@ fn run(case: &str, iters: u64) {
                 let c = if i % 2 == 0 { other } else { s.control };
                 black_box(s.pager.activate(&*s.host, &c)).expect("root");
             }
+        }
+        "unsync-write-resync" => {
+            // The PT is a tracked page table once pages under it are
+            // filled; a write fault through its own mapping lets it go out
+            // of sync, the guest rewrites 16 entries (write access taken
+            // away and given back: the dependents of half of them are
+            // removed, the others' leaves kept read-only), and INVLPG plus
+            // the next fault bring it back in sync.
+            for i in 0..iters {
+                for page in [0x40u64, 0x60, 0x80, 0xa0] {
+                    fault(&mut s, page << 12, 0);
+                }
+                fault(&mut s, 0x1f_0000 + 8 * 0x40, 2 | 1);
+                let m = s.vm.memory_mut();
+                for k in 0..16u64 {
+                    let gpa = PT + (0x40 + k) * 8;
+                    let v = m.read_u64(gpa).expect("RAM");
+                    let flip = if (i + k) % 2 == 0 { 2 } else { 0x1000 };
+                    m.write_u64(gpa, v ^ flip).expect("RAM");
+                }
+                s.pager.invlpg(0x1f_0000);
+                fault(&mut s, 0x1ff << 12, 0);
+            }
+            let stats = s.pager.stats();
+            assert!(
+                stats.unsyncs >= iters && stats.resyncs >= iters,
+                "the case must let the table out of sync and back: {stats:?}"
+            );
         }
         other => {
             eprintln!("no case '{other}'; cases: {}", CASES.join(", "));

@@ -26,7 +26,10 @@
 //! their MSR accesses and interrupt windows grow with the run's length,
 //! not with the paging mode). `VMM_PAGING_BENCH_KERNEL=ELF` times another
 //! build's kernel instead of building this tree's (an older kernel may not
-//! know `stats_marker=`: then only the ratios are printed).
+//! know `stats_marker=`: then only the ratios are printed, unless
+//! `VMM_PAGING_BENCH_MARKERS=1` says it does, as every kernel since
+//! session 15's does, for a before-and-after comparison with the floors
+//! and the pager's timing).
 
 use crate::kernel::{self, GuestImage};
 use crate::qemu;
@@ -379,7 +382,10 @@ pub fn run() -> Result<()> {
     qemu::ensure()?;
     let images = crate::images::fetch()?;
     let (elf, markers) = match std::env::var_os("VMM_PAGING_BENCH_KERNEL") {
-        Some(path) => (PathBuf::from(path), false),
+        Some(path) => (
+            PathBuf::from(path),
+            std::env::var_os("VMM_PAGING_BENCH_MARKERS").is_some_and(|v| v == "1"),
+        ),
         None => (kernel::build()?, true),
     };
     let iso = workload_iso(&images.linux_iso)?;

@@ -45,9 +45,12 @@ impl ShadowPager {
         let now = memory.copied_pages();
         if let Some(seen) = self.copied_seen.filter(|seen| *seen != now) {
             for gpa in memory.copied_pages_since(seen) {
-                for leaf in self.coherence.take_shared(gpa) {
+                let mut leaves = self.leaf_list();
+                self.coherence.take_shared(gpa, &mut leaves);
+                for &leaf in &leaves {
                     self.zap(leaf);
                 }
+                self.give_leaf_list(leaves);
                 // An out-of-sync table is the VM's own and so never
                 // copied; should one be, it is brought back in sync (and
                 // its writable leaves taken) rather than left writable on

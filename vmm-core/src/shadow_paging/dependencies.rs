@@ -8,7 +8,6 @@ use super::table_pool::ENTRIES;
 use super::{ShadowPager, COMPACT_AT, PTE_A, PTE_D, PTE_P, PTE_RW};
 use crate::memory::GuestMemory;
 use crate::paging::{PagingMode, TracedEntry};
-use alloc::vec::Vec;
 
 impl ShadowPager {
     /// The fault's walk changed the entries in `writes` (setting accessed
@@ -27,7 +26,8 @@ impl ShadowPager {
             return;
         }
         const AD: u64 = PTE_A | PTE_D;
-        let mut stale = Vec::new();
+        // Rarely filled: allocates only then.
+        let mut stale = alloc::vec::Vec::new();
         for w in writes {
             // Every dependency key this write overlaps, with the bits it
             // changed as that key's entry holds them.
@@ -109,7 +109,8 @@ impl ShadowPager {
         } else {
             tree
         };
-        let mut revoke = Vec::new();
+        // Rarely filled: allocates only then.
+        let mut revoke = alloc::vec::Vec::new();
         for (i, e) in trace.iter().enumerate() {
             let shift = top.saturating_sub(step * i as u32).max(12);
             if self.unsync.contains(e.gpa) {
@@ -131,7 +132,7 @@ impl ShadowPager {
                 self.note_dep_key(owner, key);
             }
             if newly_tracked {
-                revoke.extend(self.coherence.take_writable(e.gpa));
+                self.coherence.take_writable(e.gpa, &mut revoke);
             }
         }
         for l in revoke {
@@ -190,16 +191,17 @@ impl ShadowPager {
         if !self.coherence.is_tracked(gpa) || self.unsync.contains(gpa) {
             return;
         }
-        let mut leaves = Vec::new();
+        let mut leaves = self.leaf_list();
         if self.coherence.note_write(gpa) {
             self.stats.floods += 1;
             self.coherence.take_frame(gpa, &mut leaves);
         } else {
             self.coherence.take_written(gpa, len, &mut leaves);
         }
-        for l in leaves {
+        for &l in &leaves {
             self.zap(l);
         }
+        self.give_leaf_list(leaves);
     }
 
     /// INVLPG: drop the current tree's leaf for `linear`.
@@ -221,14 +223,32 @@ impl ShadowPager {
         self.mark_tlb_flush();
     }
 
+    /// The slot of the root numbered `serial`, if it still exists. The
+    /// last answer is kept: the leaves a handler removes mostly belong to
+    /// one or two roots, and the cache holds a few hundred.
+    pub(super) fn slot_of(&mut self, serial: u32) -> Option<usize> {
+        let (cached_serial, cached_slot) = self.last_slot;
+        if cached_serial == serial
+            && self
+                .roots
+                .get(cached_slot)
+                .and_then(Option::as_ref)
+                .is_some_and(|r| r.serial == serial)
+        {
+            return Some(cached_slot);
+        }
+        let slot = self
+            .roots
+            .iter()
+            .position(|r| r.as_ref().is_some_and(|r| r.serial == serial))?;
+        self.last_slot = (serial, slot);
+        Some(slot)
+    }
+
     /// Remove every shadow mapping in the range `leaf` names, if its root
     /// still exists: leaf entries, or whole subtrees for larger ranges.
     pub(super) fn zap(&mut self, leaf: Leaf) {
-        let Some(slot) = self
-            .roots
-            .iter()
-            .position(|r| r.as_ref().is_some_and(|r| r.serial == leaf.root))
-        else {
+        let Some(slot) = self.slot_of(leaf.root) else {
             return;
         };
         let Some((mut table, format, top_shift)) = self.roots[slot]
@@ -278,11 +298,7 @@ impl ShadowPager {
             self.zap(leaf);
             return;
         }
-        let Some(slot) = self
-            .roots
-            .iter()
-            .position(|r| r.as_ref().is_some_and(|r| r.serial == leaf.root))
-        else {
+        let Some(slot) = self.slot_of(leaf.root) else {
             return;
         };
         let Some(mask) = self.roots[slot].as_ref().map(|r| r.format.linear_mask()) else {

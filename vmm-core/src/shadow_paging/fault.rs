@@ -264,8 +264,7 @@ impl ShadowPager {
         if !translation.executable {
             entry |= PTE_XD;
         }
-        let new_table = self.find_leaf(slot, linear).is_none();
-        let restarted = self.set_leaf(host, slot, linear, entry, top_entry)?;
+        let at = self.set_leaf(host, slot, linear, entry, top_entry)?;
         let (owner, serial) = self.owner(slot, linear);
         let leaf = Leaf {
             root: serial,
@@ -279,7 +278,7 @@ impl ShadowPager {
         if shared && self.coherence.add_shared(page, leaf) {
             self.note_mapped_frame(owner, page);
         }
-        if restarted {
+        if at.restarted {
             // The tree was started over to make room, and with it went the
             // dependencies recorded above: record them again (which takes
             // the new leaf back if its frame is a page table after all).
@@ -299,24 +298,34 @@ impl ShadowPager {
         if translation.page_size > 0x1000 {
             self.stats.large_fills += 1;
         }
-        if new_table {
+        if at.new_table {
             self.stats.new_table_fills += 1;
         }
         if kind == AccessKind::Write && page_table {
             return Ok(emulate);
         }
         let prefetch_start = host.now_ns();
-        self.prefetch(
-            memory,
-            control,
-            slot,
-            FaultWalk {
-                linear,
-                translation: &translation,
-                trace: &trace,
-                gpa,
-            },
-        );
+        // The leaf's place, unless the tree was started over (the
+        // dependencies recorded again may have removed tables since).
+        let leaf_at = if at.restarted {
+            self.find_leaf(slot, linear)
+        } else {
+            Some((at.table, at.index))
+        };
+        if let Some(leaf_at) = leaf_at {
+            self.prefetch(
+                memory,
+                control,
+                (owner, serial),
+                FaultWalk {
+                    linear,
+                    translation: &translation,
+                    trace: &trace,
+                    gpa,
+                    leaf_at,
+                },
+            );
+        }
         let prefetch_ns = host.now_ns().saturating_sub(prefetch_start);
         self.stats.prefetch_ns = self.stats.prefetch_ns.saturating_add(prefetch_ns);
         Ok(FaultOutcome::Filled)

@@ -65,7 +65,8 @@
 //! `fault` (resolving a #PF), `prefetch` (mapping a fill's neighbours),
 //! `guest_tables` (the guest's tables as walks see them), `dependencies`
 //! and `coherence` (what a fill depended on, and dropping it when the
-//! guest writes), `copy_on_write` (RAM shared with other VMs), `verify`
+//! guest writes), `leaf_lists` (the coherence records' lists, in one
+//! arena), `copy_on_write` (RAM shared with other VMs), `verify`
 //! (checking leaves against the guest), `stats`, `error`, `table_pool`,
 //! and `instruction` with `recording_bus` for the intercepted
 //! instructions and emulated writes.
@@ -77,6 +78,7 @@ mod error;
 mod fault;
 mod guest_tables;
 mod instruction;
+mod leaf_lists;
 mod prefetch;
 mod recording_bus;
 mod root_key;
@@ -198,6 +200,12 @@ pub struct ShadowPager {
     shared_tops: hashbrown::HashMap<u32, usize>,
     /// Leaf page tables out of sync until the guest's next TLB flush.
     unsync: unsync::Unsync,
+    /// Emptied lists of leaves kept for the next handler that collects
+    /// some (see [`ShadowPager::leaf_list`]).
+    spare_lists: Vec<Vec<coherence::Leaf>>,
+    /// The last root looked up by serial number, and its slot (checked
+    /// before use: see [`ShadowPager::slot_of`]).
+    last_slot: (u32, usize),
 }
 
 impl ShadowPager {
@@ -221,6 +229,25 @@ impl ShadowPager {
             open_bus: None,
             shared_tops: hashbrown::HashMap::new(),
             unsync: unsync::Unsync::new(),
+            spare_lists: Vec::new(),
+            last_slot: (u32::MAX, usize::MAX),
+        }
+    }
+
+    /// An empty list of leaves to collect into, kept from an earlier
+    /// handler when there is one (the fault path allocates nothing once
+    /// the lists have grown); give it back with
+    /// [`ShadowPager::give_leaf_list`].
+    fn leaf_list(&mut self) -> Vec<coherence::Leaf> {
+        self.spare_lists.pop().unwrap_or_default()
+    }
+
+    /// Keep `list` for the next [`ShadowPager::leaf_list`].
+    fn give_leaf_list(&mut self, mut list: Vec<coherence::Leaf>) {
+        const KEEP: usize = 4;
+        list.clear();
+        if self.spare_lists.len() < KEEP {
+            self.spare_lists.push(list);
         }
     }
 

@@ -14,6 +14,8 @@ pub(super) struct FaultWalk<'a> {
     pub(super) translation: &'a crate::paging::Translation,
     pub(super) trace: &'a WalkTrace,
     pub(super) gpa: u64,
+    /// The shadow leaf table the fill wrote, and the leaf's index in it.
+    pub(super) leaf_at: (u32, usize),
 }
 
 /// The guest page table a 4 KiB translation came from, to read the
@@ -83,15 +85,45 @@ impl Siblings {
         })
     }
 
+    /// The guest entries `delta` in `lo..=hi` from the leaf, as far as
+    /// they lie in the leaf's guest page table, read at once.
+    fn window(&self, memory: &GuestMemory, lo: i64, hi: i64) -> Window {
+        let mut w = Window {
+            base: 0,
+            len: 0,
+            bytes: [0; WINDOW_BYTES],
+        };
+        let Some(leaf) = self.entries.get(self.upper_len) else {
+            return w;
+        };
+        let size: u64 = if leaf.wide { 8 } else { 4 };
+        let page = leaf.gpa & !0xfff;
+        let at = |delta: i64| {
+            leaf.gpa
+                .checked_add_signed(delta.saturating_mul(size as i64))
+                .map_or(page, |g| g.clamp(page, page + 0x1000 - size))
+        };
+        let (base, end) = (at(lo), at(hi) + size);
+        let len = (end - base) as usize;
+        if let Some(buf) = w.bytes.get_mut(..len) {
+            if memory.read(base, buf).is_ok() {
+                w.base = base;
+                w.len = len;
+            }
+        }
+        w
+    }
+
     /// The translation of the page `delta` entries from the leaf, if its
     /// entry is present and already accessed (and has nothing this shortcut
-    /// does not understand): translation, dirty bit, and the walk's entries
-    /// with the leaf replaced.
+    /// does not understand): translation, dirty bit, and the new leaf
+    /// entry. Its value comes from `window` when there, else from memory.
     fn neighbour(
         &self,
         memory: &GuestMemory,
+        window: &Window,
         delta: i64,
-    ) -> Option<(crate::paging::Translation, bool, [TracedEntry; 5])> {
+    ) -> Option<(crate::paging::Translation, bool, TracedEntry)> {
         let leaf = self.entries.get(self.upper_len)?;
         let size = if leaf.wide { 8 } else { 4 };
         let gpa = leaf.gpa.checked_add_signed(delta.checked_mul(size)?)?;
@@ -100,13 +132,19 @@ impl Siblings {
             return None;
         }
         let value = if leaf.wide {
-            let v = memory.read_u64(gpa).ok()?;
+            let v = match window.get(gpa, 8) {
+                Some(v) => v,
+                None => memory.read_u64(gpa).ok()?,
+            };
             if v & self.refuse != 0 {
                 return None;
             }
             v
         } else {
-            u64::from(memory.read_u32(gpa).ok()?)
+            match window.get(gpa, 4) {
+                Some(v) => v,
+                None => u64::from(memory.read_u32(gpa).ok()?),
+            }
         };
         if value & PTE_P == 0 || value & PTE_A == 0 {
             return None;
@@ -124,15 +162,39 @@ impl Siblings {
             user: self.user && value & PTE_US != 0,
             executable: self.executable && !nxe_xd,
         };
-        let mut entries = self.entries;
-        if let Some(slot) = entries.get_mut(self.upper_len) {
-            *slot = TracedEntry {
-                gpa,
-                wide: leaf.wide,
-                value,
-            };
+        let entry = TracedEntry {
+            gpa,
+            wide: leaf.wide,
+            value,
+        };
+        Some((translation, value & PTE_D != 0, entry))
+    }
+}
+
+/// Entries a fill looks at on either side of its leaf.
+const AROUND: usize = 8;
+/// The bytes of the guest entries around a leaf (8-byte entries).
+const WINDOW_BYTES: usize = 8 * (2 * AROUND + 1);
+
+/// Guest entries beside a leaf, read in one access to guest memory.
+struct Window {
+    base: u64,
+    len: usize,
+    bytes: [u8; WINDOW_BYTES],
+}
+
+impl Window {
+    /// The `size`-byte entry at `gpa`, if the window holds it.
+    fn get(&self, gpa: u64, size: usize) -> Option<u64> {
+        let at = usize::try_from(gpa.checked_sub(self.base)?).ok()?;
+        let end = at.checked_add(size)?;
+        if end > self.len {
+            return None;
         }
-        Some((translation, value & PTE_D != 0, entries))
+        let b = self.bytes.get(at..end)?;
+        let mut v = [0u8; 8];
+        v.get_mut(..size)?.copy_from_slice(b);
+        Some(u64::from_le_bytes(v))
     }
 }
 
@@ -144,27 +206,24 @@ impl ShadowPager {
     /// 4 KiB pages from the entries beside the leaf in the same guest page
     /// table. Saves one exit per page for code,
     /// stacks and the kernel's large-page mappings.
+    /// `owner`: the slot and serial whose bookkeeping holds these leaves
+    /// (the shared subtree of a 4-level tree, see
+    /// [`ShadowPager::owner`]).
     pub(super) fn prefetch(
         &mut self,
         memory: &GuestMemory,
         control: &ControlRegisters,
-        slot: usize,
+        (owner, serial): (usize, u32),
         walk: FaultWalk<'_>,
     ) {
-        const AROUND: usize = 8;
         let FaultWalk {
             linear,
             translation,
             trace,
             gpa,
+            leaf_at: (table, index),
         } = walk;
-        let Some((table, index)) = self.find_leaf(slot, linear) else {
-            return;
-        };
         let key = RootKey::of(control);
-        // The slot and serial whose bookkeeping holds these leaves (the
-        // shared subtree of a 4-level tree).
-        let (owner, serial) = self.owner(slot, linear);
         let siblings = Siblings::of(control, trace, self.max_phys_bits);
         // Inside a guest large page every entry of the shadow leaf table
         // (2 MiB) comes from the same guest entry, already read: the whole
@@ -180,10 +239,49 @@ impl ShadowPager {
                 (index + AROUND).min(ENTRIES - 1),
             )
         };
-        for j in first..=last {
-            if j == index || self.pool.entry(table, j) & PTE_P != 0 {
-                continue;
+        // The entries to look at: those not present, the leaf's excepted
+        // (for the whole table found in one pass over it).
+        let mut missing = [0u64; ENTRIES / 64];
+        if whole_table {
+            for (m, p) in missing.iter_mut().zip(self.pool.present(table)) {
+                *m = !p;
             }
+        } else {
+            for j in first..=last {
+                if self.pool.entry(table, j) & PTE_P == 0 {
+                    if let Some(m) = missing.get_mut(j / 64) {
+                        *m |= 1 << (j % 64);
+                    }
+                }
+            }
+        }
+        if let Some(m) = missing.get_mut(index / 64) {
+            *m &= !(1 << (index % 64));
+        }
+        let candidates = missing.into_iter().enumerate().flat_map(|(w, mut bits)| {
+            core::iter::from_fn(move || {
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits.wrapping_sub(1);
+                (b < 64).then_some(w * 64 + b)
+            })
+        });
+        // The guest's entries beside the leaf, read at once.
+        let window = match (&siblings, whole_table) {
+            (Some(s), false) => s.window(
+                memory,
+                first as i64 - index as i64,
+                last as i64 - index as i64,
+            ),
+            _ => Window {
+                base: 0,
+                len: 0,
+                bytes: [0; WINDOW_BYTES],
+            },
+        };
+        // The region of the last page mapped (neighbours are mostly in
+        // the same one).
+        let mut region: Option<crate::memory::RegionInfo> = None;
+        for j in candidates {
             let near = (linear & !0x1f_ffff) | ((j as u64) << 12);
             let same_large = translation.page_size > 0x1000
                 && near & !(translation.page_size - 1) == linear & !(translation.page_size - 1);
@@ -201,12 +299,12 @@ impl ShadowPager {
                     break;
                 };
                 let delta = j as i64 - index as i64;
-                let Some((t, dirty, entries)) = siblings.neighbour(memory, delta) else {
+                let Some((t, dirty, leaf)) = siblings.neighbour(memory, &window, delta) else {
                     continue;
                 };
                 // The upper entries' dependencies are the faulting page's
                 // (same ranges); only the leaf's is new.
-                if let Some(leaf) = entries.get(siblings.upper_len) {
+                {
                     // An out-of-sync table's entry: in sync first.
                     if self.unsync.contains(leaf.gpa) {
                         self.sync_entry(leaf.gpa, leaf.wide, leaf.value);
@@ -222,16 +320,26 @@ impl ShadowPager {
                         self.note_dep_key(owner, key);
                     }
                     if newly_tracked {
-                        for l in self.coherence.take_writable(leaf.gpa) {
+                        let mut revoke = self.leaf_list();
+                        self.coherence.take_writable(leaf.gpa, &mut revoke);
+                        for &l in &revoke {
                             self.write_protect(l);
                         }
+                        self.give_leaf_list(revoke);
                     }
                 }
                 (t, dirty, t.gpa)
             };
             let page = near_gpa & !0xfff;
-            let Some(region) = memory.region_at(page) else {
-                continue;
+            let region = match region {
+                Some(r) if r.start <= page && r.end() >= page + 0x1000 => r,
+                _ => {
+                    let Some(r) = memory.region_at(page) else {
+                        continue;
+                    };
+                    region = Some(r);
+                    r
+                }
             };
             if region.start > page || region.end() < page + 0x1000 {
                 continue;

@@ -113,6 +113,20 @@ impl TablePool {
             .map_or(0, u64::from_le_bytes)
     }
 
+    /// Which entries of `id` are present (bit `i % 64` of word `i / 64`
+    /// for entry `i`), in one pass over the table.
+    pub(super) fn present(&self, id: u32) -> [u64; ENTRIES / 64] {
+        let mut bits = [0u64; ENTRIES / 64];
+        if let Some(t) = self.tables.get(id as usize) {
+            for (word, entries) in bits.iter_mut().zip(t.mem.as_slice().chunks_exact(64 * 8)) {
+                for (b, e) in entries.chunks_exact(8).enumerate() {
+                    *word |= u64::from(e.first().copied().unwrap_or(0) & 1) << b;
+                }
+            }
+        }
+        bits
+    }
+
     /// Set entry `index` of table `id`.
     pub(super) fn set_entry(&mut self, id: u32, index: usize, value: u64) {
         if let Some(t) = self.tables.get_mut(id as usize) {

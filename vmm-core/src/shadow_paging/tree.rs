@@ -7,6 +7,21 @@ use super::table_pool::ENTRIES;
 use super::{ShadowPager, ADDR_MASK, PTE_P, PTE_RW, PTE_US};
 use crate::host::Host;
 
+/// Where [`ShadowPager::set_leaf`] wrote a leaf.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LeafAt {
+    /// The shadow leaf table and the entry's index in it.
+    pub(super) table: u32,
+    pub(super) index: usize,
+    /// The tree had to be started over for room (its bookkeeping is gone:
+    /// the caller records the leaf's dependencies again, which may remove
+    /// tables, so `table` is not to be used after that).
+    pub(super) restarted: bool,
+    /// A table on the way to the leaf had to be made (the leaf table was
+    /// new).
+    pub(super) new_table: bool,
+}
+
 impl ShadowPager {
     /// Give back `table` and every table below it.
     pub(super) fn release_subtree(&mut self, table: u32) {
@@ -34,9 +49,9 @@ impl ShadowPager {
         self.pool.release(table);
     }
 
-    /// Write the leaf for `linear` in root `slot`, building the path to it.
-    /// `true` if the tree had to be started over for room (its bookkeeping
-    /// is gone: the caller records the leaf's dependencies again).
+    /// Write the leaf for `linear` in root `slot`, building the path to it;
+    /// returns where it went (see [`LeafAt`]), so the fill's prefetch does
+    /// not walk the tree again.
     /// `top_entry` is the guest's entry at the top level (a 4-level
     /// guest's PML4 entry), which picks the shared subtree a 4-level tree
     /// links there.
@@ -47,10 +62,10 @@ impl ShadowPager {
         linear: u64,
         entry: u64,
         top_entry: u64,
-    ) -> Result<bool, ShadowError> {
+    ) -> Result<LeafAt, ShadowError> {
         for attempt in 0..2 {
             match self.leaf_slot(host, slot, linear, top_entry) {
-                Ok((table, index)) => {
+                Ok((table, index, new_table)) => {
                     let old = self.pool.entry(table, index);
                     if old & PTE_P != 0
                         && (old & ADDR_MASK != entry & ADDR_MASK
@@ -59,7 +74,12 @@ impl ShadowPager {
                         self.mark_tlb_flush();
                     }
                     self.pool.set_entry(table, index, entry);
-                    return Ok(attempt > 0);
+                    return Ok(LeafAt {
+                        table,
+                        index,
+                        restarted: attempt > 0,
+                        new_table,
+                    });
                 }
                 Err(ShadowError::BudgetTooSmall { .. }) if attempt == 0 => {
                     // Only this root is left: start it over.
@@ -75,22 +95,25 @@ impl ShadowPager {
     }
 
     /// The (table, index) of the leaf for `linear`, allocating tables on
-    /// the way.
+    /// the way, and whether any table had to be made or linked.
     fn leaf_slot(
         &mut self,
         host: &dyn Host,
         slot: usize,
         linear: u64,
         top_entry: u64,
-    ) -> Result<(u32, usize), ShadowError> {
+    ) -> Result<(u32, usize, bool), ShadowError> {
         let (mut table, format) = match self.roots.get(slot).and_then(Option::as_ref) {
             Some(r) => (r.top, r.format),
             None => return Err(ShadowError::NoHostPhys),
         };
         let mut shift = format.top_shift();
+        let mut made = false;
         while shift > 12 {
             let index = ((linear >> shift) & 0x1ff) as usize;
-            table = match self.pool.child(table, index) {
+            let child = self.pool.child(table, index);
+            made |= child.is_none();
+            table = match child {
                 Some(c) => c,
                 None if format == ShadowFormat::Level4 && shift == format.top_shift() => {
                     self.link_subtree(host, slot, index, top_entry)?
@@ -107,7 +130,7 @@ impl ShadowPager {
             };
             shift -= 9;
         }
-        Ok((table, ((linear >> 12) & 0x1ff) as usize))
+        Ok((table, ((linear >> 12) & 0x1ff) as usize, made))
     }
 
     /// The leaf entry for `linear` in root `slot` without allocating.

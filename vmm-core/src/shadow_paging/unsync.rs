@@ -37,7 +37,6 @@
 //! here can interrupt a sibling). Guest flushes the pager does not see
 //! (INVPCID, PCIDs) are not offered to shadow-paged guests.
 
-use super::coherence::Leaf;
 use super::{ShadowPager, PTE_D, PTE_P, PTE_RW};
 use crate::host::Host;
 use crate::memory::GuestMemory;
@@ -153,11 +152,12 @@ impl ShadowPager {
             Some(old) if old != now => {}
             _ => return,
         }
-        let mut stale = Vec::new();
+        let mut stale = self.leaf_list();
         self.coherence.take_written(gpa, len as u64, &mut stale);
-        for l in stale {
+        for &l in &stale {
             self.zap(l);
         }
+        self.give_leaf_list(stale);
         let at = (gpa & 0xfff) as usize;
         if let Some(copy) = self.unsync.frames.get_mut(&(gpa & !0xfff)) {
             if let Some(slot) = copy.get_mut(at..at + len) {
@@ -173,8 +173,8 @@ impl ShadowPager {
         let Some(copy) = self.unsync.frames.remove(&frame) else {
             return;
         };
-        let mut stale: Vec<Leaf> = Vec::new();
-        let mut downgraded: Vec<Leaf> = Vec::new();
+        let mut stale = self.leaf_list();
+        let mut downgraded = self.leaf_list();
         // The frame now, in a copy no frame uses, compared 8 bytes at a
         // time.
         let mut now = self
@@ -221,16 +221,20 @@ impl ShadowPager {
             // map change, which flushes everything): drop every dependent.
             self.coherence.take_frame(frame, &mut stale);
         }
-        for l in stale {
+        for &l in &stale {
             self.zap(l);
         }
-        for l in downgraded {
+        for &l in &downgraded {
             self.write_protect(l);
         }
         // The frame's own writable mappings stay, read-only.
-        for l in self.coherence.take_writable(frame) {
+        stale.clear();
+        self.coherence.take_writable(frame, &mut stale);
+        for &l in &stale {
             self.write_protect(l);
         }
+        self.give_leaf_list(stale);
+        self.give_leaf_list(downgraded);
         self.stats.resyncs += 1;
     }
 

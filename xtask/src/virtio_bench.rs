@@ -6,15 +6,25 @@
 //! One boot of the rig runs each VMM [`ROUNDS`] times, interleaved. Each
 //! run boots the virtio test CD with the bench's init laid over its own
 //! ([`crate::images::virtio_bench_iso`]), 512 MiB of guest RAM, a fresh
-//! 80 MiB raw image in the rig's tmpfs as a virtio disk, and a virtio
-//! network card on a tap device `tap0` (10.0.0.1 on the rig's side). The
-//! guest measures its disk with O_DIRECT: 32 MiB sequential write and read
-//! in 1 MiB blocks, 512 random 4 KiB reads and writes
-//! (`vmm-randio`); then it serves an 8 MiB file with busybox httpd, and
-//! the rig fetches it with busybox nc: guest-to-host network throughput.
-//! Disk figures are by the guest's clock, the network by the rig's (both
-//! `/proc/uptime`, 10 ms steps). The rig's kernel counts each VMM's
-//! returns from `KVM_RUN` to user space over the whole run.
+//! [`IMAGE_MIB`] MiB raw image in the rig's tmpfs (the rig has 2 GiB) as
+//! a virtio disk, and a virtio network card on a tap device `tap0`
+//! (10.0.0.1 on the rig's side). The guest measures its disk with
+//! O_DIRECT: 128 MiB sequential write and read in 1 MiB blocks, 2048
+//! random 4 KiB reads and writes (`vmm-randio`); then it serves an 8 MiB
+//! file with busybox httpd, and the rig fetches it with busybox nc:
+//! guest-to-host network throughput. Disk figures are by the guest's
+//! clock, the network by the rig's (both `/proc/uptime`, 10 ms steps:
+//! each disk figure lasts a second or more, so a step is under 1%). The
+//! rig's kernel counts each VMM's returns from `KVM_RUN` to user space
+//! over the whole run.
+//!
+//! The rig's console carries the kernel's messages too, and one can land
+//! inside a result line (`...seq-wr[   27.6] kvm [97]: ...` with the rest
+//! of the line on the next). The job turns the rig's console log level
+//! down, as the guest's init does its own, and every result line ends with
+//! the word `end`: [`result_lines`] puts a line cut by a kernel message
+//! back together and drops one it cannot complete, so a cut number is
+//! never read as a figure.
 //!
 //! Both VMMs use the host's page cache (QEMU's default `cache=writeback`;
 //! `vmm` writes through it and `fdatasync`s on flush), and the image is in
@@ -29,6 +39,12 @@ use std::time::Duration;
 
 /// Runs of each VMM.
 pub const ROUNDS: usize = 3;
+/// MiB of the disk image (the guest writes its first 128).
+const IMAGE_MIB: u32 = 160;
+/// The last word of every result line.
+const END: &str = "end";
+/// Lines a cut result line may be spread over.
+const MAX_PIECES: usize = 4;
 /// The prefix of the job's result lines.
 const RESULT: &str = "VIRTIO-BENCH:";
 /// The rig is booted once for all runs.
@@ -62,12 +78,15 @@ fn script(opts: &RigOptions) -> String {
     let mut s =
         String::from("insmod /lib/modules/rig/tun.ko || echo \"{MARK} insmod tun failed\"\n");
     s = s.replace("{MARK}", MARK);
+    // The kernel's messages off the console: they can land inside a
+    // result line.
+    s.push_str("echo 1 > /proc/sys/kernel/printk\n");
     s.push_str(&exit_counting_shell());
     s.push_str(&format!(
         "up() {{ cut -d' ' -f1 /proc/uptime; }}\n\
          bench() {{\n\
            name=$1; shift\n\
-           dd if=/dev/zero of=/tmp/disk.img bs=1M count=80 2>/dev/null\n\
+           dd if=/dev/zero of=/tmp/disk.img bs=1M count={IMAGE_MIB} 2>/dev/null\n\
            count_start\n\
            \"$@\" </dev/null >/tmp/out 2>&1 &\n\
            pid=$!\n\
@@ -89,8 +108,8 @@ fn script(opts: &RigOptions) -> String {
            grep 'VMM-BENCH' /tmp/out | tail -8\n\
            sed -n '/^exits:/,$p' /tmp/out | head -40\n\
            grep 'VMM-BENCH: [a-z-]* bytes=' /tmp/out | sed \"s/^.*VMM-BENCH: /{RESULT} $name /\"\n\
-           echo \"{RESULT} $name net-tx bytes=$n t0=$t0 t1=$t1\"\n\
-           echo \"{RESULT} $name status=$status exits=$exits\"\n\
+           echo \"{RESULT} $name net-tx bytes=$n t0=$t0 t1=$t1 {END}\"\n\
+           echo \"{RESULT} $name status=$status exits=$exits {END}\"\n\
          }}\n"
     ));
     let rounds = opts.rounds;
@@ -121,7 +140,61 @@ enum Line {
     },
 }
 
-/// Parse one line of the job's output.
+/// Where a kernel message's time stamp (`[   27.603205]`) starts in
+/// `line`, if it has one.
+fn kernel_stamp(line: &str) -> Option<usize> {
+    line.match_indices('[').map(|(i, _)| i).find(|&i| {
+        let Some(end) = line[i..].find(']') else {
+            return false;
+        };
+        let inner = line[i + 1..i + end].trim_start();
+        match inner.split_once('.') {
+            Some((a, b)) => {
+                !a.is_empty()
+                    && !b.is_empty()
+                    && a.bytes().all(|c| c.is_ascii_digit())
+                    && b.bytes().all(|c| c.is_ascii_digit())
+            }
+            None => false,
+        }
+    })
+}
+
+/// The job's result lines in `serial`, each put back together where
+/// kernel messages cut it: from the prefix on, the text before a kernel
+/// message's time stamp, continued on the next lines until it ends with
+/// [`END`] (at most [`MAX_PIECES`] lines). The `end` is taken off; a line
+/// that never reaches it is dropped.
+fn result_lines(serial: &str) -> Vec<String> {
+    let lines: Vec<&str> = serial.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(at) = line.find(RESULT) else {
+            continue;
+        };
+        let mut text = String::new();
+        for (n, piece) in lines[i..].iter().take(MAX_PIECES).enumerate() {
+            let piece = if n == 0 { &line[at..] } else { *piece };
+            // A piece that starts a new result line: this one was lost.
+            if n > 0 && piece.contains(RESULT) {
+                break;
+            }
+            let piece = piece.trim_end_matches(['\r', '\n']);
+            let piece = &piece[..kernel_stamp(piece).unwrap_or(piece.len())];
+            text.push_str(piece);
+            if let Some(done) = text.trim_end().strip_suffix(END) {
+                if done.ends_with(' ') {
+                    out.push(done.trim_end().to_string());
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Parse one result line of the job's output (put together by
+/// [`result_lines`]: without its `end`).
 fn parse_line(line: &str) -> Option<Line> {
     let rest = line.trim().strip_prefix(RESULT)?.trim();
     let (vmm, rest) = rest.split_once(' ')?;
@@ -170,7 +243,10 @@ pub fn run(opts: &RigOptions) -> Result<()> {
         TIMEOUT,
         "virtio-bench-console.log",
     )?;
-    let lines: Vec<Line> = run.serial.lines().filter_map(parse_line).collect();
+    let lines: Vec<Line> = result_lines(&run.serial)
+        .iter()
+        .filter_map(|l| parse_line(l))
+        .collect();
     let ends: Vec<&Line> = lines
         .iter()
         .filter(|l| matches!(l, Line::End { .. }))
@@ -310,6 +386,65 @@ mod tests {
             parse_line("VIRTIO-BENCH: vmm seq-read failed (status 1)"),
             None
         );
+    }
+
+    #[test]
+    fn a_result_line_cut_by_a_kernel_message_is_put_back_together() {
+        let serial = "KVM-NESTED-RIG: round 1/3\r\n\
+            VIRTIO-BENCH: qemu seq-write bytes=1342[   27.603205] kvm [97]: vcpu0, Unhandled WRMSR(0xc0010007) = 0xffff\r\n\
+            17728 t0=9.58 t1=10.01 end\r\n\
+            VIRTIO-BENCH: qemu seq-read bytes=134217728 t0=10.14 t1=11.36 end[   46.774117] random: crng init done\r\n\
+            VIRTIO-BENCH: vmm status=0 exits=85370 end\r\n";
+        let lines = result_lines(serial);
+        assert_eq!(
+            lines,
+            [
+                "VIRTIO-BENCH: qemu seq-write bytes=134217728 t0=9.58 t1=10.01",
+                "VIRTIO-BENCH: qemu seq-read bytes=134217728 t0=10.14 t1=11.36",
+                "VIRTIO-BENCH: vmm status=0 exits=85370",
+            ]
+        );
+        assert_eq!(
+            parse_line(&lines[0]),
+            Some(Line::Figure {
+                vmm: "qemu".into(),
+                name: "seq-write".into(),
+                bytes: 134217728.0,
+                seconds: 10.01 - 9.58,
+            })
+        );
+    }
+
+    #[test]
+    fn a_result_line_that_never_ends_is_dropped_not_read_short() {
+        // Cut, and its rest never came: "bytes=1342" must not become a
+        // figure.
+        let serial = "VIRTIO-BENCH: vmm seq-write bytes=1342[   27.6] kvm [97]: x\n\
+            [   27.7] more\n\
+            VIRTIO-BENCH: vmm seq-read bytes=134217728 t0=1.00 t1=2.00 end\n\
+            VIRTIO-BENCH: vmm rand-read bytes=8388608 t0=1.00 t1=2.00\n\
+            VIRTIO-BENCH: vmm rand-write bytes=8388608 t0=1.00 t1=2.00 legend\n";
+        assert_eq!(
+            result_lines(serial),
+            ["VIRTIO-BENCH: vmm seq-read bytes=134217728 t0=1.00 t1=2.00"]
+        );
+        assert_eq!(kernel_stamp("x kvm [97]: y"), None);
+        assert_eq!(kernel_stamp("ab[ 1.5] c"), Some(2));
+    }
+
+    #[test]
+    fn every_result_line_of_the_job_and_the_guest_ends_with_end() {
+        let s = script(&RigOptions::default());
+        let echoes: Vec<&str> = s
+            .lines()
+            .filter(|l| l.contains("echo \"VIRTIO-BENCH:"))
+            .collect();
+        assert_eq!(echoes.len(), 2);
+        assert!(echoes.iter().all(|l| l.trim_end().ends_with(" end\"")), "{echoes:?}");
+        let init = include_str!("../assets/virtio-bench/init");
+        assert!(init.contains("t1=$t1 end\""));
+        assert!(init.contains("/proc/sys/kernel/printk"));
+        assert!(s.contains("/proc/sys/kernel/printk"));
     }
 
     #[test]

@@ -9,14 +9,16 @@
 //! [`IMAGE_MIB`] MiB raw image in the rig's tmpfs (the rig has 2 GiB) as
 //! a virtio disk, and a virtio network card on a tap device `tap0`
 //! (10.0.0.1 on the rig's side). The guest measures its disk with
-//! O_DIRECT: 128 MiB sequential write and read in 1 MiB blocks, 2048
-//! random 4 KiB reads and writes (`vmm-randio`); then it serves an 8 MiB
-//! file with busybox httpd, and the rig fetches it with busybox nc:
-//! guest-to-host network throughput. Disk figures are by the guest's
-//! clock, the network by the rig's (both `/proc/uptime`, 10 ms steps:
-//! each disk figure lasts a second or more, so a step is under 1%). The
-//! rig's kernel counts each VMM's returns from `KVM_RUN` to user space
-//! over the whole run.
+//! O_DIRECT: 512 MiB sequential write and read in 1 MiB blocks (its first
+//! 128 MiB four times over), 2048 random 4 KiB reads and writes
+//! (`vmm-randio`); then it serves an 8 MiB file with busybox httpd, and
+//! the rig fetches it with busybox nc: guest-to-host network throughput.
+//! Disk figures are by the guest's clock, the network by the rig's (both
+//! `/proc/uptime`, 10 ms steps: each disk figure lasts a second or more,
+//! so a step is under 1%). Each disk figure also counts, in the guest,
+//! the requests its disk completed and the interrupts of virtio-blk's
+//! request queue, the same for both VMMs; the rig's kernel counts each
+//! VMM's returns from `KVM_RUN` to user space over the whole run.
 //!
 //! The rig's console carries the kernel's messages too, and one can land
 //! inside a result line (`...seq-wr[   27.6] kvm [97]: ...` with the rest
@@ -37,8 +39,10 @@ use crate::{images, qemu};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Runs of each VMM.
-pub const ROUNDS: usize = 3;
+/// Runs of each VMM: five, so that the median stands two one-off stalls
+/// (single runs of the same VMM in one rig boot spread up to 9x when the
+/// machine is shared); a round takes about two minutes.
+pub const ROUNDS: usize = 5;
 /// MiB of the disk image (the guest writes its first 128).
 const IMAGE_MIB: u32 = 160;
 /// The last word of every result line.
@@ -125,12 +129,14 @@ fn script(opts: &RigOptions) -> String {
 /// What one result line says.
 #[derive(Debug, PartialEq)]
 enum Line {
-    /// A figure: `name` moved `bytes` in `seconds`.
+    /// A figure: `name` moved `bytes` in `seconds`, in `counts` (requests
+    /// completed, interrupts) where the guest counted them.
     Figure {
         vmm: String,
         name: String,
         bytes: f64,
         seconds: f64,
+        counts: Option<(u64, u64)>,
     },
     /// How a run ended.
     End {
@@ -209,11 +215,13 @@ fn parse_line(line: &str) -> Option<Line> {
     let name = rest.split(' ').next()?;
     let get = |k: &str| fields.get(k).and_then(|v| v.parse::<f64>().ok());
     let (bytes, t0, t1) = (get("bytes")?, get("t0")?, get("t1")?);
+    let count = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok());
     Some(Line::Figure {
         vmm: vmm.to_string(),
         name: name.to_string(),
         bytes,
         seconds: t1 - t0,
+        counts: count("reqs").zip(count("irqs")),
     })
 }
 
@@ -228,6 +236,45 @@ fn value(name: &str, bytes: f64, seconds: f64) -> Option<f64> {
     } else {
         bytes / (1024.0 * 1024.0) / seconds
     })
+}
+
+/// The guest's counts per disk figure (medians over the runs): requests
+/// completed and interrupts of the request queue, for each VMM.
+fn print_counts(lines: &[Line]) {
+    let median_of = |who: &str, name: &str, pick: fn((u64, u64)) -> u64| {
+        median(
+            lines
+                .iter()
+                .filter_map(|l| match l {
+                    Line::Figure {
+                        vmm,
+                        name: n,
+                        counts: Some(c),
+                        ..
+                    } if vmm == who && n == name => Some(pick(*c) as f64),
+                    _ => None,
+                })
+                .collect(),
+        )
+    };
+    let show = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{v:.0}"));
+    println!(
+        "  {:<11} {:>21} {:>21}",
+        "in the guest", "requests vmm / qemu", "interrupts vmm / qemu"
+    );
+    for (name, _) in FIGURES.iter().filter(|(n, _)| *n != "net-tx") {
+        let reqs = format!(
+            "{} / {}",
+            show(median_of("vmm", name, |c| c.0)),
+            show(median_of("qemu", name, |c| c.0))
+        );
+        let irqs = format!(
+            "{} / {}",
+            show(median_of("vmm", name, |c| c.1)),
+            show(median_of("qemu", name, |c| c.1))
+        );
+        println!("  {name:<11} {reqs:>21} {irqs:>21}");
+    }
 }
 
 /// Entry point of `cargo xtask bench virtio`.
@@ -290,6 +337,7 @@ pub fn run(opts: &RigOptions) -> Result<()> {
                         name: n,
                         bytes,
                         seconds,
+                        ..
                     } if vmm == who && n == name => value(name, *bytes, *seconds),
                     _ => None,
                 })
@@ -315,6 +363,7 @@ pub fn run(opts: &RigOptions) -> Result<()> {
             ratio
         );
     }
+    print_counts(&lines);
     for who in ["vmm", "qemu"] {
         let exits: Vec<f64> = ends
             .iter()
@@ -362,6 +411,19 @@ mod tests {
                 name: "seq-read".into(),
                 bytes: 67108864.0,
                 seconds: 2.0,
+                counts: None,
+            })
+        );
+        assert_eq!(
+            parse_line(
+                "VIRTIO-BENCH: vmm rand-read bytes=8388608 t0=1.00 t1=3.00 reqs=2048 irqs=2050"
+            ),
+            Some(Line::Figure {
+                vmm: "vmm".into(),
+                name: "rand-read".into(),
+                bytes: 8388608.0,
+                seconds: 2.0,
+                counts: Some((2048, 2050)),
             })
         );
         let v = value("seq-read", 67108864.0, 2.0).unwrap();
@@ -411,6 +473,7 @@ mod tests {
                 name: "seq-write".into(),
                 bytes: 134217728.0,
                 seconds: 10.01 - 9.58,
+                counts: None,
             })
         );
     }
@@ -442,14 +505,21 @@ mod tests {
         assert_eq!(echoes.len(), 2);
         assert!(echoes.iter().all(|l| l.trim_end().ends_with(" end\"")), "{echoes:?}");
         let init = include_str!("../assets/virtio-bench/init");
-        assert!(init.contains("t1=$t1 end\""));
+        assert!(init
+            .lines()
+            .filter(|l| l.contains("echo \"VMM-BENCH: $name bytes="))
+            .all(|l| l.trim_end().ends_with(" end\"")));
+        assert!(init.contains("irqs=$((i1 - i0)) end\""));
         assert!(init.contains("/proc/sys/kernel/printk"));
         assert!(s.contains("/proc/sys/kernel/printk"));
     }
 
     #[test]
     fn the_script_interleaves_the_two_vmms_with_the_same_devices() {
-        let s = script(&RigOptions::default());
+        let s = script(&RigOptions {
+            rounds: ROUNDS,
+            ..RigOptions::default()
+        });
         let runs: Vec<&str> = s.lines().filter(|l| l.starts_with("bench ")).collect();
         assert_eq!(runs.len(), 2 * ROUNDS);
         assert!(runs

@@ -503,7 +503,10 @@ mod tests {
             .filter(|l| l.contains("echo \"VIRTIO-BENCH:"))
             .collect();
         assert_eq!(echoes.len(), 2);
-        assert!(echoes.iter().all(|l| l.trim_end().ends_with(" end\"")), "{echoes:?}");
+        assert!(
+            echoes.iter().all(|l| l.trim_end().ends_with(" end\"")),
+            "{echoes:?}"
+        );
         let init = include_str!("../assets/virtio-bench/init");
         assert!(init
             .lines()

@@ -11,7 +11,7 @@
 //! (10.0.0.1 on the rig's side). The guest measures its disk with
 //! O_DIRECT: 512 MiB sequential write and read in 1 MiB blocks (its first
 //! 128 MiB four times over), 2048 random 4 KiB reads and writes
-//! (`vmm-randio`); then it serves an 8 MiB file with busybox httpd, and
+//! (`vmm-randio`); then it serves a 32 MiB file with busybox httpd, and
 //! the rig fetches it with busybox nc: guest-to-host network throughput.
 //! Disk figures are by the guest's clock, the network by the rig's (both
 //! `/proc/uptime`, 10 ms steps: each disk figure lasts a second or more,
@@ -85,6 +85,11 @@ fn script(opts: &RigOptions) -> String {
     // The kernel's messages off the console: they can land inside a
     // result line.
     s.push_str("echo 1 > /proc/sys/kernel/printk\n");
+    // Whether the rig's kernel backs anonymous memory with huge pages
+    // (QEMU asks for them on guest RAM with MADV_HUGEPAGE).
+    s.push_str(&format!(
+        "echo \"{MARK} transparent huge pages: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)\"\n"
+    ));
     s.push_str(&exit_counting_shell());
     s.push_str(&format!(
         "up() {{ cut -d' ' -f1 /proc/uptime; }}\n\
@@ -102,6 +107,7 @@ fn script(opts: &RigOptions) -> String {
            while ! grep -q 'VMM-BENCH: serving' /tmp/out && kill -0 $pid 2>/dev/null && [ $i -lt 3000 ]; do sleep 0.2; i=$((i + 1)); done\n\
            i=0\n\
            while ! printf 'GET /ready HTTP/1.0\\r\\n\\r\\n' | nc -w 5 10.0.0.2 80 2>/dev/null | grep -q ready && [ $i -lt 20 ]; do sleep 0.5; i=$((i + 1)); done\n\
+           echo \"{MARK} $name memory after the disk figures: $(grep -E '^(Rss|AnonHugePages):' /proc/$pid/smaps_rollup 2>/dev/null | tr -s ' \\n' ' ')\"\n\
            t0=$(up)\n\
            n=$(printf 'GET /big HTTP/1.0\\r\\n\\r\\n' | nc -w 5 10.0.0.2 80 | wc -c)\n\
            t1=$(up)\n\

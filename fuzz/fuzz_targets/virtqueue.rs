@@ -104,6 +104,8 @@ fuzz_target!(|input: Input| {
             }
         }
         let _ = q.needs_interrupt(&guard);
+        // The device stops taking chains: `avail_event`, in the used ring.
+        let _ = q.arm_notify(&mut guard);
     }
     let mut rom = vec![0u8; 0x1000];
     vm.memory().read(ROM_AT, &mut rom).unwrap();

@@ -402,6 +402,56 @@ fn a_grant_covers_exactly_the_planned_range_and_direction() {
 }
 
 #[test]
+fn a_grant_of_many_ranges_lends_them_in_any_order_and_nothing_else() {
+    let host = Arc::new(TestHost::new());
+    let mut vm = vm(&host, 1, RAM, &shared_engine());
+    let id = vm.id();
+    let mut machine = CheckedStateMachine::new(ToyModel, DmaState::Idle);
+    let mut guard = DmaGuard::new(id, vm.memory_mut());
+    // 64 buffers of 0x40 bytes every 0x100 bytes, as a request's chain
+    // lists them, and the gaps between them not granted.
+    let plan: Vec<DmaRange> = (0..64u64)
+        .map(|k| DmaRange {
+            gpa: 0x4000 + k * 0x100,
+            len: 0x40,
+            dir: DmaDirection::ToGuest,
+        })
+        .collect();
+    machine.request(DmaState::Programmed, &[], &guard).unwrap();
+    machine.request(DmaState::Running, &plan, &guard).unwrap();
+    let grant = machine.grant().cloned().unwrap();
+    let in_order: Vec<(u64, u64)> = plan.iter().map(|r| (r.gpa, r.len)).collect();
+    // Halves of each buffer, in order, then everything backwards.
+    let halves: Vec<(u64, u64)> = in_order
+        .iter()
+        .flat_map(|&(a, l)| [(a, l / 2), (a + l / 2, l / 2)])
+        .collect();
+    let backwards: Vec<(u64, u64)> = in_order.iter().rev().copied().collect();
+    for ranges in [&in_order, &halves, &backwards] {
+        let lent = guard.lend_mut(&grant, ranges).unwrap().unwrap();
+        let lens: Vec<u64> = lent.iter().map(|b| b.len() as u64).collect();
+        assert_eq!(lens, ranges.iter().map(|r| r.1).collect::<Vec<_>>());
+    }
+    // One gap byte among granted buffers, wherever it comes, refuses all.
+    for at in [0, 31, 63] {
+        let mut ranges = in_order.clone();
+        ranges.insert(at, (0x4000 + at as u64 * 0x100 + 0x40, 1));
+        assert_eq!(
+            guard.lend_mut(&grant, &ranges).unwrap_err(),
+            DmaError::NotGranted {
+                gpa: 0x4000 + at as u64 * 0x100 + 0x40,
+                len: 1
+            }
+        );
+    }
+    // The right place, the wrong direction.
+    assert!(matches!(
+        guard.lend(&grant, &in_order),
+        Err(DmaError::NotGranted { .. })
+    ));
+}
+
+#[test]
 fn a_transition_the_checking_function_denies_leaves_the_state_as_it_was() {
     let host = Arc::new(TestHost::new());
     let engine = shared_engine();

@@ -65,7 +65,8 @@ pub struct BenchArgs {
     /// Skip the callgrind instruction counts.
     #[arg(long)]
     no_callgrind: bool,
-    /// `kvm-nested` and `virtio`: runs of each VMM (default 3).
+    /// `kvm-nested` and `virtio`: runs of each VMM (default 3; 5 for
+    /// `virtio`).
     #[arg(long, value_name = "N")]
     rounds: Option<usize>,
     /// `kvm-nested` and `virtio`: run `vmm` with `--irqchip MODE`
@@ -152,7 +153,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let rig = crate::kvm_nested_bench::RigOptions {
         rounds: args
             .rounds
-            .unwrap_or(crate::kvm_nested_bench::ROUNDS)
+            .unwrap_or(if args.name == "virtio" {
+                crate::virtio_bench::ROUNDS
+            } else {
+                crate::kvm_nested_bench::ROUNDS
+            })
             .max(1),
         irqchip: args.irqchip.clone(),
     };

@@ -6,15 +6,27 @@
 //! One boot of the rig runs each VMM [`ROUNDS`] times, interleaved. Each
 //! run boots the virtio test CD with the bench's init laid over its own
 //! ([`crate::images::virtio_bench_iso`]), 512 MiB of guest RAM, a fresh
-//! 80 MiB raw image in the rig's tmpfs as a virtio disk, and a virtio
-//! network card on a tap device `tap0` (10.0.0.1 on the rig's side). The
-//! guest measures its disk with O_DIRECT: 32 MiB sequential write and read
-//! in 1 MiB blocks, 512 random 4 KiB reads and writes
-//! (`vmm-randio`); then it serves an 8 MiB file with busybox httpd, and
+//! [`IMAGE_MIB`] MiB raw image in the rig's tmpfs (the rig has 2 GiB) as
+//! a virtio disk, and a virtio network card on a tap device `tap0`
+//! (10.0.0.1 on the rig's side). The guest measures its disk with
+//! O_DIRECT: 512 MiB sequential write and read in 1 MiB blocks (its first
+//! 128 MiB four times over), 2048 random 4 KiB reads and writes
+//! (`vmm-randio`); then it serves a 32 MiB file with busybox httpd, and
 //! the rig fetches it with busybox nc: guest-to-host network throughput.
 //! Disk figures are by the guest's clock, the network by the rig's (both
-//! `/proc/uptime`, 10 ms steps). The rig's kernel counts each VMM's
-//! returns from `KVM_RUN` to user space over the whole run.
+//! `/proc/uptime`, 10 ms steps: each disk figure lasts a second or more,
+//! so a step is under 1%). Each disk figure also counts, in the guest,
+//! the requests its disk completed and the interrupts of virtio-blk's
+//! request queue, the same for both VMMs; the rig's kernel counts each
+//! VMM's returns from `KVM_RUN` to user space over the whole run.
+//!
+//! The rig's console carries the kernel's messages too, and one can land
+//! inside a result line (`...seq-wr[   27.6] kvm [97]: ...` with the rest
+//! of the line on the next). The job turns the rig's console log level
+//! down, as the guest's init does its own, and every result line ends with
+//! the word `end`: [`result_lines`] puts a line cut by a kernel message
+//! back together and drops one it cannot complete, so a cut number is
+//! never read as a figure.
 //!
 //! Both VMMs use the host's page cache (QEMU's default `cache=writeback`;
 //! `vmm` writes through it and `fdatasync`s on flush), and the image is in
@@ -27,8 +39,16 @@ use crate::{images, qemu};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Runs of each VMM.
-pub const ROUNDS: usize = 3;
+/// Runs of each VMM: five, so that the median stands two one-off stalls
+/// (single runs of the same VMM in one rig boot spread up to 9x when the
+/// machine is shared); a round takes about two minutes.
+pub const ROUNDS: usize = 5;
+/// MiB of the disk image (the guest writes its first 128).
+const IMAGE_MIB: u32 = 160;
+/// The last word of every result line.
+const END: &str = "end";
+/// Lines a cut result line may be spread over.
+const MAX_PIECES: usize = 4;
 /// The prefix of the job's result lines.
 const RESULT: &str = "VIRTIO-BENCH:";
 /// The rig is booted once for all runs.
@@ -62,12 +82,20 @@ fn script(opts: &RigOptions) -> String {
     let mut s =
         String::from("insmod /lib/modules/rig/tun.ko || echo \"{MARK} insmod tun failed\"\n");
     s = s.replace("{MARK}", MARK);
+    // The kernel's messages off the console: they can land inside a
+    // result line.
+    s.push_str("echo 1 > /proc/sys/kernel/printk\n");
+    // Whether the rig's kernel backs anonymous memory with huge pages
+    // (QEMU asks for them on guest RAM with MADV_HUGEPAGE).
+    s.push_str(&format!(
+        "echo \"{MARK} transparent huge pages: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)\"\n"
+    ));
     s.push_str(&exit_counting_shell());
     s.push_str(&format!(
         "up() {{ cut -d' ' -f1 /proc/uptime; }}\n\
          bench() {{\n\
            name=$1; shift\n\
-           dd if=/dev/zero of=/tmp/disk.img bs=1M count=80 2>/dev/null\n\
+           dd if=/dev/zero of=/tmp/disk.img bs=1M count={IMAGE_MIB} 2>/dev/null\n\
            count_start\n\
            \"$@\" </dev/null >/tmp/out 2>&1 &\n\
            pid=$!\n\
@@ -79,6 +107,7 @@ fn script(opts: &RigOptions) -> String {
            while ! grep -q 'VMM-BENCH: serving' /tmp/out && kill -0 $pid 2>/dev/null && [ $i -lt 3000 ]; do sleep 0.2; i=$((i + 1)); done\n\
            i=0\n\
            while ! printf 'GET /ready HTTP/1.0\\r\\n\\r\\n' | nc -w 5 10.0.0.2 80 2>/dev/null | grep -q ready && [ $i -lt 20 ]; do sleep 0.5; i=$((i + 1)); done\n\
+           echo \"{MARK} $name memory after the disk figures: $(grep -E '^(Rss|AnonHugePages):' /proc/$pid/smaps_rollup 2>/dev/null | tr -s ' \\n' ' ')\"\n\
            t0=$(up)\n\
            n=$(printf 'GET /big HTTP/1.0\\r\\n\\r\\n' | nc -w 5 10.0.0.2 80 | wc -c)\n\
            t1=$(up)\n\
@@ -89,8 +118,8 @@ fn script(opts: &RigOptions) -> String {
            grep 'VMM-BENCH' /tmp/out | tail -8\n\
            sed -n '/^exits:/,$p' /tmp/out | head -40\n\
            grep 'VMM-BENCH: [a-z-]* bytes=' /tmp/out | sed \"s/^.*VMM-BENCH: /{RESULT} $name /\"\n\
-           echo \"{RESULT} $name net-tx bytes=$n t0=$t0 t1=$t1\"\n\
-           echo \"{RESULT} $name status=$status exits=$exits\"\n\
+           echo \"{RESULT} $name net-tx bytes=$n t0=$t0 t1=$t1 {END}\"\n\
+           echo \"{RESULT} $name status=$status exits=$exits {END}\"\n\
          }}\n"
     ));
     let rounds = opts.rounds;
@@ -106,12 +135,14 @@ fn script(opts: &RigOptions) -> String {
 /// What one result line says.
 #[derive(Debug, PartialEq)]
 enum Line {
-    /// A figure: `name` moved `bytes` in `seconds`.
+    /// A figure: `name` moved `bytes` in `seconds`, in `counts` (requests
+    /// completed, interrupts) where the guest counted them.
     Figure {
         vmm: String,
         name: String,
         bytes: f64,
         seconds: f64,
+        counts: Option<(u64, u64)>,
     },
     /// How a run ended.
     End {
@@ -121,7 +152,61 @@ enum Line {
     },
 }
 
-/// Parse one line of the job's output.
+/// Where a kernel message's time stamp (`[   27.603205]`) starts in
+/// `line`, if it has one.
+fn kernel_stamp(line: &str) -> Option<usize> {
+    line.match_indices('[').map(|(i, _)| i).find(|&i| {
+        let Some(end) = line[i..].find(']') else {
+            return false;
+        };
+        let inner = line[i + 1..i + end].trim_start();
+        match inner.split_once('.') {
+            Some((a, b)) => {
+                !a.is_empty()
+                    && !b.is_empty()
+                    && a.bytes().all(|c| c.is_ascii_digit())
+                    && b.bytes().all(|c| c.is_ascii_digit())
+            }
+            None => false,
+        }
+    })
+}
+
+/// The job's result lines in `serial`, each put back together where
+/// kernel messages cut it: from the prefix on, the text before a kernel
+/// message's time stamp, continued on the next lines until it ends with
+/// [`END`] (at most [`MAX_PIECES`] lines). The `end` is taken off; a line
+/// that never reaches it is dropped.
+fn result_lines(serial: &str) -> Vec<String> {
+    let lines: Vec<&str> = serial.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(at) = line.find(RESULT) else {
+            continue;
+        };
+        let mut text = String::new();
+        for (n, piece) in lines[i..].iter().take(MAX_PIECES).enumerate() {
+            let piece = if n == 0 { &line[at..] } else { *piece };
+            // A piece that starts a new result line: this one was lost.
+            if n > 0 && piece.contains(RESULT) {
+                break;
+            }
+            let piece = piece.trim_end_matches(['\r', '\n']);
+            let piece = &piece[..kernel_stamp(piece).unwrap_or(piece.len())];
+            text.push_str(piece);
+            if let Some(done) = text.trim_end().strip_suffix(END) {
+                if done.ends_with(' ') {
+                    out.push(done.trim_end().to_string());
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Parse one result line of the job's output (put together by
+/// [`result_lines`]: without its `end`).
 fn parse_line(line: &str) -> Option<Line> {
     let rest = line.trim().strip_prefix(RESULT)?.trim();
     let (vmm, rest) = rest.split_once(' ')?;
@@ -136,11 +221,13 @@ fn parse_line(line: &str) -> Option<Line> {
     let name = rest.split(' ').next()?;
     let get = |k: &str| fields.get(k).and_then(|v| v.parse::<f64>().ok());
     let (bytes, t0, t1) = (get("bytes")?, get("t0")?, get("t1")?);
+    let count = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok());
     Some(Line::Figure {
         vmm: vmm.to_string(),
         name: name.to_string(),
         bytes,
         seconds: t1 - t0,
+        counts: count("reqs").zip(count("irqs")),
     })
 }
 
@@ -157,6 +244,45 @@ fn value(name: &str, bytes: f64, seconds: f64) -> Option<f64> {
     })
 }
 
+/// The guest's counts per disk figure (medians over the runs): requests
+/// completed and interrupts of the request queue, for each VMM.
+fn print_counts(lines: &[Line]) {
+    let median_of = |who: &str, name: &str, pick: fn((u64, u64)) -> u64| {
+        median(
+            lines
+                .iter()
+                .filter_map(|l| match l {
+                    Line::Figure {
+                        vmm,
+                        name: n,
+                        counts: Some(c),
+                        ..
+                    } if vmm == who && n == name => Some(pick(*c) as f64),
+                    _ => None,
+                })
+                .collect(),
+        )
+    };
+    let show = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{v:.0}"));
+    println!(
+        "  {:<11} {:>21} {:>21}",
+        "in the guest", "requests vmm / qemu", "interrupts vmm / qemu"
+    );
+    for (name, _) in FIGURES.iter().filter(|(n, _)| *n != "net-tx") {
+        let reqs = format!(
+            "{} / {}",
+            show(median_of("vmm", name, |c| c.0)),
+            show(median_of("qemu", name, |c| c.0))
+        );
+        let irqs = format!(
+            "{} / {}",
+            show(median_of("vmm", name, |c| c.1)),
+            show(median_of("qemu", name, |c| c.1))
+        );
+        println!("  {name:<11} {reqs:>21} {irqs:>21}");
+    }
+}
+
 /// Entry point of `cargo xtask bench virtio`.
 pub fn run(opts: &RigOptions) -> Result<()> {
     qemu::ensure()?;
@@ -170,7 +296,10 @@ pub fn run(opts: &RigOptions) -> Result<()> {
         TIMEOUT,
         "virtio-bench-console.log",
     )?;
-    let lines: Vec<Line> = run.serial.lines().filter_map(parse_line).collect();
+    let lines: Vec<Line> = result_lines(&run.serial)
+        .iter()
+        .filter_map(|l| parse_line(l))
+        .collect();
     let ends: Vec<&Line> = lines
         .iter()
         .filter(|l| matches!(l, Line::End { .. }))
@@ -214,6 +343,7 @@ pub fn run(opts: &RigOptions) -> Result<()> {
                         name: n,
                         bytes,
                         seconds,
+                        ..
                     } if vmm == who && n == name => value(name, *bytes, *seconds),
                     _ => None,
                 })
@@ -239,6 +369,7 @@ pub fn run(opts: &RigOptions) -> Result<()> {
             ratio
         );
     }
+    print_counts(&lines);
     for who in ["vmm", "qemu"] {
         let exits: Vec<f64> = ends
             .iter()
@@ -286,6 +417,19 @@ mod tests {
                 name: "seq-read".into(),
                 bytes: 67108864.0,
                 seconds: 2.0,
+                counts: None,
+            })
+        );
+        assert_eq!(
+            parse_line(
+                "VIRTIO-BENCH: vmm rand-read bytes=8388608 t0=1.00 t1=3.00 reqs=2048 irqs=2050"
+            ),
+            Some(Line::Figure {
+                vmm: "vmm".into(),
+                name: "rand-read".into(),
+                bytes: 8388608.0,
+                seconds: 2.0,
+                counts: Some((2048, 2050)),
             })
         );
         let v = value("seq-read", 67108864.0, 2.0).unwrap();
@@ -313,8 +457,78 @@ mod tests {
     }
 
     #[test]
-    fn the_script_interleaves_the_two_vmms_with_the_same_devices() {
+    fn a_result_line_cut_by_a_kernel_message_is_put_back_together() {
+        let serial = "KVM-NESTED-RIG: round 1/3\r\n\
+            VIRTIO-BENCH: qemu seq-write bytes=1342[   27.603205] kvm [97]: vcpu0, Unhandled WRMSR(0xc0010007) = 0xffff\r\n\
+            17728 t0=9.58 t1=10.01 end\r\n\
+            VIRTIO-BENCH: qemu seq-read bytes=134217728 t0=10.14 t1=11.36 end[   46.774117] random: crng init done\r\n\
+            VIRTIO-BENCH: vmm status=0 exits=85370 end\r\n";
+        let lines = result_lines(serial);
+        assert_eq!(
+            lines,
+            [
+                "VIRTIO-BENCH: qemu seq-write bytes=134217728 t0=9.58 t1=10.01",
+                "VIRTIO-BENCH: qemu seq-read bytes=134217728 t0=10.14 t1=11.36",
+                "VIRTIO-BENCH: vmm status=0 exits=85370",
+            ]
+        );
+        assert_eq!(
+            parse_line(&lines[0]),
+            Some(Line::Figure {
+                vmm: "qemu".into(),
+                name: "seq-write".into(),
+                bytes: 134217728.0,
+                seconds: 10.01 - 9.58,
+                counts: None,
+            })
+        );
+    }
+
+    #[test]
+    fn a_result_line_that_never_ends_is_dropped_not_read_short() {
+        // Cut, and its rest never came: "bytes=1342" must not become a
+        // figure.
+        let serial = "VIRTIO-BENCH: vmm seq-write bytes=1342[   27.6] kvm [97]: x\n\
+            [   27.7] more\n\
+            VIRTIO-BENCH: vmm seq-read bytes=134217728 t0=1.00 t1=2.00 end\n\
+            VIRTIO-BENCH: vmm rand-read bytes=8388608 t0=1.00 t1=2.00\n\
+            VIRTIO-BENCH: vmm rand-write bytes=8388608 t0=1.00 t1=2.00 legend\n";
+        assert_eq!(
+            result_lines(serial),
+            ["VIRTIO-BENCH: vmm seq-read bytes=134217728 t0=1.00 t1=2.00"]
+        );
+        assert_eq!(kernel_stamp("x kvm [97]: y"), None);
+        assert_eq!(kernel_stamp("ab[ 1.5] c"), Some(2));
+    }
+
+    #[test]
+    fn every_result_line_of_the_job_and_the_guest_ends_with_end() {
         let s = script(&RigOptions::default());
+        let echoes: Vec<&str> = s
+            .lines()
+            .filter(|l| l.contains("echo \"VIRTIO-BENCH:"))
+            .collect();
+        assert_eq!(echoes.len(), 2);
+        assert!(
+            echoes.iter().all(|l| l.trim_end().ends_with(" end\"")),
+            "{echoes:?}"
+        );
+        let init = include_str!("../assets/virtio-bench/init");
+        assert!(init
+            .lines()
+            .filter(|l| l.contains("echo \"VMM-BENCH: $name bytes="))
+            .all(|l| l.trim_end().ends_with(" end\"")));
+        assert!(init.contains("irqs=$((i1 - i0)) end\""));
+        assert!(init.contains("/proc/sys/kernel/printk"));
+        assert!(s.contains("/proc/sys/kernel/printk"));
+    }
+
+    #[test]
+    fn the_script_interleaves_the_two_vmms_with_the_same_devices() {
+        let s = script(&RigOptions {
+            rounds: ROUNDS,
+            ..RigOptions::default()
+        });
         let runs: Vec<&str> = s.lines().filter(|l| l.starts_with("bench ")).collect();
         assert_eq!(runs.len(), 2 * ROUNDS);
         assert!(runs

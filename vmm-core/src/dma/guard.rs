@@ -200,9 +200,7 @@ impl<'a> DmaGuard<'a> {
         grant: &DmaGrant,
         ranges: &[(u64, u64)],
     ) -> Result<Option<Vec<&[u8]>>, DmaError> {
-        for &(gpa, len) in ranges.iter().filter(|r| r.1 > 0) {
-            self.check_grant(grant, gpa, len, DmaDirection::FromGuest)?;
-        }
+        self.check_grant_all(grant, ranges, DmaDirection::FromGuest)?;
         Ok(self.memory.lend_ram(ranges)?)
     }
 
@@ -216,10 +214,45 @@ impl<'a> DmaGuard<'a> {
         grant: &DmaGrant,
         ranges: &[(u64, u64)],
     ) -> Result<Option<Vec<&mut [u8]>>, DmaError> {
-        for &(gpa, len) in ranges.iter().filter(|r| r.1 > 0) {
-            self.check_grant(grant, gpa, len, DmaDirection::ToGuest)?;
-        }
+        self.check_grant_all(grant, ranges, DmaDirection::ToGuest)?;
         Ok(self.memory.lend_ram_mut(ranges)?)
+    }
+
+    /// Every non-empty range of `ranges` covered by `grant` in direction
+    /// `dir` (what [`DmaGuard::lend`] checks before the memory map lends
+    /// the bytes, which also refuses any byte that is no longer RAM).
+    /// Each range is looked for from where the last one was found, so
+    /// ranges in the grant's own order (a request's buffers, in chain
+    /// order) cost one comparison each instead of a scan of the grant: a
+    /// 1 MiB request of 256 buffers was 33,000 comparisons. Ranges in any
+    /// other order are still found, at a scan each.
+    fn check_grant_all(
+        &self,
+        grant: &DmaGrant,
+        ranges: &[(u64, u64)],
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
+        if grant.vm != self.vm {
+            return Err(DmaError::WrongVm {
+                grant: grant.vm,
+                guard: self.vm,
+            });
+        }
+        let granted = &grant.ranges;
+        let mut hint = 0usize;
+        for &(gpa, len) in ranges.iter().filter(|r| r.1 > 0) {
+            let (earlier, from_hint) = granted.split_at(hint.min(granted.len()));
+            let found = from_hint
+                .iter()
+                .position(|r| r.covers(gpa, len, dir))
+                .map(|i| hint + i)
+                .or_else(|| earlier.iter().position(|r| r.covers(gpa, len, dir)));
+            match found {
+                Some(i) => hint = i,
+                None => return Err(DmaError::NotGranted { gpa, len }),
+            }
+        }
+        Ok(())
     }
 
     /// Device reads guest memory (direction [`DmaDirection::FromGuest`])

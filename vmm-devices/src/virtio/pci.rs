@@ -397,7 +397,11 @@ impl VirtioPci {
     /// Serve every available chain of queue `q` (at most its size per call)
     /// and interrupt the driver if it wants to hear of them. A receive
     /// queue's chains are taken only while the device has input for them,
-    /// as many per item as the device asks for.
+    /// as many per item as the device asks for. While chains are being
+    /// taken the driver is not asked to notify (with event-idx,
+    /// `avail_event` stays behind); when the ring is found empty it is
+    /// asked to again ([`Virtqueue::arm_notify`]) and the ring looked at
+    /// once more, for a chain that came just before.
     fn process_queue(&mut self, ctx: &mut DeviceContext<'_>, q: usize) {
         if !self.running() {
             return;
@@ -413,53 +417,77 @@ impl VirtioPci {
         let size = queue.layout().size;
         let mut budget = size;
         let mut failure = None;
-        'items: while budget > 0 {
-            let mut chains = 1u16;
-            if receive {
-                if !self.device.has_input(qi) {
-                    break;
-                }
-                if let Some(need) = self.device.next_input_len(qi) {
-                    // Look ahead for chains with room for the whole item;
-                    // an item larger than the whole ring gets the ring.
-                    let (mut have, mut n) = (0u64, 0u16);
-                    while have < need && n < size {
-                        if n >= budget {
-                            break 'items;
-                        }
-                        match queue.peek_writable(&ctx.dma, n) {
-                            Ok(Some(len)) => {
-                                have = have.saturating_add(len);
-                                n += 1;
-                            }
-                            Ok(None) => break 'items,
-                            Err(e) => {
-                                failure = Some(e);
+        // Each look again follows a move of the driver's available index,
+        // which runs at most `size` ahead; bounded anyway.
+        let mut looks = 0u16;
+        loop {
+            let mut emptied = false;
+            'items: while budget > 0 {
+                let mut chains = 1u16;
+                if receive {
+                    if !self.device.has_input(qi) {
+                        break;
+                    }
+                    if let Some(need) = self.device.next_input_len(qi) {
+                        // Look ahead for chains with room for the whole
+                        // item; an item larger than the whole ring gets the
+                        // ring.
+                        let (mut have, mut n) = (0u64, 0u16);
+                        while have < need && n < size {
+                            if n >= budget {
                                 break 'items;
                             }
+                            match queue.peek_writable(&ctx.dma, n) {
+                                Ok(Some(len)) => {
+                                    have = have.saturating_add(len);
+                                    n += 1;
+                                }
+                                Ok(None) => {
+                                    emptied = true;
+                                    break 'items;
+                                }
+                                Err(e) => {
+                                    failure = Some(e);
+                                    break 'items;
+                                }
+                            }
                         }
+                        chains = n.max(1);
+                        self.device.input_spans(qi, chains);
                     }
-                    chains = n.max(1);
-                    self.device.input_spans(qi, chains);
                 }
-            }
-            for _ in 0..chains {
-                let chain = match queue.pop(&mut ctx.dma) {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break 'items,
-                    Err(e) => {
+                for _ in 0..chains {
+                    let chain = match queue.pop(&mut ctx.dma) {
+                        Ok(Some(c)) => c,
+                        Ok(None) => {
+                            emptied = true;
+                            break 'items;
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            break 'items;
+                        }
+                    };
+                    budget -= 1;
+                    let written = match queue.grant() {
+                        Some(grant) => self.device.serve(qi, &chain, &mut ctx.dma, grant),
+                        None => 0,
+                    };
+                    if let Err(e) = queue.push(&mut ctx.dma, chain.head, written) {
                         failure = Some(e);
                         break 'items;
                     }
-                };
-                budget -= 1;
-                let written = match queue.grant() {
-                    Some(grant) => self.device.serve(qi, &chain, &mut ctx.dma, grant),
-                    None => 0,
-                };
-                if let Err(e) = queue.push(&mut ctx.dma, chain.head, written) {
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+            match queue.arm_notify(&mut ctx.dma) {
+                Ok(true) if emptied && budget > 0 && looks < size => looks += 1,
+                Ok(_) => break,
+                Err(e) => {
                     failure = Some(e);
-                    break 'items;
+                    break;
                 }
             }
         }

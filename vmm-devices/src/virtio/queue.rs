@@ -31,6 +31,7 @@
 use super::chain::{self, ChainError, DescriptorChain};
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{fence, Ordering};
 use vmm_core::dma::{
     CheckedStateMachine, DmaDirection, DmaError, DmaGrant, DmaGuard, DmaRange, StateModel,
 };
@@ -236,6 +237,8 @@ pub struct Virtqueue {
     next_used: u16,
     /// `next_used` when the driver was last considered for an interrupt.
     signalled_used: u16,
+    /// The available index as last read.
+    seen_avail: u16,
     event_idx: bool,
     indirect: bool,
     /// Number of chains served.
@@ -274,6 +277,7 @@ impl Virtqueue {
             next_avail: 0,
             next_used: 0,
             signalled_used: 0,
+            seen_avail: 0,
             event_idx: false,
             indirect: false,
             served: 0,
@@ -352,6 +356,7 @@ impl Virtqueue {
         self.event_idx = event_idx;
         self.indirect = indirect;
         self.next_avail = 0;
+        self.seen_avail = 0;
         self.next_used = 0;
         self.signalled_used = 0;
         Ok(())
@@ -378,15 +383,17 @@ impl Virtqueue {
     }
 
     /// Take the next available chain, if any, and move to `Serving` with a
-    /// grant for its RAM buffers. `Ok(None)` when the ring is empty. With
-    /// event-idx, `avail_event` is set so the driver notifies for the next
-    /// chain.
+    /// grant for its RAM buffers. `Ok(None)` when the ring is empty.
+    /// `avail_event` is left as it is: while the device is taking chains
+    /// the driver need not notify it of more (QEMU does the same); the
+    /// device calls [`Virtqueue::arm_notify`] when it stops.
     pub fn pop(&mut self, guard: &mut DmaGuard<'_>) -> Result<Option<DescriptorChain>, QueueError> {
         if self.machine.state() != QueueState::Ready {
             return Err(QueueError::NotReady);
         }
         let l = self.machine.model().layout;
         let avail_idx = Self::read_u16(guard, l.avail + 2)?;
+        self.seen_avail = avail_idx;
         let pending = avail_idx.wrapping_sub(self.next_avail);
         if pending > l.size {
             return Err(QueueError::AvailIndexJump {
@@ -401,10 +408,6 @@ impl Virtqueue {
         let head = Self::read_u16(guard, l.avail + 4 + 2 * u64::from(slot))?;
         let chain = chain::walk(guard, l.desc, l.size, head, self.indirect)?;
         self.next_avail = self.next_avail.wrapping_add(1);
-        if self.event_idx {
-            let at = l.used + 6 + 8 * u64::from(l.size) - 2;
-            self.write_used(guard, at, &self.next_avail.to_le_bytes())?;
-        }
         let mut plan: Vec<DmaRange> = Vec::with_capacity(chain.segments.len() + 1);
         plan.push(l.used_range());
         plan.extend(chain.plan());
@@ -414,12 +417,35 @@ impl Virtqueue {
         Ok(Some(chain))
     }
 
+    /// The device stops taking chains: with event-idx, `avail_event`
+    /// becomes the next chain it would take, so the driver notifies when it
+    /// makes that one available; then the available index is read again.
+    /// `Ok(true)` when it moved since [`Virtqueue::pop`] or
+    /// [`Virtqueue::peek_writable`] last read it: a chain made available
+    /// before the driver could see the new `avail_event` may come without
+    /// a notify, so the caller looks again. Without event-idx the driver
+    /// notifies every time (the device never sets
+    /// `VIRTQ_USED_F_NO_NOTIFY`): `Ok(false)`.
+    pub fn arm_notify(&mut self, guard: &mut DmaGuard<'_>) -> Result<bool, QueueError> {
+        if !self.event_idx || self.machine.state() != QueueState::Ready {
+            return Ok(false);
+        }
+        let l = self.machine.model().layout;
+        let at = l.used + 6 + 8 * u64::from(l.size) - 2;
+        self.write_used(guard, at, &self.next_avail.to_le_bytes())?;
+        // The write above before the read below, as the driver orders its
+        // index write before its read of `avail_event` (x86 keeps stores
+        // behind later loads without a full fence).
+        fence(Ordering::SeqCst);
+        Ok(Self::read_u16(guard, l.avail + 2)? != self.seen_avail)
+    }
+
     /// The device-writable bytes of the chain `ahead` places after the next
     /// one [`Virtqueue::pop`] would take, without taking anything (a
     /// receive queue looking for room for an item that spans chains).
     /// `Ok(None)` when fewer chains are available.
     pub fn peek_writable(
-        &self,
+        &mut self,
         guard: &DmaGuard<'_>,
         ahead: u16,
     ) -> Result<Option<u64>, QueueError> {
@@ -428,6 +454,7 @@ impl Virtqueue {
         }
         let l = self.machine.model().layout;
         let avail_idx = Self::read_u16(guard, l.avail + 2)?;
+        self.seen_avail = avail_idx;
         let pending = avail_idx.wrapping_sub(self.next_avail);
         if pending > l.size {
             return Err(QueueError::AvailIndexJump {

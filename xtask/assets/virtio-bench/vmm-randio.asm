@@ -2,8 +2,8 @@
 ; cache (O_DIRECT), for `cargo xtask bench virtio` (busybox has no fio, and
 ; a shell loop of dd would measure process start-up, not the disk).
 ;
-;   vmm-randio r    512 reads  of 4 KiB at random 4 KiB offsets
-;   vmm-randio w    512 writes of 4 KiB at random 4 KiB offsets
+;   vmm-randio r    2048 reads  of 4 KiB at random 4 KiB offsets
+;   vmm-randio w    2048 writes of 4 KiB at random 4 KiB offsets
 ;
 ; The offsets fall in the disk's first 64 MiB, from a fixed linear
 ; congruential sequence, so every run and every VMM sees the same requests.
@@ -13,7 +13,7 @@
 bits 64
 global _start
 
-%define OPS        512
+%define OPS        2048
 %define BLOCKS     16384            ; 64 MiB in 4 KiB blocks (a power of two)
 %define O_RDWR     2
 %define O_DIRECT   0x4000

@@ -780,6 +780,10 @@ fn ring_doorbells(shared: &Shared) {
                     state.doorbell_rings += 1;
                 }
             }
+            // The rung devices' timers at once: a queue whose service
+            // stopped at its budget is served again there (its driver was
+            // told not to notify), not at whatever timer a vCPU aimed at.
+            let _ = state.pc.next_timer();
             state.wake_targets(&shared.wake);
         }
         watched.follow(&state);

@@ -179,6 +179,10 @@ pub struct VirtioPci {
     msix: Msix,
     /// Why the device needs a reset, if it does.
     error: Option<QueueError>,
+    /// Queues (bit q) whose last service stopped at its budget with chains
+    /// possibly left: served again at the next poll, since the driver was
+    /// told not to notify for them ([`VirtioPci::process_queue`]).
+    backlog: u64,
 }
 
 impl fmt::Debug for VirtioPci {
@@ -301,6 +305,7 @@ impl VirtioPci {
             intx_level: false,
             msix,
             error: None,
+            backlog: 0,
         }
     }
 
@@ -352,6 +357,7 @@ impl VirtioPci {
         self.config_vector = NO_VECTOR;
         self.isr = 0;
         self.error = None;
+        self.backlog = 0;
         self.device.reset();
         self.update_intx();
     }
@@ -395,7 +401,10 @@ impl VirtioPci {
     }
 
     /// Serve every available chain of queue `q` (at most its size per call)
-    /// and interrupt the driver if it wants to hear of them. A receive
+    /// and interrupt the driver if it wants to hear of them. A call that
+    /// stops at that budget puts the queue on the backlog, served again at
+    /// the next poll: the driver, adding chains while they were taken (on
+    /// another vCPU, as completions free room), was told not to notify. A receive
     /// queue's chains are taken only while the device has input for them,
     /// as many per item as the device asks for. While chains are being
     /// taken the driver is not asked to notify (with event-idx,
@@ -412,6 +421,7 @@ impl VirtioPci {
         if !queue.is_enabled() {
             return;
         }
+        self.backlog &= !(1u64 << q);
         let qi = q as u16;
         let receive = self.device.is_receive_queue(qi);
         let size = queue.layout().size;
@@ -481,6 +491,10 @@ impl VirtioPci {
             }
             if failure.is_some() {
                 break;
+            }
+            if budget == 0 && !emptied && !receive {
+                // Chains may be left; a receive queue is polled anyway.
+                self.backlog |= 1u64 << q;
             }
             match queue.arm_notify(&mut ctx.dma) {
                 Ok(true) if emptied && budget > 0 && looks < size => looks += 1,
@@ -796,14 +810,21 @@ impl PciFunction for VirtioPci {
         }
         // Receive queues are looked at whenever the function is polled (a
         // host that announces input polls it then), and again after the
-        // device's period if it has one.
+        // device's period if it has one; queues on the backlog at once.
         for q in 0..self.queues.len() {
-            if self.device.is_receive_queue(q as u16) {
+            if self.device.is_receive_queue(q as u16) || self.backlog & (1u64 << q) != 0 {
                 self.process_queue(ctx, q);
             }
         }
-        let period = self.device.input_poll_ns()?;
-        Some(ctx.now_ns().saturating_add(period))
+        let now = ctx.now_ns();
+        let input = self
+            .device
+            .input_poll_ns()
+            .map(|period| now.saturating_add(period));
+        if self.backlog != 0 && self.running() {
+            return Some(now);
+        }
+        input
     }
 
     fn reset(&mut self) {
@@ -839,6 +860,15 @@ struct VirtioPciState {
 
 /// Format version of a [`VirtioPci`]'s saved state.
 pub const VIRTIO_PCI_STATE_VERSION: u32 = 1;
+
+/// Every one of `queues` queues on the backlog (at most [`MAX_QUEUES`]).
+fn backlog_mask(queues: usize) -> u64 {
+    match queues {
+        0 => 0,
+        n if n >= 64 => u64::MAX,
+        n => (1u64 << n) - 1,
+    }
+}
 
 impl SaveRestore for VirtioPci {
     fn state_version(&self) -> u32 {
@@ -929,6 +959,9 @@ impl SaveRestore for VirtioPci {
         self.config_vector = s.config_vector;
         self.isr = s.isr;
         self.error = None;
+        // Chains the saved VM had not served yet (its device may have
+        // stopped at a budget) are looked for at the first poll.
+        self.backlog = backlog_mask(self.queues.len());
         // Drive the line to the restored level.
         self.update_intx();
         self.intx.set_level(self.intx_level);

@@ -1783,3 +1783,42 @@ mod net {
         assert_eq!(rig.peek(DATA + 0x100, 100), frame(100, 4));
     }
 }
+
+/// An entropy source that always gives the same bytes.
+struct FixedBytes(Vec<u8>);
+
+impl EntropySource for FixedBytes {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), super::rng::EntropyError> {
+        for (b, v) in buf.iter_mut().zip(self.0.iter().cycle()) {
+            *b = *v;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn chains_added_while_a_full_ring_is_served_are_served_at_the_next_poll() {
+    // The driver adds a chain while the device serves a full ring (as a
+    // guest does on another vCPU when completions free room): here the
+    // first chain's buffer is the available index itself, and the device
+    // writes SIZE + 1 there. One call serves SIZE chains, its budget; the
+    // driver, told not to notify (event-idx), never will for the last.
+    let mut rig = Rig::new(Box::new(VirtioRng::new(Box::new(FixedBytes(
+        (SIZE + 1).to_le_bytes().to_vec(),
+    )))));
+    rig.start(FEATURES | VIRTIO_F_RING_EVENT_IDX);
+    rig.submit(&[(AVAIL + 2, 2, true)]);
+    for k in 1..u64::from(SIZE) {
+        rig.submit(&[(DATA + 0x10 * k, 2, true)]);
+    }
+    rig.notify(0);
+    assert_eq!(rig.peek16(AVAIL + 2), SIZE + 1);
+    assert_eq!(rig.used_idx(), SIZE, "one call serves the ring's size");
+    // The next poll serves the chain left (the first one, again); then
+    // nothing is left, no further poll is asked for, and the driver is
+    // asked to notify for the next chain.
+    assert_eq!(rig.vm.poll_timers(), None);
+    assert_eq!(rig.used_idx(), SIZE + 1);
+    assert_eq!(rig.used(SIZE).0, 0);
+    assert_eq!(rig.peek16(USED + 4 + 8 * u64::from(SIZE)), SIZE + 1);
+}

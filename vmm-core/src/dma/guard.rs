@@ -150,6 +150,17 @@ impl<'a> DmaGuard<'a> {
         Ok(self.memory.read(gpa, buf)?)
     }
 
+    /// The grant was issued for this guard's VM.
+    fn check_vm(&self, grant: &DmaGrant) -> Result<(), DmaError> {
+        if grant.vm != self.vm {
+            return Err(DmaError::WrongVm {
+                grant: grant.vm,
+                guard: self.vm,
+            });
+        }
+        Ok(())
+    }
+
     fn check_grant(
         &self,
         grant: &DmaGrant,
@@ -157,12 +168,7 @@ impl<'a> DmaGuard<'a> {
         len: u64,
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
-        if grant.vm != self.vm {
-            return Err(DmaError::WrongVm {
-                grant: grant.vm,
-                guard: self.vm,
-            });
-        }
+        self.check_vm(grant)?;
         if !grant.ranges.iter().any(|r| r.covers(gpa, len, dir)) {
             return Err(DmaError::NotGranted { gpa, len });
         }
@@ -232,12 +238,7 @@ impl<'a> DmaGuard<'a> {
         ranges: &[(u64, u64)],
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
-        if grant.vm != self.vm {
-            return Err(DmaError::WrongVm {
-                grant: grant.vm,
-                guard: self.vm,
-            });
-        }
+        self.check_vm(grant)?;
         let granted = &grant.ranges;
         let mut hint = 0usize;
         for &(gpa, len) in ranges.iter().filter(|r| r.1 > 0) {

@@ -40,6 +40,55 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| root().join("target"))
 }
 
+/// KiB of a command's output number: the `column`th field of line
+/// `line` (both from 0) of `cmd`'s output, or `None` if it did not run.
+fn kib_from(cmd: &mut Command, line: usize, column: usize) -> Option<u64> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .nth(line)?
+        .split_whitespace()
+        .nth(column)?
+        .parse()
+        .ok()
+}
+
+/// Refuse to start `what` when the file system of the build directory has
+/// less than `need_gib` GiB free beyond what the directory already holds,
+/// saying how much there is and what to do, rather than failing half-way
+/// with "No space left on device". Silent where `df` cannot tell.
+pub fn ensure_free_space(need_gib: u64, what: &str) -> Result<()> {
+    let dir = target_dir();
+    let mut at = dir.clone();
+    while !at.exists() {
+        match at.parent() {
+            Some(p) => at = p.to_path_buf(),
+            None => return Ok(()),
+        }
+    }
+    let Some(free) = kib_from(Command::new("df").arg("-Pk").arg(&at), 1, 3) else {
+        return Ok(());
+    };
+    let held = if dir.exists() {
+        kib_from(Command::new("du").arg("-sk").arg(&dir), 0, 0).unwrap_or(0)
+    } else {
+        0
+    };
+    let need = need_gib << 20;
+    if free + held >= need {
+        return Ok(());
+    }
+    Err(Error::msg(format!(
+        "{what} needs about {need_gib} GiB in {} (builds, images, the KVM-in-TCG rig); \
+         its file system has {} MiB free and the directory holds {} MiB. \
+         Free space there (old build directories, `cargo clean` in other checkouts), \
+         or point CARGO_TARGET_DIR at a file system with room, and run again",
+        dir.display(),
+        free >> 10,
+        held >> 10
+    )))
+}
+
 /// A `cargo` command in the workspace root, with the toolchain of
 /// rust-toolchain.toml.
 pub fn cargo() -> Command {
@@ -219,4 +268,23 @@ pub fn env_path(var: &str) -> PathBuf {
     PathBuf::from(std::env::var_os(var).unwrap_or_else(|| {
         panic!("{var} is not set: run these tests through `cargo xtask test`, which builds what they boot")
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ensure_free_space;
+
+    #[test]
+    fn a_build_directory_without_room_is_refused_naming_it_and_what_is_free() {
+        // No file system here has a million TiB free.
+        let e = ensure_free_space(1 << 30, "the job")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("the job needs about 1073741824 GiB in "),
+            "{e}"
+        );
+        assert!(e.contains(" MiB free and the directory holds "), "{e}");
+        assert!(ensure_free_space(0, "the job").is_ok());
+    }
 }

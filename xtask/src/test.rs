@@ -54,6 +54,8 @@ impl Totals {
 
 /// Entry point.
 pub fn run(args: TestArgs) -> Result<()> {
+    // A run from nothing writes about 10 GiB under target/.
+    system::ensure_free_space(12, "cargo xtask test")?;
     // Tools the tests drive: xorriso makes ISO images for the storage tests;
     // QEMU 10 (from bookworm-backports) and GRUB boot the bare-metal host.
     ensure_packages(&["xorriso"])?;

@@ -412,6 +412,9 @@ impl VirtioPci {
     /// asked to again ([`Virtqueue::arm_notify`]) and the ring looked at
     /// once more, for a chain that came just before.
     fn process_queue(&mut self, ctx: &mut DeviceContext<'_>, q: usize) {
+        // Off the backlog whatever comes of this call (a queue that is not
+        // served now is not polled for without end).
+        self.backlog &= !1u64.checked_shl(q as u32).unwrap_or(0);
         if !self.running() {
             return;
         }
@@ -421,7 +424,6 @@ impl VirtioPci {
         if !queue.is_enabled() {
             return;
         }
-        self.backlog &= !(1u64 << q);
         let qi = q as u16;
         let receive = self.device.is_receive_queue(qi);
         let size = queue.layout().size;

@@ -266,20 +266,14 @@ pub trait BlockBackend: Send {
     /// of its own, [`VECTORED_CHUNK`] bytes per [`BlockBackend::read`].
     /// On an error some buffers may hold new data.
     fn read_vectored(&mut self, lba: u64, bufs: &mut [&mut [u8]]) -> Result<(), BlockError> {
-        let sectors = vectored_sectors(self.sector_size(), bufs.iter().map(|b| b.len()))?;
-        let mut chunk = vec![0u8; chunk_len(self.sector_size(), sectors)];
+        let size = self.sector_size();
+        let sectors = vectored_sectors(size, bufs.iter().map(|b| b.len()))?;
         let mut at = Gather::default();
-        let mut lba = lba;
-        let mut left = sectors;
-        while left > 0 {
-            let n = left.min((chunk.len() / self.sector_size()) as u64);
-            let part = &mut chunk[..n as usize * self.sector_size()];
+        in_chunks(size, sectors, lba, |lba, part| {
             self.read(lba, part)?;
             at.scatter(part, bufs);
-            lba += n;
-            left -= n;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Write the concatenation of `bufs` (a whole number of sectors) at
@@ -287,20 +281,13 @@ pub trait BlockBackend: Send {
     /// where the host has it; the default copies into a buffer of its own
     /// for each [`BlockBackend::write`]).
     fn write_vectored(&mut self, lba: u64, bufs: &[&[u8]]) -> Result<(), BlockError> {
-        let sectors = vectored_sectors(self.sector_size(), bufs.iter().map(|b| b.len()))?;
-        let mut chunk = vec![0u8; chunk_len(self.sector_size(), sectors)];
+        let size = self.sector_size();
+        let sectors = vectored_sectors(size, bufs.iter().map(|b| b.len()))?;
         let mut at = Gather::default();
-        let mut lba = lba;
-        let mut left = sectors;
-        while left > 0 {
-            let n = left.min((chunk.len() / self.sector_size()) as u64);
-            let part = &mut chunk[..n as usize * self.sector_size()];
+        in_chunks(size, sectors, lba, |lba, part| {
             at.gather(bufs, part);
-            self.write(lba, part)?;
-            lba += n;
-            left -= n;
-        }
-        Ok(())
+            self.write(lba, part)
+        })
     }
 }
 
@@ -326,6 +313,28 @@ pub fn vectored_sectors(
 fn chunk_len(sector_size: usize, sectors: u64) -> usize {
     let per = (VECTORED_CHUNK / sector_size).max(1) as u64;
     (per.min(sectors).max(1) as usize) * sector_size
+}
+
+/// Call `each` with the first LBA and a buffer of its own for each run of
+/// at most [`VECTORED_CHUNK`] bytes (one sector at least) of the
+/// `sectors` sectors from `lba`, in order: the walk of the default
+/// [`BlockBackend::read_vectored`] and [`BlockBackend::write_vectored`].
+/// Stops at the first error.
+fn in_chunks(
+    sector_size: usize,
+    sectors: u64,
+    lba: u64,
+    mut each: impl FnMut(u64, &mut [u8]) -> Result<(), BlockError>,
+) -> Result<(), BlockError> {
+    let mut chunk = vec![0u8; chunk_len(sector_size, sectors)];
+    let (mut lba, mut left) = (lba, sectors);
+    while left > 0 {
+        let n = left.min((chunk.len() / sector_size) as u64);
+        each(lba, &mut chunk[..n as usize * sector_size])?;
+        lba += n;
+        left -= n;
+    }
+    Ok(())
 }
 
 /// A place in a list of buffers: which one, and how far into it.

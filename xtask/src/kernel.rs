@@ -449,8 +449,15 @@ fn run_and_keep_screenshot(mut qemu_cmd: Command, png: &Path) -> Result<std::pro
     Ok(status)
 }
 
+/// GiB `cargo xtask run` wants free for `target/`: the host's build and
+/// the images take about 1.5 GiB from nothing (the tests need 12).
+const RUN_NEEDS_GIB: u64 = 3;
+
 /// `cargo xtask run`.
 pub fn run(args: RunArgs) -> Result<()> {
+    // The host's build, the images and (with --kvm-nested) the rig: a
+    // full disk would otherwise stop it half-way with a linker's error.
+    crate::system::ensure_free_space(RUN_NEEDS_GIB, "cargo xtask run")?;
     if args.kvm_nested {
         return crate::kvm_nested::run_cd(args.iso, &args.memory);
     }

@@ -37,7 +37,8 @@
 //! here can interrupt a sibling). Guest flushes the pager does not see
 //! (INVPCID, PCIDs) are not offered to shadow-paged guests.
 
-use super::{ShadowPager, PTE_D, PTE_P, PTE_RW};
+use super::coherence::Leaf;
+use super::{ShadowPager, PTE_A, PTE_D, PTE_P, PTE_RW};
 use crate::host::Host;
 use crate::memory::GuestMemory;
 use alloc::boxed::Box;
@@ -49,7 +50,6 @@ use hashbrown::HashMap;
 pub(super) const MAX_UNSYNC: usize = 64;
 
 /// The out-of-sync frames of one pager.
-#[derive(Default)]
 pub(super) struct Unsync {
     /// Each frame's copy: the values its dependents were derived from.
     frames: HashMap<u64, Box<[u8; 4096]>>,
@@ -62,7 +62,13 @@ pub(super) struct Unsync {
     spare: Vec<Box<[u8; 4096]>>,
     /// The frames a resync visits, kept for the next.
     visiting: Vec<u64>,
+    /// The last 4 KiB leaves resyncs removed, by page number modulo
+    /// [`ZAPPED`] (for `ShadowStats::resync_refills`).
+    zapped: [Leaf; ZAPPED],
 }
+
+/// Leaves removed by resyncs that [`Unsync::refilled`] remembers.
+const ZAPPED: usize = 64;
 
 impl Unsync {
     pub(super) fn new() -> Self {
@@ -72,6 +78,28 @@ impl Unsync {
             allowed: true,
             spare: Vec::new(),
             visiting: Vec::new(),
+            zapped: [Leaf::default(); ZAPPED],
+        }
+    }
+
+    /// Remember that a resync removed `leaf`.
+    fn note_zapped(&mut self, leaf: Leaf) {
+        if leaf.shift == 12 {
+            if let Some(slot) = self.zapped.get_mut((leaf.page >> 12) as usize % ZAPPED) {
+                *slot = leaf;
+            }
+        }
+    }
+
+    /// Whether `leaf`, just filled, is one a resync removed (forgotten
+    /// then: each removal counts once).
+    pub(super) fn refilled(&mut self, leaf: Leaf) -> bool {
+        match self.zapped.get_mut((leaf.page >> 12) as usize % ZAPPED) {
+            Some(slot) if *slot == leaf => {
+                *slot = Leaf::default();
+                true
+            }
+            _ => false,
         }
     }
 
@@ -91,6 +119,19 @@ impl Unsync {
     /// How many frames are out of sync.
     pub(super) fn len(&self) -> usize {
         self.frames.len()
+    }
+
+    /// How many frames out of sync differ from their copies (none, right
+    /// after a resync). For tests.
+    #[cfg(test)]
+    pub(super) fn stale_copies(&self, memory: &GuestMemory) -> usize {
+        self.frames
+            .iter()
+            .filter(|(frame, copy)| {
+                let mut now = [0u8; 4096];
+                memory.read(**frame, &mut now).is_err() || now[..] != copy[..]
+            })
+            .count()
     }
 
     /// Forget every frame (every tree was emptied).
@@ -168,7 +209,14 @@ impl ShadowPager {
 
     /// Bring the frame at `gpa` back in sync: remove the dependents of
     /// every entry that differs from the copy, and write-protect it again.
-    pub(super) fn resync_frame(&mut self, memory: &GuestMemory, gpa: u64) {
+    /// With `keep` (a resync at the guest's TLB flush), a frame whose
+    /// entries changed since the copy was taken stays out of sync instead,
+    /// with the frame as it is now for its copy: the guest is writing it,
+    /// and write-protecting it would cost a write fault at its next write
+    /// (the guest builds and tears down address spaces a few entries per
+    /// flush interval). A frame found unchanged is write-protected again,
+    /// so only tables being written are compared at each flush.
+    pub(super) fn resync_frame(&mut self, memory: &GuestMemory, gpa: u64, keep: bool) {
         let frame = gpa & !0xfff;
         let Some(copy) = self.unsync.frames.remove(&frame) else {
             return;
@@ -183,16 +231,17 @@ impl ShadowPager {
             .pop()
             .unwrap_or_else(|| Box::new([0u8; 4096]));
         let readable = memory.read(frame, &mut now[..]).is_ok();
+        let mut changed = false;
         let pairs = copy.chunks_exact(8).zip(now.chunks_exact(8));
         for (i, (old, now)) in pairs.enumerate().filter(|_| readable) {
             let gpa = frame + 8 * i as u64;
             let old = old.try_into().map_or(0, u64::from_le_bytes);
             let now = now.try_into().map_or(0, u64::from_le_bytes);
-            if old != now
-                && old & !now & !(PTE_RW | PTE_D) == 0
-                && now & !old == 0
-                && now & PTE_P != 0
-            {
+            if old == now {
+                continue;
+            }
+            changed = true;
+            if old & !now & !(PTE_RW | PTE_D) == 0 && now & !old == 0 && now & PTE_P != 0 {
                 // Only write access and dirty bits taken away (fork's
                 // copy-on-write marking, a write-protection, a cleaning):
                 // the leaves keep their frame and rights less write, as
@@ -200,7 +249,7 @@ impl ShadowPager {
                 // only ever held 4 KiB leaf entries, and the bits are
                 // the same in a 4-byte entry at the word's low half).
                 self.coherence.written(gpa, 8, &mut downgraded);
-            } else if old != now {
+            } else {
                 let len = if old as u32 != now as u32 && old >> 32 != now >> 32 {
                     8
                 } else {
@@ -211,11 +260,17 @@ impl ShadowPager {
                 } else {
                     gpa
                 };
+                let from = stale.len();
                 self.coherence.take_written(at, len, &mut stale);
+                // The entry as it is now (a 4-byte entry's half).
+                let entry = if at == gpa { now } else { now >> 32 };
+                if entry & (PTE_P | PTE_A) == PTE_P | PTE_A {
+                    for &l in stale.get(from..).unwrap_or(&[]) {
+                        self.unsync.note_zapped(l);
+                    }
+                }
             }
         }
-        self.unsync.spare.push(copy);
-        self.unsync.spare.push(now);
         if !readable {
             // The frame left RAM under it (cannot happen without a memory
             // map change, which flushes everything): drop every dependent.
@@ -224,14 +279,36 @@ impl ShadowPager {
         for &l in &stale {
             self.zap(l);
         }
+        self.stats.resync_zaps += stale.iter().filter(|l| l.shift == 12).count() as u64;
         for &l in &downgraded {
             self.write_protect(l);
         }
-        // The frame's own writable mappings stay, read-only.
-        stale.clear();
-        self.coherence.take_writable(frame, &mut stale);
-        for &l in &stale {
-            self.write_protect(l);
+        // Still a leaf table, or one whose last dependents the removals
+        // above took (the guest cleared entries it is about to set again:
+        // the fills that follow track it again), and frames may still go
+        // out of sync. A frame that was neither (a freed table reused as
+        // data) is write-protected again.
+        let tracked = self.coherence.is_tracked(frame);
+        let kept = keep
+            && readable
+            && changed
+            && self.unsync.allowed
+            && (self.coherence.leaf_only(frame) || (!tracked && !stale.is_empty()));
+        if kept {
+            // The dependents left were derived from the entries as they
+            // are now: the frame's copy.
+            self.unsync.frames.insert(frame, now);
+            self.unsync.spare.push(copy);
+            self.stats.resyncs_kept += 1;
+        } else {
+            self.unsync.spare.push(copy);
+            self.unsync.spare.push(now);
+            // The frame's own writable mappings stay, read-only.
+            stale.clear();
+            self.coherence.take_writable(frame, &mut stale);
+            for &l in &stale {
+                self.write_protect(l);
+            }
         }
         self.give_leaf_list(stale);
         self.give_leaf_list(downgraded);
@@ -258,13 +335,14 @@ impl ShadowPager {
         self.unsync.pending = !self.unsync.frames.is_empty();
     }
 
-    /// Bring every frame back in sync now.
+    /// Bring every frame back in sync now, but those the guest is writing
+    /// (see [`ShadowPager::resync_frame`]).
     pub(super) fn resync_all(&mut self, memory: &GuestMemory) {
         let mut frames = core::mem::take(&mut self.unsync.visiting);
         frames.clear();
         frames.extend(self.unsync.frames.keys().copied());
         for &frame in &frames {
-            self.resync_frame(memory, frame);
+            self.resync_frame(memory, frame, true);
         }
         self.unsync.visiting = frames;
     }

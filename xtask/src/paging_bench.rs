@@ -305,7 +305,7 @@ fn print_floor(
     );
     println!(
         "    shadow resyncs: {} out-of-sync tables compared at the guest's flushes, {} of them kept out of sync \
-         (written since the last), {} leaves removed from changed entries, {} of those present and accessed \
+         (written within the last few), {} leaves removed from changed entries, {} of those present and accessed \
          at the resync filled again by a fault (of the last 64 removed)",
         sh("resyncs"),
         sh("resyncs_kept"),

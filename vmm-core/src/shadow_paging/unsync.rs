@@ -19,7 +19,14 @@
 //! (CR3 write, INVLPG, CR4.PGE toggle: marked here, done before the next
 //! entry or fault), each such frame is compared with its copy: the
 //! dependents of every entry that changed are removed exactly as for an
-//! emulated write, and the frame is write-protected again.
+//! emulated write, and the copy is taken anew. A frame the guest is still
+//! writing stays out of sync across the flush (Linux clears an entry,
+//! flushes, then sets it: write-protecting the table at the flush cost a
+//! write fault for the set, and a fill that tracked it again another);
+//! one found idle at `IDLE_RESYNCS` + 1 flushes in a row, or that became a
+//! directory, is write-protected again. Comparing an idle table costs a
+//! fraction of the write fault it would take once write-protected (the
+//! counters of `cargo xtask bench paging` show both).
 //!
 //! The copy is the value each dependent leaf was derived from: a fill or a
 //! prefetch that reads an entry of an out-of-sync frame whose value is no
@@ -52,7 +59,9 @@ pub(super) const MAX_UNSYNC: usize = 64;
 /// The out-of-sync frames of one pager.
 pub(super) struct Unsync {
     /// Each frame's copy: the values its dependents were derived from.
-    frames: HashMap<u64, Box<[u8; 4096]>>,
+    /// With the number of resyncs in a row that found the frame idle
+    /// (see [`ShadowPager::resync_frame`]).
+    frames: HashMap<u64, (Box<[u8; 4096]>, u8)>,
     /// A guest TLB flush happened since the last resync.
     pub(super) pending: bool,
     /// Frames may go out of sync (one vCPU on the pager).
@@ -66,6 +75,12 @@ pub(super) struct Unsync {
     /// [`ZAPPED`] (for `ShadowStats::resync_refills`).
     zapped: [Leaf; ZAPPED],
 }
+
+/// Resyncs in a row that may find a table idle (unchanged, or untracked
+/// with nothing removed) before it is write-protected again: comparing an
+/// idle table at a flush costs a fraction of the write fault its next
+/// store would take once it is write-protected.
+pub(super) const IDLE_RESYNCS: u8 = 3;
 
 /// Leaves removed by resyncs that [`Unsync::refilled`] remembers.
 const ZAPPED: usize = 64;
@@ -111,7 +126,7 @@ impl Unsync {
     /// The copy's bytes at `gpa` (`len` of them, within one frame), if the
     /// frame is out of sync.
     pub(super) fn copied(&self, gpa: u64, len: usize) -> Option<&[u8]> {
-        let copy = self.frames.get(&(gpa & !0xfff))?;
+        let (copy, _) = self.frames.get(&(gpa & !0xfff))?;
         let at = (gpa & 0xfff) as usize;
         copy.get(at..at + len)
     }
@@ -121,13 +136,11 @@ impl Unsync {
         self.frames.len()
     }
 
-    /// How many frames out of sync differ from their copies (none, right
-    /// after a resync). For tests.
-    #[cfg(test)]
-    pub(super) fn stale_copies(&self, memory: &GuestMemory) -> usize {
+    /// How many frames out of sync differ from their copies.
+    fn behind(&self, memory: &GuestMemory) -> usize {
         self.frames
             .iter()
-            .filter(|(frame, copy)| {
+            .filter(|(frame, (copy, _))| {
                 let mut now = [0u8; 4096];
                 memory.read(**frame, &mut now).is_err() || now[..] != copy[..]
             })
@@ -136,7 +149,7 @@ impl Unsync {
 
     /// Forget every frame (every tree was emptied).
     pub(super) fn clear(&mut self) {
-        for (_, copy) in self.frames.drain() {
+        for (_, (copy, _)) in self.frames.drain() {
             self.spare.push(copy);
         }
         self.pending = false;
@@ -151,6 +164,14 @@ impl Unsync {
 }
 
 impl ShadowPager {
+    /// Leaf tables out of sync whose guest frame differs from what the
+    /// pager last synchronised with (none right after a guest TLB flush
+    /// was caught up: tables the guest keeps writing stay out of sync
+    /// across flushes, but not behind). For tests and fuzzing.
+    pub fn out_of_sync_frames_behind(&self, memory: &GuestMemory) -> usize {
+        self.unsync.behind(memory)
+    }
+
     /// Whether a write fault on the tracked frame at `gpa` may let it go
     /// out of sync instead of being emulated.
     pub(super) fn may_unsync(&self, gpa: u64) -> bool {
@@ -174,7 +195,7 @@ impl ShadowPager {
             self.unsync.spare.push(copy);
             return;
         }
-        self.unsync.frames.insert(frame, copy);
+        self.unsync.frames.insert(frame, (copy, 0));
         self.stats.unsyncs += 1;
     }
 
@@ -200,7 +221,7 @@ impl ShadowPager {
         }
         self.give_leaf_list(stale);
         let at = (gpa & 0xfff) as usize;
-        if let Some(copy) = self.unsync.frames.get_mut(&(gpa & !0xfff)) {
+        if let Some((copy, _)) = self.unsync.frames.get_mut(&(gpa & !0xfff)) {
             if let Some(slot) = copy.get_mut(at..at + len) {
                 slot.copy_from_slice(now);
             }
@@ -218,7 +239,7 @@ impl ShadowPager {
     /// so only tables being written are compared at each flush.
     pub(super) fn resync_frame(&mut self, memory: &GuestMemory, gpa: u64, keep: bool) {
         let frame = gpa & !0xfff;
-        let Some(copy) = self.unsync.frames.remove(&frame) else {
+        let Some((copy, idle)) = self.unsync.frames.remove(&frame) else {
             return;
         };
         let mut stale = self.leaf_list();
@@ -283,21 +304,25 @@ impl ShadowPager {
         for &l in &downgraded {
             self.write_protect(l);
         }
-        // Still a leaf table, or one whose last dependents the removals
-        // above took (the guest cleared entries it is about to set again:
-        // the fills that follow track it again), and frames may still go
-        // out of sync. A frame that was neither (a freed table reused as
-        // data) is write-protected again.
+        // Kept: a leaf table (or one whose last dependents a resync took:
+        // the guest cleared entries it is about to set again, and the
+        // fills that follow track it again) that is not idle: a tracked
+        // table whose entries changed, an untracked one whose changes
+        // removed leaves, within the last `IDLE_RESYNCS` resyncs. A frame
+        // that is neither (a freed table reused as data), or idle longer,
+        // is write-protected again.
         let tracked = self.coherence.is_tracked(frame);
+        let active = if tracked { changed } else { !stale.is_empty() };
+        let idle = if active { 0 } else { idle.saturating_add(1) };
         let kept = keep
             && readable
-            && changed
             && self.unsync.allowed
-            && (self.coherence.leaf_only(frame) || (!tracked && !stale.is_empty()));
+            && idle <= IDLE_RESYNCS
+            && (self.coherence.leaf_only(frame) || !tracked);
         if kept {
             // The dependents left were derived from the entries as they
             // are now: the frame's copy.
-            self.unsync.frames.insert(frame, now);
+            self.unsync.frames.insert(frame, (now, idle));
             self.unsync.spare.push(copy);
             self.stats.resyncs_kept += 1;
         } else {

@@ -230,13 +230,13 @@ impl ShadowPager {
 
     /// Bring the frame at `gpa` back in sync: remove the dependents of
     /// every entry that differs from the copy, and write-protect it again.
-    /// With `keep` (a resync at the guest's TLB flush), a frame whose
-    /// entries changed since the copy was taken stays out of sync instead,
-    /// with the frame as it is now for its copy: the guest is writing it,
-    /// and write-protecting it would cost a write fault at its next write
-    /// (the guest builds and tears down address spaces a few entries per
-    /// flush interval). A frame found unchanged is write-protected again,
-    /// so only tables being written are compared at each flush.
+    /// With `keep` (a resync at the guest's TLB flush), a frame the guest
+    /// is writing stays out of sync instead, with the frame as it is now
+    /// for its copy: write-protecting it would cost a write fault at its
+    /// next write (the guest builds and tears down address spaces a few
+    /// entries per flush interval). A frame found idle at more than
+    /// `IDLE_RESYNCS` resyncs in a row is write-protected again, so only
+    /// tables being written are compared at each flush.
     pub(super) fn resync_frame(&mut self, memory: &GuestMemory, gpa: u64, keep: bool) {
         let frame = gpa & !0xfff;
         let Some((copy, idle)) = self.unsync.frames.remove(&frame) else {

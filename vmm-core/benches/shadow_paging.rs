@@ -2,7 +2,7 @@
 //! its prefetch of accessed neighbours), a fill inside a 2 MiB guest page,
 //! a reflected fault, an emulated page-table write's invalidation, and a
 //! CR3 switch that hits the cache, and a leaf table let out of sync by a
-//! write fault, written and brought back in sync. Each iteration undoes its
+//! write fault, written and brought in sync at a flush. Each iteration undoes its
 //! effect so the next one does the same work.
 //!
 //! Protocol: no arguments runs every case and prints `CASE: X ns/op`;
@@ -135,7 +135,8 @@ fn run(case: &str, iters: u64) {
             // of sync, the guest rewrites 16 entries (write access taken
             // away and given back: the dependents of half of them are
             // removed, the others' leaves kept read-only), and INVLPG plus
-            // the next fault bring it back in sync.
+            // the next fault bring it in sync (it stays out of sync, being
+            // written, so the next write fault finds it so).
             for i in 0..iters {
                 for page in [0x40u64, 0x60, 0x80, 0xa0] {
                     fault(&mut s, page << 12, 0);
@@ -153,8 +154,8 @@ fn run(case: &str, iters: u64) {
             }
             let stats = s.pager.stats();
             assert!(
-                stats.unsyncs >= iters && stats.resyncs >= iters,
-                "the case must let the table out of sync and back: {stats:?}"
+                stats.unsyncs >= 1 && stats.resyncs >= iters,
+                "the case must let the table out of sync and resync it: {stats:?}"
             );
         }
         other => {

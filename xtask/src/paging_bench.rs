@@ -295,12 +295,22 @@ fn print_floor(
     );
     println!(
         "    shadow CR exits: {} CR3 loads, {} CR2/CR8 (TCG exits on CR2 reads the VMCB does not intercept), \
-         {} CR0/CR3/CR4 reads, {} CR0/CR4 writes; {} INVLPG",
+         {} CR0/CR3/CR4 reads, {} CR0/CR4 writes; {} INVLPG ({} with no table out of sync)",
         sh("cr3_loads"),
         sh("cr2_cr8"),
         sh("cr_reads"),
         sh("cr_writes"),
-        sh("invlpgs")
+        sh("invlpgs"),
+        sh("invlpgs_in_sync")
+    );
+    println!(
+        "    shadow resyncs: {} out-of-sync tables compared at the guest's flushes, {} of them kept out of sync \
+         (written within the last few), {} leaves removed from changed entries, {} of those present and accessed \
+         at the resync filled again by a fault (of the last 64 removed)",
+        sh("resyncs"),
+        sh("resyncs_kept"),
+        sh("resync_zaps"),
+        sh("resync_refills")
     );
     let ms = |f: &str| sh(f) as f64 / 1e6;
     let per = |f: &str, n: u64| sh(f) as f64 / 1e3 / n.max(1) as f64;

@@ -56,7 +56,7 @@ impl ShadowPager {
                 // its writable leaves taken) rather than left writable on
                 // a frame the VM no longer uses.
                 if self.unsync.contains(gpa) {
-                    self.resync_frame(memory, gpa);
+                    self.resync_frame(memory, gpa, false);
                 }
             }
         }

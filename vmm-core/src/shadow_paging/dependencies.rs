@@ -117,7 +117,7 @@ impl ShadowPager {
                 if shift == 12 {
                     self.sync_entry(e.gpa, e.wide, e.value);
                 } else {
-                    self.resync_frame(memory, e.gpa);
+                    self.resync_frame(memory, e.gpa, false);
                 }
             }
             let (owner, serial) = if i == 0 { tree } else { below };
@@ -131,7 +131,9 @@ impl ShadowPager {
             if added {
                 self.note_dep_key(owner, key);
             }
-            if newly_tracked {
+            // (An out-of-sync frame keeps its writable mappings: an entry
+            // of it is a leaf's, as a directory's resynced it above.)
+            if newly_tracked && !self.unsync.contains(e.gpa) {
                 self.coherence.take_writable(e.gpa, &mut revoke);
             }
         }
@@ -207,6 +209,9 @@ impl ShadowPager {
     /// INVLPG: drop the current tree's leaf for `linear`.
     pub fn invlpg(&mut self, linear: u64) {
         self.stats.invlpgs += 1;
+        if self.unsync.len() == 0 {
+            self.stats.invlpgs_in_sync += 1;
+        }
         self.unsync.flush_requested();
         if let Some(slot) = self.current {
             let mask = self

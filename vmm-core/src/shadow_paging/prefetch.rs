@@ -319,7 +319,7 @@ impl ShadowPager {
                     if added {
                         self.note_dep_key(owner, key);
                     }
-                    if newly_tracked {
+                    if newly_tracked && !self.unsync.contains(leaf.gpa) {
                         let mut revoke = self.leaf_list();
                         self.coherence.take_writable(leaf.gpa, &mut revoke);
                         for &l in &revoke {

@@ -1075,13 +1075,17 @@ fn random_page_table_edits_faults_and_switches_keep_every_leaf_coherent() {
                 _ => pager.invlpg(linears[rng.below(linears.len() as u64) as usize]),
             }
             if rng.below(2) == 0 {
-                // The next entry: after a TLB flush nothing stays out of
-                // sync, so `verify` below checks against the guest's
-                // tables as they are.
+                // The next entry: after a TLB flush what stays out of
+                // sync is exactly as the guest wrote it, so `verify` below
+                // checks against the guest's tables as they are.
                 let flushed = pager.unsync.pending;
                 pager.ensure(&*host, &control, vm.memory()).unwrap();
                 if flushed {
-                    assert_eq!(pager.unsynced_frames(), 0, "seed {seed} step {step}");
+                    assert_eq!(
+                        pager.out_of_sync_frames_behind(vm.memory()),
+                        0,
+                        "seed {seed} step {step}"
+                    );
                 }
             }
             for &l in &linears {
@@ -1806,7 +1810,11 @@ fn a_resync_that_finds_only_write_access_taken_away_keeps_the_leaves_read_only()
     let (fills, invalidations) = (f.pager.stats().fills, f.pager.stats().invalidations);
     f.pager.invlpg(0x30_000);
     enter(&mut f);
-    assert_eq!(f.pager.unsynced_frames(), 0);
+    assert_eq!(
+        f.pager.unsynced_frames(),
+        1,
+        "written since: kept out of sync"
+    );
     for (page, gpa) in [(0x10_000, 0x8_0000), (0x11_000, 0x8_1000)] {
         let entry = f.pager.shadow_entry(page).expect("kept");
         assert_eq!(entry & (P | RW), P, "{page:#x}");
@@ -1821,10 +1829,13 @@ fn a_resync_that_finds_only_write_access_taken_away_keeps_the_leaves_read_only()
         FaultOutcome::Reflect(_)
     ));
     assert_eq!(f.pager.stats().fills, fills);
-    // The kept leaves still depend on their entries.
+    // The kept leaves still depend on their entries (a store to the
+    // table, still out of sync, is caught at the next flush).
     pte(&mut f.vm, 0x11, 0);
-    f.pager.guest_wrote(PT + 0x11 * 8, 8);
+    f.pager.invlpg(0x30_000);
+    enter(&mut f);
     assert_eq!(f.pager.shadow_entry(0x11_000), None);
+    assert!(f.pager.shadow_entry(0x10_000).is_some());
 }
 
 #[test]
@@ -1848,15 +1859,45 @@ fn a_leaf_table_the_guest_writes_goes_out_of_sync_and_catches_up_at_its_next_flu
     assert_eq!(f.pager.shadow_entry(0x10_000).unwrap() & ADDR_MASK, old);
     f.pager.verify(f.vm.memory(), &f.control, 0x10_000).unwrap();
     // An INVLPG of another page is a flush too: before the guest runs
-    // again the stale leaf is gone and the PT is read-only again.
+    // again the stale leaf is gone. The PT was written since it went out
+    // of sync, so it stays out of sync (the guest is writing it), its
+    // copy taken anew: the next store costs no write fault.
+    f.pager.invlpg(0x30_000);
+    enter(&mut f);
+    assert_eq!(f.pager.shadow_entry(0x10_000), None);
+    assert_eq!(f.pager.unsynced_frames(), 1);
+    assert_eq!(f.pager.shadow_entry(0x4_000).unwrap() & RW, RW);
+    let s = f.pager.stats();
+    assert_eq!((s.resyncs, s.resyncs_kept), (1, 1), "{s:?}");
+    assert_eq!(f.fault(0x10_000, 0), FaultOutcome::Filled);
+    let new = host_of(&f.vm, 0x9_0000);
+    assert_eq!(f.pager.shadow_entry(0x10_000).unwrap() & ADDR_MASK, new);
+    // A store after that resync is caught at the next flush all the same.
+    pte(&mut f.vm, 0x10, 0xa_0000 | P | RW | A | D);
+    f.pager.invlpg(0x30_000);
+    enter(&mut f);
+    assert_eq!(f.pager.shadow_entry(0x10_000), None);
+    assert_eq!(f.pager.unsynced_frames(), 1);
+    // Flushes with no store since: idle, it stays out of sync for a few,
+    // then is write-protected again.
+    let idle = u64::from(super::unsync::IDLE_RESYNCS);
+    for _ in 0..idle {
+        f.pager.invlpg(0x30_000);
+        enter(&mut f);
+        assert_eq!(f.pager.unsynced_frames(), 1);
+    }
     f.pager.invlpg(0x30_000);
     enter(&mut f);
     assert_eq!(f.pager.unsynced_frames(), 0);
-    assert_eq!(f.pager.shadow_entry(0x10_000), None);
     assert_eq!(f.pager.shadow_entry(0x4_000).map_or(0, |e| e & RW), 0);
-    assert_eq!(f.pager.stats().resyncs, 1);
+    let s = f.pager.stats();
+    assert_eq!(
+        (s.resyncs, s.resyncs_kept, s.unsyncs),
+        (3 + idle, 2 + idle, 1),
+        "{s:?}"
+    );
     assert_eq!(f.fault(0x10_000, 0), FaultOutcome::Filled);
-    let new = host_of(&f.vm, 0x9_0000);
+    let new = host_of(&f.vm, 0xa_0000);
     assert_eq!(f.pager.shadow_entry(0x10_000).unwrap() & ADDR_MASK, new);
     // A CR3 load (even of the same CR3) catches up the same way.
     assert_eq!(
@@ -1960,7 +2001,7 @@ fn random_stores_through_the_shadow_into_leaf_tables_never_outlive_a_flush() {
     // tables through the shadow, as a CPU would: straight through a
     // writable shadow leaf, else by faulting (filled: store again;
     // emulated: store and report).
-    let mut total_unsyncs = 0;
+    let (mut total_unsyncs, mut total_kept) = (0, 0);
     for seed in 1..=20u64 {
         let (host, mut vm) = vm();
         let mut rng = XorShift(seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
@@ -2037,7 +2078,14 @@ fn random_stores_through_the_shadow_into_leaf_tables_never_outlive_a_flush() {
             let flushed = pager.unsync.pending;
             pager.ensure(&*host, &control, vm.memory()).unwrap();
             if flushed {
-                assert_eq!(pager.unsynced_frames(), 0, "seed {seed} step {step}");
+                // Caught up: what is still out of sync is exactly as the
+                // guest wrote it (so the checks below, which read such
+                // frames from their copies, see the guest's tables).
+                assert_eq!(
+                    pager.out_of_sync_frames_behind(vm.memory()),
+                    0,
+                    "seed {seed} step {step}"
+                );
             }
             for &l in &linears {
                 if let Err(e) = pager.verify(vm.memory(), &control, l) {
@@ -2046,8 +2094,10 @@ fn random_stores_through_the_shadow_into_leaf_tables_never_outlive_a_flush() {
             }
         }
         total_unsyncs += pager.stats().unsyncs;
+        total_kept += pager.stats().resyncs_kept;
     }
     assert!(total_unsyncs > 50, "{total_unsyncs} unsyncs");
+    assert!(total_kept > 50, "{total_kept} tables kept out of sync");
 }
 
 /// A clone's leaf page table, still shared copy-on-write with its
@@ -2121,8 +2171,17 @@ fn a_shared_leaf_table_goes_out_of_sync_only_as_the_clones_own_copy() {
     assert_eq!(frame_in(&a, PT).0, copy, "no second copy");
     pa.invlpg(0x10_000);
     pa.ensure(&*host, &control, &a).unwrap();
-    assert_eq!(pa.unsynced_frames(), 0);
     assert_eq!(pa.shadow_entry(0x10_000), None);
+    assert_eq!(pa.unsynced_frames(), 1, "written since: still out of sync");
+    for _ in 0..=super::unsync::IDLE_RESYNCS {
+        pa.invlpg(0x10_000);
+        pa.ensure(&*host, &control, &a).unwrap();
+    }
+    assert_eq!(
+        pa.unsynced_frames(),
+        0,
+        "not written since: write-protected"
+    );
     pa.verify(&a, &control, 0x4_000).unwrap();
 
     // `b`'s PT is still the parent's, shared, and mapped read-only.

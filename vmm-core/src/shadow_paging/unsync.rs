@@ -19,7 +19,14 @@
 //! (CR3 write, INVLPG, CR4.PGE toggle: marked here, done before the next
 //! entry or fault), each such frame is compared with its copy: the
 //! dependents of every entry that changed are removed exactly as for an
-//! emulated write, and the frame is write-protected again.
+//! emulated write, and the copy is taken anew. A frame the guest is still
+//! writing stays out of sync across the flush (Linux clears an entry,
+//! flushes, then sets it: write-protecting the table at the flush cost a
+//! write fault for the set, and a fill that tracked it again another);
+//! one found idle at `IDLE_RESYNCS` + 1 flushes in a row, or that became a
+//! directory, is write-protected again. Comparing an idle table costs a
+//! fraction of the write fault it would take once write-protected (the
+//! counters of `cargo xtask bench paging` show both).
 //!
 //! The copy is the value each dependent leaf was derived from: a fill or a
 //! prefetch that reads an entry of an out-of-sync frame whose value is no
@@ -37,7 +44,8 @@
 //! here can interrupt a sibling). Guest flushes the pager does not see
 //! (INVPCID, PCIDs) are not offered to shadow-paged guests.
 
-use super::{ShadowPager, PTE_D, PTE_P, PTE_RW};
+use super::coherence::Leaf;
+use super::{ShadowPager, PTE_A, PTE_D, PTE_P, PTE_RW};
 use crate::host::Host;
 use crate::memory::GuestMemory;
 use alloc::boxed::Box;
@@ -49,10 +57,11 @@ use hashbrown::HashMap;
 pub(super) const MAX_UNSYNC: usize = 64;
 
 /// The out-of-sync frames of one pager.
-#[derive(Default)]
 pub(super) struct Unsync {
     /// Each frame's copy: the values its dependents were derived from.
-    frames: HashMap<u64, Box<[u8; 4096]>>,
+    /// With the number of resyncs in a row that found the frame idle
+    /// (see [`ShadowPager::resync_frame`]).
+    frames: HashMap<u64, (Box<[u8; 4096]>, u8)>,
     /// A guest TLB flush happened since the last resync.
     pub(super) pending: bool,
     /// Frames may go out of sync (one vCPU on the pager).
@@ -62,7 +71,19 @@ pub(super) struct Unsync {
     spare: Vec<Box<[u8; 4096]>>,
     /// The frames a resync visits, kept for the next.
     visiting: Vec<u64>,
+    /// The last 4 KiB leaves resyncs removed, by page number modulo
+    /// [`ZAPPED`] (for `ShadowStats::resync_refills`).
+    zapped: [Leaf; ZAPPED],
 }
+
+/// Resyncs in a row that may find a table idle (unchanged, or untracked
+/// with nothing removed) before it is write-protected again: comparing an
+/// idle table at a flush costs a fraction of the write fault its next
+/// store would take once it is write-protected.
+pub(super) const IDLE_RESYNCS: u8 = 3;
+
+/// Leaves removed by resyncs that [`Unsync::refilled`] remembers.
+const ZAPPED: usize = 64;
 
 impl Unsync {
     pub(super) fn new() -> Self {
@@ -72,6 +93,28 @@ impl Unsync {
             allowed: true,
             spare: Vec::new(),
             visiting: Vec::new(),
+            zapped: [Leaf::default(); ZAPPED],
+        }
+    }
+
+    /// Remember that a resync removed `leaf`.
+    fn note_zapped(&mut self, leaf: Leaf) {
+        if leaf.shift == 12 {
+            if let Some(slot) = self.zapped.get_mut((leaf.page >> 12) as usize % ZAPPED) {
+                *slot = leaf;
+            }
+        }
+    }
+
+    /// Whether `leaf`, just filled, is one a resync removed (forgotten
+    /// then: each removal counts once).
+    pub(super) fn refilled(&mut self, leaf: Leaf) -> bool {
+        match self.zapped.get_mut((leaf.page >> 12) as usize % ZAPPED) {
+            Some(slot) if *slot == leaf => {
+                *slot = Leaf::default();
+                true
+            }
+            _ => false,
         }
     }
 
@@ -83,7 +126,7 @@ impl Unsync {
     /// The copy's bytes at `gpa` (`len` of them, within one frame), if the
     /// frame is out of sync.
     pub(super) fn copied(&self, gpa: u64, len: usize) -> Option<&[u8]> {
-        let copy = self.frames.get(&(gpa & !0xfff))?;
+        let (copy, _) = self.frames.get(&(gpa & !0xfff))?;
         let at = (gpa & 0xfff) as usize;
         copy.get(at..at + len)
     }
@@ -93,9 +136,20 @@ impl Unsync {
         self.frames.len()
     }
 
+    /// How many frames out of sync differ from their copies.
+    fn behind(&self, memory: &GuestMemory) -> usize {
+        self.frames
+            .iter()
+            .filter(|(frame, (copy, _))| {
+                let mut now = [0u8; 4096];
+                memory.read(**frame, &mut now).is_err() || now[..] != copy[..]
+            })
+            .count()
+    }
+
     /// Forget every frame (every tree was emptied).
     pub(super) fn clear(&mut self) {
-        for (_, copy) in self.frames.drain() {
+        for (_, (copy, _)) in self.frames.drain() {
             self.spare.push(copy);
         }
         self.pending = false;
@@ -110,6 +164,14 @@ impl Unsync {
 }
 
 impl ShadowPager {
+    /// Leaf tables out of sync whose guest frame differs from what the
+    /// pager last synchronised with (none right after a guest TLB flush
+    /// was caught up: tables the guest keeps writing stay out of sync
+    /// across flushes, but not behind). For tests and fuzzing.
+    pub fn out_of_sync_frames_behind(&self, memory: &GuestMemory) -> usize {
+        self.unsync.behind(memory)
+    }
+
     /// Whether a write fault on the tracked frame at `gpa` may let it go
     /// out of sync instead of being emulated.
     pub(super) fn may_unsync(&self, gpa: u64) -> bool {
@@ -133,7 +195,7 @@ impl ShadowPager {
             self.unsync.spare.push(copy);
             return;
         }
-        self.unsync.frames.insert(frame, copy);
+        self.unsync.frames.insert(frame, (copy, 0));
         self.stats.unsyncs += 1;
     }
 
@@ -159,7 +221,7 @@ impl ShadowPager {
         }
         self.give_leaf_list(stale);
         let at = (gpa & 0xfff) as usize;
-        if let Some(copy) = self.unsync.frames.get_mut(&(gpa & !0xfff)) {
+        if let Some((copy, _)) = self.unsync.frames.get_mut(&(gpa & !0xfff)) {
             if let Some(slot) = copy.get_mut(at..at + len) {
                 slot.copy_from_slice(now);
             }
@@ -168,9 +230,16 @@ impl ShadowPager {
 
     /// Bring the frame at `gpa` back in sync: remove the dependents of
     /// every entry that differs from the copy, and write-protect it again.
-    pub(super) fn resync_frame(&mut self, memory: &GuestMemory, gpa: u64) {
+    /// With `keep` (a resync at the guest's TLB flush), a frame the guest
+    /// is writing stays out of sync instead, with the frame as it is now
+    /// for its copy: write-protecting it would cost a write fault at its
+    /// next write (the guest builds and tears down address spaces a few
+    /// entries per flush interval). A frame found idle at more than
+    /// `IDLE_RESYNCS` resyncs in a row is write-protected again, so only
+    /// tables being written are compared at each flush.
+    pub(super) fn resync_frame(&mut self, memory: &GuestMemory, gpa: u64, keep: bool) {
         let frame = gpa & !0xfff;
-        let Some(copy) = self.unsync.frames.remove(&frame) else {
+        let Some((copy, idle)) = self.unsync.frames.remove(&frame) else {
             return;
         };
         let mut stale = self.leaf_list();
@@ -183,16 +252,17 @@ impl ShadowPager {
             .pop()
             .unwrap_or_else(|| Box::new([0u8; 4096]));
         let readable = memory.read(frame, &mut now[..]).is_ok();
+        let mut changed = false;
         let pairs = copy.chunks_exact(8).zip(now.chunks_exact(8));
         for (i, (old, now)) in pairs.enumerate().filter(|_| readable) {
             let gpa = frame + 8 * i as u64;
             let old = old.try_into().map_or(0, u64::from_le_bytes);
             let now = now.try_into().map_or(0, u64::from_le_bytes);
-            if old != now
-                && old & !now & !(PTE_RW | PTE_D) == 0
-                && now & !old == 0
-                && now & PTE_P != 0
-            {
+            if old == now {
+                continue;
+            }
+            changed = true;
+            if old & !now & !(PTE_RW | PTE_D) == 0 && now & !old == 0 && now & PTE_P != 0 {
                 // Only write access and dirty bits taken away (fork's
                 // copy-on-write marking, a write-protection, a cleaning):
                 // the leaves keep their frame and rights less write, as
@@ -200,7 +270,7 @@ impl ShadowPager {
                 // only ever held 4 KiB leaf entries, and the bits are
                 // the same in a 4-byte entry at the word's low half).
                 self.coherence.written(gpa, 8, &mut downgraded);
-            } else if old != now {
+            } else {
                 let len = if old as u32 != now as u32 && old >> 32 != now >> 32 {
                     8
                 } else {
@@ -211,11 +281,17 @@ impl ShadowPager {
                 } else {
                     gpa
                 };
+                let from = stale.len();
                 self.coherence.take_written(at, len, &mut stale);
+                // The entry as it is now (a 4-byte entry's half).
+                let entry = if at == gpa { now } else { now >> 32 };
+                if entry & (PTE_P | PTE_A) == PTE_P | PTE_A {
+                    for &l in stale.get(from..).unwrap_or(&[]) {
+                        self.unsync.note_zapped(l);
+                    }
+                }
             }
         }
-        self.unsync.spare.push(copy);
-        self.unsync.spare.push(now);
         if !readable {
             // The frame left RAM under it (cannot happen without a memory
             // map change, which flushes everything): drop every dependent.
@@ -224,14 +300,40 @@ impl ShadowPager {
         for &l in &stale {
             self.zap(l);
         }
+        self.stats.resync_zaps += stale.iter().filter(|l| l.shift == 12).count() as u64;
         for &l in &downgraded {
             self.write_protect(l);
         }
-        // The frame's own writable mappings stay, read-only.
-        stale.clear();
-        self.coherence.take_writable(frame, &mut stale);
-        for &l in &stale {
-            self.write_protect(l);
+        // Kept: a leaf table (or one whose last dependents a resync took:
+        // the guest cleared entries it is about to set again, and the
+        // fills that follow track it again) that is not idle: a tracked
+        // table whose entries changed, an untracked one whose changes
+        // removed leaves, within the last `IDLE_RESYNCS` resyncs. A frame
+        // that is neither (a freed table reused as data), or idle longer,
+        // is write-protected again.
+        let tracked = self.coherence.is_tracked(frame);
+        let active = if tracked { changed } else { !stale.is_empty() };
+        let idle = if active { 0 } else { idle.saturating_add(1) };
+        let kept = keep
+            && readable
+            && self.unsync.allowed
+            && idle <= IDLE_RESYNCS
+            && (self.coherence.leaf_only(frame) || !tracked);
+        if kept {
+            // The dependents left were derived from the entries as they
+            // are now: the frame's copy.
+            self.unsync.frames.insert(frame, (now, idle));
+            self.unsync.spare.push(copy);
+            self.stats.resyncs_kept += 1;
+        } else {
+            self.unsync.spare.push(copy);
+            self.unsync.spare.push(now);
+            // The frame's own writable mappings stay, read-only.
+            stale.clear();
+            self.coherence.take_writable(frame, &mut stale);
+            for &l in &stale {
+                self.write_protect(l);
+            }
         }
         self.give_leaf_list(stale);
         self.give_leaf_list(downgraded);
@@ -258,13 +360,14 @@ impl ShadowPager {
         self.unsync.pending = !self.unsync.frames.is_empty();
     }
 
-    /// Bring every frame back in sync now.
+    /// Bring every frame back in sync now, but those the guest is writing
+    /// (see [`ShadowPager::resync_frame`]).
     pub(super) fn resync_all(&mut self, memory: &GuestMemory) {
         let mut frames = core::mem::take(&mut self.unsync.visiting);
         frames.clear();
         frames.extend(self.unsync.frames.keys().copied());
         for &frame in &frames {
-            self.resync_frame(memory, frame);
+            self.resync_frame(memory, frame, true);
         }
         self.unsync.visiting = frames;
     }

@@ -904,7 +904,7 @@ fn run_threads(
     pc: Pc,
     vcpus: Vec<KvmVcpu>,
     t: Threaded<'_>,
-    net_watch: Option<std::fs::File>,
+    net_watch: Option<crate::tap::TapWatch>,
 ) -> Result<(Ending, Pc, Vec<VcpuFigures>, u64, u64, Duration), RunError> {
     let doorbells = match vcpus.first() {
         Some(v) if v.lapic_in_kernel() && t.options.doorbells() => Some(v.doorbell_fds()),
@@ -919,8 +919,8 @@ fn run_threads(
             return Err(RunError::Thread(e.to_string()));
         }
     }
-    if let Some(file) = net_watch {
-        if let Err(e) = threads.watch_input(file, "net-rx") {
+    if let Some(watch) = net_watch {
+        if let Err(e) = threads.watch_input(watch.file, watch.demand, "net-rx") {
             let _ = threads.finish();
             return Err(RunError::Thread(e.to_string()));
         }

@@ -30,12 +30,12 @@
 //! frames that just came, and waits for the card's next read instead of
 //! polling the tap meanwhile.
 
+use crate::read_demand::ReadDemand;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
-use crate::read_demand::ReadDemand;
 use vmm_devices::net::{check_length, NetBackend, NetError, Offload};
 
 /// Bytes of the virtio-net header in front of each frame on the tap

@@ -51,8 +51,8 @@
 //! gives no receive buffers for) not before the device reads it again
 //! ([`ReadDemand::wait_for_read`]: the guest's notify that adds buffers
 //! has the device take the waiting frames, which wakes the watcher), or
-//! after [`WATCH_TICK`] as a safety net. So a guest that never reads its
-//! receive queue costs a wake-up of the watcher per tick, no kicks
+//! after `WATCH_TICK` (50 ms) as a safety net. So a guest that never
+//! reads its receive queue costs a wake-up of the watcher per tick, no kicks
 //! (nothing new is raised) and no memory (the frames stay in the host's
 //! queue, which drops what overflows it); one that reads it has its
 //! frames taken as they come, never after a pause. (Until session 17 the

@@ -262,7 +262,11 @@ fn a_uart_polls_for_input_every_millisecond_only_if_its_host_does_not_announce_i
         )
         .build()
         .unwrap();
-    assert_eq!(arm(&mut vm), None, "no timer: the host says when input comes");
+    assert_eq!(
+        arm(&mut vm),
+        None,
+        "no timer: the host says when input comes"
+    );
     // Input the host announces (it has the devices look) still arrives.
     io.push_input(b"k");
     vm.timers_changed();

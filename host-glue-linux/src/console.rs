@@ -25,9 +25,26 @@ pub const ESCAPE: u8 = 0x01;
 pub struct ConsoleInput {
     bytes: Mutex<VecDeque<u8>>,
     quit: AtomicBool,
+    /// A thread of the runner has the devices look whenever bytes wait
+    /// ([`ConsoleInput::set_announced`]).
+    announced: AtomicBool,
 }
 
 impl ConsoleInput {
+    /// Say whether a thread of the runner has the devices look whenever
+    /// bytes wait (the threaded runner's main thread, every tick): the
+    /// serial console then announces its input
+    /// (`CharBackend::announces_input`) and the UART does not look for it
+    /// every millisecond.
+    pub fn set_announced(&self, on: bool) {
+        self.announced.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether bytes wait for the guest.
+    pub fn waiting(&self) -> bool {
+        self.bytes.lock().is_ok_and(|q| !q.is_empty())
+    }
+
     /// The user asked to quit (Ctrl-A x).
     pub fn quit_requested(&self) -> bool {
         self.quit.load(Ordering::Relaxed)
@@ -464,6 +481,16 @@ impl CharBackend for SerialConsole {
         self.input.is_some() || self.tap.is_some()
     }
 
+    /// Only input the runner announces (an attached client's is looked
+    /// for as before).
+    fn announces_input(&self) -> bool {
+        self.tap.is_none()
+            && self
+                .input
+                .as_ref()
+                .is_some_and(|i| i.announced.load(Ordering::SeqCst))
+    }
+
     fn read(&mut self) -> Option<u8> {
         if let Some(b) = self.input.as_ref().and_then(|i| i.pop()) {
             return Some(b);
@@ -573,6 +600,22 @@ mod tests {
         // back: a generous bound, not a speed test.
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
         std::mem::forget(c);
+    }
+
+    #[test]
+    fn serial_input_is_announced_only_while_the_runner_says_so_and_no_client_attached() {
+        let input = Arc::new(ConsoleInput::default());
+        let c = SerialConsole::new(Box::new(std::io::sink()), Some(input.clone()));
+        assert!(!c.announces_input(), "polled by default");
+        input.set_announced(true);
+        assert!(c.announces_input());
+        assert!(!input.waiting());
+        input.push(b'a');
+        assert!(input.waiting());
+        let c = c.with_tap(Arc::new(ConsoleTap::default()));
+        assert!(!c.announces_input(), "an attached client's input is polled");
+        let none = SerialConsole::new(Box::new(std::io::sink()), None);
+        assert!(!none.announces_input());
     }
 
     #[test]

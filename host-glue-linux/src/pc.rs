@@ -37,7 +37,8 @@ const MAX_VGA_BIOS: u64 = 16 << 20;
 /// side and, with `vga_bios`, a display whose VGA BIOS is that file; also
 /// the sync handles of its writable disk images. With `watch_net` the
 /// network card's tap is watched by the caller: the third value is the
-/// handle to wait on (`Tap::watch`), and the card does not poll it.
+/// handle to wait on and the card's reads of it (`Tap::watch`), and the
+/// card does not poll it.
 pub fn build(
     host: Arc<dyn Host>,
     config: &MachineConfig,
@@ -45,7 +46,7 @@ pub fn build(
     vga_bios: Option<&Path>,
     input: Option<Box<dyn InputBackend>>,
     watch_net: bool,
-) -> Result<(Pc, Vec<ImageSync>, Option<std::fs::File>), RunError> {
+) -> Result<(Pc, Vec<ImageSync>, Option<crate::tap::TapWatch>), RunError> {
     let read = |what, path: &Path, limit| read_limited(what, path, limit).map_err(RunError::File);
     let vga_bios = vga_bios
         .map(|p| read("VGA BIOS", p, MAX_VGA_BIOS))
@@ -94,7 +95,7 @@ pub fn build(
             if watch_net {
                 // Without a second handle the card polls as before.
                 match tap.watch() {
-                    Ok(file) => net_watch = Some(file),
+                    Ok(watch) => net_watch = Some(watch),
                     Err(e) => log::warn!("tap {}: cannot watch it ({e}); polling it", n.tap),
                 }
             }

@@ -904,7 +904,7 @@ fn run_threads(
     pc: Pc,
     vcpus: Vec<KvmVcpu>,
     t: Threaded<'_>,
-    net_watch: Option<std::fs::File>,
+    net_watch: Option<crate::tap::TapWatch>,
 ) -> Result<(Ending, Pc, Vec<VcpuFigures>, u64, u64, Duration), RunError> {
     let doorbells = match vcpus.first() {
         Some(v) if v.lapic_in_kernel() && t.options.doorbells() => Some(v.doorbell_fds()),
@@ -919,11 +919,17 @@ fn run_threads(
             return Err(RunError::Thread(e.to_string()));
         }
     }
-    if let Some(file) = net_watch {
-        if let Err(e) = threads.watch_input(file, "net-rx") {
+    if let Some(watch) = net_watch {
+        if let Err(e) = threads.watch_input(watch.file, watch.demand, "net-rx") {
             let _ = threads.finish();
             return Err(RunError::Thread(e.to_string()));
         }
+    }
+    // This thread has the devices look at COM1's input every tick while
+    // bytes wait, so the UART need not look for it every millisecond (on
+    // the vCPU thread's timer: an exit to user space each time).
+    if let Some(i) = t.input {
+        i.set_announced(true);
     }
     let started = Instant::now();
     let mut last_screen = Instant::now();
@@ -939,6 +945,11 @@ fn run_threads(
             break Ending::Stopped(StopReason::Backend("the vCPU threads ended".into()));
         }
         state.pc.poll_input();
+        if t.input.is_some_and(|i| i.waiting()) {
+            // As if every device had been touched: the UART takes it.
+            state.pc.vm_mut().timers_changed();
+            let _ = state.pc.next_timer();
+        }
         t.console_flush.flush();
         if let Some(term) = t.terminal.as_mut() {
             term.tick(&state.pc);
@@ -1008,6 +1019,9 @@ fn run_threads(
     quit_noticed();
     let elapsed = started.elapsed();
     let (pc, figures, reports) = threads.finish();
+    if let Some(i) = t.input {
+        i.set_announced(false);
+    }
     t.console_flush.flush();
     let posted = reports.iter().map(|r| r.posted_writes).sum();
     let assists = reports.iter().map(|r| r.assists).sum();

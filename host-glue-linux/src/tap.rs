@@ -24,12 +24,18 @@
 //! [`Tap::watch`] gives a second handle on the same open file for a thread
 //! that waits until a frame is readable (`crate::vcpu_threads`); the
 //! device then does not poll the tap on a timer
-//! (`NetBackend::announces_input`).
+//! (`NetBackend::announces_input`). It also gives the tap's
+//! [`ReadDemand`]: every `recv` counts there, so the thread can tell a
+//! guest with no receive buffers (frames wait, the card reads none) from
+//! frames that just came, and waits for the card's next read instead of
+//! polling the tap meanwhile.
 
+use crate::read_demand::ReadDemand;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
 use vmm_devices::net::{check_length, NetBackend, NetError, Offload};
 
 /// Bytes of the virtio-net header in front of each frame on the tap
@@ -117,8 +123,19 @@ pub fn valid_name(name: &str) -> bool {
 pub struct Tap {
     file: File,
     name: String,
-    /// A thread watches the tap for received frames ([`Tap::watch`]).
-    watched: bool,
+    /// The card's reads, for the thread that watches the tap for received
+    /// frames ([`Tap::watch`]); `None` while none does.
+    demand: Option<Arc<ReadDemand>>,
+}
+
+/// What a thread that watches a tap for received frames gets
+/// ([`Tap::watch`]).
+#[derive(Debug)]
+pub struct TapWatch {
+    /// A second handle on the tap's open file.
+    pub file: File,
+    /// The card's reads of the tap.
+    pub demand: Arc<ReadDemand>,
 }
 
 /// Give the tap's frames a [`VNET_HDR_LEN`]-byte header and turn its
@@ -183,7 +200,7 @@ impl Tap {
         Ok(Self {
             file,
             name: name.to_string(),
-            watched: false,
+            demand: None,
         })
     }
 
@@ -199,13 +216,15 @@ impl Tap {
         }
     }
 
-    /// A second handle on the tap (the same open file, `dup`), for a
-    /// thread that waits for received frames and has the device take them
-    /// at once; the device then no longer looks for them on a timer.
-    pub fn watch(&mut self) -> std::io::Result<File> {
-        let dup = self.file.try_clone()?;
-        self.watched = true;
-        Ok(dup)
+    /// A second handle on the tap (the same open file, `dup`) and the
+    /// card's reads of it, for a thread that waits for received frames and
+    /// has the device take them at once; the device then no longer looks
+    /// for them on a timer.
+    pub fn watch(&mut self) -> std::io::Result<TapWatch> {
+        let file = self.file.try_clone()?;
+        let demand = Arc::new(ReadDemand::new()?);
+        self.demand = Some(demand.clone());
+        Ok(TapWatch { file, demand })
     }
 
     /// The interface's name.
@@ -230,6 +249,10 @@ impl NetBackend for Tap {
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
+        // The card asks only when it has room: the watcher may look again.
+        if let Some(d) = &self.demand {
+            d.note_read();
+        }
         // Receive offloads are off: the header says nothing the card needs
         // (at most that the checksum was checked).
         let mut header = [0u8; VNET_HDR_LEN];
@@ -246,7 +269,7 @@ impl NetBackend for Tap {
     }
 
     fn announces_input(&self) -> bool {
-        self.watched
+        self.demand.is_some()
     }
 }
 

@@ -45,13 +45,25 @@
 //! polled as if each device had been touched, so the virtio function
 //! takes the frame into its receive queue and raises its interrupt), and
 //! kicks or wakes the vCPUs as any holder does. It holds the lock only
-//! for that. A file still readable right after (the guest gives no
-//! receive buffers) is looked at again only after [`INPUT_BACKOFF`], so a
-//! guest that never reads costs one wake-up of the watcher per backoff,
-//! no kicks (nothing new is raised) and no memory (the frames stay in the
-//! host's queue, which drops what overflows it).
+//! for that. A file still readable right after is looked at again at
+//! once if the device read it meanwhile (frames came while it took the
+//! others: the guest has room), and otherwise (frames wait that the guest
+//! gives no receive buffers for) not before the device reads it again
+//! ([`ReadDemand::wait_for_read`]: the guest's notify that adds buffers
+//! has the device take the waiting frames, which wakes the watcher), or
+//! after `WATCH_TICK` (50 ms) as a safety net. So a guest that never
+//! reads its receive queue costs a wake-up of the watcher per tick, no kicks
+//! (nothing new is raised) and no memory (the frames stay in the host's
+//! queue, which drops what overflows it); one that reads it has its
+//! frames taken as they come, never after a pause. (Until session 17 the
+//! watcher slept 1 ms and looked again whenever the file was still
+//! readable: about 265 wake-ups a second, each taking the lock and
+//! preempting the vCPU, through every disk figure of `cargo xtask bench
+//! virtio`, whose guest brings its network up only afterwards, and a
+//! pause of 1 ms for a frame that came just as the others were taken.)
 
 use crate::kvm::{set_thread_timer, set_thread_watches_timers, DoorbellFds, KvmVcpu, PreemptTimer};
+use crate::read_demand::ReadDemand;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -315,13 +327,19 @@ impl VcpuThreads {
     /// Start a thread (named `name`) that waits until `file` is readable
     /// and then has the devices look at their input at once (see the
     /// module's documentation): the network card's tap, whose backend
-    /// then announces its input instead of being polled.
-    pub fn watch_input(&mut self, file: File, name: &str) -> std::io::Result<()> {
+    /// then announces its input instead of being polled, and counts the
+    /// card's reads of it in `demand`.
+    pub fn watch_input(
+        &mut self,
+        file: File,
+        demand: Arc<ReadDemand>,
+        name: &str,
+    ) -> std::io::Result<()> {
         let shared = self.shared.clone();
         shared.lock().watchers += 1;
         let handle = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || watch(&shared, &file));
+            .spawn(move || watch(&shared, &file, &demand));
         match handle {
             Ok(h) => {
                 self.watchers.push(h);
@@ -670,10 +688,6 @@ fn sleep<'a>(
 /// How long a watcher waits in `poll(2)` before it looks whether the run
 /// ended.
 const WATCH_TICK: Duration = Duration::from_millis(50);
-/// How long a watcher leaves a file alone that is still readable after
-/// the devices looked (the guest takes no more input for now; it takes
-/// the rest when it gives buffers, which it does through the device).
-pub const INPUT_BACKOFF: Duration = Duration::from_millis(1);
 
 /// Whether `file` is readable within `timeout` (an error counts as not;
 /// a file that reports an error or a hang-up instead costs a
@@ -695,12 +709,38 @@ fn readable(file: &File, timeout: Duration) -> bool {
     readable
 }
 
+/// What a watcher does after the devices looked at their input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterLook {
+    /// Wait until the file is readable.
+    WaitReadable,
+    /// Look again at once: the file is readable and the device read it
+    /// meanwhile (the guest had room).
+    LookAgain,
+    /// Input waits that the device did not read (the guest gives no room):
+    /// wait for its next read.
+    WaitForRead,
+}
+
+/// What to do when the device had read its file `before` times before
+/// the look and `after` times after it, and the file `still_readable`.
+fn after_look(before: u64, after: u64, still_readable: bool) -> AfterLook {
+    if !still_readable {
+        AfterLook::WaitReadable
+    } else if after != before {
+        AfterLook::LookAgain
+    } else {
+        AfterLook::WaitForRead
+    }
+}
+
 /// An input watcher's thread (see the module's documentation).
-fn watch(shared: &Shared, file: &File) {
+fn watch(shared: &Shared, file: &File, demand: &ReadDemand) {
     while !shared.watchers_stop.load(Ordering::Acquire) {
         if !readable(file, WATCH_TICK) {
             continue;
         }
+        let before = demand.reads();
         {
             let mut state = shared.lock();
             if state.ended {
@@ -712,8 +752,9 @@ fn watch(shared: &Shared, file: &File) {
             let _ = state.pc.next_timer();
             state.wake_targets(&shared.wake);
         }
-        if readable(file, Duration::ZERO) {
-            std::thread::sleep(INPUT_BACKOFF);
+        let after = demand.reads();
+        if after_look(before, after, readable(file, Duration::ZERO)) == AfterLook::WaitForRead {
+            demand.wait_for_read(after, WATCH_TICK);
         }
     }
     shared.lock().watchers -= 1;
@@ -835,6 +876,18 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::os::fd::{FromRawFd, OwnedFd};
+
+    #[test]
+    fn a_watcher_waits_for_the_devices_next_read_only_when_it_read_nothing() {
+        // Nothing left: wait for input.
+        assert_eq!(after_look(3, 3, false), AfterLook::WaitReadable);
+        assert_eq!(after_look(3, 5, false), AfterLook::WaitReadable);
+        // Frames came while the device took others: take them now, no
+        // pause.
+        assert_eq!(after_look(3, 5, true), AfterLook::LookAgain);
+        // Frames wait that the device did not read: no room in the guest.
+        assert_eq!(after_look(3, 3, true), AfterLook::WaitForRead);
+    }
 
     #[test]
     fn a_watched_file_is_readable_only_while_something_waits_in_it() {

@@ -65,6 +65,9 @@ impl CharBackend for Box<dyn CharBackend> {
     fn claim_input(&mut self, claim: bool) {
         (**self).claim_input(claim);
     }
+    fn announces_input(&self) -> bool {
+        (**self).announces_input()
+    }
 }
 
 /// What the platform needs to know to build the chipset.

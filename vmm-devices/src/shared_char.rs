@@ -79,6 +79,10 @@ impl CharBackend for SharedChar {
         self.shared.lock().backend.has_input()
     }
 
+    fn announces_input(&self) -> bool {
+        self.shared.lock().backend.announces_input()
+    }
+
     fn claim_input(&mut self, claim: bool) {
         if self.second {
             self.shared.lock().second_has_input = claim;

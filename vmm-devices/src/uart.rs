@@ -55,6 +55,12 @@ pub trait CharBackend: Send {
     fn claim_input(&mut self, claim: bool) {
         let _ = claim;
     }
+    /// Whether the host hands input to the machine as it comes (a thread
+    /// of the host has the devices look when there is some), so that a
+    /// device need not look for it on a timer (false by default).
+    fn announces_input(&self) -> bool {
+        false
+    }
 }
 
 /// A backend that drops output and never has input.
@@ -145,8 +151,9 @@ const IIR_CTI: u8 = 0x0c;
 const IIR_THRE: u8 = 0x02;
 const IIR_MS: u8 = 0x00;
 
-/// How often the UART looks for host input while nothing else happens.
-const INPUT_POLL_NS: u64 = 1_000_000;
+/// How often the UART looks for host input while nothing else happens
+/// (unless its backend announces input: [`CharBackend::announces_input`]).
+pub const INPUT_POLL_NS: u64 = 1_000_000;
 
 /// A 16550A UART.
 pub struct Uart<B: CharBackend> {
@@ -469,9 +476,11 @@ impl<B: CharBackend + 'static> Timer for Uart<B> {
                     .saturating_add(4 * self.char_time_ns())
             });
         // Look for host input regularly only while the guest waits for a
-        // receive interrupt; a polling guest pulls input with its reads.
+        // receive interrupt and the host does not say when input comes; a
+        // polling guest pulls input with its reads.
         let wants_irq = self.ier & IER_RDA != 0 && self.mcr & MCR_OUT2 != 0;
-        let next_input = wants_irq.then(|| now.saturating_add(INPUT_POLL_NS));
+        let next_input = (wants_irq && !self.backend.announces_input())
+            .then(|| now.saturating_add(INPUT_POLL_NS));
         match (next_timeout, next_input) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -2,6 +2,7 @@
 //! and a BIOS do.
 
 use std::sync::Arc;
+use vmm_core::host::Host;
 use vmm_core::test_host::{TestHost, TestIrqLine, TestVmBuilder};
 use vmm_core::vm::Vm;
 use vmm_devices::uart::{BufferBackend, Uart, COM1, UART_PORTS};
@@ -215,4 +216,65 @@ fn without_fifo_a_second_byte_waits_in_the_backend() {
     assert_eq!(r.inb(THR), b'x');
     assert_eq!(r.inb(THR), b'y');
     assert_eq!(r.inb(LSR) & 0x01, 0x00);
+}
+
+/// A [`BufferBackend`] whose host says when input comes.
+struct Announcing(BufferBackend);
+
+impl vmm_devices::uart::CharBackend for Announcing {
+    fn write(&mut self, byte: u8) {
+        self.0.write(byte);
+    }
+    fn read(&mut self) -> Option<u8> {
+        self.0.read()
+    }
+    fn announces_input(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_uart_polls_for_input_every_millisecond_only_if_its_host_does_not_announce_it() {
+    // The Linux 8250 driver with the console open: receive interrupts on.
+    let arm = |vm: &mut Vm| {
+        vm.port_write(LCR, &[0x03]);
+        vm.port_write(MCR, &[0x0b]);
+        vm.port_write(IER, &[0x01]);
+        vm.timers_changed();
+        vm.poll_timers()
+    };
+    let mut r = rig();
+    let now = r.host.now_ns();
+    assert_eq!(
+        arm(&mut r.vm),
+        Some(now + vmm_devices::uart::INPUT_POLL_NS),
+        "a backend that does not announce input is polled"
+    );
+
+    let host = Arc::new(TestHost::new());
+    let io = BufferBackend::new();
+    let irq = TestIrqLine::new();
+    let mut vm = TestVmBuilder::new(host.clone(), 1)
+        .device(
+            Uart::new("com1", Announcing(io.clone()), irq.clone()),
+            &[(BASE, UART_PORTS)],
+            &[],
+        )
+        .build()
+        .unwrap();
+    assert_eq!(
+        arm(&mut vm),
+        None,
+        "no timer: the host says when input comes"
+    );
+    // Input the host announces (it has the devices look) still arrives.
+    io.push_input(b"k");
+    vm.timers_changed();
+    vm.poll_timers();
+    let mut lsr = [0];
+    vm.port_read(LSR, &mut lsr);
+    assert_eq!(lsr[0] & 1, 1, "data ready");
+    let mut b = [0];
+    vm.port_read(BASE, &mut b);
+    assert_eq!(&b, b"k");
 }

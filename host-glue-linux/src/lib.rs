@@ -21,6 +21,7 @@ pub mod host_file;
 pub mod kvm;
 pub mod mmap_memory;
 pub mod pc;
+mod poll_input;
 pub mod read_demand;
 pub mod runner;
 pub mod size;

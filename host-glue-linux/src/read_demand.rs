@@ -17,7 +17,7 @@
 //! anyone waits (both sequentially consistent), so at least one of them
 //! sees the other.
 
-use std::os::fd::AsRawFd;
+use crate::poll_input::poll_input;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -63,15 +63,7 @@ impl ReadDemand {
             self.waiting.store(false, Ordering::SeqCst);
             return true;
         }
-        let mut fds = libc::pollfd {
-            fd: self.wake.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: `fds` is one live, initialised pollfd and the count says
-        // one; the eventfd stays open (owned by `self`) for the whole call.
-        unsafe { libc::poll(&mut fds, 1, ms) };
+        poll_input(&self.wake, timeout);
         // Reset the eventfd (non-blocking: nothing to read is fine).
         let _ = self.wake.read();
         self.waiting.store(false, Ordering::SeqCst);

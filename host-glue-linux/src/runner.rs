@@ -946,9 +946,8 @@ fn run_threads(
         }
         state.pc.poll_input();
         if t.input.is_some_and(|i| i.waiting()) {
-            // As if every device had been touched: the UART takes it.
-            state.pc.vm_mut().timers_changed();
-            let _ = state.pc.next_timer();
+            // The UART takes it.
+            let _ = state.pc.poll_every_device();
         }
         t.console_flush.flush();
         if let Some(term) = t.terminal.as_mut() {

@@ -63,6 +63,7 @@
 //! pause of 1 ms for a frame that came just as the others were taken.)
 
 use crate::kvm::{set_thread_timer, set_thread_watches_timers, DoorbellFds, KvmVcpu, PreemptTimer};
+use crate::poll_input::{poll_input, Polled};
 use crate::read_demand::ReadDemand;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -693,20 +694,14 @@ const WATCH_TICK: Duration = Duration::from_millis(50);
 /// a file that reports an error or a hang-up instead costs a
 /// [`WATCH_TICK`] here, so a broken tap is not watched in a busy loop).
 fn readable(file: &File, timeout: Duration) -> bool {
-    let mut fds = libc::pollfd {
-        fd: file.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: `fds` is one live, initialised pollfd and the count says
-    // one; the fd stays open (owned by `file`) for the whole call.
-    let n = unsafe { libc::poll(&mut fds, 1, ms) };
-    let readable = n > 0 && fds.revents & libc::POLLIN != 0;
-    if n > 0 && !readable {
-        std::thread::sleep(WATCH_TICK);
+    match poll_input(file, timeout) {
+        Polled::Input => true,
+        Polled::Other => {
+            std::thread::sleep(WATCH_TICK);
+            false
+        }
+        Polled::Nothing => false,
     }
-    readable
 }
 
 /// What a watcher does after the devices looked at their input.
@@ -746,10 +741,8 @@ fn watch(shared: &Shared, file: &File, demand: &ReadDemand) {
             if state.ended {
                 break;
             }
-            // As if every device had been touched: the network card's
-            // function looks at its receive queue.
-            state.pc.vm_mut().timers_changed();
-            let _ = state.pc.next_timer();
+            // The network card's function looks at its receive queue.
+            let _ = state.pc.poll_every_device();
             state.wake_targets(&shared.wake);
         }
         let after = demand.reads();

@@ -386,6 +386,15 @@ impl Pc {
         self.vm.poll_timers()
     }
 
+    /// Have every device look at its host input now (a host thread saw
+    /// some come: a frame on the network card's tap, bytes for COM1):
+    /// every device's timer is asked again, as if each had been touched,
+    /// and those due are served. Gives what [`Pc::next_timer`] gives.
+    pub fn poll_every_device(&mut self) -> Option<u64> {
+        self.vm.timers_changed();
+        self.vm.poll_timers()
+    }
+
     /// Sleep the host until the next device timer or `until`, whichever is
     /// first, when every vCPU is parked. With no device timer armed no
     /// vCPU can ever wake (nothing raises an interrupt while none runs):

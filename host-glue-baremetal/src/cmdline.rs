@@ -160,6 +160,11 @@ pub struct Config {
     /// machine's CPUs (the bootstrap processor counts); VMs are spread
     /// over them.
     pub host_cpus: u32,
+    /// `probe_exit_us=N` (0, the default: off; else 10 to 10000): the host
+    /// timer takes the CPU back from a guest at least every N us, an exit
+    /// with next to no handling at a steady rate, for measuring what one
+    /// more exit costs inside a workload (`cargo xtask bench paging`).
+    pub probe_exit_us: u64,
 }
 
 /// How a VM may access a shared region (`rw` or `ro` in `shm=`).
@@ -324,6 +329,7 @@ impl Default for Config {
             clone_report_ms: 0,
             stats_marker: ShortText::EMPTY,
             host_cpus: 16,
+            probe_exit_us: 0,
         }
     }
 }
@@ -361,6 +367,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "clone_report_ms",
     "stats_marker",
     "host_cpus",
+    "probe_exit_us",
 ];
 
 /// A command-line word that could not be understood.
@@ -620,6 +627,13 @@ pub fn parse(line: &str) -> Result<Config, CmdlineError<'_>> {
                     .filter(|n| (1..=16).contains(n))
                     .ok_or(bad("a number of host CPUs from 1 to 16"))?;
             }
+            "probe_exit_us" => {
+                config.probe_exit_us = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n == 0 || (10..=10_000).contains(n))
+                    .ok_or(bad("microseconds from 10 to 10000 (0: off)"))?;
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -730,6 +744,25 @@ mod tests {
             message.ends_with(&format!("(known: {})", listed.trim_end_matches(", "))),
             "{message}"
         );
+    }
+
+    #[test]
+    fn probe_exits_are_off_unless_asked_for_within_their_range() {
+        assert_eq!(parse("").unwrap().probe_exit_us, 0);
+        assert_eq!(parse("probe_exit_us=200").unwrap().probe_exit_us, 200);
+        assert_eq!(parse("probe_exit_us=0").unwrap().probe_exit_us, 0);
+        for bad in ["probe_exit_us=5", "probe_exit_us=10001", "probe_exit_us=-1"] {
+            assert!(
+                matches!(
+                    parse(bad),
+                    Err(CmdlineError::BadValue {
+                        key: "probe_exit_us",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -66,7 +66,8 @@ pub struct BenchArgs {
     #[arg(long)]
     no_callgrind: bool,
     /// `kvm-nested` and `virtio`: runs of each VMM (default 3; 5 for
-    /// `virtio`).
+    /// `virtio`); `paging`: pairs of a nested and a shadow boot (default
+    /// 3; 1 in `all`).
     #[arg(long, value_name = "N")]
     rounds: Option<usize>,
     /// `kvm-nested` and `virtio`: run `vmm` with `--irqchip MODE`
@@ -162,6 +163,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         irqchip: args.irqchip.clone(),
     };
     if args.name == "all" {
+        // The regression guard keeps to its 10 minutes: one pair of
+        // paging boots unless asked for more.
+        let rig = crate::kvm_nested_bench::RigOptions {
+            rounds: args.rounds.unwrap_or(1).max(1),
+            irqchip: args.irqchip.clone(),
+        };
         return run_all(args.no_callgrind, &rig, args.only.as_deref());
     }
     run_one(&args.name, args.no_callgrind, &rig, args.only.as_deref())
@@ -219,7 +226,7 @@ fn run_one(
 ) -> Result<()> {
     match name {
         "boot" => return crate::boot_bench::run(),
-        "paging" => return crate::paging_bench::run(),
+        "paging" => return crate::paging_bench::run(rig.rounds),
         "kvm" => return crate::kvm_bench::run(),
         "snapshot" => return crate::snapshot_bench::run(),
         "memory" => return crate::memory_bench::run(),

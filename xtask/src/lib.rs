@@ -14,6 +14,7 @@ pub mod kernel;
 pub mod kvm_bench;
 pub mod kvm_nested;
 pub mod kvm_nested_bench;
+pub mod marker_counters;
 pub mod memory_bench;
 pub mod msrv;
 pub mod paging_bench;

@@ -41,6 +41,10 @@ pub static TICKS: AtomicU64 = AtomicU64::new(0);
 /// The longest the host lets a guest run without taking the CPU back.
 pub const MAX_WAIT_NS: u64 = 10_000_000;
 
+/// `probe_exit_us=`: the longest a guest runs between exits, in ns (0:
+/// [`MAX_WAIT_NS`] alone), see [`set_probe_interval`].
+static PROBE_NS: AtomicU64 = AtomicU64::new(0);
+
 /// The timer's frequency in Hz (0 until [`start_timer`]).
 static TIMER_HZ: AtomicU64 = AtomicU64::new(0);
 /// Per CPU ([`super::smp::current`]): the `now_ns` time its timer is
@@ -146,7 +150,13 @@ pub fn arm(deadline_ns: Option<u64>) {
         return;
     }
     let now = super::time::now_ns();
-    let latest = now + MAX_WAIT_NS;
+    let probe = PROBE_NS.load(Ordering::Relaxed);
+    let latest = now
+        + if probe > 0 {
+            probe.min(MAX_WAIT_NS)
+        } else {
+            MAX_WAIT_NS
+        };
     let at = deadline_ns.map_or(latest, |d| d.min(latest));
     let armed_for = &ARMED_FOR[super::smp::current()];
     let armed = armed_for.load(Ordering::Relaxed);
@@ -158,6 +168,15 @@ pub fn arm(deadline_ns: Option<u64>) {
     let count = (u128::from(hz) * u128::from(ns) / 1_000_000_000).clamp(1, u128::from(u32::MAX));
     armed_for.store(at, Ordering::Relaxed);
     write(REG_INITIAL_COUNT, count as u32);
+}
+
+/// Take the CPU back from a guest at least every `ns` (0: every
+/// [`MAX_WAIT_NS`] only): exits with next to no handling (the host timer's
+/// interrupt) added at a steady rate, so that `cargo xtask bench paging`
+/// can measure what one more exit costs inside a workload, the world
+/// switch and the guest's TLB refills after it included.
+pub fn set_probe_interval(ns: u64) {
+    PROBE_NS.store(ns, Ordering::Relaxed);
 }
 
 /// Called by the timer interrupt stub: count and acknowledge.

@@ -102,6 +102,13 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
     // exits on its own is still interrupted and VMs take turns.
     let apic_hz = apic::start_timer();
     log::info!("host APIC timer: {} MHz, one-shot", apic_hz / 1_000_000);
+    if config.probe_exit_us > 0 {
+        apic::set_probe_interval(config.probe_exit_us * 1_000);
+        log::info!(
+            "probe exits: the host timer takes the CPU back every {} us of guest time",
+            config.probe_exit_us
+        );
+    }
     log::info!("booted by a {} loader", boot.protocol);
     for m in boot.modules() {
         log::info!(

@@ -13,8 +13,8 @@ use vmm_core::device::{
     ClaimError, Device, DeviceContext, DeviceId, IoOutcome, MmioAddress, PortAddress, PortIo,
 };
 use vmm_core::dma::{
-    Access, CheckedStateMachine, DenyReason, DmaDirection, DmaError, DmaGuard, DmaRange,
-    Multiplexed, StateModel,
+    Access, CheckedRange, CheckedStateMachine, DenyReason, DmaDirection, DmaError, DmaGuard,
+    DmaRange, Multiplexed, StateModel,
 };
 use vmm_core::memory::{MemoryError, RegionKind};
 use vmm_core::test_host::{TestHost, TestVmBuilder};
@@ -335,6 +335,74 @@ fn dma_into_another_vms_memory_is_denied() {
     assert_eq!(count_pattern(&vm_b, 0, RAM), 0);
 }
 
+const TO: DmaDirection = DmaDirection::ToGuest;
+const FROM: DmaDirection = DmaDirection::FromGuest;
+
+/// The guard's checks of `ranges`, each RAM, as a device's walk of its
+/// descriptors makes them before asking for a lend.
+fn checked(guard: &DmaGuard<'_>, ranges: &[(u64, u64)], dir: DmaDirection) -> Vec<CheckedRange> {
+    ranges
+        .iter()
+        .map(|&(gpa, len)| guard.check(DmaRange { gpa, len, dir }).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_check_holds_only_while_the_map_is_unchanged_and_only_in_its_own_map() {
+    let host = Arc::new(TestHost::new());
+    let mut other = vm(&host, 2, RAM, &shared_engine());
+    let mut vm = vm(&host, 1, RAM, &shared_engine());
+    let id = vm.id();
+    let mut machine = CheckedStateMachine::new(ToyModel, DmaState::Idle);
+    let range = DmaRange {
+        gpa: 0x2000,
+        len: 0x100,
+        dir: TO,
+    };
+    let (stale, grant) = {
+        let guard = DmaGuard::new(id, vm.memory_mut());
+        // ROM, MMIO, past RAM, a wrapping range: no check passes.
+        for (gpa, len) in [(ROM_AT, 0x10), (HOLE_AT, 4), (RAM, 1), (u64::MAX, 2)] {
+            assert!(guard.check(DmaRange { gpa, len, dir: TO }).is_err());
+        }
+        let checked = guard.check(range).unwrap();
+        assert!(guard.is_current(&checked));
+        machine.request(DmaState::Programmed, &[], &guard).unwrap();
+        machine
+            .request_checked(DmaState::Running, &[checked], &guard)
+            .unwrap();
+        (checked, machine.grant().cloned().unwrap())
+    };
+    // Another VM's map does not take this VM's check as its own.
+    let other_id = other.id();
+    assert!(!DmaGuard::new(other_id, other.memory_mut()).is_current(&stale));
+    // The VM turns the page into MMIO between two device calls: the check
+    // made before is no longer current, and neither the lend nor a write
+    // under the grant made then reaches the page.
+    vm.memory_mut().unmap(0x2000, 0x1000).unwrap();
+    vm.memory_mut().add_mmio(0x2000, 0x1000).unwrap();
+    let mut guard = DmaGuard::new(id, vm.memory_mut());
+    assert!(!guard.is_current(&stale));
+    assert!(matches!(
+        guard.lend_mut(&grant, &[stale]),
+        Err(DmaError::Memory(_))
+    ));
+    assert!(matches!(
+        guard.write(&grant, 0x2000, &[1]),
+        Err(DmaError::Memory(_))
+    ));
+    // A transition planned with the stale check is checked again: denied.
+    machine.request(DmaState::Done, &[], &guard).unwrap();
+    machine.request(DmaState::Programmed, &[], &guard).unwrap();
+    let denial = machine
+        .request_checked(DmaState::Running, &[stale], &guard)
+        .unwrap_err();
+    assert!(matches!(
+        denial.reason,
+        DenyReason::Dma(DmaError::Memory(_))
+    ));
+}
+
 #[test]
 fn a_grant_covers_exactly_the_planned_range_and_direction() {
     let host = Arc::new(TestHost::new());
@@ -372,7 +440,10 @@ fn a_grant_covers_exactly_the_planned_range_and_direction() {
     // Lending for a vectored transfer is checked the same way, whole.
     assert_eq!(
         guard
-            .lend_mut(&grant, &[(0x2000, 0x80), (0x20f0, 0x11)])
+            .lend_mut(
+                &grant,
+                &checked(&guard, &[(0x2000, 0x80), (0x20f0, 0x11)], TO)
+            )
             .unwrap_err(),
         DmaError::NotGranted {
             gpa: 0x20f0,
@@ -380,12 +451,15 @@ fn a_grant_covers_exactly_the_planned_range_and_direction() {
         }
     );
     assert!(matches!(
-        guard.lend(&grant, &[(0x2000, 0x10)]),
+        guard.lend(&grant, &checked(&guard, &[(0x2000, 0x10)], FROM)),
         Err(DmaError::NotGranted { .. })
     ));
     {
         let mut lent = guard
-            .lend_mut(&grant, &[(0x2080, 0x10), (0x2000, 0x10)])
+            .lend_mut(
+                &grant,
+                &checked(&guard, &[(0x2080, 0x10), (0x2000, 0x10)], TO),
+            )
             .unwrap()
             .unwrap();
         lent[0].fill(7);
@@ -428,7 +502,10 @@ fn a_grant_of_many_ranges_lends_them_in_any_order_and_nothing_else() {
         .collect();
     let backwards: Vec<(u64, u64)> = in_order.iter().rev().copied().collect();
     for ranges in [&in_order, &halves, &backwards] {
-        let lent = guard.lend_mut(&grant, ranges).unwrap().unwrap();
+        let lent = guard
+            .lend_mut(&grant, &checked(&guard, ranges, TO))
+            .unwrap()
+            .unwrap();
         let lens: Vec<u64> = lent.iter().map(|b| b.len() as u64).collect();
         assert_eq!(lens, ranges.iter().map(|r| r.1).collect::<Vec<_>>());
     }
@@ -437,7 +514,9 @@ fn a_grant_of_many_ranges_lends_them_in_any_order_and_nothing_else() {
         let mut ranges = in_order.clone();
         ranges.insert(at, (0x4000 + at as u64 * 0x100 + 0x40, 1));
         assert_eq!(
-            guard.lend_mut(&grant, &ranges).unwrap_err(),
+            guard
+                .lend_mut(&grant, &checked(&guard, &ranges, TO))
+                .unwrap_err(),
             DmaError::NotGranted {
                 gpa: 0x4000 + at as u64 * 0x100 + 0x40,
                 len: 1
@@ -446,7 +525,7 @@ fn a_grant_of_many_ranges_lends_them_in_any_order_and_nothing_else() {
     }
     // The right place, the wrong direction.
     assert!(matches!(
-        guard.lend(&grant, &in_order),
+        guard.lend(&grant, &checked(&guard, &in_order, FROM)),
         Err(DmaError::NotGranted { .. })
     ));
 }

@@ -2,7 +2,7 @@
 
 use crate::base::VmId;
 use crate::host::HostPhysAddr;
-use crate::memory::{BlockId, GuestMemory, MemoryError};
+use crate::memory::{BlockId, GuestMemory, MapStamp, MemoryError, RamLocation};
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -36,6 +36,64 @@ impl DmaRange {
     }
 }
 
+/// A [`DmaRange`] that [`DmaGuard::check`] found to be RAM of its VM, and
+/// where it lies: only that check makes one, so holding one is proof of
+/// the check. The proof holds while the memory map keeps the stamp it was
+/// checked at ([`GuestMemory::stamp`]: the map, and its generation, which
+/// every layout change moves): the guard takes a range whose stamp is
+/// still its map's without checking it again (a virtqueue's chain walk
+/// checks each buffer once; taking the chain, the grant and the lend use
+/// that check), and checks one whose stamp is not (the map changed, or
+/// it is another VM's map) as it would an unchecked range.
+///
+/// No window opens between the check and the use: a guard holds its map
+/// borrowed mutably for as long as it lives, so nothing but the guard
+/// itself can change the map meanwhile, and the guard never changes the
+/// layout (it reads and writes bytes, and lends them under a borrow of
+/// the map); a map changed anyway, by the VM between two device calls,
+/// has a new stamp, and the old proofs are then checked again.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CheckedRange {
+    range: DmaRange,
+    stamp: MapStamp,
+    /// Where the range lies, when it is inside one region of a block's
+    /// own memory (a lend slices it without looking it up).
+    at: Option<RamLocation>,
+}
+
+impl CheckedRange {
+    /// The range that was checked.
+    pub fn range(&self) -> DmaRange {
+        self.range
+    }
+
+    /// The `len` bytes `skip` bytes into this range, which the check of
+    /// the whole covers; `None` unless they lie inside it and `len` is not
+    /// zero.
+    pub fn part(&self, skip: u64, len: u64) -> Option<CheckedRange> {
+        let end = skip.checked_add(len)?;
+        if len == 0 || end > self.range.len {
+            return None;
+        }
+        let at = match self.at {
+            Some(a) => Some(RamLocation {
+                block: a.block,
+                offset: a.offset.checked_add(usize::try_from(skip).ok()?)?,
+            }),
+            None => None,
+        };
+        Some(CheckedRange {
+            range: DmaRange {
+                gpa: self.range.gpa.checked_add(skip)?,
+                len,
+                dir: self.range.dir,
+            },
+            stamp: self.stamp,
+            at,
+        })
+    }
+}
+
 /// Permission to move data between a device and guest memory: exactly the
 /// ranges of an approved transition, for one VM. Only a
 /// [`crate::dma::CheckedStateMachine`] creates grants.
@@ -43,11 +101,14 @@ impl DmaRange {
 pub struct DmaGrant {
     vm: VmId,
     ranges: Vec<DmaRange>,
+    /// The map's stamp when every range was found RAM (at the approval):
+    /// while the map keeps it, an access inside a range is RAM.
+    stamp: MapStamp,
 }
 
 impl DmaGrant {
-    pub(crate) fn new(vm: VmId, ranges: Vec<DmaRange>) -> Self {
-        Self { vm, ranges }
+    pub(crate) fn new(vm: VmId, ranges: Vec<DmaRange>, stamp: MapStamp) -> Self {
+        Self { vm, ranges, stamp }
     }
 
     /// The VM whose memory this grant covers.
@@ -139,6 +200,28 @@ impl<'a> DmaGuard<'a> {
         Ok(self.memory.check_ram(range.gpa, range.len)?)
     }
 
+    /// [`DmaGuard::check_range`], keeping the answer: a [`CheckedRange`]
+    /// that later steps take instead of checking again.
+    pub fn check(&self, range: DmaRange) -> Result<CheckedRange, DmaError> {
+        let at = self.memory.locate_ram(range.gpa, range.len)?;
+        Ok(CheckedRange {
+            range,
+            stamp: self.memory.stamp(),
+            at,
+        })
+    }
+
+    /// Whether `range`'s check still holds: it was made on this guard's
+    /// map at its present stamp.
+    pub fn is_current(&self, range: &CheckedRange) -> bool {
+        range.stamp == self.memory.stamp()
+    }
+
+    /// The stamp of this guard's map now.
+    pub(crate) fn stamp(&self) -> MapStamp {
+        self.memory.stamp()
+    }
+
     /// Read guest RAM the device needs to decide what to do (a PRD table, a
     /// descriptor ring, an ATAPI packet in memory). Checked like a DMA range;
     /// refused whole, leaving `buf` untouched, if any byte is not RAM.
@@ -146,8 +229,7 @@ impl<'a> DmaGuard<'a> {
         if buf.is_empty() {
             return Ok(());
         }
-        self.memory.check_ram(gpa, buf.len() as u64)?;
-        Ok(self.memory.read(gpa, buf)?)
+        Ok(self.memory.read_ram(gpa, buf)?)
     }
 
     /// The grant was issued for this guard's VM.
@@ -172,9 +254,12 @@ impl<'a> DmaGuard<'a> {
         if !grant.ranges.iter().any(|r| r.covers(gpa, len, dir)) {
             return Err(DmaError::NotGranted { gpa, len });
         }
-        // The map may have changed since the grant (firmware shadowing): check
-        // again at transfer time.
-        self.memory.check_ram(gpa, len)?;
+        // The map may have changed since the grant (firmware shadowing):
+        // check again at transfer time, unless it is still the map every
+        // granted range was found RAM in (then so is this part of one).
+        if grant.stamp != self.memory.stamp() {
+            self.memory.check_ram(gpa, len)?;
+        }
         Ok(())
     }
 
@@ -192,22 +277,27 @@ impl<'a> DmaGuard<'a> {
         Ok(self.memory.host_phys_ranges(range.gpa, range.len)?)
     }
 
-    /// The guest RAM behind `ranges` (`(address, length)`, device reads
-    /// them: [`DmaDirection::FromGuest`]) as slices in order, for a host
-    /// that moves them in one vectored call (`pwritev` from the guest's own
-    /// pages, no copy). Every non-empty range must be covered by `grant`
-    /// and still be RAM of this VM, checked as [`DmaGuard::read`] checks
-    /// it: a refusal lends nothing. `Ok(None)` when the bytes cannot be
-    /// lent as slices (copy-on-write RAM shared with other VMs): the
-    /// device copies through [`DmaGuard::read`] instead. The map stays
-    /// borrowed while the slices live, so it cannot change under them.
+    /// The guest RAM behind `ranges` (device reads them:
+    /// [`DmaDirection::FromGuest`]) as slices in order, for a host that
+    /// moves them in one vectored call (`pwritev` from the guest's own
+    /// pages, no copy). Every range must be covered by `grant` and still
+    /// be RAM of this VM, as [`DmaGuard::read`] requires: a range whose
+    /// check is current ([`DmaGuard::is_current`]) is lent from where the
+    /// check found it, any other is checked again; a refusal lends
+    /// nothing. `Ok(None)` when the bytes cannot be lent as slices
+    /// (copy-on-write RAM shared with other VMs): the device copies
+    /// through [`DmaGuard::read`] instead. The map stays borrowed while
+    /// the slices live, so it cannot change under them.
     pub fn lend(
         &self,
         grant: &DmaGrant,
-        ranges: &[(u64, u64)],
+        ranges: &[CheckedRange],
     ) -> Result<Option<Vec<&[u8]>>, DmaError> {
         self.check_grant_all(grant, ranges, DmaDirection::FromGuest)?;
-        Ok(self.memory.lend_ram(ranges)?)
+        if let Some(located) = self.located(ranges) {
+            return Ok(Some(self.memory.lend_located(&located)?));
+        }
+        Ok(self.memory.lend_ram(&Self::plain(ranges))?)
     }
 
     /// [`DmaGuard::lend`] for a device that writes guest RAM
@@ -218,10 +308,32 @@ impl<'a> DmaGuard<'a> {
     pub fn lend_mut(
         &mut self,
         grant: &DmaGrant,
-        ranges: &[(u64, u64)],
+        ranges: &[CheckedRange],
     ) -> Result<Option<Vec<&mut [u8]>>, DmaError> {
         self.check_grant_all(grant, ranges, DmaDirection::ToGuest)?;
-        Ok(self.memory.lend_ram_mut(ranges)?)
+        if let Some(located) = self.located(ranges) {
+            return Ok(self.memory.lend_located_mut(&located)?);
+        }
+        Ok(self.memory.lend_ram_mut(&Self::plain(ranges))?)
+    }
+
+    /// Where every range lies, if each was checked at this map's present
+    /// stamp and found inside one block's own memory; `None` sends the
+    /// lend to the map's own lookup (which checks every byte again).
+    fn located(&self, ranges: &[CheckedRange]) -> Option<Vec<(RamLocation, usize)>> {
+        let stamp = self.memory.stamp();
+        ranges
+            .iter()
+            .filter(|r| r.range.len > 0)
+            .map(|r| {
+                let len = usize::try_from(r.range.len).ok()?;
+                r.at.filter(|_| r.stamp == stamp).map(|at| (at, len))
+            })
+            .collect()
+    }
+
+    fn plain(ranges: &[CheckedRange]) -> Vec<(u64, u64)> {
+        ranges.iter().map(|r| (r.range.gpa, r.range.len)).collect()
     }
 
     /// Every non-empty range of `ranges` covered by `grant` in direction
@@ -235,13 +347,14 @@ impl<'a> DmaGuard<'a> {
     fn check_grant_all(
         &self,
         grant: &DmaGrant,
-        ranges: &[(u64, u64)],
+        ranges: &[CheckedRange],
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
         self.check_vm(grant)?;
         let granted = &grant.ranges;
         let mut hint = 0usize;
-        for &(gpa, len) in ranges.iter().filter(|r| r.1 > 0) {
+        for r in ranges.iter().filter(|r| r.range.len > 0) {
+            let (gpa, len) = (r.range.gpa, r.range.len);
             let (earlier, from_hint) = granted.split_at(hint.min(granted.len()));
             let found = from_hint
                 .iter()

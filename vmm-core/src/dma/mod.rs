@@ -21,6 +21,6 @@ mod guard;
 mod multiplex;
 mod state_machine;
 
-pub use guard::{DmaDirection, DmaError, DmaGrant, DmaGuard, DmaRange};
+pub use guard::{CheckedRange, DmaDirection, DmaError, DmaGrant, DmaGuard, DmaRange};
 pub use multiplex::{Access, DeviceMultiplexer, Multiplexed, MuxError};
 pub use state_machine::{CheckedStateMachine, Denial, DenyReason, StateModel};

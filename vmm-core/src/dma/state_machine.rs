@@ -1,7 +1,8 @@
 //! Checked device state machines: the state model and checking function of
 //! Palacios's device monitor model.
 
-use super::guard::{DmaError, DmaGrant, DmaGuard, DmaRange};
+use super::guard::{CheckedRange, DmaError, DmaGrant, DmaGuard, DmaRange};
+use alloc::vec::Vec;
 use core::fmt;
 
 /// A DMA-capable device's states and transitions, and its checking function.
@@ -132,15 +133,44 @@ impl<M: StateModel> CheckedStateMachine<M> {
         plan: &[DmaRange],
         guard: &DmaGuard<'_>,
     ) -> Result<(), Denial<M::State>> {
+        self.decide(to, plan.to_vec(), |_| false, guard)
+    }
+
+    /// [`CheckedStateMachine::request`] for a plan whose ranges were
+    /// checked already ([`DmaGuard::check`]): a range whose check is
+    /// still current ([`DmaGuard::is_current`]) is not checked again, any
+    /// other is, so the approval means the same as `request`'s.
+    pub fn request_checked(
+        &mut self,
+        to: M::State,
+        plan: &[CheckedRange],
+        guard: &DmaGuard<'_>,
+    ) -> Result<(), Denial<M::State>> {
+        let ranges = plan.iter().map(CheckedRange::range).collect();
+        let current = |i: usize| plan.get(i).is_some_and(|r| guard.is_current(r));
+        self.decide(to, ranges, current, guard)
+    }
+
+    /// Judge `from -> to` with `plan` (range `i` already known RAM now when
+    /// `checked(i)`), then move and grant, or count and log the denial.
+    fn decide(
+        &mut self,
+        to: M::State,
+        plan: Vec<DmaRange>,
+        checked: impl Fn(usize) -> bool,
+        guard: &DmaGuard<'_>,
+    ) -> Result<(), Denial<M::State>> {
         let from = self.state;
-        let verdict = self.judge(from, to, plan, guard);
+        let verdict = self.judge(from, to, &plan, checked, guard);
         match verdict {
             Ok(()) => {
                 self.state = to;
+                // Every range was RAM of this map at this stamp (checked
+                // now, or by a check that is still current).
                 self.grant = if plan.is_empty() {
                     None
                 } else {
-                    Some(DmaGrant::new(guard.vm(), plan.to_vec()))
+                    Some(DmaGrant::new(guard.vm(), plan, guard.stamp()))
                 };
                 Ok(())
             }
@@ -158,13 +188,16 @@ impl<M: StateModel> CheckedStateMachine<M> {
         from: M::State,
         to: M::State,
         plan: &[DmaRange],
+        checked: impl Fn(usize) -> bool,
         guard: &DmaGuard<'_>,
     ) -> Result<(), DenyReason> {
         if !self.model.declared(from, to) {
             return Err(DenyReason::Undeclared);
         }
-        for range in plan {
-            guard.check_range(range).map_err(DenyReason::Dma)?;
+        for (i, range) in plan.iter().enumerate() {
+            if !checked(i) {
+                guard.check_range(range).map_err(DenyReason::Dma)?;
+            }
         }
         self.model
             .check(from, to, plan, guard)

@@ -26,7 +26,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
-use vmm_core::dma::{DmaDirection, DmaError, DmaGrant, DmaGuard, DmaRange};
+use vmm_core::dma::{CheckedRange, DmaDirection, DmaError, DmaGrant, DmaGuard, DmaRange};
 
 /// Descriptor flag: the chain goes on at `next`.
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;
@@ -113,6 +113,10 @@ pub struct Segment {
     /// Every byte is RAM of this VM: the segment is in the DMA plan. A
     /// request with a segment that is not fails.
     pub ram: bool,
+    /// The guard's check that found a non-empty segment RAM (`None` for
+    /// an empty one or one that is not RAM): what the plan, the grant
+    /// and a lend of the segment use instead of checking it again.
+    pub checked: Option<CheckedRange>,
 }
 
 impl Segment {
@@ -167,12 +171,10 @@ impl DescriptorChain {
             .sum()
     }
 
-    /// The DMA plan of the chain's RAM buffers.
-    pub fn plan(&self) -> impl Iterator<Item = DmaRange> + '_ {
-        self.segments
-            .iter()
-            .filter(|s| s.ram && s.len > 0)
-            .map(Segment::range)
+    /// The DMA plan of the chain's RAM buffers (the non-empty ones), as
+    /// the walk checked them.
+    pub fn plan(&self) -> impl Iterator<Item = CheckedRange> + '_ {
+        self.segments.iter().filter_map(|s| s.checked)
     }
 }
 
@@ -239,8 +241,13 @@ pub fn walk(
             len: d.len,
             writable,
             ram: true,
+            checked: None,
         };
-        seg.ram = d.len == 0 || guard.check_range(&seg.range()).is_ok();
+        // The one check of this buffer against the guest's RAM map.
+        if d.len > 0 {
+            seg.checked = guard.check(seg.range()).ok();
+            seg.ram = seg.checked.is_some();
+        }
         chain.segments.push(seg);
         Ok(())
     };
@@ -303,6 +310,7 @@ fn walk_indirect(
     // 4 KiB): one check instead of one per descriptor, and the walk sees
     // one copy of it whatever the driver writes meanwhile.
     let mut bytes = vec![0u8; usize::from(entries) * DESC_SIZE as usize];
+    chain.segments.reserve(usize::from(entries));
     guard
         .inspect(table, &mut bytes)
         .map_err(|_| ChainError::DescriptorNotRam { gpa: table })?;
@@ -373,14 +381,21 @@ impl ChainCursor {
     /// The next piece (`gpa`, bytes available in its segment, segment RAM),
     /// or `None` at the end.
     fn next_piece(&mut self, chain: &DescriptorChain) -> Option<(u64, u32, bool)> {
+        let (seg, offset) = self.next_segment(chain)?;
+        Some((
+            seg.gpa.wrapping_add(u64::from(offset)),
+            seg.len - offset,
+            seg.ram,
+        ))
+    }
+
+    /// The segment the next byte is in and the offset in it, or `None` at
+    /// the end.
+    fn next_segment<'c>(&mut self, chain: &'c DescriptorChain) -> Option<(&'c Segment, u32)> {
         loop {
             let seg = chain.segments.get(self.segment)?;
             if seg.writable == self.writable && self.offset < seg.len {
-                return Some((
-                    seg.gpa.wrapping_add(u64::from(self.offset)),
-                    seg.len - self.offset,
-                    seg.ram,
-                ));
+                return Some((seg, self.offset));
             }
             self.segment += 1;
             self.offset = 0;
@@ -392,22 +407,20 @@ impl ChainCursor {
         self.moved += n as u64;
     }
 
-    /// The guest-physical pieces (`(address, length)`, in order) of the
-    /// next `len` bytes of this cursor's buffers, moving past them: what a
-    /// vectored transfer asks the guard to lend. `None`, moving nothing,
-    /// if fewer bytes are left or one of them is in a buffer that is not
-    /// RAM.
-    pub fn take(&mut self, chain: &DescriptorChain, len: u64) -> Option<Vec<(u64, u64)>> {
+    /// The pieces of the next `len` bytes of this cursor's buffers, in
+    /// order, each part of a buffer as the chain walk checked it, moving
+    /// past them: what a vectored transfer asks the guard to lend (which
+    /// takes the walk's check rather than making its own). `None`, moving
+    /// nothing, if fewer bytes are left or one of them is in a buffer that
+    /// is not RAM.
+    pub fn take(&mut self, chain: &DescriptorChain, len: u64) -> Option<Vec<CheckedRange>> {
         let mut probe = self.clone();
-        let mut pieces = Vec::new();
+        let mut pieces = Vec::with_capacity(chain.segments.len().saturating_sub(self.segment));
         let mut left = len;
         while left > 0 {
-            let (gpa, avail, ram) = probe.next_piece(chain)?;
-            if !ram {
-                return None;
-            }
-            let n = left.min(u64::from(avail));
-            pieces.push((gpa, n));
+            let (seg, offset) = probe.next_segment(chain)?;
+            let n = left.min(u64::from(seg.len - offset));
+            pieces.push(seg.checked?.part(u64::from(offset), n)?);
             probe.advance(n as usize);
             left -= n;
         }

@@ -33,7 +33,8 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{fence, Ordering};
 use vmm_core::dma::{
-    CheckedStateMachine, DmaDirection, DmaError, DmaGrant, DmaGuard, DmaRange, StateModel,
+    CheckedRange, CheckedStateMachine, DmaDirection, DmaError, DmaGrant, DmaGuard, DmaRange,
+    StateModel,
 };
 
 /// Available ring flag: the driver does not want interrupts.
@@ -408,11 +409,18 @@ impl Virtqueue {
         let head = Self::read_u16(guard, l.avail + 4 + 2 * u64::from(slot))?;
         let chain = chain::walk(guard, l.desc, l.size, head, self.indirect)?;
         self.next_avail = self.next_avail.wrapping_add(1);
-        let mut plan: Vec<DmaRange> = Vec::with_capacity(chain.segments.len() + 1);
-        plan.push(l.used_range());
+        // The used ring, checked here once per chain, and the buffers as
+        // the walk checked them: the transition takes those checks (the
+        // guard holds the map, so they are still current) instead of
+        // making its own.
+        let used = guard
+            .check(l.used_range())
+            .map_err(|_| QueueError::RingNotRam { gpa: l.used })?;
+        let mut plan: Vec<CheckedRange> = Vec::with_capacity(chain.segments.len() + 1);
+        plan.push(used);
         plan.extend(chain.plan());
         self.machine
-            .request(QueueState::Serving, &plan, guard)
+            .request_checked(QueueState::Serving, &plan, guard)
             .map_err(|_| QueueError::RingNotRam { gpa: l.used })?;
         Ok(Some(chain))
     }

@@ -44,8 +44,7 @@
 //! here can interrupt a sibling). Guest flushes the pager does not see
 //! (INVPCID, PCIDs) are not offered to shadow-paged guests.
 
-use super::coherence::Leaf;
-use super::{ShadowPager, PTE_A, PTE_D, PTE_P, PTE_RW};
+use super::{ShadowPager, PTE_D, PTE_P, PTE_RW};
 use crate::host::Host;
 use crate::memory::GuestMemory;
 use alloc::boxed::Box;
@@ -71,9 +70,6 @@ pub(super) struct Unsync {
     spare: Vec<Box<[u8; 4096]>>,
     /// The frames a resync visits, kept for the next.
     visiting: Vec<u64>,
-    /// The last 4 KiB leaves resyncs removed, by page number modulo
-    /// [`ZAPPED`] (for `ShadowStats::resync_refills`).
-    zapped: [Leaf; ZAPPED],
 }
 
 /// Resyncs in a row that may find a table idle (unchanged, or untracked
@@ -81,9 +77,6 @@ pub(super) struct Unsync {
 /// idle table at a flush costs a fraction of the write fault its next
 /// store would take once it is write-protected.
 pub(super) const IDLE_RESYNCS: u8 = 3;
-
-/// Leaves removed by resyncs that [`Unsync::refilled`] remembers.
-const ZAPPED: usize = 64;
 
 impl Unsync {
     pub(super) fn new() -> Self {
@@ -93,28 +86,6 @@ impl Unsync {
             allowed: true,
             spare: Vec::new(),
             visiting: Vec::new(),
-            zapped: [Leaf::default(); ZAPPED],
-        }
-    }
-
-    /// Remember that a resync removed `leaf`.
-    fn note_zapped(&mut self, leaf: Leaf) {
-        if leaf.shift == 12 {
-            if let Some(slot) = self.zapped.get_mut((leaf.page >> 12) as usize % ZAPPED) {
-                *slot = leaf;
-            }
-        }
-    }
-
-    /// Whether `leaf`, just filled, is one a resync removed (forgotten
-    /// then: each removal counts once).
-    pub(super) fn refilled(&mut self, leaf: Leaf) -> bool {
-        match self.zapped.get_mut((leaf.page >> 12) as usize % ZAPPED) {
-            Some(slot) if *slot == leaf => {
-                *slot = Leaf::default();
-                true
-            }
-            _ => false,
         }
     }
 
@@ -281,15 +252,7 @@ impl ShadowPager {
                 } else {
                     gpa
                 };
-                let from = stale.len();
                 self.coherence.take_written(at, len, &mut stale);
-                // The entry as it is now (a 4-byte entry's half).
-                let entry = if at == gpa { now } else { now >> 32 };
-                if entry & (PTE_P | PTE_A) == PTE_P | PTE_A {
-                    for &l in stale.get(from..).unwrap_or(&[]) {
-                        self.unsync.note_zapped(l);
-                    }
-                }
             }
         }
         if !readable {

@@ -109,8 +109,6 @@ impl ShadowPager {
         } else {
             tree
         };
-        // Rarely filled: allocates only then.
-        let mut revoke = alloc::vec::Vec::new();
         for (i, e) in trace.iter().enumerate() {
             let shift = top.saturating_sub(step * i as u32).max(12);
             if self.unsync.contains(e.gpa) {
@@ -126,19 +124,30 @@ impl ShadowPager {
                 page: linear & !((1u64 << shift) - 1),
                 shift: shift as u8,
             };
-            let key = coherence::entry_key(e.gpa, e.wide);
-            let (newly_tracked, added) = self.coherence.add_dep(key, dep);
-            if added {
-                self.note_dep_key(owner, key);
-            }
-            // (An out-of-sync frame keeps its writable mappings: an entry
-            // of it is a leaf's, as a directory's resynced it above.)
-            if newly_tracked && !self.unsync.contains(e.gpa) {
-                self.coherence.take_writable(e.gpa, &mut revoke);
-            }
+            self.depend(owner, e, dep);
         }
-        for l in revoke {
-            self.write_protect(l);
+    }
+
+    /// Record that `dep` (a range of root `owner`'s bookkeeping) depends
+    /// on the guest entry `entry`: what a fill does for each entry of its
+    /// walk and a prefetch for each neighbour's leaf entry. A frame that
+    /// this makes a tracked page table loses its writable mappings, kept
+    /// read-only, unless it is out of sync (an entry of it is a leaf's,
+    /// as a directory's frame was resynced before, and the guest writes
+    /// it through them until its next flush).
+    pub(super) fn depend(&mut self, owner: usize, entry: &TracedEntry, dep: Leaf) {
+        let key = coherence::entry_key(entry.gpa, entry.wide);
+        let (newly_tracked, added) = self.coherence.add_dep(key, dep);
+        if added {
+            self.note_dep_key(owner, key);
+        }
+        if newly_tracked && !self.unsync.contains(entry.gpa) {
+            let mut revoke = self.leaf_list();
+            self.coherence.take_writable(entry.gpa, &mut revoke);
+            for &l in &revoke {
+                self.write_protect(l);
+            }
+            self.give_leaf_list(revoke);
         }
     }
 

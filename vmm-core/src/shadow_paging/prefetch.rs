@@ -1,7 +1,7 @@
 //! Prefetching: after a fill, the neighbours of the leaf whose guest
 //! entries are already accessed are mapped too.
 
-use super::coherence::{self, Leaf};
+use super::coherence::Leaf;
 use super::root_key::RootKey;
 use super::table_pool::ENTRIES;
 use super::{ShadowPager, ADDR_MASK, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US, PTE_XD};
@@ -314,19 +314,7 @@ impl ShadowPager {
                         page: near,
                         shift: 12,
                     };
-                    let key = coherence::entry_key(leaf.gpa, leaf.wide);
-                    let (newly_tracked, added) = self.coherence.add_dep(key, dep);
-                    if added {
-                        self.note_dep_key(owner, key);
-                    }
-                    if newly_tracked && !self.unsync.contains(leaf.gpa) {
-                        let mut revoke = self.leaf_list();
-                        self.coherence.take_writable(leaf.gpa, &mut revoke);
-                        for &l in &revoke {
-                            self.write_protect(l);
-                        }
-                        self.give_leaf_list(revoke);
-                    }
+                    self.depend(owner, &leaf, dep);
                 }
                 (t, dirty, t.gpa)
             };

@@ -46,7 +46,8 @@
 
 use super::{ShadowPager, PTE_D, PTE_P, PTE_RW};
 use crate::host::Host;
-use crate::memory::GuestMemory;
+use super::coherence::Leaf;
+use crate::memory::{words_differ, GuestMemory};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use hashbrown::HashMap;
@@ -215,46 +216,29 @@ impl ShadowPager {
         };
         let mut stale = self.leaf_list();
         let mut downgraded = self.leaf_list();
-        // The frame now, in a copy no frame uses, compared 8 bytes at a
-        // time.
-        let mut now = self
-            .unsync
-            .spare
-            .pop()
-            .unwrap_or_else(|| Box::new([0u8; 4096]));
-        let readable = memory.read(frame, &mut now[..]).is_ok();
-        let mut changed = false;
-        let pairs = copy.chunks_exact(8).zip(now.chunks_exact(8));
-        for (i, (old, now)) in pairs.enumerate().filter(|_| readable) {
-            let gpa = frame + 8 * i as u64;
-            let old = old.try_into().map_or(0, u64::from_le_bytes);
-            let now = now.try_into().map_or(0, u64::from_le_bytes);
-            if old == now {
-                continue;
+        // The frame compared with its copy in place (else read into a copy
+        // no frame uses first: a page of a clone still shared
+        // copy-on-write); the copy takes the blocks that changed, so it
+        // holds the frame as it is now.
+        let mut copy = copy;
+        let (readable, changed) = match memory.bytes_at(frame, 4096) {
+            Some(now) => (
+                true,
+                self.compare_frame(frame, &mut copy, now, &mut stale, &mut downgraded),
+            ),
+            None => {
+                let mut now = self
+                    .unsync
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| Box::new([0u8; 4096]));
+                let readable = memory.read(frame, &mut now[..]).is_ok();
+                let changed = readable
+                    && self.compare_frame(frame, &mut copy, &now[..], &mut stale, &mut downgraded);
+                self.unsync.spare.push(now);
+                (readable, changed)
             }
-            changed = true;
-            if old & !now & !(PTE_RW | PTE_D) == 0 && now & !old == 0 && now & PTE_P != 0 {
-                // Only write access and dirty bits taken away (fork's
-                // copy-on-write marking, a write-protection, a cleaning):
-                // the leaves keep their frame and rights less write, as
-                // a fill would map them now (a frame that is out of sync
-                // only ever held 4 KiB leaf entries, and the bits are
-                // the same in a 4-byte entry at the word's low half).
-                self.coherence.written(gpa, 8, &mut downgraded);
-            } else {
-                let len = if old as u32 != now as u32 && old >> 32 != now >> 32 {
-                    8
-                } else {
-                    4
-                };
-                let at = if old as u32 == now as u32 {
-                    gpa + 4
-                } else {
-                    gpa
-                };
-                self.coherence.take_written(at, len, &mut stale);
-            }
-        }
+        };
         if !readable {
             // The frame left RAM under it (cannot happen without a memory
             // map change, which flushes everything): drop every dependent.
@@ -285,12 +269,10 @@ impl ShadowPager {
         if kept {
             // The dependents left were derived from the entries as they
             // are now: the frame's copy.
-            self.unsync.frames.insert(frame, (now, idle));
-            self.unsync.spare.push(copy);
+            self.unsync.frames.insert(frame, (copy, idle));
             self.stats.resyncs_kept += 1;
         } else {
             self.unsync.spare.push(copy);
-            self.unsync.spare.push(now);
             // The frame's own writable mappings stay, read-only.
             stale.clear();
             self.coherence.take_writable(frame, &mut stale);
@@ -301,6 +283,63 @@ impl ShadowPager {
         self.give_leaf_list(stale);
         self.give_leaf_list(downgraded);
         self.stats.resyncs += 1;
+    }
+
+    /// The entries of the out-of-sync `frame` that differ between its
+    /// copy and the frame as it is `now` (4 KiB): the dependents of each
+    /// go to `stale`, or, for an entry that only lost its write access or
+    /// dirty bit and is still present, to `downgraded` (left recorded);
+    /// the copy takes the new values. Whether any entry differed.
+    /// Compared 64 bytes at a time, entry by entry only in the blocks
+    /// that differ.
+    fn compare_frame(
+        &mut self,
+        frame: u64,
+        copy: &mut [u8; 4096],
+        now: &[u8],
+        stale: &mut Vec<Leaf>,
+        downgraded: &mut Vec<Leaf>,
+    ) -> bool {
+        let mut changed = false;
+        let blocks = copy.chunks_exact_mut(64).zip(now.chunks_exact(64));
+        for (b, (block, now)) in blocks.enumerate() {
+            if words_differ(block, now) == 0 {
+                continue;
+            }
+            changed = true;
+            for (i, (old, now)) in block.chunks_exact(8).zip(now.chunks_exact(8)).enumerate() {
+                let gpa = frame + 64 * b as u64 + 8 * i as u64;
+                let old = old.try_into().map_or(0, u64::from_le_bytes);
+                let now = now.try_into().map_or(0, u64::from_le_bytes);
+                if old == now {
+                    continue;
+                }
+                if old & !now & !(PTE_RW | PTE_D) == 0 && now & !old == 0 && now & PTE_P != 0 {
+                    // Only write access and dirty bits taken away (fork's
+                    // copy-on-write marking, a write-protection, a
+                    // cleaning): the leaves keep their frame and rights
+                    // less write, as a fill would map them now (a frame
+                    // that is out of sync only ever held 4 KiB leaf
+                    // entries, and the bits are the same in a 4-byte entry
+                    // at the word's low half).
+                    self.coherence.written(gpa, 8, downgraded);
+                } else {
+                    let len = if old as u32 != now as u32 && old >> 32 != now >> 32 {
+                        8
+                    } else {
+                        4
+                    };
+                    let at = if old as u32 == now as u32 {
+                        gpa + 4
+                    } else {
+                        gpa
+                    };
+                    self.coherence.take_written(at, len, stale);
+                }
+            }
+            block.copy_from_slice(now);
+        }
+        changed
     }
 
     /// Bring every frame back in sync if the guest flushed its TLB since

@@ -176,8 +176,10 @@ fn run(case: &str, iters: u64) {
                     m.write_u64(table + i * 8, (0x10_0000 + (i << 12)) | 0x67)
                         .expect("RAM");
                 }
-                m.write_u64(0x3000 + (2 + k) * 8, table | 0x27).expect("RAM");
-                m.write_u64(PT + (0x1e0 + k) * 8, table | 0x67).expect("RAM");
+                m.write_u64(0x3000 + (2 + k) * 8, table | 0x27)
+                    .expect("RAM");
+                m.write_u64(PT + (0x1e0 + k) * 8, table | 0x67)
+                    .expect("RAM");
             }
             for k in 0..TABLES {
                 fault(&mut s, (2 + k) << 21, 0);

@@ -17,9 +17,10 @@
 //! takes a copy of the frame, maps it writable, and lets the write run.
 //! Until the next flush the guest writes it at full speed. At the flush
 //! (CR3 write, INVLPG, CR4.PGE toggle: marked here, done before the next
-//! entry or fault), each such frame is compared with its copy: the
-//! dependents of every entry that changed are removed exactly as for an
-//! emulated write, and the copy is taken anew. A frame the guest is still
+//! entry or fault), each such frame is compared with its copy (in place,
+//! 64 bytes at a time): the dependents of every entry that changed are
+//! removed exactly as for an emulated write, and the copy takes the new
+//! values. A frame the guest is still
 //! writing stays out of sync across the flush (Linux clears an entry,
 //! flushes, then sets it: write-protecting the table at the flush cost a
 //! write fault for the set, and a fill that tracked it again another);
@@ -44,9 +45,9 @@
 //! here can interrupt a sibling). Guest flushes the pager does not see
 //! (INVPCID, PCIDs) are not offered to shadow-paged guests.
 
+use super::coherence::Leaf;
 use super::{ShadowPager, PTE_D, PTE_P, PTE_RW};
 use crate::host::Host;
-use super::coherence::Leaf;
 use crate::memory::{words_differ, GuestMemory};
 use alloc::boxed::Box;
 use alloc::vec::Vec;

@@ -124,31 +124,33 @@ impl ShadowPager {
                 page: linear & !((1u64 << shift) - 1),
                 shift: shift as u8,
             };
-            self.depend(owner, e, dep);
+            let key = coherence::entry_key(e.gpa, e.wide);
+            let (newly_tracked, added) = self.coherence.add_dep(key, dep);
+            if added {
+                self.note_dep_key(owner, key);
+            }
+            if newly_tracked {
+                self.became_page_table(e.gpa);
+            }
         }
     }
 
-    /// Record that `dep` (a range of root `owner`'s bookkeeping) depends
-    /// on the guest entry `entry`: what a fill does for each entry of its
-    /// walk and a prefetch for each neighbour's leaf entry. A frame that
-    /// this makes a tracked page table loses its writable mappings, kept
-    /// read-only, unless it is out of sync (an entry of it is a leaf's,
-    /// as a directory's frame was resynced before, and the guest writes
-    /// it through them until its next flush).
-    pub(super) fn depend(&mut self, owner: usize, entry: &TracedEntry, dep: Leaf) {
-        let key = coherence::entry_key(entry.gpa, entry.wide);
-        let (newly_tracked, added) = self.coherence.add_dep(key, dep);
-        if added {
-            self.note_dep_key(owner, key);
+    /// A dependency record (a fill's walk, a prefetch) just made the frame
+    /// at `gpa` a tracked page table: its writable mappings are kept
+    /// read-only, unless it is out of sync (an entry of it is a leaf's, as
+    /// a directory's frame is resynced before its entry is recorded, and
+    /// the guest writes it through them until its next flush).
+    #[cold]
+    pub(super) fn became_page_table(&mut self, gpa: u64) {
+        if self.unsync.contains(gpa) {
+            return;
         }
-        if newly_tracked && !self.unsync.contains(entry.gpa) {
-            let mut revoke = self.leaf_list();
-            self.coherence.take_writable(entry.gpa, &mut revoke);
-            for &l in &revoke {
-                self.write_protect(l);
-            }
-            self.give_leaf_list(revoke);
+        let mut revoke = self.leaf_list();
+        self.coherence.take_writable(gpa, &mut revoke);
+        for &l in &revoke {
+            self.write_protect(l);
         }
+        self.give_leaf_list(revoke);
     }
 
     /// Remember, for eviction, that root `slot` has a dependency under

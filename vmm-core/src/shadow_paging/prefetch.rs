@@ -1,7 +1,7 @@
 //! Prefetching: after a fill, the neighbours of the leaf whose guest
 //! entries are already accessed are mapped too.
 
-use super::coherence::Leaf;
+use super::coherence::{self, Leaf};
 use super::root_key::RootKey;
 use super::table_pool::ENTRIES;
 use super::{ShadowPager, ADDR_MASK, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US, PTE_XD};
@@ -320,7 +320,14 @@ impl ShadowPager {
                         page: near,
                         shift: 12,
                     };
-                    self.depend(owner, &leaf, dep);
+                    let key = coherence::entry_key(leaf.gpa, leaf.wide);
+                    let (newly_tracked, added) = self.coherence.add_dep(key, dep);
+                    if added {
+                        self.note_dep_key(owner, key);
+                    }
+                    if newly_tracked {
+                        self.became_page_table(leaf.gpa);
+                    }
                 }
                 (t, dirty, t.gpa)
             };

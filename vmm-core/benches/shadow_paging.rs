@@ -2,7 +2,8 @@
 //! its prefetch of accessed neighbours), a fill inside a 2 MiB guest page,
 //! a reflected fault, an emulated page-table write's invalidation, and a
 //! CR3 switch that hits the cache, and a leaf table let out of sync by a
-//! write fault, written and brought in sync at a flush. Each iteration undoes its
+//! write fault, written and brought in sync at a flush, and a flush that
+//! compares 8 leaf tables kept out of sync. Each iteration undoes its
 //! effect so the next one does the same work.
 //!
 //! Protocol: no arguments runs every case and prints `CASE: X ns/op`;
@@ -17,13 +18,14 @@ use vmm_core::shadow_paging::{GuestFault, ShadowConfig, ShadowPager};
 use vmm_core::test_host::{TestHost, TestVmBuilder};
 use vmm_core::vm::Vm;
 
-const CASES: [&str; 6] = [
+const CASES: [&str; 7] = [
     "fill-4k",
     "fill-in-2m-page",
     "reflect",
     "page-table-write",
     "cr3-switch-hit",
     "unsync-write-resync",
+    "flush-8-kept-tables",
 ];
 
 const PML4: u64 = 0x1000;
@@ -156,6 +158,47 @@ fn run(case: &str, iters: u64) {
             assert!(
                 stats.unsyncs >= 1 && stats.resyncs >= iters,
                 "the case must let the table out of sync and resync it: {stats:?}"
+            );
+        }
+        "flush-8-kept-tables" => {
+            // 8 more leaf tables (PD entries 2-9, at 0x10000 + k * 0x1000),
+            // each tracked by a fill under it and let out of sync by a
+            // write fault through a mapping of it (the PT's entries
+            // 0x1e0 + k). Each iteration writes one entry of each that no
+            // leaf depends on (as a guest builds a table between flushes),
+            // and a flush plus the next fault compare all 8 with their
+            // copies; each stays out of sync, being written.
+            const TABLES: u64 = 8;
+            let m = s.vm.memory_mut();
+            for k in 0..TABLES {
+                let table = 0x10000 + k * 0x1000;
+                for i in 0..512u64 {
+                    m.write_u64(table + i * 8, (0x10_0000 + (i << 12)) | 0x67)
+                        .expect("RAM");
+                }
+                m.write_u64(0x3000 + (2 + k) * 8, table | 0x27)
+                    .expect("RAM");
+                m.write_u64(PT + (0x1e0 + k) * 8, table | 0x67)
+                    .expect("RAM");
+            }
+            for k in 0..TABLES {
+                fault(&mut s, (2 + k) << 21, 0);
+                fault(&mut s, 0x1e_0000 + (k << 12), 2 | 1);
+            }
+            for i in 0..iters {
+                let m = s.vm.memory_mut();
+                for k in 0..TABLES {
+                    let v = if i % 2 == 0 { 0x12_3000 | 0x67 } else { 0 };
+                    m.write_u64(0x10000 + k * 0x1000 + 0x100 * 8, v)
+                        .expect("RAM");
+                }
+                s.pager.invlpg(0x1f_0000);
+                fault(&mut s, 0x1ff << 12, 0);
+            }
+            let stats = s.pager.stats();
+            assert!(
+                stats.unsyncs >= TABLES && stats.resyncs_kept >= TABLES * iters,
+                "the case must keep the tables out of sync: {stats:?}"
             );
         }
         other => {

@@ -263,12 +263,10 @@ fn print_floor(
     );
     println!(
         "    shadow resyncs: {} out-of-sync tables compared at the guest's flushes, {} of them kept out of sync \
-         (written within the last few), {} leaves removed from changed entries, {} of those present and accessed \
-         at the resync filled again by a fault (of the last 64 removed)",
+         (written within the last few), {} leaves removed from changed entries",
         sh("resyncs"),
         sh("resyncs_kept"),
-        sh("resync_zaps"),
-        sh("resync_refills")
+        sh("resync_zaps")
     );
     let ms = |f: &str| sh(f) as f64 / 1e6;
     let per = |f: &str, n: u64| sh(f) as f64 / 1e3 / n.max(1) as f64;

@@ -109,8 +109,6 @@ impl ShadowPager {
         } else {
             tree
         };
-        // Rarely filled: allocates only then.
-        let mut revoke = alloc::vec::Vec::new();
         for (i, e) in trace.iter().enumerate() {
             let shift = top.saturating_sub(step * i as u32).max(12);
             if self.unsync.contains(e.gpa) {
@@ -131,15 +129,28 @@ impl ShadowPager {
             if added {
                 self.note_dep_key(owner, key);
             }
-            // (An out-of-sync frame keeps its writable mappings: an entry
-            // of it is a leaf's, as a directory's resynced it above.)
-            if newly_tracked && !self.unsync.contains(e.gpa) {
-                self.coherence.take_writable(e.gpa, &mut revoke);
+            if newly_tracked {
+                self.became_page_table(e.gpa);
             }
         }
-        for l in revoke {
+    }
+
+    /// A dependency record (a fill's walk, a prefetch) just made the frame
+    /// at `gpa` a tracked page table: its writable mappings are kept
+    /// read-only, unless it is out of sync (an entry of it is a leaf's, as
+    /// a directory's frame is resynced before its entry is recorded, and
+    /// the guest writes it through them until its next flush).
+    #[cold]
+    pub(super) fn became_page_table(&mut self, gpa: u64) {
+        if self.unsync.contains(gpa) {
+            return;
+        }
+        let mut revoke = self.leaf_list();
+        self.coherence.take_writable(gpa, &mut revoke);
+        for &l in &revoke {
             self.write_protect(l);
         }
+        self.give_leaf_list(revoke);
     }
 
     /// Remember, for eviction, that root `slot` has a dependency under

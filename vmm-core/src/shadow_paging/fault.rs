@@ -285,9 +285,6 @@ impl ShadowPager {
             self.record_deps(memory, slot, key.mode, trace.entries(), linear);
         }
         self.stats.fills += 1;
-        if self.unsync.refilled(leaf) {
-            self.stats.resync_refills += 1;
-        }
         if leaf_changed & PTE_A != 0 {
             self.stats.cold_fills += 1;
         } else if leaf_changed & PTE_D != 0 {

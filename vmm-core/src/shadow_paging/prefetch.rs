@@ -281,6 +281,12 @@ impl ShadowPager {
         // The region of the last page mapped (neighbours are mostly in
         // the same one).
         let mut region: Option<crate::memory::RegionInfo> = None;
+        // Whether the leaf's guest page table, which holds every
+        // neighbour's entry, is out of sync (the loop leaves it so).
+        let table_unsync = siblings
+            .as_ref()
+            .and_then(|s| s.entries.get(s.upper_len))
+            .is_some_and(|leaf| self.unsync.contains(leaf.gpa));
         for j in candidates {
             let near = (linear & !0x1f_ffff) | ((j as u64) << 12);
             let same_large = translation.page_size > 0x1000
@@ -306,7 +312,7 @@ impl ShadowPager {
                 // (same ranges); only the leaf's is new.
                 {
                     // An out-of-sync table's entry: in sync first.
-                    if self.unsync.contains(leaf.gpa) {
+                    if table_unsync {
                         self.sync_entry(leaf.gpa, leaf.wide, leaf.value);
                     }
                     let dep = Leaf {
@@ -319,13 +325,8 @@ impl ShadowPager {
                     if added {
                         self.note_dep_key(owner, key);
                     }
-                    if newly_tracked && !self.unsync.contains(leaf.gpa) {
-                        let mut revoke = self.leaf_list();
-                        self.coherence.take_writable(leaf.gpa, &mut revoke);
-                        for &l in &revoke {
-                            self.write_protect(l);
-                        }
-                        self.give_leaf_list(revoke);
+                    if newly_tracked {
+                        self.became_page_table(leaf.gpa);
                     }
                 }
                 (t, dirty, t.gpa)

@@ -104,11 +104,6 @@ pub struct ShadowStats {
     /// 4 KiB leaves removed by resyncs (an out-of-sync table's entry found
     /// changed at the guest's TLB flush).
     pub resync_zaps: u64,
-    /// Fills of a leaf that a resync removed while its entry was present
-    /// and accessed (the last 64 such leaves are remembered): the faults
-    /// that mapping the changed entries at the resync instead of removing
-    /// them (KVM's `sync_page`) would save.
-    pub resync_refills: u64,
     /// Resyncs that left the table out of sync, with a new copy, because
     /// its entries changed since the last (the guest is writing it).
     pub resyncs_kept: u64,
@@ -120,7 +115,7 @@ pub struct ShadowStats {
 impl ShadowStats {
     /// Every counter with its field's name, in declaration order: for
     /// machine-readable reports (a benchmark takes differences of them).
-    pub fn fields(&self) -> [(&'static str, u64); 43] {
+    pub fn fields(&self) -> [(&'static str, u64); 42] {
         [
             ("faults", self.faults),
             ("fills", self.fills),
@@ -162,7 +157,6 @@ impl ShadowStats {
             ("deps_ns", self.deps_ns),
             ("prefetch_ns", self.prefetch_ns),
             ("resync_zaps", self.resync_zaps),
-            ("resync_refills", self.resync_refills),
             ("resyncs_kept", self.resyncs_kept),
             ("invlpgs_in_sync", self.invlpgs_in_sync),
         ]
@@ -176,7 +170,7 @@ impl fmt::Display for ShadowStats {
             "shadow paging: {} faults, {} fills, {} prefetched, {} reflected, {} mmio, \
              {} page-table writes, {} invalidations, {} floods, {} invlpg ({} with no table out of sync), cache {} hits / {} \
              misses / {} evictions, {} full flushes, {} copy-on-write copies, {} pages in {} roots, \
-             {} subtree links, {} subtrees, {} unsyncs, {} resyncs ({} kept out of sync; {} leaves removed, {} present ones filled again), fills: {} cold / {} dirty / \
+             {} subtree links, {} subtrees, {} unsyncs, {} resyncs ({} kept out of sync; {} leaves removed), fills: {} cold / {} dirty / \
              {} user / {} supervisor on user pages / {} in large pages / {} in new tables, \
              {} write-protected in place, {} CR3 loads, {} CR reads, {} CR0/CR4 writes, {} CR2/CR8 accesses; \
              pager time: faults filled {:.1} ms, reflected {:.1} ms, out of sync {:.1} ms, to the emulator \
@@ -205,7 +199,6 @@ impl fmt::Display for ShadowStats {
             self.resyncs,
             self.resyncs_kept,
             self.resync_zaps,
-            self.resync_refills,
             self.cold_fills,
             self.dirty_fills,
             self.user_fills,
@@ -247,7 +240,7 @@ mod tests {
         assert_eq!(f[30], ("cr2_cr8", 31));
         assert_eq!(f[36].0, "ensure_ns");
         assert_eq!(f[38].0, "prefetch_ns");
-        assert_eq!(f[42].0, "invlpgs_in_sync");
+        assert_eq!(f[41].0, "invlpgs_in_sync");
         assert_eq!(f.iter().map(|(_, v)| v).sum::<u64>(), 51);
         let mut names: alloc::vec::Vec<&str> = f.iter().map(|(n, _)| *n).collect();
         names.sort_unstable();

@@ -17,9 +17,10 @@
 //! takes a copy of the frame, maps it writable, and lets the write run.
 //! Until the next flush the guest writes it at full speed. At the flush
 //! (CR3 write, INVLPG, CR4.PGE toggle: marked here, done before the next
-//! entry or fault), each such frame is compared with its copy: the
-//! dependents of every entry that changed are removed exactly as for an
-//! emulated write, and the copy is taken anew. A frame the guest is still
+//! entry or fault), each such frame is compared with its copy (in place,
+//! 64 bytes at a time): the dependents of every entry that changed are
+//! removed exactly as for an emulated write, and the copy takes the new
+//! values. A frame the guest is still
 //! writing stays out of sync across the flush (Linux clears an entry,
 //! flushes, then sets it: write-protecting the table at the flush cost a
 //! write fault for the set, and a fill that tracked it again another);
@@ -45,9 +46,9 @@
 //! (INVPCID, PCIDs) are not offered to shadow-paged guests.
 
 use super::coherence::Leaf;
-use super::{ShadowPager, PTE_A, PTE_D, PTE_P, PTE_RW};
+use super::{ShadowPager, PTE_D, PTE_P, PTE_RW};
 use crate::host::Host;
-use crate::memory::GuestMemory;
+use crate::memory::{words_differ, GuestMemory};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use hashbrown::HashMap;
@@ -71,9 +72,6 @@ pub(super) struct Unsync {
     spare: Vec<Box<[u8; 4096]>>,
     /// The frames a resync visits, kept for the next.
     visiting: Vec<u64>,
-    /// The last 4 KiB leaves resyncs removed, by page number modulo
-    /// [`ZAPPED`] (for `ShadowStats::resync_refills`).
-    zapped: [Leaf; ZAPPED],
 }
 
 /// Resyncs in a row that may find a table idle (unchanged, or untracked
@@ -81,9 +79,6 @@ pub(super) struct Unsync {
 /// idle table at a flush costs a fraction of the write fault its next
 /// store would take once it is write-protected.
 pub(super) const IDLE_RESYNCS: u8 = 3;
-
-/// Leaves removed by resyncs that [`Unsync::refilled`] remembers.
-const ZAPPED: usize = 64;
 
 impl Unsync {
     pub(super) fn new() -> Self {
@@ -93,28 +88,6 @@ impl Unsync {
             allowed: true,
             spare: Vec::new(),
             visiting: Vec::new(),
-            zapped: [Leaf::default(); ZAPPED],
-        }
-    }
-
-    /// Remember that a resync removed `leaf`.
-    fn note_zapped(&mut self, leaf: Leaf) {
-        if leaf.shift == 12 {
-            if let Some(slot) = self.zapped.get_mut((leaf.page >> 12) as usize % ZAPPED) {
-                *slot = leaf;
-            }
-        }
-    }
-
-    /// Whether `leaf`, just filled, is one a resync removed (forgotten
-    /// then: each removal counts once).
-    pub(super) fn refilled(&mut self, leaf: Leaf) -> bool {
-        match self.zapped.get_mut((leaf.page >> 12) as usize % ZAPPED) {
-            Some(slot) if *slot == leaf => {
-                *slot = Leaf::default();
-                true
-            }
-            _ => false,
         }
     }
 
@@ -244,54 +217,29 @@ impl ShadowPager {
         };
         let mut stale = self.leaf_list();
         let mut downgraded = self.leaf_list();
-        // The frame now, in a copy no frame uses, compared 8 bytes at a
-        // time.
-        let mut now = self
-            .unsync
-            .spare
-            .pop()
-            .unwrap_or_else(|| Box::new([0u8; 4096]));
-        let readable = memory.read(frame, &mut now[..]).is_ok();
-        let mut changed = false;
-        let pairs = copy.chunks_exact(8).zip(now.chunks_exact(8));
-        for (i, (old, now)) in pairs.enumerate().filter(|_| readable) {
-            let gpa = frame + 8 * i as u64;
-            let old = old.try_into().map_or(0, u64::from_le_bytes);
-            let now = now.try_into().map_or(0, u64::from_le_bytes);
-            if old == now {
-                continue;
+        // The frame compared with its copy in place (else read into a copy
+        // no frame uses first: a page of a clone still shared
+        // copy-on-write); the copy takes the blocks that changed, so it
+        // holds the frame as it is now.
+        let mut copy = copy;
+        let (readable, changed) = match memory.bytes_at(frame, 4096) {
+            Some(now) => (
+                true,
+                self.compare_frame(frame, &mut copy, now, &mut stale, &mut downgraded),
+            ),
+            None => {
+                let mut now = self
+                    .unsync
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| Box::new([0u8; 4096]));
+                let readable = memory.read(frame, &mut now[..]).is_ok();
+                let changed = readable
+                    && self.compare_frame(frame, &mut copy, &now[..], &mut stale, &mut downgraded);
+                self.unsync.spare.push(now);
+                (readable, changed)
             }
-            changed = true;
-            if old & !now & !(PTE_RW | PTE_D) == 0 && now & !old == 0 && now & PTE_P != 0 {
-                // Only write access and dirty bits taken away (fork's
-                // copy-on-write marking, a write-protection, a cleaning):
-                // the leaves keep their frame and rights less write, as
-                // a fill would map them now (a frame that is out of sync
-                // only ever held 4 KiB leaf entries, and the bits are
-                // the same in a 4-byte entry at the word's low half).
-                self.coherence.written(gpa, 8, &mut downgraded);
-            } else {
-                let len = if old as u32 != now as u32 && old >> 32 != now >> 32 {
-                    8
-                } else {
-                    4
-                };
-                let at = if old as u32 == now as u32 {
-                    gpa + 4
-                } else {
-                    gpa
-                };
-                let from = stale.len();
-                self.coherence.take_written(at, len, &mut stale);
-                // The entry as it is now (a 4-byte entry's half).
-                let entry = if at == gpa { now } else { now >> 32 };
-                if entry & (PTE_P | PTE_A) == PTE_P | PTE_A {
-                    for &l in stale.get(from..).unwrap_or(&[]) {
-                        self.unsync.note_zapped(l);
-                    }
-                }
-            }
-        }
+        };
         if !readable {
             // The frame left RAM under it (cannot happen without a memory
             // map change, which flushes everything): drop every dependent.
@@ -322,12 +270,10 @@ impl ShadowPager {
         if kept {
             // The dependents left were derived from the entries as they
             // are now: the frame's copy.
-            self.unsync.frames.insert(frame, (now, idle));
-            self.unsync.spare.push(copy);
+            self.unsync.frames.insert(frame, (copy, idle));
             self.stats.resyncs_kept += 1;
         } else {
             self.unsync.spare.push(copy);
-            self.unsync.spare.push(now);
             // The frame's own writable mappings stay, read-only.
             stale.clear();
             self.coherence.take_writable(frame, &mut stale);
@@ -338,6 +284,63 @@ impl ShadowPager {
         self.give_leaf_list(stale);
         self.give_leaf_list(downgraded);
         self.stats.resyncs += 1;
+    }
+
+    /// The entries of the out-of-sync `frame` that differ between its
+    /// copy and the frame as it is `now` (4 KiB): the dependents of each
+    /// go to `stale`, or, for an entry that only lost its write access or
+    /// dirty bit and is still present, to `downgraded` (left recorded);
+    /// the copy takes the new values. Whether any entry differed.
+    /// Compared 64 bytes at a time, entry by entry only in the blocks
+    /// that differ.
+    fn compare_frame(
+        &mut self,
+        frame: u64,
+        copy: &mut [u8; 4096],
+        now: &[u8],
+        stale: &mut Vec<Leaf>,
+        downgraded: &mut Vec<Leaf>,
+    ) -> bool {
+        let mut changed = false;
+        let blocks = copy.chunks_exact_mut(64).zip(now.chunks_exact(64));
+        for (b, (block, now)) in blocks.enumerate() {
+            if words_differ(block, now) == 0 {
+                continue;
+            }
+            changed = true;
+            for (i, (old, now)) in block.chunks_exact(8).zip(now.chunks_exact(8)).enumerate() {
+                let gpa = frame + 64 * b as u64 + 8 * i as u64;
+                let old = old.try_into().map_or(0, u64::from_le_bytes);
+                let now = now.try_into().map_or(0, u64::from_le_bytes);
+                if old == now {
+                    continue;
+                }
+                if old & !now & !(PTE_RW | PTE_D) == 0 && now & !old == 0 && now & PTE_P != 0 {
+                    // Only write access and dirty bits taken away (fork's
+                    // copy-on-write marking, a write-protection, a
+                    // cleaning): the leaves keep their frame and rights
+                    // less write, as a fill would map them now (a frame
+                    // that is out of sync only ever held 4 KiB leaf
+                    // entries, and the bits are the same in a 4-byte entry
+                    // at the word's low half).
+                    self.coherence.written(gpa, 8, downgraded);
+                } else {
+                    let len = if old as u32 != now as u32 && old >> 32 != now >> 32 {
+                        8
+                    } else {
+                        4
+                    };
+                    let at = if old as u32 == now as u32 {
+                        gpa + 4
+                    } else {
+                        gpa
+                    };
+                    self.coherence.take_written(at, len, stale);
+                }
+            }
+            block.copy_from_slice(now);
+        }
+        changed
     }
 
     /// Bring every frame back in sync if the guest flushed its TLB since

@@ -290,7 +290,8 @@ impl ShadowPager {
     /// copy and the frame as it is `now` (4 KiB): the dependents of each
     /// go to `stale`, or, for an entry that only lost its write access or
     /// dirty bit and is still present, to `downgraded` (left recorded);
-    /// the copy takes the new values. Whether any entry differed.
+    /// the copy takes each new value as it was compared. Whether any entry
+    /// differed.
     /// Compared 64 bytes at a time, entry by entry only in the blocks
     /// that differ.
     fn compare_frame(
@@ -308,13 +309,21 @@ impl ShadowPager {
                 continue;
             }
             changed = true;
-            for (i, (old, now)) in block.chunks_exact(8).zip(now.chunks_exact(8)).enumerate() {
+            for (i, (slot, now)) in block
+                .chunks_exact_mut(8)
+                .zip(now.chunks_exact(8))
+                .enumerate()
+            {
                 let gpa = frame + 64 * b as u64 + 8 * i as u64;
-                let old = old.try_into().map_or(0, u64::from_le_bytes);
+                let old = (&*slot).try_into().map_or(0, u64::from_le_bytes);
+                // Read once: what is compared is what the copy keeps (another
+                // vCPU may write the frame meanwhile; that write is then
+                // found at the next resync).
                 let now = now.try_into().map_or(0, u64::from_le_bytes);
                 if old == now {
                     continue;
                 }
+                slot.copy_from_slice(&now.to_le_bytes());
                 if old & !now & !(PTE_RW | PTE_D) == 0 && now & !old == 0 && now & PTE_P != 0 {
                     // Only write access and dirty bits taken away (fork's
                     // copy-on-write marking, a write-protection, a
@@ -338,7 +347,6 @@ impl ShadowPager {
                     self.coherence.take_written(at, len, stale);
                 }
             }
-            block.copy_from_slice(now);
         }
         changed
     }

@@ -16,22 +16,13 @@
 
 #[path = "../../vmm-core/benches/protocol/mod.rs"]
 mod protocol;
+mod virtqueue_rig;
 
-use vmm_core::base::VmId;
-use vmm_core::dma::DmaGuard;
-use vmm_core::memory::GuestMemory;
-use vmm_core::test_host::VecMemory;
+use virtqueue_rig::{desc, QueueRig, DESC, INDIRECT};
 use vmm_devices::block::MemoryImage;
 use vmm_devices::virtio::blk::{VirtioBlk, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use vmm_devices::virtio::chain::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
-use vmm_devices::virtio::queue::Virtqueue;
-use vmm_devices::virtio::VirtioDevice;
 
-const SIZE: u16 = 256;
-const DESC: u64 = 0x10_0000;
-const AVAIL: u64 = 0x10_1000;
-const USED: u64 = 0x10_2000;
-const INDIRECT: u64 = 0x10_3000;
 const HEADER: u64 = 0x10_5000;
 const STATUS: u64 = 0x10_5100;
 /// 240 data pages from here, in a scattered order.
@@ -48,19 +39,8 @@ const CASES: [(&str, u32, u64); 4] = [
 ];
 
 struct Bench {
-    memory: GuestMemory,
-    queue: Virtqueue,
+    rig: QueueRig,
     blk: VirtioBlk,
-    avail: u16,
-}
-
-fn desc(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
-    let mut d = [0u8; 16];
-    d[..8].copy_from_slice(&addr.to_le_bytes());
-    d[8..12].copy_from_slice(&len.to_le_bytes());
-    d[12..14].copy_from_slice(&flags.to_le_bytes());
-    d[14..].copy_from_slice(&next.to_le_bytes());
-    d
 }
 
 /// Where data buffer `i` of a request lies: pages in a scattered order,
@@ -71,39 +51,11 @@ fn page(i: u64) -> u64 {
 
 impl Bench {
     fn new() -> Self {
-        // A PC-like map: low RAM, the VGA hole, the BIOS ROM, RAM above
-        // 1 MiB, the IOAPIC and LAPIC pages.
-        let mut memory = GuestMemory::new();
-        memory
-            .add_ram(0, Box::new(VecMemory::new(0xa_0000)))
-            .expect("low ram");
-        memory.add_mmio(0xa_0000, 0x2_0000).expect("vga");
-        memory
-            .add_rom(0xf_0000, Box::new(VecMemory::new(0x1_0000)))
-            .expect("rom");
-        memory
-            .add_ram(0x10_0000, Box::new(VecMemory::new(31 << 20)))
-            .expect("ram");
-        memory.add_mmio(0xfec0_0000, 0x1000).expect("ioapic");
-        memory.add_mmio(0xfee0_0000, 0x1000).expect("lapic");
         let image = MemoryImage::writable("bench.img", vec![0; IMAGE], 512).expect("image");
         let blk = VirtioBlk::new(Box::new(image)).expect("blk");
-        let mut queue = Virtqueue::new(SIZE);
-        queue.program(|l| {
-            l.size = SIZE;
-            l.desc = DESC;
-            l.avail = AVAIL;
-            l.used = USED;
-        });
-        {
-            let guard = DmaGuard::new(VmId(1), &mut memory);
-            queue.enable(&guard, false, true).expect("enable");
-        }
         let mut b = Self {
-            memory,
-            queue,
+            rig: QueueRig::new(),
             blk,
-            avail: 0,
         };
         b.build_chains();
         b
@@ -114,7 +66,7 @@ impl Bench {
     /// `INDIRECT`, one for writes after it); descriptors 1-3 and 4-6 are
     /// direct 4 KiB read and write chains.
     fn build_chains(&mut self) {
-        let m = &mut self.memory;
+        let m = &mut self.rig.memory;
         for (t, (base, dir)) in [(INDIRECT, VIRTQ_DESC_F_WRITE), (INDIRECT + 0x1000, 0)]
             .into_iter()
             .enumerate()
@@ -161,19 +113,11 @@ impl Bench {
     /// One request: the driver makes chain `head` available, the device
     /// takes it, serves it and puts it in the used ring.
     fn request(&mut self, head: u16, header: u64, sector: u64) {
-        let m = &mut self.memory;
-        m.write(header + 8, &sector.to_le_bytes()).expect("sector");
-        let slot = u64::from(self.avail % SIZE);
-        m.write(AVAIL + 4 + 2 * slot, &head.to_le_bytes())
-            .expect("avail");
-        self.avail = self.avail.wrapping_add(1);
-        m.write(AVAIL + 2, &self.avail.to_le_bytes()).expect("idx");
-        let mut guard = DmaGuard::new(VmId(1), m);
-        let queue = &mut self.queue;
-        let chain = queue.pop(&mut guard).expect("pop").expect("a chain");
-        let grant = queue.grant().expect("grant");
-        let written = self.blk.serve(0, &chain, &mut guard, grant);
-        queue.push(&mut guard, chain.head, written).expect("push");
+        self.rig
+            .memory
+            .write(header + 8, &sector.to_le_bytes())
+            .expect("sector");
+        self.rig.request(&mut self.blk, 0, head);
     }
 }
 
@@ -195,7 +139,8 @@ fn run(b: &mut Bench, case: &str, iters: u64) {
         b.request(head, header, (i % span) * sectors);
     }
     let mut status = [0u8];
-    b.memory
+    b.rig
+        .memory
         .read(STATUS + u64::from(write), &mut status)
         .expect("status");
     assert_eq!(status[0], VIRTIO_BLK_S_OK, "{case}: request failed");

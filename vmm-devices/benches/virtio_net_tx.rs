@@ -17,24 +17,16 @@
 
 #[path = "../../vmm-core/benches/protocol/mod.rs"]
 mod protocol;
+mod virtqueue_rig;
 
-use vmm_core::base::VmId;
-use vmm_core::dma::DmaGuard;
-use vmm_core::memory::GuestMemory;
-use vmm_core::test_host::VecMemory;
+use virtqueue_rig::{desc, QueueRig, DESC, INDIRECT};
 use vmm_devices::net::{NetBackend, NetError, Offload};
 use vmm_devices::virtio::chain::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT};
 use vmm_devices::virtio::net::{VirtioNet, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4};
-use vmm_devices::virtio::queue::Virtqueue;
 use vmm_devices::virtio::tso::VIRTIO_NET_HDR_GSO_TCPV4;
 use vmm_devices::virtio::{VirtioDevice, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
 
-const SIZE: u16 = 256;
 const TX_QUEUE: u16 = 1;
-const DESC: u64 = 0x10_0000;
-const AVAIL: u64 = 0x10_1000;
-const USED: u64 = 0x10_2000;
-const INDIRECT: u64 = 0x10_3000;
 const FRAME: u64 = 0x10_4000;
 const TSO_HEAD: u64 = 0x10_5000;
 const PAYLOAD: u64 = 0x20_0000;
@@ -64,36 +56,13 @@ impl NetBackend for Sink {
     }
 }
 
-fn desc(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
-    let mut d = [0u8; 16];
-    d[..8].copy_from_slice(&addr.to_le_bytes());
-    d[8..12].copy_from_slice(&len.to_le_bytes());
-    d[12..14].copy_from_slice(&flags.to_le_bytes());
-    d[14..].copy_from_slice(&next.to_le_bytes());
-    d
-}
-
 struct Bench {
-    memory: GuestMemory,
-    queue: Virtqueue,
+    rig: QueueRig,
     net: VirtioNet,
-    avail: u16,
 }
 
 impl Bench {
     fn new() -> Self {
-        let mut memory = GuestMemory::new();
-        memory
-            .add_ram(0, Box::new(VecMemory::new(0xa_0000)))
-            .expect("low ram");
-        memory.add_mmio(0xa_0000, 0x2_0000).expect("vga");
-        memory
-            .add_rom(0xf_0000, Box::new(VecMemory::new(0x1_0000)))
-            .expect("rom");
-        memory
-            .add_ram(0x10_0000, Box::new(VecMemory::new(31 << 20)))
-            .expect("ram");
-        memory.add_mmio(0xfee0_0000, 0x1000).expect("lapic");
         let mut net = VirtioNet::new(Box::new(Sink { frames: 0 }), [2, 0, 0, 0, 0, 1]);
         net.ack_features(
             VIRTIO_F_VERSION_1
@@ -101,18 +70,8 @@ impl Bench {
                 | VIRTIO_NET_F_CSUM
                 | VIRTIO_NET_F_HOST_TSO4,
         );
-        let mut queue = Virtqueue::new(SIZE);
-        queue.program(|l| {
-            l.size = SIZE;
-            l.desc = DESC;
-            l.avail = AVAIL;
-            l.used = USED;
-        });
-        {
-            let guard = DmaGuard::new(VmId(1), &mut memory);
-            queue.enable(&guard, false, true).expect("enable");
-        }
-        let m = &mut memory;
+        let mut rig = QueueRig::new();
+        let m = &mut rig.memory;
         // Descriptor 0: a plain frame, header and frame in one buffer.
         let mut frame = vec![0u8; 12 + 1514];
         frame[12 + 12..12 + 14].copy_from_slice(&0x0800u16.to_be_bytes());
@@ -148,27 +107,11 @@ impl Bench {
             &desc(INDIRECT, table.len() as u32, VIRTQ_DESC_F_INDIRECT, 0),
         )
         .expect("desc");
-        Self {
-            memory,
-            queue,
-            net,
-            avail: 0,
-        }
+        Self { rig, net }
     }
 
     fn transmit(&mut self, head: u16) {
-        let m = &mut self.memory;
-        let slot = u64::from(self.avail % SIZE);
-        m.write(AVAIL + 4 + 2 * slot, &head.to_le_bytes())
-            .expect("avail");
-        self.avail = self.avail.wrapping_add(1);
-        m.write(AVAIL + 2, &self.avail.to_le_bytes()).expect("idx");
-        let mut guard = DmaGuard::new(VmId(1), m);
-        let queue = &mut self.queue;
-        let chain = queue.pop(&mut guard).expect("pop").expect("a chain");
-        let grant = queue.grant().expect("grant");
-        let written = self.net.serve(TX_QUEUE, &chain, &mut guard, grant);
-        queue.push(&mut guard, chain.head, written).expect("push");
+        self.rig.request(&mut self.net, TX_QUEUE, head);
     }
 }
 

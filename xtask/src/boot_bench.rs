@@ -69,7 +69,7 @@ fn plain_qemu(iso: &Path) -> Command {
 const ROUNDS: usize = 5;
 
 /// The middle value (of an odd count; the upper middle otherwise).
-fn median(v: &[Duration]) -> Duration {
+pub(crate) fn median(v: &[Duration]) -> Duration {
     let mut sorted = v.to_vec();
     sorted.sort();
     sorted.get(sorted.len() / 2).copied().unwrap_or_default()

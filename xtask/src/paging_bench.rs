@@ -36,6 +36,7 @@
 //! session 15's does, for a before-and-after comparison with the floors
 //! and the pager's timing).
 
+use crate::boot_bench::median;
 use crate::kernel::{self, GuestImage};
 use crate::marker_counters::{counters_at, Counters, CLOCK_DRIVEN};
 use crate::qemu;
@@ -367,13 +368,6 @@ fn ratio(s: Duration, n: Duration) -> f64 {
     s.as_secs_f64() / n.as_secs_f64().max(1e-9)
 }
 
-/// The median of `v` (the upper one of an even count).
-fn median(v: impl IntoIterator<Item = Duration>) -> Duration {
-    let mut v: Vec<Duration> = v.into_iter().collect();
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
-}
-
 /// What one more exit costs inside a phase, in us of QEMU's CPU time:
 /// the probe run's time over the mode's median, per exit it took beyond
 /// the typical run's (`None` when the probes added too few exits, or
@@ -575,8 +569,8 @@ pub fn run(rounds: usize) -> Result<()> {
     // The medians of each mode's times, the CPU time's and the wall
     // clock's taken apart.
     let med = |f: fn(&Pair) -> Span| Span {
-        wall: median(pairs.iter().map(|p| f(p).wall)),
-        cpu: median(pairs.iter().map(|p| f(p).cpu)),
+        wall: median(&pairs.iter().map(|p| f(p).wall).collect::<Vec<_>>()),
+        cpu: median(&pairs.iter().map(|p| f(p).cpu).collect::<Vec<_>>()),
     };
     let (nested_marker, shadow_marker) = (med(|p| p.nested.marker), med(|p| p.shadow.marker));
     let (nested_workload, shadow_workload) =

@@ -15,7 +15,9 @@
 //! packet of up to 64 KiB the guest's driver left to be cut into
 //! segments, or a frame whose checksum it left partial, goes to the host
 //! kernel whole in one write with the driver's header fields
-//! ([`NetBackend::send_offloaded`]), and the kernel does that work (and
+//! ([`NetBackend::send_offloaded`]; a frame of the card's `LEND_FROM`
+//! bytes or more as one `writev` of the header and the guest's own
+//! buffers, [`NetBackend::send_pieces`]), and the kernel does that work (and
 //! refuses a header that does not fit its packet). Receive offloads stay
 //! off (`TUNSETOFFLOAD` 0), so what the tap hands over are whole frames
 //! with whole checksums, and their header is dropped. (Both ioctls are
@@ -36,7 +38,7 @@ use std::io::{ErrorKind, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
-use vmm_devices::net::{check_length, NetBackend, NetError, Offload};
+use vmm_devices::net::{check_frame_len, check_length, NetBackend, NetError, Offload};
 
 /// Bytes of the virtio-net header in front of each frame on the tap
 /// (`virtio_net_hdr_v1`: flags, GSO type, header length, GSO size,
@@ -54,6 +56,10 @@ pub fn vnet_header(offload: &Offload) -> [u8; VNET_HDR_LEN] {
     h[8..10].copy_from_slice(&offload.csum_offset.to_le_bytes());
     h
 }
+
+/// The most buffers one `writev` takes (Linux's `IOV_MAX`), the header's
+/// among them.
+const MAX_PIECES: usize = 1024;
 
 /// Longest interface name, without its NUL (`IFNAMSIZ` - 1).
 pub const MAX_NAME: usize = 15;
@@ -206,10 +212,13 @@ impl Tap {
 
     /// Write `frame` behind `header` in one system call.
     fn write_frame(&mut self, header: &[u8; VNET_HDR_LEN], frame: &[u8]) -> Result<(), NetError> {
-        let written = self
-            .file
-            .write_vectored(&[IoSlice::new(header), IoSlice::new(frame)]);
-        match written {
+        self.write_packet(&[IoSlice::new(header), IoSlice::new(frame)])
+    }
+
+    /// Write one packet (the virtio-net header, then the frame) given in
+    /// pieces, in one system call: the tap takes a packet per write.
+    fn write_packet(&mut self, pieces: &[IoSlice<'_>]) -> Result<(), NetError> {
+        match self.file.write_vectored(pieces) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == ErrorKind::WouldBlock => Err(NetError::Busy),
             Err(e) => Err(NetError::Io(e.raw_os_error().unwrap_or(0))),
@@ -246,6 +255,19 @@ impl NetBackend for Tap {
     fn send_offloaded(&mut self, frame: &[u8], offload: &Offload) -> Result<(), NetError> {
         check_length(frame)?;
         self.write_frame(&vnet_header(offload), frame)
+    }
+
+    fn send_pieces(&mut self, pieces: &[&[u8]], offload: Option<&Offload>) -> Result<(), NetError> {
+        check_frame_len(pieces.iter().map(|p| p.len()).sum())?;
+        let header = offload.map_or([0; VNET_HDR_LEN], vnet_header);
+        if pieces.len() >= MAX_PIECES {
+            // More than one write takes: gathered into one frame first.
+            return self.write_frame(&header, &pieces.concat());
+        }
+        let mut iov = Vec::with_capacity(pieces.len() + 1);
+        iov.push(IoSlice::new(&header));
+        iov.extend(pieces.iter().map(|p| IoSlice::new(p)));
+        self.write_packet(&iov)
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {

@@ -1159,17 +1159,14 @@ impl GuestMemory {
         self.split_lent_mut(pieces)
     }
 
-    /// The bytes of `pieces`, each where [`GuestMemory::locate_ram`]
-    /// found a RAM range (`(location, length)`), in order: the caller
-    /// ([`crate::dma::DmaGuard`]) has seen that the map's stamp is still
-    /// the one they were found at, so they are RAM, there, without
-    /// looking again. Each slice is still bounds-checked against its
-    /// block (a wrong location is an error, never another block's bytes).
-    pub(crate) fn lend_located(
-        &self,
-        pieces: &[(RamLocation, usize)],
-    ) -> Result<Vec<&[u8]>, MemoryError> {
-        self.slice_lent(&Self::located_pieces(pieces))
+    /// The `len` bytes where [`GuestMemory::locate_ram`] found a RAM
+    /// range (`at`): the caller ([`crate::dma::DmaGuard`]) has seen that
+    /// the map's stamp is still the one it was found at, so it is RAM,
+    /// there, without looking again. The slice is still bounds-checked
+    /// against its block (a wrong location is an error, never another
+    /// block's bytes).
+    pub(crate) fn located_slice(&self, at: RamLocation, len: usize) -> Result<&[u8], MemoryError> {
+        self.own_slice(at.block, at.offset, len)
     }
 
     /// [`GuestMemory::lend_located`] for writing; `Ok(None)` when two
@@ -1197,24 +1194,24 @@ impl GuestMemory {
     /// The slices of `pieces` (in a block of this map's own memory each),
     /// in order.
     fn slice_lent(&self, pieces: &[LentPiece]) -> Result<Vec<&[u8]>, MemoryError> {
-        let mut out = Vec::with_capacity(pieces.len());
-        for p in pieces {
-            let block = BlockId(p.block);
-            let own = self
-                .blocks
-                .get(p.block as usize)
-                .and_then(|b| b.mem.own())
-                .ok_or(MemoryError::BadBacking { block })?;
-            let end = p
-                .offset
-                .checked_add(p.len)
-                .ok_or(MemoryError::BadBacking { block })?;
-            out.push(
-                own.get(p.offset..end)
-                    .ok_or(MemoryError::BadBacking { block })?,
-            );
-        }
-        Ok(out)
+        pieces
+            .iter()
+            .map(|p| self.own_slice(p.block, p.offset, p.len))
+            .collect()
+    }
+
+    /// Bytes `offset..offset + len` of block `block`'s own memory.
+    fn own_slice(&self, block: u32, offset: usize, len: usize) -> Result<&[u8], MemoryError> {
+        let bad = MemoryError::BadBacking {
+            block: BlockId(block),
+        };
+        let own = self
+            .blocks
+            .get(block as usize)
+            .and_then(|b| b.mem.own())
+            .ok_or(bad)?;
+        let end = offset.checked_add(len).ok_or(bad)?;
+        own.get(offset..end).ok_or(bad)
     }
 
     /// The slices of `pieces`, mutably, in their order (`order`); `None`

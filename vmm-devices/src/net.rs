@@ -107,6 +107,24 @@ pub trait NetBackend: Send {
         let _ = (frame, offload);
         Err(NetError::NoOffloads)
     }
+    /// Send one frame given as `pieces` in order (the guest's own buffers,
+    /// lent by the DMA guard), as [`Self::send`] (`offload` `None`) or
+    /// [`Self::send_offloaded`] would: a host that can send from several
+    /// buffers at once (a vectored write to a Linux tap) overrides it so
+    /// the frame is not copied on its way. Only called when
+    /// [`Self::takes_offloads`] says so. By default the pieces are gathered
+    /// into one frame first.
+    fn send_pieces(&mut self, pieces: &[&[u8]], offload: Option<&Offload>) -> Result<(), NetError> {
+        check_frame_len(pieces.iter().map(|p| p.len()).sum())?;
+        self.send_frame(&pieces.concat(), offload)
+    }
+    /// [`Self::send_offloaded`] with `offload`, or [`Self::send`] without.
+    fn send_frame(&mut self, frame: &[u8], offload: Option<&Offload>) -> Result<(), NetError> {
+        match offload {
+            Some(offload) => self.send_offloaded(frame, offload),
+            None => self.send(frame),
+        }
+    }
 }
 
 /// The Internet checksum's (RFC 1071) running sum: the 16-bit big-endian
@@ -135,10 +153,15 @@ pub fn internet_checksum(mut sum: u64) -> u16 {
 
 /// Whether `frame` has a plausible Ethernet length.
 pub fn check_length(frame: &[u8]) -> Result<(), NetError> {
-    if frame.len() < ETH_HEADER || frame.len() > MAX_FRAME {
-        Err(NetError::BadLength(frame.len()))
-    } else {
+    check_frame_len(frame.len())
+}
+
+/// Whether a frame of `len` bytes has a plausible Ethernet length.
+pub fn check_frame_len(len: usize) -> Result<(), NetError> {
+    if (ETH_HEADER..=MAX_FRAME).contains(&len) {
         Ok(())
+    } else {
+        Err(NetError::BadLength(len))
     }
 }
 
@@ -150,6 +173,9 @@ struct Frames {
     offloaded: Vec<(Vec<u8>, Offload)>,
     /// Whether it takes such frames.
     takes_offloads: bool,
+    /// The lengths of the pieces of each frame handed over in pieces
+    /// ([`NetBackend::send_pieces`]).
+    pieces: Vec<Vec<usize>>,
 }
 
 /// An in-memory backend: tests queue frames for the guest and look at
@@ -188,6 +214,11 @@ impl BufferNet {
     pub fn take_offloaded(&self) -> Vec<(Vec<u8>, Offload)> {
         core::mem::take(&mut self.inner.lock().offloaded)
     }
+    /// For each frame handed over in pieces so far (the guest's buffers
+    /// as they lie), the lengths of its pieces, emptying the list.
+    pub fn take_pieces(&self) -> Vec<Vec<usize>> {
+        core::mem::take(&mut self.inner.lock().pieces)
+    }
 }
 
 impl NetBackend for BufferNet {
@@ -207,6 +238,11 @@ impl NetBackend for BufferNet {
         }
         inner.offloaded.push((frame.to_vec(), *offload));
         Ok(())
+    }
+    fn send_pieces(&mut self, pieces: &[&[u8]], offload: Option<&Offload>) -> Result<(), NetError> {
+        let lengths = pieces.iter().map(|p| p.len()).collect();
+        self.inner.lock().pieces.push(lengths);
+        self.send_frame(&pieces.concat(), offload)
     }
     fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
         let frame = self.inner.lock().to_guest.pop_front()?;

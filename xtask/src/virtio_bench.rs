@@ -3,7 +3,8 @@
 //! devices on the same real KVM, inside the KVM-in-TCG rig
 //! ([`crate::kvm_nested`]).
 //!
-//! One boot of the rig runs each VMM [`ROUNDS`] times, interleaved. Each
+//! One boot of the rig runs each VMM [`ROUNDS`] times, interleaved, the
+//! two runs of a round in the other order from the last round's. Each
 //! run boots the virtio test CD with the bench's init laid over its own
 //! ([`crate::images::virtio_bench_iso`]), 512 MiB of guest RAM, a fresh
 //! [`IMAGE_MIB`] MiB raw image in the rig's tmpfs (the rig has 2 GiB) as
@@ -19,6 +20,12 @@
 //! the requests its disk completed and the interrupts of virtio-blk's
 //! request queue, the same for both VMMs; the rig's kernel counts each
 //! VMM's returns from `KVM_RUN` to user space over the whole run.
+//!
+//! The machine the rig runs on is shared, and its load moves a figure by
+//! 10-40% from one run to the next. The bench prints the ratio of the
+//! two VMMs' medians, and judges the goal on each figure's paired ratio:
+//! the median of the rounds' own ratios, each between two runs made
+//! back to back ([`paired_ratios`]), with their lowest and highest.
 //!
 //! The rig's console carries the kernel's messages too, and one can land
 //! inside a result line (`...seq-wr[   27.6] kvm [97]: ...` with the rest
@@ -125,8 +132,17 @@ fn script(opts: &RigOptions) -> String {
     let rounds = opts.rounds;
     for round in 1..=rounds {
         s.push_str(&format!("echo \"{MARK} round {round}/{rounds}\"\n"));
-        s.push_str(&format!("bench vmm {vmm}\n"));
-        s.push_str(&format!("bench qemu {qemu}\n"));
+        // Each round's pair in the other order from the last: what a run
+        // leaves behind for the next (the rig's page cache, its tap, its
+        // load) falls on both VMMs alike.
+        let (vmm_line, qemu_line) = (format!("bench vmm {vmm}\n"), format!("bench qemu {qemu}\n"));
+        if round % 2 == 1 {
+            s.push_str(&vmm_line);
+            s.push_str(&qemu_line);
+        } else {
+            s.push_str(&qemu_line);
+            s.push_str(&vmm_line);
+        }
     }
     s.push_str("exit 0\n");
     s
@@ -244,6 +260,41 @@ fn value(name: &str, bytes: f64, seconds: f64) -> Option<f64> {
     })
 }
 
+/// Each VMM's value of figure `name` by round (the `n`th run of a VMM is
+/// its run in round `n`, which its `n - 1` earlier end lines tell), and
+/// the ratio vmm/qemu of each round that has both: the two runs of a
+/// round ran back to back, so a change in the machine's load between
+/// rounds falls on both.
+fn paired_ratios(lines: &[Line], name: &str) -> Vec<f64> {
+    let mut round: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut values: BTreeMap<(&str, usize), f64> = BTreeMap::new();
+    for line in lines {
+        match line {
+            Line::Figure {
+                vmm,
+                name: n,
+                bytes,
+                seconds,
+                ..
+            } if n == name => {
+                let r = round.get(vmm.as_str()).copied().unwrap_or(0);
+                if let Some(v) = value(name, *bytes, *seconds) {
+                    values.insert((vmm.as_str(), r), v);
+                }
+            }
+            Line::End { vmm, .. } => *round.entry(vmm.as_str()).or_insert(0) += 1,
+            Line::Figure { .. } => {}
+        }
+    }
+    let rounds = round.values().copied().max().unwrap_or(0);
+    (0..rounds)
+        .filter_map(|r| {
+            let (a, b) = (values.get(&("vmm", r))?, values.get(&("qemu", r))?);
+            (*b > 0.0).then(|| a / b)
+        })
+        .collect()
+}
+
 /// The guest's counts per disk figure (medians over the runs): requests
 /// completed and interrupts of the request queue, for each VMM.
 fn print_counts(lines: &[Line]) {
@@ -324,11 +375,12 @@ pub fn run(opts: &RigOptions) -> Result<()> {
         }
     }
     println!(
-        "virtio: disk and network on a real KVM inside QEMU TCG (median of {rounds} interleaved runs):"
+        "virtio: disk and network on a real KVM inside QEMU TCG (median of {rounds} interleaved runs; \
+         paired: the median of the rounds' own ratios, their lowest and highest):"
     );
     println!(
-        "  {:<11} {:>12} {:>12} {:>10}",
-        "figure", "vmm", "qemu", "vmm/qemu"
+        "  {:<11} {:>12} {:>12} {:>10} {:>22}",
+        "figure", "vmm", "qemu", "vmm/qemu", "paired (low-high)"
     );
     let mut missing = Vec::new();
     let mut ratios = Vec::new();
@@ -355,18 +407,26 @@ pub fn run(opts: &RigOptions) -> Result<()> {
         }
         let show = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{v:.1} {unit}"));
         let ratio = match (medians[0], medians[1]) {
-            (Some(a), Some(b)) if b > 0.0 => {
-                ratios.push((name, a / b));
-                format!("{:.2}x", a / b)
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+            _ => "?".to_string(),
+        };
+        let pairs = paired_ratios(&lines, name);
+        let low = pairs.iter().copied().reduce(f64::min);
+        let high = pairs.iter().copied().reduce(f64::max);
+        let paired = match (median(pairs), low, high) {
+            (Some(m), Some(l), Some(h)) => {
+                ratios.push((name, m));
+                format!("{m:.2}x ({l:.2}-{h:.2})")
             }
             _ => "?".to_string(),
         };
         println!(
-            "  {:<11} {:>12} {:>12} {:>10}",
+            "  {:<11} {:>12} {:>12} {:>10} {:>22}",
             name,
             show(medians[0]),
             show(medians[1]),
-            ratio
+            ratio,
+            paired
         );
     }
     print_counts(&lines);
@@ -382,16 +442,24 @@ pub fn run(opts: &RigOptions) -> Result<()> {
             println!("  {who}: {e:.0} returns to user space per run (boot and all figures)");
         }
     }
-    println!("  goal: vmm/qemu at least 1.00x everywhere, above it on 4 KiB requests");
+    println!(
+        "  goal: vmm/qemu at least 1.00x everywhere, above it on 4 KiB requests (judged on the paired ratios)"
+    );
     let worst = ratios.iter().min_by(|a, b| a.1.total_cmp(&b.1));
+    let small = ratios
+        .iter()
+        .filter(|(name, _)| name.starts_with("rand-"))
+        .map(|(_, r)| *r)
+        .reduce(f64::min);
     crate::bench::summary(
         "virtio",
-        &match worst {
-            Some((name, r)) => format!(
-                "vmm/qemu at worst {r:.2}x ({name}); goal at least 1.00x everywhere: {}",
-                crate::bench::verdict(*r >= 1.0)
+        &match (worst, small) {
+            (Some((name, r)), Some(s)) => format!(
+                "vmm/qemu at worst {r:.2}x ({name}), 4 KiB requests at worst {s:.2}x (medians of the rounds' own ratios); \
+                 goal at least 1.00x everywhere and above it on 4 KiB requests: {}",
+                crate::bench::verdict(*r >= 1.0 && s > 1.0)
             ),
-            None => "no figure measured".to_string(),
+            _ => "no figure measured".to_string(),
         },
     );
     if !missing.is_empty() {
@@ -454,6 +522,45 @@ mod tests {
             parse_line("VIRTIO-BENCH: vmm seq-read failed (status 1)"),
             None
         );
+    }
+
+    #[test]
+    fn each_round_is_judged_against_its_own_pair() {
+        let fig = |vmm: &str, secs: f64| Line::Figure {
+            vmm: vmm.into(),
+            name: "seq-read".into(),
+            bytes: 1048576.0,
+            seconds: secs,
+            counts: None,
+        };
+        let end = |vmm: &str| Line::End {
+            vmm: vmm.into(),
+            status: 0,
+            exits: None,
+        };
+        // Round 1: vmm 1.0 s, qemu 2.0 s (2x); round 2 in the other order
+        // and on a slower machine: qemu 8.0 s, vmm 10.0 s (0.8x); round 3:
+        // qemu's figure is missing, so the round has no ratio.
+        let lines = [
+            fig("vmm", 1.0),
+            end("vmm"),
+            fig("qemu", 2.0),
+            end("qemu"),
+            fig("qemu", 8.0),
+            end("qemu"),
+            fig("vmm", 10.0),
+            end("vmm"),
+            fig("vmm", 1.0),
+            end("vmm"),
+            end("qemu"),
+        ];
+        let r = paired_ratios(&lines, "seq-read");
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(
+            (r[0] - 2.0).abs() < 1e-9 && (r[1] - 0.8).abs() < 1e-9,
+            "{r:?}"
+        );
+        assert!(paired_ratios(&lines, "net-tx").is_empty());
     }
 
     #[test]
@@ -531,9 +638,17 @@ mod tests {
         });
         let runs: Vec<&str> = s.lines().filter(|l| l.starts_with("bench ")).collect();
         assert_eq!(runs.len(), 2 * ROUNDS);
-        assert!(runs
+        let first: Vec<&str> = runs
             .chunks(2)
-            .all(|p| p[0].starts_with("bench vmm ") && p[1].starts_with("bench qemu ")));
+            .map(|p| {
+                assert_ne!(p[0].split(' ').nth(1), p[1].split(' ').nth(1), "{p:?}");
+                p[0].split(' ').nth(1).unwrap()
+            })
+            .collect();
+        let alternating: Vec<&str> = (0..ROUNDS)
+            .map(|r| if r % 2 == 0 { "vmm" } else { "qemu" })
+            .collect();
+        assert_eq!(first, alternating);
         for r in runs {
             assert!(r.contains("/tmp/disk.img"), "{r}");
             assert!(r.contains("tap0"), "{r}");

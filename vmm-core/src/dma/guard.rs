@@ -294,10 +294,28 @@ impl<'a> DmaGuard<'a> {
         ranges: &[CheckedRange],
     ) -> Result<Option<Vec<&[u8]>>, DmaError> {
         self.check_grant_all(grant, ranges, DmaDirection::FromGuest)?;
-        if let Some(located) = self.located(ranges) {
-            return Ok(Some(self.memory.lend_located(&located)?));
+        if let Some(lent) = self.lend_located(ranges) {
+            return Ok(Some(lent?));
         }
         Ok(self.memory.lend_ram(&Self::plain(ranges))?)
+    }
+
+    /// The slices of `ranges`, in order, from where their checks found
+    /// them, if each was checked at this map's present stamp and found
+    /// inside one block's own memory (one pass, no lookup); `None` sends
+    /// the lend to the map's own lookup (which checks every byte again).
+    fn lend_located(&self, ranges: &[CheckedRange]) -> Option<Result<Vec<&[u8]>, MemoryError>> {
+        let stamp = self.memory.stamp();
+        let mut out = Vec::with_capacity(ranges.len());
+        for r in ranges.iter().filter(|r| r.range.len > 0) {
+            let at = r.at.filter(|_| r.stamp == stamp)?;
+            let len = usize::try_from(r.range.len).ok()?;
+            match self.memory.located_slice(at, len) {
+                Ok(slice) => out.push(slice),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(Ok(out))
     }
 
     /// [`DmaGuard::lend`] for a device that writes guest RAM

@@ -1691,6 +1691,85 @@ mod net {
     }
 
     #[test]
+    fn a_backend_that_takes_offloads_gets_the_frame_from_the_guests_own_buffers() {
+        let net = BufferNet::with_offloads();
+        let features = FEATURES | VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4;
+        let (mut rig, _rx, mut tx) = rig(net.clone(), features);
+        let p = tcp_packet(10_000);
+        let hdr = tso_header();
+        // The TSO packet as Linux lays it out: the header and the packet's
+        // headers in one buffer, the payload in pages.
+        rig.poke(DATA, &hdr);
+        rig.poke(DATA + HEADER_LEN as u64, &p[..54]);
+        rig.poke(DATA + 0x1000, &p[54..4150]);
+        rig.poke(DATA + 0x3000, &p[4150..]);
+        tx.submit(
+            &mut rig,
+            &[
+                (DATA, (HEADER_LEN + 54) as u32, false),
+                (DATA + 0x1000, 4096, false),
+                (DATA + 0x3000, (p.len() - 4150) as u32, false),
+            ],
+        );
+        // A plain frame whose header is cut across two buffers.
+        let f = frame(LEND_FROM, 3);
+        rig.poke(DATA + 0x6000, &[0u8; 5]);
+        rig.poke(DATA + 0x6100, &[0u8; HEADER_LEN - 5]);
+        rig.poke(DATA + 0x6100 + (HEADER_LEN - 5) as u64, &f);
+        tx.submit(
+            &mut rig,
+            &[
+                (DATA + 0x6000, 5, false),
+                (DATA + 0x6100, (HEADER_LEN - 5 + f.len()) as u32, false),
+            ],
+        );
+        rig.notify(TRANSMIT_QUEUE);
+        assert_eq!(tx.used_idx(&rig), 2);
+        assert_eq!(
+            net.take_pieces(),
+            vec![vec![54, 4096, p.len() - 4150], vec![f.len()]],
+            "each frame as its buffers lie, behind the header"
+        );
+        let offloaded = net.take_offloaded();
+        assert_eq!(offloaded.len(), 1);
+        assert_eq!(offloaded[0].0, p, "the packet, whole and in order");
+        assert_eq!(offloaded[0].1.gso_size, 1460);
+        assert_eq!(net.take_sent(), vec![f.clone()], "the plain frame");
+        // A shorter frame is copied (cheaper than lending its buffers).
+        let short = frame(LEND_FROM - 1, 4);
+        rig.poke(DATA + 0x5000, &[0u8; HEADER_LEN]);
+        rig.poke(DATA + 0x5000 + HEADER_LEN as u64, &short);
+        tx.submit(
+            &mut rig,
+            &[(DATA + 0x5000, (HEADER_LEN + short.len()) as u32, false)],
+        );
+        rig.notify(TRANSMIT_QUEUE);
+        assert!(net.take_pieces().is_empty());
+        assert_eq!(net.take_sent(), vec![short]);
+        // RAM shared copy-on-write with another VM is not lent: the frame
+        // is copied, and arrives the same.
+        let ram = rig.vm.memory().blocks();
+        let ram = ram
+            .filter(|b| b.kind == vmm_core::memory::BlockKind::Ram && !b.device)
+            .map(|b| b.id)
+            .next()
+            .unwrap();
+        let host: Arc<dyn vmm_core::host::Host> = Arc::new(TestHost::new());
+        rig.vm.memory_mut().share_block(ram, host).unwrap();
+        tx.submit(
+            &mut rig,
+            &[
+                (DATA + 0x6000, 5, false),
+                (DATA + 0x6100, (HEADER_LEN - 5 + f.len()) as u32, false),
+            ],
+        );
+        rig.notify(TRANSMIT_QUEUE);
+        assert_eq!(tx.used_idx(&rig), 4);
+        assert!(net.take_pieces().is_empty(), "copied, not lent");
+        assert_eq!(net.take_sent(), vec![f]);
+    }
+
+    #[test]
     fn a_received_frame_spans_mergeable_buffers_and_waits_for_enough() {
         let net = BufferNet::new();
         let (mut rig, mut rx, _tx) = rig(net.clone(), FEATURES | VIRTIO_NET_F_MRG_RXBUF);

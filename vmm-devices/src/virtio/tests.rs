@@ -1613,11 +1613,18 @@ mod net {
         assert_eq!(rig.status() & STATUS_DEVICE_NEEDS_RESET, 0);
     }
 
-    #[test]
-    fn a_backend_that_takes_offloads_gets_tso_packets_and_partial_checksums_whole() {
+    /// A card on a backend that takes offloads, with checksum and TSO over
+    /// IPv4 negotiated.
+    fn offload_rig() -> (BufferNet, Rig, Ring) {
         let net = BufferNet::with_offloads();
         let features = FEATURES | VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4;
-        let (mut rig, _rx, mut tx) = rig(net.clone(), features);
+        let (rig, _rx, tx) = rig(net.clone(), features);
+        (net, rig, tx)
+    }
+
+    #[test]
+    fn a_backend_that_takes_offloads_gets_tso_packets_and_partial_checksums_whole() {
+        let (net, mut rig, mut tx) = offload_rig();
         let p = tcp_packet(10_000);
         let hdr = tso_header();
         rig.poke(DATA, &hdr);
@@ -1692,9 +1699,7 @@ mod net {
 
     #[test]
     fn a_backend_that_takes_offloads_gets_the_frame_from_the_guests_own_buffers() {
-        let net = BufferNet::with_offloads();
-        let features = FEATURES | VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4;
-        let (mut rig, _rx, mut tx) = rig(net.clone(), features);
+        let (net, mut rig, mut tx) = offload_rig();
         let p = tcp_packet(10_000);
         let hdr = tso_header();
         // The TSO packet as Linux lays it out: the header and the packet's
@@ -1716,13 +1721,11 @@ mod net {
         rig.poke(DATA + 0x6000, &[0u8; 5]);
         rig.poke(DATA + 0x6100, &[0u8; HEADER_LEN - 5]);
         rig.poke(DATA + 0x6100 + (HEADER_LEN - 5) as u64, &f);
-        tx.submit(
-            &mut rig,
-            &[
-                (DATA + 0x6000, 5, false),
-                (DATA + 0x6100, (HEADER_LEN - 5 + f.len()) as u32, false),
-            ],
-        );
+        let split = [
+            (DATA + 0x6000, 5, false),
+            (DATA + 0x6100, (HEADER_LEN - 5 + f.len()) as u32, false),
+        ];
+        tx.submit(&mut rig, &split);
         rig.notify(TRANSMIT_QUEUE);
         assert_eq!(tx.used_idx(&rig), 2);
         assert_eq!(
@@ -1756,13 +1759,7 @@ mod net {
             .unwrap();
         let host: Arc<dyn vmm_core::host::Host> = Arc::new(TestHost::new());
         rig.vm.memory_mut().share_block(ram, host).unwrap();
-        tx.submit(
-            &mut rig,
-            &[
-                (DATA + 0x6000, 5, false),
-                (DATA + 0x6100, (HEADER_LEN - 5 + f.len()) as u32, false),
-            ],
-        );
+        tx.submit(&mut rig, &split);
         rig.notify(TRANSMIT_QUEUE);
         assert_eq!(tx.used_idx(&rig), 4);
         assert!(net.take_pieces().is_empty(), "copied, not lent");

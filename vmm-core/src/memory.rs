@@ -1169,8 +1169,10 @@ impl GuestMemory {
         self.own_slice(at.block, at.offset, len)
     }
 
-    /// [`GuestMemory::lend_located`] for writing; `Ok(None)` when two
-    /// pieces overlap, as [`GuestMemory::lend_ram_mut`].
+    /// The bytes of `pieces`, each where [`GuestMemory::locate_ram`]
+    /// found a RAM range (`(location, length)`), in order, for writing,
+    /// on the same terms as [`GuestMemory::located_slice`]; `Ok(None)`
+    /// when two pieces overlap, as [`GuestMemory::lend_ram_mut`].
     pub(crate) fn lend_located_mut(
         &mut self,
         pieces: &[(RamLocation, usize)],

@@ -653,10 +653,7 @@ fn sleep<'a>(
     state.wake_targets(&shared.wake);
     let next = state.pc.next_timer();
     if next.is_none() && state.all_asleep() && state.watchers == 0 {
-        state.pc.vm_mut().stop(StopReason::Halted {
-            rip: 0,
-            interrupts_enabled: false,
-        });
+        state.pc.vm_mut().stop(StopReason::AllHalted);
         state.cpus[index].place = VcpuPlace::Busy;
         return state;
     }

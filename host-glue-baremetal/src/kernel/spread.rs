@@ -299,10 +299,7 @@ impl Task {
             if !news(pc, &cpus[me], me) {
                 if cpus.iter().all(|c| c.place == VcpuPlace::Asleep) && next_timer.is_none() {
                     // Nothing can ever wake them.
-                    st.end(StopReason::Halted {
-                        rip: 0,
-                        interrupts_enabled: false,
-                    });
+                    st.end(StopReason::AllHalted);
                 }
                 return false;
             }

@@ -35,6 +35,12 @@ pub enum StopReason {
         /// Whether interrupts were enabled.
         interrupts_enabled: bool,
     },
+    /// Every vCPU of the VM is halted (or waits for a start-up IPI) and
+    /// no device timer is armed that could raise an interrupt or an NMI:
+    /// nothing can wake any of them. What a VM of several vCPUs stops
+    /// with where a lone vCPU's stops with [`StopReason::Halted`] (no one
+    /// vCPU's RIP says it).
+    AllHalted,
     /// The vCPU backend failed (VM entry refused, unknown exit).
     Backend(String),
     /// The guest took the same exit at the same RIP, with the same
@@ -75,6 +81,10 @@ impl fmt::Display for StopReason {
                 } else {
                     "disabled"
                 }
+            ),
+            StopReason::AllHalted => write!(
+                f,
+                "every vCPU halted and no device timer is armed: nothing can wake the guest"
             ),
             StopReason::Backend(detail) => write!(f, "vCPU backend: {detail}"),
             StopReason::NoProgress {

@@ -398,17 +398,15 @@ impl Pc {
     /// Sleep the host until the next device timer or `until`, whichever is
     /// first, when every vCPU is parked. With no device timer armed no
     /// vCPU can ever wake (nothing raises an interrupt while none runs):
-    /// the VM stops with `StopReason::Halted`, as a lone vCPU's does.
+    /// the VM stops with `StopReason::AllHalted`, as a lone vCPU's stops
+    /// with `StopReason::Halted`.
     pub fn idle(&mut self, until: Option<u64>) {
         match self.vm.poll_timers() {
             Some(due) => {
                 let wake = until.map_or(due, |u| u.min(due));
                 self.vm.host().idle(Some(wake));
             }
-            None => self.vm.stop(vmm_core::vm::StopReason::Halted {
-                rip: 0,
-                interrupts_enabled: false,
-            }),
+            None => self.vm.stop(vmm_core::vm::StopReason::AllHalted),
         }
     }
 

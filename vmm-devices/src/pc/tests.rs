@@ -724,8 +724,12 @@ fn a_pc_whose_vcpus_all_sleep_with_no_timer_armed_stops() {
     pc.idle(Some(1_000_000));
     assert!(matches!(
         pc.vm().stop_reason(),
-        Some(vmm_core::vm::StopReason::Halted { .. })
+        Some(vmm_core::vm::StopReason::AllHalted)
     ));
+    assert_eq!(
+        pc.vm().stop_reason().unwrap().to_string(),
+        "every vCPU halted and no device timer is armed: nothing can wake the guest"
+    );
 }
 
 #[test]

@@ -260,12 +260,11 @@ fn value(name: &str, bytes: f64, seconds: f64) -> Option<f64> {
     })
 }
 
-/// Each VMM's value of figure `name` by round (the `n`th run of a VMM is
-/// its run in round `n`, which its `n - 1` earlier end lines tell), and
-/// the ratio vmm/qemu of each round that has both: the two runs of a
-/// round ran back to back, so a change in the machine's load between
-/// rounds falls on both.
-fn paired_ratios(lines: &[Line], name: &str) -> Vec<f64> {
+/// Each VMM's value of figure `name` by round, keyed by (VMM, round from
+/// 0): the `n`th run of a VMM is its run in round `n`, which its `n - 1`
+/// earlier end lines tell. A run without the figure (or whose clock did
+/// not move) has no entry.
+fn by_round<'l>(lines: &'l [Line], name: &str) -> BTreeMap<(&'l str, usize), f64> {
     let mut round: BTreeMap<&str, usize> = BTreeMap::new();
     let mut values: BTreeMap<(&str, usize), f64> = BTreeMap::new();
     for line in lines {
@@ -286,10 +285,18 @@ fn paired_ratios(lines: &[Line], name: &str) -> Vec<f64> {
             Line::Figure { .. } => {}
         }
     }
-    let rounds = round.values().copied().max().unwrap_or(0);
-    (0..rounds)
-        .filter_map(|r| {
-            let (a, b) = (values.get(&("vmm", r))?, values.get(&("qemu", r))?);
+    values
+}
+
+/// The ratio vmm/qemu of each round of `values` ([`by_round`]) that has
+/// both, in round order: the two runs of a round ran back to back, so a
+/// change in the machine's load between rounds falls on both.
+fn paired_ratios(values: &BTreeMap<(&str, usize), f64>) -> Vec<f64> {
+    values
+        .iter()
+        .filter(|((who, _), _)| *who == "vmm")
+        .filter_map(|((_, r), a)| {
+            let b = values.get(&("qemu", *r))?;
             (*b > 0.0).then(|| a / b)
         })
         .collect()
@@ -385,20 +392,13 @@ pub fn run(opts: &RigOptions) -> Result<()> {
     let mut missing = Vec::new();
     let mut ratios = Vec::new();
     for (name, unit) in FIGURES {
+        let by_round = by_round(&lines, name);
         let mut medians = Vec::new();
         for who in ["vmm", "qemu"] {
-            let values: Vec<f64> = lines
+            let values: Vec<f64> = by_round
                 .iter()
-                .filter_map(|l| match l {
-                    Line::Figure {
-                        vmm,
-                        name: n,
-                        bytes,
-                        seconds,
-                        ..
-                    } if vmm == who && n == name => value(name, *bytes, *seconds),
-                    _ => None,
-                })
+                .filter(|((w, _), _)| *w == who)
+                .map(|(_, v)| *v)
                 .collect();
             if values.len() != rounds {
                 missing.push(format!("{who} {name}: {} of {rounds} runs", values.len()));
@@ -410,7 +410,7 @@ pub fn run(opts: &RigOptions) -> Result<()> {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
             _ => "?".to_string(),
         };
-        let pairs = paired_ratios(&lines, name);
+        let pairs = paired_ratios(&by_round);
         let low = pairs.iter().copied().reduce(f64::min);
         let high = pairs.iter().copied().reduce(f64::max);
         let paired = match (median(pairs), low, high) {
@@ -554,13 +554,13 @@ mod tests {
             end("vmm"),
             end("qemu"),
         ];
-        let r = paired_ratios(&lines, "seq-read");
+        let r = paired_ratios(&by_round(&lines, "seq-read"));
         assert_eq!(r.len(), 2, "{r:?}");
         assert!(
             (r[0] - 2.0).abs() < 1e-9 && (r[1] - 0.8).abs() < 1e-9,
             "{r:?}"
         );
-        assert!(paired_ratios(&lines, "net-tx").is_empty());
+        assert!(paired_ratios(&by_round(&lines, "net-tx")).is_empty());
     }
 
     #[test]

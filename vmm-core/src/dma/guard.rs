@@ -305,11 +305,9 @@ impl<'a> DmaGuard<'a> {
     /// inside one block's own memory (one pass, no lookup); `None` sends
     /// the lend to the map's own lookup (which checks every byte again).
     fn lend_located(&self, ranges: &[CheckedRange]) -> Option<Result<Vec<&[u8]>, MemoryError>> {
-        let stamp = self.memory.stamp();
         let mut out = Vec::with_capacity(ranges.len());
-        for r in ranges.iter().filter(|r| r.range.len > 0) {
-            let at = r.at.filter(|_| r.stamp == stamp)?;
-            let len = usize::try_from(r.range.len).ok()?;
+        for piece in self.locations(ranges) {
+            let (at, len) = piece?;
             match self.memory.located_slice(at, len) {
                 Ok(slice) => out.push(slice),
                 Err(e) => return Some(Err(e)),
@@ -339,15 +337,21 @@ impl<'a> DmaGuard<'a> {
     /// stamp and found inside one block's own memory; `None` sends the
     /// lend to the map's own lookup (which checks every byte again).
     fn located(&self, ranges: &[CheckedRange]) -> Option<Vec<(RamLocation, usize)>> {
+        self.locations(ranges).collect()
+    }
+
+    /// For each non-empty range, in order, where it lies and its length,
+    /// or `None` for one whose check was not made at this map's present
+    /// stamp or found no place in one block's own memory.
+    fn locations<'r>(
+        &self,
+        ranges: &'r [CheckedRange],
+    ) -> impl Iterator<Item = Option<(RamLocation, usize)>> + 'r {
         let stamp = self.memory.stamp();
-        ranges
-            .iter()
-            .filter(|r| r.range.len > 0)
-            .map(|r| {
-                let len = usize::try_from(r.range.len).ok()?;
-                r.at.filter(|_| r.stamp == stamp).map(|at| (at, len))
-            })
-            .collect()
+        ranges.iter().filter(|r| r.range.len > 0).map(move |r| {
+            let len = usize::try_from(r.range.len).ok()?;
+            r.at.filter(|_| r.stamp == stamp).map(|at| (at, len))
+        })
     }
 
     fn plain(ranges: &[CheckedRange]) -> Vec<(u64, u64)> {

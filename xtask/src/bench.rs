@@ -74,6 +74,11 @@ pub struct BenchArgs {
     /// (`user` or `split`; default: vmm's own default).
     #[arg(long, value_name = "MODE")]
     irqchip: Option<String>,
+    /// `kvm-nested` and `virtio`: run the rig's CPU by instruction count
+    /// (QEMU `-icount shift=0,sleep=off`), so that the figures count what
+    /// the rig executed, not the time of a shared machine under it.
+    #[arg(long)]
+    icount: bool,
     /// Run only the cases whose name contains this (`clones`: the cases
     /// `clones=8`, `clones=32`, `clones=8 paging=shadow`, `clones=8 cpus=2`).
     #[arg(long)]
@@ -161,6 +166,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             })
             .max(1),
         irqchip: args.irqchip.clone(),
+        icount: args.icount,
     };
     if args.name == "all" {
         // The regression guard keeps to its 10 minutes: one pair of
@@ -168,6 +174,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let rig = crate::kvm_nested_bench::RigOptions {
             rounds: args.rounds.unwrap_or(1).max(1),
             irqchip: args.irqchip.clone(),
+            icount: args.icount,
         };
         return run_all(args.no_callgrind, &rig, args.only.as_deref());
     }

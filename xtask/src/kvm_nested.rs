@@ -84,6 +84,14 @@ pub struct RigRun {
     pub elapsed: Duration,
 }
 
+/// A rig that did not power off in time ([`Rig::run_bounded`]): QEMU was
+/// killed.
+#[derive(Debug)]
+pub struct TimedOut {
+    /// The console up to then.
+    pub serial: String,
+}
+
 impl RigRun {
     /// What the job printed: the console between the init's `kvm ready`
     /// line and its `exit status` line (the TCG guest's own boot and
@@ -387,6 +395,34 @@ impl Rig {
         qemu_args: &[String],
         on_line: &mut dyn FnMut(&str),
     ) -> Result<RigRun> {
+        match self.run_bounded(script, files, timeout, qemu_args, on_line)? {
+            Ok(run) => Ok(run),
+            Err(TimedOut { serial }) => {
+                // The whole console is kept: a job's figures from before
+                // the hang (a bench's finished runs) are in it.
+                let kept = dir().join("timed-out-console.log");
+                let _ = std::fs::write(&kept, &serial);
+                Err(Error::msg(format!(
+                    "the KVM-in-TCG rig did not power off within {} s (QEMU killed; its whole console is in {}); the end of its console:\n{}",
+                    timeout.as_secs(),
+                    kept.display(),
+                    tail(&serial, 40)
+                )))
+            }
+        }
+    }
+
+    /// [`Rig::run_watched`] for a caller that deals with a rig that does
+    /// not power off within `timeout` itself: QEMU is killed and the
+    /// console so far is given back as [`TimedOut`].
+    pub fn run_bounded(
+        &self,
+        script: &str,
+        files: &[(&str, &Path)],
+        timeout: Duration,
+        qemu_args: &[String],
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<std::result::Result<RigRun, TimedOut>> {
         let run_dir = dir().join(format!("run-{}-{}", std::process::id(), unique()));
         let _ = std::fs::remove_dir_all(&run_dir);
         let result = self.run_in(&run_dir, script, files, timeout, qemu_args, on_line);
@@ -402,7 +438,7 @@ impl Rig {
         timeout: Duration,
         qemu_args: &[String],
         on_line: &mut dyn FnMut(&str),
-    ) -> Result<RigRun> {
+    ) -> Result<std::result::Result<RigRun, TimedOut>> {
         // This run's archive: /rig/script and the files (symbolic links
         // here, followed by cpio -L).
         let root = run_dir.join("root");
@@ -491,16 +527,7 @@ impl Rig {
             .map_err(|e| Error::msg(format!("qemu-system-x86_64: {e}")))?;
         let elapsed = started.elapsed();
         if timed_out {
-            // The whole console is kept: a job's figures from before the
-            // hang (a bench's finished runs) are in it.
-            let kept = dir().join("timed-out-console.log");
-            let _ = std::fs::write(&kept, &serial);
-            return Err(Error::msg(format!(
-                "the KVM-in-TCG rig did not power off within {} s (QEMU killed; its whole console is in {}); the end of its console:\n{}",
-                timeout.as_secs(),
-                kept.display(),
-                tail(&serial, 40)
-            )));
+            return Ok(Err(TimedOut { serial }));
         }
         if !status.success() {
             let mut err = String::new();
@@ -519,11 +546,11 @@ impl Rig {
                 .parse()
                 .ok()
         });
-        Ok(RigRun {
+        Ok(Ok(RigRun {
             serial,
             status: job_status,
             elapsed,
-        })
+        }))
     }
 }
 

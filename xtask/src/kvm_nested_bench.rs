@@ -58,20 +58,41 @@ struct RunFigures {
 }
 
 /// How `bench kvm-nested` and `bench virtio` run (`cargo xtask bench
-/// --rounds N --irqchip MODE`).
+/// --rounds N --irqchip MODE --icount`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RigOptions {
     /// Runs of each VMM.
     pub rounds: usize,
     /// `vmm run --irqchip` (none: vmm's default).
     pub irqchip: Option<String>,
+    /// Run the rig's CPU by instruction count ([`ICOUNT`]): its clock,
+    /// and so every figure timed inside it, then counts the instructions
+    /// the rig executed, not the time of the machine under it.
+    pub icount: bool,
 }
+
+/// [`RigOptions::round_timeout`]: a round (a run of each VMM) takes two
+/// to five minutes when the shared machine is busy.
+pub const ROUND_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// [`RigOptions::round_timeout`] under `-icount`: a round takes one and a
+/// half to seven minutes of the host's clock (a guest's `pause` loops take
+/// TCG out to its main loop each time, so they crawl). A guest that
+/// deadlocks there spins on a lock that way, so the rig's instruction
+/// clock crawls too, and a watchdog inside the rig would not fire for
+/// hours: only the host's clock can tell that the round has stalled.
+pub const ICOUNT_ROUND_TIMEOUT: Duration = Duration::from_secs(8 * 60);
+
+/// QEMU's options for [`RigOptions::icount`]: one instruction per
+/// nanosecond of the rig's clock, and an idle rig's clock jumps to its
+/// next timer instead of waiting for it.
+pub const ICOUNT: [&str; 2] = ["-icount", "shift=0,sleep=off"];
 
 impl Default for RigOptions {
     fn default() -> Self {
         Self {
             rounds: ROUNDS,
             irqchip: None,
+            icount: false,
         }
     }
 }
@@ -82,6 +103,35 @@ impl RigOptions {
         match &self.irqchip {
             Some(mode) => format!(" --irqchip {mode}"),
             None => String::new(),
+        }
+    }
+
+    /// How the rig is timed, for what the bench says it does.
+    pub fn clock_note(&self) -> &'static str {
+        if self.icount {
+            " timed by instruction count (-icount)"
+        } else {
+            ""
+        }
+    }
+
+    /// What the rig's QEMU gets besides its own command line.
+    pub fn qemu_args(&self) -> Vec<String> {
+        if self.icount {
+            ICOUNT.iter().map(|a| a.to_string()).collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// How long one boot of the rig that runs one round of `bench
+    /// virtio` may take: [`ROUND_TIMEOUT`], or under [`RigOptions::icount`]
+    /// [`ICOUNT_ROUND_TIMEOUT`].
+    pub fn round_timeout(&self) -> Duration {
+        if self.icount {
+            ICOUNT_ROUND_TIMEOUT
+        } else {
+            ROUND_TIMEOUT
         }
     }
 }
@@ -225,29 +275,54 @@ pub fn qemu_files() -> Result<Vec<(String, PathBuf)>> {
     Ok(files)
 }
 
-/// Boot the rig once (built or cached) to run `script`, a bench job that
-/// runs `vmm` and QEMU `rounds` times each on `iso` (at `/rig/cd.iso`,
-/// beside QEMU and its files), within `timeout`; keep the rig's console in
-/// `target/kvm-nested/CONSOLE` and say where.
-pub(crate) fn run_against_qemu(
-    iso: &Path,
-    script: &str,
-    rounds: usize,
-    timeout: Duration,
-    console: &str,
-) -> Result<(kvm_nested::RigRun, PathBuf)> {
+/// The rig (built or cached) and what a bench job needs in it: QEMU and
+/// its files ([`qemu_files`]), and `iso` at `/rig/cd.iso`.
+fn rig_and_files(iso: &Path) -> Result<(kvm_nested::Rig, Vec<(String, PathBuf)>)> {
     let rig = kvm_nested::build()?;
     let mut files = qemu_files()?;
     files.push(("/rig/cd.iso".to_string(), iso.to_path_buf()));
+    Ok((rig, files))
+}
+
+/// A bench job's own console lines (`KVM-NESTED-RIG: round 2/5`) on
+/// stderr as they come.
+fn show_job_line(line: &str) {
+    if line.starts_with(MARK) {
+        eprintln!("xtask: {line}");
+    }
+}
+
+/// Boot the rig once (built or cached) to run `script`, a bench job that
+/// runs `vmm` and QEMU `opts.rounds` times each on `iso` (at
+/// `/rig/cd.iso`, beside QEMU and its files), within `timeout`, the rig's
+/// QEMU as `opts` says; keep the rig's console in
+/// `target/kvm-nested/CONSOLE` and say where. The job's own lines
+/// (`KVM-NESTED-RIG: round 2/5`) go to stderr as they come.
+pub(crate) fn run_against_qemu(
+    iso: &Path,
+    script: &str,
+    opts: &RigOptions,
+    timeout: Duration,
+    console: &str,
+) -> Result<(kvm_nested::RigRun, PathBuf)> {
+    let (rig, files) = rig_and_files(iso)?;
     let refs: Vec<(&str, &Path)> = files
         .iter()
         .map(|(a, p)| (a.as_str(), p.as_path()))
         .collect();
     eprintln!(
-        "xtask: one boot of the KVM-in-TCG rig; inside it {} under vmm and under QEMU -enable-kvm, {rounds} runs each, interleaved",
-        iso.display()
+        "xtask: one boot of the KVM-in-TCG rig{}; inside it {} under vmm and under QEMU -enable-kvm, {} runs each, interleaved",
+        opts.clock_note(),
+        iso.display(),
+        opts.rounds
     );
-    let run = rig.run(script, &refs, timeout, false)?;
+    let run = rig.run_watched(
+        script,
+        &refs,
+        timeout,
+        &opts.qemu_args(),
+        &mut show_job_line,
+    )?;
     let console = kvm_nested::dir().join(console);
     if std::fs::write(&console, &run.serial).is_ok() {
         eprintln!("xtask: the rig's console is in {}", console.display());
@@ -255,12 +330,97 @@ pub(crate) fn run_against_qemu(
     Ok((run, console))
 }
 
+/// Boots of the rig [`run_rounds_against_qemu`] makes for one round before
+/// it gives up.
+pub const ROUND_ATTEMPTS: usize = 3;
+
+/// What [`run_rounds_against_qemu`] gives back.
+pub(crate) struct Rounds {
+    /// The consoles of the rounds' boots that powered off, one after the
+    /// other.
+    pub serial: String,
+    /// Where that is kept.
+    pub console: PathBuf,
+    /// For each boot that did not power off in time, its round.
+    pub stalled: Vec<usize>,
+}
+
+/// [`run_against_qemu`] one round per boot of the rig: the rig is booted
+/// for each of `opts.rounds` rounds to run `round_script(round)` (a job
+/// that runs each VMM once). A boot that does not power off within
+/// [`RigOptions::round_timeout`] is killed, said so on stderr, and the
+/// round made again, up to [`ROUND_ATTEMPTS`] boots; a job that fails
+/// stops the bench.
+pub(crate) fn run_rounds_against_qemu(
+    iso: &Path,
+    round_script: &dyn Fn(usize) -> String,
+    opts: &RigOptions,
+    console: &str,
+) -> Result<Rounds> {
+    let (rig, files) = rig_and_files(iso)?;
+    let refs: Vec<(&str, &Path)> = files
+        .iter()
+        .map(|(a, p)| (a.as_str(), p.as_path()))
+        .collect();
+    let timeout = opts.round_timeout();
+    eprintln!(
+        "xtask: {} boots of the KVM-in-TCG rig{}, one per round; inside each {} under vmm and under QEMU -enable-kvm",
+        opts.rounds,
+        opts.clock_note(),
+        iso.display()
+    );
+    let mut serial = String::new();
+    let mut stalled = Vec::new();
+    for round in 1..=opts.rounds {
+        let script = round_script(round);
+        let mut attempt = 1;
+        loop {
+            match rig.run_bounded(
+                &script,
+                &refs,
+                timeout,
+                &opts.qemu_args(),
+                &mut show_job_line,
+            )? {
+                Ok(run) => {
+                    run.check()?;
+                    serial.push_str(&run.serial);
+                    break;
+                }
+                Err(kvm_nested::TimedOut { serial: so_far }) => {
+                    stalled.push(round);
+                    eprintln!(
+                        "xtask: round {round} stalled: the rig did not power off within {} s (boot {attempt} of {ROUND_ATTEMPTS}); the end of its console:\n{}",
+                        timeout.as_secs(),
+                        kvm_nested::tail(&so_far, 12)
+                    );
+                    if attempt == ROUND_ATTEMPTS {
+                        return Err(Error::msg(format!(
+                            "round {round} stalled in {ROUND_ATTEMPTS} boots of the rig"
+                        )));
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+    let console = kvm_nested::dir().join(console);
+    if std::fs::write(&console, &serial).is_ok() {
+        eprintln!("xtask: the rig's consoles are in {}", console.display());
+    }
+    Ok(Rounds {
+        serial,
+        console,
+        stalled,
+    })
+}
+
 /// Entry point of `cargo xtask bench kvm-nested`.
 pub fn run(opts: &RigOptions) -> Result<()> {
     qemu::ensure()?;
     let iso = images::fetch()?.linux_iso;
     let rounds = opts.rounds;
-    let (run, _) = run_against_qemu(&iso, &script(opts), rounds, TIMEOUT, "bench-console.log")?;
+    let (run, _) = run_against_qemu(&iso, &script(opts), opts, TIMEOUT, "bench-console.log")?;
     let results: Vec<(String, RunFigures)> = run.serial.lines().filter_map(parse_result).collect();
     for l in run.serial.lines().filter(|l| l.contains("exit counting")) {
         eprintln!("xtask: {}", l.trim());

@@ -3,8 +3,10 @@
 //! devices on the same real KVM, inside the KVM-in-TCG rig
 //! ([`crate::kvm_nested`]).
 //!
-//! One boot of the rig runs each VMM [`ROUNDS`] times, interleaved, the
-//! two runs of a round in the other order from the last round's. Each
+//! The rig is booted once per round ([`ROUNDS`] of them), and each boot
+//! runs each VMM once, `vmm` first in odd rounds and QEMU first in even
+//! ones. A boot that does not power off in time is killed and its round
+//! made again ([`run_rounds_against_qemu`]). Each
 //! run boots the virtio test CD with the bench's init laid over its own
 //! ([`crate::images::virtio_bench_iso`]), 512 MiB of guest RAM, a fresh
 //! [`IMAGE_MIB`] MiB raw image in the rig's tmpfs (the rig has 2 GiB) as
@@ -15,17 +17,24 @@
 //! (`vmm-randio`); then it serves a 32 MiB file with busybox httpd, and
 //! the rig fetches it with busybox nc: guest-to-host network throughput.
 //! Disk figures are by the guest's clock, the network by the rig's (both
-//! `/proc/uptime`, 10 ms steps: each disk figure lasts a second or more,
-//! so a step is under 1%). Each disk figure also counts, in the guest,
+//! the kernel's monotonic clock to the microsecond, [`CLOCK`]). Each disk
+//! figure also counts, in the guest,
 //! the requests its disk completed and the interrupts of virtio-blk's
 //! request queue, the same for both VMMs; the rig's kernel counts each
 //! VMM's returns from `KVM_RUN` to user space over the whole run.
 //!
 //! The machine the rig runs on is shared, and its load moves a figure by
-//! 10-40% from one run to the next. The bench prints the ratio of the
+//! up to 2.5x from one run to the next. The bench prints the ratio of the
 //! two VMMs' medians, and judges the goal on each figure's paired ratio:
 //! the median of the rounds' own ratios, each between two runs made
 //! back to back ([`paired_ratios`]), with their lowest and highest.
+//! `--icount` takes the machine out of the figures: the rig's CPU then
+//! runs by instruction count (QEMU `-icount shift=0,sleep=off`), so the
+//! rig's clock and the guest's (KVM gives the guest the rig's TSC) count
+//! the instructions the rig executed, one a nanosecond, and a figure says
+//! what each VMM costs in instructions for the same guest work. QEMU TCG
+//! counts every instruction alike, a world switch (`VMRUN`) as one, so it
+//! does not weigh exits as hardware does; `vmm` makes fewer of them.
 //!
 //! The rig's console carries the kernel's messages too, and one can land
 //! inside a result line (`...seq-wr[   27.6] kvm [97]: ...` with the rest
@@ -40,11 +49,10 @@
 //! RAM, so the figures compare what each VMM adds, not a disk.
 
 use crate::kvm_nested::{self, MARK};
-use crate::kvm_nested_bench::{exit_counting_shell, median, run_against_qemu, RigOptions};
+use crate::kvm_nested_bench::{exit_counting_shell, median, run_rounds_against_qemu, RigOptions};
 use crate::system::{Error, Result};
 use crate::{images, qemu};
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// Runs of each VMM: five, so that the median stands two one-off stalls
 /// (single runs of the same VMM in one rig boot spread up to 9x when the
@@ -58,8 +66,6 @@ const END: &str = "end";
 const MAX_PIECES: usize = 4;
 /// The prefix of the job's result lines.
 const RESULT: &str = "VIRTIO-BENCH:";
-/// The rig is booted once for all runs.
-const TIMEOUT: Duration = Duration::from_secs(90 * 60);
 /// What the bench measures, in the order it prints them: the guest's
 /// names (the network's is the rig's), and how each is shown.
 const FIGURES: [(&str, &str); 5] = [
@@ -69,11 +75,19 @@ const FIGURES: [(&str, &str); 5] = [
     ("rand-write", "IOPS"),
     ("net-tx", "MiB/s"),
 ];
+/// The shell function `up`, the same in the job and in the guest's init:
+/// the time since boot in seconds to the microsecond, from the kernel's
+/// monotonic clock (`now at N nsecs` in `/proc/timer_list`), or from
+/// `/proc/uptime` (10 ms steps) where that is missing. Under `--icount` a
+/// 4 KiB figure lasts about 0.1 s of the rig's clock, where 10 ms steps
+/// would be 10% of it.
+const CLOCK: &str = "up() { awk '/^now at/ { printf \"%.6f\\n\", $3 / 1e9; found = 1; exit } END { exit !found }' /proc/timer_list 2>/dev/null || cut -d' ' -f1 /proc/uptime; }";
 /// Bytes per request of the random figures.
 const RANDOM_BLOCK: f64 = 4096.0;
 
-/// The job: `ROUNDS` interleaved runs of each VMM.
-fn script(opts: &RigOptions) -> String {
+/// The job of round `round` (from 1) of `opts.rounds`: a run of each VMM,
+/// `vmm` first in odd rounds and QEMU first in even ones.
+fn script(opts: &RigOptions, round: usize) -> String {
     let vmm = format!(
         "vmm run --memory 512M --stats --serial stdio --cdrom /rig/cd.iso \
          --disk /tmp/disk.img,bus=virtio --net tap=tap0{}",
@@ -99,7 +113,7 @@ fn script(opts: &RigOptions) -> String {
     ));
     s.push_str(&exit_counting_shell());
     s.push_str(&format!(
-        "up() {{ cut -d' ' -f1 /proc/uptime; }}\n\
+        "{CLOCK}\n\
          bench() {{\n\
            name=$1; shift\n\
            dd if=/dev/zero of=/tmp/disk.img bs=1M count={IMAGE_MIB} 2>/dev/null\n\
@@ -130,19 +144,17 @@ fn script(opts: &RigOptions) -> String {
          }}\n"
     ));
     let rounds = opts.rounds;
-    for round in 1..=rounds {
-        s.push_str(&format!("echo \"{MARK} round {round}/{rounds}\"\n"));
-        // Each round's pair in the other order from the last: what a run
-        // leaves behind for the next (the rig's page cache, its tap, its
-        // load) falls on both VMMs alike.
-        let (vmm_line, qemu_line) = (format!("bench vmm {vmm}\n"), format!("bench qemu {qemu}\n"));
-        if round % 2 == 1 {
-            s.push_str(&vmm_line);
-            s.push_str(&qemu_line);
-        } else {
-            s.push_str(&qemu_line);
-            s.push_str(&vmm_line);
-        }
+    s.push_str(&format!("echo \"{MARK} round {round}/{rounds}\"\n"));
+    // Each round's pair in the other order from the last: what the first
+    // run leaves behind for the second (the rig's page cache, its tap)
+    // falls on both VMMs alike.
+    let (vmm_line, qemu_line) = (format!("bench vmm {vmm}\n"), format!("bench qemu {qemu}\n"));
+    if round % 2 == 1 {
+        s.push_str(&vmm_line);
+        s.push_str(&qemu_line);
+    } else {
+        s.push_str(&qemu_line);
+        s.push_str(&vmm_line);
     }
     s.push_str("exit 0\n");
     s
@@ -347,14 +359,14 @@ pub fn run(opts: &RigOptions) -> Result<()> {
     let rounds = opts.rounds;
     let virtio_iso = images::fetch()?.linux_virtio_iso;
     let iso = images::virtio_bench_iso(&virtio_iso)?;
-    let (run, console) = run_against_qemu(
+    let rounds_run = run_rounds_against_qemu(
         &iso,
-        &script(opts),
-        rounds,
-        TIMEOUT,
+        &|round| script(opts, round),
+        opts,
         "virtio-bench-console.log",
     )?;
-    let lines: Vec<Line> = result_lines(&run.serial)
+    let console = &rounds_run.console;
+    let lines: Vec<Line> = result_lines(&rounds_run.serial)
         .iter()
         .filter_map(|l| parse_line(l))
         .collect();
@@ -363,20 +375,19 @@ pub fn run(opts: &RigOptions) -> Result<()> {
         .filter(|l| matches!(l, Line::End { .. }))
         .collect();
     if ends.len() != 2 * rounds {
-        run.check()?;
         return Err(Error::msg(format!(
             "expected {} runs from the rig, got {}; the end of its console:\n{}",
             2 * rounds,
             ends.len(),
-            kvm_nested::tail(&run.serial, 40)
+            kvm_nested::tail(&rounds_run.serial, 40)
         )));
     }
     for end in &ends {
         if let Line::End { vmm, status, .. } = end {
             if *status != 0 {
                 return Err(Error::msg(format!(
-                    "{vmm} exited with status {status}; the rig's console:\n{}",
-                    run.job_output()
+                    "{vmm} exited with status {status}; the rig's consoles are in {}",
+                    console.display()
                 )));
             }
         }
@@ -430,6 +441,13 @@ pub fn run(opts: &RigOptions) -> Result<()> {
         );
     }
     print_counts(&lines);
+    if !rounds_run.stalled.is_empty() {
+        println!(
+            "  stalled: round(s) {:?} did not finish within {} s and were made again in a new boot of the rig (not in the figures)",
+            rounds_run.stalled,
+            opts.round_timeout().as_secs()
+        );
+    }
     for who in ["vmm", "qemu"] {
         let exits: Vec<f64> = ends
             .iter()
@@ -455,8 +473,13 @@ pub fn run(opts: &RigOptions) -> Result<()> {
         "virtio",
         &match (worst, small) {
             (Some((name, r)), Some(s)) => format!(
-                "vmm/qemu at worst {r:.2}x ({name}), 4 KiB requests at worst {s:.2}x (medians of the rounds' own ratios); \
+                "vmm/qemu at worst {r:.2}x ({name}), 4 KiB requests at worst {s:.2}x (medians of the rounds' own ratios, {}); \
                  goal at least 1.00x everywhere and above it on 4 KiB requests: {}",
+                if opts.icount {
+                    "timed in instructions"
+                } else {
+                    "timed by the machine's clock"
+                },
                 crate::bench::verdict(*r >= 1.0 && s > 1.0)
             ),
             _ => "no figure measured".to_string(),
@@ -609,8 +632,30 @@ mod tests {
     }
 
     #[test]
+    fn the_job_and_the_guest_time_by_the_same_microsecond_clock() {
+        let init = include_str!("../assets/virtio-bench/init");
+        assert!(init.lines().any(|l| l == CLOCK), "the guest's up() differs");
+        assert!(script(&RigOptions::default(), 1)
+            .lines()
+            .any(|l| l == CLOCK));
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{CLOCK}\nup; up"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let times: Vec<&str> = text.lines().collect();
+        assert_eq!(times.len(), 2, "{text}");
+        for t in &times {
+            assert_eq!(t.split('.').nth(1).map(str::len), Some(6), "{t}");
+        }
+        let (a, b): (f64, f64) = (times[0].parse().unwrap(), times[1].parse().unwrap());
+        assert!(a > 0.0 && b >= a, "{times:?}");
+    }
+
+    #[test]
     fn every_result_line_of_the_job_and_the_guest_ends_with_end() {
-        let s = script(&RigOptions::default());
+        let s = script(&RigOptions::default(), 1);
         let echoes: Vec<&str> = s
             .lines()
             .filter(|l| l.contains("echo \"VIRTIO-BENCH:"))
@@ -631,27 +676,28 @@ mod tests {
     }
 
     #[test]
-    fn the_script_interleaves_the_two_vmms_with_the_same_devices() {
-        let s = script(&RigOptions {
+    fn each_round_runs_both_vmms_with_the_same_devices_in_turn_first() {
+        let opts = RigOptions {
             rounds: ROUNDS,
             ..RigOptions::default()
-        });
-        let runs: Vec<&str> = s.lines().filter(|l| l.starts_with("bench ")).collect();
-        assert_eq!(runs.len(), 2 * ROUNDS);
-        let first: Vec<&str> = runs
-            .chunks(2)
-            .map(|p| {
-                assert_ne!(p[0].split(' ').nth(1), p[1].split(' ').nth(1), "{p:?}");
-                p[0].split(' ').nth(1).unwrap()
+        };
+        let first: Vec<String> = (1..=ROUNDS)
+            .map(|round| {
+                let s = script(&opts, round);
+                assert!(s.contains(&format!("round {round}/{ROUNDS}")), "{s}");
+                let runs: Vec<&str> = s.lines().filter(|l| l.starts_with("bench ")).collect();
+                assert_eq!(runs.len(), 2, "{runs:?}");
+                assert_ne!(runs[0].split(' ').nth(1), runs[1].split(' ').nth(1));
+                for r in &runs {
+                    assert!(r.contains("/tmp/disk.img"), "{r}");
+                    assert!(r.contains("tap0"), "{r}");
+                }
+                runs[0].split(' ').nth(1).unwrap().to_string()
             })
             .collect();
         let alternating: Vec<&str> = (0..ROUNDS)
             .map(|r| if r % 2 == 0 { "vmm" } else { "qemu" })
             .collect();
         assert_eq!(first, alternating);
-        for r in runs {
-            assert!(r.contains("/tmp/disk.img"), "{r}");
-            assert!(r.contains("tap0"), "{r}");
-        }
     }
 }

@@ -106,12 +106,12 @@ impl RigOptions {
         }
     }
 
-    /// How the rig is timed, for what the bench says it does.
+    /// How the rig is timed, for what the bench says it did.
     pub fn clock_note(&self) -> &'static str {
         if self.icount {
-            " timed by instruction count (-icount)"
+            "timed by instruction count (-icount)"
         } else {
-            ""
+            "timed by the machine's clock"
         }
     }
 
@@ -311,7 +311,7 @@ pub(crate) fn run_against_qemu(
         .map(|(a, p)| (a.as_str(), p.as_path()))
         .collect();
     eprintln!(
-        "xtask: one boot of the KVM-in-TCG rig{}; inside it {} under vmm and under QEMU -enable-kvm, {} runs each, interleaved",
+        "xtask: one boot of the KVM-in-TCG rig, {}; inside it {} under vmm and under QEMU -enable-kvm, {} runs each, interleaved",
         opts.clock_note(),
         iso.display(),
         opts.rounds
@@ -364,24 +364,19 @@ pub(crate) fn run_rounds_against_qemu(
         .collect();
     let timeout = opts.round_timeout();
     eprintln!(
-        "xtask: {} boots of the KVM-in-TCG rig{}, one per round; inside each {} under vmm and under QEMU -enable-kvm",
+        "xtask: {} boots of the KVM-in-TCG rig, {}, one per round; inside each {} under vmm and under QEMU -enable-kvm",
         opts.rounds,
         opts.clock_note(),
         iso.display()
     );
+    let qemu_args = opts.qemu_args();
     let mut serial = String::new();
     let mut stalled = Vec::new();
     for round in 1..=opts.rounds {
         let script = round_script(round);
         let mut attempt = 1;
         loop {
-            match rig.run_bounded(
-                &script,
-                &refs,
-                timeout,
-                &opts.qemu_args(),
-                &mut show_job_line,
-            )? {
+            match rig.run_bounded(&script, &refs, timeout, &qemu_args, &mut show_job_line)? {
                 Ok(run) => {
                     run.check()?;
                     serial.push_str(&run.serial);

@@ -475,11 +475,7 @@ pub fn run(opts: &RigOptions) -> Result<()> {
             (Some((name, r)), Some(s)) => format!(
                 "vmm/qemu at worst {r:.2}x ({name}), 4 KiB requests at worst {s:.2}x (medians of the rounds' own ratios, {}); \
                  goal at least 1.00x everywhere and above it on 4 KiB requests: {}",
-                if opts.icount {
-                    "timed in instructions"
-                } else {
-                    "timed by the machine's clock"
-                },
+                opts.clock_note(),
                 crate::bench::verdict(*r >= 1.0 && s > 1.0)
             ),
             _ => "no figure measured".to_string(),
